@@ -1,0 +1,49 @@
+"""The backend interface (ggml_backend_*): a name, which ops it supports, compute a graph."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from ..errors import ComputeError, UnsupportedError, describe
+from ..graph import CGraph
+from ..tensor import Tensor, Buffer
+
+# eval callback, as ggml_backend_sched_eval_callback: cb(tensor, ask) -> bool.
+# With ask=True it answers whether it wants to see this node; after the node ran it is
+# called again with ask=False, and returning False stops the graph there.
+EvalCallback = Callable[[Tensor, bool], bool]
+
+
+class Backend:
+    name = "base"
+
+    def supports_op(self, node: Tensor) -> bool:
+        raise NotImplementedError
+
+    def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
+        raise NotImplementedError
+
+    def set_n_threads(self, n_threads: int) -> None:
+        pass
+
+    def alloc_buffer(self, nbytes: int, name: str = "") -> Buffer:
+        return Buffer(nbytes, name=name or self.name, backend=self.name)
+
+    def free(self) -> None:
+        pass
+
+    def check_supported(self, gf: CGraph) -> None:
+        """Fail before computing anything if a node is not supported here."""
+        for i, node in enumerate(gf.nodes):
+            if node.op is not None and not node.op.view and not self.supports_op(node):
+                raise UnsupportedError(
+                    f"backend {self.name} does not support node {i} {node.op_name} "
+                    f"{describe(node)} with sources "
+                    f"{[describe(s) for s in node.src if s is not None]}; "
+                    f"use a scheduler with a fallback backend")
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+
+
+def node_failed(node: Tensor, index: int, err: BaseException) -> ComputeError:
+    return ComputeError(f"node {index} {node.op_name} {describe(node)} failed: {err}")

@@ -1,0 +1,2 @@
+"""The reference backend: runs every op with its NumPy reference. It is the executable spec."""
+from .backend import ReferenceBackend, compute_node_reference  # noqa: F401

@@ -1,0 +1,52 @@
+"""ReferenceBackend: single-threaded, clarity over speed; each node runs its OpDef.reference.
+
+Sources are read as float64 (quantized and half types dequantized, views and strides
+honoured), the reference computes in float64 where that makes a better oracle, and the
+result is converted to the node's type exactly like ggml stores it (f32 -> f16 rounding,
+quantization by ggml's reference quantizer).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ... import data
+from ...graph import CGraph
+from ...sched.alloc import alloc_graph
+from ...tensor import Tensor
+from ..base import Backend, EvalCallback, node_failed
+
+
+def compute_node_reference(node: Tensor) -> None:
+    op = node.op
+    ins = [data.read(s) if s is not None and s is not node else None for s in node.src]
+    result = op.reference(node, ins, op.p(node))
+    if result is None:           # the reference wrote its outputs itself (byte copies)
+        return
+    if not isinstance(result, dict):
+        result = {"dst": result}
+    for k, v in result.items():
+        data.write(node if k == "dst" else node.src[k], v)
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+
+    def supports_op(self, node: Tensor) -> bool:
+        return node.op is None or node.op.view or node.op.reference is not None
+
+    def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
+        self.check_supported(gf)
+        alloc_graph(gf)
+        for i, node in enumerate(gf.nodes):
+            want = eval_cb(node, True) if eval_cb else False
+            if node.op is not None and not node.op.view:
+                try:
+                    compute_node_reference(node)
+                except Exception as e:  # name the node; keep the cause chained
+                    raise node_failed(node, i, e) from e
+            if want and not eval_cb(node, False):
+                break
+
+
+def backend_reference_init() -> ReferenceBackend:
+    return ReferenceBackend()

@@ -1,0 +1,51 @@
+"""pyggml's exceptions: every misuse is a GGMLError subclass that names what went wrong.
+
+Where real ggml aborts the process (GGML_ASSERT), pyggml raises one of these instead.
+"""
+
+
+class GGMLError(Exception):
+    """Base class of every error pyggml raises on purpose."""
+
+
+class ShapeError(GGMLError, ValueError):
+    """Shapes (ne) or strides (nb) that an op or view cannot accept."""
+
+
+class TypeError_(GGMLError, TypeError):
+    """A tensor type (GGMLType) an op does not accept."""
+
+
+class ParamError(GGMLError, ValueError):
+    """An op parameter out of its domain (axes not a permutation, bad mode...)."""
+
+
+class ContextMemoryError(GGMLError, MemoryError):
+    """The context's memory pool has no room for a new tensor or its data."""
+
+
+class DataError(GGMLError, ValueError):
+    """Data given to or asked of a tensor does not fit it (size, offset, allocation)."""
+
+
+class GraphError(GGMLError, RuntimeError):
+    """A graph cannot be built, planned or computed (full graph, unsupported node...)."""
+
+
+class ComputeError(GGMLError, RuntimeError):
+    """A node failed while the graph was being computed; names the node."""
+
+
+class UnsupportedError(GraphError):
+    """No backend supports an op (raised before any compute starts)."""
+
+
+def describe(t) -> str:
+    """Short description of a tensor for error messages: 'name' (type) [ne]."""
+    if t is None:
+        return "None"
+    try:
+        ne = list(t.ne[: max(1, t.n_dims)])
+        return f"'{t.name or '?'}' ({t.type.tname}) ne={ne}"
+    except AttributeError:
+        return repr(t)

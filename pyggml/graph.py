@@ -1,0 +1,152 @@
+"""CGraph: the lazy compute graph, built by ggml's depth-first visit of sources."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .errors import GraphError
+from .tensor import Tensor, TENSOR_FLAG_PARAM, MAX_SRC
+
+DEFAULT_GRAPH_SIZE = 2048
+
+
+class CGraph:
+    def __init__(self, size: int = DEFAULT_GRAPH_SIZE, grads: bool = False, ctx=None):
+        if size <= 0:
+            raise GraphError(f"new_graph_custom: size must be > 0, got {size}")
+        self.size = int(size)
+        self.grads = bool(grads)
+        self.ctx = ctx
+        self.nodes: list[Tensor] = []
+        self.leafs: list[Tensor] = []
+        self._visited: set[int] = set()
+        self.version = 0          # bumped on every change: backends cache lowered tables by it
+        self.cache: dict = {}     # per-backend data derived from this graph (lowered tables)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def n_leafs(self) -> int:
+        return len(self.leafs)
+
+    def _add(self, t: Tensor) -> None:
+        # ggml: a tensor without op (and not a trainable param) is a leaf, anything else a node
+        if t.op is None and not (t.flags & TENSOR_FLAG_PARAM):
+            if len(self.leafs) >= self.size:
+                raise GraphError(f"graph is full: {self.size} leafs (use new_graph_custom with a larger size)")
+            if not t.name:
+                t.name = f"leaf_{len(self.leafs)}"
+            self.leafs.append(t)
+        else:
+            if len(self.nodes) >= self.size:
+                raise GraphError(f"graph is full: {self.size} nodes (use new_graph_custom with a larger size)")
+            self.nodes.append(t)
+
+    def expand(self, tensor: Tensor) -> None:
+        """ggml_visit_parents, iteratively: sources left to right, then the tensor itself."""
+        if not isinstance(tensor, Tensor):
+            raise GraphError(f"build_forward_expand: expected a Tensor, got {type(tensor).__name__}")
+        n0 = len(self.nodes) + len(self.leafs)
+        stack = [(tensor, 0)]
+        while stack:
+            t, i = stack.pop()
+            if i == 0:
+                if id(t) in self._visited:
+                    continue
+                self._visited.add(id(t))
+            # next source still to visit
+            while i < MAX_SRC and (t.src[i] is None or id(t.src[i]) in self._visited):
+                i += 1
+            if i < MAX_SRC:
+                stack.append((t, i + 1))
+                stack.append((t.src[i], 0))
+            else:
+                self._add(t)
+        if len(self.nodes) + len(self.leafs) != n0:
+            self.version += 1
+
+    def __repr__(self) -> str:
+        return f"CGraph({len(self.nodes)} nodes, {len(self.leafs)} leafs, size {self.size})"
+
+
+def new_graph(ctx=None) -> CGraph:
+    return CGraph(DEFAULT_GRAPH_SIZE, False, ctx)
+
+
+def new_graph_custom(ctx, size: int = DEFAULT_GRAPH_SIZE, grads: bool = False) -> CGraph:
+    return CGraph(size, grads, ctx)
+
+
+def build_forward_expand(gf: CGraph, tensor: Tensor) -> None:
+    gf.expand(tensor)
+
+
+def graph_n_nodes(gf: CGraph) -> int:
+    return len(gf.nodes)
+
+
+def graph_nodes(gf: CGraph) -> list[Tensor]:
+    return list(gf.nodes)
+
+
+def graph_node(gf: CGraph, i: int) -> Tensor:
+    """ggml_graph_node: i-th node; negative i counts from the end."""
+    n = len(gf.nodes)
+    if not -n <= i < n:
+        raise GraphError(f"graph_node: index {i} out of range for a graph of {n} nodes")
+    return gf.nodes[i]
+
+
+def graph_size(gf: CGraph) -> int:
+    return gf.size
+
+
+def graph_add_node(gf: CGraph, t: Tensor) -> None:
+    if len(gf.nodes) >= gf.size:
+        raise GraphError(f"graph is full: {gf.size} nodes")
+    gf.nodes.append(t)
+    gf._visited.add(id(t))
+    gf.version += 1
+
+
+def graph_get_tensor(gf: CGraph, name: str) -> Optional[Tensor]:
+    for t in gf.leafs:
+        if t.name == name:
+            return t
+    for t in gf.nodes:
+        if t.name == name:
+            return t
+    return None
+
+
+def graph_view(gf: CGraph, i0: int, i1: int) -> CGraph:
+    """ggml_graph_view: a graph of nodes [i0, i1) sharing the tensors (no leafs)."""
+    if not 0 <= i0 <= i1 <= len(gf.nodes):
+        raise GraphError(f"graph_view: [{i0}, {i1}) out of range for {len(gf.nodes)} nodes")
+    g = CGraph(max(1, i1 - i0), False, gf.ctx)
+    g.nodes = gf.nodes[i0:i1]
+    g._visited = {id(t) for t in g.nodes}
+    return g
+
+
+def graph_cpy(src: CGraph, dst: CGraph) -> None:
+    if len(src.nodes) > dst.size or len(src.leafs) > dst.size:
+        raise GraphError(f"graph_cpy: destination of size {dst.size} is too small")
+    dst.nodes = list(src.nodes)
+    dst.leafs = list(src.leafs)
+    dst._visited = set(src._visited)
+    dst.version += 1
+
+
+def graph_reset(gf: CGraph) -> None:
+    """ggml_graph_reset: zero gradients. pyggml keeps no gradients yet, so only the caches go."""
+    gf.cache.clear()
+
+
+def graph_clear(gf: CGraph) -> None:
+    gf.nodes.clear()
+    gf.leafs.clear()
+    gf._visited.clear()
+    gf.cache.clear()
+    gf.version += 1

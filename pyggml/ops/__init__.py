@@ -1,0 +1,30 @@
+"""Every op family module in this package registers its OpDefs on import.
+
+Adding a family is adding one file: its public functions (ggml names without the ggml_
+prefix) become part of pyggml's flat API automatically.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+from .registry import OPS, OpDef, get_op, register  # noqa: F401
+
+_NOT_FAMILIES = {"registry", "cases_common"}
+
+API: dict = {}
+
+
+def _load_families() -> None:
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if m.name in _NOT_FAMILIES or m.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{m.name}")
+        for name, obj in vars(mod).items():
+            if (not name.startswith("_") and inspect.isfunction(obj)
+                    and obj.__module__ == mod.__name__ and name not in API):
+                API[name] = obj
+
+
+_load_families()

@@ -1,0 +1,25 @@
+"""Small helpers for the op families' test-case generators (cases mirror test-backend-ops)."""
+from __future__ import annotations
+
+from ..context import new_tensor
+from ..tensor import set_name
+from ..types import as_type
+from ..testing.case import Case
+
+
+def T(name):
+    """A type for a case's vars (printed by name, as ggml's var_to_str)."""
+    return as_type(name)
+
+
+def leaf(ctx, type, ne, name=None):
+    """A leaf input of a case graph; 4-D ne trimmed of trailing ones like ggml's new_tensor."""
+    ne = list(ne)
+    t = new_tensor(ctx, as_type(type), len(ne), ne)
+    if name:
+        set_name(t, name)
+    return t
+
+
+def case(op, vars, build, **kw) -> Case:
+    return Case(op, dict(vars), build, **kw)

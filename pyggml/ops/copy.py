@@ -1,0 +1,213 @@
+"""Copies: DUP, CONT, CPY (also ggml_cast). Type conversion and quantization happen here."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import data
+from ..tensor import Tensor, nelements, nbytes
+from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
+from .registry import OpDef, Out, register, need, need_src, inplace_of
+from . import cases_common as cc
+
+_FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+
+
+def _values(node, ins, p):
+    """Elements of src[0] in ggml's logical order, reshaped to the destination's shape."""
+    return ins[0].reshape(node.ne[::-1])
+
+
+def _same_type_copy(node: Tensor, src: Tensor):
+    """Same-type copies are byte copies in ggml (exact, no requantization)."""
+    if TRAITS[src.type].blck_size == 1:
+        data.strided(node)[...] = data.strided(src).reshape(node.ne[::-1])
+    else:
+        raw = np.ascontiguousarray(data.row_bytes(src)).reshape(-1)
+        data.row_bytes(node)[...] = raw.reshape(data.row_bytes(node).shape)
+    return None
+
+
+def _ref_copy(node, ins, p):
+    if node.src[0].type == node.type:
+        return _same_type_copy(node, node.src[0])
+    return _values(node, ins, p)
+
+
+def _bytes_rw(node):
+    return nbytes(node.src[0]) + nbytes(node)
+
+
+# --- DUP ----------------------------------------------------------------------------------
+
+def _infer_dup(srcs, p):
+    a = need_src("DUP", srcs, 0, "a")
+    return inplace_of(a) if getattr(p, "inplace", False) else Out(a.type, a.ne)
+
+
+def _dup_cases():
+    out = []
+    for type in ("f32", "f16", "bf16", "i32"):
+        for ne, permute in (([10, 10, 20, 1], None), ([10, 10, 5, 1], [0, 2, 1, 3]),
+                            ([5, 7, 3, 2], [1, 0, 2, 3])):
+            def build(ctx, type=type, ne=ne, permute=permute):
+                a = cc.leaf(ctx, type, ne, "src")
+                if permute:
+                    a = _permute(ctx, a, *permute)
+                return dup(ctx, a)
+            v = dict(type=cc.T(type), ne=ne)
+            if permute:
+                v["permute"] = permute
+            out.append(cc.case("DUP", v, build, exact=True))
+    return out
+
+
+DUP = register(OpDef(
+    "DUP", _infer_dup, reference=_ref_copy, cases=_dup_cases,
+    nbytes=_bytes_rw, exact=True, name_fmt=lambda s: f"{s[0].name} (copy)",
+    ggml=lambda g, c, s, p, node: g.ggml_dup(c, s[0]),
+    doc="A copy of a (same type and shape)."))
+
+
+def dup(ctx, a):
+    return DUP.build(ctx, [a])
+
+
+def dup_inplace(ctx, a):
+    return DUP.build(ctx, [a], hints=dict(inplace=True))
+
+
+# --- CONT ---------------------------------------------------------------------------------
+
+def _infer_cont(srcs, p):
+    a = need_src("CONT", srcs, 0, "a")
+    ne = p.ne if getattr(p, "ne", None) else a.ne
+    need(ne[0] * ne[1] * ne[2] * ne[3] == nelements(a), "CONT",
+         f"cannot make {nelements(a)} elements contiguous as ne={list(ne)}", a)
+    return Out(a.type, ne)
+
+
+def _cont_cases():
+    out = []
+    for type in ("f32", "f16", "bf16", "i32", "q8_0", "q4_0"):
+        quant = as_type(type) in QUANT_TYPES
+        for ne, use_permute in (([10, 10, 10, 1], False), ([64, 3, 2, 2], True),
+                                ([2, 3, 5, 7], True)):
+            if quant and (ne[0] % 32 or use_permute):
+                continue
+
+            def build(ctx, type=type, ne=ne, use_permute=use_permute):
+                a = cc.leaf(ctx, type, ne, "src")
+                if use_permute:
+                    a = _transpose(ctx, a)
+                return cont(ctx, a)
+            out.append(cc.case("CONT", dict(type=cc.T(type), ne=ne,
+                                            use_view_slice=0, use_permute=use_permute), build,
+                               exact=True))
+    return out
+
+
+CONT = register(OpDef(
+    "CONT", _infer_cont, reference=_ref_copy, cases=_cont_cases, nbytes=_bytes_rw,
+    exact=True, name_fmt=lambda s: f"{s[0].name} (cont)",
+    ggml=lambda g, c, s, p, node: g.ggml_cont_4d(c, s[0], *node.ne),
+    doc="A contiguous copy of a (optionally with a new shape of the same size)."))
+
+
+def cont(ctx, a):
+    return CONT.build(ctx, [a])
+
+
+def cont_1d(ctx, a, ne0):
+    return CONT.build(ctx, [a], hints=dict(ne=[ne0, 1, 1, 1]))
+
+
+def cont_2d(ctx, a, ne0, ne1):
+    return CONT.build(ctx, [a], hints=dict(ne=[ne0, ne1, 1, 1]))
+
+
+def cont_3d(ctx, a, ne0, ne1, ne2):
+    return CONT.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, 1]))
+
+
+def cont_4d(ctx, a, ne0, ne1, ne2, ne3):
+    return CONT.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, ne3]))
+
+
+# --- CPY ----------------------------------------------------------------------------------
+
+_CPY_SRC = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32) + QUANT_TYPES
+_CPY_DST = _CPY_SRC
+
+
+def _infer_cpy(srcs, p):
+    a = need_src("CPY", srcs, 0, "a")
+    cast_type = getattr(p, "cast_type", None)
+    if cast_type is not None:     # ggml_cast: a new tensor that is its own destination
+        need(a.type in _CPY_SRC and cast_type in _CPY_DST, "CPY",
+             f"no conversion {a.type.tname} -> {cast_type.tname}", a)
+        return Out(cast_type, a.ne)
+    b = need_src("CPY", srcs, 1, "b")
+    need(nelements(a) == nelements(b), "CPY",
+         f"a has {nelements(a)} elements, b has {nelements(b)}", a, b)
+    need(a.type in _CPY_SRC and b.type in _CPY_DST, "CPY",
+         f"no conversion {a.type.tname} -> {b.type.tname}", a, b)
+    if a.type in QUANT_TYPES and b.type != a.type:
+        need(b.type in _FLOATS, "CPY", "a quantized source converts only to f32/f16/bf16", a, b)
+    if TRAITS[b.type].is_quantized:
+        need(b.ne[0] % 32 == 0, "CPY", "destination rows must be whole blocks", b)
+    return inplace_of(b)
+
+
+def _cpy_cases():
+    out = []
+    pairs = [("f32", t) for t in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")]
+    pairs += [("f16", "f32"), ("f16", "f16"), ("bf16", "f32"), ("q4_0", "f32"),
+              ("q8_0", "f32"), ("q5_1", "f16"), ("i32", "i32"), ("f32", "i32"), ("i32", "f32")]
+    for ta, tb in pairs:
+        for ne, permute in (([256, 4, 4, 4], None), ([256, 2, 3, 4], [0, 2, 1, 3]),
+                            ([64, 5, 1, 1], None)):
+            quant = as_type(ta) in QUANT_TYPES or as_type(tb) in QUANT_TYPES
+            if permute and as_type(ta) in QUANT_TYPES:
+                continue
+
+            def build(ctx, ta=ta, tb=tb, ne=ne, permute=permute, quant=quant):
+                a = cc.leaf(ctx, ta, ne, "a")
+                src = _permute(ctx, a, *permute) if permute else a
+                b = cc.leaf(ctx, tb, src.ne, "b")
+                return cpy(ctx, src, b)
+            out.append(cc.case("CPY", dict(type_src=cc.T(ta), type_dst=cc.T(tb), ne_src=ne,
+                                           permute_src=permute or [0, 0, 0, 0],
+                                           permute_dst=[0, 0, 0, 0], _src_transpose=False),
+                               build, exact=(ta == tb) or None,
+                               max_nmse=(5e-3 if quant else None)))
+    return out
+
+
+CPY = register(OpDef(
+    "CPY", _infer_cpy, reference=_ref_copy, cases=_cpy_cases, nbytes=_bytes_rw,
+    name_fmt=lambda s: (f"{s[1].name} (copy of {s[0].name})" if s[1].name and s[1] is not s[0]
+                        else f"{s[0].name} (copy)"),
+    ggml=lambda g, c, s, p, node: (g.ggml_cast(c, s[0], int(node.type)) if node.src[1] is node
+                                   else g.ggml_cpy(c, s[0], s[1])),
+    doc="Copies a into b's memory, converting/quantizing to b's type; returns a view of b."))
+
+
+def cpy(ctx, a, b):
+    return CPY.build(ctx, [a, b])
+
+
+def cast(ctx, a, type):
+    """ggml_cast: a new tensor of `type` holding a's values (a CPY into itself)."""
+    t = CPY.build(ctx, [a], hints=dict(cast_type=as_type(type)))
+    t.src[1] = t    # as ggml: the destination is the result itself
+    return t
+
+
+def _permute(ctx, a, *axes):
+    from .view import permute
+    return permute(ctx, a, *axes)
+
+
+def _transpose(ctx, a):
+    from .view import transpose
+    return transpose(ctx, a)

@@ -1,0 +1,232 @@
+"""The op registry: every op is declared once, as an OpDef, with all its rules attached.
+
+An OpDef holds what ggml spreads over seven places (enum, name table, constructor checks,
+n_tasks switch, work size, reference kernel, tests): shape/type inference, op_params layout,
+the NumPy reference (the executable spec), test cases, planning facts, flops/bytes for perf
+and the recipe for building the same op in real ggml (for conformance tests).
+Backends look kernels up by `OpDef.name`; nothing else branches on op names.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe
+from ..tensor import Tensor, MAX_SRC, MAX_OP_PARAMS, nbytes, nelements
+from ..types import GGMLType
+
+
+# --- op_params: ggml packs int32 words, floats bit-cast -----------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str          # 'i32', 'f32' or 'i64' (two words, little-endian, like a size_t)
+    count: int = 1     # values (arrays such as rope's sections)
+
+
+def fields(spec: str) -> tuple[Field, ...]:
+    """Parse 'scale:f32 max_bias:f32 sections:i32[4]' into Fields, in word order."""
+    out = []
+    for item in spec.split():
+        name, kind = item.split(":")
+        count = 1
+        if "[" in kind:
+            kind, n = kind[:-1].split("[")
+            count = int(n)
+        if kind not in ("i32", "f32", "i64"):
+            raise ValueError(f"bad op_params kind {kind!r} in {spec!r}")
+        out.append(Field(name, kind, count))
+    return tuple(out)
+
+
+def f32_bits(x: float) -> int:
+    return struct.unpack("<i", struct.pack("<f", float(x)))[0]
+
+
+def bits_f32(w: int) -> float:
+    return struct.unpack("<f", struct.pack("<i", int(w)))[0]
+
+
+def pack_params(op: str, spec: Sequence[Field], values: dict) -> np.ndarray:
+    words = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
+    i = 0
+    for f in spec:
+        v = values.get(f.name, 0)
+        vs = list(v) if f.count > 1 else [v]
+        if len(vs) != f.count:
+            raise ParamError(f"{op}: parameter {f.name} needs {f.count} values, got {len(vs)}")
+        for x in vs:
+            if f.kind == "i64":
+                words[i:i + 2] = np.array([int(x)], dtype=np.int64).view(np.int32)
+                i += 2
+            else:
+                words[i] = f32_bits(x) if f.kind == "f32" else int(x)
+                i += 1
+    if i > len(words):
+        raise ParamError(f"{op}: op_params overflow ({i} words)")
+    return words
+
+
+def unpack_params(spec: Sequence[Field], words: np.ndarray) -> SimpleNamespace:
+    ns = SimpleNamespace()
+    i = 0
+    for f in spec:
+        if f.kind == "i64":
+            vals = [int(v) for v in words[i:i + 2 * f.count].view(np.int64)]
+            i += 2 * f.count
+        else:
+            vals = [bits_f32(w) if f.kind == "f32" else int(w) for w in words[i:i + f.count]]
+            i += f.count
+        setattr(ns, f.name, vals if f.count > 1 else vals[0])
+    return ns
+
+
+# --- inference results ----------------------------------------------------------------------
+
+@dataclass
+class Out:
+    """What an op produces: a new tensor (type, ne), or a view of `view_of` (nb, offs)."""
+    type: GGMLType
+    ne: Sequence[int]
+    view_of: Optional[Tensor] = None
+    offs: int = 0
+    nb: Optional[Sequence[int]] = None
+
+
+def inplace_of(a: Tensor) -> Out:
+    """ggml_view_tensor(a): result aliases a with a's shape and strides (inplace ops)."""
+    return Out(a.type, a.ne, view_of=a, offs=0, nb=a.nb)
+
+
+# --- the OpDef -------------------------------------------------------------------------------
+
+def _n_threads(node, n_threads):
+    return n_threads
+
+
+@dataclass(eq=False)
+class OpDef:
+    name: str                                   # ggml's op desc: "MUL_MAT", "SILU", ...
+    infer: Callable[..., Out]                   # (srcs, p) -> Out; raises GGMLError on misuse
+    params: tuple = ()                          # op_params layout (Fields)
+    reference: Optional[Callable] = None        # (node, ins, p) -> ndarray | dict | None
+    cases: Optional[Callable] = None            # () -> list[testing.Case]
+    n_tasks: Callable = _n_threads              # (node, n_threads) -> threads sharing the node
+    work_size: Optional[Callable] = None        # (node, n_threads) -> bytes of scratch
+    flops: Optional[Callable] = None            # (node) -> floating point operations
+    nbytes: Optional[Callable] = None           # (node) -> bytes moved (for GB/s)
+    ggml: Optional[Callable] = None             # (g, gctx, gsrcs, p) -> ggml tensor (ctypes)
+    ggml_op: Optional[str] = None               # GGML_OP_* it maps to (defaults to name)
+    view: bool = False                          # result aliases a source; nothing to compute
+    writes: tuple = ()                          # src indices it writes in place besides dst
+    max_nmse: float = 1e-7                      # test-backend-ops threshold; 0.0 = exact
+    exact: bool = False                         # compare bitwise (argmax, get_rows, same-type cpy)
+    name_fmt: Optional[Callable] = None         # (srcs) -> name ggml gives the result ("x (view)")
+    doc: str = ""
+    extra: dict = field(default_factory=dict)   # family-specific facts (unary id, glu id...)
+
+    def __post_init__(self):
+        if isinstance(self.params, str):
+            self.params = fields(self.params)
+        if self.ggml_op is None:
+            self.ggml_op = self.name
+
+    # building ---------------------------------------------------------------------------
+    def pack(self, values: dict) -> np.ndarray:
+        return pack_params(self.name, self.params, values or {})
+
+    def unpack(self, words: np.ndarray) -> SimpleNamespace:
+        return unpack_params(self.params, words)
+
+    def build(self, ctx, srcs: Sequence[Optional[Tensor]], params: dict = None,
+              name: str = None, hints: dict = None) -> Tensor:
+        """Check the sources, infer the result, create the lazy node. Nothing is computed.
+
+        `hints` reach infer beside the packed params without being stored in op_params
+        (a view's ne/nb live on the tensor, as in ggml, not in its op_params)."""
+        if ctx is None:
+            raise GGMLError(f"{self.name.lower()}: ctx is None")
+        srcs = list(srcs)
+        if len(srcs) > MAX_SRC:
+            raise GGMLError(f"{self.name}: at most {MAX_SRC} sources")
+        for i, s in enumerate(srcs):
+            if s is not None and not isinstance(s, Tensor):
+                raise GGMLError(f"{self.name}: src[{i}] must be a Tensor, got {type(s).__name__}")
+        words = self.pack(params)
+        p = self.unpack(words)
+        for k, v in (hints or {}).items():
+            setattr(p, k, v)
+        out = self.infer(srcs, p)
+        t = ctx.new_tensor_impl(out.type, out.ne, view_src=out.view_of, view_offs=out.offs,
+                                op_name=self.name)
+        if out.nb is not None:
+            t.nb = [int(x) for x in out.nb]
+            if t.view_src is not None and nelements(t) and \
+                    t.view_offs + nbytes(t) > nbytes(t.view_src):
+                ctx.tensors.remove(t)
+                fail(self.name, f"view with ne={t.ne[:t.n_dims]} nb={t.nb} at offset {t.view_offs} "
+                     f"reaches byte {t.view_offs + nbytes(t)}, past the end of its parent "
+                     f"({nbytes(t.view_src)} bytes)", t.view_src)
+        t.op = self
+        for i, s in enumerate(srcs):
+            t.src[i] = s
+        t.op_params = words
+        if name:
+            t.name = name
+        elif self.name_fmt is not None:
+            t.name = self.name_fmt(srcs)[:63]
+        return t
+
+    def p(self, node: Tensor) -> SimpleNamespace:
+        """The node's op_params, unpacked."""
+        return self.unpack(node.op_params)
+
+    def __repr__(self) -> str:
+        return f"OpDef({self.name})"
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in OPS:
+        raise GGMLError(f"op {op.name} is registered twice")
+    OPS[op.name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return OPS[name.upper()]
+    except KeyError:
+        raise GGMLError(f"unknown op {name!r}") from None
+
+
+# --- checks shared by infer functions (each raises with the op and tensors named) -------------
+
+def fail(op: str, msg: str, *tensors, cls=ShapeError):
+    names = ", ".join(describe(t) for t in tensors)
+    raise cls(f"{op}: {msg}" + (f" [{names}]" if names else ""))
+
+
+def need(cond: bool, op: str, msg: str, *tensors, cls=ShapeError) -> None:
+    if not cond:
+        fail(op, msg, *tensors, cls=cls)
+
+
+def need_src(op: str, srcs, i: int, what: str = None) -> Tensor:
+    if i >= len(srcs) or srcs[i] is None:
+        raise GGMLError(f"{op}: missing source {what or f'src[{i}]'}")
+    return srcs[i]
+
+
+def need_type(op: str, t: Tensor, allowed, what: str = "") -> None:
+    if t.type not in allowed:
+        names = ", ".join(x.tname for x in allowed)
+        raise TypeError_(f"{op}: {what or 'tensor'} {describe(t)} has type {t.type.tname}; "
+                         f"expected one of {names}")

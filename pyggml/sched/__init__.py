@@ -1,0 +1,1 @@
+"""Planning, allocation and scheduling of graphs over backends."""

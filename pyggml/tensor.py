@@ -1,0 +1,295 @@
+"""Tensor: ggml's tensor record (type, ne, nb, op, src, op_params, flags, name, view) in Python.
+
+A tensor is self-describing (the micrograd idea): `repr` shows its name, type, shape and op,
+so printing or drawing a graph needs no side tables. Data lives in a `Buffer` (a NumPy byte
+array) at a byte offset; a view reads its root's buffer at `view_offs`, exactly like ggml.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .errors import DataError, describe
+from .types import GGMLType, TRAITS
+
+MAX_DIMS = 4
+MAX_SRC = 10
+MAX_OP_PARAMS = 64          # bytes, as GGML_MAX_OP_PARAMS
+MAX_NAME = 64               # as GGML_MAX_NAME (names keep at most 63 characters)
+
+TENSOR_FLAG_INPUT = 1
+TENSOR_FLAG_OUTPUT = 2
+TENSOR_FLAG_PARAM = 4
+TENSOR_FLAG_LOSS = 8
+
+
+class Buffer:
+    """A block of bytes that tensors live in (a context pool or a backend allocation)."""
+
+    __slots__ = ("data", "name", "backend")
+
+    def __init__(self, nbytes: int, name: str = "", backend: Optional[str] = None, align: int = 64):
+        raw = np.zeros(nbytes + align, dtype=np.uint8)
+        start = (-raw.ctypes.data) % align          # SIMD-friendly alignment of the base
+        self.data = raw[start:start + nbytes]
+        self.name = name
+        self.backend = backend
+
+    @property
+    def address(self) -> int:
+        return self.data.ctypes.data
+
+    @property
+    def size(self) -> int:
+        return self.data.nbytes
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name!r}, {self.size} bytes)"
+
+
+class Tensor:
+    """One node or leaf of a ggml graph. Create tensors through a Context, never directly."""
+
+    __slots__ = ("type", "ne", "nb", "op", "src", "op_params", "flags", "name",
+                 "view_src", "view_offs", "ctx", "_buffer", "_offs", "extra", "__weakref__")
+
+    def __init__(self, ctx, type: GGMLType, ne, nb=None, view_src: "Tensor" = None, view_offs: int = 0):
+        tr = TRAITS[type]
+        self.ctx = ctx
+        self.type = type
+        self.ne = [int(x) for x in ne] + [1] * (MAX_DIMS - len(ne))
+        if nb is None:
+            nb0 = tr.type_size
+            nb1 = nb0 * (self.ne[0] // tr.blck_size)
+            nb = [nb0, nb1, nb1 * self.ne[1], nb1 * self.ne[1] * self.ne[2]]
+        self.nb = [int(x) for x in nb]
+        self.op = None                      # OpDef, or None for a leaf created by new_tensor
+        self.src: list[Optional[Tensor]] = [None] * MAX_SRC
+        self.op_params = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
+        self.flags = 0
+        self.name = ""
+        # ggml keeps view_src pointing at the root tensor that owns the memory
+        if view_src is not None and view_src.view_src is not None:
+            view_offs += view_src.view_offs
+            view_src = view_src.view_src
+        self.view_src = view_src
+        self.view_offs = int(view_offs)
+        self._buffer: Optional[Buffer] = None
+        self._offs = 0
+        self.extra = None                   # backend-private data (repacked weights...)
+
+    # --- data location -------------------------------------------------------------
+    @property
+    def buffer(self) -> Optional[Buffer]:
+        return self.view_src.buffer if self.view_src is not None else self._buffer
+
+    @property
+    def offs(self) -> int:
+        """Byte offset of this tensor's first element inside `buffer`."""
+        if self.view_src is not None:
+            return self.view_src.offs + self.view_offs
+        return self._offs
+
+    @property
+    def is_allocated(self) -> bool:
+        return self.buffer is not None
+
+    @property
+    def data_ptr(self) -> int:
+        """Address of the first byte (ggml's tensor->data)."""
+        buf = self.buffer
+        if buf is None:
+            raise DataError(f"tensor {describe(self)} has no data: its context is no_alloc "
+                            f"and it was not allocated by a backend or graph allocator")
+        return buf.address + self.offs
+
+    def set_buffer(self, buffer: Buffer, offs: int) -> None:
+        if self.view_src is not None:
+            raise DataError(f"view {describe(self)} shares its parent's buffer; allocate the parent")
+        if offs < 0 or offs + nbytes(self) > buffer.size:
+            raise DataError(f"tensor {describe(self)} ({nbytes(self)} bytes at {offs}) "
+                            f"does not fit in {buffer!r}")
+        self._buffer = buffer
+        self._offs = int(offs)
+
+    # --- shape facts ------------------------------------------------------------------
+    @property
+    def n_dims(self) -> int:
+        """ggml_n_dims: index of the last dimension > 1, plus one (at least 1)."""
+        for i in range(MAX_DIMS - 1, 0, -1):
+            if self.ne[i] > 1:
+                return i + 1
+        return 1
+
+    @property
+    def op_name(self) -> str:
+        return self.op.name if self.op is not None else "NONE"
+
+    @property
+    def srcs(self) -> list["Tensor"]:
+        """The sources that are set (src[] without trailing Nones; inner Nones kept)."""
+        n = MAX_SRC
+        while n > 0 and self.src[n - 1] is None:
+            n -= 1
+        return self.src[:n]
+
+    def __repr__(self) -> str:
+        ne = self.ne[:self.n_dims]
+        s = f"Tensor({self.name!r}, {self.type.tname}, ne={ne}, op={self.op_name}"
+        if self.view_src is not None:
+            s += f", view of {self.view_src.name!r}+{self.view_offs}"
+        return s + ")"
+
+    # Tensors are graph nodes: identity semantics, hashable by id.
+    __hash__ = object.__hash__
+
+
+# ----------------------------------------------------------------------------------------
+# ggml's shape predicates (ggml.h names), kept as free functions like ggml's API.
+
+def nelements(t: Tensor) -> int:
+    return t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3]
+
+
+def nrows(t: Tensor) -> int:
+    return t.ne[1] * t.ne[2] * t.ne[3]
+
+
+def nbytes(t: Tensor) -> int:
+    """ggml_nbytes: span in bytes from the first to one past the last element (strides aware)."""
+    if any(x <= 0 for x in t.ne):
+        return 0
+    tr = TRAITS[t.type]
+    if tr.blck_size == 1:
+        n = tr.type_size
+        for i in range(MAX_DIMS):
+            n += (t.ne[i] - 1) * t.nb[i]
+    else:
+        n = t.ne[0] * t.nb[0] // tr.blck_size
+        for i in range(1, MAX_DIMS):
+            n += (t.ne[i] - 1) * t.nb[i]
+    return n
+
+
+def row_size_of(t: Tensor) -> int:
+    return TRAITS[t.type].row_size(t.ne[0])
+
+
+def element_size(t: Tensor) -> int:
+    return TRAITS[t.type].type_size
+
+
+def is_empty(t: Tensor) -> bool:
+    return any(x == 0 for x in t.ne)
+
+
+def is_scalar(t: Tensor) -> bool:
+    return all(x == 1 for x in t.ne)
+
+
+def is_vector(t: Tensor) -> bool:
+    return t.ne[1] == 1 and t.ne[2] == 1 and t.ne[3] == 1
+
+
+def is_matrix(t: Tensor) -> bool:
+    return t.ne[2] == 1 and t.ne[3] == 1
+
+
+def _is_contiguous_n(t: Tensor, n: int) -> bool:
+    tr = TRAITS[t.type]
+    next_nb = tr.type_size
+    if t.ne[0] != tr.blck_size and t.nb[0] != next_nb:
+        return False
+    next_nb *= t.ne[0] // tr.blck_size
+    for i in range(1, MAX_DIMS):
+        if t.ne[i] != 1:
+            if i > n:
+                if t.nb[i] != next_nb:
+                    return False
+                next_nb *= t.ne[i]
+            else:
+                next_nb = t.ne[i] * t.nb[i]   # this dimension need not be contiguous
+    return True
+
+
+def is_contiguous(t: Tensor) -> bool:
+    return _is_contiguous_n(t, 0)
+
+
+def is_contiguous_0(t: Tensor) -> bool:
+    return _is_contiguous_n(t, 0)
+
+
+def is_contiguous_1(t: Tensor) -> bool:
+    return _is_contiguous_n(t, 1)
+
+
+def is_contiguous_2(t: Tensor) -> bool:
+    return _is_contiguous_n(t, 2)
+
+
+def is_contiguous_rows(t: Tensor) -> bool:
+    """Elements inside each row are packed (ggml_is_contiguous_rows)."""
+    return t.ne[0] == TRAITS[t.type].blck_size or t.nb[0] == TRAITS[t.type].type_size
+
+
+def is_contiguously_allocated(t: Tensor) -> bool:
+    return nbytes(t) == nelements(t) * TRAITS[t.type].type_size // TRAITS[t.type].blck_size
+
+
+def is_transposed(t: Tensor) -> bool:
+    return t.nb[0] > t.nb[1]
+
+
+def is_permuted(t: Tensor) -> bool:
+    return t.nb[0] > t.nb[1] or t.nb[1] > t.nb[2] or t.nb[2] > t.nb[3]
+
+
+def are_same_shape(a: Tensor, b: Tensor) -> bool:
+    return a.ne == b.ne
+
+
+def are_same_stride(a: Tensor, b: Tensor) -> bool:
+    return a.nb == b.nb
+
+
+def can_repeat(a: Tensor, b: Tensor) -> bool:
+    """a can be broadcast (repeated whole) into b's shape."""
+    return is_empty(a) or all(a.ne[i] != 0 and b.ne[i] % a.ne[i] == 0 for i in range(MAX_DIMS))
+
+
+def can_repeat_rows(a: Tensor, b: Tensor) -> bool:
+    return a.ne[0] == b.ne[0] and can_repeat(a, b)
+
+
+# ----------------------------------------------------------------------------------------
+# names and flags
+
+def set_name(t: Tensor, name: str) -> Tensor:
+    t.name = str(name)[:MAX_NAME - 1]
+    return t
+
+
+def get_name(t: Tensor) -> str:
+    return t.name
+
+
+def format_name(t: Tensor, fmt: str, *args) -> Tensor:
+    return set_name(t, fmt % args if args else fmt)
+
+
+def set_input(t: Tensor) -> None:
+    t.flags |= TENSOR_FLAG_INPUT
+
+
+def set_output(t: Tensor) -> None:
+    t.flags |= TENSOR_FLAG_OUTPUT
+
+
+def set_param(t: Tensor) -> None:
+    t.flags |= TENSOR_FLAG_PARAM
+
+
+def set_loss(t: Tensor) -> None:
+    t.flags |= TENSOR_FLAG_LOSS

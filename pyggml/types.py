@@ -1,0 +1,145 @@
+"""ggml's tensor types, with ggml's numeric values, and one traits table for per-type facts.
+
+Codecs (to_float / from_float) are attached by the modules of `pyggml.quants`, each block
+format registering itself with its type (the gguf-py idea: a format is one file).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import TypeError_
+
+
+class GGMLType(enum.IntEnum):
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q8_1 = 9
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    BF16 = 30
+
+    @property
+    def traits(self) -> "TypeTraits":
+        return TRAITS[self]
+
+    @property
+    def tname(self) -> str:
+        return TRAITS[self].tname
+
+    def __str__(self) -> str:  # ggml_type_name
+        return TRAITS[self].tname
+
+
+@dataclass
+class TypeTraits:
+    type: GGMLType
+    tname: str                      # ggml_type_name(): "f32", "q4_0", ...
+    blck_size: int                  # elements per block (1 for element types)
+    type_size: int                  # bytes per block
+    is_quantized: bool
+    np_dtype: Optional[np.dtype]    # storage dtype of element types (None for block types)
+    vec_dot_type: GGMLType          # what mul_mat converts activations to for this weight type
+    is_float: bool = False          # F32/F16/BF16/F64 (values are floats, not ints or blocks)
+    # Codecs, attached by pyggml.quants:
+    #   to_float(raw: uint8 ndarray, n) -> float32 ndarray of n values
+    #   from_float(x: float32 ndarray, n % blck_size == 0) -> uint8 ndarray
+    to_float: Optional[Callable] = field(default=None, repr=False)
+    from_float: Optional[Callable] = field(default=None, repr=False)
+
+    def row_size(self, ne0: int) -> int:
+        """ggml_row_size: bytes of ne0 elements (ne0 must be a multiple of blck_size)."""
+        return self.type_size * (ne0 // self.blck_size)
+
+
+T = GGMLType
+TRAITS: dict[GGMLType, TypeTraits] = {
+    T.F32: TypeTraits(T.F32, "f32", 1, 4, False, np.dtype(np.float32), T.F32, True),
+    T.F16: TypeTraits(T.F16, "f16", 1, 2, False, np.dtype(np.float16), T.F16, True),
+    T.BF16: TypeTraits(T.BF16, "bf16", 1, 2, False, np.dtype(np.uint16), T.BF16, True),
+    T.F64: TypeTraits(T.F64, "f64", 1, 8, False, np.dtype(np.float64), T.F64, True),
+    T.I8: TypeTraits(T.I8, "i8", 1, 1, False, np.dtype(np.int8), T.I8),
+    T.I16: TypeTraits(T.I16, "i16", 1, 2, False, np.dtype(np.int16), T.I16),
+    T.I32: TypeTraits(T.I32, "i32", 1, 4, False, np.dtype(np.int32), T.I32),
+    T.I64: TypeTraits(T.I64, "i64", 1, 8, False, np.dtype(np.int64), T.I64),
+    T.Q4_0: TypeTraits(T.Q4_0, "q4_0", 32, 18, True, None, T.Q8_0),
+    T.Q4_1: TypeTraits(T.Q4_1, "q4_1", 32, 20, True, None, T.Q8_1),
+    T.Q5_0: TypeTraits(T.Q5_0, "q5_0", 32, 22, True, None, T.Q8_0),
+    T.Q5_1: TypeTraits(T.Q5_1, "q5_1", 32, 24, True, None, T.Q8_1),
+    T.Q8_0: TypeTraits(T.Q8_0, "q8_0", 32, 34, True, None, T.Q8_0),
+    T.Q8_1: TypeTraits(T.Q8_1, "q8_1", 32, 36, True, None, T.Q8_1),
+}
+del T
+
+# Flat constants, as ggml's GGML_TYPE_* (exported by pyggml as TYPE_*).
+TYPE_F32 = GGMLType.F32
+TYPE_F16 = GGMLType.F16
+TYPE_BF16 = GGMLType.BF16
+TYPE_F64 = GGMLType.F64
+TYPE_I8 = GGMLType.I8
+TYPE_I16 = GGMLType.I16
+TYPE_I32 = GGMLType.I32
+TYPE_I64 = GGMLType.I64
+TYPE_Q4_0 = GGMLType.Q4_0
+TYPE_Q4_1 = GGMLType.Q4_1
+TYPE_Q5_0 = GGMLType.Q5_0
+TYPE_Q5_1 = GGMLType.Q5_1
+TYPE_Q8_0 = GGMLType.Q8_0
+TYPE_Q8_1 = GGMLType.Q8_1
+
+# The types flash attention accepts for K and V (ggml's CPU set).
+FA_KV_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0,
+               GGMLType.Q5_1, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_0)
+QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
+
+
+def as_type(t) -> GGMLType:
+    """Accept a GGMLType, its int value or its ggml name ('q4_0')."""
+    if isinstance(t, GGMLType):
+        return t
+    if isinstance(t, str):
+        for tt in TRAITS.values():
+            if tt.tname == t.lower():
+                return tt.type
+        raise TypeError_(f"unknown ggml type name {t!r}")
+    try:
+        return GGMLType(int(t))
+    except (ValueError, TypeError):
+        raise TypeError_(f"unknown ggml type {t!r}") from None
+
+
+def type_name(t) -> str:
+    return TRAITS[as_type(t)].tname
+
+
+def blck_size(t) -> int:
+    return TRAITS[as_type(t)].blck_size
+
+
+def type_size(t) -> int:
+    return TRAITS[as_type(t)].type_size
+
+
+def is_quantized(t) -> bool:
+    return TRAITS[as_type(t)].is_quantized
+
+
+def row_size(t, ne0: int) -> int:
+    return TRAITS[as_type(t)].row_size(ne0)
+
+
+def register_codec(t: GGMLType, to_float: Callable, from_float: Callable) -> None:
+    """Attach a format's codecs to its type (called by each pyggml.quants module)."""
+    TRAITS[t].to_float = to_float
+    TRAITS[t].from_float = from_float
