@@ -80,3 +80,13 @@ def graph_compute_with_ctx(ctx, gf: CGraph, n_threads: Optional[int] = None):
             be = backend_reference_init()
         _CTX_BACKENDS[n] = be
     return backend_graph_compute(be, gf)
+
+
+from .sched.scheduler import (Sched, sched_new, sched_graph_compute, sched_alloc_graph,  # noqa: E402
+                              sched_reset, sched_get_n_splits, sched_get_n_copies,
+                              sched_get_tensor_backend, sched_set_tensor_backend,
+                              sched_set_eval_callback, sched_print_assignments)
+
+__all__ += ["Sched", "sched_new", "sched_graph_compute", "sched_alloc_graph", "sched_reset",
+            "sched_get_n_splits", "sched_get_n_copies", "sched_get_tensor_backend",
+            "sched_set_tensor_backend", "sched_set_eval_callback", "sched_print_assignments"]

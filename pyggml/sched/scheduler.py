@@ -1,0 +1,256 @@
+"""Multi-backend scheduler, like ggml_backend_sched.
+
+Given backends in priority order, every node goes to the first backend that supports it —
+except that a node reading a weight stored in a backend's buffer goes to that backend when
+it can (weights stay where they live), and a view goes where its source went. Consecutive
+nodes on the same backend form a split. A split reading a tensor that another backend
+produced (or that lives in another backend's buffer) gets an explicit copy of it, made
+right before the split runs; the split computes on "shadow" nodes that read the copies and
+write into the original nodes' memory, so the user's graph is never rewired.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import data
+from ..errors import UnsupportedError, GraphError, describe
+from ..graph import CGraph
+from ..tensor import Tensor, Buffer, nbytes
+from ..types import TRAITS
+from .alloc import alloc_graph
+
+
+@dataclass
+class Split:
+    backend: object
+    nodes: list = field(default_factory=list)        # original nodes, in graph order
+    inputs: list = field(default_factory=list)       # original tensors copied in
+    copies: dict = field(default_factory=dict)       # id(original) -> copy Tensor
+    graph: Optional[CGraph] = None                   # shadow graph that the backend runs
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 else f"{n}B"
+
+
+class Sched:
+    def __init__(self, backends, eval_cb=None):
+        if not backends:
+            raise GraphError("sched_new: needs at least one backend")
+        self.backends = list(backends)
+        self.eval_cb = eval_cb
+        self.assignment: dict[int, object] = {}      # id(node) -> backend
+        self.pinned: dict[int, object] = {}
+        self.splits: list[Split] = []
+        self._graph: Optional[CGraph] = None
+        self._key = None
+
+    # --- assignment ------------------------------------------------------------------------
+    def _backend_of_buffer(self, t: Tensor):
+        buf = t.buffer
+        if buf is None or buf.backend is None:
+            return None
+        for b in self.backends:
+            if b.name == buf.backend:
+                return b
+        return None
+
+    def _assign(self, gf: CGraph) -> None:
+        self.assignment = {}
+        unsupported = []
+        prev = None
+        for i, node in enumerate(gf.nodes):
+            if id(node) in self.pinned:
+                be = self.pinned[id(node)]
+            elif node.op is not None and node.op.view:
+                src = node.src[0]
+                be = self.assignment.get(id(src)) or self._backend_of_buffer(src) or prev \
+                    or self.backends[0]
+            else:
+                be = None
+                # weights first: a source that lives in a backend's buffer pulls the node there
+                for s in node.src:
+                    if s is not None:
+                        wb = self._backend_of_buffer(s)
+                        if wb is not None and wb.supports_op(node):
+                            be = wb
+                            break
+                if be is None:
+                    be = next((b for b in self.backends if b.supports_op(node)), None)
+                if be is None:
+                    unsupported.append((i, node))
+                    continue
+            self.assignment[id(node)] = be
+            prev = be
+        if unsupported:
+            lines = [f"  node {i} {n.op_name} {describe(n)} srcs "
+                     f"{[describe(s) for s in n.src if s is not None]}" for i, n in unsupported]
+            raise UnsupportedError(
+                f"no backend among [{', '.join(b.name for b in self.backends)}] supports "
+                f"{len(unsupported)} node(s):\n" + "\n".join(lines))
+
+    def _split(self, gf: CGraph) -> None:
+        self.splits = []
+        producer = {}
+        for node in gf.nodes:
+            be = self.assignment[id(node)]
+            if not self.splits or self.splits[-1].backend is not be:
+                self.splits.append(Split(be))
+            sp = self.splits[-1]
+            for s in node.src:
+                if s is None or s is node or id(s) in sp.copies:
+                    continue
+                src_be = producer.get(id(s)) or self._backend_of_buffer(s)
+                if src_be is not None and src_be is not be and id(s) not in sp.copies:
+                    sp.inputs.append(s)
+                    sp.copies[id(s)] = None
+            sp.nodes.append(node)
+            producer[id(node)] = be
+
+    def _build_shadow_graphs(self) -> None:
+        """Copies of each split's inputs, and shadow nodes that read them."""
+        for sp in self.splits:
+            shadow_of: dict[int, Tensor] = {}
+            for s in sp.inputs:
+                c = Tensor(None, s.type, s.ne)
+                c.name = f"{s.name}#{sp.backend.name}"[:63]
+                c.set_buffer(Buffer(max(nbytes(c), 1), name="sched copy",
+                                    backend=sp.backend.name), 0)
+                sp.copies[id(s)] = c
+                shadow_of[id(s)] = c
+            if not sp.inputs:
+                sp.graph = None
+                continue
+            g = CGraph(max(1, len(sp.nodes)))
+            for node in sp.nodes:
+                sh = Tensor(None, node.type, node.ne, nb=node.nb,
+                            view_src=node.view_src if node.view_src is not None else node,
+                            view_offs=node.view_offs if node.view_src is not None else 0)
+                sh.op, sh.op_params, sh.flags, sh.name = node.op, node.op_params, node.flags, node.name
+                sh.src = [shadow_of.get(id(s), s) if s is not None else None for s in node.src]
+                if node.src and node.src[1] is node:     # ggml_cast writes into itself
+                    sh.src[1] = sh
+                shadow_of[id(node)] = sh
+                g.nodes.append(sh)
+            g.version = 1
+            sp.graph = g
+
+    def _copy_inputs(self, sp: Split) -> None:
+        """Byte-exact copy of each input (same type; the copy is contiguous)."""
+        for s in sp.inputs:
+            c = sp.copies[id(s)]
+            if TRAITS[s.type].blck_size == 1:
+                data.strided(c)[...] = data.strided(s)
+            else:
+                data.row_bytes(c)[...] = data.row_bytes(s)
+
+    # --- public ----------------------------------------------------------------------------
+    def alloc_graph(self, gf: CGraph) -> None:
+        key = (id(gf), gf.version, tuple(sorted((k, id(v)) for k, v in self.pinned.items())))
+        if key != self._key:
+            self._assign(gf)      # raises before any compute when a node is unsupported
+            alloc_graph(gf)
+            self._split(gf)
+            self._build_shadow_graphs()
+            self._key = key
+            self._graph = gf
+
+    def graph_compute(self, gf: CGraph) -> None:
+        self.alloc_graph(gf)
+        for sp in self.splits:
+            if sp.graph is None:
+                g = CGraph(max(1, len(sp.nodes)))
+                g.nodes = sp.nodes
+                g.version = gf.version
+                sp.graph = g
+            else:
+                self._copy_inputs(sp)
+            stopped = []
+            cb = None
+            if self.eval_cb is not None:
+                def cb(t, ask, _stopped=stopped):
+                    r = self.eval_cb(t, ask)
+                    if not ask and not r:
+                        _stopped.append(t)
+                    return r
+            sp.backend.graph_compute(sp.graph, cb)
+            if stopped:
+                break
+
+    @property
+    def n_splits(self) -> int:
+        return len(self.splits)
+
+    @property
+    def n_copies(self) -> int:
+        return sum(len(sp.inputs) for sp in self.splits)
+
+    def tensor_backend(self, node: Tensor):
+        return self.assignment.get(id(node))
+
+    def describe(self) -> str:
+        """The assignment, printed like GGML_SCHED_DEBUG."""
+        out = []
+        for k, sp in enumerate(self.splits):
+            ins = ", ".join(f"{s.name} ({_fmt_size(nbytes(s))})" for s in sp.inputs)
+            out.append(f"## SPLIT #{k}: {sp.backend.name} # {len(sp.inputs)} inputs: [{ins}]")
+            for node in sp.nodes:
+                srcs = " ".join(
+                    f"{s.name}{'*' if id(s) in sp.copies else ''}" for s in node.src if s is not None)
+                out.append(f"node #{self._graph.nodes.index(node):3d} ({node.op_name:>10.10}): "
+                           f"{node.name:>20.20} ({_fmt_size(nbytes(node)):>5}) "
+                           f"[{sp.backend.name:>9}]: {srcs}")
+        return "\n".join(out)
+
+    def reset(self) -> None:
+        self._key = None
+        self.splits = []
+        self.assignment = {}
+
+
+# ggml-style free functions
+
+def sched_new(backends, eval_cb=None) -> Sched:
+    return Sched(backends, eval_cb)
+
+
+def sched_graph_compute(sched: Sched, gf: CGraph) -> int:
+    sched.graph_compute(gf)
+    return 0
+
+
+def sched_alloc_graph(sched: Sched, gf: CGraph) -> bool:
+    sched.alloc_graph(gf)
+    return True
+
+
+def sched_reset(sched: Sched) -> None:
+    sched.reset()
+
+
+def sched_get_n_splits(sched: Sched) -> int:
+    return sched.n_splits
+
+
+def sched_get_n_copies(sched: Sched) -> int:
+    return sched.n_copies
+
+
+def sched_get_tensor_backend(sched: Sched, node: Tensor):
+    return sched.tensor_backend(node)
+
+
+def sched_set_tensor_backend(sched: Sched, node: Tensor, backend) -> None:
+    sched.pinned[id(node)] = backend
+    sched._key = None
+
+
+def sched_set_eval_callback(sched: Sched, eval_cb) -> None:
+    sched.eval_cb = eval_cb
+
+
+def sched_print_assignments(sched: Sched) -> str:
+    s = sched.describe()
+    print(s)
+    return s
