@@ -1,0 +1,273 @@
+"""test-backend-ops' engine: build a case, fill its inputs, run it on backends, compare.
+
+Every tensor of a case graph gets its own allocation with guard bytes on both sides, so a
+kernel writing out of bounds is caught (the guards must be intact after compute). Every node
+(and every source an op declares it writes) is compared with ggml's rules: NaN or Inf on one
+side only fails, infinities must agree in sign, then NMSE = Σ(a−b)²/Σa² (a = reference)
+must stay under the case's threshold, or values must be identical for exact ops.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .. import data
+from ..context import init
+from ..errors import GGMLError
+from ..graph import CGraph
+from ..tensor import Buffer, Tensor, nbytes
+from ..types import TRAITS, GGMLType
+from .case import Case
+
+GUARD = 64                      # bytes of canary on each side of every tensor
+CANARY = 0xA5
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    backend: str
+    mode: str = "test"
+    status: str = "OK"          # OK | FAIL | NOT SUPPORTED | ERROR
+    err: float = 0.0
+    max_err: float = 0.0
+    message: str = ""
+    node: str = ""
+    # perf
+    runs: int = 0
+    us_per_run: float = 0.0
+    flops: float = 0.0
+    nbytes: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status in ("OK", "NOT SUPPORTED")
+
+
+# --- building and filling ------------------------------------------------------------------
+
+def build_graph(case: Case) -> tuple:
+    """A fresh no_alloc context with the case's graph; returns (ctx, out, gf)."""
+    ctx = init(mem_size=64 << 20, no_alloc=True)
+    out = case.build(ctx)
+    gf = CGraph(8192, ctx=ctx)
+    gf.expand(out)
+    return ctx, out, gf
+
+
+def _roots(gf: CGraph) -> list[Tensor]:
+    seen, roots = set(), []
+    for t in list(gf.leafs) + list(gf.nodes):
+        for x in [t] + [s for s in t.src if s is not None]:
+            r = x.view_src if x.view_src is not None else x
+            if id(r) not in seen:
+                seen.add(id(r))
+                roots.append(r)
+    return roots
+
+
+def alloc_guarded(gf: CGraph) -> list[tuple[Tensor, Buffer]]:
+    """One buffer per tensor, with canary bytes around it."""
+    guards = []
+    for r in _roots(gf):
+        if r.buffer is not None:
+            continue
+        n = nbytes(r)
+        buf = Buffer(n + 2 * GUARD, name=f"guarded {r.name}")
+        buf.data[:] = CANARY
+        r.set_buffer(buf, GUARD)
+        guards.append((r, buf))
+    return guards
+
+
+def check_guards(guards) -> list[str]:
+    bad = []
+    for r, buf in guards:
+        n = nbytes(r)
+        if (buf.data[:GUARD] != CANARY).any() or (buf.data[GUARD + n:] != CANARY).any():
+            bad.append(r.name or "?")
+    return bad
+
+
+def default_values(t: Tensor, rng: np.random.Generator) -> np.ndarray:
+    """ggml's default init: uniform [-1, 1] for floats and quants; small ints for int types."""
+    shape = t.ne[::-1]
+    if TRAITS[t.type].is_float or TRAITS[t.type].is_quantized:
+        return rng.uniform(-1.0, 1.0, size=shape)
+    return rng.integers(0, max(1, t.ne[0]), size=shape)
+
+
+def fill_leafs(gf: CGraph, case: Case, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for leaf in gf.leafs:
+        vals = case.init(leaf, rng) if case.init is not None else None
+        if vals is None:
+            vals = default_values(leaf, rng)
+        data.write(leaf, vals)
+
+
+# --- comparing -------------------------------------------------------------------------------
+
+def nmse(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    den = float(np.dot(a, a))
+    num = float(np.dot(a - b, a - b))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def _inf_or_max(x: np.ndarray) -> np.ndarray:
+    return np.isinf(x) | (np.abs(x) == FLT_MAX)
+
+
+def compare_values(ref: np.ndarray, got: np.ndarray, max_err: float, exact: bool,
+                   op: str = "") -> tuple[bool, float, str]:
+    ref = np.asarray(ref, dtype=np.float64).reshape(-1)
+    got = np.asarray(got, dtype=np.float64).reshape(-1)
+    if ref.shape != got.shape:
+        return False, float("inf"), f"[{op}] shape mismatch {ref.shape} vs {got.shape}"
+    nan_r, nan_g = np.isnan(ref), np.isnan(got)
+    if (nan_r != nan_g).any():
+        i = int(np.argmax(nan_r != nan_g))
+        return False, float("nan"), f"[{op}] NaN at index {i} (ref={ref[i]} got={got[i]})"
+    inf_r, inf_g = _inf_or_max(ref), _inf_or_max(got)
+    if (inf_r != inf_g).any() or (np.signbit(ref[inf_r]) != np.signbit(got[inf_r])).any():
+        i = int(np.argmax((inf_r != inf_g) | (inf_r & (np.signbit(ref) != np.signbit(got)))))
+        return False, float("inf"), f"[{op}] inf mismatch at index {i} (ref={ref[i]} got={got[i]})"
+    fin = ~(nan_r | inf_r)
+    if exact:
+        same = np.array_equal(ref[fin], got[fin])
+        err = 0.0 if same else nmse(ref[fin], got[fin])
+        return same, err, "" if same else f"[{op}] not identical (NMSE {err:.3e}) but the op is exact"
+    err = nmse(ref[fin], got[fin])
+    if err > max_err:
+        return False, err, f"[{op}] NMSE = {err:.9f} > {max_err:.9f}"
+    return True, err, ""
+
+
+def _outputs(gf: CGraph) -> list[tuple[Tensor, str]]:
+    """What a test compares: every computing node, and every source an op writes."""
+    outs = []
+    for node in gf.nodes:
+        if node.op is None or node.op.view:
+            continue
+        outs.append((node, node.op.name))
+        for i in node.op.writes:
+            if node.src[i] is not None:
+                outs.append((node.src[i], f"{node.op.name}.src[{i}]"))
+    return outs
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def _threshold(case: Case):
+    from ..ops.registry import OPS
+    op = OPS.get(case.op)
+    max_err = case.max_nmse if case.max_nmse is not None else (op.max_nmse if op else 1e-7)
+    exact = case.exact if case.exact is not None else (op.exact if op else False)
+    return max_err, exact
+
+
+def supported(backend, gf: CGraph) -> bool:
+    return all(n.op is None or n.op.view or backend.supports_op(n) for n in gf.nodes)
+
+
+def _run(backend, case: Case, seed: int):
+    ctx, out, gf = build_graph(case)
+    guards = alloc_guarded(gf)
+    fill_leafs(gf, case, seed)
+    for _ in range(2 if case.run_twice else 1):
+        backend.graph_compute(gf)
+    return gf, guards
+
+
+def run_test(case: Case, backend, ref_backend, seed: int = 0) -> CaseResult:
+    """Compute the case on `backend` and on `ref_backend`; compare every node."""
+    res = CaseResult(case, backend.name)
+    try:
+        _, _, probe = build_graph(case)
+    except GGMLError as e:
+        res.status, res.message = "ERROR", f"case does not build: {e}"
+        return res
+    if not supported(backend, probe):
+        res.status = "NOT SUPPORTED"
+        return res
+    max_err, exact = _threshold(case)
+    res.max_err = max_err
+    try:
+        gf_ref, _ = _run(ref_backend, case, seed)
+        gf, guards = _run(backend, case, seed)
+    except GGMLError as e:
+        res.status, res.message = "ERROR", str(e)
+        return res
+    bad = check_guards(guards)
+    if bad:
+        res.status, res.message = "FAIL", f"out-of-bounds write: guard bytes around {bad} changed"
+        return res
+    for (t_ref, what), (t, _) in zip(_outputs(gf_ref), _outputs(gf)):
+        ok, err, msg = compare_values(data.read(t_ref), data.read(t), max_err, exact, what)
+        res.err = max(res.err, err) if err == err else err
+        if not ok:
+            res.status, res.message, res.node = "FAIL", msg, t.name
+            return res
+    return res
+
+
+def run_perf(case: Case, backend, seed: int = 0, budget_s: float = 0.5,
+             max_runs: int = 10000) -> CaseResult:
+    """Time graph_compute on the case until the budget is spent (like ggml's perf mode)."""
+    res = CaseResult(case, backend.name, mode="perf")
+    try:
+        ctx, out, gf = build_graph(case)
+    except GGMLError as e:
+        res.status, res.message = "ERROR", str(e)
+        return res
+    if not supported(backend, gf):
+        res.status = "NOT SUPPORTED"
+        return res
+    alloc_guarded(gf)
+    fill_leafs(gf, case, seed)
+    backend.graph_compute(gf)                 # warm-up: compile, lower, caches
+    runs, t0 = 0, time.perf_counter()
+    while runs < max_runs:
+        backend.graph_compute(gf)
+        runs += 1
+        if time.perf_counter() - t0 > budget_s:
+            break
+    dt = time.perf_counter() - t0
+    res.runs, res.us_per_run = runs, dt / runs * 1e6
+    op = out.op
+    res.flops = float(op.flops(out)) if op is not None and op.flops else 0.0
+    res.nbytes = float(op.nbytes(out)) if op is not None and op.nbytes else \
+        float(sum(nbytes(s) for s in out.src if s is not None) + nbytes(out))
+    return res
+
+
+def all_cases(ops=None, pattern: Optional[str] = None, include_slow: bool = True):
+    """(OpDef, Case) pairs of the registry, filtered by op names or full case strings and regex."""
+    import re
+    from ..ops.registry import OPS
+    wanted = None
+    if ops:
+        wanted = [o.strip() for o in (ops.split(",") if isinstance(ops, str) else ops) if o.strip()]
+    rx = re.compile(pattern) if pattern else None
+    for name in sorted(OPS):
+        op = OPS[name]
+        if op.cases is None:
+            continue
+        if wanted and not any(w.upper() == name or w.startswith(name + "(") for w in wanted):
+            continue
+        for c in op.cases():
+            if wanted and not any(w.upper() == name or w == str(c) for w in wanted):
+                continue
+            if rx and not rx.search(c.vars_str):
+                continue
+            if not include_slow and "slow" in c.tags:
+                continue
+            yield op, c
