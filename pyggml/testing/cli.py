@@ -1,0 +1,175 @@
+"""`pyggml test-backend-ops`: ggml's op test-suite for pyggml's backends.
+
+    pyggml test-backend-ops [test|perf|grad|support] [-o OP[,OP]|-o 'OP(vars)'] [-b BACKEND]
+                            [-p REGEX] [--output console|csv|sql] [--list-ops]
+                            [--show-coverage] [-j N] [--seed N] [--compare ggml]
+                            [--baseline ggml.csv]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Optional
+
+from .harness import CaseResult, all_cases, run_perf, run_test
+from .report import make_printer, load_baseline, print_baseline_ratios
+
+MODES = ("test", "perf", "grad", "support")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyggml test-backend-ops",
+                                description="ggml's test-backend-ops for pyggml backends")
+    p.add_argument("mode", nargs="?", default="test", choices=MODES)
+    p.add_argument("-o", dest="ops", default=None,
+                   help="op names (comma separated) or one full case string 'OP(vars)'")
+    p.add_argument("-b", dest="backend", default=None,
+                   help="backend to test (default: every backend but the reference)")
+    p.add_argument("-p", dest="pattern", default=None, help="regex over the case's vars string")
+    p.add_argument("--output", default="console", choices=("console", "csv", "sql"))
+    p.add_argument("--list-ops", action="store_true", help="list the registered ops and exit")
+    p.add_argument("--show-coverage", action="store_true",
+                   help="which ops lack cases, a reference or a kernel on each backend")
+    p.add_argument("-j", dest="jobs", type=int, default=1, help="run cases in N processes")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads of the numba backend")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs (printed on failures)")
+    p.add_argument("--compare", choices=("ggml",), default=None,
+                   help="also run every case on real ggml (libggml-python) and compare")
+    p.add_argument("--baseline", default=None,
+                   help="perf: a csv written by ggml's test-backend-ops; prints ratios per case and op")
+    p.add_argument("--budget", type=float, default=0.25, help="perf: seconds per case")
+    p.add_argument("--no-slow", action="store_true", help="skip cases tagged slow")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="progress line on stderr (default: when stderr is a terminal)")
+    return p
+
+
+def _backends(args):
+    from ..compute import backend_init_by_name, BACKENDS
+    names = [args.backend] if args.backend else [n for n in ("numba",) if n in BACKENDS]
+    out = []
+    for n in names:
+        try:
+            out.append(backend_init_by_name(n, args.threads))
+        except Exception as e:  # a backend that cannot start is reported, not fatal
+            print(f"Backend {n}: cannot initialize: {e}", file=sys.stderr)
+    if args.compare == "ggml":
+        from .ggml_backend import GGMLBackend
+        out.append(GGMLBackend(args.threads or 1))
+    return out
+
+
+def _repro(args, backend: str, case) -> str:
+    mode = "" if args.mode == "test" else f"{args.mode} "
+    return (f"pyggml test-backend-ops {mode}-b {backend} -o '{case}' --seed {args.seed}"
+            + (f" -t {args.threads}" if args.threads else ""))
+
+
+# --- workers (module level so -j can pickle them) ---------------------------------------------
+
+_W: dict = {}
+
+
+def _worker_init(argv):
+    args = _parser().parse_args(argv)
+    _W["args"] = args
+    _W["cases"] = list(all_cases(args.ops, args.pattern, not args.no_slow))
+    _W["backends"] = {b.name: b for b in _backends(args)}
+    from ..backends.reference.backend import ReferenceBackend
+    _W["ref"] = ReferenceBackend()
+
+
+def _run_one(item) -> tuple:
+    i, bname = item
+    args = _W["args"]
+    op, case = _W["cases"][i]
+    be = _W["backends"][bname]
+    if args.mode == "perf":
+        r = run_perf(case, be, seed=args.seed, budget_s=args.budget)
+    elif args.mode == "support":
+        from .harness import build_graph, supported
+        r = CaseResult(case, bname, mode="support")
+        try:
+            r.status = "OK" if supported(be, build_graph(case)[2]) else "NOT SUPPORTED"
+        except Exception as e:
+            r.status, r.message = "ERROR", str(e)
+    else:
+        r = run_test(case, be, _W["ref"], seed=args.seed)
+    return i, bname, r.status, r.err, r.max_err, r.message, r.node, r.runs, r.us_per_run, \
+        r.flops, r.nbytes
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    from .. import ops as _ops  # noqa: F401  (registers every op)
+    from ..ops.registry import OPS
+
+    if args.list_ops:
+        for name in sorted(OPS):
+            op = OPS[name]
+            n = len(op.cases()) if op.cases else 0
+            print(f"{name:<28} {n:5d} cases  {op.doc}")
+        return 0
+    if args.show_coverage:
+        from .report import coverage
+        print(coverage(_backends(args)))
+        return 0
+    if args.mode == "grad":
+        for name in sorted(OPS):
+            print(f"  {name}: not supported [no backward pass in pyggml yet]")
+        return 0
+
+    _worker_init(argv)
+    cases, backends = _W["cases"], _W["backends"]
+    if not cases:
+        print("no test cases match", file=sys.stderr)
+        return 1
+    printer = make_printer(args.output, args.mode)
+    printer.header()
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    all_ok = True
+    for bi, (bname, be) in enumerate(backends.items()):
+        printer.backend_start(bi, len(backends), bname)
+        work = [(i, bname) for i in range(len(cases))]
+        results = []
+        t0 = time.time()
+        it = map(_run_one, work)
+        pool = None
+        if args.jobs > 1:
+            pool = ProcessPoolExecutor(args.jobs, initializer=_worker_init, initargs=(argv,))
+            it = pool.map(_run_one, work, chunksize=4)
+        n_ok = n_total = 0
+        failed = []
+        for k, (i, _, status, err, max_err, msg, node, runs, us, flops, nb) in enumerate(it):
+            op, case = cases[i]
+            r = CaseResult(case, bname, args.mode, status, err, max_err, msg, node, runs, us, flops, nb)
+            results.append(r)
+            printer.result(r)
+            if status != "NOT SUPPORTED":
+                n_total += 1
+                n_ok += status == "OK"
+            if status in ("FAIL", "ERROR"):
+                failed.append(str(case))
+                printer.note(f"    seed {args.seed}; repro: {_repro(args, bname, case)}")
+            if progress:
+                el = time.time() - t0
+                print(f"\r[{k + 1}/{len(work)}] {bname} {el:6.1f}s", end="", file=sys.stderr)
+        if pool is not None:
+            pool.shutdown()
+        if progress:
+            print(file=sys.stderr)
+        ok = n_ok == n_total
+        all_ok &= ok
+        printer.backend_end(bname, n_ok, n_total, ok, failed)
+        if baseline is not None and args.mode == "perf":
+            print_baseline_ratios(results, baseline)
+    printer.footer(len(backends), all_ok)
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

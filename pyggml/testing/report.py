@@ -1,0 +1,199 @@
+"""Output of test-backend-ops: console (ggml's look), csv and sql (ggml's columns)."""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import sys
+from collections import defaultdict
+
+from .harness import CaseResult
+
+# ggml's test_result::get_fields(), in its order, so csv/sql rows join with ggml's own
+FIELDS = ["test_time", "build_commit", "backend_name", "op_name", "op_params", "test_mode",
+          "supported", "passed", "error_message", "time_us", "flops", "bandwidth_gb_s",
+          "memory_kb", "n_runs", "device_description", "backend_reg_name"]
+_INT = {"supported", "passed", "memory_kb", "n_runs"}
+_FLOAT = {"time_us", "flops", "bandwidth_gb_s"}
+
+GREEN, RED, BLUE, RESET = "\033[1;32m", "\033[1;31m", "\033[1;34m", "\033[0m"
+
+
+def _values(r: CaseResult) -> dict:
+    from .. import __version__
+    supported = r.status != "NOT SUPPORTED"
+    secs = r.us_per_run / 1e6 if r.us_per_run else 0.0
+    return {
+        "test_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_commit": f"pyggml-{__version__}",
+        "backend_name": r.backend, "op_name": r.case.op, "op_params": r.case.vars_str,
+        "test_mode": r.mode, "supported": int(supported), "passed": int(r.status == "OK"),
+        "error_message": r.message,
+        "time_us": r.us_per_run, "flops": (r.flops / secs) if secs and r.flops else 0.0,
+        "bandwidth_gb_s": (r.nbytes / secs / 1e9) if secs else 0.0,
+        "memory_kb": int(r.nbytes // 1024), "n_runs": r.runs,
+        "device_description": "CPU", "backend_reg_name": r.backend,
+    }
+
+
+class ConsolePrinter:
+    def __init__(self, mode: str, out=sys.stdout):
+        self.mode, self.out = mode, out
+        self.color = out.isatty()
+
+    def _c(self, color, s):
+        return f"{color}{s}{RESET}" if self.color else s
+
+    def header(self):
+        pass
+
+    def backend_start(self, i, n, name):
+        if i == 0:
+            print(f"Testing {n} devices\n", file=self.out)
+        print(f"Backend {i + 1}/{n}: {name}\n  Device description: pyggml {name}\n", file=self.out)
+
+    def note(self, s):
+        print(s, file=self.out)
+
+    def result(self, r: CaseResult):
+        head = f"  {r.case.op}({r.case.vars_str}): "
+        if r.status == "NOT SUPPORTED":
+            print(f"{head}not supported [{r.backend}] ", file=self.out)
+            return
+        if self.mode == "support":
+            print(head + self._c(GREEN, "SUPPORTED"), file=self.out)
+        elif self.mode == "perf":
+            if r.status != "OK":
+                print(f"{head}{r.message} " + self._c(RED, "FAIL"), file=self.out)
+                return
+            pad = ((len(head) + 7) // 8) * 8
+            pad += 8 if pad - len(head) < 5 else 0
+            v = _values(r)
+            tail = (f"{_flops(r.flops)}/run - " + self._c(BLUE, f"{_flops(v['flops'])}S")
+                    if r.flops else f"{v['memory_kb']:8d} kB/run - "
+                    + self._c(BLUE, f"{v['bandwidth_gb_s']:7.2f} GB/s"))
+            print(f"{head}{' ' * (pad - len(head))}    {r.runs:8d} runs - {r.us_per_run:8.2f} us/run - "
+                  + tail, file=self.out)
+        else:
+            if r.status == "OK":
+                print(head + self._c(GREEN, "OK"), file=self.out)
+            else:
+                print(f"{head}{r.message} (node {r.node!r}) " + self._c(RED, "FAIL"), file=self.out)
+
+    def backend_end(self, name, n_ok, n_total, ok, failed):
+        print(f"  {n_ok}/{n_total} tests passed", file=self.out)
+        print(f"  Backend {name}: " + self._c(GREEN if ok else RED, "OK" if ok else "FAIL"),
+              file=self.out)
+        if failed:
+            print("\nFailing tests:", file=self.out)
+            for f in failed:
+                print(f"  {f}", file=self.out)
+        print(file=self.out)
+
+    def footer(self, n_backends, all_ok):
+        n_ok = n_backends if all_ok else "<" + str(n_backends)
+        print(f"{n_ok}/{n_backends} backends passed", file=self.out)
+        print(self._c(GREEN, "OK") if all_ok else self._c(RED, "FAIL"), file=self.out)
+
+
+def _flops(f: float) -> str:
+    for unit, s in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
+        if f >= unit:
+            return f"{f / unit:6.2f} {s}"
+    return f"{f / 1e3:6.2f} kFLOP"
+
+
+class CsvPrinter:
+    def __init__(self, mode, out=sys.stdout):
+        self.w = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        self.out = out
+
+    def header(self):
+        self.w.writerow(FIELDS)
+
+    def result(self, r):
+        v = _values(r)
+        self.w.writerow([v[f] for f in FIELDS])
+
+    def note(self, s):
+        print(s, file=sys.stderr)
+
+    def backend_start(self, *a):
+        pass
+
+    def backend_end(self, name, n_ok, n_total, ok, failed):
+        print(f"{name}: {n_ok}/{n_total} tests passed", file=sys.stderr)
+
+    def footer(self, *a):
+        pass
+
+
+class SqlPrinter(CsvPrinter):
+    def __init__(self, mode, out=sys.stdout):
+        self.out = out
+
+    def header(self):
+        cols = ",\n".join(f"  {f} {'INTEGER' if f in _INT else 'REAL' if f in _FLOAT else 'TEXT'}"
+                          for f in FIELDS)
+        print(f"CREATE TABLE IF NOT EXISTS test_backend_ops (\n{cols}\n);\n", file=self.out)
+
+    def result(self, r):
+        v = _values(r)
+        vals = ", ".join("'" + str(v[f]).replace("'", "''") + "'" for f in FIELDS)
+        print(f"INSERT INTO test_backend_ops ({', '.join(FIELDS)}) VALUES ({vals});", file=self.out)
+
+
+def make_printer(output: str, mode: str):
+    return {"console": ConsolePrinter, "csv": CsvPrinter, "sql": SqlPrinter}[output](mode)
+
+
+# --- perf baselines from ggml's own csv ----------------------------------------------------------
+
+def load_baseline(path: str) -> dict:
+    """(op_name, op_params) -> time_us from a csv written by test-backend-ops perf -o csv."""
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                t = float(row.get("time_us") or 0)
+            except ValueError:
+                continue
+            if t > 0:
+                out[(row["op_name"], row["op_params"])] = t
+    return out
+
+
+def print_baseline_ratios(results, baseline: dict, out=sys.stdout) -> None:
+    per_op = defaultdict(list)
+    print("\nratio to baseline (pyggml time / baseline time; < 1 is faster):", file=out)
+    for r in results:
+        key = (r.case.op, r.case.vars_str)
+        if key in baseline and r.us_per_run > 0:
+            ratio = r.us_per_run / baseline[key]
+            per_op[r.case.op].append(ratio)
+            print(f"  {r.case.op}({r.case.vars_str}): {ratio:6.2f}x", file=out)
+    print("per op (geometric mean):", file=out)
+    import math
+    for op, rs in sorted(per_op.items()):
+        g = math.exp(sum(math.log(x) for x in rs) / len(rs))
+        print(f"  {op:<24} {g:6.2f}x over {len(rs)} cases", file=out)
+
+
+def coverage(backends) -> str:
+    from ..ops.registry import OPS
+    buf = io.StringIO()
+    names = [b.name for b in backends]
+    print(f"{'op':<28} {'cases':>6} {'ref':>4} {'ggml':>5} " + " ".join(f"{n:>8}" for n in names),
+          file=buf)
+    for name in sorted(OPS):
+        op = OPS[name]
+        n = len(op.cases()) if op.cases else 0
+        ks = []
+        for b in backends:
+            table = getattr(b, "kernel_table", None)
+            ks.append("view" if op.view else
+                      ("yes" if table is not None and name in table and table[name].available
+                       else "no"))
+        print(f"{name:<28} {n:>6} {'yes' if op.reference else 'NO':>4} "
+              f"{'yes' if op.ggml else 'no':>5} " + " ".join(f"{k:>8}" for k in ks), file=buf)
+    return buf.getvalue()
