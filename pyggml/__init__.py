@@ -35,6 +35,7 @@ from .ops import API as _OPS_API, OPS, get_op  # noqa: F401
 globals().update(_OPS_API)
 
 from .compute import *  # noqa: F401,F403,E402  (graph_plan, graph_compute, backends, sched)
+from .viz.dot import graph_dump_dot  # noqa: F401,E402
 
 PREC_DEFAULT = 0
 PREC_F32 = 10
