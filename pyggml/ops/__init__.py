@@ -8,19 +8,26 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import warnings
 
 from .registry import OPS, OpDef, get_op, register  # noqa: F401
 
 _NOT_FAMILIES = {"registry", "cases_common"}
 
 API: dict = {}
+LOAD_ERRORS: dict = {}      # family -> exception; the registry test requires it empty
 
 
 def _load_families() -> None:
     for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if m.name in _NOT_FAMILIES or m.name.startswith("_"):
             continue
-        mod = importlib.import_module(f"{__name__}.{m.name}")
+        try:
+            mod = importlib.import_module(f"{__name__}.{m.name}")
+        except Exception as e:  # one broken family must not take the others down
+            LOAD_ERRORS[m.name] = e
+            warnings.warn(f"pyggml: op family {m.name!r} failed to load: {e!r}")
+            continue
         for name, obj in vars(mod).items():
             if (not name.startswith("_") and inspect.isfunction(obj)
                     and obj.__module__ == mod.__name__ and name not in API):

@@ -19,7 +19,7 @@ _LAYER_PATTERNS = [re.compile(r"^(blk|layers?|h|block)\.(\d+)\."), re.compile(r"
                    re.compile(r"^(l|layer)(\d+)[._]")]
 # ops whose parameters are worth reading on the graph (name -> op_params fields)
 PARAMS_SHOWN = ("scale", "max_bias", "logit_softcap", "prec", "eps", "mode", "n_dims",
-                "freq_base", "axes", "dim", "n_past", "s", "b")
+                "freq_base", "axes", "dim", "s", "b")
 
 
 @dataclass

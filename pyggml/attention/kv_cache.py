@@ -1,0 +1,349 @@
+"""KV caches for decoding: the mixed hot F16 + cold quantized cache, and a plain F16 cache.
+
+Layout is llama.cpp's: per layer one K and one V tensor of rows [head_dim * n_head_kv], one
+row per token, so a 32-token block of the hot ring is one contiguous 2-D view and moves to
+the cold store with a single CPY (quantizing, inside the graph). Attention sees the stores
+through 3-D views [head_dim, n_tokens, n_head_kv].
+
+MixedKVCache keeps the most recent tokens in a hot F16 ring. When an append would take the
+hot part past `hot_tokens`, the oldest tokens move to the cold store (default Q4_0) in whole
+32-token blocks, first in first out. Positions, causal masks for both segments and GQA are
+the cache's business; attention over the cache is one flash_attn_ext_with_state per layer.
+
+Use per step (ggml's order: build, allocate, set inputs, compute, then commit):
+    step = cache.begin(n_tokens)                  # plans slots and moves; checks n_ctx
+    k_out = cache.store(ctx, gf, il, k_cur, v_cur)   # per layer: move ops, then writes
+    o = cache.attention(ctx, il, q, scale)        # per layer
+    ... allocate the graph ...; cache.set_inputs(); compute; cache.commit()
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import data
+from ..context import Context, new_tensor_1d, new_tensor_2d
+from ..errors import GGMLError, ShapeError
+from ..graph import CGraph, build_forward_expand
+from ..tensor import Tensor, set_input, set_name, nbytes
+from ..types import GGMLType, TRAITS, as_type
+
+BLOCK = 32          # tokens per move (and ggml's quant block, so rows stay whole blocks)
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+@dataclass
+class CacheStep:
+    n_tokens: int
+    positions: np.ndarray          # positions of the new tokens
+    slots: np.ndarray              # hot ring slots they go to
+    moves: list                    # [(hot_slot_start, cold_start)] whole blocks, oldest first
+    cold_after: int                # cold tokens visible to this step's attention
+
+
+class _CacheBase:
+    """Bookkeeping and tensors shared by both caches."""
+
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int,
+                 head_dim_v: Optional[int] = None, name: str = "cache"):
+        if min(n_layer, n_head_kv, head_dim, n_ctx) <= 0:
+            raise ShapeError(f"{type(self).__name__}: n_layer, n_head_kv, head_dim and n_ctx must "
+                             f"be > 0 (got {n_layer}, {n_head_kv}, {head_dim}, {n_ctx})")
+        self.n_layer, self.n_head_kv, self.n_ctx = n_layer, n_head_kv, n_ctx
+        self.head_dim, self.head_dim_v = head_dim, head_dim_v or head_dim
+        self.name = name
+        self.n_past = 0
+        self.step: Optional[CacheStep] = None
+        self._inputs: list = []        # (tensor, values) set after the graph is allocated
+
+    def _new_ctx(self, tensors: list[tuple]) -> Context:
+        size = sum(TRAITS[t].row_size(ne0) * ne1 + 1024 for t, ne0, ne1 in tensors)
+        return Context(size + (1 << 16), no_alloc=False, name=self.name)
+
+    def _check_room(self, n_tokens: int) -> None:
+        if n_tokens <= 0:
+            raise ShapeError(f"{type(self).__name__}.begin: n_tokens must be > 0, got {n_tokens}")
+        if self.n_past + n_tokens > self.n_ctx:
+            raise GGMLError(f"{type(self).__name__}: appending {n_tokens} tokens to {self.n_past} "
+                            f"exceeds n_ctx={self.n_ctx}; nothing was written")
+
+    def _view3(self, t: Tensor, ctx, n: int, d: int, first: int = 0) -> Tensor:
+        """[d, n tokens, n_head_kv] view of a row-per-token store, from token `first`."""
+        from ..ops.view import view_3d
+        tr = TRAITS[t.type]
+        return view_3d(ctx, t, d, n, self.n_head_kv, t.nb[1], tr.row_size(d), first * t.nb[1])
+
+    def _input(self, ctx, type, ne0: int, ne1: int, values, name: str) -> Tensor:
+        t = new_tensor_2d(ctx, type, ne0, ne1) if ne1 else new_tensor_1d(ctx, type, ne0)
+        set_name(t, name)
+        set_input(t)
+        self._inputs.append((t, values))
+        return t
+
+    def set_inputs(self) -> None:
+        """Write the step's masks and row ids (after the graph has been allocated)."""
+        for t, v in self._inputs:
+            data.write(t, v)
+
+    def _mask_values(self, key_pos: np.ndarray, visible: np.ndarray, n_pad: int) -> np.ndarray:
+        """[n_pad, n_keys]: 0 where key visible and key_pos <= query pos, -inf elsewhere."""
+        q = self.step.positions
+        m = np.full((n_pad, len(key_pos)), -np.inf, dtype=np.float32)
+        ok = visible[None, :] & (key_pos[None, :] <= q[:, None])
+        m[:len(q)][ok] = 0.0
+        return m
+
+
+class MixedKVCache(_CacheBase):
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int,
+                 hot_tokens: int = 256, cold_type=GGMLType.Q4_0, max_batch: int = 64,
+                 head_dim_v: Optional[int] = None, hot_type=GGMLType.F16):
+        super().__init__(n_layer, n_head_kv, head_dim, n_ctx, head_dim_v, "mixed kv cache")
+        self.cold_type, self.hot_type = as_type(cold_type), as_type(hot_type)
+        if TRAITS[self.cold_type].blck_size > 1 and (head_dim % 32 or self.head_dim_v % 32):
+            raise ShapeError(f"MixedKVCache: head_dim {head_dim}/{self.head_dim_v} must be a "
+                             f"multiple of 32 for a {self.cold_type.tname} cold store")
+        if hot_tokens < 0 or max_batch <= 0:
+            raise ShapeError(f"MixedKVCache: hot_tokens >= 0 and max_batch > 0 required")
+        self.hot_tokens = hot_tokens
+        self.max_batch = max_batch
+        # Moves keep the newest `hot_tokens` hot, so the ring never holds more than
+        # max(hot_tokens, batch) + 31 tokens; the cold store never more than n_ctx - hot_tokens.
+        self.hot_cap = min(_round_up(n_ctx, BLOCK), _round_up(max(hot_tokens, max_batch) + BLOCK - 1, BLOCK))
+        self.cold_cap = _round_up(max(n_ctx - hot_tokens, 0), BLOCK)
+        dk, dv = head_dim * n_head_kv, self.head_dim_v * n_head_kv
+        specs = []
+        for _ in range(n_layer):
+            specs += [(self.hot_type, dk, self.hot_cap), (self.hot_type, dv, self.hot_cap),
+                      (self.cold_type, dk, self.cold_cap), (self.cold_type, dv, self.cold_cap)]
+        self.ctx = self._new_ctx(specs)
+        self.hot_k, self.hot_v, self.cold_k, self.cold_v = [], [], [], []
+        for il in range(n_layer):
+            for lst, t, d, cap, nm in ((self.hot_k, self.hot_type, dk, self.hot_cap, "hot_k"),
+                                       (self.hot_v, self.hot_type, dv, self.hot_cap, "hot_v"),
+                                       (self.cold_k, self.cold_type, dk, self.cold_cap, "cold_k"),
+                                       (self.cold_v, self.cold_type, dv, self.cold_cap, "cold_v")):
+                x = new_tensor_2d(self.ctx, t, d, cap)
+                set_name(x, f"cache.{nm}-{il}")
+                lst.append(x)
+        # ring bookkeeping (host side, like llama.cpp's kv cells)
+        self.slot_pos = np.full(self.hot_cap, -1, dtype=np.int64)
+        self.head = 0                 # oldest hot slot (multiple of BLOCK)
+        self.hot_count = 0
+        self.cold_count = 0
+        self.cold_pos = np.full(self.cold_cap, -1, dtype=np.int64)
+
+    # --- planning ------------------------------------------------------------------------------
+    def plan_moves(self, n_tokens: int) -> list:
+        """Whole oldest blocks to move: as many as leave at least `hot_tokens` tokens hot."""
+        excess = self.hot_count + n_tokens - self.hot_tokens
+        if excess < BLOCK:
+            return []
+        k = min(excess // BLOCK, self.hot_count // BLOCK)
+        return [((self.head + j * BLOCK) % self.hot_cap, self.cold_count + j * BLOCK)
+                for j in range(k)]
+
+    def begin(self, n_tokens: int) -> CacheStep:
+        self._check_room(n_tokens)
+        if n_tokens > self.max_batch:
+            raise ShapeError(f"MixedKVCache.begin: {n_tokens} tokens exceed max_batch="
+                             f"{self.max_batch}; split the batch")
+        moves = self.plan_moves(n_tokens)
+        freed = len(moves) * BLOCK
+        tail = (self.head + self.hot_count) % self.hot_cap
+        slots = (tail + np.arange(n_tokens)) % self.hot_cap
+        if self.hot_count - freed + n_tokens > self.hot_cap:   # cannot happen with hot_cap's sizing
+            raise GGMLError("MixedKVCache: hot ring overflow (internal sizing error)")
+        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
+        self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed)
+        self._inputs = []
+        self._masks = None
+        return self.step
+
+    # --- graph building ----------------------------------------------------------------------
+    def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
+        """Moves (hot -> cold, quantizing) then writes of this step's K/V, in graph order.
+
+        k_cur: [head_dim, n_head_kv, n_tokens] (or any shape of the same rows), v_cur alike."""
+        from ..ops.copy import cpy
+        from ..ops.view import view_2d, reshape_2d
+        from ..ops.rows import set_rows
+        st = self._need_step()
+        for which_hot, which_cold in ((self.hot_k, self.cold_k), (self.hot_v, self.cold_v)):
+            hot, cold = which_hot[il], which_cold[il]
+            for slot, cstart in st.moves:
+                src = view_2d(ctx, hot, hot.ne[0], BLOCK, hot.nb[1], slot * hot.nb[1])
+                dst = view_2d(ctx, cold, cold.ne[0], BLOCK, cold.nb[1], cstart * cold.nb[1])
+                mv = cpy(ctx, src, dst)
+                set_name(mv, f"kv_move.{'k' if which_hot is self.hot_k else 'v'}-{il}")
+                build_forward_expand(gf, mv)
+        if not hasattr(self, "_ids") or self._ids_step is not st:
+            self._ids = self._input(ctx, GGMLType.I64, st.n_tokens, 0, st.slots, "kv_slots")
+            self._ids_step = st
+        for hot, cur, nm in ((self.hot_k[il], k_cur, "k"), (self.hot_v[il], v_cur, "v")):
+            rows = reshape_2d(ctx, cur, hot.ne[0], st.n_tokens) if cur.ne[1] != st.n_tokens \
+                or cur.ne[0] != hot.ne[0] else cur
+            w = set_rows(ctx, hot, rows, self._ids)
+            set_name(w, f"kv_store.{nm}-{il}")
+            build_forward_expand(gf, w)
+
+    def _step_masks(self, ctx):
+        """Hot and cold masks of this step (shared by every layer)."""
+        if self._masks is not None:
+            return self._masks
+        st = self._need_step()
+        n_pad = _round_up(st.n_tokens, 1)
+        # positions as they will be after this step's moves and writes
+        hot_pos = self.slot_pos.copy()
+        moved = np.zeros(self.hot_cap, dtype=bool)
+        for slot, _ in st.moves:
+            moved[slot:slot + BLOCK] = True
+        hot_pos[st.slots] = st.positions
+        visible = (hot_pos >= 0) & ~moved
+        visible[st.slots] = True
+        hm = self._mask_values(hot_pos, visible, n_pad)
+        hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, n_pad, hm, "kq_mask_hot")
+        cold_mask = None
+        if st.cold_after > 0:
+            cpos = self.cold_pos[:st.cold_after].copy()
+            for slot, cstart in st.moves:
+                cpos[cstart:cstart + BLOCK] = self.slot_pos[slot:slot + BLOCK]
+            cm = self._mask_values(cpos, cpos >= 0, n_pad)
+            cold_mask = self._input(ctx, GGMLType.F16, st.cold_after, n_pad, cm, "kq_mask_cold")
+        self._masks = (hot_mask, cold_mask)
+        return self._masks
+
+    def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
+        """flash_attn_ext_with_state over hot ∪ cold. q: [head_dim, n_tokens, n_head].
+
+        Returns F32 [head_dim_v, n_head, n_tokens] like flash_attn_ext."""
+        from ..ops.attention import flash_attn_ext_with_state, flash_attn_ext_set_prec
+        st = self._need_step()
+        hot_mask, cold_mask = self._step_masks(ctx)
+        k = self._view3(self.hot_k[il], ctx, self.hot_cap, self.head_dim)
+        v = self._view3(self.hot_v[il], ctx, self.hot_cap, self.head_dim_v)
+        kq = vq = None
+        if st.cold_after > 0:
+            kq = self._view3(self.cold_k[il], ctx, st.cold_after, self.head_dim)
+            vq = self._view3(self.cold_v[il], ctx, st.cold_after, self.head_dim_v)
+        # a fresh softmax state per step: all of this step's keys are in this one call
+        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], None, f"attn_state-{il}")
+        self._inputs[-1] = (state, _fresh_state(state))
+        o = flash_attn_ext_with_state(ctx, q, k, v, hot_mask, kq, vq, cold_mask, state,
+                                      scale, 0.0, 0.0)
+        if prec:
+            flash_attn_ext_set_prec(o, prec)
+        set_name(o, f"attn_out-{il}")
+        return o
+
+    def commit(self) -> None:
+        """The step's graph was computed: advance the ring and the cold store."""
+        st = self._need_step()
+        for slot, cstart in st.moves:
+            self.cold_pos[cstart:cstart + BLOCK] = self.slot_pos[slot:slot + BLOCK]
+            self.slot_pos[slot:slot + BLOCK] = -1
+        self.cold_count = st.cold_after
+        self.head = (self.head + len(st.moves) * BLOCK) % self.hot_cap
+        self.hot_count -= len(st.moves) * BLOCK
+        self.slot_pos[st.slots] = st.positions
+        self.hot_count += st.n_tokens
+        self.n_past += st.n_tokens
+        self.step = None
+
+    def _need_step(self) -> CacheStep:
+        if self.step is None:
+            raise GGMLError("MixedKVCache: call begin(n_tokens) before building the step's graph")
+        return self.step
+
+    # --- introspection -------------------------------------------------------------------------
+    def nbytes(self) -> dict:
+        """Real allocations of the stores, against an all-F16 cache of the same n_ctx."""
+        hot = sum(nbytes(t) for t in self.hot_k + self.hot_v)
+        cold = sum(nbytes(t) for t in self.cold_k + self.cold_v)
+        f16 = self.n_layer * self.n_ctx * 2 * (self.head_dim + self.head_dim_v) * self.n_head_kv
+        return {"hot": hot, "cold": cold, "total": hot + cold, "f16": f16,
+                "ratio": (hot + cold) / f16}
+
+    def hot_positions(self) -> np.ndarray:
+        """Positions held by the hot ring, oldest first."""
+        idx = (self.head + np.arange(self.hot_count)) % self.hot_cap
+        return self.slot_pos[idx].copy()
+
+    def cold_positions(self) -> np.ndarray:
+        return self.cold_pos[:self.cold_count].copy()
+
+    def __repr__(self) -> str:
+        nb = self.nbytes()
+        return (f"MixedKVCache({self.n_layer} layers, {self.n_past}/{self.n_ctx} tokens: "
+                f"{self.hot_count} hot {self.hot_type.tname}, {self.cold_count} cold "
+                f"{self.cold_type.tname}; {nb['total'] / 2**20:.2f} MiB = {nb['ratio']:.2f}x F16)")
+
+
+class F16KVCache(_CacheBase):
+    """The plain llama.cpp cache: F16 rows for every position, attention by flash_attn_ext."""
+
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int,
+                 head_dim_v: Optional[int] = None, type=GGMLType.F16):
+        super().__init__(n_layer, n_head_kv, head_dim, n_ctx, head_dim_v, "f16 kv cache")
+        self.type = as_type(type)
+        self.cap = _round_up(n_ctx, BLOCK)
+        dk, dv = head_dim * n_head_kv, self.head_dim_v * n_head_kv
+        self.ctx = self._new_ctx([(self.type, d, self.cap) for _ in range(n_layer) for d in (dk, dv)])
+        self.k = [set_name(new_tensor_2d(self.ctx, self.type, dk, self.cap), f"cache.k-{il}")
+                  for il in range(n_layer)]
+        self.v = [set_name(new_tensor_2d(self.ctx, self.type, dv, self.cap), f"cache.v-{il}")
+                  for il in range(n_layer)]
+
+    def begin(self, n_tokens: int) -> CacheStep:
+        self._check_room(n_tokens)
+        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
+        self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0)
+        self._inputs, self._mask = [], None
+        return self.step
+
+    def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
+        from ..ops.view import reshape_2d
+        from ..ops.rows import set_rows
+        st = self.step
+        if getattr(self, "_ids_step", None) is not st:
+            self._ids = self._input(ctx, GGMLType.I64, st.n_tokens, 0, st.slots, "kv_slots")
+            self._ids_step = st
+        for cache, cur, nm in ((self.k[il], k_cur, "k"), (self.v[il], v_cur, "v")):
+            w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_tokens), self._ids)
+            set_name(w, f"kv_store.{nm}-{il}")
+            build_forward_expand(gf, w)
+
+    def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
+        from ..ops.attention import flash_attn_ext, flash_attn_ext_set_prec
+        st = self.step
+        n_kv = self.n_past + st.n_tokens
+        if self._mask is None:
+            kpos = np.arange(n_kv, dtype=np.int64)
+            m = self._mask_values(kpos, np.ones(n_kv, dtype=bool), st.n_tokens)
+            self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_tokens, m, "kq_mask")
+        k = self._view3(self.k[il], ctx, n_kv, self.head_dim)
+        v = self._view3(self.v[il], ctx, n_kv, self.head_dim_v)
+        o = flash_attn_ext(ctx, q, k, v, self._mask, scale, 0.0, 0.0)
+        if prec:
+            flash_attn_ext_set_prec(o, prec)
+        set_name(o, f"attn_out-{il}")
+        return o
+
+    def commit(self) -> None:
+        self.n_past += self.step.n_tokens
+        self.step = None
+
+    def nbytes(self) -> dict:
+        total = sum(nbytes(t) for t in self.k + self.v)
+        return {"hot": total, "cold": 0, "total": total, "f16": total, "ratio": 1.0}
+
+
+def _fresh_state(state: Tensor) -> np.ndarray:
+    v = np.zeros(state.ne[::-1], dtype=np.float32)
+    v[..., 0] = -np.inf
+    return v
