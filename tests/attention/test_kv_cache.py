@@ -1,0 +1,149 @@
+"""MixedKVCache: FIFO block moves, positions, masks, memory, and attention equal to the
+attention over the whole (dequantized) cache."""
+import numpy as np
+import pytest
+
+import pyggml as gg
+from pyggml.attention.kv_cache import MixedKVCache, F16KVCache, BLOCK
+from pyggml.models.llama import LlamaConfig, LlamaModel, Decoder
+from pyggml.testing.harness import nmse
+
+SMALL = LlamaConfig(n_vocab=64, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)
+
+
+def _backend():
+    try:
+        return gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+    except Exception:
+        return gg.backend_reference_init()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LlamaModel.random(SMALL, seed=1)
+
+
+def _run(model, cache, tokens, backend, batch=16):
+    dec = Decoder(model, cache, backend)
+    out = [dec.prefill(tokens[:batch * 2], batch=batch)]
+    for t in tokens[batch * 2:]:
+        out.append(dec.step([t]))
+    return np.concatenate([o[-1:] for o in out])
+
+
+def test_all_hot_equals_f16_cache(model):
+    be = _backend()
+    toks = np.random.default_rng(0).integers(0, SMALL.n_vocab, 44)
+    mixed = MixedKVCache(SMALL.n_layer, SMALL.n_head_kv, SMALL.head_dim, 64, hot_tokens=64,
+                         max_batch=16)
+    a = _run(model, mixed, toks, be)
+    assert mixed.cold_count == 0
+    b = _run(model, F16KVCache(SMALL.n_layer, SMALL.n_head_kv, SMALL.head_dim, 64), toks, be)
+    assert nmse(b, a) <= 1e-10
+
+
+def test_small_hot_window_stays_close(model):
+    be = _backend()
+    toks = np.random.default_rng(1).integers(0, SMALL.n_vocab, 100)
+    mixed = MixedKVCache(SMALL.n_layer, SMALL.n_head_kv, SMALL.head_dim, 128, hot_tokens=32,
+                         max_batch=16)
+    a = _run(model, mixed, toks, be)
+    b = _run(model, F16KVCache(SMALL.n_layer, SMALL.n_head_kv, SMALL.head_dim, 128), toks, be)
+    assert mixed.cold_count > 0
+    # measured ~1e-3 with Q4_0 keys/values for 2/3 of the context; 2e-2 leaves room for seeds
+    assert nmse(b, a) < 2e-2
+
+
+def test_fifo_order_and_positions():
+    c = MixedKVCache(1, 1, 32, 1024, hot_tokens=64, max_batch=8)
+    rng = np.random.default_rng(0)
+    n = 0
+    while n < 900:
+        k = int(rng.integers(1, 9))
+        k = min(k, 1024 - n)
+        st = c.begin(k)
+        # every move is a whole block of the oldest hot tokens
+        for j, (slot, cstart) in enumerate(st.moves):
+            assert slot % BLOCK == 0 and cstart == c.cold_count + j * BLOCK
+        c.commit()
+        n += k
+        hot, cold = c.hot_positions(), c.cold_positions()
+        assert np.array_equal(np.concatenate([cold, hot]), np.arange(n))   # FIFO, nothing lost
+        assert len(hot) >= min(n, 64) and len(hot) < 64 + BLOCK
+        assert len(cold) % BLOCK == 0
+
+
+def test_memory_at_4k_with_256_hot():
+    c = MixedKVCache(4, 8, 128, 4096, hot_tokens=256, max_batch=32)
+    nb = c.nbytes()
+    assert nb["total"] == nb["hot"] + nb["cold"]
+    assert nb["total"] <= 0.35 * nb["f16"]
+    # real allocations: the cold store is Q4_0 (18 bytes per 32 values)
+    assert all(t.type == gg.TYPE_Q4_0 for t in c.cold_k + c.cold_v)
+    assert gg.nbytes(c.cold_k[0]) == (128 * 8 // 32) * 18 * (4096 - 256)
+
+
+def test_append_beyond_ctx_raises_and_keeps_state():
+    c = MixedKVCache(1, 1, 32, 64, hot_tokens=32, max_batch=64)
+    c.begin(60)
+    c.commit()
+    before = (c.n_past, c.hot_count, c.cold_count, c.slot_pos.copy())
+    with pytest.raises(gg.GGMLError, match="n_ctx"):
+        c.begin(5)
+    assert (c.n_past, c.hot_count, c.cold_count) == before[:3]
+    assert np.array_equal(c.slot_pos, before[3])
+    with pytest.raises(gg.GGMLError):
+        MixedKVCache(1, 1, 20, 64)            # head_dim not a multiple of the Q4_0 block
+    with pytest.raises(gg.GGMLError, match="begin"):
+        MixedKVCache(1, 1, 32, 64).attention(gg.init(1 << 20, no_alloc=True), 0, None, 1.0)
+
+
+def test_attention_equals_flash_attn_over_dequantized_cache():
+    """One layer: with_state over hot ∪ cold == flash_attn_ext over the concatenated cache."""
+    rng = np.random.default_rng(3)
+    D, H, HQ, n_ctx = 32, 2, 4, 256
+    c = MixedKVCache(1, H, D, n_ctx, hot_tokens=32, max_batch=16)
+    be = _backend()
+    n_done = 0
+    for k in [16] * 6 + [1] * 3:
+        st = c.begin(k)
+        ctx = gg.init(mem_size=16 << 20, no_alloc=True)
+        gf = gg.new_graph(ctx)
+        kc = gg.new_tensor_3d(ctx, gg.TYPE_F32, D, H, k)
+        vc = gg.new_tensor_3d(ctx, gg.TYPE_F32, D, H, k)
+        q = gg.new_tensor_3d(ctx, gg.TYPE_F32, D, k, HQ)
+        for t in (kc, vc, q):
+            gg.set_input(t)
+        c.store(ctx, gf, 0, kc, vc)
+        o = c.attention(ctx, 0, q, 0.125, prec=gg.PREC_F32)
+        gg.build_forward_expand(gf, o)
+        (be.alloc_graph(gf) if isinstance(be, gg.Sched) else gg.sched.alloc.alloc_graph(gf))
+        for t in (kc, vc, q):
+            gg.data.write(t, rng.uniform(-1, 1, t.ne[::-1]))
+        c.set_inputs()
+        be.graph_compute(gf)
+        got = gg.to_numpy(o)
+        # expected: flash_attn_ext over cold (dequantized) ++ hot, in position order
+        ctx2 = gg.init(mem_size=32 << 20)
+        keys = np.concatenate([gg.data.read(c.cold_k[0])[0, 0, :st.cold_after],
+                               gg.data.read(c.hot_k[0])[0, 0]])
+        vals = np.concatenate([gg.data.read(c.cold_v[0])[0, 0, :st.cold_after],
+                               gg.data.read(c.hot_v[0])[0, 0]])
+        hm = gg.data.read(c._masks[0])[0, 0]
+        cm = gg.data.read(c._masks[1])[0, 0] if c._masks[1] is not None else np.zeros((k, 0))
+        mask = np.concatenate([cm, hm], axis=1)
+        K = gg.from_numpy(ctx2, keys.reshape(-1, H, D).astype(np.float32))       # [D, H, n]
+        V = gg.from_numpy(ctx2, vals.reshape(-1, H, D).astype(np.float32))
+        Kp = gg.cont(ctx2, gg.permute(ctx2, K, 0, 2, 1, 3))                        # [D, n, H]
+        Vp = gg.cont(ctx2, gg.permute(ctx2, V, 0, 2, 1, 3))
+        M = gg.from_numpy(ctx2, mask.astype(np.float16))
+        Q = gg.from_numpy(ctx2, gg.to_numpy(q))
+        ref = gg.flash_attn_ext(ctx2, Q, Kp, Vp, M, 0.125, 0.0, 0.0)
+        gg.flash_attn_ext_set_prec(ref, gg.PREC_F32)
+        g2 = gg.new_graph(ctx2)
+        gg.build_forward_expand(g2, ref)
+        gg.backend_reference_init().graph_compute(g2)
+        assert nmse(gg.to_numpy(ref), got) <= 5e-4
+        c.commit()
+        n_done += k
+    assert c.cold_count > 0 and c.n_past == n_done
