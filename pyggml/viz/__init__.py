@@ -3,6 +3,7 @@ per-node profile."""
 from .dot import DotOptions, to_dot, graph_dump_dot, layer_of  # noqa: F401
 from .render import render, dot_available, RenderError  # noqa: F401
 from .debug import find_first_nan, profile_graph, format_profile, NanReport  # noqa: F401
+from .saved import save_graph, load_graph  # noqa: F401
 
 
 def draw(gf, out: str = "graph.svg", format: str = None, strict: bool = False, **options) -> str:
