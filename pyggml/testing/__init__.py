@@ -1,0 +1,1 @@
+"""Testing helpers: test-backend-ops cases (`case`), real ggml through ctypes (`ggml_lib`)."""

@@ -1,0 +1,59 @@
+"""Registry completeness: every op is declared once with every rule the product relies on."""
+import inspect
+
+import pytest
+
+import pyggml as gg
+from pyggml import ops
+from pyggml.ops.registry import OPS, OpDef
+from pyggml.testing.case import Case
+
+# ops that exist only in pyggml, so real ggml has no recipe for them
+PYGGML_ONLY = {"FLASH_ATTN_EXT_WITH_STATE"}
+
+
+def test_every_family_loads():
+    assert ops.LOAD_ERRORS == {}, f"op families failed to import: {ops.LOAD_ERRORS}"
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_is_complete(name):
+    op: OpDef = OPS[name]
+    assert op.name == name and callable(op.infer)
+    assert op.doc, f"{name}: no doc"
+    if not op.view:
+        assert op.reference is not None, f"{name}: no reference implementation"
+    assert op.cases is not None, f"{name}: no test cases"
+    cases = op.cases()
+    assert cases and all(isinstance(c, Case) and c.op == name for c in cases), name
+    assert len({str(c) for c in cases}) == len(cases), f"{name}: duplicate case strings"
+    if name not in PYGGML_ONLY:
+        assert op.ggml is not None, f"{name}: no recipe for building it in real ggml"
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_has_a_numba_kernel_entry(name):
+    from pyggml.backends.numba_cpu.kernels import KERNELS
+    op = OPS[name]
+    if op.view:
+        return
+    entry = KERNELS.get(name)
+    assert entry is not None, f"{name}: no kernel entry (register a kernel or unsupported(...))"
+    assert entry.variants or entry.reason, f"{name}: empty kernel entry"
+
+
+def test_public_api_is_flat_and_named_like_ggml():
+    for fn in ("mul_mat", "flash_attn_ext", "flash_attn_ext_with_state", "rms_norm", "rope_ext",
+               "soft_max_ext", "get_rows", "set_rows", "cpy", "cont", "view_2d", "permute",
+               "graph_dump_dot", "graph_compute_with_ctx", "backend_graph_compute"):
+        assert callable(getattr(gg, fn)), fn
+    # ggml's argument order: ctx first, then the tensors
+    params = list(inspect.signature(gg.mul_mat).parameters)
+    assert params[:3] == ["ctx", "a", "b"]
+
+
+def test_list_ops_cli(capsys):
+    from pyggml.testing.cli import main
+    assert main(["--list-ops"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in OPS)
