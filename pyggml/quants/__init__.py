@@ -1,0 +1,102 @@
+"""Every ggml storage format, bit-exact with real ggml.
+
+One module per format registers its NumPy codecs with its type (pyggml.types.TRAITS);
+`nb` holds the Numba versions for the CPU kernels. This package adds the user-facing
+entry points:
+
+    quantize(type, f32_values) -> bytes          # ggml_quantize_chunk
+    dequantize(type, data, n) -> float32 array   # type_traits.to_float
+    fp32_to_fp16 / fp16_to_fp32 / fp32_to_bf16 / bf16_to_fp32
+
+Large inputs go through the Numba row functions (same bytes, several times faster);
+`use_numba=False` forces the NumPy codecs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError, ShapeError, TypeError_
+from ..types import TRAITS, GGMLType, as_type
+# Importing a format module registers its codecs with its type.
+from . import bf16, f16, plain, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1  # noqa: F401
+from ._common import as_f32, as_u8
+from .bf16 import bf16_to_fp32, fp32_to_bf16
+from .f16 import fp16_to_fp32, fp32_to_fp16
+
+__all__ = ["quantize", "dequantize", "fp32_to_fp16", "fp16_to_fp32", "fp32_to_bf16",
+           "bf16_to_fp32", "NUMBA_MIN_N"]
+
+# From this many values on, quantize/dequantize use the Numba rows (compiled once, cached).
+NUMBA_MIN_N = 1 << 16
+_NUMBA_TYPES = frozenset({GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
+                          GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1})
+
+
+def _nb_row(t, direction: str):
+    """nb.quantize_row_<fmt> / nb.dequantize_row_<fmt>: calling the type's own row (not
+    the dispatcher) compiles only that format on first use (bytes input is a read-only
+    array, its own Numba signature)."""
+    from . import nb
+    return getattr(nb, f"{direction}_row_{TRAITS[t].tname}")
+
+
+def _traits(type_):
+    t = as_type(type_)
+    tr = TRAITS[t]
+    if tr.to_float is None:
+        raise TypeError_(f"type {tr.tname} has no codec")
+    return t, tr
+
+
+def _use_numba(t, n: int, use_numba) -> bool:
+    if t not in _NUMBA_TYPES:
+        return False
+    return n >= NUMBA_MIN_N if use_numba is None else bool(use_numba)
+
+
+def quantize(type_, values, *, use_numba=None) -> bytes:
+    """float32 values -> ggml's bytes of `type_` (as ggml_quantize_chunk, no imatrix).
+
+    The length must be a multiple of the type's block size (32 for the Q types).
+    """
+    t, tr = _traits(type_)
+    x = as_f32(values)
+    n = x.size
+    if n % tr.blck_size:
+        raise ShapeError(f"quantize {tr.tname}: {n} values is not a multiple of the "
+                         f"block size {tr.blck_size}")
+    if _use_numba(t, n, use_numba):
+        out = np.empty(tr.row_size(n), dtype=np.uint8)
+        _nb_row(t, "quantize")(x, out, n)
+        return out.tobytes()
+    return tr.from_float(x).tobytes()
+
+
+def dequantize(type_, data, n: int, *, out=None, use_numba=None) -> np.ndarray:
+    """ggml bytes of `type_` holding n values -> float32 array of n values.
+
+    `out`: an optional C-contiguous float32 array of n values to write into and return
+    (saves allocating, and page-faulting, a fresh array for every call on big inputs).
+    """
+    t, tr = _traits(type_)
+    n = int(n)
+    if n < 0 or n % tr.blck_size:
+        raise ShapeError(f"dequantize {tr.tname}: {n} values is not a multiple of the "
+                         f"block size {tr.blck_size}")
+    raw = as_u8(data)
+    if raw.size != tr.row_size(n):
+        raise DataError(f"dequantize {tr.tname}: {n} values need {tr.row_size(n)} bytes, "
+                        f"got {raw.size}")
+    if out is not None and not (isinstance(out, np.ndarray) and out.dtype == np.float32
+                                and out.size == n and out.flags.c_contiguous):
+        raise DataError(f"dequantize {tr.tname}: out must be a C-contiguous float32 array "
+                        f"of {n} values")
+    if _use_numba(t, n, use_numba):
+        y = np.empty(n, dtype=np.float32) if out is None else out.reshape(-1)
+        _nb_row(t, "dequantize")(raw, y, n)
+        return y if out is None else out
+    y = tr.to_float(raw, n)
+    if out is None:
+        return y
+    out.reshape(-1)[:] = y
+    return out

@@ -1,0 +1,580 @@
+"""Numba versions of the codecs, for the CPU backend kernels (bit-exact with the NumPy ones).
+
+Scalars: f16_to_f32 / f32_to_f16 (LLVM half conversions: F16C instructions),
+bf16_to_f32 / f32_to_bf16. Rows: dequantize_row_<fmt>(src_u8, dst_f32, n) and
+quantize_row_<fmt>(src_f32, dst_u8, n) over contiguous 1-D arrays (numba.carray views
+are fine), plus dequantize_row / quantize_row dispatching on the ggml type id and
+returning 0, or ERR_UNSUPPORTED for a type without a row codec. Formats: q4_0, q4_1,
+q5_0, q5_1, q8_0, q8_1, f16, bf16, f32. quantize_row_q8_0_cpu / _q8_1_cpu are
+ggml-cpu's SIMD activation quantizers (they differ from the reference in ties).
+
+Float math is float32 throughout (constants are np.float32: a Python float literal
+would promote to float64 and change roundings) and never contracted to FMA, as in
+ggml's reference C. Pass C-contiguous, writable arrays and an int n so each function
+compiles once.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from ..types import GGMLType
+
+# error_model="numpy": float division by zero gives inf instead of a Python check.
+_jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+
+ERR_UNSUPPORTED = 1
+
+QK = 32
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_HALF = np.float32(0.5)
+_TWO31 = np.float32(2.0 ** 31)
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+
+
+# ---------------------------------------------------------------------------
+# LLVM intrinsics: bit casts and the half <-> float conversions
+
+@intrinsic
+def _half_bits_to_f32(typingctx, h):
+    if h != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(h), codegen
+
+
+@intrinsic
+def _f32_to_half_bits(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.uint16(x), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(x), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, u):
+    if u != types.uint32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(u), codegen
+
+
+def _unary_f32_intrinsic(llvm_name, doc):
+    @intrinsic
+    def fn(typingctx, x):
+        if x != types.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            f = ir.FloatType()
+            callee = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f]),
+                                                    llvm_name)
+            return builder.call(callee, [args[0]])
+        return types.float32(x), codegen
+    fn.__doc__ = doc
+    return fn
+
+
+_roundf = _unary_f32_intrinsic("llvm.round.f32", "C roundf: half away from zero.")
+_roundeven = _unary_f32_intrinsic("llvm.roundeven.f32", "Half to even (SSE4.1 roundps mode 0).")
+
+
+# ---------------------------------------------------------------------------
+# scalar conversions
+
+@_jit
+def f16_to_f32(h):
+    """fp16 bits -> float32 (exact; a signaling NaN comes out quiet, as ggml's)."""
+    return _half_bits_to_f32(np.uint16(h))
+
+
+@_jit
+def f32_to_f16(x):
+    """float32 -> fp16 bits, round to nearest-even; every NaN -> 0x7E00 | sign (ggml)."""
+    x = np.float32(x)
+    h = _f32_to_half_bits(x)
+    if x != x:
+        h = np.uint16(0x7E00 | ((_f32_bits(x) >> 16) & 0x8000))
+    return h
+
+
+@_jit
+def bf16_to_f32(h):
+    """bf16 bits -> float32: the bits become the upper half."""
+    return _bits_f32(np.uint32(np.uint32(h) << 16))
+
+
+@_jit
+def f32_to_bf16(x):
+    """ggml_compute_fp32_to_bf16: round to nearest-even, NaN forced quiet."""
+    u = np.int64(_f32_bits(np.float32(x)))
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16((u >> 16) | 64)
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+@_jit
+def _c_int8(v):
+    """(int8_t)v as compiled C does it on x86: cvttss2si (INT_MIN on NaN/overflow), low byte."""
+    i = np.int32(v) if abs(v) < _TWO31 else np.int32(-2147483648)
+    return np.int64(np.int8(i))
+
+
+@_jit
+def _load_f16(src, o):
+    return f16_to_f32(np.uint16(src[o] | (np.uint16(src[o + 1]) << 8)))
+
+
+@_jit
+def _store_f16(dst, o, x):
+    h = f32_to_f16(x)
+    dst[o] = np.uint8(h & 0xFF)
+    dst[o + 1] = np.uint8(h >> 8)
+
+
+@_jit
+def _runtime(k, n):
+    """k, as a value LLVM cannot fold (n >= k whenever a block is processed).
+
+    A block loop with a constant trip count gets fully unrolled into scalar code (the
+    SLP vectorizer gives up: src and dst might alias); with a runtime trip count the
+    loop vectorizer takes it, behind one alias check. 2-4x faster dequantization.
+    """
+    return min(k, n)
+
+
+@_jit
+def _mul_add(x, d, m):
+    """C's `x*d + m` (no FMA). When both terms are NaN, x86 returns the product's NaN;
+    LLVM may commute the add, so that case is chosen explicitly."""
+    p = x * d
+    return p if p != p else p + m
+
+
+@_jit
+def _inverse(d):
+    return _F1 / d if d != _F0 else _F0
+
+
+# ---------------------------------------------------------------------------
+# block scales, as the reference quantizers compute them
+
+@_jit
+def _absmax_signed(src, b):
+    """Value of largest |x| in the block (first on ties, NaN skipped; 0.0 if none)."""
+    amax = _F0
+    mx = _F0
+    for j in range(QK):
+        v = src[b + j]
+        if amax < abs(v):
+            amax = abs(v)
+            mx = v
+    return mx
+
+
+@_jit
+def _absmax_c(src, b):
+    """amax = MAX(amax, fabsf(v)) with C's MAX(a, b) = a > b ? a : b."""
+    amax = _F0
+    for j in range(QK):
+        a = abs(src[b + j])
+        amax = amax if amax > a else a
+    return amax
+
+
+@_jit
+def _min_max(src, b):
+    """min/max from FLT_MAX / -FLT_MAX with strict compares (NaN skipped, first of equals)."""
+    mn = _FLT_MAX
+    mx = -_FLT_MAX
+    for j in range(QK):
+        v = src[b + j]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+    return mn, mx
+
+
+# ---------------------------------------------------------------------------
+# Q4_0 / Q4_1
+
+@_jit
+def quantize_row_q4_0(src, dst, n):
+    c = np.float32(8.5)
+    for i in range(n // QK):
+        b, o = i * QK, i * 18
+        d = _absmax_signed(src, b) / np.float32(-8.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        for j in range(16):
+            q0 = min(15, _c_int8(src[b + j] * idd + c))
+            q1 = min(15, _c_int8(src[b + j + 16] * idd + c))
+            dst[o + 2 + j] = np.uint8((q0 & 0xFF) | ((q1 << 4) & 0xFF))
+
+
+@_jit
+def dequantize_row_q4_0(src, dst, n):
+    h = _runtime(16, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * 18 + 2
+        d = _load_f16(src, o - 2)
+        for j in range(h):
+            dst[b + j] = np.float32(np.int32(src[o + j] & 0x0F) - 8) * d
+        for j in range(h):
+            dst[b + 16 + j] = np.float32(np.int32(src[o + j] >> 4) - 8) * d
+
+
+@_jit
+def quantize_row_q4_1(src, dst, n):
+    for i in range(n // QK):
+        b, o = i * QK, i * 20
+        mn, mx = _min_max(src, b)
+        d = (mx - mn) / np.float32(15.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        _store_f16(dst, o + 2, mn)
+        for j in range(16):
+            q0 = min(15, _c_int8((src[b + j] - mn) * idd + _HALF))
+            q1 = min(15, _c_int8((src[b + j + 16] - mn) * idd + _HALF))
+            dst[o + 4 + j] = np.uint8((q0 & 0xFF) | ((q1 << 4) & 0xFF))
+
+
+@_jit
+def dequantize_row_q4_1(src, dst, n):
+    h = _runtime(16, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * 20 + 4
+        d = _load_f16(src, o - 4)
+        m = _load_f16(src, o - 2)
+        for j in range(h):
+            dst[b + j] = _mul_add(np.float32(src[o + j] & 0x0F), d, m)
+        for j in range(h):
+            dst[b + 16 + j] = _mul_add(np.float32(src[o + j] >> 4), d, m)
+
+
+# ---------------------------------------------------------------------------
+# Q5_0 / Q5_1: qh bit j = bit 4 of value j
+
+@_jit
+def _store_q5(dst, o, qs_off, q0, q1, j, qh):
+    dst[o + qs_off + j] = np.uint8((q0 & 0x0F) | ((q1 & 0x0F) << 4))
+    return qh | (((q0 >> 4) & 1) << j) | (((q1 >> 4) & 1) << (j + 16))
+
+
+@_jit
+def _store_u32(dst, o, v):
+    for k in range(4):
+        dst[o + k] = np.uint8((v >> (8 * k)) & 0xFF)
+
+
+@_jit
+def _load_u32(src, o):
+    return (np.int64(src[o]) | (np.int64(src[o + 1]) << 8)
+            | (np.int64(src[o + 2]) << 16) | (np.int64(src[o + 3]) << 24))
+
+
+@_jit
+def quantize_row_q5_0(src, dst, n):
+    c = np.float32(16.5)
+    for i in range(n // QK):
+        b, o = i * QK, i * 22
+        d = _absmax_signed(src, b) / np.float32(-16.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        qh = np.int64(0)
+        for j in range(16):
+            q0 = min(31, _c_int8(src[b + j] * idd + c)) & 0xFF
+            q1 = min(31, _c_int8(src[b + j + 16] * idd + c)) & 0xFF
+            qh = _store_q5(dst, o, 6, q0, q1, j, qh)
+        _store_u32(dst, o + 2, qh)
+
+
+@_jit
+def dequantize_row_q5_0(src, dst, n):
+    h = _runtime(16, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * 22 + 6
+        d = _load_f16(src, o - 6)
+        qh = _load_u32(src, o - 4)
+        for j in range(h):
+            x = np.int64(src[o + j] & 0x0F) | (((qh >> j) << 4) & 0x10)
+            dst[b + j] = np.float32(x - 16) * d
+        for j in range(h):
+            x = np.int64(src[o + j] >> 4) | ((qh >> (j + 12)) & 0x10)
+            dst[b + 16 + j] = np.float32(x - 16) * d
+
+
+@_jit
+def quantize_row_q5_1(src, dst, n):
+    for i in range(n // QK):
+        b, o = i * QK, i * 24
+        mn, mx = _min_max(src, b)
+        d = (mx - mn) / np.float32(31.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        _store_f16(dst, o + 2, mn)
+        qh = np.int64(0)
+        for j in range(16):
+            q0 = _c_int8((src[b + j] - mn) * idd + _HALF) & 0xFF
+            q1 = _c_int8((src[b + j + 16] - mn) * idd + _HALF) & 0xFF
+            qh = _store_q5(dst, o, 8, q0, q1, j, qh)
+        _store_u32(dst, o + 4, qh)
+
+
+@_jit
+def dequantize_row_q5_1(src, dst, n):
+    h = _runtime(16, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * 24 + 8
+        d = _load_f16(src, o - 8)
+        m = _load_f16(src, o - 6)
+        qh = _load_u32(src, o - 4)
+        for j in range(h):
+            x = np.int64(src[o + j] & 0x0F) | (((qh >> j) << 4) & 0x10)
+            dst[b + j] = _mul_add(np.float32(x), d, m)
+        for j in range(h):
+            x = np.int64(src[o + j] >> 4) | ((qh >> (j + 12)) & 0x10)
+            dst[b + 16 + j] = _mul_add(np.float32(x), d, m)
+
+
+# ---------------------------------------------------------------------------
+# Q8_0 / Q8_1
+
+@_jit
+def quantize_row_q8_0(src, dst, n):
+    for i in range(n // QK):
+        b, o = i * QK, i * 34
+        d = _absmax_c(src, b) / np.float32(127.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        for j in range(QK):
+            dst[o + 2 + j] = np.uint8(_c_int8(_roundf(src[b + j] * idd)) & 0xFF)
+
+
+@_jit
+def dequantize_row_q8_0(src, dst, n):
+    qk = _runtime(QK, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * 34 + 2
+        d = _load_f16(src, o - 2)
+        for j in range(qk):
+            dst[b + j] = np.float32(np.int8(src[o + j])) * d
+
+
+@_jit
+def quantize_row_q8_1(src, dst, n):
+    for i in range(n // QK):
+        b, o = i * QK, i * 36
+        d = _absmax_c(src, b) / np.float32(127.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        s = 0
+        for j in range(QK):
+            q = _c_int8(_roundf(src[b + j] * idd))
+            dst[o + 4 + j] = np.uint8(q & 0xFF)
+            s += q
+        _store_f16(dst, o + 2, np.float32(s) * d)
+
+
+@_jit
+def dequantize_row_q8_1(src, dst, n):
+    qk = _runtime(QK, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * 36 + 4
+        d = _load_f16(src, o - 4)
+        for j in range(qk):
+            dst[b + j] = np.float32(np.int8(src[o + j])) * d
+
+
+# ---------------------------------------------------------------------------
+# ggml-cpu's own Q8_0 / Q8_1 quantizers (the CPU traits' from_float, x86 AVX2 path)
+#
+# ggml_quantize_chunk uses the reference quantizers above. The CPU backend converts
+# activations for mul_mat (vec_dot_type), Q for flash attention and cpy F32 -> Q8_0
+# with SIMD versions that round differently: id = 127/amax (not 1/(amax/127)), round
+# half to EVEN, NaN -> -128 (saturating packs). (Scales: the same fp16 conversion as
+# the reference, in libggml-python's build.) Use these to match real ggml's CPU results
+# bit for bit.
+
+@_jit
+def _max_ps(a, b):
+    """One lane of SSE/AVX max_ps(a, b): a > b ? a : b (b when either is NaN)."""
+    return a if a > b else b
+
+
+@_jit
+def _amax_lane(src, b, lane):
+    """Lane `lane` of the 8-wide accumulator: max_ps over |x[lane + 8k]|, k = 0..3."""
+    a = abs(src[b + lane])
+    for k in range(1, 4):
+        a = _max_ps(a, abs(src[b + 8 * k + lane]))
+    return a
+
+
+@_jit
+def _amax_avx2(src, b):
+    """max |x| of a block, reduced in the order of ggml's AVX2 code (matters for NaN)."""
+    r0 = _max_ps(_amax_lane(src, b, 4), _amax_lane(src, b, 0))  # max(high half, low half)
+    r1 = _max_ps(_amax_lane(src, b, 5), _amax_lane(src, b, 1))
+    r2 = _max_ps(_amax_lane(src, b, 6), _amax_lane(src, b, 2))
+    r3 = _max_ps(_amax_lane(src, b, 7), _amax_lane(src, b, 3))
+    return _max_ps(_max_ps(r0, r2), _max_ps(r1, r3))  # movehl, then movehdup + max_ss
+
+
+@_jit
+def _cvtps_epi32(v):
+    """_mm256_cvtps_epi32 on an integral value: INT_MIN on NaN/overflow."""
+    return np.int64(v) if abs(v) < _TWO31 else np.int64(-2147483648)
+
+
+@_jit
+def _quantize_q8_cpu(src, dst, n, qs_off, block_size):
+    """Q8_0 (qs at 2, 34-byte blocks) or Q8_1 (qs at 4, 36 bytes, s at 2) the AVX2 way."""
+    for i in range(n // QK):
+        b, o = i * QK, i * block_size
+        amax = _amax_avx2(src, b)
+        d = amax / np.float32(127.0)
+        _store_f16(dst, o, d)
+        idd = np.float32(127.0) / amax if amax != _F0 else _F0
+        s = np.int64(0)
+        for j in range(QK):
+            q = _cvtps_epi32(_roundeven(src[b + j] * idd))
+            s += q
+            dst[o + qs_off + j] = np.uint8(max(-128, min(127, q)) & 0xFF)
+        if qs_off == 4:
+            s = ((s + 2147483648) & 0xFFFFFFFF) - 2147483648  # int32 lane sums wrap
+            _store_f16(dst, o + 2, d * np.float32(s))
+
+
+@_jit
+def quantize_row_q8_0_cpu(src, dst, n):
+    """As ggml-cpu's quantize_row_q8_0 (AVX2), the CPU backend's activation quantizer."""
+    _quantize_q8_cpu(src, dst, n, 2, 34)
+
+
+@_jit
+def quantize_row_q8_1_cpu(src, dst, n):
+    """As ggml-cpu's quantize_row_q8_1 (AVX2): s = d * (int32 sum of q before saturation)."""
+    _quantize_q8_cpu(src, dst, n, 4, 36)
+
+
+# ---------------------------------------------------------------------------
+# element types
+
+@_jit
+def quantize_row_f16(src, dst, n):
+    h = dst[: 2 * n].view(np.uint16)
+    for i in range(n):
+        h[i] = f32_to_f16(src[i])
+
+
+@_jit
+def dequantize_row_f16(src, dst, n):
+    h = src[: 2 * n].view(np.uint16)
+    for i in range(n):
+        dst[i] = f16_to_f32(h[i])
+
+
+@_jit
+def quantize_row_bf16(src, dst, n):
+    h = dst[: 2 * n].view(np.uint16)
+    for i in range(n):
+        h[i] = f32_to_bf16(src[i])
+
+
+@_jit
+def dequantize_row_bf16(src, dst, n):
+    h = src[: 2 * n].view(np.uint16)
+    for i in range(n):
+        dst[i] = bf16_to_f32(h[i])
+
+
+@_jit
+def quantize_row_f32(src, dst, n):
+    dst[: 4 * n].view(np.float32)[:] = src[:n]
+
+
+@_jit
+def dequantize_row_f32(src, dst, n):
+    dst[:n] = src[: 4 * n].view(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# dispatch on the ggml type id (an if-chain: callable from other numba code)
+
+_F32, _F16, _BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
+_Q4_0, _Q4_1, _Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
+_Q5_1, _Q8_0, _Q8_1 = int(GGMLType.Q5_1), int(GGMLType.Q8_0), int(GGMLType.Q8_1)
+
+
+@_jit
+def dequantize_row(t, src, dst, n):
+    """Row of n values of type t (raw bytes in src) -> float32 dst. 0, or ERR_UNSUPPORTED."""
+    if t == _Q4_0:
+        dequantize_row_q4_0(src, dst, n)
+    elif t == _Q8_0:
+        dequantize_row_q8_0(src, dst, n)
+    elif t == _F16:
+        dequantize_row_f16(src, dst, n)
+    elif t == _F32:
+        dequantize_row_f32(src, dst, n)
+    elif t == _BF16:
+        dequantize_row_bf16(src, dst, n)
+    elif t == _Q4_1:
+        dequantize_row_q4_1(src, dst, n)
+    elif t == _Q5_0:
+        dequantize_row_q5_0(src, dst, n)
+    elif t == _Q5_1:
+        dequantize_row_q5_1(src, dst, n)
+    elif t == _Q8_1:
+        dequantize_row_q8_1(src, dst, n)
+    else:
+        return ERR_UNSUPPORTED
+    return 0
+
+
+@_jit
+def quantize_row(t, src, dst, n):
+    """float32 row of n values -> raw bytes of type t in dst. 0, or ERR_UNSUPPORTED."""
+    if t == _Q4_0:
+        quantize_row_q4_0(src, dst, n)
+    elif t == _Q8_0:
+        quantize_row_q8_0(src, dst, n)
+    elif t == _F16:
+        quantize_row_f16(src, dst, n)
+    elif t == _F32:
+        quantize_row_f32(src, dst, n)
+    elif t == _BF16:
+        quantize_row_bf16(src, dst, n)
+    elif t == _Q4_1:
+        quantize_row_q4_1(src, dst, n)
+    elif t == _Q5_0:
+        quantize_row_q5_0(src, dst, n)
+    elif t == _Q5_1:
+        quantize_row_q5_1(src, dst, n)
+    elif t == _Q8_1:
+        quantize_row_q8_1(src, dst, n)
+    else:
+        return ERR_UNSUPPORTED
+    return 0

@@ -1,0 +1,37 @@
+"""Q4_1: blocks of 32 values, 20 bytes: f16 d, f16 m, then 16 bytes of 4-bit q.
+
+Nibble order as Q4_0; x = q * d + m (two float32 roundings, no FMA, as ggml).
+Quantizer = quantize_row_q4_1_ref: d = (max - min) / 15, m = min,
+q = min(15, (int8)((x - min) / d + 0.5)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import GGMLType, register_codec
+from ._common import (F32, as_f32, as_u8, c_int8, f16_at, f16_field, inverse, min_max_c,
+                      nibbles, pack_blocks, quiet, unpack_nibbles)
+
+QK = 32
+TYPE_SIZE = 20
+
+
+@quiet
+def from_float(x) -> np.ndarray:
+    xb = as_f32(x).reshape(-1, QK)
+    mn, mx = min_max_c(xb)
+    d = (mx - mn) / F32(15)
+    idd = inverse(d)
+    q = np.minimum(np.int8(15), c_int8((xb - mn[:, None]) * idd[:, None] + F32(0.5)))
+    return pack_blocks(len(xb), TYPE_SIZE, f16_field(d), f16_field(mn), nibbles(q))
+
+
+@quiet
+def to_float(raw, n: int) -> np.ndarray:
+    b = as_u8(raw)[: n // QK * TYPE_SIZE].reshape(-1, TYPE_SIZE)
+    d, m = f16_at(b, 0), f16_at(b, 2)
+    q = unpack_nibbles(b[:, 4:]).astype(np.float32)
+    return (q * d[:, None] + m[:, None]).reshape(-1)
+
+
+register_codec(GGMLType.Q4_1, to_float, from_float)

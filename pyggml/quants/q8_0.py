@@ -1,0 +1,39 @@
+"""Q8_0: blocks of 32 values, 34 bytes: f16 d, then 32 int8 q; x = q * d.
+
+Quantizer = quantize_row_q8_0_ref: d = amax / 127, q = roundf(x / d) (half away from
+zero, computed as x * (1/d) in float32).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import GGMLType, register_codec
+from ._common import (F32, absmax_c, as_f32, as_u8, c_int8, c_roundf, f16_at, f16_field,
+                      inverse, pack_blocks, quiet)
+
+QK = 32
+TYPE_SIZE = 34
+
+
+def quantize_blocks(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[nb, 32] float32 -> (d float32 [nb], q int8 [nb, 32]); shared with Q8_1."""
+    d = absmax_c(xb) / F32(127)
+    q = c_int8(c_roundf(xb * inverse(d)[:, None]))
+    return d, q
+
+
+@quiet
+def from_float(x) -> np.ndarray:
+    xb = as_f32(x).reshape(-1, QK)
+    d, q = quantize_blocks(xb)
+    return pack_blocks(len(xb), TYPE_SIZE, f16_field(d), q.view(np.uint8))
+
+
+@quiet
+def to_float(raw, n: int) -> np.ndarray:
+    b = as_u8(raw)[: n // QK * TYPE_SIZE].reshape(-1, TYPE_SIZE)
+    d = f16_at(b, 0)
+    return (b[:, 2:].view(np.int8).astype(np.float32) * d[:, None]).reshape(-1)
+
+
+register_codec(GGMLType.Q8_0, to_float, from_float)

@@ -1,0 +1,34 @@
+"""Q8_1: blocks of 32 values, 36 bytes: f16 d, f16 s = d * sum(q), then 32 int8 q.
+
+The activation format of Q4_1/Q5_1 dot products. Quantizer = quantize_row_q8_1_ref
+(q as Q8_0; s = (float)sum * d rounded to fp16). ggml has no to_float for Q8_1;
+ours is x = q * d.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import GGMLType, register_codec
+from ._common import as_f32, as_u8, f16_at, f16_field, pack_blocks, quiet
+from .q8_0 import quantize_blocks
+
+QK = 32
+TYPE_SIZE = 36
+
+
+@quiet
+def from_float(x) -> np.ndarray:
+    xb = as_f32(x).reshape(-1, QK)
+    d, q = quantize_blocks(xb)
+    s = q.sum(axis=1, dtype=np.int32).astype(np.float32) * d
+    return pack_blocks(len(xb), TYPE_SIZE, f16_field(d), f16_field(s), q.view(np.uint8))
+
+
+@quiet
+def to_float(raw, n: int) -> np.ndarray:
+    b = as_u8(raw)[: n // QK * TYPE_SIZE].reshape(-1, TYPE_SIZE)
+    d = f16_at(b, 0)
+    return (b[:, 4:].view(np.int8).astype(np.float32) * d[:, None]).reshape(-1)
+
+
+register_codec(GGMLType.Q8_1, to_float, from_float)
