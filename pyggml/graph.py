@@ -41,6 +41,8 @@ class CGraph:
         else:
             if len(self.nodes) >= self.size:
                 raise GraphError(f"graph is full: {self.size} nodes (use new_graph_custom with a larger size)")
+            if not t.name:
+                t.name = f"node_{len(self.nodes)}"
             self.nodes.append(t)
 
     def expand(self, tensor: Tensor) -> None:

@@ -203,13 +203,12 @@ def _is_contiguous_n(t: Tensor, n: int) -> bool:
         return False
     next_nb *= t.ne[0] // tr.blck_size
     for i in range(1, MAX_DIMS):
-        if t.ne[i] != 1:
-            if i > n:
-                if t.nb[i] != next_nb:
-                    return False
-                next_nb *= t.ne[i]
-            else:
-                next_nb = t.ne[i] * t.nb[i]   # this dimension need not be contiguous
+        if i > n:
+            if t.ne[i] != 1 and t.nb[i] != next_nb:
+                return False
+            next_nb *= t.ne[i]
+        else:
+            next_nb = t.ne[i] * t.nb[i]       # this dimension need not be contiguous
     return True
 
 

@@ -185,8 +185,8 @@ def _cpy_cases():
 
 CPY = register(OpDef(
     "CPY", _infer_cpy, reference=_ref_copy, cases=_cpy_cases, nbytes=_bytes_rw,
-    name_fmt=lambda s: (f"{s[1].name} (copy of {s[0].name})" if s[1].name and s[1] is not s[0]
-                        else f"{s[0].name} (copy)"),
+    name_fmt=lambda s: (f"{s[1].name} (copy of {s[0].name})"
+                        if len(s) > 1 and s[1] is not None and s[1].name else f"{s[0].name} (copy)"),
     ggml=lambda g, c, s, p, node: (g.ggml_cast(c, s[0], int(node.type)) if node.src[1] is node
                                    else g.ggml_cpy(c, s[0], s[1])),
     doc="Copies a into b's memory, converting/quantizing to b's type; returns a view of b."))

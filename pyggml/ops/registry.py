@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe
 from ..tensor import Tensor, MAX_SRC, MAX_OP_PARAMS, nbytes, nelements
-from ..types import GGMLType
+from ..types import GGMLType, TRAITS
 
 
 # --- op_params: ggml packs int32 words, floats bit-cast -----------------------------------
@@ -96,6 +96,7 @@ class Out:
     view_of: Optional[Tensor] = None
     offs: int = 0
     nb: Optional[Sequence[int]] = None
+    like_src: bool = False     # permute/transpose: ne may leave whole blocks (ggml allows it)
 
 
 def inplace_of(a: Tensor) -> Out:
@@ -162,13 +163,17 @@ class OpDef:
         for k, v in (hints or {}).items():
             setattr(p, k, v)
         out = self.infer(srcs, p)
-        t = ctx.new_tensor_impl(out.type, out.ne, view_src=out.view_of, view_offs=out.offs,
-                                op_name=self.name)
+        used = ctx.used
+        # like_src views get their ne/nb below, unchecked against block sizes, as in ggml
+        t = ctx.new_tensor_impl(out.type, [TRAITS[out.type].blck_size] if out.like_src else out.ne,
+                                view_src=out.view_of, view_offs=out.offs, op_name=self.name)
+        t.ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
         if out.nb is not None:
             t.nb = [int(x) for x in out.nb]
-            if t.view_src is not None and nelements(t) and \
+            if t.view_src is not None and nelements(t) and not out.like_src and \
                     t.view_offs + nbytes(t) > nbytes(t.view_src):
                 ctx.tensors.remove(t)
+                ctx.used = used
                 fail(self.name, f"view with ne={t.ne[:t.n_dims]} nb={t.nb} at offset {t.view_offs} "
                      f"reaches byte {t.view_offs + nbytes(t)}, past the end of its parent "
                      f"({nbytes(t.view_src)} bytes)", t.view_src)

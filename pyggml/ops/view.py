@@ -99,29 +99,29 @@ def _reshape_cases():
 
 
 RESHAPE = register(OpDef(
-    "RESHAPE", _infer_reshape, params="ne:i32[4]", view=True, cases=_reshape_cases,
+    "RESHAPE", _infer_reshape, view=True, cases=_reshape_cases,
     name_fmt=_named("reshaped"),
     ggml=lambda g, c, s, p, n: g.ggml_reshape_4d(c, s[0], *n.ne), doc="Same bytes, new shape (source must be contiguous)."))
 
 
 def reshape(ctx, a, b):
-    return RESHAPE.build(ctx, [a], dict(ne=b.ne))
+    return RESHAPE.build(ctx, [a], hints=dict(ne=list(b.ne)))
 
 
 def reshape_1d(ctx, a, ne0):
-    return RESHAPE.build(ctx, [a], dict(ne=[ne0, 1, 1, 1]))
+    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, 1, 1, 1]))
 
 
 def reshape_2d(ctx, a, ne0, ne1):
-    return RESHAPE.build(ctx, [a], dict(ne=[ne0, ne1, 1, 1]))
+    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, ne1, 1, 1]))
 
 
 def reshape_3d(ctx, a, ne0, ne1, ne2):
-    return RESHAPE.build(ctx, [a], dict(ne=[ne0, ne1, ne2, 1]))
+    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, 1]))
 
 
 def reshape_4d(ctx, a, ne0, ne1, ne2, ne3):
-    return RESHAPE.build(ctx, [a], dict(ne=[ne0, ne1, ne2, ne3]))
+    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, ne3]))
 
 
 # --- PERMUTE / TRANSPOSE ------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def _infer_permute(srcs, p):
     for i, ax in enumerate(axes):
         ne[ax] = a.ne[i]
         nb[ax] = a.nb[i]
-    return Out(a.type, ne, view_of=a, offs=0, nb=nb)
+    return Out(a.type, ne, view_of=a, offs=0, nb=nb, like_src=True)
 
 
 def _permute_cases():
@@ -167,7 +167,7 @@ def permute(ctx, a, axis0, axis1, axis2, axis3):
 def _infer_transpose(srcs, p):
     a = need_src("TRANSPOSE", srcs, 0, "a")
     return Out(a.type, [a.ne[1], a.ne[0], a.ne[2], a.ne[3]], view_of=a, offs=0,
-               nb=[a.nb[1], a.nb[0], a.nb[2], a.nb[3]])
+               nb=[a.nb[1], a.nb[0], a.nb[2], a.nb[3]], like_src=True)
 
 
 def _transpose_cases():
