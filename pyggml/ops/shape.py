@@ -1,0 +1,1025 @@
+"""Shape and data-movement ops: CONCAT, REPEAT, REPEAT_BACK, PAD, SET, ACC, ARANGE,
+TIMESTEP_EMBEDDING, ARGSORT, TOP_K, UPSCALE (ggml_upscale / ggml_interpolate).
+
+Semantics are ggml's (ggml.c constructors, ggml-cpu ops.cpp kernels). Pure data movement
+(concat, repeat, pad, set) is byte-exact for every element type; pyggml accepts strided
+(permuted, viewed) sources everywhere ggml's CPU kernels assume packed rows.
+
+Note: this module defines `set` (ggml_set), which shadows the builtin inside this file.
+"""
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+
+from .. import data
+from ..errors import ParamError, TypeError_
+from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vector, nbytes, \
+    nelements
+from ..types import GGMLType, TRAITS
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from . import cases_common as cc
+
+_F32, _F16, _BF16, _I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
+_ELEMENT_TYPES = tuple(t for t, tr in TRAITS.items() if tr.blck_size == 1)
+_F32_ONLY = (_F32,)
+# tag of cases beyond what ggml's CPU kernels accept (they would abort real ggml): pyggml only
+NO_GGML = "no_ggml"
+
+
+def _unique(cases):
+    """Drop repeated case strings (ggml's grids list a few cases twice), keeping the first."""
+    seen, out = builtins.set(), []
+    for c in cases:
+        if str(c) not in seen:
+            seen.add(str(c))
+            out.append(c)
+    return out
+
+
+def _named(suffix, i=0):
+    return lambda srcs: f"{srcs[i].name} ({suffix})"
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """Zero-copy (ne3, ne2, ne1, ne0) view of an element-type tensor in its storage dtype."""
+    return data.strided(t)
+
+
+# --- CONCAT -----------------------------------------------------------------------------------
+
+def _infer_concat(srcs, p):
+    a = need_src("CONCAT", srcs, 0, "a")
+    b = need_src("CONCAT", srcs, 1, "b")
+    dim = p.dim
+    if not 0 <= dim < 4:
+        raise ParamError(f"CONCAT: dim={dim} must be in [0, 4) [{a.name!r}, {b.name!r}]")
+    need(a.type == b.type, "CONCAT", f"types differ ({a.type.tname} vs {b.type.tname})", a, b,
+         cls=TypeError_)
+    ne = list(a.ne)
+    for d in range(4):
+        if d == dim:
+            ne[d] = a.ne[d] + b.ne[d]
+        else:
+            need(a.ne[d] == b.ne[d], "CONCAT",
+                 f"a.ne[{d}]={a.ne[d]} != b.ne[{d}]={b.ne[d]} (only dim {dim} may differ)", a, b)
+    if TRAITS[a.type].is_quantized:
+        need(is_contiguous_rows(a) and is_contiguous_rows(b), "CONCAT",
+             "quantized sources need packed rows", a, b)
+    return Out(a.type, ne)
+
+
+def _ref_concat(node, ins, p):
+    a, b = node.src[0], node.src[1]
+    if TRAITS[a.type].blck_size == 1:
+        _np(node)[...] = np.concatenate([_np(a), _np(b)], axis=3 - p.dim)
+    else:                        # whole blocks: bytes of packed rows (dim 0 joins row bytes)
+        out = np.concatenate([data.row_bytes(a), data.row_bytes(b)], axis=3 - p.dim)
+        data.row_bytes(node)[...] = out
+    return None
+
+
+def _concat_cases():
+    out = []
+
+    def build(type, ne_a, ne_b_d, dim, v):
+        def f(ctx):
+            ne_b = list(ne_a)
+            ne_b[dim] = ne_b_d
+            if v & 1:
+                ne = list(ne_a); ne[0] *= 2; ne[1] *= 4; ne[2] *= 3
+            elif v & 4:
+                ne = list(ne_a); ne[2] *= 2; ne[3] *= 4
+            else:
+                ne = None
+            a = cc.leaf(ctx, type, ne or ne_a, "a")
+            if ne:
+                a = _view_4d(ctx, a, *ne_a, a.nb[1], a.nb[2], a.nb[3], 0)
+                a.name = "view_of_a"
+            if v & 2:
+                ne = list(ne_b); ne[0] *= 3; ne[1] *= 2; ne[2] *= 4
+            elif v & 8:
+                ne = list(ne_b); ne[2] *= 3; ne[3] *= 2
+            else:
+                ne = None
+            b = cc.leaf(ctx, type, ne or ne_b, "b")
+            if ne:
+                b = _view_4d(ctx, b, *ne_b, b.nb[1], b.nb[2], b.nb[3], 0)
+                b.name = "view_of_b"
+            return concat(ctx, a, b, dim)
+        return f
+
+    def add(type, ne_a, ne_b_d, dim, v):
+        out.append(cc.case("CONCAT", dict(type=cc.T(type), ne_a=list(ne_a), ne_b_d=ne_b_d,
+                                          dim=dim, v=v), build(type, ne_a, ne_b_d, dim, v),
+                           exact=True))
+
+    for v in (0, 1, 2, 3):
+        for dim in (0, 1, 2, 3):
+            for type in ("f32", "f16", "bf16", "i8", "i16", "i32", "i64"):
+                add(type, (11, 12, 13, 14), 7, dim, v)
+    for type in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"):
+        for v in (0, 4, 8, 12):
+            for dim in (0, 1, 2, 3):
+                add(type, (128, 12, 13, 14), 256 if dim == 0 else 7, dim, v)
+    # pyggml extra: a permuted (transposed) source
+    out.append(cc.case("CONCAT", dict(type=cc.T("f32"), ne_a=[5, 6, 3, 1], ne_b_d=4, dim=1,
+                                      v=0, permute_a=[1, 0, 2, 3]),
+                       lambda ctx: concat(ctx, _permute(ctx, cc.leaf(ctx, "f32", [6, 5, 3, 1], "a"),
+                                                        1, 0, 2, 3),
+                                          cc.leaf(ctx, "f32", [5, 4, 3, 1], "b"), 1),
+                       exact=True))
+    return out
+
+
+CONCAT = register(OpDef(
+    "CONCAT", _infer_concat, params="dim:i32", reference=_ref_concat, cases=_concat_cases,
+    nbytes=lambda node: 2 * nbytes(node), exact=True,
+    ggml=lambda g, c, s, p, node: g.ggml_concat(c, s[0], s[1], p.dim),
+    doc="a and b joined along dim (all other dims equal; any strides)."))
+
+
+def concat(ctx, a, b, dim):
+    """ggml_concat(a, b, dim)."""
+    return CONCAT.build(ctx, [a, b], dict(dim=dim))
+
+
+# --- REPEAT / REPEAT_BACK -------------------------------------------------------------------
+
+def _infer_repeat(srcs, p):
+    a = need_src("REPEAT", srcs, 0, "a")
+    ne = list(p.ne)
+    need_type("REPEAT", a, _ELEMENT_TYPES, "a")
+    ok = is_empty(a) or all(a.ne[i] > 0 and ne[i] % a.ne[i] == 0 for i in range(4))
+    need(ok, "REPEAT", f"a cannot be repeated into ne={ne} (each dim must be a multiple)", a)
+    return Out(a.type, ne)
+
+
+def _ref_repeat(node, ins, p):
+    a = node.src[0]
+    if nelements(node) == 0 or nelements(a) == 0:
+        return None
+    reps = [node.ne[3 - i] // a.ne[3 - i] for i in range(4)]
+    _np(node)[...] = np.tile(_np(a), reps)
+    return None
+
+
+def _repeat_cases():
+    out = []
+
+    def build(type, ne, nr):
+        def f(ctx):
+            target = cc.leaf(ctx, type, [ne[i] * nr[i] for i in range(4)], "target")
+            src = cc.leaf(ctx, type, ne, "src")
+            return repeat(ctx, src, target)
+        return f
+
+    for ne3 in (1, 3):
+        for type, nr in (("f32", (1, 1, 1, 1)), ("f32", (2, 1, 1, 1)), ("f32", (1, 2, 1, 1)),
+                         ("f32", (1, 1, 2, 1)), ("f32", (1, 1, 1, 2)), ("f16", (2, 1, 1, 1)),
+                         ("i32", (2, 1, 1, 1)), ("i16", (1, 1, 1, 2)), ("bf16", (2, 1, 1, 1))):
+            ne = [10, 5, 4, ne3]
+            out.append(cc.case("REPEAT", dict(type=cc.T(type), ne=ne, nr=list(nr)),
+                               build(type, ne, nr), exact=True))
+    # pyggml extra: a transposed source
+    out.append(cc.case("REPEAT", dict(type=cc.T("f32"), ne=[3, 7, 1, 1], nr=[2, 1, 3, 1],
+                                      transpose=True),
+                       lambda ctx: repeat_4d(ctx, _transpose(ctx, cc.leaf(ctx, "f32", [7, 3], "src")),
+                                             6, 7, 3, 1), exact=True, tags=(NO_GGML,)))
+    return out
+
+
+REPEAT = register(OpDef(
+    "REPEAT", _infer_repeat, reference=_ref_repeat, cases=_repeat_cases,
+    n_tasks=lambda node, n: 1, nbytes=lambda node: 2 * nbytes(node), exact=True,
+    ggml=lambda g, c, s, p, node: g.ggml_repeat_4d(c, s[0], *node.ne),
+    doc="a tiled to the shape b (or ne0..ne3)."))
+
+
+def repeat(ctx, a, b):
+    """ggml_repeat(a, b): a tiled to b's shape (b's data is not used)."""
+    return REPEAT.build(ctx, [a], hints=dict(ne=list(b.ne)))
+
+
+def repeat_4d(ctx, a, ne0, ne1, ne2, ne3):
+    return REPEAT.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, ne3]))
+
+
+def _infer_repeat_back(srcs, p):
+    a = need_src("REPEAT_BACK", srcs, 0, "a")
+    ne = list(p.ne)
+    need_type("REPEAT_BACK", a, (_F32, _F16, _BF16), "a")
+    ok = all(ne[i] > 0 and a.ne[i] % ne[i] == 0 for i in range(4))
+    need(ok, "REPEAT_BACK", f"ne={ne} cannot be repeated into a (each dim must divide a's)", a)
+    return Out(a.type, ne)
+
+
+def _ref_repeat_back(node, ins, p):
+    a = ins[0]
+    shp = []
+    for i in (3, 2, 1, 0):
+        shp += [a.shape[3 - i] // node.ne[i], node.ne[i]]
+    return a.reshape(shp).sum(axis=(0, 2, 4, 6))
+
+
+def _repeat_back_cases():
+    out = []
+
+    def build(type, ne, nr, v):
+        def f(ctx):
+            big = [ne[i] * nr[i] for i in range(4)]
+            src = cc.leaf(ctx, type, big, "src")
+            if v:
+                ne0 = [big[i] if nr[i] == 1 else big[i] // 2 for i in range(4)]
+                src = _view_4d(ctx, src, *ne0, src.nb[1], src.nb[2], src.nb[3], 0)
+            target = cc.leaf(ctx, type, ne, "target")
+            return repeat_back(ctx, src, target)
+        return f
+
+    for v in (False, True):
+        for nr in ((1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 1), (1, 1, 1, 2)):
+            ne = [8, 6, 4, 2]
+            out.append(cc.case("REPEAT_BACK", dict(type=cc.T("f32"), ne=ne, nr=list(nr), v=v),
+                               build("f32", ne, nr, v)))
+    return out
+
+
+def _repeat_back_ggml(g, c, s, p, node):
+    # ggml_repeat_back takes b for its shape only: a fresh tensor of the result's shape
+    b = g.ggml_new_tensor_4d(c, int(node.type), *node.ne)
+    return g.ggml_repeat_back(c, s[0], b)
+
+
+REPEAT_BACK = register(OpDef(
+    "REPEAT_BACK", _infer_repeat_back, reference=_ref_repeat_back, cases=_repeat_back_cases,
+    n_tasks=lambda node, n: 1, nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
+    ggml=_repeat_back_ggml,
+    doc="Sum of the repeats of a back into the shape of b (backward of repeat)."))
+
+
+def repeat_back(ctx, a, b):
+    """ggml_repeat_back(a, b): a summed into b's shape (b's data is not used)."""
+    return REPEAT_BACK.build(ctx, [a], hints=dict(ne=list(b.ne)))
+
+
+# --- PAD ------------------------------------------------------------------------------------
+
+_PAD_TYPES = (_F32, _F16, _BF16, _I32)
+
+
+def _infer_pad(srcs, p):
+    a = need_src("PAD", srcs, 0, "a")
+    need_type("PAD", a, _PAD_TYPES, "a")
+    pads = [p.lp0, p.rp0, p.lp1, p.rp1, p.lp2, p.rp2, p.lp3, p.rp3]
+    if any(x < 0 for x in pads):
+        raise ParamError(f"PAD: pads must be >= 0, got {pads} [{a.name!r} ne={a.ne}]")
+    if p.circular:
+        need(all(x > 0 for x in a.ne), "PAD", "circular padding of an empty tensor", a)
+    ne = [a.ne[i] + pads[2 * i] + pads[2 * i + 1] for i in range(4)]
+    return Out(a.type, ne)
+
+
+def _ref_pad(node, ins, p):
+    a = node.src[0]
+    lp = [p.lp0, p.lp1, p.lp2, p.lp3]
+    src = _np(a)
+    if p.circular:       # a torus: index (i - lp) modulo the source size, on every axis
+        idx = [(np.arange(node.ne[d]) - lp[d]) % a.ne[d] for d in (3, 2, 1, 0)]
+        _np(node)[...] = src[np.ix_(*idx)]
+    else:
+        dst = _np(node)
+        dst[...] = 0
+        dst[lp[3]:lp[3] + a.ne[3], lp[2]:lp[2] + a.ne[2], lp[1]:lp[1] + a.ne[1],
+            lp[0]:lp[0] + a.ne[0]] = src
+    return None
+
+
+def _pad_cases():
+    out = []
+
+    def build_pad(ne_a, p0, p1, circular):
+        def f(ctx):
+            a = cc.leaf(ctx, "f32", ne_a, "a")
+            return (pad_circular if circular else pad)(ctx, a, p0, p1, 0, 0)
+        return f
+
+    def add_pad(ne_a, p0, p1, circular=False, slow=False):
+        out.append(cc.case("PAD", dict(type=cc.T("f32"), ne_a=list(ne_a), pad_0=p0, pad_1=p1,
+                                       circular=circular), build_pad(ne_a, p0, p1, circular),
+                           exact=True, tags=("slow",) if slow else ()))
+
+    def build_ext(ne_a, pads, tfrm, circular):
+        def f(ctx):
+            a = cc.leaf(ctx, "f32", ne_a, "a")
+            if tfrm == 1:
+                a = _view_4d(ctx, a, *[(x + 1) // 2 for x in a.ne], a.nb[1], a.nb[2], a.nb[3], 0)
+                a.name = "view of a"
+            elif tfrm == 2:
+                a = _permute(ctx, a, 2, 1, 0, 3)
+                a.name = "permuted a"
+            return (pad_ext_circular if circular else pad_ext)(ctx, a, *pads)
+        return f
+
+    def add_ext(ne_a, pads, tfrm=0, circular=False, slow=False):
+        names = ("lp0", "rp0", "lp1", "rp1", "lp2", "rp2", "lp3", "rp3")
+        v = dict(type=cc.T("f32"), ne_a=list(ne_a))
+        v.update(zip(names, pads))
+        v.update(tfrm=tfrm, circular=circular)
+        out.append(cc.case("PAD", v, build_ext(ne_a, pads, tfrm, circular), exact=True,
+                           tags=("slow",) if slow else ()))
+
+    add_pad((512, 512, 1, 1), 1, 1, slow=True)
+    add_pad((33, 17, 2, 1), 4, 3, True)
+    add_ext((512, 512, 3, 1), (1,) * 8, slow=True)
+    for ne, p0, p1 in (((1024, 1, 1, 1), 1, 0), ((1024, 2, 1, 1), 1, 0), ((1024, 16, 1, 1), 0, 1),
+                       ((1023, 1, 1, 1), 1, 0), ((1023, 8, 1, 1), 1, 0), ((1025, 1, 1, 1), 1, 0),
+                       ((1025, 8, 1, 1), 1, 0), ((2048, 1, 1, 1), 1, 0), ((2048, 4, 1, 1), 1, 0),
+                       ((2049, 1, 1, 1), 1, 0), ((100, 1, 1, 1), 100, 0), ((100, 1, 1, 1), 0, 100),
+                       ((100, 100, 1, 1), 50, 50)):
+        add_pad(ne, p0, p1)
+    for tfrm in (0, 1, 2):
+        for circular in (False, True):
+            add_ext((512, 512, 1, 1), (0, 1, 0, 1, 0, 0, 0, 0), tfrm, circular, slow=True)
+            add_ext((11, 22, 33, 44), (1, 2, 3, 4, 5, 6, 7, 8), tfrm, circular, slow=True)
+            # pyggml extra: the same layouts at a small size
+            add_ext((7, 6, 5, 3), (1, 2, 3, 1, 2, 0, 1, 1), tfrm, circular)
+    return out
+
+
+PAD = register(OpDef(
+    "PAD", _infer_pad, params="lp0:i32 rp0:i32 lp1:i32 rp1:i32 lp2:i32 rp2:i32 lp3:i32 rp3:i32 "
+                              "circular:i32",
+    reference=_ref_pad, cases=_pad_cases, exact=True,
+    nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
+    ggml=lambda g, c, s, p, node: (g.ggml_pad_ext_circular if p.circular else g.ggml_pad_ext)(
+        c, s[0], p.lp0, p.rp0, p.lp1, p.rp1, p.lp2, p.rp2, p.lp3, p.rp3),
+    doc="a with zeros (or, circular, its own wrapped values) added before/after each dim."))
+
+
+def pad(ctx, a, p0, p1, p2, p3):
+    """ggml_pad: pads after the end of each dim."""
+    return pad_ext(ctx, a, 0, p0, 0, p1, 0, p2, 0, p3)
+
+
+def pad_circular(ctx, a, p0, p1, p2, p3):
+    return pad_ext_circular(ctx, a, 0, p0, 0, p1, 0, p2, 0, p3)
+
+
+def pad_ext(ctx, a, lp0, rp0, lp1, rp1, lp2, rp2, lp3, rp3):
+    return PAD.build(ctx, [a], dict(lp0=lp0, rp0=rp0, lp1=lp1, rp1=rp1, lp2=lp2, rp2=rp2,
+                                    lp3=lp3, rp3=rp3, circular=0))
+
+
+def pad_ext_circular(ctx, a, lp0, rp0, lp1, rp1, lp2, rp2, lp3, rp3):
+    return PAD.build(ctx, [a], dict(lp0=lp0, rp0=rp0, lp1=lp1, rp1=rp1, lp2=lp2, rp2=rp2,
+                                    lp3=lp3, rp3=rp3, circular=1))
+
+
+# --- SET / ACC ------------------------------------------------------------------------------
+
+def _check_window(op, a, b, p):
+    """b viewed into a with strides (elsize, nb1, nb2, nb3) at byte offset must stay inside a."""
+    es = TRAITS[a.type].type_size
+    for name in ("nb1", "nb2", "nb3", "offset"):
+        if getattr(p, name) < 0:
+            raise ParamError(f"{op}: {name}={getattr(p, name)} must be >= 0 [{a.name!r}]")
+    if nelements(b) == 0:
+        return
+    last = p.offset + (b.ne[0] - 1) * es + (b.ne[1] - 1) * p.nb1 + (b.ne[2] - 1) * p.nb2 + \
+        (b.ne[3] - 1) * p.nb3
+    need(last + es <= nbytes(a), op,
+         f"b viewed with nb=[{es}, {p.nb1}, {p.nb2}, {p.nb3}] at offset {p.offset} reaches byte "
+         f"{last + es}, past the end of a ({nbytes(a)} bytes)", a, b)
+
+
+def _infer_set(srcs, p):
+    a = need_src("SET", srcs, 0, "a")
+    b = need_src("SET", srcs, 1, "b")
+    need(nelements(a) >= nelements(b), "SET", "b has more elements than a", a, b)
+    need(p.offset < (1 << 30), "SET", f"offset {p.offset} must be < 2^30", a)
+    need_type("SET", a, _ELEMENT_TYPES, "a")
+    need(a.type == b.type, "SET", f"a and b types differ ({a.type.tname} vs {b.type.tname})",
+         a, b, cls=TypeError_)
+    need(is_contiguous(a), "SET", "a must be contiguous", a)
+    _check_window("SET", a, b, p)
+    return inplace_of(a) if p.inplace else Out(a.type, a.ne)
+
+
+def _window(node, b, p) -> np.ndarray:
+    """node's bytes seen with b's shape and the op's strides, at the op's byte offset."""
+    tr = TRAITS[node.type]
+    return np.ndarray(b.ne[::-1], dtype=tr.np_dtype, buffer=node.buffer.data,
+                      offset=node.offs + p.offset, strides=[p.nb3, p.nb2, p.nb1, tr.type_size])
+
+
+def _ref_set(node, ins, p):
+    a, b = node.src[0], node.src[1]
+    if not p.inplace:
+        _np(node)[...] = _np(a)
+    if nelements(b):
+        _window(node, b, p)[...] = _np(b)
+    return None
+
+
+def _set_cases():
+    out = []
+
+    def build(type_src, type_dst, ne, dim, inplace):
+        def f(ctx):
+            src = cc.leaf(ctx, type_src, ne, "src")
+            ne_dst = list(ne)
+            for i in range(dim):
+                ne_dst[i] *= 2
+            dst = cc.leaf(ctx, type_dst, ne_dst, "dst")
+            offset = builtins.sum(((ne_dst[i] - ne[i]) // 2) * dst.nb[i] for i in range(dim))
+            fn = set_inplace if inplace else set
+            return fn(ctx, dst, src, src.nb[1], src.nb[2], src.nb[3], offset)
+        return f
+
+    for type in ("f32", "i32"):
+        for dim in range(1, 4):
+            for inplace in (False, True):
+                ne = [6, 5, 4, 3]
+                out.append(cc.case("SET", dict(type_src=cc.T(type), type_dst=cc.T(type), ne=ne,
+                                               dim=dim, inplace=inplace),
+                                   build(type, type, ne, dim, inplace), exact=True))
+    # pyggml extras: set_1d / set_2d into a larger f32, and an f16 pair
+    out.append(cc.case("SET", dict(type_src=cc.T("f16"), type_dst=cc.T("f16"), ne=[6, 5, 4, 3],
+                                   dim=2, inplace=False), build("f16", "f16", [6, 5, 4, 3], 2, False),
+                       exact=True, tags=(NO_GGML,)))
+    out.append(cc.case("SET", dict(type_src=cc.T("f32"), type_dst=cc.T("f32"), ne=[7, 1, 1, 1],
+                                   dim=0, inplace=False, fn="set_1d"),
+                       lambda ctx: set_1d(ctx, cc.leaf(ctx, "f32", [20], "dst"),
+                                          cc.leaf(ctx, "f32", [7], "src"), 12), exact=True))
+    out.append(cc.case("SET", dict(type_src=cc.T("f32"), type_dst=cc.T("f32"), ne=[3, 4, 1, 1],
+                                   dim=0, inplace=True, fn="set_2d_inplace"),
+                       lambda ctx: set_2d_inplace(ctx, cc.leaf(ctx, "f32", [8, 6], "dst"),
+                                                  cc.leaf(ctx, "f32", [3, 4], "src"), 32, 8),
+                       exact=True))
+    return out
+
+
+def _set_ggml(g, c, s, p, node):
+    fn = g.ggml_set_inplace if p.inplace else g.ggml_set
+    return fn(c, s[0], s[1], p.nb1, p.nb2, p.nb3, p.offset)
+
+
+SET = register(OpDef(
+    "SET", _infer_set, params="nb1:i32 nb2:i32 nb3:i32 offset:i32 inplace:i32",
+    reference=_ref_set, cases=_set_cases, n_tasks=lambda node, n: 1, exact=True,
+    nbytes=lambda node: nbytes(node) + nbytes(node.src[0]) + nbytes(node.src[1]),
+    ggml=_set_ggml,
+    doc="a with b written into the strided window (nb1, nb2, nb3, offset) of its bytes."))
+
+
+def _set(ctx, a, b, nb1, nb2, nb3, offset, inplace):
+    t = SET.build(ctx, [a, b], dict(nb1=nb1, nb2=nb2, nb3=nb3, offset=offset,
+                                    inplace=int(bool(inplace))))
+    if inplace:
+        t.name = f"{a.name} (view)"
+    return t
+
+
+def set(ctx, a, b, nb1, nb2, nb3, offset):  # noqa: A001  (ggml_set)
+    """ggml_set: a copy of a with b written at byte offset, b's rows strided nb1, nb2, nb3."""
+    return _set(ctx, a, b, nb1, nb2, nb3, offset, False)
+
+
+def set_inplace(ctx, a, b, nb1, nb2, nb3, offset):
+    return _set(ctx, a, b, nb1, nb2, nb3, offset, True)
+
+
+def set_1d(ctx, a, b, offset):
+    return _set(ctx, a, b, a.nb[1], a.nb[2], a.nb[3], offset, False)
+
+
+def set_1d_inplace(ctx, a, b, offset):
+    return _set(ctx, a, b, a.nb[1], a.nb[2], a.nb[3], offset, True)
+
+
+def set_2d(ctx, a, b, nb1, offset):
+    return _set(ctx, a, b, nb1, a.nb[2], a.nb[3], offset, False)
+
+
+def set_2d_inplace(ctx, a, b, nb1, offset):
+    return _set(ctx, a, b, nb1, a.nb[2], a.nb[3], offset, True)
+
+
+def _infer_acc(srcs, p):
+    a = need_src("ACC", srcs, 0, "a")
+    b = need_src("ACC", srcs, 1, "b")
+    need(nelements(b) <= nelements(a), "ACC", "b has more elements than a", a, b)
+    need(is_contiguous(a), "ACC", "a must be contiguous", a)
+    need_type("ACC", a, _F32_ONLY, "a")
+    need_type("ACC", b, _F32_ONLY, "b")
+    _check_window("ACC", a, b, p)
+    return inplace_of(a) if p.inplace else Out(a.type, a.ne)
+
+
+def _ref_acc(node, ins, p):
+    a, b = node.src[0], node.src[1]
+    if not p.inplace:
+        _np(node)[...] = _np(a)
+    if nelements(b):
+        w = _window(node, b, p)
+        w[...] = w + _np(b)          # float32 adds, as ggml_vec_add_f32
+    return None
+
+
+def _acc_cases():
+    out = []
+
+    def build(ne_a, ne_b, stride_dim):
+        def f(ctx):
+            a = cc.leaf(ctx, "f32", ne_a, "a")
+            if stride_dim in (1, 2, 3):
+                ne_pad = list(ne_b)
+                ne_pad[stride_dim] += 1
+                bp = cc.leaf(ctx, "f32", ne_pad, "b_pad")
+                b = _view_4d(ctx, bp, *ne_b, bp.nb[1], bp.nb[2], bp.nb[3], bp.nb[1])
+            else:
+                b = cc.leaf(ctx, "f32", ne_b, "b")
+            b.name = "b"
+            return acc(ctx, a, b, a.nb[1], a.nb[2], a.nb[3], 0)
+        return f
+
+    for ne_a, ne_b, sd in (((256, 17, 1, 1), (256, 16, 1, 1), -1),
+                           ((256, 17, 2, 3), (256, 16, 2, 3), -1),
+                           ((256, 17, 2, 3), (128, 16, 2, 3), -1),
+                           ((256, 17, 2, 3), (256, 16, 2, 3), 1),
+                           ((256, 17, 2, 3), (128, 16, 2, 3), 2),
+                           ((256, 17, 2, 3), (64, 16, 2, 3), 3)):
+        out.append(cc.case("ACC", dict(type=cc.T("f32"), ne_a=list(ne_a), ne_b=list(ne_b),
+                                       stride_dim=sd), build(ne_a, ne_b, sd)))
+    return out
+
+
+def _acc_ggml(g, c, s, p, node):
+    fn = g.ggml_acc_inplace if p.inplace else g.ggml_acc
+    return fn(c, s[0], s[1], p.nb1, p.nb2, p.nb3, p.offset)
+
+
+ACC = register(OpDef(
+    "ACC", _infer_acc, params="nb1:i32 nb2:i32 nb3:i32 offset:i32 inplace:i32",
+    reference=_ref_acc, cases=_acc_cases,
+    work_size=lambda node, n: 4 * node.src[1].ne[0] * n,
+    flops=lambda node: nelements(node.src[1]),
+    nbytes=lambda node: nbytes(node) + nbytes(node.src[0]) + 2 * nbytes(node.src[1]),
+    ggml=_acc_ggml, doc="a with b added into the strided window (nb1, nb2, nb3, offset)."))
+
+
+def _acc(ctx, a, b, nb1, nb2, nb3, offset, inplace):
+    t = ACC.build(ctx, [a, b], dict(nb1=nb1, nb2=nb2, nb3=nb3, offset=offset,
+                                    inplace=int(bool(inplace))))
+    if inplace:
+        t.name = f"{a.name} (view)"
+    return t
+
+
+def acc(ctx, a, b, nb1, nb2, nb3, offset):
+    """ggml_acc: a copy of a with b added at byte offset, b's rows strided nb1, nb2, nb3."""
+    return _acc(ctx, a, b, nb1, nb2, nb3, offset, False)
+
+
+def acc_inplace(ctx, a, b, nb1, nb2, nb3, offset):
+    return _acc(ctx, a, b, nb1, nb2, nb3, offset, True)
+
+
+# --- ARANGE ---------------------------------------------------------------------------------
+
+def _arange_steps(start, stop, step) -> int:
+    """ggml: (int64_t) ceilf((stop - start) / step), in float32."""
+    return int(np.ceil((np.float32(stop) - np.float32(start)) / np.float32(step)))
+
+
+def _infer_arange(srcs, p):
+    vals = (p.start, p.stop, p.step)
+    if not all(np.isfinite(v) for v in vals):
+        raise ParamError(f"ARANGE: start, stop, step must be finite, got {vals}")
+    if not p.stop > p.start:
+        raise ParamError(f"ARANGE: stop ({p.stop}) must be greater than start ({p.start})")
+    if not p.step > 0:
+        raise ParamError(f"ARANGE: step ({p.step}) must be > 0")
+    return Out(_F32, [_arange_steps(p.start, p.stop, p.step)])
+
+
+def _ref_arange(node, ins, p):
+    i = np.arange(node.ne[0]).astype(np.float32)
+    return np.float32(p.start) + np.float32(p.step) * i       # float32, as ggml
+
+
+def _arange_cases():
+    out = []
+    for start, stop, step, slow in ((0.0, 10.0, 1.0, False), (0.0, 1048576.0, 1.0, True),
+                                    (-3.5, 7.25, 0.3, False), (2.0, 1000.0, 7.0, False)):
+        out.append(cc.case("ARANGE", dict(type=cc.T("f32"), start=start, stop=stop, step=step),
+                           (lambda a, b, c: lambda ctx: arange(ctx, a, b, c))(start, stop, step),
+                           tags=("slow",) if slow else ()))
+    return out
+
+
+ARANGE = register(OpDef(
+    "ARANGE", _infer_arange, params="start:f32 stop:f32 step:f32", reference=_ref_arange,
+    cases=_arange_cases, nbytes=lambda node: nbytes(node),
+    ggml=lambda g, c, s, p, node: g.ggml_arange(c, p.start, p.stop, p.step),
+    doc="F32 [ceil((stop - start) / step)]: start + step * i."))
+
+
+def arange(ctx, start, stop, step):
+    """ggml_arange(start, stop, step): F32 values start + step*i, computed in float32."""
+    return ARANGE.build(ctx, [], dict(start=start, stop=stop, step=step))
+
+
+# --- TIMESTEP_EMBEDDING -------------------------------------------------------------------------
+
+def _infer_timestep(srcs, p):
+    t = need_src("TIMESTEP_EMBEDDING", srcs, 0, "timesteps")
+    need_type("TIMESTEP_EMBEDDING", t, _F32_ONLY, "timesteps")
+    need(is_vector(t), "TIMESTEP_EMBEDDING", "timesteps must be a vector", t)
+    if p.dim <= 0 or p.max_period <= 0:
+        raise ParamError(f"TIMESTEP_EMBEDDING: dim ({p.dim}) and max_period ({p.max_period}) "
+                         f"must be > 0")
+    return Out(_F32, [p.dim, t.ne[0]])
+
+
+def _ref_timestep(node, ins, p):
+    # frequencies as ggml computes them: expf(-logf(max_period) * j / half) in float32
+    half = p.dim // 2
+    f32 = np.float32
+    j = np.arange(half).astype(f32)
+    freq = np.exp((-np.log(f32(p.max_period)) * j) / f32(half)).astype(f32) if half else j
+    ts = ins[0].reshape(-1).astype(f32)
+    arg = (ts[:, None] * freq[None, :]).astype(np.float64)
+    out = np.zeros((ts.size, p.dim))
+    out[:, :half] = np.cos(arg)
+    out[:, half:2 * half] = np.sin(arg)
+    return out
+
+
+def _timestep_cases():
+    out = []
+    for ne, dim, mp in (((2, 1, 1, 1), 320, 10000), ((5, 1, 1, 1), 33, 1000),
+                        ((3, 1, 1, 1), 8, 10000)):
+        out.append(cc.case("TIMESTEP_EMBEDDING", dict(type=cc.T("f32"), ne_a=list(ne), dim=dim,
+                                                      max_period=mp),
+                           (lambda ne, d, m: lambda ctx: timestep_embedding(
+                               ctx, cc.leaf(ctx, "f32", ne, "a"), d, m))(ne, dim, mp)))
+    return out
+
+
+TIMESTEP_EMBEDDING = register(OpDef(
+    "TIMESTEP_EMBEDDING", _infer_timestep, params="dim:i32 max_period:i32",
+    reference=_ref_timestep, cases=_timestep_cases,
+    ggml=lambda g, c, s, p, node: g.ggml_timestep_embedding(c, s[0], p.dim, p.max_period),
+    doc="Sinusoidal embedding F32 [dim, n]: cos then sin of t * max_period^(-j/half)."))
+
+
+def timestep_embedding(ctx, timesteps, dim, max_period):
+    return TIMESTEP_EMBEDDING.build(ctx, [timesteps], dict(dim=dim, max_period=max_period))
+
+
+# --- ARGSORT / TOP_K ------------------------------------------------------------------------------
+
+SORT_ORDER_ASC = 0
+SORT_ORDER_DESC = 1
+
+
+def _infer_argsort(srcs, p):
+    a = need_src("ARGSORT", srcs, 0, "a")
+    need_type("ARGSORT", a, _F32_ONLY, "a")
+    need(a.ne[0] <= 2**31 - 1, "ARGSORT", "rows longer than INT32_MAX", a)
+    if p.order not in (SORT_ORDER_ASC, SORT_ORDER_DESC):
+        raise ParamError(f"ARGSORT: order must be 0 (asc) or 1 (desc), got {p.order}")
+    return Out(_I32, a.ne)
+
+
+def _argsort_rows(x: np.ndarray, desc: bool) -> np.ndarray:
+    """Stable: equal values keep their index order (ggml's std::sort leaves ties unspecified)."""
+    return np.argsort(-x if desc else x, axis=-1, kind="stable")
+
+
+def _ref_argsort(node, ins, p):
+    return _argsort_rows(ins[0], p.order == SORT_ORDER_DESC)
+
+
+def _init_unique_rows(t, rng):
+    """test_argsort/test_top_k: each row a shuffle of 0..ne0-1 (no ties)."""
+    if t.type != _F32:
+        return None
+    base = np.broadcast_to(np.arange(t.ne[0], dtype=np.float64), t.ne[::-1])
+    return rng.permuted(base, axis=-1)
+
+
+def _argsort_cases():
+    out = []
+
+    def add(ne, order, slow=False):
+        out.append(cc.case("ARGSORT", dict(type=cc.T("f32"), ne=list(ne), order=order),
+                           (lambda ne, o: lambda ctx: argsort(ctx, cc.leaf(ctx, "f32", ne, "a"), o))(
+                               ne, order),
+                           init=_init_unique_rows, exact=True, tags=("slow",) if slow else ()))
+
+    # ggml's grid repeats this size loop inside its order loop with the default (asc) order
+    i = 4
+    while i <= 1024 * 1024:
+        add((i - 1, 1, 1, 1), SORT_ORDER_ASC, slow=i > 4096)
+        add((i, 1, 1, 1), SORT_ORDER_ASC, slow=i > 4096)
+        i *= 2
+    for order in (SORT_ORDER_ASC, SORT_ORDER_DESC):
+        add((16, 10, 10, 10), order)
+        add((60, 10, 10, 10), order, slow=True)
+        for n in (1023, 1024, 1025):
+            add((n, 2, 1, 3), order)
+        add((1025, 256, 1, 1), order, slow=True)
+        for n in (2047, 2048, 2049):
+            add((n, 2, 1, 3), order, slow=True)
+        add((2, 8, 8192, 1), order, slow=True)
+        add((2048, 512, 1, 1), order, slow=True)
+        add((7, 3, 2, 1), order)          # pyggml extra: tiny odd rows
+    return out
+
+
+ARGSORT = register(OpDef(
+    "ARGSORT", _infer_argsort, params="order:i32", reference=_ref_argsort,
+    cases=_argsort_cases, exact=True,
+    nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
+    ggml=lambda g, c, s, p, node: g.ggml_argsort(c, s[0], p.order),
+    doc="I32 indices sorting each row ascending (order 0) or descending (order 1)."))
+
+
+def argsort(ctx, a, order):
+    """ggml_argsort(a, order): ties keep index order (stable), a choice ggml leaves open."""
+    return ARGSORT.build(ctx, [a], dict(order=int(order)))
+
+
+def argsort_top_k(ctx, a, k):
+    """ggml_argsort_top_k: the first k of a descending argsort (a view)."""
+    need(a.ne[0] >= k, "ARGSORT_TOP_K", f"k={k} exceeds the row length", a)
+    r = argsort(ctx, a, SORT_ORDER_DESC)
+    return _view_4d(ctx, r, k, r.ne[1], r.ne[2], r.ne[3], r.nb[1], r.nb[2], r.nb[3], 0)
+
+
+def _infer_top_k(srcs, p):
+    a = need_src("TOP_K", srcs, 0, "a")
+    need_type("TOP_K", a, _F32_ONLY, "a")
+    if not 0 <= p.k <= a.ne[0]:
+        raise ParamError(f"TOP_K: k={p.k} must be in [0, a.ne[0]={a.ne[0]}] [{a.name!r}]")
+    return Out(_I32, [p.k, a.ne[1], a.ne[2], a.ne[3]])
+
+
+def _ref_top_k(node, ins, p):
+    k = node.ne[0]
+    idx = _argsort_rows(ins[0], True)[..., :k].copy()
+    if k > 1:        # ggml swaps the first two "to emphasize that the order is not important"
+        idx[..., [0, 1]] = idx[..., [1, 0]]
+    return idx
+
+
+def _init_ties(k):
+    def fill(t, rng):
+        if t.type != _F32:
+            return None
+        denom = max(1, min(10, k // 2))
+        base = np.broadcast_to(np.arange(t.ne[0]) // denom, t.ne[::-1]).astype(np.float64)
+        return rng.permuted(base, axis=-1)
+    return fill
+
+
+def _top_k_cases():
+    out = []
+
+    def add(ne, k, ties=False, slow=False):
+        out.append(cc.case("TOP_K", dict(type=cc.T("f32"), ne=list(ne), k=k, ties=ties),
+                           (lambda ne, k: lambda ctx: top_k(ctx, cc.leaf(ctx, "f32", ne, "a"), k))(
+                               ne, k),
+                           init=_init_ties(k) if ties else _init_unique_rows, exact=True,
+                           tags=(("slow",) if slow else ()) + (("ties",) if ties else ())))
+
+    for n in range(1, 5):
+        for k in range(1, n + 1):
+            add((n, 2, 1, 3), k, True)
+    for i in range(20):
+        for k in (1, 2, 3, 7, 15, 100, 500, 1023, 9999):
+            if k <= 1 << i:
+                slow = (1 << i) > 2048
+                add((1 << i, 1, 1, 1), k, slow=slow)
+                add(((1 << i) + 11, 1, 2, 1), k, slow=slow)
+                add(((1 << i) + 11, 1, 2, 1), k, True, slow=slow)
+    for k in (1, 2, 3, 7, 15):
+        add((16, 10, 10, 10), k)
+        add((60, 10, 10, 10), k, slow=True)
+        for n in (1023, 1024, 1025):
+            add((n, 2, 1, 3), k, slow=k > 3)
+        add((16384, 1, 1, 1), k, slow=True)
+        for n in (2047, 2048, 2049):
+            add((n, 2, 1, 3), k, slow=True)
+    return _unique(out)
+
+
+TOP_K = register(OpDef(
+    "TOP_K", _infer_top_k, reference=_ref_top_k, cases=_top_k_cases, exact=True, max_nmse=0.0,
+    work_size=lambda node, n: 4 * (node.src[0].ne[0] + 16) * n,
+    nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
+    ggml=lambda g, c, s, p, node: g.ggml_top_k(c, s[0], node.ne[0]),
+    doc="I32 indices of the k largest values of each row (first two swapped, as ggml)."))
+
+
+def top_k(ctx, a, k):
+    """ggml_top_k(a, k): I32 [k, ne1, ne2, ne3]. The order is ggml's: the k largest in
+    descending order (ties by index), then the first two swapped (ggml does this on purpose
+    so callers do not rely on the order)."""
+    # k lives in the result's ne[0] (ggml stores no op_params); infer reads it from hints
+    return TOP_K.build(ctx, [a], hints=dict(k=int(k)))
+
+
+# --- UPSCALE (interpolate) ---------------------------------------------------------------------
+
+SCALE_MODE_NEAREST = 0
+SCALE_MODE_BILINEAR = 1
+SCALE_MODE_BICUBIC = 2
+SCALE_FLAG_ALIGN_CORNERS = 1 << 8
+SCALE_FLAG_ANTIALIAS = 1 << 9
+
+
+def _mode_str(mode: int) -> str:
+    """test-backend-ops' var_to_str(ggml_scale_mode)."""
+    s = {0: "nearest", 1: "bilinear", 2: "bicubic"}.get(mode & 0xFF, str(mode))
+    if mode & SCALE_FLAG_ALIGN_CORNERS:
+        s += "|align_corners"
+    if mode & SCALE_FLAG_ANTIALIAS:
+        s += "|antialias"
+    return s
+
+
+def _infer_upscale(srcs, p):
+    a = need_src("UPSCALE", srcs, 0, "a")
+    mode = p.mode
+    if not 0 <= (mode & 0xFF) < 3:
+        raise ParamError(f"UPSCALE: unknown scale mode {mode & 0xFF} [{a.name!r}]")
+    if mode & ~(0xFF | SCALE_FLAG_ALIGN_CORNERS | SCALE_FLAG_ANTIALIAS):
+        raise ParamError(f"UPSCALE: unknown mode flags {mode:#x} [{a.name!r}]")
+    if mode & SCALE_FLAG_ANTIALIAS and (mode & 0xFF) != SCALE_MODE_BILINEAR:
+        raise ParamError(f"UPSCALE: antialias is implemented for bilinear only [{a.name!r}]")
+    need_type("UPSCALE", a, _F32_ONLY, "a")
+    ne = list(p.ne)
+    need(all(x > 0 for x in ne) and all(x > 0 for x in a.ne), "UPSCALE",
+         f"sizes must be > 0 (target ne={ne})", a)
+    return Out(_F32, ne)
+
+
+def _ref_upscale(node, ins, p):
+    """ggml's CPU upscale: coordinates and weights in float32 exactly as ggml computes them,
+    the weighted sums in float64."""
+    f32 = np.float32
+    x = ins[0]
+    ne, ns = node.ne, node.src[0].ne
+    sf = [f32(ne[i]) / f32(ns[i]) for i in range(4)]
+    mode, flags = p.mode & 0xFF, p.mode
+    po = f32(0.5)
+    if flags & SCALE_FLAG_ALIGN_CORNERS:
+        po = f32(0.0)
+        for i in (0, 1):
+            if ne[i] > 1 and ns[i] > 1:
+                sf[i] = f32(ne[i] - 1) / f32(ns[i] - 1)
+
+    def nearest(i):
+        idx = np.trunc(np.arange(ne[i]).astype(f32) / sf[i]).astype(np.int64)
+        return np.minimum(idx, ns[i] - 1)
+
+    x = x[np.ix_(nearest(3), nearest(2))]          # dims 2 and 3 are always nearest
+    if mode == SCALE_MODE_NEAREST:
+        return x[:, :, nearest(1)][:, :, :, nearest(0)]
+
+    if mode == SCALE_MODE_BILINEAR and flags & SCALE_FLAG_ANTIALIAS:
+        def weights(i):
+            support = max(f32(1.0), f32(1.0) / sf[i])
+            inv = f32(1.0) / support
+            c = (np.arange(ne[i]).astype(f32) + po) / sf[i]
+            lo = np.maximum(np.trunc(c - support + po).astype(np.int64), 0)
+            hi = np.minimum(np.trunc(c + support + po).astype(np.int64), ns[i])
+            s = np.arange(ns[i])
+            w = np.maximum(f32(1.0) - np.abs((s[None, :].astype(f32) - c[:, None] + po) * inv),
+                           f32(0.0)).astype(f32)
+            w[(s[None, :] < lo[:, None]) | (s[None, :] >= hi[:, None])] = 0
+            return w.astype(np.float64)
+        wy, wx = weights(1), weights(0)
+        num = wy @ (x @ wx.T)                          # separable: rows, then columns
+        den = wy.sum(1)[:, None] * wx.sum(1)[None, :]
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+    def coords(i):
+        c = (np.arange(ne[i]).astype(f32) + po) / sf[i] - po
+        c0 = np.floor(c).astype(np.int64)
+        return c, c0
+
+    if mode == SCALE_MODE_BILINEAR:
+        def lin(i):
+            c, c0 = coords(i)
+            c1 = np.clip(c0 + 1, 0, ns[i] - 1)
+            c0 = np.clip(c0, 0, ns[i] - 1)
+            d = np.clip(c - c0.astype(f32), f32(0), f32(1)).astype(np.float64)
+            return c0, c1, d
+        y0, y1, dy = lin(1)
+        x0, x1, dx = lin(0)
+        dy, dx = dy[:, None], dx[None, :]
+        g = lambda yy, xx: x[:, :, yy][:, :, :, xx]                      # noqa: E731
+        return (g(y0, x0) * (1 - dx) * (1 - dy) + g(y0, x1) * dx * (1 - dy) +
+                g(y1, x0) * (1 - dx) * dy + g(y1, x1) * dx * dy)
+
+    # bicubic (alpha = -0.75, as PyTorch and ggml)
+    a = f32(-0.75)
+
+    def w1(t):
+        return ((a + f32(2)) * t - (a + f32(3))) * t * t + f32(1)
+
+    def w2(t):
+        return ((a * t - f32(5) * a) * t + f32(8) * a) * t - f32(4) * a
+
+    def cubic(i):
+        c, c0 = coords(i)
+        d = (c - c0.astype(f32)).astype(f32)
+        w = np.stack([w2(d + f32(1)), w1(d), w1(f32(1) - d), w2(f32(2) - d)], -1)
+        idx = np.clip(c0[:, None] + np.arange(-1, 3)[None, :], 0, ns[i] - 1)
+        return idx, w.astype(np.float64)
+    iy, wy = cubic(1)
+    ix, wx = cubic(0)
+    horiz = sum(x[..., ix[:, k]] * wx[:, k] for k in range(4))            # (A3, A2, ns1, ne0)
+    return sum(horiz[:, :, iy[:, j], :] * wy[:, j][:, None] for j in range(4))
+
+
+def _upscale_cases():
+    out = []
+    modes = (SCALE_MODE_NEAREST, SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC,
+             SCALE_MODE_BILINEAR | SCALE_FLAG_ANTIALIAS)
+
+    def up(ne, sf, mode, transpose, slow=False):
+        def f(ctx):
+            a = cc.leaf(ctx, "f32", ne, "a")
+            if transpose:
+                a = _transpose(ctx, a)
+                a.name = "a_transposed"
+            return upscale(ctx, a, sf, mode)
+        out.append(cc.case("UPSCALE", dict(type=cc.T("f32"), ne=list(ne), scale_factor=sf,
+                                           mode=_mode_str(mode), transpose=transpose), f,
+                           tags=("slow",) if slow else ()))
+
+    def interp(ne, ne_tgt, mode):
+        out.append(cc.case("UPSCALE", dict(type=cc.T("f32"), ne=list(ne), ne_tgt=list(ne_tgt),
+                                           mode=_mode_str(mode)),
+                           lambda ctx: interpolate(ctx, cc.leaf(ctx, "f32", ne, "a"), *ne_tgt,
+                                                   mode)))
+
+    for mode in modes:
+        up((512, 512, 3, 2), 2, mode, False, slow=True)
+        up((512, 512, 3, 2), 2, mode, True, slow=True)
+        interp((2, 5, 7, 11), (5, 7, 11, 13), mode)
+        interp((5, 7, 11, 13), (2, 5, 7, 11), mode)
+        up((13, 9, 3, 2), 2, mode, False)       # pyggml extras: the upscale layouts, small
+        up((13, 9, 3, 2), 3, mode, True)
+    for mode in (SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC):
+        m = mode | SCALE_FLAG_ALIGN_CORNERS
+        interp((2, 5, 7, 11), (5, 7, 11, 13), m)
+        interp((1, 4, 3, 2), (2, 8, 3, 2), m)
+        interp((4, 1, 3, 2), (1, 1, 3, 2), m)
+    return out
+
+
+UPSCALE = register(OpDef(
+    "UPSCALE", _infer_upscale, params="mode:i32", reference=_ref_upscale, cases=_upscale_cases,
+    nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
+    ggml=lambda g, c, s, p, node: g.ggml_interpolate(c, s[0], *node.ne, p.mode),
+    doc="a resampled to ne (nearest, bilinear, bicubic; align-corners, antialias flags)."))
+
+
+def interpolate(ctx, a, ne0, ne1, ne2, ne3, mode):
+    """ggml_interpolate(a, ne0..ne3, mode | flags)."""
+    return UPSCALE.build(ctx, [a], dict(mode=int(mode)), hints=dict(ne=[ne0, ne1, ne2, ne3]))
+
+
+def upscale_ext(ctx, a, ne0, ne1, ne2, ne3, mode):
+    return interpolate(ctx, a, ne0, ne1, ne2, ne3, mode)
+
+
+def upscale(ctx, a, scale_factor, mode):
+    """ggml_upscale: dims 0 and 1 times scale_factor (> 1)."""
+    if scale_factor <= 1:
+        raise ParamError(f"UPSCALE: scale_factor must be > 1, got {scale_factor} [{a.name!r}]")
+    return interpolate(ctx, a, a.ne[0] * scale_factor, a.ne[1] * scale_factor, a.ne[2], a.ne[3],
+                       mode)
+
+
+# late imports: cases build small graphs with view ops
+def _view_4d(ctx, *args):
+    from .view import view_4d
+    return view_4d(ctx, *args)
+
+
+def _permute(ctx, a, *axes):
+    from .view import permute
+    return permute(ctx, a, *axes)
+
+
+def _transpose(ctx, a):
+    from .view import transpose
+    return transpose(ctx, a)
