@@ -1,0 +1,322 @@
+"""Normalizations: NORM, RMS_NORM, RMS_NORM_BACK, GROUP_NORM, L2_NORM (ggml.c, ggml-cpu ops.cpp).
+
+All take F32 (ggml's CPU kernels abort on anything else, so pyggml refuses at build time) and
+return a's shape and type; the `_inplace` variants return a view of a, as ggml_view_tensor.
+Per row of ne0 values x (float64 references):
+  norm:          (x - mean) / sqrt(var + eps)            var = mean((x - mean)^2)
+  rms_norm:      x / sqrt(mean(x^2) + eps)
+  l2_norm:       x / max(sqrt(sum(x^2)), eps)
+  group_norm:    norm over each group of ceil(ne2 / n_groups) channels (ne2 slices) x all of
+                 ne0*ne1, per ne3 index
+  rms_norm_back: (dz + x * (-sum(x*dz) / (sum(x^2) + eps*ne0))) / sqrt(mean(x^2) + eps)
+                 (a = dz, the gradient of rms_norm's output; b = x, rms_norm's input)
+op_params: [eps] (f32) for all but group_norm: [n_groups (i32), eps (f32)].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import are_same_shape, nbytes, nelements, nrows
+from ..types import GGMLType, TRAITS
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from ..errors import ParamError
+from . import cases_common as cc
+
+F32 = GGMLType.F32
+
+
+def _rows_n_tasks(node, n_threads):
+    return max(1, min(n_threads, nrows(node.src[0])))
+
+
+def _rw_bytes(node):
+    return sum(nbytes(s) for s in node.src if s is not None) + nbytes(node)
+
+
+def _flops(k):
+    return lambda node: k * nelements(node)
+
+
+def _infer_unary_f32(op):
+    def infer(srcs, p):
+        a = need_src(op, srcs, 0, "a")
+        need_type(op, a, (F32,), "a")
+        if p.eps < 0 or np.isnan(p.eps):
+            raise ParamError(f"{op}: eps must be >= 0, got {p.eps} [a ne={a.ne}]")
+        return inplace_of(a) if getattr(p, "inplace", False) else Out(a.type, a.ne)
+    return infer
+
+
+def _is_inplace(node) -> bool:
+    return node.view_src is not None
+
+
+def _view_half(ctx, a):
+    """test-backend-ops' `v`: a view of the first half along every dim (strided rows)."""
+    from .view import view_4d
+    return view_4d(ctx, a, a.ne[0] // 2, a.ne[1] // 2, a.ne[2] // 2, a.ne[3] // 2,
+                   a.nb[1], a.nb[2], a.nb[3], 0)
+
+
+def _permute(ctx, a, *axes):
+    from .view import permute
+    return permute(ctx, a, *axes)
+
+
+_EPS_GRID = (0.0, 1e-6, 1e-4, 1e-1, 10.0)
+
+
+# --- NORM -------------------------------------------------------------------------------------
+
+def _ref_norm(node, ins, p):
+    x = ins[0]
+    d = x - x.mean(axis=-1, keepdims=True)
+    return d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + np.float64(np.float32(p.eps)))
+
+
+def _norm_cases():
+    out = []
+
+    def add(n, v, eps, noncontig_rows=False, tags=()):
+        def build(ctx):
+            ne_a = [5, n, 4, 3] if noncontig_rows else [n, 5, 4, 3]
+            a = cc.leaf(ctx, "f32", ne_a, "a")
+            if noncontig_rows:
+                a = _permute(ctx, a, 1, 0, 2, 3)
+            if v:
+                a = _view_half(ctx, a)
+            return norm(ctx, a, eps)
+        out.append(cc.case("NORM", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
+                                        noncontig_rows=noncontig_rows), build, tags=tags))
+    for eps in _EPS_GRID:
+        for n in (64, 1025):
+            for v in (False, True):
+                add(n, v, eps, tags=("slow",) if n > 64 and eps not in (0.0, 1e-6) else ())
+            add(n, False, eps, True, tags=("slow",) if n > 64 else ())
+        for n in (33, 132, 260):
+            for v in (False, True):
+                add(n, v, eps, tags=("slow",) if eps not in (1e-6, 10.0) else ())
+    return out
+
+
+NORM = register(OpDef(
+    "NORM", _infer_unary_f32("NORM"), params="eps:f32", reference=_ref_norm, cases=_norm_cases,
+    n_tasks=_rows_n_tasks, flops=_flops(5), nbytes=_rw_bytes,
+    ggml=lambda g, c, s, p, node: (g.ggml_norm_inplace if _is_inplace(node) else g.ggml_norm)(
+        c, s[0], p.eps),
+    doc="Per row: (x - mean) / sqrt(variance + eps)."))
+
+
+def norm(ctx, a, eps):
+    return NORM.build(ctx, [a], dict(eps=eps))
+
+
+def norm_inplace(ctx, a, eps):
+    return NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))
+
+
+# --- RMS_NORM ---------------------------------------------------------------------------------
+
+def _infer_rms_norm(srcs, p):
+    out = _infer_unary_f32("RMS_NORM")(srcs, p)
+    a = srcs[0]
+    need(a.nb[0] == TRAITS[a.type].type_size, "RMS_NORM",
+         "a's rows must be packed (nb0 == 4): ggml's CPU kernel asserts it", a)
+    return out
+
+
+def _ref_rms_norm(node, ins, p):
+    x = ins[0]
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float64(np.float32(p.eps)))
+
+
+def _init_pm10(leaf, rng):
+    return rng.uniform(-10.0, 10.0, size=leaf.ne[::-1])
+
+
+def _rms_norm_cases():
+    out = []
+
+    def add(n, v, eps, inplace=False, tags=()):
+        def build(ctx):
+            a = cc.leaf(ctx, "f32", [n, 5, 4, 3], "a")
+            if v:
+                a = _view_half(ctx, a)
+            return (rms_norm_inplace if inplace else rms_norm)(ctx, a, eps)
+        out.append(cc.case("RMS_NORM", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
+                                            inplace=inplace), build, init=_init_pm10, tags=tags))
+    for eps in _EPS_GRID:
+        for n in (64, 1025):
+            for v in (False, True):
+                add(n, v, eps, tags=("slow",) if n > 64 and eps not in (0.0, 1e-6) else ())
+        for n in (33, 132, 260):
+            for v in (False, True):
+                add(n, v, eps, tags=("slow",) if eps not in (1e-6, 10.0) else ())
+    add(64, False, 1e-6, inplace=True)
+    return out
+
+
+RMS_NORM = register(OpDef(
+    "RMS_NORM", _infer_rms_norm, params="eps:f32", reference=_ref_rms_norm,
+    cases=_rms_norm_cases, n_tasks=_rows_n_tasks, flops=_flops(3), nbytes=_rw_bytes,
+    ggml=lambda g, c, s, p, node: (g.ggml_rms_norm_inplace if _is_inplace(node)
+                                   else g.ggml_rms_norm)(c, s[0], p.eps),
+    doc="Per row: x / sqrt(mean(x^2) + eps)."))
+
+
+def rms_norm(ctx, a, eps):
+    return RMS_NORM.build(ctx, [a], dict(eps=eps))
+
+
+def rms_norm_inplace(ctx, a, eps):
+    return RMS_NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))
+
+
+# --- RMS_NORM_BACK ----------------------------------------------------------------------------
+
+def _infer_rms_norm_back(srcs, p):
+    a = need_src("RMS_NORM_BACK", srcs, 0, "a (gradient dz)")
+    b = need_src("RMS_NORM_BACK", srcs, 1, "b (forward input x)")
+    need_type("RMS_NORM_BACK", a, (F32,), "a")
+    need_type("RMS_NORM_BACK", b, (F32,), "b")
+    need(are_same_shape(a, b), "RMS_NORM_BACK", "a and b must have the same shape", a, b)
+    need(a.nb[0] == 4 and b.nb[0] == 4, "RMS_NORM_BACK",
+         "rows must be packed (nb0 == 4): ggml's CPU kernel asserts it", a, b)
+    return Out(a.type, a.ne)
+
+
+def _ref_rms_norm_back(node, ins, p):
+    dz, x = ins[0], ins[1]
+    n = x.shape[-1]
+    eps = np.float64(np.float32(p.eps))
+    sum_xx = (x * x).sum(axis=-1, keepdims=True)
+    sum_xdz = (x * dz).sum(axis=-1, keepdims=True)
+    rrms = 1.0 / np.sqrt(sum_xx / n + eps)
+    return (dz + x * (-sum_xdz / (sum_xx + eps * n))) * rrms
+
+
+def _rms_norm_back_cases():
+    out = []
+    for eps in _EPS_GRID:
+        for n in (64, 1025):
+            def build(ctx, n=n, eps=eps):
+                a = cc.leaf(ctx, "f32", [n, 5, 4, 3], "a")
+                b = cc.leaf(ctx, "f32", [n, 5, 4, 3], "b")
+                return rms_norm_back(ctx, a, b, eps)
+            out.append(cc.case("RMS_NORM_BACK", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], eps=eps),
+                               build, init=_init_pm10, tags=("slow",) if n > 64 else ()))
+    return out
+
+
+RMS_NORM_BACK = register(OpDef(
+    "RMS_NORM_BACK", _infer_rms_norm_back, params="eps:f32", reference=_ref_rms_norm_back,
+    cases=_rms_norm_back_cases, n_tasks=_rows_n_tasks, flops=_flops(6), nbytes=_rw_bytes,
+    ggml=lambda g, c, s, p, node: g.ggml_rms_norm_back(c, s[0], s[1], p.eps),
+    doc="Gradient of rms_norm: a = d(output), b = rms_norm's input x."))
+
+
+def rms_norm_back(ctx, a, b, eps):
+    return RMS_NORM_BACK.build(ctx, [a, b], dict(eps=eps))
+
+
+# --- GROUP_NORM -------------------------------------------------------------------------------
+
+def _infer_group_norm(srcs, p):
+    a = need_src("GROUP_NORM", srcs, 0, "a")
+    need_type("GROUP_NORM", a, (F32,), "a")
+    if p.n_groups <= 0:
+        raise ParamError(f"GROUP_NORM: n_groups must be > 0, got {p.n_groups} [a ne={a.ne}]")
+    need(a.nb[0] == 4, "GROUP_NORM", "a's rows must be packed (nb0 == 4): ggml asserts it", a)
+    return inplace_of(a) if getattr(p, "inplace", False) else Out(a.type, a.ne)
+
+
+def _ref_group_norm(node, ins, p):
+    x = ins[0]                                   # (ne3, ne2, ne1, ne0)
+    ne2 = x.shape[1]
+    per = (ne2 + p.n_groups - 1) // p.n_groups   # channels (ne2 slices) per group, as ggml
+    eps = np.float64(np.float32(p.eps))
+    y = np.empty_like(x)
+    for start in range(0, ne2, per):
+        g = x[:, start:start + per]
+        d = g - g.mean(axis=(1, 2, 3), keepdims=True)
+        y[:, start:start + per] = d / np.sqrt((d * d).mean(axis=(1, 2, 3), keepdims=True) + eps)
+    return y
+
+
+def _group_norm_cases():
+    out = []
+    for ne, groups, tags in (([64, 64, 320, 1], 32, ("slow",)), ([9, 9, 1280, 1], 32, ("slow",)),
+                             ([8, 6, 40, 2], 32, ()), ([5, 3, 10, 1], 4, ()),
+                             ([16, 4, 12, 1], 5, ())):
+        def build(ctx, ne=ne, groups=groups):
+            return group_norm(ctx, cc.leaf(ctx, "f32", ne, "a"), groups, 1e-6)
+        out.append(cc.case("GROUP_NORM", dict(type=cc.T("f32"), ne=ne, num_groups=groups,
+                                              eps=1e-6), build, tags=tags))
+    return out
+
+
+def _group_norm_n_tasks(node, n_threads):
+    return max(1, min(n_threads, node.op.p(node).n_groups))
+
+
+GROUP_NORM = register(OpDef(
+    "GROUP_NORM", _infer_group_norm, params="n_groups:i32 eps:f32", reference=_ref_group_norm,
+    cases=_group_norm_cases, n_tasks=_group_norm_n_tasks, flops=_flops(5), nbytes=_rw_bytes,
+    ggml=lambda g, c, s, p, node: (g.ggml_group_norm_inplace if _is_inplace(node)
+                                   else g.ggml_group_norm)(c, s[0], p.n_groups, p.eps),
+    doc="Normalizes groups of ceil(ne2/n_groups) channels (ne2) over ne0*ne1, per ne3."))
+
+
+def group_norm(ctx, a, n_groups, eps):
+    return GROUP_NORM.build(ctx, [a], dict(n_groups=n_groups, eps=eps))
+
+
+def group_norm_inplace(ctx, a, n_groups, eps):
+    return GROUP_NORM.build(ctx, [a], dict(n_groups=n_groups, eps=eps), hints=dict(inplace=True))
+
+
+# --- L2_NORM ----------------------------------------------------------------------------------
+
+def _ref_l2_norm(node, ins, p):
+    x = ins[0]
+    return x / np.maximum(np.sqrt((x * x).sum(axis=-1, keepdims=True)),
+                          np.float64(np.float32(p.eps)))
+
+
+def _l2_norm_cases():
+    out = []
+
+    def add(n, eps, v=False, noncontig_rows=False, tags=()):
+        def build(ctx):
+            ne_a = [5, n, 4, 3] if noncontig_rows else [n, 5, 4, 3]
+            a = cc.leaf(ctx, "f32", ne_a, "a")
+            if noncontig_rows:
+                a = _permute(ctx, a, 1, 0, 2, 3)
+            if v:
+                a = _view_half(ctx, a)
+            return l2_norm(ctx, a, eps)
+        out.append(cc.case("L2_NORM", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], eps=eps, v=v,
+                                           noncontig_rows=noncontig_rows), build, tags=tags))
+    for eps in _EPS_GRID:
+        for n in (64, 1025):
+            slow = ("slow",) if n > 64 else ()
+            add(n, eps, tags=slow)
+            add(n, eps, v=True, tags=slow)
+            add(n, eps, noncontig_rows=True, tags=slow)
+    return out
+
+
+L2_NORM = register(OpDef(
+    "L2_NORM", _infer_unary_f32("L2_NORM"), params="eps:f32", reference=_ref_l2_norm,
+    cases=_l2_norm_cases, n_tasks=_rows_n_tasks, flops=_flops(3), nbytes=_rw_bytes,
+    ggml=lambda g, c, s, p, node: (g.ggml_l2_norm_inplace if _is_inplace(node)
+                                   else g.ggml_l2_norm)(c, s[0], p.eps),
+    doc="Per row: x / max(||x||_2, eps)."))
+
+
+def l2_norm(ctx, a, eps):
+    return L2_NORM.build(ctx, [a], dict(eps=eps))
+
+
+def l2_norm_inplace(ctx, a, eps):
+    return L2_NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))

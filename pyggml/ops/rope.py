@@ -1,0 +1,486 @@
+"""Rotary position embeddings: ROPE (rope, rope_ext, rope_multi) and ROPE_BACK (rope_ext_back,
+rope_multi_back), as ggml.c's ggml_rope_impl and ggml-cpu's ggml_compute_forward_rope_flt.
+
+For each row (i1 = head, i2 = token, i3 = batch) of a (F32 or F16, packed rows), with
+p = pos[i2] (I32 vector of a.ne2 values; 4 * a.ne2 for the multi-section modes):
+  theta_scale = freq_base^(-2/n_dims)
+  theta_0 = p, theta_i = theta_{i-1} * theta_scale        (float32 recurrence, as ggml)
+  pair i (i < n_dims/2) is rotated by rope_yarn(theta_i / freq_factors[i]):
+    mode 0 (normal): (x[2i], x[2i+1])          mode 2 (NeoX): (x[i], x[i + n_dims/2])
+    y0 = x0*cos - x1*sin, y1 = x0*sin + x1*cos  (sin negated for ROPE_BACK)
+  elements past n_dims pass through unchanged.
+rope_yarn (YaRN): theta_interp = freq_scale * theta_extrap; with ext_factor != 0,
+  ramp_mix = ext_factor * (1 - clamp((i - low) / max(0.001, high - low), 0, 1)),
+  theta = theta_interp*(1 - ramp_mix) + theta_extrap*ramp_mix and
+  mscale = attn_factor * (1 + 0.1*ln(1/freq_scale)); cos/sin are scaled by mscale
+  (attn_factor alone without ext_factor). [low, high] = rope_yarn_corr_dims(...).
+Multi-section modes (rope_multi): MROPE (8) picks the position per pair from sections
+[t, h, w, e] (pos[i2 + k*ne2]), IMROPE (40) interleaves t/h/w, VISION (24) rotates
+(x[i], x[i + n_dims]) over all of ne0 = 2*n_dims with each section's theta restarting.
+
+The reference mirrors ggml's float32 angle computation (theta recurrence, division by the
+freq factor, the YaRN mix): at positions of hundreds, an angle's float32 rounding is ~3e-5 rad,
+so ggml's result is defined by those float32 angles; cos/sin and the rotation are float64.
+op_params (16 int32 words): [n_past=0, n_dims, mode, n_ctx=0, n_ctx_orig, freq_base,
+freq_scale, ext_factor, attn_factor, beta_fast, beta_slow (f32), sections[4], n_offs=0].
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ParamError, describe
+from ..tensor import is_vector, nbytes, nelements
+from ..types import GGMLType, TRAITS
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from . import cases_common as cc
+
+F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
+
+ROPE_TYPE_NORMAL = 0
+ROPE_TYPE_NEOX = 2
+ROPE_TYPE_MROPE = 8
+ROPE_TYPE_VISION = 24
+ROPE_TYPE_IMROPE = 40
+_MODES_EXT = (ROPE_TYPE_NORMAL, ROPE_TYPE_NEOX)
+_MODES_MULTI = (ROPE_TYPE_NORMAL, ROPE_TYPE_NEOX, ROPE_TYPE_MROPE, ROPE_TYPE_VISION,
+                ROPE_TYPE_IMROPE)
+
+_PARAMS = ("n_past:i32 n_dims:i32 mode:i32 n_ctx:i32 n_ctx_orig:i32 freq_base:f32 "
+           "freq_scale:f32 ext_factor:f32 attn_factor:f32 beta_fast:f32 beta_slow:f32 "
+           "sections:i32[4] n_offs:i32")
+
+_f32 = np.float32
+
+
+def rope_yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow):
+    """ggml_rope_yarn_corr_dims: [start, end] correction dims (float32, as ggml computes them).
+
+    ggml writes them into a float[2] out-parameter; pyggml returns the two values."""
+    def corr_dim(n_rot):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            num = _f32(n_ctx_orig) / (_f32(n_rot) * _f32(2) * _f32(math.pi))
+            return _f32(n_dims) * np.log(num) / (_f32(2) * np.log(_f32(freq_base)))
+    start = np.floor(corr_dim(beta_fast))
+    end = np.ceil(corr_dim(beta_slow))
+    # MAX(0, start) / MIN(n_dims - 1, end) with C's macro semantics (a > b ? a : b)
+    lo = _f32(0) if _f32(0) > start else start
+    hi = _f32(n_dims - 1) if _f32(n_dims - 1) < end else end
+    return [float(lo), float(hi)]
+
+
+def _yarn(theta_extrap, i, p, corr):
+    """rope_yarn for pair index i (i0 = 2i) over a vector of float32 angles -> (cos, sin) f64."""
+    freq_scale, ext_factor = _f32(p.freq_scale), _f32(p.ext_factor)
+    mscale = _f32(p.attn_factor)
+    theta_interp = freq_scale * theta_extrap
+    theta = theta_interp
+    if ext_factor != 0.0:
+        # rope_yarn_ramp with C's MAX/MIN macros (a > b ? a : b), NaN behaviour included
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            den = _f32(corr[1]) - _f32(corr[0])
+            den = _f32(0.001) if _f32(0.001) > den else den
+            y = (_f32(i) - _f32(corr[0])) / den
+        y = _f32(0) if _f32(0) > y else y
+        y = _f32(1) if _f32(1) < y else y
+        ramp_mix = (_f32(1) - y) * ext_factor
+        theta = theta_interp * (_f32(1) - ramp_mix) + theta_extrap * ramp_mix
+        mscale = mscale * (_f32(1) + _f32(0.1) * np.log(_f32(1) / freq_scale))
+    theta = np.asarray(theta, dtype=np.float64)
+    return np.cos(theta) * np.float64(mscale), np.sin(theta) * np.float64(mscale)
+
+
+def _angles(pos, p, ne0, ff):
+    """cos/sin per token and rotated pair, shape (n_tokens, n_pairs): ggml's rope/mrope cache."""
+    n_dims, mode = p.n_dims, p.mode
+    ne2 = pos.shape[0] if not (mode & ROPE_TYPE_MROPE) else pos.shape[0] // 4
+    theta_scale = np.power(_f32(p.freq_base), _f32(-2.0) / _f32(n_dims))
+    corr = rope_yarn_corr_dims(n_dims, p.n_ctx_orig, p.freq_base, p.beta_fast, p.beta_slow)
+    npair = ne0 // 2 if mode == ROPE_TYPE_VISION else n_dims // 2     # pairs that rotate
+    cos = np.empty((ne2, npair))
+    sin = np.empty((ne2, npair))
+    if mode & ROPE_TYPE_MROPE:
+        sections = list(p.sections)
+        base = [pos[k * ne2:(k + 1) * ne2].astype(_f32) for k in range(4)]     # t, h, w, e
+        theta = [b.copy() for b in base]
+        sect_dims = sum(sections)
+        sec_w = sections[0] + sections[1]
+        sec_e = sec_w + sections[2]
+        is_imrope, indep = mode == ROPE_TYPE_IMROPE, mode == ROPE_TYPE_VISION
+    else:
+        theta_t = pos.astype(_f32)
+    for i in range(npair):
+        f = _f32(ff[i]) if ff is not None else _f32(1)
+        if mode & ROPE_TYPE_MROPE:
+            sector = i % sect_dims
+            if indep:     # vision: each section's angle restarts at its own position
+                for k, start in enumerate((0, sections[0], sec_w, sec_e)):
+                    if sector == start:           # ggml's else-if chain: the first match
+                        theta[k] = base[k].copy()
+                        break
+            if is_imrope:
+                if sector % 3 == 1 and sector < 3 * sections[1]:
+                    k = 1
+                elif sector % 3 == 2 and sector < 3 * sections[2]:
+                    k = 2
+                elif sector % 3 == 0 and sector < 3 * sections[0]:
+                    k = 0
+                else:
+                    k = 3
+            else:
+                k = 0
+                if sections[0] <= sector < sec_w:
+                    k = 1
+                elif sec_w <= sector < sec_w + sections[2]:
+                    k = 2
+                elif sector >= sec_w + sections[2]:
+                    k = 3
+            th = theta[k]
+        else:
+            th = theta_t
+        cos[:, i], sin[:, i] = _yarn(th / f, i, p, corr)
+        if mode & ROPE_TYPE_MROPE:
+            theta = [t * theta_scale for t in theta]
+        else:
+            theta_t = theta_t * theta_scale
+    return cos, sin
+
+
+def _rope_apply(node, ins, p, sin_sign):
+    x = ins[0]                                        # (ne3, ne2, ne1, ne0)
+    pos = ins[1].reshape(-1)
+    ff = ins[2].reshape(-1) if ins[2] is not None else None
+    ne0 = x.shape[3]
+    n_dims, mode = p.n_dims, p.mode
+    cos, sin = _angles(pos, p, ne0, ff)
+    sin = sin * sin_sign
+    y = x.copy()
+    if mode == ROPE_TYPE_VISION:
+        nh, half = ne0 // 2, n_dims
+        c, s = cos[None, :, None, :nh], sin[None, :, None, :nh]
+        x0, x1 = x[..., :half], x[..., half:2 * half]
+    else:
+        half = n_dims // 2
+        c, s = cos[None, :, None, :half], sin[None, :, None, :half]
+        if mode == ROPE_TYPE_NORMAL:
+            x0, x1 = x[..., 0:n_dims:2], x[..., 1:n_dims:2]
+        else:                                         # NeoX and the multi-section modes
+            x0, x1 = x[..., :half], x[..., half:n_dims]
+    y0 = x0 * c - x1 * s
+    y1 = x0 * s + x1 * c
+    if mode == ROPE_TYPE_NORMAL:
+        y[..., 0:n_dims:2], y[..., 1:n_dims:2] = y0, y1
+    elif mode == ROPE_TYPE_VISION:
+        y[..., :half], y[..., half:2 * half] = y0, y1
+    else:
+        y[..., :half], y[..., half:n_dims] = y0, y1
+    return y
+
+
+def _ref_rope(node, ins, p):
+    return _rope_apply(node, ins, p, 1.0)
+
+
+def _ref_rope_back(node, ins, p):
+    return _rope_apply(node, ins, p, -1.0)
+
+
+# --- building -----------------------------------------------------------------------------------
+
+def _infer_rope(op):
+    def infer(srcs, p):
+        a = need_src(op, srcs, 0, "a")
+        b = need_src(op, srcs, 1, "b (positions)")
+        c = srcs[2] if len(srcs) > 2 else None
+        mode, n_dims = p.mode, p.n_dims
+        if mode & 1:
+            raise ParamError(f"{op}: mode & 1 == 1 is no longer supported (got mode {mode}) "
+                             f"[{describe(a)}]")
+        allowed = _MODES_MULTI if getattr(p, "multi", False) else _MODES_EXT
+        if mode not in allowed:
+            hint = " (use rope_multi for the multi-section modes)" if mode in _MODES_MULTI else ""
+            raise ParamError(f"{op}: unsupported rope mode {mode}; expected one of "
+                             f"{list(allowed)}{hint} [{describe(a)}]")
+        need_type(op, a, (F32, F16), "a")
+        need(a.nb[0] == TRAITS[a.type].type_size, op,
+             "a's rows must be packed (nb0 == element size)", a)
+        need_type(op, b, (I32,), "b (positions)")
+        need(is_vector(b), op, "positions b must be a vector", b)
+        mrope = bool(mode & ROPE_TYPE_MROPE)
+        npos = 4 * a.ne[2] if mrope else a.ne[2]
+        need(b.ne[0] == npos, op, f"positions b must hold {'4 * ' if mrope else ''}a.ne2 = "
+             f"{npos} values (one per token{', per section' if mrope else ''})", a, b)
+        if n_dims <= 0 or n_dims % 2:
+            raise ParamError(f"{op}: n_dims must be even and > 0, got {n_dims} [{describe(a)}]")
+        if mode == ROPE_TYPE_VISION:
+            need(2 * n_dims == a.ne[0], op, f"vision mode needs n_dims == ne0/2 (n_dims={n_dims})",
+                 a)
+        else:
+            need(n_dims <= a.ne[0], op, f"n_dims = {n_dims} exceeds a.ne0", a)
+        if mrope:
+            sec = list(p.sections)
+            if any(s < 0 for s in sec) or sum(sec[:3]) <= 0:
+                raise ParamError(f"{op}: sections {sec} must be >= 0 with one of the first "
+                                 f"three > 0 [{describe(a)}]")
+            need(sum(sec) <= a.ne[0], op, f"sum of sections {sec} exceeds a.ne0", a)
+        if c is not None:
+            need_type(op, c, (F32,), "c (freq_factors)")
+            # ggml asserts ne0 >= n_dims/2; the vision mode reads n_dims of them
+            n_ff = n_dims if mode == ROPE_TYPE_VISION else n_dims // 2
+            need(c.ne[0] >= n_ff, op, f"freq_factors c needs at least {n_ff} values", c)
+        return inplace_of(a) if getattr(p, "inplace", False) else Out(a.type, a.ne)
+    return infer
+
+
+def _rope_work(node, n_threads):
+    """Per thread: one cos/sin cache of ne0 floats plus a cache line (as ggml)."""
+    return 4 * (node.ne[0] + 16) * n_threads
+
+
+def _rope_ggml(back):
+    def make(g, c, s, p, node):
+        ff = s[2] if node.src[2] is not None else None
+        args = (p.mode, p.n_ctx_orig, p.freq_base, p.freq_scale, p.ext_factor, p.attn_factor,
+                p.beta_fast, p.beta_slow)
+        inplace = node.view_src is not None
+        if p.mode & ROPE_TYPE_MROPE:
+            import ctypes
+            sec = (ctypes.c_int32 * 4)(*p.sections)
+            fn = (g.ggml_rope_multi_back if back else
+                  g.ggml_rope_multi_inplace if inplace else g.ggml_rope_multi)
+            return fn(c, s[0], s[1], ff, p.n_dims, sec, *args)
+        fn = (g.ggml_rope_ext_back if back else
+              g.ggml_rope_ext_inplace if inplace else g.ggml_rope_ext)
+        return fn(c, s[0], s[1], ff, p.n_dims, *args)
+    return make
+
+
+def _rope_flops(node):
+    return 6 * nelements(node)
+
+
+def _rw_bytes(node):
+    return sum(nbytes(s) for s in node.src if s is not None) + nbytes(node)
+
+
+def _pos_init(n_ctx):
+    def init(leaf, rng):
+        if leaf.type == I32:
+            return rng.integers(0, n_ctx, size=leaf.ne[::-1])
+        if leaf.name == "freq":
+            return rng.uniform(0.9, 1.1, size=leaf.ne[::-1])     # frequency factors
+        return None
+    return init
+
+
+def _rope_cases(forward):
+    op = "ROPE" if forward else "ROPE_BACK"
+    out = []
+
+    def add(type, ne_a, n_dims, mode, n_ctx, fs, ef, af, ff, v, inplace=False, tags=()):
+        def build(ctx):
+            if v & 1:
+                ne = [ne_a[0] * 2, ne_a[1] * 4, ne_a[2] * 3, ne_a[3]]
+                a = cc.leaf(ctx, type, ne, "a")
+                a = _view_4d(ctx, a, *ne_a, a.nb[1], a.nb[2], a.nb[3], 0)
+            elif v == 2:      # second half along dim 0: a view at an offset
+                ne = [ne_a[0] * 2, ne_a[1], ne_a[2], ne_a[3]]
+                a = cc.leaf(ctx, type, ne, "a")
+                a = _view_4d(ctx, a, *ne_a, a.nb[1], a.nb[2], a.nb[3],
+                             ne_a[0] * TRAITS[a.type].type_size)
+            else:
+                a = cc.leaf(ctx, type, ne_a, "a")
+            multi = bool(mode & ROPE_TYPE_MROPE)
+            pos = cc.leaf(ctx, "i32", [ne_a[2] * (4 if multi else 1)], "pos")
+            freq = cc.leaf(ctx, "f32", [n_dims // 2], "freq") if ff else None
+            if multi:
+                if mode == ROPE_TYPE_VISION:
+                    sections, nd = [n_dims // 4, n_dims // 4, 0, 0], n_dims // 2
+                else:
+                    sections, nd = [n_dims // 3, n_dims // 3, n_dims // 3, 0], n_dims
+                fn = (rope_multi_back if not forward else
+                      rope_multi_inplace if inplace else rope_multi)
+                return fn(ctx, a, pos, freq, nd, sections, mode, 0, 10000.0, fs, ef, af,
+                          1.0, 1.0)
+            fn = rope_ext_back if not forward else rope_ext_inplace if inplace else rope_ext
+            return fn(ctx, a, pos, freq, n_dims, mode, 0, 10000.0, fs, ef, af, 1.0, 1.0)
+        out.append(cc.case(op, dict(type=cc.T(type), ne_a=ne_a, n_dims=n_dims, mode=mode,
+                                    n_ctx=n_ctx, fs=fs, ef=ef, af=af, ff=ff, v=v,
+                                    inplace=inplace, n_offs=0),
+                           build, init=_pos_init(n_ctx), tags=tags))
+
+    first = True
+    for fs in (1.0, 1.4245):
+        for ef in (0.0, 0.7465):
+            for af in (1.0, 1.4245):
+                # the pytest subset keeps the llama shape for every parameter combination and
+                # the rest of the grid for one combination (fs=1.4245, ef=0.7465, af=1.4245)
+                full = fs == 1.4245 and ef == 0.7465 and af == 1.4245
+                for type in ("f32", "f16"):
+                    for ff in (False, True):
+                        for v in (0, 1):
+                            s = () if full else ("slow",)
+                            add(type, [128, 32, 2, 1], 128, 0, 512, fs, ef, af, ff, v,
+                                tags=() if v == 0 and not ff else s)
+                            if first:
+                                add(type, [128, 40, 2, 1], 128, 0, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 52, 2, 1], 128, 0, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 64, 2, 1], 128, 0, 512, fs, ef, af, ff, v,
+                                    tags=("slow",))
+                                add(type, [16, 16, 8192, 1], 16, 0, 512, fs, ef, af, ff, v,
+                                    tags=("slow",))
+                                add(type, [64, 1, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [64, 71, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [64, 8, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [80, 32, 2, 1], 20, 0, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [80, 32, 2, 1], 32, 0, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [80, 32, 4, 1], 32, 0, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [80, 32, 2, 1], 20, 2, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [80, 32, 2, 1], 32, 2, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [80, 32, 4, 1], 32, 2, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [16, 16, 8192, 1], 16, 2, 512, fs, ef, af, ff, v,
+                                    tags=("slow",))
+                                add(type, [128, 12, 2, 1], 128, 8, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 28, 2, 1], 128, 8, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 12, 2, 1], 20, 8, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 28, 2, 1], 32, 8, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 12, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 28, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 12, 2, 1], 20, 40, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 28, 2, 1], 32, 40, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [80, 16, 2, 1], 80, 24, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [128, 16, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
+                                add(type, [16, 16, 8192, 1], 16, 40, 512, fs, ef, af, ff, v,
+                                    tags=("slow",))
+                            add(type, [64, 128, 2, 1], 64, 2, 512, fs, ef, af, ff, v,
+                                tags=("slow",))
+                        for rmode in (0, 2, 8, 40, 24):
+                            add(type, [36, 16, 2457, 1], 36, rmode, 512, fs, ef, af, ff, 2,
+                                tags=("slow",))
+                            if full:          # the same view-at-an-offset path, small
+                                add(type, [36, 4, 3, 1], 36, rmode, 512, fs, ef, af, ff, 2)
+                first = False
+    if forward:
+        for type in ("f32", "f16"):
+            for mode in (0, 2, 8, 40, 24):
+                for ff in (False, True):
+                    add(type, [128, 32, 2, 1], 128, mode, 512, 1.4245, 0.7465, 1.4245, ff, 0,
+                        inplace=True)
+                    add(type, [128, 32, 2, 1], 128, mode, 512, 1.4245, 0.7465, 1.4245, ff, 1,
+                        inplace=True, tags=("slow",))
+                    add(type, [128, 32, 2, 3], 128, mode, 512, 1.4245, 0.7465, 1.4245, ff, 1,
+                        inplace=True)
+    # pyggml extras: large positions (theta recurrence in float32 matters) and a YaRN setup
+    # with a real n_ctx_orig (corr dims strictly inside [0, n_dims))
+    for type in ("f32", "f16"):
+        for mode in (0, 2):
+            def build(ctx, type=type, mode=mode):
+                a = cc.leaf(ctx, type, [64, 4, 5, 2], "a")
+                pos = cc.leaf(ctx, "i32", [5], "pos")
+                freq = cc.leaf(ctx, "f32", [24], "freq")
+                fn = rope_ext if forward else rope_ext_back
+                return fn(ctx, a, pos, freq, 48, mode, 4096, 500000.0, 0.25, 1.0, 1.0, 32.0, 1.0)
+            out.append(cc.case(op, dict(type=cc.T(type), ne_a=[64, 4, 5, 2], n_dims=48, mode=mode,
+                                        n_ctx=100000, n_ctx_orig=4096, freq_base=500000.0,
+                                        fs=0.25, ef=1.0, af=1.0, ff=True, beta_fast=32.0,
+                                        beta_slow=1.0),
+                               build, init=_pos_init(100000)))
+    return out
+
+
+def _view_4d(ctx, a, *args):
+    from .view import view_4d
+    return view_4d(ctx, a, *args)
+
+
+ROPE = register(OpDef(
+    "ROPE", _infer_rope("ROPE"), params=_PARAMS, reference=_ref_rope,
+    cases=lambda: _rope_cases(True), work_size=_rope_work, flops=_rope_flops,
+    nbytes=_rw_bytes, ggml=_rope_ggml(False),
+    doc="Rotary position embedding (normal/NeoX, YaRN, freq factors, multi-section modes)."))
+
+ROPE_BACK = register(OpDef(
+    "ROPE_BACK", _infer_rope("ROPE_BACK"), params=_PARAMS, reference=_ref_rope_back,
+    cases=lambda: _rope_cases(False), work_size=_rope_work, flops=_rope_flops,
+    nbytes=_rw_bytes, ggml=_rope_ggml(True),
+    doc="Gradient of rope: the inverse rotation (sin negated)."))
+
+
+def _params(n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor, attn_factor,
+            beta_fast, beta_slow, sections=None):
+    return dict(n_past=0, n_dims=n_dims, mode=mode, n_ctx=0, n_ctx_orig=n_ctx_orig,
+                freq_base=freq_base, freq_scale=freq_scale, ext_factor=ext_factor,
+                attn_factor=attn_factor, beta_fast=beta_fast, beta_slow=beta_slow,
+                sections=list(sections) if (sections is not None and mode & ROPE_TYPE_MROPE)
+                else [0, 0, 0, 0], n_offs=0)
+
+
+def _sections(sections):
+    if sections is None:
+        return None
+    s = list(sections)
+    if len(s) != 4:
+        raise ParamError(f"rope_multi: sections must have 4 values, got {s}")
+    return s
+
+
+def rope(ctx, a, b, n_dims, mode):
+    """ggml_rope: rope_ext with freq_base 10000, no scaling, no YaRN."""
+    return ROPE.build(ctx, [a, b], _params(n_dims, mode, 0, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0))
+
+
+def rope_inplace(ctx, a, b, n_dims, mode):
+    return ROPE.build(ctx, [a, b], _params(n_dims, mode, 0, 10000.0, 1.0, 0.0, 1.0, 0.0, 0.0),
+                      hints=dict(inplace=True))
+
+
+def rope_ext(ctx, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor,
+             attn_factor, beta_fast, beta_slow):
+    return ROPE.build(ctx, [a, b, c], _params(n_dims, mode, n_ctx_orig, freq_base, freq_scale,
+                                              ext_factor, attn_factor, beta_fast, beta_slow))
+
+
+def rope_ext_inplace(ctx, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor,
+                     attn_factor, beta_fast, beta_slow):
+    return ROPE.build(ctx, [a, b, c], _params(n_dims, mode, n_ctx_orig, freq_base, freq_scale,
+                                              ext_factor, attn_factor, beta_fast, beta_slow),
+                      hints=dict(inplace=True))
+
+
+def rope_custom(ctx, a, b, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor,
+                attn_factor, beta_fast, beta_slow):
+    """ggml_rope_custom (deprecated in ggml): rope_ext without freq factors."""
+    return rope_ext(ctx, a, b, None, n_dims, mode, n_ctx_orig, freq_base, freq_scale,
+                    ext_factor, attn_factor, beta_fast, beta_slow)
+
+
+def rope_multi(ctx, a, b, c, n_dims, sections, mode, n_ctx_orig, freq_base, freq_scale,
+               ext_factor, attn_factor, beta_fast, beta_slow):
+    return ROPE.build(ctx, [a, b, c], _params(n_dims, mode, n_ctx_orig, freq_base, freq_scale,
+                                              ext_factor, attn_factor, beta_fast, beta_slow,
+                                              _sections(sections)),
+                      hints=dict(multi=True))
+
+
+def rope_multi_inplace(ctx, a, b, c, n_dims, sections, mode, n_ctx_orig, freq_base, freq_scale,
+                       ext_factor, attn_factor, beta_fast, beta_slow):
+    return ROPE.build(ctx, [a, b, c], _params(n_dims, mode, n_ctx_orig, freq_base, freq_scale,
+                                              ext_factor, attn_factor, beta_fast, beta_slow,
+                                              _sections(sections)),
+                      hints=dict(multi=True, inplace=True))
+
+
+def rope_ext_back(ctx, a, b, c, n_dims, mode, n_ctx_orig, freq_base, freq_scale, ext_factor,
+                  attn_factor, beta_fast, beta_slow):
+    return ROPE_BACK.build(ctx, [a, b, c], _params(n_dims, mode, n_ctx_orig, freq_base,
+                                                   freq_scale, ext_factor, attn_factor,
+                                                   beta_fast, beta_slow))
+
+
+def rope_multi_back(ctx, a, b, c, n_dims, sections, mode, n_ctx_orig, freq_base, freq_scale,
+                    ext_factor, attn_factor, beta_fast, beta_slow):
+    return ROPE_BACK.build(ctx, [a, b, c], _params(n_dims, mode, n_ctx_orig, freq_base,
+                                                   freq_scale, ext_factor, attn_factor,
+                                                   beta_fast, beta_slow, _sections(sections)),
+                           hints=dict(multi=True))
