@@ -609,6 +609,8 @@ class Mirror:
         self._ctx = context(mem)
         self.ctx = self._ctx.ptr
         self.gf = None
+        self._threadpools: dict = {}
+        self._work = None
         try:
             for t in order:
                 self._mirror(t)
@@ -685,9 +687,18 @@ class Mirror:
                 g.ggml_build_forward_expand(self.gf, self.ptrs[id(o)])
             for t in self._expand_all:        # nodes not reachable from the outputs
                 g.ggml_build_forward_expand(self.gf, self.ptrs[id(t)])
-        plan = g.ggml_graph_plan(self.gf, int(n_threads), None)
-        work = np.zeros(max(int(plan.work_size), 1) + 64, dtype=np.uint8)
-        plan.work_data = work.ctypes.data
+        # a persistent threadpool per thread count, as llama.cpp keeps one: creating threads
+        # on every call would cost ggml ~10 ms and make timings against it unfair
+        tp = self._threadpools.get(n_threads)
+        if tp is None and n_threads > 1:
+            params = (ctypes.c_uint8 * 4096)()
+            g.ggml_threadpool_params_init(params, int(n_threads))
+            tp = g.ggml_threadpool_new(params)
+            self._threadpools[n_threads] = tp
+        plan = g.ggml_graph_plan(self.gf, int(n_threads), tp)
+        if self._work is None or self._work.nbytes < int(plan.work_size) + 64:
+            self._work = np.zeros(max(int(plan.work_size), 1) + 64, dtype=np.uint8)
+        plan.work_data = self._work.ctypes.data
         status = g.ggml_graph_compute(self.gf, ctypes.byref(plan))
         if status != 0:
             raise GGMLError(f"ggml_graph_compute failed: "
@@ -711,6 +722,10 @@ class Mirror:
         return out
 
     def close(self) -> None:
+        for tp in getattr(self, "_threadpools", {}).values():
+            if tp:
+                self.g.ggml_threadpool_free(tp)
+        self._threadpools = {}
         if getattr(self, "_ctx", None) is not None:
             self._ctx.free()
             self._ctx = None
