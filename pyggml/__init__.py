@@ -37,6 +37,10 @@ from .ops.shape import (SORT_ORDER_ASC, SORT_ORDER_DESC, SCALE_MODE_NEAREST,  # 
                         SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC, SCALE_FLAG_ALIGN_CORNERS,
                         SCALE_FLAG_ANTIALIAS)
 from .ops.conv import OP_POOL_MAX, OP_POOL_AVG  # noqa: F401,E402
+from .ops.unary import UNARY_OP_ID as _U  # noqa: E402
+from .ops.glu import GLU_OP_ID as _G  # noqa: E402
+globals().update({f"UNARY_OP_{k}": v for k, v in _U.items()})
+globals().update({f"GLU_OP_{k}": v for k, v in _G.items()})
 
 from .compute import *  # noqa: F401,F403,E402  (graph_plan, graph_compute, backends, sched)
 from .viz.dot import graph_dump_dot  # noqa: F401,E402
