@@ -16,7 +16,7 @@ from .state import (STATE_M, STATE_S, state_ne, fresh_values, reset_state,  # no
 def __getattr__(name):
     # kv_cache builds graphs with pyggml's ops, so it is imported lazily: importing it here
     # would run while pyggml.ops (which imports this package) is still initializing.
-    if name in ("MixedKVCache", "kv_cache"):
+    if name in ("MixedKVCache", "F16KVCache", "kv_cache"):
         import importlib
         mod = importlib.import_module(f"{__name__}.kv_cache")
         return mod if name == "kv_cache" else getattr(mod, name)

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
-from .harness import CaseResult, all_cases, run_perf, run_test
+from .harness import CaseResult, all_cases, op_cases, run_perf, run_test
 from .report import make_printer, load_baseline, print_baseline_ratios
 
 MODES = ("test", "perf", "grad", "support")
@@ -46,25 +48,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _threads(args) -> Optional[int]:
+    """-t, or with -j N the cores shared among the N workers (no oversubscribed spin barriers)."""
+    if args.threads:
+        return args.threads
+    if args.jobs > 1:
+        return max(1, (os.cpu_count() or 1) // args.jobs)
+    return None
+
+
 def _backends(args):
     from ..compute import backend_init_by_name, BACKENDS
+    n_threads = _threads(args)
     names = [args.backend] if args.backend else [n for n in ("numba",) if n in BACKENDS]
+    if args.compare == "ggml" and "ggml" not in [n.lower() for n in names]:
+        names.append("ggml")
     out = []
     for n in names:
         try:
-            out.append(backend_init_by_name(n, args.threads))
+            if n.lower() == "ggml":      # real ggml (the repro line of a --compare failure)
+                from .ggml_backend import GGMLBackend
+                out.append(GGMLBackend(n_threads or 1))
+            else:
+                out.append(backend_init_by_name(n, n_threads))
         except Exception as e:  # a backend that cannot start is reported, not fatal
             print(f"Backend {n}: cannot initialize: {e}", file=sys.stderr)
-    if args.compare == "ggml":
-        from .ggml_backend import GGMLBackend
-        out.append(GGMLBackend(args.threads or 1))
     return out
 
 
 def _repro(args, backend: str, case) -> str:
     mode = "" if args.mode == "test" else f"{args.mode} "
-    return (f"pyggml test-backend-ops {mode}-b {backend} -o '{case}' --seed {args.seed}"
-            + (f" -t {args.threads}" if args.threads else ""))
+    return (f"pyggml test-backend-ops {mode}-b {shlex.quote(backend)} -o {shlex.quote(str(case))}"
+            f" --seed {args.seed}" + (f" -t {_threads(args)}" if _threads(args) else ""))
 
 
 # --- workers (module level so -j can pickle them) ---------------------------------------------
@@ -74,11 +89,16 @@ _W: dict = {}
 
 def _worker_init(argv):
     args = _parser().parse_args(argv)
-    _W["args"] = args
-    _W["cases"] = list(all_cases(args.ops, args.pattern, not args.no_slow))
+    if _W.get("argv") != argv:       # forked workers inherit the parent's case list
+        _W["cases"] = list(all_cases(args.ops, args.pattern, not args.no_slow))
+    _W["args"], _W["argv"] = args, argv
     _W["backends"] = {b.name: b for b in _backends(args)}
     from ..backends.reference.backend import ReferenceBackend
     _W["ref"] = ReferenceBackend()
+
+
+def _ping(_):
+    return True
 
 
 def _run_one(item) -> tuple:
@@ -110,7 +130,7 @@ def main(argv=None) -> int:
     if args.list_ops:
         for name in sorted(OPS):
             op = OPS[name]
-            n = len(op.cases()) if op.cases else 0
+            n = len(op_cases(op)) if op.cases else 0
             print(f"{name:<28} {n:5d} cases  {op.doc}")
         return 0
     if args.show_coverage:
@@ -118,15 +138,43 @@ def main(argv=None) -> int:
         print(coverage(_backends(args)))
         return 0
     if args.mode == "grad":
-        for name in sorted(OPS):
+        # ggml's grad mode checks backward passes by finite differences; pyggml has none yet
+        if args.ops or args.pattern:
+            names = sorted({op.name for op, _ in all_cases(args.ops, args.pattern)})
+        else:
+            names = sorted(OPS)
+        for name in names:
             print(f"  {name}: not supported [no backward pass in pyggml yet]")
         return 0
 
-    _worker_init(argv)
-    cases, backends = _W["cases"], _W["backends"]
+    if args.mode == "perf" and args.jobs > 1:
+        print("perf: -j ignored (timed runs must not share the cores)", file=sys.stderr)
+        args.jobs = 1
+    cases = list(all_cases(args.ops, args.pattern, not args.no_slow))
     if not cases:
         print("no test cases match", file=sys.stderr)
         return 1
+    _W["args"], _W["argv"], _W["cases"] = args, argv, cases
+    pool = None
+    if args.jobs > 1:
+        # start the workers before this process starts backend threads (they are forked)
+        pool = ProcessPoolExecutor(args.jobs, initializer=_worker_init, initargs=(argv,))
+        list(pool.map(_ping, range(args.jobs)))
+    _W["backends"] = backends = {b.name: b for b in _backends(args)}
+    try:
+        if not backends:
+            print("no backend to test", file=sys.stderr)
+            return 1
+        return _run_all(args, cases, backends, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        for be in backends.values():     # their worker threads
+            be.free()
+        _W.pop("backends", None)
+
+
+def _run_all(args, cases, backends, pool) -> int:
     printer = make_printer(args.output, args.mode)
     printer.header()
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -137,11 +185,12 @@ def main(argv=None) -> int:
         work = [(i, bname) for i in range(len(cases))]
         results = []
         t0 = time.time()
-        it = map(_run_one, work)
-        pool = None
-        if args.jobs > 1:
-            pool = ProcessPoolExecutor(args.jobs, initializer=_worker_init, initargs=(argv,))
+        if pool is not None:
             it = pool.map(_run_one, work, chunksize=4)
+        else:
+            from ..backends.reference.backend import ReferenceBackend
+            _W.setdefault("ref", ReferenceBackend())
+            it = map(_run_one, work)
         n_ok = n_total = 0
         failed = []
         for k, (i, _, status, err, max_err, msg, node, runs, us, flops, nb) in enumerate(it):
@@ -158,8 +207,6 @@ def main(argv=None) -> int:
             if progress:
                 el = time.time() - t0
                 print(f"\r[{k + 1}/{len(work)}] {bname} {el:6.1f}s", end="", file=sys.stderr)
-        if pool is not None:
-            pool.shutdown()
         if progress:
             print(file=sys.stderr)
         ok = n_ok == n_total

@@ -192,7 +192,7 @@ def run_test(case: Case, backend, ref_backend, seed: int = 0) -> CaseResult:
     res = CaseResult(case, backend.name)
     try:
         _, _, probe = build_graph(case)
-    except GGMLError as e:
+    except Exception as e:
         res.status, res.message = "ERROR", f"case does not build: {e}"
         return res
     if not supported(backend, probe):
@@ -208,6 +208,9 @@ def run_test(case: Case, backend, ref_backend, seed: int = 0) -> CaseResult:
         return res
     except GGMLError as e:
         res.status, res.message = "ERROR", str(e)
+        return res
+    except Exception as e:            # a bug in a reference or a backend: report, go on
+        res.status, res.message = "ERROR", f"{type(e).__name__}: {e}"
         return res
     bad = check_guards(guards)
     if bad:
@@ -228,22 +231,29 @@ def run_perf(case: Case, backend, seed: int = 0, budget_s: float = 0.5,
     res = CaseResult(case, backend.name, mode="perf")
     try:
         ctx, out, gf = build_graph(case)
-    except GGMLError as e:
-        res.status, res.message = "ERROR", str(e)
+    except Exception as e:
+        res.status, res.message = "ERROR", f"case does not build: {e}"
         return res
     if not supported(backend, gf):
         res.status = "NOT SUPPORTED"
         return res
-    alloc_guarded(gf)
-    fill_leafs(gf, case, seed)
-    backend.graph_compute(gf)                 # warm-up: compile, lower, caches
-    runs, t0 = 0, time.perf_counter()
-    while runs < max_runs:
-        backend.graph_compute(gf)
-        runs += 1
-        if time.perf_counter() - t0 > budget_s:
-            break
-    dt = time.perf_counter() - t0
+    try:
+        alloc_guarded(gf)
+        fill_leafs(gf, case, seed)
+        backend.graph_compute(gf)                 # warm-up: compile, lower, caches
+        runs, t0 = 0, time.perf_counter()
+        while runs < max_runs:
+            backend.graph_compute(gf)
+            runs += 1
+            if time.perf_counter() - t0 > budget_s:
+                break
+        dt = time.perf_counter() - t0
+    except UnsupportedError as e:
+        res.status, res.message = "NOT SUPPORTED", str(e)
+        return res
+    except Exception as e:
+        res.status, res.message = "ERROR", f"{type(e).__name__}: {e}"
+        return res
     res.runs, res.us_per_run = runs, dt / runs * 1e6
     op = out.op
     res.flops = float(op.flops(out)) if op is not None and op.flops else 0.0
@@ -252,25 +262,147 @@ def run_perf(case: Case, backend, seed: int = 0, budget_s: float = 0.5,
     return res
 
 
+def split_ops(ops) -> list[str]:
+    """`-o` values: op names and full case strings, split on the commas outside ( ) and [ ].
+
+    `-o ADD,MUL` is two ops; `-o 'ADD(type=f32,ne=[10,5,4,3],...)'` is one case string."""
+    if not ops:
+        return []
+    items = [ops] if isinstance(ops, str) else list(ops)
+    out = []
+    for item in items:
+        depth, cur = 0, []
+        for ch in item:
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth -= 1
+            if ch == "," and depth == 0:
+                out.append("".join(cur))
+                cur = []
+            else:
+                cur.append(ch)
+        out.append("".join(cur))
+    return [w.strip() for w in out if w.strip()]
+
+
+def unique_cases(cases) -> list:
+    """The cases with distinct case strings, first one kept (a case string names one test)."""
+    seen, out = set(), []
+    for c in cases:
+        key = str(c)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+_CASES: dict = {}
+
+
+def raw_cases(op) -> list:
+    """op.cases() as the family returns it, generated once per process (FLASH_ATTN_EXT's
+    grid takes seconds to build)."""
+    key = (op.name, id(op.cases))
+    got = _CASES.get(key)
+    if got is None:
+        got = _CASES[key] = (list(op.cases()), None)
+    return got[0]
+
+
+def op_cases(op) -> list:
+    """The cases of op that run: op.cases() without repeated case strings (first kept)."""
+    raw = raw_cases(op)
+    key = (op.name, id(op.cases))
+    uniq = _CASES[key][1]
+    if uniq is None:
+        uniq = unique_cases(raw)
+        _CASES[key] = (raw, uniq)
+    return uniq
+
+
 def all_cases(ops=None, pattern: Optional[str] = None, include_slow: bool = True):
-    """(OpDef, Case) pairs of the registry, filtered by op names or full case strings and regex."""
+    """(OpDef, Case) pairs of the registry, filtered by op names or full case strings and regex.
+
+    Cases of one op with the same case string are run once (the first); see
+    `duplicate_cases` for the ones that differ in what they build."""
     import re
     from ..ops.registry import OPS
-    wanted = None
-    if ops:
-        wanted = [o.strip() for o in (ops.split(",") if isinstance(ops, str) else ops) if o.strip()]
+    wanted = split_ops(ops) or None
+    names = {w.upper() for w in wanted} if wanted else set()
+    full = {w for w in wanted if "(" in w} if wanted else set()
     rx = re.compile(pattern) if pattern else None
     for name in sorted(OPS):
         op = OPS[name]
         if op.cases is None:
             continue
-        if wanted and not any(w.upper() == name or w.startswith(name + "(") for w in wanted):
+        by_name = name in names
+        if wanted and not by_name and not any(w.startswith(name + "(") for w in full):
             continue
-        for c in op.cases():
-            if wanted and not any(w.upper() == name or w == str(c) for w in wanted):
+        for c in op_cases(op):
+            if wanted and not by_name and str(c) not in full:
                 continue
             if rx and not rx.search(c.vars_str):
                 continue
             if not include_slow and "slow" in c.tags:
                 continue
             yield op, c
+
+
+def graph_signature(case: Case, seed: int = 0) -> list:
+    """What a case builds, as comparable data: per tensor of the graph its op, type, ne, nb,
+    view offset, op_params and sources (by position), then the bytes its inputs get from
+    `seed`. Two cases with equal signatures compute the same test."""
+    ctx, out, gf = build_graph(case)
+    alloc_guarded(gf)
+    fill_leafs(gf, case, seed)
+    order = {}
+    sig = []
+    for t in list(gf.leafs) + list(gf.nodes):
+        for x in [s for s in t.src if s is not None] + [t]:
+            if id(x) in order:
+                continue
+            order[id(x)] = len(order)
+            vs = order.get(id(x.view_src)) if x.view_src is not None else None
+            sig.append((x.op.name if x.op is not None else None, int(x.type), tuple(x.ne),
+                        tuple(x.nb), vs, x.view_offs if x.view_src is not None else 0,
+                        tuple(int(w) for w in x.op_params),
+                        tuple(order.get(id(s)) if s is not None else None for s in x.src),
+                        int(getattr(x, "flags", 0) or 0)))
+    sig += [data.tensor_get(leaf) for leaf in gf.leafs]
+    return sig
+
+
+def duplicate_cases(op) -> list[tuple[str, bool, str]]:
+    """Case strings that op.cases() yields more than once: (case string, same_graph, detail).
+
+    same_graph is False when the duplicates build different graphs (a hidden build
+    parameter is missing from vars: a bug of the op family's cases)."""
+    groups: dict = {}
+    for c in raw_cases(op):
+        groups.setdefault(str(c), []).append(c)
+    out = []
+    for key, cs in groups.items():
+        if len(cs) < 2:
+            continue
+        try:
+            sigs = [graph_signature(c) for c in cs]
+        except GGMLError as e:
+            out.append((key, False, f"does not build: {e}"))
+            continue
+        diff = next((i for i in range(1, len(cs)) if sigs[i] != sigs[0]), None)
+        detail = ""
+        if diff is not None:
+            a, b = sigs[0], sigs[diff]
+            if len(a) != len(b):
+                detail = f"{len(a)} vs {len(b)} tensors"
+            else:
+                k = next(i for i in range(len(a)) if a[i] != b[i])
+                detail = f"tensor {k}: {a[k]} vs {b[k]}"
+        extra = {(c.max_nmse, c.exact, c.run_twice) for c in cs}
+        if diff is None and len(extra) > 1:
+            detail = f"same graph, different test settings {sorted(map(str, extra))}"
+        elif diff is None and len({c.tags for c in cs}) > 1:
+            detail = f"same test, tags differ {sorted({c.tags for c in cs})}"
+        out.append((key, diff is None and len(extra) == 1, detail))
+    return out

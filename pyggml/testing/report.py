@@ -7,7 +7,7 @@ import io
 import sys
 from collections import defaultdict
 
-from .harness import CaseResult
+from .harness import CaseResult, op_cases
 
 # ggml's test_result::get_fields(), in its order, so csv/sql rows join with ggml's own
 FIELDS = ["test_time", "build_commit", "backend_name", "op_name", "op_params", "test_mode",
@@ -37,9 +37,9 @@ def _values(r: CaseResult) -> dict:
 
 
 class ConsolePrinter:
-    def __init__(self, mode: str, out=sys.stdout):
-        self.mode, self.out = mode, out
-        self.color = out.isatty()
+    def __init__(self, mode: str, out=None):
+        self.mode, self.out = mode, out if out is not None else sys.stdout
+        self.color = self.out.isatty()
 
     def _c(self, color, s):
         return f"{color}{s}{RESET}" if self.color else s
@@ -104,9 +104,9 @@ def _flops(f: float) -> str:
 
 
 class CsvPrinter:
-    def __init__(self, mode, out=sys.stdout):
-        self.w = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\n")
-        self.out = out
+    def __init__(self, mode, out=None):
+        self.out = out if out is not None else sys.stdout     # sys.stdout of now, not of import
+        self.w = csv.writer(self.out, quoting=csv.QUOTE_ALL, lineterminator="\n")
 
     def header(self):
         self.w.writerow(FIELDS)
@@ -129,8 +129,8 @@ class CsvPrinter:
 
 
 class SqlPrinter(CsvPrinter):
-    def __init__(self, mode, out=sys.stdout):
-        self.out = out
+    def __init__(self, mode, out=None):
+        self.out = out if out is not None else sys.stdout
 
     def header(self):
         cols = ",\n".join(f"  {f} {'INTEGER' if f in _INT else 'REAL' if f in _FLOAT else 'TEXT'}"
@@ -163,7 +163,8 @@ def load_baseline(path: str) -> dict:
     return out
 
 
-def print_baseline_ratios(results, baseline: dict, out=sys.stdout) -> None:
+def print_baseline_ratios(results, baseline: dict, out=None) -> None:
+    out = out if out is not None else sys.stdout
     per_op = defaultdict(list)
     print("\nratio to baseline (pyggml time / baseline time; < 1 is faster):", file=out)
     for r in results:
@@ -179,21 +180,52 @@ def print_baseline_ratios(results, baseline: dict, out=sys.stdout) -> None:
         print(f"  {op:<24} {g:6.2f}x over {len(rs)} cases", file=out)
 
 
+def _kernel_mark(backend, op) -> str:
+    """'yes' when the backend has a kernel for op, 'no' when it has none (or says so)."""
+    if op.view:
+        return "view"
+    table = getattr(backend, "kernels", None)
+    if table is None:
+        table = getattr(backend, "kernel_table", None)
+    if table is not None:
+        entry = table.get(op.name)
+        return "yes" if entry is not None and getattr(entry, "variants", [entry]) else "no"
+    if backend.name == "reference":
+        return "yes" if op.reference is not None else "no"
+    if backend.name == "ggml":
+        return "yes" if op.ggml is not None else "no"
+    return "?"
+
+
 def coverage(backends) -> str:
+    """Table of ops: case count, reference, ggml recipe, kernel per backend; then totals."""
     from ..ops.registry import OPS
     buf = io.StringIO()
     names = [b.name for b in backends]
     print(f"{'op':<28} {'cases':>6} {'ref':>4} {'ggml':>5} " + " ".join(f"{n:>8}" for n in names),
           file=buf)
+    n_cases = 0
+    have = defaultdict(int)
+    missing = defaultdict(list)
+    computed = [n for n in sorted(OPS) if not OPS[n].view]
     for name in sorted(OPS):
         op = OPS[name]
-        n = len(op.cases()) if op.cases else 0
+        n = len(op_cases(op)) if op.cases else 0
+        n_cases += n
         ks = []
         for b in backends:
-            table = getattr(b, "kernel_table", None)
-            ks.append("view" if op.view else
-                      ("yes" if table is not None and name in table and table[name].available
-                       else "no"))
-        print(f"{name:<28} {n:>6} {'yes' if op.reference else 'NO':>4} "
+            k = _kernel_mark(b, op)
+            ks.append(k)
+            if not op.view:
+                if k == "yes":
+                    have[b.name] += 1
+                else:
+                    missing[b.name].append(name)
+        print(f"{name:<28} {n:>6} {'view' if op.view else 'yes' if op.reference else 'NO':>4} "
               f"{'yes' if op.ggml else 'no':>5} " + " ".join(f"{k:>8}" for k in ks), file=buf)
+    print(f"\n{len(OPS)} ops ({len(computed)} computed, {len(OPS) - len(computed)} views), "
+          f"{n_cases} cases", file=buf)
+    for b in backends:
+        print(f"  {b.name}: kernels for {have[b.name]}/{len(computed)} computed ops"
+              + (f"; missing: {', '.join(missing[b.name])}" if missing[b.name] else ""), file=buf)
     return buf.getvalue()
