@@ -1,0 +1,282 @@
+"""The per-node descriptor: everything a kernel knows about its node, as one int64 vector.
+
+A kernel is `void(int64* desc, int64 ith, int64 nth)`; `desc` points at its node's row of
+the lowered node table. Layout (int64 words):
+
+    header, HDR = 8 words
+      [0] H_OP       reserved (op id; 0 for now)
+      [1] H_NTASKS   threads that run this node (ith < n_tasks; the others skip it)
+      [2] H_WDATA    address of the graph's work buffer (shared by all nodes; 0 if none)
+      [3] H_WSIZE    its size in bytes (the planned maximum over the graph)
+      [4] H_STATUS   address of the graph's int64 status block: [0] error code (0 = ok),
+                     [1] index of the node that failed first
+      [5] H_INDEX    index of this node in the graph (gf.nodes)
+      [6..7]         reserved
+    11 tensor slots of SLOT = 10 words, at HDR + slot * SLOT:
+      slot 0 = dst (DST), slot 1 + j = src[j] (SRC0 .. SRC9)
+      [0] data address (0 when the source is None)   [1] GGMLType value
+      [2..5] ne0..ne3                                [6..9] nb0..nb3 (bytes)
+    op_params at PARAMS = HDR + 11 * SLOT: 16 words, each int32 op_params word
+      sign-extended (read floats with param_f32, int64 pairs with param_i64)
+    DESC_LEN = 136 words (134 used, padded to a multiple of 8: rows stay 64-byte aligned)
+
+Accessors (njit; they take the kernel's int64* as well as an int64 array): t_addr, t_type,
+t_ne, t_nb, t_nrows, t_nelements, t_row_size, t_rows_packed, t_is_contiguous, param_i32,
+param_f32, param_i64, wdata, wsize, n_tasks, node_index; type_size / blck_size by type id;
+row_range(nr, ith, nth) is ggml's split of rows over threads.
+
+Errors: a kernel that cannot do its job calls `set_error(desc, code)`; the executor stops
+every thread after the node and the backend raises ComputeError naming the node and the
+code's meaning (`ERRORS`; kernel-specific codes >= 100 via register_error). Only the first
+error of a graph is kept. An exception inside a kernel becomes ERR_EXCEPTION.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ...tensor import MAX_SRC
+from ...types import TRAITS
+from .intrinsics import atomic_cas, atomic_store, bits_to_f32
+
+# --- layout ---------------------------------------------------------------------------------
+HDR = 8
+H_OP, H_NTASKS, H_WDATA, H_WSIZE, H_STATUS, H_INDEX = 0, 1, 2, 3, 4, 5
+SLOT = 10
+N_SLOTS = 1 + MAX_SRC
+T_ADDR, T_TYPE, T_NE, T_NB = 0, 1, 2, 6
+DST = 0
+SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, SRC7, SRC8, SRC9 = range(1, 11)
+PARAMS = HDR + N_SLOTS * SLOT
+N_PARAMS = 16
+DESC_LEN = 136
+assert PARAMS + N_PARAMS <= DESC_LEN and DESC_LEN % 8 == 0
+
+# status block (one per lowered graph; desc[H_STATUS] points at it)
+S_CODE, S_NODE = 0, 1
+STATUS_LEN = 8
+
+# --- error codes ----------------------------------------------------------------------------
+ERR_OK = 0
+ERR_UNSUPPORTED = 1     # same value as pyggml.quants.nb.ERR_UNSUPPORTED
+ERR_TYPE = 2
+ERR_SHAPE = 3
+ERR_WORK_SIZE = 4
+ERR_PARAM = 5
+ERR_STATE = 6
+ERR_EXCEPTION = 7       # the kernel raised (see kernels._guarded)
+
+ERRORS: dict[int, str] = {
+    ERR_UNSUPPORTED: "the kernel does not support this combination of types",
+    ERR_TYPE: "a tensor type the kernel does not accept",
+    ERR_SHAPE: "shapes or strides the kernel cannot handle",
+    ERR_WORK_SIZE: "the work buffer is smaller than the kernel needs (plan/work_size mismatch)",
+    ERR_PARAM: "an op parameter out of the kernel's domain",
+    ERR_EXCEPTION: "the kernel raised an exception (integer division by zero, a slice of the "
+                   "wrong size, an allocation failure...); the node's output is incomplete",
+    ERR_STATE: "invalid input state (e.g. a with_state row holds a previous contribution "
+               "but o_prev is None: pass the previous output)",
+}
+
+
+def register_error(code: int, meaning: str) -> int:
+    """Give a kernel-specific error code (use >= 100) its message; returns the code."""
+    if code in ERRORS and ERRORS[code] != meaning:
+        raise ValueError(f"error code {code} already means {ERRORS[code]!r}")
+    ERRORS[code] = meaning
+    return code
+
+
+def error_meaning(code: int) -> str:
+    return ERRORS.get(int(code), f"kernel error code {int(code)}")
+
+
+# --- njit accessors (work on the kernel's int64* and on int64 arrays alike) ------------------
+_jit = numba.njit(nogil=True, cache=True)
+
+
+@_jit
+def t_addr(desc, slot):
+    """Data address of slot (DST, SRC0...); 0 when the source is None."""
+    return desc[HDR + slot * SLOT + T_ADDR]
+
+
+@_jit
+def t_type(desc, slot):
+    return desc[HDR + slot * SLOT + T_TYPE]
+
+
+@_jit
+def t_ne(desc, slot, d):
+    return desc[HDR + slot * SLOT + T_NE + d]
+
+
+@_jit
+def t_nb(desc, slot, d):
+    return desc[HDR + slot * SLOT + T_NB + d]
+
+
+@_jit
+def t_nrows(desc, slot):
+    b = HDR + slot * SLOT + T_NE
+    return desc[b + 1] * desc[b + 2] * desc[b + 3]
+
+
+@_jit
+def t_nelements(desc, slot):
+    b = HDR + slot * SLOT + T_NE
+    return desc[b] * desc[b + 1] * desc[b + 2] * desc[b + 3]
+
+
+# type traits by ggml type id (frozen into the compiled code as constants)
+_TYPE_SIZE = np.zeros(64, dtype=np.int64)
+_BLCK_SIZE = np.ones(64, dtype=np.int64)
+for _t, _tr in TRAITS.items():
+    _TYPE_SIZE[int(_t)] = _tr.type_size
+    _BLCK_SIZE[int(_t)] = _tr.blck_size
+del _t, _tr
+
+
+@_jit
+def type_size(t):
+    """Bytes per block (per element for element types) of ggml type id t."""
+    return _TYPE_SIZE[t]
+
+
+@_jit
+def blck_size(t):
+    return _BLCK_SIZE[t]
+
+
+@_jit
+def t_row_size(desc, slot):
+    """Bytes of one packed row of slot (ggml_row_size(type, ne0))."""
+    t = t_type(desc, slot)
+    return _TYPE_SIZE[t] * (t_ne(desc, slot, 0) // _BLCK_SIZE[t])
+
+
+@_jit
+def t_rows_packed(desc, slot):
+    """Elements (blocks) inside each row are adjacent: nb0 == type size (or one block)."""
+    t = t_type(desc, slot)
+    return t_ne(desc, slot, 0) == _BLCK_SIZE[t] or t_nb(desc, slot, 0) == _TYPE_SIZE[t]
+
+
+@_jit
+def t_is_contiguous(desc, slot):
+    """ggml_is_contiguous: the tensor is one packed run of bytes in ggml's element order."""
+    t = t_type(desc, slot)
+    nxt = _TYPE_SIZE[t]
+    if t_ne(desc, slot, 0) != _BLCK_SIZE[t] and t_nb(desc, slot, 0) != nxt:
+        return False
+    nxt *= t_ne(desc, slot, 0) // _BLCK_SIZE[t]
+    for d in range(1, 4):
+        ne = t_ne(desc, slot, d)
+        if ne != 1:
+            if t_nb(desc, slot, d) != nxt:
+                return False
+            nxt *= ne
+    return True
+
+
+@_jit
+def param_i32(desc, i):
+    return desc[PARAMS + i]
+
+
+@_jit
+def param_f32(desc, i):
+    """op_params word i read as a float32 (ggml bit-casts float params)."""
+    return bits_to_f32(desc[PARAMS + i])
+
+
+@_jit
+def param_i64(desc, i):
+    """An int64 param stored as two words (low, high) at i, i+1 (as OpDef 'i64' fields)."""
+    return (desc[PARAMS + i] & 0xFFFFFFFF) | (desc[PARAMS + i + 1] << 32)
+
+
+@_jit
+def wdata(desc):
+    return desc[H_WDATA]
+
+
+@_jit
+def wsize(desc):
+    return desc[H_WSIZE]
+
+
+@_jit
+def n_tasks(desc):
+    return desc[H_NTASKS]
+
+
+@_jit
+def node_index(desc):
+    return desc[H_INDEX]
+
+
+@_jit
+def set_error(desc, code):
+    """Report a failure of this node: the first error of the graph wins (atomic CAS)."""
+    status = desc[H_STATUS]
+    if status != 0 and atomic_cas(status + S_CODE * 8, 0, code) == 0:
+        atomic_store(status + S_NODE * 8, desc[H_INDEX])
+
+
+@_jit
+def row_range(nr, ith, nth):
+    """ggml's split of nr rows over nth threads: rows [ir0, ir1) for thread ith."""
+    dr = (nr + nth - 1) // nth
+    ir0 = dr * ith
+    ir1 = min(ir0 + dr, nr)
+    if ir0 > ir1:
+        ir0 = ir1
+    return ir0, ir1
+
+
+# --- packing (Python) ------------------------------------------------------------------------
+
+def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: int,
+              index: int, n_tasks: int) -> np.ndarray:
+    """Fill one descriptor row (int64[DESC_LEN]) for node."""
+    row = [0] * DESC_LEN
+    row[H_NTASKS] = int(n_tasks)
+    row[H_WDATA] = int(wdata_addr)
+    row[H_WSIZE] = int(wsize)
+    row[H_STATUS] = int(status_addr)
+    row[H_INDEX] = int(index)
+    for slot, t in enumerate([node] + list(node.src)):
+        if t is None:
+            continue
+        b = HDR + slot * SLOT
+        row[b + T_ADDR] = t.data_ptr
+        row[b + T_TYPE] = int(t.type)
+        row[b + T_NE:b + T_NE + 4] = t.ne
+        row[b + T_NB:b + T_NB + 4] = t.nb
+    row[PARAMS:PARAMS + N_PARAMS] = [int(w) for w in node.op_params[:N_PARAMS]]
+    out[:] = row
+    return out
+
+
+def pack(node, wdata_addr: int = 0, wsize: int = 0, status_addr: int = 0, index: int = 0,
+         n_tasks: int = 1) -> np.ndarray:
+    """The descriptor of node as a fresh int64[DESC_LEN] array."""
+    return pack_into(np.zeros(DESC_LEN, dtype=np.int64), node, wdata_addr, wsize,
+                     status_addr, index, n_tasks)
+
+
+def unpack(desc: np.ndarray) -> dict:
+    """Readable form of a descriptor (debugging, tests)."""
+    d = {"n_tasks": int(desc[H_NTASKS]), "wdata": int(desc[H_WDATA]),
+         "wsize": int(desc[H_WSIZE]), "status": int(desc[H_STATUS]), "index": int(desc[H_INDEX])}
+    slots = []
+    for s in range(N_SLOTS):
+        b = HDR + s * SLOT
+        slots.append(None if desc[b + T_ADDR] == 0 and desc[b + T_NE] == 0 else dict(
+            addr=int(desc[b + T_ADDR]), type=int(desc[b + T_TYPE]),
+            ne=[int(x) for x in desc[b + T_NE:b + T_NE + 4]],
+            nb=[int(x) for x in desc[b + T_NB:b + T_NB + 4]]))
+    d["slots"] = slots
+    d["params"] = [int(x) for x in desc[PARAMS:PARAMS + N_PARAMS]]
+    return d

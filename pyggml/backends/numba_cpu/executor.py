@@ -1,0 +1,500 @@
+"""The executor: a persistent pool of threads walking a node table inside nogil Numba code.
+
+This is ggml's own design (ggml_graph_compute_thread): every thread runs the same loop over
+the lowered graph, calls `kernel(desc, ith, nth)` for the nodes it has a task in, and meets
+the others at an atomic spin barrier after each node. No Python runs between nodes: a
+Python-level hand-off costs ~190 µs, the in-Numba barrier ~0.1 µs here
+(/work/shared/NUMBA-NOTES.md).
+
+Pieces:
+  NodeTable    the lowered graph: kernel addresses, descriptors (desc.py), n_tasks, the
+               status block kernels report errors into, the work buffer.
+  run_nodes    the nogil executor loop over rows [i0, i1) of a table, as thread ith of nth.
+  worker_loop  what a worker runs: the posted graph, then it polls (spins) a short while
+               for the next one before returning to Python to sleep (ggml's threadpool
+               polls the same way). Back-to-back graphs never go through Python wake-ups.
+               How threads wait (spin, yield, move off a shared CPU) is explained at
+               SPIN_DEFAULT below.
+  WorkerPool   n_threads - 1 daemon threads + the calling thread (thread 0). A graph is
+               posted by writing its table's addresses into the pool's state words and
+               bumping the job sequence number; sleeping workers are woken with a Condition.
+
+Failure handling: a kernel reports with desc.set_error; the last thread to reach the next
+barrier sees it and publishes "stop", so every thread leaves the loop after the same node
+and the pool is immediately reusable. A Python exception around a thread's executor call
+sets the pool's abort word: spinning threads leave, the pool waits for them, resets its
+state and raises in the caller.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from typing import Optional
+
+import numba
+import numpy as np
+
+from ...errors import ComputeError, describe
+from .desc import DESC_LEN, S_CODE, S_NODE, error_meaning
+from .intrinsics import (atomic_add, atomic_load, atomic_store, call_kernel, cpu_pause,
+                         cpu_yield, current_cpu, i64_array)
+
+# --- pool state words (int64 array; hot words on their own 64-byte lines) -------------------
+W_COUNT = 0        # threads arrived at the current barrier
+W_GEN = 8          # barrier generation (bumped by the last thread to arrive)
+W_ABORT = 16       # nonzero: leave the loop now (a thread failed outside the kernels)
+W_STOP = 24        # set by the last thread at a barrier when a kernel reported an error
+W_SEQ = 32         # job sequence number: bumped (after the job words) to post a graph
+W_SPIN = 40        # barrier: PAUSE iterations before a waiting thread starts yielding
+W_POLL = 41        # worker: PAUSE iterations polling for the next graph before sleeping
+J_KADDRS, J_DESCS, J_NTASKS, J_I0, J_I1, J_STATUS = 48, 49, 50, 51, 52, 53   # the job
+W_THREAD = 64      # + 8 * ith: a line per thread; word T_CPU: the CPU it last ran on
+T_CPU = 0
+MAX_THREADS = 256
+STATE_LEN = W_THREAD + 8 * MAX_THREADS
+
+# Waiting, tuned on the 2-core box, idle and with other processes keeping it busy (load
+# 5-8), against ggml's own threadpool in the same process:
+#  - a thread waiting at a barrier spins (PAUSE, ~40 ns) like ggml's; it yields its core
+#    (sched_yield) on each check after SPIN_* spins, or at once when a thread of the pool
+#    reports the same CPU (a shared core: spinning would only keep the other thread from
+#    arriving; without this, every barrier cost a scheduler tick, 4-16 ms, and yielding on
+#    a timer instead made loaded runs bimodal, 0.1 or 30-200 µs/node);
+#  - between graphs a worker polls POLL_* times for the next one (ggml polls too) and then
+#    sleeps; waking up through a Condition and the GIL costs tens of µs idle, milliseconds
+#    when busy. Linux wakes a thread on its waker's CPU, so a worker that finds itself on
+#    the caller thread's CPU moves off it (_move_off) before polling;
+#  - more threads than usable CPUs: someone must share, so yield almost at once and do not
+#    poll (3 threads on 2 cores: 128 spins ~0.2 ms per 30-node graph, 4096 spins ~15 ms).
+# Result: 1,000 tiny nodes at 2 threads ~0.08-0.1 µs/node idle (ggml ~0.09), ~0.3 loaded
+# (ggml ~0.4); pinned to one CPU ~2.7 µs/node (ggml ~3,800).
+SPIN_DEFAULT = 1 << 18
+SPIN_OVERSUBSCRIBED = 128
+POLL_DEFAULT = 1 << 16
+POLL_OVERSUBSCRIBED = 0
+
+# posts to any pool of this process (polling workers of idle pools retire when it moves)
+_POSTS = np.zeros(8, dtype=np.int64)
+_POSTS_ADDR = _POSTS.ctypes.data
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def spin_limit(n_threads: int) -> int:
+    return SPIN_OVERSUBSCRIBED if n_threads > usable_cpus() else SPIN_DEFAULT
+
+
+def poll_limit(n_threads: int) -> int:
+    return POLL_OVERSUBSCRIBED if n_threads > usable_cpus() else POLL_DEFAULT
+
+
+_jit = numba.njit(nogil=True, cache=True)
+
+
+@_jit
+def publish_cpu(state_addr, ith):
+    """Record the CPU thread ith runs on (read by threads waiting for it)."""
+    a = state_addr + (W_THREAD + ith * 8 + T_CPU) * 8
+    cpu = current_cpu()
+    if atomic_load(a) != cpu:
+        atomic_store(a, cpu)
+    return cpu
+
+
+@_jit
+def shares_cpu(state_addr, ith, nth, cpu):
+    """Does another thread of the pool last report running on `cpu`?"""
+    if cpu < 0:
+        return False
+    for j in range(nth):
+        if j != ith and atomic_load(state_addr + (W_THREAD + j * 8 + T_CPU) * 8) == cpu:
+            return True
+    return False
+
+
+@_jit
+def barrier(state_addr, nth, status_addr, ith):
+    """Generation spin barrier that also agrees on whether to stop.
+
+    The last thread to arrive reads the graph's status word while every other thread is
+    waiting (no kernel runs, so it cannot change) and publishes the verdict in W_STOP before
+    releasing them; everyone returns that verdict. Reading the status word directly after
+    the barrier would race: a fast thread may already be running the next node and report
+    its error, making a slow thread stop one node early (and the barriers mismatch).
+
+    A waiting thread spins (PAUSE) like ggml's, but yields its core on each check once it
+    has spun W_SPIN times, or at once when another thread of the pool reports running on
+    the same CPU (then spinning only keeps that thread from arriving).
+    Returns 0 (go on), 1 (stop: a kernel failed) or -1 (the pool was aborted)."""
+    if atomic_load(state_addr + W_ABORT * 8) != 0:
+        return -1
+    cpu = publish_cpu(state_addr, ith)
+    gen_addr = state_addr + W_GEN * 8
+    gen = atomic_load(gen_addr)
+    if atomic_add(state_addr + W_COUNT * 8, 1) == nth - 1:
+        if atomic_load(status_addr + S_CODE * 8) != 0:
+            atomic_store(state_addr + W_STOP * 8, 1)
+        atomic_store(state_addr + W_COUNT * 8, 0)    # reset before releasing the others
+        atomic_add(gen_addr, 1)
+        return atomic_load(state_addr + W_STOP * 8)
+    limit = atomic_load(state_addr + W_SPIN * 8)
+    shared = False
+    spins = 0
+    while atomic_load(gen_addr) == gen:
+        if atomic_load(state_addr + W_ABORT * 8) != 0:
+            return -1
+        if (spins & 63) == 63:              # every 64 checks: are we sharing a core?
+            cpu = publish_cpu(state_addr, ith)
+            shared = shares_cpu(state_addr, ith, nth, cpu)
+        if spins < limit and not shared:
+            cpu_pause()
+        else:
+            cpu_yield()
+        spins += 1
+    return atomic_load(state_addr + W_STOP * 8)
+
+
+@_jit
+def run_nodes(kaddrs_addr, desc_base, ntasks_addr, i0, i1, state_addr, status_addr, ith, nth):
+    """Run rows [i0, i1) of a node table as thread ith of nth.
+
+    Returns i1 when all ran, the row after which a kernel reported an error (every thread
+    returns the same one), or -1 if the pool was aborted."""
+    kaddrs = i64_array(kaddrs_addr, i1)
+    ntasks = i64_array(ntasks_addr, i1)
+    row = DESC_LEN * 8
+    stop = i1
+    for i in range(i0, i1):
+        if ith < ntasks[i]:
+            call_kernel(kaddrs[i], desc_base + i * row, ith, nth)
+        if nth > 1:
+            verdict = barrier(state_addr, nth, status_addr, ith)
+            if verdict < 0:
+                return -1
+        else:
+            verdict = 1 if atomic_load(status_addr + S_CODE * 8) != 0 else 0
+        if verdict != 0:
+            stop = i
+            break
+    # exit barrier: nobody returns (letting the caller reset W_STOP and the status word, or
+    # post the next graph) before every thread has read the verdict and left the loop
+    if nth > 1:
+        if barrier(state_addr, nth, status_addr, ith) < 0:
+            return -1
+    return stop
+
+
+@_jit
+def post_job(state_addr, kaddrs, descs, ntasks, i0, i1, status, posts_addr):
+    """Publish a graph to the pool: job words first, then the sequence number (seq_cst).
+    Also counts the post process-wide, which sends other pools' polling workers to sleep."""
+    atomic_add(posts_addr, 1)
+    publish_cpu(state_addr, 0)
+    atomic_store(state_addr + W_STOP * 8, 0)
+    atomic_store(state_addr + J_KADDRS * 8, kaddrs)
+    atomic_store(state_addr + J_DESCS * 8, descs)
+    atomic_store(state_addr + J_NTASKS * 8, ntasks)
+    atomic_store(state_addr + J_I0 * 8, i0)
+    atomic_store(state_addr + J_I1 * 8, i1)
+    atomic_store(state_addr + J_STATUS * 8, status)
+    return atomic_add(state_addr + W_SEQ * 8, 1) + 1
+
+
+@_jit
+def worker_loop(state_addr, ith, nth, seen, posts_addr, check_cpu):
+    """A worker's life inside Numba: run each posted graph, poll for the next.
+
+    Returns (last sequence number run, why): why 0 = polling timed out, the pool was aborted
+    or another pool of the process posted (go to sleep); 1 = this thread polls on the CPU
+    of the caller thread, which must run to post the next graph (move off, come back)."""
+    while True:
+        seq = atomic_load(state_addr + W_SEQ * 8)
+        if seq != seen:
+            seen = seq
+            r = run_nodes(atomic_load(state_addr + J_KADDRS * 8),
+                          atomic_load(state_addr + J_DESCS * 8),
+                          atomic_load(state_addr + J_NTASKS * 8),
+                          atomic_load(state_addr + J_I0 * 8),
+                          atomic_load(state_addr + J_I1 * 8),
+                          state_addr, atomic_load(state_addr + J_STATUS * 8), ith, nth)
+            if r < 0:
+                return seen, 0
+            continue
+        # poll for the next graph (PAUSE); give up when the limit is reached, on abort, or
+        # as soon as another pool of this process posts a graph (two polling pools would
+        # fight over the cores with the one that works)
+        limit = atomic_load(state_addr + W_POLL * 8)
+        posts = atomic_load(posts_addr)
+        spins = 0
+        while atomic_load(state_addr + W_SEQ * 8) == seen:
+            if spins >= limit or atomic_load(state_addr + W_ABORT * 8) != 0:
+                return seen, 0
+            if atomic_load(posts_addr) != posts and atomic_load(state_addr + W_SEQ * 8) == seen:
+                return seen, 0
+            if check_cpu != 0 and (spins & 255) == 0:
+                cpu = publish_cpu(state_addr, ith)
+                if cpu >= 0 and atomic_load(state_addr + (W_THREAD + T_CPU) * 8) == cpu:
+                    return seen, 1
+            cpu_pause()
+            spins += 1
+
+
+@_jit
+def this_cpu():
+    return current_cpu()
+
+
+def _move_off(cpu: int) -> bool:
+    """Leave `cpu` (the caller thread's) if this worker was woken up on it.
+
+    Linux tends to wake a thread on the CPU of the thread that woke it; a worker sharing
+    the caller's core makes every barrier a context switch (~3 µs/node instead of ~0.1).
+    Briefly excluding that CPU from the thread's affinity moves it; the full mask is
+    restored at once, so the scheduler stays free to balance later.
+    Returns False when the thread is still on `cpu` (it cannot move)."""
+    if cpu < 0 or this_cpu() != cpu:
+        return True
+    if not _CAN_MOVE:
+        return False
+    try:
+        allowed = os.sched_getaffinity(0)
+        if cpu in allowed and len(allowed) > 1:
+            os.sched_setaffinity(0, allowed - {cpu})
+            os.sched_setaffinity(0, allowed)
+    except OSError:
+        return False
+    return this_cpu() != cpu
+
+
+_CAN_MOVE = hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
+
+
+class NodeTable:
+    """A graph lowered for the executor. Arrays are kept alive here; the loop sees addresses."""
+
+    def __init__(self, nodes, graph_index, kernels, descs, n_tasks, status, wbuf):
+        self.nodes = nodes                      # Tensor per row
+        self.graph_index = list(graph_index)    # row -> index in gf.nodes (= desc[H_INDEX])
+        self.kernels = kernels                  # Kernel per row (names for messages)
+        self.kaddrs = np.ascontiguousarray(
+            [k.address for k in kernels] if kernels else np.zeros(0), dtype=np.int64)
+        self.descs = descs                      # int64[n, DESC_LEN]
+        self.n_tasks = np.ascontiguousarray(n_tasks, dtype=np.int64)
+        self.status = status                    # int64[STATUS_LEN]
+        self.wbuf = wbuf                        # work buffer (uint8) or None
+        self.n = len(nodes)
+        self.max_tasks = int(self.n_tasks.max()) if self.n else 1
+        self.snapshot = None                    # data locations the descriptors were packed from
+        self.roots = None
+
+    @property
+    def addrs(self):
+        return (self.kaddrs.ctypes.data, self.descs.ctypes.data, self.n_tasks.ctypes.data,
+                self.status.ctypes.data)
+
+    def reset_status(self) -> None:
+        self.status[S_CODE] = 0
+        self.status[S_NODE] = -1
+
+    def error(self) -> Optional[ComputeError]:
+        code = int(self.status[S_CODE])
+        if code == 0:
+            return None
+        gi = int(self.status[S_NODE])          # desc[H_INDEX] of the failing node
+        try:
+            row = self.graph_index.index(gi)
+        except ValueError:
+            return ComputeError(f"a kernel failed (error {code}: {error_meaning(code)})")
+        node, k = self.nodes[row], self.kernels[row]
+        srcs = ", ".join(f"src[{j}]={describe(s)}" for j, s in enumerate(node.src) if s is not None)
+        return ComputeError(
+            f"node {gi} {node.op_name} {describe(node)} ({srcs}) failed in numba kernel "
+            f"{k.name!r}: error {code}: {error_meaning(code)}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+class _Core:
+    """State shared by the pool's threads (they hold this, not the pool, so the pool can be
+    garbage-collected and finalized)."""
+
+    def __init__(self, n_threads: int):
+        self.n_threads = n_threads
+        self.cond = threading.Condition()
+        self.job = None                     # the posted table (kept alive while it runs)
+        self.stop = False
+        self.active = 0                     # workers inside Numba (running or polling)
+        self.seen = [0] * n_threads         # last job sequence number each worker ran
+        self.errors: list = []
+        self.state = np.zeros(STATE_LEN, dtype=np.int64)
+        self.state_addr = self.state.ctypes.data
+        self.spin = spin_limit(n_threads)
+        self.poll = poll_limit(n_threads)
+        self.reset_state()
+        self.threads: list[threading.Thread] = []
+
+    def worker(self, ith: int) -> None:
+        seen = 0
+        st = self.state
+        while True:
+            with self.cond:
+                while st[W_SEQ] == seen and not self.stop:
+                    self.cond.wait()
+                if self.stop:
+                    return
+                self.active += 1
+            try:
+                check = 1
+                while True:
+                    if not _move_off(int(st[W_THREAD + T_CPU])):
+                        check = 0              # cannot leave that CPU: do not ask again
+                    seen, why = worker_loop(self.state_addr, ith, self.n_threads, seen,
+                                            _POSTS_ADDR, check)
+                    seen = int(seen)
+                    if why != 1 or self.stop:
+                        break
+            except BaseException as e:  # noqa: BLE001 -- reported by the caller thread
+                self.errors.append(e)
+                st[W_ABORT] = 1
+                seen = int(st[W_SEQ])
+            finally:
+                with self.cond:
+                    self.active -= 1
+                    self.seen[ith] = seen
+                    self.cond.notify_all()
+
+    def reset_state(self) -> None:
+        """Barrier words back to rest (at start, or after an abort with every thread out);
+        the job sequence number is kept (workers compare against it)."""
+        seq = int(self.state[W_SEQ])
+        self.state[:] = 0
+        self.state[W_SEQ] = seq
+        self.state[W_SPIN] = self.spin
+        self.state[W_POLL] = self.poll
+        self.state[W_THREAD + T_CPU::8] = -1
+
+    def wait_all_out(self) -> None:
+        """Every worker has taken the last posted job and is back in Python."""
+        seq = int(self.state[W_SEQ])
+        with self.cond:
+            while self.active > 0 or any(s != seq for s in self.seen[1:]):
+                if self.stop and not any(t.is_alive() for t in self.threads):
+                    return
+                self.cond.wait(0.1)
+
+    def shutdown(self) -> None:
+        with self.cond:
+            self.stop = True
+            self.state[W_ABORT] = 1
+            self.cond.notify_all()
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5.0)
+        self.threads = []
+
+
+_LIVE_CORES: "weakref.WeakSet[_Core]" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for core in list(_LIVE_CORES):
+        core.shutdown()
+
+
+class WorkerPool:
+    """n_threads - 1 persistent worker threads plus the calling thread."""
+
+    def __init__(self, n_threads: int):
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise ValueError(f"n_threads must be in 1..{MAX_THREADS}, got {n_threads}")
+        self.n_threads = int(n_threads)
+        self._core = _Core(self.n_threads)
+        self._run_lock = threading.Lock()
+        warm_up()
+        for ith in range(1, self.n_threads):
+            t = threading.Thread(target=self._core.worker, args=(ith,), daemon=True,
+                                 name=f"pyggml-numba-{ith}")
+            t.start()
+            self._core.threads.append(t)
+        _LIVE_CORES.add(self._core)
+        self._finalizer = weakref.finalize(self, self._core.shutdown)
+
+    @property
+    def threads(self) -> list:
+        return list(self._core.threads)
+
+    def run(self, table: NodeTable, i0: int = 0, i1: Optional[int] = None) -> int:
+        """Run rows [i0, i1) of table on all threads. Returns where the loop stopped (i1, or
+        the row of the failing node: see table.error()). Thread-safe (one graph at a time)."""
+        i1 = table.n if i1 is None else i1
+        if i0 >= i1:
+            return i1
+        kaddrs, descs, ntasks, status = table.addrs
+        table.reset_status()
+        core = self._core
+        nth = self.n_threads
+        # single-task ranges (eval-callback mode, 1 thread) need no pool and no barriers
+        if nth == 1 or table.max_tasks <= 1 or \
+                (i1 - i0 < table.n and int(table.n_tasks[i0:i1].max()) <= 1):
+            return int(run_nodes(kaddrs, descs, ntasks, i0, i1, core.state_addr, status, 0, 1))
+        with self._run_lock:
+            if core.stop:
+                raise ComputeError("the worker pool was shut down")
+            core.job = table
+            post_job(core.state_addr, kaddrs, descs, ntasks, i0, i1, status, _POSTS_ADDR)
+            if core.active < nth - 1:        # some workers sleep: wake them
+                with core.cond:
+                    core.cond.notify_all()
+            try:
+                r = int(run_nodes(kaddrs, descs, ntasks, i0, i1, core.state_addr, status, 0, nth))
+            except BaseException:
+                core.state[W_ABORT] = 1
+                core.wait_all_out()
+                core.reset_state()
+                raise
+            if r < 0 or core.errors:
+                # a worker failed outside the kernels: wait for everyone, reset, report
+                core.state[W_ABORT] = 1
+                core.wait_all_out()
+                errs, core.errors = core.errors, []
+                core.reset_state()
+                raise ComputeError(f"executor thread failed: {errs[0] if errs else 'aborted'}") \
+                    from (errs[0] if errs else None)
+            return r
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WorkerPool({self.n_threads} threads)"
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the executor before threads call it concurrently."""
+    global _warm
+    if not _warm:
+        z = np.zeros(STATE_LEN, dtype=np.int64)
+        a = z.ctypes.data
+        run_nodes(a, a, a, 0, 0, a, a, 0, 1)
+        this_cpu()
+        z[W_POLL] = 0
+        worker_loop(a, 1, 2, 0, a + 8, 1)            # returns at once: nothing posted
+        post_job(a, 0, 0, 0, 0, 0, 0, a + 8 * J_STATUS)
+        _warm = True

@@ -1,0 +1,217 @@
+"""The Numba backend's kernel table: op name -> KernelEntry (one or more kernel variants).
+
+Adding kernels is adding a file to this package (every module here is imported, like the op
+families of pyggml.ops). A kernel is a plain Python function over the node descriptor:
+
+    from ..desc import DST, SRC0, t_addr, t_ne, t_nb, t_type, row_range, set_error
+    from ..intrinsics import f32_array
+    from . import kernel
+
+    @kernel("SCALE", supports=lambda n: n.type == F32 and n.src[0].type == F32)
+    def scale_f32(desc, ith, nth):
+        ...   # rows split by ith/nth as ggml does; report failures with set_error(desc, code)
+
+It is compiled lazily (first use) as `numba.cfunc(void(int64*, int64, int64), cache=True)`
+around a guard that turns an exception inside the kernel into set_error(desc,
+ERR_EXCEPTION): one signature per kernel, cached on disk next to the module (a warm start
+loads it in ~10 ms), its `.address` goes into the node table the executor walks. Several variants may be registered for one op (e.g. per type
+family, in different files); the first whose `supports(node)` is true runs the node.
+`unsupported("OP", reason)` records an explicit "no kernel" entry (for coverage reports).
+
+A variant may override the OpDef's planning rules with `n_tasks(node, n_threads)` and
+`work_size(node, n_threads)` (bytes of the shared work buffer; the plan takes the max).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numba
+from numba import types
+
+from ..desc import ERR_EXCEPTION, set_error
+
+KERNEL_SIG = types.void(types.CPointer(types.int64), types.int64, types.int64)
+
+_compile_lock = threading.Lock()
+
+
+def _always(node) -> bool:
+    return True
+
+
+def _guarded(pyfunc: Callable) -> Callable:
+    """`pyfunc` wrapped so that an exception inside it (integer division by zero, a slice
+    assignment of the wrong size, an allocation failure...) becomes set_error(desc,
+    ERR_EXCEPTION) for its node instead of a message on stderr and a half-done node (a
+    cfunc cannot raise into its caller).
+
+    The wrapper is plain source compiled under the kernel module's file name, calling the
+    kernel as an njit global: unlike a closure, Numba can cache it (cache=True) next to the
+    kernel module, and it is invalidated with that file."""
+    try:
+        filename = inspect.getfile(pyfunc)
+        cache = os.path.isfile(filename)
+    except (TypeError, OSError):          # defined at a prompt: compile, do not cache
+        filename, cache = "<kernel>", False
+    body = numba.njit(nogil=True, cache=cache)(pyfunc)
+    name = f"{pyfunc.__name__}__guarded"
+    src = (f"def {name}(desc, ith, nth):\n"
+           f"    try:\n"
+           f"        _body(desc, ith, nth)\n"
+           f"    except Exception:\n"
+           f"        _set_error(desc, _ERR_EXCEPTION)\n")
+    ns = {"_body": body, "_set_error": set_error, "_ERR_EXCEPTION": ERR_EXCEPTION,
+          "__name__": pyfunc.__module__}
+    exec(compile(src, filename, "exec"), ns)
+    fn = ns[name]
+    fn.__qualname__ = f"{pyfunc.__qualname__}__guarded"
+    fn.__doc__ = pyfunc.__doc__
+    return fn, cache
+
+
+@dataclass(eq=False)
+class Kernel:
+    """One compiled-on-demand kernel function."""
+    op: str
+    pyfunc: Callable
+    supports: Callable = _always
+    n_tasks: Optional[Callable] = None
+    work_size: Optional[Callable] = None
+    name: str = ""
+    _cfunc: object = field(default=None, repr=False)
+    compile_seconds: float = 0.0          # first use: compile or load from the disk cache
+    from_cache: bool = False
+
+    def __post_init__(self):
+        self.name = self.name or getattr(self.pyfunc, "__name__", self.op.lower())
+
+    @property
+    def cfunc(self):
+        if self._cfunc is None:
+            with _compile_lock:                  # numba compiles one thing at a time anyway
+                if self._cfunc is None:
+                    t0 = time.perf_counter()
+                    fn, cache = _guarded(self.pyfunc)
+                    cf = numba.cfunc(KERNEL_SIG, cache=cache)(fn)
+                    self.compile_seconds = time.perf_counter() - t0
+                    self.from_cache = bool(getattr(cf, "cache_hits", 0))
+                    self._cfunc = cf
+        return self._cfunc
+
+    @property
+    def address(self) -> int:
+        """The cfunc's address (compiles or loads it from the cache on first use)."""
+        return self.cfunc.address
+
+    @property
+    def compiled(self) -> bool:
+        return self._cfunc is not None
+
+
+@dataclass(eq=False)
+class KernelEntry:
+    op: str
+    variants: list = field(default_factory=list)
+    reason: str = ""                        # why there is no kernel (explicit unsupported)
+
+    def select(self, node) -> Optional[Kernel]:
+        for k in self.variants:
+            try:
+                if k.supports(node):
+                    return k
+            except (AttributeError, TypeError, IndexError):   # a source is None, etc.
+                continue
+        return None
+
+    def supports(self, node) -> bool:
+        return self.select(node) is not None
+
+    @property
+    def address(self) -> int:
+        """Address of the only/first variant (tests, tools)."""
+        if not self.variants:
+            raise LookupError(f"no kernel for {self.op}: {self.reason or 'none registered'}")
+        return self.variants[0].address
+
+    def n_tasks(self, node, n_threads: int) -> Optional[int]:
+        k = self.select(node)
+        return k.n_tasks(node, n_threads) if k is not None and k.n_tasks else None
+
+    def work_size(self, node, n_threads: int) -> Optional[int]:
+        k = self.select(node)
+        return k.work_size(node, n_threads) if k is not None and k.work_size else None
+
+
+KERNELS: dict[str, KernelEntry] = {}
+
+
+def make_kernel(op: str, pyfunc: Callable, supports: Callable = None, n_tasks: Callable = None,
+                work_size: Callable = None) -> Kernel:
+    """A Kernel object without registering it (tests, private tables)."""
+    return Kernel(op.upper(), pyfunc, supports or _always, n_tasks, work_size)
+
+
+def add_kernel(table: dict, k: Kernel, op: str = None) -> Kernel:
+    op = (op or k.op).upper()
+    entry = table.setdefault(op, KernelEntry(op))
+    entry.variants.append(k)
+    entry.reason = ""
+    return k
+
+
+def kernel(op, supports: Callable = None, n_tasks: Callable = None,
+           work_size: Callable = None, table: dict = None):
+    """Decorator: register `def k(desc, ith, nth)` as a kernel variant of op.
+
+    `op` may be a tuple of op names sharing one compiled function (CONT, DUP, CPY)."""
+    ops = (op,) if isinstance(op, str) else tuple(op)
+
+    def deco(fn):
+        k = make_kernel(ops[0], fn, supports, n_tasks, work_size)
+        for name in ops:
+            add_kernel(KERNELS if table is None else table, k, name)
+        fn.kernel = k
+        return fn
+    return deco
+
+
+def unsupported(op: str, reason: str, table: dict = None) -> KernelEntry:
+    """An explicit 'no kernel for op' entry (kept only if no variant exists)."""
+    t = KERNELS if table is None else table
+    entry = t.setdefault(op.upper(), KernelEntry(op.upper()))
+    if not entry.variants:
+        entry.reason = reason
+    return entry
+
+
+def lookup(node, table: dict = None) -> Optional[Kernel]:
+    """The kernel variant that runs node, or None."""
+    entry = (KERNELS if table is None else table).get(node.op.name) if node.op else None
+    return entry.select(node) if entry is not None else None
+
+
+def compile_all(table: dict = None) -> dict:
+    """Compile (or load) every registered kernel; returns {name: seconds}."""
+    out = {}
+    for entry in (KERNELS if table is None else table).values():
+        for k in entry.variants:
+            if f"{k.op}:{k.name}" not in out:
+                k.address
+                out[f"{k.op}:{k.name}"] = k.compile_seconds
+    return out
+
+
+def _load_kernel_modules() -> None:
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{m.name}")
+
+
+_load_kernel_modules()

@@ -1,0 +1,269 @@
+"""Copy kernels for CONT, DUP and CPY (the example to copy when writing a kernel).
+
+How a kernel is written (see also kernels/__init__.py):
+  - it reads its node through the descriptor: `t_addr/t_type/t_ne/t_nb(desc, slot, d)` with
+    slot DST (the result) or SRC0.. (src[0]..), op_params with param_i32/param_f32;
+  - it views memory with intrinsics.f32_array(addr, n) / u8_array / u16_array ... (no copy);
+  - thread ith of nth does its share of rows (`row_range`), like ggml's kernels;
+  - scratch lives in the graph's work buffer (`wdata(desc)`, size planned by `work_size`),
+    thread ith using its own slice;
+  - it never raises: on a case it cannot handle it calls `set_error(desc, code)` and returns.
+  - `supports(node)` (plain Python, run at planning time) keeps nodes it cannot do away, so
+    the backend reports them before any compute starts.
+
+Two variants share the three ops:
+  copy_elements  element types, any strides and shapes: F32/F16/BF16/I32 converted through
+                 f32 (as ggml does), any same-type element copy as raw bits.
+  copy_blocks    anything with a quantized side: same-type contiguous byte copies, and row
+                 conversions through pyggml.quants.nb (quantize_row/dequantize_row), which
+                 need packed rows of the same length (ggml has the same limits).
+Same-type copies are exact (bit copies), as in ggml.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ....quants import nb as qnb
+from ....tensor import is_contiguous, is_contiguous_rows
+from ....types import GGMLType, TRAITS
+from ..desc import (DST, SRC0, ERR_SHAPE, ERR_UNSUPPORTED, ERR_WORK_SIZE, row_range,
+                    set_error, t_addr, t_is_contiguous, t_nb, t_ne, t_row_size, t_rows_packed,
+                    t_type, type_size, wdata, wsize)
+from ..intrinsics import f32_array, ptr_of, u8_array, u16_array
+from . import kernel
+
+F32, F16, BF16, I32 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16), int(GGMLType.I32)
+_CONVERTIBLE = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32}
+# types with a Numba row codec in pyggml.quants.nb (quantize_row / dequantize_row)
+_ROW_CODEC = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
+              GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1}
+_HAVE_ROWS = hasattr(qnb, "quantize_row") and hasattr(qnb, "dequantize_row")
+
+_jit = numba.njit(nogil=True, cache=True)
+
+
+# --- scalar helpers ---------------------------------------------------------------------------
+
+@_jit
+def load_f32(addr, t):
+    """One element of type t at addr as float32 (ints converted like a C cast)."""
+    if t == F32:
+        return ptr_of(addr, np.float32)[0]
+    if t == F16:
+        return qnb.f16_to_f32(ptr_of(addr, np.uint16)[0])
+    if t == BF16:
+        return qnb.bf16_to_f32(ptr_of(addr, np.uint16)[0])
+    return np.float32(ptr_of(addr, np.int32)[0])          # I32
+
+
+@_jit
+def store_f32(addr, t, v):
+    if t == F32:
+        ptr_of(addr, np.float32)[0] = v
+    elif t == F16:
+        ptr_of(addr, np.uint16)[0] = qnb.f32_to_f16(v)
+    elif t == BF16:
+        ptr_of(addr, np.uint16)[0] = qnb.f32_to_bf16(v)
+    else:                                                  # I32: truncation, as (int32_t) v
+        ptr_of(addr, np.int32)[0] = np.int32(v)
+
+
+@_jit
+def copy_bits(d, s, size):
+    """Copy one element of `size` bytes (exact, NaN payloads kept)."""
+    if size == 4:
+        ptr_of(d, np.uint32)[0] = ptr_of(s, np.uint32)[0]
+    elif size == 2:
+        ptr_of(d, np.uint16)[0] = ptr_of(s, np.uint16)[0]
+    elif size == 8:
+        ptr_of(d, np.uint64)[0] = ptr_of(s, np.uint64)[0]
+    else:
+        for k in range(size):
+            ptr_of(d + k, np.uint8)[0] = ptr_of(s + k, np.uint8)[0]
+
+
+@_jit
+def copy_bytes(d, s, n):
+    dst = u8_array(d, n)
+    src = u8_array(s, n)
+    for i in range(n):
+        dst[i] = src[i]
+
+
+@_jit
+def flat_copy(desc, ith, nth):
+    """Same type, both contiguous: one byte range split in 64-byte aligned chunks."""
+    n = t_row_size(desc, SRC0) * t_ne(desc, SRC0, 1) * t_ne(desc, SRC0, 2) * t_ne(desc, SRC0, 3)
+    chunk = ((n + nth - 1) // nth + 63) // 64 * 64
+    b0 = min(ith * chunk, n)
+    b1 = min(b0 + chunk, n)
+    if b1 > b0:
+        copy_bytes(t_addr(desc, DST) + b0, t_addr(desc, SRC0) + b0, b1 - b0)
+
+
+@_jit
+def convert_row(d, dt, s, st, n):
+    """n packed elements st -> dt (element types), with tight loops for the float pairs."""
+    if st == dt:
+        copy_bytes(d, s, n * type_size(st))
+    elif st == F32 and dt == F16:
+        x = f32_array(s, n)
+        y = u16_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f32_to_f16(x[i])
+    elif st == F16 and dt == F32:
+        x = u16_array(s, n)
+        y = f32_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f16_to_f32(x[i])
+    elif st == F32 and dt == BF16:
+        x = f32_array(s, n)
+        y = u16_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f32_to_bf16(x[i])
+    elif st == BF16 and dt == F32:
+        x = u16_array(s, n)
+        y = f32_array(d, n)
+        for i in range(n):
+            y[i] = qnb.bf16_to_f32(x[i])
+    else:
+        es, ed = type_size(st), type_size(dt)
+        for i in range(n):
+            store_f32(d + i * ed, dt, load_f32(s + i * es, st))
+
+
+# --- element types, any strides ---------------------------------------------------------------
+
+def _supports_elements(node) -> bool:
+    s = node.src[0]
+    st, dt = s.type, node.type
+    if TRAITS[st].blck_size != 1 or TRAITS[dt].blck_size != 1:
+        return False
+    return st == dt or (st in _CONVERTIBLE and dt in _CONVERTIBLE)
+
+
+@kernel(("CONT", "DUP", "CPY"), supports=_supports_elements)
+def copy_elements(desc, ith, nth):
+    st = t_type(desc, SRC0)
+    dt = t_type(desc, DST)
+    if st == dt and t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST):
+        flat_copy(desc, ith, nth)
+        return
+    ne00, ne01, ne02 = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    nb00, nb01, nb02, nb03 = (t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2),
+                              t_nb(desc, SRC0, 3))
+    ne0, ne1, ne2 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
+    nb0, nb1, nb2, nb3 = t_nb(desc, DST, 0), t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+    sa = t_addr(desc, SRC0)
+    da = t_addr(desc, DST)
+    es = type_size(st)
+    ed = type_size(dt)
+    rows_match = ne00 == ne0 and nb00 == es and nb0 == ed
+    ir0, ir1 = row_range(ne01 * ne02 * t_ne(desc, SRC0, 3), ith, nth)
+    for r in range(ir0, ir1):
+        # source row r: its coordinates; the destination continues at the same flat index
+        i01 = r % ne01
+        i02 = (r // ne01) % ne02
+        i03 = r // (ne01 * ne02)
+        s = sa + i01 * nb01 + i02 * nb02 + i03 * nb03
+        e = r * ne00
+        j0 = e % ne0
+        e //= ne0
+        j1 = e % ne1
+        e //= ne1
+        j2 = e % ne2
+        j3 = e // ne2
+        drow = da + j1 * nb1 + j2 * nb2 + j3 * nb3
+        if rows_match:
+            convert_row(drow, dt, s, st, ne00)
+            continue
+        for i00 in range(ne00):
+            d = drow + j0 * nb0
+            if st == dt:
+                copy_bits(d, s + i00 * nb00, es)
+            else:
+                store_f32(d, dt, load_f32(s + i00 * nb00, st))
+            j0 += 1
+            if j0 == ne0:             # carry into the next destination row
+                j0 = 0
+                j1 += 1
+                if j1 == ne1:
+                    j1 = 0
+                    j2 += 1
+                    if j2 == ne2:
+                        j2 = 0
+                        j3 += 1
+                drow = da + j1 * nb1 + j2 * nb2 + j3 * nb3
+
+
+# --- anything with a quantized side -----------------------------------------------------------
+
+def _supports_blocks(node) -> bool:
+    s = node.src[0]
+    st, dt = s.type, node.type
+    if not (TRAITS[st].is_quantized or TRAITS[dt].is_quantized):
+        return False
+    if st == dt and is_contiguous(s) and is_contiguous(node):
+        return True
+    if s.ne[0] != node.ne[0] or not (is_contiguous_rows(s) and is_contiguous_rows(node)):
+        return False
+    if st == dt:
+        return True
+    return _HAVE_ROWS and st in _ROW_CODEC and dt in _ROW_CODEC and all(
+        s.ne[0] % TRAITS[t].blck_size == 0 for t in (st, dt))
+
+
+def _row_scratch(node) -> int:
+    """f32 bytes per thread for one row (plus a cache line), when neither side is F32."""
+    return 4 * node.ne[0] + 64
+
+
+def _work_blocks(node, n_threads) -> int:
+    st, dt = node.src[0].type, node.type
+    if st == dt or GGMLType.F32 in (st, dt):
+        return 0
+    return _row_scratch(node) * n_threads
+
+
+@kernel(("CONT", "DUP", "CPY"), supports=_supports_blocks, work_size=_work_blocks)
+def copy_blocks(desc, ith, nth):
+    st = t_type(desc, SRC0)
+    dt = t_type(desc, DST)
+    if st == dt and t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST):
+        flat_copy(desc, ith, nth)
+        return
+    ne0 = t_ne(desc, SRC0, 0)
+    if ne0 != t_ne(desc, DST, 0) or not (t_rows_packed(desc, SRC0) and t_rows_packed(desc, DST)):
+        set_error(desc, ERR_SHAPE)
+        return
+    ne01, ne02 = t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    ne1, ne2 = t_ne(desc, DST, 1), t_ne(desc, DST, 2)
+    srs = t_row_size(desc, SRC0)
+    drs = t_row_size(desc, DST)
+    scratch = 4 * ne0 + 64
+    tmp_addr = wdata(desc) + ith * scratch
+    if st != dt and st != F32 and dt != F32 and wsize(desc) < (ith + 1) * scratch:
+        set_error(desc, ERR_WORK_SIZE)
+        return
+    ir0, ir1 = row_range(ne01 * ne02 * t_ne(desc, SRC0, 3), ith, nth)
+    for r in range(ir0, ir1):
+        s = (t_addr(desc, SRC0) + (r % ne01) * t_nb(desc, SRC0, 1)
+             + ((r // ne01) % ne02) * t_nb(desc, SRC0, 2) + (r // (ne01 * ne02)) * t_nb(desc, SRC0, 3))
+        d = (t_addr(desc, DST) + (r % ne1) * t_nb(desc, DST, 1)
+             + ((r // ne1) % ne2) * t_nb(desc, DST, 2) + (r // (ne1 * ne2)) * t_nb(desc, DST, 3))
+        rc = 0
+        if st == dt:
+            copy_bytes(d, s, srs)
+        elif st == F32:
+            rc = qnb.quantize_row(dt, f32_array(s, ne0), u8_array(d, drs), ne0)
+        elif dt == F32:
+            rc = qnb.dequantize_row(st, u8_array(s, srs), f32_array(d, ne0), ne0)
+        else:
+            tmp = f32_array(tmp_addr, ne0)
+            rc = qnb.dequantize_row(st, u8_array(s, srs), tmp, ne0)
+            if rc == 0:
+                rc = qnb.quantize_row(dt, tmp, u8_array(d, drs), ne0)
+        if rc != 0:
+            set_error(desc, ERR_UNSUPPORTED)
+            return

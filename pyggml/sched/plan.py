@@ -1,0 +1,109 @@
+"""Planning (ggml_graph_plan): threads per node and the size of the shared work buffer.
+
+`graph_plan(gf, n_threads)` asks each node's kernel (Numba backend table) and, where the
+kernel says nothing, the node's OpDef: `n_tasks(node, n_threads)` (how many threads share
+the node, clamped to 1..n_threads) and `work_size(node, n_threads)` (bytes of scratch). The
+graph's work buffer is the maximum over its nodes (nodes run one after the other and share
+it), plus a cache line per thread as ggml adds. Views compute nothing and are not planned
+(n_tasks 0).
+
+`graph_compute(gf, cplan)` runs the planned graph on the Numba backend's pool for
+cplan.n_threads (one pool per thread count, shared with graph_compute_with_ctx).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..errors import GraphError
+from ..graph import CGraph
+
+CACHE_LINE = 64
+
+
+@dataclass
+class CPlan:
+    n_threads: int
+    n_tasks: list = field(default_factory=list)    # per gf.nodes index; 0 = not computed
+    work_size: int = 0                             # bytes of the shared work buffer
+    work_data: Optional[np.ndarray] = None         # caller's buffer (ggml's cplan.work_data)
+
+    def __repr__(self) -> str:
+        return (f"CPlan(n_threads={self.n_threads}, nodes={len(self.n_tasks)}, "
+                f"work_size={self.work_size})")
+
+
+def is_computed(node) -> bool:
+    """Nodes a backend runs: they have an op, and it is not a view."""
+    return node.op is not None and not node.op.view
+
+
+def _kernel_table(backend):
+    if backend is not None:
+        return getattr(backend, "kernels", None)
+    try:
+        from ..backends.numba_cpu.kernels import KERNELS
+    except ImportError:            # numba missing: plan from the OpDefs alone
+        return None
+    return KERNELS
+
+
+def node_plan(node, n_threads: int, kernels=None) -> tuple[int, int]:
+    """(n_tasks, work_size) of one node: the kernel's rules first, then the OpDef's."""
+    k = None
+    if kernels is not None:
+        entry = kernels.get(node.op.name)
+        k = entry.select(node) if entry is not None else None
+    op = node.op
+    nt_fn = k.n_tasks if k is not None and k.n_tasks is not None else op.n_tasks
+    ws_fn = k.work_size if k is not None and k.work_size is not None else op.work_size
+    n_tasks = int(nt_fn(node, n_threads)) if nt_fn is not None else n_threads
+    n_tasks = max(1, min(n_threads, n_tasks))
+    ws = int(ws_fn(node, n_threads)) if ws_fn is not None else 0
+    return n_tasks, max(0, ws)
+
+
+def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPlan:
+    """ggml_graph_plan: per-node n_tasks and the work buffer size for n_threads."""
+    if n_threads is None:
+        from ..compute import default_n_threads
+        n_threads = default_n_threads()
+    n_threads = int(n_threads)
+    if n_threads < 1:
+        raise GraphError(f"graph_plan: n_threads must be >= 1, got {n_threads}")
+    kernels = _kernel_table(backend)
+    n_tasks = []
+    work = 0
+    for node in gf.nodes:
+        if not is_computed(node):
+            n_tasks.append(0)
+            continue
+        nt, ws = node_plan(node, n_threads, kernels)
+        n_tasks.append(nt)
+        work = max(work, ws)
+    if work > 0:
+        work += CACHE_LINE * n_threads
+    return CPlan(n_threads, n_tasks, work)
+
+
+def _backend_for(n_threads: int):
+    """The process-wide Numba backend for n_threads (shared with graph_compute_with_ctx)."""
+    from .. import compute
+    be = compute._CTX_BACKENDS.get(n_threads)
+    if be is None or getattr(be, "name", "") != "numba":
+        be = compute.backend_numba_init(n_threads)
+        compute._CTX_BACKENDS[n_threads] = be
+    return be
+
+
+def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
+    """ggml_graph_compute: run gf as planned (plans for the default thread count if None)."""
+    if cplan is None:
+        cplan = graph_plan(gf)
+    if len(cplan.n_tasks) != len(gf.nodes):
+        raise GraphError(f"graph_compute: the plan has {len(cplan.n_tasks)} nodes, the graph "
+                         f"{len(gf.nodes)}; plan the graph again after changing it")
+    _backend_for(cplan.n_threads).compute_planned(gf, cplan)
+    return 0   # GGML_STATUS_SUCCESS; failures raise
