@@ -72,14 +72,13 @@ _CTX_BACKENDS: dict = {}
 def graph_compute_with_ctx(ctx, gf: CGraph, n_threads: Optional[int] = None):
     """ggml_graph_compute_with_ctx: compute on the CPU backend (a pool kept per thread count)."""
     n = n_threads or default_n_threads()
-    be = _CTX_BACKENDS.get(n)
-    if be is None:
-        try:
-            be = backend_cpu_init(n)
-        except ImportError:          # numba backend not available: the reference still works
-            be = backend_reference_init()
-        _CTX_BACKENDS[n] = be
-    return backend_graph_compute(be, gf)
+    sched = _CTX_BACKENDS.get(n)
+    if sched is None:
+        # the CPU backend first; the reference backend takes any node it has no kernel for
+        sched = Sched([backend_cpu_init(n), backend_reference_init()])
+        _CTX_BACKENDS[n] = sched
+    sched.graph_compute(gf)
+    return 0
 
 
 from .sched.scheduler import (Sched, sched_new, sched_graph_compute, sched_alloc_graph,  # noqa: E402
@@ -90,3 +89,8 @@ from .sched.scheduler import (Sched, sched_new, sched_graph_compute, sched_alloc
 __all__ += ["Sched", "sched_new", "sched_graph_compute", "sched_alloc_graph", "sched_reset",
             "sched_get_n_splits", "sched_get_n_copies", "sched_get_tensor_backend",
             "sched_set_tensor_backend", "sched_set_eval_callback", "sched_print_assignments"]
+
+
+from .sched.plan import CPlan, graph_plan, graph_compute  # noqa: E402
+
+__all__ += ["CPlan", "graph_plan", "graph_compute"]

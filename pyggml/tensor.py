@@ -23,6 +23,8 @@ TENSOR_FLAG_OUTPUT = 2
 TENSOR_FLAG_PARAM = 4
 TENSOR_FLAG_LOSS = 8
 
+ALLOC_EPOCH = 0     # bumped whenever a tensor gets data: backends key cached addresses on it
+
 
 class Buffer:
     """A block of bytes that tensors live in (a context pool or a backend allocation)."""
@@ -112,6 +114,8 @@ class Tensor:
                             f"does not fit in {buffer!r}")
         self._buffer = buffer
         self._offs = int(offs)
+        global ALLOC_EPOCH
+        ALLOC_EPOCH += 1
 
     # --- shape facts ------------------------------------------------------------------
     @property
