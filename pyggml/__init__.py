@@ -47,6 +47,8 @@ from .viz.dot import graph_dump_dot  # noqa: F401,E402
 
 PREC_DEFAULT = 0
 PREC_F32 = 10
+HINT_NONE = 0
+HINT_SRC0_IS_HADAMARD = 1
 
 
 def quantize(type, values):

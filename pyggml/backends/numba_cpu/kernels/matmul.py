@@ -1,0 +1,639 @@
+"""Matrix-product kernels: MUL_MAT, MUL_MAT_ID, OUT_PROD for every weight type.
+
+MUL_MAT has two paths, chosen from the shapes alone (so the plan's work size and the kernel
+agree):
+
+  dot path (mat-vec and small batches, n = b.ne1 < GEMM_MIN_N): every output element is one
+    SIMD row dot (kernels/simd.py). Float weights (F32/F16/BF16) meet F32 activations
+    directly: F16 through F16C, BF16 by a shift, in float32 (more exact than ggml, which
+    rounds the activations to F16/BF16 first). Quantized weights meet activations quantized
+    to 8 bits per 32-block ("Q8 split": int8 q, float d, float d*sum(q)) and integer
+    pmaddubsw/pmaddwd dots with per-block float scales, as ggml's Q8_0/Q8_1 vec_dots do.
+  GEMM path (n >= GEMM_MIN_N, the prompt case): a packed, register-blocked float32 GEMM
+    (BLIS/GotoBLAS structure, simd.gemm_tile micro-kernel). Weight panels are converted to
+    float32 while packing (F16, BF16 and every quantized type dequantized exactly), so this
+    path never rounds the activations. No BLAS call: NumPy may not be called from a cfunc,
+    and a BLAS sharing the cores with the executor's spinning threads would oversubscribe.
+
+Threads: no barrier is needed inside a node. Each thread prepares (converts or quantizes)
+exactly the activation columns it uses, in its own slice of the work buffer: the rows of `a`
+are split over threads when a has more rows than there are columns (decode), otherwise the
+columns are. Preparing costs O(n*k) against O(m*n*k) for the dots, so repeating the
+activation quantization per thread costs ~nth/m of the node.
+
+MUL_MAT_ID runs the dot path per (token, slot) with rows grouped by expert (a counting sort
+per thread); OUT_PROD accumulates rows (dequantized once per source row) like ggml.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ....quants import nb as qnb
+from ....types import GGMLType, TRAITS, QUANT_TYPES
+from ..desc import (DST, SRC0, SRC1, SRC2, ERR_SHAPE, ERR_TYPE, ERR_WORK_SIZE, n_tasks,
+                    register_error, row_range, set_error, t_addr, t_nb, t_ne, t_type, wdata,
+                    wsize)
+from ..intrinsics import f32_array, i8_array, i64_array, ptr_of, u8_array, u16_array
+from . import kernel
+from . import simd
+
+_jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+
+F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
+Q4_0, Q4_1, Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
+Q5_1, Q8_0, I32 = int(GGMLType.Q5_1), int(GGMLType.Q8_0), int(GGMLType.I32)
+
+ERR_IDS = register_error(110, "MUL_MAT_ID: an expert id in ids is outside [0, n_expert)")
+
+QK = 32
+CT = 16               # dot path: activation columns prepared per tile
+RB = 16               # dot path: rows of a per block (kept in L1 while the tile's columns pass)
+GEMM_MIN_N = 32       # columns (b.ne1) from which the GEMM path is used
+MR = simd.GEMM_MR
+NR = simd.GEMM_NR
+KC = 256              # k per packed panel (a multiple of 32: whole quant blocks)
+NC = 256              # rows of a per packed block (a multiple of NR)
+MC = 1020             # rows of b per packed block (a multiple of MR)
+
+_WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + QUANT_TYPES
+_ACT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+_OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + QUANT_TYPES
+
+TYPE_SIZE = np.zeros(64, dtype=np.int64)          # bytes per block, by ggml type id
+for _t, _tr in TRAITS.items():
+    TYPE_SIZE[int(_t)] = _tr.type_size
+del _t, _tr
+
+
+# --- sizes (njit: the same numbers in the planner and in the kernels) --------------------------
+
+@_jit
+def _pad(x):
+    return (x + 63) // 64 * 64
+
+
+@_jit
+def is_quant(t):
+    return t == Q4_0 or t == Q4_1 or t == Q5_0 or t == Q5_1 or t == Q8_0
+
+
+@_jit
+def act_row_bytes(wt, k):
+    """One prepared activation row: Q8 split (q, d, s) for quantized weights, else float32."""
+    if is_quant(wt):
+        nb = k // QK
+        return _pad(k) + 2 * _pad(4 * nb)
+    return _pad(4 * k)
+
+
+@_jit
+def needs_prep(wt, bt):
+    return is_quant(wt) or bt != F32
+
+
+@_jit
+def prep_bytes(wt, bt, k, ncols):
+    """Scratch for ncols prepared columns (+ a float row to convert non-F32 b before quantizing)."""
+    if not needs_prep(wt, bt):
+        return 0
+    extra = _pad(4 * k) if (is_quant(wt) and bt != F32) else 0
+    return ncols * act_row_bytes(wt, k) + extra
+
+
+@_jit
+def use_gemm(m, n, k):
+    return n >= GEMM_MIN_N and m >= 16 and k >= 16
+
+
+@_jit
+def gemm_bytes():
+    return (_pad(((MC + MR - 1) // MR * MR) * KC * 4) + _pad(NC * KC * 4) + _pad(MR * NR * 4)
+            + _pad(4 * KC))
+
+
+@_jit
+def mul_mat_thread_bytes(wt, bt, m, n, k, ncols):
+    if use_gemm(m, n, k):
+        return gemm_bytes()
+    return prep_bytes(wt, bt, k, min(CT, ncols))
+
+
+def mul_mat_work_size(node, n_threads) -> int:
+    a, b = node.src[0], node.src[1]
+    per = mul_mat_thread_bytes(int(a.type), int(b.type), a.ne[1], b.ne[1], a.ne[0],
+                               b.ne[1] * b.ne[2] * b.ne[3])
+    return n_threads * per + 64 if per else 0
+
+
+@_jit
+def mul_mat_id_thread_bytes(wt, bt, k, n_as, n_pairs, n_brows):
+    return _pad(8 * (n_as + 1)) + _pad(8 * n_pairs) + prep_bytes(wt, bt, k, n_brows)
+
+
+def mul_mat_id_work_size(node, n_threads) -> int:
+    a, b, ids = node.src[0], node.src[1], node.src[2]
+    per = mul_mat_id_thread_bytes(int(a.type), int(b.type), a.ne[0], a.ne[2],
+                                  ids.ne[0] * ids.ne[1], b.ne[1] * b.ne[2])
+    return n_threads * per + 64
+
+
+@_jit
+def out_prod_thread_bytes(at, m):
+    return 0 if at == F32 else _pad(4 * m)
+
+
+def out_prod_work_size(node, n_threads) -> int:
+    per = out_prod_thread_bytes(int(node.src[0].type), node.src[0].ne[0])
+    return n_threads * per + 64 if per else 0
+
+
+# --- element access --------------------------------------------------------------------------
+
+@_jit
+def load_f32(addr, t):
+    if t == F32:
+        return ptr_of(addr, np.float32)[0]
+    if t == F16:
+        return qnb.f16_to_f32(ptr_of(addr, np.uint16)[0])
+    return qnb.bf16_to_f32(ptr_of(addr, np.uint16)[0])
+
+
+@_jit
+def row_to_f32(t, src, n, dst):
+    """n packed values of float type t at src -> float32 at dst."""
+    y = f32_array(dst, n)
+    if t == F32:
+        x = f32_array(src, n)
+        for i in range(n):
+            y[i] = x[i]
+    elif t == F16:
+        h = u16_array(src, n)
+        for i in range(n):
+            y[i] = qnb.f16_to_f32(h[i])
+    else:
+        h = u16_array(src, n)
+        for i in range(n):
+            y[i] = qnb.bf16_to_f32(h[i])
+
+
+@_jit
+def dequant_blocks(t, src, n, dst):
+    """n values (whole blocks) of quantized type t at src -> float32 at dst."""
+    rs = (n // QK) * TYPE_SIZE[t]
+    qnb.dequantize_row(t, u8_array(src, rs), f32_array(dst, n), n)
+
+
+@_jit
+def quantize_act(src, k, dst):
+    """float32 row -> Q8 split at dst: q int8[k], d float[nb] at +pad(k), s float[nb] after."""
+    nb = k // QK
+    x = f32_array(src, k)
+    q = i8_array(dst, k)
+    d_ = f32_array(dst + _pad(k), nb)
+    s_ = f32_array(dst + _pad(k) + _pad(4 * nb), nb)
+    for ib in range(nb):
+        o = ib * QK
+        amax = np.float32(0.0)
+        finite = True
+        for j in range(QK):
+            v = abs(x[o + j])
+            if v > amax:
+                amax = v
+            finite &= v < np.inf          # False for inf and NaN
+        d = amax / np.float32(127.0)
+        idd = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        if not finite:                    # the block's products become NaN, not garbage
+            d = np.float32(np.nan)
+            idd = np.float32(0.0)
+        isum = 0
+        for j in range(QK):
+            v = np.int32(np.rint(x[o + j] * idd))
+            q[o + j] = np.int8(v)
+            isum += v
+        d_[ib] = d
+        s_[ib] = d * np.float32(isum)
+
+
+@_jit
+def prep_act(wt, bt, k, src, dst, tmp):
+    """Activation row (type bt at src) -> the form the dots of weight type wt read, at dst."""
+    if is_quant(wt):
+        if bt == F32:
+            quantize_act(src, k, dst)
+        else:
+            row_to_f32(bt, src, k, tmp)
+            quantize_act(tmp, k, dst)
+    else:
+        row_to_f32(bt, src, k, dst)
+
+
+@_jit
+def rows_dot(wt, k, x, xstride, nrows, y, out):
+    """out[r] = dot(weight row r (type wt, k values, at x + r * xstride), prepared row y)."""
+    if wt == F32:
+        simd.dot_f32(nrows, k, x, xstride, y, out)
+        return
+    if wt == F16:
+        simd.dot_f16(nrows, k, x, xstride, y, out)
+        return
+    if wt == BF16:
+        simd.dot_bf16(nrows, k, x, xstride, y, out)
+        return
+    nb = k // QK
+    yd = y + _pad(k)
+    ys = yd + _pad(4 * nb)
+    if wt == Q4_0:
+        simd.dot_q4_0(nrows, nb, x, xstride, y, yd, ys, out)
+    elif wt == Q8_0:
+        simd.dot_q8_0(nrows, nb, x, xstride, y, yd, ys, out)
+    elif wt == Q4_1:
+        simd.dot_q4_1(nrows, nb, x, xstride, y, yd, ys, out)
+    elif wt == Q5_0:
+        simd.dot_q5_0(nrows, nb, x, xstride, y, yd, ys, out)
+    else:
+        simd.dot_q5_1(nrows, nb, x, xstride, y, yd, ys, out)
+
+
+@_jit
+def types_ok(wt, bt):
+    """Weight and activation types this file's dots read (supports() keeps others away)."""
+    return ((wt == F32 or wt == F16 or wt == BF16 or is_quant(wt))
+            and (bt == F32 or bt == F16 or bt == BF16))
+
+
+@_jit
+def eff_nth(desc, nth):
+    nt = n_tasks(desc)
+    return min(nth, nt) if nt > 0 else nth
+
+
+# --- MUL_MAT: dot path -------------------------------------------------------------------------
+
+@_jit
+def mul_mat_dot(desc, ith, nth, region):
+    wt = t_type(desc, SRC0)
+    bt = t_type(desc, SRC1)
+    k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
+    ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
+    nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
+    ne11, ne12, ne13 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
+    nb11, nb12, nb13 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
+    nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+    a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
+    r2, r3 = ne12 // ne02, ne13 // ne03
+    ncols = ne11 * ne12 * ne13
+    if ncols > m:                       # more columns than rows: split the columns
+        j0, j1 = row_range(ncols, ith, nth)
+        ir0, ir1 = 0, m
+    else:                               # decode: split the rows of a
+        j0, j1 = 0, ncols
+        ir0, ir1 = row_range(m, ith, nth)
+    if j0 >= j1 or ir0 >= ir1:
+        return
+    prep = needs_prep(wt, bt)
+    arb = act_row_bytes(wt, k)
+    tmp = region + min(CT, ncols) * arb     # as mul_mat_thread_bytes counts the tile
+    for c0 in range(j0, j1, CT):
+        c1 = min(c0 + CT, j1)
+        if prep:
+            for c in range(c0, c1):
+                i11 = c % ne11
+                i12 = (c // ne11) % ne12
+                i13 = c // (ne11 * ne12)
+                prep_act(wt, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
+                         region + (c - c0) * arb, tmp)
+        for r0 in range(ir0, ir1, RB):
+            r1 = min(r0 + RB, ir1)
+            for c in range(c0, c1):
+                i11 = c % ne11
+                i12 = (c // ne11) % ne12
+                i13 = c // (ne11 * ne12)
+                xa = a + (i12 // r2) * nb02 + (i13 // r3) * nb03
+                y = region + (c - c0) * arb if prep else b + i11 * nb11 + i12 * nb12 + i13 * nb13
+                rows_dot(wt, k, xa + r0 * nb01, nb01, r1 - r0, y,
+                         d + i11 * nb1 + i12 * nb2 + i13 * nb3 + 4 * r0)
+
+
+# --- MUL_MAT: GEMM path ------------------------------------------------------------------------
+
+@_jit
+def _scatter(src, kc, out, o, stride):
+    for p in range(kc):
+        out[o + p * stride] = src[p]
+
+
+@_jit
+def pack_a(wt, base, nb01, rows, pc, kc, ap, tmp):
+    """Rows [0, rows) of a, values [pc, pc+kc) -> float32 panels of NR rows, k-major
+    (each row converted/dequantized into tmp first: a vectorizable pass, then one scatter)."""
+    npan = (rows + NR - 1) // NR
+    out = f32_array(ap, npan * kc * NR)
+    t = f32_array(tmp, kc)
+    for r in range(npan * NR):
+        o = (r // NR) * kc * NR + r % NR
+        if r >= rows:
+            for p in range(kc):
+                out[o + p * NR] = 0.0
+            continue
+        row = base + r * nb01
+        if wt == F32:
+            _scatter(f32_array(row + 4 * pc, kc), kc, out, o, NR)
+            continue
+        if wt == F16 or wt == BF16:
+            row_to_f32(wt, row + 2 * pc, kc, tmp)
+        else:
+            dequant_blocks(wt, row + (pc // QK) * TYPE_SIZE[wt], kc, tmp)
+        _scatter(t, kc, out, o, NR)
+
+
+@_jit
+def pack_b(bt, base, nb11, rows, pc, kc, bp, tmp):
+    """Rows [0, rows) of b, values [pc, pc+kc) -> float32 panels of MR rows, k-major."""
+    npan = (rows + MR - 1) // MR
+    out = f32_array(bp, npan * kc * MR)
+    t = f32_array(tmp, kc)
+    for r in range(npan * MR):
+        o = (r // MR) * kc * MR + r % MR
+        if r >= rows:
+            for p in range(kc):
+                out[o + p * MR] = 0.0
+            continue
+        row = base + r * nb11
+        if bt == F32:
+            _scatter(f32_array(row + 4 * pc, kc), kc, out, o, MR)
+        else:
+            row_to_f32(bt, row + 2 * pc, kc, tmp)
+            _scatter(t, kc, out, o, MR)
+
+
+@_jit
+def gemm_block(kc, ap, bp, c, nb1, rows_a, rows_b, accumulate, tile):
+    """C[rows_b, rows_a] (+)= packed B panels x packed A panels (edges through `tile`)."""
+    for jr in range(0, rows_a, NR):
+        apan = ap + (jr // NR) * kc * NR * 4
+        cols = min(NR, rows_a - jr)
+        for ir in range(0, rows_b, MR):
+            bpan = bp + (ir // MR) * kc * MR * 4
+            cc = c + ir * nb1 + jr * 4
+            rows = min(MR, rows_b - ir)
+            if rows == MR and cols == NR:
+                simd.gemm_tile(kc, apan, bpan, cc, nb1, accumulate)
+                continue
+            t = f32_array(tile, MR * NR)
+            if accumulate:
+                for i in range(rows):
+                    crow = f32_array(cc + i * nb1, cols)
+                    for j in range(cols):
+                        t[i * NR + j] = crow[j]
+            simd.gemm_tile(kc, apan, bpan, tile, NR * 4, accumulate)
+            for i in range(rows):
+                crow = f32_array(cc + i * nb1, cols)
+                for j in range(cols):
+                    crow[j] = t[i * NR + j]
+
+
+@_jit
+def mul_mat_gemm(desc, ith, nth, region):
+    wt = t_type(desc, SRC0)
+    bt = t_type(desc, SRC1)
+    k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
+    ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
+    nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
+    n, ne12, ne13 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
+    nb11, nb12, nb13 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
+    nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+    a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
+    r2, r3 = ne12 // ne02, ne13 // ne03
+    nbatch = ne12 * ne13
+    # blocks of a's rows: as large as NC, small enough that every thread gets work
+    nc = NC
+    while nc > NR and nbatch * ((m + nc - 1) // nc) < nth:
+        nc //= 2
+    nblk = (m + nc - 1) // nc
+    it0, it1 = row_range(nbatch * nblk, ith, nth)
+    bp = region
+    ap = bp + _pad(((MC + MR - 1) // MR * MR) * KC * 4)
+    tile = ap + _pad(NC * KC * 4)
+    tmp = tile + _pad(MR * NR * 4)
+    it = it0
+    while it < it1:
+        # this thread's blocks of one batch: rows [j_lo, j_hi) of a
+        batch = it // nblk
+        it_end = min(it1, (batch + 1) * nblk)
+        j_lo = (it % nblk) * nc
+        j_hi = min(((it_end - 1) % nblk + 1) * nc, m)
+        it = it_end
+        i12 = batch % ne12
+        i13 = batch // ne12
+        abase = a + (i12 // r2) * nb02 + (i13 // r3) * nb03
+        bbase = b + i12 * nb12 + i13 * nb13
+        cbase = d + i12 * nb2 + i13 * nb3
+        for ic in range(0, n, MC):
+            mc = min(MC, n - ic)
+            for pc in range(0, k, KC):
+                kc = min(KC, k - pc)
+                pack_b(bt, bbase + ic * nb11, nb11, mc, pc, kc, bp, tmp)    # once per (ic, pc)
+                for j0 in range(j_lo, j_hi, nc):
+                    j1 = min(j0 + nc, j_hi)
+                    pack_a(wt, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp)
+                    gemm_block(kc, ap, bp, cbase + ic * nb1 + j0 * 4, nb1, j1 - j0, mc,
+                               1 if pc > 0 else 0, tile)
+
+
+# --- the MUL_MAT kernel ----------------------------------------------------------------------
+
+def _supports_mul_mat(node) -> bool:
+    a, b = node.src[0], node.src[1]
+    return (a.type in _WEIGHT_TYPES and b.type in _ACT_TYPES and node.type == GGMLType.F32
+            and a.nb[0] == TRAITS[a.type].type_size and b.nb[0] == TRAITS[b.type].type_size
+            and node.nb[0] == 4)
+
+
+def _work_mul_mat(node, n_threads):
+    return mul_mat_work_size(node, n_threads)
+
+
+@kernel("MUL_MAT", supports=_supports_mul_mat, work_size=_work_mul_mat)
+def mul_mat(desc, ith, nth):
+    nth = eff_nth(desc, nth)
+    wt = t_type(desc, SRC0)
+    bt = t_type(desc, SRC1)
+    k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
+    n = t_ne(desc, SRC1, 1)
+    if t_ne(desc, SRC1, 0) != k or (is_quant(wt) and k % QK != 0) or t_nb(desc, DST, 0) != 4:
+        set_error(desc, ERR_SHAPE)
+        return
+    if not types_ok(wt, bt):
+        set_error(desc, ERR_TYPE)
+        return
+    ncols = n * t_ne(desc, SRC1, 2) * t_ne(desc, SRC1, 3)
+    per = mul_mat_thread_bytes(wt, bt, m, n, k, ncols)
+    base = (wdata(desc) + 63) // 64 * 64
+    if per > 0 and base + (ith + 1) * per > wdata(desc) + wsize(desc):
+        set_error(desc, ERR_WORK_SIZE)
+        return
+    region = base + ith * per
+    if use_gemm(m, n, k):
+        mul_mat_gemm(desc, ith, nth, region)
+    else:
+        mul_mat_dot(desc, ith, nth, region)
+
+
+# --- MUL_MAT_ID -------------------------------------------------------------------------------
+
+def _supports_mul_mat_id(node) -> bool:
+    a, b, ids = node.src[0], node.src[1], node.src[2]
+    return (a.type in _WEIGHT_TYPES and b.type in _ACT_TYPES and ids.type == GGMLType.I32
+            and a.nb[0] == TRAITS[a.type].type_size and b.nb[0] == TRAITS[b.type].type_size)
+
+
+def _work_mul_mat_id(node, n_threads):
+    return mul_mat_id_work_size(node, n_threads)
+
+
+@kernel("MUL_MAT_ID", supports=_supports_mul_mat_id, work_size=_work_mul_mat_id)
+def mul_mat_id(desc, ith, nth):
+    nth = eff_nth(desc, nth)
+    wt = t_type(desc, SRC0)
+    bt = t_type(desc, SRC1)
+    k, m, n_as = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    nb01, nb02 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2)
+    b1, ntok = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2)
+    nb11, nb12 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2)
+    n_used = t_ne(desc, SRC2, 0)
+    nbi0, nbi1 = t_nb(desc, SRC2, 0), t_nb(desc, SRC2, 1)
+    nb1, nb2 = t_nb(desc, DST, 1), t_nb(desc, DST, 2)
+    a, b, ids, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, SRC2), t_addr(desc, DST)
+    if t_ne(desc, SRC1, 0) != k or (is_quant(wt) and k % QK != 0):
+        set_error(desc, ERR_SHAPE)
+        return
+    if not types_ok(wt, bt) or t_type(desc, SRC2) != I32:
+        set_error(desc, ERR_TYPE)
+        return
+    n_pairs = n_used * ntok
+    per = mul_mat_id_thread_bytes(wt, bt, k, n_as, n_pairs, b1 * ntok)
+    base = (wdata(desc) + 63) // 64 * 64
+    if base + (ith + 1) * per > wdata(desc) + wsize(desc):
+        set_error(desc, ERR_WORK_SIZE)
+        return
+    region = base + ith * per
+    ir0, ir1 = row_range(m, ith, nth)
+    if ir0 >= ir1:
+        return
+    # group the (token, slot) pairs by expert: counting sort in this thread's scratch
+    start = i64_array(region, n_as + 1)
+    order = i64_array(region + _pad(8 * (n_as + 1)), max(n_pairs, 1))
+    for x in range(n_as + 1):
+        start[x] = 0
+    for t in range(ntok):
+        for e in range(n_used):
+            x = np.int64(ptr_of(ids + t * nbi1 + e * nbi0, np.int32)[0])
+            if x < 0 or x >= n_as:
+                set_error(desc, ERR_IDS)
+                return
+            start[x + 1] += 1
+    for x in range(n_as):
+        start[x + 1] += start[x]
+    for t in range(ntok):                 # stable fill; start[x] advances to the end of x
+        for e in range(n_used):
+            x = np.int64(ptr_of(ids + t * nbi1 + e * nbi0, np.int32)[0])
+            order[start[x]] = t * n_used + e
+            start[x] += 1
+    for x in range(n_as, 0, -1):          # restore the starts
+        start[x] = start[x - 1]
+    start[0] = 0
+    prep = needs_prep(wt, bt)
+    acts = region + _pad(8 * (n_as + 1)) + _pad(8 * n_pairs)
+    arb = act_row_bytes(wt, k)
+    tmp = acts + b1 * ntok * arb
+    if prep:
+        for t in range(ntok):
+            for j in range(b1):
+                prep_act(wt, bt, k, b + t * nb12 + j * nb11, acts + (t * b1 + j) * arb, tmp)
+    for x in range(n_as):
+        p0, p1 = start[x], start[x + 1]
+        if p0 == p1:
+            continue
+        xa = a + x * nb02
+        for r0 in range(ir0, ir1, RB):
+            r1 = min(r0 + RB, ir1)
+            for p in range(p0, p1):
+                t = order[p] // n_used
+                e = order[p] % n_used
+                j = e % b1
+                y = acts + (t * b1 + j) * arb if prep else b + t * nb12 + j * nb11
+                rows_dot(wt, k, xa + r0 * nb01, nb01, r1 - r0, y, d + e * nb1 + t * nb2 + 4 * r0)
+
+
+# --- OUT_PROD --------------------------------------------------------------------------------
+
+def _supports_out_prod(node) -> bool:
+    a, b = node.src[0], node.src[1]
+    return (a.type in _OUT_PROD_A and b.type in _ACT_TYPES and node.type == GGMLType.F32
+            and a.nb[0] == TRAITS[a.type].type_size and node.nb[0] == 4)
+
+
+def _work_out_prod(node, n_threads):
+    return out_prod_work_size(node, n_threads)
+
+
+OP_RB = 16            # out_prod: destination rows accumulated together
+
+
+@kernel("OUT_PROD", supports=_supports_out_prod, work_size=_work_out_prod)
+def out_prod(desc, ith, nth):
+    nth = eff_nth(desc, nth)
+    at = t_type(desc, SRC0)
+    bt = t_type(desc, SRC1)
+    m, kk = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
+    ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
+    nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
+    nb10, nb11, nb12, nb13 = (t_nb(desc, SRC1, 0), t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2),
+                              t_nb(desc, SRC1, 3))
+    ne1, ne2, ne3 = t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
+    nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+    a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
+    if t_ne(desc, SRC1, 1) != kk or t_nb(desc, DST, 0) != 4:
+        set_error(desc, ERR_SHAPE)
+        return
+    if not types_ok(at, bt) or at == BF16:
+        set_error(desc, ERR_TYPE)
+        return
+    per = out_prod_thread_bytes(at, m)
+    base = (wdata(desc) + 63) // 64 * 64
+    if per > 0 and base + (ith + 1) * per > wdata(desc) + wsize(desc):
+        set_error(desc, ERR_WORK_SIZE)
+        return
+    tmp = base + ith * per
+    dps2, dps3 = ne2 // ne02, ne3 // ne03
+    ir0, ir1 = row_range(ne1 * ne2 * ne3, ith, nth)
+    r = ir0
+    while r < ir1:
+        # a run of rows of one (i2, i3) matrix, at most OP_RB long
+        i1 = r % ne1
+        i2 = (r // ne1) % ne2
+        i3 = r // (ne1 * ne2)
+        n_r = min(ir1 - r, ne1 - i1, OP_RB)
+        for q in range(n_r):
+            o = f32_array(d + (i1 + q) * nb1 + i2 * nb2 + i3 * nb3, m)
+            for i0 in range(m):
+                o[i0] = 0.0
+        abase = a + (i2 // dps2) * nb02 + (i3 // dps3) * nb03
+        bbase = b + i2 * nb12 + i3 * nb13
+        for j in range(kk):
+            row = abase + j * nb01
+            if at == F32:
+                x = f32_array(row, m)
+            else:
+                if at == F16:
+                    row_to_f32(F16, row, m, tmp)
+                else:
+                    dequant_blocks(at, row, m, tmp)
+                x = f32_array(tmp, m)
+            for q in range(n_r):
+                s = load_f32(bbase + (i1 + q) * nb10 + j * nb11, bt)
+                o = f32_array(d + (i1 + q) * nb1 + i2 * nb2 + i3 * nb3, m)
+                for i0 in range(m):
+                    o[i0] += x[i0] * s
+        r += n_r
