@@ -1,6 +1,6 @@
 """pyggml's benchmarks against real ggml (libggml-python) and NumPy, in one process.
 
-    python tools/bench.py [all|quant|ops|dispatch|matmul|attention] [--threads 2] [--quick]
+    python tools/bench.py [all|quant|ops|kvcache|dispatch|matmul|attention] [--threads 2] [--quick]
 
 Every section runs pyggml and the real ggml library on the same inputs with the same thread
 count and prints times and ratios (pyggml time / ggml time: below 1 means pyggml is faster).
@@ -120,6 +120,62 @@ def bench_ops(args):
               f"{ours / theirs:7.2f}x {ours / npt:8.2f}x")
 
 
+# --- decode through the KV caches at a long context --------------------------------------------
+
+def _prefilled(cache, n, rng):
+    """Put n random past tokens into a cache without decoding them (a benchmark shortcut)."""
+    from pyggml.attention.kv_cache import MixedKVCache, BLOCK
+    def fill(t, rows):
+        vals = rng.uniform(-1, 1, (rows, t.ne[0])).astype(np.float32)
+        gg.data.write(t, np.pad(vals, ((0, t.ne[1] - rows), (0, 0))))
+    if isinstance(cache, MixedKVCache):
+        n_cold = (n - cache.hot_tokens) // BLOCK * BLOCK
+        n_hot = n - n_cold
+        for t in cache.cold_k + cache.cold_v:
+            fill(t, n_cold)
+        for t in cache.hot_k + cache.hot_v:
+            fill(t, n_hot)
+        cache.cold_pos[:n_cold] = np.arange(n_cold)
+        cache.cold_count = n_cold
+        cache.slot_pos[:n_hot] = n_cold + np.arange(n_hot)
+        cache.hot_count, cache.head = n_hot, 0
+    else:
+        for t in cache.k + cache.v:
+            fill(t, n)
+    cache.n_past = n
+
+
+def bench_kvcache(args):
+    from pyggml.attention.kv_cache import MixedKVCache, F16KVCache
+    from pyggml.models.llama import LlamaConfig, LlamaModel, Decoder
+    from pyggml.models.demo import make_backend
+    n_ctx = 4096 if args.quick else 16384
+    cfg = LlamaConfig()
+    model = LlamaModel.random(cfg)
+    be = make_backend("numba", args.threads)
+    rng = np.random.default_rng(0)
+    print(f"decode at a {n_ctx}-token context, demo model ({cfg.n_layer} layers, "
+          f"{cfg.n_head}/{cfg.n_head_kv} heads, head_dim {cfg.head_dim}), {args.threads} threads")
+    res = {}
+    for name, cache in (("mixed (hot 256 F16 + cold Q4_0)",
+                         MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_ctx + 64,
+                                      hot_tokens=256, max_batch=32)),
+                        ("all F16", F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_ctx + 64))):
+        _prefilled(cache, n_ctx, rng)
+        dec = Decoder(model, cache, be)
+        dec.step([1])                       # warm-up (compile, caches)
+        steps = 8 if args.quick else 24
+        t0 = time.perf_counter()
+        for i in range(steps):
+            dec.step([i % cfg.n_vocab])
+        dt = (time.perf_counter() - t0) / steps
+        nb = cache.nbytes()
+        res[name] = dt
+        print(f"  {name:<32} {1 / dt:7.1f} tok/s   cache {nb['total'] / 2**20:7.2f} MiB")
+    a, b = res.values()
+    print(f"  mixed / F16 time per token: {a / b:.2f}x")
+
+
 # --- sections written beside the kernels -----------------------------------------------------
 
 def _run_tool(name, argv):
@@ -130,6 +186,7 @@ def _run_tool(name, argv):
 SECTIONS = {
     "quant": bench_quant,
     "ops": bench_ops,
+    "kvcache": bench_kvcache,
     "dispatch": lambda a: _run_tool("bench_dispatch", ["--threads", f"1,{a.threads}"]
                                     + (["--reps", "20"] if a.quick else [])),
     "matmul": lambda a: _run_tool("bench_matmul", ["--threads", str(a.threads)]

@@ -56,7 +56,7 @@ def pack_params(op: str, spec: Sequence[Field], values: dict) -> np.ndarray:
     words = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
     i = 0
     for f in spec:
-        v = values.get(f.name, 0)
+        v = values.get(f.name, [0] * f.count if f.count > 1 else 0)
         vs = list(v) if f.count > 1 else [v]
         if len(vs) != f.count:
             raise ParamError(f"{op}: parameter {f.name} needs {f.count} values, got {len(vs)}")
@@ -74,13 +74,17 @@ def pack_params(op: str, spec: Sequence[Field], values: dict) -> np.ndarray:
 
 def unpack_params(spec: Sequence[Field], words: np.ndarray) -> SimpleNamespace:
     ns = SimpleNamespace()
+    if not spec:
+        return ns
+    ints = words.tolist()                       # one conversion, then plain Python values
+    floats = words.view(np.float32).tolist()
     i = 0
     for f in spec:
         if f.kind == "i64":
-            vals = [int(v) for v in words[i:i + 2 * f.count].view(np.int64)]
+            vals = words[i:i + 2 * f.count].view(np.int64).tolist()
             i += 2 * f.count
         else:
-            vals = [bits_f32(w) if f.kind == "f32" else int(w) for w in words[i:i + f.count]]
+            vals = (floats if f.kind == "f32" else ints)[i:i + f.count]
             i += f.count
         setattr(ns, f.name, vals if f.count > 1 else vals[0])
     return ns
