@@ -109,10 +109,11 @@ def _run_one(item) -> tuple:
     if args.mode == "perf":
         r = run_perf(case, be, seed=args.seed, budget_s=args.budget)
     elif args.mode == "support":
-        from .harness import build_graph, supported
+        from .harness import build_graph, case_excluded, supported
         r = CaseResult(case, bname, mode="support")
         try:
-            r.status = "OK" if supported(be, build_graph(case)[2]) else "NOT SUPPORTED"
+            ok = not case_excluded(be, case) and supported(be, build_graph(case)[2])
+            r.status = "OK" if ok else "NOT SUPPORTED"
         except Exception as e:
             r.status, r.message = "ERROR", str(e)
     else:

@@ -3,7 +3,8 @@
 The graph is rebuilt in ggml through each OpDef's `ggml` recipe and computed by ggml's CPU
 backend in a child process (a GGML_ASSERT in ggml aborts its process; here it becomes a
 GGMLError). The results are copied back into the pyggml tensors byte for byte, so the
-harness compares ggml with the reference exactly as it compares pyggml's own backends.
+harness compares ggml with the reference exactly as it compares pyggml's own backends
+(strided results are written back through their strides, element by element).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def _targets(gf: CGraph) -> list[Tensor]:
 
 class GGMLBackend(Backend):
     name = "ggml"
+    # cases the op families mark as beyond ggml's CPU kernels (ggml would abort or misread)
+    unsupported_tags = ("no_ggml",)
 
     def __init__(self, n_threads: int = 1):
         from .ggml_lib import available
@@ -69,6 +72,21 @@ class GGMLBackend(Backend):
         if "unsupported" in results:
             raise UnsupportedError(f"real ggml's CPU backend does not support {results['unsupported']}")
         for i, t in enumerate(_targets(gf)):
-            # the byte span of the tensor (strided ones included: the gaps hold the same
-            # bytes in both, as ggml's copy of the inputs started from ours)
-            data.tensor_set(t, results[i])
+            _write_logical(t, results[i])
+
+
+def _write_logical(t: Tensor, raw: bytes) -> None:
+    """Store ggml's values into t through t's own strides.
+
+    `raw` is ggml_lib.raw_bytes' layout: elements (or packed block rows) in logical order,
+    without the gaps of a strided tensor. Copying it as a byte span would put the rows of a
+    strided result (an in-place op on a view) at the wrong addresses."""
+    import numpy as np
+    from ..types import TRAITS
+    if not raw or any(x == 0 for x in t.ne):
+        return
+    if TRAITS[t.type].blck_size == 1:
+        dst = data.strided(t)
+    else:
+        dst = data.row_bytes(t)
+    dst[...] = np.frombuffer(raw, dtype=dst.dtype).reshape(dst.shape)

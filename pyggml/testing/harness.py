@@ -178,6 +178,32 @@ def supported(backend, gf: CGraph) -> bool:
     return all(n.op is None or n.op.view or backend.supports_op(n) for n in gf.nodes)
 
 
+def case_excluded(backend, case: Case) -> Optional[str]:
+    """Why `backend` does not run `case` by the case's tags (a backend lists the tags of the
+    cases it cannot run in `unsupported_tags`, e.g. real ggml: "no_ggml"), or None."""
+    tags = [t for t in getattr(backend, "unsupported_tags", ()) if t in case.tags]
+    return f"case tagged {', '.join(tags)}" if tags else None
+
+
+def compare_node(case: Case, t_ref: Tensor, t: Tensor, max_err: float, exact: bool,
+                 what: str) -> tuple[bool, float, str]:
+    """ggml's rules (compare_values), or the case's own error function when it has one.
+
+    `case.err(ref_values, got_values, ref_node) -> error` is ggml's test_case::err: for ops
+    whose result is defined only up to an order or a choice among ties (TOP_K with ties).
+    It is called for every compared node; ref_node says which, and its sources hold the
+    inputs. The error must stay <= the threshold (0 if exact)."""
+    hook = getattr(case, "err", None)
+    a, b = data.read(t_ref), data.read(t)
+    if hook is None:
+        return compare_values(a, b, max_err, exact, what)
+    e = float(hook(a, b, t_ref))
+    lim = 0.0 if exact else max_err
+    if not e <= lim:
+        return False, e, f"[{what}] error = {e:.9f} > {lim:.9f} (the case's own error function)"
+    return True, e, ""
+
+
 def _run(backend, case: Case, seed: int):
     ctx, out, gf = build_graph(case)
     guards = alloc_guarded(gf)
@@ -195,8 +221,9 @@ def run_test(case: Case, backend, ref_backend, seed: int = 0) -> CaseResult:
     except Exception as e:
         res.status, res.message = "ERROR", f"case does not build: {e}"
         return res
-    if not supported(backend, probe):
-        res.status = "NOT SUPPORTED"
+    excluded = case_excluded(backend, case)
+    if excluded or not supported(backend, probe):
+        res.status, res.message = "NOT SUPPORTED", excluded or ""
         return res
     max_err, exact = _threshold(case)
     res.max_err = max_err
@@ -217,7 +244,7 @@ def run_test(case: Case, backend, ref_backend, seed: int = 0) -> CaseResult:
         res.status, res.message = "FAIL", f"out-of-bounds write: guard bytes around {bad} changed"
         return res
     for (t_ref, what), (t, _) in zip(_outputs(gf_ref), _outputs(gf)):
-        ok, err, msg = compare_values(data.read(t_ref), data.read(t), max_err, exact, what)
+        ok, err, msg = compare_node(case, t_ref, t, max_err, exact, what)
         res.err = max(res.err, err) if err == err else err
         if not ok:
             res.status, res.message, res.node = "FAIL", msg, t.name
@@ -234,8 +261,9 @@ def run_perf(case: Case, backend, seed: int = 0, budget_s: float = 0.5,
     except Exception as e:
         res.status, res.message = "ERROR", f"case does not build: {e}"
         return res
-    if not supported(backend, gf):
-        res.status = "NOT SUPPORTED"
+    excluded = case_excluded(backend, case)
+    if excluded or not supported(backend, gf):
+        res.status, res.message = "NOT SUPPORTED", excluded or ""
         return res
     try:
         alloc_guarded(gf)
