@@ -14,6 +14,8 @@ import os
 import numpy as np
 import pytest
 
+from pyggml.testing.conformance import reference_vs_ggml
+
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
@@ -32,18 +34,8 @@ FAST = _cases(False)
 
 
 def vs_ggml(case, seed=0, n_threads=1):
-    """Reference result of the case and real ggml's, on the same inputs: (ok, nmse, message)."""
-    from pyggml.backends.reference import ReferenceBackend
-    from pyggml.testing import ggml_lib
-    ctx, out, gf = harness.build_graph(case)
-    harness.alloc_guarded(gf)
-    harness.fill_leafs(gf, case, seed)
-    with ggml_lib.Mirror([out]) as m:            # copies the inputs before any in-place op
-        ReferenceBackend().graph_compute(gf)
-        m.compute(n_threads)
-        got = m.value(out)
-    max_err, exact = harness._threshold(case)
-    return harness.compare_values(data.read(out), got, max_err, exact, case.op)
+    """Reference vs real ggml on the same inputs, every node: (ok, nmse, message)."""
+    return reference_vs_ggml(case, seed, n_threads)
 
 
 # --- (a) reference == real ggml -------------------------------------------------------------------
