@@ -109,7 +109,8 @@ class MixedKVCache(_CacheBase):
             raise ShapeError(f"MixedKVCache: head_dim {head_dim}/{self.head_dim_v} must be a "
                              f"multiple of 32 for a {self.cold_type.tname} cold store")
         if hot_tokens < 0 or max_batch <= 0:
-            raise ShapeError(f"MixedKVCache: hot_tokens >= 0 and max_batch > 0 required")
+            raise ShapeError(f"MixedKVCache: hot_tokens >= 0 and max_batch > 0 required "
+                             f"(got {hot_tokens}, {max_batch})")
         self.hot_tokens = hot_tokens
         self.max_batch = max_batch
         # Moves keep the newest `hot_tokens` hot, so the ring never holds more than
