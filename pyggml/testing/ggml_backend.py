@@ -18,7 +18,9 @@ from ..tensor import Tensor
 def _compute_in_ggml(gf: CGraph, n_threads: int) -> dict:
     from .ggml_lib import Mirror
     targets = _targets(gf)
-    with Mirror(gf) as m:
+    # headroom for recipes that compose an op from several ggml ops (with_state: dequantized
+    # copies and concatenations of the cold segment); untouched pages cost nothing
+    with Mirror(gf, mem_extra=256 << 20) as m:
         # ask ggml's CPU backend first: computing an op it lacks would abort
         be = m.g.ggml_backend_cpu_init()
         try:
