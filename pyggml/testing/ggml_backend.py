@@ -48,7 +48,8 @@ def _targets(gf: CGraph) -> list[Tensor]:
 class GGMLBackend(Backend):
     name = "ggml"
     # cases the op families mark as beyond ggml's CPU kernels (ggml would abort or misread)
-    unsupported_tags = ("no_ggml",)
+    # cases real ggml cannot run (it aborts) or gets wrong (ggml CPU bugs, see the families)
+    unsupported_tags = ("no_ggml", "ggml_wrong")
 
     def __init__(self, n_threads: int = 1):
         from .ggml_lib import available
