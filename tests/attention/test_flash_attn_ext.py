@@ -25,6 +25,8 @@ import zlib
 import numpy as np
 import pytest
 
+from pyggml.testing.asserts import assert_ggml_error
+
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
@@ -267,13 +269,7 @@ def _fa_inputs(ctx, dk=64, dv=64, N=3, H=4, ne3=1, n_kv=10, Hk=2, k3=1, tk=T.F16
     return q, k, v
 
 
-def _raises(cls, fn, *words):
-    with pytest.raises(cls) as e:
-        fn()
-    msg = str(e.value)
-    for w in words:
-        assert w in msg, f"{w!r} not in {msg!r}"
-    return msg
+_raises = assert_ggml_error     # (cls, fn, *words) -> message
 
 
 def test_errors_are_ggml_errors_naming_op_and_tensors():

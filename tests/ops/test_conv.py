@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pyggml.testing.asserts import assert_ggml_error
+
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
+from pyggml.errors import ComputeError, ParamError, ShapeError, TypeError_
 from pyggml.ops.conv import OP_POOL_AVG, OP_POOL_MAX
 from pyggml.testing import harness as H
 
@@ -278,9 +280,8 @@ def _t(ctx, type, *ne, name="t"):
 
 
 def _raises(cls, op, fn, *args):
-    with pytest.raises(cls, match=op) as ei:
-        fn(*args)
-    assert isinstance(ei.value, GGMLError)
+    """fn(*args) raises cls, a GGMLError naming op."""
+    return assert_ggml_error(cls, lambda: fn(*args), op)
 
 
 def test_im2col_errors(ctx):

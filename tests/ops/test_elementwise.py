@@ -16,6 +16,8 @@ import os
 import numpy as np
 import pytest
 
+from pyggml.testing.asserts import assert_ggml_error
+
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import (ComputeError, GGMLError, ParamError, ShapeError,
@@ -214,12 +216,7 @@ def test_shapes_types_inplace_and_names():
 
 # --- (b) error paths ----------------------------------------------------------------------------
 
-def _raises(cls, fn, *words):
-    with pytest.raises(cls) as e:
-        fn()
-    assert isinstance(e.value, GGMLError)
-    for w in words:
-        assert w in str(e.value), f"{w!r} not in {e.value}"
+_raises = assert_ggml_error     # (cls, fn, *words) -> message
 
 
 def test_binary_errors():

@@ -18,6 +18,8 @@ import os
 import numpy as np
 import pytest
 
+from pyggml.testing.asserts import assert_ggml_error
+
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
@@ -189,14 +191,7 @@ def _t(ctx, type, *ne, name=None):
     return t
 
 
-def _raises(cls, fn, *words):
-    with pytest.raises(cls) as e:
-        fn()
-    msg = str(e.value)
-    for w in words:
-        assert w in msg, (w, msg)
-    assert isinstance(e.value, GGMLError)
-    return msg
+_raises = assert_ggml_error     # (cls, fn, *words) -> message
 
 
 def test_mul_mat_misuse():

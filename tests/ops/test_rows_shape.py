@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pyggml.testing.asserts import assert_ggml_error
+
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
@@ -311,10 +313,8 @@ def _t(ctx, type, *ne, name="t"):
 
 
 def _raises(cls, op, fn, *args):
-    with pytest.raises(cls, match=op) as ei:
-        fn(*args)
-    assert isinstance(ei.value, GGMLError)
-    return ei.value
+    """fn(*args) raises cls, a GGMLError naming op."""
+    return assert_ggml_error(cls, lambda: fn(*args), op)
 
 
 def test_get_rows_errors(ctx):

@@ -14,6 +14,8 @@ import os
 import numpy as np
 import pytest
 
+from pyggml.testing.asserts import assert_ggml_error
+
 from pyggml.testing.conformance import reference_vs_ggml
 
 import pyggml as gg
@@ -188,12 +190,7 @@ def test_op_params_layout():
 
 # --- (b) error paths ------------------------------------------------------------------------------
 
-def _raises(cls, fn, *words):
-    with pytest.raises(cls) as e:
-        fn()
-    assert isinstance(e.value, GGMLError)
-    for w in words:
-        assert w in str(e.value), f"{w!r} not in {e.value}"
+_raises = assert_ggml_error     # (cls, fn, *words) -> message
 
 
 def test_soft_max_errors():
