@@ -59,6 +59,7 @@ class _CacheBase:
         self.name = name
         self.n_past = 0
         self.step: Optional[CacheStep] = None
+        self._ids: Optional[Tensor] = None
         self._inputs: list = []        # (tensor, values) set after the graph is allocated
 
     def _new_ctx(self, tensors: list[tuple]) -> Context:
@@ -84,6 +85,13 @@ class _CacheBase:
         set_input(t)
         self._inputs.append((t, values))
         return t
+
+    def _slot_ids(self, ctx) -> Tensor:
+        """The step's row ids (I64) for set_rows, one input shared by every layer."""
+        if self._ids is None:
+            st = self.step
+            self._ids = self._input(ctx, GGMLType.I64, st.n_tokens, 0, st.slots, "kv_slots")
+        return self._ids
 
     def set_inputs(self) -> None:
         """Write the step's masks and row ids (after the graph has been allocated)."""
@@ -162,7 +170,7 @@ class MixedKVCache(_CacheBase):
             raise GGMLError("MixedKVCache: hot ring overflow (internal sizing error)")
         pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
         self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed)
-        self._inputs = []
+        self._inputs, self._ids = [], None
         self._masks = None
         return self.step
 
@@ -183,13 +191,10 @@ class MixedKVCache(_CacheBase):
                 mv = cpy(ctx, src, dst)
                 set_name(mv, f"kv_move.{'k' if which_hot is self.hot_k else 'v'}-{il}")
                 build_forward_expand(gf, mv)
-        if not hasattr(self, "_ids") or self._ids_step is not st:
-            self._ids = self._input(ctx, GGMLType.I64, st.n_tokens, 0, st.slots, "kv_slots")
-            self._ids_step = st
         for hot, cur, nm in ((self.hot_k[il], k_cur, "k"), (self.hot_v[il], v_cur, "v")):
             rows = reshape_2d(ctx, cur, hot.ne[0], st.n_tokens) if cur.ne[1] != st.n_tokens \
                 or cur.ne[0] != hot.ne[0] else cur
-            w = set_rows(ctx, hot, rows, self._ids)
+            w = set_rows(ctx, hot, rows, self._slot_ids(ctx))
             set_name(w, f"kv_store.{nm}-{il}")
             build_forward_expand(gf, w)
 
@@ -304,18 +309,16 @@ class F16KVCache(_CacheBase):
         self._check_room(n_tokens)
         pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
         self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0)
-        self._inputs, self._mask = [], None
+        self._inputs, self._ids, self._mask = [], None, None
         return self.step
 
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         from ..ops.view import reshape_2d
         from ..ops.rows import set_rows
         st = self.step
-        if getattr(self, "_ids_step", None) is not st:
-            self._ids = self._input(ctx, GGMLType.I64, st.n_tokens, 0, st.slots, "kv_slots")
-            self._ids_step = st
         for cache, cur, nm in ((self.k[il], k_cur, "k"), (self.v[il], v_cur, "v")):
-            w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_tokens), self._ids)
+            w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_tokens),
+                         self._slot_ids(ctx))
             set_name(w, f"kv_store.{nm}-{il}")
             build_forward_expand(gf, w)
 
