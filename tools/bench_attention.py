@@ -9,9 +9,10 @@ Cases (D=128, 32 query heads over 8 KV heads, as a Llama-style GQA layer):
   with_state_16k    flash_attn_ext_with_state, hot 512 F16 + cold Q4_0 (16k in all)
                                                                   goal <= 0.5x ggml's F16 16k
   prompt_f16_512    512 queries over 512 F16 keys, causal mask    goal <= 1.0x ggml
-Times are medians of --runs computes after a warm-up, pyggml and ggml alternating (Numba
-compile time, cached on disk, is reported separately); beside the wall times, the CPU time
-of the process (all threads) per compute, steadier on a shared machine. Ratios are
+Times are medians of --runs computes, in alternating blocks of pyggml and ggml runs, each
+side's threads quiet while the other runs (Numba compile time, cached on disk, is reported
+separately); beside the wall times, the CPU time of the process (all threads) per compute,
+steadier on a shared machine. Ratios are
 pyggml / ggml: below 1 means pyggml is faster.
 """
 from __future__ import annotations
@@ -86,25 +87,39 @@ def _median_time(fn, runs, warm=2):
     return statistics.median(ts)
 
 
-def _interleaved(fns, runs, warm=2):
-    """Median wall and process-CPU time of each fn, runs alternating between them.
+def _interleaved(fns, runs, settles=None, block=5, warm=2):
+    """Median wall and process-CPU time of each fn, in alternating blocks of `block` runs.
 
-    The machine may be shared: interleaving exposes every contender to the same background
+    The machine may be shared: alternating exposes every contender to the same background
     load, and the CPU time (all threads of this process, spinning included) is much less
-    sensitive to it than the wall time."""
-    for f in fns:
-        for _ in range(warm):
-            f()
+    sensitive to it than the wall time. After each block the contender's `settle` quiets
+    its threads (ggml's threadpool polls for work for a long while after a graph, pyggml's
+    workers for ~3 ms), so no contender runs against the other's spinning threads."""
+    settles = settles or [None] * len(fns)
     ts = [[] for _ in fns]
     cs = [[] for _ in fns]
-    for _ in range(runs):
+    done = 0
+    first = True
+    while done < runs:
+        n = min(block, runs - done)
         for i, f in enumerate(fns):
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            f()
-            ts[i].append(time.perf_counter() - t0)
-            cs[i].append(time.process_time() - c0)
+            for _ in range(warm if first else 1):     # untimed: threads awake, caches warm
+                f()
+            for _ in range(n):
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                f()
+                ts[i].append(time.perf_counter() - t0)
+                cs[i].append(time.process_time() - c0)
+            if settles[i] is not None:
+                settles[i]()
+        done += n
+        first = False
     return [statistics.median(t) for t in ts], [statistics.median(c) for c in cs]
+
+
+def _park_pyggml():
+    time.sleep(0.01)         # pyggml's workers stop polling and sleep after ~3 ms
 
 
 def pyggml_runner(out, backend, before=None):
@@ -122,7 +137,9 @@ def ggml_runner(out, n_threads):
     """A mirror of out's graph in real ggml (kept alive by the closure) and its compute."""
     from pyggml.testing import ggml_lib as gl
     m = gl.Mirror([out])
-    return lambda: m.compute(n_threads)
+    run = lambda: m.compute(n_threads)          # noqa: E731
+    run.settle = m.pause
+    return run
 
 
 def main(argv=None):
@@ -176,7 +193,8 @@ def main(argv=None):
         fns = [pyggml_runner(out, be, reset), ggml_run(make_ref())]
         if reset is not None:
             fns.append(reset)             # timed alone, subtracted from pyggml's time
-        ts, cs = _interleaved(fns, args.runs)
+        settles = [_park_pyggml, getattr(fns[1], "settle", None)] + [None] * (len(fns) - 2)
+        ts, cs = _interleaved(fns, args.runs, settles)
         tp, tg = ts[0] - (ts[2] if reset is not None else 0.0), ts[1]
         cp, cg = cs[0] - (cs[2] if reset is not None else 0.0), cs[1]
         if not have_ggml:

@@ -721,6 +721,15 @@ class Mirror:
                 continue              # unpacked quantized views cannot be read (nor in pyggml)
         return out
 
+    def pause(self) -> "Mirror":
+        """Send the threadpools' workers to sleep: they poll for work (spin) long after a
+        graph, which would steal the cores from whatever runs next in this process (a
+        benchmark's other contender). The next compute resumes them."""
+        for tp in self._threadpools.values():
+            if tp:
+                self.g.ggml_threadpool_pause(tp)
+        return self
+
     def close(self) -> None:
         for tp in getattr(self, "_threadpools", {}).values():
             if tp:

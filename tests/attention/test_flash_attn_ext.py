@@ -236,6 +236,38 @@ def test_masked_cache_slots_are_never_read(rng):
         be.free()
 
 
+@pytest.mark.parametrize("kv_type", [T.F16, T.Q4_0, T.F32])
+def test_junk_in_slots_some_rows_mask(rng, kv_type):
+    """A key masked for some rows of a tile but visible to others (a causal prompt): the
+    rows that mask it never read its V, even when it holds NaN - the fused 4-row SIMD
+    products must fall back for them (rows that see it get NaN, as in ggml)."""
+    ctx = gg.init(mem_size=32 << 20)
+    n_kv, d = 64, 64
+    kv = rng.uniform(-1, 1, (1, 1, n_kv, d))
+    mv = np.zeros((1, 1, 8, n_kv))
+    mv[0, 0, :4, 20] = -np.inf                      # rows 0..3 mask key 20, rows 4..7 see it
+    q = _leaf(ctx, rng.uniform(-1, 1, (1, 1, 8, d)))
+    m = _leaf(ctx, mv, T.F16)
+    k = _leaf(ctx, kv, kv_type)
+    v_clean = _leaf(ctx, kv, kv_type)
+    vals = data.read(v_clean)
+    vals[0, 0, 20, :] = np.nan
+    v_junk = gg.new_tensor(ctx, T.F32 if kv_type == T.F32 else T.F16, 4, [d, n_kv, 1, 1])
+    data.write(v_junk, vals)
+    want = _compute(gg.flash_attn_ext(ctx, q, k, v_clean, m, 0.125, 0.0, 0.0))
+    out = gg.flash_attn_ext(ctx, q, k, v_junk, m, 0.125, 0.0, 0.0)
+    ref = _compute(out)
+    for n in (1, 2):
+        be = gg.backend_numba_init(n)
+        got = _compute(out, be)
+        be.free()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        assert np.all(np.isnan(got[0, 4:]))                   # rows that see the NaN
+        assert np.all(np.isfinite(got[0, :4]))
+        # quantized K: integer dots on q in 8-bit blocks (PREC_DEFAULT), ~1e-6 from exact
+        assert harness.nmse(want[0, :4], got[0, :4]) < (1e-5 if kv_type == T.Q4_0 else 1e-10)
+
+
 def test_op_params_layout_and_prec():
     ctx = gg.init(mem_size=8 << 20)
     q = gg.new_tensor_4d(ctx, T.F32, 64, 3, 4, 1)

@@ -5,22 +5,26 @@ reorganized for memory traffic:
 
   tiles     query rows that read the same K/V rows are processed together: the q heads of
             one KV head (GQA) times a few batch positions, at most RMAX rows. Each K row is
-            converted once per tile and dotted with every row of the tile; each V row is
-            converted once and accumulated into every row (F32 accumulators). The cache is
-            never dequantized as a whole: one row at a time, into per-thread scratch.
+            dotted with every row of the tile and each V row accumulated into every row
+            (F32 accumulators), read once per 4 rows. The cache is never dequantized as a
+            whole: a row at a time, in registers or into per-thread scratch.
   keys      in blocks of KB: scores of the block (masked pairs skipped; a block masked for
             every row of the tile, e.g. above the causal diagonal, is not even read), one
             max/rescale per row and block, exp of the scores (a vectorizable polynomial
             expf), then the V accumulation. Keys masked for a row never touch it, so junk
             in unused cache slots cannot leak (as in ggml).
-  K dots    F32/F16/BF16 K: F32 dots on the converted row (F16 through the F16C
-            intrinsic of pyggml.quants.nb), one q row against 4 keys or 2 rows against 4
-            keys at a time. Quantized K: PREC_DEFAULT quantizes the q rows to 8-bit blocks
-            (as ggml's vec_dot_type Q8_0/Q8_1) and does integer dots per 32-block times the
-            two scales (plus min·sum for Q4_1/Q5_1) with ggml's AVX2 sequence as LLVM
-            intrinsics (4/5-bit K against q + 128, so no sign juggling; a portable loop
-            without AVX2); PREC_F32 dequantizes the K row (F32 dots). Block decoding
-            (nibbles, 5th bits, scales) is explicit LLVM vector code.
+  products  kernels/simd.py's micro-kernels, 4 rows x 4 keys at a time (16 dots summed by
+            a transposing tree; V added into 4 accumulator rows): F32/F16/BF16/Q8_0/Q4_0
+            K/V rows are read in place and converted in registers (F16C, nibble
+            unpacking), with software prefetch a few key groups ahead (decode streams
+            the cache from DRAM: without it 2 threads reach ~60% of the bandwidth);
+            other types are converted to F32 rows once per tile. Quantized K with
+            PREC_DEFAULT quantizes the q rows to 8-bit blocks (ggml's vec_dot_type
+            Q8_0/Q8_1) and uses integer dots per 32-block times the two scales (plus
+            min·sum for Q4_1/Q5_1): Q4_0 through AVX512-VNNI straight from the cache,
+            the others with ggml's AVX2 sequence on decoded rows (a portable loop
+            without AVX2); PREC_F32 reads the dequantized K. Head sizes that are not
+            whole vectors take plain loops (LLVM-vectorized).
   threads   work units are handed out through an atomic counter (ggml's chunking: a thread
             that starts late, or runs on a busy core, simply takes fewer). When there are
             few tiles and many keys (decode: one query, n_batch = 1, few KV heads), every
@@ -60,7 +64,8 @@ from ..desc import (DST, SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, SRC7, SRC8, P
                     param_f32, param_i32, set_error, t_addr, t_nb, t_ne, t_type, wdata, wsize)
 from ..intrinsics import (atomic_add, atomic_load, atomic_store, cpu_pause, f32_array,
                           i8_array, ptr_of, u8_array, u16_array)
-from . import kernel
+from . import kernel, simd
+from .simd import VL
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 Q4_0, Q4_1, Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
@@ -73,6 +78,7 @@ KG = 4             # keys per group inside a block (K rows dotted / V rows accum
 QK = 32            # quant block
 CHUNK = 512        # keys per chunk when a tile's keys are split (few tiles, long KV)
 SPLIT_TILES = 16   # split the keys when there are fewer tiles than this
+PF_GROUPS = 8       # K/V rows read in place are prefetched this many key groups ahead
 # descriptor words (copies of op_params words 12..15, which these ops never set) used as
 # this node's shared counters; the descriptor rows persist between computes
 W_TICKET = PARAMS + 12         # arrival tickets: run = ticket // n_tasks
@@ -80,7 +86,7 @@ W_READY = PARAMS + 13          # (run + 1) * 2 + (1 if the state check failed)
 W_NEXT = PARAMS + 14           # next work unit of the current run
 W_DONE = PARAMS + 15           # threads done (split mode: the last one merges)
 
-L_TOTAL = 15       # scratch arrays per thread (see layout)
+L_TOTAL = 16       # scratch arrays per thread (see layout)
 
 NEG_INF = np.float32(-np.inf)
 _F0 = np.float32(0.0)
@@ -454,12 +460,12 @@ def _al(x):
 
 @_jit
 def layout(dk, dv):
-    """Byte offsets of the per-thread scratch: qf qi8 qd qs kf ki8 kd kc vf sc mv acc M S sl;
-    offs[L_TOTAL] is the per-thread total."""
+    """Byte offsets of the per-thread scratch: qf qi8 qd qs kf ki8 kd kc vf sc mv acc M S sl
+    qx; offs[L_TOTAL] is the per-thread total."""
     nbk = (dk + QK - 1) // QK
     sizes = (RMAX * dk * 4, RMAX * dk, RMAX * nbk * 4, RMAX * nbk * 4, KG * dk * 4, KG * dk,
              KG * nbk * 4, KG * nbk * 4, KG * dv * 4, RMAX * KB * 4, RMAX * KB * 4,
-             RMAX * dv * 4, RMAX * 4, RMAX * 4, RMAX * 4)
+             RMAX * dv * 4, RMAX * 4, RMAX * 4, RMAX * 4, RMAX * nbk * 16 * 4)
     offs = np.zeros(L_TOTAL + 1, dtype=np.int64)
     o = 0
     for i in range(L_TOTAL):
@@ -723,18 +729,123 @@ def _scale(acc, ao, f, n):
         acc[ao + i] *= f
 
 
+# --- SIMD products (kernels/simd.py) over a group of KG keys -------------------------------------
+# qk: 4 (or 1) q rows against KG K rows; pv: 4 (or 1) accumulator rows += p · KG V rows. Rows
+# of the types simd reads (F32/F16/BF16/Q8_0/Q4_0) are read where they lie, others from
+# their F32 conversion (kf/vf). The type argument picks the variant.
+
+@_jit_inline
+def _direct(t, n):
+    """Can simd read rows of type t and n values in place?"""
+    if t == F32 or t == F16 or t == BF16:
+        return n % VL == 0
+    return (t == Q8_0 or t == Q4_0) and n % QK == 0
+
+
+@_jit_inline
+def _qk4(t, n, q, qstride, k0, k1, k2, k3, out, pf):
+    if t == F16:
+        simd.qk_4x4_f16(n, q, qstride, k0, k1, k2, k3, out, pf)
+    elif t == Q4_0:
+        simd.qk_4x4_q4_0(n, q, qstride, k0, k1, k2, k3, out, pf)
+    elif t == Q8_0:
+        simd.qk_4x4_q8_0(n, q, qstride, k0, k1, k2, k3, out, pf)
+    elif t == BF16:
+        simd.qk_4x4_bf16(n, q, qstride, k0, k1, k2, k3, out, pf)
+    else:
+        simd.qk_4x4_f32(n, q, qstride, k0, k1, k2, k3, out, pf)
+
+
+@_jit_inline
+def _qk1(t, n, q, k0, k1, k2, k3, out, pf):
+    if t == F16:
+        simd.qk_1x4_f16(n, q, 0, k0, k1, k2, k3, out, pf)
+    elif t == Q4_0:
+        simd.qk_1x4_q4_0(n, q, 0, k0, k1, k2, k3, out, pf)
+    elif t == Q8_0:
+        simd.qk_1x4_q8_0(n, q, 0, k0, k1, k2, k3, out, pf)
+    elif t == BF16:
+        simd.qk_1x4_bf16(n, q, 0, k0, k1, k2, k3, out, pf)
+    else:
+        simd.qk_1x4_f32(n, q, 0, k0, k1, k2, k3, out, pf)
+
+
+@_jit_inline
+def _pv4(t, n, acc, astride, p, pstride, v0, v1, v2, v3, pf):
+    if t == F16:
+        simd.pv_4x4_f16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    elif t == Q4_0:
+        simd.pv_4x4_q4_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    elif t == Q8_0:
+        simd.pv_4x4_q8_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    elif t == BF16:
+        simd.pv_4x4_bf16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    else:
+        simd.pv_4x4_f32(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+
+
+@_jit_inline
+def _pv1x4(t, n, acc, p, v0, v1, v2, v3, pf):
+    if t == F16:
+        simd.pv_1x4_f16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    elif t == Q4_0:
+        simd.pv_1x4_q4_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    elif t == Q8_0:
+        simd.pv_1x4_q8_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    elif t == BF16:
+        simd.pv_1x4_bf16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    else:
+        simd.pv_1x4_f32(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+
+
+@_jit_inline
+def _pv1(t, n, acc, p, v0, pf):
+    if t == F16:
+        simd.pv_1x1_f16(n, acc, 0, p, 0, pf, v0)
+    elif t == Q4_0:
+        simd.pv_1x1_q4_0(n, acc, 0, p, 0, pf, v0)
+    elif t == Q8_0:
+        simd.pv_1x1_q8_0(n, acc, 0, p, 0, pf, v0)
+    elif t == BF16:
+        simd.pv_1x1_bf16(n, acc, 0, p, 0, pf, v0)
+    else:
+        simd.pv_1x1_f32(n, acc, 0, p, 0, pf, v0)
+
+
+@_jit_inline
+def _score(scp, mvp, o, b, u, x, scale, softcap):
+    """Scaled (soft-capped) score of key u plus its mask value; -inf where masked."""
+    x = x * scale
+    if softcap != _F0:
+        x = softcap * np.float32(math.tanh(x))
+    m = mvp[b + u]
+    scp[o + u] = x + m if m != NEG_INF else NEG_INF
+
+
+@_jit_inline
+def _score_group(scp, mvp, o, b, gn, x0, x1, x2, x3, scale, softcap):
+    """_score of the group's gn (<= 4) keys (constant indices: no spilled tuples)."""
+    _score(scp, mvp, o, b, 0, x0, scale, softcap)
+    if gn > 1:
+        _score(scp, mvp, o, b, 1, x1, scale, softcap)
+    if gn > 2:
+        _score(scp, mvp, o, b, 2, x2, scale, softcap)
+    if gn > 3:
+        _score(scp, mvp, o, b, 3, x3, scale, softcap)
+
+
 # --- one tile over a key range of one segment ----------------------------------------------------
 
 @_jit
 def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, va, vnb1, vnb2,
                vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin, j_end,
-               scale, softcap, int_dots, qf, qi8, qd, qs, kf, ki8, kd, kc, vf, sc, mv,
+               scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf, sc, mv,
                acc, Mr, Sr, slope, mrix, cv):
     """Online softmax of the tile's R rows over keys [j_begin, j_end) of one segment."""
     kbase = ka + ik2 * knb2 + ik3 * knb3
     vbase = va + iv2 * vnb2 + iv3 * vnb3
     nbk = dk // QK
-    qi8_addr = qi8.ctypes.data
+    qi8_addr = np.int64(qi8.ctypes.data)
     ki8_addr = ki8.ctypes.data
     kd_addr = kd.ctypes.data
     qd_addr = qd.ctypes.data
@@ -744,6 +855,26 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     mvp = ptr_of(mv.ctypes.data, np.float32)
     kc_addr = kc.ctypes.data
     qs_addr = qs.ctypes.data
+    qf_addr = np.int64(qf.ctypes.data)
+    kf_addr = np.int64(kf.ctypes.data)
+    vf_addr = np.int64(vf.ctypes.data)
+    sc_addr = np.int64(sc.ctypes.data)
+    acc_addr = np.int64(acc.ctypes.data)
+    s16 = np.empty(16, dtype=np.float32)
+    s16_addr = np.int64(s16.ctypes.data)
+    # SIMD products when the head sizes fit whole vectors, rows read in place when simd
+    # reads their type; Q4_0 K with integer dots through VNNI (two blocks per step)
+    k_i8 = int_dots and kt == Q4_0 and simd.HAVE_VNNI and dk % (2 * QK) == 0
+    k_simd = not int_dots and dk % VL == 0
+    k_direct = k_i8 or (k_simd and _direct(kt, dk))
+    kq = kt if k_direct else F32
+    v_simd = dv % VL == 0
+    v_direct = v_simd and _direct(vt, dv)
+    vq = vt if v_direct else F32
+    qx_addr = np.int64(qx.ctypes.data)
+    # software prefetch distance for rows read in place: PF_GROUPS groups of keys ahead
+    kpf = PF_GROUPS * KG * knb1 if k_direct else 0
+    vpf = PF_GROUPS * KG * vnb1 if v_direct else 0
     j0 = j_begin
     while j0 < j_end:
         nk = min(KB, j_end - j0)
@@ -789,25 +920,61 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
         if n_vis_blk == 0:
             j0 += nk
             continue
-        # scores, 4 keys at a time (each K row converted once for the whole tile)
+        # scores, KG keys at a time (each K row converted at most once for the whole tile)
         for g0 in range(0, nk, KG):
             gn = min(KG, nk - g0)
             n_vis = 0
-            for u in range(KG):
-                if u < gn and cv[g0 + u] != 0:
-                    kaddr = kbase + (j0 + g0 + u) * knb1
-                    if int_dots:
-                        row_to_i8(kt, kaddr, ki8[u * dk:], kd[u * nbk:], kc[u * nbk:], dk)
-                    else:
-                        row_to_f32(kt, kaddr, kf[u * dk:], dk)
+            for u in range(gn):
+                if cv[g0 + u] != 0:
                     n_vis += 1
-                elif not int_dots:
-                    for i in range(dk):
-                        kf[u * dk + i] = _F0
             if n_vis == 0:
                 for r in range(R):
                     for u in range(gn):
                         sc[r * KB + g0 + u] = NEG_INF
+                continue
+            if k_direct:    # rows read in place; keys nobody sees are read too, then masked
+                k0 = kbase + (j0 + g0) * knb1
+                k1 = kbase + (j0 + g0 + min(1, gn - 1)) * knb1
+                k2 = kbase + (j0 + g0 + min(2, gn - 1)) * knb1
+                k3 = kbase + (j0 + g0 + min(3, gn - 1)) * knb1
+            else:
+                for u in range(KG):
+                    if u < gn and cv[g0 + u] != 0:
+                        kaddr = kbase + (j0 + g0 + u) * knb1
+                        if int_dots:
+                            row_to_i8(kt, kaddr, ki8[u * dk:], kd[u * nbk:], kc[u * nbk:], dk)
+                        else:
+                            row_to_f32(kt, kaddr, kf[u * dk:], dk)
+                    elif not int_dots:
+                        for i in range(dk):
+                            kf[u * dk + i] = _F0
+                k0 = kf_addr
+                k1 = kf_addr + dk * 4
+                k2 = kf_addr + 2 * dk * 4
+                k3 = kf_addr + 3 * dk * 4
+            if k_simd or k_i8:
+                for r0 in range(0, R, 4):
+                    nr = min(4, R - r0)
+                    if k_i8:
+                        if nr == 4:
+                            simd.qk_4x4_q4_0_i8(nbk, qi8_addr + r0 * dk, dk, qx_addr + r0 * nbk * 64,
+                                                k0, k1, k2, k3, s16_addr)
+                        else:
+                            for rr in range(nr):
+                                simd.qk_1x4_q4_0_i8(nbk, qi8_addr + (r0 + rr) * dk, 0,
+                                                    qx_addr + (r0 + rr) * nbk * 64,
+                                                    k0, k1, k2, k3, s16_addr + rr * 16)
+                    elif nr == 4:
+                        _qk4(kq, dk, qf_addr + r0 * dk * 4, dk * 4, k0, k1, k2, k3, s16_addr, kpf)
+                    else:
+                        for rr in range(nr):
+                            _qk1(kq, dk, qf_addr + (r0 + rr) * dk * 4, k0, k1, k2, k3,
+                                 s16_addr + rr * 16, kpf)
+                    for rr in range(nr):
+                        r = r0 + rr
+                        _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s16[rr * 4],
+                                     s16[rr * 4 + 1], s16[rr * 4 + 2], s16[rr * 4 + 3],
+                                     scale, softcap)
                 continue
             for r in range(R):
                 if int_dots:
@@ -826,33 +993,8 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                     s4 = s4b
                 else:
                     s4 = _dot_1x4(qf, r * dk, kf, dk)
-                b = mrix[r] * KB + g0
-                o = r * KB + g0
-                if gn == KG:        # straight-line (selects, no branches per key)
-                    x0 = s4[0] * scale
-                    x1 = s4[1] * scale
-                    x2 = s4[2] * scale
-                    x3 = s4[3] * scale
-                    if softcap != _F0:
-                        x0 = softcap * np.float32(math.tanh(x0))
-                        x1 = softcap * np.float32(math.tanh(x1))
-                        x2 = softcap * np.float32(math.tanh(x2))
-                        x3 = softcap * np.float32(math.tanh(x3))
-                    m0 = mvp[b]
-                    m1 = mvp[b + 1]
-                    m2 = mvp[b + 2]
-                    m3 = mvp[b + 3]
-                    scp[o] = x0 + m0 if m0 != NEG_INF else NEG_INF
-                    scp[o + 1] = x1 + m1 if m1 != NEG_INF else NEG_INF
-                    scp[o + 2] = x2 + m2 if m2 != NEG_INF else NEG_INF
-                    scp[o + 3] = x3 + m3 if m3 != NEG_INF else NEG_INF
-                else:
-                    for u in range(gn):
-                        m = mvp[b + u]
-                        x = s4[u] * scale
-                        if softcap != _F0:
-                            x = softcap * np.float32(math.tanh(x))
-                        scp[o + u] = x + m if m != NEG_INF else NEG_INF
+                _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s4[0], s4[1], s4[2],
+                             s4[3], scale, softcap)
         # per row: block max, rescale, probabilities
         for r in range(R):
             bm = NEG_INF
@@ -876,33 +1018,70 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                 sc[r * KB + jj] = p
                 ssum += p
             Sr[r] += ssum
-        # V accumulation, 4 keys at a time; a key no row of the tile sees is never read, and
-        # a row only touches the V rows of its visible keys (masked cache slots may hold junk)
+        # V accumulation, KG keys at a time; a key no row of the tile sees is never read, and
+        # a row only touches the V rows of its visible keys (p != 0: masked cache slots may
+        # hold junk, and 0 * junk could be NaN)
         for g0 in range(0, nk, KG):
             gn = min(KG, nk - g0)
             n_vis = 0
             for u in range(gn):
                 if cv[g0 + u] != 0:
-                    row_to_f32(vt, vbase + (j0 + g0 + u) * vnb1, vf[u * dv:], dv)
                     n_vis += 1
             if n_vis == 0:
                 continue
-            for r in range(R):
-                o = r * KB + g0
-                if gn == KG and scp[o] != _F0 and scp[o + 1] != _F0 and scp[o + 2] != _F0 \
-                        and scp[o + 3] != _F0:
-                    _axpy4(acc, r * dv, scp[o], scp[o + 1], scp[o + 2], scp[o + 3], vf, dv)
-                else:
-                    for u in range(gn):
-                        p = scp[o + u]
-                        if p != _F0:
-                            _axpy(acc, r * dv, p, vf[u * dv:], dv)
+            if v_direct:
+                v0 = vbase + (j0 + g0) * vnb1
+                v1 = vbase + (j0 + g0 + min(1, gn - 1)) * vnb1
+                v2 = vbase + (j0 + g0 + min(2, gn - 1)) * vnb1
+                v3 = vbase + (j0 + g0 + min(3, gn - 1)) * vnb1
+            else:
+                for u in range(gn):
+                    if cv[g0 + u] != 0:
+                        row_to_f32(vt, vbase + (j0 + g0 + u) * vnb1, vf[u * dv:], dv)
+                v0 = vf_addr
+                v1 = vf_addr + dv * 4
+                v2 = vf_addr + 2 * dv * 4
+                v3 = vf_addr + 3 * dv * 4
+            for r0 in range(0, R, 4):
+                nr = min(4, R - r0)
+                if v_simd and nr == 4 and gn == KG:
+                    full = True
+                    for rr in range(4):
+                        o = (r0 + rr) * KB + g0
+                        if scp[o] == _F0 or scp[o + 1] == _F0 or scp[o + 2] == _F0 or \
+                                scp[o + 3] == _F0:
+                            full = False
+                    if full:
+                        _pv4(vq, dv, acc_addr + r0 * dv * 4, dv * 4, sc_addr + (r0 * KB + g0) * 4,
+                             KB * 4, v0, v1, v2, v3, vpf)
+                        continue
+                for r in range(r0, r0 + nr):
+                    o = r * KB + g0
+                    full = gn == KG and scp[o] != _F0 and scp[o + 1] != _F0 and \
+                        scp[o + 2] != _F0 and scp[o + 3] != _F0
+                    if v_simd:
+                        if full:
+                            _pv1x4(vq, dv, acc_addr + r * dv * 4, sc_addr + o * 4, v0, v1, v2, v3, vpf)
+                        else:
+                            for u in range(gn):
+                                if scp[o + u] != _F0:
+                                    vu = v0 if u == 0 else (v1 if u == 1 else (v2 if u == 2 else v3))
+                                    _pv1(vq, dv, acc_addr + r * dv * 4, sc_addr + (o + u) * 4, vu, vpf)
+                    elif full:
+                        _axpy4(acc, r * dv, scp[o], scp[o + 1], scp[o + 2], scp[o + 3], vf, dv)
+                    else:
+                        for u in range(gn):
+                            p = scp[o + u]
+                            if p != _F0:
+                                _axpy(acc, r * dv, p, vf[u * dv:], dv)
         j0 += nk
 
 
 @_jit
-def _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, qf, qi8, qd, qs):
-    """Load the tile's q rows (F32), and quantize them when the segment uses integer dots."""
+def _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, qf, qi8, qd, qs, qx):
+    """Load the tile's q rows (F32), and quantize them when the segment uses integer dots
+    (qx: each row's block scales qd, then -qd·Σq, spread over 8 lanes per block, the layout
+    of simd.qk_*_q4_0_i8)."""
     nbk = dk // QK
     for r in range(R):
         x = f32_array(qa + rows_pos[r] * qnb1 + rows_h[r] * qnb2 + iq3 * qnb3, dk)
@@ -910,6 +1089,10 @@ def _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, qf, qi
             qf[r * dk + i] = x[i]
         if int_dots:
             quant_q_row(qf, r * dk, qi8, r * dk, qd, qs, r * nbk, dk)
+            for b in range(nbk):
+                for j in range(8):
+                    qx[r * nbk * 16 + b * 8 + j] = qd[r * nbk + b]
+                    qx[r * nbk * 16 + nbk * 8 + b * 8 + j] = -qs[r * nbk + b]
 
 
 
@@ -1092,6 +1275,7 @@ def fa_body(desc, ith, nth, ws):
     Mr = f32_array(tb + lay[12], RMAX)
     Sr = f32_array(tb + lay[13], RMAX)
     slope = f32_array(tb + lay[14], RMAX)
+    qx = f32_array(tb + lay[15], RMAX * nbk * 16)
     part_base = wb + per * nt
     rows_pos = np.zeros(RMAX, dtype=np.int64)
     rows_h = np.zeros(RMAX, dtype=np.int64)
@@ -1152,7 +1336,7 @@ def fa_body(desc, ith, nth, ws):
                 # the tile's q rows (quantized for integer dots); kept for the next unit
                 # when it is a chunk of the same tile (decode splits), as is usual
                 _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots,
-                        qf, qi8, qd, qs)
+                        qf, qi8, qd, qs, qx)
                 q_tile = t
                 q_int = int_dots
             h_first = rows_h[0]
@@ -1167,8 +1351,8 @@ def fa_body(desc, ith, nth, ws):
                        t_nb(desc, vs, 3), ik2, ik3, iv2, iv3,
                        t_type(desc, ms), ma, t_nb(desc, ms, 1), t_nb(desc, ms, 2),
                        t_nb(desc, ms, 3), max(1, t_ne(desc, ms, 2)), max(1, t_ne(desc, ms, 3)),
-                       a, b, scale, softcap, int_dots, qf, qi8, qd, qs, kf, ki8, kd, kc, vf,
-                       sc, mv, acc, Mr, Sr, slope, mrix, cv)
+                       a, b, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc,
+                       vf, sc, mv, acc, Mr, Sr, slope, mrix, cv)
         if split:
             for r in range(R):
                 grow = (iq3 * H + rows_h[r]) * N + rows_pos[r]

@@ -17,6 +17,9 @@ several rows inside that function (a call per row costs ~60% more on this CPU: m
                                 summed with pmaddwd, scaled per block in float (ggml's own
                                 instruction sequence on AVX2); two weight rows per pass share
                                 each activation block
+  qk_<r>x<k>_<x>, pv_<r>x<k>_<x>, qk_<r>x4_q4_0_i8
+                                flash attention's products over a few query rows and keys,
+                                rows read in place (see "attention micro-kernels" below)
   gemm_tile(kc, ap, bp, c, ldc, acc)
                                 the register-blocked GEMM micro-kernel: C[MR, NR] (+)= Bp^T Ap
                                 over kc steps of packed panels (see GEMM_MR / GEMM_NR)
@@ -422,3 +425,228 @@ def gemm_tile(typingctx, kc, ap, bp, c, ldc, accumulate):
         builder.call(fn, a)
         return context.get_dummy_value()
     return types.none(kc, ap, bp, c, ldc, accumulate), codegen
+
+
+# --- attention micro-kernels ----------------------------------------------------------------------
+# Flash attention's two products over a group of nk keys for nr query rows, K/V rows read where
+# they lie (cache rows of any stride), converted to F32 in registers: F32/F16/BF16, Q8_0 and
+# Q4_0 (the cold cache's type), or rows converted to F32 beforehand. n (the head size) must be
+# a multiple of VL (F32/F16/BF16) or of 32 (quantized).
+#
+#   qk_<nr>x<nk>_<x>(n, q, qstride, k0.., out)      out[r*nk + u] = sum_i q[r][i] * k_u[i]
+#   pv_<nr>x<nk>_<x>(n, acc, astride, p, pstride, v0..)
+#                                                   acc[r][i] += sum_u p[r][u] * v_u[i]
+#   qk_<nr>x4_q4_0_i8(nb, q8, qstride, qdx, k0..k3, out)
+#                                                   as qk, K Q4_0 against q quantized to 8
+#                                                   bits (VNNI integer dots, see below)
+# q/acc rows are float32, qstride/astride bytes apart; p[r][u] at p + r*pstride + 4u.
+# The nr*nk dots' vector partials are summed together by a transposing tree (even/odd lanes
+# of two vectors at a time), ~3 instructions per dot instead of a horizontal sum each.
+
+HAVE_VNNI = HAVE_AVX512 and "avx512vnni" in _FEATURES
+
+
+def _pair(b, x, y):
+    n = x.type.count
+    ev = b.shuffle_vector(x, y, ir.Constant(_v(_I32, n), list(range(0, 2 * n, 2))))
+    od = b.shuffle_vector(x, y, ir.Constant(_v(_I32, n), list(range(1, 2 * n, 2))))
+    return b.fadd(ev, od)
+
+
+def _dot_totals(b, vecs):
+    """Vectors of partial sums (one dot each) -> vectors holding the totals in order, one
+    per lane (VL dots per vector; fewer dots: the first len(vecs) lanes of one vector)."""
+    lanes = VL
+    while len(vecs) > 1 and lanes > 1:
+        vecs = [_pair(b, vecs[i], vecs[i + 1]) for i in range(0, len(vecs), 2)]
+        lanes //= 2
+    while lanes > 1:
+        vecs = [_pair(b, vecs[0], vecs[0])]
+        lanes //= 2
+    return vecs
+
+
+def _store_totals(b, out, vecs, nd):
+    tot = _dot_totals(b, vecs)
+    if nd < VL:
+        _store(b, out, b.shuffle_vector(tot[0], tot[0], ir.Constant(_v(_I32, nd), list(range(nd)))))
+    else:
+        for j, v in enumerate(tot):
+            _store(b, b.add(out, _c(_I64, 4 * VL * j)), v)
+
+
+# row readers: (values per step, step(b, row, i) -> the step's VL-float vectors in order,
+# bytes per step)
+def _float_steps(load, esize):
+    return VL, lambda b, row, i: [load(b, b.add(row, b.mul(i, _c(_I64, VL * esize))), VL)], \
+        VL * esize
+
+
+def _split(b, v, n):
+    """<32 x float> -> 32/n vectors of n lanes."""
+    return [b.shuffle_vector(v, v, ir.Constant(_v(_I32, n), list(range(j, j + n))))
+            for j in range(0, 32, n)]
+
+
+def _q4_0_step(b, row, i):
+    blk = b.add(row, b.mul(i, _c(_I64, 18)))
+    codes = b.zext(_nibbles(b, b.add(blk, _c(_I64, 2))), _v(_I32, 32))
+    x = b.sitofp(b.sub(codes, ir.Constant(_v(_I32, 32), [8] * 32)), _v(_F32, 32))
+    return _split(b, b.fmul(x, _splat(b, _f16(b, blk), 32)), VL)
+
+
+def _q8_0_step(b, row, i):
+    blk = b.add(row, b.mul(i, _c(_I64, 34)))
+    x = b.sitofp(_load(b, b.add(blk, _c(_I64, 2)), _v(_I8, 32)), _v(_F32, 32))
+    return _split(b, b.fmul(x, _splat(b, _f16(b, blk), 32)), VL)
+
+
+_ROW_STEPS = {"f32": _float_steps(_ld_f32, 4), "f16": _float_steps(_ld_f16, 2),
+              "bf16": _float_steps(_ld_bf16, 2), "q4_0": (32, _q4_0_step, 18),
+              "q8_0": (32, _q8_0_step, 34)}
+
+
+def _prefetch(b, addr):
+    _intr(b, "llvm.prefetch.p0", ir.VoidType(),
+          [b.inttoptr(addr, _I8.as_pointer()), _c(_I32, 0), _c(_I32, 3), _c(_I32, 1)])
+
+
+def _qk_body(nr, nk, x):
+    per, step, sbytes = _ROW_STEPS[x]
+
+    def build(b, n, q, qstride, *rest):
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+        zero = ir.Constant(_v(_F32, VL), [0.0] * VL)
+        accs = [_acc(b, zero) for _ in range(nr * nk)]
+
+        def body(b, i):
+            for k in ks:
+                _prefetch(b, b.add(b.add(k, pf), b.mul(i, _c(_I64, sbytes))))
+            kv = [step(b, k, i) for k in ks]
+            for c in range(per // VL):
+                off = b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
+                for r in range(nr):
+                    qv = _load(b, b.add(b.add(q, b.mul(_c(_I64, r), qstride)), off), _v(_F32, VL))
+                    for u in range(nk):
+                        a = accs[r * nk + u]
+                        b.store(_fma(b, qv, kv[u][c], b.load(a)), a)
+        _for(b, b.udiv(n, _c(_I64, per)), body)
+        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+        b.ret_void()
+    return build
+
+
+def _pv_body(nr, nk, x):
+    per, step, sbytes = _ROW_STEPS[x]
+
+    def build(b, n, acc, astride, p, pstride, pf, *vs):
+        ps = [[_splat(b, _load(b, b.add(b.add(p, b.mul(_c(_I64, r), pstride)), _c(_I64, 4 * u)),
+                                _F32), VL) for u in range(nk)] for r in range(nr)]
+
+        def body(b, i):
+            for v in vs:
+                _prefetch(b, b.add(b.add(v, pf), b.mul(i, _c(_I64, sbytes))))
+            vv = [step(b, v, i) for v in vs]
+            for c in range(per // VL):
+                off = b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
+                for r in range(nr):
+                    addr = b.add(b.add(acc, b.mul(_c(_I64, r), astride)), off)
+                    a = _load(b, addr, _v(_F32, VL))
+                    for u in range(nk):
+                        a = _fma(b, ps[r][u], vv[u][c], a)
+                    _store(b, addr, a)
+        _for(b, b.udiv(n, _c(_I64, per)), body)
+        b.ret_void()
+    return build
+
+
+# Q4_0 K against 8-bit q (PREC_DEFAULT, as ggml's vec_dot_q4_0_q8_0): two blocks per 512-bit
+# step. vpdpbusd sums 4 products of K codes (0..15, unsigned) and q (signed) per 32-bit lane,
+# 8 lanes per block; each lane is converted to float and becomes d·(qd·lane - qs), d the K
+# block's scale, qd the q block's and qs = qd·Σq (qdx holds both per row, spread over the
+# block's 8 lanes): over the 8 lanes that is d·qd·(Σcode·q - 8·Σq), the dot of the
+# dequantized K block, (code - 8)·d, with qd·q. Used only with AVX512-VNNI.
+def _qk_q4_0_i8_body(nr):
+    nk = 4
+    i8x64 = _v(_I8, 64)
+    i32x16 = _v(_I32, 16)
+    f32x16 = _v(_F32, 16)
+
+    def build(b, nb, q8, qstride, qdx, *rest):
+        ks, out = rest[:nk], rest[nk]
+        zero = ir.Constant(f32x16, [0.0] * 16)
+        accs = [_acc(b, zero) for _ in range(nr * nk)]
+        izero = ir.Constant(i32x16, [0] * 16)
+
+        def body(b, i):          # blocks 2i and 2i + 1
+            kc, kd = [], []
+            for k in ks:
+                b0 = b.add(k, b.mul(i, _c(_I64, 36)))
+                b1 = b.add(b0, _c(_I64, 18))
+                codes = b.shuffle_vector(_nibbles(b, b.add(b0, _c(_I64, 2))),
+                                         _nibbles(b, b.add(b1, _c(_I64, 2))),
+                                         ir.Constant(_v(_I32, 64), list(range(64))))
+                kc.append(b.bitcast(codes, i32x16))
+                d = b.shuffle_vector(_splat(b, _f16(b, b0), 8), _splat(b, _f16(b, b1), 8),
+                                     ir.Constant(_v(_I32, 16), list(range(16))))
+                kd.append(d)
+            for r in range(nr):
+                qoff = b.add(b.mul(_c(_I64, r), qstride), b.mul(i, _c(_I64, 64)))
+                qv = b.bitcast(_load(b, b.add(q8, qoff), i8x64), i32x16)
+                # qdx: per row, nb*8 floats of qd then nb*8 of -qs (row stride nb*64 bytes)
+                rowx = b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64))))
+                qd = _load(b, b.add(rowx, b.mul(i, _c(_I64, 64))), f32x16)
+                qs = _load(b, b.add(b.add(rowx, b.mul(nb, _c(_I64, 32))), b.mul(i, _c(_I64, 64))),
+                           f32x16)
+                for u in range(nk):
+                    dots = _intr(b, "llvm.x86.avx512.vpdpbusd.512", i32x16, [izero, kc[u], qv])
+                    t = _fma(b, qd, b.sitofp(dots, f32x16), qs)
+                    a = accs[r * nk + u]
+                    b.store(_fma(b, kd[u], t, b.load(a)), a)
+        _for(b, b.udiv(nb, _c(_I64, 2)), body)
+        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+        b.ret_void()
+    return build
+
+
+def _intrinsic_n(name, n_args, body):
+    """A Numba intrinsic `name(a0, .., a{n_args-1})` (int64 addresses/sizes) calling the LLVM
+    function built by body (emitted once per module)."""
+    fnty = ir.FunctionType(ir.VoidType(), [_I64] * n_args)
+
+    def typer(typingctx, *args_t):
+        if not all(isinstance(t, types.Integer) for t in args_t):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
+            builder.call(_fn(builder.module, name, fnty, body), a)
+            return context.get_dummy_value()
+        return types.none(*args_t), codegen
+    # Numba's intrinsics need explicit parameters (no *args): a typer of n_args names
+    params = ", ".join(f"a{i}" for i in range(n_args))
+    ns = {"typer": typer}
+    exec(f"def {name}(typingctx, {params}):\n    return typer(typingctx, {params})\n", ns)
+    return intrinsic(ns[name])
+
+
+def _qk(nr, nk, x):
+    return _intrinsic_n(f"pyggml_fa_qk_{nr}x{nk}_{x}_v{VL}", 5 + nk, _qk_body(nr, nk, x))
+
+
+def _pv(nr, nk, x):
+    return _intrinsic_n(f"pyggml_fa_pv_{nr}x{nk}_{x}_v{VL}", 6 + nk, _pv_body(nr, nk, x))
+
+
+qk_4x4_f32, qk_4x4_f16, qk_4x4_bf16, qk_4x4_q8_0, qk_4x4_q4_0 = (
+    _qk(4, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+qk_1x4_f32, qk_1x4_f16, qk_1x4_bf16, qk_1x4_q8_0, qk_1x4_q4_0 = (
+    _qk(1, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_4x4_f32, pv_4x4_f16, pv_4x4_bf16, pv_4x4_q8_0, pv_4x4_q4_0 = (
+    _pv(4, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_1x4_f32, pv_1x4_f16, pv_1x4_bf16, pv_1x4_q8_0, pv_1x4_q4_0 = (
+    _pv(1, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
+    _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 9, _qk_q4_0_i8_body(4))
+qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 9, _qk_q4_0_i8_body(1))

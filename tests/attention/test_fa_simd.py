@@ -1,0 +1,94 @@
+"""The flash-attention SIMD micro-kernels (backends/numba_cpu/kernels/simd.py) against NumPy:
+qk (q rows · K rows) and pv (accumulators += p · V rows) for every row type they read in
+place, every row/key count, rows at arbitrary strides, and the VNNI integer Q4_0 dot."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from pyggml import quants
+from pyggml.backends.numba_cpu.kernels import simd
+from pyggml.types import GGMLType as T
+
+N = 128
+KINDS = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
+
+
+def _rows(rng, kind, n_rows, gap=40):
+    """n_rows rows of type kind, `gap` junk bytes between rows; (raw bytes, row stride,
+    the rows' exact values as float32)."""
+    t = KINDS[kind]
+    x = rng.uniform(-1, 1, (n_rows, N)).astype(np.float32)
+    raw = [np.frombuffer(quants.quantize(t, r), np.uint8) for r in x]
+    exact = np.stack([quants.dequantize(t, r.tobytes(), N) for r in raw]).astype(np.float32)
+    stride = raw[0].size + gap
+    buf = np.full(stride * n_rows, 0x7F, np.uint8)
+    for i, r in enumerate(raw):
+        buf[i * stride:i * stride + r.size] = r
+    return buf, stride, exact
+
+
+def _fns(kind):
+    g = lambda name: getattr(simd, f"{name}_{kind}")          # noqa: E731
+    return g("qk_4x4"), g("qk_1x4"), g("pv_4x4"), g("pv_1x4"), g("pv_1x1")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_qk_pv_match_numpy(rng, kind):
+    qk4, qk1, pv4, pv14, pv11 = _fns(kind)
+
+    @numba.njit
+    def run(q, kbuf, ks, out, acc, p, pf):
+        a = kbuf.ctypes.data
+        k0, k1, k2, k3 = a, a + ks, a + 2 * ks, a + 3 * ks
+        o = out.ctypes.data
+        qk4(N, q.ctypes.data, 2 * N * 4, k0, k1, k2, k3, o, pf)          # rows 0, 2, 4, 6
+        qk1(N, q.ctypes.data + N * 4, 0, k0, k1, k2, k3, o + 64, pf)     # row 1
+        c, pp = acc.ctypes.data, p.ctypes.data
+        pv4(N, c, N * 4, pp, 16, pf, k0, k1, k2, k3)
+        pv14(N, c + 4 * N * 4, 0, pp + 64, 0, pf, k0, k1, k2, k3)
+        pv11(N, c + 5 * N * 4, 0, pp + 80, 0, pf, k2)
+
+    kbuf, ks, kx = _rows(rng, kind, 4)
+    q = rng.uniform(-1, 1, (8, N)).astype(np.float32)
+    out = np.zeros(20, np.float32)
+    acc = rng.uniform(-1, 1, (6, N)).astype(np.float32)
+    p = rng.uniform(0, 1, 24).astype(np.float32)
+    acc0 = acc.copy()
+    run(q, kbuf, ks, out, acc, p, 4 * ks)
+    dots = q.astype(np.float64) @ kx.T.astype(np.float64)
+    np.testing.assert_allclose(out[:16], dots[[0, 2, 4, 6]].ravel(), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(out[16:], dots[1], rtol=0, atol=2e-5)
+    want = acc0.astype(np.float64)
+    want[:4] += p[:16].reshape(4, 4) @ kx
+    want[4] += p[16:20] @ kx
+    want[5] += p[20] * kx[2]
+    np.testing.assert_allclose(acc, want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.skipif(not simd.HAVE_VNNI, reason="needs AVX512-VNNI")
+def test_q4_0_integer_dots(rng):
+    """Q4_0 K rows against 8-bit q blocks: the dot of the dequantized K with the
+    dequantized q (the kernel's PREC_DEFAULT path), exact up to float rounding."""
+    kbuf, ks, kx = _rows(rng, "q4_0", 4, gap=0)
+    nb = N // 32
+    qi8 = rng.integers(-127, 128, (4, N)).astype(np.int8)
+    qd = rng.uniform(0.001, 0.01, (4, nb)).astype(np.float32)
+    qs = (qd * qi8.reshape(4, nb, 32).astype(np.int32).sum(-1)).astype(np.float32)
+    qdx = np.concatenate([np.repeat(qd, 8, axis=1), -np.repeat(qs, 8, axis=1)], axis=1)
+    qdx = np.ascontiguousarray(qdx, dtype=np.float32)
+    out = np.zeros(20, np.float32)
+
+    @numba.njit
+    def run(qi8, qdx, kbuf, ks, out):
+        a = kbuf.ctypes.data
+        simd.qk_4x4_q4_0_i8(nb, qi8.ctypes.data, N, qdx.ctypes.data, a, a + ks, a + 2 * ks,
+                            a + 3 * ks, out.ctypes.data)
+        simd.qk_1x4_q4_0_i8(nb, qi8.ctypes.data + 3 * N, 0, qdx.ctypes.data + 3 * nb * 64, a,
+                            a + ks, a + 2 * ks, a + 3 * ks, out.ctypes.data + 64)
+    run(qi8, qdx, kbuf, ks, out)
+    qx = (qi8.reshape(4, nb, 32) * qd[:, :, None]).reshape(4, N).astype(np.float64)
+    dots = qx @ kx.T.astype(np.float64)
+    np.testing.assert_allclose(out[:16], dots.ravel(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out[16:], dots[3], rtol=0, atol=1e-5)
