@@ -157,23 +157,27 @@ def bench_kvcache(args):
     print(f"decode at a {n_ctx}-token context, demo model ({cfg.n_layer} layers, "
           f"{cfg.n_head}/{cfg.n_head_kv} heads, head_dim {cfg.head_dim}), {args.threads} threads")
     res = {}
-    for name, cache in (("mixed (hot 256 F16 + cold Q4_0)",
-                         MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_ctx + 64,
-                                      hot_tokens=256, max_batch=32)),
-                        ("all F16", F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_ctx + 64))):
-        _prefilled(cache, n_ctx, rng)
-        dec = Decoder(model, cache, be)
-        dec.step([1])                       # warm-up (compile, caches)
-        steps = 8 if args.quick else 24
-        t0 = time.perf_counter()
-        for i in range(steps):
-            dec.step([i % cfg.n_vocab])
-        dt = (time.perf_counter() - t0) / steps
-        nb = cache.nbytes()
-        res[name] = dt
-        print(f"  {name:<32} {1 / dt:7.1f} tok/s   cache {nb['total'] / 2**20:7.2f} MiB")
-    a, b = res.values()
-    print(f"  mixed / F16 time per token: {a / b:.2f}x")
+    for reuse in (False, True):
+        label = "graph reused per step" if reuse else "graph built every step"
+        print(f" {label}:")
+        for name, cache in (("mixed (hot 256 F16 + cold Q4_0)",
+                             MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_ctx + 64,
+                                          hot_tokens=256, max_batch=32)),
+                            ("all F16", F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim,
+                                                   n_ctx + 64))):
+            _prefilled(cache, n_ctx, rng)
+            dec = Decoder(model, cache, be, reuse_graphs=reuse)
+            dec.step([1])                       # warm-up (compile, caches)
+            steps = 8 if args.quick else 24
+            t0 = time.perf_counter()
+            for i in range(steps):
+                dec.step([i % cfg.n_vocab])
+            dt = (time.perf_counter() - t0) / steps
+            nb = cache.nbytes()
+            res[(reuse, name)] = dt
+            print(f"  {name:<32} {1 / dt:7.1f} tok/s   cache {nb['total'] / 2**20:7.2f} MiB")
+        a, b = res[(reuse, "mixed (hot 256 F16 + cold Q4_0)")], res[(reuse, "all F16")]
+        print(f"  mixed / F16 time per token: {a / b:.2f}x")
 
 
 # --- sections written beside the kernels -----------------------------------------------------

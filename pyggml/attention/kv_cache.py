@@ -15,6 +15,14 @@ Use per step (ggml's order: build, allocate, set inputs, compute, then commit):
     k_out = cache.store(ctx, gf, il, k_cur, v_cur)   # per layer: move ops, then writes
     o = cache.attention(ctx, il, q, scale)        # per layer
     ... allocate the graph ...; cache.set_inputs(); compute; cache.commit()
+
+Graph reuse (llama.cpp's): the graph of a step depends only on cache.graph_key() (token
+count, block moves, how many cold rows the views span: views are padded to KV_PAD keys
+and the padding masked, so the key changes rarely) - everything else that varies per step
+(row slots, masks, fresh softmax states) is an input whose values set_inputs() computes
+from the current step. So a caller may keep the graph of a key and, for a later step with
+the same key, skip building: cache.use_inputs(inputs kept from step_inputs()), then
+set_inputs(), compute, commit (models.llama.Decoder does).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from ..tensor import Tensor, set_input, set_name, nbytes
 from ..types import GGMLType, TRAITS, as_type
 
 BLOCK = 32          # tokens per move (and ggml's quant block, so rows stay whole blocks)
+KV_PAD = 256        # attention views span a multiple of this many keys (llama.cpp's n_kv pad)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -66,6 +75,12 @@ class _CacheBase:
         size = sum(TRAITS[t].row_size(ne0) * ne1 + 1024 for t, ne0, ne1 in tensors)
         return Context(size + (1 << 16), no_alloc=False, name=self.name)
 
+    def _need_step(self) -> CacheStep:
+        if self.step is None:
+            raise GGMLError(f"{type(self).__name__}: call begin(n_tokens) before building or "
+                            f"computing the step's graph")
+        return self.step
+
     def _check_room(self, n_tokens: int) -> None:
         if n_tokens <= 0:
             raise ShapeError(f"{type(self).__name__}.begin: n_tokens must be > 0, got {n_tokens}")
@@ -80,6 +95,7 @@ class _CacheBase:
         return view_3d(ctx, t, d, n, self.n_head_kv, t.nb[1], tr.row_size(d), first * t.nb[1])
 
     def _input(self, ctx, type, ne0: int, ne1: int, values, name: str) -> Tensor:
+        """A graph input whose values `values(t)` computes from the current step."""
         t = new_tensor_2d(ctx, type, ne0, ne1) if ne1 else new_tensor_1d(ctx, type, ne0)
         set_name(t, name)
         set_input(t)
@@ -89,14 +105,28 @@ class _CacheBase:
     def _slot_ids(self, ctx) -> Tensor:
         """The step's row ids (I64) for set_rows, one input shared by every layer."""
         if self._ids is None:
-            st = self.step
-            self._ids = self._input(ctx, GGMLType.I64, st.n_tokens, 0, st.slots, "kv_slots")
+            self._ids = self._input(ctx, GGMLType.I64, self.step.n_tokens, 0,
+                                    lambda t: self.step.slots, "kv_slots")
         return self._ids
 
     def set_inputs(self) -> None:
-        """Write the step's masks and row ids (after the graph has been allocated)."""
-        for t, v in self._inputs:
-            data.write(t, v)
+        """Write the step's masks, row ids and states (after the graph has been allocated)."""
+        self._need_step()
+        for t, values in self._inputs:
+            data.write(t, values(t))
+
+    def step_inputs(self) -> list:
+        """The inputs of the graph built for this step (to reuse the graph: use_inputs)."""
+        return list(self._inputs)
+
+    def use_inputs(self, inputs: list) -> None:
+        """Reuse a graph built for an earlier step with the same graph_key(): its inputs
+        become this step's (set_inputs() then writes this step's values into them)."""
+        self._inputs = list(inputs)
+
+    def _kv_view(self, n: int, cap: int) -> int:
+        """Keys an attention view spans for n used rows: n padded to KV_PAD, within cap."""
+        return min(cap, _round_up(n, KV_PAD)) if n > 0 else 0
 
     def _mask_values(self, key_pos: np.ndarray, visible: np.ndarray, n_pad: int) -> np.ndarray:
         """[n_pad, n_keys]: 0 where key visible and key_pos <= query pos, -inf elsewhere."""
@@ -174,6 +204,14 @@ class MixedKVCache(_CacheBase):
         self._masks = None
         return self.step
 
+    def _cold_view(self) -> int:
+        return self._kv_view(self._need_step().cold_after, self.cold_cap)
+
+    def graph_key(self) -> tuple:
+        """What this step's graph depends on (see the module doc: graph reuse)."""
+        st = self._need_step()
+        return (st.n_tokens, tuple(st.moves), self._cold_view())
+
     # --- graph building ----------------------------------------------------------------------
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         """Moves (hot -> cold, quantizing) then writes of this step's K/V, in graph order.
@@ -198,13 +236,10 @@ class MixedKVCache(_CacheBase):
             set_name(w, f"kv_store.{nm}-{il}")
             build_forward_expand(gf, w)
 
-    def _step_masks(self, ctx):
-        """Hot and cold masks of this step (shared by every layer)."""
-        if self._masks is not None:
-            return self._masks
+    def _hot_mask(self, t=None) -> np.ndarray:
+        """The step's mask over the hot ring, positions as they will be after the step's
+        moves and writes."""
         st = self._need_step()
-        n_pad = _round_up(st.n_tokens, 1)
-        # positions as they will be after this step's moves and writes
         hot_pos = self.slot_pos.copy()
         moved = np.zeros(self.hot_cap, dtype=bool)
         for slot, _ in st.moves:
@@ -212,15 +247,28 @@ class MixedKVCache(_CacheBase):
         hot_pos[st.slots] = st.positions
         visible = (hot_pos >= 0) & ~moved
         visible[st.slots] = True
-        hm = self._mask_values(hot_pos, visible, n_pad)
-        hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, n_pad, hm, "kq_mask_hot")
+        return self._mask_values(hot_pos, visible, st.n_tokens)
+
+    def _cold_mask(self, t=None) -> np.ndarray:
+        """The step's mask over the cold rows its views span (unused rows masked)."""
+        st = self._need_step()
+        cpos = self.cold_pos[:self._cold_view()].copy()
+        cpos[st.cold_after:] = -1
+        for slot, cstart in st.moves:
+            cpos[cstart:cstart + BLOCK] = self.slot_pos[slot:slot + BLOCK]
+        return self._mask_values(cpos, cpos >= 0, st.n_tokens)
+
+    def _step_masks(self, ctx):
+        """Hot and cold masks of this step (shared by every layer)."""
+        if self._masks is not None:
+            return self._masks
+        st = self._need_step()
+        hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, st.n_tokens, self._hot_mask,
+                               "kq_mask_hot")
         cold_mask = None
         if st.cold_after > 0:
-            cpos = self.cold_pos[:st.cold_after].copy()
-            for slot, cstart in st.moves:
-                cpos[cstart:cstart + BLOCK] = self.slot_pos[slot:slot + BLOCK]
-            cm = self._mask_values(cpos, cpos >= 0, n_pad)
-            cold_mask = self._input(ctx, GGMLType.F16, st.cold_after, n_pad, cm, "kq_mask_cold")
+            cold_mask = self._input(ctx, GGMLType.F16, self._cold_view(), st.n_tokens,
+                                    self._cold_mask, "kq_mask_cold")
         self._masks = (hot_mask, cold_mask)
         return self._masks
 
@@ -235,11 +283,11 @@ class MixedKVCache(_CacheBase):
         v = self._view3(self.hot_v[il], ctx, self.hot_cap, self.head_dim_v)
         kq = vq = None
         if st.cold_after > 0:
-            kq = self._view3(self.cold_k[il], ctx, st.cold_after, self.head_dim)
-            vq = self._view3(self.cold_v[il], ctx, st.cold_after, self.head_dim_v)
+            kq = self._view3(self.cold_k[il], ctx, self._cold_view(), self.head_dim)
+            vq = self._view3(self.cold_v[il], ctx, self._cold_view(), self.head_dim_v)
         # a fresh softmax state per step: all of this step's keys are in this one call
-        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], None, f"attn_state-{il}")
-        self._inputs[-1] = (state, _fresh_state(state))
+        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
+                            f"attn_state-{il}")
         o = flash_attn_ext_with_state(ctx, q, k, v, hot_mask, kq, vq, cold_mask, state,
                                       scale, 0.0, 0.0)
         if prec:
@@ -260,11 +308,6 @@ class MixedKVCache(_CacheBase):
         self.hot_count += st.n_tokens
         self.n_past += st.n_tokens
         self.step = None
-
-    def _need_step(self) -> CacheStep:
-        if self.step is None:
-            raise GGMLError("MixedKVCache: call begin(n_tokens) before building the step's graph")
-        return self.step
 
     # --- introspection -------------------------------------------------------------------------
     def nbytes(self) -> dict:
@@ -312,10 +355,25 @@ class F16KVCache(_CacheBase):
         self._inputs, self._ids, self._mask = [], None, None
         return self.step
 
+    def _n_kv(self) -> int:
+        """Keys the attention views span: the used rows padded to KV_PAD."""
+        st = self._need_step()
+        return self._kv_view(self.n_past + st.n_tokens, self.cap)
+
+    def graph_key(self) -> tuple:
+        """What this step's graph depends on (see the module doc: graph reuse)."""
+        return (self._need_step().n_tokens, self._n_kv())
+
+    def _kq_mask(self, t=None) -> np.ndarray:
+        st = self._need_step()
+        n_kv = self._n_kv()
+        kpos = np.arange(n_kv, dtype=np.int64)
+        return self._mask_values(kpos, kpos < self.n_past + st.n_tokens, st.n_tokens)
+
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         from ..ops.view import reshape_2d
         from ..ops.rows import set_rows
-        st = self.step
+        st = self._need_step()
         for cache, cur, nm in ((self.k[il], k_cur, "k"), (self.v[il], v_cur, "v")):
             w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_tokens),
                          self._slot_ids(ctx))
@@ -324,12 +382,11 @@ class F16KVCache(_CacheBase):
 
     def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
         from ..ops.attention import flash_attn_ext, flash_attn_ext_set_prec
-        st = self.step
-        n_kv = self.n_past + st.n_tokens
+        st = self._need_step()
+        n_kv = self._n_kv()
         if self._mask is None:
-            kpos = np.arange(n_kv, dtype=np.int64)
-            m = self._mask_values(kpos, np.ones(n_kv, dtype=bool), st.n_tokens)
-            self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_tokens, m, "kq_mask")
+            self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_tokens, self._kq_mask,
+                                     "kq_mask")
         k = self._view3(self.k[il], ctx, n_kv, self.head_dim)
         v = self._view3(self.v[il], ctx, n_kv, self.head_dim_v)
         o = flash_attn_ext(ctx, q, k, v, self._mask, scale, 0.0, 0.0)
@@ -339,7 +396,7 @@ class F16KVCache(_CacheBase):
         return o
 
     def commit(self) -> None:
-        self.n_past += self.step.n_tokens
+        self.n_past += self._need_step().n_tokens
         self.step = None
 
     def nbytes(self) -> dict:
@@ -348,6 +405,7 @@ class F16KVCache(_CacheBase):
 
 
 def _fresh_state(state: Tensor) -> np.ndarray:
+    """M = -inf, S = 0 for every row of a flash_attn_ext_with_state state tensor."""
     v = np.zeros(state.ne[::-1], dtype=np.float32)
     v[..., 0] = -np.inf
     return v

@@ -200,20 +200,37 @@ def _weight_specs(cfg: LlamaConfig) -> dict[str, tuple]:
 
 
 class Decoder:
-    """Runs a model step by step through a cache on a backend (or a scheduler)."""
+    """Runs a model step by step through a cache on a backend (or a scheduler).
 
-    def __init__(self, model: LlamaModel, cache, backend):
+    Graphs are reused like llama.cpp's: the graph built for a step is kept with the cache's
+    graph_key(), and a later step with the same key (same token count, no block moves, the
+    same padded view lengths: most decode steps) skips building, allocating and lowering:
+    only the inputs (token ids, positions, the cache's slots/masks/states) are rewritten."""
+
+    def __init__(self, model: LlamaModel, cache, backend, reuse_graphs: bool = True):
         self.model, self.cache, self.backend = model, cache, backend
+        self.reuse_graphs = reuse_graphs
         self.last_graph = None
+        self.n_builds = 0             # graphs built (the rest of the steps reused one)
+        self._kept = None             # (key, gf, logits, tok, pos, cache inputs)
 
     def step(self, token_ids) -> np.ndarray:
         """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32)."""
         ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
         st = self.cache.begin(len(ids))
-        ctx = gg.init(mem_size=64 << 20, no_alloc=True)
-        gf = gg.new_graph_custom(ctx, 8192)
-        logits, tok, pos = self.model.build(ctx, gf, self.cache, len(ids))
-        _alloc(self.backend, gf)
+        key = self.cache.graph_key() if hasattr(self.cache, "graph_key") else None
+        if self.reuse_graphs and key is not None and self._kept is not None \
+                and self._kept[0] == key:
+            _, gf, logits, tok, pos, inputs = self._kept
+            self.cache.use_inputs(inputs)
+        else:
+            ctx = gg.init(mem_size=64 << 20, no_alloc=True)
+            gf = gg.new_graph_custom(ctx, 8192)
+            logits, tok, pos = self.model.build(ctx, gf, self.cache, len(ids))
+            _alloc(self.backend, gf)
+            self.n_builds += 1
+            self._kept = (key, gf, logits, tok, pos, self.cache.step_inputs()) \
+                if key is not None else None
         gg.tensor_set(tok, ids)
         gg.tensor_set(pos, st.positions.astype(np.int32))
         self.cache.set_inputs()

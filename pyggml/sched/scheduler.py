@@ -10,6 +10,7 @@ write into the original nodes' memory, so the user's graph is never rewired.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -35,6 +36,11 @@ def _fmt_size(n: int) -> str:
 
 
 class Sched:
+    # graphs whose assignment/splits are kept (a decoder alternating between reused graphs,
+    # e.g. two caches, does not re-plan on every switch); entries hold their graph, so an
+    # id() in a key cannot be recycled while the entry lives
+    KEEP_GRAPHS = 8
+
     def __init__(self, backends, eval_cb=None):
         if not backends:
             raise GraphError("sched_new: needs at least one backend")
@@ -45,6 +51,7 @@ class Sched:
         self.splits: list[Split] = []
         self._graph: Optional[CGraph] = None
         self._key = None
+        self._kept: "OrderedDict[tuple, tuple]" = OrderedDict()
 
     # --- assignment ------------------------------------------------------------------------
     def _backend_of_buffer(self, t: Tensor):
@@ -148,13 +155,22 @@ class Sched:
     # --- public ----------------------------------------------------------------------------
     def alloc_graph(self, gf: CGraph) -> None:
         key = (id(gf), gf.version, tuple(sorted((k, id(v)) for k, v in self.pinned.items())))
-        if key != self._key:
+        if key == self._key:
+            return
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] is gf:
+            self._kept.move_to_end(key)
+            _, self.assignment, self.splits = kept
+        else:
             self._assign(gf)      # raises before any compute when a node is unsupported
             alloc_graph(gf)
             self._split(gf)
             self._build_shadow_graphs()
-            self._key = key
-            self._graph = gf
+            self._kept[key] = (gf, self.assignment, self.splits)
+            while len(self._kept) > self.KEEP_GRAPHS:
+                self._kept.popitem(last=False)
+        self._key = key
+        self._graph = gf
 
     def graph_compute(self, gf: CGraph) -> None:
         self.alloc_graph(gf)
@@ -207,6 +223,7 @@ class Sched:
         self._key = None
         self.splits = []
         self.assignment = {}
+        self._kept.clear()
 
 
 # ggml-style free functions

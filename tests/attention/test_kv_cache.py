@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml.attention.kv_cache import MixedKVCache, F16KVCache, BLOCK
+from pyggml.attention.kv_cache import MixedKVCache, F16KVCache, BLOCK, KV_PAD
 from pyggml.models.llama import LlamaConfig, LlamaModel, Decoder
 from pyggml.testing.harness import nmse
 
@@ -123,14 +123,19 @@ def test_attention_equals_flash_attn_over_dequantized_cache():
         c.set_inputs()
         be.graph_compute(gf)
         got = gg.to_numpy(o)
-        # expected: flash_attn_ext over cold (dequantized) ++ hot, in position order
+        # expected: flash_attn_ext over cold (dequantized) ++ hot, in position order; the cold
+        # view spans cold_after rows padded to KV_PAD (the padding masked)
         ctx2 = gg.init(mem_size=32 << 20)
-        keys = np.concatenate([gg.data.read(c.cold_k[0])[0, 0, :st.cold_after],
-                               gg.data.read(c.hot_k[0])[0, 0]])
-        vals = np.concatenate([gg.data.read(c.cold_v[0])[0, 0, :st.cold_after],
-                               gg.data.read(c.hot_v[0])[0, 0]])
         hm = gg.data.read(c._masks[0])[0, 0]
         cm = gg.data.read(c._masks[1])[0, 0] if c._masks[1] is not None else np.zeros((k, 0))
+        n_cold = cm.shape[1]
+        assert n_cold == (min(c.cold_cap, -(-st.cold_after // KV_PAD) * KV_PAD)
+                          if st.cold_after else 0)
+        assert np.all(cm[:, st.cold_after:] == -np.inf)
+        keys = np.concatenate([gg.data.read(c.cold_k[0])[0, 0, :n_cold],
+                               gg.data.read(c.hot_k[0])[0, 0]])
+        vals = np.concatenate([gg.data.read(c.cold_v[0])[0, 0, :n_cold],
+                               gg.data.read(c.hot_v[0])[0, 0]])
         mask = np.concatenate([cm, hm], axis=1)
         K = gg.from_numpy(ctx2, keys.reshape(-1, H, D).astype(np.float32))       # [D, H, n]
         V = gg.from_numpy(ctx2, vals.reshape(-1, H, D).astype(np.float32))
@@ -147,3 +152,58 @@ def test_attention_equals_flash_attn_over_dequantized_cache():
         c.commit()
         n_done += k
     assert c.cold_count > 0 and c.n_past == n_done
+
+
+@pytest.mark.parametrize("kind", ["mixed", "f16"])
+def test_decoder_graph_reuse_is_exact(kind):
+    """Reusing a step's graph for later steps with the same graph_key() (llama.cpp's graph
+    reuse) gives bitwise the logits of building every step, across block moves and KV_PAD
+    boundaries, and builds only when the key changes. Two decoders on one scheduler
+    alternate without re-planning each other's graphs."""
+    cfg = LlamaConfig(n_vocab=64, n_embd=128, n_head=4, n_head_kv=2, n_layer=2, n_ff=128)
+    model = LlamaModel.random(cfg, seed=1)
+
+    def cache():
+        if kind == "mixed":
+            return MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320, hot_tokens=32,
+                                max_batch=16)
+        return F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320)
+    be = gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+    fresh = Decoder(model, cache(), be, reuse_graphs=False)
+    reuse = Decoder(model, cache(), be)
+    toks = list(np.random.default_rng(0).integers(0, cfg.n_vocab, 290))
+    a = fresh.prefill(toks[:40], batch=16)
+    b = reuse.prefill(toks[:40], batch=16)
+    assert np.array_equal(a, b)
+    for t in toks[40:]:                     # crosses n_kv = 256 and many 32-token moves
+        assert np.array_equal(fresh.step([t]), reuse.step([t]))
+    n_steps = 3 + len(toks) - 40
+    assert fresh.n_builds == n_steps
+    assert reuse.n_builds < n_steps / 4, reuse.n_builds
+    other = Decoder(model, cache(), be)
+    other.prefill(toks[:40], batch=16)
+    for t in toks[:2]:
+        reuse.step([t])
+        other.step([t])
+    lowerings = be.backends[0].n_lowerings
+    done = 0
+    for t in toks[:6]:          # alternating decoders, no moves due: nothing lowered again
+        if kind == "mixed" and (reuse.cache.plan_moves(1) or other.cache.plan_moves(1)):
+            break
+        reuse.step([t])
+        other.step([t])
+        done += 1
+    assert done >= 3 and be.backends[0].n_lowerings == lowerings
+
+
+def test_padded_views_mask_the_padding():
+    c = F16KVCache(1, 1, 32, 600)
+    c.begin(5)
+    assert c.graph_key() == (5, KV_PAD)
+    m = c._kq_mask()
+    assert m.shape == (5, KV_PAD)
+    assert np.all(m[:, 5:] == -np.inf) and np.all(np.isfinite(np.diag(m[:, :5])))
+    c.commit()
+    c.n_past = 590
+    c.begin(1)
+    assert c.graph_key() == (1, c.cap)          # padding stops at the store's capacity

@@ -106,3 +106,23 @@ def test_graph_compute_with_ctx_uses_numba_then_reference():
     gf2, y2 = graph(ctx2)
     gg.backend_graph_compute(gg.backend_reference_init(), gf2)
     np.testing.assert_allclose(gg.to_numpy(y), gg.to_numpy(y2), rtol=1e-5, atol=1e-6)
+
+
+def test_alternating_graphs_keep_their_plans(monkeypatch):
+    """Two graphs computed in turn on one scheduler (two decoders reusing their graphs)
+    are planned once each; reset() forgets the plans."""
+    ctx1, ctx2 = gg.init(mem_size=16 << 20), gg.init(mem_size=16 << 20)
+    (gf1, y1), (gf2, y2) = graph(ctx1), graph(ctx2)
+    sched = gg.sched_new([NoSoftmax(2), gg.backend_reference_init()])
+    calls = []
+    orig = sched._assign
+    monkeypatch.setattr(sched, "_assign", lambda gf: (calls.append(gf), orig(gf)))
+    for _ in range(3):
+        gg.sched_graph_compute(sched, gf1)
+        gg.sched_graph_compute(sched, gf2)
+    assert calls == [gf1, gf2]
+    assert gg.sched_get_n_splits(sched) == 3
+    np.testing.assert_array_equal(gg.to_numpy(y1), gg.to_numpy(y2))
+    gg.sched_reset(sched)
+    gg.sched_graph_compute(sched, gf1)
+    assert calls == [gf1, gf2, gf1]
