@@ -15,13 +15,13 @@ N = 128
 KINDS = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}
 
 
-def _rows(rng, kind, n_rows, gap=40):
-    """n_rows rows of type kind, `gap` junk bytes between rows; (raw bytes, row stride,
-    the rows' exact values as float32)."""
+def _rows(rng, kind, n_rows, gap=40, n=N):
+    """n_rows rows of n values of type kind, `gap` junk bytes between rows; (raw bytes, row
+    stride, the rows' exact values as float32)."""
     t = KINDS[kind]
-    x = rng.uniform(-1, 1, (n_rows, N)).astype(np.float32)
+    x = rng.uniform(-1, 1, (n_rows, n)).astype(np.float32)
     raw = [np.frombuffer(quants.quantize(t, r), np.uint8) for r in x]
-    exact = np.stack([quants.dequantize(t, r.tobytes(), N) for r in raw]).astype(np.float32)
+    exact = np.stack([quants.dequantize(t, r.tobytes(), n) for r in raw]).astype(np.float32)
     stride = raw[0].size + gap
     buf = np.full(stride * n_rows, 0x7F, np.uint8)
     for i, r in enumerate(raw):
@@ -68,10 +68,12 @@ def test_qk_pv_match_numpy(rng, kind):
 
 
 @pytest.mark.skipif(not simd.HAVE_VNNI, reason="needs AVX512-VNNI")
-def test_q4_0_integer_dots(rng):
+@pytest.mark.parametrize("n", [32, 96, 128])
+def test_q4_0_integer_dots(rng, n):
     """Q4_0 K rows against 8-bit q blocks: the dot of the dequantized K with the
     dequantized q (the kernel's PREC_DEFAULT path), exact up to float rounding."""
-    kbuf, ks, kx = _rows(rng, "q4_0", 4, gap=0)
+    kbuf, ks, kx = _rows(rng, "q4_0", 4, gap=0, n=n)
+    N = n
     nb = N // 32
     qi8 = rng.integers(-127, 128, (4, N)).astype(np.int8)
     qd = rng.uniform(0.001, 0.01, (4, nb)).astype(np.float32)

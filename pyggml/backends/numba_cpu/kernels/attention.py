@@ -863,8 +863,8 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     s16 = np.empty(16, dtype=np.float32)
     s16_addr = np.int64(s16.ctypes.data)
     # SIMD products when the head sizes fit whole vectors, rows read in place when simd
-    # reads their type; Q4_0 K with integer dots through VNNI (two blocks per step)
-    k_i8 = int_dots and kt == Q4_0 and simd.HAVE_VNNI and dk % (2 * QK) == 0
+    # reads their type; Q4_0 K with integer dots through VNNI
+    k_i8 = int_dots and kt == Q4_0 and simd.HAVE_VNNI
     k_simd = not int_dots and dk % VL == 0
     k_direct = k_i8 or (k_simd and _direct(kt, dk))
     kq = kt if k_direct else F32

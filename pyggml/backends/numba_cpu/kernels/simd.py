@@ -561,7 +561,7 @@ def _pv_body(nr, nk, x):
 
 
 # Q4_0 K against 8-bit q (PREC_DEFAULT, as ggml's vec_dot_q4_0_q8_0): two blocks per 512-bit
-# step. vpdpbusd sums 4 products of K codes (0..15, unsigned) and q (signed) per 32-bit lane,
+# step (an odd last block with the upper half zero). vpdpbusd sums 4 products of K codes (0..15, unsigned) and q (signed) per 32-bit lane,
 # 8 lanes per block; each lane is converted to float and becomes d·(qd·lane - qs), d the K
 # block's scale, qd the q block's and qs = qd·Σq (qdx holds both per row, spread over the
 # block's 8 lanes): over the 8 lanes that is d·qd·(Σcode·q - 8·Σq), the dot of the
@@ -578,32 +578,47 @@ def _qk_q4_0_i8_body(nr):
         accs = [_acc(b, zero) for _ in range(nr * nk)]
         izero = ir.Constant(i32x16, [0] * 16)
 
-        def body(b, i):          # blocks 2i and 2i + 1
+        i8x32 = _v(_I8, 32)
+        f32x8 = _v(_F32, 8)
+
+        def widen(b, lo, hi):
+            n = lo.type.count
+            return b.shuffle_vector(lo, hi, ir.Constant(_v(_I32, 2 * n), list(range(2 * n))))
+
+        def step(b, j, two):
+            """Blocks j and j + 1 (two) or block j alone (the upper half zero)."""
             kc, kd = [], []
             for k in ks:
-                b0 = b.add(k, b.mul(i, _c(_I64, 36)))
+                b0 = b.add(k, b.mul(j, _c(_I64, 18)))
                 b1 = b.add(b0, _c(_I64, 18))
-                codes = b.shuffle_vector(_nibbles(b, b.add(b0, _c(_I64, 2))),
-                                         _nibbles(b, b.add(b1, _c(_I64, 2))),
-                                         ir.Constant(_v(_I32, 64), list(range(64))))
-                kc.append(b.bitcast(codes, i32x16))
-                d = b.shuffle_vector(_splat(b, _f16(b, b0), 8), _splat(b, _f16(b, b1), 8),
-                                     ir.Constant(_v(_I32, 16), list(range(16))))
-                kd.append(d)
+                c0 = _nibbles(b, b.add(b0, _c(_I64, 2)))
+                c1 = _nibbles(b, b.add(b1, _c(_I64, 2))) if two else ir.Constant(i8x32, [0] * 32)
+                kc.append(b.bitcast(widen(b, c0, c1), i32x16))
+                d1 = _splat(b, _f16(b, b1), 8) if two else ir.Constant(f32x8, [0.0] * 8)
+                kd.append(widen(b, _splat(b, _f16(b, b0), 8), d1))
             for r in range(nr):
-                qoff = b.add(b.mul(_c(_I64, r), qstride), b.mul(i, _c(_I64, 64)))
-                qv = b.bitcast(_load(b, b.add(q8, qoff), i8x64), i32x16)
+                qa = b.add(b.add(q8, b.mul(_c(_I64, r), qstride)), b.mul(j, _c(_I64, 32)))
                 # qdx: per row, nb*8 floats of qd then nb*8 of -qs (row stride nb*64 bytes)
                 rowx = b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64))))
-                qd = _load(b, b.add(rowx, b.mul(i, _c(_I64, 64))), f32x16)
-                qs = _load(b, b.add(b.add(rowx, b.mul(nb, _c(_I64, 32))), b.mul(i, _c(_I64, 64))),
-                           f32x16)
+                qda = b.add(rowx, b.mul(j, _c(_I64, 32)))
+                qsa = b.add(qda, b.mul(nb, _c(_I64, 32)))
+                if two:
+                    qv = _load(b, qa, i8x64)
+                    qd, qs = _load(b, qda, f32x16), _load(b, qsa, f32x16)
+                else:
+                    qv = widen(b, _load(b, qa, i8x32), ir.Constant(i8x32, [0] * 32))
+                    z8 = ir.Constant(f32x8, [0.0] * 8)
+                    qd, qs = widen(b, _load(b, qda, f32x8), z8), widen(b, _load(b, qsa, f32x8), z8)
+                qv = b.bitcast(qv, i32x16)
                 for u in range(nk):
                     dots = _intr(b, "llvm.x86.avx512.vpdpbusd.512", i32x16, [izero, kc[u], qv])
                     t = _fma(b, qd, b.sitofp(dots, f32x16), qs)
                     a = accs[r * nk + u]
                     b.store(_fma(b, kd[u], t, b.load(a)), a)
-        _for(b, b.udiv(nb, _c(_I64, 2)), body)
+        _for(b, b.udiv(nb, _c(_I64, 2)), lambda b, i: step(b, b.mul(i, _c(_I64, 2)), True))
+        odd = b.icmp_unsigned("!=", b.and_(nb, _c(_I64, 1)), _c(_I64, 0))
+        with b.if_then(odd):
+            step(b, b.sub(nb, _c(_I64, 1)), False)
         _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
         b.ret_void()
     return build
