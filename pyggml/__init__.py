@@ -33,9 +33,9 @@ from .data import (to_numpy, from_numpy, tensor_set, tensor_get, tensor_memset, 
 from .ops import API as _OPS_API, OPS, get_op  # noqa: F401
 
 globals().update(_OPS_API)
-from .ops.shape import (SORT_ORDER_ASC, SORT_ORDER_DESC, SCALE_MODE_NEAREST,  # noqa: F401,E402
-                        SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC, SCALE_FLAG_ALIGN_CORNERS,
-                        SCALE_FLAG_ANTIALIAS)
+from .ops.sort import SORT_ORDER_ASC, SORT_ORDER_DESC  # noqa: F401,E402
+from .ops.upscale import (SCALE_MODE_NEAREST, SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC,  # noqa: F401,E402
+                          SCALE_FLAG_ALIGN_CORNERS, SCALE_FLAG_ANTIALIAS)
 from .ops.conv import OP_POOL_MAX, OP_POOL_AVG  # noqa: F401,E402
 from .ops.unary import UNARY_OP_ID as _U  # noqa: E402
 from .ops.glu import GLU_OP_ID as _G  # noqa: E402

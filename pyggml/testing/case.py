@@ -43,6 +43,7 @@ class Case:
     run_twice: bool = False                      # with_state: recompute continues from state
     tags: tuple = ()                             # e.g. ("slow",) kept out of the pytest subset
     note: str = ""
+    err: Optional[Callable] = None               # (ref, got, node) -> error: ggml's test_case::err
 
     @property
     def vars_str(self) -> str:

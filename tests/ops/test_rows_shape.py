@@ -1,4 +1,5 @@
-"""Rows and shape ops (pyggml/ops/rows.py, shape.py): the spec, real ggml, the Numba kernels.
+"""Rows, shape, sort and upscale ops (pyggml/ops/rows.py, shape.py, sort.py, upscale.py): the
+spec, real ggml, the Numba kernels.
 
 (a) every non-slow case of every op: the NumPy reference against real ggml (libggml-python),
     within the case's threshold (exact for data movement), each op in a child process so a
@@ -16,7 +17,7 @@ from pyggml.testing.asserts import assert_ggml_error
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
-from pyggml.ops.shape import SCALE_FLAG_ANTIALIAS, SCALE_MODE_BICUBIC, SCALE_MODE_BILINEAR
+from pyggml.ops.upscale import SCALE_FLAG_ANTIALIAS, SCALE_MODE_BICUBIC, SCALE_MODE_BILINEAR
 from pyggml.testing import harness as H
 
 ROW_OPS = ["GET_ROWS", "GET_ROWS_BACK", "SET_ROWS"]
@@ -56,11 +57,11 @@ def _compare_with_ggml(cases, seed=0):
                     if node.op is None or node.op.view:
                         continue
                     want, got = data.read(node), m.value(node)
-                    if "ties" in case.tags:       # equal values: any of them may be picked
-                        a = data.read(node.src[0])
-                        want = np.sort(np.take_along_axis(a, want.astype(np.int64), -1), -1)
-                        got = np.sort(np.take_along_axis(a, got.astype(np.int64), -1), -1)
-                    ok, err, msg = H.compare_values(want, got, max_err, exact, node.op.name)
+                    if "ties" in case.tags:       # ggml's rule: any of the tied indices
+                        err = case.err(want, got, node)
+                        ok, msg = err == 0.0, f"[{node.op.name}] error {err} (ties)"
+                    else:                         # ggml's order itself, swap included
+                        ok, err, msg = H.compare_values(want, got, max_err, exact, node.op.name)
                     if not ok:
                         break
             out.append((str(case), ok, msg))

@@ -1,5 +1,5 @@
-"""Kernels for the shape family (pyggml/ops/shape.py) and, until it has its own kernel file, the
-conv family (pyggml/ops/conv.py).
+"""Kernels for the shape, sort and upscale families (pyggml/ops/shape.py, sort.py, upscale.py)
+and, until it has its own kernel file, the conv family (pyggml/ops/conv.py).
 
 CONCAT, REPEAT, PAD, SET, ACC  move raw element bits (every element type exact), reading
     sources through their strides (views, permutes); destination rows (SET/ACC: destination
