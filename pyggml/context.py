@@ -23,11 +23,32 @@ def tensor_overhead() -> int:
     return OBJECT_SIZE + TENSOR_SIZE
 
 
+# ggml_hash_size's table: the next primes after powers of two
+_HASH_PRIMES = (2, 3, 5, 11, 17, 37, 67, 131, 257, 521, 1031, 2053, 4099, 8209, 16411, 32771,
+                65537, 131101, 262147, 524309, 1048583, 2097169, 4194319, 8388617, 16777259,
+                33554467, 67108879, 134217757, 268435459, 536870923, 1073741827, 2147483659)
+CGRAPH_STRUCT_SIZE = 96          # sizeof(struct ggml_cgraph) on 64-bit (ggml 0.9.x)
+
+
+def hash_size(min_sz: int) -> int:
+    """ggml_hash_size(): the smallest table prime >= min_sz (min_sz | 1 past the table)."""
+    for p in _HASH_PRIMES:
+        if p >= min_sz:
+            return p
+    return min_sz | 1
+
+
 def graph_overhead(size: int = 2048, grads: bool = False) -> int:
-    """ggml_graph_overhead_custom(): bytes a graph's bookkeeping costs in a context."""
-    hash_size = 2 * size + 1
-    per = 8 * (size * 2 + hash_size * (3 if grads else 1)) + (hash_size + 31) // 32 * 4
-    return OBJECT_SIZE + 80 + per
+    """ggml_graph_overhead_custom(): bytes a graph's bookkeeping costs in a context (the
+    object header, then the graph struct, nodes, leafs, use counts, hash keys, grads and
+    grad accumulators when asked, and the hash set's bitset, padded as ggml pads them)."""
+    hs = hash_size(2 * size)
+    n = CGRAPH_STRUCT_SIZE
+    n = _pad(n, 8) + 8 * size * 2                  # nodes, leafs
+    n = _pad(n, 4) + 4 * hs                        # use_counts
+    n = _pad(n, 8) + 8 * hs * (3 if grads else 1)  # hash keys (+ grads, grad_accs)
+    n = _pad(n, 4) + 4 * ((hs + 31) // 32)         # bitset
+    return OBJECT_SIZE + _pad(n, 16)
 
 
 def _pad(x: int, a: int) -> int:

@@ -16,6 +16,9 @@ class CGraph:
         self.size = int(size)
         self.grads = bool(grads)
         self.ctx = ctx
+        if ctx is not None:       # as ggml_new_graph_custom: the graph's bookkeeping lives in ctx
+            from .context import graph_overhead
+            ctx._reserve(graph_overhead(self.size, self.grads), f"a graph of size {self.size}")
         self.nodes: list[Tensor] = []
         self.leafs: list[Tensor] = []
         self._visited: set[int] = set()

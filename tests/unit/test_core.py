@@ -68,9 +68,10 @@ def test_context_accounting_is_close_to_ggml(ggml):
     """Loosely: pyggml pads data to 64 bytes, ggml to 16; both charge tensor_overhead()."""
     from pyggml.testing import ggml_lib as L
     assert gg.tensor_overhead() == ggml.ggml_tensor_overhead()
-    for size in (16, 2048):
-        ours, theirs = gg.graph_overhead(size), ggml.ggml_graph_overhead_custom(size, False)
-        assert 0.7 * theirs <= ours <= 1.3 * theirs
+    for size in (0, 1, 16, 17, 100, 2048, 8192, 100_000):     # hash primes, pads, grads
+        for grads in (False, True):
+            assert gg.graph_overhead(size, grads) == ggml.ggml_graph_overhead_custom(size, grads)
+    assert gg.graph_overhead() == ggml.ggml_graph_overhead()
     shapes = [[4, 3], [7], [1000, 3], [32, 2, 2]]
     c = gg.init(mem_size=1 << 20)
     with L.context(1 << 20) as gctx:
