@@ -431,7 +431,7 @@ def test_integer_dot_paths_agree(rng):
     """The AVX2 integer dots (ggml's pmaddubsw sequence, an LLVM intrinsic) and the portable
     loop used on CPUs without AVX2 give the same sums."""
     import numba
-    from pyggml.backends.numba_cpu.kernels import attention as K
+    from pyggml.backends.numba_cpu.kernels import fa_dots as K
     if not K.HAVE_AVX2:
         pytest.skip("no AVX2: only the portable path exists here")
 

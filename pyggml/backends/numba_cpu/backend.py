@@ -23,7 +23,7 @@ from ...sched.plan import CPlan, graph_plan, is_computed
 from ... import tensor as _tensor_mod
 from ...tensor import Buffer, Tensor
 from ..base import Backend, EvalCallback
-from .desc import DESC_LEN, STATUS_LEN, pack_into
+from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_into
 from .executor import NodeTable, WorkerPool
 from .kernels import KERNELS, lookup
 
@@ -49,11 +49,15 @@ def _alloc_epoch():
 class LoweredGraph(NodeTable):
     """A NodeTable plus what is needed to know it is still valid for its graph.
 
+    `scratch` holds the nodes' scratch lines (desc.py: int64[n, SCRATCH_LEN], one 64-byte
+    line per row, zero when lowered; kernels keep their cross-thread counters there).
+
     Descriptors hold data addresses, so the table is valid while every root tensor it reads
     or writes keeps its (buffer, offset). Checking that costs ~40-80 µs per 1,000 roots; when
     the core counts allocations (tensor.ALLOC_EPOCH) an unchanged count skips the check."""
 
     epoch = None
+    scratch = None              # int64[n, SCRATCH_LEN], set by lower()
     default_plan = True         # lowered with the backend's own plan (not a caller's CPlan)
 
     def locations(self) -> list:
@@ -131,12 +135,15 @@ class NumbaBackend(Backend):
         waddr = wbuf.ctypes.data if wbuf is not None else 0
         wsize = cplan.work_size if wbuf is not None else 0
         descs = _aligned_zeros((n, DESC_LEN))     # 64-byte rows on 64-byte boundaries
+        scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
         n_tasks = np.ones(n, dtype=np.int64)
         for r, (i, node) in enumerate(rows):
             n_tasks[r] = max(1, min(self.n_threads, cplan.n_tasks[i]))
-            pack_into(descs[r], node, waddr, wsize, status.ctypes.data, i, n_tasks[r])
+            pack_into(descs[r], node, waddr, wsize, status.ctypes.data, i, n_tasks[r],
+                      scratch[r].ctypes.data)
         tab = LoweredGraph([node for _, node in rows], [i for i, _ in rows], kernels, descs,
                            n_tasks, status, wbuf)
+        tab.scratch = scratch          # the descriptors point into it: keep it alive
         roots, seen = [], set()
         for _, node in rows:
             for t in [node] + node.src:

@@ -11,7 +11,8 @@ the lowered node table. Layout (int64 words):
       [4] H_STATUS   address of the graph's int64 status block: [0] error code (0 = ok),
                      [1] index of the node that failed first
       [5] H_INDEX    index of this node in the graph (gf.nodes)
-      [6..7]         reserved
+      [6] H_SCRATCH  address of this node's scratch line (below; 0 outside a lowered table)
+      [7]            reserved
     11 tensor slots of SLOT = 10 words, at HDR + slot * SLOT:
       slot 0 = dst (DST), slot 1 + j = src[j] (SRC0 .. SRC9)
       [0] data address (0 when the source is None)   [1] GGMLType value
@@ -20,10 +21,26 @@ the lowered node table. Layout (int64 words):
       sign-extended (read floats with param_f32, int64 pairs with param_i64)
     DESC_LEN = 136 words (134 used, padded to a multiple of 8: rows stay 64-byte aligned)
 
+Descriptor rows are read-only for kernels: every word is a copy of the node (all 16
+op_params words belong to the op). A kernel that needs state shared by its threads (atomic
+counters: arrivals, work units handed out) uses its node's scratch line: SCRATCH_LEN = 8
+int64 words, a 64-byte line per node in a block of its own (counters every thread hammers
+do not false-share with read-only words), all zero when the table is lowered and kept as
+the kernel left them between computes of that table (a new lowering starts from zero).
+What each word means is the kernel's business; word i is at scratch_addr(desc, i) (an
+address for the atomics). A descriptor packed on its own, outside a node table, has no
+line (has_scratch is false): such a kernel reports ERR_SCRATCH.
+
+The layout is frozen: every kernel and the executor (DESC_LEN is its row stride) have
+these offsets compiled in, and Numba's disk cache only notices edits to a function's own
+file, so changing them here would leave stale machine code in every existing cache. New
+per-node data goes behind a header pointer, as the scratch line does.
+
 Accessors (njit; they take the kernel's int64* as well as an int64 array): t_addr, t_type,
 t_ne, t_nb, t_nrows, t_nelements, t_row_size, t_rows_packed, t_is_contiguous, param_i32,
-param_f32, param_i64, wdata, wsize, n_tasks, node_index; type_size / blck_size by type id;
-row_range(nr, ith, nth) is ggml's split of rows over threads.
+param_f32, param_i64, wdata, wsize, n_tasks, node_index, has_scratch, scratch_addr;
+type_size / blck_size by type id; row_range(nr, ith, nth) is ggml's split of rows over
+threads.
 
 Errors: a kernel that cannot do its job calls `set_error(desc, code)`; the executor stops
 every thread after the node and the backend raises ComputeError naming the node and the
@@ -41,7 +58,7 @@ from .intrinsics import atomic_cas, atomic_store, bits_to_f32
 
 # --- layout ---------------------------------------------------------------------------------
 HDR = 8
-H_OP, H_NTASKS, H_WDATA, H_WSIZE, H_STATUS, H_INDEX = 0, 1, 2, 3, 4, 5
+H_OP, H_NTASKS, H_WDATA, H_WSIZE, H_STATUS, H_INDEX, H_SCRATCH = 0, 1, 2, 3, 4, 5, 6
 SLOT = 10
 N_SLOTS = 1 + MAX_SRC
 T_ADDR, T_TYPE, T_NE, T_NB = 0, 1, 2, 6
@@ -56,6 +73,10 @@ assert PARAMS + N_PARAMS <= DESC_LEN and DESC_LEN % 8 == 0
 S_CODE, S_NODE = 0, 1
 STATUS_LEN = 8
 
+# per-node scratch line (desc[H_SCRATCH] points at it): int64 words, zero after lowering
+SCRATCH_LEN = 8
+assert SCRATCH_LEN * 8 % 64 == 0        # whole lines: one node's counters never share another's
+
 # --- error codes ----------------------------------------------------------------------------
 ERR_OK = 0
 ERR_UNSUPPORTED = 1     # same value as pyggml.quants.nb.ERR_UNSUPPORTED
@@ -65,6 +86,7 @@ ERR_WORK_SIZE = 4
 ERR_PARAM = 5
 ERR_STATE = 6
 ERR_EXCEPTION = 7       # the kernel raised (see kernels._guarded)
+ERR_SCRATCH = 8         # the kernel needs its scratch line and the descriptor has none
 
 ERRORS: dict[int, str] = {
     ERR_UNSUPPORTED: "the kernel does not support this combination of types",
@@ -76,6 +98,8 @@ ERRORS: dict[int, str] = {
                    "wrong size, an allocation failure...); the node's output is incomplete",
     ERR_STATE: "invalid input state (e.g. a with_state row holds a previous contribution "
                "but o_prev is None: pass the previous output)",
+    ERR_SCRATCH: "the kernel needs its node's scratch line and the descriptor has none "
+                 "(packed on its own, outside a lowered node table)",
 }
 
 
@@ -217,6 +241,20 @@ def node_index(desc):
 
 
 @_jit
+def has_scratch(desc):
+    """Does this descriptor have a scratch line (it does in every lowered table)?"""
+    return desc[H_SCRATCH] != 0
+
+
+@_jit
+def scratch_addr(desc, i):
+    """Address of word i (0 <= i < SCRATCH_LEN) of this node's scratch line: int64, zero
+    when the table was lowered, kept between computes; shared by the node's threads (use
+    the atomics of intrinsics.py on it)."""
+    return desc[H_SCRATCH] + 8 * i
+
+
+@_jit
 def set_error(desc, code):
     """Report a failure of this node: the first error of the graph wins (atomic CAS)."""
     status = desc[H_STATUS]
@@ -238,14 +276,16 @@ def row_range(nr, ith, nth):
 # --- packing (Python) ------------------------------------------------------------------------
 
 def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: int,
-              index: int, n_tasks: int) -> np.ndarray:
-    """Fill one descriptor row (int64[DESC_LEN]) for node."""
+              index: int, n_tasks: int, scratch_addr: int = 0) -> np.ndarray:
+    """Fill one descriptor row (int64[DESC_LEN]) for node. scratch_addr: the node's
+    SCRATCH_LEN zeroed int64 words on a 64-byte line of their own (0: none)."""
     row = [0] * DESC_LEN
     row[H_NTASKS] = int(n_tasks)
     row[H_WDATA] = int(wdata_addr)
     row[H_WSIZE] = int(wsize)
     row[H_STATUS] = int(status_addr)
     row[H_INDEX] = int(index)
+    row[H_SCRATCH] = int(scratch_addr)
     for slot, t in enumerate([node] + list(node.src)):
         if t is None:
             continue
@@ -260,16 +300,17 @@ def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: i
 
 
 def pack(node, wdata_addr: int = 0, wsize: int = 0, status_addr: int = 0, index: int = 0,
-         n_tasks: int = 1) -> np.ndarray:
+         n_tasks: int = 1, scratch_addr: int = 0) -> np.ndarray:
     """The descriptor of node as a fresh int64[DESC_LEN] array."""
     return pack_into(np.zeros(DESC_LEN, dtype=np.int64), node, wdata_addr, wsize,
-                     status_addr, index, n_tasks)
+                     status_addr, index, n_tasks, scratch_addr)
 
 
 def unpack(desc: np.ndarray) -> dict:
     """Readable form of a descriptor (debugging, tests)."""
     d = {"n_tasks": int(desc[H_NTASKS]), "wdata": int(desc[H_WDATA]),
-         "wsize": int(desc[H_WSIZE]), "status": int(desc[H_STATUS]), "index": int(desc[H_INDEX])}
+         "wsize": int(desc[H_WSIZE]), "status": int(desc[H_STATUS]), "index": int(desc[H_INDEX]),
+         "scratch": int(desc[H_SCRATCH])}
     slots = []
     for s in range(N_SLOTS):
         b = HDR + s * SLOT

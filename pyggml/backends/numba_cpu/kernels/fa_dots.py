@@ -1,0 +1,418 @@
+"""Flash attention's arithmetic (kernels/attention.py): q·K dots, p·V accumulation, exp.
+
+  vexp          the exp of the scores, a polynomial LLVM can vectorize
+  integer dots  one q row quantized to 8-bit blocks against 4 quantized K rows (decoded to
+                8-bit codes by fa_rows.row_to_i8): ggml's AVX2 sequence (pmaddubsw,
+                pmaddwd) as LLVM intrinsics, with portable twins for CPUs without AVX2
+                (HAVE_AVX2 picks dot_q8_1x4 / dot_u8_1x4 at import)
+  float loops   dots and V accumulation over F32 rows, for head sizes that are not whole
+                vectors (LLVM vectorizes them)
+  SIMD dispatch qk4/qk1/pv4/pv1x4/pv1 call kernels/simd.py's micro-kernel for a row type
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import llvmlite.binding as _llb
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from ..intrinsics import f32_array, i8_array, u8_array
+from . import simd
+from .fa_rows import BF16, F16, F32, Q4_0, Q8_0, QK, _splat
+from .simd import VL
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+
+_FM = {"contract", "reassoc", "afn", "arcp"}      # as attention.py (no nnan/ninf)
+_jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy",
+                         inline="always")
+
+
+# --- vexp -----------------------------------------------------------------------------------------
+
+@intrinsic
+def _i32_as_f32(typingctx, u):
+    """Bit cast int32 -> float32 (elementwise: vectorizes)."""
+    if u != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(u), codegen
+
+
+_LOG2E = np.float32(1.44269504088896341)
+_LN2HI = np.float32(0.693359375)
+_LN2LO = np.float32(-2.12194440e-4)
+_XMIN = np.float32(-87.33654)
+_XMAX = np.float32(88.3762626647949)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM, inline="always")
+def vexp(x):
+    """expf that LLVM can vectorize (Cephes polynomial, rel. error < 1e-7 on [-80, 88]);
+    exp(-inf) = 0 and anything below -87.3 gives 0 (no subnormals)."""
+    xc = min(max(x, _XMIN), _XMAX)
+    n = np.float32(math.floor(xc * _LOG2E + np.float32(0.5)))
+    r = xc - n * _LN2HI - n * _LN2LO
+    p = np.float32(1.9875691500E-4)
+    p = p * r + np.float32(1.3981999507E-3)
+    p = p * r + np.float32(8.3334519073E-3)
+    p = p * r + np.float32(4.1665795894E-2)
+    p = p * r + np.float32(1.6666665459E-1)
+    p = p * r + np.float32(5.0000001201E-1)
+    p = p * r * r + r + _F1
+    y = p * _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    return y if x >= _XMIN else _F0
+
+
+# --- integer dots of 8-bit q blocks with quantized K rows -----------------------------------------
+
+def _have_avx2() -> bool:
+    try:
+        return bool(_llb.get_host_cpu_features().get("avx2")) and numba.config.CPU_NAME is None
+    except Exception:          # pragma: no cover  (no feature query: portable path)
+        return False
+
+
+HAVE_AVX2 = _have_avx2()
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot32_i8_portable(a, b):
+    x = i8_array(a, 32)
+    y = i8_array(b, 32)
+    s = np.int32(0)
+    for j in range(32):
+        s += np.int32(np.int16(x[j]) * np.int16(y[j]))
+    return s
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot_q8_row_portable(kaddr, qaddr, kdaddr, qdaddr, nb):
+    kd = f32_array(kdaddr, nb)
+    qd = f32_array(qdaddr, nb)
+    s = _F0
+    for b in range(nb):
+        s += kd[b] * qd[b] * np.float32(_dot32_i8_portable(kaddr + 32 * b, qaddr + 32 * b))
+    return s
+
+
+def _hsum4(builder, a):
+    """Horizontal sums of four <8 x float>: pairwise (even + odd lanes) three times."""
+    i32 = ir.IntType(32)
+
+    def pair(x, y, n):
+        ev = builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, n), list(range(0, 2 * n, 2))))
+        od = builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, n), list(range(1, 2 * n, 2))))
+        return builder.fadd(ev, od)
+    s01 = pair(a[0], a[1], 8)          # [a01 a23 a45 a67 b01 b23 b45 b67]
+    s23 = pair(a[2], a[3], 8)
+    s4 = pair(s01, s23, 8)             # [a0-3 a4-7 b0-3 b4-7 c.. c.. d.. d..]
+    s = pair(s4, s4, 4)                # [a b c d]
+    return [builder.extract_element(s, ir.Constant(i32, u)) for u in range(4)]
+
+
+@intrinsic
+def _dot_q8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, nb):
+    """One q row (8-bit blocks) against 4 consecutive K rows (8-bit blocks, rows nb*32 bytes
+    apart; their scales nb floats apart): 4 sums of kd·qd·(integer block dot), with four
+    8-lane float accumulators (the q block is loaded and sign-split once for all four)."""
+    if not all(isinstance(a, types.Integer) for a in (kaddr, qaddr, kdaddr, qdaddr, nb)):
+        return None
+    rtype = types.UniTuple(types.float32, 4)
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i8x32 = ir.VectorType(ir.IntType(8), 32)
+        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        i32x8 = ir.VectorType(ir.IntType(32), 8)
+        f32x8 = ir.VectorType(ir.FloatType(), 8)
+        a64 = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
+        mod = builder.module
+        f1 = cgutils.get_or_insert_function(mod, ir.FunctionType(i16x16, [i8x32, i8x32]),
+                                            "llvm.x86.avx2.pmadd.ub.sw")
+        f2 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32x8, [i16x16, i16x16]),
+                                            "llvm.x86.avx2.pmadd.wd")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(f32x8, None)) for _ in range(4)]
+        zero = ir.Constant(i8x32, None)
+        ones = ir.Constant(i16x16, [1] * 16)
+        fptr = ir.FloatType().as_pointer()
+        rowb = builder.mul(a64[4], ir.Constant(i64, 32))        # bytes per K row
+        rows = builder.mul(a64[4], ir.Constant(i64, 4))         # bytes per row of scales
+        with cgutils.for_range(builder, a64[4]) as loop:
+            b = loop.index
+            off = builder.mul(b, ir.Constant(i64, 32))
+            off4 = builder.mul(b, ir.Constant(i64, 4))
+            vq = builder.load(builder.inttoptr(builder.add(a64[1], off), i8x32.as_pointer()), align=1)
+            qd = builder.load(builder.inttoptr(builder.add(a64[3], off4), fptr))
+            for u in range(4):
+                ko = builder.add(builder.add(a64[0], off), builder.mul(rowb, ir.Constant(i64, u)))
+                va = builder.load(builder.inttoptr(ko, i8x32.as_pointer()), align=1)
+                neg = builder.icmp_signed("<", va, zero)
+                ax = builder.select(neg, builder.sub(zero, va), va)
+                sy = builder.select(neg, builder.sub(zero, vq), vq)
+                p32 = builder.call(f2, [builder.call(f1, [ax, sy]), ones])
+                kdo = builder.add(builder.add(a64[2], off4), builder.mul(rows, ir.Constant(i64, u)))
+                kd = builder.load(builder.inttoptr(kdo, fptr))
+                scv = _splat(builder, builder.fmul(kd, qd), 8)
+                acc = builder.load(accs[u])
+                builder.store(builder.fadd(acc, builder.fmul(builder.sitofp(p32, f32x8), scv)),
+                              accs[u])
+        return context.make_tuple(builder, rtype, _hsum4(builder, [builder.load(x) for x in accs]))
+    return rtype(kaddr, qaddr, kdaddr, qdaddr, nb), codegen
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot_q8_1x4_portable(kaddr, qaddr, kdaddr, qdaddr, nb):
+    s0 = _dot_q8_row_portable(kaddr, qaddr, kdaddr, qdaddr, nb)
+    s1 = _dot_q8_row_portable(kaddr + 32 * nb, qaddr, kdaddr + 4 * nb, qdaddr, nb)
+    s2 = _dot_q8_row_portable(kaddr + 64 * nb, qaddr, kdaddr + 8 * nb, qdaddr, nb)
+    s3 = _dot_q8_row_portable(kaddr + 96 * nb, qaddr, kdaddr + 12 * nb, qdaddr, nb)
+    return (s0, s1, s2, s3)
+
+
+dot_q8_1x4 = _dot_q8_1x4_avx2 if HAVE_AVX2 else _dot_q8_1x4_portable
+
+
+@intrinsic
+def _dot_u8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, kcaddr, qsaddr, nb):
+    """As dot_q8_1x4 for unsigned 4/5-bit K codes (0..31) against signed q: pmaddubsw
+    takes them as they are (no sign juggling; 31·127·2 cannot saturate), plus the codes'
+    offset/min part: sum over blocks of kc[b]·qs[b] (kc per K row, qs = q scale·q sum)."""
+    if not all(isinstance(a, types.Integer)
+               for a in (kaddr, qaddr, kdaddr, qdaddr, kcaddr, qsaddr, nb)):
+        return None
+    rtype = types.UniTuple(types.float32, 4)
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i8x32 = ir.VectorType(ir.IntType(8), 32)
+        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        i32x8 = ir.VectorType(ir.IntType(32), 8)
+        f32 = ir.FloatType()
+        f32x8 = ir.VectorType(f32, 8)
+        a64 = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
+        kaddr_, qaddr_, kdaddr_, qdaddr_, kcaddr_, qsaddr_, nb_ = a64
+        mod = builder.module
+        f1 = cgutils.get_or_insert_function(mod, ir.FunctionType(i16x16, [i8x32, i8x32]),
+                                            "llvm.x86.avx2.pmadd.ub.sw")
+        f2 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32x8, [i16x16, i16x16]),
+                                            "llvm.x86.avx2.pmadd.wd")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(f32x8, None)) for _ in range(4)]
+        cors = [cgutils.alloca_once_value(builder, ir.Constant(f32, 0.0)) for _ in range(4)]
+        ones = ir.Constant(i16x16, [1] * 16)
+        fptr = f32.as_pointer()
+        rowb = builder.mul(nb_, ir.Constant(i64, 32))
+        rows = builder.mul(nb_, ir.Constant(i64, 4))
+        with cgutils.for_range(builder, nb_) as loop:
+            b = loop.index
+            off = builder.mul(b, ir.Constant(i64, 32))
+            off4 = builder.mul(b, ir.Constant(i64, 4))
+            vq = builder.load(builder.inttoptr(builder.add(qaddr_, off), i8x32.as_pointer()), align=1)
+            qd = builder.load(builder.inttoptr(builder.add(qdaddr_, off4), fptr))
+            qs = builder.load(builder.inttoptr(builder.add(qsaddr_, off4), fptr))
+            for u in range(4):
+                ko = builder.add(builder.add(kaddr_, off), builder.mul(rowb, ir.Constant(i64, u)))
+                vk = builder.load(builder.inttoptr(ko, i8x32.as_pointer()), align=1)
+                p32 = builder.call(f2, [builder.call(f1, [vk, vq]), ones])
+                so = builder.add(off4, builder.mul(rows, ir.Constant(i64, u)))
+                kd = builder.load(builder.inttoptr(builder.add(kdaddr_, so), fptr))
+                kc = builder.load(builder.inttoptr(builder.add(kcaddr_, so), fptr))
+                scv = _splat(builder, builder.fmul(kd, qd), 8)
+                acc = builder.load(accs[u])
+                builder.store(builder.fadd(acc, builder.fmul(builder.sitofp(p32, f32x8), scv)),
+                              accs[u])
+                builder.store(builder.fadd(builder.load(cors[u]), builder.fmul(kc, qs)), cors[u])
+        sums = _hsum4(builder, [builder.load(x) for x in accs])
+        res = [builder.fadd(sums[u], builder.load(cors[u])) for u in range(4)]
+        return context.make_tuple(builder, rtype, res)
+    return rtype(kaddr, qaddr, kdaddr, qdaddr, kcaddr, qsaddr, nb), codegen
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dot_u8_1x4_portable(kaddr, qaddr, kdaddr, qdaddr, kcaddr, qsaddr, nb):
+    q = i8_array(qaddr, 32 * nb)
+    qd = f32_array(qdaddr, nb)
+    qs = f32_array(qsaddr, nb)
+    s0 = _F0
+    s1 = _F0
+    s2 = _F0
+    s3 = _F0
+    for u in range(4):
+        k = u8_array(kaddr + u * 32 * nb, 32 * nb)
+        kd = f32_array(kdaddr + u * 4 * nb, nb)
+        kc = f32_array(kcaddr + u * 4 * nb, nb)
+        t = _F0
+        for b in range(nb):
+            isum = 0
+            for j in range(32):
+                isum += np.int32(k[b * 32 + j]) * np.int32(q[b * 32 + j])
+            t += kd[b] * qd[b] * np.float32(isum) + kc[b] * qs[b]
+        if u == 0:
+            s0 = t
+        elif u == 1:
+            s1 = t
+        elif u == 2:
+            s2 = t
+        else:
+            s3 = t
+    return (s0, s1, s2, s3)
+
+
+dot_u8_1x4 = _dot_u8_1x4_avx2 if HAVE_AVX2 else _dot_u8_1x4_portable
+
+
+# --- float loops: dots and accumulation ----------------------------------------------------------
+
+@_jit_inline
+def dot_1x4(q, qo, k, n):
+    """Dots of one q row with 4 consecutive K rows k[0:n], k[n:2n]... (shared q loads)."""
+    s0 = _F0
+    s1 = _F0
+    s2 = _F0
+    s3 = _F0
+    for i in range(n):
+        x = q[qo + i]
+        s0 += x * k[i]
+        s1 += x * k[n + i]
+        s2 += x * k[2 * n + i]
+        s3 += x * k[3 * n + i]
+    return (s0, s1, s2, s3)
+
+
+@_jit_inline
+def dot_2x4(q, qo0, qo1, k, n):
+    """Dots of two q rows with 4 consecutive K rows: 8 sums, each K load shared by 2 rows
+    and each q load by 4 keys (8 accumulators stay in registers)."""
+    a0 = _F0
+    a1 = _F0
+    a2 = _F0
+    a3 = _F0
+    b0 = _F0
+    b1 = _F0
+    b2 = _F0
+    b3 = _F0
+    for i in range(n):
+        x = q[qo0 + i]
+        y = q[qo1 + i]
+        k0 = k[i]
+        k1 = k[n + i]
+        k2 = k[2 * n + i]
+        k3 = k[3 * n + i]
+        a0 += x * k0
+        a1 += x * k1
+        a2 += x * k2
+        a3 += x * k3
+        b0 += y * k0
+        b1 += y * k1
+        b2 += y * k2
+        b3 += y * k3
+    return (a0, a1, a2, a3, b0, b1, b2, b3)
+
+
+@_jit_inline
+def axpy4(acc, ao, p0, p1, p2, p3, v, n):
+    """acc[ao:ao+n] += p0·v[0:n] + p1·v[n:2n] + p2·v[2n:3n] + p3·v[3n:4n]."""
+    for i in range(n):
+        acc[ao + i] += p0 * v[i] + p1 * v[n + i] + p2 * v[2 * n + i] + p3 * v[3 * n + i]
+
+
+@_jit_inline
+def axpy(acc, ao, p, v, n):
+    for i in range(n):
+        acc[ao + i] += p * v[i]
+
+
+@_jit_inline
+def scale_acc(acc, ao, f, n):
+    for i in range(n):
+        acc[ao + i] *= f
+
+
+# --- SIMD products (kernels/simd.py) over a group of 4 keys --------------------------------------
+# qk: 4 (or 1) q rows against 4 K rows; pv: 4 (or 1) accumulator rows += p · 4 V rows. Rows
+# of the types simd reads (F32/F16/BF16/Q8_0/Q4_0) are read where they lie, others from
+# their F32 conversion (kf/vf). The type argument picks the variant.
+
+@_jit_inline
+def reads_in_place(t, n):
+    """Can simd read rows of type t and n values in place?"""
+    if t == F32 or t == F16 or t == BF16:
+        return n % VL == 0
+    return (t == Q8_0 or t == Q4_0) and n % QK == 0
+
+
+@_jit_inline
+def qk4(t, n, q, qstride, k0, k1, k2, k3, out, pf):
+    if t == F16:
+        simd.qk_4x4_f16(n, q, qstride, k0, k1, k2, k3, out, pf)
+    elif t == Q4_0:
+        simd.qk_4x4_q4_0(n, q, qstride, k0, k1, k2, k3, out, pf)
+    elif t == Q8_0:
+        simd.qk_4x4_q8_0(n, q, qstride, k0, k1, k2, k3, out, pf)
+    elif t == BF16:
+        simd.qk_4x4_bf16(n, q, qstride, k0, k1, k2, k3, out, pf)
+    else:
+        simd.qk_4x4_f32(n, q, qstride, k0, k1, k2, k3, out, pf)
+
+
+@_jit_inline
+def qk1(t, n, q, k0, k1, k2, k3, out, pf):
+    if t == F16:
+        simd.qk_1x4_f16(n, q, 0, k0, k1, k2, k3, out, pf)
+    elif t == Q4_0:
+        simd.qk_1x4_q4_0(n, q, 0, k0, k1, k2, k3, out, pf)
+    elif t == Q8_0:
+        simd.qk_1x4_q8_0(n, q, 0, k0, k1, k2, k3, out, pf)
+    elif t == BF16:
+        simd.qk_1x4_bf16(n, q, 0, k0, k1, k2, k3, out, pf)
+    else:
+        simd.qk_1x4_f32(n, q, 0, k0, k1, k2, k3, out, pf)
+
+
+@_jit_inline
+def pv4(t, n, acc, astride, p, pstride, v0, v1, v2, v3, pf):
+    if t == F16:
+        simd.pv_4x4_f16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    elif t == Q4_0:
+        simd.pv_4x4_q4_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    elif t == Q8_0:
+        simd.pv_4x4_q8_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    elif t == BF16:
+        simd.pv_4x4_bf16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+    else:
+        simd.pv_4x4_f32(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+
+
+@_jit_inline
+def pv1x4(t, n, acc, p, v0, v1, v2, v3, pf):
+    if t == F16:
+        simd.pv_1x4_f16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    elif t == Q4_0:
+        simd.pv_1x4_q4_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    elif t == Q8_0:
+        simd.pv_1x4_q8_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    elif t == BF16:
+        simd.pv_1x4_bf16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+    else:
+        simd.pv_1x4_f32(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+
+
+@_jit_inline
+def pv1(t, n, acc, p, v0, pf):
+    if t == F16:
+        simd.pv_1x1_f16(n, acc, 0, p, 0, pf, v0)
+    elif t == Q4_0:
+        simd.pv_1x1_q4_0(n, acc, 0, p, 0, pf, v0)
+    elif t == Q8_0:
+        simd.pv_1x1_q8_0(n, acc, 0, p, 0, pf, v0)
+    elif t == BF16:
+        simd.pv_1x1_bf16(n, acc, 0, p, 0, pf, v0)
+    else:
+        simd.pv_1x1_f32(n, acc, 0, p, 0, pf, v0)
