@@ -1,8 +1,28 @@
-"""Shared fixtures: `ggml` (real ggml through ctypes, skips when libggml-python is absent), `rng`."""
+"""Shared fixtures: `ggml` (real ggml through ctypes, skips when libggml-python is absent), `rng`;
+a session warm-up of the Numba kernels when the disk cache is cold."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
+
+WARMUP_MIN_TESTS = 1000       # a big run (the suite, tests/ops) needs most kernels
+WARMUP_MIN_SECONDS = 20.0     # estimated cold compile worth starting worker processes for
+
+
+@pytest.fixture(scope="session", autouse=True)
+def numba_warmup(request):
+    """A cold Numba cache (fresh checkout, CI) would compile ~90 kernels one by one as tests
+    reach them (about 2 minutes on one core): for a big run, compile them first in parallel
+    processes (pyggml/backends/numba_cpu/warmup.py). PYGGML_TEST_WARMUP=0 turns it off."""
+    if os.environ.get("PYGGML_TEST_WARMUP", "1") == "0" or \
+            len(request.session.items) < WARMUP_MIN_TESTS:
+        return
+    from pyggml.backends.numba_cpu import warmup
+    todo = warmup.cold(warmup.all_kernels())
+    if sum(warmup.cost(k.key) for k in todo) >= WARMUP_MIN_SECONDS:
+        warmup.warm(todo)
 
 
 @pytest.fixture(scope="session")

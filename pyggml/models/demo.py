@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", default="demo-graph.svg",
                    help="where to draw one layer's decode graph (.svg/.png/.dot; '' to skip)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help="processes compiling cold Numba kernels before the run (default: "
+                        "cores; 1: in this process)")
     return p
 
 
@@ -48,22 +51,78 @@ def _bar(i: int, n: int, t0: float, label: str, quiet: bool) -> None:
         print(file=sys.stderr)
 
 
+BATCH = 32          # prompt tokens per prefill step
+
+
+def _caches(model, args) -> tuple:
+    c = model.cfg
+    return (MixedKVCache(c.n_layer, c.n_head_kv, c.head_dim, args.ctx, hot_tokens=args.hot,
+                         max_batch=BATCH),
+            F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, args.ctx))
+
+
+def _load_model(args):
+    return LlamaModel.from_gguf(args.model) if args.model else \
+        LlamaModel.random(LlamaConfig(), seed=args.seed)
+
+
+def demo_kernels(args=None, model=None) -> list:
+    """The Numba kernels the demo's graphs run (what `pyggml warmup --demo` compiles).
+
+    The caches' step schedule is replayed without computing (begin/commit are bookkeeping):
+    one graph per kind of step (token count, block moves or not, cold part or not), layer 0
+    only (every layer has the same ops)."""
+    from ..backends.numba_cpu.warmup import graph_kernels
+    args = args if args is not None else _parser().parse_args([])
+    model = model if model is not None else _load_model(args)
+    steps = [min(BATCH, args.prompt - i) for i in range(0, args.prompt, BATCH)]
+    steps += [1] * args.tokens
+    graphs = []
+    for cache in _caches(model, args):
+        seen = set()
+        for n in steps:
+            st = cache.begin(n)
+            key = (n, bool(st.moves), st.cold_after > 0)
+            if key not in seen:
+                seen.add(key)
+                ctx = gg.init(mem_size=16 << 20, no_alloc=True)
+                gf = gg.new_graph(ctx)
+                model.build(ctx, gf, cache, n, layers=[0])
+                graphs.append(gf)
+            cache.commit()
+    return graph_kernels(graphs)
+
+
+def _warm_up(model, args) -> None:
+    """Compile the demo's cold kernels in parallel processes before anything is timed."""
+    from ..backends.numba_cpu.warmup import warm
+    say = (lambda line: None) if args.quiet else \
+        (lambda line: print(line, file=sys.stderr, flush=True))
+    r = warm(demo_kernels(args, model), args.jobs, log=say)
+    for e in r.errors + [f"{key} does not compile: {e}" for key, e in r.failed.items()]:
+        say(f"warm-up: {e}")
+    if r.cold:
+        say(f"warm-up: {len(r.cold)} cold kernels ready in {r.seconds:.1f} s "
+            f"({r.jobs or 1} process{'es' if r.jobs > 1 else ''})")
+
+
 def run(args) -> dict:
     rng = np.random.default_rng(args.seed)
-    model = LlamaModel.from_gguf(args.model) if args.model else \
-        LlamaModel.random(LlamaConfig(), seed=args.seed)
+    model = _load_model(args)
     c = model.cfg
     if args.prompt + args.tokens > args.ctx:
         raise gg.GGMLError(f"demo: prompt {args.prompt} + tokens {args.tokens} exceed --ctx {args.ctx}")
+    if args.backend == "numba":
+        _warm_up(model, args)
     backend = make_backend(args.backend, args.threads)
-    mixed = Decoder(model, MixedKVCache(c.n_layer, c.n_head_kv, c.head_dim, args.ctx,
-                                        hot_tokens=args.hot, max_batch=32), backend)
-    plain = Decoder(model, F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, args.ctx), backend)
+    mixed_cache, plain_cache = _caches(model, args)
+    mixed = Decoder(model, mixed_cache, backend)
+    plain = Decoder(model, plain_cache, backend)
     prompt = rng.integers(0, c.n_vocab, size=args.prompt)
 
     t0 = time.perf_counter()
-    lm = mixed.prefill(prompt)
-    lp = plain.prefill(prompt)
+    lm = mixed.prefill(prompt, BATCH)
+    lp = plain.prefill(prompt, BATCH)
     t_prefill = time.perf_counter() - t0
     max_delta = float(np.abs(lm[-1] - lp[-1]).max())
     token = int(np.argmax(lp[-1]))

@@ -20,6 +20,10 @@ family, in different files); the first whose `supports(node)` is true runs the n
 
 A variant may override the OpDef's planning rules with `n_tasks(node, n_threads)` and
 `work_size(node, n_threads)` (bytes of the shared work buffer; the plan takes the max).
+
+A cold compile is slow (seconds per kernel, about a minute for a model's set), so
+`Kernel.in_disk_cache()` tells without compiling whether the cfunc would load from Numba's
+disk cache, and `..warmup` compiles cold kernels in parallel processes (`pyggml warmup`).
 """
 from __future__ import annotations
 
@@ -86,6 +90,7 @@ class Kernel:
     work_size: Optional[Callable] = None
     name: str = ""
     _cfunc: object = field(default=None, repr=False)
+    _wrapper: object = field(default=None, repr=False)     # (guarded fn, cacheable)
     compile_seconds: float = 0.0          # first use: compile or load from the disk cache
     from_cache: bool = False
 
@@ -93,12 +98,27 @@ class Kernel:
         self.name = self.name or getattr(self.pyfunc, "__name__", self.op.lower())
 
     @property
+    def key(self) -> str:
+        """'OP:name', how warm-up workers and cost tables name this kernel."""
+        return f"{self.op}:{self.name}"
+
+    def guarded(self) -> tuple:
+        """(the guarded function the cfunc compiles, whether it can be disk-cached)."""
+        if self._wrapper is None:
+            self._wrapper = _guarded(self.pyfunc)
+        return self._wrapper
+
+    @property
+    def cacheable(self) -> bool:
+        return self.guarded()[1]
+
+    @property
     def cfunc(self):
         if self._cfunc is None:
             with _compile_lock:                  # numba compiles one thing at a time anyway
                 if self._cfunc is None:
                     t0 = time.perf_counter()
-                    fn, cache = _guarded(self.pyfunc)
+                    fn, cache = self.guarded()
                     cf = numba.cfunc(KERNEL_SIG, cache=cache)(fn)
                     self.compile_seconds = time.perf_counter() - t0
                     self.from_cache = bool(getattr(cf, "cache_hits", 0))
@@ -113,6 +133,26 @@ class Kernel:
     @property
     def compiled(self) -> bool:
         return self._cfunc is not None
+
+    def in_disk_cache(self) -> Optional[bool]:
+        """Would the cfunc load from Numba's disk cache instead of compiling? Checked without
+        compiling: the cache index (whose source stamp must match the module's current
+        source) has an entry for this signature, CPU and bytecode, and its data file exists.
+        None when it cannot tell (Numba's cache internals changed); False when not cacheable."""
+        fn, cache = self.guarded()
+        if not cache:
+            return False
+        try:                                   # numba.cfunc's own steps, minus compile()
+            from numba.core import sigutils
+            from numba.core.ccallback import CFunc
+            cf = CFunc(fn, sigutils.normalize_signature(KERNEL_SIG), locals={}, options={})
+            cf.enable_caching()
+            files = cf._cache._cache_file
+            key = cf._cache._index_key(cf._sig, cf._targetdescr.target_context.codegen())
+            name = files._load_index().get(key)
+            return name is not None and os.path.isfile(files._data_path(name))
+        except Exception:                      # private API: degrade to "unknown"
+            return None
 
 
 @dataclass(eq=False)

@@ -1,0 +1,519 @@
+"""Parallel warm-up of the Numba kernels: compile cold kernels in worker processes that fill
+Numba's disk cache, then load them here from the cache (`pyggml warmup`, `pyggml demo`).
+
+Why processes: a cold compile holds the GIL (threads do not help) and costs seconds per
+kernel, about a minute for a model's set and two for all kernels on one core. Workers are
+fresh interpreters (`subprocess`, never fork: the executor pool may already have threads).
+
+    report = warm(kernels, jobs=2)     # kernels: Kernel objects, 'OP:name' keys, or None = all
+
+Only kernels that are neither compiled in this process nor found in the disk cache
+(`Kernel.in_disk_cache()`, checked without compiling) go to workers; a warm cache starts no
+process. Work is balanced longest first: kernels are grouped by module (they share helper
+functions, which a worker then compiles once) and the groups are handed out biggest first
+to whichever worker is free, estimated from COSTS (seconds, measured with
+`pyggml warmup --measure`). Modules of many small kernels are cut into chunks.
+
+Safety: Numba saves a function's cache as index file + data file, each written to a temp
+file then os.replace()d (readers never see a torn file), but saving is read-index, add
+entry, write-index: two processes saving different signatures of one shared helper at the
+same time lose one index entry, or both write entry number 1 (the index of one then names
+the other's code). Workers therefore hold an exclusive lock on a lock file around each
+save. Anything that fails (a worker dies, hangs, reports an error, no fcntl) leaves those
+kernels cold, and they are compiled here as before: warm-up can only save time.
+
+Worker protocol (one line each way): the parent writes 'OP:name' keys on stdin; the worker
+answers one JSON line per key on its original stdout (stray output goes to stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from ...errors import GGMLError
+
+EXECUTOR = "executor"          # pseudo-key: the executor's njit loop (executor.warm_up)
+JOB_TIMEOUT = 900.0            # seconds without an answer before a worker is killed
+MIN_PARALLEL_SECONDS = 3.0     # below this estimate a worker's start-up is not worth it
+SPLIT_MIN_KERNELS = 4          # modules with fewer kernels share too much to be cut
+
+# Seconds to compile each kernel (or, for the first of a module, with the helpers it
+# shares) in one process on one core: a cold `pyggml warmup --measure` on the 2-core dev box.
+COSTS = {
+    EXECUTOR: 0.8,
+    "FLASH_ATTN_EXT:flash_attn_ext_kernel": 19.0,
+    "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel": 6.4,
+    "CONT:copy_elements": 1.8, "CONT:copy_blocks": 7.8,
+    "MUL_MAT:mul_mat": 7.5, "MUL_MAT_ID:mul_mat_id": 1.5, "OUT_PROD:out_prod": 1.4,
+    "ADD:k_add_quant": 2.8, "ADD:k_add": 1.6, "GEGLU:k_geglu": 2.0, "SWIGLU:k_swiglu": 1.8,
+    "MUL:k_mul": 1.4, "REGLU:k_reglu": 1.2, "SIGMOID:k_sigmoid": 1.2, "SILU:k_silu": 1.2,
+    "SWIGLU_OAI:k_swiglu_oai": 1.2, "GEGLU_ERF:k_geglu_erf": 1.0,
+    "ROPE:rope_fwd": 2.9, "ROPE_BACK:rope_back": 0.5,
+    "GET_ROWS:get_rows": 1.4, "SET_ROWS:set_rows": 1.4, "GET_ROWS_BACK:get_rows_back": 0.4,
+    "RMS_NORM:rms_norm_f32": 1.2, "SOFT_MAX:soft_max_f32": 2.0, "ARGSORT:argsort": 1.6,
+    "SSM_SCAN:ssm_scan": 1.2, "UPSCALE:upscale": 1.0,
+}
+DEFAULT_COST = 0.7             # most elementwise/shape kernels: 0.2 - 1 s
+
+
+def cost(key: str) -> float:
+    return COSTS.get(key, DEFAULT_COST)
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class WarmupError(GGMLError, ValueError):
+    """A misuse of the warm-up API (unknown kernel key, bad job count)."""
+
+
+# --- which kernels ---------------------------------------------------------------------------
+
+def all_kernels(table: dict = None) -> list:
+    """Every kernel variant of the table (default: the backend's KERNELS), each once."""
+    from .kernels import KERNELS
+    out = {}
+    for entry in (KERNELS if table is None else table).values():
+        for k in entry.variants:
+            out.setdefault(k.key, k)
+    return list(out.values())
+
+
+def resolve(kernels: Optional[Iterable] = None) -> list:
+    """Kernel objects from Kernels and/or 'OP:name' keys (None: all), duplicates dropped."""
+    if kernels is None:
+        return all_kernels()
+    by_key = None
+    out = {}
+    for k in kernels:
+        if isinstance(k, str):
+            if by_key is None:
+                by_key = {x.key: x for x in all_kernels()}
+            if k not in by_key:
+                raise WarmupError(f"warm-up: no kernel {k!r} (keys are 'OP:name', e.g. "
+                                  f"'MUL_MAT:mul_mat'; `pyggml warmup --list` shows them)")
+            k = by_key[k]
+        out.setdefault(k.key, k)
+    return list(out.values())
+
+
+def graph_kernels(graphs, table: dict = None) -> list:
+    """The kernel variants that would run the computed nodes of the graphs on the backend."""
+    from .kernels import lookup
+    from ...sched.plan import is_computed
+    out = {}
+    for gf in graphs:
+        for node in gf.nodes:
+            if is_computed(node):
+                k = lookup(node, table)
+                if k is not None:
+                    out.setdefault(k.key, k)
+    return list(out.values())
+
+
+def cold(kernels: Iterable) -> list:
+    """Kernels neither compiled in this process nor loadable from the disk cache (a kernel
+    whose state cannot be told is left to the ordinary lazy path)."""
+    return [k for k in kernels if not k.compiled and k.cacheable and k.in_disk_cache() is False]
+
+
+# --- balancing -------------------------------------------------------------------------------
+
+def plan_units(keys_by_module: dict, jobs: int) -> list:
+    """Work units (lists of keys, each compiled in order by one worker), biggest first.
+
+    A module stays one unit (its kernels share helpers) unless it has many kernels and is
+    bigger than a fair chunk: then it is cut into consecutive chunks of about that size."""
+    total = sum(cost(k) for keys in keys_by_module.values() for k in keys)
+    chunk = max(total / max(jobs, 1) / 2, 1e-9)
+    units = []
+    for keys in keys_by_module.values():
+        size = sum(cost(k) for k in keys)
+        n = math.ceil(size / chunk) if len(keys) >= SPLIT_MIN_KERNELS else 1
+        if n <= 1:
+            units.append(list(keys))
+            continue
+        per, cur, acc = size / n, [], 0.0
+        for k in keys:
+            cur.append(k)
+            acc += cost(k)
+            if acc >= per:
+                units.append(cur)
+                cur, acc = [], 0.0
+        if cur:
+            units.append(cur)
+    units.sort(key=lambda u: -sum(cost(k) for k in u))
+    return units
+
+
+def _by_module(kernels: list) -> dict:
+    out = {}
+    for k in kernels:
+        out.setdefault(getattr(k.pyfunc, "__module__", "?"), []).append(k.key)
+    return out
+
+
+# --- the parent side -------------------------------------------------------------------------
+
+@dataclass
+class WarmReport:
+    requested: int = 0                               # kernels asked for
+    cold: list = field(default_factory=list)         # keys found cold
+    compiled: dict = field(default_factory=dict)     # key -> seconds, in a worker
+    worker_of: dict = field(default_factory=dict)    # key -> worker number
+    here: dict = field(default_factory=dict)         # key -> seconds, cold, compiled here
+    loaded: dict = field(default_factory=dict)       # key -> seconds loading here
+    errors: list = field(default_factory=list)       # what went wrong in workers
+    failed: dict = field(default_factory=dict)       # key -> error: not ready (compile error)
+    jobs: int = 0                                    # worker processes started
+    seconds: float = 0.0                             # wall time of warm()
+
+    @property
+    def parallel_seconds(self) -> float:
+        return sum(self.compiled.values())
+
+
+def _worker_argv(lock_path: str) -> list:
+    return [sys.executable, "-c",
+            "from pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
+            lock_path]
+
+
+def _worker_env() -> dict:
+    import numba
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["pyggml"].__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    if numba.config.CACHE_DIR:                        # also when set in-process, not by env
+        env["NUMBA_CACHE_DIR"] = numba.config.CACHE_DIR
+    return env
+
+
+class _Worker:
+    """One worker process and the parent thread that feeds it units from the shared queue."""
+
+    def __init__(self, num: int, lock_path: str, queue: list, qlock: threading.Lock,
+                 report: WarmReport, log: Callable, timeout: float):
+        self.num, self.queue, self.qlock = num, queue, qlock
+        self.report, self.log, self.timeout = report, log, timeout
+        self.errfile = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(_worker_argv(lock_path), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self.errfile,
+                                         env=_worker_env(), text=True, bufsize=1)
+        except BaseException:
+            self.errfile.close()
+            raise
+        self.deadline = time.monotonic() + timeout   # start-up counts as a job
+        self.busy_with = "start-up"
+        self.killed = False
+        self.thread = threading.Thread(target=self._run, name=f"warmup-{num}", daemon=True)
+        self.thread.start()
+
+    def _answer(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise EOFError("worker exited")
+            if line.startswith("{"):       # anything printed before the worker took fd 1: skip
+                return json.loads(line)
+
+    def _run(self) -> None:
+        unit, i = [], 0
+        try:
+            self._answer()                               # {"ready": seconds}
+            while True:
+                with self.qlock:
+                    unit = self.queue.pop(0) if self.queue else None
+                if unit is None:
+                    break
+                for i, key in enumerate(unit):
+                    self.busy_with, self.deadline = key, time.monotonic() + self.timeout
+                    self.proc.stdin.write(key + "\n")
+                    self.proc.stdin.flush()
+                    r = self._answer()
+                    if "error" in r:
+                        self.report.errors.append(f"worker {self.num}: {key}: {r['error']}")
+                        continue                          # compiled here later
+                    self.report.compiled[key] = r["seconds"]
+                    self.report.worker_of[key] = self.num
+                    self.log(f"  {key:<62} {r['seconds']:6.1f} s  (worker {self.num})")
+        except (EOFError, OSError, ValueError) as e:   # died, hung (killed) or garbled
+            self.report.errors.append(f"worker {self.num} failed during {self.busy_with}: "
+                                      f"{type(e).__name__}: {e}{self._stderr_tail()}")
+            if unit and unit[i + 1:]:                  # the rest of its unit: other workers
+                with self.qlock:
+                    self.queue.insert(0, unit[i + 1:])
+        finally:
+            self.busy_with = None
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def _stderr_tail(self) -> str:
+        try:
+            self.errfile.seek(0)
+            tail = self.errfile.read().decode(errors="replace").strip().splitlines()[-3:]
+        except OSError:
+            tail = []
+        return ("; stderr: " + " | ".join(tail)) if tail else ""
+
+    def overdue(self) -> bool:
+        return self.busy_with is not None and not self.killed and \
+            time.monotonic() > self.deadline
+
+    def kill(self) -> None:
+        self.killed = True
+        self.proc.kill()
+
+    def close(self) -> None:
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.errfile.close()
+
+
+def _parallel_ok() -> bool:
+    try:
+        import fcntl  # noqa: F401   (the save lock)
+    except ImportError:
+        return False
+    return True
+
+
+def compile_in_workers(keys_by_module: dict, jobs: int, report: WarmReport, log: Callable,
+                       timeout: float = JOB_TIMEOUT) -> None:
+    """Compile the keys into the disk cache in `jobs` worker processes (failures are recorded
+    in report.errors and simply leave those kernels cold)."""
+    units = plan_units(keys_by_module, jobs)
+    jobs = max(1, min(jobs, len(units)))
+    queue, qlock = list(units), threading.Lock()
+    fd, lock_path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
+    os.close(fd)
+    workers = []
+    try:
+        for i in range(jobs):
+            try:
+                workers.append(_Worker(i + 1, lock_path, queue, qlock, report, log, timeout))
+            except OSError as e:
+                report.errors.append(f"worker {i + 1} did not start: {e}")
+        report.jobs = len(workers)
+        while any(w.thread.is_alive() for w in workers):
+            for w in workers:
+                w.thread.join(0.2)
+                if w.overdue():
+                    report.errors.append(f"worker {w.num}: no answer for {w.busy_with} "
+                                         f"within {timeout:.0f} s: killed")
+                    w.kill()
+    finally:
+        for w in workers:                      # normally done; Ctrl-C or an error: stop them
+            if w.proc.poll() is None and w.thread.is_alive():
+                w.kill()
+            w.close()
+        os.unlink(lock_path)
+
+
+def warm(kernels: Optional[Iterable] = None, jobs: Optional[int] = None,
+         log: Optional[Callable] = None, timeout: float = JOB_TIMEOUT,
+         executor: bool = True, min_seconds: float = MIN_PARALLEL_SECONDS) -> WarmReport:
+    """Make the kernels ready in this process: cold ones compiled in `jobs` worker processes
+    (default: usable cores; 1 compiles here), then all of them loaded here from the cache.
+
+    Workers start only when the cold kernels' estimated compile time is at least
+    `min_seconds`. `executor` also warms the executor loop. `log(line)` receives progress
+    lines. A kernel that does not compile is listed in report.failed (and raises at its
+    first use, as without warm-up). Returns a WarmReport."""
+    t0 = time.perf_counter()
+    log = log or (lambda line: None)
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise WarmupError(f"warm-up: jobs must be >= 1, got {jobs}")
+    ks = resolve(kernels)
+    report = WarmReport(requested=len(ks))
+    todo = [k for k in ks if not k.compiled]
+    report.cold = [k.key for k in cold(todo)]
+    cold_keys = set(report.cold)
+    est = sum(cost(key) for key in report.cold)
+    from . import executor as ex
+    executor = executor and not ex._warm
+    registered = {k.key: k for k in all_kernels()}     # what a worker can find by key
+    mine = [k for k in todo if k.key in cold_keys and registered.get(k.key) is k]
+    if mine and jobs > 1 and est >= min_seconds and _parallel_ok():
+        mods = _by_module(mine)
+        if executor:
+            mods[EXECUTOR] = [EXECUTOR]
+        log(f"compiling {len(report.cold)} cold kernels in up to {jobs} processes "
+            f"(about {est:.0f} s of compile on one core)")
+        compile_in_workers(mods, jobs, report, log, timeout)
+    for k in todo:                                 # load; what no worker compiled compiles here
+        try:
+            k.address
+        except Exception as e:                     # noqa: BLE001  raised again at first use
+            report.failed[k.key] = f"{type(e).__name__}: {e}"
+            log(f"  {k.key:<62} failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        if k.key in cold_keys and not k.from_cache:
+            report.here[k.key] = k.compile_seconds
+            log(f"  {k.key:<62} {k.compile_seconds:6.1f} s  (here)")
+        else:
+            report.loaded[k.key] = k.compile_seconds
+    if executor:
+        ex.warm_up()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# --- the worker side -------------------------------------------------------------------------
+
+def _lock_cache_saves(lock_path: str) -> None:
+    """Make Numba's read-modify-write of a cache index atomic between warm-up workers."""
+    import fcntl
+    from numba.core import caching
+    save = caching.IndexDataCacheFile.save
+
+    def locked_save(self, key, data):
+        with open(lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
+            return save(self, key, data)
+
+    caching.IndexDataCacheFile.save = locked_save
+
+
+def worker_main(argv=None) -> None:
+    """Entry point of a worker process (see the module doc for the protocol)."""
+    argv = sys.argv[1:] if argv is None else argv
+    t0 = time.perf_counter()
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)                                  # stray prints must not reach the protocol
+    _lock_cache_saves(argv[0])
+    table = {k.key: k for k in all_kernels()}
+
+    def send(rec):
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+
+    send({"ready": time.perf_counter() - t0})
+    for line in sys.stdin:
+        key = line.strip()
+        if not key:
+            break
+        t = time.perf_counter()
+        try:
+            if key == EXECUTOR:
+                from . import executor
+                executor.warm_up()
+            else:
+                table[key].address
+            send({"key": key, "seconds": time.perf_counter() - t})
+        except Exception as e:                     # noqa: BLE001  reported, compiled by the parent
+            send({"key": key, "error": f"{type(e).__name__}: {e}"})
+
+
+# --- `pyggml warmup` -------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pyggml warmup",
+        description="Compile the Numba backend's kernels into Numba's disk cache, in parallel "
+                    "processes (a fresh checkout otherwise compiles them one by one on first "
+                    "use). Kernels already in the cache are only loaded.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every kernel (the default)")
+    which.add_argument("--demo", action="store_true", help="the kernels `pyggml demo` runs")
+    which.add_argument("--kernels", nargs="+", metavar="OP:name", help="these kernels")
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help="worker processes (default: usable cores; 1: compile in this process)")
+    p.add_argument("--check", action="store_true",
+                   help="only report which kernels are cold (exit status 1 if any)")
+    p.add_argument("--list", action="store_true", help="list kernel keys and cache state")
+    p.add_argument("--measure", action="store_true",
+                   help="time every kernel's cold compile in one fresh process with an empty "
+                        "cache (refreshes the COSTS table of warmup.py)")
+    p.add_argument("--quiet", action="store_true", help="only the summary line")
+    return p
+
+
+def _cache_where() -> str:
+    import numba
+    return numba.config.CACHE_DIR or "__pycache__ next to the kernel modules"
+
+
+def _measure(ks: list, log: Callable) -> dict:
+    """Compile ks in order in one worker with an empty temporary cache: {key: seconds}."""
+    import numba
+    saved = numba.config.CACHE_DIR
+    with tempfile.TemporaryDirectory(prefix="pyggml-measure-") as d:
+        numba.config.CACHE_DIR = d
+        try:
+            report = WarmReport()
+            compile_in_workers({"": [k.key for k in ks] + [EXECUTOR]}, 1, report, log)
+        finally:
+            numba.config.CACHE_DIR = saved
+    if report.errors:
+        raise WarmupError("warm-up --measure: " + "; ".join(report.errors))
+    return report.compiled
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.demo:
+            from ...models.demo import demo_kernels
+            ks = demo_kernels()
+        else:
+            ks = resolve(args.kernels)
+        if args.jobs is not None and args.jobs < 1:
+            raise WarmupError(f"warm-up: -j must be >= 1, got {args.jobs}")
+        if args.list or args.check:
+            states = {k.key: k.in_disk_cache() for k in ks}
+            if args.list:
+                for key, st in states.items():
+                    print(f"{key:<62} {'cached' if st else 'cold' if st is False else '?'}")
+            n_cold = sum(st is False for st in states.values())
+            print(f"{n_cold} of {len(ks)} kernels cold in {_cache_where()}")
+            return 1 if args.check and n_cold else 0
+        if args.measure:
+            times = _measure(ks, print if not args.quiet else (lambda s: None))
+            print("COSTS = {")
+            for key, s in sorted(times.items(), key=lambda kv: -kv[1]):
+                print(f"    {key!r}: {s:.1f},")
+            print("}")
+            return 0
+        log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+        r = warm(ks, args.jobs, log=log)
+    except GGMLError as e:
+        print(f"pyggml warmup: {e}", file=sys.stderr)
+        return 1
+    for e in r.errors:
+        print(f"warning: {e}", file=sys.stderr)
+    for key, e in r.failed.items():
+        print(f"error: {key} does not compile: {e}", file=sys.stderr)
+    if not r.cold:
+        print(f"all {r.requested} kernels were in the cache ({_cache_where()}); "
+              f"loaded in {r.seconds:.1f} s")
+        return 1 if r.failed else 0
+    how = f"in {r.jobs} processes" if r.jobs else "in this process"
+    print(f"compiled {len(r.cold)} of {r.requested} kernels {how} in {r.seconds:.1f} s wall "
+          f"({r.parallel_seconds + sum(r.here.values()):.1f} s of compile"
+          + (f", {len(r.here)} here after a worker failure" if r.jobs and r.here else "")
+          + (f"; loading {len(r.loaded)} here took {sum(r.loaded.values()):.1f} s"
+             if r.loaded else "")
+          + f"); cache: {_cache_where()}")
+    return 1 if r.failed else 0
