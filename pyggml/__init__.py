@@ -9,6 +9,9 @@ The API is ggml.h's, flat, without the ggml_ prefix:
 """
 from __future__ import annotations
 
+from ._numba_cache import configure as _configure_numba_cache
+_configure_numba_cache()           # before any Numba function exists (see _numba_cache.py)
+
 from .errors import (GGMLError, ShapeError, TypeError_, ParamError, ContextMemoryError,  # noqa: F401
                      DataError, GraphError, ComputeError, UnsupportedError)
 from .types import *  # noqa: F401,F403  (GGMLType, TYPE_* constants, type facts)

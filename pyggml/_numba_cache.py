@@ -1,0 +1,77 @@
+"""Where Numba keeps pyggml's compiled kernels: a directory keyed by pyggml's Numba sources.
+
+Numba's disk cache (cache=True) revalidates an entry only against the source file of the
+function it compiled. pyggml's kernels inline code from other files (kernels/simd.py's LLVM
+intrinsics, quants/nb.py, the descriptor accessors): after an edit or an upgrade that
+changes only those files, Numba would load stale machine code. So unless the user chose a
+directory (NUMBA_CACHE_DIR), the cache lives in PYGGML_CACHE_DIR (default
+~/.cache/pyggml/numba) under a hash of every pyggml source file that mentions numba: any
+change to them starts a fresh cache. The directory is exported as NUMBA_CACHE_DIR, so the
+warm-up's worker processes (backends/numba_cpu/warmup.py) and Numba's own config reloads
+agree on it. Old directories unused for a week are removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+PKG = Path(__file__).resolve().parent
+KEEP_SECONDS = 7 * 24 * 3600
+
+
+def source_key(pkg: Path = PKG) -> str:
+    """Hash of the package's files that use Numba (path and content)."""
+    h = hashlib.sha256()
+    for p in sorted(pkg.rglob("*.py")):
+        b = p.read_bytes()
+        if b"numba" in b:
+            h.update(p.relative_to(pkg).as_posix().encode() + b"\0" + b)
+    return h.hexdigest()[:16]
+
+
+def default_base() -> str:
+    if os.environ.get("PYGGML_CACHE_DIR"):
+        return os.environ["PYGGML_CACHE_DIR"]
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "pyggml", "numba")
+
+
+def configure() -> Optional[str]:
+    """Point Numba's cache at the source-keyed directory (unless NUMBA_CACHE_DIR is set);
+    returns the directory in use, or None when Numba's default (__pycache__) stays."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    base = default_base()
+    path = os.path.join(base, source_key())
+    try:
+        os.makedirs(path, exist_ok=True)
+        os.utime(path)                       # marks it in use (see _prune)
+    except OSError:                          # read-only home: Numba's default location
+        return None
+    os.environ["NUMBA_CACHE_DIR"] = path
+    cfg = sys.modules.get("numba.core.config")
+    if cfg is not None:                      # numba imported before pyggml
+        cfg.CACHE_DIR = path
+    _prune(base, keep=path)
+    return path
+
+
+def _prune(base: str, keep: str) -> None:
+    now = time.time()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for e in entries:
+        if e.path == keep or len(e.name) != 16 or not e.is_dir():
+            continue
+        try:
+            if now - e.stat().st_mtime > KEEP_SECONDS:
+                shutil.rmtree(e.path, ignore_errors=True)
+        except OSError:
+            pass
