@@ -23,3 +23,13 @@ def leaf(ctx, type, ne, name=None):
 
 def case(op, vars, build, **kw) -> Case:
     return Case(op, dict(vars), build, **kw)
+
+
+def unique(cases):
+    """Drop repeated case strings (ggml's grids list a few cases twice), keeping the first."""
+    seen, out = set(), []
+    for c in cases:
+        if str(c) not in seen:
+            seen.add(str(c))
+            out.append(c)
+    return out

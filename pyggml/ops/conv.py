@@ -52,15 +52,6 @@ def _gather(x, oh, ow, kh, kw, s1, s0, p1, p0, d1, d0):
     return g * mask
 
 
-def _unique(cases):
-    """Drop repeated case strings (ggml's grids list a few cases twice), keeping the first."""
-    seen, out = set(), []
-    for c in cases:
-        if str(c) not in seen:
-            seen.add(str(c))
-            out.append(c)
-    return out
-
 
 def _need_pos(op, **vals):
     for k, v in vals.items():
@@ -378,7 +369,7 @@ def _conv_t1d_cases():
     add((3, 2, 1, 1), (3, 2, 2, 1), 1)
     add((3, 2, 1, 1), (3, 1, 2, 1), 1)
     add((2, 1, 1, 1), (3, 1, 1, 1), 1)
-    return _unique(out)
+    return cc.unique(out)
 
 
 def _conv_t1d_work(node, n):

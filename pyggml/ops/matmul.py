@@ -281,15 +281,6 @@ _SLOW_MACS = 20_000_000
 _SLOW_ELEMS = 1_100_000
 
 
-def _unique(cases):
-    """ggml's grids repeat a few cases (e.g. f32 m=1 n=64 twice); keep the first of each."""
-    seen, out = set(), []
-    for c in cases:
-        if str(c) not in seen:
-            seen.add(str(c))
-            out.append(c)
-    return out
-
 
 def _slow(macs, elems):
     return ("slow",) if macs > _SLOW_MACS or elems > _SLOW_ELEMS else ()
@@ -434,7 +425,7 @@ def _mul_mat_cases():
         add(_mm_case(ta, "f32", 40, 37, 2 * k, (1, 2), (3, 1)))
     add(_mm_case("bf16", "bf16", 16, 5, 256, (3, 2), (2, 1)))
     add(_mm_case("bf16", "bf16", 48, 33, 80, (1, 1), (1, 1), (0, 2, 1, 3)))
-    return _unique(out)
+    return cc.unique(out)
 
 
 def _mmid_case(type_a, type_b, n_mats, n_used, b, m, n, k, tags=()):
@@ -488,7 +479,7 @@ def _mul_mat_id_cases():
     for ta in _OTHER_TYPES:
         for n in (1, 32):
             add(_mmid_case(ta, "f32", 4, 2, False, 512, n, 256))
-    return _unique(out)
+    return cc.unique(out)
 
 
 def _op_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), trans_b=False, tags=()):
@@ -534,4 +525,4 @@ def _out_prod_cases():
     for ta in ("f32", "f16", "q4_0", "q5_1"):
         add(_op_case(ta, "f32", 64, 7, 13, (2, 1), (2, 1), True))
         add(_op_case(ta, "f32", 96, 5, 33, (1, 2), (1, 1)))
-    return _unique(out)
+    return cc.unique(out)

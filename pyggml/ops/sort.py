@@ -24,15 +24,6 @@ _F32, _I32 = GGMLType.F32, GGMLType.I32
 _F32_ONLY = (_F32,)
 
 
-def _unique(cases):
-    """Drop repeated case strings (ggml's grid lists a few cases twice), keeping the first."""
-    seen, out = set(), []
-    for c in cases:
-        if str(c) not in seen:
-            seen.add(str(c))
-            out.append(c)
-    return out
-
 
 # --- ARGSORT -----------------------------------------------------------------------------------
 
@@ -206,7 +197,7 @@ def _top_k_cases():
         add((16384, 1, 1, 1), k, slow=True)
         for n in (2047, 2048, 2049):
             add((n, 2, 1, 3), k, slow=True)
-    return _unique(out)
+    return cc.unique(out)
 
 
 TOP_K = register(OpDef(

@@ -200,6 +200,14 @@ def _score_group(scp, mvp, o, b, gn, x0, x1, x2, x3, scale, softcap):
 
 # --- one tile over a key range of one segment ----------------------------------------------------
 
+@_jit_inline
+def _group_rows(base, j, gn, nb1):
+    """Addresses of the KG rows of the key group starting at key j (gn of them real: the
+    rest repeat the last, so a 4-key product never reads past the keys)."""
+    return (base + j * nb1, base + (j + min(1, gn - 1)) * nb1,
+            base + (j + min(2, gn - 1)) * nb1, base + (j + min(3, gn - 1)) * nb1)
+
+
 @_jit
 def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, va, vnb1, vnb2,
                vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin, j_end,
@@ -297,10 +305,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                         sc[r * KB + g0 + u] = NEG_INF
                 continue
             if k_direct:    # rows read in place; keys nobody sees are read too, then masked
-                k0 = kbase + (j0 + g0) * knb1
-                k1 = kbase + (j0 + g0 + min(1, gn - 1)) * knb1
-                k2 = kbase + (j0 + g0 + min(2, gn - 1)) * knb1
-                k3 = kbase + (j0 + g0 + min(3, gn - 1)) * knb1
+                k0, k1, k2, k3 = _group_rows(kbase, j0 + g0, gn, knb1)
             else:
                 for u in range(KG):
                     if u < gn and cv[g0 + u] != 0:
@@ -394,10 +399,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
             if n_vis == 0:
                 continue
             if v_direct:
-                v0 = vbase + (j0 + g0) * vnb1
-                v1 = vbase + (j0 + g0 + min(1, gn - 1)) * vnb1
-                v2 = vbase + (j0 + g0 + min(2, gn - 1)) * vnb1
-                v3 = vbase + (j0 + g0 + min(3, gn - 1)) * vnb1
+                v0, v1, v2, v3 = _group_rows(vbase, j0 + g0, gn, vnb1)
             else:
                 for u in range(gn):
                     if cv[g0 + u] != 0:
