@@ -387,3 +387,27 @@ def test_kernel_table_entries():
         assert KERNELS[op].variants, op
     k = KERNELS["CPY"].variants[0]
     assert k.address == k.address != 0                  # compiled once, stable address
+
+
+def test_a_kernel_that_does_not_compile_is_a_ggml_error():
+    """A kernel Numba cannot compile fails the compute with a ComputeError naming it."""
+    import numpy as np
+    import pyggml as gg
+    from pyggml.backends.numba_cpu import kernels as K
+
+    def broken(desc, ith, nth):
+        no_such_function(desc)  # noqa: F821
+
+    k = K.make_kernel("SCALE", broken)
+    K.KERNELS["SCALE"].variants.insert(0, k)
+    try:
+        ctx = gg.init(mem_size=1 << 20)
+        y = gg.scale(ctx, gg.from_numpy(ctx, np.ones((2, 32), np.float32)), 2.0)
+        gf = gg.new_graph(ctx)
+        gg.build_forward_expand(gf, y)
+        be = gg.backend_numba_init(1)
+        with pytest.raises(gg.ComputeError, match="SCALE:broken.*no_such_function"):
+            be.graph_compute(gf)
+        be.free()
+    finally:
+        K.KERNELS["SCALE"].variants.remove(k)

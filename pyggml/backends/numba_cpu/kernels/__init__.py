@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import numba
 from numba import types
 
+from ....errors import ComputeError
 from ..desc import ERR_EXCEPTION, set_error
 
 KERNEL_SIG = types.void(types.CPointer(types.int64), types.int64, types.int64)
@@ -119,7 +120,12 @@ class Kernel:
                 if self._cfunc is None:
                     t0 = time.perf_counter()
                     fn, cache = self.guarded()
-                    cf = numba.cfunc(KERNEL_SIG, cache=cache)(fn)
+                    try:
+                        cf = numba.cfunc(KERNEL_SIG, cache=cache)(fn)
+                    except Exception as e:   # a kernel that does not compile: name it
+                        why = " ".join(str(e).split())[:600]
+                        raise ComputeError(f"numba kernel {self.op}:{self.name} failed to "
+                                           f"compile ({type(e).__name__}: {why})") from e
                     self.compile_seconds = time.perf_counter() - t0
                     self.from_cache = bool(getattr(cf, "cache_hits", 0))
                     self._cfunc = cf
