@@ -118,6 +118,19 @@ def _hsum4(builder, a):
     return [builder.extract_element(s, ir.Constant(i32, u)) for u in range(4)]
 
 
+def _pmadd_fns(mod):
+    """ggml's AVX2 integer-dot pair: pmaddubsw (u8 x i8 -> pairs summed to i16) and
+    pmaddwd (i16 pairs -> i32)."""
+    i8x32 = ir.VectorType(ir.IntType(8), 32)
+    i16x16 = ir.VectorType(ir.IntType(16), 16)
+    i32x8 = ir.VectorType(ir.IntType(32), 8)
+    f1 = cgutils.get_or_insert_function(mod, ir.FunctionType(i16x16, [i8x32, i8x32]),
+                                        "llvm.x86.avx2.pmadd.ub.sw")
+    f2 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32x8, [i16x16, i16x16]),
+                                        "llvm.x86.avx2.pmadd.wd")
+    return f1, f2
+
+
 @intrinsic
 def _dot_q8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, nb):
     """One q row (8-bit blocks) against 4 consecutive K rows (8-bit blocks, rows nb*32 bytes
@@ -131,14 +144,10 @@ def _dot_q8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, nb):
         i64 = ir.IntType(64)
         i8x32 = ir.VectorType(ir.IntType(8), 32)
         i16x16 = ir.VectorType(ir.IntType(16), 16)
-        i32x8 = ir.VectorType(ir.IntType(32), 8)
         f32x8 = ir.VectorType(ir.FloatType(), 8)
         a64 = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
         mod = builder.module
-        f1 = cgutils.get_or_insert_function(mod, ir.FunctionType(i16x16, [i8x32, i8x32]),
-                                            "llvm.x86.avx2.pmadd.ub.sw")
-        f2 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32x8, [i16x16, i16x16]),
-                                            "llvm.x86.avx2.pmadd.wd")
+        f1, f2 = _pmadd_fns(mod)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(f32x8, None)) for _ in range(4)]
         zero = ir.Constant(i8x32, None)
         ones = ir.Constant(i16x16, [1] * 16)
@@ -194,16 +203,12 @@ def _dot_u8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, kcaddr, qsaddr, nb
         i64 = ir.IntType(64)
         i8x32 = ir.VectorType(ir.IntType(8), 32)
         i16x16 = ir.VectorType(ir.IntType(16), 16)
-        i32x8 = ir.VectorType(ir.IntType(32), 8)
         f32 = ir.FloatType()
         f32x8 = ir.VectorType(f32, 8)
         a64 = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
         kaddr_, qaddr_, kdaddr_, qdaddr_, kcaddr_, qsaddr_, nb_ = a64
         mod = builder.module
-        f1 = cgutils.get_or_insert_function(mod, ir.FunctionType(i16x16, [i8x32, i8x32]),
-                                            "llvm.x86.avx2.pmadd.ub.sw")
-        f2 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32x8, [i16x16, i16x16]),
-                                            "llvm.x86.avx2.pmadd.wd")
+        f1, f2 = _pmadd_fns(mod)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(f32x8, None)) for _ in range(4)]
         cors = [cgutils.alloca_once_value(builder, ir.Constant(f32, 0.0)) for _ in range(4)]
         ones = ir.Constant(i16x16, [1] * 16)
