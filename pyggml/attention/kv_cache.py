@@ -1,8 +1,9 @@
 """KV caches for decoding: the mixed hot F16 + cold quantized cache, and a plain F16 cache.
 
 Layout is llama.cpp's: per layer one K and one V tensor of rows [head_dim * n_head_kv], one
-row per token, so a 32-token block of the hot ring is one contiguous 2-D view and moves to
-the cold store with a single CPY (quantizing, inside the graph). Attention sees the stores
+row per token, so a 32-token block of the hot ring moves to the cold store as 32 rows: a
+get_rows of the hot rows and a set_rows into the cold store (quantizing, inside the graph;
+the row ids are inputs, so every step that moves a block shares one graph). Attention sees the stores
 through 3-D views [head_dim, n_tokens, n_head_kv].
 
 MixedKVCache keeps the most recent tokens in a hot F16 ring. When an append would take the
@@ -201,7 +202,7 @@ class MixedKVCache(_CacheBase):
         pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
         self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed)
         self._inputs, self._ids = [], None
-        self._masks = None
+        self._masks = self._moves_in = None
         return self.step
 
     def _cold_view(self) -> int:
@@ -210,24 +211,45 @@ class MixedKVCache(_CacheBase):
     def graph_key(self) -> tuple:
         """What this step's graph depends on (see the module doc: graph reuse)."""
         st = self._need_step()
-        return (st.n_tokens, tuple(st.moves), self._cold_view())
+        return (st.n_tokens, len(st.moves), self._cold_view())
+
+    def _move_rows(self) -> tuple:
+        """(hot slots, cold rows) of this step's block moves, oldest first."""
+        st = self._need_step()
+        src = np.concatenate([s + np.arange(BLOCK) for s, _ in st.moves])
+        dst = np.concatenate([c + np.arange(BLOCK) for _, c in st.moves])
+        return src, dst
+
+    def _move_ids(self, ctx):
+        """Row-id inputs of the moves (shared by every layer): I32 for get_rows, I64 for
+        set_rows."""
+        if self._moves_in is None:
+            n = len(self._need_step().moves) * BLOCK
+            self._moves_in = (
+                self._input(ctx, GGMLType.I32, n, 0, lambda t: self._move_rows()[0], "kv_move_src"),
+                self._input(ctx, GGMLType.I64, n, 0, lambda t: self._move_rows()[1], "kv_move_dst"))
+        return self._moves_in
 
     # --- graph building ----------------------------------------------------------------------
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         """Moves (hot -> cold, quantizing) then writes of this step's K/V, in graph order.
 
         k_cur: [head_dim, n_head_kv, n_tokens] (or any shape of the same rows), v_cur alike."""
-        from ..ops.copy import cpy
-        from ..ops.view import view_2d, reshape_2d
-        from ..ops.rows import set_rows
+        from ..ops.view import reshape_2d
+        from ..ops.rows import get_rows, set_rows
         st = self._need_step()
-        for which_hot, which_cold in ((self.hot_k, self.cold_k), (self.hot_v, self.cold_v)):
-            hot, cold = which_hot[il], which_cold[il]
-            for slot, cstart in st.moves:
-                src = view_2d(ctx, hot, hot.ne[0], BLOCK, hot.nb[1], slot * hot.nb[1])
-                dst = view_2d(ctx, cold, cold.ne[0], BLOCK, cold.nb[1], cstart * cold.nb[1])
-                mv = cpy(ctx, src, dst)
-                set_name(mv, f"kv_move.{'k' if which_hot is self.hot_k else 'v'}-{il}")
+        if st.moves:
+            # the moved rows are inputs (slots out of the ring, rows into the cold store), so
+            # every step moving as many blocks shares one graph: get_rows reads the hot F16
+            # rows as F32, set_rows quantizes them into the cold store (ggml's from_float, as
+            # a cpy would)
+            src_ids, dst_ids = self._move_ids(ctx)
+            for which_hot, which_cold, nm in ((self.hot_k, self.cold_k, "k"),
+                                              (self.hot_v, self.cold_v, "v")):
+                rows = get_rows(ctx, which_hot[il], src_ids)
+                set_name(rows, f"kv_move_rows.{nm}-{il}")
+                mv = set_rows(ctx, which_cold[il], rows, dst_ids)
+                set_name(mv, f"kv_move.{nm}-{il}")
                 build_forward_expand(gf, mv)
         for hot, cur, nm in ((self.hot_k[il], k_cur, "k"), (self.hot_v[il], v_cur, "v")):
             rows = reshape_2d(ctx, cur, hot.ne[0], st.n_tokens) if cur.ne[1] != st.n_tokens \

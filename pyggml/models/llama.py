@@ -202,26 +202,29 @@ def _weight_specs(cfg: LlamaConfig) -> dict[str, tuple]:
 class Decoder:
     """Runs a model step by step through a cache on a backend (or a scheduler).
 
-    Graphs are reused like llama.cpp's: the graph built for a step is kept with the cache's
-    graph_key(), and a later step with the same key (same token count, no block moves, the
-    same padded view lengths: most decode steps) skips building, allocating and lowering:
-    only the inputs (token ids, positions, the cache's slots/masks/states) are rewritten."""
+    Graphs are reused like llama.cpp's: the graphs built for steps are kept (the last
+    KEEP_GRAPHS) by the cache's graph_key(), and a later step with the same key (same token
+    count, as many block moves, the same padded view lengths: nearly every decode step)
+    skips building, allocating and lowering: only the inputs (token ids, positions, the
+    cache's slots/masks/states/move rows) are rewritten."""
+
+    KEEP_GRAPHS = 4                # graphs kept by key (a decode step, a move step, ...)
 
     def __init__(self, model: LlamaModel, cache, backend, reuse_graphs: bool = True):
         self.model, self.cache, self.backend = model, cache, backend
         self.reuse_graphs = reuse_graphs
         self.last_graph = None
         self.n_builds = 0             # graphs built (the rest of the steps reused one)
-        self._kept = None             # (key, gf, logits, tok, pos, cache inputs)
+        self._kept: dict = {}         # key -> (gf, logits, tok, pos, cache inputs)
 
     def step(self, token_ids) -> np.ndarray:
         """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32)."""
         ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
         st = self.cache.begin(len(ids))
         key = self.cache.graph_key() if hasattr(self.cache, "graph_key") else None
-        if self.reuse_graphs and key is not None and self._kept is not None \
-                and self._kept[0] == key:
-            _, gf, logits, tok, pos, inputs = self._kept
+        kept = self._kept.pop(key, None) if self.reuse_graphs and key is not None else None
+        if kept is not None:
+            gf, logits, tok, pos, inputs = kept
             self.cache.use_inputs(inputs)
         else:
             ctx = gg.init(mem_size=64 << 20, no_alloc=True)
@@ -229,8 +232,11 @@ class Decoder:
             logits, tok, pos = self.model.build(ctx, gf, self.cache, len(ids))
             _alloc(self.backend, gf)
             self.n_builds += 1
-            self._kept = (key, gf, logits, tok, pos, self.cache.step_inputs()) \
-                if key is not None else None
+            kept = (gf, logits, tok, pos, self.cache.step_inputs())
+        if self.reuse_graphs and key is not None:
+            self._kept[key] = kept                       # most recent last
+            while len(self._kept) > self.KEEP_GRAPHS:
+                self._kept.pop(next(iter(self._kept)))
         gg.tensor_set(tok, ids)
         gg.tensor_set(pos, st.positions.astype(np.int32))
         self.cache.set_inputs()

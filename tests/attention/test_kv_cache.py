@@ -207,3 +207,26 @@ def test_padded_views_mask_the_padding():
     c.n_past = 590
     c.begin(1)
     assert c.graph_key() == (1, c.cap)          # padding stops at the store's capacity
+
+
+def test_moved_blocks_are_ggmls_quantization_of_the_hot_rows():
+    """A block move (get_rows of the hot F16 rows, set_rows into the Q4_0 store) writes
+    exactly the bytes ggml's quantizer makes of those rows, on both backends."""
+    cfg = LlamaConfig(n_vocab=64, n_embd=128, n_head=4, n_head_kv=2, n_layer=1, n_ff=128)
+    model = LlamaModel.random(cfg, seed=2)
+    for be in (gg.backend_reference_init(), gg.backend_numba_init(2)):
+        c = MixedKVCache(1, cfg.n_head_kv, cfg.head_dim, 256, hot_tokens=32, max_batch=16)
+        dec = Decoder(model, c, be)
+        n_checked = 0
+        for t in range(150):
+            moves = c.plan_moves(1)
+            before = [gg.data.read(x)[0, 0].astype(np.float32) for x in (c.hot_k[0], c.hot_v[0])]
+            dec.step([t % cfg.n_vocab])
+            for (slot, cstart) in moves:
+                for hot_vals, cold in zip(before, (c.cold_k[0], c.cold_v[0])):
+                    want = gg.quantize(gg.TYPE_Q4_0, hot_vals[slot:slot + BLOCK].ravel())
+                    rows = gg.data.row_bytes(cold).reshape(cold.ne[1], -1)
+                    got = rows[cstart:cstart + BLOCK].tobytes()
+                    assert got == bytes(want)
+                n_checked += 1
+        assert n_checked >= 3
