@@ -206,6 +206,6 @@ def test_graph_kernels_and_demo_kernels():
     keys = {k.key for k in demo_kernels(args)}
     assert {"FLASH_ATTN_EXT:flash_attn_ext_kernel",       # F16 cache
             "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel",   # mixed cache
-            "CONT:copy_blocks",                           # hot -> cold moves quantize
-            "MUL_MAT:mul_mat", "GET_ROWS:get_rows", "SET_ROWS:set_rows"} <= keys
+            "MUL_MAT:mul_mat", "GET_ROWS:get_rows",       # (moves: get_rows/set_rows)
+            "SET_ROWS:set_rows"} <= keys
     assert keys <= {k.key for k in W.all_kernels(KERNELS)}
