@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyggml.testing.asserts import assert_ggml_error
+from pyggml.testing.asserts import assert_op_error, named_tensor
 
 import pyggml as gg
 from pyggml import data
@@ -273,15 +273,8 @@ def ctx():
     return gg.init(mem_size=4 << 20, no_alloc=True)
 
 
-def _t(ctx, type, *ne, name="t"):
-    t = gg.new_tensor(ctx, gg.as_type(type), len(ne), list(ne))
-    gg.set_name(t, name)
-    return t
-
-
-def _raises(cls, op, fn, *args):
-    """fn(*args) raises cls, a GGMLError naming op."""
-    return assert_ggml_error(cls, lambda: fn(*args), op)
+_t = named_tensor
+_raises = assert_op_error
 
 
 def test_im2col_errors(ctx):

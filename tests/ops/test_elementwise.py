@@ -16,6 +16,8 @@ import os
 import numpy as np
 import pytest
 
+from pyggml.testing.conformance import reference_vs_ggml
+
 from pyggml.testing.asserts import assert_ggml_error
 
 import pyggml as gg
@@ -40,24 +42,9 @@ FAST = _cases(False)
 
 
 def vs_ggml(case, seed=0, n_threads=2):
-    """(ok, nmse, message) of the reference against real ggml on the same inputs."""
-    from pyggml.backends.reference import ReferenceBackend
-    from pyggml.testing import ggml_lib
-    ctx, out, gf = harness.build_graph(case)
-    harness.alloc_guarded(gf)
-    harness.fill_leafs(gf, case, seed)
-    with ggml_lib.Mirror([out]) as m:              # copies the inputs before in-place ops run
-        m.compute(n_threads)
-        got = m.results()
-        ReferenceBackend().graph_compute(gf)
-        max_err, exact = harness._threshold(case)
-        worst = 0.0
-        for t, what in harness._outputs(gf):       # every node: in-place chains, fused chains
-            ok, err, msg = harness.compare_values(data.read(t), got[id(t)], max_err, exact, what)
-            if not ok:
-                return ok, err, msg
-            worst = max(worst, err)
-    return True, worst, ""
+    """(ok, nmse, message) of the reference against real ggml on the same inputs, every node
+    (in-place chains, fused chains)."""
+    return reference_vs_ggml(case, seed, n_threads)
 
 
 # --- (a) reference == real ggml -------------------------------------------------------------------

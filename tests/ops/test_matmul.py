@@ -18,7 +18,7 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.testing.asserts import assert_ggml_error
+from pyggml.testing.asserts import assert_ggml_error, named_tensor
 
 import pyggml as gg
 from pyggml import data
@@ -184,11 +184,7 @@ def test_hadamard_hint_equals_plain_product(ggml):
 
 # --- (b) misuse -----------------------------------------------------------------------------------
 
-def _t(ctx, type, *ne, name=None):
-    t = gg.new_tensor(ctx, gg.as_type(type) if isinstance(type, str) else type, len(ne), list(ne))
-    if name:
-        gg.set_name(t, name)
-    return t
+_t = named_tensor
 
 
 _raises = assert_ggml_error     # (cls, fn, *words) -> message
