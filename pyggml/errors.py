@@ -49,3 +49,8 @@ def describe(t) -> str:
         return f"'{t.name or '?'}' ({t.type.tname}) ne={ne}"
     except AttributeError:
         return repr(t)
+
+
+class ModelFileError(GGMLError, ValueError):
+    """A model file that cannot be used (missing, not GGUF, truncated, corrupt, unsupported
+    architecture or tensor type); the message names the file."""
