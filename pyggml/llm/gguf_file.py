@@ -2,8 +2,8 @@
 
 The gguf package's GGUFReader builds a NumPy view per string of the vocabulary (about
 100k strings in a small model: ~3-5 s on these machines); this reader decodes the header in
-one pass (~0.1 s) and keeps the rest of the file as one read-only memory map, so weights
-are read in place. Every way a file can be wrong (missing, not GGUF, old version, truncated,
+one pass (~0.1 s) and keeps the file as one private copy-on-write memory map, so weights
+are read in place (a graph that writes into a weight changes its own pages, never the file). Every way a file can be wrong (missing, not GGUF, old version, truncated,
 corrupt counts or types) is a ModelFileError that names the file. Writing stays with the
 gguf package (GGUFWriter).
 """
@@ -66,7 +66,7 @@ class GGUFFile:
                 size = os.fstat(f.fileno()).st_size
                 if size == 0:
                     raise ModelFileError(f"{self.path}: empty file, not a GGUF model")
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except FileNotFoundError:
             raise ModelFileError(f"{self.path}: no such file") from None
         except IsADirectoryError:
@@ -200,7 +200,7 @@ class GGUFFile:
         return self.metadata[key]
 
     def tensor_data(self, name: str) -> np.ndarray:
-        """The tensor's raw bytes: a read-only uint8 view of the memory map (no copy)."""
+        """The tensor's raw bytes: a uint8 view of the (copy-on-write) memory map, no copy."""
         t = self.tensors.get(name)
         if t is None:
             raise ModelFileError(f"{self.path}: no tensor {name!r}")
