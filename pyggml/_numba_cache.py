@@ -25,8 +25,12 @@ KEEP_SECONDS = 7 * 24 * 3600
 
 
 def source_key(pkg: Path = PKG) -> str:
-    """Hash of the package's files that use Numba (path and content)."""
+    """Hash of the package's files that use Numba (path and content) and of the switches
+    that change the generated code (PYGGML_SIMD, NUMBA_CPU_NAME): Numba keys its cache by
+    the CPU, not by them."""
     h = hashlib.sha256()
+    for var in ("PYGGML_SIMD", "NUMBA_CPU_NAME"):
+        h.update(f"{var}={os.environ.get(var, '').lower()}\0".encode())
     for p in sorted(pkg.rglob("*.py")):
         b = p.read_bytes()
         if b"numba" in b:

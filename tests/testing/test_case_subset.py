@@ -8,42 +8,16 @@ kernel for it is NOT SUPPORTED and passes. The full grid is `pyggml test-backend
 """
 from __future__ import annotations
 
-import zlib
-
-import numpy as np
 import pytest
 
 from pyggml.ops.registry import OPS
-from pyggml.tensor import nbytes
-from pyggml.testing.harness import build_graph, op_cases, run_test
+from pyggml.testing.harness import op_cases, run_test
+from pyggml.testing.sample import sample_cases
 
 SAMPLE = 3
-SEED = 20240611
 
 
-def _cost(case) -> int:
-    """Bytes of every tensor the case's graph holds (a proxy of its run time)."""
-    try:
-        _, _, gf = build_graph(case)
-    except Exception:
-        return 1 << 62              # a case that does not build: still sampled last, reported
-    return sum(nbytes(t) for t in list(gf.leafs) + list(gf.nodes))
-
-
-def sample_cases(name: str, k: int = SAMPLE, seed: int = SEED) -> list:
-    """Up to k cases of op `name`: not slow, among the smaller half, chosen by a seeded RNG."""
-    cases = [c for c in op_cases(OPS[name]) if "slow" not in c.tags]
-    if not cases:
-        return []
-    if len(cases) > k:
-        costs = sorted((_cost(c), i) for i, c in enumerate(cases))
-        small = [i for _, i in costs[:max(k, (len(cases) + 1) // 2)]]
-        rng = np.random.default_rng(seed ^ zlib.crc32(name.encode()))
-        cases = [cases[i] for i in sorted(rng.choice(small, size=k, replace=False))]
-    return cases
-
-
-CASES = [c for name in sorted(OPS) for c in sample_cases(name)]
+CASES = [c for name in sorted(OPS) for c in sample_cases(name, SAMPLE)]
 
 
 @pytest.fixture(scope="module")

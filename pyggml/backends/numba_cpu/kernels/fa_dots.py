@@ -15,7 +15,6 @@ import math
 
 import numba
 import numpy as np
-import llvmlite.binding as _llb
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -73,14 +72,7 @@ def vexp(x):
 
 # --- integer dots of 8-bit q blocks with quantized K rows -----------------------------------------
 
-def _have_avx2() -> bool:
-    try:
-        return bool(_llb.get_host_cpu_features().get("avx2")) and numba.config.CPU_NAME is None
-    except Exception:          # pragma: no cover  (no feature query: portable path)
-        return False
-
-
-HAVE_AVX2 = _have_avx2()
+HAVE_AVX2 = simd.HAVE_AVX2
 
 
 @numba.njit(nogil=True, cache=True, inline="always")

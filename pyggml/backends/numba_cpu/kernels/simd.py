@@ -40,12 +40,29 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-_FEATURES = {k for k, v in llvm.get_host_cpu_features().items() if v}
-# PYGGML_SIMD=generic forces the portable code (tests of that path; use it with a separate
-# NUMBA_CACHE_DIR, since Numba's disk cache is keyed by the CPU, not by this switch)
+# PYGGML_SIMD chooses the widest instruction set the kernels may use, so every fast path's
+# narrower twin can be tested and benchmarked on any machine: auto (what the CPU has),
+# avx2 (AVX2/FMA/F16C even where AVX-512 exists: the code an AVX2-only machine runs),
+# generic (no x86 intrinsics). The mode is part of the kernel cache key (_numba_cache.py).
+SIMD_MODES = ("auto", "avx512", "avx2", "generic")
 _MODE = os.environ.get("PYGGML_SIMD", "auto").lower()
-HAVE_AVX2 = "avx2" in _FEATURES and _MODE != "generic"
-HAVE_AVX512 = {"avx512f", "avx512bw", "avx512vl"} <= _FEATURES and _MODE != "generic"
+if _MODE not in SIMD_MODES:
+    raise ImportError(f"PYGGML_SIMD={_MODE!r}: expected one of {', '.join(SIMD_MODES)}")
+
+
+def _host_features() -> set:
+    import numba
+    if numba.config.CPU_NAME is not None:   # code compiled for another CPU: portable only
+        return set()
+    try:
+        return {k for k, v in llvm.get_host_cpu_features().items() if v}
+    except Exception:                       # pragma: no cover (no feature query)
+        return set()
+
+
+_FEATURES = _host_features()
+HAVE_AVX2 = {"avx2", "fma"} <= _FEATURES and _MODE != "generic"
+HAVE_AVX512 = {"avx512f", "avx512bw", "avx512vl"} <= _FEATURES and _MODE in ("auto", "avx512")
 HAVE_F16C = "f16c" in _FEATURES
 
 _F32 = ir.FloatType()
