@@ -256,12 +256,12 @@ class Tokenizer:
                                     self.scores, self._byte_token)
                 prev_special = False
         else:
-            texts = [to_text(f) for f in fragments if not isinstance(f, int)]
-            encoded = iter(self._engine.encode_batch(texts, add_special_tokens=False)
-                           if len(texts) > 1 else
-                           [self._engine.encode(t, add_special_tokens=False) for t in texts])
+            # one encode() per fragment: encode_batch would start tokenizers' thread pool,
+            # which then warns and disables itself in any process forked later
+            encode = self._engine.encode
             for frag in fragments:
-                out += [frag] if isinstance(frag, int) else next(encoded).ids
+                out += [frag] if isinstance(frag, int) else \
+                    encode(to_text(frag), add_special_tokens=False).ids
         if add_special and self.add_eos:
             out.append(self.eos_id)
         return out

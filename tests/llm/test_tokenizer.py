@@ -1,6 +1,7 @@
 """Tokenizer: ids equal llama.cpp's llama-tokenize (fixtures made by
 tools/make_tokenizer_fixtures.py), detokenize round-trips, streaming yields whole UTF-8
 characters only, and every bad input is a GGMLError / a one-line CLI error."""
+import io
 import json
 import os
 
@@ -218,3 +219,36 @@ def test_cli_not_a_gguf(tmp_path, capsys):
     assert tokenize_cli.main(["-m", str(p), "-p", "x"]) == 2
     assert "not a GGUF file" in capsys.readouterr().err
     assert issubclass(ModelFileError, GGMLError)
+
+
+def _write_spm_gguf(path):
+    """The SPM fixture vocabulary as a GGUF file (no tensors)."""
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in FIX["spm"]["metadata"].items():
+        add = w.add_array if isinstance(value, list) else \
+            w.add_string if isinstance(value, str) else w.add_uint32
+        add(key, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_from_gguf_reads_a_written_file(tmp_path):
+    path = _write_spm_gguf(tmp_path / "spm.gguf")
+    tok = Tokenizer.from_gguf(GGUFFile(path))
+    assert tok.path == str(path)
+    assert _mismatches(tok, FIX["spm"]["cases"]) == []
+
+
+def test_cli_stdin_and_registration(monkeypatch, capsysbinary, tmp_path):
+    from pyggml.cli import COMMANDS
+    assert COMMANDS["tokenize"][0] == "pyggml.llm.tokenize_cli"
+    path = _write_spm_gguf(tmp_path / "spm.gguf")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"the cat\\n")))
+    assert tokenize_cli.main(["-m", str(path), "--stdin", "--ids", "--show-count"]) == 0
+    ids = Tokenizer.from_gguf(GGUFFile(path)).tokenize(b"the cat\n")   # escape processed
+    assert capsysbinary.readouterr().out == \
+        f"{ids}\nTotal number of tokens: {len(ids)}\n".encode()
