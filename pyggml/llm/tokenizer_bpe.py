@@ -130,8 +130,16 @@ def build_engine(tokens: list, merges: list, pre: PreTokenizer, path: str):
     except ImportError:
         raise ModelFileError(f"{path}: a gpt2 (BPE) tokenizer needs the `tokenizers` package: "
                              "pip install 'pyggml[llm]'") from None
-    vocab = {t: i for i, t in enumerate(tokens)}
+    vocab = {}
+    for i, t in enumerate(tokens):
+        try:
+            t.encode("utf-8")          # a token that is not UTF-8 (read with surrogateescape)
+        except UnicodeEncodeError:     # is no byte-level string: BPE can never produce it
+            continue
+        vocab[t] = i
     pairs, seen = [], set()
+    if not all(isinstance(m, str) for m in merges):
+        raise ModelFileError(f"{path}: tokenizer.ggml.merges is not an array of strings")
     for m in merges:
         # llama.cpp splits at the first space after position 0; the first rank wins
         cut = m.find(" ", 1)

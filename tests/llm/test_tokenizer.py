@@ -172,6 +172,10 @@ def test_bad_vocabularies_raise_model_file_error():
     _bad({**base, "tokenizer.ggml.token_type": np.array([1], np.int32)}, "token_type has 1")
     _bad({**base, "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.tokens": ["a"]},
          "add_bos_token is true")
+    _bad({**base, "tokenizer.ggml.tokens": [1, 2]}, "not an array of strings")
+    _bad({**base, "tokenizer.ggml.merges": [1]}, "merges is not an array of strings")
+    _bad({**base, "tokenizer.ggml.scores": ["x", "y"]}, "not numeric arrays")
+    _bad({**base, "tokenizer.ggml.bos_token_id": "1"}, "bos_token_id is '1'")
 
 
 def test_bad_calls_raise_param_error(spm):
