@@ -266,3 +266,13 @@ def test_bpe_char_outside_vocab_blocks_merges_and_is_dropped():
     tok = Tokenizer(md)
     assert tok.tokenize(b"ab") == [2]
     assert tok.tokenize(b"acb") == [0, 1] and tok.tokenize(b"c") == []
+
+
+@pytest.mark.parametrize("i", range(len(FIX["spm"]["cli"])))
+def test_cli_spm_pieces_equal_llama_tokenize(tmp_path, capsysbinary, i):
+    """Pieces of a SentencePiece vocabulary: '▁' as space, byte tokens as raw bytes, BOS
+    and control tokens spelled out."""
+    case = FIX["spm"]["cli"][i]
+    path = _write_spm_gguf(tmp_path / "spm.gguf")
+    assert tokenize_cli.main(["-m", str(path), *case["args"]]) == 0
+    assert capsysbinary.readouterr().out == bytes.fromhex(case["stdout_hex"])
