@@ -156,8 +156,9 @@ def build_engine(tokens: list, merges: list, pre: PreTokenizer, path: str):
         if cut < 0:
             continue
         a, b = m[:cut], m[cut + 1:]
-        # tokenizers rejects a merge whose parts or result are not tokens; such a merge
-        # could only ever yield byte tokens in llama.cpp, so dropping it is harmless
+        # tokenizers rejects a merge whose parts or result are not tokens, so such a merge
+        # is dropped (llama.cpp would apply it, then spell the non-token out in raw bytes);
+        # converted vocabularies have none (SmolLM2: 0 of 48900)
         if (a, b) in seen or a not in vocab or b not in vocab or a + b not in vocab:
             continue
         seen.add((a, b))
@@ -165,7 +166,11 @@ def build_engine(tokens: list, merges: list, pre: PreTokenizer, path: str):
     vocab.setdefault(UNKNOWN_CHAR, len(tokens))
     # ignore_merges needs tokenizers >= 0.19; only the pres that use it ask for it
     extra = {"ignore_merges": True} if pre.ignore_merges else {}
-    model = models.BPE(vocab=vocab, merges=pairs, unk_token=UNKNOWN_CHAR, **extra)
+    try:
+        model = models.BPE(vocab=vocab, merges=pairs, unk_token=UNKNOWN_CHAR, **extra)
+    except TypeError:
+        raise ModelFileError(f"{path}: this tokenizer.ggml.pre needs tokenizers >= 0.19 "
+                             "(BPE ignore_merges)") from None
     engine = Tokenizer(model)
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
     engine.pre_tokenizer = pre_tokenizers.Sequence(
