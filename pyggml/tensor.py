@@ -24,6 +24,7 @@ TENSOR_FLAG_PARAM = 4
 TENSOR_FLAG_LOSS = 8
 
 ALLOC_EPOCH = 0     # bumped whenever a tensor gets data: backends key cached addresses on it
+PARAMS_EPOCH = 0    # bumped when a computed node's op_params change (ops.registry.set_op_params)
 
 
 class Buffer:
