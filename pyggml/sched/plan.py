@@ -36,8 +36,9 @@ class CPlan:
 
 
 def is_computed(node) -> bool:
-    """Nodes a backend runs: they have an op, and it is not a view."""
-    return node.op is not None and not node.op.view
+    """Nodes a backend runs: they have an op, it is not a view, and the result is not empty
+    (ggml's CPU skips empty results too: ggml_compute_forward returns on ggml_is_empty)."""
+    return node.op is not None and not node.op.view and 0 not in node.ne
 
 
 def _kernel_table(backend):
@@ -88,16 +89,6 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPl
     return CPlan(n_threads, n_tasks, work)
 
 
-def _backend_for(n_threads: int):
-    """The process-wide Numba backend for n_threads (shared with graph_compute_with_ctx)."""
-    from .. import compute
-    be = compute._CTX_BACKENDS.get(n_threads)
-    if be is None or getattr(be, "name", "") != "numba":
-        be = compute.backend_numba_init(n_threads)
-        compute._CTX_BACKENDS[n_threads] = be
-    return be
-
-
 def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
     """ggml_graph_compute: run gf as planned (plans for the default thread count if None)."""
     if cplan is None:
@@ -105,5 +96,6 @@ def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
     if len(cplan.n_tasks) != len(gf.nodes):
         raise GraphError(f"graph_compute: the plan has {len(cplan.n_tasks)} nodes, the graph "
                          f"{len(gf.nodes)}; plan the graph again after changing it")
-    _backend_for(cplan.n_threads).compute_planned(gf, cplan)
+    from ..compute import cpu_backend_for
+    cpu_backend_for(cplan.n_threads).compute_planned(gf, cplan)
     return 0   # GGML_STATUS_SUCCESS; failures raise
