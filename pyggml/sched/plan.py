@@ -71,9 +71,7 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPl
     if n_threads is None:
         from ..compute import default_n_threads
         n_threads = default_n_threads()
-    n_threads = int(n_threads)
-    if n_threads < 1:
-        raise GraphError(f"graph_plan: n_threads must be >= 1, got {n_threads}")
+    n_threads = _check_threads("graph_plan", n_threads)
     kernels = _kernel_table(backend)
     n_tasks = []
     work = 0
@@ -89,10 +87,24 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPl
     return CPlan(n_threads, n_tasks, work)
 
 
+MAX_THREADS = 512          # GGML_MAX_N_THREADS
+
+
+def _check_threads(what: str, n_threads) -> int:
+    try:
+        n = int(n_threads)
+    except (TypeError, ValueError):
+        raise GraphError(f"{what}: n_threads must be an integer, got {n_threads!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise GraphError(f"{what}: n_threads must be in 1..{MAX_THREADS}, got {n}")
+    return n
+
+
 def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
     """ggml_graph_compute: run gf as planned (plans for the default thread count if None)."""
     if cplan is None:
         cplan = graph_plan(gf)
+    _check_threads("graph_compute", cplan.n_threads)
     if len(cplan.n_tasks) != len(gf.nodes):
         raise GraphError(f"graph_compute: the plan has {len(cplan.n_tasks)} nodes, the graph "
                          f"{len(gf.nodes)}; plan the graph again after changing it")

@@ -24,7 +24,7 @@ from ... import tensor as _tensor_mod
 from ...tensor import Buffer, Tensor
 from ..base import Backend, EvalCallback
 from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_into
-from .executor import NodeTable, WorkerPool
+from .executor import MAX_THREADS, NodeTable, WorkerPool
 from .kernels import KERNELS, lookup
 
 _loc = attrgetter("_buffer", "_offs")
@@ -104,8 +104,9 @@ class NumbaBackend(Backend):
 
     def __init__(self, n_threads: int = 1, kernels: Optional[dict] = None):
         n_threads = int(n_threads)
-        if n_threads < 1:
-            raise GraphError(f"numba backend: n_threads must be >= 1, got {n_threads}")
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise GraphError(f"numba backend: n_threads must be in 1..{MAX_THREADS}, got "
+                             f"{n_threads}")
         self.n_threads = n_threads
         self.kernels = KERNELS if kernels is None else kernels
         self.pool = WorkerPool(n_threads)
@@ -120,8 +121,9 @@ class NumbaBackend(Backend):
 
     def set_n_threads(self, n_threads: int) -> None:
         n_threads = int(n_threads)
-        if n_threads < 1:
-            raise GraphError(f"numba backend: n_threads must be >= 1, got {n_threads}")
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise GraphError(f"numba backend: n_threads must be in 1..{MAX_THREADS}, got "
+                             f"{n_threads}")
         if n_threads != self.n_threads:
             self.pool.close()
             self.n_threads = n_threads
