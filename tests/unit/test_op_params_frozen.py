@@ -94,19 +94,48 @@ def test_offsets_past_int32_are_param_errors(ctx):
             fn()
 
 
-def test_reference_set_never_writes_past_its_tensor(ctx):
-    """Even with op_params forged behind set_op_params' back, the reference checks the
-    window before writing (it once wrote 52 bytes past the tensor)."""
+def _outside(t):
+    """Every byte of t's buffer except t's own."""
+    raw = t.buffer.data
+    return np.concatenate([raw[:t.offs], raw[t.offs + gg.nbytes(t):]]).copy()
+
+
+def _forged(ctx, fn, a, b):
+    """fn's node with offset 60 (8 bytes past a), forged behind set_op_params' back."""
+    y = fn(ctx, a, b, 0)
+    w = np.array(y.op_params)
+    w[3] = 60
+    y.op_params = w
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    return gf
+
+
+WINDOW_OPS = [gg.set_1d_inplace,
+              lambda c, x, y, o: gg.acc_inplace(c, x, y, x.nb[1], x.nb[2], x.nb[3], o)]
+
+
+@pytest.mark.parametrize("fn", WINDOW_OPS, ids=["set", "acc"])
+def test_reference_set_acc_never_write_past_their_tensor(ctx, fn):
+    """Even with op_params forged, the reference checks the window before writing (it once
+    wrote 52 bytes past the tensor)."""
     a = gg.from_numpy(ctx, np.zeros(20, dtype=np.float32))
     b = gg.from_numpy(ctx, np.ones(7, dtype=np.float32))
-    guard = gg.from_numpy(ctx, np.full(64, 7, dtype=np.float32))
-    for fn in (gg.set_1d, lambda c, x, y, o: gg.acc(c, x, y, x.nb[1], x.nb[2], x.nb[3], o)):
-        y = fn(ctx, a, b, 0)
-        w = np.array(y.op_params)
-        w[3] = 60                                   # offset: 88 bytes > 80
-        y.op_params = w                             # deliberate bypass
-        gf = gg.new_graph(ctx)
-        gg.build_forward_expand(gf, y)
-        with pytest.raises(GGMLError, match="past the end"):
-            gg.backend_graph_compute(gg.backend_reference_init(), gf)
-        assert (gg.to_numpy(guard) == 7).all()
+    gf = _forged(ctx, fn, a, b)
+    before = _outside(a)
+    with pytest.raises(GGMLError, match="past the end"):
+        gg.backend_graph_compute(gg.backend_reference_init(), gf)
+    assert (_outside(a) == before).all()
+
+
+@pytest.mark.parametrize("fn", WINDOW_OPS, ids=["set", "acc"])
+def test_numba_set_acc_clip_to_their_tensor(ctx, fn):
+    """The numba SET/ACC kernels only touch bytes of their own result, whatever the offset."""
+    a = gg.from_numpy(ctx, np.zeros(20, dtype=np.float32))
+    b = gg.from_numpy(ctx, np.ones(7, dtype=np.float32))
+    gf = _forged(ctx, fn, a, b)
+    before = _outside(a)
+    be = gg.backend_numba_init(2)
+    gg.backend_graph_compute(be, gf)
+    be.free()
+    assert (_outside(a) == before).all()
