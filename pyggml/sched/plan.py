@@ -105,6 +105,10 @@ def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
     if cplan is None:
         cplan = graph_plan(gf)
     _check_threads("graph_compute", cplan.n_threads)
+    if not (isinstance(cplan.work_size, (int, np.integer)) and cplan.work_size >= 0 and
+            all(isinstance(x, (int, np.integer)) for x in cplan.n_tasks)):
+        raise GraphError(f"graph_compute: the plan's work_size ({cplan.work_size!r}) and n_tasks "
+                         f"must be integers (work_size >= 0); plan with graph_plan")
     if len(cplan.n_tasks) != len(gf.nodes):
         raise GraphError(f"graph_compute: the plan has {len(cplan.n_tasks)} nodes, the graph "
                          f"{len(gf.nodes)}; plan the graph again after changing it")

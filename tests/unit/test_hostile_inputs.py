@@ -47,3 +47,15 @@ def test_thread_counts_out_of_range(ctx, n):
 def test_numba_backend_thread_limit():
     with pytest.raises(GraphError, match="n_threads"):
         gg.backend_numba_init(100_000)
+
+
+@pytest.mark.parametrize("field, value", [("work_size", "big"), ("work_size", -1),
+                                          ("n_tasks", ["2"]), ("n_tasks", [None])])
+def test_forged_plan_fields(ctx, field, value):
+    y = gg.scale(ctx, gg.new_tensor_1d(ctx, gg.TYPE_F32, 4), 2.0)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    plan = gg.graph_plan(gf, 1)
+    setattr(plan, field, value)
+    with pytest.raises(GraphError, match="plan"):
+        gg.graph_compute(gf, plan)
