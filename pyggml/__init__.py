@@ -33,7 +33,7 @@ from .graph import (CGraph, new_graph, new_graph_custom, build_forward_expand,  
 from .data import (to_numpy, from_numpy, tensor_set, tensor_get, tensor_memset,  # noqa: F401
                    set_f32, set_i32, get_f32_1d, set_f32_1d, get_i32_1d, set_i32_1d,
                    get_f32_nd, set_f32_nd, get_data_f32)
-from .ops import API as _OPS_API, OPS, get_op  # noqa: F401
+from .ops import API as _OPS_API, OPS, get_op, set_op_params  # noqa: F401
 
 globals().update(_OPS_API)
 from .ops.sort import SORT_ORDER_ASC, SORT_ORDER_DESC  # noqa: F401,E402

@@ -19,12 +19,14 @@ COMMANDS = {
 def _usage() -> str:
     lines = ["usage: pyggml <command> [options]", "", "commands:"]
     lines += [f"  {name:<18} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`pyggml <command> -h` for a command's options."]
+    lines += ["", "`pyggml <command> -h` for a command's options; `--debug` shows tracebacks."]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv            # global flag, anywhere: show tracebacks
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -37,7 +39,30 @@ def main(argv=None) -> int:
         print(f"pyggml: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     mod = importlib.import_module(COMMANDS[name][0])
-    return int(mod.main(rest) or 0)
+    try:
+        return int(mod.main(rest) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"pyggml {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        return _report(name, e)
+
+
+def _report(name: str, e: Exception) -> int:
+    """One line on stderr: a user error (bad input, flag value or file) exits 2; anything
+    else is pyggml's bug, exit 1. `--debug` shows the traceback instead."""
+    from .errors import GGMLError
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (GGMLError, OSError)):
+        print(f"pyggml {name}: {msg}", file=sys.stderr)
+        return 2
+    print(f"pyggml {name}: internal error: {type(e).__name__}: {msg} "
+          f"(--debug shows the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

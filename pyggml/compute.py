@@ -66,18 +66,30 @@ def backend_graph_compute(backend: Backend, gf: CGraph, eval_cb: Optional[EvalCa
     return 0   # GGML_STATUS_SUCCESS; failures raise
 
 
-_CTX_BACKENDS: dict = {}
+_CPU_BACKENDS: dict = {}      # n_threads -> the process-wide CPU (Numba) backend
+_CTX_SCHEDS: dict = {}        # n_threads -> graph_compute_with_ctx's scheduler over it
+
+
+def cpu_backend_for(n_threads: int) -> Backend:
+    """The process-wide CPU backend for n_threads (one worker pool per thread count, shared
+    by graph_compute and graph_compute_with_ctx)."""
+    be = _CPU_BACKENDS.get(n_threads)
+    if be is None:
+        be = _CPU_BACKENDS[n_threads] = backend_cpu_init(n_threads)
+    return be
 
 
 def graph_compute_with_ctx(ctx, gf: CGraph, n_threads: Optional[int] = None):
     """ggml_graph_compute_with_ctx: compute on the CPU backend (a pool kept per thread count)."""
     n = n_threads or default_n_threads()
-    sched = _CTX_BACKENDS.get(n)
+    sched = _CTX_SCHEDS.get(n)
     if sched is None:
         # the CPU backend first; the reference backend takes any node it has no kernel for
-        sched = Sched([backend_cpu_init(n), backend_reference_init()])
-        _CTX_BACKENDS[n] = sched
-    sched.graph_compute(gf)
+        sched = _CTX_SCHEDS[n] = Sched([cpu_backend_for(n), backend_reference_init()])
+    try:
+        sched.graph_compute(gf)
+    finally:
+        sched.release()      # the graph's plan stays on gf.cache; nothing here keeps gf alive
     return 0
 
 

@@ -76,6 +76,9 @@ class Context:
     # ------------------------------------------------------------------------------
     def _reserve(self, nbytes_: int, what: str) -> int:
         """Take nbytes_ (already padded) from the pool; return the offset it starts at."""
+        if self.buffer is None and not self.no_alloc:
+            raise ContextMemoryError(f"{what}: the context was freed (free(ctx)); create "
+                                     f"tensors in a new context")
         if self.used + nbytes_ > self.mem_size:
             raise ContextMemoryError(
                 f"context out of memory: {what} needs {nbytes_} bytes, "

@@ -84,8 +84,10 @@ def encode(type: GGMLType, values: np.ndarray) -> np.ndarray:
             v = np.ascontiguousarray(values, dtype=np.float32)
             return _codec(type, "from_float")(v.reshape(-1)).view(np.uint16).reshape(v.shape)
         if tr.is_float:
-            # through float32 first, as ggml computes in f32 and then stores
-            return np.asarray(values, dtype=np.float32).astype(tr.np_dtype)
+            # through float32 first, as ggml computes in f32 and then stores (overflow is
+            # inf by IEEE rules, as ggml's conversions give)
+            with np.errstate(over="ignore"):
+                return np.asarray(values, dtype=np.float32).astype(tr.np_dtype)
         return np.asarray(values).astype(tr.np_dtype)
     v = np.ascontiguousarray(values, dtype=np.float32)
     ne0 = v.shape[-1]
@@ -110,6 +112,31 @@ def write(t: Tensor, values) -> None:
         row_bytes(t)[...] = encode(t.type, v)
 
 
+def check_fits(type: GGMLType, values, what: str) -> None:
+    """Integer types hold only the values their C type holds: anything else (2**40 for I32,
+    NaN, inf) is a DataError, not a silent wrap. Floats convert to integers by truncation
+    toward zero, as a C cast; float types follow IEEE rounding (overflow gives inf, as ggml)."""
+    tr = TRAITS[type]
+    if tr.is_float or tr.is_quantized:
+        return
+    a = np.asarray(values)
+    if a.size == 0:
+        return
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{what}: values of dtype {a.dtype} cannot be stored as {tr.tname}")
+    if a.dtype.kind == "f":
+        bad = a[~np.isfinite(a)]
+        if bad.size:
+            raise DataError(f"{what}: {bad.flat[0]} cannot be stored in an {tr.tname} tensor")
+        a = np.trunc(a)
+    info = np.iinfo(tr.np_dtype)
+    lo, hi = a.min(), a.max()
+    if lo < info.min or hi > info.max:
+        v = lo if lo < info.min else hi
+        raise DataError(f"{what}: value {v} does not fit in {tr.tname} "
+                        f"[{info.min}, {info.max}]")
+
+
 # --- the public data API (ggml names) ---------------------------------------------------------
 
 def to_numpy(t: Tensor) -> np.ndarray:
@@ -118,7 +145,14 @@ def to_numpy(t: Tensor) -> np.ndarray:
     tr = TRAITS[t.type]
     a = read(t, np.float32) if (tr.is_float or tr.is_quantized) and t.type != GGMLType.F64 \
         else (read(t, np.float64) if t.type == GGMLType.F64 else strided(t).copy())
-    return a.reshape(t.ne[:t.n_dims][::-1])
+    return a.reshape(_shape(t))
+
+
+def _shape(t: Tensor) -> tuple:
+    """NumPy shape of t: ne up to its last dimension that is not 1 (n_dims, but an empty
+    dimension counts: ne=[8, 0] is shape (0, 8)), reversed."""
+    nd = max((i + 1 for i, x in enumerate(t.ne) if x != 1), default=1)
+    return tuple(t.ne[:nd][::-1])
 
 
 _DEFAULT_TYPES = {
@@ -142,6 +176,7 @@ def from_numpy(ctx, arr, type=None, name: str = None) -> Tensor:
             raise TypeError_(f"from_numpy: no ggml type for dtype {a.dtype}; pass type=")
         type = _DEFAULT_TYPES[a.dtype]
     type = as_type(type)
+    check_fits(type, a, f"from_numpy(shape {a.shape}, dtype {a.dtype})")
     t = new_tensor(ctx, type, a.ndim, list(a.shape[::-1]))
     if name:
         t.name = name
@@ -205,11 +240,13 @@ def _element_view(t: Tensor, what: str) -> np.ndarray:
 
 def set_f32(t: Tensor, value: float) -> Tensor:
     """ggml_set_f32: every element = value."""
+    check_fits(t.type, np.float32(value), "set_f32")
     write(t, np.float32(value))
     return t
 
 
 def set_i32(t: Tensor, value: int) -> Tensor:
+    value = _int32("set_i32", value)
     write(t, np.int64(value))
     return t
 
@@ -224,6 +261,7 @@ def get_f32_1d(t: Tensor, i: int) -> float:
 
 def set_f32_1d(t: Tensor, i: int, value: float) -> None:
     a = _element_view(t, "set_f32_1d")
+    check_fits(t.type, np.float32(value), "set_f32_1d")
     a[_flat_index(t, i)] = encode(t.type, np.array([value]))[0]
 
 
@@ -233,7 +271,20 @@ def get_i32_1d(t: Tensor, i: int) -> int:
 
 def set_i32_1d(t: Tensor, i: int, value: int) -> None:
     a = _element_view(t, "set_i32_1d")
+    value = _int32("set_i32_1d", value)
+    check_fits(t.type, value, "set_i32_1d")
     a[_flat_index(t, i)] = value
+
+
+def _int32(what: str, value) -> int:
+    """ggml's int32_t argument: an integer that fits."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{what}: {value!r} is not an integer ({e})") from None
+    if not -(1 << 31) <= v < (1 << 31):
+        raise DataError(f"{what}: value {v} does not fit in int32")
+    return v
 
 
 def get_f32_nd(t: Tensor, i0: int, i1: int = 0, i2: int = 0, i3: int = 0) -> float:

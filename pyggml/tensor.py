@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DataError, describe
+from .errors import ContextMemoryError, DataError, describe
 from .types import GGMLType, TRAITS
 
 MAX_DIMS = 4
@@ -24,6 +24,7 @@ TENSOR_FLAG_PARAM = 4
 TENSOR_FLAG_LOSS = 8
 
 ALLOC_EPOCH = 0     # bumped whenever a tensor gets data: backends key cached addresses on it
+PARAMS_EPOCH = 0    # bumped when a computed node's op_params change (ops.registry.set_op_params)
 
 
 class Buffer:
@@ -32,7 +33,11 @@ class Buffer:
     __slots__ = ("data", "name", "backend")
 
     def __init__(self, nbytes: int, name: str = "", backend: Optional[str] = None, align: int = 64):
-        raw = np.zeros(nbytes + align, dtype=np.uint8)
+        try:
+            raw = np.zeros(nbytes + align, dtype=np.uint8)
+        except (MemoryError, ValueError) as e:
+            raise ContextMemoryError(f"cannot allocate a buffer of {nbytes} bytes"
+                                     f"{f' for {name}' if name else ''}: {e}") from None
         start = (-raw.ctypes.data) % align          # SIMD-friendly alignment of the base
         self.data = raw[start:start + nbytes]
         self.name = name

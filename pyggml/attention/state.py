@@ -14,7 +14,9 @@ key sets, each given as (M, S, O) with O the normalized output, combine exactly:
     O = (O1·S1·e^(M1-M) + O2·S2·e^(M2-M)) / S
 
 An empty side (S == 0, M == -inf) contributes nothing and is never evaluated (no
-inf - inf = NaN); both sides empty give M = -inf, S = 0, O = 0. This module is the one
+inf - inf = NaN); both sides empty give M = -inf, S = 0, O = 0. An incoming row that is
+neither fresh nor a previous contribution (finite M, finite S > 0) -- NaN, S <= 0 with a
+finite M, ... -- is inconsistent: with_state raises a ComputeError naming it (`row_kinds`). This module is the one
 place that rule is written for NumPy; the Numba kernels repeat it in float32.
 """
 from __future__ import annotations
@@ -72,6 +74,33 @@ def state_values(state, n_head: int = None):
         m = m.reshape(state.ne[2], n_head, -1)
         s = s.reshape(state.ne[2], n_head, -1)
     return m, s
+
+
+def row_kinds(m, s):
+    """Classify state rows: (fresh, previous, inconsistent) boolean arrays.
+
+    A row is fresh (M = -inf, S = 0) or holds a previous contribution (finite M, finite
+    S > 0); anything else (NaN, S <= 0 with a finite M, S > 0 with M = -inf, infinities) is
+    inconsistent and must never be taken for either."""
+    m = np.asarray(m)
+    s = np.asarray(s)
+    fresh = (m == -np.inf) & (s == 0)
+    prev = np.isfinite(m) & np.isfinite(s) & (s > 0)
+    return fresh, prev, ~(fresh | prev)
+
+
+def bad_row_message(op: str, state, m, s, n_head: int) -> str | None:
+    """The message naming the first inconsistent row of a state's (M, S), shaped
+    (ne3, n_head*n_batch); None when every row is fresh or a valid previous contribution."""
+    _, _, bad = row_kinds(m, s)
+    if not bad.any():
+        return None
+    i3, row = (int(x[0]) for x in np.nonzero(bad))
+    n_batch = max(1, m.shape[-1] // max(1, n_head))
+    return (f"{op}: s_m_state {describe(state)} row {row} (head {row // n_batch}, pos "
+            f"{row % n_batch}, plane {i3}) is inconsistent: M={m[i3, row]:g}, S={s[i3, row]:g}; "
+            f"a row is either fresh (M=-inf, S=0) or a previous contribution (finite M, S > 0)"
+            f" (flash_attn_state_reset starts over)")
 
 
 def merge(m1, s1, o1, m2, s2, o2):

@@ -10,7 +10,7 @@ import inspect
 import pkgutil
 import warnings
 
-from .registry import OPS, OpDef, get_op, register  # noqa: F401
+from .registry import OPS, OpDef, get_op, register, set_op_params  # noqa: F401
 
 _NOT_FAMILIES = {"registry", "cases_common"}
 

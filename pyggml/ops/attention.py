@@ -469,7 +469,7 @@ def flash_attn_ext_set_prec(a, prec):
     _need_fa_node(a, "flash_attn_ext_set_prec")
     prec = int(prec)
     _check_prec(a.op.name, prec)
-    a.op_params[3] = prec
+    a.op.set_params(a, dict(prec=prec))
 
 
 def flash_attn_ext_get_prec(a) -> int:
@@ -557,7 +557,11 @@ def _ref_ws(node, ins, p):
     # the incoming state: rows [M, S] at head*N + pos, plane i3
     prev = ins[WS_STATE][0].reshape(ne3, H, N, 2)
     m_prev, s_prev = prev[..., st.STATE_M], prev[..., st.STATE_S]
-    has_prev = (s_prev > 0) & (m_prev > -np.inf)
+    bad = st.bad_row_message(_OPS, node.src[WS_STATE], m_prev.reshape(ne3, H * N),
+                             s_prev.reshape(ne3, H * N), H)
+    if bad is not None:
+        raise ComputeError(bad)
+    has_prev = st.row_kinds(m_prev, s_prev)[1]
     if ins[WS_OPREV] is None:
         if has_prev.any():
             i3, h, n = (int(x[0]) for x in np.nonzero(has_prev))

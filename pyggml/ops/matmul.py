@@ -62,6 +62,8 @@ def _infer_mul_mat(srcs, p):
     need(b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, op,
          f"a cannot broadcast over b: b.ne[2:4] = {b.ne[2:]} must be multiples of "
          f"a.ne[2:4] = {a.ne[2:]}", a, b)
+    need(a.ne[0] > 0, op, "a and b have ne[0] = 0 (rows of no values); ggml rejects this "
+         "(its rows of 0 bytes read as a transposed a)", a, b)
     need(not is_transposed(a), op, f"a is transposed (nb={a.nb}); cont() it first", a)
     _rows_packed(op, a, "a")
     _rows_packed(op, b, "b")
@@ -136,7 +138,7 @@ def mul_mat_set_prec(a, prec):
     if int(prec) not in (PREC_DEFAULT, PREC_F32):
         raise ParamError(f"mul_mat_set_prec: prec must be PREC_DEFAULT (0) or PREC_F32 (10), "
                          f"got {prec}")
-    a.op_params[0] = int(prec)
+    a.op.set_params(a, dict(prec=int(prec)))
 
 
 def mul_mat_set_hint(a, hint):
@@ -145,7 +147,7 @@ def mul_mat_set_hint(a, hint):
     _need_mul_mat_node(a, "mul_mat_set_hint")
     if int(hint) not in (HINT_NONE, HINT_SRC0_IS_HADAMARD):
         raise ParamError(f"mul_mat_set_hint: unknown hint {hint}")
-    a.op_params[1] = int(hint)
+    a.op.set_params(a, dict(hint=int(hint)))
 
 
 # --- MUL_MAT_ID -----------------------------------------------------------------------------

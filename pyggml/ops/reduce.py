@@ -205,7 +205,7 @@ def _ref_argmax(node, ins, p):
     rows = ins[0][0, 0]                                  # (ne1, ne0)
     out = np.empty(rows.shape[0], dtype=np.int64)
     for r, x in enumerate(rows):
-        if np.isnan(x).any():
+        if x.size == 0 or np.isnan(x).any():          # an empty row gives 0, as in ggml
             out[r] = _argmax_row(x)
         else:                                            # the last index of the maximum
             out[r] = x.shape[0] - 1 - int(np.argmax(x[::-1]))

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe
+from .. import tensor as _tensor_mod
 from ..tensor import Tensor, MAX_SRC, MAX_OP_PARAMS, nbytes, nelements
 from ..types import GGMLType, TRAITS
 
@@ -48,8 +49,40 @@ def f32_bits(x: float) -> int:
     return struct.unpack("<i", struct.pack("<f", float(x)))[0]
 
 
+class FrozenParams(np.ndarray):
+    """op_params of a built node: int32 words over immutable bytes, so neither item
+    assignment nor setflags(write=True) can change them behind the op's checks."""
+
+    def __setitem__(self, key, value):
+        raise ParamError("op_params of a built node are read-only: change them with "
+                         "set_op_params(node, name=value), which re-runs the op's checks")
+
+
+def frozen(words: np.ndarray) -> np.ndarray:
+    return np.frombuffer(np.ascontiguousarray(words, dtype=np.int32).tobytes(),
+                         dtype=np.int32).view(FrozenParams)
+
+
 def bits_f32(w: int) -> float:
     return struct.unpack("<f", struct.pack("<i", int(w)))[0]
+
+
+_INT_RANGE = {"i32": (-(1 << 31), (1 << 31) - 1), "i64": (-(1 << 63), (1 << 63) - 1)}
+
+
+def _word(op: str, f: Field, x):
+    """One parameter value as ggml stores it; a value its C type cannot hold is a ParamError."""
+    try:
+        if f.kind == "f32":
+            return f32_bits(x)
+        v = int(x)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ParamError(f"{op}: parameter {f.name}={x!r} is not a valid {f.kind} ({e})") from None
+    lo, hi = _INT_RANGE[f.kind]
+    if not lo <= v <= hi:
+        raise ParamError(f"{op}: parameter {f.name}={v} does not fit in {f.kind} "
+                         f"[{lo}, {hi}]")
+    return v
 
 
 def pack_params(op: str, spec: Sequence[Field], values: dict) -> np.ndarray:
@@ -57,15 +90,18 @@ def pack_params(op: str, spec: Sequence[Field], values: dict) -> np.ndarray:
     i = 0
     for f in spec:
         v = values.get(f.name, [0] * f.count if f.count > 1 else 0)
-        vs = list(v) if f.count > 1 else [v]
+        try:
+            vs = list(v) if f.count > 1 else [v]
+        except TypeError:
+            raise ParamError(f"{op}: parameter {f.name} needs {f.count} values, got {v!r}") from None
         if len(vs) != f.count:
             raise ParamError(f"{op}: parameter {f.name} needs {f.count} values, got {len(vs)}")
         for x in vs:
             if f.kind == "i64":
-                words[i:i + 2] = np.array([int(x)], dtype=np.int64).view(np.int32)
+                words[i:i + 2] = np.array([_word(op, f, x)], dtype=np.int64).view(np.int32)
                 i += 2
             else:
-                words[i] = f32_bits(x) if f.kind == "f32" else int(x)
+                words[i] = _word(op, f, x)
                 i += 1
     if i > len(words):
         raise ParamError(f"{op}: op_params overflow ({i} words)")
@@ -169,7 +205,8 @@ class OpDef:
         out = self.infer(srcs, p)
         used = ctx.used
         # like_src views get their ne/nb below, unchecked against block sizes, as in ggml
-        t = ctx.new_tensor_impl(out.type, [TRAITS[out.type].blck_size] if out.like_src else out.ne,
+        # (an empty placeholder: the parent may itself be empty)
+        t = ctx.new_tensor_impl(out.type, [0] if out.like_src else out.ne,
                                 view_src=out.view_of, view_offs=out.offs, op_name=self.name)
         t.ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
         if out.nb is not None:
@@ -184,7 +221,7 @@ class OpDef:
         t.op = self
         for i, s in enumerate(srcs):
             t.src[i] = s
-        t.op_params = words
+        t.op_params = frozen(words)
         if name:
             t.name = name
         elif self.name_fmt is not None:
@@ -194,6 +231,37 @@ class OpDef:
     def p(self, node: Tensor) -> SimpleNamespace:
         """The node's op_params, unpacked."""
         return self.unpack(node.op_params)
+
+    def set_params(self, node: Tensor, named: dict) -> None:
+        """Change some of a built node's op_params through this op's own checks (see
+        set_op_params). The result must keep its type, shape and aliasing."""
+        if node.op is not self:
+            raise ParamError(f"{self.name}: node {describe(node)} is a {node.op_name} node")
+        known = {f.name for f in self.params}
+        unknown = sorted(set(named) - known)
+        if unknown:
+            raise ParamError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
+                             f"{self.name} has {', '.join(sorted(known)) or 'none'}")
+        if self.view:
+            raise ParamError(f"{self.name}: a view's parameters are its layout; build a new "
+                             f"view instead of editing {describe(node)}")
+        values = vars(self.p(node))
+        values.update(named)
+        words = self.pack(values)
+        srcs = [s for s in node.src]
+        while srcs and srcs[-1] is None:
+            srcs.pop()
+        out = self.infer(srcs, self.unpack(words))
+        ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
+        view_of = out.view_of.view_src if out.view_of is not None and \
+            out.view_of.view_src is not None else out.view_of
+        if out.type != node.type or ne != list(node.ne) or view_of is not node.view_src:
+            fail(self.name, f"parameters {named} would change the result (type "
+                 f"{TRAITS[out.type].tname}, ne={ne}, {'a view' if view_of else 'new data'}) "
+                 f"of the built node; build a new node instead", node, cls=ParamError)
+        node.op_params = frozen(words)
+        if node.is_allocated:       # it may sit in a lowered table: make backends re-lower
+            _tensor_mod.PARAMS_EPOCH += 1
 
     def __repr__(self) -> str:
         return f"OpDef({self.name})"
@@ -207,6 +275,19 @@ def register(op: OpDef) -> OpDef:
         raise GGMLError(f"op {op.name} is registered twice")
     OPS[op.name] = op
     return op
+
+
+def set_op_params(node: Tensor, **named) -> Tensor:
+    """Change a built node's op_params by name (e.g. `set_op_params(pad_node, lp0=2)`).
+
+    A built node's op_params are read-only; this re-runs the op's own checks on the new
+    values and refuses any that would change the node's type, shape or aliasing. A graph
+    that was already computed notices the change and lowers again."""
+    if not isinstance(node, Tensor) or node.op is None:
+        raise ParamError(f"set_op_params: {describe(node) if isinstance(node, Tensor) else repr(node)}"
+                         f" is not an op node")
+    node.op.set_params(node, named)
+    return node
 
 
 def get_op(name: str) -> OpDef:

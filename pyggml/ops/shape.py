@@ -395,6 +395,7 @@ def _infer_set(srcs, p):
 
 def _window(node, b, p) -> np.ndarray:
     """node's bytes seen with b's shape and the op's strides, at the op's byte offset."""
+    _check_window(node.op.name, node, b, p)      # never write past node, whatever op_params say
     tr = TRAITS[node.type]
     return np.ndarray(b.ne[::-1], dtype=tr.np_dtype, buffer=node.buffer.data,
                       offset=node.offs + p.offset, strides=[p.nb3, p.nb2, p.nb1, tr.type_size])

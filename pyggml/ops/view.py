@@ -20,6 +20,8 @@ def _named(suffix):
 def _infer_view(srcs, p):
     a = need_src("VIEW", srcs, 0, "a")
     need(p.offset >= 0, "VIEW", f"negative offset {p.offset}", a)
+    # ggml's strides are size_t: a negative one would reach before the view's first byte
+    need(all(int(x) >= 0 for x in p.nb), "VIEW", f"negative stride in nb={list(p.nb)}", a)
     return Out(a.type, p.ne, view_of=a, offs=p.offset, nb=p.nb)
 
 

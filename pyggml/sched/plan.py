@@ -36,8 +36,9 @@ class CPlan:
 
 
 def is_computed(node) -> bool:
-    """Nodes a backend runs: they have an op, and it is not a view."""
-    return node.op is not None and not node.op.view
+    """Nodes a backend runs: they have an op, it is not a view, and the result is not empty
+    (ggml's CPU skips empty results too: ggml_compute_forward returns on ggml_is_empty)."""
+    return node.op is not None and not node.op.view and 0 not in node.ne
 
 
 def _kernel_table(backend):
@@ -70,9 +71,7 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPl
     if n_threads is None:
         from ..compute import default_n_threads
         n_threads = default_n_threads()
-    n_threads = int(n_threads)
-    if n_threads < 1:
-        raise GraphError(f"graph_plan: n_threads must be >= 1, got {n_threads}")
+    n_threads = _check_threads("graph_plan", n_threads)
     kernels = _kernel_table(backend)
     n_tasks = []
     work = 0
@@ -88,22 +87,31 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPl
     return CPlan(n_threads, n_tasks, work)
 
 
-def _backend_for(n_threads: int):
-    """The process-wide Numba backend for n_threads (shared with graph_compute_with_ctx)."""
-    from .. import compute
-    be = compute._CTX_BACKENDS.get(n_threads)
-    if be is None or getattr(be, "name", "") != "numba":
-        be = compute.backend_numba_init(n_threads)
-        compute._CTX_BACKENDS[n_threads] = be
-    return be
+MAX_THREADS = 512          # GGML_MAX_N_THREADS
+
+
+def _check_threads(what: str, n_threads) -> int:
+    try:
+        n = int(n_threads)
+    except (TypeError, ValueError):
+        raise GraphError(f"{what}: n_threads must be an integer, got {n_threads!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise GraphError(f"{what}: n_threads must be in 1..{MAX_THREADS}, got {n}")
+    return n
 
 
 def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
     """ggml_graph_compute: run gf as planned (plans for the default thread count if None)."""
     if cplan is None:
         cplan = graph_plan(gf)
+    _check_threads("graph_compute", cplan.n_threads)
+    if not (isinstance(cplan.work_size, (int, np.integer)) and cplan.work_size >= 0 and
+            all(isinstance(x, (int, np.integer)) for x in cplan.n_tasks)):
+        raise GraphError(f"graph_compute: the plan's work_size ({cplan.work_size!r}) and n_tasks "
+                         f"must be integers (work_size >= 0); plan with graph_plan")
     if len(cplan.n_tasks) != len(gf.nodes):
         raise GraphError(f"graph_compute: the plan has {len(cplan.n_tasks)} nodes, the graph "
                          f"{len(gf.nodes)}; plan the graph again after changing it")
-    _backend_for(cplan.n_threads).compute_planned(gf, cplan)
+    from ..compute import cpu_backend_for
+    cpu_backend_for(cplan.n_threads).compute_planned(gf, cplan)
     return 0   # GGML_STATUS_SUCCESS; failures raise

@@ -10,11 +10,12 @@ write into the original nodes' memory, so the user's graph is never rewired.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import itertools
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import data
+from .. import tensor as _tensor_mod
 from ..errors import UnsupportedError, GraphError, describe
 from ..graph import CGraph
 from ..tensor import Tensor, Buffer, nbytes
@@ -35,11 +36,13 @@ def _fmt_size(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 else f"{n}B"
 
 
+_TOKENS = itertools.count(1)
+
+
 class Sched:
-    # graphs whose assignment/splits are kept (a decoder alternating between reused graphs,
-    # e.g. two caches, does not re-plan on every switch); entries hold their graph, so an
-    # id() in a key cannot be recycled while the entry lives
-    KEEP_GRAPHS = 8
+    # Each graph keeps its own assignment/splits in gf.cache under this scheduler's token (a
+    # decoder alternating between reused graphs does not re-plan on every switch), so they
+    # live exactly as long as the graph: the scheduler holds no graph but its current one.
 
     def __init__(self, backends, eval_cb=None):
         if not backends:
@@ -51,7 +54,8 @@ class Sched:
         self.splits: list[Split] = []
         self._graph: Optional[CGraph] = None
         self._key = None
-        self._kept: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self._slot = ("sched", next(_TOKENS))      # this scheduler's entry in gf.cache
+        self._generation = 0                       # bumped by reset: older entries are stale
 
     # --- assignment ------------------------------------------------------------------------
     def _backend_of_buffer(self, t: Tensor):
@@ -154,23 +158,28 @@ class Sched:
 
     # --- public ----------------------------------------------------------------------------
     def alloc_graph(self, gf: CGraph) -> None:
-        key = (id(gf), gf.version, tuple(sorted((k, id(v)) for k, v in self.pinned.items())))
-        if key == self._key:
+        key = (gf.version, _tensor_mod.PARAMS_EPOCH, self._generation,
+               tuple(sorted((k, id(v)) for k, v in self.pinned.items())))
+        if gf is self._graph and key == self._key:
             return
-        kept = self._kept.get(key)
-        if kept is not None and kept[0] is gf:
-            self._kept.move_to_end(key)
+        kept = gf.cache.get(self._slot)
+        if kept is not None and kept[0] == key:
             _, self.assignment, self.splits = kept
         else:
             self._assign(gf)      # raises before any compute when a node is unsupported
             alloc_graph(gf)
             self._split(gf)
             self._build_shadow_graphs()
-            self._kept[key] = (gf, self.assignment, self.splits)
-            while len(self._kept) > self.KEEP_GRAPHS:
-                self._kept.popitem(last=False)
+            gf.cache[self._slot] = (key, self.assignment, self.splits)
         self._key = key
         self._graph = gf
+
+    def release(self) -> None:
+        """Drop the references to the current graph (its plan stays cached on the graph)."""
+        self._key = None
+        self._graph = None
+        self.splits = []
+        self.assignment = {}
 
     def graph_compute(self, gf: CGraph) -> None:
         self.alloc_graph(gf)
@@ -220,10 +229,8 @@ class Sched:
         return "\n".join(out)
 
     def reset(self) -> None:
-        self._key = None
-        self.splits = []
-        self.assignment = {}
-        self._kept.clear()
+        self.release()
+        self._generation += 1
 
 
 # ggml-style free functions

@@ -122,9 +122,24 @@ def _run_one(item) -> tuple:
         r.flops, r.nbytes
 
 
+def _check_args(args) -> None:
+    """Flag values argparse does not check: a GGMLError (the `pyggml` command prints it)."""
+    import re
+    from ..errors import GGMLError
+    for flag, v in (("-j", args.jobs), ("-t", args.threads)):
+        if v is not None and v < 1:
+            raise GGMLError(f"{flag} {v}: must be >= 1")
+    if args.pattern is not None:
+        try:
+            re.compile(args.pattern)
+        except re.error as e:
+            raise GGMLError(f"-p {args.pattern!r}: not a regular expression ({e})") from None
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    _check_args(args)
     from .. import ops as _ops  # noqa: F401  (registers every op)
     from ..ops.registry import OPS
 

@@ -415,6 +415,8 @@ def set_bytes(ptr: int, raw) -> None:
     n = lib().ggml_nbytes(ptr)
     if len(b) > n:
         raise DataError(f"set_bytes: {len(b)} bytes do not fit a ggml tensor of {n} bytes")
+    if not b:
+        return                     # an empty tensor may have no data at all
     d = data_ptr(ptr)
     if not d:
         raise DataError("set_bytes: ggml tensor has no data")

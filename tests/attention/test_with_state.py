@@ -380,6 +380,49 @@ def test_missing_o_prev_is_an_error_and_changes_nothing(rng, backend):
         be.free()
 
 
+# --- (7) inconsistent state rows --------------------------------------------------------------------
+
+BAD_ROWS = {"M nan": (np.nan, 1.0), "S nan": (0.5, np.nan), "S 0, M finite": (0.5, 0.0),
+            "S < 0": (0.5, -2.0), "S > 0, M -inf": (-np.inf, 1.0), "M +inf": (np.inf, 1.0),
+            "S inf": (0.5, np.inf)}
+
+
+@pytest.mark.parametrize("o_prev", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "numba2"])
+@pytest.mark.parametrize("bad", list(BAD_ROWS))
+def test_inconsistent_state_row_is_an_error_naming_it(rng, backend, bad, o_prev):
+    """A row is fresh (M=-inf, S=0) or a previous contribution (finite M, S > 0); any other
+    row is never taken for fresh (which would drop o_prev): a ComputeError names it."""
+    be = _ref() if backend == "reference" else gg.backend_numba_init(2)
+    prob = Problem(rng, 20)
+    ctx = gg.init(mem_size=32 << 20)
+    q = _leaf(ctx, prob.q)
+    state = gg.flash_attn_state_new(ctx, H, N)
+    prev = _leaf(ctx, np.ones((1, N, H, DV))) if o_prev else None
+    out = _chain(ctx, prob, q, state, [(0, 20)], o_prev=prev)
+    vals = st.fresh_values(state.ne)
+    if o_prev:
+        vals[..., 1] = 1.0
+        vals[..., 0] = 0.25                              # valid previous contributions
+    vals[0, 0, 5] = BAD_ROWS[bad]                        # row 5 = head 1, pos 2
+    data.write(state, vals)
+    before = data.tensor_get(state)
+    with pytest.raises(ComputeError) as e:
+        _compute(out, be)
+    msg = str(e.value)
+    assert "row 5 (head 1, pos 2, plane 0) is inconsistent" in msg, msg
+    assert data.tensor_get(state) == before
+
+
+def test_row_kinds():
+    m = np.array([-np.inf, 0.5, np.nan, 0.5, -np.inf])
+    s = np.array([0.0, 2.0, 1.0, 0.0, 1.0])
+    fresh, prev, bad = st.row_kinds(m, s)
+    assert fresh.tolist() == [True, False, False, False, False]
+    assert prev.tolist() == [False, True, False, False, False]
+    assert bad.tolist() == [False, False, True, True, True]
+
+
 # --- state helpers ------------------------------------------------------------------------------------
 
 def test_state_helpers():

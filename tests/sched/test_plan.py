@@ -91,8 +91,8 @@ def test_graph_compute_runs_a_plan(ctx):
     p.work_data = np.zeros(p.work_size, dtype=np.uint8)
     graph_compute(gq, p)
     np.testing.assert_allclose(gg.to_numpy(q), np.ones((2, 64)), rtol=1e-3)   # q8_0 scale
-    from pyggml.sched.plan import _backend_for
-    assert _backend_for(2).table(gq, p).wbuf is p.work_data
+    from pyggml.compute import cpu_backend_for
+    assert cpu_backend_for(2).table(gq, p).wbuf is p.work_data
 
 
 def test_graph_compute_rejects_a_stale_plan(ctx):

@@ -24,7 +24,7 @@ from ... import tensor as _tensor_mod
 from ...tensor import Buffer, Tensor
 from ..base import Backend, EvalCallback
 from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_into
-from .executor import NodeTable, WorkerPool
+from .executor import MAX_THREADS, NodeTable, WorkerPool
 from .kernels import KERNELS, lookup
 
 _loc = attrgetter("_buffer", "_offs")
@@ -46,6 +46,23 @@ def _alloc_epoch():
     return getattr(_tensor_mod, "ALLOC_EPOCH", None)
 
 
+def _check_work_data(cplan: CPlan) -> np.ndarray:
+    """A caller's cplan.work_data: kernels write work_size bytes from its address, so it must
+    be one writable, contiguous block that large (ggml's uint8_t * work_data)."""
+    w = cplan.work_data
+    if not isinstance(w, np.ndarray):
+        raise GraphError(f"graph_compute: cplan.work_data must be a NumPy array, got "
+                         f"{type(w).__name__}")
+    if not (w.flags.c_contiguous and w.flags.writeable):
+        raise GraphError(f"graph_compute: cplan.work_data must be writable and contiguous "
+                         f"(got strides {w.strides}, writeable={w.flags.writeable}); pass "
+                         f"np.zeros(cplan.work_size, np.uint8)")
+    if w.nbytes < cplan.work_size:
+        raise GraphError(f"graph_compute: work_data has {w.nbytes} bytes, the plan "
+                         f"needs {cplan.work_size}")
+    return w
+
+
 class LoweredGraph(NodeTable):
     """A NodeTable plus what is needed to know it is still valid for its graph.
 
@@ -57,6 +74,7 @@ class LoweredGraph(NodeTable):
     the core counts allocations (tensor.ALLOC_EPOCH) an unchanged count skips the check."""
 
     epoch = None
+    params_epoch = None
     scratch = None              # int64[n, SCRATCH_LEN], set by lower()
     default_plan = True         # lowered with the backend's own plan (not a caller's CPlan)
 
@@ -64,6 +82,8 @@ class LoweredGraph(NodeTable):
         return list(map(_loc, self.roots))
 
     def still_valid(self, cplan: Optional[CPlan]) -> bool:
+        if self.params_epoch != _tensor_mod.PARAMS_EPOCH:    # set_op_params on a computed node
+            return False
         ep = _alloc_epoch()
         if ep is None or ep != self.epoch:
             if self.locations() != self.snapshot:
@@ -84,8 +104,9 @@ class NumbaBackend(Backend):
 
     def __init__(self, n_threads: int = 1, kernels: Optional[dict] = None):
         n_threads = int(n_threads)
-        if n_threads < 1:
-            raise GraphError(f"numba backend: n_threads must be >= 1, got {n_threads}")
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise GraphError(f"numba backend: n_threads must be in 1..{MAX_THREADS}, got "
+                             f"{n_threads}")
         self.n_threads = n_threads
         self.kernels = KERNELS if kernels is None else kernels
         self.pool = WorkerPool(n_threads)
@@ -100,8 +121,9 @@ class NumbaBackend(Backend):
 
     def set_n_threads(self, n_threads: int) -> None:
         n_threads = int(n_threads)
-        if n_threads < 1:
-            raise GraphError(f"numba backend: n_threads must be >= 1, got {n_threads}")
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise GraphError(f"numba backend: n_threads must be in 1..{MAX_THREADS}, got "
+                             f"{n_threads}")
         if n_threads != self.n_threads:
             self.pool.close()
             self.n_threads = n_threads
@@ -126,10 +148,7 @@ class NumbaBackend(Backend):
             kernels.append(k)
         status = np.zeros(STATUS_LEN, dtype=np.int64)
         if cplan.work_data is not None:
-            wbuf = cplan.work_data
-            if wbuf.nbytes < cplan.work_size:
-                raise GraphError(f"graph_compute: work_data has {wbuf.nbytes} bytes, the plan "
-                                 f"needs {cplan.work_size}")
+            wbuf = _check_work_data(cplan)
         else:
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
@@ -154,6 +173,7 @@ class NumbaBackend(Backend):
                         roots.append(rt)
         tab.roots = roots
         tab.epoch = _alloc_epoch()
+        tab.params_epoch = _tensor_mod.PARAMS_EPOCH
         tab.snapshot = tab.locations()
         tab.plan = cplan
         # rows run up to and including each graph node (eval-callback mode)

@@ -103,11 +103,17 @@ ERRORS: dict[int, str] = {
 }
 
 
-def register_error(code: int, meaning: str) -> int:
-    """Give a kernel-specific error code (use >= 100) its message; returns the code."""
+ERROR_DETAILS: dict = {}    # code -> fn(node) -> str: what exactly was wrong (read after the fact)
+
+
+def register_error(code: int, meaning: str, detail=None) -> int:
+    """Give a kernel-specific error code (use >= 100) its message; returns the code.
+    `detail(node)`, when given, adds specifics to the ComputeError (e.g. which row)."""
     if code in ERRORS and ERRORS[code] != meaning:
         raise ValueError(f"error code {code} already means {ERRORS[code]!r}")
     ERRORS[code] = meaning
+    if detail is not None:
+        ERROR_DETAILS[code] = detail
     return code
 
 

@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from ...errors import ComputeError, describe
-from .desc import DESC_LEN, S_CODE, S_NODE, error_meaning
+from .desc import DESC_LEN, ERROR_DETAILS, S_CODE, S_NODE, error_meaning
 from .intrinsics import (atomic_add, atomic_load, atomic_store, call_kernel, cpu_pause,
                          cpu_yield, current_cpu, i64_array)
 
@@ -314,9 +314,11 @@ class NodeTable:
             return ComputeError(f"a kernel failed (error {code}: {error_meaning(code)})")
         node, k = self.nodes[row], self.kernels[row]
         srcs = ", ".join(f"src[{j}]={describe(s)}" for j, s in enumerate(node.src) if s is not None)
+        detail = ERROR_DETAILS.get(code)
+        detail = detail(node) if detail is not None else ""
         return ComputeError(
             f"node {gi} {node.op_name} {describe(node)} ({srcs}) failed in numba kernel "
-            f"{k.name!r}: error {code}: {error_meaning(code)}")
+            f"{k.name!r}: error {code}: {error_meaning(code)}" + (f" -- {detail}" if detail else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +450,9 @@ class WorkerPool:
         with self._run_lock:
             if core.stop:
                 raise ComputeError("the worker pool was shut down")
-            core.job = table
+            # what a worker may still read after the caller left the last barrier; not the
+            # table itself, whose nodes would keep the graph's context alive until next run
+            core.job = (table.kaddrs, table.descs, table.n_tasks, table.status)
             post_job(core.state_addr, kaddrs, descs, ntasks, i0, i1, status, _POSTS_ADDR)
             if core.active < nth - 1:        # some workers sleep: wake them
                 with core.cond:

@@ -12,6 +12,7 @@ from typing import Optional
 from ... import data
 from ...graph import CGraph
 from ...sched.alloc import alloc_graph
+from ...sched.plan import is_computed
 from ...tensor import Tensor
 from ..base import Backend, EvalCallback, node_failed
 
@@ -39,7 +40,7 @@ class ReferenceBackend(Backend):
         alloc_graph(gf)
         for i, node in enumerate(gf.nodes):
             want = eval_cb(node, True) if eval_cb else False
-            if node.op is not None and not node.op.view:
+            if is_computed(node):
                 try:
                     compute_node_reference(node)
                 except Exception as e:  # name the node; keep the cause chained

@@ -59,7 +59,7 @@ import numpy as np
 from ....types import GGMLType, TRAITS, FA_KV_TYPES
 from ..desc import (DST, SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, SRC7, SRC8, ERR_SCRATCH,
                     ERR_STATE, ERR_WORK_SIZE, H_NTASKS, has_scratch, param_f32, param_i32,
-                    scratch_addr, set_error, t_addr, t_nb, t_ne, t_type, wdata, wsize)
+                    register_error, scratch_addr, set_error, t_addr, t_nb, t_ne, t_type, wdata, wsize)
 from ..intrinsics import atomic_add, atomic_load, atomic_store, cpu_pause, f32_array, i8_array, \
     ptr_of, u16_array
 from . import kernel, simd
@@ -70,6 +70,18 @@ from .fa_rows import (BF16, F16, F32, Q4_0, Q8_0, QK, f16_to_f32, quant_q_row, r
 from .simd import VL
 
 PREC_F32 = 10
+
+
+def _bad_state_row(node) -> str:
+    """Names the inconsistent state row (the kernel left the state untouched)."""
+    from ....attention import state as st
+    m, s = st.state_values(node.src[6])
+    return st.bad_row_message(node.op.name, node.src[6], m, s, node.src[0].ne[2]) or ""
+
+
+ERR_STATE_BAD = register_error(
+    120, "an inconsistent with_state row (NaN, S <= 0 with a finite M, ...): a row is fresh "
+         "(M=-inf, S=0) or a previous contribution (finite M, S > 0)", detail=_bad_state_row)
 
 RMAX = 32          # query rows per tile
 KB = 32            # keys per block
@@ -531,13 +543,22 @@ def _finish_row(ws, acc, ao, dv, M, S, h, iq3, pos, N, sinks_a, oa, onb1, onb2, 
 
 
 @_jit
-def _state_is_fresh(sa, snb1, snb2, rows, ne3):
+def _state_check(sa, snb1, snb2, rows, ne3):
+    """0: every row fresh (M=-inf, S=0); 1: some row holds a previous contribution (finite
+    M, finite S > 0); 2: some row is neither (attention.state.row_kinds, in float32)."""
+    r = 0
     for i3 in range(ne3):
         for row in range(rows):
             st = f32_array(sa + row * snb1 + i3 * snb2, 2)
-            if st[1] > _F0 and st[0] != NEG_INF:
-                return False
-    return True
+            m = st[0]
+            s = st[1]
+            if m == NEG_INF and s == _F0:
+                continue
+            if np.isfinite(m) and np.isfinite(s) and s > _F0:
+                r = 1
+            else:
+                return 2
+    return r
 
 
 @_jit
@@ -616,16 +637,19 @@ def fa_body(desc, ith, nth, ws):
     first = ticket % nt == 0
     if first:
         bad = 0
-        if ws == 1 and oa == 0 and not _state_is_fresh(sa, snb1, snb2, H * N, ne3):
-            bad = 1
+        if ws == 1:
+            bad = _state_check(sa, snb1, snb2, H * N, ne3)
+            if bad == 1 and oa != 0:
+                bad = 0                 # a previous contribution with its o_prev: fine
         atomic_store(scratch_addr(desc, C_NEXT), 0)
-        atomic_store(scratch_addr(desc, C_READY), (run + 1) * 2 + bad)
+        atomic_store(scratch_addr(desc, C_READY), (run + 1) * 4 + bad)
     else:
-        while atomic_load(scratch_addr(desc, C_READY)) // 2 != run + 1:
+        while atomic_load(scratch_addr(desc, C_READY)) // 4 != run + 1:
             cpu_pause()
-    if atomic_load(scratch_addr(desc, C_READY)) % 2 == 1:
+    bad = atomic_load(scratch_addr(desc, C_READY)) % 4
+    if bad != 0:
         if first:
-            set_error(desc, ERR_STATE)
+            set_error(desc, ERR_STATE if bad == 1 else ERR_STATE_BAD)
         return
     tb = wb + ith * per
     nbk = max(1, (dk + QK - 1) // QK)
