@@ -255,23 +255,22 @@ def _byte_vocab(wr, n_vocab: int) -> None:
     wr.add_add_bos_token(False)
 
 
-def _copy_tokenizer(wr, g: GGUFFile) -> None:
-    """The source file's tokenizer.* keys, values as read (types as gguf infers them)."""
-    from gguf import GGUFValueType
-    for key, v in g.metadata.items():
-        if not key.startswith("tokenizer."):
-            continue
-        if isinstance(v, (np.ndarray, list)):      # token types int32, scores float32, strings
-            wr.add_key_value(key, v.tolist() if isinstance(v, np.ndarray) else v,
-                             GGUFValueType.ARRAY)
-        elif isinstance(v, bool):
-            wr.add_bool(key, v)
-        elif isinstance(v, int):
-            wr.add_uint32(key, v)
-        elif isinstance(v, float):
-            wr.add_float32(key, v)
-        else:
-            wr.add_string(key, str(v))
+def add_kv(wr, key: str, value) -> None:
+    """One metadata value into a GGUFWriter, typed as GGUF files usually hold it: bool, str,
+    float -> F32, int -> U32, array of ints -> I32 / floats -> F32 / strings (empty arrays
+    are skipped, as GGUFWriter.add_array does)."""
+    if isinstance(value, bool):
+        wr.add_bool(key, value)
+    elif isinstance(value, str):
+        wr.add_string(key, value)
+    elif isinstance(value, float):
+        wr.add_float32(key, value)
+    elif isinstance(value, int):
+        wr.add_uint32(key, value)
+    elif isinstance(value, (np.ndarray, list)):
+        wr.add_array(key, list(value.tolist() if isinstance(value, np.ndarray) else value))
+    else:
+        raise ModelFileError(f"GGUF metadata {key!r}: cannot write a {type(value).__name__}")
 
 
 def save_gguf(model, path) -> None:
@@ -292,7 +291,9 @@ def save_gguf(model, path) -> None:
     _write_hparams(wr, cfg)
     src = getattr(model, "gguf", None)
     if src is not None and "tokenizer.ggml.model" in src.metadata:
-        _copy_tokenizer(wr, src)
+        for key, v in src.metadata.items():
+            if key.startswith("tokenizer."):
+                add_kv(wr, key, v)
     else:
         _byte_vocab(wr, cfg.n_vocab)
     tied = model.w.get("output.weight") is model.w.get("token_embd.weight")
