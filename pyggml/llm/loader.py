@@ -108,36 +108,6 @@ def _tensor_ne(g: GGUFFile, name: str) -> tuple:
     return t.ne
 
 
-def expected_tensors(cfg) -> dict:
-    """name -> (ggml shape, required, role) for cfg's architecture, as llama.cpp's
-    load_tensors creates them. role: 'matrix' (any weight type), 'vector' (F32)."""
-    hd = cfg.head_dim
-    q, kv = hd * cfg.n_head, hd * cfg.n_head_kv
-    bias_req = ARCHS.get(cfg.arch, (0, False))[1]
-    s = {"token_embd.weight": ((cfg.n_embd, cfg.n_vocab), True, "matrix"),
-         "output_norm.weight": ((cfg.n_embd,), True, "vector"),
-         "output.weight": ((cfg.n_embd, cfg.n_vocab), False, "matrix"),
-         "rope_freqs.weight": ((cfg.rope_dims // 2,), False, "vector")}
-    for il in range(cfg.n_layer):
-        p = f"blk.{il}."
-        s.update({
-            p + "attn_norm.weight": ((cfg.n_embd,), True, "vector"),
-            p + "attn_q.weight": ((cfg.n_embd, q), True, "matrix"),
-            p + "attn_k.weight": ((cfg.n_embd, kv), True, "matrix"),
-            p + "attn_v.weight": ((cfg.n_embd, kv), True, "matrix"),
-            p + "attn_output.weight": ((q, cfg.n_embd), True, "matrix"),
-            p + "attn_q.bias": ((q,), bias_req, "vector"),
-            p + "attn_k.bias": ((kv,), bias_req, "vector"),
-            p + "attn_v.bias": ((kv,), bias_req, "vector"),
-            p + "attn_output.bias": ((cfg.n_embd,), False, "vector"),
-            p + "ffn_norm.weight": ((cfg.n_embd,), True, "vector"),
-            p + "ffn_gate.weight": ((cfg.n_embd, cfg.n_ff), True, "matrix"),
-            p + "ffn_up.weight": ((cfg.n_embd, cfg.n_ff), True, "matrix"),
-            p + "ffn_down.weight": ((cfg.n_ff, cfg.n_embd), True, "matrix"),
-        })
-    return s
-
-
 def _type_name(type_id: int) -> str:
     try:
         from gguf import GGMLQuantizationType
@@ -150,7 +120,8 @@ def check_tensors(g: GGUFFile, cfg) -> dict:
     """Every tensor present, of a type pyggml knows, of the shape cfg says: name ->
     (TensorInfo, GGMLType). Raises ModelFileError naming tensor and file; nothing is made."""
     out = {}
-    for name, (ne, required, role) in expected_tensors(cfg).items():
+    from ..models.llama import weight_table
+    for name, (ne, required, role) in weight_table(cfg, ARCHS[cfg.arch][1]).items():
         info = g.tensors.get(name)
         if info is None:
             if required:
