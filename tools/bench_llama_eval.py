@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     n_ctx = args.prompt + args.n * (args.rounds + 1) + 8
     llm = Llama(args.model, n_ctx=n_ctx, n_threads=args.threads, verbose=False)
     model, c = llm._model, llm._model.cfg
-    backend = gg.sched_new([gg.backend_init_by_name("cpu", args.threads), gg.backend_reference_init()])
+    backend = gg.sched_new([gg.backend_init_by_name("cpu", args.threads),
+                            gg.backend_reference_init()])
     dec = Decoder(model, F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, n_ctx), backend)
     prompt = list(np.random.default_rng(0).integers(0, c.n_vocab, args.prompt))
     llm.eval(prompt)
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
         tok_b = int(dec.step([tok_b])[-1].argmax())
     rates = {"Llama.eval": [], "Decoder.step": []}
     for r in range(args.rounds):
-        for side in (("Llama.eval", "Decoder.step") if r % 2 == 0 else ("Decoder.step", "Llama.eval")):
+        order = ("Llama.eval", "Decoder.step")
+        for side in (order if r % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
             if side == "Llama.eval":
                 for _ in range(args.n):
@@ -57,7 +59,8 @@ def main(argv=None) -> int:
                     tok_b = int(dec.step([tok_b])[-1].argmax())
             rates[side].append(args.n / (time.perf_counter() - t0))
     for side, v in rates.items():
-        print(f"{side:13s} " + "  ".join(f"{x:6.1f}" for x in v) + f"   median {statistics.median(v):6.1f} tok/s")
+        print(f"{side:13s} " + "  ".join(f"{x:6.1f}" for x in v)
+              + f"   median {statistics.median(v):6.1f} tok/s")
     inner = [0.0]
     step = llm._decoder.step
 
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
           f"includes argmax of the logits)")
     ratios = [a / b for a, b in zip(rates["Llama.eval"], rates["Decoder.step"])]
     print(f"Llama.eval / Decoder.step per round: {', '.join(f'{x:.3f}' for x in ratios)}; "
-          f"median {statistics.median(ratios):.3f} ({args.threads} threads, {args.n} tokens per round)")
+          f"median {statistics.median(ratios):.3f} ({args.threads} threads, {args.n} tokens "
+          f"per round)")
     return 0
 
 

@@ -5,8 +5,9 @@ ignored, special tokens printed), then llama-tokenize gives the ids of the promp
 prompt + continuation (both read verbatim from files). The fixture keeps the prompt ids and
 the continuation ids (re-tokenizing the text gives llama.cpp's own greedy ids unless the
 generated ids were not the text's canonical tokenization: then the fixture holds the canonical
-ones and the test counts the position as a disagreement); tests/llm/test_llama.py feeds both to pyggml (teacher forcing) and
-counts the positions where pyggml's argmax is llama.cpp's next token.
+ones and the test counts the position as a disagreement); tests/llm/test_llama.py feeds both
+to pyggml (teacher forcing) and counts the positions where pyggml's argmax is llama.cpp's
+next token.
 
     python tools/make_llm_fixtures.py [--llama-cpp ../shared/llama.cpp/run] [-n 32]
 """

@@ -131,8 +131,9 @@ def check_tensors(g: GGUFFile, cfg) -> dict:
             t = GGMLType(info.type_id)
             tr = TRAITS[t]
         except (ValueError, KeyError):
-            raise ModelFileError(f"{g.path}: tensor {name!r} has type {_type_name(info.type_id)} "
-                                 f"(ggml type {info.type_id}), which pyggml does not support") from None
+            raise ModelFileError(
+                f"{g.path}: tensor {name!r} has type {_type_name(info.type_id)} (ggml type "
+                f"{info.type_id}), which pyggml does not support") from None
         if role == "vector" and t != GGMLType.F32:
             raise ModelFileError(f"{g.path}: tensor {name!r} is {tr.tname}; pyggml needs F32 "
                                  f"for norms, biases and rope factors")
@@ -255,7 +256,8 @@ def save_gguf(model, path) -> None:
     try:
         from gguf import GGUFWriter, GGMLQuantizationType
     except ImportError as e:
-        raise ModelFileError("writing GGUF needs the gguf package: pip install 'pyggml[gguf]'") from e
+        raise ModelFileError("writing GGUF needs the gguf package: "
+                             "pip install 'pyggml[gguf]'") from e
     cfg = model.cfg
     wr = GGUFWriter(os.fspath(path), cfg.arch)
     src = getattr(model, "gguf", None)
