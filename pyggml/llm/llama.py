@@ -88,7 +88,11 @@ class Llama:
             self.scores = np.zeros((0, self._n_vocab), dtype=np.single)
             return
         from .loader import load_model
-        self._model = load_model(self._gguf)
+        try:
+            self._model = load_model(self._gguf)
+        except BaseException:
+            self._gguf.close()             # a bad file leaves no map behind
+            raise
         cfg = self._model.cfg
         self._n_vocab = cfg.n_vocab
         self._n_ctx = n_ctx or cfg.n_ctx_train            # 0: the model's training context
