@@ -24,8 +24,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from pyggml.llm import GGUFFile, installed_model
 
@@ -114,21 +112,13 @@ def write_vocab_gguf(path: str, md: dict, overrides: dict, drop=()) -> None:
     """A GGUF with no tensors: `md` (minus `drop`) with `overrides`; llama-tokenize loads
     only the vocabulary."""
     import gguf
+    from pyggml.llm.loader import add_kv
     w = gguf.GGUFWriter(path, "llama")
     md = {**{k: v for k, v in md.items() if k not in drop}, **overrides}
     for key, value in md.items():
         if key in ("general.architecture", "GGUF.version"):
             continue
-        if isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, str):
-            w.add_string(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        elif isinstance(value, (np.ndarray, list)):   # ints -> INT32, floats -> FLOAT32
-            w.add_array(key, list(value.tolist() if isinstance(value, np.ndarray) else value))
+        add_kv(w, key, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
