@@ -72,6 +72,20 @@ def _check_messages(messages) -> None:
             raise PromptError(f"chat: message {i} is not a dict with a 'role': {m!r}")
 
 
+def chat_prompt(llama, messages: list, stop=None) -> tuple[list, list]:
+    """The conversation rendered by the model's template and tokenized, and the stop
+    strings (the caller's and the template's end token)."""
+    _check_messages(messages)
+    fmt = formatter(llama)
+    prompt = fmt.render(list(messages))
+    # the template writes the special tokens itself (llama-cpp-python: added_special)
+    tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if fmt.eos_token:
+        stops.append(fmt.eos_token)
+    return tokens, stops
+
+
 def create_chat_completion(llama, messages: list, temperature: float = 0.2,
                            top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                            typical_p: float = 1.0, stream: bool = False, stop=None,
@@ -80,14 +94,7 @@ def create_chat_completion(llama, messages: list, temperature: float = 0.2,
                            repeat_penalty: float = 1.0, logprobs: bool = False,
                            top_logprobs: int | None = None, model: str | None = None):
     """llama-cpp-python's Llama.create_chat_completion (defaults included) on a pyggml Llama."""
-    _check_messages(messages)
-    fmt = formatter(llama)
-    prompt = fmt.render(list(messages))
-    # the template writes the special tokens itself (llama-cpp-python: added_special)
-    tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-    stops = ([stop] if isinstance(stop, str) else list(stop or []))
-    if fmt.eos_token:
-        stops.append(fmt.eos_token)
+    tokens, stops = chat_prompt(llama, messages, stop)
     out = create_completion(
         llama, tokens, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
         min_p=min_p, typical_p=typical_p, top_k=top_k, stop=stops, seed=seed, stream=stream,
