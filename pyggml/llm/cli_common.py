@@ -134,11 +134,11 @@ def kv_line(llama) -> str:
     return line
 
 
-def run_main(prog: str, parser: Parser, body, argv) -> int:
-    """Parse, run body(args) -> int; a bad flag or any GGMLError is one line, exit 2."""
+def run_main(prog: str, parser: Parser, body, argv, check=check_flags) -> int:
+    """Parse, check, run body(args) -> int; a bad flag or any GGMLError is one line, exit 2."""
     try:
         args = parser.parse_args(argv)
-        check_flags(args)
+        check(args)
         return body(args)
     except (UsageError, GGMLError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
