@@ -47,7 +47,7 @@ class ChatFormatter:
             raise PromptError(f"chat template failed on the messages: {e}") from None
 
     @classmethod
-    def for_model(cls, llama) -> "ChatFormatter":
+    def for_model(cls, llama) -> ChatFormatter:
         def text(tok: int) -> str:
             return llama.detokenize([tok], special=True).decode("utf-8", errors="replace") \
                 if tok is not None and tok >= 0 else ""

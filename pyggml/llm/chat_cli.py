@@ -64,9 +64,7 @@ def _chat(args) -> int:
     try:
         converse(llama, args, iter(sys.stdin.readline, ""), sys.stdout, timings)
     finally:
-        if not args.no_perf:
-            lines = C.perf_lines(t_load, timings, time.perf_counter() - t0) + [C.kv_line(llama)]
-            print("\n".join(lines), file=sys.stderr)
+        C.print_perf(args, llama, t_load, timings, t0)
     return 0
 
 

@@ -134,6 +134,13 @@ def kv_line(llama) -> str:
     return line
 
 
+def print_perf(args, llama, t_load: float, timings, t_start: float) -> None:
+    """The perf lines and the cache's memory on stderr (unless --no-perf)."""
+    if not args.no_perf:
+        lines = perf_lines(t_load, timings, time.perf_counter() - t_start) + [kv_line(llama)]
+        print("\n".join(lines), file=sys.stderr)
+
+
 def run_main(prog: str, parser: Parser, body, argv, check=check_flags) -> int:
     """Parse, check, run body(args) -> int; a bad flag or any GGMLError is one line, exit 2."""
     try:

@@ -77,9 +77,7 @@ def _run(args) -> int:
     generate_to(sys.stdout, llama, text, args, timings)
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if not args.no_perf:
-        lines = C.perf_lines(t_load, timings, time.perf_counter() - t0) + [C.kv_line(llama)]
-        print("\n".join(lines), file=sys.stderr)
+    C.print_perf(args, llama, t_load, timings, t0)
     return 0
 
 

@@ -12,9 +12,10 @@ import time
 import numpy as np
 
 import pyggml as gg
-from ..attention.kv_cache import MixedKVCache, F16KVCache
+
+from ..attention.kv_cache import F16KVCache, MixedKVCache
 from ..llm.cli_common import Parser, UsageError, run_main
-from .llama import LlamaConfig, LlamaModel, Decoder
+from .llama import Decoder, LlamaConfig, LlamaModel
 
 REAL_MODEL = "smollm2-135m"
 # ~200 tokens: longer than the default hot window (64), so the mixed cache runs mostly cold

@@ -3,8 +3,8 @@ response shapes of llama-cpp-python, stop strings that never leak (also when str
 EOG, max_tokens, a full context, prefix reuse of the cache, the chat template."""
 import numpy as np
 import pytest
-
 from fake_llama import BOS, EOS, VOCAB, FakeLlama
+
 from pyggml.errors import PromptError
 from pyggml.llm.chat import ChatFormatter, create_chat_completion
 from pyggml.llm.completion import StopFilter, create_completion, generate

@@ -5,8 +5,8 @@ import io
 import sys
 
 import pytest
-
 from fake_llama import FakeLlama
+
 from pyggml.llm import chat_cli, cli_common, run_cli
 
 
