@@ -30,10 +30,13 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="logical maximum batch size (default: 2048)")
     p.add_argument("-t", "--threads", type=int, default=-1,
                    help="number of threads to use during generation (default: -1 = all cores)")
-    p.add_argument("-ctk", "--cache-type-k", default="f16", help="KV cache data type for K")
-    p.add_argument("-ctv", "--cache-type-v", default="f16", help="KV cache data type for V")
+    p.add_argument("-ctk", "--cache-type-k", default=None,
+                   help="KV cache data type for K (default: f16; the cold type with "
+                        "--mixed-kv-cache: q4_0)")
+    p.add_argument("-ctv", "--cache-type-v", default=None, help="KV cache data type for V "
+                   "(default: as -ctk)")
     p.add_argument("--mixed-kv-cache", action="store_true",
-                   help="newest tokens hot in F16, older ones cold in -ctk/-ctv (q4_0 if f16)")
+                   help="newest tokens hot in F16, older ones cold in -ctk/-ctv")
     p.add_argument("--kv-hot", type=int, default=None,
                    help="tokens kept hot by --mixed-kv-cache (default: the loader's)")
     p.add_argument("--backend", default="numba", choices=("numba", "reference"))
@@ -74,9 +77,13 @@ def check_flags(args) -> None:
         raise UsageError(f"{flag} {getattr(args, _DEST[flag])}: {why}")
     for flag in ("cache_type_k", "cache_type_v"):
         try:
-            as_type(getattr(args, flag))
+            _type_or_none(getattr(args, flag))
         except GGMLError as e:
             raise UsageError(f"--{flag.replace('_', '-')}: {e}") from None
+
+
+def _type_or_none(name):
+    return None if name is None else as_type(name)
 
 
 _DEST = {"-c": "ctx_size", "-b": "batch_size", "-t": "threads", "-n": "n_predict",
@@ -101,8 +108,9 @@ def open_llama(args):
     t0 = time.perf_counter()
     llama = Llama(resolve_model_path(args.model), n_ctx=args.ctx_size, n_batch=args.batch_size,
                   n_threads=None if args.threads < 0 else args.threads,
-                  seed=args.seed, verbose=False, type_k=as_type(args.cache_type_k),
-                  type_v=as_type(args.cache_type_v), backend=args.backend, **kv)
+                  seed=args.seed, verbose=False, type_k=_type_or_none(args.cache_type_k),
+                  type_v=_type_or_none(args.cache_type_v or args.cache_type_k),
+                  backend=args.backend, **kv)
     return llama, time.perf_counter() - t0
 
 

@@ -56,12 +56,13 @@ def generate(llama, tokens: list, sampler: Sampler, timings: Timings | None = No
     if len(tokens) > n_ctx:
         raise PromptError(f"prompt of {len(tokens)} tokens exceeds the context of {n_ctx} "
                           f"tokens (n_ctx)")
-    n = llama.n_tokens
-    if n <= len(tokens) and np.array_equal(llama.input_ids[:n], tokens[:n]):
-        todo = tokens[n:]                        # the cache already holds the prefix
-    else:
-        llama.reset()
-        todo = tokens
+    # llama-cpp-python's prefix reuse: keep the evaluated tokens the prompt starts with, and
+    # re-evaluate at least the last one when the whole prompt is there but later tokens too
+    k = _common_prefix(llama.input_ids[:llama.n_tokens], tokens)
+    if k == len(tokens) and k < llama.n_tokens:
+        k -= 1
+    llama.n_tokens = k                           # Llama.eval drops cached positions past k
+    todo = tokens[k:]
     if todo:
         t0 = time.perf_counter()
         llama.eval(todo)
@@ -69,9 +70,8 @@ def generate(llama, tokens: list, sampler: Sampler, timings: Timings | None = No
         timings.n_prompt += len(todo)
     while True:
         t0 = time.perf_counter()
-        n = llama.n_tokens
-        logits = llama.scores[n - 1]
-        tok = sampler.sample(logits, llama.input_ids[:n])
+        logits = llama.logits()
+        tok = sampler.sample(logits, llama.input_ids[:llama.n_tokens])
         timings.t_sample += time.perf_counter() - t0
         timings.n_sample += 1
         yield tok, logits
@@ -81,6 +81,12 @@ def generate(llama, tokens: list, sampler: Sampler, timings: Timings | None = No
         llama.eval([tok])
         timings.t_eval += time.perf_counter() - t0
         timings.n_eval += 1
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n], dtype=np.int64))
+    return int(diff[0]) if len(diff) else n
 
 
 class StopFilter:
@@ -136,7 +142,7 @@ def stream_text(llama, tokens: list, sampler: Sampler, max_tokens: int | None = 
     n_ctx = llama.n_ctx()
     if max_tokens is None or max_tokens <= 0:        # llama-cpp-python: fill the context
         max_tokens = max(n_ctx - len(tokens), 1)
-    tok_ = llama.tokenizer
+    tok_ = llama.tokenizer_
     decoder = tok_.decoder()
     stops = StopFilter(stop)
     pending_tokens, pending_lp = [], []
@@ -192,7 +198,7 @@ def create_completion(llama, prompt, suffix: str | None = None, max_tokens: int 
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
         repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty, repeat_last_n=_last_n(llama),
-        seed=seed if seed is not None else getattr(llama, "seed", None)))
+        seed=seed if seed is not None else getattr(llama, "_seed", None)))
     tokens = prompt_tokens(llama, prompt)
     head = dict(id=f"cmpl-{uuid.uuid4()}", object="text_completion", created=int(time.time()),
                 model=model or _model_name(llama))

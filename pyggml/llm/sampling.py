@@ -19,6 +19,7 @@ from ..errors import ParamError
 DEFAULTS = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, typical_p=1.0,
                 repeat_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0,
                 repeat_last_n=64, min_keep=1)
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF     # llama.cpp / llama-cpp-python: "pick a random seed"
 
 
 @dataclass
@@ -33,7 +34,7 @@ class SamplingParams:
     presence_penalty: float = DEFAULTS["presence_penalty"]
     repeat_last_n: int = DEFAULTS["repeat_last_n"]  # 0: no penalties
     min_keep: int = DEFAULTS["min_keep"]
-    seed: int | None = None                         # None or -1 (llama.cpp's): random
+    seed: int | None = None     # None, < 0 or LLAMA_DEFAULT_SEED: random (llama.cpp's -1)
 
     def __post_init__(self):
         bad = [f"{name}={getattr(self, name)!r} ({why})" for name, ok, why in (
@@ -162,7 +163,8 @@ class Sampler:
     def __init__(self, params: SamplingParams | None = None, **kw):
         self.params = params if params is not None else SamplingParams(**kw)
         seed = self.params.seed
-        self.rng = np.random.default_rng(None if seed is None or seed < 0 else seed)
+        random = seed is None or seed < 0 or seed == LLAMA_DEFAULT_SEED
+        self.rng = np.random.default_rng(None if random else seed)
 
     def apply(self, logits: np.ndarray, context=()) -> tuple:
         """The chain before the draw: (candidate ids, their logits after temperature)."""

@@ -42,13 +42,12 @@ class FakeLlama:
     def __init__(self, n_ctx: int = 128, template: str = CHATML, model_path: str = "fake.gguf"):
         self._n_ctx = n_ctx
         self.model_path = model_path
-        self.tokenizer = FakeTokenizer()
+        self.tokenizer_ = FakeTokenizer()
         self.metadata = {"tokenizer.chat_template": template} if template else {}
         self.scores = np.zeros((n_ctx, len(VOCAB)), dtype=np.float32)
         self.input_ids = np.zeros(n_ctx, dtype=np.intc)
         self.n_tokens = 0
         self.n_evaluated = 0            # every token ever evaluated (prefix reuse shows here)
-        self.n_resets = 0
 
     def n_ctx(self) -> int:
         return self._n_ctx
@@ -78,9 +77,11 @@ class FakeLlama:
         return "".join(VOCAB[t] for t in tokens
                        if special or t >= len(SPECIAL)).encode()
 
+    def logits(self):
+        return self.scores[self.n_tokens - 1]
+
     def reset(self) -> None:
         self.n_tokens = 0
-        self.n_resets += 1
 
     def eval(self, tokens) -> None:
         assert self.n_tokens + len(tokens) <= self._n_ctx

@@ -93,9 +93,13 @@ def test_prefix_reuse_evaluates_only_new_tokens():
     create_completion(llm, "abc", max_tokens=3, **GREEDY)        # evaluates abc d e (f not)
     assert llm.n_evaluated == 5 and list(llm.input_ids[:5]) == llm.tokenize(b"abcde")
     create_completion(llm, "abcdefg", max_tokens=1, **GREEDY)    # only "fg" is new
-    assert llm.n_evaluated == 7 and llm.n_resets == 0
-    create_completion(llm, "xyz", max_tokens=1, **GREEDY)        # not a continuation: reset
-    assert llm.n_resets == 1 and llm.n_evaluated == 10
+    assert llm.n_evaluated == 7
+    create_completion(llm, "abcXY", max_tokens=1, **GREEDY)      # "abc" kept, "XY" evaluated
+    assert llm.n_evaluated == 9 and list(llm.input_ids[:5]) == llm.tokenize(b"abcXY")
+    create_completion(llm, "ab", max_tokens=1, **GREEDY)         # "b" again for its logits
+    assert llm.n_evaluated == 10 and llm.n_tokens == 2
+    create_completion(llm, "xyz", max_tokens=1, **GREEDY)        # nothing in common
+    assert llm.n_evaluated == 13
 
 
 def test_same_prompt_twice_uses_the_kept_logits():
@@ -140,7 +144,6 @@ def test_chat_completion_and_turns_reuse_the_cache():
     before = llm.n_evaluated
     msgs += [r["choices"][0]["message"], {"role": "user", "content": "more"}]
     create_chat_completion(llm, msgs, max_tokens=2, **GREEDY)
-    assert llm.n_resets == 0
     # new: "d" (sampled last turn, never evaluated) + "<|im_end|>\n<|im_start|>user\nmore
     # <|im_end|>\n<|im_start|>assistant\n" + the first generated token
     assert llm.n_evaluated - before == 1 + (1 + 1 + 1 + 5 + 4 + 1 + 1 + 1 + 10) + 1

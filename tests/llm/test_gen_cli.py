@@ -88,8 +88,8 @@ def test_chat_piped_stdin_keeps_the_cache(fake, capsys, monkeypatch):
     assert rc == 0
     # the toy model answers "a".."z" after "assistant\n"
     assert out.count("abcdefghijklmnopqrstuvwxyz") == 2 and out.count("> ") == 4   # w, (blank), hello, /exit
-    llm = fake[0]
-    assert llm.n_resets == 0                      # turn 2 extended turn 1's cache
+    llm = fake[0]        # turn 2 extended turn 1's cache: each token evaluated once
+    assert llm.n_evaluated == llm.n_tokens
     assert "prompt eval time" in err and "kv cache" in err
 
 
