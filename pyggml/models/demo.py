@@ -143,6 +143,7 @@ def demo_kernels(args=None, model=None, n_prompt=None) -> list:
     n_prompt = n_prompt if n_prompt is not None else args.prompt
     steps = [min(BATCH, n_prompt - i) for i in range(0, n_prompt, BATCH)]
     steps += [1] * args.tokens
+    steps = steps[:int(np.searchsorted(np.cumsum(steps), args.ctx, side="right"))]  # fits
     graphs = []
     for cache in _caches(model, args):
         seen = set()
