@@ -40,6 +40,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-hot", type=int, default=None,
                    help="tokens kept hot by --mixed-kv-cache (default: the loader's)")
     p.add_argument("--backend", default="numba", choices=("numba", "reference"))
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the warm-up run (compiles kernels before anything is timed)")
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -111,7 +113,19 @@ def open_llama(args):
                   seed=args.seed, verbose=False, type_k=_type_or_none(args.cache_type_k),
                   type_v=_type_or_none(args.cache_type_v or args.cache_type_k),
                   backend=args.backend, **kv)
+    if args.warmup:
+        warm_up(llama)
     return llama, time.perf_counter() - t0
+
+
+def warm_up(llama) -> None:
+    """llama.cpp's warm-up: evaluate a batch and a single token, then forget them, so the
+    kernels a prompt and a decode step need are compiled (or loaded) before timing."""
+    tok = llama.token_bos()
+    tok = tok if tok is not None and tok >= 0 else 0
+    llama.eval([tok, tok])
+    llama.eval([tok])
+    llama.reset()
 
 
 def perf_lines(t_load: float, tm, t_total: float) -> list:
