@@ -102,6 +102,9 @@ class Tokenizer:
         tokens = md.get("tokenizer.ggml.tokens")
         if not isinstance(tokens, list) or not tokens:
             raise ModelFileError(f"{self.path}: GGUF metadata has no tokenizer.ggml.tokens")
+        if not all(isinstance(t, str) for t in tokens):
+            raise ModelFileError(f"{self.path}: tokenizer.ggml.tokens is not an array of "
+                                 "strings")
         n = len(tokens)
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
         raw = [t.encode("utf-8", "surrogateescape") for t in tokens]
@@ -117,12 +120,15 @@ class Tokenizer:
                 raise ModelFileError(f"{self.path}: tokenizer.ggml.{key} has {len(arr)} "
                                      f"entries for {n} tokens")
         self.tokens, self._raw, self._to_id, self.n_vocab = tokens, raw, to_id, n
-        self.scores = (np.asarray(scores[:n], dtype=np.float32) if scores is not None
-                       else np.zeros(n, np.float32))
-        if types is None:
-            self.attrs = [ATTR_NORMAL] * n
-        else:
-            self.attrs = [_TYPE_ATTR.get(int(t), 0) for t in np.asarray(types[:n])]
+        try:
+            self.scores = (np.asarray(scores[:n], dtype=np.float32) if scores is not None
+                           else np.zeros(n, np.float32))
+            types = None if types is None else np.asarray(types[:n], dtype=np.int64)
+        except (TypeError, ValueError):
+            raise ModelFileError(f"{self.path}: tokenizer.ggml.scores / token_type are not "
+                                 "numeric arrays") from None
+        self.attrs = [ATTR_NORMAL] * n if types is None else \
+            [_TYPE_ATTR.get(t, 0) for t in types.tolist()]
 
     def _load_special_ids(self, md: dict, defaults: dict) -> None:
         n = self.n_vocab
@@ -134,7 +140,12 @@ class Tokenizer:
             if ids[name] is not None and ids[name] >= n:   # a default outside this vocab
                 ids[name] = None
             value = md.get(f"tokenizer.ggml.{key}_token_id")
-            if value is not None and 0 <= int(value) < n:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ModelFileError(f"{self.path}: tokenizer.ggml.{key}_token_id is "
+                                     f"{value!r}, not a token id")
+            if 0 <= int(value) < n:                    # out of range: keep the default
                 ids[name] = int(value)
         for name, value in ids.items():
             setattr(self, name, value)
@@ -258,10 +269,13 @@ class Tokenizer:
         else:
             # one encode() per fragment: encode_batch would start tokenizers' thread pool,
             # which then warns and disables itself in any process forked later
-            encode = self._engine.encode
+            encode, unknown = self._engine.encode, self.n_vocab
             for frag in fragments:
-                out += [frag] if isinstance(frag, int) else \
-                    encode(to_text(frag), add_special_tokens=False).ids
+                if isinstance(frag, int):
+                    out.append(frag)
+                    continue
+                ids = encode(to_text(frag), add_special_tokens=False).ids
+                out += [i for i in ids if i != unknown] if unknown in ids else ids
         if add_special and self.add_eos:
             out.append(self.eos_id)
         return out

@@ -172,6 +172,10 @@ def test_bad_vocabularies_raise_model_file_error():
     _bad({**base, "tokenizer.ggml.token_type": np.array([1], np.int32)}, "token_type has 1")
     _bad({**base, "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.tokens": ["a"]},
          "add_bos_token is true")
+    _bad({**base, "tokenizer.ggml.tokens": [1, 2]}, "not an array of strings")
+    _bad({**base, "tokenizer.ggml.merges": [1]}, "merges is not an array of strings")
+    _bad({**base, "tokenizer.ggml.scores": ["x", "y"]}, "not numeric arrays")
+    _bad({**base, "tokenizer.ggml.bos_token_id": "1"}, "bos_token_id is '1'")
 
 
 def test_bad_calls_raise_param_error(spm):
@@ -252,3 +256,23 @@ def test_cli_stdin_and_registration(monkeypatch, capsysbinary, tmp_path):
     ids = Tokenizer.from_gguf(GGUFFile(path)).tokenize(b"the cat\n")   # escape processed
     assert capsysbinary.readouterr().out == \
         f"{ids}\nTotal number of tokens: {len(ids)}\n".encode()
+
+
+def test_bpe_char_outside_vocab_blocks_merges_and_is_dropped():
+    """llama.cpp keeps a character missing from the vocabulary as a symbol through the
+    merges (nothing merges across it) and then drops it: "acb" is a, b, not ab."""
+    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
+          "tokenizer.ggml.tokens": ["a", "b", "ab"], "tokenizer.ggml.merges": ["a b"]}
+    tok = Tokenizer(md)
+    assert tok.tokenize(b"ab") == [2]
+    assert tok.tokenize(b"acb") == [0, 1] and tok.tokenize(b"c") == []
+
+
+@pytest.mark.parametrize("i", range(len(FIX["spm"]["cli"])))
+def test_cli_spm_pieces_equal_llama_tokenize(tmp_path, capsysbinary, i):
+    """Pieces of a SentencePiece vocabulary: '▁' as space, byte tokens as raw bytes, BOS
+    and control tokens spelled out."""
+    case = FIX["spm"]["cli"][i]
+    path = _write_spm_gguf(tmp_path / "spm.gguf")
+    assert tokenize_cli.main(["-m", str(path), *case["args"]]) == 0
+    assert capsysbinary.readouterr().out == bytes.fromhex(case["stdout_hex"])
