@@ -9,7 +9,9 @@ COMMANDS = {
     "demo": ("pyggml.models.demo", "decode a small transformer through the mixed F16/Q4_0 KV cache"),
     "test-backend-ops": ("pyggml.testing.cli", "ggml's op test-suite: test | perf | grad | support"),
     "dump-graph": ("pyggml.viz.cli", "write a graph as DOT/SVG/PNG with overlays"),
-    "bench": ("pyggml.bench", "benchmarks against real ggml (libggml-python) and NumPy"),
+    "perplexity": ("pyggml.llm.perplexity_cli", "perplexity of a model on a text, as llama-perplexity"),
+    "bench": ("pyggml.llm.bench", "prompt and decode speed of a model, as llama-bench"),
+    "bench-ops": ("pyggml.bench", "kernel benchmarks against real ggml (libggml-python) and NumPy"),
     "warmup": ("pyggml.backends.numba_cpu.warmup",
                "compile the Numba kernels into the disk cache, in parallel processes"),
 }
