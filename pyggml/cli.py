@@ -12,6 +12,7 @@ COMMANDS = {
     "perplexity": ("pyggml.llm.perplexity_cli", "perplexity of a model on a text, as llama-perplexity"),
     "bench": ("pyggml.llm.bench", "prompt and decode speed of a model, as llama-bench"),
     "bench-ops": ("pyggml.bench", "kernel benchmarks against real ggml (libggml-python) and NumPy"),
+    "tokenize": ("pyggml.llm.tokenize_cli", "tokenize a prompt with a GGUF model's vocabulary"),
     "warmup": ("pyggml.backends.numba_cpu.warmup",
                "compile the Numba kernels into the disk cache, in parallel processes"),
 }

@@ -46,6 +46,22 @@ class Buffer:
     def size(self) -> int:
         return self.data.nbytes
 
+    @classmethod
+    def from_array(cls, arr: np.ndarray, name: str = "", backend: Optional[str] = None) -> "Buffer":
+        """A Buffer over existing bytes (no copy): e.g. a model file's memory map, so weight
+        tensors are read in place. `arr` must be 1-D contiguous uint8; it stays referenced
+        for as long as the buffer lives."""
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 1 \
+                or not arr.flags.c_contiguous:
+            raise DataError(f"Buffer.from_array: need a 1-D contiguous uint8 array, got "
+                            f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                            f"shape {getattr(arr, 'shape', None)}")
+        b = cls.__new__(cls)
+        b.data = arr
+        b.name = name
+        b.backend = backend
+        return b
+
     def __repr__(self) -> str:
         return f"Buffer({self.name!r}, {self.size} bytes)"
 

@@ -1,6 +1,21 @@
-"""Real models from GGUF files: loader, tokenizer, sampler, and `Llama` (llama-cpp-python's API)."""
+"""Real models from GGUF files: loader, tokenizer, sampler, and `Llama` (llama-cpp-python's API).
+
+`Llama` and the loader are imported on first use, so `import pyggml.llm` stays cheap."""
 from .gguf_file import GGUFFile, TensorInfo, open_gguf
 from .model_path import KNOWN_MODELS, installed_model, resolve_model_path
+from .tokenizer import Tokenizer
+from .utf8 import StreamDecoder
 
 __all__ = ["GGUFFile", "TensorInfo", "open_gguf", "KNOWN_MODELS", "installed_model",
-           "resolve_model_path"]
+           "resolve_model_path", "Llama", "LLAMA_DEFAULT_SEED", "load_model", "save_gguf",
+           "StreamDecoder", "Tokenizer"]
+
+_LAZY = {"Llama": "llama", "LLAMA_DEFAULT_SEED": "llama", "load_model": "loader",
+         "save_gguf": "loader"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -121,7 +121,7 @@ class GGUFFile:
                 return [self._string(f"string {i} of {key!r}") for i in range(count)]
             if etype == ARRAY:
                 if count * 12 > self.size - self._pos:
-                    raise ModelFileError(f"{self.path}: corrupt GGUF: array {key!r} claims "
+                    raise ModelFileError(f"{self.path}: truncated or corrupt GGUF: array {key!r} claims "
                                          f"{count} nested arrays")
                 return [self._value(ARRAY, key) for _ in range(count)]
             raise ModelFileError(f"{self.path}: corrupt GGUF: array {key!r} has element "
@@ -141,7 +141,7 @@ class GGUFFile:
         n_kv = self._scalar(10, "metadata count")
         # a key takes >= 12 bytes, a tensor entry >= 28: corrupt counts fail before any loop
         if n_kv * 12 + n_tensors * 28 > self.size:
-            raise ModelFileError(f"{self.path}: corrupt GGUF header: {n_kv} metadata keys and "
+            raise ModelFileError(f"{self.path}: truncated or corrupt GGUF header: {n_kv} metadata keys and "
                                  f"{n_tensors} tensors cannot fit in {self.size} bytes")
         md = {}
         for _ in range(n_kv):

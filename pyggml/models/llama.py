@@ -31,10 +31,19 @@ class LlamaConfig:
     eps: float = 1e-5
     wtype: str = "q4_0"          # type of the projection weights
     etype: str = "q8_0"          # type of the token embeddings
+    rope_freq_scale: float = 1.0
+    n_rot: int = 0               # rope dimensions (0: head_dim)
+    n_embd_head: int = 0         # head size when it is not n_embd / n_head (attention.key_length)
+    rope_type: int = 0           # rope mode: 0 adjacent pairs (llama), 2 NeoX halves (qwen2)
+    arch: str = "llama"          # general.architecture written by save_gguf
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.n_embd_head or self.n_embd // self.n_head
+
+    @property
+    def rope_dims(self) -> int:
+        return self.n_rot or self.head_dim
 
 
 class LlamaModel:
@@ -62,71 +71,14 @@ class LlamaModel:
 
     @classmethod
     def from_gguf(cls, path: str) -> "LlamaModel":
-        """Read a llama-architecture GGUF file (needs the `gguf` package: pip install '.[gguf]')."""
-        try:
-            from gguf import GGUFReader
-        except ImportError as e:
-            raise GGMLError("reading GGUF needs the gguf package: pip install 'pyggml[gguf]'") from e
-        r = GGUFReader(path)
-
-        def kv(key, default=None):
-            f = r.fields.get(key)
-            if f is None:
-                if default is None:
-                    raise GGMLError(f"{path}: GGUF metadata has no {key!r}")
-                return default
-            return f.parts[f.data[0]].tolist()[0] if len(f.data) == 1 else \
-                [f.parts[i].tolist()[0] for i in f.data]
-
-        arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
-        n_embd = int(kv(f"{arch}.embedding_length"))
-        tensors = {t.name: t for t in r.tensors}
-        if "token_embd.weight" not in tensors:
-            raise GGMLError(f"{path}: no token_embd.weight: not a llama-style model")
-        tok = tensors["token_embd.weight"]
-        cfg = LlamaConfig(
-            n_vocab=int(tok.shape[1]), n_embd=n_embd, n_layer=int(kv(f"{arch}.block_count")),
-            n_head=int(kv(f"{arch}.attention.head_count")),
-            n_head_kv=int(kv(f"{arch}.attention.head_count_kv", kv(f"{arch}.attention.head_count"))),
-            n_ff=int(kv(f"{arch}.feed_forward_length")),
-            rope_base=float(kv(f"{arch}.rope.freq_base", 10000.0)),
-            n_ctx_train=int(kv(f"{arch}.context_length", 4096)),
-            eps=float(kv(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)))
-        size = sum(int(t.n_bytes) + 4096 for t in r.tensors)
-        ctx = gg.init(mem_size=size + (1 << 20))
-        w = {}
-        for name, (_, ne) in _weight_specs(cfg).items():
-            src = tensors.get(name) or (tensors.get("token_embd.weight") if name == "output.weight" else None)
-            if src is None:
-                raise GGMLError(f"{path}: missing tensor {name}")
-            t = gg.new_tensor(ctx, as_type(int(src.tensor_type)), len(src.shape),
-                              [int(x) for x in src.shape])
-            gg.set_name(t, name)
-            gg.tensor_set(t, np.ascontiguousarray(src.data).view(np.uint8).reshape(-1))
-            w[name] = t
-        return cls(cfg, w, ctx)
+        """Read a llama-architecture GGUF file (see pyggml.llm.loader.load_model)."""
+        from ..llm.loader import load_model
+        return load_model(path)
 
     def save_gguf(self, path: str) -> None:
-        """Write the model as a llama GGUF file that from_gguf (and llama.cpp's loader) reads."""
-        from gguf import GGUFWriter, GGMLQuantizationType
-        c = self.cfg
-        wr = GGUFWriter(path, "llama")
-        wr.add_embedding_length(c.n_embd)
-        wr.add_block_count(c.n_layer)
-        wr.add_head_count(c.n_head)
-        wr.add_head_count_kv(c.n_head_kv)
-        wr.add_feed_forward_length(c.n_ff)
-        wr.add_rope_freq_base(c.rope_base)
-        wr.add_context_length(c.n_ctx_train)
-        wr.add_layer_norm_rms_eps(c.eps)
-        for name, t in self.w.items():
-            raw = np.frombuffer(gg.tensor_get(t), dtype=np.uint8)
-            wr.add_tensor(name, raw, raw_shape=list(t.ne[:t.n_dims])[::-1],
-                          raw_dtype=GGMLQuantizationType(int(t.type)))
-        wr.write_header_to_file()
-        wr.write_kv_data_to_file()
-        wr.write_tensors_to_file()
-        wr.close()
+        """Write the model as a GGUF file (see pyggml.llm.loader.save_gguf)."""
+        from ..llm.loader import save_gguf
+        save_gguf(self, path)
 
     # --- the graph ---------------------------------------------------------------------------
     def build(self, ctx, gf, cache, n_tokens: int, layers=None) -> tuple[Tensor, Tensor, Tensor]:
@@ -143,22 +95,25 @@ class LlamaModel:
         inpL = gg.get_rows(ctx, w["token_embd.weight"], tokens)
         set_name(inpL, "inp_embd")
         kq_scale = 1.0 / math.sqrt(hd)
+        rope_freqs = w.get("rope_freqs.weight")        # llama 3's per-frequency factors
         for il in (range(c.n_layer) if layers is None else layers):
             p = f"blk.{il}."
             cur = gg.mul(ctx, gg.rms_norm(ctx, inpL, c.eps), w[p + "attn_norm.weight"])
             set_name(cur, f"attn_norm-{il}")
-            q = gg.reshape_3d(ctx, gg.mul_mat(ctx, w[p + "attn_q.weight"], cur), hd, c.n_head, n_tokens)
-            k = gg.reshape_3d(ctx, gg.mul_mat(ctx, w[p + "attn_k.weight"], cur), hd, c.n_head_kv, n_tokens)
-            v = gg.reshape_3d(ctx, gg.mul_mat(ctx, w[p + "attn_v.weight"], cur), hd, c.n_head_kv, n_tokens)
-            q = gg.rope_ext(ctx, q, pos, None, hd, 0, c.n_ctx_train, c.rope_base, 1.0, 0.0, 1.0, 32.0, 1.0)
-            k = gg.rope_ext(ctx, k, pos, None, hd, 0, c.n_ctx_train, c.rope_base, 1.0, 0.0, 1.0, 32.0, 1.0)
+            q = gg.reshape_3d(ctx, _proj(ctx, w, p + "attn_q", cur), hd, c.n_head, n_tokens)
+            k = gg.reshape_3d(ctx, _proj(ctx, w, p + "attn_k", cur), hd, c.n_head_kv, n_tokens)
+            v = gg.reshape_3d(ctx, _proj(ctx, w, p + "attn_v", cur), hd, c.n_head_kv, n_tokens)
+            q = gg.rope_ext(ctx, q, pos, rope_freqs, c.rope_dims, c.rope_type, c.n_ctx_train,
+                            c.rope_base, c.rope_freq_scale, 0.0, 1.0, 32.0, 1.0)
+            k = gg.rope_ext(ctx, k, pos, rope_freqs, c.rope_dims, c.rope_type, c.n_ctx_train,
+                            c.rope_base, c.rope_freq_scale, 0.0, 1.0, 32.0, 1.0)
             set_name(q, f"Qcur-{il}")
             set_name(k, f"Kcur-{il}")
             set_name(v, f"Vcur-{il}")
             cache.store(ctx, gf, il, k, v)
             o = cache.attention(ctx, il, gg.permute(ctx, q, 0, 2, 1, 3), kq_scale)
             o = gg.reshape_2d(ctx, o, hd * c.n_head, n_tokens)
-            o = gg.mul_mat(ctx, w[p + "attn_output.weight"], o)
+            o = _proj(ctx, w, p + "attn_output", o)
             set_name(o, f"attn_proj-{il}")
             ffn_inp = gg.add(ctx, o, inpL)
             set_name(ffn_inp, f"ffn_inp-{il}")
@@ -179,6 +134,13 @@ class LlamaModel:
         return logits, tokens, pos
 
 
+def _proj(ctx, w: dict, name: str, x: Tensor) -> Tensor:
+    """w[name.weight] @ x, plus name.bias when the model has one (qwen2's q/k/v)."""
+    y = gg.mul_mat(ctx, w[name + ".weight"], x)
+    b = w.get(name + ".bias")
+    return y if b is None else gg.add(ctx, y, b)
+
+
 def _weight_specs(cfg: LlamaConfig) -> dict[str, tuple]:
     wt, et, f32 = as_type(cfg.wtype), as_type(cfg.etype), GGMLType.F32
     hd = cfg.head_dim
@@ -186,10 +148,10 @@ def _weight_specs(cfg: LlamaConfig) -> dict[str, tuple]:
     for il in range(cfg.n_layer):
         p = f"blk.{il}."
         s[p + "attn_norm.weight"] = (f32, [cfg.n_embd])
-        s[p + "attn_q.weight"] = (wt, [cfg.n_embd, cfg.n_embd])
+        s[p + "attn_q.weight"] = (wt, [cfg.n_embd, hd * cfg.n_head])
         s[p + "attn_k.weight"] = (wt, [cfg.n_embd, hd * cfg.n_head_kv])
         s[p + "attn_v.weight"] = (wt, [cfg.n_embd, hd * cfg.n_head_kv])
-        s[p + "attn_output.weight"] = (wt, [cfg.n_embd, cfg.n_embd])
+        s[p + "attn_output.weight"] = (wt, [hd * cfg.n_head, cfg.n_embd])
         s[p + "ffn_norm.weight"] = (f32, [cfg.n_embd])
         s[p + "ffn_gate.weight"] = (wt, [cfg.n_embd, cfg.n_ff])
         s[p + "ffn_up.weight"] = (wt, [cfg.n_embd, cfg.n_ff])
