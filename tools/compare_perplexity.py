@@ -68,6 +68,13 @@ def llama_tokens(model, path) -> list:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def write_fixture(path: str, fx: dict) -> None:
+    """JSON with the token ids on one line (843 ids, one per line, would bury the numbers)."""
+    text = json.dumps({k: v for k, v in fx.items() if k != "tokens"}, indent=1)
+    with open(path, "w") as fh:
+        fh.write(text[:-2] + ',\n "tokens": ' + json.dumps(fx["tokens"]) + "\n}\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-m", "--model", default="smollm2-135m")
@@ -108,9 +115,7 @@ def main(argv=None) -> int:
               "llama_perplexity": {c: rows[f"llama.cpp {c} (-fa {args.fa})"] for c in caches},
               "llama_flash_attn": args.fa, "tokens": llama_tokens(model, args.file),
               "made_by": "tools/compare_perplexity.py " + " ".join(argv or sys.argv[1:])}
-        with open(args.fixture, "w") as fh:
-            json.dump(fx, fh, indent=1)
-            fh.write("\n")
+        write_fixture(args.fixture, fx)
         print(f"\nfixture written to {args.fixture}")
     return 0
 
