@@ -38,7 +38,7 @@ def parse(out: str) -> dict:
 
 
 def run(cmd: list) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
     return p.stdout + p.stderr
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     caches = args.llama_caches.split(",") if args.llama_caches else \
         ["f16"] + ([args.type_k] if args.type_k != "f16" else [])
     rows = {f"llama.cpp {c} (-fa {args.fa})": llama_perplexity(model, args, c) for c in caches}
-    ours = ("pyggml mixed: %d hot f16 + cold %s" % (args.kv_hot, args.type_k)
+    ours = (f"pyggml mixed: {args.kv_hot} hot f16 + cold {args.type_k}"
             if args.mixed_kv_cache else f"pyggml {args.type_k}")
     if not args.no_pyggml:
         rows[ours] = pyggml_perplexity(model, args)

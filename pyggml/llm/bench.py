@@ -217,7 +217,7 @@ def json_object(t: BenchTest, names) -> str:
 def _build_commit() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], check=False,
                              capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):

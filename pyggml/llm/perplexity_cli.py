@@ -41,11 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _make_llm(args, path: str, **cache):
+    """A Llama for the run: its cache from the flags, or as `cache` says (the sweep)."""
     from .llama import Llama
-    kw = dict(type_k=args.type_k, type_v=args.type_v)
-    if args.mixed_kv_cache:
+    kw = cache or dict(type_k=args.type_k, type_v=args.type_v)
+    if args.mixed_kv_cache and not cache:
         kw.update(kv_cache="mixed", kv_hot=args.kv_hot)
-    kw.update(cache)
     return Llama(path, n_ctx=args.n_ctx, n_batch=min(args.n_batch, args.n_ctx),
                  n_threads=args.threads, logits_all=True, backend=args.backend, **kw)
 
@@ -105,11 +105,16 @@ def _describe_cache(llm, args) -> str:
     return f"{args.type_k}/{args.type_v}, {mib:.2f} MiB at n_ctx {args.n_ctx}"
 
 
+def _sweep_progress(res, seconds: float) -> None:
+    _log(f"[{len(res.running)}]{res.running[-1]:.4f},", end="\n" if len(res.running) == res.n_chunk else "")
+
+
 def _sweep(args, path: str, run, n_tokens: int) -> int:
     if not kv_sweep.have_matplotlib():
         _log("pyggml perplexity: --kv-sweep draws its plot with matplotlib, which is not "
              "installed (pip install 'pyggml[plot]'); printing the table only")
-    rows = kv_sweep.run_sweep(functools.partial(_make_llm, args, path), run)
+    rows = kv_sweep.run_sweep(functools.partial(_make_llm, args, path),
+                              functools.partial(run, on_chunk=_sweep_progress))
     n_chunk = rows and (n_tokens // args.n_ctx if args.chunks < 0 else
                         min(args.chunks, n_tokens // args.n_ctx))
     title = (f"{os.path.basename(path)}, {os.path.basename(args.file)}: n_ctx {args.n_ctx}, "
