@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..compute import BACKENDS
 from ..errors import GGMLError
 from .model_info import ModelInfo
 
@@ -263,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="hot F16 window + cold store in -ctk/-ctv's type")
     p.add_argument("--kv-hot", type=_list(int), action="append", dest="kv_hot")
     p.add_argument("--no-warmup", action="store_true")
-    p.add_argument("--backend", default="numba", choices=("numba", "reference"))
+    p.add_argument("--backend", default="cpu", choices=sorted(BACKENDS))
     return p
 
 
@@ -283,6 +284,9 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     from .model_path import resolve_model_path
     seen = {k: _flat(getattr(args, k), DEFAULTS[k]) for k in DEFAULTS}
+    if args.mixed_kv_cache:        # the cold store's type: q4_0 unless -ctk/-ctv say
+        for k in ("type_k", "type_v"):
+            seen[k] = _flat(getattr(args, k), ["q4_0"])
     models = _flat(args.model, ["smollm2-135m"])
     hots = _flat(args.kv_hot, [256]) if args.mixed_kv_cache else [None]
     if args.repetitions <= 0:
@@ -333,4 +337,5 @@ def _make_llm(t: BenchTest):
     if t.kv_hot is not None:
         kw.update(kv_cache="mixed", kv_hot=t.kv_hot)
     return Llama(t.model.path, n_ctx=t.n_prompt + t.n_gen, n_batch=t.n_batch,
-                 n_threads=t.n_threads, logits_all=False, backend=t.backend, **kw)
+                 n_threads=t.n_threads, logits_all=False, backend=t.backend, verbose=False,
+                 **kw)

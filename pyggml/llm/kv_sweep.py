@@ -104,7 +104,7 @@ def run_sweep(make_llm, run_ppl, configs=None, log=None) -> list:
     for cfg in configs or sweep_configs():
         llm = make_llm(**cfg.llama_kwargs)
         res = run_ppl(llm)
-        rows.append(SweepRow(cfg, int(llm.kv_cache_bytes()), res.ppl, res.error))
+        rows.append(SweepRow(cfg, int(llm.kv_cache_bytes()["total"]), res.ppl, res.error))
         log(f"kv-sweep: {cfg.label}: PPL = {res.ppl:.4f} +/- {res.error:.5f}, "
             f"{rows[-1].kv_bytes / 2**20:.3f} MiB, {res.seconds:.1f} s")
     return rows

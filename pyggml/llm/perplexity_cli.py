@@ -14,7 +14,9 @@ import os
 import sys
 import time
 
+from ..compute import BACKENDS
 from ..errors import GGMLError
+from ..types import TRAITS
 from . import kv_sweep
 from .perplexity import model_bos, perplexity
 
@@ -28,15 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=2048, dest="n_batch")
     p.add_argument("--chunks", type=int, default=-1, help="max chunks to score (-1: all)")
     p.add_argument("-t", "--threads", type=int, default=None)
-    p.add_argument("-ctk", "--cache-type-k", default="f16", dest="type_k")
-    p.add_argument("-ctv", "--cache-type-v", default="f16", dest="type_v")
+    p.add_argument("-ctk", "--cache-type-k", default=None, dest="type_k",
+                   help="KV cache type (default f16; the mixed cache's cold store: q4_0)")
+    p.add_argument("-ctv", "--cache-type-v", default=None, dest="type_v")
     p.add_argument("--mixed-kv-cache", action="store_true",
                    help="hot F16 window + cold store in -ctk/-ctv's type")
     p.add_argument("--kv-hot", type=int, default=256, help="hot tokens of the mixed cache")
     p.add_argument("--kv-sweep", action="store_true",
                    help="run every cache (F16, Q8_0, Q4_0, mixed windows) and print one table")
     p.add_argument("--plot", default="kv-sweep.png", help="PNG written by --kv-sweep")
-    p.add_argument("--backend", default="numba", choices=("numba", "reference"))
+    p.add_argument("--backend", default="cpu", choices=sorted(BACKENDS))
     return p
 
 
@@ -47,7 +50,8 @@ def _make_llm(args, path: str, **cache):
     if args.mixed_kv_cache and not cache:
         kw.update(kv_cache="mixed", kv_hot=args.kv_hot)
     return Llama(path, n_ctx=args.n_ctx, n_batch=min(args.n_batch, args.n_ctx),
-                 n_threads=args.threads, logits_all=True, backend=args.backend, **kw)
+                 n_threads=args.threads, logits_all=True, backend=args.backend,
+                 verbose=not cache, **kw)
 
 
 def _log(msg: str, end: str = "\n") -> None:
@@ -98,11 +102,11 @@ def _run(args) -> int:
 
 
 def _describe_cache(llm, args) -> str:
-    mib = llm.kv_cache_bytes() / 2**20
+    mib = llm.kv_cache_bytes()["total"] / 2**20
+    kind = TRAITS[llm.type_k].tname
     if args.mixed_kv_cache:
-        return (f"mixed: {args.kv_hot} hot f16 + cold {args.type_k}/{args.type_v}, "
-                f"{mib:.2f} MiB at n_ctx {args.n_ctx}")
-    return f"{args.type_k}/{args.type_v}, {mib:.2f} MiB at n_ctx {args.n_ctx}"
+        return f"mixed: {args.kv_hot} hot f16 + cold {kind}, {mib:.2f} MiB at n_ctx {args.n_ctx}"
+    return f"{kind}, {mib:.2f} MiB at n_ctx {args.n_ctx}"
 
 
 def _sweep_progress(res, seconds: float) -> None:

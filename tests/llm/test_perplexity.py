@@ -153,7 +153,7 @@ def test_sweep_runs_every_config():
 
     class L:
         def kv_cache_bytes(self):
-            return 1 << 20
+            return {"total": 1 << 20}
 
     def make(**kw):
         made.append(kw)
