@@ -5,8 +5,9 @@ ignored, special tokens printed), then llama-tokenize gives the ids of the promp
 prompt + continuation (both read verbatim from files). The fixture keeps the prompt ids and
 the continuation ids (re-tokenizing the text gives llama.cpp's own greedy ids unless the
 generated ids were not the text's canonical tokenization: then the fixture holds the canonical
-ones and the test counts the position as a disagreement); tests/llm/test_llama.py feeds both to pyggml (teacher forcing) and
-counts the positions where pyggml's argmax is llama.cpp's next token.
+ones and the test counts the position as a disagreement); tests/llm/test_llama.py feeds both
+to pyggml (teacher forcing) and counts the positions where pyggml's argmax is llama.cpp's
+next token.
 
     python tools/make_llm_fixtures.py [--llama-cpp ../shared/llama.cpp/run] [-n 32]
 """
@@ -55,15 +56,21 @@ def tokenize(tool: str, model: str, text: str) -> list:
     return ast.literal_eval(out.strip().splitlines()[-1])
 
 
-def complete(tool: str, model: str, prompt: str, n: int) -> tuple:
-    """(generated text, EOG token ids): --ignore-eos biases every EOG token to -inf, so the
-    test masks them too."""
+def eog_ids(tool: str, model: str) -> list:
+    """The model's end-of-generation tokens as llama.cpp lists them (its verbose load log):
+    --ignore-eos biases every one of them to -inf, so the test masks them too."""
+    _, log = _run([tool, "llama-completion", "-m", model, "-p", "a", "-n", "1", "-no-cnv",
+                   "-v", "-c", "64", "--no-warmup"], want_log=True)
+    return sorted({int(x) for x in re.findall(r"load:\s+- (\d+) \('", log)})
+
+
+def complete(tool: str, model: str, prompt: str, n: int) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
         f.write(prompt)
     try:
         return _run([tool, "llama-completion", "-m", model, "-f", f.name, "-n", str(n),
                      "--temp", "0", "-no-cnv", "--no-display-prompt", "--ignore-eos", "-sp",
-                     "-t", "2", "-c", "512", "--no-warmup"], want_log=True)
+                     "-t", "2", "-c", "512", "--no-warmup"])
     finally:
         os.unlink(f.name)
 
@@ -81,12 +88,10 @@ def main(argv=None) -> int:
         from pyggml.llm.model_path import resolve_model_path
         args.model = resolve_model_path("smollm2-135m")
     cases = []
-    eog = set()
     for prompt in PROMPTS:
         # llama.cpp drops one trailing newline of a prompt file: a prompt must not end in one
         assert not prompt.endswith("\n"), prompt
-        text, log = complete(args.llama_cpp, args.model, prompt, args.n)
-        eog |= {int(x) for x in re.findall(r"load:\s+- (\d+) \('", log)}
+        text = complete(args.llama_cpp, args.model, prompt, args.n)
         text = text.removesuffix("\n\n")       # llama-completion prints "\n\n" after the text
         ids_p = tokenize(args.llama_cpp, args.model, prompt)
         ids_all = tokenize(args.llama_cpp, args.model, prompt + text)
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
     doc = {"model": os.path.basename(args.model), "n_predict": args.n,
            "made_by": "tools/make_llm_fixtures.py (llama.cpp llama-completion --temp 0 "
                       "--ignore-eos, ids by llama-tokenize)",
-           "eog_ids": sorted(eog), "cases": cases}
+           "eog_ids": eog_ids(args.llama_cpp, args.model), "cases": cases}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, indent=1)

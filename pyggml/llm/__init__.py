@@ -6,9 +6,9 @@ from .model_path import KNOWN_MODELS, installed_model, resolve_model_path
 from .tokenizer import Tokenizer
 from .utf8 import StreamDecoder
 
-__all__ = ["GGUFFile", "TensorInfo", "open_gguf", "KNOWN_MODELS", "installed_model",
-           "resolve_model_path", "Llama", "LLAMA_DEFAULT_SEED", "load_model", "save_gguf",
-           "StreamDecoder", "Tokenizer"]
+__all__ = ["KNOWN_MODELS", "LLAMA_DEFAULT_SEED", "GGUFFile", "Llama", "StreamDecoder",
+           "TensorInfo", "Tokenizer", "installed_model", "load_model", "open_gguf",
+           "resolve_model_path", "save_gguf"]
 
 _LAZY = {"Llama": "llama", "LLAMA_DEFAULT_SEED": "llama", "load_model": "loader",
          "save_gguf": "loader"}

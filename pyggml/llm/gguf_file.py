@@ -28,6 +28,7 @@ _SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4)
 _NP = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
        10: "<u8", 11: "<i8", 12: "<f8"}
 STRING, ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 # ggml type id -> (block size, bytes per block) for every type a GGUF file may hold, so the
 # directory can be checked against the file size even for types pyggml does not compute.
@@ -99,6 +100,25 @@ class GGUFFile:
         except UnicodeDecodeError:
             return raw.decode("utf-8", errors="surrogateescape")
 
+    def _strings(self, count: int, key: str) -> list:
+        """A string array in one tight loop (a vocabulary has ~100k of them); the same
+        checks as _string, messages built only on failure."""
+        buf, size, pos, out = self._map, self.size, self._pos, []
+        unpack = _U64.unpack_from
+        for i in range(count):
+            if pos + 8 > size:
+                self._pos = pos
+                self._need(8, f"length of string {i} of {key!r}")
+            n = unpack(buf, pos)[0]
+            end = pos + 8 + n
+            if end > size:
+                self._pos = pos + 8
+                self._need(n, f"string {i} of {key!r}")
+            out.append(buf[pos + 8:end].decode("utf-8", errors="surrogateescape"))
+            pos = end
+        self._pos = pos
+        return out
+
     def _value(self, vtype: int, key: str):
         if vtype in _SCALARS:
             return self._scalar(vtype, f"value of {key!r}")
@@ -118,11 +138,11 @@ class GGUFFile:
                 if count * 8 > self.size - self._pos:
                     raise ModelFileError(f"{self.path}: truncated or corrupt GGUF: array "
                                          f"{key!r} claims {count} strings")
-                return [self._string(f"string {i} of {key!r}") for i in range(count)]
+                return self._strings(count, key)
             if etype == ARRAY:
                 if count * 12 > self.size - self._pos:
-                    raise ModelFileError(f"{self.path}: truncated or corrupt GGUF: array {key!r} claims "
-                                         f"{count} nested arrays")
+                    raise ModelFileError(f"{self.path}: truncated or corrupt GGUF: array "
+                                         f"{key!r} claims {count} nested arrays")
                 return [self._value(ARRAY, key) for _ in range(count)]
             raise ModelFileError(f"{self.path}: corrupt GGUF: array {key!r} has element "
                                  f"type {etype}")
@@ -141,8 +161,8 @@ class GGUFFile:
         n_kv = self._scalar(10, "metadata count")
         # a key takes >= 12 bytes, a tensor entry >= 28: corrupt counts fail before any loop
         if n_kv * 12 + n_tensors * 28 > self.size:
-            raise ModelFileError(f"{self.path}: truncated or corrupt GGUF header: {n_kv} metadata keys and "
-                                 f"{n_tensors} tensors cannot fit in {self.size} bytes")
+            raise ModelFileError(f"{self.path}: truncated or corrupt GGUF header: {n_kv} metadata "
+                                 f"keys and {n_tensors} tensors cannot fit in {self.size} bytes")
         md = {}
         for _ in range(n_kv):
             key = self._string("metadata key")

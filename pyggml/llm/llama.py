@@ -88,12 +88,17 @@ class Llama:
             self.scores = np.zeros((0, self._n_vocab), dtype=np.single)
             return
         from .loader import load_model
-        self._model = load_model(self._gguf)
+        try:
+            self._model = load_model(self._gguf)
+        except BaseException:
+            self._gguf.close()             # a bad file leaves no map behind
+            raise
         cfg = self._model.cfg
         self._n_vocab = cfg.n_vocab
         self._n_ctx = n_ctx or cfg.n_ctx_train            # 0: the model's training context
         self.n_batch = min(self._n_ctx, n_batch)
-        self.type_k = _cache_type(type_k, GGMLType.F16 if kv_cache == "f16" else GGMLType.Q4_0, "type_k")
+        default = GGMLType.F16 if kv_cache == "f16" else GGMLType.Q4_0
+        self.type_k = _cache_type(type_k, default, "type_k")
         self.type_v = _cache_type(type_v, self.type_k, "type_v")
         if self.type_v != self.type_k:
             raise GGMLError(f"Llama: pyggml's caches keep K and V in one type; got type_k "

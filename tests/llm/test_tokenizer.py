@@ -256,3 +256,23 @@ def test_cli_stdin_and_registration(monkeypatch, capsysbinary, tmp_path):
     ids = Tokenizer.from_gguf(GGUFFile(path)).tokenize(b"the cat\n")   # escape processed
     assert capsysbinary.readouterr().out == \
         f"{ids}\nTotal number of tokens: {len(ids)}\n".encode()
+
+
+def test_bpe_char_outside_vocab_blocks_merges_and_is_dropped():
+    """llama.cpp keeps a character missing from the vocabulary as a symbol through the
+    merges (nothing merges across it) and then drops it: "acb" is a, b, not ab."""
+    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
+          "tokenizer.ggml.tokens": ["a", "b", "ab"], "tokenizer.ggml.merges": ["a b"]}
+    tok = Tokenizer(md)
+    assert tok.tokenize(b"ab") == [2]
+    assert tok.tokenize(b"acb") == [0, 1] and tok.tokenize(b"c") == []
+
+
+@pytest.mark.parametrize("i", range(len(FIX["spm"]["cli"])))
+def test_cli_spm_pieces_equal_llama_tokenize(tmp_path, capsysbinary, i):
+    """Pieces of a SentencePiece vocabulary: '▁' as space, byte tokens as raw bytes, BOS
+    and control tokens spelled out."""
+    case = FIX["spm"]["cli"][i]
+    path = _write_spm_gguf(tmp_path / "spm.gguf")
+    assert tokenize_cli.main(["-m", str(path), *case["args"]]) == 0
+    assert capsysbinary.readouterr().out == bytes.fromhex(case["stdout_hex"])
