@@ -1,4 +1,4 @@
-"""`pyggml bench`: runs the source tree's tools/bench.py (benchmarks against real ggml)."""
+"""`pyggml bench-ops`: runs the source tree's tools/bench.py (benchmarks against real ggml)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ def main(argv=None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     script = os.path.join(here, "..", "tools", "bench.py")
     if not os.path.exists(script):
-        print("pyggml bench: the benchmarks live in the source tree's tools/bench.py; "
+        print("pyggml bench-ops: the benchmarks live in the source tree's tools/bench.py; "
               "run from a checkout (pip install -e .)", file=sys.stderr)
         return 2
     sys.argv = ["bench.py"] + list(argv or [])
