@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "demo": ("pyggml.models.demo", "decode a small transformer through the mixed F16/Q4_0 KV cache"),
     "test-backend-ops": ("pyggml.testing.cli", "ggml's op test-suite: test | perf | grad | support"),
+    "fuzz": ("pyggml.testing.fuzz_cli", "random graphs of registered ops: CPU backend vs the reference"),
     "dump-graph": ("pyggml.viz.cli", "write a graph as DOT/SVG/PNG with overlays"),
     "bench": ("pyggml.bench", "benchmarks against real ggml (libggml-python) and NumPy"),
     "warmup": ("pyggml.backends.numba_cpu.warmup",

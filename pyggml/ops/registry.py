@@ -169,7 +169,9 @@ class OpDef:
         out = self.infer(srcs, p)
         used = ctx.used
         # like_src views get their ne/nb below, unchecked against block sizes, as in ggml
-        t = ctx.new_tensor_impl(out.type, [TRAITS[out.type].blck_size] if out.like_src else out.ne,
+        # (a view of an empty tensor is empty too: ggml permutes and transposes those)
+        like = [TRAITS[out.type].blck_size if out.view_of is None or nbytes(out.view_of) else 0]
+        t = ctx.new_tensor_impl(out.type, like if out.like_src else out.ne,
                                 view_src=out.view_of, view_offs=out.offs, op_name=self.name)
         t.ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
         if out.nb is not None:
