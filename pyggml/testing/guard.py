@@ -106,9 +106,28 @@ def _fresh(backend):
     return type(backend)(n) if n is not None else backend
 
 
+def _load_kernels(case, backend) -> None:
+    """Compile or load the case's kernels here, before forking: a child's loads die with it,
+    and loading them from the disk cache in every child costs more than the case."""
+    table = getattr(backend, "kernels", None)
+    if table is None:
+        return
+    try:
+        _, _, gf = harness.build_graph(case)
+    except Exception:                    # noqa: BLE001 - run_test reports it in the child
+        return
+    for node in gf.nodes:
+        entry = table.get(node.op.name) if node.op is not None else None
+        k = entry.select(node) if entry is not None else None
+        if k is not None:
+            k.address
+
+
 def run_test_guarded(case, backend, ref_backend, seed: int = 0) -> harness.CaseResult:
     """harness.run_test with every tensor against guard pages, in a forked child: a fault is
     a FAIL naming the signal instead of the end of the run."""
+    _load_kernels(case, backend)
+
     def child():
         be = _fresh(backend)
         r = harness.run_test(case, be, ref_backend, seed, alloc=alloc_guard_pages)
