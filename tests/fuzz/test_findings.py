@@ -1,7 +1,6 @@
 """Defects the generated-graph fuzzer found (pyggml fuzz), each pinned by the smallest graph."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import pyggml as gg
