@@ -10,6 +10,7 @@ COMMANDS = {
     "run": ("pyggml.llm.run_cli", "generate text after a prompt with a GGUF model (llama-completion)"),
     "chat": ("pyggml.llm.chat_cli", "chat with a GGUF model through its chat template"),
     "test-backend-ops": ("pyggml.testing.cli", "ggml's op test-suite: test | perf | grad | support"),
+    "fuzz": ("pyggml.testing.fuzz_cli", "random graphs of registered ops: CPU backend vs the reference"),
     "dump-graph": ("pyggml.viz.cli", "write a graph as DOT/SVG/PNG with overlays"),
     "perplexity": ("pyggml.llm.perplexity_cli", "perplexity of a model on a text, as llama-perplexity"),
     "bench": ("pyggml.llm.bench", "prompt and decode speed of a model, as llama-bench"),

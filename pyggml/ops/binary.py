@@ -36,6 +36,8 @@ _CAST_TYPES = {(F16, F32, F32), (BF16, F32, F32), (F16, F32, F16), (BF16, F32, B
 
 def _tile(b: np.ndarray, shape) -> np.ndarray:
     """b (ne3, ne2, ne1, ne0) repeated whole into shape (ggml's broadcast: a[i] meets b[i % b.ne])."""
+    if 0 in shape:                 # an empty a: nothing to meet (b may be empty in other dims)
+        return np.zeros(shape, dtype=b.dtype)
     reps = [s // max(t, 1) for s, t in zip(shape, b.shape)]
     return np.tile(b, reps) if any(r != 1 for r in reps) else b
 

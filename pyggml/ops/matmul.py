@@ -233,6 +233,8 @@ def _infer_out_prod(srcs, p):
     need_type(op, b, ACT_TYPES, "b")
     need(a.ne[1] == b.ne[1], op, f"a.ne[1] = {a.ne[1]} != b.ne[1] = {b.ne[1]} "
          f"(the summed dimension)", a, b)
+    need(a.ne[2] > 0 and a.ne[3] > 0, op, f"a.ne[2:4] = {a.ne[2:]} is empty: nothing to "
+         f"broadcast over b (ggml divides by it)", a, b)
     need(b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, op,
          f"a cannot broadcast over b: b.ne[2:4] = {b.ne[2:]} must be multiples of "
          f"a.ne[2:4] = {a.ne[2:]}", a, b)

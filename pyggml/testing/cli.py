@@ -3,7 +3,7 @@
     pyggml test-backend-ops [test|perf|grad|support] [-o OP[,OP]|-o 'OP(vars)'] [-b BACKEND]
                             [-p REGEX] [--output console|csv|sql] [--list-ops]
                             [--show-coverage] [-j N] [--seed N] [--compare ggml]
-                            [--baseline ggml.csv]
+                            [--baseline ggml.csv] [--guard-pages]
 """
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="perf: a csv written by ggml's test-backend-ops; prints ratios per case and op")
     p.add_argument("--budget", type=float, default=0.25, help="perf: seconds per case")
     p.add_argument("--no-slow", action="store_true", help="skip cases tagged slow")
+    p.add_argument("--guard-pages", action="store_true",
+                   help="test: every tensor against PROT_NONE pages (out-of-bounds reads fault), "
+                        "each case in a child process")
     p.add_argument("--progress", action="store_true", default=None,
                    help="progress line on stderr (default: when stderr is a terminal)")
     return p
@@ -79,7 +82,8 @@ def _backends(args):
 def _repro(args, backend: str, case) -> str:
     mode = "" if args.mode == "test" else f"{args.mode} "
     return (f"pyggml test-backend-ops {mode}-b {shlex.quote(backend)} -o {shlex.quote(str(case))}"
-            f" --seed {args.seed}" + (f" -t {_threads(args)}" if _threads(args) else ""))
+            f" --seed {args.seed}" + (f" -t {_threads(args)}" if _threads(args) else "")
+            + (" --guard-pages" if args.guard_pages else ""))
 
 
 # --- workers (module level so -j can pickle them) ---------------------------------------------
@@ -116,6 +120,9 @@ def _run_one(item) -> tuple:
             r.status = "OK" if ok else "NOT SUPPORTED"
         except Exception as e:
             r.status, r.message = "ERROR", str(e)
+    elif args.guard_pages:
+        from .guard import run_test_guarded
+        r = run_test_guarded(case, be, _W["ref"], seed=args.seed)
     else:
         r = run_test(case, be, _W["ref"], seed=args.seed)
     return i, bname, r.status, r.err, r.max_err, r.message, r.node, r.runs, r.us_per_run, \

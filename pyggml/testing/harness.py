@@ -204,17 +204,18 @@ def compare_node(case: Case, t_ref: Tensor, t: Tensor, max_err: float, exact: bo
     return True, e, ""
 
 
-def _run(backend, case: Case, seed: int):
+def _run(backend, case: Case, seed: int, alloc=None):
     ctx, out, gf = build_graph(case)
-    guards = alloc_guarded(gf)
+    guards = (alloc or alloc_guarded)(gf)
     fill_leafs(gf, case, seed)
     for _ in range(2 if case.run_twice else 1):
         backend.graph_compute(gf)
     return gf, guards
 
 
-def run_test(case: Case, backend, ref_backend, seed: int = 0) -> CaseResult:
-    """Compute the case on `backend` and on `ref_backend`; compare every node."""
+def run_test(case: Case, backend, ref_backend, seed: int = 0, alloc=None) -> CaseResult:
+    """Compute the case on `backend` and on `ref_backend`; compare every node. `alloc(gf)`
+    places the tensors (default alloc_guarded; guard.alloc_guard_pages for --guard-pages)."""
     res = CaseResult(case, backend.name)
     try:
         _, _, probe = build_graph(case)
@@ -228,8 +229,8 @@ def run_test(case: Case, backend, ref_backend, seed: int = 0) -> CaseResult:
     max_err, exact = _threshold(case)
     res.max_err = max_err
     try:
-        gf_ref, _ = _run(ref_backend, case, seed)
-        gf, guards = _run(backend, case, seed)
+        gf_ref, _ = _run(ref_backend, case, seed, alloc)
+        gf, guards = _run(backend, case, seed, alloc)
     except UnsupportedError as e:     # found out only while computing (real ggml)
         res.status, res.message = "NOT SUPPORTED", str(e)
         return res
