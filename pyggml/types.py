@@ -128,7 +128,12 @@ TYPE_IQ4_XS = GGMLType.IQ4_XS
 # The types flash attention accepts for K and V (ggml's CPU set).
 FA_KV_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0,
                GGMLType.Q5_1, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_0)
-QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
+QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
+               GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+               GGMLType.IQ4_NL, GGMLType.IQ4_XS)
+# The 256-value super-block formats (Q8_K, their activation type, is not a storage type).
+K_TYPES = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+           GGMLType.IQ4_XS)
 
 
 def as_type(t) -> GGMLType:

@@ -78,14 +78,12 @@ def quantize(type_, values, *, imatrix=None, use_numba=None) -> bytes:
     if n % tr.blck_size:
         raise ShapeError(f"quantize {tr.tname}: {n} values is not a multiple of the "
                          f"block size {tr.blck_size}")
-    if imatrix is not None and tr.from_float_imatrix is not None:
+    if tr.from_float_imatrix is not None:
         return tr.from_float_imatrix(x, imatrix).tobytes()
     if imatrix is not None and t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
                                      GGMLType.Q5_1):
         raise TypeError_(f"quantize {tr.tname}: importance-matrix quantization of this "
                          f"type is not implemented")
-    if t in _KQ_TYPES and t != GGMLType.Q8_K:
-        return tr.from_float(x).tobytes()
     if _use_numba(t, n, use_numba):
         out = np.empty(tr.row_size(n), dtype=np.uint8)
         _nb_row(t, "quantize")(x, out, n)

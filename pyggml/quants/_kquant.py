@@ -15,9 +15,13 @@ KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 3
 _NO_QW = np.zeros(0, np.float32)
 
 
-def quantizers(t, nb_name: str):
-    """(from_float, from_float_imatrix) of type t through kq_nb.<nb_name>(src, dst, nrow,
-    n_per_row, qw), ggml's quantize_<type> (the reference quantizer when qw is empty)."""
+def quantizers(t, nb_name: str, cpu_row: str = None):
+    """(from_float, from_float_imatrix) of type t.
+
+    from_float_imatrix(x, imatrix=None) is ggml_quantize_chunk: kq_nb.<nb_name>(src, dst,
+    nrow, n_per_row, qw) (the reference quantizer when there are no weights). from_float is
+    ggml's traits from_float_ref, the row quantizer the CPU backend uses for cpy/set_rows:
+    the same, except where ggml has a separate row function (`cpu_row` in kq_nb)."""
     tr = TRAITS[t]
 
     def run(x2, qw):
@@ -27,17 +31,24 @@ def quantizers(t, nb_name: str):
         getattr(kq_nb, nb_name)(np.ascontiguousarray(x2).reshape(-1), dst, nrow, n_per_row, qw)
         return dst
 
-    def from_float(x) -> np.ndarray:
-        x = np.array(as_f32(x))          # a private writable copy: one Numba signature
-        return run(x.reshape(1, -1), _NO_QW) if x.size else np.zeros(0, np.uint8)
-
-    def from_float_imatrix(x, imatrix) -> np.ndarray:
+    def from_float_imatrix(x, imatrix=None) -> np.ndarray:
+        x = np.array(np.asarray(x, np.float32).reshape(-1))   # private copy: one signature
+        if imatrix is None:
+            return run(x.reshape(1, -1), _NO_QW) if x.size else np.zeros(0, np.uint8)
         qw = np.array(as_f32(imatrix))
-        x = np.array(np.asarray(x, np.float32).reshape(-1))
         if qw.size == 0 or x.size % qw.size or qw.size % tr.blck_size:
             raise ShapeError(f"quantize {tr.tname}: importance matrix of {qw.size} values does "
                              f"not fit rows of {x.size} values (blocks of {tr.blck_size})")
         return run(x.reshape(-1, qw.size), qw)
+
+    def from_float(x) -> np.ndarray:
+        if cpu_row is None:
+            return from_float_imatrix(x)
+        from . import kq_nb
+        x = np.array(as_f32(x))
+        dst = np.zeros(tr.row_size(x.size), np.uint8)
+        getattr(kq_nb, cpu_row)(x, dst, x.size)
+        return dst
 
     return from_float, from_float_imatrix
 

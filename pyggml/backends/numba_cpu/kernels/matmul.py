@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from ....quants import nb as qnb
-from ....types import GGMLType, TRAITS, QUANT_TYPES
+from ....types import GGMLType, TRAITS
 from ..desc import (DST, SRC0, SRC1, SRC2, ERR_SHAPE, ERR_TYPE, ERR_WORK_SIZE, n_tasks,
                     register_error, row_range, set_error, t_addr, t_nb, t_ne, t_type, wdata,
                     wsize)
@@ -56,9 +56,10 @@ KC = 256              # k per packed panel (a multiple of 32: whole quant blocks
 NC = 256              # rows of a per packed block (a multiple of NR)
 MC = 1020             # rows of b per packed block (a multiple of MR)
 
-_WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + QUANT_TYPES
+_Q32 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
+_WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + _Q32
 _ACT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-_OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + QUANT_TYPES
+_OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + _Q32
 
 TYPE_SIZE = np.zeros(64, dtype=np.int64)          # bytes per block, by ggml type id
 for _t, _tr in TRAITS.items():
