@@ -10,6 +10,7 @@ COMMANDS = {
     "test-backend-ops": ("pyggml.testing.cli", "ggml's op test-suite: test | perf | grad | support"),
     "dump-graph": ("pyggml.viz.cli", "write a graph as DOT/SVG/PNG with overlays"),
     "bench": ("pyggml.bench", "benchmarks against real ggml (libggml-python) and NumPy"),
+    "quantize": ("pyggml.quantize_cli", "quantize a GGUF model (llama-quantize's types and mixes)"),
     "warmup": ("pyggml.backends.numba_cpu.warmup",
                "compile the Numba kernels into the disk cache, in parallel processes"),
 }

@@ -421,7 +421,7 @@ def _mul_mat_cases():
     # pyggml additions: odd m/n/k for the float types, odd k for quantized (whole blocks),
     # activations already in the weight's dot type (bf16 x bf16), the GEMM path (n >= 32)
     for ta in _ALL_TYPES:
-        k = 67 if _blck(ta) == 1 else 96
+        k = {1: 67, 32: 96}.get(_blck(ta), _blck(ta))
         add(_mm_case(ta, "f32", 33, 7, k, (2, 1), (2, 1)))
         add(_mm_case(ta, "f32", 17, 19, k, (1, 3), (1, 1), (0, 2, 1, 3)))
         add(_mm_case(ta, "f32", 40, 37, 2 * k, (1, 2), (3, 1)))
