@@ -397,6 +397,16 @@ def _requant_k4(x, xo, dst, o, L, nmax):
 
 
 @_jit
+def _pack_q3_scale(dst, so, j, l):
+    """Store 6-bit scale l (0..63) of sub-block j into the 12 scale bytes at so (zeroed)."""
+    if j < 8:
+        dst[so + j] = np.uint8(l & 0xF)
+    else:
+        dst[so + j - 8] = np.uint8((dst[so + j - 8] | ((l & 0xF) << 4)) & 0xFF)
+    dst[so + j % 4 + 8] = np.uint8((dst[so + j % 4 + 8] | ((l >> 4) << (2 * (j // 4)))) & 0xFF)
+
+
+@_jit
 def _q3_scale(dst, so, j):
     """Signed 6-bit scale j of a Q3_K block (12 bytes at so)."""
     if j < 8:
@@ -535,13 +545,7 @@ def _q3_k_block(x, xo, dst, o, qw, qo, has_qw, L, w, scales, sw, Ls):
             iscale = np.float32(-32.0) / max_scale
             for j in range(16):
                 l = _i8(nearest_int(iscale * scales[j]))
-                l = max(-32, min(31, l)) + 32
-                if j < 8:
-                    dst[so + j] = np.uint8(l & 0xF)
-                else:
-                    dst[so + j - 8] = np.uint8(dst[so + j - 8] | ((l & 0xF) << 4))
-                l >>= 4
-                dst[so + j % 4 + 8] = np.uint8((dst[so + j % 4 + 8] | (l << (2 * (j // 4)))) & 0xFF)
+                _pack_q3_scale(dst, so, j, max(-32, min(31, l)) + 32)
             _store_f16(dst, o + 108, _F1 / iscale)
         else:
             _store_f16(dst, o + 108, _F0)
@@ -559,13 +563,7 @@ def _q3_k_block(x, xo, dst, o, qw, qo, has_qw, L, w, scales, sw, Ls):
             scales[j] = make_qx_quants(16, 4, x, xo + 16 * j, L, 16 * j, 1, w, 0, True)
         d_block = make_qx_quants(16, 32, scales, 0, Ls, 0, 1, sw, 0, True)
         for j in range(16):
-            l = Ls[j]
-            if j < 8:
-                dst[so + j] = np.uint8(l & 0xF)
-            else:
-                dst[so + j - 8] = np.uint8((dst[so + j - 8] | ((l & 0xF) << 4)) & 0xFF)
-            l >>= 4
-            dst[so + j % 4 + 8] = np.uint8((dst[so + j % 4 + 8] | (l << (2 * (j // 4)))) & 0xFF)
+            _pack_q3_scale(dst, so, j, Ls[j])
         _store_f16(dst, o + 108, d_block)
     dd = _load_f16(dst, o + 108)
     for j in range(16):
@@ -1082,9 +1080,6 @@ def dequantize_row_iq4_xs(src, dst, n):
 # ---------------------------------------------------------------------------
 # ggml-cpu's from_float (cpy / set_rows into these types): the reference quantizers as
 # one row, except IQ4_NL whose CPU path is quantize_row_iq4_nl_ref (no search: ntry -1)
-
-_NO_QW = np.zeros(0, np.float32)
-
 
 @_jit
 def quantize_row_iq4_nl_cpu(src, dst, n):

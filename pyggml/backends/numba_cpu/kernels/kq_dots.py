@@ -16,8 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ....quants import nb as qnb
-from ....quants.kq_nb import KVALUES_IQ4NL
+from ....quants.kq_nb import KVALUES_IQ4NL, _load_f16 as _f16, _q3_scale, _scale_min_k4
 from ....types import GGMLType
 from ..intrinsics import f32_array, u8_array
 
@@ -60,20 +59,6 @@ def block_bytes(t):
 
 
 @_jit
-def _f16(b, o):
-    return qnb.f16_to_f32(np.uint16(b[o] | (np.uint16(b[o + 1]) << 8)))
-
-
-@_jit
-def _scale_min_k4(j, b, so):
-    if j < 4:
-        return np.float32(b[so + j] & 63), np.float32(b[so + j + 4] & 63)
-    d = (b[so + j + 4] & 0xF) | ((b[so + j - 4] >> 6) << 4)
-    m = (b[so + j + 4] >> 4) | ((b[so + j] >> 6) << 4)
-    return np.float32(d), np.float32(m)
-
-
-@_jit
 def dot_q45_k(b, nb, y, five):
     bs = 176 if five else 144
     qo = 48 if five else 16
@@ -86,6 +71,7 @@ def dot_q45_k(b, nb, y, five):
         for c in range(4):
             sc1, m1 = _scale_min_k4(2 * c, b, o + 4)
             sc2, m2 = _scale_min_k4(2 * c + 1, b, o + 4)
+            sc1, m1, sc2, m2 = np.float32(sc1), np.float32(m1), np.float32(sc2), np.float32(m2)
             q = o + qo + 32 * c
             s1 = _F0
             s2 = _F0
@@ -206,16 +192,6 @@ def dot_q2_k(b, nb, y):
                     acc += d * np.float32(sc & 0xF) * s - dmin * np.float32(sc >> 4) * t
                     y0 += 16
     return acc
-
-
-@_jit
-def _q3_scale(b, so, j):
-    if j < 8:
-        lo = np.int32(b[so + j]) & 0xF
-    else:
-        lo = np.int32(b[so + j - 8]) >> 4
-    hi = (np.int32(b[so + 8 + j % 4]) >> (2 * (j // 4))) & 3
-    return (lo | (hi << 4)) - 32
 
 
 @_jit
