@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("pyggml.llm.bench", "prompt and decode speed of a model, as llama-bench"),
     "bench-ops": ("pyggml.bench", "kernel benchmarks against real ggml (libggml-python) and NumPy"),
     "tokenize": ("pyggml.llm.tokenize_cli", "tokenize a prompt with a GGUF model's vocabulary"),
+    "quantize": ("pyggml.quantize_cli", "quantize a GGUF model (llama-quantize's types and mixes)"),
     "warmup": ("pyggml.backends.numba_cpu.warmup",
                "compile the Numba kernels into the disk cache, in parallel processes"),
 }

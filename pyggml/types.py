@@ -23,6 +23,14 @@ class GGMLType(enum.IntEnum):
     Q5_1 = 7
     Q8_0 = 8
     Q8_1 = 9
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    IQ4_NL = 20
+    IQ4_XS = 23
     I8 = 24
     I16 = 25
     I32 = 26
@@ -57,6 +65,9 @@ class TypeTraits:
     #   from_float(x: float32 ndarray, n % blck_size == 0) -> uint8 ndarray
     to_float: Optional[Callable] = field(default=None, repr=False)
     from_float: Optional[Callable] = field(default=None, repr=False)
+    #   from_float_imatrix(x: float32 [nrows, n_per_row], imatrix: float32 [n_per_row])
+    #   -> uint8 ndarray (ggml_quantize_chunk with quant_weights; None: no imatrix variant)
+    from_float_imatrix: Optional[Callable] = field(default=None, repr=False)
 
     def row_size(self, ne0: int) -> int:
         """ggml_row_size: bytes of ne0 elements (ne0 must be a multiple of blck_size)."""
@@ -79,6 +90,14 @@ TRAITS: dict[GGMLType, TypeTraits] = {
     T.Q5_1: TypeTraits(T.Q5_1, "q5_1", 32, 24, True, None, T.Q8_1),
     T.Q8_0: TypeTraits(T.Q8_0, "q8_0", 32, 34, True, None, T.Q8_0),
     T.Q8_1: TypeTraits(T.Q8_1, "q8_1", 32, 36, True, None, T.Q8_1),
+    T.Q2_K: TypeTraits(T.Q2_K, "q2_K", 256, 84, True, None, T.Q8_K),
+    T.Q3_K: TypeTraits(T.Q3_K, "q3_K", 256, 110, True, None, T.Q8_K),
+    T.Q4_K: TypeTraits(T.Q4_K, "q4_K", 256, 144, True, None, T.Q8_K),
+    T.Q5_K: TypeTraits(T.Q5_K, "q5_K", 256, 176, True, None, T.Q8_K),
+    T.Q6_K: TypeTraits(T.Q6_K, "q6_K", 256, 210, True, None, T.Q8_K),
+    T.Q8_K: TypeTraits(T.Q8_K, "q8_K", 256, 292, True, None, T.Q8_K),
+    T.IQ4_NL: TypeTraits(T.IQ4_NL, "iq4_nl", 32, 18, True, None, T.Q8_0),
+    T.IQ4_XS: TypeTraits(T.IQ4_XS, "iq4_xs", 256, 136, True, None, T.Q8_K),
 }
 del T
 
@@ -97,11 +116,24 @@ TYPE_Q5_0 = GGMLType.Q5_0
 TYPE_Q5_1 = GGMLType.Q5_1
 TYPE_Q8_0 = GGMLType.Q8_0
 TYPE_Q8_1 = GGMLType.Q8_1
+TYPE_Q2_K = GGMLType.Q2_K
+TYPE_Q3_K = GGMLType.Q3_K
+TYPE_Q4_K = GGMLType.Q4_K
+TYPE_Q5_K = GGMLType.Q5_K
+TYPE_Q6_K = GGMLType.Q6_K
+TYPE_Q8_K = GGMLType.Q8_K
+TYPE_IQ4_NL = GGMLType.IQ4_NL
+TYPE_IQ4_XS = GGMLType.IQ4_XS
 
 # The types flash attention accepts for K and V (ggml's CPU set).
 FA_KV_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0,
                GGMLType.Q5_1, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_0)
-QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
+QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
+               GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+               GGMLType.IQ4_NL, GGMLType.IQ4_XS)
+# The 256-value super-block formats (Q8_K, their activation type, is not a storage type).
+K_TYPES = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+           GGMLType.IQ4_XS)
 
 
 def as_type(t) -> GGMLType:
@@ -110,7 +142,7 @@ def as_type(t) -> GGMLType:
         return t
     if isinstance(t, str):
         for tt in TRAITS.values():
-            if tt.tname == t.lower():
+            if tt.tname.lower() == t.lower():
                 return tt.type
         raise TypeError_(f"unknown ggml type name {t!r}")
     try:
@@ -139,7 +171,9 @@ def row_size(t, ne0: int) -> int:
     return TRAITS[as_type(t)].row_size(ne0)
 
 
-def register_codec(t: GGMLType, to_float: Callable, from_float: Callable) -> None:
+def register_codec(t: GGMLType, to_float: Callable, from_float: Callable,
+                   from_float_imatrix: Optional[Callable] = None) -> None:
     """Attach a format's codecs to its type (called by each pyggml.quants module)."""
     TRAITS[t].to_float = to_float
     TRAITS[t].from_float = from_float
+    TRAITS[t].from_float_imatrix = from_float_imatrix

@@ -154,8 +154,14 @@ def _infer_cpy(srcs, p):
     if a.type in QUANT_TYPES and b.type != a.type:
         need(b.type in _FLOATS, "CPY", "a quantized source converts only to f32/f16/bf16", a, b)
     if TRAITS[b.type].is_quantized:
-        need(b.ne[0] % 32 == 0, "CPY", "destination rows must be whole blocks", b)
+        need(b.ne[0] % TRAITS[b.type].blck_size == 0, "CPY",
+             f"destination rows must be whole {b.type.tname} blocks of "
+             f"{TRAITS[b.type].blck_size}", b)
     return inplace_of(b)
+
+
+def _blck(t):
+    return TRAITS[as_type(t)].blck_size
 
 
 def _cpy_cases():
@@ -163,11 +169,16 @@ def _cpy_cases():
     pairs = [("f32", t) for t in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")]
     pairs += [("f16", "f32"), ("f16", "f16"), ("bf16", "f32"), ("q4_0", "f32"),
               ("q8_0", "f32"), ("q5_1", "f16"), ("i32", "i32"), ("f32", "i32"), ("i32", "f32")]
+    # ggml's all_types into and out of f32 (the K-quants and IQ4)
+    for t in ("q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs"):
+        pairs += [("f32", t), (t, "f32"), (t, t)]
     for ta, tb in pairs:
         for ne, permute in (([256, 4, 4, 4], None), ([256, 2, 3, 4], [0, 2, 1, 3]),
                             ([64, 5, 1, 1], None)):
             quant = as_type(ta) in QUANT_TYPES or as_type(tb) in QUANT_TYPES
             if permute and as_type(ta) in QUANT_TYPES:
+                continue
+            if quant and ne[0] % max(_blck(ta), _blck(tb)):
                 continue
 
             def build(ctx, ta=ta, tb=tb, ne=ne, permute=permute, quant=quant):

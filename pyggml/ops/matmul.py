@@ -276,9 +276,11 @@ def out_prod(ctx, a, b):
 # --- test cases (test-backend-ops' grids, restricted to pyggml's types) -----------------------
 
 # ggml's type lists intersected with the types pyggml implements, in ggml's order
-_ALL_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
-_BASE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
-_OTHER_TYPES = ("q4_1", "q5_0", "q5_1", "q8_0", "bf16")
+_ALL_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K",
+              "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs")
+_BASE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q4_K")
+_OTHER_TYPES = ("q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q5_K", "q6_K", "iq4_nl",
+                "iq4_xs", "bf16")
 
 # cases above these sizes are tagged slow (kept out of the default pytest subset)
 _SLOW_MACS = 20_000_000
@@ -423,7 +425,7 @@ def _mul_mat_cases():
     # pyggml additions: odd m/n/k for the float types, odd k for quantized (whole blocks),
     # activations already in the weight's dot type (bf16 x bf16), the GEMM path (n >= 32)
     for ta in _ALL_TYPES:
-        k = 67 if _blck(ta) == 1 else 96
+        k = {1: 67, 32: 96}.get(_blck(ta), _blck(ta))
         add(_mm_case(ta, "f32", 33, 7, k, (2, 1), (2, 1)))
         add(_mm_case(ta, "f32", 17, 19, k, (1, 3), (1, 1), (0, 2, 1, 3)))
         add(_mm_case(ta, "f32", 40, 37, 2 * k, (1, 2), (3, 1)))

@@ -4,7 +4,7 @@ One module per format registers its NumPy codecs with its type (pyggml.types.TRA
 `nb` holds the Numba versions for the CPU kernels. This package adds the user-facing
 entry points:
 
-    quantize(type, f32_values) -> bytes          # ggml_quantize_chunk
+    quantize(type, f32_values, imatrix=None) -> bytes   # ggml_quantize_chunk
     dequantize(type, data, n) -> float32 array   # type_traits.to_float
     fp32_to_fp16 / fp16_to_fp32 / fp32_to_bf16 / bf16_to_fp32
 
@@ -19,6 +19,7 @@ from ..errors import DataError, ShapeError, TypeError_
 from ..types import TRAITS, GGMLType, as_type
 # Importing a format module registers its codecs with its type.
 from . import bf16, f16, plain, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1  # noqa: F401
+from . import iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k  # noqa: F401
 from ._common import as_f32, as_u8
 from .bf16 import bf16_to_fp32, fp32_to_bf16
 from .f16 import fp16_to_fp32, fp32_to_fp16
@@ -30,12 +31,19 @@ __all__ = ["quantize", "dequantize", "fp32_to_fp16", "fp16_to_fp32", "fp32_to_bf
 NUMBA_MIN_N = 1 << 16
 _NUMBA_TYPES = frozenset({GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
                           GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1})
+# K-quants and IQ4 always quantize through Numba (ggml's scale searches); their rows
+# live in kq_nb.
+_KQ_TYPES = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
+                       GGMLType.Q6_K, GGMLType.Q8_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS})
 
 
 def _nb_row(t, direction: str):
     """nb.quantize_row_<fmt> / nb.dequantize_row_<fmt>: calling the type's own row (not
     the dispatcher) compiles only that format on first use (bytes input is a read-only
     array, its own Numba signature)."""
+    if t in _KQ_TYPES:
+        from . import kq_nb
+        return getattr(kq_nb, f"{direction}_row_{TRAITS[t].tname}")
     from . import nb
     return getattr(nb, f"{direction}_row_{TRAITS[t].tname}")
 
@@ -49,15 +57,20 @@ def _traits(type_):
 
 
 def _use_numba(t, n: int, use_numba) -> bool:
+    if t in _KQ_TYPES:
+        return n >= NUMBA_MIN_N if use_numba is None else bool(use_numba)
     if t not in _NUMBA_TYPES:
         return False
     return n >= NUMBA_MIN_N if use_numba is None else bool(use_numba)
 
 
-def quantize(type_, values, *, use_numba=None) -> bytes:
-    """float32 values -> ggml's bytes of `type_` (as ggml_quantize_chunk, no imatrix).
+def quantize(type_, values, *, imatrix=None, use_numba=None) -> bytes:
+    """float32 values -> ggml's bytes of `type_` (as ggml_quantize_chunk).
 
-    The length must be a multiple of the type's block size (32 for the Q types).
+    The length must be a multiple of the type's block size (32 for the Q types, 256 for
+    the K-quants). `imatrix`: ggml's quant_weights, one weight per column; the values are
+    then rows of len(imatrix) (the types with an importance-matrix quantizer only; types
+    whose quantizer ignores it in ggml, like Q8_0 and F16, ignore it here too).
     """
     t, tr = _traits(type_)
     x = as_f32(values)
@@ -65,6 +78,12 @@ def quantize(type_, values, *, use_numba=None) -> bytes:
     if n % tr.blck_size:
         raise ShapeError(f"quantize {tr.tname}: {n} values is not a multiple of the "
                          f"block size {tr.blck_size}")
+    if tr.from_float_imatrix is not None:
+        return tr.from_float_imatrix(x, imatrix).tobytes()
+    if imatrix is not None and t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
+                                     GGMLType.Q5_1):
+        raise TypeError_(f"quantize {tr.tname}: importance-matrix quantization of this "
+                         f"type is not implemented")
     if _use_numba(t, n, use_numba):
         out = np.empty(tr.row_size(n), dtype=np.uint8)
         _nb_row(t, "quantize")(x, out, n)

@@ -5,8 +5,8 @@ bf16_to_f32 / f32_to_bf16. Rows: dequantize_row_<fmt>(src_u8, dst_f32, n) and
 quantize_row_<fmt>(src_f32, dst_u8, n) over contiguous 1-D arrays (numba.carray views
 are fine), plus dequantize_row / quantize_row dispatching on the ggml type id and
 returning 0, or ERR_UNSUPPORTED for a type without a row codec. Formats: q4_0, q4_1,
-q5_0, q5_1, q8_0, q8_1, f16, bf16, f32. quantize_row_q8_0_cpu / _q8_1_cpu are
-ggml-cpu's SIMD activation quantizers (they differ from the reference in ties).
+q5_0, q5_1, q8_0, q8_1, f16, bf16, f32, and through kq_nb the K-quants and IQ4.
+quantize_row_q8_0_cpu / _q8_1_cpu are ggml-cpu's SIMD activation quantizers (they differ from the reference in ties).
 
 Float math is float32 throughout (constants are np.float32: a Python float literal
 would promote to float64 and change roundings) and never contracted to FMA, as in
@@ -521,7 +521,10 @@ def dequantize_row_f32(src, dst, n):
 
 
 # ---------------------------------------------------------------------------
-# dispatch on the ggml type id (an if-chain: callable from other numba code)
+# dispatch on the ggml type id (an if-chain: callable from other numba code); the K-quants
+# and IQ4 rows live in kq_nb (which imports this module's helpers: import it as a module)
+
+from . import kq_nb as _kq  # noqa: E402
 
 _F32, _F16, _BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 _Q4_0, _Q4_1, _Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
@@ -550,7 +553,7 @@ def dequantize_row(t, src, dst, n):
     elif t == _Q8_1:
         dequantize_row_q8_1(src, dst, n)
     else:
-        return ERR_UNSUPPORTED
+        return _kq.dequantize_row(t, src, dst, n)
     return 0
 
 
@@ -576,5 +579,5 @@ def quantize_row(t, src, dst, n):
     elif t == _Q8_1:
         quantize_row_q8_1(src, dst, n)
     else:
-        return ERR_UNSUPPORTED
+        return _kq.quantize_row(t, src, dst, n)
     return 0

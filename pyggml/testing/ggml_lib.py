@@ -496,8 +496,10 @@ def pyggml_raw(t) -> bytes:
 
 # --- conversions and quantization -------------------------------------------------------------
 
-def quantize_chunk(type, f32) -> bytes:
-    """ggml_quantize_chunk over rows: 1-D input is one row, N-D input rows of shape[-1]."""
+def quantize_chunk(type, f32, imatrix=None) -> bytes:
+    """ggml_quantize_chunk over rows: 1-D input is one row, N-D input rows of shape[-1].
+
+    `imatrix`: the quant_weights (n_per_row float32 values) or None."""
     g = lib()
     type = int(type)
     x = np.ascontiguousarray(f32, dtype=np.float32)
@@ -509,12 +511,18 @@ def quantize_chunk(type, f32) -> bytes:
     if n_per_row % tr.blck_size:
         raise ShapeError(f"quantize_chunk {tr.type_name.decode()}: row of {n_per_row} values "
                          f"is not a multiple of the block size {tr.blck_size}")
-    if g.ggml_quantize_requires_imatrix(type):
+    qw = None
+    if imatrix is not None:
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if qw.size != n_per_row:
+            raise ShapeError(f"quantize_chunk: imatrix of {qw.size} values for rows of "
+                             f"{n_per_row}")
+    elif g.ggml_quantize_requires_imatrix(type):
         raise GGMLError(f"quantize_chunk: type {tr.type_name.decode()} needs an importance matrix")
     g.ggml_quantize_init(type)
     size = g.ggml_row_size(type, n_per_row) * nrows
     dst = np.zeros(max(size, 1), dtype=np.uint8)
-    n = g.ggml_quantize_chunk(type, x, dst, 0, nrows, n_per_row, None)
+    n = g.ggml_quantize_chunk(type, x, dst, 0, nrows, n_per_row, qw)
     if n != size:
         raise GGMLError(f"ggml_quantize_chunk wrote {n} bytes, expected {size}")
     return dst[:size].tobytes()

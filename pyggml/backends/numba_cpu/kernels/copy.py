@@ -37,7 +37,9 @@ F32, F16, BF16, I32 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16), 
 _CONVERTIBLE = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32}
 # types with a Numba row codec in pyggml.quants.nb (quantize_row / dequantize_row)
 _ROW_CODEC = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
-              GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1}
+              GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1, GGMLType.Q2_K,
+              GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL,
+              GGMLType.IQ4_XS}
 _HAVE_ROWS = hasattr(qnb, "quantize_row") and hasattr(qnb, "dequantize_row")
 
 _jit = numba.njit(nogil=True, cache=True)

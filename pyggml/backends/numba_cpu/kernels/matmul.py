@@ -30,12 +30,13 @@ import numba
 import numpy as np
 
 from ....quants import nb as qnb
-from ....types import GGMLType, TRAITS, QUANT_TYPES
+from ....types import GGMLType, TRAITS
 from ..desc import (DST, SRC0, SRC1, SRC2, ERR_SHAPE, ERR_TYPE, ERR_WORK_SIZE, n_tasks,
                     register_error, row_range, set_error, t_addr, t_nb, t_ne, t_type, wdata,
                     wsize)
 from ..intrinsics import f32_array, i8_array, i64_array, ptr_of, u8_array, u16_array
 from . import kernel
+from . import kq_dots as kq
 from . import simd
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -56,13 +57,19 @@ KC = 256              # k per packed panel (a multiple of 32: whole quant blocks
 NC = 256              # rows of a per packed block (a multiple of NR)
 MC = 1020             # rows of b per packed block (a multiple of MR)
 
-_WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + QUANT_TYPES
+_Q32 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
+# K-quants and IQ4: row dots in kq_dots.py against float32 activations
+_KQ = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
+       GGMLType.IQ4_NL, GGMLType.IQ4_XS)
+_WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + _Q32 + _KQ
 _ACT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-_OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + QUANT_TYPES
+_OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + _Q32
 
 TYPE_SIZE = np.zeros(64, dtype=np.int64)          # bytes per block, by ggml type id
+BLCK = np.ones(64, dtype=np.int64)                # values per block, by ggml type id
 for _t, _tr in TRAITS.items():
     TYPE_SIZE[int(_t)] = _tr.type_size
+    BLCK[int(_t)] = _tr.blck_size
 del _t, _tr
 
 
@@ -180,7 +187,7 @@ def row_to_f32(t, src, n, dst):
 @_jit
 def dequant_blocks(t, src, n, dst):
     """n values (whole blocks) of quantized type t at src -> float32 at dst."""
-    rs = (n // QK) * TYPE_SIZE[t]
+    rs = (n // BLCK[t]) * TYPE_SIZE[t]
     qnb.dequantize_row(t, u8_array(src, rs), f32_array(dst, n), n)
 
 
@@ -240,6 +247,9 @@ def rows_dot(wt, k, x, xstride, nrows, y, out):
     if wt == BF16:
         simd.dot_bf16(nrows, k, x, xstride, y, out)
         return
+    if kq.is_kq(wt):
+        kq.dot_rows(wt, k, x, xstride, nrows, y, out)
+        return
     nb = k // QK
     yd = y + _pad(k)
     ys = yd + _pad(4 * nb)
@@ -258,7 +268,7 @@ def rows_dot(wt, k, x, xstride, nrows, y, out):
 @_jit
 def types_ok(wt, bt):
     """Weight and activation types this file's dots read (supports() keeps others away)."""
-    return ((wt == F32 or wt == F16 or wt == BF16 or is_quant(wt))
+    return ((wt == F32 or wt == F16 or wt == BF16 or is_quant(wt) or kq.is_kq(wt))
             and (bt == F32 or bt == F16 or bt == BF16))
 
 
@@ -343,7 +353,7 @@ def pack_a(wt, base, nb01, rows, pc, kc, ap, tmp):
         if wt == F16 or wt == BF16:
             row_to_f32(wt, row + 2 * pc, kc, tmp)
         else:
-            dequant_blocks(wt, row + (pc // QK) * TYPE_SIZE[wt], kc, tmp)
+            dequant_blocks(wt, row + (pc // BLCK[wt]) * TYPE_SIZE[wt], kc, tmp)
         _scatter(t, kc, out, o, NR)
 
 
@@ -461,7 +471,7 @@ def mul_mat(desc, ith, nth):
     bt = t_type(desc, SRC1)
     k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
     n = t_ne(desc, SRC1, 1)
-    if t_ne(desc, SRC1, 0) != k or (is_quant(wt) and k % QK != 0) or t_nb(desc, DST, 0) != 4:
+    if t_ne(desc, SRC1, 0) != k or k % BLCK[wt] != 0 or t_nb(desc, DST, 0) != 4:
         set_error(desc, ERR_SHAPE)
         return
     if not types_ok(wt, bt):
@@ -505,7 +515,7 @@ def mul_mat_id(desc, ith, nth):
     nbi0, nbi1 = t_nb(desc, SRC2, 0), t_nb(desc, SRC2, 1)
     nb1, nb2 = t_nb(desc, DST, 1), t_nb(desc, DST, 2)
     a, b, ids, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, SRC2), t_addr(desc, DST)
-    if t_ne(desc, SRC1, 0) != k or (is_quant(wt) and k % QK != 0):
+    if t_ne(desc, SRC1, 0) != k or k % BLCK[wt] != 0:
         set_error(desc, ERR_SHAPE)
         return
     if not types_ok(wt, bt) or t_type(desc, SRC2) != I32:

@@ -24,14 +24,13 @@ from ..desc import (DST, SRC0, SRC1, ERR_UNSUPPORTED, ERR_WORK_SIZE, register_er
                     wdata, wsize)
 from ..intrinsics import f32_array, ptr_of, u8_array
 from . import kernel
-from .copy import copy_bits, copy_bytes, load_f32
+from .copy import _ROW_CODEC as _COPY_ROW_CODEC, copy_bits, copy_bytes, load_f32
 
 ERR_ROW_ID = register_error(170, "a row id is out of range (get_rows / set_rows / get_rows_back)")
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 I32, I64 = int(GGMLType.I32), int(GGMLType.I64)
-_ROW_CODEC = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
-              GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0}
+_ROW_CODEC = _COPY_ROW_CODEC - {GGMLType.Q8_1}
 _LINE = 64
 
 _jit = numba.njit(nogil=True, cache=True)

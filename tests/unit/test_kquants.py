@@ -1,0 +1,134 @@
+"""K-quants (Q2_K..Q6_K, Q8_K) and IQ4_NL/IQ4_XS against real ggml, bit for bit.
+
+ggml_quantize_chunk with and without an importance matrix (Q8_K: quantize_row_q8_K_ref,
+which ggml_quantize_chunk does not take), ggml's to_float for the dequantizers (NumPy and
+Numba), on the input families of test_quants.py.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+from test_quants import INPUTS, assert_same_bits, assert_same_bytes, make_input
+
+from pyggml import quants as Q
+from pyggml.errors import ShapeError
+from pyggml.types import TRAITS, GGMLType
+
+T = GGMLType
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+ALL = K_TYPES + [T.Q8_K]
+N = 256 * 9
+_ROW = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+class Ggml:
+    def __init__(self, ggml_lib):
+        self.lib = ggml_lib
+        self.g = ggml_lib.lib()
+
+    def _fn(self, name):
+        return _ROW(ctypes.cast(self.g._find(name), ctypes.c_void_p).value)
+
+    def quantize(self, t, x, imatrix=None) -> bytes:
+        if t == T.Q8_K:
+            x = np.ascontiguousarray(x, np.float32).reshape(-1)
+            dst = np.zeros(TRAITS[t].row_size(x.size), np.uint8)
+            self._fn("quantize_row_q8_K_ref")(x.ctypes.data, dst.ctypes.data, x.size)
+            return dst.tobytes()
+        return self.lib.quantize_chunk(t, x, imatrix)
+
+    def dequantize(self, t, raw: bytes, n: int) -> np.ndarray:
+        if t == T.Q8_K:  # no to_float in the traits; the function exists
+            src = np.frombuffer(raw, np.uint8).copy()
+            out = np.zeros(n, np.float32)
+            self._fn("dequantize_row_q8_K")(src.ctypes.data, out.ctypes.data, n)
+            return out
+        return self.lib.dequantize(t, raw, n)
+
+
+@pytest.fixture(scope="module")
+def gg() -> Ggml:
+    pytest.importorskip("libggml")
+    from pyggml.testing import ggml_lib
+    if not ggml_lib.available():
+        pytest.skip("real ggml (libggml-python) is not available")
+    return Ggml(ggml_lib)
+
+
+def _imatrix(n: int) -> np.ndarray:
+    return (np.abs(make_input("normal", n, seed=5)) + np.float32(0.1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+@pytest.mark.parametrize("t", ALL, ids=str)
+def test_quantize_and_dequantize_match_ggml(gg, t, name):
+    x = make_input(name, N)
+    ref = gg.quantize(t, x)
+    assert_same_bytes(Q.quantize(t, x), ref, t, f"{t} {name}")
+    want = gg.dequantize(t, ref, N)
+    assert_same_bits(Q.dequantize(t, ref, N, use_numba=False), want, f"numpy {t} {name}")
+    assert_same_bits(Q.dequantize(t, ref, N, use_numba=True), want, f"numba {t} {name}")
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+@pytest.mark.parametrize("t", K_TYPES, ids=str)
+def test_quantize_with_imatrix_matches_ggml(gg, t, name):
+    rows = make_input(name, N).reshape(3, -1)
+    qw = _imatrix(rows.shape[1])
+    ref = gg.quantize(t, rows, qw)
+    assert_same_bytes(Q.quantize(t, rows, imatrix=qw), ref, t, f"{t} {name} imatrix")
+    if name == "normal":  # the weights do change the result
+        assert Q.quantize(t, rows, imatrix=qw) != Q.quantize(t, rows)
+
+
+@pytest.mark.parametrize("t", ALL, ids=str)
+def test_dequantize_random_bytes_matches_ggml(gg, t):
+    n = 256 * 512
+    raw = np.random.default_rng(int(t)).integers(0, 256, TRAITS[t].row_size(n),
+                                                  dtype=np.uint8).tobytes()
+    want = gg.dequantize(t, raw, n)
+    assert_same_bits(Q.dequantize(t, raw, n, use_numba=False), want, f"numpy {t}")
+    assert_same_bits(Q.dequantize(t, raw, n, use_numba=True), want, f"numba {t}")
+
+
+@pytest.mark.parametrize("t", K_TYPES, ids=str)
+def test_many_rows(gg, t):
+    """Several rows in one call (the importance matrix applies per row)."""
+    x = make_input("per_block_scale", 256 * 64, seed=9).reshape(16, -1)
+    assert_same_bytes(Q.quantize(t, x), gg.quantize(t, x), t, f"{t} rows")
+    qw = _imatrix(x.shape[1])
+    assert_same_bytes(Q.quantize(t, x, imatrix=qw), gg.quantize(t, x, qw), t, f"{t} rows qw")
+
+
+@pytest.mark.parametrize("t", K_TYPES, ids=str)
+def test_numba_dispatch_rows(t):
+    from pyggml.quants import kq_nb, nb
+    x = make_input("normal", 512)
+    raw = np.frombuffer(Q.quantize(t, x), np.uint8).copy()
+    out = np.zeros(512, np.float32)
+    assert nb.dequantize_row(int(t), raw, out, 512) == 0
+    assert_same_bits(out, Q.dequantize(t, raw, 512, use_numba=False), f"{t} dispatch")
+    dst = np.zeros_like(raw)
+    assert kq_nb.quantize_row(int(t), x, dst, 512) == 0
+    if t != T.IQ4_NL:   # ggml-cpu's IQ4_NL from_float is the search-less reference
+        assert dst.tobytes() == raw.tobytes()
+
+
+def test_layout_sizes():
+    sizes = {T.Q2_K: 84, T.Q3_K: 110, T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210, T.Q8_K: 292,
+             T.IQ4_NL: 18, T.IQ4_XS: 136}
+    for t, size in sizes.items():
+        assert TRAITS[t].type_size == size
+        assert TRAITS[t].blck_size == (32 if t == T.IQ4_NL else 256)
+    assert [int(t) for t in sizes] == [10, 11, 12, 13, 14, 15, 20, 23]
+
+
+def test_errors():
+    with pytest.raises(ShapeError, match="q4_K.*300"):
+        Q.quantize(T.Q4_K, np.zeros(300, np.float32))
+    with pytest.raises(ShapeError, match="importance matrix"):
+        Q.quantize(T.Q4_K, np.zeros(512, np.float32), imatrix=np.ones(100, np.float32))
+    with pytest.raises(ShapeError, match="importance matrix"):
+        Q.quantize(T.Q4_K, np.zeros(768, np.float32), imatrix=np.ones(512, np.float32))

