@@ -87,19 +87,21 @@ class Context:
         return offs
 
     def new_tensor_impl(self, type, ne: Sequence[int], view_src: Tensor = None,
-                        view_offs: int = 0, op_name: str = "new_tensor") -> Tensor:
+                        view_offs: int = 0, op_name: str = "new_tensor",
+                        op_params=None) -> Tensor:
         type = as_type(type)
         tr = TRAITS[type]
         ne = [int(x) for x in ne]
         if not 1 <= len(ne) <= MAX_DIMS:
             raise ShapeError(f"{op_name}: a tensor has 1 to {MAX_DIMS} dims, got ne={ne}")
-        if any(x < 0 for x in ne):
+        if min(ne) < 0:
             raise ShapeError(f"{op_name}: negative dimension in ne={ne}")
         if ne[0] % tr.blck_size:
             raise ShapeError(f"{op_name}: ne[0]={ne[0]} is not a multiple of the block size "
                              f"{tr.blck_size} of type {tr.tname}")
-        t = Tensor(self, type, ne, view_src=view_src, view_offs=view_offs)
-        data_size = tr.row_size(t.ne[0]) * t.ne[1] * t.ne[2] * t.ne[3]
+        t = Tensor(self, type, ne, view_src=view_src, view_offs=view_offs, op_params=op_params)
+        ne4 = t.ne
+        data_size = tr.type_size * (ne4[0] // tr.blck_size) * ne4[1] * ne4[2] * ne4[3]
         if view_src is not None and data_size and t.view_offs + data_size > nbytes(t.view_src):
             raise ShapeError(f"{op_name}: view of {data_size} bytes at offset {t.view_offs} is out "
                              f"of the bounds of {describe(t.view_src)} ({nbytes(t.view_src)} bytes)")
