@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from .errors import ContextMemoryError, ShapeError, DataError, describe
 from .tensor import Buffer, Tensor, MAX_DIMS, nbytes
-from .types import TRAITS, as_type
+from .types import GGMLType, TRAITS, as_type
 
 MEM_ALIGN = 16
 OBJECT_SIZE = 32            # sizeof(struct ggml_object) on 64-bit
@@ -21,6 +21,9 @@ DATA_ALIGN = 64             # pyggml aligns tensor data for SIMD loads
 def tensor_overhead() -> int:
     """ggml_tensor_overhead(): bookkeeping bytes one tensor costs in a context."""
     return OBJECT_SIZE + TENSOR_SIZE
+
+
+_OVERHEAD = tensor_overhead()
 
 
 # ggml_hash_size's table: the next primes after powers of two
@@ -77,6 +80,8 @@ class Context:
     def _reserve(self, nbytes_: int, what: str) -> int:
         """Take nbytes_ (already padded) from the pool; return the offset it starts at."""
         if self.used + nbytes_ > self.mem_size:
+            if callable(what):          # built only when needed (f-strings cost per tensor)
+                what = what()
             raise ContextMemoryError(
                 f"context out of memory: {what} needs {nbytes_} bytes, "
                 f"{self.mem_size - self.used} of {self.mem_size} left "
@@ -89,7 +94,8 @@ class Context:
     def new_tensor_impl(self, type, ne: Sequence[int], view_src: Tensor = None,
                         view_offs: int = 0, op_name: str = "new_tensor",
                         op_params=None) -> Tensor:
-        type = as_type(type)
+        if type.__class__ is not GGMLType:
+            type = as_type(type)
         tr = TRAITS[type]
         ne = [int(x) for x in ne]
         if not 1 <= len(ne) <= MAX_DIMS:
@@ -108,11 +114,13 @@ class Context:
         owns_data = view_src is None and not self.no_alloc
         if owns_data:
             # data starts DATA_ALIGN-aligned after the object's bookkeeping bytes
-            data_offs = _pad(self.used + tensor_overhead(), DATA_ALIGN)
+            data_offs = _pad(self.used + _OVERHEAD, DATA_ALIGN)
             need = data_offs + _pad(data_size, MEM_ALIGN) - self.used
         else:
-            need = tensor_overhead()
-        self._reserve(need, f"tensor {tr.tname} ne={ne}")
+            need = _OVERHEAD
+        if self.used + need > self.mem_size:
+            self._reserve(need, lambda: f"tensor {tr.tname} ne={ne}")      # raises
+        self.used += need
         if owns_data:
             t.set_buffer(self.buffer, data_offs)
         self.tensors.append(t)

@@ -54,10 +54,16 @@ def phases(model, cache, backend, n_tokens: int):
     c1 = time.process_time()
     alloc_graph(gf)
     c2 = time.process_time()
-    selected = backend.select(gf)
-    cplan = graph_plan(gf, backend.n_threads, backend, selected)
-    c3 = time.process_time()
-    backend.lower(gf, cplan, selected)
+    if hasattr(backend, "select"):
+        selected = backend.select(gf)
+        cplan = graph_plan(gf, backend.n_threads, backend, selected)
+        c3 = time.process_time()
+        backend.lower(gf, cplan, selected)
+    else:                                            # older pyggml (before/after comparisons)
+        backend.check_supported(gf)
+        cplan = graph_plan(gf, backend.n_threads, backend)
+        c3 = time.process_time()
+        backend.lower(gf, cplan)
     c4 = time.process_time()
     cache.step = None                                # not computed: forget the step
     t["build"], t["alloc"], t["plan"], t["lower"] = c1 - c0, c2 - c1, c3 - c2, c4 - c3

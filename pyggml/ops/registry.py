@@ -121,11 +121,11 @@ class _Layout:
                     if len(vs) != count:
                         raise ValueError
                     flat += vs
-            buf = bytearray(MAX_OP_PARAMS)
-            self.st.pack_into(buf, 0, *flat)
+            words = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
+            self.st.pack_into(words, 0, *flat)
         except Exception:
             return pack_params(op, self.spec, values)      # raises as it always did
-        return np.frombuffer(buf, dtype=np.int32)
+        return words
 
     def unpack(self, words: np.ndarray) -> SimpleNamespace:
         ns = SimpleNamespace()

@@ -20,32 +20,35 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     n_leafs = len(gf.leafs)
     # roots (tensors owning memory) that lack data, in first-seen order; where each
     # tensor sits in the order, and the last position that reads each root
-    todo: dict[int, object] = {}
-    pos: dict[int, int] = {}
-    last: dict[int, int] = {}
+    # (dicts keyed by the tensors themselves: they hash by identity)
+    todo: dict = {}
+    pos: dict = {}
+    last: dict = {}
     for i, t in enumerate(order):
-        pos[id(t)] = i
+        pos[t] = i
         r = t.view_src if t.view_src is not None else t
-        if r._buffer is None and id(r) not in todo:
-            todo[id(r)] = r
+        if r._buffer is None:
+            todo[r] = None
         for s in t.src:
             if s is not None:
                 r = s.view_src if s.view_src is not None else s
-                if r._buffer is None and id(r) not in todo:
-                    todo[id(r)] = r
-                last[id(r)] = i
+                if r._buffer is None:
+                    todo[r] = None
+                last[r] = i
     if not todo:
         return 0
     keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
     out = gf.nodes[-1] if gf.nodes else None
-    out_root = id(out.view_src if out.view_src is not None else out) if out is not None else None
+    out_root = (out.view_src if out.view_src is not None else out) if out is not None else None
     # greedy first-fit over a free list, in execution order; a slot is released once the
     # last node reading it has run (graph inputs, outputs and leafs keep theirs)
     free: list[list[int]] = []          # [offset, size]
     top = 0
-    offsets: dict[int, int] = {}
+    offsets: dict = {}
     live: list[tuple] = []              # heap of (last use, seq, offset, size)
-    for seq, (i, k, t) in enumerate(sorted((pos.get(k, -1), k, t) for k, t in todo.items())):
+    # in execution order (roots outside the order first, by first sight)
+    ranked = sorted((pos.get(t, -1), j, t) for j, t in enumerate(todo))   # (i, j) unique
+    for seq, (i, _, t) in enumerate(ranked):
         while live and live[0][0] < i:
             _, _, o, s = heappop(live)
             free.append([o, s])
@@ -62,10 +65,10 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
         else:
             o = top
             top += size
-        offsets[k] = o
-        if not (t.flags & keep_mask or i < n_leafs or k == out_root):
-            heappush(live, (last.get(k, i), seq, o, size))
+        offsets[t] = o
+        if not (t.flags & keep_mask or i < n_leafs or t is out_root):
+            heappush(live, (last.get(t, i), seq, o, size))
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
-    for k, t in todo.items():
-        t.set_buffer(buf, offsets[k])
+    for t in todo:
+        t.set_buffer(buf, offsets[t])
     return top

@@ -158,16 +158,14 @@ class NumbaBackend(Backend):
         tab = LoweredGraph([nodes[i] for i in rows], rows, kernels, descs, n_tasks, status,
                            wbuf)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
-        roots = {}
+        roots = {}                       # tensors hash by identity; insertion-ordered
         for i in rows:
             node = nodes[i]
-            roots[id(node.view_src if node.view_src is not None else node)] = \
-                node.view_src if node.view_src is not None else node
+            roots[node.view_src if node.view_src is not None else node] = None
             for t in node.src:
                 if t is not None:
-                    rt = t.view_src if t.view_src is not None else t
-                    roots[id(rt)] = rt
-        tab.roots = list(roots.values())
+                    roots[t.view_src if t.view_src is not None else t] = None
+        tab.roots = list(roots)
         tab.epoch = _alloc_epoch()
         tab.snapshot = tab.locations()
         tab.plan = cplan

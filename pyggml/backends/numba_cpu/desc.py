@@ -309,25 +309,31 @@ def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, w
     if n == 0:
         return out
     slot_of: dict = {}
-    words = [[0] * SLOT]               # row 0: an absent source (all zero)
+    words = [0] * SLOT                 # tensor 0: an absent source (all zero)
     slots = []
+    get = slot_of.get
     for node in nodes:
-        row = []
+        if len(node.src) != N_SLOTS - 1:
+            raise ValueError(f"pack_table: {node!r} has {len(node.src)} source slots, not "
+                             f"{N_SLOTS - 1}")
         for t in (node, *node.src):
             if t is None:
-                row.append(0)
+                slots.append(0)
                 continue
-            k = slot_of.get(id(t))
+            k = get(t)                  # tensors hash by identity
             if k is None:
-                k = slot_of[id(t)] = len(words)
-                words.append([t.data_ptr, int(t.type), *t.ne, *t.nb])
-            row.append(k)
-        row += [0] * (N_SLOTS - len(row))
-        slots.append(row)
-    out[:, HDR:HDR + N_SLOTS * SLOT] = \
-        np.array(words, dtype=np.int64)[np.array(slots, dtype=np.intp)].reshape(n, -1)
-    out[:, PARAMS:PARAMS + N_PARAMS] = np.array([node.op_params[:N_PARAMS] for node in nodes],
-                                                dtype=np.int32)   # sign-extended
+                k = slot_of[t] = len(slot_of) + 1
+                r = t.view_src
+                buf = (t if r is None else r)._buffer
+                if buf is None:
+                    t.data_ptr                        # raises: the tensor has no data
+                addr = buf.address + (t._offs if r is None else r._offs + t.view_offs)
+                words += (addr, t.type, *t.ne, *t.nb)
+            slots.append(k)
+    out[:, HDR:HDR + N_SLOTS * SLOT] = np.array(words, dtype=np.int64).reshape(-1, SLOT)[
+        np.array(slots, dtype=np.intp)].reshape(n, -1)
+    out[:, PARAMS:PARAMS + N_PARAMS] = np.concatenate(
+        [node.op_params[:N_PARAMS] for node in nodes]).reshape(n, N_PARAMS)   # sign-extended
     out[:, :HDR] = 0
     out[:, H_NTASKS] = n_tasks
     out[:, H_WDATA] = wdata_addr
