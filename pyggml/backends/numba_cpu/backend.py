@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ...errors import ComputeError, GraphError
-from ...graph import CGraph
+from ...graph import CGraph, gc_paused
 from ...sched.alloc import alloc_graph
 from ...sched.plan import CPlan, graph_plan, is_computed
 from ... import tensor as _tensor_mod
@@ -182,15 +182,16 @@ class NumbaBackend(Backend):
         tab = gf.cache.get(key)
         if tab is not None and tab.still_valid(cplan):
             return tab
-        selected = self.select(gf)       # fails before anything is allocated
-        alloc_graph(gf)
-        default = cplan is None
-        if default:
-            cplan = graph_plan(gf, self.n_threads, self, selected)
-        elif cplan.n_threads != self.n_threads:
-            raise GraphError(f"graph_compute: plan for {cplan.n_threads} threads on a backend "
-                             f"with {self.n_threads}")
-        tab = self.lower(gf, cplan, selected)
+        with gc_paused():
+            selected = self.select(gf)       # fails before anything is allocated
+            alloc_graph(gf)
+            default = cplan is None
+            if default:
+                cplan = graph_plan(gf, self.n_threads, self, selected)
+            elif cplan.n_threads != self.n_threads:
+                raise GraphError(f"graph_compute: plan for {cplan.n_threads} threads on a "
+                                 f"backend with {self.n_threads}")
+            tab = self.lower(gf, cplan, selected)
         tab.default_plan = default
         for k in [k for k in gf.cache if isinstance(k, tuple) and k[:2] == key[:2]]:
             del gf.cache[k]          # older versions of this graph on this backend
