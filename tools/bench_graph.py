@@ -10,12 +10,13 @@ Phases, per graph (process_time: single-threaded Python work, robust to other lo
 The target (DESIGN.md §9) is <= 10 ms for the whole, <= 12 µs per node.
 
     python tools/bench_graph.py [--cache f16|mixed] [--tokens N] [--past N] [-r REPEATS]
-                                [--profile PHASE]
+                                [--sched] [--no-gc] [--profile]
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import pstats
 import statistics
 import time
@@ -43,7 +44,7 @@ def make_cache(kind: str, cfg: LlamaConfig, n_ctx: int, past: int):
     return cache
 
 
-def phases(model, cache, backend, n_tokens: int):
+def phases(model, cache, backend, n_tokens: int, sched=None):
     """One graph through every phase; returns ({phase: seconds}, n_nodes)."""
     t = {}
     c0 = time.process_time()
@@ -52,6 +53,17 @@ def phases(model, cache, backend, n_tokens: int):
     cache.begin(n_tokens)
     model.build(ctx, gf, cache, n_tokens)
     c1 = time.process_time()
+    if sched is not None:                            # the Decoder's path through a scheduler
+        sched.alloc_graph(gf)                        # assign backends, allocate, split
+        c2 = c3 = time.process_time()
+        sp = sched.splits[0]
+        g = gg.CGraph(len(sp.nodes))
+        g.nodes = sp.nodes
+        backend.table(g)                             # select, plan, lower
+        c4 = time.process_time()
+        cache.step = None
+        return dict(build=c1 - c0, alloc=c2 - c1, plan=0.0, lower=c4 - c3, total=c4 - c0), \
+            gf.n_nodes
     alloc_graph(gf)
     c2 = time.process_time()
     if hasattr(backend, "select"):
@@ -79,26 +91,35 @@ def main(argv=None) -> int:
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("-r", "--repeats", type=int, default=20)
     ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("--profile", choices=("build", "alloc", "plan", "lower", "all"),
-                    help="cProfile one phase over the repeats (top 30 by tottime)")
+    ap.add_argument("--sched", action="store_true",
+                    help="through Sched([numba, reference]) as the Decoder runs (alloc = "
+                         "assignment + allocation + splits; lower = select + plan + lower)")
+    ap.add_argument("--no-gc", action="store_true",
+                    help="Python's cycle collector paused, as Decoder and the backend do")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the repeats (top 30 functions by own time)")
     args = ap.parse_args(argv)
 
     model = LlamaModel.random(SMOLLM2)
     cache = make_cache(args.cache, SMOLLM2, args.ctx, args.past)
     backend = NumbaBackend(args.threads)
-    phases(model, cache, backend, args.tokens)       # compiles/loads the kernels once
+    sched = gg.sched_new([backend, gg.backend_reference_init()]) if args.sched else None
+    phases(model, cache, backend, args.tokens, sched)   # compiles/loads the kernels once
+    if args.no_gc:
+        gc.disable()
     runs = []
     prof = cProfile.Profile() if args.profile else None
     for _ in range(args.repeats):
         if prof is not None:
             prof.enable()
-        t, n = phases(model, cache, backend, args.tokens)
+        t, n = phases(model, cache, backend, args.tokens, sched)
         if prof is not None:
             prof.disable()
         runs.append(t)
     backend.free()
     print(f"SmolLM2-135M shape, {args.cache} cache, {args.tokens} token(s), {args.past} past: "
-          f"{n} nodes, {args.repeats} graphs (process_time)")
+          f"{n} nodes, {args.repeats} graphs (process_time{', sched' if args.sched else ''}"
+          f"{', gc paused' if args.no_gc else ''})")
     print(f"{'phase':>6} {'ms median':>10} {'min':>7} {'max':>7} {'µs/node':>8}")
     for ph in ("build", "alloc", "plan", "lower", "total"):
         xs = [r[ph] * 1e3 for r in runs]
