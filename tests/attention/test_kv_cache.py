@@ -154,21 +154,27 @@ def test_attention_equals_flash_attn_over_dequantized_cache():
     assert c.cold_count > 0 and c.n_past == n_done
 
 
-@pytest.mark.parametrize("kind", ["mixed", "f16"])
-def test_decoder_graph_reuse_is_exact(kind):
-    """Reusing a step's graph for later steps with the same graph_key() (llama.cpp's graph
-    reuse) gives bitwise the logits of building every step, across block moves and KV_PAD
-    boundaries, and builds only when the key changes. Two decoders on one scheduler
-    alternate without re-planning each other's graphs."""
+def _decoding_setup(kind: str, seed: int):
+    """A 2-layer model, a factory of fresh caches of `kind` (320 tokens; mixed: 32 hot,
+    batches up to 16) and a numba+reference scheduler."""
     cfg = LlamaConfig(n_vocab=64, n_embd=128, n_head=4, n_head_kv=2, n_layer=2, n_ff=128)
-    model = LlamaModel.random(cfg, seed=1)
+    model = LlamaModel.random(cfg, seed=seed)
 
     def cache():
         if kind == "mixed":
             return MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320, hot_tokens=32,
                                 max_batch=16)
         return F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320)
-    be = gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+    return cfg, model, cache, gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+
+
+@pytest.mark.parametrize("kind", ["mixed", "f16"])
+def test_decoder_graph_reuse_is_exact(kind):
+    """Reusing a step's graph for later steps with the same graph_key() (llama.cpp's graph
+    reuse) gives bitwise the logits of building every step, across block moves and KV_PAD
+    boundaries, and builds only when the key changes. Two decoders on one scheduler
+    alternate without re-planning each other's graphs."""
+    cfg, model, cache, be = _decoding_setup(kind, seed=1)
     fresh = Decoder(model, cache(), be, reuse_graphs=False)
     reuse = Decoder(model, cache(), be)
     toks = list(np.random.default_rng(0).integers(0, cfg.n_vocab, 290))
@@ -202,15 +208,7 @@ def test_prompts_run_on_a_few_padded_graphs(kind):
     to a power of two (masked tokens writing the sink row): graphs are reused across
     prompts, logits are bitwise those of building every step, and the cache ends up as an
     unpadded run leaves it (same positions; logits of the next steps agree to rounding)."""
-    cfg = LlamaConfig(n_vocab=64, n_embd=128, n_head=4, n_head_kv=2, n_layer=2, n_ff=128)
-    model = LlamaModel.random(cfg, seed=2)
-
-    def cache():
-        if kind == "mixed":
-            return MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320, hot_tokens=32,
-                                max_batch=16)
-        return F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320)
-    be = gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+    cfg, model, cache, be = _decoding_setup(kind, seed=2)
     rng = np.random.default_rng(3)
     fresh = Decoder(model, cache(), be, reuse_graphs=False)
     reuse = Decoder(model, cache(), be)
