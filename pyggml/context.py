@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from .errors import ContextMemoryError, ShapeError, DataError, describe
 from .tensor import Buffer, Tensor, MAX_DIMS, nbytes
-from .types import TRAITS, as_type
+from .types import GGMLType, TRAITS, as_type
 
 MEM_ALIGN = 16
 OBJECT_SIZE = 32            # sizeof(struct ggml_object) on 64-bit
@@ -21,6 +21,9 @@ DATA_ALIGN = 64             # pyggml aligns tensor data for SIMD loads
 def tensor_overhead() -> int:
     """ggml_tensor_overhead(): bookkeeping bytes one tensor costs in a context."""
     return OBJECT_SIZE + TENSOR_SIZE
+
+
+_OVERHEAD = tensor_overhead()
 
 
 # ggml_hash_size's table: the next primes after powers of two
@@ -80,6 +83,8 @@ class Context:
             raise ContextMemoryError(f"{what}: the context was freed (free(ctx)); create "
                                      f"tensors in a new context")
         if self.used + nbytes_ > self.mem_size:
+            if callable(what):          # built only when needed (f-strings cost per tensor)
+                what = what()
             raise ContextMemoryError(
                 f"context out of memory: {what} needs {nbytes_} bytes, "
                 f"{self.mem_size - self.used} of {self.mem_size} left "
@@ -90,30 +95,35 @@ class Context:
         return offs
 
     def new_tensor_impl(self, type, ne: Sequence[int], view_src: Tensor = None,
-                        view_offs: int = 0, op_name: str = "new_tensor") -> Tensor:
-        type = as_type(type)
+                        view_offs: int = 0, op_name: str = "new_tensor",
+                        op_params=None) -> Tensor:
+        if type.__class__ is not GGMLType:
+            type = as_type(type)
         tr = TRAITS[type]
         ne = [int(x) for x in ne]
         if not 1 <= len(ne) <= MAX_DIMS:
             raise ShapeError(f"{op_name}: a tensor has 1 to {MAX_DIMS} dims, got ne={ne}")
-        if any(x < 0 for x in ne):
+        if min(ne) < 0:
             raise ShapeError(f"{op_name}: negative dimension in ne={ne}")
         if ne[0] % tr.blck_size:
             raise ShapeError(f"{op_name}: ne[0]={ne[0]} is not a multiple of the block size "
                              f"{tr.blck_size} of type {tr.tname}")
-        t = Tensor(self, type, ne, view_src=view_src, view_offs=view_offs)
-        data_size = tr.row_size(t.ne[0]) * t.ne[1] * t.ne[2] * t.ne[3]
+        t = Tensor(self, type, ne, view_src=view_src, view_offs=view_offs, op_params=op_params)
+        ne4 = t.ne
+        data_size = tr.type_size * (ne4[0] // tr.blck_size) * ne4[1] * ne4[2] * ne4[3]
         if view_src is not None and data_size and t.view_offs + data_size > nbytes(t.view_src):
             raise ShapeError(f"{op_name}: view of {data_size} bytes at offset {t.view_offs} is out "
                              f"of the bounds of {describe(t.view_src)} ({nbytes(t.view_src)} bytes)")
         owns_data = view_src is None and not self.no_alloc
         if owns_data:
             # data starts DATA_ALIGN-aligned after the object's bookkeeping bytes
-            data_offs = _pad(self.used + tensor_overhead(), DATA_ALIGN)
+            data_offs = _pad(self.used + _OVERHEAD, DATA_ALIGN)
             need = data_offs + _pad(data_size, MEM_ALIGN) - self.used
         else:
-            need = tensor_overhead()
-        self._reserve(need, f"tensor {tr.tname} ne={ne}")
+            need = _OVERHEAD
+        if self.used + need > self.mem_size:
+            self._reserve(need, lambda: f"tensor {tr.tname} ne={ne}")      # raises
+        self.used += need
         if owns_data:
             t.set_buffer(self.buffer, data_offs)
         self.tensors.append(t)

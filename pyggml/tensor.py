@@ -30,7 +30,7 @@ PARAMS_EPOCH = 0    # bumped when a computed node's op_params change (ops.regist
 class Buffer:
     """A block of bytes that tensors live in (a context pool or a backend allocation)."""
 
-    __slots__ = ("data", "name", "backend")
+    __slots__ = ("_data", "_address", "name", "backend")
 
     def __init__(self, nbytes: int, name: str = "", backend: Optional[str] = None, align: int = 64):
         try:
@@ -44,8 +44,17 @@ class Buffer:
         self.backend = backend
 
     @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, arr: np.ndarray) -> None:
+        self._data = arr
+        self._address = arr.ctypes.data      # ndarray.ctypes costs ~1 µs: ask once
+
+    @property
     def address(self) -> int:
-        return self.data.ctypes.data
+        return self._address
 
     @property
     def size(self) -> int:
@@ -77,19 +86,22 @@ class Tensor:
     __slots__ = ("type", "ne", "nb", "op", "src", "op_params", "flags", "name",
                  "view_src", "view_offs", "ctx", "_buffer", "_offs", "extra", "__weakref__")
 
-    def __init__(self, ctx, type: GGMLType, ne, nb=None, view_src: "Tensor" = None, view_offs: int = 0):
-        tr = TRAITS[type]
+    def __init__(self, ctx, type: GGMLType, ne, nb=None, view_src: "Tensor" = None, view_offs: int = 0,
+                 op_params: Optional[np.ndarray] = None):
         self.ctx = ctx
         self.type = type
-        self.ne = [int(x) for x in ne] + [1] * (MAX_DIMS - len(ne))
+        self.ne = ne = [int(x) for x in ne] + [1] * (MAX_DIMS - len(ne))
         if nb is None:
+            tr = TRAITS[type]
             nb0 = tr.type_size
-            nb1 = nb0 * (self.ne[0] // tr.blck_size)
-            nb = [nb0, nb1, nb1 * self.ne[1], nb1 * self.ne[1] * self.ne[2]]
-        self.nb = [int(x) for x in nb]
+            nb1 = nb0 * (ne[0] // tr.blck_size)
+            self.nb = [nb0, nb1, nb1 * ne[1], nb1 * ne[1] * ne[2]]
+        else:
+            self.nb = [int(x) for x in nb]
         self.op = None                      # OpDef, or None for a leaf created by new_tensor
         self.src: list[Optional[Tensor]] = [None] * MAX_SRC
-        self.op_params = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
+        self.op_params = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32) if op_params is None \
+            else op_params
         self.flags = 0
         self.name = ""
         # ggml keeps view_src pointing at the root tensor that owns the memory
@@ -183,18 +195,13 @@ def nrows(t: Tensor) -> int:
 
 def nbytes(t: Tensor) -> int:
     """ggml_nbytes: span in bytes from the first to one past the last element (strides aware)."""
-    if any(x <= 0 for x in t.ne):
+    ne0, ne1, ne2, ne3 = t.ne
+    if ne0 <= 0 or ne1 <= 0 or ne2 <= 0 or ne3 <= 0:
         return 0
-    tr = TRAITS[t.type]
-    if tr.blck_size == 1:
-        n = tr.type_size
-        for i in range(MAX_DIMS):
-            n += (t.ne[i] - 1) * t.nb[i]
-    else:
-        n = t.ne[0] * t.nb[0] // tr.blck_size
-        for i in range(1, MAX_DIMS):
-            n += (t.ne[i] - 1) * t.nb[i]
-    return n
+    nb0, nb1, nb2, nb3 = t.nb
+    bs = TRAITS[t.type].blck_size
+    n = TRAITS[t.type].type_size + (ne0 - 1) * nb0 if bs == 1 else ne0 * nb0 // bs
+    return n + (ne1 - 1) * nb1 + (ne2 - 1) * nb2 + (ne3 - 1) * nb3
 
 
 def row_size_of(t: Tensor) -> int:

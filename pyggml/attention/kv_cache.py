@@ -54,6 +54,10 @@ class CacheStep:
     slots: np.ndarray              # hot ring slots they go to
     moves: list                    # [(hot_slot_start, cold_start)] whole blocks, oldest first
     cold_after: int                # cold tokens visible to this step's attention
+    n_pad: int = 0                 # tokens of the step's graph (>= n_tokens; 0: n_tokens)
+
+    def __post_init__(self):
+        self.n_pad = max(self.n_pad, self.n_tokens)
 
 
 class _CacheBase:
@@ -104,11 +108,27 @@ class _CacheBase:
         return t
 
     def _slot_ids(self, ctx) -> Tensor:
-        """The step's row ids (I64) for set_rows, one input shared by every layer."""
+        """The step's row ids (I64) for set_rows, one input shared by every layer; padding
+        tokens write the sink row (past the rows any view reads)."""
         if self._ids is None:
-            self._ids = self._input(ctx, GGMLType.I64, self.step.n_tokens, 0,
-                                    lambda t: self.step.slots, "kv_slots")
+            self._ids = self._input(ctx, GGMLType.I64, self.step.n_pad, 0, self._padded_slots,
+                                    "kv_slots")
         return self._ids
+
+    def _padded_slots(self, t=None) -> np.ndarray:
+        st = self._need_step()
+        return np.concatenate([st.slots, np.full(st.n_pad - st.n_tokens, self._sink)])
+
+    def _pad_to(self, n_tokens: int, n_pad: Optional[int]) -> int:
+        """Tokens of a step's graph: n_tokens, or n_pad when the caller pads the step (a
+        prompt's last micro-batch, so it reuses the graph of a full one). The padding
+        tokens' rows go to the sink row and their mask rows mask everything."""
+        if n_pad is None or n_pad == n_tokens:
+            return n_tokens
+        if n_pad < n_tokens:
+            raise ShapeError(f"{type(self).__name__}.begin: n_pad={n_pad} is less than "
+                             f"n_tokens={n_tokens}")
+        return n_pad
 
     def set_inputs(self) -> None:
         """Write the step's masks, row ids and states (after the graph has been allocated)."""
@@ -157,15 +177,16 @@ class MixedKVCache(_CacheBase):
         self.hot_cap = min(_round_up(n_ctx, BLOCK), _round_up(max(hot_tokens, max_batch) + BLOCK - 1, BLOCK))
         self.cold_cap = _round_up(max(n_ctx - hot_tokens, 0), BLOCK)
         dk, dv = head_dim * n_head_kv, self.head_dim_v * n_head_kv
+        self._sink = self.hot_cap        # one row past the ring: padding tokens write it
         specs = []
         for _ in range(n_layer):
-            specs += [(self.hot_type, dk, self.hot_cap), (self.hot_type, dv, self.hot_cap),
+            specs += [(self.hot_type, dk, self.hot_cap + 1), (self.hot_type, dv, self.hot_cap + 1),
                       (self.cold_type, dk, self.cold_cap), (self.cold_type, dv, self.cold_cap)]
         self.ctx = self._new_ctx(specs)
         self.hot_k, self.hot_v, self.cold_k, self.cold_v = [], [], [], []
         for il in range(n_layer):
-            for lst, t, d, cap, nm in ((self.hot_k, self.hot_type, dk, self.hot_cap, "hot_k"),
-                                       (self.hot_v, self.hot_type, dv, self.hot_cap, "hot_v"),
+            for lst, t, d, cap, nm in ((self.hot_k, self.hot_type, dk, self.hot_cap + 1, "hot_k"),
+                                       (self.hot_v, self.hot_type, dv, self.hot_cap + 1, "hot_v"),
                                        (self.cold_k, self.cold_type, dk, self.cold_cap, "cold_k"),
                                        (self.cold_v, self.cold_type, dv, self.cold_cap, "cold_v")):
                 x = new_tensor_2d(self.ctx, t, d, cap)
@@ -188,10 +209,13 @@ class MixedKVCache(_CacheBase):
         return [((self.head + j * BLOCK) % self.hot_cap, self.cold_count + j * BLOCK)
                 for j in range(k)]
 
-    def begin(self, n_tokens: int) -> CacheStep:
+    def begin(self, n_tokens: int, n_pad: Optional[int] = None) -> CacheStep:
+        """Plan a step of n_tokens new tokens; its graph holds n_pad >= n_tokens (the
+        padding computes nothing that is kept: see _pad_to)."""
         self._check_room(n_tokens)
-        if n_tokens > self.max_batch:
-            raise ShapeError(f"MixedKVCache.begin: {n_tokens} tokens exceed max_batch="
+        n_pad = self._pad_to(n_tokens, n_pad)
+        if n_pad > self.max_batch:
+            raise ShapeError(f"MixedKVCache.begin: {n_pad} tokens exceed max_batch="
                              f"{self.max_batch}; split the batch")
         moves = self.plan_moves(n_tokens)
         freed = len(moves) * BLOCK
@@ -200,7 +224,7 @@ class MixedKVCache(_CacheBase):
         if self.hot_count - freed + n_tokens > self.hot_cap:   # cannot happen with hot_cap's sizing
             raise GGMLError("MixedKVCache: hot ring overflow (internal sizing error)")
         pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
-        self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed)
+        self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed, n_pad)
         self._inputs, self._ids = [], None
         self._masks = self._moves_in = None
         return self.step
@@ -211,7 +235,7 @@ class MixedKVCache(_CacheBase):
     def graph_key(self) -> tuple:
         """What this step's graph depends on (see the module doc: graph reuse)."""
         st = self._need_step()
-        return (st.n_tokens, len(st.moves), self._cold_view())
+        return (st.n_pad, len(st.moves), self._cold_view())
 
     def _move_rows(self) -> tuple:
         """(hot slots, cold rows) of this step's block moves, oldest first."""
@@ -252,7 +276,7 @@ class MixedKVCache(_CacheBase):
                 set_name(mv, f"kv_move.{nm}-{il}")
                 build_forward_expand(gf, mv)
         for hot, cur, nm in ((self.hot_k[il], k_cur, "k"), (self.hot_v[il], v_cur, "v")):
-            rows = reshape_2d(ctx, cur, hot.ne[0], st.n_tokens) if cur.ne[1] != st.n_tokens \
+            rows = reshape_2d(ctx, cur, hot.ne[0], st.n_pad) if cur.ne[1] != st.n_pad \
                 or cur.ne[0] != hot.ne[0] else cur
             w = set_rows(ctx, hot, rows, self._slot_ids(ctx))
             set_name(w, f"kv_store.{nm}-{il}")
@@ -269,7 +293,7 @@ class MixedKVCache(_CacheBase):
         hot_pos[st.slots] = st.positions
         visible = (hot_pos >= 0) & ~moved
         visible[st.slots] = True
-        return self._mask_values(hot_pos, visible, st.n_tokens)
+        return self._mask_values(hot_pos, visible, st.n_pad)
 
     def _cold_mask(self, t=None) -> np.ndarray:
         """The step's mask over the cold rows its views span (unused rows masked)."""
@@ -278,18 +302,18 @@ class MixedKVCache(_CacheBase):
         cpos[st.cold_after:] = -1
         for slot, cstart in st.moves:
             cpos[cstart:cstart + BLOCK] = self.slot_pos[slot:slot + BLOCK]
-        return self._mask_values(cpos, cpos >= 0, st.n_tokens)
+        return self._mask_values(cpos, cpos >= 0, st.n_pad)
 
     def _step_masks(self, ctx):
         """Hot and cold masks of this step (shared by every layer)."""
         if self._masks is not None:
             return self._masks
         st = self._need_step()
-        hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, st.n_tokens, self._hot_mask,
+        hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, st.n_pad, self._hot_mask,
                                "kq_mask_hot")
         cold_mask = None
         if st.cold_after > 0:
-            cold_mask = self._input(ctx, GGMLType.F16, self._cold_view(), st.n_tokens,
+            cold_mask = self._input(ctx, GGMLType.F16, self._cold_view(), st.n_pad,
                                     self._cold_mask, "kq_mask_cold")
         self._masks = (hot_mask, cold_mask)
         return self._masks
@@ -363,17 +387,22 @@ class F16KVCache(_CacheBase):
         super().__init__(n_layer, n_head_kv, head_dim, n_ctx, head_dim_v, "f16 kv cache")
         self.type = as_type(type)
         self.cap = _round_up(n_ctx, BLOCK)
+        self._sink = self.cap            # one row past the cache: padding tokens write it
         dk, dv = head_dim * n_head_kv, self.head_dim_v * n_head_kv
-        self.ctx = self._new_ctx([(self.type, d, self.cap) for _ in range(n_layer) for d in (dk, dv)])
-        self.k = [set_name(new_tensor_2d(self.ctx, self.type, dk, self.cap), f"cache.k-{il}")
+        rows = self.cap + 1
+        self.ctx = self._new_ctx([(self.type, d, rows) for _ in range(n_layer) for d in (dk, dv)])
+        self.k = [set_name(new_tensor_2d(self.ctx, self.type, dk, rows), f"cache.k-{il}")
                   for il in range(n_layer)]
-        self.v = [set_name(new_tensor_2d(self.ctx, self.type, dv, self.cap), f"cache.v-{il}")
+        self.v = [set_name(new_tensor_2d(self.ctx, self.type, dv, rows), f"cache.v-{il}")
                   for il in range(n_layer)]
 
-    def begin(self, n_tokens: int) -> CacheStep:
+    def begin(self, n_tokens: int, n_pad: Optional[int] = None) -> CacheStep:
+        """Plan a step of n_tokens new tokens; its graph holds n_pad >= n_tokens (see
+        _pad_to)."""
         self._check_room(n_tokens)
+        n_pad = self._pad_to(n_tokens, n_pad)
         pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
-        self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0)
+        self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0, n_pad)
         self._inputs, self._ids, self._mask = [], None, None
         return self.step
 
@@ -384,20 +413,20 @@ class F16KVCache(_CacheBase):
 
     def graph_key(self) -> tuple:
         """What this step's graph depends on (see the module doc: graph reuse)."""
-        return (self._need_step().n_tokens, self._n_kv())
+        return (self._need_step().n_pad, self._n_kv())
 
     def _kq_mask(self, t=None) -> np.ndarray:
         st = self._need_step()
         n_kv = self._n_kv()
         kpos = np.arange(n_kv, dtype=np.int64)
-        return self._mask_values(kpos, kpos < self.n_past + st.n_tokens, st.n_tokens)
+        return self._mask_values(kpos, kpos < self.n_past + st.n_tokens, st.n_pad)
 
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         from ..ops.view import reshape_2d
         from ..ops.rows import set_rows
         st = self._need_step()
         for cache, cur, nm in ((self.k[il], k_cur, "k"), (self.v[il], v_cur, "v")):
-            w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_tokens),
+            w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_pad),
                          self._slot_ids(ctx))
             set_name(w, f"kv_store.{nm}-{il}")
             build_forward_expand(gf, w)
@@ -407,7 +436,7 @@ class F16KVCache(_CacheBase):
         st = self._need_step()
         n_kv = self._n_kv()
         if self._mask is None:
-            self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_tokens, self._kq_mask,
+            self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_pad, self._kq_mask,
                                      "kq_mask")
         k = self._view3(self.k[il], ctx, n_kv, self.head_dim)
         v = self._view3(self.v[il], ctx, n_kv, self.head_dim_v)

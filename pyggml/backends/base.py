@@ -35,11 +35,14 @@ class Backend:
         """Fail before computing anything if a node is not supported here."""
         for i, node in enumerate(gf.nodes):
             if node.op is not None and not node.op.view and not self.supports_op(node):
-                raise UnsupportedError(
-                    f"backend {self.name} does not support node {i} {node.op_name} "
-                    f"{describe(node)} with sources "
-                    f"{[describe(s) for s in node.src if s is not None]}; "
-                    f"use a scheduler with a fallback backend")
+                raise self.unsupported_node(i, node)
+
+    def unsupported_node(self, i: int, node: Tensor) -> UnsupportedError:
+        return UnsupportedError(
+            f"backend {self.name} does not support node {i} {node.op_name} "
+            f"{describe(node)} with sources "
+            f"{[describe(s) for s in node.src if s is not None]}; "
+            f"use a scheduler with a fallback backend")
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"

@@ -14,6 +14,7 @@ import numpy as np
 import pyggml as gg
 from ..context import Context
 from ..errors import GGMLError
+from ..graph import gc_paused
 from ..tensor import Tensor, set_name, set_input, set_output
 from ..types import GGMLType, as_type
 
@@ -188,9 +189,15 @@ class Decoder:
     KEEP_GRAPHS) by the cache's graph_key(), and a later step with the same key (same token
     count, as many block moves, the same padded view lengths: nearly every decode step)
     skips building, allocating and lowering: only the inputs (token ids, positions, the
-    cache's slots/masks/states/move rows) are rewritten."""
+    cache's slots/masks/states/move rows) are rewritten.
 
-    KEEP_GRAPHS = 4                # graphs kept by key (a decode step, a move step, ...)
+    Prompts run in micro-batches of a fixed size (prefill's `batch`); a last, shorter one is
+    padded to the next power of two (at most `batch`) with masked tokens, so a prompt of any
+    length runs on a few kept graph shapes. Padding tokens repeat the last token at its
+    position; their K/V rows go to the cache's sink row and their mask rows mask every key,
+    so nothing they compute is kept or seen."""
+
+    KEEP_GRAPHS = 8                # graphs kept by key (decode, move, prompt batch, tails...)
 
     def __init__(self, model: LlamaModel, cache, backend, reuse_graphs: bool = True):
         self.model, self.cache, self.backend = model, cache, backend
@@ -199,40 +206,57 @@ class Decoder:
         self.n_builds = 0             # graphs built (the rest of the steps reused one)
         self._kept: dict = {}         # key -> (gf, logits, tok, pos, cache inputs)
 
-    def step(self, token_ids) -> np.ndarray:
-        """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32)."""
+    def step(self, token_ids, n_pad: int = None) -> np.ndarray:
+        """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32). `n_pad`: run
+        the step on a graph of n_pad >= n_tokens tokens (padding masked, see the class)."""
         ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
-        st = self.cache.begin(len(ids))
+        n = len(ids)
+        st = self.cache.begin(n, n_pad) if n_pad is not None else self.cache.begin(n)
+        n_graph = getattr(st, "n_pad", n)
         key = self.cache.graph_key() if hasattr(self.cache, "graph_key") else None
         kept = self._kept.pop(key, None) if self.reuse_graphs and key is not None else None
         if kept is not None:
             gf, logits, tok, pos, inputs = kept
             self.cache.use_inputs(inputs)
         else:
-            ctx = gg.init(mem_size=64 << 20, no_alloc=True)
-            gf = gg.new_graph_custom(ctx, 8192)
-            logits, tok, pos = self.model.build(ctx, gf, self.cache, len(ids))
-            _alloc(self.backend, gf)
+            with gc_paused():
+                ctx = gg.init(mem_size=64 << 20, no_alloc=True)
+                gf = gg.new_graph_custom(ctx, 8192)
+                logits, tok, pos = self.model.build(ctx, gf, self.cache, n_graph)
+                _alloc(self.backend, gf)
             self.n_builds += 1
             kept = (gf, logits, tok, pos, self.cache.step_inputs())
         if self.reuse_graphs and key is not None:
             self._kept[key] = kept                       # most recent last
             while len(self._kept) > self.KEEP_GRAPHS:
                 self._kept.pop(next(iter(self._kept)))
+        positions = st.positions.astype(np.int32)
+        if n_graph > n:                                  # padding: the last token again
+            ids = np.concatenate([ids, np.full(n_graph - n, ids[-1], np.int32)])
+            positions = np.concatenate([positions, np.full(n_graph - n, positions[-1])])
         gg.tensor_set(tok, ids)
-        gg.tensor_set(pos, st.positions.astype(np.int32))
+        gg.tensor_set(pos, positions)
         self.cache.set_inputs()
         self.backend.graph_compute(gf)
         self.cache.commit()
         self.last_graph = gf
-        return gg.to_numpy(logits).reshape(len(ids), -1).copy()
+        return gg.to_numpy(logits).reshape(n_graph, -1)[:n].copy()
 
-    def prefill(self, token_ids, batch: int = 32) -> np.ndarray:
+    def prefill(self, token_ids, batch: int = 32, pad: bool = True) -> np.ndarray:
+        """Feed a prompt in micro-batches of `batch` tokens; returns the logits of the last
+        micro-batch. pad: a shorter last micro-batch runs padded (pad_tokens)."""
         out = None
         ids = list(token_ids)
         for i in range(0, len(ids), batch):
-            out = self.step(ids[i:i + batch])
+            chunk = ids[i:i + batch]
+            out = self.step(chunk, pad_tokens(len(chunk), batch) if pad else None)
         return out
+
+
+def pad_tokens(n: int, batch: int) -> int:
+    """Graph size of a micro-batch of n <= batch tokens: the next power of two, at most
+    batch (a prompt of any length then runs on at most log2(batch) + 1 graph shapes)."""
+    return min(batch, 1 << max(n - 1, 0).bit_length())
 
 
 def _alloc(backend, gf) -> None:

@@ -69,9 +69,10 @@ WS_Q, WS_K, WS_V, WS_MASK, WS_KQ, WS_VQ, WS_STATE, WS_MASKQ, WS_OPREV = range(9)
 
 def _rows_packed(op, t, what):
     tr = TRAITS[t.type]
-    need(t.nb[0] == tr.type_size, op,
-         f"{what} needs packed rows (nb[0] == {tr.type_size}), got nb={t.nb}; permute so "
-         f"that dim 0 stays contiguous, or cont() it", t)
+    if t.nb[0] != tr.type_size:
+        fail(op,
+             f"{what} needs packed rows (nb[0] == {tr.type_size}), got nb={t.nb}; permute so "
+             f"that dim 0 stays contiguous, or cont() it", t)
 
 
 def _check_q(op, q):
@@ -84,25 +85,33 @@ def _check_segment(op, q, k, v, mask, names, max_bias):
     kn, vn, mn = names
     need_type(op, k, FA_KV_TYPES, kn)
     need_type(op, v, FA_KV_TYPES, vn)
-    need(k.ne[0] == q.ne[0], op, f"{kn} rows have {k.ne[0]} values but q rows have "
-         f"{q.ne[0]} (head size DK must match)", q, k)
-    need(v.ne[1] == k.ne[1], op, f"{vn} has {v.ne[1]} rows (keys) but {kn} has {k.ne[1]}", k, v)
+    if k.ne[0] != q.ne[0]:
+        fail(op, f"{kn} rows have {k.ne[0]} values but q rows have "
+             f"{q.ne[0]} (head size DK must match)", q, k)
+    if v.ne[1] != k.ne[1]:
+        fail(op, f"{vn} has {v.ne[1]} rows (keys) but {kn} has {k.ne[1]}", k, v)
     for t, n in ((k, kn), (v, vn)):
-        need(t.ne[2] > 0 and q.ne[2] % t.ne[2] == 0, op,
-             f"n_head={q.ne[2]} of q is not a multiple of the {t.ne[2]} heads of {n} (GQA)", q, t)
-        need(t.ne[3] > 0 and q.ne[3] % t.ne[3] == 0, op,
-             f"ne[3]={q.ne[3]} of q is not a multiple of ne[3]={t.ne[3]} of {n}", q, t)
+        if not (t.ne[2] > 0 and q.ne[2] % t.ne[2] == 0):
+            fail(op,
+                 f"n_head={q.ne[2]} of q is not a multiple of the {t.ne[2]} heads of {n} (GQA)", q, t)
+        if not (t.ne[3] > 0 and q.ne[3] % t.ne[3] == 0):
+            fail(op,
+                 f"ne[3]={q.ne[3]} of q is not a multiple of ne[3]={t.ne[3]} of {n}", q, t)
         _rows_packed(op, t, n)
     if mask is not None:
         need_type(op, mask, MASK_TYPES, mn)
-        need(mask.ne[0] == k.ne[1], op, f"{mn} has {mask.ne[0]} columns but there are "
-             f"{k.ne[1]} keys (mask ne[0] must be n_kv)", mask, k)
-        need(mask.ne[1] >= q.ne[1], op, f"{mn} has {mask.ne[1]} rows, fewer than the "
-             f"n_batch={q.ne[1]} queries", mask, q)
-        need(mask.ne[2] > 0 and q.ne[2] % mask.ne[2] == 0, op,
-             f"n_head={q.ne[2]} is not a multiple of {mn} ne[2]={mask.ne[2]}", mask, q)
-        need(mask.ne[3] > 0 and q.ne[3] % mask.ne[3] == 0, op,
-             f"q ne[3]={q.ne[3]} is not a multiple of {mn} ne[3]={mask.ne[3]}", mask, q)
+        if mask.ne[0] != k.ne[1]:
+            fail(op, f"{mn} has {mask.ne[0]} columns but there are "
+                 f"{k.ne[1]} keys (mask ne[0] must be n_kv)", mask, k)
+        if not (mask.ne[1] >= q.ne[1]):
+            fail(op, f"{mn} has {mask.ne[1]} rows, fewer than the "
+                 f"n_batch={q.ne[1]} queries", mask, q)
+        if not (mask.ne[2] > 0 and q.ne[2] % mask.ne[2] == 0):
+            fail(op,
+                 f"n_head={q.ne[2]} is not a multiple of {mn} ne[2]={mask.ne[2]}", mask, q)
+        if not (mask.ne[3] > 0 and q.ne[3] % mask.ne[3] == 0):
+            fail(op,
+                 f"q ne[3]={q.ne[3]} is not a multiple of {mn} ne[3]={mask.ne[3]}", mask, q)
         _rows_packed(op, mask, mn)
     elif max_bias > 0:
         fail(op, f"max_bias={max_bias} (ALiBi) needs a mask for {kn}", k, cls=ParamError)
@@ -141,8 +150,9 @@ def _infer_fa(srcs, p):
 
 def _check_sinks(q, sinks):
     need_type(_OP, sinks, (T.F32,), "sinks")
-    need(sinks.ne[0] == q.ne[2], _OP, f"sinks has {sinks.ne[0]} values but q has "
-         f"{q.ne[2]} heads (one sink logit per head)", sinks, q)
+    if sinks.ne[0] != q.ne[2]:
+        fail(_OP, f"sinks has {sinks.ne[0]} values but q has "
+             f"{q.ne[2]} heads (one sink logit per head)", sinks, q)
 
 
 # --- the reference math (float64) -----------------------------------------------------------
@@ -505,8 +515,9 @@ def _infer_ws(srcs, p):
                               (WS_KQ, WS_VQ, WS_MASKQ, ("k_quant", "v_quant", "qk_mask_quant"))):
         k, v, m = srcs[ik], srcs[iv], srcs[im]
         if k is None and v is None:
-            need(m is None, op, f"{names[2]} is given but its segment ({names[0]}, {names[1]}) "
-                 f"is None", m)
+            if not (m is None):
+                fail(op, f"{names[2]} is given but its segment ({names[0]}, {names[1]}) "
+                     f"is None", m)
             continue
         if k is None or v is None:
             raise GGMLError(f"{op}: {names[0]} and {names[1]} come together; got "
@@ -516,22 +527,25 @@ def _infer_ws(srcs, p):
         raise GGMLError(f"{op}: both segments are None (k/v and k_quant/v_quant); give at "
                         f"least one [q {describe(q)}]")
     dv = segs[0][1]
-    need(all(s[1] == dv for s in segs), op, f"the hot and cold V head sizes differ "
-         f"({srcs[WS_V].ne[0] if srcs[WS_V] is not None else '-'} vs "
-         f"{srcs[WS_VQ].ne[0] if srcs[WS_VQ] is not None else '-'})", srcs[WS_V], srcs[WS_VQ])
+    if not (all(s[1] == dv for s in segs)):
+        fail(op, f"the hot and cold V head sizes differ "
+             f"({srcs[WS_V].ne[0] if srcs[WS_V] is not None else '-'} vs "
+             f"{srcs[WS_VQ].ne[0] if srcs[WS_VQ] is not None else '-'})", srcs[WS_V], srcs[WS_VQ])
     state = need_src(op, srcs, WS_STATE, "s_m_state")
     want = st.state_ne(q.ne[2], q.ne[1], q.ne[3])
     need_type(op, state, (T.F32,), "s_m_state")
-    need(list(state.ne) == want, op, f"s_m_state must have ne={want} ([M, S] per row "
-         f"head*n_batch+pos, ne3 planes) for q {describe(q)}; got ne={state.ne}", state, q)
+    if list(state.ne) != want:
+        fail(op, f"s_m_state must have ne={want} ([M, S] per row "
+             f"head*n_batch+pos, ne3 planes) for q {describe(q)}; got ne={state.ne}", state, q)
     need(state.nb[0] == 4 and state.nb[1] == 8 and state.nb[2] == 8 * state.ne[1], op,
          "s_m_state must be contiguous (it is written in place)", state)
     out_ne = [dv, q.ne[2], q.ne[1], q.ne[3]]
     o_prev = srcs[WS_OPREV]
     if o_prev is not None:
         need_type(op, o_prev, (T.F32,), "o_prev")
-        need(list(o_prev.ne) == out_ne, op, f"o_prev must have the result's shape ne={out_ne} "
-             f"(the output of the previous call); got ne={o_prev.ne}", o_prev)
+        if list(o_prev.ne) != out_ne:
+            fail(op, f"o_prev must have the result's shape ne={out_ne} "
+                 f"(the output of the previous call); got ne={o_prev.ne}", o_prev)
         _rows_packed(op, o_prev, "o_prev")
     for i, s in enumerate(srcs):
         if s is not None and i != WS_STATE and s is state:

@@ -21,7 +21,7 @@ from ..errors import DataError, TypeError_, UnsupportedError, describe
 from ..tensor import (Tensor, can_repeat, can_repeat_rows, is_empty, is_scalar, is_matrix,
                       are_same_shape, nbytes, nelements)
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
 from . import cases_common as cc
 
 F32, F16, BF16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
@@ -69,9 +69,10 @@ def _make_infer(name: str):
     def infer(srcs, p):
         a = need_src(name, srcs, 0, "a")
         b = need_src(name, srcs, 1, "b")
-        need(can_repeat(b, a), name,
-             f"b ne={b.ne} cannot be broadcast into a ne={a.ne} (each a.ne[i] must be a "
-             f"multiple of b.ne[i])", a, b)
+        if not (can_repeat(b, a)):
+            fail(name,
+                 f"b ne={b.ne} cannot be broadcast into a ne={a.ne} (each a.ne[i] must be a "
+                 f"multiple of b.ne[i])", a, b)
         need(not is_empty(b) or is_empty(a), name, "b is empty but a is not", a, b)
         cast = getattr(p, "cast_type", None)
         inplace = getattr(p, "inplace", False)
@@ -82,22 +83,27 @@ def _make_infer(name: str):
                                  f"[a={a.name!r} b={b.name!r}]")
             return inplace_of(a) if inplace else Out(a.type, a.ne)
         # ggml_add_cast
-        need(can_repeat_rows(b, a), name,
-             f"add_cast needs b rows as long as a's (b.ne0={b.ne[0]}, a.ne0={a.ne[0]})", a, b)
+        if not (can_repeat_rows(b, a)):
+            fail(name,
+                 f"add_cast needs b rows as long as a's (b.ne0={b.ne[0]}, a.ne0={a.ne[0]})", a, b)
         if a.type in QUANT_TYPES:
             need_type(name, b, (F32,), "b (add_cast of a quantized a)")
-            need(cast in _FLOATS or cast in QUANT_TYPES, name,
-                 f"add_cast to {cast.tname} is not supported", a, cls=TypeError_)
+            if not (cast in _FLOATS or cast in QUANT_TYPES):
+                fail(name,
+                     f"add_cast to {cast.tname} is not supported", a, cls=TypeError_)
             if TRAITS[cast].is_quantized:
-                need(a.ne[0] % TRAITS[cast].blck_size == 0, name,
-                     f"rows of {a.ne[0]} values are not whole {cast.tname} blocks", a)
+                if a.ne[0] % TRAITS[cast].blck_size != 0:
+                    fail(name,
+                         f"rows of {a.ne[0]} values are not whole {cast.tname} blocks", a)
         else:
-            need(a.type in (F16, BF16), name,
-                 f"add_cast needs a quantized, f16 or bf16 a (ggml_add_cast), got {a.type.tname}",
-                 a, cls=TypeError_)
-            need((a.type, b.type, cast) in _CAST_TYPES, name,
-                 f"add_cast {a.type.tname} + {b.type.tname} -> {cast.tname} is not supported",
-                 a, b, cls=TypeError_)
+            if not (a.type in (F16, BF16)):
+                fail(name,
+                     f"add_cast needs a quantized, f16 or bf16 a (ggml_add_cast), got {a.type.tname}",
+                     a, cls=TypeError_)
+            if not ((a.type, b.type, cast) in _CAST_TYPES):
+                fail(name,
+                     f"add_cast {a.type.tname} + {b.type.tname} -> {cast.tname} is not supported",
+                     a, b, cls=TypeError_)
         return Out(cast, a.ne)
     return infer
 

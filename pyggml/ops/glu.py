@@ -17,7 +17,7 @@ from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, is_contiguous_1, are_same_shape, nbytes, nelements
 from ..types import GGMLType
 from ..testing.case import Case
-from .registry import OpDef, Out, register, need, need_src, need_type
+from .registry import OpDef, Out, register, need, fail, need_src, need_type
 from .unary import _gelu_values, _gelu_quick_values, _gelu_erf_values, _silu_values
 from . import cases_common as cc
 
@@ -70,13 +70,16 @@ def _make_glu(name: str) -> OpDef:
         if p.op != gid:
             raise ParamError(f"{name}: op_params[0]={p.op} is not GGML_GLU_OP_{name} ({gid})")
         need_type(name, a, types, "a")
-        need(is_contiguous_1(a), name, f"a must be contiguous in dims >= 1 (ggml_is_contiguous_1), "
-                                       f"got nb={a.nb}", a)
+        if not (is_contiguous_1(a)):
+            fail(name, f"a must be contiguous in dims >= 1 (ggml_is_contiguous_1), "
+                                           f"got nb={a.nb}", a)
         if b is not None:
-            need(is_contiguous_1(b), name, f"b must be contiguous in dims >= 1, got nb={b.nb}", b)
+            if not (is_contiguous_1(b)):
+                fail(name, f"b must be contiguous in dims >= 1, got nb={b.nb}", b)
             need(are_same_shape(a, b), name, "a and b must have the same shape", a, b)
-            need(a.type == b.type, name, f"a and b must have the same type "
-                                         f"({a.type.tname} != {b.type.tname})", a, b)
+            if a.type != b.type:
+                fail(name, f"a and b must have the same type "
+                                             f"({a.type.tname} != {b.type.tname})", a, b)
             need(not p.swapped, name, "the split form has no swapped variant", a, b,
                  cls=ParamError)
             return Out(a.type, a.ne)

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError, ParamError
 from ..tensor import Tensor, is_transposed, nbytes
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, OPS, Out, register, need, need_src, need_type
+from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type
 from . import cases_common as cc
 
 T = GGMLType
@@ -42,11 +42,13 @@ MAX_NMSE = 5e-4
 
 def _rows_packed(op, t, what):
     tr = TRAITS[t.type]
-    need(t.ne[0] % tr.blck_size == 0, op,
-         f"{what} rows of {t.ne[0]} values are not whole {t.type.tname} blocks of {tr.blck_size}", t)
-    need(t.nb[0] == tr.type_size, op,
-         f"{what} needs packed rows (nb[0] == {tr.type_size}); got nb={t.nb} "
-         f"(permute so that dim 0 stays contiguous, or cont() it)", t)
+    if t.ne[0] % tr.blck_size != 0:
+        fail(op,
+             f"{what} rows of {t.ne[0]} values are not whole {t.type.tname} blocks of {tr.blck_size}", t)
+    if t.nb[0] != tr.type_size:
+        fail(op,
+             f"{what} needs packed rows (nb[0] == {tr.type_size}); got nb={t.nb} "
+             f"(permute so that dim 0 stays contiguous, or cont() it)", t)
 
 
 # --- MUL_MAT --------------------------------------------------------------------------------
@@ -57,14 +59,18 @@ def _infer_mul_mat(srcs, p):
     b = need_src(op, srcs, 1, "b")
     need_type(op, a, WEIGHT_TYPES, "a (weights)")
     need_type(op, b, ACT_TYPES, "b")
-    need(a.ne[0] == b.ne[0], op, f"a.ne[0] = {a.ne[0]} != b.ne[0] = {b.ne[0]} "
-         f"(both operands hold rows of k values)", a, b)
-    need(b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, op,
-         f"a cannot broadcast over b: b.ne[2:4] = {b.ne[2:]} must be multiples of "
-         f"a.ne[2:4] = {a.ne[2:]}", a, b)
-    need(a.ne[0] > 0, op, "a and b have ne[0] = 0 (rows of no values); ggml rejects this "
-         "(its rows of 0 bytes read as a transposed a)", a, b)
-    need(not is_transposed(a), op, f"a is transposed (nb={a.nb}); cont() it first", a)
+    if a.ne[0] != b.ne[0]:
+        fail(op, f"a.ne[0] = {a.ne[0]} != b.ne[0] = {b.ne[0]} "
+             f"(both operands hold rows of k values)", a, b)
+    if not (b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0):
+        fail(op,
+             f"a cannot broadcast over b: b.ne[2:4] = {b.ne[2:]} must be multiples of "
+             f"a.ne[2:4] = {a.ne[2:]}", a, b)
+    if a.ne[0] <= 0:
+        fail(op, "a and b have ne[0] = 0 (rows of no values); ggml rejects this "
+             "(its rows of 0 bytes read as a transposed a)", a, b)
+    if is_transposed(a):
+        fail(op, f"a is transposed (nb={a.nb}); cont() it first", a)
     _rows_packed(op, a, "a")
     _rows_packed(op, b, "b")
     if p.prec not in (PREC_DEFAULT, PREC_F32):

@@ -14,6 +14,8 @@ op_params: [eps] (f32) for all but group_norm: [n_groups (i32), eps (f32)].
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..tensor import are_same_shape, nbytes, nelements, nrows
@@ -41,7 +43,7 @@ def _infer_unary_f32(op):
     def infer(srcs, p):
         a = need_src(op, srcs, 0, "a")
         need_type(op, a, (F32,), "a")
-        if p.eps < 0 or np.isnan(p.eps):
+        if p.eps < 0 or math.isnan(p.eps):
             raise ParamError(f"{op}: eps must be >= 0, got {p.eps} [a ne={a.ne}]")
         return inplace_of(a) if getattr(p, "inplace", False) else Out(a.type, a.ne)
     return infer

@@ -126,6 +126,61 @@ def unpack_params(spec: Sequence[Field], words: np.ndarray) -> SimpleNamespace:
     return ns
 
 
+class _Layout:
+    """A spec compiled to one struct format: packing and unpacking all fields is one
+    struct call. Anything the format refuses (an int out of int32 range, a float passed as
+    an i32, a wrong array length) goes to pack_params/unpack_params, which raise (or
+    convert) exactly as they always did."""
+
+    __slots__ = ("spec", "st", "fields", "flat")
+
+    _CODE = {"i32": "i", "f32": "f", "i64": "q"}
+
+    def __init__(self, spec: Sequence[Field]):
+        self.spec = spec
+        self.st = struct.Struct("<" + "".join(f"{f.count}{self._CODE[f.kind]}" for f in spec))
+        self.fields = tuple((f.name, f.count) for f in spec)
+        self.flat = all(f.count == 1 for f in spec)        # no arrays: zip names and values
+
+    def pack(self, op: str, values: dict) -> np.ndarray:
+        if not self.fields:
+            return np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
+        try:
+            if self.st.size > MAX_OP_PARAMS:
+                raise OverflowError
+            flat = []
+            for name, count in self.fields:
+                if count == 1:
+                    flat.append(values.get(name, 0))
+                else:
+                    vs = list(values.get(name, (0,) * count))
+                    if len(vs) != count:
+                        raise ValueError
+                    flat += vs
+            words = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
+            self.st.pack_into(words, 0, *flat)
+        except Exception:
+            return pack_params(op, self.spec, values)      # raises as it always did
+        return words
+
+    def unpack(self, words: np.ndarray) -> SimpleNamespace:
+        ns = SimpleNamespace()
+        if not self.fields:
+            return ns
+        try:
+            vals = self.st.unpack_from(words)
+        except Exception:                                   # not a contiguous int32 buffer
+            return unpack_params(self.spec, words)
+        if self.flat:
+            ns.__dict__.update(zip([n for n, _ in self.fields], vals))
+            return ns
+        i = 0
+        for name, count in self.fields:
+            setattr(ns, name, vals[i] if count == 1 else list(vals[i:i + count]))
+            i += count
+        return ns
+
+
 # --- inference results ----------------------------------------------------------------------
 
 @dataclass
@@ -176,13 +231,22 @@ class OpDef:
             self.params = fields(self.params)
         if self.ggml_op is None:
             self.ggml_op = self.name
+        self._layout = None
 
     # building ---------------------------------------------------------------------------
+    def layout(self) -> _Layout:
+        lay = self._layout
+        if lay is None or lay.spec is not self.params:      # params reassigned: recompile
+            if isinstance(self.params, str):
+                self.params = fields(self.params)
+            lay = self._layout = _Layout(self.params)
+        return lay
+
     def pack(self, values: dict) -> np.ndarray:
-        return pack_params(self.name, self.params, values or {})
+        return self.layout().pack(self.name, values or {})
 
     def unpack(self, words: np.ndarray) -> SimpleNamespace:
-        return unpack_params(self.params, words)
+        return self.layout().unpack(words)
 
     def build(self, ctx, srcs: Sequence[Optional[Tensor]], params: dict = None,
               name: str = None, hints: dict = None) -> Tensor:
@@ -198,20 +262,23 @@ class OpDef:
         for i, s in enumerate(srcs):
             if s is not None and not isinstance(s, Tensor):
                 raise GGMLError(f"{self.name}: src[{i}] must be a Tensor, got {type(s).__name__}")
-        words = self.pack(params)
-        p = self.unpack(words)
-        for k, v in (hints or {}).items():
-            setattr(p, k, v)
+        lay = self.layout()
+        words = lay.pack(self.name, params or {})
+        p = lay.unpack(words)
+        if hints:
+            p.__dict__.update(hints)
         out = self.infer(srcs, p)
         used = ctx.used
         # like_src views get their ne/nb below, unchecked against block sizes, as in ggml
         # (an empty placeholder: the parent may itself be empty)
         t = ctx.new_tensor_impl(out.type, [0] if out.like_src else out.ne,
-                                view_src=out.view_of, view_offs=out.offs, op_name=self.name)
-        t.ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
+                                view_src=out.view_of, view_offs=out.offs, op_name=self.name,
+                                op_params=frozen(words))
+        if out.like_src:
+            t.ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
         if out.nb is not None:
             t.nb = [int(x) for x in out.nb]
-            if t.view_src is not None and nelements(t) and not out.like_src and \
+            if t.view_src is not None and not out.like_src and nelements(t) and \
                     t.view_offs + nbytes(t) > nbytes(t.view_src):
                 ctx.tensors.remove(t)
                 ctx.used = used
@@ -219,9 +286,7 @@ class OpDef:
                      f"reaches byte {t.view_offs + nbytes(t)}, past the end of its parent "
                      f"({nbytes(t.view_src)} bytes)", t.view_src)
         t.op = self
-        for i, s in enumerate(srcs):
-            t.src[i] = s
-        t.op_params = frozen(words)
+        t.src[:len(srcs)] = srcs
         if name:
             t.name = name
         elif self.name_fmt is not None:

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ParamError, describe
 from ..tensor import is_vector, nbytes, nelements
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
 from . import cases_common as cc
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
@@ -209,26 +209,31 @@ def _infer_rope(op):
         need(is_vector(b), op, "positions b must be a vector", b)
         mrope = bool(mode & ROPE_TYPE_MROPE)
         npos = 4 * a.ne[2] if mrope else a.ne[2]
-        need(b.ne[0] == npos, op, f"positions b must hold {'4 * ' if mrope else ''}a.ne2 = "
-             f"{npos} values (one per token{', per section' if mrope else ''})", a, b)
+        if b.ne[0] != npos:
+            fail(op, f"positions b must hold {'4 * ' if mrope else ''}a.ne2 = "
+                 f"{npos} values (one per token{', per section' if mrope else ''})", a, b)
         if n_dims <= 0 or n_dims % 2:
             raise ParamError(f"{op}: n_dims must be even and > 0, got {n_dims} [{describe(a)}]")
         if mode == ROPE_TYPE_VISION:
-            need(2 * n_dims == a.ne[0], op, f"vision mode needs n_dims == ne0/2 (n_dims={n_dims})",
-                 a)
+            if 2 * n_dims != a.ne[0]:
+                fail(op, f"vision mode needs n_dims == ne0/2 (n_dims={n_dims})",
+                     a)
         else:
-            need(n_dims <= a.ne[0], op, f"n_dims = {n_dims} exceeds a.ne0", a)
+            if not (n_dims <= a.ne[0]):
+                fail(op, f"n_dims = {n_dims} exceeds a.ne0", a)
         if mrope:
             sec = list(p.sections)
             if any(s < 0 for s in sec) or sum(sec[:3]) <= 0:
                 raise ParamError(f"{op}: sections {sec} must be >= 0 with one of the first "
                                  f"three > 0 [{describe(a)}]")
-            need(sum(sec) <= a.ne[0], op, f"sum of sections {sec} exceeds a.ne0", a)
+            if not (sum(sec) <= a.ne[0]):
+                fail(op, f"sum of sections {sec} exceeds a.ne0", a)
         if c is not None:
             need_type(op, c, (F32,), "c (freq_factors)")
             # ggml asserts ne0 >= n_dims/2; the vision mode reads n_dims of them
             n_ff = n_dims if mode == ROPE_TYPE_VISION else n_dims // 2
-            need(c.ne[0] >= n_ff, op, f"freq_factors c needs at least {n_ff} values", c)
+            if not (c.ne[0] >= n_ff):
+                fail(op, f"freq_factors c needs at least {n_ff} values", c)
         return inplace_of(a) if getattr(p, "inplace", False) else Out(a.type, a.ne)
     return infer
 

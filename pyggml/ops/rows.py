@@ -17,7 +17,7 @@ from .. import data
 from ..errors import DataError, describe
 from ..tensor import is_contiguous_rows, is_matrix, is_vector, nbytes, nelements
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
 from . import cases_common as cc
 
 _F32, _F16, _BF16, _I32, _I64 = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32,
@@ -47,9 +47,12 @@ def _infer_get_rows(srcs, p):
     b = need_src("GET_ROWS", srcs, 1, "b")
     need_type("GET_ROWS", b, (_I32,), "row ids b")
     need_type("GET_ROWS", a, GET_ROWS_TYPES, "a")
-    need(a.ne[2] == b.ne[1], "GET_ROWS", f"a.ne[2]={a.ne[2]} must equal b.ne[1]={b.ne[1]}", a, b)
-    need(a.ne[3] == b.ne[2], "GET_ROWS", f"a.ne[3]={a.ne[3]} must equal b.ne[2]={b.ne[2]}", a, b)
-    need(b.ne[3] == 1, "GET_ROWS", f"b.ne[3]={b.ne[3]} must be 1", a, b)
+    if a.ne[2] != b.ne[1]:
+        fail("GET_ROWS", f"a.ne[2]={a.ne[2]} must equal b.ne[1]={b.ne[1]}", a, b)
+    if a.ne[3] != b.ne[2]:
+        fail("GET_ROWS", f"a.ne[3]={a.ne[3]} must equal b.ne[2]={b.ne[2]}", a, b)
+    if b.ne[3] != 1:
+        fail("GET_ROWS", f"b.ne[3]={b.ne[3]} must be 1", a, b)
     if TRAITS[a.type].is_quantized:
         need(is_contiguous_rows(a), "GET_ROWS", "rows of a quantized a must be packed", a)
     out_type = _I32 if a.type == _I32 else _F32
@@ -208,14 +211,17 @@ def _infer_set_rows(srcs, p):
     b = need_src("SET_ROWS", srcs, 0, "b (source rows)")
     c = need_src("SET_ROWS", srcs, 1, "c (row ids)")
     a = need_src("SET_ROWS", srcs, 2, "a (destination)")
-    need(a.ne[0] == b.ne[0], "SET_ROWS", f"a.ne[0]={a.ne[0]} must equal b.ne[0]={b.ne[0]}", a, b)
+    if a.ne[0] != b.ne[0]:
+        fail("SET_ROWS", f"a.ne[0]={a.ne[0]} must equal b.ne[0]={b.ne[0]}", a, b)
     need(a.ne[2] == b.ne[2] and a.ne[3] == b.ne[3], "SET_ROWS",
          "a and b must agree in dims 2 and 3", a, b)
-    need(b.ne[1] == c.ne[0], "SET_ROWS", f"b.ne[1]={b.ne[1]} must equal c.ne[0]={c.ne[0]}", b, c)
+    if b.ne[1] != c.ne[0]:
+        fail("SET_ROWS", f"b.ne[1]={b.ne[1]} must equal c.ne[0]={c.ne[0]}", b, c)
     need(c.ne[1] > 0 and c.ne[2] > 0 and b.ne[2] % c.ne[1] == 0 and b.ne[3] % c.ne[2] == 0,
          "SET_ROWS", "c must broadcast over b: b.ne[2] % c.ne[1] == 0 and b.ne[3] % c.ne[2] == 0",
          b, c)
-    need(c.ne[3] == 1, "SET_ROWS", f"c.ne[3]={c.ne[3]} must be 1", c)
+    if c.ne[3] != 1:
+        fail("SET_ROWS", f"c.ne[3]={c.ne[3]} must be 1", c)
     need_type("SET_ROWS", b, (_F32, _F16), "source rows b")
     need_type("SET_ROWS", c, (_I64, _I32), "row ids c")
     need_type("SET_ROWS", a, SET_ROWS_DST_TYPES, "destination a")

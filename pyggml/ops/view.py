@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..errors import ParamError
 from ..tensor import Tensor, is_contiguous, nelements
 from ..types import TRAITS
-from .registry import OpDef, Out, register, need, need_src
+from .registry import OpDef, Out, register, need, fail, need_src
 from . import cases_common as cc
 
 
@@ -19,9 +19,11 @@ def _named(suffix):
 
 def _infer_view(srcs, p):
     a = need_src("VIEW", srcs, 0, "a")
-    need(p.offset >= 0, "VIEW", f"negative offset {p.offset}", a)
+    if not (p.offset >= 0):
+        fail("VIEW", f"negative offset {p.offset}", a)
     # ggml's strides are size_t: a negative one would reach before the view's first byte
-    need(all(int(x) >= 0 for x in p.nb), "VIEW", f"negative stride in nb={list(p.nb)}", a)
+    if any(int(x) < 0 for x in p.nb):
+        fail("VIEW", f"negative stride in nb={list(p.nb)}", a)
     return Out(a.type, p.ne, view_of=a, offs=p.offset, nb=p.nb)
 
 
@@ -84,8 +86,9 @@ def _infer_reshape(srcs, p):
     a = need_src("RESHAPE", srcs, 0, "a")
     ne = list(p.ne)
     need(is_contiguous(a), "RESHAPE", "source must be contiguous (use cont first)", a)
-    need(nelements(a) == ne[0] * ne[1] * ne[2] * ne[3], "RESHAPE",
-         f"cannot reshape {nelements(a)} elements into ne={ne}", a)
+    if nelements(a) != ne[0] * ne[1] * ne[2] * ne[3]:
+        fail("RESHAPE",
+             f"cannot reshape {nelements(a)} elements into ne={ne}", a)
     return Out(a.type, ne, view_of=a, offs=0)
 
 

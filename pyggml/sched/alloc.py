@@ -6,67 +6,69 @@ last consumer has run, unless the tensor is a graph output or input (kept for th
 """
 from __future__ import annotations
 
+from heapq import heappop, heappush
+
 from ..graph import CGraph
-from ..tensor import Buffer, Tensor, nbytes, TENSOR_FLAG_OUTPUT, TENSOR_FLAG_INPUT
+from ..tensor import Buffer, nbytes, TENSOR_FLAG_OUTPUT, TENSOR_FLAG_INPUT
 
 ALIGN = 64
 
 
-def _pad(x: int) -> int:
-    return (x + ALIGN - 1) // ALIGN * ALIGN
-
-
-def _root(t: Tensor) -> Tensor:
-    return t.view_src if t.view_src is not None else t
-
-
 def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     """Allocate every tensor of gf that lacks data; returns the bytes allocated."""
-    make_buffer = make_buffer or (lambda n: Buffer(n, name="graph"))
-    order = list(gf.leafs) + list(gf.nodes)
-    todo = []
-    seen = set()
-    for t in order:
-        for x in [t] + [s for s in t.src if s is not None]:
-            r = _root(x)
-            if r.buffer is None and id(r) not in seen:
-                seen.add(id(r))
-                todo.append(r)
-    if not todo:
-        return 0
-    # last use of each root, in node order
-    pos = {id(t): i for i, t in enumerate(order)}
-    last = {}
+    order = gf.leafs + gf.nodes
+    n_leafs = len(gf.leafs)
+    # roots (tensors owning memory) that lack data, in first-seen order; where each
+    # tensor sits in the order, and the last position that reads each root
+    # (dicts keyed by the tensors themselves: they hash by identity)
+    todo: dict = {}
+    pos: dict = {}
+    last: dict = {}
     for i, t in enumerate(order):
+        pos[t] = i
+        r = t.view_src if t.view_src is not None else t
+        if r._buffer is None:
+            todo[r] = None
         for s in t.src:
             if s is not None:
-                last[id(_root(s))] = i
-    keep = {id(t) for t in todo if t.flags & (TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT)
-            or pos.get(id(t), -1) < len(gf.leafs)}
-    keep.add(id(_root(gf.nodes[-1]))) if gf.nodes else None
-    # greedy first-fit over a free list, in execution order
-    free: list[tuple[int, int]] = []     # (offset, size)
+                r = s.view_src if s.view_src is not None else s
+                if r._buffer is None:
+                    todo[r] = None
+                last[r] = i
+    if not todo:
+        return 0
+    keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
+    out = gf.nodes[-1] if gf.nodes else None
+    out_root = (out.view_src if out.view_src is not None else out) if out is not None else None
+    # greedy first-fit over a free list, in execution order; a slot is released once the
+    # last node reading it has run (graph inputs, outputs and leafs keep theirs)
+    free: list[list[int]] = []          # [offset, size]
     top = 0
-    offsets = {}
-    live = []                            # (last_use, id, offset, size)
-    for t in sorted(todo, key=lambda r: pos.get(id(r), -1)):
-        i = pos.get(id(t), -1)
-        # release slots whose last consumer ran before this tensor is produced
-        for item in [x for x in live if x[0] < i]:
-            live.remove(item)
-            free.append((item[2], item[3]))
-        size = _pad(max(nbytes(t), 1))
-        for j, (o, s) in enumerate(free):
-            if s >= size:
-                offsets[id(t)] = o
-                free[j] = (o + size, s - size)
+    offsets: dict = {}
+    live: list[tuple] = []              # heap of (last use, seq, offset, size)
+    # in execution order (roots outside the order first, by first sight)
+    ranked = sorted((pos.get(t, -1), j, t) for j, t in enumerate(todo))   # (i, j) unique
+    for seq, (i, _, t) in enumerate(ranked):
+        while live and live[0][0] < i:
+            _, _, o, s = heappop(live)
+            free.append([o, s])
+        size = (max(nbytes(t), 1) + ALIGN - 1) // ALIGN * ALIGN
+        for j, f in enumerate(free):
+            if f[1] >= size:
+                o = f[0]
+                if f[1] == size:
+                    del free[j]
+                else:
+                    f[0] += size
+                    f[1] -= size
                 break
         else:
-            offsets[id(t)] = top
+            o = top
             top += size
-        if id(t) not in keep:
-            live.append((last.get(id(t), i), id(t), offsets[id(t)], size))
-    buf = make_buffer(top)
+        offsets[t] = o
+        if not (t.flags & keep_mask or i < n_leafs or t is out_root):
+            heappush(live, (last.get(t, i), seq, o, size))
+    buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
     for t in todo:
-        t.set_buffer(buf, offsets[id(t)])
+        t.set_buffer(buf, offsets[t])
     return top

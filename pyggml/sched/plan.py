@@ -51,10 +51,11 @@ def _kernel_table(backend):
     return KERNELS
 
 
-def node_plan(node, n_threads: int, kernels=None) -> tuple[int, int]:
-    """(n_tasks, work_size) of one node: the kernel's rules first, then the OpDef's."""
-    k = None
-    if kernels is not None:
+def node_plan(node, n_threads: int, kernels=None, kernel=None) -> tuple[int, int]:
+    """(n_tasks, work_size) of one node: the kernel's rules first, then the OpDef's.
+    `kernel`: the variant already selected for node from `kernels` (saves selecting again)."""
+    k = kernel
+    if k is None and kernels is not None:
         entry = kernels.get(node.op.name)
         k = entry.select(node) if entry is not None else None
     op = node.op
@@ -66,8 +67,10 @@ def node_plan(node, n_threads: int, kernels=None) -> tuple[int, int]:
     return n_tasks, max(0, ws)
 
 
-def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPlan:
-    """ggml_graph_plan: per-node n_tasks and the work buffer size for n_threads."""
+def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None,
+               selected: Optional[list] = None) -> CPlan:
+    """ggml_graph_plan: per-node n_tasks and the work buffer size for n_threads.
+    `selected`: the backend's kernel variant per node of gf, when the caller has them."""
     if n_threads is None:
         from ..compute import default_n_threads
         n_threads = default_n_threads()
@@ -75,11 +78,11 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None) -> CPl
     kernels = _kernel_table(backend)
     n_tasks = []
     work = 0
-    for node in gf.nodes:
+    for i, node in enumerate(gf.nodes):
         if not is_computed(node):
             n_tasks.append(0)
             continue
-        nt, ws = node_plan(node, n_threads, kernels)
+        nt, ws = node_plan(node, n_threads, kernels, selected[i] if selected else None)
         n_tasks.append(nt)
         work = max(work, ws)
     if work > 0:

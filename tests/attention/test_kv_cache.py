@@ -133,9 +133,9 @@ def test_attention_equals_flash_attn_over_dequantized_cache():
                           if st.cold_after else 0)
         assert np.all(cm[:, st.cold_after:] == -np.inf)
         keys = np.concatenate([gg.data.read(c.cold_k[0])[0, 0, :n_cold],
-                               gg.data.read(c.hot_k[0])[0, 0]])
+                               gg.data.read(c.hot_k[0])[0, 0, :c.hot_cap]])   # not the sink row
         vals = np.concatenate([gg.data.read(c.cold_v[0])[0, 0, :n_cold],
-                               gg.data.read(c.hot_v[0])[0, 0]])
+                               gg.data.read(c.hot_v[0])[0, 0, :c.hot_cap]])
         mask = np.concatenate([cm, hm], axis=1)
         K = gg.from_numpy(ctx2, keys.reshape(-1, H, D).astype(np.float32))       # [D, H, n]
         V = gg.from_numpy(ctx2, vals.reshape(-1, H, D).astype(np.float32))
@@ -154,21 +154,27 @@ def test_attention_equals_flash_attn_over_dequantized_cache():
     assert c.cold_count > 0 and c.n_past == n_done
 
 
-@pytest.mark.parametrize("kind", ["mixed", "f16"])
-def test_decoder_graph_reuse_is_exact(kind):
-    """Reusing a step's graph for later steps with the same graph_key() (llama.cpp's graph
-    reuse) gives bitwise the logits of building every step, across block moves and KV_PAD
-    boundaries, and builds only when the key changes. Two decoders on one scheduler
-    alternate without re-planning each other's graphs."""
+def _decoding_setup(kind: str, seed: int):
+    """A 2-layer model, a factory of fresh caches of `kind` (320 tokens; mixed: 32 hot,
+    batches up to 16) and a numba+reference scheduler."""
     cfg = LlamaConfig(n_vocab=64, n_embd=128, n_head=4, n_head_kv=2, n_layer=2, n_ff=128)
-    model = LlamaModel.random(cfg, seed=1)
+    model = LlamaModel.random(cfg, seed=seed)
 
     def cache():
         if kind == "mixed":
             return MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320, hot_tokens=32,
                                 max_batch=16)
         return F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 320)
-    be = gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+    return cfg, model, cache, gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+
+
+@pytest.mark.parametrize("kind", ["mixed", "f16"])
+def test_decoder_graph_reuse_is_exact(kind):
+    """Reusing a step's graph for later steps with the same graph_key() (llama.cpp's graph
+    reuse) gives bitwise the logits of building every step, across block moves and KV_PAD
+    boundaries, and builds only when the key changes. Two decoders on one scheduler
+    alternate without re-planning each other's graphs."""
+    cfg, model, cache, be = _decoding_setup(kind, seed=1)
     fresh = Decoder(model, cache(), be, reuse_graphs=False)
     reuse = Decoder(model, cache(), be)
     toks = list(np.random.default_rng(0).integers(0, cfg.n_vocab, 290))
@@ -194,6 +200,41 @@ def test_decoder_graph_reuse_is_exact(kind):
         other.step([t])
         done += 1
     assert done >= 3 and be.backends[0].n_lowerings == lowerings
+
+
+@pytest.mark.parametrize("kind", ["mixed", "f16"])
+def test_prompts_run_on_a_few_padded_graphs(kind):
+    """Prompts of any length run in micro-batches of a fixed size, a shorter last one padded
+    to a power of two (masked tokens writing the sink row): graphs are reused across
+    prompts, logits are bitwise those of building every step, and the cache ends up as an
+    unpadded run leaves it (same positions; logits of the next steps agree to rounding)."""
+    cfg, model, cache, be = _decoding_setup(kind, seed=2)
+    rng = np.random.default_rng(3)
+    fresh = Decoder(model, cache(), be, reuse_graphs=False)
+    reuse = Decoder(model, cache(), be)
+    plain = Decoder(model, cache(), be, reuse_graphs=False)
+    n_past = 0
+    for n_prompt in (37, 45, 35, 19, 40):          # turns of one conversation
+        toks = list(rng.integers(0, cfg.n_vocab, n_prompt + 3))
+        a = fresh.prefill(toks[:n_prompt], batch=16)
+        b = reuse.prefill(toks[:n_prompt], batch=16)
+        c = plain.prefill(toks[:n_prompt], batch=16, pad=False)
+        assert a.shape == c.shape == (n_prompt - 16 * ((n_prompt - 1) // 16), cfg.n_vocab)
+        assert np.array_equal(a, b)
+        assert nmse(c, a) < 1e-10
+        for t in toks[n_prompt:]:
+            la, lb, lc = fresh.step([t]), reuse.step([t]), plain.step([t])
+            assert np.array_equal(la, lb) and nmse(lc, la) < 1e-10
+        n_past += n_prompt + 3
+        assert reuse.cache.n_past == plain.cache.n_past == n_past
+        if kind == "mixed":
+            assert np.array_equal(reuse.cache.hot_positions(), plain.cache.hot_positions())
+            assert np.array_equal(reuse.cache.cold_positions(), plain.cache.cold_positions())
+    # 5 prompts with tails of 5, 13, 3, 3 and 8 tokens: graphs of 16, 8, 16, 4 tokens
+    # (with or without a block move, per KV_PAD span) and the decode steps, not one per step
+    assert reuse.n_builds <= fresh.n_builds / 3, (reuse.n_builds, fresh.n_builds)
+    with pytest.raises(gg.GGMLError, match="n_pad"):
+        cache().begin(5, n_pad=4)
 
 
 def test_padded_views_mask_the_padding():

@@ -173,3 +173,24 @@ def test_a_descriptor_without_scratch_is_an_error(rng):
     kern.cfunc.ctypes(d.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), 0, 1)
     assert status[D.S_CODE] == D.ERR_SCRATCH
     assert "scratch" in D.error_meaning(D.ERR_SCRATCH)
+
+
+def test_pack_table_rows_are_pack_into_rows(rng):
+    """The lowered table (packed in vector gathers) holds, row by row, what pack_into packs
+    for the node alone: views, absent sources, negative and float op_params, one tensor in
+    several slots."""
+    be = NumbaBackend(2)
+    try:
+        ctx, out, gf = _fa(rng, 80, 3)
+        v = gg.view_2d(ctx, out, DV, 2, out.nb[1], out.nb[1])
+        gg.build_forward_expand(gf, gg.add(ctx, gg.scale(ctx, v, -2.5), v))
+        gg.build_forward_expand(gf, gg.soft_max_ext(ctx, out, None, 0.3, 0.0))
+        tab = be.table(gf)
+        assert tab.n >= 4
+        for r, node in enumerate(tab.nodes):
+            want = D.pack(node, int(tab.descs[r, D.H_WDATA]), int(tab.descs[r, D.H_WSIZE]),
+                          tab.status.ctypes.data, tab.graph_index[r], int(tab.n_tasks[r]),
+                          tab.scratch[r].ctypes.data)
+            assert np.array_equal(tab.descs[r], want), (r, node)
+    finally:
+        be.free()

@@ -57,3 +57,40 @@ def test_list_ops_cli(capsys):
     assert main(["--list-ops"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in OPS)
+
+
+def test_op_params_layouts_pack_and_unpack_like_the_field_loop():
+    """OpDef.pack/unpack (one struct call per spec) give the words and values of
+    pack_params/unpack_params (the field-by-field loop) for every op, and out-of-range or
+    mistyped values still fail, or convert, the way the loop does."""
+    import math
+    import numpy as np
+    from pyggml.errors import ParamError
+    from pyggml.ops.registry import pack_params, unpack_params
+    rng = np.random.default_rng(0)
+    for op in OPS.values():
+        for trial in range(4):
+            vals = {}
+            for f in op.params:
+                def one():
+                    if f.kind == "f32":
+                        return [0.0, -0.0, math.inf, float(rng.standard_normal())][trial]
+                    if f.kind == "i64":
+                        return int(rng.integers(-2**40, 2**40))
+                    return [0, -1, 2**31 - 1, int(rng.integers(-2**31, 2**31))][trial]
+                vals[f.name] = [one() for _ in range(f.count)] if f.count > 1 else one()
+            if trial == 3:                         # a field left out packs as zero
+                vals.pop(op.params[0].name, None) if op.params else None
+            want = pack_params(op.name, op.params, vals)
+            got = op.pack(vals)
+            assert got.dtype == np.int32 and got.shape == want.shape
+            assert got.tobytes() == want.tobytes(), (op.name, vals)
+            assert vars(op.unpack(got)) == vars(unpack_params(op.params, want)) or \
+                any(isinstance(v, float) and v != v for v in vars(op.unpack(got)).values())
+    rope = OPS["ROPE"]
+    with pytest.raises(ParamError, match="sections needs 4 values"):
+        rope.pack(dict(sections=[1, 2]))
+    with pytest.raises(OverflowError):
+        rope.pack(dict(n_dims=2**31))                  # as numpy refuses it in the loop
+    assert rope.pack(dict(n_dims=7.9)).tolist() == pack_params("ROPE", rope.params,
+                                                               dict(n_dims=7.9)).tolist()

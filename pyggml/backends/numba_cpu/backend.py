@@ -17,13 +17,13 @@ from typing import Optional
 import numpy as np
 
 from ...errors import ComputeError, GraphError
-from ...graph import CGraph
+from ...graph import CGraph, gc_paused
 from ...sched.alloc import alloc_graph
 from ...sched.plan import CPlan, graph_plan, is_computed
 from ... import tensor as _tensor_mod
 from ...tensor import Buffer, Tensor
 from ..base import Backend, EvalCallback
-from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_into
+from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_table
 from .executor import MAX_THREADS, NodeTable, WorkerPool
 from .kernels import KERNELS, lookup
 
@@ -35,10 +35,6 @@ def _aligned_zeros(shape, align: int = 64) -> np.ndarray:
     raw = np.zeros(n + align // 8, dtype=np.int64)
     start = (-raw.ctypes.data) % align // 8
     return raw[start:start + n].reshape(shape)
-
-
-def _root(t: Tensor) -> Tensor:
-    return t.view_src if t.view_src is not None else t
 
 
 def _alloc_epoch():
@@ -136,15 +132,34 @@ class NumbaBackend(Backend):
     def _key(self, gf: CGraph) -> tuple:
         return ("numba", id(self), gf.version, self.n_threads)
 
-    def lower(self, gf: CGraph, cplan: CPlan) -> LoweredGraph:
-        """Turn the planned graph into the executor's node table (kernel address + desc)."""
-        rows = [(i, n) for i, n in enumerate(gf.nodes) if is_computed(n)]
+    def select(self, gf: CGraph) -> list:
+        """The kernel variant of each node of gf (None for leafs and views); raises
+        UnsupportedError naming the first node no kernel supports (check_supported)."""
+        out = []
+        get = self.kernels.get
+        for i, node in enumerate(gf.nodes):
+            op = node.op
+            if op is None or op.view:
+                out.append(None)
+                continue
+            entry = get(op.name)
+            k = entry.select(node) if entry is not None else None
+            if k is None:
+                raise self.unsupported_node(i, node)
+            out.append(k)
+        return out
+
+    def lower(self, gf: CGraph, cplan: CPlan, selected: Optional[list] = None) -> LoweredGraph:
+        """Turn the planned graph into the executor's node table (kernel address + desc).
+        `selected`: select(gf), when the caller has it."""
+        nodes = gf.nodes
+        rows = [i for i, n in enumerate(nodes) if is_computed(n)]
         n = len(rows)
         kernels = []
-        for i, node in rows:
-            k = lookup(node, self.kernels)
+        for i in rows:
+            k = selected[i] if selected is not None else lookup(nodes[i], self.kernels)
             if k is None:       # check_supported ran first; a caller's plan may still differ
-                raise GraphError(f"numba backend: no kernel for node {i} {node.op_name}")
+                raise GraphError(f"numba backend: no kernel for node {i} {nodes[i].op_name}")
             kernels.append(k)
         status = np.zeros(STATUS_LEN, dtype=np.int64)
         if cplan.work_data is not None:
@@ -153,37 +168,31 @@ class NumbaBackend(Backend):
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
         wsize = cplan.work_size if wbuf is not None else 0
-        descs = _aligned_zeros((n, DESC_LEN))     # 64-byte rows on 64-byte boundaries
         scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
-        n_tasks = np.ones(n, dtype=np.int64)
-        for r, (i, node) in enumerate(rows):
-            n_tasks[r] = max(1, min(self.n_threads, cplan.n_tasks[i]))
-            pack_into(descs[r], node, waddr, wsize, status.ctypes.data, i, n_tasks[r],
-                      scratch[r].ctypes.data)
-        tab = LoweredGraph([node for _, node in rows], [i for i, _ in rows], kernels, descs,
-                           n_tasks, status, wbuf)
+        n_tasks = np.clip(np.array([cplan.n_tasks[i] for i in rows], dtype=np.int64),
+                          1, self.n_threads)
+        descs = pack_table([nodes[i] for i in rows], rows, n_tasks, waddr, wsize,
+                           status.ctypes.data, scratch.ctypes.data,
+                           _aligned_zeros((n, DESC_LEN)))   # 64-byte rows on 64-byte bounds
+        tab = LoweredGraph([nodes[i] for i in rows], rows, kernels, descs, n_tasks, status,
+                           wbuf)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
-        roots, seen = [], set()
-        for _, node in rows:
-            for t in [node] + node.src:
+        roots = {}                       # tensors hash by identity; insertion-ordered
+        for i in rows:
+            node = nodes[i]
+            roots[node.view_src if node.view_src is not None else node] = None
+            for t in node.src:
                 if t is not None:
-                    rt = _root(t)
-                    if id(rt) not in seen:
-                        seen.add(id(rt))
-                        roots.append(rt)
-        tab.roots = roots
+                    roots[t.view_src if t.view_src is not None else t] = None
+        tab.roots = list(roots)
         tab.epoch = _alloc_epoch()
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH
         tab.snapshot = tab.locations()
         tab.plan = cplan
         # rows run up to and including each graph node (eval-callback mode)
-        ends = np.zeros(len(gf.nodes), dtype=np.int64)
-        r = 0
-        for i, node in enumerate(gf.nodes):
-            if r < n and rows[r][0] == i:
-                r += 1
-            ends[i] = r
-        tab.row_end = ends
+        computed = np.zeros(len(nodes), dtype=np.int64)
+        computed[rows] = 1
+        tab.row_end = np.cumsum(computed)
         self.n_lowerings += 1
         return tab
 
@@ -193,15 +202,16 @@ class NumbaBackend(Backend):
         tab = gf.cache.get(key)
         if tab is not None and tab.still_valid(cplan):
             return tab
-        self.check_supported(gf)
-        alloc_graph(gf)
-        default = cplan is None
-        if default:
-            cplan = graph_plan(gf, self.n_threads, self)
-        elif cplan.n_threads != self.n_threads:
-            raise GraphError(f"graph_compute: plan for {cplan.n_threads} threads on a backend "
-                             f"with {self.n_threads}")
-        tab = self.lower(gf, cplan)
+        with gc_paused():
+            selected = self.select(gf)       # fails before anything is allocated
+            alloc_graph(gf)
+            default = cplan is None
+            if default:
+                cplan = graph_plan(gf, self.n_threads, self, selected)
+            elif cplan.n_threads != self.n_threads:
+                raise GraphError(f"graph_compute: plan for {cplan.n_threads} threads on a "
+                                 f"backend with {self.n_threads}")
+            tab = self.lower(gf, cplan, selected)
         tab.default_plan = default
         for k in [k for k in gf.cache if isinstance(k, tuple) and k[:2] == key[:2]]:
             del gf.cache[k]          # older versions of this graph on this backend

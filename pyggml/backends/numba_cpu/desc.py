@@ -305,6 +305,52 @@ def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: i
     return out
 
 
+def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
+               status_addr: int, scratch_base: int, out: np.ndarray) -> np.ndarray:
+    """Fill out (int64[len(nodes), DESC_LEN]) with the descriptors of nodes, as pack_into
+    would one by one (index: each node's graph index; scratch lines SCRATCH_LEN words apart
+    from scratch_base), in a few vector operations: each distinct tensor's slot words are
+    made once, then gathered into the rows."""
+    n = len(nodes)
+    if n == 0:
+        return out
+    slot_of: dict = {}
+    words = [0] * SLOT                 # tensor 0: an absent source (all zero)
+    slots = []
+    get = slot_of.get
+    for node in nodes:
+        if len(node.src) != N_SLOTS - 1:
+            raise ValueError(f"pack_table: {node!r} has {len(node.src)} source slots, not "
+                             f"{N_SLOTS - 1}")
+        for t in (node, *node.src):
+            if t is None:
+                slots.append(0)
+                continue
+            k = get(t)                  # tensors hash by identity
+            if k is None:
+                k = slot_of[t] = len(slot_of) + 1
+                r = t.view_src
+                buf = (t if r is None else r)._buffer
+                if buf is None:
+                    t.data_ptr                        # raises: the tensor has no data
+                addr = buf.address + (t._offs if r is None else r._offs + t.view_offs)
+                words += (addr, t.type, *t.ne, *t.nb)
+            slots.append(k)
+    out[:, HDR:HDR + N_SLOTS * SLOT] = np.array(words, dtype=np.int64).reshape(-1, SLOT)[
+        np.array(slots, dtype=np.intp)].reshape(n, -1)
+    out[:, PARAMS:PARAMS + N_PARAMS] = np.concatenate(
+        [node.op_params[:N_PARAMS] for node in nodes]).reshape(n, N_PARAMS)   # sign-extended
+    out[:, :HDR] = 0
+    out[:, H_NTASKS] = n_tasks
+    out[:, H_WDATA] = wdata_addr
+    out[:, H_WSIZE] = wsize
+    out[:, H_STATUS] = status_addr
+    out[:, H_INDEX] = index
+    out[:, H_SCRATCH] = scratch_base + 8 * SCRATCH_LEN * np.arange(n, dtype=np.int64)
+    out[:, PARAMS + N_PARAMS:] = 0
+    return out
+
+
 def pack(node, wdata_addr: int = 0, wsize: int = 0, status_addr: int = 0, index: int = 0,
          n_tasks: int = 1, scratch_addr: int = 0) -> np.ndarray:
     """The descriptor of node as a fresh int64[DESC_LEN] array."""

@@ -1,0 +1,113 @@
+"""Cold start: time to the first token with an empty Numba kernel cache.
+
+Each run is a fresh interpreter whose PYGGML_CACHE_DIR / NUMBA_CACHE_DIR point at a new
+empty directory (nothing compiled), so it pays what a first `pyggml demo` pays on a fresh
+machine. Phases (wall seconds): import pyggml, make the model, compile the kernels its
+graphs run (warmup.warm: parallel worker processes, -j), then the prompt and the first
+decoded token (building, lowering, computing).
+
+    python tools/bench_cold.py smollm2 [-j N] [--cache f16|mixed]   # SmolLM2-135M graph shape
+    python tools/bench_cold.py demo [-j N]                          # pyggml demo's model
+    python tools/bench_cold.py measure [--cache ...]                # per-kernel compile seconds
+
+`measure` compiles the SmolLM2 graph's kernels one after the other in one fresh process
+(warmup --measure's method) and prints each kernel's cold compile time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import pyggml as gg
+from pyggml.attention.kv_cache import F16KVCache, MixedKVCache
+from pyggml.backends.numba_cpu.warmup import graph_kernels, warm
+from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel
+t_import = time.perf_counter()
+what, jobs, kind, n_prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+if what == "demo":
+    cfg = LlamaConfig()
+else:
+    cfg = LlamaConfig(n_vocab=49152, n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536,
+                      rope_base=100000, wtype="q4_1", etype="q8_0")
+model = LlamaModel.random(cfg)
+def cache():
+    if kind == "mixed":
+        return MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 512, hot_tokens=64,
+                            max_batch=32)
+    return F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, 512)
+t_model = time.perf_counter()
+# the kernels of this run's graphs (one layer of each step kind), as pyggml demo does
+graphs = []
+c = cache()
+for n in [32] * (n_prompt // 32) + [1]:
+    c.begin(n)
+    ctx = gg.init(mem_size=16 << 20, no_alloc=True)
+    gf = gg.new_graph(ctx)
+    model.build(ctx, gf, c, n, layers=[0])
+    graphs.append(gf)
+    c.commit()
+ks = graph_kernels(graphs)
+if what == "measure":
+    from pyggml.backends.numba_cpu.warmup import _measure
+    times = _measure(ks, lambda line: None)
+    print(json.dumps({"kernels": times}))
+    raise SystemExit
+r = warm(ks, jobs)
+t_warm = time.perf_counter()
+be = gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
+dec = Decoder(model, cache(), be)
+toks = list(np.random.default_rng(0).integers(0, cfg.n_vocab, n_prompt))
+logits = dec.prefill(toks, 32)
+t_prompt = time.perf_counter()
+dec.step([int(np.argmax(logits[-1]))])
+t_first = time.perf_counter()
+print(json.dumps({"import": t_import - t0, "model": t_model - t_import,
+                  "compile": t_warm - t_model, "prompt": t_prompt - t_warm,
+                  "first_token": t_first - t_prompt, "ttft": t_first - t0,
+                  "kernels": len(ks), "cold": len(r.cold), "jobs": r.jobs}))
+"""
+
+
+def run_cold(what: str, jobs: int, kind: str, n_prompt: int, pythonpath: str = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="pyggml-cold-") as d:
+        env = dict(os.environ, PYGGML_CACHE_DIR=d, NUMBA_CACHE_DIR=os.path.join(d, "numba"))
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        out = subprocess.run([sys.executable, "-c", CHILD, what, str(jobs), kind, str(n_prompt)],
+                             env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("smollm2", "demo", "measure"))
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--cache", choices=("f16", "mixed"), default="mixed")
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("-r", "--repeats", type=int, default=1)
+    ap.add_argument("--pythonpath", default=None, help="PYTHONPATH of the child (another tree)")
+    args = ap.parse_args(argv)
+    for _ in range(args.repeats):
+        r = run_cold(args.what, args.jobs, args.cache, args.prompt, args.pythonpath)
+        if args.what == "measure":
+            for k, s in sorted(r["kernels"].items(), key=lambda kv: -kv[1]):
+                print(f"{k:<62} {s:6.1f} s")
+            print(f"{'total':<62} {sum(r['kernels'].values()):6.1f} s")
+        else:
+            print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in r.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""How long a new graph costs in Python before any compute: build, allocate, plan, lower.
+
+The SmolLM2-135M shape (30 layers, 576 wide, Q4_1 weights: ~844 nodes for a decode step)
+with random weights, through a KV cache, as models.llama.Decoder builds a step's graph.
+Phases, per graph (process_time: single-threaded Python work, robust to other load):
+  build  ctx + graph + cache.begin + model.build (op building, inference, DFS)
+  alloc  sched.alloc.alloc_graph (the graph allocator)
+  plan   NumbaBackend.select + graph_plan (kernel variant per node, n_tasks, work sizes)
+  lower  NumbaBackend.lower (the node table: kernel addresses + descriptors)
+The target (DESIGN.md §9) is <= 10 ms for the whole, <= 12 µs per node.
+
+    python tools/bench_graph.py [--cache f16|mixed] [--tokens N] [--past N] [-r REPEATS]
+                                [--sched] [--no-gc] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import statistics
+import time
+
+import pyggml as gg
+from pyggml.attention.kv_cache import F16KVCache, MixedKVCache
+from pyggml.backends.numba_cpu.backend import NumbaBackend
+from pyggml.models.llama import LlamaConfig, LlamaModel
+from pyggml.sched.alloc import alloc_graph
+from pyggml.sched.plan import graph_plan
+
+SMOLLM2 = LlamaConfig(n_vocab=49152, n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536,
+                      rope_base=100000, wtype="q4_1", etype="q8_0")
+
+
+def make_cache(kind: str, cfg: LlamaConfig, n_ctx: int, past: int):
+    if kind == "mixed":
+        cache = MixedKVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_ctx, hot_tokens=64,
+                             max_batch=512)
+    else:
+        cache = F16KVCache(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_ctx)
+    while cache.n_past < past:                       # bookkeeping only: nothing computed
+        cache.begin(min(32, past - cache.n_past))
+        cache.commit()
+    return cache
+
+
+def phases(model, cache, backend, n_tokens: int, sched=None):
+    """One graph through every phase; returns ({phase: seconds}, n_nodes)."""
+    t = {}
+    c0 = time.process_time()
+    ctx = gg.init(mem_size=64 << 20, no_alloc=True)
+    gf = gg.new_graph_custom(ctx, 8192)
+    cache.begin(n_tokens)
+    model.build(ctx, gf, cache, n_tokens)
+    c1 = time.process_time()
+    if sched is not None:                            # the Decoder's path through a scheduler
+        sched.alloc_graph(gf)                        # assign backends, allocate, split
+        c2 = c3 = time.process_time()
+        sp = sched.splits[0]
+        g = gg.CGraph(len(sp.nodes))
+        g.nodes = sp.nodes
+        backend.table(g)                             # select, plan, lower
+        c4 = time.process_time()
+        cache.step = None
+        return dict(build=c1 - c0, alloc=c2 - c1, plan=0.0, lower=c4 - c3, total=c4 - c0), \
+            gf.n_nodes
+    alloc_graph(gf)
+    c2 = time.process_time()
+    if hasattr(backend, "select"):
+        selected = backend.select(gf)
+        cplan = graph_plan(gf, backend.n_threads, backend, selected)
+        c3 = time.process_time()
+        backend.lower(gf, cplan, selected)
+    else:                                            # older pyggml (before/after comparisons)
+        backend.check_supported(gf)
+        cplan = graph_plan(gf, backend.n_threads, backend)
+        c3 = time.process_time()
+        backend.lower(gf, cplan)
+    c4 = time.process_time()
+    cache.step = None                                # not computed: forget the step
+    t["build"], t["alloc"], t["plan"], t["lower"] = c1 - c0, c2 - c1, c3 - c2, c4 - c3
+    t["total"] = c4 - c0
+    return t, gf.n_nodes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", choices=("f16", "mixed"), default="f16")
+    ap.add_argument("--tokens", type=int, default=1, help="tokens of the step (1 = decode)")
+    ap.add_argument("--past", type=int, default=100, help="tokens already in the cache")
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("-r", "--repeats", type=int, default=20)
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--sched", action="store_true",
+                    help="through Sched([numba, reference]) as the Decoder runs (alloc = "
+                         "assignment + allocation + splits; lower = select + plan + lower)")
+    ap.add_argument("--no-gc", action="store_true",
+                    help="Python's cycle collector paused, as Decoder and the backend do")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the repeats (top 30 functions by own time)")
+    args = ap.parse_args(argv)
+
+    model = LlamaModel.random(SMOLLM2)
+    cache = make_cache(args.cache, SMOLLM2, args.ctx, args.past)
+    backend = NumbaBackend(args.threads)
+    sched = gg.sched_new([backend, gg.backend_reference_init()]) if args.sched else None
+    phases(model, cache, backend, args.tokens, sched)   # compiles/loads the kernels once
+    if args.no_gc:
+        gc.disable()
+    runs = []
+    prof = cProfile.Profile() if args.profile else None
+    for _ in range(args.repeats):
+        if prof is not None:
+            prof.enable()
+        t, n = phases(model, cache, backend, args.tokens, sched)
+        if prof is not None:
+            prof.disable()
+        runs.append(t)
+    backend.free()
+    print(f"SmolLM2-135M shape, {args.cache} cache, {args.tokens} token(s), {args.past} past: "
+          f"{n} nodes, {args.repeats} graphs (process_time{', sched' if args.sched else ''}"
+          f"{', gc paused' if args.no_gc else ''})")
+    print(f"{'phase':>6} {'ms median':>10} {'min':>7} {'max':>7} {'µs/node':>8}")
+    for ph in ("build", "alloc", "plan", "lower", "total"):
+        xs = [r[ph] * 1e3 for r in runs]
+        med = statistics.median(xs)
+        print(f"{ph:>6} {med:10.2f} {min(xs):7.2f} {max(xs):7.2f} {med * 1e3 / n:8.2f}")
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
