@@ -119,7 +119,10 @@ def _template(op: OpDef, case) -> Optional[Template]:
         if s.ne[0] * s.ne[1] * s.ne[2] * s.ne[3] > MAX_ELEMENTS:
             return None
         root = s.view_src if s.view_src is not None else s
-        custom = case.init is not None and case.init(root, rng) is not None
+        # values the case chose (indices, positions, masks) stay the case's: only a float
+        # src[0] whose init merely picks a range takes earlier nodes' outputs too
+        custom = case.init is not None and case.init(root, rng) is not None and \
+            not (i == 0 and TRAITS[s.type].is_float)
         slots.append(Slot(int(s.type), tuple(s.ne), root.name, custom or i in op.writes))
     while slots and slots[-1] is None:
         slots.pop()
@@ -335,7 +338,7 @@ class _Gen:
                 continue
             ok = [p for p in self.pool if p[1] == slot.type and
                   (p[2] or tpl.op not in DISCONTINUOUS)]
-            if ok and not slot.fresh and not tpl.inplace and self.ch.boolean():
+            if ok and not slot.fresh and not tpl.inplace and self.ch.choice((False, True, True)):
                 j, _, _ = self.ch.choice(ok)
                 kind = self.ch.choice(["none", "transpose", "perm"])
                 quant = TRAITS[GGMLType(slot.type)].is_quantized
@@ -353,6 +356,16 @@ class _Gen:
                 ne = over.get(slot.ne) or self.remap(slot.ne)
                 srcs.append(self.fresh(slot, ne))
         return srcs
+
+    def same_shape(self, srcs: list) -> Optional[list]:
+        """srcs with every fresh leaf shaped like the first earlier node used (binary ops, glu:
+        a chain takes when the other operands match it), or None when no node is used."""
+        first = next((s for s in srcs if s is not None and "node" in s), None)
+        if first is None:
+            return None
+        ne = list(_make_src(self.ctx, first, self.built).ne)
+        return [s if s is None or "node" in s else
+                {"leaf": [s["leaf"][0], ne, *s["leaf"][2:]]} for s in srcs]
 
     def try_build(self, tpl: Template, srcs, hints: dict) -> Optional[Tensor]:
         nspec = {"case": tpl.key, "srcs": srcs, "hints": hints}
@@ -381,15 +394,19 @@ class _Gen:
         if not tpls:
             return
         tpl = self.ch.choice(tpls)
+        drawn = self.drawn(tpl)
         cands = [
-            self.drawn(tpl),
+            drawn,
+            self.same_shape(drawn),
             [None if s is None else self.fresh(s, self.remap(s.ne)) for s in tpl.slots],
             [None if s is None else self.fresh(s, s.ne, layout=False) for s in tpl.slots],
         ]
         remapped = dict(tpl.hints)
         if "ne" in remapped:           # a target shape (cont, repeat, upscale) remaps with the rest
             remapped["ne"] = self.remap(remapped["ne"])
-        for srcs, hints in zip(cands, (remapped, remapped, tpl.hints)):
+        for srcs, hints in zip(cands, (remapped, remapped, remapped, tpl.hints)):
+            if srcs is None:
+                continue
             t = self.try_build(tpl, srcs, hints)
             if t is not None:
                 break

@@ -60,7 +60,7 @@ def test_ci_profile(runner):
     prop()
     # the generator must not collapse into trivial graphs
     assert seen["graphs"] == CI_EXAMPLES and seen["nodes"] > 1.5 * CI_EXAMPLES
-    assert seen["chained"] > CI_EXAMPLES // 5, seen
+    assert seen["chained"] > CI_EXAMPLES // 10, seen     # ~1 in 4 measured
 
 
 # --- the fuzzer finds a wrong kernel and shrinks it ------------------------------------------------
