@@ -79,12 +79,12 @@ class Context:
     # ------------------------------------------------------------------------------
     def _reserve(self, nbytes_: int, what: str) -> int:
         """Take nbytes_ (already padded) from the pool; return the offset it starts at."""
+        if callable(what):              # built only when needed (f-strings cost per tensor)
+            what = what()
         if self.buffer is None and not self.no_alloc:
             raise ContextMemoryError(f"{what}: the context was freed (free(ctx)); create "
                                      f"tensors in a new context")
         if self.used + nbytes_ > self.mem_size:
-            if callable(what):          # built only when needed (f-strings cost per tensor)
-                what = what()
             raise ContextMemoryError(
                 f"context out of memory: {what} needs {nbytes_} bytes, "
                 f"{self.mem_size - self.used} of {self.mem_size} left "
@@ -121,7 +121,7 @@ class Context:
             need = data_offs + _pad(data_size, MEM_ALIGN) - self.used
         else:
             need = _OVERHEAD
-        if self.used + need > self.mem_size:
+        if self.used + need > self.mem_size or (owns_data and self.buffer is None):
             self._reserve(need, lambda: f"tensor {tr.tname} ne={ne}")      # raises
         self.used += need
         if owns_data:
