@@ -7,7 +7,8 @@ llama.cpp has no mixed cache: its runs use the caches in --llama-caches (default
 -ctk/-ctv's type as a whole cache when that is not f16), so the mixed cache is printed beside
 llama.cpp's F16 and all-quantized figures. --fixture PATH also writes what the tests compare
 against (tests/llm/fixtures/perplexity_smollm2.json): llama-tokenize's ids for the text and
-llama-perplexity's numbers. Needs ../shared/llama.cpp (this machine's build of llama.cpp).
+llama-perplexity's numbers, keyed "CACHE -fa on|off" (a fixture of the same settings gains
+the new runs). Needs ../shared/llama.cpp (this machine's build of llama.cpp).
 """
 from __future__ import annotations
 
@@ -112,9 +113,18 @@ def main(argv=None) -> int:
     if args.fixture:
         fx = {"model": os.path.basename(model), "text": os.path.relpath(args.file, ROOT),
               "n_ctx": args.n_ctx, "n_batch": args.n_batch, "chunks": args.chunks,
-              "llama_perplexity": {c: rows[f"llama.cpp {c} (-fa {args.fa})"] for c in caches},
-              "llama_flash_attn": args.fa, "tokens": llama_tokens(model, args.file),
-              "made_by": "tools/compare_perplexity.py " + " ".join(argv or sys.argv[1:])}
+              "llama_perplexity": {f"{c} -fa {args.fa}": rows[f"llama.cpp {c} (-fa {args.fa})"]
+                                   for c in caches},
+              "made_by": ["tools/compare_perplexity.py " + " ".join(argv or sys.argv[1:])],
+              "tokens": llama_tokens(model, args.file)}
+        if os.path.exists(args.fixture):       # same run settings: add to what is there
+            with open(args.fixture) as fh:
+                old = json.load(fh)
+            if all(old.get(k) == fx[k] for k in ("model", "text", "n_ctx", "n_batch", "chunks",
+                                                   "tokens")):
+                old["llama_perplexity"].update(fx["llama_perplexity"])
+                old["made_by"] += fx["made_by"]
+                fx = old
         write_fixture(args.fixture, fx)
         print(f"\nfixture written to {args.fixture}")
     return 0

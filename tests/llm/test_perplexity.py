@@ -193,12 +193,15 @@ def test_smollm2_tokens_match_llama_tokenize(fixture):
 
 
 def test_smollm2_perplexity_within_1_percent_of_llama_cpp(fixture):
+    """llama.cpp's own two F16 paths (flash attention on: V accumulated in F16; off: F32)
+    differ by 2-4% on a text this short; pyggml must lie within 1% of that span."""
     path = _smollm2()
     llama = pytest.importorskip("pyggml.llm.llama")
     llm = llama.Llama(path, n_ctx=fixture["n_ctx"], n_batch=fixture["n_batch"], n_threads=2,
-                      logits_all=True)
+                      logits_all=True, verbose=False)
     res = perplexity(llm, fixture["tokens"], fixture["n_ctx"], fixture["n_batch"],
                      fixture["chunks"])
-    ref = fixture["llama_perplexity"]["f16"]
-    assert res.ppl == pytest.approx(ref["ppl"], rel=0.01), (res.running, ref["running"])
-    assert len(res.running) == len(ref["running"])
+    refs = {k: v for k, v in fixture["llama_perplexity"].items() if k.startswith("f16 ")}
+    lo, hi = min(v["ppl"] for v in refs.values()), max(v["ppl"] for v in refs.values())
+    assert 0.99 * lo <= res.ppl <= 1.01 * hi, (res.running, refs)
+    assert all(len(v["running"]) == len(res.running) for v in refs.values())
