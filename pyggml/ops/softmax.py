@@ -65,6 +65,9 @@ def _infer_soft_max(srcs, p):
              a, mask)
         need(a.ne[2] % mask.ne[2] == 0 and a.ne[3] % mask.ne[3] == 0, "SOFT_MAX",
              "mask must broadcast over a (a.ne2 % mask.ne2 == 0, a.ne3 % mask.ne3 == 0)", a, mask)
+    sinks = srcs[2] if len(srcs) > 2 else None
+    if sinks is not None:              # the node may be built with them (not only attached)
+        _need_sinks(a, sinks)
     if np.isnan(p.max_bias):
         raise ParamError(f"SOFT_MAX: max_bias is NaN [{describe(a)}]")
     if p.max_bias > 0.0 and mask is None:
@@ -212,6 +215,12 @@ def soft_max_ext_inplace(ctx, a, mask, scale, max_bias):
                           hints=dict(inplace=True))
 
 
+def _need_sinks(x, sinks):
+    need_type("SOFT_MAX", sinks, (F32,), "sinks")
+    need(sinks.ne[0] == x.ne[2] and nelements(sinks) == sinks.ne[0], "SOFT_MAX",
+         "sinks must be a vector of a.ne2 values (one per head)", x, sinks)
+
+
 def soft_max_add_sinks(a, sinks):
     """ggml_soft_max_add_sinks: attach sinks (F32 [a.src0.ne2]) to a soft_max node as src[2];
     sinks None removes them. Modifies `a` in place (returns None, as ggml)."""
@@ -223,9 +232,7 @@ def soft_max_add_sinks(a, sinks):
     if a.op is not SOFT_MAX:
         fail("SOFT_MAX", f"soft_max_add_sinks needs a SOFT_MAX node, got op {a.op_name}", a)
     need(a.src[2] is None, "SOFT_MAX", "the node already has sinks", a, a.src[2])
-    need_type("SOFT_MAX", sinks, (F32,), "sinks")
-    need(sinks.ne[0] == a.src[0].ne[2] and nelements(sinks) == sinks.ne[0], "SOFT_MAX",
-         "sinks must be a vector of a.ne2 values (one per head)", a.src[0], sinks)
+    _need_sinks(a.src[0], sinks)
     a.src[2] = sinks
     return None
 

@@ -55,3 +55,16 @@ def test_out_prod_with_an_empty_broadcast_dim_is_a_clear_error():
     b = gg.new_tensor_4d(ctx, gg.TYPE_F32, 4, 1, 0, 1)
     with pytest.raises(ShapeError, match="OUT_PROD.*empty"):
         gg.out_prod(ctx, a, b)
+
+
+def test_soft_max_built_with_sinks_checks_them():
+    """Built with src[2] directly (not through soft_max_add_sinks), a [2,2,2,2] sinks tensor
+    went unchecked: the CPU backend read its first row, the reference failed to broadcast."""
+    from pyggml.ops.registry import OPS
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 16, 16, 2, 2)
+    sinks = gg.new_tensor_4d(ctx, gg.TYPE_F32, 2, 2, 2, 2)
+    with pytest.raises(ShapeError, match="sinks must be a vector"):
+        OPS["SOFT_MAX"].build(ctx, [a, None, sinks], dict(scale=1.0, max_bias=0.0))
+    ok = gg.new_tensor_1d(ctx, gg.TYPE_F32, 2)
+    assert OPS["SOFT_MAX"].build(ctx, [a, None, ok], dict(scale=1.0, max_bias=0.0)).src[2] is ok
