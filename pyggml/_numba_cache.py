@@ -3,10 +3,12 @@
 Numba's disk cache (cache=True) revalidates an entry only against the source file of the
 function it compiled. pyggml's kernels inline code from other files (kernels/simd.py's LLVM
 intrinsics, quants/nb.py, the descriptor accessors): after an edit or an upgrade that
-changes only those files, Numba would load stale machine code. So unless the user chose a
-directory (NUMBA_CACHE_DIR), the cache lives in PYGGML_CACHE_DIR (default
-~/.cache/pyggml/numba) under a hash of every pyggml source file that mentions numba: any
-change to them starts a fresh cache. The directory is exported as NUMBA_CACHE_DIR, so the
+changes only those files, Numba would load stale machine code; kernels also freeze values of
+the core and op modules they import (type ids, op tables, the GELU table). So unless the user
+chose a directory (NUMBA_CACHE_DIR), the cache lives in PYGGML_CACHE_DIR (default
+~/.cache/pyggml/numba) under a hash of every source compiled code can reach (KERNEL_DEPS):
+any change to them starts a fresh cache, while an edit to the CLI, llm/, viz/ or testing/
+(Python only) keeps it. The directory is exported as NUMBA_CACHE_DIR, so the
 warm-up's worker processes (backends/numba_cpu/warmup.py) and Numba's own config reloads
 agree on it. Old directories unused for a week are removed.
 """
@@ -24,17 +26,24 @@ PKG = Path(__file__).resolve().parent
 KEEP_SECONDS = 7 * 24 * 3600
 
 
+# What compiled kernel code can reach, as paths under the package: the backend's kernels, the
+# quant codecs they inline, the modules whose values they freeze when compiled (types,
+# tensor, errors, the op tables, attention's state constants), and this file.
+KERNEL_DEPS = ("backends/numba_cpu/", "quants/", "ops/", "attention/", "types.py",
+               "tensor.py", "errors.py", "_numba_cache.py")
+
+
 def source_key(pkg: Path = PKG) -> str:
-    """Hash of the package's files that use Numba (path and content) and of the switches
-    that change the generated code (PYGGML_SIMD, NUMBA_CPU_NAME): Numba keys its cache by
-    the CPU, not by them."""
+    """Hash of the sources compiled code depends on (KERNEL_DEPS: path and content) and of
+    the switches that change the generated code (PYGGML_SIMD, NUMBA_CPU_NAME): Numba keys
+    its cache by the CPU, not by them."""
     h = hashlib.sha256()
     for var in ("PYGGML_SIMD", "NUMBA_CPU_NAME"):
         h.update(f"{var}={os.environ.get(var, '').lower()}\0".encode())
     for p in sorted(pkg.rglob("*.py")):
-        b = p.read_bytes()
-        if b"numba" in b:
-            h.update(p.relative_to(pkg).as_posix().encode() + b"\0" + b)
+        rel = p.relative_to(pkg).as_posix()
+        if rel.startswith(KERNEL_DEPS):
+            h.update(rel.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
 

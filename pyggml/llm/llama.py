@@ -11,8 +11,6 @@ pyggml.llm.completion / pyggml.llm.chat, on top of this class. pyggml's addition
 keyword-only: `kv_cache="f16" | "mixed"` (MixedKVCache: the newest `kv_hot` tokens in F16,
 older ones in type_k/type_v, Q4_0 by default) and `backend`, a name of pyggml.compute.BACKENDS
 ("cpu": the fast threaded CPU backend, as ggml_backend_cpu_init; "reference": the NumPy spec).
-(This file avoids naming the JIT library: pyggml's kernel cache is keyed on every source file
-that mentions it.)
 """
 from __future__ import annotations
 

@@ -19,15 +19,23 @@ def _tree(tmp_path, files):
     return tmp_path
 
 
-def test_key_follows_numba_sources_only(tmp_path):
-    pkg = _tree(tmp_path / "pkg", {"a.py": "import numba\n", "sub/b.py": "from numba import njit\n",
-                                   "plain.py": "x = 1\n"})
+def test_key_follows_what_kernels_can_reach(tmp_path):
+    """Kernel sources, the codecs they inline and the core/op modules whose values they
+    freeze (e.g. ops/unary.py's GELU table) key the cache; Python-only layers do not."""
+    pkg = _tree(tmp_path / "pkg", {
+        "backends/numba_cpu/kernels/k.py": "import numba\n", "quants/nb.py": "x = 1\n",
+        "ops/unary.py": "TABLE = [1]\n", "types.py": "F32 = 0\n",
+        "cli.py": "# numba warm-up command\n", "llm/run.py": "x = 1\n", "viz/dot.py": "x = 1\n"})
     k0 = nc.source_key(pkg)
-    (pkg / "plain.py").write_text("x = 2\n")                 # no numba: same cache
-    assert nc.source_key(pkg) == k0
-    (pkg / "sub" / "b.py").write_text("from numba import njit  # edited\n")
-    assert nc.source_key(pkg) != k0
     assert len(k0) == 16
+    for python_only in ("cli.py", "llm/run.py", "viz/dot.py"):
+        (pkg / python_only).write_text("# edited, still Python only: numba\n")
+        assert nc.source_key(pkg) == k0, python_only
+    key = k0
+    for dep in ("ops/unary.py", "quants/nb.py", "types.py", "backends/numba_cpu/kernels/k.py"):
+        (pkg / dep).write_text((pkg / dep).read_text() + "# edited\n")
+        assert nc.source_key(pkg) != key, dep
+        key = nc.source_key(pkg)
 
 
 def test_import_sets_the_directory_and_respects_the_user(tmp_path):
