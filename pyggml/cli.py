@@ -6,7 +6,7 @@ import sys
 
 # subcommand -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
-    "demo": ("pyggml.models.demo", "decode a small transformer through the mixed F16/Q4_0 KV cache"),
+    "demo": ("pyggml.models.demo", "SmolLM2 (or random weights) decoding: mixed F16/Q4_0 KV cache vs F16"),
     "run": ("pyggml.llm.run_cli", "generate text after a prompt with a GGUF model (llama-completion)"),
     "chat": ("pyggml.llm.chat_cli", "chat with a GGUF model through its chat template"),
     "test-backend-ops": ("pyggml.testing.cli", "ggml's op test-suite: test | perf | grad | support"),

@@ -153,6 +153,9 @@ def _check_sinks(q, sinks):
     if sinks.ne[0] != q.ne[2]:
         fail(_OP, f"sinks has {sinks.ne[0]} values but q has "
              f"{q.ne[2]} heads (one sink logit per head)", sinks, q)
+    if sinks.nb[0] != 4:      # ggml's CPU reads sinks[h] as a plain float array
+        fail(_OP, f"sinks must hold its {sinks.ne[0]} logits contiguously (nb[0] = 4, got "
+             f"{sinks.nb[0]}); cont() it first", sinks)
 
 
 # --- the reference math (float64) -----------------------------------------------------------

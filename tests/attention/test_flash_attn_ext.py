@@ -351,6 +351,11 @@ def test_errors_are_ggml_errors_naming_op_and_tensors():
     _raises(ShapeError, lambda: gg.flash_attn_ext_add_sinks(out, s), "sinks3", "4 heads")
     s16 = gg.new_tensor_1d(ctx, T.F16, 4)
     _raises(TypeError_, lambda: gg.flash_attn_ext_add_sinks(out, s16), "sinks", "f16")
+    # a strided sinks row (found by pyggml fuzz: ggml's CPU reads sinks[h] as a plain array)
+    s44 = gg.new_tensor_2d(ctx, T.F32, 4, 4)
+    gg.set_name(s44, "s44")
+    _raises(ShapeError, lambda: gg.flash_attn_ext_add_sinks(out, gg.transpose(ctx, s44)),
+            "s44", "contiguously", "nb[0] = 4, got 16")
     gg.flash_attn_ext_add_sinks(out, gg.new_tensor_1d(ctx, T.F32, 4))
     _raises(ShapeError, lambda: gg.flash_attn_ext_add_sinks(out, gg.new_tensor_1d(ctx, T.F32, 4)),
             "already has sinks")
