@@ -309,9 +309,6 @@ def test_numba_matches_reference(case, n_threads):
     r = harness.run_test(case, _backend(n_threads), ReferenceBackend())
     if r.status == "NOT SUPPORTED" and case.vars.get("o", 1) > 1:
         pytest.skip("o > 1 sums products with ADD, which has no numba kernel here yet")
-    if r.status == "NOT SUPPORTED" and case.op == "OUT_PROD" and \
-            gg.TRAITS[case.vars["type_a"]].blck_size == 256:
-        pytest.skip("numba OUT_PROD has no K-quant weights yet (the reference computes them)")
     assert r.status == "OK", f"{case} @{n_threads} threads: {r.status} {r.message}"
 
 

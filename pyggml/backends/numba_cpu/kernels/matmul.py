@@ -63,7 +63,7 @@ _KQ = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K
        GGMLType.IQ4_NL, GGMLType.IQ4_XS)
 _WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + _Q32 + _KQ
 _ACT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-_OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + _Q32
+_OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + _Q32 + _KQ
 
 TYPE_SIZE = np.zeros(64, dtype=np.int64)          # bytes per block, by ggml type id
 BLCK = np.ones(64, dtype=np.int64)                # values per block, by ggml type id
