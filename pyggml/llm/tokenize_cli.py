@@ -16,6 +16,7 @@ import os
 import sys
 
 from ..errors import GGMLError
+from .cli_common import Parser, UsageError
 from .gguf_file import GGUFFile
 from .model_path import resolve_model_path
 from .tokenizer import Tokenizer
@@ -61,17 +62,8 @@ def process_escapes(data: bytes) -> bytes:
     return bytes(out)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):            # one line and exit 2, not argparse's usage block
-        raise _UsageError(message)
-
-
-class _UsageError(Exception):
-    pass
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pyggml tokenize", description="Tokenize a prompt with a GGUF model's "
+    p = Parser(prog="pyggml tokenize", description="Tokenize a prompt with a GGUF model's "
                 "vocabulary and print the tokens (llama.cpp's llama-tokenize).")
     p.add_argument("-m", "--model", required=True,
                    help="GGUF file, or a known model name (smollm2-135m)")
@@ -100,7 +92,7 @@ def _read_text(a) -> bytes:
         with open(a.file, "rb") as f:
             return f.read()
     except OSError as e:
-        raise _UsageError(f"cannot read {a.file}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {a.file}: {e.strerror or e}") from None
 
 
 def format_tokens(tok: Tokenizer, ids: list, as_ids: bool, show_count: bool) -> bytes:
@@ -121,7 +113,7 @@ def main(argv=None) -> int:
         a = _parser().parse_args(argv)
         text = _read_text(a)
         tok = Tokenizer.from_gguf(GGUFFile(resolve_model_path(a.model)))
-    except _UsageError as e:
+    except UsageError as e:
         print(f"pyggml tokenize: error: {e}", file=sys.stderr)
         return 2
     except GGMLError as e:
