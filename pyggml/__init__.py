@@ -48,10 +48,7 @@ globals().update({f"GLU_OP_{k}": v for k, v in _G.items()})
 from .compute import *  # noqa: F401,F403,E402  (graph_plan, graph_compute, backends, sched)
 from .viz.dot import graph_dump_dot  # noqa: F401,E402
 
-PREC_DEFAULT = 0
-PREC_F32 = 10
-HINT_NONE = 0
-HINT_SRC0_IS_HADAMARD = 1
+from .ops.matmul import HINT_NONE, HINT_SRC0_IS_HADAMARD  # noqa: F401,E402
 
 
 def quantize(type, values):

@@ -7,8 +7,8 @@ changes only those files, Numba would load stale machine code; kernels also free
 the core and op modules they import (type ids, op tables, the GELU table). So unless the user
 chose a directory (NUMBA_CACHE_DIR), the cache lives in PYGGML_CACHE_DIR (default
 ~/.cache/pyggml/numba) under a hash of every source compiled code can reach (KERNEL_DEPS):
-any change to them starts a fresh cache, while an edit to the CLI, llm/, viz/ or testing/
-(Python only) keeps it. The directory is exported as NUMBA_CACHE_DIR, so the
+any change to them starts a fresh cache, while an edit to the CLI, llm/, viz/, testing/,
+models/ or attention/ (Python only) keeps it. The directory is exported as NUMBA_CACHE_DIR, so the
 warm-up's worker processes (backends/numba_cpu/warmup.py) and Numba's own config reloads
 agree on it. Old directories unused for a week are removed.
 """
@@ -28,9 +28,10 @@ KEEP_SECONDS = 7 * 24 * 3600
 
 # What compiled kernel code can reach, as paths under the package: the backend's kernels, the
 # quant codecs they inline, the modules whose values they freeze when compiled (types,
-# tensor, errors, the op tables, attention's state constants), and this file.
-KERNEL_DEPS = ("backends/numba_cpu/", "quants/", "ops/", "attention/", "types.py",
-               "tensor.py", "errors.py", "_numba_cache.py")
+# tensor, errors, the ops' op_params layouts) and what those import, and this file.
+# tests/unit/test_layers.py checks that the kernel package's import closure stays inside.
+KERNEL_DEPS = ("backends/numba_cpu/", "quants/", "ops/", "types.py", "tensor.py", "errors.py",
+               "context.py", "data.py", "_numba_cache.py")
 
 
 def source_key(pkg: Path = PKG) -> str:

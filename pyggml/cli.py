@@ -17,7 +17,7 @@ COMMANDS = {
     "bench-ops": ("pyggml.bench", "kernel benchmarks against real ggml (libggml-python) and NumPy"),
     "tokenize": ("pyggml.llm.tokenize_cli", "tokenize a prompt with a GGUF model's vocabulary"),
     "quantize": ("pyggml.quantize_cli", "quantize a GGUF model (llama-quantize's types and mixes)"),
-    "warmup": ("pyggml.backends.numba_cpu.warmup",
+    "warmup": ("pyggml.warmup_cli",
                "compile the Numba kernels into the disk cache, in parallel processes"),
 }
 

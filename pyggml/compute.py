@@ -1,22 +1,32 @@
-"""Running graphs: backend constructors and ggml's compute entry points."""
+"""Running graphs: backend constructors and ggml's compute entry points.
+
+The state here is this module's own: the process-wide CPU backend per thread count
+(`cpu_backend_for`, shared by graph_compute and graph_compute_with_ctx) and
+graph_compute_with_ctx's scheduler over it per thread count. Nothing below this module
+reads or writes them.
+"""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
-from .backends.base import Backend, EvalCallback
+from .backends.base import Backend, EvalCallback, default_n_threads
+from .backends.numba_cpu.plan import CPlan, check_plan, graph_plan
 from .backends.reference.backend import ReferenceBackend
 from .errors import GGMLError
 from .graph import CGraph
+from .sched.scheduler import (Sched, sched_new, sched_graph_compute, sched_alloc_graph,
+                              sched_reset, sched_get_n_splits, sched_get_n_copies,
+                              sched_get_tensor_backend, sched_set_tensor_backend,
+                              sched_set_eval_callback, sched_print_assignments)
 
 __all__ = ["backend_reference_init", "backend_numba_init", "backend_cpu_init",
            "backend_graph_compute", "backend_supports_op", "backend_name", "backend_free",
            "backend_set_n_threads", "graph_compute_with_ctx", "default_n_threads",
-           "backend_init_by_name", "BACKENDS"]
-
-
-def default_n_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+           "backend_init_by_name", "BACKENDS",
+           "Sched", "sched_new", "sched_graph_compute", "sched_alloc_graph", "sched_reset",
+           "sched_get_n_splits", "sched_get_n_copies", "sched_get_tensor_backend",
+           "sched_set_tensor_backend", "sched_set_eval_callback", "sched_print_assignments",
+           "CPlan", "graph_plan", "graph_compute"]
 
 
 def backend_reference_init() -> Backend:
@@ -93,16 +103,12 @@ def graph_compute_with_ctx(ctx, gf: CGraph, n_threads: Optional[int] = None):
     return 0
 
 
-from .sched.scheduler import (Sched, sched_new, sched_graph_compute, sched_alloc_graph,  # noqa: E402
-                              sched_reset, sched_get_n_splits, sched_get_n_copies,
-                              sched_get_tensor_backend, sched_set_tensor_backend,
-                              sched_set_eval_callback, sched_print_assignments)
-
-__all__ += ["Sched", "sched_new", "sched_graph_compute", "sched_alloc_graph", "sched_reset",
-            "sched_get_n_splits", "sched_get_n_copies", "sched_get_tensor_backend",
-            "sched_set_tensor_backend", "sched_set_eval_callback", "sched_print_assignments"]
-
-
-from .sched.plan import CPlan, graph_plan, graph_compute  # noqa: E402
-
-__all__ += ["CPlan", "graph_plan", "graph_compute"]
+def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
+    """ggml_graph_compute: run gf as planned (plans for the default thread count if None) on
+    the process-wide CPU backend of cplan.n_threads; graph_compute_with_ctx's scheduler over
+    that backend is left as it is."""
+    if cplan is None:
+        cplan = graph_plan(gf)
+    check_plan(gf, cplan)
+    cpu_backend_for(cplan.n_threads).compute_planned(gf, cplan)
+    return 0   # GGML_STATUS_SUCCESS; failures raise

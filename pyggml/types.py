@@ -125,6 +125,10 @@ TYPE_Q8_K = GGMLType.Q8_K
 TYPE_IQ4_NL = GGMLType.IQ4_NL
 TYPE_IQ4_XS = GGMLType.IQ4_XS
 
+# enum ggml_prec: the precision an op may be asked for (mul_mat, flash_attn_ext set_prec)
+PREC_DEFAULT = 0
+PREC_F32 = 10
+
 # The types flash attention accepts for K and V (ggml's CPU set).
 FA_KV_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0,
                GGMLType.Q5_1, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_0)

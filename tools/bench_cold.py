@@ -56,7 +56,7 @@ for n in [32] * (n_prompt // 32) + [1]:
     c.commit()
 ks = graph_kernels(graphs)
 if what == "measure":
-    from pyggml.backends.numba_cpu.warmup import _measure
+    from pyggml.warmup_cli import _measure
     times = _measure(ks, lambda line: None)
     print(json.dumps({"kernels": times}))
     raise SystemExit

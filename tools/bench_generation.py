@@ -91,14 +91,15 @@ def decode_rates(args) -> list:
     from pyggml.llm import installed_model
     from pyggml.llm.completion import stream_text
     from pyggml.llm.llama import Llama
-    from pyggml.models.llama import Decoder, LlamaModel
+    from pyggml.llm.loader import load_model
+    from pyggml.models.llama import Decoder
 
     path = installed_model("smollm2-135m")
     if path is None:
         return []
     llama = Llama(path, n_ctx=args.ctx, n_threads=args.threads, verbose=False)
     tokens = llama.tokenize(PROMPT.encode())
-    model = LlamaModel.from_gguf(path)
+    model = load_model(path)
     c = model.cfg
     backend = gg.sched_new([gg.backend_numba_init(args.threads), gg.backend_reference_init()])
 

@@ -1,21 +1,21 @@
-"""Attention: flash_attn_ext_with_state's softmax state, and the mixed KV cache.
+"""Attention on top of the ops: the mixed KV cache.
 
 The ops themselves (flash_attn_ext, flash_attn_ext_with_state, flash_attn_state_init...)
-live in pyggml.ops.attention and are part of pyggml's flat API. This package holds what
-is about attention but is not an op:
+live in pyggml.ops.attention and are part of pyggml's flat API; the with_state softmax
+state (layout, fresh values, reset, the merge rule) is part of that op: pyggml.ops.fa_state
+(re-exported here and as pyggml.attention.state).
 
-    state      the (M, S) state layout, fresh values, reset, the merge rule
     kv_cache   MixedKVCache (hot F16 ring + cold quantized store), imported on first use
 """
 from __future__ import annotations
 
-from .state import (STATE_M, STATE_S, state_ne, fresh_values, reset_state,  # noqa: F401
-                    state_values, merge, check_state_tensor)
+from ..ops.fa_state import (STATE_M, STATE_S, state_ne, fresh_values, reset_state,  # noqa: F401
+                            state_values, merge, check_state_tensor)
 
 
 def __getattr__(name):
-    # kv_cache builds graphs with pyggml's ops, so it is imported lazily: importing it here
-    # would run while pyggml.ops (which imports this package) is still initializing.
+    # kv_cache builds graphs with pyggml's ops: imported on first use, so importing this
+    # package stays cheap.
     if name in ("MixedKVCache", "F16KVCache", "kv_cache"):
         import importlib
         mod = importlib.import_module(f"{__name__}.kv_cache")

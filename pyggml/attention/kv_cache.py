@@ -36,6 +36,7 @@ from .. import data
 from ..context import Context, new_tensor_1d, new_tensor_2d
 from ..errors import GGMLError, ShapeError
 from ..graph import CGraph, build_forward_expand
+from ..ops.fa_state import fresh_values
 from ..tensor import Tensor, set_input, set_name, nbytes
 from ..types import GGMLType, TRAITS, as_type
 
@@ -332,8 +333,8 @@ class MixedKVCache(_CacheBase):
             kq = self._view3(self.cold_k[il], ctx, self._cold_view(), self.head_dim)
             vq = self._view3(self.cold_v[il], ctx, self._cold_view(), self.head_dim_v)
         # a fresh softmax state per step: all of this step's keys are in this one call
-        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
-                            f"attn_state-{il}")
+        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
+                            lambda t: fresh_values(t.ne), f"attn_state-{il}")
         o = flash_attn_ext_with_state(ctx, q, k, v, hot_mask, kq, vq, cold_mask, state,
                                       scale, 0.0, 0.0)
         if prec:
@@ -453,10 +454,3 @@ class F16KVCache(_CacheBase):
     def nbytes(self) -> dict:
         total = sum(nbytes(t) for t in self.k + self.v)
         return {"hot": total, "cold": 0, "total": total, "f16": total, "ratio": 1.0}
-
-
-def _fresh_state(state: Tensor) -> np.ndarray:
-    """M = -inf, S = 0 for every row of a flash_attn_ext_with_state state tensor."""
-    v = np.zeros(state.ne[::-1], dtype=np.float32)
-    v[..., 0] = -np.inf
-    return v

@@ -1,16 +1,28 @@
 """The backend interface (ggml_backend_*): a name, which ops it supports, compute a graph."""
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 from ..errors import ComputeError, UnsupportedError, describe
 from ..graph import CGraph
+from ..sched.alloc import alloc_graph
 from ..tensor import Tensor, Buffer
 
 # eval callback, as ggml_backend_sched_eval_callback: cb(tensor, ask) -> bool.
 # With ask=True it answers whether it wants to see this node; after the node ran it is
 # called again with ask=False, and returning False stops the graph there.
 EvalCallback = Callable[[Tensor, bool], bool]
+
+
+def default_n_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def is_computed(node) -> bool:
+    """Nodes a backend runs: they have an op, it is not a view, and the result is not empty
+    (ggml's CPU skips empty results too: ggml_compute_forward returns on ggml_is_empty)."""
+    return node.op is not None and not node.op.view and 0 not in node.ne
 
 
 class Backend:
@@ -24,6 +36,11 @@ class Backend:
 
     def set_n_threads(self, n_threads: int) -> None:
         pass
+
+    def alloc_graph(self, gf: CGraph) -> None:
+        """Give data to every tensor of gf that lacks it (ggml_backend_sched_alloc_graph;
+        a scheduler also assigns and splits here)."""
+        alloc_graph(gf)
 
     def alloc_buffer(self, nbytes: int, name: str = "") -> Buffer:
         return Buffer(nbytes, name=name or self.name, backend=self.name)

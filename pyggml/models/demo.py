@@ -117,7 +117,8 @@ class Setup:
             self.prompt = rng.integers(0, self.model.cfg.n_vocab, size=args.prompt).tolist()
             return
         path = resolve_model_path(name)
-        self.model = LlamaModel.from_gguf(path)
+        from ..llm.loader import load_model
+        self.model = load_model(path)
         try:
             from ..llm.gguf_file import open_gguf
             from ..llm.tokenizer import Tokenizer

@@ -70,17 +70,6 @@ class LlamaModel:
             w[name] = gg.from_numpy(ctx, vals.astype(np.float32), type=t, name=name)
         return cls(cfg, w, ctx)
 
-    @classmethod
-    def from_gguf(cls, path: str) -> "LlamaModel":
-        """Read a llama-architecture GGUF file (see pyggml.llm.loader.load_model)."""
-        from ..llm.loader import load_model
-        return load_model(path)
-
-    def save_gguf(self, path: str) -> None:
-        """Write the model as a GGUF file (see pyggml.llm.loader.save_gguf)."""
-        from ..llm.loader import save_gguf
-        save_gguf(self, path)
-
     # --- the graph ---------------------------------------------------------------------------
     def build(self, ctx, gf, cache, n_tokens: int, layers=None) -> tuple[Tensor, Tensor, Tensor]:
         """Graph of one step over n_tokens new tokens. Returns (logits, tokens, positions);
@@ -223,7 +212,7 @@ class Decoder:
                 ctx = gg.init(mem_size=64 << 20, no_alloc=True)
                 gf = gg.new_graph_custom(ctx, 8192)
                 logits, tok, pos = self.model.build(ctx, gf, self.cache, n_graph)
-                _alloc(self.backend, gf)
+                self.backend.alloc_graph(gf)
             self.n_builds += 1
             kept = (gf, logits, tok, pos, self.cache.step_inputs())
         if self.reuse_graphs and key is not None:
@@ -257,14 +246,6 @@ def pad_tokens(n: int, batch: int) -> int:
     """Graph size of a micro-batch of n <= batch tokens: the next power of two, at most
     batch (a prompt of any length then runs on at most log2(batch) + 1 graph shapes)."""
     return min(batch, 1 << max(n - 1, 0).bit_length())
-
-
-def _alloc(backend, gf) -> None:
-    if isinstance(backend, gg.Sched):
-        backend.alloc_graph(gf)
-    else:
-        from ..sched.alloc import alloc_graph
-        alloc_graph(gf)
 
 
 def config_dict(cfg: LlamaConfig) -> dict:

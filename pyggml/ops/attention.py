@@ -31,7 +31,7 @@
       src[0..3] = q, hot K, hot V, hot mask; src[4..5] = cold K, cold V; src[6] = the
       softmax state (F32 [2, n_head*n_batch, ne3], rows [M, S], written in place);
       src[7] = cold mask; src[8] = o_prev (the output of the previous call). One online
-      softmax over hot ∪ cold, merged with the incoming state (pyggml.attention.state):
+      softmax over hot ∪ cold, merged with the incoming state (pyggml.ops.fa_state):
       chaining calls over consecutive key segments equals one call over all keys.
 
 Helpers: flash_attn_ext_set_prec / get_prec / add_sinks as ggml; flash_attn_state_new,
@@ -44,22 +44,20 @@ import zlib
 
 import numpy as np
 
-from .. import data
-from ..attention import state as st
+from . import fa_state as st
 from ..errors import ComputeError, GGMLError, ParamError, describe
 from ..tensor import Tensor, is_contiguous, nbytes
-from ..types import FA_KV_TYPES, GGMLType, TRAITS
+from ..types import FA_KV_TYPES, PREC_DEFAULT, PREC_F32, GGMLType, TRAITS
 from .registry import OpDef, Out, fail, need, need_src, need_type, register
 from . import cases_common as cc
+from .softmax import _alibi_slopes
 
 T = GGMLType
-PREC_DEFAULT = 0
-PREC_F32 = 10
 MAX_NMSE = 5e-4
 MASK_TYPES = (T.F16, T.F32)
 _PARAMS = "scale:f32 max_bias:f32 logit_softcap:f32 prec:i32"
 _OP = "FLASH_ATTN_EXT"
-_OPS = "FLASH_ATTN_EXT_WITH_STATE"
+_OP_WS = "FLASH_ATTN_EXT_WITH_STATE"
 
 # sources of FLASH_ATTN_EXT_WITH_STATE
 WS_Q, WS_K, WS_V, WS_MASK, WS_KQ, WS_VQ, WS_STATE, WS_MASKQ, WS_OPREV = range(9)
@@ -160,17 +158,6 @@ def _check_sinks(q, sinks):
 
 # --- the reference math (float64) -----------------------------------------------------------
 
-def _alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
-    """ALiBi slope of each q head (ggml's m0/m1 over n_head_log2); ones when max_bias == 0."""
-    if max_bias <= 0:
-        return np.ones(n_head)
-    n_head_log2 = 2 ** int(math.floor(math.log2(n_head)))
-    m0 = 2.0 ** (-max_bias / n_head_log2)
-    m1 = 2.0 ** (-(max_bias / 2.0) / n_head_log2)
-    h = np.arange(n_head)
-    return np.where(h < n_head_log2, m0 ** (h + 1), m1 ** (2 * (h - n_head_log2) + 1))
-
-
 def _broadcast_kv(x, ne3, n_head):
     """(ne3x, hx, n, d) -> (ne3, n_head, n, d) as ggml indexes it (i3 / r3, h / r2)."""
     i3 = np.arange(ne3) // (ne3 // x.shape[0])
@@ -237,7 +224,7 @@ def _ref_fa(node, ins, p):
 def _fa_flops(node):
     q = node.src[0]
     n_kv = (node.src[1].ne[1] if node.src[1] is not None else 0)
-    if len(node.src) > 4 and node.op.name == _OPS and node.src[WS_KQ] is not None:
+    if len(node.src) > 4 and node.op.name == _OP_WS and node.src[WS_KQ] is not None:
         n_kv += node.src[WS_KQ].ne[1]
     dk = q.ne[0]
     dv = node.ne[0]
@@ -262,11 +249,6 @@ def _ggml_fa(g, c, s, p, node):
 
 
 # --- work buffer (the Numba kernels' scratch; see backends/numba_cpu/kernels/attention.py) ----
-
-def _fa_work_size(node, n_threads: int) -> int:
-    from ..backends.numba_cpu.kernels import attention as kern   # layout lives with the kernel
-    return kern.work_size(node, n_threads)
-
 
 # --- cases (test-backend-ops' test_flash_attn_ext) ------------------------------------------
 
@@ -322,7 +304,7 @@ def _fa_case(hsk=128, hsv=128, nh=32, nr23=(1, 1), kv=96, nb=8, mask=True, sinks
             permute=(0, 1, 2, 3), kv_view=True, v_is_view_of_k=False, tags=()):
     """One test_flash_attn_ext case (same arguments, defaults, graph and case string)."""
     from .view import view_4d
-    type_K, type_V = cc.T(type_K), cc.T(type_V)
+    type_K, type_V = cc.ggml_type(type_K), cc.ggml_type(type_V)
     nr23, permute = list(nr23), list(permute)
 
     def build(ctx):
@@ -456,7 +438,7 @@ def _fa_cases():
 
 FLASH_ATTN_EXT = register(OpDef(
     _OP, _infer_fa, params=_PARAMS, reference=_ref_fa, cases=_fa_cases,
-    work_size=_fa_work_size, flops=_fa_flops, nbytes=_fa_nbytes, ggml=_ggml_fa,
+    flops=_fa_flops, nbytes=_fa_nbytes, ggml=_ggml_fa,
     max_nmse=MAX_NMSE,
     doc="softmax(q·kᵀ·scale (softcap) + slope·mask)·v per head -> F32 [DV, n_head, n_batch, ne3] "
         "(GQA, ALiBi, softcap, sinks in src[4]); op_params [scale, max_bias, logit_softcap, prec]."))
@@ -470,7 +452,7 @@ def flash_attn_ext(ctx, q, k, v, mask, scale, max_bias=0.0, logit_softcap=0.0):
                                      logit_softcap=logit_softcap, prec=PREC_DEFAULT))
 
 
-def _need_fa_node(a, what, ops=(_OP, _OPS)):
+def _need_fa_node(a, what, ops=(_OP, _OP_WS)):
     if not isinstance(a, Tensor) or a.op is None or a.op.name not in ops:
         raise GGMLError(f"{what}: {describe(a) if isinstance(a, Tensor) else repr(a)} is not a "
                         f"{' or '.join(ops)} node (op {getattr(a, 'op_name', '?')})")
@@ -508,7 +490,7 @@ def flash_attn_ext_add_sinks(a, sinks):
 # --- FLASH_ATTN_EXT_WITH_STATE -------------------------------------------------------------
 
 def _infer_ws(srcs, p):
-    op = _OPS
+    op = _OP_WS
     srcs = list(srcs) + [None] * (9 - len(srcs))
     q = need_src(op, srcs, WS_Q, "q")
     _check_params(op, p)
@@ -574,7 +556,7 @@ def _ref_ws(node, ins, p):
     # the incoming state: rows [M, S] at head*N + pos, plane i3
     prev = ins[WS_STATE][0].reshape(ne3, H, N, 2)
     m_prev, s_prev = prev[..., st.STATE_M], prev[..., st.STATE_S]
-    bad = st.bad_row_message(_OPS, node.src[WS_STATE], m_prev.reshape(ne3, H * N),
+    bad = st.bad_row_message(_OP_WS, node.src[WS_STATE], m_prev.reshape(ne3, H * N),
                              s_prev.reshape(ne3, H * N), H)
     if bad is not None:
         raise ComputeError(bad)
@@ -583,7 +565,7 @@ def _ref_ws(node, ins, p):
         if has_prev.any():
             i3, h, n = (int(x[0]) for x in np.nonzero(has_prev))
             raise ComputeError(
-                f"{_OPS}: s_m_state {describe(node.src[WS_STATE])} row {h * N + n} (head {h}, "
+                f"{_OP_WS}: s_m_state {describe(node.src[WS_STATE])} row {h * N + n} (head {h}, "
                 f"pos {n}, plane {i3}) holds a previous contribution (S={s_prev[i3, h, n]:g}) "
                 f"but o_prev is None: pass the previous output as o_prev, or reset the state "
                 f"(flash_attn_state_reset) to start over")
@@ -596,95 +578,12 @@ def _ref_ws(node, ins, p):
     return {"dst": o_new.transpose(0, 2, 1, 3), WS_STATE: new_state}
 
 
-def _ggml_ws(g, c, s, p, node):
-    """Real ggml has no with_state op. For a chain of calls that starts from a fresh state,
-    each call's output equals ggml_flash_attn_ext over every key so far, so the mirror
-    builds that: this call's hot and cold K/V (as F32, concatenated after the keys of the
-    previous call, read from the ggml node that stands for o_prev) and PREC_F32."""
-    if node.src[WS_OPREV] is not None:
-        prev = node.src[WS_OPREV]
-        if prev.op is None or prev.op.name != _OPS or prev.src[WS_STATE] is not node.src[WS_STATE]:
-            raise GGMLError(f"{_OPS}: the ggml mirror follows chains of with_state calls "
-                            f"sharing one state; o_prev {describe(prev)} is not one")
-    from ..testing import ggml_lib as gl
-    F32, F16 = int(T.F32), int(T.F16)
-    ks, vs, ms = [], [], []
-    if s[WS_OPREV] is not None:          # the ggml FA node of the previous call
-        prev = gl.tensor(s[WS_OPREV])
-        ks.append(prev.src[1])
-        vs.append(prev.src[2])
-        ms.append(prev.src[3] or None)
-    for ik, iv, im in ((WS_K, WS_V, WS_MASK), (WS_KQ, WS_VQ, WS_MASKQ)):
-        if s[ik] is None:
-            continue
-        k, v = s[ik], s[iv]
-        ks.append(g.ggml_cast(c, k, F32) if node.src[ik].type != T.F32 else k)
-        vs.append(g.ggml_cast(c, v, F32) if node.src[iv].type != T.F32 else v)
-        m = s[im]
-        if m is not None and node.src[im].type != T.F16:
-            m = g.ggml_cast(c, m, F16)
-        if m is not None:                # a view of the n_batch rows (the padding differs)
-            mt = node.src[im]
-            m = g.ggml_cont(c, g.ggml_view_4d(c, m, mt.ne[0], node.src[0].ne[1], mt.ne[2],
-                                              mt.ne[3], mt.nb[1], mt.nb[2], mt.nb[3], 0))
-        ms.append(m)
-    if any(m is None for m in ms) and not all(m is None for m in ms):
-        raise GGMLError(f"{_OPS}: the ggml mirror needs masks on all segments of a chain or on none")
-
-    def cat(parts, dim):
-        out = parts[0]
-        for x in parts[1:]:
-            out = g.ggml_concat(c, out, x, dim)
-        return out
-    # K/V of different GQA/ne3 layouts cannot be concatenated; the cases keep them alike
-    k, v = cat(ks, 1), cat(vs, 1)
-    mask = cat(ms, 0) if ms[0] is not None else None
-    t = g.ggml_flash_attn_ext(c, s[WS_Q], k, v, mask, p.scale, p.max_bias, p.logit_softcap)
-    g.ggml_flash_attn_ext_set_prec(t, PREC_F32)
-    # the state too, from ggml ops: scores = q·k (scaled, capped, + slope·mask), M = row max
-    # (pool_1d; an all-masked row gives -FLT_MAX, which compares as -inf), S = sum exp(s - M)
-    kq = g.ggml_mul_mat(c, k, s[WS_Q])                     # [n_kv, N, H, ne3]
-    if p.logit_softcap != 0.0:
-        kq = g.ggml_scale(c, g.ggml_tanh(c, g.ggml_scale(c, kq, p.scale / p.logit_softcap)),
-                          p.logit_softcap)
-    else:
-        kq = g.ggml_scale(c, kq, p.scale)
-    if mask is not None:
-        mf = g.ggml_repeat(c, g.ggml_cast(c, mask, F32), kq)
-        if p.max_bias > 0:
-            H = node.src[WS_Q].ne[2]
-            sl = gl.new_tensor(c, F32, [1, 1, H, 1])
-            gl.set_bytes(sl, _alibi_slopes_f32(H, p.max_bias).tobytes())
-            mf = g.ggml_mul(c, mf, sl)
-        kq = g.ggml_add(c, kq, mf)
-    n_kv = gl.tensor(kq).ne[0]
-    m = g.ggml_pool_1d(c, kq, 0, n_kv, n_kv, 0)            # GGML_OP_POOL_MAX
-    ssum = g.ggml_sum_rows(c, g.ggml_exp(c, g.ggml_sub(c, kq, m)))
-    cp = g.ggml_cpy(c, g.ggml_concat(c, m, ssum, 0), s[WS_STATE])
-    # ggml graphs have one root per pyggml node; these extra sources (ignored by the CPU
-    # kernels) put the state update before the result, and after the previous call's
-    if s[WS_OPREV] is not None:
-        gl.tensor(cp).src[2] = s[WS_OPREV]
-    gl.tensor(t).src[5] = cp
-    return t
-
-
-def _alibi_slopes_f32(n_head, max_bias):
-    """ggml's ALiBi slopes in float32 (powf), for the ggml mirror."""
-    n_head_log2 = np.float32(2 ** int(math.floor(math.log2(n_head))))
-    m0 = np.float32(2.0) ** (np.float32(-max_bias) / n_head_log2)
-    m1 = np.float32(2.0) ** (np.float32(-max_bias / 2.0) / n_head_log2)
-    h = np.arange(n_head)
-    return np.where(h < n_head_log2, m0 ** (h + 1).astype(np.float32),
-                    m1 ** (2 * (h - n_head_log2) + 1).astype(np.float32)).astype(np.float32)
-
-
 def _ws_case(hsk=64, hsv=64, nh=2, nr23=(1, 1), kv_hot=33, kv_cold=64, nb=1, mask=True,
              max_bias=0.0, logit_softcap=0.0, prec=PREC_F32, type_hot=T.F16, type_cold=T.Q4_0,
              n_calls=1, o_prev=False, tags=()):
     """A chain of n_calls with_state calls in one graph sharing a fresh state; call i has its
     own hot segment of kv_hot keys and cold segment of kv_cold keys (0 = None)."""
-    type_hot, type_cold = cc.T(type_hot), cc.T(type_cold)
+    type_hot, type_cold = cc.ggml_type(type_hot), cc.ggml_type(type_cold)
     nr23 = list(nr23)
 
     def build(ctx):
@@ -719,7 +618,7 @@ def _ws_case(hsk=64, hsv=64, nh=2, nr23=(1, 1), kv_hot=33, kv_cold=64, nb=1, mas
                 mask=bool(mask), max_bias=float(max_bias), logit_softcap=float(logit_softcap),
                 prec="f32" if prec == PREC_F32 else "def", type_hot=type_hot,
                 type_cold=type_cold, n_calls=n_calls)
-    return cc.case(_OPS, vars, build, init=init, max_nmse=MAX_NMSE, tags=tuple(tags))
+    return cc.case(_OP_WS, vars, build, init=init, max_nmse=MAX_NMSE, tags=tuple(tags))
 
 
 def _ws_cases():
@@ -746,8 +645,8 @@ def _ws_cases():
 
 
 FLASH_ATTN_EXT_WITH_STATE = register(OpDef(
-    _OPS, _infer_ws, params=_PARAMS, reference=_ref_ws, cases=_ws_cases,
-    work_size=_fa_work_size, flops=_fa_flops, nbytes=_fa_nbytes, ggml=_ggml_ws,
+    _OP_WS, _infer_ws, params=_PARAMS, reference=_ref_ws, cases=_ws_cases,
+    flops=_fa_flops, nbytes=_fa_nbytes,
     writes=(WS_STATE,), max_nmse=MAX_NMSE,
     doc="flash_attn_ext over a hot (src 1-3) and a cold (src 4,5,7) KV segment, merged with "
         "the softmax state src[6] (F32 [2, n_head*n_batch, ne3], rows [M, S], written in "

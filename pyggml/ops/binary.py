@@ -165,12 +165,12 @@ def _bin_bcast_cases(name: str, fn):
             return out
         n = np.prod([ne[i] * nr[i] for i in range(4)])
         tags = ("slow",) if n * nf > 300_000 else ()
-        v = dict(type=cc.T(type), ne=list(ne), nr=list(nr), nf=nf, perm1=perm1,
+        v = dict(type=cc.ggml_type(type), ne=list(ne), nr=list(nr), nf=nf, perm1=perm1,
                  src_overlap=src_overlap)
         if op is inplace_fn:      # not in ggml's string (its inplace case prints the same)
             v["inplace"] = True
         if type_b:                # pyggml extra: mixed types (f16/bf16 a, f32 b)
-            v["type_b"] = cc.T(type_b)
+            v["type_b"] = cc.ggml_type(type_b)
         return cc.case(name, v, build, init=init, tags=tags)
 
     out = []
@@ -235,7 +235,7 @@ def _add_cast_cases():
             return add_cast(ctx, a, b, td)
         quant = as_type(td) in QUANT_TYPES
         # requantized results: ggml's CPU quantizer may round a rare tie the other way
-        out.append(cc.case("ADD", dict(type_a=cc.T(ta), type_b=cc.T(tb), type_dst=cc.T(td), ne=ne,
+        out.append(cc.case("ADD", dict(type_a=cc.ggml_type(ta), type_b=cc.ggml_type(tb), type_dst=cc.ggml_type(td), ne=ne,
                                        nr=nr), build, max_nmse=1e-5 if quant else None))
     return out
 
@@ -337,7 +337,7 @@ def _add1_cases():
                     b = cc.leaf(ctx, tb, [1], "b")
                     return (add1_inplace if inplace else add1)(ctx, a, b)
                 # requantized results: ggml's CPU quantizer may round a rare tie the other way
-                out.append(cc.case("ADD1", dict(type_a=cc.T(ta), type_b=cc.T(tb), ne=ne,
+                out.append(cc.case("ADD1", dict(type_a=cc.ggml_type(ta), type_b=cc.ggml_type(tb), ne=ne,
                                                 inplace=inplace), build,
                                    max_nmse=(1e-5 if quant else None)))
     return out
@@ -415,7 +415,7 @@ def _add_id_cases():
                         rows = t.ne[1]
                         return np.stack([rng.permutation(np.arange(t.ne[0]) % n_mats)
                                          for _ in range(rows)]).reshape(t.ne[::-1])
-                    out.append(cc.case("ADD_ID", dict(type_a=cc.T("f32"), type_b=cc.T("f32"),
+                    out.append(cc.case("ADD_ID", dict(type_a=cc.ggml_type("f32"), type_b=cc.ggml_type("f32"),
                                                       n_embd=n_embd, n_experts=n_mats,
                                                       n_experts_used=n_used, n_token=n_token),
                                        build, init=init))

@@ -4,10 +4,11 @@ from __future__ import annotations
 from ..context import new_tensor
 from ..tensor import set_name
 from ..types import as_type
-from ..testing.case import Case
+from .case import Case
+from .registry import OPS
 
 
-def T(name):
+def ggml_type(name):
     """A type for a case's vars (printed by name, as ggml's var_to_str)."""
     return as_type(name)
 
@@ -33,3 +34,9 @@ def unique(cases):
             seen.add(str(c))
             out.append(c)
     return out
+
+
+def cont(ctx, a):
+    """ggml_cont for a case graph, through the registry (view.py's cases use it; importing
+    copy.py there would tie the two files into a loop)."""
+    return OPS["CONT"].build(ctx, [a])

@@ -109,8 +109,8 @@ def _im2col_cases():
             inp = cc.leaf(ctx, ti, ne_in, "input")
             ker = cc.leaf(ctx, tk, ne_k, "kernel")
             return im2col(ctx, ker, inp, s0, s1, p0, p1, d0, d1, is_2d, as_type(td))
-        out.append(cc.case("IM2COL", dict(type_input=cc.T(ti), type_kernel=cc.T(tk),
-                                          dst_type=cc.T(td), ne_input=list(ne_in),
+        out.append(cc.case("IM2COL", dict(type_input=cc.ggml_type(ti), type_kernel=cc.ggml_type(tk),
+                                          dst_type=cc.ggml_type(td), ne_input=list(ne_in),
                                           ne_kernel=list(ne_k), s0=s0, s1=s1, p0=p0, p1=p1,
                                           d0=d0, d1=d1, is_2D=is_2d), f, exact=True,
                            tags=("slow",) if slow else ()))
@@ -267,7 +267,7 @@ def _conv_2d_cases():
         # coprime with the 4 kernel-type x layout variants, so all of them are sampled)
         slow = work > 400_000 or (subset and len(out) % 9 != 0)
         out.append(cc.case("CONV_2D", dict(ne_input=list(ne_in), ne_kernel=list(ne_k),
-                                           type_kernel=cc.T(tk), stride0=s0, stride1=s1,
+                                           type_kernel=cc.ggml_type(tk), stride0=s0, stride1=s1,
                                            padding0=p0, padding1=p1, dilation0=d0, dilation1=d1,
                                            cwhn=cwhn), f, max_nmse=5e-4,
                            # ggml's CPU kernel asserts a contiguous kernel: cwhn is pyggml-only
@@ -301,7 +301,6 @@ def _conv_2d_cases():
 CONV_2D = register(OpDef(
     "CONV_2D", _infer_conv_2d, params="s0:i32 s1:i32 p0:i32 p1:i32 d0:i32 d1:i32",
     reference=_ref_conv_2d, cases=_conv_2d_cases, max_nmse=5e-4,
-    work_size=lambda node, n: IM2COL_WORK_SIZE,
     flops=lambda node: 2 * nelements(node) * node.src[0].ne[0] * node.src[0].ne[1] *
     node.src[0].ne[2],
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]) + nbytes(node.src[1]),
@@ -374,15 +373,9 @@ def _conv_t1d_cases():
     return cc.unique(out)
 
 
-def _conv_t1d_work(node, n):
-    a, b = node.src[0], node.src[1]
-    es = 2 if a.type in (_F16, _BF16) else 4
-    return es * (a.ne[0] * a.ne[1] * a.ne[2] + b.ne[0] * b.ne[1])
-
-
 CONV_TRANSPOSE_1D = register(OpDef(
     "CONV_TRANSPOSE_1D", _infer_conv_t1d, params="s0:i32 p0:i32 d0:i32",
-    reference=_ref_conv_t1d, cases=_conv_t1d_cases, work_size=_conv_t1d_work,
+    reference=_ref_conv_t1d, cases=_conv_t1d_cases,
     flops=lambda node: 2 * node.src[0].ne[0] * node.src[0].ne[1] * node.src[0].ne[2] *
     node.src[1].ne[0],
     ggml=lambda g, c, s, p, node: g.ggml_conv_transpose_1d(c, s[0], s[1], p.s0, p.p0, p.d0),
@@ -445,7 +438,7 @@ def _pool1d_cases():
                         if _pool_output_size(ne[0], k0, s0, p0) <= 0:
                             continue
                         out.append(cc.case(
-                            "POOL_1D", dict(pool_type=_POOL_NAMES[pool], type_input=cc.T("f32"),
+                            "POOL_1D", dict(pool_type=_POOL_NAMES[pool], type_input=cc.ggml_type("f32"),
                                             ne_input=list(ne), k0=k0, s0=s0, p0=p0),
                             (lambda ne, pool, k0, s0, p0: lambda ctx: pool_1d(
                                 ctx, cc.leaf(ctx, "f32", ne, "input"), pool, k0, s0, p0))(
@@ -455,7 +448,7 @@ def _pool1d_cases():
 
 POOL_1D = register(OpDef(
     "POOL_1D", _infer_pool_1d, params="op:i32 k0:i32 s0:i32 p0:i32", reference=_ref_pool_1d,
-    cases=_pool1d_cases, n_tasks=lambda node, n: 1,
+    cases=_pool1d_cases,
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
     ggml=lambda g, c, s, p, node: g.ggml_pool_1d(c, s[0], p.op, p.k0, p.s0, p.p0),
     doc="Max or average over windows of k0 along dim 0 (average over the in-range samples)."))
@@ -503,7 +496,7 @@ def _pool2d_cases():
                                 ne = (10, 10, 3, 1)
                                 out.append(cc.case(
                                     "POOL_2D",
-                                    dict(pool_type=_POOL_NAMES[pool], type_input=cc.T("f32"),
+                                    dict(pool_type=_POOL_NAMES[pool], type_input=cc.ggml_type("f32"),
                                          ne_input=list(ne), k0=k0, k1=k1, s0=s0, s1=s1, p0=p0,
                                          p1=p1),
                                     (lambda a: lambda ctx: pool_2d(
@@ -514,7 +507,7 @@ def _pool2d_cases():
 
 POOL_2D = register(OpDef(
     "POOL_2D", _infer_pool_2d, params="op:i32 k0:i32 k1:i32 s0:i32 s1:i32 p0:i32 p1:i32",
-    reference=_ref_pool_2d, cases=_pool2d_cases, n_tasks=lambda node, n: 1,
+    reference=_ref_pool_2d, cases=_pool2d_cases,
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
     ggml=lambda g, c, s, p, node: g.ggml_pool_2d(c, s[0], p.op, p.k0, p.k1, p.s0, p.s1,
                                                  float(p.p0), float(p.p1)),
@@ -554,7 +547,7 @@ def _ssm_conv_cases():
     out = []
 
     def add(ne_a, ne_b, slow=False):
-        out.append(cc.case("SSM_CONV", dict(type=cc.T("f32"), ne_a=list(ne_a), ne_b=list(ne_b)),
+        out.append(cc.case("SSM_CONV", dict(type=cc.ggml_type("f32"), ne_a=list(ne_a), ne_b=list(ne_b)),
                            lambda ctx: ssm_conv(ctx, cc.leaf(ctx, "f32", ne_a, "a"),
                                                 cc.leaf(ctx, "f32", ne_b, "b")),
                            tags=("slow",) if slow else ()))
@@ -689,7 +682,7 @@ def _ssm_scan_cases():
             if t.ne[1] == n_head and t.ne[2] == 1:       # A: negative decay
                 return rng.uniform(-1.0, -0.5, size=t.ne[::-1])
             return None
-        out.append(cc.case("SSM_SCAN", dict(type=cc.T("f32"), d_state=d_state, head_dim=head_dim,
+        out.append(cc.case("SSM_SCAN", dict(type=cc.ggml_type("f32"), d_state=d_state, head_dim=head_dim,
                                             n_head=n_head, n_group=n_group,
                                             n_seq_tokens=n_tok, n_seqs=n_seqs,
                                             xbc_overlap=overlap, K=K), f, init=init,

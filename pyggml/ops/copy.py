@@ -54,7 +54,7 @@ def _dup_cases():
                 if permute:
                     a = _permute(ctx, a, *permute)
                 return dup(ctx, a)
-            v = dict(type=cc.T(type), ne=ne)
+            v = dict(type=cc.ggml_type(type), ne=ne)
             if permute:
                 v["permute"] = permute
             out.append(cc.case("DUP", v, build, exact=True))
@@ -100,7 +100,7 @@ def _cont_cases():
                 if use_permute:
                     a = _transpose(ctx, a)
                 return cont(ctx, a)
-            out.append(cc.case("CONT", dict(type=cc.T(type), ne=ne,
+            out.append(cc.case("CONT", dict(type=cc.ggml_type(type), ne=ne,
                                             use_view_slice=0, use_permute=use_permute), build,
                                exact=True))
     return out
@@ -186,7 +186,7 @@ def _cpy_cases():
                 src = _permute(ctx, a, *permute) if permute else a
                 b = cc.leaf(ctx, tb, src.ne, "b")
                 return cpy(ctx, src, b)
-            out.append(cc.case("CPY", dict(type_src=cc.T(ta), type_dst=cc.T(tb), ne_src=ne,
+            out.append(cc.case("CPY", dict(type_src=cc.ggml_type(ta), type_dst=cc.ggml_type(tb), ne_src=ne,
                                            permute_src=permute or [0, 0, 0, 0],
                                            permute_dst=[0, 0, 0, 0], _src_transpose=False),
                                build, exact=(ta == tb) or None,

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, is_contiguous_1, are_same_shape, nbytes, nelements
 from ..types import GGMLType
-from ..testing.case import Case
+from .case import Case
 from .registry import OpDef, Out, register, need, fail, need_src, need_type
 from .unary import _gelu_values, _gelu_quick_values, _gelu_erf_values, _silu_values
 from . import cases_common as cc
@@ -140,7 +140,7 @@ def _glu_cases(name: str):
                         ne = [128, 2, 2, 2]
                         return swiglu_oai(ctx, _src(ctx, "f32", ne, v, "a"),
                                           _src(ctx, "f32", ne, v, "b"), alpha, limit)
-                    out.append(cc.case(name, dict(type=cc.T("f32"), ne_a=[128, 2, 2, 2], v=v,
+                    out.append(cc.case(name, dict(type=cc.ggml_type("f32"), ne_a=[128, 2, 2, 2], v=v,
                                                   alpha=alpha, limit=limit),
                                        build, init=_init_150))
         return out
@@ -150,12 +150,12 @@ def _glu_cases(name: str):
                 for ne in ([128, 2, 2, 2], [5, 7, 11, 13]):
                     def build(ctx, type=type, v=v, swapped=swapped, ne=ne):
                         return glu(ctx, _src(ctx, type, ne, v, "a"), gid, swapped)
-                    out.append(cc.case(name, dict(type=cc.T(type), ne_a=ne, v=v, swapped=swapped),
+                    out.append(cc.case(name, dict(type=cc.ggml_type(type), ne_a=ne, v=v, swapped=swapped),
                                        build, init=_init_150))
             for ne in ([128, 2, 2, 2], [5, 7, 11, 13]):
                 def build_split(ctx, type=type, v=v, ne=ne):
                     return glu_split(ctx, _src(ctx, type, ne, v, "a"), _src(ctx, type, ne, v, "b"), gid)
-                out.append(_SplitCase(name, dict(type=cc.T(type), ne_a=ne, v=v), build_split,
+                out.append(_SplitCase(name, dict(type=cc.ggml_type(type), ne_a=ne, v=v), build_split,
                                       init=_init_150))
     return out
 

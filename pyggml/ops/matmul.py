@@ -22,13 +22,11 @@ import numpy as np
 
 from ..errors import DataError, ParamError
 from ..tensor import Tensor, is_transposed, nbytes
-from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
+from ..types import PREC_DEFAULT, PREC_F32, GGMLType, TRAITS, QUANT_TYPES, as_type  # noqa: F401
 from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type
 from . import cases_common as cc
 
 T = GGMLType
-PREC_DEFAULT = 0
-PREC_F32 = 10
 HINT_NONE = 0
 HINT_SRC0_IS_HADAMARD = 1
 
@@ -114,15 +112,10 @@ def _ggml_mul_mat(g, c, s, p, node):
     return t
 
 
-def _work_mul_mat(node, n_threads):
-    from ..backends.numba_cpu.kernels import matmul as k   # the numba kernel's scratch needs
-    return k.mul_mat_work_size(node, n_threads)
-
-
 MUL_MAT = register(OpDef(
     "MUL_MAT", _infer_mul_mat, params="prec:i32 hint:i32", reference=_ref_mul_mat,
     cases=lambda: _mul_mat_cases(), flops=_flops_mul_mat, nbytes=_bytes_mul_mat,
-    work_size=_work_mul_mat, ggml=_ggml_mul_mat, max_nmse=MAX_NMSE,
+    ggml=_ggml_mul_mat, max_nmse=MAX_NMSE,
     doc="a [k, m, a2, a3] (weights, any weight type) times b [k, n, b2, b3] -> F32 [m, n, b2, b3] "
         "(each output row i1 is a @ b[:, i1]); a broadcasts over b's dims 2 and 3."))
 
@@ -210,15 +203,10 @@ def _bytes_mul_mat_id(node):
     return per_expert * used + nbytes(node.src[1]) + nbytes(node.src[2]) + nbytes(node)
 
 
-def _work_mul_mat_id(node, n_threads):
-    from ..backends.numba_cpu.kernels import matmul as k
-    return k.mul_mat_id_work_size(node, n_threads)
-
-
 MUL_MAT_ID = register(OpDef(
     "MUL_MAT_ID", _infer_mul_mat_id, reference=_ref_mul_mat_id,
     cases=lambda: _mul_mat_id_cases(), flops=_flops_mul_mat_id, nbytes=_bytes_mul_mat_id,
-    work_size=_work_mul_mat_id, max_nmse=MAX_NMSE,
+    max_nmse=MAX_NMSE,
     ggml=lambda g, c, s, p, node: g.ggml_mul_mat_id(c, s[0], s[1], s[2]),
     doc="Mixture of experts: out[:, e, t] = as[ids[e, t]] @ b[:, e % b.ne1, t] -> F32 "
         "[m, n_expert_used, n_tokens]."))
@@ -261,14 +249,9 @@ def _flops_out_prod(node):
     return 2 * a.ne[0] * a.ne[1] * node.ne[1] * node.ne[2] * node.ne[3]
 
 
-def _work_out_prod(node, n_threads):
-    from ..backends.numba_cpu.kernels import matmul as k
-    return k.out_prod_work_size(node, n_threads)
-
-
 OUT_PROD = register(OpDef(
     "OUT_PROD", _infer_out_prod, reference=_ref_out_prod, cases=lambda: _out_prod_cases(),
-    flops=_flops_out_prod, nbytes=_bytes_mul_mat, work_size=_work_out_prod, max_nmse=MAX_NMSE,
+    flops=_flops_out_prod, nbytes=_bytes_mul_mat, max_nmse=MAX_NMSE,
     ggml=lambda g, c, s, p, node: g.ggml_out_prod(c, s[0], s[1]),
     doc="a [m, k, a2, a3], b [n, k, b2, b3] -> F32 [m, n, b2, b3]: sum over k of outer "
         "products a[:, j] b[:, j]^T; a broadcasts over b's dims 2 and 3."))
@@ -345,7 +328,7 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
             out = OPS["ADD"].build(ctx, [out, out2])
         return out
 
-    vars = dict(type_a=cc.T(type_a), type_b=cc.T(type_b), m=m, n=n, k=k, bs=bs, nr=nr, per=per,
+    vars = dict(type_a=cc.ggml_type(type_a), type_b=cc.ggml_type(type_b), m=m, n=n, k=k, bs=bs, nr=nr, per=per,
                 k_v=k_v, o=o, src_overlap=bool(src_overlap))
     bt = bs[0] * nr[0] * bs[1] * nr[1]
     tags = tuple(tags) or _slow(m * n * k * bt * o, (m * bs[0] * bs[1] + n * bt) * (k_v or k))
@@ -460,7 +443,7 @@ def _mmid_case(type_a, type_b, n_mats, n_used, b, m, n, k, tags=()):
             return rows.reshape(leaf.ne[::-1])
         return None
 
-    vars = dict(type_a=cc.T(type_a), type_b=cc.T(type_b), n_mats=n_mats, n_used=n_used,
+    vars = dict(type_a=cc.ggml_type(type_a), type_b=cc.ggml_type(type_b), n_mats=n_mats, n_used=n_used,
                 b=bool(b), m=m, n=n, k=k)
     tags = tuple(tags) or _slow(m * n * n_used * k, m * k * n_mats + k * n * n_used)
     return cc.case("MUL_MAT_ID", vars, build, init=init, tags=tags)
@@ -510,7 +493,7 @@ def _op_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), trans_b=False, tag
         out.name = "out"
         return out
 
-    vars = dict(type_a=cc.T(type_a), type_b=cc.T(type_b), m=m, n=n, k=k, bs=bs, nr=nr,
+    vars = dict(type_a=cc.ggml_type(type_a), type_b=cc.ggml_type(type_b), m=m, n=n, k=k, bs=bs, nr=nr,
                 trans_b=bool(trans_b))
     bt = bs[0] * nr[0] * bs[1] * nr[1]
     tags = tuple(tags) or _slow(m * n * k * bt, m * k * bs[0] * bs[1] + n * k * bt)

@@ -18,17 +18,13 @@ import math
 
 import numpy as np
 
-from ..tensor import are_same_shape, nbytes, nelements, nrows
+from ..tensor import are_same_shape, nbytes, nelements
 from ..types import GGMLType, TRAITS
 from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
 from ..errors import ParamError
 from . import cases_common as cc
 
 F32 = GGMLType.F32
-
-
-def _rows_n_tasks(node, n_threads):
-    return max(1, min(n_threads, nrows(node.src[0])))
 
 
 def _rw_bytes(node):
@@ -88,7 +84,7 @@ def _norm_cases():
             if v:
                 a = _view_half(ctx, a)
             return norm(ctx, a, eps)
-        out.append(cc.case("NORM", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
+        out.append(cc.case("NORM", dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
                                         noncontig_rows=noncontig_rows), build, tags=tags))
     for eps in _EPS_GRID:
         for n in (64, 1025):
@@ -103,7 +99,7 @@ def _norm_cases():
 
 NORM = register(OpDef(
     "NORM", _infer_unary_f32("NORM"), params="eps:f32", reference=_ref_norm, cases=_norm_cases,
-    n_tasks=_rows_n_tasks, flops=_flops(5), nbytes=_rw_bytes,
+    flops=_flops(5), nbytes=_rw_bytes,
     ggml=lambda g, c, s, p, node: (g.ggml_norm_inplace if _is_inplace(node) else g.ggml_norm)(
         c, s[0], p.eps),
     doc="Per row: (x - mean) / sqrt(variance + eps)."))
@@ -145,7 +141,7 @@ def _rms_norm_cases():
             if v:
                 a = _view_half(ctx, a)
             return (rms_norm_inplace if inplace else rms_norm)(ctx, a, eps)
-        out.append(cc.case("RMS_NORM", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
+        out.append(cc.case("RMS_NORM", dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
                                             inplace=inplace), build, init=_init_pm10, tags=tags))
     for eps in _EPS_GRID:
         for n in (64, 1025):
@@ -160,7 +156,7 @@ def _rms_norm_cases():
 
 RMS_NORM = register(OpDef(
     "RMS_NORM", _infer_rms_norm, params="eps:f32", reference=_ref_rms_norm,
-    cases=_rms_norm_cases, n_tasks=_rows_n_tasks, flops=_flops(3), nbytes=_rw_bytes,
+    cases=_rms_norm_cases, flops=_flops(3), nbytes=_rw_bytes,
     ggml=lambda g, c, s, p, node: (g.ggml_rms_norm_inplace if _is_inplace(node)
                                    else g.ggml_rms_norm)(c, s[0], p.eps),
     doc="Per row: x / sqrt(mean(x^2) + eps)."))
@@ -205,14 +201,14 @@ def _rms_norm_back_cases():
                 a = cc.leaf(ctx, "f32", [n, 5, 4, 3], "a")
                 b = cc.leaf(ctx, "f32", [n, 5, 4, 3], "b")
                 return rms_norm_back(ctx, a, b, eps)
-            out.append(cc.case("RMS_NORM_BACK", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], eps=eps),
+            out.append(cc.case("RMS_NORM_BACK", dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], eps=eps),
                                build, init=_init_pm10, tags=("slow",) if n > 64 else ()))
     return out
 
 
 RMS_NORM_BACK = register(OpDef(
     "RMS_NORM_BACK", _infer_rms_norm_back, params="eps:f32", reference=_ref_rms_norm_back,
-    cases=_rms_norm_back_cases, n_tasks=_rows_n_tasks, flops=_flops(6), nbytes=_rw_bytes,
+    cases=_rms_norm_back_cases, flops=_flops(6), nbytes=_rw_bytes,
     ggml=lambda g, c, s, p, node: g.ggml_rms_norm_back(c, s[0], s[1], p.eps),
     doc="Gradient of rms_norm: a = d(output), b = rms_norm's input x."))
 
@@ -252,18 +248,14 @@ def _group_norm_cases():
                              ([16, 4, 12, 1], 5, ())):
         def build(ctx, ne=ne, groups=groups):
             return group_norm(ctx, cc.leaf(ctx, "f32", ne, "a"), groups, 1e-6)
-        out.append(cc.case("GROUP_NORM", dict(type=cc.T("f32"), ne=ne, num_groups=groups,
+        out.append(cc.case("GROUP_NORM", dict(type=cc.ggml_type("f32"), ne=ne, num_groups=groups,
                                               eps=1e-6), build, tags=tags))
     return out
 
 
-def _group_norm_n_tasks(node, n_threads):
-    return max(1, min(n_threads, node.op.p(node).n_groups))
-
-
 GROUP_NORM = register(OpDef(
     "GROUP_NORM", _infer_group_norm, params="n_groups:i32 eps:f32", reference=_ref_group_norm,
-    cases=_group_norm_cases, n_tasks=_group_norm_n_tasks, flops=_flops(5), nbytes=_rw_bytes,
+    cases=_group_norm_cases, flops=_flops(5), nbytes=_rw_bytes,
     ggml=lambda g, c, s, p, node: (g.ggml_group_norm_inplace if _is_inplace(node)
                                    else g.ggml_group_norm)(c, s[0], p.n_groups, p.eps),
     doc="Normalizes groups of ceil(ne2/n_groups) channels (ne2) over ne0*ne1, per ne3."))
@@ -297,7 +289,7 @@ def _l2_norm_cases():
             if v:
                 a = _view_half(ctx, a)
             return l2_norm(ctx, a, eps)
-        out.append(cc.case("L2_NORM", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], eps=eps, v=v,
+        out.append(cc.case("L2_NORM", dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], eps=eps, v=v,
                                            noncontig_rows=noncontig_rows), build, tags=tags))
     for eps in _EPS_GRID:
         for n in (64, 1025):
@@ -310,7 +302,7 @@ def _l2_norm_cases():
 
 L2_NORM = register(OpDef(
     "L2_NORM", _infer_unary_f32("L2_NORM"), params="eps:f32", reference=_ref_l2_norm,
-    cases=_l2_norm_cases, n_tasks=_rows_n_tasks, flops=_flops(3), nbytes=_rw_bytes,
+    cases=_l2_norm_cases, flops=_flops(3), nbytes=_rw_bytes,
     ggml=lambda g, c, s, p, node: (g.ggml_l2_norm_inplace if _is_inplace(node)
                                    else g.ggml_l2_norm)(c, s[0], p.eps),
     doc="Per row: x / max(||x||_2, eps)."))

@@ -31,15 +31,6 @@ F32, F16, BF16, I32, I64 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I
 GGML_WRONG = "ggml_wrong"
 
 
-def _rows_n_tasks(node, n_threads):
-    """Row-parallel in pyggml's kernels (ggml runs these single-threaded)."""
-    return max(1, min(n_threads, nrows(node.src[0])))
-
-
-def _one_task(node, n_threads):
-    return 1
-
-
 def _read_write_bytes(node):
     return builtins.sum(nbytes(s) for s in node.src if s is not None) + nbytes(node)
 
@@ -79,7 +70,7 @@ def _sum_cases():
             if perm:
                 a = _permute(ctx, a, *perm)
             return sum(ctx, a)
-        v = dict(type=cc.T(type), ne=ne)
+        v = dict(type=cc.ggml_type(type), ne=ne)
         if perm:
             v["permute"] = perm
         # ggml's CPU sum reads rows as packed (it only asserts nb0 == type size, compiled out):
@@ -93,7 +84,7 @@ def _sum_cases():
 
 
 SUM = register(OpDef(
-    "SUM", _infer_sum, reference=_ref_sum, cases=_sum_cases, n_tasks=_one_task,
+    "SUM", _infer_sum, reference=_ref_sum, cases=_sum_cases,
     flops=_flops_per_input, nbytes=_read_write_bytes,
     ggml=lambda g, c, s, p, node: g.ggml_sum(c, s[0]),
     doc="Sum of all elements of a, as a 1-element tensor of a's type."))
@@ -131,14 +122,14 @@ def _sum_rows_cases():
             if permute:
                 a = _permute(ctx, a, 0, 2, 3, 1)
             return sum_rows(ctx, a)
-        out.append(cc.case("SUM_ROWS", dict(type=cc.T("f32"), ne=ne, permute=permute,
+        out.append(cc.case("SUM_ROWS", dict(type=cc.ggml_type("f32"), ne=ne, permute=permute,
                                             slice=slice_), build))
     return out
 
 
 SUM_ROWS = register(OpDef(
     "SUM_ROWS", _infer_sum_rows, reference=_ref_sum_rows, cases=_sum_rows_cases,
-    n_tasks=_rows_n_tasks, flops=_flops_per_input, nbytes=_read_write_bytes,
+    flops=_flops_per_input, nbytes=_read_write_bytes,
     ggml=lambda g, c, s, p, node: g.ggml_sum_rows(c, s[0]),
     doc="Sum of each row (along ne0): result ne = [1, ne1, ne2, ne3]."))
 
@@ -165,12 +156,12 @@ def _mean_cases():
                [32, 1, 1, 1], [32, 256, 1, 1], [32768, 1, 1, 1]):
         def build(ctx, ne=ne):
             return mean(ctx, cc.leaf(ctx, "f32", ne, "a"))
-        out.append(cc.case("MEAN", dict(type=cc.T("f32"), ne=ne), build, init=_sum_init))
+        out.append(cc.case("MEAN", dict(type=cc.ggml_type("f32"), ne=ne), build, init=_sum_init))
     return out
 
 
 MEAN = register(OpDef(
-    "MEAN", _infer_mean, reference=_ref_mean, cases=_mean_cases, n_tasks=_rows_n_tasks,
+    "MEAN", _infer_mean, reference=_ref_mean, cases=_mean_cases,
     flops=_flops_per_input, nbytes=_read_write_bytes,
     ggml=lambda g, c, s, p, node: g.ggml_mean(c, s[0]),
     doc="Mean of each row (along ne0): f32 [1, ne1, ne2, ne3]."))
@@ -227,7 +218,7 @@ def _argmax_cases():
                [1024, 10, 1, 1], [1024, 12, 1, 1], [2000, 10, 1, 1], [5438, 3, 1, 1]):
         def build(ctx, ne=ne):
             return argmax(ctx, cc.leaf(ctx, "f32", ne, "a"))
-        out.append(cc.case("ARGMAX", dict(type=cc.T("f32"), ne=ne), build,
+        out.append(cc.case("ARGMAX", dict(type=cc.ggml_type("f32"), ne=ne), build,
                            init=_unique_rows_init, exact=True))
 
     # pyggml extras: ties resolve to the last index, as ggml's loop does; a transposed view
@@ -236,12 +227,12 @@ def _argmax_cases():
 
     def build_ties(ctx):
         return argmax(ctx, cc.leaf(ctx, "f32", [33, 20, 1, 1], "a"))
-    out.append(cc.case("ARGMAX", dict(type=cc.T("f32"), ne=[33, 20, 1, 1], ties=True),
+    out.append(cc.case("ARGMAX", dict(type=cc.ggml_type("f32"), ne=[33, 20, 1, 1], ties=True),
                        build_ties, init=ties, exact=True))
 
     def build_t(ctx):
         return argmax(ctx, _transpose(ctx, cc.leaf(ctx, "f32", [7, 40, 1, 1], "a")))
-    out.append(cc.case("ARGMAX", dict(type=cc.T("f32"), ne=[40, 7, 1, 1], transposed=True),
+    out.append(cc.case("ARGMAX", dict(type=cc.ggml_type("f32"), ne=[40, 7, 1, 1], transposed=True),
                        build_t, init=_unique_rows_init, exact=True,
                        note="ggml-wrong: rows not packed", tags=(GGML_WRONG,)))
     return out
@@ -249,7 +240,7 @@ def _argmax_cases():
 
 ARGMAX = register(OpDef(
     "ARGMAX", _infer_argmax, reference=_ref_argmax, cases=_argmax_cases,
-    n_tasks=_rows_n_tasks, flops=_flops_per_input, nbytes=_read_write_bytes,
+    flops=_flops_per_input, nbytes=_read_write_bytes,
     max_nmse=0.0, exact=True,
     ggml=lambda g, c, s, p, node: g.ggml_argmax(c, s[0]),
     doc="Index of the maximum of each row of a matrix: i32 [ne1] (last index on ties)."))
@@ -281,7 +272,7 @@ def _count_equal_cases():
             a = argmax(ctx, cc.leaf(ctx, "f32", ne, "a"))
             b = argmax(ctx, cc.leaf(ctx, "f32", ne, "b"))
             return count_equal(ctx, a, b)
-        out.append(cc.case("COUNT_EQUAL", dict(type=cc.T("f32"), ne=ne), build,
+        out.append(cc.case("COUNT_EQUAL", dict(type=cc.ggml_type("f32"), ne=ne), build,
                            init=_unique_rows_init, exact=True))
 
     # pyggml extra: 4-D i32 inputs (ggml's CPU kernel mis-indexes rows when ne2 > 1)
@@ -292,19 +283,15 @@ def _count_equal_cases():
         a = cc.leaf(ctx, "i32", [7, 5, 3, 2], "a")
         b = cc.leaf(ctx, "i32", [7, 5, 3, 2], "b")
         return count_equal(ctx, a, b)
-    out.append(cc.case("COUNT_EQUAL", dict(type=cc.T("i32"), ne=[7, 5, 3, 2]), build4,
+    out.append(cc.case("COUNT_EQUAL", dict(type=cc.ggml_type("i32"), ne=[7, 5, 3, 2]), build4,
                        init=small_ints, exact=True, tags=(GGML_WRONG,),
                        note="ggml-wrong: its CPU kernel indexes rows out of bounds when ne2 > 1"))
     return out
 
 
-def _count_equal_work(node, n_threads):
-    return 8 * n_threads         # one int64 partial count per thread (as ggml)
-
-
 COUNT_EQUAL = register(OpDef(
     "COUNT_EQUAL", _infer_count_equal, reference=_ref_count_equal, cases=_count_equal_cases,
-    work_size=_count_equal_work, flops=_flops_per_input, nbytes=_read_write_bytes,
+    flops=_flops_per_input, nbytes=_read_write_bytes,
     max_nmse=0.0, exact=True,
     ggml=lambda g, c, s, p, node: g.ggml_count_equal(c, s[0], s[1]),
     doc="Number of positions where a == b (i32 inputs), as an i64 scalar."))
@@ -335,12 +322,12 @@ def _cumsum_cases():
         def build(ctx, ne=ne):
             return cumsum(ctx, cc.leaf(ctx, "f32", ne, "a"))
         big = ne[0] * ne[1] * ne[2] * ne[3] > 100_000
-        out.append(cc.case("CUMSUM", dict(type=cc.T("f32"), ne=ne), build,
+        out.append(cc.case("CUMSUM", dict(type=cc.ggml_type("f32"), ne=ne), build,
                            tags=("slow",) if big else ()))
 
     def build_p(ctx):     # pyggml extra: a permuted source (rows not packed)
         return cumsum(ctx, _permute(ctx, cc.leaf(ctx, "f32", [6, 33, 2, 1], "a"), 1, 0, 2, 3))
-    out.append(cc.case("CUMSUM", dict(type=cc.T("f32"), ne=[33, 6, 2, 1], permute=[1, 0, 2, 3]),
+    out.append(cc.case("CUMSUM", dict(type=cc.ggml_type("f32"), ne=[33, 6, 2, 1], permute=[1, 0, 2, 3]),
                        build_p, tags=(GGML_WRONG,),
                        note="ggml aborts: GGML_ASSERT(nb0 == sizeof(float))"))
     return out
@@ -348,7 +335,7 @@ def _cumsum_cases():
 
 CUMSUM = register(OpDef(
     "CUMSUM", _infer_cumsum, reference=_ref_cumsum, cases=_cumsum_cases,
-    n_tasks=_rows_n_tasks, flops=_flops_per_input, nbytes=_read_write_bytes,
+    flops=_flops_per_input, nbytes=_read_write_bytes,
     ggml=lambda g, c, s, p, node: g.ggml_cumsum(c, s[0]),
     doc="Running sum along ne0 (inclusive), same shape as a."))
 

@@ -1,17 +1,19 @@
 """The op registry: every op is declared once, as an OpDef, with all its rules attached.
 
-An OpDef holds what ggml spreads over seven places (enum, name table, constructor checks,
-n_tasks switch, work size, reference kernel, tests): shape/type inference, op_params layout,
-the NumPy reference (the executable spec), test cases, planning facts, flops/bytes for perf
-and the recipe for building the same op in real ggml (for conformance tests).
-Backends look kernels up by `OpDef.name`; nothing else branches on op names.
+An OpDef holds what ggml spreads over several places (enum, name table, constructor checks,
+reference kernel, tests): shape/type inference, op_params layout, the NumPy reference (the
+executable spec), test cases, flops/bytes for perf, and a slot for the recipe that builds the
+same op in real ggml (conformance tests). Planning facts (n_tasks, work size) are the
+backend's, as in ggml-cpu.c: they sit on its kernels. Backends look kernels up by
+`OpDef.name`; nothing else branches on op names.
 """
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -126,13 +128,25 @@ def unpack_params(spec: Sequence[Field], words: np.ndarray) -> SimpleNamespace:
     return ns
 
 
+def param_words(spec: Sequence[Field]):
+    """The op_params word index of each field of spec, as a namedtuple by field name (an
+    array's first word; an i64 takes two words). Generated from the spec, so a kernel reads
+    `param_f32(desc, W.freq_base)` instead of repeating the offset 5."""
+    names, index, i = [], [], 0
+    for f in spec:
+        names.append(f.name)
+        index.append(i)
+        i += f.count * (2 if f.kind == "i64" else 1)
+    return namedtuple("ParamWords", names)(*index)
+
+
 class _Layout:
     """A spec compiled to one struct format: packing and unpacking all fields is one
     struct call. Anything the format refuses (an int out of int32 range, a float passed as
     an i32, a wrong array length) goes to pack_params/unpack_params, which raise (or
     convert) exactly as they always did."""
 
-    __slots__ = ("spec", "st", "fields", "flat")
+    __slots__ = ("spec", "st", "fields", "flat", "words")
 
     _CODE = {"i32": "i", "f32": "f", "i64": "q"}
 
@@ -141,6 +155,7 @@ class _Layout:
         self.st = struct.Struct("<" + "".join(f"{f.count}{self._CODE[f.kind]}" for f in spec))
         self.fields = tuple((f.name, f.count) for f in spec)
         self.flat = all(f.count == 1 for f in spec)        # no arrays: zip names and values
+        self.words = param_words(spec)
 
     def pack(self, op: str, values: dict) -> np.ndarray:
         if not self.fields:
@@ -201,10 +216,6 @@ def inplace_of(a: Tensor) -> Out:
 
 # --- the OpDef -------------------------------------------------------------------------------
 
-def _n_threads(node, n_threads):
-    return n_threads
-
-
 @dataclass(eq=False)
 class OpDef:
     name: str                                   # ggml's op desc: "MUL_MAT", "SILU", ...
@@ -212,8 +223,6 @@ class OpDef:
     params: tuple = ()                          # op_params layout (Fields)
     reference: Optional[Callable] = None        # (node, ins, p) -> ndarray | dict | None
     cases: Optional[Callable] = None            # () -> list[testing.Case]
-    n_tasks: Callable = _n_threads              # (node, n_threads) -> threads sharing the node
-    work_size: Optional[Callable] = None        # (node, n_threads) -> bytes of scratch
     flops: Optional[Callable] = None            # (node) -> floating point operations
     nbytes: Optional[Callable] = None           # (node) -> bytes moved (for GB/s)
     ggml: Optional[Callable] = None             # (g, gctx, gsrcs, p) -> ggml tensor (ctypes)
@@ -247,6 +256,11 @@ class OpDef:
 
     def unpack(self, words: np.ndarray) -> SimpleNamespace:
         return self.layout().unpack(words)
+
+    @property
+    def words(self):
+        """Word index of each op_params field by name (`OPS["ROPE"].words.freq_base`)."""
+        return self.layout().words
 
     def build(self, ctx, srcs: Sequence[Optional[Tensor]], params: dict = None,
               name: str = None, hints: dict = None) -> Tensor:

@@ -238,11 +238,6 @@ def _infer_rope(op):
     return infer
 
 
-def _rope_work(node, n_threads):
-    """Per thread: one cos/sin cache of ne0 floats plus a cache line (as ggml)."""
-    return 4 * (node.ne[0] + 16) * n_threads
-
-
 def _rope_ggml(back):
     def make(g, c, s, p, node):
         ff = s[2] if node.src[2] is not None else None
@@ -310,7 +305,7 @@ def _rope_cases(forward):
                           1.0, 1.0)
             fn = rope_ext_back if not forward else rope_ext_inplace if inplace else rope_ext
             return fn(ctx, a, pos, freq, n_dims, mode, 0, 10000.0, fs, ef, af, 1.0, 1.0)
-        out.append(cc.case(op, dict(type=cc.T(type), ne_a=ne_a, n_dims=n_dims, mode=mode,
+        out.append(cc.case(op, dict(type=cc.ggml_type(type), ne_a=ne_a, n_dims=n_dims, mode=mode,
                                     n_ctx=n_ctx, fs=fs, ef=ef, af=af, ff=ff, v=v,
                                     inplace=inplace, n_offs=0),
                            build, init=_pos_init(n_ctx), tags=tags))
@@ -386,7 +381,7 @@ def _rope_cases(forward):
                 freq = cc.leaf(ctx, "f32", [24], "freq")
                 fn = rope_ext if forward else rope_ext_back
                 return fn(ctx, a, pos, freq, 48, mode, 4096, 500000.0, 0.25, 1.0, 1.0, 32.0, 1.0)
-            out.append(cc.case(op, dict(type=cc.T(type), ne_a=[64, 4, 5, 2], n_dims=48, mode=mode,
+            out.append(cc.case(op, dict(type=cc.ggml_type(type), ne_a=[64, 4, 5, 2], n_dims=48, mode=mode,
                                         n_ctx=100000, n_ctx_orig=4096, freq_base=500000.0,
                                         fs=0.25, ef=1.0, af=1.0, ff=True, beta_fast=32.0,
                                         beta_slow=1.0),
@@ -401,13 +396,13 @@ def _view_4d(ctx, a, *args):
 
 ROPE = register(OpDef(
     "ROPE", _infer_rope("ROPE"), params=_PARAMS, reference=_ref_rope,
-    cases=lambda: _rope_cases(True), work_size=_rope_work, flops=_rope_flops,
+    cases=lambda: _rope_cases(True), flops=_rope_flops,
     nbytes=_rw_bytes, ggml=_rope_ggml(False),
     doc="Rotary position embedding (normal/NeoX, YaRN, freq factors, multi-section modes)."))
 
 ROPE_BACK = register(OpDef(
     "ROPE_BACK", _infer_rope("ROPE_BACK"), params=_PARAMS, reference=_ref_rope_back,
-    cases=lambda: _rope_cases(False), work_size=_rope_work, flops=_rope_flops,
+    cases=lambda: _rope_cases(False), flops=_rope_flops,
     nbytes=_rw_bytes, ggml=_rope_ggml(True),
     doc="Gradient of rope: the inverse rotation (sin negated)."))
 

@@ -88,7 +88,7 @@ def _get_rows_cases():
         return fill
 
     def add(type, n, m, r, be1, be2, v, slow=False):
-        out.append(cc.case("GET_ROWS", dict(type=cc.T(type), n=n, m=m, r=r, be1=be1, be2=be2,
+        out.append(cc.case("GET_ROWS", dict(type=cc.ggml_type(type), n=n, m=m, r=r, be1=be1, be2=be2,
                                             v=v),
                            build(type, n, m, r, be1, be2, v), init=init(m), exact=True,
                            tags=("slow",) if slow else ()))
@@ -178,7 +178,7 @@ def _get_rows_back_cases():
         return fill
 
     def add(type, n, m, r, b, v, slow=False):
-        out.append(cc.case("GET_ROWS_BACK", dict(type=cc.T(type), n=n, m=m, r=r, b=b, v=v),
+        out.append(cc.case("GET_ROWS_BACK", dict(type=cc.ggml_type(type), n=n, m=m, r=r, b=b, v=v),
                            build(type, n, m, r, b, v), init=init(m),
                            tags=("slow",) if slow else ()))
 
@@ -194,7 +194,7 @@ def _get_rows_back_cases():
 
 GET_ROWS_BACK = register(OpDef(
     "GET_ROWS_BACK", _infer_get_rows_back, reference=_ref_get_rows_back,
-    cases=_get_rows_back_cases, n_tasks=lambda node, n: 1,
+    cases=_get_rows_back_cases,
     nbytes=lambda node: 2 * nbytes(node) + nbytes(node.src[0]),
     ggml=lambda g, c, s, p, node: g.ggml_get_rows_back(c, s[0], s[1], s[2]),
     doc="Backward of get_rows: rows of a added into zeros shaped like c at the ids b."))
@@ -232,7 +232,7 @@ def _infer_set_rows(srcs, p):
 
 def _ref_set_rows(node, ins, p):
     """Writes only the addressed rows (re-encoding untouched quantized rows could change them)."""
-    b_src, c_src, a = node.src[0], node.src[1], node.src[2]
+    c_src, a = node.src[1], node.src[2]
     b, c = ins[0], ins[1][0]                       # (b3, b2, r, ne0), (c2, c1, r)
     if b.size == 0:
         return None
@@ -303,8 +303,8 @@ def _set_rows_cases():
 
     def add(type_src, type_dst, type_idx, ne, nr23, r, v=False):
         out.append(cc.case(
-            "SET_ROWS", dict(type_src=cc.T(type_src), type_dst=cc.T(type_dst),
-                             type_idx=cc.T(type_idx), ne=list(ne), nr23=list(nr23), r=r, v=v),
+            "SET_ROWS", dict(type_src=cc.ggml_type(type_src), type_dst=cc.ggml_type(type_dst),
+                             type_idx=cc.ggml_type(type_idx), ne=list(ne), nr23=list(nr23), r=r, v=v),
             build(type_src, type_dst, type_idx, ne, nr23, r, v), init=_init_set_rows_ids(ne[1]),
             max_nmse=_set_rows_nmse(type_src, type_dst, ne, nr23, r),
             exact=(as_type(type_dst) not in QUANT_TYPES) or None))
@@ -333,8 +333,6 @@ def _set_rows_cases():
 SET_ROWS = register(OpDef(
     "SET_ROWS", _infer_set_rows, reference=_ref_set_rows, cases=_set_rows_cases,
     writes=(2,),
-    work_size=lambda node, n: (4 * node.src[0].ne[0] * n
-                               if node.src[0].type == _F16 and node.type != _F16 else 0),
     nbytes=lambda node: 2 * nbytes(node.src[0]) + nbytes(node.src[1]),
     name_fmt=lambda s: f"{s[2].name} (view)",
     ggml=lambda g, c, s, p, node: g.ggml_set_rows(c, s[2], s[0], s[1]),

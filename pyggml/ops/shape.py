@@ -98,7 +98,7 @@ def _concat_cases():
         return f
 
     def add(type, ne_a, ne_b_d, dim, v):
-        out.append(cc.case("CONCAT", dict(type=cc.T(type), ne_a=list(ne_a), ne_b_d=ne_b_d,
+        out.append(cc.case("CONCAT", dict(type=cc.ggml_type(type), ne_a=list(ne_a), ne_b_d=ne_b_d,
                                           dim=dim, v=v), build(type, ne_a, ne_b_d, dim, v),
                            exact=True))
 
@@ -111,7 +111,7 @@ def _concat_cases():
             for dim in (0, 1, 2, 3):
                 add(type, (128, 12, 13, 14), 256 if dim == 0 else 7, dim, v)
     # pyggml extra: a permuted (transposed) source
-    out.append(cc.case("CONCAT", dict(type=cc.T("f32"), ne_a=[5, 6, 3, 1], ne_b_d=4, dim=1,
+    out.append(cc.case("CONCAT", dict(type=cc.ggml_type("f32"), ne_a=[5, 6, 3, 1], ne_b_d=4, dim=1,
                                       v=0, permute_a=[1, 0, 2, 3]),
                        lambda ctx: concat(ctx, _permute(ctx, cc.leaf(ctx, "f32", [6, 5, 3, 1], "a"),
                                                         1, 0, 2, 3),
@@ -167,10 +167,10 @@ def _repeat_cases():
                          ("f32", (1, 1, 2, 1)), ("f32", (1, 1, 1, 2)), ("f16", (2, 1, 1, 1)),
                          ("i32", (2, 1, 1, 1)), ("i16", (1, 1, 1, 2)), ("bf16", (2, 1, 1, 1))):
             ne = [10, 5, 4, ne3]
-            out.append(cc.case("REPEAT", dict(type=cc.T(type), ne=ne, nr=list(nr)),
+            out.append(cc.case("REPEAT", dict(type=cc.ggml_type(type), ne=ne, nr=list(nr)),
                                build(type, ne, nr), exact=True))
     # pyggml extra: a transposed source
-    out.append(cc.case("REPEAT", dict(type=cc.T("f32"), ne=[3, 7, 1, 1], nr=[2, 1, 3, 1],
+    out.append(cc.case("REPEAT", dict(type=cc.ggml_type("f32"), ne=[3, 7, 1, 1], nr=[2, 1, 3, 1],
                                       transpose=True),
                        lambda ctx: repeat_4d(ctx, _transpose(ctx, cc.leaf(ctx, "f32", [7, 3], "src")),
                                              6, 7, 3, 1), exact=True, tags=(NO_GGML,)))
@@ -179,7 +179,7 @@ def _repeat_cases():
 
 REPEAT = register(OpDef(
     "REPEAT", _infer_repeat, reference=_ref_repeat, cases=_repeat_cases,
-    n_tasks=lambda node, n: 1, nbytes=lambda node: 2 * nbytes(node), exact=True,
+    nbytes=lambda node: 2 * nbytes(node), exact=True,
     ggml=lambda g, c, s, p, node: g.ggml_repeat_4d(c, s[0], *node.ne),
     doc="a tiled to the shape b (or ne0..ne3)."))
 
@@ -227,7 +227,7 @@ def _repeat_back_cases():
     for v in (False, True):
         for nr in ((1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 1), (1, 1, 1, 2)):
             ne = [8, 6, 4, 2]
-            out.append(cc.case("REPEAT_BACK", dict(type=cc.T("f32"), ne=ne, nr=list(nr), v=v),
+            out.append(cc.case("REPEAT_BACK", dict(type=cc.ggml_type("f32"), ne=ne, nr=list(nr), v=v),
                                build("f32", ne, nr, v)))
     return out
 
@@ -240,7 +240,7 @@ def _repeat_back_ggml(g, c, s, p, node):
 
 REPEAT_BACK = register(OpDef(
     "REPEAT_BACK", _infer_repeat_back, reference=_ref_repeat_back, cases=_repeat_back_cases,
-    n_tasks=lambda node, n: 1, nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
+    nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
     ggml=_repeat_back_ggml,
     doc="Sum of the repeats of a back into the shape of b (backward of repeat)."))
 
@@ -292,7 +292,7 @@ def _pad_cases():
         return f
 
     def add_pad(ne_a, p0, p1, circular=False, slow=False):
-        out.append(cc.case("PAD", dict(type=cc.T("f32"), ne_a=list(ne_a), pad_0=p0, pad_1=p1,
+        out.append(cc.case("PAD", dict(type=cc.ggml_type("f32"), ne_a=list(ne_a), pad_0=p0, pad_1=p1,
                                        circular=circular), build_pad(ne_a, p0, p1, circular),
                            exact=True, tags=("slow",) if slow else ()))
 
@@ -310,7 +310,7 @@ def _pad_cases():
 
     def add_ext(ne_a, pads, tfrm=0, circular=False, slow=False):
         names = ("lp0", "rp0", "lp1", "rp1", "lp2", "rp2", "lp3", "rp3")
-        v = dict(type=cc.T("f32"), ne_a=list(ne_a))
+        v = dict(type=cc.ggml_type("f32"), ne_a=list(ne_a))
         v.update(zip(names, pads))
         v.update(tfrm=tfrm, circular=circular)
         out.append(cc.case("PAD", v, build_ext(ne_a, pads, tfrm, circular), exact=True,
@@ -429,18 +429,18 @@ def _set_cases():
         for dim in range(1, 4):
             for inplace in (False, True):
                 ne = [6, 5, 4, 3]
-                out.append(cc.case("SET", dict(type_src=cc.T(type), type_dst=cc.T(type), ne=ne,
+                out.append(cc.case("SET", dict(type_src=cc.ggml_type(type), type_dst=cc.ggml_type(type), ne=ne,
                                                dim=dim, inplace=inplace),
                                    build(type, type, ne, dim, inplace), exact=True))
     # pyggml extras: set_1d / set_2d into a larger f32, and an f16 pair
-    out.append(cc.case("SET", dict(type_src=cc.T("f16"), type_dst=cc.T("f16"), ne=[6, 5, 4, 3],
+    out.append(cc.case("SET", dict(type_src=cc.ggml_type("f16"), type_dst=cc.ggml_type("f16"), ne=[6, 5, 4, 3],
                                    dim=2, inplace=False), build("f16", "f16", [6, 5, 4, 3], 2, False),
                        exact=True, tags=(NO_GGML,)))
-    out.append(cc.case("SET", dict(type_src=cc.T("f32"), type_dst=cc.T("f32"), ne=[7, 1, 1, 1],
+    out.append(cc.case("SET", dict(type_src=cc.ggml_type("f32"), type_dst=cc.ggml_type("f32"), ne=[7, 1, 1, 1],
                                    dim=0, inplace=False, fn="set_1d"),
                        lambda ctx: set_1d(ctx, cc.leaf(ctx, "f32", [20], "dst"),
                                           cc.leaf(ctx, "f32", [7], "src"), 12), exact=True))
-    out.append(cc.case("SET", dict(type_src=cc.T("f32"), type_dst=cc.T("f32"), ne=[3, 4, 1, 1],
+    out.append(cc.case("SET", dict(type_src=cc.ggml_type("f32"), type_dst=cc.ggml_type("f32"), ne=[3, 4, 1, 1],
                                    dim=0, inplace=True, fn="set_2d_inplace"),
                        lambda ctx: set_2d_inplace(ctx, cc.leaf(ctx, "f32", [8, 6], "dst"),
                                                   cc.leaf(ctx, "f32", [3, 4], "src"), 32, 8),
@@ -455,7 +455,7 @@ def _set_ggml(g, c, s, p, node):
 
 SET = register(OpDef(
     "SET", _infer_set, params="nb1:i32 nb2:i32 nb3:i32 offset:i32 inplace:i32",
-    reference=_ref_set, cases=_set_cases, n_tasks=lambda node, n: 1, exact=True,
+    reference=_ref_set, cases=_set_cases, exact=True,
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]) + nbytes(node.src[1]),
     ggml=_set_ggml,
     doc="a with b written into the strided window (nb1, nb2, nb3, offset) of its bytes."))
@@ -538,7 +538,7 @@ def _acc_cases():
                            ((256, 17, 2, 3), (256, 16, 2, 3), 1),
                            ((256, 17, 2, 3), (128, 16, 2, 3), 2),
                            ((256, 17, 2, 3), (64, 16, 2, 3), 3)):
-        out.append(cc.case("ACC", dict(type=cc.T("f32"), ne_a=list(ne_a), ne_b=list(ne_b),
+        out.append(cc.case("ACC", dict(type=cc.ggml_type("f32"), ne_a=list(ne_a), ne_b=list(ne_b),
                                        stride_dim=sd), build(ne_a, ne_b, sd)))
     return out
 
@@ -551,7 +551,6 @@ def _acc_ggml(g, c, s, p, node):
 ACC = register(OpDef(
     "ACC", _infer_acc, params="nb1:i32 nb2:i32 nb3:i32 offset:i32 inplace:i32",
     reference=_ref_acc, cases=_acc_cases,
-    work_size=lambda node, n: 4 * node.src[1].ne[0] * n,
     flops=lambda node: nelements(node.src[1]),
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]) + 2 * nbytes(node.src[1]),
     ggml=_acc_ggml, doc="a with b added into the strided window (nb1, nb2, nb3, offset)."))
@@ -601,7 +600,7 @@ def _arange_cases():
     out = []
     for start, stop, step, slow in ((0.0, 10.0, 1.0, False), (0.0, 1048576.0, 1.0, True),
                                     (-3.5, 7.25, 0.3, False), (2.0, 1000.0, 7.0, False)):
-        out.append(cc.case("ARANGE", dict(type=cc.T("f32"), start=start, stop=stop, step=step),
+        out.append(cc.case("ARANGE", dict(type=cc.ggml_type("f32"), start=start, stop=stop, step=step),
                            (lambda a, b, c: lambda ctx: arange(ctx, a, b, c))(start, stop, step),
                            tags=("slow",) if slow else ()))
     return out
@@ -649,7 +648,7 @@ def _timestep_cases():
     out = []
     for ne, dim, mp in (((2, 1, 1, 1), 320, 10000), ((5, 1, 1, 1), 33, 1000),
                         ((3, 1, 1, 1), 8, 10000)):
-        out.append(cc.case("TIMESTEP_EMBEDDING", dict(type=cc.T("f32"), ne_a=list(ne), dim=dim,
+        out.append(cc.case("TIMESTEP_EMBEDDING", dict(type=cc.ggml_type("f32"), ne_a=list(ne), dim=dim,
                                                       max_period=mp),
                            (lambda ne, d, m: lambda ctx: timestep_embedding(
                                ctx, cc.leaf(ctx, "f32", ne, "a"), d, m))(ne, dim, mp)))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParamError, describe
-from ..tensor import Tensor, are_same_shape, is_contiguous, nbytes, nelements, nrows
+from ..tensor import Tensor, are_same_shape, is_contiguous, nbytes, nelements
 from ..types import GGMLType
 from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, fail
 from . import cases_common as cc
@@ -36,7 +36,8 @@ def _is_inplace(node) -> bool:
 
 
 def _alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
-    """ALiBi slope per head (ne2 index), computed in float32 with powf as ggml's CPU does."""
+    """ALiBi slope per head (ne2 index), computed in float32 with powf as ggml's CPU does
+    (soft_max_ext and flash_attn_ext share it; ones when max_bias <= 0)."""
     if max_bias <= 0.0:
         return np.ones(n_head, dtype=np.float64)
     n_head_log2 = np.float32(1 << int(np.floor(np.log2(n_head))))
@@ -106,8 +107,8 @@ def _soft_max_cases():
             y = (soft_max_ext_inplace if inplace else soft_max_ext)(ctx, a, m, scale, max_bias)
             soft_max_add_sinks(y, s)
             return y
-        out.append(cc.case("SOFT_MAX", dict(type=cc.T("f32"), ne=ne, mask=mask, sinks=sinks,
-                                            m_prec=cc.T(m_prec), nr23=nr23, scale=scale,
+        out.append(cc.case("SOFT_MAX", dict(type=cc.ggml_type("f32"), ne=ne, mask=mask, sinks=sinks,
+                                            m_prec=cc.ggml_type(m_prec), nr23=nr23, scale=scale,
                                             max_bias=max_bias, inplace=inplace), build, tags=tags))
 
     for mask in (False, True):
@@ -171,15 +172,11 @@ def _soft_max_cases():
         i = np.arange(ne0)[None, :]
         j = np.arange(ne1)[:, None]
         return np.broadcast_to(np.where(i > j + (ne0 - 7), -np.inf, 0.0), leaf.ne[::-1])
-    out.append(cc.case("SOFT_MAX", dict(type=cc.T("f32"), ne=[32, 7, 4, 1], mask=True,
-                                        sinks=False, m_prec=cc.T("f16"), nr23=[1, 1],
+    out.append(cc.case("SOFT_MAX", dict(type=cc.ggml_type("f32"), ne=[32, 7, 4, 1], mask=True,
+                                        sinks=False, m_prec=cc.ggml_type("f16"), nr23=[1, 1],
                                         scale=0.125, max_bias=0.0, inplace=False,
                                         mask_rows=16, causal=True), build_pad, init=causal))
     return out
-
-
-def _soft_max_n_tasks(node, n_threads):
-    return max(1, min(n_threads, nrows(node.src[0])))
 
 
 def _soft_max_ggml(g, c, s, p, node):
@@ -193,7 +190,7 @@ def _soft_max_ggml(g, c, s, p, node):
 
 SOFT_MAX = register(OpDef(
     "SOFT_MAX", _infer_soft_max, params="scale:f32 max_bias:f32", reference=_ref_soft_max,
-    cases=_soft_max_cases, n_tasks=_soft_max_n_tasks, max_nmse=1e-6,
+    cases=_soft_max_cases, max_nmse=1e-6,
     flops=lambda node: 5 * nelements(node), nbytes=_rw_bytes, ggml=_soft_max_ggml,
     doc="Row soft max of a*scale + slope*mask, with optional ALiBi and attention sinks."))
 
@@ -271,7 +268,7 @@ def _soft_max_back_cases():
                         b = cc.leaf(ctx, "f32", ne, "b")
                         return soft_max_ext_back(ctx, a, b, scale, 0.0)
                     tags = ("slow",) if ne[0] * ne[1] * ne[2] * ne[3] > 20000 else ()
-                    out.append(cc.case("SOFT_MAX_BACK", dict(type=cc.T("f32"), ne=ne,
+                    out.append(cc.case("SOFT_MAX_BACK", dict(type=cc.ggml_type("f32"), ne=ne,
                                                              scale=scale, max_bias=0.0),
                                        build, tags=tags))
     return out
@@ -279,7 +276,7 @@ def _soft_max_back_cases():
 
 SOFT_MAX_BACK = register(OpDef(
     "SOFT_MAX_BACK", _infer_soft_max_back, params="scale:f32 max_bias:f32",
-    reference=_ref_soft_max_back, cases=_soft_max_back_cases, n_tasks=_soft_max_n_tasks,
+    reference=_ref_soft_max_back, cases=_soft_max_back_cases,
     flops=lambda node: 4 * nelements(node), nbytes=_rw_bytes,
     ggml=lambda g, c, s, p, node: (g.ggml_soft_max_ext_back_inplace if _is_inplace(node)
                                    else g.ggml_soft_max_ext_back)(c, s[0], s[1], p.scale,
@@ -330,18 +327,14 @@ def _diag_mask_cases(op, fn):
                            ([7, 12, 2, 1], 0), ([33, 5, 1, 2], 40)):
             def build(ctx, ne=ne, n_past=n_past):
                 return fn(ctx, cc.leaf(ctx, "f32", ne, "a"), n_past)
-            out.append(cc.case(op, dict(type=cc.T("f32"), ne=ne, n_past=n_past), build))
+            out.append(cc.case(op, dict(type=cc.ggml_type("f32"), ne=ne, n_past=n_past), build))
         return out
     return cases
 
 
-def _rows_n_tasks(node, n_threads):
-    return max(1, min(n_threads, nrows(node.src[0])))
-
-
 DIAG_MASK_INF = register(OpDef(
     "DIAG_MASK_INF", _infer_diag_mask("DIAG_MASK_INF"), params="n_past:i32",
-    reference=_ref_diag_mask(-np.inf), n_tasks=_rows_n_tasks, nbytes=_rw_bytes,
+    reference=_ref_diag_mask(-np.inf), nbytes=_rw_bytes,
     cases=lambda: _diag_mask_cases("DIAG_MASK_INF", diag_mask_inf)(),
     ggml=lambda g, c, s, p, node: (g.ggml_diag_mask_inf_inplace if _is_inplace(node)
                                    else g.ggml_diag_mask_inf)(c, s[0], p.n_past),
@@ -349,7 +342,7 @@ DIAG_MASK_INF = register(OpDef(
 
 DIAG_MASK_ZERO = register(OpDef(
     "DIAG_MASK_ZERO", _infer_diag_mask("DIAG_MASK_ZERO"), params="n_past:i32",
-    reference=_ref_diag_mask(0.0), n_tasks=_rows_n_tasks, nbytes=_rw_bytes,
+    reference=_ref_diag_mask(0.0), nbytes=_rw_bytes,
     cases=lambda: _diag_mask_cases("DIAG_MASK_ZERO", diag_mask_zero)(),
     ggml=lambda g, c, s, p, node: (g.ggml_diag_mask_zero_inplace if _is_inplace(node)
                                    else g.ggml_diag_mask_zero)(c, s[0], p.n_past),

@@ -61,7 +61,7 @@ def _argsort_cases():
     out = []
 
     def add(ne, order, slow=False):
-        out.append(cc.case("ARGSORT", dict(type=cc.T("f32"), ne=list(ne), order=order),
+        out.append(cc.case("ARGSORT", dict(type=cc.ggml_type("f32"), ne=list(ne), order=order),
                            (lambda ne, o: lambda ctx: argsort(ctx, cc.leaf(ctx, "f32", ne, "a"), o))(
                                ne, order),
                            init=_init_unique_rows, exact=True, tags=("slow",) if slow else ()))
@@ -172,7 +172,7 @@ def _top_k_cases():
     out = []
 
     def add(ne, k, ties=False, slow=False):
-        c = cc.case("TOP_K", dict(type=cc.T("f32"), ne=list(ne), k=k, ties=ties),
+        c = cc.case("TOP_K", dict(type=cc.ggml_type("f32"), ne=list(ne), k=k, ties=ties),
                     (lambda ne, k: lambda ctx: top_k(ctx, cc.leaf(ctx, "f32", ne, "a"), k))(ne, k),
                     init=_init_ties(k) if ties else _init_unique_rows, exact=True,
                     tags=(("slow",) if slow else ()) + (("ties",) if ties else ()))
@@ -202,7 +202,6 @@ def _top_k_cases():
 
 TOP_K = register(OpDef(
     "TOP_K", _infer_top_k, reference=_ref_top_k, cases=_top_k_cases, exact=True, max_nmse=0.0,
-    work_size=lambda node, n: 4 * (node.src[0].ne[0] + 16) * n,
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]),
     ggml=lambda g, c, s, p, node: g.ggml_top_k(c, s[0], node.ne[0]),
     doc="I32 indices of the k largest values of each row (first two swapped, as ggml)."))

@@ -250,18 +250,18 @@ def _unary_cases(name: str):
                     out_.name = "out"
                     return out_
                 r = 10.0 if (type == "f16" and name in ("EXP", "EXPM1")) else hi
-                out.append(cc.case(name, dict(type=cc.T(type), ne_a=ne, v=v), build,
+                out.append(cc.case(name, dict(type=cc.ggml_type(type), ne_a=ne, v=v), build,
                                    init=_uniform(-r, r)))
     if BF16 in _UNARY_FNS[name][1]:   # beyond ggml's grid: bf16, and an in-place one
         def build_bf16(ctx):
             return unary(ctx, cc.leaf(ctx, "bf16", [33, 3, 2, 1], "a"), name)
         r = 10.0 if name in ("EXP", "EXPM1") else hi
-        out.append(cc.case(name, dict(type=cc.T("bf16"), ne_a=[33, 3, 2, 1], v=0), build_bf16,
+        out.append(cc.case(name, dict(type=cc.ggml_type("bf16"), ne_a=[33, 3, 2, 1], v=0), build_bf16,
                            init=_uniform(-r, r)))
     if _UNARY_FNS[name][2]:
         def build_inplace(ctx):
             return unary_inplace(ctx, cc.leaf(ctx, "f32", [17, 3, 2, 1], "a"), name)
-        out.append(cc.case(name, dict(type=cc.T("f32"), ne_a=[17, 3, 2, 1], v=0, inplace=1),
+        out.append(cc.case(name, dict(type=cc.ggml_type("f32"), ne_a=[17, 3, 2, 1], v=0, inplace=1),
                            build_inplace, init=_uniform(-5.0, 5.0)))
     return out
 
@@ -290,7 +290,7 @@ def _xielu_cases():
                      ("f16", [512, 16, 1, 1])):
         def build(ctx, type=type, ne=ne):
             return xielu(ctx, cc.leaf(ctx, type, ne, "a"), 4.0, 20.0, 0.5, 0.0000001)
-        out.append(cc.case("XIELU", dict(type=cc.T(type), ne=ne), build))
+        out.append(cc.case("XIELU", dict(type=cc.ggml_type(type), ne=ne), build))
     return out
 
 
@@ -543,7 +543,7 @@ def _make_math(name: str) -> OpDef:
 
                 def build(ctx, type=type, ne=ne):
                     return OPDEF.build(ctx, [cc.leaf(ctx, type, ne, "a")])
-                out.append(cc.case(name, dict(type=cc.T(type), ne=ne), build,
+                out.append(cc.case(name, dict(type=cc.ggml_type(type), ne=ne), build,
                                    init=_uniform(lo, hi),
                                    tags=("slow",) if ne[0] == 1024 else ()))
 
@@ -553,9 +553,9 @@ def _make_math(name: str) -> OpDef:
 
         def build_inplace(ctx):
             return OPDEF.build(ctx, [cc.leaf(ctx, "f32", [9, 4, 1, 1], "a")], hints=dict(inplace=True))
-        out.append(cc.case(name, dict(type=cc.T("f32"), ne=[6, 4, 5, 3], permute=[0, 2, 1, 3]),
+        out.append(cc.case(name, dict(type=cc.ggml_type("f32"), ne=[6, 4, 5, 3], permute=[0, 2, 1, 3]),
                            build_perm, init=_uniform(lo, hi)))
-        out.append(cc.case(name, dict(type=cc.T("f32"), ne=[9, 4, 1, 1], inplace=1),
+        out.append(cc.case(name, dict(type=cc.ggml_type("f32"), ne=[9, 4, 1, 1], inplace=1),
                            build_inplace, init=_uniform(lo, hi)))
         return out
 
@@ -637,12 +637,12 @@ def _clamp_cases():
         for ne in ([10, 5, 4, 3], [7, 1, 5, 3], [1024, 1024, 1, 1]):
             def build(ctx, type=type, ne=ne):
                 return clamp(ctx, cc.leaf(ctx, type, ne, "a"), -0.5, 0.5)
-            out.append(cc.case("CLAMP", dict(type=cc.T(type), ne=ne, min=-0.5, max=0.5), build,
+            out.append(cc.case("CLAMP", dict(type=cc.ggml_type(type), ne=ne, min=-0.5, max=0.5), build,
                                tags=("slow",) if ne[0] == 1024 else ()))
 
     def build2(ctx):
         return clamp(ctx, cc.leaf(ctx, "f32", [33, 3, 1, 1], "a"), 0.1, 0.25)
-    out.append(cc.case("CLAMP", dict(type=cc.T("f32"), ne=[33, 3, 1, 1], min=0.1, max=0.25), build2))
+    out.append(cc.case("CLAMP", dict(type=cc.ggml_type("f32"), ne=[33, 3, 1, 1], min=0.1, max=0.25), build2))
     return out
 
 
@@ -691,7 +691,7 @@ def _scale_cases():
         def build(ctx, ne=ne, s=s, b=b, inplace=inplace, type=type):
             a = cc.leaf(ctx, type, ne, "a")
             return (scale_bias_inplace if inplace else scale_bias)(ctx, a, s, b)
-        out.append(cc.case("SCALE", dict(type=cc.T(type), ne=ne, scale=s, bias=b,
+        out.append(cc.case("SCALE", dict(type=cc.ggml_type(type), ne=ne, scale=s, bias=b,
                                          inplace=inplace), build))
     return out
 
@@ -751,12 +751,12 @@ def _leaky_cases():
         for ne in ([10, 5, 4, 3], [7, 1, 5, 3], [1024, 1024, 1, 1]):
             def build(ctx, type=type, ne=ne):
                 return leaky_relu(ctx, cc.leaf(ctx, type, ne, "a"), 0.1, True)
-            out.append(cc.case("LEAKY_RELU", dict(type=cc.T(type), ne_a=ne, negative_slope=0.1),
+            out.append(cc.case("LEAKY_RELU", dict(type=cc.ggml_type(type), ne_a=ne, negative_slope=0.1),
                                build, tags=("slow",) if ne[0] == 1024 else ()))
 
     def build2(ctx):
         return leaky_relu(ctx, cc.leaf(ctx, "f32", [19, 4, 2, 1], "a"), 0.3, False)
-    out.append(cc.case("LEAKY_RELU", dict(type=cc.T("f32"), ne_a=[19, 4, 2, 1], negative_slope=0.3,
+    out.append(cc.case("LEAKY_RELU", dict(type=cc.ggml_type("f32"), ne_a=[19, 4, 2, 1], negative_slope=0.3,
                                           inplace=0), build2))
     return out
 

@@ -143,12 +143,12 @@ def _upscale_cases():
                 a = _transpose(ctx, a)
                 a.name = "a_transposed"
             return upscale(ctx, a, sf, mode)
-        out.append(cc.case("UPSCALE", dict(type=cc.T("f32"), ne=list(ne), scale_factor=sf,
+        out.append(cc.case("UPSCALE", dict(type=cc.ggml_type("f32"), ne=list(ne), scale_factor=sf,
                                            mode=_mode_str(mode), transpose=transpose), f,
                            tags=("slow",) if slow else ()))
 
     def interp(ne, ne_tgt, mode):
-        out.append(cc.case("UPSCALE", dict(type=cc.T("f32"), ne=list(ne), ne_tgt=list(ne_tgt),
+        out.append(cc.case("UPSCALE", dict(type=cc.ggml_type("f32"), ne=list(ne), ne_tgt=list(ne_tgt),
                                            mode=_mode_str(mode)),
                            lambda ctx: interpolate(ctx, cc.leaf(ctx, "f32", ne, "a"), *ne_tgt,
                                                    mode)))

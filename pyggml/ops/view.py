@@ -32,9 +32,9 @@ def _view_cases():
         def f(ctx):
             a = cc.leaf(ctx, "f32", ne, "a")
             v = view_2d(ctx, a, ne[0] // 2, ne[1] - off_rows, a.nb[1], off_rows * a.nb[1])
-            return cont(ctx, v)
+            return cc.cont(ctx, v)
         return f
-    return [cc.case("VIEW", dict(type=cc.T("f32"), ne=ne, off=o), build(ne, o))
+    return [cc.case("VIEW", dict(type=cc.ggml_type("f32"), ne=ne, off=o), build(ne, o))
             for ne in ([10, 5, 1, 1], [64, 7, 1, 1]) for o in (0, 2)]
 
 
@@ -97,9 +97,9 @@ def _reshape_cases():
         def f(ctx):
             a = cc.leaf(ctx, "f32", ne, "a")
             r = reshape_4d(ctx, a, *new)
-            return cont(ctx, r)
+            return cc.cont(ctx, r)
         return f
-    return [cc.case("RESHAPE", dict(type=cc.T("f32"), ne=ne, ne_new=new), build(ne, new))
+    return [cc.case("RESHAPE", dict(type=cc.ggml_type("f32"), ne=ne, ne_new=new), build(ne, new))
             for ne, new in (([12, 4, 1, 1], [6, 8, 1, 1]), ([32, 3, 2, 1], [16, 2, 3, 2]))]
 
 
@@ -148,13 +148,13 @@ def _permute_cases():
     def build(ne, axes, type):
         def f(ctx):
             a = cc.leaf(ctx, type, ne, "a")
-            return cont(ctx, permute(ctx, a, *axes))
+            return cc.cont(ctx, permute(ctx, a, *axes))
         return f
     out = []
     for type in ("f32", "f16"):
         for ne in ([10, 5, 4, 3], [3, 7, 2, 5]):
             for axes in ([0, 2, 1, 3], [1, 0, 2, 3], [2, 3, 0, 1], [3, 1, 0, 2]):
-                out.append(cc.case("PERMUTE", dict(type=cc.T(type), ne=ne, axes=axes),
+                out.append(cc.case("PERMUTE", dict(type=cc.ggml_type(type), ne=ne, axes=axes),
                                    build(ne, axes, type)))
     return out
 
@@ -178,9 +178,9 @@ def _infer_transpose(srcs, p):
 def _transpose_cases():
     def build(ne):
         def f(ctx):
-            return cont(ctx, transpose(ctx, cc.leaf(ctx, "f32", ne, "a")))
+            return cc.cont(ctx, transpose(ctx, cc.leaf(ctx, "f32", ne, "a")))
         return f
-    return [cc.case("TRANSPOSE", dict(type=cc.T("f32"), ne=ne), build(ne))
+    return [cc.case("TRANSPOSE", dict(type=cc.ggml_type("f32"), ne=ne), build(ne))
             for ne in ([10, 5, 1, 1], [33, 17, 3, 2])]
 
 
@@ -192,9 +192,3 @@ TRANSPOSE = register(OpDef(
 
 def transpose(ctx, a):
     return TRANSPOSE.build(ctx, [a])
-
-
-# late imports: cases build small graphs with ops of other families
-from .copy import cont  # noqa: E402
-
-

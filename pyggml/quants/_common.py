@@ -72,15 +72,40 @@ def pack_blocks(nb: int, type_size: int, *fields: np.ndarray) -> np.ndarray:
     return out.reshape(-1)
 
 
+# fp16 as ggml converts it (ggml-impl.h; see f16.py for where NumPy differs)
+
+_QUIET_F32 = np.uint32(0x00400000)
+
+
+def fp32_to_fp16(x) -> np.ndarray:
+    """float32 array -> uint16 array of ggml fp16 bits (round to nearest-even)."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        h = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        sign = (x.view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)
+        h = np.where(nan, sign | np.uint16(0x7E00), h)
+    return h
+
+
+def fp16_to_fp32(h) -> np.ndarray:
+    """uint16 array of fp16 bits -> float32 array (exact; signaling NaNs quieted as ggml)."""
+    h = np.asarray(h, dtype=np.uint16)
+    f = h.view(np.float16).astype(np.float32)
+    nan = np.isnan(f)
+    if nan.any():
+        f = np.where(nan, (f.view(np.uint32) | _QUIET_F32).view(np.float32), f)
+    return f
+
+
 def f16_field(v: np.ndarray) -> np.ndarray:
     """Per-block float32 scales -> [nb, 2] bytes of their ggml fp16 encoding (little-endian)."""
-    from .f16 import fp32_to_fp16
     return fp32_to_fp16(v).astype("<u2").view(np.uint8).reshape(-1, 2)
 
 
 def f16_at(raw_blocks: np.ndarray, off: int) -> np.ndarray:
     """Read an fp16 field at byte offset `off` of every block -> float32 [nb]."""
-    from .f16 import fp16_to_fp32
     h = raw_blocks[:, off].astype(np.uint16) | (raw_blocks[:, off + 1].astype(np.uint16) << 8)
     return fp16_to_fp32(h)
 

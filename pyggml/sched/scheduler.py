@@ -7,6 +7,9 @@ nodes on the same backend form a split. A split reading a tensor that another ba
 produced (or that lives in another backend's buffer) gets an explicit copy of it, made
 right before the split runs; the split computes on "shadow" nodes that read the copies and
 write into the original nodes' memory, so the user's graph is never rewired.
+
+A Sched is itself a Backend (alloc_graph, graph_compute, set_n_threads, supports_op), so a
+caller holding "a backend" never needs to know whether it holds a scheduler.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Optional
 
 from .. import data
 from .. import tensor as _tensor_mod
+from ..backends.base import Backend
 from ..errors import UnsupportedError, GraphError, describe
 from ..graph import CGraph
 from ..tensor import Tensor, Buffer, nbytes
@@ -39,7 +43,9 @@ def _fmt_size(n: int) -> str:
 _TOKENS = itertools.count(1)
 
 
-class Sched:
+class Sched(Backend):
+    name = "sched"
+
     # Each graph keeps its own assignment/splits in gf.cache under this scheduler's token (a
     # decoder alternating between reused graphs does not re-plan on every switch), so they
     # live exactly as long as the graph: the scheduler holds no graph but its current one.
@@ -181,7 +187,17 @@ class Sched:
         self.splits = []
         self.assignment = {}
 
-    def graph_compute(self, gf: CGraph) -> None:
+    def supports_op(self, node: Tensor) -> bool:
+        return any(b.supports_op(node) for b in self.backends)
+
+    def set_n_threads(self, n_threads: int) -> None:
+        for b in self.backends:
+            b.set_n_threads(n_threads)
+
+    def graph_compute(self, gf: CGraph, eval_cb=None) -> None:
+        """Compute gf over the backends; `eval_cb` (for this call) replaces the scheduler's
+        own callback (sched_set_eval_callback)."""
+        eval_cb = eval_cb if eval_cb is not None else self.eval_cb
         self.alloc_graph(gf)
         for sp in self.splits:
             if sp.graph is None:
@@ -193,9 +209,9 @@ class Sched:
                 self._copy_inputs(sp)
             stopped = []
             cb = None
-            if self.eval_cb is not None:
+            if eval_cb is not None:
                 def cb(t, ask, _stopped=stopped):
-                    r = self.eval_cb(t, ask)
+                    r = eval_cb(t, ask)
                     if not ask and not r:
                         _stopped.append(t)
                     return r
@@ -231,6 +247,9 @@ class Sched:
     def reset(self) -> None:
         self.release()
         self._generation += 1
+
+    def __repr__(self) -> str:
+        return f"<sched [{', '.join(b.name for b in self.backends)}]>"
 
 
 # ggml-style free functions

@@ -20,7 +20,7 @@ from ..errors import GGMLError, UnsupportedError
 from ..graph import CGraph
 from ..tensor import Buffer, Tensor, nbytes
 from ..types import TRAITS, GGMLType
-from .case import Case
+from ..ops.case import Case
 
 GUARD = 64                      # bytes of canary on each side of every tensor
 CANARY = 0xA5

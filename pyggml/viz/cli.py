@@ -64,7 +64,8 @@ def _demo_graph(args):
         with open(args.model, "rb") as f:          # OSError: the command prints it
             if f.read(4) != b"GGUF":
                 raise GGMLError(f"--model {args.model}: not a GGUF file")
-    model = LlamaModel.from_gguf(args.model) if args.model else LlamaModel.random(
+    from ..llm.loader import load_model
+    model = load_model(args.model) if args.model else LlamaModel.random(
         LlamaConfig(n_layer=4 if args.n_layer is None else args.n_layer))
     c = model.cfg
     layers = _parse_layers(args.layers, c.n_layer)

@@ -22,7 +22,7 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.attention import state as st
+from pyggml.ops import fa_state as st
 from pyggml.errors import ComputeError, DataError, GGMLError, ParamError, ShapeError, TypeError_
 from pyggml.ops import attention as A
 from pyggml.testing import harness

@@ -7,7 +7,7 @@ import pyggml as gg
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.errors import ShapeError
 from pyggml.testing import harness
-from pyggml.testing.case import Case
+from pyggml.ops.case import Case
 
 
 def _both(build):

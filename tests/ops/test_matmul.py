@@ -411,7 +411,8 @@ def test_numba_out_prod_quantized_and_transposed():
 
 def test_work_size_is_planned():
     """The plan reserves the kernel's scratch: quantized activations per thread, GEMM panels."""
-    from pyggml.sched.plan import graph_plan
+    from pyggml.backends.numba_cpu.kernels import lookup
+    from pyggml.backends.numba_cpu.plan import graph_plan
     ctx = gg.init(mem_size=16 << 20)
     w = _t(ctx, "q4_0", 256, 64)
     for n, expect_gemm in ((1, False), (64, True)):
@@ -419,12 +420,12 @@ def test_work_size_is_planned():
         gf = gg.new_graph(ctx)
         gg.build_forward_expand(gf, y)
         plan = graph_plan(gf, 3, _backend(3))
-        assert plan.work_size >= mm.OPS["MUL_MAT"].work_size(y, 3) > 0
+        assert plan.work_size >= lookup(y).work_size(y, 3) > 0
         from pyggml.backends.numba_cpu.kernels import matmul as km
         assert bool(km.use_gemm(64, n, 256)) == expect_gemm
     # float weights with F32 activations need no scratch on the dot path
     y = gg.mul_mat(ctx, _t(ctx, "f16", 256, 64), _t(ctx, "f32", 256, 2))
-    assert mm.OPS["MUL_MAT"].work_size(y, 2) == 0
+    assert lookup(y).work_size(y, 2) == 0
 
 
 @pytest.mark.parametrize("wtype", ["f32", "f16", "q4_0", "q8_0"])

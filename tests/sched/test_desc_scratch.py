@@ -13,7 +13,7 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.attention import state as st
+from pyggml.ops import fa_state as st
 from pyggml.backends.numba_cpu import desc as D
 from pyggml.backends.numba_cpu.backend import NumbaBackend
 from pyggml.backends.numba_cpu.kernels import KERNELS

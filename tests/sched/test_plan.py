@@ -1,14 +1,20 @@
 """Planning: n_tasks per node and the work buffer size (ggml_graph_plan), and graph_compute."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
 import pyggml as gg
+from pyggml.backends.base import Backend
 from pyggml.backends.numba_cpu.backend import NumbaBackend
 from pyggml.backends.numba_cpu.kernels import KERNELS, add_kernel, make_kernel
 from pyggml.errors import GraphError
-from pyggml.sched.plan import CACHE_LINE, CPlan, graph_compute, graph_plan
+from pyggml.backends.numba_cpu.plan import CACHE_LINE, CPlan, graph_plan
+from pyggml.compute import graph_compute
 
 COPY_ELEMENTS = KERNELS["CONT"].variants[0].pyfunc
 
@@ -50,28 +56,91 @@ def test_work_size_is_the_max_over_nodes_plus_a_line_per_thread(ctx):
         assert graph_plan(_graph(ctx, q4, q8), nt).work_size == want
 
 
-def test_kernel_rules_override_the_opdef(ctx, monkeypatch):
+def test_the_kernel_carries_the_planning_rules(ctx):
     a = gg.new_tensor_2d(ctx, gg.TYPE_F32, 8, 8)
     y = gg.cont(ctx, a)
     gf = _graph(ctx, y)
-    cont_op = gg.get_op("CONT")
-    # the OpDef's rules apply when the kernel has none; n_tasks is clamped to 1..n_threads
-    monkeypatch.setattr(cont_op, "n_tasks", lambda node, nt: 100)
-    monkeypatch.setattr(cont_op, "work_size", lambda node, nt: 1000)
-    p = graph_plan(gf, 3)
-    assert p.n_tasks == [3] and p.work_size == 1000 + 3 * CACHE_LINE
-    monkeypatch.setattr(cont_op, "n_tasks", lambda node, nt: 0)
-    assert graph_plan(gf, 3).n_tasks == [1]
-    # a backend whose kernel says otherwise wins
+    assert not hasattr(gg.get_op("CONT"), "n_tasks")      # backend facts: not on the OpDef
+    # a kernel that says nothing: all threads, no scratch; n_tasks is clamped to 1..n_threads
+    for n_tasks, want in ((None, 3), (lambda n, nt: 100, 3), (lambda n, nt: 0, 1),
+                          (lambda n, nt: 2, 2)):
+        table = {}
+        add_kernel(table, make_kernel("CONT", COPY_ELEMENTS, n_tasks=n_tasks,
+                                      work_size=lambda n, nt: 1000), "CONT")
+        be = NumbaBackend(3, kernels=table)
+        p = graph_plan(gf, 3, backend=be)
+        assert p.n_tasks == [want] and p.work_size == 1000 + 3 * CACHE_LINE
+        be.free()
     table = {}
-    add_kernel(table, make_kernel("CONT", COPY_ELEMENTS, n_tasks=lambda n, nt: 2,
-                                  work_size=lambda n, nt: 0), "CONT")
+    add_kernel(table, make_kernel("CONT", COPY_ELEMENTS, n_tasks=lambda n, nt: 2), "CONT")
     be = NumbaBackend(3, kernels=table)
     p = graph_plan(gf, 3, backend=be)
     assert p.n_tasks == [2] and p.work_size == 0
     be.graph_compute(gf)
     assert list(be.table(gf).n_tasks) == [2]
     be.free()
+
+
+def test_planning_the_reference_backend_needs_no_numba():
+    """A backend without kernels plans every node on all threads with no scratch; neither
+    importing pyggml nor planning/computing on the reference backend imports Numba."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["numba"] = None          # any `import numba` now fails
+        import numpy as np
+        import pyggml as gg
+        ctx = gg.init(mem_size=1 << 20)
+        x = gg.from_numpy(ctx, np.arange(6, dtype=np.float32).reshape(2, 3))
+        y = gg.soft_max(ctx, gg.mul_mat(ctx, x, x))
+        gf = gg.new_graph(ctx)
+        gg.build_forward_expand(gf, y)
+        be = gg.backend_reference_init()
+        p = gg.graph_plan(gf, 3, be)
+        assert p.n_tasks == [3, 3] and p.work_size == 0, p
+        be.graph_compute(gf)
+        print(gg.to_numpy(y).sum())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert abs(float(r.stdout) - 2.0) < 1e-6
+
+
+def test_a_supports_predicate_that_raises_is_not_a_quiet_fallback(ctx):
+    """A buggy supports() propagates its exception (it used to be swallowed, and the node went
+    to the slow reference backend without a word)."""
+    a = gg.new_tensor_2d(ctx, gg.TYPE_F32, 8, 8)
+    y = gg.cont(ctx, a)
+    gf = _graph(ctx, y)
+
+    def buggy(node):
+        return node.src[5].type == gg.TYPE_F32          # src[5] is None: AttributeError
+
+    table = {}
+    add_kernel(table, make_kernel("CONT", COPY_ELEMENTS, supports=buggy), "CONT")
+    be = NumbaBackend(1, kernels=table)
+    with pytest.raises(AttributeError):
+        be.supports_op(y)
+    with pytest.raises(AttributeError):
+        gg.Sched([be, gg.backend_reference_init()]).graph_compute(gf)
+    be.free()
+
+
+def test_a_sched_is_a_backend(ctx):
+    """Callers hold "a backend": a scheduler allocates, computes and sets threads like one."""
+    a = gg.from_numpy(ctx, np.ones((2, 4), np.float32))
+    y = gg.sum_rows(ctx, a)
+    gf = _graph(ctx, y)
+    cpu = NumbaBackend(1)
+    s = gg.Sched([cpu, gg.backend_reference_init()])
+    assert isinstance(s, Backend) and s.supports_op(y)
+    s.set_n_threads(2)
+    assert cpu.n_threads == 2
+    s.alloc_graph(gf)
+    seen = []
+    s.graph_compute(gf, lambda t, ask: seen.append((t.op_name, ask)) or True)
+    assert ("SUM_ROWS", False) in seen
+    np.testing.assert_array_equal(gg.to_numpy(y).ravel(), [4.0, 4.0])
+    cpu.free()
 
 
 def test_graph_compute_runs_a_plan(ctx):

@@ -150,10 +150,11 @@ def test_cli_check_then_warm_then_check(tmp_path):
 
 def test_cli_usage_and_errors(capsys):
     from pyggml.cli import main
+    from pyggml.warmup_cli import main as warmup_main
     assert main([]) == 0 and "warmup" in capsys.readouterr().out
-    assert W.main(["--kernels", "NOPE:nothing"]) == 1
+    assert warmup_main(["--kernels", "NOPE:nothing"]) == 1
     assert "no kernel 'NOPE:nothing'" in capsys.readouterr().err
-    assert W.main(["-j", "0", "--kernels", "NEG:k_neg"]) == 1
+    assert warmup_main(["-j", "0", "--kernels", "NEG:k_neg"]) == 1
     with pytest.raises(W.WarmupError, match="jobs must be >= 1"):
         W.warm(["NEG:k_neg"], jobs=0)
 

@@ -30,7 +30,7 @@ from pyggml.backends.numba_cpu.kernels import KERNELS, KernelEntry, make_kernel
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.ops.registry import OPS
 from pyggml.testing import harness
-from pyggml.testing.case import Case
+from pyggml.ops.case import Case
 from pyggml.testing.cli import main
 from pyggml.testing.harness import (all_cases, check_guards, compare_values, duplicate_cases,
                                     run_perf, run_test, split_ops)

@@ -22,7 +22,7 @@ from pyggml.backends.numba_cpu.kernels import KernelEntry, make_kernel
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.ops.registry import OPS
 from pyggml.testing import harness
-from pyggml.testing.case import Case
+from pyggml.ops.case import Case
 from pyggml.testing.harness import all_cases, run_test
 from pyggml.types import GGMLType
 

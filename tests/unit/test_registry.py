@@ -6,7 +6,7 @@ import pytest
 import pyggml as gg
 from pyggml import ops
 from pyggml.ops.registry import OPS, OpDef
-from pyggml.testing.case import Case
+from pyggml.ops.case import Case
 
 # ops that exist only in pyggml, so real ggml has no recipe for them
 PYGGML_ONLY = {"FLASH_ATTN_EXT_WITH_STATE"}

@@ -2,7 +2,7 @@
 
 graph_compute(gf):
   1. first time for this graph (version, thread count): check every node is supported,
-     allocate missing tensor data (sched.alloc), plan (sched.plan), lower to a NodeTable
+     allocate missing tensor data (sched.alloc), plan (plan.py), lower to a NodeTable
      (kernel address + descriptor per node) and cache it in gf.cache;
   2. later computes only verify that no tensor moved (buffers/offsets), then run the
      executor: all threads walk the node table in nogil Numba code.
@@ -18,14 +18,13 @@ import numpy as np
 
 from ...errors import ComputeError, GraphError
 from ...graph import CGraph, gc_paused
-from ...sched.alloc import alloc_graph
-from ...sched.plan import CPlan, graph_plan, is_computed
 from ... import tensor as _tensor_mod
 from ...tensor import Buffer, Tensor
-from ..base import Backend, EvalCallback
+from ..base import Backend, EvalCallback, is_computed
 from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_table
 from .executor import MAX_THREADS, NodeTable, WorkerPool
 from .kernels import KERNELS, lookup
+from .plan import CPlan, graph_plan
 
 _loc = attrgetter("_buffer", "_offs")
 
@@ -204,7 +203,7 @@ class NumbaBackend(Backend):
             return tab
         with gc_paused():
             selected = self.select(gf)       # fails before anything is allocated
-            alloc_graph(gf)
+            self.alloc_graph(gf)
             default = cplan is None
             if default:
                 cplan = graph_plan(gf, self.n_threads, self, selected)

@@ -11,10 +11,8 @@ from typing import Optional
 
 from ... import data
 from ...graph import CGraph
-from ...sched.alloc import alloc_graph
-from ...sched.plan import is_computed
 from ...tensor import Tensor
-from ..base import Backend, EvalCallback, node_failed
+from ..base import Backend, EvalCallback, is_computed, node_failed
 
 
 def compute_node_reference(node: Tensor) -> None:
@@ -37,7 +35,7 @@ class ReferenceBackend(Backend):
 
     def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
         self.check_supported(gf)
-        alloc_graph(gf)
+        self.alloc_graph(gf)
         for i, node in enumerate(gf.nodes):
             want = eval_cb(node, True) if eval_cb else False
             if is_computed(node):

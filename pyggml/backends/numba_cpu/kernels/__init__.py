@@ -18,8 +18,10 @@ loads it in ~10 ms), its `.address` goes into the node table the executor walks.
 family, in different files); the first whose `supports(node)` is true runs the node.
 `unsupported("OP", reason)` records an explicit "no kernel" entry (for coverage reports).
 
-A variant may override the OpDef's planning rules with `n_tasks(node, n_threads)` and
-`work_size(node, n_threads)` (bytes of the shared work buffer; the plan takes the max).
+A variant carries its planning rules (backend facts, as ggml-cpu.c keeps them, never the
+op): `n_tasks(node, n_threads)` (threads sharing the node; all of them when omitted;
+`rows_n_tasks` and `one_task` are the common ones) and `work_size(node, n_threads)` (bytes
+of the shared work buffer; none when omitted; the plan takes the max over the nodes).
 
 A cold compile is slow (seconds per kernel, about a minute for a model's set), so
 `Kernel.in_disk_cache()` tells without compiling whether the cfunc would load from Numba's
@@ -49,6 +51,17 @@ _compile_lock = threading.Lock()
 
 def _always(node) -> bool:
     return True
+
+
+def rows_n_tasks(node, n_threads: int) -> int:
+    """At most one thread per row of src[0] (row-parallel kernels of short inputs)."""
+    s = node.src[0]
+    return max(1, min(n_threads, s.ne[1] * s.ne[2] * s.ne[3]))
+
+
+def one_task(node, n_threads: int) -> int:
+    """Single-threaded (ggml's n_tasks = 1 ops)."""
+    return 1
 
 
 def _guarded(pyfunc: Callable) -> Callable:
@@ -168,12 +181,11 @@ class KernelEntry:
     reason: str = ""                        # why there is no kernel (explicit unsupported)
 
     def select(self, node) -> Optional[Kernel]:
+        """The first variant whose supports(node) is true. A predicate that raises is a bug
+        in it and propagates: it must not quietly send the node to a slower backend."""
         for k in self.variants:
-            try:
-                if k.supports(node):
-                    return k
-            except (AttributeError, TypeError, IndexError):   # a source is None, etc.
-                continue
+            if k.supports(node):
+                return k
         return None
 
     def supports(self, node) -> bool:

@@ -35,7 +35,7 @@ reorganized for memory traffic:
   with_state the same tiles run over the hot and then the cold segment (each with its own
             K/V types and mask, q converted per segment), and the finished row merges with
             the incoming state (M, S) and o_prev, then writes state and output
-            (pyggml.attention.state has the rule). When o_prev is None the first thread
+            (pyggml.ops.fa_state has the rule). When o_prev is None the first thread
             to arrive checks that the state is fresh before any unit is handed out: a
             failure (ERR_STATE) leaves state and output untouched.
 
@@ -74,7 +74,7 @@ PREC_F32 = 10
 
 def _bad_state_row(node) -> str:
     """Names the inconsistent state row (the kernel left the state untouched)."""
-    from ....attention import state as st
+    from ....ops import fa_state as st
     m, s = st.state_values(node.src[6])
     return st.bad_row_message(node.op.name, node.src[6], m, s, node.src[0].ne[2]) or ""
 

@@ -17,7 +17,7 @@ from ....types import GGMLType
 from ..desc import (DST, SRC0, SRC1, ERR_WORK_SIZE, param_f32, param_i32, row_range,
                     set_error, t_addr, t_nb, t_ne, wdata, wsize)
 from ..intrinsics import f32_array, ptr_of
-from . import kernel
+from . import kernel, rows_n_tasks
 
 _F = np.float32
 _jit = numba.njit(nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy")
@@ -101,7 +101,7 @@ def _thread_tmp(desc, ith):
 
 # --- RMS_NORM ---------------------------------------------------------------------------------
 
-@kernel("RMS_NORM", supports=_f32_all, work_size=_scratch)
+@kernel("RMS_NORM", supports=_f32_all, work_size=_scratch, n_tasks=rows_n_tasks)
 def rms_norm_f32(desc, ith, nth):
     n = t_ne(desc, SRC0, 0)
     eps = param_f32(desc, 0)
@@ -140,7 +140,7 @@ def store_centered(x, n, mean, f, daddr, nb0):
             ptr_of(daddr + i * nb0, np.float32)[0] = (x[i] - mean) * f
 
 
-@kernel("NORM", supports=_f32_all, work_size=_scratch)
+@kernel("NORM", supports=_f32_all, work_size=_scratch, n_tasks=rows_n_tasks)
 def norm_f32(desc, ith, nth):
     n = t_ne(desc, SRC0, 0)
     eps = param_f32(desc, 0)
@@ -160,7 +160,7 @@ def norm_f32(desc, ith, nth):
 
 # --- L2_NORM ----------------------------------------------------------------------------------
 
-@kernel("L2_NORM", supports=_f32_all, work_size=_scratch)
+@kernel("L2_NORM", supports=_f32_all, work_size=_scratch, n_tasks=rows_n_tasks)
 def l2_norm_f32(desc, ith, nth):
     n = t_ne(desc, SRC0, 0)
     eps = param_f32(desc, 0)
@@ -184,7 +184,7 @@ def _supports_packed_f32(node) -> bool:
                                                                     if s is not None])
 
 
-@kernel("RMS_NORM_BACK", supports=_supports_packed_f32)
+@kernel("RMS_NORM_BACK", supports=_supports_packed_f32, n_tasks=rows_n_tasks)
 def rms_norm_back_f32(desc, ith, nth):
     """dx = (dz + x * (-sum(x*dz) / (sum(x^2) + eps*n))) / sqrt(mean(x^2) + eps)."""
     n = t_ne(desc, SRC0, 0)

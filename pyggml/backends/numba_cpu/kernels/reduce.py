@@ -15,7 +15,7 @@ from ....quants import nb as qnb
 from ....types import GGMLType
 from ..desc import DST, SRC0, SRC1, row_range, t_addr, t_nb, t_ne, t_type
 from ..intrinsics import f32_array, ptr_of
-from . import kernel
+from . import kernel, one_task, rows_n_tasks
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 _F = np.float32
@@ -60,14 +60,6 @@ def _f32_in(node) -> bool:
     return node.src[0].type == GGMLType.F32
 
 
-def _rows(node, n_threads) -> int:
-    return max(1, min(n_threads, node.src[0].ne[1] * node.src[0].ne[2] * node.src[0].ne[3]))
-
-
-def _one(node, n_threads) -> int:
-    return 1
-
-
 @_jit
 def rows_sum_or_mean(desc, ith, nth, mean):
     n = t_ne(desc, SRC0, 0)
@@ -81,17 +73,17 @@ def rows_sum_or_mean(desc, ith, nth, mean):
         ptr_of(row_addr(desc, DST, r), np.float32)[0] = v
 
 
-@kernel("SUM_ROWS", supports=lambda n: _f32_in(n) and n.type == GGMLType.F32, n_tasks=_rows)
+@kernel("SUM_ROWS", supports=lambda n: _f32_in(n) and n.type == GGMLType.F32, n_tasks=rows_n_tasks)
 def sum_rows_f32(desc, ith, nth):
     rows_sum_or_mean(desc, ith, nth, False)
 
 
-@kernel("MEAN", supports=_f32_in, n_tasks=_rows)
+@kernel("MEAN", supports=_f32_in, n_tasks=rows_n_tasks)
 def mean_f32(desc, ith, nth):
     rows_sum_or_mean(desc, ith, nth, True)
 
 
-@kernel("ARGMAX", supports=_f32_in, n_tasks=_rows)
+@kernel("ARGMAX", supports=_f32_in, n_tasks=rows_n_tasks)
 def argmax_f32(desc, ith, nth):
     """ggml_vec_argmax_f32 per row: max = MAX(max, x); if (max == x) idx = i."""
     n = t_ne(desc, SRC0, 0)
@@ -121,7 +113,7 @@ def argmax_f32(desc, ith, nth):
 
 
 @kernel("SUM", supports=lambda n: n.src[0].type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16),
-        n_tasks=_one)
+        n_tasks=one_task)
 def sum_all(desc, ith, nth):
     if ith != 0:
         return
@@ -140,7 +132,7 @@ def sum_all(desc, ith, nth):
         ptr_of(d, np.uint16)[0] = qnb.f32_to_bf16(_F(s))
 
 
-@kernel("CUMSUM", supports=lambda n: _f32_in(n) and n.type == GGMLType.F32, n_tasks=_rows)
+@kernel("CUMSUM", supports=lambda n: _f32_in(n) and n.type == GGMLType.F32, n_tasks=rows_n_tasks)
 def cumsum_f32(desc, ith, nth):
     """Running sum along ne0, accumulated in float64."""
     n = t_ne(desc, SRC0, 0)
@@ -157,7 +149,7 @@ def cumsum_f32(desc, ith, nth):
 
 
 @kernel("COUNT_EQUAL", supports=lambda n: n.src[0].type == GGMLType.I32 and
-        n.src[1].type == GGMLType.I32, n_tasks=_one)
+        n.src[1].type == GGMLType.I32, n_tasks=one_task)
 def count_equal_i32(desc, ith, nth):
     if ith != 0:
         return

@@ -25,7 +25,7 @@ from ....types import GGMLType
 from ..desc import (DST, SRC0, SRC1, SRC2, ERR_SHAPE, param_f32, param_i32, row_range,
                     set_error, t_addr, t_nb, t_ne, t_type)
 from ..intrinsics import f32_array, ptr_of, u16_array
-from . import kernel
+from . import kernel, rows_n_tasks
 
 F32, F16 = int(GGMLType.F32), int(GGMLType.F16)
 _F = np.float32
@@ -137,7 +137,7 @@ def _supports_soft_max(node) -> bool:
     return s is None or s.type == GGMLType.F32
 
 
-@kernel("SOFT_MAX", supports=_supports_soft_max)
+@kernel("SOFT_MAX", supports=_supports_soft_max, n_tasks=rows_n_tasks)
 def soft_max_f32(desc, ith, nth):
     ne00, ne01, ne02, ne03 = (t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2),
                               t_ne(desc, SRC0, 3))
@@ -199,7 +199,7 @@ def _supports_soft_max_back(node) -> bool:
     return all(t.type == GGMLType.F32 and t.nb[0] == 4 for t in (a, b, node))
 
 
-@kernel("SOFT_MAX_BACK", supports=_supports_soft_max_back)
+@kernel("SOFT_MAX_BACK", supports=_supports_soft_max_back, n_tasks=rows_n_tasks)
 def soft_max_back_f32(desc, ith, nth):
     """dx = scale * y * (dy - dot(y, dy)) per row; a = dy, b = y."""
     ne0, ne1, ne2 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
@@ -255,11 +255,11 @@ def diag_mask(desc, ith, nth, value):
             y[i] = value
 
 
-@kernel("DIAG_MASK_INF", supports=_supports_diag_mask)
+@kernel("DIAG_MASK_INF", supports=_supports_diag_mask, n_tasks=rows_n_tasks)
 def diag_mask_inf_f32(desc, ith, nth):
     diag_mask(desc, ith, nth, _NEG_INF)
 
 
-@kernel("DIAG_MASK_ZERO", supports=_supports_diag_mask)
+@kernel("DIAG_MASK_ZERO", supports=_supports_diag_mask, n_tasks=rows_n_tasks)
 def diag_mask_zero_f32(desc, ith, nth):
     diag_mask(desc, ith, nth, _F(0.0))

@@ -1,14 +1,16 @@
-"""Planning (ggml_graph_plan): threads per node and the size of the shared work buffer.
+"""The Numba backend's planning step (ggml_graph_plan): threads per node and the size of
+the shared work buffer.
 
-`graph_plan(gf, n_threads)` asks each node's kernel (Numba backend table) and, where the
-kernel says nothing, the node's OpDef: `n_tasks(node, n_threads)` (how many threads share
-the node, clamped to 1..n_threads) and `work_size(node, n_threads)` (bytes of scratch). The
-graph's work buffer is the maximum over its nodes (nodes run one after the other and share
-it), plus a cache line per thread as ggml adds. Views compute nothing and are not planned
-(n_tasks 0).
+`graph_plan(gf, n_threads)` asks each node's kernel (the backend's kernel table): its
+`n_tasks(node, n_threads)` (how many threads share the node, clamped to 1..n_threads;
+all of them when the kernel says nothing) and `work_size(node, n_threads)` (bytes of
+scratch; none when it says nothing). These are backend facts, as in ggml-cpu.c: a backend
+without a kernel table (the reference) plans every node on all threads with no scratch.
+The graph's work buffer is the maximum over its nodes (nodes run one after the other and
+share it), plus a cache line per thread as ggml adds. Views and empty results compute
+nothing and are not planned (n_tasks 0).
 
-`graph_compute(gf, cplan)` runs the planned graph on the Numba backend's pool for
-cplan.n_threads (one pool per thread count, shared with graph_compute_with_ctx).
+`pyggml.graph_compute(gf, cplan)` (compute.py) runs a plan on the process-wide CPU backend.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import GraphError
-from ..graph import CGraph
+from ...errors import GraphError
+from ...graph import CGraph
+from ..base import default_n_threads, is_computed
 
 CACHE_LINE = 64
 
@@ -35,32 +38,25 @@ class CPlan:
                 f"work_size={self.work_size})")
 
 
-def is_computed(node) -> bool:
-    """Nodes a backend runs: they have an op, it is not a view, and the result is not empty
-    (ggml's CPU skips empty results too: ggml_compute_forward returns on ggml_is_empty)."""
-    return node.op is not None and not node.op.view and 0 not in node.ne
-
-
 def _kernel_table(backend):
+    """The kernel table planning asks: the backend's (None for one without kernels, such as
+    the reference), the Numba backend's own when no backend is given."""
     if backend is not None:
         return getattr(backend, "kernels", None)
-    try:
-        from ..backends.numba_cpu.kernels import KERNELS
-    except ImportError:            # numba missing: plan from the OpDefs alone
-        return None
+    from .kernels import KERNELS
     return KERNELS
 
 
 def node_plan(node, n_threads: int, kernels=None, kernel=None) -> tuple[int, int]:
-    """(n_tasks, work_size) of one node: the kernel's rules first, then the OpDef's.
-    `kernel`: the variant already selected for node from `kernels` (saves selecting again)."""
+    """(n_tasks, work_size) of one node, by the rules of its kernel variant (all threads and
+    no scratch without one). `kernel`: the variant already selected for node from `kernels`
+    (saves selecting again)."""
     k = kernel
     if k is None and kernels is not None:
         entry = kernels.get(node.op.name)
         k = entry.select(node) if entry is not None else None
-    op = node.op
-    nt_fn = k.n_tasks if k is not None and k.n_tasks is not None else op.n_tasks
-    ws_fn = k.work_size if k is not None and k.work_size is not None else op.work_size
+    nt_fn = k.n_tasks if k is not None else None
+    ws_fn = k.work_size if k is not None else None
     n_tasks = int(nt_fn(node, n_threads)) if nt_fn is not None else n_threads
     n_tasks = max(1, min(n_threads, n_tasks))
     ws = int(ws_fn(node, n_threads)) if ws_fn is not None else 0
@@ -72,9 +68,8 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None,
     """ggml_graph_plan: per-node n_tasks and the work buffer size for n_threads.
     `selected`: the backend's kernel variant per node of gf, when the caller has them."""
     if n_threads is None:
-        from ..compute import default_n_threads
         n_threads = default_n_threads()
-    n_threads = _check_threads("graph_plan", n_threads)
+    n_threads = check_threads("graph_plan", n_threads)
     kernels = _kernel_table(backend)
     n_tasks = []
     work = 0
@@ -93,7 +88,7 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None,
 MAX_THREADS = 512          # GGML_MAX_N_THREADS
 
 
-def _check_threads(what: str, n_threads) -> int:
+def check_threads(what: str, n_threads) -> int:
     try:
         n = int(n_threads)
     except (TypeError, ValueError):
@@ -103,11 +98,10 @@ def _check_threads(what: str, n_threads) -> int:
     return n
 
 
-def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
-    """ggml_graph_compute: run gf as planned (plans for the default thread count if None)."""
-    if cplan is None:
-        cplan = graph_plan(gf)
-    _check_threads("graph_compute", cplan.n_threads)
+def check_plan(gf: CGraph, cplan: CPlan) -> None:
+    """A caller's plan must be one graph_plan could have made for gf (ggml_graph_compute's
+    checks, with messages)."""
+    check_threads("graph_compute", cplan.n_threads)
     if not (isinstance(cplan.work_size, (int, np.integer)) and cplan.work_size >= 0 and
             all(isinstance(x, (int, np.integer)) for x in cplan.n_tasks)):
         raise GraphError(f"graph_compute: the plan's work_size ({cplan.work_size!r}) and n_tasks "
@@ -115,6 +109,3 @@ def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
     if len(cplan.n_tasks) != len(gf.nodes):
         raise GraphError(f"graph_compute: the plan has {len(cplan.n_tasks)} nodes, the graph "
                          f"{len(gf.nodes)}; plan the graph again after changing it")
-    from ..compute import cpu_backend_for
-    cpu_backend_for(cplan.n_threads).compute_planned(gf, cplan)
-    return 0   # GGML_STATUS_SUCCESS; failures raise
