@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ContextMemoryError, DataError, describe
+from .errors import ContextMemoryError, DataError, ShapeError, describe
 from .types import GGMLType, TRAITS
 
 MAX_DIMS = 4
@@ -25,6 +25,23 @@ TENSOR_FLAG_LOSS = 8
 
 ALLOC_EPOCH = 0     # bumped whenever a tensor gets data: backends key cached addresses on it
 PARAMS_EPOCH = 0    # bumped when a computed node's op_params change (ops.registry.set_op_params)
+
+
+class Dims(list):
+    """A tensor's ne or nb: a list that cannot change. An op validated its sources' shapes and
+    strides when it was built and kernels trust them, so editing them in place afterwards
+    (node.ne[1] = 5) would let a kernel read or write past the data. Make a view instead."""
+    __slots__ = ()
+
+    def _frozen(self, *args, **kwargs):
+        raise ShapeError("a tensor's ne and nb are read-only once it exists (an op checked them "
+                         "when it was built): make a view (view_4d, reshape, permute) instead")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _frozen
+    append = extend = insert = pop = remove = clear = sort = reverse = _frozen
+
+    def __reduce__(self):            # pickle/copy rebuild it whole (not by append)
+        return Dims, (list(self),)
 
 
 class Buffer:
@@ -90,14 +107,14 @@ class Tensor:
                  op_params: Optional[np.ndarray] = None):
         self.ctx = ctx
         self.type = type
-        self.ne = ne = [int(x) for x in ne] + [1] * (MAX_DIMS - len(ne))
+        self.ne = ne = Dims([int(x) for x in ne] + [1] * (MAX_DIMS - len(ne)))
         if nb is None:
             tr = TRAITS[type]
             nb0 = tr.type_size
             nb1 = nb0 * (ne[0] // tr.blck_size)
-            self.nb = [nb0, nb1, nb1 * ne[1], nb1 * ne[1] * ne[2]]
+            self.nb = Dims((nb0, nb1, nb1 * ne[1], nb1 * ne[1] * ne[2]))
         else:
-            self.nb = [int(x) for x in nb]
+            self.nb = Dims([int(x) for x in nb])
         self.op = None                      # OpDef, or None for a leaf created by new_tensor
         self.src: list[Optional[Tensor]] = [None] * MAX_SRC
         self.op_params = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32) if op_params is None \

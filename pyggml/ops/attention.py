@@ -151,6 +151,8 @@ def _check_sinks(q, sinks):
     if sinks.ne[0] != q.ne[2]:
         fail(_OP, f"sinks has {sinks.ne[0]} values but q has "
              f"{q.ne[2]} heads (one sink logit per head)", sinks, q)
+    if 0 in sinks.ne[1:]:     # ggml checks ne[0] only, then reads n_head floats of nothing
+        fail(_OP, "sinks is empty (a zero in ne[1:]): there are no sink logits to read", sinks)
     if sinks.nb[0] != 4:      # ggml's CPU reads sinks[h] as a plain float array
         fail(_OP, f"sinks must hold its {sinks.ne[0]} logits contiguously (nb[0] = 4, got "
              f"{sinks.nb[0]}); cont() it first", sinks)

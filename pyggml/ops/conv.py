@@ -45,6 +45,7 @@ def _gather(x, oh, ow, kh, kw, s1, s0, p1, p0, d1, d0):
     iw = np.arange(ow)[:, None] * s0 + np.arange(kw)[None, :] * d0 - p0       # (OW, KW)
     vh = (ih >= 0) & (ih < x.shape[2])
     vw = (iw >= 0) & (iw < x.shape[3])
+    x = _readable(x, (2, 3))
     ihc = np.clip(ih, 0, x.shape[2] - 1)
     iwc = np.clip(iw, 0, x.shape[3] - 1)
     g = x[:, :, ihc[:, None, :, None], iwc[None, :, None, :]]               # (N,C,OH,OW,KH,KW)
@@ -340,7 +341,7 @@ def _ref_conv_t1d(node, ins, p):
     contrib = np.einsum("il,iok->olk", x, w)       # (OC, L, K)
     oc, n_l, k = contrib.shape
     out = np.zeros((oc, node.ne[0]))
-    for j in range(k):
+    for j in range(k if n_l else 0):          # no input samples: all zeros (j:-1 would slice)
         out[:, j:j + p.s0 * (n_l - 1) + 1:p.s0] += contrib[:, :, j]
     return out
 
@@ -417,15 +418,32 @@ def _pool_windows(n_in, n_out, k, s, p):
     return np.clip(j, 0, max(n_in - 1, 0)), valid
 
 
+def _readable(x, axes):
+    """x, or zeros with 1 in place of its empty axes (every window there is padding)."""
+    if all(x.shape[a] for a in axes):
+        return x
+    return np.zeros([1 if a in axes and n == 0 else n for a, n in enumerate(x.shape)])
+
+
+def _max_fold(w, valid):
+    """ggml's `res = std::max(v, res)` over the window in order, from -FLT_MAX: a NaN is kept
+    until a later in-range sample replaces it (numpy's max would keep any NaN)."""
+    res = np.full(w.shape[:-1], -_FLT_MAX)
+    for i in range(w.shape[-1]):
+        v = w[..., i]
+        res = np.where(valid[..., i], np.where(v < res, res, v), res)
+    return res
+
+
 def _ref_pool_1d(node, ins, p):
-    x = ins[0]
-    j, valid = _pool_windows(x.shape[-1], node.ne[0], p.k0, p.s0, p.p0)
+    x = _readable(ins[0], (3,))
+    j, valid = _pool_windows(ins[0].shape[-1], node.ne[0], p.k0, p.s0, p.p0)
     w = x[..., j]                                            # (..., OW, K)
     if p.op == OP_POOL_AVG:   # average over the in-range samples (0 when none)
         cnt = valid.sum(1)
         s = np.where(valid, w, 0.0).sum(-1)
         return np.where(cnt > 0, s / np.maximum(cnt, 1), 0.0)
-    return np.where(valid, w, -_FLT_MAX).max(-1, initial=-_FLT_MAX)
+    return _max_fold(w, np.broadcast_to(valid, w.shape))
 
 
 def _pool1d_cases():
@@ -474,14 +492,15 @@ def _infer_pool_2d(srcs, p):
 
 
 def _ref_pool_2d(node, ins, p):
-    x = ins[0]
-    jy, vy = _pool_windows(x.shape[-2], node.ne[1], p.k1, p.s1, p.p1)
-    jx, vx = _pool_windows(x.shape[-1], node.ne[0], p.k0, p.s0, p.p0)
+    x = _readable(ins[0], (2, 3))
+    jy, vy = _pool_windows(ins[0].shape[-2], node.ne[1], p.k1, p.s1, p.p1)
+    jx, vx = _pool_windows(ins[0].shape[-1], node.ne[0], p.k0, p.s0, p.p0)
     w = x[:, :, jy[:, None, :, None], jx[None, :, None, :]]      # (A3, A2, OH, OW, K1, K0)
     valid = vy[:, None, :, None] & vx[None, :, None, :]
     if p.op == OP_POOL_AVG:   # ggml divides by k0*k1, padding included
         return np.where(valid, w, 0.0).sum((-2, -1)) / (p.k0 * p.k1)
-    return np.where(valid, w, -_FLT_MAX).max((-2, -1), initial=-_FLT_MAX)
+    flat = w.shape[:-2] + (-1,)                                  # ky outer, kx inner: ggml's order
+    return _max_fold(w.reshape(flat), np.broadcast_to(valid, w.shape).reshape(flat))
 
 
 def _pool2d_cases():

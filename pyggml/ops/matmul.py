@@ -166,7 +166,8 @@ def _infer_mul_mat_id(srcs, p):
     need(ids.ne[1] == b.ne[2], op, f"ids has {ids.ne[1]} token rows but b has {b.ne[2]} tokens "
          f"(ids.ne[1] must equal b.ne[2])", ids, b)
     need(as_.ne[0] == b.ne[0], op, f"as.ne[0] = {as_.ne[0]} != b.ne[0] = {b.ne[0]}", as_, b)
-    need(ids.ne[0] % b.ne[1] == 0, op, f"b.ne[1] = {b.ne[1]} does not divide ids.ne[0] = "
+    # ggml takes the modulo unchecked (SIGFPE when b.ne[1] == 0)
+    need(b.ne[1] > 0 and ids.ne[0] % b.ne[1] == 0, op, f"b.ne[1] = {b.ne[1]} does not divide ids.ne[0] = "
          f"{ids.ne[0]} (b's rows broadcast over the selected experts)", ids, b)
     _rows_packed(op, as_, "as")
     _rows_packed(op, b, "b")

@@ -66,10 +66,30 @@ _EPS_GRID = (0.0, 1e-6, 1e-4, 1e-1, 10.0)
 
 # --- NORM -------------------------------------------------------------------------------------
 
+def _f32(x):
+    """Rounded to float32 where ggml stores a float (sums stay float64, ggml_float): squares of
+    large values overflow to inf there and the row becomes 0 or NaN, as ggml's does."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(x, np.float64).astype(np.float32).astype(np.float64)
+
+
+def _eps(p):
+    return np.float64(np.float32(p.eps))
+
+
+def _rsqrt(x):
+    """1 / sqrtf(x) with IEEE results (inf at 0, 0 at inf, NaN from NaN) and no warnings."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _f32(1.0 / _f32(np.sqrt(x)))
+
+
 def _ref_norm(node, ins, p):
     x = ins[0]
-    d = x - x.mean(axis=-1, keepdims=True)
-    return d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + np.float64(np.float32(p.eps)))
+    n = x.shape[-1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = _f32(x - _f32(x.sum(axis=-1, keepdims=True) / n))
+        var = _f32(_f32(d * d).sum(axis=-1, keepdims=True) / n)
+        return d * _rsqrt(_f32(var + _eps(p)))
 
 
 def _norm_cases():
@@ -125,7 +145,10 @@ def _infer_rms_norm(srcs, p):
 
 def _ref_rms_norm(node, ins, p):
     x = ins[0]
-    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float64(np.float32(p.eps)))
+    n = x.shape[-1]
+    with np.errstate(invalid="ignore"):
+        mean = _f32(_f32(x * x).sum(axis=-1, keepdims=True) / n)
+        return x * _rsqrt(_f32(mean + _eps(p)))
 
 
 def _init_pm10(leaf, rng):
@@ -186,11 +209,15 @@ def _infer_rms_norm_back(srcs, p):
 def _ref_rms_norm_back(node, ins, p):
     dz, x = ins[0], ins[1]
     n = x.shape[-1]
-    eps = np.float64(np.float32(p.eps))
-    sum_xx = (x * x).sum(axis=-1, keepdims=True)
-    sum_xdz = (x * dz).sum(axis=-1, keepdims=True)
-    rrms = 1.0 / np.sqrt(sum_xx / n + eps)
-    return (dz + x * (-sum_xdz / (sum_xx + eps * n))) * rrms
+    eps = _eps(p)
+    # ggml's steps and float32 roundings: with n = 1 (or x ~ dz) the result is a cancellation
+    # dz - dz * x^2 / (x^2 + eps) that float64 math would not reproduce
+    sum_xx = _f32(_f32(x * x).sum(axis=-1, keepdims=True))
+    sum_xdz = _f32(x * dz).sum(axis=-1, keepdims=True)
+    rrms = _rsqrt(_f32(_f32(sum_xx / n) + eps))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sx = _f32(_f32(-sum_xdz) / _f32(sum_xx + _f32(eps * n)))
+        return _f32(x * sx + dz) * rrms         # one rounding: ggml's compiler fuses it (FMA)
 
 
 def _rms_norm_back_cases():
@@ -273,8 +300,9 @@ def group_norm_inplace(ctx, a, n_groups, eps):
 
 def _ref_l2_norm(node, ins, p):
     x = ins[0]
-    return x / np.maximum(np.sqrt((x * x).sum(axis=-1, keepdims=True)),
-                          np.float64(np.float32(p.eps)))
+    nrm = _f32(np.sqrt(_f32(_f32(x * x).sum(axis=-1, keepdims=True))))    # sqrtf(sum)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x * _f32(1.0 / np.fmax(nrm, _eps(p)))      # fmaxf: a NaN norm gives eps
 
 
 def _l2_norm_cases():

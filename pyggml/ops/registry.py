@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe
 from .. import tensor as _tensor_mod
-from ..tensor import Tensor, MAX_SRC, MAX_OP_PARAMS, nbytes, nelements
+from ..tensor import Dims, Tensor, MAX_SRC, MAX_OP_PARAMS, nbytes, nelements
 from ..types import GGMLType, TRAITS
 
 
@@ -289,9 +289,9 @@ class OpDef:
                                 view_src=out.view_of, view_offs=out.offs, op_name=self.name,
                                 op_params=frozen(words))
         if out.like_src:
-            t.ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
+            t.ne = Dims([int(x) for x in out.ne] + [1] * (4 - len(out.ne)))
         if out.nb is not None:
-            t.nb = [int(x) for x in out.nb]
+            t.nb = Dims([int(x) for x in out.nb])
             if t.view_src is not None and not out.like_src and nelements(t) and \
                     t.view_offs + nbytes(t) > nbytes(t.view_src):
                 ctx.tensors.remove(t)

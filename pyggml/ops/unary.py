@@ -152,8 +152,9 @@ _UNARY_FNS = {
     "GELU": (lambda x, t, p: _gelu_values(x, t), _F32_F16, True),
     "GELU_QUICK": (lambda x, t, p: _gelu_quick_values(x, t), _F32_F16, True),
     "SILU": (lambda x, t, p: _silu_values(x), _F32_F16, True),
-    "HARDSWISH": (lambda x, t, p: x * np.minimum(1.0, np.maximum(0.0, (x + 3.0) / 6.0)), _FLOATS, False),
-    "HARDSIGMOID": (lambda x, t, p: np.minimum(1.0, np.maximum(0.0, (x + 3.0) / 6.0)), _FLOATS, False),
+    # fminf/fmaxf as ggml: a NaN input to the clamp gives 0, not NaN
+    "HARDSWISH": (lambda x, t, p: x * np.fmin(1.0, np.fmax(0.0, (x + 3.0) / 6.0)), _FLOATS, False),
+    "HARDSIGMOID": (lambda x, t, p: np.fmin(1.0, np.fmax(0.0, (x + 3.0) / 6.0)), _FLOATS, False),
     "EXP": (lambda x, t, p: _exp(x), _FLOATS, True),
     "EXPM1": (lambda x, t, p: _expm1(x), _FLOATS, True),
     "SOFTPLUS": (lambda x, t, p: _softplus(x), _FLOATS, True),

@@ -87,7 +87,15 @@ def _ref_upscale(node, ins, p):
             w[(s[None, :] < lo[:, None]) | (s[None, :] >= hi[:, None])] = 0
             return w.astype(np.float64)
         wy, wx = weights(1), weights(0)
-        num = wy @ (x @ wx.T)                          # separable: rows, then columns
+        finite = np.isfinite(x)
+        num = wy @ (np.where(finite, x, 0.0) @ wx.T)   # separable: rows, then columns
+        if not finite.all():
+            # ggml skips zero-weight samples: only an inf/NaN the window weighs reaches a result
+            by, bx = (wy > 0).astype(np.float64), (wx > 0).astype(np.float64)
+            hit = lambda m: (by @ (m.astype(np.float64) @ bx.T)) > 0          # noqa: E731
+            pinf, ninf = hit(x == np.inf), hit(x == -np.inf)
+            num = np.where(pinf, np.inf, np.where(ninf, -np.inf, num))
+            num = np.where(hit(np.isnan(x)) | (pinf & ninf), np.nan, num)
         den = wy.sum(1)[:, None] * wx.sum(1)[None, :]
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 

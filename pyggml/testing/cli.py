@@ -174,9 +174,8 @@ def main(argv=None) -> int:
         print("perf: -j ignored (timed runs must not share the cores)", file=sys.stderr)
         args.jobs = 1
     cases = list(all_cases(args.ops, args.pattern, not args.no_slow))
-    if not cases:
+    if not cases:        # ggml runs no test and passes ("0/0 tests passed", exit 0)
         print("no test cases match", file=sys.stderr)
-        return 1
     _W["args"], _W["argv"], _W["cases"] = args, argv, cases
     pool = None
     if args.jobs > 1:

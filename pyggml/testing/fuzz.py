@@ -533,9 +533,34 @@ def check(spec: GraphSpec, backends: list, ref, seed: int = 0, alloc=None) -> Ou
             tpl = template(spec.nodes[i]["case"])
             ok, err, msg = harness.compare_node(tpl.case, t_ref, t, *th[i], what)
             outcome.compared += 1
-            if not ok:
+            if not ok and not _same_op_result(tpl, t, what):
                 return Outcome("FAIL", f"{be.name}: {msg}", i, outcome.compared)
     return outcome
+
+
+def _same_op_result(tpl: Template, t: Tensor, what: str) -> bool:
+    """ggml's own rule for one op: does the backend's node match the reference computed from
+    the backend's *own* inputs (its threshold, not the path's)?
+
+    The end-to-end comparison also sees differences that earlier nodes made within their
+    thresholds, amplified by an op that is ill-conditioned there: sqrt/log of a value the
+    reference rounds to a tiny negative denormal and ggml's float32 math to -0, a norm or a sum
+    of values that cancel to ~0. Those nodes are right: the earlier ones were compared
+    already. Ops that write sources or alias them are not recomputed (their inputs changed)."""
+    from ..backends.reference.backend import compute_node_reference
+    if t.op is None or t.op.writes or t.view_src is not None or \
+            getattr(tpl.case, "err", None) is not None or what.endswith("]"):
+        return False
+    got = data.read(t)
+    raw = data.tensor_get(t)
+    try:
+        compute_node_reference(t)
+        local = data.read(t)
+    except Exception:                      # noqa: BLE001 - then the end-to-end verdict stands
+        return False
+    finally:
+        data.tensor_set(t, raw)
+    return harness.compare_values(local, got, tpl.max_nmse, tpl.exact, what)[0]
 
 
 def ancestors(spec: GraphSpec, k: int) -> GraphSpec:

@@ -68,3 +68,199 @@ def test_soft_max_built_with_sinks_checks_them():
         OPS["SOFT_MAX"].build(ctx, [a, None, sinks], dict(scale=1.0, max_bias=0.0))
     ok = gg.new_tensor_1d(ctx, gg.TYPE_F32, 2)
     assert OPS["SOFT_MAX"].build(ctx, [a, None, ok], dict(scale=1.0, max_bias=0.0)).src[2] is ok
+
+
+# --- pyggml fuzz --examples 20000 --seed 301 (issue #16) -----------------------------------------
+
+def _case(build, init=None):
+    return Case("X", {}, build, init=init)
+
+
+def _run(build, init=None, backend=None):
+    """The case on `backend` (default: the CPU backend at 2 threads) against the reference."""
+    if backend is not None:
+        return harness.run_test(_case(build, init), backend, ReferenceBackend())
+    from pyggml.compute import backend_cpu_init
+    be = backend_cpu_init(2)
+    try:
+        return harness.run_test(_case(build, init), be, ReferenceBackend())
+    finally:
+        be.free()
+
+
+def _ggml():
+    from pyggml.testing import ggml_lib
+    if not ggml_lib.available():
+        pytest.skip("libggml-python is not installed")
+    from pyggml.testing.ggml_backend import GGMLBackend
+    return GGMLBackend(1)
+
+
+def _rows(values):
+    """An init writing `values` (a 2-D list, one list per row) into every leaf."""
+    import numpy as np
+    arr = np.asarray(values, np.float64)
+
+    def init(leaf, rng):
+        return arr.reshape(leaf.ne[::-1])
+    return init
+
+
+def test_flash_attn_ext_with_empty_sinks_is_a_clear_error():
+    """Examples 3493, 9398, 9939, 19938 (SIGSEGV under guard pages): sinks ne=[4,0,0,0] passed
+    ggml's check (ne[0] == n_head only) and the kernel read 4 floats of a 0-byte tensor."""
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    q = gg.new_tensor_4d(ctx, gg.TYPE_F32, 32, 3, 4, 2)
+    k = gg.new_tensor_4d(ctx, gg.TYPE_F16, 32, 0, 4, 2)
+    out = gg.flash_attn_ext(ctx, q, k, k, None, 1.0, 0.0, 0.0)
+    with pytest.raises(ShapeError, match="sinks is empty"):
+        gg.flash_attn_ext_add_sinks(out, gg.new_tensor_4d(ctx, gg.TYPE_F32, 4, 0, 0, 0))
+    gg.flash_attn_ext_add_sinks(out, gg.new_tensor_1d(ctx, gg.TYPE_F32, 4))    # still fine
+
+
+def test_empty_results_need_no_kernel():
+    """An empty CPY into Q5_0 from a permuted source (no kernel for that layout): ggml skips
+    empty nodes, so the CPU backend must not refuse it (it said 'does not support')."""
+    def build(ctx):
+        a = gg.permute(ctx, gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 3, 2, 256), 3, 1, 2, 0)
+        return gg.cpy(ctx, a, gg.new_tensor_4d(ctx, gg.TYPE_Q5_0, 256, 2, 3, 0))
+    r = _run(build)
+    assert r.status == "OK", r.message
+
+
+def test_mul_mat_id_with_an_empty_b_row_dim_is_a_clear_error():
+    """ids.ne[0] % b.ne[1] with b.ne[1] = 0: ZeroDivisionError while building (ggml: SIGFPE)."""
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    as_ = gg.new_tensor_3d(ctx, gg.TYPE_F32, 96, 32, 3)
+    b = gg.new_tensor_3d(ctx, gg.TYPE_F32, 96, 0, 1)
+    ids = gg.new_tensor_2d(ctx, gg.TYPE_I32, 0, 1)
+    with pytest.raises(ShapeError, match="MUL_MAT_ID.*does not divide"):
+        gg.mul_mat_id(ctx, as_, b, ids)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ctx: gg.pool_1d(ctx, gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 1, 2, 3), gg.OP_POOL_AVG, 3, 1, 2),
+    lambda ctx: gg.pool_1d(ctx, gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 1, 2, 3), gg.OP_POOL_MAX, 3, 1, 2),
+    lambda ctx: gg.pool_2d(ctx, gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 0, 3, 1), gg.OP_POOL_AVG,
+                           1, 1, 1, 1, 1, 1),
+    lambda ctx: gg.pool_2d(ctx, gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 0, 3, 1), gg.OP_POOL_MAX,
+                           1, 1, 1, 1, 1, 1),
+    lambda ctx: gg.conv_2d(ctx, gg.new_tensor_4d(ctx, gg.TYPE_F32, 2, 2, 3, 2),
+                           gg.new_tensor_4d(ctx, gg.TYPE_F32, 2, 0, 3, 2), 3, 5, 5, 5, 2, 4),
+    lambda ctx: gg.conv_transpose_1d(ctx, gg.new_tensor_4d(ctx, gg.TYPE_F32, 5, 1, 1, 1),
+                                     gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 1, 1, 1), 2, 0, 1),
+], ids=["pool_1d_avg", "pool_1d_max", "pool_2d_avg", "pool_2d_max", "conv_2d", "conv_transpose_1d"])
+def test_windows_over_an_empty_input_are_all_padding(make):
+    """The references indexed an empty axis (IndexError) where the CPU backend (and ggml)
+    return the padding value: the output is not empty, the input is."""
+    r = _run(make)
+    assert r.status == "OK", r.message
+
+
+def test_max_pool_keeps_nan_in_ggml_order():
+    """ggml folds res = std::max(v, res): a NaN stays only until a later sample replaces it.
+    The reference's np.max kept every NaN, the kernel's max() dropped them."""
+    import numpy as np
+    nan = float("nan")
+
+    def build(ctx):
+        return gg.pool_1d(ctx, gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 2), gg.OP_POOL_MAX, 2, 2, 0)
+    init = _rows([[nan, 1.0, 1.0, nan], [nan, nan, -2.0, 3.0]])
+    r = _run(build, init)
+    assert r.status == "OK", r.message
+    ctx = gg.init(mem_size=1 << 20)
+    out = build(ctx)
+    gg.data.write(out.src[0], init(out.src[0], None))
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, out)
+    gg.graph_compute_with_ctx(ctx, gf, 1)
+    got = gg.to_numpy(out)
+    assert got[0, 0] == 1.0 and np.isnan(got[0, 1]) and np.isnan(got[1, 0]) and got[1, 1] == 3.0
+
+
+@pytest.mark.parametrize("op", ["norm", "rms_norm", "l2_norm"])
+def test_norms_with_eps_0_of_a_zero_row_give_nan_not_an_exception(op):
+    """Examples 680, 132, 11330...: 1 / sqrtf(0) raised ZeroDivisionError in the kernel
+    (error 7); ggml's float math gives inf, and the row 0 * inf = NaN on both backends."""
+    def build(ctx):
+        return getattr(gg, op)(ctx, gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 2), 0.0)
+    r = _run(build, _rows([[0.0] * 4, [1.0, 2.0, 3.0, 4.0]]))
+    assert r.status == "OK", r.message
+
+
+_BIG = [[7.95e29, 1e-3, 2.0, -1.0], [3e38, -3e38, 1.0, 0.5]]
+
+
+@pytest.mark.parametrize("op", ["norm", "rms_norm", "l2_norm"])
+def test_norm_squares_overflow_in_float32_as_in_ggml(op):
+    """Examples 14222, 19097, 1233, 17780: ggml squares in float32, so a row with a value
+    past ~1.8e19 normalizes to 0 (or NaN); the float64 reference gave O(1) values."""
+    def build(ctx):
+        return getattr(gg, op)(ctx, gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 2), 1e-6)
+    r = _run(build, _rows(_BIG))
+    assert r.status == "OK", r.message
+    r = _run(build, _rows(_BIG), backend=_ggml())
+    assert r.status == "OK", r.message
+
+
+def test_rms_norm_back_of_one_value_rows_follows_ggml_float32_steps():
+    """Examples 2243, 17138: with ne0 = 1 the result is the cancellation dz - dz*x^2/(x^2+eps),
+    which only ggml's own float32 steps reproduce (float64 math differed by NMSE ~1)."""
+    def build(ctx):
+        return gg.rms_norm_back(ctx, gg.new_tensor_2d(ctx, gg.TYPE_F32, 1, 8),
+                                gg.new_tensor_2d(ctx, gg.TYPE_F32, 1, 8), 1e-6)
+
+    def init(leaf, rng):
+        return rng.uniform(-10, 10, size=leaf.ne[::-1])
+    r = _run(build, init)
+    assert r.status == "OK", r.message
+    r = _run(build, init, backend=_ggml())
+    assert r.status == "OK", r.message
+
+
+def test_antialiased_upscale_skips_zero_weight_infinities():
+    """Example 17247: a -inf that the window gives weight 0 made the reference's matrix
+    product NaN (0 * inf); ggml skips zero-weight samples."""
+    import numpy as np
+
+    def build(ctx):
+        a = gg.new_tensor_2d(ctx, gg.TYPE_F32, 3, 12)
+        return gg.interpolate(ctx, a, 1, 2, 1, 1, gg.SCALE_MODE_BILINEAR | gg.SCALE_FLAG_ANTIALIAS)
+
+    def init(leaf, rng):
+        x = rng.uniform(-1, 1, size=(12, 3))
+        x[0, 1] = x[0, 2] = x[1, 2] = -np.inf
+        return x
+    r = _run(build, init)
+    assert r.status == "OK", r.message
+    r = _run(build, init, backend=_ggml())
+    assert r.status == "OK", r.message
+
+
+def test_hardsigmoid_of_nan_is_zero_as_fmaxf():
+    """Example 19897: ggml clamps with fminf(1, fmaxf(0, (x+3)/6)), so NaN gives 0."""
+    nan = float("nan")
+
+    def build(ctx):
+        return gg.hardsigmoid(ctx, gg.new_tensor_1d(ctx, gg.TYPE_F32, 4))
+    r = _run(build, _rows([[nan, 0.0, -9.0, 9.0]]))
+    assert r.status == "OK", r.message
+
+
+def test_ne_and_nb_cannot_be_edited_after_build():
+    """ne/nb were plain lists: node.ne[1] = 5 after build made kernels read past the data."""
+    import copy
+    import pickle
+    from pyggml.tensor import Dims
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    a = gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 2)
+    y = gg.soft_max(ctx, a)
+    for t in (a, y):
+        for edit in (lambda d: d.__setitem__(1, 5), lambda d: d.append(1), lambda d: d.pop(),
+                     lambda d: d.__iadd__([1])):
+            with pytest.raises(ShapeError, match="read-only"):
+                edit(t.ne)
+            with pytest.raises(ShapeError, match="read-only"):
+                edit(t.nb)
+    assert y.ne == [4, 2, 1, 1] and a.nb == [4, 16, 32, 32]
+    assert pickle.loads(pickle.dumps(y.ne)) == y.ne and isinstance(copy.deepcopy(y.nb), Dims)

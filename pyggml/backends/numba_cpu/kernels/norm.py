@@ -57,6 +57,13 @@ def store_scaled(src, n, f, daddr, nb0):
 
 
 @_jit
+def fdiv(a, b):
+    """a / b in float32 with IEEE results (inf, NaN): the kernels' own bodies compile with
+    Python's error model, where a float division by zero raises (eps = 0, a zero row)."""
+    return _F(a) / _F(b)
+
+
+@_jit
 def sum_sq(x, n):
     s = 0.0
     for i in range(n):
@@ -114,7 +121,7 @@ def rms_norm_f32(desc, ith, nth):
     for r in range(ir0, ir1):
         x = _src_row(desc, r, n, tmp)
         mean = _F(sum_sq(x, n) / n)
-        scale = _F(1.0) / _F(math.sqrt(mean + eps))
+        scale = fdiv(1.0, math.sqrt(mean + eps))
         store_scaled(x, n, scale, row_addr(desc, DST, r), dnb0)
 
 
@@ -154,7 +161,7 @@ def norm_f32(desc, ith, nth):
         x = _src_row(desc, r, n, tmp)
         mean = _F(row_sum(x, n) / n)
         var = _F(centered_sq(x, n, mean) / n)
-        scale = _F(1.0) / _F(math.sqrt(var + eps))
+        scale = fdiv(1.0, math.sqrt(var + eps))
         store_centered(x, n, mean, scale, row_addr(desc, DST, r), dnb0)
 
 
@@ -172,9 +179,9 @@ def l2_norm_f32(desc, ith, nth):
                          ith, nth)
     for r in range(ir0, ir1):
         x = _src_row(desc, r, n, tmp)
-        nrm = _F(math.sqrt(sum_sq(x, n)))
+        nrm = _F(math.sqrt(_F(sum_sq(x, n))))                # sqrtf((float)sum)
         nrm = nrm if nrm > eps else eps                       # fmaxf(sqrt(sum), eps)
-        store_scaled(x, n, _F(1.0) / nrm, row_addr(desc, DST, r), dnb0)
+        store_scaled(x, n, fdiv(1.0, nrm), row_addr(desc, DST, r), dnb0)
 
 
 # --- RMS_NORM_BACK ----------------------------------------------------------------------------
@@ -202,10 +209,12 @@ def rms_norm_back_f32(desc, ith, nth):
             sxdz += np.float64(x[i] * dz[i])
         mean_eps = _F(sxx) / _F(n) + eps
         sum_eps = _F(sxx) + eps * _F(n)
-        rrms = _F(1.0) / _F(math.sqrt(mean_eps))
-        sx = _F(-sxdz) / sum_eps
+        rrms = fdiv(1.0, math.sqrt(mean_eps))
+        sx = fdiv(-sxdz, sum_eps)
         for i in range(n):
-            dx[i] = (dz[i] + x[i] * sx) * rrms
+            # ggml's C compiles dz + x*sx to one fused multiply-add: with ne0 = 1 the sum
+            # cancels, and only the single rounding reproduces its result
+            dx[i] = _F(np.float64(x[i]) * np.float64(sx) + np.float64(dz[i])) * rrms
 
 
 # --- GROUP_NORM -------------------------------------------------------------------------------

@@ -631,7 +631,7 @@ def pool_1d(desc, ith, nth):
                     continue
                 v = load_f32(s + j * t_nb(desc, SRC0, 0), st)
                 total += v
-                best = max(best, v)
+                best = best if v < best else v      # std::max(v, best): NaN order as ggml
                 cnt += 1
             if op == 1:                      # avg over the in-range samples (0 when none)
                 res = np.float32(total / cnt) if cnt > 0 else np.float32(0.0)
@@ -669,7 +669,7 @@ def pool_2d(desc, ith, nth):
                         continue
                     v = load_f32(s + iy * sn1 + ix * sn0, st)
                     total += v
-                    best = max(best, v)
+                    best = best if v < best else v  # std::max(v, best), as ggml
             res = np.float32(total / (k0 * k1)) if op == 1 else best   # avg: padding counts
             ptr_of(d + ox * t_nb(desc, DST, 0), np.float32)[0] = res
 
