@@ -8,7 +8,9 @@ agree):
     directly: F16 through F16C, BF16 by a shift, in float32 (more exact than ggml, which
     rounds the activations to F16/BF16 first). Quantized weights meet activations quantized
     to 8 bits per 32-block ("Q8 split": int8 q, float d, float d*sum(q)) and integer
-    pmaddubsw/pmaddwd dots with per-block float scales, as ggml's Q8_0/Q8_1 vec_dots do.
+    pmaddubsw/pmaddwd dots with per-block float scales, as ggml's Q8_0/Q8_1 vec_dots do
+    (IQ4_NL too, its codes looked up first). The K-quants and IQ4_XS meet activations
+    quantized to Q8_K (kq_dots.py: ggml's vec_dot_<t>_q8_K, the same results bit for bit).
   GEMM path (n >= GEMM_MIN_N, the prompt case): a packed, register-blocked float32 GEMM
     (BLIS/GotoBLAS structure, simd.gemm_tile micro-kernel). Weight panels are converted to
     float32 while packing (F16, BF16 and every quantized type dequantized exactly), so this
