@@ -503,7 +503,7 @@ def _quantize_tensor(new: GGMLType, x: np.ndarray, ne: list, qw) -> np.ndarray:
     """Rows [nrows, ne0] -> bytes of type new; per expert matrix with its own imatrix slice."""
     n_mat = ne[2] if len(ne) > 2 else 1
     per = x.shape[0] // max(n_mat * (ne[3] if len(ne) > 3 else 1), 1)
-    if qw is None or TRAITS[new].from_float_imatrix is None:
+    if qw is None or not quants.takes_imatrix(new):
         return np.frombuffer(quants.quantize(new, x), np.uint8)
     parts = []
     for i in range(x.shape[0] // per):

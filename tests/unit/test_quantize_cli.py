@@ -165,3 +165,27 @@ def test_smollm2_q4_k_m_tensors_byte_identical_to_llama_quantize(tmp_path):
     exp = _expected()
     bad = [n for n in exp if got.get(n) != exp[n]]
     assert set(got) == set(exp) and not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+def test_imatrix_files_match_llama_quantize(tmp_path):
+    """Both imatrix formats (legacy .dat, GGUF) on a tiny model, ftypes whose quantizers take
+    the weights (K-quant mix, Q4_0..Q5_1, IQ4_XS): tensors byte-identical to llama-quantize's
+    (fixture: tools/imatrix_fixture.py)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from imatrix_fixture import make_inputs
+    from quantize_fixture import tensor_digests
+    exp = json.loads((Path(__file__).parent / "fixtures" / "imatrix_tiny.json").read_text())
+    p = make_inputs(tmp_path)
+    plain = {}
+    for key, want in sorted(exp.items()):
+        fmt, ftype = key.split()
+        out = tmp_path / f"{fmt}-{ftype}.gguf"
+        assert qc.main([str(p["model"]), str(out), ftype, "--imatrix", str(p[fmt])]) == 0
+        got = tensor_digests(str(out))
+        bad = [n for n in want if got.get(n) != want[n]]
+        assert set(got) == set(want) and not bad, f"{key}: {bad}"
+        if ftype not in plain:
+            assert qc.main([str(p["model"]), str(tmp_path / "plain.gguf"), ftype]) == 0
+            plain[ftype] = tensor_digests(str(tmp_path / "plain.gguf"))
+        assert got["blk.0.attn_q.weight"] != plain[ftype]["blk.0.attn_q.weight"], key
