@@ -1,12 +1,14 @@
-"""`pyggml quantize --imatrix` against llama.cpp's llama-quantize reading the same files.
+"""`pyggml quantize` flags and `--imatrix` files against llama.cpp's llama-quantize.
 
 Writes a tiny deterministic F32 llama model and an importance matrix for it in both formats
 llama.cpp reads (the legacy .dat and the GGUF file llama-imatrix writes now: <name>.in_sum2
 and <name>.counts, imatrix.datasets / chunk_count / chunk_size), quantizes the model with
-llama-quantize for a few ftypes (K-quant mixes and Q4_0..Q5_1, whose importance-matrix
-quantizers differ from their plain ones) and records each output tensor's type and sha256:
+llama-quantize for each case of CASES (ftypes whose quantizers take the imatrix: K-quant
+mixes, Q4_0..Q5_1, IQ4_XS; the type-choosing flags) and records each output tensor's type
+and sha256:
 
-    python tools/imatrix_fixture.py ../shared/llama.cpp/run > tests/unit/fixtures/imatrix_tiny.json
+    python tools/quantize_cases_fixture.py ../shared/llama.cpp/run \
+        > tests/unit/fixtures/quantize_cases_tiny.json
 
 tests/unit/test_quantize_cli.py builds the same inputs (make_inputs) and compares pyggml's
 files with the fixture. (No llama-imatrix binary is available here; the files follow the
@@ -24,8 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-FTYPES = ["Q4_K_M", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_XS"]
-FORMATS = ["dat", "gguf"]
+# "FTYPE flags..." ({dat} / {gguf}: the imatrix files)
+CASES = [f"{ft} --imatrix {{{fmt}}}" for fmt in ("dat", "gguf")
+         for ft in ("Q4_K_M", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_XS")] + [
+    "Q4_K_M --imatrix {gguf} --exclude-weights attn_q --exclude-weights ffn_up",
+    "Q4_K_M --imatrix {dat} --include-weights attn_v",
+    "Q4_K_M --tensor-type attn_v=q4_k",
+    "Q4_K_M --pure --tensor-type attn_v=q5_0",
+    "Q4_K_M --tensor-type ATTN_.=q8_0 --tensor-type attn_q=q5_0",
+    "Q4_K_M --tensor-type ffn_(up|gate)=iq4_xs --leave-output-tensor",
+    "Q5_K_M --output-tensor-type q8_0 --token-embedding-type q5_0",
+    "Q6_K --pure",
+]
 N_EMBD, N_FF, N_VOCAB = 256, 512, 64
 
 
@@ -117,6 +129,14 @@ def make_inputs(d: Path) -> dict:
     return {"model": d / "model.gguf", "dat": d / "imatrix.dat", "gguf": d / "imatrix.gguf"}
 
 
+def case_argv(case: str, paths: dict, out) -> list:
+    """pyggml quantize's / llama-quantize's argv of a case (flags first, as llama-quantize
+    needs them)."""
+    ftype, *flags = case.split()
+    return [f.format(**{k: str(v) for k, v in paths.items()}) for f in flags] + \
+        [str(paths["model"]), str(out), ftype]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -127,15 +147,14 @@ def main(argv=None) -> int:
     out = {}
     with tempfile.TemporaryDirectory() as td:
         p = make_inputs(Path(td))
-        for fmt in FORMATS:
-            for ft in FTYPES:
-                dst = Path(td) / f"{fmt}-{ft}.gguf"
-                r = subprocess.run([argv[0], "llama-quantize", "--imatrix", str(p[fmt]),
-                                    str(p["model"]), str(dst), ft], capture_output=True, text=True)
-                if r.returncode != 0:
-                    print(r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
-                    return 1
-                out[f"{fmt} {ft}"] = tensor_digests(str(dst))
+        for case in CASES:
+            dst = Path(td) / "out.gguf"
+            r = subprocess.run([argv[0], "llama-quantize", *case_argv(case, p, dst)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                print(case, r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
+                return 1
+            out[case] = tensor_digests(str(dst))
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
     print()
     return 0
