@@ -4,9 +4,10 @@ The same type names (Q4_K_M, Q5_K_S, IQ4_XS, Q8_0, ... or their numeric ftypes),
 per-tensor mixes (which tensors get more bits, and the fallback types for rows that are not
 whole blocks) as llama.cpp's src/llama-quant.cpp, the same progress lines, and tensors
 quantized by pyggml.quants (ggml_quantize_chunk, bit for bit), so the output's tensors are
-byte-identical to llama-quantize's. Flags: --allow-requantize, --imatrix FILE (llama.cpp's
-GGUF imatrix or the legacy .dat), --pure, --leave-output-tensor, --output-tensor-type,
---token-embedding-type.
+byte-identical to llama-quantize's. Flags (llama-quantize's names and meanings):
+--allow-requantize, --imatrix FILE (llama.cpp's GGUF imatrix or the legacy .dat),
+--include-weights / --exclude-weights, --pure, --leave-output-tensor, --output-tensor-type,
+--token-embedding-type, --tensor-type NAME=TYPE, --tensor-type-file.
 """
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ class Mixer:
     pure: bool = False
     output_type: Optional[GGMLType] = None
     token_embd_type: Optional[GGMLType] = None
+    tensor_types: list = field(default_factory=list)    # [(compiled regex, type)]
     n_attention_wv: int = 0
     has_tied_embeddings: bool = True
     i_attention_wv: int = 0
@@ -254,7 +256,16 @@ class Mixer:
             return self.output_type
         t = default
         if TRAITS[default].is_quantized:
-            if not self.pure:
+            manual = False
+            for pattern, qt in self.tensor_types:      # --tensor-type: the first match wins,
+                if pattern.search(name):               # also with --pure
+                    if qt != t:
+                        self.warnings.append(f"llama_tensor_get_type: {name:<36} - applying "
+                                             f"manual override: {t.tname} -> {qt.tname}")
+                    t = qt
+                    manual = True
+                    break
+            if not manual and not self.pure:
                 t = self._impl(t, name, ne[0], cat)
             t = self._fallback(name, ne[0], t)
         return t
@@ -379,22 +390,61 @@ def _shape_str(ne) -> str:
     return ", ".join(f"{int(x):6d}" for x in ne)
 
 
+def parse_tensor_type(arg: str) -> tuple:
+    """--tensor-type NAME=TYPE: (regex searched in tensor names, lowercased as llama.cpp
+    does, type)."""
+    name, sep, tname = arg.partition("=")
+    if not sep:
+        raise QuantizeError(f"malformed tensor type {arg!r} (expected NAME=TYPE)")
+    if not name:
+        raise QuantizeError(f"missing tensor name in {arg!r}")
+    if not tname:
+        raise QuantizeError(f"missing quantization type in {arg!r}")
+    try:
+        pattern = re.compile(name.lower())
+    except re.error as e:
+        raise QuantizeError(f"invalid tensor name pattern {name!r}: {e}") from None
+    return pattern, parse_ggml_type(tname)
+
+
+def parse_ggml_type(s: str) -> GGMLType:
+    try:
+        return as_type(s)
+    except (GGMLError, KeyError, ValueError):
+        raise QuantizeError(f"invalid ggml_type {s!r}") from None
+
+
+def filter_imatrix(imat: dict, include=(), exclude=()) -> dict:
+    """--include-weights / --exclude-weights: keep (drop) entries whose name contains one of
+    the strings (prepare_imatrix)."""
+    if include and exclude:
+        raise QuantizeError("--include-weights and --exclude-weights cannot be used together")
+    if exclude:
+        imat = {k: v for k, v in imat.items() if not any(x in k for x in exclude)}
+    if include:
+        imat = {k: v for k, v in imat.items() if any(x in k for x in include)}
+    return imat
+
+
 def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False,
                   imatrix: Optional[str] = None, pure=False, leave_output=False,
-                  output_type=None, token_embd_type=None, log=print) -> dict:
+                  output_type=None, token_embd_type=None, tensor_types=(),
+                  include_weights=(), exclude_weights=(), log=print) -> dict:
     """llama_model_quantize. Returns {tensor name: (type, nbytes)} of the written file."""
     import gguf
     ftype_id, default = FTYPES[ftype_name]
     reader = gguf.GGUFReader(inp)
     model = model_info(reader)
     imat, imeta = load_imatrix(imatrix) if imatrix else ({}, {})
+    imat = filter_imatrix(imat, include_weights, exclude_weights)
     if imat:
         log(f"load_imatrix: loaded {len(imat)} importance matrix entries from {imatrix}")
         for k, v in imat.items():
             if not np.all(np.isfinite(v)):
                 raise QuantizeError(f"imatrix contains non-finite value for {k}")
     mixer = Mixer(model, ftype_name, has_imatrix=bool(imat), pure=pure,
-                  output_type=output_type, token_embd_type=token_embd_type)
+                  output_type=output_type, token_embd_type=token_embd_type,
+                  tensor_types=list(tensor_types))
     tensors = sorted(reader.tensors, key=lambda t: layer_sort_key(t.name))
     mixer.count(t.name for t in tensors)
     targets = {}
@@ -503,7 +553,7 @@ def _quantize_tensor(new: GGMLType, x: np.ndarray, ne: list, qw) -> np.ndarray:
     """Rows [nrows, ne0] -> bytes of type new; per expert matrix with its own imatrix slice."""
     n_mat = ne[2] if len(ne) > 2 else 1
     per = x.shape[0] // max(n_mat * (ne[3] if len(ne) > 3 else 1), 1)
-    if qw is None or TRAITS[new].from_float_imatrix is None:
+    if qw is None or not quants.takes_imatrix(new):
         return np.frombuffer(quants.quantize(new, x), np.uint8)
     parts = []
     for i in range(x.shape[0] // per):
@@ -525,17 +575,32 @@ def main(argv=None) -> int:
     ap.add_argument("--leave-output-tensor", action="store_true")
     ap.add_argument("--pure", action="store_true")
     ap.add_argument("--imatrix", metavar="FILE")
+    ap.add_argument("--include-weights", metavar="NAME", action="append", default=[],
+                    help="use the importance matrix only for tensors whose name contains NAME")
+    ap.add_argument("--exclude-weights", metavar="NAME", action="append", default=[],
+                    help="do not use the importance matrix for tensors whose name contains NAME")
     ap.add_argument("--output-tensor-type", metavar="TYPE")
     ap.add_argument("--token-embedding-type", metavar="TYPE")
+    ap.add_argument("--tensor-type", metavar="NAME=TYPE", action="append", default=[],
+                    help="quantize tensors matching the regex NAME to TYPE (repeatable; the "
+                         "first match wins), e.g. attn_q=q8_0")
+    ap.add_argument("--tensor-type-file", metavar="FILE",
+                    help="NAME=TYPE entries separated by spaces or newlines")
     args = ap.parse_args(argv)
     try:
         ftype = parse_ftype(args.type)
-        ot = as_type(args.output_tensor_type) if args.output_tensor_type else None
-        et = as_type(args.token_embedding_type) if args.token_embedding_type else None
+        ot = parse_ggml_type(args.output_tensor_type) if args.output_tensor_type else None
+        et = parse_ggml_type(args.token_embedding_type) if args.token_embedding_type else None
+        specs = list(args.tensor_type)
+        if args.tensor_type_file:
+            with open(args.tensor_type_file, encoding="utf-8") as fh:
+                specs += fh.read().split()
+        tts = [parse_tensor_type(x) for x in specs]
         print(f"main: quantizing '{args.input}' to '{args.output}' as {ftype}")
         quantize_file(args.input, args.output, ftype, allow_requantize=args.allow_requantize,
                       imatrix=args.imatrix, pure=args.pure, leave_output=args.leave_output_tensor,
-                      output_type=ot, token_embd_type=et,
+                      output_type=ot, token_embd_type=et, tensor_types=tts,
+                      include_weights=args.include_weights, exclude_weights=args.exclude_weights,
                       log=lambda *a, **k: print(*a, **k, flush=True))
     except (GGMLError, OSError, ValueError) as e:
         print(f"pyggml quantize: error: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ One module per format registers its NumPy codecs with its type (pyggml.types.TRA
 entry points:
 
     quantize(type, f32_values, imatrix=None) -> bytes   # ggml_quantize_chunk
+    takes_imatrix(type) -> bool     # whether ggml's quantizer of the type uses one
     dequantize(type, data, n) -> float32 array   # type_traits.to_float
     fp32_to_fp16 / fp16_to_fp32 / fp32_to_bf16 / bf16_to_fp32
 
@@ -24,7 +25,7 @@ from ._common import as_f32, as_u8
 from .bf16 import bf16_to_fp32, fp32_to_bf16
 from .f16 import fp16_to_fp32, fp32_to_fp16
 
-__all__ = ["quantize", "dequantize", "fp32_to_fp16", "fp16_to_fp32", "fp32_to_bf16",
+__all__ = ["quantize", "dequantize", "takes_imatrix", "fp32_to_fp16", "fp16_to_fp32", "fp32_to_bf16",
            "bf16_to_fp32", "NUMBA_MIN_N"]
 
 # From this many values on, quantize/dequantize use the Numba rows (compiled once, cached).
@@ -46,6 +47,16 @@ def _nb_row(t, direction: str):
         return getattr(kq_nb, f"{direction}_row_{TRAITS[t].tname}")
     from . import nb
     return getattr(nb, f"{direction}_row_{TRAITS[t].tname}")
+
+
+_LEGACY_IMATRIX = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1})
+
+
+def takes_imatrix(type_) -> bool:
+    """Whether ggml_quantize_chunk uses quant_weights for this type (Q8_0, F16, ... ignore
+    them)."""
+    t = as_type(type_)
+    return TRAITS[t].from_float_imatrix is not None or t in _LEGACY_IMATRIX
 
 
 def _traits(type_):
@@ -80,10 +91,10 @@ def quantize(type_, values, *, imatrix=None, use_numba=None) -> bytes:
                          f"block size {tr.blck_size}")
     if tr.from_float_imatrix is not None:
         return tr.from_float_imatrix(x, imatrix).tobytes()
-    if imatrix is not None and t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
-                                     GGMLType.Q5_1):
-        raise TypeError_(f"quantize {tr.tname}: importance-matrix quantization of this "
-                         f"type is not implemented")
+    if imatrix is not None and takes_imatrix(t):      # Q4_0 .. Q5_1
+        from . import legacy_nb
+        from ._kquant import imatrix_rows
+        return legacy_nb.quantize_imatrix(t, *imatrix_rows(tr, x, imatrix)).tobytes()
     if _use_numba(t, n, use_numba):
         out = np.empty(tr.row_size(n), dtype=np.uint8)
         _nb_row(t, "quantize")(x, out, n)

@@ -35,11 +35,7 @@ def quantizers(t, nb_name: str, cpu_row: str = None):
         x = np.array(np.asarray(x, np.float32).reshape(-1))   # private copy: one signature
         if imatrix is None:
             return run(x.reshape(1, -1), _NO_QW) if x.size else np.zeros(0, np.uint8)
-        qw = np.array(as_f32(imatrix))
-        if qw.size == 0 or x.size % qw.size or qw.size % tr.blck_size:
-            raise ShapeError(f"quantize {tr.tname}: importance matrix of {qw.size} values does "
-                             f"not fit rows of {x.size} values (blocks of {tr.blck_size})")
-        return run(x.reshape(-1, qw.size), qw)
+        return run(*imatrix_rows(tr, x, imatrix))
 
     def from_float(x) -> np.ndarray:
         if cpu_row is None:
@@ -51,6 +47,15 @@ def quantizers(t, nb_name: str, cpu_row: str = None):
         return dst
 
     return from_float, from_float_imatrix
+
+
+def imatrix_rows(tr, x: np.ndarray, imatrix):
+    """(rows [nrow, len(imatrix)] of x, float32 weights): ggml_quantize_chunk's shapes."""
+    qw = np.array(as_f32(imatrix))
+    if qw.size == 0 or x.size % qw.size or qw.size % tr.blck_size:
+        raise ShapeError(f"quantize {tr.tname}: importance matrix of {qw.size} values does "
+                         f"not fit rows of {x.size} values (blocks of {tr.blck_size})")
+    return x.reshape(-1, qw.size), qw
 
 
 def blocks(raw, n: int, t) -> np.ndarray:

@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from ..types import GGMLType
+from ._kquant import KVALUES_IQ4NL
 from .nb import _bits_f32, _f32_bits, _load_f16, _store_f16, f16_to_f32  # noqa: F401
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -33,8 +34,6 @@ _F1 = np.float32(1.0)
 _EPS = np.float32(1e-15)        # GROUP_MAX_EPS
 _MAGIC = np.float32(12582912.0)
 
-KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69,
-                          89, 113], dtype=np.int8)
 
 # block sizes in bytes
 SIZE = {GGMLType.Q2_K: 84, GGMLType.Q3_K: 110, GGMLType.Q4_K: 144, GGMLType.Q5_K: 176,

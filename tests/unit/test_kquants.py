@@ -1,6 +1,7 @@
 """K-quants (Q2_K..Q6_K, Q8_K) and IQ4_NL/IQ4_XS against real ggml, bit for bit.
 
-ggml_quantize_chunk with and without an importance matrix (Q8_K: quantize_row_q8_K_ref,
+ggml_quantize_chunk with and without an importance matrix (also Q4_0..Q5_1's importance-matrix
+quantizers, quants/legacy_nb.py; Q8_K: quantize_row_q8_K_ref,
 which ggml_quantize_chunk does not take), ggml's to_float for the dequantizers (NumPy and
 Numba), on the input families of test_quants.py.
 """
@@ -19,6 +20,7 @@ from pyggml.types import TRAITS, GGMLType
 T = GGMLType
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
 ALL = K_TYPES + [T.Q8_K]
+LEGACY = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]          # 32-value types with an imatrix quantizer
 N = 256 * 9
 _ROW = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
@@ -73,7 +75,7 @@ def test_quantize_and_dequantize_match_ggml(gg, t, name):
 
 
 @pytest.mark.parametrize("name", sorted(INPUTS))
-@pytest.mark.parametrize("t", K_TYPES, ids=str)
+@pytest.mark.parametrize("t", K_TYPES + LEGACY, ids=str)
 def test_quantize_with_imatrix_matches_ggml(gg, t, name):
     rows = make_input(name, N).reshape(3, -1)
     qw = _imatrix(rows.shape[1])
@@ -93,7 +95,7 @@ def test_dequantize_random_bytes_matches_ggml(gg, t):
     assert_same_bits(Q.dequantize(t, raw, n, use_numba=True), want, f"numba {t}")
 
 
-@pytest.mark.parametrize("t", K_TYPES, ids=str)
+@pytest.mark.parametrize("t", K_TYPES + LEGACY, ids=str)
 def test_many_rows(gg, t):
     """Several rows in one call (the importance matrix applies per row)."""
     x = make_input("per_block_scale", 256 * 64, seed=9).reshape(16, -1)

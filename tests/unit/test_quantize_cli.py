@@ -165,3 +165,51 @@ def test_smollm2_q4_k_m_tensors_byte_identical_to_llama_quantize(tmp_path):
     exp = _expected()
     bad = [n for n in exp if got.get(n) != exp[n]]
     assert set(got) == set(exp) and not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+def test_flags_and_imatrix_files_match_llama_quantize(tmp_path):
+    """A tiny model quantized with each case of tools/quantize_cases_fixture.py (both imatrix
+    formats with the ftypes whose quantizers take the weights, --include/--exclude-weights,
+    --tensor-type, --pure, --leave-output-tensor, --output-tensor-type,
+    --token-embedding-type): tensors byte-identical to llama-quantize's."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from quantize_cases_fixture import CASES, case_argv, make_inputs
+    from quantize_fixture import tensor_digests
+    exp = json.loads((Path(__file__).parent / "fixtures" / "quantize_cases_tiny.json").read_text())
+    assert sorted(exp) == sorted(CASES)
+    p = make_inputs(tmp_path)
+    digests = {}
+    for case in CASES:
+        out = tmp_path / "out.gguf"
+        assert qc.main(case_argv(case, p, out)) == 0, case
+        got = digests[case] = tensor_digests(str(out))
+        bad = [n for n in exp[case] if got.get(n) != exp[case][n]]
+        assert set(got) == set(exp[case]) and not bad, f"{case}: {bad}"
+    # the imatrix did change what it applies to
+    for ft in ("Q4_K_M", "Q4_0", "Q5_1"):
+        assert qc.main([str(p["model"]), str(tmp_path / "plain.gguf"), ft]) == 0
+        plain = tensor_digests(str(tmp_path / "plain.gguf"))["blk.0.attn_q.weight"]
+        assert digests[f"{ft} --imatrix {{gguf}}"]["blk.0.attn_q.weight"] != plain
+
+
+def test_flag_errors(tmp_path, capsys):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    from quantize_cases_fixture import make_inputs
+    p = make_inputs(tmp_path)
+    base = [str(p["model"]), str(tmp_path / "o.gguf"), "Q4_K_M"]
+    for flags, msg in ((["--tensor-type", "attn_q"], "malformed tensor type"),
+                       (["--tensor-type", "=q8_0"], "missing tensor name"),
+                       (["--tensor-type", "attn_q="], "missing quantization type"),
+                       (["--tensor-type", "attn_q=q9_9"], "invalid ggml_type"),
+                       (["--tensor-type", "attn_(q=q8_0"], "invalid tensor name pattern"),
+                       (["--output-tensor-type", "nope"], "invalid ggml_type"),
+                       (["--tensor-type-file", str(tmp_path / "none.txt")], "none.txt"),
+                       (["--imatrix", str(p["gguf"]), "--include-weights", "a",
+                         "--exclude-weights", "b"], "cannot be used together")):
+        assert qc.main(flags + base) == 2, flags
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (flags, err)
+    (tmp_path / "tt.txt").write_text("attn_v=q8_0\n ffn_down=q5_0\n")
+    assert qc.main(["--tensor-type-file", str(tmp_path / "tt.txt")] + base) == 0

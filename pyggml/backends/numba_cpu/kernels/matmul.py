@@ -8,7 +8,9 @@ agree):
     directly: F16 through F16C, BF16 by a shift, in float32 (more exact than ggml, which
     rounds the activations to F16/BF16 first). Quantized weights meet activations quantized
     to 8 bits per 32-block ("Q8 split": int8 q, float d, float d*sum(q)) and integer
-    pmaddubsw/pmaddwd dots with per-block float scales, as ggml's Q8_0/Q8_1 vec_dots do.
+    pmaddubsw/pmaddwd dots with per-block float scales, as ggml's Q8_0/Q8_1 vec_dots do
+    (IQ4_NL too, its codes looked up first). The K-quants and IQ4_XS meet activations
+    quantized to Q8_K (kq_dots.py: ggml's vec_dot_<t>_q8_K, the same results bit for bit).
   GEMM path (n >= GEMM_MIN_N, the prompt case): a packed, register-blocked float32 GEMM
     (BLIS/GotoBLAS structure, simd.gemm_tile micro-kernel). Weight panels are converted to
     float32 while packing (F16, BF16 and every quantized type dequantized exactly), so this
@@ -44,6 +46,7 @@ _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 Q4_0, Q4_1, Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
 Q5_1, Q8_0, I32 = int(GGMLType.Q5_1), int(GGMLType.Q8_0), int(GGMLType.I32)
+IQ4_NL = int(GGMLType.IQ4_NL)
 
 ERR_IDS = register_error(110, "MUL_MAT_ID: an expert id in ids is outside [0, n_expert)")
 
@@ -58,7 +61,8 @@ NC = 256              # rows of a per packed block (a multiple of NR)
 MC = 1020             # rows of b per packed block (a multiple of MR)
 
 _Q32 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
-# K-quants and IQ4: row dots in kq_dots.py against float32 activations
+# K-quants and IQ4_XS: integer row dots in kq_dots.py against Q8_K activations; IQ4_NL
+# (32-blocks) joins the Q8 split dots of simd.py
 _KQ = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
        GGMLType.IQ4_NL, GGMLType.IQ4_XS)
 _WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + _Q32 + _KQ
@@ -82,21 +86,25 @@ def _pad(x):
 
 @_jit
 def is_quant(t):
-    return t == Q4_0 or t == Q4_1 or t == Q5_0 or t == Q5_1 or t == Q8_0
+    """Weights whose dots read Q8 split activations (32-value blocks)."""
+    return t == Q4_0 or t == Q4_1 or t == Q5_0 or t == Q5_1 or t == Q8_0 or t == IQ4_NL
 
 
 @_jit
 def act_row_bytes(wt, k):
-    """One prepared activation row: Q8 split (q, d, s) for quantized weights, else float32."""
+    """One prepared activation row: Q8 split (q, d, s) for 32-block weights, Q8_K for the
+    K-quants, else float32."""
     if is_quant(wt):
         nb = k // QK
         return _pad(k) + 2 * _pad(4 * nb)
+    if kq.is_kq(wt):
+        return kq.act_bytes(k)
     return _pad(4 * k)
 
 
 @_jit
 def needs_prep(wt, bt):
-    return is_quant(wt) or bt != F32
+    return is_quant(wt) or kq.is_kq(wt) or bt != F32
 
 
 @_jit
@@ -104,7 +112,7 @@ def prep_bytes(wt, bt, k, ncols):
     """Scratch for ncols prepared columns (+ a float row to convert non-F32 b before quantizing)."""
     if not needs_prep(wt, bt):
         return 0
-    extra = _pad(4 * k) if (is_quant(wt) and bt != F32) else 0
+    extra = _pad(4 * k) if ((is_quant(wt) or kq.is_kq(wt)) and bt != F32) else 0
     return ncols * act_row_bytes(wt, k) + extra
 
 
@@ -225,12 +233,14 @@ def quantize_act(src, k, dst):
 @_jit
 def prep_act(wt, bt, k, src, dst, tmp):
     """Activation row (type bt at src) -> the form the dots of weight type wt read, at dst."""
-    if is_quant(wt):
-        if bt == F32:
+    if is_quant(wt) or kq.is_kq(wt):
+        if bt != F32:
+            row_to_f32(bt, src, k, tmp)
+            src = tmp
+        if is_quant(wt):
             quantize_act(src, k, dst)
         else:
-            row_to_f32(bt, src, k, tmp)
-            quantize_act(tmp, k, dst)
+            kq.quantize_act(src, k, dst)
     else:
         row_to_f32(bt, src, k, dst)
 
@@ -261,6 +271,8 @@ def rows_dot(wt, k, x, xstride, nrows, y, out):
         simd.dot_q4_1(nrows, nb, x, xstride, y, yd, ys, out)
     elif wt == Q5_0:
         simd.dot_q5_0(nrows, nb, x, xstride, y, yd, ys, out)
+    elif wt == IQ4_NL:
+        simd.dot_iq4_nl(nrows, nb, x, xstride, y, yd, ys, out)
     else:
         simd.dot_q5_1(nrows, nb, x, xstride, y, yd, ys, out)
 

@@ -10,7 +10,8 @@ several rows inside that function (a call per row costs ~60% more on this CPU: m
                                 out[r] = sum_i x[r][i] * y[i] for r < nrows (rows xstride
                                 bytes apart), x and y float32, out float32
   dot_f16(...), dot_bf16(...)   the same with x fp16 (F16C conversion) or bf16
-  dot_q4_0 / dot_q4_1 / dot_q5_0 / dot_q5_1 / dot_q8_0 (nrows, nb, x, xstride, yq, yd, ys, out)
+  dot_q4_0 / dot_q4_1 / dot_q5_0 / dot_q5_1 / dot_q8_0 / dot_iq4_nl
+                (nrows, nb, x, xstride, yq, yd, ys, out)
                                 rows of nb raw ggml blocks against activations in the
                                 "Q8 split" layout (int8 q contiguous; per block float d and
                                 float s = d * sum(q)): u8 x i8 products with pmaddubsw, pairs
@@ -39,6 +40,8 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+from ....quants._kquant import KVALUES_IQ4NL
 
 # PYGGML_SIMD chooses the widest instruction set the kernels may use, so every fast path's
 # narrower twin can be tested and benchmarked on any machine: auto (what the CPU has),
@@ -248,6 +251,18 @@ def _maddubs_pairs(b, xu, yi):
     return out
 
 
+def lookup16(b, table, idx):
+    """<32 x i8> indices 0..15 -> table[idx] (16 int8 constants): pshufb with AVX2."""
+    if HAVE_AVX2:
+        t = ir.Constant(_v(_I8, 32), [int(v) for v in table] * 2)
+        return _intr(b, "llvm.x86.avx2.pshuf.b", _v(_I8, 32), [t, idx])
+    out = ir.Constant(_v(_I8, 32), [0] * 32)
+    for j, v in enumerate(table):
+        hit = b.icmp_unsigned("==", idx, ir.Constant(_v(_I8, 32), [j] * 32))
+        out = b.select(hit, ir.Constant(_v(_I8, 32), [int(v)] * 32), out)
+    return out
+
+
 def _nibbles(b, addr):
     """16 bytes of packed nibbles -> <32 x i8> (low nibbles = values 0..15, high = 16..31)."""
     q = _load(b, addr, _v(_I8, 16))
@@ -270,6 +285,7 @@ _QFMT = {
     "q5_0": (22, 6, 2, False, 16),
     "q5_1": (24, 8, 4, True, 0),
     "q8_0": (34, 2, None, False, 0),
+    "iq4_nl": (18, 2, None, False, 0),     # codes -> kvalues_iq4nl, then as q8_0
 }
 _UNROLL_Q = 2
 
@@ -285,8 +301,11 @@ def _q_dot_body(fmt):
         for x, acc, accm in zip(xs, accs, accms):
             xb = b.add(x, b.mul(i, _c(_I64, bsize)))
             dx = _f16(b, xb)
-            if fmt == "q8_0":
-                qx = _load(b, b.add(xb, _c(_I64, qs_off)), _v(_I8, 32))
+            if fmt in ("q8_0", "iq4_nl"):
+                if fmt == "q8_0":
+                    qx = _load(b, b.add(xb, _c(_I64, qs_off)), _v(_I8, 32))
+                else:
+                    qx = lookup16(b, KVALUES_IQ4NL, _nibbles(b, b.add(xb, _c(_I64, qs_off))))
                 if HAVE_AVX2:           # |x| * sign(y, x): unsigned x signed, as ggml
                     ax = _intr(b, "llvm.abs.v32i8", _v(_I8, 32), [qx, _c(_I1, 0)])
                     sy_ = _intr(b, "llvm.x86.avx2.psign.b", _v(_I8, 32), [qy, qx])
@@ -395,6 +414,7 @@ dot_q4_1 = _q_dot_intrinsic("q4_1")
 dot_q5_0 = _q_dot_intrinsic("q5_0")
 dot_q5_1 = _q_dot_intrinsic("q5_1")
 dot_q8_0 = _q_dot_intrinsic("q8_0")
+dot_iq4_nl = _q_dot_intrinsic("iq4_nl")
 
 
 # --- GEMM micro-kernel -----------------------------------------------------------------------------

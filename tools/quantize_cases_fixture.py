@@ -1,0 +1,164 @@
+"""`pyggml quantize` flags and `--imatrix` files against llama.cpp's llama-quantize.
+
+Writes a tiny deterministic F32 llama model and an importance matrix for it in both formats
+llama.cpp reads (the legacy .dat and the GGUF file llama-imatrix writes now: <name>.in_sum2
+and <name>.counts, imatrix.datasets / chunk_count / chunk_size), quantizes the model with
+llama-quantize for each case of CASES (ftypes whose quantizers take the imatrix: K-quant
+mixes, Q4_0..Q5_1, IQ4_XS; the type-choosing flags) and records each output tensor's type
+and sha256:
+
+    python tools/quantize_cases_fixture.py ../shared/llama.cpp/run \
+        > tests/unit/fixtures/quantize_cases_tiny.json
+
+tests/unit/test_quantize_cli.py builds the same inputs (make_inputs) and compares pyggml's
+files with the fixture. (No llama-imatrix binary is available here; the files follow the
+writer in llama.cpp's tools/imatrix/imatrix.cpp, and llama-quantize accepting them and
+producing these bytes is the check.)
+"""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+# "FTYPE flags..." ({dat} / {gguf}: the imatrix files)
+CASES = [f"{ft} --imatrix {{{fmt}}}" for fmt in ("dat", "gguf")
+         for ft in ("Q4_K_M", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_XS")] + [
+    "Q4_K_M --imatrix {gguf} --exclude-weights attn_q --exclude-weights ffn_up",
+    "Q4_K_M --imatrix {dat} --include-weights attn_v",
+    "Q4_K_M --tensor-type attn_v=q4_k",
+    "Q4_K_M --pure --tensor-type attn_v=q5_0",
+    "Q4_K_M --tensor-type ATTN_.=q8_0 --tensor-type attn_q=q5_0",
+    "Q4_K_M --tensor-type ffn_(up|gate)=iq4_xs --leave-output-tensor",
+    "Q5_K_M --output-tensor-type q8_0 --token-embedding-type q5_0",
+    "Q6_K --pure",
+]
+N_EMBD, N_FF, N_VOCAB = 256, 512, 64
+
+
+def _weights():
+    """{name: float32 array [rows, cols]} of a one-layer llama (ggml's ne = cols, rows)."""
+    rng = np.random.default_rng(1234)
+
+    def m(rows, cols):
+        return (rng.standard_normal((rows, cols)) * rng.uniform(0.5, 2, (1, cols))).astype(np.float32)
+    return {
+        "token_embd.weight": m(N_VOCAB, N_EMBD),
+        "blk.0.attn_norm.weight": np.ones(N_EMBD, np.float32),
+        "blk.0.attn_q.weight": m(N_EMBD, N_EMBD),
+        "blk.0.attn_k.weight": m(N_EMBD // 2, N_EMBD),
+        "blk.0.attn_v.weight": m(N_EMBD // 2, N_EMBD),
+        "blk.0.attn_output.weight": m(N_EMBD, N_EMBD),
+        "blk.0.ffn_norm.weight": np.ones(N_EMBD, np.float32),
+        "blk.0.ffn_gate.weight": m(N_FF, N_EMBD),
+        "blk.0.ffn_up.weight": m(N_FF, N_EMBD),
+        "blk.0.ffn_down.weight": m(N_EMBD, N_FF),
+        "output_norm.weight": np.ones(N_EMBD, np.float32),
+        "output.weight": m(N_VOCAB, N_EMBD),
+    }
+
+
+def _imatrix():
+    """{name: (sums of squared activations [ne0], count)} for the matrices (not token_embd)."""
+    rng = np.random.default_rng(99)
+    out = {}
+    for name, w in _weights().items():
+        if w.ndim == 2 and name != "token_embd.weight":
+            count = 7 * 512
+            out[name] = ((rng.gamma(0.6, 1.0, w.shape[1]) + 1e-3) * count).astype(np.float32), count
+    return out
+
+
+def make_inputs(d: Path) -> dict:
+    """model.gguf, imatrix.dat, imatrix.gguf in d; returns their paths."""
+    import gguf
+    d = Path(d)
+    w = gguf.GGUFWriter(str(d / "model.gguf"), "llama")
+    w.add_name("tiny")
+    w.add_context_length(256)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(1)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(N_EMBD // 4)
+    w.add_file_type(0)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(N_VOCAB)])
+    w.add_token_types([1] * N_VOCAB)
+    w.add_token_merges(["t 1"])
+    for name, x in _weights().items():
+        w.add_tensor(name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    im = _imatrix()
+    chunks = 7
+    # legacy .dat: n_entries, then per entry name, ncall, nval, values (= mean * ncall),
+    # then the chunk count and the dataset name
+    with open(d / "imatrix.dat", "wb") as f:
+        f.write(struct.pack("<i", len(im)))
+        for name, (sums, count) in im.items():
+            ncall = 3
+            vals = (sums / np.float32(count) * np.float32(ncall)).astype(np.float32)
+            nb = name.encode()
+            f.write(struct.pack("<i", len(nb)) + nb + struct.pack("<ii", ncall, vals.size))
+            f.write(vals.tobytes())
+        ds = b"tiny.txt"
+        f.write(struct.pack("<i", chunks) + struct.pack("<i", len(ds)) + ds)
+    g = gguf.GGUFWriter(str(d / "imatrix.gguf"), arch="")
+    g.add_type("imatrix")
+    g.add_array("imatrix.datasets", ["tiny.txt"])
+    g.add_uint32("imatrix.chunk_count", chunks)
+    g.add_uint32("imatrix.chunk_size", 512)
+    for name in sorted(im):
+        sums, count = im[name]
+        g.add_tensor(f"{name}.counts", np.full((1, 1), count, np.float32))
+        g.add_tensor(f"{name}.in_sum2", sums.reshape(1, -1))
+    g.write_header_to_file()
+    g.write_kv_data_to_file()
+    g.write_tensors_to_file()
+    g.close()
+    return {"model": d / "model.gguf", "dat": d / "imatrix.dat", "gguf": d / "imatrix.gguf"}
+
+
+def case_argv(case: str, paths: dict, out) -> list:
+    """pyggml quantize's / llama-quantize's argv of a case (flags first, as llama-quantize
+    needs them)."""
+    ftype, *flags = case.split()
+    return [f.format(**{k: str(v) for k, v in paths.items()}) for f in flags] + \
+        [str(paths["model"]), str(out), ftype]
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quantize_fixture import tensor_digests
+    out = {}
+    with tempfile.TemporaryDirectory() as td:
+        p = make_inputs(Path(td))
+        for case in CASES:
+            dst = Path(td) / "out.gguf"
+            r = subprocess.run([argv[0], "llama-quantize", *case_argv(case, p, dst)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                print(case, r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
+                return 1
+            out[case] = tensor_digests(str(dst))
+    json.dump(out, sys.stdout, indent=1, sort_keys=True)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
