@@ -42,6 +42,29 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="numba", choices=("numba", "reference"))
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the warm-up run (compiles kernels before anything is timed)")
+    add_worker_flags(p)
+
+
+def add_worker_flags(p: argparse.ArgumentParser) -> None:
+    """Ray workers (pyggml.distributed; ggml's --rpc, on Ray)."""
+    p.add_argument("--workers", type=int, default=0,
+                   help="run the model on N Ray workers (default: 0 = in this process)")
+    p.add_argument("--split", default="layer", choices=("layer", "context"),
+                   help="with --workers: layer ranges per worker, or the KV cache sharded "
+                        "by token ranges (default: layer)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to use (default: start a local one, stopped at exit)")
+
+
+def worker_kwargs(args) -> dict:
+    """Llama's keyword arguments for the worker flags ({} without --workers)."""
+    if args.workers < 0:
+        raise UsageError(f"--workers {args.workers}: must be >= 0")
+    if not args.workers:
+        if args.ray_address:
+            raise UsageError("--ray-address needs --workers N")
+        return {}
+    return dict(workers=args.workers, split=args.split, ray_address=args.ray_address)
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -112,7 +135,7 @@ def open_llama(args):
                   n_threads=None if args.threads < 0 else args.threads,
                   seed=args.seed, verbose=False, type_k=_type_or_none(args.cache_type_k),
                   type_v=_type_or_none(args.cache_type_v or args.cache_type_k),
-                  backend=args.backend, **kv)
+                  backend=args.backend, **kv, **worker_kwargs(args))
     if args.warmup:
         warm_up(llama)
     return llama, time.perf_counter() - t0

@@ -11,6 +11,8 @@ pyggml.llm.completion / pyggml.llm.chat, on top of this class. pyggml's addition
 keyword-only: `kv_cache="f16" | "mixed"` (MixedKVCache: the newest `kv_hot` tokens in F16,
 older ones in type_k/type_v, Q4_0 by default) and `backend`, a name of pyggml.compute.BACKENDS
 ("cpu": the fast threaded CPU backend, as ggml_backend_cpu_init; "reference": the NumPy spec).
+`workers=N, split="layer" | "context"` (and `ray_address`, `worker_timeout`) run the model on
+N Ray workers (pyggml.distributed): layer ranges, or token-range shards of the KV cache.
 """
 from __future__ import annotations
 
@@ -39,6 +41,13 @@ def _cache_type(t, default: GGMLType, what: str) -> GGMLType:
     return t
 
 
+def _worker_group(workers: int, split: str, address, timeout):
+    """Ray workers for Llama(workers=N, split=...) (pyggml.distributed, extra [distributed])."""
+    from ..distributed import WorkerGroup
+    from ..distributed.backend import DEFAULT_TIMEOUT
+    return WorkerGroup(workers, split, address, timeout or DEFAULT_TIMEOUT)
+
+
 def _md_str(v) -> str:
     """A metadata value as llama.cpp's gguf_kv_to_str prints it (floats as %f)."""
     if isinstance(v, bool):
@@ -55,7 +64,8 @@ class Llama:
                  n_threads: Optional[int] = None, seed: int = LLAMA_DEFAULT_SEED,
                  logits_all: bool = False, vocab_only: bool = False, type_k=None, type_v=None,
                  verbose: bool = True, kv_cache: str = "f16", kv_hot: int = 256,
-                 backend: str = "cpu"):
+                 backend: str = "cpu", workers: int = 0, split: str = "layer",
+                 ray_address: Optional[str] = None, worker_timeout: Optional[float] = None):
         import pyggml as gg
         t0 = time.perf_counter()
         self.verbose = verbose
@@ -74,7 +84,7 @@ class Llama:
         self._logits_all = logits_all
         self.vocab_only = vocab_only
         self._tokenizer = None
-        self._model = self._decoder = self._cache = None
+        self._model = self._decoder = self._cache = self._workers = None
         self.n_threads = n_threads or gg.default_n_threads()
         self.n_tokens = 0
         if vocab_only:
@@ -102,9 +112,16 @@ class Llama:
             raise GGMLError(f"Llama: pyggml's caches keep K and V in one type; got type_k "
                             f"{TRAITS[self.type_k].tname} and type_v {TRAITS[self.type_v].tname}")
         self.kv_cache_kind, self.kv_hot = kv_cache, kv_hot
-        self._backend = self._make_backend(backend)
-        self._backend_name = backend
-        self._new_cache()
+        if workers:
+            self._workers = _worker_group(workers, split, ray_address, worker_timeout)
+        try:
+            self._backend = self._make_backend(backend)
+            self._backend_name = backend
+            self._new_cache()
+        except BaseException:
+            if self._workers is not None:      # no Ray workers left behind
+                self._workers.shutdown()
+            raise
         # llama-cpp-python: scores holds every position's logits with logits_all, else the
         # last evaluated position's (one row here, so scores[:n_tokens][-1] is it either way)
         self.input_ids = np.zeros(self._n_ctx, dtype=np.intc)
@@ -119,6 +136,8 @@ class Llama:
     def _make_backend(self, name: str):
         """The chosen backend behind a scheduler that falls back to the reference backend."""
         import pyggml as gg
+        if self._workers is not None:      # the driver's backend and the Ray workers
+            return self._workers.scheduler(self._model, gg.backend_init_by_name(name, self.n_threads))
         if name == "reference":
             return gg.backend_reference_init()
         return gg.sched_new([gg.backend_init_by_name(name, self.n_threads),
@@ -128,7 +147,11 @@ class Llama:
         from ..attention.kv_cache import F16KVCache, MixedKVCache
         from ..models.llama import Decoder
         c = self._model.cfg
-        if self.kv_cache_kind == "mixed":
+        if self._workers is not None and self._workers.split == "context":
+            self._ubatch = self.n_batch
+            self._cache = self._workers.make_cache(c.n_layer, c.n_head_kv, c.head_dim, self._n_ctx,
+                                                   self.type_k, self.kv_cache_kind == "mixed")
+        elif self.kv_cache_kind == "mixed":
             # steps of at most max(kv_hot, 32) tokens keep the hot ring near kv_hot tokens
             self._ubatch = min(self.n_batch, max(self.kv_hot, 32))
             self._cache = MixedKVCache(c.n_layer, c.n_head_kv, c.head_dim, self._n_ctx,
@@ -138,7 +161,19 @@ class Llama:
             self._ubatch = self.n_batch
             self._cache = F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, self._n_ctx,
                                      type=self.type_k)
+        if self._workers is not None and self._workers.split == "layer":
+            self._workers.place_cache(self._cache)
         self._decoder = Decoder(self._model, self._cache, self._backend)
+
+    def attach_worker(self, i: int) -> None:
+        """Replace Ray worker i (after a WorkerDiedError/WorkerTimeoutError) with a new one.
+        The KV cache starts over empty (n_tokens = 0): nothing is recomputed behind the
+        caller's back; eval the tokens again to rebuild the context."""
+        if self._workers is None:
+            raise GGMLError("Llama.attach_worker: this model runs without workers")
+        self._workers.attach(i)
+        self._new_cache()
+        self.n_tokens = 0
 
     def _rewind(self) -> None:
         """Drop cached positions past n_tokens (llama-cpp-python's kv_cache_seq_rm before
@@ -268,6 +303,9 @@ class Llama:
     def close(self) -> None:
         """Release the cache, the weights and the file map."""
         self._decoder = self._cache = self._model = None
+        if self._workers is not None:
+            self._workers.shutdown()
+            self._workers = None
         self.scores = np.zeros((0, self._n_vocab), dtype=np.single)
         if self._gguf is not None:
             self._gguf.close()

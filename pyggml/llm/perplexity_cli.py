@@ -18,6 +18,7 @@ from ..compute import BACKENDS
 from ..errors import GGMLError
 from ..types import TRAITS
 from . import kv_sweep
+from .cli_common import UsageError, add_worker_flags, worker_kwargs
 from .perplexity import model_bos, perplexity
 
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="run every cache (F16, Q8_0, Q4_0, mixed windows) and print one table")
     p.add_argument("--plot", default="kv-sweep.png", help="PNG written by --kv-sweep")
     p.add_argument("--backend", default="cpu", choices=sorted(BACKENDS))
+    add_worker_flags(p)
     return p
 
 
@@ -51,7 +53,7 @@ def _make_llm(args, path: str, **cache):
         kw.update(kv_cache="mixed", kv_hot=args.kv_hot)
     return Llama(path, n_ctx=args.n_ctx, n_batch=min(args.n_batch, args.n_ctx),
                  n_threads=args.threads, logits_all=True, backend=args.backend,
-                 verbose=not cache, **kw)
+                 verbose=not cache, **kw, **worker_kwargs(args))
 
 
 def _log(msg: str, end: str = "\n") -> None:
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (GGMLError, OSError) as e:
+    except (GGMLError, OSError, UsageError) as e:
         print(f"pyggml perplexity: {e}", file=sys.stderr)
         return 2
 

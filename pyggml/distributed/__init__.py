@@ -1,0 +1,19 @@
+"""Beyond one machine: Ray workers as scheduler backends.
+
+    RayBackend        a backend whose buffers and compute live in a Ray actor (backend.py)
+    DistributedSched  Sched plus follow/export rules for remote memory (sched.py)
+    layer split       contiguous layer ranges and their KV cache per worker (layer_split.py)
+    context split     the KV cache sharded by token ranges, attention merged by the softmax
+                      state rule (context_split.py: ShardedKVCache, lse_merge)
+    WorkerGroup       the Ray connection, the workers, placement (group.py)
+    errors            WorkerDiedError, WorkerTimeoutError (GGMLError subclasses)
+
+Ray is imported only when a worker is started (pip install 'pyggml[distributed]').
+See docs/DISTRIBUTED.md for the traffic model and measurements.
+"""
+from .errors import RayUnavailableError, WorkerDiedError, WorkerError, WorkerTimeoutError  # noqa: F401
+from .backend import RayBackend  # noqa: F401
+from .sched import DistributedSched  # noqa: F401
+from .context_split import ShardedKVCache, lse_merge  # noqa: F401
+from .layer_split import layer_ranges  # noqa: F401
+from .group import SPLITS, WorkerGroup  # noqa: F401

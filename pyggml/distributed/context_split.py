@@ -1,0 +1,191 @@
+"""Context parallelism: the KV cache sharded by token ranges across workers, attention merged
+exactly with the softmax-state rule of flash_attn_ext_with_state.
+
+Shard w holds positions [w*C, (w+1)*C) of every layer (C = n_ctx / n_shards rounded up to
+32), in its own type (older shards may be cold Q4_0 and the newest hot F16). Per layer and
+step each shard that holds keys computes one flash_attn_ext_with_state over them from a
+fresh state, giving (O_w, M_w, S_w); the driver merges them in the graph:
+
+    L_w = M_w + log S_w            (the log-sum-exp of shard w's scores; -inf when empty)
+    a_w = softmax_w(L_w)           (= S_w e^(M_w - M) / sum_v S_v e^(M_v - M), M = max M_w)
+    O   = sum_w a_w O_w
+
+which is attention.state.merge's rule for many shards (an empty shard weighs 0; a row that
+is empty everywhere, a padding token, gives O = 0). The scheduler puts each shard's
+set_rows and attention on the worker holding it (its stores live there); q and the new
+K/V rows travel to the workers, (O_w, state_w) come back.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..attention.kv_cache import BLOCK, CacheStep, _CacheBase, _fresh_state, _round_up
+from ..errors import ShapeError
+from ..tensor import Tensor, nbytes, set_name
+from ..types import GGMLType, TRAITS, as_type
+
+EMPTY_LSE = -1e30        # stands for log 0: softmax then weighs an empty shard exactly 0
+
+
+class ShardedKVCache(_CacheBase):
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int,
+                 n_shards: int, types=GGMLType.F16, head_dim_v: Optional[int] = None):
+        super().__init__(n_layer, n_head_kv, head_dim, n_ctx, head_dim_v, "sharded kv cache")
+        if n_shards < 1:
+            raise ShapeError(f"ShardedKVCache: n_shards must be >= 1, got {n_shards}")
+        types = [as_type(t) for t in (types if isinstance(types, (list, tuple))
+                                      else [types] * n_shards)]
+        if len(types) != n_shards:
+            raise ShapeError(f"ShardedKVCache: {len(types)} shard types for {n_shards} shards")
+        for t in types:
+            if TRAITS[t].blck_size > 1 and (head_dim * n_head_kv) % TRAITS[t].blck_size:
+                raise ShapeError(f"ShardedKVCache: rows of {head_dim * n_head_kv} values do not "
+                                 f"split into {t.tname} blocks")
+        self.n_shards, self.types = n_shards, types
+        self.shard_cap = _round_up(-(-n_ctx // n_shards), BLOCK)
+        self.starts = [w * self.shard_cap for w in range(n_shards)]
+        self._sink = self.shard_cap          # one row past each shard: rows not its own
+        dk, dv = head_dim * n_head_kv, self.head_dim_v * n_head_kv
+        rows = self.shard_cap + 1
+        self.ctx = self._new_ctx([(t, d, rows) for t in types for _ in range(n_layer)
+                                  for d in (dk, dv)])
+        from ..context import new_tensor_2d
+        self.k = [[set_name(new_tensor_2d(self.ctx, t, dk, rows), f"cache.k-{il}.s{w}")
+                   for il in range(n_layer)] for w, t in enumerate(types)]
+        self.v = [[set_name(new_tensor_2d(self.ctx, t, dv, rows), f"cache.v-{il}.s{w}")
+                   for il in range(n_layer)] for w, t in enumerate(types)]
+
+    def shard_tensors(self, w: int) -> list:
+        return self.k[w] + self.v[w]
+
+    # --- a step ------------------------------------------------------------------------------
+    def begin(self, n_tokens: int, n_pad: Optional[int] = None) -> CacheStep:
+        self._check_room(n_tokens)
+        n_pad = self._pad_to(n_tokens, n_pad)
+        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
+        self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0, n_pad)
+        self._inputs, self._shard_ids, self._masks = [], {}, {}
+        return self.step
+
+    def _used(self, w: int) -> int:
+        """Rows of shard w holding keys once this step's tokens are written."""
+        end = self.n_past + self._need_step().n_tokens
+        return int(np.clip(end - self.starts[w], 0, self.shard_cap))
+
+    def _n_kv(self, w: int) -> int:
+        return self._kv_view(self._used(w), self.shard_cap)
+
+    def _writes(self, w: int) -> bool:
+        st = self._need_step()
+        lo, hi = self.starts[w], self.starts[w] + self.shard_cap
+        return bool(((st.positions >= lo) & (st.positions < hi)).any())
+
+    def graph_key(self) -> tuple:
+        return (self._need_step().n_pad,
+                tuple((self._n_kv(w), self._writes(w)) for w in range(self.n_shards)))
+
+    def _slots(self, w: int):
+        def values(t=None) -> np.ndarray:
+            st = self._need_step()
+            local = st.positions - self.starts[w]
+            mine = (local >= 0) & (local < self.shard_cap)
+            ids = np.where(mine, local, self._sink)
+            return np.concatenate([ids, np.full(st.n_pad - st.n_tokens, self._sink)])
+        return values
+
+    def _mask(self, w: int):
+        def values(t=None) -> np.ndarray:
+            n_kv = self._n_kv(w)
+            kpos = self.starts[w] + np.arange(n_kv, dtype=np.int64)
+            return self._mask_values(kpos, kpos < self.n_past + self.step.n_tokens,
+                                     self.step.n_pad)
+        return values
+
+    def store(self, ctx, gf, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
+        """This step's K/V rows to the shards their positions fall in (others get none)."""
+        from ..graph import build_forward_expand
+        from ..ops.rows import set_rows
+        from ..ops.view import reshape_2d
+        st = self._need_step()
+        self._gf = gf                    # attention() expands the shards' outputs into it
+        for w in range(self.n_shards):
+            if not self._writes(w):
+                continue
+            if w not in self._shard_ids:
+                self._shard_ids[w] = self._input(ctx, GGMLType.I64, st.n_pad, 0, self._slots(w),
+                                                 f"kv_slots.s{w}")
+            for cache, cur, nm in ((self.k[w][il], k_cur, "k"), (self.v[w][il], v_cur, "v")):
+                out = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_pad),
+                               self._shard_ids[w])
+                set_name(out, f"kv_store.{nm}-{il}.s{w}")
+                build_forward_expand(gf, out)
+
+    def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
+        """One flash_attn_ext_with_state per shard holding keys, merged (module doc)."""
+        from ..ops.attention import flash_attn_ext_set_prec, flash_attn_ext_with_state
+        st = self._need_step()
+        outs, states = [], []
+        for w in range(self.n_shards):
+            n_kv = self._n_kv(w)
+            if n_kv == 0:
+                continue
+            if w not in self._masks:
+                self._masks[w] = self._input(ctx, GGMLType.F16, n_kv, st.n_pad, self._mask(w),
+                                             f"kq_mask.s{w}")
+            k = self._view3(self.k[w][il], ctx, n_kv, self.head_dim)
+            v = self._view3(self.v[w][il], ctx, n_kv, self.head_dim_v)
+            state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
+                                f"attn_state-{il}.s{w}")
+            o = flash_attn_ext_with_state(ctx, q, k, v, self._masks[w], None, None, None,
+                                          state, scale, 0.0, 0.0)
+            if prec:
+                flash_attn_ext_set_prec(o, prec)
+            set_name(o, f"attn_out-{il}.s{w}")
+            outs.append(o)
+            states.append(state)
+        o = outs[0] if len(outs) == 1 else lse_merge(ctx, self._gf, outs, states)
+        set_name(o, f"attn_out-{il}")
+        return o
+
+    def commit(self) -> None:
+        self.n_past += self._need_step().n_tokens
+        self.step = None
+
+    def nbytes(self) -> dict:
+        per = [sum(nbytes(t) for t in self.shard_tensors(w)) for w in range(self.n_shards)]
+        f16 = self.n_layer * self.n_ctx * 2 * (self.head_dim + self.head_dim_v) * self.n_head_kv
+        hot = sum(b for b, t in zip(per, self.types) if t in (GGMLType.F16, GGMLType.F32,
+                                                                GGMLType.BF16))
+        total = sum(per)
+        return {"hot": hot, "cold": total - hot, "total": total, "f16": f16,
+                "ratio": total / f16, "shards": per}
+
+
+def lse_merge(ctx, gf, outs: list, states: list) -> Tensor:
+    """Merge per-shard attention outputs O_w [DV, n_head, n_batch] by their softmax states
+    (rows head*n_batch + pos of [M, S]) with graph ops: softmax over the shards of
+    M_w + log S_w gives each shard's weight (module doc). The outputs are expanded into gf
+    first: the states are read through views of the state tensors, which depend on nothing,
+    so only graph order puts those reads after the with_state nodes that write them."""
+    import pyggml as gg
+    for o in outs:
+        gg.build_forward_expand(gf, o)
+    n_head, n_batch = outs[0].ne[1], outs[0].ne[2]
+    rows = n_head * n_batch
+    lse = None
+    for st in states:
+        m = gg.cont(ctx, gg.view_2d(ctx, st, 1, rows, st.nb[1], 0))
+        s = gg.cont(ctx, gg.view_2d(ctx, st, 1, rows, st.nb[1], st.nb[0]))
+        lw = gg.clamp(ctx, gg.add(ctx, m, gg.log(ctx, s)), EMPTY_LSE, float("inf"))
+        lse = lw if lse is None else gg.concat(ctx, lse, lw, 0)
+    a = gg.soft_max(ctx, lse)                             # [n_shards, rows]
+    set_name(a, "attn_shard_weights")
+    out = None
+    for w, o in enumerate(outs):
+        aw = gg.cont(ctx, gg.view_2d(ctx, a, 1, rows, a.nb[1], w * a.nb[0]))
+        aw = gg.permute(ctx, gg.reshape_3d(ctx, aw, 1, n_batch, n_head), 0, 2, 1, 3)
+        term = gg.mul(ctx, o, aw)                         # [DV, n_head, n_batch] * [1, ...]
+        out = term if out is None else gg.add(ctx, out, term)
+    return out

@@ -1,0 +1,116 @@
+"""A group of Ray workers serving one model: the Ray connection, the workers, how the model
+and its KV cache are placed on them (layer or context split), the scheduler over them.
+
+Without an address a local Ray cluster is started (and shut down by `shutdown()`); with one
+(`ray://host:port` or `host:port`, or "auto") the workers go to that cluster and it is left
+running. pyggml.llm.Llama(workers=N, split=...) uses this; so can any decoder:
+
+    group = WorkerGroup(2, "layer")
+    sched = group.scheduler(model, gg.backend_cpu_init(2))
+    cache = group.place_cache(F16KVCache(...))        # or group.make_cache(...) for context
+    Decoder(model, cache, sched).step(ids)
+"""
+from __future__ import annotations
+
+import atexit
+from typing import Optional
+
+from ..errors import GGMLError
+from ..types import GGMLType
+from .backend import DEFAULT_TIMEOUT, RayBackend, _ray
+from .context_split import ShardedKVCache
+from .layer_split import layer_ranges, place_cache, place_weights, cache_layer_tensors
+from .sched import DistributedSched
+
+SPLITS = ("layer", "context")
+LOCAL_CPUS = 2                  # CPUs a local cluster advertises (the workers ask for none)
+
+
+class WorkerGroup:
+    def __init__(self, n_workers: int, split: str = "layer", address: Optional[str] = None,
+                 timeout: float = DEFAULT_TIMEOUT, n_threads: int = 1):
+        if split not in SPLITS:
+            raise GGMLError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if n_workers < 1:
+            raise GGMLError(f"workers must be >= 1, got {n_workers}")
+        ray = _ray()
+        self.split = split
+        self.started = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=512 << 20)
+                self.started = True
+                atexit.register(self.shutdown)      # a CLI that never closes its model
+        self.workers: list[RayBackend] = []
+        try:
+            for i in range(n_workers):
+                self.workers.append(RayBackend(i, n_threads=n_threads, timeout=timeout))
+        except BaseException:
+            self.shutdown()
+            raise
+        self.ranges = None
+        self._cache = None
+
+    def scheduler(self, model, driver_backend) -> DistributedSched:
+        """The scheduler for this split; layer split places the model's weights first."""
+        import pyggml as gg
+        backends = [driver_backend, *self.workers, gg.backend_reference_init()]
+        if self.split == "layer":
+            self.ranges = layer_ranges(model.cfg.n_layer, len(self.workers))
+            place_weights(model.w, self.ranges, self.workers, driver_backend.name)
+        return DistributedSched(backends, follow=self.split == "layer")
+
+    def place_cache(self, cache):
+        """Layer split: each layer's stores go to its worker (a previous cache is released)."""
+        self._release_cache()
+        if self.ranges is None:
+            raise GGMLError("WorkerGroup.place_cache: call scheduler(model, ...) first")
+        place_cache(cache, self.ranges, self.workers)
+        self._cache = cache
+        return cache
+
+    def make_cache(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int,
+                   type=GGMLType.F16, mixed: bool = False) -> ShardedKVCache:
+        """Context split: a cache of one token-range shard per worker (mixed: the older shards
+        in `type`, the newest in F16)."""
+        self._release_cache()
+        n = len(self.workers)
+        types = [type] * (n - 1) + [GGMLType.F16] if mixed else type
+        cache = ShardedKVCache(n_layer, n_head_kv, head_dim, n_ctx, n, types)
+        for w, be in enumerate(self.workers):
+            be.adopt(cache.shard_tensors(w), upload=False)
+        self._cache = cache
+        return cache
+
+    def _release_cache(self) -> None:
+        c = self._cache
+        if c is None:
+            return
+        for w, be in enumerate(self.workers):
+            if isinstance(c, ShardedKVCache):
+                be.release(c.shard_tensors(w))
+            else:
+                be.release([t for il in range(c.n_layer) for t in cache_layer_tensors(c, il)])
+        self._cache = None
+
+    def attach(self, i: int) -> None:
+        """A new worker in place of worker i (dead or killed): resident tensors uploaded again.
+        Its KV cache comes back empty: the caller must start its context over."""
+        be = self.workers[i]
+        be.kill()
+        be.attach()
+
+    def shutdown(self) -> None:
+        """Stop the workers, and the local Ray cluster if this group started it."""
+        for be in self.workers:
+            be.kill()
+        self.workers = []
+        if self.started:
+            _ray().shutdown()
+            self.started = False
+
+    def __repr__(self) -> str:
+        return f"WorkerGroup({self.split}, {self.workers})"

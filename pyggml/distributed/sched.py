@@ -1,0 +1,110 @@
+"""The scheduler over local and Ray backends: pyggml's Sched plus what remote memory needs.
+
+Sched already puts a node that reads a tensor living in a backend's buffer on that backend
+(weights, and here also the KV cache rows a worker holds), cuts splits and copies their
+inputs. Remote memory adds two rules:
+
+- follow (layer split): a node that reads nothing resident anywhere runs where its first
+  computed source ran if that is a Ray worker, so a worker keeps the norms, ropes, adds and
+  attention of its layers instead of bouncing each to the driver;
+- exports: a root written on a worker (a node's result, or a source the op writes, like
+  flash_attn_ext_with_state's softmax state) that a node of another split reads, or that is
+  the graph's result, is sent back after the worker's split; nothing else is, and a local
+  node reading a worker's resident tensor (stale on the driver) is an error at planning.
+"""
+from __future__ import annotations
+
+from ..errors import GraphError, describe
+from ..graph import CGraph
+from ..sched.scheduler import Sched
+from ..tensor import TENSOR_FLAG_OUTPUT
+from .backend import EXPORTS, RayBackend
+
+
+def _root(t):
+    return t.view_src if t.view_src is not None else t
+
+
+class DistributedSched(Sched):
+    def __init__(self, backends, follow: bool = True, eval_cb=None):
+        super().__init__(backends, eval_cb)
+        self.follow = follow
+        self.workers = [b for b in self.backends if isinstance(b, RayBackend)]
+
+    def _owner(self, t):
+        """The backend whose buffer holds t's data (None: plain driver memory)."""
+        return self._backend_of_buffer(t)
+
+    def _assign(self, gf: CGraph) -> None:
+        super()._assign(gf)
+        if not self.follow:
+            return
+        a = self.assignment
+        for node in gf.nodes:
+            if id(node) in self.pinned:
+                continue
+            if node.op.view:
+                src = node.src[0]
+                be = a.get(id(src)) or self._owner(src)
+                if be is not None:
+                    a[id(node)] = be
+                continue
+            if isinstance(a[id(node)], RayBackend) or any(
+                    s is not None and self._owner(s) is not None for s in node.src):
+                continue
+            for s in node.src:
+                be = a.get(id(s)) if s is not None else None
+                if be is not None:
+                    if isinstance(be, RayBackend) and be.supports_op(node):
+                        a[id(node)] = be
+                    break
+
+    def alloc_graph(self, gf: CGraph) -> None:
+        super().alloc_graph(gf)
+        if any(isinstance(sp.backend, RayBackend) and
+                         (sp.graph is None or EXPORTS not in sp.graph.cache)
+                         for sp in self.splits):
+            self._plan_exports(gf)
+
+    def _plan_exports(self, gf: CGraph) -> None:
+        where = {}                                   # id(root) -> split index written there
+        for k, sp in enumerate(self.splits):
+            if sp.graph is None:                     # Sched makes it on first compute
+                g = CGraph(max(1, len(sp.nodes)))
+                g.nodes = sp.nodes
+                g.version = gf.version
+                sp.graph = g
+            if not isinstance(sp.backend, RayBackend):
+                continue
+            for n in sp.nodes:
+                if n.op.view:
+                    continue
+                roots = [_root(n)] + [_root(n.src[j]) for j in n.op.writes
+                                      if n.src[j] is not None]
+                for r in roots:
+                    if not isinstance(self._owner(r), RayBackend):
+                        where[id(r)] = (k, r)
+        exports = [dict() for _ in self.splits]
+        for k, sp in enumerate(self.splits):
+            for n in sp.nodes:
+                for s in n.src:
+                    if s is None:
+                        continue
+                    r = _root(s)
+                    owner = self._owner(r)
+                    if isinstance(owner, RayBackend) and owner is not sp.backend \
+                            and not n.op.view:
+                        raise GraphError(
+                            f"node {describe(n)} on {sp.backend.name} reads {describe(s)}, "
+                            f"which lives on {owner.name}: its driver copy is stale")
+                    w = where.get(id(r))
+                    if w is not None and w[0] != k:
+                        exports[w[0]][id(r)] = r
+        last = gf.nodes[-1] if gf.nodes else None
+        for n in gf.nodes:
+            if n is last or n.flags & TENSOR_FLAG_OUTPUT:
+                w = where.get(id(_root(n)))
+                if w is not None:
+                    exports[w[0]][id(w[1])] = w[1]
+        for sp, ex in zip(self.splits, exports):
+            sp.graph.cache[EXPORTS] = list(ex.values())
