@@ -212,7 +212,7 @@ class Llama:
         step, ub = self._decoder.step, self._ubatch
         for i in range(0, n, ub):
             batch = ids[i:i + ub]
-            logits = step(batch)
+            logits = step(batch, all_logits=self._logits_all)
             k = self.n_tokens
             self.input_ids[k:k + len(batch)] = batch
             if self._logits_all:

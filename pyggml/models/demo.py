@@ -155,7 +155,7 @@ def demo_kernels(args=None, model=None, n_prompt=None) -> list:
                 seen.add(key)
                 ctx = gg.init(mem_size=16 << 20, no_alloc=True)
                 gf = gg.new_graph(ctx)
-                model.build(ctx, gf, cache, n, layers=[0])
+                model.build(ctx, gf, cache, n, layers=[0], n_outputs=1)
                 graphs.append(gf)
             cache.commit()
     return graph_kernels(graphs)
@@ -188,8 +188,8 @@ def run(args) -> dict:
     plain = Decoder(model, plain_cache, backend)
 
     t0 = time.perf_counter()
-    lm = mixed.prefill(prompt, BATCH)
-    lp = plain.prefill(prompt, BATCH)
+    lm = mixed.prefill(prompt, BATCH, all_logits=False)
+    lp = plain.prefill(prompt, BATCH, all_logits=False)
     t_prefill = time.perf_counter() - t0
     max_delta = 0.0
     t_mixed = t_plain = 0.0

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, asdict
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 import pyggml as gg
 from ..context import Context
 from ..errors import GGMLError
+from ..data import strided
 from ..graph import gc_paused
 from ..tensor import Tensor, set_name, set_input, set_output
 from ..types import GGMLType, as_type
@@ -71,9 +73,13 @@ class LlamaModel:
         return cls(cfg, w, ctx)
 
     # --- the graph ---------------------------------------------------------------------------
-    def build(self, ctx, gf, cache, n_tokens: int, layers=None) -> tuple[Tensor, Tensor, Tensor]:
-        """Graph of one step over n_tokens new tokens. Returns (logits, tokens, positions);
-        tokens and positions are inputs to fill after allocation."""
+    def build(self, ctx, gf, cache, n_tokens: int, layers=None,
+              n_outputs: int = None) -> "StepGraph":
+        """Graph of one step over n_tokens new tokens: StepGraph(logits, tokens, positions,
+        out_ids), the three last inputs to fill after allocation. n_outputs < n_tokens: only
+        that many rows get logits, the rows out_ids names (llama.cpp's inp_out_ids: the last
+        layer's FFN, the output norm and the vocabulary projection run on those rows only);
+        None or n_tokens: every row, out_ids is None."""
         c, w = self.cfg, self.w
         hd = c.head_dim
         tokens = gg.new_tensor_1d(ctx, GGMLType.I32, n_tokens)
@@ -86,7 +92,13 @@ class LlamaModel:
         set_name(inpL, "inp_embd")
         kq_scale = 1.0 / math.sqrt(hd)
         rope_freqs = w.get("rope_freqs.weight")        # llama 3's per-frequency factors
-        for il in (range(c.n_layer) if layers is None else layers):
+        out_ids = None
+        if n_outputs is not None and n_outputs != n_tokens:
+            out_ids = gg.new_tensor_1d(ctx, GGMLType.I32, n_outputs)
+            set_name(out_ids, "inp_out_ids")
+            set_input(out_ids)
+        layer_ids = list(range(c.n_layer) if layers is None else layers)
+        for il in layer_ids:
             p = f"blk.{il}."
             cur = gg.mul(ctx, gg.rms_norm(ctx, inpL, c.eps), w[p + "attn_norm.weight"])
             set_name(cur, f"attn_norm-{il}")
@@ -105,6 +117,9 @@ class LlamaModel:
             o = gg.reshape_2d(ctx, o, hd * c.n_head, n_tokens)
             o = _proj(ctx, w, p + "attn_output", o)
             set_name(o, f"attn_proj-{il}")
+            if out_ids is not None and il == layer_ids[-1]:   # only the rows that give logits
+                o = gg.get_rows(ctx, o, out_ids)
+                inpL = gg.get_rows(ctx, inpL, out_ids)
             ffn_inp = gg.add(ctx, o, inpL)
             set_name(ffn_inp, f"ffn_inp-{il}")
             cur = gg.mul(ctx, gg.rms_norm(ctx, ffn_inp, c.eps), w[p + "ffn_norm.weight"])
@@ -121,7 +136,15 @@ class LlamaModel:
         set_name(logits, "result_output")
         set_output(logits)
         gg.build_forward_expand(gf, logits)
-        return logits, tokens, pos
+        return StepGraph(logits, tokens, pos, out_ids)
+
+
+class StepGraph(NamedTuple):
+    """A step's graph outputs and inputs (LlamaModel.build)."""
+    logits: Tensor                 # F32 [n_vocab, n_outputs]
+    tokens: Tensor                 # I32 [n_tokens] input
+    positions: Tensor              # I32 [n_tokens] input
+    out_ids: Optional[Tensor]      # I32 [n_outputs] input: rows that give logits (None: all)
 
 
 def _proj(ctx, w: dict, name: str, x: Tensor) -> Tensor:
@@ -193,53 +216,68 @@ class Decoder:
         self.reuse_graphs = reuse_graphs
         self.last_graph = None
         self.n_builds = 0             # graphs built (the rest of the steps reused one)
-        self._kept: dict = {}         # key -> (gf, logits, tok, pos, cache inputs)
+        self._kept: dict = {}         # (cache key, n_outputs) -> (gf, StepGraph, cache inputs)
 
-    def step(self, token_ids, n_pad: int = None) -> np.ndarray:
-        """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32). `n_pad`: run
-        the step on a graph of n_pad >= n_tokens tokens (padding masked, see the class)."""
+    def step(self, token_ids, n_pad: int = None, all_logits: bool = True) -> np.ndarray:
+        """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32), or with
+        all_logits=False only the last token's [1, n_vocab] (llama.cpp's default: the graph
+        computes the last layer's FFN and the output for that row only). `n_pad`: run the
+        step on a graph of n_pad >= n_tokens tokens (padding masked, see the class)."""
         ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
         n = len(ids)
         st = self.cache.begin(n, n_pad) if n_pad is not None else self.cache.begin(n)
         n_graph = getattr(st, "n_pad", n)
+        n_out = n_graph if all_logits else 1
         key = self.cache.graph_key() if hasattr(self.cache, "graph_key") else None
+        key = None if key is None else (key, n_out)
         kept = self._kept.pop(key, None) if self.reuse_graphs and key is not None else None
         if kept is not None:
-            gf, logits, tok, pos, inputs = kept
+            gf, g, inputs = kept
             self.cache.use_inputs(inputs)
         else:
             with gc_paused():
                 ctx = gg.init(mem_size=64 << 20, no_alloc=True)
                 gf = gg.new_graph_custom(ctx, 8192)
-                logits, tok, pos = self.model.build(ctx, gf, self.cache, n_graph)
+                g = self.model.build(ctx, gf, self.cache, n_graph, n_outputs=n_out)
                 self.backend.alloc_graph(gf)
             self.n_builds += 1
-            kept = (gf, logits, tok, pos, self.cache.step_inputs())
+            kept = (gf, g, self.cache.step_inputs())
         if self.reuse_graphs and key is not None:
             self._kept[key] = kept                       # most recent last
             while len(self._kept) > self.KEEP_GRAPHS:
                 self._kept.pop(next(iter(self._kept)))
-        positions = st.positions.astype(np.int32)
-        if n_graph > n:                                  # padding: the last token again
-            ids = np.concatenate([ids, np.full(n_graph - n, ids[-1], np.int32)])
-            positions = np.concatenate([positions, np.full(n_graph - n, positions[-1])])
-        gg.tensor_set(tok, ids)
-        gg.tensor_set(pos, positions)
+        _set_inputs(g, ids, st.positions, n_graph)
         self.cache.set_inputs()
         self.backend.graph_compute(gf)
         self.cache.commit()
         self.last_graph = gf
-        return gg.to_numpy(logits).reshape(n_graph, -1)[:n].copy()
+        rows = strided(g.logits)[0, 0]                   # F32 [n_out, n_vocab], no copy
+        return (rows[:n] if all_logits else rows).copy()
 
-    def prefill(self, token_ids, batch: int = 32, pad: bool = True) -> np.ndarray:
+    def prefill(self, token_ids, batch: int = 32, pad: bool = True,
+                all_logits: bool = True) -> np.ndarray:
         """Feed a prompt in micro-batches of `batch` tokens; returns the logits of the last
-        micro-batch. pad: a shorter last micro-batch runs padded (pad_tokens)."""
+        micro-batch (all_logits=False: of its last token only, [1, n_vocab]). pad: a shorter
+        last micro-batch runs padded (pad_tokens)."""
         out = None
         ids = list(token_ids)
         for i in range(0, len(ids), batch):
             chunk = ids[i:i + batch]
-            out = self.step(chunk, pad_tokens(len(chunk), batch) if pad else None)
+            out = self.step(chunk, pad_tokens(len(chunk), batch) if pad else None, all_logits)
         return out
+
+
+def _set_inputs(g: StepGraph, ids: np.ndarray, positions: np.ndarray, n_graph: int) -> None:
+    """Token ids, positions and output rows of a step; padding tokens (n_graph > n) repeat
+    the last token at its position, and the output row is the last real token's."""
+    n = len(ids)
+    tok, pos = strided(g.tokens).reshape(-1), strided(g.positions).reshape(-1)
+    tok[:n] = ids
+    tok[n:] = ids[-1]
+    pos[:n] = positions
+    pos[n:] = positions[-1]
+    if g.out_ids is not None:
+        strided(g.out_ids).reshape(-1)[:] = n - 1
 
 
 def pad_tokens(n: int, batch: int) -> int:

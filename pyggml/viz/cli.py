@@ -77,9 +77,8 @@ def _demo_graph(args):
     cache.begin(1)
     ctx = gg.init(mem_size=64 << 20, no_alloc=True)
     gf = gg.new_graph_custom(ctx, 16384)
-    _, tok, pos = model.build(ctx, gf, cache, 1,
-                              layers=sorted(layers) if layers is not None else None)
-    return gf, cache, tok, pos
+    g = model.build(ctx, gf, cache, 1, layers=sorted(layers) if layers is not None else None)
+    return gf, cache, g.tokens, g.positions
 
 
 def main(argv=None) -> int:

@@ -271,3 +271,23 @@ def test_moved_blocks_are_ggmls_quantization_of_the_hot_rows():
                     assert got == bytes(want)
                 n_checked += 1
         assert n_checked >= 3
+
+
+@pytest.mark.parametrize("kind", ["mixed", "f16"])
+def test_decoder_last_logits_only(kind):
+    """all_logits=False (llama.cpp's default: inp_out_ids picks the last token's row before
+    the last layer's FFN and the output) gives the last row of the all-rows logits, padded
+    micro-batches included; the graphs built for it have fewer mul_mat rows."""
+    cfg, model, cache, be = _decoding_setup(kind, seed=2)
+    full = Decoder(model, cache(), be)
+    last = Decoder(model, cache(), be)
+    toks = list(np.random.default_rng(3).integers(0, cfg.n_vocab, 60))
+    a = full.prefill(toks[:45], batch=16)            # 16 + 16 + 13 padded to 16
+    b = last.prefill(toks[:45], batch=16, all_logits=False)
+    assert a.shape == (13, cfg.n_vocab) and b.shape == (1, cfg.n_vocab)
+    assert np.allclose(a[-1:], b, rtol=0, atol=1e-5)
+    out = gg.graph_get_tensor(last.last_graph, "result_output")
+    assert out.ne[1] == 1 and gg.graph_get_tensor(last.last_graph, "inp_out_ids") is not None
+    for t in toks[45:]:
+        assert np.allclose(full.step([t])[-1:], last.step([t], all_logits=False),
+                           rtol=0, atol=1e-5)

@@ -59,6 +59,7 @@ NR = simd.GEMM_NR
 KC = 256              # k per packed panel (a multiple of 32: whole quant blocks)
 NC = 256              # rows of a per packed block (a multiple of NR)
 MC = 1020             # rows of b per packed block (a multiple of MR)
+PANEL_SCRATCH = 8 * NR + QK * NR     # pack_q_block: NR scales, NR mins, QK x NR quant bytes
 
 _Q32 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
 # K-quants and IQ4_XS: integer row dots in kq_dots.py against Q8_K activations; IQ4_NL
@@ -124,7 +125,7 @@ def use_gemm(m, n, k):
 @_jit
 def gemm_bytes():
     return (_pad(((MC + MR - 1) // MR * MR) * KC * 4) + _pad(NC * KC * 4) + _pad(MR * NR * 4)
-            + _pad(4 * KC))
+            + _pad(4 * KC) + _pad(PANEL_SCRATCH))
 
 
 @_jit
@@ -346,12 +347,69 @@ def _scatter(src, kc, out, o, stride):
 
 
 @_jit
-def pack_a(wt, base, nb01, rows, pc, kc, ap, tmp):
+def _f16_at(addr):
+    b = u8_array(addr, 2)
+    return qnb.f16_to_f32(np.uint16(b[0] | (np.uint16(b[1]) << 8)))
+
+
+@_jit
+def pack_q_block(wt, base, nb01, nr, boff, scr, dst):
+    """Block boff (bytes into each row) of nr <= NR rows of a Q4_0/Q4_1/Q8_0 weight -> the
+    panel's QK x NR floats at dst (k-major), the values qnb.dequantize_row gives (same
+    expressions). The rows' quant bytes are gathered column by column first (qt[j][r]), so
+    every output row of the panel is one contiguous pass over r that LLVM vectorizes (raw
+    pointers: no wraparound checks); the row-by-row dequantize + scatter took 2x as long."""
+    dd = ptr_of(scr, np.float32)
+    mn = ptr_of(scr + 4 * NR, np.float32)
+    qt = ptr_of(scr + 8 * NR, np.uint8)
+    out = ptr_of(dst, np.float32)
+    src = ptr_of(base + boff, np.uint8)
+    nq = QK if wt == Q8_0 else QK // 2
+    qo = 4 if wt == Q4_1 else 2
+    pad = 8 if wt == Q4_0 else 0            # rows past nr come out as 0.0
+    for r in range(NR):
+        dd[r] = _f16_at(base + r * nb01 + boff) if r < nr else np.float32(0.0)
+        mn[r] = _f16_at(base + r * nb01 + boff + 2) if r < nr and wt == Q4_1 else np.float32(0.0)
+    for j in range(nq):
+        for r in range(nr):
+            qt[j * NR + r] = src[r * nb01 + qo + j]
+        for r in range(nr, NR):
+            qt[j * NR + r] = pad
+    if wt == Q8_0:
+        for j in range(QK):
+            for r in range(NR):
+                out[j * NR + r] = np.float32(np.int8(qt[j * NR + r])) * dd[r]
+    elif wt == Q4_0:
+        for j in range(QK // 2):
+            for r in range(NR):
+                q = np.int32(qt[j * NR + r])
+                out[j * NR + r] = np.float32((q & 0x0F) - 8) * dd[r]
+                out[(QK // 2 + j) * NR + r] = np.float32((q >> 4) - 8) * dd[r]
+    else:
+        for j in range(QK // 2):
+            for r in range(NR):
+                q = np.int32(qt[j * NR + r])
+                lo = np.float32(q & 0x0F) * dd[r]
+                hi = np.float32(q >> 4) * dd[r]
+                out[j * NR + r] = lo if lo != lo else lo + mn[r]      # qnb._mul_add
+                out[(QK // 2 + j) * NR + r] = hi if hi != hi else hi + mn[r]
+
+
+@_jit
+def pack_a(wt, base, nb01, rows, pc, kc, ap, tmp, scr):
     """Rows [0, rows) of a, values [pc, pc+kc) -> float32 panels of NR rows, k-major
-    (each row converted/dequantized into tmp first: a vectorizable pass, then one scatter)."""
+    (Q4_0/Q4_1/Q8_0 block by block through pack_q_block; other types row by row into tmp
+    first: a vectorizable pass, then one scatter)."""
     npan = (rows + NR - 1) // NR
     out = f32_array(ap, npan * kc * NR)
     t = f32_array(tmp, kc)
+    if wt == Q4_0 or wt == Q4_1 or wt == Q8_0:
+        for pn in range(npan):
+            for ib in range(kc // QK):
+                pack_q_block(wt, base + pn * NR * nb01, nb01, min(NR, rows - pn * NR),
+                             (pc // QK + ib) * TYPE_SIZE[wt], scr,
+                             ap + 4 * (pn * kc * NR + ib * QK * NR))
+        return
     for r in range(npan * NR):
         o = (r // NR) * kc * NR + r % NR
         if r >= rows:
@@ -416,6 +474,21 @@ def gemm_block(kc, ap, bp, c, nb1, rows_a, rows_b, accumulate, tile):
 
 
 @_jit
+def gemm_block_rows(m, nbatch, nth):
+    """Rows of a per thread block (a multiple of NR; packed NC rows at a time). Many blocks
+    (large m or many batches): NC. Few: the fewest blocks whose count is a multiple of nth,
+    so every thread gets as many NR-row panels (576 rows on 2 threads: 2 x 288, not
+    256 + 256 + 64, where one thread does twice the other's work)."""
+    if nbatch * ((m + NC - 1) // NC) >= 8 * nth:
+        return NC
+    nblk = 1
+    while (nbatch * nblk) % nth != 0:
+        nblk += 1
+    panels = (m + NR - 1) // NR
+    return (panels + nblk - 1) // nblk * NR
+
+
+@_jit
 def mul_mat_gemm(desc, ith, nth, region):
     wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
@@ -428,16 +501,14 @@ def mul_mat_gemm(desc, ith, nth, region):
     a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
     r2, r3 = ne12 // ne02, ne13 // ne03
     nbatch = ne12 * ne13
-    # blocks of a's rows: as large as NC, small enough that every thread gets work
-    nc = NC
-    while nc > NR and nbatch * ((m + nc - 1) // nc) < nth:
-        nc //= 2
+    nc = gemm_block_rows(m, nbatch, nth)
     nblk = (m + nc - 1) // nc
     it0, it1 = row_range(nbatch * nblk, ith, nth)
     bp = region
     ap = bp + _pad(((MC + MR - 1) // MR * MR) * KC * 4)
     tile = ap + _pad(NC * KC * 4)
     tmp = tile + _pad(MR * NR * 4)
+    scr = tmp + _pad(4 * KC)
     it = it0
     while it < it1:
         # this thread's blocks of one batch: rows [j_lo, j_hi) of a
@@ -456,9 +527,9 @@ def mul_mat_gemm(desc, ith, nth, region):
             for pc in range(0, k, KC):
                 kc = min(KC, k - pc)
                 pack_b(bt, bbase + ic * nb11, nb11, mc, pc, kc, bp, tmp)    # once per (ic, pc)
-                for j0 in range(j_lo, j_hi, nc):
-                    j1 = min(j0 + nc, j_hi)
-                    pack_a(wt, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp)
+                for j0 in range(j_lo, j_hi, NC):
+                    j1 = min(j0 + NC, j_hi)
+                    pack_a(wt, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp, scr)
                     gemm_block(kc, ap, bp, cbase + ic * nb1 + j0 * 4, nb1, j1 - j0, mc,
                                1 if pc > 0 else 0, tile)
 
