@@ -18,7 +18,8 @@ from .types import *  # noqa: F401,F403  (GGMLType, TYPE_* constants, type facts
 from .types import GGMLType, type_name, blck_size, type_size, is_quantized, row_size  # noqa: F401
 from .tensor import (Tensor, Buffer, nelements, nrows, nbytes, element_size, is_empty,  # noqa: F401
                      is_scalar, is_vector, is_matrix, is_contiguous, is_contiguous_0,
-                     is_contiguous_1, is_contiguous_2, is_contiguous_rows, is_transposed,
+                     is_contiguous_1, is_contiguous_2, is_contiguous_rows, is_contiguous_channels,
+                     is_transposed,
                      is_permuted, are_same_shape, are_same_stride, can_repeat, can_repeat_rows,
                      is_contiguously_allocated, set_name, get_name, format_name, set_input,
                      set_output, set_param, set_loss, TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT,
