@@ -13,7 +13,8 @@ import pyggml as gg
 from pyggml.testing import harness as H
 
 PARITY_OPS = ["FILL", "TRI", "DIAG", "SOLVE_TRI", "ROLL", "PAD_REFLECT_1D", "CONV_2D_DW",
-              "CONV_TRANSPOSE_2D", "IM2COL_3D", "CONV_3D", "COL2IM_1D"]
+              "CONV_TRANSPOSE_2D", "IM2COL_3D", "CONV_3D", "COL2IM_1D", "RWKV_WKV6", "GATED_LINEAR_ATTN", "RWKV_WKV7",
+              "GATED_DELTA_NET"]
 
 
 def _sample(cases, k):
