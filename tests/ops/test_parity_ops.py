@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-import pyggml as gg
 from pyggml.testing import harness as H
 
 PARITY_OPS = ["FILL", "TRI", "DIAG", "SOLVE_TRI", "ROLL", "PAD_REFLECT_1D", "CONV_2D_DW",
               "CONV_TRANSPOSE_2D", "IM2COL_3D", "CONV_3D", "COL2IM_1D", "RWKV_WKV6", "GATED_LINEAR_ATTN", "RWKV_WKV7",
-              "GATED_DELTA_NET"]
+              "GATED_DELTA_NET", "MUL_MAT_HADAMARD", "LIGHTNING_INDEXER", "DSV4_HC_COMB",
+              "DSV4_HC_PRE", "DSV4_HC_POST"]
 
 
 def _sample(cases, k):
@@ -25,9 +25,16 @@ def _sample(cases, k):
     return [cases[int(i * step)] for i in range(k)]
 
 
+def _op_cases(name):
+    """The cases ggml prints under name (MUL_MAT_HADAMARD's belong to MUL_MAT)."""
+    from pyggml.ops.registry import OPS
+    owner = next(op for op in OPS.values() if name in (op.name, *op.extra.get("case_ops", ())))
+    return [c for c in owner.cases() if c.op == name]
+
+
 def _cases(name, k=160):
-    return _sample([c for c in gg.get_op(name).cases()
-                    if "slow" not in c.tags and "no_ggml" not in c.tags], k)
+    return _sample([c for c in _op_cases(name) if "slow" not in c.tags and "no_ggml" not in c.tags],
+                   k)
 
 
 def _reference_vs_ggml(cases):
@@ -67,7 +74,7 @@ def test_numba_matches_reference(name, numba_backends):
     from pyggml.backends.reference.backend import ReferenceBackend
     ref = ReferenceBackend()
     fails = []
-    for case in _sample([c for c in gg.get_op(name).cases() if "slow" not in c.tags], 40):
+    for case in _sample([c for c in _op_cases(name) if "slow" not in c.tags], 40):
         for n, be in numba_backends.items():
             r = H.run_test(case, be, ref, seed=5)
             if r.status != "OK":
