@@ -41,6 +41,8 @@ from .ops.sort import SORT_ORDER_ASC, SORT_ORDER_DESC  # noqa: F401,E402
 from .ops.upscale import (SCALE_MODE_NEAREST, SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC,  # noqa: F401,E402
                           SCALE_FLAG_ALIGN_CORNERS, SCALE_FLAG_ANTIALIAS)
 from .ops.conv import OP_POOL_MAX, OP_POOL_AVG  # noqa: F401,E402
+from .ops.tri import (TRI_TYPE_UPPER_DIAG, TRI_TYPE_UPPER, TRI_TYPE_LOWER_DIAG,  # noqa: F401,E402
+                      TRI_TYPE_LOWER)
 from .ops.unary import UNARY_OP_ID as _U  # noqa: E402
 from .ops.glu import GLU_OP_ID as _G  # noqa: E402
 globals().update({f"UNARY_OP_{k}": v for k, v in _U.items()})
