@@ -51,8 +51,9 @@ def split_vars(s: str) -> dict:
     return out
 
 
-def read_csv_cases(path: str, backend: str = None) -> list[tuple[str, str]]:
-    """(op_name, op_params) rows of a test-backend-ops csv (plain or .gz), first of each kept."""
+def read_csv_cases(path: str, backend: str = None, unsupported: set = None) -> list[tuple[str, str]]:
+    """(op_name, op_params) rows of a test-backend-ops csv (plain or .gz), first of each kept;
+    the ones the backend said it does not support are added to `unsupported` when given."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -64,6 +65,8 @@ def read_csv_cases(path: str, backend: str = None) -> list[tuple[str, str]]:
         if key not in seen:
             seen.add(key)
             out.append(key)
+            if unsupported is not None and r.get("supported") == "0":
+                unsupported.add(key)
     return out
 
 
@@ -103,8 +106,8 @@ def is_core(vs: str) -> bool:
 
 
 def report(result, ours_count, missing: int = 0, only_missing: bool = False,
-           out=sys.stdout) -> tuple[int, int]:
-    tot = tot_ok = core = core_ok = 0
+           out=sys.stdout, unsupported: set = frozenset()) -> tuple[int, int]:
+    tot = tot_ok = core = core_ok = run = run_ok = 0
     print(f"{'op':<28} {'ggml':>6} {'matched':>8} {'%':>6} {'pyggml':>7}", file=out)
     for op in sorted(result):
         cases, ok = result[op]
@@ -113,6 +116,8 @@ def report(result, ours_count, missing: int = 0, only_missing: bool = False,
         for vs, hit in zip(cases, ok):
             if is_core(vs):
                 core, core_ok = core + 1, core_ok + hit
+            if (op, vs) not in unsupported:
+                run, run_ok = run + 1, run_ok + hit
         if only_missing and m == n:
             continue
         print(f"{op:<28} {n:>6} {m:>8} {100.0 * m / n:>5.1f}% {ours_count.get(op, 0):>7}",
@@ -123,7 +128,8 @@ def report(result, ours_count, missing: int = 0, only_missing: bool = False,
     print(f"\nops ggml has and pyggml lacks ({len(absent)}): {', '.join(absent) or 'none'}",
           file=out)
     print(f"total: {tot_ok}/{tot} of ggml's cases matched ({100.0 * tot_ok / max(tot, 1):.1f}%); "
-          f"core types: {core_ok}/{core} ({100.0 * core_ok / max(core, 1):.1f}%)", file=out)
+          f"core types: {core_ok}/{core} ({100.0 * core_ok / max(core, 1):.1f}%); the ones ggml's "
+          f"CPU runs: {run_ok}/{run} ({100.0 * run_ok / max(run, 1):.1f}%)", file=out)
     return tot_ok, tot
 
 
@@ -136,7 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only-missing", action="store_true", help="hide fully matched ops")
     a = ap.parse_args(argv)
     try:
-        ggml = read_csv_cases(a.ggml_csv, backend="CPU")
+        unsupported: set = set()
+        ggml = read_csv_cases(a.ggml_csv, backend="CPU", unsupported=unsupported)
         ours = read_csv_cases(a.pyggml) if a.pyggml else pyggml_cases()
     except (OSError, KeyError, csv.Error) as e:
         print(f"cases_vs_ggml: cannot read the cases: {e}", file=sys.stderr)
@@ -146,7 +153,7 @@ def main(argv=None) -> int:
         ggml = [c for c in ggml if c[0] in wanted]
     result, counts = match(ggml, ours)
     buf = io.StringIO()
-    report(result, counts, a.missing, a.only_missing, out=buf)
+    report(result, counts, a.missing, a.only_missing, out=buf, unsupported=unsupported)
     print(buf.getvalue(), end="")
     return 0
 

@@ -4,12 +4,32 @@ time in a float64 scratch matrix, heads split over the threads as ggml does. Sum
 in the reference, so results do not depend on the thread count."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..desc import (DST, SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, param_f32, param_i32,
                     row_range, t_addr, t_nb, t_ne)
 from ..intrinsics import f32_array
 from . import kernel
+
+_jit = numba.njit(nogil=True, cache=True)
+
+
+@_jit
+def _load(st, flat, off):
+    """A state matrix from its place in a flat F32 array (row-major, as ggml stores it)."""
+    n = st.shape[0]
+    for i in range(n):
+        for j in range(n):
+            st[i, j] = flat[off + i * n + j]
+
+
+@_jit
+def _store(flat, off, st):
+    n = st.shape[0]
+    for i in range(n):
+        for j in range(n):
+            flat[off + i * n + j] = st[i, j]
 
 
 @kernel("RWKV_WKV6")
@@ -27,9 +47,7 @@ def rwkv_wkv6(desc, ith, nth):
     for h in range(h0, h1):
         for sq in range(n_seqs):
             base = sq * C * S + h * S * S
-            for i in range(S):
-                for j in range(S):
-                    st[i, j] = s_in[base + i * S + j]
+            _load(st, s_in, base)
             for t in range(sq * L, (sq + 1) * L):
                 o = t * C + h * S
                 for j in range(S):
@@ -39,9 +57,7 @@ def rwkv_wkv6(desc, ith, nth):
                         acc += r[o + i] * (kv * tf[h * S + i] + st[i, j])
                         st[i, j] = st[i, j] * td[o + i] + kv
                     dst[o + j] = acc
-            for i in range(S):
-                for j in range(S):
-                    dst[C * T + base + i * S + j] = st[i, j]
+            _store(dst, C * T + base, st)
 
 
 @kernel("GATED_LINEAR_ATTN")
@@ -59,9 +75,7 @@ def gated_linear_attn(desc, ith, nth):
     for h in range(h0, h1):
         for sq in range(n_seqs):
             base = sq * C * S + h * S * S
-            for i in range(S):
-                for j in range(S):
-                    st[i, j] = s_in[base + i * S + j]
+            _load(st, s_in, base)
             for t in range(sq * L, (sq + 1) * L):
                 o = t * C + h * S
                 for j in range(S):
@@ -70,9 +84,7 @@ def gated_linear_attn(desc, ith, nth):
                         st[i, j] = st[i, j] * g[o + i] + np.float64(k[o + i]) * v[o + j]
                         acc += q[o + i] * scale * st[i, j]
                     dst[o + j] = acc
-            for i in range(S):
-                for j in range(S):
-                    dst[C * T + base + i * S + j] = st[i, j]
+            _store(dst, C * T + base, st)
 
 
 @kernel("RWKV_WKV7")
@@ -90,9 +102,7 @@ def rwkv_wkv7(desc, ith, nth):
     for h in range(h0, h1):
         for sq in range(n_seqs):
             base = sq * C * S + h * S * S
-            for i in range(S):
-                for j in range(S):
-                    st[i, j] = s_in[base + i * S + j]
+            _load(st, s_in, base)
             for t in range(sq * L, (sq + 1) * L):
                 o = t * C + h * S
                 for i in range(S):
@@ -105,9 +115,7 @@ def rwkv_wkv7(desc, ith, nth):
                             sa * b[o + j]
                         acc += st[i, j] * r[o + j]
                     dst[o + i] = acc
-            for i in range(S):
-                for j in range(S):
-                    dst[C * T + base + i * S + j] = st[i, j]
+            _store(dst, C * T + base, st)
 
 
 @kernel("GATED_DELTA_NET")
@@ -132,9 +140,7 @@ def gated_delta_net(desc, ith, nth):
         h, sq = u % H, u // H
         hq, sqq = h % Hk, sq // (ns // nsk)
         base = (sq * H + h) * S * S
-        for j in range(S):
-            for i in range(S):
-                m[j, i] = s_in[base + j * S + i]
+        _load(m, s_in, base)
         for t in range(T):
             qa = t_addr(desc, SRC0) + sqq * t_nb(desc, SRC0, 3) + t * t_nb(desc, SRC0, 2) + \
                 hq * t_nb(desc, SRC0, 1)
@@ -164,10 +170,7 @@ def gated_delta_net(desc, ith, nth):
                 dst[o + j] = acc * scale
             slot = T - 1 - t
             if slot < K:
-                so = n_out + slot * snap + base
-                for j in range(S):
-                    for i in range(S):
-                        dst[so + j * S + i] = m[j, i]
+                _store(dst, n_out + slot * snap + base, m)
         for slot in range(T, K):                   # older than the sequence: zeros
             so = n_out + slot * snap + base
             for e in range(S * S):
