@@ -18,7 +18,8 @@ from .types import *  # noqa: F401,F403  (GGMLType, TYPE_* constants, type facts
 from .types import GGMLType, type_name, blck_size, type_size, is_quantized, row_size  # noqa: F401
 from .tensor import (Tensor, Buffer, nelements, nrows, nbytes, element_size, is_empty,  # noqa: F401
                      is_scalar, is_vector, is_matrix, is_contiguous, is_contiguous_0,
-                     is_contiguous_1, is_contiguous_2, is_contiguous_rows, is_transposed,
+                     is_contiguous_1, is_contiguous_2, is_contiguous_rows, is_contiguous_channels,
+                     is_transposed,
                      is_permuted, are_same_shape, are_same_stride, can_repeat, can_repeat_rows,
                      is_contiguously_allocated, set_name, get_name, format_name, set_input,
                      set_output, set_param, set_loss, TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT,
@@ -40,6 +41,8 @@ from .ops.sort import SORT_ORDER_ASC, SORT_ORDER_DESC  # noqa: F401,E402
 from .ops.upscale import (SCALE_MODE_NEAREST, SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC,  # noqa: F401,E402
                           SCALE_FLAG_ALIGN_CORNERS, SCALE_FLAG_ANTIALIAS)
 from .ops.conv import OP_POOL_MAX, OP_POOL_AVG  # noqa: F401,E402
+from .ops.tri import (TRI_TYPE_UPPER_DIAG, TRI_TYPE_UPPER, TRI_TYPE_LOWER_DIAG,  # noqa: F401,E402
+                      TRI_TYPE_LOWER)
 from .ops.unary import UNARY_OP_ID as _U  # noqa: E402
 from .ops.glu import GLU_OP_ID as _G  # noqa: E402
 globals().update({f"UNARY_OP_{k}": v for k, v in _U.items()})

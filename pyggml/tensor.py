@@ -282,6 +282,11 @@ def is_contiguous_rows(t: Tensor) -> bool:
     return t.ne[0] == TRAITS[t.type].blck_size or t.nb[0] == TRAITS[t.type].type_size
 
 
+def is_contiguous_channels(t: Tensor) -> bool:
+    """A [W, H, C, N] tensor stored channels first, CWHN (ggml_is_contiguous_channels)."""
+    return t.nb[0] > t.nb[2] and t.nb[1] > t.nb[0] and t.nb[2] == TRAITS[t.type].type_size
+
+
 def is_contiguously_allocated(t: Tensor) -> bool:
     return nbytes(t) == nelements(t) * TRAITS[t.type].type_size // TRAITS[t.type].blck_size
 

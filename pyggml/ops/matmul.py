@@ -116,6 +116,7 @@ MUL_MAT = register(OpDef(
     "MUL_MAT", _infer_mul_mat, params="prec:i32 hint:i32", reference=_ref_mul_mat,
     cases=lambda: _mul_mat_cases(), flops=_flops_mul_mat, nbytes=_bytes_mul_mat,
     ggml=_ggml_mul_mat, max_nmse=MAX_NMSE,
+    extra={"case_ops": ("MUL_MAT_HADAMARD",)},    # test_mul_mat_hadamard's name for its cases
     doc="a [k, m, a2, a3] (weights, any weight type) times b [k, n, b2, b3] -> F32 [m, n, b2, b3] "
         "(each output row i1 is a @ b[:, i1]); a broadcasts over b's dims 2 and 3."))
 
@@ -421,7 +422,36 @@ def _mul_mat_cases():
         add(_mm_case(ta, "f32", 40, 37, 2 * k, (1, 2), (3, 1)))
     add(_mm_case("bf16", "bf16", 16, 5, 256, (3, 2), (2, 1)))
     add(_mm_case("bf16", "bf16", 48, 33, 80, (1, 1), (1, 1), (0, 2, 1, 3)))
+    out += _hadamard_cases()
     return cc.unique(out)
+
+
+def _hadamard_init(leaf, rng):
+    """test_mul_mat_hadamard's a: row r, column i is +-1/sqrt(ne0) by the parity of r & i."""
+    if leaf.name != "a":
+        return None
+    n = leaf.ne[0]
+    r = np.arange(leaf.ne[1] * leaf.ne[2] * leaf.ne[3])[:, None] & np.arange(n)[None, :]
+    parity = np.vectorize(lambda v: bin(v).count("1") & 1)(r)
+    return np.where(parity == 0, 1.0, -1.0).reshape(leaf.ne[::-1]) / np.sqrt(np.float32(n))
+
+
+def _hadamard_cases():
+    """test_mul_mat_hadamard: MUL_MAT with a the normalised Hadamard matrix and the hint
+    that says so (ggml's CPU then runs a fast Walsh-Hadamard transform of b)."""
+    out = []
+    for m, n, bs in ((128, 1, (1, 1)), (64, 1, (1, 1)), (256, 1, (1, 1)), (512, 1, (1, 1)),
+                     (128, 32, (1, 1)), (128, 4, (2, 3)), (256, 512, (1, 1)), (32, 1, (1, 1)),
+                     (1024, 1, (1, 1))):
+        c = _mm_case("f32", "f32", m, n, m, bs, (1, 1), tags=("slow",) if n > 32 else ())
+
+        def build(ctx, inner=c.build):
+            out = inner(ctx)
+            mul_mat_set_hint(out, HINT_SRC0_IS_HADAMARD)
+            return out
+        out.append(cc.case("MUL_MAT_HADAMARD", c.vars, build, init=_hadamard_init,
+                           max_nmse=MAX_NMSE, tags=c.tags))
+    return out
 
 
 def _mmid_case(type_a, type_b, n_mats, n_used, b, m, n, k, tags=()):

@@ -259,6 +259,14 @@ def _unary_cases(name: str):
         r = 10.0 if name in ("EXP", "EXPM1") else hi
         out.append(cc.case(name, dict(type=cc.ggml_type("bf16"), ne_a=[33, 3, 2, 1], v=0), build_bf16,
                            init=_uniform(-r, r)))
+    if name in ("FLOOR", "CEIL", "ROUND", "TRUNC"):     # test_floor & co: their own grid
+        for type in ("f16", "f32"):
+            for ne in ([10, 2, 2, 2], [7, 1, 5, 3], [1024, 1024, 1, 1]):
+                def build_rounding(ctx, type=type, ne=ne):
+                    return unary(ctx, cc.leaf(ctx, type, ne, "a"), name)
+                out.append(cc.case(name, dict(type=cc.ggml_type(type), ne=ne), build_rounding,
+                                   init=_uniform(-10.0, 10.0),
+                                   tags=("slow",) if ne[0] > 100 else ()))
     if _UNARY_FNS[name][2]:
         def build_inplace(ctx):
             return unary_inplace(ctx, cc.leaf(ctx, "f32", [17, 3, 2, 1], "a"), name)

@@ -365,11 +365,13 @@ def all_cases(ops=None, pattern: Optional[str] = None, include_slow: bool = True
         op = OPS[name]
         if op.cases is None:
             continue
+        case_ops = (name, *op.extra.get("case_ops", ()))     # e.g. MUL_MAT_HADAMARD
         by_name = name in names
-        if wanted and not by_name and not any(w.startswith(name + "(") for w in full):
+        if wanted and not names.intersection(case_ops) and \
+                not any(w.startswith(n + "(") for w in full for n in case_ops):
             continue
         for c in op_cases(op):
-            if wanted and not by_name and str(c) not in full:
+            if wanted and not (by_name or c.op in names) and str(c) not in full:
                 continue
             if rx and not rx.search(c.vars_str):
                 continue

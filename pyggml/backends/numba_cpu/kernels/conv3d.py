@@ -1,0 +1,94 @@
+"""Kernels for pyggml/ops/conv3d.py: IM2COL_3D (element copies, F32 or F16 result, exact) and
+CONV_3D (a direct loop with float64 sums; an F16 kernel rounds the input to F16, as ggml's
+im2col buffer in the kernel's type does). Output rows are split over the threads."""
+from __future__ import annotations
+
+import numpy as np
+
+from ....quants import nb as qnb
+from ....types import GGMLType
+from ..desc import DST, SRC0, SRC1, param_i32, row_range, t_addr, t_nb, t_ne, t_type
+from ..intrinsics import ptr_of
+from . import kernel
+from .copy import load_f32, store_f32
+
+F16 = int(GGMLType.F16)
+
+
+@kernel("IM2COL_3D", supports=lambda node: node.src[1].type == GGMLType.F32 and
+        node.type in (GGMLType.F32, GGMLType.F16))
+def im2col_3d(desc, ith, nth):
+    s0, s1, s2 = param_i32(desc, 0), param_i32(desc, 1), param_i32(desc, 2)
+    p0, p1, p2 = param_i32(desc, 3), param_i32(desc, 4), param_i32(desc, 5)
+    d0, d1, d2 = param_i32(desc, 6), param_i32(desc, 7), param_i32(desc, 8)
+    IC = param_i32(desc, 9)
+    dt = t_type(desc, DST)
+    KW, KH, KD = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    IW, IH, ID = t_ne(desc, SRC1, 0), t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2)
+    OW, OH, NOD = t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
+    N = t_ne(desc, SRC1, 3) // IC
+    OD = NOD // N
+    nb0 = t_nb(desc, DST, 0)
+    r0, r1 = row_range(OW * OH * NOD, ith, nth)
+    for r in range(r0, r1):
+        ow, oh, j3 = r % OW, (r // OW) % OH, r // (OW * OH)
+        n, od = j3 // OD, j3 % OD
+        d = t_addr(desc, DST) + ow * t_nb(desc, DST, 1) + oh * t_nb(desc, DST, 2) + \
+            j3 * t_nb(desc, DST, 3)
+        for ic in range(IC):
+            x = t_addr(desc, SRC1) + (n * IC + ic) * t_nb(desc, SRC1, 3)
+            for kd in range(KD):
+                iz = od * s2 + kd * d2 - p2
+                for kh in range(KH):
+                    iy = oh * s1 + kh * d1 - p1
+                    for kw in range(KW):
+                        ix = ow * s0 + kw * d0 - p0
+                        v = np.float32(0.0)
+                        if 0 <= iz < ID and 0 <= iy < IH and 0 <= ix < IW:
+                            v = ptr_of(x + ix * t_nb(desc, SRC1, 0) + iy * t_nb(desc, SRC1, 1) +
+                                       iz * t_nb(desc, SRC1, 2), np.float32)[0]
+                        col = ((ic * KD + kd) * KH + kh) * KW + kw
+                        store_f32(d + col * nb0, dt, v)
+
+
+@kernel("CONV_3D", supports=lambda node: node.src[1].type == GGMLType.F32)
+def conv_3d(desc, ith, nth):
+    s0, s1, s2 = param_i32(desc, 0), param_i32(desc, 1), param_i32(desc, 2)
+    p0, p1, p2 = param_i32(desc, 3), param_i32(desc, 4), param_i32(desc, 5)
+    d0, d1, d2 = param_i32(desc, 6), param_i32(desc, 7), param_i32(desc, 8)
+    IC, OC = param_i32(desc, 9), param_i32(desc, 11)
+    kt = t_type(desc, SRC0)
+    KW, KH, KD = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    IW, IH, ID = t_ne(desc, SRC1, 0), t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2)
+    OW, OH, OD = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
+    r0, r1 = row_range(OH * OD * t_ne(desc, DST, 3), ith, nth)
+    for r in range(r0, r1):
+        oy, oz, j3 = r % OH, (r // OH) % OD, r // (OH * OD)
+        n, oc = j3 // OC, j3 % OC
+        d = t_addr(desc, DST) + oy * t_nb(desc, DST, 1) + oz * t_nb(desc, DST, 2) + \
+            j3 * t_nb(desc, DST, 3)
+        for ox in range(OW):
+            acc = 0.0
+            for ic in range(IC):
+                x = t_addr(desc, SRC1) + (n * IC + ic) * t_nb(desc, SRC1, 3)
+                k = t_addr(desc, SRC0) + (oc * IC + ic) * t_nb(desc, SRC0, 3)
+                for kd in range(KD):
+                    iz = oz * s2 + kd * d2 - p2
+                    if iz < 0 or iz >= ID:
+                        continue
+                    for kh in range(KH):
+                        iy = oy * s1 + kh * d1 - p1
+                        if iy < 0 or iy >= IH:
+                            continue
+                        for kw in range(KW):
+                            ix = ox * s0 + kw * d0 - p0
+                            if ix < 0 or ix >= IW:
+                                continue
+                            v = ptr_of(x + ix * t_nb(desc, SRC1, 0) + iy * t_nb(desc, SRC1, 1) +
+                                       iz * t_nb(desc, SRC1, 2), np.float32)[0]
+                            if kt == F16:
+                                v = qnb.f16_to_f32(qnb.f32_to_f16(v))
+                            w = load_f32(k + kw * t_nb(desc, SRC0, 0) + kh * t_nb(desc, SRC0, 1) +
+                                         kd * t_nb(desc, SRC0, 2), kt)
+                            acc += np.float64(w) * np.float64(v)
+            ptr_of(d + ox * t_nb(desc, DST, 0), np.float32)[0] = np.float32(acc)
