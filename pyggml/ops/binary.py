@@ -21,7 +21,7 @@ from ..errors import DataError, TypeError_, UnsupportedError, describe
 from ..tensor import (Tensor, can_repeat, can_repeat_rows, is_empty, is_scalar, is_matrix,
                       are_same_shape, nbytes, nelements)
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 F32, F16, BF16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
@@ -437,3 +437,54 @@ ADD_ID = register(OpDef(
 
 def add_id(ctx, a, b, ids):
     return ADD_ID.build(ctx, [a, b, ids])
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+def _reduced_to(ctx, g, src):
+    """g summed over the dimensions src was broadcast along (repeat_back), when it was."""
+    from .shape import repeat_back
+    return g if are_same_shape(g, src) else repeat_back(ctx, g, src)
+
+
+@grad_rule(ADD)
+def _grad_add(g, node, grad):
+    if g.needs(0):
+        g.add(0, grad)
+    if g.needs(1):
+        g.add(1, _reduced_to(g.ctx, grad, node.src[1]))
+
+
+@grad_rule(SUB)
+def _grad_sub(g, node, grad):
+    if g.needs(0):
+        g.add(0, grad)
+    if g.needs(1):      # ggml asserts same shapes here; a broadcast b is summed back
+        g.sub(1, _reduced_to(g.ctx, grad, node.src[1]))
+
+
+@grad_rule(MUL)
+def _grad_mul(g, node, grad):
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, b))
+    if g.needs(1):
+        g.add(1, _reduced_to(g.ctx, mul(g.ctx, a, grad), b))
+
+
+@grad_rule(DIV)
+def _grad_div(g, node, grad):
+    b = node.src[1]
+    if g.needs(0):
+        g.add(0, div(g.ctx, grad, b))
+    if g.needs(1):
+        g.sub(1, _reduced_to(g.ctx, mul(g.ctx, grad, div(g.ctx, node, b)), b))
+
+
+@grad_rule(ADD1)
+def _grad_add1(g, node, grad):
+    from .reduce import sum as sum_
+    if g.needs(0):
+        g.add(0, grad)
+    if g.needs(1):      # d/db of sum(a + b) is the sum of grad (ggml takes the mean: its TODO)
+        g.add(1, sum_(g.ctx, grad))

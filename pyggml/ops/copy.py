@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data
-from ..tensor import Tensor, nelements, nbytes
+from ..tensor import Tensor, are_same_shape, nelements, nbytes
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, need_src, inplace_of
+from .registry import OpDef, Out, register, need, need_src, inplace_of, grad_rule
 from . import cases_common as cc
 
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -222,3 +222,27 @@ def _permute(ctx, a, *axes):
 def _transpose(ctx, a):
     from .view import transpose
     return transpose(ctx, a)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(DUP)
+def _grad_dup(g, node, grad):
+    if g.needs(0):
+        g.add(0, grad)
+
+
+@grad_rule(CPY, ignore=(1,))
+def _grad_cpy(g, node, grad):
+    """cpy(a, b) = a * 1 + b * 0: a gets the gradient, b (overwritten) none."""
+    from .view import reshape
+    if g.needs(0):
+        g.add(0, reshape(g.ctx, grad, node.src[0]))
+
+
+@grad_rule(CONT)
+def _grad_cont(g, node, grad):
+    from .view import reshape
+    if g.needs(0):
+        a = node.src[0]
+        g.add(0, grad if are_same_shape(node, a) else reshape(g.ctx, grad, a))

@@ -17,7 +17,7 @@ from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, is_contiguous_1, are_same_shape, nbytes, nelements
 from ..types import GGMLType
 from ..testing.case import Case
-from .registry import OpDef, Out, register, need, fail, need_src, need_type
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, grad_rule
 from .unary import _gelu_values, _gelu_quick_values, _gelu_erf_values, _silu_values
 from . import cases_common as cc
 
@@ -257,3 +257,37 @@ def swiglu_oai(ctx, a, b, alpha, limit):
     srcs = [a] if b is None else [a, b]
     return GLU_DEFS["SWIGLU_OAI"].build(ctx, srcs, dict(op=GLU_OP_ID["SWIGLU_OAI"], swapped=0,
                                                         alpha=alpha, limit=limit))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+def _split_only(node):
+    need(node.src[1] is not None, node.op.name, "backward is implemented for the split form "
+         "only (glu_split(a, b)), as in ggml", node)
+
+
+@grad_rule(GLU_DEFS["SWIGLU"])
+def _grad_swiglu(g, node, grad):
+    """silu(a) * b: a gets silu_back(grad * b, a), b gets silu(a) * grad."""
+    from .binary import mul
+    from .silu_back import silu_back
+    from .unary import silu
+    _split_only(node)
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        g.add(0, silu_back(g.ctx, mul(g.ctx, grad, b), a))
+    if g.needs(1):
+        g.add(1, mul(g.ctx, silu(g.ctx, a), grad))
+
+
+@grad_rule(GLU_DEFS["REGLU"])
+def _grad_reglu(g, node, grad):
+    """Beyond ggml's list: relu(a) * b: a gets step(a) * b * grad, b gets relu(a) * grad."""
+    from .binary import mul
+    from .unary import relu, step
+    _split_only(node)
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        g.add(0, mul(g.ctx, step(g.ctx, a), mul(g.ctx, grad, b)))
+    if g.needs(1):
+        g.add(1, mul(g.ctx, relu(g.ctx, a), grad))

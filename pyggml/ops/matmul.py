@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError, ParamError
 from ..tensor import Tensor, is_transposed, nbytes
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type
+from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type, grad_rule
 from . import cases_common as cc
 
 T = GGMLType
@@ -538,3 +538,42 @@ def _out_prod_cases():
         add(_op_case(ta, "f32", 64, 7, 13, (2, 1), (2, 1), True))
         add(_op_case(ta, "f32", 96, 5, 33, (1, 2), (1, 1)))
     return cc.unique(out)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(MUL_MAT)
+def _grad_mul_mat(g, node, grad):
+    """t = a^T b per plane: da = out_prod(b, grad) (summed over the planes a was broadcast
+    to), db = out_prod(a, grad^T) (cs231n's staged rule, as ggml)."""
+    from .shape import repeat_back
+    from .view import transpose, view_4d
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        need(grad.ne[2] == b.ne[2] and grad.ne[3] == b.ne[3], "MUL_MAT",
+             "backward: grad must have b's batch dims", grad, b)
+        tmp = out_prod(g.ctx, b, grad)
+        if list(tmp.ne) != list(a.ne):
+            need(tmp.ne[0] == a.ne[0] and tmp.ne[1] == a.ne[1] and tmp.ne[3] == 1, "MUL_MAT",
+                 "backward: a broadcast over dim 3 is not supported (as in ggml)", a, b)
+            nr2 = tmp.ne[2] // a.ne[2]
+            tmp = view_4d(g.ctx, tmp, a.ne[0], a.ne[1], a.ne[2], nr2, tmp.nb[1],
+                          tmp.nb[2] * nr2, tmp.nb[2], 0)
+            tmp = repeat_back(g.ctx, tmp, a)
+        g.add(0, tmp)
+    if g.needs(1):
+        g.add(1, out_prod(g.ctx, a, transpose(g.ctx, grad)))
+
+
+@grad_rule(OUT_PROD)
+def _grad_out_prod(g, node, grad):
+    """Beyond ggml's list: t[i,j] = sum_k a[i,k] b[j,k], so da = out_prod(grad, b^T) and
+    db = out_prod(grad^T, a^T) (a broadcast over b's planes is not supported)."""
+    from .view import transpose
+    a, b = node.src[0], node.src[1]
+    need(a.ne[2] == b.ne[2] and a.ne[3] == b.ne[3], "OUT_PROD",
+         "backward: a broadcast over b's planes is not supported", a, b)
+    if g.needs(0):
+        g.add(0, out_prod(g.ctx, grad, transpose(g.ctx, b)))
+    if g.needs(1):
+        g.add(1, out_prod(g.ctx, transpose(g.ctx, grad), transpose(g.ctx, a)))

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..tensor import are_same_shape, nbytes, nelements, nrows
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
 from ..errors import ParamError
 from . import cases_common as cc
 
@@ -322,3 +322,26 @@ def l2_norm(ctx, a, eps):
 
 def l2_norm_inplace(ctx, a, eps):
     return L2_NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(RMS_NORM)
+def _grad_rms_norm(g, node, grad):
+    if g.needs(0):
+        g.add(0, rms_norm_back(g.ctx, grad, node.src[0], RMS_NORM.p(node).eps))
+
+
+@grad_rule(NORM)
+def _grad_norm(g, node, grad):
+    """Beyond ggml's list: y = (x - mean x) / s, s = sqrt(var x + eps):
+    dx = (dy - mean(dy) - y * mean(dy * y)) / s, per row, from existing ops."""
+    from .binary import div, mul, sub
+    from .reduce import mean
+    from .unary import scale_bias, sqr, sqrt
+    if not g.needs(0):
+        return
+    c, x, y = g.ctx, node.src[0], node
+    s = sqrt(c, scale_bias(c, mean(c, sqr(c, sub(c, x, mean(c, x)))), 1.0, NORM.p(node).eps))
+    num = sub(c, sub(c, grad, mean(c, grad)), mul(c, y, mean(c, mul(c, grad, y))))
+    g.add(0, div(c, num, s))

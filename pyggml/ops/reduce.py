@@ -21,7 +21,7 @@ import numpy as np
 
 from ..tensor import are_same_shape, nbytes, nelements, nrows
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type
+from .registry import OpDef, Out, register, need, need_src, need_type, grad_rule
 from . import cases_common as cc
 
 F32, F16, BF16, I32, I64 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32, GGMLType.I64
@@ -372,3 +372,29 @@ def _transpose(ctx, a):
 def _view_4d(ctx, a, *args):
     from .view import view_4d
     return view_4d(ctx, a, *args)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(SUM)
+def _grad_sum(g, node, grad):
+    if g.needs(0):
+        g.add1(0, grad)
+
+
+@grad_rule(SUM_ROWS)
+def _grad_sum_rows(g, node, grad):
+    from .shape import repeat
+    if g.needs(0):
+        g.add(0, repeat(g.ctx, grad, node.src[0]))
+
+
+@grad_rule(MEAN)
+def _grad_mean(g, node, grad):
+    """grad / ne0 repeated over each row (ggml hands the row means to add1_or_set, which is
+    the same for the first contribution and wrong for a second one)."""
+    from .shape import repeat
+    from .unary import scale
+    if g.needs(0):
+        a = node.src[0]
+        g.add(0, repeat(g.ctx, scale(g.ctx, grad, 1.0 / a.ne[0]), a))

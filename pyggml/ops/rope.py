@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ParamError, describe
 from ..tensor import is_vector, nbytes, nelements
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
@@ -489,3 +489,23 @@ def rope_multi_back(ctx, a, b, c, n_dims, sections, mode, n_ctx_orig, freq_base,
                                                    freq_scale, ext_factor, attn_factor,
                                                    beta_fast, beta_slow, _sections(sections)),
                            hints=dict(multi=True))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(ROPE, ignore=(1,))
+def _grad_rope(g, node, grad):
+    """The inverse rotation (rope_ext_back / rope_multi_back); positions have none."""
+    p = ROPE.p(node)
+    b, c = node.src[1], node.src[2]
+    need(not g.needs(2), "ROPE", "backward: gradients for freq factors are not implemented "
+         "(as in ggml)", c)
+    if not g.needs(0):
+        return
+    tail = (p.mode, p.n_ctx_orig, p.freq_base, p.freq_scale, p.ext_factor, p.attn_factor,
+            p.beta_fast, p.beta_slow)
+    if grad.ne[2] == b.ne[0]:
+        back = rope_ext_back(g.ctx, grad, b, c, p.n_dims, *tail)
+    else:
+        back = rope_multi_back(g.ctx, grad, b, c, p.n_dims, p.sections, *tail)
+    g.add(0, back)

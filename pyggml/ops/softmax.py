@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ParamError, describe
 from ..tensor import Tensor, are_same_shape, is_contiguous, nbytes, nelements, nrows
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, fail
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, fail, grad_rule
 from . import cases_common as cc
 
 F32, F16 = GGMLType.F32, GGMLType.F16
@@ -370,3 +370,26 @@ def diag_mask_zero(ctx, a, n_past):
 
 def diag_mask_zero_inplace(ctx, a, n_past):
     return DIAG_MASK_ZERO.build(ctx, [a], dict(n_past=n_past), hints=dict(inplace=True))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(SOFT_MAX)
+def _grad_soft_max(g, node, grad):
+    p = SOFT_MAX.p(node)
+    if g.needs(0):
+        g.add(0, soft_max_ext_back(g.ctx, grad, node, p.scale, p.max_bias))
+    for i in (1, 2):
+        need(not g.needs(i), "SOFT_MAX", f"backward: no gradient for src[{i}] (the mask / "
+             f"sinks) is implemented (as in ggml); do not make it depend on a parameter",
+             node.src[i])
+
+
+def _grad_diag_mask(g, node, grad):
+    """Masked entries are constants: their gradient is 0 (diag_mask_zero), both masks."""
+    if g.needs(0):
+        g.add(0, diag_mask_zero(g.ctx, grad, node.op.p(node).n_past))
+
+
+grad_rule(DIAG_MASK_INF)(_grad_diag_mask)
+grad_rule(DIAG_MASK_ZERO)(_grad_diag_mask)

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 F32, F16, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
@@ -780,3 +780,123 @@ def leaky_relu(ctx, a, negative_slope, inplace=False):
     if inplace:
         t.name = f"{a.name} (view)"[:63]
     return t
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+def _unary_grad(name: str, ignore: tuple = ()):
+    return grad_rule(UNARY_DEFS[name], ignore=ignore)
+
+
+@_unary_grad("ABS")
+def _grad_abs(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, sgn(g.ctx, node.src[0]), grad))
+
+
+def _grad_none(g, node, grad):
+    """Piecewise constant (SGN, STEP): no gradient flows (their source is ignored)."""
+
+
+_unary_grad("SGN", ignore=(0,))(_grad_none)
+_unary_grad("STEP", ignore=(0,))(_grad_none)
+
+
+@_unary_grad("NEG")
+def _grad_neg(g, node, grad):
+    if g.needs(0):
+        g.sub(0, grad)
+
+
+@_unary_grad("RELU")
+def _grad_relu(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, step(g.ctx, node.src[0]), grad))
+
+
+@_unary_grad("SILU")
+def _grad_silu(g, node, grad):
+    from .silu_back import silu_back
+    if g.needs(0):
+        g.add(0, silu_back(g.ctx, grad, node.src[0]))
+
+
+@_unary_grad("EXP")
+def _grad_exp(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, node, grad))
+
+
+@_unary_grad("EXPM1")
+def _grad_expm1(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, exp(g.ctx, node.src[0])))
+
+
+@_unary_grad("SOFTPLUS")
+def _grad_softplus(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, sigmoid(g.ctx, node.src[0])))
+
+
+@_unary_grad("TANH")
+def _grad_tanh(g, node, grad):
+    """Beyond ggml's list: d tanh = (1 - y^2) dy."""
+    from .binary import mul, sub
+    if g.needs(0):
+        g.add(0, sub(g.ctx, grad, mul(g.ctx, grad, sqr(g.ctx, node))))
+
+
+@_unary_grad("SIGMOID")
+def _grad_sigmoid(g, node, grad):
+    """Beyond ggml's list: d sigmoid = y (1 - y) dy."""
+    from .binary import mul, sub
+    if g.needs(0):
+        yg = mul(g.ctx, node, grad)
+        g.add(0, sub(g.ctx, yg, mul(g.ctx, yg, node)))
+
+
+@grad_rule(SQR)
+def _grad_sqr(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, scale(g.ctx, mul(g.ctx, node.src[0], grad), 2.0))
+
+
+@grad_rule(SQRT)
+def _grad_sqrt(g, node, grad):
+    from .binary import div
+    if g.needs(0):
+        g.add(0, scale(g.ctx, div(g.ctx, grad, node), 0.5))
+
+
+@grad_rule(LOG)
+def _grad_log(g, node, grad):
+    from .binary import div
+    if g.needs(0):
+        g.add(0, div(g.ctx, grad, node.src[0]))
+
+
+@grad_rule(SIN)
+def _grad_sin(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, cos(g.ctx, node.src[0])))
+
+
+@grad_rule(COS)
+def _grad_cos(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.sub(0, mul(g.ctx, grad, sin(g.ctx, node.src[0])))
+
+
+@grad_rule(SCALE)
+def _grad_scale(g, node, grad):
+    if g.needs(0):      # the bias b is a constant: only s scales the gradient
+        g.add(0, scale(g.ctx, grad, SCALE.p(node).s))
