@@ -568,7 +568,9 @@ def _grad_mul_mat(g, node, grad):
 @grad_rule(OUT_PROD)
 def _grad_out_prod(g, node, grad):
     """Beyond ggml's list: t[i,j] = sum_k a[i,k] b[j,k], so da = out_prod(grad, b^T) and
-    db = out_prod(grad^T, a^T) (a broadcast over b's planes is not supported)."""
+    db = out_prod(grad^T, a^T) (a broadcast over b's planes is not supported; out_prod
+    needs its first operand untransposed, hence the cont)."""
+    from .copy import cont
     from .view import transpose
     a, b = node.src[0], node.src[1]
     need(a.ne[2] == b.ne[2] and a.ne[3] == b.ne[3], "OUT_PROD",
@@ -576,4 +578,4 @@ def _grad_out_prod(g, node, grad):
     if g.needs(0):
         g.add(0, out_prod(g.ctx, grad, transpose(g.ctx, b)))
     if g.needs(1):
-        g.add(1, out_prod(g.ctx, transpose(g.ctx, grad), transpose(g.ctx, a)))
+        g.add(1, out_prod(g.ctx, cont(g.ctx, transpose(g.ctx, grad)), transpose(g.ctx, a)))

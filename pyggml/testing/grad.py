@@ -20,7 +20,7 @@ from .. import data
 from ..autodiff import build_backward_expand
 from ..context import init
 from ..errors import GGMLError, UnsupportedError
-from ..graph import graph_cpy, graph_get_grad, graph_reset, new_graph_custom
+from ..graph import CGraph, graph_cpy, graph_get_grad, graph_reset, new_graph_custom
 from ..ops.reduce import sum as sum_
 from ..tensor import TENSOR_FLAG_PARAM, is_scalar, nelements, set_loss
 from ..types import GGMLType
@@ -133,6 +133,10 @@ def run_grad(case: Case, backend, seed: int = 0) -> CaseResult:
         return _not_supported(res, backend.name)
     try:
         alloc_guarded(gb)
+        accs = CGraph(len(gb.grad_accs) + 1)     # as ggml_backend_alloc_ctx_tensors: an
+        for acc in gb.grad_accs.values():        # accumulator no node reads still gets data
+            accs.expand(acc)
+        alloc_guarded(accs)
         fill_leafs(gb, case, seed)
         graph_reset(gb)               # loss gradient 1, other accumulators 0
         backend.graph_compute(gb)
