@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, TypeError_, UnsupportedError, describe
-from ..tensor import (Tensor, can_repeat, can_repeat_rows, is_empty, is_scalar, is_matrix,
+from ..tensor import (Tensor, set_param, can_repeat, can_repeat_rows, is_empty, is_scalar, is_matrix,
                       are_same_shape, nbytes, nelements)
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
 from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
@@ -141,6 +141,9 @@ def _bin_bcast_cases(name: str, fn):
     inplace_fn = globals()[f"{fn.__name__}_inplace"]
 
     def mk(type, ne, nr, nf=1, perm1=False, src_overlap=False, op=fn, type_b=None):
+        grad_case = (op is add and list(nr) == [1, 1, 1, 1] and nf == 1 and not perm1
+                     and not src_overlap and type_b is None)
+
         def build(ctx):
             from .view import permute, view_4d
             a = cc.leaf(ctx, type, [ne[i] * nr[i] for i in range(4)], "a")
@@ -157,6 +160,9 @@ def _bin_bcast_cases(name: str, fn):
                     b = cc.leaf(ctx, tb, ne)
                 b.name = f"b{i}"
                 bs.append(b)
+            if grad_case:       # ggml: the backward pass is checked for same-shape ADD only
+                set_param(a)
+                set_param(bs[0])
             out = (view_4d(ctx, a, ne[0], ne[1], ne[2], 2 * (ne[3] // 3),
                            a.nb[1], a.nb[2], a.nb[3], 0) if src_overlap else a)
             for b in bs:

@@ -50,7 +50,7 @@ def _dup_cases():
         for ne, permute in (([10, 10, 20, 1], None), ([10, 10, 5, 1], [0, 2, 1, 3]),
                             ([5, 7, 3, 2], [1, 0, 2, 3])):
             def build(ctx, type=type, ne=ne, permute=permute):
-                a = cc.leaf(ctx, type, ne, "src")
+                a = cc.leaf(ctx, type, ne, "src", param=True)
                 if permute:
                     a = _permute(ctx, a, *permute)
                 return dup(ctx, a)
@@ -96,7 +96,7 @@ def _cont_cases():
                 continue
 
             def build(ctx, type=type, ne=ne, use_permute=use_permute):
-                a = cc.leaf(ctx, type, ne, "src")
+                a = cc.leaf(ctx, type, ne, "src", param=True)
                 if use_permute:
                     a = _transpose(ctx, a)
                 return cont(ctx, a)
@@ -182,7 +182,7 @@ def _cpy_cases():
                 continue
 
             def build(ctx, ta=ta, tb=tb, ne=ne, permute=permute, quant=quant):
-                a = cc.leaf(ctx, ta, ne, "a")
+                a = cc.leaf(ctx, ta, ne, "a", param=True)
                 src = _permute(ctx, a, *permute) if permute else a
                 b = cc.leaf(ctx, tb, src.ne, "b")
                 return cpy(ctx, src, b)

@@ -118,15 +118,16 @@ def _init_150(t, rng):
     return rng.uniform(-150.0, 150.0, size=t.ne[::-1])
 
 
-def _src(ctx, type, ne, v, name):
-    """A leaf of shape ne, or (v & 1) a view of one three times as wide (strided rows)."""
+def _src(ctx, type, ne, v, name, param=False):
+    """A leaf of shape ne, or (v & 1) a view of one three times as wide (strided rows);
+    param marks the leaf trainable (ggml's split and swiglu_oai cases do)."""
     from .view import view_4d
     if v & 1:
-        big = cc.leaf(ctx, type, [ne[0] * 3] + list(ne[1:]), name)
+        big = cc.leaf(ctx, type, [ne[0] * 3] + list(ne[1:]), name, param=param)
         t = view_4d(ctx, big, *ne, big.nb[1], big.nb[2], big.nb[3], 0)
         t.name = f"view_of_{name}"
         return t
-    return cc.leaf(ctx, type, ne, name)
+    return cc.leaf(ctx, type, ne, name, param=param)
 
 
 def _glu_cases(name: str):
@@ -138,8 +139,8 @@ def _glu_cases(name: str):
                 for limit in (2.0, 7.0):
                     def build(ctx, v=v, alpha=alpha, limit=limit):
                         ne = [128, 2, 2, 2]
-                        return swiglu_oai(ctx, _src(ctx, "f32", ne, v, "a"),
-                                          _src(ctx, "f32", ne, v, "b"), alpha, limit)
+                        return swiglu_oai(ctx, _src(ctx, "f32", ne, v, "a", True),
+                                          _src(ctx, "f32", ne, v, "b", True), alpha, limit)
                     out.append(cc.case(name, dict(type=cc.T("f32"), ne_a=[128, 2, 2, 2], v=v,
                                                   alpha=alpha, limit=limit),
                                        build, init=_init_150))
@@ -154,7 +155,8 @@ def _glu_cases(name: str):
                                        build, init=_init_150))
             for ne in ([128, 2, 2, 2], [5, 7, 11, 13]):
                 def build_split(ctx, type=type, v=v, ne=ne):
-                    return glu_split(ctx, _src(ctx, type, ne, v, "a"), _src(ctx, type, ne, v, "b"), gid)
+                    return glu_split(ctx, _src(ctx, type, ne, v, "a", True),
+                                     _src(ctx, type, ne, v, "b", True), gid)
                 out.append(_SplitCase(name, dict(type=cc.T(type), ne_a=ne, v=v), build_split,
                                       init=_init_150))
     return out

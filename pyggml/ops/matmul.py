@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, ParamError
-from ..tensor import Tensor, is_transposed, nbytes
+from ..tensor import Tensor, is_transposed, nbytes, set_param
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
 from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type, grad_rule
 from . import cases_common as cc
@@ -311,6 +311,13 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
     """test_mul_mat(type_a, type_b, m, n, k, bs, nr, per, k_v, o, src_overlap)."""
     bs, nr, per = list(bs), list(nr), list(per)
 
+    def _mm_params(a, b):
+        """ggml's grad mode: b always, a unless quantized or broadcast over dim 3."""
+        if not _is_quant(type_a):
+            if bs[1] == 1 and nr[1] == 1:
+                set_param(a)
+            set_param(b)
+
     def build(ctx):
         from .view import permute, view_4d
         npermuted = sum(per[i] != i for i in range(4))
@@ -319,6 +326,7 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
             ne_b = [k, n, bs[0] * nr[0], bs[1] * nr[1]]
             a = cc.leaf(ctx, type_a, [ne_a[per[i]] for i in range(4)], "a")
             b = cc.leaf(ctx, type_b, [ne_b[per[i]] for i in range(4)], "b")
+            _mm_params(a, b)
             a = permute(ctx, a, *per)
             b = permute(ctx, b, *per)
             a.name, b.name = "a_permuted", "b_permuted"
@@ -332,6 +340,7 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
             kp = k_v or k
             a = cc.leaf(ctx, type_a, [kp, m, bs[0], bs[1]], "a")
             b = cc.leaf(ctx, type_b, [kp, n, bs[0] * nr[0], bs[1] * nr[1]], "b")
+            _mm_params(a, b)
             if k_v:
                 a = view_4d(ctx, a, k, m, bs[0], bs[1], a.nb[1], a.nb[2], a.nb[3], 0)
                 b = view_4d(ctx, b, k, n, bs[0] * nr[0], bs[1] * nr[1], b.nb[1], b.nb[2],
@@ -349,7 +358,7 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
                 k_v=k_v, o=o, src_overlap=bool(src_overlap))
     bt = bs[0] * nr[0] * bs[1] * nr[1]
     tags = tuple(tags) or _slow(m * n * k * bt * o, (m * bs[0] * bs[1] + n * bt) * (k_v or k))
-    return cc.case("MUL_MAT", vars, build, tags=tags)
+    return cc.case("MUL_MAT", vars, build, tags=tags, grad=dict(nmax=20000))
 
 
 def _mul_mat_cases():

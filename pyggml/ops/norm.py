@@ -141,12 +141,13 @@ def _rms_norm_cases():
 
     def add(n, v, eps, inplace=False, tags=()):
         def build(ctx):
-            a = cc.leaf(ctx, "f32", [n, 5, 4, 3], "a")
+            a = cc.leaf(ctx, "f32", [n, 5, 4, 3], "a", param=True)
             if v:
                 a = _view_half(ctx, a)
             return (rms_norm_inplace if inplace else rms_norm)(ctx, a, eps)
         out.append(cc.case("RMS_NORM", dict(type=cc.T("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
-                                            inplace=inplace), build, init=_init_pm10, tags=tags))
+                                            inplace=inplace), build, init=_init_pm10, tags=tags,
+                           grad=dict(eps=1.0, precise=True)))
     for eps in _EPS_GRID:
         for n in (64, 1025):
             for v in (False, True):

@@ -75,7 +75,7 @@ def _sum_cases():
             ("f16", [11, 5, 6, 3], [0, 2, 1, 3])]
     for type, ne, perm in grid:
         def build(ctx, type=type, ne=ne, perm=perm):
-            a = cc.leaf(ctx, type, ne, "a")
+            a = cc.leaf(ctx, type, ne, "a", param=True)
             if perm:
                 a = _permute(ctx, a, *perm)
             return sum(ctx, a)
@@ -88,7 +88,8 @@ def _sum_cases():
         # f16/bf16: ggml accumulates in float and rounds the scalar to f16/bf16
         out.append(cc.case("SUM", v, build, init=_sum_init, note=note,
                            tags=(GGML_WRONG,) if note else (),
-                           max_nmse=(1e-6 if type != "f32" else None)))
+                           max_nmse=(1e-6 if type != "f32" else None),
+                           grad=dict(eps=0.1 * float(np.sqrt(np.prod(ne))))))
     return out
 
 
@@ -124,7 +125,7 @@ def _sum_rows_cases():
             ([33, 1024, 1, 1], False, False), ([33, 256, 1, 1], False, False)]
     for ne, permute, slice_ in grid:
         def build(ctx, ne=ne, permute=permute, slice_=slice_):
-            a = cc.leaf(ctx, "f32", ne, "a")
+            a = cc.leaf(ctx, "f32", ne, "a", param=True)
             if slice_:   # every other ne2 slice, dropping the first ne3 block
                 a = _view_4d(ctx, a, ne[0], ne[1], ne[2] // 2, ne[3] - 1,
                              a.nb[1], a.nb[2] * 2, a.nb[3], a.nb[3])
@@ -164,8 +165,9 @@ def _mean_cases():
     for ne in ([10, 5, 4, 3], [33, 1, 1, 1], [33, 256, 1, 1], [32769, 1, 1, 1],
                [32, 1, 1, 1], [32, 256, 1, 1], [32768, 1, 1, 1]):
         def build(ctx, ne=ne):
-            return mean(ctx, cc.leaf(ctx, "f32", ne, "a"))
-        out.append(cc.case("MEAN", dict(type=cc.T("f32"), ne=ne), build, init=_sum_init))
+            return mean(ctx, cc.leaf(ctx, "f32", ne, "a", param=True))
+        out.append(cc.case("MEAN", dict(type=cc.T("f32"), ne=ne), build, init=_sum_init,
+                           grad=dict(eps=0.1 * int(np.prod(ne)))))
     return out
 
 

@@ -72,7 +72,8 @@ def _get_rows_cases():
 
     def build(type, n, m, r, be1, be2, v):
         def f(ctx):
-            a = cc.leaf(ctx, type, [n, m, be1, be2], "in")
+            # ggml's grad mode: in is a parameter when it is a matrix and rows a vector
+            a = cc.leaf(ctx, type, [n, m, be1, be2], "in", param=be1 == 1 and be2 == 1)
             rows = cc.leaf(ctx, "i32", [r, be1, be2], "rows")
             if v:
                 rows = _view_3d(ctx, rows, r // 2, be1, be2, rows.nb[1], rows.nb[2], 0)

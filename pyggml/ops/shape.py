@@ -158,7 +158,7 @@ def _repeat_cases():
     def build(type, ne, nr):
         def f(ctx):
             target = cc.leaf(ctx, type, [ne[i] * nr[i] for i in range(4)], "target")
-            src = cc.leaf(ctx, type, ne, "src")
+            src = cc.leaf(ctx, type, ne, "src", param=True)
             return repeat(ctx, src, target)
         return f
 
@@ -415,11 +415,11 @@ def _set_cases():
 
     def build(type_src, type_dst, ne, dim, inplace):
         def f(ctx):
-            src = cc.leaf(ctx, type_src, ne, "src")
+            src = cc.leaf(ctx, type_src, ne, "src", param=True)
             ne_dst = list(ne)
             for i in range(dim):
                 ne_dst[i] *= 2
-            dst = cc.leaf(ctx, type_dst, ne_dst, "dst")
+            dst = cc.leaf(ctx, type_dst, ne_dst, "dst", param=True)
             offset = builtins.sum(((ne_dst[i] - ne[i]) // 2) * dst.nb[i] for i in range(dim))
             fn = set_inplace if inplace else set
             return fn(ctx, dst, src, src.nb[1], src.nb[2], src.nb[3], offset)
@@ -520,14 +520,14 @@ def _acc_cases():
 
     def build(ne_a, ne_b, stride_dim):
         def f(ctx):
-            a = cc.leaf(ctx, "f32", ne_a, "a")
+            a = cc.leaf(ctx, "f32", ne_a, "a", param=True)
             if stride_dim in (1, 2, 3):
                 ne_pad = list(ne_b)
                 ne_pad[stride_dim] += 1
-                bp = cc.leaf(ctx, "f32", ne_pad, "b_pad")
+                bp = cc.leaf(ctx, "f32", ne_pad, "b_pad", param=True)
                 b = _view_4d(ctx, bp, *ne_b, bp.nb[1], bp.nb[2], bp.nb[3], bp.nb[1])
             else:
-                b = cc.leaf(ctx, "f32", ne_b, "b")
+                b = cc.leaf(ctx, "f32", ne_b, "b", param=True)
             b.name = "b"
             return acc(ctx, a, b, a.nb[1], a.nb[2], a.nb[3], 0)
         return f

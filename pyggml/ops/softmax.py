@@ -100,7 +100,7 @@ def _soft_max_cases():
 
     def add(ne, mask, sinks, m_prec, nr23, scale, max_bias, inplace=False, tags=()):
         def build(ctx):
-            a = cc.leaf(ctx, "f32", [ne[0], ne[1], ne[2] * nr23[0], ne[3] * nr23[1]], "a")
+            a = cc.leaf(ctx, "f32", [ne[0], ne[1], ne[2] * nr23[0], ne[3] * nr23[1]], "a", param=True)
             m = cc.leaf(ctx, m_prec, ne, "mask") if mask else None
             s = cc.leaf(ctx, "f32", [ne[2] * nr23[0]], "sinks") if sinks else None
             y = (soft_max_ext_inplace if inplace else soft_max_ext)(ctx, a, m, scale, max_bias)
@@ -108,7 +108,8 @@ def _soft_max_cases():
             return y
         out.append(cc.case("SOFT_MAX", dict(type=cc.T("f32"), ne=ne, mask=mask, sinks=sinks,
                                             m_prec=cc.T(m_prec), nr23=nr23, scale=scale,
-                                            max_bias=max_bias, inplace=inplace), build, tags=tags))
+                                            max_bias=max_bias, inplace=inplace), build, tags=tags,
+                           grad=dict(precise=True)))
 
     for mask in (False, True):
         for sinks in (False, True):
@@ -329,7 +330,7 @@ def _diag_mask_cases(op, fn):
         for ne, n_past in (([10, 10, 1, 1], 5), ([10, 10, 3, 1], 5), ([10, 10, 3, 2], 5),
                            ([7, 12, 2, 1], 0), ([33, 5, 1, 2], 40)):
             def build(ctx, ne=ne, n_past=n_past):
-                return fn(ctx, cc.leaf(ctx, "f32", ne, "a"), n_past)
+                return fn(ctx, cc.leaf(ctx, "f32", ne, "a", param=True), n_past)
             out.append(cc.case(op, dict(type=cc.T("f32"), ne=ne, n_past=n_past), build))
         return out
     return cases
