@@ -30,13 +30,15 @@ from .context import (Context, InitParams, init, free, tensor_overhead, graph_ov
                       set_no_alloc)
 from .graph import (CGraph, new_graph, new_graph_custom, build_forward_expand,  # noqa: F401
                     graph_n_nodes, graph_nodes, graph_node, graph_size, graph_add_node,
-                    graph_get_tensor, graph_view, graph_cpy, graph_reset, graph_clear)
+                    graph_get_tensor, graph_view, graph_cpy, graph_reset, graph_clear,
+                    graph_get_grad, graph_get_grad_acc)
 from .data import (to_numpy, from_numpy, tensor_set, tensor_get, tensor_memset,  # noqa: F401
                    set_f32, set_i32, get_f32_1d, set_f32_1d, get_i32_1d, set_i32_1d,
                    get_f32_nd, set_f32_nd, get_data_f32)
 from .ops import API as _OPS_API, OPS, get_op, set_op_params  # noqa: F401
 
 globals().update(_OPS_API)
+from .autodiff import build_backward_expand  # noqa: F401,E402
 from .ops.sort import SORT_ORDER_ASC, SORT_ORDER_DESC  # noqa: F401,E402
 from .ops.upscale import (SCALE_MODE_NEAREST, SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC,  # noqa: F401,E402
                           SCALE_FLAG_ALIGN_CORNERS, SCALE_FLAG_ANTIALIAS)

@@ -6,7 +6,9 @@ from contextlib import contextmanager
 from typing import Optional
 
 from .errors import GraphError
-from .tensor import Tensor, TENSOR_FLAG_PARAM, MAX_SRC
+import numpy as np
+
+from .tensor import Tensor, TENSOR_FLAG_PARAM, TENSOR_FLAG_LOSS, MAX_SRC
 
 DEFAULT_GRAPH_SIZE = 2048
 
@@ -16,11 +18,14 @@ class CGraph:
         if size <= 0:
             raise GraphError(f"new_graph_custom: size must be > 0, got {size}")
         self.size = int(size)
-        self.grads = bool(grads)
+        # ggml's cgraph->grads / grad_accs: id(tensor) -> its gradient / gradient accumulator
+        # (None for a graph made without grads); filled by autodiff.build_backward_expand
+        self.grads: Optional[dict] = {} if grads else None
+        self.grad_accs: Optional[dict] = {} if grads else None
         self.ctx = ctx
         if ctx is not None:       # as ggml_new_graph_custom: the graph's bookkeeping lives in ctx
             from .context import graph_overhead
-            ctx._reserve(graph_overhead(self.size, self.grads), f"a graph of size {self.size}")
+            ctx._reserve(graph_overhead(self.size, bool(grads)), f"a graph of size {self.size}")
         self.nodes: list[Tensor] = []
         self.leafs: list[Tensor] = []
         self._visited: set[int] = set()
@@ -161,15 +166,54 @@ def graph_view(gf: CGraph, i0: int, i1: int) -> CGraph:
 def graph_cpy(src: CGraph, dst: CGraph) -> None:
     if len(src.nodes) > dst.size or len(src.leafs) > dst.size:
         raise GraphError(f"graph_cpy: destination of size {dst.size} is too small")
+    if src.grads is not None and dst.grads is None:
+        raise GraphError("graph_cpy: the source has gradients, the destination was made "
+                         "without (new_graph_custom(ctx, size, grads=True))")
     dst.nodes = list(src.nodes)
     dst.leafs = list(src.leafs)
     dst._visited = set(src._visited)
+    if dst.grads is not None:       # as ggml: the destination's gradients are the source's
+        dst.grads = dict(src.grads or {})
+        dst.grad_accs = dict(src.grad_accs or {})
     dst.version += 1
 
 
+def graph_get_grad(gf: CGraph, node: Tensor) -> Optional[Tensor]:
+    """ggml_graph_get_grad: the gradient of node in gf (None when it has none)."""
+    return gf.grads.get(id(node)) if gf.grads is not None and id(node) in gf._visited else None
+
+
+def graph_get_grad_acc(gf: CGraph, node: Tensor) -> Optional[Tensor]:
+    """ggml_graph_get_grad_acc: node's gradient accumulator in gf (None when it has none)."""
+    return gf.grad_accs.get(id(node)) if gf.grad_accs is not None and id(node) in gf._visited \
+        else None
+
+
 def graph_reset(gf: CGraph) -> None:
-    """ggml_graph_reset: zero gradients. pyggml keeps no gradients yet, so only the caches go."""
+    """ggml_graph_reset: gradient accumulators to 0, the loss's to 1, AdamW momenta to 0.
+
+    The tensors must have data (allocate the graph first), as in ggml. Backend caches of the
+    graph (lowered tables) are dropped too."""
+    if gf is None:
+        return
     gf.cache.clear()
+    if gf.grads is None:
+        return
+    from .data import write
+    for node in gf.nodes:
+        for i in node.op.extra.get("reset_srcs", ()) if node.op is not None else ():
+            _fill(write, node.src[i], 0.0, "graph_reset")          # optimizer momenta
+        acc = graph_get_grad_acc(gf, node)
+        if acc is not None:
+            loss = bool(node.flags & TENSOR_FLAG_LOSS)
+            _fill(write, acc, 1.0 if loss else 0.0, "graph_reset")
+
+
+def _fill(write, t: Tensor, value: float, what: str) -> None:
+    if not t.is_allocated:
+        raise GraphError(f"{what}: {t.name or 'a tensor'} has no data yet; allocate the graph's "
+                         f"tensors (compute once, or sched.alloc.alloc_graph) before {what}")
+    write(t, np.full(t.ne[::-1], value))
 
 
 def graph_clear(gf: CGraph) -> None:
@@ -177,4 +221,7 @@ def graph_clear(gf: CGraph) -> None:
     gf.leafs.clear()
     gf._visited.clear()
     gf.cache.clear()
+    if gf.grads is not None:
+        gf.grads.clear()
+        gf.grad_accs.clear()
     gf.version += 1

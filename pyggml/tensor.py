@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ContextMemoryError, DataError, ShapeError, describe
+from .errors import ContextMemoryError, DataError, GraphError, ShapeError, describe
 from .types import GGMLType, TRAITS
 
 MAX_DIMS = 4
@@ -341,8 +341,15 @@ def set_output(t: Tensor) -> None:
 
 
 def set_param(t: Tensor) -> None:
+    """ggml_set_param: t is trainable (a leaf made by new_tensor, not an op's result)."""
+    if t.op is not None:
+        raise GraphError(f"set_param: {t!r} is the result of {t.op_name}; only a tensor "
+                         f"without op can be a trainable parameter")
     t.flags |= TENSOR_FLAG_PARAM
 
 
 def set_loss(t: Tensor) -> None:
+    """ggml_set_loss: t is the scalar F32 loss that build_backward_expand differentiates."""
+    if t.type != GGMLType.F32 or nelements(t) != 1:
+        raise GraphError(f"set_loss: the loss must be a scalar F32 tensor, got {t!r}")
     t.flags |= TENSOR_FLAG_LOSS

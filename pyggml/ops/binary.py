@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, TypeError_, UnsupportedError, describe
-from ..tensor import (Tensor, can_repeat, can_repeat_rows, is_empty, is_scalar, is_matrix,
+from ..tensor import (Tensor, set_param, can_repeat, can_repeat_rows, is_empty, is_scalar, is_matrix,
                       are_same_shape, nbytes, nelements)
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 F32, F16, BF16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
@@ -141,6 +141,9 @@ def _bin_bcast_cases(name: str, fn):
     inplace_fn = globals()[f"{fn.__name__}_inplace"]
 
     def mk(type, ne, nr, nf=1, perm1=False, src_overlap=False, op=fn, type_b=None):
+        grad_case = (op is add and list(nr) == [1, 1, 1, 1] and nf == 1 and not perm1
+                     and not src_overlap and type_b is None)
+
         def build(ctx):
             from .view import permute, view_4d
             a = cc.leaf(ctx, type, [ne[i] * nr[i] for i in range(4)], "a")
@@ -157,6 +160,9 @@ def _bin_bcast_cases(name: str, fn):
                     b = cc.leaf(ctx, tb, ne)
                 b.name = f"b{i}"
                 bs.append(b)
+            if grad_case:       # ggml: the backward pass is checked for same-shape ADD only
+                set_param(a)
+                set_param(bs[0])
             out = (view_4d(ctx, a, ne[0], ne[1], ne[2], 2 * (ne[3] // 3),
                            a.nb[1], a.nb[2], a.nb[3], 0) if src_overlap else a)
             for b in bs:
@@ -437,3 +443,54 @@ ADD_ID = register(OpDef(
 
 def add_id(ctx, a, b, ids):
     return ADD_ID.build(ctx, [a, b, ids])
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+def _reduced_to(ctx, g, src):
+    """g summed over the dimensions src was broadcast along (repeat_back), when it was."""
+    from .shape import repeat_back
+    return g if are_same_shape(g, src) else repeat_back(ctx, g, src)
+
+
+@grad_rule(ADD)
+def _grad_add(g, node, grad):
+    if g.needs(0):
+        g.add(0, grad)
+    if g.needs(1):
+        g.add(1, _reduced_to(g.ctx, grad, node.src[1]))
+
+
+@grad_rule(SUB)
+def _grad_sub(g, node, grad):
+    if g.needs(0):
+        g.add(0, grad)
+    if g.needs(1):      # ggml asserts same shapes here; a broadcast b is summed back
+        g.sub(1, _reduced_to(g.ctx, grad, node.src[1]))
+
+
+@grad_rule(MUL)
+def _grad_mul(g, node, grad):
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, b))
+    if g.needs(1):
+        g.add(1, _reduced_to(g.ctx, mul(g.ctx, a, grad), b))
+
+
+@grad_rule(DIV)
+def _grad_div(g, node, grad):
+    b = node.src[1]
+    if g.needs(0):
+        g.add(0, div(g.ctx, grad, b))
+    if g.needs(1):
+        g.sub(1, _reduced_to(g.ctx, mul(g.ctx, grad, div(g.ctx, node, b)), b))
+
+
+@grad_rule(ADD1)
+def _grad_add1(g, node, grad):
+    from .reduce import sum as sum_
+    if g.needs(0):
+        g.add(0, grad)
+    if g.needs(1):      # d/db of sum(a + b) is the sum of grad (ggml takes the mean: its TODO)
+        g.add(1, sum_(g.ctx, grad))

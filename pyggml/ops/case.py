@@ -45,6 +45,8 @@ class Case:
     tags: tuple = ()                             # e.g. ("slow",) kept out of the pytest subset
     note: str = ""
     err: Optional[Callable] = None               # (ref, got, node) -> error: ggml's test_case::err
+    grad: Optional[dict] = None                  # grad mode's overrides, ggml's names without
+    #   grad_: eps (0.1), precise (False), nmax (10000), expect ([]), max_maa (1e-4)
 
     @property
     def vars_str(self) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..context import new_tensor
-from ..tensor import set_name
+from ..tensor import set_name, set_param
 from ..types import as_type
 from .case import Case
 from .registry import OPS
@@ -13,12 +13,16 @@ def ggml_type(name):
     return as_type(name)
 
 
-def leaf(ctx, type, ne, name=None):
-    """A leaf input of a case graph; 4-D ne trimmed of trailing ones like ggml's new_tensor."""
+def leaf(ctx, type, ne, name=None, param=False):
+    """A leaf input of a case graph; 4-D ne trimmed of trailing ones like ggml's new_tensor.
+    param=True marks it trainable (set_param) where ggml's test case does: grad mode then
+    checks its gradient."""
     ne = list(ne)
     t = new_tensor(ctx, as_type(type), len(ne), ne)
     if name:
         set_name(t, name)
+    if param:
+        set_param(t)
     return t
 
 

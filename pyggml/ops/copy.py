@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data
-from ..tensor import Tensor, nelements, nbytes
+from ..tensor import Tensor, are_same_shape, nelements, nbytes
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, need_src, inplace_of
+from .registry import OpDef, Out, register, need, need_src, inplace_of, grad_rule
 from . import cases_common as cc
 
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -58,7 +58,7 @@ def _dup_cases():
                               ("bf16", [10, 10, 20, 1], None), ("bf16", [10, 10, 5, 1], [0, 2, 1, 3]),
                               ("f32", [5, 7, 3, 2], [1, 0, 2, 3]), ("i32", [5, 7, 3, 2], [1, 0, 2, 3])):
         def build(ctx, type=type, ne=ne, permute=permute):
-            a = cc.leaf(ctx, type, ne, "src")
+            a = cc.leaf(ctx, type, ne, "src", param=True)
             if permute:
                 a = _permute(ctx, a, *permute)
                 a.name = "src_permuted"
@@ -103,7 +103,7 @@ def _cont_cases():
     def add(type, ne, use_view_slice, perm=(0, 0, 0, 0)):
         def build(ctx):
             from .view import view_4d
-            a = cc.leaf(ctx, type, ne, "src")
+            a = cc.leaf(ctx, type, ne, "src", param=True)
             if any(perm):
                 a = _permute(ctx, a, *perm)
                 a.name = "src_permuted"
@@ -211,7 +211,7 @@ def _cpy_cases():
                 continue
 
             def build(ctx, ta=ta, tb=tb, ne=ne, permute=permute, quant=quant):
-                a = cc.leaf(ctx, ta, ne, "a")
+                a = cc.leaf(ctx, ta, ne, "a", param=True)
                 src = _permute(ctx, a, *permute) if permute else a
                 b = cc.leaf(ctx, tb, src.ne, "b")
                 return cpy(ctx, src, b)
@@ -251,3 +251,27 @@ def _permute(ctx, a, *axes):
 def _transpose(ctx, a):
     from .view import transpose
     return transpose(ctx, a)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(DUP)
+def _grad_dup(g, node, grad):
+    if g.needs(0):
+        g.add(0, grad)
+
+
+@grad_rule(CPY, ignore=(1,))
+def _grad_cpy(g, node, grad):
+    """cpy(a, b) = a * 1 + b * 0: a gets the gradient, b (overwritten) none."""
+    from .view import reshape
+    if g.needs(0):
+        g.add(0, reshape(g.ctx, grad, node.src[0]))
+
+
+@grad_rule(CONT)
+def _grad_cont(g, node, grad):
+    from .view import reshape
+    if g.needs(0):
+        a = node.src[0]
+        g.add(0, grad if are_same_shape(node, a) else reshape(g.ctx, grad, a))

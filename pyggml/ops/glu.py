@@ -17,7 +17,7 @@ from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, is_contiguous_1, are_same_shape, nbytes, nelements
 from ..types import GGMLType
 from .case import Case
-from .registry import OpDef, Out, register, need, fail, need_src, need_type
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, grad_rule
 from .unary import _gelu_values, _gelu_quick_values, _gelu_erf_values, _silu_values
 from . import cases_common as cc
 
@@ -118,15 +118,16 @@ def _init_150(t, rng):
     return rng.uniform(-150.0, 150.0, size=t.ne[::-1])
 
 
-def _src(ctx, type, ne, v, name):
-    """A leaf of shape ne, or (v & 1) a view of one three times as wide (strided rows)."""
+def _src(ctx, type, ne, v, name, param=False):
+    """A leaf of shape ne, or (v & 1) a view of one three times as wide (strided rows);
+    param marks the leaf trainable (ggml's split and swiglu_oai cases do)."""
     from .view import view_4d
     if v & 1:
-        big = cc.leaf(ctx, type, [ne[0] * 3] + list(ne[1:]), name)
+        big = cc.leaf(ctx, type, [ne[0] * 3] + list(ne[1:]), name, param=param)
         t = view_4d(ctx, big, *ne, big.nb[1], big.nb[2], big.nb[3], 0)
         t.name = f"view_of_{name}"
         return t
-    return cc.leaf(ctx, type, ne, name)
+    return cc.leaf(ctx, type, ne, name, param=param)
 
 
 def _glu_cases(name: str):
@@ -138,8 +139,8 @@ def _glu_cases(name: str):
                 for limit in (2.0, 7.0):
                     def build(ctx, v=v, alpha=alpha, limit=limit):
                         ne = [128, 2, 2, 2]
-                        return swiglu_oai(ctx, _src(ctx, "f32", ne, v, "a"),
-                                          _src(ctx, "f32", ne, v, "b"), alpha, limit)
+                        return swiglu_oai(ctx, _src(ctx, "f32", ne, v, "a", True),
+                                          _src(ctx, "f32", ne, v, "b", True), alpha, limit)
                     out.append(cc.case(name, dict(type=cc.ggml_type("f32"), ne_a=[128, 2, 2, 2], v=v,
                                                   alpha=alpha, limit=limit),
                                        build, init=_init_150))
@@ -154,7 +155,8 @@ def _glu_cases(name: str):
                                        build, init=_init_150))
             for ne in ([128, 2, 2, 2], [5, 7, 11, 13]):
                 def build_split(ctx, type=type, v=v, ne=ne):
-                    return glu_split(ctx, _src(ctx, type, ne, v, "a"), _src(ctx, type, ne, v, "b"), gid)
+                    return glu_split(ctx, _src(ctx, type, ne, v, "a", True),
+                                     _src(ctx, type, ne, v, "b", True), gid)
                 out.append(_SplitCase(name, dict(type=cc.ggml_type(type), ne_a=ne, v=v), build_split,
                                       init=_init_150))
     return out
@@ -257,3 +259,37 @@ def swiglu_oai(ctx, a, b, alpha, limit):
     srcs = [a] if b is None else [a, b]
     return GLU_DEFS["SWIGLU_OAI"].build(ctx, srcs, dict(op=GLU_OP_ID["SWIGLU_OAI"], swapped=0,
                                                         alpha=alpha, limit=limit))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+def _split_only(node):
+    need(node.src[1] is not None, node.op.name, "backward is implemented for the split form "
+         "only (glu_split(a, b)), as in ggml", node)
+
+
+@grad_rule(GLU_DEFS["SWIGLU"])
+def _grad_swiglu(g, node, grad):
+    """silu(a) * b: a gets silu_back(grad * b, a), b gets silu(a) * grad."""
+    from .binary import mul
+    from .silu_back import silu_back
+    from .unary import silu
+    _split_only(node)
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        g.add(0, silu_back(g.ctx, mul(g.ctx, grad, b), a))
+    if g.needs(1):
+        g.add(1, mul(g.ctx, silu(g.ctx, a), grad))
+
+
+@grad_rule(GLU_DEFS["REGLU"])
+def _grad_reglu(g, node, grad):
+    """Beyond ggml's list: relu(a) * b: a gets step(a) * b * grad, b gets relu(a) * grad."""
+    from .binary import mul
+    from .unary import relu, step
+    _split_only(node)
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        g.add(0, mul(g.ctx, step(g.ctx, a), mul(g.ctx, grad, b)))
+    if g.needs(1):
+        g.add(1, mul(g.ctx, relu(g.ctx, a), grad))

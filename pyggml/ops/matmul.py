@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, ParamError
-from ..tensor import Tensor, is_transposed, nbytes
+from ..tensor import Tensor, is_transposed, nbytes, set_param
 from ..types import PREC_DEFAULT, PREC_F32, GGMLType, TRAITS, QUANT_TYPES, as_type  # noqa: F401
-from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type
+from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type, grad_rule
 from . import cases_common as cc
 
 T = GGMLType
@@ -296,6 +296,13 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
     """test_mul_mat(type_a, type_b, m, n, k, bs, nr, per, k_v, o, src_overlap)."""
     bs, nr, per = list(bs), list(nr), list(per)
 
+    def _mm_params(a, b):
+        """ggml's grad mode: b always, a unless quantized or broadcast over dim 3."""
+        if not _is_quant(type_a):
+            if bs[1] == 1 and nr[1] == 1:
+                set_param(a)
+            set_param(b)
+
     def build(ctx):
         from .view import permute, view_4d
         npermuted = sum(per[i] != i for i in range(4))
@@ -304,6 +311,7 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
             ne_b = [k, n, bs[0] * nr[0], bs[1] * nr[1]]
             a = cc.leaf(ctx, type_a, [ne_a[per[i]] for i in range(4)], "a")
             b = cc.leaf(ctx, type_b, [ne_b[per[i]] for i in range(4)], "b")
+            _mm_params(a, b)
             a = permute(ctx, a, *per)
             b = permute(ctx, b, *per)
             a.name, b.name = "a_permuted", "b_permuted"
@@ -317,6 +325,7 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
             kp = k_v or k
             a = cc.leaf(ctx, type_a, [kp, m, bs[0], bs[1]], "a")
             b = cc.leaf(ctx, type_b, [kp, n, bs[0] * nr[0], bs[1] * nr[1]], "b")
+            _mm_params(a, b)
             if k_v:
                 a = view_4d(ctx, a, k, m, bs[0], bs[1], a.nb[1], a.nb[2], a.nb[3], 0)
                 b = view_4d(ctx, b, k, n, bs[0] * nr[0], bs[1] * nr[1], b.nb[1], b.nb[2],
@@ -334,7 +343,7 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
                 k_v=k_v, o=o, src_overlap=bool(src_overlap))
     bt = bs[0] * nr[0] * bs[1] * nr[1]
     tags = tuple(tags) or _slow(m * n * k * bt * o, (m * bs[0] * bs[1] + n * bt) * (k_v or k))
-    return cc.case("MUL_MAT", vars, build, tags=tags)
+    return cc.case("MUL_MAT", vars, build, tags=tags, grad=dict(nmax=20000))
 
 
 def _mul_mat_cases():
@@ -552,3 +561,44 @@ def _out_prod_cases():
         add(_op_case(ta, "f32", 64, 7, 13, (2, 1), (2, 1), True))
         add(_op_case(ta, "f32", 96, 5, 33, (1, 2), (1, 1)))
     return cc.unique(out)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(MUL_MAT)
+def _grad_mul_mat(g, node, grad):
+    """t = a^T b per plane: da = out_prod(b, grad) (summed over the planes a was broadcast
+    to), db = out_prod(a, grad^T) (cs231n's staged rule, as ggml)."""
+    from .shape import repeat_back
+    from .view import transpose, view_4d
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        need(grad.ne[2] == b.ne[2] and grad.ne[3] == b.ne[3], "MUL_MAT",
+             "backward: grad must have b's batch dims", grad, b)
+        tmp = out_prod(g.ctx, b, grad)
+        if list(tmp.ne) != list(a.ne):
+            need(tmp.ne[0] == a.ne[0] and tmp.ne[1] == a.ne[1] and tmp.ne[3] == 1, "MUL_MAT",
+                 "backward: a broadcast over dim 3 is not supported (as in ggml)", a, b)
+            nr2 = tmp.ne[2] // a.ne[2]
+            tmp = view_4d(g.ctx, tmp, a.ne[0], a.ne[1], a.ne[2], nr2, tmp.nb[1],
+                          tmp.nb[2] * nr2, tmp.nb[2], 0)
+            tmp = repeat_back(g.ctx, tmp, a)
+        g.add(0, tmp)
+    if g.needs(1):
+        g.add(1, out_prod(g.ctx, a, transpose(g.ctx, grad)))
+
+
+@grad_rule(OUT_PROD)
+def _grad_out_prod(g, node, grad):
+    """Beyond ggml's list: t[i,j] = sum_k a[i,k] b[j,k], so da = out_prod(grad, b^T) and
+    db = out_prod(grad^T, a^T) (a broadcast over b's planes is not supported; out_prod
+    needs its first operand untransposed, hence the cont)."""
+    from .copy import cont
+    from .view import transpose
+    a, b = node.src[0], node.src[1]
+    need(a.ne[2] == b.ne[2] and a.ne[3] == b.ne[3], "OUT_PROD",
+         "backward: a broadcast over b's planes is not supported", a, b)
+    if g.needs(0):
+        g.add(0, out_prod(g.ctx, grad, transpose(g.ctx, b)))
+    if g.needs(1):
+        g.add(1, out_prod(g.ctx, cont(g.ctx, transpose(g.ctx, grad)), transpose(g.ctx, a)))

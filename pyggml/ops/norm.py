@@ -20,7 +20,7 @@ import numpy as np
 
 from ..tensor import are_same_shape, nbytes, nelements
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
 from ..errors import ParamError
 from . import cases_common as cc
 
@@ -160,12 +160,13 @@ def _rms_norm_cases():
 
     def add(n, v, eps, inplace=False, tags=()):
         def build(ctx):
-            a = cc.leaf(ctx, "f32", [n, 5, 4, 3], "a")
+            a = cc.leaf(ctx, "f32", [n, 5, 4, 3], "a", param=True)
             if v:
                 a = _view_half(ctx, a)
             return (rms_norm_inplace if inplace else rms_norm)(ctx, a, eps)
         out.append(cc.case("RMS_NORM", dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
-                                            inplace=inplace), build, init=_init_pm10, tags=tags))
+                                            inplace=inplace), build, init=_init_pm10, tags=tags,
+                           grad=dict(eps=1.0, precise=True)))
     for eps in _EPS_GRID:
         for n in (64, 1025):
             for v in (False, True):
@@ -342,3 +343,26 @@ def l2_norm(ctx, a, eps):
 
 def l2_norm_inplace(ctx, a, eps):
     return L2_NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(RMS_NORM)
+def _grad_rms_norm(g, node, grad):
+    if g.needs(0):
+        g.add(0, rms_norm_back(g.ctx, grad, node.src[0], RMS_NORM.p(node).eps))
+
+
+@grad_rule(NORM)
+def _grad_norm(g, node, grad):
+    """Beyond ggml's list: y = (x - mean x) / s, s = sqrt(var x + eps):
+    dx = (dy - mean(dy) - y * mean(dy * y)) / s, per row, from existing ops."""
+    from .binary import div, mul, sub
+    from .reduce import mean
+    from .unary import scale_bias, sqr, sqrt
+    if not g.needs(0):
+        return
+    c, x, y = g.ctx, node.src[0], node
+    s = sqrt(c, scale_bias(c, mean(c, sqr(c, sub(c, x, mean(c, x)))), 1.0, NORM.p(node).eps))
+    num = sub(c, sub(c, grad, mean(c, grad)), mul(c, y, mean(c, mul(c, grad, y))))
+    g.add(0, div(c, num, s))

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..tensor import are_same_shape, nbytes, nelements, nrows
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type
+from .registry import OpDef, Out, register, need, need_src, need_type, grad_rule
 from . import cases_common as cc
 
 F32, F16, BF16, I32, I64 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32, GGMLType.I64
@@ -66,7 +66,7 @@ def _sum_cases():
             ("f16", [11, 5, 6, 3], [0, 2, 1, 3])]
     for type, ne, perm in grid:
         def build(ctx, type=type, ne=ne, perm=perm):
-            a = cc.leaf(ctx, type, ne, "a")
+            a = cc.leaf(ctx, type, ne, "a", param=True)
             if perm:
                 a = _permute(ctx, a, *perm)
             return sum(ctx, a)
@@ -79,7 +79,8 @@ def _sum_cases():
         # f16/bf16: ggml accumulates in float and rounds the scalar to f16/bf16
         out.append(cc.case("SUM", v, build, init=_sum_init, note=note,
                            tags=(GGML_WRONG,) if note else (),
-                           max_nmse=(1e-6 if type != "f32" else None)))
+                           max_nmse=(1e-6 if type != "f32" else None),
+                           grad=dict(eps=0.1 * float(np.sqrt(np.prod(ne))))))
     return out
 
 
@@ -115,7 +116,7 @@ def _sum_rows_cases():
             ([33, 1024, 1, 1], False, False), ([33, 256, 1, 1], False, False)]
     for ne, permute, slice_ in grid:
         def build(ctx, ne=ne, permute=permute, slice_=slice_):
-            a = cc.leaf(ctx, "f32", ne, "a")
+            a = cc.leaf(ctx, "f32", ne, "a", param=True)
             if slice_:   # every other ne2 slice, dropping the first ne3 block
                 a = _view_4d(ctx, a, ne[0], ne[1], ne[2] // 2, ne[3] - 1,
                              a.nb[1], a.nb[2] * 2, a.nb[3], a.nb[3])
@@ -155,8 +156,9 @@ def _mean_cases():
     for ne in ([10, 5, 4, 3], [33, 1, 1, 1], [33, 256, 1, 1], [32769, 1, 1, 1],
                [32, 1, 1, 1], [32, 256, 1, 1], [32768, 1, 1, 1]):
         def build(ctx, ne=ne):
-            return mean(ctx, cc.leaf(ctx, "f32", ne, "a"))
-        out.append(cc.case("MEAN", dict(type=cc.ggml_type("f32"), ne=ne), build, init=_sum_init))
+            return mean(ctx, cc.leaf(ctx, "f32", ne, "a", param=True))
+        out.append(cc.case("MEAN", dict(type=cc.ggml_type("f32"), ne=ne), build, init=_sum_init,
+                           grad=dict(eps=0.1 * int(np.prod(ne)))))
     return out
 
 
@@ -359,3 +361,29 @@ def _transpose(ctx, a):
 def _view_4d(ctx, a, *args):
     from .view import view_4d
     return view_4d(ctx, a, *args)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(SUM)
+def _grad_sum(g, node, grad):
+    if g.needs(0):
+        g.add1(0, grad)
+
+
+@grad_rule(SUM_ROWS)
+def _grad_sum_rows(g, node, grad):
+    from .shape import repeat
+    if g.needs(0):
+        g.add(0, repeat(g.ctx, grad, node.src[0]))
+
+
+@grad_rule(MEAN)
+def _grad_mean(g, node, grad):
+    """grad / ne0 repeated over each row (ggml hands the row means to add1_or_set, which is
+    the same for the first contribution and wrong for a second one)."""
+    from .shape import repeat
+    from .unary import scale
+    if g.needs(0):
+        a = node.src[0]
+        g.add(0, repeat(g.ctx, scale(g.ctx, grad, 1.0 / a.ne[0]), a))

@@ -234,6 +234,7 @@ class OpDef:
     name_fmt: Optional[Callable] = None         # (srcs) -> name ggml gives the result ("x (view)")
     doc: str = ""
     extra: dict = field(default_factory=dict)   # family-specific facts (unary id, glu id...)
+    grad: Optional["GradRule"] = None           # backward rule (see grad_rule below)
 
     def __post_init__(self):
         if isinstance(self.params, str):
@@ -354,6 +355,30 @@ def register(op: OpDef) -> OpDef:
         raise GGMLError(f"op {op.name} is registered twice")
     OPS[op.name] = op
     return op
+
+
+@dataclass(frozen=True)
+class GradRule:
+    """How gradients flow through an op: ggml_compute_backward's case for it.
+
+    `fn(g, node, grad)` is called once per node that has a gradient, last node first; it
+    builds, with the op functions, the gradient contribution of each source that needs one
+    (`g.needs(i)`) and hands it over with ggml's helpers `g.add(i, t)`, `g.sub(i, t)`,
+    `g.add1(i, t)`, `g.acc(i, t, nb1, nb2, nb3, offset)` (pyggml/autodiff.py). `ignore`
+    lists the sources whose gradients cannot affect the result (row ids, positions, a
+    cpy's target, a step's input): nothing flows to them."""
+    fn: Callable
+    ignore: tuple = ()
+
+
+def grad_rule(op: OpDef, ignore: tuple = ()):
+    """Decorator declaring op's gradient rule, written right after the op in its file."""
+    def deco(fn):
+        if op.grad is not None:
+            raise GGMLError(f"op {op.name} has two gradient rules")
+        op.grad = GradRule(fn, tuple(ignore))
+        return fn
+    return deco
 
 
 def set_op_params(node: Tensor, **named) -> Tensor:

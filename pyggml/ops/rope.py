@@ -31,9 +31,9 @@ import math
 import numpy as np
 
 from ..errors import ParamError, describe
-from ..tensor import is_vector, nbytes, nelements
+from ..tensor import is_vector, nbytes, nelements, set_param
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
@@ -274,6 +274,12 @@ def _pos_init(n_ctx):
     return init
 
 
+def _param_if(forward, a):
+    """ggml's test_rope marks a as a parameter in the forward cases (grad mode)."""
+    if forward:
+        set_param(a)
+
+
 def _rope_cases(forward):
     op = "ROPE" if forward else "ROPE_BACK"
     out = []
@@ -283,14 +289,17 @@ def _rope_cases(forward):
             if v & 1:
                 ne = [ne_a[0] * 2, ne_a[1] * 4, ne_a[2] * 3, ne_a[3]]
                 a = cc.leaf(ctx, type, ne, "a")
+                _param_if(forward, a)
                 a = _view_4d(ctx, a, *ne_a, a.nb[1], a.nb[2], a.nb[3], 0)
             elif v == 2:      # second half along dim 0: a view at an offset
                 ne = [ne_a[0] * 2, ne_a[1], ne_a[2], ne_a[3]]
                 a = cc.leaf(ctx, type, ne, "a")
+                _param_if(forward, a)
                 a = _view_4d(ctx, a, *ne_a, a.nb[1], a.nb[2], a.nb[3],
                              ne_a[0] * TRAITS[a.type].type_size)
             else:
                 a = cc.leaf(ctx, type, ne_a, "a")
+                _param_if(forward, a)
             multi = bool(mode & ROPE_TYPE_MROPE)
             pos = cc.leaf(ctx, "i32", [ne_a[2] * (4 if multi else 1)], "pos")
             freq = cc.leaf(ctx, "f32", [n_dims // 2], "freq") if ff else None
@@ -308,7 +317,8 @@ def _rope_cases(forward):
         out.append(cc.case(op, dict(type=cc.ggml_type(type), ne_a=ne_a, n_dims=n_dims, mode=mode,
                                     n_ctx=n_ctx, fs=fs, ef=ef, af=af, ff=ff, v=v,
                                     inplace=inplace, n_offs=0),
-                           build, init=_pos_init(n_ctx), tags=tags))
+                           build, init=_pos_init(n_ctx), tags=tags,
+                           grad=dict(precise=True, max_maa=1e-3)))
 
     first = True
     for fs in (1.0, 1.4245):
@@ -484,3 +494,23 @@ def rope_multi_back(ctx, a, b, c, n_dims, sections, mode, n_ctx_orig, freq_base,
                                                    freq_scale, ext_factor, attn_factor,
                                                    beta_fast, beta_slow, _sections(sections)),
                            hints=dict(multi=True))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(ROPE, ignore=(1,))
+def _grad_rope(g, node, grad):
+    """The inverse rotation (rope_ext_back / rope_multi_back); positions have none."""
+    p = ROPE.p(node)
+    b, c = node.src[1], node.src[2]
+    need(not g.needs(2), "ROPE", "backward: gradients for freq factors are not implemented "
+         "(as in ggml)", c)
+    if not g.needs(0):
+        return
+    tail = (p.mode, p.n_ctx_orig, p.freq_base, p.freq_scale, p.ext_factor, p.attn_factor,
+            p.beta_fast, p.beta_slow)
+    if grad.ne[2] == b.ne[0]:
+        back = rope_ext_back(g.ctx, grad, b, c, p.n_dims, *tail)
+    else:
+        back = rope_multi_back(g.ctx, grad, b, c, p.n_dims, p.sections, *tail)
+    g.add(0, back)

@@ -17,7 +17,7 @@ from .. import data
 from ..errors import DataError, describe
 from ..tensor import is_contiguous_rows, is_matrix, is_vector, nbytes, nelements
 from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 _F32, _F16, _BF16, _I32, _I64 = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32,
@@ -72,7 +72,8 @@ def _get_rows_cases():
 
     def build(type, n, m, r, be1, be2, v):
         def f(ctx):
-            a = cc.leaf(ctx, type, [n, m, be1, be2], "in")
+            # ggml's grad mode: in is a parameter when it is a matrix and rows a vector
+            a = cc.leaf(ctx, type, [n, m, be1, be2], "in", param=be1 == 1 and be2 == 1)
             rows = cc.leaf(ctx, "i32", [r, be1, be2], "rows")
             if v:
                 rows = _view_3d(ctx, rows, r // 2, be1, be2, rows.nb[1], rows.nb[2], 0)
@@ -360,3 +361,12 @@ def _view_3d(ctx, *args):
 def _view_4d(ctx, *args):
     from .view import view_4d
     return view_4d(ctx, *args)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(GET_ROWS, ignore=(1,))
+def _grad_get_rows(g, node, grad):
+    """Each picked row's gradient is summed into the row it came from (row ids: none)."""
+    if g.needs(0):
+        g.add(0, get_rows_back(g.ctx, grad, node.src[1], node.src[0]))

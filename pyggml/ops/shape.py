@@ -19,7 +19,7 @@ from ..errors import ParamError, TypeError_
 from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vector, nbytes, \
     nelements
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 _F32, _F16, _BF16, _I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
@@ -158,7 +158,7 @@ def _repeat_cases():
     def build(type, ne, nr):
         def f(ctx):
             target = cc.leaf(ctx, type, [ne[i] * nr[i] for i in range(4)], "target")
-            src = cc.leaf(ctx, type, ne, "src")
+            src = cc.leaf(ctx, type, ne, "src", param=True)
             return repeat(ctx, src, target)
         return f
 
@@ -415,11 +415,11 @@ def _set_cases():
 
     def build(type_src, type_dst, ne, dim, inplace):
         def f(ctx):
-            src = cc.leaf(ctx, type_src, ne, "src")
+            src = cc.leaf(ctx, type_src, ne, "src", param=True)
             ne_dst = list(ne)
             for i in range(dim):
                 ne_dst[i] *= 2
-            dst = cc.leaf(ctx, type_dst, ne_dst, "dst")
+            dst = cc.leaf(ctx, type_dst, ne_dst, "dst", param=True)
             offset = builtins.sum(((ne_dst[i] - ne[i]) // 2) * dst.nb[i] for i in range(dim))
             fn = set_inplace if inplace else set
             return fn(ctx, dst, src, src.nb[1], src.nb[2], src.nb[3], offset)
@@ -520,14 +520,14 @@ def _acc_cases():
 
     def build(ne_a, ne_b, stride_dim):
         def f(ctx):
-            a = cc.leaf(ctx, "f32", ne_a, "a")
+            a = cc.leaf(ctx, "f32", ne_a, "a", param=True)
             if stride_dim in (1, 2, 3):
                 ne_pad = list(ne_b)
                 ne_pad[stride_dim] += 1
-                bp = cc.leaf(ctx, "f32", ne_pad, "b_pad")
+                bp = cc.leaf(ctx, "f32", ne_pad, "b_pad", param=True)
                 b = _view_4d(ctx, bp, *ne_b, bp.nb[1], bp.nb[2], bp.nb[3], bp.nb[1])
             else:
-                b = cc.leaf(ctx, "f32", ne_b, "b")
+                b = cc.leaf(ctx, "f32", ne_b, "b", param=True)
             b.name = "b"
             return acc(ctx, a, b, a.nb[1], a.nb[2], a.nb[3], 0)
         return f
@@ -680,3 +680,65 @@ def _permute(ctx, a, *axes):
 def _transpose(ctx, a):
     from .view import transpose
     return transpose(ctx, a)
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(REPEAT)
+def _grad_repeat(g, node, grad):
+    if g.needs(0):
+        g.add(0, repeat_back(g.ctx, grad, node.src[0]))
+
+
+@grad_rule(REPEAT_BACK)
+def _grad_repeat_back(g, node, grad):
+    if g.needs(0):
+        g.add(0, repeat(g.ctx, grad, node.src[0]))
+
+
+def _grad_window(g, node, grad, b):
+    """The part of grad that b covered (an acc/set window), packed in b's shape."""
+    from .copy import cont
+    from .view import reshape, view_4d
+    p = node.op.p(node)
+    win = view_4d(g.ctx, grad, b.ne[0], b.ne[1], b.ne[2], b.ne[3], p.nb1, p.nb2, p.nb3, p.offset)
+    return win, reshape(g.ctx, cont(g.ctx, win), b)
+
+
+@grad_rule(ACC)
+def _grad_acc(g, node, grad):
+    if g.needs(0):
+        g.add(0, grad)
+    if g.needs(1):
+        g.add(1, _grad_window(g, node, grad, node.src[1])[1])
+
+
+@grad_rule(SET)
+def _grad_set(g, node, grad):
+    """a outside the window keeps its gradient, b gets the window's."""
+    from .unary import neg
+    a, b = node.src[0], node.src[1]
+    need(a.type == node.type, "SET", "backward needs a of the result's type", a, node)
+    if not (g.needs(0) or g.needs(1)):
+        return
+    win, packed = _grad_window(g, node, grad, b)
+    if g.needs(0):
+        p = SET.p(node)
+        g.add(0, acc(g.ctx, grad, neg(g.ctx, win), p.nb1, p.nb2, p.nb3, p.offset))
+    if g.needs(1):
+        g.add(1, packed)
+
+
+@grad_rule(CONCAT)
+def _grad_concat(g, node, grad):
+    """Beyond ggml's list: each source gets its slab of grad along dim."""
+    from .copy import cont
+    from .view import view_4d
+    dim = CONCAT.p(node).dim
+    offs = 0
+    for i in (0, 1):
+        s = node.src[i]
+        if g.needs(i):
+            g.add(i, cont(g.ctx, view_4d(g.ctx, grad, *s.ne, grad.nb[1], grad.nb[2], grad.nb[3],
+                                         offs)))
+        offs += s.ne[dim] * grad.nb[dim]

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ParamError, describe
 from ..tensor import Tensor, are_same_shape, is_contiguous, nbytes, nelements
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, fail
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, fail, grad_rule
 from . import cases_common as cc
 
 F32, F16 = GGMLType.F32, GGMLType.F16
@@ -101,7 +101,7 @@ def _soft_max_cases():
 
     def add(ne, mask, sinks, m_prec, nr23, scale, max_bias, inplace=False, tags=()):
         def build(ctx):
-            a = cc.leaf(ctx, "f32", [ne[0], ne[1], ne[2] * nr23[0], ne[3] * nr23[1]], "a")
+            a = cc.leaf(ctx, "f32", [ne[0], ne[1], ne[2] * nr23[0], ne[3] * nr23[1]], "a", param=True)
             m = cc.leaf(ctx, m_prec, ne, "mask") if mask else None
             s = cc.leaf(ctx, "f32", [ne[2] * nr23[0]], "sinks") if sinks else None
             y = (soft_max_ext_inplace if inplace else soft_max_ext)(ctx, a, m, scale, max_bias)
@@ -109,7 +109,8 @@ def _soft_max_cases():
             return y
         out.append(cc.case("SOFT_MAX", dict(type=cc.ggml_type("f32"), ne=ne, mask=mask, sinks=sinks,
                                             m_prec=cc.ggml_type(m_prec), nr23=nr23, scale=scale,
-                                            max_bias=max_bias, inplace=inplace), build, tags=tags))
+                                            max_bias=max_bias, inplace=inplace), build, tags=tags,
+                           grad=dict(precise=True)))
 
     for mask in (False, True):
         for sinks in (False, True):
@@ -326,7 +327,7 @@ def _diag_mask_cases(op, fn):
         for ne, n_past in (([10, 10, 1, 1], 5), ([10, 10, 3, 1], 5), ([10, 10, 3, 2], 5),
                            ([7, 12, 2, 1], 0), ([33, 5, 1, 2], 40)):
             def build(ctx, ne=ne, n_past=n_past):
-                return fn(ctx, cc.leaf(ctx, "f32", ne, "a"), n_past)
+                return fn(ctx, cc.leaf(ctx, "f32", ne, "a", param=True), n_past)
             out.append(cc.case(op, dict(type=cc.ggml_type("f32"), ne=ne, n_past=n_past), build))
         return out
     return cases
@@ -363,3 +364,26 @@ def diag_mask_zero(ctx, a, n_past):
 
 def diag_mask_zero_inplace(ctx, a, n_past):
     return DIAG_MASK_ZERO.build(ctx, [a], dict(n_past=n_past), hints=dict(inplace=True))
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(SOFT_MAX)
+def _grad_soft_max(g, node, grad):
+    p = SOFT_MAX.p(node)
+    if g.needs(0):
+        g.add(0, soft_max_ext_back(g.ctx, grad, node, p.scale, p.max_bias))
+    for i in (1, 2):
+        need(not g.needs(i), "SOFT_MAX", f"backward: no gradient for src[{i}] (the mask / "
+             f"sinks) is implemented (as in ggml); do not make it depend on a parameter",
+             node.src[i])
+
+
+def _grad_diag_mask(g, node, grad):
+    """Masked entries are constants: their gradient is 0 (diag_mask_zero), both masks."""
+    if g.needs(0):
+        g.add(0, diag_mask_zero(g.ctx, grad, node.op.p(node).n_past))
+
+
+grad_rule(DIAG_MASK_INF)(_grad_diag_mask)
+grad_rule(DIAG_MASK_ZERO)(_grad_diag_mask)

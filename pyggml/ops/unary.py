@@ -23,9 +23,9 @@ import math
 import numpy as np
 
 from ..errors import ParamError, UnsupportedError, describe
-from ..tensor import Tensor, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements
+from ..tensor import Tensor, set_param, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements
 from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
 
 F32, F16, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
@@ -229,12 +229,22 @@ def _make_unary(name: str) -> OpDef:
         extra={"unary_op": uid}, doc=f"GGML_UNARY_OP_{name} applied elementwise."))
 
 
+# test_unary's grad mode: the unaries whose cases mark a as a parameter, with ggml's
+# grad_eps 15 and its expected values where the derivative jumps (kinks)
+_UNARY_GRAD_CASES = {
+    "ABS": dict(eps=15.0, expect=(-1.0, 1.0)), "SGN": dict(eps=15.0, expect=(0.0,)),
+    "NEG": dict(eps=15.0), "STEP": dict(eps=15.0, expect=(0.0,)),
+    "RELU": dict(eps=15.0, expect=(0.0, 1.0)), "SILU": dict(eps=15.0),
+    "EXPM1": dict(eps=15.0), "SOFTPLUS": dict(eps=15.0)}
+
+
 def _unary_cases(name: str):
     """test_unary: types f16/f32, v (1: a is a strided view), shapes [128,2,2,2] [5,7,11,13]."""
     if name == "XIELU":
         return _xielu_cases()
     out = []
     hi = 150.0
+    grad = _UNARY_GRAD_CASES.get(name)
     for type in ("f16", "f32"):
         for v in (0, 1):
             for ne in ([128, 2, 2, 2], [5, 7, 11, 13]):
@@ -243,16 +253,20 @@ def _unary_cases(name: str):
                     if v & 1:
                         big = [ne[0] * 3, ne[1] * 2, ne[2] * 5, ne[3] * 4]
                         a = cc.leaf(ctx, type, big, "a")
+                        if grad is not None:
+                            set_param(a)
                         a = view_4d(ctx, a, *ne, a.nb[1], a.nb[2], a.nb[3], 0)
                         a.name = "view_of_a"
                     else:
                         a = cc.leaf(ctx, type, ne, "a")
+                        if grad is not None:
+                            set_param(a)
                     out_ = unary(ctx, a, name)
                     out_.name = "out"
                     return out_
                 r = 10.0 if (type == "f16" and name in ("EXP", "EXPM1")) else hi
                 out.append(cc.case(name, dict(type=cc.ggml_type(type), ne_a=ne, v=v), build,
-                                   init=_uniform(-r, r)))
+                                   init=_uniform(-r, r), grad=grad))
     if BF16 in _UNARY_FNS[name][1]:   # beyond ggml's grid: bf16, and an in-place one
         def build_bf16(ctx):
             return unary(ctx, cc.leaf(ctx, "bf16", [33, 3, 2, 1], "a"), name)
@@ -526,6 +540,15 @@ _MATH_DEFAULT_NE = {"SQR": [10, 5, 4, 3], "SQRT": [10, 3, 3, 2], "LOG": [10, 5, 
 _MATH_INIT = {"SQRT": (50.0, 100.0), "LOG": (0.9, 1.1), "SIN": (-6.5, 6.5), "COS": (-6.5, 6.5)}
 
 
+def _math_grad(name: str, ne) -> dict:
+    """ggml's grad-mode settings of test_sqr, test_sqrt, test_log, test_sin, test_cos."""
+    if name == "SQR":       # ggml: 10% of the expected value of the sum
+        return dict(eps=0.1 * 0.25 * int(np.prod(ne)))
+    return {"SQRT": dict(eps=20.0, precise=True), "LOG": dict(precise=True),
+            "SIN": dict(eps=0.2, precise=True, max_maa=1e-3),
+            "COS": dict(eps=0.2, precise=True, max_maa=1e-3)}[name]
+
+
 def _make_math(name: str) -> OpDef:
     fn, fn_name = _MATH_FNS[name]
 
@@ -551,9 +574,11 @@ def _make_math(name: str) -> OpDef:
                     continue
 
                 def build(ctx, type=type, ne=ne):
-                    return OPDEF.build(ctx, [cc.leaf(ctx, type, ne, "a")])
+                    a = cc.leaf(ctx, type, ne, "a")
+                    set_param(a)          # ggml's test_sqr & co. check the gradient
+                    return OPDEF.build(ctx, [a])
                 out.append(cc.case(name, dict(type=cc.ggml_type(type), ne=ne), build,
-                                   init=_uniform(lo, hi),
+                                   init=_uniform(lo, hi), grad=_math_grad(name, ne),
                                    tags=("slow",) if ne[0] == 1024 else ()))
 
         def build_perm(ctx):       # pyggml extra: a permuted (non-contiguous) source
@@ -699,6 +724,7 @@ def _scale_cases():
                                     ([33, 7, 3, 1], 3.0, 0.25, True, "bf16")):    # pyggml only
         def build(ctx, ne=ne, s=s, b=b, inplace=inplace, type=type):
             a = cc.leaf(ctx, type, ne, "a")
+            set_param(a)                  # ggml's test_scale checks the gradient
             return (scale_bias_inplace if inplace else scale_bias)(ctx, a, s, b)
         out.append(cc.case("SCALE", dict(type=cc.ggml_type(type), ne=ne, scale=s, bias=b,
                                          inplace=inplace), build))
@@ -789,3 +815,123 @@ def leaky_relu(ctx, a, negative_slope, inplace=False):
     if inplace:
         t.name = f"{a.name} (view)"[:63]
     return t
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+def _unary_grad(name: str, ignore: tuple = ()):
+    return grad_rule(UNARY_DEFS[name], ignore=ignore)
+
+
+@_unary_grad("ABS")
+def _grad_abs(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, sgn(g.ctx, node.src[0]), grad))
+
+
+def _grad_none(g, node, grad):
+    """Piecewise constant (SGN, STEP): no gradient flows (their source is ignored)."""
+
+
+_unary_grad("SGN", ignore=(0,))(_grad_none)
+_unary_grad("STEP", ignore=(0,))(_grad_none)
+
+
+@_unary_grad("NEG")
+def _grad_neg(g, node, grad):
+    if g.needs(0):
+        g.sub(0, grad)
+
+
+@_unary_grad("RELU")
+def _grad_relu(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, step(g.ctx, node.src[0]), grad))
+
+
+@_unary_grad("SILU")
+def _grad_silu(g, node, grad):
+    from .silu_back import silu_back
+    if g.needs(0):
+        g.add(0, silu_back(g.ctx, grad, node.src[0]))
+
+
+@_unary_grad("EXP")
+def _grad_exp(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, node, grad))
+
+
+@_unary_grad("EXPM1")
+def _grad_expm1(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, exp(g.ctx, node.src[0])))
+
+
+@_unary_grad("SOFTPLUS")
+def _grad_softplus(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, sigmoid(g.ctx, node.src[0])))
+
+
+@_unary_grad("TANH")
+def _grad_tanh(g, node, grad):
+    """Beyond ggml's list: d tanh = (1 - y^2) dy."""
+    from .binary import mul, sub
+    if g.needs(0):
+        g.add(0, sub(g.ctx, grad, mul(g.ctx, grad, sqr(g.ctx, node))))
+
+
+@_unary_grad("SIGMOID")
+def _grad_sigmoid(g, node, grad):
+    """Beyond ggml's list: d sigmoid = y (1 - y) dy."""
+    from .binary import mul, sub
+    if g.needs(0):
+        yg = mul(g.ctx, node, grad)
+        g.add(0, sub(g.ctx, yg, mul(g.ctx, yg, node)))
+
+
+@grad_rule(SQR)
+def _grad_sqr(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, scale(g.ctx, mul(g.ctx, node.src[0], grad), 2.0))
+
+
+@grad_rule(SQRT)
+def _grad_sqrt(g, node, grad):
+    from .binary import div
+    if g.needs(0):
+        g.add(0, scale(g.ctx, div(g.ctx, grad, node), 0.5))
+
+
+@grad_rule(LOG)
+def _grad_log(g, node, grad):
+    from .binary import div
+    if g.needs(0):
+        g.add(0, div(g.ctx, grad, node.src[0]))
+
+
+@grad_rule(SIN)
+def _grad_sin(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.add(0, mul(g.ctx, grad, cos(g.ctx, node.src[0])))
+
+
+@grad_rule(COS)
+def _grad_cos(g, node, grad):
+    from .binary import mul
+    if g.needs(0):
+        g.sub(0, mul(g.ctx, grad, sin(g.ctx, node.src[0])))
+
+
+@grad_rule(SCALE)
+def _grad_scale(g, node, grad):
+    if g.needs(0):      # the bias b is a constant: only s scales the gradient
+        g.add(0, scale(g.ctx, grad, SCALE.p(node).s))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..errors import ParamError
 from ..tensor import Tensor, is_contiguous, nelements
 from ..types import TRAITS
-from .registry import OpDef, Out, register, need, fail, need_src
+from .registry import OpDef, Out, register, need, fail, need_src, grad_rule
 from . import cases_common as cc
 
 
@@ -192,3 +192,43 @@ TRANSPOSE = register(OpDef(
 
 def transpose(ctx, a):
     return TRANSPOSE.build(ctx, [a])
+
+
+# --- gradients (ggml_compute_backward) ---------------------------------------------------------
+
+@grad_rule(RESHAPE)
+def _grad_reshape(g, node, grad):
+    if g.needs(0):
+        g.add(0, reshape(g.ctx, g.contiguous(grad), node.src[0]))
+
+
+@grad_rule(VIEW)
+def _grad_view(g, node, grad):
+    """The viewed window of the source gets grad (acc into zeros or into its gradient)."""
+    if not g.needs(0):
+        return
+    a = node.src[0]
+    offset = VIEW.p(node).offset
+    nb1, nb2, nb3 = node.nb[1], node.nb[2], node.nb[3]
+    cur = g.gf.grads.get(id(a))
+    if cur is not None and cur.type != a.type:     # strides of a, counted in cur's elements
+        n0, ng = TRAITS[a.type].type_size, TRAITS[cur.type].type_size
+        need(all(x % n0 == 0 for x in (offset, nb1, nb2, nb3)), "VIEW",
+             "backward: view strides are not whole elements of the source", node)
+        offset, nb1, nb2, nb3 = (x // n0 * ng for x in (offset, nb1, nb2, nb3))
+    g.acc(0, grad, nb1, nb2, nb3, offset)
+
+
+@grad_rule(PERMUTE)
+def _grad_permute(g, node, grad):
+    if g.needs(0):
+        axb = [0, 0, 0, 0]
+        for k, ax in enumerate(PERMUTE.p(node).axes):
+            axb[ax & 3] = k
+        g.add(0, permute(g.ctx, grad, *axb))
+
+
+@grad_rule(TRANSPOSE)
+def _grad_transpose(g, node, grad):
+    if g.needs(0):
+        g.add(0, transpose(g.ctx, grad))

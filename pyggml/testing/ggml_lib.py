@@ -645,6 +645,8 @@ class Mirror:
                 set_bytes(p, data.tensor_get(t))
             else:                      # no data yet (no_alloc): zeros, like a fresh allocation
                 ctypes.memset(data_ptr(p), 0, g.ggml_nbytes(p))
+            if t.flags & 4:            # GGML_TENSOR_FLAG_PARAM (opt_step asserts it)
+                g.ggml_set_param(p)
         g.ggml_set_name(p, (t.name or "").encode()[:MAX_NAME - 1])
         return p
 

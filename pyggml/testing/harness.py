@@ -103,7 +103,8 @@ def default_values(t: Tensor, rng: np.random.Generator) -> np.ndarray:
 
 def fill_leafs(gf: CGraph, case: Case, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    for leaf in gf.leafs:
+    # parameters (set_param) are graph nodes without op, as in ggml: inputs all the same
+    for leaf in list(gf.leafs) + [n for n in gf.nodes if n.op is None]:
         vals = case.init(leaf, rng) if case.init is not None else None
         if vals is None:
             vals = default_values(leaf, rng)

@@ -147,6 +147,14 @@ def to_dot(gb: CGraph, gf: Optional[CGraph] = None, opts: Optional[DotOptions] =
     max_us = max(opts.times_us.values()) if opts.times_us else 0.0
     backends = sorted(set(opts.backend_of.values()))
     bad_inputs = {id(s) for s in opts.bad_node.src if s is not None} if opts.bad_node else set()
+    grads = gb.grads or {}
+    forward = {id(t) for t in gf.nodes} if gf is not None else set()
+
+    def grad_of(t: Tensor):
+        return grads.get(id(t))
+
+    def in_forward(t: Tensor) -> bool:
+        return id(t) in forward
 
     lines = ["digraph G {", "  newrank = true;", "  rankdir = TB;",
              '  node [fontname = "Helvetica"; fontsize = 10];',
@@ -172,11 +180,18 @@ def to_dot(gb: CGraph, gf: Optional[CGraph] = None, opts: Optional[DotOptions] =
                 color = _heat(opts.times_us[id(t)] / max_us)
             if t.op is not None and t.op.view:
                 style, color = "filled,dashed", "#eeeeee"
+            grad = grad_of(t)
+            if grad is not None and not t.flags & TENSOR_FLAG_PARAM:
+                # ggml: a node with a gradient is green in the forward graph gf, light blue
+                # when it belongs to the backward pass only
+                color = "green" if in_forward(t) else "lightblue"
             if id(t) in bad_inputs:
                 color = "orange"
             if opts.bad_node is t:
                 color = "red"
             label = _node_label(t, i, opts, total_us)
+            if grad is not None:     # ggml's record field: the op of the node's gradient
+                label += " | <g>" + _esc(grad.op_name)
         extra = ""
         if t.flags & TENSOR_FLAG_OUTPUT:
             extra = "; penwidth = 2"
@@ -231,6 +246,13 @@ def to_dot(gb: CGraph, gf: Optional[CGraph] = None, opts: Optional[DotOptions] =
                 style = "bold"
             lbl = f"src {j}" + (" (written)" if t.op is not None and j in t.op.writes else "")
             lines.append(f'  "{a}" -> "{b}" [ arrowhead = vee; style = {style}; label = "{lbl}"; ]')
+    # pyggml: link each tensor to its gradient node (backward graphs)
+    for t in nodes + leafs:
+        g = grad_of(t)
+        if g is not None and g is not t and id(g) in visible and id(t) not in hidden \
+                and id(g) not in hidden:
+            lines.append(f'  "{id(t):x}" -> "{id(g):x}" [ arrowhead = empty; style = dotted; '
+                         f'color = "blue"; constraint = false; label = "grad"; ]')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

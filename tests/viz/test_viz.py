@@ -172,3 +172,30 @@ def test_saved_graph_round_trip(tmp_path):
         nodes, edges = parse_dot(viz.to_dot(g))
         return sorted(n["label"] for n in nodes.values()), sorted(e[2] for e in edges)
     assert labels(g2) == labels(gf)
+
+
+def test_backward_graph_shows_gradients_as_ggml(tmp_path):
+    """ggml_graph_dump_dot(gb, gf): params yellow, forward nodes with a gradient green,
+    backward-only ones light blue, a `<g>` field with the gradient's op; pyggml adds a dotted
+    'grad' link from each tensor to its gradient node."""
+    ctx = gg.init(mem_size=1 << 20)
+    w = gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 3)
+    gg.set_name(w, "w")
+    gg.set_param(w)
+    x = gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 2)
+    h = gg.set_name(gg.mul_mat(ctx, w, x), "h")
+    loss = gg.set_name(gg.sum(ctx, gg.sqr(ctx, h)), "loss")
+    gg.set_loss(loss)
+    gf = gg.new_graph_custom(ctx, 64, True)
+    gg.build_forward_expand(gf, loss)
+    gb = gg.new_graph_custom(ctx, 64, True)
+    gg.graph_cpy(gf, gb)
+    gg.build_backward_expand(ctx, gb, None)
+    text = open(gg.graph_dump_dot(gb, gf, str(tmp_path / "gb.dot"))).read()
+    grad_w = gg.graph_get_grad(gb, w)
+    line = next(ln for ln in text.splitlines() if f'"{id(h):x}" [' in ln)
+    assert "fillcolor = \"green\"" in line and "<g>" in line
+    assert f'"{id(w):x}" -> "{id(grad_w):x}"' in text and 'label = "grad"' in text
+    back_only = next(ln for ln in text.splitlines() if f'"{id(grad_w):x}" [' in ln)
+    assert "fillcolor = \"yellow\"" not in back_only
+    assert 'fillcolor = "yellow"' in next(ln for ln in text.splitlines() if f'"{id(w):x}" [' in ln)

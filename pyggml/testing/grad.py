@@ -1,0 +1,169 @@
+"""test-backend-ops' `grad` mode (ggml's test_case::eval_grad): backward graph vs finite differences.
+
+For a case whose graph marks parameters (set_param, where ggml's test case does), the
+output is summed to a scalar loss, the backward graph is built (build_backward_expand), and
+every parameter's gradient is computed on the backend under test; then each element of each
+parameter is moved by +-eps (and +-eps/2 when the case asks for the precise 4-point
+estimate), the forward graph recomputed on the same backend, and the numeric gradient
+compared with ggml's error measure: the mean over elements of |(gn - ga) / (gn + ga)| must
+stay <= max_maa (1e-4 unless the case says otherwise). Cases may override, with ggml's
+names: eps (0.1), precise (False), nmax (10000 gradients at most, else skipped), expect
+(compare only where the numeric gradient is one of these values: kinks, e.g. relu's {0, 1}),
+max_maa. A case without parameters, with a non-F32 output or parameter, or whose graph has
+an op without a gradient rule is NOT SUPPORTED, as in ggml.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import data
+from ..autodiff import build_backward_expand
+from ..context import init
+from ..errors import GGMLError, UnsupportedError
+from ..graph import CGraph, graph_cpy, graph_get_grad, graph_reset, new_graph_custom
+from ..ops.reduce import sum as sum_
+from ..tensor import TENSOR_FLAG_PARAM, is_scalar, nelements, set_loss
+from ..types import GGMLType
+from .case import Case
+from .harness import CaseResult, alloc_guarded, case_excluded, fill_leafs, supported
+
+DEFAULTS = dict(eps=0.1, precise=False, nmax=10000, expect=(), max_maa=1e-4)
+GRAPH_SIZE = 2048
+
+
+def settings(case: Case) -> dict:
+    s = dict(DEFAULTS)
+    s.update(case.grad or {})
+    return s
+
+
+def mean_abs_asymm(a: np.ndarray, b: np.ndarray, expect) -> float:
+    """ggml's mean_abs_asymm: mean |(a - b) / (a + b)| over the elements whose a is within
+    1e-3 of an expected value (all when none are given). Computed in float32 terms as
+    ggml; 0/0 gives NaN, which (as in ggml) never exceeds the threshold."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    keep = np.ones(a.shape, dtype=bool)
+    if len(expect):
+        keep = np.zeros(a.shape, dtype=bool)
+        for ev in expect:
+            keep |= np.abs(a - np.float32(ev)) < np.float32(1e-3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        asymm = np.abs((a[keep] - b[keep]) / (a[keep] + b[keep])).astype(np.float64)
+        return float(asymm.sum() / keep.sum()) if keep.sum() else float("nan")
+
+
+def _not_supported(res: CaseResult, why: str) -> CaseResult:
+    res.status, res.message = "NOT SUPPORTED", why
+    return res
+
+
+def _numeric(backend, gf, out, t, eps: float, precise: bool) -> np.ndarray:
+    """Central differences of the scalar out with respect to each element of t."""
+    x = data.strided(t).reshape(-1)        # zero-copy: a parameter is a packed F32 leaf
+    x0 = x.copy()
+    f32 = np.float32
+    gn = np.empty(x.size, dtype=np.float32)
+
+    def loss_at(i, v):
+        x[i] = v
+        backend.graph_compute(gf)
+        return f32(data.read(out).reshape(-1)[0])
+
+    e = f32(eps)
+    for i in range(x.size):
+        fu = loss_at(i, x0[i] + e)
+        fd = loss_at(i, x0[i] - e)
+        if precise:
+            fuh = loss_at(i, x0[i] + f32(0.5) * e)
+            fdh = loss_at(i, x0[i] - f32(0.5) * e)
+            gn[i] = (8.0 * float(fuh) + float(fd) - (8.0 * float(fdh) + float(fu))) / (6.0 * float(e))
+        else:
+            gn[i] = (fu - fd) / (f32(2.0) * e)
+        x[i] = x0[i]
+    return gn
+
+
+def run_grad(case: Case, backend, seed: int = 0) -> CaseResult:
+    """ggml's eval_grad for one case on one backend."""
+    res = CaseResult(case, backend.name, mode="grad")
+    s = settings(case)
+    res.max_err = s["max_maa"]
+    try:
+        ctx = init(mem_size=64 << 20, no_alloc=True)
+        gf = new_graph_custom(ctx, GRAPH_SIZE, True)
+        gb = new_graph_custom(ctx, GRAPH_SIZE, True)
+        out = case.build(ctx)
+    except Exception as e:
+        res.status, res.message = "ERROR", f"case does not build: {e}"
+        return res
+    if out.type != GGMLType.F32:
+        return _not_supported(res, f"{out.name}->type != FP32")
+    params = [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
+    if not params:
+        return _not_supported(res, f"{case.op}: no parameters")
+    bad = [t for t in params if t.type != GGMLType.F32]
+    if bad:
+        return _not_supported(res, f"{bad[0].name}->type != FP32")
+    if sum(nelements(t) for t in params) > s["nmax"]:
+        return _not_supported(res, f"skipped: more than {s['nmax']} gradients")
+    excluded = case_excluded(backend, case)
+    if excluded:
+        return _not_supported(res, excluded)
+    try:
+        if not is_scalar(out):
+            out = sum_(ctx, out)
+            out.name = "sum_of_out"
+        set_loss(out)
+        gf.expand(out)
+        graph_cpy(gf, gb)
+        build_backward_expand(ctx, gb, None)
+    except GGMLError as e:           # an op on the path without a rule (ggml would abort)
+        return _not_supported(res, str(e))
+    if list(s["expect"]) != [0.0]:
+        if gb.n_nodes <= gf.n_nodes:
+            res.status, res.message = "FAIL", "the backward graph adds no node"
+            return res
+        for t in params:
+            gr = graph_get_grad(gb, t)
+            if gr is None or gr.op is None:
+                res.status, res.message = "FAIL", f"parameter {t.name} got no gradient node"
+                return res
+    if not supported(backend, gb):
+        return _not_supported(res, backend.name)
+    try:
+        alloc_guarded(gb)
+        accs = CGraph(len(gb.grad_accs) + 1)     # as ggml_backend_alloc_ctx_tensors: an
+        for acc in gb.grad_accs.values():        # accumulator no node reads still gets data
+            accs.expand(acc)
+        alloc_guarded(accs)
+        fill_leafs(gb, case, seed)
+        graph_reset(gb)               # loss gradient 1, other accumulators 0
+        backend.graph_compute(gb)
+        grads = {id(t): graph_get_grad(gb, t) for t in params}
+        ga = {k: (data.read(g).reshape(-1).astype(np.float32) if g is not None else None)
+              for k, g in grads.items()}
+        worst = 0.0
+        for t in params:
+            a = ga[id(t)]
+            if a is None:
+                a = np.zeros(nelements(t), dtype=np.float32)
+            if not np.isfinite(a).all():
+                i = int(np.argmax(~np.isfinite(a)))
+                res.status, res.message = "FAIL", f"nonfinite gradient at index {i} ({t.name}={a[i]})"
+                return res
+            gn = _numeric(backend, gf, out, t, s["eps"], s["precise"])
+            err = mean_abs_asymm(gn, a, s["expect"])
+            worst = max(worst, err) if err == err else worst
+            if err > s["max_maa"]:
+                res.status, res.err, res.node = "FAIL", err, t.name
+                res.message = f"MAA = {err:.9f} > {s['max_maa']:.9f} (gradient of {t.name})"
+                return res
+        res.err = worst
+    except UnsupportedError as e:
+        return _not_supported(res, str(e))
+    except GGMLError as e:
+        res.status, res.message = "ERROR", str(e)
+    except Exception as e:
+        res.status, res.message = "ERROR", f"{type(e).__name__}: {e}"
+    return res
