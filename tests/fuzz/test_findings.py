@@ -294,3 +294,17 @@ def test_an_empty_view_past_its_parents_end_reads_as_empty():
         return gg.sum(ctx, v)
     r = _run(build)
     assert r.status == "OK", r.message
+
+
+def test_empty_broadcast_dims_of_mul_mat_and_soft_max_masks_are_clear_errors():
+    """Fuzz seed 301 examples 57, 60 once empty sources were allowed: b.ne[2] % a.ne[2] and
+    a.ne[2] % mask.ne[2] with a zero raised ZeroDivisionError while building (ggml: SIGFPE)."""
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 5, 3, 0, 1)
+    b = gg.new_tensor_4d(ctx, gg.TYPE_F32, 5, 4, 0, 1)
+    with pytest.raises(ShapeError, match="MUL_MAT.*broadcast"):
+        gg.mul_mat(ctx, a, b)
+    x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 8, 2, 0, 5)
+    mask = gg.new_tensor_4d(ctx, gg.TYPE_F16, 8, 2, 0, 5)
+    with pytest.raises(ShapeError, match="SOFT_MAX.*broadcast"):
+        gg.soft_max_ext(ctx, x, mask, 1.0, 0.0)
