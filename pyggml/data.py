@@ -23,6 +23,8 @@ def _check_data(t: Tensor, what: str) -> None:
 
 def _ndarray(t: Tensor, dtype, shape, strides) -> np.ndarray:
     buf = t.buffer.data
+    if 0 in shape:          # no element to touch: a view of an empty tensor may sit past its end
+        return np.empty(shape, dtype=dtype)
     try:
         return np.ndarray(shape, dtype=dtype, buffer=buf, offset=t.offs, strides=strides)
     except (ValueError, TypeError) as e:

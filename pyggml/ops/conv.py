@@ -50,7 +50,7 @@ def _gather(x, oh, ow, kh, kw, s1, s0, p1, p0, d1, d0):
     iwc = np.clip(iw, 0, x.shape[3] - 1)
     g = x[:, :, ihc[:, None, :, None], iwc[None, :, None, :]]               # (N,C,OH,OW,KH,KW)
     mask = vh[:, None, :, None] & vw[None, :, None, :]
-    return g * mask
+    return np.where(mask, g, 0.0)          # not g * mask: a clipped read of inf would be NaN
 
 
 

@@ -60,8 +60,8 @@ def _infer_mul_mat(srcs, p):
     if a.ne[0] != b.ne[0]:
         fail(op, f"a.ne[0] = {a.ne[0]} != b.ne[0] = {b.ne[0]} "
              f"(both operands hold rows of k values)", a, b)
-    if not (b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0):
-        fail(op,
+    if not (a.ne[2] > 0 and a.ne[3] > 0 and b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0):
+        fail(op,              # (an empty a.ne[2:4]: ggml takes the modulo unchecked, SIGFPE)
              f"a cannot broadcast over b: b.ne[2:4] = {b.ne[2:]} must be multiples of "
              f"a.ne[2:4] = {a.ne[2:]}", a, b)
     if a.ne[0] <= 0:

@@ -64,7 +64,8 @@ def _infer_soft_max(srcs, p):
         need(mask.ne[0] == a.ne[0], "SOFT_MAX", "mask.ne0 must equal a.ne0", a, mask)
         need(mask.ne[1] >= a.ne[1], "SOFT_MAX", "mask.ne1 must be >= a.ne1 (mask too small)",
              a, mask)
-        need(a.ne[2] % mask.ne[2] == 0 and a.ne[3] % mask.ne[3] == 0, "SOFT_MAX",
+        need(mask.ne[2] > 0 and mask.ne[3] > 0 and a.ne[2] % mask.ne[2] == 0 and
+             a.ne[3] % mask.ne[3] == 0, "SOFT_MAX",
              "mask must broadcast over a (a.ne2 % mask.ne2 == 0, a.ne3 % mask.ne3 == 0)", a, mask)
     sinks = srcs[2] if len(srcs) > 2 else None
     if sinks is not None:              # the node may be built with them (not only attached)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import re
 import sys
 from collections import defaultdict
 
@@ -15,24 +16,44 @@ FIELDS = ["test_time", "build_commit", "backend_name", "op_name", "op_params", "
           "memory_kb", "n_runs", "device_description", "backend_reg_name"]
 _INT = {"supported", "passed", "memory_kb", "n_runs"}
 _FLOAT = {"time_us", "flops", "bandwidth_gb_s"}
+# csv_printer::get_fields_csv(): ggml's csv keeps these (in FIELDS' order) and no times
+CSV_FIELDS = [f for f in FIELDS if f in {"op_name", "op_params", "supported", "error_message",
+                                         "test_mode", "backend_reg_name", "backend_name"}]
 
 GREEN, RED, BLUE, RESET = "\033[1;32m", "\033[1;31m", "\033[1;34m", "\033[0m"
 
+# error_message as ggml writes it per mode and status (details go to the console / stderr)
+_ERROR_MESSAGE = {("test", "FAIL"): "compare failed", ("test", "ERROR"): "test failed",
+                  ("perf", "FAIL"): "test failed", ("perf", "ERROR"): "test failed"}
+
 
 def _values(r: CaseResult) -> dict:
+    """ggml's test_result::get_values(): every field as the string ggml prints (bools as 1/0,
+    doubles with %f). Perf: FLOPS when the op counts flops, else bandwidth in GiB/s (ggml
+    divides bytes by 1024^3 and calls it GB/s), never both."""
     from .. import __version__
     supported = r.status != "NOT SUPPORTED"
     secs = r.us_per_run / 1e6 if r.us_per_run else 0.0
+    flops = (r.flops / secs) if secs and r.flops else 0.0
+    bandwidth = (r.nbytes / secs / 1024 ** 3) if secs and not r.flops else 0.0
+    if r.mode == "support":
+        message = "yes" if supported else "no"
+    elif not supported:
+        message = "not supported"
+    else:
+        message = _ERROR_MESSAGE.get((r.mode, r.status), "")
+    support = r.mode == "support"
     return {
-        "test_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "test_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "build_commit": f"pyggml-{__version__}",
         "backend_name": r.backend, "op_name": r.case.op, "op_params": r.case.vars_str,
-        "test_mode": r.mode, "supported": int(supported), "passed": int(r.status == "OK"),
-        "error_message": r.message,
-        "time_us": r.us_per_run, "flops": (r.flops / secs) if secs and r.flops else 0.0,
-        "bandwidth_gb_s": (r.nbytes / secs / 1e9) if secs else 0.0,
-        "memory_kb": int(r.nbytes // 1024), "n_runs": r.runs,
-        "device_description": "CPU", "backend_reg_name": r.backend,
+        "test_mode": r.mode, "supported": str(int(supported)),
+        "passed": str(int(r.status == "OK" or (support and supported))),
+        "error_message": message,
+        "time_us": f"{r.us_per_run:f}", "flops": f"{flops:f}", "bandwidth_gb_s": f"{bandwidth:f}",
+        "memory_kb": str(int(r.nbytes // 1024)), "n_runs": str(r.runs),
+        "device_description": f"pyggml {r.backend}" if support else "",
+        "backend_reg_name": r.backend if support else "",
     }
 
 
@@ -57,8 +78,9 @@ class ConsolePrinter:
 
     def result(self, r: CaseResult):
         head = f"  {r.case.op}({r.case.vars_str}): "
-        if r.status == "NOT SUPPORTED":
-            print(f"{head}not supported [{r.backend}] ", file=self.out)
+        if r.status == "NOT SUPPORTED":       # ggml's perf line names no backend
+            tail = "not supported" if self.mode == "perf" else f"not supported [{r.backend}] "
+            print(head + tail, file=self.out)
             return
         if self.mode == "support":
             print(head + self._c(GREEN, "SUPPORTED"), file=self.out)
@@ -69,9 +91,9 @@ class ConsolePrinter:
             pad = ((len(head) + 7) // 8) * 8
             pad += 8 if pad - len(head) < 5 else 0
             v = _values(r)
-            tail = (f"{_flops(r.flops)}/run - " + self._c(BLUE, f"{_flops(v['flops'])}S")
-                    if r.flops else f"{v['memory_kb']:8d} kB/run - "
-                    + self._c(BLUE, f"{v['bandwidth_gb_s']:7.2f} GB/s"))
+            tail = (f"{_flops(r.flops)}/run - " + self._c(BLUE, f"{_flops(float(v['flops']))}S")
+                    if r.flops else f"{int(v['memory_kb']):8d} kB/run - "
+                    + self._c(BLUE, f"{float(v['bandwidth_gb_s']):7.2f} GB/s"))
             print(f"{head}{' ' * (pad - len(head))}    {r.runs:8d} runs - {r.us_per_run:8.2f} us/run - "
                   + tail, file=self.out)
         else:
@@ -104,16 +126,19 @@ def _flops(f: float) -> str:
 
 
 class CsvPrinter:
+    """ggml's csv_printer byte for byte: the CSV_FIELDS columns, every value in double quotes
+    (quotes doubled), nothing else on stdout. Times are not in it: use --output sql."""
+
     def __init__(self, mode, out=None):
         self.out = out if out is not None else sys.stdout     # sys.stdout of now, not of import
         self.w = csv.writer(self.out, quoting=csv.QUOTE_ALL, lineterminator="\n")
 
     def header(self):
-        self.w.writerow(FIELDS)
+        self.w.writerow(CSV_FIELDS)
 
     def result(self, r):
         v = _values(r)
-        self.w.writerow([v[f] for f in FIELDS])
+        self.w.writerow([v[f] for f in CSV_FIELDS])
 
     def note(self, s):
         print(s, file=sys.stderr)
@@ -139,7 +164,7 @@ class SqlPrinter(CsvPrinter):
 
     def result(self, r):
         v = _values(r)
-        vals = ", ".join("'" + str(v[f]).replace("'", "''") + "'" for f in FIELDS)
+        vals = ", ".join("'" + v[f].replace("'", "''") + "'" for f in FIELDS)
         print(f"INSERT INTO test_backend_ops ({', '.join(FIELDS)}) VALUES ({vals});", file=self.out)
 
 
@@ -149,18 +174,51 @@ def make_printer(output: str, mode: str):
 
 # --- perf baselines from ggml's own csv ----------------------------------------------------------
 
+_PERF_LINE = re.compile(r"^  ([A-Z0-9_]+)\((.*)\):\s+(\d+) runs -\s+([0-9.]+) us/run - ")
+_SQL_INSERT = re.compile(r"^INSERT INTO test_backend_ops \((.*?)\) VALUES \((.*)\);$")
+
+
 def load_baseline(path: str) -> dict:
-    """(op_name, op_params) -> time_us from a csv written by test-backend-ops perf -o csv."""
+    """(op_name, op_params) -> time_us from ggml's perf output: `--output sql` (INSERT lines),
+    the console (`OP(vars): N runs - T us/run - ...`), or a csv that has a time_us column.
+    ggml's own `--output csv` carries no times: that file is refused with a hint."""
+    from ..errors import GGMLError
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise GGMLError(f"--baseline {path}: {e.strerror or e}") from None
     out = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                t = float(row.get("time_us") or 0)
-            except ValueError:
-                continue
-            if t > 0:
-                out[(row["op_name"], row["op_params"])] = t
+    lines = text.splitlines()
+    if any(line.startswith("INSERT INTO test_backend_ops") for line in lines):
+        for line in lines:
+            m = _SQL_INSERT.match(line)
+            if m:
+                row = dict(zip([c.strip() for c in m.group(1).split(",")],
+                               (v[1:-1] for v in re.findall(r"'(?:[^']|'')*'", m.group(2)))))
+                _add_time(out, row.get("op_name"), row.get("op_params"), row.get("time_us"))
+    elif lines and lines[0].startswith('"'):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and "time_us" not in rows[0]:
+            raise GGMLError(f"--baseline {path}: ggml's csv has no times; write the baseline "
+                            f"with test-backend-ops perf --output sql (or save the console)")
+        for row in rows:
+            _add_time(out, row.get("op_name"), row.get("op_params"), row.get("time_us"))
+    else:
+        for line in lines:
+            m = _PERF_LINE.match(re.sub(r"\x1b\[[0-9;]*m", "", line))
+            if m:
+                _add_time(out, m.group(1), m.group(2), m.group(4))
     return out
+
+
+def _add_time(out: dict, op, params, time_us) -> None:
+    try:
+        t = float(time_us or 0)
+    except ValueError:
+        return
+    if op and t > 0:
+        out[(op, params or "")] = t
 
 
 def print_baseline_ratios(results, baseline: dict, out=None) -> None:

@@ -264,3 +264,47 @@ def test_ne_and_nb_cannot_be_edited_after_build():
                 edit(t.nb)
     assert y.ne == [4, 2, 1, 1] and a.nb == [4, 16, 32, 32]
     assert pickle.loads(pickle.dumps(y.ne)) == y.ne and isinstance(copy.deepcopy(y.nb), Dims)
+
+
+def test_conv_padding_next_to_an_infinite_pixel_is_zero():
+    """Seeds 200/201 (DIAG_MASK_INF -> CONV_2D, EXPM1 -> IM2COL): the reference zeroed padding
+    as clipped_read * mask, and a clipped read of -inf times 0 is NaN."""
+    import numpy as np
+
+    def build(ctx):
+        k = gg.new_tensor_4d(ctx, gg.TYPE_F32, 3, 3, 2, 1)
+        x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 4, 4, 2, 1)
+        return gg.conv_2d(ctx, k, x, 1, 1, 2, 2, 1, 1)
+
+    def init(leaf, rng):
+        v = rng.uniform(-1, 1, size=leaf.ne[::-1])
+        if leaf.ne[0] == 4:
+            v[..., 0, 0] = -np.inf
+        return v
+    r = _run(build, init)
+    assert r.status == "OK", r.message
+
+
+def test_an_empty_view_past_its_parents_end_reads_as_empty():
+    """Seed 302 example 37 (SUM of an empty row-offset view): data.read checked the view's
+    offset against a 0-byte buffer although no element is read."""
+    def build(ctx):
+        a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 3, 2, 2, 0)
+        v = gg.view_4d(ctx, a, 3, 0, 2, 0, a.nb[1], a.nb[2], a.nb[3], 2 * a.nb[1])
+        return gg.sum(ctx, v)
+    r = _run(build)
+    assert r.status == "OK", r.message
+
+
+def test_empty_broadcast_dims_of_mul_mat_and_soft_max_masks_are_clear_errors():
+    """Fuzz seed 301 examples 57, 60 once empty sources were allowed: b.ne[2] % a.ne[2] and
+    a.ne[2] % mask.ne[2] with a zero raised ZeroDivisionError while building (ggml: SIGFPE)."""
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 5, 3, 0, 1)
+    b = gg.new_tensor_4d(ctx, gg.TYPE_F32, 5, 4, 0, 1)
+    with pytest.raises(ShapeError, match="MUL_MAT.*broadcast"):
+        gg.mul_mat(ctx, a, b)
+    x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 8, 2, 0, 5)
+    mask = gg.new_tensor_4d(ctx, gg.TYPE_F16, 8, 2, 0, 5)
+    with pytest.raises(ShapeError, match="SOFT_MAX.*broadcast"):
+        gg.soft_max_ext(ctx, x, mask, 1.0, 0.0)
