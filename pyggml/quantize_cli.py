@@ -7,7 +7,8 @@ quantized by pyggml.quants (ggml_quantize_chunk, bit for bit), so the output's t
 byte-identical to llama-quantize's. Flags (llama-quantize's names and meanings):
 --allow-requantize, --imatrix FILE (llama.cpp's GGUF imatrix or the legacy .dat),
 --include-weights / --exclude-weights, --pure, --leave-output-tensor, --output-tensor-type,
---token-embedding-type, --tensor-type NAME=TYPE, --tensor-type-file.
+--token-embedding-type, --tensor-type NAME=TYPE, --tensor-type-file, --keep-split (split
+inputs are read whole either way).
 """
 from __future__ import annotations
 
@@ -426,14 +427,51 @@ def filter_imatrix(imat: dict, include=(), exclude=()) -> dict:
     return imat
 
 
+_SPLIT_NAME = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
+
+
+def open_shards(inp: str) -> list:
+    """GGUFReaders of a model file, or of all its shards (split.count > 1: the first shard's
+    PREFIX-00001-of-0000N.gguf name gives the others', as llama_model_loader finds them)."""
+    import gguf
+    first = gguf.GGUFReader(inp)
+    f = first.fields.get("split.count")
+    n = int(f.contents()) if f is not None else 1
+    if n <= 1:
+        return [first]
+    m = _SPLIT_NAME.match(inp)
+    if m is None or int(m.group(2)) != 1:
+        raise QuantizeError(f"{inp}: split {n} ways, but not named PREFIX-00001-of-{n:05d}.gguf")
+    out = [first]
+    for i in range(2, n + 1):
+        path = f"{m.group(1)}-{i:05d}-of-{n:05d}.gguf"
+        try:
+            out.append(gguf.GGUFReader(path))
+        except FileNotFoundError:
+            raise QuantizeError(f"{inp}: shard {path} not found") from None
+    return out
+
+
+def split_paths(out: str, n: int) -> list:
+    """--keep-split outputs: llama_split_path of out without its .gguf suffix."""
+    prefix = out[:-5] if out.endswith(".gguf") else out
+    return [f"{prefix}-{i + 1:05d}-of-{n:05d}.gguf" for i in range(n)]
+
+
 def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False,
                   imatrix: Optional[str] = None, pure=False, leave_output=False,
                   output_type=None, token_embd_type=None, tensor_types=(),
-                  include_weights=(), exclude_weights=(), log=print) -> dict:
-    """llama_model_quantize. Returns {tensor name: (type, nbytes)} of the written file."""
+                  include_weights=(), exclude_weights=(), keep_split=False, log=print) -> dict:
+    """llama_model_quantize. Returns {tensor name: (type, nbytes)} of the written file(s).
+
+    A split input (PREFIX-00001-of-0000N.gguf) is read whole; it is written as one file, or
+    with keep_split as N shards holding the input shards' tensors (metadata in the first,
+    split.no / split.count / split.tensors.count in each)."""
     import gguf
     ftype_id, default = FTYPES[ftype_name]
-    reader = gguf.GGUFReader(inp)
+    shards = open_shards(inp)
+    reader = shards[0]
+    shard_of = {t.name: i for i, r in enumerate(shards) for t in r.tensors}
     model = model_info(reader)
     imat, imeta = load_imatrix(imatrix) if imatrix else ({}, {})
     imat = filter_imatrix(imat, include_weights, exclude_weights)
@@ -445,7 +483,7 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
     mixer = Mixer(model, ftype_name, has_imatrix=bool(imat), pure=pure,
                   output_type=output_type, token_embd_type=token_embd_type,
                   tensor_types=list(tensor_types))
-    tensors = sorted(reader.tensors, key=lambda t: layer_sort_key(t.name))
+    tensors = sorted((t for r in shards for t in r.tensors), key=lambda t: layer_sort_key(t.name))
     mixer.count(t.name for t in tensors)
     targets = {}
     for t in tensors:
@@ -460,7 +498,12 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
     for w in mixer.warnings:
         log(w)
 
-    writer = gguf.GGUFWriter(out, model.arch)
+    n_out = len(shards) if keep_split else 1
+    paths = split_paths(out, n_out) if keep_split else [out]
+    writers = [gguf.GGUFWriter(p, model.arch) for p in paths]
+    for w in writers[1:]:                  # later shards: only the split keys
+        w.kv_data[0].pop("general.architecture", None)
+    writer = writers[0]
     skip = {"general.architecture", "general.file_type", "general.quantization_version",
             "split.no", "split.count", "split.tensors.count"}
     for key, f in reader.fields.items():
@@ -477,6 +520,11 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
         writer.add_int32("quantize.imatrix.chunks_count", imeta.get("chunks", 0))
         if "dataset" in imeta:
             writer.add_string("quantize.imatrix.dataset", imeta["dataset"])
+    if n_out > 1:
+        for i, w in enumerate(writers):
+            w.add_uint16("split.no", i)
+            w.add_uint16("split.count", n_out)
+            w.add_int32("split.tensors.count", len(tensors))
 
     written = {}
     total_org = total_new = 0
@@ -518,6 +566,7 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
             log(f"size = {size / 1024 / 1024:8.2f} MiB -> {data.size / 1024 / 1024:8.2f} MiB")
         total_org += size
         total_new += data.size
+        writer = writers[shard_of[t.name] if keep_split else 0]
         row = TRAITS[new].row_size(ne[0])
         if TRAITS[new].is_quantized:
             arr = data.reshape(*ne[:0:-1], row) if len(ne) > 1 else data.reshape(row)
@@ -534,10 +583,11 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
             else:
                 writer.add_tensor(t.name, data.view(dt).reshape(ne[::-1]))
         written[t.name] = (new, data.size)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    for w in writers:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
     log(f"llama_model_quantize_impl: model size  = {total_org / 1024 / 1024:8.2f} MiB "
         f"({total_org * 8.0 / max(n_elements, 1):.2f} BPW)")
     log(f"llama_model_quantize_impl: quant size  = {total_new / 1024 / 1024:8.2f} MiB "
@@ -586,6 +636,9 @@ def main(argv=None) -> int:
                          "first match wins), e.g. attn_q=q8_0")
     ap.add_argument("--tensor-type-file", metavar="FILE",
                     help="NAME=TYPE entries separated by spaces or newlines")
+    ap.add_argument("--keep-split", action="store_true",
+                    help="write the output in the same shards as the input "
+                         "(OUT without .gguf, then -0000i-of-0000n.gguf)")
     args = ap.parse_args(argv)
     try:
         ftype = parse_ftype(args.type)
@@ -601,7 +654,7 @@ def main(argv=None) -> int:
                       imatrix=args.imatrix, pure=args.pure, leave_output=args.leave_output_tensor,
                       output_type=ot, token_embd_type=et, tensor_types=tts,
                       include_weights=args.include_weights, exclude_weights=args.exclude_weights,
-                      log=lambda *a, **k: print(*a, **k, flush=True))
+                      keep_split=args.keep_split, log=lambda *a, **k: print(*a, **k, flush=True))
     except (GGMLError, OSError, ValueError) as e:
         print(f"pyggml quantize: error: {e}", file=sys.stderr)
         return 2

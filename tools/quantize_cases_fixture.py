@@ -37,6 +37,9 @@ CASES = [f"{ft} --imatrix {{{fmt}}}" for fmt in ("dat", "gguf")
     "Q4_K_M --tensor-type ffn_(up|gate)=iq4_xs --leave-output-tensor",
     "Q5_K_M --output-tensor-type q8_0 --token-embedding-type q5_0",
     "Q6_K --pure",
+    "Q4_K_M @split",                     # a model in 3 shards, written as one file
+    "Q4_K_M @split --keep-split",        # ... and as 3 shards
+    "Q8_0 --keep-split",                 # one file in, PREFIX-00001-of-00001.gguf out
 ]
 N_EMBD, N_FF, N_VOCAB = 256, 512, 64
 
@@ -126,15 +129,52 @@ def make_inputs(d: Path) -> dict:
     g.write_kv_data_to_file()
     g.write_tensors_to_file()
     g.close()
-    return {"model": d / "model.gguf", "dat": d / "imatrix.dat", "gguf": d / "imatrix.gguf"}
+    # the same model in shards of at most 5 tensors (gguf-py's split writer)
+    r = gguf.GGUFReader(str(d / "model.gguf"))
+    w = gguf.GGUFWriter(str(d / "split.gguf"), "llama", split_max_tensors=5)
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vt = f.types[0]
+        sub = f.types[-1] if vt == gguf.GGUFValueType.ARRAY and len(f.types) > 1 else None
+        w.add_key_value(key, f.contents(), vt, sub_type=sub)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.array(t.data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"model": d / "model.gguf", "dat": d / "imatrix.dat", "gguf": d / "imatrix.gguf",
+            "split": d / "split-00001-of-00003.gguf"}
 
 
 def case_argv(case: str, paths: dict, out) -> list:
     """pyggml quantize's / llama-quantize's argv of a case (flags first, as llama-quantize
-    needs them)."""
+    needs them; "@split": the sharded model as input)."""
     ftype, *flags = case.split()
-    return [f.format(**{k: str(v) for k, v in paths.items()}) for f in flags] + \
-        [str(paths["model"]), str(out), ftype]
+    inp = paths["split"] if "@split" in flags else paths["model"]
+    return [f.format(**{k: str(v) for k, v in paths.items()}) for f in flags if f != "@split"] + \
+        [str(inp), str(out), ftype]
+
+
+def case_digests(case: str, out: Path) -> dict:
+    """Tensor digests of a case's output; with --keep-split those of every shard, and per
+    shard its tensor names and split keys."""
+    import gguf
+    from quantize_fixture import tensor_digests
+    if "--keep-split" not in case.split():
+        return tensor_digests(str(out))
+    shards = sorted(out.parent.glob(out.name[:-5] + "-*-of-*.gguf"))
+    res, layout = {}, []
+    for p in shards:
+        res.update(tensor_digests(str(p)))
+        r = gguf.GGUFReader(str(p))
+        layout.append({"file": p.name, "tensors": sorted(t.name for t in r.tensors),
+                       "split": {k: int(r.fields[k].contents()) for k in
+                                 ("split.no", "split.count", "split.tensors.count") if k in r.fields},
+                       "has_metadata": "general.file_type" in r.fields})
+    res["_shards"] = layout
+    return res
 
 
 def main(argv=None) -> int:
@@ -143,18 +183,18 @@ def main(argv=None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     sys.path.insert(0, str(Path(__file__).parent))
-    from quantize_fixture import tensor_digests
     out = {}
     with tempfile.TemporaryDirectory() as td:
         p = make_inputs(Path(td))
-        for case in CASES:
-            dst = Path(td) / "out.gguf"
+        for i, case in enumerate(CASES):
+            (Path(td) / f"o{i}").mkdir()
+            dst = Path(td) / f"o{i}" / "out.gguf"
             r = subprocess.run([argv[0], "llama-quantize", *case_argv(case, p, dst)],
                                capture_output=True, text=True)
             if r.returncode != 0:
                 print(case, r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
                 return 1
-            out[case] = tensor_digests(str(dst))
+            out[case] = case_digests(case, dst)
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
     print()
     return 0

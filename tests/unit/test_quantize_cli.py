@@ -171,19 +171,21 @@ def test_flags_and_imatrix_files_match_llama_quantize(tmp_path):
     """A tiny model quantized with each case of tools/quantize_cases_fixture.py (both imatrix
     formats with the ftypes whose quantizers take the weights, --include/--exclude-weights,
     --tensor-type, --pure, --leave-output-tensor, --output-tensor-type,
-    --token-embedding-type): tensors byte-identical to llama-quantize's."""
+    --token-embedding-type, split input with and without --keep-split): tensors
+    byte-identical to llama-quantize's, shards holding the same tensors and split keys."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-    from quantize_cases_fixture import CASES, case_argv, make_inputs
+    from quantize_cases_fixture import CASES, case_argv, case_digests, make_inputs
     from quantize_fixture import tensor_digests
     exp = json.loads((Path(__file__).parent / "fixtures" / "quantize_cases_tiny.json").read_text())
     assert sorted(exp) == sorted(CASES)
     p = make_inputs(tmp_path)
     digests = {}
-    for case in CASES:
-        out = tmp_path / "out.gguf"
+    for i, case in enumerate(CASES):
+        (tmp_path / f"o{i}").mkdir()
+        out = tmp_path / f"o{i}" / "out.gguf"
         assert qc.main(case_argv(case, p, out)) == 0, case
-        got = digests[case] = tensor_digests(str(out))
+        got = digests[case] = case_digests(case, out)
         bad = [n for n in exp[case] if got.get(n) != exp[case][n]]
         assert set(got) == set(exp[case]) and not bad, f"{case}: {bad}"
     # the imatrix did change what it applies to
@@ -199,6 +201,9 @@ def test_flag_errors(tmp_path, capsys):
     from quantize_cases_fixture import make_inputs
     p = make_inputs(tmp_path)
     base = [str(p["model"]), str(tmp_path / "o.gguf"), "Q4_K_M"]
+    (tmp_path / "split-00002-of-00003.gguf").unlink()
+    assert qc.main([str(p["split"]), str(tmp_path / "o.gguf"), "Q8_0"]) == 2
+    assert "shard" in capsys.readouterr().err
     for flags, msg in ((["--tensor-type", "attn_q"], "malformed tensor type"),
                        (["--tensor-type", "=q8_0"], "missing tensor name"),
                        (["--tensor-type", "attn_q="], "missing quantization type"),
