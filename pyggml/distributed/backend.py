@@ -28,6 +28,7 @@ from .errors import RayUnavailableError, WorkerDiedError, WorkerTimeoutError
 from .worker import MISSING, Worker, root_bytes
 
 DEFAULT_TIMEOUT = 120.0          # seconds a call may take (a first call loads kernels)
+STARTUP_TIMEOUT = 60.0           # at least this long for a new worker process to answer
 _KEYS = itertools.count(1)
 _GRAPH_KEYS = itertools.count(1)
 EXPORTS = "ray exports"          # CGraph.cache entry: roots a split must send back
@@ -59,6 +60,7 @@ class RayBackend(Backend):
         self._sent: set = set()                   # graph keys the current worker has
         self.dead: Optional[str] = None
         self.actor = None
+        self.stats = {"computes": 0, "bytes_sent": 0, "bytes_received": 0}   # activations
         self.attach()
 
     # --- the worker -------------------------------------------------------------------------
@@ -72,7 +74,7 @@ class RayBackend(Backend):
         self.actor = ray.remote(Worker).options(**opts).remote(self._n_threads, self._kind)
         self.dead = None
         self._sent = set()
-        self.pid = self._call("pid")
+        self.pid = self._call("pid", timeout=max(self.timeout, STARTUP_TIMEOUT))
         if self._resident:
             self._upload(list(self._resident.values()))
 
@@ -84,8 +86,9 @@ class RayBackend(Backend):
                 pass
         self.dead = self.dead or "killed by the driver"
 
-    def _call(self, method: str, *args):
-        """actor.method(*args), waiting at most `timeout`; failures become WorkerErrors."""
+    def _call(self, method: str, *args, timeout: Optional[float] = None):
+        """actor.method(*args), waiting at most `timeout` (default: the backend's); failures
+        become WorkerErrors."""
         ray = _ray()
         from ray.exceptions import GetTimeoutError, RayActorError
         if self.dead is not None:
@@ -93,10 +96,10 @@ class RayBackend(Backend):
                                   f"one before computing again")
         ref = getattr(self.actor, method).remote(*args)
         try:
-            return ray.get(ref, timeout=self.timeout)
+            return ray.get(ref, timeout=timeout or self.timeout)
         except GetTimeoutError:
             self.kill()
-            self.dead = f"no answer to {method}() within {self.timeout:g} s"
+            self.dead = f"no answer to {method}() within {timeout or self.timeout:g} s"
             raise WorkerTimeoutError(f"{self.name}: {self.dead}; the worker was killed") from None
         except RayActorError as e:
             self.dead = f"its process ended during {method}()"
@@ -162,6 +165,10 @@ class RayBackend(Backend):
         self._sent.add(key)
         for t, b in zip(exports, out):
             root_bytes(t)[...] = b
+        st = self.stats
+        st["computes"] += 1
+        st["bytes_sent"] += sum(a.nbytes for a in args)
+        st["bytes_received"] += sum(b.nbytes for b in out)
 
     def _describe(self, g) -> tuple:
         """(key, spec, input roots, export roots) of a subgraph (see worker.py)."""

@@ -6,7 +6,8 @@ inputs. Remote memory adds two rules:
 
 - follow (layer split): a node that reads nothing resident anywhere runs where its first
   computed source ran if that is a Ray worker, so a worker keeps the norms, ropes, adds and
-  attention of its layers instead of bouncing each to the driver;
+  attention of its layers instead of bouncing each to the driver; a view of driver memory
+  runs with the node before it (it computes nothing, but would cut a split);
 - exports: a root written on a worker (a node's result, or a source the op writes, like
   flash_attn_ext_with_state's softmax state) that a node of another split reads, or that is
   the graph's result, is sent back after the worker's split; nothing else is, and a local
@@ -37,8 +38,24 @@ class DistributedSched(Sched):
 
     def _assign(self, gf: CGraph) -> None:
         super()._assign(gf)
-        if not self.follow:
-            return
+        if self.follow:
+            self._follow(gf)
+        self._views_to_neighbours(gf)
+
+    def _views_to_neighbours(self, gf: CGraph) -> None:
+        """A view of driver memory runs with the node before it in graph order: it computes
+        nothing, and any backend reads it correctly (a reader elsewhere copies it), but one
+        placed away from its neighbours would cut a split in two (one more round trip)."""
+        a = self.assignment
+        prev = None
+        for node in gf.nodes:
+            if node.op.view and id(node) not in self.pinned and self._owner(node) is None:
+                if prev is not None:
+                    a[id(node)] = prev
+            else:
+                prev = a[id(node)]
+
+    def _follow(self, gf: CGraph) -> None:
         a = self.assignment
         for node in gf.nodes:
             if id(node) in self.pinned:
