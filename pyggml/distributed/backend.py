@@ -89,12 +89,17 @@ class RayBackend(Backend):
     def _call(self, method: str, *args, timeout: Optional[float] = None):
         """actor.method(*args), waiting at most `timeout` (default: the backend's); failures
         become WorkerErrors."""
-        ray = _ray()
-        from ray.exceptions import GetTimeoutError, RayActorError
+        return self._wait(self._submit(method, *args), method, timeout)
+
+    def _submit(self, method: str, *args):
         if self.dead is not None:
             raise WorkerDiedError(f"{self.name}: worker is dead ({self.dead}); attach() a new "
                                   f"one before computing again")
-        ref = getattr(self.actor, method).remote(*args)
+        return getattr(self.actor, method).remote(*args)
+
+    def _wait(self, ref, method: str, timeout: Optional[float] = None):
+        ray = _ray()
+        from ray.exceptions import GetTimeoutError, RayActorError
         try:
             return ray.get(ref, timeout=timeout or self.timeout)
         except GetTimeoutError:
@@ -154,13 +159,24 @@ class RayBackend(Backend):
         if eval_cb is not None:
             raise GraphError(f"{self.name}: eval callbacks do not reach Ray workers; run the "
                              f"graph on a local backend to inspect nodes")
+        self.collect(self.submit(gf))
+
+    def submit(self, gf) -> tuple:
+        """Start computing gf on the worker (its inputs' bytes are taken now); collect() waits
+        for it. Several workers' submits may be outstanding at once."""
         d = gf.cache.get(self._slot)
         if d is None:
             d = gf.cache[self._slot] = self._describe(gf)
         key, spec, inputs, exports = d
         args = [root_bytes(t) for t in inputs]
-        out = self._call("compute", key, None if key in self._sent else spec, args)
-        if out == MISSING:                           # the worker dropped it: send it again
+        ref = self._submit("compute", key, None if key in self._sent else spec, args)
+        return ref, d, args
+
+    def collect(self, pending: tuple) -> None:
+        """Wait for a submitted compute; write the exported roots into the driver's memory."""
+        ref, (key, spec, inputs, exports), args = pending
+        out = self._wait(ref, "compute")
+        if isinstance(out, str) and out == MISSING:     # the worker dropped it: send it again
             out = self._call("compute", key, spec, args)
         self._sent.add(key)
         for t, b in zip(exports, out):

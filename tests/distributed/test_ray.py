@@ -120,11 +120,13 @@ def test_killed_worker_is_an_error_then_a_new_worker_is_attached(cluster):
             dec.step(PROMPT[8:9])
         group.attach(1)
         cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
-        dec = Decoder(model, cache, sched)
-        got = _run(dec)
+        got = Decoder(model, cache, sched).step(PROMPT[:8])
     finally:
         group.shutdown()
-    assert nmse(_single("f16"), got) <= 1e-6
+    ref = Decoder(LlamaModel.random(CFG, seed=3),
+                  F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX),
+                  gg.sched_new([gg.backend_cpu_init(1), gg.backend_reference_init()]))
+    assert nmse(ref.step(PROMPT[:8]), got) <= 1e-6
 
 
 def test_hung_worker_times_out(cluster):
@@ -171,3 +173,23 @@ def test_smollm2_llama_split_equals_single_process(cluster, split):
             llm.eval([int(llm.logits().argmax())])
             logits[workers] = llm.scores[:llm.n_tokens].copy()
     assert nmse(logits[0], logits[2]) <= 1e-6
+
+
+def test_run_cli_prints_the_single_process_text(cluster, capsys):
+    from pyggml.llm import run_cli
+    path = _smollm2()
+    argv = ["-m", path, "-p", "The three primary colors are", "-n", "12", "--temp", "0",
+            "-c", "128", "-t", "1", "--no-perf", "--no-warmup"]
+    assert run_cli.main(argv) == 0
+    single = capsys.readouterr().out
+    for split in ("layer", "context"):
+        assert run_cli.main(argv + ["--workers", "2", "--split", split]) == 0
+        assert capsys.readouterr().out == single, split
+
+
+def test_worker_flags_are_checked(capsys):
+    from pyggml.llm import run_cli
+    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --workers N" in capsys.readouterr().err
+    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--workers", "-1"]) == 2
+    assert "--workers -1: must be >= 0" in capsys.readouterr().err
