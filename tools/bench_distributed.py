@@ -1,7 +1,8 @@
 """Measure pyggml.distributed on this machine (numbers for docs/DISTRIBUTED.md).
 
 1. Per-token cost of SmolLM2-135M on 2 Ray workers (layer split, context split) against one
-   process: a 32-token prompt and 16 decode steps, the three set-ups alternated, REPEAT rounds.
+   process: a 32-token prompt and 16 decode steps (n_ctx 64: context split decodes over both
+   shards), the three set-ups alternated, REPEAT rounds.
 2. Context-split attention per layer against context length: one decode query (SmolLM2's
    shapes: 9 heads, 3 KV heads, head_dim 64, F16 K/V) over L keys, as one local
    flash_attn_ext and as 2 shards of L/2 on 2 workers merged on the driver.
@@ -22,7 +23,7 @@ import numpy as np
 
 def _llamas(path):
     from pyggml.llm import Llama
-    kw = dict(n_ctx=512, n_batch=32, n_threads=1, verbose=False)
+    kw = dict(n_ctx=64, n_batch=32, n_threads=1, verbose=False)   # context: 2 shards of 32
     return {"1 process": Llama(path, **kw),
             "2 workers, layer": Llama(path, workers=2, split="layer", **kw),
             "2 workers, context": Llama(path, workers=2, split="context", **kw)}

@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..attention.kv_cache import BLOCK, CacheStep, _CacheBase, _fresh_state, _round_up
+from ..attention.kv_cache import (BLOCK, CacheStep, F16KVCache, _CacheBase, _fresh_state,
+                                  _round_up)
 from ..errors import ShapeError
 from ..tensor import Tensor, nbytes, set_name
 from ..types import GGMLType, TRAITS, as_type
@@ -164,13 +165,13 @@ class ShardedKVCache(_CacheBase):
         set_name(o, f"attn_out-{il}")
         return o
 
-    def commit(self) -> None:
-        self.n_past += self._need_step().n_tokens
-        self.step = None
+    commit = F16KVCache.commit           # the step's tokens are in: n_past moves on
 
     def nbytes(self) -> dict:
         per = [sum(nbytes(t) for t in self.shard_tensors(w)) for w in range(self.n_shards)]
-        f16 = self.n_layer * self.n_ctx * 2 * (self.head_dim + self.head_dim_v) * self.n_head_kv
+        rows = self.shard_cap + 1                    # the same shards, all in F16
+        f16 = self.n_shards * self.n_layer * rows * 2 * (self.head_dim + self.head_dim_v) \
+            * self.n_head_kv
         hot = sum(b for b, t in zip(per, self.types) if t in (GGMLType.F16, GGMLType.F32,
                                                                 GGMLType.BF16))
         total = sum(per)

@@ -102,14 +102,21 @@ def test_context_split_equals_single_process(cluster, kv_type, tol):
     assert len(att) == 2 * CFG.n_layer
 
 
+def _layer_decoder(group):
+    """A random model's decoder on a group's workers (layer split), its first 4 tokens fed."""
+    model = LlamaModel.random(CFG, seed=3)
+    sched = group.scheduler(model, gg.backend_cpu_init(1))
+    cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
+    dec = Decoder(model, cache, sched)
+    dec.step(PROMPT[:4])
+    return model, sched, cache, dec
+
+
 def test_killed_worker_is_an_error_then_a_new_worker_is_attached(cluster):
     group = WorkerGroup(2, "layer", timeout=30)
     try:
-        model = LlamaModel.random(CFG, seed=3)
-        sched = group.scheduler(model, gg.backend_cpu_init(1))
-        cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
-        dec = Decoder(model, cache, sched)
-        dec.step(PROMPT[:8])
+        model, sched, cache, dec = _layer_decoder(group)
+        dec.step(PROMPT[4:8])
         os.kill(group.workers[1].pid, signal.SIGKILL)
         t0 = time.monotonic()
         with pytest.raises(WorkerDiedError, match="ray:1"):
@@ -132,11 +139,7 @@ def test_killed_worker_is_an_error_then_a_new_worker_is_attached(cluster):
 def test_hung_worker_times_out(cluster):
     group = WorkerGroup(1, "layer", timeout=3)
     try:
-        model = LlamaModel.random(CFG, seed=3)
-        sched = group.scheduler(model, gg.backend_cpu_init(1))
-        cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
-        dec = Decoder(model, cache, sched)
-        dec.step(PROMPT[:4])
+        dec = _layer_decoder(group)[3]
         group.workers[0].actor.stall.remote(60)   # busy: the next call waits behind it
         t0 = time.monotonic()
         with pytest.raises(WorkerTimeoutError, match="within 3 s"):
