@@ -59,7 +59,7 @@ def bench_tokens(path: str, repeat: int) -> None:
 
 def bench_attention(lengths, repeat: int) -> None:
     import pyggml as gg
-    from pyggml.attention.kv_cache import _fresh_state
+    from pyggml.attention import fresh_values
     from pyggml.distributed import DistributedSched, RayBackend, lse_merge
     rng = np.random.default_rng(0)
     D, H, HKV = 64, 9, 3
@@ -87,8 +87,7 @@ def bench_attention(lengths, repeat: int) -> None:
                 workers[w].adopt([ks, vs])
                 shards += [ks, vs]
                 m = gg.from_numpy(ctx, np.zeros((1, h), np.float16))
-                st = gg.from_numpy(ctx, _fresh_state(gg.new_tensor_2d(ctx, gg.TYPE_F32, 2, H))
-                                   .reshape(H, 2))
+                st = gg.from_numpy(ctx, fresh_values([2, H, 1, 1]).reshape(H, 2))
                 outs.append(gg.flash_attn_ext_with_state(ctx, q, ks, vs, m, None, None, None,
                                                          st, 0.125, 0.0, 0.0))
                 states.append(st)
@@ -96,7 +95,7 @@ def bench_attention(lengths, repeat: int) -> None:
             gg.build_forward_expand(g2, merged)
             s2 = DistributedSched([gg.backend_cpu_init(1), *workers, gg.backend_reference_init()],
                                   follow=False)
-            fresh = [_fresh_state(st) for st in states]
+            fresh = [fresh_values(st.ne) for st in states]
             t_loc, t_dist = [], []
             for r in range(repeat + 1):
                 t0 = time.perf_counter()

@@ -21,8 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..attention.kv_cache import (BLOCK, CacheStep, F16KVCache, _CacheBase, _fresh_state,
-                                  _round_up)
+from ..attention import fresh_values
+from ..attention.kv_cache import BLOCK, CacheStep, F16KVCache, _CacheBase, _round_up
 from ..errors import ShapeError
 from ..tensor import Tensor, nbytes, set_name
 from ..types import GGMLType, TRAITS, as_type
@@ -150,8 +150,8 @@ class ShardedKVCache(_CacheBase):
                                              f"kq_mask.s{w}")
             k = self._view3(self.k[w][il], ctx, n_kv, self.head_dim)
             v = self._view3(self.v[w][il], ctx, n_kv, self.head_dim_v)
-            state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
-                                f"attn_state-{il}.s{w}")
+            state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
+                                lambda t: fresh_values(t.ne), f"attn_state-{il}.s{w}")
             o = flash_attn_ext_with_state(ctx, q, k, v, self._masks[w], None, None, None,
                                           state, scale, 0.0, 0.0)
             if prec:

@@ -129,8 +129,11 @@ class DistributedSched(Sched):
                                      if s is not None}
             sp.graph.cache[WRITES] = {id(r) for r in ex.values()}
 
-    def graph_compute(self, gf: CGraph) -> None:
-        """Sched.graph_compute, with independent worker splits in flight together."""
+    def graph_compute(self, gf: CGraph, eval_cb=None) -> None:
+        """Sched.graph_compute, with independent worker splits in flight together (an eval
+        callback runs the plain Sched loop: node by node is local work anyway)."""
+        if eval_cb is not None:
+            return super().graph_compute(gf, eval_cb)
         if self.eval_cb is not None:
             return super().graph_compute(gf)
         self.alloc_graph(gf)
