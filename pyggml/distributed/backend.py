@@ -28,6 +28,7 @@ from .errors import RayUnavailableError, WorkerDiedError, WorkerTimeoutError
 from .worker import MISSING, Worker, root_bytes
 
 DEFAULT_TIMEOUT = 120.0          # seconds a call may take (a first call loads kernels)
+STARTUP_TIMEOUT = 60.0           # at least this long for a new worker process to answer
 _KEYS = itertools.count(1)
 _GRAPH_KEYS = itertools.count(1)
 EXPORTS = "ray exports"          # CGraph.cache entry: roots a split must send back
@@ -59,6 +60,7 @@ class RayBackend(Backend):
         self._sent: set = set()                   # graph keys the current worker has
         self.dead: Optional[str] = None
         self.actor = None
+        self.stats = {"computes": 0, "bytes_sent": 0, "bytes_received": 0}   # activations
         self.attach()
 
     # --- the worker -------------------------------------------------------------------------
@@ -72,7 +74,7 @@ class RayBackend(Backend):
         self.actor = ray.remote(Worker).options(**opts).remote(self._n_threads, self._kind)
         self.dead = None
         self._sent = set()
-        self.pid = self._call("pid")
+        self.pid = self._call("pid", timeout=max(self.timeout, STARTUP_TIMEOUT))
         if self._resident:
             self._upload(list(self._resident.values()))
 
@@ -84,19 +86,25 @@ class RayBackend(Backend):
                 pass
         self.dead = self.dead or "killed by the driver"
 
-    def _call(self, method: str, *args):
-        """actor.method(*args), waiting at most `timeout`; failures become WorkerErrors."""
-        ray = _ray()
-        from ray.exceptions import GetTimeoutError, RayActorError
+    def _call(self, method: str, *args, timeout: Optional[float] = None):
+        """actor.method(*args), waiting at most `timeout` (default: the backend's); failures
+        become WorkerErrors."""
+        return self._wait(self._submit(method, *args), method, timeout)
+
+    def _submit(self, method: str, *args):
         if self.dead is not None:
             raise WorkerDiedError(f"{self.name}: worker is dead ({self.dead}); attach() a new "
                                   f"one before computing again")
-        ref = getattr(self.actor, method).remote(*args)
+        return getattr(self.actor, method).remote(*args)
+
+    def _wait(self, ref, method: str, timeout: Optional[float] = None):
+        ray = _ray()
+        from ray.exceptions import GetTimeoutError, RayActorError
         try:
-            return ray.get(ref, timeout=self.timeout)
+            return ray.get(ref, timeout=timeout or self.timeout)
         except GetTimeoutError:
             self.kill()
-            self.dead = f"no answer to {method}() within {self.timeout:g} s"
+            self.dead = f"no answer to {method}() within {timeout or self.timeout:g} s"
             raise WorkerTimeoutError(f"{self.name}: {self.dead}; the worker was killed") from None
         except RayActorError as e:
             self.dead = f"its process ended during {method}()"
@@ -151,17 +159,32 @@ class RayBackend(Backend):
         if eval_cb is not None:
             raise GraphError(f"{self.name}: eval callbacks do not reach Ray workers; run the "
                              f"graph on a local backend to inspect nodes")
+        self.collect(self.submit(gf))
+
+    def submit(self, gf) -> tuple:
+        """Start computing gf on the worker (its inputs' bytes are taken now); collect() waits
+        for it. Several workers' submits may be outstanding at once."""
         d = gf.cache.get(self._slot)
         if d is None:
             d = gf.cache[self._slot] = self._describe(gf)
         key, spec, inputs, exports = d
         args = [root_bytes(t) for t in inputs]
-        out = self._call("compute", key, None if key in self._sent else spec, args)
-        if out == MISSING:                           # the worker dropped it: send it again
+        ref = self._submit("compute", key, None if key in self._sent else spec, args)
+        return ref, d, args
+
+    def collect(self, pending: tuple) -> None:
+        """Wait for a submitted compute; write the exported roots into the driver's memory."""
+        ref, (key, spec, inputs, exports), args = pending
+        out = self._wait(ref, "compute")
+        if isinstance(out, str) and out == MISSING:     # the worker dropped it: send it again
             out = self._call("compute", key, spec, args)
         self._sent.add(key)
         for t, b in zip(exports, out):
             root_bytes(t)[...] = b
+        st = self.stats
+        st["computes"] += 1
+        st["bytes_sent"] += sum(a.nbytes for a in args)
+        st["bytes_received"] += sum(b.nbytes for b in out)
 
     def _describe(self, g) -> tuple:
         """(key, spec, input roots, export roots) of a subgraph (see worker.py)."""

@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..attention.kv_cache import BLOCK, CacheStep, _CacheBase, _fresh_state, _round_up
+from ..attention import fresh_values
+from ..attention.kv_cache import BLOCK, CacheStep, F16KVCache, _CacheBase, _round_up
 from ..errors import ShapeError
 from ..tensor import Tensor, nbytes, set_name
 from ..types import GGMLType, TRAITS, as_type
@@ -40,9 +41,10 @@ class ShardedKVCache(_CacheBase):
         if len(types) != n_shards:
             raise ShapeError(f"ShardedKVCache: {len(types)} shard types for {n_shards} shards")
         for t in types:
-            if TRAITS[t].blck_size > 1 and (head_dim * n_head_kv) % TRAITS[t].blck_size:
-                raise ShapeError(f"ShardedKVCache: rows of {head_dim * n_head_kv} values do not "
-                                 f"split into {t.tname} blocks")
+            bs = TRAITS[t].blck_size
+            if bs > 1 and (head_dim % bs or (head_dim_v or head_dim) % bs):
+                raise ShapeError(f"ShardedKVCache: head_dim {head_dim} must be a multiple of "
+                                 f"{bs} for a {t.tname} shard")
         self.n_shards, self.types = n_shards, types
         self.shard_cap = _round_up(-(-n_ctx // n_shards), BLOCK)
         self.starts = [w * self.shard_cap for w in range(n_shards)]
@@ -104,30 +106,42 @@ class ShardedKVCache(_CacheBase):
         return values
 
     def store(self, ctx, gf, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
-        """This step's K/V rows to the shards their positions fall in (others get none)."""
+        """Keep this step's K/V rows of layer il; attention() writes them to the shards their
+        positions fall in, right before that shard's attention, so a worker gets its writes
+        and its attention in one split (one round trip)."""
+        self._gf = gf
+        self._pending = (k_cur, v_cur)
+
+    def _write_shard(self, ctx, gf, il: int, w: int) -> None:
         from ..graph import build_forward_expand
         from ..ops.rows import set_rows
         from ..ops.view import reshape_2d
         st = self._need_step()
-        self._gf = gf                    # attention() expands the shards' outputs into it
-        for w in range(self.n_shards):
-            if not self._writes(w):
-                continue
-            if w not in self._shard_ids:
-                self._shard_ids[w] = self._input(ctx, GGMLType.I64, st.n_pad, 0, self._slots(w),
-                                                 f"kv_slots.s{w}")
-            for cache, cur, nm in ((self.k[w][il], k_cur, "k"), (self.v[w][il], v_cur, "v")):
-                out = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_pad),
-                               self._shard_ids[w])
-                set_name(out, f"kv_store.{nm}-{il}.s{w}")
-                build_forward_expand(gf, out)
+        if w not in self._shard_ids:
+            self._shard_ids[w] = self._input(ctx, GGMLType.I64, st.n_pad, 0, self._slots(w),
+                                             f"kv_slots.s{w}")
+        for cache, cur, nm in ((self.k[w][il], self._pending[0], "k"),
+                               (self.v[w][il], self._pending[1], "v")):
+            out = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_pad),
+                           self._shard_ids[w])
+            set_name(out, f"kv_store.{nm}-{il}.s{w}")
+            build_forward_expand(gf, out)
 
     def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
-        """One flash_attn_ext_with_state per shard holding keys, merged (module doc)."""
+        """Per shard: this step's rows written (if any are its own), then one
+        flash_attn_ext_with_state over its keys; the outputs merged (module doc). Graph order
+        does what data cannot say: the attention reads the cache through views that do not
+        depend on the writes, and the merge reads the states the attention writes."""
+        from ..graph import build_forward_expand
         from ..ops.attention import flash_attn_ext_set_prec, flash_attn_ext_with_state
         st = self._need_step()
+        gf = self._gf
+        for t in (*self._pending, q):           # the driver's part first: one split
+            build_forward_expand(gf, t)
         outs, states = [], []
         for w in range(self.n_shards):
+            if self._writes(w):
+                self._write_shard(ctx, gf, il, w)
             n_kv = self._n_kv(w)
             if n_kv == 0:
                 continue
@@ -136,26 +150,28 @@ class ShardedKVCache(_CacheBase):
                                              f"kq_mask.s{w}")
             k = self._view3(self.k[w][il], ctx, n_kv, self.head_dim)
             v = self._view3(self.v[w][il], ctx, n_kv, self.head_dim_v)
-            state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
-                                f"attn_state-{il}.s{w}")
+            state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
+                                lambda t: fresh_values(t.ne), f"attn_state-{il}.s{w}")
             o = flash_attn_ext_with_state(ctx, q, k, v, self._masks[w], None, None, None,
                                           state, scale, 0.0, 0.0)
             if prec:
                 flash_attn_ext_set_prec(o, prec)
             set_name(o, f"attn_out-{il}.s{w}")
+            build_forward_expand(gf, o)
             outs.append(o)
             states.append(state)
-        o = outs[0] if len(outs) == 1 else lse_merge(ctx, self._gf, outs, states)
+        self._pending = None
+        o = outs[0] if len(outs) == 1 else lse_merge(ctx, gf, outs, states)
         set_name(o, f"attn_out-{il}")
         return o
 
-    def commit(self) -> None:
-        self.n_past += self._need_step().n_tokens
-        self.step = None
+    commit = F16KVCache.commit           # the step's tokens are in: n_past moves on
 
     def nbytes(self) -> dict:
         per = [sum(nbytes(t) for t in self.shard_tensors(w)) for w in range(self.n_shards)]
-        f16 = self.n_layer * self.n_ctx * 2 * (self.head_dim + self.head_dim_v) * self.n_head_kv
+        rows = self.shard_cap + 1                    # the same shards, all in F16
+        f16 = self.n_shards * self.n_layer * rows * 2 * (self.head_dim + self.head_dim_v) \
+            * self.n_head_kv
         hot = sum(b for b, t in zip(per, self.types) if t in (GGMLType.F16, GGMLType.F32,
                                                                 GGMLType.BF16))
         total = sum(per)

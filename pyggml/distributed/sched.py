@@ -6,7 +6,10 @@ inputs. Remote memory adds two rules:
 
 - follow (layer split): a node that reads nothing resident anywhere runs where its first
   computed source ran if that is a Ray worker, so a worker keeps the norms, ropes, adds and
-  attention of its layers instead of bouncing each to the driver;
+  attention of its layers instead of bouncing each to the driver; a view of driver memory
+  runs with the node before it (it computes nothing, but would cut a split);
+- concurrency: consecutive splits on different workers that do not read what the others
+  write run at the same time (each shard's attention, in context split);
 - exports: a root written on a worker (a node's result, or a source the op writes, like
   flash_attn_ext_with_state's softmax state) that a node of another split reads, or that is
   the graph's result, is sent back after the worker's split; nothing else is, and a local
@@ -37,8 +40,24 @@ class DistributedSched(Sched):
 
     def _assign(self, gf: CGraph) -> None:
         super()._assign(gf)
-        if not self.follow:
-            return
+        if self.follow:
+            self._follow(gf)
+        self._views_to_neighbours(gf)
+
+    def _views_to_neighbours(self, gf: CGraph) -> None:
+        """A view of driver memory runs with the node before it in graph order: it computes
+        nothing, and any backend reads it correctly (a reader elsewhere copies it), but one
+        placed away from its neighbours would cut a split in two (one more round trip)."""
+        a = self.assignment
+        prev = None
+        for node in gf.nodes:
+            if node.op.view and id(node) not in self.pinned and self._owner(node) is None:
+                if prev is not None:
+                    a[id(node)] = prev
+            else:
+                prev = a[id(node)]
+
+    def _follow(self, gf: CGraph) -> None:
         a = self.assignment
         for node in gf.nodes:
             if id(node) in self.pinned:
@@ -61,9 +80,7 @@ class DistributedSched(Sched):
 
     def alloc_graph(self, gf: CGraph) -> None:
         super().alloc_graph(gf)
-        if any(isinstance(sp.backend, RayBackend) and
-                         (sp.graph is None or EXPORTS not in sp.graph.cache)
-                         for sp in self.splits):
+        if any(sp.graph is None or EXPORTS not in sp.graph.cache for sp in self.splits):
             self._plan_exports(gf)
 
     def _plan_exports(self, gf: CGraph) -> None:
@@ -108,3 +125,43 @@ class DistributedSched(Sched):
                     exports[w[0]][id(w[1])] = w[1]
         for sp, ex in zip(self.splits, exports):
             sp.graph.cache[EXPORTS] = list(ex.values())
+            sp.graph.cache[READS] = {id(_root(s)) for n in sp.nodes for s in n.src
+                                     if s is not None}
+            sp.graph.cache[WRITES] = {id(r) for r in ex.values()}
+
+    def graph_compute(self, gf: CGraph, eval_cb=None) -> None:
+        """Sched.graph_compute, with independent worker splits in flight together (an eval
+        callback runs the plain Sched loop: node by node is local work anyway)."""
+        if eval_cb is not None:
+            return super().graph_compute(gf, eval_cb)
+        if self.eval_cb is not None:
+            return super().graph_compute(gf)
+        self.alloc_graph(gf)
+        splits, i = self.splits, 0
+        while i < len(splits):
+            batch = [splits[i]]
+            if isinstance(batch[0].backend, RayBackend):
+                while i + len(batch) < len(splits) and _independent(batch, splits[i + len(batch)]):
+                    batch.append(splits[i + len(batch)])
+            if len(batch) == 1 and not isinstance(batch[0].backend, RayBackend):
+                self._copy_inputs(batch[0])
+                batch[0].backend.graph_compute(batch[0].graph)
+            else:
+                pending = []
+                for sp in batch:
+                    self._copy_inputs(sp)
+                    pending.append(sp.backend.submit(sp.graph))
+                for sp, p in zip(batch, pending):
+                    sp.backend.collect(p)
+            i += len(batch)
+
+
+READS, WRITES = "ray reads", "ray writes"
+
+
+def _independent(batch: list, sp) -> bool:
+    """sp may run alongside the batch: another worker, reading nothing the batch sends back."""
+    if not isinstance(sp.backend, RayBackend) or any(b.backend is sp.backend for b in batch):
+        return False
+    reads = sp.graph.cache[READS]
+    return not any(reads & b.graph.cache[WRITES] for b in batch)

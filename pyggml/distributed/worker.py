@@ -25,7 +25,8 @@ from ..tensor import Buffer, Tensor, nbytes, TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTP
 from ..types import GGMLType
 
 MISSING = "missing graph"        # compute() answer when the driver must send the description
-KEEP_MIRRORS = 64                # mirrored subgraphs kept (least recently used dropped)
+KEEP_MIRRORS = 256               # mirrored subgraphs kept (least recently used dropped): a
+                                 # context-split step has one per layer per worker
 
 
 def root_bytes(t: Tensor) -> np.ndarray:

@@ -100,6 +100,7 @@ def check_flags(args) -> None:
     if bad:
         flag, why = bad[0]
         raise UsageError(f"{flag} {getattr(args, _DEST[flag])}: {why}")
+    worker_kwargs(args)
     for flag in ("cache_type_k", "cache_type_v"):
         try:
             _type_or_none(getattr(args, flag))

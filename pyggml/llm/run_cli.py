@@ -73,11 +73,14 @@ def _run(args) -> int:
     C.sampling_params(args)                  # bad sampling values fail before the load
     text = read_prompt(args)
     llama, t_load = C.open_llama(args)
-    timings = Timings()
-    generate_to(sys.stdout, llama, text, args, timings)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    C.print_perf(args, llama, t_load, timings, t0)
+    try:
+        timings = Timings()
+        generate_to(sys.stdout, llama, text, args, timings)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        C.print_perf(args, llama, t_load, timings, t0)
+    finally:
+        llama.close()                        # Ray workers (--workers) stop here
     return 0
 
 

@@ -102,14 +102,21 @@ def test_context_split_equals_single_process(cluster, kv_type, tol):
     assert len(att) == 2 * CFG.n_layer
 
 
+def _layer_decoder(group):
+    """A random model's decoder on a group's workers (layer split), its first 4 tokens fed."""
+    model = LlamaModel.random(CFG, seed=3)
+    sched = group.scheduler(model, gg.backend_cpu_init(1))
+    cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
+    dec = Decoder(model, cache, sched)
+    dec.step(PROMPT[:4])
+    return model, sched, cache, dec
+
+
 def test_killed_worker_is_an_error_then_a_new_worker_is_attached(cluster):
     group = WorkerGroup(2, "layer", timeout=30)
     try:
-        model = LlamaModel.random(CFG, seed=3)
-        sched = group.scheduler(model, gg.backend_cpu_init(1))
-        cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
-        dec = Decoder(model, cache, sched)
-        dec.step(PROMPT[:8])
+        model, sched, cache, dec = _layer_decoder(group)
+        dec.step(PROMPT[4:8])
         os.kill(group.workers[1].pid, signal.SIGKILL)
         t0 = time.monotonic()
         with pytest.raises(WorkerDiedError, match="ray:1"):
@@ -120,21 +127,19 @@ def test_killed_worker_is_an_error_then_a_new_worker_is_attached(cluster):
             dec.step(PROMPT[8:9])
         group.attach(1)
         cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
-        dec = Decoder(model, cache, sched)
-        got = _run(dec)
+        got = Decoder(model, cache, sched).step(PROMPT[:8])
     finally:
         group.shutdown()
-    assert nmse(_single("f16"), got) <= 1e-6
+    ref = Decoder(LlamaModel.random(CFG, seed=3),
+                  F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX),
+                  gg.sched_new([gg.backend_cpu_init(1), gg.backend_reference_init()]))
+    assert nmse(ref.step(PROMPT[:8]), got) <= 1e-6
 
 
 def test_hung_worker_times_out(cluster):
     group = WorkerGroup(1, "layer", timeout=3)
     try:
-        model = LlamaModel.random(CFG, seed=3)
-        sched = group.scheduler(model, gg.backend_cpu_init(1))
-        cache = group.place_cache(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, N_CTX))
-        dec = Decoder(model, cache, sched)
-        dec.step(PROMPT[:4])
+        dec = _layer_decoder(group)[3]
         group.workers[0].actor.stall.remote(60)   # busy: the next call waits behind it
         t0 = time.monotonic()
         with pytest.raises(WorkerTimeoutError, match="within 3 s"):
@@ -155,19 +160,39 @@ def _smollm2():
     return path
 
 
-@pytest.mark.parametrize("split", ["layer", "context"])
-def test_smollm2_llama_split_equals_single_process(cluster, split):
+def test_smollm2_llama_split_equals_single_process(cluster):
     from pyggml.llm import Llama
     path = _smollm2()
     ids = None
     logits = {}
-    for workers in (0, 2):
-        kw = dict(workers=workers, split=split) if workers else {}
+    for kw in ({}, dict(workers=2, split="layer"), dict(workers=2, split="context")):
         with Llama(path, n_ctx=96, n_batch=32, n_threads=1, verbose=False, logits_all=True,
                    **kw) as llm:
             ids = ids or llm.tokenize(b"The capital of France is Paris, and the capital of "
                                       b"Germany is Berlin. " * 3)[:70]
             llm.eval(ids)
             llm.eval([int(llm.logits().argmax())])
-            logits[workers] = llm.scores[:llm.n_tokens].copy()
-    assert nmse(logits[0], logits[2]) <= 1e-6
+            logits[kw.get("split")] = llm.scores[:llm.n_tokens].copy()
+    # n_ctx 96: context split's shards hold positions 0-63 and 64-127, both in use
+    assert nmse(logits[None], logits["layer"]) <= 1e-6
+    assert nmse(logits[None], logits["context"]) <= 1e-6
+
+
+def test_run_cli_prints_the_single_process_text(cluster, capsys):
+    from pyggml.llm import run_cli
+    path = _smollm2()
+    argv = ["-m", path, "-p", "The three primary colors are", "-n", "12", "--temp", "0",
+            "-c", "128", "-t", "1", "--no-perf", "--no-warmup"]
+    assert run_cli.main(argv) == 0
+    single = capsys.readouterr().out
+    for split in ("layer", "context"):
+        assert run_cli.main(argv + ["--workers", "2", "--split", split]) == 0
+        assert capsys.readouterr().out == single, split
+
+
+def test_worker_flags_are_checked(capsys):
+    from pyggml.llm import run_cli
+    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--ray-address", "auto"]) == 2
+    assert "--ray-address needs --workers N" in capsys.readouterr().err
+    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--workers", "-1"]) == 2
+    assert "--workers -1: must be >= 0" in capsys.readouterr().err

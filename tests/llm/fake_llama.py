@@ -80,6 +80,9 @@ class FakeLlama:
     def logits(self):
         return self.scores[self.n_tokens - 1]
 
+    def close(self) -> None:              # Llama.close (run closes its model at the end)
+        self.closed = True
+
     def reset(self) -> None:
         self.n_tokens = 0
 
