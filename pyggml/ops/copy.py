@@ -132,6 +132,7 @@ def _cont_cases():
                    (2304, 64, 64, 1), (1000, 33, 65, 1)):
             for perm in ((2, 1, 0, 3), (1, 2, 0, 3), (0, 2, 1, 3)):
                 add(type, ne, False, perm)
+    add("f32", (10, 10, 10, 1), False, (0, 1, 2, 3))      # pyggml's: a contiguous source
     return out
 
 

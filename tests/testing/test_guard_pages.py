@@ -25,7 +25,7 @@ from pyggml.testing import guard
 from pyggml.testing.cli import main
 from pyggml.types import GGMLType
 
-CONT_F32 = "CONT(type=f32,ne=[10,10,10,1],use_view_slice=0,use_permute=0)"
+CONT_F32 = "CONT(type=f32,ne=[10,10,10,1],use_view_slice=0,permute=[0,1,2,3])"
 SQR_F32 = "SQR(type=f32,ne=[10,5,4,3])"
 
 
