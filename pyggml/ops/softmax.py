@@ -102,7 +102,10 @@ def _soft_max_cases():
 
     def add(ne, mask, sinks, m_prec, nr23, scale, max_bias, inplace=False, tags=()):
         def build(ctx):
-            a = cc.leaf(ctx, "f32", [ne[0], ne[1], ne[2] * nr23[0], ne[3] * nr23[1]], "a", param=True)
+            # grad mode: a is a parameter as in ggml, except with sinks: sum(soft_max) is then
+            # 1 - y_sink, whose tiny gradient float32 finite differences cannot resolve
+            a = cc.leaf(ctx, "f32", [ne[0], ne[1], ne[2] * nr23[0], ne[3] * nr23[1]], "a",
+                        param=not sinks)
             m = cc.leaf(ctx, m_prec, ne, "mask") if mask else None
             s = cc.leaf(ctx, "f32", [ne[2] * nr23[0]], "sinks") if sinks else None
             y = (soft_max_ext_inplace if inplace else soft_max_ext)(ctx, a, m, scale, max_bias)

@@ -27,6 +27,7 @@ from ..tensor import Tensor, set_param, is_contiguous, is_contiguous_1, is_conti
 from ..types import GGMLType, TRAITS
 from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
 from . import cases_common as cc
+from ..testing.case import uniform
 
 F32, F16, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
 _FLOATS = (F32, F16, BF16)
@@ -235,7 +236,9 @@ _UNARY_GRAD_CASES = {
     "ABS": dict(eps=15.0, expect=(-1.0, 1.0)), "SGN": dict(eps=15.0, expect=(0.0,)),
     "NEG": dict(eps=15.0), "STEP": dict(eps=15.0, expect=(0.0,)),
     "RELU": dict(eps=15.0, expect=(0.0, 1.0)), "SILU": dict(eps=15.0),
-    "EXPM1": dict(eps=15.0), "SOFTPLUS": dict(eps=15.0)}
+    # pyggml: expm1 overflows F32 past 88 and is far from linear over eps 15, so ggml's
+    # settings give an infinite gradient; its derivative is checked on [-1, 1] instead
+    "EXPM1": dict(eps=0.3, precise=True, init=uniform(-1.0, 1.0)), "SOFTPLUS": dict(eps=15.0)}
 
 
 def _unary_cases(name: str):
@@ -726,8 +729,11 @@ def _scale_cases():
             a = cc.leaf(ctx, type, ne, "a")
             set_param(a)                  # ggml's test_scale checks the gradient
             return (scale_bias_inplace if inplace else scale_bias)(ctx, a, s, b)
+        # grad mode: eps 1 (ggml: 0.1). The loss is linear in a, and with a bias the summed
+        # loss is large: a 0.1 step is not a whole number of its float32 ulps, so ggml's own
+        # CPU fails the bias cases (MAA 0.000488043, which pyggml reproduces to the digit)
         out.append(cc.case("SCALE", dict(type=cc.ggml_type(type), ne=ne, scale=s, bias=b,
-                                         inplace=inplace), build))
+                                         inplace=inplace), build, grad=dict(eps=1.0)))
     return out
 
 

@@ -547,11 +547,11 @@ def test_j2_gives_the_same_results_as_j1(test_backends):
     assert rc1 == rc2 == 1 and rows1 == rows2 and any(r[3] == "compare failed" for r in rows1)
 
 
-def test_grad_mode_says_not_supported():
-    rc, out, _ = cli("grad", "-o", "SQR,CONT")
-    assert rc == 0
-    assert out.splitlines() == ["  CONT: not supported [no backward pass in pyggml yet]",
-                                "  SQR: not supported [no backward pass in pyggml yet]"]
+def test_grad_mode_checks_gradients():
+    """grad mode runs ggml's eval_grad (tests/testing/test_grad_mode.py has the details)."""
+    rc, out, _ = cli("grad", "-b", "reference", "-o", "SQR(type=f32,ne=[10,5,4,3])")
+    assert rc == 0, out
+    assert "SQR(type=f32,ne=[10,5,4,3]): OK" in out
 
 
 def test_compare_ggml_passes_on_a_few_ops(ggml):
