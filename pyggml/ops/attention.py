@@ -205,7 +205,7 @@ def _segment_softmax(q, k, v, mask, scale, softcap, slopes):
 def _attention_ref(q, k, v, mask=None, scale=1.0, max_bias=0.0, softcap=0.0, sinks=None):
     """Reference flash attention on float64 arrays (ggml's 4-D NumPy order, see
     _segment_softmax); returns O as (ne3, H, N, DV) (not permuted)."""
-    slopes = _alibi_slopes(q.shape[1], max_bias)
+    slopes = _alibi_slopes(q.shape[1], max_bias, np.float64)
     m, s, o = _segment_softmax(q, k, v, mask, scale, softcap, slopes)
     if sinks is not None:
         # the sink is one more key with logit sinks[h] and a zero value vector
@@ -541,7 +541,7 @@ def _infer_ws(srcs, p):
 def _ref_ws(node, ins, p):
     q = ins[WS_Q]
     ne3, H, N, _ = q.shape
-    slopes = _alibi_slopes(H, p.max_bias)
+    slopes = _alibi_slopes(H, p.max_bias, np.float64)
     dv = node.ne[0]
     # this call's keys: hot ∪ cold, one softmax (merging the two exact partial softmaxes)
     m = np.full((ne3, H, N), -np.inf)
