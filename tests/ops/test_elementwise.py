@@ -417,3 +417,13 @@ def test_numba_silu_and_swiglu_are_ggmls_bit_for_bit(ggml, numba_backends):
         gg.backend_graph_compute(numba_backends[2], gf)
         for o, w in zip(outs, want):
             np.testing.assert_array_equal(data.read(o), w, err_msg=f"{o.op.name} [{lo}, {hi}]")
+
+
+def test_the_kernels_gelu_tables_are_the_references():
+    """The CPU kernels own their GELU tables (kernels/tables.py, as ggml-cpu owns
+    ggml_table_gelu_f16) instead of reading ops/unary.py's: the two must agree bit for bit."""
+    from pyggml.backends.numba_cpu.kernels.tables import GELU_F16, GELU_QUICK_F16
+    from pyggml.ops.unary import _gelu_table
+    for mine, spec in ((GELU_F16, _gelu_table("gelu")), (GELU_QUICK_F16, _gelu_table("gelu_quick"))):
+        assert mine.dtype == np.float32 and mine.shape == (1 << 16,)
+        np.testing.assert_array_equal(mine.view(np.uint32), spec.view(np.uint32))

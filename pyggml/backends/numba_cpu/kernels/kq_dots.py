@@ -16,7 +16,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ....quants.kq_nb import KVALUES_IQ4NL, _load_f16 as _f16, _q3_scale, _scale_min_k4
+from ....quants.kq_nb import KVALUES_IQ4NL, _q3_scale, _scale_min_k4
+from ....quants.kq_nb import _load_f16 as _f16
 from ....types import GGMLType
 from ..intrinsics import f32_array, u8_array
 
