@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 from .errors import GraphError
-from .tensor import Tensor, TENSOR_FLAG_PARAM, MAX_SRC
+from .tensor import MAX_SRC, TENSOR_FLAG_PARAM, Tensor
 
 DEFAULT_GRAPH_SIZE = 2048
 

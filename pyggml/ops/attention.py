@@ -44,12 +44,12 @@ import zlib
 
 import numpy as np
 
-from . import fa_state as st
 from ..errors import ComputeError, GGMLError, ParamError, describe
 from ..tensor import Tensor, is_contiguous, nbytes
-from ..types import FA_KV_TYPES, PREC_DEFAULT, PREC_F32, GGMLType, TRAITS
-from .registry import OpDef, Out, fail, need, need_src, need_type, register
+from ..types import FA_KV_TYPES, PREC_DEFAULT, PREC_F32, TRAITS, GGMLType
 from . import cases_common as cc
+from . import fa_state as st
+from .registry import OpDef, Out, fail, need, need_src, need_type, register
 from .softmax import _alibi_slopes
 
 T = GGMLType
@@ -284,7 +284,8 @@ def _fa_init(leaf, rng):
 
 def _create_permuted(ctx, type, ne, permute, is_view, name):
     """test-backend-ops' create_permuted: optionally a view of a 2x larger buffer, permuted."""
-    from .view import permute as _permute, view_4d
+    from .view import permute as _permute
+    from .view import view_4d
     ne_perm = [0] * 4
     for i in range(4):
         ne_perm[permute[i]] = ne[i]
@@ -500,7 +501,7 @@ def _infer_ws(srcs, p):
                               (WS_KQ, WS_VQ, WS_MASKQ, ("k_quant", "v_quant", "qk_mask_quant"))):
         k, v, m = srcs[ik], srcs[iv], srcs[im]
         if k is None and v is None:
-            if not (m is None):
+            if m is not None:
                 fail(op, f"{names[2]} is given but its segment ({names[0]}, {names[1]}) "
                      f"is None", m)
             continue

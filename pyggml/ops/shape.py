@@ -16,11 +16,10 @@ import numpy as np
 
 from .. import data
 from ..errors import ParamError, TypeError_
-from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vector, nbytes, \
-    nelements
-from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vector, nbytes, nelements
+from ..types import TRAITS, GGMLType
 from . import cases_common as cc
+from .registry import OpDef, Out, inplace_of, need, need_src, need_type, register
 
 _F32, _F16, _BF16, _I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
 _ELEMENT_TYPES = tuple(t for t, tr in TRAITS.items() if tr.blck_size == 1)

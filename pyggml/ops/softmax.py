@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import ParamError, describe
 from ..tensor import Tensor, are_same_shape, is_contiguous, nbytes, nelements
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, fail
 from . import cases_common as cc
+from .registry import OpDef, Out, fail, inplace_of, need, need_src, need_type, register
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 

@@ -24,9 +24,9 @@ import numpy as np
 
 from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements
-from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of
+from ..types import TRAITS, GGMLType
 from . import cases_common as cc
+from .registry import OpDef, Out, inplace_of, need, need_src, need_type, register
 
 F32, F16, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
 _FLOATS = (F32, F16, BF16)

@@ -6,8 +6,8 @@ import pytest
 import pyggml as gg
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.errors import ShapeError
-from pyggml.testing import harness
 from pyggml.ops.case import Case
+from pyggml.testing import harness
 
 
 def _both(build):

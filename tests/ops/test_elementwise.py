@@ -16,15 +16,12 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.testing.conformance import reference_vs_ggml
-
-from pyggml.testing.asserts import assert_ggml_error
-
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import (ComputeError, GGMLError, ParamError, ShapeError,
-                           TypeError_, UnsupportedError)
+from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_, UnsupportedError
 from pyggml.testing import harness
+from pyggml.testing.asserts import assert_ggml_error
+from pyggml.testing.conformance import reference_vs_ggml
 
 FAMILY = ("pyggml.ops.binary", "pyggml.ops.unary", "pyggml.ops.glu")
 OPS = tuple(sorted(n for n, op in gg.OPS.items() if op.infer.__module__ in FAMILY))
