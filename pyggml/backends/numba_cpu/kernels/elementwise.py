@@ -898,6 +898,7 @@ def _ov_glu_rows(desc, ith, nth, op):
     return impl
 
 
-GLU_KERNELS = {"REGLU": G_REGLU, "GEGLU": G_GEGLU, "SWIGLU": G_SWIGLU, "SWIGLU_OAI": G_SWIGLU_OAI, "GEGLU_ERF": G_GEGLU_ERF, "GEGLU_QUICK": G_GEGLU_QUICK}
+GLU_KERNELS = {"REGLU": G_REGLU, "GEGLU": G_GEGLU, "SWIGLU": G_SWIGLU, "SWIGLU_OAI": G_SWIGLU_OAI,
+               "GEGLU_ERF": G_GEGLU_ERF, "GEGLU_QUICK": G_GEGLU_QUICK}
 for _op, _code in GLU_KERNELS.items():
     row_kernel(_op, _glu_rows, _code, supports=_floats)
