@@ -10,50 +10,138 @@ The API is ggml.h's, flat, without the ggml_ prefix:
 from __future__ import annotations
 
 from ._numba_cache import configure as _configure_numba_cache
+
 _configure_numba_cache()           # before any Numba function exists (see _numba_cache.py)
 
-from .errors import (GGMLError, ShapeError, TypeError_, ParamError, ContextMemoryError,  # noqa: F401
-                     DataError, GraphError, ComputeError, UnsupportedError)
+from .context import (  # noqa: F401
+    Context,
+    InitParams,
+    dup_tensor,
+    free,
+    get_first_tensor,
+    get_next_tensor,
+    get_no_alloc,
+    get_tensor,
+    graph_overhead,
+    init,
+    new_tensor,
+    new_tensor_1d,
+    new_tensor_2d,
+    new_tensor_3d,
+    new_tensor_4d,
+    set_no_alloc,
+    tensor_overhead,
+)
+from .data import (  # noqa: F401
+    from_numpy,
+    get_data_f32,
+    get_f32_1d,
+    get_f32_nd,
+    get_i32_1d,
+    set_f32,
+    set_f32_1d,
+    set_f32_nd,
+    set_i32,
+    set_i32_1d,
+    tensor_get,
+    tensor_memset,
+    tensor_set,
+    to_numpy,
+)
+from .errors import (  # noqa: F401
+    ComputeError,
+    ContextMemoryError,
+    DataError,
+    GGMLError,
+    GraphError,
+    ParamError,
+    ShapeError,
+    TypeError_,
+    UnsupportedError,
+)
+from .graph import (  # noqa: F401
+    CGraph,
+    build_forward_expand,
+    graph_add_node,
+    graph_clear,
+    graph_cpy,
+    graph_get_grad,
+    graph_get_grad_acc,
+    graph_get_tensor,
+    graph_n_nodes,
+    graph_node,
+    graph_nodes,
+    graph_reset,
+    graph_size,
+    graph_view,
+    new_graph,
+    new_graph_custom,
+)
+from .ops import API as _OPS_API  # noqa: F401
+from .ops import OPS, get_op, set_op_params  # noqa: F401
+from .tensor import (  # noqa: F401
+    MAX_DIMS,
+    MAX_NAME,
+    MAX_SRC,
+    TENSOR_FLAG_INPUT,
+    TENSOR_FLAG_LOSS,
+    TENSOR_FLAG_OUTPUT,
+    TENSOR_FLAG_PARAM,
+    Buffer,
+    Tensor,
+    are_same_shape,
+    are_same_stride,
+    can_repeat,
+    can_repeat_rows,
+    element_size,
+    format_name,
+    get_name,
+    is_contiguous,
+    is_contiguous_0,
+    is_contiguous_1,
+    is_contiguous_2,
+    is_contiguous_channels,
+    is_contiguous_rows,
+    is_contiguously_allocated,
+    is_empty,
+    is_matrix,
+    is_permuted,
+    is_scalar,
+    is_transposed,
+    is_vector,
+    nbytes,
+    nelements,
+    nrows,
+    set_input,
+    set_loss,
+    set_name,
+    set_output,
+    set_param,
+)
 from .types import *  # noqa: F401,F403  (GGMLType, TYPE_* constants, type facts)
-from .types import GGMLType, type_name, blck_size, type_size, is_quantized, row_size  # noqa: F401
-from .tensor import (Tensor, Buffer, nelements, nrows, nbytes, element_size, is_empty,  # noqa: F401
-                     is_scalar, is_vector, is_matrix, is_contiguous, is_contiguous_0,
-                     is_contiguous_1, is_contiguous_2, is_contiguous_rows, is_contiguous_channels,
-                     is_transposed,
-                     is_permuted, are_same_shape, are_same_stride, can_repeat, can_repeat_rows,
-                     is_contiguously_allocated, set_name, get_name, format_name, set_input,
-                     set_output, set_param, set_loss, TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT,
-                     TENSOR_FLAG_PARAM, TENSOR_FLAG_LOSS, MAX_DIMS, MAX_SRC, MAX_NAME)
-from .context import (Context, InitParams, init, free, tensor_overhead, graph_overhead,  # noqa: F401
-                      new_tensor, new_tensor_1d, new_tensor_2d, new_tensor_3d, new_tensor_4d,
-                      dup_tensor, get_tensor, get_first_tensor, get_next_tensor, get_no_alloc,
-                      set_no_alloc)
-from .graph import (CGraph, new_graph, new_graph_custom, build_forward_expand,  # noqa: F401
-                    graph_n_nodes, graph_nodes, graph_node, graph_size, graph_add_node,
-                    graph_get_tensor, graph_view, graph_cpy, graph_reset, graph_clear,
-                    graph_get_grad, graph_get_grad_acc)
-from .data import (to_numpy, from_numpy, tensor_set, tensor_get, tensor_memset,  # noqa: F401
-                   set_f32, set_i32, get_f32_1d, set_f32_1d, get_i32_1d, set_i32_1d,
-                   get_f32_nd, set_f32_nd, get_data_f32)
-from .ops import API as _OPS_API, OPS, get_op, set_op_params  # noqa: F401
+from .types import GGMLType, blck_size, is_quantized, row_size, type_name, type_size  # noqa: F401
 
 globals().update(_OPS_API)
 from .autodiff import build_backward_expand  # noqa: F401,E402
-from .ops.sort import SORT_ORDER_ASC, SORT_ORDER_DESC  # noqa: F401,E402
-from .ops.upscale import (SCALE_MODE_NEAREST, SCALE_MODE_BILINEAR, SCALE_MODE_BICUBIC,  # noqa: F401,E402
-                          SCALE_FLAG_ALIGN_CORNERS, SCALE_FLAG_ANTIALIAS)
-from .ops.conv import OP_POOL_MAX, OP_POOL_AVG  # noqa: F401,E402
-from .ops.tri import (TRI_TYPE_UPPER_DIAG, TRI_TYPE_UPPER, TRI_TYPE_LOWER_DIAG,  # noqa: F401,E402
-                      TRI_TYPE_LOWER)
-from .ops.unary import UNARY_OP_ID as _U  # noqa: E402
+from .ops.conv import OP_POOL_AVG, OP_POOL_MAX  # noqa: F401,E402
 from .ops.glu import GLU_OP_ID as _G  # noqa: E402
+from .ops.sort import SORT_ORDER_ASC, SORT_ORDER_DESC  # noqa: F401,E402
+from .ops.tri import TRI_TYPE_LOWER, TRI_TYPE_LOWER_DIAG, TRI_TYPE_UPPER, TRI_TYPE_UPPER_DIAG  # noqa: F401,E402
+from .ops.unary import UNARY_OP_ID as _U  # noqa: E402
+from .ops.upscale import (  # noqa: F401,E402
+    SCALE_FLAG_ALIGN_CORNERS,
+    SCALE_FLAG_ANTIALIAS,
+    SCALE_MODE_BICUBIC,
+    SCALE_MODE_BILINEAR,
+    SCALE_MODE_NEAREST,
+)
+
 globals().update({f"UNARY_OP_{k}": v for k, v in _U.items()})
 globals().update({f"GLU_OP_{k}": v for k, v in _G.items()})
 
 from .compute import *  # noqa: F401,F403,E402  (graph_plan, graph_compute, backends, sched)
-from .viz.dot import graph_dump_dot  # noqa: F401,E402
-
 from .ops.matmul import HINT_NONE, HINT_SRC0_IS_HADAMARD  # noqa: F401,E402
+from .viz.dot import graph_dump_dot  # noqa: F401,E402
 
 
 def quantize(type, values):

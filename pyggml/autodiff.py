@@ -20,13 +20,12 @@ from typing import Optional, Sequence
 from .context import new_tensor
 from .errors import GGMLError, GraphError, describe
 from .graph import CGraph
-from .tensor import (Tensor, TENSOR_FLAG_LOSS, TENSOR_FLAG_PARAM, are_same_shape, format_name,
-                     is_contiguous)
-from .types import GGMLType
-from .ops.copy import cont
 from .ops.binary import add, add1, add1_inplace, add_inplace, sub, sub_inplace
+from .ops.copy import cont
 from .ops.shape import acc, acc_inplace, repeat
 from .ops.unary import neg, scale
+from .tensor import TENSOR_FLAG_LOSS, TENSOR_FLAG_PARAM, Tensor, are_same_shape, format_name, is_contiguous
+from .types import GGMLType
 
 _GRAD_TYPES = (GGMLType.F32, GGMLType.F16)
 

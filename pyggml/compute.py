@@ -14,10 +14,19 @@ from .backends.numba_cpu.plan import CPlan, check_plan, graph_plan
 from .backends.reference.backend import ReferenceBackend
 from .errors import GGMLError
 from .graph import CGraph
-from .sched.scheduler import (Sched, sched_new, sched_graph_compute, sched_alloc_graph,
-                              sched_reset, sched_get_n_splits, sched_get_n_copies,
-                              sched_get_tensor_backend, sched_set_tensor_backend,
-                              sched_set_eval_callback, sched_print_assignments)
+from .sched.scheduler import (
+    Sched,
+    sched_alloc_graph,
+    sched_get_n_copies,
+    sched_get_n_splits,
+    sched_get_tensor_backend,
+    sched_graph_compute,
+    sched_new,
+    sched_print_assignments,
+    sched_reset,
+    sched_set_eval_callback,
+    sched_set_tensor_backend,
+)
 
 __all__ = ["backend_reference_init", "backend_numba_init", "backend_cpu_init",
            "backend_graph_compute", "backend_supports_op", "backend_name", "backend_free",

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .errors import ContextMemoryError, ShapeError, DataError, describe
-from .tensor import Buffer, Tensor, MAX_DIMS, nbytes
-from .types import GGMLType, TRAITS, as_type
+from .errors import ContextMemoryError, DataError, ShapeError, describe
+from .tensor import MAX_DIMS, Buffer, Tensor, nbytes
+from .types import TRAITS, GGMLType, as_type
 
 MEM_ALIGN = 16
 OBJECT_SIZE = 32            # sizeof(struct ggml_object) on 64-bit

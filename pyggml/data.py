@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import DataError, ShapeError, TypeError_, describe
-from .tensor import Tensor, nbytes, nelements, is_contiguous
-from .types import GGMLType, TRAITS, as_type
+from .tensor import Tensor, is_contiguous, nbytes, nelements
+from .types import TRAITS, GGMLType, as_type
 
 
 def _check_data(t: Tensor, what: str) -> None:

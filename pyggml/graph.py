@@ -5,10 +5,10 @@ import gc
 from contextlib import contextmanager
 from typing import Optional
 
-from .errors import GraphError
 import numpy as np
 
-from .tensor import Tensor, TENSOR_FLAG_PARAM, TENSOR_FLAG_LOSS, MAX_SRC
+from .errors import GraphError
+from .tensor import MAX_SRC, TENSOR_FLAG_LOSS, TENSOR_FLAG_PARAM, Tensor
 
 DEFAULT_GRAPH_SIZE = 2048
 

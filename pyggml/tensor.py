@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import ContextMemoryError, DataError, GraphError, ShapeError, describe
-from .types import GGMLType, TRAITS
+from .types import TRAITS, GGMLType
 
 MAX_DIMS = 4
 MAX_SRC = 10

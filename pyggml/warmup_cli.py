@@ -8,9 +8,9 @@ import sys
 import tempfile
 from typing import Callable
 
-from .backends.numba_cpu.warmup import (EXECUTOR, WarmReport, WarmupError, compile_in_workers,
-                                        resolve, warm)
+from .backends.numba_cpu.warmup import EXECUTOR, WarmReport, WarmupError, compile_in_workers, resolve, warm
 from .errors import GGMLError
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

@@ -124,7 +124,7 @@ def bench_ops(args):
 
 def _prefilled(cache, n, rng):
     """Put n random past tokens into a cache without decoding them (a benchmark shortcut)."""
-    from pyggml.attention.kv_cache import MixedKVCache, BLOCK
+    from pyggml.attention.kv_cache import BLOCK, MixedKVCache
     def fill(t, rows):
         vals = rng.uniform(-1, 1, (rows, t.ne[0])).astype(np.float32)
         gg.data.write(t, np.pad(vals, ((0, t.ne[1] - rows), (0, 0))))
@@ -146,9 +146,9 @@ def _prefilled(cache, n, rng):
 
 
 def bench_kvcache(args):
-    from pyggml.attention.kv_cache import MixedKVCache, F16KVCache
-    from pyggml.models.llama import LlamaConfig, LlamaModel, Decoder
+    from pyggml.attention.kv_cache import F16KVCache, MixedKVCache
     from pyggml.models.demo import make_backend
+    from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel
     n_ctx = 4096 if args.quick else 16384
     cfg = LlamaConfig()
     model = LlamaModel.random(cfg)

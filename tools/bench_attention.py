@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyggml as gg                                    # noqa: E402
-from pyggml import data                                # noqa: E402
-from pyggml.attention import state as st               # noqa: E402
-from pyggml.graph import CGraph                        # noqa: E402
-from pyggml.types import GGMLType as T                 # noqa: E402
+import pyggml as gg  # noqa: E402
+from pyggml import data  # noqa: E402
+from pyggml.attention import state as st  # noqa: E402
+from pyggml.graph import CGraph  # noqa: E402
+from pyggml.types import GGMLType as T  # noqa: E402
 
 D, H, HKV = 128, 32, 8
 

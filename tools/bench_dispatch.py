@@ -27,9 +27,22 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import pyggml as gg  # noqa: E402
-from pyggml.backends.numba_cpu.desc import (DESC_LEN, DST, H_INDEX, H_NTASKS, H_STATUS,  # noqa: E402
-                                            HDR, SLOT, SRC0, SRC1, STATUS_LEN, T_NE, row_range,
-                                            t_addr, t_ne)
+from pyggml.backends.numba_cpu.desc import (  # noqa: E402
+    DESC_LEN,
+    DST,
+    H_INDEX,
+    H_NTASKS,
+    H_STATUS,
+    HDR,
+    SLOT,
+    SRC0,
+    SRC1,
+    STATUS_LEN,
+    T_NE,
+    row_range,
+    t_addr,
+    t_ne,
+)
 from pyggml.backends.numba_cpu.executor import NodeTable, WorkerPool  # noqa: E402
 from pyggml.backends.numba_cpu.intrinsics import f32_array  # noqa: E402
 from pyggml.backends.numba_cpu.kernels import make_kernel  # noqa: E402

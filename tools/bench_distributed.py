@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--skip-tokens", action="store_true")
     args = ap.parse_args()
     import ray
+
     from pyggml.llm.model_path import resolve_model_path
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=512 << 20)

@@ -24,9 +24,9 @@ import time
 import pyggml as gg
 from pyggml.attention.kv_cache import F16KVCache, MixedKVCache
 from pyggml.backends.numba_cpu.backend import NumbaBackend
+from pyggml.backends.numba_cpu.plan import graph_plan
 from pyggml.models.llama import LlamaConfig, LlamaModel
 from pyggml.sched.alloc import alloc_graph
-from pyggml.backends.numba_cpu.plan import graph_plan
 
 SMOLLM2 = LlamaConfig(n_vocab=49152, n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536,
                       rope_base=100000, wtype="q4_1", etype="q8_0")

@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyggml as gg                                    # noqa: E402
-from pyggml import data                                # noqa: E402
-from pyggml.types import as_type                       # noqa: E402
+import pyggml as gg  # noqa: E402
+from pyggml import data  # noqa: E402
+from pyggml.types import as_type  # noqa: E402
 
 DEFAULT_CASES = [  # (weight type, m, k, n, target ratio)
     ("q4_0", 4096, 4096, 1, 1.3),

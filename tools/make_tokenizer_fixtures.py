@@ -112,6 +112,7 @@ def write_vocab_gguf(path: str, md: dict, overrides: dict, drop=()) -> None:
     """A GGUF with no tensors: `md` (minus `drop`) with `overrides`; llama-tokenize loads
     only the vocabulary."""
     import gguf
+
     from pyggml.llm.loader import add_kv
     w = gguf.GGUFWriter(path, "llama")
     md = {**{k: v for k, v in md.items() if k not in drop}, **overrides}

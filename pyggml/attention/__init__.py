@@ -9,8 +9,16 @@ state (layout, fresh values, reset, the merge rule) is part of that op: pyggml.o
 """
 from __future__ import annotations
 
-from ..ops.fa_state import (STATE_M, STATE_S, state_ne, fresh_values, reset_state,  # noqa: F401
-                            state_values, merge, check_state_tensor)
+from ..ops.fa_state import (  # noqa: F401
+    STATE_M,
+    STATE_S,
+    check_state_tensor,
+    fresh_values,
+    merge,
+    reset_state,
+    state_ne,
+    state_values,
+)
 
 
 def __getattr__(name):

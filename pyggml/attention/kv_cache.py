@@ -37,8 +37,8 @@ from ..context import Context, new_tensor_1d, new_tensor_2d
 from ..errors import GGMLError, ShapeError
 from ..graph import CGraph, build_forward_expand
 from ..ops.fa_state import fresh_values
-from ..tensor import Tensor, set_input, set_name, nbytes
-from ..types import GGMLType, TRAITS, as_type
+from ..tensor import Tensor, nbytes, set_input, set_name
+from ..types import TRAITS, GGMLType, as_type
 
 BLOCK = 32          # tokens per move (and ggml's quant block, so rows stay whole blocks)
 KV_PAD = 256        # attention views span a multiple of this many keys (llama.cpp's n_kv pad)
@@ -260,8 +260,8 @@ class MixedKVCache(_CacheBase):
         """Moves (hot -> cold, quantizing) then writes of this step's K/V, in graph order.
 
         k_cur: [head_dim, n_head_kv, n_tokens] (or any shape of the same rows), v_cur alike."""
-        from ..ops.view import reshape_2d
         from ..ops.rows import get_rows, set_rows
+        from ..ops.view import reshape_2d
         st = self._need_step()
         if st.moves:
             # the moved rows are inputs (slots out of the ring, rows into the cold store), so
@@ -323,7 +323,7 @@ class MixedKVCache(_CacheBase):
         """flash_attn_ext_with_state over hot ∪ cold. q: [head_dim, n_tokens, n_head].
 
         Returns F32 [head_dim_v, n_head, n_tokens] like flash_attn_ext."""
-        from ..ops.attention import flash_attn_ext_with_state, flash_attn_ext_set_prec
+        from ..ops.attention import flash_attn_ext_set_prec, flash_attn_ext_with_state
         st = self._need_step()
         hot_mask, cold_mask = self._step_masks(ctx)
         k = self._view3(self.hot_k[il], ctx, self.hot_cap, self.head_dim)
@@ -423,8 +423,8 @@ class F16KVCache(_CacheBase):
         return self._mask_values(kpos, kpos < self.n_past + st.n_tokens, st.n_pad)
 
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
-        from ..ops.view import reshape_2d
         from ..ops.rows import set_rows
+        from ..ops.view import reshape_2d
         st = self._need_step()
         for cache, cur, nm in ((self.k[il], k_cur, "k"), (self.v[il], v_cur, "v")):
             w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_pad),

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 from ..errors import ComputeError, UnsupportedError, describe
 from ..graph import CGraph
 from ..sched.alloc import alloc_graph
-from ..tensor import Tensor, Buffer
+from ..tensor import Buffer, Tensor
 
 # eval callback, as ggml_backend_sched_eval_callback: cb(tensor, ask) -> bool.
 # With ask=True it answers whether it wants to see this node; after the node ran it is

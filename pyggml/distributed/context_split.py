@@ -25,7 +25,7 @@ from ..attention import fresh_values
 from ..attention.kv_cache import BLOCK, CacheStep, F16KVCache, _CacheBase, _round_up
 from ..errors import ShapeError
 from ..tensor import Tensor, nbytes, set_name
-from ..types import GGMLType, TRAITS, as_type
+from ..types import TRAITS, GGMLType, as_type
 
 EMPTY_LSE = -1e30        # stands for log 0: softmax then weighs an empty shard exactly 0
 

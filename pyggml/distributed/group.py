@@ -19,7 +19,7 @@ from ..errors import GGMLError
 from ..types import GGMLType
 from .backend import DEFAULT_TIMEOUT, RayBackend, _ray
 from .context_split import ShardedKVCache
-from .layer_split import layer_ranges, place_cache, place_weights, cache_layer_tensors
+from .layer_split import cache_layer_tensors, layer_ranges, place_cache, place_weights
 from .sched import DistributedSched
 
 SPLITS = ("layer", "context")

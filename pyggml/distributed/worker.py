@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import GGMLError
 from ..graph import CGraph
-from ..tensor import Buffer, Tensor, nbytes, TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT
+from ..tensor import TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT, Buffer, Tensor, nbytes
 from ..types import GGMLType
 
 MISSING = "missing graph"        # compute() answer when the driver must send the description

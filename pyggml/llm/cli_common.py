@@ -154,8 +154,11 @@ def warm_up(llama) -> None:
 
 def perf_lines(t_load: float, tm, t_total: float) -> list:
     """llama.cpp's common_perf_print lines (same labels and columns)."""
-    ms = lambda s: s * 1e3
-    per = lambda t, n: (ms(t) / n if n else 0.0, n / t if t > 0 else 0.0)
+    def ms(s):
+        return s * 1e3
+
+    def per(t, n):
+        return (ms(t) / n if n else 0.0, n / t if t > 0 else 0.0)
     pp, ev = per(tm.t_prompt, tm.n_prompt), per(tm.t_eval, tm.n_eval)
     return [
         f"   sampling time = {ms(tm.t_sample):10.2f} ms / {tm.n_sample:5d} tokens",
@@ -171,7 +174,8 @@ def perf_lines(t_load: float, tm, t_total: float) -> list:
 def kv_line(llama) -> str:
     """The cache's memory: hot/cold bytes against an all-F16 cache of the same context."""
     nb = llama.kv_cache_bytes()
-    mib = lambda b: b / 2**20
+    def mib(b):
+        return b / 2**20
     line = (f"      kv cache = {mib(nb['total']):10.2f} MiB ({llama.n_ctx()} cells): "
             f"hot {mib(nb['hot']):.2f} MiB + cold {mib(nb['cold']):.2f} MiB; "
             f"all-F16 cache {mib(nb['f16']):.2f} MiB")

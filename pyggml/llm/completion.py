@@ -130,7 +130,8 @@ def _logprob_entry(llama, tok: int, logits: np.ndarray, n_top: int) -> tuple:
     logp = x - x.max()
     logp -= np.log(np.exp(logp).sum())
     top = np.argsort(-logp)[:n_top]
-    piece = lambda t: llama.detokenize([int(t)]).decode("utf-8", errors="replace")
+    def piece(t):
+        return llama.detokenize([int(t)]).decode("utf-8", errors="replace")
     return piece(tok), float(logp[tok]), {piece(t): float(logp[t]) for t in top}
 
 

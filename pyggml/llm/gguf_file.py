@@ -3,7 +3,8 @@
 The gguf package's GGUFReader builds a NumPy view per string of the vocabulary (about
 100k strings in a small model: ~3-5 s on these machines); this reader decodes the header in
 one pass (~0.1 s) and keeps the file as one private copy-on-write memory map, so weights
-are read in place (a graph that writes into a weight changes its own pages, never the file). Every way a file can be wrong (missing, not GGUF, old version, truncated,
+are read in place (a graph that writes into a weight changes its own pages, never the
+file). Every way a file can be wrong (missing, not GGUF, old version, truncated,
 corrupt counts or types) is a ModelFileError that names the file. Writing stays with the
 gguf package (GGUFWriter).
 """

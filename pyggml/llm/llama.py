@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import GGMLError, ShapeError
-from ..types import FA_KV_TYPES, GGMLType, TRAITS, as_type
+from ..types import FA_KV_TYPES, TRAITS, GGMLType, as_type
 from .gguf_file import GGUFFile
 from .model_path import resolve_model_path
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..context import Context, tensor_overhead
 from ..errors import ModelFileError
 from ..tensor import Buffer, Tensor, set_name
-from ..types import GGMLType, TRAITS
+from ..types import TRAITS, GGMLType
 from .gguf_file import GGUFFile
 
 ROPE_NORM, ROPE_NEOX = 0, 2
@@ -254,7 +254,7 @@ def save_gguf(model, path) -> None:
     one, else a byte-level placeholder vocabulary is written."""
     from ..data import tensor_get
     try:
-        from gguf import GGUFWriter, GGMLQuantizationType
+        from gguf import GGMLQuantizationType, GGUFWriter
     except ImportError as e:
         raise ModelFileError("writing GGUF needs the gguf package: "
                              "pip install 'pyggml[gguf]'") from e

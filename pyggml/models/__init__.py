@@ -1,2 +1,2 @@
 """Small model graphs built from pyggml ops (the demo's llama-style decoder)."""
-from .llama import LlamaConfig, LlamaModel, Decoder  # noqa: F401
+from .llama import Decoder, LlamaConfig, LlamaModel  # noqa: F401

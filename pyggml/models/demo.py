@@ -224,7 +224,8 @@ def run(args) -> dict:
     if setup.tokenizer is not None:
         out["prompt_text"] = setup.tokenizer.detokenize(prompt).decode("utf-8", "replace")
         out["text"] = setup.tokenizer.detokenize(tokens).decode("utf-8", "replace")
-        piece = lambda t: setup.tokenizer.detokenize([t]).decode("utf-8", "replace")
+        def piece(t):
+            return setup.tokenizer.detokenize([t]).decode("utf-8", "replace")
     else:
         piece = str
     if parted is not None:

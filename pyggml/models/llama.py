@@ -7,17 +7,18 @@ masks and the move of old tokens to the cold store.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 import pyggml as gg
+
 from ..context import Context
-from ..errors import GGMLError
 from ..data import strided
+from ..errors import GGMLError
 from ..graph import gc_paused
-from ..tensor import Tensor, set_name, set_input, set_output
+from ..tensor import Tensor, set_input, set_name, set_output
 from ..types import GGMLType, as_type
 
 

@@ -44,12 +44,12 @@ import zlib
 
 import numpy as np
 
-from . import fa_state as st
 from ..errors import ComputeError, GGMLError, ParamError, describe
 from ..tensor import Tensor, is_contiguous, nbytes
-from ..types import FA_KV_TYPES, PREC_DEFAULT, PREC_F32, GGMLType, TRAITS
-from .registry import OpDef, Out, fail, need, need_src, need_type, register
+from ..types import FA_KV_TYPES, PREC_DEFAULT, PREC_F32, TRAITS, GGMLType
 from . import cases_common as cc
+from . import fa_state as st
+from .registry import OpDef, Out, fail, need, need_src, need_type, register
 from .softmax import _alibi_slopes
 
 T = GGMLType
@@ -207,7 +207,7 @@ def _segment_softmax(q, k, v, mask, scale, softcap, slopes):
 def _attention_ref(q, k, v, mask=None, scale=1.0, max_bias=0.0, softcap=0.0, sinks=None):
     """Reference flash attention on float64 arrays (ggml's 4-D NumPy order, see
     _segment_softmax); returns O as (ne3, H, N, DV) (not permuted)."""
-    slopes = _alibi_slopes(q.shape[1], max_bias)
+    slopes = _alibi_slopes(q.shape[1], max_bias, np.float64)
     m, s, o = _segment_softmax(q, k, v, mask, scale, softcap, slopes)
     if sinks is not None:
         # the sink is one more key with logit sinks[h] and a zero value vector
@@ -286,7 +286,8 @@ def _fa_init(leaf, rng):
 
 def _create_permuted(ctx, type, ne, permute, is_view, name):
     """test-backend-ops' create_permuted: optionally a view of a 2x larger buffer, permuted."""
-    from .view import permute as _permute, view_4d
+    from .view import permute as _permute
+    from .view import view_4d
     ne_perm = [0] * 4
     for i in range(4):
         ne_perm[permute[i]] = ne[i]
@@ -502,7 +503,7 @@ def _infer_ws(srcs, p):
                               (WS_KQ, WS_VQ, WS_MASKQ, ("k_quant", "v_quant", "qk_mask_quant"))):
         k, v, m = srcs[ik], srcs[iv], srcs[im]
         if k is None and v is None:
-            if not (m is None):
+            if m is not None:
                 fail(op, f"{names[2]} is given but its segment ({names[0]}, {names[1]}) "
                      f"is None", m)
             continue
@@ -543,7 +544,7 @@ def _infer_ws(srcs, p):
 def _ref_ws(node, ins, p):
     q = ins[WS_Q]
     ne3, H, N, _ = q.shape
-    slopes = _alibi_slopes(H, p.max_bias)
+    slopes = _alibi_slopes(H, p.max_bias, np.float64)
     dv = node.ne[0]
     # this call's keys: hot ∪ cold, one softmax (merging the two exact partial softmaxes)
     m = np.full((ne3, H, N), -np.inf)

@@ -18,11 +18,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError, TypeError_, UnsupportedError, describe
-from ..tensor import (Tensor, set_param, can_repeat, can_repeat_rows, is_empty, is_scalar, is_matrix,
-                      are_same_shape, nbytes, nelements)
-from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
+from ..tensor import (
+    Tensor,
+    are_same_shape,
+    can_repeat,
+    can_repeat_rows,
+    is_empty,
+    is_matrix,
+    is_scalar,
+    nbytes,
+    nelements,
+    set_param,
+)
+from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
 from . import cases_common as cc
+from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
 
 F32, F16, BF16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
 _FLOATS = (F32, F16, BF16)
@@ -96,11 +106,11 @@ def _make_infer(name: str):
                     fail(name,
                          f"rows of {a.ne[0]} values are not whole {cast.tname} blocks", a)
         else:
-            if not (a.type in (F16, BF16)):
+            if a.type not in (F16, BF16):
                 fail(name,
                      f"add_cast needs a quantized, f16 or bf16 a (ggml_add_cast), got {a.type.tname}",
                      a, cls=TypeError_)
-            if not ((a.type, b.type, cast) in _CAST_TYPES):
+            if (a.type, b.type, cast) not in _CAST_TYPES:
                 fail(name,
                      f"add_cast {a.type.tname} + {b.type.tname} -> {cast.tname} is not supported",
                      a, b, cls=TypeError_)
@@ -241,8 +251,9 @@ def _add_cast_cases():
             return add_cast(ctx, a, b, td)
         quant = as_type(td) in QUANT_TYPES
         # requantized results: ggml's CPU quantizer may round a rare tie the other way
-        out.append(cc.case("ADD", dict(type_a=cc.ggml_type(ta), type_b=cc.ggml_type(tb), type_dst=cc.ggml_type(td), ne=ne,
-                                       nr=nr), build, max_nmse=1e-5 if quant else None))
+        out.append(cc.case("ADD", dict(type_a=cc.ggml_type(ta), type_b=cc.ggml_type(tb),
+                                       type_dst=cc.ggml_type(td), ne=ne, nr=nr), build,
+                           max_nmse=1e-5 if quant else None))
     return out
 
 

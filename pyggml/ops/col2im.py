@@ -12,8 +12,8 @@ import numpy as np
 from ..errors import ParamError
 from ..tensor import is_contiguous, is_matrix, nbytes
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type
 from . import cases_common as cc
+from .registry import OpDef, Out, need, need_src, need_type, register
 
 _F32, _F16, _BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
 

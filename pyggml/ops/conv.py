@@ -14,8 +14,8 @@ import numpy as np
 from ..errors import GGMLError, ParamError
 from ..tensor import is_contiguous, is_matrix, nbytes, nelements
 from ..types import GGMLType, as_type
-from .registry import OpDef, Out, register, need, need_src, need_type
 from . import cases_common as cc
+from .registry import OpDef, Out, need, need_src, need_type, register
 
 _F32, _F16, _BF16, _I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
 _FLOATS = (_F32, _F16, _BF16)

@@ -12,9 +12,9 @@ import numpy as np
 
 from ..tensor import is_contiguous, is_contiguous_channels, nbytes, nelements
 from ..types import GGMLType
-from .conv import _conv_output_size, _f16_round, _gather, _need_pos
-from .registry import OpDef, Out, register, need, need_src, need_type
 from . import cases_common as cc
+from .conv import _conv_output_size, _f16_round, _gather, _need_pos
+from .registry import OpDef, Out, need, need_src, need_type, register
 
 _F32, _F16 = GGMLType.F32, GGMLType.F16
 

@@ -13,9 +13,9 @@ import numpy as np
 from ..errors import ParamError
 from ..tensor import is_contiguous, nbytes, nelements
 from ..types import GGMLType, as_type
-from .conv import _conv_output_size, _f16_round, _need_pos
-from .registry import OpDef, Out, register, need, need_src, need_type
 from . import cases_common as cc
+from .conv import _conv_output_size, _f16_round, _need_pos
+from .registry import OpDef, Out, need, need_src, need_type, register
 
 _F32, _F16 = GGMLType.F32, GGMLType.F16
 
@@ -90,7 +90,8 @@ def _im2col_3d_cases():
             return im2col_3d(ctx, cc.leaf(ctx, tk, ne_k, "kernel"), x, ic, *s, *pd, *d,
                              as_type(td))
         out.append(cc.case("IM2COL_3D", dict(
-            type_input=cc.ggml_type("f32"), type_kernel=cc.ggml_type(tk), dst_type=cc.ggml_type(td), ne_input=list(ne_in),
+            type_input=cc.ggml_type("f32"), type_kernel=cc.ggml_type(tk), dst_type=cc.ggml_type(td),
+            ne_input=list(ne_in),
             ne_kernel=list(ne_k), IC=ic, s0=s[0], s1=s[1], s2=s[2], p0=pd[0], p1=pd[1], p2=pd[2],
             d0=d[0], d1=d[1], d2=d[2], v=v), build, exact=True))
 

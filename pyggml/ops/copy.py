@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data
-from ..tensor import Tensor, are_same_shape, nelements, nbytes
-from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, need_src, inplace_of, grad_rule
+from ..tensor import Tensor, are_same_shape, nbytes, nelements
+from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
 from . import cases_common as cc
+from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, register
 
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParamError, UnsupportedError, describe
-from ..tensor import Tensor, is_contiguous_1, are_same_shape, nbytes, nelements
+from ..tensor import Tensor, are_same_shape, is_contiguous_1, nbytes, nelements
 from ..types import GGMLType
-from .case import Case
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, grad_rule
-from .unary import _gelu_values, _gelu_quick_values, _gelu_erf_values, _silu_values
 from . import cases_common as cc
+from .case import Case
+from .registry import OpDef, Out, fail, grad_rule, need, need_src, need_type, register
+from .unary import _gelu_erf_values, _gelu_quick_values, _gelu_values, _silu_values
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..tensor import are_same_shape, is_contiguous, is_scalar, nbytes, nelements, nrows
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type, grad_rule
 from . import cases_common as cc
 from .case import uniform
+from .registry import OpDef, Out, grad_rule, need, need_src, need_type, register
 
 F32 = GGMLType.F32
 

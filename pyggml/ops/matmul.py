@@ -22,9 +22,9 @@ import numpy as np
 
 from ..errors import DataError, ParamError
 from ..tensor import Tensor, is_transposed, nbytes, set_param
-from ..types import PREC_DEFAULT, PREC_F32, GGMLType, TRAITS, QUANT_TYPES, as_type  # noqa: F401
-from .registry import OpDef, OPS, Out, register, need, fail, need_src, need_type, grad_rule
+from ..types import PREC_DEFAULT, PREC_F32, QUANT_TYPES, TRAITS, GGMLType, as_type  # noqa: F401
 from . import cases_common as cc
+from .registry import OPS, OpDef, Out, fail, grad_rule, need, need_src, need_type, register
 
 T = GGMLType
 HINT_NONE = 0

@@ -18,11 +18,11 @@ import math
 
 import numpy as np
 
-from ..tensor import are_same_shape, nbytes, nelements
-from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
 from ..errors import ParamError
+from ..tensor import are_same_shape, nbytes, nelements
+from ..types import TRAITS, GGMLType
 from . import cases_common as cc
+from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, need_type, register
 
 F32 = GGMLType.F32
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from ..tensor import TENSOR_FLAG_PARAM, are_same_shape, nbytes, nelements
 from ..types import GGMLType
-from .registry import OpDef, register, need, need_src, need_type, inplace_of
 from . import cases_common as cc
 from .case import uniform
+from .registry import OpDef, inplace_of, need, need_src, need_type, register
 
 F32 = GGMLType.F32
 

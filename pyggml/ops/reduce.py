@@ -21,8 +21,8 @@ import numpy as np
 
 from ..tensor import are_same_shape, nbytes, nelements, nrows
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type, grad_rule
 from . import cases_common as cc
+from .registry import OpDef, Out, grad_rule, need, need_src, need_type, register
 
 F32, F16, BF16, I32, I64 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32, GGMLType.I64
 

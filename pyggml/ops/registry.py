@@ -17,11 +17,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe
 from .. import tensor as _tensor_mod
-from ..tensor import Dims, Tensor, MAX_SRC, MAX_OP_PARAMS, nbytes, nelements
-from ..types import GGMLType, TRAITS
-
+from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe
+from ..tensor import MAX_OP_PARAMS, MAX_SRC, Dims, Tensor, nbytes, nelements
+from ..types import TRAITS, GGMLType
 
 # --- op_params: ggml packs int32 words, floats bit-cast -----------------------------------
 

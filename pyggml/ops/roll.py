@@ -8,8 +8,8 @@ import numpy as np
 from ..errors import ParamError
 from ..tensor import is_contiguous, nbytes
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type
 from . import cases_common as cc
+from .registry import OpDef, Out, need, need_src, need_type, register
 
 _F32 = GGMLType.F32
 

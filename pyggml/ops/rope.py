@@ -32,9 +32,9 @@ import numpy as np
 
 from ..errors import ParamError, describe
 from ..tensor import is_vector, nbytes, nelements, set_param
-from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
+from ..types import TRAITS, GGMLType
 from . import cases_common as cc
+from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 

@@ -16,9 +16,9 @@ import numpy as np
 from .. import data
 from ..errors import DataError, describe
 from ..tensor import is_contiguous_rows, is_matrix, is_vector, nbytes, nelements
-from ..types import GGMLType, TRAITS, QUANT_TYPES, as_type
-from .registry import OpDef, Out, register, need, fail, need_src, need_type, inplace_of, grad_rule
+from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
 from . import cases_common as cc
+from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
 
 _F32, _F16, _BF16, _I32, _I64 = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32,
                                  GGMLType.I64)

@@ -16,11 +16,10 @@ import numpy as np
 
 from .. import data
 from ..errors import ParamError, TypeError_
-from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vector, nbytes, \
-    nelements
-from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
+from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vector, nbytes, nelements
+from ..types import TRAITS, GGMLType
 from . import cases_common as cc
+from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, need_type, register
 
 _F32, _F16, _BF16, _I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
 _ELEMENT_TYPES = tuple(t for t, tr in TRAITS.items() if tr.blck_size == 1)
@@ -71,29 +70,20 @@ def _concat_cases():
     out = []
 
     def build(type, ne_a, ne_b_d, dim, v):
+        def operand(ctx, ne, grow, name):
+            """A leaf of shape ne, or (grow: per-dim factors) a view of ne into a larger one."""
+            if grow is None:
+                return cc.leaf(ctx, type, ne, name)
+            t = cc.leaf(ctx, type, [n * g for n, g in zip(ne, grow)], name)
+            t = _view_4d(ctx, t, *ne, t.nb[1], t.nb[2], t.nb[3], 0)
+            t.name = f"view_of_{name}"
+            return t
+
         def f(ctx):
             ne_b = list(ne_a)
             ne_b[dim] = ne_b_d
-            if v & 1:
-                ne = list(ne_a); ne[0] *= 2; ne[1] *= 4; ne[2] *= 3
-            elif v & 4:
-                ne = list(ne_a); ne[2] *= 2; ne[3] *= 4
-            else:
-                ne = None
-            a = cc.leaf(ctx, type, ne or ne_a, "a")
-            if ne:
-                a = _view_4d(ctx, a, *ne_a, a.nb[1], a.nb[2], a.nb[3], 0)
-                a.name = "view_of_a"
-            if v & 2:
-                ne = list(ne_b); ne[0] *= 3; ne[1] *= 2; ne[2] *= 4
-            elif v & 8:
-                ne = list(ne_b); ne[2] *= 3; ne[3] *= 2
-            else:
-                ne = None
-            b = cc.leaf(ctx, type, ne or ne_b, "b")
-            if ne:
-                b = _view_4d(ctx, b, *ne_b, b.nb[1], b.nb[2], b.nb[3], 0)
-                b.name = "view_of_b"
+            a = operand(ctx, ne_a, (2, 4, 3, 1) if v & 1 else (1, 1, 2, 4) if v & 4 else None, "a")
+            b = operand(ctx, ne_b, (3, 2, 4, 1) if v & 2 else (1, 1, 3, 2) if v & 8 else None, "b")
             return concat(ctx, a, b, dim)
         return f
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..tensor import are_same_shape, is_contiguous_1, nbytes
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type
 from . import cases_common as cc
+from .registry import OpDef, Out, need, need_src, need_type, register
 
 _TYPES = (GGMLType.F32, GGMLType.F16)
 

@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import ParamError, describe
 from ..tensor import Tensor, are_same_shape, is_contiguous, nbytes, nelements
 from ..types import GGMLType
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, fail, grad_rule
 from . import cases_common as cc
+from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 
@@ -35,20 +35,22 @@ def _is_inplace(node) -> bool:
     return node.view_src is not None
 
 
-def _alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
-    """ALiBi slope per head (ne2 index), computed in float32 with powf as ggml's CPU does
-    (soft_max_ext and flash_attn_ext share it; ones when max_bias <= 0)."""
+def _alibi_slopes(n_head: int, max_bias: float, dtype=np.float32) -> np.ndarray:
+    """ALiBi slope per head (ne2 index): ggml's m0/m1 over n_head_log2, ones when max_bias <= 0.
+    dtype np.float32 computes with powf as ggml's CPU does (soft_max_ext, the ggml mirror);
+    np.float64 is the exact value (flash attention's float64 reference)."""
     if max_bias <= 0.0:
         return np.ones(n_head, dtype=np.float64)
-    n_head_log2 = np.float32(1 << int(np.floor(np.log2(n_head))))
-    two, mb = np.float32(2.0), np.float32(max_bias)
+    f = dtype
+    n_head_log2 = f(1 << int(np.floor(np.log2(n_head))))
+    two, mb = f(2.0), f(max_bias)
     m0 = np.power(two, -mb / n_head_log2)
     m1 = np.power(two, -(mb / two) / n_head_log2)
     h = np.arange(n_head)
     slopes = np.where(h < n_head_log2,
-                      np.power(m0, (h + 1).astype(np.float32)),
-                      np.power(m1, (2 * (h - n_head_log2) + 1).astype(np.float32)))
-    return slopes.astype(np.float32).astype(np.float64)
+                      np.power(m0, (h + 1).astype(f)),
+                      np.power(m1, (2 * (h - n_head_log2) + 1).astype(f)))
+    return slopes.astype(f).astype(np.float64)
 
 
 # --- SOFT_MAX ---------------------------------------------------------------------------------

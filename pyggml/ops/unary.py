@@ -23,11 +23,11 @@ import math
 import numpy as np
 
 from ..errors import ParamError, UnsupportedError, describe
-from ..tensor import Tensor, set_param, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements
-from ..types import GGMLType, TRAITS
-from .registry import OpDef, Out, register, need, need_src, need_type, inplace_of, grad_rule
+from ..tensor import Tensor, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements, set_param
+from ..types import TRAITS, GGMLType
 from . import cases_common as cc
-from ..testing.case import uniform
+from .case import uniform
+from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, need_type, register
 
 F32, F16, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
 _FLOATS = (F32, F16, BF16)

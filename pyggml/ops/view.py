@@ -7,8 +7,8 @@ from __future__ import annotations
 from ..errors import ParamError
 from ..tensor import Tensor, is_contiguous, nelements
 from ..types import TRAITS
-from .registry import OpDef, Out, register, need, fail, need_src, grad_rule
 from . import cases_common as cc
+from .registry import OpDef, Out, fail, grad_rule, need, need_src, register
 
 
 def _named(suffix):
@@ -106,7 +106,8 @@ def _reshape_cases():
 RESHAPE = register(OpDef(
     "RESHAPE", _infer_reshape, view=True, cases=_reshape_cases,
     name_fmt=_named("reshaped"),
-    ggml=lambda g, c, s, p, n: g.ggml_reshape_4d(c, s[0], *n.ne), doc="Same bytes, new shape (source must be contiguous)."))
+    ggml=lambda g, c, s, p, n: g.ggml_reshape_4d(c, s[0], *n.ne),
+    doc="Same bytes, new shape (source must be contiguous)."))
 
 
 def reshape(ctx, a, b):
@@ -162,7 +163,8 @@ def _permute_cases():
 PERMUTE = register(OpDef(
     "PERMUTE", _infer_permute, params="axes:i32[4]", view=True, cases=_permute_cases,
     name_fmt=_named("permuted"),
-    ggml=lambda g, c, s, p, n: g.ggml_permute(c, s[0], *p.axes), doc="Reorders dims: source dim i becomes dim axes[i]."))
+    ggml=lambda g, c, s, p, n: g.ggml_permute(c, s[0], *p.axes),
+    doc="Reorders dims: source dim i becomes dim axes[i]."))
 
 
 def permute(ctx, a, axis0, axis1, axis2, axis3):

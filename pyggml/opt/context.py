@@ -13,7 +13,6 @@ iteration count), computes it and adds loss, predictions and accuracy to a Resul
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -21,16 +20,27 @@ import numpy as np
 
 from .. import data
 from ..autodiff import build_backward_expand
+from ..context import new_tensor, new_tensor_1d
 from ..errors import GGMLError
 from ..graph import CGraph, graph_cpy, graph_get_grad, graph_reset, new_graph_custom
 from ..ops.binary import sub
 from ..ops.loss import cross_entropy_loss
 from ..ops.opt_step import opt_step_adamw, opt_step_sgd
-from ..ops.reduce import argmax, count_equal, sum as sum_
+from ..ops.reduce import argmax, count_equal
+from ..ops.reduce import sum as sum_
 from ..ops.unary import scale, sqr
-from ..context import new_tensor, new_tensor_1d
-from ..tensor import (Buffer, TENSOR_FLAG_LOSS, TENSOR_FLAG_PARAM, Tensor, nbytes, nelements,
-                      set_input, set_loss, set_name, set_output)
+from ..tensor import (
+    TENSOR_FLAG_LOSS,
+    TENSOR_FLAG_PARAM,
+    Buffer,
+    Tensor,
+    nbytes,
+    nelements,
+    set_input,
+    set_loss,
+    set_name,
+    set_output,
+)
 from ..types import GGMLType
 from .result import Result
 

@@ -5,8 +5,7 @@ import sys
 import time
 
 from ..errors import GGMLError
-from .context import (OptParams, OPTIMIZER_TYPE_ADAMW, get_default_optimizer_params, opt_init,
-                      LOSS_TYPE_MEAN)
+from .context import LOSS_TYPE_MEAN, OPTIMIZER_TYPE_ADAMW, OptParams, get_default_optimizer_params, opt_init
 from .dataset import Dataset
 from .result import Result
 

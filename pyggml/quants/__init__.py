@@ -18,9 +18,9 @@ import numpy as np
 
 from ..errors import DataError, ShapeError, TypeError_
 from ..types import TRAITS, GGMLType, as_type
+
 # Importing a format module registers its codecs with its type.
-from . import bf16, f16, plain, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1  # noqa: F401
-from . import iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k  # noqa: F401
+from . import bf16, f16, iq4_nl, iq4_xs, plain, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k  # noqa: F401  # noqa: F401
 from ._common import as_f32, as_u8
 from .bf16 import bf16_to_fp32, fp32_to_bf16
 from .f16 import fp16_to_fp32, fp32_to_fp16

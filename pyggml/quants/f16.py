@@ -14,6 +14,7 @@ import numpy as np
 from ..types import GGMLType, register_codec
 from ._common import as_f32, as_u8, fp16_to_fp32, fp32_to_fp16  # noqa: F401  (public here)
 
+
 def to_float(raw, n: int) -> np.ndarray:
     return fp16_to_fp32(as_u8(raw)[: 2 * n].view("<u2"))
 

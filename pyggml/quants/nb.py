@@ -17,11 +17,22 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 from ..types import GGMLType
+from .nb_scalar import (  # noqa: F401
+    _bits_f32,
+    _f32_bits,
+    _f32_to_half_bits,
+    _half_bits_to_f32,
+    _load_f16,
+    _roundeven,
+    _roundf,
+    _store_f16,
+    bf16_to_f32,
+    f16_to_f32,
+    f32_to_bf16,
+    f32_to_f16,
+)
 
 # error_model="numpy": float division by zero gives inf instead of a Python check.
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -36,120 +47,11 @@ _TWO31 = np.float32(2.0 ** 31)
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 
 
-# ---------------------------------------------------------------------------
-# LLVM intrinsics: bit casts and the half <-> float conversions
-
-@intrinsic
-def _half_bits_to_f32(typingctx, h):
-    if h != types.uint16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-    return types.float32(h), codegen
-
-
-@intrinsic
-def _f32_to_half_bits(typingctx, x):
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-    return types.uint16(x), codegen
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.uint32(x), codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, u):
-    if u != types.uint32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(u), codegen
-
-
-def _unary_f32_intrinsic(llvm_name, doc):
-    @intrinsic
-    def fn(typingctx, x):
-        if x != types.float32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            f = ir.FloatType()
-            callee = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f]),
-                                                    llvm_name)
-            return builder.call(callee, [args[0]])
-        return types.float32(x), codegen
-    fn.__doc__ = doc
-    return fn
-
-
-_roundf = _unary_f32_intrinsic("llvm.round.f32", "C roundf: half away from zero.")
-_roundeven = _unary_f32_intrinsic("llvm.roundeven.f32", "Half to even (SSE4.1 roundps mode 0).")
-
-
-# ---------------------------------------------------------------------------
-# scalar conversions
-
-@_jit
-def f16_to_f32(h):
-    """fp16 bits -> float32 (exact; a signaling NaN comes out quiet, as ggml's)."""
-    return _half_bits_to_f32(np.uint16(h))
-
-
-@_jit
-def f32_to_f16(x):
-    """float32 -> fp16 bits, round to nearest-even; every NaN -> 0x7E00 | sign (ggml)."""
-    x = np.float32(x)
-    h = _f32_to_half_bits(x)
-    if x != x:
-        h = np.uint16(0x7E00 | ((_f32_bits(x) >> 16) & 0x8000))
-    return h
-
-
-@_jit
-def bf16_to_f32(h):
-    """bf16 bits -> float32: the bits become the upper half."""
-    return _bits_f32(np.uint32(np.uint32(h) << 16))
-
-
-@_jit
-def f32_to_bf16(x):
-    """ggml_compute_fp32_to_bf16: round to nearest-even, NaN forced quiet."""
-    u = np.int64(_f32_bits(np.float32(x)))
-    if (u & 0x7FFFFFFF) > 0x7F800000:
-        return np.uint16((u >> 16) | 64)
-    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
-
-
 @_jit
 def _c_int8(v):
     """(int8_t)v as compiled C does it on x86: cvttss2si (INT_MIN on NaN/overflow), low byte."""
     i = np.int32(v) if abs(v) < _TWO31 else np.int32(-2147483648)
     return np.int64(np.int8(i))
-
-
-@_jit
-def _load_f16(src, o):
-    return f16_to_f32(np.uint16(src[o] | (np.uint16(src[o + 1]) << 8)))
-
-
-@_jit
-def _store_f16(dst, o, x):
-    h = f32_to_f16(x)
-    dst[o] = np.uint8(h & 0xFF)
-    dst[o + 1] = np.uint8(h >> 8)
 
 
 @_jit
@@ -522,7 +424,7 @@ def dequantize_row_f32(src, dst, n):
 
 # ---------------------------------------------------------------------------
 # dispatch on the ggml type id (an if-chain: callable from other numba code); the K-quants
-# and IQ4 rows live in kq_nb (which imports this module's helpers: import it as a module)
+# and IQ4 rows live in kq_nb (which shares nb_scalar's helpers with this module)
 
 from . import kq_nb as _kq  # noqa: E402
 

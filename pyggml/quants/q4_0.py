@@ -10,8 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..types import GGMLType, register_codec
-from ._common import (F32, absmax_signed, as_f32, as_u8, c_int8, f16_at, f16_field, inverse,
-                      nibbles, pack_blocks, quiet, unpack_nibbles)
+from ._common import (
+    F32,
+    absmax_signed,
+    as_f32,
+    as_u8,
+    c_int8,
+    f16_at,
+    f16_field,
+    inverse,
+    nibbles,
+    pack_blocks,
+    quiet,
+    unpack_nibbles,
+)
 
 QK = 32
 TYPE_SIZE = 18

@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..types import GGMLType, register_codec
-from ._common import (F32, absmax_c, as_f32, as_u8, c_int8, c_roundf, f16_at, f16_field,
-                      inverse, pack_blocks, quiet)
+from ._common import F32, absmax_c, as_f32, as_u8, c_int8, c_roundf, f16_at, f16_field, inverse, pack_blocks, quiet
 
 QK = 32
 TYPE_SIZE = 34

@@ -9,7 +9,7 @@ from __future__ import annotations
 from heapq import heappop, heappush
 
 from ..graph import CGraph
-from ..tensor import Buffer, nbytes, TENSOR_FLAG_OUTPUT, TENSOR_FLAG_INPUT
+from ..tensor import TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT, Buffer, nbytes
 
 ALIGN = 64
 

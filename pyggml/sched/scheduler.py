@@ -20,9 +20,9 @@ from typing import Optional
 from .. import data
 from .. import tensor as _tensor_mod
 from ..backends.base import Backend
-from ..errors import UnsupportedError, GraphError, describe
+from ..errors import GraphError, UnsupportedError, describe
 from ..graph import CGraph
-from ..tensor import Tensor, Buffer, nbytes
+from ..tensor import Buffer, Tensor, nbytes
 from ..types import TRAITS
 from .alloc import alloc_graph
 

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
 from .harness import CaseResult, all_cases, op_cases, run_perf, run_test
-from .report import make_printer, load_baseline, print_baseline_ratios
+from .report import load_baseline, make_printer, print_baseline_ratios
 
 MODES = ("test", "perf", "grad", "support")
 
@@ -61,7 +61,7 @@ def _threads(args) -> Optional[int]:
 
 
 def _backends(args):
-    from ..compute import backend_init_by_name, BACKENDS
+    from ..compute import BACKENDS, backend_init_by_name
     n_threads = _threads(args)
     names = [args.backend] if args.backend else [n for n in ("numba",) if n in BACKENDS]
     if args.compare == "ggml" and "ggml" not in [n.lower() for n in names]:
@@ -135,6 +135,7 @@ def _run_one(item) -> tuple:
 def _check_args(args) -> None:
     """Flag values argparse does not check: a GGMLError (the `pyggml` command prints it)."""
     import re
+
     from ..errors import GGMLError
     for flag, v in (("-j", args.jobs), ("-t", args.threads)):
         if v is not None and v < 1:

@@ -85,6 +85,7 @@ def _write_logical(t: Tensor, raw: bytes) -> None:
     without the gaps of a strided tensor. Copying it as a byte span would put the rows of a
     strided result (an in-place op on a view) at the wrong addresses."""
     import numpy as np
+
     from ..types import TRAITS
     if not raw or any(x == 0 for x in t.ne):
         return

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GGMLError, describe
-from ..ops.attention import (WS_K, WS_KQ, WS_MASK, WS_MASKQ, WS_OPREV, WS_Q, WS_STATE,
-                             WS_V, WS_VQ)
+from ..ops.attention import WS_K, WS_KQ, WS_MASK, WS_MASKQ, WS_OPREV, WS_Q, WS_STATE, WS_V, WS_VQ
 from ..ops.registry import OPS
 from ..ops.softmax import _alibi_slopes
-from ..types import PREC_F32, GGMLType as T
+from ..types import PREC_F32
+from ..types import GGMLType as T
 from . import ggml_lib as gl
 
 _OP_WS = "FLASH_ATTN_EXT_WITH_STATE"

@@ -10,7 +10,9 @@ stay <= max_maa (1e-4 unless the case says otherwise). Cases may override, with 
 names: eps (0.1), precise (False), nmax (10000 gradients at most, else skipped), expect
 (compare only where the numeric gradient is one of these values: kinks, e.g. relu's {0, 1}),
 max_maa; and, pyggml's own, init: the inputs of grad mode when the test's range is one
-where finite differences cannot work (EXPM1 over [-150, 150] overflows). A case without parameters, with a non-F32 output or parameter, or whose graph has
+where finite differences cannot work (EXPM1 over [-150, 150] overflows).
+A case without parameters, with a non-F32 output or
+parameter, or whose graph has
 an op without a gradient rule is NOT SUPPORTED, as in ggml.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ must stay under the case's threshold, or values must be identical for exact ops.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -18,9 +18,9 @@ from .. import data
 from ..context import init
 from ..errors import GGMLError, UnsupportedError
 from ..graph import CGraph
-from ..tensor import Buffer, Tensor, nbytes
-from ..types import TRAITS, GGMLType
 from ..ops.case import Case
+from ..tensor import Buffer, Tensor, nbytes
+from ..types import TRAITS
 
 GUARD = 64                      # bytes of canary on each side of every tensor
 CANARY = 0xA5
@@ -357,6 +357,7 @@ def all_cases(ops=None, pattern: Optional[str] = None, include_slow: bool = True
     Cases of one op with the same case string are run once (the first); see
     `duplicate_cases` for the ones that differ in what they build."""
     import re
+
     from ..ops.registry import OPS
     wanted = split_ops(ops) or None
     names = {w.upper() for w in wanted} if wanted else set()

@@ -58,6 +58,7 @@ def _check_args(args) -> None:
 def _demo_graph(args):
     """The demo model's decode step (one token) through a mixed cache holding cold blocks."""
     import pyggml as gg
+
     from ..attention.kv_cache import MixedKVCache
     from ..models.llama import LlamaConfig, LlamaModel
     if args.model:
@@ -83,7 +84,8 @@ def _demo_graph(args):
 
 def main(argv=None) -> int:
     import pyggml as gg
-    from . import DotOptions, to_dot, render, profile_graph
+
+    from . import DotOptions, profile_graph, render, to_dot
     from .saved import load_graph
     args = _parser().parse_args(argv)
     _check_args(args)

@@ -12,7 +12,7 @@ from typing import Optional
 
 from ..errors import GGMLError
 from ..graph import CGraph
-from ..tensor import Tensor, TENSOR_FLAG_PARAM, TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT
+from ..tensor import TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT, TENSOR_FLAG_PARAM, Tensor
 
 BACKEND_COLORS = ["#cfe8ff", "#ffe3b3", "#d8f5d0", "#e8d5ff", "#ffd6d6", "#f0f0b0"]
 _LAYER_PATTERNS = [re.compile(r"^(blk|layers?|h|block)\.(\d+)\."), re.compile(r"^(.*?)-(\d+)$"),

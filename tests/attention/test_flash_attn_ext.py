@@ -25,14 +25,14 @@ import zlib
 import numpy as np
 import pytest
 
-from pyggml.testing.asserts import assert_ggml_error
-
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
 from pyggml.ops import attention as A
 from pyggml.testing import harness
-from pyggml.types import GGMLType as T, FA_KV_TYPES
+from pyggml.testing.asserts import assert_ggml_error
+from pyggml.types import FA_KV_TYPES
+from pyggml.types import GGMLType as T
 
 SLOW = os.environ.get("PYGGML_SLOW") == "1"
 OP = gg.get_op("FLASH_ATTN_EXT")
@@ -436,6 +436,7 @@ def test_integer_dot_paths_agree(rng):
     """The AVX2 integer dots (ggml's pmaddubsw sequence, an LLVM intrinsic) and the portable
     loop used on CPUs without AVX2 give the same sums."""
     import numba
+
     from pyggml.backends.numba_cpu.kernels import fa_dots as K
     if not K.HAVE_AVX2:
         pytest.skip("no AVX2: only the portable path exists here")

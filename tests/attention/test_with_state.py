@@ -15,16 +15,13 @@ keys so far), the kernels against the reference on every case, and the build-tim
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.ops import fa_state as st
 from pyggml.errors import ComputeError, DataError, GGMLError, ParamError, ShapeError, TypeError_
-from pyggml.ops import attention as A
+from pyggml.ops import fa_state as st
 from pyggml.testing import harness
 from pyggml.types import GGMLType as T
 

@@ -84,7 +84,8 @@ def _cases(tmp_path):
     }
 
 
-NAMES = ["backend-ops bad regex", "backend-ops threads 0", "backend-ops jobs -3", "graph truncated json", "graph a list", "graph a gguf",
+NAMES = ["backend-ops bad regex", "backend-ops threads 0", "backend-ops jobs -3", "graph truncated json",
+         "graph a list", "graph a gguf",
          "graph missing", "graph bad src", "graph negative src", "graph unknown op",
          "graph bad ne", "graph bad type", "graph bad op_params", "layers out of range",
          "layers not numbers", "n-layer 0", "ctx 0", "model missing", "model a text file"]

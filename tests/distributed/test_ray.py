@@ -16,8 +16,7 @@ ray = pytest.importorskip("ray")
 
 import pyggml as gg  # noqa: E402
 from pyggml.attention.kv_cache import F16KVCache  # noqa: E402
-from pyggml.distributed import (WorkerDiedError, WorkerGroup, WorkerTimeoutError,  # noqa: E402
-                                layer_ranges)
+from pyggml.distributed import WorkerDiedError, WorkerGroup, WorkerTimeoutError, layer_ranges  # noqa: E402
 from pyggml.errors import GGMLError  # noqa: E402
 from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel  # noqa: E402
 from pyggml.testing.harness import nmse  # noqa: E402

@@ -6,8 +6,8 @@ import pytest
 import pyggml as gg
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.errors import ShapeError
-from pyggml.testing import harness
 from pyggml.ops.case import Case
+from pyggml.testing import harness
 
 
 def _both(build):
@@ -251,6 +251,7 @@ def test_ne_and_nb_cannot_be_edited_after_build():
     """ne/nb were plain lists: node.ne[1] = 5 after build made kernels read past the data."""
     import copy
     import pickle
+
     from pyggml.tensor import Dims
     ctx = gg.init(mem_size=1 << 20, no_alloc=True)
     a = gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 2)

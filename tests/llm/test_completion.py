@@ -110,8 +110,9 @@ def test_same_prompt_twice_uses_the_kept_logits():
 
 
 def test_seeded_sampling_is_reproducible():
-    run = lambda seed: create_completion(FakeLlama(), "a", max_tokens=8, temperature=5.0,
-                                         top_k=0, top_p=1.0, min_p=0.0, seed=seed)
+    def run(seed):
+        return create_completion(FakeLlama(), "a", max_tokens=8, temperature=5.0, top_k=0,
+                                 top_p=1.0, min_p=0.0, seed=seed)
     assert run(3)["choices"][0]["text"] == run(3)["choices"][0]["text"]
 
 

@@ -90,8 +90,8 @@ def test_hyperparameters_from_metadata(tmp_path):
 
 
 def test_tensor_in_place_alignment():
-    from pyggml.tensor import Buffer
     from pyggml.errors import DataError
+    from pyggml.tensor import Buffer
     a = np.arange(64, dtype=np.uint8)
     b = Buffer.from_array(a, name="x")
     assert b.address == a.ctypes.data and b.size == 64

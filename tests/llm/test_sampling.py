@@ -53,7 +53,8 @@ def test_top_p_whole_vocab_shortcut_equals_full_sort():
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(49152) * 4).astype(np.float32)    # peaked: nucleus in the head
     ids, _ = S.top_p(None, x, 0.9)
-    p = np.exp(x - x.max()); p /= p.sum()
+    p = np.exp(x - x.max())
+    p /= p.sum()
     order = np.argsort(-x, kind="stable")
     n = int(np.searchsorted(np.cumsum(p[order]), 0.9)) + 1
     np.testing.assert_array_equal(np.sort(ids), np.sort(order[:n]))
@@ -106,14 +107,16 @@ def test_draw_follows_softmax_and_seed():
     # temperature 2 flattens: p ~ sqrt(p)
     s2 = Sampler(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, seed=42)
     freq2 = np.bincount([s2.sample(x) for _ in range(4000)], minlength=3) / 4000
-    want = np.sqrt([0.6, 0.3, 0.1]); want /= want.sum()
+    want = np.sqrt([0.6, 0.3, 0.1])
+    want /= want.sum()
     np.testing.assert_allclose(freq2, want, atol=0.03)
 
 
 def test_determinism_by_seed():
     rng = np.random.default_rng(3)
     rows = rng.standard_normal((50, 1000)).astype(np.float32)
-    run = lambda seed: [Sampler(seed=seed, temperature=1.5, min_p=0.0).sample(r) for r in rows]
+    def run(seed):
+        return [Sampler(seed=seed, temperature=1.5, min_p=0.0).sample(r) for r in rows]
     a, b, c = run(7), run(7), run(8)
     assert a == b and a != c
 

@@ -16,15 +16,12 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.testing.conformance import reference_vs_ggml
-
-from pyggml.testing.asserts import assert_ggml_error
-
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import (ComputeError, GGMLError, ParamError, ShapeError,
-                           TypeError_, UnsupportedError)
+from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_, UnsupportedError
 from pyggml.testing import harness
+from pyggml.testing.asserts import assert_ggml_error
+from pyggml.testing.conformance import reference_vs_ggml
 
 FAMILY = ("pyggml.ops.binary", "pyggml.ops.unary", "pyggml.ops.glu")
 OPS = tuple(sorted(n for n, op in gg.OPS.items() if op.infer.__module__ in FAMILY))
@@ -417,3 +414,13 @@ def test_numba_silu_and_swiglu_are_ggmls_bit_for_bit(ggml, numba_backends):
         gg.backend_graph_compute(numba_backends[2], gf)
         for o, w in zip(outs, want):
             np.testing.assert_array_equal(data.read(o), w, err_msg=f"{o.op.name} [{lo}, {hi}]")
+
+
+def test_the_kernels_gelu_tables_are_the_references():
+    """The CPU kernels own their GELU tables (kernels/tables.py, as ggml-cpu owns
+    ggml_table_gelu_f16) instead of reading ops/unary.py's: the two must agree bit for bit."""
+    from pyggml.backends.numba_cpu.kernels.tables import GELU_F16, GELU_QUICK_F16
+    from pyggml.ops.unary import _gelu_table
+    for mine, spec in ((GELU_F16, _gelu_table("gelu")), (GELU_QUICK_F16, _gelu_table("gelu_quick"))):
+        assert mine.dtype == np.float32 and mine.shape == (1 << 16,)
+        np.testing.assert_array_equal(mine.view(np.uint32), spec.view(np.uint32))

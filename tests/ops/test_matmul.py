@@ -18,13 +18,12 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.testing.asserts import assert_ggml_error, named_tensor
-
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
 from pyggml.ops import matmul as mm
 from pyggml.testing import harness
+from pyggml.testing.asserts import assert_ggml_error, named_tensor
 
 OPS = ("MUL_MAT", "MUL_MAT_ID", "OUT_PROD")
 SLOW = os.environ.get("PYGGML_SLOW") == "1"

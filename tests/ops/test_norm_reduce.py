@@ -15,15 +15,13 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.testing.asserts import assert_ggml_error
-
-from pyggml.testing.conformance import reference_vs_ggml
-
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
 from pyggml.ops.reduce import GGML_WRONG
 from pyggml.testing import harness
+from pyggml.testing.asserts import assert_ggml_error
+from pyggml.testing.conformance import reference_vs_ggml
 
 OPS = ("SUM", "SUM_ROWS", "MEAN", "ARGMAX", "COUNT_EQUAL", "CUMSUM",
        "NORM", "RMS_NORM", "RMS_NORM_BACK", "GROUP_NORM", "L2_NORM")

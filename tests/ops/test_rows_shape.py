@@ -12,13 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyggml.testing.asserts import assert_op_error, named_tensor
-
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
 from pyggml.ops.upscale import SCALE_FLAG_ANTIALIAS, SCALE_MODE_BICUBIC, SCALE_MODE_BILINEAR
 from pyggml.testing import harness as H
+from pyggml.testing.asserts import assert_op_error, named_tensor
 
 ROW_OPS = ["GET_ROWS", "GET_ROWS_BACK", "SET_ROWS"]
 SHAPE_OPS = ["CONCAT", "REPEAT", "REPEAT_BACK", "PAD", "SET", "ACC", "ARANGE",

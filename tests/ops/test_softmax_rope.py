@@ -14,14 +14,12 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.testing.asserts import assert_ggml_error
-
-from pyggml.testing.conformance import reference_vs_ggml
-
 import pyggml as gg
 from pyggml import data
 from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
 from pyggml.testing import harness
+from pyggml.testing.asserts import assert_ggml_error
+from pyggml.testing.conformance import reference_vs_ggml
 
 OPS = ("SOFT_MAX", "SOFT_MAX_BACK", "DIAG_MASK_INF", "DIAG_MASK_ZERO", "ROPE", "ROPE_BACK")
 SLOW = os.environ.get("PYGGML_SLOW") == "1"

@@ -13,12 +13,12 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.ops import fa_state as st
 from pyggml.backends.numba_cpu import desc as D
 from pyggml.backends.numba_cpu.backend import NumbaBackend
 from pyggml.backends.numba_cpu.kernels import KERNELS
 from pyggml.backends.numba_cpu.kernels import attention as K
 from pyggml.errors import ComputeError
+from pyggml.ops import fa_state as st
 from pyggml.types import GGMLType as T
 
 THREADS = (1, 2, 3)

@@ -13,9 +13,24 @@ import pytest
 import pyggml as gg
 from pyggml.backends.numba_cpu import desc as D
 from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.numba_cpu.desc import (DESC_LEN, DST, H_INDEX, H_NTASKS, H_STATUS, HDR,
-                                            SLOT, SRC0, SRC1, STATUS_LEN, T_NE, node_index,
-                                            row_range, set_error, t_addr, t_ne)
+from pyggml.backends.numba_cpu.desc import (
+    DESC_LEN,
+    DST,
+    H_INDEX,
+    H_NTASKS,
+    H_STATUS,
+    HDR,
+    SLOT,
+    SRC0,
+    SRC1,
+    STATUS_LEN,
+    T_NE,
+    node_index,
+    row_range,
+    set_error,
+    t_addr,
+    t_ne,
+)
 from pyggml.backends.numba_cpu.executor import NodeTable, WorkerPool
 from pyggml.backends.numba_cpu.intrinsics import atomic_add, f32_array, i64_array
 from pyggml.backends.numba_cpu.kernels import KERNELS, add_kernel, make_kernel
@@ -393,6 +408,7 @@ def test_kernel_table_entries():
 def test_a_kernel_that_does_not_compile_is_a_ggml_error():
     """A kernel Numba cannot compile fails the compute with a ComputeError naming it."""
     import numpy as np
+
     import pyggml as gg
     from pyggml.backends.numba_cpu import kernels as K
 

@@ -12,9 +12,9 @@ import pyggml as gg
 from pyggml.backends.base import Backend
 from pyggml.backends.numba_cpu.backend import NumbaBackend
 from pyggml.backends.numba_cpu.kernels import KERNELS, add_kernel, make_kernel
-from pyggml.errors import GraphError
 from pyggml.backends.numba_cpu.plan import CACHE_LINE, CPlan, graph_plan
 from pyggml.compute import graph_compute
+from pyggml.errors import GraphError
 
 COPY_ELEMENTS = KERNELS["CONT"].variants[0].pyfunc
 

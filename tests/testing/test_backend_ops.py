@@ -28,12 +28,19 @@ from pyggml.backends.numba_cpu.desc import DST, SRC0, row_range, t_addr, t_nb, t
 from pyggml.backends.numba_cpu.intrinsics import f32_array, ptr_of
 from pyggml.backends.numba_cpu.kernels import KERNELS, KernelEntry, make_kernel
 from pyggml.backends.reference.backend import ReferenceBackend
+from pyggml.ops.case import Case
 from pyggml.ops.registry import OPS
 from pyggml.testing import harness
-from pyggml.ops.case import Case
 from pyggml.testing.cli import main
-from pyggml.testing.harness import (all_cases, check_guards, compare_values, duplicate_cases,
-                                    run_perf, run_test, split_ops)
+from pyggml.testing.harness import (
+    all_cases,
+    check_guards,
+    compare_values,
+    duplicate_cases,
+    run_perf,
+    run_test,
+    split_ops,
+)
 from pyggml.testing.report import CSV_FIELDS, FIELDS
 from pyggml.types import GGMLType
 

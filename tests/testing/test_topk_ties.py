@@ -20,9 +20,9 @@ from pyggml.backends.numba_cpu.desc import DST, SRC0, row_range, t_addr, t_nb, t
 from pyggml.backends.numba_cpu.intrinsics import ptr_of
 from pyggml.backends.numba_cpu.kernels import KernelEntry, make_kernel
 from pyggml.backends.reference.backend import ReferenceBackend
+from pyggml.ops.case import Case
 from pyggml.ops.registry import OPS
 from pyggml.testing import harness
-from pyggml.ops.case import Case
 from pyggml.testing.harness import all_cases, run_test
 from pyggml.types import GGMLType
 

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml import data
-from pyggml.errors import (ContextMemoryError, DataError, GGMLError, GraphError, ParamError,
-                           ShapeError, TypeError_)
+from pyggml.errors import ContextMemoryError, DataError, GGMLError, GraphError, ParamError, ShapeError, TypeError_
 from pyggml.ops.registry import OpDef, Out
 
 F32, F16, BF16, I32, Q4_0, Q8_0 = (gg.TYPE_F32, gg.TYPE_F16, gg.TYPE_BF16, gg.TYPE_I32,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml import ParamError, ShapeError, GGMLError
+from pyggml import GGMLError, ParamError
 
 
 @pytest.fixture

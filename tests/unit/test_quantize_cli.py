@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pyggml import quantize_cli as qc
-from pyggml.types import GGMLType as T, as_type
+from pyggml.types import GGMLType as T
+from pyggml.types import as_type
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_q4_1_to_q4_k_m.json"
 SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_head_kv=3)
@@ -102,6 +102,7 @@ def _tiny_gguf(path, types=(T.F32,)):
 @pytest.mark.parametrize("ftype", ["Q4_K_M", "Q6_K", "IQ4_XS", "Q8_0", "Q3_K_S"])
 def test_quantize_small_file(tmp_path, ftype):
     import gguf
+
     from pyggml import quants
     x = _tiny_gguf(tmp_path / "in.gguf")
     out = tmp_path / "out.gguf"
@@ -118,8 +119,10 @@ def test_quantize_small_file(tmp_path, ftype):
 
 
 def test_imatrix_legacy_file(tmp_path):
-    import gguf
     import struct
+
+    import gguf
+
     from pyggml import quants
     x = _tiny_gguf(tmp_path / "in.gguf")
     qw = (np.arange(512, dtype=np.float32) % 7 + 1) * np.float32(3)
@@ -139,6 +142,7 @@ def test_imatrix_legacy_file(tmp_path):
 
 def test_requantize_needs_flag(tmp_path, capsys):
     import gguf
+
     from pyggml import quants
     w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "llama")
     w.add_uint32("llama.block_count", 1)

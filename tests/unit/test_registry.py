@@ -5,8 +5,8 @@ import pytest
 
 import pyggml as gg
 from pyggml import ops
-from pyggml.ops.registry import OPS, OpDef
 from pyggml.ops.case import Case
+from pyggml.ops.registry import OPS, OpDef
 
 # ops that exist only in pyggml, so real ggml has no recipe for them
 PYGGML_ONLY = {"FLASH_ATTN_EXT_WITH_STATE"}
@@ -67,7 +67,9 @@ def test_op_params_layouts_pack_and_unpack_like_the_field_loop():
     pack_params/unpack_params (the field-by-field loop) for every op, and out-of-range or
     mistyped values still fail, or convert, the way the loop does."""
     import math
+
     import numpy as np
+
     from pyggml.errors import ParamError
     from pyggml.ops.registry import pack_params, unpack_params
     rng = np.random.default_rng(0)

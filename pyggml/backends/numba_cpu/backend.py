@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
+from ... import tensor as _tensor_mod
 from ...errors import ComputeError, GraphError
 from ...graph import CGraph, gc_paused
-from ... import tensor as _tensor_mod
 from ...tensor import Buffer, Tensor
 from ..base import Backend, EvalCallback, is_computed
 from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_table

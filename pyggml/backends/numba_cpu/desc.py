@@ -37,7 +37,8 @@ file, so changing them here would leave stale machine code in every existing cac
 per-node data goes behind a header pointer, as the scratch line does.
 
 Accessors (njit; they take the kernel's int64* as well as an int64 array): t_addr, t_type,
-t_ne, t_nb, t_nrows, t_nelements, t_row_size, t_rows_packed, t_is_contiguous, param_i32,
+t_ne, t_nb, t_ne4 / t_nb4 (all four at once), row_coords / row_addr (a flat row number's
+indices and address), t_nrows, t_nelements, t_row_size, t_rows_packed, t_is_contiguous, param_i32,
 param_f32, param_i64, wdata, wsize, n_tasks, node_index, has_scratch, scratch_addr;
 type_size / blck_size by type id; row_range(nr, ith, nth) is ggml's split of rows over
 threads.
@@ -144,6 +145,34 @@ def t_ne(desc, slot, d):
 @_jit
 def t_nb(desc, slot, d):
     return desc[HDR + slot * SLOT + T_NB + d]
+
+
+@_jit
+def t_ne4(desc, slot):
+    """(ne0, ne1, ne2, ne3) of slot: `ne0, ne1, ne2, ne3 = t_ne4(desc, DST)`."""
+    b = HDR + slot * SLOT + T_NE
+    return desc[b], desc[b + 1], desc[b + 2], desc[b + 3]
+
+
+@_jit
+def t_nb4(desc, slot):
+    """(nb0, nb1, nb2, nb3) of slot, in bytes."""
+    b = HDR + slot * SLOT + T_NB
+    return desc[b], desc[b + 1], desc[b + 2], desc[b + 3]
+
+
+@_jit
+def row_coords(r, ne1, ne2):
+    """(i1, i2, i3) of row r when rows are numbered flat over ne1 * ne2 * ne3 (ggml's order)."""
+    return r % ne1, (r // ne1) % ne2, r // (ne1 * ne2)
+
+
+@_jit
+def row_addr(desc, slot, r):
+    """Address of row r (flat over ne1*ne2*ne3) of slot, through its strides."""
+    i1, i2, i3 = row_coords(r, t_ne(desc, slot, 1), t_ne(desc, slot, 2))
+    return (t_addr(desc, slot) + i1 * t_nb(desc, slot, 1) + i2 * t_nb(desc, slot, 2)
+            + i3 * t_nb(desc, slot, 3))
 
 
 @_jit

@@ -38,8 +38,7 @@ import numpy as np
 
 from ...errors import ComputeError, describe
 from .desc import DESC_LEN, ERROR_DETAILS, S_CODE, S_NODE, error_meaning
-from .intrinsics import (atomic_add, atomic_load, atomic_store, call_kernel, cpu_pause,
-                         cpu_yield, current_cpu, i64_array)
+from .intrinsics import atomic_add, atomic_load, atomic_store, call_kernel, cpu_pause, cpu_yield, current_cpu, i64_array
 
 # --- pool state words (int64 array; hot words on their own 64-byte lines) -------------------
 W_COUNT = 0        # threads arrived at the current barrier

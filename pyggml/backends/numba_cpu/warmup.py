@@ -111,8 +111,8 @@ def resolve(kernels: Optional[Iterable] = None) -> list:
 
 def graph_kernels(graphs, table: dict = None) -> list:
     """The kernel variants that would run the computed nodes of the graphs on the backend."""
-    from .kernels import lookup
     from ..base import is_computed
+    from .kernels import lookup
     out = {}
     for gf in graphs:
         for node in gf.nodes:
@@ -384,6 +384,7 @@ def warm(kernels: Optional[Iterable] = None, jobs: Optional[int] = None,
 def _lock_cache_saves(lock_path: str) -> None:
     """Make Numba's read-modify-write of a cache index atomic between warm-up workers."""
     import fcntl
+
     from numba.core import caching
     save = caching.IndexDataCacheFile.save
 

@@ -14,8 +14,10 @@ families of pyggml.ops). A kernel is a plain Python function over the node descr
 It is compiled lazily (first use) as `numba.cfunc(void(int64*, int64, int64), cache=True)`
 around a guard that turns an exception inside the kernel into set_error(desc,
 ERR_EXCEPTION): one signature per kernel, cached on disk next to the module (a warm start
-loads it in ~10 ms), its `.address` goes into the node table the executor walks. Several variants may be registered for one op (e.g. per type
-family, in different files); the first whose `supports(node)` is true runs the node.
+loads it in ~10 ms), its `.address` goes into the node table the executor walks. Several
+variants may be registered for one op (e.g. per type family, in different files); the first
+whose `supports(node)` is true runs the node. A family of one-line kernels over one row loop
+specialised on a constant code is generated from a table with `row_kernel` (elementwise.py).
 `unsupported("OP", reason)` records an explicit "no kernel" entry (for coverage reports).
 
 A variant carries its planning rules (backend facts, as ggml-cpu.c keeps them, never the
@@ -33,6 +35,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,6 +65,15 @@ def rows_n_tasks(node, n_threads: int) -> int:
 def one_task(node, n_threads: int) -> int:
     """Single-threaded (ggml's n_tasks = 1 ops)."""
     return 1
+
+
+def param_words(op: str):
+    """The op_params word index of each field of op, by name (a namedtuple generated from
+    the OpDef's params spec). Kernels read `param_f32(desc, W.freq_base)`: the layout is
+    written once, in the op's spec, and a kernel holds no offset of its own (the values are
+    frozen when it compiles: ops/ is part of the cache key, _numba_cache.KERNEL_DEPS)."""
+    from ....ops import OPS
+    return OPS[op].words
 
 
 def _guarded(pyfunc: Callable) -> Callable:
@@ -238,6 +250,24 @@ def kernel(op, supports: Callable = None, n_tasks: Callable = None,
         fn.kernel = k
         return fn
     return deco
+
+
+def row_kernel(op, rows: Callable, code: int, supports: Callable = None, name: str = None,
+               **rules) -> Callable:
+    """Register `def k_<op>(desc, ith, nth): rows(desc, ith, nth, code)`, a kernel generated
+    from a table entry (an elementwise family: one overloaded row loop, specialised on the
+    constant op code). The source is compiled under the caller's file, so Numba caches each
+    kernel under its own name next to the module that owns the table, as if written there."""
+    first = op if isinstance(op, str) else op[0]
+    name = name or f"k_{first.lower()}"
+    caller = sys._getframe(1).f_globals
+    src = f"def {name}(desc, ith, nth):\n    _rows(desc, ith, nth, {int(code)})\n"
+    ns = {"_rows": rows, "__name__": caller["__name__"]}
+    exec(compile(src, caller["__file__"], "exec"), ns)
+    fn = ns[name]
+    kernel(op, supports, **rules)(fn)
+    caller[name] = fn
+    return fn
 
 
 def unsupported(op: str, reason: str, table: dict = None) -> KernelEntry:

@@ -56,20 +56,59 @@ import math
 import numba
 import numpy as np
 
-from ....types import GGMLType, TRAITS, FA_KV_TYPES
-from ..desc import (DST, SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, SRC7, SRC8, ERR_SCRATCH,
-                    ERR_STATE, ERR_WORK_SIZE, H_NTASKS, has_scratch, param_f32, param_i32,
-                    register_error, scratch_addr, set_error, t_addr, t_nb, t_ne, t_type, wdata, wsize)
-from ..intrinsics import atomic_add, atomic_load, atomic_store, cpu_pause, f32_array, i8_array, \
-    ptr_of, u16_array
-from . import kernel, simd
-from .fa_dots import (axpy, axpy4, dot_1x4, dot_2x4, dot_q8_1x4, dot_u8_1x4, pv1, pv1x4, pv4,
-                      qk1, qk4, reads_in_place, scale_acc, vexp)
-from .fa_rows import (BF16, F16, F32, Q4_0, Q8_0, QK, f16_to_f32, quant_q_row, row_to_f32,
-                      row_to_i8)
+from ....types import FA_KV_TYPES, PREC_F32, TRAITS, GGMLType
+from ..desc import (
+    DST,
+    ERR_SCRATCH,
+    ERR_STATE,
+    ERR_WORK_SIZE,
+    H_NTASKS,
+    SRC0,
+    SRC1,
+    SRC2,
+    SRC3,
+    SRC4,
+    SRC5,
+    SRC6,
+    SRC7,
+    SRC8,
+    has_scratch,
+    param_f32,
+    param_i32,
+    register_error,
+    scratch_addr,
+    set_error,
+    t_addr,
+    t_nb,
+    t_ne,
+    t_ne4,
+    t_type,
+    wdata,
+    wsize,
+)
+from ..intrinsics import atomic_add, atomic_load, atomic_store, cpu_pause, f32_array, i8_array, ptr_of, u16_array
+from . import kernel, param_words, simd
+from .fa_dots import (
+    axpy,
+    axpy4,
+    dot_1x4,
+    dot_2x4,
+    dot_q8_1x4,
+    dot_u8_1x4,
+    pv1,
+    pv1x4,
+    pv4,
+    qk1,
+    qk4,
+    reads_in_place,
+    scale_acc,
+    vexp,
+)
+from .fa_rows import BF16, F16, F32, Q4_0, Q8_0, QK, f16_to_f32, quant_q_row, row_to_f32, row_to_i8
 from .simd import VL
+from .softmax import alibi_slope
 
-PREC_F32 = 10
+_W = param_words("FLASH_ATTN_EXT")     # FLASH_ATTN_EXT_WITH_STATE has the same words
 
 
 def _bad_state_row(node) -> str:
@@ -477,18 +516,6 @@ def _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, qf, qi
 # --- the kernel body ---------------------------------------------------------------------------
 
 @_jit
-def _alibi(h, n_head, max_bias):
-    if max_bias <= _F0:
-        return _F1
-    n_head_log2 = np.int64(1) << np.int64(math.floor(math.log2(n_head)))
-    m0 = np.float32(2.0) ** (-max_bias / np.float32(n_head_log2))
-    m1 = np.float32(2.0) ** (-(max_bias / np.float32(2.0)) / np.float32(n_head_log2))
-    if h < n_head_log2:
-        return np.float32(m0 ** np.float32(h + 1))
-    return np.float32(m1 ** np.float32(2 * (h - n_head_log2) + 1))
-
-
-@_jit
 def _finish_row(ws, acc, ao, dv, M, S, h, iq3, pos, N, sinks_a, oa, onb1, onb2, onb3,
                 sa, snb1, snb2, da, dnb1, dnb2, dnb3):
     """Normalize one row (sinks or state merge) and write the output (and state)."""
@@ -570,15 +597,15 @@ def fa_body(desc, ith, nth, ws):
         return
     # q, dst, params
     qa = t_addr(desc, SRC0)
-    dk, N, H, ne3 = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
+    dk, N, H, ne3 = t_ne4(desc, SRC0)
     qnb1, qnb2, qnb3 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
     da = t_addr(desc, DST)
     dv = t_ne(desc, DST, 0)
     dnb1, dnb2, dnb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
-    scale = param_f32(desc, 0)
-    max_bias = param_f32(desc, 1)
-    softcap = param_f32(desc, 2)
-    prec = param_i32(desc, 3)
+    scale = param_f32(desc, _W.scale)
+    max_bias = param_f32(desc, _W.max_bias)
+    softcap = param_f32(desc, _W.logit_softcap)
+    prec = param_i32(desc, _W.prec)
     if softcap != _F0:
         scale = scale / softcap
     # segments: slots of (k, v, mask); with_state: hot (1,2,3) and cold (4,5,7)
@@ -705,7 +732,7 @@ def fa_body(desc, ith, nth, ws):
         for r in range(R):
             Mr[r] = NEG_INF
             Sr[r] = _F0
-            slope[r] = _alibi(rows_h[r], H, max_bias)
+            slope[r] = alibi_slope(rows_h[r], H, max_bias)
         for i in range(R * dv):
             acc[i] = _F0
         # the unit's key range over the concatenated segments

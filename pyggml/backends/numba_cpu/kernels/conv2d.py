@@ -1,4 +1,5 @@
-"""Kernels for pyggml/ops/conv2d.py (CONV_2D_DW, CONV_TRANSPOSE_2D): straight loops over any strides with float64 sums, so results sit within rounding
+"""Kernels for pyggml/ops/conv2d.py (CONV_2D_DW, CONV_TRANSPOSE_2D): straight loops over any
+strides with float64 sums, so results sit within rounding
 of the float64 reference (an F16 transposed-conv kernel rounds the input to F16, as ggml).
 Each output element is gathered, never scattered, so threads own disjoint output rows and the
 results are identical for every thread count."""

@@ -26,10 +26,28 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....tensor import is_contiguous, is_contiguous_rows
-from ....types import GGMLType, TRAITS
-from ..desc import (DST, SRC0, ERR_SHAPE, ERR_UNSUPPORTED, ERR_WORK_SIZE, row_range,
-                    set_error, t_addr, t_is_contiguous, t_nb, t_ne, t_row_size, t_rows_packed,
-                    t_type, type_size, wdata, wsize)
+from ....types import TRAITS, GGMLType
+from ..desc import (
+    DST,
+    ERR_SHAPE,
+    ERR_UNSUPPORTED,
+    ERR_WORK_SIZE,
+    SRC0,
+    row_coords,
+    row_range,
+    set_error,
+    t_addr,
+    t_is_contiguous,
+    t_nb,
+    t_nb4,
+    t_ne,
+    t_row_size,
+    t_rows_packed,
+    t_type,
+    type_size,
+    wdata,
+    wsize,
+)
 from ..intrinsics import f32_array, ptr_of, u8_array, u16_array
 from . import kernel
 
@@ -153,10 +171,9 @@ def copy_elements(desc, ith, nth):
         flat_copy(desc, ith, nth)
         return
     ne00, ne01, ne02 = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
-    nb00, nb01, nb02, nb03 = (t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2),
-                              t_nb(desc, SRC0, 3))
+    nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
     ne0, ne1, ne2 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
-    nb0, nb1, nb2, nb3 = t_nb(desc, DST, 0), t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+    nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
     sa = t_addr(desc, SRC0)
     da = t_addr(desc, DST)
     es = type_size(st)
@@ -165,9 +182,7 @@ def copy_elements(desc, ith, nth):
     ir0, ir1 = row_range(ne01 * ne02 * t_ne(desc, SRC0, 3), ith, nth)
     for r in range(ir0, ir1):
         # source row r: its coordinates; the destination continues at the same flat index
-        i01 = r % ne01
-        i02 = (r // ne01) % ne02
-        i03 = r // (ne01 * ne02)
+        i01, i02, i03 = row_coords(r, ne01, ne02)
         s = sa + i01 * nb01 + i02 * nb02 + i03 * nb03
         e = r * ne00
         j0 = e % ne0

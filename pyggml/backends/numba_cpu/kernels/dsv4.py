@@ -7,8 +7,23 @@ import numba
 import numpy as np
 
 from ....quants import nb as qnb
-from ..desc import (DST, ERR_UNSUPPORTED, SRC0, SRC1, SRC2, SRC3, param_f32, param_i32,
-                    row_range, set_error, t_addr, t_nb, t_ne, t_row_size, t_type)
+from ..desc import (
+    DST,
+    ERR_UNSUPPORTED,
+    SRC0,
+    SRC1,
+    SRC2,
+    SRC3,
+    param_f32,
+    param_i32,
+    row_range,
+    set_error,
+    t_addr,
+    t_nb,
+    t_ne,
+    t_row_size,
+    t_type,
+)
 from ..intrinsics import f32_array, ptr_of, u8_array
 from . import kernel
 

@@ -32,16 +32,36 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from ....ops.unary import UNARY_OP_ID, _gelu_table
-from ....ops.glu import GLU_OP_ID
 from ....quants import nb as qnb
 from ....tensor import is_contiguous_rows
-from ....types import GGMLType, TRAITS, QUANT_TYPES
-from ..desc import (DST, SRC0, SRC1, SRC2, ERR_WORK_SIZE, ERR_UNSUPPORTED, param_f32,
-                    param_i32, register_error, row_range, set_error, t_addr, t_nb, t_ne,
-                    t_row_size, t_type, wdata, wsize)
-from ..intrinsics import f32_array, ptr_of, u16_array, u8_array
-from . import kernel
+from ....types import QUANT_TYPES, TRAITS, GGMLType
+from ..desc import (
+    DST,
+    ERR_UNSUPPORTED,
+    ERR_WORK_SIZE,
+    SRC0,
+    SRC1,
+    SRC2,
+    param_f32,
+    param_i32,
+    register_error,
+    row_coords,
+    row_range,
+    set_error,
+    t_addr,
+    t_nb,
+    t_nb4,
+    t_ne,
+    t_ne4,
+    t_row_size,
+    t_type,
+    wdata,
+    wsize,
+)
+from ..intrinsics import f32_array, ptr_of, u8_array, u16_array
+from . import kernel, param_words, row_kernel
+from .copy import load_f32, store_f32
+from .tables import GELU_F16, GELU_QUICK_F16
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 
@@ -51,8 +71,9 @@ _OPTS = dict(nogil=True, error_model="numpy")
 _jit = numba.njit(cache=True, **_OPTS)
 
 # ggml's F16 lookup tables as float32 (frozen into the kernels that use them: 256 KB each)
-_GELU_TAB = np.ascontiguousarray(_gelu_table("gelu"))
-_GELU_QUICK_TAB = np.ascontiguousarray(_gelu_table("gelu_quick"))
+_GELU_TAB, _GELU_QUICK_TAB = GELU_F16, GELU_QUICK_F16
+# GLU words: every GLU op has op and swapped; SWIGLU_OAI adds alpha and limit
+_W_GLU = param_words("SWIGLU_OAI")
 
 
 # --- intrinsics -----------------------------------------------------------------------------
@@ -246,26 +267,8 @@ def _swiglu_oai(x, g, alpha, limit):
 
 
 
-# --- element access by type ---------------------------------------------------------------------
-
-@_jit
-def _ld(addr, t):
-    """One F32/F16/BF16 element at addr as float32."""
-    if t == F32:
-        return ptr_of(addr, np.float32)[0]
-    if t == F16:
-        return qnb.f16_to_f32(ptr_of(addr, np.uint16)[0])
-    return qnb.bf16_to_f32(ptr_of(addr, np.uint16)[0])
-
-
-@_jit
-def _st(addr, t, v):
-    if t == F32:
-        ptr_of(addr, np.float32)[0] = v
-    elif t == F16:
-        ptr_of(addr, np.uint16)[0] = qnb.f32_to_f16(v)
-    else:
-        ptr_of(addr, np.uint16)[0] = qnb.f32_to_bf16(v)
+# element access by type: copy.py's load_f32 / store_f32 (F32, F16, BF16 here)
+_ld, _st = load_f32, store_f32
 
 
 def _floats(node) -> bool:
@@ -443,7 +446,6 @@ def _u_leaky(x, t, p0, p1, p2, p3, p4):
  U_HARDSWISH, U_HARDSIGMOID, U_EXP, U_EXPM1, U_SOFTPLUS, U_GELU_ERF, U_XIELU, U_FLOOR, U_CEIL,
  U_ROUND, U_TRUNC) = range(22)
 U_SQR, U_SQRT, U_LOG, U_SIN, U_COS, U_CLAMP, U_SCALE, U_LEAKY = range(100, 108)
-assert UNARY_OP_ID["TRUNC"] == U_TRUNC and UNARY_OP_ID["SILU"] == U_SILU
 
 # ops with a dedicated packed-F16 loop (the others read F16 through the generic strided loop:
 # slower, but each fast loop costs compile time in every kernel that has it)
@@ -481,9 +483,9 @@ def _ov_unary_rows(desc, ith, nth, op):
     def impl(desc, ith, nth, op):
         st = t_type(desc, SRC0)
         dt = t_type(desc, DST)
-        ne0, ne1, ne2, ne3 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
-        nb00, nb01, nb02, nb03 = t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
-        nb0, nb1, nb2, nb3 = t_nb(desc, DST, 0), t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+        ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
+        nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
+        nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
         sa = t_addr(desc, SRC0)
         da = t_addr(desc, DST)
         p0, p1, p2 = param_f32(desc, 0), param_f32(desc, 1), param_f32(desc, 2)
@@ -495,9 +497,7 @@ def _ov_unary_rows(desc, ith, nth, op):
             return
         ir0, ir1 = row_range(nr, ith, nth)
         for r in range(ir0, ir1):
-            i1 = r % ne1
-            i2 = (r // ne1) % ne2
-            i3 = r // (ne1 * ne2)
+            i1, i2, i3 = row_coords(r, ne1, ne2)
             s = sa + i1 * nb01 + i2 * nb02 + i3 * nb03
             d = da + i1 * nb1 + i2 * nb2 + i3 * nb3
             if f32_rows:
@@ -520,155 +520,41 @@ def _ov_unary_rows(desc, ith, nth, op):
     return impl
 
 
-# One small function per op: each kernel is cached under its own name.
-@kernel("ABS", supports=_floats)
-def k_abs(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_ABS)
-
-
-@kernel("SGN", supports=_floats)
-def k_sgn(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SGN)
-
-
-@kernel("NEG", supports=_floats)
-def k_neg(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_NEG)
-
-
-@kernel("STEP", supports=_floats)
-def k_step(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_STEP)
-
-
-@kernel("TANH", supports=_floats)
-def k_tanh(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_TANH)
-
-
-@kernel("ELU", supports=_floats)
-def k_elu(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_ELU)
-
-
-@kernel("RELU", supports=_floats)
-def k_relu(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_RELU)
-
-
-@kernel("SIGMOID", supports=_floats)
-def k_sigmoid(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SIGMOID)
-
-
-@kernel("GELU", supports=_floats)
-def k_gelu(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_GELU)
-
-
-@kernel("GELU_QUICK", supports=_floats)
-def k_gelu_quick(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_GELU_QUICK)
-
-
-@kernel("SILU", supports=_floats)
-def k_silu(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SILU)
-
-
-@kernel("HARDSWISH", supports=_floats)
-def k_hardswish(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_HARDSWISH)
-
-
-@kernel("HARDSIGMOID", supports=_floats)
-def k_hardsigmoid(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_HARDSIGMOID)
-
-
-@kernel("EXP", supports=_floats)
-def k_exp(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_EXP)
-
-
-@kernel("EXPM1", supports=_floats)
-def k_expm1(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_EXPM1)
-
-
-@kernel("SOFTPLUS", supports=_floats)
-def k_softplus(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SOFTPLUS)
-
-
-@kernel("GELU_ERF", supports=_floats)
-def k_gelu_erf(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_GELU_ERF)
-
-
-@kernel("XIELU", supports=_floats)
-def k_xielu(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_XIELU)
-
-
-@kernel("FLOOR", supports=_floats)
-def k_floor(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_FLOOR)
-
-
-@kernel("CEIL", supports=_floats)
-def k_ceil(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_CEIL)
-
-
-@kernel("ROUND", supports=_floats)
-def k_round(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_ROUND)
-
-
-@kernel("TRUNC", supports=_floats)
-def k_trunc(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_TRUNC)
-
-
-@kernel("SQR", supports=_floats)
-def k_sqr(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SQR)
-
-
-@kernel("SQRT", supports=_floats)
-def k_sqrt(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SQRT)
-
-
-@kernel("LOG", supports=_floats)
-def k_log(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_LOG)
-
-
-@kernel("SIN", supports=_floats)
-def k_sin(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SIN)
-
-
-@kernel("COS", supports=_floats)
-def k_cos(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_COS)
-
-
-@kernel("CLAMP", supports=_floats)
-def k_clamp(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_CLAMP)
-
-
-@kernel("SCALE", supports=_floats)
-def k_scale(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_SCALE)
-
-
-@kernel("LEAKY_RELU", supports=_floats)
-def k_leaky_relu(desc, ith, nth):
-    _unary_rows(desc, ith, nth, U_LEAKY)
+# One small kernel per op, cached under its own name (k_<op>), generated from this table.
+UNARY_KERNELS = {
+    "ABS": U_ABS,
+    "SGN": U_SGN,
+    "NEG": U_NEG,
+    "STEP": U_STEP,
+    "TANH": U_TANH,
+    "ELU": U_ELU,
+    "RELU": U_RELU,
+    "SIGMOID": U_SIGMOID,
+    "GELU": U_GELU,
+    "GELU_QUICK": U_GELU_QUICK,
+    "SILU": U_SILU,
+    "HARDSWISH": U_HARDSWISH,
+    "HARDSIGMOID": U_HARDSIGMOID,
+    "EXP": U_EXP,
+    "EXPM1": U_EXPM1,
+    "SOFTPLUS": U_SOFTPLUS,
+    "GELU_ERF": U_GELU_ERF,
+    "XIELU": U_XIELU,
+    "FLOOR": U_FLOOR,
+    "CEIL": U_CEIL,
+    "ROUND": U_ROUND,
+    "TRUNC": U_TRUNC,
+    "SQR": U_SQR,
+    "SQRT": U_SQRT,
+    "LOG": U_LOG,
+    "SIN": U_SIN,
+    "COS": U_COS,
+    "CLAMP": U_CLAMP,
+    "SCALE": U_SCALE,
+    "LEAKY_RELU": U_LEAKY,
+}
+for _op, _code in UNARY_KERNELS.items():
+    row_kernel(_op, _unary_rows, _code, supports=_floats)
 
 
 # --- binary -----------------------------------------------------------------------------------
@@ -713,11 +599,11 @@ def _ov_binary_rows(desc, ith, nth, op):
         st = t_type(desc, SRC0)
         bt = t_type(desc, SRC1)
         dt = t_type(desc, DST)
-        ne0, ne1, ne2, ne3 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
-        ne10, ne11, ne12, ne13 = t_ne(desc, SRC1, 0), t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
-        nb00, nb01, nb02, nb03 = t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
-        nb10, nb11, nb12, nb13 = t_nb(desc, SRC1, 0), t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
-        nb0, nb1, nb2, nb3 = t_nb(desc, DST, 0), t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+        ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
+        ne10, ne11, ne12, ne13 = t_ne4(desc, SRC1)
+        nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
+        nb10, nb11, nb12, nb13 = t_nb4(desc, SRC1)
+        nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
         sa, ba, da = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
         nr = ne1 * ne2 * ne3
         if nr == 0 or ne0 == 0 or ne10 * ne11 * ne12 * ne13 == 0:
@@ -727,9 +613,7 @@ def _ov_binary_rows(desc, ith, nth, op):
                     and ne10 == ne0)
         ir0, ir1 = row_range(nr, ith, nth)
         for r in range(ir0, ir1):
-            i1 = r % ne1
-            i2 = (r // ne1) % ne2
-            i3 = r // (ne1 * ne2)
+            i1, i2, i3 = row_coords(r, ne1, ne2)
             s = sa + i1 * nb01 + i2 * nb02 + i3 * nb03
             b = ba + (i1 % ne11) * nb11 + (i2 % ne12) * nb12 + (i3 % ne13) * nb13
             d = da + i1 * nb1 + i2 * nb2 + i3 * nb3
@@ -781,11 +665,11 @@ def _ov_binary_quant_rows(desc, ith, nth, op):
         st = t_type(desc, SRC0)
         bt = t_type(desc, SRC1)
         dt = t_type(desc, DST)
-        ne0, ne1, ne2, ne3 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
-        ne10, ne11, ne12, ne13 = t_ne(desc, SRC1, 0), t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
-        nb00, nb01, nb02, nb03 = t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
-        nb10, nb11, nb12, nb13 = t_nb(desc, SRC1, 0), t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
-        nb0, nb1, nb2, nb3 = t_nb(desc, DST, 0), t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+        ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
+        ne10, ne11, ne12, ne13 = t_ne4(desc, SRC1)
+        nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
+        nb10, nb11, nb12, nb13 = t_nb4(desc, SRC1)
+        nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
         sa, ba, da = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
         nr = ne1 * ne2 * ne3
         if nr == 0 or ne0 == 0:
@@ -801,9 +685,7 @@ def _ov_binary_quant_rows(desc, ith, nth, op):
         d_is_q = dt != F32 and dt != F16 and dt != BF16
         ir0, ir1 = row_range(nr, ith, nth)
         for r in range(ir0, ir1):
-            i1 = r % ne1
-            i2 = (r // ne1) % ne2
-            i3 = r // (ne1 * ne2)
+            i1, i2, i3 = row_coords(r, ne1, ne2)
             s = sa + i1 * nb01 + i2 * nb02 + i3 * nb03
             b = ba + (i1 % ne11) * nb11 + (i2 % ne12) * nb12 + (i3 % ne13) * nb13
             d = da + i1 * nb1 + i2 * nb2 + i3 * nb3
@@ -847,29 +729,11 @@ def _work_quant(node, n_threads) -> int:
     return (4 * node.ne[0] + 64) * n_threads
 
 
-@kernel(("ADD", "ADD1"), supports=_floats)
-def k_add(desc, ith, nth):
-    _binary_rows(desc, ith, nth, B_ADD)
-
-
-@kernel(("ADD", "ADD1"), supports=_bin_quant, work_size=_work_quant)
-def k_add_quant(desc, ith, nth):
-    _binary_quant_rows(desc, ith, nth, B_ADD)
-
-
-@kernel("SUB", supports=_floats)
-def k_sub(desc, ith, nth):
-    _binary_rows(desc, ith, nth, B_SUB)
-
-
-@kernel("MUL", supports=_floats)
-def k_mul(desc, ith, nth):
-    _binary_rows(desc, ith, nth, B_MUL)
-
-
-@kernel("DIV", supports=_floats)
-def k_div(desc, ith, nth):
-    _binary_rows(desc, ith, nth, B_DIV)
+BINARY_KERNELS = {("ADD", "ADD1"): B_ADD, "SUB": B_SUB, "MUL": B_MUL, "DIV": B_DIV}
+for _op, _code in BINARY_KERNELS.items():
+    row_kernel(_op, _binary_rows, _code, supports=_floats)
+row_kernel(("ADD", "ADD1"), _binary_quant_rows, B_ADD, supports=_bin_quant, work_size=_work_quant,
+           name="k_add_quant")
 
 
 # --- ADD_ID -----------------------------------------------------------------------------------
@@ -886,11 +750,11 @@ def k_add_id(desc, ith, nth):
 
 @_jit
 def _add_id_rows(desc, ith, nth):
-    ne0, ne1, ne2, ne3 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
-    nb00, nb01, nb02, nb03 = t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
+    ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
+    nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
     nb10, nb11 = t_nb(desc, SRC1, 0), t_nb(desc, SRC1, 1)
     nb20, nb21 = t_nb(desc, SRC2, 0), t_nb(desc, SRC2, 1)
-    nb0, nb1, nb2, nb3 = t_nb(desc, DST, 0), t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+    nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
     ne11 = t_ne(desc, SRC1, 1)
     sa, ba, ia, da = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, SRC2), t_addr(desc, DST)
     nr = ne1 * ne2 * ne3
@@ -899,9 +763,7 @@ def _add_id_rows(desc, ith, nth):
     packed = nb00 == 4 and nb10 == 4 and nb0 == 4
     ir0, ir1 = row_range(nr, ith, nth)
     for r in range(ir0, ir1):
-        i1 = r % ne1
-        i2 = (r // ne1) % ne2
-        i3 = r // (ne1 * ne2)
+        i1, i2, i3 = row_coords(r, ne1, ne2)
         row = np.int64(ptr_of(ia + i1 * nb20 + i2 * nb21, np.int32)[0])
         if row < 0 or row >= ne11:
             set_error(desc, ERR_ADD_ID_RANGE)
@@ -959,7 +821,6 @@ def _g_geglu_quick(x, g, t, alpha, limit):
 
 
 G_REGLU, G_GEGLU, G_SWIGLU, G_SWIGLU_OAI, G_GEGLU_ERF, G_GEGLU_QUICK = range(6)
-assert GLU_OP_ID["SWIGLU"] == G_SWIGLU and GLU_OP_ID["GEGLU_QUICK"] == G_GEGLU_QUICK
 _GLU_SMALL = {G_SWIGLU: _g_swiglu_small}
 _GLU_ELEMS = {G_REGLU: _g_reglu, G_GEGLU: _g_geglu, G_SWIGLU: _g_swiglu,
               G_SWIGLU_OAI: _g_swiglu_oai, G_GEGLU_ERF: _g_geglu_erf, G_GEGLU_QUICK: _g_geglu_quick}
@@ -982,9 +843,9 @@ def _ov_glu_rows(desc, ith, nth, op):
     def impl(desc, ith, nth, op):
         st = t_type(desc, SRC0)
         dt = t_type(desc, DST)
-        nc, ne1, ne2, ne3 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
-        nb00, nb01, nb02, nb03 = t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
-        nb0, nb1, nb2, nb3 = t_nb(desc, DST, 0), t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+        nc, ne1, ne2, ne3 = t_ne4(desc, DST)
+        nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
+        nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
         sa, da = t_addr(desc, SRC0), t_addr(desc, DST)
         ba = t_addr(desc, SRC1)
         nb10, nb11, nb12, nb13 = nb00, nb01, nb02, nb03
@@ -992,16 +853,16 @@ def _ov_glu_rows(desc, ith, nth, op):
         xo = 0
         go = 0
         if ba != 0:                     # split form: g = src1
-            nb10, nb11, nb12, nb13 = t_nb(desc, SRC1, 0), t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
+            nb10, nb11, nb12, nb13 = t_nb4(desc, SRC1)
             gt = t_type(desc, SRC1)
         else:                           # fused: [x | g], or [g | x] when swapped
             ba = sa
-            if param_i32(desc, 1) != 0:
+            if param_i32(desc, _W_GLU.swapped) != 0:
                 xo = nc * nb00
             else:
                 go = nc * nb00
-        alpha = param_f32(desc, 2)
-        limit = param_f32(desc, 3)
+        alpha = param_f32(desc, _W_GLU.alpha)
+        limit = param_f32(desc, _W_GLU.limit)
         nr = ne1 * ne2 * ne3
         if nr == 0:
             return
@@ -1009,9 +870,7 @@ def _ov_glu_rows(desc, ith, nth, op):
         f16_rows = f16_fast and st == F16 and gt == F16 and dt == F16 and nb00 == 2 and nb10 == 2 and nb0 == 2
         ir0, ir1 = row_range(nr, ith, nth)
         for r in range(ir0, ir1):
-            i1 = r % ne1
-            i2 = (r // ne1) % ne2
-            i3 = r // (ne1 * ne2)
+            i1, i2, i3 = row_coords(r, ne1, ne2)
             xa = sa + i1 * nb01 + i2 * nb02 + i3 * nb03 + xo
             ga = ba + i1 * nb11 + i2 * nb12 + i3 * nb13 + go
             d = da + i1 * nb1 + i2 * nb2 + i3 * nb3
@@ -1039,31 +898,7 @@ def _ov_glu_rows(desc, ith, nth, op):
     return impl
 
 
-@kernel("REGLU", supports=_floats)
-def k_reglu(desc, ith, nth):
-    _glu_rows(desc, ith, nth, G_REGLU)
-
-
-@kernel("GEGLU", supports=_floats)
-def k_geglu(desc, ith, nth):
-    _glu_rows(desc, ith, nth, G_GEGLU)
-
-
-@kernel("SWIGLU", supports=_floats)
-def k_swiglu(desc, ith, nth):
-    _glu_rows(desc, ith, nth, G_SWIGLU)
-
-
-@kernel("SWIGLU_OAI", supports=_floats)
-def k_swiglu_oai(desc, ith, nth):
-    _glu_rows(desc, ith, nth, G_SWIGLU_OAI)
-
-
-@kernel("GEGLU_ERF", supports=_floats)
-def k_geglu_erf(desc, ith, nth):
-    _glu_rows(desc, ith, nth, G_GEGLU_ERF)
-
-
-@kernel("GEGLU_QUICK", supports=_floats)
-def k_geglu_quick(desc, ith, nth):
-    _glu_rows(desc, ith, nth, G_GEGLU_QUICK)
+GLU_KERNELS = {"REGLU": G_REGLU, "GEGLU": G_GEGLU, "SWIGLU": G_SWIGLU, "SWIGLU_OAI": G_SWIGLU_OAI,
+               "GEGLU_ERF": G_GEGLU_ERF, "GEGLU_QUICK": G_GEGLU_QUICK}
+for _op, _code in GLU_KERNELS.items():
+    row_kernel(_op, _glu_rows, _code, supports=_floats)

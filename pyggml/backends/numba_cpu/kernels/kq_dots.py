@@ -32,7 +32,7 @@ from ....quants._kquant import KVALUES_IQ4NL
 from ....types import GGMLType
 from ..intrinsics import f32_array, i8_array, i16_array
 from . import simd
-from .simd import _I8, _I16, _I32, _I64, _F32, _acc, _c, _f16, _fma, _for, _hsum, _load, _store
+from .simd import _F32, _I8, _I16, _I32, _I64, _acc, _c, _f16, _fma, _for, _hsum, _load, _store
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 

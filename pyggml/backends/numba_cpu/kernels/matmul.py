@@ -32,14 +32,32 @@ import numba
 import numpy as np
 
 from ....quants import nb as qnb
-from ....types import GGMLType, TRAITS
-from ..desc import (DST, SRC0, SRC1, SRC2, ERR_SHAPE, ERR_TYPE, ERR_WORK_SIZE, n_tasks,
-                    register_error, row_range, set_error, t_addr, t_nb, t_ne, t_type, wdata,
-                    wsize)
+from ....types import TRAITS, GGMLType
+from ..desc import (
+    DST,
+    ERR_SHAPE,
+    ERR_TYPE,
+    ERR_WORK_SIZE,
+    SRC0,
+    SRC1,
+    SRC2,
+    n_tasks,
+    register_error,
+    row_coords,
+    row_range,
+    set_error,
+    t_addr,
+    t_nb,
+    t_nb4,
+    t_ne,
+    t_type,
+    wdata,
+    wsize,
+)
 from ..intrinsics import f32_array, i8_array, i64_array, ptr_of, u8_array, u16_array
-from . import kernel
+from . import kernel, simd
 from . import kq_dots as kq
-from . import simd
+from .copy import load_f32
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
@@ -165,15 +183,6 @@ def out_prod_work_size(node, n_threads) -> int:
 
 
 # --- element access --------------------------------------------------------------------------
-
-@_jit
-def load_f32(addr, t):
-    if t == F32:
-        return ptr_of(addr, np.float32)[0]
-    if t == F16:
-        return qnb.f16_to_f32(ptr_of(addr, np.uint16)[0])
-    return qnb.bf16_to_f32(ptr_of(addr, np.uint16)[0])
-
 
 @_jit
 def row_to_f32(t, src, n, dst):
@@ -682,8 +691,7 @@ def out_prod(desc, ith, nth):
     m, kk = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
     ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
     nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
-    nb10, nb11, nb12, nb13 = (t_nb(desc, SRC1, 0), t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2),
-                              t_nb(desc, SRC1, 3))
+    nb10, nb11, nb12, nb13 = t_nb4(desc, SRC1)
     ne1, ne2, ne3 = t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
     nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
     a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
@@ -704,9 +712,7 @@ def out_prod(desc, ith, nth):
     r = ir0
     while r < ir1:
         # a run of rows of one (i2, i3) matrix, at most OP_RB long
-        i1 = r % ne1
-        i2 = (r // ne1) % ne2
-        i3 = r // (ne1 * ne2)
+        i1, i2, i3 = row_coords(r, ne1, ne2)
         n_r = min(ir1 - r, ne1 - i1, OP_RB)
         for q in range(n_r):
             o = f32_array(d + (i1 + q) * nb1 + i2 * nb2 + i3 * nb3, m)

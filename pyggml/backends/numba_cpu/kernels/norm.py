@@ -14,10 +14,27 @@ import numba
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import (DST, SRC0, SRC1, ERR_WORK_SIZE, param_f32, param_i32, row_range,
-                    set_error, t_addr, t_nb, t_ne, wdata, wsize)
+from ..desc import (
+    DST,
+    ERR_WORK_SIZE,
+    SRC0,
+    SRC1,
+    param_f32,
+    param_i32,
+    row_addr,
+    row_range,
+    set_error,
+    t_addr,
+    t_nb,
+    t_ne,
+    wdata,
+    wsize,
+)
 from ..intrinsics import f32_array, ptr_of
-from . import kernel, rows_n_tasks
+from . import kernel, param_words, row_kernel, rows_n_tasks
+
+_W_EPS = param_words("NORM").eps     # the same word in RMS_NORM, L2_NORM, RMS_NORM_BACK
+_W_GROUP = param_words("GROUP_NORM")
 
 _F = np.float32
 _jit = numba.njit(nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy")
@@ -26,14 +43,6 @@ _jit = numba.njit(nogil=True, cache=True, fastmath={"contract", "reassoc"}, erro
 def _f32_all(node) -> bool:
     return node.type == GGMLType.F32 and all(
         s.type == GGMLType.F32 for s in node.src if s is not None)
-
-
-@_jit
-def row_addr(desc, slot, r):
-    """Address of row r (flat over ne1*ne2*ne3) of slot."""
-    ne1, ne2 = t_ne(desc, slot, 1), t_ne(desc, slot, 2)
-    return (t_addr(desc, slot) + (r % ne1) * t_nb(desc, slot, 1)
-            + ((r // ne1) % ne2) * t_nb(desc, slot, 2) + (r // (ne1 * ne2)) * t_nb(desc, slot, 3))
 
 
 @_jit
@@ -106,26 +115,10 @@ def _thread_tmp(desc, ith):
     return wdata(desc) + ith * slot
 
 
-# --- RMS_NORM ---------------------------------------------------------------------------------
+# --- NORM, RMS_NORM, L2_NORM: one row loop, specialised per op --------------------------------
 
-@kernel("RMS_NORM", supports=_f32_all, work_size=_scratch, n_tasks=rows_n_tasks)
-def rms_norm_f32(desc, ith, nth):
-    n = t_ne(desc, SRC0, 0)
-    eps = param_f32(desc, 0)
-    tmp = _thread_tmp(desc, ith)
-    if tmp == 0 and t_nb(desc, SRC0, 0) != 4:
-        return
-    dnb0 = t_nb(desc, DST, 0)
-    ir0, ir1 = row_range(t_ne(desc, SRC0, 1) * t_ne(desc, SRC0, 2) * t_ne(desc, SRC0, 3),
-                         ith, nth)
-    for r in range(ir0, ir1):
-        x = _src_row(desc, r, n, tmp)
-        mean = _F(sum_sq(x, n) / n)
-        scale = fdiv(1.0, math.sqrt(mean + eps))
-        store_scaled(x, n, scale, row_addr(desc, DST, r), dnb0)
+_NORM, _RMS_NORM, _L2_NORM = 0, 1, 2
 
-
-# --- NORM -------------------------------------------------------------------------------------
 
 @_jit
 def centered_sq(x, n, mean):
@@ -147,10 +140,10 @@ def store_centered(x, n, mean, f, daddr, nb0):
             ptr_of(daddr + i * nb0, np.float32)[0] = (x[i] - mean) * f
 
 
-@kernel("NORM", supports=_f32_all, work_size=_scratch, n_tasks=rows_n_tasks)
-def norm_f32(desc, ith, nth):
+@_jit
+def _norm_rows(desc, ith, nth, kind):
     n = t_ne(desc, SRC0, 0)
-    eps = param_f32(desc, 0)
+    eps = param_f32(desc, _W_EPS)
     tmp = _thread_tmp(desc, ith)
     if tmp == 0 and t_nb(desc, SRC0, 0) != 4:
         return
@@ -159,29 +152,23 @@ def norm_f32(desc, ith, nth):
                          ith, nth)
     for r in range(ir0, ir1):
         x = _src_row(desc, r, n, tmp)
-        mean = _F(row_sum(x, n) / n)
-        var = _F(centered_sq(x, n, mean) / n)
-        scale = fdiv(1.0, math.sqrt(var + eps))
-        store_centered(x, n, mean, scale, row_addr(desc, DST, r), dnb0)
+        d = row_addr(desc, DST, r)
+        if kind == _NORM:
+            mean = _F(row_sum(x, n) / n)
+            var = _F(centered_sq(x, n, mean) / n)
+            store_centered(x, n, mean, fdiv(1.0, math.sqrt(var + eps)), d, dnb0)
+        elif kind == _RMS_NORM:
+            mean = _F(sum_sq(x, n) / n)
+            store_scaled(x, n, fdiv(1.0, math.sqrt(mean + eps)), d, dnb0)
+        else:
+            nrm = _F(math.sqrt(_F(sum_sq(x, n))))            # sqrtf((float)sum)
+            nrm = nrm if nrm > eps else eps                   # fmaxf(sqrt(sum), eps)
+            store_scaled(x, n, fdiv(1.0, nrm), d, dnb0)
 
 
-# --- L2_NORM ----------------------------------------------------------------------------------
-
-@kernel("L2_NORM", supports=_f32_all, work_size=_scratch, n_tasks=rows_n_tasks)
-def l2_norm_f32(desc, ith, nth):
-    n = t_ne(desc, SRC0, 0)
-    eps = param_f32(desc, 0)
-    tmp = _thread_tmp(desc, ith)
-    if tmp == 0 and t_nb(desc, SRC0, 0) != 4:
-        return
-    dnb0 = t_nb(desc, DST, 0)
-    ir0, ir1 = row_range(t_ne(desc, SRC0, 1) * t_ne(desc, SRC0, 2) * t_ne(desc, SRC0, 3),
-                         ith, nth)
-    for r in range(ir0, ir1):
-        x = _src_row(desc, r, n, tmp)
-        nrm = _F(math.sqrt(_F(sum_sq(x, n))))                # sqrtf((float)sum)
-        nrm = nrm if nrm > eps else eps                       # fmaxf(sqrt(sum), eps)
-        store_scaled(x, n, fdiv(1.0, nrm), row_addr(desc, DST, r), dnb0)
+for _op, _kind in (("RMS_NORM", _RMS_NORM), ("NORM", _NORM), ("L2_NORM", _L2_NORM)):
+    row_kernel(_op, _norm_rows, _kind, supports=_f32_all, work_size=_scratch,
+               n_tasks=rows_n_tasks, name=f"{_op.lower()}_f32")
 
 
 # --- RMS_NORM_BACK ----------------------------------------------------------------------------
@@ -195,7 +182,7 @@ def _supports_packed_f32(node) -> bool:
 def rms_norm_back_f32(desc, ith, nth):
     """dx = (dz + x * (-sum(x*dz) / (sum(x^2) + eps*n))) / sqrt(mean(x^2) + eps)."""
     n = t_ne(desc, SRC0, 0)
-    eps = param_f32(desc, 0)
+    eps = param_f32(desc, _W_EPS)
     ir0, ir1 = row_range(t_ne(desc, SRC0, 1) * t_ne(desc, SRC0, 2) * t_ne(desc, SRC0, 3),
                          ith, nth)
     for r in range(ir0, ir1):
@@ -235,8 +222,8 @@ def group_norm_f32(desc, ith, nth):
     sa, da = t_addr(desc, SRC0), t_addr(desc, DST)
     snb1, snb2, snb3 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
     dnb1, dnb2, dnb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
-    eps = param_f32(desc, 1)
-    n_groups = param_i32(desc, 0)
+    eps = param_f32(desc, _W_GROUP.eps)
+    n_groups = param_i32(desc, _W_GROUP.n_groups)
     per = (ne2 + n_groups - 1) // n_groups
     for g in range(ith, n_groups, nth):
         start = g * per

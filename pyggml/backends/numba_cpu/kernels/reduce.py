@@ -13,20 +13,13 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import DST, SRC0, SRC1, row_range, t_addr, t_nb, t_ne, t_type
+from ..desc import DST, SRC0, SRC1, row_addr, row_range, t_addr, t_nb, t_ne, t_type
 from ..intrinsics import f32_array, ptr_of
 from . import kernel, one_task, rows_n_tasks
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 _F = np.float32
 _jit = numba.njit(nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy")
-
-
-@_jit
-def row_addr(desc, slot, r):
-    ne1, ne2 = t_ne(desc, slot, 1), t_ne(desc, slot, 2)
-    return (t_addr(desc, slot) + (r % ne1) * t_nb(desc, slot, 1)
-            + ((r // ne1) % ne2) * t_nb(desc, slot, 2) + (r // (ne1 * ne2)) * t_nb(desc, slot, 3))
 
 
 @_jit

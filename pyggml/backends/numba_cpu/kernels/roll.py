@@ -8,7 +8,9 @@ from ..intrinsics import f32_array
 from . import kernel
 from .tri import n_rows, row_addr
 
-_IS_F32 = lambda node: node.type == GGMLType.F32
+
+def _IS_F32(node):
+    return node.type == GGMLType.F32
 
 
 @kernel("ROLL", supports=_IS_F32)

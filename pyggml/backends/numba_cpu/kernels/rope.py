@@ -18,10 +18,29 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import (DST, SRC0, SRC1, SRC2, ERR_PARAM, ERR_WORK_SIZE, param_f32,
-                    param_i32, row_range, set_error, t_addr, t_nb, t_ne, t_type, wdata, wsize)
+from ..desc import (
+    DST,
+    ERR_PARAM,
+    ERR_WORK_SIZE,
+    SRC0,
+    SRC1,
+    SRC2,
+    param_f32,
+    param_i32,
+    row_coords,
+    row_range,
+    set_error,
+    t_addr,
+    t_nb,
+    t_ne,
+    t_type,
+    wdata,
+    wsize,
+)
 from ..intrinsics import f32_array, ptr_of, u16_array
-from . import kernel
+from . import kernel, param_words
+
+_W = param_words("ROPE")        # ROPE_BACK has the same words
 
 F32, F16 = int(GGMLType.F32), int(GGMLType.F16)
 NORMAL, NEOX, MROPE, VISION, IMROPE = 0, 2, 8, 24, 40
@@ -113,12 +132,13 @@ def fill_cache(desc, cache, i2, ne2, npair, mode, n_dims, theta_scale, lo, hi, s
     """cos/sin of the npair rotated pairs for token i2 (ggml's rope / mrope cache)."""
     pa, pnb = t_addr(desc, SRC1), t_nb(desc, SRC1, 0)
     fa, fnb = t_addr(desc, SRC2), t_nb(desc, SRC2, 0)
-    freq_scale = param_f32(desc, 6)
-    ext_factor = param_f32(desc, 7)
-    attn_factor = param_f32(desc, 8)
+    freq_scale = param_f32(desc, _W.freq_scale)
+    ext_factor = param_f32(desc, _W.ext_factor)
+    attn_factor = param_f32(desc, _W.attn_factor)
     if mode & MROPE:
-        s0, s1, s2, s3 = (param_i32(desc, 11), param_i32(desc, 12), param_i32(desc, 13),
-                          param_i32(desc, 14))
+        sw = _W.sections
+        s0, s1, s2, s3 = (param_i32(desc, sw), param_i32(desc, sw + 1),
+                          param_i32(desc, sw + 2), param_i32(desc, sw + 3))
         sect_dims = s0 + s1 + s2 + s3
         sec_w = s0 + s1
         sec_e = sec_w + s2
@@ -248,12 +268,12 @@ def rotate_f16(sa, da, cache, ne0, n_dims, mode):
 def rope_body(desc, ith, nth, sin_sign):
     t = t_type(desc, SRC0)
     ne0, ne1, ne2 = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
-    n_dims = param_i32(desc, 1)
-    mode = param_i32(desc, 2)
-    n_ctx_orig = param_i32(desc, 4)
-    freq_base = param_f32(desc, 5)
-    beta_fast = param_f32(desc, 9)
-    beta_slow = param_f32(desc, 10)
+    n_dims = param_i32(desc, _W.n_dims)
+    mode = param_i32(desc, _W.mode)
+    n_ctx_orig = param_i32(desc, _W.n_ctx_orig)
+    freq_base = param_f32(desc, _W.freq_base)
+    beta_fast = param_f32(desc, _W.beta_fast)
+    beta_slow = param_f32(desc, _W.beta_slow)
     if n_dims <= 0 or n_dims % 2 != 0 or (mode != VISION and n_dims > ne0) or \
             (mode == VISION and 2 * n_dims != ne0):
         set_error(desc, ERR_PARAM)
@@ -272,9 +292,7 @@ def rope_body(desc, ith, nth, sin_sign):
     ir0, ir1 = row_range(ne1 * ne2 * t_ne(desc, SRC0, 3), ith, nth)
     last = -1
     for r in range(ir0, ir1):
-        i1 = r % ne1
-        i2 = (r // ne1) % ne2
-        i3 = r // (ne1 * ne2)
+        i1, i2, i3 = row_coords(r, ne1, ne2)
         if i2 != last:
             fill_cache(desc, cache, i2, ne2, npair, mode, n_dims, theta_scale, lo, hi, sin_sign)
             last = i2

@@ -18,13 +18,29 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....tensor import is_contiguous_rows
-from ....types import GGMLType, TRAITS
-from ..desc import (DST, SRC0, SRC1, ERR_UNSUPPORTED, ERR_WORK_SIZE, register_error,
-                    row_range, set_error, t_addr, t_nb, t_ne, t_row_size, t_type, type_size,
-                    wdata, wsize)
+from ....types import TRAITS, GGMLType
+from ..desc import (
+    DST,
+    ERR_UNSUPPORTED,
+    ERR_WORK_SIZE,
+    SRC0,
+    SRC1,
+    register_error,
+    row_range,
+    set_error,
+    t_addr,
+    t_nb,
+    t_ne,
+    t_row_size,
+    t_type,
+    type_size,
+    wdata,
+    wsize,
+)
 from ..intrinsics import f32_array, ptr_of, u8_array
 from . import kernel
-from .copy import _ROW_CODEC as _COPY_ROW_CODEC, copy_bits, copy_bytes, load_f32
+from .copy import _ROW_CODEC as _COPY_ROW_CODEC
+from .copy import copy_bits, copy_bytes, load_f32
 
 ERR_ROW_ID = register_error(170, "a row id is out of range (get_rows / set_rows / get_rows_back)")
 
@@ -99,7 +115,7 @@ def get_rows(desc, ith, nth):
 # --- SET_ROWS ---------------------------------------------------------------------------------
 
 def _supports_set_rows(node) -> bool:
-    b, c, a = node.src[0], node.src[1], node.src[2]
+    b, c = node.src[0], node.src[1]
     return (node.type in _ROW_CODEC and b.type in (GGMLType.F32, GGMLType.F16)
             and c.type in (GGMLType.I32, GGMLType.I64)
             and is_contiguous_rows(node) and is_contiguous_rows(b))

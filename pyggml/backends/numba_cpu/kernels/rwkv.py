@@ -7,8 +7,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..desc import (DST, SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, param_f32, param_i32,
-                    row_range, t_addr, t_nb, t_ne)
+from ..desc import DST, SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, param_f32, param_i32, row_range, t_addr, t_nb, t_ne
 from ..intrinsics import f32_array
 from . import kernel
 

@@ -598,7 +598,8 @@ def _pv_body(nr, nk, x):
 
 
 # Q4_0 K against 8-bit q (PREC_DEFAULT, as ggml's vec_dot_q4_0_q8_0): two blocks per 512-bit
-# step (an odd last block with the upper half zero). vpdpbusd sums 4 products of K codes (0..15, unsigned) and q (signed) per 32-bit lane,
+# step (an odd last block with the upper half zero). vpdpbusd sums 4 products of K codes
+# (0..15, unsigned) and q (signed) per 32-bit lane,
 # 8 lanes per block; each lane is converted to float and becomes d·(qd·lane - qs), d the K
 # block's scale, qd the q block's and qs = qd·Σq (qdx holds both per row, spread over the
 # block's 8 lanes): over the 8 lanes that is d·qd·(Σcode·q - 8·Σq), the dot of the

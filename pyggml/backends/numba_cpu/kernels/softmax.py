@@ -22,10 +22,28 @@ import numpy as np
 from ....quants import nb as qnb
 from ....quants.nb import _bits_f32
 from ....types import GGMLType
-from ..desc import (DST, SRC0, SRC1, SRC2, ERR_SHAPE, param_f32, param_i32, row_range,
-                    set_error, t_addr, t_nb, t_ne, t_type)
+from ..desc import (
+    DST,
+    ERR_SHAPE,
+    SRC0,
+    SRC1,
+    SRC2,
+    param_f32,
+    param_i32,
+    row_coords,
+    row_range,
+    set_error,
+    t_addr,
+    t_nb,
+    t_ne,
+    t_ne4,
+    t_type,
+)
 from ..intrinsics import f32_array, ptr_of, u16_array
-from . import kernel, rows_n_tasks
+from . import kernel, param_words, rows_n_tasks
+
+_W_SM, _W_SMB = param_words("SOFT_MAX"), param_words("SOFT_MAX_BACK")
+_W_DIAG = param_words("DIAG_MASK_INF")     # DIAG_MASK_ZERO has the same words
 
 F32, F16 = int(GGMLType.F32), int(GGMLType.F16)
 _F = np.float32
@@ -114,7 +132,8 @@ def scale_row(w, n, f):
 
 @_jit
 def alibi_slope(h, n_head, max_bias):
-    """ggml's ALiBi slope for head h (float32 powf), 1 without ALiBi."""
+    """ggml's ALiBi slope for head h (float32 powf), 1 without ALiBi (soft_max and flash
+    attention share it)."""
     if max_bias <= _F(0.0):
         return _F(1.0)
     n_head_log2 = 1
@@ -139,14 +158,13 @@ def _supports_soft_max(node) -> bool:
 
 @kernel("SOFT_MAX", supports=_supports_soft_max, n_tasks=rows_n_tasks)
 def soft_max_f32(desc, ith, nth):
-    ne00, ne01, ne02, ne03 = (t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2),
-                              t_ne(desc, SRC0, 3))
+    ne00, ne01, ne02, ne03 = t_ne4(desc, SRC0)
     nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
     nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
     sa = t_addr(desc, SRC0)
     da = t_addr(desc, DST)
-    scale = param_f32(desc, 0)
-    max_bias = param_f32(desc, 1)
+    scale = param_f32(desc, _W_SM.scale)
+    max_bias = param_f32(desc, _W_SM.max_bias)
     ma = t_addr(desc, SRC1)
     mt = t_type(desc, SRC1)
     ne11, ne12, ne13 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
@@ -160,9 +178,7 @@ def soft_max_f32(desc, ith, nth):
     last_h = -1
     slope = _F(1.0)
     for r in range(ir0, ir1):
-        i01 = r % ne01
-        i02 = (r // ne01) % ne02
-        i03 = r // (ne01 * ne02)
+        i01, i02, i03 = row_coords(r, ne01, ne02)
         if i02 != last_h:
             slope = alibi_slope(i02, ne02, max_bias)
             last_h = i02
@@ -203,12 +219,10 @@ def _supports_soft_max_back(node) -> bool:
 def soft_max_back_f32(desc, ith, nth):
     """dx = scale * y * (dy - dot(y, dy)) per row; a = dy, b = y."""
     ne0, ne1, ne2 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
-    scale = param_f32(desc, 0)
+    scale = param_f32(desc, _W_SMB.scale)
     ir0, ir1 = row_range(ne1 * ne2 * t_ne(desc, DST, 3), ith, nth)
     for r in range(ir0, ir1):
-        i1 = r % ne1
-        i2 = (r // ne1) % ne2
-        i3 = r // (ne1 * ne2)
+        i1, i2, i3 = row_coords(r, ne1, ne2)
         dy = f32_array(t_addr(desc, SRC0) + i1 * t_nb(desc, SRC0, 1) + i2 * t_nb(desc, SRC0, 2)
                        + i3 * t_nb(desc, SRC0, 3), ne0)
         y = f32_array(t_addr(desc, SRC1) + i1 * t_nb(desc, SRC1, 1) + i2 * t_nb(desc, SRC1, 2)
@@ -234,15 +248,13 @@ def _supports_diag_mask(node) -> bool:
 def diag_mask(desc, ith, nth, value):
     """dst = a with dst[.., j, i] = value where i > n_past + j. Each thread copies and masks
     its own rows (ggml copies the whole tensor first on thread 0 and meets at a barrier)."""
-    n_past = param_i32(desc, 0)
+    n_past = param_i32(desc, _W_DIAG.n_past)
     ne0, ne1, ne2 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
     sa = t_addr(desc, SRC0)
     da = t_addr(desc, DST)
     ir0, ir1 = row_range(ne1 * ne2 * t_ne(desc, DST, 3), ith, nth)
     for r in range(ir0, ir1):
-        j = r % ne1
-        i2 = (r // ne1) % ne2
-        i3 = r // (ne1 * ne2)
+        j, i2, i3 = row_coords(r, ne1, ne2)
         x = f32_array(sa + j * t_nb(desc, SRC0, 1) + i2 * t_nb(desc, SRC0, 2)
                       + i3 * t_nb(desc, SRC0, 3), ne0)
         y = f32_array(da + j * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2)

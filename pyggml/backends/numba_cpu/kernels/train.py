@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import (DST, SRC0, SRC1, SRC2, SRC3, SRC4, row_range, t_addr, t_ne)
+from ..desc import DST, SRC0, SRC1, SRC2, SRC3, SRC4, row_range, t_addr, t_ne
 from ..intrinsics import f32_array
 from . import kernel
 from .norm import row_addr

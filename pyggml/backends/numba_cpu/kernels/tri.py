@@ -9,10 +9,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ....quants import nb as qnb
 from ....types import GGMLType
 from ..desc import DST, SRC0, SRC1, param_f32, param_i32, row_range, t_addr, t_nb, t_ne, t_type
 from ..intrinsics import f32_array, ptr_of
-from ....quants import nb as qnb
 from . import kernel
 
 F32, F16 = int(GGMLType.F32), int(GGMLType.F16)
