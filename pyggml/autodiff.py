@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from .context import new_tensor
 from .errors import GGMLError, GraphError, describe
 from .graph import CGraph
+from .ops import API
 from .ops.binary import add, add1, add1_inplace, add_inplace, sub, sub_inplace
 from .ops.copy import cont
 from .ops.shape import acc, acc_inplace, repeat
@@ -52,6 +53,12 @@ class Grads:
     def _current(self, i: int):
         key = id(self.node.src[i])
         return self.gf.grads.get(key), key in self.gf.grad_accs
+
+    def fn(self, *names):
+        """The public op functions of other families by name (ggml_mul ...): rules use them
+        through here, so no op file imports another's at rule time (no cycles between files)."""
+        fns = tuple(API[n] for n in names)
+        return fns[0] if len(fns) == 1 else fns
 
     def contiguous(self, t: Tensor) -> Tensor:
         """t itself when contiguous, else ggml_cont(t) (the view rules need no copy import)."""

@@ -458,10 +458,9 @@ def add_id(ctx, a, b, ids):
 
 # --- gradients (ggml_compute_backward) ---------------------------------------------------------
 
-def _reduced_to(ctx, g, src):
-    """g summed over the dimensions src was broadcast along (repeat_back), when it was."""
-    from .shape import repeat_back
-    return g if are_same_shape(g, src) else repeat_back(ctx, g, src)
+def _reduced_to(g, t, src):
+    """t summed over the dimensions src was broadcast along (repeat_back), when it was."""
+    return t if are_same_shape(t, src) else g.fn("repeat_back")(g.ctx, t, src)
 
 
 @grad_rule(ADD)
@@ -469,7 +468,7 @@ def _grad_add(g, node, grad):
     if g.needs(0):
         g.add(0, grad)
     if g.needs(1):
-        g.add(1, _reduced_to(g.ctx, grad, node.src[1]))
+        g.add(1, _reduced_to(g, grad, node.src[1]))
 
 
 @grad_rule(SUB)
@@ -477,7 +476,7 @@ def _grad_sub(g, node, grad):
     if g.needs(0):
         g.add(0, grad)
     if g.needs(1):      # ggml asserts same shapes here; a broadcast b is summed back
-        g.sub(1, _reduced_to(g.ctx, grad, node.src[1]))
+        g.sub(1, _reduced_to(g, grad, node.src[1]))
 
 
 @grad_rule(MUL)
@@ -486,7 +485,7 @@ def _grad_mul(g, node, grad):
     if g.needs(0):
         g.add(0, mul(g.ctx, grad, b))
     if g.needs(1):
-        g.add(1, _reduced_to(g.ctx, mul(g.ctx, a, grad), b))
+        g.add(1, _reduced_to(g, mul(g.ctx, a, grad), b))
 
 
 @grad_rule(DIV)
@@ -495,12 +494,12 @@ def _grad_div(g, node, grad):
     if g.needs(0):
         g.add(0, div(g.ctx, grad, b))
     if g.needs(1):
-        g.sub(1, _reduced_to(g.ctx, mul(g.ctx, grad, div(g.ctx, node, b)), b))
+        g.sub(1, _reduced_to(g, mul(g.ctx, grad, div(g.ctx, node, b)), b))
 
 
 @grad_rule(ADD1)
 def _grad_add1(g, node, grad):
-    from .reduce import sum as sum_
+    sum_ = g.fn('sum')
     if g.needs(0):
         g.add(0, grad)
     if g.needs(1):      # d/db of sum(a + b) is the sum of grad (ggml takes the mean: its TODO)

@@ -271,9 +271,9 @@ def _split_only(node):
 @grad_rule(GLU_DEFS["SWIGLU"])
 def _grad_swiglu(g, node, grad):
     """silu(a) * b: a gets silu_back(grad * b, a), b gets silu(a) * grad."""
-    from .binary import mul
-    from .silu_back import silu_back
-    from .unary import silu
+    mul = g.fn('mul')
+    silu_back = g.fn('silu_back')
+    silu = g.fn('silu')
     _split_only(node)
     a, b = node.src[0], node.src[1]
     if g.needs(0):
@@ -285,8 +285,8 @@ def _grad_swiglu(g, node, grad):
 @grad_rule(GLU_DEFS["REGLU"])
 def _grad_reglu(g, node, grad):
     """Beyond ggml's list: relu(a) * b: a gets step(a) * b * grad, b gets relu(a) * grad."""
-    from .binary import mul
-    from .unary import relu, step
+    mul = g.fn('mul')
+    relu, step = g.fn('relu', 'step')
     _split_only(node)
     a, b = node.src[0], node.src[1]
     if g.needs(0):

@@ -572,8 +572,8 @@ def _out_prod_cases():
 def _grad_mul_mat(g, node, grad):
     """t = a^T b per plane: da = out_prod(b, grad) (summed over the planes a was broadcast
     to), db = out_prod(a, grad^T) (cs231n's staged rule, as ggml)."""
-    from .shape import repeat_back
-    from .view import transpose, view_4d
+    repeat_back = g.fn('repeat_back')
+    transpose, view_4d = g.fn('transpose', 'view_4d')
     a, b = node.src[0], node.src[1]
     if g.needs(0):
         need(grad.ne[2] == b.ne[2] and grad.ne[3] == b.ne[3], "MUL_MAT",
@@ -596,8 +596,8 @@ def _grad_out_prod(g, node, grad):
     """Beyond ggml's list: t[i,j] = sum_k a[i,k] b[j,k], so da = out_prod(grad, b^T) and
     db = out_prod(grad^T, a^T) (a broadcast over b's planes is not supported; out_prod
     needs its first operand untransposed, hence the cont)."""
-    from .copy import cont
-    from .view import transpose
+    cont = g.fn('cont')
+    transpose = g.fn('transpose')
     a, b = node.src[0], node.src[1]
     need(a.ne[2] == b.ne[2] and a.ne[3] == b.ne[3], "OUT_PROD",
          "backward: a broadcast over b's planes is not supported", a, b)

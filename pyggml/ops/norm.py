@@ -357,9 +357,9 @@ def _grad_rms_norm(g, node, grad):
 def _grad_norm(g, node, grad):
     """Beyond ggml's list: y = (x - mean x) / s, s = sqrt(var x + eps):
     dx = (dy - mean(dy) - y * mean(dy * y)) / s, per row, from existing ops."""
-    from .binary import div, mul, sub
-    from .reduce import mean
-    from .unary import scale_bias, sqr, sqrt
+    div, mul, sub = g.fn('div', 'mul', 'sub')
+    mean = g.fn('mean')
+    scale_bias, sqr, sqrt = g.fn('scale_bias', 'sqr', 'sqrt')
     if not g.needs(0):
         return
     c, x, y = g.ctx, node.src[0], node

@@ -373,7 +373,7 @@ def _grad_sum(g, node, grad):
 
 @grad_rule(SUM_ROWS)
 def _grad_sum_rows(g, node, grad):
-    from .shape import repeat
+    repeat = g.fn('repeat')
     if g.needs(0):
         g.add(0, repeat(g.ctx, grad, node.src[0]))
 
@@ -382,8 +382,8 @@ def _grad_sum_rows(g, node, grad):
 def _grad_mean(g, node, grad):
     """grad / ne0 repeated over each row (ggml hands the row means to add1_or_set, which is
     the same for the first contribution and wrong for a second one)."""
-    from .shape import repeat
-    from .unary import scale
+    repeat = g.fn('repeat')
+    scale = g.fn('scale')
     if g.needs(0):
         a = node.src[0]
         g.add(0, repeat(g.ctx, scale(g.ctx, grad, 1.0 / a.ne[0]), a))

@@ -688,8 +688,8 @@ def _grad_repeat_back(g, node, grad):
 
 def _grad_window(g, node, grad, b):
     """The part of grad that b covered (an acc/set window), packed in b's shape."""
-    from .copy import cont
-    from .view import reshape, view_4d
+    cont = g.fn('cont')
+    reshape, view_4d = g.fn('reshape', 'view_4d')
     p = node.op.p(node)
     win = view_4d(g.ctx, grad, b.ne[0], b.ne[1], b.ne[2], b.ne[3], p.nb1, p.nb2, p.nb3, p.offset)
     return win, reshape(g.ctx, cont(g.ctx, win), b)
@@ -706,7 +706,7 @@ def _grad_acc(g, node, grad):
 @grad_rule(SET)
 def _grad_set(g, node, grad):
     """a outside the window keeps its gradient, b gets the window's."""
-    from .unary import neg
+    neg = g.fn('neg')
     a, b = node.src[0], node.src[1]
     need(a.type == node.type, "SET", "backward needs a of the result's type", a, node)
     if not (g.needs(0) or g.needs(1)):
@@ -722,8 +722,8 @@ def _grad_set(g, node, grad):
 @grad_rule(CONCAT)
 def _grad_concat(g, node, grad):
     """Beyond ggml's list: each source gets its slab of grad along dim."""
-    from .copy import cont
-    from .view import view_4d
+    cont = g.fn('cont')
+    view_4d = g.fn('view_4d')
     dim = CONCAT.p(node).dim
     offs = 0
     for i in (0, 1):

@@ -831,7 +831,7 @@ def _unary_grad(name: str, ignore: tuple = ()):
 
 @_unary_grad("ABS")
 def _grad_abs(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.add(0, mul(g.ctx, sgn(g.ctx, node.src[0]), grad))
 
@@ -852,35 +852,35 @@ def _grad_neg(g, node, grad):
 
 @_unary_grad("RELU")
 def _grad_relu(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.add(0, mul(g.ctx, step(g.ctx, node.src[0]), grad))
 
 
 @_unary_grad("SILU")
 def _grad_silu(g, node, grad):
-    from .silu_back import silu_back
+    silu_back = g.fn('silu_back')
     if g.needs(0):
         g.add(0, silu_back(g.ctx, grad, node.src[0]))
 
 
 @_unary_grad("EXP")
 def _grad_exp(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.add(0, mul(g.ctx, node, grad))
 
 
 @_unary_grad("EXPM1")
 def _grad_expm1(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.add(0, mul(g.ctx, grad, exp(g.ctx, node.src[0])))
 
 
 @_unary_grad("SOFTPLUS")
 def _grad_softplus(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.add(0, mul(g.ctx, grad, sigmoid(g.ctx, node.src[0])))
 
@@ -888,7 +888,7 @@ def _grad_softplus(g, node, grad):
 @_unary_grad("TANH")
 def _grad_tanh(g, node, grad):
     """Beyond ggml's list: d tanh = (1 - y^2) dy."""
-    from .binary import mul, sub
+    mul, sub = g.fn('mul', 'sub')
     if g.needs(0):
         g.add(0, sub(g.ctx, grad, mul(g.ctx, grad, sqr(g.ctx, node))))
 
@@ -896,7 +896,7 @@ def _grad_tanh(g, node, grad):
 @_unary_grad("SIGMOID")
 def _grad_sigmoid(g, node, grad):
     """Beyond ggml's list: d sigmoid = y (1 - y) dy."""
-    from .binary import mul, sub
+    mul, sub = g.fn('mul', 'sub')
     if g.needs(0):
         yg = mul(g.ctx, node, grad)
         g.add(0, sub(g.ctx, yg, mul(g.ctx, yg, node)))
@@ -904,35 +904,35 @@ def _grad_sigmoid(g, node, grad):
 
 @grad_rule(SQR)
 def _grad_sqr(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.add(0, scale(g.ctx, mul(g.ctx, node.src[0], grad), 2.0))
 
 
 @grad_rule(SQRT)
 def _grad_sqrt(g, node, grad):
-    from .binary import div
+    div = g.fn('div')
     if g.needs(0):
         g.add(0, scale(g.ctx, div(g.ctx, grad, node), 0.5))
 
 
 @grad_rule(LOG)
 def _grad_log(g, node, grad):
-    from .binary import div
+    div = g.fn('div')
     if g.needs(0):
         g.add(0, div(g.ctx, grad, node.src[0]))
 
 
 @grad_rule(SIN)
 def _grad_sin(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.add(0, mul(g.ctx, grad, cos(g.ctx, node.src[0])))
 
 
 @grad_rule(COS)
 def _grad_cos(g, node, grad):
-    from .binary import mul
+    mul = g.fn('mul')
     if g.needs(0):
         g.sub(0, mul(g.ctx, grad, sin(g.ctx, node.src[0])))
 

@@ -9,9 +9,8 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import TRAITS
 from ._common import as_f32, as_u8, f16_at
+from .iq4_values import KVALUES_IQ4NL  # noqa: F401  (re-exported for iq4_nl/iq4_xs)
 
-KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69,
-                          89, 113], dtype=np.int8)
 _NO_QW = np.zeros(0, np.float32)
 
 

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from ..types import GGMLType
-from ._kquant import KVALUES_IQ4NL
+from .iq4_values import KVALUES_IQ4NL
 from .nb_scalar import _bits_f32, _f32_bits, _load_f16, _store_f16, f16_to_f32  # noqa: F401
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")

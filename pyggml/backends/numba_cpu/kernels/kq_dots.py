@@ -28,7 +28,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 
-from ....quants._kquant import KVALUES_IQ4NL
+from ....quants.iq4_values import KVALUES_IQ4NL
 from ....types import GGMLType
 from ..intrinsics import f32_array, i8_array, i16_array
 from . import simd

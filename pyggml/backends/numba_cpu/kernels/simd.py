@@ -41,7 +41,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ....quants._kquant import KVALUES_IQ4NL
+from ....quants.iq4_values import KVALUES_IQ4NL
 
 # PYGGML_SIMD chooses the widest instruction set the kernels may use, so every fast path's
 # narrower twin can be tested and benchmarked on any machine: auto (what the CPU has),
