@@ -417,9 +417,13 @@ class WorkerPool:
         if not 1 <= n_threads <= MAX_THREADS:
             raise ValueError(f"n_threads must be in 1..{MAX_THREADS}, got {n_threads}")
         self.n_threads = int(n_threads)
+        warm_up()
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
         self._core = _Core(self.n_threads)
         self._run_lock = threading.Lock()
-        warm_up()
         for ith in range(1, self.n_threads):
             t = threading.Thread(target=self._core.worker, args=(ith,), daemon=True,
                                  name=f"pyggml-numba-{ith}")
@@ -446,6 +450,13 @@ class WorkerPool:
         if nth == 1 or table.max_tasks <= 1 or \
                 (i1 - i0 < table.n and int(table.n_tasks[i0:i1].max()) <= 1):
             return int(run_nodes(kaddrs, descs, ntasks, i0, i1, core.state_addr, status, 0, 1))
+        if self._pid != os.getpid():
+            # a forked child (multiprocessing, run_isolated) inherits the pool but not its
+            # threads: the caller would wait forever at the first barrier. Start fresh ones.
+            _LIVE_CORES.discard(core)
+            self._finalizer.detach()
+            self._start()
+            core = self._core
         with self._run_lock:
             if core.stop:
                 raise ComputeError("the worker pool was shut down")
