@@ -61,7 +61,8 @@ def _conv_2d_dw_cases():
                                     ((32, 8, 64, 1), (3, 3, 1, 64), 2, 1)):
             for cwhn in (False, True):
                 def build(ctx, tk=tk, ne_in=ne_in, ne_k=ne_k, s=s, pad=pad, cwhn=cwhn):
-                    from .view import cont, permute
+                    from .copy import cont
+                    from .view import permute
                     x = cc.leaf(ctx, "f32", ne_in, "input")
                     k = cc.leaf(ctx, tk, ne_k, "kernel")
                     if cwhn:     # store channels first, then permute back to [W, H, C, N]
