@@ -40,13 +40,19 @@ class UnsupportedError(GraphError):
     """No backend supports an op (raised before any compute starts)."""
 
 
+def shown_ne(t) -> list:
+    """t.ne up to the last dim that is not 1 (ggml's n_dims) or is 0: an empty tensor
+    [256, 0, 1, 1] shows as [256, 0], not as [256]."""
+    n = max([1, t.n_dims] + [i + 1 for i, v in enumerate(t.ne) if v == 0])
+    return list(t.ne[:n])
+
+
 def describe(t) -> str:
     """Short description of a tensor for error messages: 'name' (type) [ne]."""
     if t is None:
         return "None"
     try:
-        ne = list(t.ne[: max(1, t.n_dims)])
-        return f"'{t.name or '?'}' ({t.type.tname}) ne={ne}"
+        return f"'{t.name or '?'}' ({t.type.tname}) ne={shown_ne(t)}"
     except AttributeError:
         return repr(t)
 

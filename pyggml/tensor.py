@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ContextMemoryError, DataError, GraphError, ShapeError, describe
+from .errors import ContextMemoryError, DataError, GraphError, ShapeError, describe, shown_ne
 from .types import TRAITS, GGMLType
 
 MAX_DIMS = 4
@@ -189,7 +189,7 @@ class Tensor:
         return self.src[:n]
 
     def __repr__(self) -> str:
-        ne = self.ne[:self.n_dims]
+        ne = shown_ne(self)
         s = f"Tensor({self.name!r}, {self.type.tname}, ne={ne}, op={self.op_name}"
         if self.view_src is not None:
             s += f", view of {self.view_src.name!r}+{self.view_offs}"

@@ -148,7 +148,10 @@ def _infer_mean(srcs, p):
 
 
 def _ref_mean(node, ins, p):
-    return np.mean(ins[0], axis=-1, keepdims=True)
+    """ggml sums in double, stores the sum as float (past FLT_MAX: inf) and divides in float."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        s = np.sum(ins[0], axis=-1, keepdims=True).astype(np.float32)
+        return s / np.float32(ins[0].shape[-1])
 
 
 def _mean_cases():

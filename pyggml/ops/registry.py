@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .. import tensor as _tensor_mod
-from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe
+from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe, shown_ne
 from ..tensor import MAX_OP_PARAMS, MAX_SRC, Dims, Tensor, nbytes, nelements
 from ..types import TRAITS, GGMLType
 
@@ -296,7 +296,7 @@ class OpDef:
                     t.view_offs + nbytes(t) > nbytes(t.view_src):
                 ctx.tensors.remove(t)
                 ctx.used = used
-                fail(self.name, f"view with ne={t.ne[:t.n_dims]} nb={t.nb} at offset {t.view_offs} "
+                fail(self.name, f"view with ne={shown_ne(t)} nb={t.nb} at offset {t.view_offs} "
                      f"reaches byte {t.view_offs + nbytes(t)}, past the end of its parent "
                      f"({nbytes(t.view_src)} bytes)", t.view_src)
         t.op = self

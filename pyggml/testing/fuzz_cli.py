@@ -1,6 +1,6 @@
 """`pyggml fuzz`: long generated-graph campaigns (pyggml/testing/fuzz.py).
 
-    pyggml fuzz [--examples N] [--seed S] [--example K] [--ops A,B] [--threads 1,2,3]
+    pyggml fuzz [--examples N] [--seed S] [--example K | --start K] [--ops A,B] [--threads 1,2,3]
                 [--max-nodes N] [--guard-pages] [--progress]
 
 Example K of seed S is one graph, the same on every machine, so a failure's repro is
@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="campaign seed")
     p.add_argument("--example", type=int, default=None,
                    help="run only example K of the seed (a repro), verbosely")
+    p.add_argument("--start", type=int, default=0,
+                   help="first example of the campaign (resume a long run at K)")
     p.add_argument("--ops", default=None, help="only these ops (comma separated)")
     p.add_argument("--threads", default="1,2,3", help="thread counts of the CPU backend")
     p.add_argument("--max-nodes", type=int, default=4, help="nodes per graph at most")
@@ -89,7 +91,7 @@ def _campaign(args, ops) -> int:
     counts = dict(graphs=0, OK=0, REJECTED=0, EMPTY=0, FAIL=0, crash=0, oob=0, mismatch=0, error=0)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     t0 = time.time()
-    k = 0
+    k = args.start
     while k < args.examples:
         rfd, wfd = os.pipe()
         pid = os.fork()
@@ -137,7 +139,8 @@ def _campaign(args, ops) -> int:
             return 2
     if progress:
         print(file=sys.stderr)
-    print(f"fuzz: seed {args.seed}: {counts['graphs']} graphs in {time.time() - t0:.0f}s: "
+    span = f" (examples {args.start}..{args.examples - 1})" if args.start else ""
+    print(f"fuzz: seed {args.seed}{span}: {counts['graphs']} graphs in {time.time() - t0:.0f}s: "
           f"{counts['OK']} OK, {counts['REJECTED']} rejected by both backends, {counts['FAIL']} FAIL "
           f"({counts['crash']} crashes, {counts['oob']} out-of-bounds, {counts['mismatch']} "
           f"mismatches, {counts['error']} errors)")
@@ -168,6 +171,8 @@ def main(argv=None) -> int:
             probe.free()
         if args.example is not None:
             return _one(args, ops)
+        if not 0 <= args.start <= args.examples:
+            raise ValueError(f"--start {args.start} is outside 0..--examples {args.examples}")
         for op in ops:                           # templates once, shared by the children
             fuzz.templates(op)
         return _campaign(args, ops)

@@ -309,3 +309,53 @@ def test_empty_broadcast_dims_of_mul_mat_and_soft_max_masks_are_clear_errors():
     mask = gg.new_tensor_4d(ctx, gg.TYPE_F16, 8, 2, 0, 5)
     with pytest.raises(ShapeError, match="SOFT_MAX.*broadcast"):
         gg.soft_max_ext(ctx, x, mask, 1.0, 0.0)
+
+
+def test_conv_2d_multiplies_padding_by_an_infinite_weight():
+    """Seed 301 example 8565 (EXPM1 -> CONV_2D): ggml's im2col writes 0 for padding and the
+    gemm multiplies it by every weight, so an inf weight over padding gives NaN; the kernel
+    skipped padded taps and gave 0.0 (or -inf)."""
+    import numpy as np
+
+    def build(ctx):
+        k = gg.new_tensor_4d(ctx, gg.TYPE_F32, 3, 3, 2, 2)
+        x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 4, 4, 2, 1)
+        return gg.conv_2d_direct(ctx, k, x, 1, 1, 1, 1, 1, 1)
+
+    def init(leaf, rng):
+        v = rng.uniform(-1, 1, size=leaf.ne[::-1])
+        if leaf.ne[0] == 3:
+            v[0, 0, 0, 0] = np.inf        # top-left tap: padding for the first output row/column
+        return v
+    r = _run(build, init)
+    assert r.status == "OK", r.message
+    r = _run(build, init, backend=_ggml())
+    assert r.status == "OK", r.message
+    ctx = gg.init(mem_size=1 << 20)
+    out = build(ctx)
+    for s in out.src[:2]:
+        gg.data.write(s, init(s, np.random.default_rng(0)))
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, out)
+    gg.graph_compute_with_ctx(ctx, gf, 1)
+    assert np.isnan(gg.to_numpy(out).reshape(-1)[0])
+
+
+def test_mean_of_a_row_past_flt_max_is_infinite_as_in_ggml():
+    """Seed 301 example 10338 (RELU -> POOL_2D -> MEAN, a window all padding is -FLT_MAX):
+    ggml stores the row sum as float (-inf past FLT_MAX) before dividing; the float64
+    reference divided first and gave -9.7e37."""
+    flt_max = 3.4028234663852886e38
+
+    def build(ctx):
+        return gg.mean(ctx, gg.new_tensor_2d(ctx, gg.TYPE_F32, 4, 2))
+    rows = [[-flt_max, -flt_max, 1.0, 2.0], [1e38, 1e38, 1e38, 1e38]]
+    init = _rows(rows)
+    for backend in (None, _ggml()):
+        r = _run(build, init, backend=backend)
+        assert r.status == "OK", r.message
+    import numpy as np
+
+    from pyggml.ops.reduce import _ref_mean
+    got = _ref_mean(None, [np.array(rows)], None)
+    assert got[0, 0] == -np.inf and got[1, 0] == np.inf

@@ -101,3 +101,23 @@ def test_mul_mat_of_rows_of_no_values_says_so(ctx):
     with pytest.raises(ShapeError, match=r"ne\[0\] = 0") as ei:
         gg.mul_mat(ctx, a, b)
     assert "transposed (nb" not in str(ei.value)
+
+
+@pytest.mark.parametrize("ne, shown", [
+    ([256, 0, 1, 1], [256, 0]), ([0, 1, 1, 1], [0]), ([4, 1, 1, 0], [4, 1, 1, 0]),
+    ([4, 3, 1, 1], [4, 3]), ([1, 1, 1, 1], [1]), ([5, 1, 2, 1], [5, 1, 2]),
+])
+def test_error_messages_show_empty_tensors_as_empty(ne, shown):
+    """ggml's n_dims rule stops at the last dim > 1, so [256, 0, 1, 1] printed as [256]: an
+    empty tensor looked like a full row in an error message."""
+    from pyggml.errors import describe
+    t = gg.new_tensor(gg.init(mem_size=1 << 16, no_alloc=True), gg.TYPE_F32, 4, ne)
+    assert describe(t).endswith(f"ne={shown}")
+    assert f"ne={shown}" in repr(t)
+
+
+def test_a_shape_error_names_the_empty_dim(ctx):
+    a = gg.new_tensor_2d(ctx, gg.TYPE_F32, 256, 0)
+    b = gg.new_tensor_2d(ctx, gg.TYPE_F32, 128, 4)
+    with pytest.raises(ShapeError, match=r"ne=\[256, 0\]"):
+        gg.add(ctx, b, a)

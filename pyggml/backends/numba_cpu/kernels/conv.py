@@ -122,15 +122,16 @@ def conv_2d(desc, ith, nth):
             for ic in range(IC):
                 for kh in range(KH):
                     ih = oh * s1 + kh * d1 - p1
-                    if ih < 0 or ih >= IH:
-                        continue
                     for kw in range(KW):
                         iw = ow * s0 + kw * d0 - p0
-                        if iw < 0 or iw >= IW:
-                            continue
-                        x = ptr_of(x_addr + iw * xn0 + ih * xn1 + ic * xn2 + n * xn3, np.float32)[0]
-                        if kt == F16:
-                            x = _to_f16_f32(x)
+                        # ggml's im2col writes 0 for padding and the gemm still multiplies
+                        # it: an inf/NaN weight over padding gives NaN, so no skipping
+                        x = np.float32(0.0)
+                        if ih >= 0 and ih < IH and iw >= 0 and iw < IW:
+                            x = ptr_of(x_addr + iw * xn0 + ih * xn1 + ic * xn2 + n * xn3,
+                                       np.float32)[0]
+                            if kt == F16:
+                                x = _to_f16_f32(x)
                         w = load_f32(k_addr + kw * kn0 + kh * kn1 + ic * kn2 + oc * kn3, kt)
                         acc += np.float64(x) * np.float64(w)
             ptr_of(d + ow * t_nb(desc, DST, 0), np.float32)[0] = np.float32(acc)
