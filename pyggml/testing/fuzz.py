@@ -575,6 +575,54 @@ def ancestors(spec: GraphSpec, k: int) -> GraphSpec:
     return GraphSpec(nodes)
 
 
+def _cut(spec: GraphSpec, i: int, j: int) -> Optional[GraphSpec]:
+    """spec with source j of node i (an earlier node) replaced by a contiguous leaf of the
+    same type and shape, then only what node i needs; None when the leaf cannot be built."""
+    nspec = spec.nodes[i]
+    src = nspec["srcs"][j]
+    ctx = init(mem_size=64 << 20, no_alloc=True)
+    try:
+        built = build_spec(ctx, spec)
+        t = _make_src(ctx, src, built)
+    except GGMLError:
+        return None
+    slot = template(nspec["case"]).slots[j] if j < len(template(nspec["case"]).slots) else None
+    name = slot.name if slot is not None else f"src{j}"
+    cut = json.loads(json.dumps(spec.nodes))
+    cut[i]["srcs"][j] = {"leaf": [int(t.type), list(t.ne), name, ["cont"]]}
+    return ancestors(GraphSpec(cut), i)
+
+
+def shrink(spec: GraphSpec, out: Outcome, check) -> tuple[GraphSpec, Outcome]:
+    """A failing graph made smaller while `check(spec)` still fails: only the failing node's
+    ancestors, then earlier nodes feeding it replaced by leaves one at a time (a wrong kernel
+    at the end of an unrelated chain shrinks to that one node). Hypothesis shrinks the draws;
+    this removes what it cannot (a node that only shifts the later draws)."""
+    if out.status != "FAIL" or out.node < 0:
+        return spec, out
+    small = ancestors(spec, out.node)
+    if len(small.nodes) < len(spec.nodes):
+        again = check(small)
+        if again.status != "FAIL":
+            return spec, out
+        spec, out = small, again
+    progress = True
+    while progress and len(spec.nodes) > 1:
+        progress = False
+        last = len(spec.nodes) - 1
+        for j, src in enumerate(spec.nodes[last]["srcs"]):
+            if src is None or "node" not in src:
+                continue
+            cand = _cut(spec, last, j)
+            if cand is None:
+                continue
+            again = check(cand)
+            if again.status == "FAIL" and again.node == len(cand.nodes) - 1:
+                spec, out, progress = cand, again, True
+                break
+    return spec, out
+
+
 class Runner:
     """The backends an example runs on: the CPU backend at each thread count, the reference."""
 
@@ -608,6 +656,10 @@ class Runner:
 
     def check(self, spec: GraphSpec, seed: int = 0) -> Outcome:
         return check(spec, self.backends, self.ref, seed, self.alloc)
+
+    def check_shrunk(self, spec: GraphSpec, seed: int = 0) -> tuple[GraphSpec, Outcome]:
+        """check, and a failure shrunk to the smallest graph that still fails (shrink)."""
+        return shrink(spec, self.check(spec, seed), lambda s: self.check(s, seed))
 
     def free(self) -> None:
         for be in self.backends:

@@ -56,19 +56,13 @@ def _kind(message: str) -> str:
 
 
 def _check_one(runner, args, ops, k: int) -> tuple:
-    """(status, kind, one-line description) of example k; shrinks a failure to the nodes
-    the failing node needs."""
+    """(status, kind, one-line description) of example k; a failure shrunk (fuzz.shrink)."""
     spec = runner.example(args.seed, k, ops, args.max_nodes)
     if not spec.nodes:
         return "EMPTY", "", ""
-    out = runner.check(spec, args.seed)
+    spec, out = runner.check_shrunk(spec, args.seed)
     if out.status != "FAIL":
         return out.status, "", f"{spec}"
-    if out.node >= 0:
-        small = fuzz.ancestors(spec, out.node)
-        again = runner.check(small, args.seed)
-        if again.status == "FAIL":
-            spec, out = small, again
     return "FAIL", _kind(out.message), f"{spec}: {out.message}\n    python: {spec.snippet()}"
 
 
