@@ -13,6 +13,7 @@ inputs are read whole either way).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import struct
 import sys
@@ -430,11 +431,21 @@ def filter_imatrix(imat: dict, include=(), exclude=()) -> dict:
 _SPLIT_NAME = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
 
 
+def _reader(path: str):
+    """gguf.GGUFReader of a file pyggml's own parser accepted first: on a truncated or
+    corrupt file the reader fails with numpy's reshape/view errors, pyggml's names the file
+    and says "truncated"."""
+    import gguf
+
+    from .llm.gguf_file import GGUFFile
+    GGUFFile(path).close()
+    return gguf.GGUFReader(path)
+
+
 def open_shards(inp: str) -> list:
     """GGUFReaders of a model file, or of all its shards (split.count > 1: the first shard's
     PREFIX-00001-of-0000N.gguf name gives the others', as llama_model_loader finds them)."""
-    import gguf
-    first = gguf.GGUFReader(inp)
+    first = _reader(inp)
     f = first.fields.get("split.count")
     n = int(f.contents()) if f is not None else 1
     if n <= 1:
@@ -445,10 +456,9 @@ def open_shards(inp: str) -> list:
     out = [first]
     for i in range(2, n + 1):
         path = f"{m.group(1)}-{i:05d}-of-{n:05d}.gguf"
-        try:
-            out.append(gguf.GGUFReader(path))
-        except FileNotFoundError:
-            raise QuantizeError(f"{inp}: shard {path} not found") from None
+        if not os.path.exists(path):
+            raise QuantizeError(f"{inp}: shard {path} not found")
+        out.append(_reader(path))
     return out
 
 

@@ -102,6 +102,51 @@ def test_user_error_is_one_line_and_exit_2(name, tmp_path, capsys):
     assert "Traceback" not in err and lines[0].startswith(f"pyggml {argv[0]}: ")
 
 
+def _small_gguf(path):
+    import gguf
+    import numpy as np
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_array("tokenizer.ggml.tokens", ["a", "b", "c"])
+    w.add_tensor("token_embd.weight", np.ones((3, 64), np.float32))
+    w.add_tensor("output_norm.weight", np.ones(64, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()
+
+
+COMMANDS = {
+    "run": lambda m, d: ["run", "-m", m, "-p", "hi", "-n", "1"],
+    "chat": lambda m, d: ["chat", "-m", m],
+    "tokenize": lambda m, d: ["tokenize", "-m", m, "-p", "hi"],
+    "perplexity": lambda m, d: ["perplexity", "-m", m, "-f", str(d / "text.txt")],
+    "bench": lambda m, d: ["bench", "-m", m],
+    "quantize": lambda m, d: ["quantize", m, str(d / "out.gguf"), "q4_0"],
+    "demo": lambda m, d: ["demo", "--model", m],
+}
+
+
+@pytest.mark.parametrize("keep", [6, 30, 200, -8])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_truncated_gguf_is_one_line_that_says_truncated(command, keep, tmp_path, capsys):
+    """#16: truncated GGUF files gave IndexError, a reshape error, or (quantize, through the
+    gguf package's reader) numpy's "When changing to a larger dtype..."."""
+    raw = _small_gguf(tmp_path / "whole.gguf")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(raw[:keep])
+    (tmp_path / "text.txt").write_text("hello world\n")
+    argv = COMMANDS[command](str(cut), tmp_path)
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, (rc, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"pyggml {command}: ") and "cut.gguf" in lines[0]
+    assert "truncated" in lines[0] or "corrupt" in lines[0], lines[0]
+
+
 def test_debug_shows_the_traceback(tmp_path):
     argv = _cases(tmp_path)["graph a list"]
     with pytest.raises(gg.GGMLError, match="not a graph saved by pyggml"):
