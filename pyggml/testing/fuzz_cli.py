@@ -78,7 +78,23 @@ def _child(args, ops, k0: int, wfd: int) -> None:
 
 
 def _threads(args) -> tuple:
-    return tuple(int(x) for x in str(args.threads).split(","))
+    try:
+        n = tuple(int(x) for x in str(args.threads).split(","))
+    except ValueError:
+        n = ()
+    if not n or min(n) < 1:
+        raise ValueError(f"--threads {args.threads}: thread counts >= 1, comma separated")
+    return n
+
+
+def _check_args(args) -> None:
+    _threads(args)
+    for name, v, lo in (("examples", args.examples, 0), ("max-nodes", args.max_nodes, 1),
+                        ("start", args.start, 0), ("example", args.example, 0)):
+        if v is not None and v < lo:
+            raise ValueError(f"--{name} {v}: must be >= {lo}")
+    if args.start > args.examples:
+        raise ValueError(f"--start {args.start} is past --examples {args.examples}")
 
 
 def _campaign(args, ops) -> int:
@@ -157,6 +173,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from .. import ops as _ops  # noqa: F401  (registers every op)
     try:
+        _check_args(args)
         only = [o.strip() for o in args.ops.split(",") if o.strip()] if args.ops else None
         probe = fuzz.Runner(_threads(args)[:1])
         try:
@@ -165,8 +182,6 @@ def main(argv=None) -> int:
             probe.free()
         if args.example is not None:
             return _one(args, ops)
-        if not 0 <= args.start <= args.examples:
-            raise ValueError(f"--start {args.start} is outside 0..--examples {args.examples}")
         for op in ops:                           # templates once, shared by the children
             fuzz.templates(op)
         return _campaign(args, ops)

@@ -218,6 +218,10 @@ def test_cli_bad_ops_is_one_line_and_exit_2(capsys):
     assert fuzz_main(["--ops", "NO_SUCH_OP", "--examples", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NO_SUCH_OP" in err
-    assert fuzz_main(["--ops", "SQR", "--examples", "3", "--start", "5"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--start 5" in err
+    for argv, says in ((["--examples", "3", "--start", "5"], "--start 5"),
+                       (["--examples", "-1"], "--examples -1"),
+                       (["--threads", "0"], "--threads 0"), (["--threads", "a,2"], "--threads a,2"),
+                       (["--max-nodes", "0"], "--max-nodes 0"), (["--example", "-2"], "--example -2")):
+        assert fuzz_main(["--ops", "SQR"] + argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, (argv, err)
