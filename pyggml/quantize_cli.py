@@ -33,7 +33,8 @@ T = GGMLType
 # each ftype's default tensor type (llama_ftype_get_default_type). Only ftypes whose tensor
 # types pyggml has.
 FTYPES = {
-    "Q4_0": (2, T.Q4_0), "Q4_1": (3, T.Q4_1), "Q5_0": (8, T.Q5_0), "Q5_1": (9, T.Q5_1),
+    "Q4_0": (2, T.Q4_0), "Q4_1": (3, T.Q4_1), "MXFP4_MOE": (38, T.MXFP4),
+    "Q5_0": (8, T.Q5_0), "Q5_1": (9, T.Q5_1),
     "Q2_K": (10, T.Q2_K), "Q2_K_S": (21, T.Q2_K),
     "Q3_K_S": (11, T.Q3_K), "Q3_K_M": (12, T.Q3_K), "Q3_K_L": (13, T.Q3_K),
     "IQ4_NL": (25, T.IQ4_NL), "IQ4_XS": (30, T.IQ4_XS),
@@ -163,14 +164,16 @@ class Mixer:
             i = int(m.group(1))
         return i, n
 
-    def _impl(self, t: GGMLType, name: str, ne0: int, cat: str) -> GGMLType:
-        f, m = self.ftype, self.model
+    def _impl(self, t: GGMLType, name: str, ne: list, cat: str) -> GGMLType:
+        f, m, ne0 = self.ftype, self.model, ne[0]
         if cat == "output" or (self.has_tied_embeddings and cat == "token_embd"):
             if self.output_type is not None:
                 return self.output_type
-            if m.arch == "falcon" or ne0 % TRAITS[t].blck_size:
+            if f == "MXFP4_MOE" or m.arch == "falcon" or ne0 % TRAITS[t].blck_size:
                 return T.Q8_0
             return T.Q6_K if t != T.Q8_0 else t
+        if f == "MXFP4_MOE":             # expert tensors (3-D) MXFP4, every other one Q8_0
+            return T.MXFP4 if len(ne) > 2 and ne[2] > 1 else T.Q8_0
         if cat == "token_embd":
             return self.token_embd_type if self.token_embd_type is not None else t
         if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
@@ -268,7 +271,7 @@ class Mixer:
                     manual = True
                     break
             if not manual and not self.pure:
-                t = self._impl(t, name, ne[0], cat)
+                t = self._impl(t, name, ne, cat)
             t = self._fallback(name, ne[0], t)
         return t
 

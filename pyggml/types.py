@@ -37,6 +37,7 @@ class GGMLType(enum.IntEnum):
     I64 = 27
     F64 = 28
     BF16 = 30
+    MXFP4 = 39
 
     @property
     def traits(self) -> "TypeTraits":
@@ -98,6 +99,7 @@ TRAITS: dict[GGMLType, TypeTraits] = {
     T.Q8_K: TypeTraits(T.Q8_K, "q8_K", 256, 292, True, None, T.Q8_K),
     T.IQ4_NL: TypeTraits(T.IQ4_NL, "iq4_nl", 32, 18, True, None, T.Q8_0),
     T.IQ4_XS: TypeTraits(T.IQ4_XS, "iq4_xs", 256, 136, True, None, T.Q8_K),
+    T.MXFP4: TypeTraits(T.MXFP4, "mxfp4", 32, 17, True, None, T.Q8_0),
 }
 del T
 
@@ -124,6 +126,7 @@ TYPE_Q6_K = GGMLType.Q6_K
 TYPE_Q8_K = GGMLType.Q8_K
 TYPE_IQ4_NL = GGMLType.IQ4_NL
 TYPE_IQ4_XS = GGMLType.IQ4_XS
+TYPE_MXFP4 = GGMLType.MXFP4
 
 # enum ggml_prec: the precision an op may be asked for (mul_mat, flash_attn_ext set_prec)
 PREC_DEFAULT = 0
@@ -134,7 +137,7 @@ FA_KV_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0,
                GGMLType.Q5_1, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_0)
 QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
                GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
-               GGMLType.IQ4_NL, GGMLType.IQ4_XS)
+               GGMLType.IQ4_NL, GGMLType.IQ4_XS, GGMLType.MXFP4)
 # The 256-value super-block formats (Q8_K, their activation type, is not a storage type).
 K_TYPES = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
            GGMLType.IQ4_XS)

@@ -40,8 +40,12 @@ CASES = [f"{ft} --imatrix {{{fmt}}}" for fmt in ("dat", "gguf")
     "Q4_K_M @split",                     # a model in 3 shards, written as one file
     "Q4_K_M @split --keep-split",        # ... and as 3 shards
     "Q8_0 --keep-split",                 # one file in, PREFIX-00001-of-00001.gguf out
+    "MXFP4_MOE @moe",                    # expert tensors (3-D) MXFP4, the others Q8_0
+    "MXFP4_MOE @moe --pure",             # every quantizable tensor MXFP4
+    "MXFP4_MOE",                         # a dense model: all Q8_0
 ]
 N_EMBD, N_FF, N_VOCAB = 256, 512, 64
+N_EXPERT = 4
 
 
 def _weights():
@@ -66,6 +70,22 @@ def _weights():
     }
 
 
+def _moe_weights():
+    """The model with its FFN as N_EXPERT experts (gpt-oss's layout: ffn_*_exps 3-D, the
+    router ffn_gate_inp)."""
+    rng = np.random.default_rng(4321)
+    w = {k: v for k, v in _weights().items() if not k.startswith("blk.0.ffn_")
+         or k == "blk.0.ffn_norm.weight"}
+
+    def e(rows, cols):
+        return (rng.standard_normal((N_EXPERT, rows, cols)) * 0.5).astype(np.float32)
+    w["blk.0.ffn_gate_inp.weight"] = rng.standard_normal((N_EXPERT, N_EMBD)).astype(np.float32)
+    w["blk.0.ffn_gate_exps.weight"] = e(N_FF, N_EMBD)
+    w["blk.0.ffn_up_exps.weight"] = e(N_FF, N_EMBD)
+    w["blk.0.ffn_down_exps.weight"] = e(N_EMBD, N_FF)
+    return w
+
+
 def _imatrix():
     """{name: (sums of squared activations [ne0], count)} for the matrices (not token_embd)."""
     rng = np.random.default_rng(99)
@@ -77,11 +97,9 @@ def _imatrix():
     return out
 
 
-def make_inputs(d: Path) -> dict:
-    """model.gguf, imatrix.dat, imatrix.gguf in d; returns their paths."""
+def _write_model(path: Path, weights: dict, n_expert: int = 0) -> None:
     import gguf
-    d = Path(d)
-    w = gguf.GGUFWriter(str(d / "model.gguf"), "llama")
+    w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny")
     w.add_context_length(256)
     w.add_embedding_length(N_EMBD)
@@ -96,12 +114,23 @@ def make_inputs(d: Path) -> dict:
     w.add_token_list([f"t{i}" for i in range(N_VOCAB)])
     w.add_token_types([1] * N_VOCAB)
     w.add_token_merges(["t 1"])
-    for name, x in _weights().items():
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(2)
+    for name, x in weights.items():
         w.add_tensor(name, x)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def make_inputs(d: Path) -> dict:
+    """model.gguf, moe.gguf, imatrix.dat, imatrix.gguf, split shards in d; their paths."""
+    import gguf
+    d = Path(d)
+    _write_model(d / "model.gguf", _weights())
+    _write_model(d / "moe.gguf", _moe_weights(), N_EXPERT)
     im = _imatrix()
     chunks = 7
     # legacy .dat: n_entries, then per entry name, ncall, nval, values (= mean * ncall),
@@ -145,16 +174,17 @@ def make_inputs(d: Path) -> dict:
     w.write_tensors_to_file()
     w.close()
     return {"model": d / "model.gguf", "dat": d / "imatrix.dat", "gguf": d / "imatrix.gguf",
-            "split": d / "split-00001-of-00003.gguf"}
+            "split": d / "split-00001-of-00003.gguf", "moe": d / "moe.gguf"}
 
 
 def case_argv(case: str, paths: dict, out) -> list:
     """pyggml quantize's / llama-quantize's argv of a case (flags first, as llama-quantize
-    needs them; "@split": the sharded model as input)."""
+    needs them; "@split": the sharded model as input, "@moe": the MoE model)."""
     ftype, *flags = case.split()
-    inp = paths["split"] if "@split" in flags else paths["model"]
-    return [f.format(**{k: str(v) for k, v in paths.items()}) for f in flags if f != "@split"] + \
-        [str(inp), str(out), ftype]
+    inp = paths["split"] if "@split" in flags else paths["moe"] if "@moe" in flags else \
+        paths["model"]
+    return [f.format(**{k: str(v) for k, v in paths.items()}) for f in flags
+            if f not in ("@split", "@moe")] + [str(inp), str(out), ftype]
 
 
 def case_digests(case: str, out: Path) -> dict:

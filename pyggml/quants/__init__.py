@@ -20,7 +20,26 @@ from ..errors import DataError, ShapeError, TypeError_
 from ..types import TRAITS, GGMLType, as_type
 
 # Importing a format module registers its codecs with its type.
-from . import bf16, f16, iq4_nl, iq4_xs, plain, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k  # noqa: F401  # noqa: F401
+from . import (  # noqa: F401  # noqa: F401
+    bf16,
+    f16,
+    iq4_nl,
+    iq4_xs,
+    mxfp4,
+    plain,
+    q2_k,
+    q3_k,
+    q4_0,
+    q4_1,
+    q4_k,
+    q5_0,
+    q5_1,
+    q5_k,
+    q6_k,
+    q8_0,
+    q8_1,
+    q8_k,
+)
 from ._common import as_f32, as_u8
 from .bf16 import bf16_to_fp32, fp32_to_bf16
 from .f16 import fp16_to_fp32, fp32_to_fp16
@@ -31,7 +50,8 @@ __all__ = ["quantize", "dequantize", "takes_imatrix", "fp32_to_fp16", "fp16_to_f
 # From this many values on, quantize/dequantize use the Numba rows (compiled once, cached).
 NUMBA_MIN_N = 1 << 16
 _NUMBA_TYPES = frozenset({GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
-                          GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1})
+                          GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1,
+                          GGMLType.MXFP4})
 # K-quants and IQ4 always quantize through Numba (ggml's scale searches); their rows
 # live in kq_nb.
 _KQ_TYPES = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,

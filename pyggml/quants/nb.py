@@ -5,7 +5,8 @@ bf16_to_f32 / f32_to_bf16. Rows: dequantize_row_<fmt>(src_u8, dst_f32, n) and
 quantize_row_<fmt>(src_f32, dst_u8, n) over contiguous 1-D arrays (numba.carray views
 are fine), plus dequantize_row / quantize_row dispatching on the ggml type id and
 returning 0, or ERR_UNSUPPORTED for a type without a row codec. Formats: q4_0, q4_1,
-q5_0, q5_1, q8_0, q8_1, f16, bf16, f32, and through kq_nb the K-quants and IQ4.
+q5_0, q5_1, q8_0, q8_1, f16, bf16, f32, mxfp4 (mxfp4_nb), and through kq_nb the K-quants
+and IQ4.
 quantize_row_q8_0_cpu / _q8_1_cpu are ggml-cpu's SIMD activation quantizers (they differ from the reference in ties).
 
 Float math is float32 throughout (constants are np.float32: a Python float literal
@@ -427,10 +428,12 @@ def dequantize_row_f32(src, dst, n):
 # and IQ4 rows live in kq_nb (which shares nb_scalar's helpers with this module)
 
 from . import kq_nb as _kq  # noqa: E402
+from .mxfp4_nb import dequantize_row_mxfp4, quantize_row_mxfp4  # noqa: E402
 
 _F32, _F16, _BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 _Q4_0, _Q4_1, _Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
 _Q5_1, _Q8_0, _Q8_1 = int(GGMLType.Q5_1), int(GGMLType.Q8_0), int(GGMLType.Q8_1)
+_MXFP4 = int(GGMLType.MXFP4)
 
 
 @_jit
@@ -454,6 +457,8 @@ def dequantize_row(t, src, dst, n):
         dequantize_row_q5_1(src, dst, n)
     elif t == _Q8_1:
         dequantize_row_q8_1(src, dst, n)
+    elif t == _MXFP4:
+        dequantize_row_mxfp4(src, dst, n)
     else:
         return _kq.dequantize_row(t, src, dst, n)
     return 0
@@ -480,6 +485,8 @@ def quantize_row(t, src, dst, n):
         quantize_row_q5_1(src, dst, n)
     elif t == _Q8_1:
         quantize_row_q8_1(src, dst, n)
+    elif t == _MXFP4:
+        quantize_row_mxfp4(src, dst, n)
     else:
         return _kq.quantize_row(t, src, dst, n)
     return 0

@@ -136,9 +136,9 @@ def _patch_type(path, name: str, type_id: int) -> None:
 
 def test_unsupported_tensor_type(tmp_path):
     _, path = saved(tmp_path)
-    _patch_type(path, "blk.0.attn_q.weight", int(gguf.GGMLQuantizationType.MXFP4))
-    with pytest.raises(ModelFileError, match=r"tensor 'blk\.0\.attn_q\.weight' has type MXFP4 "
-                                             r"\(ggml type 39\), which pyggml does not support"):
+    _patch_type(path, "blk.0.attn_q.weight", int(gguf.GGMLQuantizationType.NVFP4))
+    with pytest.raises(ModelFileError, match=r"tensor 'blk\.0\.attn_q\.weight' has type NVFP4 "
+                                             r"\(ggml type 40\), which pyggml does not support"):
         load_model(path)
     _, path = saved(tmp_path, name="n.gguf")
     _patch_type(path, "output_norm.weight", int(gguf.GGMLQuantizationType.I32))

@@ -57,7 +57,7 @@ _CONVERTIBLE = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32}
 _ROW_CODEC = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
               GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1, GGMLType.Q2_K,
               GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL,
-              GGMLType.IQ4_XS}
+              GGMLType.IQ4_XS, GGMLType.MXFP4}
 _HAVE_ROWS = hasattr(qnb, "quantize_row") and hasattr(qnb, "dequantize_row")
 
 _jit = numba.njit(nogil=True, cache=True)

@@ -57,6 +57,7 @@ from ..desc import (
 from ..intrinsics import f32_array, i8_array, i64_array, ptr_of, u8_array, u16_array
 from . import kernel, simd
 from . import kq_dots as kq
+from . import mxfp4_dot as mx
 from .copy import load_f32
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -64,7 +65,7 @@ _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 Q4_0, Q4_1, Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
 Q5_1, Q8_0, I32 = int(GGMLType.Q5_1), int(GGMLType.Q8_0), int(GGMLType.I32)
-IQ4_NL = int(GGMLType.IQ4_NL)
+IQ4_NL, MXFP4 = int(GGMLType.IQ4_NL), int(GGMLType.MXFP4)
 
 ERR_IDS = register_error(110, "MUL_MAT_ID: an expert id in ids is outside [0, n_expert)")
 
@@ -83,7 +84,7 @@ _Q32 = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_
 # K-quants and IQ4_XS: integer row dots in kq_dots.py against Q8_K activations; IQ4_NL
 # (32-blocks) joins the Q8 split dots of simd.py
 _KQ = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K,
-       GGMLType.IQ4_NL, GGMLType.IQ4_XS)
+       GGMLType.IQ4_NL, GGMLType.IQ4_XS, GGMLType.MXFP4)     # MXFP4: mxfp4_dot.py, Q8_0
 _WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + _Q32 + _KQ
 _ACT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + _Q32 + _KQ
@@ -118,12 +119,14 @@ def act_row_bytes(wt, k):
         return _pad(k) + 2 * _pad(4 * nb)
     if kq.is_kq(wt):
         return kq.act_bytes(k)
+    if wt == MXFP4:
+        return mx.act_bytes(k)
     return _pad(4 * k)
 
 
 @_jit
 def needs_prep(wt, bt):
-    return is_quant(wt) or kq.is_kq(wt) or bt != F32
+    return is_quant(wt) or kq.is_kq(wt) or wt == MXFP4 or bt != F32
 
 
 @_jit
@@ -131,7 +134,7 @@ def prep_bytes(wt, bt, k, ncols):
     """Scratch for ncols prepared columns (+ a float row to convert non-F32 b before quantizing)."""
     if not needs_prep(wt, bt):
         return 0
-    extra = _pad(4 * k) if ((is_quant(wt) or kq.is_kq(wt)) and bt != F32) else 0
+    extra = _pad(4 * k) if ((is_quant(wt) or kq.is_kq(wt) or wt == MXFP4) and bt != F32) else 0
     return ncols * act_row_bytes(wt, k) + extra
 
 
@@ -243,12 +246,14 @@ def quantize_act(src, k, dst):
 @_jit
 def prep_act(wt, bt, k, src, dst, tmp):
     """Activation row (type bt at src) -> the form the dots of weight type wt read, at dst."""
-    if is_quant(wt) or kq.is_kq(wt):
+    if is_quant(wt) or kq.is_kq(wt) or wt == MXFP4:
         if bt != F32:
             row_to_f32(bt, src, k, tmp)
             src = tmp
         if is_quant(wt):
             quantize_act(src, k, dst)
+        elif wt == MXFP4:
+            mx.quantize_act(src, k, dst)
         else:
             kq.quantize_act(src, k, dst)
     else:
@@ -270,6 +275,9 @@ def rows_dot(wt, k, x, xstride, nrows, y, out):
     if kq.is_kq(wt):
         kq.dot_rows(wt, k, x, xstride, nrows, y, out)
         return
+    if wt == MXFP4:
+        mx.dot_rows(k, x, xstride, nrows, y, out)
+        return
     nb = k // QK
     yd = y + _pad(k)
     ys = yd + _pad(4 * nb)
@@ -290,7 +298,7 @@ def rows_dot(wt, k, x, xstride, nrows, y, out):
 @_jit
 def types_ok(wt, bt):
     """Weight and activation types this file's dots read (supports() keeps others away)."""
-    return ((wt == F32 or wt == F16 or wt == BF16 or is_quant(wt) or kq.is_kq(wt))
+    return ((wt == F32 or wt == F16 or wt == BF16 or is_quant(wt) or kq.is_kq(wt) or wt == MXFP4)
             and (bt == F32 or bt == F16 or bt == BF16))
 
 
