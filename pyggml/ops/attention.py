@@ -416,6 +416,112 @@ def _fa_extra():
     return out
 
 
+def _fa_kv_types(names):
+    """ggml's K/V type names that pyggml's flash attention takes (the others skip)."""
+    return [t for t in cc.have(names) if cc.ggml_type(t) in FA_KV_TYPES]
+
+
+def _fa_ggml_grid():
+    """make_test_cases_eval's flash_attn_ext list, in ggml's order and with its arguments,
+    over the K/V types pyggml has (slow but for the sample _fa_cases picks)."""
+    out = []
+    f32 = PREC_F32
+
+    def add(*args, **kw):
+        ts = args[11:13]
+        if len(_fa_kv_types(ts)) == len(ts):
+            out.append(_fa_case(*args, **kw))
+    # prefill-shaped cases with a long KV
+    for kv in (1024, 2048):
+        for hs in (64, 128, 256):
+            for nb in (32, 64):
+                for tkv in ("f16", "q8_0", "q4_0"):
+                    add(hs, hs, 8, (4, 1), kv, nb, True, False, 0, 0, f32, tkv, tkv)
+    kv_types = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+    for hsk in (40, 64, 72, 80, 96, 128, 192, 256, 320, 512, 576):
+        for hsv in (40, 64, 72, 80, 96, 128, 192, 256, 512):
+            if hsk not in (192, 320, 576) and hsk != hsv:
+                continue
+            if (hsk == 192 and hsv not in (128, 192)) or (hsk == 576 and hsv != 512) or \
+                    (hsk == 320 and hsv != 256):
+                continue
+            for mask, sinks, max_bias, softcap, nh, nr3, nr2, kv, nb, prec, tkv in \
+                    _fa_ggml_loops(hsk, kv_types):
+                v_of_k = hsk == 576                 # DeepSeek MLA: V a sub-view of K
+                args = (hsk, hsv, nh, (nr2, nr3), kv, nb, mask, sinks, max_bias, softcap,
+                        prec, tkv, tkv)
+                add(*args, v_is_view_of_k=v_of_k)
+                if mask and max_bias == 0 and softcap == 0 and kv == 512:
+                    add(*args, permute=(0, 2, 1, 3), v_is_view_of_k=v_of_k)
+    # mixed quant (and Q1_0/Q2_0) cases
+    for a in ((64, 64, 4, (1, 1), 128, 2, "q8_0", "q4_0"), (64, 64, 4, (1, 1), 128, 2, "q4_0", "f16"),
+              (72, 72, 4, (1, 1), 96, 2, "q4_0", "q8_0"), (64, 64, 4, (1, 1), 96, 2, "f16", "f32"),
+              (128, 128, 4, (1, 1), 256, 1, "f16", "q4_0"), (128, 128, 4, (1, 1), 96, 2, "q1_0", "q1_0"),
+              (128, 64, 4, (1, 1), 128, 2, "q1_0", "q4_0"), (64, 128, 4, (1, 1), 128, 2, "q4_0", "q1_0"),
+              (128, 64, 4, (1, 1), 64, 2, "q1_0", "f16"), (128, 128, 4, (1, 1), 96, 2, "q2_0", "q2_0"),
+              (128, 64, 4, (1, 1), 128, 2, "q2_0", "q4_0"), (64, 128, 4, (1, 1), 128, 2, "q4_0", "q2_0"),
+              (128, 64, 4, (1, 1), 64, 2, "q2_0", "f16")):
+        mask = not (a[0] == 128 and a[4] == 256)
+        add(*a[:6], mask, False, 0, 0, f32, *a[6:])
+    # q8_0 KV: decode and prompt batches, KV pad, permuted KV, feature flags, long context
+    p021 = (0, 2, 1, 3)
+    add(256, 256, 2, (16, 1), 113, 1, True, False, 0, 0, f32, "q8_0", "q8_0")
+    add(256, 256, 2, (16, 1), 1024, 1, True, False, 0, 0, f32, "q8_0", "q8_0")
+    add(256, 256, 2, (16, 1), 1024, 1, True, False, 0, 0, f32, "q8_0", "q8_0", p021)
+    add(256, 256, 2, (16, 2), 1025, 1, True, True, 8, 30, f32, "q8_0", "q8_0")
+    add(256, 256, 2, (16, 1), 1025, 64, True, False, 0, 0, f32, "q8_0", "q8_0", p021)
+    add(256, 256, 2, (16, 1), 16384, 1, True, False, 0, 0, f32, "q8_0", "q8_0")
+    # MLA and other V-is-a-sub-view-of-K shapes
+    for a in ((576, 512, 1, (20, 1), 113, 1, "q8_0"), (576, 512, 1, (20, 1), 1024, 1, "q8_0"),
+              (576, 512, 1, (20, 1), 1024, 64, "q8_0"), (320, 256, 1, (32, 1), 512, 1, "f16"),
+              (192, 128, 4, (8, 1), 512, 1, "f16"), (128, 128, 8, (4, 1), 512, 8, "f16"),
+              (64, 64, 4, (1, 1), 512, 1, "q8_0")):
+        add(*a[:6], True, False, 0, 0, f32, a[6], a[6], (0, 1, 2, 3), True, True)
+    # ggml's large-KV F16 cases (kv 4096 and 16384 at nb=512: ~10^11 multiply-adds each, more
+    # than the float64 reference can take here) are left out
+    # dense-allocated (not a view) quantized K/V at batch >= 64
+    for nr2, kv, perm in ((1, 512, p021), (4, 512, p021), (1, 1024, p021), (1, 512, (0, 1, 2, 3))):
+        add(64, 64, 4, (nr2, 1), kv, 75, True, False, 0, 0, f32, "q8_0", "q8_0", perm, False)
+    return out
+
+
+def _fa_ggml_loops(hsk, kv_types):
+    """The inner loops of ggml's head-size grid for one hsk, with its skips."""
+    for mask in (True, False):
+        for sinks in (True, False):
+            for max_bias in (0.0, 8.0):
+                if not mask and max_bias > 0:
+                    continue
+                for softcap in (0.0, 10.0):
+                    if hsk != 128 and softcap != 0:
+                        continue
+                    for nh in (1, 4):
+                        if nh == 1 and hsk not in (320, 576):
+                            continue
+                        for nr3 in (1, 3):
+                            if hsk > 64 and nr3 > 1:
+                                continue
+                            for nr2 in _fa_nr2(hsk, nh):
+                                for kv in (113, 512, 1024):
+                                    if nr2 != 1 and kv != 512:
+                                        continue
+                                    for nb in (1, 3, 32, 75):
+                                        for prec in (PREC_F32, PREC_DEFAULT):
+                                            if hsk != 128 and prec == PREC_DEFAULT:
+                                                continue
+                                            for tkv in kv_types:
+                                                if tkv != "f16" and hsk not in (64, 72):
+                                                    continue
+                                                yield (mask, sinks, max_bias, softcap, nh, nr3,
+                                                       nr2, kv, nb, prec, tkv)
+
+
+def _fa_nr2(hsk, nh):
+    skip = {8: hsk != 192, 12: hsk != 128, 16: hsk != 192, 20: nh != 1 or hsk != 576,
+            32: nh != 1 or hsk != 320}
+    return [n for n in (1, 4, 8, 12, 16, 20, 32) if not skip.get(n, False)]
+
+
 def _fa_cases():
     grid = _fa_grid()
     # the fast subset: per (K/V type, prec, head sizes) the cheapest-looking few by a stable
@@ -436,7 +542,19 @@ def _fa_cases():
     for c in extra:
         if _fa_case_cost(c) > 4 * FAST_COST and "slow" not in c.tags:
             c.tags = tuple(c.tags) + ("slow",)
-    return extra + grid
+    out = cc.unique(extra + grid)
+    # ggml's own list: the cases the grids above lack, slow but for one cheap case per
+    # (head sizes, K/V types) group
+    known = {str(c) for c in out}
+    new = [c for c in cc.unique(_fa_ggml_grid()) if str(c) not in known]
+    picked = set()
+    for c in sorted(new, key=lambda c: _stable_hash(str(c))):
+        key = (c.vars["hsk"], c.vars["hsv"], c.vars["type_K"], c.vars["type_V"])
+        if key not in picked and _fa_case_cost(c) <= FAST_COST:
+            picked.add(key)
+        elif "slow" not in c.tags:
+            c.tags = tuple(c.tags) + ("slow",)
+    return out + new
 
 
 FLASH_ATTN_EXT = register(OpDef(

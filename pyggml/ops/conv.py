@@ -164,6 +164,7 @@ IM2COL = register(OpDef(
     reference=_ref_im2col, cases=_im2col_cases, exact=True,
     nbytes=lambda node: nbytes(node) + nbytes(node.src[1]),
     ggml=_im2col_ggml,
+    extra=dict(hints_of=lambda node: dict(dst_type=int(node.type))),   # for set_op_params
     doc="Image patches as rows: [N, IC, IH, IW] -> [N, OH, OW, IC*KH*KW] (1-D: KH = OH = 1)."))
 
 

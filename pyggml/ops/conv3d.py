@@ -119,6 +119,7 @@ IM2COL_3D = register(OpDef(
     params="s0:i32 s1:i32 s2:i32 p0:i32 p1:i32 p2:i32 d0:i32 d1:i32 d2:i32 IC:i32",
     reference=_ref_im2col_3d, cases=_im2col_3d_cases, exact=True,
     nbytes=lambda node: nbytes(node) + nbytes(node.src[1]),
+    extra=dict(hints_of=lambda node: dict(dst_type=int(node.type))),   # for set_op_params
     ggml=lambda g, c, s, p, node: g.ggml_im2col_3d(c, s[0], s[1], p.IC, p.s0, p.s1, p.s2, p.p0,
                                                    p.p1, p.p2, p.d0, p.d1, p.d2, int(node.type)),
     doc="3-D patches as rows: input [IW, IH, ID, N*IC] -> [IC*KD*KH*KW, OW, OH, N*OD]."))

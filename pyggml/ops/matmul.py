@@ -266,12 +266,11 @@ def out_prod(ctx, a, b):
 
 # --- test cases (test-backend-ops' grids, restricted to pyggml's types) -----------------------
 
-# ggml's type lists intersected with the types pyggml implements, in ggml's order
-_ALL_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K",
-              "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs")
-_BASE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q4_K")
-_OTHER_TYPES = ("q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q5_K", "q6_K", "iq4_nl",
-                "iq4_xs", "bf16")
+# ggml's type lists intersected with the types pyggml has, in ggml's order (a type that
+# lands in pyggml.types gets its cases here)
+_ALL_TYPES = tuple(cc.have(cc.GGML_ALL_TYPES))
+_BASE_TYPES = tuple(cc.have(cc.GGML_BASE_TYPES))
+_OTHER_TYPES = tuple(cc.have(cc.GGML_OTHER_TYPES))
 
 # cases above these sizes are tagged slow (kept out of the default pytest subset)
 _SLOW_MACS = 20_000_000

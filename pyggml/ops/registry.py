@@ -330,7 +330,11 @@ class OpDef:
         srcs = [s for s in node.src]
         while srcs and srcs[-1] is None:
             srcs.pop()
-        out = self.infer(srcs, self.unpack(words))
+        p = self.unpack(words)
+        hints_of = self.extra.get("hints_of")     # build hints the node itself carries
+        if hints_of is not None:
+            p.__dict__.update(hints_of(node))
+        out = self.infer(srcs, p)
         ne = [int(x) for x in out.ne] + [1] * (4 - len(out.ne))
         view_of = out.view_of.view_src if out.view_of is not None and \
             out.view_of.view_src is not None else out.view_of

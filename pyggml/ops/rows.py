@@ -28,8 +28,7 @@ GET_ROWS_TYPES = _FLOATS + QUANT_TYPES + (_I32,)
 # types set_rows can write (those with a CPU from_float)
 SET_ROWS_DST_TYPES = _FLOATS + QUANT_TYPES
 
-_ALL_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K",
-              "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs")
+_ALL_TYPES = tuple(cc.have(cc.GGML_ALL_TYPES))       # ggml's all_types that pyggml has
 
 
 def _check_ids(op, ids: np.ndarray, n: int, node, idx_src) -> None:

@@ -139,3 +139,27 @@ def test_numba_set_acc_clip_to_their_tensor(ctx, fn):
     gg.backend_graph_compute(be, gf)
     be.free()
     assert (_outside(a) == before).all()
+
+
+@pytest.mark.parametrize("dst", [gg.TYPE_F32, gg.TYPE_F16])
+def test_set_op_params_on_im2col_keeps_its_result_type(ctx, dst):
+    """IM2COL's result type is a build argument, not an op_param: set_op_params re-checks the
+    node with it (it used to fail with an AttributeError on the missing dst_type)."""
+    kernel = gg.new_tensor_4d(ctx, gg.TYPE_F16, 3, 3, 2, 1)
+    x = gg.from_numpy(ctx, np.arange(2 * 10 * 10, dtype=np.float32).reshape(1, 2, 10, 10))
+    y = gg.im2col(ctx, kernel, x, 1, 1, 1, 1, 1, 1, True, dst)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    gg.set_op_params(y, p0=2, d0=2)             # same width: (10 + 4 - 2*2 - 1) / 1 + 1
+    assert y.type == dst and y.op.p(y).p0 == 2 and y.op.p(y).d0 == 2
+    want = gg.im2col(ctx, kernel, x, 1, 1, 2, 1, 2, 1, True, dst)   # built with the new values
+    gw = gg.new_graph(ctx)
+    gg.build_forward_expand(gw, want)
+    gg.backend_graph_compute(gg.backend_reference_init(), gw)
+    for be in (gg.backend_reference_init(), gg.backend_numba_init(2)):
+        gg.backend_graph_compute(be, gf)
+        np.testing.assert_array_equal(gg.to_numpy(y), gg.to_numpy(want))
+    with pytest.raises(ParamError, match="would change the result"):
+        gg.set_op_params(y, s0=2)
+    with pytest.raises(ParamError, match="IM2COL"):
+        gg.set_op_params(y, d1=0)
