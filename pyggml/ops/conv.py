@@ -107,7 +107,7 @@ def _im2col_cases():
 
     def add(ti, tk, td, ne_in, ne_k, s0, s1, p0, p1, d0, d1, is_2d, slow=False):
         def f(ctx):
-            inp = cc.leaf(ctx, ti, ne_in, "input")
+            inp = cc.leaf(ctx, ti, ne_in, "input", param=True)   # test_im2col: grad too
             ker = cc.leaf(ctx, tk, ne_k, "kernel")
             return im2col(ctx, ker, inp, s0, s1, p0, p1, d0, d1, is_2d, as_type(td))
         out.append(cc.case("IM2COL", dict(type_input=cc.ggml_type(ti), type_kernel=cc.ggml_type(tk),
@@ -520,7 +520,7 @@ def _pool2d_cases():
                                          ne_input=list(ne), k0=k0, k1=k1, s0=s0, s1=s1, p0=p0,
                                          p1=p1),
                                     (lambda a: lambda ctx: pool_2d(
-                                        ctx, cc.leaf(ctx, "f32", a[0], "input"), *a[1:]))(
+                                        ctx, cc.leaf(ctx, "f32", a[0], "input", param=True), *a[1:]))(
                                         (ne, pool, k0, k1, s0, s1, p0, p1))))
     return out
 

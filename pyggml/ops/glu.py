@@ -19,7 +19,14 @@ from ..types import GGMLType
 from . import cases_common as cc
 from .case import Case
 from .registry import OpDef, Out, fail, grad_rule, need, need_src, need_type, register
-from .unary import _gelu_erf_values, _gelu_quick_values, _gelu_values, _silu_values
+from .unary import (
+    GELU_COEF_A,
+    SQRT_2_OVER_PI,
+    _gelu_erf_values,
+    _gelu_quick_values,
+    _gelu_values,
+    _silu_values,
+)
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 
@@ -293,3 +300,31 @@ def _grad_reglu(g, node, grad):
         g.add(0, mul(g.ctx, step(g.ctx, a), mul(g.ctx, grad, b)))
     if g.needs(1):
         g.add(1, mul(g.ctx, relu(g.ctx, a), grad))
+
+
+def _gelu_derivative(g, x):
+    """d gelu(x) / dx of ggml's tanh form 0.5 x (1 + tanh(c (x + a x^3))), built from ops:
+    0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2), t = tanh(c (x + a x^3))."""
+    sqr, mul, add, tanh, scale, scale_bias = g.fn('sqr', 'mul', 'add', 'tanh', 'scale',
+                                                  'scale_bias')
+    a, c = float(GELU_COEF_A), float(SQRT_2_OVER_PI)
+    x2 = sqr(g.ctx, x)
+    t = tanh(g.ctx, scale(g.ctx, mul(g.ctx, x, scale_bias(g.ctx, x2, a, 1.0)), c))
+    one_m_t2 = scale_bias(g.ctx, sqr(g.ctx, t), -1.0, 1.0)
+    q = scale_bias(g.ctx, x2, 3.0 * a * c, c)
+    return add(g.ctx, scale_bias(g.ctx, t, 0.5, 0.5),
+               scale(g.ctx, mul(g.ctx, mul(g.ctx, x, one_m_t2), q), 0.5))
+
+
+
+@grad_rule(GLU_DEFS["GEGLU"])
+def _grad_geglu(g, node, grad):
+    """Beyond ggml's list (ggml differentiates SWIGLU only): gelu(a) * b: a gets
+    gelu'(a) * b * grad, b gets gelu(a) * grad."""
+    mul, gelu = g.fn('mul', 'gelu')
+    _split_only(node)
+    a, b = node.src[0], node.src[1]
+    if g.needs(0):
+        g.add(0, mul(g.ctx, _gelu_derivative(g, a), mul(g.ctx, grad, b)))
+    if g.needs(1):
+        g.add(1, mul(g.ctx, gelu(g.ctx, a), grad))

@@ -32,6 +32,7 @@ from ..types import GGMLType
 from .case import Case
 from .harness import CaseResult, alloc_guarded, case_excluded, fill_leafs, supported
 
+SKIPPED = "skipped:"     # the message of a case over nmax (ggml: "skipping large tensors")
 DEFAULTS = dict(eps=0.1, precise=False, nmax=10000, expect=(), max_maa=1e-4, init=None)
 GRAPH_SIZE = 2048
 
@@ -106,12 +107,12 @@ def run_grad(case: Case, backend, seed: int = 0) -> CaseResult:
         return _not_supported(res, f"{out.name}->type != FP32")
     params = [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
     if not params:
-        return _not_supported(res, f"{case.op}: no parameters")
+        return _not_supported(res, case.op)          # ggml's reason: the op's name
     bad = [t for t in params if t.type != GGMLType.F32]
     if bad:
         return _not_supported(res, f"{bad[0].name}->type != FP32")
     if sum(nelements(t) for t in params) > s["nmax"]:
-        return _not_supported(res, f"skipped: more than {s['nmax']} gradients")
+        return _not_supported(res, f"{SKIPPED} more than {s['nmax']} gradients")
     excluded = case_excluded(backend, case)
     if excluded:
         return _not_supported(res, excluded)

@@ -8,6 +8,7 @@ import re
 import sys
 from collections import defaultdict
 
+from .grad import SKIPPED
 from .harness import CaseResult, op_cases
 
 # ggml's test_result::get_fields(), in its order, so csv/sql rows join with ggml's own
@@ -80,6 +81,9 @@ class ConsolePrinter:
         head = f"  {r.case.op}({r.case.vars_str}): "
         if r.status == "NOT SUPPORTED":       # ggml's perf line names no backend
             tail = "not supported" if self.mode == "perf" else f"not supported [{r.backend}] "
+            if self.mode == "grad":           # eval_grad's lines: the reason, or the nmax skip
+                tail = ("skipping large tensors for speed " if r.message.startswith(SKIPPED)
+                        else f"not supported [{r.message or r.backend}] ")
             print(head + tail, file=self.out)
             return
         if self.mode == "support":

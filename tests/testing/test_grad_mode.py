@@ -67,7 +67,7 @@ def test_grad_cases_cover_ggmls_list():
 def test_grad_case_reference(case):
     from pyggml.backends.reference.backend import ReferenceBackend
     r = run_grad(case, ReferenceBackend(), seed=0)
-    # an op with a rule passes; one without (GEGLU, the optimizer steps) is NOT SUPPORTED
+    # an op with a rule passes; one without (GEGLU_ERF, the optimizer steps) is NOT SUPPORTED
     want = "OK" if OPS[case.op].grad is not None else "NOT SUPPORTED"
     assert r.status == want, f"{r.status}: {r.message}"
 
@@ -81,18 +81,22 @@ def test_grad_case_numba(case, numba_backend):
 
 
 def test_op_without_rule_is_not_supported_with_its_name():
-    """GEGLU marks its parameters as ggml's case does, but has no rule: NOT SUPPORTED, named."""
+    """GEGLU_ERF marks its parameters as ggml's case does, but has no rule: NOT SUPPORTED,
+    named."""
     from pyggml.backends.reference.backend import ReferenceBackend
-    case = next(c for c in op_cases(OPS["GEGLU"]) if "split" in str(c) and
+    case = next(c for c in op_cases(OPS["GEGLU_ERF"]) if "split" in str(c) and
                 c.vars["type"] == GGMLType.F32)
     r = run_grad(case, ReferenceBackend())
-    assert r.status == "NOT SUPPORTED" and "GEGLU has no gradient rule" in r.message
+    assert r.status == "NOT SUPPORTED" and "GEGLU_ERF has no gradient rule" in r.message
 
 
 def test_cli_grad_mode_runs_and_reports():
     out = subprocess.run([sys.executable, "-m", "pyggml", "test-backend-ops", "grad", "-b",
-                          "reference", "-o", "SQR,SILU_BACK"], capture_output=True, text=True,
-                         timeout=600)
+                          "reference", "-o", "SQR,SILU_BACK,ABS"], capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SQR(type=f32,ne=[10,5,4,3]): OK" in out.stdout
-    assert "SILU_BACK" in out.stdout and "not supported" in out.stdout
+    # eval_grad's reasons: no parameter names the op, F16 the output, nmax the skip
+    assert "SILU_BACK(type=f32,ne=[64,5,4,3],eps=0.000001): not supported [SILU_BACK]" in out.stdout
+    assert "ABS(type=f16,ne_a=[128,2,2,2],v=0): not supported [out->type != FP32]" in out.stdout
+    assert "ABS(type=f32,ne_a=[128,2,2,2],v=1): skipping large tensors for speed" in out.stdout

@@ -57,6 +57,19 @@ def _rows_init(t, rng):
     return rng.uniform(-1, 1, size=t.ne[::-1])
 
 
+def _spread(t, rng):
+    """Distinct values 0.5 apart: a window's maximum stays the maximum when moved by eps."""
+    return (rng.permutation(int(np.prod(t.ne))) * 0.5 - 10.0).reshape(t.ne[::-1])
+
+
+def _beyond_f16_table(t, rng):
+    """|x| in [10, 14]: ggml's CPU GELU reads an F16 table below 10 (a staircase finite
+    differences cannot follow); the b side is any value."""
+    if t.name == "b":
+        return rng.uniform(-1, 1, size=t.ne[::-1])
+    return rng.choice([-1.0, 1.0], size=t.ne[::-1]) * rng.uniform(10, 14, size=t.ne[::-1])
+
+
 def _labels(ctx):
     return gg.soft_max(ctx, _c(ctx, [7, 3], "labels"))
 
@@ -139,6 +152,16 @@ GRAPHS = [
      None, {}),
     ("CROSS_ENTROPY_LOSS", "", lambda c: gg.cross_entropy_loss(c, _p(c, [7, 3], "logits"), _labels(c)),
      uniform(-3, 3), dict(precise=True)),
+    ("GEGLU", "split", lambda c: gg.geglu_split(c, _p(c, NE, "a"), _p(c, NE, "b")),
+     _beyond_f16_table, dict(precise=True)),
+    ("IM2COL", "2d", lambda c: gg.sqr(c, gg.im2col(c, _c(c, [3, 2, 2, 1], "kernel"), _p(c, [6, 5, 2, 2], "x"),
+                                                   2, 1, 1, 0, 1, 2, True, F32)), None, {}),
+    ("IM2COL", "1d", lambda c: gg.sqr(c, gg.im2col(c, _c(c, [3, 2, 1], "kernel"), _p(c, [9, 2, 2], "x"),
+                                                   2, 0, 2, 0, 2, 0, False, F32)), None, {}),
+    ("POOL_2D", "avg", lambda c: gg.sqr(c, gg.pool_2d(c, _p(c, [7, 6, 2], "x"), gg.OP_POOL_AVG,
+                                                      3, 2, 2, 1, 1, 1)), None, {}),
+    ("POOL_2D", "max", lambda c: gg.sqr(c, gg.pool_2d(c, _p(c, [7, 6, 2], "x"), gg.OP_POOL_MAX,
+                                                      3, 2, 2, 1, 1, 0)), _spread, {}),
 ]
 
 
@@ -274,6 +297,32 @@ def test_errors_name_the_problem():
     gg.build_forward_expand(gf5, gg.sqr(ctx, a))
     with pytest.raises(gg.GraphError, match="forget to call set_loss"):
         gg.build_backward_expand(ctx, gf5, None)
+
+
+def test_geglu_rule_is_the_derivative_of_ggmls_gelu():
+    """Where ggml's GELU reads its F16 table (|x| < 10) finite differences see a staircase,
+    so the rule's gelu'(x) is checked against the formula's derivative instead."""
+    ctx = gg.init(mem_size=16 << 20)
+    a, b = _p(ctx, [41], "a"), _p(ctx, [41], "b")
+    loss = gg.sum(ctx, gg.geglu_split(ctx, a, b))
+    gg.set_loss(loss)
+    gf = gg.new_graph_custom(ctx, 256, True)
+    gg.build_forward_expand(gf, loss)
+    gg.build_backward_expand(ctx, gf, None)
+    x = np.linspace(-6, 6, 41).astype(np.float32)
+    bv = np.linspace(0.5, 1.5, 41).astype(np.float32)
+    gg.tensor_set(a, x.tobytes())
+    gg.tensor_set(b, bv.tobytes())
+    gg.graph_reset(gf)
+    gg.graph_compute_with_ctx(ctx, gf, 1)
+    c, k = np.sqrt(2 / np.pi), 0.044715
+    xd = x.astype(np.float64)
+    t = np.tanh(c * (xd + k * xd ** 3))
+    dgelu = 0.5 * (1 + t) + 0.5 * xd * (1 - t * t) * c * (1 + 3 * k * xd * xd)
+    np.testing.assert_allclose(gg.to_numpy(gg.graph_get_grad(gf, a)), dgelu * bv, rtol=1e-5,
+                               atol=1e-6)
+    gelu = 0.5 * xd * (1 + t)
+    np.testing.assert_allclose(gg.to_numpy(gg.graph_get_grad(gf, b)), gelu, rtol=2e-3, atol=2e-3)
 
 
 def test_labels_of_cross_entropy_get_no_gradient():
