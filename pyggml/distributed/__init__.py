@@ -12,6 +12,7 @@ Ray is imported only when a worker is started (pip install 'pyggml[distributed]'
 See docs/DISTRIBUTED.md for the traffic model and measurements.
 """
 from .backend import RayBackend  # noqa: F401
+from .context_mixed import MixedShardedKVCache  # noqa: F401
 from .context_split import ShardedKVCache, lse_merge  # noqa: F401
 from .errors import RayUnavailableError, WorkerDiedError, WorkerError, WorkerTimeoutError  # noqa: F401
 from .group import SPLITS, WorkerGroup  # noqa: F401

@@ -48,8 +48,12 @@ class ShardedKVCache(_CacheBase):
         self.n_shards, self.types = n_shards, types
         self.shard_cap = _round_up(-(-n_ctx // n_shards), BLOCK)
         self.starts = [w * self.shard_cap for w in range(n_shards)]
+        self._make_stores()
+
+    def _make_stores(self) -> None:
+        n_layer, types = self.n_layer, self.types
         self._sink = self.shard_cap          # one row past each shard: rows not its own
-        dk, dv = head_dim * n_head_kv, self.head_dim_v * n_head_kv
+        dk, dv = self.head_dim * self.n_head_kv, self.head_dim_v * self.n_head_kv
         rows = self.shard_cap + 1
         self.ctx = self._new_ctx([(t, d, rows) for t in types for _ in range(n_layer)
                                   for d in (dk, dv)])
@@ -93,9 +97,13 @@ class ShardedKVCache(_CacheBase):
             st = self._need_step()
             local = st.positions - self.starts[w]
             mine = (local >= 0) & (local < self.shard_cap)
-            ids = np.where(mine, local, self._sink)
+            ids = np.where(mine, self._row(local), self._sink)
             return np.concatenate([ids, np.full(st.n_pad - st.n_tokens, self._sink)])
         return values
+
+    def _row(self, local: np.ndarray) -> np.ndarray:
+        """The store row of a shard-local position (the mixed shards' hot ring wraps)."""
+        return local
 
     def _mask(self, w: int):
         def values(t=None) -> np.ndarray:
@@ -112,7 +120,26 @@ class ShardedKVCache(_CacheBase):
         self._gf = gf
         self._pending = (k_cur, v_cur)
 
-    def _write_shard(self, ctx, gf, il: int, w: int) -> None:
+    def _shard_writes(self, ctx, gf, il: int, w: int) -> None:
+        """This step's rows of shard w (if any are its own), before its attention."""
+        if self._writes(w):
+            self._write_rows(ctx, gf, self.k[w][il], self.v[w][il], il, w)
+
+    def _segments(self, ctx, il: int, w: int):
+        """with_state's (k, v, mask, k_cold, v_cold, mask_cold) over shard w's keys; None
+        when it holds none."""
+        n_kv = self._n_kv(w)
+        if n_kv == 0:
+            return None
+        if w not in self._masks:
+            self._masks[w] = self._input(ctx, GGMLType.F16, n_kv, self._need_step().n_pad,
+                                         self._mask(w), f"kq_mask.s{w}")
+        return (self._view3(self.k[w][il], ctx, n_kv, self.head_dim),
+                self._view3(self.v[w][il], ctx, n_kv, self.head_dim_v), self._masks[w],
+                None, None, None)
+
+    def _write_rows(self, ctx, gf, k_store, v_store, il: int, w: int) -> None:
+        """set_rows of this step's K/V into shard w's stores (row ids: _slots(w))."""
         from ..graph import build_forward_expand
         from ..ops.rows import set_rows
         from ..ops.view import reshape_2d
@@ -120,8 +147,8 @@ class ShardedKVCache(_CacheBase):
         if w not in self._shard_ids:
             self._shard_ids[w] = self._input(ctx, GGMLType.I64, st.n_pad, 0, self._slots(w),
                                              f"kv_slots.s{w}")
-        for cache, cur, nm in ((self.k[w][il], self._pending[0], "k"),
-                               (self.v[w][il], self._pending[1], "v")):
+        for cache, cur, nm in ((k_store, self._pending[0], "k"),
+                               (v_store, self._pending[1], "v")):
             out = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_pad),
                            self._shard_ids[w])
             set_name(out, f"kv_store.{nm}-{il}.s{w}")
@@ -134,26 +161,21 @@ class ShardedKVCache(_CacheBase):
         depend on the writes, and the merge reads the states the attention writes."""
         from ..graph import build_forward_expand
         from ..ops.attention import flash_attn_ext_set_prec, flash_attn_ext_with_state
-        st = self._need_step()
+        self._need_step()
         gf = self._gf
         for t in (*self._pending, q):           # the driver's part first: one split
             build_forward_expand(gf, t)
         outs, states = [], []
         for w in range(self.n_shards):
-            if self._writes(w):
-                self._write_shard(ctx, gf, il, w)
-            n_kv = self._n_kv(w)
-            if n_kv == 0:
+            self._shard_writes(ctx, gf, il, w)
+            seg = self._segments(ctx, il, w)
+            if seg is None:
                 continue
-            if w not in self._masks:
-                self._masks[w] = self._input(ctx, GGMLType.F16, n_kv, st.n_pad, self._mask(w),
-                                             f"kq_mask.s{w}")
-            k = self._view3(self.k[w][il], ctx, n_kv, self.head_dim)
-            v = self._view3(self.v[w][il], ctx, n_kv, self.head_dim_v)
             state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
                                 lambda t: fresh_values(t.ne), f"attn_state-{il}.s{w}")
-            o = flash_attn_ext_with_state(ctx, q, k, v, self._masks[w], None, None, None,
-                                          state, scale, 0.0, 0.0)
+            k, v, mask, kq, vq, mask_q = seg
+            o = flash_attn_ext_with_state(ctx, q, k, v, mask, kq, vq, mask_q, state, scale,
+                                          0.0, 0.0)
             if prec:
                 flash_attn_ext_set_prec(o, prec)
             set_name(o, f"attn_out-{il}.s{w}")

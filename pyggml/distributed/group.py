@@ -18,6 +18,7 @@ from typing import Optional
 from ..errors import GGMLError
 from ..types import GGMLType
 from .backend import DEFAULT_TIMEOUT, RayBackend, _ray
+from .context_mixed import MixedShardedKVCache
 from .context_split import ShardedKVCache
 from .layer_split import cache_layer_tensors, layer_ranges, place_cache, place_weights
 from .sched import DistributedSched
@@ -73,13 +74,17 @@ class WorkerGroup:
         return cache
 
     def make_cache(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int,
-                   type=GGMLType.F16, mixed: bool = False) -> ShardedKVCache:
-        """Context split: a cache of one token-range shard per worker (mixed: the older shards
-        in `type`, the newest in F16)."""
+                   type=GGMLType.F16, mixed: bool = False, hot_tokens: int = 256,
+                   max_batch: int = 64) -> ShardedKVCache:
+        """Context split: a cache of one token-range shard per worker, each in `type`; mixed:
+        each shard hot F16 + cold `type`, the newest `hot_tokens` hot (context_mixed.py)."""
         self._release_cache()
         n = len(self.workers)
-        types = [type] * (n - 1) + [GGMLType.F16] if mixed else type
-        cache = ShardedKVCache(n_layer, n_head_kv, head_dim, n_ctx, n, types)
+        if mixed:
+            cache = MixedShardedKVCache(n_layer, n_head_kv, head_dim, n_ctx, n, hot_tokens,
+                                        type, max_batch)
+        else:
+            cache = ShardedKVCache(n_layer, n_head_kv, head_dim, n_ctx, n, type)
         for w, be in enumerate(self.workers):
             be.adopt(cache.shard_tensors(w), upload=False)
         self._cache = cache

@@ -2,6 +2,7 @@
 
     pyggml bench [-m smollm2-135m] [-p 512] [-n 128] [-t 2] [-r 5] [-b 2048]
                  [-ctk f16 -ctv f16] [--mixed-kv-cache --kv-hot 256] [-o md|csv|json]
+                 [--workers N --split layer|context [--ray-address ADDR]]
 
 Tests are llama-bench's: `ppN` evaluates one prompt of N random tokens (in batches of -b),
 `tgN` N single-token decodes; each starts from an empty cache, after one warm-up run, and
@@ -9,7 +10,9 @@ is repeated -r times; t/s = tokens / seconds per repetition, reported as mean ±
 deviation. Every flag takes a comma list (all combinations run, as in llama-bench).
 The csv/json fields are llama-bench's, in its order; knobs pyggml does not have (GPU
 layers, cpu mask, poll...) carry llama-bench's defaults so the files line up, and
-`kv_hot` joins them after type_v when the mixed cache is benchmarked.
+`kv_hot` joins them after type_v when the mixed cache is benchmarked. With --workers N (Ray
+workers, pyggml.distributed: llama-bench's --rpc) the backend reads `cpu,ray`, and
+`workers` and `worker_split` join the fields (and the markdown columns) after type_v/kv_hot.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import numpy as np
 
 from ..compute import BACKENDS
 from ..errors import GGMLError
+from .cli_common import UsageError, add_worker_flags, worker_kwargs
 from .model_info import ModelInfo
 
 # llama-bench's csv/json fields, in its order
@@ -48,7 +52,8 @@ FIXED = {"gpu_info": "", "cpu_mask": "0x0", "cpu_strict": False, "poll": 50, "n_
 MD_COLUMNS = {"model": ("model", -30), "size": ("size", 10), "params": ("params", 10),
               "backend": ("backend", -10), "n_threads": ("threads", 7),
               "n_batch": ("n_batch", 7), "type_k": ("type_k", 6), "type_v": ("type_v", 6),
-              "kv_hot": ("kv_hot", 10), "test": ("test", 15), "t/s": ("t/s", 20)}
+              "kv_hot": ("kv_hot", 10), "workers": ("workers", 7),
+              "worker_split": ("split", -7), "test": ("test", 15), "t/s": ("t/s", 20)}
 DEFAULTS = {"n_prompt": [512], "n_gen": [128], "n_threads": [2], "n_batch": [2048],
             "type_k": ["f16"], "type_v": ["f16"]}
 
@@ -64,6 +69,8 @@ class BenchTest:
     type_v: str
     kv_hot: int | None            # None: the plain cache
     backend: str
+    workers: int = 0              # Ray workers (0: this process)
+    worker_split: str = ""        # "layer" | "context" with workers
     samples_ns: list = field(default_factory=list)
     test_time: str = ""
 
@@ -86,7 +93,7 @@ class BenchTest:
         ns = self.samples_ns
         v = dict(FIXED)
         v.update(build_commit=_build_commit(), build_number=0, cpu_info=_cpu_info(),
-                 backends=self.backend, model_filename=self.model.path,
+                 backends=self.backends, model_filename=self.model.path,
                  model_type=self.model.desc, model_size=self.model.size,
                  model_n_params=self.model.n_params, n_batch=self.n_batch,
                  n_ubatch=self.n_batch, n_threads=self.n_threads, type_k=self.type_k,
@@ -96,15 +103,24 @@ class BenchTest:
                  avg_ts=self.avg_ts(), stddev_ts=self.stdev_ts())
         if self.kv_hot is not None:
             v["kv_hot"] = self.kv_hot
+        if self.workers:
+            v.update(workers=self.workers, worker_split=self.worker_split)
         return v
+
+    @property
+    def backends(self) -> str:
+        """llama-bench's backend names: the driver's, plus Ray's with workers (its "CPU,RPC")."""
+        return f"{self.backend},ray" if self.workers else self.backend
 
 
 def fields(tests) -> list:
-    """llama-bench's fields, plus kv_hot after type_v when a test used the mixed cache."""
-    if any(t.kv_hot is not None for t in tests):
-        i = FIELDS.index("type_v") + 1
-        return FIELDS[:i] + ["kv_hot"] + FIELDS[i:]
-    return list(FIELDS)
+    """llama-bench's fields, plus kv_hot after type_v when a test used the mixed cache, and
+    workers, worker_split after those when a test ran on Ray workers."""
+    i = FIELDS.index("type_v") + 1
+    extra = [f for f, used in (("kv_hot", any(t.kv_hot is not None for t in tests)),
+                               ("workers", any(t.workers for t in tests)),
+                               ("worker_split", any(t.workers for t in tests))) if used]
+    return FIELDS[:i] + extra + FIELDS[i:]
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -152,7 +168,7 @@ def _md_value(t: BenchTest, f: str) -> str:
     if f == "params":
         return f"{m.n_params / 1e6:.2f} M" if m.n_params < 1e9 else f"{m.n_params / 1e9:.2f} B"
     if f == "backend":
-        return t.backend
+        return t.backends
     if f == "test":
         return t.label
     if f == "t/s":
@@ -169,6 +185,8 @@ def md_columns(tests, args_seen: dict) -> list:
             cols.append(f)
     if any(t.kv_hot is not None for t in tests):
         cols.append("kv_hot")
+    if any(t.workers for t in tests):
+        cols += ["workers", "worker_split"]
     return cols + ["test", "t/s"]
 
 
@@ -265,6 +283,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-hot", type=_list(int), action="append", dest="kv_hot")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--backend", default="cpu", choices=sorted(BACKENDS))
+    add_worker_flags(p)
     return p
 
 
@@ -276,7 +295,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (GGMLError, OSError) as e:
+    except (GGMLError, OSError, UsageError) as e:
         print(f"pyggml bench: {e}", file=sys.stderr)
         return 2
 
@@ -289,6 +308,7 @@ def _run(args) -> int:
             seen[k] = _flat(getattr(args, k), ["q4_0"])
     models = _flat(args.model, ["smollm2-135m"])
     hots = _flat(args.kv_hot, [256]) if args.mixed_kv_cache else [None]
+    wk = worker_kwargs(args)
     if args.repetitions <= 0:
         raise GGMLError(f"-r must be > 0, got {args.repetitions}")
     for k in ("n_prompt", "n_gen", "n_threads", "n_batch"):
@@ -303,7 +323,9 @@ def _run(args) -> int:
                     for tv in seen["type_v"]:
                         for hot in hots:
                             base = dict(model=info, n_batch=nb, n_threads=nt, type_k=tk,
-                                        type_v=tv, kv_hot=hot, backend=args.backend)
+                                        type_v=tv, kv_hot=hot, backend=args.backend,
+                                        workers=wk.get("workers", 0),
+                                        worker_split=wk.get("split", ""))
                             tests += [BenchTest(n_prompt=n, n_gen=0, **base)
                                       for n in seen["n_prompt"] if n > 0]
                             tests += [BenchTest(n_prompt=0, n_gen=n, **base)
@@ -316,8 +338,8 @@ def _run(args) -> int:
     elif args.output == "json":
         print("[", flush=True)
     for i, t in enumerate(tests):
-        llm = _make_llm(t)
-        run_test(llm, t, args.repetitions, not args.no_warmup, t.model.n_vocab, t.model.bos)
+        with _make_llm(t, args.ray_address) as llm:       # closing stops its Ray workers
+            run_test(llm, t, args.repetitions, not args.no_warmup, t.model.n_vocab, t.model.bos)
         if args.output == "md":
             print(md_row(t, cols), flush=True)
         elif args.output == "csv":
@@ -331,11 +353,13 @@ def _run(args) -> int:
     return 0
 
 
-def _make_llm(t: BenchTest):
+def _make_llm(t: BenchTest, ray_address=None):
     from .llama import Llama
     kw = dict(type_k=t.type_k, type_v=t.type_v)
     if t.kv_hot is not None:
         kw.update(kv_cache="mixed", kv_hot=t.kv_hot)
+    if t.workers:
+        kw.update(workers=t.workers, split=t.worker_split, ray_address=ray_address)
     return Llama(t.model.path, n_ctx=t.n_prompt + t.n_gen, n_batch=t.n_batch,
                  n_threads=t.n_threads, logits_all=False, backend=t.backend, verbose=False,
                  **kw)

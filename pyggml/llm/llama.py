@@ -147,18 +147,17 @@ class Llama:
         from ..attention.kv_cache import F16KVCache, MixedKVCache
         from ..models.llama import Decoder
         c = self._model.cfg
+        mixed = self.kv_cache_kind == "mixed"
+        # mixed: steps of at most max(kv_hot, 32) tokens keep the hot ring near kv_hot tokens
+        self._ubatch = min(self.n_batch, max(self.kv_hot, 32)) if mixed else self.n_batch
         if self._workers is not None and self._workers.split == "context":
-            self._ubatch = self.n_batch
             self._cache = self._workers.make_cache(c.n_layer, c.n_head_kv, c.head_dim, self._n_ctx,
-                                                   self.type_k, self.kv_cache_kind == "mixed")
-        elif self.kv_cache_kind == "mixed":
-            # steps of at most max(kv_hot, 32) tokens keep the hot ring near kv_hot tokens
-            self._ubatch = min(self.n_batch, max(self.kv_hot, 32))
+                                                   self.type_k, mixed, self.kv_hot, self._ubatch)
+        elif mixed:
             self._cache = MixedKVCache(c.n_layer, c.n_head_kv, c.head_dim, self._n_ctx,
                                        hot_tokens=self.kv_hot, cold_type=self.type_k,
                                        max_batch=self._ubatch)
         else:
-            self._ubatch = self.n_batch
             self._cache = F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, self._n_ctx,
                                      type=self.type_k)
         if self._workers is not None and self._workers.split == "layer":

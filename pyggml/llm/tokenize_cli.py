@@ -7,7 +7,8 @@ Prints one `%6d -> '<piece>'` line per token (pieces with special tokens spelled
 or `[id, id, ...]` with --ids, then `Total number of tokens: N` with --show-count. As in
 llama-tokenize the prompt's escapes (\\n \\t \\xNN ...) are processed unless --no-escape,
 BOS is added only if the vocabulary asks for it, and special tokens are parsed unless
---no-parse-special. Only the vocabulary is read from the file.
+--no-parse-special. Only the vocabulary is read from the file (the worker flags --workers/--split/--ray-address
+are accepted, as by every command that takes -m, and start nothing).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 import sys
 
 from ..errors import GGMLError
-from .cli_common import Parser, UsageError
+from .cli_common import Parser, UsageError, add_worker_flags, worker_kwargs
 from .gguf_file import GGUFFile
 from .model_path import resolve_model_path
 from .tokenizer import Tokenizer
@@ -80,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not add a BOS token even if the model normally uses one")
     p.add_argument("--no-escape", action="store_true",
                    help="do not process escape sequences (\\n, \\t, \\xNN, ...)")
+    # every command that takes -m takes the worker flags (so one set of model flags serves
+    # them all); they are checked, but tokenizing reads only the vocabulary and computes
+    # nothing, so no worker is started
+    add_worker_flags(p)
     return p
 
 
@@ -111,6 +116,7 @@ def format_tokens(tok: Tokenizer, ids: list, as_ids: bool, show_count: bool) -> 
 def main(argv=None) -> int:
     try:
         a = _parser().parse_args(argv)
+        worker_kwargs(a)
         text = _read_text(a)
         tok = Tokenizer.from_gguf(GGUFFile(resolve_model_path(a.model)))
     except UsageError as e:
