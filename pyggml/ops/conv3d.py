@@ -14,7 +14,7 @@ from ..errors import ParamError
 from ..tensor import is_contiguous, nbytes, nelements
 from ..types import GGMLType, as_type
 from . import cases_common as cc
-from .conv import _conv_output_size, _f16_round, _need_pos
+from .conv import _conv_output_size, _f16_round, _need_pos, _readable
 from .registry import OpDef, Out, need, need_src, need_type, register
 
 _F32, _F16 = GGMLType.F32, GGMLType.F16
@@ -36,18 +36,21 @@ def _out_sizes(op, a, b, p):
 def _patches(x, ic, n, od, oh, ow, kd, kh, kw, p):
     """Input planes x (ne3, ID, IH, IW) -> (N, OD, OH, OW, IC, KD, KH, KW), zero outside."""
     x = x[:n * ic].reshape(n, ic, *x.shape[1:])
+    sizes = x.shape[2:]
+    x = _readable(x, (2, 3, 4))          # an empty axis: every window there is padding
 
     def idx(o, k, s, d, pad, size):
         i = np.arange(o)[:, None] * s + np.arange(k)[None, :] * d - pad     # (O, K)
-        return np.clip(i, 0, size - 1), (i >= 0) & (i < size)
-    iz, vz = idx(od, kd, p.s2, p.d2, p.p2, x.shape[2])
-    iy, vy = idx(oh, kh, p.s1, p.d1, p.p1, x.shape[3])
-    ix, vx = idx(ow, kw, p.s0, p.d0, p.p0, x.shape[4])
+        return np.clip(i, 0, max(size - 1, 0)), (i >= 0) & (i < size)
+    iz, vz = idx(od, kd, p.s2, p.d2, p.p2, sizes[0])
+    iy, vy = idx(oh, kh, p.s1, p.d1, p.p1, sizes[1])
+    ix, vx = idx(ow, kw, p.s0, p.d0, p.p0, sizes[2])
     g = x[:, :, iz[:, None, None, :, None, None], iy[None, :, None, None, :, None],
           ix[None, None, :, None, None, :]]                  # (N, IC, OD, OH, OW, KD, KH, KW)
     mask = vz[:, None, None, :, None, None] & vy[None, :, None, None, :, None] & \
         vx[None, None, :, None, None, :]
-    return (g * mask).transpose(0, 2, 3, 4, 1, 5, 6, 7)
+    # not g * mask: a clipped read of an inf is NaN times 0 (ggml's im2col writes 0 there)
+    return np.where(mask, g, 0.0).transpose(0, 2, 3, 4, 1, 5, 6, 7)
 
 
 # --- IM2COL_3D -----------------------------------------------------------------------------------

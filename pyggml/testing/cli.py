@@ -167,7 +167,14 @@ def main(argv=None) -> int:
     if args.mode == "perf" and args.jobs > 1:
         print("perf: -j ignored (timed runs must not share the cores)", file=sys.stderr)
         args.jobs = 1
-    cases = list(all_cases(args.ops, args.pattern, not args.no_slow))
+    if args.mode == "perf":       # ggml's perf list (make_test_cases_perf), not the eval grid
+        from .perf_cases import perf_cases
+        cases, skipped = perf_cases(args.ops, args.pattern)
+        if skipped:
+            print(f"perf: {skipped} of ggml's perf cases skipped (ops, types or families "
+                  f"pyggml's perf list lacks)", file=sys.stderr)
+    else:
+        cases = list(all_cases(args.ops, args.pattern, not args.no_slow))
     if not cases:        # ggml runs no test and passes ("0/0 tests passed", exit 0)
         print("no test cases match", file=sys.stderr)
     _W["args"], _W["argv"], _W["cases"] = args, argv, cases

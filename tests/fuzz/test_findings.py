@@ -359,3 +359,39 @@ def test_mean_of_a_row_past_flt_max_is_infinite_as_in_ggml():
     from pyggml.ops.reduce import _ref_mean
     got = _ref_mean(None, [np.array(rows)], None)
     assert got[0, 0] == -np.inf and got[1, 0] == np.inf
+
+
+def test_conv_3d_over_an_empty_input_axis_is_all_padding():
+    """Seed 301 example 33 (RMS_NORM_BACK of an empty row -> permuted -> CONV_3D): with
+    IH = 0 and padding 1 every window is padding; the reference indexed the empty axis
+    (IndexError) where the CPU backend returns zeros."""
+    def build(ctx):
+        k = gg.new_tensor_4d(ctx, gg.TYPE_F32, 1, 1, 1, 4)
+        x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 5, 0, 4, 1)
+        return gg.conv_3d_direct(ctx, k, x, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4)
+    r = _run(build)
+    assert r.status == "OK", r.message
+
+
+def test_conv_3d_multiplies_padding_by_an_infinite_weight():
+    """As CONV_2D (example 8565): ggml's CONV_3D is im2col with 0 for padding then a gemm, so an
+    inf weight over padding gives NaN; the kernel skipped padded taps, the reference made
+    NaN of a clipped read of inf times its 0 mask."""
+    import numpy as np
+
+    def build(ctx):
+        k = gg.new_tensor_4d(ctx, gg.TYPE_F32, 3, 3, 3, 2)
+        x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 4, 4, 3, 1)
+        return gg.conv_3d_direct(ctx, k, x, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2)
+
+    def init(leaf, rng):
+        v = rng.uniform(-1, 1, size=leaf.ne[::-1])
+        if leaf.ne[0] == 3:
+            v[0, 0, 0, 0] = np.inf            # a corner tap: padding for the first outputs
+        else:
+            v[0, 0, 0, 3] = -np.inf           # an input corner: padding reads clip to it
+        return v
+    r = _run(build, init)
+    assert r.status == "OK", r.message
+    r = _run(build, init, backend=_ggml())
+    assert r.status == "OK", r.message

@@ -49,7 +49,7 @@ def test_support_csv_is_ggmls_byte_for_byte():
 
 def test_perf_csv_has_ggmls_columns_and_no_times():
     ggml = (FIX / "ggml_tbo_perf_ADD.csv").read_text().splitlines()
-    rc, out = _cli("perf", "-b", "numba", "-o", "SQR", "-p", r"type=f32,ne=\[10,5,4,3\]",
+    rc, out = _cli("perf", "-b", "numba", "-o", "SQR(type=f32,ne=[10,5,4,3])",
                    "--budget", "0.01", "--output", "csv")
     lines = out.splitlines()
     assert rc == 0 and lines[0] == ggml[0] and len(lines) == 2
@@ -60,7 +60,7 @@ def test_perf_csv_has_ggmls_columns_and_no_times():
 
 def test_sql_header_is_ggmls():
     ggml = (FIX / "ggml_tbo_perf_ADD.sql").read_text()
-    rc, out = _cli("perf", "-b", "numba", "-o", "SQR", "-p", r"type=f32,ne=\[10,5,4,3\]",
+    rc, out = _cli("perf", "-b", "numba", "-o", "SQR(type=f32,ne=[10,5,4,3])",
                    "--budget", "0.01", "--output", "sql")
     assert rc == 0
     head = ggml.split("INSERT", 1)[0]
@@ -79,6 +79,14 @@ def test_baseline_reads_ggmls_perf_files(name):
     assert set(got) == {("ADD", "type=f32,ne=[4096,1,1,1],nr=[1,1,1,1],nf=1,perm1=0,src_overlap=0"),
                         ("ADD", "type=f32,ne=[4096,1,1,1],nr=[1,512,1,1],nf=1,perm1=0,src_overlap=0")}
     assert all(t > 0 for t in got.values())
+
+
+def test_a_baseline_with_no_timed_cases_is_an_error(tmp_path):
+    """A file that is not ggml's perf output joined nothing, silently (exit 0)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    with pytest.raises(GGMLError, match="notes.txt: no timed cases"):
+        load_baseline(str(notes))
 
 
 def test_baseline_from_ggmls_csv_says_it_has_no_times():

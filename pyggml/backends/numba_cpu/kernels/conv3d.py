@@ -72,22 +72,20 @@ def conv_3d(desc, ith, nth):
             for ic in range(IC):
                 x = t_addr(desc, SRC1) + (n * IC + ic) * t_nb(desc, SRC1, 3)
                 k = t_addr(desc, SRC0) + (oc * IC + ic) * t_nb(desc, SRC0, 3)
+                # ggml's im2col writes 0 for padding and the gemm still multiplies it by
+                # the weight: an inf/NaN weight over padding gives NaN, so no skipping
                 for kd in range(KD):
                     iz = oz * s2 + kd * d2 - p2
-                    if iz < 0 or iz >= ID:
-                        continue
                     for kh in range(KH):
                         iy = oy * s1 + kh * d1 - p1
-                        if iy < 0 or iy >= IH:
-                            continue
                         for kw in range(KW):
                             ix = ox * s0 + kw * d0 - p0
-                            if ix < 0 or ix >= IW:
-                                continue
-                            v = ptr_of(x + ix * t_nb(desc, SRC1, 0) + iy * t_nb(desc, SRC1, 1) +
-                                       iz * t_nb(desc, SRC1, 2), np.float32)[0]
-                            if kt == F16:
-                                v = qnb.f16_to_f32(qnb.f32_to_f16(v))
+                            v = np.float32(0.0)
+                            if iz >= 0 and iz < ID and iy >= 0 and iy < IH and ix >= 0 and ix < IW:
+                                v = ptr_of(x + ix * t_nb(desc, SRC1, 0) + iy * t_nb(desc, SRC1, 1) +
+                                           iz * t_nb(desc, SRC1, 2), np.float32)[0]
+                                if kt == F16:
+                                    v = qnb.f16_to_f32(qnb.f32_to_f16(v))
                             w = load_f32(k + kw * t_nb(desc, SRC0, 0) + kh * t_nb(desc, SRC0, 1) +
                                          kd * t_nb(desc, SRC0, 2), kt)
                             acc += np.float64(w) * np.float64(v)
