@@ -5,6 +5,7 @@ a killed or hung worker is a GGMLError within the timeout and a new worker can b
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import time
@@ -198,17 +199,31 @@ def test_smollm2_llama_split_equals_single_process(cluster):
     path = _smollm2()
     ids = None
     logits = {}
-    for kw in ({}, dict(workers=2, split="layer"), dict(workers=2, split="context")):
+    mixed = dict(kv_cache="mixed", kv_hot=32)
+    runs = {"single": {}, "layer": dict(workers=2, split="layer"),
+            "context": dict(workers=2, split="context"), "single mixed": mixed,
+            "context mixed": dict(workers=2, split="context", **mixed)}
+    for name, kw in runs.items():
         with Llama(path, n_ctx=96, n_batch=32, n_threads=1, verbose=False, logits_all=True,
                    **kw) as llm:
             ids = ids or llm.tokenize(b"The capital of France is Paris, and the capital of "
-                                      b"Germany is Berlin. " * 3)[:70]
+                                      b"Germany is Berlin. " * 5)[:70]
             llm.eval(ids)
             llm.eval([int(llm.logits().argmax())])
-            logits[kw.get("split")] = llm.scores[:llm.n_tokens].copy()
-    # n_ctx 96: context split's shards hold positions 0-63 and 64-127, both in use
-    assert nmse(logits[None], logits["layer"]) <= 1e-6
-    assert nmse(logits[None], logits["context"]) <= 1e-6
+            logits[name] = llm.scores[:llm.n_tokens].copy()
+            if name == "context mixed":     # positions 0-31 cold (worker 0), 32-70 hot (both)
+                assert llm._cache.cold_count == 32
+    # n_ctx 96: context split's shards hold positions 0-63 and 64-127, both in use.
+    # Layer split runs the same kernels in the same order: bitwise. Context split sums the
+    # attention of positions 64-70 in another order (float32 rounding: NMSE 9e-11 on these
+    # weights dequantized to F32, test_context_split.py); this Q4_1 model quantizes every
+    # matmul's activations to Q8_1, where that rounding flips steps that 30 layers compound
+    # (NMSE 1.5e-4 over these rows, positions 0-63 exact). The tokens agree everywhere.
+    assert nmse(logits["single"], logits["layer"]) <= 1e-6
+    for ref, got in (("single", "context"), ("single mixed", "context mixed")):
+        assert nmse(logits[ref][:64], logits[got][:64]) == 0.0
+        assert nmse(logits[ref], logits[got]) <= 1e-3
+        assert (logits[ref].argmax(1) == logits[got].argmax(1)).all()
 
 
 def test_run_cli_prints_the_single_process_text(cluster, capsys):
@@ -223,9 +238,11 @@ def test_run_cli_prints_the_single_process_text(cluster, capsys):
         assert capsys.readouterr().out == single, split
 
 
-def test_worker_flags_are_checked(capsys):
-    from pyggml.llm import run_cli
-    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--ray-address", "auto"]) == 2
-    assert "--ray-address needs --workers N" in capsys.readouterr().err
-    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--workers", "-1"]) == 2
-    assert "--workers -1: must be >= 0" in capsys.readouterr().err
+def test_bench_measures_the_workers(cluster, capsys):
+    from pyggml.llm import bench
+    path = _smollm2()
+    assert bench.main(["-m", path, "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--no-warmup",
+                       "-o", "json", "--workers", "2", "--split", "layer"]) == 0
+    (obj,) = json.loads(capsys.readouterr().out)
+    assert (obj["backends"], obj["workers"], obj["worker_split"]) == ("cpu,ray", 2, "layer")
+    assert obj["n_prompt"] == 8 and obj["avg_ts"] > 0
