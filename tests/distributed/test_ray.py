@@ -5,7 +5,6 @@ a killed or hung worker is a GGMLError within the timeout and a new worker can b
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import time
@@ -200,8 +199,8 @@ def test_smollm2_llama_split_equals_single_process(cluster):
     ids = None
     logits = {}
     mixed = dict(kv_cache="mixed", kv_hot=32)
-    runs = {"single": {}, "layer": dict(workers=2, split="layer"),
-            "context": dict(workers=2, split="context"), "single mixed": mixed,
+    # (plain context split on SmolLM2: the run CLI test; on logits: the random-model tests)
+    runs = {"single": {}, "layer": dict(workers=2, split="layer"), "single mixed": mixed,
             "context mixed": dict(workers=2, split="context", **mixed)}
     for name, kw in runs.items():
         with Llama(path, n_ctx=96, n_batch=32, n_threads=1, verbose=False, logits_all=True,
@@ -220,29 +219,21 @@ def test_smollm2_llama_split_equals_single_process(cluster):
     # matmul's activations to Q8_1, where that rounding flips steps that 30 layers compound
     # (NMSE 1.5e-4 over these rows, positions 0-63 exact). The tokens agree everywhere.
     assert nmse(logits["single"], logits["layer"]) <= 1e-6
-    for ref, got in (("single", "context"), ("single mixed", "context mixed")):
-        assert nmse(logits[ref][:64], logits[got][:64]) == 0.0
-        assert nmse(logits[ref], logits[got]) <= 1e-3
-        assert (logits[ref].argmax(1) == logits[got].argmax(1)).all()
+    ref, got = logits["single mixed"], logits["context mixed"]
+    assert nmse(ref[:64], got[:64]) == 0.0
+    assert nmse(ref, got) <= 1e-3
+    assert (ref.argmax(1) == got.argmax(1)).all()
 
 
 def test_run_cli_prints_the_single_process_text(cluster, capsys):
     from pyggml.llm import run_cli
     path = _smollm2()
-    argv = ["-m", path, "-p", "The three primary colors are", "-n", "12", "--temp", "0",
-            "-c", "128", "-t", "1", "--no-perf", "--no-warmup"]
+    # ~30 prompt tokens + 12 in n_ctx 64: context split's second shard (32-63) is used
+    argv = ["-m", path, "-p", "The three primary colors are red, yellow and blue. The three "
+            "secondary colors are green, orange and purple. The colors of the rainbow are",
+            "-n", "12", "--temp", "0", "-c", "64", "-t", "1", "--no-perf", "--no-warmup"]
     assert run_cli.main(argv) == 0
     single = capsys.readouterr().out
     for split in ("layer", "context"):
         assert run_cli.main(argv + ["--workers", "2", "--split", split]) == 0
         assert capsys.readouterr().out == single, split
-
-
-def test_bench_measures_the_workers(cluster, capsys):
-    from pyggml.llm import bench
-    path = _smollm2()
-    assert bench.main(["-m", path, "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--no-warmup",
-                       "-o", "json", "--workers", "2", "--split", "layer"]) == 0
-    (obj,) = json.loads(capsys.readouterr().out)
-    assert (obj["backends"], obj["workers"], obj["worker_split"]) == ("cpu,ray", 2, "layer")
-    assert obj["n_prompt"] == 8 and obj["avg_ts"] > 0

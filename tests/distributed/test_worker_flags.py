@@ -58,3 +58,38 @@ def test_bench_fields_and_columns_name_the_workers():
     row = bench.md_row(dist, cols)
     assert "| cpu,ray    |" in row and "|       2 | context |" in row
     assert "| split   |" in bench.md_header(cols)
+
+
+def test_bench_runs_its_tests_on_the_workers(monkeypatch, capsys):
+    # bench hands the flags to Llama (Ray itself: test_ray.py) and closes each model, which
+    # stops its workers
+    made = []
+
+    class Recorder:
+        def __init__(self, path, **kw):
+            made.append(kw)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            made.append("closed")
+
+        def reset(self):
+            pass
+
+        def eval(self, toks):
+            pass
+
+    import pyggml.llm.llama as llama_mod
+    monkeypatch.setattr(llama_mod, "Llama", Recorder)
+    monkeypatch.setattr(bench.ModelInfo, "read", staticmethod(lambda path: MODEL))
+    import pyggml.llm.model_path as model_path
+    monkeypatch.setattr(model_path, "resolve_model_path", lambda m: m)
+    assert bench.main(["-m", "/m/SmolLM2.gguf", "-p", "8", "-n", "0", "-r", "1", "-o", "csv",
+                       "--workers", "2", "--split", "context", "--ray-address", "auto"]) == 0
+    assert made[0]["workers"] == 2 and made[0]["split"] == "context"
+    assert made[0]["ray_address"] == "auto" and made[1] == "closed"
+    head, row = capsys.readouterr().out.splitlines()
+    v = dict(zip(head.split(","), (x.strip('"') for x in row.split('","'))))
+    assert (v["backends"], v["workers"], v["worker_split"]) == ("cpu,ray", "2", "context")
