@@ -1,13 +1,15 @@
 """Measure pyggml.distributed on this machine (numbers for docs/DISTRIBUTED.md).
 
 1. Per-token cost of SmolLM2-135M on 2 Ray workers (layer split, context split) against one
-   process: a 32-token prompt and 16 decode steps (n_ctx 64: context split decodes over both
-   shards), the three set-ups alternated, REPEAT rounds.
+   process: a prompt (default 32 tokens) and decode steps (default 16), n_ctx twice the
+   prompt (context split decodes over both shards); the set-ups alternated in each of REPEAT
+   rounds, overheads paired per round; wall time and CPU time (driver + workers, /proc), the
+   load average at each round. --mixed: again with the mixed cache (kv_hot 32).
 2. Context-split attention per layer against context length: one decode query (SmolLM2's
    shapes: 9 heads, 3 KV heads, head_dim 64, F16 K/V) over L keys, as one local
    flash_attn_ext and as 2 shards of L/2 on 2 workers merged on the driver.
 
-    python tools/bench_distributed.py [--repeat 3] [--lengths 1024,4096,16384]
+    python tools/bench_distributed.py [--repeat 3] [--lengths 4096,16384,65536] [--mixed]
 
 A local Ray cluster is started with 2 CPUs and shut down at the end; every backend uses one
 thread (the driver too), so the comparison is one process vs three on the same cores.
@@ -15,44 +17,76 @@ thread (the driver too), so the comparison is one process vs three on the same c
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import numpy as np
 
+SETUPS = {"1 process": {}, "2 workers, layer": dict(workers=2, split="layer"),
+          "2 workers, context": dict(workers=2, split="context")}
 
-def _llamas(path):
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (a Ray worker's, from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(llm) -> float:
+    """CPU seconds of the driver and of the model's Ray workers."""
+    w = llm._workers
+    return time.process_time() + (sum(_cpu_s(b.pid) for b in w.workers) if w else 0.0)
+
+
+def _spread(xs) -> str:
+    return f"{statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
+
+
+def bench_tokens(path: str, repeat: int, n_prompt: int, n_gen: int, mixed: bool) -> None:
     from pyggml.llm import Llama
-    kw = dict(n_ctx=64, n_batch=32, n_threads=1, verbose=False)   # context: 2 shards of 32
-    return {"1 process": Llama(path, **kw),
-            "2 workers, layer": Llama(path, workers=2, split="layer", **kw),
-            "2 workers, context": Llama(path, workers=2, split="context", **kw)}
-
-
-def bench_tokens(path: str, repeat: int) -> None:
-    llamas = _llamas(path)
-    prompt = list(range(100, 132))
-    res = {k: ([], []) for k in llamas}
+    # context split: n_ctx so that 2 shards each hold keys by the end of the prompt
+    kw = dict(n_ctx=2 * max(n_prompt, 32), n_batch=n_prompt, n_threads=1, verbose=False)
+    setups = dict(SETUPS)
+    if mixed:
+        kw.update(kv_cache="mixed", kv_hot=32)
+    llamas = {name: Llama(path, **kw, **extra) for name, extra in setups.items()}
+    prompt = list(range(100, 100 + n_prompt))
+    res = {k: {"pp": [], "tg": [], "cpu_pp": [], "cpu_tg": []} for k in llamas}
     for name, llm in llamas.items():               # warm-up: graphs, kernels, first uploads
         llm.reset()
         llm.eval(prompt)
         llm.eval([7])
-    for _ in range(repeat):
+    loads = [os.getloadavg()[0]]
+    for _ in range(repeat):                        # A/B/C alternated: the same load for all
         for name, llm in llamas.items():
             llm.reset()
-            t0 = time.perf_counter()
+            c0, t0 = _cpu(llm), time.perf_counter()
             llm.eval(prompt)
-            t1 = time.perf_counter()
-            for i in range(16):
+            c1, t1 = _cpu(llm), time.perf_counter()
+            for i in range(n_gen):
                 llm.eval([200 + i])
-            t2 = time.perf_counter()
-            res[name][0].append((t1 - t0) * 1e3)
-            res[name][1].append((t2 - t1) * 1e3 / 16)
-    print("| set-up | prompt 32 tok (ms) | decode (ms/token) |")
-    print("|---|---|---|")
-    for name, (pp, tg) in res.items():
-        print(f"| {name} | {statistics.median(pp):.1f} ({min(pp):.1f}-{max(pp):.1f}) | "
-              f"{statistics.median(tg):.1f} ({min(tg):.1f}-{max(tg):.1f}) |")
+            c2, t2 = _cpu(llm), time.perf_counter()
+            r = res[name]
+            r["pp"].append((t1 - t0) * 1e3)
+            r["tg"].append((t2 - t1) * 1e3 / n_gen)
+            r["cpu_pp"].append((c1 - c0) * 1e3)
+            r["cpu_tg"].append((c2 - c1) * 1e3 / n_gen)
+        loads.append(os.getloadavg()[0])
+    base = res["1 process"]
+    print(f"\n{'mixed cache (kv_hot 32), ' if mixed else ''}prompt {n_prompt} tokens then "
+          f"{n_gen} decodes, n_ctx {kw['n_ctx']}, {repeat} rounds; load average "
+          f"{min(loads):.1f}-{max(loads):.1f}")
+    print(f"| set-up | prompt {n_prompt} tok (ms) | overhead vs 1 process (ms) | decode "
+          f"(ms/token) | overhead (ms/token) | CPU prompt (ms) | CPU decode (ms/token) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in res.items():
+        # overheads: per round, paired with the single process's run of the same round
+        d_pp = [a - b for a, b in zip(r["pp"], base["pp"])]
+        d_tg = [a - b for a, b in zip(r["tg"], base["tg"])]
+        print(f"| {name} | {_spread(r['pp'])} | {_spread(d_pp)} | {_spread(r['tg'])} | "
+              f"{_spread(d_tg)} | {_spread(r['cpu_pp'])} | {_spread(r['cpu_tg'])} |")
     for llm in llamas.values():
         llm.close()
 
@@ -64,8 +98,9 @@ def bench_attention(lengths, repeat: int) -> None:
     rng = np.random.default_rng(0)
     D, H, HKV = 64, 9, 3
     workers = [RayBackend(i) for i in range(2)]
-    print("| context L | local flash_attn_ext (ms) | 2 shards on 2 workers + merge (ms) |")
-    print("|---|---|---|")
+    print("\n| context L | local flash_attn_ext (ms) | 2 shards on 2 workers + merge (ms) | "
+          "load avg | max abs diff |")
+    print("|---|---|---|---|---|")
     try:
         for L in lengths:
             ctx = gg.init(mem_size=(L * D * HKV * 2 * 2) + (64 << 20))
@@ -110,8 +145,8 @@ def bench_attention(lengths, repeat: int) -> None:
                     t_dist.append((t2 - t1) * 1e3)
             err = float(np.abs(gg.to_numpy(local) - gg.to_numpy(merged)).max())
             print(f"| {L} | {statistics.median(t_loc):.2f} ({min(t_loc):.2f}-{max(t_loc):.2f}) | "
-                  f"{statistics.median(t_dist):.2f} ({min(t_dist):.2f}-{max(t_dist):.2f}) |"
-                  f" max abs diff {err:.1e}")
+                  f"{statistics.median(t_dist):.2f} ({min(t_dist):.2f}-{max(t_dist):.2f}) | "
+                  f"{os.getloadavg()[0]:.1f} | {err:.1e} |", flush=True)
             for w in range(2):
                 workers[w].release(shards[2 * w:2 * w + 2])
     finally:
@@ -122,8 +157,12 @@ def bench_attention(lengths, repeat: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--lengths", default="1024,4096,16384")
+    ap.add_argument("--lengths", default="4096,16384,65536")
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--gen", type=int, default=16)
+    ap.add_argument("--mixed", action="store_true", help="also the mixed cache (kv_hot 32)")
     ap.add_argument("--skip-tokens", action="store_true")
+    ap.add_argument("--skip-attention", action="store_true")
     args = ap.parse_args()
     import ray
 
@@ -131,9 +170,13 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=512 << 20)
     try:
+        path = resolve_model_path("smollm2-135m")
         if not args.skip_tokens:
-            bench_tokens(resolve_model_path("smollm2-135m"), args.repeat)
-        bench_attention([int(x) for x in args.lengths.split(",")], max(args.repeat, 5))
+            bench_tokens(path, args.repeat, args.prompt, args.gen, False)
+            if args.mixed:
+                bench_tokens(path, args.repeat, args.prompt, args.gen, True)
+        if not args.skip_attention:
+            bench_attention([int(x) for x in args.lengths.split(",")], max(args.repeat, 5))
     finally:
         ray.shutdown()
 

@@ -80,6 +80,7 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     from .model_path import resolve_model_path
+    worker_kwargs(args)                      # bad flags before any file is read
     path = resolve_model_path(args.model)
     with open(args.file, "rb") as fh:
         text = fh.read()

