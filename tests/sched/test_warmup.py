@@ -203,14 +203,15 @@ def test_graph_kernels_and_demo_kernels():
     assert sorted(k.key for k in W.graph_kernels([gf])) == ["ADD:k_add", "MUL:k_mul"]
     from pyggml.models.demo import _parser, demo_kernels
     args = _parser().parse_args(["--prompt", "40", "--tokens", "30", "--ctx", "128",
-                                 "--hot", "32"])
+                                 "--hot", "32", "--random-weights"])     # Q4_0 weights
     keys = {k.key for k in demo_kernels(args)}
     # templates compile per type: only the types of the demo's graphs
     assert {"FLASH_ATTN_EXT:flash_attn_ext_kernel[f16,f16,none,none]",          # F16 cache
             "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel[f16,f16,q4_0,q4_0]",
-            "MUL_MAT:mul_mat", "GET_ROWS:get_rows[f16]",   # (moves: get_rows/set_rows)
+            "MUL_MAT:mul_mat[q4_0]", "GET_ROWS:get_rows[q8_0]",  # embeddings
+            "GET_ROWS:get_rows[f16]",                              # (moves: get_rows/set_rows)
             "SET_ROWS:set_rows[q4_0,f32]", "SET_ROWS:set_rows[f16,f32]"} <= keys
-    assert not any(k.startswith("SET_ROWS:set_rows[q8_0") for k in keys)
+    assert not any(k.startswith(("SET_ROWS:set_rows[q8_0", "MUL_MAT:mul_mat[q4_1]")) for k in keys)
     assert keys <= {k.key for k in W.all_kernels(KERNELS)}
 
 
