@@ -59,9 +59,18 @@ class FrozenParams(np.ndarray):
                          "set_op_params(node, name=value), which re-runs the op's checks")
 
 
+_FROZEN: dict = {}          # op_params bytes -> their read-only array, shared by every node
+_FROZEN_MAX = 4096          # with those params (most nodes have few distinct ones: all zero)
+
+
 def frozen(words: np.ndarray) -> np.ndarray:
-    return np.frombuffer(np.ascontiguousarray(words, dtype=np.int32).tobytes(),
-                         dtype=np.int32).view(FrozenParams)
+    b = np.ascontiguousarray(words, dtype=np.int32).tobytes()
+    f = _FROZEN.get(b)
+    if f is None:
+        if len(_FROZEN) >= _FROZEN_MAX:
+            _FROZEN.clear()
+        f = _FROZEN[b] = np.frombuffer(b, dtype=np.int32).view(FrozenParams)
+    return f
 
 
 def bits_f32(w: int) -> float:

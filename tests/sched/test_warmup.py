@@ -203,10 +203,35 @@ def test_graph_kernels_and_demo_kernels():
     assert sorted(k.key for k in W.graph_kernels([gf])) == ["ADD:k_add", "MUL:k_mul"]
     from pyggml.models.demo import _parser, demo_kernels
     args = _parser().parse_args(["--prompt", "40", "--tokens", "30", "--ctx", "128",
-                                 "--hot", "32"])
+                                 "--hot", "32", "--random-weights"])     # Q4_0 weights
     keys = {k.key for k in demo_kernels(args)}
-    assert {"FLASH_ATTN_EXT:flash_attn_ext_kernel",       # F16 cache
-            "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel",   # mixed cache
-            "MUL_MAT:mul_mat", "GET_ROWS:get_rows",       # (moves: get_rows/set_rows)
-            "SET_ROWS:set_rows"} <= keys
+    # templates compile per type: only the types of the demo's graphs
+    assert {"FLASH_ATTN_EXT:flash_attn_ext_kernel[f16,f16,none,none]",          # F16 cache
+            "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel[f16,f16,q4_0,q4_0]",
+            "MUL_MAT:mul_mat[q4_0]", "GET_ROWS:get_rows[q8_0]",  # embeddings
+            "GET_ROWS:get_rows[f16]",                              # (moves: get_rows/set_rows)
+            "SET_ROWS:set_rows[q4_0,f32]", "SET_ROWS:set_rows[f16,f32]"} <= keys
+    assert not any(k.startswith(("SET_ROWS:set_rows[q8_0", "MUL_MAT:mul_mat[q4_1]")) for k in keys)
     assert keys <= {k.key for k in W.all_kernels(KERNELS)}
+
+
+def test_templates_make_one_kernel_per_type_found_by_key():
+    from pyggml.backends.numba_cpu.kernels import find, lookup
+    k = find("GET_ROWS:get_rows[q8_0]")
+    assert k is not None and k.key == "GET_ROWS:get_rows[q8_0]"
+    assert find("GET_ROWS:get_rows[q8_0]") is k                # made once, then kept
+    assert find("GET_ROWS:get_rows[f16]") is not k
+    assert find("GET_ROWS:get_rows") is None                   # a template does not compile
+    assert find("GET_ROWS:get_rows[no_such_type]") is None
+    assert find("GET_ROWS:nope[q8_0]") is None and find("NOPE:get_rows") is None
+    assert W.resolve(["GET_ROWS:get_rows[q8_0]"]) == [k]
+    with pytest.raises(W.WarmupError, match="no kernel"):
+        W.resolve(["GET_ROWS:get_rows"])
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    a = gg.new_tensor_2d(ctx, GGMLType.Q8_0, 64, 4)
+    ids = gg.new_tensor_1d(ctx, GGMLType.I32, 2)
+    assert lookup(gg.get_rows(ctx, a, ids)) is k               # the node's type picks it
+    b = gg.new_tensor_2d(ctx, GGMLType.F16, 64, 4)
+    assert lookup(gg.get_rows(ctx, b, ids)).key == "GET_ROWS:get_rows[f16]"
+    entry = KERNELS["GET_ROWS"]
+    assert entry.variants[0].is_template and k in entry.variants[0].children()

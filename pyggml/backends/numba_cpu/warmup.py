@@ -65,7 +65,9 @@ DEFAULT_COST = 0.7             # most elementwise/shape kernels: 0.2 - 1 s
 
 
 def cost(key: str) -> float:
-    return COSTS.get(key, DEFAULT_COST)
+    """Estimated cold compile seconds of a kernel ('OP:name', a template's child 'OP:name[...]'
+    costs what COSTS says for its template)."""
+    return COSTS.get(key, COSTS.get(key.split("[", 1)[0], DEFAULT_COST))
 
 
 def default_jobs() -> int:
@@ -82,12 +84,14 @@ class WarmupError(GGMLError, ValueError):
 # --- which kernels ---------------------------------------------------------------------------
 
 def all_kernels(table: dict = None) -> list:
-    """Every kernel variant of the table (default: the backend's KERNELS), each once."""
+    """Every kernel variant of the table (default: the backend's KERNELS), each once; a
+    template contributes its common children."""
     from .kernels import KERNELS
     out = {}
     for entry in (KERNELS if table is None else table).values():
-        for k in entry.variants:
-            out.setdefault(k.key, k)
+        for v in entry.variants:
+            for k in v.children():
+                out.setdefault(k.key, k)
     return list(out.values())
 
 
@@ -95,16 +99,15 @@ def resolve(kernels: Optional[Iterable] = None) -> list:
     """Kernel objects from Kernels and/or 'OP:name' keys (None: all), duplicates dropped."""
     if kernels is None:
         return all_kernels()
-    by_key = None
+    from .kernels import find
     out = {}
     for k in kernels:
         if isinstance(k, str):
-            if by_key is None:
-                by_key = {x.key: x for x in all_kernels()}
-            if k not in by_key:
+            found = find(k)
+            if found is None:
                 raise WarmupError(f"warm-up: no kernel {k!r} (keys are 'OP:name', e.g. "
                                   f"'MUL_MAT:mul_mat'; `pyggml warmup --list` shows them)")
-            k = by_key[k]
+            k = found
         out.setdefault(k.key, k)
     return list(out.values())
 
@@ -351,9 +354,9 @@ def warm(kernels: Optional[Iterable] = None, jobs: Optional[int] = None,
     cold_keys = set(report.cold)
     est = sum(cost(key) for key in report.cold)
     from . import executor as ex
+    from .kernels import find
     executor = executor and not ex._warm
-    registered = {k.key: k for k in all_kernels()}     # what a worker can find by key
-    mine = [k for k in todo if k.key in cold_keys and registered.get(k.key) is k]
+    mine = [k for k in todo if k.key in cold_keys and find(k.key) is k]   # workers find these
     if mine and jobs > 1 and est >= min_seconds and _parallel_ok():
         mods = _by_module(mine)
         if executor:
@@ -403,7 +406,7 @@ def worker_main(argv=None) -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                                  # stray prints must not reach the protocol
     _lock_cache_saves(argv[0])
-    table = {k.key: k for k in all_kernels()}
+    from .kernels import find
 
     def send(rec):
         out.write(json.dumps(rec) + "\n")
@@ -420,7 +423,7 @@ def worker_main(argv=None) -> None:
                 from . import executor
                 executor.warm_up()
             else:
-                table[key].address
+                find(key).address
             send({"key": key, "seconds": time.perf_counter() - t})
         except Exception as e:                     # noqa: BLE001  reported, compiled by the parent
             send({"key": key, "error": f"{type(e).__name__}: {e}"})

@@ -20,6 +20,16 @@ whose `supports(node)` is true runs the node. A family of one-line kernels over 
 specialised on a constant code is generated from a table with `row_kernel` (elementwise.py).
 `unsupported("OP", reason)` records an explicit "no kernel" entry (for coverage reports).
 
+A kernel whose cold compile is dominated by code for types the graph does not use is a
+template: `@kernel("OP", ..., spec=fn)` on `def k(desc, ith, nth, t0, t1...)`, where
+`spec(node)` gives the node's constants (type ids, -1 for none). `select(node)` returns the
+child kernel for those constants, generated on first use as `def k__8(desc, ith, nth):
+_k(desc, ith, nth, 8)`: the body is compiled with the constants as literal arguments, so the
+per-type dispatch it calls (kernels/typed.py) compiles only the code of those types (a
+first `pyggml demo` compiles ~1/3 of the code the all-type kernels had). A child's key is
+'OP:k[q8_0]'; `find(key)` makes it from the key (warm-up workers); `common` lists the
+constants `pyggml warmup --all` compiles.
+
 A variant carries its planning rules (backend facts, as ggml-cpu.c keeps them, never the
 op): `n_tasks(node, n_threads)` (threads sharing the node; all of them when omitted;
 `rows_n_tasks` and `one_task` are the common ones) and `work_size(node, n_threads)` (bytes
@@ -119,9 +129,37 @@ class Kernel:
     _wrapper: object = field(default=None, repr=False)     # (guarded fn, cacheable)
     compile_seconds: float = 0.0          # first use: compile or load from the disk cache
     from_cache: bool = False
+    spec: Optional[Callable] = None       # template: node -> its constants (see module doc)
+    common: tuple = ()                    # template: the constants `warmup --all` compiles
+    _children: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.name = self.name or getattr(self.pyfunc, "__name__", self.op.lower())
+
+    @property
+    def is_template(self) -> bool:
+        return self.spec is not None
+
+    def specialize(self, node) -> "Kernel":
+        """The kernel that runs node: self, or a template's child for node's constants."""
+        if self.spec is None:
+            return self
+        return self.child(self.spec(node))
+
+    def child(self, consts) -> "Kernel":
+        """A template's kernel for these constants (made once, then kept)."""
+        key = tuple(int(c) for c in consts)
+        k = self._children.get(key)
+        if k is None:
+            with _compile_lock:
+                k = self._children.get(key)
+                if k is None:
+                    k = self._children[key] = _make_child(self, key)
+        return k
+
+    def children(self) -> list:
+        """The template's common children (itself when not a template)."""
+        return [self.child(c) for c in self.common] if self.spec is not None else [self]
 
     @property
     def key(self) -> str:
@@ -130,6 +168,9 @@ class Kernel:
 
     def guarded(self) -> tuple:
         """(the guarded function the cfunc compiles, whether it can be disk-cached)."""
+        if self.spec is not None:
+            raise ComputeError(f"numba kernel {self.key} is a template: compile its "
+                               f"children (select(node) / child(constants))")
         if self._wrapper is None:
             self._wrapper = _guarded(self.pyfunc)
         return self._wrapper
@@ -186,6 +227,49 @@ class Kernel:
             return None
 
 
+def _const_name(c: int) -> str:
+    from ....types import GGMLType
+    try:
+        return GGMLType(c).name.lower() if c >= 0 else "none"
+    except ValueError:
+        return str(c)
+
+
+def _const_value(name: str) -> int:
+    from ....types import GGMLType
+    if name == "none":
+        return -1
+    if name.lstrip("-").isdigit():
+        return int(name)
+    for t in GGMLType:
+        if t.name.lower() == name:
+            return int(t)
+    raise KeyError(name)
+
+
+_bodies: dict = {}      # template pyfunc -> its njit dispatcher (one per template)
+
+
+def _make_child(tmpl: Kernel, key: tuple) -> Kernel:
+    """`def <name>__<consts>(desc, ith, nth): _body(desc, ith, nth, *consts)`, compiled under
+    the template's file (Numba caches it there under its own name, like row_kernel's)."""
+    body = _bodies.get(tmpl.pyfunc)
+    if body is None:
+        body = _bodies[tmpl.pyfunc] = numba.njit(nogil=True, cache=True)(tmpl.pyfunc)
+    ident = f"{tmpl.pyfunc.__name__}__" + "_".join(str(c) if c >= 0 else "n" for c in key)
+    src = (f"def {ident}(desc, ith, nth):\n"
+           f"    _body(desc, ith, nth, {', '.join(str(c) for c in key)})\n")
+    try:
+        filename = inspect.getfile(tmpl.pyfunc)
+    except (TypeError, OSError):
+        filename = "<kernel>"
+    ns = {"_body": body, "__name__": tmpl.pyfunc.__module__}
+    exec(compile(src, filename, "exec"), ns)
+    fn = ns[ident]
+    name = f"{tmpl.name}[{','.join(_const_name(c) for c in key)}]"
+    return Kernel(tmpl.op, fn, tmpl.supports, tmpl.n_tasks, tmpl.work_size, name=name)
+
+
 @dataclass(eq=False)
 class KernelEntry:
     op: str
@@ -197,7 +281,7 @@ class KernelEntry:
         in it and propagates: it must not quietly send the node to a slower backend."""
         for k in self.variants:
             if k.supports(node):
-                return k
+                return k.specialize(node) if k.spec is not None else k
         return None
 
     def supports(self, node) -> bool:
@@ -208,7 +292,7 @@ class KernelEntry:
         """Address of the only/first variant (tests, tools)."""
         if not self.variants:
             raise LookupError(f"no kernel for {self.op}: {self.reason or 'none registered'}")
-        return self.variants[0].address
+        return self.variants[0].children()[0].address
 
     def n_tasks(self, node, n_threads: int) -> Optional[int]:
         k = self.select(node)
@@ -223,9 +307,10 @@ KERNELS: dict[str, KernelEntry] = {}
 
 
 def make_kernel(op: str, pyfunc: Callable, supports: Callable = None, n_tasks: Callable = None,
-                work_size: Callable = None) -> Kernel:
+                work_size: Callable = None, spec: Callable = None, common=()) -> Kernel:
     """A Kernel object without registering it (tests, private tables)."""
-    return Kernel(op.upper(), pyfunc, supports or _always, n_tasks, work_size)
+    return Kernel(op.upper(), pyfunc, supports or _always, n_tasks, work_size, spec=spec,
+                  common=tuple(tuple(int(x) for x in c) for c in common))
 
 
 def add_kernel(table: dict, k: Kernel, op: str = None) -> Kernel:
@@ -237,14 +322,15 @@ def add_kernel(table: dict, k: Kernel, op: str = None) -> Kernel:
 
 
 def kernel(op, supports: Callable = None, n_tasks: Callable = None,
-           work_size: Callable = None, table: dict = None):
-    """Decorator: register `def k(desc, ith, nth)` as a kernel variant of op.
+           work_size: Callable = None, table: dict = None, spec: Callable = None, common=()):
+    """Decorator: register `def k(desc, ith, nth)` as a kernel variant of op (with `spec`:
+    `def k(desc, ith, nth, *consts)`, a template; see the module doc).
 
     `op` may be a tuple of op names sharing one compiled function (CONT, DUP, CPY)."""
     ops = (op,) if isinstance(op, str) else tuple(op)
 
     def deco(fn):
-        k = make_kernel(ops[0], fn, supports, n_tasks, work_size)
+        k = make_kernel(ops[0], fn, supports, n_tasks, work_size, spec, common)
         for name in ops:
             add_kernel(KERNELS if table is None else table, k, name)
         fn.kernel = k
@@ -285,14 +371,37 @@ def lookup(node, table: dict = None) -> Optional[Kernel]:
     return entry.select(node) if entry is not None else None
 
 
+def find(key: str, table: dict = None) -> Optional[Kernel]:
+    """The kernel named 'OP:name' or a template's child 'OP:name[c0,c1]' (made if needed)."""
+    op, _, name = key.partition(":")
+    entry = (KERNELS if table is None else table).get(op)
+    if entry is None:
+        return None
+    base, _, rest = name.partition("[")
+    for k in entry.variants:
+        if k.name != base:
+            continue
+        if not rest:
+            return None if k.spec is not None else k
+        if k.spec is None or not rest.endswith("]"):
+            return None
+        try:
+            return k.child(_const_value(c) for c in rest[:-1].split(","))
+        except KeyError:
+            return None
+    return None
+
+
 def compile_all(table: dict = None) -> dict:
-    """Compile (or load) every registered kernel; returns {name: seconds}."""
+    """Compile (or load) every registered kernel (templates: their common children);
+    returns {name: seconds}."""
     out = {}
     for entry in (KERNELS if table is None else table).values():
-        for k in entry.variants:
-            if f"{k.op}:{k.name}" not in out:
-                k.address
-                out[f"{k.op}:{k.name}"] = k.compile_seconds
+        for v in entry.variants:
+            for k in v.children():
+                if k.key not in out:
+                    k.address
+                    out[k.key] = k.compile_seconds
     return out
 
 

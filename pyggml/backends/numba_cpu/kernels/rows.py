@@ -16,7 +16,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ....quants import nb as qnb
 from ....tensor import is_contiguous_rows
 from ....types import TRAITS, GGMLType
 from ..desc import (
@@ -41,6 +40,7 @@ from ..intrinsics import f32_array, ptr_of, u8_array
 from . import kernel
 from .copy import _ROW_CODEC as _COPY_ROW_CODEC
 from .copy import copy_bits, copy_bytes, load_f32
+from .typed import dequantize_row_t, quantize_row_t
 
 ERR_ROW_ID = register_error(170, "a row id is out of range (get_rows / set_rows / get_rows_back)")
 
@@ -72,9 +72,16 @@ def _supports_get_rows(node) -> bool:
     return a.type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
-@kernel("GET_ROWS", supports=_supports_get_rows)
-def get_rows(desc, ith, nth):
-    at = t_type(desc, SRC0)
+def _get_rows_spec(node) -> tuple:
+    return (int(node.src[0].type),)
+
+
+# a template per source type (only its row decoder compiles); `warmup --all`: these
+_GET_ROWS_COMMON = [(int(t),) for t in sorted(_ROW_CODEC | {GGMLType.I32})]
+
+
+@kernel("GET_ROWS", supports=_supports_get_rows, spec=_get_rows_spec, common=_GET_ROWS_COMMON)
+def get_rows(desc, ith, nth, at):
     nc = t_ne(desc, SRC0, 0)
     ne01 = t_ne(desc, SRC0, 1)
     ne10, ne11 = t_ne(desc, SRC1, 0), t_ne(desc, SRC1, 1)
@@ -103,7 +110,7 @@ def get_rows(desc, ith, nth):
                 for j in range(nc):
                     copy_bits(d + 4 * j, s + j * nb00, 4)
         elif packed:
-            if qnb.dequantize_row(at, u8_array(s, rs), f32_array(d, nc), nc) != 0:
+            if dequantize_row_t(at, u8_array(s, rs), f32_array(d, nc), nc) != 0:
                 set_error(desc, ERR_UNSUPPORTED)
                 return
         else:
@@ -130,10 +137,17 @@ def _work_set_rows(node, n_threads) -> int:
     return _set_rows_scratch(node) * n_threads
 
 
-@kernel("SET_ROWS", supports=_supports_set_rows, work_size=_work_set_rows)
-def set_rows(desc, ith, nth):
-    dt = t_type(desc, DST)
-    bt = t_type(desc, SRC0)
+def _set_rows_spec(node) -> tuple:
+    return int(node.type), int(node.src[0].type)
+
+
+_SET_ROWS_COMMON = [(int(d), int(b)) for d in sorted(_ROW_CODEC)
+                    for b in (GGMLType.F32, GGMLType.F16)]
+
+
+@kernel("SET_ROWS", supports=_supports_set_rows, work_size=_work_set_rows, spec=_set_rows_spec,
+        common=_SET_ROWS_COMMON)
+def set_rows(desc, ith, nth, dt, bt):
     it = t_type(desc, SRC1)
     nc = t_ne(desc, SRC0, 0)
     nr = t_ne(desc, SRC0, 1)
@@ -178,13 +192,13 @@ def set_rows(desc, ith, nth):
                 d = d_addr + i1 * nb1 + i02 * nb2 + i03 * nb3
                 rc = 0
                 if bt == F32:
-                    rc = qnb.quantize_row(dt, f32_array(s, nc), u8_array(d, drs), nc)
+                    rc = quantize_row_t(dt, f32_array(s, nc), u8_array(d, drs), nc)
                 elif dt == F16:
                     copy_bytes(d, s, 2 * nc)
                 else:
-                    rc = qnb.dequantize_row(F16, u8_array(s, 2 * nc), tmp, nc)
+                    rc = dequantize_row_t(F16, u8_array(s, 2 * nc), tmp, nc)
                     if rc == 0:
-                        rc = qnb.quantize_row(dt, tmp, u8_array(d, drs), nc)
+                        rc = quantize_row_t(dt, tmp, u8_array(d, drs), nc)
                 if rc != 0:
                     set_error(desc, ERR_UNSUPPORTED)
                     return

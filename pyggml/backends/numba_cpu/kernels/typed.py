@@ -1,0 +1,94 @@
+"""Per-type dispatch resolved when a kernel compiles, not when it runs.
+
+`dequantize_row_t(t, src, dst, n)` and `quantize_row_t(t, src, dst, n)` do what
+quants.nb's dequantize_row / quantize_row do (0, or ERR_UNSUPPORTED), but when `t` is a
+literal (a template kernel's constant, kernels/__init__.py) the call compiles to that
+type's row function alone: the if-chain over every type (the K-quants' scale searches
+included) is what made GET_ROWS and SET_ROWS seconds-long cold compiles. A non-literal t
+falls back to the if-chain.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ....quants import kq_nb as kq
+from ....quants import nb as qnb
+from ....types import GGMLType
+
+_DEQ = {GGMLType.F32: qnb.dequantize_row_f32, GGMLType.F16: qnb.dequantize_row_f16,
+        GGMLType.BF16: qnb.dequantize_row_bf16, GGMLType.Q4_0: qnb.dequantize_row_q4_0,
+        GGMLType.Q4_1: qnb.dequantize_row_q4_1, GGMLType.Q5_0: qnb.dequantize_row_q5_0,
+        GGMLType.Q5_1: qnb.dequantize_row_q5_1, GGMLType.Q8_0: qnb.dequantize_row_q8_0,
+        GGMLType.Q8_1: qnb.dequantize_row_q8_1, GGMLType.Q2_K: kq.dequantize_row_q2_K,
+        GGMLType.Q3_K: kq.dequantize_row_q3_K, GGMLType.Q4_K: kq.dequantize_row_q4_K,
+        GGMLType.Q5_K: kq.dequantize_row_q5_K, GGMLType.Q6_K: kq.dequantize_row_q6_K,
+        GGMLType.Q8_K: kq.dequantize_row_q8_K, GGMLType.IQ4_NL: kq.dequantize_row_iq4_nl,
+        GGMLType.IQ4_XS: kq.dequantize_row_iq4_xs}
+_DEQ = {int(t): f for t, f in _DEQ.items()}
+
+# quants.nb.quantize_row's rows (ggml-cpu's from_float); the K-quants and IQ4_XS through
+# kq_nb.quantize_<t>(src, dst, 1, n, no weights) as kq_nb.quantize_row calls them
+_Q_ROW = {GGMLType.F32: qnb.quantize_row_f32, GGMLType.F16: qnb.quantize_row_f16,
+          GGMLType.BF16: qnb.quantize_row_bf16, GGMLType.Q4_0: qnb.quantize_row_q4_0,
+          GGMLType.Q4_1: qnb.quantize_row_q4_1, GGMLType.Q5_0: qnb.quantize_row_q5_0,
+          GGMLType.Q5_1: qnb.quantize_row_q5_1, GGMLType.Q8_0: qnb.quantize_row_q8_0,
+          GGMLType.Q8_1: qnb.quantize_row_q8_1, GGMLType.IQ4_NL: kq.quantize_row_iq4_nl_cpu}
+_Q_ROW = {int(t): f for t, f in _Q_ROW.items()}
+_Q_BLOCKS = {GGMLType.Q2_K: kq.quantize_q2_K, GGMLType.Q3_K: kq.quantize_q3_K,
+             GGMLType.Q4_K: kq.quantize_q4_K, GGMLType.Q5_K: kq.quantize_q5_K,
+             GGMLType.Q6_K: kq.quantize_q6_K, GGMLType.IQ4_XS: kq.quantize_iq4_xs}
+_Q_BLOCKS = {int(t): f for t, f in _Q_BLOCKS.items()}
+
+ERR_UNSUPPORTED = qnb.ERR_UNSUPPORTED
+
+
+def _literal(t):
+    return t.literal_value if isinstance(t, types.IntegerLiteral) else None
+
+
+def dequantize_row_t(t, src, dst, n):
+    """Row of n values of type t (raw bytes in src) -> float32 dst (numba only)."""
+    raise NotImplementedError("numba only")
+
+
+def quantize_row_t(t, src, dst, n):
+    """float32 row of n values -> raw bytes of type t in dst (numba only)."""
+    raise NotImplementedError("numba only")
+
+
+@overload(dequantize_row_t, prefer_literal=True)
+def _ol_dequantize_row_t(t, src, dst, n):
+    lit = _literal(t)
+    if lit is None:
+        return lambda t, src, dst, n: qnb.dequantize_row(t, src, dst, n)
+    fn = _DEQ.get(lit)
+    if fn is None:
+        return lambda t, src, dst, n: ERR_UNSUPPORTED
+
+    def impl(t, src, dst, n):
+        fn(src, dst, n)
+        return 0
+    return impl
+
+
+@overload(quantize_row_t, prefer_literal=True)
+def _ol_quantize_row_t(t, src, dst, n):
+    lit = _literal(t)
+    if lit is None:
+        return lambda t, src, dst, n: qnb.quantize_row(t, src, dst, n)
+    fn = _Q_ROW.get(lit)
+    if fn is not None:
+        def impl(t, src, dst, n):
+            fn(src, dst, n)
+            return 0
+        return impl
+    fb = _Q_BLOCKS.get(lit)
+    if fb is None:
+        return lambda t, src, dst, n: ERR_UNSUPPORTED
+
+    def impl_blocks(t, src, dst, n):
+        fb(src, dst, 1, n, np.zeros(0, np.float32))
+        return 0
+    return impl_blocks
