@@ -35,6 +35,7 @@ from ..tensor import is_vector, nbytes, nelements, set_param
 from ..types import TRAITS, GGMLType
 from . import cases_common as cc
 from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
+from .view import view_4d as _view_4d
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 
@@ -397,11 +398,6 @@ def _rope_cases(forward):
                                         beta_slow=1.0),
                                build, init=_pos_init(100000)))
     return out
-
-
-def _view_4d(ctx, a, *args):
-    from .view import view_4d
-    return view_4d(ctx, a, *args)
 
 
 ROPE = register(OpDef(
