@@ -281,6 +281,36 @@ def _param_if(forward, a):
         set_param(a)
 
 
+# test-backend-ops' rope shapes after the llama one: (ne, n_dims, mode, slow in its own right)
+_ROPE_SHAPES = (
+    ((128, 40, 2, 1), 128, 0, False),
+    ((128, 52, 2, 1), 128, 0, False),
+    ((128, 64, 2, 1), 128, 0, True),
+    ((16, 16, 8192, 1), 16, 0, True),
+    ((64, 1, 2, 1), 64, 2, False),
+    ((64, 71, 2, 1), 64, 2, False),
+    ((64, 8, 2, 1), 64, 2, False),
+    ((80, 32, 2, 1), 20, 0, False),
+    ((80, 32, 2, 1), 32, 0, False),
+    ((80, 32, 4, 1), 32, 0, False),
+    ((80, 32, 2, 1), 20, 2, False),
+    ((80, 32, 2, 1), 32, 2, False),
+    ((80, 32, 4, 1), 32, 2, False),
+    ((16, 16, 8192, 1), 16, 2, True),
+    ((128, 12, 2, 1), 128, 8, False),
+    ((128, 28, 2, 1), 128, 8, False),
+    ((128, 12, 2, 1), 20, 8, False),
+    ((128, 28, 2, 1), 32, 8, False),
+    ((128, 12, 2, 1), 128, 40, False),
+    ((128, 28, 2, 1), 128, 40, False),
+    ((128, 12, 2, 1), 20, 40, False),
+    ((128, 28, 2, 1), 32, 40, False),
+    ((80, 16, 2, 1), 80, 24, False),
+    ((128, 16, 2, 1), 128, 40, False),
+    ((16, 16, 8192, 1), 16, 40, True),
+)
+
+
 def _rope_cases(forward):
     op = "ROPE" if forward else "ROPE_BACK"
     out = []
@@ -335,35 +365,9 @@ def _rope_cases(forward):
                             add(type, [128, 32, 2, 1], 128, 0, 512, fs, ef, af, ff, v,
                                 tags=() if v == 0 and not ff else s)
                             if first:
-                                add(type, [128, 40, 2, 1], 128, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 52, 2, 1], 128, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 64, 2, 1], 128, 0, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
-                                add(type, [16, 16, 8192, 1], 16, 0, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
-                                add(type, [64, 1, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [64, 71, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [64, 8, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 20, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 32, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 4, 1], 32, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 20, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 32, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 4, 1], 32, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [16, 16, 8192, 1], 16, 2, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
-                                add(type, [128, 12, 2, 1], 128, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 128, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 12, 2, 1], 20, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 32, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 12, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 12, 2, 1], 20, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 32, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 16, 2, 1], 80, 24, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 16, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [16, 16, 8192, 1], 16, 40, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
+                                for ne, n_dims, mode, slow in _ROPE_SHAPES:
+                                    add(type, list(ne), n_dims, mode, 512, fs, ef, af, ff, v,
+                                        tags=("slow",) if slow else s)
                             add(type, [64, 128, 2, 1], 64, 2, 512, fs, ef, af, ff, v,
                                 tags=("slow",))
                         for rmode in (0, 2, 8, 40, 24):
