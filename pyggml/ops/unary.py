@@ -589,11 +589,7 @@ def _make_math(name: str) -> OpDef:
     return OPDEF
 
 
-SQR = _make_math("SQR")
-SQRT = _make_math("SQRT")
-LOG = _make_math("LOG")
-SIN = _make_math("SIN")
-COS = _make_math("COS")
+SQR, SQRT, LOG, SIN, COS = (_make_math(name) for name in ("SQR", "SQRT", "LOG", "SIN", "COS"))
 
 
 sqr, sqr_inplace = op_builders(SQR, "sqr", view_named=True)
