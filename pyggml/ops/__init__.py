@@ -12,7 +12,7 @@ import warnings
 
 from .registry import OPS, OpDef, get_op, register, set_op_params  # noqa: F401
 
-_NOT_FAMILIES = {"registry", "cases_common", "case", "fa_state"}   # helpers, not families
+_NOT_FAMILIES = {"registry", "cases_common", "case", "fa_state", "builders"}   # helpers, not families
 
 API: dict = {}
 LOAD_ERRORS: dict = {}      # family -> exception; the registry test requires it empty

@@ -78,6 +78,12 @@ def _check_q(op, q):
     _rows_packed(op, q, "q")
 
 
+def _need_divides(op, q, t, d, msg, *tensors):
+    """t broadcasts over q along dim d (GQA heads, sequences): q.ne[d] a multiple of t.ne[d]."""
+    if not (t.ne[d] > 0 and q.ne[d] % t.ne[d] == 0):
+        fail(op, msg, *tensors)
+
+
 def _check_segment(op, q, k, v, mask, names, max_bias):
     """One K/V segment (with its optional mask) against q; returns (n_kv, DV)."""
     kn, vn, mn = names
@@ -89,12 +95,9 @@ def _check_segment(op, q, k, v, mask, names, max_bias):
     if v.ne[1] != k.ne[1]:
         fail(op, f"{vn} has {v.ne[1]} rows (keys) but {kn} has {k.ne[1]}", k, v)
     for t, n in ((k, kn), (v, vn)):
-        if not (t.ne[2] > 0 and q.ne[2] % t.ne[2] == 0):
-            fail(op,
-                 f"n_head={q.ne[2]} of q is not a multiple of the {t.ne[2]} heads of {n} (GQA)", q, t)
-        if not (t.ne[3] > 0 and q.ne[3] % t.ne[3] == 0):
-            fail(op,
-                 f"ne[3]={q.ne[3]} of q is not a multiple of ne[3]={t.ne[3]} of {n}", q, t)
+        _need_divides(op, q, t, 2, f"n_head={q.ne[2]} of q is not a multiple of the {t.ne[2]} heads of {n} (GQA)",
+                      q, t)
+        _need_divides(op, q, t, 3, f"ne[3]={q.ne[3]} of q is not a multiple of ne[3]={t.ne[3]} of {n}", q, t)
         _rows_packed(op, t, n)
     if mask is not None:
         need_type(op, mask, MASK_TYPES, mn)
@@ -104,12 +107,8 @@ def _check_segment(op, q, k, v, mask, names, max_bias):
         if not (mask.ne[1] >= q.ne[1]):
             fail(op, f"{mn} has {mask.ne[1]} rows, fewer than the "
                  f"n_batch={q.ne[1]} queries", mask, q)
-        if not (mask.ne[2] > 0 and q.ne[2] % mask.ne[2] == 0):
-            fail(op,
-                 f"n_head={q.ne[2]} is not a multiple of {mn} ne[2]={mask.ne[2]}", mask, q)
-        if not (mask.ne[3] > 0 and q.ne[3] % mask.ne[3] == 0):
-            fail(op,
-                 f"q ne[3]={q.ne[3]} is not a multiple of {mn} ne[3]={mask.ne[3]}", mask, q)
+        _need_divides(op, q, mask, 2, f"n_head={q.ne[2]} is not a multiple of {mn} ne[2]={mask.ne[2]}", mask, q)
+        _need_divides(op, q, mask, 3, f"q ne[3]={q.ne[3]} is not a multiple of {mn} ne[3]={mask.ne[3]}", mask, q)
         _rows_packed(op, mask, mn)
     elif max_bias > 0:
         fail(op, f"max_bias={max_bias} (ALiBi) needs a mask for {kn}", k, cls=ParamError)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..context import new_tensor
 from ..tensor import set_name, set_param
-from ..types import TRAITS, as_type
+from ..types import TRAITS, GGMLType, as_type
 from .case import Case
 from .registry import OPS
 
@@ -66,3 +66,12 @@ def cont(ctx, a):
     """ggml_cont for a case graph, through the registry (view.py's cases use it; importing
     copy.py there would tie the two files into a loop)."""
     return OPS["CONT"].build(ctx, [a])
+
+
+def ids_below(m):
+    """A case's init: I32 sources (row ids) uniform in [0, m); the others as the case runner fills."""
+    def fill(t, rng):
+        if t.type == GGMLType.I32:
+            return rng.integers(0, m, size=t.ne[::-1])
+        return None
+    return fill

@@ -15,7 +15,10 @@ from ..errors import GGMLError, ParamError
 from ..tensor import is_contiguous, is_matrix, nbytes, nelements
 from ..types import GGMLType, as_type
 from . import cases_common as cc
+from .copy import cont as _cont
 from .registry import OpDef, Out, need, need_src, need_type, register
+from .view import permute as _permute
+from .view import view_4d as _view_4d
 
 _F32, _F16, _BF16, _I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
 _FLOATS = (_F32, _F16, _BF16)
@@ -51,7 +54,6 @@ def _gather(x, oh, ow, kh, kw, s1, s0, p1, p0, d1, d0):
     g = x[:, :, ihc[:, None, :, None], iwc[None, :, None, :]]               # (N,C,OH,OW,KH,KW)
     mask = vh[:, None, :, None] & vw[None, :, None, :]
     return np.where(mask, g, 0.0)          # not g * mask: a clipped read of inf would be NaN
-
 
 
 def _need_pos(op, **vals):
@@ -738,19 +740,3 @@ SSM_SCAN = register(OpDef(
 def ssm_scan(ctx, s, x, dt, A, B, C, ids, K=1):
     """ggml_ssm_scan: y and the updated states (plus K-1 rollback snapshots) in one F32 vector."""
     return SSM_SCAN.build(ctx, [s, x, dt, A, B, C, ids], dict(K=K))
-
-
-# late imports: cases build small graphs with ops of other families
-def _view_4d(ctx, *args):
-    from .view import view_4d
-    return view_4d(ctx, *args)
-
-
-def _permute(ctx, a, *axes):
-    from .view import permute
-    return permute(ctx, a, *axes)
-
-
-def _cont(ctx, a):
-    from .copy import cont
-    return cont(ctx, a)

@@ -9,8 +9,11 @@ from .. import data
 from ..tensor import Tensor, are_same_shape, nbytes, nelements
 from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
 from . import cases_common as cc
+from .builders import nd_builders
 from .case import uniform
-from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, register
+from .registry import OpDef, Out, grad_rule, grad_through, inplace_of, need, need_src, register
+from .view import permute as _permute
+from .view import transpose as _transpose
 
 _FLOATS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
@@ -150,20 +153,7 @@ def cont(ctx, a):
     return CONT.build(ctx, [a])
 
 
-def cont_1d(ctx, a, ne0):
-    return CONT.build(ctx, [a], hints=dict(ne=[ne0, 1, 1, 1]))
-
-
-def cont_2d(ctx, a, ne0, ne1):
-    return CONT.build(ctx, [a], hints=dict(ne=[ne0, ne1, 1, 1]))
-
-
-def cont_3d(ctx, a, ne0, ne1, ne2):
-    return CONT.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, 1]))
-
-
-def cont_4d(ctx, a, ne0, ne1, ne2, ne3):
-    return CONT.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, ne3]))
+cont_1d, cont_2d, cont_3d, cont_4d = nd_builders(CONT, "cont")
 
 
 # --- CPY ----------------------------------------------------------------------------------
@@ -329,16 +319,6 @@ def cast(ctx, a, type):
     return t
 
 
-def _permute(ctx, a, *axes):
-    from .view import permute
-    return permute(ctx, a, *axes)
-
-
-def _transpose(ctx, a):
-    from .view import transpose
-    return transpose(ctx, a)
-
-
 # --- gradients (ggml_compute_backward) ---------------------------------------------------------
 
 @grad_rule(DUP)
@@ -347,12 +327,8 @@ def _grad_dup(g, node, grad):
         g.add(0, grad)
 
 
-@grad_rule(CPY, ignore=(1,))
-def _grad_cpy(g, node, grad):
-    """cpy(a, b) = a * 1 + b * 0: a gets the gradient, b (overwritten) none."""
-    reshape = g.fn('reshape')
-    if g.needs(0):
-        g.add(0, reshape(g.ctx, grad, node.src[0]))
+_grad_cpy = grad_rule(CPY, ignore=(1,))(grad_through(
+    "reshape", "cpy(a, b) = a * 1 + b * 0: a gets the gradient, b (overwritten) none."))
 
 
 @grad_rule(CONT)

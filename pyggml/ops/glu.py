@@ -17,6 +17,7 @@ from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, are_same_shape, is_contiguous_1, nbytes, nelements
 from ..types import GGMLType
 from . import cases_common as cc
+from .builders import enum_name, forwarder, signature
 from .case import Case
 from .registry import OpDef, Out, fail, grad_rule, need, need_src, need_type, register
 from .unary import (
@@ -173,19 +174,7 @@ GLU_DEFS = {name: _make_glu(name) for name in GLU_OPS}
 
 
 def _as_glu_name(op) -> str:
-    if isinstance(op, str):
-        n = op.upper()
-        for prefix in ("GGML_GLU_OP_", "GLU_OP_"):
-            if n.startswith(prefix):
-                n = n[len(prefix):]
-        if n in GLU_OP_ID:
-            return n
-    else:
-        try:
-            return GLU_OPS[int(op)]
-        except (IndexError, ValueError, TypeError):
-            pass
-    raise ParamError(f"glu: unknown glu op {op!r} (known: {', '.join(GLU_OPS)})")
+    return enum_name("glu", op, GLU_OPS, ("GGML_GLU_OP_", "GLU_OP_"))
 
 
 def glu(ctx, a, op, swapped=False):
@@ -200,64 +189,21 @@ def glu_split(ctx, a, b, op):
     return GLU_DEFS[name].build(ctx, [a, b], dict(op=GLU_OP_ID[name], swapped=0))
 
 
-def reglu(ctx, a):
-    return glu(ctx, a, "REGLU", False)
+def _glu_builders(op: str):
+    """ggml_<op>(ctx, a), ggml_<op>_swapped(ctx, a) and ggml_<op>_split(ctx, a, b)."""
+    n = op.lower()
+    return (forwarder(n, signature("ctx", "a"), lambda ctx, a: glu(ctx, a, op, False), f"ggml_{n}"),
+            forwarder(f"{n}_swapped", signature("ctx", "a"), lambda ctx, a: glu(ctx, a, op, True),
+                      f"ggml_{n}_swapped"),
+            forwarder(f"{n}_split", signature("ctx", "a", "b"), lambda ctx, a, b: glu_split(ctx, a, b, op),
+                      f"ggml_{n}_split"))
 
 
-def reglu_swapped(ctx, a):
-    return glu(ctx, a, "REGLU", True)
-
-
-def reglu_split(ctx, a, b):
-    return glu_split(ctx, a, b, "REGLU")
-
-
-def geglu(ctx, a):
-    return glu(ctx, a, "GEGLU", False)
-
-
-def geglu_swapped(ctx, a):
-    return glu(ctx, a, "GEGLU", True)
-
-
-def geglu_split(ctx, a, b):
-    return glu_split(ctx, a, b, "GEGLU")
-
-
-def swiglu(ctx, a):
-    return glu(ctx, a, "SWIGLU", False)
-
-
-def swiglu_swapped(ctx, a):
-    return glu(ctx, a, "SWIGLU", True)
-
-
-def swiglu_split(ctx, a, b):
-    return glu_split(ctx, a, b, "SWIGLU")
-
-
-def geglu_erf(ctx, a):
-    return glu(ctx, a, "GEGLU_ERF", False)
-
-
-def geglu_erf_swapped(ctx, a):
-    return glu(ctx, a, "GEGLU_ERF", True)
-
-
-def geglu_erf_split(ctx, a, b):
-    return glu_split(ctx, a, b, "GEGLU_ERF")
-
-
-def geglu_quick(ctx, a):
-    return glu(ctx, a, "GEGLU_QUICK", False)
-
-
-def geglu_quick_swapped(ctx, a):
-    return glu(ctx, a, "GEGLU_QUICK", True)
-
-
-def geglu_quick_split(ctx, a, b):
-    return glu_split(ctx, a, b, "GEGLU_QUICK")
+reglu, reglu_swapped, reglu_split = _glu_builders("REGLU")
+geglu, geglu_swapped, geglu_split = _glu_builders("GEGLU")
+swiglu, swiglu_swapped, swiglu_split = _glu_builders("SWIGLU")
+geglu_erf, geglu_erf_swapped, geglu_erf_split = _glu_builders("GEGLU_ERF")
+geglu_quick, geglu_quick_swapped, geglu_quick_split = _glu_builders("GEGLU_QUICK")
 
 
 def swiglu_oai(ctx, a, b, alpha, limit):

@@ -19,10 +19,12 @@ import math
 import numpy as np
 
 from ..errors import ParamError
-from ..tensor import are_same_shape, nbytes, nelements
+from ..tensor import nbytes, nelements
 from ..types import TRAITS, GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, need_type, register
+from .builders import op_builders
+from .registry import OpDef, Out, grad_rule, inplace_of, need, need_pair, need_src, need_type, register
+from .view import permute as _permute
 
 F32 = GGMLType.F32
 
@@ -56,11 +58,6 @@ def _view_half(ctx, a):
                    a.nb[1], a.nb[2], a.nb[3], 0)
 
 
-def _permute(ctx, a, *axes):
-    from .view import permute
-    return permute(ctx, a, *axes)
-
-
 _EPS_GRID = (0.0, 1e-6, 1e-4, 1e-1, 10.0)
 
 
@@ -92,20 +89,24 @@ def _ref_norm(node, ins, p):
         return d * _rsqrt(_f32(var + _eps(p)))
 
 
+def _norm_case(op, fn, n, eps, v, noncontig_rows, tags, vars):
+    """A case of test-backend-ops' NORM / L2_NORM grids: fn(a, eps) with a f32 [n, 5, 4, 3],
+    its rows strided (a permuted [5, n, 4, 3]) when noncontig_rows, a view of its first half
+    when v; `vars` are the case string's fields between ne and noncontig_rows, in ggml's order."""
+    def build(ctx):
+        a = cc.leaf(ctx, "f32", [5, n, 4, 3] if noncontig_rows else [n, 5, 4, 3], "a")
+        if noncontig_rows:
+            a = _permute(ctx, a, 1, 0, 2, 3)
+        return fn(ctx, _view_half(ctx, a) if v else a, eps)
+    return cc.case(op, dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], **vars, noncontig_rows=noncontig_rows),
+                   build, tags=tags)
+
+
 def _norm_cases():
     out = []
 
     def add(n, v, eps, noncontig_rows=False, tags=()):
-        def build(ctx):
-            ne_a = [5, n, 4, 3] if noncontig_rows else [n, 5, 4, 3]
-            a = cc.leaf(ctx, "f32", ne_a, "a")
-            if noncontig_rows:
-                a = _permute(ctx, a, 1, 0, 2, 3)
-            if v:
-                a = _view_half(ctx, a)
-            return norm(ctx, a, eps)
-        out.append(cc.case("NORM", dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], v=v, eps=eps,
-                                        noncontig_rows=noncontig_rows), build, tags=tags))
+        out.append(_norm_case("NORM", norm, n, eps, v, noncontig_rows, tags, dict(v=v, eps=eps)))
     for eps in _EPS_GRID:
         for n in (64, 1025):
             for v in (False, True):
@@ -125,12 +126,7 @@ NORM = register(OpDef(
     doc="Per row: (x - mean) / sqrt(variance + eps)."))
 
 
-def norm(ctx, a, eps):
-    return NORM.build(ctx, [a], dict(eps=eps))
-
-
-def norm_inplace(ctx, a, eps):
-    return NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))
+norm, norm_inplace = op_builders(NORM, "norm", params=("eps",))
 
 
 # --- RMS_NORM ---------------------------------------------------------------------------------
@@ -186,22 +182,13 @@ RMS_NORM = register(OpDef(
     doc="Per row: x / sqrt(mean(x^2) + eps)."))
 
 
-def rms_norm(ctx, a, eps):
-    return RMS_NORM.build(ctx, [a], dict(eps=eps))
-
-
-def rms_norm_inplace(ctx, a, eps):
-    return RMS_NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))
+rms_norm, rms_norm_inplace = op_builders(RMS_NORM, "rms_norm", params=("eps",))
 
 
 # --- RMS_NORM_BACK ----------------------------------------------------------------------------
 
 def _infer_rms_norm_back(srcs, p):
-    a = need_src("RMS_NORM_BACK", srcs, 0, "a (gradient dz)")
-    b = need_src("RMS_NORM_BACK", srcs, 1, "b (forward input x)")
-    need_type("RMS_NORM_BACK", a, (F32,), "a")
-    need_type("RMS_NORM_BACK", b, (F32,), "b")
-    need(are_same_shape(a, b), "RMS_NORM_BACK", "a and b must have the same shape", a, b)
+    a, b = need_pair("RMS_NORM_BACK", srcs, "a (gradient dz)", "b (forward input x)", (F32,))
     need(a.nb[0] == 4 and b.nb[0] == 4, "RMS_NORM_BACK",
          "rows must be packed (nb0 == 4): ggml's CPU kernel asserts it", a, b)
     return Out(a.type, a.ne)
@@ -289,12 +276,7 @@ GROUP_NORM = register(OpDef(
     doc="Normalizes groups of ceil(ne2/n_groups) channels (ne2) over ne0*ne1, per ne3."))
 
 
-def group_norm(ctx, a, n_groups, eps):
-    return GROUP_NORM.build(ctx, [a], dict(n_groups=n_groups, eps=eps))
-
-
-def group_norm_inplace(ctx, a, n_groups, eps):
-    return GROUP_NORM.build(ctx, [a], dict(n_groups=n_groups, eps=eps), hints=dict(inplace=True))
+group_norm, group_norm_inplace = op_builders(GROUP_NORM, "group_norm", params=("n_groups", "eps"))
 
 
 # --- L2_NORM ----------------------------------------------------------------------------------
@@ -310,16 +292,7 @@ def _l2_norm_cases():
     out = []
 
     def add(n, eps, v=False, noncontig_rows=False, tags=()):
-        def build(ctx):
-            ne_a = [5, n, 4, 3] if noncontig_rows else [n, 5, 4, 3]
-            a = cc.leaf(ctx, "f32", ne_a, "a")
-            if noncontig_rows:
-                a = _permute(ctx, a, 1, 0, 2, 3)
-            if v:
-                a = _view_half(ctx, a)
-            return l2_norm(ctx, a, eps)
-        out.append(cc.case("L2_NORM", dict(type=cc.ggml_type("f32"), ne=[n, 5, 4, 3], eps=eps, v=v,
-                                           noncontig_rows=noncontig_rows), build, tags=tags))
+        out.append(_norm_case("L2_NORM", l2_norm, n, eps, v, noncontig_rows, tags, dict(eps=eps, v=v)))
     for eps in _EPS_GRID:
         for n in (64, 1025):
             slow = ("slow",) if n > 64 else ()
@@ -337,12 +310,7 @@ L2_NORM = register(OpDef(
     doc="Per row: x / max(||x||_2, eps)."))
 
 
-def l2_norm(ctx, a, eps):
-    return L2_NORM.build(ctx, [a], dict(eps=eps))
-
-
-def l2_norm_inplace(ctx, a, eps):
-    return L2_NORM.build(ctx, [a], dict(eps=eps), hints=dict(inplace=True))
+l2_norm, l2_norm_inplace = op_builders(L2_NORM, "l2_norm", params=("eps",))
 
 
 # --- gradients (ggml_compute_backward) ---------------------------------------------------------

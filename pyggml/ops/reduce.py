@@ -22,7 +22,10 @@ import numpy as np
 from ..tensor import are_same_shape, nbytes, nelements, nrows
 from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, grad_rule, need, need_src, need_type, register
+from .registry import OpDef, Out, grad_rule, grad_through, need, need_src, need_type, register
+from .view import permute as _permute
+from .view import transpose as _transpose
+from .view import view_4d as _view_4d
 
 F32, F16, BF16, I32, I64 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32, GGMLType.I64
 
@@ -351,20 +354,6 @@ def cumsum(ctx, a):
 
 # --- helpers (other families' ops used by the cases) ------------------------------------------
 
-def _permute(ctx, a, *axes):
-    from .view import permute
-    return permute(ctx, a, *axes)
-
-
-def _transpose(ctx, a):
-    from .view import transpose
-    return transpose(ctx, a)
-
-
-def _view_4d(ctx, a, *args):
-    from .view import view_4d
-    return view_4d(ctx, a, *args)
-
 
 # --- gradients (ggml_compute_backward) ---------------------------------------------------------
 
@@ -374,11 +363,7 @@ def _grad_sum(g, node, grad):
         g.add1(0, grad)
 
 
-@grad_rule(SUM_ROWS)
-def _grad_sum_rows(g, node, grad):
-    repeat = g.fn('repeat')
-    if g.needs(0):
-        g.add(0, repeat(g.ctx, grad, node.src[0]))
+_grad_sum_rows = grad_rule(SUM_ROWS)(grad_through("repeat", "Each row's gradient repeated over the row."))
 
 
 @grad_rule(MEAN)

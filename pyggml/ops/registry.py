@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import tensor as _tensor_mod
 from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe, shown_ne
-from ..tensor import MAX_OP_PARAMS, MAX_SRC, Dims, Tensor, nbytes, nelements
+from ..tensor import MAX_OP_PARAMS, MAX_SRC, Dims, Tensor, are_same_shape, nbytes, nelements
 from ..types import TRAITS, GGMLType
 
 # --- op_params: ggml packs int32 words, floats bit-cast -----------------------------------
@@ -393,6 +393,15 @@ def grad_rule(op: OpDef, ignore: tuple = ()):
     return deco
 
 
+def grad_through(fn_name: str, doc: str) -> Callable:
+    """The gradient rule "src[0] gets fn(grad, src[0])" (fn from the public API by name)."""
+    def rule(g, node, grad):
+        if g.needs(0):
+            g.add(0, g.fn(fn_name)(g.ctx, grad, node.src[0]))
+    rule.__doc__ = doc
+    return rule
+
+
 def set_op_params(node: Tensor, **named) -> Tensor:
     """Change a built node's op_params by name (e.g. `set_op_params(pad_node, lp0=2)`).
 
@@ -429,6 +438,17 @@ def need_src(op: str, srcs, i: int, what: str = None) -> Tensor:
     if i >= len(srcs) or srcs[i] is None:
         raise GGMLError(f"{op}: missing source {what or f'src[{i}]'}")
     return srcs[i]
+
+
+def need_pair(op: str, srcs, a_what: str, b_what: str, allowed) -> tuple:
+    """Sources a and b of one shape, both of an allowed type (a backward op's gradient and
+    the forward tensor it goes with)."""
+    a = need_src(op, srcs, 0, a_what)
+    b = need_src(op, srcs, 1, b_what)
+    need_type(op, a, allowed, "a")
+    need_type(op, b, allowed, "b")
+    need(are_same_shape(a, b), op, "a and b must have the same shape", a, b)
+    return a, b
 
 
 def need_type(op: str, t: Tensor, allowed, what: str = "") -> None:

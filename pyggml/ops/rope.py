@@ -35,6 +35,7 @@ from ..tensor import is_vector, nbytes, nelements, set_param
 from ..types import TRAITS, GGMLType
 from . import cases_common as cc
 from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
+from .view import view_4d as _view_4d
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32
 
@@ -280,6 +281,36 @@ def _param_if(forward, a):
         set_param(a)
 
 
+# test-backend-ops' rope shapes after the llama one: (ne, n_dims, mode, slow in its own right)
+_ROPE_SHAPES = (
+    ((128, 40, 2, 1), 128, 0, False),
+    ((128, 52, 2, 1), 128, 0, False),
+    ((128, 64, 2, 1), 128, 0, True),
+    ((16, 16, 8192, 1), 16, 0, True),
+    ((64, 1, 2, 1), 64, 2, False),
+    ((64, 71, 2, 1), 64, 2, False),
+    ((64, 8, 2, 1), 64, 2, False),
+    ((80, 32, 2, 1), 20, 0, False),
+    ((80, 32, 2, 1), 32, 0, False),
+    ((80, 32, 4, 1), 32, 0, False),
+    ((80, 32, 2, 1), 20, 2, False),
+    ((80, 32, 2, 1), 32, 2, False),
+    ((80, 32, 4, 1), 32, 2, False),
+    ((16, 16, 8192, 1), 16, 2, True),
+    ((128, 12, 2, 1), 128, 8, False),
+    ((128, 28, 2, 1), 128, 8, False),
+    ((128, 12, 2, 1), 20, 8, False),
+    ((128, 28, 2, 1), 32, 8, False),
+    ((128, 12, 2, 1), 128, 40, False),
+    ((128, 28, 2, 1), 128, 40, False),
+    ((128, 12, 2, 1), 20, 40, False),
+    ((128, 28, 2, 1), 32, 40, False),
+    ((80, 16, 2, 1), 80, 24, False),
+    ((128, 16, 2, 1), 128, 40, False),
+    ((16, 16, 8192, 1), 16, 40, True),
+)
+
+
 def _rope_cases(forward):
     op = "ROPE" if forward else "ROPE_BACK"
     out = []
@@ -334,35 +365,9 @@ def _rope_cases(forward):
                             add(type, [128, 32, 2, 1], 128, 0, 512, fs, ef, af, ff, v,
                                 tags=() if v == 0 and not ff else s)
                             if first:
-                                add(type, [128, 40, 2, 1], 128, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 52, 2, 1], 128, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 64, 2, 1], 128, 0, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
-                                add(type, [16, 16, 8192, 1], 16, 0, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
-                                add(type, [64, 1, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [64, 71, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [64, 8, 2, 1], 64, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 20, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 32, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 4, 1], 32, 0, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 20, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 2, 1], 32, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 32, 4, 1], 32, 2, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [16, 16, 8192, 1], 16, 2, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
-                                add(type, [128, 12, 2, 1], 128, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 128, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 12, 2, 1], 20, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 32, 8, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 12, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 12, 2, 1], 20, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 28, 2, 1], 32, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [80, 16, 2, 1], 80, 24, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [128, 16, 2, 1], 128, 40, 512, fs, ef, af, ff, v, tags=s)
-                                add(type, [16, 16, 8192, 1], 16, 40, 512, fs, ef, af, ff, v,
-                                    tags=("slow",))
+                                for ne, n_dims, mode, slow in _ROPE_SHAPES:
+                                    add(type, list(ne), n_dims, mode, 512, fs, ef, af, ff, v,
+                                        tags=("slow",) if slow else s)
                             add(type, [64, 128, 2, 1], 64, 2, 512, fs, ef, af, ff, v,
                                 tags=("slow",))
                         for rmode in (0, 2, 8, 40, 24):
@@ -397,11 +402,6 @@ def _rope_cases(forward):
                                         beta_slow=1.0),
                                build, init=_pos_init(100000)))
     return out
-
-
-def _view_4d(ctx, a, *args):
-    from .view import view_4d
-    return view_4d(ctx, a, *args)
 
 
 ROPE = register(OpDef(

@@ -19,6 +19,9 @@ from ..tensor import is_contiguous_rows, is_matrix, is_vector, nbytes, nelements
 from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
 from . import cases_common as cc
 from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
+from .view import view_2d as _view_2d
+from .view import view_3d as _view_3d
+from .view import view_4d as _view_4d
 
 _F32, _F16, _BF16, _I32, _I64 = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32,
                                  GGMLType.I64)
@@ -80,17 +83,10 @@ def _get_rows_cases():
             return get_rows(ctx, a, rows)
         return f
 
-    def init(m):
-        def fill(t, rng):
-            if t.type == _I32:
-                return rng.integers(0, m, size=t.ne[::-1])
-            return None
-        return fill
-
     def add(type, n, m, r, be1, be2, v, slow=False):
         out.append(cc.case("GET_ROWS", dict(type=cc.ggml_type(type), n=n, m=m, r=r, be1=be1, be2=be2,
                                             v=v),
-                           build(type, n, m, r, be1, be2, v), init=init(m), exact=True,
+                           build(type, n, m, r, be1, be2, v), init=cc.ids_below(m), exact=True,
                            tags=("slow",) if slow else ()))
 
     for type in ("f32", "q4_0"):
@@ -170,16 +166,9 @@ def _get_rows_back_cases():
             return get_rows_back(ctx, grad, rows, fwd)
         return f
 
-    def init(m):
-        def fill(t, rng):
-            if t.type == _I32:
-                return rng.integers(0, m, size=t.ne[::-1])
-            return None
-        return fill
-
     def add(type, n, m, r, b, v, slow=False):
         out.append(cc.case("GET_ROWS_BACK", dict(type=cc.ggml_type(type), n=n, m=m, r=r, b=b, v=v),
-                           build(type, n, m, r, b, v), init=init(m),
+                           build(type, n, m, r, b, v), init=cc.ids_below(m),
                            tags=("slow",) if slow else ()))
 
     add("f32", 1, 8, 2, 1, False)
@@ -344,22 +333,6 @@ def set_rows(ctx, a, b, c):
 
     The node's sources are ggml's: src[0] = b, src[1] = c, src[2] = a (the destination)."""
     return SET_ROWS.build(ctx, [b, c, a])
-
-
-# late imports: cases build small graphs with view ops
-def _view_2d(ctx, *args):
-    from .view import view_2d
-    return view_2d(ctx, *args)
-
-
-def _view_3d(ctx, *args):
-    from .view import view_3d
-    return view_3d(ctx, *args)
-
-
-def _view_4d(ctx, *args):
-    from .view import view_4d
-    return view_4d(ctx, *args)
 
 
 # --- gradients (ggml_compute_backward) ---------------------------------------------------------

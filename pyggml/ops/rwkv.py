@@ -118,12 +118,16 @@ def _build_wkv6(ctx, H, S, tokens, seqs):
     return rwkv_wkv6(ctx, k, v, r, tf, td, _state_leaf(ctx, S, H, seqs))
 
 
-RWKV_WKV6 = register(OpDef(
-    "RWKV_WKV6", _infer_wkv6, reference=_ref_wkv6,
-    cases=lambda: _recurrence_cases("RWKV_WKV6", _build_wkv6),
-    flops=_recurrence_flops, nbytes=_in_out_bytes,
-    ggml=lambda g, c, s, p, node: g.ggml_rwkv_wkv6(c, *s[:6]),
-    doc="RWKV v6 time mixing: outputs [S*H, T] then the final states [S*H, S*n_seqs]."))
+def _recurrence_op(name, infer, ref, build, recipe, what, params=()):
+    """One of the matrix-state recurrences: cases, costs and result layout are shared."""
+    return register(OpDef(
+        name, infer, params=params, reference=ref, cases=lambda: _recurrence_cases(name, build),
+        flops=_recurrence_flops, nbytes=_in_out_bytes, ggml=recipe,
+        doc=f"{what}: outputs [S*H, T] then the final states [S*H, S*n_seqs]."))
+
+
+RWKV_WKV6 = _recurrence_op("RWKV_WKV6", _infer_wkv6, _ref_wkv6, _build_wkv6,
+                           lambda g, c, s, p, node: g.ggml_rwkv_wkv6(c, *s[:6]), "RWKV v6 time mixing")
 
 
 def rwkv_wkv6(ctx, k, v, r, tf, td, state):
@@ -158,12 +162,9 @@ def _build_gla(ctx, H, S, tokens, seqs):
     return gated_linear_attn(ctx, k, v, q, g, _state_leaf(ctx, S, H, seqs), S ** -0.5)
 
 
-GATED_LINEAR_ATTN = register(OpDef(
-    "GATED_LINEAR_ATTN", _infer_gla, params="scale:f32", reference=_ref_gla,
-    cases=lambda: _recurrence_cases("GATED_LINEAR_ATTN", _build_gla),
-    flops=_recurrence_flops, nbytes=_in_out_bytes,
-    ggml=lambda g, c, s, p, node: g.ggml_gated_linear_attn(c, *s[:5], p.scale),
-    doc="Gated linear attention: outputs [S*H, T] then the final states [S*H, S*n_seqs]."))
+GATED_LINEAR_ATTN = _recurrence_op("GATED_LINEAR_ATTN", _infer_gla, _ref_gla, _build_gla,
+                                   lambda g, c, s, p, node: g.ggml_gated_linear_attn(c, *s[:5], p.scale),
+                                   "Gated linear attention", params="scale:f32")
 
 
 def gated_linear_attn(ctx, k, v, q, g, state, scale):
@@ -202,12 +203,8 @@ def _build_wkv7(ctx, H, S, tokens, seqs):
     return rwkv_wkv7(ctx, r, w, k, v, a, b, _state_leaf(ctx, S, H, seqs))
 
 
-RWKV_WKV7 = register(OpDef(
-    "RWKV_WKV7", _infer_wkv7, reference=_ref_wkv7,
-    cases=lambda: _recurrence_cases("RWKV_WKV7", _build_wkv7),
-    flops=_recurrence_flops, nbytes=_in_out_bytes,
-    ggml=lambda g, c, s, p, node: g.ggml_rwkv_wkv7(c, *s[:7]),
-    doc="RWKV v7 time mixing: outputs [S*H, T] then the final states [S*H, S*n_seqs]."))
+RWKV_WKV7 = _recurrence_op("RWKV_WKV7", _infer_wkv7, _ref_wkv7, _build_wkv7,
+                           lambda g, c, s, p, node: g.ggml_rwkv_wkv7(c, *s[:7]), "RWKV v7 time mixing")
 
 
 def rwkv_wkv7(ctx, r, w, k, v, a, b, state):

@@ -20,6 +20,9 @@ from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vec
 from ..types import TRAITS, GGMLType
 from . import cases_common as cc
 from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, need_type, register
+from .view import permute as _permute
+from .view import transpose as _transpose
+from .view import view_4d as _view_4d
 
 _F32, _F16, _BF16, _I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
 _ELEMENT_TYPES = tuple(t for t, tr in TRAITS.items() if tr.blck_size == 1)
@@ -438,25 +441,32 @@ def _set_cases():
     return out
 
 
-def _set_ggml(g, c, s, p, node):
-    fn = g.ggml_set_inplace if p.inplace else g.ggml_set
-    return fn(c, s[0], s[1], p.nb1, p.nb2, p.nb3, p.offset)
+def _view_write_ggml(name):
+    """The real-ggml recipe of SET and ACC: ggml_<name>[_inplace](a, b, nb1, nb2, nb3, offset)."""
+    def recipe(g, c, s, p, node):
+        fn = getattr(g, f"ggml_{name}_inplace" if p.inplace else f"ggml_{name}")
+        return fn(c, s[0], s[1], p.nb1, p.nb2, p.nb3, p.offset)
+    return recipe
 
 
 SET = register(OpDef(
     "SET", _infer_set, params="nb1:i32 nb2:i32 nb3:i32 offset:i32 inplace:i32",
     reference=_ref_set, cases=_set_cases, exact=True,
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]) + nbytes(node.src[1]),
-    ggml=_set_ggml,
+    ggml=_view_write_ggml("set"),
     doc="a with b written into the strided window (nb1, nb2, nb3, offset) of its bytes."))
 
 
-def _set(ctx, a, b, nb1, nb2, nb3, offset, inplace):
-    t = SET.build(ctx, [a, b], dict(nb1=nb1, nb2=nb2, nb3=nb3, offset=offset,
-                                    inplace=int(bool(inplace))))
+def _window_write(op: OpDef, ctx, a, b, nb1, nb2, nb3, offset, inplace):
+    """SET or ACC of b into the strided window of a (in place: a view of a named as ggml's)."""
+    t = op.build(ctx, [a, b], dict(nb1=nb1, nb2=nb2, nb3=nb3, offset=offset, inplace=int(bool(inplace))))
     if inplace:
         t.name = f"{a.name} (view)"
     return t
+
+
+def _set(ctx, a, b, nb1, nb2, nb3, offset, inplace):
+    return _window_write(SET, ctx, a, b, nb1, nb2, nb3, offset, inplace)
 
 
 def set(ctx, a, b, nb1, nb2, nb3, offset):  # noqa: A001  (ggml_set)
@@ -533,34 +543,21 @@ def _acc_cases():
     return out
 
 
-def _acc_ggml(g, c, s, p, node):
-    fn = g.ggml_acc_inplace if p.inplace else g.ggml_acc
-    return fn(c, s[0], s[1], p.nb1, p.nb2, p.nb3, p.offset)
-
-
 ACC = register(OpDef(
     "ACC", _infer_acc, params="nb1:i32 nb2:i32 nb3:i32 offset:i32 inplace:i32",
     reference=_ref_acc, cases=_acc_cases,
     flops=lambda node: nelements(node.src[1]),
     nbytes=lambda node: nbytes(node) + nbytes(node.src[0]) + 2 * nbytes(node.src[1]),
-    ggml=_acc_ggml, doc="a with b added into the strided window (nb1, nb2, nb3, offset)."))
-
-
-def _acc(ctx, a, b, nb1, nb2, nb3, offset, inplace):
-    t = ACC.build(ctx, [a, b], dict(nb1=nb1, nb2=nb2, nb3=nb3, offset=offset,
-                                    inplace=int(bool(inplace))))
-    if inplace:
-        t.name = f"{a.name} (view)"
-    return t
+    ggml=_view_write_ggml("acc"), doc="a with b added into the strided window (nb1, nb2, nb3, offset)."))
 
 
 def acc(ctx, a, b, nb1, nb2, nb3, offset):
     """ggml_acc: a copy of a with b added at byte offset, b's rows strided nb1, nb2, nb3."""
-    return _acc(ctx, a, b, nb1, nb2, nb3, offset, False)
+    return _window_write(ACC, ctx, a, b, nb1, nb2, nb3, offset, False)
 
 
 def acc_inplace(ctx, a, b, nb1, nb2, nb3, offset):
-    return _acc(ctx, a, b, nb1, nb2, nb3, offset, True)
+    return _window_write(ACC, ctx, a, b, nb1, nb2, nb3, offset, True)
 
 
 # --- ARANGE ---------------------------------------------------------------------------------
@@ -654,22 +651,6 @@ TIMESTEP_EMBEDDING = register(OpDef(
 
 def timestep_embedding(ctx, timesteps, dim, max_period):
     return TIMESTEP_EMBEDDING.build(ctx, [timesteps], dict(dim=dim, max_period=max_period))
-
-
-# late imports: cases build small graphs with view ops
-def _view_4d(ctx, *args):
-    from .view import view_4d
-    return view_4d(ctx, *args)
-
-
-def _permute(ctx, a, *axes):
-    from .view import permute
-    return permute(ctx, a, *axes)
-
-
-def _transpose(ctx, a):
-    from .view import transpose
-    return transpose(ctx, a)
 
 
 # --- gradients (ggml_compute_backward) ---------------------------------------------------------

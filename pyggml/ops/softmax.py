@@ -16,13 +16,16 @@ op_params: [scale, max_bias] (f32 bit-cast).
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..errors import ParamError, describe
-from ..tensor import Tensor, are_same_shape, is_contiguous, nbytes, nelements
+from ..tensor import Tensor, is_contiguous, nbytes, nelements
 from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
+from .builders import op_builders
+from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_pair, need_src, need_type, register
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 
@@ -120,32 +123,29 @@ def _soft_max_cases():
 
     for mask in (False, True):
         for sinks in (False, True):
-            for max_bias in (0.0, 8.0):
+            for max_bias, scale, ne0, ne1 in itertools.product((0.0, 8.0), (1.0, 0.1), (16, 1024), (16, 1024)):
                 if not mask and max_bias > 0.0:
                     continue
-                for scale in (1.0, 0.1):
-                    for ne0 in (16, 1024):
-                        for ne1 in (16, 1024):
-                            big = ("slow",) if ne0 * ne1 > 16 * 1024 else ()
-                            # keep one big grid point per (mask, sinks) in the fast subset
-                            if ne0 * ne1 == 16 * 1024 and not (scale == 0.1 and max_bias == 0.0):
-                                big = ("slow",)
-                            if mask:
-                                for m_prec in ("f32", "f16"):
-                                    add([ne0, ne1, 1, 1], mask, sinks, m_prec, [1, 1], scale,
-                                        max_bias, tags=big)
-                                    add([ne0 - 1, ne1 - 1, 1, 1], mask, sinks, m_prec, [1, 1],
-                                        scale, max_bias, tags=big)
-                                    if ne0 <= 32 and ne1 <= 32:
-                                        add([ne0, ne1, 1, 3], mask, sinks, m_prec, [3, 1], scale,
-                                            max_bias)
-                                        add([ne0 - 1, ne1 - 1, 1, 1], mask, sinks, m_prec, [2, 3],
-                                            scale, max_bias)
-                            else:
-                                add([ne0, ne1, 1, 1], mask, sinks, "f32", [1, 1], scale, max_bias,
-                                    tags=big)
-                                add([ne0 - 1, ne1 - 1, 1, 1], mask, sinks, "f32", [1, 1], scale,
-                                    max_bias, tags=big)
+                big = ("slow",) if ne0 * ne1 > 16 * 1024 else ()
+                # keep one big grid point per (mask, sinks) in the fast subset
+                if ne0 * ne1 == 16 * 1024 and not (scale == 0.1 and max_bias == 0.0):
+                    big = ("slow",)
+                if mask:
+                    for m_prec in ("f32", "f16"):
+                        add([ne0, ne1, 1, 1], mask, sinks, m_prec, [1, 1], scale,
+                            max_bias, tags=big)
+                        add([ne0 - 1, ne1 - 1, 1, 1], mask, sinks, m_prec, [1, 1],
+                            scale, max_bias, tags=big)
+                        if ne0 <= 32 and ne1 <= 32:
+                            add([ne0, ne1, 1, 3], mask, sinks, m_prec, [3, 1], scale,
+                                max_bias)
+                            add([ne0 - 1, ne1 - 1, 1, 1], mask, sinks, m_prec, [2, 3],
+                                scale, max_bias)
+                else:
+                    add([ne0, ne1, 1, 1], mask, sinks, "f32", [1, 1], scale, max_bias,
+                        tags=big)
+                    add([ne0 - 1, ne1 - 1, 1, 1], mask, sinks, "f32", [1, 1], scale,
+                        max_bias, tags=big)
             add([16, 2, 32, 1], mask, sinks, "f32", [1, 1], 0.1, 0.0, inplace=True)
             add([16, 2, 32, 1], mask, sinks, "f16", [1, 1], 0.1, 0.0, inplace=True)
     add([16, 2, 32, 1], True, True, "f32", [1, 1], 0.1, 0.0)
@@ -244,11 +244,7 @@ def soft_max_add_sinks(a, sinks):
 # --- SOFT_MAX_BACK ----------------------------------------------------------------------------
 
 def _infer_soft_max_back(srcs, p):
-    a = need_src("SOFT_MAX_BACK", srcs, 0, "a (gradient dy)")
-    b = need_src("SOFT_MAX_BACK", srcs, 1, "b (soft_max output y)")
-    need_type("SOFT_MAX_BACK", a, (F32,), "a")
-    need_type("SOFT_MAX_BACK", b, (F32,), "b")
-    need(are_same_shape(a, b), "SOFT_MAX_BACK", "a and b must have the same shape", a, b)
+    a, b = need_pair("SOFT_MAX_BACK", srcs, "a (gradient dy)", "b (soft_max output y)", (F32,))
     need(is_contiguous(a) and is_contiguous(b), "SOFT_MAX_BACK",
          "a and b must be contiguous", a, b)
     if p.max_bias != 0.0:
@@ -356,20 +352,10 @@ DIAG_MASK_ZERO = register(OpDef(
     doc="Sets a[.., j, i] = 0 where i > n_past + j."))
 
 
-def diag_mask_inf(ctx, a, n_past):
-    return DIAG_MASK_INF.build(ctx, [a], dict(n_past=n_past))
+diag_mask_inf, diag_mask_inf_inplace = op_builders(DIAG_MASK_INF, "diag_mask_inf", params=("n_past",))
 
 
-def diag_mask_inf_inplace(ctx, a, n_past):
-    return DIAG_MASK_INF.build(ctx, [a], dict(n_past=n_past), hints=dict(inplace=True))
-
-
-def diag_mask_zero(ctx, a, n_past):
-    return DIAG_MASK_ZERO.build(ctx, [a], dict(n_past=n_past))
-
-
-def diag_mask_zero_inplace(ctx, a, n_past):
-    return DIAG_MASK_ZERO.build(ctx, [a], dict(n_past=n_past), hints=dict(inplace=True))
+diag_mask_zero, diag_mask_zero_inplace = op_builders(DIAG_MASK_ZERO, "diag_mask_zero", params=("n_past",))
 
 
 # --- gradients (ggml_compute_backward) ---------------------------------------------------------

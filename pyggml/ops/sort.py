@@ -19,10 +19,10 @@ from ..tensor import nbytes
 from ..types import GGMLType
 from . import cases_common as cc
 from .registry import OpDef, Out, need, need_src, need_type, register
+from .view import view_4d as _view_4d
 
 _F32, _I32 = GGMLType.F32, GGMLType.I32
 _F32_ONLY = (_F32,)
-
 
 
 # --- ARGSORT -----------------------------------------------------------------------------------
@@ -213,9 +213,3 @@ def top_k(ctx, a, k):
     so callers do not rely on the order)."""
     # k lives in the result's ne[0] (ggml stores no op_params); infer reads it from hints
     return TOP_K.build(ctx, [a], hints=dict(k=int(k)))
-
-
-# late import: argsort_top_k is a view of the argsort
-def _view_4d(ctx, *args):
-    from .view import view_4d
-    return view_4d(ctx, *args)

@@ -26,8 +26,9 @@ from ..errors import ParamError, UnsupportedError, describe
 from ..tensor import Tensor, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements, set_param
 from ..types import TRAITS, GGMLType
 from . import cases_common as cc
+from .builders import enum_name, op_builders
 from .case import uniform
-from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, need_type, register
+from .registry import OpDef, Out, grad_rule, grad_through, inplace_of, need, need_src, need_type, register
 
 F32, F16, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
 _FLOATS = (F32, F16, BF16)
@@ -324,20 +325,7 @@ UNARY_DEFS = {name: _make_unary(name) for name in UNARY_OPS}
 
 
 def _as_unary_name(op) -> str:
-    if isinstance(op, str):
-        n = op.upper()
-        if n.startswith("GGML_UNARY_OP_"):
-            n = n[len("GGML_UNARY_OP_"):]
-        elif n.startswith("UNARY_OP_"):
-            n = n[len("UNARY_OP_"):]
-        if n in UNARY_OP_ID:
-            return n
-    else:
-        try:
-            return UNARY_OPS[int(op)]
-        except (IndexError, ValueError, TypeError):
-            pass
-    raise ParamError(f"unary: unknown unary op {op!r} (known: {', '.join(UNARY_OPS)})")
+    return enum_name("unary", op, UNARY_OPS, ("GGML_UNARY_OP_", "UNARY_OP_"))
 
 
 def unary(ctx, a, op):
@@ -601,57 +589,14 @@ def _make_math(name: str) -> OpDef:
     return OPDEF
 
 
-SQR = _make_math("SQR")
-SQRT = _make_math("SQRT")
-LOG = _make_math("LOG")
-SIN = _make_math("SIN")
-COS = _make_math("COS")
+SQR, SQRT, LOG, SIN, COS = (_make_math(name) for name in ("SQR", "SQRT", "LOG", "SIN", "COS"))
 
 
-def _math_inplace(op: OpDef, ctx, a):
-    t = op.build(ctx, [a], hints=dict(inplace=True))
-    t.name = f"{a.name} (view)"[:63]
-    return t
-
-
-def sqr(ctx, a):
-    return SQR.build(ctx, [a])
-
-
-def sqr_inplace(ctx, a):
-    return _math_inplace(SQR, ctx, a)
-
-
-def sqrt(ctx, a):
-    return SQRT.build(ctx, [a])
-
-
-def sqrt_inplace(ctx, a):
-    return _math_inplace(SQRT, ctx, a)
-
-
-def log(ctx, a):
-    return LOG.build(ctx, [a])
-
-
-def log_inplace(ctx, a):
-    return _math_inplace(LOG, ctx, a)
-
-
-def sin(ctx, a):
-    return SIN.build(ctx, [a])
-
-
-def sin_inplace(ctx, a):
-    return _math_inplace(SIN, ctx, a)
-
-
-def cos(ctx, a):
-    return COS.build(ctx, [a])
-
-
-def cos_inplace(ctx, a):
-    return _math_inplace(COS, ctx, a)
+sqr, sqr_inplace = op_builders(SQR, "sqr", view_named=True)
+sqrt, sqrt_inplace = op_builders(SQRT, "sqrt", view_named=True)
+log, log_inplace = op_builders(LOG, "log", view_named=True)
+sin, sin_inplace = op_builders(SIN, "sin", view_named=True)
+cos, cos_inplace = op_builders(COS, "cos", view_named=True)
 
 
 # --- CLAMP ------------------------------------------------------------------------------------
@@ -857,11 +802,7 @@ def _grad_relu(g, node, grad):
         g.add(0, mul(g.ctx, step(g.ctx, node.src[0]), grad))
 
 
-@_unary_grad("SILU")
-def _grad_silu(g, node, grad):
-    silu_back = g.fn('silu_back')
-    if g.needs(0):
-        g.add(0, silu_back(g.ctx, grad, node.src[0]))
+_grad_silu = _unary_grad("SILU")(grad_through("silu_back", "d silu(a) = silu_back(grad, a)."))
 
 
 @_unary_grad("EXP")
@@ -916,11 +857,7 @@ def _grad_sqrt(g, node, grad):
         g.add(0, scale(g.ctx, div(g.ctx, grad, node), 0.5))
 
 
-@grad_rule(LOG)
-def _grad_log(g, node, grad):
-    div = g.fn('div')
-    if g.needs(0):
-        g.add(0, div(g.ctx, grad, node.src[0]))
+_grad_log = grad_rule(LOG)(grad_through("div", "d log(a) = grad / a."))
 
 
 @grad_rule(SIN)

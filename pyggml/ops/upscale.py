@@ -13,6 +13,7 @@ from ..tensor import nbytes
 from ..types import GGMLType
 from . import cases_common as cc
 from .registry import OpDef, Out, need, need_src, need_type, register
+from .view import transpose as _transpose
 
 _F32 = GGMLType.F32
 _F32_ONLY = (_F32,)
@@ -198,9 +199,3 @@ def upscale(ctx, a, scale_factor, mode):
         raise ParamError(f"UPSCALE: scale_factor must be > 1, got {scale_factor} [{a.name!r}]")
     return interpolate(ctx, a, a.ne[0] * scale_factor, a.ne[1] * scale_factor, a.ne[2], a.ne[3],
                        mode)
-
-
-# late import: cases transpose their input with the view ops
-def _transpose(ctx, a):
-    from .view import transpose
-    return transpose(ctx, a)

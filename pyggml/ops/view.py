@@ -8,6 +8,7 @@ from ..errors import ParamError
 from ..tensor import Tensor, is_contiguous, nelements
 from ..types import TRAITS
 from . import cases_common as cc
+from .builders import nd_builders
 from .registry import OpDef, Out, fail, grad_rule, need, need_src, register
 
 
@@ -114,20 +115,7 @@ def reshape(ctx, a, b):
     return RESHAPE.build(ctx, [a], hints=dict(ne=list(b.ne)))
 
 
-def reshape_1d(ctx, a, ne0):
-    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, 1, 1, 1]))
-
-
-def reshape_2d(ctx, a, ne0, ne1):
-    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, ne1, 1, 1]))
-
-
-def reshape_3d(ctx, a, ne0, ne1, ne2):
-    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, 1]))
-
-
-def reshape_4d(ctx, a, ne0, ne1, ne2, ne3):
-    return RESHAPE.build(ctx, [a], hints=dict(ne=[ne0, ne1, ne2, ne3]))
+reshape_1d, reshape_2d, reshape_3d, reshape_4d = nd_builders(RESHAPE, "reshape")
 
 
 # --- PERMUTE / TRANSPOSE ------------------------------------------------------------------------

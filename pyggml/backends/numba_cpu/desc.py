@@ -168,11 +168,17 @@ def row_coords(r, ne1, ne2):
 
 
 @_jit
+def t_row(desc, slot, i1, i2, i3):
+    """Address of row (i1, i2, i3) of slot, through its strides."""
+    return (t_addr(desc, slot) + i1 * t_nb(desc, slot, 1) + i2 * t_nb(desc, slot, 2)
+            + i3 * t_nb(desc, slot, 3))
+
+
+@_jit
 def row_addr(desc, slot, r):
     """Address of row r (flat over ne1*ne2*ne3) of slot, through its strides."""
     i1, i2, i3 = row_coords(r, t_ne(desc, slot, 1), t_ne(desc, slot, 2))
-    return (t_addr(desc, slot) + i1 * t_nb(desc, slot, 1) + i2 * t_nb(desc, slot, 2)
-            + i3 * t_nb(desc, slot, 3))
+    return t_row(desc, slot, i1, i2, i3)
 
 
 @_jit
@@ -188,47 +194,47 @@ def t_nelements(desc, slot):
 
 
 # type traits by ggml type id (frozen into the compiled code as constants)
-_TYPE_SIZE = np.zeros(64, dtype=np.int64)
-_BLCK_SIZE = np.ones(64, dtype=np.int64)
+TYPE_SIZE = np.zeros(64, dtype=np.int64)           # bytes per block
+BLCK_SIZE = np.ones(64, dtype=np.int64)            # values per block
 for _t, _tr in TRAITS.items():
-    _TYPE_SIZE[int(_t)] = _tr.type_size
-    _BLCK_SIZE[int(_t)] = _tr.blck_size
+    TYPE_SIZE[int(_t)] = _tr.type_size
+    BLCK_SIZE[int(_t)] = _tr.blck_size
 del _t, _tr
 
 
 @_jit
 def type_size(t):
     """Bytes per block (per element for element types) of ggml type id t."""
-    return _TYPE_SIZE[t]
+    return TYPE_SIZE[t]
 
 
 @_jit
 def blck_size(t):
-    return _BLCK_SIZE[t]
+    return BLCK_SIZE[t]
 
 
 @_jit
 def t_row_size(desc, slot):
     """Bytes of one packed row of slot (ggml_row_size(type, ne0))."""
     t = t_type(desc, slot)
-    return _TYPE_SIZE[t] * (t_ne(desc, slot, 0) // _BLCK_SIZE[t])
+    return TYPE_SIZE[t] * (t_ne(desc, slot, 0) // BLCK_SIZE[t])
 
 
 @_jit
 def t_rows_packed(desc, slot):
     """Elements (blocks) inside each row are adjacent: nb0 == type size (or one block)."""
     t = t_type(desc, slot)
-    return t_ne(desc, slot, 0) == _BLCK_SIZE[t] or t_nb(desc, slot, 0) == _TYPE_SIZE[t]
+    return t_ne(desc, slot, 0) == BLCK_SIZE[t] or t_nb(desc, slot, 0) == TYPE_SIZE[t]
 
 
 @_jit
 def t_is_contiguous(desc, slot):
     """ggml_is_contiguous: the tensor is one packed run of bytes in ggml's element order."""
     t = t_type(desc, slot)
-    nxt = _TYPE_SIZE[t]
-    if t_ne(desc, slot, 0) != _BLCK_SIZE[t] and t_nb(desc, slot, 0) != nxt:
+    nxt = TYPE_SIZE[t]
+    if t_ne(desc, slot, 0) != BLCK_SIZE[t] and t_nb(desc, slot, 0) != nxt:
         return False
-    nxt *= t_ne(desc, slot, 0) // _BLCK_SIZE[t]
+    nxt *= t_ne(desc, slot, 0) // BLCK_SIZE[t]
     for d in range(1, 4):
         ne = t_ne(desc, slot, d)
         if ne != 1:

@@ -31,6 +31,7 @@ from ..desc import (
     t_nb,
     t_nb4,
     t_ne,
+    t_row,
     t_type,
     wdata,
     wsize,
@@ -81,8 +82,7 @@ def im2col(desc, ith, nth):
     for r in range(ir0, ir1):
         iow, j2, j3 = row_coords(r, OW, d2)
         ioh, n = (j2, j3) if is_2d else (0, j2)
-        d = t_addr(desc, DST) + iow * t_nb(desc, DST, 1) + j2 * t_nb(desc, DST, 2) + \
-            j3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, iow, j2, j3)
         for ic in range(IC):
             base = t_addr(desc, SRC1) + n * nbn + ic * nbc
             for kh in range(KH):
@@ -115,8 +115,7 @@ def conv_2d(desc, ith, nth):
     ir0, ir1 = row_range(OH * OC * t_ne(desc, DST, 3), ith, nth)
     for r in range(ir0, ir1):
         oh, oc, n = row_coords(r, OH, OC)
-        d = t_addr(desc, DST) + oh * t_nb(desc, DST, 1) + oc * t_nb(desc, DST, 2) + \
-            n * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, oh, oc, n)
         for ow in range(OW):
             acc = 0.0
             for ic in range(IC):
@@ -190,10 +189,8 @@ def pool_1d(desc, ith, nth):
     ir0, ir1 = row_range(ne1 * ne2 * t_ne(desc, DST, 3), ith, nth)
     for r in range(ir0, ir1):
         i1, i2, i3 = row_coords(r, ne1, ne2)
-        s = t_addr(desc, SRC0) + i1 * t_nb(desc, SRC0, 1) + i2 * t_nb(desc, SRC0, 2) + \
-            i3 * t_nb(desc, SRC0, 3)
-        d = t_addr(desc, DST) + i1 * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2) + \
-            i3 * t_nb(desc, DST, 3)
+        s = t_row(desc, SRC0, i1, i2, i3)
+        d = t_row(desc, DST, i1, i2, i3)
         for ow in range(OW):
             total = 0.0
             best = -_FLT_MAX
@@ -228,8 +225,7 @@ def pool_2d(desc, ith, nth):
     for r in range(ir0, ir1):
         oy, i2, i3 = row_coords(r, OH, ne2)
         s = t_addr(desc, SRC0) + i2 * t_nb(desc, SRC0, 2) + i3 * t_nb(desc, SRC0, 3)
-        d = t_addr(desc, DST) + oy * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2) + \
-            i3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, oy, i2, i3)
         for ox in range(OW):
             total = 0.0
             best = -_FLT_MAX

@@ -9,7 +9,7 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import DST, SRC0, SRC1, param_i32, row_range, t_addr, t_nb, t_ne, t_type
+from ..desc import DST, SRC0, SRC1, param_i32, row_range, t_addr, t_nb, t_ne, t_row, t_type
 from ..intrinsics import ptr_of
 from . import kernel
 from .copy import load_f32
@@ -31,8 +31,7 @@ def conv_2d_dw(desc, ith, nth):
         oy, c, n = r % OH, (r // OH) % C, r // (OH * C)
         k = t_addr(desc, SRC0) + c * t_nb(desc, SRC0, 3)
         x = t_addr(desc, SRC1) + c * t_nb(desc, SRC1, 2) + n * t_nb(desc, SRC1, 3)
-        d = t_addr(desc, DST) + oy * t_nb(desc, DST, 1) + c * t_nb(desc, DST, 2) + \
-            n * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, oy, c, n)
         for ox in range(OW):
             acc = 0.0
             for ky in range(KH):
@@ -62,8 +61,7 @@ def conv_transpose_2d(desc, ith, nth):
     r0, r1 = row_range(OH * CO * t_ne(desc, DST, 3), ith, nth)
     for r in range(r0, r1):
         oy, co, n = r % OH, (r // OH) % CO, r // (OH * CO)
-        d = t_addr(desc, DST) + oy * t_nb(desc, DST, 1) + co * t_nb(desc, DST, 2) + \
-            n * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, oy, co, n)
         xb = t_addr(desc, SRC1) + n * t_nb(desc, SRC1, 3)
         kb = t_addr(desc, SRC0) + co * t_nb(desc, SRC0, 2)
         for ox in range(OW):

@@ -7,7 +7,7 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import DST, SRC0, SRC1, param_i32, row_range, t_addr, t_nb, t_ne, t_type
+from ..desc import DST, SRC0, SRC1, param_i32, row_range, t_addr, t_nb, t_ne, t_row, t_type
 from ..intrinsics import ptr_of
 from . import kernel
 from .copy import load_f32, store_f32
@@ -33,8 +33,7 @@ def im2col_3d(desc, ith, nth):
     for r in range(r0, r1):
         ow, oh, j3 = r % OW, (r // OW) % OH, r // (OW * OH)
         n, od = j3 // OD, j3 % OD
-        d = t_addr(desc, DST) + ow * t_nb(desc, DST, 1) + oh * t_nb(desc, DST, 2) + \
-            j3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, ow, oh, j3)
         for ic in range(IC):
             x = t_addr(desc, SRC1) + (n * IC + ic) * t_nb(desc, SRC1, 3)
             for kd in range(KD):
@@ -65,8 +64,7 @@ def conv_3d(desc, ith, nth):
     for r in range(r0, r1):
         oy, oz, j3 = r % OH, (r // OH) % OD, r // (OH * OD)
         n, oc = j3 // OC, j3 % OC
-        d = t_addr(desc, DST) + oy * t_nb(desc, DST, 1) + oz * t_nb(desc, DST, 2) + \
-            j3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, oy, oz, j3)
         for ox in range(OW):
             acc = 0.0
             for ic in range(IC):

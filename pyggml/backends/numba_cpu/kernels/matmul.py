@@ -36,6 +36,7 @@ from numba.extending import overload
 from ....quants import nb as qnb
 from ....types import TRAITS, GGMLType
 from ..desc import (
+    BLCK_SIZE,
     DST,
     ERR_SHAPE,
     ERR_TYPE,
@@ -43,6 +44,7 @@ from ..desc import (
     SRC0,
     SRC1,
     SRC2,
+    TYPE_SIZE,
     n_tasks,
     register_error,
     row_coords,
@@ -91,13 +93,6 @@ _KQ = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K
 _WEIGHT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16) + _Q32 + _KQ
 _ACT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _OUT_PROD_A = (GGMLType.F32, GGMLType.F16) + _Q32 + _KQ
-
-TYPE_SIZE = np.zeros(64, dtype=np.int64)          # bytes per block, by ggml type id
-BLCK = np.ones(64, dtype=np.int64)                # values per block, by ggml type id
-for _t, _tr in TRAITS.items():
-    TYPE_SIZE[int(_t)] = _tr.type_size
-    BLCK[int(_t)] = _tr.blck_size
-del _t, _tr
 
 
 # --- sizes (njit: the same numbers in the planner and in the kernels) --------------------------
@@ -211,7 +206,7 @@ def row_to_f32(t, src, n, dst):
 @_jit
 def dequant_blocks(t, src, n, dst):
     """n values (whole blocks) of quantized type t at src -> float32 at dst."""
-    rs = (n // BLCK[t]) * TYPE_SIZE[t]
+    rs = (n // BLCK_SIZE[t]) * TYPE_SIZE[t]
     dequantize_row_t(t, u8_array(src, rs), f32_array(dst, n), n)
 
 
@@ -477,7 +472,7 @@ def pack_a(wt, base, nb01, rows, pc, kc, ap, tmp, scr):
         if wt == F16 or wt == BF16:
             row_to_f32(wt, row + 2 * pc, kc, tmp)
         else:
-            dequant_blocks(wt, row + (pc // BLCK[wt]) * TYPE_SIZE[wt], kc, tmp)
+            dequant_blocks(wt, row + (pc // BLCK_SIZE[wt]) * TYPE_SIZE[wt], kc, tmp)
         _scatter(t, kc, out, o, NR)
 
 
@@ -614,7 +609,7 @@ def mul_mat(desc, ith, nth, WT):
     bt = t_type(desc, SRC1)
     k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
     n = t_ne(desc, SRC1, 1)
-    if t_ne(desc, SRC1, 0) != k or k % BLCK[wt] != 0 or t_nb(desc, DST, 0) != 4:
+    if t_ne(desc, SRC1, 0) != k or k % BLCK_SIZE[wt] != 0 or t_nb(desc, DST, 0) != 4:
         set_error(desc, ERR_SHAPE)
         return
     if not types_ok(wt, bt) or wt != WT:
@@ -658,7 +653,7 @@ def mul_mat_id(desc, ith, nth):
     nbi0, nbi1 = t_nb(desc, SRC2, 0), t_nb(desc, SRC2, 1)
     nb1, nb2 = t_nb(desc, DST, 1), t_nb(desc, DST, 2)
     a, b, ids, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, SRC2), t_addr(desc, DST)
-    if t_ne(desc, SRC1, 0) != k or k % BLCK[wt] != 0:
+    if t_ne(desc, SRC1, 0) != k or k % BLCK_SIZE[wt] != 0:
         set_error(desc, ERR_SHAPE)
         return
     if not types_ok(wt, bt) or t_type(desc, SRC2) != I32:

@@ -25,6 +25,7 @@ from ..desc import (
     t_nb,
     t_ne,
     t_ne4,
+    t_row,
     t_type,
     type_size,
 )
@@ -78,7 +79,6 @@ def concat(desc, ith, nth):
     ne1, ne2, ne3 = t_ne(desc, DST, 1), t_ne(desc, DST, 2), t_ne(desc, DST, 3)
     ne00u = t_ne(desc, SRC0, 0) // bs
     ne01, ne02, ne03 = t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
-    a_addr, b_addr, d_addr = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
     o1 = ne01 if dim == 1 else 0
     o2 = ne02 if dim == 2 else 0
     o3 = ne03 if dim == 3 else 0
@@ -87,19 +87,17 @@ def concat(desc, ith, nth):
     ir0, ir1 = row_range(ne1 * ne2 * ne3, ith, nth)
     for r in range(ir0, ir1):
         i1, i2, i3 = row_coords(r, ne1, ne2)
-        d = d_addr + i1 * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2) + i3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, i1, i2, i3)
         if i1 < ne01 and i2 < ne02 and i3 < ne03:
-            s = a_addr + i1 * t_nb(desc, SRC0, 1) + i2 * t_nb(desc, SRC0, 2) + i3 * t_nb(desc, SRC0, 3)
+            s = t_row(desc, SRC0, i1, i2, i3)
             if dim == 0:
                 _copy_units(d, nb0, s, nb00, ne00u, us)
-                s = b_addr + i1 * t_nb(desc, SRC1, 1) + i2 * t_nb(desc, SRC1, 2) + \
-                    i3 * t_nb(desc, SRC1, 3)
+                s = t_row(desc, SRC1, i1, i2, i3)
                 _copy_units(d + ne00u * nb0, nb0, s, nb10, ne0u - ne00u, us)
             else:
                 _copy_units(d, nb0, s, nb00, ne0u, us)
         else:
-            s = b_addr + (i1 - o1) * t_nb(desc, SRC1, 1) + (i2 - o2) * t_nb(desc, SRC1, 2) + \
-                (i3 - o3) * t_nb(desc, SRC1, 3)
+            s = t_row(desc, SRC1, i1 - o1, i2 - o2, i3 - o3)
             _copy_units(d, nb0, s, nb10, ne0u, us)
 
 
@@ -117,13 +115,11 @@ def repeat(desc, ith, nth):
     if ne00 * ne01 * ne02 * ne03 == 0:
         return
     nb0, nb00 = t_nb(desc, DST, 0), t_nb(desc, SRC0, 0)
-    a_addr, d_addr = t_addr(desc, SRC0), t_addr(desc, DST)
     ir0, ir1 = row_range(ne1 * ne2 * ne3, ith, nth)
     for r in range(ir0, ir1):
         i1, i2, i3 = row_coords(r, ne1, ne2)
-        d = d_addr + i1 * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2) + i3 * t_nb(desc, DST, 3)
-        s = a_addr + (i1 % ne01) * t_nb(desc, SRC0, 1) + (i2 % ne02) * t_nb(desc, SRC0, 2) + \
-            (i3 % ne03) * t_nb(desc, SRC0, 3)
+        d = t_row(desc, DST, i1, i2, i3)
+        s = t_row(desc, SRC0, i1 % ne01, i2 % ne02, i3 % ne03)
         for k in range(ne0 // ne00):
             _copy_units(d + k * ne00 * nb0, nb0, s, nb00, ne00, es)
 
@@ -139,15 +135,13 @@ def pad(desc, ith, nth):
     ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
     ne00, ne01, ne02, ne03 = t_ne4(desc, SRC0)
     nb0, nb00 = t_nb(desc, DST, 0), t_nb(desc, SRC0, 0)
-    a_addr, d_addr = t_addr(desc, SRC0), t_addr(desc, DST)
     ir0, ir1 = row_range(ne1 * ne2 * ne3, ith, nth)
     for r in range(ir0, ir1):
         i1, i2, i3 = row_coords(r, ne1, ne2)
-        d = d_addr + i1 * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2) + i3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, i1, i2, i3)
         k1, k2, k3 = i1 - lp1, i2 - lp2, i3 - lp3
         if circular:                  # a torus: wrap every coordinate (floor modulo)
-            s = a_addr + (k1 % ne01) * t_nb(desc, SRC0, 1) + (k2 % ne02) * t_nb(desc, SRC0, 2) + \
-                (k3 % ne03) * t_nb(desc, SRC0, 3)
+            s = t_row(desc, SRC0, k1 % ne01, k2 % ne02, k3 % ne03)
             for i0 in range(ne0):
                 copy_bits(d + i0 * nb0, s + ((i0 - lp0) % ne00) * nb00, es)
             continue
@@ -155,7 +149,7 @@ def pad(desc, ith, nth):
             for i0 in range(ne0):
                 _zero(d + i0 * nb0, es)
             continue
-        s = a_addr + k1 * t_nb(desc, SRC0, 1) + k2 * t_nb(desc, SRC0, 2) + k3 * t_nb(desc, SRC0, 3)
+        s = t_row(desc, SRC0, k1, k2, k3)
         for i0 in range(lp0):
             _zero(d + i0 * nb0, es)
         _copy_units(d + lp0 * nb0, nb0, s, nb00, ne00, es)
@@ -191,7 +185,7 @@ def _window_pass(desc, ith, nth, add):
     if e0 >= e1:
         return
     lo, hi = e0 * es, e1 * es
-    d_addr, a_addr, b_addr = t_addr(desc, DST), t_addr(desc, SRC0), t_addr(desc, SRC1)
+    d_addr, a_addr = t_addr(desc, DST), t_addr(desc, SRC0)
     nb1, nb2, nb3 = param_i32(desc, _W_SET.nb1), param_i32(desc, _W_SET.nb2), param_i32(desc, _W_SET.nb3)
     offset = param_i32(desc, _W_SET.offset)
     inplace = param_i32(desc, _W_SET.inplace) != 0
@@ -208,8 +202,7 @@ def _window_pass(desc, ith, nth, add):
                     continue
                 k0 = 0 if s >= lo else (lo - s + es - 1) // es
                 k1 = min(ne10, (hi - s + es - 1) // es)
-                brow = b_addr + i1 * t_nb(desc, SRC1, 1) + i2 * t_nb(desc, SRC1, 2) + \
-                    i3 * t_nb(desc, SRC1, 3)
+                brow = t_row(desc, SRC1, i1, i2, i3)
                 for k in range(k0, k1):
                     p = s + k * es
                     if add:     # ACC (f32): dst = a + b, a read as ggml reads it (src0)
@@ -255,8 +248,7 @@ def repeat_back(desc, ith, nth):
     ir0, ir1 = row_range(ne1 * ne2 * ne3, ith, nth)
     for r in range(ir0, ir1):
         k1, k2, k3 = row_coords(r, ne1, ne2)
-        d = t_addr(desc, DST) + k1 * t_nb(desc, DST, 1) + k2 * t_nb(desc, DST, 2) + \
-            k3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, k1, k2, k3)
         for k0 in range(ne0):
             acc = 0.0
             for i3 in range(nr3):

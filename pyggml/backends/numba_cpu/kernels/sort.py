@@ -18,9 +18,9 @@ from ..desc import (
     row_coords,
     row_range,
     set_error,
-    t_addr,
     t_nb,
     t_ne,
+    t_row,
     wdata,
     wsize,
 )
@@ -161,8 +161,7 @@ def _sort_rows(desc, ith, nth, desc_order, k_out, swap01):
     ir0, ir1 = row_range(nr, ith, nth)
     for r in range(ir0, ir1):
         i1, i2, i3 = row_coords(r, ne01, ne02)
-        s = t_addr(desc, SRC0) + i1 * t_nb(desc, SRC0, 1) + i2 * t_nb(desc, SRC0, 2) + \
-            i3 * t_nb(desc, SRC0, 3)
+        s = t_row(desc, SRC0, i1, i2, i3)
         for j in range(n):
             v = ptr_of(s + j * nb00, np.float32)[0]
             key[j] = -v if desc_order else v
@@ -174,8 +173,7 @@ def _sort_rows(desc, ith, nth, desc_order, k_out, swap01):
             t = idx[0]
             idx[0] = idx[1]
             idx[1] = t
-        d = t_addr(desc, DST) + i1 * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2) + \
-            i3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, i1, i2, i3)
         for j in range(k_out):
             ptr_of(d + j * nb0, np.int32)[0] = idx[j]
 

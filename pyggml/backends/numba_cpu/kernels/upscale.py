@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import DST, SRC0, param_i32, row_coords, row_range, t_addr, t_nb, t_ne4
+from ..desc import DST, SRC0, param_i32, row_coords, row_range, t_addr, t_nb, t_ne4, t_row
 from ..intrinsics import ptr_of
 from . import kernel, param_words
 
@@ -85,8 +85,7 @@ def upscale(desc, ith, nth):
         i1, i2, i3 = row_coords(r, ne1, ne2)
         plane = t_addr(desc, SRC0) + _up_nearest(i2, sf2, n2) * t_nb(desc, SRC0, 2) + \
             _up_nearest(i3, sf3, n3) * t_nb(desc, SRC0, 3)
-        d = t_addr(desc, DST) + i1 * t_nb(desc, DST, 1) + i2 * t_nb(desc, DST, 2) + \
-            i3 * t_nb(desc, DST, 3)
+        d = t_row(desc, DST, i1, i2, i3)
         for i0 in range(ne0):
             val = 0.0
             if mode == 0:
