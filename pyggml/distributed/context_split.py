@@ -2,7 +2,7 @@
 exactly with the softmax-state rule of flash_attn_ext_with_state.
 
 Shard w holds positions [w*C, (w+1)*C) of every layer (C = n_ctx / n_shards rounded up to
-32), in its own type (older shards may be cold Q4_0 and the newest hot F16). Per layer and
+32), in its own type (context_mixed.py: each shard itself hot F16 + cold Q4_0). Per layer and
 step each shard that holds keys computes one flash_attn_ext_with_state over them from a
 fresh state, giving (O_w, M_w, S_w); the driver merges them in the graph:
 
