@@ -104,7 +104,7 @@ def run_grad(case: Case, backend, seed: int = 0) -> CaseResult:
         res.status, res.message = "ERROR", f"case does not build: {e}"
         return res
     if out.type != GGMLType.F32:
-        return _not_supported(res, f"{out.name}->type != FP32")
+        return _not_supported(res, f"{out.name or 'out'}->type != FP32")   # ggml names it out
     params = [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
     if not params:
         return _not_supported(res, case.op)          # ggml's reason: the op's name
