@@ -395,3 +395,14 @@ def test_conv_3d_multiplies_padding_by_an_infinite_weight():
     assert r.status == "OK", r.message
     r = _run(build, init, backend=_ggml())
     assert r.status == "OK", r.message
+
+
+def test_cross_entropy_loss_of_no_rows_is_nan_not_an_exception():
+    """Seed 301 example 240: logits ne=[2,3,0,3] (no rows) made the kernel divide by nr = 0
+    (error 7); ggml's sum * (-1.0f / nr) is 0 * -inf = NaN, as the reference's."""
+    def build(ctx):
+        a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 2, 3, 0, 3)
+        b = gg.new_tensor_4d(ctx, gg.TYPE_F32, 2, 3, 0, 3)
+        return gg.cross_entropy_loss(ctx, a, b)
+    r = _run(build)
+    assert r.status == "OK", r.message
