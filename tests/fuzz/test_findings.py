@@ -406,3 +406,14 @@ def test_cross_entropy_loss_of_no_rows_is_nan_not_an_exception():
         return gg.cross_entropy_loss(ctx, a, b)
     r = _run(build)
     assert r.status == "OK", r.message
+
+
+def test_cross_entropy_loss_of_rows_of_no_values_is_zero():
+    """Seed 301 example 607: logits ne=[0,3,2,1] (rows of no values): the reference's max over
+    an empty row raised; ggml sums nothing per row and gives -0."""
+    def build(ctx):
+        a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 3, 2, 1)
+        b = gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 3, 2, 1)
+        return gg.cross_entropy_loss(ctx, a, b)
+    r = _run(build)
+    assert r.status == "OK", r.message
