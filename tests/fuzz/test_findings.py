@@ -417,3 +417,14 @@ def test_cross_entropy_loss_of_rows_of_no_values_is_zero():
         return gg.cross_entropy_loss(ctx, a, b)
     r = _run(build)
     assert r.status == "OK", r.message
+
+
+def test_im2col_3d_of_an_empty_input_depth_is_all_padding():
+    """Seed 301 example 1150: input ne=[20,20,0,3] with padding 3: the reference's patch
+    gather (shared with CONV_3D) indexed the empty axis."""
+    def build(ctx):
+        k = gg.new_tensor_4d(ctx, gg.TYPE_F32, 3, 3, 3, 3)
+        x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 20, 20, 0, 3)
+        return gg.im2col_3d(ctx, k, x, 1, 3, 1, 1, 3, 3, 3, 3, 3, 1, gg.TYPE_F32)
+    r = _run(build)
+    assert r.status == "OK", r.message
