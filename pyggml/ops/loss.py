@@ -36,8 +36,11 @@ def _log_softmax(x):
 
 
 def _ref_loss(node, ins, p):
+    """Rows of no values add 0 (ggml sums nothing); no rows at all give 0 * (-1/0) = NaN."""
     a, b = ins[0], ins[1]
-    return np.array(-(_log_softmax(a) * b).sum() / nrows(node.src[0]))
+    s = np.float64((_log_softmax(a) * b).sum()) if a.shape[-1] else np.float64(0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.array(-s / np.float64(nrows(node.src[0])))
 
 
 def _infer_back(srcs, p):

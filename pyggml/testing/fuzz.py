@@ -153,8 +153,19 @@ def templates(op_name: str) -> list[Template]:
     return got
 
 
+def _op_of_case(case_op: str) -> str:
+    """The OpDef whose cases print `case_op` (MUL_MAT_HADAMARD cases belong to an OpDef that
+    lists it in extra["case_ops"])."""
+    if case_op in OPS:
+        return case_op
+    for name, op in OPS.items():
+        if case_op in op.extra.get("case_ops", ()):
+            return name
+    raise GGMLError(f"fuzz: no op prints cases named {case_op!r}")
+
+
 def template(key: str) -> Template:
-    op = key.split("(", 1)[0]
+    op = _op_of_case(key.split("(", 1)[0])
     for t in templates(op):
         if t.key == key:
             return t

@@ -395,3 +395,36 @@ def test_conv_3d_multiplies_padding_by_an_infinite_weight():
     assert r.status == "OK", r.message
     r = _run(build, init, backend=_ggml())
     assert r.status == "OK", r.message
+
+
+def test_cross_entropy_loss_of_no_rows_is_nan_not_an_exception():
+    """Seed 301 example 240: logits ne=[2,3,0,3] (no rows) made the kernel divide by nr = 0
+    (error 7); ggml's sum * (-1.0f / nr) is 0 * -inf = NaN, as the reference's."""
+    def build(ctx):
+        a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 2, 3, 0, 3)
+        b = gg.new_tensor_4d(ctx, gg.TYPE_F32, 2, 3, 0, 3)
+        return gg.cross_entropy_loss(ctx, a, b)
+    r = _run(build)
+    assert r.status == "OK", r.message
+
+
+def test_cross_entropy_loss_of_rows_of_no_values_is_zero():
+    """Seed 301 example 607: logits ne=[0,3,2,1] (rows of no values): the reference's max over
+    an empty row raised; ggml sums nothing per row and gives -0."""
+    def build(ctx):
+        a = gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 3, 2, 1)
+        b = gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 3, 2, 1)
+        return gg.cross_entropy_loss(ctx, a, b)
+    r = _run(build)
+    assert r.status == "OK", r.message
+
+
+def test_im2col_3d_of_an_empty_input_depth_is_all_padding():
+    """Seed 301 example 1150: input ne=[20,20,0,3] with padding 3: the reference's patch
+    gather (shared with CONV_3D) indexed the empty axis."""
+    def build(ctx):
+        k = gg.new_tensor_4d(ctx, gg.TYPE_F32, 3, 3, 3, 3)
+        x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 20, 20, 0, 3)
+        return gg.im2col_3d(ctx, k, x, 1, 3, 1, 1, 3, 3, 3, 3, 3, 1, gg.TYPE_F32)
+    r = _run(build)
+    assert r.status == "OK", r.message

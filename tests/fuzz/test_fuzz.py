@@ -225,3 +225,12 @@ def test_cli_bad_ops_is_one_line_and_exit_2(capsys):
         assert fuzz_main(["--ops", "SQR"] + argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err, (argv, err)
+
+
+def test_templates_of_cases_printed_under_another_name_are_found():
+    """Seed 301 example 329: a MUL_MAT_HADAMARD case (an OpDef's extra case_ops name) was
+    looked up as an op of its own: KeyError in the reference run."""
+    from pyggml.ops.registry import OPS
+    owner = next(n for n, op in OPS.items() if "MUL_MAT_HADAMARD" in op.extra.get("case_ops", ()))
+    tpl = next(t for t in fuzz.templates(owner) if t.key.startswith("MUL_MAT_HADAMARD("))
+    assert fuzz.template(tpl.key) is tpl

@@ -77,7 +77,8 @@ def cross_entropy_loss_f32(desc, ith, nth):
         for i in range(n):
             row += np.float64((x[i] - m - lse) * y[i])
         total += row
-    f32_array(t_addr(desc, DST), 1)[0] = _F(-total / nr)
+    # no rows: ggml's 0 * (-1.0f / 0) is NaN (a Python-model division would raise here)
+    f32_array(t_addr(desc, DST), 1)[0] = _F(-total / nr) if nr > 0 else _F(np.nan)
 
 
 @kernel("CROSS_ENTROPY_LOSS_BACK", supports=_f32_packed)
@@ -85,6 +86,8 @@ def cross_entropy_loss_back_f32(desc, ith, nth):
     """(softmax(logits) - labels) * d / nr; src0 = d (scalar), src1 = logits, src2 = labels."""
     n = t_ne(desc, SRC1, 0)
     nr = _nrows(desc, SRC1)
+    if nr == 0:                      # nothing to write; d / 0 would raise
+        return
     d_by_nr = f32_array(t_addr(desc, SRC0), 1)[0] / _F(nr)
     ir0, ir1 = row_range(nr, ith, nth)
     for r in range(ir0, ir1):
