@@ -18,6 +18,7 @@ from pyggml.types import GGMLType as T
 from pyggml.types import as_type
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_q4_1_to_q4_k_m.json"
+PPL_FIXTURE = Path(__file__).parents[1] / "llm" / "fixtures" / "perplexity_smollm2_q4_k_m.json"
 SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_head_kv=3)
 
 
@@ -176,6 +177,24 @@ def test_smollm2_q4_k_m_tensors_byte_identical_to_llama_quantize(smollm2_q4_k_m)
     exp = _expected()
     bad = [n for n in exp if got.get(n) != exp[n]]
     assert set(got) == set(exp) and not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
+
+
+def test_smollm2_q4_k_m_perplexity_matches_llama_perplexity(smollm2_q4_k_m):
+    """The Q4_K_M path's quality end to end (K-quant and fallback quantizers, Q6_K/Q5_0/Q8_0
+    dots against Q8_K/Q8 activations, GET_ROWS of the Q8_0 embedding): pyggml's perplexity
+    of its own Q4_K_M file over the first chunks of the text within 1% of what
+    llama-perplexity gave the byte-identical llama-quantize file (fixture made by
+    tools/compare_perplexity.py; flash attention on and off bound llama.cpp's own spread)."""
+    from pyggml.llm.llama import Llama
+    from pyggml.llm.perplexity import perplexity
+    fx = json.loads(PPL_FIXTURE.read_text())
+    n_chunk = 3
+    llm = Llama(str(smollm2_q4_k_m), n_ctx=fx["n_ctx"], n_batch=fx["n_batch"], n_threads=2,
+                logits_all=True, verbose=False)
+    res = perplexity(llm, fx["tokens"], fx["n_ctx"], fx["n_batch"], n_chunk)
+    refs = [v["running"][n_chunk - 1] for v in fx["llama_perplexity"].values()]
+    assert refs and len(res.running) == n_chunk
+    assert 0.99 * min(refs) <= res.running[-1] <= 1.01 * max(refs), (res.running, refs)
 
 
 def test_flags_and_imatrix_files_match_llama_quantize(tmp_path, capsys):
