@@ -8,7 +8,13 @@ byte-identical to llama-quantize's. Flags (llama-quantize's names and meanings):
 --allow-requantize, --imatrix FILE (llama.cpp's GGUF imatrix or the legacy .dat),
 --include-weights / --exclude-weights, --pure, --leave-output-tensor, --output-tensor-type,
 --token-embedding-type, --tensor-type NAME=TYPE, --tensor-type-file, --keep-split (split
-inputs are read whole either way).
+inputs are read whole either way), --prune-layers L0,L1,.. (drop those blocks, renumber the
+rest, block_count updated; as in llama.cpp, output block j holds the data of input block j
+and the imatrix entry of the block renamed to j),
+--override-kv KEY=TYPE:VALUE (TYPE int, float, bool or str; written as llama.cpp's
+gguf_set_val_* does: u32 of |int|, f32, bool, string; the key moves to the end of the
+metadata; overrides of the keys the type choice reads count there too), --dry-run (the
+per-tensor sizes and totals, nothing quantized or written).
 """
 from __future__ import annotations
 
@@ -304,8 +310,14 @@ def _field_value(f):
     return f.contents()
 
 
-def model_info(reader) -> Model:
+def model_info(reader, overrides=()) -> Model:
+    """The hyperparameters the type choice reads; --override-kv values of the right kind
+    replace the file's, as in llama_model_loader (one of another kind is ignored)."""
+    ovr = {k: (tag, v) for k, tag, v in overrides}
+
     def get(key, default=None):
+        if key in ovr and ovr[key][0] == ("str" if key == "general.architecture" else "int"):
+            return ovr[key][1]
         f = reader.fields.get(key)
         return default if f is None else _field_value(f)
     arch = get("general.architecture")
@@ -419,6 +431,72 @@ def parse_ggml_type(s: str) -> GGMLType:
         raise QuantizeError(f"invalid ggml_type {s!r}") from None
 
 
+def parse_kv_override(arg: str) -> tuple:
+    """--override-kv KEY=TYPE:VALUE (common's string_parse_kv_override): (key, type, value),
+    type one of int, float, bool, str; int and float values read as C's atol / atof do
+    (the longest numeric prefix, 0 if none)."""
+    key, sep, rest = arg.partition("=")
+    if not sep or len(key) >= 128:
+        raise QuantizeError(f"malformed KV override {arg!r}")
+    tag, sep, val = rest.partition(":")
+    if not sep or tag not in ("int", "float", "bool", "str"):
+        raise QuantizeError(f"invalid type for KV override {arg!r}")
+    if tag == "int":
+        m = re.match(r"\s*[+-]?\d+", val)
+        return key, tag, int(m.group()) if m else 0
+    if tag == "float":
+        m = re.match(r"\s*[+-]?(inf(inity)?|nan|(\d+\.?\d*|\.\d+)(e[+-]?\d+)?)", val, re.I)
+        return key, tag, float(m.group()) if m else 0.0
+    if tag == "bool":
+        if val not in ("true", "false"):
+            raise QuantizeError(f"invalid boolean value for KV override {arg!r}")
+        return key, tag, val == "true"
+    if len(val) > 127:
+        raise QuantizeError(f"malformed KV override {arg!r}, value cannot exceed 127 chars")
+    return key, tag, val
+
+
+def parse_prune_layers(arg: str) -> list:
+    """--prune-layers L0,L1,..: sorted unique layer ids (parse_layer_prune: stoi of each
+    comma-separated part, a negative or unparsable id is an error)."""
+    ids = []
+    for part in arg.split(","):
+        m = re.match(r"\s*[+-]?\d+", part)
+        i = int(m.group()) if m else -1
+        if i < 0:
+            raise QuantizeError(f"invalid layer id {part!r}")
+        ids.append(i)
+    return sorted(set(ids))
+
+
+_BLK = re.compile(r"blk\.(\d+)\.")
+
+
+def prune_names(names: list, prune: list) -> dict:
+    """remap_layer over the names in the loader's order: {name: new name, or None when its
+    block is pruned}. Blocks below the first pruned id keep their number, the others are
+    renumbered in order of appearance; also returns the new block count."""
+    mapped, next_id, out = {}, 0, {}
+    for n in names:
+        m = _BLK.search(n)
+        if not prune or m is None:
+            out[n] = n
+            continue
+        blk = int(m.group(1))
+        if blk not in mapped:
+            if blk in prune:
+                mapped[blk] = None
+            elif blk < prune[0]:
+                mapped[blk] = blk
+                next_id = blk + 1
+            else:
+                mapped[blk] = next_id
+                next_id += 1
+        new = mapped[blk]
+        out[n] = None if new is None else n[:m.start(1)] + str(new) + n[m.end(1):]
+    return out, next_id
+
+
 def filter_imatrix(imat: dict, include=(), exclude=()) -> dict:
     """--include-weights / --exclude-weights: keep (drop) entries whose name contains one of
     the strings (prepare_imatrix)."""
@@ -471,21 +549,30 @@ def split_paths(out: str, n: int) -> list:
     return [f"{prefix}-{i + 1:05d}-of-{n:05d}.gguf" for i in range(n)]
 
 
+def _set_kv(writer, key: str, val, vtype, sub_type=None) -> None:
+    """gguf_set_val_*: replace the key, which moves to the end of the metadata."""
+    writer.kv_data[0].pop(key, None)
+    writer.add_key_value(key, val, vtype, sub_type=sub_type)
+
+
 def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False,
                   imatrix: Optional[str] = None, pure=False, leave_output=False,
                   output_type=None, token_embd_type=None, tensor_types=(),
-                  include_weights=(), exclude_weights=(), keep_split=False, log=print) -> dict:
-    """llama_model_quantize. Returns {tensor name: (type, nbytes)} of the written file(s).
+                  include_weights=(), exclude_weights=(), keep_split=False,
+                  kv_overrides=(), prune_layers=(), dry_run=False, log=print) -> dict:
+    """llama_model_quantize. Returns {tensor name: (type, nbytes)} of the written file(s)
+    (with dry_run: of the file it would write; nothing is quantized or written).
 
     A split input (PREFIX-00001-of-0000N.gguf) is read whole; it is written as one file, or
     with keep_split as N shards holding the input shards' tensors (metadata in the first,
-    split.no / split.count / split.tensors.count in each)."""
+    split.no / split.count / split.tensors.count in each). kv_overrides: (key, type, value)
+    from parse_kv_override; prune_layers: sorted layer ids (parse_prune_layers)."""
     import gguf
     ftype_id, default = FTYPES[ftype_name]
     shards = open_shards(inp)
     reader = shards[0]
     shard_of = {t.name: i for i, r in enumerate(shards) for t in r.tensors}
-    model = model_info(reader)
+    model = model_info(reader, kv_overrides)
     imat, imeta = load_imatrix(imatrix) if imatrix else ({}, {})
     imat = filter_imatrix(imat, include_weights, exclude_weights)
     if imat:
@@ -496,84 +583,128 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
     mixer = Mixer(model, ftype_name, has_imatrix=bool(imat), pure=pure,
                   output_type=output_type, token_embd_type=token_embd_type,
                   tensor_types=list(tensor_types))
-    tensors = sorted((t for r in shards for t in r.tensors), key=lambda t: layer_sort_key(t.name))
-    mixer.count(t.name for t in tensors)
+    every = sorted((t for r in shards for t in r.tensors), key=lambda t: layer_sort_key(t.name))
+    n_input = len(every)                          # ml.n_tensors / ml.n_elements: pruned too
+    n_elements = sum(int(np.prod([int(x) for x in t.shape])) for t in every)
+    renamed, n_blocks = prune_names([t.name for t in every], list(prune_layers))
+    tensors = [t for t in every if renamed[t.name] is not None]
+    by_name = {t.name: t for t in every}
+    mixer.count(renamed[t.name] for t in tensors)
     targets = {}
+    needs_imatrix = False
     for t in tensors:
         ne = [int(x) for x in t.shape]
         cur = as_type(int(t.tensor_type))
-        targets[t.name] = mixer.tensor_type(t.name, cur, ne, len(ne), default,
+        targets[t.name] = mixer.tensor_type(renamed[t.name], cur, ne, len(ne), default,
                                             quantize_output=not leave_output)
         if targets[t.name] == T.Q2_K and ftype_name == "Q2_K_S" and not imat and \
-                category(t.name) not in ("token_embd", "output"):
-            raise QuantizeError(f"this quantization requires an importance matrix "
-                                f"(tensor {t.name}, type {targets[t.name].tname})")
+                category(renamed[t.name]) not in ("token_embd", "output"):
+            if not dry_run:
+                raise QuantizeError(f"this quantization requires an importance matrix "
+                                    f"(tensor {renamed[t.name]}, type {targets[t.name].tname})")
+            needs_imatrix = True
     for w in mixer.warnings:
         log(w)
 
     n_out = len(shards) if keep_split else 1
     paths = split_paths(out, n_out) if keep_split else [out]
-    writers = [gguf.GGUFWriter(p, model.arch) for p in paths]
+    writers = [gguf.GGUFWriter(p, model.arch) for p in paths] if not dry_run else []
     for w in writers[1:]:                  # later shards: only the split keys
         w.kv_data[0].pop("general.architecture", None)
-    writer = writers[0]
+    writer = writers[0] if writers else None
     skip = {"general.architecture", "general.file_type", "general.quantization_version",
             "split.no", "split.count", "split.tensors.count"}
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF.") or key in skip:
-            continue
-        vtype = f.types[0]
-        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY and len(f.types) > 1 else None
-        writer.add_key_value(key, f.contents(), vtype, sub_type=sub)
-    writer.add_uint32("general.quantization_version", QUANTIZATION_VERSION)
-    writer.add_uint32("general.file_type", ftype_id)
-    if imat:
-        writer.add_string("quantize.imatrix.file", imatrix)
-        writer.add_int32("quantize.imatrix.entries_count", len(imat))
-        writer.add_int32("quantize.imatrix.chunks_count", imeta.get("chunks", 0))
-        if "dataset" in imeta:
-            writer.add_string("quantize.imatrix.dataset", imeta["dataset"])
-    if n_out > 1:
-        for i, w in enumerate(writers):
-            w.add_uint16("split.no", i)
-            w.add_uint16("split.count", n_out)
-            w.add_int32("split.tensors.count", len(tensors))
+    # the input's metadata, then what llama_model_quantize_impl sets, in its order
+    if writer is not None:
+        for key, f in reader.fields.items():
+            if key.startswith("GGUF.") or key in skip:
+                continue
+            vtype = f.types[0]
+            sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY and len(f.types) > 1 else None
+            writer.add_key_value(key, f.contents(), vtype, sub_type=sub)
+        writer.add_uint32("general.quantization_version", QUANTIZATION_VERSION)
+        writer.add_uint32("general.file_type", ftype_id)
+        V = gguf.GGUFValueType
+        overrides = list(kv_overrides)
+        if imat:                           # quantize.cpp passes these as overrides too
+            overrides.append(("quantize.imatrix.file", "str", imatrix))
+            if "dataset" in imeta:
+                overrides.append(("quantize.imatrix.dataset", "str", imeta["dataset"]))
+            overrides.append(("quantize.imatrix.entries_count", "int", len(imat)))
+            if imeta.get("chunks", 0) > 0:
+                overrides.append(("quantize.imatrix.chunks_count", "int", imeta["chunks"]))
+        for key, tag, val in overrides:
+            if tag == "int":               # llama.cpp writes every int override as u32
+                _set_kv(writer, key, abs(int(val)) & 0xFFFFFFFF, V.UINT32)
+            elif tag == "float":
+                _set_kv(writer, key, float(val), V.FLOAT32)
+            elif tag == "bool":
+                _set_kv(writer, key, bool(val), V.BOOL)
+            else:
+                _set_kv(writer, key, str(val), V.STRING)
+        if prune_layers:
+            _set_kv(writer, f"{model.arch}.block_count", n_blocks, V.UINT32)
+        if n_out > 1:
+            for i, w in enumerate(writers):
+                w.add_uint16("split.no", i)
+                w.add_uint16("split.count", n_out)
+                w.add_int32("split.tensors.count", len(tensors))
 
     written = {}
     total_org = total_new = 0
-    n_elements = 0
     t_start = time.perf_counter()
     for idx, t in enumerate(tensors, 1):
+        name = renamed[t.name]
         ne = [int(x) for x in t.shape]
         cur = as_type(int(t.tensor_type))
         new = targets[t.name]
-        raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+        # llama.cpp reads a renamed (pruned-model) tensor's data by its new name: block j of
+        # the output holds the input's block j (load_data_for), typed and shaped as the
+        # tensor that took the name, its imatrix found by the old name
+        src = by_name.get(name)
+        if src is None:
+            raise QuantizeError(f"tensor '{name}' not found in the model")
+        if src is not t and ([int(x) for x in src.shape] != ne or int(src.tensor_type) != cur):
+            raise QuantizeError(f"tensor '{name}' (renamed from {t.name}) differs in shape or "
+                                f"type from the input's {name}")
+        raw = np.asarray(src.data).reshape(-1).view(np.uint8)
         size = raw.size
-        n_elements += int(np.prod(ne))
-        line = (f"[{idx:4d}/{len(tensors):4d}] {t.name:<36} - [{_shape_str(ne)}], "
+        line = (f"[{idx:4d}/{n_input:4d}] {name:<36} - [{_shape_str(ne)}], "
                 f"type = {cur.tname:>6}, ")
+        if dry_run:
+            nrows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
+            new_size = nrows * TRAITS[new].row_size(ne[0]) if new != cur else size
+            if new != cur:
+                log(line + f"size = {size / 1024 / 1024:8.2f} MiB -> "
+                    f"{new_size / 1024 / 1024:8.2f} MiB ({new.tname})")
+            else:
+                log(line + f"size = {size / 1024 / 1024:8.3f} MiB")
+            total_org += size
+            total_new += new_size
+            written[name] = (new, new_size)
+            continue
         if new == cur:
             data = raw
             log(line + f"size = {size / 1024 / 1024:8.3f} MiB")
         else:
             if TRAITS[cur].is_quantized and not allow_requantize:
                 raise QuantizeError(f"requantizing from type {cur.tname} is disabled "
-                                    f"(tensor {t.name}; pass --allow-requantize)")
+                                    f"(tensor {name}; pass --allow-requantize)")
             if cur not in (T.F32, T.F16, T.BF16) and not TRAITS[cur].is_quantized:
                 raise QuantizeError(f"cannot dequantize/convert tensor type {cur.tname} "
-                                    f"(tensor {t.name})")
+                                    f"(tensor {name})")
             qw = None
-            if imat:
+            if imat:                       # looked up by the name before pruning
                 w = imat.get(t.name)
                 if w is None:
-                    log(f"\n====== quantize: did not find weights for {t.name}")
+                    log(f"\n====== quantize: did not find weights for {name}")
                 elif w.size == ne[0] * (ne[2] if len(ne) > 2 else 1):
                     qw = w
-                elif category(t.name) != "token_embd":
+                elif category(name) != "token_embd":
                     raise QuantizeError(f"imatrix size {w.size} is different from tensor "
                                         f"size {ne[0] * (ne[2] if len(ne) > 2 else 1)} for "
-                                        f"{t.name}")
-            x = tensor_f32(t)
+                                        f"{name}")
+            x = tensor_f32(src)
             log(line + f"converting to {new.tname} .. ", end="")
             data = _quantize_tensor(new, x, ne, qw)
             log(f"size = {size / 1024 / 1024:8.2f} MiB -> {data.size / 1024 / 1024:8.2f} MiB")
@@ -583,19 +714,19 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
         row = TRAITS[new].row_size(ne[0])
         if TRAITS[new].is_quantized:
             arr = data.reshape(*ne[:0:-1], row) if len(ne) > 1 else data.reshape(row)
-            writer.add_tensor(t.name, arr, raw_dtype=gguf.GGMLQuantizationType(int(new)))
+            writer.add_tensor(name, arr, raw_dtype=gguf.GGMLQuantizationType(int(new)))
         else:
             dt = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}.get(new)
             if dt is None:
                 arr = data
-                writer.add_tensor(t.name, arr, raw_shape=ne[::-1],
+                writer.add_tensor(name, arr, raw_shape=ne[::-1],
                                   raw_dtype=gguf.GGMLQuantizationType(int(new)))
             elif new == T.BF16:
-                writer.add_tensor(t.name, data.view(np.uint16).reshape(ne[::-1]),
+                writer.add_tensor(name, data.view(np.uint16).reshape(ne[::-1]),
                                   raw_dtype=gguf.GGMLQuantizationType.BF16)
             else:
-                writer.add_tensor(t.name, data.view(dt).reshape(ne[::-1]))
-        written[t.name] = (new, data.size)
+                writer.add_tensor(name, data.view(dt).reshape(ne[::-1]))
+        written[name] = (new, data.size)
     for w in writers:
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -605,8 +736,11 @@ def quantize_file(inp: str, out: str, ftype_name: str, *, allow_requantize=False
         f"({total_org * 8.0 / max(n_elements, 1):.2f} BPW)")
     log(f"llama_model_quantize_impl: quant size  = {total_new / 1024 / 1024:8.2f} MiB "
         f"({total_new * 8.0 / max(n_elements, 1):.2f} BPW)")
+    if dry_run and needs_imatrix:
+        log("llama_model_quantize_impl: WARNING: dry run completed successfully, but actually "
+            "completing this quantization will require an imatrix!")
     if mixer.n_fallback:
-        log(f"llama_model_quantize_impl: WARNING: {mixer.n_fallback} of {len(tensors)} "
+        log(f"llama_model_quantize_impl: WARNING: {mixer.n_fallback} of {n_input} "
             f"tensor(s) required fallback quantization")
     log(f"\nmain: quantize time = {(time.perf_counter() - t_start) * 1000:10.2f} ms")
     return written
@@ -626,14 +760,40 @@ def _quantize_tensor(new: GGMLType, x: np.ndarray, ne: list, qw) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def positional_args(files: list, dry_run=False, keep_split=False) -> tuple:
+    """IN [OUT] TYPE [nthreads] as llama-quantize reads them: (input, output, ftype name).
+    When the second word is a type, the output is ggml-model-TYPE.gguf in IN's directory
+    (no suffix with --keep-split; none at all for --dry-run)."""
+    if len(files) < 2:
+        raise QuantizeError("bad arguments: expected IN [OUT] TYPE [nthreads]")
+    inp, rest = files[0], files[1:]
+    try:
+        ftype = parse_ftype(rest[0])
+        d = os.path.dirname(inp)
+        out = None if dry_run else os.path.join(d, f"ggml-model-{ftype}") + \
+            ("" if keep_split else ".gguf")
+        rest = rest[1:]
+    except QuantizeError:
+        out, rest = rest[0], rest[1:]
+        if not rest:
+            raise QuantizeError("missing ftype") from None
+        ftype = parse_ftype(rest[0])
+        rest = rest[1:]
+    if rest and not re.match(r"\s*[+-]?\d", rest[0]):          # std::stoi
+        raise QuantizeError(f"invalid nthread {rest[0]!r}")
+    if out is not None and os.path.exists(inp) and os.path.exists(out) and \
+            os.path.samefile(inp, out):
+        raise QuantizeError(f"input and output files are the same: '{inp}'")
+    return inp, out, ftype
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="pyggml quantize",
                                  description="llama-quantize: quantize a GGUF model file")
-    ap.add_argument("input")
-    ap.add_argument("output")
-    ap.add_argument("type", help="Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS, ... or an ftype number")
-    ap.add_argument("nthreads", nargs="?", type=int, default=None,
-                    help="accepted for llama-quantize compatibility (single process)")
+    ap.add_argument("files", nargs="+", metavar="IN [OUT] TYPE [nthreads]",
+                    help="TYPE: Q4_K_M, Q5_K_M, Q6_K, Q8_0, IQ4_XS, ... or an ftype number; "
+                         "without OUT the output is ggml-model-TYPE.gguf beside IN; nthreads "
+                         "is accepted for llama-quantize compatibility (single process)")
     ap.add_argument("--allow-requantize", action="store_true")
     ap.add_argument("--leave-output-tensor", action="store_true")
     ap.add_argument("--pure", action="store_true")
@@ -649,12 +809,20 @@ def main(argv=None) -> int:
                          "first match wins), e.g. attn_q=q8_0")
     ap.add_argument("--tensor-type-file", metavar="FILE",
                     help="NAME=TYPE entries separated by spaces or newlines")
+    ap.add_argument("--prune-layers", metavar="L0,L1,..",
+                    help="comma-separated layer numbers to prune from the model")
+    ap.add_argument("--override-kv", metavar="KEY=TYPE:VALUE", action="append", default=[],
+                    help="override model metadata by key in the output (TYPE: int, float, "
+                         "bool, str); repeatable")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="show the per-tensor and total sizes without quantizing")
     ap.add_argument("--keep-split", action="store_true",
                     help="write the output in the same shards as the input "
                          "(OUT without .gguf, then -0000i-of-0000n.gguf)")
     args = ap.parse_args(argv)
     try:
-        ftype = parse_ftype(args.type)
+        args.input, args.output, ftype = positional_args(args.files, args.dry_run,
+                                                         args.keep_split)
         ot = parse_ggml_type(args.output_tensor_type) if args.output_tensor_type else None
         et = parse_ggml_type(args.token_embedding_type) if args.token_embedding_type else None
         specs = list(args.tensor_type)
@@ -662,12 +830,18 @@ def main(argv=None) -> int:
             with open(args.tensor_type_file, encoding="utf-8") as fh:
                 specs += fh.read().split()
         tts = [parse_tensor_type(x) for x in specs]
-        print(f"main: quantizing '{args.input}' to '{args.output}' as {ftype}")
+        kvo = [parse_kv_override(x) for x in args.override_kv]
+        prune = parse_prune_layers(args.prune_layers) if args.prune_layers is not None else []
+        if args.dry_run:
+            print(f"main: calculating quantization size for '{args.input}' as {ftype}")
+        else:
+            print(f"main: quantizing '{args.input}' to '{args.output}' as {ftype}")
         quantize_file(args.input, args.output, ftype, allow_requantize=args.allow_requantize,
                       imatrix=args.imatrix, pure=args.pure, leave_output=args.leave_output_tensor,
                       output_type=ot, token_embd_type=et, tensor_types=tts,
                       include_weights=args.include_weights, exclude_weights=args.exclude_weights,
-                      keep_split=args.keep_split, log=lambda *a, **k: print(*a, **k, flush=True))
+                      keep_split=args.keep_split, kv_overrides=kvo, prune_layers=prune,
+                      dry_run=args.dry_run, log=lambda *a, **k: print(*a, **k, flush=True))
     except (GGMLError, OSError, ValueError) as e:
         print(f"pyggml quantize: error: {e}", file=sys.stderr)
         return 2

@@ -66,6 +66,28 @@ def test_kquant_dots_are_ggmls_bit_for_bit(ggml, t, m, k, n):
         assert np.array_equal(got, want), (t, nth, float(np.abs(got - want).max()))
 
 
+@pytest.mark.parametrize("t", ["q4_K", "q4_0", "f16"])
+def test_decode_row_chunks_across_repeated_computes(t):
+    """Mat-vec rows are handed out in chunks from the node's scratch counters (decode path):
+    every compute of the same table takes all rows once (the counters are back at zero after
+    each), whatever the thread count, and equals the one-thread result."""
+    from pyggml.backends.numba_cpu import desc as D
+    rng = np.random.default_rng(7)
+    gf, y, b = _graph(t, 600, 512, 2)
+    for nth in (2, 3):
+        be = _numba(nth)
+        for _ in range(3):
+            data.write(b, rng.standard_normal((2, 512)))
+            _numba(1).graph_compute(gf)
+            want = data.read(y)
+            data.write(y, np.full(want.shape, np.nan))
+            be.graph_compute(gf)
+            assert np.array_equal(data.read(y), want), (t, nth)
+            tab = be.table(gf)
+            row = [r for r, node in enumerate(tab.nodes) if node.op.name == "MUL_MAT"][0]
+            assert not tab.scratch[row].any() and D.has_scratch(tab.descs[row])
+
+
 def test_iq4_nl_dots_match_ggml(ggml):
     """IQ4_NL runs through the Q8 split (float block scales where ggml rounds them to F16)."""
     gf, y, _ = _graph("iq4_nl", 37, 512, 3)

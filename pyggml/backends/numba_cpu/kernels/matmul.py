@@ -19,9 +19,11 @@ agree):
 
 Threads: no barrier is needed inside a node. Each thread prepares (converts or quantizes)
 exactly the activation columns it uses, in its own slice of the work buffer: the rows of `a`
-are split over threads when a has more rows than there are columns (decode), otherwise the
-columns are. Preparing costs O(n*k) against O(m*n*k) for the dots, so repeating the
-activation quantization per thread costs ~nth/m of the node.
+are split over threads when a has more rows than there are columns (decode: up to CT
+columns, chunks of rows handed out from an atomic counter in the node's scratch line, as
+ggml's chunked mul_mat, so a thread slowed by load does less), otherwise the columns are.
+Preparing costs O(n*k) against O(m*n*k) for the dots, so repeating the activation
+quantization per thread costs ~nth/m of the node.
 
 MUL_MAT_ID runs the dot path per (token, slot) with rows grouped by expert (a counting sort
 per thread); OUT_PROD accumulates rows (dequantized once per source row) like ggml.
@@ -45,10 +47,12 @@ from ..desc import (
     SRC1,
     SRC2,
     TYPE_SIZE,
+    has_scratch,
     n_tasks,
     register_error,
     row_coords,
     row_range,
+    scratch_addr,
     set_error,
     t_addr,
     t_nb,
@@ -58,7 +62,17 @@ from ..desc import (
     wdata,
     wsize,
 )
-from ..intrinsics import f32_array, i8_array, i64_array, ptr_of, u8_array, u16_array
+from ..intrinsics import (
+    atomic_add,
+    atomic_load,
+    atomic_store,
+    f32_array,
+    i8_array,
+    i64_array,
+    ptr_of,
+    u8_array,
+    u16_array,
+)
 from . import kernel, simd
 from . import kq_dots as kq
 from . import mxfp4_dot as mx
@@ -76,6 +90,7 @@ ERR_IDS = register_error(110, "MUL_MAT_ID: an expert id in ids is outside [0, n_
 
 QK = 32
 CT = 16               # dot path: activation columns prepared per tile
+DYN_NEXT, DYN_DONE = 0, 1   # dot path, decode: scratch-line words (next row chunk, threads out)
 RB = 16               # dot path: rows of a per block (kept in L1 while the tile's columns pass)
 GEMM_MIN_N = 32       # columns (b.ne1) from which the GEMM path is used
 MR = simd.GEMM_MR
@@ -342,11 +357,16 @@ def eff_nth(desc, nth):
 # --- MUL_MAT: dot path -------------------------------------------------------------------------
 
 @_jit
-def mul_mat_dot(desc, ith, nth, region, WT):
-    """WT: the weight type, a constant of the kernel (rows_dot and prep_act compile for it)."""
-    wt = t_type(desc, SRC0)
-    bt = t_type(desc, SRC1)
-    k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
+def row_chunk(m, nth):
+    """Rows of a per dynamically handed-out chunk of the dot path: about 16 chunks per
+    thread, whole RB blocks (4096 rows, 2 threads: 128)."""
+    c = (m + 16 * nth - 1) // (16 * nth)
+    return max(RB, (c + RB - 1) // RB * RB)
+
+
+@_jit
+def _dot_tile(desc, WT, k, r0, r1, c0, c1, prep, arb, region):
+    """Rows [r0, r1) of a against the columns [c0, c1) of b (prepared at region when prep)."""
     ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
     nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
     ne11, ne12, ne13 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
@@ -354,7 +374,62 @@ def mul_mat_dot(desc, ith, nth, region, WT):
     nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
     a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
     r2, r3 = ne12 // ne02, ne13 // ne03
-    ncols = ne11 * ne12 * ne13
+    for rb0 in range(r0, r1, RB):
+        rb1 = min(rb0 + RB, r1)
+        for c in range(c0, c1):
+            i11 = c % ne11
+            i12 = (c // ne11) % ne12
+            i13 = c // (ne11 * ne12)
+            xa = a + (i12 // r2) * nb02 + (i13 // r3) * nb03
+            y = region + (c - c0) * arb if prep else b + i11 * nb11 + i12 * nb12 + i13 * nb13
+            rows_dot(WT, k, xa + rb0 * nb01, nb01, rb1 - rb0, y,
+                     d + i11 * nb1 + i12 * nb2 + i13 * nb3 + 4 * rb0)
+
+
+@_jit
+def _prep_tile(desc, WT, bt, k, c0, c1, arb, region, tmp):
+    ne11, ne12 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2)
+    nb11, nb12, nb13 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
+    b = t_addr(desc, SRC1)
+    for c in range(c0, c1):
+        i11 = c % ne11
+        i12 = (c // ne11) % ne12
+        i13 = c // (ne11 * ne12)
+        prep_act(WT, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
+                 region + (c - c0) * arb, tmp)
+
+
+@_jit
+def mul_mat_dot(desc, ith, nth, region, WT):
+    """WT: the weight type, a constant of the kernel (rows_dot and prep_act compile for it)."""
+    wt = t_type(desc, SRC0)
+    bt = t_type(desc, SRC1)
+    k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
+    ncols = t_ne(desc, SRC1, 1) * t_ne(desc, SRC1, 2) * t_ne(desc, SRC1, 3)
+    prep = needs_prep(wt, bt)
+    arb = act_row_bytes(wt, k)
+    tmp = region + min(CT, ncols) * arb     # as mul_mat_thread_bytes counts the tile
+    if ncols <= CT and ncols <= m and nth > 1 and has_scratch(desc):
+        # decode: every thread prepares the columns, then takes chunks of rows from the
+        # node's counter until none are left (as ggml's chunked mul_mat: a thread that is
+        # descheduled or slowed by load does less, the node does not wait for its half)
+        chunk = row_chunk(m, nth)
+        nchunks = (m + chunk - 1) // chunk
+        nxt = scratch_addr(desc, DYN_NEXT)
+        if atomic_load(nxt) < nchunks:
+            if prep:
+                _prep_tile(desc, WT, bt, k, 0, ncols, arb, region, tmp)
+            while True:
+                u = atomic_add(nxt, 1)
+                if u >= nchunks:
+                    break
+                _dot_tile(desc, WT, k, u * chunk, min(m, (u + 1) * chunk), 0, ncols,
+                          prep, arb, region)
+        # the last thread out resets the counters for the next compute (all grabs are done)
+        if atomic_add(scratch_addr(desc, DYN_DONE), 1) == nth - 1:
+            atomic_store(nxt, 0)
+            atomic_store(scratch_addr(desc, DYN_DONE), 0)
+        return
     if ncols > m:                       # more columns than rows: split the columns
         j0, j1 = row_range(ncols, ith, nth)
         ir0, ir1 = 0, m
@@ -363,28 +438,11 @@ def mul_mat_dot(desc, ith, nth, region, WT):
         ir0, ir1 = row_range(m, ith, nth)
     if j0 >= j1 or ir0 >= ir1:
         return
-    prep = needs_prep(wt, bt)
-    arb = act_row_bytes(wt, k)
-    tmp = region + min(CT, ncols) * arb     # as mul_mat_thread_bytes counts the tile
     for c0 in range(j0, j1, CT):
         c1 = min(c0 + CT, j1)
         if prep:
-            for c in range(c0, c1):
-                i11 = c % ne11
-                i12 = (c // ne11) % ne12
-                i13 = c // (ne11 * ne12)
-                prep_act(WT, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
-                         region + (c - c0) * arb, tmp)
-        for r0 in range(ir0, ir1, RB):
-            r1 = min(r0 + RB, ir1)
-            for c in range(c0, c1):
-                i11 = c % ne11
-                i12 = (c // ne11) % ne12
-                i13 = c // (ne11 * ne12)
-                xa = a + (i12 // r2) * nb02 + (i13 // r3) * nb03
-                y = region + (c - c0) * arb if prep else b + i11 * nb11 + i12 * nb12 + i13 * nb13
-                rows_dot(WT, k, xa + r0 * nb01, nb01, r1 - r0, y,
-                         d + i11 * nb1 + i12 * nb2 + i13 * nb3 + 4 * r0)
+            _prep_tile(desc, WT, bt, k, c0, c1, arb, region, tmp)
+        _dot_tile(desc, WT, k, ir0, ir1, c0, c1, prep, arb, region)
 
 
 # --- MUL_MAT: GEMM path ------------------------------------------------------------------------
@@ -618,8 +676,8 @@ def mul_mat(desc, ith, nth, WT):
     ncols = n * t_ne(desc, SRC1, 2) * t_ne(desc, SRC1, 3)
     per = mul_mat_thread_bytes(wt, bt, m, n, k, ncols)
     base = (wdata(desc) + 63) // 64 * 64
-    if per > 0 and base + (ith + 1) * per > wdata(desc) + wsize(desc):
-        set_error(desc, ERR_WORK_SIZE)
+    if per > 0 and base + nth * per > wdata(desc) + wsize(desc):   # the same verdict
+        set_error(desc, ERR_WORK_SIZE)                              # on every thread
         return
     region = base + ith * per
     if use_gemm(m, n, k):
