@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from ....quants import nb as qnb
 from ....types import TRAITS, GGMLType
@@ -60,7 +58,6 @@ from ..intrinsics import f32_array, i8_array, i64_array, ptr_of, u8_array, u16_a
 from . import kernel, simd
 from . import kq_dots as kq
 from .copy import load_f32
-from .typed import dequantize_row_t
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
@@ -209,7 +206,7 @@ def row_to_f32(t, src, n, dst):
 def dequant_blocks(t, src, n, dst):
     """n values (whole blocks) of quantized type t at src -> float32 at dst."""
     rs = (n // BLCK[t]) * TYPE_SIZE[t]
-    dequantize_row_t(t, u8_array(src, rs), f32_array(dst, n), n)
+    qnb.dequantize_row(t, u8_array(src, rs), f32_array(dst, n), n)
 
 
 @_jit
@@ -259,7 +256,7 @@ def prep_act(wt, bt, k, src, dst, tmp):
 
 
 @_jit
-def _rows_dot_any(wt, k, x, xstride, nrows, y, out):
+def rows_dot(wt, k, x, xstride, nrows, y, out):
     """out[r] = dot(weight row r (type wt, k values, at x + r * xstride), prepared row y)."""
     if wt == F32:
         simd.dot_f32(nrows, k, x, xstride, y, out)
@@ -290,39 +287,6 @@ def _rows_dot_any(wt, k, x, xstride, nrows, y, out):
         simd.dot_q5_1(nrows, nb, x, xstride, y, yd, ys, out)
 
 
-_SIMD_DOT = {F32: simd.dot_f32, F16: simd.dot_f16, BF16: simd.dot_bf16}
-_Q8_DOT = {Q4_0: simd.dot_q4_0, Q8_0: simd.dot_q8_0, Q4_1: simd.dot_q4_1, Q5_0: simd.dot_q5_0,
-           IQ4_NL: simd.dot_iq4_nl, Q5_1: simd.dot_q5_1}
-
-
-def rows_dot(wt, k, x, xstride, nrows, y, out):
-    """out[r] = dot(weight row r (type wt, k values, at x + r * xstride), prepared row y)
-    (numba only). A constant wt (the MUL_MAT template's) compiles that type's dot alone."""
-    raise NotImplementedError("numba only")
-
-
-@overload(rows_dot, prefer_literal=True)
-def _ol_rows_dot(wt, k, x, xstride, nrows, y, out):
-    lit = wt.literal_value if isinstance(wt, types.IntegerLiteral) else None
-    if lit in _SIMD_DOT:
-        fn = _SIMD_DOT[lit]
-        return lambda wt, k, x, xstride, nrows, y, out: fn(nrows, k, x, xstride, y, out)
-    if lit is not None and kq.is_kq.py_func(lit):        # the K-quants and IQ4_XS
-        return lambda wt, k, x, xstride, nrows, y, out: kq.dot_rows(wt, k, x, xstride, nrows,
-                                                                     y, out)
-    if lit in _Q8_DOT:
-        fq = _Q8_DOT[lit]
-
-        def impl(wt, k, x, xstride, nrows, y, out):
-            nb = k // QK
-            yd = y + _pad(k)
-            ys = yd + _pad(4 * nb)
-            fq(nrows, nb, x, xstride, y, yd, ys, out)
-        return impl
-    return lambda wt, k, x, xstride, nrows, y, out: _rows_dot_any(wt, k, x, xstride, nrows,
-                                                                    y, out)
-
-
 @_jit
 def types_ok(wt, bt):
     """Weight and activation types this file's dots read (supports() keeps others away)."""
@@ -339,8 +303,7 @@ def eff_nth(desc, nth):
 # --- MUL_MAT: dot path -------------------------------------------------------------------------
 
 @_jit
-def mul_mat_dot(desc, ith, nth, region, WT):
-    """WT: the weight type, a constant of the kernel (rows_dot and prep_act compile for it)."""
+def mul_mat_dot(desc, ith, nth, region):
     wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
     k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
@@ -370,7 +333,7 @@ def mul_mat_dot(desc, ith, nth, region, WT):
                 i11 = c % ne11
                 i12 = (c // ne11) % ne12
                 i13 = c // (ne11 * ne12)
-                prep_act(WT, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
+                prep_act(wt, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
                          region + (c - c0) * arb, tmp)
         for r0 in range(ir0, ir1, RB):
             r1 = min(r0 + RB, ir1)
@@ -380,7 +343,7 @@ def mul_mat_dot(desc, ith, nth, region, WT):
                 i13 = c // (ne11 * ne12)
                 xa = a + (i12 // r2) * nb02 + (i13 // r3) * nb03
                 y = region + (c - c0) * arb if prep else b + i11 * nb11 + i12 * nb12 + i13 * nb13
-                rows_dot(WT, k, xa + r0 * nb01, nb01, r1 - r0, y,
+                rows_dot(wt, k, xa + r0 * nb01, nb01, r1 - r0, y,
                          d + i11 * nb1 + i12 * nb2 + i13 * nb3 + 4 * r0)
 
 
@@ -535,8 +498,8 @@ def gemm_block_rows(m, nbatch, nth):
 
 
 @_jit
-def mul_mat_gemm(desc, ith, nth, region, WT):
-    """WT: the weight type, a constant of the kernel (pack_a compiles for it)."""
+def mul_mat_gemm(desc, ith, nth, region):
+    wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
     k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
     ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
@@ -575,7 +538,7 @@ def mul_mat_gemm(desc, ith, nth, region, WT):
                 pack_b(bt, bbase + ic * nb11, nb11, mc, pc, kc, bp, tmp)    # once per (ic, pc)
                 for j0 in range(j_lo, j_hi, NC):
                     j1 = min(j0 + NC, j_hi)
-                    pack_a(WT, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp, scr)
+                    pack_a(wt, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp, scr)
                     gemm_block(kc, ap, bp, cbase + ic * nb1 + j0 * 4, nb1, j1 - j0, mc,
                                1 if pc > 0 else 0, tile)
 
@@ -593,14 +556,8 @@ def _work_mul_mat(node, n_threads):
     return mul_mat_work_size(node, n_threads)
 
 
-def _mul_mat_spec(node) -> tuple:
-    return (int(node.src[0].type),)
-
-
-@kernel("MUL_MAT", supports=_supports_mul_mat, work_size=_work_mul_mat, spec=_mul_mat_spec,
-        common=[(int(t),) for t in _WEIGHT_TYPES])
-def mul_mat(desc, ith, nth, WT):
-    """A template per weight type WT: only that type's dots and unpacking compile."""
+@kernel("MUL_MAT", supports=_supports_mul_mat, work_size=_work_mul_mat)
+def mul_mat(desc, ith, nth):
     nth = eff_nth(desc, nth)
     wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
@@ -609,7 +566,7 @@ def mul_mat(desc, ith, nth, WT):
     if t_ne(desc, SRC1, 0) != k or k % BLCK[wt] != 0 or t_nb(desc, DST, 0) != 4:
         set_error(desc, ERR_SHAPE)
         return
-    if not types_ok(wt, bt) or wt != WT:
+    if not types_ok(wt, bt):
         set_error(desc, ERR_TYPE)
         return
     ncols = n * t_ne(desc, SRC1, 2) * t_ne(desc, SRC1, 3)
@@ -620,9 +577,9 @@ def mul_mat(desc, ith, nth, WT):
         return
     region = base + ith * per
     if use_gemm(m, n, k):
-        mul_mat_gemm(desc, ith, nth, region, WT)
+        mul_mat_gemm(desc, ith, nth, region)
     else:
-        mul_mat_dot(desc, ith, nth, region, WT)
+        mul_mat_dot(desc, ith, nth, region)
 
 
 # --- MUL_MAT_ID -------------------------------------------------------------------------------
