@@ -156,9 +156,8 @@ def main(argv=None):
     from pyggml.backends.numba_cpu.backend import NumbaBackend
     from pyggml.backends.numba_cpu.kernels import attention as ka
     t0 = time.perf_counter()
-    for k in (ka.flash_attn_ext_kernel.kernel, ka.flash_attn_ext_with_state_kernel.kernel):
-        for child in k.children():          # templates: the common K/V type combinations
-            child.address
+    ka.flash_attn_ext_kernel.kernel.address
+    ka.flash_attn_ext_with_state_kernel.kernel.address
     print(f"numba kernels ready in {time.perf_counter() - t0:.2f} s "
           f"(compile or disk cache), {args.threads} threads, prec {args.prec}")
     be = NumbaBackend(args.threads)
