@@ -106,7 +106,7 @@ def resolve(kernels: Optional[Iterable] = None) -> list:
             found = find(k)
             if found is None:
                 raise WarmupError(f"warm-up: no kernel {k!r} (keys are 'OP:name', e.g. "
-                                  f"'MUL_MAT:mul_mat'; `pyggml warmup --list` shows them)")
+                                  f"'GET_ROWS:get_rows[q8_0]'; `pyggml warmup --list` shows them)")
             k = found
         out.setdefault(k.key, k)
     return list(out.values())

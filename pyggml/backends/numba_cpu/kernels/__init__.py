@@ -25,8 +25,10 @@ template: `@kernel("OP", ..., spec=fn)` on `def k(desc, ith, nth, t0, t1...)`, w
 `spec(node)` gives the node's constants (type ids, -1 for none). `select(node)` returns the
 child kernel for those constants, generated on first use as `def k__8(desc, ith, nth):
 _k(desc, ith, nth, 8)`: the body is compiled with the constants as literal arguments, so the
-per-type dispatch it calls (kernels/typed.py) compiles only the code of those types (a
-first `pyggml demo` compiles ~1/3 of the code the all-type kernels had). A child's key is
+per-type dispatch it calls (kernels/typed.py) compiles only the code of those types (SET_ROWS
+over every type pulled in every K-quant quantizer: the cold compile of a model's graph
+paid for all of them). Templating pays only where per-type code dominates: each child
+compiles the shared body again (flash attention, tried, was not one). A child's key is
 'OP:k[q8_0]'; `find(key)` makes it from the key (warm-up workers); `common` lists the
 constants `pyggml warmup --all` compiles.
 

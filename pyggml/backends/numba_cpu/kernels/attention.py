@@ -55,15 +55,12 @@ import math
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from ....types import FA_KV_TYPES, PREC_F32, TRAITS, GGMLType
 from ..desc import (
     DST,
     ERR_SCRATCH,
     ERR_STATE,
-    ERR_TYPE,
     ERR_WORK_SIZE,
     H_NTASKS,
     SRC0,
@@ -262,282 +259,239 @@ def _group_rows(base, j, gn, nb1):
             base + (j + min(2, gn - 1)) * nb1, base + (j + min(3, gn - 1)) * nb1)
 
 
-def _tile_keys_for(KT, VT):
-    """tile_keys for K rows of type KT and V rows of type VT (constants: the type
-    dispatch below compiles to those types' code only)."""
-    def tile_keys_t(R, rows_pos, rows_h, iq3, dk, dv, ka, knb1, knb2, knb3, va, vnb1, vnb2,
-                    vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3,
-                    j_begin, j_end, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf,
-                    ki8, kd, kc, vf, sc, mv, acc, Mr, Sr, slope, mrix, cv):
-        """Online softmax of the tile's R rows over keys [j_begin, j_end) of one segment."""
-        kbase = ka + ik2 * knb2 + ik3 * knb3
-        vbase = va + iv2 * vnb2 + iv3 * vnb3
-        nbk = dk // QK
-        qi8_addr = np.int64(qi8.ctypes.data)
-        ki8_addr = ki8.ctypes.data
-        kd_addr = kd.ctypes.data
-        qd_addr = qd.ctypes.data
-        small_k = KT != Q8_0
-        # raw pointers for the per-key bookkeeping (no negative-index wraparound code)
-        scp = ptr_of(sc.ctypes.data, np.float32)
-        mvp = ptr_of(mv.ctypes.data, np.float32)
-        kc_addr = kc.ctypes.data
-        qs_addr = qs.ctypes.data
-        qf_addr = np.int64(qf.ctypes.data)
-        kf_addr = np.int64(kf.ctypes.data)
-        vf_addr = np.int64(vf.ctypes.data)
-        sc_addr = np.int64(sc.ctypes.data)
-        acc_addr = np.int64(acc.ctypes.data)
-        s16 = np.empty(16, dtype=np.float32)
-        s16_addr = np.int64(s16.ctypes.data)
-        # SIMD products when the head sizes fit whole vectors, rows read in place when simd
-        # reads their type; Q4_0 K with integer dots through VNNI
-        k_i8 = int_dots and KT == Q4_0 and simd.HAVE_VNNI
-        k_simd = not int_dots and dk % VL == 0
-        k_direct = k_i8 or (k_simd and reads_in_place(KT, dk))
-        v_simd = dv % VL == 0
-        v_direct = v_simd and reads_in_place(VT, dv)
-        qx_addr = np.int64(qx.ctypes.data)
-        # software prefetch distance for rows read in place: PF_GROUPS groups of keys ahead
-        kpf = PF_GROUPS * KG * knb1 if k_direct else 0
-        vpf = PF_GROUPS * KG * vnb1 if v_direct else 0
-        j0 = j_begin
-        while j0 < j_end:
-            nk = min(KB, j_end - j0)
-            # mask values (slope * mask; slope > 0 keeps -inf) and cv[j]: does any row of the
-            # tile see key j; rows with the same mask row and slope share one (mrix)
-            n_vis_blk = 0
-            for jj in range(nk):
-                cv[jj] = 0
-            for r in range(R):
-                if ma == 0:
-                    mrix[r] = 0
-                    if r == 0:
-                        for jj in range(nk):
-                            mv[jj] = _F0
-                            cv[jj] = 1
-                        n_vis_blk += nk
-                    continue
-                if r > 0 and rows_pos[r] == rows_pos[r - 1] and slope[r] == slope[r - 1] and \
-                        rows_h[r] % mne2 == rows_h[r - 1] % mne2:
-                    mrix[r] = mrix[r - 1]
-                    continue
-                mrix[r] = r
-                mrow = (ma + rows_pos[r] * mnb1 + (rows_h[r] % mne2) * mnb2 + (iq3 % mne3) * mnb3)
-                sl = slope[r]
-                cnt = 0
-                if mt == F16:
-                    m16 = u16_array(mrow, j0 + nk)
+@_jit
+def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, va, vnb1, vnb2,
+               vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin, j_end,
+               scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf, sc, mv,
+               acc, Mr, Sr, slope, mrix, cv):
+    """Online softmax of the tile's R rows over keys [j_begin, j_end) of one segment."""
+    kbase = ka + ik2 * knb2 + ik3 * knb3
+    vbase = va + iv2 * vnb2 + iv3 * vnb3
+    nbk = dk // QK
+    qi8_addr = np.int64(qi8.ctypes.data)
+    ki8_addr = ki8.ctypes.data
+    kd_addr = kd.ctypes.data
+    qd_addr = qd.ctypes.data
+    small_k = kt != Q8_0
+    # raw pointers for the per-key bookkeeping (no negative-index wraparound code)
+    scp = ptr_of(sc.ctypes.data, np.float32)
+    mvp = ptr_of(mv.ctypes.data, np.float32)
+    kc_addr = kc.ctypes.data
+    qs_addr = qs.ctypes.data
+    qf_addr = np.int64(qf.ctypes.data)
+    kf_addr = np.int64(kf.ctypes.data)
+    vf_addr = np.int64(vf.ctypes.data)
+    sc_addr = np.int64(sc.ctypes.data)
+    acc_addr = np.int64(acc.ctypes.data)
+    s16 = np.empty(16, dtype=np.float32)
+    s16_addr = np.int64(s16.ctypes.data)
+    # SIMD products when the head sizes fit whole vectors, rows read in place when simd
+    # reads their type; Q4_0 K with integer dots through VNNI
+    k_i8 = int_dots and kt == Q4_0 and simd.HAVE_VNNI
+    k_simd = not int_dots and dk % VL == 0
+    k_direct = k_i8 or (k_simd and reads_in_place(kt, dk))
+    kq = kt if k_direct else F32
+    v_simd = dv % VL == 0
+    v_direct = v_simd and reads_in_place(vt, dv)
+    vq = vt if v_direct else F32
+    qx_addr = np.int64(qx.ctypes.data)
+    # software prefetch distance for rows read in place: PF_GROUPS groups of keys ahead
+    kpf = PF_GROUPS * KG * knb1 if k_direct else 0
+    vpf = PF_GROUPS * KG * vnb1 if v_direct else 0
+    j0 = j_begin
+    while j0 < j_end:
+        nk = min(KB, j_end - j0)
+        # mask values (slope * mask; slope > 0 keeps -inf) and cv[j]: does any row of the
+        # tile see key j; rows with the same mask row and slope share one (mrix)
+        n_vis_blk = 0
+        for jj in range(nk):
+            cv[jj] = 0
+        for r in range(R):
+            if ma == 0:
+                mrix[r] = 0
+                if r == 0:
                     for jj in range(nk):
-                        x = f16_to_f32(m16[j0 + jj]) * sl
-                        mv[r * KB + jj] = x
-                        vis = 1 if x != NEG_INF else 0
-                        cv[jj] |= vis
-                        cnt += vis
-                else:
-                    m32 = f32_array(mrow, j0 + nk)
-                    for jj in range(nk):
-                        x = m32[j0 + jj] * sl
-                        mv[r * KB + jj] = x
-                        vis = 1 if x != NEG_INF else 0
-                        cv[jj] |= vis
-                        cnt += vis
-                n_vis_blk += cnt
-            if n_vis_blk == 0:
-                j0 += nk
+                        mv[jj] = _F0
+                        cv[jj] = 1
+                    n_vis_blk += nk
                 continue
-            # scores, KG keys at a time (each K row converted at most once for the whole tile)
-            for g0 in range(0, nk, KG):
-                gn = min(KG, nk - g0)
-                n_vis = 0
-                for u in range(gn):
-                    if cv[g0 + u] != 0:
-                        n_vis += 1
-                if n_vis == 0:
-                    for r in range(R):
-                        for u in range(gn):
-                            sc[r * KB + g0 + u] = NEG_INF
-                    continue
-                if k_direct:    # rows read in place; keys nobody sees are read too, then masked
-                    k0, k1, k2, k3 = _group_rows(kbase, j0 + g0, gn, knb1)
-                else:
-                    for u in range(KG):
-                        if u < gn and cv[g0 + u] != 0:
-                            kaddr = kbase + (j0 + g0 + u) * knb1
-                            if int_dots:
-                                row_to_i8(KT, kaddr, ki8[u * dk:], kd[u * nbk:], kc[u * nbk:], dk)
-                            else:
-                                row_to_f32(KT, kaddr, kf[u * dk:], dk)
-                        elif not int_dots:
-                            for i in range(dk):
-                                kf[u * dk + i] = _F0
-                    k0 = kf_addr
-                    k1 = kf_addr + dk * 4
-                    k2 = kf_addr + 2 * dk * 4
-                    k3 = kf_addr + 3 * dk * 4
-                if k_simd or k_i8:
-                    for r0 in range(0, R, 4):
-                        nr = min(4, R - r0)
-                        if k_i8:
-                            if nr == 4:
-                                simd.qk_4x4_q4_0_i8(nbk, qi8_addr + r0 * dk, dk, qx_addr + r0 * nbk * 64,
-                                                    k0, k1, k2, k3, s16_addr)
-                            else:
-                                for rr in range(nr):
-                                    simd.qk_1x4_q4_0_i8(nbk, qi8_addr + (r0 + rr) * dk, 0,
-                                                        qx_addr + (r0 + rr) * nbk * 64,
-                                                        k0, k1, k2, k3, s16_addr + rr * 16)
-                        elif nr == 4:
-                            qk4(KT, k_direct, dk, qf_addr + r0 * dk * 4, dk * 4, k0, k1, k2, k3, s16_addr, kpf)
-                        else:
-                            for rr in range(nr):
-                                qk1(KT, k_direct, dk, qf_addr + (r0 + rr) * dk * 4, k0, k1, k2, k3,
-                                     s16_addr + rr * 16, kpf)
-                        for rr in range(nr):
-                            r = r0 + rr
-                            _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s16[rr * 4],
-                                         s16[rr * 4 + 1], s16[rr * 4 + 2], s16[rr * 4 + 3],
-                                         scale, softcap)
-                    continue
+            if r > 0 and rows_pos[r] == rows_pos[r - 1] and slope[r] == slope[r - 1] and \
+                    rows_h[r] % mne2 == rows_h[r - 1] % mne2:
+                mrix[r] = mrix[r - 1]
+                continue
+            mrix[r] = r
+            mrow = (ma + rows_pos[r] * mnb1 + (rows_h[r] % mne2) * mnb2 + (iq3 % mne3) * mnb3)
+            sl = slope[r]
+            cnt = 0
+            if mt == F16:
+                m16 = u16_array(mrow, j0 + nk)
+                for jj in range(nk):
+                    x = f16_to_f32(m16[j0 + jj]) * sl
+                    mv[r * KB + jj] = x
+                    vis = 1 if x != NEG_INF else 0
+                    cv[jj] |= vis
+                    cnt += vis
+            else:
+                m32 = f32_array(mrow, j0 + nk)
+                for jj in range(nk):
+                    x = m32[j0 + jj] * sl
+                    mv[r * KB + jj] = x
+                    vis = 1 if x != NEG_INF else 0
+                    cv[jj] |= vis
+                    cnt += vis
+            n_vis_blk += cnt
+        if n_vis_blk == 0:
+            j0 += nk
+            continue
+        # scores, KG keys at a time (each K row converted at most once for the whole tile)
+        for g0 in range(0, nk, KG):
+            gn = min(KG, nk - g0)
+            n_vis = 0
+            for u in range(gn):
+                if cv[g0 + u] != 0:
+                    n_vis += 1
+            if n_vis == 0:
                 for r in range(R):
-                    if int_dots:
-                        if small_k:     # 4/5-bit K: unsigned codes against q, + kc·(q sums)
-                            s4 = dot_u8_1x4(ki8_addr, qi8_addr + r * dk, kd_addr,
-                                             qd_addr + r * nbk * 4, kc_addr,
-                                             qs_addr + r * nbk * 4, nbk)
-                        else:
-                            s4 = dot_q8_1x4(ki8_addr, qi8_addr + r * dk, kd_addr,
-                                             qd_addr + r * nbk * 4, nbk)
-                    elif r % 2 == 0 and r + 1 < R:
-                        s8 = dot_2x4(qf, r * dk, (r + 1) * dk, kf, dk)
-                        s4 = (s8[0], s8[1], s8[2], s8[3])
-                        s4b = (s8[4], s8[5], s8[6], s8[7])
-                    elif r % 2 == 1:
-                        s4 = s4b
-                    else:
-                        s4 = dot_1x4(qf, r * dk, kf, dk)
-                    _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s4[0], s4[1], s4[2],
-                                 s4[3], scale, softcap)
-            # per row: block max, rescale, probabilities
-            for r in range(R):
-                bm = NEG_INF
-                for jj in range(nk):
-                    if sc[r * KB + jj] > bm:
-                        bm = sc[r * KB + jj]
-                if bm == NEG_INF:
-                    for jj in range(nk):
-                        sc[r * KB + jj] = _F0
-                    continue
-                mo = Mr[r]
-                if bm > mo:
-                    f = np.float32(math.exp(mo - bm)) if mo != NEG_INF else _F0
-                    scale_acc(acc, r * dv, f, dv)
-                    Sr[r] *= f
-                    Mr[r] = bm
-                mr = Mr[r]
-                ssum = _F0
-                for jj in range(nk):
-                    p = vexp(sc[r * KB + jj] - mr)
-                    sc[r * KB + jj] = p
-                    ssum += p
-                Sr[r] += ssum
-            # V accumulation, KG keys at a time; a key no row of the tile sees is never read, and
-            # a row only touches the V rows of its visible keys (p != 0: masked cache slots may
-            # hold junk, and 0 * junk could be NaN)
-            for g0 in range(0, nk, KG):
-                gn = min(KG, nk - g0)
-                n_vis = 0
-                for u in range(gn):
-                    if cv[g0 + u] != 0:
-                        n_vis += 1
-                if n_vis == 0:
-                    continue
-                if v_direct:
-                    v0, v1, v2, v3 = _group_rows(vbase, j0 + g0, gn, vnb1)
-                else:
                     for u in range(gn):
-                        if cv[g0 + u] != 0:
-                            row_to_f32(VT, vbase + (j0 + g0 + u) * vnb1, vf[u * dv:], dv)
-                    v0 = vf_addr
-                    v1 = vf_addr + dv * 4
-                    v2 = vf_addr + 2 * dv * 4
-                    v3 = vf_addr + 3 * dv * 4
+                        sc[r * KB + g0 + u] = NEG_INF
+                continue
+            if k_direct:    # rows read in place; keys nobody sees are read too, then masked
+                k0, k1, k2, k3 = _group_rows(kbase, j0 + g0, gn, knb1)
+            else:
+                for u in range(KG):
+                    if u < gn and cv[g0 + u] != 0:
+                        kaddr = kbase + (j0 + g0 + u) * knb1
+                        if int_dots:
+                            row_to_i8(kt, kaddr, ki8[u * dk:], kd[u * nbk:], kc[u * nbk:], dk)
+                        else:
+                            row_to_f32(kt, kaddr, kf[u * dk:], dk)
+                    elif not int_dots:
+                        for i in range(dk):
+                            kf[u * dk + i] = _F0
+                k0 = kf_addr
+                k1 = kf_addr + dk * 4
+                k2 = kf_addr + 2 * dk * 4
+                k3 = kf_addr + 3 * dk * 4
+            if k_simd or k_i8:
                 for r0 in range(0, R, 4):
                     nr = min(4, R - r0)
-                    if v_simd and nr == 4 and gn == KG:
-                        full = True
-                        for rr in range(4):
-                            o = (r0 + rr) * KB + g0
-                            if scp[o] == _F0 or scp[o + 1] == _F0 or scp[o + 2] == _F0 or \
-                                    scp[o + 3] == _F0:
-                                full = False
+                    if k_i8:
+                        if nr == 4:
+                            simd.qk_4x4_q4_0_i8(nbk, qi8_addr + r0 * dk, dk, qx_addr + r0 * nbk * 64,
+                                                k0, k1, k2, k3, s16_addr)
+                        else:
+                            for rr in range(nr):
+                                simd.qk_1x4_q4_0_i8(nbk, qi8_addr + (r0 + rr) * dk, 0,
+                                                    qx_addr + (r0 + rr) * nbk * 64,
+                                                    k0, k1, k2, k3, s16_addr + rr * 16)
+                    elif nr == 4:
+                        qk4(kq, dk, qf_addr + r0 * dk * 4, dk * 4, k0, k1, k2, k3, s16_addr, kpf)
+                    else:
+                        for rr in range(nr):
+                            qk1(kq, dk, qf_addr + (r0 + rr) * dk * 4, k0, k1, k2, k3,
+                                 s16_addr + rr * 16, kpf)
+                    for rr in range(nr):
+                        r = r0 + rr
+                        _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s16[rr * 4],
+                                     s16[rr * 4 + 1], s16[rr * 4 + 2], s16[rr * 4 + 3],
+                                     scale, softcap)
+                continue
+            for r in range(R):
+                if int_dots:
+                    if small_k:     # 4/5-bit K: unsigned codes against q, + kc·(q sums)
+                        s4 = dot_u8_1x4(ki8_addr, qi8_addr + r * dk, kd_addr,
+                                         qd_addr + r * nbk * 4, kc_addr,
+                                         qs_addr + r * nbk * 4, nbk)
+                    else:
+                        s4 = dot_q8_1x4(ki8_addr, qi8_addr + r * dk, kd_addr,
+                                         qd_addr + r * nbk * 4, nbk)
+                elif r % 2 == 0 and r + 1 < R:
+                    s8 = dot_2x4(qf, r * dk, (r + 1) * dk, kf, dk)
+                    s4 = (s8[0], s8[1], s8[2], s8[3])
+                    s4b = (s8[4], s8[5], s8[6], s8[7])
+                elif r % 2 == 1:
+                    s4 = s4b
+                else:
+                    s4 = dot_1x4(qf, r * dk, kf, dk)
+                _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s4[0], s4[1], s4[2],
+                             s4[3], scale, softcap)
+        # per row: block max, rescale, probabilities
+        for r in range(R):
+            bm = NEG_INF
+            for jj in range(nk):
+                if sc[r * KB + jj] > bm:
+                    bm = sc[r * KB + jj]
+            if bm == NEG_INF:
+                for jj in range(nk):
+                    sc[r * KB + jj] = _F0
+                continue
+            mo = Mr[r]
+            if bm > mo:
+                f = np.float32(math.exp(mo - bm)) if mo != NEG_INF else _F0
+                scale_acc(acc, r * dv, f, dv)
+                Sr[r] *= f
+                Mr[r] = bm
+            mr = Mr[r]
+            ssum = _F0
+            for jj in range(nk):
+                p = vexp(sc[r * KB + jj] - mr)
+                sc[r * KB + jj] = p
+                ssum += p
+            Sr[r] += ssum
+        # V accumulation, KG keys at a time; a key no row of the tile sees is never read, and
+        # a row only touches the V rows of its visible keys (p != 0: masked cache slots may
+        # hold junk, and 0 * junk could be NaN)
+        for g0 in range(0, nk, KG):
+            gn = min(KG, nk - g0)
+            n_vis = 0
+            for u in range(gn):
+                if cv[g0 + u] != 0:
+                    n_vis += 1
+            if n_vis == 0:
+                continue
+            if v_direct:
+                v0, v1, v2, v3 = _group_rows(vbase, j0 + g0, gn, vnb1)
+            else:
+                for u in range(gn):
+                    if cv[g0 + u] != 0:
+                        row_to_f32(vt, vbase + (j0 + g0 + u) * vnb1, vf[u * dv:], dv)
+                v0 = vf_addr
+                v1 = vf_addr + dv * 4
+                v2 = vf_addr + 2 * dv * 4
+                v3 = vf_addr + 3 * dv * 4
+            for r0 in range(0, R, 4):
+                nr = min(4, R - r0)
+                if v_simd and nr == 4 and gn == KG:
+                    full = True
+                    for rr in range(4):
+                        o = (r0 + rr) * KB + g0
+                        if scp[o] == _F0 or scp[o + 1] == _F0 or scp[o + 2] == _F0 or \
+                                scp[o + 3] == _F0:
+                            full = False
+                    if full:
+                        pv4(vq, dv, acc_addr + r0 * dv * 4, dv * 4, sc_addr + (r0 * KB + g0) * 4,
+                             KB * 4, v0, v1, v2, v3, vpf)
+                        continue
+                for r in range(r0, r0 + nr):
+                    o = r * KB + g0
+                    full = gn == KG and scp[o] != _F0 and scp[o + 1] != _F0 and \
+                        scp[o + 2] != _F0 and scp[o + 3] != _F0
+                    if v_simd:
                         if full:
-                            pv4(VT, v_direct, dv, acc_addr + r0 * dv * 4, dv * 4, sc_addr + (r0 * KB + g0) * 4,
-                                 KB * 4, v0, v1, v2, v3, vpf)
-                            continue
-                    for r in range(r0, r0 + nr):
-                        o = r * KB + g0
-                        full = gn == KG and scp[o] != _F0 and scp[o + 1] != _F0 and \
-                            scp[o + 2] != _F0 and scp[o + 3] != _F0
-                        if v_simd:
-                            if full:
-                                pv1x4(VT, v_direct, dv, acc_addr + r * dv * 4, sc_addr + o * 4, v0, v1, v2, v3, vpf)
-                            else:
-                                for u in range(gn):
-                                    if scp[o + u] != _F0:
-                                        vu = v0 if u == 0 else (v1 if u == 1 else (v2 if u == 2 else v3))
-                                        pv1(VT, v_direct, dv, acc_addr + r * dv * 4, sc_addr + (o + u) * 4, vu, vpf)
-                        elif full:
-                            axpy4(acc, r * dv, scp[o], scp[o + 1], scp[o + 2], scp[o + 3], vf, dv)
+                            pv1x4(vq, dv, acc_addr + r * dv * 4, sc_addr + o * 4, v0, v1, v2, v3, vpf)
                         else:
                             for u in range(gn):
-                                p = scp[o + u]
-                                if p != _F0:
-                                    axpy(acc, r * dv, p, vf[u * dv:], dv)
-            j0 += nk
-    return _jit(tile_keys_t)
-
-
-_tk_made: dict = {}
-
-
-def tile_keys(kt, vt, R, rows_pos, rows_h, iq3, dk, dv, ka, knb1, knb2, knb3, va, vnb1, vnb2,
-              vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin,
-              j_end, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf,
-              sc, mv, acc, Mr, Sr, slope, mrix, cv):
-    """Online softmax of the tile's R rows over keys [j_begin, j_end) of one segment, K rows
-    of type kt, V rows of type vt: compile-time constants (numba only)."""
-    raise NotImplementedError("numba only")
-
-
-@overload(tile_keys, prefer_literal=True)
-def _ol_tile_keys(kt, vt, R, rows_pos, rows_h, iq3, dk, dv, ka, knb1, knb2, knb3, va, vnb1, vnb2,
-                  vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin,
-                  j_end, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf,
-                  sc, mv, acc, Mr, Sr, slope, mrix, cv):
-    if not (isinstance(kt, types.IntegerLiteral) and isinstance(vt, types.IntegerLiteral)):
-        return None
-    key = (kt.literal_value, vt.literal_value)
-    if key[0] < 0 or key[1] < 0:            # the absent second segment: never runs
-        def none(kt, vt, R, rows_pos, rows_h, iq3, dk, dv, ka, knb1, knb2, knb3, va, vnb1, vnb2,
-                 vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin,
-                 j_end, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf,
-                 sc, mv, acc, Mr, Sr, slope, mrix, cv):
-            return None
-        return none
-    if key not in _tk_made:
-        _tk_made[key] = _tile_keys_for(*key)
-    fn = _tk_made[key]
-
-    def impl(kt, vt, R, rows_pos, rows_h, iq3, dk, dv, ka, knb1, knb2, knb3, va, vnb1, vnb2,
-             vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin,
-             j_end, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf,
-             sc, mv, acc, Mr, Sr, slope, mrix, cv):
-        fn(R, rows_pos, rows_h, iq3, dk, dv, ka, knb1, knb2, knb3, va, vnb1, vnb2, vnb3, ik2,
-           ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin, j_end, scale,
-           softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf, sc, mv, acc, Mr,
-           Sr, slope, mrix, cv)
-    return impl
+                                if scp[o + u] != _F0:
+                                    vu = v0 if u == 0 else (v1 if u == 1 else (v2 if u == 2 else v3))
+                                    pv1(vq, dv, acc_addr + r * dv * 4, sc_addr + (o + u) * 4, vu, vpf)
+                    elif full:
+                        axpy4(acc, r * dv, scp[o], scp[o + 1], scp[o + 2], scp[o + 3], vf, dv)
+                    else:
+                        for u in range(gn):
+                            p = scp[o + u]
+                            if p != _F0:
+                                axpy(acc, r * dv, p, vf[u * dv:], dv)
+        j0 += nk
 
 
 @_jit
@@ -635,9 +589,7 @@ def _state_check(sa, snb1, snb2, rows, ne3):
 
 
 @_jit
-def fa_body(desc, ith, nth, ws, K0, V0, K1, V1):
-    """ws: with_state; K0/V0 (K1/V1): the K and V types of the first (second) segment,
-    constants of the kernel (-1: no such segment)."""
+def fa_body(desc, ith, nth, ws):
     nt = desc[H_NTASKS]
     if nt <= 0 or nt > nth:
         nt = nth
@@ -684,11 +636,6 @@ def fa_body(desc, ith, nth, ws, K0, V0, K1, V1):
     for s in range(nseg):
         if H // t_ne(desc, seg_k[s], 2) != rk or H // t_ne(desc, seg_v[s], 2) != rk:
             rk = 1
-        if t_type(desc, seg_k[s]) != (K0 if s == 0 else K1) or \
-                t_type(desc, seg_v[s]) != (V0 if s == 0 else V1):
-            if ith == 0:                # the node's types are not this kernel's
-                set_error(desc, ERR_TYPE)
-            return
     hb, pb, nhb, npb = tiling(H, N, rk)
     n_groups = H // rk
     n_tiles = ne3 * n_groups * nhb * npb
@@ -818,23 +765,14 @@ def fa_body(desc, ith, nth, ws, K0, V0, K1, V1):
             iv2 = h_first // (H // t_ne(desc, vs, 2))
             iv3 = iq3 // (ne3 // t_ne(desc, vs, 3))
             ma = t_addr(desc, ms)
-            # the segment's K/V types are the kernel's constants (one compiled tile_keys each)
-            if s == 0:
-                tile_keys(K0, V0, R, rows_pos, rows_h, iq3, dk, dv, t_addr(desc, ks), t_nb(desc, ks, 1),
-                          t_nb(desc, ks, 2), t_nb(desc, ks, 3), t_addr(desc, vs), t_nb(desc, vs, 1),
-                          t_nb(desc, vs, 2), t_nb(desc, vs, 3), ik2, ik3, iv2, iv3,
-                          t_type(desc, ms), ma, t_nb(desc, ms, 1), t_nb(desc, ms, 2),
-                          t_nb(desc, ms, 3), max(1, t_ne(desc, ms, 2)), max(1, t_ne(desc, ms, 3)),
-                          a, b, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc,
-                          vf, sc, mv, acc, Mr, Sr, slope, mrix, cv)
-            else:
-                tile_keys(K1, V1, R, rows_pos, rows_h, iq3, dk, dv, t_addr(desc, ks), t_nb(desc, ks, 1),
-                          t_nb(desc, ks, 2), t_nb(desc, ks, 3), t_addr(desc, vs), t_nb(desc, vs, 1),
-                          t_nb(desc, vs, 2), t_nb(desc, vs, 3), ik2, ik3, iv2, iv3,
-                          t_type(desc, ms), ma, t_nb(desc, ms, 1), t_nb(desc, ms, 2),
-                          t_nb(desc, ms, 3), max(1, t_ne(desc, ms, 2)), max(1, t_ne(desc, ms, 3)),
-                          a, b, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc,
-                          vf, sc, mv, acc, Mr, Sr, slope, mrix, cv)
+            _tile_keys(R, rows_pos, rows_h, iq3, dk, dv,
+                       kt, t_addr(desc, ks), t_nb(desc, ks, 1), t_nb(desc, ks, 2), t_nb(desc, ks, 3),
+                       t_type(desc, vs), t_addr(desc, vs), t_nb(desc, vs, 1), t_nb(desc, vs, 2),
+                       t_nb(desc, vs, 3), ik2, ik3, iv2, iv3,
+                       t_type(desc, ms), ma, t_nb(desc, ms, 1), t_nb(desc, ms, 2),
+                       t_nb(desc, ms, 3), max(1, t_ne(desc, ms, 2)), max(1, t_ne(desc, ms, 3)),
+                       a, b, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc,
+                       vf, sc, mv, acc, Mr, Sr, slope, mrix, cv)
         if split:
             for r in range(R):
                 grow = (iq3 * H + rows_h[r]) * N + rows_pos[r]
@@ -894,26 +832,11 @@ def _supports(node) -> bool:
     return True
 
 
-def _spec(node) -> tuple:
-    """The kernel's constants: K and V types of each segment, in the kernel's order (-1:
-    no second segment)."""
-    sl = _segment_slots(node)
-    out = [int(node.src[i].type) for i in sl] + [-1] * (4 - len(sl))
-    return tuple(out)
+@kernel("FLASH_ATTN_EXT", supports=_supports, work_size=work_size)
+def flash_attn_ext_kernel(desc, ith, nth):
+    fa_body(desc, ith, nth, 0)
 
 
-_F16_, _Q8_, _Q4_ = int(GGMLType.F16), int(GGMLType.Q8_0), int(GGMLType.Q4_0)
-# `pyggml warmup --all`: whole caches of one type; with_state: F16 hot over each cold type
-_COMMON = [(t, t, -1, -1) for t in (_F16_, _Q8_, _Q4_)]
-_COMMON_WS = [(_F16_, _F16_, t, t) for t in (_F16_, _Q8_, _Q4_)] + _COMMON
-
-
-@kernel("FLASH_ATTN_EXT", supports=_supports, work_size=work_size, spec=_spec, common=_COMMON)
-def flash_attn_ext_kernel(desc, ith, nth, K0, V0, K1, V1):
-    fa_body(desc, ith, nth, 0, K0, V0, K1, V1)
-
-
-@kernel("FLASH_ATTN_EXT_WITH_STATE", supports=_supports, work_size=work_size, spec=_spec,
-        common=_COMMON_WS)
-def flash_attn_ext_with_state_kernel(desc, ith, nth, K0, V0, K1, V1):
-    fa_body(desc, ith, nth, 1, K0, V0, K1, V1)
+@kernel("FLASH_ATTN_EXT_WITH_STATE", supports=_supports, work_size=work_size)
+def flash_attn_ext_with_state_kernel(desc, ith, nth):
+    fa_body(desc, ith, nth, 1)

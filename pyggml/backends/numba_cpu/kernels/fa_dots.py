@@ -334,10 +334,8 @@ def scale_acc(acc, ao, f, n):
 
 # --- SIMD products (kernels/simd.py) over a group of 4 keys --------------------------------------
 # qk: 4 (or 1) q rows against 4 K rows; pv: 4 (or 1) accumulator rows += p · 4 V rows. Rows
-# of the types simd reads (F32/F16/BF16/Q8_0/Q4_0) are read where they lie when `direct`,
-# others from their F32 conversion (kf/vf). `t` is a constant of the caller (attention.py's
-# tile_keys is made per K/V type): the chains below are pruned when the caller compiles, so
-# only t's micro-kernel and the F32 one are compiled.
+# of the types simd reads (F32/F16/BF16/Q8_0/Q4_0) are read where they lie, others from
+# their F32 conversion (kf/vf). The type argument picks the variant.
 
 @_jit_inline
 def reads_in_place(t, n):
@@ -348,70 +346,70 @@ def reads_in_place(t, n):
 
 
 @_jit_inline
-def qk4(t, direct, n, q, qstride, k0, k1, k2, k3, out, pf):
-    if direct and t == F16:
+def qk4(t, n, q, qstride, k0, k1, k2, k3, out, pf):
+    if t == F16:
         simd.qk_4x4_f16(n, q, qstride, k0, k1, k2, k3, out, pf)
-    elif direct and t == Q4_0:
+    elif t == Q4_0:
         simd.qk_4x4_q4_0(n, q, qstride, k0, k1, k2, k3, out, pf)
-    elif direct and t == Q8_0:
+    elif t == Q8_0:
         simd.qk_4x4_q8_0(n, q, qstride, k0, k1, k2, k3, out, pf)
-    elif direct and t == BF16:
+    elif t == BF16:
         simd.qk_4x4_bf16(n, q, qstride, k0, k1, k2, k3, out, pf)
     else:
         simd.qk_4x4_f32(n, q, qstride, k0, k1, k2, k3, out, pf)
 
 
 @_jit_inline
-def qk1(t, direct, n, q, k0, k1, k2, k3, out, pf):
-    if direct and t == F16:
+def qk1(t, n, q, k0, k1, k2, k3, out, pf):
+    if t == F16:
         simd.qk_1x4_f16(n, q, 0, k0, k1, k2, k3, out, pf)
-    elif direct and t == Q4_0:
+    elif t == Q4_0:
         simd.qk_1x4_q4_0(n, q, 0, k0, k1, k2, k3, out, pf)
-    elif direct and t == Q8_0:
+    elif t == Q8_0:
         simd.qk_1x4_q8_0(n, q, 0, k0, k1, k2, k3, out, pf)
-    elif direct and t == BF16:
+    elif t == BF16:
         simd.qk_1x4_bf16(n, q, 0, k0, k1, k2, k3, out, pf)
     else:
         simd.qk_1x4_f32(n, q, 0, k0, k1, k2, k3, out, pf)
 
 
 @_jit_inline
-def pv4(t, direct, n, acc, astride, p, pstride, v0, v1, v2, v3, pf):
-    if direct and t == F16:
+def pv4(t, n, acc, astride, p, pstride, v0, v1, v2, v3, pf):
+    if t == F16:
         simd.pv_4x4_f16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
-    elif direct and t == Q4_0:
+    elif t == Q4_0:
         simd.pv_4x4_q4_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
-    elif direct and t == Q8_0:
+    elif t == Q8_0:
         simd.pv_4x4_q8_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
-    elif direct and t == BF16:
+    elif t == BF16:
         simd.pv_4x4_bf16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
     else:
         simd.pv_4x4_f32(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
 
 
 @_jit_inline
-def pv1x4(t, direct, n, acc, p, v0, v1, v2, v3, pf):
-    if direct and t == F16:
+def pv1x4(t, n, acc, p, v0, v1, v2, v3, pf):
+    if t == F16:
         simd.pv_1x4_f16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
-    elif direct and t == Q4_0:
+    elif t == Q4_0:
         simd.pv_1x4_q4_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
-    elif direct and t == Q8_0:
+    elif t == Q8_0:
         simd.pv_1x4_q8_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
-    elif direct and t == BF16:
+    elif t == BF16:
         simd.pv_1x4_bf16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
     else:
         simd.pv_1x4_f32(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
 
 
 @_jit_inline
-def pv1(t, direct, n, acc, p, v0, pf):
-    if direct and t == F16:
+def pv1(t, n, acc, p, v0, pf):
+    if t == F16:
         simd.pv_1x1_f16(n, acc, 0, p, 0, pf, v0)
-    elif direct and t == Q4_0:
+    elif t == Q4_0:
         simd.pv_1x1_q4_0(n, acc, 0, p, 0, pf, v0)
-    elif direct and t == Q8_0:
+    elif t == Q8_0:
         simd.pv_1x1_q8_0(n, acc, 0, p, 0, pf, v0)
-    elif direct and t == BF16:
+    elif t == BF16:
         simd.pv_1x1_bf16(n, acc, 0, p, 0, pf, v0)
     else:
         simd.pv_1x1_f32(n, acc, 0, p, 0, pf, v0)

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from ....quants import nb as qnb
 from ....types import GGMLType
@@ -160,135 +160,94 @@ def _ld32(addr):
     return np.int64(u16_array(addr, 2)[0]) | (np.int64(u16_array(addr, 2)[1]) << 16)
 
 
-def _row_to_f32_for(T):
-    """row_to_f32 for the type constant T (its if-chain pruned when this compiles)."""
-    def row_to_f32_t(addr, out, n):
-        """One K/V row of type t at addr -> out[:n] (float32). 0, or ERR_UNSUPPORTED."""
-        oa = out.ctypes.data
-        nbk = n // QK
-        if T == F16:
-            h = u16_array(addr, n)
-            for i in range(n):
-                out[i] = f16_to_f32(h[i])
-        elif T == F32:
-            x = f32_array(addr, n)
-            for i in range(n):
-                out[i] = x[i]
-        elif T == Q4_0:
-            for ib in range(nbk):
-                o = addr + ib * 18
-                _q4_block_f32(o + 2, oa + ib * QK * 4, f16_to_f32(_ld16(o)), _F0, 8)
-        elif T == Q8_0:
-            for ib in range(nbk):
-                o = addr + ib * 34
-                _q8_block_f32(o + 2, oa + ib * QK * 4, f16_to_f32(_ld16(o)))
-        elif T == Q4_1:
-            for ib in range(nbk):
-                o = addr + ib * 20
-                _q4_block_f32(o + 4, oa + ib * QK * 4, f16_to_f32(_ld16(o)), f16_to_f32(_ld16(o + 2)), 0)
-        elif T == Q5_0:
-            for ib in range(nbk):
-                o = addr + ib * 22
-                _q5_block_f32(o + 6, _ld32(o + 2), oa + ib * QK * 4, f16_to_f32(_ld16(o)), _F0, 16)
-        elif T == Q5_1:
-            for ib in range(nbk):
-                o = addr + ib * 24
-                _q5_block_f32(o + 8, _ld32(o + 4), oa + ib * QK * 4, f16_to_f32(_ld16(o)),
-                              f16_to_f32(_ld16(o + 2)), 0)
-        elif T == BF16:
-            h = u16_array(addr, n)
-            for i in range(n):
-                out[i] = qnb.bf16_to_f32(h[i])
-        else:
-            return ERR_UNSUPPORTED
-        return 0
-    return _jit(row_to_f32_t)
-
-
-def _row_to_i8_for(T):
-    """row_to_i8 for the type constant T (its if-chain pruned when this compiles)."""
-    def row_to_i8_t(addr, qv, kd, kc, n):
-        """A quantized K row for integer dots -> its block scales kd and 8-bit values qv[:n]:
-        Q8_0 signed; the 4/5-bit types as their unsigned codes (0..15 / 0..31), with
-        kc = m - offset·d per block (Q4_0: -8d, Q5_0: -16d, Q4_1/Q5_1: their min m), so that
-        the K·q dot is sum over blocks of d·qd·(codes·q) + kc·(qd·sum q)."""
-        qa = qv.ctypes.data
-        nbk = n // QK
-        if T == Q4_0:
-            for ib in range(nbk):
-                o = addr + ib * 18
-                d = f16_to_f32(_ld16(o))
-                kd[ib] = d
-                kc[ib] = np.float32(-8.0) * d
-                _q4_block_i8(o + 2, qa + ib * QK, 0)
-        elif T == Q8_0:
-            for ib in range(nbk):
-                o = addr + ib * 34
-                kd[ib] = f16_to_f32(_ld16(o))
-                kc[ib] = _F0
-                src = i8_array(o + 2, QK)
-                for j in range(QK):
-                    qv[ib * QK + j] = src[j]
-        elif T == Q4_1:
-            for ib in range(nbk):
-                o = addr + ib * 20
-                kd[ib] = f16_to_f32(_ld16(o))
-                kc[ib] = f16_to_f32(_ld16(o + 2))
-                _q4_block_i8(o + 4, qa + ib * QK, 0)
-        elif T == Q5_0:
-            for ib in range(nbk):
-                o = addr + ib * 22
-                d = f16_to_f32(_ld16(o))
-                kd[ib] = d
-                kc[ib] = np.float32(-16.0) * d
-                _q5_block_i8(o + 6, _ld32(o + 2), qa + ib * QK, 0)
-        elif T == Q5_1:
-            for ib in range(nbk):
-                o = addr + ib * 24
-                kd[ib] = f16_to_f32(_ld16(o))
-                kc[ib] = f16_to_f32(_ld16(o + 2))
-                _q5_block_i8(o + 8, _ld32(o + 4), qa + ib * QK, 0)
-        else:
-            return ERR_UNSUPPORTED
-        return 0
-    return _jit(row_to_i8_t)
-
-
-_made: dict = {}
-
-
-def _for(factory, t):
-    key = (factory, t)
-    if key not in _made:
-        _made[key] = factory(t)
-    return _made[key]
-
-
+@_jit
 def row_to_f32(t, addr, out, n):
-    """One K/V row of type t at addr -> out[:n] (float32). 0, or ERR_UNSUPPORTED. t must be
-    a compile-time constant: only its decoder compiles (numba only)."""
-    raise NotImplementedError("numba only")
+    """One K/V row of type t at addr -> out[:n] (float32). 0, or ERR_UNSUPPORTED."""
+    oa = out.ctypes.data
+    nbk = n // QK
+    if t == F16:
+        h = u16_array(addr, n)
+        for i in range(n):
+            out[i] = f16_to_f32(h[i])
+    elif t == F32:
+        x = f32_array(addr, n)
+        for i in range(n):
+            out[i] = x[i]
+    elif t == Q4_0:
+        for ib in range(nbk):
+            o = addr + ib * 18
+            _q4_block_f32(o + 2, oa + ib * QK * 4, f16_to_f32(_ld16(o)), _F0, 8)
+    elif t == Q8_0:
+        for ib in range(nbk):
+            o = addr + ib * 34
+            _q8_block_f32(o + 2, oa + ib * QK * 4, f16_to_f32(_ld16(o)))
+    elif t == Q4_1:
+        for ib in range(nbk):
+            o = addr + ib * 20
+            _q4_block_f32(o + 4, oa + ib * QK * 4, f16_to_f32(_ld16(o)), f16_to_f32(_ld16(o + 2)), 0)
+    elif t == Q5_0:
+        for ib in range(nbk):
+            o = addr + ib * 22
+            _q5_block_f32(o + 6, _ld32(o + 2), oa + ib * QK * 4, f16_to_f32(_ld16(o)), _F0, 16)
+    elif t == Q5_1:
+        for ib in range(nbk):
+            o = addr + ib * 24
+            _q5_block_f32(o + 8, _ld32(o + 4), oa + ib * QK * 4, f16_to_f32(_ld16(o)),
+                          f16_to_f32(_ld16(o + 2)), 0)
+    elif t == BF16:
+        h = u16_array(addr, n)
+        for i in range(n):
+            out[i] = qnb.bf16_to_f32(h[i])
+    else:
+        return ERR_UNSUPPORTED
+    return 0
 
 
+@_jit
 def row_to_i8(t, addr, qv, kd, kc, n):
-    """A quantized K row for integer dots (see _row_to_i8_for); t a compile-time constant."""
-    raise NotImplementedError("numba only")
-
-
-@overload(row_to_f32, prefer_literal=True)
-def _ol_row_to_f32(t, addr, out, n):
-    if isinstance(t, types.IntegerLiteral):
-        fn = _for(_row_to_f32_for, t.literal_value)
-        return lambda t, addr, out, n: fn(addr, out, n)
-    return None
-
-
-@overload(row_to_i8, prefer_literal=True)
-def _ol_row_to_i8(t, addr, qv, kd, kc, n):
-    if isinstance(t, types.IntegerLiteral):
-        fn = _for(_row_to_i8_for, t.literal_value)
-        return lambda t, addr, qv, kd, kc, n: fn(addr, qv, kd, kc, n)
-    return None
+    """A quantized K row for integer dots -> its block scales kd and 8-bit values qv[:n]:
+    Q8_0 signed; the 4/5-bit types as their unsigned codes (0..15 / 0..31), with
+    kc = m - offset·d per block (Q4_0: -8d, Q5_0: -16d, Q4_1/Q5_1: their min m), so that
+    the K·q dot is sum over blocks of d·qd·(codes·q) + kc·(qd·sum q)."""
+    qa = qv.ctypes.data
+    nbk = n // QK
+    if t == Q4_0:
+        for ib in range(nbk):
+            o = addr + ib * 18
+            d = f16_to_f32(_ld16(o))
+            kd[ib] = d
+            kc[ib] = np.float32(-8.0) * d
+            _q4_block_i8(o + 2, qa + ib * QK, 0)
+    elif t == Q8_0:
+        for ib in range(nbk):
+            o = addr + ib * 34
+            kd[ib] = f16_to_f32(_ld16(o))
+            kc[ib] = _F0
+            src = i8_array(o + 2, QK)
+            for j in range(QK):
+                qv[ib * QK + j] = src[j]
+    elif t == Q4_1:
+        for ib in range(nbk):
+            o = addr + ib * 20
+            kd[ib] = f16_to_f32(_ld16(o))
+            kc[ib] = f16_to_f32(_ld16(o + 2))
+            _q4_block_i8(o + 4, qa + ib * QK, 0)
+    elif t == Q5_0:
+        for ib in range(nbk):
+            o = addr + ib * 22
+            d = f16_to_f32(_ld16(o))
+            kd[ib] = d
+            kc[ib] = np.float32(-16.0) * d
+            _q5_block_i8(o + 6, _ld32(o + 2), qa + ib * QK, 0)
+    elif t == Q5_1:
+        for ib in range(nbk):
+            o = addr + ib * 24
+            kd[ib] = f16_to_f32(_ld16(o))
+            kc[ib] = f16_to_f32(_ld16(o + 2))
+            _q5_block_i8(o + 8, _ld32(o + 4), qa + ib * QK, 0)
+    else:
+        return ERR_UNSUPPORTED
+    return 0
 
 
 @_jit

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from ....quants import nb as qnb
 from ....types import TRAITS, GGMLType
@@ -77,7 +75,6 @@ from . import kernel, simd
 from . import kq_dots as kq
 from . import mxfp4_dot as mx
 from .copy import load_f32
-from .typed import dequantize_row_t
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
@@ -222,7 +219,7 @@ def row_to_f32(t, src, n, dst):
 def dequant_blocks(t, src, n, dst):
     """n values (whole blocks) of quantized type t at src -> float32 at dst."""
     rs = (n // BLCK_SIZE[t]) * TYPE_SIZE[t]
-    dequantize_row_t(t, u8_array(src, rs), f32_array(dst, n), n)
+    qnb.dequantize_row(t, u8_array(src, rs), f32_array(dst, n), n)
 
 
 @_jit
@@ -274,7 +271,7 @@ def prep_act(wt, bt, k, src, dst, tmp):
 
 
 @_jit
-def _rows_dot_any(wt, k, x, xstride, nrows, y, out):
+def rows_dot(wt, k, x, xstride, nrows, y, out):
     """out[r] = dot(weight row r (type wt, k values, at x + r * xstride), prepared row y)."""
     if wt == F32:
         simd.dot_f32(nrows, k, x, xstride, y, out)
@@ -308,39 +305,6 @@ def _rows_dot_any(wt, k, x, xstride, nrows, y, out):
         simd.dot_q5_1(nrows, nb, x, xstride, y, yd, ys, out)
 
 
-_SIMD_DOT = {F32: simd.dot_f32, F16: simd.dot_f16, BF16: simd.dot_bf16}
-_Q8_DOT = {Q4_0: simd.dot_q4_0, Q8_0: simd.dot_q8_0, Q4_1: simd.dot_q4_1, Q5_0: simd.dot_q5_0,
-           IQ4_NL: simd.dot_iq4_nl, Q5_1: simd.dot_q5_1}
-
-
-def rows_dot(wt, k, x, xstride, nrows, y, out):
-    """out[r] = dot(weight row r (type wt, k values, at x + r * xstride), prepared row y)
-    (numba only). A constant wt (the MUL_MAT template's) compiles that type's dot alone."""
-    raise NotImplementedError("numba only")
-
-
-@overload(rows_dot, prefer_literal=True)
-def _ol_rows_dot(wt, k, x, xstride, nrows, y, out):
-    lit = wt.literal_value if isinstance(wt, types.IntegerLiteral) else None
-    if lit in _SIMD_DOT:
-        fn = _SIMD_DOT[lit]
-        return lambda wt, k, x, xstride, nrows, y, out: fn(nrows, k, x, xstride, y, out)
-    if lit is not None and kq.is_kq.py_func(lit):        # the K-quants and IQ4_XS
-        return lambda wt, k, x, xstride, nrows, y, out: kq.dot_rows(wt, k, x, xstride, nrows,
-                                                                     y, out)
-    if lit in _Q8_DOT:
-        fq = _Q8_DOT[lit]
-
-        def impl(wt, k, x, xstride, nrows, y, out):
-            nb = k // QK
-            yd = y + _pad(k)
-            ys = yd + _pad(4 * nb)
-            fq(nrows, nb, x, xstride, y, yd, ys, out)
-        return impl
-    return lambda wt, k, x, xstride, nrows, y, out: _rows_dot_any(wt, k, x, xstride, nrows,
-                                                                    y, out)
-
-
 @_jit
 def types_ok(wt, bt):
     """Weight and activation types this file's dots read (supports() keeps others away)."""
@@ -365,7 +329,7 @@ def row_chunk(m, nth):
 
 
 @_jit
-def _dot_tile(desc, WT, k, r0, r1, c0, c1, prep, arb, region):
+def _dot_tile(desc, wt, k, r0, r1, c0, c1, prep, arb, region):
     """Rows [r0, r1) of a against the columns [c0, c1) of b (prepared at region when prep)."""
     ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
     nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
@@ -382,12 +346,12 @@ def _dot_tile(desc, WT, k, r0, r1, c0, c1, prep, arb, region):
             i13 = c // (ne11 * ne12)
             xa = a + (i12 // r2) * nb02 + (i13 // r3) * nb03
             y = region + (c - c0) * arb if prep else b + i11 * nb11 + i12 * nb12 + i13 * nb13
-            rows_dot(WT, k, xa + rb0 * nb01, nb01, rb1 - rb0, y,
+            rows_dot(wt, k, xa + rb0 * nb01, nb01, rb1 - rb0, y,
                      d + i11 * nb1 + i12 * nb2 + i13 * nb3 + 4 * rb0)
 
 
 @_jit
-def _prep_tile(desc, WT, bt, k, c0, c1, arb, region, tmp):
+def _prep_tile(desc, wt, bt, k, c0, c1, arb, region, tmp):
     ne11, ne12 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2)
     nb11, nb12, nb13 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
     b = t_addr(desc, SRC1)
@@ -395,13 +359,12 @@ def _prep_tile(desc, WT, bt, k, c0, c1, arb, region, tmp):
         i11 = c % ne11
         i12 = (c // ne11) % ne12
         i13 = c // (ne11 * ne12)
-        prep_act(WT, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
+        prep_act(wt, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
                  region + (c - c0) * arb, tmp)
 
 
 @_jit
-def mul_mat_dot(desc, ith, nth, region, WT):
-    """WT: the weight type, a constant of the kernel (rows_dot and prep_act compile for it)."""
+def mul_mat_dot(desc, ith, nth, region):
     wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
     k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
@@ -418,12 +381,12 @@ def mul_mat_dot(desc, ith, nth, region, WT):
         nxt = scratch_addr(desc, DYN_NEXT)
         if atomic_load(nxt) < nchunks:
             if prep:
-                _prep_tile(desc, WT, bt, k, 0, ncols, arb, region, tmp)
+                _prep_tile(desc, wt, bt, k, 0, ncols, arb, region, tmp)
             while True:
                 u = atomic_add(nxt, 1)
                 if u >= nchunks:
                     break
-                _dot_tile(desc, WT, k, u * chunk, min(m, (u + 1) * chunk), 0, ncols,
+                _dot_tile(desc, wt, k, u * chunk, min(m, (u + 1) * chunk), 0, ncols,
                           prep, arb, region)
         # the last thread out resets the counters for the next compute (all grabs are done)
         if atomic_add(scratch_addr(desc, DYN_DONE), 1) == nth - 1:
@@ -441,8 +404,8 @@ def mul_mat_dot(desc, ith, nth, region, WT):
     for c0 in range(j0, j1, CT):
         c1 = min(c0 + CT, j1)
         if prep:
-            _prep_tile(desc, WT, bt, k, c0, c1, arb, region, tmp)
-        _dot_tile(desc, WT, k, ir0, ir1, c0, c1, prep, arb, region)
+            _prep_tile(desc, wt, bt, k, c0, c1, arb, region, tmp)
+        _dot_tile(desc, wt, k, ir0, ir1, c0, c1, prep, arb, region)
 
 
 # --- MUL_MAT: GEMM path ------------------------------------------------------------------------
@@ -596,8 +559,8 @@ def gemm_block_rows(m, nbatch, nth):
 
 
 @_jit
-def mul_mat_gemm(desc, ith, nth, region, WT):
-    """WT: the weight type, a constant of the kernel (pack_a compiles for it)."""
+def mul_mat_gemm(desc, ith, nth, region):
+    wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
     k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
     ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
@@ -636,7 +599,7 @@ def mul_mat_gemm(desc, ith, nth, region, WT):
                 pack_b(bt, bbase + ic * nb11, nb11, mc, pc, kc, bp, tmp)    # once per (ic, pc)
                 for j0 in range(j_lo, j_hi, NC):
                     j1 = min(j0 + NC, j_hi)
-                    pack_a(WT, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp, scr)
+                    pack_a(wt, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp, scr)
                     gemm_block(kc, ap, bp, cbase + ic * nb1 + j0 * 4, nb1, j1 - j0, mc,
                                1 if pc > 0 else 0, tile)
 
@@ -654,14 +617,8 @@ def _work_mul_mat(node, n_threads):
     return mul_mat_work_size(node, n_threads)
 
 
-def _mul_mat_spec(node) -> tuple:
-    return (int(node.src[0].type),)
-
-
-@kernel("MUL_MAT", supports=_supports_mul_mat, work_size=_work_mul_mat, spec=_mul_mat_spec,
-        common=[(int(t),) for t in _WEIGHT_TYPES])
-def mul_mat(desc, ith, nth, WT):
-    """A template per weight type WT: only that type's dots and unpacking compile."""
+@kernel("MUL_MAT", supports=_supports_mul_mat, work_size=_work_mul_mat)
+def mul_mat(desc, ith, nth):
     nth = eff_nth(desc, nth)
     wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
@@ -670,7 +627,7 @@ def mul_mat(desc, ith, nth, WT):
     if t_ne(desc, SRC1, 0) != k or k % BLCK_SIZE[wt] != 0 or t_nb(desc, DST, 0) != 4:
         set_error(desc, ERR_SHAPE)
         return
-    if not types_ok(wt, bt) or wt != WT:
+    if not types_ok(wt, bt):
         set_error(desc, ERR_TYPE)
         return
     ncols = n * t_ne(desc, SRC1, 2) * t_ne(desc, SRC1, 3)
@@ -681,9 +638,9 @@ def mul_mat(desc, ith, nth, WT):
         return
     region = base + ith * per
     if use_gemm(m, n, k):
-        mul_mat_gemm(desc, ith, nth, region, WT)
+        mul_mat_gemm(desc, ith, nth, region)
     else:
-        mul_mat_dot(desc, ith, nth, region, WT)
+        mul_mat_dot(desc, ith, nth, region)
 
 
 # --- MUL_MAT_ID -------------------------------------------------------------------------------

@@ -76,8 +76,11 @@ def _get_rows_spec(node) -> tuple:
     return (int(node.src[0].type),)
 
 
-# a template per source type (only its row decoder compiles); `warmup --all`: these
-_GET_ROWS_COMMON = [(int(t),) for t in sorted(_ROW_CODEC | {GGMLType.I32})]
+# a template per source type (only its row decoder compiles); `warmup --all` compiles the
+# types models keep embeddings and caches in (others compile on first use)
+_COMMON_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
+                 GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
+_GET_ROWS_COMMON = [(int(t),) for t in _COMMON_TYPES + (GGMLType.I32,)]
 
 
 @kernel("GET_ROWS", supports=_supports_get_rows, spec=_get_rows_spec, common=_GET_ROWS_COMMON)
@@ -141,8 +144,7 @@ def _set_rows_spec(node) -> tuple:
     return int(node.type), int(node.src[0].type)
 
 
-_SET_ROWS_COMMON = [(int(d), int(b)) for d in sorted(_ROW_CODEC)
-                    for b in (GGMLType.F32, GGMLType.F16)]
+_SET_ROWS_COMMON = [(int(d), int(GGMLType.F32)) for d in _COMMON_TYPES[:8]]   # KV caches
 
 
 @kernel("SET_ROWS", supports=_supports_set_rows, work_size=_work_set_rows, spec=_set_rows_spec,
