@@ -16,7 +16,8 @@ import os
 import sys
 
 from ..errors import GGMLError
-from .cli_common import Parser, UsageError
+from .cli_common import Parser
+from .cli_common import UsageError
 from .gguf_file import GGUFFile
 from .model_path import resolve_model_path
 from .tokenizer import Tokenizer

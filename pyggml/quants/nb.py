@@ -19,20 +19,18 @@ import numba
 import numpy as np
 
 from ..types import GGMLType
-from .nb_scalar import (  # noqa: F401
-    _bits_f32,
-    _f32_bits,
-    _f32_to_half_bits,
-    _half_bits_to_f32,
-    _load_f16,
-    _roundeven,
-    _roundf,
-    _store_f16,
-    bf16_to_f32,
-    f16_to_f32,
-    f32_to_bf16,
-    f32_to_f16,
-)
+from .nb_scalar import _bits_f32  # noqa: F401
+from .nb_scalar import _f32_bits  # noqa: F401
+from .nb_scalar import _f32_to_half_bits  # noqa: F401
+from .nb_scalar import _half_bits_to_f32  # noqa: F401
+from .nb_scalar import _load_f16  # noqa: F401
+from .nb_scalar import _roundeven  # noqa: F401
+from .nb_scalar import _roundf  # noqa: F401
+from .nb_scalar import _store_f16  # noqa: F401
+from .nb_scalar import bf16_to_f32  # noqa: F401
+from .nb_scalar import f16_to_f32  # noqa: F401
+from .nb_scalar import f32_to_bf16  # noqa: F401
+from .nb_scalar import f32_to_f16  # noqa: F401
 
 # error_model="numpy": float division by zero gives inf instead of a Python check.
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")

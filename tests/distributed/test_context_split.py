@@ -8,9 +8,12 @@ import pytest
 import pyggml as gg
 from pyggml.attention import merge
 from pyggml.attention.kv_cache import F16KVCache
-from pyggml.distributed import ShardedKVCache, lse_merge
+from pyggml.distributed import ShardedKVCache
+from pyggml.distributed import lse_merge
 from pyggml.errors import ShapeError
-from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel
+from pyggml.models.llama import Decoder
+from pyggml.models.llama import LlamaConfig
+from pyggml.models.llama import LlamaModel
 from pyggml.testing.harness import nmse
 
 CFG = LlamaConfig(n_vocab=96, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)
