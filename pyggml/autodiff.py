@@ -15,17 +15,33 @@ ggml.c does:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
 from .context import new_tensor
-from .errors import GGMLError, GraphError, describe
+from .errors import GGMLError
+from .errors import GraphError
+from .errors import describe
 from .graph import CGraph
 from .ops import API
-from .ops.binary import add, add1, add1_inplace, add_inplace, sub, sub_inplace
+from .ops.binary import add
+from .ops.binary import add1
+from .ops.binary import add1_inplace
+from .ops.binary import add_inplace
+from .ops.binary import sub
+from .ops.binary import sub_inplace
 from .ops.copy import cont
-from .ops.shape import acc, acc_inplace, repeat
-from .ops.unary import neg, scale
-from .tensor import TENSOR_FLAG_LOSS, TENSOR_FLAG_PARAM, Tensor, are_same_shape, format_name, is_contiguous
+from .ops.shape import acc
+from .ops.shape import acc_inplace
+from .ops.shape import repeat
+from .ops.unary import neg
+from .ops.unary import scale
+from .tensor import TENSOR_FLAG_LOSS
+from .tensor import TENSOR_FLAG_PARAM
+from .tensor import Tensor
+from .tensor import are_same_shape
+from .tensor import format_name
+from .tensor import is_contiguous
 from .types import GGMLType
 
 _GRAD_TYPES = (GGMLType.F32, GGMLType.F16)

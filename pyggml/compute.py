@@ -9,24 +9,26 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .backends.base import Backend, EvalCallback, default_n_threads
-from .backends.numba_cpu.plan import CPlan, check_plan, graph_plan
+from .backends.base import Backend
+from .backends.base import EvalCallback
+from .backends.base import default_n_threads
+from .backends.numba_cpu.plan import CPlan
+from .backends.numba_cpu.plan import check_plan
+from .backends.numba_cpu.plan import graph_plan
 from .backends.reference.backend import ReferenceBackend
 from .errors import GGMLError
 from .graph import CGraph
-from .sched.scheduler import (
-    Sched,
-    sched_alloc_graph,
-    sched_get_n_copies,
-    sched_get_n_splits,
-    sched_get_tensor_backend,
-    sched_graph_compute,
-    sched_new,
-    sched_print_assignments,
-    sched_reset,
-    sched_set_eval_callback,
-    sched_set_tensor_backend,
-)
+from .sched.scheduler import Sched
+from .sched.scheduler import sched_alloc_graph
+from .sched.scheduler import sched_get_n_copies
+from .sched.scheduler import sched_get_n_splits
+from .sched.scheduler import sched_get_tensor_backend
+from .sched.scheduler import sched_graph_compute
+from .sched.scheduler import sched_new
+from .sched.scheduler import sched_print_assignments
+from .sched.scheduler import sched_reset
+from .sched.scheduler import sched_set_eval_callback
+from .sched.scheduler import sched_set_tensor_backend
 
 __all__ = ["backend_reference_init", "backend_numba_init", "backend_cpu_init",
            "backend_graph_compute", "backend_supports_op", "backend_name", "backend_free",

@@ -6,11 +6,20 @@ Memory accounting follows ggml so that ggml-style sizing works: each tensor cost
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
-from .errors import ContextMemoryError, DataError, ShapeError, describe
-from .tensor import MAX_DIMS, Buffer, Tensor, nbytes
-from .types import TRAITS, GGMLType, as_type
+from .errors import ContextMemoryError
+from .errors import DataError
+from .errors import ShapeError
+from .errors import describe
+from .tensor import MAX_DIMS
+from .tensor import Buffer
+from .tensor import Tensor
+from .tensor import nbytes
+from .types import TRAITS
+from .types import GGMLType
+from .types import as_type
 
 MEM_ALIGN = 16
 OBJECT_SIZE = 32            # sizeof(struct ggml_object) on 64-bit

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError, ShapeError, TypeError_, describe
-from .tensor import Tensor, is_contiguous, nbytes, nelements
-from .types import TRAITS, GGMLType, as_type
+from .errors import DataError
+from .errors import ShapeError
+from .errors import TypeError_
+from .errors import describe
+from .tensor import Tensor
+from .tensor import is_contiguous
+from .tensor import nbytes
+from .tensor import nelements
+from .types import TRAITS
+from .types import GGMLType
+from .types import as_type
 
 
 def _check_data(t: Tensor, what: str) -> None:

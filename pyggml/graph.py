@@ -8,7 +8,10 @@ from typing import Optional
 import numpy as np
 
 from .errors import GraphError
-from .tensor import MAX_SRC, TENSOR_FLAG_LOSS, TENSOR_FLAG_PARAM, Tensor
+from .tensor import MAX_SRC
+from .tensor import TENSOR_FLAG_LOSS
+from .tensor import TENSOR_FLAG_PARAM
+from .tensor import Tensor
 
 DEFAULT_GRAPH_SIZE = 2048
 

@@ -24,14 +24,17 @@ import re
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Optional
 
 import numpy as np
 
 from . import quants
 from .errors import GGMLError
-from .types import TRAITS, GGMLType, as_type
+from .types import TRAITS
+from .types import GGMLType
+from .types import as_type
 
 T = GGMLType
 

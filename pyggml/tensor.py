@@ -10,8 +10,14 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ContextMemoryError, DataError, GraphError, ShapeError, describe, shown_ne
-from .types import TRAITS, GGMLType
+from .errors import ContextMemoryError
+from .errors import DataError
+from .errors import GraphError
+from .errors import ShapeError
+from .errors import describe
+from .errors import shown_ne
+from .types import TRAITS
+from .types import GGMLType
 
 MAX_DIMS = 4
 MAX_SRC = 10

@@ -6,8 +6,10 @@ format registering itself with its type (the gguf-py idea: a format is one file)
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Callable
+from typing import Optional
 
 import numpy as np
 

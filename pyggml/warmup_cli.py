@@ -8,7 +8,12 @@ import sys
 import tempfile
 from typing import Callable
 
-from .backends.numba_cpu.warmup import EXECUTOR, WarmReport, WarmupError, compile_in_workers, resolve, warm
+from .backends.numba_cpu.warmup import EXECUTOR
+from .backends.numba_cpu.warmup import WarmReport
+from .backends.numba_cpu.warmup import WarmupError
+from .backends.numba_cpu.warmup import compile_in_workers
+from .backends.numba_cpu.warmup import resolve
+from .backends.numba_cpu.warmup import warm
 from .errors import GGMLError
 
 

@@ -124,7 +124,8 @@ def bench_ops(args):
 
 def _prefilled(cache, n, rng):
     """Put n random past tokens into a cache without decoding them (a benchmark shortcut)."""
-    from pyggml.attention.kv_cache import BLOCK, MixedKVCache
+    from pyggml.attention.kv_cache import BLOCK
+    from pyggml.attention.kv_cache import MixedKVCache
     def fill(t, rows):
         vals = rng.uniform(-1, 1, (rows, t.ne[0])).astype(np.float32)
         gg.data.write(t, np.pad(vals, ((0, t.ne[1] - rows), (0, 0))))
@@ -146,9 +147,12 @@ def _prefilled(cache, n, rng):
 
 
 def bench_kvcache(args):
-    from pyggml.attention.kv_cache import F16KVCache, MixedKVCache
+    from pyggml.attention.kv_cache import F16KVCache
+    from pyggml.attention.kv_cache import MixedKVCache
     from pyggml.models.demo import make_backend
-    from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel
+    from pyggml.models.llama import Decoder
+    from pyggml.models.llama import LlamaConfig
+    from pyggml.models.llama import LlamaModel
     n_ctx = 4096 if args.quick else 16384
     cfg = LlamaConfig()
     model = LlamaModel.random(cfg)

@@ -27,23 +27,22 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import pyggml as gg  # noqa: E402
-from pyggml.backends.numba_cpu.desc import (  # noqa: E402
-    DESC_LEN,
-    DST,
-    H_INDEX,
-    H_NTASKS,
-    H_STATUS,
-    HDR,
-    SLOT,
-    SRC0,
-    SRC1,
-    STATUS_LEN,
-    T_NE,
-    row_range,
-    t_addr,
-    t_ne,
-)
-from pyggml.backends.numba_cpu.executor import NodeTable, WorkerPool  # noqa: E402
+from pyggml.backends.numba_cpu.desc import DESC_LEN  # noqa: E402
+from pyggml.backends.numba_cpu.desc import DST  # noqa: E402
+from pyggml.backends.numba_cpu.desc import H_INDEX  # noqa: E402
+from pyggml.backends.numba_cpu.desc import H_NTASKS  # noqa: E402
+from pyggml.backends.numba_cpu.desc import H_STATUS  # noqa: E402
+from pyggml.backends.numba_cpu.desc import HDR  # noqa: E402
+from pyggml.backends.numba_cpu.desc import SLOT  # noqa: E402
+from pyggml.backends.numba_cpu.desc import SRC0  # noqa: E402
+from pyggml.backends.numba_cpu.desc import SRC1  # noqa: E402
+from pyggml.backends.numba_cpu.desc import STATUS_LEN  # noqa: E402
+from pyggml.backends.numba_cpu.desc import T_NE  # noqa: E402
+from pyggml.backends.numba_cpu.desc import row_range  # noqa: E402
+from pyggml.backends.numba_cpu.desc import t_addr  # noqa: E402
+from pyggml.backends.numba_cpu.desc import t_ne  # noqa: E402
+from pyggml.backends.numba_cpu.executor import NodeTable  # noqa: E402
+from pyggml.backends.numba_cpu.executor import WorkerPool  # noqa: E402
 from pyggml.backends.numba_cpu.intrinsics import f32_array  # noqa: E402
 from pyggml.backends.numba_cpu.kernels import make_kernel  # noqa: E402
 

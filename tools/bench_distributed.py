@@ -94,7 +94,9 @@ def bench_tokens(path: str, repeat: int, n_prompt: int, n_gen: int, mixed: bool)
 def bench_attention(lengths, repeat: int) -> None:
     import pyggml as gg
     from pyggml.attention import fresh_values
-    from pyggml.distributed import DistributedSched, RayBackend, lse_merge
+    from pyggml.distributed import DistributedSched
+    from pyggml.distributed import RayBackend
+    from pyggml.distributed import lse_merge
     rng = np.random.default_rng(0)
     D, H, HKV = 64, 9, 3
     workers = [RayBackend(i) for i in range(2)]

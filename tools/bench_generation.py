@@ -62,7 +62,8 @@ class _NoModel:
 
 def front_end_cost(n: int = 400) -> dict:
     """µs of process time per generated token through stream_text with a free eval."""
-    from pyggml.llm import Llama, installed_model
+    from pyggml.llm import Llama
+    from pyggml.llm import installed_model
     from pyggml.llm.completion import stream_text
     path = installed_model("smollm2-135m")
     if path is None:

@@ -22,10 +22,12 @@ import statistics
 import time
 
 import pyggml as gg
-from pyggml.attention.kv_cache import F16KVCache, MixedKVCache
+from pyggml.attention.kv_cache import F16KVCache
+from pyggml.attention.kv_cache import MixedKVCache
 from pyggml.backends.numba_cpu.backend import NumbaBackend
 from pyggml.backends.numba_cpu.plan import graph_plan
-from pyggml.models.llama import LlamaConfig, LlamaModel
+from pyggml.models.llama import LlamaConfig
+from pyggml.models.llama import LlamaModel
 from pyggml.sched.alloc import alloc_graph
 
 SMOLLM2 = LlamaConfig(n_vocab=49152, n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536,

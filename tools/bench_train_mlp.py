@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_mlp import build_model, dataset  # noqa: E402  (tools/ is not a package)
+from train_mlp import build_model  # noqa: E402  (tools/ is not a package)
+from train_mlp import dataset  # noqa: E402  (tools/ is not a package)
 
 import pyggml as gg  # noqa: E402
 from pyggml import opt  # noqa: E402

@@ -16,7 +16,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from pyggml.llm import GGUFFile, Tokenizer, installed_model
+from pyggml.llm import GGUFFile
+from pyggml.llm import Tokenizer
+from pyggml.llm import installed_model
 
 # code point ranges: ASCII weighted up; controls, Latin, combining marks, Greek/Cyrillic,
 # Hebrew/Arabic, Indic/Thai, Hangul Jamo, general punctuation and spaces, number forms,

@@ -25,7 +25,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from pyggml.llm import GGUFFile, installed_model
+from pyggml.llm import GGUFFile
+from pyggml.llm import installed_model
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "llm", "fixtures",
                    "tokenize_smollm2.json")

@@ -23,7 +23,8 @@ import pyggml as gg
 from pyggml import opt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_mlp import build_model, dataset  # noqa: E402  (tools/ is not a package)
+from train_mlp import build_model  # noqa: E402  (tools/ is not a package)
+from train_mlp import dataset  # noqa: E402  (tools/ is not a package)
 
 N_TRAIN, N_TEST = 1440, 352
 

@@ -9,16 +9,14 @@ state (layout, fresh values, reset, the merge rule) is part of that op: pyggml.o
 """
 from __future__ import annotations
 
-from ..ops.fa_state import (  # noqa: F401
-    STATE_M,
-    STATE_S,
-    check_state_tensor,
-    fresh_values,
-    merge,
-    reset_state,
-    state_ne,
-    state_values,
-)
+from ..ops.fa_state import STATE_M  # noqa: F401
+from ..ops.fa_state import STATE_S  # noqa: F401
+from ..ops.fa_state import check_state_tensor  # noqa: F401
+from ..ops.fa_state import fresh_values  # noqa: F401
+from ..ops.fa_state import merge  # noqa: F401
+from ..ops.fa_state import reset_state  # noqa: F401
+from ..ops.fa_state import state_ne  # noqa: F401
+from ..ops.fa_state import state_values  # noqa: F401
 
 
 def __getattr__(name):

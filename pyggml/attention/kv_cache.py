@@ -33,12 +33,21 @@ from typing import Optional
 import numpy as np
 
 from .. import data
-from ..context import Context, new_tensor_1d, new_tensor_2d
-from ..errors import GGMLError, ShapeError
-from ..graph import CGraph, build_forward_expand
+from ..context import Context
+from ..context import new_tensor_1d
+from ..context import new_tensor_2d
+from ..errors import GGMLError
+from ..errors import ShapeError
+from ..graph import CGraph
+from ..graph import build_forward_expand
 from ..ops.fa_state import fresh_values
-from ..tensor import Tensor, nbytes, set_input, set_name
-from ..types import TRAITS, GGMLType, as_type
+from ..tensor import Tensor
+from ..tensor import nbytes
+from ..tensor import set_input
+from ..tensor import set_name
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 
 BLOCK = 32          # tokens per move (and ggml's quant block, so rows stay whole blocks)
 KV_PAD = 256        # attention views span a multiple of this many keys (llama.cpp's n_kv pad)
@@ -260,7 +269,8 @@ class MixedKVCache(_CacheBase):
         """Moves (hot -> cold, quantizing) then writes of this step's K/V, in graph order.
 
         k_cur: [head_dim, n_head_kv, n_tokens] (or any shape of the same rows), v_cur alike."""
-        from ..ops.rows import get_rows, set_rows
+        from ..ops.rows import get_rows
+        from ..ops.rows import set_rows
         from ..ops.view import reshape_2d
         st = self._need_step()
         if st.moves:
@@ -323,7 +333,8 @@ class MixedKVCache(_CacheBase):
         """flash_attn_ext_with_state over hot ∪ cold. q: [head_dim, n_tokens, n_head].
 
         Returns F32 [head_dim_v, n_head, n_tokens] like flash_attn_ext."""
-        from ..ops.attention import flash_attn_ext_set_prec, flash_attn_ext_with_state
+        from ..ops.attention import flash_attn_ext_set_prec
+        from ..ops.attention import flash_attn_ext_with_state
         st = self._need_step()
         hot_mask, cold_mask = self._step_masks(ctx)
         k = self._view3(self.hot_k[il], ctx, self.hot_cap, self.head_dim)
@@ -433,7 +444,8 @@ class F16KVCache(_CacheBase):
             build_forward_expand(gf, w)
 
     def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
-        from ..ops.attention import flash_attn_ext, flash_attn_ext_set_prec
+        from ..ops.attention import flash_attn_ext
+        from ..ops.attention import flash_attn_ext_set_prec
         st = self._need_step()
         n_kv = self._n_kv()
         if self._mask is None:

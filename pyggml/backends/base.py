@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
-from ..errors import ComputeError, UnsupportedError, describe
+from ..errors import ComputeError
+from ..errors import UnsupportedError
+from ..errors import describe
 from ..graph import CGraph
 from ..sched.alloc import alloc_graph
-from ..tensor import Buffer, Tensor
+from ..tensor import Buffer
+from ..tensor import Tensor
 
 # eval callback, as ggml_backend_sched_eval_callback: cb(tensor, ask) -> bool.
 # With ask=True it answers whether it wants to see this node; after the node ran it is

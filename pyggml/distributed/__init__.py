@@ -13,8 +13,13 @@ See docs/DISTRIBUTED.md for the traffic model and measurements.
 """
 from .backend import RayBackend  # noqa: F401
 from .context_mixed import MixedShardedKVCache  # noqa: F401
-from .context_split import ShardedKVCache, lse_merge  # noqa: F401
-from .errors import RayUnavailableError, WorkerDiedError, WorkerError, WorkerTimeoutError  # noqa: F401
-from .group import SPLITS, WorkerGroup  # noqa: F401
+from .context_split import ShardedKVCache  # noqa: F401
+from .context_split import lse_merge  # noqa: F401
+from .errors import RayUnavailableError  # noqa: F401
+from .errors import WorkerDiedError  # noqa: F401
+from .errors import WorkerError  # noqa: F401
+from .errors import WorkerTimeoutError  # noqa: F401
+from .group import SPLITS  # noqa: F401
+from .group import WorkerGroup  # noqa: F401
 from .layer_split import layer_ranges  # noqa: F401
 from .sched import DistributedSched  # noqa: F401

@@ -23,9 +23,15 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..errors import GraphError
-from ..tensor import Buffer, Tensor, nbytes
-from .errors import RayUnavailableError, WorkerDiedError, WorkerTimeoutError
-from .worker import MISSING, Worker, root_bytes
+from ..tensor import Buffer
+from ..tensor import Tensor
+from ..tensor import nbytes
+from .errors import RayUnavailableError
+from .errors import WorkerDiedError
+from .errors import WorkerTimeoutError
+from .worker import MISSING
+from .worker import Worker
+from .worker import root_bytes
 
 DEFAULT_TIMEOUT = 120.0          # seconds a call may take (a first call loads kernels)
 STARTUP_TIMEOUT = 60.0           # at least this long for a new worker process to answer
@@ -99,7 +105,8 @@ class RayBackend(Backend):
 
     def _wait(self, ref, method: str, timeout: Optional[float] = None):
         ray = _ray()
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import GetTimeoutError
+        from ray.exceptions import RayActorError
         try:
             return ray.get(ref, timeout=timeout or self.timeout)
         except GetTimeoutError:

@@ -23,10 +23,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..attention.kv_cache import BLOCK, CacheStep, _round_up
+from ..attention.kv_cache import BLOCK
+from ..attention.kv_cache import CacheStep
+from ..attention.kv_cache import _round_up
 from ..errors import ShapeError
-from ..tensor import nbytes, set_name
-from ..types import GGMLType, as_type
+from ..tensor import nbytes
+from ..tensor import set_name
+from ..types import GGMLType
+from ..types import as_type
 from .context_split import ShardedKVCache
 
 
@@ -123,7 +127,8 @@ class MixedShardedKVCache(ShardedKVCache):
         step's rows into its ring; graph order puts the moves' reads before the writes that
         may reuse their ring rows."""
         from ..graph import build_forward_expand
-        from ..ops.rows import get_rows, set_rows
+        from ..ops.rows import get_rows
+        from ..ops.rows import set_rows
         a, b = self._moved(w)
         if b > a:
             if w not in self._move_in:        # values from the current step (graph reuse)

@@ -22,10 +22,18 @@ from typing import Optional
 import numpy as np
 
 from ..attention import fresh_values
-from ..attention.kv_cache import BLOCK, CacheStep, F16KVCache, _CacheBase, _round_up
+from ..attention.kv_cache import BLOCK
+from ..attention.kv_cache import CacheStep
+from ..attention.kv_cache import F16KVCache
+from ..attention.kv_cache import _CacheBase
+from ..attention.kv_cache import _round_up
 from ..errors import ShapeError
-from ..tensor import Tensor, nbytes, set_name
-from ..types import TRAITS, GGMLType, as_type
+from ..tensor import Tensor
+from ..tensor import nbytes
+from ..tensor import set_name
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 
 EMPTY_LSE = -1e30        # stands for log 0: softmax then weighs an empty shard exactly 0
 
@@ -160,7 +168,8 @@ class ShardedKVCache(_CacheBase):
         does what data cannot say: the attention reads the cache through views that do not
         depend on the writes, and the merge reads the states the attention writes."""
         from ..graph import build_forward_expand
-        from ..ops.attention import flash_attn_ext_set_prec, flash_attn_ext_with_state
+        from ..ops.attention import flash_attn_ext_set_prec
+        from ..ops.attention import flash_attn_ext_with_state
         self._need_step()
         gf = self._gf
         for t in (*self._pending, q):           # the driver's part first: one split

@@ -17,10 +17,15 @@ from typing import Optional
 
 from ..errors import GGMLError
 from ..types import GGMLType
-from .backend import DEFAULT_TIMEOUT, RayBackend, _ray
+from .backend import DEFAULT_TIMEOUT
+from .backend import RayBackend
+from .backend import _ray
 from .context_mixed import MixedShardedKVCache
 from .context_split import ShardedKVCache
-from .layer_split import cache_layer_tensors, layer_ranges, place_cache, place_weights
+from .layer_split import cache_layer_tensors
+from .layer_split import layer_ranges
+from .layer_split import place_cache
+from .layer_split import place_weights
 from .sched import DistributedSched
 
 SPLITS = ("layer", "context")

@@ -17,11 +17,13 @@ inputs. Remote memory adds two rules:
 """
 from __future__ import annotations
 
-from ..errors import GraphError, describe
+from ..errors import GraphError
+from ..errors import describe
 from ..graph import CGraph
 from ..sched.scheduler import Sched
 from ..tensor import TENSOR_FLAG_OUTPUT
-from .backend import EXPORTS, RayBackend
+from .backend import EXPORTS
+from .backend import RayBackend
 
 
 def _root(t):

@@ -21,7 +21,11 @@ import numpy as np
 
 from ..errors import GGMLError
 from ..graph import CGraph
-from ..tensor import TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT, Buffer, Tensor, nbytes
+from ..tensor import TENSOR_FLAG_INPUT
+from ..tensor import TENSOR_FLAG_OUTPUT
+from ..tensor import Buffer
+from ..tensor import Tensor
+from ..tensor import nbytes
 from ..types import GGMLType
 
 MISSING = "missing graph"        # compute() answer when the driver must send the description
@@ -59,7 +63,8 @@ class Mirror:
                     t.flags |= TENSOR_FLAG_INPUT
                     self.inputs.append(t)
             if e.get("op") is not None:
-                from ..ops.registry import OPS, frozen
+                from ..ops.registry import OPS
+                from ..ops.registry import frozen
                 t.op = OPS[e["op"]]
                 t.op_params = frozen(np.frombuffer(e["params"], dtype=np.int32))
                 t.src = [self.tensors[i] if i >= 0 else None for i in e["src"]]

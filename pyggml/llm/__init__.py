@@ -1,8 +1,12 @@
 """Real models from GGUF files: loader, tokenizer, sampler, and `Llama` (llama-cpp-python's API).
 
 `Llama` and the loader are imported on first use, so `import pyggml.llm` stays cheap."""
-from .gguf_file import GGUFFile, TensorInfo, open_gguf
-from .model_path import KNOWN_MODELS, installed_model, resolve_model_path
+from .gguf_file import GGUFFile
+from .gguf_file import TensorInfo
+from .gguf_file import open_gguf
+from .model_path import KNOWN_MODELS
+from .model_path import installed_model
+from .model_path import resolve_model_path
 from .tokenizer import Tokenizer
 from .utf8 import StreamDecoder
 

@@ -25,13 +25,16 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 import numpy as np
 
 from ..compute import BACKENDS
 from ..errors import GGMLError
-from .cli_common import UsageError, add_worker_flags, worker_kwargs
+from .cli_common import UsageError
+from .cli_common import add_worker_flags
+from .cli_common import worker_kwargs
 from .model_info import ModelInfo
 
 # llama-bench's csv/json fields, in its order

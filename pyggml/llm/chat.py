@@ -22,7 +22,8 @@ class ChatFormatter:
     """A model's template compiled once; `render(messages) -> prompt text`."""
 
     def __init__(self, template: str, bos_token: str = "", eos_token: str = ""):
-        from jinja2 import BaseLoader, TemplateError
+        from jinja2 import BaseLoader
+        from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
         self.template, self.bos_token, self.eos_token = template, bos_token, eos_token
         env = ImmutableSandboxedEnvironment(loader=BaseLoader(), trim_blocks=True,

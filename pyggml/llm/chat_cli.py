@@ -12,7 +12,8 @@ import time
 
 from . import cli_common as C
 from .chat import chat_prompt
-from .completion import Timings, stream_text
+from .completion import Timings
+from .completion import stream_text
 from .sampling import Sampler
 
 

@@ -9,7 +9,8 @@ import time
 
 from ..errors import GGMLError
 from ..types import as_type
-from .sampling import DEFAULTS, SamplingParams
+from .sampling import DEFAULTS
+from .sampling import SamplingParams
 
 
 class UsageError(Exception):

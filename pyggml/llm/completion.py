@@ -14,12 +14,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 import numpy as np
 
 from ..errors import PromptError
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler
+from .sampling import SamplingParams
 
 
 @dataclass

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
 import numpy as np
 
-from ..errors import GGMLError, ShapeError
-from ..types import FA_KV_TYPES, TRAITS, GGMLType, as_type
+from ..errors import GGMLError
+from ..errors import ShapeError
+from ..types import FA_KV_TYPES
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 from .gguf_file import GGUFFile
 from .model_path import resolve_model_path
 
@@ -144,7 +149,8 @@ class Llama:
                              gg.backend_reference_init()])
 
     def _new_cache(self) -> None:
-        from ..attention.kv_cache import F16KVCache, MixedKVCache
+        from ..attention.kv_cache import F16KVCache
+        from ..attention.kv_cache import MixedKVCache
         from ..models.llama import Decoder
         c = self._model.cfg
         mixed = self.kv_cache_kind == "mixed"

@@ -19,10 +19,14 @@ import os
 
 import numpy as np
 
-from ..context import Context, tensor_overhead
+from ..context import Context
+from ..context import tensor_overhead
 from ..errors import ModelFileError
-from ..tensor import Buffer, Tensor, set_name
-from ..types import TRAITS, GGMLType
+from ..tensor import Buffer
+from ..tensor import Tensor
+from ..tensor import set_name
+from ..types import TRAITS
+from ..types import GGMLType
 from .gguf_file import GGUFFile
 
 ROPE_NORM, ROPE_NEOX = 0, 2
@@ -254,7 +258,8 @@ def save_gguf(model, path) -> None:
     one, else a byte-level placeholder vocabulary is written."""
     from ..data import tensor_get
     try:
-        from gguf import GGMLQuantizationType, GGUFWriter
+        from gguf import GGMLQuantizationType
+        from gguf import GGUFWriter
     except ImportError as e:
         raise ModelFileError("writing GGUF needs the gguf package: "
                              "pip install 'pyggml[gguf]'") from e

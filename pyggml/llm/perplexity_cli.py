@@ -18,8 +18,11 @@ from ..compute import BACKENDS
 from ..errors import GGMLError
 from ..types import TRAITS
 from . import kv_sweep
-from .cli_common import UsageError, add_worker_flags, worker_kwargs
-from .perplexity import model_bos, perplexity
+from .cli_common import UsageError
+from .cli_common import add_worker_flags
+from .cli_common import worker_kwargs
+from .perplexity import model_bos
+from .perplexity import perplexity
 
 
 def _parser() -> argparse.ArgumentParser:

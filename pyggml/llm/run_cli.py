@@ -12,7 +12,9 @@ import time
 
 from ..errors import PromptError
 from . import cli_common as C
-from .completion import Timings, prompt_tokens, stream_text
+from .completion import Timings
+from .completion import prompt_tokens
+from .completion import stream_text
 from .sampling import Sampler
 
 

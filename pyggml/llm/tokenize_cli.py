@@ -17,7 +17,10 @@ import os
 import sys
 
 from ..errors import GGMLError
-from .cli_common import Parser, UsageError, add_worker_flags, worker_kwargs
+from .cli_common import Parser
+from .cli_common import UsageError
+from .cli_common import add_worker_flags
+from .cli_common import worker_kwargs
 from .gguf_file import GGUFFile
 from .model_path import resolve_model_path
 from .tokenizer import Tokenizer

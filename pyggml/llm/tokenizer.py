@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelFileError, ParamError
-from .tokenizer_bpe import build_engine, decode_byte_level, pre_tokenizer
+from ..errors import ModelFileError
+from ..errors import ParamError
+from .tokenizer_bpe import build_engine
+from .tokenizer_bpe import decode_byte_level
+from .tokenizer_bpe import pre_tokenizer
 from .tokenizer_spm import spm_tokenize
-from .utf8 import StreamDecoder, to_text
+from .utf8 import StreamDecoder
+from .utf8 import to_text
 
 # llama_token_attr bits (llama.h)
 ATTR_UNKNOWN, ATTR_UNUSED, ATTR_NORMAL, ATTR_CONTROL = 1 << 0, 1 << 1, 1 << 2, 1 << 3

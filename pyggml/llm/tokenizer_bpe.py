@@ -9,7 +9,8 @@ UTF-8 decoding of the raw bytes are Python.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 
 from ..errors import ModelFileError
 
@@ -136,7 +137,10 @@ def build_engine(tokens: list, merges: list, pre: PreTokenizer, path: str):
     special tokens are partitioned out before it sees the text, as in llama.cpp). Ids equal
     to len(tokens) stand for characters outside the vocabulary (see UNKNOWN_CHAR)."""
     try:
-        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+        from tokenizers import Regex
+        from tokenizers import Tokenizer
+        from tokenizers import models
+        from tokenizers import pre_tokenizers
     except ImportError:
         raise ModelFileError(f"{path}: a gpt2 (BPE) tokenizer needs the `tokenizers` package: "
                              "pip install 'pyggml[llm]'") from None

@@ -13,9 +13,14 @@ import numpy as np
 
 import pyggml as gg
 
-from ..attention.kv_cache import F16KVCache, MixedKVCache
-from ..llm.cli_common import Parser, UsageError, run_main
-from .llama import Decoder, LlamaConfig, LlamaModel
+from ..attention.kv_cache import F16KVCache
+from ..attention.kv_cache import MixedKVCache
+from ..llm.cli_common import Parser
+from ..llm.cli_common import UsageError
+from ..llm.cli_common import run_main
+from .llama import Decoder
+from .llama import LlamaConfig
+from .llama import LlamaModel
 
 REAL_MODEL = "smollm2-135m"
 # ~200 tokens: longer than the default hot window (64), so the mixed cache runs mostly cold
@@ -106,7 +111,8 @@ class Setup:
     prompt's token ids and a label."""
 
     def __init__(self, args):
-        from ..llm.model_path import installed_model, resolve_model_path
+        from ..llm.model_path import installed_model
+        from ..llm.model_path import resolve_model_path
         self.tokenizer = None
         name = args.model or (None if args.random_weights else
                               (REAL_MODEL if installed_model(REAL_MODEL) else None))

@@ -7,8 +7,10 @@ masks and the move of old tokens to the cold store.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import NamedTuple, Optional
+from dataclasses import asdict
+from dataclasses import dataclass
+from typing import NamedTuple
+from typing import Optional
 
 import numpy as np
 
@@ -18,8 +20,12 @@ from ..context import Context
 from ..data import strided
 from ..errors import GGMLError
 from ..graph import gc_paused
-from ..tensor import Tensor, set_input, set_name, set_output
-from ..types import GGMLType, as_type
+from ..tensor import Tensor
+from ..tensor import set_input
+from ..tensor import set_name
+from ..tensor import set_output
+from ..types import GGMLType
+from ..types import as_type
 
 
 @dataclass

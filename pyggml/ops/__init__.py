@@ -10,7 +10,11 @@ import inspect
 import pkgutil
 import warnings
 
-from .registry import OPS, OpDef, get_op, register, set_op_params  # noqa: F401
+from .registry import OPS  # noqa: F401
+from .registry import OpDef  # noqa: F401
+from .registry import get_op  # noqa: F401
+from .registry import register  # noqa: F401
+from .registry import set_op_params  # noqa: F401
 
 _NOT_FAMILIES = {"registry", "cases_common", "case", "fa_state", "builders"}   # helpers, not families
 

@@ -44,12 +44,27 @@ import zlib
 
 import numpy as np
 
-from ..errors import ComputeError, GGMLError, ParamError, describe
-from ..tensor import Tensor, is_contiguous, nbytes
-from ..types import FA_KV_TYPES, PREC_DEFAULT, PREC_F32, TRAITS, GGMLType
+from ..errors import ComputeError
+from ..errors import GGMLError
+from ..errors import ParamError
+from ..errors import describe
+from ..tensor import Tensor
+from ..tensor import is_contiguous
+from ..tensor import nbytes
+from ..types import FA_KV_TYPES
+from ..types import PREC_DEFAULT
+from ..types import PREC_F32
+from ..types import TRAITS
+from ..types import GGMLType
 from . import cases_common as cc
 from . import fa_state as st
-from .registry import OpDef, Out, fail, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .softmax import _alibi_slopes
 
 T = GGMLType

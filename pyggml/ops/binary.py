@@ -17,22 +17,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError, TypeError_, UnsupportedError, describe
-from ..tensor import (
-    Tensor,
-    are_same_shape,
-    can_repeat,
-    can_repeat_rows,
-    is_empty,
-    is_matrix,
-    is_scalar,
-    nbytes,
-    nelements,
-    set_param,
-)
-from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
+from ..errors import DataError
+from ..errors import TypeError_
+from ..errors import UnsupportedError
+from ..errors import describe
+from ..tensor import Tensor
+from ..tensor import are_same_shape
+from ..tensor import can_repeat
+from ..tensor import can_repeat_rows
+from ..tensor import is_empty
+from ..tensor import is_matrix
+from ..tensor import is_scalar
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..tensor import set_param
+from ..types import QUANT_TYPES
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 from . import cases_common as cc
-from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import grad_rule
+from .registry import inplace_of
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 F32, F16, BF16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32
 _FLOATS = (F32, F16, BF16)
@@ -155,7 +167,8 @@ def _bin_bcast_cases(name: str, fn):
                      and not src_overlap and type_b is None)
 
         def build(ctx):
-            from .view import permute, view_4d
+            from .view import permute
+            from .view import view_4d
             a = cc.leaf(ctx, type, [ne[i] * nr[i] for i in range(4)], "a")
             tb = type_b or type
             bs = []

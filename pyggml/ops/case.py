@@ -9,7 +9,8 @@ backend and compares node by node. `str(case)` is ggml's case string, e.g.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 import numpy as np
 

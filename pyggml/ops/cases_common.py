@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from ..context import new_tensor
-from ..tensor import set_name, set_param
-from ..types import TRAITS, GGMLType, as_type
+from ..tensor import set_name
+from ..tensor import set_param
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 from .case import Case
 from .registry import OPS
 

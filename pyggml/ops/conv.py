@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GGMLError, ParamError
-from ..tensor import is_contiguous, is_matrix, nbytes, nelements
-from ..types import GGMLType, as_type
+from ..errors import GGMLError
+from ..errors import ParamError
+from ..tensor import is_contiguous
+from ..tensor import is_matrix
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..types import GGMLType
+from ..types import as_type
 from . import cases_common as cc
 from .copy import cont as _cont
-from .registry import OpDef, Out, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .view import permute as _permute
 from .view import view_4d as _view_4d
 
@@ -671,7 +681,8 @@ def _ref_ssm_scan(node, ins, p):
 
 def _check_range(ids, n, node, src):
     if ids.size and (ids.min() < 0 or ids.max() >= n):
-        from ..errors import DataError, describe
+        from ..errors import DataError
+        from ..errors import describe
         raise DataError(f"SSM_SCAN: sequence id out of range [0, {n}) in {describe(src)} "
                         f"(result {describe(node)})")
 

@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tensor import is_contiguous, is_contiguous_channels, nbytes, nelements
+from ..tensor import is_contiguous
+from ..tensor import is_contiguous_channels
+from ..tensor import nbytes
+from ..tensor import nelements
 from ..types import GGMLType
 from . import cases_common as cc
-from .conv import _conv_output_size, _f16_round, _gather, _need_pos
-from .registry import OpDef, Out, need, need_src, need_type, register
+from .conv import _conv_output_size
+from .conv import _f16_round
+from .conv import _gather
+from .conv import _need_pos
+from .registry import OpDef
+from .registry import Out
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 _F32, _F16 = GGMLType.F32, GGMLType.F16
 

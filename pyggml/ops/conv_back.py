@@ -21,20 +21,26 @@ import ctypes
 
 import numpy as np
 
-from ..tensor import is_contiguous, nbytes, nelements
+from ..tensor import is_contiguous
+from ..tensor import nbytes
+from ..tensor import nelements
 from ..types import GGMLType
 from . import cases_common as cc
-from .conv import (
-    IM2COL,
-    OP_POOL_AVG,
-    OP_POOL_MAX,
-    POOL_2D,
-    _check_pool_op,
-    _conv_output_size,
-    _need_pos,
-    _pool_output_size,
-)
-from .registry import OpDef, Out, grad_rule, need, need_src, need_type, register
+from .conv import IM2COL
+from .conv import OP_POOL_AVG
+from .conv import OP_POOL_MAX
+from .conv import POOL_2D
+from .conv import _check_pool_op
+from .conv import _conv_output_size
+from .conv import _need_pos
+from .conv import _pool_output_size
+from .registry import OpDef
+from .registry import Out
+from .registry import grad_rule
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 _F32, _F16 = GGMLType.F32, GGMLType.F16
 _POOL_NAMES = {OP_POOL_MAX: "max", OP_POOL_AVG: "avg"}

@@ -6,12 +6,25 @@ import itertools
 import numpy as np
 
 from .. import data
-from ..tensor import Tensor, are_same_shape, nbytes, nelements
-from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
+from ..tensor import Tensor
+from ..tensor import are_same_shape
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..types import QUANT_TYPES
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 from . import cases_common as cc
 from .builders import nd_builders
 from .case import uniform
-from .registry import OpDef, Out, grad_rule, grad_through, inplace_of, need, need_src, register
+from .registry import OpDef
+from .registry import Out
+from .registry import grad_rule
+from .registry import grad_through
+from .registry import inplace_of
+from .registry import need
+from .registry import need_src
+from .registry import register
 from .view import permute as _permute
 from .view import transpose as _transpose
 

@@ -15,7 +15,12 @@ from ..errors import ParamError
 from ..tensor import nbytes
 from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 _F32 = GGMLType.F32
 HC = 4                  # the only stream count ggml implements

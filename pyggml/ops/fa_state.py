@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError, ShapeError, TypeError_, describe
+from ..errors import DataError
+from ..errors import ShapeError
+from ..errors import TypeError_
+from ..errors import describe
 from ..types import GGMLType
 
 STATE_M = 0          # element 0 of a row: running max

@@ -13,21 +13,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ParamError, UnsupportedError, describe
-from ..tensor import Tensor, are_same_shape, is_contiguous_1, nbytes, nelements
+from ..errors import ParamError
+from ..errors import UnsupportedError
+from ..errors import describe
+from ..tensor import Tensor
+from ..tensor import are_same_shape
+from ..tensor import is_contiguous_1
+from ..tensor import nbytes
+from ..tensor import nelements
 from ..types import GGMLType
 from . import cases_common as cc
-from .builders import enum_name, forwarder, signature
+from .builders import enum_name
+from .builders import forwarder
+from .builders import signature
 from .case import Case
-from .registry import OpDef, Out, fail, grad_rule, need, need_src, need_type, register
-from .unary import (
-    GELU_COEF_A,
-    SQRT_2_OVER_PI,
-    _gelu_erf_values,
-    _gelu_quick_values,
-    _gelu_values,
-    _silu_values,
-)
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import grad_rule
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
+from .unary import GELU_COEF_A
+from .unary import SQRT_2_OVER_PI
+from .unary import _gelu_erf_values
+from .unary import _gelu_quick_values
+from .unary import _gelu_values
+from .unary import _silu_values
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 

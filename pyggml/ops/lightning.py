@@ -10,10 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..tensor import nbytes
-from ..types import TRAITS, GGMLType
+from ..types import TRAITS
+from ..types import GGMLType
 from . import cases_common as cc
 from .attention import _init_kq_mask
-from .registry import OpDef, Out, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 _F32, _F16 = GGMLType.F32, GGMLType.F16
 # the types ggml converts rows of to F32 (its to_float); F64 and the Q8_1/Q8_K dot types have none

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tensor import are_same_shape, is_contiguous, is_scalar, nbytes, nelements, nrows
+from ..tensor import are_same_shape
+from ..tensor import is_contiguous
+from ..tensor import is_scalar
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..tensor import nrows
 from ..types import GGMLType
 from . import cases_common as cc
 from .case import uniform
-from .registry import OpDef, Out, grad_rule, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import grad_rule
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 F32 = GGMLType.F32
 

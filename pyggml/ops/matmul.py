@@ -20,11 +20,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError, ParamError
-from ..tensor import Tensor, is_transposed, nbytes, set_param
-from ..types import PREC_DEFAULT, PREC_F32, QUANT_TYPES, TRAITS, GGMLType, as_type  # noqa: F401
+from ..errors import DataError
+from ..errors import ParamError
+from ..tensor import Tensor
+from ..tensor import is_transposed
+from ..tensor import nbytes
+from ..tensor import set_param
+from ..types import PREC_DEFAULT  # noqa: F401
+from ..types import PREC_F32  # noqa: F401
+from ..types import QUANT_TYPES  # noqa: F401
+from ..types import TRAITS  # noqa: F401
+from ..types import GGMLType  # noqa: F401
+from ..types import as_type  # noqa: F401
 from . import cases_common as cc
-from .registry import OPS, OpDef, Out, fail, grad_rule, need, need_src, need_type, register
+from .registry import OPS
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import grad_rule
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 T = GGMLType
 HINT_NONE = 0
@@ -303,7 +320,8 @@ def _mm_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), per=(0, 1, 2, 3), 
             set_param(b)
 
     def build(ctx):
-        from .view import permute, view_4d
+        from .view import permute
+        from .view import view_4d
         npermuted = sum(per[i] != i for i in range(4))
         if npermuted:
             ne_a = [k, m, bs[0], bs[1]]

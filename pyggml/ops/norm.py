@@ -19,11 +19,21 @@ import math
 import numpy as np
 
 from ..errors import ParamError
-from ..tensor import nbytes, nelements
-from ..types import TRAITS, GGMLType
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..types import TRAITS
+from ..types import GGMLType
 from . import cases_common as cc
 from .builders import op_builders
-from .registry import OpDef, Out, grad_rule, inplace_of, need, need_pair, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import grad_rule
+from .registry import inplace_of
+from .registry import need
+from .registry import need_pair
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .view import permute as _permute
 
 F32 = GGMLType.F32

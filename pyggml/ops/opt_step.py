@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tensor import TENSOR_FLAG_PARAM, are_same_shape, nbytes, nelements
+from ..tensor import TENSOR_FLAG_PARAM
+from ..tensor import are_same_shape
+from ..tensor import nbytes
+from ..tensor import nelements
 from ..types import GGMLType
 from . import cases_common as cc
 from .case import uniform
-from .registry import OpDef, inplace_of, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import inplace_of
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 F32 = GGMLType.F32
 

@@ -19,10 +19,20 @@ import builtins
 
 import numpy as np
 
-from ..tensor import are_same_shape, nbytes, nelements, nrows
+from ..tensor import are_same_shape
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..tensor import nrows
 from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, grad_rule, grad_through, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import grad_rule
+from .registry import grad_through
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .view import permute as _permute
 from .view import transpose as _transpose
 from .view import view_4d as _view_4d

@@ -11,16 +11,31 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from types import SimpleNamespace
-from typing import Callable, Optional, Sequence
+from typing import Callable
+from typing import Optional
+from typing import Sequence
 
 import numpy as np
 
 from .. import tensor as _tensor_mod
-from ..errors import GGMLError, ParamError, ShapeError, TypeError_, describe, shown_ne
-from ..tensor import MAX_OP_PARAMS, MAX_SRC, Dims, Tensor, are_same_shape, nbytes, nelements
-from ..types import TRAITS, GGMLType
+from ..errors import GGMLError
+from ..errors import ParamError
+from ..errors import ShapeError
+from ..errors import TypeError_
+from ..errors import describe
+from ..errors import shown_ne
+from ..tensor import MAX_OP_PARAMS
+from ..tensor import MAX_SRC
+from ..tensor import Dims
+from ..tensor import Tensor
+from ..tensor import are_same_shape
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..types import TRAITS
+from ..types import GGMLType
 
 # --- op_params: ggml packs int32 words, floats bit-cast -----------------------------------
 

@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParamError
-from ..tensor import is_contiguous, nbytes
+from ..tensor import is_contiguous
+from ..tensor import nbytes
 from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 _F32 = GGMLType.F32
 

@@ -30,11 +30,24 @@ import math
 
 import numpy as np
 
-from ..errors import ParamError, describe
-from ..tensor import is_vector, nbytes, nelements, set_param
-from ..types import TRAITS, GGMLType
+from ..errors import ParamError
+from ..errors import describe
+from ..tensor import is_vector
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..tensor import set_param
+from ..types import TRAITS
+from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import grad_rule
+from .registry import inplace_of
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .view import view_4d as _view_4d
 
 F32, F16, I32 = GGMLType.F32, GGMLType.F16, GGMLType.I32

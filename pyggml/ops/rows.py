@@ -14,11 +14,27 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data
-from ..errors import DataError, describe
-from ..tensor import is_contiguous_rows, is_matrix, is_vector, nbytes, nelements
-from ..types import QUANT_TYPES, TRAITS, GGMLType, as_type
+from ..errors import DataError
+from ..errors import describe
+from ..tensor import is_contiguous_rows
+from ..tensor import is_matrix
+from ..tensor import is_vector
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..types import QUANT_TYPES
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 from . import cases_common as cc
-from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import grad_rule
+from .registry import inplace_of
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .view import view_2d as _view_2d
 from .view import view_3d as _view_3d
 from .view import view_4d as _view_4d

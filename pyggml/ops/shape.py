@@ -15,11 +15,26 @@ import builtins
 import numpy as np
 
 from .. import data
-from ..errors import ParamError, TypeError_
-from ..tensor import Tensor, is_contiguous, is_contiguous_rows, is_empty, is_vector, nbytes, nelements
-from ..types import TRAITS, GGMLType
+from ..errors import ParamError
+from ..errors import TypeError_
+from ..tensor import Tensor
+from ..tensor import is_contiguous
+from ..tensor import is_contiguous_rows
+from ..tensor import is_empty
+from ..tensor import is_vector
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..types import TRAITS
+from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, grad_rule, inplace_of, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import grad_rule
+from .registry import inplace_of
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .view import permute as _permute
 from .view import transpose as _transpose
 from .view import view_4d as _view_4d

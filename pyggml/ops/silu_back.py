@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tensor import are_same_shape, is_contiguous_1, nbytes
+from ..tensor import are_same_shape
+from ..tensor import is_contiguous_1
+from ..tensor import nbytes
 from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 _TYPES = (GGMLType.F32, GGMLType.F16)
 

@@ -20,12 +20,25 @@ import itertools
 
 import numpy as np
 
-from ..errors import ParamError, describe
-from ..tensor import Tensor, is_contiguous, nbytes, nelements
+from ..errors import ParamError
+from ..errors import describe
+from ..tensor import Tensor
+from ..tensor import is_contiguous
+from ..tensor import nbytes
+from ..tensor import nelements
 from ..types import GGMLType
 from . import cases_common as cc
 from .builders import op_builders
-from .registry import OpDef, Out, fail, grad_rule, inplace_of, need, need_pair, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import grad_rule
+from .registry import inplace_of
+from .registry import need
+from .registry import need_pair
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 F32, F16 = GGMLType.F32, GGMLType.F16
 

@@ -18,7 +18,12 @@ from ..errors import ParamError
 from ..tensor import nbytes
 from ..types import GGMLType
 from . import cases_common as cc
-from .registry import OpDef, Out, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 from .view import view_4d as _view_4d
 
 _F32, _I32 = GGMLType.F32, GGMLType.I32

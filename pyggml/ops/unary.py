@@ -22,13 +22,31 @@ import math
 
 import numpy as np
 
-from ..errors import ParamError, UnsupportedError, describe
-from ..tensor import Tensor, is_contiguous, is_contiguous_1, is_contiguous_rows, nbytes, nelements, set_param
-from ..types import TRAITS, GGMLType
+from ..errors import ParamError
+from ..errors import UnsupportedError
+from ..errors import describe
+from ..tensor import Tensor
+from ..tensor import is_contiguous
+from ..tensor import is_contiguous_1
+from ..tensor import is_contiguous_rows
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..tensor import set_param
+from ..types import TRAITS
+from ..types import GGMLType
 from . import cases_common as cc
-from .builders import enum_name, op_builders
+from .builders import enum_name
+from .builders import op_builders
 from .case import uniform
-from .registry import OpDef, Out, grad_rule, grad_through, inplace_of, need, need_src, need_type, register
+from .registry import OpDef
+from .registry import Out
+from .registry import grad_rule
+from .registry import grad_through
+from .registry import inplace_of
+from .registry import need
+from .registry import need_src
+from .registry import need_type
+from .registry import register
 
 F32, F16, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.BF16
 _FLOATS = (F32, F16, BF16)

@@ -5,11 +5,19 @@ ne/nb/offsets follow ggml exactly (ggml.c: ggml_view_impl, ggml_reshape_*, ggml_
 from __future__ import annotations
 
 from ..errors import ParamError
-from ..tensor import Tensor, is_contiguous, nelements
+from ..tensor import Tensor
+from ..tensor import is_contiguous
+from ..tensor import nelements
 from ..types import TRAITS
 from . import cases_common as cc
 from .builders import nd_builders
-from .registry import OpDef, Out, fail, grad_rule, need, need_src, register
+from .registry import OpDef
+from .registry import Out
+from .registry import fail
+from .registry import grad_rule
+from .registry import need
+from .registry import need_src
+from .registry import register
 
 
 def _named(suffix):

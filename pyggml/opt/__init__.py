@@ -12,58 +12,55 @@ results, epochs with a progress bar, and fit().
 The backward rules come from the ops (pyggml/autodiff.py); the optimizer steps are the
 OPT_STEP_ADAMW / OPT_STEP_SGD ops.
 """
-from .context import (  # noqa: F401
-                      BUILD_TYPE_FORWARD,
-                      BUILD_TYPE_GRAD,
-                      BUILD_TYPE_OPT,
-                      LOSS_TYPE_CROSS_ENTROPY,
-                      LOSS_TYPE_MEAN,
-                      LOSS_TYPE_MEAN_SQUARED_ERROR,
-                      LOSS_TYPE_SUM,
-                      OPTIMIZER_TYPE_ADAMW,
-                      OPTIMIZER_TYPE_SGD,
-                      AdamWParams,
-                      OptContext,
-                      OptimizerParams,
-                      OptParams,
-                      SGDParams,
-                      default_params,
-                      get_constant_optimizer_params,
-                      get_default_optimizer_params,
-                      opt_alloc,
-                      opt_context_optimizer_type,
-                      opt_eval,
-                      opt_free,
-                      opt_grad_acc,
-                      opt_init,
-                      opt_inputs,
-                      opt_labels,
-                      opt_loss,
-                      opt_ncorrect,
-                      opt_outputs,
-                      opt_pred,
-                      opt_reset,
-                      opt_static_graphs,
-                      optimizer_name,
-)
-from .dataset import (  # noqa: F401
-                      Dataset,
-                      dataset_data,
-                      dataset_free,
-                      dataset_get_batch,
-                      dataset_init,
-                      dataset_labels,
-                      dataset_ndata,
-                      dataset_shuffle,
-)
-from .fit import epoch, epoch_callback_progress_bar, fit, progress_line  # noqa: F401
-from .result import (  # noqa: F401
-                      Result,
-                      result_accuracy,
-                      result_free,
-                      result_init,
-                      result_loss,
-                      result_ndata,
-                      result_pred,
-                      result_reset,
-)
+from .context import BUILD_TYPE_FORWARD  # noqa: F401
+from .context import BUILD_TYPE_GRAD  # noqa: F401
+from .context import BUILD_TYPE_OPT  # noqa: F401
+from .context import LOSS_TYPE_CROSS_ENTROPY  # noqa: F401
+from .context import LOSS_TYPE_MEAN  # noqa: F401
+from .context import LOSS_TYPE_MEAN_SQUARED_ERROR  # noqa: F401
+from .context import LOSS_TYPE_SUM  # noqa: F401
+from .context import OPTIMIZER_TYPE_ADAMW  # noqa: F401
+from .context import OPTIMIZER_TYPE_SGD  # noqa: F401
+from .context import AdamWParams  # noqa: F401
+from .context import OptContext  # noqa: F401
+from .context import OptimizerParams  # noqa: F401
+from .context import OptParams  # noqa: F401
+from .context import SGDParams  # noqa: F401
+from .context import default_params  # noqa: F401
+from .context import get_constant_optimizer_params  # noqa: F401
+from .context import get_default_optimizer_params  # noqa: F401
+from .context import opt_alloc  # noqa: F401
+from .context import opt_context_optimizer_type  # noqa: F401
+from .context import opt_eval  # noqa: F401
+from .context import opt_free  # noqa: F401
+from .context import opt_grad_acc  # noqa: F401
+from .context import opt_init  # noqa: F401
+from .context import opt_inputs  # noqa: F401
+from .context import opt_labels  # noqa: F401
+from .context import opt_loss  # noqa: F401
+from .context import opt_ncorrect  # noqa: F401
+from .context import opt_outputs  # noqa: F401
+from .context import opt_pred  # noqa: F401
+from .context import opt_reset  # noqa: F401
+from .context import opt_static_graphs  # noqa: F401
+from .context import optimizer_name  # noqa: F401
+from .dataset import Dataset  # noqa: F401
+from .dataset import dataset_data  # noqa: F401
+from .dataset import dataset_free  # noqa: F401
+from .dataset import dataset_get_batch  # noqa: F401
+from .dataset import dataset_init  # noqa: F401
+from .dataset import dataset_labels  # noqa: F401
+from .dataset import dataset_ndata  # noqa: F401
+from .dataset import dataset_shuffle  # noqa: F401
+from .fit import epoch  # noqa: F401
+from .fit import epoch_callback_progress_bar  # noqa: F401
+from .fit import fit  # noqa: F401
+from .fit import progress_line  # noqa: F401
+from .result import Result  # noqa: F401
+from .result import result_accuracy  # noqa: F401
+from .result import result_free  # noqa: F401
+from .result import result_init  # noqa: F401
+from .result import result_loss  # noqa: F401
+from .result import result_ndata  # noqa: F401
+from .result import result_pred  # noqa: F401
+from .result import result_reset  # noqa: F401

@@ -13,34 +13,42 @@ iteration count), computes it and adds loss, predictions and accuracy to a Resul
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Callable
+from typing import Optional
 
 import numpy as np
 
 from .. import data
 from ..autodiff import build_backward_expand
-from ..context import new_tensor, new_tensor_1d
+from ..context import new_tensor
+from ..context import new_tensor_1d
 from ..errors import GGMLError
-from ..graph import CGraph, graph_cpy, graph_get_grad, graph_reset, new_graph_custom
+from ..graph import CGraph
+from ..graph import graph_cpy
+from ..graph import graph_get_grad
+from ..graph import graph_reset
+from ..graph import new_graph_custom
 from ..ops.binary import sub
 from ..ops.loss import cross_entropy_loss
-from ..ops.opt_step import opt_step_adamw, opt_step_sgd
-from ..ops.reduce import argmax, count_equal
+from ..ops.opt_step import opt_step_adamw
+from ..ops.opt_step import opt_step_sgd
+from ..ops.reduce import argmax
+from ..ops.reduce import count_equal
 from ..ops.reduce import sum as sum_
-from ..ops.unary import scale, sqr
-from ..tensor import (
-    TENSOR_FLAG_LOSS,
-    TENSOR_FLAG_PARAM,
-    Buffer,
-    Tensor,
-    nbytes,
-    nelements,
-    set_input,
-    set_loss,
-    set_name,
-    set_output,
-)
+from ..ops.unary import scale
+from ..ops.unary import sqr
+from ..tensor import TENSOR_FLAG_LOSS
+from ..tensor import TENSOR_FLAG_PARAM
+from ..tensor import Buffer
+from ..tensor import Tensor
+from ..tensor import nbytes
+from ..tensor import nelements
+from ..tensor import set_input
+from ..tensor import set_loss
+from ..tensor import set_name
+from ..tensor import set_output
 from ..types import GGMLType
 from .result import Result
 
@@ -105,7 +113,10 @@ def default_params(backend_sched, loss_type: int) -> OptParams:
 
 
 def _default_sched():
-    from ..compute import Sched, backend_reference_init, cpu_backend_for, default_n_threads
+    from ..compute import Sched
+    from ..compute import backend_reference_init
+    from ..compute import cpu_backend_for
+    from ..compute import default_n_threads
     return Sched([cpu_backend_for(default_n_threads()), backend_reference_init()])
 
 

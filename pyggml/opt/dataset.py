@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data
-from ..context import init, new_tensor_2d
+from ..context import init
+from ..context import new_tensor_2d
 from ..errors import DataError
 from ..tensor import Tensor
 from ..types import GGMLType

@@ -5,7 +5,11 @@ import sys
 import time
 
 from ..errors import GGMLError
-from .context import LOSS_TYPE_MEAN, OPTIMIZER_TYPE_ADAMW, OptParams, get_default_optimizer_params, opt_init
+from .context import LOSS_TYPE_MEAN
+from .context import OPTIMIZER_TYPE_ADAMW
+from .context import OptParams
+from .context import get_default_optimizer_params
+from .context import opt_init
 from .dataset import Dataset
 from .result import Result
 

@@ -16,33 +16,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError, ShapeError, TypeError_
-from ..types import TRAITS, GGMLType, as_type
+from ..errors import DataError
+from ..errors import ShapeError
+from ..errors import TypeError_
+from ..types import TRAITS
+from ..types import GGMLType
+from ..types import as_type
 
 # Importing a format module registers its codecs with its type.
-from . import (  # noqa: F401  # noqa: F401
-    bf16,
-    f16,
-    iq4_nl,
-    iq4_xs,
-    mxfp4,
-    plain,
-    q2_k,
-    q3_k,
-    q4_0,
-    q4_1,
-    q4_k,
-    q5_0,
-    q5_1,
-    q5_k,
-    q6_k,
-    q8_0,
-    q8_1,
-    q8_k,
-)
-from ._common import as_f32, as_u8
-from .bf16 import bf16_to_fp32, fp32_to_bf16
-from .f16 import fp16_to_fp32, fp32_to_fp16
+from . import bf16  # noqa: F401  # noqa: F401
+from . import f16  # noqa: F401  # noqa: F401
+from . import iq4_nl  # noqa: F401  # noqa: F401
+from . import iq4_xs  # noqa: F401  # noqa: F401
+from . import mxfp4  # noqa: F401  # noqa: F401
+from . import plain  # noqa: F401  # noqa: F401
+from . import q2_k  # noqa: F401  # noqa: F401
+from . import q3_k  # noqa: F401  # noqa: F401
+from . import q4_0  # noqa: F401  # noqa: F401
+from . import q4_1  # noqa: F401  # noqa: F401
+from . import q4_k  # noqa: F401  # noqa: F401
+from . import q5_0  # noqa: F401  # noqa: F401
+from . import q5_1  # noqa: F401  # noqa: F401
+from . import q5_k  # noqa: F401  # noqa: F401
+from . import q6_k  # noqa: F401  # noqa: F401
+from . import q8_0  # noqa: F401  # noqa: F401
+from . import q8_1  # noqa: F401  # noqa: F401
+from . import q8_k  # noqa: F401  # noqa: F401
+from ._common import as_f32
+from ._common import as_u8
+from .bf16 import bf16_to_fp32
+from .bf16 import fp32_to_bf16
+from .f16 import fp16_to_fp32
+from .f16 import fp32_to_fp16
 
 __all__ = ["quantize", "dequantize", "takes_imatrix", "fp32_to_fp16", "fp16_to_fp32", "fp32_to_bf16",
            "bf16_to_fp32", "NUMBA_MIN_N"]

@@ -8,7 +8,9 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..types import TRAITS
-from ._common import as_f32, as_u8, f16_at
+from ._common import as_f32
+from ._common import as_u8
+from ._common import f16_at
 from .iq4_values import KVALUES_IQ4NL  # noqa: F401  (re-exported for iq4_nl/iq4_xs)
 
 _NO_QW = np.zeros(0, np.float32)

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
-from ._common import as_f32, as_u8, fp16_to_fp32, fp32_to_fp16  # noqa: F401  (public here)
+from ..types import GGMLType
+from ..types import register_codec
+from ._common import as_f32  # noqa: F401  (public here)
+from ._common import as_u8  # noqa: F401  (public here)
+from ._common import fp16_to_fp32  # noqa: F401  (public here)
+from ._common import fp32_to_fp16  # noqa: F401  (public here)
 
 
 def to_float(raw, n: int) -> np.ndarray:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
-from ._common import quiet, unpack_nibbles
-from ._kquant import KVALUES_IQ4NL, blocks, f16s, quantizers
+from ..types import GGMLType
+from ..types import register_codec
+from ._common import quiet
+from ._common import unpack_nibbles
+from ._kquant import KVALUES_IQ4NL
+from ._kquant import blocks
+from ._kquant import f16s
+from ._kquant import quantizers
 
 
 @quiet

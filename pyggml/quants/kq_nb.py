@@ -22,7 +22,11 @@ import numpy as np
 
 from ..types import GGMLType
 from .iq4_values import KVALUES_IQ4NL
-from .nb_scalar import _bits_f32, _f32_bits, _load_f16, _store_f16, f16_to_f32  # noqa: F401
+from .nb_scalar import _bits_f32  # noqa: F401
+from .nb_scalar import _f32_bits  # noqa: F401
+from .nb_scalar import _load_f16  # noqa: F401
+from .nb_scalar import _store_f16  # noqa: F401
+from .nb_scalar import f16_to_f32  # noqa: F401
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..types import TRAITS, GGMLType
-from .kq_nb import _sqrtf, make_qkx_quants, make_qx_quants
+from ..types import TRAITS
+from ..types import GGMLType
+from .kq_nb import _sqrtf
+from .kq_nb import make_qkx_quants
+from .kq_nb import make_qx_quants
 from .nb import _store_f16
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")

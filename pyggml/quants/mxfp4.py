@@ -13,8 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
-from ._common import F32, as_f32, as_u8, c_int32, nibbles, pack_blocks, quiet, unpack_nibbles
+from ..types import GGMLType
+from ..types import register_codec
+from ._common import F32
+from ._common import as_f32
+from ._common import as_u8
+from ._common import c_int32
+from ._common import nibbles
+from ._common import pack_blocks
+from ._common import quiet
+from ._common import unpack_nibbles
 
 QK = 32
 TYPE_SIZE = 17

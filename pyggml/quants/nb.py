@@ -20,20 +20,18 @@ import numba
 import numpy as np
 
 from ..types import GGMLType
-from .nb_scalar import (  # noqa: F401
-    _bits_f32,
-    _f32_bits,
-    _f32_to_half_bits,
-    _half_bits_to_f32,
-    _load_f16,
-    _roundeven,
-    _roundf,
-    _store_f16,
-    bf16_to_f32,
-    f16_to_f32,
-    f32_to_bf16,
-    f32_to_f16,
-)
+from .nb_scalar import _bits_f32  # noqa: F401
+from .nb_scalar import _f32_bits  # noqa: F401
+from .nb_scalar import _f32_to_half_bits  # noqa: F401
+from .nb_scalar import _half_bits_to_f32  # noqa: F401
+from .nb_scalar import _load_f16  # noqa: F401
+from .nb_scalar import _roundeven  # noqa: F401
+from .nb_scalar import _roundf  # noqa: F401
+from .nb_scalar import _store_f16  # noqa: F401
+from .nb_scalar import bf16_to_f32  # noqa: F401
+from .nb_scalar import f16_to_f32  # noqa: F401
+from .nb_scalar import f32_to_bf16  # noqa: F401
+from .nb_scalar import f32_to_f16  # noqa: F401
 
 # error_model="numpy": float division by zero gives inf instead of a Python check.
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -428,7 +426,8 @@ def dequantize_row_f32(src, dst, n):
 # and IQ4 rows live in kq_nb (which shares nb_scalar's helpers with this module)
 
 from . import kq_nb as _kq  # noqa: E402
-from .mxfp4_nb import dequantize_row_mxfp4, quantize_row_mxfp4  # noqa: E402
+from .mxfp4_nb import dequantize_row_mxfp4  # noqa: E402
+from .mxfp4_nb import quantize_row_mxfp4  # noqa: E402
 
 _F32, _F16, _BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 _Q4_0, _Q4_1, _Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import cgutils
+from numba.core import types
 from numba.extending import intrinsic
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
-from ._common import as_f32, as_u8
+from ..types import GGMLType
+from ..types import register_codec
+from ._common import as_f32
+from ._common import as_u8
 
 
 def _codecs(dtype):

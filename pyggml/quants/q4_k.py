@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
+from ..types import GGMLType
+from ..types import register_codec
 from ._common import quiet
-from ._kquant import blocks, f16s, quantizers, scale_min_k4
+from ._kquant import blocks
+from ._kquant import f16s
+from ._kquant import quantizers
+from ._kquant import scale_min_k4
 
 
 def nibbles64(qs: np.ndarray) -> np.ndarray:

@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
-from ._common import (
-    F32,
-    absmax_signed,
-    as_f32,
-    as_u8,
-    c_int8,
-    f16_at,
-    f16_field,
-    high_bits,
-    inverse,
-    nibbles,
-    pack_blocks,
-    quiet,
-    unpack_high_bits,
-    unpack_nibbles,
-)
+from ..types import GGMLType
+from ..types import register_codec
+from ._common import F32
+from ._common import absmax_signed
+from ._common import as_f32
+from ._common import as_u8
+from ._common import c_int8
+from ._common import f16_at
+from ._common import f16_field
+from ._common import high_bits
+from ._common import inverse
+from ._common import nibbles
+from ._common import pack_blocks
+from ._common import quiet
+from ._common import unpack_high_bits
+from ._common import unpack_nibbles
 
 QK = 32
 TYPE_SIZE = 22

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
+from ..types import GGMLType
+from ..types import register_codec
 from ._common import quiet
-from ._kquant import blocks, quantizers
-from .q4_k import affine, nibbles64
+from ._kquant import blocks
+from ._kquant import quantizers
+from .q4_k import affine
+from .q4_k import nibbles64
 
 
 @quiet

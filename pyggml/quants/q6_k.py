@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
+from ..types import GGMLType
+from ..types import register_codec
 from ._common import quiet
-from ._kquant import blocks, f16s, quantizers
+from ._kquant import blocks
+from ._kquant import f16s
+from ._kquant import quantizers
 
 
 @quiet

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
-from ._common import as_f32, as_u8, f16_at, f16_field, pack_blocks, quiet
+from ..types import GGMLType
+from ..types import register_codec
+from ._common import as_f32
+from ._common import as_u8
+from ._common import f16_at
+from ._common import f16_field
+from ._common import pack_blocks
+from ._common import quiet
 from .q8_0 import quantize_blocks
 
 QK = 32

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import GGMLType, register_codec
+from ..types import GGMLType
+from ..types import register_codec
 from ._common import quiet
 from ._kquant import blocks
 

@@ -6,10 +6,14 @@ last consumer has run, unless the tensor is a graph output or input (kept for th
 """
 from __future__ import annotations
 
-from heapq import heappop, heappush
+from heapq import heappop
+from heapq import heappush
 
 from ..graph import CGraph
-from ..tensor import TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT, Buffer, nbytes
+from ..tensor import TENSOR_FLAG_INPUT
+from ..tensor import TENSOR_FLAG_OUTPUT
+from ..tensor import Buffer
+from ..tensor import nbytes
 
 ALIGN = 64
 

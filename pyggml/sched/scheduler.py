@@ -14,15 +14,20 @@ caller holding "a backend" never needs to know whether it holds a scheduler.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Optional
 
 from .. import data
 from .. import tensor as _tensor_mod
 from ..backends.base import Backend
-from ..errors import GraphError, UnsupportedError, describe
+from ..errors import GraphError
+from ..errors import UnsupportedError
+from ..errors import describe
 from ..graph import CGraph
-from ..tensor import Buffer, Tensor, nbytes
+from ..tensor import Buffer
+from ..tensor import Tensor
+from ..tensor import nbytes
 from ..types import TRAITS
 from .alloc import alloc_graph
 

@@ -15,8 +15,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
-from .harness import CaseResult, all_cases, op_cases, run_perf, run_test
-from .report import load_baseline, make_printer, print_baseline_ratios
+from .harness import CaseResult
+from .harness import all_cases
+from .harness import op_cases
+from .harness import run_perf
+from .harness import run_test
+from .report import load_baseline
+from .report import make_printer
+from .report import print_baseline_ratios
 
 MODES = ("test", "perf", "grad", "support")
 
@@ -61,7 +67,8 @@ def _threads(args) -> Optional[int]:
 
 
 def _backends(args):
-    from ..compute import BACKENDS, backend_init_by_name
+    from ..compute import BACKENDS
+    from ..compute import backend_init_by_name
     n_threads = _threads(args)
     names = [args.backend] if args.backend else [n for n in ("numba",) if n in BACKENDS]
     if args.compare == "ggml" and "ggml" not in [n.lower() for n in names]:
@@ -113,7 +120,9 @@ def _run_one(item) -> tuple:
     if args.mode == "perf":
         r = run_perf(case, be, seed=args.seed, budget_s=args.budget)
     elif args.mode == "support":
-        from .harness import build_graph, case_excluded, supported
+        from .harness import build_graph
+        from .harness import case_excluded
+        from .harness import supported
         r = CaseResult(case, bname, mode="support")
         try:
             ok = not case_excluded(be, case) and supported(be, build_graph(case)[2])

@@ -21,18 +21,22 @@ import json
 import random
 import shlex
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Optional
 
 import numpy as np
 
 from .. import data
-from ..context import init, new_tensor
+from ..context import init
+from ..context import new_tensor
 from ..errors import GGMLError
 from ..graph import CGraph
-from ..ops.registry import OPS, OpDef
+from ..ops.registry import OPS
+from ..ops.registry import OpDef
 from ..tensor import Tensor
-from ..types import TRAITS, GGMLType
+from ..types import TRAITS
+from ..types import GGMLType
 from . import harness
 
 # Ops whose output jumps under a tiny change of the input (rounding, sign, order, counts):
@@ -638,7 +642,8 @@ class Runner:
     """The backends an example runs on: the CPU backend at each thread count, the reference."""
 
     def __init__(self, threads=(1, 2, 3), backend: str = "cpu", guard_pages: bool = False):
-        from ..compute import backend_init_by_name, backend_reference_init
+        from ..compute import backend_init_by_name
+        from ..compute import backend_reference_init
         from .guard import alloc_guard_pages
         self.alloc = alloc_guard_pages if guard_pages else None
         self.ref = backend_reference_init()

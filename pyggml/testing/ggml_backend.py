@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .. import data
 from ..backends.base import Backend
-from ..errors import GGMLError, UnsupportedError
+from ..errors import GGMLError
+from ..errors import UnsupportedError
 from ..graph import CGraph
 from ..tensor import Tensor
 

@@ -26,32 +26,33 @@ import os
 import re
 import sys
 import traceback
-from ctypes import (
-    CFUNCTYPE,
-    POINTER,
-    Structure,
-    c_bool,
-    c_char,
-    c_char_p,
-    c_double,
-    c_float,
-    c_int8,
-    c_int16,
-    c_int32,
-    c_int64,
-    c_size_t,
-    c_uint8,
-    c_uint16,
-    c_uint32,
-    c_uint64,
-    c_void_p,
-)
+from ctypes import CFUNCTYPE
+from ctypes import POINTER
+from ctypes import Structure
+from ctypes import c_bool
+from ctypes import c_char
+from ctypes import c_char_p
+from ctypes import c_double
+from ctypes import c_float
+from ctypes import c_int8
+from ctypes import c_int16
+from ctypes import c_int32
+from ctypes import c_int64
+from ctypes import c_size_t
+from ctypes import c_uint8
+from ctypes import c_uint16
+from ctypes import c_uint32
+from ctypes import c_uint64
+from ctypes import c_void_p
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ..errors import DataError, GGMLError, ShapeError, UnsupportedError
+from ..errors import DataError
+from ..errors import GGMLError
+from ..errors import ShapeError
+from ..errors import UnsupportedError
 
 __all__ = ["available", "lib", "GGMLTensor", "tensor", "ne_nb", "view_offs", "data_ptr",
            "op_params", "get_name", "type_of", "context", "new_tensor", "set_bytes", "read",

@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GGMLError, describe
-from ..ops.attention import WS_K, WS_KQ, WS_MASK, WS_MASKQ, WS_OPREV, WS_Q, WS_STATE, WS_V, WS_VQ
+from ..errors import GGMLError
+from ..errors import describe
+from ..ops.attention import WS_K
+from ..ops.attention import WS_KQ
+from ..ops.attention import WS_MASK
+from ..ops.attention import WS_MASKQ
+from ..ops.attention import WS_OPREV
+from ..ops.attention import WS_Q
+from ..ops.attention import WS_STATE
+from ..ops.attention import WS_V
+from ..ops.attention import WS_VQ
 from ..ops.registry import OPS
 from ..ops.softmax import _alibi_slopes
 from ..types import PREC_F32

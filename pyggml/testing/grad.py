@@ -24,13 +24,25 @@ import numpy as np
 from .. import data
 from ..autodiff import build_backward_expand
 from ..context import init
-from ..errors import GGMLError, UnsupportedError
-from ..graph import CGraph, graph_cpy, graph_get_grad, graph_reset, new_graph_custom
+from ..errors import GGMLError
+from ..errors import UnsupportedError
+from ..graph import CGraph
+from ..graph import graph_cpy
+from ..graph import graph_get_grad
+from ..graph import graph_reset
+from ..graph import new_graph_custom
 from ..ops.reduce import sum as sum_
-from ..tensor import TENSOR_FLAG_PARAM, is_scalar, nelements, set_loss
+from ..tensor import TENSOR_FLAG_PARAM
+from ..tensor import is_scalar
+from ..tensor import nelements
+from ..tensor import set_loss
 from ..types import GGMLType
 from .case import Case
-from .harness import CaseResult, alloc_guarded, case_excluded, fill_leafs, supported
+from .harness import CaseResult
+from .harness import alloc_guarded
+from .harness import case_excluded
+from .harness import fill_leafs
+from .harness import supported
 
 SKIPPED = "skipped:"     # the message of a case over nmax (ggml: "skipping large tensors")
 DEFAULTS = dict(eps=0.1, precise=False, nmax=10000, expect=(), max_maa=1e-4, init=None)

@@ -20,7 +20,8 @@ import signal
 
 import numpy as np
 
-from ..tensor import Buffer, nbytes
+from ..tensor import Buffer
+from ..tensor import nbytes
 from . import harness
 
 PAGE = mmap.PAGESIZE

@@ -16,10 +16,13 @@ import numpy as np
 
 from .. import data
 from ..context import init
-from ..errors import GGMLError, UnsupportedError
+from ..errors import GGMLError
+from ..errors import UnsupportedError
 from ..graph import CGraph
 from ..ops.case import Case
-from ..tensor import Buffer, Tensor, nbytes
+from ..tensor import Buffer
+from ..tensor import Tensor
+from ..tensor import nbytes
 from ..types import TRAITS
 
 GUARD = 64                      # bytes of canary on each side of every tensor

@@ -9,7 +9,8 @@ import sys
 from collections import defaultdict
 
 from .grad import SKIPPED
-from .harness import CaseResult, op_cases
+from .harness import CaseResult
+from .harness import op_cases
 
 # ggml's test_result::get_fields(), in its order, so csv/sql rows join with ggml's own
 FIELDS = ["test_time", "build_commit", "backend_name", "op_name", "op_params", "test_mode",

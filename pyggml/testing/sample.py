@@ -10,7 +10,8 @@ import numpy as np
 
 from ..ops.registry import OPS
 from ..tensor import nbytes
-from .harness import build_graph, op_cases
+from .harness import build_graph
+from .harness import op_cases
 
 SEED = 20240611
 

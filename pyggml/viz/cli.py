@@ -60,7 +60,8 @@ def _demo_graph(args):
     import pyggml as gg
 
     from ..attention.kv_cache import MixedKVCache
-    from ..models.llama import LlamaConfig, LlamaModel
+    from ..models.llama import LlamaConfig
+    from ..models.llama import LlamaModel
     if args.model:
         with open(args.model, "rb") as f:          # OSError: the command prints it
             if f.read(4) != b"GGUF":
@@ -85,7 +86,10 @@ def _demo_graph(args):
 def main(argv=None) -> int:
     import pyggml as gg
 
-    from . import DotOptions, profile_graph, render, to_dot
+    from . import DotOptions
+    from . import profile_graph
+    from . import render
+    from . import to_dot
     from .saved import load_graph
     args = _parser().parse_args(argv)
     _check_args(args)

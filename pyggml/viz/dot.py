@@ -6,13 +6,18 @@ backend per node, the first NaN/Inf node in red with its inputs highlighted).
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from collections import defaultdict
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Optional
 
 from ..errors import GGMLError
 from ..graph import CGraph
-from ..tensor import TENSOR_FLAG_INPUT, TENSOR_FLAG_OUTPUT, TENSOR_FLAG_PARAM, Tensor
+from ..tensor import TENSOR_FLAG_INPUT
+from ..tensor import TENSOR_FLAG_OUTPUT
+from ..tensor import TENSOR_FLAG_PARAM
+from ..tensor import Tensor
 
 BACKEND_COLORS = ["#cfe8ff", "#ffe3b3", "#d8f5d0", "#e8d5ff", "#ffd6d6", "#f0f0b0"]
 _LAYER_PATTERNS = [re.compile(r"^(blk|layers?|h|block)\.(\d+)\."), re.compile(r"^(.*?)-(\d+)$"),

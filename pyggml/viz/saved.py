@@ -9,7 +9,9 @@ import numpy as np
 from ..errors import GGMLError
 from ..graph import CGraph
 from ..ops.registry import frozen
-from ..tensor import MAX_OP_PARAMS, MAX_SRC, Tensor
+from ..tensor import MAX_OP_PARAMS
+from ..tensor import MAX_SRC
+from ..tensor import Tensor
 from ..types import as_type
 
 

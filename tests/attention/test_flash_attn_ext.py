@@ -27,7 +27,10 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
+from pyggml.errors import GGMLError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
 from pyggml.ops import attention as A
 from pyggml.testing import harness
 from pyggml.testing.asserts import assert_ggml_error

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml.attention.kv_cache import BLOCK, KV_PAD, F16KVCache, MixedKVCache
-from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel
+from pyggml.attention.kv_cache import BLOCK
+from pyggml.attention.kv_cache import KV_PAD
+from pyggml.attention.kv_cache import F16KVCache
+from pyggml.attention.kv_cache import MixedKVCache
+from pyggml.models.llama import Decoder
+from pyggml.models.llama import LlamaConfig
+from pyggml.models.llama import LlamaModel
 from pyggml.testing.harness import nmse
 
 SMALL = LlamaConfig(n_vocab=64, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)

@@ -20,7 +20,12 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import ComputeError, DataError, GGMLError, ParamError, ShapeError, TypeError_
+from pyggml.errors import ComputeError
+from pyggml.errors import DataError
+from pyggml.errors import GGMLError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
 from pyggml.ops import fa_state as st
 from pyggml.testing import harness
 from pyggml.types import GGMLType as T

@@ -16,10 +16,16 @@ import pytest
 
 import pyggml as gg
 from pyggml.attention import merge
-from pyggml.attention.kv_cache import F16KVCache, MixedKVCache
-from pyggml.distributed import MixedShardedKVCache, ShardedKVCache, lse_merge
+from pyggml.attention.kv_cache import F16KVCache
+from pyggml.attention.kv_cache import MixedKVCache
+from pyggml.distributed import MixedShardedKVCache
+from pyggml.distributed import ShardedKVCache
+from pyggml.distributed import lse_merge
 from pyggml.errors import ShapeError
-from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel, pad_tokens
+from pyggml.models.llama import Decoder
+from pyggml.models.llama import LlamaConfig
+from pyggml.models.llama import LlamaModel
+from pyggml.models.llama import pad_tokens
 from pyggml.testing.harness import nmse
 
 CFG_Q = LlamaConfig(n_vocab=96, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=128)

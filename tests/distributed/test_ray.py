@@ -16,16 +16,18 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import pyggml as gg  # noqa: E402
-from pyggml.attention.kv_cache import F16KVCache, MixedKVCache  # noqa: E402
-from pyggml.distributed import (  # noqa: E402
-    MixedShardedKVCache,
-    WorkerDiedError,
-    WorkerGroup,
-    WorkerTimeoutError,
-    layer_ranges,
-)
+from pyggml.attention.kv_cache import F16KVCache  # noqa: E402
+from pyggml.attention.kv_cache import MixedKVCache  # noqa: E402
+from pyggml.distributed import MixedShardedKVCache  # noqa: E402
+from pyggml.distributed import WorkerDiedError  # noqa: E402
+from pyggml.distributed import WorkerGroup  # noqa: E402
+from pyggml.distributed import WorkerTimeoutError  # noqa: E402
+from pyggml.distributed import layer_ranges  # noqa: E402
 from pyggml.errors import GGMLError  # noqa: E402
-from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel, pad_tokens  # noqa: E402
+from pyggml.models.llama import Decoder  # noqa: E402
+from pyggml.models.llama import LlamaConfig  # noqa: E402
+from pyggml.models.llama import LlamaModel  # noqa: E402
+from pyggml.models.llama import pad_tokens  # noqa: E402
 from pyggml.testing.harness import nmse  # noqa: E402
 
 CFG = LlamaConfig(n_vocab=128, n_embd=128, n_layer=4, n_head=4, n_head_kv=2, n_ff=256,

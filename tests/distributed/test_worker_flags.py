@@ -7,7 +7,10 @@ import importlib.util
 
 import pytest
 
-from pyggml.llm import bench, perplexity_cli, run_cli, tokenize_cli
+from pyggml.llm import bench
+from pyggml.llm import perplexity_cli
+from pyggml.llm import run_cli
+from pyggml.llm import tokenize_cli
 from pyggml.llm.model_info import ModelInfo
 
 MODEL = ModelInfo("/m/SmolLM2.gguf", "llama 256M Q4_1", 96576768, 134515008, 49152, None)

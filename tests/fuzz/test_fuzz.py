@@ -11,14 +11,22 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from pyggml import compute
 from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.numba_cpu.desc import DST, SRC0, row_range, t_addr, t_ne
+from pyggml.backends.numba_cpu.desc import DST
+from pyggml.backends.numba_cpu.desc import SRC0
+from pyggml.backends.numba_cpu.desc import row_range
+from pyggml.backends.numba_cpu.desc import t_addr
+from pyggml.backends.numba_cpu.desc import t_ne
 from pyggml.backends.numba_cpu.intrinsics import f32_array
-from pyggml.backends.numba_cpu.kernels import KERNELS, KernelEntry, make_kernel
+from pyggml.backends.numba_cpu.kernels import KERNELS
+from pyggml.backends.numba_cpu.kernels import KernelEntry
+from pyggml.backends.numba_cpu.kernels import make_kernel
 from pyggml.context import init
 from pyggml.testing import fuzz
 from pyggml.testing.fuzz_cli import main as fuzz_main

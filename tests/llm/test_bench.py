@@ -5,7 +5,8 @@ import json
 import pytest
 
 from pyggml.llm import bench
-from pyggml.llm.model_info import ModelInfo, ftype_name
+from pyggml.llm.model_info import ModelInfo
+from pyggml.llm.model_info import ftype_name
 
 # llama-bench -m SmolLM2-135M-Instruct.Q4_1.gguf -t 2 -p 32 -n 16 -r 2 (this machine's build)
 LLAMA_MD = """\

@@ -3,11 +3,17 @@ response shapes of llama-cpp-python, stop strings that never leak (also when str
 EOG, max_tokens, a full context, prefix reuse of the cache, the chat template."""
 import numpy as np
 import pytest
-from fake_llama import BOS, EOS, VOCAB, FakeLlama
+from fake_llama import BOS
+from fake_llama import EOS
+from fake_llama import VOCAB
+from fake_llama import FakeLlama
 
 from pyggml.errors import PromptError
-from pyggml.llm.chat import ChatFormatter, create_chat_completion
-from pyggml.llm.completion import StopFilter, create_completion, generate
+from pyggml.llm.chat import ChatFormatter
+from pyggml.llm.chat import create_chat_completion
+from pyggml.llm.completion import StopFilter
+from pyggml.llm.completion import create_completion
+from pyggml.llm.completion import generate
 from pyggml.llm.sampling import Sampler
 
 GREEDY = dict(temperature=0.0)

@@ -7,7 +7,9 @@ import sys
 import pytest
 from fake_llama import FakeLlama
 
-from pyggml.llm import chat_cli, cli_common, run_cli
+from pyggml.llm import chat_cli
+from pyggml.llm import cli_common
+from pyggml.llm import run_cli
 
 
 @pytest.fixture

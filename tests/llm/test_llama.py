@@ -8,10 +8,13 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.errors import GGMLError, ModelFileError
-from pyggml.llm import Llama, installed_model
+from pyggml.errors import GGMLError
+from pyggml.errors import ModelFileError
+from pyggml.llm import Llama
+from pyggml.llm import installed_model
 from pyggml.llm.loader import save_gguf
-from pyggml.models.llama import LlamaConfig, LlamaModel
+from pyggml.models.llama import LlamaConfig
+from pyggml.models.llama import LlamaModel
 
 pytest.importorskip("gguf")
 

@@ -9,8 +9,11 @@ import pytest
 import pyggml as gg
 from pyggml.errors import ModelFileError
 from pyggml.llm import GGUFFile
-from pyggml.llm.loader import config_from_gguf, load_model, save_gguf
-from pyggml.models.llama import LlamaConfig, LlamaModel
+from pyggml.llm.loader import config_from_gguf
+from pyggml.llm.loader import load_model
+from pyggml.llm.loader import save_gguf
+from pyggml.models.llama import LlamaConfig
+from pyggml.models.llama import LlamaModel
 
 gguf = pytest.importorskip("gguf")
 

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from pyggml.llm import kv_sweep
-from pyggml.llm.perplexity import PerplexityError, PerplexityResult, perplexity, token_nll
+from pyggml.llm.perplexity import PerplexityError
+from pyggml.llm.perplexity import PerplexityResult
+from pyggml.llm.perplexity import perplexity
+from pyggml.llm.perplexity import token_nll
 from pyggml.llm.perplexity_cli import main as perplexity_main
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -186,7 +189,8 @@ def fixture():
 
 
 def test_smollm2_tokens_match_llama_tokenize(fixture):
-    from pyggml.llm import GGUFFile, Tokenizer
+    from pyggml.llm import GGUFFile
+    from pyggml.llm import Tokenizer
     tok = Tokenizer.from_gguf(GGUFFile(_smollm2()))
     with open(os.path.join(os.path.dirname(FIXTURES), "..", "..", fixture["text"]), "rb") as fh:
         assert tok.tokenize(fh.read(), add_special=True, parse_special=False) == fixture["tokens"]

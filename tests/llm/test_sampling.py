@@ -5,7 +5,8 @@ import pytest
 
 from pyggml.errors import ParamError
 from pyggml.llm import sampling as S
-from pyggml.llm.sampling import Sampler, SamplingParams
+from pyggml.llm.sampling import Sampler
+from pyggml.llm.sampling import SamplingParams
 
 
 def test_penalties_hand_computed():

@@ -8,9 +8,15 @@ import os
 import numpy as np
 import pytest
 
-from pyggml.errors import GGMLError, ModelFileError, ParamError
-from pyggml.llm import GGUFFile, Tokenizer, installed_model, tokenize_cli
-from pyggml.llm.utf8 import codepoints, to_text
+from pyggml.errors import GGMLError
+from pyggml.errors import ModelFileError
+from pyggml.errors import ParamError
+from pyggml.llm import GGUFFile
+from pyggml.llm import Tokenizer
+from pyggml.llm import installed_model
+from pyggml.llm import tokenize_cli
+from pyggml.llm.utf8 import codepoints
+from pyggml.llm.utf8 import to_text
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "tokenize_smollm2.json")
 with open(FIXTURE, encoding="utf-8") as _f:

@@ -13,10 +13,15 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import ComputeError, ParamError, ShapeError, TypeError_
-from pyggml.ops.conv import OP_POOL_AVG, OP_POOL_MAX
+from pyggml.errors import ComputeError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
+from pyggml.ops.conv import OP_POOL_AVG
+from pyggml.ops.conv import OP_POOL_MAX
 from pyggml.testing import harness as H
-from pyggml.testing.asserts import assert_op_error, named_tensor
+from pyggml.testing.asserts import assert_op_error
+from pyggml.testing.asserts import named_tensor
 
 CONV_OPS = ["IM2COL", "CONV_2D", "CONV_TRANSPOSE_1D", "POOL_1D", "POOL_2D", "SSM_CONV",
             "SSM_SCAN"]

@@ -18,7 +18,12 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_, UnsupportedError
+from pyggml.errors import ComputeError
+from pyggml.errors import GGMLError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
+from pyggml.errors import UnsupportedError
 from pyggml.testing import harness
 from pyggml.testing.asserts import assert_ggml_error
 from pyggml.testing.conformance import reference_vs_ggml
@@ -419,7 +424,8 @@ def test_numba_silu_and_swiglu_are_ggmls_bit_for_bit(ggml, numba_backends):
 def test_the_kernels_gelu_tables_are_the_references():
     """The CPU kernels own their GELU tables (kernels/tables.py, as ggml-cpu owns
     ggml_table_gelu_f16) instead of reading ops/unary.py's: the two must agree bit for bit."""
-    from pyggml.backends.numba_cpu.kernels.tables import GELU_F16, GELU_QUICK_F16
+    from pyggml.backends.numba_cpu.kernels.tables import GELU_F16
+    from pyggml.backends.numba_cpu.kernels.tables import GELU_QUICK_F16
     from pyggml.ops.unary import _gelu_table
     for mine, spec in ((GELU_F16, _gelu_table("gelu")), (GELU_QUICK_F16, _gelu_table("gelu_quick"))):
         assert mine.dtype == np.float32 and mine.shape == (1 << 16,)

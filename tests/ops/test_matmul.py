@@ -20,10 +20,15 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
+from pyggml.errors import ComputeError
+from pyggml.errors import GGMLError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
 from pyggml.ops import matmul as mm
 from pyggml.testing import harness
-from pyggml.testing.asserts import assert_ggml_error, named_tensor
+from pyggml.testing.asserts import assert_ggml_error
+from pyggml.testing.asserts import named_tensor
 
 OPS = ("MUL_MAT", "MUL_MAT_ID", "OUT_PROD")
 SLOW = os.environ.get("PYGGML_SLOW") == "1"

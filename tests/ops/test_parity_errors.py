@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 
 import pyggml as gg
-from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
-from pyggml.testing.asserts import assert_op_error, named_tensor
+from pyggml.errors import GGMLError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
+from pyggml.testing.asserts import assert_op_error
+from pyggml.testing.asserts import named_tensor
 
 _t = named_tensor
 _raises = assert_op_error

@@ -14,10 +14,17 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import ComputeError, GGMLError, ParamError, ShapeError, TypeError_
-from pyggml.ops.upscale import SCALE_FLAG_ANTIALIAS, SCALE_MODE_BICUBIC, SCALE_MODE_BILINEAR
+from pyggml.errors import ComputeError
+from pyggml.errors import GGMLError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
+from pyggml.ops.upscale import SCALE_FLAG_ANTIALIAS
+from pyggml.ops.upscale import SCALE_MODE_BICUBIC
+from pyggml.ops.upscale import SCALE_MODE_BILINEAR
 from pyggml.testing import harness as H
-from pyggml.testing.asserts import assert_op_error, named_tensor
+from pyggml.testing.asserts import assert_op_error
+from pyggml.testing.asserts import named_tensor
 
 ROW_OPS = ["GET_ROWS", "GET_ROWS_BACK", "SET_ROWS"]
 SHAPE_OPS = ["CONCAT", "REPEAT", "REPEAT_BACK", "PAD", "SET", "ACC", "ARANGE",

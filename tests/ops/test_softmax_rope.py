@@ -16,7 +16,10 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import GGMLError, ParamError, ShapeError, TypeError_
+from pyggml.errors import GGMLError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
 from pyggml.testing import harness
 from pyggml.testing.asserts import assert_ggml_error
 from pyggml.testing.conformance import reference_vs_ggml

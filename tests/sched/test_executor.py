@@ -13,27 +13,30 @@ import pytest
 import pyggml as gg
 from pyggml.backends.numba_cpu import desc as D
 from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.numba_cpu.desc import (
-    DESC_LEN,
-    DST,
-    H_INDEX,
-    H_NTASKS,
-    H_STATUS,
-    HDR,
-    SLOT,
-    SRC0,
-    SRC1,
-    STATUS_LEN,
-    T_NE,
-    node_index,
-    row_range,
-    set_error,
-    t_addr,
-    t_ne,
-)
-from pyggml.backends.numba_cpu.executor import NodeTable, WorkerPool
-from pyggml.backends.numba_cpu.intrinsics import atomic_add, f32_array, i64_array
-from pyggml.backends.numba_cpu.kernels import KERNELS, add_kernel, make_kernel
+from pyggml.backends.numba_cpu.desc import DESC_LEN
+from pyggml.backends.numba_cpu.desc import DST
+from pyggml.backends.numba_cpu.desc import H_INDEX
+from pyggml.backends.numba_cpu.desc import H_NTASKS
+from pyggml.backends.numba_cpu.desc import H_STATUS
+from pyggml.backends.numba_cpu.desc import HDR
+from pyggml.backends.numba_cpu.desc import SLOT
+from pyggml.backends.numba_cpu.desc import SRC0
+from pyggml.backends.numba_cpu.desc import SRC1
+from pyggml.backends.numba_cpu.desc import STATUS_LEN
+from pyggml.backends.numba_cpu.desc import T_NE
+from pyggml.backends.numba_cpu.desc import node_index
+from pyggml.backends.numba_cpu.desc import row_range
+from pyggml.backends.numba_cpu.desc import set_error
+from pyggml.backends.numba_cpu.desc import t_addr
+from pyggml.backends.numba_cpu.desc import t_ne
+from pyggml.backends.numba_cpu.executor import NodeTable
+from pyggml.backends.numba_cpu.executor import WorkerPool
+from pyggml.backends.numba_cpu.intrinsics import atomic_add
+from pyggml.backends.numba_cpu.intrinsics import f32_array
+from pyggml.backends.numba_cpu.intrinsics import i64_array
+from pyggml.backends.numba_cpu.kernels import KERNELS
+from pyggml.backends.numba_cpu.kernels import add_kernel
+from pyggml.backends.numba_cpu.kernels import make_kernel
 from pyggml.backends.reference import ReferenceBackend
 
 THREADS = (1, 2, 3)

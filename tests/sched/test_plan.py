@@ -11,8 +11,12 @@ import pytest
 import pyggml as gg
 from pyggml.backends.base import Backend
 from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.numba_cpu.kernels import KERNELS, add_kernel, make_kernel
-from pyggml.backends.numba_cpu.plan import CACHE_LINE, CPlan, graph_plan
+from pyggml.backends.numba_cpu.kernels import KERNELS
+from pyggml.backends.numba_cpu.kernels import add_kernel
+from pyggml.backends.numba_cpu.kernels import make_kernel
+from pyggml.backends.numba_cpu.plan import CACHE_LINE
+from pyggml.backends.numba_cpu.plan import CPlan
+from pyggml.backends.numba_cpu.plan import graph_plan
 from pyggml.compute import graph_compute
 from pyggml.errors import GraphError
 

@@ -14,7 +14,8 @@ import pytest
 
 import pyggml as gg
 from pyggml.backends.numba_cpu import warmup as W
-from pyggml.backends.numba_cpu.kernels import KERNELS, make_kernel
+from pyggml.backends.numba_cpu.kernels import KERNELS
+from pyggml.backends.numba_cpu.kernels import make_kernel
 from pyggml.types import GGMLType
 
 SMALL = ["NEG:k_neg", "ARANGE:arange"]         # two modules: two units, two workers
@@ -201,7 +202,8 @@ def test_graph_kernels_and_demo_kernels():
     gf = gg.new_graph(ctx)
     gg.build_forward_expand(gf, gg.mul(ctx, gg.add(ctx, a, b), b))
     assert sorted(k.key for k in W.graph_kernels([gf])) == ["ADD:k_add", "MUL:k_mul"]
-    from pyggml.models.demo import _parser, demo_kernels
+    from pyggml.models.demo import _parser
+    from pyggml.models.demo import demo_kernels
     args = _parser().parse_args(["--prompt", "40", "--tokens", "30", "--ctx", "128",
                                  "--hot", "32", "--random-weights"])     # Q4_0 weights
     keys = {k.key for k in demo_kernels(args)}
@@ -216,7 +218,8 @@ def test_graph_kernels_and_demo_kernels():
 
 
 def test_templates_make_one_kernel_per_type_found_by_key():
-    from pyggml.backends.numba_cpu.kernels import find, lookup
+    from pyggml.backends.numba_cpu.kernels import find
+    from pyggml.backends.numba_cpu.kernels import lookup
     k = find("GET_ROWS:get_rows[q8_0]")
     assert k is not None and k.key == "GET_ROWS:get_rows[q8_0]"
     assert find("GET_ROWS:get_rows[q8_0]") is k                # made once, then kept

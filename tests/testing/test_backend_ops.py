@@ -15,7 +15,8 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numba
@@ -24,24 +25,31 @@ import pytest
 
 from pyggml import compute
 from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.numba_cpu.desc import DST, SRC0, row_range, t_addr, t_nb, t_ne
-from pyggml.backends.numba_cpu.intrinsics import f32_array, ptr_of
-from pyggml.backends.numba_cpu.kernels import KERNELS, KernelEntry, make_kernel
+from pyggml.backends.numba_cpu.desc import DST
+from pyggml.backends.numba_cpu.desc import SRC0
+from pyggml.backends.numba_cpu.desc import row_range
+from pyggml.backends.numba_cpu.desc import t_addr
+from pyggml.backends.numba_cpu.desc import t_nb
+from pyggml.backends.numba_cpu.desc import t_ne
+from pyggml.backends.numba_cpu.intrinsics import f32_array
+from pyggml.backends.numba_cpu.intrinsics import ptr_of
+from pyggml.backends.numba_cpu.kernels import KERNELS
+from pyggml.backends.numba_cpu.kernels import KernelEntry
+from pyggml.backends.numba_cpu.kernels import make_kernel
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.ops.case import Case
 from pyggml.ops.registry import OPS
 from pyggml.testing import harness
 from pyggml.testing.cli import main
-from pyggml.testing.harness import (
-    all_cases,
-    check_guards,
-    compare_values,
-    duplicate_cases,
-    run_perf,
-    run_test,
-    split_ops,
-)
-from pyggml.testing.report import CSV_FIELDS, FIELDS
+from pyggml.testing.harness import all_cases
+from pyggml.testing.harness import check_guards
+from pyggml.testing.harness import compare_values
+from pyggml.testing.harness import duplicate_cases
+from pyggml.testing.harness import run_perf
+from pyggml.testing.harness import run_test
+from pyggml.testing.harness import split_ops
+from pyggml.testing.report import CSV_FIELDS
+from pyggml.testing.report import FIELDS
 from pyggml.types import GGMLType
 
 ROOT = Path(__file__).resolve().parents[2]

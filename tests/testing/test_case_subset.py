@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from pyggml.ops.registry import OPS
-from pyggml.testing.harness import op_cases, run_test
+from pyggml.testing.harness import op_cases
+from pyggml.testing.harness import run_test
 from pyggml.testing.sample import sample_cases
 
 SAMPLE = 3

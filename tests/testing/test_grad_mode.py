@@ -10,8 +10,10 @@ import pytest
 
 from pyggml.context import init
 from pyggml.ops.registry import OPS
-from pyggml.tensor import TENSOR_FLAG_PARAM, nelements
-from pyggml.testing.grad import run_grad, settings
+from pyggml.tensor import TENSOR_FLAG_PARAM
+from pyggml.tensor import nelements
+from pyggml.testing.grad import run_grad
+from pyggml.testing.grad import settings
 from pyggml.testing.harness import op_cases
 from pyggml.types import GGMLType
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ctypes
 import io
 import signal
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr
+from contextlib import redirect_stdout
 
 import numba
 import numpy as np
@@ -18,9 +19,15 @@ import pytest
 
 from pyggml import compute
 from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.numba_cpu.desc import DST, SRC0, row_range, t_addr, t_ne
+from pyggml.backends.numba_cpu.desc import DST
+from pyggml.backends.numba_cpu.desc import SRC0
+from pyggml.backends.numba_cpu.desc import row_range
+from pyggml.backends.numba_cpu.desc import t_addr
+from pyggml.backends.numba_cpu.desc import t_ne
 from pyggml.backends.numba_cpu.intrinsics import f32_array
-from pyggml.backends.numba_cpu.kernels import KERNELS, KernelEntry, make_kernel
+from pyggml.backends.numba_cpu.kernels import KERNELS
+from pyggml.backends.numba_cpu.kernels import KernelEntry
+from pyggml.backends.numba_cpu.kernels import make_kernel
 from pyggml.testing import guard
 from pyggml.testing.cli import main
 from pyggml.types import GGMLType

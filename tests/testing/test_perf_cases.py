@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import pathlib
 import re
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr
+from contextlib import redirect_stdout
 
 from pyggml.testing.cli import main
 from pyggml.testing.perf_cases import perf_cases
-from pyggml.testing.report import baseline_key, load_baseline
+from pyggml.testing.report import baseline_key
+from pyggml.testing.report import load_baseline
 
 FIX = pathlib.Path(__file__).parent / "fixtures"
 _LINE = re.compile(r"^  ([A-Z0-9_]+)\((.*)\):")

@@ -6,7 +6,8 @@ import csv
 import io
 import pathlib
 import re
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr
+from contextlib import redirect_stdout
 
 import pytest
 

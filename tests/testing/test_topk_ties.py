@@ -16,14 +16,21 @@ import pytest
 
 from pyggml import data
 from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.numba_cpu.desc import DST, SRC0, row_range, t_addr, t_nb, t_ne
+from pyggml.backends.numba_cpu.desc import DST
+from pyggml.backends.numba_cpu.desc import SRC0
+from pyggml.backends.numba_cpu.desc import row_range
+from pyggml.backends.numba_cpu.desc import t_addr
+from pyggml.backends.numba_cpu.desc import t_nb
+from pyggml.backends.numba_cpu.desc import t_ne
 from pyggml.backends.numba_cpu.intrinsics import ptr_of
-from pyggml.backends.numba_cpu.kernels import KernelEntry, make_kernel
+from pyggml.backends.numba_cpu.kernels import KernelEntry
+from pyggml.backends.numba_cpu.kernels import make_kernel
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.ops.case import Case
 from pyggml.ops.registry import OPS
 from pyggml.testing import harness
-from pyggml.testing.harness import all_cases, run_test
+from pyggml.testing.harness import all_cases
+from pyggml.testing.harness import run_test
 from pyggml.types import GGMLType
 
 TIES = "TOP_K(type=f32,ne=[27,1,2,1],k=7,ties=1)"        # values 0..8, each 3 times

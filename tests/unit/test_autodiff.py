@@ -14,8 +14,10 @@ import pyggml as gg
 from pyggml.backends.numba_cpu.backend import NumbaBackend
 from pyggml.backends.reference.backend import ReferenceBackend
 from pyggml.ops.registry import OPS
-from pyggml.testing.case import Case, uniform
-from pyggml.testing.grad import mean_abs_asymm, run_grad
+from pyggml.testing.case import Case
+from pyggml.testing.case import uniform
+from pyggml.testing.grad import mean_abs_asymm
+from pyggml.testing.grad import run_grad
 
 F32 = gg.TYPE_F32
 

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml.errors import ContextMemoryError, DataError, GGMLError, GraphError, ParamError, ShapeError, TypeError_
-from pyggml.ops.registry import OpDef, Out
+from pyggml.errors import ContextMemoryError
+from pyggml.errors import DataError
+from pyggml.errors import GGMLError
+from pyggml.errors import GraphError
+from pyggml.errors import ParamError
+from pyggml.errors import ShapeError
+from pyggml.errors import TypeError_
+from pyggml.ops.registry import OpDef
+from pyggml.ops.registry import Out
 
 F32, F16, BF16, I32, Q4_0, Q8_0 = (gg.TYPE_F32, gg.TYPE_F16, gg.TYPE_BF16, gg.TYPE_I32,
                                    gg.TYPE_Q4_0, gg.TYPE_Q8_0)

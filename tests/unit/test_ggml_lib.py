@@ -9,8 +9,10 @@ import pytest
 
 import pyggml as gg
 from pyggml import data
-from pyggml.errors import GGMLError, UnsupportedError
-from pyggml.ops.registry import OpDef, Out
+from pyggml.errors import GGMLError
+from pyggml.errors import UnsupportedError
+from pyggml.ops.registry import OpDef
+from pyggml.ops.registry import Out
 from pyggml.testing import ggml_lib as L
 
 if not L.available():

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml.errors import ContextMemoryError, GraphError, ShapeError
+from pyggml.errors import ContextMemoryError
+from pyggml.errors import GraphError
+from pyggml.errors import ShapeError
 
 
 @pytest.fixture

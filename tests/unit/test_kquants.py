@@ -11,11 +11,15 @@ import ctypes
 
 import numpy as np
 import pytest
-from test_quants import INPUTS, assert_same_bits, assert_same_bytes, make_input
+from test_quants import INPUTS
+from test_quants import assert_same_bits
+from test_quants import assert_same_bytes
+from test_quants import make_input
 
 from pyggml import quants as Q
 from pyggml.errors import ShapeError
-from pyggml.types import TRAITS, GGMLType
+from pyggml.types import TRAITS
+from pyggml.types import GGMLType
 
 T = GGMLType
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
@@ -106,7 +110,8 @@ def test_many_rows(gg, t):
 
 @pytest.mark.parametrize("t", K_TYPES, ids=str)
 def test_numba_dispatch_rows(t):
-    from pyggml.quants import kq_nb, nb
+    from pyggml.quants import kq_nb
+    from pyggml.quants import nb
     x = make_input("normal", 512)
     raw = np.frombuffer(Q.quantize(t, x), np.uint8).copy()
     out = np.zeros(512, np.float32)

@@ -16,14 +16,19 @@ import sys
 
 import numpy as np
 import pytest
-from test_quants import INPUTS, assert_same_bits, assert_same_bytes, make_input
+from test_quants import INPUTS
+from test_quants import assert_same_bits
+from test_quants import assert_same_bytes
+from test_quants import make_input
 
 import pyggml as gg
 from pyggml import data
 from pyggml import quants as Q
 from pyggml.backends.numba_cpu.kernels import simd
 from pyggml.quants import mxfp4
-from pyggml.types import TRAITS, GGMLType, as_type
+from pyggml.types import TRAITS
+from pyggml.types import GGMLType
+from pyggml.types import as_type
 
 T = GGMLType
 MX = T.MXFP4
@@ -160,7 +165,8 @@ def test_numba_dispatch_knows_mxfp4():
 
 
 def test_bad_lengths_are_named_errors():
-    from pyggml.errors import DataError, ShapeError
+    from pyggml.errors import DataError
+    from pyggml.errors import ShapeError
     with pytest.raises(ShapeError, match="mxfp4"):
         Q.quantize(MX, np.zeros(48, np.float32))
     with pytest.raises(DataError, match="mxfp4"):
@@ -350,7 +356,8 @@ def test_out_prod_matches_ggml(ggml):
 def test_reference_backend_computes_them(ggml):
     """The reference backend (float64 on the dequantized weights) agrees with ggml."""
     from pyggml.backends.reference import ReferenceBackend
-    from pyggml.testing import ggml_lib, harness
+    from pyggml.testing import ggml_lib
+    from pyggml.testing import harness
     gf, outs = _rows_graph(seed=7)
     ReferenceBackend().graph_compute(gf)
     ours = [ggml_lib.pyggml_raw(o) for o in outs]
@@ -429,8 +436,10 @@ def test_mxfp4_model_loads_and_runs(tmp_path):
 
     from pyggml import quantize_cli as qc
     from pyggml.llm import Llama
-    from pyggml.llm.loader import load_model, save_gguf
-    from pyggml.models.llama import LlamaConfig, LlamaModel
+    from pyggml.llm.loader import load_model
+    from pyggml.llm.loader import save_gguf
+    from pyggml.models.llama import LlamaConfig
+    from pyggml.models.llama import LlamaModel
     cfg = LlamaConfig(n_vocab=96, n_embd=64, n_layer=2, n_head=2, n_head_kv=1, n_ff=96,
                       n_ctx_train=256)
     src, mx, back = tmp_path / "f32.gguf", tmp_path / "mxfp4.gguf", tmp_path / "back.gguf"

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml import GGMLError, ParamError
+from pyggml import GGMLError
+from pyggml import ParamError
 
 
 @pytest.fixture

@@ -207,7 +207,10 @@ def test_flags_and_imatrix_files_match_llama_quantize(tmp_path, capsys):
     lines."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-    from quantize_cases_fixture import CASES, case_argv, case_digests, make_inputs
+    from quantize_cases_fixture import CASES
+    from quantize_cases_fixture import case_argv
+    from quantize_cases_fixture import case_digests
+    from quantize_cases_fixture import make_inputs
     from quantize_fixture import tensor_digests
     exp = json.loads((Path(__file__).parent / "fixtures" / "quantize_cases_tiny.json").read_text())
     assert sorted(exp) == sorted(CASES)

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from pyggml import quants as Q
-from pyggml.errors import DataError, ShapeError
-from pyggml.types import TRAITS, GGMLType
+from pyggml.errors import DataError
+from pyggml.errors import ShapeError
+from pyggml.types import TRAITS
+from pyggml.types import GGMLType
 
 T = GGMLType
 BLOCK_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q8_1]

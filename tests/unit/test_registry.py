@@ -6,7 +6,8 @@ import pytest
 import pyggml as gg
 from pyggml import ops
 from pyggml.ops.case import Case
-from pyggml.ops.registry import OPS, OpDef
+from pyggml.ops.registry import OPS
+from pyggml.ops.registry import OpDef
 
 # ops that exist only in pyggml, so real ggml has no recipe for them
 PYGGML_ONLY = {"FLASH_ATTN_EXT_WITH_STATE"}
@@ -71,7 +72,8 @@ def test_op_params_layouts_pack_and_unpack_like_the_field_loop():
     import numpy as np
 
     from pyggml.errors import ParamError
-    from pyggml.ops.registry import pack_params, unpack_params
+    from pyggml.ops.registry import pack_params
+    from pyggml.ops.registry import unpack_params
     rng = np.random.default_rng(0)
     for op in OPS.values():
         for trial in range(4):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import pyggml as gg
-from pyggml import DataError, ShapeError
+from pyggml import DataError
+from pyggml import ShapeError
 from pyggml.testing import ggml_lib
 
 BACKENDS = ["reference", "numba"]

@@ -17,14 +17,26 @@ from typing import Optional
 import numpy as np
 
 from ... import tensor as _tensor_mod
-from ...errors import ComputeError, GraphError
-from ...graph import CGraph, gc_paused
-from ...tensor import Buffer, Tensor
-from ..base import Backend, EvalCallback, is_computed
-from .desc import DESC_LEN, SCRATCH_LEN, STATUS_LEN, pack_table
-from .executor import MAX_THREADS, NodeTable, WorkerPool
-from .kernels import KERNELS, lookup
-from .plan import CPlan, graph_plan
+from ...errors import ComputeError
+from ...errors import GraphError
+from ...graph import CGraph
+from ...graph import gc_paused
+from ...tensor import Buffer
+from ...tensor import Tensor
+from ..base import Backend
+from ..base import EvalCallback
+from ..base import is_computed
+from .desc import DESC_LEN
+from .desc import SCRATCH_LEN
+from .desc import STATUS_LEN
+from .desc import pack_table
+from .executor import MAX_THREADS
+from .executor import NodeTable
+from .executor import WorkerPool
+from .kernels import KERNELS
+from .kernels import lookup
+from .plan import CPlan
+from .plan import graph_plan
 
 _loc = attrgetter("_buffer", "_offs")
 

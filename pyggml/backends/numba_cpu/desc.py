@@ -55,7 +55,9 @@ import numpy as np
 
 from ...tensor import MAX_SRC
 from ...types import TRAITS
-from .intrinsics import atomic_cas, atomic_store, bits_to_f32
+from .intrinsics import atomic_cas
+from .intrinsics import atomic_store
+from .intrinsics import bits_to_f32
 
 # --- layout ---------------------------------------------------------------------------------
 HDR = 8

@@ -36,9 +36,21 @@ from typing import Optional
 import numba
 import numpy as np
 
-from ...errors import ComputeError, describe
-from .desc import DESC_LEN, ERROR_DETAILS, S_CODE, S_NODE, error_meaning
-from .intrinsics import atomic_add, atomic_load, atomic_store, call_kernel, cpu_pause, cpu_yield, current_cpu, i64_array
+from ...errors import ComputeError
+from ...errors import describe
+from .desc import DESC_LEN
+from .desc import ERROR_DETAILS
+from .desc import S_CODE
+from .desc import S_NODE
+from .desc import error_meaning
+from .intrinsics import atomic_add
+from .intrinsics import atomic_load
+from .intrinsics import atomic_store
+from .intrinsics import call_kernel
+from .intrinsics import cpu_pause
+from .intrinsics import cpu_yield
+from .intrinsics import current_cpu
+from .intrinsics import i64_array
 
 # --- pool state words (int64 array; hot words on their own 64-byte lines) -------------------
 W_COUNT = 0        # threads arrived at the current barrier

@@ -20,7 +20,8 @@ import platform
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import cgutils
+from numba.core import types
 from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)

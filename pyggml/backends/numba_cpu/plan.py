@@ -14,14 +14,16 @@ nothing and are not planned (n_tasks 0).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Optional
 
 import numpy as np
 
 from ...errors import GraphError
 from ...graph import CGraph
-from ..base import default_n_threads, is_computed
+from ..base import default_n_threads
+from ..base import is_computed
 
 CACHE_LINE = 64
 

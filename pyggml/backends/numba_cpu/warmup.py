@@ -35,8 +35,11 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Callable
+from typing import Iterable
+from typing import Optional
 
 from ...errors import GGMLError
 

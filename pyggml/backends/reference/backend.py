@@ -12,7 +12,10 @@ from typing import Optional
 from ... import data
 from ...graph import CGraph
 from ...tensor import Tensor
-from ..base import Backend, EvalCallback, is_computed, node_failed
+from ..base import Backend
+from ..base import EvalCallback
+from ..base import is_computed
+from ..base import node_failed
 
 
 def compute_node_reference(node: Tensor) -> None:

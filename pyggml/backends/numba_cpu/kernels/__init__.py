@@ -50,14 +50,17 @@ import pkgutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Callable
+from typing import Optional
 
 import numba
 from numba import types
 
 from ....errors import ComputeError
-from ..desc import ERR_EXCEPTION, set_error
+from ..desc import ERR_EXCEPTION
+from ..desc import set_error
 
 KERNEL_SIG = types.void(types.CPointer(types.int64), types.int64, types.int64)
 

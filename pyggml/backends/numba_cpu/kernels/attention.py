@@ -56,55 +56,72 @@ import math
 import numba
 import numpy as np
 
-from ....types import FA_KV_TYPES, PREC_F32, TRAITS, GGMLType
-from ..desc import (
-    DST,
-    ERR_SCRATCH,
-    ERR_STATE,
-    ERR_WORK_SIZE,
-    H_NTASKS,
-    SRC0,
-    SRC1,
-    SRC2,
-    SRC3,
-    SRC4,
-    SRC5,
-    SRC6,
-    SRC7,
-    SRC8,
-    has_scratch,
-    param_f32,
-    param_i32,
-    register_error,
-    scratch_addr,
-    set_error,
-    t_addr,
-    t_nb,
-    t_ne,
-    t_ne4,
-    t_type,
-    wdata,
-    wsize,
-)
-from ..intrinsics import atomic_add, atomic_load, atomic_store, cpu_pause, f32_array, i8_array, ptr_of, u16_array
-from . import kernel, param_words, simd
-from .fa_dots import (
-    axpy,
-    axpy4,
-    dot_1x4,
-    dot_2x4,
-    dot_q8_1x4,
-    dot_u8_1x4,
-    pv1,
-    pv1x4,
-    pv4,
-    qk1,
-    qk4,
-    reads_in_place,
-    scale_acc,
-    vexp,
-)
-from .fa_rows import BF16, F16, F32, Q4_0, Q8_0, QK, f16_to_f32, quant_q_row, row_to_f32, row_to_i8
+from ....types import FA_KV_TYPES
+from ....types import PREC_F32
+from ....types import TRAITS
+from ....types import GGMLType
+from ..desc import DST
+from ..desc import ERR_SCRATCH
+from ..desc import ERR_STATE
+from ..desc import ERR_WORK_SIZE
+from ..desc import H_NTASKS
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import SRC3
+from ..desc import SRC4
+from ..desc import SRC5
+from ..desc import SRC6
+from ..desc import SRC7
+from ..desc import SRC8
+from ..desc import has_scratch
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import register_error
+from ..desc import scratch_addr
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_ne4
+from ..desc import t_type
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import atomic_add
+from ..intrinsics import atomic_load
+from ..intrinsics import atomic_store
+from ..intrinsics import cpu_pause
+from ..intrinsics import f32_array
+from ..intrinsics import i8_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u16_array
+from . import kernel
+from . import param_words
+from . import simd
+from .fa_dots import axpy
+from .fa_dots import axpy4
+from .fa_dots import dot_1x4
+from .fa_dots import dot_2x4
+from .fa_dots import dot_q8_1x4
+from .fa_dots import dot_u8_1x4
+from .fa_dots import pv1
+from .fa_dots import pv1x4
+from .fa_dots import pv4
+from .fa_dots import qk1
+from .fa_dots import qk4
+from .fa_dots import reads_in_place
+from .fa_dots import scale_acc
+from .fa_dots import vexp
+from .fa_rows import BF16
+from .fa_rows import F16
+from .fa_rows import F32
+from .fa_rows import Q4_0
+from .fa_rows import Q8_0
+from .fa_rows import QK
+from .fa_rows import f16_to_f32
+from .fa_rows import quant_q_row
+from .fa_rows import row_to_f32
+from .fa_rows import row_to_i8
 from .simd import VL
 from .softmax import alibi_slope
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import DST, SRC0, param_i32, row_range, t_addr, t_nb, t_ne, t_type
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import param_i32
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_type
 from . import kernel
-from .copy import load_f32, store_f32
+from .copy import load_f32
+from .copy import store_f32
 
 
 @kernel("COL2IM_1D", supports=lambda node: node.type in (GGMLType.F32, GGMLType.F16,

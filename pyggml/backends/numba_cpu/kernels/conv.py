@@ -12,33 +12,34 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import (
-    DST,
-    ERR_WORK_SIZE,
-    SRC0,
-    SRC1,
-    SRC2,
-    SRC3,
-    SRC4,
-    SRC5,
-    SRC6,
-    param_i32,
-    register_error,
-    row_coords,
-    row_range,
-    set_error,
-    t_addr,
-    t_nb,
-    t_nb4,
-    t_ne,
-    t_row,
-    t_type,
-    wdata,
-    wsize,
-)
-from ..intrinsics import f32_array, ptr_of
-from . import kernel, param_words
-from .copy import load_f32, store_f32
+from ..desc import DST
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import SRC3
+from ..desc import SRC4
+from ..desc import SRC5
+from ..desc import SRC6
+from ..desc import param_i32
+from ..desc import register_error
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_nb4
+from ..desc import t_ne
+from ..desc import t_row
+from ..desc import t_type
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from . import kernel
+from . import param_words
+from .copy import load_f32
+from .copy import store_f32
 
 F32 = int(GGMLType.F32)
 _jit = numba.njit(nogil=True, cache=True)

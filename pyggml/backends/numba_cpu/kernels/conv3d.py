@@ -7,10 +7,20 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import DST, SRC0, SRC1, param_i32, row_range, t_addr, t_nb, t_ne, t_row, t_type
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import param_i32
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_row
+from ..desc import t_type
 from ..intrinsics import ptr_of
 from . import kernel
-from .copy import load_f32, store_f32
+from .copy import load_f32
+from .copy import store_f32
 
 F16 = int(GGMLType.F16)
 

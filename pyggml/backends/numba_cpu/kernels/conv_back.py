@@ -11,9 +11,17 @@ from __future__ import annotations
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import DST, SRC0, SRC1, param_i32, row_range, t_addr, t_nb, t_ne
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import param_i32
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
 from ..intrinsics import f32_array
-from . import kernel, param_words
+from . import kernel
+from . import param_words
 
 _W_IM2COL_BACK, _W_POOL2D_BACK = param_words("IM2COL_BACK"), param_words("POOL_2D_BACK")
 _FLT_MAX = np.float32(np.finfo(np.float32).max)

@@ -25,30 +25,33 @@ import numba
 import numpy as np
 
 from ....quants import nb as qnb
-from ....tensor import is_contiguous, is_contiguous_rows
-from ....types import TRAITS, GGMLType
-from ..desc import (
-    DST,
-    ERR_SHAPE,
-    ERR_UNSUPPORTED,
-    ERR_WORK_SIZE,
-    SRC0,
-    row_coords,
-    row_range,
-    set_error,
-    t_addr,
-    t_is_contiguous,
-    t_nb,
-    t_nb4,
-    t_ne,
-    t_row_size,
-    t_rows_packed,
-    t_type,
-    type_size,
-    wdata,
-    wsize,
-)
-from ..intrinsics import f32_array, ptr_of, u8_array, u16_array
+from ....tensor import is_contiguous
+from ....tensor import is_contiguous_rows
+from ....types import TRAITS
+from ....types import GGMLType
+from ..desc import DST
+from ..desc import ERR_SHAPE
+from ..desc import ERR_UNSUPPORTED
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_is_contiguous
+from ..desc import t_nb
+from ..desc import t_nb4
+from ..desc import t_ne
+from ..desc import t_row_size
+from ..desc import t_rows_packed
+from ..desc import t_type
+from ..desc import type_size
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u8_array
+from ..intrinsics import u16_array
 from . import kernel
 
 F32, F16, BF16, I32 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16), int(GGMLType.I32)

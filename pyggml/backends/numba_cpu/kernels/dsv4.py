@@ -7,24 +7,24 @@ import numba
 import numpy as np
 
 from ....quants import nb as qnb
-from ..desc import (
-    DST,
-    ERR_UNSUPPORTED,
-    SRC0,
-    SRC1,
-    SRC2,
-    SRC3,
-    param_f32,
-    param_i32,
-    row_range,
-    set_error,
-    t_addr,
-    t_nb,
-    t_ne,
-    t_row_size,
-    t_type,
-)
-from ..intrinsics import f32_array, ptr_of, u8_array
+from ..desc import DST
+from ..desc import ERR_UNSUPPORTED
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import SRC3
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_row_size
+from ..desc import t_type
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u8_array
 from . import kernel
 
 _HC = 4

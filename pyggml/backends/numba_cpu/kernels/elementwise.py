@@ -30,38 +30,46 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
+from numba.extending import overload
 
 from ....quants import nb as qnb
 from ....tensor import is_contiguous_rows
-from ....types import QUANT_TYPES, TRAITS, GGMLType
-from ..desc import (
-    DST,
-    ERR_UNSUPPORTED,
-    ERR_WORK_SIZE,
-    SRC0,
-    SRC1,
-    SRC2,
-    param_f32,
-    param_i32,
-    register_error,
-    row_coords,
-    row_range,
-    set_error,
-    t_addr,
-    t_nb,
-    t_nb4,
-    t_ne,
-    t_ne4,
-    t_row_size,
-    t_type,
-    wdata,
-    wsize,
-)
-from ..intrinsics import f32_array, ptr_of, u8_array, u16_array
-from . import kernel, param_words, row_kernel
-from .copy import load_f32, store_f32
-from .tables import GELU_F16, GELU_QUICK_F16
+from ....types import QUANT_TYPES
+from ....types import TRAITS
+from ....types import GGMLType
+from ..desc import DST
+from ..desc import ERR_UNSUPPORTED
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import register_error
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_nb4
+from ..desc import t_ne
+from ..desc import t_ne4
+from ..desc import t_row_size
+from ..desc import t_type
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u8_array
+from ..intrinsics import u16_array
+from . import kernel
+from . import param_words
+from . import row_kernel
+from .copy import load_f32
+from .copy import store_f32
+from .tables import GELU_F16
+from .tables import GELU_QUICK_F16
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 

@@ -16,12 +16,21 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import cgutils
+from numba.core import types
 from numba.extending import intrinsic
 
-from ..intrinsics import f32_array, i8_array, u8_array
+from ..intrinsics import f32_array
+from ..intrinsics import i8_array
+from ..intrinsics import u8_array
 from . import simd
-from .fa_rows import BF16, F16, F32, Q4_0, Q8_0, QK, _splat
+from .fa_rows import BF16
+from .fa_rows import F16
+from .fa_rows import F32
+from .fa_rows import Q4_0
+from .fa_rows import Q8_0
+from .fa_rows import QK
+from .fa_rows import _splat
 from .simd import VL
 
 _F0 = np.float32(0.0)

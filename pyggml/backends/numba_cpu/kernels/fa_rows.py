@@ -16,7 +16,10 @@ from numba.extending import intrinsic
 from ....quants import nb as qnb
 from ....types import GGMLType
 from ..desc import ERR_UNSUPPORTED
-from ..intrinsics import f32_array, i8_array, u8_array, u16_array
+from ..intrinsics import f32_array
+from ..intrinsics import i8_array
+from ..intrinsics import u8_array
+from ..intrinsics import u16_array
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 Q4_0, Q4_1, Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)

@@ -30,9 +30,23 @@ from llvmlite import ir
 
 from ....quants.iq4_values import KVALUES_IQ4NL
 from ....types import GGMLType
-from ..intrinsics import f32_array, i8_array, i16_array
+from ..intrinsics import f32_array
+from ..intrinsics import i8_array
+from ..intrinsics import i16_array
 from . import simd
-from .simd import _F32, _I8, _I16, _I32, _I64, _acc, _c, _f16, _fma, _for, _hsum, _load, _store
+from .simd import _F32
+from .simd import _I8
+from .simd import _I16
+from .simd import _I32
+from .simd import _I64
+from .simd import _acc
+from .simd import _c
+from .simd import _f16
+from .simd import _fma
+from .simd import _for
+from .simd import _hsum
+from .simd import _load
+from .simd import _store
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 

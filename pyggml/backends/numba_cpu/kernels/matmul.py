@@ -34,46 +34,44 @@ import numba
 import numpy as np
 
 from ....quants import nb as qnb
-from ....types import TRAITS, GGMLType
-from ..desc import (
-    BLCK_SIZE,
-    DST,
-    ERR_SHAPE,
-    ERR_TYPE,
-    ERR_WORK_SIZE,
-    SRC0,
-    SRC1,
-    SRC2,
-    TYPE_SIZE,
-    has_scratch,
-    n_tasks,
-    register_error,
-    row_coords,
-    row_range,
-    scratch_addr,
-    set_error,
-    t_addr,
-    t_nb,
-    t_nb4,
-    t_ne,
-    t_type,
-    wdata,
-    wsize,
-)
-from ..intrinsics import (
-    atomic_add,
-    atomic_load,
-    atomic_store,
-    f32_array,
-    i8_array,
-    i64_array,
-    ptr_of,
-    u8_array,
-    u16_array,
-)
-from . import kernel, simd
+from ....types import TRAITS
+from ....types import GGMLType
+from ..desc import BLCK_SIZE
+from ..desc import DST
+from ..desc import ERR_SHAPE
+from ..desc import ERR_TYPE
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import TYPE_SIZE
+from ..desc import has_scratch
+from ..desc import n_tasks
+from ..desc import register_error
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import scratch_addr
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_nb4
+from ..desc import t_ne
+from ..desc import t_type
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import atomic_add
+from ..intrinsics import atomic_load
+from ..intrinsics import atomic_store
+from ..intrinsics import f32_array
+from ..intrinsics import i8_array
+from ..intrinsics import i64_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u8_array
+from ..intrinsics import u16_array
+from . import kernel
 from . import kq_dots as kq
 from . import mxfp4_dot as mx
+from . import simd
 from .copy import load_f32
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")

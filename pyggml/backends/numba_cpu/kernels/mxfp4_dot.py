@@ -26,9 +26,22 @@ from llvmlite import ir
 
 from ....quants import nb as qnb
 from ....quants.mxfp4 import KVALUES_MXFP4
-from ..intrinsics import f32_array, u8_array
+from ..intrinsics import f32_array
+from ..intrinsics import u8_array
 from . import simd
-from .simd import _F32, _I1, _I8, _I32, _I64, _acc, _c, _f16, _fma, _for, _hsum, _load, _store
+from .simd import _F32
+from .simd import _I1
+from .simd import _I8
+from .simd import _I32
+from .simd import _I64
+from .simd import _acc
+from .simd import _c
+from .simd import _f16
+from .simd import _fma
+from .simd import _for
+from .simd import _hsum
+from .simd import _load
+from .simd import _store
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 

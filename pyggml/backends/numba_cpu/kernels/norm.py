@@ -14,24 +14,26 @@ import numba
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import (
-    DST,
-    ERR_WORK_SIZE,
-    SRC0,
-    SRC1,
-    param_f32,
-    param_i32,
-    row_addr,
-    row_range,
-    set_error,
-    t_addr,
-    t_nb,
-    t_ne,
-    wdata,
-    wsize,
-)
-from ..intrinsics import f32_array, ptr_of
-from . import kernel, param_words, row_kernel, rows_n_tasks
+from ..desc import DST
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import row_addr
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from . import kernel
+from . import param_words
+from . import row_kernel
+from . import rows_n_tasks
 
 _W_EPS = param_words("NORM").eps     # the same word in RMS_NORM, L2_NORM, RMS_NORM_BACK
 _W_GROUP = param_words("GROUP_NORM")

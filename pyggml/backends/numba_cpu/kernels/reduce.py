@@ -13,9 +13,20 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import DST, SRC0, SRC1, row_addr, row_range, t_addr, t_nb, t_ne, t_type
-from ..intrinsics import f32_array, ptr_of
-from . import kernel, one_task, rows_n_tasks
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import row_addr
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_type
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from . import kernel
+from . import one_task
+from . import rows_n_tasks
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 _F = np.float32

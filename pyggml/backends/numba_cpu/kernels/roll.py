@@ -3,10 +3,17 @@ Destination rows are split over the threads."""
 from __future__ import annotations
 
 from ....types import GGMLType
-from ..desc import DST, SRC0, param_i32, row_range, t_addr, t_nb, t_ne
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import param_i32
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
 from ..intrinsics import f32_array
 from . import kernel
-from .tri import n_rows, row_addr
+from .tri import n_rows
+from .tri import row_addr
 
 
 def _IS_F32(node):

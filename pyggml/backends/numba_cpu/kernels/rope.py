@@ -18,27 +18,28 @@ import numpy as np
 
 from ....quants import nb as qnb
 from ....types import GGMLType
-from ..desc import (
-    DST,
-    ERR_PARAM,
-    ERR_WORK_SIZE,
-    SRC0,
-    SRC1,
-    SRC2,
-    param_f32,
-    param_i32,
-    row_coords,
-    row_range,
-    set_error,
-    t_addr,
-    t_nb,
-    t_ne,
-    t_type,
-    wdata,
-    wsize,
-)
-from ..intrinsics import f32_array, ptr_of, u16_array
-from . import kernel, param_words
+from ..desc import DST
+from ..desc import ERR_PARAM
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_type
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u16_array
+from . import kernel
+from . import param_words
 
 _W = param_words("ROPE")        # ROPE_BACK has the same words
 

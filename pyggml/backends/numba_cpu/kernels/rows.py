@@ -17,30 +17,34 @@ import numba
 import numpy as np
 
 from ....tensor import is_contiguous_rows
-from ....types import TRAITS, GGMLType
-from ..desc import (
-    DST,
-    ERR_UNSUPPORTED,
-    ERR_WORK_SIZE,
-    SRC0,
-    SRC1,
-    register_error,
-    row_range,
-    set_error,
-    t_addr,
-    t_nb,
-    t_ne,
-    t_row_size,
-    t_type,
-    type_size,
-    wdata,
-    wsize,
-)
-from ..intrinsics import f32_array, ptr_of, u8_array
+from ....types import TRAITS
+from ....types import GGMLType
+from ..desc import DST
+from ..desc import ERR_UNSUPPORTED
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import register_error
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_row_size
+from ..desc import t_type
+from ..desc import type_size
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u8_array
 from . import kernel
 from .copy import _ROW_CODEC as _COPY_ROW_CODEC
-from .copy import copy_bits, copy_bytes, load_f32
-from .typed import dequantize_row_t, quantize_row_t
+from .copy import copy_bits
+from .copy import copy_bytes
+from .copy import load_f32
+from .typed import dequantize_row_t
+from .typed import quantize_row_t
 
 ERR_ROW_ID = register_error(170, "a row id is out of range (get_rows / set_rows / get_rows_back)")
 

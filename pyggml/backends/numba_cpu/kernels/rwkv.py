@@ -7,7 +7,20 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..desc import DST, SRC0, SRC1, SRC2, SRC3, SRC4, SRC5, SRC6, param_f32, param_i32, row_range, t_addr, t_nb, t_ne
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import SRC3
+from ..desc import SRC4
+from ..desc import SRC5
+from ..desc import SRC6
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
 from ..intrinsics import f32_array
 from . import kernel
 

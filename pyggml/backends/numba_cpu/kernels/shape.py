@@ -11,27 +11,31 @@ import numba
 import numpy as np
 
 from ....tensor import is_contiguous_rows
-from ....types import TRAITS, GGMLType
-from ..desc import (
-    DST,
-    SRC0,
-    SRC1,
-    blck_size,
-    param_f32,
-    param_i32,
-    row_coords,
-    row_range,
-    t_addr,
-    t_nb,
-    t_ne,
-    t_ne4,
-    t_row,
-    t_type,
-    type_size,
-)
-from ..intrinsics import f32_array, ptr_of
-from . import kernel, param_words
-from .copy import copy_bits, copy_bytes, load_f32, store_f32
+from ....types import TRAITS
+from ....types import GGMLType
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import blck_size
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_ne4
+from ..desc import t_row
+from ..desc import t_type
+from ..desc import type_size
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from . import kernel
+from . import param_words
+from .copy import copy_bits
+from .copy import copy_bytes
+from .copy import load_f32
+from .copy import store_f32
 
 _W_CONCAT, _W_PAD, _W_ARANGE = param_words("CONCAT"), param_words("PAD"), param_words("ARANGE")
 _W_SET, _W_TSE = param_words("SET"), param_words("TIMESTEP_EMBEDDING")     # ACC: as SET

@@ -38,7 +38,8 @@ import os
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba.core import cgutils
+from numba.core import types
 from numba.extending import intrinsic
 
 from ....quants.iq4_values import KVALUES_IQ4NL

@@ -22,25 +22,27 @@ import numpy as np
 from ....quants import nb as qnb
 from ....quants.nb import _bits_f32
 from ....types import GGMLType
-from ..desc import (
-    DST,
-    ERR_SHAPE,
-    SRC0,
-    SRC1,
-    SRC2,
-    param_f32,
-    param_i32,
-    row_coords,
-    row_range,
-    set_error,
-    t_addr,
-    t_nb,
-    t_ne,
-    t_ne4,
-    t_type,
-)
-from ..intrinsics import f32_array, ptr_of, u16_array
-from . import kernel, param_words, rows_n_tasks
+from ..desc import DST
+from ..desc import ERR_SHAPE
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import param_f32
+from ..desc import param_i32
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_ne4
+from ..desc import t_type
+from ..intrinsics import f32_array
+from ..intrinsics import ptr_of
+from ..intrinsics import u16_array
+from . import kernel
+from . import param_words
+from . import rows_n_tasks
 
 _W_SM, _W_SMB = param_words("SOFT_MAX"), param_words("SOFT_MAX_BACK")
 _W_DIAG = param_words("DIAG_MASK_INF")     # DIAG_MASK_ZERO has the same words

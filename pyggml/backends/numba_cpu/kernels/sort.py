@@ -10,22 +10,23 @@ import numba
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import (
-    DST,
-    ERR_WORK_SIZE,
-    SRC0,
-    param_i32,
-    row_coords,
-    row_range,
-    set_error,
-    t_nb,
-    t_ne,
-    t_row,
-    wdata,
-    wsize,
-)
-from ..intrinsics import f32_array, i32_array, ptr_of
-from . import kernel, param_words
+from ..desc import DST
+from ..desc import ERR_WORK_SIZE
+from ..desc import SRC0
+from ..desc import param_i32
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import set_error
+from ..desc import t_nb
+from ..desc import t_ne
+from ..desc import t_row
+from ..desc import wdata
+from ..desc import wsize
+from ..intrinsics import f32_array
+from ..intrinsics import i32_array
+from ..intrinsics import ptr_of
+from . import kernel
+from . import param_words
 
 F32 = int(GGMLType.F32)
 _jit = numba.njit(nogil=True, cache=True)

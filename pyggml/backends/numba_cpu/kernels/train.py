@@ -13,7 +13,15 @@ import numba
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import DST, SRC0, SRC1, SRC2, SRC3, SRC4, row_range, t_addr, t_ne
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import SRC1
+from ..desc import SRC2
+from ..desc import SRC3
+from ..desc import SRC4
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_ne
 from ..intrinsics import f32_array
 from . import kernel
 from .norm import row_addr

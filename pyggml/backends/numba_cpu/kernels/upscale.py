@@ -8,9 +8,18 @@ import numba
 import numpy as np
 
 from ....types import GGMLType
-from ..desc import DST, SRC0, param_i32, row_coords, row_range, t_addr, t_nb, t_ne4, t_row
+from ..desc import DST
+from ..desc import SRC0
+from ..desc import param_i32
+from ..desc import row_coords
+from ..desc import row_range
+from ..desc import t_addr
+from ..desc import t_nb
+from ..desc import t_ne4
+from ..desc import t_row
 from ..intrinsics import ptr_of
-from . import kernel, param_words
+from . import kernel
+from . import param_words
 
 F32 = int(GGMLType.F32)
 _jit = numba.njit(nogil=True, cache=True)
