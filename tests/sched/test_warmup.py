@@ -238,3 +238,15 @@ def test_templates_make_one_kernel_per_type_found_by_key():
     assert lookup(gg.get_rows(ctx, b, ids)).key == "GET_ROWS:get_rows[f16]"
     entry = KERNELS["GET_ROWS"]
     assert entry.variants[0].is_template and k in entry.variants[0].children()
+
+
+def test_typed_row_codecs_cover_every_settable_type():
+    """GET_ROWS/SET_ROWS templates compile one type's row codec from kernels/typed.py's
+    tables: a type the generic codecs (quants.nb) know but the tables miss would make the
+    template child refuse it (MXFP4 did, after the two branches met)."""
+    from pyggml.backends.numba_cpu.kernels import typed
+    from pyggml.types import QUANT_TYPES
+    from pyggml.types import GGMLType
+    for t in set(QUANT_TYPES) | {GGMLType.F32, GGMLType.F16, GGMLType.BF16}:
+        assert int(t) in typed._DEQ, t
+        assert int(t) in typed._Q_ROW or int(t) in typed._Q_BLOCKS, t

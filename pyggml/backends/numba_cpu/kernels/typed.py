@@ -25,7 +25,7 @@ _DEQ = {GGMLType.F32: qnb.dequantize_row_f32, GGMLType.F16: qnb.dequantize_row_f
         GGMLType.Q3_K: kq.dequantize_row_q3_K, GGMLType.Q4_K: kq.dequantize_row_q4_K,
         GGMLType.Q5_K: kq.dequantize_row_q5_K, GGMLType.Q6_K: kq.dequantize_row_q6_K,
         GGMLType.Q8_K: kq.dequantize_row_q8_K, GGMLType.IQ4_NL: kq.dequantize_row_iq4_nl,
-        GGMLType.IQ4_XS: kq.dequantize_row_iq4_xs}
+        GGMLType.IQ4_XS: kq.dequantize_row_iq4_xs, GGMLType.MXFP4: qnb.dequantize_row_mxfp4}
 _DEQ = {int(t): f for t, f in _DEQ.items()}
 
 # quants.nb.quantize_row's rows (ggml-cpu's from_float); the K-quants and IQ4_XS through
@@ -34,7 +34,8 @@ _Q_ROW = {GGMLType.F32: qnb.quantize_row_f32, GGMLType.F16: qnb.quantize_row_f16
           GGMLType.BF16: qnb.quantize_row_bf16, GGMLType.Q4_0: qnb.quantize_row_q4_0,
           GGMLType.Q4_1: qnb.quantize_row_q4_1, GGMLType.Q5_0: qnb.quantize_row_q5_0,
           GGMLType.Q5_1: qnb.quantize_row_q5_1, GGMLType.Q8_0: qnb.quantize_row_q8_0,
-          GGMLType.Q8_1: qnb.quantize_row_q8_1, GGMLType.IQ4_NL: kq.quantize_row_iq4_nl_cpu}
+          GGMLType.Q8_1: qnb.quantize_row_q8_1, GGMLType.IQ4_NL: kq.quantize_row_iq4_nl_cpu,
+          GGMLType.MXFP4: qnb.quantize_row_mxfp4}
 _Q_ROW = {int(t): f for t, f in _Q_ROW.items()}
 _Q_BLOCKS = {GGMLType.Q2_K: kq.quantize_q2_K, GGMLType.Q3_K: kq.quantize_q3_K,
              GGMLType.Q4_K: kq.quantize_q4_K, GGMLType.Q5_K: kq.quantize_q5_K,
