@@ -374,6 +374,8 @@ def _mul_mat_cases():
             add(_mm_case(ta, "f32", 16, i, 256, (1, 1), (1, 1)))
     add(_mm_case("q4_0", "f32", 2880, 32, 2880, (1, 1), (1, 1)))
     add(_mm_case("q8_0", "f32", 2880, 32, 2880, (1, 1), (1, 1)))
+    for ta in cc.have(["mxfp4"]):          # gpt-oss's shape, as ggml's list has it
+        add(_mm_case(ta, "f32", 2880, 32, 2880, (1, 1), (1, 1)))
     for n in (1, 7, 8, 9, 16, 128, 512):
         add(_mm_case("f32", "f32", 1, n, 2048, (1, 1), (1, 1)))
     for ta in _BASE_TYPES:
@@ -519,6 +521,8 @@ def _mul_mat_id_cases():
         add(_mmid_case("bf16", "f32", 16, 16, b, 32, 1024, 16))
         add(_mmid_case("bf16", "f32", 16, 16, b, 50, 200, 64))
     add(_mmid_case("f16", "f32", 1, 1, False, 8, 16, 1))
+    for ta in cc.have(["mxfp4"]):
+        add(_mmid_case(ta, "f32", 32, 2, False, 2880, 32, 2880))
     add(_mmid_case("q4_0", "f32", 32, 2, False, 2880, 32, 2880))
     for ta in _ALL_TYPES:
         add(_mmid_case(ta, "f32", 4, 2, False, 64, 16, 3 * _blck(ta)))

@@ -145,8 +145,17 @@ def templates(op_name: str) -> list[Template]:
         op = OPS[op_name]
         cases = [c for c in harness.op_cases(op) if "slow" not in c.tags]
         step = max(1, len(cases) // MAX_TEMPLATES)
+        picked = cases[::step]
+        # every name the op's cases print (MUL_MAT's MUL_MAT_HADAMARD) keeps a template, however
+        # the even sample falls
+        names = {str(c).split("(", 1)[0] for c in picked}
+        for c in cases:
+            name = str(c).split("(", 1)[0]
+            if name not in names:
+                names.add(name)
+                picked.append(c)
         got = []
-        for c in cases[::step]:
+        for c in picked:
             try:
                 t = _template(op, c)
             except GGMLError:

@@ -415,8 +415,9 @@ def test_split_kv_decode_path_is_taken():
     assert K.n_split_chunks(1, 1100) == 3 and K.n_split_chunks(8, 16384) == 32
     assert K.n_split_chunks(1, 1000) == 1            # short KV: one unit per tile
     assert K.n_split_chunks(64, 16384) == 1          # enough tiles: no split
+    # the fast case set keeps decode cases over long KV, so the split path runs in CI
     split = [c for c in KCASES if c.vars["kv"] >= 1024 and c.vars["nb"] <= 2]
-    assert len(split) == 8
+    assert len(split) >= 8
 
 
 def test_kernel_results_do_not_depend_on_thread_count():

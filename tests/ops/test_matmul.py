@@ -34,7 +34,8 @@ OPS = ("MUL_MAT", "MUL_MAT_ID", "OUT_PROD")
 SLOW = os.environ.get("PYGGML_SLOW") == "1"
 VEC_DOT = {"f32": "f32", "f16": "f16", "bf16": "bf16", "q4_0": "q8_0", "q4_1": "q8_1",
            "q5_0": "q8_0", "q5_1": "q8_1", "q8_0": "q8_0", "q2_K": "q8_K", "q3_K": "q8_K",
-           "q4_K": "q8_K", "q5_K": "q8_K", "q6_K": "q8_K", "iq4_xs": "q8_K", "iq4_nl": "q8_0"}
+           "q4_K": "q8_K", "q5_K": "q8_K", "q6_K": "q8_K", "iq4_xs": "q8_K", "iq4_nl": "q8_0",
+           "mxfp4": "q8_0"}
 
 
 def _cases(slow: bool):
