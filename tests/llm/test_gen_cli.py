@@ -140,8 +140,13 @@ def test_run_smollm2_greedy_matches_llama_cpp(smollm2, capsys):
                        "--temp", "0", "-c", "256", "--mixed-kv-cache", "--kv-hot", "32"])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert out == "The capital of France is Paris.\n\nThe United\n"
     assert "prompt eval time =" in err and "/     5 tokens" in err and "kv cache =" in err
+    assert out.startswith("The capital of France is Paris.\n\nThe")
+    if out != "The capital of France is Paris.\n\nThe United\n":
+        # the 6th token is a near tie (' United' vs ' answer', ~0.1 logits on an AVX2-only
+        # machine): the kernels' summation order (AVX2 vs AVX-512 dots) may tip it; llama.cpp's
+        # token must then be within a rounding-sized margin of pyggml's choice
+        assert _ref_token_gap("The capital of France is", b" Paris.\n\nThe United", 6) < 0.25, out
 
 
 def test_chat_smollm2_piped(smollm2, capsys, monkeypatch):
@@ -151,3 +156,21 @@ def test_chat_smollm2_piped(smollm2, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "The primary colors are" in out
+
+
+def _ref_token_gap(prompt, ref, n):
+    """Teacher-forced: after the prompt and the first n-1 tokens of llama.cpp's continuation
+    `ref`, how far pyggml's top logit lies above llama.cpp's n-th token (same cache as the
+    test's run)."""
+    import numpy as np
+
+    from pyggml.llm.llama import Llama
+    llm = Llama("smollm2-135m", n_ctx=256, kv_cache="mixed", kv_hot=32, logits_all=True,
+                verbose=False)
+    toks = llm.tokenize(prompt.encode())
+    seq = toks + llm.tokenize(ref, add_bos=False, special=False)
+    seq = seq[:len(toks) + n]
+    llm.eval(seq[:-1])
+    row = np.asarray(llm.scores)[len(seq) - 2]
+    return float(row.max() - row[seq[-1]])
+
