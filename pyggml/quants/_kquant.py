@@ -16,20 +16,21 @@ from .iq4_values import KVALUES_IQ4NL  # noqa: F401  (re-exported for iq4_nl/iq4
 _NO_QW = np.zeros(0, np.float32)
 
 
-def quantizers(t, nb_name: str, cpu_row: str = None):
+def quantizers(t):
     """(from_float, from_float_imatrix) of type t.
 
-    from_float_imatrix(x, imatrix=None) is ggml_quantize_chunk: kq_nb.<nb_name>(src, dst,
-    nrow, n_per_row, qw) (the reference quantizer when there are no weights). from_float is
-    ggml's traits from_float_ref, the row quantizer the CPU backend uses for cpy/set_rows:
-    the same, except where ggml has a separate row function (`cpu_row` in kq_nb)."""
+    from_float_imatrix(x, imatrix=None) is ggml_quantize_chunk: kq_nb.quantize_blocks (the
+    reference quantizer when there are no weights). from_float is ggml's traits
+    from_float_ref, the row quantizer the CPU backend uses for cpy/set_rows: kq_nb.quantize_row
+    (the same, except IQ4_NL's quantize_row_iq4_nl_ref, which skips the scale search)."""
     tr = TRAITS[t]
 
     def run(x2, qw):
         from . import kq_nb
         nrow, n_per_row = x2.shape
         dst = np.zeros(nrow * tr.row_size(n_per_row), np.uint8)
-        getattr(kq_nb, nb_name)(np.ascontiguousarray(x2).reshape(-1), dst, nrow, n_per_row, qw)
+        kq_nb.quantize_blocks(int(t), np.ascontiguousarray(x2).reshape(-1), dst, nrow, n_per_row,
+                              qw, 7)
         return dst
 
     def from_float_imatrix(x, imatrix=None) -> np.ndarray:
@@ -39,12 +40,10 @@ def quantizers(t, nb_name: str, cpu_row: str = None):
         return run(*imatrix_rows(tr, x, imatrix))
 
     def from_float(x) -> np.ndarray:
-        if cpu_row is None:
-            return from_float_imatrix(x)
         from . import kq_nb
         x = np.array(as_f32(x))
         dst = np.zeros(tr.row_size(x.size), np.uint8)
-        getattr(kq_nb, cpu_row)(x, dst, x.size)
+        kq_nb.quantize_row(int(t), x, dst, x.size)
         return dst
 
     return from_float, from_float_imatrix

@@ -29,4 +29,4 @@ def to_float(raw, n: int) -> np.ndarray:
 
 # from_float (cpy / set_rows on ggml's CPU) is quantize_row_iq4_nl_ref: no scale search
 register_codec(GGMLType.IQ4_NL, to_float,
-               *quantizers(GGMLType.IQ4_NL, "quantize_iq4_nl", "quantize_row_iq4_nl_cpu"))
+               *quantizers(GGMLType.IQ4_NL))

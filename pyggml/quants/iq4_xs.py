@@ -30,4 +30,4 @@ def to_float(raw, n: int) -> np.ndarray:
     return (dl * KVALUES_IQ4NL.astype(np.float32)[q]).reshape(-1)
 
 
-register_codec(GGMLType.IQ4_XS, to_float, *quantizers(GGMLType.IQ4_XS, "quantize_iq4_xs"))
+register_codec(GGMLType.IQ4_XS, to_float, *quantizers(GGMLType.IQ4_XS))

@@ -10,10 +10,10 @@ are what makes K-quants costly; NumPy cannot express them without per-block Pyth
 
 Entry points (C-contiguous arrays, n and n_per_row ints, qw an empty float32 array when
 there is no importance matrix):
-    quantize_<fmt>(src_f32, dst_u8, nrow, n_per_row, qw)    # ggml_quantize_chunk
-    dequantize_row_<fmt>(src_u8, dst_f32, n)               # type_traits.to_float
-    quantize_row_<fmt>_cpu(src_f32, dst_u8, n)             # ggml-cpu's from_float
-    dequantize_row(t, src, dst, n) / quantize_row(t, ...)  # dispatch on the type id
+    quantize_blocks(t, src_f32, dst_u8, nrow, n_per_row, qw, 7)   # ggml_quantize_chunk
+    dequantize_row_<fmt>(src_u8, dst_f32, n)                      # type_traits.to_float
+    quantize_row(t, src_f32, dst_u8, n)                           # ggml-cpu's from_float
+    dequantize_row(t, src, dst, n)                                # dispatch on the type id
 """
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ _MAGIC = np.float32(12582912.0)
 # block sizes in bytes
 SIZE = {GGMLType.Q2_K: 84, GGMLType.Q3_K: 110, GGMLType.Q4_K: 144, GGMLType.Q5_K: 176,
         GGMLType.Q6_K: 210, GGMLType.Q8_K: 292, GGMLType.IQ4_NL: 18, GGMLType.IQ4_XS: 136}
+_Q2_K, _Q3_K, _Q4_K = int(GGMLType.Q2_K), int(GGMLType.Q3_K), int(GGMLType.Q4_K)
+_Q5_K, _Q6_K, _Q8_K = int(GGMLType.Q5_K), int(GGMLType.Q6_K), int(GGMLType.Q8_K)
+_IQ4_NL, _IQ4_XS = int(GGMLType.IQ4_NL), int(GGMLType.IQ4_XS)
 
 
 # ---------------------------------------------------------------------------
@@ -489,24 +492,6 @@ def _q2_k_block(x, xo, dst, o, qw, qo, has_qw, L, Laux, w, scales, mins, sw, Ls,
 
 
 @_jit
-def quantize_q2_K(src, dst, nrow, n_per_row, qw):
-    L = np.zeros(QK_K, np.int64)
-    Laux = np.zeros(32, np.int64)
-    w = np.zeros(32, np.float32)
-    scales = np.zeros(16, np.float32)
-    mins = np.zeros(16, np.float32)
-    sw = np.zeros(16, np.float32)
-    Ls = np.zeros(16, np.int64)
-    Lm = np.zeros(16, np.int64)
-    has_qw = qw.size > 0
-    nb = n_per_row // QK_K
-    for r in range(nrow):
-        for i in range(nb):
-            _q2_k_block(src, (r * nb + i) * QK_K, dst, (r * nb + i) * 84, qw, i * QK_K, has_qw,
-                        L, Laux, w, scales, mins, sw, Ls, Lm)
-
-
-@_jit
 def dequantize_row_q2_K(src, dst, n):
     for i in range(n // QK_K):
         o = i * 84
@@ -589,21 +574,6 @@ def _q3_k_block(x, xo, dst, o, qw, qo, has_qw, L, w, scales, sw, Ls):
             m = 0
             hm <<= 1
     _pack_2bit(dst, o + 32, L)
-
-
-@_jit
-def quantize_q3_K(src, dst, nrow, n_per_row, qw):
-    L = np.zeros(QK_K, np.int64)
-    w = np.zeros(16, np.float32)
-    scales = np.zeros(16, np.float32)
-    sw = np.zeros(16, np.float32)
-    Ls = np.zeros(16, np.int64)
-    has_qw = qw.size > 0
-    nb = n_per_row // QK_K
-    for r in range(nrow):
-        for i in range(nb):
-            _q3_k_block(src, (r * nb + i) * QK_K, dst, (r * nb + i) * 110, qw, i * QK_K, has_qw,
-                        L, w, scales, sw, Ls)
 
 
 @_jit
@@ -722,34 +692,6 @@ def _q45_k_block(x, xo, dst, o, qw, qo, has_qw, L, Laux, w, scales, mins, sw, Ls
 
 
 @_jit
-def _quantize_q45_K(src, dst, nrow, n_per_row, qw, nmax, bs):
-    L = np.zeros(QK_K, np.int64)
-    Laux = np.zeros(32, np.int64)
-    w = np.zeros(32, np.float32)
-    scales = np.zeros(8, np.float32)
-    mins = np.zeros(8, np.float32)
-    sw = np.zeros(8, np.float32)
-    Ls = np.zeros(8, np.int64)
-    Lm = np.zeros(8, np.int64)
-    has_qw = qw.size > 0
-    nb = n_per_row // QK_K
-    for r in range(nrow):
-        for i in range(nb):
-            _q45_k_block(src, (r * nb + i) * QK_K, dst, (r * nb + i) * bs, qw, i * QK_K, has_qw,
-                         L, Laux, w, scales, mins, sw, Ls, Lm, nmax)
-
-
-@_jit
-def quantize_q4_K(src, dst, nrow, n_per_row, qw):
-    _quantize_q45_K(src, dst, nrow, n_per_row, qw, 15, 144)
-
-
-@_jit
-def quantize_q5_K(src, dst, nrow, n_per_row, qw):
-    _quantize_q45_K(src, dst, nrow, n_per_row, qw, 31, 176)
-
-
-@_jit
 def _dequantize_q45_K(src, dst, n, bs):
     is5 = bs == 176
     qoff = 48 if is5 else 16
@@ -838,18 +780,6 @@ def _q6_k_block(x, xo, dst, o, qw, qo, has_qw, L, scales):
                                    & 0xFF)
         ql += 64
         qh += 32
-
-
-@_jit
-def quantize_q6_K(src, dst, nrow, n_per_row, qw):
-    L = np.zeros(QK_K, np.int64)
-    scales = np.zeros(16, np.float32)
-    has_qw = qw.size > 0
-    nb = n_per_row // QK_K
-    for r in range(nrow):
-        for i in range(nb):
-            _q6_k_block(src, (r * nb + i) * QK_K, dst, (r * nb + i) * 210, qw, i * QK_K, has_qw,
-                        L, scales)
 
 
 @_jit
@@ -1023,96 +953,114 @@ def _iq4_block(sbs, x, xo, dst, o_d, o_sh, o_sl, o_q, qw, qo, has_qw, L, w, scal
 
 
 @_jit
-def _quantize_iq4(src, dst, nrow, n_per_row, qw, sbs, ntry):
-    L = np.zeros(QK_K, np.int64)   # persists across blocks, as ggml's stack array
-    w = np.zeros(32, np.float32)
-    scales = np.zeros(8, np.float32)
-    has_qw = qw.size > 0
-    nb = n_per_row // sbs
-    bs = 18 if sbs == 32 else 136
-    for r in range(nrow):
-        for i in range(nb):
-            o = (r * nb + i) * bs
-            if sbs == 32:
-                _iq4_block(32, src, (r * nb + i) * sbs, dst, o, 0, 0, o + 2, qw, i * sbs,
-                           has_qw, L, w, scales, ntry)
-            else:
-                _iq4_block(QK_K, src, (r * nb + i) * sbs, dst, o, o + 2, o + 4, o + 8, qw,
-                           i * sbs, has_qw, L, w, scales, ntry)
-
-
-@_jit
-def quantize_iq4_nl(src, dst, nrow, n_per_row, qw):
-    _quantize_iq4(src, dst, nrow, n_per_row, qw, 32, 7)
-
-
-@_jit
-def quantize_iq4_xs(src, dst, nrow, n_per_row, qw):
-    _quantize_iq4(src, dst, nrow, n_per_row, qw, QK_K, 7)
-
-
-@_jit
-def dequantize_row_iq4_nl(src, dst, n):
+def _dequantize_iq4(src, dst, n, xs):
+    """IQ4_NL (xs False: d, qs[16] per 32 values) or IQ4_XS (d, scales_h, scales_l[4],
+    qs[128] per 256): every 32 values are dl * kvalues[nibble], dl = d for IQ4_NL (d * 1.0:
+    the same floats) and d * (6-bit scale - 32) for IQ4_XS."""
     values = KVALUES_IQ4NL
-    for i in range(n // 32):
-        o = i * 18
+    sbs = QK_K if xs else 32
+    bs = 136 if xs else 18
+    for i in range(n // sbs):
+        o = i * bs
         d = _load_f16(src, o)
-        for j in range(16):
-            b = src[o + 2 + j]
-            dst[32 * i + j] = d * np.float32(values[b & 0xF])
-            dst[32 * i + j + 16] = d * np.float32(values[b >> 4])
-
-
-@_jit
-def dequantize_row_iq4_xs(src, dst, n):
-    values = KVALUES_IQ4NL
-    for i in range(n // QK_K):
-        o = i * 136
-        d = _load_f16(src, o)
-        sh = np.int64(src[o + 2]) | (np.int64(src[o + 3]) << 8)
-        for ib in range(8):
-            ls = ((src[o + 4 + ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
-            dl = d * np.float32(np.int64(ls) - 32)
-            q = o + 8 + 16 * ib
-            y = i * QK_K + 32 * ib
+        sh = np.int64(src[o + 2]) | (np.int64(src[o + 3]) << 8) if xs else np.int64(0)
+        for ib in range(sbs // 32):
+            dl = d
+            q = o + 2
+            if xs:
+                ls = ((src[o + 4 + ib // 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
+                dl = d * np.float32(np.int64(ls) - 32)
+                q = o + 8 + 16 * ib
+            y = i * sbs + 32 * ib
             for j in range(16):
                 dst[y + j] = dl * np.float32(values[src[q + j] & 0xF])
                 dst[y + j + 16] = dl * np.float32(values[src[q + j] >> 4])
 
 
+@_jit
+def dequantize_row_iq4_nl(src, dst, n):
+    _dequantize_iq4(src, dst, n, False)
+
+
+@_jit
+def dequantize_row_iq4_xs(src, dst, n):
+    _dequantize_iq4(src, dst, n, True)
+
+
 # ---------------------------------------------------------------------------
+# ggml_quantize_chunk: one driver, block functions picked by type
+
+@_jit
+def quantize_blocks(t, src, dst, nrow, n_per_row, qw, ntry):
+    """nrow rows of n_per_row float32 values -> type t's blocks. The scratch arrays are
+    allocated once per call and sized for every type; like ggml's stack arrays they carry
+    over from block to block (IQ4's L does matter: unset entries keep earlier blocks' codes).
+    ntry: IQ4's scale search (7 in ggml_quantize_chunk, -1 for quantize_row_iq4_nl_ref)."""
+    L = np.zeros(QK_K, np.int64)
+    Laux = np.zeros(32, np.int64)
+    w = np.zeros(32, np.float32)
+    scales = np.zeros(16, np.float32)
+    mins = np.zeros(16, np.float32)
+    sw = np.zeros(16, np.float32)
+    Ls = np.zeros(16, np.int64)
+    Lm = np.zeros(16, np.int64)
+    has_qw = qw.size > 0
+    sbs = 32 if t == _IQ4_NL else QK_K
+    bs = block_bytes(t)
+    nb = n_per_row // sbs
+    for r in range(nrow):
+        for i in range(nb):
+            xo, o, qo = (r * nb + i) * sbs, (r * nb + i) * bs, i * sbs
+            if t == _Q4_K or t == _Q5_K:
+                _q45_k_block(src, xo, dst, o, qw, qo, has_qw, L, Laux, w, scales, mins, sw,
+                             Ls, Lm, 15 if t == _Q4_K else 31)
+            elif t == _Q6_K:
+                _q6_k_block(src, xo, dst, o, qw, qo, has_qw, L, scales)
+            elif t == _IQ4_XS:
+                _iq4_block(QK_K, src, xo, dst, o, o + 2, o + 4, o + 8, qw, qo, has_qw, L, w,
+                           scales, ntry)
+            elif t == _IQ4_NL:
+                _iq4_block(32, src, xo, dst, o, 0, 0, o + 2, qw, qo, has_qw, L, w, scales, ntry)
+            elif t == _Q2_K:
+                _q2_k_block(src, xo, dst, o, qw, qo, has_qw, L, Laux, w, scales, mins, sw,
+                            Ls, Lm)
+            else:
+                _q3_k_block(src, xo, dst, o, qw, qo, has_qw, L, w, scales, sw, Ls)
+
+
+_BYTES = tuple({int(t): v for t, v in SIZE.items()}.get(i, 0)
+               for i in range(max(int(t) for t in SIZE) + 1))
+
+
+@_jit
+def block_bytes(t):
+    """Bytes of one block of the K/IQ4 type t (SIZE, for numba code); 0 for other types."""
+    return _BYTES[t] if 0 <= t < len(_BYTES) else 0
+
+
 # ggml-cpu's from_float (cpy / set_rows into these types): the reference quantizers as
 # one row, except IQ4_NL whose CPU path is quantize_row_iq4_nl_ref (no search: ntry -1)
 
 @_jit
 def quantize_row_iq4_nl_cpu(src, dst, n):
-    _quantize_iq4(src, dst, 1, n, np.zeros(0, np.float32), 32, -1)
-
-
-_Q2_K, _Q3_K, _Q4_K = int(GGMLType.Q2_K), int(GGMLType.Q3_K), int(GGMLType.Q4_K)
-_Q5_K, _Q6_K, _Q8_K = int(GGMLType.Q5_K), int(GGMLType.Q6_K), int(GGMLType.Q8_K)
-_IQ4_NL, _IQ4_XS = int(GGMLType.IQ4_NL), int(GGMLType.IQ4_XS)
+    quantize_blocks(_IQ4_NL, src, dst, 1, n, np.zeros(0, np.float32), -1)
 
 
 @_jit
 def dequantize_row(t, src, dst, n):
     """Row of n values of K/IQ4 type t -> float32. 0, or ERR_UNSUPPORTED."""
-    if t == _Q4_K:
-        dequantize_row_q4_K(src, dst, n)
+    if t == _Q4_K or t == _Q5_K:
+        _dequantize_q45_K(src, dst, n, block_bytes(t))
     elif t == _Q6_K:
         dequantize_row_q6_K(src, dst, n)
-    elif t == _Q5_K:
-        dequantize_row_q5_K(src, dst, n)
-    elif t == _IQ4_XS:
-        dequantize_row_iq4_xs(src, dst, n)
     elif t == _Q2_K:
         dequantize_row_q2_K(src, dst, n)
+    elif t == _IQ4_XS or t == _IQ4_NL:
+        _dequantize_iq4(src, dst, n, t == _IQ4_XS)
     elif t == _Q3_K:
         dequantize_row_q3_K(src, dst, n)
     elif t == _Q8_K:
         dequantize_row_q8_K(src, dst, n)
-    elif t == _IQ4_NL:
-        dequantize_row_iq4_nl(src, dst, n)
     else:
         return ERR_UNSUPPORTED
     return 0
@@ -1120,22 +1068,9 @@ def dequantize_row(t, src, dst, n):
 
 @_jit
 def quantize_row(t, src, dst, n):
-    """float32 row -> K/IQ4 type t as ggml-cpu's from_float does it. 0, or ERR_UNSUPPORTED."""
-    qw = np.zeros(0, np.float32)
-    if t == _Q4_K:
-        quantize_q4_K(src, dst, 1, n, qw)
-    elif t == _Q6_K:
-        quantize_q6_K(src, dst, 1, n, qw)
-    elif t == _Q5_K:
-        quantize_q5_K(src, dst, 1, n, qw)
-    elif t == _IQ4_XS:
-        quantize_iq4_xs(src, dst, 1, n, qw)
-    elif t == _Q2_K:
-        quantize_q2_K(src, dst, 1, n, qw)
-    elif t == _Q3_K:
-        quantize_q3_K(src, dst, 1, n, qw)
-    elif t == _IQ4_NL:
-        quantize_row_iq4_nl_cpu(src, dst, n)
-    else:
+    """float32 row -> K/IQ4 type t as ggml-cpu's from_float does it (IQ4_NL without the
+    scale search: quantize_row_iq4_nl_ref). 0, or ERR_UNSUPPORTED."""
+    if t == _Q8_K or block_bytes(t) == 0:
         return ERR_UNSUPPORTED
+    quantize_blocks(t, src, dst, 1, n, np.zeros(0, np.float32), -1 if t == _IQ4_NL else 7)
     return 0

@@ -30,4 +30,4 @@ def to_float(raw, n: int) -> np.ndarray:
     return (dl * q - ml).reshape(-1)
 
 
-register_codec(GGMLType.Q2_K, to_float, *quantizers(GGMLType.Q2_K, "quantize_q2_K"))
+register_codec(GGMLType.Q2_K, to_float, *quantizers(GGMLType.Q2_K))

@@ -38,4 +38,4 @@ def to_float(raw, n: int) -> np.ndarray:
     return (dl * q).reshape(-1)
 
 
-register_codec(GGMLType.Q3_K, to_float, *quantizers(GGMLType.Q3_K, "quantize_q3_K"))
+register_codec(GGMLType.Q3_K, to_float, *quantizers(GGMLType.Q3_K))

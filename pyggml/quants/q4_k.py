@@ -40,4 +40,4 @@ def to_float(raw, n: int) -> np.ndarray:
     return affine(b, nibbles64(b[:, 16:]))
 
 
-register_codec(GGMLType.Q4_K, to_float, *quantizers(GGMLType.Q4_K, "quantize_q4_K"))
+register_codec(GGMLType.Q4_K, to_float, *quantizers(GGMLType.Q4_K))

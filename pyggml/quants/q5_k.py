@@ -24,4 +24,4 @@ def to_float(raw, n: int) -> np.ndarray:
     return affine(b, nibbles64(b[:, 48:]) | (hi << 4))
 
 
-register_codec(GGMLType.Q5_K, to_float, *quantizers(GGMLType.Q5_K, "quantize_q5_K"))
+register_codec(GGMLType.Q5_K, to_float, *quantizers(GGMLType.Q5_K))

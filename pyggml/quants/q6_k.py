@@ -31,4 +31,4 @@ def to_float(raw, n: int) -> np.ndarray:
     return ((d * sc) * q.reshape(-1, 16, 16).astype(np.float32)).reshape(-1)
 
 
-register_codec(GGMLType.Q6_K, to_float, *quantizers(GGMLType.Q6_K, "quantize_q6_K"))
+register_codec(GGMLType.Q6_K, to_float, *quantizers(GGMLType.Q6_K))

@@ -33,6 +33,7 @@ from ....types import GGMLType
 from ..intrinsics import f32_array
 from ..intrinsics import i8_array
 from ..intrinsics import i16_array
+from ..intrinsics import i32_array
 from . import simd
 from .simd import _F32
 from .simd import _I8
@@ -70,30 +71,31 @@ def act_bytes(k):
 @_jit
 def quantize_act(src, k, dst):
     """quantize_row_q8_K_ref (d = max / -127, q = min(127, nearest_int(x * -127 / max)),
-    max the first value of largest |x|); nearest_int is round-half-even, as np.rint."""
+    max the first value of largest |x|); nearest_int is round-half-even, as np.rint.
+    |x| is compared on the float's bits (x & 0x7FFFFFFF orders finite floats as their
+    magnitudes; inf and NaN are the words >= 0x7F800000): integer max reductions that LLVM
+    vectorizes, where the float search with its NaN test stayed scalar (~4x slower)."""
     x = f32_array(src, k)
+    xi = i32_array(src, k)
     for i in range(k // QK_K):
         o = i * QK_K
         blk = dst + i * Q8K_BYTES
         q = i8_array(blk + _QS, QK_K)
         bs = i16_array(blk + _BSUMS, 16)
         d = f32_array(blk, 1)
-        amax = np.float32(0.0)
-        finite = True
+        amax = np.int32(0)
         for j in range(QK_K):
-            v = abs(x[o + j])
-            amax = max(amax, v)
-            finite &= v < np.inf          # False for inf and NaN
-        if not finite or amax == 0:
+            amax = max(amax, xi[o + j] & np.int32(0x7FFFFFFF))
+        if amax == 0 or amax >= np.int32(0x7F800000):
             for j in range(QK_K):
                 q[j] = 0
             for j in range(16):
                 bs[j] = 0
-            d[0] = np.float32(np.nan) if not finite else np.float32(0.0)
+            d[0] = np.float32(0.0) if amax == 0 else np.float32(np.nan)
             continue
         mx = np.float32(0.0)
         for j in range(QK_K):
-            if abs(x[o + j]) == amax:
+            if (xi[o + j] & np.int32(0x7FFFFFFF)) == amax:
                 mx = x[o + j]
                 break
         iscale = np.float32(-127.0) / mx

@@ -464,55 +464,41 @@ def pack_q_block(wt, base, nb01, nr, boff, scr, dst):
 
 
 @_jit
+def pack_rows(t, base, nbr, rows, pc, kc, w, dst, tmp):
+    """Rows [0, rows) of a matrix of type t (row stride nbr), values [pc, pc+kc) -> float32
+    panels of w rows, k-major, at dst (rows past `rows` up to the panel's end are 0.0): each
+    row converted into tmp first (a vectorizable pass), then one scatter."""
+    npan = (rows + w - 1) // w
+    out = f32_array(dst, npan * kc * w)
+    for r in range(npan * w):
+        o = (r // w) * kc * w + r % w
+        if r >= rows:
+            for p in range(kc):
+                out[o + p * w] = 0.0
+            continue
+        row = base + r * nbr
+        if t == F32:
+            _scatter(f32_array(row + 4 * pc, kc), kc, out, o, w)
+            continue
+        if t == F16 or t == BF16:
+            row_to_f32(t, row + 2 * pc, kc, tmp)
+        else:
+            dequant_blocks(t, row + (pc // BLCK_SIZE[t]) * TYPE_SIZE[t], kc, tmp)
+        _scatter(f32_array(tmp, kc), kc, out, o, w)
+
+
+@_jit
 def pack_a(wt, base, nb01, rows, pc, kc, ap, tmp, scr):
     """Rows [0, rows) of a, values [pc, pc+kc) -> float32 panels of NR rows, k-major
-    (Q4_0/Q4_1/Q8_0 block by block through pack_q_block; other types row by row into tmp
-    first: a vectorizable pass, then one scatter)."""
-    npan = (rows + NR - 1) // NR
-    out = f32_array(ap, npan * kc * NR)
-    t = f32_array(tmp, kc)
+    (Q4_0/Q4_1/Q8_0 block by block through pack_q_block; other types row by row)."""
     if wt == Q4_0 or wt == Q4_1 or wt == Q8_0:
-        for pn in range(npan):
+        for pn in range((rows + NR - 1) // NR):
             for ib in range(kc // QK):
                 pack_q_block(wt, base + pn * NR * nb01, nb01, min(NR, rows - pn * NR),
                              (pc // QK + ib) * TYPE_SIZE[wt], scr,
                              ap + 4 * (pn * kc * NR + ib * QK * NR))
         return
-    for r in range(npan * NR):
-        o = (r // NR) * kc * NR + r % NR
-        if r >= rows:
-            for p in range(kc):
-                out[o + p * NR] = 0.0
-            continue
-        row = base + r * nb01
-        if wt == F32:
-            _scatter(f32_array(row + 4 * pc, kc), kc, out, o, NR)
-            continue
-        if wt == F16 or wt == BF16:
-            row_to_f32(wt, row + 2 * pc, kc, tmp)
-        else:
-            dequant_blocks(wt, row + (pc // BLCK_SIZE[wt]) * TYPE_SIZE[wt], kc, tmp)
-        _scatter(t, kc, out, o, NR)
-
-
-@_jit
-def pack_b(bt, base, nb11, rows, pc, kc, bp, tmp):
-    """Rows [0, rows) of b, values [pc, pc+kc) -> float32 panels of MR rows, k-major."""
-    npan = (rows + MR - 1) // MR
-    out = f32_array(bp, npan * kc * MR)
-    t = f32_array(tmp, kc)
-    for r in range(npan * MR):
-        o = (r // MR) * kc * MR + r % MR
-        if r >= rows:
-            for p in range(kc):
-                out[o + p * MR] = 0.0
-            continue
-        row = base + r * nb11
-        if bt == F32:
-            _scatter(f32_array(row + 4 * pc, kc), kc, out, o, MR)
-        else:
-            row_to_f32(bt, row + 2 * pc, kc, tmp)
-            _scatter(t, kc, out, o, MR)
+    pack_rows(wt, base, nb01, rows, pc, kc, NR, ap, tmp)
 
 
 @_jit
@@ -594,7 +580,7 @@ def mul_mat_gemm(desc, ith, nth, region):
             mc = min(MC, n - ic)
             for pc in range(0, k, KC):
                 kc = min(KC, k - pc)
-                pack_b(bt, bbase + ic * nb11, nb11, mc, pc, kc, bp, tmp)    # once per (ic, pc)
+                pack_rows(bt, bbase + ic * nb11, nb11, mc, pc, kc, MR, bp, tmp)    # once per (ic, pc)
                 for j0 in range(j_lo, j_hi, NC):
                     j1 = min(j0 + NC, j_hi)
                     pack_a(wt, abase + j0 * nb01, nb01, j1 - j0, pc, kc, ap, tmp, scr)

@@ -29,7 +29,7 @@ _DEQ = {GGMLType.F32: qnb.dequantize_row_f32, GGMLType.F16: qnb.dequantize_row_f
 _DEQ = {int(t): f for t, f in _DEQ.items()}
 
 # quants.nb.quantize_row's rows (ggml-cpu's from_float); the K-quants and IQ4_XS through
-# kq_nb.quantize_<t>(src, dst, 1, n, no weights) as kq_nb.quantize_row calls them
+# kq_nb.quantize_blocks(t, src, dst, 1, n, no weights) as kq_nb.quantize_row calls them
 _Q_ROW = {GGMLType.F32: qnb.quantize_row_f32, GGMLType.F16: qnb.quantize_row_f16,
           GGMLType.BF16: qnb.quantize_row_bf16, GGMLType.Q4_0: qnb.quantize_row_q4_0,
           GGMLType.Q4_1: qnb.quantize_row_q4_1, GGMLType.Q5_0: qnb.quantize_row_q5_0,
@@ -37,10 +37,8 @@ _Q_ROW = {GGMLType.F32: qnb.quantize_row_f32, GGMLType.F16: qnb.quantize_row_f16
           GGMLType.Q8_1: qnb.quantize_row_q8_1, GGMLType.IQ4_NL: kq.quantize_row_iq4_nl_cpu,
           GGMLType.MXFP4: qnb.quantize_row_mxfp4}
 _Q_ROW = {int(t): f for t, f in _Q_ROW.items()}
-_Q_BLOCKS = {GGMLType.Q2_K: kq.quantize_q2_K, GGMLType.Q3_K: kq.quantize_q3_K,
-             GGMLType.Q4_K: kq.quantize_q4_K, GGMLType.Q5_K: kq.quantize_q5_K,
-             GGMLType.Q6_K: kq.quantize_q6_K, GGMLType.IQ4_XS: kq.quantize_iq4_xs}
-_Q_BLOCKS = {int(t): f for t, f in _Q_BLOCKS.items()}
+_Q_BLOCKS = {int(t) for t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
+                              GGMLType.Q6_K, GGMLType.IQ4_XS)}
 
 ERR_UNSUPPORTED = qnb.ERR_UNSUPPORTED
 
@@ -85,11 +83,10 @@ def _ol_quantize_row_t(t, src, dst, n):
             fn(src, dst, n)
             return 0
         return impl
-    fb = _Q_BLOCKS.get(lit)
-    if fb is None:
+    if lit not in _Q_BLOCKS:
         return lambda t, src, dst, n: ERR_UNSUPPORTED
 
     def impl_blocks(t, src, dst, n):
-        fb(src, dst, 1, n, np.zeros(0, np.float32))
+        kq.quantize_blocks(lit, src, dst, 1, n, np.zeros(0, np.float32), 7)
         return 0
     return impl_blocks
