@@ -13,9 +13,15 @@ the disk cache) is reported separately.
     python tools/bench_matmul.py                 # the targets: mat-vec 4096^2, mat-mat 512
     python tools/bench_matmul.py -t 1 --case q4_0:4096:4096:1
     python tools/bench_matmul.py --quick         # smaller shapes (smoke test)
+    python tools/bench_matmul.py --kquants       # Q4_K/Q5_K/Q6_K/IQ4_XS mat-vec and mat-mat
+    python tools/bench_matmul.py --kquants -t 1 --cpu   # the same in CPU time (see --cpu)
 
 Targets (DESIGN.md §9, 2 threads): Q4_0/Q8_0/F16 mat-vec 4096^2 <= 1.3x ggml's time,
-F32 mat-mat 4096x4096x512 <= 0.5x ggml's time.
+F32 mat-mat 4096x4096x512 <= 0.5x ggml's time; K-quants (issue 15) <= 1.0x.
+
+--cpu (one thread only) times every call in the calling thread's CPU time
+(time.thread_time): with one thread ggml and pyggml both compute on the caller, so the
+numbers hold on a loaded machine, where wall-clock times measure the scheduler.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ DEFAULT_CASES = [  # (weight type, m, k, n, target ratio)
     ("f16", 4096, 4096, 1, 1.3),
     ("f32", 4096, 4096, 512, 0.5),
 ]
+KQUANT_CASES = [(t, 4096, 4096, n, 1.0) for n in (1, 512)
+                for t in ("q4_k", "q5_k", "q6_k", "iq4_xs")]
 QUICK_CASES = [("q4_0", 1024, 1024, 1, None), ("f16", 1024, 1024, 1, None),
                ("f32", 512, 512, 64, None)]
 
@@ -82,20 +90,20 @@ class GGMLRunner:
         self.mirror.close()
 
 
-def _time(fn, min_runs: int, budget: float) -> list:
+def _time(fn, min_runs: int, budget: float, clock=time.perf_counter) -> list:
     ts = []
     t_end = time.perf_counter() + budget
     while len(ts) < min_runs or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
         if len(ts) >= 10000:
             break
     return ts
 
 
 def bench_case(wtype: str, m: int, k: int, n: int, n_threads: int, rounds: int,
-               budget: float, seed: int = 0) -> dict:
+               budget: float, seed: int = 0, clock=time.perf_counter) -> dict:
     rng = np.random.default_rng(seed)
     ctx = gg.init(mem_size=int(m * k * 4 + n * k * 4 + m * n * 4 + (64 << 20)))
     w = gg.new_tensor_2d(ctx, as_type(wtype), k, m)
@@ -155,13 +163,13 @@ def bench_case(wtype: str, m: int, k: int, n: int, n_threads: int, rounds: int,
             if gr is not None and name == "ggml":
                 gr.resume()
             fn()
-            samples[name] += _time(fn, 3, budget / rounds)
+            samples[name] += _time(fn, 3, budget / rounds, clock)
             if gr is not None and name == "ggml":
                 gr.pause()
     for name in runners:
         if name not in alternating:
             runners[name]()
-            samples[name] += _time(runners[name], 3, budget)
+            samples[name] += _time(runners[name], 3, budget, clock)
     if limiter is not None:
         limiter.restore_original_limits()
     for name, ts in samples.items():
@@ -183,24 +191,31 @@ def main(argv=None) -> int:
     ap.add_argument("--case", action="append", default=[],
                     help="type:m:k:n (e.g. q4_0:4096:4096:1); repeatable")
     ap.add_argument("--quick", action="store_true", help="small shapes")
+    ap.add_argument("--kquants", action="store_true", help="the K-quant targets (issue 15)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="time in the calling thread's CPU time (needs -t 1)")
     ap.add_argument("--rounds", type=int, default=5, help="at least 5*rounds paired runs")
     ap.add_argument("--budget", type=float, default=3.0, help="seconds per runner per case")
     args = ap.parse_args(argv)
+    if args.cpu and args.threads != 1:
+        ap.error("--cpu measures the calling thread: use it with -t 1")
+    clock = time.thread_time if args.cpu else time.perf_counter
     if args.case:
         cases = []
         for c in args.case:
             t, m, k, n = c.split(":")
             cases.append((t, int(m), int(k), int(n), None))
     else:
-        cases = QUICK_CASES if args.quick else DEFAULT_CASES
-    print(f"mul_mat, {args.threads} threads; times are medians (min in parentheses); "
+        cases = QUICK_CASES if args.quick else KQUANT_CASES if args.kquants else DEFAULT_CASES
+    print(f"mul_mat, {args.threads} threads; {'thread CPU' if args.cpu else 'wall'} times are "
+          f"medians (min in parentheses); "
           f"load average {open('/proc/loadavg').read().split()[0] if Path('/proc/loadavg').exists() else '?'}")
     hdr = f"{'case':28s} {'pyggml ms':>16s} {'ggml ms':>16s} {'ratio':>13s} {'target':>7s} " \
           f"{'numpy ms':>18s} {'torch ms':>9s} {'first call':>10s}"
     print(hdr)
     ok = True
     for t, m, k, n, target in cases:
-        r = bench_case(t, m, k, n, args.threads, args.rounds, args.budget)
+        r = bench_case(t, m, k, n, args.threads, args.rounds, args.budget, clock=clock)
         ratio = r.get("ratio")
         line = (f"{r['case']:28s} {r['pyggml_ms']:8.3f} ({r['pyggml_min_ms']:6.3f}) "
                 + (f"{r['ggml_ms']:8.3f} ({r['ggml_min_ms']:6.3f}) "
