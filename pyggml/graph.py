@@ -66,7 +66,7 @@ class CGraph:
             return
         n0 = len(self.nodes) + len(self.leafs)
         visited.add(tensor)
-        add = self._add
+        nodes, leafs, size = self.nodes, self.leafs, self.size
         # (tensor, iterator over its sources): each source list is walked once, resumed
         # where the last visit stopped
         # (tensors are truthy: filter(None, src) walks the sources that are set)
@@ -80,7 +80,19 @@ class CGraph:
                     break
             else:
                 stack.pop()
-                add(t)
+                # _add, inlined: a tensor without op (and not a trainable param) is a leaf
+                if t.op is None and not (t.flags & TENSOR_FLAG_PARAM):
+                    if len(leafs) >= size:
+                        self._add(t)                  # raises: the graph is full
+                    if not t.name:
+                        t.name = f"leaf_{len(leafs)}"
+                    leafs.append(t)
+                else:
+                    if len(nodes) >= size:
+                        self._add(t)
+                    if not t.name:
+                        t.name = f"node_{len(nodes)}"
+                    nodes.append(t)
         if len(self.nodes) + len(self.leafs) != n0:
             self.version += 1
 

@@ -268,7 +268,7 @@ _ZERO_PARAMS = bytes(MAX_OP_PARAMS)
 
 # --- inference results ----------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Out:
     """What an op produces: a new tensor (type, ne), or a view of `view_of` (nb, offs)."""
     type: GGMLType
@@ -359,13 +359,14 @@ class OpDef:
         used = ctx.used
         # like_src views get their ne/nb below, unchecked against block sizes, as in ggml
         # (an empty placeholder: the parent may itself be empty)
-        t = ctx.new_tensor_impl(out.type, [0] if out.like_src else out.ne,
+        like_src, nb = out.like_src, out.nb
+        t = ctx.new_tensor_impl(out.type, [0] if like_src else out.ne,
                                 view_src=out.view_of, view_offs=out.offs, op_name=self.name,
                                 op_params=frozen_bytes(b))
-        if out.like_src:
+        if like_src:
             t.ne = Dims([int(x) for x in out.ne] + [1] * (4 - len(out.ne)))
-        if out.nb is not None:
-            t.nb = Dims([int(x) for x in out.nb])
+        if nb is not None:
+            t.nb = Dims(map(int, nb))
             if t.view_src is not None and not out.like_src and nelements(t) and \
                     t.view_offs + nbytes(t) > nbytes(t.view_src):
                 ctx.tensors.remove(t)
