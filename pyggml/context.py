@@ -33,6 +33,7 @@ def tensor_overhead() -> int:
 
 
 _OVERHEAD = tensor_overhead()
+_ONES = [[1] * (MAX_DIMS - n) for n in range(MAX_DIMS + 1)]     # padding of an n-dim ne
 
 
 # ggml_hash_size's table: the next primes after powers of two
@@ -109,16 +110,17 @@ class Context:
         if type.__class__ is not GGMLType:
             type = as_type(type)
         tr = TRAITS[type]
-        ne = [int(x) for x in ne]
-        if not 1 <= len(ne) <= MAX_DIMS:
+        ne = list(map(int, ne))
+        n = len(ne)
+        if not 1 <= n <= MAX_DIMS:
             raise ShapeError(f"{op_name}: a tensor has 1 to {MAX_DIMS} dims, got ne={ne}")
         if min(ne) < 0:
             raise ShapeError(f"{op_name}: negative dimension in ne={ne}")
         if ne[0] % tr.blck_size:
             raise ShapeError(f"{op_name}: ne[0]={ne[0]} is not a multiple of the block size "
                              f"{tr.blck_size} of type {tr.tname}")
-        t = Tensor(self, type, ne, view_src=view_src, view_offs=view_offs, op_params=op_params)
-        ne4 = t.ne
+        ne4 = ne + _ONES[n] if n < MAX_DIMS else ne
+        t = Tensor._new(self, type, ne4, tr, view_src, view_offs, op_params)
         data_size = tr.type_size * (ne4[0] // tr.blck_size) * ne4[1] * ne4[2] * ne4[3]
         if view_src is not None and data_size and t.view_offs + data_size > nbytes(t.view_src):
             raise ShapeError(f"{op_name}: view of {data_size} bytes at offset {t.view_offs} is out "

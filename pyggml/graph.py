@@ -8,7 +8,6 @@ from typing import Optional
 import numpy as np
 
 from .errors import GraphError
-from .tensor import MAX_SRC
 from .tensor import TENSOR_FLAG_LOSS
 from .tensor import TENSOR_FLAG_PARAM
 from .tensor import Tensor
@@ -31,7 +30,7 @@ class CGraph:
             ctx._reserve(graph_overhead(self.size, bool(grads)), f"a graph of size {self.size}")
         self.nodes: list[Tensor] = []
         self.leafs: list[Tensor] = []
-        self._visited: set[int] = set()
+        self._visited: set[Tensor] = set()
         self.version = 0          # bumped on every change: backends cache lowered tables by it
         self.cache: dict = {}     # per-backend data derived from this graph (lowered tables)
 
@@ -62,27 +61,38 @@ class CGraph:
         """ggml_visit_parents, iteratively: sources left to right, then the tensor itself."""
         if not isinstance(tensor, Tensor):
             raise GraphError(f"build_forward_expand: expected a Tensor, got {type(tensor).__name__}")
-        visited = self._visited
-        if id(tensor) in visited:
+        visited = self._visited        # the tensors themselves: they hash by identity
+        if tensor in visited:
             return
         n0 = len(self.nodes) + len(self.leafs)
-        visited.add(id(tensor))
-        stack = [(tensor, 0)]
+        visited.add(tensor)
+        nodes, leafs, size = self.nodes, self.leafs, self.size
+        # (tensor, iterator over its sources): each source list is walked once, resumed
+        # where the last visit stopped
+        # (tensors are truthy: filter(None, src) walks the sources that are set)
+        stack = [(tensor, filter(None, tensor.src))]
         while stack:
-            t, i = stack.pop()
-            # next source still to visit
-            src = t.src
-            while i < MAX_SRC:
-                s = src[i]
-                if s is not None and id(s) not in visited:
+            t, it = stack[-1]
+            for s in it:
+                if s not in visited:
+                    visited.add(s)
+                    stack.append((s, filter(None, s.src)))
                     break
-                i += 1
-            if i < MAX_SRC:
-                stack.append((t, i + 1))
-                visited.add(id(s))
-                stack.append((s, 0))
             else:
-                self._add(t)
+                stack.pop()
+                # _add, inlined: a tensor without op (and not a trainable param) is a leaf
+                if t.op is None and not (t.flags & TENSOR_FLAG_PARAM):
+                    if len(leafs) >= size:
+                        self._add(t)                  # raises: the graph is full
+                    if not t.name:
+                        t.name = f"leaf_{len(leafs)}"
+                    leafs.append(t)
+                else:
+                    if len(nodes) >= size:
+                        self._add(t)
+                    if not t.name:
+                        t.name = f"node_{len(nodes)}"
+                    nodes.append(t)
         if len(self.nodes) + len(self.leafs) != n0:
             self.version += 1
 
@@ -142,7 +152,7 @@ def graph_add_node(gf: CGraph, t: Tensor) -> None:
     if len(gf.nodes) >= gf.size:
         raise GraphError(f"graph is full: {gf.size} nodes")
     gf.nodes.append(t)
-    gf._visited.add(id(t))
+    gf._visited.add(t)
     gf.version += 1
 
 
@@ -162,7 +172,7 @@ def graph_view(gf: CGraph, i0: int, i1: int) -> CGraph:
         raise GraphError(f"graph_view: [{i0}, {i1}) out of range for {len(gf.nodes)} nodes")
     g = CGraph(max(1, i1 - i0), False, gf.ctx)
     g.nodes = gf.nodes[i0:i1]
-    g._visited = {id(t) for t in g.nodes}
+    g._visited = set(g.nodes)
     return g
 
 
@@ -183,12 +193,12 @@ def graph_cpy(src: CGraph, dst: CGraph) -> None:
 
 def graph_get_grad(gf: CGraph, node: Tensor) -> Optional[Tensor]:
     """ggml_graph_get_grad: the gradient of node in gf (None when it has none)."""
-    return gf.grads.get(id(node)) if gf.grads is not None and id(node) in gf._visited else None
+    return gf.grads.get(id(node)) if gf.grads is not None and node in gf._visited else None
 
 
 def graph_get_grad_acc(gf: CGraph, node: Tensor) -> Optional[Tensor]:
     """ggml_graph_get_grad_acc: node's gradient accumulator in gf (None when it has none)."""
-    return gf.grad_accs.get(id(node)) if gf.grad_accs is not None and id(node) in gf._visited \
+    return gf.grad_accs.get(id(node)) if gf.grad_accs is not None and node in gf._visited \
         else None
 
 

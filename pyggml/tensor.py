@@ -103,6 +103,9 @@ class Buffer:
         return f"Buffer({self.name!r}, {self.size} bytes)"
 
 
+_object_new = object.__new__
+
+
 class Tensor:
     """One node or leaf of a ggml graph. Create tensors through a Context, never directly."""
 
@@ -136,6 +139,34 @@ class Tensor:
         self._buffer: Optional[Buffer] = None
         self._offs = 0
         self.extra = None                   # backend-private data (repacked weights...)
+
+    @classmethod
+    def _new(cls, ctx, type: GGMLType, ne: list, tr, view_src, view_offs: int, op_params):
+        """__init__ for Context.new_tensor_impl, which has checked ne (4 Python ints) and
+        looked up the type's traits: the same record, without converting anything twice."""
+        t = _object_new(cls)
+        t.ctx = ctx
+        t.type = type
+        t.ne = Dims(ne)
+        nb0 = tr.type_size
+        nb1 = nb0 * (ne[0] // tr.blck_size)
+        nb2 = nb1 * ne[1]
+        t.nb = Dims((nb0, nb1, nb2, nb2 * ne[2]))
+        t.op = None
+        t.src = [None] * MAX_SRC
+        t.op_params = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32) if op_params is None \
+            else op_params
+        t.flags = 0
+        t.name = ""
+        if view_src is not None and view_src.view_src is not None:
+            view_offs += view_src.view_offs
+            view_src = view_src.view_src
+        t.view_src = view_src
+        t.view_offs = int(view_offs)
+        t._buffer = None
+        t._offs = 0
+        t.extra = None
+        return t
 
     # --- data location -------------------------------------------------------------
     @property
@@ -203,6 +234,19 @@ class Tensor:
 
     # Tensors are graph nodes: identity semantics, hashable by id.
     __hash__ = object.__hash__
+
+
+def set_buffers(buffer: Buffer, offsets: dict) -> None:
+    """Tensor.set_buffer for many root tensors at once ({tensor: offset}): a graph
+    allocator's plan, which sized buffer from the tensors' nbytes (so they fit; not
+    measured again), with one ALLOC_EPOCH bump."""
+    for t, offs in offsets.items():
+        if t.view_src is not None or offs < 0:
+            t.set_buffer(buffer, offs)           # raises as it always did
+        t._buffer = buffer
+        t._offs = int(offs)
+    global ALLOC_EPOCH
+    ALLOC_EPOCH += 1
 
 
 # ----------------------------------------------------------------------------------------

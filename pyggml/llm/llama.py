@@ -208,7 +208,11 @@ class Llama:
         if self.n_tokens + n > self._n_ctx:
             raise ShapeError(f"Llama.eval: {n} tokens after {self.n_tokens} exceed n_ctx "
                              f"{self._n_ctx} (requested {self.n_tokens + n} > {self._n_ctx})")
-        lo, hi = int(ids.min()), int(ids.max())
+        if n <= 64:                  # a decode step: Python's min/max beat two NumPy reductions
+            vals = ids.tolist()
+            lo, hi = min(vals), max(vals)
+        else:
+            lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self._n_vocab:
             bad = lo if lo < 0 else hi
             raise GGMLError(f"Llama.eval: token id {bad} out of range [0, {self._n_vocab})")

@@ -79,7 +79,11 @@ _FROZEN_MAX = 4096          # with those params (most nodes have few distinct on
 
 
 def frozen(words: np.ndarray) -> np.ndarray:
-    b = np.ascontiguousarray(words, dtype=np.int32).tobytes()
+    return frozen_bytes(np.ascontiguousarray(words, dtype=np.int32).tobytes())
+
+
+def frozen_bytes(b: bytes) -> np.ndarray:
+    """frozen() of op_params given as their MAX_OP_PARAMS bytes (no array made on a hit)."""
     f = _FROZEN.get(b)
     if f is None:
         if len(_FROZEN) >= _FROZEN_MAX:
@@ -169,7 +173,7 @@ class _Layout:
     an i32, a wrong array length) goes to pack_params/unpack_params, which raise (or
     convert) exactly as they always did."""
 
-    __slots__ = ("spec", "st", "fields", "flat", "words")
+    __slots__ = ("spec", "st", "fields", "flat", "words", "names", "pad")
 
     _CODE = {"i32": "i", "f32": "f", "i64": "q"}
 
@@ -179,6 +183,46 @@ class _Layout:
         self.fields = tuple((f.name, f.count) for f in spec)
         self.flat = all(f.count == 1 for f in spec)        # no arrays: zip names and values
         self.words = param_words(spec)
+        self.names = tuple(f.name for f in spec)
+        self.pad = bytes(max(0, MAX_OP_PARAMS - self.st.size))
+
+    def pack_bytes(self, op: str, values: dict) -> bytes:
+        """pack() as the MAX_OP_PARAMS bytes of the words (what a node's frozen op_params
+        are made from): one struct call for the common case, no array."""
+        if not self.fields:
+            return _ZERO_PARAMS
+        if self.st.size <= MAX_OP_PARAMS:
+            try:
+                if self.flat:
+                    return self.st.pack(*[values.get(n, 0) for n in self.names]) + self.pad
+                flat = []
+                for name, count in self.fields:
+                    if count == 1:
+                        flat.append(values.get(name, 0))
+                    else:
+                        vs = list(values.get(name, (0,) * count))
+                        if len(vs) != count:
+                            raise ValueError
+                        flat += vs
+                return self.st.pack(*flat) + self.pad
+            except Exception:
+                pass
+        return self.pack(op, values).tobytes()             # converts, or raises as always
+
+    def unpack_bytes(self, b: bytes) -> SimpleNamespace:
+        """unpack() of pack_bytes()'s bytes."""
+        ns = SimpleNamespace()
+        if not self.fields:
+            return ns
+        vals = self.st.unpack_from(b)
+        if self.flat:
+            ns.__dict__.update(zip(self.names, vals))
+            return ns
+        i = 0
+        for name, count in self.fields:
+            setattr(ns, name, vals[i] if count == 1 else list(vals[i:i + count]))
+            i += count
+        return ns
 
     def pack(self, op: str, values: dict) -> np.ndarray:
         if not self.fields:
@@ -219,9 +263,12 @@ class _Layout:
         return ns
 
 
+_ZERO_PARAMS = bytes(MAX_OP_PARAMS)
+
+
 # --- inference results ----------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Out:
     """What an op produces: a new tensor (type, ne), or a view of `view_of` (nb, offs)."""
     type: GGMLType
@@ -297,25 +344,29 @@ class OpDef:
         srcs = list(srcs)
         if len(srcs) > MAX_SRC:
             raise GGMLError(f"{self.name}: at most {MAX_SRC} sources")
-        for i, s in enumerate(srcs):
-            if s is not None and not isinstance(s, Tensor):
+        for s in srcs:
+            if s is not None and s.__class__ is not Tensor and not isinstance(s, Tensor):
+                i = next(j for j, x in enumerate(srcs) if x is s)
                 raise GGMLError(f"{self.name}: src[{i}] must be a Tensor, got {type(s).__name__}")
-        lay = self.layout()
-        words = lay.pack(self.name, params or {})
-        p = lay.unpack(words)
+        lay = self._layout
+        if lay is None or lay.spec is not self.params:
+            lay = self.layout()
+        b = lay.pack_bytes(self.name, params or {})
+        p = lay.unpack_bytes(b)
         if hints:
             p.__dict__.update(hints)
         out = self.infer(srcs, p)
         used = ctx.used
         # like_src views get their ne/nb below, unchecked against block sizes, as in ggml
         # (an empty placeholder: the parent may itself be empty)
-        t = ctx.new_tensor_impl(out.type, [0] if out.like_src else out.ne,
+        like_src, nb = out.like_src, out.nb
+        t = ctx.new_tensor_impl(out.type, [0] if like_src else out.ne,
                                 view_src=out.view_of, view_offs=out.offs, op_name=self.name,
-                                op_params=frozen(words))
-        if out.like_src:
+                                op_params=frozen_bytes(b))
+        if like_src:
             t.ne = Dims([int(x) for x in out.ne] + [1] * (4 - len(out.ne)))
-        if out.nb is not None:
-            t.nb = Dims([int(x) for x in out.nb])
+        if nb is not None:
+            t.nb = Dims(map(int, nb))
             if t.view_src is not None and not out.like_src and nelements(t) and \
                     t.view_offs + nbytes(t) > nbytes(t.view_src):
                 ctx.tensors.remove(t)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from heapq import heappop
 from heapq import heappush
+from itertools import compress
+from itertools import count
 
 from ..graph import CGraph
 from ..tensor import TENSOR_FLAG_INPUT
 from ..tensor import TENSOR_FLAG_OUTPUT
 from ..tensor import Buffer
 from ..tensor import nbytes
+from ..tensor import set_buffers
 
 ALIGN = 64
 
@@ -30,15 +33,18 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     last: dict = {}
     for i, t in enumerate(order):
         pos[t] = i
-        r = t.view_src if t.view_src is not None else t
+        r = t.view_src
+        if r is None:
+            r = t
         if r._buffer is None:
             todo[r] = None
-        for s in t.src:
-            if s is not None:
-                r = s.view_src if s.view_src is not None else s
-                if r._buffer is None:
-                    todo[r] = None
-                last[r] = i
+        for s in filter(None, t.src):          # the sources that are set (tensors are truthy)
+            r = s.view_src
+            if r is None:
+                r = s
+            if r._buffer is None:
+                todo[r] = None
+            last[r] = i
     if not todo:
         return 0
     keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
@@ -46,7 +52,8 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     out_root = (out.view_src if out.view_src is not None else out) if out is not None else None
     # greedy first-fit over a free list, in execution order; a slot is released once the
     # last node reading it has run (graph inputs, outputs and leafs keep theirs)
-    free: list[list[int]] = []          # [offset, size]
+    foff: list[int] = []                # the free list: offsets and sizes, in release order
+    fsize: list[int] = []
     top = 0
     offsets: dict = {}
     live: list[tuple] = []              # heap of (last use, seq, offset, size)
@@ -55,17 +62,19 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     for seq, (i, _, t) in enumerate(ranked):
         while live and live[0][0] < i:
             _, _, o, s = heappop(live)
-            free.append([o, s])
+            foff.append(o)
+            fsize.append(s)
         size = (max(nbytes(t), 1) + ALIGN - 1) // ALIGN * ALIGN
-        for j, f in enumerate(free):
-            if f[1] >= size:
-                o = f[0]
-                if f[1] == size:
-                    del free[j]
-                else:
-                    f[0] += size
-                    f[1] -= size
-                break
+        # the first free block that is large enough (the scan runs in C: the list holds
+        # tens of blocks and a graph has hundreds of tensors)
+        j = next(compress(count(), map(size.__le__, fsize)), -1)
+        if j >= 0:
+            o = foff[j]
+            if fsize[j] == size:
+                del foff[j], fsize[j]
+            else:
+                foff[j] += size
+                fsize[j] -= size
         else:
             o = top
             top += size
@@ -73,6 +82,5 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
         if not (t.flags & keep_mask or i < n_leafs or t is out_root):
             heappush(live, (last.get(t, i), seq, o, size))
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
-    for t in todo:
-        t.set_buffer(buf, offsets[t])
+    set_buffers(buf, offsets)
     return top

@@ -164,14 +164,19 @@ class NumbaBackend(Backend):
         """Turn the planned graph into the executor's node table (kernel address + desc).
         `selected`: select(gf), when the caller has it."""
         nodes = gf.nodes
-        rows = [i for i, n in enumerate(nodes) if is_computed(n)]
+        if selected is not None:        # select() gives None exactly for nodes not computed
+            rows = [i for i, k in enumerate(selected) if k is not None]
+            kernels = [selected[i] for i in rows]
+        else:
+            rows = [i for i, n in enumerate(nodes) if is_computed(n)]
+            kernels = []
+            for i in rows:
+                k = lookup(nodes[i], self.kernels)
+                if k is None:   # check_supported ran first; a caller's plan may still differ
+                    raise GraphError(f"numba backend: no kernel for node {i} {nodes[i].op_name}")
+                kernels.append(k)
         n = len(rows)
-        kernels = []
-        for i in rows:
-            k = selected[i] if selected is not None else lookup(nodes[i], self.kernels)
-            if k is None:       # check_supported ran first; a caller's plan may still differ
-                raise GraphError(f"numba backend: no kernel for node {i} {nodes[i].op_name}")
-            kernels.append(k)
+        row_nodes = [nodes[i] for i in rows]
         status = np.zeros(STATUS_LEN, dtype=np.int64)
         if cplan.work_data is not None:
             wbuf = _check_work_data(cplan)
@@ -182,19 +187,18 @@ class NumbaBackend(Backend):
         scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
         n_tasks = np.clip(np.array([cplan.n_tasks[i] for i in rows], dtype=np.int64),
                           1, self.n_threads)
-        descs = pack_table([nodes[i] for i in rows], rows, n_tasks, waddr, wsize,
+        descs = pack_table(row_nodes, rows, n_tasks, waddr, wsize,
                            status.ctypes.data, scratch.ctypes.data,
                            _aligned_zeros((n, DESC_LEN)))   # 64-byte rows on 64-byte bounds
-        tab = LoweredGraph([nodes[i] for i in rows], rows, kernels, descs, n_tasks, status,
-                           wbuf)
+        tab = LoweredGraph(row_nodes, rows, kernels, descs, n_tasks, status, wbuf)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
         roots = {}                       # tensors hash by identity; insertion-ordered
-        for i in rows:
-            node = nodes[i]
-            roots[node.view_src if node.view_src is not None else node] = None
-            for t in node.src:
-                if t is not None:
-                    roots[t.view_src if t.view_src is not None else t] = None
+        for node in row_nodes:
+            r = node.view_src
+            roots[node if r is None else r] = None
+            for t in filter(None, node.src):      # the sources that are set (truthy)
+                r = t.view_src
+                roots[t if r is None else r] = None
         tab.roots = list(roots)
         tab.epoch = _alloc_epoch()
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH

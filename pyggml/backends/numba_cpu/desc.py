@@ -50,6 +50,8 @@ error of a graph is kept. An exception inside a kernel becomes ERR_EXCEPTION.
 """
 from __future__ import annotations
 
+from itertools import compress
+
 import numba
 import numpy as np
 
@@ -342,6 +344,9 @@ def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: i
     return out
 
 
+_SLOT_RANGE = range(N_SLOTS)
+
+
 def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
                status_addr: int, scratch_base: int, out: np.ndarray) -> np.ndarray:
     """Fill out (int64[len(nodes), DESC_LEN]) with the descriptors of nodes, as pack_into
@@ -353,16 +358,17 @@ def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, w
         return out
     slot_of: dict = {}
     words = [0] * SLOT                 # tensor 0: an absent source (all zero)
-    slots = []
+    slots = [0] * (n * N_SLOTS)        # absent sources stay 0
     get = slot_of.get
+    at = 0
     for node in nodes:
-        if len(node.src) != N_SLOTS - 1:
-            raise ValueError(f"pack_table: {node!r} has {len(node.src)} source slots, not "
+        src = node.src
+        if len(src) != N_SLOTS - 1:
+            raise ValueError(f"pack_table: {node!r} has {len(src)} source slots, not "
                              f"{N_SLOTS - 1}")
-        for t in (node, *node.src):
-            if t is None:
-                slots.append(0)
-                continue
+        # slot 0 is the node, then the sources that are set (compress: tensors are truthy)
+        for j in compress(_SLOT_RANGE, (node, *src)):
+            t = node if j == 0 else src[j - 1]
             k = get(t)                  # tensors hash by identity
             if k is None:
                 k = slot_of[t] = len(slot_of) + 1
@@ -372,7 +378,8 @@ def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, w
                     t.data_ptr                        # raises: the tensor has no data
                 addr = buf.address + (t._offs if r is None else r._offs + t.view_offs)
                 words += (addr, t.type, *t.ne, *t.nb)
-            slots.append(k)
+            slots[at + j] = k
+        at += N_SLOTS
     out[:, HDR:HDR + N_SLOTS * SLOT] = np.array(words, dtype=np.int64).reshape(-1, SLOT)[
         np.array(slots, dtype=np.intp)].reshape(n, -1)
     out[:, PARAMS:PARAMS + N_PARAMS] = np.concatenate(

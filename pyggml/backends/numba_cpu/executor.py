@@ -304,11 +304,19 @@ class NodeTable:
         self.max_tasks = int(self.n_tasks.max()) if self.n else 1
         self.snapshot = None                    # data locations the descriptors were packed from
         self.roots = None
+        self._addrs = None
 
     @property
     def addrs(self):
-        return (self.kaddrs.ctypes.data, self.descs.ctypes.data, self.n_tasks.ctypes.data,
-                self.status.ctypes.data)
+        """The arrays' addresses, asked once (ndarray.ctypes costs microseconds per call,
+        on every compute of a kept graph; the arrays never move)."""
+        a = self._addrs
+        if a is None or a[0] is not self.kaddrs or a[1] is not self.descs or \
+                a[2] is not self.n_tasks or a[3] is not self.status:
+            a = self._addrs = (self.kaddrs, self.descs, self.n_tasks, self.status,
+                               (self.kaddrs.ctypes.data, self.descs.ctypes.data,
+                                self.n_tasks.ctypes.data, self.status.ctypes.data))
+        return a[4]
 
     def reset_status(self) -> None:
         self.status[S_CODE] = 0

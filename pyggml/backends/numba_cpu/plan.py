@@ -76,12 +76,22 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None,
     n_tasks = []
     work = 0
     for i, node in enumerate(gf.nodes):
-        if not is_computed(node):
+        k = selected[i] if selected else None
+        # select() gives a kernel exactly for the nodes that compute
+        if (k is None) if selected else not is_computed(node):
             n_tasks.append(0)
             continue
-        nt, ws = node_plan(node, n_threads, kernels, selected[i] if selected else None)
+        if k is None:
+            nt, ws = node_plan(node, n_threads, kernels)
+        else:                       # node_plan's rules, inlined (a call per node costs)
+            fn = k.n_tasks
+            nt = int(fn(node, n_threads)) if fn is not None else n_threads
+            nt = 1 if nt < 1 else n_threads if nt > n_threads else nt
+            fn = k.work_size
+            ws = int(fn(node, n_threads)) if fn is not None else 0
         n_tasks.append(nt)
-        work = max(work, ws)
+        if ws > work:
+            work = ws
     if work > 0:
         work += CACHE_LINE * n_threads
     return CPlan(n_threads, n_tasks, work)
