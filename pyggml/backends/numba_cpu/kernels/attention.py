@@ -301,8 +301,11 @@ def _group_rows(base, j, gn, nb1):
 def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, va, vnb1, vnb2,
                vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin, j_end,
                scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf, sc, mv,
-               acc, Mr, Sr, slope, mrix, cv, s16):
-    """Online softmax of the tile's R rows over keys [j_begin, j_end) of one segment."""
+               acc, Mr, Sr, slope, mrix, cv, s16, u_base, split, part_base, n_units, H, N,
+               ob, Mf, Sf):
+    """The tile's R rows over keys [j_begin, j_end) of one segment (j_begin a unit start):
+    an online softmax per fold unit, each unit's partial handed to _unit_end (unit k of
+    the segment is unit u_base + k of the tile)."""
     kbase = ka + ik2 * knb2 + ik3 * knb3
     vbase = va + iv2 * vnb2 + iv3 * vnb3
     nbk = dk // QK
@@ -337,6 +340,9 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     vpf = PF_GROUPS * KG * vnb1 if v_direct else 0
     j0 = j_begin
     while j0 < j_end:
+        if j0 > j_begin and j0 % FOLD == 0:         # (KB divides FOLD)
+            _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, u_base + j0 // FOLD - 1,
+                      split, part_base, n_units, H, N, ob, Mf, Sf)
         nk = min(KB, j_end - j0)
         # mask values (slope * mask; slope > 0 keeps -inf) and cv[j]: does any row of the
         # tile see key j; rows with the same mask row and slope share one (mrix)
@@ -526,6 +532,31 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                             if p != _F0:
                                 axpy(acc, r * dv, p, vf[u * dv:], dv)
         j0 += nk
+    if j_end > j_begin:
+        _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, u_base + (j_end - 1) // FOLD,
+                  split, part_base, n_units, H, N, ob, Mf, Sf)
+
+
+@_jit_inline
+def _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, k, split, part_base, n_units, H, N,
+              ob, Mf, Sf):
+    """Unit k of the tile is done: its rows' partials folded into their running (M, S, O),
+    or stored for the last thread (decode split); the next unit starts from nothing (a
+    row's acc is zeroed at its first keys)."""
+    psz = 2 + dv
+    for r in range(R):
+        if split:
+            grow = (iq3 * H + rows_h[r]) * N + rows_pos[r]
+            pp = f32_array(part_base + ((grow * n_units + k) * psz) * 4, psz)
+            pp[0] = Mr[r]
+            pp[1] = Sr[r]
+            if Sr[r] > _F0:
+                for i in range(dv):
+                    pp[2 + i] = acc[r * dv + i]
+        else:
+            Mf[r], Sf[r] = _fold_row(ob, r * dv, acc, r * dv, dv, Mf[r], Sf[r], Mr[r], Sr[r])
+        Mr[r] = NEG_INF
+        Sr[r] = _F0
 
 
 @_jit
@@ -792,23 +823,26 @@ def fa_body(desc, ith, nth, ws):
             for r in range(R):
                 Mf[r], Sf[r] = _init_row(ws, ob, r * dv, dv, rows_h[r], iq3, rows_pos[r], N,
                                          oa, onb1, onb2, onb3, sa, snb1, snb2)
-        s = 0
+        for r in range(R):
+            Mr[r] = NEG_INF
+            Sr[r] = _F0
         s_first = 0                 # the first unit of segment s
-        for k in range(k0, k1):
-            while k >= s_first + seg_nu[s]:
-                s_first += seg_nu[s]
-                s += 1
+        for s in range(nseg):
+            # this segment's keys among units [k0, k1)
             ks, vs, ms = seg_k[s], seg_v[s], seg_m[s]
-            a = (k - s_first) * FOLD
-            b = min(a + FOLD, t_ne(desc, ks, 1))
-            for r in range(R):              # (a row's acc is zeroed at its first keys)
-                Mr[r] = NEG_INF
-                Sr[r] = _F0
+            u0 = max(k0, s_first)
+            u1 = min(k1, s_first + seg_nu[s])
+            u_base = s_first
+            s_first += seg_nu[s]
+            if u0 >= u1:
+                continue
+            a = (u0 - u_base) * FOLD
+            b = min((u1 - u_base) * FOLD, t_ne(desc, ks, 1))
             kt = t_type(desc, ks)
             int_dots = prec != PREC_F32 and kt != F32 and kt != F16 and kt != BF16
             if t != q_tile or int_dots != q_int:
                 # the tile's q rows (quantized for integer dots); kept for the next unit
-                # of the same tile, as is usual
+                # when it is a chunk of the same tile (decode splits), as is usual
                 _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots,
                         qf, qi8, qd, qs, qx)
                 q_tile = t
@@ -826,19 +860,8 @@ def fa_body(desc, ith, nth, ws):
                        t_type(desc, ms), ma, t_nb(desc, ms, 1), t_nb(desc, ms, 2),
                        t_nb(desc, ms, 3), max(1, t_ne(desc, ms, 2)), max(1, t_ne(desc, ms, 3)),
                        a, b, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc,
-                       vf, sc, mv, acc, Mr, Sr, slope, mrix, cv, s16)
-            for r in range(R):
-                if split:                   # the unit's partial, folded by the last thread
-                    grow = (iq3 * H + rows_h[r]) * N + rows_pos[r]
-                    pp = f32_array(part_base + ((grow * n_units + k) * psz) * 4, psz)
-                    pp[0] = Mr[r]
-                    pp[1] = Sr[r]
-                    if Sr[r] > _F0:
-                        for i in range(dv):
-                            pp[2 + i] = acc[r * dv + i]
-                else:
-                    Mf[r], Sf[r] = _fold_row(ob, r * dv, acc, r * dv, dv, Mf[r], Sf[r],
-                                             Mr[r], Sr[r])
+                       vf, sc, mv, acc, Mr, Sr, slope, mrix, cv, s16, u_base, split, part_base,
+                       n_units, H, N, ob, Mf, Sf)
         if not split:
             for r in range(R):
                 _finish_row(ws, ob, r * dv, dv, Mf[r], Sf[r], rows_h[r], iq3, rows_pos[r], N,
