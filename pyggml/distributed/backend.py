@@ -84,6 +84,24 @@ class RayBackend(Backend):
         if self._resident:
             self._upload(list(self._resident.values()))
 
+    def park(self) -> bool:
+        """Make this live worker clean (nothing resident, nothing mirrored) so that another
+        group of this process may take it (group.py); False if it is dead or silent (then
+        it is killed)."""
+        if self.dead is not None or self.actor is None:
+            return False
+        try:
+            self._call("reset")
+        except (WorkerDiedError, WorkerTimeoutError):
+            return False
+        self._resident, self._sent = {}, set()
+        self.stats = {"computes": 0, "bytes_sent": 0, "bytes_received": 0}
+        return True
+
+    def rename(self, index: int, timeout: float) -> None:
+        """A parked worker joins a group as its worker `index`."""
+        self.index, self.name, self.timeout = index, f"ray:{index}", float(timeout)
+
     def kill(self) -> None:
         if self.actor is not None:
             try:

@@ -13,9 +13,11 @@ range; a block turning cold is a get_rows of its ring rows and a set_rows (quant
 its cold rows, on the worker that already holds it. So no K/V row ever crosses the network
 (a worker dedicated to the hot window would ship every block that ages to the worker of its
 range), a step's traffic stays q, the new K/V rows and (O, M, S), and each shard's attention
-is one flash_attn_ext_with_state over its two segments (hot ring, cold rows) from a fresh
-state: the same keys, the same values (F16 or Q4_0) as the single-process mixed cache, so
-the merged result equals it up to float32 rounding.
+is one flash_attn_ext_with_state over its two segments (hot ring, cold rows), chained or
+merged as context_split.py's: the same keys, the same values (F16 or Q4_0) as the
+single-process mixed cache, so the result equals it up to float32 rounding (not bitwise: a
+shard's ring holds its hot keys in another order than the single cache's ring, so they meet
+the kernel's fold in another order).
 """
 from __future__ import annotations
 

@@ -1,19 +1,31 @@
-"""Context parallelism: the KV cache sharded by token ranges across workers, attention merged
-exactly with the softmax-state rule of flash_attn_ext_with_state.
+"""Context parallelism: the KV cache sharded by token ranges across workers, attention
+combined with the softmax-state rule of flash_attn_ext_with_state.
 
 Shard w holds positions [w*C, (w+1)*C) of every layer (C = n_ctx / n_shards rounded up to
-32), in its own type (context_mixed.py: each shard itself hot F16 + cold Q4_0). Per layer and
-step each shard that holds keys computes one flash_attn_ext_with_state over them from a
-fresh state, giving (O_w, M_w, S_w); the driver merges them in the graph:
+FOLD = 64, the Numba kernel's fold unit), in its own type (context_mixed.py: each shard
+itself hot F16 + cold Q4_0). Per layer and step the shards that hold keys are combined one
+of two ways:
 
-    L_w = M_w + log S_w            (the log-sum-exp of shard w's scores; -inf when empty)
-    a_w = softmax_w(L_w)           (= S_w e^(M_w - M) / sum_v S_v e^(M_v - M), M = max M_w)
-    O   = sum_w a_w O_w
+  chained (the default, exact): shard w's flash_attn_ext_with_state continues from shard
+      w-1's state and output (o_prev), in key order. The kernel folds keys in aligned units
+      of FOLD in key order and a shard's range is whole units, so the chain computes what
+      one process computes over the whole cache, bit for bit. The shards run one after
+      another: one round trip per shard and layer.
+  parallel (chain=False): every shard from a fresh state at once, giving (O_w, M_w, S_w);
+      the driver merges them in the graph (lse_merge):
 
-which is attention.state.merge's rule for many shards (an empty shard weighs 0; a row that
-is empty everywhere, a padding token, gives O = 0). The scheduler puts each shard's
-set_rows and attention on the worker holding it (its stores live there); q and the new
-K/V rows travel to the workers, (O_w, state_w) come back.
+          L_w = M_w + log S_w            (the log-sum-exp of shard w's scores; -inf when empty)
+          a_w = softmax_w(L_w)           (= S_w e^(M_w - M) / sum_v S_v e^(M_v - M))
+          O   = sum_w a_w O_w
+
+      One round trip per layer and the shards read their keys concurrently, but the sums
+      run in another order than one process's: outputs differ by float32 rounding, which
+      a quantized model's activation quantization (Q8_1 blocks) amplifies over its layers
+      (docs/DISTRIBUTED.md, Exactness).
+
+An empty shard is skipped; a row empty everywhere (a padding token) gives O = 0. The
+scheduler puts each shard's set_rows and attention on the worker holding it (its stores
+live there); q and the new K/V rows travel to the workers, (O_w, state) come back.
 """
 from __future__ import annotations
 
@@ -22,11 +34,11 @@ from typing import Optional
 import numpy as np
 
 from ..attention import fresh_values
-from ..attention.kv_cache import BLOCK
 from ..attention.kv_cache import CacheStep
 from ..attention.kv_cache import F16KVCache
 from ..attention.kv_cache import _CacheBase
 from ..attention.kv_cache import _round_up
+from ..backends.numba_cpu.kernels.attention import FOLD
 from ..errors import ShapeError
 from ..tensor import Tensor
 from ..tensor import nbytes
@@ -40,7 +52,8 @@ EMPTY_LSE = -1e30        # stands for log 0: softmax then weighs an empty shard 
 
 class ShardedKVCache(_CacheBase):
     def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int,
-                 n_shards: int, types=GGMLType.F16, head_dim_v: Optional[int] = None):
+                 n_shards: int, types=GGMLType.F16, head_dim_v: Optional[int] = None,
+                 chain: bool = True):
         super().__init__(n_layer, n_head_kv, head_dim, n_ctx, head_dim_v, "sharded kv cache")
         if n_shards < 1:
             raise ShapeError(f"ShardedKVCache: n_shards must be >= 1, got {n_shards}")
@@ -53,8 +66,8 @@ class ShardedKVCache(_CacheBase):
             if bs > 1 and (head_dim % bs or (head_dim_v or head_dim) % bs):
                 raise ShapeError(f"ShardedKVCache: head_dim {head_dim} must be a multiple of "
                                  f"{bs} for a {t.tname} shard")
-        self.n_shards, self.types = n_shards, types
-        self.shard_cap = _round_up(-(-n_ctx // n_shards), BLOCK)
+        self.n_shards, self.types, self.chain = n_shards, types, chain
+        self.shard_cap = _round_up(-(-n_ctx // n_shards), FOLD)     # whole fold units
         self.starts = [w * self.shard_cap for w in range(n_shards)]
         self._make_stores()
 
@@ -164,9 +177,9 @@ class ShardedKVCache(_CacheBase):
 
     def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
         """Per shard: this step's rows written (if any are its own), then one
-        flash_attn_ext_with_state over its keys; the outputs merged (module doc). Graph order
-        does what data cannot say: the attention reads the cache through views that do not
-        depend on the writes, and the merge reads the states the attention writes."""
+        flash_attn_ext_with_state over its keys, chained or merged (module doc). Graph
+        order does what data cannot say: the attention reads the cache through views that
+        do not depend on the writes, and the merge reads the states the attention writes."""
         from ..graph import build_forward_expand
         from ..ops.attention import flash_attn_ext_set_prec
         from ..ops.attention import flash_attn_ext_with_state
@@ -180,19 +193,21 @@ class ShardedKVCache(_CacheBase):
             seg = self._segments(ctx, il, w)
             if seg is None:
                 continue
-            state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
-                                lambda t: fresh_values(t.ne), f"attn_state-{il}.s{w}")
+            if not (self.chain and states):     # chained: one state, carried along
+                states.append(self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
+                                          lambda t: fresh_values(t.ne),
+                                          f"attn_state-{il}.s{w}"))
+            o_prev = outs[-1] if self.chain and outs else None
             k, v, mask, kq, vq, mask_q = seg
-            o = flash_attn_ext_with_state(ctx, q, k, v, mask, kq, vq, mask_q, state, scale,
-                                          0.0, 0.0)
+            o = flash_attn_ext_with_state(ctx, q, k, v, mask, kq, vq, mask_q, states[-1], scale,
+                                          0.0, 0.0, o_prev=o_prev)
             if prec:
                 flash_attn_ext_set_prec(o, prec)
             set_name(o, f"attn_out-{il}.s{w}")
             build_forward_expand(gf, o)
             outs.append(o)
-            states.append(state)
         self._pending = None
-        o = outs[0] if len(outs) == 1 else lse_merge(ctx, gf, outs, states)
+        o = outs[-1] if self.chain or len(outs) == 1 else lse_merge(ctx, gf, outs, states)
         set_name(o, f"attn_out-{il}")
         return o
 

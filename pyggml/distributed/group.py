@@ -3,7 +3,12 @@ and its KV cache are placed on them (layer or context split), the scheduler over
 
 Without an address a local Ray cluster is started (and shut down by `shutdown()`); with one
 (`ray://host:port` or `host:port`, or "auto") the workers go to that cluster and it is left
-running. pyggml.llm.Llama(workers=N, split=...) uses this; so can any decoder:
+running. While the Ray connection outlives a group (a cluster this group did not start), its
+shutdown leaves its live workers parked, clean (nothing resident), for the next group of this
+process to take instead of starting new processes (a worker process's start and its kernel
+loads cost seconds); they end with the Ray connection.
+
+pyggml.llm.Llama(workers=N, split=...) uses this; so can any decoder:
 
     group = WorkerGroup(2, "layer")
     sched = group.scheduler(model, gg.backend_cpu_init(2))
@@ -30,6 +35,23 @@ from .sched import DistributedSched
 
 SPLITS = ("layer", "context")
 LOCAL_CPUS = 2                  # CPUs a local cluster advertises (the workers ask for none)
+_PARKED: list = []              # (Ray session, RayBackend): clean live workers to reuse
+
+
+def _session() -> str:
+    return _ray().get_runtime_context().get_session_name()
+
+
+def _take_parked(index: int, n_threads: int, timeout: float) -> Optional[RayBackend]:
+    """A parked worker of this Ray session with the same thread count, renamed ray:index."""
+    here = _session()
+    _PARKED[:] = [(s, be) for s, be in _PARKED if s == here]    # earlier sessions' are gone
+    for k, (_, be) in enumerate(_PARKED):
+        if be._n_threads == n_threads and be.dead is None:
+            del _PARKED[k]
+            be.rename(index, timeout)
+            return be
+    return None
 
 
 class WorkerGroup:
@@ -53,7 +75,8 @@ class WorkerGroup:
         self.workers: list[RayBackend] = []
         try:
             for i in range(n_workers):
-                self.workers.append(RayBackend(i, n_threads=n_threads, timeout=timeout))
+                self.workers.append(_take_parked(i, n_threads, timeout) or
+                                    RayBackend(i, n_threads=n_threads, timeout=timeout))
         except BaseException:
             self.shutdown()
             raise
@@ -114,12 +137,19 @@ class WorkerGroup:
         be.attach()
 
     def shutdown(self) -> None:
-        """Stop the workers, and the local Ray cluster if this group started it."""
+        """Stop the workers and the local Ray cluster if this group started it; else park
+        the live workers (module doc)."""
+        self._cache = None
+        ray = _ray()
         for be in self.workers:
-            be.kill()
+            if not self.started and ray.is_initialized() and be.park():
+                _PARKED.append((_session(), be))
+            else:
+                be.kill()
         self.workers = []
         if self.started:
-            _ray().shutdown()
+            _PARKED.clear()
+            ray.shutdown()
             self.started = False
 
     def __repr__(self) -> str:

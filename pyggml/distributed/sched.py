@@ -86,7 +86,7 @@ class DistributedSched(Sched):
             self._plan_exports(gf)
 
     def _plan_exports(self, gf: CGraph) -> None:
-        where = {}                                   # id(root) -> split index written there
+        where = {}              # id(root) -> [(split index, root)] of the splits writing it
         for k, sp in enumerate(self.splits):
             if sp.graph is None:                     # Sched makes it on first compute
                 g = CGraph(max(1, len(sp.nodes)))
@@ -102,7 +102,7 @@ class DistributedSched(Sched):
                                       if n.src[j] is not None]
                 for r in roots:
                     if not isinstance(self._owner(r), RayBackend):
-                        where[id(r)] = (k, r)
+                        where.setdefault(id(r), []).append((k, r))
         exports = [dict() for _ in self.splits]
         for k, sp in enumerate(self.splits):
             for n in sp.nodes:
@@ -116,15 +116,17 @@ class DistributedSched(Sched):
                         raise GraphError(
                             f"node {describe(n)} on {sp.backend.name} reads {describe(s)}, "
                             f"which lives on {owner.name}: its driver copy is stale")
-                    w = where.get(id(r))
-                    if w is not None and w[0] != k:
-                        exports[w[0]][id(r)] = r
+                    # the last split before this one to write it sends it back (a
+                    # chain of with_state calls on several workers carries one state)
+                    w = [x for x in where.get(id(r), ()) if x[0] < k]
+                    if w:
+                        exports[w[-1][0]][id(r)] = r
         last = gf.nodes[-1] if gf.nodes else None
         for n in gf.nodes:
             if n is last or n.flags & TENSOR_FLAG_OUTPUT:
                 w = where.get(id(_root(n)))
-                if w is not None:
-                    exports[w[0]][id(w[1])] = w[1]
+                if w:
+                    exports[w[-1][0]][id(w[-1][1])] = w[-1][1]
         for sp, ex in zip(self.splits, exports):
             sp.graph.cache[EXPORTS] = list(ex.values())
             sp.graph.cache[READS] = {id(_root(s)) for n in sp.nodes for s in n.src

@@ -111,6 +111,12 @@ class Worker:
             self.resident[key] = t
         return sum(nbytes(t) for t in self.resident.values())
 
+    def reset(self) -> int:
+        """Forget every resident tensor and mirror: the worker is handed to another group."""
+        self.resident.clear()
+        self.mirrors.clear()
+        return os.getpid()
+
     def release(self, keys: list) -> None:
         for k in keys:
             self.resident.pop(k, None)

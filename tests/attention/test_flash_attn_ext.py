@@ -410,11 +410,14 @@ def test_kernels_match_reference(numba_backend):
 
 def test_split_kv_decode_path_is_taken():
     from pyggml.backends.numba_cpu.kernels import attention as K
-    # decode (few tiles) over a long KV splits the keys into 512-key chunks; the split does
-    # not depend on the thread count (bitwise equal results for any n_threads)
-    assert K.n_split_chunks(1, 1100) == 3 and K.n_split_chunks(8, 16384) == 32
-    assert K.n_split_chunks(1, 1000) == 1            # short KV: one unit per tile
-    assert K.n_split_chunks(64, 16384) == 1          # enough tiles: no split
+    # decode (few tiles) over a long KV splits the keys' fold units (FOLD keys) into
+    # 512-key chunks; the split does not depend on the thread count (bitwise equal results
+    # for any n_threads, and to one thread's)
+    def units(n_kv):
+        return -(-n_kv // K.FOLD)
+    assert K.n_split_chunks(1, units(1100)) == 3 and K.n_split_chunks(8, units(16384)) == 32
+    assert K.n_split_chunks(1, units(960)) == 1      # short KV: one work unit per tile
+    assert K.n_split_chunks(64, units(16384)) == 1   # enough tiles: no split
     # the fast case set keeps decode cases over long KV, so the split path runs in CI
     split = [c for c in KCASES if c.vars["kv"] >= 1024 and c.vars["nb"] <= 2]
     assert len(split) >= 8

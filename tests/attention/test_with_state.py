@@ -239,6 +239,44 @@ def test_chained_calls_equal_unsegmented(rng, n_calls, one_graph):
         be.free()
 
 
+@pytest.mark.parametrize("kv_type", [T.F16, T.Q8_0])
+@pytest.mark.parametrize("n,n_kv,cuts", [(3, 200, (64, 128)), (1, 1536, (1024,)),
+                                         (1, 1600, (320, 1088))])
+def test_chain_cut_at_fold_units_equals_one_call_bitwise(rng, kv_type, n, n_kv, cuts):
+    """The Numba kernels fold keys in aligned units of FOLD in key order, so calls chained
+    through the state and o_prev, cut at multiples of FOLD, give flash_attn_ext over all the
+    keys bit for bit (context-split shards rely on it), with or without the decode split
+    (1 KV head, 1 query: the 1024- and 1088-key calls split, the others do not), for any
+    thread count."""
+    from pyggml.backends.numba_cpu.kernels import attention as K
+    assert all(c % K.FOLD == 0 for c in cuts)
+    prob = Problem(rng, n_kv, hk=1 if n == 1 else HK, n=n)
+    bounds = list(zip((0,) + cuts, cuts + (n_kv,)))
+    for nt in (1, 2, 3):
+        be = gg.backend_numba_init(nt)
+        ctx = gg.init(mem_size=64 << 20)
+        full = prob.full(ctx, kv_type, gg.PREC_DEFAULT)
+        q = _leaf(ctx, prob.q)
+        state = gg.flash_attn_state_new(ctx, H, n)
+        out = None
+        for a, b in bounds:
+            k, v, m = prob.seg(ctx, a, b, kv_type)
+            out = gg.flash_attn_ext_with_state(ctx, q, k, v, m, None, None, None, state,
+                                               SCALE, 0.0, 0.0, o_prev=out)
+        _compute([full, out], be)
+        want, got = data.read(full), data.read(out)
+        assert np.array_equal(want, got), (nt, float(np.abs(want - got).max()))
+        assert harness.nmse(prob_ref(prob, kv_type, ctx), got) <= 5e-4
+        be.free()
+
+
+def prob_ref(prob, kv_type, ctx):
+    """The reference backend's flash_attn_ext on the same problem (semantics unchanged)."""
+    full = prob.full(ctx, kv_type, gg.PREC_F32)
+    _compute(full, _ref())
+    return data.read(full)
+
+
 def test_recompute_continues_from_the_state(rng):
     """The state is in-place data: computing the same graph again merges again."""
     prob = Problem(rng, 70)

@@ -25,19 +25,27 @@ reorganized for memory traffic:
             the others with ggml's AVX2 sequence on decoded rows (a portable loop
             without AVX2); PREC_F32 reads the dequantized K. Head sizes that are not
             whole vectors take plain loops (LLVM-vectorized).
+  fold      each segment's keys fall in aligned units of FOLD keys; a unit's partial
+            (online softmax from nothing: M, S, unnormalized acc) is folded into the row's
+            running (M, S, normalized O) in key order by the with_state merge rule
+            (_fold_row, the one copy every path runs). The reduction order is thus fixed
+            by key positions alone: a call that continues from o_prev and the state at a
+            unit boundary computes bit for bit what one call over both ranges computes,
+            which is what makes context-split shards chained in key order
+            (distributed/context_split.py) equal one process exactly.
   threads   work units are handed out through an atomic counter (ggml's chunking: a thread
             that starts late, or runs on a busy core, simply takes fewer). When there are
             few tiles and many keys (decode: one query, n_batch = 1, few KV heads), every
-            tile's keys are split into chunks of CHUNK keys, each a unit: partials (M, S,
-            acc) go to the work buffer and the last thread to finish merges them with the
-            LSE rule, chunks in order. So 2 threads help one query, and the result is
-            bitwise the same for any thread count (the split does not depend on it).
+            tile's fold units are split into chunks of UPC units (CHUNK keys), each a work
+            unit: the fold units' partials go to the work buffer and the last thread to
+            finish folds them in key order. So 2 threads help one query, and the result is
+            bitwise the one of a single thread (and of any thread count).
   with_state the same tiles run over the hot and then the cold segment (each with its own
-            K/V types and mask, q converted per segment), and the finished row merges with
-            the incoming state (M, S) and o_prev, then writes state and output
-            (pyggml.ops.fa_state has the rule). When o_prev is None the first thread
-            to arrive checks that the state is fresh before any unit is handed out: a
-            failure (ERR_STATE) leaves state and output untouched.
+            K/V types and mask, q converted per segment); a row's fold starts from the
+            incoming state (M, S) and o_prev when they hold a previous contribution, and
+            the result is written with the state (pyggml.ops.fa_state has the rule). When
+            o_prev is None the first thread to arrive checks that the state is fresh before
+            any unit is handed out: a failure (ERR_STATE) leaves state and output untouched.
 
 Shared counters live in the node's scratch line (desc.py: zero when the graph is lowered,
 kept between computes of it): every run each thread takes an arrival ticket; the first of
@@ -142,7 +150,10 @@ ERR_STATE_BAD = register_error(
 RMAX = 32          # query rows per tile
 KB = 32            # keys per block
 KG = 4             # keys per group inside a block (K rows dotted / V rows accumulated together)
+FOLD = 64          # keys per fold unit (aligned in each segment): its partial is folded into
+                   # the row's running (O, M, S) in key order (module doc: exact shards)
 CHUNK = 512        # keys per chunk when a tile's keys are split (few tiles, long KV)
+UPC = CHUNK // FOLD  # fold units per chunk
 SPLIT_TILES = 16   # split the keys when there are fewer tiles than this
 PF_GROUPS = 8       # K/V rows read in place are prefetched this many key groups ahead
 # words of the node's scratch line (desc.scratch_addr) shared by its threads
@@ -151,7 +162,7 @@ C_READY = 1        # (run + 1) * 2 + (1 if the state check failed)
 C_NEXT = 2         # next work unit of the current run
 C_DONE = 3         # threads done (split mode: the last one merges)
 
-L_TOTAL = 16       # scratch arrays per thread (see layout)
+L_TOTAL = 17       # scratch arrays per thread (see layout)
 
 NEG_INF = np.float32(-np.inf)
 _F0 = np.float32(0.0)
@@ -172,11 +183,11 @@ def _al(x):
 @_jit
 def layout(dk, dv):
     """Byte offsets of the per-thread scratch: qf qi8 qd qs kf ki8 kd kc vf sc mv acc M S sl
-    qx; offs[L_TOTAL] is the per-thread total."""
+    qx of (the rows' running outputs); offs[L_TOTAL] is the per-thread total."""
     nbk = (dk + QK - 1) // QK
     sizes = (RMAX * dk * 4, RMAX * dk, RMAX * nbk * 4, RMAX * nbk * 4, KG * dk * 4, KG * dk,
              KG * nbk * 4, KG * nbk * 4, KG * dv * 4, RMAX * KB * 4, RMAX * KB * 4,
-             RMAX * dv * 4, RMAX * 4, RMAX * 4, RMAX * 4, RMAX * nbk * 16 * 4)
+             RMAX * dv * 4, RMAX * 4, RMAX * 4, RMAX * 4, RMAX * nbk * 16 * 4, RMAX * dv * 4)
     offs = np.zeros(L_TOTAL + 1, dtype=np.int64)
     o = 0
     for i in range(L_TOTAL):
@@ -187,13 +198,13 @@ def layout(dk, dv):
 
 
 @_jit
-def n_split_chunks(n_tiles, n_kv_total):
-    """Chunks of CHUNK keys per tile when there are too few tiles to keep threads busy and
-    the keys are many (decode), else 1. Independent of the thread count, so results are
-    bitwise the same for any number of threads."""
-    if n_tiles >= SPLIT_TILES or n_kv_total < 2 * CHUNK:
+def n_split_chunks(n_tiles, n_units):
+    """Chunks of UPC fold units (CHUNK keys) per tile when there are too few tiles to keep
+    threads busy and the keys are many (decode), else 1. Independent of the thread count,
+    so results are bitwise the same for any number of threads."""
+    if n_tiles >= SPLIT_TILES or n_units * FOLD < 2 * CHUNK:
         return 1
-    return (n_kv_total + CHUNK - 1) // CHUNK
+    return (n_units + UPC - 1) // UPC
 
 
 @_jit
@@ -224,9 +235,10 @@ def _segment_slots(node):
     return out
 
 
-def _n_kv_total(node):
+def _n_units(node):
+    """Fold units over the segments (each segment's keys in aligned units of FOLD)."""
     sl = _segment_slots(node)
-    return sum(node.src[sl[i]].ne[1] for i in range(0, len(sl), 2))
+    return sum(-(-node.src[sl[i]].ne[1] // FOLD) for i in range(0, len(sl), 2))
 
 
 def work_size(node, n_threads: int) -> int:
@@ -238,9 +250,9 @@ def work_size(node, n_threads: int) -> int:
     hb, pb, nhb, npb = tiling(q.ne[2], q.ne[1], rk)
     n_tiles = q.ne[3] * (q.ne[2] // rk) * nhb * npb
     total = per * nt
-    n_chunks = int(n_split_chunks(n_tiles, _n_kv_total(node)))
-    if n_chunks > 1:
-        total += _al(q.ne[1] * q.ne[2] * q.ne[3] * n_chunks * (2 + dv) * 4)
+    n_units = _n_units(node)
+    if int(n_split_chunks(n_tiles, n_units)) > 1:
+        total += _al(q.ne[1] * q.ne[2] * q.ne[3] * n_units * (2 + dv) * 4)
     return total + 64
 
 
@@ -269,6 +281,15 @@ def _score_group(scp, mvp, o, b, gn, x0, x1, x2, x3, scale, softcap):
 # --- one tile over a key range of one segment ----------------------------------------------------
 
 @_jit_inline
+def _any_visible(cv, g0, gn):
+    """Does any row of the tile see a key of the group [g0, g0 + gn) of the block?"""
+    for u in range(gn):
+        if cv[g0 + u] != 0:
+            return True
+    return False
+
+
+@_jit_inline
 def _group_rows(base, j, gn, nb1):
     """Addresses of the KG rows of the key group starting at key j (gn of them real: the
     rest repeat the last, so a 4-key product never reads past the keys)."""
@@ -280,8 +301,11 @@ def _group_rows(base, j, gn, nb1):
 def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, va, vnb1, vnb2,
                vnb3, ik2, ik3, iv2, iv3, mt, ma, mnb1, mnb2, mnb3, mne2, mne3, j_begin, j_end,
                scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc, vf, sc, mv,
-               acc, Mr, Sr, slope, mrix, cv):
-    """Online softmax of the tile's R rows over keys [j_begin, j_end) of one segment."""
+               acc, Mr, Sr, slope, mrix, cv, s16, u_base, split, part_base, n_units, H, N,
+               ob, Mf, Sf):
+    """The tile's R rows over keys [j_begin, j_end) of one segment (j_begin a unit start):
+    an online softmax per fold unit, each unit's partial handed to _unit_end (unit k of
+    the segment is unit u_base + k of the tile)."""
     kbase = ka + ik2 * knb2 + ik3 * knb3
     vbase = va + iv2 * vnb2 + iv3 * vnb3
     nbk = dk // QK
@@ -300,7 +324,6 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     vf_addr = np.int64(vf.ctypes.data)
     sc_addr = np.int64(sc.ctypes.data)
     acc_addr = np.int64(acc.ctypes.data)
-    s16 = np.empty(16, dtype=np.float32)
     s16_addr = np.int64(s16.ctypes.data)
     # SIMD products when the head sizes fit whole vectors, rows read in place when simd
     # reads their type; Q4_0 K with integer dots through VNNI
@@ -317,6 +340,9 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     vpf = PF_GROUPS * KG * vnb1 if v_direct else 0
     j0 = j_begin
     while j0 < j_end:
+        if j0 > j_begin and j0 % FOLD == 0:         # (KB divides FOLD)
+            _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, u_base + j0 // FOLD - 1,
+                      split, part_base, n_units, H, N, ob, Mf, Sf)
         nk = min(KB, j_end - j0)
         # mask values (slope * mask; slope > 0 keeps -inf) and cv[j]: does any row of the
         # tile see key j; rows with the same mask row and slope share one (mrix)
@@ -363,11 +389,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
         # scores, KG keys at a time (each K row converted at most once for the whole tile)
         for g0 in range(0, nk, KG):
             gn = min(KG, nk - g0)
-            n_vis = 0
-            for u in range(gn):
-                if cv[g0 + u] != 0:
-                    n_vis += 1
-            if n_vis == 0:
+            if not _any_visible(cv, g0, gn):
                 for r in range(R):
                     for u in range(gn):
                         sc[r * KB + g0 + u] = NEG_INF
@@ -444,9 +466,14 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                 continue
             mo = Mr[r]
             if bm > mo:
-                f = np.float32(math.exp(mo - bm)) if mo != NEG_INF else _F0
-                scale_acc(acc, r * dv, f, dv)
-                Sr[r] *= f
+                if mo == NEG_INF:           # the row's first keys of the unit: acc starts at 0
+                    for i in range(dv):
+                        acc[r * dv + i] = _F0
+                    Sr[r] = _F0
+                else:
+                    f = np.float32(math.exp(mo - bm))
+                    scale_acc(acc, r * dv, f, dv)
+                    Sr[r] *= f
                 Mr[r] = bm
             mr = Mr[r]
             ssum = _F0
@@ -460,11 +487,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
         # hold junk, and 0 * junk could be NaN)
         for g0 in range(0, nk, KG):
             gn = min(KG, nk - g0)
-            n_vis = 0
-            for u in range(gn):
-                if cv[g0 + u] != 0:
-                    n_vis += 1
-            if n_vis == 0:
+            if not _any_visible(cv, g0, gn):
                 continue
             if v_direct:
                 v0, v1, v2, v3 = _group_rows(vbase, j0 + g0, gn, vnb1)
@@ -509,6 +532,31 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                             if p != _F0:
                                 axpy(acc, r * dv, p, vf[u * dv:], dv)
         j0 += nk
+    if j_end > j_begin:
+        _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, u_base + (j_end - 1) // FOLD,
+                  split, part_base, n_units, H, N, ob, Mf, Sf)
+
+
+@_jit_inline
+def _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, k, split, part_base, n_units, H, N,
+              ob, Mf, Sf):
+    """Unit k of the tile is done: its rows' partials folded into their running (M, S, O),
+    or stored for the last thread (decode split); the next unit starts from nothing (a
+    row's acc is zeroed at its first keys)."""
+    psz = 2 + dv
+    for r in range(R):
+        if split:
+            grow = (iq3 * H + rows_h[r]) * N + rows_pos[r]
+            pp = f32_array(part_base + ((grow * n_units + k) * psz) * 4, psz)
+            pp[0] = Mr[r]
+            pp[1] = Sr[r]
+            if Sr[r] > _F0:
+                for i in range(dv):
+                    pp[2 + i] = acc[r * dv + i]
+        else:
+            Mf[r], Sf[r] = _fold_row(ob, r * dv, acc, r * dv, dv, Mf[r], Sf[r], Mr[r], Sr[r])
+        Mr[r] = NEG_INF
+        Sr[r] = _F0
 
 
 @_jit
@@ -533,57 +581,67 @@ def _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, qf, qi
 # --- the kernel body ---------------------------------------------------------------------------
 
 @_jit
-def _finish_row(ws, acc, ao, dv, M, S, h, iq3, pos, N, sinks_a, oa, onb1, onb2, onb3,
-                sa, snb1, snb2, da, dnb1, dnb2, dnb3):
-    """Normalize one row (sinks or state merge) and write the output (and state)."""
-    out = f32_array(da + h * dnb1 + pos * dnb2 + iq3 * dnb3, dv)
-    if ws == 0:
-        if sinks_a != 0:
-            s = f32_array(sinks_a, h + 1)[h]
-            if s > M:
-                f = np.float32(math.exp(M - s)) if M != NEG_INF else _F0
-                scale_acc(acc, ao, f, dv)
-                S = S * f + _F1
-                M = s
-            else:
-                S += np.float32(math.exp(s - M))
-        inv = _F1 / S if S != _F0 else _F0
-        for i in range(dv):
-            out[i] = acc[ao + i] * inv
-        return
-    st = f32_array(sa + (h * N + pos) * snb1 + iq3 * snb2, 2)
-    mp = st[0]
-    sp = st[1]
-    has_prev = sp > _F0 and mp != NEG_INF
-    has_cur = S > _F0
-    if has_prev and has_cur:
-        mn = max(mp, M)
-        a = np.float32(math.exp(mp - mn))
-        b = np.float32(math.exp(M - mn))
-        sn = sp * a + S * b
+def _init_row(ws, ob, oo, dv, h, iq3, pos, N, oa, onb1, onb2, onb3, sa, snb1, snb2):
+    """A row's running (O, M, S) before its first key: with_state's previous contribution
+    (o_prev and the state) when there is one, else nothing seen (M=-inf, S=0)."""
+    if ws == 1 and oa != 0:
+        st = f32_array(sa + (h * N + pos) * snb1 + iq3 * snb2, 2)
+        if st[1] > _F0 and st[0] != NEG_INF:
+            op = f32_array(oa + h * onb1 + pos * onb2 + iq3 * onb3, dv)
+            for i in range(dv):
+                ob[oo + i] = op[i]
+            return st[0], st[1]
+    return NEG_INF, _F0
+
+
+@_jit
+def _fold_row(ob, oo, acc, ao, dv, M, S, Mc, Sc):
+    """Folds one unit's partial (Mc, Sc, unnormalized acc) into the row's running (M, S,
+    normalized O at ob[oo:]): the with_state merge rule. Every fold of every path (one
+    thread, the decode split, a call continuing from o_prev) runs this one function, so
+    a chain of calls split at unit boundaries equals one call bit for bit."""
+    if not Sc > _F0:
+        return M, S
+    if S > _F0:
+        mn = max(M, Mc)             # one side's factor is exp(0) = 1 exactly
+        a = _F1 if M == mn else np.float32(math.exp(M - mn))
+        b = _F1 if Mc == mn else np.float32(math.exp(Mc - mn))
+        sn = S * a + Sc * b
         inv = _F1 / sn
-        op = f32_array(oa + h * onb1 + pos * onb2 + iq3 * onb3, dv)
-        wa = sp * a * inv
+        wa = S * a * inv
         wb = b * inv
         for i in range(dv):
-            out[i] = op[i] * wa + acc[ao + i] * wb
-        st[0] = mn
-        st[1] = sn
-    elif has_prev:
-        op = f32_array(oa + h * onb1 + pos * onb2 + iq3 * onb3, dv)
-        for i in range(dv):
-            out[i] = op[i]
-    elif has_cur:
-        inv = _F1 / S
-        for i in range(dv):
-            out[i] = acc[ao + i] * inv
-        st[0] = M
-        st[1] = S
-    else:
+            ob[oo + i] = ob[oo + i] * wa + acc[ao + i] * wb
+        return mn, sn
+    inv = _F1 / Sc
+    for i in range(dv):
+        ob[oo + i] = acc[ao + i] * inv
+    return Mc, Sc
+
+
+@_jit
+def _finish_row(ws, ob, oo, dv, M, S, h, iq3, pos, N, sinks_a, sa, snb1, snb2, da, dnb1,
+                dnb2, dnb3):
+    """Writes one row's output (sinks weigh in) and, for with_state, its state."""
+    out = f32_array(da + h * dnb1 + pos * dnb2 + iq3 * dnb3, dv)
+    if not S > _F0:                          # nothing seen (ob holds nothing): 0
         for i in range(dv):
             out[i] = _F0
-        st[0] = NEG_INF
-        st[1] = _F0
+    else:
+        w = _F1
+        if ws == 0 and sinks_a != 0:         # the sink: one more score, with value 0
+            s = f32_array(sinks_a, h + 1)[h]
+            if s > M:
+                a = np.float32(math.exp(M - s))
+                w = S * a / (S * a + _F1)
+            else:
+                w = S / (S + np.float32(math.exp(s - M)))
+        for i in range(dv):
+            out[i] = ob[oo + i] * w
+    if ws == 1:
+        st = f32_array(sa + (h * N + pos) * snb1 + iq3 * snb2, 2)
+        st[0] = M if S > _F0 else NEG_INF
+        st[1] = S
 
 
 @_jit
@@ -646,17 +704,19 @@ def fa_body(desc, ith, nth, ws):
     onb3 = t_nb(desc, SRC8, 3) if ws == 1 else 0
     # tiles: (i3, kv group, head block, position block)
     rk = H
-    n_kv_total = 0
+    seg_nu = np.zeros(2, dtype=np.int64)        # fold units per segment
+    n_units = 0
     for s in range(nseg):
         rk = min(rk, H // t_ne(desc, seg_k[s], 2))
-        n_kv_total += t_ne(desc, seg_k[s], 1)
+        seg_nu[s] = (t_ne(desc, seg_k[s], 1) + FOLD - 1) // FOLD
+        n_units += seg_nu[s]
     for s in range(nseg):
         if H // t_ne(desc, seg_k[s], 2) != rk or H // t_ne(desc, seg_v[s], 2) != rk:
             rk = 1
     hb, pb, nhb, npb = tiling(H, N, rk)
     n_groups = H // rk
     n_tiles = ne3 * n_groups * nhb * npb
-    n_chunks = n_split_chunks(n_tiles, n_kv_total)
+    n_chunks = n_split_chunks(n_tiles, n_units)
     split = n_chunks > 1
     psz = 2 + dv
     # scratch (checked before the first shared counter is touched: every thread agrees)
@@ -664,7 +724,7 @@ def fa_body(desc, ith, nth, ws):
     per = lay[L_TOTAL]
     need = per * nt
     if split:
-        need += ((N * H * ne3 * n_chunks * psz * 4) + 63) // 64 * 64
+        need += ((N * H * ne3 * n_units * psz * 4) + 63) // 64 * 64
     wb = (wdata(desc) + 63) // 64 * 64
     if wdata(desc) == 0 or wb + need > wdata(desc) + wsize(desc):
         if ith == 0:
@@ -713,19 +773,23 @@ def fa_body(desc, ith, nth, ws):
     Sr = f32_array(tb + lay[13], RMAX)
     slope = f32_array(tb + lay[14], RMAX)
     qx = f32_array(tb + lay[15], RMAX * nbk * 16)
+    ob = f32_array(tb + lay[16], RMAX * dv)
     part_base = wb + per * nt
     rows_pos = np.zeros(RMAX, dtype=np.int64)
     rows_h = np.zeros(RMAX, dtype=np.int64)
+    Mf = np.zeros(RMAX, dtype=np.float32)       # the rows' running (M, S); O in ob
+    Sf = np.zeros(RMAX, dtype=np.float32)
     mrix = np.zeros(RMAX, dtype=np.int64)
     cv = np.zeros(KB, dtype=np.uint8)
+    s16 = np.empty(16, dtype=np.float32)       # a 4x4 product's scores
 
-    n_units = n_tiles * n_chunks
+    n_work = n_tiles * n_chunks
     q_tile = -1                # the tile whose q rows the scratch holds, and how
     q_int = False
     while True:
         # units are handed out dynamically (a thread that starts late takes fewer)
         u = atomic_add(scratch_addr(desc, C_NEXT), 1)
-        if u >= n_units:
+        if u >= n_work:
             break
         t = u // n_chunks
         c = u % n_chunks
@@ -747,26 +811,33 @@ def fa_body(desc, ith, nth, ws):
                 rows_h[R] = h
                 R += 1
         for r in range(R):
+            slope[r] = alibi_slope(rows_h[r], H, max_bias)
+        # the unit's fold units: the tile's keys over the concatenated segments, each
+        # segment in aligned units of FOLD keys; a chunk of the decode split is UPC units
+        k0 = 0
+        k1 = n_units
+        if split:
+            k0 = c * UPC
+            k1 = min(k0 + UPC, n_units)
+        else:
+            for r in range(R):
+                Mf[r], Sf[r] = _init_row(ws, ob, r * dv, dv, rows_h[r], iq3, rows_pos[r], N,
+                                         oa, onb1, onb2, onb3, sa, snb1, snb2)
+        for r in range(R):
             Mr[r] = NEG_INF
             Sr[r] = _F0
-            slope[r] = alibi_slope(rows_h[r], H, max_bias)
-        for i in range(R * dv):
-            acc[i] = _F0
-        # the unit's key range over the concatenated segments
-        c0 = 0
-        c1 = n_kv_total
-        if split:
-            c0 = c * CHUNK
-            c1 = min(c0 + CHUNK, n_kv_total)
-        seg_start = 0
+        s_first = 0                 # the first unit of segment s
         for s in range(nseg):
+            # this segment's keys among units [k0, k1)
             ks, vs, ms = seg_k[s], seg_v[s], seg_m[s]
-            n_kv = t_ne(desc, ks, 1)
-            a = max(c0 - seg_start, 0)
-            b = min(c1 - seg_start, n_kv)
-            seg_start += n_kv
-            if a >= b:
+            u0 = max(k0, s_first)
+            u1 = min(k1, s_first + seg_nu[s])
+            u_base = s_first
+            s_first += seg_nu[s]
+            if u0 >= u1:
                 continue
+            a = (u0 - u_base) * FOLD
+            b = min((u1 - u_base) * FOLD, t_ne(desc, ks, 1))
             kt = t_type(desc, ks)
             int_dots = prec != PREC_F32 and kt != F32 and kt != F16 and kt != BF16
             if t != q_tile or int_dots != q_int:
@@ -789,23 +860,16 @@ def fa_body(desc, ith, nth, ws):
                        t_type(desc, ms), ma, t_nb(desc, ms, 1), t_nb(desc, ms, 2),
                        t_nb(desc, ms, 3), max(1, t_ne(desc, ms, 2)), max(1, t_ne(desc, ms, 3)),
                        a, b, scale, softcap, int_dots, qf, qi8, qd, qs, qx, kf, ki8, kd, kc,
-                       vf, sc, mv, acc, Mr, Sr, slope, mrix, cv)
-        if split:
+                       vf, sc, mv, acc, Mr, Sr, slope, mrix, cv, s16, u_base, split, part_base,
+                       n_units, H, N, ob, Mf, Sf)
+        if not split:
             for r in range(R):
-                grow = (iq3 * H + rows_h[r]) * N + rows_pos[r]
-                pp = f32_array(part_base + ((grow * n_chunks + c) * psz) * 4, psz)
-                pp[0] = Mr[r]
-                pp[1] = Sr[r]
-                for i in range(dv):
-                    pp[2 + i] = acc[r * dv + i]
-        else:
-            for r in range(R):
-                _finish_row(ws, acc, r * dv, dv, Mr[r], Sr[r], rows_h[r], iq3, rows_pos[r], N,
-                            sinks_a, oa, onb1, onb2, onb3, sa, snb1, snb2, da, dnb1, dnb2, dnb3)
+                _finish_row(ws, ob, r * dv, dv, Mf[r], Sf[r], rows_h[r], iq3, rows_pos[r], N,
+                            sinks_a, sa, snb1, snb2, da, dnb1, dnb2, dnb3)
     if not split:
         return
-    # the last thread to finish merges the chunks' partials (LSE rule, chunks in order:
-    # the result does not depend on which thread computed which chunk)
+    # the last thread to finish folds every row's unit partials in key order (the result
+    # does not depend on which thread computed which chunk)
     if atomic_add(scratch_addr(desc, C_DONE), 1) % nt != nt - 1:
         return
     n_rows = ne3 * H * N
@@ -813,24 +877,12 @@ def fa_body(desc, ith, nth, ws):
         pos = grow % N
         h = (grow // N) % H
         iq3 = grow // (N * H)
-        M = NEG_INF
-        for c in range(n_chunks):
-            pp = f32_array(part_base + ((grow * n_chunks + c) * psz) * 4, psz)
-            if pp[1] > _F0 and pp[0] > M:
-                M = pp[0]
-        S = _F0
-        for i in range(dv):
-            acc[i] = _F0
-        if M != NEG_INF:
-            for c in range(n_chunks):
-                pp = f32_array(part_base + ((grow * n_chunks + c) * psz) * 4, psz)
-                if pp[1] > _F0:
-                    f = np.float32(math.exp(pp[0] - M))
-                    S += pp[1] * f
-                    for i in range(dv):
-                        acc[i] += pp[2 + i] * f
-        _finish_row(ws, acc, 0, dv, M, S, h, iq3, pos, N, sinks_a, oa, onb1, onb2, onb3,
-                    sa, snb1, snb2, da, dnb1, dnb2, dnb3)
+        M, S = _init_row(ws, ob, 0, dv, h, iq3, pos, N, oa, onb1, onb2, onb3, sa, snb1, snb2)
+        for k in range(n_units):
+            pp = f32_array(part_base + ((grow * n_units + k) * psz) * 4, psz)
+            M, S = _fold_row(ob, 0, pp, 2, dv, M, S, pp[0], pp[1])
+        _finish_row(ws, ob, 0, dv, M, S, h, iq3, pos, N, sinks_a, sa, snb1, snb2, da, dnb1,
+                    dnb2, dnb3)
 
 
 # --- registration ---------------------------------------------------------------------------------

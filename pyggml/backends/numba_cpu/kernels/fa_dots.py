@@ -119,17 +119,31 @@ def _hsum4(builder, a):
     return [builder.extract_element(s, ir.Constant(i32, u)) for u in range(4)]
 
 
-def _pmadd_fns(mod):
-    """ggml's AVX2 integer-dot pair: pmaddubsw (u8 x i8 -> pairs summed to i16) and
-    pmaddwd (i16 pairs -> i32)."""
-    i8x32 = ir.VectorType(ir.IntType(8), 32)
-    i16x16 = ir.VectorType(ir.IntType(16), 16)
+_I8X32 = ir.VectorType(ir.IntType(8), 32)
+_I16X16 = ir.VectorType(ir.IntType(16), 16)
+_F32X8 = ir.VectorType(ir.FloatType(), 8)
+
+
+def _avx2_start(context, builder, sig, args):
+    """What both integer dots start with: the arguments as i64, ggml's AVX2 pair
+    pmaddubsw (u8 x i8 -> pairs summed to i16) and pmaddwd (i16 pairs -> i32), and four
+    8-lane float accumulators (one per K row)."""
+    mod = builder.module
     i32x8 = ir.VectorType(ir.IntType(32), 8)
-    f1 = cgutils.get_or_insert_function(mod, ir.FunctionType(i16x16, [i8x32, i8x32]),
+    f1 = cgutils.get_or_insert_function(mod, ir.FunctionType(_I16X16, [_I8X32, _I8X32]),
                                         "llvm.x86.avx2.pmadd.ub.sw")
-    f2 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32x8, [i16x16, i16x16]),
+    f2 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32x8, [_I16X16, _I16X16]),
                                         "llvm.x86.avx2.pmadd.wd")
-    return f1, f2
+    a64 = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32X8, None)) for _ in range(4)]
+    return a64, f1, f2, accs
+
+
+def _acc_block(builder, acc, p32, kd, qd):
+    """acc += the block's 8 integer lane sums p32 times the two scales kd·qd."""
+    scv = _splat(builder, builder.fmul(kd, qd), 8)
+    builder.store(builder.fadd(builder.load(acc),
+                               builder.fmul(builder.sitofp(p32, _F32X8), scv)), acc)
 
 
 @intrinsic
@@ -143,15 +157,10 @@ def _dot_q8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, nb):
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
-        i8x32 = ir.VectorType(ir.IntType(8), 32)
-        i16x16 = ir.VectorType(ir.IntType(16), 16)
-        f32x8 = ir.VectorType(ir.FloatType(), 8)
-        a64 = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
-        mod = builder.module
-        f1, f2 = _pmadd_fns(mod)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(f32x8, None)) for _ in range(4)]
+        i8x32 = _I8X32
+        a64, f1, f2, accs = _avx2_start(context, builder, sig, args)
         zero = ir.Constant(i8x32, None)
-        ones = ir.Constant(i16x16, [1] * 16)
+        ones = ir.Constant(_I16X16, [1] * 16)
         fptr = ir.FloatType().as_pointer()
         rowb = builder.mul(a64[4], ir.Constant(i64, 32))        # bytes per K row
         rows = builder.mul(a64[4], ir.Constant(i64, 4))         # bytes per row of scales
@@ -170,10 +179,7 @@ def _dot_q8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, nb):
                 p32 = builder.call(f2, [builder.call(f1, [ax, sy]), ones])
                 kdo = builder.add(builder.add(a64[2], off4), builder.mul(rows, ir.Constant(i64, u)))
                 kd = builder.load(builder.inttoptr(kdo, fptr))
-                scv = _splat(builder, builder.fmul(kd, qd), 8)
-                acc = builder.load(accs[u])
-                builder.store(builder.fadd(acc, builder.fmul(builder.sitofp(p32, f32x8), scv)),
-                              accs[u])
+                _acc_block(builder, accs[u], p32, kd, qd)
         return context.make_tuple(builder, rtype, _hsum4(builder, [builder.load(x) for x in accs]))
     return rtype(kaddr, qaddr, kdaddr, qdaddr, nb), codegen
 
@@ -202,17 +208,12 @@ def _dot_u8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, kcaddr, qsaddr, nb
 
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
-        i8x32 = ir.VectorType(ir.IntType(8), 32)
-        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        i8x32 = _I8X32
         f32 = ir.FloatType()
-        f32x8 = ir.VectorType(f32, 8)
-        a64 = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
+        a64, f1, f2, accs = _avx2_start(context, builder, sig, args)
         kaddr_, qaddr_, kdaddr_, qdaddr_, kcaddr_, qsaddr_, nb_ = a64
-        mod = builder.module
-        f1, f2 = _pmadd_fns(mod)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(f32x8, None)) for _ in range(4)]
         cors = [cgutils.alloca_once_value(builder, ir.Constant(f32, 0.0)) for _ in range(4)]
-        ones = ir.Constant(i16x16, [1] * 16)
+        ones = ir.Constant(_I16X16, [1] * 16)
         fptr = f32.as_pointer()
         rowb = builder.mul(nb_, ir.Constant(i64, 32))
         rows = builder.mul(nb_, ir.Constant(i64, 4))
@@ -230,10 +231,7 @@ def _dot_u8_1x4_avx2(typingctx, kaddr, qaddr, kdaddr, qdaddr, kcaddr, qsaddr, nb
                 so = builder.add(off4, builder.mul(rows, ir.Constant(i64, u)))
                 kd = builder.load(builder.inttoptr(builder.add(kdaddr_, so), fptr))
                 kc = builder.load(builder.inttoptr(builder.add(kcaddr_, so), fptr))
-                scv = _splat(builder, builder.fmul(kd, qd), 8)
-                acc = builder.load(accs[u])
-                builder.store(builder.fadd(acc, builder.fmul(builder.sitofp(p32, f32x8), scv)),
-                              accs[u])
+                _acc_block(builder, accs[u], p32, kd, qd)
                 builder.store(builder.fadd(builder.load(cors[u]), builder.fmul(kc, qs)), cors[u])
         sums = _hsum4(builder, [builder.load(x) for x in accs])
         res = [builder.fadd(sums[u], builder.load(cors[u])) for u in range(4)]

@@ -206,6 +206,18 @@ def row_to_f32(t, addr, out, n):
     return 0
 
 
+@_jit_inline
+def _block_dc(t, o):
+    """A Q4_x/Q5_x block at o: (scale d, its codes' offset part c = m - offset·d, where its
+    codes start); Q5's 32 fifth bits are the 4 bytes before the codes."""
+    d = f16_to_f32(_ld16(o))
+    if t == Q4_0:
+        return d, np.float32(-8.0) * d, 2
+    if t == Q5_0:
+        return d, np.float32(-16.0) * d, 6
+    return d, f16_to_f32(_ld16(o + 2)), (4 if t == Q4_1 else 8)
+
+
 @_jit
 def row_to_i8(t, addr, qv, kd, kc, n):
     """A quantized K row for integer dots -> its block scales kd and 8-bit values qv[:n]:
@@ -214,14 +226,7 @@ def row_to_i8(t, addr, qv, kd, kc, n):
     the K·q dot is sum over blocks of d·qd·(codes·q) + kc·(qd·sum q)."""
     qa = qv.ctypes.data
     nbk = n // QK
-    if t == Q4_0:
-        for ib in range(nbk):
-            o = addr + ib * 18
-            d = f16_to_f32(_ld16(o))
-            kd[ib] = d
-            kc[ib] = np.float32(-8.0) * d
-            _q4_block_i8(o + 2, qa + ib * QK, 0)
-    elif t == Q8_0:
+    if t == Q8_0:
         for ib in range(nbk):
             o = addr + ib * 34
             kd[ib] = f16_to_f32(_ld16(o))
@@ -229,25 +234,18 @@ def row_to_i8(t, addr, qv, kd, kc, n):
             src = i8_array(o + 2, QK)
             for j in range(QK):
                 qv[ib * QK + j] = src[j]
-    elif t == Q4_1:
+    elif t == Q4_0 or t == Q4_1 or t == Q5_0 or t == Q5_1:
+        four = t == Q4_0 or t == Q4_1
+        bs = (18 if t == Q4_0 else 20) if four else (22 if t == Q5_0 else 24)
         for ib in range(nbk):
-            o = addr + ib * 20
-            kd[ib] = f16_to_f32(_ld16(o))
-            kc[ib] = f16_to_f32(_ld16(o + 2))
-            _q4_block_i8(o + 4, qa + ib * QK, 0)
-    elif t == Q5_0:
-        for ib in range(nbk):
-            o = addr + ib * 22
-            d = f16_to_f32(_ld16(o))
+            o = addr + ib * bs
+            d, c, co = _block_dc(t, o)
             kd[ib] = d
-            kc[ib] = np.float32(-16.0) * d
-            _q5_block_i8(o + 6, _ld32(o + 2), qa + ib * QK, 0)
-    elif t == Q5_1:
-        for ib in range(nbk):
-            o = addr + ib * 24
-            kd[ib] = f16_to_f32(_ld16(o))
-            kc[ib] = f16_to_f32(_ld16(o + 2))
-            _q5_block_i8(o + 8, _ld32(o + 4), qa + ib * QK, 0)
+            kc[ib] = c
+            if four:
+                _q4_block_i8(o + co, qa + ib * QK, 0)
+            else:
+                _q5_block_i8(o + co, _ld32(o + co - 4), qa + ib * QK, 0)
     else:
         return ERR_UNSUPPORTED
     return 0
