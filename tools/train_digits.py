@@ -13,6 +13,7 @@ Needs scikit-learn (`pip install -e '.[train]'`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,17 +53,17 @@ def train(epochs: int = 20, batch: int = 32, hidden: int = 64, lr: float = 0.003
     sched = gg.Sched([gg.backend_cpu_init(threads), gg.backend_reference_init()])
     pars = opt.OptimizerParams()
     pars.adamw.alpha = lr
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     history, octx = opt.fit(sched, ctx, inputs, logits, ds_train, opt.LOSS_TYPE_CROSS_ENTROPY,
                             opt.OPTIMIZER_TYPE_ADAMW, lambda epoch: pars, nepoch=epochs,
                             val_split=0.1, silent=silent)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0   # cpu: all threads
     test = opt.result_init()
     opt.epoch(octx, ds_test, None, test, 0)          # every batch evaluated, none trained
     return dict(first_loss=history[0][0].loss_unc()[0], last_loss=history[-1][0].loss_unc()[0],
                 val_accuracy=history[-1][1].accuracy_unc()[0],
                 test_accuracy=opt.result_accuracy(test)[0], test_loss=opt.result_loss(test)[0],
-                n_test=test.ndata, seconds=dt, epochs=epochs)
+                n_test=test.ndata, seconds=dt, cpu_seconds=cpu, epochs=epochs)
 
 
 def main(argv=None) -> int:
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
     r = train(a.epochs, a.batch, a.hidden, a.lr, a.threads, a.seed, a.silent)
     print(f"train loss {r['first_loss']:.4f} -> {r['last_loss']:.4f} over {a.epochs} epochs "
           f"({r['seconds']:.1f} s, {r['seconds'] / a.epochs * 1e3:.0f} ms/epoch, "
-          f"{a.threads} threads)")
+          f"{a.threads} threads; {r['cpu_seconds']:.1f} s CPU, load average "
+          f"{os.getloadavg()[0]:.2f})")
     print(f"val accuracy {100 * r['val_accuracy']:.2f}%  test accuracy "
           f"{100 * r['test_accuracy']:.2f}% (loss {r['test_loss']:.4f}, {r['n_test']} images)")
     return 0
