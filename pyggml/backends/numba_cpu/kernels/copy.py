@@ -51,7 +51,6 @@ from ..desc import wsize
 from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
 from ..intrinsics import u8_array
-from ..intrinsics import u16_array
 from . import kernel
 
 F32, F16, BF16, I32 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16), int(GGMLType.I32)
@@ -130,26 +129,14 @@ def convert_row(d, dt, s, st, n):
     """n packed elements st -> dt (element types), with tight loops for the float pairs."""
     if st == dt:
         copy_bytes(d, s, n * type_size(st))
-    elif st == F32 and dt == F16:
-        x = f32_array(s, n)
-        y = u16_array(d, n)
-        for i in range(n):
-            y[i] = qnb.f32_to_f16(x[i])
+    elif st == F32 and dt == F16:       # the tight loops are quants.nb's row codecs
+        qnb.quantize_row_f16(f32_array(s, n), u8_array(d, 2 * n), n)
     elif st == F16 and dt == F32:
-        x = u16_array(s, n)
-        y = f32_array(d, n)
-        for i in range(n):
-            y[i] = qnb.f16_to_f32(x[i])
+        qnb.dequantize_row_f16(u8_array(s, 2 * n), f32_array(d, n), n)
     elif st == F32 and dt == BF16:
-        x = f32_array(s, n)
-        y = u16_array(d, n)
-        for i in range(n):
-            y[i] = qnb.f32_to_bf16(x[i])
+        qnb.quantize_row_bf16(f32_array(s, n), u8_array(d, 2 * n), n)
     elif st == BF16 and dt == F32:
-        x = u16_array(s, n)
-        y = f32_array(d, n)
-        for i in range(n):
-            y[i] = qnb.bf16_to_f32(x[i])
+        qnb.dequantize_row_bf16(u8_array(s, 2 * n), f32_array(d, n), n)
     else:
         es, ed = type_size(st), type_size(dt)
         for i in range(n):
@@ -166,13 +153,22 @@ def _supports_elements(node) -> bool:
     return st == dt or (st in _CONVERTIBLE and dt in _CONVERTIBLE)
 
 
+@_jit
+def copied_flat(desc, ith, nth):
+    """Same type, both contiguous: copies this thread's share of the bytes, returns True."""
+    if t_type(desc, SRC0) != t_type(desc, DST):
+        return False
+    if not (t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST)):
+        return False
+    flat_copy(desc, ith, nth)
+    return True
+
+
 @kernel(("CONT", "DUP", "CPY"), supports=_supports_elements)
 def copy_elements(desc, ith, nth):
-    st = t_type(desc, SRC0)
-    dt = t_type(desc, DST)
-    if st == dt and t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST):
-        flat_copy(desc, ith, nth)
+    if copied_flat(desc, ith, nth):
         return
+    st, dt = t_type(desc, SRC0), t_type(desc, DST)
     ne00, ne01, ne02 = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
     nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
     ne0, ne1, ne2 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
@@ -248,11 +244,9 @@ def _work_blocks(node, n_threads) -> int:
 
 @kernel(("CONT", "DUP", "CPY"), supports=_supports_blocks, work_size=_work_blocks)
 def copy_blocks(desc, ith, nth):
-    st = t_type(desc, SRC0)
-    dt = t_type(desc, DST)
-    if st == dt and t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST):
-        flat_copy(desc, ith, nth)
+    if copied_flat(desc, ith, nth):
         return
+    st, dt = t_type(desc, SRC0), t_type(desc, DST)
     ne0 = t_ne(desc, SRC0, 0)
     if ne0 != t_ne(desc, DST, 0) or not (t_rows_packed(desc, SRC0) and t_rows_packed(desc, DST)):
         set_error(desc, ERR_SHAPE)
