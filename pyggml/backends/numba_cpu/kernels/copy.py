@@ -51,6 +51,7 @@ from ..desc import wsize
 from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
 from ..intrinsics import u8_array
+from ..intrinsics import u16_array
 from . import kernel
 
 F32, F16, BF16, I32 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16), int(GGMLType.I32)
@@ -129,14 +130,26 @@ def convert_row(d, dt, s, st, n):
     """n packed elements st -> dt (element types), with tight loops for the float pairs."""
     if st == dt:
         copy_bytes(d, s, n * type_size(st))
-    elif st == F32 and dt == F16:       # the tight loops are quants.nb's row codecs
-        qnb.quantize_row_f16(f32_array(s, n), u8_array(d, 2 * n), n)
+    elif st == F32 and dt == F16:
+        x = f32_array(s, n)
+        y = u16_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f32_to_f16(x[i])
     elif st == F16 and dt == F32:
-        qnb.dequantize_row_f16(u8_array(s, 2 * n), f32_array(d, n), n)
+        x = u16_array(s, n)
+        y = f32_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f16_to_f32(x[i])
     elif st == F32 and dt == BF16:
-        qnb.quantize_row_bf16(f32_array(s, n), u8_array(d, 2 * n), n)
+        x = f32_array(s, n)
+        y = u16_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f32_to_bf16(x[i])
     elif st == BF16 and dt == F32:
-        qnb.dequantize_row_bf16(u8_array(s, 2 * n), f32_array(d, n), n)
+        x = u16_array(s, n)
+        y = f32_array(d, n)
+        for i in range(n):
+            y[i] = qnb.bf16_to_f32(x[i])
     else:
         es, ed = type_size(st), type_size(dt)
         for i in range(n):
