@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.core import types
-from numba.extending import overload
 
 from ..desc import DST
 from ..desc import SRC0
@@ -16,16 +14,15 @@ from ..desc import SRC2
 from ..desc import SRC3
 from ..desc import SRC4
 from ..desc import SRC5
+from ..desc import SRC6
 from ..desc import param_f32
 from ..desc import param_i32
 from ..desc import row_range
 from ..desc import t_addr
 from ..desc import t_nb
 from ..desc import t_ne
-from ..desc import t_nelements
 from ..intrinsics import f32_array
 from . import kernel
-from . import row_kernel
 
 _jit = numba.njit(nogil=True, cache=True)
 
@@ -47,91 +44,90 @@ def _store(flat, off, st):
             flat[off + i * n + j] = st[i, j]
 
 
-# --- RWKV_WKV6, GATED_LINEAR_ATTN, RWKV_WKV7: one driver, one token step per op ---------------
-# Sources: the op's packed F32 inputs x (src0..), then the state (the source after them). The
-# driver walks this thread's heads and every sequence, loads the (head, sequence) state into
-# st, calls the op's step for each of the sequence's tokens (o = offset of the token's head),
-# and stores the state after the outputs. Each step is specialised into its own kernel.
-
-def _wkv6_step(st, x, o, h, S, scale, dst):
-    k, v, r, tf, td = x[0], x[1], x[2], x[3], x[4]
-    for j in range(S):
-        acc = 0.0
-        for i in range(S):
-            kv = np.float64(k[o + i]) * v[o + j]
-            acc += r[o + i] * (kv * tf[h * S + i] + st[i, j])
-            st[i, j] = st[i, j] * td[o + i] + kv
-        dst[o + j] = acc
-
-
-def _gla_step(st, x, o, h, S, scale, dst):
-    k, v, q, g = x[0], x[1], x[2], x[3]
-    for j in range(S):
-        acc = 0.0
-        for i in range(S):
-            st[i, j] = st[i, j] * g[o + i] + np.float64(k[o + i]) * v[o + j]
-            acc += q[o + i] * scale * st[i, j]
-        dst[o + j] = acc
-
-
-def _wkv7_step(st, x, o, h, S, scale, dst):
-    r, w, k, v, a, b = x[0], x[1], x[2], x[3], x[4], x[5]
-    for i in range(S):
-        sa = 0.0
-        for j in range(S):
-            sa += a[o + j] * st[i, j]
-        acc = 0.0
-        for j in range(S):
-            st[i, j] = st[i, j] * w[o + j] + np.float64(v[o + i]) * k[o + j] + sa * b[o + j]
-            acc += st[i, j] * r[o + j]
-        dst[o + i] = acc
+@kernel("RWKV_WKV6")
+def rwkv_wkv6(desc, ith, nth):
+    S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    n_seqs = t_ne(desc, SRC5, 1)
+    C, L = S * H, T // n_seqs
+    k, v, r = (f32_array(t_addr(desc, SRC0), C * T), f32_array(t_addr(desc, SRC1), C * T),
+               f32_array(t_addr(desc, SRC2), C * T))
+    tf, td = f32_array(t_addr(desc, SRC3), C), f32_array(t_addr(desc, SRC4), C * T)
+    s_in = f32_array(t_addr(desc, SRC5), C * S * n_seqs)
+    dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
+    st = np.empty((S, S), dtype=np.float64)
+    h0, h1 = row_range(H, ith, nth)
+    for h in range(h0, h1):
+        for sq in range(n_seqs):
+            base = sq * C * S + h * S * S
+            _load(st, s_in, base)
+            for t in range(sq * L, (sq + 1) * L):
+                o = t * C + h * S
+                for j in range(S):
+                    acc = 0.0
+                    for i in range(S):
+                        kv = np.float64(k[o + i]) * v[o + j]
+                        acc += r[o + i] * (kv * tf[h * S + i] + st[i, j])
+                        st[i, j] = st[i, j] * td[o + i] + kv
+                    dst[o + j] = acc
+            _store(dst, C * T + base, st)
 
 
-# op -> (number of inputs before the state, step); the list index is the kernel's code
-_RECURRENCES = [("RWKV_WKV6", 5, _wkv6_step), ("GATED_LINEAR_ATTN", 4, _gla_step),
-                ("RWKV_WKV7", 6, _wkv7_step)]
+@kernel("GATED_LINEAR_ATTN")
+def gated_linear_attn(desc, ith, nth):
+    S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    n_seqs = t_ne(desc, SRC4, 1)
+    C, L = S * H, T // n_seqs
+    scale = np.float64(param_f32(desc, 0))
+    k, v = f32_array(t_addr(desc, SRC0), C * T), f32_array(t_addr(desc, SRC1), C * T)
+    q, g = f32_array(t_addr(desc, SRC2), C * T), f32_array(t_addr(desc, SRC3), C * T)
+    s_in = f32_array(t_addr(desc, SRC4), C * S * n_seqs)
+    dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
+    st = np.empty((S, S), dtype=np.float64)
+    h0, h1 = row_range(H, ith, nth)
+    for h in range(h0, h1):
+        for sq in range(n_seqs):
+            base = sq * C * S + h * S * S
+            _load(st, s_in, base)
+            for t in range(sq * L, (sq + 1) * L):
+                o = t * C + h * S
+                for j in range(S):
+                    acc = 0.0
+                    for i in range(S):
+                        st[i, j] = st[i, j] * g[o + i] + np.float64(k[o + i]) * v[o + j]
+                        acc += q[o + i] * scale * st[i, j]
+                    dst[o + j] = acc
+            _store(dst, C * T + base, st)
 
 
-@_jit
-def _flat(desc, slot):
-    return f32_array(t_addr(desc, slot), t_nelements(desc, slot))
-
-
-def _recurrence(desc, ith, nth, op):
-    raise NotImplementedError("only callable from jitted kernels")
-
-
-@overload(_recurrence, prefer_literal=True, jit_options=dict(nogil=True))
-def _ov_recurrence(desc, ith, nth, op):
-    if not isinstance(op, types.IntegerLiteral):
-        return None
-    _, n_in, step_py = _RECURRENCES[op.literal_value]
-    step = numba.njit(nogil=True)(step_py)
-    state = SRC0 + n_in
-
-    def impl(desc, ith, nth, op):
-        S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
-        n_seqs = t_ne(desc, state, 1)
-        C, L = S * H, T // n_seqs
-        scale = np.float64(param_f32(desc, 0))          # GATED_LINEAR_ATTN's only parameter
-        x = (_flat(desc, SRC0), _flat(desc, SRC1), _flat(desc, SRC2), _flat(desc, SRC3),
-             _flat(desc, SRC4), _flat(desc, SRC5))      # the inputs (and what follows them)
-        s_in = _flat(desc, state)
-        dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
-        st = np.empty((S, S), dtype=np.float64)
-        h0, h1 = row_range(H, ith, nth)
-        for h in range(h0, h1):
-            for sq in range(n_seqs):
-                base = sq * C * S + h * S * S
-                _load(st, s_in, base)
-                for t in range(sq * L, (sq + 1) * L):
-                    step(st, x, t * C + h * S, h, S, scale, dst)
-                _store(dst, C * T + base, st)
-    return impl
-
-
-for _code, (_op, _n_in, _step) in enumerate(_RECURRENCES):
-    row_kernel(_op, _recurrence, _code, name=_op.lower())
+@kernel("RWKV_WKV7")
+def rwkv_wkv7(desc, ith, nth):
+    S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    n_seqs = t_ne(desc, SRC6, 1)
+    C, L = S * H, T // n_seqs
+    r, w = f32_array(t_addr(desc, SRC0), C * T), f32_array(t_addr(desc, SRC1), C * T)
+    k, v = f32_array(t_addr(desc, SRC2), C * T), f32_array(t_addr(desc, SRC3), C * T)
+    a, b = f32_array(t_addr(desc, SRC4), C * T), f32_array(t_addr(desc, SRC5), C * T)
+    s_in = f32_array(t_addr(desc, SRC6), C * S * n_seqs)
+    dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
+    st = np.empty((S, S), dtype=np.float64)
+    h0, h1 = row_range(H, ith, nth)
+    for h in range(h0, h1):
+        for sq in range(n_seqs):
+            base = sq * C * S + h * S * S
+            _load(st, s_in, base)
+            for t in range(sq * L, (sq + 1) * L):
+                o = t * C + h * S
+                for i in range(S):
+                    sa = 0.0
+                    for j in range(S):
+                        sa += a[o + j] * st[i, j]
+                    acc = 0.0
+                    for j in range(S):
+                        st[i, j] = st[i, j] * w[o + j] + np.float64(v[o + i]) * k[o + j] + \
+                            sa * b[o + j]
+                        acc += st[i, j] * r[o + j]
+                    dst[o + i] = acc
+            _store(dst, C * T + base, st)
 
 
 @kernel("GATED_DELTA_NET")
