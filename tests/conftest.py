@@ -1,8 +1,11 @@
-"""Shared fixtures: `ggml` (real ggml through ctypes, skips when libggml-python is absent), `rng`;
-a session warm-up of the Numba kernels when the disk cache is cold."""
+"""Shared fixtures: `ggml` (real ggml through ctypes, skips when libggml-python is absent), `rng`,
+`simd_twin` (a script run again under another PYGGML_SIMD); a session warm-up of the Numba
+kernels when the disk cache is cold."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -37,3 +40,22 @@ def ggml():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def simd_twin(request):
+    """twin(script, mode, cache_dir=None): runs `script % (this test's folder, mode == "avx2")`
+    in a fresh interpreter with PYGGML_SIMD=mode (the SIMD width is fixed when the kernels
+    compile, so each mode needs its own process) and asserts it printed "twin ok". Its Numba
+    cache: cache_dir, else pyggml's own (keyed by the mode)."""
+    folder = str(request.path.parent)
+
+    def twin(script: str, mode: str, cache_dir=None) -> None:
+        env = dict(os.environ, PYGGML_SIMD=mode)
+        env.pop("NUMBA_CACHE_DIR", None)
+        if cache_dir is not None:
+            env["NUMBA_CACHE_DIR"] = str(cache_dir)
+        r = subprocess.run([sys.executable, "-c", script % (folder, mode == "avx2")], env=env,
+                           capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0 and "twin ok" in r.stdout, (r.stdout[-3000:] + r.stderr[-3000:])
+    return twin

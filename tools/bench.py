@@ -199,8 +199,10 @@ SECTIONS = {
                                     + (["--reps", "20"] if a.quick else [])),
     "matmul": lambda a: _run_tool("bench_matmul", ["--threads", str(a.threads)]
                                   + (["--quick"] if a.quick else [])),
+    # bench_attention has no --quick: fewer runs of its two smaller cases instead
     "attention": lambda a: _run_tool("bench_attention", ["--threads", str(a.threads)]
-                                     + (["--quick"] if a.quick else [])),
+                                     + (["--runs", "3", "--only", "decode_f16_4k,prompt_f16_512"]
+                                        if a.quick else [])),
 }
 
 

@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from dataclasses import field
@@ -32,9 +31,10 @@ import numpy as np
 
 from ..compute import BACKENDS
 from ..errors import GGMLError
-from .cli_common import UsageError
 from .cli_common import add_worker_flags
+from .cli_common import run_main
 from .cli_common import worker_kwargs
+from .gguf_file import value_str
 from .model_info import ModelInfo
 
 # llama-bench's csv/json fields, in its order
@@ -215,11 +215,7 @@ def csv_row(t: BenchTest, names) -> str:
 
 
 def _plain(x) -> str:
-    if isinstance(x, bool):
-        return "1" if x else "0"
-    if isinstance(x, float):
-        return f"{x:.6f}"
-    return str(x)
+    return value_str(x, "1", "0")             # llama-bench's csv/json: bools 1/0, floats %f
 
 
 def json_object(t: BenchTest, names) -> str:
@@ -295,12 +291,7 @@ def _flat(v, default):
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (GGMLError, OSError, UsageError) as e:
-        print(f"pyggml bench: {e}", file=sys.stderr)
-        return 2
+    return run_main("pyggml bench", _parser(), _run, argv, check=lambda args: None)
 
 
 def _run(args) -> int:

@@ -44,6 +44,16 @@ except ImportError:          # the gguf extra is optional for reading; these are
                    28: (1, 8), 30: (1, 2), 39: (32, 17)}
 
 
+def value_str(v, true: str = "true", false: str = "false") -> str:
+    """A metadata value as llama.cpp's gguf_kv_to_str prints it (floats as %f); llama-bench
+    writes bools as 1/0."""
+    if isinstance(v, bool):
+        return true if v else false
+    if isinstance(v, float):
+        return f"{v:f}"
+    return str(v)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One entry of the tensor directory. ne is ggml's order (ne[0] contiguous)."""

@@ -30,6 +30,7 @@ from ..types import TRAITS
 from ..types import GGMLType
 from ..types import as_type
 from .gguf_file import GGUFFile
+from .gguf_file import value_str
 from .model_path import resolve_model_path
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF        # llama.cpp's "random seed"
@@ -53,15 +54,6 @@ def _worker_group(workers: int, split: str, address, timeout):
     return WorkerGroup(workers, split, address, timeout or DEFAULT_TIMEOUT)
 
 
-def _md_str(v) -> str:
-    """A metadata value as llama.cpp's gguf_kv_to_str prints it (floats as %f)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:f}"
-    return str(v)
-
-
 class Llama:
     """A llama-family GGUF model with a KV cache (llama-cpp-python's `Llama`)."""
 
@@ -83,7 +75,7 @@ class Llama:
         if n_ctx < 0 or n_batch <= 0:
             raise GGMLError(f"Llama: n_ctx must be >= 0 and n_batch > 0 (got {n_ctx}, {n_batch})")
         self._gguf = GGUFFile(self.model_path)
-        self.metadata = {k: _md_str(v) for k, v in self._gguf.metadata.items()
+        self.metadata = {k: value_str(v) for k, v in self._gguf.metadata.items()
                          if not isinstance(v, (list, np.ndarray))}
         self._seed = seed
         self._logits_all = logits_all

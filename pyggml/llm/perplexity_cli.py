@@ -15,11 +15,10 @@ import sys
 import time
 
 from ..compute import BACKENDS
-from ..errors import GGMLError
 from ..types import TRAITS
 from . import kv_sweep
-from .cli_common import UsageError
 from .cli_common import add_worker_flags
+from .cli_common import run_main
 from .cli_common import worker_kwargs
 from .perplexity import model_bos
 from .perplexity import perplexity
@@ -73,12 +72,7 @@ def _progress(res, seconds: float) -> None:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (GGMLError, OSError, UsageError) as e:
-        print(f"pyggml perplexity: {e}", file=sys.stderr)
-        return 2
+    return run_main("pyggml perplexity", _parser(), _run, argv, check=lambda args: None)
 
 
 def _run(args) -> int:

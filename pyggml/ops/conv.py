@@ -9,6 +9,8 @@ says so; everything else is float64.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..errors import GGMLError
@@ -141,14 +143,8 @@ def _im2col_cases():
     # 2-D (test_im2col's defaults: input {10, 10, 3, 1}, kernel {3, 3, 3, 1}, s=p=d=1)
     for tk, td in ((F, F), (F, H), (H, F), (H, H)):
         add(F, tk, td, (10, 10, 3, 1), (3, 3, 3, 1), 1, 1, 1, 1, 1, 1, True)
-    for s0 in (1, 3):
-        for s1 in (1, 3):
-            for p0 in (0, 3):
-                for p1 in (0, 3):
-                    for d0 in (1, 3):
-                        for d1 in (1, 3):
-                            add(F, F, F, (20, 20, 2, 2), (3, 3, 2, 2), s0, s1, p0, p1, d0, d1,
-                                True)
+    for s0, s1, p0, p1, d0, d1 in itertools.product((1, 3), (1, 3), (0, 3), (0, 3), (1, 3), (1, 3)):
+        add(F, F, F, (20, 20, 2, 2), (3, 3, 2, 2), s0, s1, p0, p1, d0, d1, True)
     for ne_in, ne_k, p in (((12, 12, 1, 32), (3, 3, 1, 32), 1), ((12, 12, 2, 32), (3, 3, 2, 32), 1),
                            ((12, 12, 1, 1024), (3, 3, 1, 1024), 1),
                            ((12, 12, 2, 1024), (3, 3, 2, 1024), 1),
@@ -516,24 +512,24 @@ def _ref_pool_2d(node, ins, p):
     return _max_fold(w.reshape(flat), np.broadcast_to(valid, w.shape).reshape(flat))
 
 
+def pool_2d_grid():
+    """ggml's POOL_2D case grid (test-backend-ops): (pool, k0, k1, s0, s1, p0, p1) for a
+    10x10x3 input, k 1/3, s 1/2, p 0/1, avg and max; POOL_2D_BACK reuses it."""
+    return itertools.product((OP_POOL_AVG, OP_POOL_MAX), (1, 3), (1, 3), (1, 2), (1, 2),
+                             (0, 1), (0, 1))
+
+
 def _pool2d_cases():
     out = []
-    for pool in (OP_POOL_AVG, OP_POOL_MAX):
-        for k0 in (1, 3):
-            for k1 in (1, 3):
-                for s0 in (1, 2):
-                    for s1 in (1, 2):
-                        for p0 in (0, 1):
-                            for p1 in (0, 1):
-                                ne = (10, 10, 3, 1)
-                                out.append(cc.case(
-                                    "POOL_2D",
-                                    dict(pool_type=_POOL_NAMES[pool], type_input=cc.ggml_type("f32"),
-                                         ne_input=list(ne), k0=k0, k1=k1, s0=s0, s1=s1, p0=p0,
-                                         p1=p1),
-                                    (lambda a: lambda ctx: pool_2d(
-                                        ctx, cc.leaf(ctx, "f32", a[0], "input", param=True), *a[1:]))(
-                                        (ne, pool, k0, k1, s0, s1, p0, p1))))
+    ne = (10, 10, 3, 1)
+    for pool, k0, k1, s0, s1, p0, p1 in pool_2d_grid():
+        out.append(cc.case(
+            "POOL_2D",
+            dict(pool_type=_POOL_NAMES[pool], type_input=cc.ggml_type("f32"),
+                 ne_input=list(ne), k0=k0, k1=k1, s0=s0, s1=s1, p0=p0, p1=p1),
+            (lambda a: lambda ctx: pool_2d(
+                ctx, cc.leaf(ctx, "f32", a[0], "input", param=True), *a[1:]))(
+                (ne, pool, k0, k1, s0, s1, p0, p1))))
     return out
 
 

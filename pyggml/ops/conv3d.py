@@ -8,6 +8,8 @@ round the input to F16 (its im2col buffer has the kernel's type); the reference 
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..errors import ParamError
@@ -111,20 +113,9 @@ def _im2col_3d_cases():
 
     for tk, td in (("f32", "f32"), ("f16", "f32"), ("f16", "f16")):
         add(tk, td, (10, 10, 10, 9), (3, 3, 3, 1), 3, (1, 1, 1), (1, 1, 1), (1, 1, 1), False)
-    for s0 in (1, 3):
-        for s1 in (1, 3):
-            for s2 in (1, 3):
-                for p0 in (0, 3):
-                    for p1 in (0, 3):
-                        for p2 in (0, 3):
-                            for d0 in (1, 3):
-                                for d1 in (1, 3):
-                                    for d2 in (1, 3):
-                                        for ic in (1, 3):
-                                            for v in (False, True):
-                                                add("f32", "f32", (20, 20, 10, 3), (3, 3, 3, 3),
-                                                    ic, (s0, s1, s2), (p0, p1, p2), (d0, d1, d2),
-                                                    v)
+    strides, pads, dils = [(1, 3)] * 3, [(0, 3)] * 3, [(1, 3)] * 3
+    for g in itertools.product(*strides, *pads, *dils, (1, 3), (False, True)):
+        add("f32", "f32", (20, 20, 10, 3), (3, 3, 3, 3), g[9], g[0:3], g[3:6], g[6:9], g[10])
     return out
 
 
@@ -191,22 +182,15 @@ def _conv_3d_cases():
     def fits(ins, k, s, pd, d):
         return _conv_output_size(ins, k, s, pd, d) > 0
 
+    iw, ih, idd = 20, 22, 18
     for tk in ("f32", "f16"):
-        for n in (1, 2):
-            for ic in (1, 3):
-                for oc in (1, 4):
-                    for s0 in (1, 2):
-                        for p1 in (0, 1):
-                            for d2 in (1, 2):
-                                iw, ih, idd = 20, 22, 18
-                                if not (fits(iw, 3, s0, p1, d2) and fits(ih, 3, s0, p1, d2) and
-                                        fits(idd, 3, s0, p1, d2)):
-                                    continue
-                                add(n, ic, idd, ih, iw, oc, 3, 3, 3, (s0,) * 3, (p1,) * 3,
-                                    (d2,) * 3, tk)
-                                # asymmetric kernel and params
-                                add(n, ic, idd, ih, iw, oc, 3, 1, 5, (2, 1, 1), (2, 0, 1),
-                                    (1, 1, 2), tk)
+        for n, ic, oc, s0, p1, d2 in itertools.product((1, 2), (1, 3), (1, 4), (1, 2), (0, 1),
+                                                       (1, 2)):
+            if not all(fits(x, 3, s0, p1, d2) for x in (iw, ih, idd)):
+                continue
+            add(n, ic, idd, ih, iw, oc, 3, 3, 3, (s0,) * 3, (p1,) * 3, (d2,) * 3, tk)
+            # asymmetric kernel and params
+            add(n, ic, idd, ih, iw, oc, 3, 1, 5, (2, 1, 1), (2, 0, 1), (1, 1, 2), tk)
         add(1, 4, 8, 8, 8, 8, 1, 1, 1, (1, 1, 1), (0, 0, 0), (1, 1, 1), tk)    # kernel size 1
     return cc.unique(out)
 

@@ -34,6 +34,7 @@ from .conv import _check_pool_op
 from .conv import _conv_output_size
 from .conv import _need_pos
 from .conv import _pool_output_size
+from .conv import pool_2d_grid
 from .registry import OpDef
 from .registry import Out
 from .registry import grad_rule
@@ -237,25 +238,19 @@ def _ref_pool_2d_back(node, ins, p):
 def _pool_2d_back_cases():
     """POOL_2D's grid (10x10x3 input, k 1/3, s 1/2, p 0/1, max and avg) as backward cases."""
     out = []
-    for pool in (OP_POOL_AVG, OP_POOL_MAX):
-        for k0 in (1, 3):
-            for k1 in (1, 3):
-                for s0 in (1, 2):
-                    for s1 in (1, 2):
-                        for p0 in (0, 1):
-                            for p1 in (0, 1):
-                                ne = [10, 10, 3, 1]
-                                ne_g = [_pool_output_size(ne[0], k0, s0, p0),
-                                        _pool_output_size(ne[1], k1, s1, p1), ne[2], ne[3]]
+    for pool, k0, k1, s0, s1, p0, p1 in pool_2d_grid():
+        ne = [10, 10, 3, 1]
+        ne_g = [_pool_output_size(ne[0], k0, s0, p0), _pool_output_size(ne[1], k1, s1, p1),
+                ne[2], ne[3]]
 
-                                def f(ctx, a=(ne, ne_g, pool, k0, k1, s0, s1, p0, p1)):
-                                    grad = cc.leaf(ctx, "f32", a[1], "grad")
-                                    af = cc.leaf(ctx, "f32", a[0], "input")
-                                    return pool_2d_back(ctx, grad, af, *a[2:])
-                                out.append(cc.case(
-                                    "POOL_2D_BACK",
-                                    dict(pool_type=_POOL_NAMES[pool], ne_input=ne, k0=k0, k1=k1,
-                                         s0=s0, s1=s1, p0=p0, p1=p1), f))
+        def f(ctx, a=(ne, ne_g, pool, k0, k1, s0, s1, p0, p1)):
+            grad = cc.leaf(ctx, "f32", a[1], "grad")
+            af = cc.leaf(ctx, "f32", a[0], "input")
+            return pool_2d_back(ctx, grad, af, *a[2:])
+        out.append(cc.case(
+            "POOL_2D_BACK",
+            dict(pool_type=_POOL_NAMES[pool], ne_input=ne, k0=k0, k1=k1,
+                 s0=s0, s1=s1, p0=p0, p1=p1), f))
     return out
 
 

@@ -18,6 +18,8 @@ test-backend-ops' threshold for all three ops is 5e-4.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..errors import DataError
@@ -567,15 +569,9 @@ def _op_case(type_a, type_b, m, n, k, bs=(10, 10), nr=(2, 2), trans_b=False, tag
 def _out_prod_cases():
     out = []
     add = out.append
-    for ta in _BASE_TYPES:
-        for tb in ("f32", "f16"):
-            for n in (1, 16):
-                for k in (1, 16):
-                    for bs2 in (1, 3):
-                        for bs3 in (1, 3):
-                            for nr2 in (1, 2):
-                                for nr3 in (1, 2):
-                                    add(_op_case(ta, tb, 256, n, k, (bs2, bs3), (nr2, nr3)))
+    for ta, tb, n, k, bs2, bs3, nr2, nr3 in itertools.product(
+            _BASE_TYPES, ("f32", "f16"), (1, 16), (1, 16), (1, 3), (1, 3), (1, 2), (1, 2)):
+        add(_op_case(ta, tb, 256, n, k, (bs2, bs3), (nr2, nr3)))
     for ne2 in (1, 8, 16, 32):
         add(_op_case("f32", "f32", 256, 16, 16, (ne2, 1), (1, 1)))
     for nr2 in (8, 16, 32):

@@ -184,3 +184,77 @@ def unpack_nibbles(qs: np.ndarray) -> np.ndarray:
 def unpack_high_bits(qh: np.ndarray) -> np.ndarray:
     """[nb, 4] bytes of qh -> [nb, 32] values 0 / 0x10."""
     return np.unpackbits(qh, axis=1, bitorder="little") << 4
+
+
+# --- the legacy 32-value block formats (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1) ----------------------
+
+def blocks(x, qk: int) -> np.ndarray:
+    """Values to quantize as [n_blocks, qk] float32."""
+    return as_f32(x).reshape(-1, qk)
+
+
+def raw_blocks(raw, n: int, qk: int, type_size: int) -> np.ndarray:
+    """The blocks holding n values as [n_blocks, type_size] bytes."""
+    return as_u8(raw)[: n // qk * type_size].reshape(-1, type_size)
+
+
+def symmetric_q(xb: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_row_q4_0_ref (half 8) / q5_0 (half 16): d = max / -half, max the value of
+    largest magnitude (sign kept), q = min(2 half - 1, (int8)(x / d + half + 0.5))."""
+    d = absmax_signed(xb) / F32(-half)
+    q = np.minimum(np.int8(2 * half - 1), c_int8(xb * inverse(d)[:, None] + F32(half + 0.5)))
+    return d, q
+
+
+def affine_q(xb: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize_row_q4_1_ref (top 15) / q5_1 (top 31): d = (max - min) / top, m = min,
+    q = (int8)((x - min) / d + 0.5), not clamped (Q4_1 clamps to 15 itself)."""
+    mn, mx = min_max_c(xb)
+    d = (mx - mn) / F32(top)
+    return d, mn, c_int8((xb - mn[:, None]) * inverse(d)[:, None] + F32(0.5))
+
+
+def scaled(q: np.ndarray, d: np.ndarray, m: np.ndarray = None) -> np.ndarray:
+    """Flat float32 q * d (+ m) with one scale (and min) per block, two roundings, no FMA."""
+    x = q.astype(np.float32) * d[:, None]
+    return (x if m is None else x + m[:, None]).reshape(-1)
+
+
+def _pack_bits(q: np.ndarray, bits: int) -> tuple:
+    """4-bit block values as 16 bytes of nibbles; 5-bit ones as qh (bit 4 of each) first."""
+    if bits == 4:
+        return (nibbles(q),)
+    q = q.astype(np.uint8)
+    return high_bits(q), nibbles(q & 0x0F)
+
+
+def _unpack_bits(qb: np.ndarray, bits: int) -> np.ndarray:
+    """_pack_bits' inverse on the bytes after a block's scales: [nb, 32] uint8."""
+    if bits == 4:
+        return unpack_nibbles(qb)
+    return unpack_nibbles(qb[:, 4:]) | unpack_high_bits(qb[:, :4])
+
+
+def q4_q5_codec(bits: int, type_size: int, affine: bool):
+    """(from_float, to_float) of Q4_0 / Q5_0 (x = (q - 2^(bits-1)) * d; fp16 d first) or, when
+    affine, Q4_1 / Q5_1 (x = q * d + m, m the block's min; fp16 d then m)."""
+    half = 1 << (bits - 1)
+
+    @quiet
+    def from_float(x) -> np.ndarray:
+        xb = blocks(x, 32)
+        if not affine:
+            d, q = symmetric_q(xb, half)
+            return pack_blocks(len(xb), type_size, f16_field(d), *_pack_bits(q, bits))
+        d, m, q = affine_q(xb, 2 * half - 1)
+        if bits == 4:                     # quantize_row_q4_1_ref clamps, q5_1's does not
+            q = np.minimum(np.int8(15), q)
+        return pack_blocks(len(xb), type_size, f16_field(d), f16_field(m), *_pack_bits(q, bits))
+
+    @quiet
+    def to_float(raw, n: int) -> np.ndarray:
+        b = raw_blocks(raw, n, 32, type_size)
+        if not affine:
+            return scaled(_unpack_bits(b[:, 2:], bits).astype(np.int8) - np.int8(half), f16_at(b, 0))
+        return scaled(_unpack_bits(b[:, 4:], bits), f16_at(b, 0), f16_at(b, 2))
+    return from_float, to_float

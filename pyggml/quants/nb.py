@@ -425,67 +425,31 @@ def dequantize_row_f32(src, dst, n):
 # dispatch on the ggml type id (an if-chain: callable from other numba code); the K-quants
 # and IQ4 rows live in kq_nb (which shares nb_scalar's helpers with this module)
 
-from . import kq_nb as _kq  # noqa: E402
-from .mxfp4_nb import dequantize_row_mxfp4  # noqa: E402
-from .mxfp4_nb import quantize_row_mxfp4  # noqa: E402
+from . import kq_nb as _kq  # noqa: E402,F401  (the generated dispatch calls these)
+from .mxfp4_nb import dequantize_row_mxfp4  # noqa: E402,F401
+from .mxfp4_nb import quantize_row_mxfp4  # noqa: E402,F401
 
-_F32, _F16, _BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
-_Q4_0, _Q4_1, _Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
-_Q5_1, _Q8_0, _Q8_1 = int(GGMLType.Q5_1), int(GGMLType.Q8_0), int(GGMLType.Q8_1)
-_MXFP4 = int(GGMLType.MXFP4)
+# the row codecs in the order the dispatch tests them (most used first)
+_ROW_TYPES = ("q4_0", "q8_0", "f16", "f32", "bf16", "q4_1", "q5_0", "q5_1", "q8_1", "mxfp4")
 
 
-@_jit
-def dequantize_row(t, src, dst, n):
-    """Row of n values of type t (raw bytes in src) -> float32 dst. 0, or ERR_UNSUPPORTED."""
-    if t == _Q4_0:
-        dequantize_row_q4_0(src, dst, n)
-    elif t == _Q8_0:
-        dequantize_row_q8_0(src, dst, n)
-    elif t == _F16:
-        dequantize_row_f16(src, dst, n)
-    elif t == _F32:
-        dequantize_row_f32(src, dst, n)
-    elif t == _BF16:
-        dequantize_row_bf16(src, dst, n)
-    elif t == _Q4_1:
-        dequantize_row_q4_1(src, dst, n)
-    elif t == _Q5_0:
-        dequantize_row_q5_0(src, dst, n)
-    elif t == _Q5_1:
-        dequantize_row_q5_1(src, dst, n)
-    elif t == _Q8_1:
-        dequantize_row_q8_1(src, dst, n)
-    elif t == _MXFP4:
-        dequantize_row_mxfp4(src, dst, n)
-    else:
-        return _kq.dequantize_row(t, src, dst, n)
-    return 0
+def _row_dispatch(verb: str, doc: str):
+    """`{verb}_row(t, src, dst, n)`: an if-chain over _ROW_TYPES calling {verb}_row_<type>,
+    else kq_nb's; returns 0, or kq_nb's ERR_UNSUPPORTED. Generated from the table and
+    compiled under this file (so Numba caches it here, as if written out)."""
+    lines = [f"def {verb}_row(t, src, dst, n):"]
+    for i, name in enumerate(_ROW_TYPES):
+        lines += [f"    {'elif' if i else 'if'} t == {int(GGMLType[name.upper()])}:",
+                  f"        {verb}_row_{name}(src, dst, n)"]
+    lines += ["    else:", f"        return _kq.{verb}_row(t, src, dst, n)", "    return 0"]
+    ns = {}
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), globals(), ns)
+    fn = ns[f"{verb}_row"]
+    fn.__doc__ = doc
+    return _jit(fn)
 
 
-@_jit
-def quantize_row(t, src, dst, n):
-    """float32 row of n values -> raw bytes of type t in dst. 0, or ERR_UNSUPPORTED."""
-    if t == _Q4_0:
-        quantize_row_q4_0(src, dst, n)
-    elif t == _Q8_0:
-        quantize_row_q8_0(src, dst, n)
-    elif t == _F16:
-        quantize_row_f16(src, dst, n)
-    elif t == _F32:
-        quantize_row_f32(src, dst, n)
-    elif t == _BF16:
-        quantize_row_bf16(src, dst, n)
-    elif t == _Q4_1:
-        quantize_row_q4_1(src, dst, n)
-    elif t == _Q5_0:
-        quantize_row_q5_0(src, dst, n)
-    elif t == _Q5_1:
-        quantize_row_q5_1(src, dst, n)
-    elif t == _Q8_1:
-        quantize_row_q8_1(src, dst, n)
-    elif t == _MXFP4:
-        quantize_row_mxfp4(src, dst, n)
-    else:
-        return _kq.quantize_row(t, src, dst, n)
-    return 0
+dequantize_row = _row_dispatch(
+    "dequantize", "Row of n values of type t (raw bytes in src) -> float32 dst. 0, or ERR_UNSUPPORTED.")
+quantize_row = _row_dispatch(
+    "quantize", "float32 row of n values -> raw bytes of type t in dst. 0, or ERR_UNSUPPORTED.")

@@ -17,44 +17,27 @@ _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 # ---------------------------------------------------------------------------
 # LLVM intrinsics: bit casts and the half <-> float conversions
 
-@intrinsic
-def _half_bits_to_f32(typingctx, h):
-    if h != types.uint16:
-        return None
+def cast_intrinsic(src, dst, emit, doc=""):
+    """An intrinsic dst(x) whose code is emit(builder, x): one LLVM cast, so loops around it
+    vectorize. src: the Numba type x must have, or a type class (types.Integer: any width)."""
+    @intrinsic
+    def fn(typingctx, x):
+        if not (isinstance(x, src) if isinstance(src, type) else x == src):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
-    return types.float32(h), codegen
-
-
-@intrinsic
-def _f32_to_half_bits(typingctx, x):
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-    return types.uint16(x), codegen
+        def codegen(context, builder, sig, args):
+            return emit(builder, args[0])
+        return dst(x), codegen
+    fn.__doc__ = doc
+    return fn
 
 
-@intrinsic
-def _f32_bits(typingctx, x):
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.uint32(x), codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, u):
-    if u != types.uint32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(u), codegen
+_half_bits_to_f32 = cast_intrinsic(
+    types.uint16, types.float32, lambda b, h: b.fpext(b.bitcast(h, ir.HalfType()), ir.FloatType()))
+_f32_to_half_bits = cast_intrinsic(
+    types.float32, types.uint16, lambda b, x: b.bitcast(b.fptrunc(x, ir.HalfType()), ir.IntType(16)))
+_f32_bits = cast_intrinsic(types.float32, types.uint32, lambda b, x: b.bitcast(x, ir.IntType(32)))
+_bits_f32 = cast_intrinsic(types.uint32, types.float32, lambda b, u: b.bitcast(u, ir.FloatType()))
 
 
 def _unary_f32_intrinsic(llvm_name, doc):

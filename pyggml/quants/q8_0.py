@@ -11,8 +11,7 @@ from ..types import GGMLType
 from ..types import register_codec
 from ._common import F32
 from ._common import absmax_c
-from ._common import as_f32
-from ._common import as_u8
+from ._common import blocks
 from ._common import c_int8
 from ._common import c_roundf
 from ._common import f16_at
@@ -20,6 +19,8 @@ from ._common import f16_field
 from ._common import inverse
 from ._common import pack_blocks
 from ._common import quiet
+from ._common import raw_blocks
+from ._common import scaled
 
 QK = 32
 TYPE_SIZE = 34
@@ -34,16 +35,15 @@ def quantize_blocks(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @quiet
 def from_float(x) -> np.ndarray:
-    xb = as_f32(x).reshape(-1, QK)
+    xb = blocks(x, QK)
     d, q = quantize_blocks(xb)
     return pack_blocks(len(xb), TYPE_SIZE, f16_field(d), q.view(np.uint8))
 
 
 @quiet
 def to_float(raw, n: int) -> np.ndarray:
-    b = as_u8(raw)[: n // QK * TYPE_SIZE].reshape(-1, TYPE_SIZE)
-    d = f16_at(b, 0)
-    return (b[:, 2:].view(np.int8).astype(np.float32) * d[:, None]).reshape(-1)
+    b = raw_blocks(raw, n, QK, TYPE_SIZE)
+    return scaled(b[:, 2:].view(np.int8), f16_at(b, 0))
 
 
 register_codec(GGMLType.Q8_0, to_float, from_float)

@@ -10,12 +10,13 @@ import numpy as np
 
 from ..types import GGMLType
 from ..types import register_codec
-from ._common import as_f32
-from ._common import as_u8
+from ._common import blocks
 from ._common import f16_at
 from ._common import f16_field
 from ._common import pack_blocks
 from ._common import quiet
+from ._common import raw_blocks
+from ._common import scaled
 from .q8_0 import quantize_blocks
 
 QK = 32
@@ -24,7 +25,7 @@ TYPE_SIZE = 36
 
 @quiet
 def from_float(x) -> np.ndarray:
-    xb = as_f32(x).reshape(-1, QK)
+    xb = blocks(x, QK)
     d, q = quantize_blocks(xb)
     s = q.sum(axis=1, dtype=np.int32).astype(np.float32) * d
     return pack_blocks(len(xb), TYPE_SIZE, f16_field(d), f16_field(s), q.view(np.uint8))
@@ -32,9 +33,8 @@ def from_float(x) -> np.ndarray:
 
 @quiet
 def to_float(raw, n: int) -> np.ndarray:
-    b = as_u8(raw)[: n // QK * TYPE_SIZE].reshape(-1, TYPE_SIZE)
-    d = f16_at(b, 0)
-    return (b[:, 4:].view(np.int8).astype(np.float32) * d[:, None]).reshape(-1)
+    b = raw_blocks(raw, n, QK, TYPE_SIZE)
+    return scaled(b[:, 4:].view(np.int8), f16_at(b, 0))
 
 
 register_codec(GGMLType.Q8_1, to_float, from_float)

@@ -217,18 +217,26 @@ def _run(backend, case: Case, seed: int, alloc=None):
     return gf, guards
 
 
+def _built(case: Case, backend, res: CaseResult):
+    """(ctx, out, gf) of the case when it builds and the backend runs it; else None, with
+    res's status and message saying why (ERROR or NOT SUPPORTED)."""
+    try:
+        built = build_graph(case)
+    except Exception as e:
+        res.status, res.message = "ERROR", f"case does not build: {e}"
+        return None
+    excluded = case_excluded(backend, case)
+    if excluded or not supported(backend, built[2]):
+        res.status, res.message = "NOT SUPPORTED", excluded or ""
+        return None
+    return built
+
+
 def run_test(case: Case, backend, ref_backend, seed: int = 0, alloc=None) -> CaseResult:
     """Compute the case on `backend` and on `ref_backend`; compare every node. `alloc(gf)`
     places the tensors (default alloc_guarded; guard.alloc_guard_pages for --guard-pages)."""
     res = CaseResult(case, backend.name)
-    try:
-        _, _, probe = build_graph(case)
-    except Exception as e:
-        res.status, res.message = "ERROR", f"case does not build: {e}"
-        return res
-    excluded = case_excluded(backend, case)
-    if excluded or not supported(backend, probe):
-        res.status, res.message = "NOT SUPPORTED", excluded or ""
+    if _built(case, backend, res) is None:
         return res
     max_err, exact = _threshold(case)
     res.max_err = max_err
@@ -261,15 +269,10 @@ def run_perf(case: Case, backend, seed: int = 0, budget_s: float = 0.5,
              max_runs: int = 10000) -> CaseResult:
     """Time graph_compute on the case until the budget is spent (like ggml's perf mode)."""
     res = CaseResult(case, backend.name, mode="perf")
-    try:
-        ctx, out, gf = build_graph(case)
-    except Exception as e:
-        res.status, res.message = "ERROR", f"case does not build: {e}"
+    built = _built(case, backend, res)
+    if built is None:
         return res
-    excluded = case_excluded(backend, case)
-    if excluded or not supported(backend, gf):
-        res.status, res.message = "NOT SUPPORTED", excluded or ""
-        return res
+    ctx, out, gf = built
     try:
         alloc_guarded(gf)
         fill_leafs(gf, case, seed)

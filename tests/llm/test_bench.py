@@ -97,7 +97,7 @@ def test_run_test_prompt_and_gen():
 
 def test_cli_errors(capsys):
     assert bench.main(["-r", "0", "-m", "/nonexistent.gguf"]) == 2
-    assert capsys.readouterr().err.startswith("pyggml bench: -r must be > 0")
+    assert capsys.readouterr().err.startswith("pyggml bench: error: -r must be > 0")
     assert bench.main(["-m", "/nonexistent.gguf", "-p", "8", "-n", "0", "-r", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyggml bench:") and "/nonexistent.gguf" in err and len(err.splitlines()) == 1

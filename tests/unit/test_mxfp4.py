@@ -11,8 +11,6 @@ reference backend close to them.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -391,25 +389,14 @@ sys.exit(1 if bad else 0)
 """
 
 
-def _twin(mode, tmp_path=None):
-    env = dict(os.environ, PYGGML_SIMD=mode)
-    env.pop("NUMBA_CACHE_DIR", None)
-    if tmp_path is not None:
-        env["NUMBA_CACHE_DIR"] = str(tmp_path)
-    code = _TWIN % (os.path.dirname(__file__), mode == "avx2")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=1800)
-    assert r.returncode == 0 and "twin ok" in r.stdout, (r.stdout[-3000:] + r.stderr[-3000:])
-
-
 @pytest.mark.skipif(not simd.HAVE_AVX512, reason="no AVX-512: the default kernels are the AVX2 ones")
-def test_avx2_twin_is_ggmls_bit_for_bit(ggml):
-    _twin("avx2")
+def test_avx2_twin_is_ggmls_bit_for_bit(ggml, simd_twin):
+    simd_twin(_TWIN, "avx2")
 
 
 @pytest.mark.skipif(not SLOW, reason="compiles the kernels again (minutes): set PYGGML_SLOW=1")
-def test_portable_path_is_ggmls_bit_for_bit(ggml, tmp_path):
-    _twin("generic", tmp_path)
+def test_portable_path_is_ggmls_bit_for_bit(ggml, simd_twin, tmp_path):
+    simd_twin(_TWIN, "generic", tmp_path)
 
 
 # --- GGUF and `pyggml quantize` ------------------------------------------------------------------

@@ -45,58 +45,39 @@ def _i64_ptr(context, builder, ty, addr):
 # ---------------------------------------------------------------------------
 # atomics on int64 words
 
-@intrinsic
-def atomic_add(typingctx, addr, val):
-    """*addr += val atomically (seq_cst); returns the previous value."""
-    if not (_int64_arg(addr) and _int64_arg(val)):
-        return None
+def _atomic(name, n_args, ret, emit, doc):
+    """An intrinsic name(addr, v1, ..) on the int64 word at addr: emit(builder, ptr, *values)
+    with every value widened to i64 (seq_cst, one instruction)."""
+    def typer(typingctx, *args_t):
+        if not all(_int64_arg(t) for t in args_t):
+            return None
 
-    def codegen(context, builder, sig, args):
-        ptr = _i64_ptr(context, builder, sig.args[0], args[0])
-        v = _as_i64(context, builder, sig.args[1], args[1])
-        return builder.atomic_rmw("add", ptr, v, _SEQ_CST)
-    return types.int64(addr, val), codegen
-
-
-@intrinsic
-def atomic_load(typingctx, addr):
-    """Atomic (seq_cst) read of the int64 at addr."""
-    if not _int64_arg(addr):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _i64_ptr(context, builder, sig.args[0], args[0])
-        return builder.load_atomic(ptr, _SEQ_CST, 8)
-    return types.int64(addr), codegen
+        def codegen(context, builder, sig, args):
+            ptr = _i64_ptr(context, builder, sig.args[0], args[0])
+            vals = [_as_i64(context, builder, t, v) for t, v in zip(sig.args[1:], args[1:])]
+            out = emit(builder, ptr, *vals)
+            return context.get_dummy_value() if ret == types.none else out
+        return ret(*args_t), codegen
+    # Numba's intrinsics need explicit parameters (no *args)
+    params = ", ".join(["addr"] + [f"v{i}" for i in range(1, n_args)])
+    ns = {"typer": typer}
+    exec(f"def {name}(typingctx, {params}):\n    return typer(typingctx, {params})\n", ns)
+    ns[name].__doc__ = doc
+    return intrinsic(ns[name])
 
 
-@intrinsic
-def atomic_store(typingctx, addr, val):
-    """Atomic (seq_cst) write of an int64 at addr."""
-    if not (_int64_arg(addr) and _int64_arg(val)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _i64_ptr(context, builder, sig.args[0], args[0])
-        v = _as_i64(context, builder, sig.args[1], args[1])
-        builder.store_atomic(v, ptr, _SEQ_CST, 8)
-        return context.get_dummy_value()
-    return types.none(addr, val), codegen
-
-
-@intrinsic
-def atomic_cas(typingctx, addr, expected, new):
-    """Compare-and-swap: if *addr == expected then *addr = new. Returns the old value."""
-    if not (_int64_arg(addr) and _int64_arg(expected) and _int64_arg(new)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _i64_ptr(context, builder, sig.args[0], args[0])
-        e = _as_i64(context, builder, sig.args[1], args[1])
-        n = _as_i64(context, builder, sig.args[2], args[2])
-        pair = builder.cmpxchg(ptr, e, n, _SEQ_CST, _SEQ_CST)
-        return builder.extract_value(pair, 0)
-    return types.int64(addr, expected, new), codegen
+atomic_add = _atomic("atomic_add", 2, types.int64,
+                     lambda b, ptr, v: b.atomic_rmw("add", ptr, v, _SEQ_CST),
+                     "*addr += val atomically (seq_cst); returns the previous value.")
+atomic_load = _atomic("atomic_load", 1, types.int64,
+                      lambda b, ptr: b.load_atomic(ptr, _SEQ_CST, 8),
+                      "Atomic (seq_cst) read of the int64 at addr.")
+atomic_store = _atomic("atomic_store", 2, types.none,
+                       lambda b, ptr, v: b.store_atomic(v, ptr, _SEQ_CST, 8),
+                       "Atomic (seq_cst) write of an int64 at addr.")
+atomic_cas = _atomic("atomic_cas", 3, types.int64,
+                     lambda b, ptr, e, n: b.extract_value(b.cmpxchg(ptr, e, n, _SEQ_CST, _SEQ_CST), 0),
+                     "Compare-and-swap: if *addr == expected then *addr = new. Returns the old value.")
 
 
 # ---------------------------------------------------------------------------
@@ -121,49 +102,23 @@ def ptr_of(typingctx, addr, dtype):
     return rtype(addr, dtype), codegen
 
 
-_jit = numba.njit(nogil=True, cache=True)
+def _view(dtype, doc=""):
+    """`name(addr, n)`: a 1-D NumPy view of n dtype values at addr (no copy, no bounds beyond
+    n). Compiled into the kernels that call it (they are cached; these are one instruction)."""
+    def view(addr, n):
+        return numba.carray(ptr_of(addr, dtype), n)
+    view.__doc__ = doc
+    return numba.njit(nogil=True)(view)
 
 
-@_jit
-def f32_array(addr, n):
-    """1-D float32 view of n values at addr (no bounds beyond n; no copy)."""
-    return numba.carray(ptr_of(addr, np.float32), n)
-
-
-@_jit
-def f64_array(addr, n):
-    return numba.carray(ptr_of(addr, np.float64), n)
-
-
-@_jit
-def u8_array(addr, n):
-    return numba.carray(ptr_of(addr, np.uint8), n)
-
-
-@_jit
-def i8_array(addr, n):
-    return numba.carray(ptr_of(addr, np.int8), n)
-
-
-@_jit
-def u16_array(addr, n):
-    """F16 / BF16 storage: convert with pyggml.quants.nb (f16_to_f32, bf16_to_f32...)."""
-    return numba.carray(ptr_of(addr, np.uint16), n)
-
-
-@_jit
-def i16_array(addr, n):
-    return numba.carray(ptr_of(addr, np.int16), n)
-
-
-@_jit
-def i32_array(addr, n):
-    return numba.carray(ptr_of(addr, np.int32), n)
-
-
-@_jit
-def i64_array(addr, n):
-    return numba.carray(ptr_of(addr, np.int64), n)
+f32_array = _view(np.float32)
+f64_array = _view(np.float64)
+u8_array = _view(np.uint8)
+i8_array = _view(np.int8)
+u16_array = _view(np.uint16, "F16 / BF16 storage: convert with pyggml.quants.nb (f16_to_f32...).")
+i16_array = _view(np.int16)
+i32_array = _view(np.int32)
+i64_array = _view(np.int64)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ are ggml's for every thread count.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ....types import GGMLType
@@ -25,6 +26,17 @@ from . import param_words
 
 _W_IM2COL_BACK, _W_POOL2D_BACK = param_words("IM2COL_BACK"), param_words("POOL_2D_BACK")
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _tap_out(i, p, k, d, s, n_out):
+    """The output position whose kernel tap k reads input i (stride s, padding p, dilation
+    d), or -1 when there is none."""
+    t = i + p - k * d
+    if t % s != 0:
+        return -1
+    o = t // s
+    return o if 0 <= o < n_out else -1
 
 
 def _f32_dst_grad(node) -> bool:
@@ -62,18 +74,12 @@ def im2col_back(desc, ith, nth):
             for iw in range(IW):
                 acc = 0.0
                 for kh in range(KH):
-                    th = ih + p1 - kh * d1
-                    if th % s1 != 0:
-                        continue
-                    oh = th // s1
-                    if oh < 0 or oh >= OH:
+                    oh = _tap_out(ih, p1, kh, d1, s1, OH)
+                    if oh < 0:
                         continue
                     for kw in range(KW):
-                        tw = iw + p0 - kw * d0
-                        if tw % s0 != 0:
-                            continue
-                        ow = tw // s0
-                        if ow < 0 or ow >= OW:
+                        ow = _tap_out(iw, p0, kw, d0, s0, OW)
+                        if ow < 0:
                             continue
                         acc += g[((n * OH + oh) * OW + ow) * ckk + (ic * KH + kh) * KW + kw]
                 d[iw] = np.float32(acc)
@@ -101,30 +107,20 @@ def pool_2d_back(desc, ith, nth):
             for ox in range(OW):
                 g0 = g[oy * OW + ox]
                 ix, iy = ox * s0 - p0, oy * s1 - p1
-                if op == 0:              # max: the window's first maximum (ggml's scan)
-                    best = -_FLT_MAX
-                    at = -1
-                    for ky in range(k1):
-                        if iy + ky < 0 or iy + ky >= IH:
+                gv = g0 / ka
+                best = -_FLT_MAX
+                best_at = -1
+                for ky in range(k1):
+                    if iy + ky < 0 or iy + ky >= IH:
+                        continue
+                    for kx in range(k0):
+                        if ix + kx < 0 or ix + kx >= IW:
                             continue
-                        for kx in range(k0):
-                            j = ix + kx
-                            if j < 0 or j >= IW:
-                                continue
-                            v = xf[(iy + ky) * IW + j]
-                            if v <= best:
-                                continue
-                            best = v
-                            at = (iy + ky) * IW + j
-                    if at >= 0:
-                        d[at] += g0
-                else:                    # avg: grad / (k0*k1) to every in-range sample
-                    gv = g0 / ka
-                    for ky in range(k1):
-                        if iy + ky < 0 or iy + ky >= IH:
-                            continue
-                        for kx in range(k0):
-                            j = ix + kx
-                            if j < 0 or j >= IW:
-                                continue
-                            d[(iy + ky) * IW + j] += gv
+                        at = (iy + ky) * IW + ix + kx
+                        if op != 0:      # avg: grad / (k0*k1) to every in-range sample
+                            d[at] += gv
+                        elif xf[at] > best:  # max: the window's first maximum (ggml's scan)
+                            best = xf[at]
+                            best_at = at
+                if best_at >= 0:
+                    d[best_at] += g0

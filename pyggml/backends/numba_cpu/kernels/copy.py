@@ -166,13 +166,22 @@ def _supports_elements(node) -> bool:
     return st == dt or (st in _CONVERTIBLE and dt in _CONVERTIBLE)
 
 
+@_jit
+def copied_flat(desc, ith, nth):
+    """Same type, both contiguous: copies this thread's share of the bytes, returns True."""
+    if t_type(desc, SRC0) != t_type(desc, DST):
+        return False
+    if not (t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST)):
+        return False
+    flat_copy(desc, ith, nth)
+    return True
+
+
 @kernel(("CONT", "DUP", "CPY"), supports=_supports_elements)
 def copy_elements(desc, ith, nth):
-    st = t_type(desc, SRC0)
-    dt = t_type(desc, DST)
-    if st == dt and t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST):
-        flat_copy(desc, ith, nth)
+    if copied_flat(desc, ith, nth):
         return
+    st, dt = t_type(desc, SRC0), t_type(desc, DST)
     ne00, ne01, ne02 = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
     nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
     ne0, ne1, ne2 = t_ne(desc, DST, 0), t_ne(desc, DST, 1), t_ne(desc, DST, 2)
@@ -248,11 +257,9 @@ def _work_blocks(node, n_threads) -> int:
 
 @kernel(("CONT", "DUP", "CPY"), supports=_supports_blocks, work_size=_work_blocks)
 def copy_blocks(desc, ith, nth):
-    st = t_type(desc, SRC0)
-    dt = t_type(desc, DST)
-    if st == dt and t_is_contiguous(desc, SRC0) and t_is_contiguous(desc, DST):
-        flat_copy(desc, ith, nth)
+    if copied_flat(desc, ith, nth):
         return
+    st, dt = t_type(desc, SRC0), t_type(desc, DST)
     ne0 = t_ne(desc, SRC0, 0)
     if ne0 != t_ne(desc, DST, 0) or not (t_rows_packed(desc, SRC0) and t_rows_packed(desc, DST)):
         set_error(desc, ERR_SHAPE)

@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 from numba.extending import overload
 
 from ....quants import nb as qnb
+from ....quants.nb_scalar import cast_intrinsic
 from ....tensor import is_contiguous_rows
 from ....types import QUANT_TYPES
 from ....types import TRAITS
@@ -55,6 +56,8 @@ from ..desc import t_nb
 from ..desc import t_nb4
 from ..desc import t_ne
 from ..desc import t_ne4
+from ..desc import t_nelements
+from ..desc import t_row
 from ..desc import t_row_size
 from ..desc import t_type
 from ..desc import wdata
@@ -77,6 +80,8 @@ ERR_ADD_ID_RANGE = register_error(140, "ADD_ID: an id is outside [0, rows of b)"
 
 _OPTS = dict(nogil=True, error_model="numpy")
 _jit = numba.njit(cache=True, **_OPTS)
+# element functions of the op tables (lambdas): compiled into each kernel, which is cached
+_elem = numba.njit(**_OPTS)
 
 # ggml's F16 lookup tables as float32 (frozen into the kernels that use them: 256 KB each)
 _GELU_TAB, _GELU_QUICK_TAB = GELU_F16, GELU_QUICK_F16
@@ -99,31 +104,18 @@ def _fma(typingctx, a, b, c):
     return types.float32(a, b, c), codegen
 
 
-@intrinsic
-def _as_i32(typingctx, x):
-    """Bits of a float32 as int32."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-    return types.int32(x), codegen
+_as_i32 = cast_intrinsic(types.float32, types.int32, lambda b, x: b.bitcast(x, ir.IntType(32)),
+                         "Bits of a float32 as int32.")
 
 
-@intrinsic
-def _as_f32(typingctx, x):
-    """The low 32 bits of an integer as a float32."""
-    if not isinstance(x, types.Integer):
-        return None
+def _low32(b, v):
+    w = v.type.width
+    v = b.trunc(v, ir.IntType(32)) if w > 32 else b.zext(v, ir.IntType(32)) if w < 32 else v
+    return b.bitcast(v, ir.FloatType())
 
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if x.bitwidth > 32:
-            v = builder.trunc(v, ir.IntType(32))
-        elif x.bitwidth < 32:
-            v = builder.zext(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-    return types.float32(x), codegen
+
+_as_f32 = cast_intrinsic(types.Integer, types.float32, _low32,
+                         "The low 32 bits of an integer as a float32.")
 
 
 # --- scalar math ------------------------------------------------------------------------------
@@ -268,6 +260,12 @@ def _log(x):
 
 
 @_jit
+def _clamp(x, lo, hi):
+    y = x if x < hi else hi                # MAX(MIN(x, max), min): NaN -> max, as ggml's macros
+    return y if y > lo else lo
+
+
+@_jit
 def _swiglu_oai(x, g, alpha, limit):
     xx = limit if limit < x else x
     yy = min(max(g, -limit), limit)
@@ -284,347 +282,154 @@ def _floats(node) -> bool:
                for t in [node] + [s for s in node.src if s is not None])
 
 
-# --- unary: element functions  f(x, t, p0..p4) -> float32 ---------------------------------------
-# t: the source's ggml type; p0..p4: op_params words 0..4 read as floats (for GGML_OP_UNARY
-# word 0 is the op id and XIELU's parameters are words 1..4).
-
-@_jit
-def _u_abs(x, t, p0, p1, p2, p3, p4):
-    return abs(x)
-
-
-@_jit
-def _u_sgn(x, t, p0, p1, p2, p3, p4):
-    return _1 if x > _0 else (-_1 if x < _0 else _0)
-
-
-@_jit
-def _u_neg(x, t, p0, p1, p2, p3, p4):
-    return -x
-
-
-@_jit
-def _u_step(x, t, p0, p1, p2, p3, p4):
-    return _1 if x > _0 else _0
-
-
-@_jit
-def _u_tanh(x, t, p0, p1, p2, p3, p4):
-    return np.float32(math.tanh(x))
-
-
-@_jit
-def _u_elu(x, t, p0, p1, p2, p3, p4):
-    return x if x > _0 else np.float32(math.expm1(x))
-
-
-@_jit
-def _u_relu(x, t, p0, p1, p2, p3, p4):
-    return x if x > _0 else _0
-
-
-@_jit
-def _u_sigmoid(x, t, p0, p1, p2, p3, p4):
-    return _sigmoid(x)
-
-
-@_jit
-def _u_sigmoid_small(x, t, p0, p1, p2, p3, p4):
-    return _sigmoid_small(x)
-
-
-@_jit
-def _u_silu_small(x, t, p0, p1, p2, p3, p4):
-    return _silu_small(x)
-
-
-@_jit
-def _u_gelu(x, t, p0, p1, p2, p3, p4):
-    return _gelu(x, t)
-
-
-@_jit
-def _u_gelu_quick(x, t, p0, p1, p2, p3, p4):
-    return _gelu_quick(x)
-
-
-@_jit
-def _u_silu(x, t, p0, p1, p2, p3, p4):
-    return _silu(x)
-
-
-@_jit
-def _u_hardswish(x, t, p0, p1, p2, p3, p4):
-    return x * _hardsigmoid(x)
-
-
-@_jit
-def _u_hardsigmoid(x, t, p0, p1, p2, p3, p4):
-    return _hardsigmoid(x)
-
-
-@_jit
-def _u_exp(x, t, p0, p1, p2, p3, p4):
-    return np.float32(math.exp(x))
-
-
-@_jit
-def _u_expm1(x, t, p0, p1, p2, p3, p4):
-    return np.float32(math.expm1(x))
-
-
-@_jit
-def _u_softplus(x, t, p0, p1, p2, p3, p4):
-    return _softplus(x)
-
-
-@_jit
-def _u_gelu_erf(x, t, p0, p1, p2, p3, p4):
-    return _gelu_erf(x)
-
-
-@_jit
-def _u_xielu(x, t, p0, p1, p2, p3, p4):
-    return _xielu(x, p1, p2, p3, p4)
-
-
-@_jit
-def _u_floor(x, t, p0, p1, p2, p3, p4):
-    return np.float32(np.floor(x))
-
-
-@_jit
-def _u_ceil(x, t, p0, p1, p2, p3, p4):
-    return np.float32(np.ceil(x))
-
-
-@_jit
-def _u_round(x, t, p0, p1, p2, p3, p4):
-    return _round_away(x)
-
-
-@_jit
-def _u_trunc(x, t, p0, p1, p2, p3, p4):
-    return np.float32(np.trunc(x))
-
-
-@_jit
-def _u_sqr(x, t, p0, p1, p2, p3, p4):
-    return x * x
-
-
-@_jit
-def _u_sqrt(x, t, p0, p1, p2, p3, p4):
-    return _sqrt(x)
-
-
-@_jit
-def _u_log(x, t, p0, p1, p2, p3, p4):
-    return _log(x)
-
-
-@_jit
-def _u_sin(x, t, p0, p1, p2, p3, p4):
-    return np.float32(math.sin(x))
-
-
-@_jit
-def _u_cos(x, t, p0, p1, p2, p3, p4):
-    return np.float32(math.cos(x))
-
-
-@_jit
-def _u_clamp(x, t, p0, p1, p2, p3, p4):
-    y = x if x < p1 else p1                # MAX(MIN(x, max), min): NaN -> max, as ggml's macros
-    return y if y > p0 else p0
-
-
-@_jit
-def _u_scale(x, t, p0, p1, p2, p3, p4):
-    return _fma(x, p0, p1)                 # x*s + b rounded once, as ggml_vec_mad1_f32
-
-
-@_jit
-def _u_leaky(x, t, p0, p1, p2, p3, p4):
-    return (x if x > _0 else _0) + p0 * (x if x < _0 else _0)
-
-
-# op codes: ggml_unary_op values, then pyggml's own GGML_OPs
-(U_ABS, U_SGN, U_NEG, U_STEP, U_TANH, U_ELU, U_RELU, U_SIGMOID, U_GELU, U_GELU_QUICK, U_SILU,
- U_HARDSWISH, U_HARDSIGMOID, U_EXP, U_EXPM1, U_SOFTPLUS, U_GELU_ERF, U_XIELU, U_FLOOR, U_CEIL,
- U_ROUND, U_TRUNC) = range(22)
-U_SQR, U_SQRT, U_LOG, U_SIN, U_COS, U_CLAMP, U_SCALE, U_LEAKY = range(100, 108)
+def _row_driver(elems):
+    """Decorator: `make(f, code) -> impl` becomes `rows(desc, ith, nth, op)`, an overload that
+    Numba specialises per constant op code, with f = elems[code] (see the module's notes)."""
+    def deco(make):
+        def rows(desc, ith, nth, op):
+            raise NotImplementedError("only callable from jitted kernels")
+        rows.__name__, rows.__doc__ = make.__name__, make.__doc__
+
+        @overload(rows, prefer_literal=True, jit_options=_OPTS)
+        def _ov(desc, ith, nth, op):
+            if not isinstance(op, types.IntegerLiteral):
+                return None
+            return make(elems[op.literal_value], op.literal_value)
+        return rows
+    return deco
+
+
+# --- unary: element functions  f(x, t, p) -> float32 ------------------------------------------
+# t: the source's ggml type; p: op_params words 0..4 read as floats (for GGML_OP_UNARY word 0
+# is the op id and XIELU's parameters are words 1..4). One table: op name -> element function;
+# the kernels (k_<op>) and the overload's op codes (the table's order) are generated from it.
+
+UNARY = {
+    "ABS": lambda x, t, p: abs(x),
+    "SGN": lambda x, t, p: _1 if x > _0 else (-_1 if x < _0 else _0),
+    "NEG": lambda x, t, p: -x,
+    "STEP": lambda x, t, p: _1 if x > _0 else _0,
+    "TANH": lambda x, t, p: np.float32(math.tanh(x)),
+    "ELU": lambda x, t, p: x if x > _0 else np.float32(math.expm1(x)),
+    "RELU": lambda x, t, p: x if x > _0 else _0,
+    "SIGMOID": lambda x, t, p: _sigmoid(x),
+    "GELU": lambda x, t, p: _gelu(x, t),
+    "GELU_QUICK": lambda x, t, p: _gelu_quick(x),
+    "SILU": lambda x, t, p: _silu(x),
+    "HARDSWISH": lambda x, t, p: x * _hardsigmoid(x),
+    "HARDSIGMOID": lambda x, t, p: _hardsigmoid(x),
+    "EXP": lambda x, t, p: np.float32(math.exp(x)),
+    "EXPM1": lambda x, t, p: np.float32(math.expm1(x)),
+    "SOFTPLUS": lambda x, t, p: _softplus(x),
+    "GELU_ERF": lambda x, t, p: _gelu_erf(x),
+    "XIELU": lambda x, t, p: _xielu(x, p[1], p[2], p[3], p[4]),
+    "FLOOR": lambda x, t, p: np.float32(np.floor(x)),
+    "CEIL": lambda x, t, p: np.float32(np.ceil(x)),
+    "ROUND": lambda x, t, p: _round_away(x),
+    "TRUNC": lambda x, t, p: np.float32(np.trunc(x)),
+    "SQR": lambda x, t, p: x * x,
+    "SQRT": lambda x, t, p: _sqrt(x),
+    "LOG": lambda x, t, p: _log(x),
+    "SIN": lambda x, t, p: np.float32(math.sin(x)),
+    "COS": lambda x, t, p: np.float32(math.cos(x)),
+    "CLAMP": lambda x, t, p: _clamp(x, p[0], p[1]),
+    "SCALE": lambda x, t, p: _fma(x, p[0], p[1]),       # x*s + b rounded once (ggml_vec_mad1_f32)
+    "LEAKY_RELU": lambda x, t, p: (x if x > _0 else _0) + p[0] * (x if x < _0 else _0),
+}
+_U = {name: code for code, name in enumerate(UNARY)}
+_UNARY_ELEMS = [_elem(f) for f in UNARY.values()]
 
 # ops with a dedicated packed-F16 loop (the others read F16 through the generic strided loop:
 # slower, but each fast loop costs compile time in every kernel that has it)
-_F16_FAST_UNARY = {U_SILU, U_GELU, U_GELU_QUICK, U_SCALE}
+_F16_FAST_UNARY = {_U["SILU"], _U["GELU"], _U["GELU_QUICK"], _U["SCALE"]}
 
 # exp-based ops with a cheaper element function for rows whose |x| <= 87 (ggml's expf takes
 # the same early exit per vector); rows with larger values use the full one
-_UNARY_SMALL = {U_SILU: _u_silu_small, U_SIGMOID: _u_sigmoid_small}
-
-_UNARY_ELEMS = {
-    U_ABS: _u_abs, U_SGN: _u_sgn, U_NEG: _u_neg, U_STEP: _u_step, U_TANH: _u_tanh,
-    U_ELU: _u_elu, U_RELU: _u_relu, U_SIGMOID: _u_sigmoid, U_GELU: _u_gelu,
-    U_GELU_QUICK: _u_gelu_quick, U_SILU: _u_silu, U_HARDSWISH: _u_hardswish,
-    U_HARDSIGMOID: _u_hardsigmoid, U_EXP: _u_exp, U_EXPM1: _u_expm1, U_SOFTPLUS: _u_softplus,
-    U_GELU_ERF: _u_gelu_erf, U_XIELU: _u_xielu, U_FLOOR: _u_floor, U_CEIL: _u_ceil,
-    U_ROUND: _u_round, U_TRUNC: _u_trunc, U_SQR: _u_sqr, U_SQRT: _u_sqrt, U_LOG: _u_log,
-    U_SIN: _u_sin, U_COS: _u_cos, U_CLAMP: _u_clamp, U_SCALE: _u_scale, U_LEAKY: _u_leaky,
-}
+_UNARY_SMALL = {_U["SILU"]: _elem(lambda x, t, p: _silu_small(x)),
+                _U["SIGMOID"]: _elem(lambda x, t, p: _sigmoid_small(x))}
 
 
-def _unary_rows(desc, ith, nth, op):
+@_row_driver(_UNARY_ELEMS)
+def _unary_rows(f, code):
     """dst = f(src0) row by row (f chosen by the constant op code; see the overload)."""
-    raise NotImplementedError("only callable from jitted kernels")
-
-
-@overload(_unary_rows, prefer_literal=True, jit_options=_OPTS)
-def _ov_unary_rows(desc, ith, nth, op):
-    if not isinstance(op, types.IntegerLiteral):
-        return None
-    f = _UNARY_ELEMS[op.literal_value]
-    f16_fast = op.literal_value in _F16_FAST_UNARY
-    has_small = op.literal_value in _UNARY_SMALL
-    fs = _UNARY_SMALL.get(op.literal_value, f)
+    f16_fast = code in _F16_FAST_UNARY
+    has_small = code in _UNARY_SMALL
+    fs = _UNARY_SMALL.get(code, f)
 
     def impl(desc, ith, nth, op):
-        st = t_type(desc, SRC0)
-        dt = t_type(desc, DST)
+        st, dt = t_type(desc, SRC0), t_type(desc, DST)
         ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
-        nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
-        nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
-        sa = t_addr(desc, SRC0)
-        da = t_addr(desc, DST)
-        p0, p1, p2 = param_f32(desc, 0), param_f32(desc, 1), param_f32(desc, 2)
-        p3, p4 = param_f32(desc, 3), param_f32(desc, 4)
+        nb00, nb0 = t_nb(desc, SRC0, 0), t_nb(desc, DST, 0)
+        p = (param_f32(desc, 0), param_f32(desc, 1), param_f32(desc, 2), param_f32(desc, 3),
+             param_f32(desc, 4))
         f32_rows = st == F32 and dt == F32 and nb00 == 4 and nb0 == 4
         f16_rows = f16_fast and st == F16 and dt == F16 and nb00 == 2 and nb0 == 2
-        nr = ne1 * ne2 * ne3
-        if nr == 0:
+        if ne1 * ne2 * ne3 == 0:
             return
-        ir0, ir1 = row_range(nr, ith, nth)
+        ir0, ir1 = row_range(ne1 * ne2 * ne3, ith, nth)
         for r in range(ir0, ir1):
             i1, i2, i3 = row_coords(r, ne1, ne2)
-            s = sa + i1 * nb01 + i2 * nb02 + i3 * nb03
-            d = da + i1 * nb1 + i2 * nb2 + i3 * nb3
+            s, d = t_row(desc, SRC0, i1, i2, i3), t_row(desc, DST, i1, i2, i3)
             if f32_rows:
                 x = f32_array(s, ne0)
                 y = f32_array(d, ne0)
                 if has_small and _in_exp_range(x, ne0):
                     for i in range(ne0):
-                        y[i] = fs(x[i], F32, p0, p1, p2, p3, p4)
+                        y[i] = fs(x[i], F32, p)
                 else:
                     for i in range(ne0):
-                        y[i] = f(x[i], F32, p0, p1, p2, p3, p4)
+                        y[i] = f(x[i], F32, p)
             elif f16_rows:
                 xh = u16_array(s, ne0)
                 yh = u16_array(d, ne0)
                 for i in range(ne0):
-                    yh[i] = qnb.f32_to_f16(f(qnb.f16_to_f32(xh[i]), F16, p0, p1, p2, p3, p4))
+                    yh[i] = qnb.f32_to_f16(f(qnb.f16_to_f32(xh[i]), F16, p))
             else:
                 for i in range(ne0):
-                    _st(d + i * nb0, dt, f(_ld(s + i * nb00, st), st, p0, p1, p2, p3, p4))
+                    _st(d + i * nb0, dt, f(_ld(s + i * nb00, st), st, p))
     return impl
 
 
-# One small kernel per op, cached under its own name (k_<op>), generated from this table.
-UNARY_KERNELS = {
-    "ABS": U_ABS,
-    "SGN": U_SGN,
-    "NEG": U_NEG,
-    "STEP": U_STEP,
-    "TANH": U_TANH,
-    "ELU": U_ELU,
-    "RELU": U_RELU,
-    "SIGMOID": U_SIGMOID,
-    "GELU": U_GELU,
-    "GELU_QUICK": U_GELU_QUICK,
-    "SILU": U_SILU,
-    "HARDSWISH": U_HARDSWISH,
-    "HARDSIGMOID": U_HARDSIGMOID,
-    "EXP": U_EXP,
-    "EXPM1": U_EXPM1,
-    "SOFTPLUS": U_SOFTPLUS,
-    "GELU_ERF": U_GELU_ERF,
-    "XIELU": U_XIELU,
-    "FLOOR": U_FLOOR,
-    "CEIL": U_CEIL,
-    "ROUND": U_ROUND,
-    "TRUNC": U_TRUNC,
-    "SQR": U_SQR,
-    "SQRT": U_SQRT,
-    "LOG": U_LOG,
-    "SIN": U_SIN,
-    "COS": U_COS,
-    "CLAMP": U_CLAMP,
-    "SCALE": U_SCALE,
-    "LEAKY_RELU": U_LEAKY,
-}
-for _op, _code in UNARY_KERNELS.items():
+# One small kernel per op, cached under its own name (k_<op>), generated from the table.
+for _op, _code in _U.items():
     row_kernel(_op, _unary_rows, _code, supports=_floats)
 
 
 # --- binary -----------------------------------------------------------------------------------
 
-@_jit
-def _b_add(a, b):
-    return a + b
+BINARY = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MUL": lambda a, b: a * b,
+          "DIV": lambda a, b: a / b}
+_B = {name: code for code, name in enumerate(BINARY)}
+_BINARY_ELEMS = [_elem(f) for f in BINARY.values()]
 
 
-@_jit
-def _b_sub(a, b):
-    return a - b
+@numba.njit(inline="always", **_OPTS)
+def _bcast_row(desc, r):
+    """Addresses of dst row r and of the src0 and src1 rows it combines: src1 repeated into
+    src0 (ggml's can_repeat broadcast), all through their strides."""
+    i1, i2, i3 = row_coords(r, t_ne(desc, DST, 1), t_ne(desc, DST, 2))
+    return (t_row(desc, SRC0, i1, i2, i3),
+            t_row(desc, SRC1, i1 % t_ne(desc, SRC1, 1), i2 % t_ne(desc, SRC1, 2), i3 % t_ne(desc, SRC1, 3)),
+            t_row(desc, DST, i1, i2, i3))
 
 
-@_jit
-def _b_mul(a, b):
-    return a * b
-
-
-@_jit
-def _b_div(a, b):
-    return a / b
-
-
-B_ADD, B_SUB, B_MUL, B_DIV = 0, 1, 2, 3
-_BINARY_ELEMS = {B_ADD: _b_add, B_SUB: _b_sub, B_MUL: _b_mul, B_DIV: _b_div}
-
-
-def _binary_rows(desc, ith, nth, op):
+@_row_driver(_BINARY_ELEMS)
+def _binary_rows(f, code):
     """dst = src0 op src1, src1 repeated into src0 (ggml's can_repeat broadcast)."""
-    raise NotImplementedError("only callable from jitted kernels")
-
-
-@overload(_binary_rows, prefer_literal=True, jit_options=_OPTS)
-def _ov_binary_rows(desc, ith, nth, op):
-    if not isinstance(op, types.IntegerLiteral):
-        return None
-    f = _BINARY_ELEMS[op.literal_value]
-    f16_fast = op.literal_value in (B_ADD, B_MUL)
+    f16_fast = code in (_B["ADD"], _B["MUL"])
 
     def impl(desc, ith, nth, op):
-        st = t_type(desc, SRC0)
-        bt = t_type(desc, SRC1)
-        dt = t_type(desc, DST)
-        ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
-        ne10, ne11, ne12, ne13 = t_ne4(desc, SRC1)
-        nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
-        nb10, nb11, nb12, nb13 = t_nb4(desc, SRC1)
-        nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
-        sa, ba, da = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
-        nr = ne1 * ne2 * ne3
-        if nr == 0 or ne0 == 0 or ne10 * ne11 * ne12 * ne13 == 0:
+        st, bt, dt = t_type(desc, SRC0), t_type(desc, SRC1), t_type(desc, DST)
+        ne0, nb00, nb10, nb0 = t_ne(desc, DST, 0), t_nb(desc, SRC0, 0), t_nb(desc, SRC1, 0), t_nb(desc, DST, 0)
+        ne10, nr = t_ne(desc, SRC1, 0), t_ne(desc, DST, 1) * t_ne(desc, DST, 2) * t_ne(desc, DST, 3)
+        if nr == 0 or ne0 == 0 or t_nelements(desc, SRC1) == 0:
             return
         f32_rows = st == F32 and bt == F32 and dt == F32 and nb00 == 4 and nb0 == 4 and nb10 == 4
         f16_rows = (f16_fast and st == F16 and bt == F16 and dt == F16 and nb00 == 2 and nb0 == 2 and nb10 == 2
                     and ne10 == ne0)
         ir0, ir1 = row_range(nr, ith, nth)
         for r in range(ir0, ir1):
-            i1, i2, i3 = row_coords(r, ne1, ne2)
-            s = sa + i1 * nb01 + i2 * nb02 + i3 * nb03
-            b = ba + (i1 % ne11) * nb11 + (i2 % ne12) * nb12 + (i3 % ne13) * nb13
-            d = da + i1 * nb1 + i2 * nb2 + i3 * nb3
+            s, b, d = _bcast_row(desc, r)
             if f32_rows:
                 x = f32_array(s, ne0)
                 z = f32_array(d, ne0)
@@ -657,29 +462,15 @@ def _ov_binary_rows(desc, ith, nth, op):
     return impl
 
 
-def _binary_quant_rows(desc, ith, nth, op):
+@_row_driver(_BINARY_ELEMS)
+def _binary_quant_rows(f, code):
     """src0 and/or dst quantized (add_cast, add1): dequantize a row into this thread's scratch,
     combine in F32 with src1, store as floats or quantize (pyggml.quants.nb row codecs)."""
-    raise NotImplementedError("only callable from jitted kernels")
-
-
-@overload(_binary_quant_rows, prefer_literal=True, jit_options=_OPTS)
-def _ov_binary_quant_rows(desc, ith, nth, op):
-    if not isinstance(op, types.IntegerLiteral):
-        return None
-    f = _BINARY_ELEMS[op.literal_value]
 
     def impl(desc, ith, nth, op):
-        st = t_type(desc, SRC0)
-        bt = t_type(desc, SRC1)
-        dt = t_type(desc, DST)
-        ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
-        ne10, ne11, ne12, ne13 = t_ne4(desc, SRC1)
-        nb00, nb01, nb02, nb03 = t_nb4(desc, SRC0)
-        nb10, nb11, nb12, nb13 = t_nb4(desc, SRC1)
-        nb0, nb1, nb2, nb3 = t_nb4(desc, DST)
-        sa, ba, da = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
-        nr = ne1 * ne2 * ne3
+        st, bt, dt = t_type(desc, SRC0), t_type(desc, SRC1), t_type(desc, DST)
+        ne0, nb00, nb10, nb0 = t_ne(desc, DST, 0), t_nb(desc, SRC0, 0), t_nb(desc, SRC1, 0), t_nb(desc, DST, 0)
+        ne10, nr = t_ne(desc, SRC1, 0), t_ne(desc, DST, 1) * t_ne(desc, DST, 2) * t_ne(desc, DST, 3)
         if nr == 0 or ne0 == 0:
             return
         scratch = 4 * ne0 + 64
@@ -693,10 +484,7 @@ def _ov_binary_quant_rows(desc, ith, nth, op):
         d_is_q = dt != F32 and dt != F16 and dt != BF16
         ir0, ir1 = row_range(nr, ith, nth)
         for r in range(ir0, ir1):
-            i1, i2, i3 = row_coords(r, ne1, ne2)
-            s = sa + i1 * nb01 + i2 * nb02 + i3 * nb03
-            b = ba + (i1 % ne11) * nb11 + (i2 % ne12) * nb12 + (i3 % ne13) * nb13
-            d = da + i1 * nb1 + i2 * nb2 + i3 * nb3
+            s, b, d = _bcast_row(desc, r)
             if s_is_q:
                 if qnb.dequantize_row(st, u8_array(s, srs), tmp, ne0) != 0:
                     set_error(desc, ERR_UNSUPPORTED)
@@ -737,11 +525,10 @@ def _work_quant(node, n_threads) -> int:
     return (4 * node.ne[0] + 64) * n_threads
 
 
-BINARY_KERNELS = {("ADD", "ADD1"): B_ADD, "SUB": B_SUB, "MUL": B_MUL, "DIV": B_DIV}
-for _op, _code in BINARY_KERNELS.items():
-    row_kernel(_op, _binary_rows, _code, supports=_floats)
-row_kernel(("ADD", "ADD1"), _binary_quant_rows, B_ADD, supports=_bin_quant, work_size=_work_quant,
-           name="k_add_quant")
+for _op, _code in _B.items():
+    row_kernel(("ADD", "ADD1") if _op == "ADD" else _op, _binary_rows, _code, supports=_floats)
+row_kernel(("ADD", "ADD1"), _binary_quant_rows, _B["ADD"], supports=_bin_quant,
+           work_size=_work_quant, name="k_add_quant")
 
 
 # --- ADD_ID -----------------------------------------------------------------------------------
@@ -793,60 +580,25 @@ def _add_id_rows(desc, ith, nth):
 
 # --- GLU: element functions f(x, g, t, alpha, limit) -------------------------------------------
 
-@_jit
-def _g_reglu(x, g, t, alpha, limit):
-    return x * g if x > _0 else _0
+GLU = {
+    "REGLU": lambda x, g, t, alpha, limit: x * g if x > _0 else _0,
+    "GEGLU": lambda x, g, t, alpha, limit: _gelu(x, t) * g,
+    "SWIGLU": lambda x, g, t, alpha, limit: _silu(x) * g,
+    "SWIGLU_OAI": lambda x, g, t, alpha, limit: _swiglu_oai(x, g, alpha, limit),
+    "GEGLU_ERF": lambda x, g, t, alpha, limit: _gelu_erf(x) * g,
+    "GEGLU_QUICK": lambda x, g, t, alpha, limit: _gelu_quick(x) * g,
+}
+_G = {name: code for code, name in enumerate(GLU)}
+_GLU_ELEMS = [_elem(f) for f in GLU.values()]
+_GLU_SMALL = {_G["SWIGLU"]: _elem(lambda x, g, t, alpha, limit: _silu_small(x) * g)}
 
 
-@_jit
-def _g_geglu(x, g, t, alpha, limit):
-    return _gelu(x, t) * g
-
-
-@_jit
-def _g_swiglu(x, g, t, alpha, limit):
-    return _silu(x) * g
-
-
-@_jit
-def _g_swiglu_small(x, g, t, alpha, limit):
-    return _silu_small(x) * g
-
-
-@_jit
-def _g_swiglu_oai(x, g, t, alpha, limit):
-    return _swiglu_oai(x, g, alpha, limit)
-
-
-@_jit
-def _g_geglu_erf(x, g, t, alpha, limit):
-    return _gelu_erf(x) * g
-
-
-@_jit
-def _g_geglu_quick(x, g, t, alpha, limit):
-    return _gelu_quick(x) * g
-
-
-G_REGLU, G_GEGLU, G_SWIGLU, G_SWIGLU_OAI, G_GEGLU_ERF, G_GEGLU_QUICK = range(6)
-_GLU_SMALL = {G_SWIGLU: _g_swiglu_small}
-_GLU_ELEMS = {G_REGLU: _g_reglu, G_GEGLU: _g_geglu, G_SWIGLU: _g_swiglu,
-              G_SWIGLU_OAI: _g_swiglu_oai, G_GEGLU_ERF: _g_geglu_erf, G_GEGLU_QUICK: _g_geglu_quick}
-
-
-def _glu_rows(desc, ith, nth, op):
+@_row_driver(_GLU_ELEMS)
+def _glu_rows(f, code):
     """dst = act(x) * g; x, g are src0 and src1, or the two halves of src0's rows."""
-    raise NotImplementedError("only callable from jitted kernels")
-
-
-@overload(_glu_rows, prefer_literal=True, jit_options=_OPTS)
-def _ov_glu_rows(desc, ith, nth, op):
-    if not isinstance(op, types.IntegerLiteral):
-        return None
-    f = _GLU_ELEMS[op.literal_value]
-    f16_fast = op.literal_value in (G_SWIGLU, G_GEGLU)
-    has_small = op.literal_value in _GLU_SMALL
-    fs = _GLU_SMALL.get(op.literal_value, f)
+    f16_fast = code in (_G["SWIGLU"], _G["GEGLU"])
+    has_small = code in _GLU_SMALL
+    fs = _GLU_SMALL.get(code, f)
 
     def impl(desc, ith, nth, op):
         st = t_type(desc, SRC0)
@@ -906,7 +658,5 @@ def _ov_glu_rows(desc, ith, nth, op):
     return impl
 
 
-GLU_KERNELS = {"REGLU": G_REGLU, "GEGLU": G_GEGLU, "SWIGLU": G_SWIGLU, "SWIGLU_OAI": G_SWIGLU_OAI,
-               "GEGLU_ERF": G_GEGLU_ERF, "GEGLU_QUICK": G_GEGLU_QUICK}
-for _op, _code in GLU_KERNELS.items():
+for _op, _code in _G.items():
     row_kernel(_op, _glu_rows, _code, supports=_floats)

@@ -20,6 +20,7 @@ from numba.core import cgutils
 from numba.core import types
 from numba.extending import intrinsic
 
+from ....quants.nb_scalar import cast_intrinsic
 from ..intrinsics import f32_array
 from ..intrinsics import i8_array
 from ..intrinsics import u8_array
@@ -43,15 +44,8 @@ _jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="nump
 
 # --- vexp -----------------------------------------------------------------------------------------
 
-@intrinsic
-def _i32_as_f32(typingctx, u):
-    """Bit cast int32 -> float32 (elementwise: vectorizes)."""
-    if u != types.int32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(u), codegen
+_i32_as_f32 = cast_intrinsic(types.int32, types.float32, lambda b, u: b.bitcast(u, ir.FloatType()),
+                             "Bit cast int32 -> float32 (elementwise: vectorizes).")
 
 
 _LOG2E = np.float32(1.44269504088896341)

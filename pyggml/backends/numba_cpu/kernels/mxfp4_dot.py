@@ -81,12 +81,7 @@ def _sums4(b, qx, qy):
         ax = simd._intr(b, "llvm.abs.v32i8", _v(_I8, 32), [qx, _c(_I1, 0)])
         sy = simd._intr(b, "llvm.x86.avx2.psign.b", _v(_I8, 32), [qy, qx])
         return simd._maddubs_pairs(b, ax, sy)
-    p = b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32)))
-    out = None
-    for g in range(4):
-        part = b.shuffle_vector(p, p, ir.Constant(_v(_I32, 8), [4 * j + g for j in range(8)]))
-        out = part if out is None else b.add(out, part)
-    return out
+    return simd.sum_quads(b, b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32))))
 
 
 def _block(b, xr, y, i):

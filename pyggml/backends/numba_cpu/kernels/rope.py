@@ -15,6 +15,8 @@ import math
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from ....quants import nb as qnb
 from ....types import GGMLType
@@ -46,7 +48,8 @@ _W = param_words("ROPE")        # ROPE_BACK has the same words
 F32, F16 = int(GGMLType.F32), int(GGMLType.F16)
 NORMAL, NEOX, MROPE, VISION, IMROPE = 0, 2, 8, 24, 40
 _F = np.float32
-_jit = numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
+_JIT_OPTS = dict(nogil=True, fastmath={"contract"}, error_model="numpy")
+_jit = numba.njit(cache=True, **_JIT_OPTS)
 
 
 @_jit
@@ -191,78 +194,61 @@ def fill_cache(desc, cache, i2, ne2, npair, mode, n_dims, theta_scale, lo, hi, s
     angles_to_cache(cache, npair, yarn_mscale(freq_scale, ext_factor, attn_factor), sin_sign)
 
 
-@_jit
-def rotate_f32(sa, da, cache, ne0, n_dims, mode):
-    """Rotate one F32 row at address sa into da (they may be the same: in place)."""
-    if mode == NORMAL:
-        x = f32_array(sa, n_dims)
-        y = f32_array(da, n_dims)
-        for i in range(n_dims // 2):
-            c = cache[2 * i]
-            s = cache[2 * i + 1]
-            x0 = x[2 * i]
-            x1 = x[2 * i + 1]
-            y[2 * i] = x0 * c - x1 * s
-            y[2 * i + 1] = x0 * s + x1 * c
-    else:
-        if mode == VISION:
-            npair, off = ne0 // 2, n_dims
-        else:
-            npair, off = n_dims // 2, n_dims // 2
-        # the two halves as separate arrays: LLVM vectorizes with runtime overlap checks
-        # (y[i] and y[i + off] with a runtime off look like a dependence inside one array)
-        xa = f32_array(sa, npair)
-        xb = f32_array(sa + 4 * off, npair)
-        ya = f32_array(da, npair)
-        yb = f32_array(da + 4 * off, npair)
-        for i in range(npair):
-            c = cache[2 * i]
-            s = cache[2 * i + 1]
-            x0 = xa[i]
-            x1 = xb[i]
-            ya[i] = x0 * c - x1 * s
-            yb[i] = x0 * s + x1 * c
-    if mode != VISION and n_dims < ne0 and sa != da:
-        xr = f32_array(sa + 4 * n_dims, ne0 - n_dims)
-        yr = f32_array(da + 4 * n_dims, ne0 - n_dims)
-        for i in range(ne0 - n_dims):
-            yr[i] = xr[i]
+def rotate(sa, da, cache, ne0, n_dims, mode, es):
+    """Rotate one row at address sa into da (they may be the same: in place). es, a constant,
+    picks the type: 4 F32, 2 F16 (converted through float32, rounded back to nearest-even)."""
+    raise NotImplementedError("only callable from jitted kernels")
 
 
 @_jit
-def rotate_f16(sa, da, cache, ne0, n_dims, mode):
-    """Rotate one F16 row (converted through float32, rounded back to nearest-even)."""
-    if mode == NORMAL:
-        x = u16_array(sa, n_dims)
-        y = u16_array(da, n_dims)
-        for i in range(n_dims // 2):
-            c = cache[2 * i]
-            s = cache[2 * i + 1]
-            x0 = qnb.f16_to_f32(x[2 * i])
-            x1 = qnb.f16_to_f32(x[2 * i + 1])
-            y[2 * i] = qnb.f32_to_f16(x0 * c - x1 * s)
-            y[2 * i + 1] = qnb.f32_to_f16(x0 * s + x1 * c)
+def _same(x):
+    return x
+
+
+@overload(rotate, prefer_literal=True, jit_options=_JIT_OPTS)
+def _ov_rotate(sa, da, cache, ne0, n_dims, mode, es):
+    if not isinstance(es, types.IntegerLiteral):
+        return None
+    if es.literal_value == 2:
+        view, ld, st = u16_array, qnb.f16_to_f32, qnb.f32_to_f16
     else:
-        if mode == VISION:
-            npair, off = ne0 // 2, n_dims
+        view, ld, st = f32_array, _same, _same
+
+    def impl(sa, da, cache, ne0, n_dims, mode, es):
+        if mode == NORMAL:
+            x = view(sa, n_dims)
+            y = view(da, n_dims)
+            for i in range(n_dims // 2):
+                c = cache[2 * i]
+                s = cache[2 * i + 1]
+                x0 = ld(x[2 * i])
+                x1 = ld(x[2 * i + 1])
+                y[2 * i] = st(x0 * c - x1 * s)
+                y[2 * i + 1] = st(x0 * s + x1 * c)
         else:
-            npair, off = n_dims // 2, n_dims // 2
-        xa = u16_array(sa, npair)
-        xb = u16_array(sa + 2 * off, npair)
-        ya = u16_array(da, npair)
-        yb = u16_array(da + 2 * off, npair)
-        for i in range(npair):
-            c = cache[2 * i]
-            s = cache[2 * i + 1]
-            x0 = qnb.f16_to_f32(xa[i])
-            x1 = qnb.f16_to_f32(xb[i])
-            ya[i] = qnb.f32_to_f16(x0 * c - x1 * s)
-            yb[i] = qnb.f32_to_f16(x0 * s + x1 * c)
-    if mode != VISION and n_dims < ne0 and sa != da:
-        xr = u16_array(sa + 2 * n_dims, ne0 - n_dims)
-        yr = u16_array(da + 2 * n_dims, ne0 - n_dims)
-        for i in range(ne0 - n_dims):
-            yr[i] = xr[i]
+            if mode == VISION:
+                npair, off = ne0 // 2, n_dims
+            else:
+                npair, off = n_dims // 2, n_dims // 2
+            # the two halves as separate arrays: LLVM vectorizes with runtime overlap checks
+            # (y[i] and y[i + off] with a runtime off look like a dependence inside one array)
+            xa = view(sa, npair)
+            xb = view(sa + es * off, npair)
+            ya = view(da, npair)
+            yb = view(da + es * off, npair)
+            for i in range(npair):
+                c = cache[2 * i]
+                s = cache[2 * i + 1]
+                x0 = ld(xa[i])
+                x1 = ld(xb[i])
+                ya[i] = st(x0 * c - x1 * s)
+                yb[i] = st(x0 * s + x1 * c)
+        if mode != VISION and n_dims < ne0 and sa != da:
+            xr = view(sa + es * n_dims, ne0 - n_dims)
+            yr = view(da + es * n_dims, ne0 - n_dims)
+            for i in range(ne0 - n_dims):
+                yr[i] = xr[i]
+    return impl
 
 
 @_jit
@@ -300,9 +286,9 @@ def rope_body(desc, ith, nth, sin_sign):
         s = sa + i1 * snb1 + i2 * snb2 + i3 * snb3
         d = da + i1 * dnb1 + i2 * dnb2 + i3 * dnb3
         if t == F32:
-            rotate_f32(s, d, cache, ne0, n_dims, mode)
+            rotate(s, d, cache, ne0, n_dims, mode, 4)
         else:
-            rotate_f16(s, d, cache, ne0, n_dims, mode)
+            rotate(s, d, cache, ne0, n_dims, mode, 2)
 
 
 def _supports_rope(node) -> bool:

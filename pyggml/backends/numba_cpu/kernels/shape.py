@@ -239,30 +239,29 @@ _FLOAT_ELEMS = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 @kernel("REPEAT_BACK", supports=lambda node: node.src[0].type in _FLOAT_ELEMS,
         n_tasks=lambda node, n: n)
 def repeat_back(desc, ith, nth):
-    """Each output element: the float64 sum of its repeats (rows split over the threads)."""
+    """Each output element: the float64 sum of its repeats, in the source's order (rows split
+    over the threads; a row's sums gathered source row by source row)."""
     from_t = t_type(desc, SRC0)
     dt = t_type(desc, DST)
     ne0, ne1, ne2, ne3 = t_ne4(desc, DST)
-    nr0 = t_ne(desc, SRC0, 0) // ne0
-    nr1 = t_ne(desc, SRC0, 1) // ne1
-    nr2 = t_ne(desc, SRC0, 2) // ne2
-    nr3 = t_ne(desc, SRC0, 3) // ne3
-    nb00, nb01, nb02, nb03 = t_nb(desc, SRC0, 0), t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), \
-        t_nb(desc, SRC0, 3)
+    nr0, nr1 = t_ne(desc, SRC0, 0) // ne0, t_ne(desc, SRC0, 1) // ne1
+    nr2, nr3 = t_ne(desc, SRC0, 2) // ne2, t_ne(desc, SRC0, 3) // ne3
+    nb00, nb0 = t_nb(desc, SRC0, 0), t_nb(desc, DST, 0)
+    acc = np.empty(ne0, dtype=np.float64)
     ir0, ir1 = row_range(ne1 * ne2 * ne3, ith, nth)
     for r in range(ir0, ir1):
         k1, k2, k3 = row_coords(r, ne1, ne2)
+        acc[:] = 0.0
+        for i3 in range(nr3):
+            for i2 in range(nr2):
+                for i1 in range(nr1):
+                    s = t_row(desc, SRC0, i1 * ne1 + k1, i2 * ne2 + k2, i3 * ne3 + k3)
+                    for i0 in range(nr0):
+                        for k0 in range(ne0):
+                            acc[k0] += load_f32(s + (i0 * ne0 + k0) * nb00, from_t)
         d = t_row(desc, DST, k1, k2, k3)
         for k0 in range(ne0):
-            acc = 0.0
-            for i3 in range(nr3):
-                for i2 in range(nr2):
-                    for i1 in range(nr1):
-                        s = t_addr(desc, SRC0) + (i3 * ne3 + k3) * nb03 + (i2 * ne2 + k2) * nb02 + \
-                            (i1 * ne1 + k1) * nb01
-                        for i0 in range(nr0):
-                            acc += load_f32(s + (i0 * ne0 + k0) * nb00, from_t)
-            store_f32(d + k0 * t_nb(desc, DST, 0), dt, np.float32(acc))
+            store_f32(d + k0 * nb0, dt, np.float32(acc[k0]))
 
 
 # --- TIMESTEP_EMBEDDING -------------------------------------------------------------------------

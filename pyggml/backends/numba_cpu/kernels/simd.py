@@ -105,6 +105,27 @@ def _fn(module, name, fnty, build):
     return fn
 
 
+def _intrinsic_n(name, n_args, body):
+    """A Numba intrinsic `name(a0, .., a{n_args-1})` (int64 addresses/sizes) calling the LLVM
+    function built by body (emitted once per module)."""
+    fnty = ir.FunctionType(ir.VoidType(), [_I64] * n_args)
+
+    def typer(typingctx, *args_t):
+        if not all(isinstance(t, types.Integer) for t in args_t):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
+            builder.call(_fn(builder.module, name, fnty, body), a)
+            return context.get_dummy_value()
+        return types.none(*args_t), codegen
+    # Numba's intrinsics need explicit parameters (no *args): a typer of n_args names
+    params = ", ".join(f"a{i}" for i in range(n_args))
+    ns = {"typer": typer}
+    exec(f"def {name}(typingctx, {params}):\n    return typer(typingctx, {params})\n", ns)
+    return intrinsic(ns[name])
+
+
 def _intr(b, name, ret, args):
     fnty = ir.FunctionType(ret, [a.type for a in args])
     return b.call(cgutils.get_or_insert_function(b.module, fnty, name), args)
@@ -210,21 +231,8 @@ def _ld_bf16(b, addr, n):
 
 
 def _float_dot_intrinsic(name, load_x, esize_x):
-    fnty = ir.FunctionType(ir.VoidType(), [_I64] * 6)
-    body = _float_dot_body(load_x, esize_x)
-
-    @intrinsic
-    def dot(typingctx, nrows, n, x, xstride, y, out):
-        if not all(isinstance(t, types.Integer) for t in (nrows, n, x, xstride, y, out)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            a = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
-            fn = _fn(builder.module, f"pyggml_{name}_v{VL}", fnty, body)
-            builder.call(fn, a)
-            return context.get_dummy_value()
-        return types.none(nrows, n, x, xstride, y, out), codegen
-    return dot
+    """dot(nrows, n, x, xstride, y, out) for float rows of one element type."""
+    return _intrinsic_n(f"pyggml_{name}_v{VL}", 6, _float_dot_body(load_x, esize_x))
 
 
 dot_f32 = _float_dot_intrinsic("dot_f32", _ld_f32, 4)
@@ -244,7 +252,12 @@ def _maddubs_pairs(b, xu, yi):
         return _intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8), [p16, ones])
     # portable: exact 32-bit products, summed in groups of 4 (no saturation can occur for
     # the operands used here, so the results equal the AVX2 sequence)
-    p = b.mul(b.zext(xu, _v(_I32, 32)), b.sext(yi, _v(_I32, 32)))
+    return sum_quads(b, b.mul(b.zext(xu, _v(_I32, 32)), b.sext(yi, _v(_I32, 32))))
+
+
+def sum_quads(b, p):
+    """<32 x i32> -> <8 x i32>: lane i is p[4i] + p[4i+1] + p[4i+2] + p[4i+3] (the portable
+    form of pmaddwd's horizontal step)."""
     out = None
     for g in range(4):
         part = b.shuffle_vector(p, p, ir.Constant(_v(_I32, 8), [4 * i + g for i in range(8)]))
@@ -391,23 +404,10 @@ def _q_dot_body(fmt):
 
 
 def _q_dot_intrinsic(fmt):
-    fnty = ir.FunctionType(ir.VoidType(), [_I64] * 8)
-    body = _q_dot_body(fmt)
+    """dot(nrows, nb, x, xstride, yq, yd, ys, out): weight rows of format fmt x activations
+    in the Q8 split layout."""
     tag = "avx2" if HAVE_AVX2 else "generic"
-
-    @intrinsic
-    def dot(typingctx, nrows, nb, x, xstride, yq, yd, ys, out):
-        args_t = (nrows, nb, x, xstride, yq, yd, ys, out)
-        if not all(isinstance(t, types.Integer) for t in args_t):
-            return None
-
-        def codegen(context, builder, sig, args):
-            a = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
-            fn = _fn(builder.module, f"pyggml_dot_{fmt}_{tag}_r{_QROWS}", fnty, body)
-            builder.call(fn, a)
-            return context.get_dummy_value()
-        return types.none(*args_t), codegen
-    return dot
+    return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_r{_QROWS}", 8, _q_dot_body(fmt))
 
 
 dot_q4_0 = _q_dot_intrinsic("q4_0")
@@ -448,21 +448,9 @@ def _gemm_body(b, kc, ap, bp, c, ldc, accumulate):
     b.ret_void()
 
 
-_GEMM_FNTY = ir.FunctionType(ir.VoidType(), [_I64] * 6)
-
-
-@intrinsic
-def gemm_tile(typingctx, kc, ap, bp, c, ldc, accumulate):
-    """C[MR x NR] = (accumulate ? C : 0) + sum_p bp[p][i] * ap[p][j] (float32)."""
-    if not all(isinstance(t, types.Integer) for t in (kc, ap, bp, c, ldc, accumulate)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        a = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
-        fn = _fn(builder.module, f"pyggml_gemm_{GEMM_MR}x{GEMM_NR}", _GEMM_FNTY, _gemm_body)
-        builder.call(fn, a)
-        return context.get_dummy_value()
-    return types.none(kc, ap, bp, c, ldc, accumulate), codegen
+# gemm_tile(kc, ap, bp, c, ldc, accumulate):
+# C[MR x NR] = (accumulate ? C : 0) + sum_p bp[p][i] * ap[p][j] (float32)
+gemm_tile = _intrinsic_n(f"pyggml_gemm_{GEMM_MR}x{GEMM_NR}", 6, _gemm_body)
 
 
 # --- attention micro-kernels ----------------------------------------------------------------------
@@ -549,6 +537,24 @@ def _prefetch(b, addr):
           [b.inttoptr(addr, _I8.as_pointer()), _c(_I32, 0), _c(_I32, 3), _c(_I32, 1)])
 
 
+def _step_rows(b, rows, i, step, sbytes, pf):
+    """step(b, row, i) of each row, after prefetching pf bytes ahead of step i (sbytes a
+    step) in each."""
+    for r in rows:
+        _prefetch(b, b.add(b.add(r, pf), b.mul(i, _c(_I64, sbytes))))
+    return [step(b, r, i) for r in rows]
+
+
+def _row_at(b, base, r, stride, off):
+    """base + r * stride + off (row r of a strided block, then a byte offset)."""
+    return b.add(b.add(base, b.mul(_c(_I64, r), stride)), off)
+
+
+def _chunk_offset(b, i, per, c):
+    """Byte offset of chunk c (VL floats) of step i (per floats a step)."""
+    return b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
+
+
 def _qk_body(nr, nk, x):
     per, step, sbytes = _ROW_STEPS[x]
 
@@ -558,13 +564,11 @@ def _qk_body(nr, nk, x):
         accs = [_acc(b, zero) for _ in range(nr * nk)]
 
         def body(b, i):
-            for k in ks:
-                _prefetch(b, b.add(b.add(k, pf), b.mul(i, _c(_I64, sbytes))))
-            kv = [step(b, k, i) for k in ks]
+            kv = _step_rows(b, ks, i, step, sbytes, pf)
             for c in range(per // VL):
-                off = b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
+                off = _chunk_offset(b, i, per, c)
                 for r in range(nr):
-                    qv = _load(b, b.add(b.add(q, b.mul(_c(_I64, r), qstride)), off), _v(_F32, VL))
+                    qv = _load(b, _row_at(b, q, r, qstride, off), _v(_F32, VL))
                     for u in range(nk):
                         a = accs[r * nk + u]
                         b.store(_fma(b, qv, kv[u][c], b.load(a)), a)
@@ -578,17 +582,15 @@ def _pv_body(nr, nk, x):
     per, step, sbytes = _ROW_STEPS[x]
 
     def build(b, n, acc, astride, p, pstride, pf, *vs):
-        ps = [[_splat(b, _load(b, b.add(b.add(p, b.mul(_c(_I64, r), pstride)), _c(_I64, 4 * u)),
-                                _F32), VL) for u in range(nk)] for r in range(nr)]
+        ps = [[_splat(b, _load(b, _row_at(b, p, r, pstride, _c(_I64, 4 * u)), _F32), VL)
+               for u in range(nk)] for r in range(nr)]
 
         def body(b, i):
-            for v in vs:
-                _prefetch(b, b.add(b.add(v, pf), b.mul(i, _c(_I64, sbytes))))
-            vv = [step(b, v, i) for v in vs]
+            vv = _step_rows(b, vs, i, step, sbytes, pf)
             for c in range(per // VL):
-                off = b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
+                off = _chunk_offset(b, i, per, c)
                 for r in range(nr):
-                    addr = b.add(b.add(acc, b.mul(_c(_I64, r), astride)), off)
+                    addr = _row_at(b, acc, r, astride, off)
                     a = _load(b, addr, _v(_F32, VL))
                     for u in range(nk):
                         a = _fma(b, ps[r][u], vv[u][c], a)
@@ -636,7 +638,7 @@ def _qk_q4_0_i8_body(nr):
                 d1 = _splat(b, _f16(b, b1), 8) if two else ir.Constant(f32x8, [0.0] * 8)
                 kd.append(widen(b, _splat(b, _f16(b, b0), 8), d1))
             for r in range(nr):
-                qa = b.add(b.add(q8, b.mul(_c(_I64, r), qstride)), b.mul(j, _c(_I64, 32)))
+                qa = _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32)))
                 # qdx: per row, nb*8 floats of qd then nb*8 of -qs (row stride nb*64 bytes)
                 rowx = b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64))))
                 qda = b.add(rowx, b.mul(j, _c(_I64, 32)))
@@ -661,27 +663,6 @@ def _qk_q4_0_i8_body(nr):
         _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
         b.ret_void()
     return build
-
-
-def _intrinsic_n(name, n_args, body):
-    """A Numba intrinsic `name(a0, .., a{n_args-1})` (int64 addresses/sizes) calling the LLVM
-    function built by body (emitted once per module)."""
-    fnty = ir.FunctionType(ir.VoidType(), [_I64] * n_args)
-
-    def typer(typingctx, *args_t):
-        if not all(isinstance(t, types.Integer) for t in args_t):
-            return None
-
-        def codegen(context, builder, sig, args):
-            a = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
-            builder.call(_fn(builder.module, name, fnty, body), a)
-            return context.get_dummy_value()
-        return types.none(*args_t), codegen
-    # Numba's intrinsics need explicit parameters (no *args): a typer of n_args names
-    params = ", ".join(f"a{i}" for i in range(n_args))
-    ns = {"typer": typer}
-    exec(f"def {name}(typingctx, {params}):\n    return typer(typingctx, {params})\n", ns)
-    return intrinsic(ns[name])
 
 
 def _qk(nr, nk, x):
