@@ -465,3 +465,28 @@ def test_mul_mat_judged_with_activations_rounded_as_ggml():
         r.free()
     rg = fuzz.check(spec, [_ggml()], ReferenceBackend(), 301)     # real ggml passes the same rule
     assert rg.status == "OK", rg.message
+
+
+def test_col2im_1d_of_no_columns_is_zeros():
+    """Seed 301 example 2680: cols [24, 0] (T_in = 0), K = 6, s0 = 3, p0 = 1 gives a signal
+    [1, 4]; ggml and the kernel add nothing (zeros), the reference's strided slice wrapped
+    around (a broadcast error)."""
+    def build(ctx):
+        return gg.col2im_1d(ctx, gg.new_tensor_2d(ctx, gg.TYPE_BF16, 24, 0), 3, 4, 1)
+    r = _run(build)
+    assert r.status == "OK", r.message
+    r = _run(build, backend=_ggml())
+    assert r.status == "OK", r.message
+
+
+def test_gated_delta_net_with_q_of_no_sequences_is_a_clear_error():
+    """Seed 301 example 2844: q/k ne[3] = 0 (no sequences) made the build take a modulo by 0
+    (ZeroDivisionError; ggml's C would raise SIGFPE)."""
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    qk = [gg.new_tensor_4d(ctx, gg.TYPE_F32, 32, 4, 5, 0) for _ in range(2)]
+    v = gg.new_tensor_4d(ctx, gg.TYPE_F32, 32, 4, 5, 0)
+    g = gg.new_tensor_4d(ctx, gg.TYPE_F32, 1, 4, 5, 0)
+    beta = gg.new_tensor_4d(ctx, gg.TYPE_F32, 1, 4, 5, 0)
+    state = gg.new_tensor_4d(ctx, gg.TYPE_F32, 32, 32, 4, 0)
+    with pytest.raises(ShapeError, match="GATED_DELTA_NET.*no sequences"):
+        gg.gated_delta_net(ctx, *qk, v, g, beta, state)
