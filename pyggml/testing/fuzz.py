@@ -575,10 +575,13 @@ def _same_op_result(tpl: Template, t: Tensor, what: str) -> bool:
         data.tensor_set(t, raw)
     if harness.compare_values(local, got, tpl.max_nmse, tpl.exact, what)[0]:
         return True
-    ins = _ggml_rounded_inputs(t)
-    if ins is None:
+    try:
+        ins = _ggml_rounded_inputs(t)
+        if ins is None:
+            return False
+        local = np.asarray(t.op.reference(t, ins, t.op.p(t)), np.float64).reshape(got.shape)
+    except Exception:                      # noqa: BLE001 - then the end-to-end verdict stands
         return False
-    local = np.asarray(t.op.reference(t, ins, t.op.p(t)), np.float64).reshape(got.shape)
     return harness.compare_values(local, got, tpl.max_nmse, tpl.exact, what)[0]
 
 
