@@ -490,3 +490,16 @@ def test_gated_delta_net_with_q_of_no_sequences_is_a_clear_error():
     state = gg.new_tensor_4d(ctx, gg.TYPE_F32, 32, 32, 4, 0)
     with pytest.raises(ShapeError, match="GATED_DELTA_NET.*no sequences"):
         gg.gated_delta_net(ctx, *qk, v, g, beta, state)
+
+
+def test_conv_transpose_2d_of_an_empty_input_is_zeros():
+    """Seed 301 examples 6498, 6739: input [0, 0, Cin, N] with a 5x5 kernel at stride 2 gives
+    a 3x3 output of zeros in ggml and the kernel; the reference's strided slice wrapped."""
+    def build(ctx):
+        k = gg.new_tensor_4d(ctx, gg.TYPE_F32, 5, 5, 1, 2)
+        x = gg.new_tensor_4d(ctx, gg.TYPE_F32, 0, 0, 2, 1)
+        return gg.conv_transpose_2d_p0(ctx, k, x, 2)
+    r = _run(build)
+    assert r.status == "OK", r.message
+    r = _run(build, backend=_ggml())
+    assert r.status == "OK", r.message
