@@ -45,6 +45,8 @@ def _ref_col2im_1d(node, ins, p):
     cols = ins[0][0, 0]                                   # (T_in, OC*K)
     t_in = cols.shape[0]
     k = cols.shape[1] // p.oc
+    if t_in == 0:              # no columns: nothing is added (the slices below would wrap)
+        return np.zeros((p.oc, node.ne[0]))
     cols = cols.reshape(t_in, p.oc, k)
     full = np.zeros((p.oc, (t_in - 1) * p.s0 + k))
     for j in range(k):

@@ -49,6 +49,8 @@ def _infer_gdn(srcs, p):
     need(q.ne == k.ne, "GATED_DELTA_NET", "q and k must have the same shape", q, k)
     need(q.ne[0] == S and q.ne[2] == T, "GATED_DELTA_NET",
          f"q/k must be [{S}, H_k, {T}, n_seqs_k] (head size and tokens of v)", q, v)
+    need(q.ne[1] > 0 and q.ne[3] > 0, "GATED_DELTA_NET",      # (ggml: modulo by 0, SIGFPE)
+         "q/k have no heads or no sequences (ne[1] or ne[3] is 0)", q)
     need(H % q.ne[1] == 0 and ns % q.ne[3] == 0, "GATED_DELTA_NET",
          "v's heads and sequences must be multiples of q's", q, v)
     need(g.ne[0] in (1, S) and g.ne[1:] == [H, T, ns], "GATED_DELTA_NET",

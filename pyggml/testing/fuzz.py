@@ -573,7 +573,40 @@ def _same_op_result(tpl: Template, t: Tensor, what: str) -> bool:
         return False
     finally:
         data.tensor_set(t, raw)
+    if harness.compare_values(local, got, tpl.max_nmse, tpl.exact, what)[0]:
+        return True
+    try:
+        ins = _ggml_rounded_inputs(t)
+        if ins is None:
+            return False
+        local = np.asarray(t.op.reference(t, ins, t.op.p(t)), np.float64).reshape(got.shape)
+    except Exception:                      # noqa: BLE001 - then the end-to-end verdict stands
+        return False
     return harness.compare_values(local, got, tpl.max_nmse, tpl.exact, what)[0]
+
+
+# ggml's CPU rounds a product's activations (src[1]) to the weight type's vec_dot_type (Q8_0,
+# Q8_1, Q8_K, F16, BF16) before its dots. The reference multiplies the exact activations;
+# where an output nearly cancels (few, small dots: k = 32, m = 3), that rounding alone puts
+# ggml itself 1e-3 NMSE from the reference (seed 301 example 1588), above the op's 5e-4.
+ROUNDS_ACTIVATIONS = ("MUL_MAT", "MUL_MAT_ID")
+
+
+def _ggml_rounded_inputs(t: Tensor) -> Optional[list]:
+    """The reference's inputs of node t with the activations rounded as ggml's CPU rounds
+    them (ROUNDS_ACTIVATIONS), or None when the op does not round them."""
+    from .. import quants
+    if t.op.name not in ROUNDS_ACTIVATIONS:
+        return None
+    vdt = TRAITS[t.src[0].type].vec_dot_type
+    if vdt == GGMLType.F32:
+        return None
+    ins = [data.read(s) if s is not None else None for s in t.src]
+    b = np.asarray(ins[1], np.float32)
+    if b.size:                             # rows of k values, k a multiple of the block size
+        q = quants.quantize(vdt, b.ravel())
+        ins[1] = quants.dequantize(vdt, q, b.size).reshape(b.shape).astype(np.float64)
+    return ins
 
 
 def ancestors(spec: GraphSpec, k: int) -> GraphSpec:
