@@ -47,9 +47,19 @@ def _log_softmax(x):
 
 
 def _ref_loss(node, ins, p):
-    """Rows of no values add 0 (ggml sums nothing); no rows at all give 0 * (-1/0) = NaN."""
-    a, b = ins[0], ins[1]
-    s = np.float64((_log_softmax(a) * b).sum()) if a.shape[-1] else np.float64(0.0)
+    """Rows of no values add 0 (ggml sums nothing); no rows at all give 0 * (-1/0) = NaN.
+    As ggml: (x - max) + (-log sum) and the product with the labels are float32 (so a huge
+    logit times a label overflows to +-inf, and opposite infinities give NaN); sums are
+    float64 (ggml_float)."""
+    a, b = np.asarray(ins[0], np.float32), np.asarray(ins[1], np.float32)
+    if a.shape[-1]:
+        m = a.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp((a - m).astype(np.float64)).sum(axis=-1, keepdims=True))
+        with np.errstate(over="ignore", invalid="ignore"):
+            st = ((a - m) + (-lse).astype(np.float32)) * b
+            s = np.float64(st.astype(np.float64).sum())
+    else:
+        s = np.float64(0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.array(-s / np.float64(nrows(node.src[0])))
 

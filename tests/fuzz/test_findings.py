@@ -419,6 +419,28 @@ def test_cross_entropy_loss_of_rows_of_no_values_is_zero():
     assert r.status == "OK", r.message
 
 
+def test_cross_entropy_loss_overflows_in_float32_as_ggml():
+    """Seed 301 example 5288: a padded max POOL_1D gives -FLT_MAX logits and the labels leaf
+    holds values beyond 1, so ggml's float32 (x - max - lse) * label is -inf in one row and
+    +inf in another: NaN. The reference multiplied in float64 (no overflow) and gave inf."""
+    import numpy as np
+
+    def build(ctx):
+        a = gg.new_tensor_2d(ctx, gg.TYPE_F32, 8, 2)
+        a.name = "logits"
+        b = gg.new_tensor_2d(ctx, gg.TYPE_F32, 8, 2)
+        b.name = "labels"
+        return gg.cross_entropy_loss(ctx, a, b)
+
+    def init(leaf, rng):
+        v = rng.uniform(-1, 1, size=(2, 8))
+        v[:, 0] = -np.finfo(np.float32).max if leaf.name == "logits" else (2.0, -2.0)
+        return v
+    for backend in (None, _ggml()):
+        r = _run(build, init, backend=backend)
+        assert r.status == "OK", r.message
+
+
 def test_im2col_3d_of_an_empty_input_depth_is_all_padding():
     """Seed 301 example 1150: input ne=[20,20,0,3] with padding 3: the reference's patch
     gather (shared with CONV_3D) indexed the empty axis."""
