@@ -178,6 +178,7 @@ class WarmReport:
     requested: int = 0                               # kernels asked for
     cold: list = field(default_factory=list)         # keys found cold
     compiled: dict = field(default_factory=dict)     # key -> seconds, in a worker
+    cpu: dict = field(default_factory=dict)          # key -> CPU seconds of that compile
     worker_of: dict = field(default_factory=dict)    # key -> worker number
     here: dict = field(default_factory=dict)         # key -> seconds, cold, compiled here
     loaded: dict = field(default_factory=dict)       # key -> seconds loading here
@@ -255,8 +256,10 @@ class _Worker:
                         self.report.errors.append(f"worker {self.num}: {key}: {r['error']}")
                         continue                          # compiled here later
                     self.report.compiled[key] = r["seconds"]
+                    self.report.cpu[key] = r.get("cpu", r["seconds"])
                     self.report.worker_of[key] = self.num
-                    self.log(f"  {key:<62} {r['seconds']:6.1f} s  (worker {self.num})")
+                    self.log(f"  {key:<62} {r['seconds']:6.1f} s  (worker {self.num}, "
+                             f"{self.report.cpu[key]:.1f} s CPU)")
         except (EOFError, OSError, ValueError) as e:   # died, hung (killed) or garbled
             self.report.errors.append(f"worker {self.num} failed during {self.busy_with}: "
                                       f"{type(e).__name__}: {e}{self._stderr_tail()}")
@@ -420,13 +423,14 @@ def worker_main(argv=None) -> None:
         key = line.strip()
         if not key:
             break
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             if key == EXECUTOR:
                 from . import executor
                 executor.warm_up()
             else:
                 find(key).address
-            send({"key": key, "seconds": time.perf_counter() - t})
+            send({"key": key, "seconds": time.perf_counter() - t,
+                  "cpu": time.process_time() - c})
         except Exception as e:                     # noqa: BLE001  reported, compiled by the parent
             send({"key": key, "error": f"{type(e).__name__}: {e}"})

@@ -45,10 +45,6 @@ _Q_BLOCKS = {int(t): f for t, f in _Q_BLOCKS.items()}
 ERR_UNSUPPORTED = qnb.ERR_UNSUPPORTED
 
 
-def _literal(t):
-    return t.literal_value if isinstance(t, types.IntegerLiteral) else None
-
-
 def dequantize_row_t(t, src, dst, n):
     """Row of n values of type t (raw bytes in src) -> float32 dst (numba only)."""
     raise NotImplementedError("numba only")
@@ -59,37 +55,33 @@ def quantize_row_t(t, src, dst, n):
     raise NotImplementedError("numba only")
 
 
-@overload(dequantize_row_t, prefer_literal=True)
-def _ol_dequantize_row_t(t, src, dst, n):
-    lit = _literal(t)
-    if lit is None:
-        return lambda t, src, dst, n: qnb.dequantize_row(t, src, dst, n)
-    fn = _DEQ.get(lit)
-    if fn is None:
-        return lambda t, src, dst, n: ERR_UNSUPPORTED
-
-    def impl(t, src, dst, n):
-        fn(src, dst, n)
-        return 0
-    return impl
-
-
-@overload(quantize_row_t, prefer_literal=True)
-def _ol_quantize_row_t(t, src, dst, n):
-    lit = _literal(t)
-    if lit is None:
-        return lambda t, src, dst, n: qnb.quantize_row(t, src, dst, n)
-    fn = _Q_ROW.get(lit)
+def _impl(t, generic, rows: dict, blocks: dict = None):
+    """The implementation for type argument t: the if-chain `generic(t, src, dst, n)` when t
+    is not a literal, else that type's function alone (`rows`: fn(src, dst, n); `blocks`:
+    fn(src, dst, 1, n, no weights)), or ERR_UNSUPPORTED when it has none."""
+    if not isinstance(t, types.IntegerLiteral):
+        return lambda t, src, dst, n: generic(t, src, dst, n)
+    lit = t.literal_value
+    fn = rows.get(lit)
     if fn is not None:
         def impl(t, src, dst, n):
             fn(src, dst, n)
             return 0
         return impl
-    fb = _Q_BLOCKS.get(lit)
-    if fb is None:
-        return lambda t, src, dst, n: ERR_UNSUPPORTED
+    fb = (blocks or {}).get(lit)
+    if fb is not None:
+        def impl_blocks(t, src, dst, n):
+            fb(src, dst, 1, n, np.zeros(0, np.float32))
+            return 0
+        return impl_blocks
+    return lambda t, src, dst, n: ERR_UNSUPPORTED
 
-    def impl_blocks(t, src, dst, n):
-        fb(src, dst, 1, n, np.zeros(0, np.float32))
-        return 0
-    return impl_blocks
+
+@overload(dequantize_row_t, prefer_literal=True)
+def _ol_dequantize_row_t(t, src, dst, n):
+    return _impl(t, qnb.dequantize_row, _DEQ)
+
+
+@overload(quantize_row_t, prefer_literal=True)
+def _ol_quantize_row_t(t, src, dst, n):
+    return _impl(t, qnb.quantize_row, _Q_ROW, _Q_BLOCKS)
