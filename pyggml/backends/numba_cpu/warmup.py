@@ -44,7 +44,7 @@ from typing import Optional
 from ...errors import GGMLError
 
 EXECUTOR = "executor"          # pseudo-key: the executor's njit loop (executor.warm_up)
-JOB_TIMEOUT = 900.0            # seconds without an answer before a worker is killed
+JOB_TIMEOUT = 900.0            # seconds without an answer nor CPU progress: worker killed
 MIN_PARALLEL_SECONDS = 3.0     # below this estimate a worker's start-up is not worth it
 SPLIT_MIN_KERNELS = 4          # modules with fewer kernels share too much to be cut
 
@@ -230,6 +230,7 @@ class _Worker:
             raise
         self.deadline = time.monotonic() + timeout   # start-up counts as a job
         self.busy_with = "start-up"
+        self.cpu_seen = 0
         self.killed = False
         self.thread = threading.Thread(target=self._run, name=f"warmup-{num}", daemon=True)
         self.thread.start()
@@ -286,8 +287,17 @@ class _Worker:
         return ("; stderr: " + " | ".join(tail)) if tail else ""
 
     def overdue(self) -> bool:
-        return self.busy_with is not None and not self.killed and \
-            time.monotonic() > self.deadline
+        """No answer within the timeout and no CPU used since the last look: hung. A worker
+        still using CPU is slow (a loaded machine), not hung: killing it would throw its
+        compile away and redo it here."""
+        if self.busy_with is None or self.killed or time.monotonic() <= self.deadline:
+            return False
+        cpu = _cpu_ticks(self.proc.pid)
+        if cpu is not None and cpu > self.cpu_seen:
+            self.cpu_seen = cpu
+            self.deadline = time.monotonic() + self.timeout
+            return False
+        return True
 
     def kill(self) -> None:
         self.killed = True
@@ -300,6 +310,16 @@ class _Worker:
             self.proc.kill()
             self.proc.wait()
         self.errfile.close()
+
+
+def _cpu_ticks(pid: int) -> Optional[int]:
+    """CPU time a process has used (clock ticks), or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])          # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _parallel_ok() -> bool:
