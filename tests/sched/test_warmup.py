@@ -185,7 +185,7 @@ def test_a_kernel_that_does_not_compile_is_reported_not_raised():
 def test_units_keep_sharing_modules_whole_and_cut_many_small_kernels():
     big = ["FLASH_ATTN_EXT:flash_attn_ext_kernel",
            "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel"]
-    small = [f"OP{i}:k{i}" for i in range(40)]              # DEFAULT_COST each
+    small = [f"OP{i}:k{i}" for i in range(200)]             # DEFAULT_COST each
     units = W.plan_units({"attention": big, "elementwise": small, "rope": ["ROPE:rope_fwd"]}, 2)
     assert units[0] == big                                   # biggest first, never cut
     cut = [u for u in units if u[0].startswith("OP")]
@@ -212,7 +212,7 @@ def test_graph_kernels_and_demo_kernels():
             "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel",   # mixed cache
             "MUL_MAT:mul_mat", "GET_ROWS:get_rows[q8_0]",  # embeddings
             "GET_ROWS:get_rows[f16]",                       # (moves: get_rows/set_rows)
-            "SET_ROWS:set_rows[q4_0,f32]", "SET_ROWS:set_rows[f16,f32]"} <= keys
+            "SET_ROWS:set_rows[q4_0]", "SET_ROWS:set_rows[f16]"} <= keys
     assert not any(k.startswith(("SET_ROWS:set_rows[q8_0", "GET_ROWS:get_rows[q4_1")) for k in keys)
     assert keys <= {k.key for k in W.all_kernels(KERNELS)}
 

@@ -127,7 +127,10 @@ def error_meaning(code: int) -> str:
 
 
 # --- njit accessors (work on the kernel's int64* and on int64 arrays alike) ------------------
-_jit = numba.njit(nogil=True, cache=True)
+# inline: a separate compile of each would be one per constant argument (t_nb(desc, SRC0, 1)
+# types its arguments as literals: 21 copies of t_nb for the demo's kernels), each optimized
+# and turned into machine code on its own before the caller inlines it anyway
+_jit = numba.njit(nogil=True, cache=True, inline="always")
 
 
 @_jit
@@ -265,24 +268,19 @@ def param_i64(desc, i):
     return (desc[PARAMS + i] & 0xFFFFFFFF) | (desc[PARAMS + i + 1] << 32)
 
 
-@_jit
-def wdata(desc):
-    return desc[H_WDATA]
+def _header_word(name: str, word: int, doc: str):
+    """The accessor `name(desc)` of header word `word` (its source compiled under this file:
+    Numba caches it here, as if written out)."""
+    ns = {"__name__": __name__}
+    exec(compile(f"def {name}(desc):\n    return desc[{word}]\n", __file__, "exec"), ns)
+    ns[name].__doc__ = doc
+    return _jit(ns[name])
 
 
-@_jit
-def wsize(desc):
-    return desc[H_WSIZE]
-
-
-@_jit
-def n_tasks(desc):
-    return desc[H_NTASKS]
-
-
-@_jit
-def node_index(desc):
-    return desc[H_INDEX]
+wdata = _header_word("wdata", H_WDATA, "Address of the graph's work buffer (0: none).")
+wsize = _header_word("wsize", H_WSIZE, "Size of the work buffer in bytes.")
+n_tasks = _header_word("n_tasks", H_NTASKS, "Threads that run this node.")
+node_index = _header_word("node_index", H_INDEX, "Index of this node in the graph.")
 
 
 @_jit

@@ -24,7 +24,7 @@ A kernel whose cold compile is dominated by code for types the graph does not us
 template: `@kernel("OP", ..., spec=fn)` on `def k(desc, ith, nth, t0, t1...)`, where
 `spec(node)` gives the node's constants (type ids, -1 for none). `select(node)` returns the
 child kernel for those constants, generated on first use as `def k__8(desc, ith, nth):
-_k(desc, ith, nth, 8)`: the body is compiled with the constants as literal arguments, so the
+_k(desc, ith, nth, 8)`: the body is inlined with the constants as literal arguments, so the
 per-type dispatch it calls (kernels/typed.py) compiles only the code of those types (SET_ROWS
 over every type pulled in every K-quant quantizer: the cold compile of a model's graph
 paid for all of them). Templating pays only where per-type code dominates: each child
@@ -105,7 +105,9 @@ def _guarded(pyfunc: Callable) -> Callable:
         cache = os.path.isfile(filename)
     except (TypeError, OSError):          # defined at a prompt: compile, do not cache
         filename, cache = "<kernel>", False
-    body = numba.njit(nogil=True, cache=cache)(pyfunc)
+    # inlined (Numba IR): compiled on its own, the kernel's whole code would be optimized and
+    # turned into machine code twice, once alone and again inside the wrapper
+    body = numba.njit(nogil=True, cache=cache, inline="always")(pyfunc)
     name = f"{pyfunc.__name__}__guarded"
     src = (f"def {name}(desc, ith, nth):\n"
            f"    try:\n"
@@ -260,7 +262,8 @@ def _make_child(tmpl: Kernel, key: tuple) -> Kernel:
     the template's file (Numba caches it there under its own name, like row_kernel's)."""
     body = _bodies.get(tmpl.pyfunc)
     if body is None:
-        body = _bodies[tmpl.pyfunc] = numba.njit(nogil=True, cache=True)(tmpl.pyfunc)
+        body = _bodies[tmpl.pyfunc] = numba.njit(nogil=True, cache=True,
+                                                 inline="always")(tmpl.pyfunc)
     ident = f"{tmpl.pyfunc.__name__}__" + "_".join(str(c) if c >= 0 else "n" for c in key)
     src = (f"def {ident}(desc, ith, nth):\n"
            f"    _body(desc, ith, nth, {', '.join(str(c) for c in key)})\n")

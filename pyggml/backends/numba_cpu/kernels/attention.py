@@ -901,11 +901,13 @@ def _supports(node) -> bool:
     return True
 
 
+# ws as an int64, not a literal: both kernels share one compiled fa_body (a literal 0 / 1
+# compiled the whole body twice; ws only picks a few addresses and how rows finish)
 @kernel("FLASH_ATTN_EXT", supports=_supports, work_size=work_size)
 def flash_attn_ext_kernel(desc, ith, nth):
-    fa_body(desc, ith, nth, 0)
+    fa_body(desc, ith, nth, np.int64(0))
 
 
 @kernel("FLASH_ATTN_EXT_WITH_STATE", supports=_supports, work_size=work_size)
 def flash_attn_ext_with_state_kernel(desc, ith, nth):
-    fa_body(desc, ith, nth, 1)
+    fa_body(desc, ith, nth, np.int64(1))

@@ -145,15 +145,18 @@ def _work_set_rows(node, n_threads) -> int:
 
 
 def _set_rows_spec(node) -> tuple:
-    return int(node.type), int(node.src[0].type)
+    # the destination type only: an F16 source reuses the F32 path through a row decoded
+    # to F32 (one template child per cache type, not two)
+    return (int(node.type),)
 
 
-_SET_ROWS_COMMON = [(int(d), int(GGMLType.F32)) for d in _COMMON_TYPES[:8]]   # KV caches
+_SET_ROWS_COMMON = [(int(d),) for d in _COMMON_TYPES[:8]]   # KV caches
 
 
 @kernel("SET_ROWS", supports=_supports_set_rows, work_size=_work_set_rows, spec=_set_rows_spec,
         common=_SET_ROWS_COMMON)
-def set_rows(desc, ith, nth, dt, bt):
+def set_rows(desc, ith, nth, dt):
+    bt = t_type(desc, SRC0)
     it = t_type(desc, SRC1)
     nc = t_ne(desc, SRC0, 0)
     nr = t_ne(desc, SRC0, 1)

@@ -37,14 +37,10 @@ _Q_ROW = {GGMLType.F32: qnb.quantize_row_f32, GGMLType.F16: qnb.quantize_row_f16
           GGMLType.Q8_1: qnb.quantize_row_q8_1, GGMLType.IQ4_NL: kq.quantize_row_iq4_nl_cpu,
           GGMLType.MXFP4: qnb.quantize_row_mxfp4}
 _Q_ROW = {int(t): f for t, f in _Q_ROW.items()}
-_Q_BLOCKS = {int(t) for t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
-                              GGMLType.Q6_K, GGMLType.IQ4_XS)}
+_Q_BLOCKS = frozenset(int(t) for t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K,
+                                        GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS))
 
 ERR_UNSUPPORTED = qnb.ERR_UNSUPPORTED
-
-
-def _literal(t):
-    return t.literal_value if isinstance(t, types.IntegerLiteral) else None
 
 
 def dequantize_row_t(t, src, dst, n):
@@ -57,36 +53,34 @@ def quantize_row_t(t, src, dst, n):
     raise NotImplementedError("numba only")
 
 
-@overload(dequantize_row_t, prefer_literal=True)
-def _ol_dequantize_row_t(t, src, dst, n):
-    lit = _literal(t)
-    if lit is None:
-        return lambda t, src, dst, n: qnb.dequantize_row(t, src, dst, n)
-    fn = _DEQ.get(lit)
-    if fn is None:
-        return lambda t, src, dst, n: ERR_UNSUPPORTED
-
-    def impl(t, src, dst, n):
-        fn(src, dst, n)
-        return 0
-    return impl
-
-
-@overload(quantize_row_t, prefer_literal=True)
-def _ol_quantize_row_t(t, src, dst, n):
-    lit = _literal(t)
-    if lit is None:
-        return lambda t, src, dst, n: qnb.quantize_row(t, src, dst, n)
-    fn = _Q_ROW.get(lit)
+def _impl(t, generic, rows: dict, blocks: frozenset = frozenset()):
+    """The implementation for type argument t: the if-chain `generic(t, src, dst, n)` when t
+    is not a literal, else that type's function alone (`rows`: fn(src, dst, n); `blocks`:
+    types kq_nb.quantize_blocks(t, src, dst, 1, n, no weights) handles), or ERR_UNSUPPORTED
+    when it has none."""
+    if not isinstance(t, types.IntegerLiteral):
+        return lambda t, src, dst, n: generic(t, src, dst, n)
+    lit = t.literal_value
+    fn = rows.get(lit)
     if fn is not None:
         def impl(t, src, dst, n):
             fn(src, dst, n)
             return 0
         return impl
-    if lit not in _Q_BLOCKS:
+    if lit not in blocks:
         return lambda t, src, dst, n: ERR_UNSUPPORTED
 
     def impl_blocks(t, src, dst, n):
         kq.quantize_blocks(lit, src, dst, 1, n, np.zeros(0, np.float32), 7)
         return 0
     return impl_blocks
+
+
+@overload(dequantize_row_t, prefer_literal=True)
+def _ol_dequantize_row_t(t, src, dst, n):
+    return _impl(t, qnb.dequantize_row, _DEQ)
+
+
+@overload(quantize_row_t, prefer_literal=True)
+def _ol_quantize_row_t(t, src, dst, n):
+    return _impl(t, qnb.quantize_row, _Q_ROW, _Q_BLOCKS)
