@@ -35,6 +35,7 @@ from ..graph import CGraph
 from ..ops.registry import OPS
 from ..ops.registry import OpDef
 from ..tensor import Tensor
+from ..tensor import nbytes
 from ..types import TRAITS
 from ..types import GGMLType
 from . import harness
@@ -47,6 +48,10 @@ DISCONTINUOUS = {"FLOOR", "CEIL", "ROUND", "TRUNC", "STEP", "SGN", "ARGMAX", "AR
 
 MAX_TEMPLATES = 40        # cases per op used as templates (spread over the op's grid)
 MAX_ELEMENTS = 1 << 16    # templates with bigger sources are left out (fuzzing is about shapes)
+# a drawn node bigger than this is turned away like one that does not build: DIAG of a chained
+# 30000-vector is legal (3.6 GB, as in ggml), but every backend's copy plus the reference's
+# float64 one took 24 GB and the OOM killer ended the run (seed 301 example 19410)
+MAX_NODE_BYTES = 256 << 20
 LAYOUTS = ("cont", "perm", "pad", "offs")
 
 
@@ -396,6 +401,8 @@ class _Gen:
             raise _Stop from None
         if self.supports is not None and not all(
                 self.supports(x) for x in [t] + [s for s in ts if s is not None and s.op is not None]):
+            return None
+        if nbytes(t) > MAX_NODE_BYTES:
             return None
         self.spec.nodes.append(nspec)
         self.built.append(t)

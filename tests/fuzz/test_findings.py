@@ -525,3 +525,19 @@ def test_conv_transpose_2d_of_an_empty_input_is_zeros():
     assert r.status == "OK", r.message
     r = _run(build, backend=_ggml())
     assert r.status == "OK", r.message
+
+
+def test_a_drawn_node_too_big_for_the_machine_is_turned_away():
+    """Seed 301 example 19410 chained a 30000-value CROSS_ENTROPY_LOSS_BACK into DIAG: a
+    [30000, 30000] result, 3.6 GB per backend, 24 GB in all; the OOM killer ended the run
+    (SIGKILL). The generator now turns such a node away as it does one that does not build."""
+    from pyggml.tensor import nbytes
+    from pyggml.testing import fuzz
+    r = fuzz.Runner((1,))
+    try:
+        spec = r.example(301, 19410, r.ops(None), 4)
+    finally:
+        r.free()
+    ctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    built = fuzz.build_spec(ctx, spec)
+    assert built and max(nbytes(t) for t in built) <= fuzz.MAX_NODE_BYTES
