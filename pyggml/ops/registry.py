@@ -195,19 +195,23 @@ class _Layout:
             try:
                 if self.flat:
                     return self.st.pack(*[values.get(n, 0) for n in self.names]) + self.pad
-                flat = []
-                for name, count in self.fields:
-                    if count == 1:
-                        flat.append(values.get(name, 0))
-                    else:
-                        vs = list(values.get(name, (0,) * count))
-                        if len(vs) != count:
-                            raise ValueError
-                        flat += vs
-                return self.st.pack(*flat) + self.pad
+                return self.st.pack(*self._flat(values)) + self.pad
             except Exception:
                 pass
         return self.pack(op, values).tobytes()             # converts, or raises as always
+
+    def _flat(self, values: dict) -> list:
+        """The words' values in field order (an array field must have its full count)."""
+        flat = []
+        for name, count in self.fields:
+            if count == 1:
+                flat.append(values.get(name, 0))
+            else:
+                vs = list(values.get(name, (0,) * count))
+                if len(vs) != count:
+                    raise ValueError
+                flat += vs
+        return flat
 
     def unpack_bytes(self, b: bytes) -> SimpleNamespace:
         """unpack() of pack_bytes()'s bytes."""
@@ -230,15 +234,7 @@ class _Layout:
         try:
             if self.st.size > MAX_OP_PARAMS:
                 raise OverflowError
-            flat = []
-            for name, count in self.fields:
-                if count == 1:
-                    flat.append(values.get(name, 0))
-                else:
-                    vs = list(values.get(name, (0,) * count))
-                    if len(vs) != count:
-                        raise ValueError
-                    flat += vs
+            flat = self._flat(values)
             words = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32)
             self.st.pack_into(words, 0, *flat)
         except Exception:
