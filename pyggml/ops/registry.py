@@ -213,12 +213,9 @@ class _Layout:
                 flat += vs
         return flat
 
-    def unpack_bytes(self, b: bytes) -> SimpleNamespace:
-        """unpack() of pack_bytes()'s bytes."""
+    def _namespace(self, vals) -> SimpleNamespace:
+        """The unpacked words as named fields (array fields as lists)."""
         ns = SimpleNamespace()
-        if not self.fields:
-            return ns
-        vals = self.st.unpack_from(b)
         if self.flat:
             ns.__dict__.update(zip(self.names, vals))
             return ns
@@ -227,6 +224,12 @@ class _Layout:
             setattr(ns, name, vals[i] if count == 1 else list(vals[i:i + count]))
             i += count
         return ns
+
+    def unpack_bytes(self, b: bytes) -> SimpleNamespace:
+        """unpack() of pack_bytes()'s bytes."""
+        if not self.fields:
+            return SimpleNamespace()
+        return self._namespace(self.st.unpack_from(b))
 
     def pack(self, op: str, values: dict) -> np.ndarray:
         if not self.fields:
@@ -242,21 +245,13 @@ class _Layout:
         return words
 
     def unpack(self, words: np.ndarray) -> SimpleNamespace:
-        ns = SimpleNamespace()
         if not self.fields:
-            return ns
+            return SimpleNamespace()
         try:
             vals = self.st.unpack_from(words)
         except Exception:                                   # not a contiguous int32 buffer
             return unpack_params(self.spec, words)
-        if self.flat:
-            ns.__dict__.update(zip([n for n, _ in self.fields], vals))
-            return ns
-        i = 0
-        for name, count in self.fields:
-            setattr(ns, name, vals[i] if count == 1 else list(vals[i:i + count]))
-            i += count
-        return ns
+        return self._namespace(vals)
 
 
 _ZERO_PARAMS = bytes(MAX_OP_PARAMS)
