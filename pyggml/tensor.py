@@ -106,6 +106,13 @@ class Buffer:
 _object_new = object.__new__
 
 
+def _contiguous_nb(ne, tr) -> Dims:
+    """Strides of a contiguous tensor of ne (4 ints) with type traits tr, as ggml_new_tensor."""
+    nb0 = tr.type_size
+    nb1 = nb0 * (ne[0] // tr.blck_size)
+    return Dims((nb0, nb1, nb1 * ne[1], nb1 * ne[1] * ne[2]))
+
+
 class Tensor:
     """One node or leaf of a ggml graph. Create tensors through a Context, never directly."""
 
@@ -114,16 +121,23 @@ class Tensor:
 
     def __init__(self, ctx, type: GGMLType, ne, nb=None, view_src: "Tensor" = None, view_offs: int = 0,
                  op_params: Optional[np.ndarray] = None):
+        ne = Dims([int(x) for x in ne] + [1] * (MAX_DIMS - len(ne)))
+        nb = _contiguous_nb(ne, TRAITS[type]) if nb is None else Dims([int(x) for x in nb])
+        self._fill(ctx, type, ne, nb, view_src, view_offs, op_params)
+
+    @classmethod
+    def _new(cls, ctx, type: GGMLType, ne: list, tr, view_src, view_offs: int, op_params):
+        """__init__ for Context.new_tensor_impl, which has checked ne (4 Python ints) and
+        looked up the type's traits: the same record, without converting anything twice."""
+        t = _object_new(cls)
+        t._fill(ctx, type, Dims(ne), _contiguous_nb(ne, tr), view_src, view_offs, op_params)
+        return t
+
+    def _fill(self, ctx, type, ne, nb, view_src, view_offs, op_params) -> None:
         self.ctx = ctx
         self.type = type
-        self.ne = ne = Dims([int(x) for x in ne] + [1] * (MAX_DIMS - len(ne)))
-        if nb is None:
-            tr = TRAITS[type]
-            nb0 = tr.type_size
-            nb1 = nb0 * (ne[0] // tr.blck_size)
-            self.nb = Dims((nb0, nb1, nb1 * ne[1], nb1 * ne[1] * ne[2]))
-        else:
-            self.nb = Dims([int(x) for x in nb])
+        self.ne = ne
+        self.nb = nb
         self.op = None                      # OpDef, or None for a leaf created by new_tensor
         self.src: list[Optional[Tensor]] = [None] * MAX_SRC
         self.op_params = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32) if op_params is None \
@@ -139,34 +153,6 @@ class Tensor:
         self._buffer: Optional[Buffer] = None
         self._offs = 0
         self.extra = None                   # backend-private data (repacked weights...)
-
-    @classmethod
-    def _new(cls, ctx, type: GGMLType, ne: list, tr, view_src, view_offs: int, op_params):
-        """__init__ for Context.new_tensor_impl, which has checked ne (4 Python ints) and
-        looked up the type's traits: the same record, without converting anything twice."""
-        t = _object_new(cls)
-        t.ctx = ctx
-        t.type = type
-        t.ne = Dims(ne)
-        nb0 = tr.type_size
-        nb1 = nb0 * (ne[0] // tr.blck_size)
-        nb2 = nb1 * ne[1]
-        t.nb = Dims((nb0, nb1, nb2, nb2 * ne[2]))
-        t.op = None
-        t.src = [None] * MAX_SRC
-        t.op_params = np.zeros(MAX_OP_PARAMS // 4, dtype=np.int32) if op_params is None \
-            else op_params
-        t.flags = 0
-        t.name = ""
-        if view_src is not None and view_src.view_src is not None:
-            view_offs += view_src.view_offs
-            view_src = view_src.view_src
-        t.view_src = view_src
-        t.view_offs = int(view_offs)
-        t._buffer = None
-        t._offs = 0
-        t.extra = None
-        return t
 
     # --- data location -------------------------------------------------------------
     @property
