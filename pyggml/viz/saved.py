@@ -44,6 +44,8 @@ def load_graph(path: str) -> CGraph:
             doc = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GGMLError(f"{path}: not a graph saved by pyggml (not JSON text: {e})") from None
+    except OSError as e:                # missing, a directory, unreadable: name the file once
+        raise GGMLError(f"{path}: cannot read the graph file ({e.strerror or e})") from None
     fmt = doc.get("format") if isinstance(doc, dict) else None
     if fmt != "pyggml-graph-1" or not isinstance(doc.get("tensors"), list):
         raise GGMLError(f"{path}: not a graph saved by pyggml (format {fmt!r})")

@@ -169,3 +169,12 @@ def test_internal_errors_are_one_line_exit_1(monkeypatch, capsys):
     assert main(["dump-graph"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "internal error: KeyError" in err
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_an_unreadable_graph_file_is_named_in_a_ggml_error(what, tmp_path, capsys):
+    path = tmp_path / "nope.json" if what == "missing" else tmp_path
+    rc = main(["dump-graph", "--graph", str(path), "--out", str(tmp_path / "g.dot")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, (rc, err)
+    assert f"{path}: cannot read the graph file" in err and "Errno" not in err
