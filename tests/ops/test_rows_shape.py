@@ -153,21 +153,23 @@ def test_numba_matches_reference(name, numba_backends):
     assert not fails, "\n".join(fails[:10])
 
 
-@pytest.mark.parametrize("type", ["q4_0", "q8_0", "q5_1", "f16", "bf16"])
+@pytest.mark.parametrize("type", ["q4_0", "q8_0", "q5_1", "f16", "bf16", "q4_K", "q6_K"])
 def test_numba_set_rows_bytes_identical_to_reference(type, numba_backends):
-    """Quantizing set_rows is byte-exact with the reference (ggml's reference quantizers)."""
+    """Quantizing set_rows is byte-exact with the reference (ggml's reference quantizers);
+    the K-quants' rows are one 256-wide super-block."""
     rng = np.random.default_rng(7)
+    w = 256 if type.endswith("_K") else 64
     ids = np.array([[5, 0, 9, 2, 5]])            # a repeated id: the last write wins
 
     def build(ctx):
-        a = gg.new_tensor_2d(ctx, gg.as_type(type), 64, 12)
+        a = gg.new_tensor_2d(ctx, gg.as_type(type), w, 12)
         gg.set_name(a, "a")
-        b = gg.new_tensor_2d(ctx, gg.TYPE_F32, 64, 5)
+        b = gg.new_tensor_2d(ctx, gg.TYPE_F32, w, 5)
         gg.set_name(b, "b")
         c = gg.new_tensor_1d(ctx, gg.TYPE_I64, 5)
         gg.set_name(c, "c")
         return gg.set_rows(ctx, a, b, c)
-    fill = dict(a=rng.uniform(-1, 1, (12, 64)), b=rng.uniform(-1, 1, (5, 64)), c=ids)
+    fill = dict(a=rng.uniform(-1, 1, (12, w)), b=rng.uniform(-1, 1, (5, w)), c=ids)
     want = data.tensor_get(_run(_ref_backend(), build, fill))
     for be in numba_backends.values():
         got = data.tensor_get(_run(be, build, fill))
@@ -175,9 +177,9 @@ def test_numba_set_rows_bytes_identical_to_reference(type, numba_backends):
     # rows that were not addressed keep their exact bytes
     out = _run(_ref_backend(), build, fill)
     ctx = gg.init(mem_size=1 << 20)
-    a0 = gg.new_tensor_2d(ctx, gg.as_type(type), 64, 12)
+    a0 = gg.new_tensor_2d(ctx, gg.as_type(type), w, 12)
     data.write(a0, fill["a"])
-    rs = gg.row_size(type, 64)
+    rs = gg.row_size(type, w)
     raw, raw0 = data.tensor_get(out), data.tensor_get(a0)
     for r in (1, 3, 4, 6, 7, 8, 10, 11):
         assert raw[r * rs:(r + 1) * rs] == raw0[r * rs:(r + 1) * rs]
