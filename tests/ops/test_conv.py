@@ -74,16 +74,6 @@ def _ref_backend():
     return ReferenceBackend()
 
 
-@pytest.fixture(scope="module")
-def numba_backends():
-    pytest.importorskip("numba")
-    from pyggml.backends.numba_cpu.backend import NumbaBackend
-    bes = {n: NumbaBackend(n) for n in (1, 2, 3)}
-    yield bes
-    for be in bes.values():
-        be.free()
-
-
 # --- (a) against real ggml ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", CONV_OPS)

@@ -337,16 +337,6 @@ def test_glu_errors():
 
 # --- (c) Numba kernels == reference -------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def numba_backends():
-    pytest.importorskip("numba")
-    from pyggml.backends.numba_cpu.backend import NumbaBackend
-    bes = {n: NumbaBackend(n) for n in (1, 2, 3)}
-    yield bes
-    for be in bes.values():
-        be.free()
-
-
 @pytest.mark.parametrize("case", FAST, ids=str)
 def test_numba_matches_reference(numba_backends, case):
     from pyggml.backends.reference import ReferenceBackend

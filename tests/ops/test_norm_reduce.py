@@ -190,21 +190,11 @@ def test_norm_errors():
 
 # --- (c) Numba kernels == reference ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def numba_backends():
-    pytest.importorskip("numba")
-    from pyggml.backends.numba_cpu.backend import NumbaBackend
-    bes = [NumbaBackend(n) for n in (1, 2, 3)]
-    yield bes
-    for be in bes:
-        be.free()
-
-
 @pytest.mark.parametrize("case", FAST_ALL, ids=str)
 def test_numba_matches_reference(numba_backends, case):
     from pyggml.backends.reference import ReferenceBackend
     ref = ReferenceBackend()
-    for be in numba_backends:
+    for be in numba_backends.values():
         if not be.supports_op(harness.build_graph(case)[1]):
             pytest.skip(f"no numba kernel for {case.op}")
         r = harness.run_test(case, be, ref, seed=1)

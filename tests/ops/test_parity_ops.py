@@ -59,16 +59,6 @@ def test_reference_matches_ggml(name, ggml):
     assert not bad, f"{len(bad)}/{len(res)} {name} cases differ from ggml:\n" + "\n".join(bad[:10])
 
 
-@pytest.fixture(scope="module")
-def numba_backends():
-    pytest.importorskip("numba")
-    from pyggml.backends.numba_cpu.backend import NumbaBackend
-    bes = {n: NumbaBackend(n) for n in (1, 2, 3)}
-    yield bes
-    for be in bes.values():
-        be.free()
-
-
 @pytest.mark.parametrize("name", PARITY_OPS)
 def test_numba_matches_reference(name, numba_backends):
     from pyggml.backends.reference.backend import ReferenceBackend

@@ -94,16 +94,6 @@ def _sample(cases, k):
     return [cases[int(i * step)] for i in range(k)]
 
 
-@pytest.fixture(scope="module")
-def numba_backends():
-    pytest.importorskip("numba")
-    from pyggml.backends.numba_cpu.backend import NumbaBackend
-    bes = {n: NumbaBackend(n) for n in (1, 2, 3)}
-    yield bes
-    for be in bes.values():
-        be.free()
-
-
 def _run(backend, build, fill, n_threads=None):
     """Build a small graph, fill its leafs (dict name -> values), compute, return the output."""
     ctx = gg.init(mem_size=32 << 20)

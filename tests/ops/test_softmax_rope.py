@@ -284,21 +284,11 @@ def test_rope_errors():
 
 # --- (c) Numba kernels == reference ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def numba_backends():
-    pytest.importorskip("numba")
-    from pyggml.backends.numba_cpu.backend import NumbaBackend
-    bes = [NumbaBackend(n) for n in (1, 2, 3)]
-    yield bes
-    for be in bes:
-        be.free()
-
-
 @pytest.mark.parametrize("case", FAST, ids=str)
 def test_numba_matches_reference(numba_backends, case):
     from pyggml.backends.reference import ReferenceBackend
     ref = ReferenceBackend()
-    for be in numba_backends:
+    for be in numba_backends.values():
         r = harness.run_test(case, be, ref, seed=1)
         assert r.status == "OK", f"{be.n_threads} threads: {case}: {r.status} {r.message}"
 
@@ -315,7 +305,7 @@ def test_numba_soft_max_nan_and_inf_semantics(numba_backends):
         return gg.soft_max_ext(ctx, a, mask, 1.0, 0.0)
     leafs = [(gg.TYPE_F32, [19, 3], x), (gg.TYPE_F16, [19, 3], m)]
     want, _ = _run(build, leafs)
-    for be in numba_backends:
+    for be in numba_backends.values():
         got, _ = _run(build, leafs, be)
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-6)
