@@ -42,20 +42,34 @@ def rng():
     return np.random.default_rng(0)
 
 
+_TWIN_SCRIPT = r"""
+import sys
+sys.path.insert(0, %(folder)r)
+from pyggml.backends.numba_cpu.kernels import simd
+assert simd.HAVE_AVX2 == %(avx2)r and not simd.HAVE_AVX512, (simd.HAVE_AVX2, simd.HAVE_AVX512)
+import %(module)s as T
+bad = T.%(fn)s()
+print("twin ok" if not bad else f"twin differs: {bad}")
+sys.exit(1 if bad else 0)
+"""
+
+
 @pytest.fixture
 def simd_twin(request):
-    """twin(script, mode, cache_dir=None): runs `script % (this test's folder, mode == "avx2")`
-    in a fresh interpreter with PYGGML_SIMD=mode (the SIMD width is fixed when the kernels
-    compile, so each mode needs its own process) and asserts it printed "twin ok". Its Numba
-    cache: cache_dir, else pyggml's own (keyed by the mode)."""
-    folder = str(request.path.parent)
+    """twin(fn_name, mode, cache_dir=None): calls this test module's function `fn_name` (no
+    arguments; it returns the list of mismatches) in a fresh interpreter with
+    PYGGML_SIMD=mode (the SIMD width is fixed when the kernels compile, so each mode needs
+    its own process) and asserts it found none. Its Numba cache: cache_dir, else pyggml's own
+    (keyed by the mode)."""
+    folder, module = str(request.path.parent), request.path.stem
 
-    def twin(script: str, mode: str, cache_dir=None) -> None:
+    def twin(fn_name: str, mode: str, cache_dir=None) -> None:
         env = dict(os.environ, PYGGML_SIMD=mode)
         env.pop("NUMBA_CACHE_DIR", None)
         if cache_dir is not None:
             env["NUMBA_CACHE_DIR"] = str(cache_dir)
-        r = subprocess.run([sys.executable, "-c", script % (folder, mode == "avx2")], env=env,
+        script = _TWIN_SCRIPT % dict(folder=folder, avx2=mode == "avx2", module=module, fn=fn_name)
+        r = subprocess.run([sys.executable, "-c", script], env=env,
                            capture_output=True, text=True, timeout=1800)
         assert r.returncode == 0 and "twin ok" in r.stdout, (r.stdout[-3000:] + r.stderr[-3000:])
     return twin

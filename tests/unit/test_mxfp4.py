@@ -370,33 +370,26 @@ def test_reference_backend_computes_them(ggml):
 
 # --- the other SIMD modes --------------------------------------------------------------------
 
-_TWIN = r"""
-import sys, numpy as np
-sys.path.insert(0, %r)
-from pyggml.backends.numba_cpu.kernels import simd
-assert simd.HAVE_AVX2 == %r and not simd.HAVE_AVX512, (simd.HAVE_AVX2, simd.HAVE_AVX512)
-import test_mxfp4 as T
-from pyggml import data
-bad = []
-for m, k, n in T.MATVEC[:3]:
-    gf, y = T._mul_mat_graph(m, k, n)
-    want, = T._ggml_values([y])
-    T._numba(2).graph_compute(gf)
-    if not np.array_equal(data.read(y), want):
-        bad.append((m, k, n))
-print("twin ok" if not bad else f"twin differs: {bad}")
-sys.exit(1 if bad else 0)
-"""
+def _twin_mismatches():
+    """The mat-vec shapes on this process's SIMD mode (run by the simd_twin fixture)."""
+    bad = []
+    for m, k, n in MATVEC[:3]:
+        gf, y = _mul_mat_graph(m, k, n)
+        want, = _ggml_values([y])
+        _numba(2).graph_compute(gf)
+        if not np.array_equal(data.read(y), want):
+            bad.append((m, k, n))
+    return bad
 
 
 @pytest.mark.skipif(not simd.HAVE_AVX512, reason="no AVX-512: the default kernels are the AVX2 ones")
 def test_avx2_twin_is_ggmls_bit_for_bit(ggml, simd_twin):
-    simd_twin(_TWIN, "avx2")
+    simd_twin("_twin_mismatches", "avx2")
 
 
 @pytest.mark.skipif(not SLOW, reason="compiles the kernels again (minutes): set PYGGML_SLOW=1")
 def test_portable_path_is_ggmls_bit_for_bit(ggml, simd_twin, tmp_path):
-    simd_twin(_TWIN, "generic", tmp_path)
+    simd_twin("_twin_mismatches", "generic", tmp_path)
 
 
 # --- GGUF and `pyggml quantize` ------------------------------------------------------------------
