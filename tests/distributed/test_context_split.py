@@ -6,7 +6,10 @@ the kernel folds keys in aligned units in key order and every shard is whole uni
 parallel merge (chain=False) sums in another order: equal to float32 rounding, which a
 quantized model's activation quantization (Q8_0 for Q4_0 weights) can amplify, a flipped
 rounding step moving a row's logits by ~1e-4 relative
-(test_quantized_activations_amplify_rounding pins this down)."""
+(test_quantized_activations_amplify_rounding).
+
+The mixed shards (context_mixed.py) mirror one MixedKVCache's layout and fold order:
+chained, bit for bit the single mixed cache too."""
 from __future__ import annotations
 
 import importlib.util
@@ -82,9 +85,11 @@ def test_parallel_shards_equal_one_cache_to_rounding(kv_type):
 
 def test_quantized_activations_amplify_rounding():
     # The Q4_0-weight model: chained shards are still exact; merged in parallel, most rows
-    # agree to float32 rounding and a few jump by orders of magnitude (a Q8_0 rounding flip
-    # downstream of an attention output): the error is not the merge's, it is the
-    # quantized matmuls'
+    # agree to float32 rounding and a few may jump by orders of magnitude (a Q8_0 rounding
+    # flip downstream of an attention output): the error is not the merge's, it is the
+    # quantized matmuls'. Whether a row flips here depends on the SIMD path's rounding:
+    # 2 rows with PYGGML_SIMD=avx2, none on the AVX-512 path (SmolLM2 merged in parallel:
+    # 6 rows at 1e-4 on the AVX-512 path too, docs/DISTRIBUTED.md, Exactness)
     def rows(cache):
         return _logits(cache, 150, CFG_Q)
     ref = rows(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 192))
@@ -93,7 +98,7 @@ def test_quantized_activations_amplify_rounding():
     got = rows(ShardedKVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 192, 2, chain=False))
     per_row = ((ref - got) ** 2).sum(1) / (ref ** 2).sum(1)
     assert np.median(per_row) <= 1e-12
-    assert 0 < (per_row > 1e-9).sum() <= 4
+    assert (per_row > 1e-9).sum() <= 4
 
 
 def test_sharded_cache_cold_shards():
