@@ -7,7 +7,9 @@
    load average at each round. --mixed: again with the mixed cache (kv_hot 32).
 2. Context-split attention per layer against context length: one decode query (SmolLM2's
    shapes: 9 heads, 3 KV heads, head_dim 64, F16 K/V) over L keys, as one local
-   flash_attn_ext and as 2 shards of L/2 on 2 workers merged on the driver.
+   flash_attn_ext, as 2 shards of L/2 on 2 workers chained (shard 1 continues from shard
+   0's state and output: the default) and as the same 2 shards from fresh states at once,
+   merged on the driver (chain=False); alternated in each round.
 
     python tools/bench_distributed.py [--repeat 3] [--lengths 4096,16384,65536] [--mixed]
 
@@ -100,12 +102,12 @@ def bench_attention(lengths, repeat: int) -> None:
     rng = np.random.default_rng(0)
     D, H, HKV = 64, 9, 3
     workers = [RayBackend(i) for i in range(2)]
-    print("\n| context L | local flash_attn_ext (ms) | 2 shards on 2 workers + merge (ms) | "
-          "load avg | max abs diff |")
-    print("|---|---|---|---|---|")
+    print("\n| context L | local flash_attn_ext (ms) | 2 shards chained (ms) | 2 shards in "
+          "parallel + merge (ms) | load avg | chained: max abs diff | parallel: max abs diff |")
+    print("|---|---|---|---|---|---|---|")
     try:
         for L in lengths:
-            ctx = gg.init(mem_size=(L * D * HKV * 2 * 2) + (64 << 20))
+            ctx = gg.init(mem_size=(L * D * HKV * 2 * 2) * 2 + (64 << 20))
             q = gg.from_numpy(ctx, rng.standard_normal((H, 1, D)).astype(np.float32))
             kv = [gg.from_numpy(ctx, rng.standard_normal((HKV, L, D)).astype(np.float32),
                                 type=gg.TYPE_F16) for _ in range(2)]
@@ -116,39 +118,61 @@ def bench_attention(lengths, repeat: int) -> None:
             s1 = gg.sched_new([gg.backend_cpu_init(1), gg.backend_reference_init()])
             # shards: each worker holds half the keys of K and V (uploaded once)
             h = L // 2
-            outs, states, shards = [], [], []
-            g2 = gg.new_graph(ctx)
+            shards, masks = [], []
             for w in range(2):
                 ks = gg.from_numpy(ctx, gg.to_numpy(kv[0])[:, w * h:(w + 1) * h], type=gg.TYPE_F16)
                 vs = gg.from_numpy(ctx, gg.to_numpy(kv[1])[:, w * h:(w + 1) * h], type=gg.TYPE_F16)
                 workers[w].adopt([ks, vs])
                 shards += [ks, vs]
-                m = gg.from_numpy(ctx, np.zeros((1, h), np.float16))
-                st = gg.from_numpy(ctx, fresh_values([2, H, 1, 1]).reshape(H, 2))
-                outs.append(gg.flash_attn_ext_with_state(ctx, q, ks, vs, m, None, None, None,
-                                                         st, 0.125, 0.0, 0.0))
-                states.append(st)
+                masks.append(gg.from_numpy(ctx, np.zeros((1, h), np.float16)))
+
+            def new_state():
+                return gg.from_numpy(ctx, fresh_values([2, H, 1, 1]).reshape(H, 2))
+            # parallel: each shard from a fresh state, merged on the driver (chain=False)
+            g2 = gg.new_graph(ctx)
+            states = [new_state() for _ in range(2)]
+            outs = [gg.flash_attn_ext_with_state(ctx, q, shards[2 * w], shards[2 * w + 1],
+                                                 masks[w], None, None, None, states[w],
+                                                 0.125, 0.0, 0.0) for w in range(2)]
             merged = lse_merge(ctx, g2, outs, states)
             gg.build_forward_expand(g2, merged)
-            s2 = DistributedSched([gg.backend_cpu_init(1), *workers, gg.backend_reference_init()],
-                                  follow=False)
-            fresh = [fresh_values(st.ne) for st in states]
-            t_loc, t_dist = [], []
+            # chained (the default): shard 1 continues from shard 0's state and output
+            g3 = gg.new_graph(ctx)
+            chain_state = new_state()
+            o = None
+            for w in range(2):
+                o = gg.flash_attn_ext_with_state(ctx, q, shards[2 * w], shards[2 * w + 1],
+                                                 masks[w], None, None, None, chain_state,
+                                                 0.125, 0.0, 0.0, o_prev=o)
+                gg.build_forward_expand(g3, o)
+            chained = o
+            backends = [gg.backend_cpu_init(1), *workers, gg.backend_reference_init()]
+            s2 = DistributedSched(backends, follow=False)
+            s3 = DistributedSched(backends, follow=False)
+            fresh = fresh_values(states[0].ne)
+            t_loc, t_chain, t_par = [], [], []
             for r in range(repeat + 1):
                 t0 = time.perf_counter()
                 s1.graph_compute(g1)
                 t1 = time.perf_counter()
-                for st, f in zip(states, fresh):
-                    gg.tensor_set(st, f)
-                s2.graph_compute(g2)
+                gg.tensor_set(chain_state, fresh)
+                s3.graph_compute(g3)
                 t2 = time.perf_counter()
+                for st in states:
+                    gg.tensor_set(st, fresh)
+                s2.graph_compute(g2)
+                t3 = time.perf_counter()
                 if r:                                 # the first round loads kernels
                     t_loc.append((t1 - t0) * 1e3)
-                    t_dist.append((t2 - t1) * 1e3)
-            err = float(np.abs(gg.to_numpy(local) - gg.to_numpy(merged)).max())
-            print(f"| {L} | {statistics.median(t_loc):.2f} ({min(t_loc):.2f}-{max(t_loc):.2f}) | "
-                  f"{statistics.median(t_dist):.2f} ({min(t_dist):.2f}-{max(t_dist):.2f}) | "
-                  f"{os.getloadavg()[0]:.1f} | {err:.1e} |", flush=True)
+                    t_chain.append((t2 - t1) * 1e3)
+                    t_par.append((t3 - t2) * 1e3)
+            ref = gg.to_numpy(local)
+            e_chain = float(np.abs(ref - gg.to_numpy(chained)).max())
+            e_par = float(np.abs(ref - gg.to_numpy(merged)).max())
+            def ms(xs):
+                return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+            print(f"| {L} | {ms(t_loc)} | {ms(t_chain)} | {ms(t_par)} | "
+                  f"{os.getloadavg()[0]:.1f} | {e_chain:.1e} | {e_par:.1e} |", flush=True)
             for w in range(2):
                 workers[w].release(shards[2 * w:2 * w + 2])
     finally:

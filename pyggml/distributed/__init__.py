@@ -3,8 +3,9 @@
     RayBackend        a backend whose buffers and compute live in a Ray actor (backend.py)
     DistributedSched  Sched plus follow/export rules for remote memory (sched.py)
     layer split       contiguous layer ranges and their KV cache per worker (layer_split.py)
-    context split     the KV cache sharded by token ranges, attention merged by the softmax
-                      state rule (context_split.py: ShardedKVCache, lse_merge)
+    context split     the KV cache sharded by token ranges, attention chained (or merged) by
+                      the softmax state rule (context_split.py: ShardedKVCache, lse_merge;
+                      context_mixed.py: MixedShardedKVCache, bitwise one MixedKVCache)
     WorkerGroup       the Ray connection, the workers, placement (group.py)
     errors            WorkerDiedError, WorkerTimeoutError (GGMLError subclasses)
 

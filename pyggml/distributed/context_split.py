@@ -2,9 +2,9 @@
 combined with the softmax-state rule of flash_attn_ext_with_state.
 
 Shard w holds positions [w*C, (w+1)*C) of every layer (C = n_ctx / n_shards rounded up to
-FOLD = 64, the Numba kernel's fold unit), in its own type (context_mixed.py: each shard
-itself hot F16 + cold Q4_0). Per layer and step the shards that hold keys are combined one
-of two ways:
+FOLD = 64, the Numba kernel's fold unit), in its own type (context_mixed.py: the mixed
+cache over the shards, its hot ring on shard 0). Per layer and step the shards that hold
+keys are combined one of two ways:
 
   chained (the default, exact): shard w's flash_attn_ext_with_state continues from shard
       w-1's state and output (o_prev), in key order. The kernel folds keys in aligned units

@@ -105,7 +105,8 @@ class WorkerGroup:
                    type=GGMLType.F16, mixed: bool = False, hot_tokens: int = 256,
                    max_batch: int = 64) -> ShardedKVCache:
         """Context split: a cache of one token-range shard per worker, each in `type`; mixed:
-        each shard hot F16 + cold `type`, the newest `hot_tokens` hot (context_mixed.py)."""
+        the newest `hot_tokens` in an F16 ring on worker 0, each shard's older tokens in
+        `type` (context_mixed.py)."""
         self._release_cache()
         n = len(self.workers)
         if mixed:
