@@ -21,9 +21,10 @@ reorganized for memory traffic:
             other types are converted to F32 rows once per tile. Quantized K with
             PREC_DEFAULT quantizes the q rows to 8-bit blocks (ggml's vec_dot_type
             Q8_0/Q8_1) and uses integer dots per 32-block times the two scales (plus
-            min·sum for Q4_1/Q5_1): Q4_0 through AVX512-VNNI straight from the cache,
-            the others with ggml's AVX2 sequence on decoded rows (a portable loop
-            without AVX2); PREC_F32 reads the dequantized K. Head sizes that are not
+            min·sum for Q4_0 straight from the cache (AVX512-VNNI, else ggml's AVX2
+            pmaddubsw sequence, else portable LLVM: the same integers), the others with
+            ggml's AVX2 sequence on decoded rows (a portable loop without AVX2);
+            PREC_F32 reads the dequantized K. Head sizes that are not
             whole vectors take plain loops (LLVM-vectorized).
   fold      each segment's keys fall in aligned units of FOLD keys; a unit's partial
             (online softmax from nothing: M, S, unnormalized acc) is folded into the row's
@@ -327,7 +328,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     s16_addr = np.int64(s16.ctypes.data)
     # SIMD products when the head sizes fit whole vectors, rows read in place when simd
     # reads their type; Q4_0 K with integer dots through VNNI
-    k_i8 = int_dots and kt == Q4_0 and simd.HAVE_VNNI
+    k_i8 = int_dots and kt == Q4_0
     k_simd = not int_dots and dk % VL == 0
     k_direct = k_i8 or (k_simd and reads_in_place(kt, dk))
     kq = kt if k_direct else F32
