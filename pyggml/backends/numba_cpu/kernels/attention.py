@@ -258,25 +258,41 @@ def work_size(node, n_threads: int) -> int:
 
 
 @_jit_inline
-def _score(scp, mvp, o, b, u, x, scale, softcap):
-    """Scaled (soft-capped) score of key u plus its mask value; -inf where masked."""
-    x = x * scale
-    if softcap != _F0:
-        x = softcap * np.float32(math.tanh(x))
-    m = mvp[b + u]
-    scp[o + u] = x + m if m != NEG_INF else NEG_INF
+def _raw_group(scp, o, gn, x0, x1, x2, x3):
+    """The group's gn (<= 4) q·k dots into the row's score slots (constant indices: no
+    spilled tuples); _score_row turns the block's slots into scores."""
+    scp[o] = x0
+    if gn > 1:
+        scp[o + 1] = x1
+    if gn > 2:
+        scp[o + 2] = x2
+    if gn > 3:
+        scp[o + 3] = x3
 
 
 @_jit_inline
-def _score_group(scp, mvp, o, b, gn, x0, x1, x2, x3, scale, softcap):
-    """_score of the group's gn (<= 4) keys (constant indices: no spilled tuples)."""
-    _score(scp, mvp, o, b, 0, x0, scale, softcap)
-    if gn > 1:
-        _score(scp, mvp, o, b, 1, x1, scale, softcap)
-    if gn > 2:
-        _score(scp, mvp, o, b, 2, x2, scale, softcap)
-    if gn > 3:
-        _score(scp, mvp, o, b, 3, x3, scale, softcap)
+def _score_row(scp, mvp, o, b, nk, scale, softcap):
+    """A row's nk dots -> scaled (soft-capped) scores plus mask values, -inf where masked
+    (whatever the dot: junk K rows under the mask may give NaN); returns their max. One
+    pass over the block (vectorized) instead of a scalar step per dot."""
+    bm = NEG_INF
+    if softcap != _F0:
+        for u in range(nk):
+            m = mvp[b + u]
+            x = softcap * np.float32(math.tanh(scp[o + u] * scale)) + m
+            x = x if m != NEG_INF else NEG_INF
+            scp[o + u] = x
+            if x > bm:
+                bm = x
+    else:
+        for u in range(nk):
+            m = mvp[b + u]
+            x = scp[o + u] * scale + m
+            x = x if m != NEG_INF else NEG_INF
+            scp[o + u] = x
+            if x > bm:
+                bm = x
+    return bm
 
 
 # --- one tile over a key range of one segment ----------------------------------------------------
@@ -393,7 +409,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
             if not _any_visible(cv, g0, gn):
                 for r in range(R):
                     for u in range(gn):
-                        sc[r * KB + g0 + u] = NEG_INF
+                        scp[r * KB + g0 + u] = NEG_INF
                 continue
             if k_direct:    # rows read in place; keys nobody sees are read too, then masked
                 k0, k1, k2, k3 = _group_rows(kbase, j0 + g0, gn, knb1)
@@ -431,10 +447,8 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                             qk1(kq, dk, qf_addr + (r0 + rr) * dk * 4, k0, k1, k2, k3,
                                  s16_addr + rr * 16, kpf)
                     for rr in range(nr):
-                        r = r0 + rr
-                        _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s16[rr * 4],
-                                     s16[rr * 4 + 1], s16[rr * 4 + 2], s16[rr * 4 + 3],
-                                     scale, softcap)
+                        _raw_group(scp, (r0 + rr) * KB + g0, gn, s16[rr * 4], s16[rr * 4 + 1],
+                                   s16[rr * 4 + 2], s16[rr * 4 + 3])
                 continue
             for r in range(R):
                 if int_dots:
@@ -453,14 +467,10 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                     s4 = s4b
                 else:
                     s4 = dot_1x4(qf, r * dk, kf, dk)
-                _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s4[0], s4[1], s4[2],
-                             s4[3], scale, softcap)
-        # per row: block max, rescale, probabilities
+                _raw_group(scp, r * KB + g0, gn, s4[0], s4[1], s4[2], s4[3])
+        # per row: scores (scaled, soft-capped, masked) and their max, rescale, probabilities
         for r in range(R):
-            bm = NEG_INF
-            for jj in range(nk):
-                if sc[r * KB + jj] > bm:
-                    bm = sc[r * KB + jj]
+            bm = _score_row(scp, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
             if bm == NEG_INF:
                 for jj in range(nk):
                     sc[r * KB + jj] = _F0
