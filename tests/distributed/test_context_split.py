@@ -69,9 +69,11 @@ def test_parallel_shards_equal_one_cache_to_rounding(kv_type):
 
 def test_quantized_activations_amplify_rounding():
     # The Q4_0-weight model: chained shards are still exact; merged in parallel, most rows
-    # agree to float32 rounding and a few jump by orders of magnitude (a Q8_0 rounding flip
-    # downstream of an attention output): the error is not the merge's, it is the
-    # quantized matmuls'
+    # agree to float32 rounding and a few may jump by orders of magnitude (a Q8_0 rounding
+    # flip downstream of an attention output): the error is not the merge's, it is the
+    # quantized matmuls'. Whether any row flips depends on the kernel's float rounding
+    # (none did after the attention kernel's softmax sums were vectorized), so only the
+    # bound is asserted.
     def rows(cache):
         return _logits(cache, 150, CFG_Q)
     ref = rows(F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 192))
@@ -80,7 +82,7 @@ def test_quantized_activations_amplify_rounding():
     got = rows(ShardedKVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 192, 2, chain=False))
     per_row = ((ref - got) ** 2).sum(1) / (ref ** 2).sum(1)
     assert np.median(per_row) <= 1e-12
-    assert 0 < (per_row > 1e-9).sum() <= 4
+    assert (per_row > 1e-9).sum() <= 4
 
 
 def test_sharded_cache_cold_shards():
