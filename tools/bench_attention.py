@@ -7,7 +7,7 @@ Cases (D=128, 32 query heads over 8 KV heads, as a Llama-style GQA layer):
   decode_f16_16k    one query over a 16k F16 KV cache             goal <= 0.5x ggml
   decode_q4_0_16k   one query over a 16k Q4_0 KV cache            goal <= 0.25x ggml's Q4_0
   with_state_16k    flash_attn_ext_with_state, hot 512 F16 + cold Q4_0 (16k in all)
-                                                                  goal <= 0.5x ggml's F16 16k
+                                                                  goal <= 0.3x ggml's F16 16k
   prompt_f16_512    512 queries over 512 F16 keys, causal mask    goal <= 1.0x ggml
 Times are medians of --runs computes, in alternating blocks of pyggml and ggml runs, each
 side's threads quiet while the other runs (Numba compile time, cached on disk, is reported
@@ -179,7 +179,7 @@ def main(argv=None):
         ("decode_f16_16k", lambda: (fa(T.F16, 16384), None), lambda: fa(T.F16, 16384), 0.5),
         ("decode_q4_0_16k", lambda: (fa(T.Q4_0, 16384), None), lambda: fa(T.Q4_0, 16384), 0.25),
         ("with_state_16k", lambda: build_ws(ctx, 512, 16384 - 512, prec, rng),
-         lambda: fa(T.F16, 16384), 0.5),
+         lambda: fa(T.F16, 16384), 0.3),
         ("prompt_f16_512", lambda: (fa(T.F16, 512, 512, True), None),
          lambda: fa(T.F16, 512, 512, True), 1.0),
     ]

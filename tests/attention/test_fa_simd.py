@@ -67,11 +67,19 @@ def test_qk_pv_match_numpy(rng, kind):
     np.testing.assert_allclose(acc, want, rtol=0, atol=2e-5)
 
 
-@pytest.mark.skipif(not simd.HAVE_VNNI, reason="needs AVX512-VNNI")
+_I8_DOTS = {"vnni": (simd.qk_4x4_q4_0_i8, simd.qk_1x4_q4_0_i8),
+            "pairs": (simd.qk_4x4_q4_0_pairs, simd.qk_1x4_q4_0_pairs)}
+
+
+@pytest.mark.parametrize("impl", list(_I8_DOTS))
 @pytest.mark.parametrize("n", [32, 96, 128])
-def test_q4_0_integer_dots(rng, n):
+def test_q4_0_integer_dots(rng, n, impl):
     """Q4_0 K rows against 8-bit q blocks: the dot of the dequantized K with the
-    dequantized q (the kernel's PREC_DEFAULT path), exact up to float rounding."""
+    dequantized q (the kernel's PREC_DEFAULT path), exact up to float rounding; VNNI and
+    its twin without it (pmaddubsw on AVX2, portable LLVM otherwise)."""
+    if impl == "vnni" and not simd.HAVE_VNNI:
+        pytest.skip("needs AVX512-VNNI (qk_*_q4_0_i8 is the pairs twin here)")
+    qk4, qk1 = _I8_DOTS[impl]
     kbuf, ks, kx = _rows(rng, "q4_0", 4, gap=0, n=n)
     N = n
     nb = N // 32
@@ -85,10 +93,10 @@ def test_q4_0_integer_dots(rng, n):
     @numba.njit
     def run(qi8, qdx, kbuf, ks, out):
         a = kbuf.ctypes.data
-        simd.qk_4x4_q4_0_i8(nb, qi8.ctypes.data, N, qdx.ctypes.data, a, a + ks, a + 2 * ks,
-                            a + 3 * ks, out.ctypes.data)
-        simd.qk_1x4_q4_0_i8(nb, qi8.ctypes.data + 3 * N, 0, qdx.ctypes.data + 3 * nb * 64, a,
-                            a + ks, a + 2 * ks, a + 3 * ks, out.ctypes.data + 64)
+        qk4(nb, qi8.ctypes.data, N, qdx.ctypes.data, a, a + ks, a + 2 * ks, a + 3 * ks,
+            out.ctypes.data)
+        qk1(nb, qi8.ctypes.data + 3 * N, 0, qdx.ctypes.data + 3 * nb * 64, a, a + ks, a + 2 * ks,
+            a + 3 * ks, out.ctypes.data + 64)
     run(qi8, qdx, kbuf, ks, out)
     qx = (qi8.reshape(4, nb, 32) * qd[:, :, None]).reshape(4, N).astype(np.float64)
     dots = qx @ kx.T.astype(np.float64)

@@ -410,23 +410,32 @@ def test_kernels_match_reference(numba_backend):
 
 def test_split_kv_decode_path_is_taken():
     from pyggml.backends.numba_cpu.kernels import attention as K
-    # decode (few tiles) over a long KV splits the keys' fold units (FOLD keys) into
-    # 512-key chunks; the split does not depend on the thread count (bitwise equal results
-    # for any n_threads, and to one thread's)
+    # decode (fewer tiles than threads can share) over a long KV splits the keys' fold
+    # units (FOLD keys) into 512-key chunks; split or not, the results are bitwise equal
+    # (test_kernel_results_do_not_depend_on_thread_count: 1 thread does not split there)
     def units(n_kv):
         return -(-n_kv // K.FOLD)
-    assert K.n_split_chunks(1, units(1100)) == 3 and K.n_split_chunks(8, units(16384)) == 32
-    assert K.n_split_chunks(1, units(960)) == 1      # short KV: one work unit per tile
-    assert K.n_split_chunks(64, units(16384)) == 1   # enough tiles: no split
+    assert K.n_split_chunks(1, units(1100), 1) == 3 and K.n_split_chunks(8, units(16384), 4) == 32
+    assert K.n_split_chunks(8, units(16384), 2) == 1   # 4 tiles a thread: enough
+    assert K.n_split_chunks(8, units(16384), 0) == 32  # the work buffer allows any count
+    assert K.n_split_chunks(1, units(960), 2) == 1     # short KV: one work unit per tile
+    assert K.n_split_chunks(64, units(16384), 8) == 1  # enough tiles: no split
     # the fast case set keeps decode cases over long KV, so the split path runs in CI
     split = [c for c in KCASES if c.vars["kv"] >= 1024 and c.vars["nb"] <= 2]
     assert len(split) >= 8
 
 
-def test_kernel_results_do_not_depend_on_thread_count():
+@pytest.mark.parametrize("n_kv_heads", [2, 4])
+def test_kernel_results_do_not_depend_on_thread_count(n_kv_heads):
+    # 2 tiles split their keys at every thread count; 4 tiles do not at 1 thread (enough
+    # tiles for it) and do at 2 and 3: split and unsplit results are bitwise equal too
+    from pyggml.backends.numba_cpu.kernels import attention as K
+    units = -(-1300 // K.FOLD)
+    splits = [K.n_split_chunks(n_kv_heads, units, n) > 1 for n in (1, 2, 3)]
+    assert splits == ([True] * 3 if n_kv_heads == 2 else [False, True, True])
     outs = []
-    case = A._fa_case(128, 128, 2, (4, 1), 1300, 1, True, False, 0.0, 0.0, A.PREC_DEFAULT,
-                      T.F16, T.Q4_0)
+    case = A._fa_case(128, 128, n_kv_heads, (4, 1), 1300, 1, True, False, 0.0, 0.0,
+                      A.PREC_DEFAULT, T.F16, T.Q4_0)
     for n in (1, 2, 3):
         ctx, out, gf = harness.build_graph(case)
         harness.alloc_guarded(gf)

@@ -21,9 +21,10 @@ reorganized for memory traffic:
             other types are converted to F32 rows once per tile. Quantized K with
             PREC_DEFAULT quantizes the q rows to 8-bit blocks (ggml's vec_dot_type
             Q8_0/Q8_1) and uses integer dots per 32-block times the two scales (plus
-            min·sum for Q4_1/Q5_1): Q4_0 through AVX512-VNNI straight from the cache,
-            the others with ggml's AVX2 sequence on decoded rows (a portable loop
-            without AVX2); PREC_F32 reads the dequantized K. Head sizes that are not
+            min·sum for Q4_0 straight from the cache (AVX512-VNNI, else ggml's AVX2
+            pmaddubsw sequence, else portable LLVM: the same integers), the others with
+            ggml's AVX2 sequence on decoded rows (a portable loop without AVX2);
+            PREC_F32 reads the dequantized K. Head sizes that are not
             whole vectors take plain loops (LLVM-vectorized).
   fold      each segment's keys fall in aligned units of FOLD keys; a unit's partial
             (online softmax from nothing: M, S, unnormalized acc) is folded into the row's
@@ -35,11 +36,13 @@ reorganized for memory traffic:
             (distributed/context_split.py) equal one process exactly.
   threads   work units are handed out through an atomic counter (ggml's chunking: a thread
             that starts late, or runs on a busy core, simply takes fewer). When there are
-            few tiles and many keys (decode: one query, n_batch = 1, few KV heads), every
-            tile's fold units are split into chunks of UPC units (CHUNK keys), each a work
-            unit: the fold units' partials go to the work buffer and the last thread to
-            finish folds them in key order. So 2 threads help one query, and the result is
-            bitwise the one of a single thread (and of any thread count).
+            too few tiles for the threads (fewer than TILES_PER_THREAD each) and many keys
+            (decode: one query, n_batch = 1, few KV heads), every tile's fold units are
+            split into chunks of UPC units (CHUNK keys), each a work unit: the fold units'
+            partials go to the work buffer and, once all are there, the threads share the
+            rows, each row's units folded in key order by the same _fold_row. So 2 threads
+            help one query, and the result is bitwise the one of the unsplit kernel (any
+            thread count); only the traffic of the partials is extra.
   with_state the same tiles run over the hot and then the cold segment (each with its own
             K/V types and mask, q converted per segment); a row's fold starts from the
             incoming state (M, S) and o_prev when they hold a previous contribution, and
@@ -155,12 +158,13 @@ FOLD = 64          # keys per fold unit (aligned in each segment): its partial i
 CHUNK = 512        # keys per chunk when a tile's keys are split (few tiles, long KV)
 UPC = CHUNK // FOLD  # fold units per chunk
 SPLIT_TILES = 16   # split the keys when there are fewer tiles than this
+TILES_PER_THREAD = 4  # ... and fewer than this many per thread (enough to balance without)
 PF_GROUPS = 8       # K/V rows read in place are prefetched this many key groups ahead
 # words of the node's scratch line (desc.scratch_addr) shared by its threads
 C_TICKET = 0       # arrival tickets: run = ticket // n_tasks
 C_READY = 1        # (run + 1) * 2 + (1 if the state check failed)
 C_NEXT = 2         # next work unit of the current run
-C_DONE = 3         # threads done (split mode: the last one merges)
+C_DONE = 3         # threads done with their chunks (split mode: then all fold rows)
 
 L_TOTAL = 17       # scratch arrays per thread (see layout)
 
@@ -198,11 +202,15 @@ def layout(dk, dv):
 
 
 @_jit
-def n_split_chunks(n_tiles, n_units):
+def n_split_chunks(n_tiles, n_units, n_threads):
     """Chunks of UPC fold units (CHUNK keys) per tile when there are too few tiles to keep
-    threads busy and the keys are many (decode), else 1. Independent of the thread count,
-    so results are bitwise the same for any number of threads."""
+    n_threads busy and the keys are many (decode), else 1. Split or not, the folds are
+    the same, so results are bitwise the same for any number of threads; the split costs
+    the partials' traffic (a tenth of an F16 cache's bytes), so it is taken only when
+    needed. n_threads <= 0: the most any thread count splits (sizes the work buffer)."""
     if n_tiles >= SPLIT_TILES or n_units * FOLD < 2 * CHUNK:
+        return 1
+    if n_threads > 0 and n_tiles >= TILES_PER_THREAD * n_threads:
         return 1
     return (n_units + UPC - 1) // UPC
 
@@ -251,31 +259,47 @@ def work_size(node, n_threads: int) -> int:
     n_tiles = q.ne[3] * (q.ne[2] // rk) * nhb * npb
     total = per * nt
     n_units = _n_units(node)
-    if int(n_split_chunks(n_tiles, n_units)) > 1:
+    if int(n_split_chunks(n_tiles, n_units, 0)) > 1:
         total += _al(q.ne[1] * q.ne[2] * q.ne[3] * n_units * (2 + dv) * 4)
     return total + 64
 
 
 @_jit_inline
-def _score(scp, mvp, o, b, u, x, scale, softcap):
-    """Scaled (soft-capped) score of key u plus its mask value; -inf where masked."""
-    x = x * scale
-    if softcap != _F0:
-        x = softcap * np.float32(math.tanh(x))
-    m = mvp[b + u]
-    scp[o + u] = x + m if m != NEG_INF else NEG_INF
+def _raw_group(scp, o, gn, x0, x1, x2, x3):
+    """The group's gn (<= 4) q·k dots into the row's score slots (constant indices: no
+    spilled tuples); _score_row turns the block's slots into scores."""
+    scp[o] = x0
+    if gn > 1:
+        scp[o + 1] = x1
+    if gn > 2:
+        scp[o + 2] = x2
+    if gn > 3:
+        scp[o + 3] = x3
 
 
 @_jit_inline
-def _score_group(scp, mvp, o, b, gn, x0, x1, x2, x3, scale, softcap):
-    """_score of the group's gn (<= 4) keys (constant indices: no spilled tuples)."""
-    _score(scp, mvp, o, b, 0, x0, scale, softcap)
-    if gn > 1:
-        _score(scp, mvp, o, b, 1, x1, scale, softcap)
-    if gn > 2:
-        _score(scp, mvp, o, b, 2, x2, scale, softcap)
-    if gn > 3:
-        _score(scp, mvp, o, b, 3, x3, scale, softcap)
+def _score_row(scp, mvp, o, b, nk, scale, softcap):
+    """A row's nk dots -> scaled (soft-capped) scores plus mask values, -inf where masked
+    (whatever the dot: junk K rows under the mask may give NaN); returns their max. One
+    pass over the block (vectorized) instead of a scalar step per dot."""
+    bm = NEG_INF
+    if softcap != _F0:
+        for u in range(nk):
+            m = mvp[b + u]
+            x = softcap * np.float32(math.tanh(scp[o + u] * scale)) + m
+            x = x if m != NEG_INF else NEG_INF
+            scp[o + u] = x
+            if x > bm:
+                bm = x
+    else:
+        for u in range(nk):
+            m = mvp[b + u]
+            x = scp[o + u] * scale + m
+            x = x if m != NEG_INF else NEG_INF
+            scp[o + u] = x
+            if x > bm:
+                bm = x
+    return bm
 
 
 # --- one tile over a key range of one segment ----------------------------------------------------
@@ -327,7 +351,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     s16_addr = np.int64(s16.ctypes.data)
     # SIMD products when the head sizes fit whole vectors, rows read in place when simd
     # reads their type; Q4_0 K with integer dots through VNNI
-    k_i8 = int_dots and kt == Q4_0 and simd.HAVE_VNNI
+    k_i8 = int_dots and kt == Q4_0
     k_simd = not int_dots and dk % VL == 0
     k_direct = k_i8 or (k_simd and reads_in_place(kt, dk))
     kq = kt if k_direct else F32
@@ -392,7 +416,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
             if not _any_visible(cv, g0, gn):
                 for r in range(R):
                     for u in range(gn):
-                        sc[r * KB + g0 + u] = NEG_INF
+                        scp[r * KB + g0 + u] = NEG_INF
                 continue
             if k_direct:    # rows read in place; keys nobody sees are read too, then masked
                 k0, k1, k2, k3 = _group_rows(kbase, j0 + g0, gn, knb1)
@@ -430,10 +454,8 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                             qk1(kq, dk, qf_addr + (r0 + rr) * dk * 4, k0, k1, k2, k3,
                                  s16_addr + rr * 16, kpf)
                     for rr in range(nr):
-                        r = r0 + rr
-                        _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s16[rr * 4],
-                                     s16[rr * 4 + 1], s16[rr * 4 + 2], s16[rr * 4 + 3],
-                                     scale, softcap)
+                        _raw_group(scp, (r0 + rr) * KB + g0, gn, s16[rr * 4], s16[rr * 4 + 1],
+                                   s16[rr * 4 + 2], s16[rr * 4 + 3])
                 continue
             for r in range(R):
                 if int_dots:
@@ -452,34 +474,31 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                     s4 = s4b
                 else:
                     s4 = dot_1x4(qf, r * dk, kf, dk)
-                _score_group(scp, mvp, r * KB + g0, mrix[r] * KB + g0, gn, s4[0], s4[1], s4[2],
-                             s4[3], scale, softcap)
-        # per row: block max, rescale, probabilities
+                _raw_group(scp, r * KB + g0, gn, s4[0], s4[1], s4[2], s4[3])
+        # per row: scores (scaled, soft-capped, masked) and their max, rescale, probabilities
         for r in range(R):
-            bm = NEG_INF
-            for jj in range(nk):
-                if sc[r * KB + jj] > bm:
-                    bm = sc[r * KB + jj]
+            bm = _score_row(scp, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
             if bm == NEG_INF:
                 for jj in range(nk):
-                    sc[r * KB + jj] = _F0
+                    scp[r * KB + jj] = _F0
                 continue
             mo = Mr[r]
             if bm > mo:
                 if mo == NEG_INF:           # the row's first keys of the unit: acc starts at 0
+                    accp = ptr_of(acc_addr, np.float32)
                     for i in range(dv):
-                        acc[r * dv + i] = _F0
+                        accp[r * dv + i] = _F0
                     Sr[r] = _F0
                 else:
                     f = np.float32(math.exp(mo - bm))
-                    scale_acc(acc, r * dv, f, dv)
+                    scale_acc(acc_addr, r * dv, f, dv)
                     Sr[r] *= f
                 Mr[r] = bm
             mr = Mr[r]
             ssum = _F0
             for jj in range(nk):
-                p = vexp(sc[r * KB + jj] - mr)
-                sc[r * KB + jj] = p
+                p = vexp(scp[r * KB + jj] - mr)
+                scp[r * KB + jj] = p
                 ssum += p
             Sr[r] += ssum
         # V accumulation, KG keys at a time; a key no row of the tile sees is never read, and
@@ -541,18 +560,19 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
 def _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, k, split, part_base, n_units, H, N,
               ob, Mf, Sf):
     """Unit k of the tile is done: its rows' partials folded into their running (M, S, O),
-    or stored for the last thread (decode split); the next unit starts from nothing (a
+    or stored for the final fold (decode split); the next unit starts from nothing (a
     row's acc is zeroed at its first keys)."""
     psz = 2 + dv
     for r in range(R):
         if split:
             grow = (iq3 * H + rows_h[r]) * N + rows_pos[r]
-            pp = f32_array(part_base + ((grow * n_units + k) * psz) * 4, psz)
+            pp = ptr_of(part_base + ((grow * n_units + k) * psz) * 4, np.float32)
             pp[0] = Mr[r]
             pp[1] = Sr[r]
             if Sr[r] > _F0:
+                ap = ptr_of(acc.ctypes.data, np.float32)
                 for i in range(dv):
-                    pp[2 + i] = acc[r * dv + i]
+                    pp[2 + i] = ap[r * dv + i]
         else:
             Mf[r], Sf[r] = _fold_row(ob, r * dv, acc, r * dv, dv, Mf[r], Sf[r], Mr[r], Sr[r])
         Mr[r] = NEG_INF
@@ -602,6 +622,10 @@ def _fold_row(ob, oo, acc, ao, dv, M, S, Mc, Sc):
     a chain of calls split at unit boundaries equals one call bit for bit."""
     if not Sc > _F0:
         return M, S
+    # raw pointers: indexing arrays at oo + i adds negative-index code that keeps these
+    # loops scalar (they run once per row and unit: a few % of a prompt's time)
+    op = ptr_of(ob.ctypes.data, np.float32)
+    ap = ptr_of(acc.ctypes.data, np.float32)
     if S > _F0:
         mn = max(M, Mc)             # one side's factor is exp(0) = 1 exactly
         a = _F1 if M == mn else np.float32(math.exp(M - mn))
@@ -611,11 +635,11 @@ def _fold_row(ob, oo, acc, ao, dv, M, S, Mc, Sc):
         wa = S * a * inv
         wb = b * inv
         for i in range(dv):
-            ob[oo + i] = ob[oo + i] * wa + acc[ao + i] * wb
+            op[oo + i] = op[oo + i] * wa + ap[ao + i] * wb
         return mn, sn
     inv = _F1 / Sc
     for i in range(dv):
-        ob[oo + i] = acc[ao + i] * inv
+        op[oo + i] = ap[ao + i] * inv
     return Mc, Sc
 
 
@@ -716,7 +740,7 @@ def fa_body(desc, ith, nth, ws):
     hb, pb, nhb, npb = tiling(H, N, rk)
     n_groups = H // rk
     n_tiles = ne3 * n_groups * nhb * npb
-    n_chunks = n_split_chunks(n_tiles, n_units)
+    n_chunks = n_split_chunks(n_tiles, n_units, nt)
     split = n_chunks > 1
     psz = 2 + dv
     # scratch (checked before the first shared counter is touched: every thread agrees)
@@ -868,12 +892,17 @@ def fa_body(desc, ith, nth, ws):
                             sinks_a, sa, snb1, snb2, da, dnb1, dnb2, dnb3)
     if not split:
         return
-    # the last thread to finish folds every row's unit partials in key order (the result
-    # does not depend on which thread computed which chunk)
-    if atomic_add(scratch_addr(desc, C_DONE), 1) % nt != nt - 1:
-        return
+    # when every chunk is done, each thread folds a share of the rows, each row's unit
+    # partials in key order by one thread (the result does not depend on which thread
+    # computed a chunk or folds a row). Every thread of a split run arrives here once, and
+    # the next run starts only after all have left, so the arrivals of a run are one
+    # block of nt on the counter.
+    done = atomic_add(scratch_addr(desc, C_DONE), 1)
+    target = (done // nt + 1) * nt
+    while atomic_load(scratch_addr(desc, C_DONE)) < target:
+        cpu_pause()
     n_rows = ne3 * H * N
-    for grow in range(n_rows):
+    for grow in range(ith, n_rows, nt):
         pos = grow % N
         h = (grow // N) % H
         iq3 = grow // (N * H)

@@ -23,6 +23,7 @@ from numba.extending import intrinsic
 from ....quants.nb_scalar import cast_intrinsic
 from ..intrinsics import f32_array
 from ..intrinsics import i8_array
+from ..intrinsics import ptr_of
 from ..intrinsics import u8_array
 from . import simd
 from .fa_rows import BF16
@@ -328,7 +329,10 @@ def axpy(acc, ao, p, v, n):
 
 
 @_jit_inline
-def scale_acc(acc, ao, f, n):
+def scale_acc(acc_addr, ao, f, n):
+    """acc[ao:ao + n] *= f, acc float32 at acc_addr (a pointer: no negative-index code,
+    so the loop vectorizes)."""
+    acc = ptr_of(acc_addr, np.float32)
     for i in range(n):
         acc[ao + i] *= f
 

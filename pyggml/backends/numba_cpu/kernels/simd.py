@@ -481,8 +481,9 @@ def _pair(b, x, y):
 
 def _dot_totals(b, vecs):
     """Vectors of partial sums (one dot each) -> vectors holding the totals in order, one
-    per lane (VL dots per vector; fewer dots: the first len(vecs) lanes of one vector)."""
-    lanes = VL
+    per lane (as many dots per vector as lanes; fewer dots: the first len(vecs) lanes of
+    one vector)."""
+    lanes = vecs[0].type.count
     while len(vecs) > 1 and lanes > 1:
         vecs = [_pair(b, vecs[i], vecs[i + 1]) for i in range(0, len(vecs), 2)]
         lanes //= 2
@@ -493,12 +494,13 @@ def _dot_totals(b, vecs):
 
 
 def _store_totals(b, out, vecs, nd):
+    lanes = vecs[0].type.count
     tot = _dot_totals(b, vecs)
-    if nd < VL:
+    if nd < lanes:
         _store(b, out, b.shuffle_vector(tot[0], tot[0], ir.Constant(_v(_I32, nd), list(range(nd)))))
     else:
         for j, v in enumerate(tot):
-            _store(b, b.add(out, _c(_I64, 4 * VL * j)), v)
+            _store(b, b.add(out, _c(_I64, 4 * lanes * j)), v)
 
 
 # row readers: (values per step, step(b, row, i) -> the step's VL-float vectors in order,
@@ -665,6 +667,41 @@ def _qk_q4_0_i8_body(nr):
     return build
 
 
+# The same dot without VNNI (AVX2: ggml's pmaddubsw + pmaddwd; portable LLVM otherwise, see
+# _maddubs_pairs): one block per 256-bit step, its 8 lanes each the sum of 4 code·q products
+# (the integers vpdpbusd gives), then the same float steps on 8 lanes. Codes (<= 15) times q
+# (|q| <= 127) summed in pairs cannot saturate pmaddubsw's 16 bits.
+def _qk_q4_0_pairs_body(nr):
+    nk = 4
+    f32x8 = _v(_F32, 8)
+
+    def build(b, nb, q8, qstride, qdx, *rest):
+        ks, out = rest[:nk], rest[nk]
+        zero = ir.Constant(f32x8, [0.0] * 8)
+        accs = [_acc(b, zero) for _ in range(nr * nk)]
+
+        def step(b, j):
+            kc, kd = [], []
+            for k in ks:
+                blk = b.add(k, b.mul(j, _c(_I64, 18)))
+                kc.append(_nibbles(b, b.add(blk, _c(_I64, 2))))
+                kd.append(_splat(b, _f16(b, blk), 8))
+            for r in range(nr):
+                qv = _load(b, _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32))), _v(_I8, 32))
+                rowx = b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64))))
+                qda = b.add(rowx, b.mul(j, _c(_I64, 32)))
+                qd = _load(b, qda, f32x8)
+                qs = _load(b, b.add(qda, b.mul(nb, _c(_I64, 32))), f32x8)
+                for u in range(nk):
+                    t = _fma(b, qd, b.sitofp(_maddubs_pairs(b, kc[u], qv), f32x8), qs)
+                    a = accs[r * nk + u]
+                    b.store(_fma(b, kd[u], t, b.load(a)), a)
+        _for(b, nb, step)
+        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+        b.ret_void()
+    return build
+
+
 def _qk(nr, nk, x):
     return _intrinsic_n(f"pyggml_fa_qk_{nr}x{nk}_{x}_v{VL}", 5 + nk, _qk_body(nr, nk, x))
 
@@ -683,5 +720,11 @@ pv_1x4_f32, pv_1x4_f16, pv_1x4_bf16, pv_1x4_q8_0, pv_1x4_q4_0 = (
     _pv(1, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
 pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
     _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
-qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 9, _qk_q4_0_i8_body(4))
-qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 9, _qk_q4_0_i8_body(1))
+# the 8-bit Q4_0 dots: VNNI where the CPU has it, else the pairs twin (tested on every CPU)
+qk_4x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_pairs", 9, _qk_q4_0_pairs_body(4))
+qk_1x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_pairs", 9, _qk_q4_0_pairs_body(1))
+if HAVE_VNNI:
+    qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 9, _qk_q4_0_i8_body(4))
+    qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 9, _qk_q4_0_i8_body(1))
+else:
+    qk_4x4_q4_0_i8, qk_1x4_q4_0_i8 = qk_4x4_q4_0_pairs, qk_1x4_q4_0_pairs
