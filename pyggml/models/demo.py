@@ -247,6 +247,7 @@ def _run(args, setup, backend, t_start: float, t_warm: float) -> dict:
     t_mixed = t_plain = 0.0
     t0 = time.perf_counter()
     tokens, parted = [], None
+    n_fastref = 0           # tiered: decode steps in which some node still ran on NumPy
     for i in range(args.tokens + 1):
         # both caches see the F16 cache's greedy tokens; the mixed cache's own greedy text is
         # the same up to the first step where its argmax differs
@@ -265,13 +266,15 @@ def _run(args, setup, backend, t_start: float, t_warm: float) -> dict:
         e = time.perf_counter()
         t_mixed += b - a
         t_plain += e - b
+        if tiered and any(sp.backend.name == "fastref" for sp in backend.splits):
+            n_fastref += 1
         _bar(i + 1, args.tokens, t0, "decoding", args.quiet)
     nb = mixed.cache.nbytes()
     out = {"tok_s_mixed": args.tokens / t_mixed, "tok_s_f16": args.tokens / t_plain,
            "prefill_s": t_prefill, "first_token_s": t_first, "warmup_s": t_warm,
            "first_token_cpu": cpu_first, "tiered": tiered, "pending_first": pending_first,
            "pending_end": backend.pending if tiered else 0,
-           "switches": backend.n_switches if tiered else 0,
+           "switches": backend.n_switches if tiered else 0, "n_fastref": n_fastref,
            "max_abs_dlogits": max_delta, "mem": nb,
            "mem_f16": plain.cache.nbytes()["total"], "hot": mixed.cache.hot_count,
            "cold": mixed.cache.cold_count, "tokens": tokens, "n_prompt": len(prompt),
@@ -341,8 +344,10 @@ def _report(r: dict, args) -> list:
                      f"prefills {r['prefill_s']:.1f} s, {r['pending_first']} kernels still "
                      f"compiling in the background; CPU {cpu:.1f} s here)")
         lines.append(f"{'tiered execution':22}{'':>16}   Numba took over nodes {r['switches']} "
-                     f"times; {r['pending_end']} kernels still compiling at the end "
-                     f"(--no-tiered: all compiled first)")
+                     f"times; {r['n_fastref']} of {len(r['tokens'])} decode steps ran partly on "
+                     f"the NumPy fast reference, {r['pending_end']} kernels still compiling at "
+                     f"the end (its rounding can part greedy text from --no-tiered's at "
+                     f"near-ties)")
     else:
         lines.append(f"{'first token':22}{r['first_token_s']:>10.1f} s after start (kernel "
                      f"warm-up {r['warmup_s']:.1f} s, both prefills {r['prefill_s']:.1f} s; CPU "
