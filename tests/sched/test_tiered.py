@@ -7,6 +7,7 @@ import pytest
 import pyggml as gg
 from pyggml.backends.numba_cpu.kernels import lookup
 from pyggml.backends.numba_cpu.warmup import EXECUTOR
+from pyggml.backends.reference.fast import FAST
 from pyggml.backends.reference.fast import FastReferenceBackend
 from pyggml.backends.reference.fast import quantize_act_q8_split
 from pyggml.sched.tiered import TieredSched
@@ -156,3 +157,18 @@ def test_run_and_chat_flags(monkeypatch):
     assert not C._tiered(p.parse_args(["-p", "hi", "-m", "x", "--backend", "reference"]))
     monkeypatch.setenv("PYGGML_TIERED", "0")
     assert not C._tiered(p.parse_args(["-p", "hi", "-m", "x"]))
+
+
+@pytest.mark.parametrize("mode", [0, 2])
+def test_fast_rope_is_the_reference_bit_for_bit(rng, mode):
+    ctx = gg.init(mem_size=1 << 20)
+    x = gg.from_numpy(ctx, rng.uniform(-1, 1, (2, 5, 3, 16)).astype(np.float32), name="x")
+    pos = gg.from_numpy(ctx, np.array([0, 3, 7, 100, 9], dtype=np.int32), name="pos")
+    y = gg.rope_ext(ctx, x, pos, None, 12, mode, 4096, 10000.0, 1.0, 0.5, 1.0, 32.0, 1.0)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    assert FAST["ROPE"][0](y)                        # the fast path takes this node
+    FastReferenceBackend().graph_compute(gf)
+    fast = gg.to_numpy(y).copy()
+    gg.backend_reference_init().graph_compute(gf)
+    np.testing.assert_array_equal(fast, gg.to_numpy(y))

@@ -121,8 +121,9 @@ def fast_mul_mat(be: "FastReferenceBackend", node: Tensor) -> bool:
     gemm = n >= GEMM_MIN_N and m >= 16 and k >= 16
     if a.type in Q8_SPLIT and not gemm:
         x = quantize_act_q8_split(x)
-    out = np.matmul(x, w.T)                                  # float32 BLAS
-    data.strided(node)[...] = out
+    # w @ x^T: BLAS's NN-friendly order ran SmolLM2's 32-column products ~1.3x faster than
+    # x @ w^T (one thread, min of 5 x 20 runs, CPU time)
+    data.strided(node)[...] = np.matmul(w, x.swapaxes(-1, -2)).swapaxes(-1, -2)
     return True
 
 
@@ -235,10 +236,43 @@ def fast_ws(be, node: Tensor) -> bool:
     return True
 
 
+# --- rope ------------------------------------------------------------------------------------
+
+def _rope_ok(node: Tensor) -> bool:
+    p = node.op.p(node)
+    return p.mode in (0, 2) and (len(node.src) < 3 or node.src[2] is None) \
+        and node.type == GGMLType.F32 and node.src[0].type == GGMLType.F32
+
+
+def fast_rope(be, node: Tensor) -> bool:
+    """The reference's own math, with its cos/sin table made once per positions and params
+    (a model's graph has two ROPE nodes per layer over the same positions)."""
+    from ...ops import rope
+    p = node.op.p(node)
+    pos = data.strided(node.src[1]).reshape(-1)
+    key = (pos.tobytes(), bytes(node.op_params), node.ne[0])
+    if be.rope_key != key:
+        be.rope_key, be.rope_cs = key, rope._angles(pos.astype(np.int64), p, node.ne[0], None)
+    cos, sin = be.rope_cs
+    x = data.strided(node.src[0])
+    half, nd = p.n_dims // 2, p.n_dims
+    c, s = cos[None, :, None, :half], sin[None, :, None, :half]
+    x0, x1 = (x[..., 0:nd:2], x[..., 1:nd:2]) if p.mode == 0 else (x[..., :half], x[..., half:nd])
+    y = x.astype(np.float64)
+    y0, y1 = x0 * c - x1 * s, x0 * s + x1 * c
+    if p.mode == 0:
+        y[..., 0:nd:2], y[..., 1:nd:2] = y0, y1
+    else:
+        y[..., :half], y[..., half:nd] = y0, y1
+    data.strided(node)[...] = y
+    return True
+
+
 # op -> (applies(node), compute(backend, node) -> False to leave the node to the reference)
 FAST = {"MUL_MAT": (_fast_mul_mat_ok, fast_mul_mat),
         "GET_ROWS": (_fast_get_rows_ok, fast_get_rows),
         "FLASH_ATTN_EXT": (_fa_ok, fast_fa),
+        "ROPE": (_rope_ok, fast_rope),
         "FLASH_ATTN_EXT_WITH_STATE": (_ws_ok, fast_ws)}
 
 
@@ -247,6 +281,7 @@ class FastReferenceBackend(ReferenceBackend):
 
     def __init__(self):
         self.weights = WeightCache()
+        self.rope_key, self.rope_cs = None, None
         self._blas = None
 
     def graph_compute(self, gf, eval_cb=None) -> None:
