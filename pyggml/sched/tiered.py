@@ -48,6 +48,7 @@ class ReadyKernels(Backend):
             self.name = self.inner.name
         self.ready = ready
         self.kernels = getattr(self.inner, "kernels", None)
+        self.graph_ready = None      # whole-graph policy: the graph being planned is all ready
 
     def backend(self) -> Backend:
         if self.inner is None:
@@ -57,7 +58,7 @@ class ReadyKernels(Backend):
     def supports_op(self, node) -> bool:
         if not is_computed(node):
             return True
-        if EXECUTOR not in self.ready:
+        if EXECUTOR not in self.ready or self.graph_ready is False:
             return False
         k = lookup(node, self.kernels)
         return k is not None and k.key in self.ready
@@ -82,11 +83,18 @@ class TieredSched(Sched):
 
     `numba`: the Numba backend, or a function that makes it (see ReadyKernels). `warmup` is
     the background compiler (a BackgroundWarmup; made from jobs/log when None).
-    `on_switch(n_loaded)` is told when kernels were loaded (a command prints it)."""
+
+    `per_node=False` (the default) moves a graph to Numba only when every kernel it runs is
+    ready: a mixed plan cuts a decode graph into a split per switch (121 with ROPE alone on
+    NumPy, 362 with MUL_MAT) and each costs copies and an executor hand-off, so SmolLM2's
+    decode step took 661 (no ROPE) and 1687 (no MUL_MAT) ms of CPU against 165 all on the
+    fast reference and 114 all on Numba (same process, load ~15). per_node=True hands over
+    each node as its kernel lands."""
 
     def __init__(self, numba, fallback: Optional[Backend] = None, warmup=None,
                  jobs: Optional[int] = None, log: Optional[Callable] = None,
-                 eval_cb=None):
+                 eval_cb=None, per_node: bool = False):
+        self.per_node = per_node
         if warmup is None:
             from .warmup_bg import BackgroundWarmup
             warmup = BackgroundWarmup(jobs, log)
@@ -94,6 +102,7 @@ class TieredSched(Sched):
         self.log = log or (lambda line: None)
         self.n_switches = 0                    # re-plans because kernels landed
         self.ready: set = set()                # kernel keys (and EXECUTOR) usable here
+        self._keys_slot = ("tiered-keys", id(self))     # gf.cache: the graph's kernel keys
         super().__init__([ReadyKernels(numba, self.ready), fallback or FastReferenceBackend()],
                          eval_cb)
 
@@ -114,12 +123,17 @@ class TieredSched(Sched):
 
     def alloc_graph(self, gf) -> None:
         n = len(self.ready)
-        if self._slot not in gf.cache:         # a new graph: its kernels start compiling
-            self.ready.update(self.warmup.submit(graph_kernels([gf])))
+        keys = gf.cache.get(self._keys_slot)
+        if keys is None:                       # a new graph: its kernels start compiling
+            ks = graph_kernels([gf])
+            keys = gf.cache[self._keys_slot] = frozenset(k.key for k in ks) | {EXECUTOR}
+            self.ready.update(self.warmup.submit(ks))
         self._load_landed()
         if len(self.ready) != n:
             self.n_switches += 1
             self.reset()                       # every graph re-plans on its next compute
+        gate = self.backends[0]
+        gate.graph_ready = None if self.per_node else keys <= self.ready
         super().alloc_graph(gf)
 
     @property
