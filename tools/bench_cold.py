@@ -9,6 +9,12 @@ decoded token (building, lowering, computing).
     python tools/bench_cold.py smollm2 [-j N] [--cache f16|mixed]   # SmolLM2-135M graph shape
     python tools/bench_cold.py demo [-j N]                          # pyggml demo's model
     python tools/bench_cold.py measure [--cache ...]                # per-kernel compile seconds
+    python tools/bench_cold.py pyggml-demo [-r N] [--no-tiered]      # the real `pyggml demo`
+
+By default the model runs tiered (sched/tiered.py: nodes start on the NumPy fast reference
+while the kernels compile in niced background workers); --no-tiered compiles them first
+(warmup.warm). `pyggml-demo` runs the real command with an empty cache and reads its "first
+token" line (wall and CPU seconds of the demo process up to it).
 
 `measure` compiles the SmolLM2 graph's kernels one after the other in one fresh process
 (warmup --measure's method) and prints each kernel's cold compile time.
@@ -23,7 +29,7 @@ import sys
 import tempfile
 
 CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import pyggml as gg
@@ -32,6 +38,7 @@ from pyggml.backends.numba_cpu.warmup import graph_kernels, warm
 from pyggml.models.llama import Decoder, LlamaConfig, LlamaModel
 t_import = time.perf_counter()
 what, jobs, kind, n_prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+tiered = sys.argv[5] == "1"
 if what == "demo":
     cfg = LlamaConfig()
 else:
@@ -60,37 +67,83 @@ if what == "measure":
     times = _measure(ks, lambda line: None)
     print(json.dumps({"kernels": times}))
     raise SystemExit
-r = warm(ks, jobs)
+if tiered:
+    from pyggml.sched.tiered import TieredSched
+    be = TieredSched(lambda: gg.backend_numba_init(2), jobs=jobs)
+    n_cold = len(ks)
+else:
+    n_cold = len(warm(ks, jobs).cold)
+    be = gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
 t_warm = time.perf_counter()
-be = gg.sched_new([gg.backend_numba_init(2), gg.backend_reference_init()])
 dec = Decoder(model, cache(), be)
 toks = list(np.random.default_rng(0).integers(0, cfg.n_vocab, n_prompt))
 logits = dec.prefill(toks, 32, all_logits=False)
 t_prompt = time.perf_counter()
 dec.step([int(np.argmax(logits[-1]))])
 t_first = time.perf_counter()
-print(json.dumps({"import": t_import - t0, "model": t_model - t_import,
-                  "compile": t_warm - t_model, "prompt": t_prompt - t_warm,
-                  "first_token": t_first - t_prompt, "ttft": t_first - t0,
-                  "kernels": len(ks), "cold": len(r.cold), "jobs": r.jobs}))
+tm = os.times()
+rec = {"import": t_import - t0, "model": t_model - t_import, "compile": t_warm - t_model,
+       "prompt": t_prompt - t_warm, "first_token": t_first - t_prompt, "ttft": t_first - t0,
+       "cpu": tm.user + tm.system, "kernels": len(ks), "cold": n_cold, "jobs": jobs}
+if tiered:
+    rec["pending"] = be.pending
+    be.close()
+print(json.dumps(rec))
 """
 
 
-def run_cold(what: str, jobs: int, kind: str, n_prompt: int, pythonpath: str = None) -> dict:
+def _env(d: str, pythonpath: str = None) -> dict:
+    env = dict(os.environ, PYGGML_CACHE_DIR=d, NUMBA_CACHE_DIR=os.path.join(d, "numba"))
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def run_cold(what: str, jobs: int, kind: str, n_prompt: int, pythonpath: str = None,
+             tiered: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix="pyggml-cold-") as d:
-        env = dict(os.environ, PYGGML_CACHE_DIR=d, NUMBA_CACHE_DIR=os.path.join(d, "numba"))
-        if pythonpath:
-            env["PYTHONPATH"] = pythonpath
-        out = subprocess.run([sys.executable, "-c", CHILD, what, str(jobs), kind, str(n_prompt)],
-                             env=env, capture_output=True, text=True, check=False)
+        out = subprocess.run([sys.executable, "-c", CHILD, what, str(jobs), kind, str(n_prompt),
+                              "1" if tiered else "0"],
+                             env=_env(d, pythonpath), capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_demo(jobs: int, tokens: int, pythonpath: str = None, tiered: bool = True) -> dict:
+    """`pyggml demo` with an empty cache: its first-token line (wall seconds, CPU seconds of
+    the demo process so far) and its text. Tiered, the demo then waits for the background
+    compile; this stops it once the report is printed."""
+    import re
+    with tempfile.TemporaryDirectory(prefix="pyggml-cold-") as d:
+        argv = [sys.executable, "-m", "pyggml.cli", "demo", "--quiet", "--graph", "",
+                "--tokens", str(tokens), "-j", str(jobs)] + ([] if tiered else ["--no-tiered"])
+        p = subprocess.Popen(argv, env=_env(d, pythonpath), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        out = []
+        try:
+            for line in p.stdout:
+                out.append(line)
+                if line.startswith("total "):
+                    break
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)           # the demo and its warm-up workers
+            p.wait()
+        text = "".join(out)
+        m = re.search(r"first token\s+([0-9.]+) s after start.*?CPU ([0-9.]+) s", text)
+        if m is None:
+            raise SystemExit(f"pyggml demo printed no first-token line:\n{text[-3000:]}")
+        body = re.search(r"\[(.*)\]", text, re.S)
+        return {"ttft": float(m.group(1)), "cpu_first": float(m.group(2)),
+                "text": body.group(1) if body else ""}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("smollm2", "demo", "measure"))
+    ap.add_argument("what", choices=("smollm2", "demo", "measure", "pyggml-demo"))
+    ap.add_argument("--no-tiered", dest="tiered", action="store_false")
+    ap.add_argument("--tokens", type=int, default=16, help="pyggml-demo: tokens to decode")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--cache", choices=("f16", "mixed"), default="mixed")
     ap.add_argument("--prompt", type=int, default=32)
@@ -98,7 +151,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pythonpath", default=None, help="PYTHONPATH of the child (another tree)")
     args = ap.parse_args(argv)
     for _ in range(args.repeats):
-        r = run_cold(args.what, args.jobs, args.cache, args.prompt, args.pythonpath)
+        if args.what == "pyggml-demo":
+            r = run_demo(args.jobs, args.tokens, args.pythonpath, args.tiered)
+            print(f"ttft={r['ttft']:.1f} cpu_first={r['cpu_first']:.1f} "
+                  f"text={r['text'][:80]!r}", flush=True)
+            continue
+        r = run_cold(args.what, args.jobs, args.cache, args.prompt, args.pythonpath,
+                     args.tiered)
         if args.what == "measure":
             for k, s in sorted(r["kernels"].items(), key=lambda kv: -kv[1]):
                 print(f"{k:<62} {s:6.1f} s")

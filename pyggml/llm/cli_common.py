@@ -43,6 +43,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="numba", choices=("numba", "reference"))
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the warm-up run (compiles kernels before anything is timed)")
+    p.add_argument("--no-tiered", dest="tiered", action="store_false", default=None,
+                   help="compile cold Numba kernels before running instead of starting on the "
+                        "NumPy fast reference while they compile (also PYGGML_TIERED=0)")
     add_worker_flags(p)
 
 
@@ -137,10 +140,29 @@ def open_llama(args):
                   n_threads=None if args.threads < 0 else args.threads,
                   seed=args.seed, verbose=False, type_k=_type_or_none(args.cache_type_k),
                   type_v=_type_or_none(args.cache_type_v or args.cache_type_k),
-                  backend=args.backend, **kv, **worker_kwargs(args))
+                  backend=args.backend, tiered=_tiered(args), **kv, **worker_kwargs(args))
     if args.warmup:
         warm_up(llama)
     return llama, time.perf_counter() - t0
+
+
+def _tiered(args) -> bool:
+    """Tiered execution for a command: on unless --no-tiered / PYGGML_TIERED=0, and only for
+    the Numba backend in this process."""
+    from ..sched.tiered import tiered_enabled
+    return args.backend == "numba" and not getattr(args, "workers", 0) and \
+        tiered_enabled(getattr(args, "tiered", None))
+
+
+def finish_compiling(llama) -> None:
+    """Tiered: let the background compile finish, so the next start finds a warm cache."""
+    be = getattr(llama, "_backend", None)
+    if not hasattr(be, "warmup"):
+        return
+    if be.pending:
+        print(f"tiered: waiting for {be.pending} Numba kernels still compiling (the next start "
+              "finds them in the cache)", file=sys.stderr, flush=True)
+    be.close(wait=True)
 
 
 def warm_up(llama) -> None:

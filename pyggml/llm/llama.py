@@ -62,9 +62,11 @@ class Llama:
                  logits_all: bool = False, vocab_only: bool = False, type_k=None, type_v=None,
                  verbose: bool = True, kv_cache: str = "f16", kv_hot: int = 256,
                  backend: str = "cpu", workers: int = 0, split: str = "layer",
-                 ray_address: Optional[str] = None, worker_timeout: Optional[float] = None):
+                 ray_address: Optional[str] = None, worker_timeout: Optional[float] = None,
+                 tiered: bool = False):
         import pyggml as gg
         t0 = time.perf_counter()
+        self.tiered = tiered        # cold Numba kernels compile in the background (sched/tiered.py)
         self.verbose = verbose
         self.model_path = resolve_model_path(model_path)
         if kv_cache not in KV_CACHES:
@@ -137,6 +139,9 @@ class Llama:
             return self._workers.scheduler(self._model, gg.backend_init_by_name(name, self.n_threads))
         if name == "reference":
             return gg.backend_reference_init()
+        if self.tiered and name in ("cpu", "numba"):
+            from ..sched.tiered import TieredSched
+            return TieredSched(lambda: gg.backend_init_by_name(name, self.n_threads))
         return gg.sched_new([gg.backend_init_by_name(name, self.n_threads),
                              gg.backend_reference_init()])
 
@@ -301,8 +306,11 @@ class Llama:
         return create_chat_completion(self, messages, *args, **kwargs)
 
     # --- lifetime ---------------------------------------------------------------------------
-    def close(self) -> None:
-        """Release the cache, the weights and the file map."""
+    def close(self, wait: bool = False) -> None:
+        """Release the cache, the weights and the file map (tiered: stop the background
+        compile; wait=True lets it finish first)."""
+        if hasattr(getattr(self, "_backend", None), "warmup"):
+            self._backend.close(wait=wait)
         self._decoder = self._cache = self._model = None
         if self._workers is not None:
             self._workers.shutdown()

@@ -59,8 +59,11 @@ def _parser() -> Parser:
                    help="where to draw one layer's decode graph (.svg/.png/.dot; '' to skip)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-j", "--jobs", type=int, default=None,
-                   help="processes compiling cold Numba kernels before the run (default: "
-                        "cores; 1: in this process)")
+                   help="processes compiling cold Numba kernels (default: cores; 1: in this "
+                        "process when not tiered)")
+    p.add_argument("--no-tiered", dest="tiered", action="store_false", default=None,
+                   help="compile every cold kernel before the run instead of starting on the "
+                        "NumPy fast reference while they compile (also PYGGML_TIERED=0)")
     return p
 
 
@@ -77,10 +80,14 @@ def _check(args) -> None:
             raise UsageError(f"{flag} {getattr(args, flag.lstrip('-'))}: {why}")
 
 
-def make_backend(name: str, n_threads=None):
-    """The chosen backend, behind a scheduler whose fallback is the reference backend."""
+def make_backend(name: str, n_threads=None, tiered: bool = False, jobs=None, log=None):
+    """The chosen backend, behind a scheduler whose fallback is the reference backend
+    (tiered: the fast reference, until the Numba kernels compiled in the background land)."""
     if name == "reference":
         return gg.backend_reference_init()
+    if tiered:
+        from ..sched.tiered import TieredSched
+        return TieredSched(lambda: gg.backend_numba_init(n_threads), jobs=jobs, log=log)
     return gg.sched_new([gg.backend_numba_init(n_threads), gg.backend_reference_init()])
 
 
@@ -182,17 +189,48 @@ def _warm_up(model, args, n_prompt: int) -> float:
     return r.seconds
 
 
-def run(args, t_start: float = None) -> dict:
+def run(args, t_start: float = None, finish: bool = True) -> dict:
     """The demo's numbers; first_token_s counts from t_start (perf_counter; default: now) to
-    the first greedy token, the model's loading and the kernels' warm-up included."""
+    the first greedy token, the model's loading and the kernels' warm-up included. Tiered, the
+    background compile is finished before returning; finish=False leaves that to the caller
+    (`finish_compiling(result)`), which can print first."""
     t_start = time.perf_counter() if t_start is None else t_start
     setup = Setup(args)
     model, prompt = setup.model, setup.prompt
     if len(prompt) + args.tokens > args.ctx:
         raise gg.GGMLError(f"demo: prompt {len(prompt)} + tokens {args.tokens} tokens exceed "
                            f"--ctx {args.ctx}")
-    t_warm = _warm_up(model, args, len(prompt)) if args.backend == "numba" else 0.0
-    backend = make_backend(args.backend, args.threads)
+    from ..sched.tiered import tiered_enabled
+    tiered = args.backend == "numba" and tiered_enabled(args.tiered)
+    t_warm = _warm_up(model, args, len(prompt)) if args.backend == "numba" and not tiered \
+        else 0.0
+    backend = make_backend(args.backend, args.threads, tiered, args.jobs)
+    try:
+        out = _run(args, setup, backend, t_start, t_warm)
+    except BaseException:
+        if tiered:
+            backend.close()
+        raise
+    out["backend"] = backend
+    if finish:
+        finish_compiling(out, args)
+    return out
+
+
+def finish_compiling(r: dict, args) -> None:
+    """Tiered: let the background compile finish (the next start then finds a warm cache)."""
+    be = r.get("backend")
+    if not r.get("tiered") or be is None:
+        return
+    if be.pending and not args.quiet:
+        print(f"tiered: waiting for {be.pending} kernels still compiling (the next start finds "
+              "them in the cache)", file=sys.stderr, flush=True)
+    be.close(wait=True)
+
+
+def _run(args, setup, backend, t_start: float, t_warm: float) -> dict:
+    model, prompt = setup.model, setup.prompt
+    tiered = getattr(backend, "warmup", None) is not None
     mixed_cache, plain_cache = _caches(model, args)
     mixed = Decoder(model, mixed_cache, backend)
     plain = Decoder(model, plain_cache, backend)
@@ -204,10 +242,12 @@ def run(args, t_start: float = None) -> dict:
     t_first = time.perf_counter() - t_start
     tms = os.times()        # CPU so far, this process and its finished warm-up workers
     cpu_first = (tms.user + tms.system, tms.children_user + tms.children_system)
+    pending_first = backend.pending if tiered else 0
     max_delta = 0.0
     t_mixed = t_plain = 0.0
     t0 = time.perf_counter()
     tokens, parted = [], None
+    n_fastref = 0           # tiered: decode steps in which some node still ran on NumPy
     for i in range(args.tokens + 1):
         # both caches see the F16 cache's greedy tokens; the mixed cache's own greedy text is
         # the same up to the first step where its argmax differs
@@ -226,11 +266,15 @@ def run(args, t_start: float = None) -> dict:
         e = time.perf_counter()
         t_mixed += b - a
         t_plain += e - b
+        if tiered and any(sp.backend.name == "fastref" for sp in backend.splits):
+            n_fastref += 1
         _bar(i + 1, args.tokens, t0, "decoding", args.quiet)
     nb = mixed.cache.nbytes()
     out = {"tok_s_mixed": args.tokens / t_mixed, "tok_s_f16": args.tokens / t_plain,
            "prefill_s": t_prefill, "first_token_s": t_first, "warmup_s": t_warm,
-           "first_token_cpu": cpu_first,
+           "first_token_cpu": cpu_first, "tiered": tiered, "pending_first": pending_first,
+           "pending_end": backend.pending if tiered else 0,
+           "switches": backend.n_switches if tiered else 0, "n_fastref": n_fastref,
            "max_abs_dlogits": max_delta, "mem": nb,
            "mem_f16": plain.cache.nbytes()["total"], "hot": mixed.cache.hot_count,
            "cold": mixed.cache.cold_count, "tokens": tokens, "n_prompt": len(prompt),
@@ -295,9 +339,19 @@ def _report(r: dict, args) -> list:
         f"{'greedy text':22}{'':>16}   {same}",
     ]
     cpu, cpu_workers = r["first_token_cpu"]
-    lines.append(f"{'first token':22}{r['first_token_s']:>10.1f} s after start (kernel warm-up "
-                 f"{r['warmup_s']:.1f} s, both prefills {r['prefill_s']:.1f} s; CPU {cpu:.1f} s "
-                 f"+ {cpu_workers:.1f} s in warm-up processes)")
+    if r["tiered"]:
+        lines.append(f"{'first token':22}{r['first_token_s']:>10.1f} s after start (tiered: both "
+                     f"prefills {r['prefill_s']:.1f} s, {r['pending_first']} kernels still "
+                     f"compiling in the background; CPU {cpu:.1f} s here)")
+        lines.append(f"{'tiered execution':22}{'':>16}   Numba took over nodes {r['switches']} "
+                     f"times; {r['n_fastref']} of {len(r['tokens'])} decode steps ran partly on "
+                     f"the NumPy fast reference, {r['pending_end']} kernels still compiling at "
+                     f"the end (its rounding can part greedy text from --no-tiered's at "
+                     f"near-ties)")
+    else:
+        lines.append(f"{'first token':22}{r['first_token_s']:>10.1f} s after start (kernel "
+                     f"warm-up {r['warmup_s']:.1f} s, both prefills {r['prefill_s']:.1f} s; CPU "
+                     f"{cpu:.1f} s + {cpu_workers:.1f} s in warm-up processes)")
     if r.get("graph"):
         lines.append(f"decode graph of one layer: {r['graph']}")
     return lines
@@ -306,9 +360,10 @@ def _report(r: dict, args) -> list:
 def main(argv=None) -> int:
     def body(args) -> int:
         t0 = time.perf_counter()
-        r = run(args, t0)
-        print("\n".join(_report(r, args)))
-        print(f"total {time.perf_counter() - t0:.1f} s")
+        r = run(args, t0, finish=False)
+        print("\n".join(_report(r, args)), flush=True)
+        print(f"total {time.perf_counter() - t0:.1f} s", flush=True)
+        finish_compiling(r, args)
         return 0
     return run_main("pyggml demo", _parser(), body, argv, check=_check)
 

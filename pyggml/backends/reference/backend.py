@@ -36,6 +36,9 @@ class ReferenceBackend(Backend):
     def supports_op(self, node: Tensor) -> bool:
         return node.op is None or node.op.view or node.op.reference is not None
 
+    def compute_node(self, node: Tensor) -> None:
+        compute_node_reference(node)
+
     def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
         self.check_supported(gf)
         self.alloc_graph(gf)
@@ -43,7 +46,7 @@ class ReferenceBackend(Backend):
             want = eval_cb(node, True) if eval_cb else False
             if is_computed(node):
                 try:
-                    compute_node_reference(node)
+                    self.compute_node(node)
                 except Exception as e:  # name the node; keep the cause chained
                     raise node_failed(node, i, e) from e
             if want and not eval_cb(node, False):

@@ -1,0 +1,155 @@
+"""Tiered execution, the way JIT runtimes start: a scheduler over [Numba, fast reference]
+whose Numba side takes only the nodes whose kernel is ready in this process.
+
+With an empty kernel cache, the first graph's cold kernels go to background worker
+processes (warmup_bg.py) and its nodes run on the NumPy fast reference
+(backends/reference/fast.py: dequantize-once weights + BLAS, the Numba kernels' activation
+rounding), so the first token does not wait for minutes of compiling. Before each graph the
+scheduler loads the kernels that landed since the last one; when any did, every graph is
+re-planned, and the nodes they run move to Numba (between graphs, never inside one). Once
+everything landed, the plan is the plain [Numba, reference] one.
+
+PYGGML_TIERED=0 (or the commands' --no-tiered) turns it off: `tiered_enabled()`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+from typing import Optional
+
+from ..backends.base import Backend
+from ..backends.base import is_computed
+from ..backends.numba_cpu.kernels import lookup
+from ..backends.numba_cpu.warmup import EXECUTOR
+from ..backends.numba_cpu.warmup import graph_kernels
+from ..backends.reference.fast import FastReferenceBackend
+from .scheduler import Sched
+
+
+def tiered_enabled(flag: Optional[bool] = None) -> bool:
+    """A command's --no-tiered (flag False) wins; else PYGGML_TIERED (default on)."""
+    if flag is not None:
+        return flag
+    return os.environ.get("PYGGML_TIERED", "1").strip().lower() not in ("0", "no", "off", "false")
+
+
+class ReadyKernels(Backend):
+    """The Numba backend as the scheduler sees it in tiered mode: it supports a node only when
+    the node's kernel and the executor loop are ready in this process (keys in `ready`).
+    `numba` is the backend or a function making it: made at the first graph that needs it, so
+    its thread pool does not compile the executor loop here while a worker compiles it."""
+
+    name = "numba"
+
+    def __init__(self, numba, ready: set):
+        self.inner = None if callable(numba) and not isinstance(numba, Backend) else numba
+        self.make = numba if self.inner is None else None
+        if self.inner is not None:
+            self.name = self.inner.name
+        self.ready = ready
+        self.kernels = getattr(self.inner, "kernels", None)
+        self.graph_ready = None      # whole-graph policy: the graph being planned is all ready
+
+    def backend(self) -> Backend:
+        if self.inner is None:
+            self.inner = self.make()
+        return self.inner
+
+    def supports_op(self, node) -> bool:
+        if not is_computed(node):
+            return True
+        if EXECUTOR not in self.ready or self.graph_ready is False:
+            return False
+        k = lookup(node, self.kernels)
+        return k is not None and k.key in self.ready
+
+    def graph_compute(self, gf, eval_cb=None) -> None:
+        if not any(is_computed(nd) for nd in gf.nodes):     # views only: nothing to run
+            self.alloc_graph(gf)
+            return
+        self.backend().graph_compute(gf, eval_cb)
+
+    def set_n_threads(self, n_threads: int) -> None:
+        if self.inner is not None:
+            self.inner.set_n_threads(n_threads)
+
+    def free(self) -> None:
+        if self.inner is not None:
+            self.inner.free()
+
+
+class TieredSched(Sched):
+    """Sched([numba, fast reference]) that hands nodes to Numba as their kernels land.
+
+    `numba`: the Numba backend, or a function that makes it (see ReadyKernels). `warmup` is
+    the background compiler (a BackgroundWarmup; made from jobs/log when None).
+
+    `per_node=False` (the default) moves a graph to Numba only when every kernel it runs is
+    ready: a mixed plan cuts a decode graph into a split per switch (121 with ROPE alone on
+    NumPy, 362 with MUL_MAT) and each costs copies and an executor hand-off, so SmolLM2's
+    decode step took 661 (no ROPE) and 1687 (no MUL_MAT) ms of CPU against 165 all on the
+    fast reference and 114 all on Numba (same process, load ~15). per_node=True hands over
+    each node as its kernel lands."""
+
+    def __init__(self, numba, fallback: Optional[Backend] = None, warmup=None,
+                 jobs: Optional[int] = None, log: Optional[Callable] = None,
+                 eval_cb=None, per_node: bool = False):
+        self.per_node = per_node
+        if warmup is None:
+            from .warmup_bg import BackgroundWarmup
+            warmup = BackgroundWarmup(jobs, log)
+        self.warmup = warmup
+        self.log = log or (lambda line: None)
+        self.n_switches = 0                    # re-plans because kernels landed
+        self.ready: set = set()                # kernel keys (and EXECUTOR) usable here
+        self._keys_slot = ("tiered-keys", id(self))     # gf.cache: the graph's kernel keys
+        super().__init__([ReadyKernels(numba, self.ready), fallback or FastReferenceBackend()],
+                         eval_cb)
+
+    def _load_landed(self) -> None:
+        """Load what workers finished into this process; they become ready."""
+        from ..backends.numba_cpu import executor
+        from ..backends.numba_cpu.kernels import find
+        for key in self.warmup.landed():
+            try:
+                if key == EXECUTOR:
+                    executor.warm_up()
+                else:
+                    find(key).address
+            except Exception as e:              # noqa: BLE001  stays on the reference
+                self.log(f"tiered: {key} not loaded: {type(e).__name__}: {e}")
+                continue
+            self.ready.add(key)
+
+    def alloc_graph(self, gf) -> None:
+        n = len(self.ready)
+        keys = gf.cache.get(self._keys_slot)
+        if keys is None:                       # a new graph: its kernels start compiling
+            ks = graph_kernels([gf])
+            keys = gf.cache[self._keys_slot] = frozenset(k.key for k in ks) | {EXECUTOR}
+            self.ready.update(self.warmup.submit(ks))
+        self._load_landed()
+        if len(self.ready) != n:
+            self.n_switches += 1
+            self.reset()                       # every graph re-plans on its next compute
+        gate = self.backends[0]
+        gate.graph_ready = None if self.per_node else keys <= self.ready
+        super().alloc_graph(gf)
+
+    @property
+    def pending(self) -> int:
+        """Kernels still compiling in the background."""
+        return self.warmup.pending
+
+    def close(self, wait: bool = False) -> None:
+        """Stop the background compiler; wait=True lets it finish the queue first (so the
+        next start finds a warm cache)."""
+        if wait:
+            self.warmup.drain()
+        self.warmup.close()
+
+    def free(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<tiered sched [{', '.join(b.name for b in self.backends)}]>"

@@ -1,0 +1,209 @@
+"""Background warm-up: cold kernels compile in worker processes while the caller keeps
+computing (tiered execution, tiered.py); the caller asks which have landed between graphs
+and loads them then. (It lives here, not in backends/numba_cpu, so that its edits do not
+change the kernel cache's source key.)
+
+Unlike warm() (backends/numba_cpu/warmup.py), nothing blocks: `submit(kernels)` loads the kernels that are in
+the disk cache at once and queues the cold ones (biggest units first, as warm() balances);
+`landed()` returns the keys that workers finished since the last call; `close()` stops the
+workers. Workers run at a lower priority (`nice`), so the computing process keeps its core.
+The worker, its protocol, the save lock and the fallback are warmup.py's: a key a worker fails on is
+reported in `errors` and compiles here at its first use, as without warm-up.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Callable
+from typing import Optional
+
+from ..backends.numba_cpu.warmup import EXECUTOR
+from ..backends.numba_cpu.warmup import _by_module
+from ..backends.numba_cpu.warmup import _parallel_ok
+from ..backends.numba_cpu.warmup import _worker_env
+from ..backends.numba_cpu.warmup import cold
+from ..backends.numba_cpu.warmup import cost
+from ..backends.numba_cpu.warmup import default_jobs
+from ..backends.numba_cpu.warmup import plan_units
+
+NICE = 10                         # workers' niceness: the process computing keeps its core
+
+
+class BackgroundWarmup:
+    def __init__(self, jobs: Optional[int] = None, log: Optional[Callable] = None,
+                 nice: int = NICE):
+        self.jobs = default_jobs() if jobs is None else max(1, int(jobs))
+        self.log = log or (lambda line: None)
+        self.nice = nice
+        self.queue: list = []                 # units (lists of keys), biggest first
+        self.cond = threading.Condition()
+        self.queued: set = set()              # keys ever queued
+        self._landed: list = []               # keys done, not yet returned by landed()
+        self.done: set = set()
+        self.errors: list = []
+        self.cpu: dict = {}                   # key -> worker CPU seconds
+        self.procs: list = []
+        self.threads: list = []
+        self.closed = False
+        self.lock_path = None
+
+    # --- caller side -------------------------------------------------------------------------
+    def submit(self, kernels) -> list:
+        """Queue the cold ones of these Kernel objects; the others load here now. Returns the
+        keys ready in this process now (EXECUTOR among them when the executor loop is). The
+        executor goes to a worker first when anything is cold (nothing runs without it)."""
+        from ..backends.numba_cpu import executor as ex
+        from ..backends.numba_cpu.kernels import find
+        ks = [k for k in kernels if k.key not in self.queued]
+        todo = [k for k in ks if not k.compiled]
+        cold_ks = [k for k in cold(todo) if find(k.key) is k] if _parallel_ok() else []
+        cold_keys = {k.key for k in cold_ks}
+        ready = []
+        for k in ks:
+            if k.key not in cold_keys:
+                k.address                    # from the disk cache (or compiled here: unknown)
+                ready.append(k.key)
+        if not cold_ks:
+            if not ex._warm and EXECUTOR not in self.queued:
+                ex.warm_up()
+            if ex._warm:
+                ready.append(EXECUTOR)
+            return ready
+        mods = _by_module(cold_ks)
+        if not ex._warm and EXECUTOR not in self.queued:
+            mods = {EXECUTOR: [EXECUTOR], **mods}
+        elif ex._warm:
+            ready.append(EXECUTOR)
+        units = plan_units(mods, self.jobs)
+        with self.cond:
+            for u in units:
+                self.queued.update(u)
+            # the executor first (nothing runs on Numba without it), then biggest first
+            self.queue.extend(units)
+            self.queue.sort(key=lambda u: (EXECUTOR not in u, -sum(cost(k) for k in u)))
+            self.cond.notify_all()
+        self._start()
+        self.log(f"tiered: compiling {len(cold_keys)} kernels in the background (about "
+                 f"{sum(cost(k) for u in units for k in u):.0f} s of compile on one core)")
+        return ready
+
+    def landed(self) -> list:
+        with self.cond:
+            out, self._landed = self._landed, []
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Keys queued or compiling."""
+        with self.cond:
+            return len(self.queued - self.done)
+
+    def drain(self) -> None:
+        """Wait until every queued key is done (or its worker failed)."""
+        with self.cond:
+            while self.queued - self.done and any(t.is_alive() for t in self.threads):
+                self.cond.wait(0.5)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.queue.clear()
+            self.cond.notify_all()
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for t in self.threads:
+            t.join(timeout=5)
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs, self.threads = [], []
+        if self.lock_path is not None:
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                pass
+            self.lock_path = None
+
+    # --- workers -----------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self.threads or self.closed:
+            return
+        fd, self.lock_path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
+        os.close(fd)
+        n = min(self.jobs, len(self.queue))
+        for i in range(max(1, n)):
+            t = threading.Thread(target=self._feed, args=(i + 1,), name=f"tiered-warmup-{i + 1}",
+                                 daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _spawn(self, num: int):
+        # warmup.py's worker, started below the computing process's priority
+        argv = [sys.executable, "-c", f"import os; os.nice({int(self.nice)}); from "
+                "pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
+                self.lock_path]
+        p = subprocess.Popen(argv, env=_worker_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, bufsize=1)
+        with self.cond:
+            self.procs.append(p)
+        return p
+
+    @staticmethod
+    def _answer(p) -> dict:
+        import json
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                raise EOFError("worker exited")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def _feed(self, num: int) -> None:
+        try:
+            p = self._spawn(num)
+            self._answer(p)                                  # {"ready": seconds}
+        except (OSError, EOFError, ValueError) as e:
+            self.errors.append(f"tiered worker {num} did not start: {e}")
+            return
+        key, unit, i = "start-up", [], 0
+        try:
+            while True:
+                with self.cond:
+                    while not self.queue and not self.closed:
+                        self.cond.wait()
+                    if self.closed:
+                        break
+                    unit = self.queue.pop(0)
+                for i, key in enumerate(unit):
+                    p.stdin.write(key + "\n")
+                    p.stdin.flush()
+                    r = self._answer(p)
+                    with self.cond:
+                        if "error" in r:
+                            self.errors.append(f"worker {num}: {key}: {r['error']}")
+                        else:
+                            self.cpu[key] = r.get("cpu", r["seconds"])
+                        self._landed.append(key)
+                        self.done.add(key)
+                        self.cond.notify_all()
+                    self.log(f"  tiered: {key} ready ({r.get('cpu', 0.0):.1f} s CPU, "
+                             f"worker {num})")
+        except (OSError, EOFError, ValueError) as e:
+            if not self.closed:
+                self.errors.append(f"tiered worker {num} failed during {key}: {e}")
+                with self.cond:                 # the caller compiles the rest itself
+                    rest = [k for k in unit[i:] if k not in self.done]
+                    self._landed.extend(rest)
+                    self.done.update(rest)
+        finally:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
