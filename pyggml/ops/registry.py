@@ -287,21 +287,13 @@ _MEMO_MAX = 4096            # answers per op; the dict is emptied when full (ste
                             # of a model hold a few hundred)
 
 
-def _memo_key(b: bytes, srcs: list, hints: Optional[dict]):
-    """(op_params, hints, each source's type/ne/nb) as a dict key; None when a hint or a
-    source cannot be part of one (the build then runs infer as always)."""
-    try:
-        key = [b]
-        for s in srcs:
-            key.append(None if s is None else (s.type, *s.ne, *s.nb))
-        if hints:
-            for k, v in hints.items():
-                key.append(k)
-                key.append(tuple(v) if isinstance(v, list) else v)
-        key = tuple(key)
-        hash(key)
-    except Exception:
-        return None
+def _memo_key(b: bytes, srcs: list, hints: Optional[dict]) -> tuple:
+    """(op_params, each source's type/ne/nb, hints) as a dict key (the lookup raises
+    TypeError when a hint cannot be part of one: the build then runs infer as always)."""
+    key = (b, *[None if s is None else (s.type, *s.ne, *s.nb) for s in srcs])
+    if hints:
+        key += tuple([(k, tuple(v) if v.__class__ is list or v.__class__ is Dims else v)
+                      for k, v in hints.items()])
     return key
 
 
@@ -415,16 +407,18 @@ class OpDef:
         if lay is None or lay.spec is not self.params:
             lay = self.layout()
         b = lay.pack_bytes(self.name, params or {})
-        key = _memo_key(b, srcs, hints)
-        if key is not None:                 # the same op over the same shapes: infer's answer
-            memo = self._memo
-            if memo[0] is not self.infer:   # infer replaced (tests): forget its answers
-                memo = self._memo = (self.infer, {})
+        key = _memo_key(b, srcs, hints)     # the same op over the same shapes: infer's answer
+        memo = self._memo
+        if memo[0] is not self.infer:       # infer replaced (tests): forget its answers
+            memo = self._memo = (self.infer, {})
+        try:
             hit = memo[1].get(key)
-            if hit is not None:
-                t = _from_memo(ctx, self, srcs, b, hit, name)
-                if t is not None:
-                    return t
+        except TypeError:                   # an unhashable hint: no memo for this build
+            hit = key = None
+        if hit is not None:
+            t = _from_memo(ctx, self, srcs, b, hit, name)
+            if t is not None:
+                return t
         p = lay.unpack_bytes(b)
         if hints:
             p.__dict__.update(hints)
