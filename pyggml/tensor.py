@@ -133,6 +133,15 @@ class Tensor:
         t._fill(ctx, type, Dims(ne), _contiguous_nb(ne, tr), view_src, view_offs, op_params)
         return t
 
+    @classmethod
+    def _record(cls, ctx, type: GGMLType, ne: Dims, nb: Dims, view_src, view_offs: int,
+                op_params):
+        """Context.new_node: ne and nb are Dims another node of the same op and shapes
+        already holds (shared: Dims cannot change)."""
+        t = _object_new(cls)
+        t._fill(ctx, type, ne, nb, view_src, view_offs, op_params)
+        return t
+
     def _fill(self, ctx, type, ne, nb, view_src, view_offs, op_params) -> None:
         self.ctx = ctx
         self.type = type

@@ -10,13 +10,17 @@ Phases, per graph (process_time: single-threaded Python work, robust to other lo
 The target (DESIGN.md §9) is <= 10 ms for the whole, <= 12 µs per node.
 
     python tools/bench_graph.py [--cache f16|mixed] [--tokens N] [--past N] [-r REPEATS]
-                                [--sched] [--no-gc] [--profile]
+                                [--sched] [--no-gc] [--profile] [--marks DIR]
+
+Instruction counts (robust when the machine is shared): tools/callgrind_graph.sh runs this
+under callgrind with instrumentation on only around the repeats (--marks).
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
 import gc
+import os
 import pstats
 import statistics
 import time
@@ -85,6 +89,12 @@ def phases(model, cache, backend, n_tokens: int, sched=None):
     return t, gf.n_nodes
 
 
+def _wait_for(marks: str, say: str, name: str) -> None:
+    print(say, flush=True)
+    while not os.path.exists(os.path.join(marks, name)):
+        time.sleep(0.02)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", choices=("f16", "mixed"), default="f16")
@@ -100,6 +110,9 @@ def main(argv=None) -> int:
                     help="Python's cycle collector paused, as Decoder and the backend do")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the repeats (top 30 functions by own time)")
+    ap.add_argument("--marks", metavar="DIR",
+                    help="print READY and wait for DIR/go before the repeats, print DONE and "
+                         "wait for DIR/end after them (tools/callgrind_graph.sh)")
     args = ap.parse_args(argv)
 
     model = LlamaModel.random(SMOLLM2)
@@ -111,6 +124,8 @@ def main(argv=None) -> int:
         gc.disable()
     runs = []
     prof = cProfile.Profile() if args.profile else None
+    if args.marks:
+        _wait_for(args.marks, "READY", "go")
     for _ in range(args.repeats):
         if prof is not None:
             prof.enable()
@@ -118,6 +133,8 @@ def main(argv=None) -> int:
         if prof is not None:
             prof.disable()
         runs.append(t)
+    if args.marks:
+        _wait_for(args.marks, "DONE", "end")
     backend.free()
     print(f"SmolLM2-135M shape, {args.cache} cache, {args.tokens} token(s), {args.past} past: "
           f"{n} nodes, {args.repeats} graphs (process_time{', sched' if args.sched else ''}"

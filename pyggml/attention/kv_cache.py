@@ -40,7 +40,14 @@ from ..errors import GGMLError
 from ..errors import ShapeError
 from ..graph import CGraph
 from ..graph import build_forward_expand
+from ..ops.attention import flash_attn_ext
+from ..ops.attention import flash_attn_ext_set_prec
+from ..ops.attention import flash_attn_ext_with_state
 from ..ops.fa_state import fresh_values
+from ..ops.rows import get_rows
+from ..ops.rows import set_rows
+from ..ops.view import reshape_2d
+from ..ops.view import view_3d
 from ..tensor import Tensor
 from ..tensor import nbytes
 from ..tensor import set_input
@@ -105,7 +112,6 @@ class _CacheBase:
 
     def _view3(self, t: Tensor, ctx, n: int, d: int, first: int = 0) -> Tensor:
         """[d, n tokens, n_head_kv] view of a row-per-token store, from token `first`."""
-        from ..ops.view import view_3d
         tr = TRAITS[t.type]
         return view_3d(ctx, t, d, n, self.n_head_kv, t.nb[1], tr.row_size(d), first * t.nb[1])
 
@@ -269,9 +275,6 @@ class MixedKVCache(_CacheBase):
         """Moves (hot -> cold, quantizing) then writes of this step's K/V, in graph order.
 
         k_cur: [head_dim, n_head_kv, n_tokens] (or any shape of the same rows), v_cur alike."""
-        from ..ops.rows import get_rows
-        from ..ops.rows import set_rows
-        from ..ops.view import reshape_2d
         st = self._need_step()
         if st.moves:
             # the moved rows are inputs (slots out of the ring, rows into the cold store), so
@@ -333,8 +336,6 @@ class MixedKVCache(_CacheBase):
         """flash_attn_ext_with_state over hot ∪ cold. q: [head_dim, n_tokens, n_head].
 
         Returns F32 [head_dim_v, n_head, n_tokens] like flash_attn_ext."""
-        from ..ops.attention import flash_attn_ext_set_prec
-        from ..ops.attention import flash_attn_ext_with_state
         st = self._need_step()
         hot_mask, cold_mask = self._step_masks(ctx)
         k = self._view3(self.hot_k[il], ctx, self.hot_cap, self.head_dim)
@@ -434,8 +435,6 @@ class F16KVCache(_CacheBase):
         return self._mask_values(kpos, kpos < self.n_past + st.n_tokens, st.n_pad)
 
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
-        from ..ops.rows import set_rows
-        from ..ops.view import reshape_2d
         st = self._need_step()
         for cache, cur, nm in ((self.k[il], k_cur, "k"), (self.v[il], v_cur, "v")):
             w = set_rows(ctx, cache, reshape_2d(ctx, cur, cache.ne[0], st.n_pad),
@@ -444,8 +443,6 @@ class F16KVCache(_CacheBase):
             build_forward_expand(gf, w)
 
     def attention(self, ctx, il: int, q: Tensor, scale: float, prec: int = 0) -> Tensor:
-        from ..ops.attention import flash_attn_ext
-        from ..ops.attention import flash_attn_ext_set_prec
         st = self._need_step()
         n_kv = self._n_kv()
         if self._mask is None:

@@ -30,13 +30,14 @@ def _family() -> str:
 
 
 def forwarder(name: str, sig: inspect.Signature, body: Callable, doc: str = None) -> Callable:
-    """A function called `name` with signature `sig` that calls body(**bound arguments)."""
-    names = tuple(sig.parameters)
+    """A function called `name` with signature `sig` that calls body(*arguments in the
+    signature's order)."""
+    n = len(sig.parameters)
 
     def fn(*args, **kwargs):
-        if not kwargs and len(args) == len(names):          # the usual call: no binding work
-            return body(**dict(zip(names, args)))
-        return body(**sig.bind(*args, **kwargs).arguments)
+        if not kwargs and len(args) == n:       # the usual call: no binding work
+            return body(*args)
+        return body(*sig.bind(*args, **kwargs).args)
     fn.__name__ = fn.__qualname__ = name
     fn.__module__ = _family()
     fn.__signature__ = sig
@@ -55,11 +56,13 @@ def op_builders(op: OpDef, name: str, srcs=("a",), params=(), view_named=False):
     aliases srcs[0] (and is named "<a> (view)" when `view_named`, as ggml_view_tensor does)."""
     sig = signature("ctx", *srcs, *params)
 
+    n_srcs = len(srcs)
+
     def build(inplace):
-        def body(ctx, **args):
-            t = op.build(ctx, [args[s] for s in srcs], {p: args[p] for p in params},
+        def body(ctx, *args):                   # the sources, then the params
+            t = op.build(ctx, args[:n_srcs], dict(zip(params, args[n_srcs:])),
                          hints=dict(inplace=True) if inplace else None)
-            return view_name(t, args[srcs[0]]) if inplace and view_named else t
+            return view_name(t, args[0]) if inplace and view_named else t
         return body
     return (forwarder(name, sig, build(False), f"ggml_{name}"),
             forwarder(f"{name}_inplace", sig, build(True), f"ggml_{name}_inplace"))
@@ -70,9 +73,10 @@ def nd_builders(op: OpDef, name: str):
     shape as a hint (dims not given are 1)."""
     def make(n):
         dims = [f"ne{i}" for i in range(n)]
+        ones = [1] * (4 - n)
 
-        def body(ctx, a, **ne):
-            return op.build(ctx, [a], hints=dict(ne=[ne[d] for d in dims] + [1] * (4 - n)))
+        def body(ctx, a, *ne):
+            return op.build(ctx, [a], hints=dict(ne=[*ne, *ones]))
         return forwarder(f"{name}_{n}d", signature("ctx", "a", *dims), body, f"ggml_{name}_{n}d")
     return tuple(make(n) for n in (1, 2, 3, 4))
 

@@ -275,6 +275,69 @@ def inplace_of(a: Tensor) -> Out:
     return Out(a.type, a.ne, view_of=a, offs=0, nb=a.nb)
 
 
+# --- build memo -------------------------------------------------------------------------------
+# A model builds the same nodes over and over (30 layers of the same shapes, every step):
+# infer's answer depends only on the op_params, the build hints and the sources' types, ne
+# and nb (infer must read nothing else: names go into error messages only), so OpDef.build
+# keeps it per op by those and makes the node straight from it on the next build (the
+# view bounds and the pool are still checked per node; anything unusual takes the checked
+# way). It is a cache of infer, not of nodes: every build returns a new tensor.
+
+_MEMO_MAX = 4096            # answers per op; the dict is emptied when full (steady graphs
+                            # of a model hold a few hundred)
+
+
+def _memo_key(b: bytes, srcs: list, hints: Optional[dict]) -> tuple:
+    """(op_params, each source's type/ne/nb, hints) as a dict key (the lookup raises
+    TypeError when a hint cannot be part of one: the build then runs infer as always)."""
+    key = (b, *[None if s is None else (s.type, *s.ne, *s.nb) for s in srcs])
+    if hints:
+        key += tuple([(k, tuple(v) if v.__class__ is list or v.__class__ is Dims else v)
+                      for k, v in hints.items()])
+    return key
+
+
+def _remember(memo: dict, key: tuple, t: Tensor, out: Out, srcs: list) -> None:
+    """What _from_memo needs to make a node like t: (type, ne, nb, the source it views or
+    -1, offset into that source, the bytes from the offset that must fit in the root)."""
+    vi = -1
+    if out.view_of is not None:
+        vi = next((i for i, s in enumerate(srcs) if s is out.view_of), None)
+        if vi is None:                      # aliases something that is not a source
+            return
+    reach = nbytes(t) if nelements(t) else 0
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = (t.type, t.ne, t.nb, vi, int(out.offs), reach)
+
+
+def _from_memo(ctx, op: "OpDef", srcs: list, b: bytes, hit: tuple, name: Optional[str]):
+    """The node OpDef.build would make, from a remembered answer; None when the checked
+    way must run (the pool is full, the result needs data, a view would not fit)."""
+    type_, ne, nb, vi, offs, reach = hit
+    view_of = None
+    if vi >= 0:
+        view_of = srcs[vi]
+        if reach:                           # the view must fit in the memory it aliases
+            root = view_of.view_src
+            if root is None:
+                root, start = view_of, offs
+            else:
+                start = offs + view_of.view_offs
+            if start + reach > nbytes(root):
+                return None                 # the checked way raises the error
+    t = ctx.new_node(type_, ne, nb, view_of, offs, frozen_bytes(b))
+    if t is None:
+        return None
+    t.op = op
+    t.src[:len(srcs)] = srcs
+    if name:
+        t.name = name
+    elif op.name_fmt is not None:
+        t.name = op.name_fmt(srcs)[:63]
+    return t
+
+
 # --- the OpDef -------------------------------------------------------------------------------
 
 @dataclass(eq=False)
@@ -303,6 +366,7 @@ class OpDef:
         if self.ggml_op is None:
             self.ggml_op = self.name
         self._layout = None
+        self._memo = (self.infer, {})       # see _memo_key
 
     # building ---------------------------------------------------------------------------
     def layout(self) -> _Layout:
@@ -343,6 +407,18 @@ class OpDef:
         if lay is None or lay.spec is not self.params:
             lay = self.layout()
         b = lay.pack_bytes(self.name, params or {})
+        key = _memo_key(b, srcs, hints)     # the same op over the same shapes: infer's answer
+        memo = self._memo
+        if memo[0] is not self.infer:       # infer replaced (tests): forget its answers
+            memo = self._memo = (self.infer, {})
+        try:
+            hit = memo[1].get(key)
+        except TypeError:                   # an unhashable hint: no memo for this build
+            hit = key = None
+        if hit is not None:
+            t = _from_memo(ctx, self, srcs, b, hit, name)
+            if t is not None:
+                return t
         p = lay.unpack_bytes(b)
         if hints:
             p.__dict__.update(hints)
@@ -371,6 +447,8 @@ class OpDef:
             t.name = name
         elif self.name_fmt is not None:
             t.name = self.name_fmt(srcs)[:63]
+        if key is not None:
+            _remember(self._memo[1], key, t, out, srcs)
         return t
 
     def p(self, node: Tensor) -> SimpleNamespace:

@@ -380,8 +380,18 @@ def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, w
         at += N_SLOTS
     out[:, HDR:HDR + N_SLOTS * SLOT] = np.array(words, dtype=np.int64).reshape(-1, SLOT)[
         np.array(slots, dtype=np.intp)].reshape(n, -1)
-    out[:, PARAMS:PARAMS + N_PARAMS] = np.concatenate(
-        [node.op_params[:N_PARAMS] for node in nodes]).reshape(n, N_PARAMS)   # sign-extended
+    # the op_params words, sign-extended: one join of the nodes' (frozen) int32 buffers
+    # when they are all N_PARAMS int32 words, else slice by slice
+    ops = [node.op_params for node in nodes]
+    params = None
+    if all([p.itemsize == 4 and p.size == N_PARAMS for p in ops]):
+        try:
+            params = np.frombuffer(b"".join(ops), dtype=np.int32)
+        except (TypeError, BufferError, ValueError):   # a non-contiguous buffer
+            pass
+    if params is None:
+        params = np.concatenate([p[:N_PARAMS] for p in ops])
+    out[:, PARAMS:PARAMS + N_PARAMS] = params.reshape(n, N_PARAMS)
     out[:, :HDR] = 0
     out[:, H_NTASKS] = n_tasks
     out[:, H_WDATA] = wdata_addr
