@@ -81,7 +81,13 @@ STATE_LEN = W_THREAD + 8 * MAX_THREADS
 #    poll (3 threads on 2 cores: 128 spins ~0.2 ms per 30-node graph, 4096 spins ~15 ms).
 # Result: 1,000 tiny nodes at 2 threads ~0.08-0.1 µs/node idle (ggml ~0.09), ~0.3 loaded
 # (ggml ~0.4); pinned to one CPU ~2.7 µs/node (ggml ~3,800).
-SPIN_DEFAULT = 1 << 18
+# Session 7 (2-core Xeon, load 10-13 from other jobs), SmolLM2 decode at 2 threads,
+# alternating in one process: 1 << 12 spins (~0.25 ms) before yielding instead of 1 << 18
+# (~13 ms) took 24 ms of CPU per token instead of 72, and 1.3-2x less wall time: under load
+# the partner thread is often descheduled, and spinning for it only burns this process's
+# share of the CPU. Idle, waits are shorter than that and a yield with nothing else to run
+# returns at once.
+SPIN_DEFAULT = 1 << 12
 SPIN_OVERSUBSCRIBED = 128
 POLL_DEFAULT = 1 << 16
 POLL_OVERSUBSCRIBED = 0
