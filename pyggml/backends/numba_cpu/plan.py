@@ -98,7 +98,7 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None,
     return CPlan(n_threads, n_tasks, work)
 
 
-LOOKAHEAD = 8              # rows a barrier group may pull forward past (schedule)
+LOOKAHEAD = 6              # rows a barrier group looks at past its first (schedule)
 
 
 def schedule(nodes, kernels, n_threads: int, work_addr: int = 0) -> tuple[list, np.ndarray]:
@@ -119,51 +119,53 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0) -> tuple[list, 
     if n_threads <= 1 or n < 2:
         return list(range(n)), np.ones(n, dtype=np.int64)
     private = work_addr % 64 == 0
-    info = [_access(nodes[j], kernels[j], n_threads, private) for j in range(n)]
+    spans: dict = {}                        # id(tensor) -> its byte span, made once
+    info = [_access(nodes[j], kernels[j], n_threads, private, spans) for j in range(n)]
     pending = list(range(n))
     order: list = []
     sync = np.ones(n, dtype=np.int64)
     while pending:
         j = pending.pop(0)
         reads, writes, g_work = info[j]
-        g_reads, g_writes = list(reads), list(writes)
+        # what a candidate must not touch: the group's rows and the rows it passes
+        seen_reads, seen_writes = list(reads), list(writes)
         order.append(j)
-        passed_reads: list = []
-        passed_writes: list = []
         idx = 0
         for _ in range(min(LOOKAHEAD, len(pending))):
             r = pending[idx]
             reads, writes, work = info[r]
             if (work == 0 or g_work == 0 or (work == g_work and work > 0)) and \
-                    not _overlap(writes, g_reads) and not _overlap(writes, g_writes) and \
-                    not _overlap(reads, g_writes) and not _overlap(writes, passed_reads) and \
-                    not _overlap(writes, passed_writes) and not _overlap(reads, passed_writes):
+                    not _conflict(reads, writes, seen_reads, seen_writes):
                 sync[len(order) - 1] = 0
                 order.append(pending.pop(idx))
-                g_reads += reads
-                g_writes += writes
                 g_work = g_work or work
             else:
-                passed_reads += reads
-                passed_writes += writes
                 idx += 1
+            seen_reads += reads
+            seen_writes += writes
     return order, sync
 
 
-def _access(node, k, n_threads: int, private: bool = True) -> tuple:
+def _access(node, k, n_threads: int, private: bool, spans: dict) -> tuple:
     """(byte spans read, byte spans written, work): work 0 = no work buffer, -1 = one the
     threads share (or `private` is False), else the bytes of each thread's own region."""
-    reads = [_span(s) for s in node.src if s is not None]
+    reads = []
+    for t in node.src:
+        if t is not None:
+            sp = spans.get(id(t))
+            if sp is None:
+                sp = spans[id(t)] = _span(t)
+            reads.append(sp)
     writes = [_span(node)]
     for w in node.op.writes:
         if node.src[w] is not None:
-            writes.append(_span(node.src[w]))
-    work = 0
-    fn = k.work_size
-    if fn is not None and fn(node, n_threads) > 0:
-        fn = k.private_work
-        work = int(fn(node, n_threads)) if fn is not None and private else -1
-        work = work if work > 0 else -1
+            writes.append(spans[id(node.src[w])])
+    if k.private_work is not None:          # its regions' size, 0 when it uses none
+        work = int(k.private_work(node, n_threads))
+        if work > 0 and not private:
+            work = -1
+    else:                                   # may use a shared one (not asked: FA's costs)
+        work = -1 if k.work_size is not None else 0
     return reads, writes, work
 
 
@@ -172,9 +174,17 @@ def _span(t) -> tuple:
     return lo, lo + nbytes(t)
 
 
-def _overlap(a: list, b: list) -> bool:
-    for lo, hi in a:
-        for lo2, hi2 in b:
+def _conflict(reads: list, writes: list, seen_reads: list, seen_writes: list) -> bool:
+    """Does a row with these byte spans see, or get seen by, rows with the seen ones?"""
+    for lo, hi in reads:                    # reads what they write (the usual case first)
+        for lo2, hi2 in seen_writes:
+            if lo < hi2 and lo2 < hi:
+                return True
+    for lo, hi in writes:                   # writes what they write or read
+        for lo2, hi2 in seen_writes:
+            if lo < hi2 and lo2 < hi:
+                return True
+        for lo2, hi2 in seen_reads:
             if lo < hi2 and lo2 < hi:
                 return True
     return False
