@@ -37,14 +37,14 @@ def node_times(model: str, n_tokens: int, past: int, reps: int):
     llm.eval(rng.integers(0, llm.n_vocab(), n_tokens).tolist())
     gf = llm._decoder.last_graph
     tab = llm._backend.backends[0].table(gf)
-    kaddrs, descs, ntasks, status = tab.addrs
+    kaddrs, descs, ntasks, status, sync = tab.addrs
     state = np.zeros(4096, dtype=np.int64)
     out = []
     for i in range(tab.n):
-        run_nodes(kaddrs, descs, ntasks, i, i + 1, state.ctypes.data, status, 0, 1)
+        run_nodes(kaddrs, descs, ntasks, sync, i, i + 1, state.ctypes.data, status, 0, 1)
         c0 = time.process_time()
         for _ in range(reps):
-            run_nodes(kaddrs, descs, ntasks, i, i + 1, state.ctypes.data, status, 0, 1)
+            run_nodes(kaddrs, descs, ntasks, sync, i, i + 1, state.ctypes.data, status, 0, 1)
         node = tab.nodes[i]
         label = node.op_name
         if node.op_name in ("MUL_MAT", "GET_ROWS"):

@@ -179,3 +179,64 @@ def test_graph_compute_rejects_a_stale_plan(ctx):
     p.work_size = 0
     p.work_data = None
     graph_compute(gf, p)
+
+
+def _rows(tab):
+    return [(n.name, int(s)) for n, s in zip(tab.nodes, tab.sync)]
+
+
+def test_independent_rows_share_a_barrier_and_dependent_ones_do_not():
+    """plan.schedule: the three projections of one input run back to back (one barrier after
+    the group), pulled forward past a row that needs the first one; rows that read what an
+    earlier row of the group writes wait for it; the last row ends with a barrier."""
+    ctx = gg.init(mem_size=8 << 20)
+    rng = np.random.default_rng(0)
+    x = gg.from_numpy(ctx, rng.standard_normal((1, 64)).astype(np.float32), name="x")
+    ws = [gg.from_numpy(ctx, rng.standard_normal((32, 64)).astype(np.float32),
+                        type=gg.TYPE_Q8_0, name=f"w{i}") for i in range(3)]
+    y = []
+    for i, w in enumerate(ws):
+        t = gg.mul_mat(ctx, w, x)
+        gg.set_name(t, f"y{i}")
+        y.append(t)
+    s0 = gg.scale(ctx, y[0], 2.0)                # between y0 and y1 in graph order
+    gg.set_name(s0, "s0")
+    z = gg.add(ctx, gg.add(ctx, s0, y[1]), y[2])
+    gg.set_name(z, "z")
+    gf = _graph(ctx, s0, z)
+    be = NumbaBackend(2)
+    tab = be.table(gf)
+    assert _rows(tab)[:4] == [("y0", 0), ("y1", 0), ("y2", 1), ("s0", 1)], _rows(tab)
+    assert int(tab.sync[-1]) == 1
+    be.graph_compute(gf)
+    got = gg.to_numpy(z)
+    for n in gf.nodes:          # stale results would show if a node were shown before it ran
+        gg.tensor_set(n, bytes(gg.nbytes(n)))
+    seen = {}                   # eval callback: each node has run when it is shown, reordered or not
+    be.graph_compute(gf, lambda t, ask: True if ask else seen.setdefault(t.name, gg.to_numpy(t)) is not None)
+    assert sorted(seen) == sorted(n.name for n in gf.nodes)
+    for n in gf.nodes:
+        assert np.array_equal(seen[n.name], gg.to_numpy(n)), n.name
+    one = NumbaBackend(1)
+    assert list(one.table(gf).sync) == [1] * one.table(gf).n     # one thread: no groups
+    one.graph_compute(gf)
+    assert np.array_equal(got, gg.to_numpy(z))
+
+
+def test_a_row_writing_what_another_reads_keeps_its_barrier():
+    """SET_ROWS into a cache and a row reading that cache have no graph edge between them:
+    the planner sees the shared bytes and keeps them apart (and in graph order)."""
+    ctx = gg.init(mem_size=8 << 20)
+    cache = gg.from_numpy(ctx, np.arange(32, dtype=np.float32).reshape(4, 8), name="cache")
+    vals = gg.from_numpy(ctx, np.full((1, 8), 100.0, dtype=np.float32), name="vals")
+    ids = gg.from_numpy(ctx, np.array([2], dtype=np.int64), name="ids")
+    r = gg.scale(ctx, cache, 1.0)
+    gg.set_name(r, "read")
+    w = gg.set_rows(ctx, cache, vals, ids)
+    gg.set_name(w, "write")
+    gf = _graph(ctx, r, w)
+    be = NumbaBackend(2)
+    tab = be.table(gf)
+    assert _rows(tab) == [("read", 1), ("write", 1)]
+    be.graph_compute(gf)
+    assert np.array_equal(gg.to_numpy(r), np.arange(32, dtype=np.float32).reshape(4, 8))

@@ -37,6 +37,7 @@ from .kernels import KERNELS
 from .kernels import lookup
 from .plan import CPlan
 from .plan import graph_plan
+from .plan import schedule
 
 _loc = attrgetter("_buffer", "_offs")
 
@@ -176,13 +177,17 @@ class NumbaBackend(Backend):
                     raise GraphError(f"numba backend: no kernel for node {i} {nodes[i].op_name}")
                 kernels.append(k)
         n = len(rows)
-        row_nodes = [nodes[i] for i in rows]
         status = np.zeros(STATUS_LEN, dtype=np.int64)
         if cplan.work_data is not None:
             wbuf = _check_work_data(cplan)
         else:
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
+        # rows in the planner's order (independent rows grouped between barriers)
+        order, sync = schedule([nodes[i] for i in rows], kernels, self.n_threads, waddr)
+        rows = [rows[p] for p in order]
+        kernels = [kernels[p] for p in order]
+        row_nodes = [nodes[i] for i in rows]
         wsize = cplan.work_size if wbuf is not None else 0
         scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
         n_tasks = np.clip(np.array([cplan.n_tasks[i] for i in rows], dtype=np.int64),
@@ -190,7 +195,7 @@ class NumbaBackend(Backend):
         descs = pack_table(row_nodes, rows, n_tasks, waddr, wsize,
                            status.ctypes.data, scratch.ctypes.data,
                            _aligned_zeros((n, DESC_LEN)))   # 64-byte rows on 64-byte bounds
-        tab = LoweredGraph(row_nodes, rows, kernels, descs, n_tasks, status, wbuf)
+        tab = LoweredGraph(row_nodes, rows, kernels, descs, n_tasks, status, wbuf, sync)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
         roots = {}                       # tensors hash by identity; insertion-ordered
         for node in row_nodes:
@@ -204,10 +209,11 @@ class NumbaBackend(Backend):
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH
         tab.snapshot = tab.locations()
         tab.plan = cplan
-        # rows run up to and including each graph node (eval-callback mode)
-        computed = np.zeros(len(nodes), dtype=np.int64)
-        computed[rows] = 1
-        tab.row_end = np.cumsum(computed)
+        # rows to run to include each graph node and all before it (eval-callback mode;
+        # rows may be out of graph order, see schedule)
+        pos = np.full(len(nodes), -1, dtype=np.int64)
+        pos[rows] = np.arange(n)
+        tab.row_end = np.maximum.accumulate(pos) + 1 if len(nodes) else pos
         self.n_lowerings += 1
         return tab
 

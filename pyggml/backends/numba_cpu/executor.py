@@ -60,7 +60,7 @@ W_STOP = 24        # set by the last thread at a barrier when a kernel reported 
 W_SEQ = 32         # job sequence number: bumped (after the job words) to post a graph
 W_SPIN = 40        # barrier: PAUSE iterations before a waiting thread starts yielding
 W_POLL = 41        # worker: PAUSE iterations polling for the next graph before sleeping
-J_KADDRS, J_DESCS, J_NTASKS, J_I0, J_I1, J_STATUS = 48, 49, 50, 51, 52, 53   # the job
+J_KADDRS, J_DESCS, J_NTASKS, J_I0, J_I1, J_STATUS, J_SYNC = 48, 49, 50, 51, 52, 53, 54  # job
 W_THREAD = 64      # + 8 * ith: a line per thread; word T_CPU: the CPU it last ran on
 T_CPU = 0
 MAX_THREADS = 256
@@ -81,7 +81,13 @@ STATE_LEN = W_THREAD + 8 * MAX_THREADS
 #    poll (3 threads on 2 cores: 128 spins ~0.2 ms per 30-node graph, 4096 spins ~15 ms).
 # Result: 1,000 tiny nodes at 2 threads ~0.08-0.1 µs/node idle (ggml ~0.09), ~0.3 loaded
 # (ggml ~0.4); pinned to one CPU ~2.7 µs/node (ggml ~3,800).
-SPIN_DEFAULT = 1 << 18
+# Session 7 (2-core Xeon, load 10-13 from other jobs), SmolLM2 decode at 2 threads,
+# alternating in one process: 1 << 12 spins (~0.25 ms) before yielding instead of 1 << 18
+# (~13 ms) took 24 ms of CPU per token instead of 72, and 1.3-2x less wall time: under load
+# the partner thread is often descheduled, and spinning for it only burns this process's
+# share of the CPU. Idle, waits are shorter than that and a yield with nothing else to run
+# returns at once.
+SPIN_DEFAULT = 1 << 12
 SPIN_OVERSUBSCRIBED = 128
 POLL_DEFAULT = 1 << 16
 POLL_OVERSUBSCRIBED = 0
@@ -173,19 +179,25 @@ def barrier(state_addr, nth, status_addr, ith):
 
 
 @_jit
-def run_nodes(kaddrs_addr, desc_base, ntasks_addr, i0, i1, state_addr, status_addr, ith, nth):
-    """Run rows [i0, i1) of a node table as thread ith of nth.
+def run_nodes(kaddrs_addr, desc_base, ntasks_addr, sync_addr, i0, i1, state_addr, status_addr,
+              ith, nth):
+    """Run rows [i0, i1) of a node table as thread ith of nth, meeting at a barrier after
+    each row whose sync word is nonzero (plan.barriers) and after the last one.
 
     Returns i1 when all ran, the row after which a kernel reported an error (every thread
-    returns the same one), or -1 if the pool was aborted."""
+    returns the same one; rows between a failing one and the next barrier, which do not
+    depend on it, may have run), or -1 if the pool was aborted."""
     kaddrs = i64_array(kaddrs_addr, i1)
     ntasks = i64_array(ntasks_addr, i1)
+    sync = i64_array(sync_addr, i1)
     row = DESC_LEN * 8
     stop = i1
     for i in range(i0, i1):
         if ith < ntasks[i]:
             call_kernel(kaddrs[i], desc_base + i * row, ith, nth)
         if nth > 1:
+            if sync[i] == 0 and i + 1 < i1:
+                continue
             verdict = barrier(state_addr, nth, status_addr, ith)
             if verdict < 0:
                 return -1
@@ -203,7 +215,7 @@ def run_nodes(kaddrs_addr, desc_base, ntasks_addr, i0, i1, state_addr, status_ad
 
 
 @_jit
-def post_job(state_addr, kaddrs, descs, ntasks, i0, i1, status, posts_addr):
+def post_job(state_addr, kaddrs, descs, ntasks, sync, i0, i1, status, posts_addr):
     """Publish a graph to the pool: job words first, then the sequence number (seq_cst).
     Also counts the post process-wide, which sends other pools' polling workers to sleep."""
     atomic_add(posts_addr, 1)
@@ -212,6 +224,7 @@ def post_job(state_addr, kaddrs, descs, ntasks, i0, i1, status, posts_addr):
     atomic_store(state_addr + J_KADDRS * 8, kaddrs)
     atomic_store(state_addr + J_DESCS * 8, descs)
     atomic_store(state_addr + J_NTASKS * 8, ntasks)
+    atomic_store(state_addr + J_SYNC * 8, sync)
     atomic_store(state_addr + J_I0 * 8, i0)
     atomic_store(state_addr + J_I1 * 8, i1)
     atomic_store(state_addr + J_STATUS * 8, status)
@@ -232,6 +245,7 @@ def worker_loop(state_addr, ith, nth, seen, posts_addr, check_cpu):
             r = run_nodes(atomic_load(state_addr + J_KADDRS * 8),
                           atomic_load(state_addr + J_DESCS * 8),
                           atomic_load(state_addr + J_NTASKS * 8),
+                          atomic_load(state_addr + J_SYNC * 8),
                           atomic_load(state_addr + J_I0 * 8),
                           atomic_load(state_addr + J_I1 * 8),
                           state_addr, atomic_load(state_addr + J_STATUS * 8), ith, nth)
@@ -290,7 +304,7 @@ _CAN_MOVE = hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity"
 class NodeTable:
     """A graph lowered for the executor. Arrays are kept alive here; the loop sees addresses."""
 
-    def __init__(self, nodes, graph_index, kernels, descs, n_tasks, status, wbuf):
+    def __init__(self, nodes, graph_index, kernels, descs, n_tasks, status, wbuf, sync=None):
         self.nodes = nodes                      # Tensor per row
         self.graph_index = list(graph_index)    # row -> index in gf.nodes (= desc[H_INDEX])
         self.kernels = kernels                  # Kernel per row (names for messages)
@@ -298,6 +312,10 @@ class NodeTable:
             [k.address for k in kernels] if kernels else np.zeros(0), dtype=np.int64)
         self.descs = descs                      # int64[n, DESC_LEN]
         self.n_tasks = np.ascontiguousarray(n_tasks, dtype=np.int64)
+        # 1: a barrier after the row (all rows unless the planner proved a row independent
+        # of the next: plan.barriers)
+        self.sync = np.ascontiguousarray(np.ones(len(nodes)) if sync is None else sync,
+                                         dtype=np.int64)
         self.status = status                    # int64[STATUS_LEN]
         self.wbuf = wbuf                        # work buffer (uint8) or None
         self.n = len(nodes)
@@ -312,11 +330,12 @@ class NodeTable:
         on every compute of a kept graph; the arrays never move)."""
         a = self._addrs
         if a is None or a[0] is not self.kaddrs or a[1] is not self.descs or \
-                a[2] is not self.n_tasks or a[3] is not self.status:
-            a = self._addrs = (self.kaddrs, self.descs, self.n_tasks, self.status,
+                a[2] is not self.n_tasks or a[3] is not self.status or a[4] is not self.sync:
+            a = self._addrs = (self.kaddrs, self.descs, self.n_tasks, self.status, self.sync,
                                (self.kaddrs.ctypes.data, self.descs.ctypes.data,
-                                self.n_tasks.ctypes.data, self.status.ctypes.data))
-        return a[4]
+                                self.n_tasks.ctypes.data, self.status.ctypes.data,
+                                self.sync.ctypes.data))
+        return a[5]
 
     def reset_status(self) -> None:
         self.status[S_CODE] = 0
@@ -462,14 +481,15 @@ class WorkerPool:
         i1 = table.n if i1 is None else i1
         if i0 >= i1:
             return i1
-        kaddrs, descs, ntasks, status = table.addrs
+        kaddrs, descs, ntasks, status, sync = table.addrs
         table.reset_status()
         core = self._core
         nth = self.n_threads
         # single-task ranges (eval-callback mode, 1 thread) need no pool and no barriers
         if nth == 1 or table.max_tasks <= 1 or \
                 (i1 - i0 < table.n and int(table.n_tasks[i0:i1].max()) <= 1):
-            return int(run_nodes(kaddrs, descs, ntasks, i0, i1, core.state_addr, status, 0, 1))
+            return int(run_nodes(kaddrs, descs, ntasks, sync, i0, i1, core.state_addr, status,
+                                 0, 1))
         if self._pid != os.getpid():
             # a forked child (multiprocessing, run_isolated) inherits the pool but not its
             # threads: the caller would wait forever at the first barrier. Start fresh ones.
@@ -482,13 +502,14 @@ class WorkerPool:
                 raise ComputeError("the worker pool was shut down")
             # what a worker may still read after the caller left the last barrier; not the
             # table itself, whose nodes would keep the graph's context alive until next run
-            core.job = (table.kaddrs, table.descs, table.n_tasks, table.status)
-            post_job(core.state_addr, kaddrs, descs, ntasks, i0, i1, status, _POSTS_ADDR)
+            core.job = (table.kaddrs, table.descs, table.n_tasks, table.status, table.sync)
+            post_job(core.state_addr, kaddrs, descs, ntasks, sync, i0, i1, status, _POSTS_ADDR)
             if core.active < nth - 1:        # some workers sleep: wake them
                 with core.cond:
                     core.cond.notify_all()
             try:
-                r = int(run_nodes(kaddrs, descs, ntasks, i0, i1, core.state_addr, status, 0, nth))
+                r = int(run_nodes(kaddrs, descs, ntasks, sync, i0, i1, core.state_addr, status,
+                                  0, nth))
             except BaseException:
                 core.state[W_ABORT] = 1
                 core.wait_all_out()
@@ -526,9 +547,9 @@ def warm_up() -> None:
     if not _warm:
         z = np.zeros(STATE_LEN, dtype=np.int64)
         a = z.ctypes.data
-        run_nodes(a, a, a, 0, 0, a, a, 0, 1)
+        run_nodes(a, a, a, a, 0, 0, a, a, 0, 1)
         this_cpu()
         z[W_POLL] = 0
         worker_loop(a, 1, 2, 0, a + 8, 1)            # returns at once: nothing posted
-        post_job(a, 0, 0, 0, 0, 0, 0, a + 8 * J_STATUS)
+        post_job(a, 0, 0, 0, 0, 0, 0, 0, a + 8 * J_STATUS)
         _warm = True

@@ -139,6 +139,10 @@ class Kernel:
     spec: Optional[Callable] = None       # template: node -> its constants (see module doc)
     common: tuple = ()                    # template: the constants `warmup --all` compiles
     _children: dict = field(default_factory=dict, repr=False)
+    # (node, n_threads) -> bytes per thread, when thread ith touches only its own region
+    # [ith * bytes, (ith + 1) * bytes) of the work buffer: nodes with regions of one size
+    # may then run without a barrier between them (plan.schedule); None: threads share it
+    private_work: Optional[Callable] = None
 
     def __post_init__(self):
         self.name = self.name or getattr(self.pyfunc, "__name__", self.op.lower())
@@ -275,7 +279,8 @@ def _make_child(tmpl: Kernel, key: tuple) -> Kernel:
     exec(compile(src, filename, "exec"), ns)
     fn = ns[ident]
     name = f"{tmpl.name}[{','.join(_const_name(c) for c in key)}]"
-    return Kernel(tmpl.op, fn, tmpl.supports, tmpl.n_tasks, tmpl.work_size, name=name)
+    return Kernel(tmpl.op, fn, tmpl.supports, tmpl.n_tasks, tmpl.work_size, name=name,
+                  private_work=tmpl.private_work)
 
 
 @dataclass(eq=False)
@@ -315,10 +320,12 @@ KERNELS: dict[str, KernelEntry] = {}
 
 
 def make_kernel(op: str, pyfunc: Callable, supports: Callable = None, n_tasks: Callable = None,
-                work_size: Callable = None, spec: Callable = None, common=()) -> Kernel:
+                work_size: Callable = None, spec: Callable = None, common=(),
+                private_work: Callable = None) -> Kernel:
     """A Kernel object without registering it (tests, private tables)."""
     return Kernel(op.upper(), pyfunc, supports or _always, n_tasks, work_size, spec=spec,
-                  common=tuple(tuple(int(x) for x in c) for c in common))
+                  common=tuple(tuple(int(x) for x in c) for c in common),
+                  private_work=private_work)
 
 
 def add_kernel(table: dict, k: Kernel, op: str = None) -> Kernel:
@@ -330,7 +337,8 @@ def add_kernel(table: dict, k: Kernel, op: str = None) -> Kernel:
 
 
 def kernel(op, supports: Callable = None, n_tasks: Callable = None,
-           work_size: Callable = None, table: dict = None, spec: Callable = None, common=()):
+           work_size: Callable = None, table: dict = None, spec: Callable = None, common=(),
+           private_work: Callable = None):
     """Decorator: register `def k(desc, ith, nth)` as a kernel variant of op (with `spec`:
     `def k(desc, ith, nth, *consts)`, a template; see the module doc).
 
@@ -338,7 +346,7 @@ def kernel(op, supports: Callable = None, n_tasks: Callable = None,
     ops = (op,) if isinstance(op, str) else tuple(op)
 
     def deco(fn):
-        k = make_kernel(ops[0], fn, supports, n_tasks, work_size, spec, common)
+        k = make_kernel(ops[0], fn, supports, n_tasks, work_size, spec, common, private_work)
         for name in ops:
             add_kernel(KERNELS if table is None else table, k, name)
         fn.kernel = k

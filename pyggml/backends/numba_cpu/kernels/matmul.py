@@ -601,7 +601,15 @@ def _work_mul_mat(node, n_threads):
     return mul_mat_work_size(node, n_threads)
 
 
-@kernel("MUL_MAT", supports=_supports_mul_mat, work_size=_work_mul_mat)
+def _region_mul_mat(node, n_threads):
+    """Thread ith prepares columns in, and reads from, region ith only (mul_mat below)."""
+    a, b = node.src[0], node.src[1]
+    return mul_mat_thread_bytes(int(a.type), int(b.type), a.ne[1], b.ne[1], a.ne[0],
+                                b.ne[1] * b.ne[2] * b.ne[3])
+
+
+@kernel("MUL_MAT", supports=_supports_mul_mat, work_size=_work_mul_mat,
+        private_work=_region_mul_mat)
 def mul_mat(desc, ith, nth):
     nth = eff_nth(desc, nth)
     wt = t_type(desc, SRC0)

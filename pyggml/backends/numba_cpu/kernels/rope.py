@@ -304,7 +304,11 @@ def _rope_work(node, n_threads) -> int:
     return 4 * (node.ne[0] + 16) * n_threads
 
 
-@kernel("ROPE", supports=_supports_rope, work_size=_rope_work)
+def _rope_region(node, n_threads) -> int:
+    return 4 * (node.ne[0] + 16)          # rope_body's slot: thread ith's sin/cos cache
+
+
+@kernel("ROPE", supports=_supports_rope, work_size=_rope_work, private_work=_rope_region)
 def rope_fwd(desc, ith, nth):
     rope_body(desc, ith, nth, _F(1.0))
 

@@ -153,8 +153,12 @@ def _set_rows_spec(node) -> tuple:
 _SET_ROWS_COMMON = [(int(d),) for d in _COMMON_TYPES[:8]]   # KV caches
 
 
+def _region_set_rows(node, n_threads) -> int:
+    return _set_rows_scratch(node)         # set_rows: thread ith's map and row only
+
+
 @kernel("SET_ROWS", supports=_supports_set_rows, work_size=_work_set_rows, spec=_set_rows_spec,
-        common=_SET_ROWS_COMMON)
+        common=_SET_ROWS_COMMON, private_work=_region_set_rows)
 def set_rows(desc, ith, nth, dt):
     bt = t_type(desc, SRC0)
     it = t_type(desc, SRC1)
