@@ -137,3 +137,38 @@ def test_mul_mat_eps_one_is_rounding_not_the_rule(monkeypatch):
         worst = int(np.argmax(terms))
         assert abs(ga[worst]) < 1e-2 < np.median(np.abs(ga))
         assert np.delete(terms, worst).mean() < G.settings(case)["max_maa"]
+
+
+def test_cpy_grad_fails_by_the_losss_float32_rounding_as_in_ggml(monkeypatch):
+    """ggml's own grad mode FAILs this CPY case too (MAA 1.8e-4, printed under the name SUM:
+    eval_grad renames out to the sum it adds; the line above it that says OK is only the
+    case's header). The gradient is exactly 1; the loss is the sum of 3360 values in
+    [-150, 150], a few thousand, so every loss value is rounded to float32 by ulp(loss)/2,
+    and the central difference (f(x+eps) - f(x-eps)) / 0.2 carries that rounding: each
+    numeric gradient here is bit for bit the rounded exact sums' difference."""
+    import numpy as np
+
+    import pyggml.testing.grad as G
+    from pyggml import data
+    from pyggml.backends.reference.backend import ReferenceBackend
+    name = ("CPY(type_src=f32,type_dst=f32,ne_src=[3,7,5,32],ne_dst=[3,5,7,32],"
+            "permute_src=[0,0,0,0],permute_dst=[0,0,0,0],_src_transpose=0)")
+    case = next(c for c in op_cases(OPS["CPY"]) if str(c) == name)
+    seen = {}
+    orig = G._numeric
+
+    def spy(backend, gf, out, t, eps, precise):
+        seen["x"] = data.read(t).reshape(-1).astype(np.float32)
+        seen["gn"] = orig(backend, gf, out, t, eps, precise)
+        return seen["gn"]
+
+    monkeypatch.setattr(G, "_numeric", spy)
+    r = run_grad(case, ReferenceBackend(), seed=0)
+    assert r.status == "FAIL" and 1e-4 < r.err < 1e-3, (r.status, r.message)
+    x, f32 = seen["x"], np.float32
+    e = f32(settings(case)["eps"])
+    s = x.astype(np.float64).sum()
+    fu = (s - x + (x + e).astype(np.float64)).astype(np.float32)
+    fd = (s - x + (x - e).astype(np.float64)).astype(np.float32)
+    assert np.abs(s) > 1024          # ulp(loss) >= 1.2e-4: the measure cannot reach 1e-4
+    np.testing.assert_array_equal(seen["gn"], (fu - fd) / (f32(2) * e))
