@@ -177,3 +177,44 @@ def test_cpy_grad_at_ggmls_inputs_fails_by_the_losss_float32_rounding(monkeypatc
     np.testing.assert_array_equal(seen["gn"], (fu - fd) / (f32(2) * e))
     r = run_grad(case, ReferenceBackend(), seed=0)
     assert r.status == "OK" and r.err < 1e-5, (r.status, r.message)
+
+
+def test_finite_differences_run_on_one_thread_only_when_the_loss_is_the_same():
+    """The perturbed forward graphs run on one thread when that computes the loss bit for bit
+    as the backend's own thread count does; a backend whose one-thread loss differs keeps its
+    threads; the thread count is restored either way."""
+    from pyggml import data
+    from pyggml.backends.reference.backend import ReferenceBackend
+
+    class Threaded(ReferenceBackend):
+        """The reference with a thread count; on one thread its last node is off by 1 when
+        asked to differ."""
+
+        def __init__(self, one_thread_differs):
+            self.n_threads, self.differs = 2, one_thread_differs
+            self.computes = {1: 0, 2: 0}
+
+        def set_n_threads(self, n):
+            self.n_threads = n
+
+        def graph_compute(self, gf, eval_cb=None):
+            super().graph_compute(gf, eval_cb)
+            self.computes[self.n_threads] += 1
+            if self.differs and self.n_threads == 1:
+                last = gf.nodes[-1]
+                data.write(last, data.read(last) + 1.0)
+
+    case = next(c for c in CASES if c.op == "SQR")
+    n = 2 * nelements(next(t for t in _params(case)))
+    same, differs = Threaded(False), Threaded(True)
+    for be in (same, differs):
+        assert run_grad(case, be, seed=0).status == "OK"
+        assert be.n_threads == 2
+    assert same.computes[1] == 1 + n          # the check, then every perturbation
+    assert differs.computes[1] == 1 and differs.computes[2] >= n
+
+
+def _params(case):
+    ctx = init(mem_size=64 << 20, no_alloc=True)
+    case.build(ctx)
+    return [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
