@@ -242,8 +242,11 @@ def _cpy_case(ts, td, ne_src, ne_dst=None, permute_src=(0, 0, 0, 0), permute_dst
         vars["dst_alloc"] = list(dst_alloc)
     n = ne_src[0] * ne_src[1] * ne_src[2] * ne_src[3]
     nmse = _cpy_max_nmse(ts, td, n)
+    # grad mode (pyggml, as EXPM1's): ggml's [-150, 150] makes the summed loss thousands, and
+    # its float32 rounding alone puts 1e-4 .. 2e-3 into each numeric gradient of 1, so ggml's
+    # own grad mode FAILs most of these cases; the derivative is checked on [-1, 1] instead
     return cc.case("CPY", vars, build, init=uniform(-150.0, 150.0), exact=(nmse == 0.0) or None,
-                   max_nmse=nmse or None)
+                   max_nmse=nmse or None, grad=dict(init=uniform(-1.0, 1.0)))
 
 
 def _cpy_ggml_cases():

@@ -268,7 +268,10 @@ def _infer_soft_max_back(srcs, p):
 
 def _ref_soft_max_back(node, ins, p):
     dy, y = ins[0], ins[1]
-    dot = (y * dy).sum(axis=-1, keepdims=True)
+    # ggml keeps dot(y, dy) in a float: for sum(soft_max) (dy = 1) it rounds to exactly 1 and
+    # the gradient is exactly 0, as it is in exact math; unrounded, ~1e-10 residues remain,
+    # and grad mode's measure |gn - ga| / |gn + ga| is 1 for every element (gn = 0)
+    dot = (y * dy).sum(axis=-1, keepdims=True).astype(np.float32).astype(np.float64)
     return (dy - dot) * y * np.float64(np.float32(p.scale))
 
 

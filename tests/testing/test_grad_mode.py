@@ -137,3 +137,84 @@ def test_mul_mat_eps_one_is_rounding_not_the_rule(monkeypatch):
         worst = int(np.argmax(terms))
         assert abs(ga[worst]) < 1e-2 < np.median(np.abs(ga))
         assert np.delete(terms, worst).mean() < G.settings(case)["max_maa"]
+
+
+def test_cpy_grad_at_ggmls_inputs_fails_by_the_losss_float32_rounding(monkeypatch):
+    """ggml's own grad mode FAILs most f32 CPY cases (e.g. this one, MAA 4.9e-4, printed under
+    the name SUM: eval_grad renames out to the sum it adds; the OK line above it is only the
+    case's header). The gradient is exactly 1; over ggml's inputs, [-150, 150], the loss is a
+    sum in the thousands, every loss value is rounded to float32 by up to ulp(loss)/2, and the
+    central difference (f(x+eps) - f(x-eps)) / 0.2 carries that rounding: each numeric
+    gradient is bit for bit the rounded exact sums' difference. So pyggml's CPY cases check
+    the derivative on [-1, 1] in grad mode (as EXPM1's), where the same case passes."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    import pyggml.testing.grad as G
+    from pyggml import data
+    from pyggml.backends.reference.backend import ReferenceBackend
+    name = ("CPY(type_src=f32,type_dst=f32,ne_src=[256,4,1,1],permute_src=[0,0,0,0],"
+            "permute_dst=[0,0,0,0],_src_transpose=1)")
+    case = next(c for c in op_cases(OPS["CPY"]) if str(c) == name)
+    seen = {}
+    orig = G._numeric
+
+    def spy(backend, gf, out, t, eps, precise):
+        seen["x"] = data.read(t).reshape(-1).astype(np.float32)
+        seen["gn"] = orig(backend, gf, out, t, eps, precise)
+        return seen["gn"]
+
+    monkeypatch.setattr(G, "_numeric", spy)
+    r = run_grad(replace(case, grad=None), ReferenceBackend(), seed=0)     # ggml's inputs
+    assert r.status == "FAIL" and 1e-4 < r.err < 1e-2, (r.status, r.message)
+    x, f32 = seen["x"], np.float32
+    e = f32(settings(case)["eps"])
+    s = x.astype(np.float64).sum()
+    fu = (s - x + (x + e).astype(np.float64)).astype(np.float32)
+    fd = (s - x + (x - e).astype(np.float64)).astype(np.float32)
+    assert np.abs(s) > 1024          # ulp(loss) >= 1.2e-4: the measure cannot reach 1e-4
+    np.testing.assert_array_equal(seen["gn"], (fu - fd) / (f32(2) * e))
+    r = run_grad(case, ReferenceBackend(), seed=0)
+    assert r.status == "OK" and r.err < 1e-5, (r.status, r.message)
+
+
+def test_finite_differences_run_on_one_thread_only_when_the_loss_is_the_same():
+    """The perturbed forward graphs run on one thread when that computes the loss bit for bit
+    as the backend's own thread count does; a backend whose one-thread loss differs keeps its
+    threads; the thread count is restored either way."""
+    from pyggml import data
+    from pyggml.backends.reference.backend import ReferenceBackend
+
+    class Threaded(ReferenceBackend):
+        """The reference with a thread count; on one thread its last node is off by 1 when
+        asked to differ."""
+
+        def __init__(self, one_thread_differs):
+            self.n_threads, self.differs = 2, one_thread_differs
+            self.computes = {1: 0, 2: 0}
+
+        def set_n_threads(self, n):
+            self.n_threads = n
+
+        def graph_compute(self, gf, eval_cb=None):
+            super().graph_compute(gf, eval_cb)
+            self.computes[self.n_threads] += 1
+            if self.differs and self.n_threads == 1:
+                last = gf.nodes[-1]
+                data.write(last, data.read(last) + 1.0)
+
+    case = next(c for c in CASES if c.op == "SQR")
+    n = 2 * nelements(next(t for t in _params(case)))
+    same, differs = Threaded(False), Threaded(True)
+    for be in (same, differs):
+        assert run_grad(case, be, seed=0).status == "OK"
+        assert be.n_threads == 2
+    assert same.computes[1] == 1 + n          # the check, then every perturbation
+    assert differs.computes[1] == 1 and differs.computes[2] >= n
+
+
+def _params(case):
+    ctx = init(mem_size=64 << 20, no_alloc=True)
+    case.build(ctx)
+    return [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
