@@ -311,6 +311,18 @@ def _remember(memo: dict, key: tuple, t: Tensor, out: Out, srcs: list) -> None:
     memo[key] = (t.type, t.ne, t.nb, vi, int(out.offs), reach)
 
 
+def _link(t, op, srcs, name):
+    """Make t op's result over srcs, named as given or by the op's name format (ggml's
+    default names); both the checked build and the memo's fast path end here."""
+    t.op = op
+    t.src[:len(srcs)] = srcs
+    if name:
+        t.name = name
+    elif op.name_fmt is not None:
+        t.name = op.name_fmt(srcs)[:63]
+    return t
+
+
 def _from_memo(ctx, op: "OpDef", srcs: list, b: bytes, hit: tuple, name: Optional[str]):
     """The node OpDef.build would make, from a remembered answer; None when the checked
     way must run (the pool is full, the result needs data, a view would not fit)."""
@@ -329,13 +341,7 @@ def _from_memo(ctx, op: "OpDef", srcs: list, b: bytes, hit: tuple, name: Optiona
     t = ctx.new_node(type_, ne, nb, view_of, offs, frozen_bytes(b))
     if t is None:
         return None
-    t.op = op
-    t.src[:len(srcs)] = srcs
-    if name:
-        t.name = name
-    elif op.name_fmt is not None:
-        t.name = op.name_fmt(srcs)[:63]
-    return t
+    return _link(t, op, srcs, name)
 
 
 # --- the OpDef -------------------------------------------------------------------------------
@@ -441,12 +447,7 @@ class OpDef:
                 fail(self.name, f"view with ne={shown_ne(t)} nb={t.nb} at offset {t.view_offs} "
                      f"reaches byte {t.view_offs + nbytes(t)}, past the end of its parent "
                      f"({nbytes(t.view_src)} bytes)", t.view_src)
-        t.op = self
-        t.src[:len(srcs)] = srcs
-        if name:
-            t.name = name
-        elif self.name_fmt is not None:
-            t.name = self.name_fmt(srcs)[:63]
+        _link(t, self, srcs, name)
         if key is not None:
             _remember(self._memo[1], key, t, out, srcs)
         return t
