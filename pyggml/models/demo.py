@@ -309,6 +309,17 @@ def _draw_layer(model, path: str, n_ctx: int, hot: int) -> str:
     return draw(gf, path, title=f"pyggml demo: decode step, layer 0 ({gf.n_nodes} nodes)")
 
 
+def _engine(r: dict, args) -> str:
+    """What the decode speeds measured: tiered steps that ran on the fast reference are not
+    Numba's speed, and the line must not say they are."""
+    n_ref = r.get("n_fastref", 0) if r.get("tiered") else 0
+    if not n_ref:
+        return args.backend
+    n = len(r["tokens"])
+    return ("NumPy fast reference while kernels compiled" if n_ref == n else
+            f"{n_ref} of {n} steps on the NumPy fast reference while kernels compiled")
+
+
 def _report(r: dict, args) -> list:
     nb, c = r["mem"], r["cfg"]
     mib = 1 / 2**20
@@ -328,7 +339,7 @@ def _report(r: dict, args) -> list:
     lines += [
         f"{'':22}{'F16 cache':>16}   mixed cache (hot {args.hot} F16, cold Q4_0)",
         f"{'decode speed':22}{r['tok_s_f16']:>10.1f} tok/s   {r['tok_s_mixed']:.1f} tok/s "
-        f"({args.backend}, {args.threads or gg.default_n_threads()} threads)",
+        f"({_engine(r, args)}, {args.threads or gg.default_n_threads()} threads)",
         f"{'cache memory':22}{r['mem_f16'] * mib:>10.3f} MiB     hot {nb['hot'] * mib:.3f} MiB + "
         f"cold {nb['cold'] * mib:.3f} MiB = {nb['total'] * mib:.3f} MiB "
         f"({r['mem_f16'] / nb['total']:.2f}x smaller; n_ctx {args.ctx})",

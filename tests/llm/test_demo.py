@@ -67,3 +67,12 @@ def test_real_model_demo(capsys):
     assert rc == 0, err
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in out and "we explain how" in out
     assert "greedy text" in out and " 0 cold" not in out
+
+
+@pytest.mark.parametrize("tiered,n_ref,label", [
+    (False, 0, "numba"), (True, 0, "numba"),
+    (True, 4, "NumPy fast reference while kernels compiled"),
+    (True, 1, "1 of 4 steps on the NumPy fast reference while kernels compiled")])
+def test_decode_speed_says_which_engine_it_measured(tiered, n_ref, label):
+    args = demo._parser().parse_args(["--backend", "numba"])
+    assert demo._engine(dict(tiered=tiered, n_fastref=n_ref, tokens=[1, 2, 3, 4]), args) == label
