@@ -156,7 +156,10 @@ def _access(node, k, n_threads: int, private: bool, spans: dict) -> tuple:
             if sp is None:
                 sp = spans[id(t)] = _span(t)
             reads.append(sp)
-    writes = [_span(node)]
+    sp = spans.get(id(node))               # made once: later rows read it as a source
+    if sp is None:
+        sp = spans[id(node)] = _span(node)
+    writes = [sp]
     for w in node.op.writes:
         if node.src[w] is not None:
             writes.append(spans[id(node.src[w])])
