@@ -187,7 +187,7 @@ class NumbaBackend(Backend):
         # rows in the planner's order (independent rows grouped between barriers); the
         # planner reads byte spans from the same slot words the descriptors are made of
         row_nodes = [nodes[i] for i in rows]
-        words, slots = table_slots(row_nodes)
+        words, slots, tensors = table_slots(row_nodes)
         order, sync = schedule(row_nodes, kernels, self.n_threads, waddr, (words, slots))
         order = order.tolist()
         rows = [rows[p] for p in order]
@@ -204,12 +204,9 @@ class NumbaBackend(Backend):
         tab = LoweredGraph(row_nodes, rows, kernels, descs, n_tasks, status, wbuf, sync)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
         roots = {}                       # tensors hash by identity; insertion-ordered
-        for node in row_nodes:
-            r = node.view_src
-            roots[node if r is None else r] = None
-            for t in filter(None, node.src):      # the sources that are set (truthy)
-                r = t.view_src
-                roots[t if r is None else r] = None
+        for t in tensors:                # every tensor the rows read or write, once
+            r = t.view_src
+            roots[t if r is None else r] = None
         tab.roots = list(roots)
         tab.epoch = _alloc_epoch()
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH

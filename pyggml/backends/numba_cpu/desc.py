@@ -50,6 +50,7 @@ error of a graph is kept. An exception inside a kernel becomes ERR_EXCEPTION.
 """
 from __future__ import annotations
 
+from array import array
 from itertools import compress
 
 import numba
@@ -317,6 +318,8 @@ def row_range(nr, ith, nth):
 
 
 # --- packing (Python) ------------------------------------------------------------------------
+_SLOT_RANGE = range(N_SLOTS)
+
 
 def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: int,
               index: int, n_tasks: int, scratch_addr: int = 0) -> np.ndarray:
@@ -342,17 +345,15 @@ def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: i
     return out
 
 
-_SLOT_RANGE = range(N_SLOTS)
-
-
-def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray]:
-    """The slot words of a node table, each distinct tensor's made once: (words, slots) with
-    words int64[T + 1, SLOT] (row 0 is an absent source: all zero) and slots intp[len(nodes),
-    N_SLOTS] (row i's tensors as rows of words; 0 = absent). The descriptors' tensor part is
-    words[slots]; the planner reads the byte spans from the same words."""
+def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The slot words of a node table, each distinct tensor's made once: (words, slots,
+    tensors) with words int64[T + 1, SLOT] (row 0 is an absent source: all zero), slots
+    intp[len(nodes), N_SLOTS] (row i's tensors as rows of words; 0 = absent) and tensors the
+    distinct tensors in first-seen order (dict keys; tensors hash by identity). The
+    descriptors' tensor part is words[slots]; the planner reads byte spans from the same words."""
     slot_of: dict = {}
     words = [0] * SLOT                 # tensor 0: an absent source (all zero)
-    slots = [0] * (len(nodes) * N_SLOTS)
+    slots = [0] * (len(nodes) * N_SLOTS)   # absent sources stay 0
     get = slot_of.get
     at = 0
     for node in nodes:
@@ -374,8 +375,10 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray]:
                 words += (addr, t.type, *t.ne, *t.nb)
             slots[at + j] = k
         at += N_SLOTS
-    return (np.array(words, dtype=np.int64).reshape(-1, SLOT),
-            np.array(slots, dtype=np.intp).reshape(len(nodes), N_SLOTS))
+    # int64 buffers first: NumPy converts a list of ints one object at a time, array() faster
+    return (np.frombuffer(array("q", words), dtype=np.int64).reshape(-1, SLOT),
+            np.frombuffer(array("q", slots), dtype=np.int64).astype(np.intp).reshape(
+                len(nodes), N_SLOTS), slot_of)
 
 
 def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
@@ -389,7 +392,7 @@ def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, w
     n = len(nodes)
     if n == 0:
         return out
-    words, slot_idx = table_slots(nodes) if slots is None else slots
+    words, slot_idx = (table_slots(nodes) if slots is None else slots)[:2]
     out[:, HDR:HDR + N_SLOTS * SLOT] = words[slot_idx].reshape(n, -1)
     # the op_params words, sign-extended: one join of the nodes' (frozen) int32 buffers
     # when they are all N_PARAMS int32 words, else slice by slice

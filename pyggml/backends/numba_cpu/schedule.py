@@ -41,7 +41,7 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
     n = len(nodes)
     if n_threads <= 1 or n < 2:
         return np.arange(n, dtype=np.intp), np.ones(n, dtype=np.int64)
-    words, idx = table_slots(nodes) if slots is None else slots
+    words, idx = (table_slots(nodes) if slots is None else slots)[:2]
     lo, hi = _spans(words)
     present = idx != 0
     written = np.zeros(idx.shape, dtype=np.bool_)
