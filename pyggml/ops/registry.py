@@ -323,6 +323,12 @@ def _link(t, op, srcs, name):
     return t
 
 
+def _past_end(offs: int, size: int, root: Tensor) -> bool:
+    """Would a view of `size` bytes at byte `offs` of root reach past root's end? (The
+    checked build raises on it; the memo's fast path leaves such a view to the checked one.)"""
+    return offs + size > nbytes(root)
+
+
 def _from_memo(ctx, op: "OpDef", srcs: list, b: bytes, hit: tuple, name: Optional[str]):
     """The node OpDef.build would make, from a remembered answer; None when the checked
     way must run (the pool is full, the result needs data, a view would not fit)."""
@@ -336,7 +342,7 @@ def _from_memo(ctx, op: "OpDef", srcs: list, b: bytes, hit: tuple, name: Optiona
                 root, start = view_of, offs
             else:
                 start = offs + view_of.view_offs
-            if start + reach > nbytes(root):
+            if _past_end(start, reach, root):
                 return None                 # the checked way raises the error
     t = ctx.new_node(type_, ne, nb, view_of, offs, frozen_bytes(b))
     if t is None:
@@ -441,7 +447,7 @@ class OpDef:
         if nb is not None:
             t.nb = Dims(map(int, nb))
             if t.view_src is not None and not out.like_src and nelements(t) and \
-                    t.view_offs + nbytes(t) > nbytes(t.view_src):
+                    _past_end(t.view_offs, nbytes(t), t.view_src):
                 ctx.tensors.remove(t)
                 ctx.used = used
                 fail(self.name, f"view with ne={shown_ne(t)} nb={t.nb} at offset {t.view_offs} "

@@ -30,6 +30,7 @@ from .desc import DESC_LEN
 from .desc import SCRATCH_LEN
 from .desc import STATUS_LEN
 from .desc import pack_table
+from .desc import table_slots
 from .executor import MAX_THREADS
 from .executor import NodeTable
 from .executor import WorkerPool
@@ -37,7 +38,7 @@ from .kernels import KERNELS
 from .kernels import lookup
 from .plan import CPlan
 from .plan import graph_plan
-from .plan import schedule
+from .schedule import schedule
 
 _loc = attrgetter("_buffer", "_offs")
 
@@ -183,27 +184,29 @@ class NumbaBackend(Backend):
         else:
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
-        # rows in the planner's order (independent rows grouped between barriers)
-        order, sync = schedule([nodes[i] for i in rows], kernels, self.n_threads, waddr)
+        # rows in the planner's order (independent rows grouped between barriers); the
+        # planner reads byte spans from the same slot words the descriptors are made of
+        row_nodes = [nodes[i] for i in rows]
+        words, slots, tensors = table_slots(row_nodes)
+        order, sync = schedule(row_nodes, kernels, self.n_threads, waddr, (words, slots))
+        order = order.tolist()
         rows = [rows[p] for p in order]
         kernels = [kernels[p] for p in order]
-        row_nodes = [nodes[i] for i in rows]
+        row_nodes = [row_nodes[p] for p in order]
         wsize = cplan.work_size if wbuf is not None else 0
         scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
         n_tasks = np.clip(np.array([cplan.n_tasks[i] for i in rows], dtype=np.int64),
                           1, self.n_threads)
         descs = pack_table(row_nodes, rows, n_tasks, waddr, wsize,
                            status.ctypes.data, scratch.ctypes.data,
-                           _aligned_zeros((n, DESC_LEN)))   # 64-byte rows on 64-byte bounds
+                           _aligned_zeros((n, DESC_LEN)),   # 64-byte rows on 64-byte bounds
+                           (words, slots[order]))
         tab = LoweredGraph(row_nodes, rows, kernels, descs, n_tasks, status, wbuf, sync)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
         roots = {}                       # tensors hash by identity; insertion-ordered
-        for node in row_nodes:
-            r = node.view_src
-            roots[node if r is None else r] = None
-            for t in filter(None, node.src):      # the sources that are set (truthy)
-                r = t.view_src
-                roots[t if r is None else r] = None
+        for t in tensors:                # every tensor the rows read or write, once
+            r = t.view_src
+            roots[t if r is None else r] = None
         tab.roots = list(roots)
         tab.epoch = _alloc_epoch()
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH

@@ -50,6 +50,7 @@ error of a graph is kept. An exception inside a kernel becomes ERR_EXCEPTION.
 """
 from __future__ import annotations
 
+from array import array
 from itertools import compress
 
 import numba
@@ -317,6 +318,8 @@ def row_range(nr, ith, nth):
 
 
 # --- packing (Python) ------------------------------------------------------------------------
+_SLOT_RANGE = range(N_SLOTS)
+
 
 def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: int,
               index: int, n_tasks: int, scratch_addr: int = 0) -> np.ndarray:
@@ -342,21 +345,15 @@ def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: i
     return out
 
 
-_SLOT_RANGE = range(N_SLOTS)
-
-
-def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
-               status_addr: int, scratch_base: int, out: np.ndarray) -> np.ndarray:
-    """Fill out (int64[len(nodes), DESC_LEN]) with the descriptors of nodes, as pack_into
-    would one by one (index: each node's graph index; scratch lines SCRATCH_LEN words apart
-    from scratch_base), in a few vector operations: each distinct tensor's slot words are
-    made once, then gathered into the rows."""
-    n = len(nodes)
-    if n == 0:
-        return out
+def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The slot words of a node table, each distinct tensor's made once: (words, slots,
+    tensors) with words int64[T + 1, SLOT] (row 0 is an absent source: all zero), slots
+    intp[len(nodes), N_SLOTS] (row i's tensors as rows of words; 0 = absent) and tensors the
+    distinct tensors in first-seen order (dict keys; tensors hash by identity). The
+    descriptors' tensor part is words[slots]; the planner reads byte spans from the same words."""
     slot_of: dict = {}
     words = [0] * SLOT                 # tensor 0: an absent source (all zero)
-    slots = [0] * (n * N_SLOTS)        # absent sources stay 0
+    slots = [0] * (len(nodes) * N_SLOTS)   # absent sources stay 0
     get = slot_of.get
     at = 0
     for node in nodes:
@@ -378,8 +375,25 @@ def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, w
                 words += (addr, t.type, *t.ne, *t.nb)
             slots[at + j] = k
         at += N_SLOTS
-    out[:, HDR:HDR + N_SLOTS * SLOT] = np.array(words, dtype=np.int64).reshape(-1, SLOT)[
-        np.array(slots, dtype=np.intp)].reshape(n, -1)
+    # int64 buffers first: NumPy converts a list of ints one object at a time, array() faster
+    return (np.frombuffer(array("q", words), dtype=np.int64).reshape(-1, SLOT),
+            np.frombuffer(array("q", slots), dtype=np.int64).astype(np.intp).reshape(
+                len(nodes), N_SLOTS), slot_of)
+
+
+def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
+               status_addr: int, scratch_base: int, out: np.ndarray,
+               slots: tuple = None) -> np.ndarray:
+    """Fill out (int64[len(nodes), DESC_LEN]) with the descriptors of nodes, as pack_into
+    would one by one (index: each node's graph index; scratch lines SCRATCH_LEN words apart
+    from scratch_base), in a few vector operations: each distinct tensor's slot words are
+    made once, then gathered into the rows. `slots`: table_slots(nodes) when the caller has
+    it (rows may have been reordered since, together with nodes)."""
+    n = len(nodes)
+    if n == 0:
+        return out
+    words, slot_idx = (table_slots(nodes) if slots is None else slots)[:2]
+    out[:, HDR:HDR + N_SLOTS * SLOT] = words[slot_idx].reshape(n, -1)
     # the op_params words, sign-extended: one join of the nodes' (frozen) int32 buffers
     # when they are all N_PARAMS int32 words, else slice by slice
     ops = [node.op_params for node in nodes]

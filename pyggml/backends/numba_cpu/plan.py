@@ -22,7 +22,6 @@ import numpy as np
 
 from ...errors import GraphError
 from ...graph import CGraph
-from ...tensor import nbytes
 from ..base import default_n_threads
 from ..base import is_computed
 
@@ -96,101 +95,6 @@ def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None,
     if work > 0:
         work += CACHE_LINE * n_threads
     return CPlan(n_threads, n_tasks, work)
-
-
-LOOKAHEAD = 6              # rows a barrier group looks at past its first (schedule)
-
-
-def schedule(nodes, kernels, n_threads: int, work_addr: int = 0) -> tuple[list, np.ndarray]:
-    """The order of a node table's rows and which end with a barrier: (order, sync), order a
-    permutation of range(len(nodes)), sync int64 1/0 per position of order.
-
-    ggml meets at a barrier after every node. Here a row may instead start while threads are
-    still in the rows since the last barrier (its group) when neither can see the other: it
-    reads no bytes the group writes, writes none the group reads or writes, and the work
-    buffer is not shared across threads (only one side uses it, or both keep to per-thread
-    regions of the same size: Kernel.private_work; regions start at the buffer's address or
-    its first 64-byte boundary, the same only when `work_addr` is aligned). A group also
-    pulls forward rows up to LOOKAHEAD places later when they are independent, in the same
-    sense, of the rows they pass. In a decoder layer the q/k/v projections run as one group,
-    the two ropes as one, the two cache stores as one and the gate/up projections as one (5
-    of 19 barriers per layer). The last row always ends with one."""
-    n = len(nodes)
-    if n_threads <= 1 or n < 2:
-        return list(range(n)), np.ones(n, dtype=np.int64)
-    private = work_addr % 64 == 0
-    spans: dict = {}                        # id(tensor) -> its byte span, made once
-    info = [_access(nodes[j], kernels[j], n_threads, private, spans) for j in range(n)]
-    pending = list(range(n))
-    order: list = []
-    sync = np.ones(n, dtype=np.int64)
-    while pending:
-        j = pending.pop(0)
-        reads, writes, g_work = info[j]
-        # what a candidate must not touch: the group's rows and the rows it passes
-        seen_reads, seen_writes = list(reads), list(writes)
-        order.append(j)
-        idx = 0
-        for _ in range(min(LOOKAHEAD, len(pending))):
-            r = pending[idx]
-            reads, writes, work = info[r]
-            if (work == 0 or g_work == 0 or (work == g_work and work > 0)) and \
-                    not _conflict(reads, writes, seen_reads, seen_writes):
-                sync[len(order) - 1] = 0
-                order.append(pending.pop(idx))
-                g_work = g_work or work
-            else:
-                idx += 1
-            seen_reads += reads
-            seen_writes += writes
-    return order, sync
-
-
-def _access(node, k, n_threads: int, private: bool, spans: dict) -> tuple:
-    """(byte spans read, byte spans written, work): work 0 = no work buffer, -1 = one the
-    threads share (or `private` is False), else the bytes of each thread's own region."""
-    reads = []
-    for t in node.src:
-        if t is not None:
-            sp = spans.get(id(t))
-            if sp is None:
-                sp = spans[id(t)] = _span(t)
-            reads.append(sp)
-    sp = spans.get(id(node))               # made once: later rows read it as a source
-    if sp is None:
-        sp = spans[id(node)] = _span(node)
-    writes = [sp]
-    for w in node.op.writes:
-        if node.src[w] is not None:
-            writes.append(spans[id(node.src[w])])
-    if k.private_work is not None:          # its regions' size, 0 when it uses none
-        work = int(k.private_work(node, n_threads))
-        if work > 0 and not private:
-            work = -1
-    else:                                   # may use a shared one (not asked: FA's costs)
-        work = -1 if k.work_size is not None else 0
-    return reads, writes, work
-
-
-def _span(t) -> tuple:
-    lo = t.data_ptr
-    return lo, lo + nbytes(t)
-
-
-def _conflict(reads: list, writes: list, seen_reads: list, seen_writes: list) -> bool:
-    """Does a row with these byte spans see, or get seen by, rows with the seen ones?"""
-    for lo, hi in reads:                    # reads what they write (the usual case first)
-        for lo2, hi2 in seen_writes:
-            if lo < hi2 and lo2 < hi:
-                return True
-    for lo, hi in writes:                   # writes what they write or read
-        for lo2, hi2 in seen_writes:
-            if lo < hi2 and lo2 < hi:
-                return True
-        for lo2, hi2 in seen_reads:
-            if lo < hi2 and lo2 < hi:
-                return True
-    return False
 
 
 MAX_THREADS = 512          # GGML_MAX_N_THREADS

@@ -451,7 +451,9 @@ def worker_main(argv=None) -> None:
         try:
             if key == EXECUTOR:
                 from . import executor
+                from . import schedule
                 executor.warm_up()
+                schedule.warm_up()          # the lowering's grouping walk (njit)
             else:
                 find(key).address
             send({"key": key, "seconds": time.perf_counter() - t,

@@ -1,0 +1,162 @@
+"""The Numba backend's barrier schedule: which rows of a node table may run without a
+barrier between them (ggml meets at one after every node), and in which order.
+
+Kept apart from plan.py, which the reference backend uses without Numba.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .desc import BLCK_SIZE
+from .desc import T_ADDR
+from .desc import T_NB
+from .desc import T_NE
+from .desc import T_TYPE
+from .desc import TYPE_SIZE
+from .desc import table_slots
+
+LOOKAHEAD = 6              # rows a barrier group looks at past its first (schedule)
+
+
+def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
+             slots: tuple = None) -> tuple[np.ndarray, np.ndarray]:
+    """The order of a node table's rows and which end with a barrier: (order, sync), order a
+    permutation of range(len(nodes)) (intp), sync int64 1/0 per position of order.
+
+    ggml meets at a barrier after every node. Here a row may instead start while threads are
+    still in the rows since the last barrier (its group) when neither can see the other: it
+    reads no bytes the group writes, writes none the group reads or writes, and the work
+    buffer is not shared across threads (only one side uses it, or both keep to per-thread
+    regions of the same size: Kernel.private_work; regions start at the buffer's address or
+    its first 64-byte boundary, the same only when `work_addr` is aligned). A group also
+    pulls forward rows up to LOOKAHEAD places later when they are independent, in the same
+    sense, of the rows they pass. In a decoder layer the q/k/v projections run as one group,
+    the two ropes as one, the two cache stores as one and the gate/up projections as one (5
+    of 19 barriers per layer). The last row always ends with one.
+
+    The byte spans come from the descriptors' slot words (`slots`: desc.table_slots(nodes)
+    when the caller has them) in a few array operations; the grouping walk is a small njit
+    loop (it ran in Python tuples at ~5 ms per SmolLM2 decode graph)."""
+    n = len(nodes)
+    if n_threads <= 1 or n < 2:
+        return np.arange(n, dtype=np.intp), np.ones(n, dtype=np.int64)
+    words, idx = (table_slots(nodes) if slots is None else slots)[:2]
+    lo, hi = _spans(words)
+    present = idx != 0
+    written = np.zeros(idx.shape, dtype=np.bool_)
+    written[:, 0] = True
+    work = np.zeros(n, dtype=np.int64)
+    private = work_addr % 64 == 0
+    for i, k in enumerate(kernels):
+        w = nodes[i].op.writes
+        if w:                               # sources it writes in place, when set
+            for s in w:
+                written[i, 1 + s] = present[i, 1 + s]
+        if k.private_work is not None:      # its regions' size, 0 when it uses none
+            r = int(k.private_work(nodes[i], n_threads))
+            if r > 0:
+                work[i] = r if private else -1
+        elif k.work_size is not None:       # may use a shared one (not asked: FA's costs)
+            work[i] = -1
+    present[:, 0] = False                   # slot 0 is the row's result: written, not read
+    order = np.empty(n, dtype=np.intp)
+    sync = np.ones(n, dtype=np.int64)
+    _group_rows(lo[idx], hi[idx], present, written, work, LOOKAHEAD, order, sync)
+    return order, sync
+
+
+def _spans(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Byte span [lo, hi) of each tensor of table_slots' words: its address and ggml_nbytes
+    (strides aware; 0 bytes when any ne <= 0), as tensor.nbytes computes it."""
+    addr, typ = words[:, T_ADDR], words[:, T_TYPE]
+    ne, nb = words[:, T_NE:T_NE + 4], words[:, T_NB:T_NB + 4]
+    bs = BLCK_SIZE[typ]
+    first = np.where(bs == 1, TYPE_SIZE[typ] + (ne[:, 0] - 1) * nb[:, 0],
+                     ne[:, 0] * nb[:, 0] // bs)
+    size = first + ((ne[:, 1:] - 1) * nb[:, 1:]).sum(axis=1)
+    size[(ne <= 0).any(axis=1)] = 0
+    return addr, addr + size
+
+
+@numba.njit(nogil=True, cache=True)
+def _group_rows(lo, hi, reads, writes, work, lookahead, order, sync):
+    """schedule's walk over rows with byte spans lo/hi[n, N_SLOTS] (reads/writes: which
+    slots a row reads and writes) and work per row; fills order and sync (sync preset to 1).
+    The first row not yet placed opens a group; each of the next `lookahead` unplaced rows
+    joins it when independent of the group and of the rows it passes (spans overlap when
+    lo < hi2 and lo2 < hi, an empty span inside another included), then counts as passed."""
+    n, ns = lo.shape
+    cap = (lookahead + 1) * ns
+    slo = np.empty(cap, dtype=np.int64)     # spans the group and the passed rows read
+    shi = np.empty(cap, dtype=np.int64)
+    wlo = np.empty(cap, dtype=np.int64)     # ... and write
+    whi = np.empty(cap, dtype=np.int64)
+    taken = np.zeros(n, dtype=np.bool_)
+    head = 0
+    pos = 0
+    while pos < n:
+        while taken[head]:
+            head += 1
+        j = head
+        taken[j] = True
+        order[pos] = j
+        pos += 1
+        nr = 0
+        nw = 0
+        for s in range(ns):
+            if reads[j, s]:
+                slo[nr] = lo[j, s]
+                shi[nr] = hi[j, s]
+                nr += 1
+            if writes[j, s]:
+                wlo[nw] = lo[j, s]
+                whi[nw] = hi[j, s]
+                nw += 1
+        g_work = work[j]
+        r = head
+        for _ in range(min(lookahead, n - pos)):
+            while taken[r]:
+                r += 1
+            w = work[r]
+            ok = w == 0 or g_work == 0 or (w == g_work and w > 0)
+            if ok:
+                for s in range(ns):
+                    if reads[r, s]:             # reads what they write
+                        a, b = lo[r, s], hi[r, s]
+                        for q in range(nw):
+                            if a < whi[q] and wlo[q] < b:
+                                ok = False
+                    if writes[r, s]:            # writes what they write or read
+                        a, b = lo[r, s], hi[r, s]
+                        for q in range(nw):
+                            if a < whi[q] and wlo[q] < b:
+                                ok = False
+                        for q in range(nr):
+                            if a < shi[q] and slo[q] < b:
+                                ok = False
+            if ok:
+                sync[pos - 1] = 0
+                order[pos] = r
+                pos += 1
+                taken[r] = True
+                if g_work == 0:
+                    g_work = w
+            for s in range(ns):
+                if reads[r, s]:
+                    slo[nr] = lo[r, s]
+                    shi[nr] = hi[r, s]
+                    nr += 1
+                if writes[r, s]:
+                    wlo[nw] = lo[r, s]
+                    whi[nw] = hi[r, s]
+                    nw += 1
+            r += 1
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) the grouping walk (warm-up workers call it)."""
+    z = np.zeros((1, 1), dtype=np.int64)
+    f = np.zeros((1, 1), dtype=np.bool_)
+    _group_rows(z, z, f, f, np.zeros(1, dtype=np.int64), LOOKAHEAD,
+                np.empty(1, dtype=np.intp), np.ones(1, dtype=np.int64))
