@@ -252,8 +252,10 @@ class NumbaBackend(Backend):
         # table(gf, cplan) with its cache hit inline: this is the per-call floor of a kept
         # graph (each Python call costs ~0.1-0.2 µs)
         tab = gf.cache.get(("numba", id(self), gf.version, self.n_threads))
-        if tab is None or not tab.still_valid(cplan):
-            tab = self.table(gf, cplan)
+        if tab is None or cplan is not None or tab.epoch != _tensor_mod.ALLOC_EPOCH or \
+                tab.params_epoch != _tensor_mod.PARAMS_EPOCH or not tab.default_plan:
+            if tab is None or not tab.still_valid(cplan):     # the whole check
+                tab = self.table(gf, cplan)
         if eval_cb is None:
             n = tab.n
             stop = self.pool.run(tab, 0, n)

@@ -552,7 +552,7 @@ class WorkerPool:
         # single-task ranges (eval-callback mode, 1 thread) need no pool and no barriers
         if nth == 1 or table.max_tasks <= 1 or \
                 (i1 - i0 < table.n and int(table.n_tasks[i0:i1].max()) <= 1):
-            return run_solo(job, i0, i1, core.state_addr)
+            return _run_solo(job, i0, i1, core.state_addr)
         if self._forks != _FORKS[0]:
             # a forked child (multiprocessing, run_isolated) inherits the pool but not its
             # threads: the caller would wait forever at the first barrier. Start fresh ones.
@@ -567,11 +567,11 @@ class WorkerPool:
             # table itself, whose nodes would keep the graph's context alive until next run
             core.job = arrays
             try:
-                r = run_posted(job, i0, i1, core.state_addr, nth, _POSTS_ADDR)
+                r = _run_posted(job, i0, i1, core.state_addr, nth, _POSTS_ADDR)
                 if r == WAKE:                # some workers sleep: wake them, then run
                     with core.cond:
                         core.cond.notify_all()
-                    r = run_job(job, i0, i1, core.state_addr, 0, nth)
+                    r = _run_job(job, i0, i1, core.state_addr, 0, nth)
             except BaseException:
                 core.state[W_ABORT] = 1
                 core.wait_all_out()
@@ -615,9 +615,24 @@ def warm_up() -> None:
         posts = j + 8 * (JOB_LEN + 4)
         run_nodes(a, a, a, a, 0, 0, a, a, 0, 1)
         run_solo(j, 0, 0, a)
+        run_job(j, 0, 0, a, 0, 1)
         this_cpu()
         z[W_POLL] = 0
         worker_loop(a, 1, 2, 0, posts, 1)            # returns at once: nothing posted
         z[W_ACTIVE] = 1
         run_posted(j, 0, 0, a, 2, posts)             # posts (seq 1), runs no rows
+        global _run_solo, _run_posted, _run_job
+        _run_solo, _run_posted, _run_job = map(_entry, (run_solo, run_posted, run_job))
         _warm = True
+
+
+def _entry(fn):
+    """The compiled all-int64 version of an njit function, called without the dispatcher's
+    type resolution (a third of a small call's cost); the dispatcher itself when absent."""
+    for sig, cres in getattr(fn, "overloads", {}).items():
+        if all(t == numba.int64 for t in sig) and hasattr(cres, "entry_point"):
+            return cres.entry_point
+    return fn
+
+
+_run_solo, _run_posted, _run_job = run_solo, run_posted, run_job
