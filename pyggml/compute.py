@@ -13,7 +13,7 @@ from .backends.base import Backend
 from .backends.base import EvalCallback
 from .backends.base import default_n_threads
 from .backends.numba_cpu.plan import CPlan
-from .backends.numba_cpu.plan import check_plan
+from .backends.numba_cpu.plan import check_threads
 from .backends.numba_cpu.plan import graph_plan
 from .backends.reference.backend import ReferenceBackend
 from .errors import GGMLError
@@ -120,6 +120,8 @@ def graph_compute(gf: CGraph, cplan: Optional[CPlan] = None) -> int:
     that backend is left as it is."""
     if cplan is None:
         cplan = graph_plan(gf)
-    check_plan(gf, cplan)
-    cpu_backend_for(cplan.n_threads).compute_planned(gf, cplan)
+    # the backend checks the rest of the plan (check_plan) when it is new for gf
+    be = _CPU_BACKENDS.get(cplan.n_threads) or \
+        cpu_backend_for(check_threads("graph_compute", cplan.n_threads))
+    be.compute_planned(gf, cplan)
     return 0   # GGML_STATUS_SUCCESS; failures raise

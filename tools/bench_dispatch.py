@@ -13,6 +13,15 @@ Measures, per thread count:
              new threadpool per call)
 and prints µs/node (min and median over the repetitions) and our/ggml ratios. First-call
 compile (or cache load) times are reported separately.
+
+    python tools/bench_dispatch.py --floor [--reps 2000] [--threads 1,2]
+
+The per-call floor: one tiny ADD node (16 floats, n_tasks = n_threads) in a kept graph,
+recomputed through the normal API, µs per call (min and median, wall) and process CPU µs
+per call (both threads, spinning included), for
+  backend    NumbaBackend.graph_compute(gf)
+  compute    pyggml.graph_compute(gf, cplan) with one plan reused (ggml_graph_compute)
+  ggml       ggml_graph_compute(gf, cplan) with a persistent threadpool, through ctypes
 """
 from __future__ import annotations
 
@@ -158,13 +167,89 @@ def bench_ggml(n_nodes, n_threads, reps):
     return out, None
 
 
+def _timed(fn, reps):
+    """(wall µs per call: min, median; process CPU µs per call) over reps calls."""
+    for _ in range(50):
+        fn()
+    out = []
+    pc = time.process_time
+    c0 = pc()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    cpu = (pc() - c0) / reps * 1e6
+    t = np.array(out) * 1e6
+    return float(t.min()), float(np.median(t)), cpu
+
+
+def floor_ours(n_threads, reps):
+    from pyggml.backends.numba_cpu.backend import NumbaBackend
+    ctx, gf = build_chain(1, "ADD")
+    be = NumbaBackend(n_threads)
+    be.graph_compute(gf)
+    tab = be.table(gf)
+    out = {"n_tasks": int(tab.n_tasks[0]),
+           "backend": _timed(lambda: be.graph_compute(gf), reps)}
+    be.free()
+    cplan = gg.graph_plan(gf, n_threads)
+    gg.graph_compute(gf, cplan)
+    out["compute"] = _timed(lambda: gg.graph_compute(gf, cplan), reps)
+    res = gg.data.read(gf.nodes[-1]).ravel()
+    assert res[1] == 2.0, res[:4]
+    return out
+
+
+def floor_ggml(n_threads, reps):
+    from pyggml.testing import ggml_lib
+    g = ggml_lib.lib()
+    ctx = g.ggml_init(ggml_lib.InitParams(1 << 20, None, False))
+    x = g.ggml_new_tensor_1d(ctx, 0, 16)
+    ctypes.memmove(g.ggml_get_data(x), np.ones(16, np.float32).ctypes.data, 64)
+    y = g.ggml_add(ctx, x, x)
+    gf = g.ggml_new_graph_custom(ctx, 16, False)
+    g.ggml_build_forward_expand(gf, y)
+    params = ctypes.create_string_buffer(4096)
+    g.ggml_threadpool_params_init(params, n_threads)
+    tp = g.ggml_threadpool_new(params)
+    plan = g.ggml_graph_plan(gf, n_threads, tp)
+    work = np.zeros(max(int(plan.work_size), 1) + 64, dtype=np.uint8)
+    plan.work_data = work.ctypes.data
+    ref = ctypes.byref(plan)
+    compute = g.ggml_graph_compute
+    r = _timed(lambda: compute(gf, ref), reps)
+    g.ggml_threadpool_free(tp)
+    g.ggml_free(ctx)
+    return r
+
+
+def floor(threads, reps):
+    print(f"per-call floor: 1 tiny ADD node, kept graph, {reps} calls; load "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'threads':>7}  {'path':>8}  {'µs/call min':>11}  {'median':>7}  {'CPU µs/call':>11}")
+    for nt in threads:
+        ours = floor_ours(nt, reps)
+        rows = [("backend", ours["backend"]), ("compute", ours["compute"])]
+        try:
+            rows.append(("ggml", floor_ggml(nt, reps)))
+        except Exception as e:  # noqa: BLE001
+            print(f"    real ggml not available: {e}")
+        for name, (mn, med, cpu) in rows:
+            print(f"{nt:>7}  {name:>8}  {mn:11.2f}  {med:7.2f}  {cpu:11.2f}")
+        print(f"{'':>7}  (our ADD node runs {ours['n_tasks']} task(s))")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--floor", action="store_true", help="the per-call floor only")
     a = ap.parse_args(argv)
     threads = [int(x) for x in a.threads.split(",")]
+    if a.floor:
+        floor(threads, a.reps)
+        return
 
     t0 = time.perf_counter()
     kern = make_kernel("TINY_ADD", tiny_add)

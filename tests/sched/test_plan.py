@@ -181,6 +181,23 @@ def test_graph_compute_rejects_a_stale_plan(ctx):
     graph_compute(gf, p)
 
 
+def test_a_plan_edited_in_place_after_a_compute_is_checked_again(ctx):
+    """A kept graph's plan is not validated on every call, only when it differs from the
+    copy its table was lowered with: an edit in place is still seen and refused."""
+    x = gg.new_tensor_1d(ctx, gg.TYPE_F32, 4)
+    gg.data.write(x, np.arange(4))
+    gf = _graph(ctx, gg.cont(ctx, x))
+    p = graph_plan(gf, 2)
+    graph_compute(gf, p)
+    graph_compute(gf, p)
+    p.n_tasks[-1] = "2"
+    with pytest.raises(GraphError, match="plan"):
+        graph_compute(gf, p)
+    p.n_tasks[-1] = 1
+    graph_compute(gf, p)
+    np.testing.assert_array_equal(gg.to_numpy(gf.nodes[-1]), np.arange(4))
+
+
 def _rows(tab):
     return [(n.name, int(s)) for n, s in zip(tab.nodes, tab.sync)]
 

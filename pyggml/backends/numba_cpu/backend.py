@@ -37,6 +37,7 @@ from .executor import WorkerPool
 from .kernels import KERNELS
 from .kernels import lookup
 from .plan import CPlan
+from .plan import check_plan
 from .plan import graph_plan
 from .schedule import schedule
 
@@ -48,11 +49,6 @@ def _aligned_zeros(shape, align: int = 64) -> np.ndarray:
     raw = np.zeros(n + align // 8, dtype=np.int64)
     start = (-raw.ctypes.data) % align // 8
     return raw[start:start + n].reshape(shape)
-
-
-def _alloc_epoch():
-    """tensor.ALLOC_EPOCH, bumped by every Tensor.set_buffer, when the core provides it."""
-    return getattr(_tensor_mod, "ALLOC_EPOCH", None)
 
 
 def _check_work_data(cplan: CPlan) -> np.ndarray:
@@ -79,8 +75,8 @@ class LoweredGraph(NodeTable):
     line per row, zero when lowered; kernels keep their cross-thread counters there).
 
     Descriptors hold data addresses, so the table is valid while every root tensor it reads
-    or writes keeps its (buffer, offset). Checking that costs ~40-80 µs per 1,000 roots; when
-    the core counts allocations (tensor.ALLOC_EPOCH) an unchanged count skips the check."""
+    or writes keeps its (buffer, offset). Checking that costs ~40-80 µs per 1,000 roots; an
+    unchanged count of allocations (tensor.ALLOC_EPOCH) skips the check."""
 
     epoch = None
     params_epoch = None
@@ -93,19 +89,20 @@ class LoweredGraph(NodeTable):
     def still_valid(self, cplan: Optional[CPlan]) -> bool:
         if self.params_epoch != _tensor_mod.PARAMS_EPOCH:    # set_op_params on a computed node
             return False
-        ep = _alloc_epoch()
-        if ep is None or ep != self.epoch:
+        ep = _tensor_mod.ALLOC_EPOCH
+        if ep != self.epoch:
             if self.locations() != self.snapshot:
                 return False
             self.epoch = ep
         if cplan is None:
             return self.default_plan          # a caller's plan is not reused for the default
-        else:
-            if cplan.n_tasks != self.plan.n_tasks or cplan.work_size != self.plan.work_size:
-                return False
-            if cplan.work_data is not None and cplan.work_data is not self.wbuf:
-                return False
-        return True
+        # the plan it was lowered with, as it was then (a caller may edit a plan in place):
+        # a plan equal to it passed check_plan, or was made by graph_plan
+        n_threads, n_tasks, work_size = self.plan_copy
+        if cplan.work_size != work_size or cplan.n_threads != n_threads or \
+                cplan.n_tasks != n_tasks:
+            return False
+        return cplan.work_data is None or cplan.work_data is self.wbuf
 
 
 class NumbaBackend(Backend):
@@ -208,10 +205,11 @@ class NumbaBackend(Backend):
             r = t.view_src
             roots[t if r is None else r] = None
         tab.roots = list(roots)
-        tab.epoch = _alloc_epoch()
+        tab.epoch = _tensor_mod.ALLOC_EPOCH
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH
         tab.snapshot = tab.locations()
         tab.plan = cplan
+        tab.plan_copy = (cplan.n_threads, list(cplan.n_tasks), cplan.work_size)
         # rows to run to include each graph node and all before it (eval-callback mode;
         # rows may be out of graph order, see schedule)
         pos = np.full(len(nodes), -1, dtype=np.int64)
@@ -221,11 +219,15 @@ class NumbaBackend(Backend):
         return tab
 
     def table(self, gf: CGraph, cplan: Optional[CPlan] = None) -> LoweredGraph:
-        """The cached node table of gf (lowering it first when needed)."""
+        """The cached node table of gf (lowering it first when needed). A caller's plan is
+        checked (check_plan) only when it differs from the one the kept table was made with,
+        so a graph recomputed with the same plan is not validated again per call."""
         key = self._key(gf)
         tab = gf.cache.get(key)
         if tab is not None and tab.still_valid(cplan):
             return tab
+        if cplan is not None:
+            check_plan(gf, cplan)
         with gc_paused():
             selected = self.select(gf)       # fails before anything is allocated
             self.alloc_graph(gf)
@@ -250,9 +252,18 @@ class NumbaBackend(Backend):
                         eval_cb: Optional[EvalCallback] = None) -> None:
         if not gf.nodes:
             return
-        tab = self.table(gf, cplan)
+        # table(gf, cplan) with its cache hit inline: this is the per-call floor of a kept
+        # graph (each Python call costs ~0.1-0.2 µs)
+        tab = gf.cache.get(("numba", id(self), gf.version, self.n_threads))
+        if tab is None or cplan is not None or tab.epoch != _tensor_mod.ALLOC_EPOCH or \
+                tab.params_epoch != _tensor_mod.PARAMS_EPOCH or not tab.default_plan:
+            if tab is None or not tab.still_valid(cplan):     # the whole check
+                tab = self.table(gf, cplan)
         if eval_cb is None:
-            self._run(tab, 0, tab.n)
+            n = tab.n
+            stop = self.pool.run(tab, 0, n)
+            if stop != n:
+                self._fail(tab, 0, n, stop)
             return
         done = 0
         for i, node in enumerate(gf.nodes):
@@ -269,6 +280,11 @@ class NumbaBackend(Backend):
 
     def _run(self, tab: LoweredGraph, i0: int, i1: int) -> None:
         stop = self.pool.run(tab, i0, i1)
+        if stop != i1:                  # a kernel error always stops the loop early
+            self._fail(tab, i0, i1, stop)
+
+    @staticmethod
+    def _fail(tab: LoweredGraph, i0: int, i1: int, stop: int) -> None:
         err = tab.error()
         if err is not None:
             raise err

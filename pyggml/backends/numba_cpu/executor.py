@@ -54,17 +54,22 @@ from .intrinsics import i64_array
 
 # --- pool state words (int64 array; hot words on their own 64-byte lines) -------------------
 W_COUNT = 0        # threads arrived at the current barrier
-W_GEN = 8          # barrier generation (bumped by the last thread to arrive)
+W_GEN = 8          # barrier generation: + 2 per barrier; bit 0 = stop (a kernel failed)
 W_ABORT = 16       # nonzero: leave the loop now (a thread failed outside the kernels)
-W_STOP = 24        # set by the last thread at a barrier when a kernel reported an error
+W_ACTIVE = 24      # workers inside Numba (running or polling); written by them under the lock
 W_SEQ = 32         # job sequence number: bumped (after the job words) to post a graph
 W_SPIN = 40        # barrier: PAUSE iterations before a waiting thread starts yielding
 W_POLL = 41        # worker: PAUSE iterations polling for the next graph before sleeping
-J_KADDRS, J_DESCS, J_NTASKS, J_I0, J_I1, J_STATUS, J_SYNC = 48, 49, 50, 51, 52, 53, 54  # job
+J_JOB, J_I0, J_I1 = 48, 49, 50   # posted graph: its job block (JOB_*), rows [i0, i1)
 W_THREAD = 64      # + 8 * ith: a line per thread; word T_CPU: the CPU it last ran on
 T_CPU = 0
 MAX_THREADS = 256
 STATE_LEN = W_THREAD + 8 * MAX_THREADS
+
+# a table's job block: the addresses the loop needs, so a post or a call passes one word
+JOB_KADDRS, JOB_DESCS, JOB_NTASKS, JOB_SYNC, JOB_STATUS = 0, 1, 2, 3, 4
+JOB_LEN = 8
+WAKE = -2          # run_posted: workers sleep; wake them, then run_nodes as thread 0
 
 # Waiting, tuned on the 2-core box, idle and with other processes keeping it busy (load
 # 5-8), against ggml's own threadpool in the same process:
@@ -141,10 +146,13 @@ def barrier(state_addr, nth, status_addr, ith):
     """Generation spin barrier that also agrees on whether to stop.
 
     The last thread to arrive reads the graph's status word while every other thread is
-    waiting (no kernel runs, so it cannot change) and publishes the verdict in W_STOP before
-    releasing them; everyone returns that verdict. Reading the status word directly after
-    the barrier would race: a fast thread may already be running the next node and report
-    its error, making a slow thread stop one node early (and the barriers mismatch).
+    waiting (no kernel runs, so it cannot change) and releases them with the verdict in
+    bit 0 of the new generation (one word, one cache line to move); everyone returns that
+    verdict. Reading the status word directly after the barrier would race: a fast thread
+    may already be running the next node and report its error, making a slow thread stop
+    one node early (and the barriers mismatch). The generation moves again only when every
+    thread has arrived at the next barrier, so nobody can miss the verdict, and nothing has
+    to be reset between graphs (no exit barrier).
 
     A waiting thread spins (PAUSE) like ggml's, but yields its core on each check once it
     has spun W_SPIN times, or at once when another thread of the pool reports running on
@@ -156,15 +164,15 @@ def barrier(state_addr, nth, status_addr, ith):
     gen_addr = state_addr + W_GEN * 8
     gen = atomic_load(gen_addr)
     if atomic_add(state_addr + W_COUNT * 8, 1) == nth - 1:
-        if atomic_load(status_addr + S_CODE * 8) != 0:
-            atomic_store(state_addr + W_STOP * 8, 1)
+        stop = 1 if atomic_load(status_addr + S_CODE * 8) != 0 else 0
         atomic_store(state_addr + W_COUNT * 8, 0)    # reset before releasing the others
-        atomic_add(gen_addr, 1)
-        return atomic_load(state_addr + W_STOP * 8)
+        atomic_store(gen_addr, (gen | 1) + 1 + stop)
+        return stop
     limit = atomic_load(state_addr + W_SPIN * 8)
     shared = False
     spins = 0
-    while atomic_load(gen_addr) == gen:
+    g = atomic_load(gen_addr)
+    while g == gen:
         if atomic_load(state_addr + W_ABORT * 8) != 0:
             return -1
         if (spins & 63) == 63:              # every 64 checks: are we sharing a core?
@@ -175,14 +183,16 @@ def barrier(state_addr, nth, status_addr, ith):
         else:
             cpu_yield()
         spins += 1
-    return atomic_load(state_addr + W_STOP * 8)
+        g = atomic_load(gen_addr)
+    return g & 1
 
 
 @_jit
 def run_nodes(kaddrs_addr, desc_base, ntasks_addr, sync_addr, i0, i1, state_addr, status_addr,
               ith, nth):
     """Run rows [i0, i1) of a node table as thread ith of nth, meeting at a barrier after
-    each row whose sync word is nonzero (plan.barriers) and after the last one.
+    each row whose sync word is nonzero (plan.barriers) and after the last one (so every
+    thread's writes are done when any thread returns).
 
     Returns i1 when all ran, the row after which a kernel reported an error (every thread
     returns the same one; rows between a failing one and the next barrier, which do not
@@ -204,31 +214,57 @@ def run_nodes(kaddrs_addr, desc_base, ntasks_addr, sync_addr, i0, i1, state_addr
         else:
             verdict = 1 if atomic_load(status_addr + S_CODE * 8) != 0 else 0
         if verdict != 0:
-            stop = i
-            break
-    # exit barrier: nobody returns (letting the caller reset W_STOP and the status word, or
-    # post the next graph) before every thread has read the verdict and left the loop
-    if nth > 1:
-        if barrier(state_addr, nth, status_addr, ith) < 0:
-            return -1
+            return i
     return stop
 
 
 @_jit
-def post_job(state_addr, kaddrs, descs, ntasks, sync, i0, i1, status, posts_addr):
+def run_job(job_addr, i0, i1, state_addr, ith, nth):
+    """run_nodes on a table's job block."""
+    job = i64_array(job_addr, JOB_LEN)
+    return run_nodes(job[JOB_KADDRS], job[JOB_DESCS], job[JOB_NTASKS], job[JOB_SYNC], i0, i1,
+                     state_addr, job[JOB_STATUS], ith, nth)
+
+
+@_jit
+def reset_status(job_addr):
+    status = i64_array(i64_array(job_addr, JOB_LEN)[JOB_STATUS], S_NODE + 1)
+    status[S_CODE] = 0
+    status[S_NODE] = -1
+
+
+@_jit
+def post_job(state_addr, job_addr, i0, i1, posts_addr):
     """Publish a graph to the pool: job words first, then the sequence number (seq_cst).
     Also counts the post process-wide, which sends other pools' polling workers to sleep."""
     atomic_add(posts_addr, 1)
     publish_cpu(state_addr, 0)
-    atomic_store(state_addr + W_STOP * 8, 0)
-    atomic_store(state_addr + J_KADDRS * 8, kaddrs)
-    atomic_store(state_addr + J_DESCS * 8, descs)
-    atomic_store(state_addr + J_NTASKS * 8, ntasks)
-    atomic_store(state_addr + J_SYNC * 8, sync)
+    atomic_store(state_addr + J_JOB * 8, job_addr)
     atomic_store(state_addr + J_I0 * 8, i0)
     atomic_store(state_addr + J_I1 * 8, i1)
-    atomic_store(state_addr + J_STATUS * 8, status)
     return atomic_add(state_addr + W_SEQ * 8, 1) + 1
+
+
+@_jit
+def run_solo(job_addr, i0, i1, state_addr):
+    """The caller alone (one thread, or rows of one task each): reset the status, run."""
+    reset_status(job_addr)
+    return run_job(job_addr, i0, i1, state_addr, 0, 1)
+
+
+@_jit
+def run_posted(job_addr, i0, i1, state_addr, nth, posts_addr):
+    """The caller's whole compute in one call from Python (each call costs ~0.1 µs per
+    argument): reset the status, post the graph, and run it as thread 0 when every worker
+    is awake (polling); else return WAKE before running: the caller wakes them, then runs.
+    The post's seq_cst add orders the job before the read of W_ACTIVE; a worker going to
+    sleep lowers W_ACTIVE under a lock before it reads W_SEQ, so either it sees this post
+    or the caller sees it asleep."""
+    reset_status(job_addr)
+    post_job(state_addr, job_addr, i0, i1, posts_addr)
+    if atomic_load(state_addr + W_ACTIVE * 8) < nth - 1:
+        return WAKE
+    return run_job(job_addr, i0, i1, state_addr, 0, nth)
 
 
 @_jit
@@ -242,13 +278,9 @@ def worker_loop(state_addr, ith, nth, seen, posts_addr, check_cpu):
         seq = atomic_load(state_addr + W_SEQ * 8)
         if seq != seen:
             seen = seq
-            r = run_nodes(atomic_load(state_addr + J_KADDRS * 8),
-                          atomic_load(state_addr + J_DESCS * 8),
-                          atomic_load(state_addr + J_NTASKS * 8),
-                          atomic_load(state_addr + J_SYNC * 8),
-                          atomic_load(state_addr + J_I0 * 8),
-                          atomic_load(state_addr + J_I1 * 8),
-                          state_addr, atomic_load(state_addr + J_STATUS * 8), ith, nth)
+            r = run_job(atomic_load(state_addr + J_JOB * 8),
+                        atomic_load(state_addr + J_I0 * 8),
+                        atomic_load(state_addr + J_I1 * 8), state_addr, ith, nth)
             if r < 0:
                 return seen, 0
             continue
@@ -305,6 +337,7 @@ class NodeTable:
     """A graph lowered for the executor. Arrays are kept alive here; the loop sees addresses."""
 
     def __init__(self, nodes, graph_index, kernels, descs, n_tasks, status, wbuf, sync=None):
+        self._addrs = None
         self.nodes = nodes                      # Tensor per row
         self.graph_index = list(graph_index)    # row -> index in gf.nodes (= desc[H_INDEX])
         self.kernels = kernels                  # Kernel per row (names for messages)
@@ -322,20 +355,37 @@ class NodeTable:
         self.max_tasks = int(self.n_tasks.max()) if self.n else 1
         self.snapshot = None                    # data locations the descriptors were packed from
         self.roots = None
-        self._addrs = None
+
+    _ARRAYS = frozenset(("kaddrs", "descs", "n_tasks", "status", "sync"))
+
+    def __setattr__(self, name, value):
+        if name in NodeTable._ARRAYS:
+            object.__setattr__(self, "_addrs", None)     # made again when next asked
+        object.__setattr__(self, name, value)
+
+    def _arrays(self):
+        """The arrays' addresses and the job block (JOB_*) holding them, made once
+        (ndarray.ctypes costs microseconds per call, on every compute of a kept graph; the
+        arrays never move, but a caller may replace one: __setattr__ forgets them)."""
+        a = self._addrs
+        if a is None:
+            addrs = (self.kaddrs.ctypes.data, self.descs.ctypes.data,
+                     self.n_tasks.ctypes.data, self.status.ctypes.data, self.sync.ctypes.data)
+            job = np.zeros(JOB_LEN, dtype=np.int64)
+            job[[JOB_KADDRS, JOB_DESCS, JOB_NTASKS, JOB_STATUS, JOB_SYNC]] = addrs
+            a = self._addrs = (self.kaddrs, self.descs, self.n_tasks, self.status, self.sync,
+                               addrs, job, job.ctypes.data)
+        return a
 
     @property
     def addrs(self):
-        """The arrays' addresses, asked once (ndarray.ctypes costs microseconds per call,
-        on every compute of a kept graph; the arrays never move)."""
-        a = self._addrs
-        if a is None or a[0] is not self.kaddrs or a[1] is not self.descs or \
-                a[2] is not self.n_tasks or a[3] is not self.status or a[4] is not self.sync:
-            a = self._addrs = (self.kaddrs, self.descs, self.n_tasks, self.status, self.sync,
-                               (self.kaddrs.ctypes.data, self.descs.ctypes.data,
-                                self.n_tasks.ctypes.data, self.status.ctypes.data,
-                                self.sync.ctypes.data))
-        return a[5]
+        """(kaddrs, descs, n_tasks, status, sync) addresses: run_nodes' arguments."""
+        return self._arrays()[5]
+
+    @property
+    def job_addr(self) -> int:
+        """Address of the job block (run_job, run_posted)."""
+        return self._arrays()[7]
 
     def reset_status(self) -> None:
         self.status[S_CODE] = 0
@@ -390,6 +440,7 @@ class _Core:
                 if self.stop:
                     return
                 self.active += 1
+                st[W_ACTIVE] = self.active
             try:
                 check = 1
                 while True:
@@ -407,6 +458,7 @@ class _Core:
             finally:
                 with self.cond:
                     self.active -= 1
+                    st[W_ACTIVE] = self.active
                     self.seen[ith] = seen
                     self.cond.notify_all()
 
@@ -416,6 +468,7 @@ class _Core:
         seq = int(self.state[W_SEQ])
         self.state[:] = 0
         self.state[W_SEQ] = seq
+        self.state[W_ACTIVE] = self.active
         self.state[W_SPIN] = self.spin
         self.state[W_POLL] = self.poll
         self.state[W_THREAD + T_CPU::8] = -1
@@ -441,6 +494,17 @@ class _Core:
 
 
 _LIVE_CORES: "weakref.WeakSet[_Core]" = weakref.WeakSet()
+# forks of this process (a child inherits the pools but not their threads); a hook, because
+# os.getpid() per compute is a system call
+_FORKS = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 @atexit.register
@@ -460,7 +524,7 @@ class WorkerPool:
         self._start()
 
     def _start(self) -> None:
-        self._pid = os.getpid()
+        self._forks = _FORKS[0]
         self._core = _Core(self.n_threads)
         self._run_lock = threading.Lock()
         for ith in range(1, self.n_threads):
@@ -481,16 +545,15 @@ class WorkerPool:
         i1 = table.n if i1 is None else i1
         if i0 >= i1:
             return i1
-        kaddrs, descs, ntasks, status, sync = table.addrs
-        table.reset_status()
+        arrays = table._addrs or table._arrays()
+        job = arrays[7]
         core = self._core
         nth = self.n_threads
         # single-task ranges (eval-callback mode, 1 thread) need no pool and no barriers
         if nth == 1 or table.max_tasks <= 1 or \
                 (i1 - i0 < table.n and int(table.n_tasks[i0:i1].max()) <= 1):
-            return int(run_nodes(kaddrs, descs, ntasks, sync, i0, i1, core.state_addr, status,
-                                 0, 1))
-        if self._pid != os.getpid():
+            return _run_solo(job, i0, i1, core.state_addr)
+        if self._forks != _FORKS[0]:
             # a forked child (multiprocessing, run_isolated) inherits the pool but not its
             # threads: the caller would wait forever at the first barrier. Start fresh ones.
             _LIVE_CORES.discard(core)
@@ -502,14 +565,13 @@ class WorkerPool:
                 raise ComputeError("the worker pool was shut down")
             # what a worker may still read after the caller left the last barrier; not the
             # table itself, whose nodes would keep the graph's context alive until next run
-            core.job = (table.kaddrs, table.descs, table.n_tasks, table.status, table.sync)
-            post_job(core.state_addr, kaddrs, descs, ntasks, sync, i0, i1, status, _POSTS_ADDR)
-            if core.active < nth - 1:        # some workers sleep: wake them
-                with core.cond:
-                    core.cond.notify_all()
+            core.job = arrays
             try:
-                r = int(run_nodes(kaddrs, descs, ntasks, sync, i0, i1, core.state_addr, status,
-                                  0, nth))
+                r = _run_posted(job, i0, i1, core.state_addr, nth, _POSTS_ADDR)
+                if r == WAKE:                # some workers sleep: wake them, then run
+                    with core.cond:
+                        core.cond.notify_all()
+                    r = _run_job(job, i0, i1, core.state_addr, 0, nth)
             except BaseException:
                 core.state[W_ABORT] = 1
                 core.wait_all_out()
@@ -547,9 +609,30 @@ def warm_up() -> None:
     if not _warm:
         z = np.zeros(STATE_LEN, dtype=np.int64)
         a = z.ctypes.data
+        job = np.zeros(JOB_LEN + 8, dtype=np.int64)  # the job block, then its status words
+        j = job.ctypes.data
+        job[JOB_STATUS] = j + 8 * JOB_LEN
+        posts = j + 8 * (JOB_LEN + 4)
         run_nodes(a, a, a, a, 0, 0, a, a, 0, 1)
+        run_solo(j, 0, 0, a)
+        run_job(j, 0, 0, a, 0, 1)
         this_cpu()
         z[W_POLL] = 0
-        worker_loop(a, 1, 2, 0, a + 8, 1)            # returns at once: nothing posted
-        post_job(a, 0, 0, 0, 0, 0, 0, 0, a + 8 * J_STATUS)
+        worker_loop(a, 1, 2, 0, posts, 1)            # returns at once: nothing posted
+        z[W_ACTIVE] = 1
+        run_posted(j, 0, 0, a, 2, posts)             # posts (seq 1), runs no rows
+        global _run_solo, _run_posted, _run_job
+        _run_solo, _run_posted, _run_job = map(_entry, (run_solo, run_posted, run_job))
         _warm = True
+
+
+def _entry(fn):
+    """The compiled all-int64 version of an njit function, called without the dispatcher's
+    type resolution (a third of a small call's cost); the dispatcher itself when absent."""
+    for sig, cres in getattr(fn, "overloads", {}).items():
+        if all(t == numba.int64 for t in sig) and hasattr(cres, "entry_point"):
+            return cres.entry_point
+    return fn
+
+
+_run_solo, _run_posted, _run_job = run_solo, run_posted, run_job
