@@ -33,6 +33,7 @@ from .desc import pack_table
 from .executor import MAX_THREADS
 from .executor import NodeTable
 from .executor import WorkerPool
+from .fusion import fuse
 from .kernels import KERNELS
 from .kernels import lookup
 from .plan import CPlan
@@ -176,29 +177,32 @@ class NumbaBackend(Backend):
                 if k is None:   # check_supported ran first; a caller's plan may still differ
                     raise GraphError(f"numba backend: no kernel for node {i} {nodes[i].op_name}")
                 kernels.append(k)
-        n = len(rows)
         status = np.zeros(STATUS_LEN, dtype=np.int64)
         if cplan.work_data is not None:
             wbuf = _check_work_data(cplan)
         else:
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
+        # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
+        rows, kernels, packed, moved = fuse(nodes, rows, kernels)
+        n = len(rows)
         # rows in the planner's order (independent rows grouped between barriers)
-        order, sync = schedule([nodes[i] for i in rows], kernels, self.n_threads, waddr)
+        order, sync = schedule(packed, kernels, self.n_threads, waddr)
         rows = [rows[p] for p in order]
         kernels = [kernels[p] for p in order]
+        packed = [packed[p] for p in order]
         row_nodes = [nodes[i] for i in rows]
         wsize = cplan.work_size if wbuf is not None else 0
         scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
         n_tasks = np.clip(np.array([cplan.n_tasks[i] for i in rows], dtype=np.int64),
                           1, self.n_threads)
-        descs = pack_table(row_nodes, rows, n_tasks, waddr, wsize,
+        descs = pack_table(packed, rows, n_tasks, waddr, wsize,
                            status.ctypes.data, scratch.ctypes.data,
                            _aligned_zeros((n, DESC_LEN)))   # 64-byte rows on 64-byte bounds
         tab = LoweredGraph(row_nodes, rows, kernels, descs, n_tasks, status, wbuf, sync)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
         roots = {}                       # tensors hash by identity; insertion-ordered
-        for node in row_nodes:
+        for node in packed:
             r = node.view_src
             roots[node if r is None else r] = None
             for t in filter(None, node.src):      # the sources that are set (truthy)
@@ -213,6 +217,8 @@ class NumbaBackend(Backend):
         # rows may be out of graph order, see schedule)
         pos = np.full(len(nodes), -1, dtype=np.int64)
         pos[rows] = np.arange(n)
+        for i, j in moved.items():      # a fused norm is computed in its MUL's row
+            pos[i] = pos[j]
         tab.row_end = np.maximum.accumulate(pos) + 1 if len(nodes) else pos
         self.n_lowerings += 1
         return tab
