@@ -305,6 +305,10 @@ _UNROLL_Q = 2
 
 
 _QROWS = 2             # weight rows per pass: the activation block is loaded once for them
+# bytes ahead of the block being read that the quantized dots prefetch: a large weight
+# (the 30 MB Q8_0 output projection) streams from memory ~1.3x faster than with the
+# hardware prefetcher alone (measured, one thread; no change in cache-resident rows)
+Q_PREFETCH = 4096
 
 
 def _q_dot_body(fmt):
@@ -314,6 +318,8 @@ def _q_dot_body(fmt):
         """Block i of each row in xs against one activation block (qy, dy, sy)."""
         for x, acc, accm in zip(xs, accs, accms):
             xb = b.add(x, b.mul(i, _c(_I64, bsize)))
+            if Q_PREFETCH:
+                _prefetch(b, b.add(xb, _c(_I64, Q_PREFETCH)))
             dx = _f16(b, xb)
             if fmt in ("q8_0", "iq4_nl"):
                 if fmt == "q8_0":
