@@ -73,3 +73,22 @@ def test_not_fused_when_the_norm_has_another_reader():
     be.graph_compute(gf)
     assert _fused_rows(be, gf) == 0 and be.table(gf).n == 3
     be.free()
+
+
+def test_not_fused_when_a_row_runs_between_norm_and_mul():
+    rng = np.random.default_rng(6)
+    be = NumbaBackend(2)
+    ctx = gg.init(mem_size=8 << 20)
+    x = gg.from_numpy(ctx, rng.standard_normal((4, 64)).astype(np.float32))
+    a = gg.from_numpy(ctx, rng.standard_normal(64).astype(np.float32))
+    n = gg.rms_norm(ctx, x, 1e-6)
+    y = gg.mul(ctx, n, gg.add(ctx, a, a))         # the weight is made after the norm
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    assert [t.op_name for t in gf.nodes] == ["RMS_NORM", "ADD", "MUL"]
+    be.graph_compute(gf)
+    assert _fused_rows(be, gf) == 0
+    xv = gg.to_numpy(x).astype(np.float64)
+    want = xv / np.sqrt((xv * xv).mean(-1, keepdims=True) + 1e-6) * (2 * gg.to_numpy(a))
+    np.testing.assert_allclose(gg.to_numpy(y), want, rtol=1e-5, atol=1e-6)
+    be.free()

@@ -133,15 +133,15 @@ def _uses(nodes) -> dict:
 
 def fuse(nodes, rows: list, kernels: list):
     """Fuse the (RMS_NORM, MUL) pairs among the rows (graph indices into nodes, kernels the
-    selected variant per row). Returns (rows, kernels, row_nodes, moved): the norm rows gone,
-    their MUL rows running RMS_NORM_MUL, row_nodes what to pack and schedule per row (a
-    FusedNode for a fused row), moved {norm graph index: MUL graph index}."""
+    selected variant per row), the MUL the norm's only reader and the row right after it.
+    Returns (rows, kernels, row_nodes, moved): the norm rows gone, their MUL rows running
+    RMS_NORM_MUL, row_nodes what to pack and schedule per row (a FusedNode for a fused row),
+    moved {norm graph index: MUL graph index}."""
     row_nodes = [nodes[i] for i in rows]
     norms = [p for p, node in enumerate(row_nodes) if node.op.name == "RMS_NORM"]
     if not norms:
         return rows, kernels, row_nodes, {}
     uses = _uses(nodes)
-    pos = {id(node): p for p, node in enumerate(row_nodes)}
     consumer: dict = {}                   # id(norm) -> the row of its only consumer
     for p, node in enumerate(row_nodes):
         for t in node.src:
@@ -153,11 +153,12 @@ def fuse(nodes, rows: list, kernels: list):
     for p in norms:
         norm = row_nodes[p]
         q = consumer.get(id(norm))
-        if q is None or uses.get(id(norm)) != 1 or q in drop:
+        # the MUL must be the next row: no row between may write x or w (in place) under it
+        if q != p + 1 or uses.get(id(norm)) != 1:
             continue
         mul = row_nodes[q]
         w = _pair(norm, mul)
-        if w is None or pos.get(id(w), -1) > q:
+        if w is None:
             continue
         drop.add(p)
         moved[rows[p]] = rows[q]
