@@ -110,6 +110,7 @@ class LoweredGraph(NodeTable):
 
 class NumbaBackend(Backend):
     name = "numba"
+    fusion = True                 # fuse node pairs when lowering (fusion.py); read per lowering
 
     def __init__(self, n_threads: int = 1, kernels: Optional[dict] = None):
         n_threads = int(n_threads)
@@ -184,7 +185,10 @@ class NumbaBackend(Backend):
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
         # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
-        rows, kernels, packed, moved = fuse(nodes, rows, kernels)
+        if self.fusion:
+            rows, kernels, packed, moved = fuse(nodes, rows, kernels)
+        else:
+            packed, moved = [nodes[i] for i in rows], {}
         n = len(rows)
         # rows in the planner's order (independent rows grouped between barriers)
         order, sync = schedule(packed, kernels, self.n_threads, waddr)
