@@ -7,8 +7,9 @@
    inputs, graph key, logits copy), the caller thread's CPU time, and graphs built.
 2. The step's node table run on one thread, no barriers (run_nodes): the kernels' CPU time.
 3. Alternating rounds in one process, so machine load hits every side alike: the same model
-   with ggml's rule (a barrier after every row) vs the planner's (plan.schedule), and with
-   the old spin limit (1 << 18 PAUSEs before yielding) vs the current one. Wall and
+   with ggml's rule (a barrier after every row) vs the planner's (plan.schedule), with
+   the old spin limit (1 << 18 PAUSEs before yielding) vs the current one, and lowered
+   without the backend's fusion (fusion.py: RMS_NORM + MUL rows). Wall and
    process CPU time per token (CPU time counts both threads, spinning included).
 """
 from __future__ import annotations
@@ -21,9 +22,10 @@ import time
 import numpy as np
 
 
-def _llm(model, threads, n_ctx):
+def _llm(model, threads, n_ctx, fuse=True):
     from pyggml.llm import Llama
     llm = Llama(model, n_ctx=n_ctx, n_threads=threads, verbose=False)
+    llm._backend.backends[0].fusion = fuse          # False: lowered without fusion.py's pairs
     llm.eval([1])
     llm.eval([2])                       # the decode graph is built and lowered
     return llm
@@ -77,11 +79,13 @@ def split(model, threads, n) -> None:
 
 def ab(model, threads, n, rounds) -> None:
     from pyggml.backends.numba_cpu.executor import W_SPIN
-    sides = {"every row, spin 1<<18": (True, 1 << 18), "planner, spin 1<<18": (False, 1 << 18),
-             "planner, spin now": (False, None)}
+    sides = {"every row, spin 1<<18": (True, 1 << 18, True),
+             "planner, spin 1<<18": (False, 1 << 18, True),
+             "planner, spin now": (False, None, True),
+             "planner, spin now, unfused": (False, None, False)}
     llms = {}
-    for name, (all_rows, spin) in sides.items():
-        llm = llms[name] = _llm(model, threads, n + 16)
+    for name, (all_rows, spin, fuse) in sides.items():
+        llm = llms[name] = _llm(model, threads, n + 16, fuse)
         if all_rows:
             _table(llm).sync[:] = 1
         if spin is not None:
@@ -104,7 +108,7 @@ def ab(model, threads, n, rounds) -> None:
     print(f"A/B, {rounds} alternating rounds of {n} tokens, load {os.getloadavg()[0]:.1f} "
           f"(ms per token: median wall [min], median process CPU):")
     for name in names:
-        print(f"  {name:24s} {statistics.median(wall[name]):8.2f} [{min(wall[name]):7.2f}]"
+        print(f"  {name:28s} {statistics.median(wall[name]):8.2f} [{min(wall[name]):7.2f}]"
               f" {statistics.median(cpu[name]):8.2f}")
 
 

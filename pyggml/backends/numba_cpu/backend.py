@@ -34,6 +34,7 @@ from .desc import table_slots
 from .executor import MAX_THREADS
 from .executor import NodeTable
 from .executor import WorkerPool
+from .fusion import fuse
 from .kernels import KERNELS
 from .kernels import lookup
 from .plan import CPlan
@@ -107,6 +108,7 @@ class LoweredGraph(NodeTable):
 
 class NumbaBackend(Backend):
     name = "numba"
+    fusion = True                 # fuse node pairs when lowering (fusion.py); read per lowering
 
     def __init__(self, n_threads: int = 1, kernels: Optional[dict] = None):
         n_threads = int(n_threads)
@@ -174,27 +176,32 @@ class NumbaBackend(Backend):
                 if k is None:   # check_supported ran first; a caller's plan may still differ
                     raise GraphError(f"numba backend: no kernel for node {i} {nodes[i].op_name}")
                 kernels.append(k)
-        n = len(rows)
         status = np.zeros(STATUS_LEN, dtype=np.int64)
         if cplan.work_data is not None:
             wbuf = _check_work_data(cplan)
         else:
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
+        # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
+        if self.fusion:
+            rows, kernels, packed, moved = fuse(nodes, rows, kernels)
+        else:
+            packed, moved = [nodes[i] for i in rows], {}
+        n = len(rows)
         # rows in the planner's order (independent rows grouped between barriers); the
         # planner reads byte spans from the same slot words the descriptors are made of
-        row_nodes = [nodes[i] for i in rows]
-        words, slots, tensors = table_slots(row_nodes)
-        order, sync = schedule(row_nodes, kernels, self.n_threads, waddr, (words, slots))
+        words, slots, tensors = table_slots(packed)
+        order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots))
         order = order.tolist()
         rows = [rows[p] for p in order]
         kernels = [kernels[p] for p in order]
-        row_nodes = [row_nodes[p] for p in order]
+        packed = [packed[p] for p in order]
+        row_nodes = [nodes[i] for i in rows]
         wsize = cplan.work_size if wbuf is not None else 0
         scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
         n_tasks = np.clip(np.array([cplan.n_tasks[i] for i in rows], dtype=np.int64),
                           1, self.n_threads)
-        descs = pack_table(row_nodes, rows, n_tasks, waddr, wsize,
+        descs = pack_table(packed, rows, n_tasks, waddr, wsize,
                            status.ctypes.data, scratch.ctypes.data,
                            _aligned_zeros((n, DESC_LEN)),   # 64-byte rows on 64-byte bounds
                            (words, slots[order]))
@@ -214,6 +221,8 @@ class NumbaBackend(Backend):
         # rows may be out of graph order, see schedule)
         pos = np.full(len(nodes), -1, dtype=np.int64)
         pos[rows] = np.arange(n)
+        for i, j in moved.items():      # a fused norm is computed in its MUL's row
+            pos[i] = pos[j]
         tab.row_end = np.maximum.accumulate(pos) + 1 if len(nodes) else pos
         self.n_lowerings += 1
         return tab
