@@ -94,9 +94,9 @@ def test_q4_0_integer_dots(rng, n, impl):
     def run(qi8, qdx, kbuf, ks, out):
         a = kbuf.ctypes.data
         qk4(nb, qi8.ctypes.data, N, qdx.ctypes.data, a, a + ks, a + 2 * ks, a + 3 * ks,
-            out.ctypes.data)
+            out.ctypes.data, 4 * ks)
         qk1(nb, qi8.ctypes.data + 3 * N, 0, qdx.ctypes.data + 3 * nb * 64, a, a + ks, a + 2 * ks,
-            a + 3 * ks, out.ctypes.data + 64)
+            a + 3 * ks, out.ctypes.data + 64, 4 * ks)
     run(qi8, qdx, kbuf, ks, out)
     qx = (qi8.reshape(4, nb, 32) * qd[:, :, None]).reshape(4, N).astype(np.float64)
     dots = qx @ kx.T.astype(np.float64)

@@ -384,6 +384,12 @@ def _kernel_cases():
                          T.Q5_1, T.Q4_1),
               A._fa_case(80, 80, 2, (1, 2), 1030, 2, True, True, 8.0, 0.0, A.PREC_F32,
                          T.BF16, T.BF16)]
+    # tiles whose last group has 3 rows (GQA 3 and 7 decode) run the 4-row products with a
+    # padding row: integer Q4_0 dots, F16 and Q8_0 K read in place, Q4_0/F16 V
+    extra += [A._fa_case(64, 64, 2, (3, 1), 300, 1, True, False, 0.0, 0.0, A.PREC_DEFAULT, t, t)
+              for t in (T.Q4_0, T.F16)]
+    extra += [A._fa_case(128, 128, 1, (7, 1), 200, 1, True, False, 0.0, 0.0, A.PREC_F32,
+                         T.Q8_0, T.Q4_0)]
     return FAST + extra
 
 

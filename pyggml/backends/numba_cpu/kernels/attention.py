@@ -362,6 +362,16 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     # software prefetch distance for rows read in place: PF_GROUPS groups of keys ahead
     kpf = PF_GROUPS * KG * knb1 if k_direct else 0
     vpf = PF_GROUPS * KG * vnb1 if v_direct else 0
+    # a last group of 3 rows (GQA 3, e.g. SmolLM2's decode tiles) runs the 4-row products
+    # with a padding row: each K/V row decoded once instead of once per row; the padding
+    # row's q is a copy (_prep_q), its p and acc zero, its results never read
+    pad = R % 4 == 3
+    if pad:
+        accz = ptr_of(acc_addr, np.float32)
+        for i in range(dv):
+            accz[R * dv + i] = _F0
+        for jj in range(KB):
+            scp[R * KB + jj] = _F0
     j0 = j_begin
     while j0 < j_end:
         if j0 > j_begin and j0 % FOLD == 0:         # (KB divides FOLD)
@@ -439,15 +449,15 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                 for r0 in range(0, R, 4):
                     nr = min(4, R - r0)
                     if k_i8:
-                        if nr == 4:
+                        if nr == 4 or pad and nr == 3:
                             simd.qk_4x4_q4_0_i8(nbk, qi8_addr + r0 * dk, dk, qx_addr + r0 * nbk * 64,
-                                                k0, k1, k2, k3, s16_addr)
+                                                k0, k1, k2, k3, s16_addr, kpf)
                         else:
                             for rr in range(nr):
                                 simd.qk_1x4_q4_0_i8(nbk, qi8_addr + (r0 + rr) * dk, 0,
                                                     qx_addr + (r0 + rr) * nbk * 64,
-                                                    k0, k1, k2, k3, s16_addr + rr * 16)
-                    elif nr == 4:
+                                                    k0, k1, k2, k3, s16_addr + rr * 16, kpf)
+                    elif nr == 4 or pad and nr == 3:
                         qk4(kq, dk, qf_addr + r0 * dk * 4, dk * 4, k0, k1, k2, k3, s16_addr, kpf)
                     else:
                         for rr in range(nr):
@@ -520,9 +530,9 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                 v3 = vf_addr + 3 * dv * 4
             for r0 in range(0, R, 4):
                 nr = min(4, R - r0)
-                if v_simd and nr == 4 and gn == KG:
+                if v_simd and (nr == 4 or pad and nr == 3) and gn == KG:
                     full = True
-                    for rr in range(4):
+                    for rr in range(nr):
                         o = (r0 + rr) * KB + g0
                         if scp[o] == _F0 or scp[o + 1] == _F0 or scp[o + 2] == _F0 or \
                                 scp[o + 3] == _F0:
@@ -595,6 +605,14 @@ def _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, qf, qi
                 for j in range(8):
                     qx[r * nbk * 16 + b * 8 + j] = qd[r * nbk + b]
                     qx[r * nbk * 16 + nbk * 8 + b * 8 + j] = -qs[r * nbk + b]
+    if R % 4 == 3:      # the padding row of a last group of 3 (_tile_keys): a copy of row R-1
+        for i in range(dk):
+            qf[R * dk + i] = qf[(R - 1) * dk + i]
+        if int_dots:
+            for i in range(dk):
+                qi8[R * dk + i] = qi8[(R - 1) * dk + i]
+            for i in range(nbk * 16):
+                qx[R * nbk * 16 + i] = qx[(R - 1) * nbk * 16 + i]
 
 
 

@@ -470,7 +470,7 @@ gemm_tile = _intrinsic_n(f"pyggml_gemm_{GEMM_MR}x{GEMM_NR}", 6, _gemm_body)
 #   qk_<nr>x<nk>_<x>(n, q, qstride, k0.., out)      out[r*nk + u] = sum_i q[r][i] * k_u[i]
 #   pv_<nr>x<nk>_<x>(n, acc, astride, p, pstride, v0..)
 #                                                   acc[r][i] += sum_u p[r][u] * v_u[i]
-#   qk_<nr>x4_q4_0_i8(nb, q8, qstride, qdx, k0..k3, out)
+#   qk_<nr>x4_q4_0_i8(nb, q8, qstride, qdx, k0..k3, out, pf)
 #                                                   as qk, K Q4_0 against q quantized to 8
 #                                                   bits (VNNI integer dots, see below)
 # q/acc rows are float32, qstride/astride bytes apart; p[r][u] at p + r*pstride + 4u.
@@ -525,10 +525,27 @@ def _split(b, v, n):
 
 
 def _q4_0_step(b, row, i):
+    """The block's 16 bytes widened to 32-bit lanes once, the low and high nibbles masked
+    and shifted there (no byte shuffles), and (code - 8)·d as fma(code, d, -8d): 8d is
+    exact, so each value is the one rounding of (code - 8)·d, as before."""
     blk = b.add(row, b.mul(i, _c(_I64, 18)))
-    codes = b.zext(_nibbles(b, b.add(blk, _c(_I64, 2))), _v(_I32, 32))
-    x = b.sitofp(b.sub(codes, ir.Constant(_v(_I32, 32), [8] * 32)), _v(_F32, 32))
-    return _split(b, b.fmul(x, _splat(b, _f16(b, blk), 32)), VL)
+    w = b.zext(_load(b, b.add(blk, _c(_I64, 2)), _v(_I8, 16)), _v(_I32, 16))
+    lo = b.and_(w, ir.Constant(_v(_I32, 16), [0x0F] * 16))
+    hi = b.lshr(w, ir.Constant(_v(_I32, 16), [4] * 16))
+    d = _f16(b, blk)
+    dv, m8 = _splat(b, d, 16), _splat(b, b.fmul(d, _c(_F32, -8.0)), 16)
+    out = []
+    for c in (lo, hi):
+        out += _split16(b, _fma(b, b.sitofp(c, _v(_F32, 16)), dv, m8), VL)
+    return out
+
+
+def _split16(b, v, n):
+    """<16 x float> -> 16/n vectors of n lanes."""
+    if n == 16:
+        return [v]
+    return [b.shuffle_vector(v, v, ir.Constant(_v(_I32, n), list(range(j, j + n))))
+            for j in range(0, 16, n)]
 
 
 def _q8_0_step(b, row, i):
@@ -624,7 +641,7 @@ def _qk_q4_0_i8_body(nr):
     f32x16 = _v(_F32, 16)
 
     def build(b, nb, q8, qstride, qdx, *rest):
-        ks, out = rest[:nk], rest[nk]
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
         zero = ir.Constant(f32x16, [0.0] * 16)
         accs = [_acc(b, zero) for _ in range(nr * nk)]
         izero = ir.Constant(i32x16, [0] * 16)
@@ -641,6 +658,7 @@ def _qk_q4_0_i8_body(nr):
             kc, kd = [], []
             for k in ks:
                 b0 = b.add(k, b.mul(j, _c(_I64, 18)))
+                _prefetch(b, b.add(b0, pf))
                 b1 = b.add(b0, _c(_I64, 18))
                 c0 = _nibbles(b, b.add(b0, _c(_I64, 2)))
                 c1 = _nibbles(b, b.add(b1, _c(_I64, 2))) if two else ir.Constant(i8x32, [0] * 32)
@@ -684,7 +702,7 @@ def _qk_q4_0_pairs_body(nr):
     f32x8 = _v(_F32, 8)
 
     def build(b, nb, q8, qstride, qdx, *rest):
-        ks, out = rest[:nk], rest[nk]
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
         zero = ir.Constant(f32x8, [0.0] * 8)
         accs = [_acc(b, zero) for _ in range(nr * nk)]
 
@@ -692,6 +710,7 @@ def _qk_q4_0_pairs_body(nr):
             kc, kd = [], []
             for k in ks:
                 blk = b.add(k, b.mul(j, _c(_I64, 18)))
+                _prefetch(b, b.add(blk, pf))
                 kc.append(_nibbles(b, b.add(blk, _c(_I64, 2))))
                 kd.append(_splat(b, _f16(b, blk), 8))
             for r in range(nr):
@@ -729,10 +748,10 @@ pv_1x4_f32, pv_1x4_f16, pv_1x4_bf16, pv_1x4_q8_0, pv_1x4_q4_0 = (
 pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
     _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
 # the 8-bit Q4_0 dots: VNNI where the CPU has it, else the pairs twin (tested on every CPU)
-qk_4x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_pairs", 9, _qk_q4_0_pairs_body(4))
-qk_1x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_pairs", 9, _qk_q4_0_pairs_body(1))
+qk_4x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_pairs", 10, _qk_q4_0_pairs_body(4))
+qk_1x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_pairs", 10, _qk_q4_0_pairs_body(1))
 if HAVE_VNNI:
-    qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 9, _qk_q4_0_i8_body(4))
-    qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 9, _qk_q4_0_i8_body(1))
+    qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 10, _qk_q4_0_i8_body(4))
+    qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 10, _qk_q4_0_i8_body(1))
 else:
     qk_4x4_q4_0_i8, qk_1x4_q4_0_i8 = qk_4x4_q4_0_pairs, qk_1x4_q4_0_pairs
