@@ -97,20 +97,21 @@ def _infer_mul_mat(srcs, p):
     return Out(T.F32, [a.ne[1], b.ne[1], b.ne[2], b.ne[3]])
 
 
-def _bcast(x, shape2, shape3):
-    """Repeat a's matrices so that b's matrix (i3, i2) meets a's (i3 // r3, i2 // r2), as ggml."""
-    r3, r2 = shape3 // x.shape[0], shape2 // x.shape[1]
-    if r2 > 1:
-        x = np.repeat(x, r2, axis=1)
-    if r3 > 1:
-        x = np.repeat(x, r3, axis=0)
-    return x
+def _bcast_matmul(x, y):
+    """np.matmul(x, y) with y's matrices repeated over x's batch dims as ggml broadcasts:
+    x's matrix (i3, i2) meets y's (i3 // r3, i2 // r2). x's batch dims are split into
+    (y's, repeats) and y broadcast over the repeats, so y is never copied (np.repeat copied
+    it r2 * r3 times per call, most of a grad-mode MUL_MAT graph's time); each matrix product
+    is the same BLAS call on the same matrices as before, bit for bit."""
+    (x3, x2), (y3, y2) = x.shape[:2], y.shape[:2]
+    xs = x.reshape(y3, x3 // y3, y2, x2 // y2, *x.shape[2:])
+    out = np.matmul(xs, y[:, None, :, None])
+    return out.reshape(x3, x2, *out.shape[-2:])
 
 
 def _ref_mul_mat(node, ins, p):
     a, b = ins[0], ins[1]                     # (a3, a2, m, k), (b3, b2, n, k) float64
-    a = _bcast(a, b.shape[1], b.shape[0])
-    return np.matmul(b, a.swapaxes(-1, -2))   # (b3, b2, n, m)
+    return _bcast_matmul(b, a.swapaxes(-1, -2))   # (b3, b2, n, m)
 
 
 def _flops_mul_mat(node):
@@ -261,8 +262,7 @@ def _infer_out_prod(srcs, p):
 
 def _ref_out_prod(node, ins, p):
     a, b = ins[0], ins[1]                     # (a3, a2, k, m), (b3, b2, k, n)
-    a = _bcast(a, b.shape[1], b.shape[0])
-    return np.matmul(b.swapaxes(-1, -2), a)   # (b3, b2, n, m)
+    return _bcast_matmul(b.swapaxes(-1, -2), a)   # (b3, b2, n, m)
 
 
 def _flops_out_prod(node):

@@ -27,6 +27,7 @@ freq_scale, ext_factor, attn_factor, beta_fast, beta_slow (f32), sections[4], n_
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 
@@ -84,8 +85,9 @@ def rope_yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow):
     return [float(lo), float(hi)]
 
 
-def _yarn(theta_extrap, i, p, corr):
-    """rope_yarn for pair index i (i0 = 2i) over a vector of float32 angles -> (cos, sin) f64."""
+def _yarn(theta_extrap, p, corr):
+    """rope_yarn over float32 angles (n_tokens, n_pairs); column i is pair i (i0 = 2i).
+    Returns (cos, sin) in float64, each scaled by mscale."""
     freq_scale, ext_factor = _f32(p.freq_scale), _f32(p.ext_factor)
     mscale = _f32(p.attn_factor)
     theta_interp = freq_scale * theta_extrap
@@ -95,70 +97,107 @@ def _yarn(theta_extrap, i, p, corr):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             den = _f32(corr[1]) - _f32(corr[0])
             den = _f32(0.001) if _f32(0.001) > den else den
-            y = (_f32(i) - _f32(corr[0])) / den
-        y = _f32(0) if _f32(0) > y else y
-        y = _f32(1) if _f32(1) < y else y
+            y = (np.arange(theta.shape[1], dtype=_f32) - _f32(corr[0])) / den
+        y = np.where(_f32(0) > y, _f32(0), y)
+        y = np.where(_f32(1) < y, _f32(1), y)
         ramp_mix = (_f32(1) - y) * ext_factor
         theta = theta_interp * (_f32(1) - ramp_mix) + theta_extrap * ramp_mix
         mscale = mscale * (_f32(1) + _f32(0.1) * np.log(_f32(1) / freq_scale))
-    theta = np.asarray(theta, dtype=np.float64)
+    theta = np.ascontiguousarray(theta, dtype=np.float64)
     return np.cos(theta) * np.float64(mscale), np.sin(theta) * np.float64(mscale)
 
 
+def _powers(base, theta_scale, n):
+    """ggml's float32 recurrence theta_0 = base, theta_j = theta_{j-1} * theta_scale for
+    j < n, as (len(base), n): multiply.accumulate rounds to float32 after every step, as the
+    C loop does (p * theta_scale**j would round once and differ)."""
+    steps = np.empty((base.shape[0], n), dtype=_f32)
+    steps[:, 0] = base
+    steps[:, 1:] = theta_scale
+    return np.multiply.accumulate(steps, axis=1, dtype=_f32)
+
+
+def _mrope_picks(p, npair):
+    """Multi-section modes: per rotated pair i, the section k whose position it uses and how
+    many theta_scale steps its angle has taken since that section's angle last (re)started."""
+    sections = list(p.sections)
+    sect_dims = sum(sections)
+    sec_w = sections[0] + sections[1]
+    sec_e = sec_w + sections[2]
+    starts = (0, sections[0], sec_w, sec_e)
+    is_imrope, indep = p.mode == ROPE_TYPE_IMROPE, p.mode == ROPE_TYPE_VISION
+    last = [0, 0, 0, 0]             # where each section's angle restarted (vision only)
+    ks, steps = [], []
+    for i in range(npair):
+        sector = i % sect_dims
+        if indep:     # vision: each section's angle restarts at its own position
+            for k, start in enumerate(starts):
+                if sector == start:           # ggml's else-if chain: the first match
+                    last[k] = i
+                    break
+        if is_imrope:
+            if sector % 3 == 1 and sector < 3 * sections[1]:
+                k = 1
+            elif sector % 3 == 2 and sector < 3 * sections[2]:
+                k = 2
+            elif sector % 3 == 0 and sector < 3 * sections[0]:
+                k = 0
+            else:
+                k = 3
+        else:
+            k = 0
+            if sections[0] <= sector < sec_w:
+                k = 1
+            elif sec_w <= sector < sec_w + sections[2]:
+                k = 2
+            elif sector >= sec_w + sections[2]:
+                k = 3
+        ks.append(k)
+        steps.append(i - last[k])
+    return np.array(ks), np.array(steps)
+
+
 def _angles(pos, p, ne0, ff):
-    """cos/sin per token and rotated pair, shape (n_tokens, n_pairs): ggml's rope/mrope cache."""
+    """cos/sin per token and rotated pair, shape (n_tokens, n_pairs): ggml's rope/mrope cache.
+
+    Whole-table NumPy: the same float32 operations as ggml's per-pair loop, element for
+    element (tests/ops/test_rope_angles.py holds it bit for bit to that loop)."""
     n_dims, mode = p.n_dims, p.mode
     ne2 = pos.shape[0] if not (mode & ROPE_TYPE_MROPE) else pos.shape[0] // 4
     theta_scale = np.power(_f32(p.freq_base), _f32(-2.0) / _f32(n_dims))
     corr = rope_yarn_corr_dims(n_dims, p.n_ctx_orig, p.freq_base, p.beta_fast, p.beta_slow)
     npair = ne0 // 2 if mode == ROPE_TYPE_VISION else n_dims // 2     # pairs that rotate
-    cos = np.empty((ne2, npair))
-    sin = np.empty((ne2, npair))
     if mode & ROPE_TYPE_MROPE:
-        sections = list(p.sections)
-        base = [pos[k * ne2:(k + 1) * ne2].astype(_f32) for k in range(4)]     # t, h, w, e
-        theta = [b.copy() for b in base]
-        sect_dims = sum(sections)
-        sec_w = sections[0] + sections[1]
-        sec_e = sec_w + sections[2]
-        is_imrope, indep = mode == ROPE_TYPE_IMROPE, mode == ROPE_TYPE_VISION
+        ks, steps = _mrope_picks(p, npair)
+        table = np.stack([_powers(pos[k * ne2:(k + 1) * ne2].astype(_f32), theta_scale, npair)
+                          for k in range(4)])                         # t, h, w, e
+        theta = table[ks, :, steps].T                                 # (ne2, npair)
     else:
-        theta_t = pos.astype(_f32)
-    for i in range(npair):
-        f = _f32(ff[i]) if ff is not None else _f32(1)
-        if mode & ROPE_TYPE_MROPE:
-            sector = i % sect_dims
-            if indep:     # vision: each section's angle restarts at its own position
-                for k, start in enumerate((0, sections[0], sec_w, sec_e)):
-                    if sector == start:           # ggml's else-if chain: the first match
-                        theta[k] = base[k].copy()
-                        break
-            if is_imrope:
-                if sector % 3 == 1 and sector < 3 * sections[1]:
-                    k = 1
-                elif sector % 3 == 2 and sector < 3 * sections[2]:
-                    k = 2
-                elif sector % 3 == 0 and sector < 3 * sections[0]:
-                    k = 0
-                else:
-                    k = 3
-            else:
-                k = 0
-                if sections[0] <= sector < sec_w:
-                    k = 1
-                elif sec_w <= sector < sec_w + sections[2]:
-                    k = 2
-                elif sector >= sec_w + sections[2]:
-                    k = 3
-            th = theta[k]
-        else:
-            th = theta_t
-        cos[:, i], sin[:, i] = _yarn(th / f, i, p, corr)
-        if mode & ROPE_TYPE_MROPE:
-            theta = [t * theta_scale for t in theta]
-        else:
-            theta_t = theta_t * theta_scale
-    return cos, sin
+        theta = _powers(pos.astype(_f32), theta_scale, npair)
+    if ff is not None:
+        theta = theta / ff[:npair].astype(_f32)
+    return _yarn(theta, p, corr)
+
+
+_TABLES: OrderedDict = OrderedDict()      # (positions, freq factors, op_params, ne0) -> cos, sin
+_TABLES_MAX = 8
+
+
+def _angles_cached(node, pos, p, ne0, ff):
+    """_angles keyed by its inputs' contents: grad mode recomputes one graph once per
+    perturbed element with the same positions (8192 graphs for a [128,32,2,1] case), and a
+    model's graph has two ROPE nodes per layer over one set of positions."""
+    key = (pos.tobytes(), ff.tobytes() if ff is not None else None, bytes(node.op_params), ne0)
+    hit = _TABLES.get(key)
+    if hit is None:
+        hit = _TABLES[key] = _angles(pos, p, ne0, ff)
+        for t in hit:
+            t.flags.writeable = False        # shared by every later call with these inputs
+        if len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    return hit
 
 
 def _rope_apply(node, ins, p, sin_sign):
@@ -167,7 +206,7 @@ def _rope_apply(node, ins, p, sin_sign):
     ff = ins[2].reshape(-1) if ins[2] is not None else None
     ne0 = x.shape[3]
     n_dims, mode = p.n_dims, p.mode
-    cos, sin = _angles(pos, p, ne0, ff)
+    cos, sin = _angles_cached(node, pos, p, ne0, ff)
     sin = sin * sin_sign
     y = x.copy()
     if mode == ROPE_TYPE_VISION:
