@@ -6,7 +6,8 @@
     context split     the KV cache sharded by token ranges, attention chained (or merged) by
                       the softmax state rule (context_split.py: ShardedKVCache, lse_merge;
                       context_mixed.py: MixedShardedKVCache, bitwise one MixedKVCache)
-    WorkerGroup       the Ray connection, the workers, placement (group.py)
+    WorkerGroup       the Ray connection, the workers, placement (group.py); keep_workers
+                      opts in to reusing workers on a cluster pyggml did not start
     errors            WorkerDiedError, WorkerTimeoutError (GGMLError subclasses)
 
 Ray is imported only when a worker is started (pip install 'pyggml[distributed]').
@@ -22,5 +23,6 @@ from .errors import WorkerError  # noqa: F401
 from .errors import WorkerTimeoutError  # noqa: F401
 from .group import SPLITS  # noqa: F401
 from .group import WorkerGroup  # noqa: F401
+from .group import keep_workers  # noqa: F401
 from .layer_split import layer_ranges  # noqa: F401
 from .sched import DistributedSched  # noqa: F401

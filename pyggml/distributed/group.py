@@ -3,10 +3,13 @@ and its KV cache are placed on them (layer or context split), the scheduler over
 
 Without an address a local Ray cluster is started (and shut down by `shutdown()`); with one
 (`ray://host:port` or `host:port`, or "auto") the workers go to that cluster and it is left
-running. While the Ray connection outlives a group (a cluster this group did not start), its
-shutdown leaves its live workers parked, clean (nothing resident), for the next group of this
-process to take instead of starting new processes (a worker process's start and its kernel
-loads cost seconds); they end with the Ray connection.
+running. `shutdown()` (also when an unclosed group is collected) stops the workers the group
+holds: on a shared cluster closing a model frees what it started. Parking is the exception:
+where the cluster is pyggml's own (started by another live group of this process) or after
+`keep_workers()` (an explicit, process-wide opt-in: tests, notebooks that open many models),
+a group's shutdown leaves its live workers parked, clean (nothing resident), for the next
+group of this process to take instead of starting new processes (a worker process's start
+and its kernel loads cost seconds); parked workers end with the Ray connection.
 
 pyggml.llm.Llama(workers=N, split=...) uses this; so can any decoder:
 
@@ -36,6 +39,16 @@ from .sched import DistributedSched
 SPLITS = ("layer", "context")
 LOCAL_CPUS = 2                  # CPUs a local cluster advertises (the workers ask for none)
 _PARKED: list = []              # (Ray session, RayBackend): clean live workers to reuse
+_OWNED: set = set()             # Ray sessions a live group of this process started
+_keep = False                   # keep_workers(): park on any cluster
+
+
+def keep_workers(on: bool = True) -> bool:
+    """Opt in (on=True) or out of parking the workers of groups shut down on a cluster pyggml
+    did not start, for this process's next groups (module doc). Returns the previous setting."""
+    global _keep
+    prev, _keep = _keep, bool(on)
+    return prev
 
 
 def _session() -> str:
@@ -71,6 +84,7 @@ class WorkerGroup:
                 ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, log_to_driver=False,
                          object_store_memory=512 << 20)
                 self.started = True
+                _OWNED.add(_session())
                 atexit.register(self.shutdown)      # a CLI that never closes its model
         self.workers: list[RayBackend] = []
         try:
@@ -138,20 +152,30 @@ class WorkerGroup:
         be.attach()
 
     def shutdown(self) -> None:
-        """Stop the workers and the local Ray cluster if this group started it; else park
-        the live workers (module doc)."""
+        """Stop the workers (park them where the module doc says) and the local Ray cluster
+        if this group started it."""
         self._cache = None
         ray = _ray()
+        session = _session() if ray.is_initialized() else None
+        park = not self.started and session is not None and (_keep or session in _OWNED)
         for be in self.workers:
-            if not self.started and ray.is_initialized() and be.park():
-                _PARKED.append((_session(), be))
+            if park and be.park():
+                _PARKED.append((session, be))
             else:
                 be.kill()
         self.workers = []
         if self.started:
+            _OWNED.discard(session)
             _PARKED.clear()
             ray.shutdown()
             self.started = False
+
+    def __del__(self):
+        if getattr(self, "workers", None):      # dropped unclosed: free what it holds
+            try:
+                self.shutdown()
+            except Exception:                   # interpreter exit: Ray may be gone already
+                pass
 
     def __repr__(self) -> str:
         return f"WorkerGroup({self.split}, {self.workers})"

@@ -89,9 +89,9 @@ def _store_u16(dst, o, v):
 # ggml's scale searches. x, w: float32 arrays (w may be empty: weights from x as ggml).
 
 @_jit
-def make_qx_quants(n, nmax, x, xo, L, lo, rmse_type, qw, qo, has_qw):
-    """Signed symmetric quants L[lo+i] = l + nmax; returns the scale (rmse_type 1 only: x^2
-    weights or qw)."""
+def _max_abs(n, x, xo):
+    """(x[xo + i] of the largest magnitude, the first on ties; that magnitude), as ggml's
+    symmetric searches start."""
     mx = _F0
     amax = _F0
     for i in range(n):
@@ -99,6 +99,14 @@ def make_qx_quants(n, nmax, x, xo, L, lo, rmse_type, qw, qo, has_qw):
         if ax > amax:
             amax = ax
             mx = x[xo + i]
+    return mx, amax
+
+
+@_jit
+def make_qx_quants(n, nmax, x, xo, L, lo, rmse_type, qw, qo, has_qw):
+    """Signed symmetric quants L[lo+i] = l + nmax; returns the scale (rmse_type 1 only: x^2
+    weights or qw)."""
+    mx, amax = _max_abs(n, x, xo)
     if amax < _EPS:
         for i in range(n):
             L[lo + i] = 0
@@ -142,13 +150,7 @@ def make_qx_quants(n, nmax, x, xo, L, lo, rmse_type, qw, qo, has_qw):
 @_jit
 def make_q3_quants(n, nmax, x, xo, L, lo):
     """make_q3_quants with do_rmse (Q3_K's reference quantizer)."""
-    mx = _F0
-    amax = _F0
-    for i in range(n):
-        ax = abs(x[xo + i])
-        if ax > amax:
-            amax = ax
-            mx = x[xo + i]
+    mx, amax = _max_abs(n, x, xo)
     if amax < _EPS:
         for i in range(n):
             L[lo + i] = 0

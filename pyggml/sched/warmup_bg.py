@@ -21,13 +21,13 @@ from typing import Callable
 from typing import Optional
 
 from ..backends.numba_cpu.warmup import EXECUTOR
-from ..backends.numba_cpu.warmup import _by_module
-from ..backends.numba_cpu.warmup import _parallel_ok
-from ..backends.numba_cpu.warmup import _worker_env
+from ..backends.numba_cpu.warmup import by_module
 from ..backends.numba_cpu.warmup import cold
 from ..backends.numba_cpu.warmup import cost
 from ..backends.numba_cpu.warmup import default_jobs
+from ..backends.numba_cpu.warmup import parallel_ok
 from ..backends.numba_cpu.warmup import plan_units
+from ..backends.numba_cpu.warmup import worker_env
 
 NICE = 10                         # workers' niceness: the process computing keeps its core
 
@@ -59,7 +59,7 @@ class BackgroundWarmup:
         from ..backends.numba_cpu.kernels import find
         ks = [k for k in kernels if k.key not in self.queued]
         todo = [k for k in ks if not k.compiled]
-        cold_ks = [k for k in cold(todo) if find(k.key) is k] if _parallel_ok() else []
+        cold_ks = [k for k in cold(todo) if find(k.key) is k] if parallel_ok() else []
         cold_keys = {k.key for k in cold_ks}
         ready = []
         for k in ks:
@@ -72,7 +72,7 @@ class BackgroundWarmup:
             if ex._warm:
                 ready.append(EXECUTOR)
             return ready
-        mods = _by_module(cold_ks)
+        mods = by_module(cold_ks)
         if not ex._warm and EXECUTOR not in self.queued:
             mods = {EXECUTOR: [EXECUTOR], **mods}
         elif ex._warm:
@@ -148,7 +148,7 @@ class BackgroundWarmup:
         argv = [sys.executable, "-c", f"import os; os.nice({int(self.nice)}); from "
                 "pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
                 self.lock_path]
-        p = subprocess.Popen(argv, env=_worker_env(), stdin=subprocess.PIPE,
+        p = subprocess.Popen(argv, env=worker_env(), stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True, bufsize=1)
         with self.cond:

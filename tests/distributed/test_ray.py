@@ -1,11 +1,14 @@
 """Ray workers as scheduler backends, on a local Ray cluster this module starts (two CPUs,
 real worker processes): layer split and context split give the logits of a single process;
 a killed or hung worker is a GGMLError within the timeout and a new worker can be attached.
-The groups pass two worker processes along (a group's shutdown parks them for the next):
-starting a worker (a process importing pyggml and loading its kernels) is what costs here.
+The groups pass two worker processes along (the module opts in to keep_workers(), so a
+group's shutdown parks them for the next): starting a worker (a process importing pyggml and
+loading its kernels) is what costs here. Without the opt-in, shutting a group down on a
+cluster it did not start stops its workers (the last test).
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import signal
@@ -23,6 +26,7 @@ from pyggml.distributed import MixedShardedKVCache  # noqa: E402
 from pyggml.distributed import WorkerDiedError  # noqa: E402
 from pyggml.distributed import WorkerGroup  # noqa: E402
 from pyggml.distributed import WorkerTimeoutError  # noqa: E402
+from pyggml.distributed import keep_workers  # noqa: E402
 from pyggml.distributed import layer_ranges  # noqa: E402
 from pyggml.errors import GGMLError  # noqa: E402
 from pyggml.models.llama import Decoder  # noqa: E402
@@ -42,9 +46,11 @@ N_CTX = 128                     # two context shards of 64 tokens: a 70-token pr
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=256 << 20)
+    prev = keep_workers(True)
     try:
         yield
     finally:
+        keep_workers(prev)
         ray.shutdown()
 
 
@@ -256,7 +262,7 @@ def test_run_cli_prints_the_single_process_text(cluster, capsys):
         assert capsys.readouterr().out == single, split
 
 
-# last: the worker it stalls is killed, and the next group would have to start a new one
+# near the end: the worker it stalls is killed, and a next group has to start a new one
 def test_hung_worker_times_out(cluster):
     group = WorkerGroup(1, "layer", timeout=3)
     try:
@@ -269,3 +275,27 @@ def test_hung_worker_times_out(cluster):
         assert group.workers[0].dead
     finally:
         group.shutdown()
+
+
+def _ended(actor) -> bool:
+    from ray.exceptions import RayActorError
+    try:
+        ray.get(actor.pid.remote(), timeout=30)
+    except RayActorError:
+        return True
+    return False
+
+
+# last: it stops the module's last parked worker
+def test_without_the_opt_in_a_group_on_a_foreign_cluster_stops_its_workers(cluster):
+    keep_workers(False)
+    try:
+        group = WorkerGroup(1, "layer", timeout=60)     # takes the worker parked last
+        actor = group.workers[0].actor
+        del group                                       # dropped unclosed: its shutdown
+        gc.collect()
+        assert _ended(actor)
+        from pyggml.distributed import group as group_mod
+        assert group_mod._PARKED == []
+    finally:
+        keep_workers(True)

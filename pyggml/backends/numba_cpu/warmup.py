@@ -168,7 +168,8 @@ def plan_units(keys_by_module: dict, jobs: int) -> list:
     return units
 
 
-def _by_module(kernels: list) -> dict:
+def by_module(kernels: list) -> dict:
+    """Kernels' keys grouped by the module that defines them (the unit plan_units hands out)."""
     out = {}
     for k in kernels:
         out.setdefault(getattr(k.pyfunc, "__module__", "?"), []).append(k.key)
@@ -202,7 +203,8 @@ def _worker_argv(lock_path: str) -> list:
             lock_path]
 
 
-def _worker_env() -> dict:
+def worker_env() -> dict:
+    """The environment of a compile worker: this pyggml first on its path, this Numba cache."""
     import numba
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["pyggml"].__file__)))
@@ -224,7 +226,7 @@ class _Worker:
         try:
             self.proc = subprocess.Popen(_worker_argv(lock_path), stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self.errfile,
-                                         env=_worker_env(), text=True, bufsize=1)
+                                         env=worker_env(), text=True, bufsize=1)
         except BaseException:
             self.errfile.close()
             raise
@@ -322,7 +324,8 @@ def _cpu_ticks(pid: int) -> Optional[int]:
         return None
 
 
-def _parallel_ok() -> bool:
+def parallel_ok() -> bool:
+    """Whether compiling in worker processes is safe here (their saves need fcntl's lock)."""
     try:
         import fcntl  # noqa: F401   (the save lock)
     except ImportError:
@@ -387,8 +390,8 @@ def warm(kernels: Optional[Iterable] = None, jobs: Optional[int] = None,
     from .kernels import find
     executor = executor and not ex._warm
     mine = [k for k in todo if k.key in cold_keys and find(k.key) is k]   # workers find these
-    if mine and jobs > 1 and est >= min_seconds and _parallel_ok():
-        mods = _by_module(mine)
+    if mine and jobs > 1 and est >= min_seconds and parallel_ok():
+        mods = by_module(mine)
         if executor:
             mods[EXECUTOR] = [EXECUTOR]
         log(f"compiling {len(report.cold)} cold kernels in up to {jobs} processes "
