@@ -90,3 +90,20 @@ def test_not_fused_when_a_row_runs_between_norm_and_mul():
     want = xv / np.sqrt((xv * xv).mean(-1, keepdims=True) + 1e-6) * (2 * gg.to_numpy(a))
     np.testing.assert_allclose(gg.to_numpy(y), want, rtol=1e-5, atol=1e-6)
     be.free()
+
+
+def test_warm_up_knows_the_fused_kernel():
+    # lowering picks it, no node selects it: the warm-up (and tiered execution's "every kernel
+    # ready" gate) must still compile it with the graph's kernels, and its workers find it
+    from pyggml.backends.numba_cpu.fusion import RMS_NORM_MUL
+    from pyggml.backends.numba_cpu.kernels import find
+    from pyggml.backends.numba_cpu.warmup import all_kernels
+    from pyggml.backends.numba_cpu.warmup import graph_kernels
+    ctx = gg.init(mem_size=8 << 20)
+    gf = _norm_mul(ctx, np.random.default_rng(1))[0]
+    assert RMS_NORM_MUL.key in {k.key for k in graph_kernels([gf])}
+    assert find(RMS_NORM_MUL.key) is RMS_NORM_MUL
+    assert RMS_NORM_MUL.key in {k.key for k in all_kernels()}
+    plain = gg.new_graph(ctx)
+    gg.build_forward_expand(plain, gg.add(ctx, *[gg.new_tensor_1d(ctx, gg.GGMLType.F32, 4)] * 2))
+    assert RMS_NORM_MUL.key not in {k.key for k in graph_kernels([plain])}

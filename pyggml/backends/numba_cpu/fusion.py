@@ -34,6 +34,8 @@ from .desc import t_nb
 from .desc import t_ne
 from .desc import t_row
 from .intrinsics import f32_array
+from .kernels import FUSED
+from .kernels import add_kernel
 from .kernels import make_kernel
 from .kernels import param_words
 from .kernels import rows_n_tasks
@@ -72,6 +74,16 @@ def rms_norm_mul_f32(desc, ith, nth):
 
 RMS_NORM_MUL = make_kernel("MUL", rms_norm_mul_f32, n_tasks=rows_n_tasks)
 RMS_NORM_MUL.name = "rms_norm_mul_f32"
+add_kernel(FUSED, RMS_NORM_MUL)
+
+
+def fused_kernels(nodes) -> list:
+    """The fused kernels lowering may pick for these nodes (warm-up compiles them with the
+    graph's own): RMS_NORM_MUL where an F32 RMS_NORM is."""
+    for node in nodes:
+        if node.op is not None and node.op.name == "RMS_NORM" and node.type == GGMLType.F32:
+            return [RMS_NORM_MUL]
+    return []
 
 
 class _WritesN:

@@ -93,9 +93,14 @@ class WarmupError(GGMLError, ValueError):
 def all_kernels(table: dict = None) -> list:
     """Every kernel variant of the table (default: the backend's KERNELS), each once; a
     template contributes its common children."""
+    from . import fusion  # noqa: F401  registers the fused kernels in FUSED
+    from .kernels import FUSED
     from .kernels import KERNELS
     out = {}
-    for entry in (KERNELS if table is None else table).values():
+    entries = list((KERNELS if table is None else table).values())
+    if table is None:
+        entries += FUSED.values()
+    for entry in entries:
         for v in entry.variants:
             for k in v.children():
                 out.setdefault(k.key, k)
@@ -122,6 +127,7 @@ def resolve(kernels: Optional[Iterable] = None) -> list:
 def graph_kernels(graphs, table: dict = None) -> list:
     """The kernel variants that would run the computed nodes of the graphs on the backend."""
     from ..base import is_computed
+    from .fusion import fused_kernels
     from .kernels import lookup
     out = {}
     for gf in graphs:
@@ -130,6 +136,9 @@ def graph_kernels(graphs, table: dict = None) -> list:
                 k = lookup(node, table)
                 if k is not None:
                     out.setdefault(k.key, k)
+        if table is None:
+            for k in fused_kernels(gf.nodes):
+                out.setdefault(k.key, k)
     return list(out.values())
 
 

@@ -317,6 +317,9 @@ class KernelEntry:
 
 
 KERNELS: dict[str, KernelEntry] = {}
+# kernels no node selects, only lowering's fusion pass (../fusion.py registers them):
+# find() and the warm-up know them, so they compile with a graph's other kernels
+FUSED: dict[str, KernelEntry] = {}
 
 
 def make_kernel(op: str, pyfunc: Callable, supports: Callable = None, n_tasks: Callable = None,
@@ -390,7 +393,13 @@ def lookup(node, table: dict = None) -> Optional[Kernel]:
 def find(key: str, table: dict = None) -> Optional[Kernel]:
     """The kernel named 'OP:name' or a template's child 'OP:name[c0,c1]' (made if needed)."""
     op, _, name = key.partition(":")
-    entry = (KERNELS if table is None else table).get(op)
+    if table is None:
+        k = find(key, KERNELS)
+        if k is None:
+            from .. import fusion  # noqa: F401  fills FUSED (it imports this package)
+            k = find(key, FUSED)
+        return k
+    entry = table.get(op)
     if entry is None:
         return None
     base, _, rest = name.partition("[")
