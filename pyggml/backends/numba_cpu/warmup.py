@@ -448,6 +448,7 @@ def worker_main(argv=None) -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                                  # stray prints must not reach the protocol
     _lock_cache_saves(argv[0])
+    from . import fusion  # noqa: F401  registers the fused kernels find() names
     from .kernels import find
 
     def send(rec):

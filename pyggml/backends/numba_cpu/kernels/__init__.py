@@ -395,8 +395,7 @@ def find(key: str, table: dict = None) -> Optional[Kernel]:
     op, _, name = key.partition(":")
     if table is None:
         k = find(key, KERNELS)
-        if k is None:
-            from .. import fusion  # noqa: F401  fills FUSED (it imports this package)
+        if k is None:      # FUSED is filled when ../fusion.py is imported (warm-up does)
             k = find(key, FUSED)
         return k
     entry = table.get(op)
