@@ -149,12 +149,7 @@ def bench_ggml(n_nodes, n_threads, reps):
     g.ggml_build_forward_expand(gf, y)
     out = {}
     # persistent threadpool (what llama.cpp does)
-    params = ctypes.create_string_buffer(4096)
-    g.ggml_threadpool_params_init(params, n_threads)
-    tp = g.ggml_threadpool_new(params)
-    plan = g.ggml_graph_plan(gf, n_threads, tp)
-    work = np.zeros(max(int(plan.work_size), 1) + 64, dtype=np.uint8)
-    plan.work_data = work.ctypes.data
+    tp, plan, work = _threadpool_plan(g, gf, n_threads)
     out["threadpool"] = stats(timeit(lambda: g.ggml_graph_compute(gf, ctypes.byref(plan)), reps),
                               n_nodes)
     g.ggml_threadpool_free(tp)
@@ -165,6 +160,18 @@ def bench_ggml(n_nodes, n_threads, reps):
     assert res[0] == 1.0 + n_nodes, res[:4]
     g.ggml_free(ctx)
     return out, None
+
+
+def _threadpool_plan(g, gf, n_threads):
+    """A persistent ggml threadpool and gf's plan on it with its work buffer (keep all three
+    alive while computing; free the pool with ggml_threadpool_free)."""
+    params = ctypes.create_string_buffer(4096)
+    g.ggml_threadpool_params_init(params, n_threads)
+    tp = g.ggml_threadpool_new(params)
+    plan = g.ggml_graph_plan(gf, n_threads, tp)
+    work = np.zeros(max(int(plan.work_size), 1) + 64, dtype=np.uint8)
+    plan.work_data = work.ctypes.data
+    return tp, plan, work
 
 
 def _timed(fn, reps):
@@ -209,12 +216,7 @@ def floor_ggml(n_threads, reps):
     y = g.ggml_add(ctx, x, x)
     gf = g.ggml_new_graph_custom(ctx, 16, False)
     g.ggml_build_forward_expand(gf, y)
-    params = ctypes.create_string_buffer(4096)
-    g.ggml_threadpool_params_init(params, n_threads)
-    tp = g.ggml_threadpool_new(params)
-    plan = g.ggml_graph_plan(gf, n_threads, tp)
-    work = np.zeros(max(int(plan.work_size), 1) + 64, dtype=np.uint8)
-    plan.work_data = work.ctypes.data
+    tp, plan, work = _threadpool_plan(g, gf, n_threads)
     ref = ctypes.byref(plan)
     compute = g.ggml_graph_compute
     r = _timed(lambda: compute(gf, ref), reps)
