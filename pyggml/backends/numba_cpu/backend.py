@@ -215,7 +215,6 @@ class NumbaBackend(Backend):
         tab.epoch = _tensor_mod.ALLOC_EPOCH
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH
         tab.snapshot = tab.locations()
-        tab.plan = cplan
         tab.plan_copy = (cplan.n_threads, list(cplan.n_tasks), cplan.work_size)
         # rows to run to include each graph node and all before it (eval-callback mode;
         # rows may be out of graph order, see schedule)
