@@ -16,6 +16,7 @@ from ..base import Backend
 from ..base import EvalCallback
 from ..base import is_computed
 from ..base import node_failed
+from .memo import MatMulMemo
 
 
 def compute_node_reference(node: Tensor) -> None:
@@ -33,10 +34,19 @@ def compute_node_reference(node: Tensor) -> None:
 class ReferenceBackend(Backend):
     name = "reference"
 
+    def __init__(self, memo: bool = True):
+        # a MUL_MAT run again recomputes only what changed (memo.py; bit for bit the same)
+        self.memo = MatMulMemo() if memo else None
+
     def supports_op(self, node: Tensor) -> bool:
         return node.op is None or node.op.view or node.op.reference is not None
 
     def compute_node(self, node: Tensor) -> None:
+        if self.memo is not None and node.op.name == "MUL_MAT":
+            out = self.memo.mul_mat(node)
+            if out is not None:
+                data.write(node, out)
+                return
         compute_node_reference(node)
 
     def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
