@@ -11,7 +11,7 @@ seen, whoever made it (data API, a kernel, a view, a NumPy view of the buffer). 
 source is read again in full (data.read, the same conversion), and each output matrix whose
 a- or b-matrix changed is recomputed by the OpDef reference on that one pair of matrices:
 the same BLAS call on the same values and strides as inside the batched call, so the
-product is bit for bit the one a full recomputation gives (tests/backends/test_reference_memo.py).
+product is bit for bit the one a full recomputation gives (tests/unit/test_reference_memo.py, tools/check_ref_memo.py).
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _same(cur: np.ndarray, snap: np.ndarray) -> bool:
 
 
 def _layout(t: Tensor) -> tuple:
-    return (t, t.buffer.data, t.offs, t.type, tuple(t.ne), tuple(t.nb))
+    return (t, t.buffer.data.ctypes.data, t.offs, t.type, tuple(t.ne), tuple(t.nb))
 
 
 class _Entry:
