@@ -33,6 +33,7 @@ def compute_node_reference(node: Tensor) -> None:
 
 class ReferenceBackend(Backend):
     name = "reference"
+    memo: Optional[MatMulMemo] = None        # (subclasses that skip __init__ run without it)
 
     def __init__(self, memo: bool = True):
         # a MUL_MAT run again recomputes only what changed (memo.py; bit for bit the same)
