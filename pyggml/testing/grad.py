@@ -35,6 +35,7 @@ bit (one_thread_if_same): the same measurement, at a fraction of the cost under 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -216,7 +217,8 @@ def run_grad(case: Case, backend, seed: int = 0) -> CaseResult:
                 i = int(np.argmax(~np.isfinite(a)))
                 res.status, res.message = "FAIL", f"nonfinite gradient at index {i} ({t.name}={a[i]})"
                 return res
-            with one_thread_if_same(backend, gf, out):
+            only = getattr(backend, "only_writing", None)     # the reference's memo
+            with one_thread_if_same(backend, gf, out), only(t) if only else nullcontext():
                 gn = _numeric(backend, gf, out, t, s["eps"], s["precise"])
             err = mean_abs_asymm(gn, a, s["expect"])
             worst = max(worst, err) if err == err else worst

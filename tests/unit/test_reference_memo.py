@@ -139,3 +139,49 @@ def test_memo_is_bounded():
         _same_as_full(be, g2[0], g2[1])
         assert len(memo.entries) == 1
     assert memo.hits == 0
+
+
+def test_only_writing_trusts_other_leaves_and_sees_its_tensor():
+    """Grad mode's promise (only_writing(x)): x's writes are seen; a, a leaf elsewhere, is
+    compared at the block's first run only (a write to it inside the block breaks the
+    promise and goes unseen: that is what the promise buys)."""
+    gf, out, base, a, x, _ = _graph("f32")
+    be = ReferenceBackend()
+    _same_as_full(be, gf, out)
+    data.strided(a)[0, 0, 0, 0] = 3.0                 # before the block: seen at its first run
+    with be.only_writing(x):
+        _same_as_full(be, gf, out)
+        xv = data.strided(x)
+        for v in (1.0, -2.0):
+            xv[0, 1, 2, 3] = v
+            _same_as_full(be, gf, out)
+        data.strided(a)[0, 0, 0, 1] = 7.0
+        be.graph_compute(gf)
+        stale = data.tensor_get(out)
+    assert stale != _same_as_full(be, gf, out)       # out of the block: compared again
+
+
+def test_only_writing_still_compares_what_the_graph_or_the_tensor_writes():
+    """A source inside the written tensor's bytes, or written by a node of the graph (a CPY
+    into a leaf that MUL_MAT reads), is compared on every run of the block."""
+    from pyggml.ops.copy import cpy
+    ctx = init(mem_size=8 << 20)
+    y = new_tensor(ctx, "f32", 2, [K, M])
+    w = new_tensor(ctx, "f32", 2, [K, M])
+    b = new_tensor(ctx, "f32", 2, [K, N])
+    out = mul_mat(ctx, cpy(ctx, y, w), b)
+    gf = CGraph(16)
+    gf.expand(out)
+    rng = np.random.default_rng(1)
+    for t in (y, w, b):
+        data.write(t, rng.uniform(-1, 1, t.ne[::-1]))
+    be = ReferenceBackend()
+    with be.only_writing(y):
+        first = _same_as_full(be, gf, out)
+        data.strided(y)[0, 0, 2, 5] = 4.0
+        assert _same_as_full(be, gf, out) != first
+    base_gf, base_out, base, a, x, _ = _graph("f32")
+    with be.only_writing(base):                       # a is a view into base
+        before = _same_as_full(be, base_gf, base_out)
+        data.strided(a)[0, 1, 3, 2] = 6.0
+        assert _same_as_full(be, base_gf, base_out) != before

@@ -7,6 +7,7 @@ quantization by ggml's reference quantizer).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Optional
 
 from ... import data
@@ -50,9 +51,16 @@ class ReferenceBackend(Backend):
                 return
         compute_node_reference(node)
 
+    def only_writing(self, t: Tensor):
+        """Context: until it ends the caller writes no memory but t's between graph runs
+        (grad mode's finite differences); the MUL_MAT memo then compares other leaves once."""
+        return self.memo.only_writing(t) if self.memo is not None else nullcontext()
+
     def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
         self.check_supported(gf)
         self.alloc_graph(gf)
+        if self.memo is not None:
+            self.memo.graph_nodes = gf.nodes
         for i, node in enumerate(gf.nodes):
             want = eval_cb(node, True) if eval_cb else False
             if is_computed(node):
