@@ -65,7 +65,7 @@ for folder, module, fn in %(checks)r:
         rec = dict(error=traceback.format_exc())
     print("TWIN " + json.dumps(dict(rec, check=[folder, module, fn])), flush=True)
 """
-TWIN_TIMEOUT = 1800.0
+TWIN_TIMEOUT = 3600.0       # all the checks of one child (its compile included), loaded machine
 
 
 class TwinRun:
@@ -136,10 +136,25 @@ def _skipped(item) -> bool:
                for m in item.iter_markers("skipif"))
 
 
+def _early_twins(item) -> list:
+    """The (mode, fn) checks of a test that SimdTwins.start runs early: avx2 ones."""
+    if "simd_twin" not in getattr(item, "fixturenames", ()) or _skipped(item):
+        return []
+    return [(mode, fn) for mode, fn in _twin_calls(item) if mode == "avx2"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that read an early twin child's results run last: the child then has the
+    whole session to finish in the background, and nobody waits for it."""
+    late = [it for it in items if _early_twins(it)]
+    if late:
+        items[:] = [it for it in items if it not in late] + late
+
+
 class SimdTwins:
     """The session's twin children: start() runs every collected avx2 twin check in ONE child
-    early (after the warm-up, while the other tests run); a check nobody started gets a child
-    of its own when its test asks."""
+    early (after the warm-up, while the other tests run; their tests are moved to the end of
+    the session); a check nobody started gets a child of its own when its test asks."""
 
     def __init__(self):
         self.runs = []
@@ -147,14 +162,11 @@ class SimdTwins:
     def start(self, items) -> None:
         by_mode = {}
         for item in items:
-            if "simd_twin" not in getattr(item, "fixturenames", ()) or _skipped(item):
-                continue
-            for mode, fn in _twin_calls(item):
-                if mode == "avx2":    # generic (PYGGML_SLOW) twins compile for minutes: on demand
-                    checks = by_mode.setdefault(mode, [])
-                    check = (str(item.path.parent), item.path.stem, fn)
-                    if check not in checks:
-                        checks.append(check)
+            for mode, fn in _early_twins(item):   # generic (PYGGML_SLOW) twins: on demand
+                checks = by_mode.setdefault(mode, [])
+                check = (str(item.path.parent), item.path.stem, fn)
+                if check not in checks:
+                    checks.append(check)
         for mode, checks in by_mode.items():
             self.runs.append(TwinRun(mode, checks))
 
