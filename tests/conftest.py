@@ -15,6 +15,24 @@ import pytest
 
 WARMUP_MIN_TESTS = 1000       # a big run (the suite, tests/ops) needs most kernels
 WARMUP_MIN_SECONDS = 20.0     # estimated cold compile worth starting worker processes for
+# template children beyond the common ones (warmup.all_kernels()) that tests reach anyway:
+# tests/ops/test_rows_shape.py samples every row type of GET_ROWS and SET_ROWS; compiled one
+# by one there, they cost it ~50 s on one core, in the warm-up's workers half that
+EXTRA_CHILDREN = {"GET_ROWS": ("mxfp4", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs"),
+                  "SET_ROWS": ("mxfp4", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs")}
+
+
+def suite_kernels() -> list:
+    """The kernels the session warm-up compiles: all_kernels() and EXTRA_CHILDREN."""
+    from pyggml.backends.numba_cpu import warmup
+    from pyggml.backends.numba_cpu.kernels import KERNELS
+    from pyggml.types import as_type
+    out = warmup.all_kernels()
+    for op, types in EXTRA_CHILDREN.items():
+        for v in KERNELS[op].variants:
+            if v.is_template:
+                out += [v.child((int(as_type(t)),)) for t in types]
+    return list({k.key: k for k in out}.values())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,7 +46,7 @@ def numba_warmup(request, simd_twins):
     if os.environ.get("PYGGML_TEST_WARMUP", "1") != "0" and \
             len(request.session.items) >= WARMUP_MIN_TESTS:
         from pyggml.backends.numba_cpu import warmup
-        todo = warmup.cold(warmup.all_kernels())
+        todo = warmup.cold(suite_kernels())
         if sum(warmup.cost(k.key) for k in todo) >= WARMUP_MIN_SECONDS:
             warmup.warm(todo)
     simd_twins.start(request.session.items)
