@@ -71,7 +71,6 @@ def rng():
 _TWIN_SCRIPT = r"""
 import importlib, json, os, sys, traceback
 sys.path.insert(0, %(root)r)
-os.nice(5)              # a background run: the tests in the parent come first
 from pyggml.backends.numba_cpu.kernels import simd
 assert simd.HAVE_AVX2 == %(avx2)r and not simd.HAVE_AVX512 and not simd.HAVE_VNNI \
     and simd.VL == 8, (simd.HAVE_AVX2, simd.HAVE_AVX512, simd.HAVE_VNNI, simd.VL)
