@@ -69,7 +69,7 @@ def rng():
 # --- SIMD twins: a test module's check run again under another PYGGML_SIMD ---------------------
 
 _TWIN_SCRIPT = r"""
-import importlib, json, os, sys, traceback
+import importlib, json, sys, traceback
 sys.path.insert(0, %(root)r)
 from pyggml.backends.numba_cpu.kernels import simd
 assert simd.HAVE_AVX2 == %(avx2)r and not simd.HAVE_AVX512 and not simd.HAVE_VNNI \
