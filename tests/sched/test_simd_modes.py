@@ -63,3 +63,22 @@ def test_mode_is_part_of_the_cache_key(monkeypatch):
                     reason="no AVX-512 here: the default kernels already are the AVX2 ones")
 def test_avx2_twin_matches_reference(simd_twin):
     simd_twin("_twin_mismatches", "avx2")
+
+
+def _differs_on_purpose():
+    """A twin check that always finds a mismatch."""
+    return [("MUL_MAT", "on purpose")]
+
+
+def _raises_on_purpose():
+    return 1 // 0
+
+
+@pytest.mark.skipif(not simd.HAVE_AVX2, reason="no AVX2 here: the avx2 mode cannot run")
+def test_a_twin_check_that_differs_or_raises_fails_its_test(simd_twin):
+    """The twin fixture fails its test on a mismatch and on an error in the child (both run in
+    the session's shared avx2 child, as the real twins do)."""
+    with pytest.raises(AssertionError, match=r"_differs_on_purpose differs: \[\"\('MUL_MAT'"):
+        simd_twin("_differs_on_purpose", "avx2")
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):
+        simd_twin("_raises_on_purpose", "avx2")
