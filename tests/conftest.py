@@ -99,31 +99,44 @@ class TwinRun:
             env["NUMBA_CACHE_DIR"] = str(cache_dir)
         root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["pyggml"].__file__)))
         script = _TWIN_SCRIPT % dict(root=root, avx2=mode == "avx2", checks=self.checks)
-        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-c", script], env=env,
-                                     stdout=self.out, stderr=self.err, text=True)
+                                     stdout=self.out, stderr=self.err)
 
     def result(self, check: tuple) -> dict:
-        """The check's record ({'bad': [...]} or {'error': traceback}), waiting for the child."""
-        try:
-            self.proc.wait(max(1.0, TWIN_TIMEOUT - (time.monotonic() - self.t0)))
-        except subprocess.TimeoutExpired:
-            self.close()
-        self.out.seek(0)
-        for line in self.out:
-            if line.startswith("TWIN "):
+        """The check's record ({'bad': [...]} or {'error': traceback}), as soon as the child
+        prints it (the checks after it may still run)."""
+        while True:
+            done = self.proc.poll() is not None          # then its output is complete
+            rec = self._record(check)
+            if rec is not None:
+                return rec
+            if done:
+                break
+            if time.monotonic() - self.t0 > TWIN_TIMEOUT:
+                self.close()
+                break
+            time.sleep(0.5)
+        return dict(error=f"PYGGML_SIMD={self.mode} child (rc {self.proc.returncode}) gave no "
+                          f"result for {check}:\n{_text(self.out)[-3000:]}{_text(self.err)[-3000:]}")
+
+    def _record(self, check: tuple):
+        for line in _text(self.out).splitlines(keepends=True):
+            if line.startswith("TWIN ") and line.endswith("\n"):
                 rec = json.loads(line[5:])
                 if tuple(rec["check"]) == tuple(check):
                     return rec
-        self.out.seek(0)
-        self.err.seek(0)
-        return dict(error=f"PYGGML_SIMD={self.mode} child (rc {self.proc.returncode}) gave no "
-                          f"result for {check}:\n{self.out.read()[-3000:]}{self.err.read()[-3000:]}")
+        return None
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def _text(f) -> str:
+    """What the child wrote to f so far (pread: the file offset the child writes at stays)."""
+    return os.pread(f.fileno(), os.fstat(f.fileno()).st_size, 0).decode(errors="replace")
 
 
 def _twin_calls(item) -> list:
