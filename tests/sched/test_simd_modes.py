@@ -3,7 +3,8 @@
 On an AVX-512 machine `PYGGML_SIMD=avx2` makes the kernels compile the code an AVX2-only
 machine runs (AVX2/FMA/F16C intrinsics, 8 float lanes); those kernels are checked against
 the reference backend on a sample of every SIMD-using op's cases, in a child process (the
-switch is read at import). The portable path (generic) is tests/ops/test_matmul.py's."""
+switch is read at import; the session runs it with the other avx2 twins in one background
+child: tests/conftest.py). The portable path (generic) is tests/ops/test_matmul.py's."""
 from __future__ import annotations
 
 import os
@@ -18,27 +19,24 @@ from pyggml.backends.numba_cpu.kernels import simd
 SIMD_OPS = {"MUL_MAT": 16, "MUL_MAT_ID": 4, "OUT_PROD": 4, "FLASH_ATTN_EXT": 16,
             "FLASH_ATTN_EXT_WITH_STATE": 8}
 
-_TWIN = r"""
-import sys
-from pyggml.backends.numba_cpu.kernels import simd
-assert simd.HAVE_AVX2 and not simd.HAVE_AVX512 and not simd.HAVE_VNNI and simd.VL == 8, \
-    (simd.HAVE_AVX2, simd.HAVE_AVX512, simd.VL)
-from pyggml.backends.numba_cpu.backend import NumbaBackend
-from pyggml.backends.reference.backend import ReferenceBackend
-from pyggml.testing.harness import run_test
-from pyggml.testing.sample import sample_cases
-be, ref = NumbaBackend(2), ReferenceBackend()
-bad = n = 0
-for op, k in %r.items():
-    for case in sample_cases(op, k):
-        r = run_test(case, be, ref, seed=0)
-        n += 1
-        if not r.passed:
-            bad += 1
-            print(f"FAIL {case}: {r.status} {r.message} NMSE {r.err:.3e}", flush=True)
-print(f"avx2 twin: {n - bad}/{n} passed")
-sys.exit(1 if bad else 0)
-"""
+
+def _twin_mismatches():
+    """A sample of every SIMD-using op's cases against the reference, on this process's SIMD
+    mode (run by the simd_twin fixture)."""
+    from pyggml.backends.numba_cpu.backend import NumbaBackend
+    from pyggml.backends.reference.backend import ReferenceBackend
+    from pyggml.testing.harness import run_test
+    from pyggml.testing.sample import sample_cases
+    be, ref = NumbaBackend(2), ReferenceBackend()
+    bad, n = [], 0
+    for op, k in SIMD_OPS.items():
+        for case in sample_cases(op, k):
+            r = run_test(case, be, ref, seed=0)
+            n += 1
+            if not r.passed:
+                bad.append(f"{case}: {r.status} {r.message} NMSE {r.err:.3e}")
+    be.free()
+    return bad if n == sum(SIMD_OPS.values()) else bad + [f"ran {n} cases"]
 
 
 def _env(mode):
@@ -63,8 +61,24 @@ def test_mode_is_part_of_the_cache_key(monkeypatch):
 
 @pytest.mark.skipif(not simd.HAVE_AVX512,
                     reason="no AVX-512 here: the default kernels already are the AVX2 ones")
-def test_avx2_twin_matches_reference():
-    r = subprocess.run([sys.executable, "-c", _TWIN % SIMD_OPS], env=_env("avx2"),
-                       capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, (r.stdout[-4000:] + r.stderr[-4000:])
-    assert "avx2 twin:" in r.stdout
+def test_avx2_twin_matches_reference(simd_twin):
+    simd_twin("_twin_mismatches", "avx2")
+
+
+def _differs_on_purpose():
+    """A twin check that always finds a mismatch."""
+    return [("MUL_MAT", "on purpose")]
+
+
+def _raises_on_purpose():
+    return 1 // 0
+
+
+@pytest.mark.skipif(not simd.HAVE_AVX2, reason="no AVX2 here: the avx2 mode cannot run")
+def test_a_twin_check_that_differs_or_raises_fails_its_test(simd_twin):
+    """The twin fixture fails its test on a mismatch and on an error in the child (both run in
+    the session's shared avx2 child, as the real twins do)."""
+    with pytest.raises(AssertionError, match=r"_differs_on_purpose differs: \[\"\('MUL_MAT'"):
+        simd_twin("_differs_on_purpose", "avx2")
+    with pytest.raises(AssertionError, match="ZeroDivisionError"):
+        simd_twin("_raises_on_purpose", "avx2")
