@@ -179,7 +179,7 @@ class Tensor:
         self._buffer: Optional[Buffer] = None
         self._offs = 0
         self.extra = None                   # backend-private data (repacked weights...)
-        self.slot_shape = None              # shape_of(self) once asked (shape_words)
+        self.slot_shape = None              # shape_of(self) once asked (kept_shape)
 
     # --- data location -------------------------------------------------------------
     @property
@@ -266,15 +266,16 @@ _SHAPE = struct.Struct("<9q").pack
 
 
 def shape_of(t: Tensor) -> tuple:
-    """(ne, nb, type, those 9 values as int64 bytes): the words after the address of a
-    tensor's slot in a lowered node's descriptor (backends/numba_cpu/desc.py)."""
-    return (t.ne, t.nb, t.type, _SHAPE(t.type, *t.ne, *t.nb))
+    """(ne, nb, type, those 9 values as int64 bytes, nbytes): the words after the address
+    of a tensor's slot in a lowered node's descriptor (backends/numba_cpu/desc.py) and its
+    span in bytes (what the graph allocator gives it)."""
+    return (t.ne, t.nb, t.type, _SHAPE(t.type, *t.ne, *t.nb), nbytes(t))
 
 
-def shape_words(t) -> bytes:
-    """shape_of(t)'s bytes, kept on the tensor (slot_shape) while its ne, nb and type are
-    the objects they were made from (a node made from OpDef.build's memo gets them from
-    there: nodes of the same op and shapes share them)."""
+def kept_shape(t) -> tuple:
+    """shape_of(t), kept on the tensor (slot_shape) while its ne, nb and type are the
+    objects it was made from (a node made from OpDef.build's memo gets it from there:
+    nodes of the same op and shapes share it)."""
     c = t.slot_shape
     if c is None or c[0] is not t.ne or c[1] is not t.nb or c[2] is not t.type:
         c = shape_of(t)
@@ -282,7 +283,7 @@ def shape_words(t) -> bytes:
             t.slot_shape = c
         except AttributeError:              # a stand-in without the slot
             pass
-    return c[3]
+    return c
 
 
 # ----------------------------------------------------------------------------------------

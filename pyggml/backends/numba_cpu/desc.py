@@ -56,7 +56,7 @@ import numba
 import numpy as np
 
 from ...tensor import MAX_SRC
-from ...tensor import shape_words
+from ...tensor import kept_shape
 from ...types import TRAITS
 from .intrinsics import atomic_cas
 from .intrinsics import atomic_store
@@ -368,7 +368,7 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
         if buf is None:
             t.data_ptr                        # raises: the tensor has no data
         addrs.append(buf._address + (t._offs if r is None else r._offs + t.view_offs))
-        shapes.append(shape_words(t))
+        shapes.append(kept_shape(t)[3])
     words = np.empty((len(addrs), SLOT), dtype=np.int64)
     words[:, T_ADDR] = np.frombuffer(array("q", addrs), dtype=np.int64)
     words[:, T_TYPE:] = np.frombuffer(b"".join(shapes), dtype=np.int64).reshape(-1, SLOT - 1)
