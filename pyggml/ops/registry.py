@@ -32,6 +32,7 @@ from ..tensor import MAX_SRC
 from ..tensor import Dims
 from ..tensor import Tensor
 from ..tensor import are_same_shape
+from ..tensor import kept_shape
 from ..tensor import nbytes
 from ..tensor import nelements
 from ..tensor import shape_of
@@ -307,10 +308,11 @@ def _remember(memo: dict, key: tuple, t: Tensor, out: Out, srcs: list) -> None:
         vi = next((i for i, s in enumerate(srcs) if s is out.view_of), None)
         if vi is None:                      # aliases something that is not a source
             return
-    reach = nbytes(t) if nelements(t) else 0
+    shape = shape_of(t)
+    reach = shape[4] if nelements(t) else 0
     if len(memo) >= _MEMO_MAX:
         memo.clear()
-    memo[key] = (shape_of(t), vi, int(out.offs), reach, t.op_params)
+    memo[key] = (shape, vi, int(out.offs), reach, t.op_params)
 
 
 _NONES = [[None] * (MAX_SRC - n) for n in range(MAX_SRC + 1)]     # src[] padding of n sources
@@ -331,7 +333,7 @@ def _link(t, op, srcs, name):
 def _past_end(offs: int, size: int, root: Tensor) -> bool:
     """Would a view of `size` bytes at byte `offs` of root reach past root's end? (The
     checked build raises on it; the memo's fast path leaves such a view to the checked one.)"""
-    return offs + size > nbytes(root)
+    return offs + size > kept_shape(root)[4]        # nbytes(root), kept on it
 
 
 # --- the OpDef -------------------------------------------------------------------------------
@@ -402,8 +404,10 @@ class OpDef:
         lay = self._layout
         if lay is None or lay.spec is not self.params:
             lay = self.layout()
-        b = lay.pack_bytes(self.name, params or {})
-        key = _memo_key(b, srcs, hints)     # the same op over the same shapes: infer's answer
+        b = lay.pack_bytes(self.name, params or {}) if lay.fields else _ZERO_PARAMS
+        # the same op over the same shapes: infer's answer (_memo_key, inline without hints)
+        key = _memo_key(b, srcs, hints) if hints else \
+            (b, *[None if s is None else (s.type, *s.ne, *s.nb) for s in srcs])
         memo = self._memo
         if memo[0] is not self.infer:       # infer replaced (tests): forget its answers
             memo = self._memo = (self.infer, {})

@@ -51,6 +51,7 @@ error of a graph is kept. An exception inside a kernel becomes ERR_EXCEPTION.
 from __future__ import annotations
 
 from array import array
+from itertools import chain
 
 import numba
 import numpy as np
@@ -350,11 +351,12 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
     intp[len(nodes), N_SLOTS] (row i's tensors as rows of words; 0 = absent) and tensors the
     distinct tensors in first-seen order (dict keys; tensors hash by identity). The
     descriptors' tensor part is words[slots]; the planner reads byte spans from the same words."""
-    # every slot of every row numbered in one comprehension: a tensor seen first takes the
-    # next number (setdefault), None (an absent source) is 0
-    slot_of: dict = {None: 0}
-    sd = slot_of.setdefault
-    flat = [sd(t, len(slot_of)) for node in nodes for t in (node, *node.src)]
+    # every slot of every row numbered in one pass in C: a tensor seen first takes the next
+    # number (_Numbering.__missing__), None (an absent source) is 0
+    slot_of = _Numbering()
+    slot_of[None] = 0
+    rows = [(node, *node.src) for node in nodes]
+    flat = list(map(slot_of.__getitem__, chain.from_iterable(rows)))
     if len(flat) != len(nodes) * N_SLOTS:
         bad = next(node for node in nodes if len(node.src) != N_SLOTS - 1)
         raise ValueError(f"pack_table: {bad!r} has {len(bad.src)} source slots, not "
@@ -368,7 +370,10 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
         if buf is None:
             t.data_ptr                        # raises: the tensor has no data
         addrs.append(buf._address + (t._offs if r is None else r._offs + t.view_offs))
-        shapes.append(kept_shape(t)[3])
+        c = t.slot_shape                      # kept_shape(t), inline while it is valid
+        if c is None or c[0] is not t.ne or c[1] is not t.nb or c[2] is not t.type:
+            c = kept_shape(t)
+        shapes.append(c[3])
     words = np.empty((len(addrs), SLOT), dtype=np.int64)
     words[:, T_ADDR] = np.frombuffer(array("q", addrs), dtype=np.int64)
     words[:, T_TYPE:] = np.frombuffer(b"".join(shapes), dtype=np.int64).reshape(-1, SLOT - 1)
@@ -377,6 +382,15 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 _NO_SHAPE = bytes(8 * (SLOT - 1))
+
+
+class _Numbering(dict):
+    """tensor -> its row in table_slots' words: a key seen first gets the next number."""
+    __slots__ = ()
+
+    def __missing__(self, t):
+        n = self[t] = len(self)
+        return n
 
 
 def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
