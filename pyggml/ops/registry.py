@@ -308,7 +308,7 @@ def _remember(memo: dict, key: tuple, t: Tensor, out: Out, srcs: list) -> None:
         vi = next((i for i, s in enumerate(srcs) if s is out.view_of), None)
         if vi is None:                      # aliases something that is not a source
             return
-    shape = shape_of(t)
+    shape = t.slot_shape = shape_of(t)     # shared with the nodes made from this answer
     reach = shape[4] if nelements(t) else 0
     if len(memo) >= _MEMO_MAX:
         memo.clear()
