@@ -140,16 +140,16 @@ class Context:
         self.tensors.append(t)
         return t
 
-    def new_node(self, type, ne, nb, view_src, view_offs: int, op_params):
-        """A node whose type, ne and nb its op has already checked (OpDef.build's memo of
-        the same op over sources of the same shapes): no conversions, no checks but the
-        pool's. Only for results that own no data here (views, or any no_alloc tensor);
-        None when the pool is full or the result would need data (the caller goes the
-        checked way, which raises or allocates)."""
+    def new_node(self, shape: tuple, view_src, view_offs: int, op_params, op, src: list):
+        """A node whose type, ne and nb (shape: tensor.shape_of of a node its op made) its op
+        has already checked (OpDef.build's memo of the same op over sources of the same
+        shapes): no conversions, no checks but the pool's. Only for results that own no data
+        here (views, or any no_alloc tensor); None when the pool is full or the result would
+        need data (the caller goes the checked way, which raises or allocates)."""
         used = self.used + _OVERHEAD
         if used > self.mem_size or (view_src is None and not self.no_alloc):
             return None
-        t = Tensor._record(self, type, ne, nb, view_src, view_offs, op_params)
+        t = Tensor._record(self, shape, view_src, view_offs, op_params, op, src)
         self.used = used
         self.tensors.append(t)
         return t

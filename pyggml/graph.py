@@ -76,6 +76,15 @@ class CGraph:
             for s in it:
                 if s not in visited:
                     visited.add(s)
+                    if s.op is None and not s.flags & TENSOR_FLAG_PARAM and not any(s.src):
+                        # a leaf with no sources (a weight, an input): pushing it would pop
+                        # it at once; _add, inlined
+                        if len(leafs) >= size:
+                            self._add(s)                  # raises: the graph is full
+                        if not s.name:
+                            s.name = f"leaf_{len(leafs)}"
+                        leafs.append(s)
+                        continue
                     stack.append((s, filter(None, s.src)))
                     break
             else:

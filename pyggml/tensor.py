@@ -6,6 +6,7 @@ array) at a byte offset; a view reads its root's buffer at `view_offs`, exactly 
 """
 from __future__ import annotations
 
+import struct
 from typing import Optional
 
 import numpy as np
@@ -117,7 +118,8 @@ class Tensor:
     """One node or leaf of a ggml graph. Create tensors through a Context, never directly."""
 
     __slots__ = ("type", "ne", "nb", "op", "src", "op_params", "flags", "name",
-                 "view_src", "view_offs", "ctx", "_buffer", "_offs", "extra", "__weakref__")
+                 "view_src", "view_offs", "ctx", "_buffer", "_offs", "extra", "slot_shape",
+                 "__weakref__")
 
     def __init__(self, ctx, type: GGMLType, ne, nb=None, view_src: "Tensor" = None, view_offs: int = 0,
                  op_params: Optional[np.ndarray] = None):
@@ -134,12 +136,27 @@ class Tensor:
         return t
 
     @classmethod
-    def _record(cls, ctx, type: GGMLType, ne: Dims, nb: Dims, view_src, view_offs: int,
-                op_params):
-        """Context.new_node: ne and nb are Dims another node of the same op and shapes
-        already holds (shared: Dims cannot change)."""
+    def _record(cls, ctx, shape: tuple, view_src, view_offs: int, op_params, op, src: list):
+        """Context.new_node: shape is shape_of() another node of the same op and shapes
+        made (its ne and nb Dims shared: they cannot change); src is the node's own list of
+        MAX_SRC sources. _fill and the op's linking, in one place (a call per node costs)."""
         t = _object_new(cls)
-        t._fill(ctx, type, ne, nb, view_src, view_offs, op_params)
+        t.ctx = ctx
+        t.ne, t.nb, t.type = shape[0], shape[1], shape[2]
+        t.slot_shape = shape
+        t.op = op
+        t.src = src
+        t.op_params = op_params
+        t.flags = 0
+        t.name = ""
+        if view_src is not None and view_src.view_src is not None:
+            view_offs += view_src.view_offs
+            view_src = view_src.view_src
+        t.view_src = view_src
+        t.view_offs = view_offs
+        t._buffer = None
+        t._offs = 0
+        t.extra = None
         return t
 
     def _fill(self, ctx, type, ne, nb, view_src, view_offs, op_params) -> None:
@@ -162,6 +179,7 @@ class Tensor:
         self._buffer: Optional[Buffer] = None
         self._offs = 0
         self.extra = None                   # backend-private data (repacked weights...)
+        self.slot_shape = None              # shape_of(self) once asked (kept_shape)
 
     # --- data location -------------------------------------------------------------
     @property
@@ -242,6 +260,30 @@ def set_buffers(buffer: Buffer, offsets: dict) -> None:
         t._offs = int(offs)
     global ALLOC_EPOCH
     ALLOC_EPOCH += 1
+
+
+_SHAPE = struct.Struct("<9q").pack
+
+
+def shape_of(t: Tensor) -> tuple:
+    """(ne, nb, type, those 9 values as int64 bytes, nbytes): the words after the address
+    of a tensor's slot in a lowered node's descriptor (backends/numba_cpu/desc.py) and its
+    span in bytes (what the graph allocator gives it)."""
+    return (t.ne, t.nb, t.type, _SHAPE(t.type, *t.ne, *t.nb), nbytes(t))
+
+
+def kept_shape(t) -> tuple:
+    """shape_of(t), kept on the tensor (slot_shape) while its ne, nb and type are the
+    objects it was made from (a node made from OpDef.build's memo gets it from there:
+    nodes of the same op and shapes share it)."""
+    c = t.slot_shape
+    if c is None or c[0] is not t.ne or c[1] is not t.nb or c[2] is not t.type:
+        c = shape_of(t)
+        try:
+            t.slot_shape = c
+        except AttributeError:              # a stand-in without the slot
+            pass
+    return c
 
 
 # ----------------------------------------------------------------------------------------

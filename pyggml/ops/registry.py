@@ -32,8 +32,10 @@ from ..tensor import MAX_SRC
 from ..tensor import Dims
 from ..tensor import Tensor
 from ..tensor import are_same_shape
+from ..tensor import kept_shape
 from ..tensor import nbytes
 from ..tensor import nelements
+from ..tensor import shape_of
 from ..types import TRAITS
 from ..types import GGMLType
 
@@ -298,22 +300,27 @@ def _memo_key(b: bytes, srcs: list, hints: Optional[dict]) -> tuple:
 
 
 def _remember(memo: dict, key: tuple, t: Tensor, out: Out, srcs: list) -> None:
-    """What _from_memo needs to make a node like t: (type, ne, nb, the source it views or
-    -1, offset into that source, the bytes from the offset that must fit in the root)."""
+    """What the memo's fast path in OpDef.build needs to make a node like t: (shape_of(t),
+    the source it views or -1, offset into that source, the bytes from the offset that must
+    fit in the root, the frozen op_params)."""
     vi = -1
     if out.view_of is not None:
         vi = next((i for i, s in enumerate(srcs) if s is out.view_of), None)
         if vi is None:                      # aliases something that is not a source
             return
-    reach = nbytes(t) if nelements(t) else 0
+    shape = t.slot_shape = shape_of(t)     # shared with the nodes made from this answer
+    reach = shape[4] if nelements(t) else 0
     if len(memo) >= _MEMO_MAX:
         memo.clear()
-    memo[key] = (t.type, t.ne, t.nb, vi, int(out.offs), reach)
+    memo[key] = (shape, vi, int(out.offs), reach, t.op_params)
+
+
+_NONES = [[None] * (MAX_SRC - n) for n in range(MAX_SRC + 1)]     # src[] padding of n sources
 
 
 def _link(t, op, srcs, name):
     """Make t op's result over srcs, named as given or by the op's name format (ggml's
-    default names); both the checked build and the memo's fast path end here."""
+    default names): the checked build (the memo's fast path does the same inline)."""
     t.op = op
     t.src[:len(srcs)] = srcs
     if name:
@@ -326,28 +333,7 @@ def _link(t, op, srcs, name):
 def _past_end(offs: int, size: int, root: Tensor) -> bool:
     """Would a view of `size` bytes at byte `offs` of root reach past root's end? (The
     checked build raises on it; the memo's fast path leaves such a view to the checked one.)"""
-    return offs + size > nbytes(root)
-
-
-def _from_memo(ctx, op: "OpDef", srcs: list, b: bytes, hit: tuple, name: Optional[str]):
-    """The node OpDef.build would make, from a remembered answer; None when the checked
-    way must run (the pool is full, the result needs data, a view would not fit)."""
-    type_, ne, nb, vi, offs, reach = hit
-    view_of = None
-    if vi >= 0:
-        view_of = srcs[vi]
-        if reach:                           # the view must fit in the memory it aliases
-            root = view_of.view_src
-            if root is None:
-                root, start = view_of, offs
-            else:
-                start = offs + view_of.view_offs
-            if _past_end(start, reach, root):
-                return None                 # the checked way raises the error
-    t = ctx.new_node(type_, ne, nb, view_of, offs, frozen_bytes(b))
-    if t is None:
-        return None
-    return _link(t, op, srcs, name)
+    return offs + size > kept_shape(root)[4]        # nbytes(root), kept on it
 
 
 # --- the OpDef -------------------------------------------------------------------------------
@@ -418,8 +404,10 @@ class OpDef:
         lay = self._layout
         if lay is None or lay.spec is not self.params:
             lay = self.layout()
-        b = lay.pack_bytes(self.name, params or {})
-        key = _memo_key(b, srcs, hints)     # the same op over the same shapes: infer's answer
+        b = lay.pack_bytes(self.name, params or {}) if lay.fields else _ZERO_PARAMS
+        # the same op over the same shapes: infer's answer (_memo_key, inline without hints)
+        key = _memo_key(b, srcs, hints) if hints else \
+            (b, *[None if s is None else (s.type, *s.ne, *s.nb) for s in srcs])
         memo = self._memo
         if memo[0] is not self.infer:       # infer replaced (tests): forget its answers
             memo = self._memo = (self.infer, {})
@@ -427,9 +415,27 @@ class OpDef:
             hit = memo[1].get(key)
         except TypeError:                   # an unhashable hint: no memo for this build
             hit = key = None
-        if hit is not None:
-            t = _from_memo(ctx, self, srcs, b, hit, name)
+        if hit is not None:                 # the node from the remembered answer
+            shape, vi, offs, reach, frozen_p = hit
+            view_of = None
+            if vi >= 0:
+                view_of = srcs[vi]
+                if reach:                   # the view must fit in the memory it aliases
+                    root = view_of.view_src
+                    if root is None:
+                        root, start = view_of, offs
+                    else:
+                        start = offs + view_of.view_offs
+                    if _past_end(start, reach, root):
+                        hit = None          # the checked way raises the error
+            # None: the pool is full or the result needs data (the checked way)
+            t = ctx.new_node(shape, view_of, offs, frozen_p, self, srcs + _NONES[len(srcs)]) \
+                if hit is not None else None
             if t is not None:
+                if name:
+                    t.name = name
+                elif self.name_fmt is not None:
+                    t.name = self.name_fmt(srcs)[:63]
                 return t
         p = lay.unpack_bytes(b)
         if hints:

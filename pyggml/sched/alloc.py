@@ -15,7 +15,7 @@ from ..graph import CGraph
 from ..tensor import TENSOR_FLAG_INPUT
 from ..tensor import TENSOR_FLAG_OUTPUT
 from ..tensor import Buffer
-from ..tensor import nbytes
+from ..tensor import kept_shape
 from ..tensor import set_buffers
 
 ALIGN = 64
@@ -64,10 +64,10 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
             _, _, o, s = heappop(live)
             foff.append(o)
             fsize.append(s)
-        size = (max(nbytes(t), 1) + ALIGN - 1) // ALIGN * ALIGN
+        size = (max(kept_shape(t)[4], 1) + ALIGN - 1) // ALIGN * ALIGN    # nbytes(t)
         # the first free block that is large enough (the scan runs in C: the list holds
         # tens of blocks and a graph has hundreds of tensors)
-        j = next(compress(count(), map(size.__le__, fsize)), -1)
+        j = next(compress(count(), map(size.__le__, fsize)), -1) if fsize else -1
         if j >= 0:
             o = foff[j]
             if fsize[j] == size:

@@ -194,3 +194,22 @@ def test_pack_table_rows_are_pack_into_rows(rng):
             assert np.array_equal(tab.descs[r], want), (r, node)
     finally:
         be.free()
+
+
+def test_table_slots_names_a_node_without_all_source_slots_and_one_without_data():
+    """table_slots numbers every slot of every row in one pass; a node whose src list is
+    not MAX_SRC long, or a tensor without data, is still named in the error."""
+    ctx = gg.init(mem_size=1 << 20)
+    a = gg.new_tensor_1d(ctx, T.F32, 8)
+    y = gg.add(ctx, a, a)
+    short = gg.add(ctx, a, a)
+    short.src = short.src[:4]
+    with pytest.raises(ValueError, match="has 4 source slots"):
+        D.table_slots([y, short])
+    nctx = gg.init(mem_size=1 << 20, no_alloc=True)
+    b = gg.new_tensor_1d(nctx, T.F32, 8)
+    with pytest.raises(gg.DataError, match="has no data"):
+        D.table_slots([y, gg.add(nctx, b, b)])
+    words, slots, tensors = D.table_slots([y, y])
+    assert list(tensors) == [y, a] and slots[:, :3].tolist() == [[1, 2, 2]] * 2
+    assert words[0].tolist() == [0] * D.SLOT and words[2, D.T_ADDR] == a.data_ptr

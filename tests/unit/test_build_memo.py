@@ -74,3 +74,22 @@ def test_results_that_need_data_are_allocated_in_a_pool_context():
     gg.neg(ctx, a)
     b = gg.neg(ctx, a)                                # remembered, but needs its own data
     assert b.is_allocated and b.data_ptr != a.data_ptr
+
+
+def test_kept_shape_is_shared_by_memo_nodes_and_follows_a_rebound_shape(nctx):
+    """Lowering and the allocator read a tensor's descriptor words and nbytes from
+    tensor.kept_shape: nodes made from one memo answer share it, and a tensor whose ne/nb
+    were rebound (not policed) gets it made again, never the stale one."""
+    from pyggml.tensor import Dims
+    from pyggml.tensor import kept_shape
+    from pyggml.tensor import nbytes
+    from pyggml.tensor import shape_of
+    w = gg.new_tensor_2d(nctx, gg.TYPE_F32, 64, 32)
+    y1 = gg.mul_mat(nctx, w, gg.new_tensor_2d(nctx, gg.TYPE_F32, 64, 3))
+    y2 = gg.mul_mat(nctx, w, gg.new_tensor_2d(nctx, gg.TYPE_F32, 64, 3))
+    assert kept_shape(y2) is kept_shape(y1)
+    assert kept_shape(y1)[3:] == shape_of(y1)[3:] and kept_shape(y1)[4] == nbytes(y1)
+    old = kept_shape(w)
+    w.ne, w.nb = Dims([64, 16, 1, 1]), Dims([4, 256, 4096, 4096])
+    assert kept_shape(w) is not old and kept_shape(w)[3:] == shape_of(w)[3:]
+    assert kept_shape(w)[4] == nbytes(w) == 64 * 16 * 4

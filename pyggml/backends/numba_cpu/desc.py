@@ -51,12 +51,13 @@ error of a graph is kept. An exception inside a kernel becomes ERR_EXCEPTION.
 from __future__ import annotations
 
 from array import array
-from itertools import compress
+from itertools import chain
 
 import numba
 import numpy as np
 
 from ...tensor import MAX_SRC
+from ...tensor import kept_shape
 from ...types import TRAITS
 from .intrinsics import atomic_cas
 from .intrinsics import atomic_store
@@ -318,7 +319,6 @@ def row_range(nr, ith, nth):
 
 
 # --- packing (Python) ------------------------------------------------------------------------
-_SLOT_RANGE = range(N_SLOTS)
 
 
 def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: int,
@@ -351,34 +351,46 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
     intp[len(nodes), N_SLOTS] (row i's tensors as rows of words; 0 = absent) and tensors the
     distinct tensors in first-seen order (dict keys; tensors hash by identity). The
     descriptors' tensor part is words[slots]; the planner reads byte spans from the same words."""
-    slot_of: dict = {}
-    words = [0] * SLOT                 # tensor 0: an absent source (all zero)
-    slots = [0] * (len(nodes) * N_SLOTS)   # absent sources stay 0
-    get = slot_of.get
-    at = 0
-    for node in nodes:
-        src = node.src
-        if len(src) != N_SLOTS - 1:
-            raise ValueError(f"pack_table: {node!r} has {len(src)} source slots, not "
-                             f"{N_SLOTS - 1}")
-        # slot 0 is the node, then the sources that are set (compress: tensors are truthy)
-        for j in compress(_SLOT_RANGE, (node, *src)):
-            t = node if j == 0 else src[j - 1]
-            k = get(t)                  # tensors hash by identity
-            if k is None:
-                k = slot_of[t] = len(slot_of) + 1
-                r = t.view_src
-                buf = (t if r is None else r)._buffer
-                if buf is None:
-                    t.data_ptr                        # raises: the tensor has no data
-                addr = buf.address + (t._offs if r is None else r._offs + t.view_offs)
-                words += (addr, t.type, *t.ne, *t.nb)
-            slots[at + j] = k
-        at += N_SLOTS
-    # int64 buffers first: NumPy converts a list of ints one object at a time, array() faster
-    return (np.frombuffer(array("q", words), dtype=np.int64).reshape(-1, SLOT),
-            np.frombuffer(array("q", slots), dtype=np.int64).astype(np.intp).reshape(
-                len(nodes), N_SLOTS), slot_of)
+    # every slot of every row numbered in one pass in C: a tensor seen first takes the next
+    # number (_Numbering.__missing__), None (an absent source) is 0
+    slot_of = _Numbering()
+    slot_of[None] = 0
+    rows = [(node, *node.src) for node in nodes]
+    flat = list(map(slot_of.__getitem__, chain.from_iterable(rows)))
+    if len(flat) != len(nodes) * N_SLOTS:
+        bad = next(node for node in nodes if len(node.src) != N_SLOTS - 1)
+        raise ValueError(f"pack_table: {bad!r} has {len(bad.src)} source slots, not "
+                         f"{N_SLOTS - 1}")
+    del slot_of[None]
+    addrs = [0]
+    shapes = [_NO_SHAPE]
+    for t in slot_of:
+        r = t.view_src
+        buf = (t if r is None else r)._buffer
+        if buf is None:
+            t.data_ptr                        # raises: the tensor has no data
+        addrs.append(buf._address + (t._offs if r is None else r._offs + t.view_offs))
+        c = t.slot_shape                      # kept_shape(t), inline while it is valid
+        if c is None or c[0] is not t.ne or c[1] is not t.nb or c[2] is not t.type:
+            c = kept_shape(t)
+        shapes.append(c[3])
+    words = np.empty((len(addrs), SLOT), dtype=np.int64)
+    words[:, T_ADDR] = np.frombuffer(array("q", addrs), dtype=np.int64)
+    words[:, T_TYPE:] = np.frombuffer(b"".join(shapes), dtype=np.int64).reshape(-1, SLOT - 1)
+    return words, np.frombuffer(array("q", flat), dtype=np.int64).astype(np.intp).reshape(
+        len(nodes), N_SLOTS), slot_of
+
+
+_NO_SHAPE = bytes(8 * (SLOT - 1))
+
+
+class _Numbering(dict):
+    """tensor -> its row in table_slots' words: a key seen first gets the next number."""
+    __slots__ = ()
+
+    def __missing__(self, t):
+        n = self[t] = len(self)
+        return n
 
 
 def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
