@@ -107,3 +107,74 @@ def test_warm_up_knows_the_fused_kernel():
     plain = gg.new_graph(ctx)
     gg.build_forward_expand(plain, gg.add(ctx, *[gg.new_tensor_1d(ctx, gg.GGMLType.F32, 4)] * 2))
     assert RMS_NORM_MUL.key not in {k.key for k in graph_kernels([plain])}
+
+
+def _add_norm_mul(ctx, rng, b_rows=5, between=False):
+    """s = a + b; y = rms_norm(s) * w; r = y + s (the residual reads s again, later)."""
+    a = gg.from_numpy(ctx, rng.standard_normal((3, 5, 576)).astype(np.float32))
+    b = gg.from_numpy(ctx, rng.standard_normal((3, b_rows, 576)).astype(np.float32))
+    w = gg.from_numpy(ctx, rng.standard_normal(576).astype(np.float32))
+    s = gg.add(ctx, a, b)
+    if between:                        # a row between the ADD and the norm
+        s = gg.scale(ctx, s, 1.0)
+    n = gg.rms_norm(ctx, s, 1e-5)
+    y = gg.mul(ctx, n, w)
+    r = gg.add(ctx, y, s)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, r)
+    return gf, (s, n, y, r)
+
+
+def _kernel_names(be, gf):
+    return [k.name for k in be.table(gf).kernels]
+
+
+def test_add_rms_norm_mul_fuses_bitwise():
+    be = NumbaBackend(2)
+    ctx = gg.init(mem_size=8 << 20)
+    gf, outs = _add_norm_mul(ctx, np.random.default_rng(8))
+    be.graph_compute(gf)
+    assert _kernel_names(be, gf).count("add_rms_norm_mul_f32") == 1 and be.table(gf).n == 2
+    from pyggml.backends.numba_cpu.fusion import ADD_RMS_NORM_MUL
+    from pyggml.backends.numba_cpu.kernels import find
+    from pyggml.backends.numba_cpu.warmup import graph_kernels
+    assert ADD_RMS_NORM_MUL.key in {k.key for k in graph_kernels([gf])}
+    assert find(ADD_RMS_NORM_MUL.key) is ADD_RMS_NORM_MUL
+    got = [gg.to_numpy(t).copy() for t in outs]
+    be.fusion = False
+    ctx2 = gg.init(mem_size=8 << 20)
+    gf2, outs2 = _add_norm_mul(ctx2, np.random.default_rng(8))
+    be.graph_compute(gf2)
+    assert be.table(gf2).n == 4
+    for g, t in zip(got, outs2):          # the sum, the norm, the product, the residual
+        assert np.array_equal(g.view(np.uint32), gg.to_numpy(t).view(np.uint32))
+    be.free()
+
+
+@pytest.mark.parametrize("b_rows,between", [(1, False), (5, True)])
+def test_add_not_fused_when_broadcast_or_not_next(b_rows, between):
+    # a broadcast ADD, or a row between the ADD and the norm: only the norm and MUL fuse
+    be = NumbaBackend(2)
+    ctx = gg.init(mem_size=8 << 20)
+    gf, (s, n, y, r) = _add_norm_mul(ctx, np.random.default_rng(9), b_rows, between)
+    be.graph_compute(gf)
+    names = _kernel_names(be, gf)
+    assert "add_rms_norm_mul_f32" not in names and names.count("rms_norm_mul_f32") == 1
+    sv = gg.to_numpy(s).astype(np.float64)
+    want = sv / np.sqrt((sv * sv).mean(-1, keepdims=True) + 1e-5) * gg.to_numpy(y.src[1])
+    np.testing.assert_allclose(gg.to_numpy(y), want, rtol=1e-5, atol=1e-6)
+    be.free()
+
+
+def test_row_aligned_refuses_skewed_overlap():
+    # a result placed over a source one row off would clobber rows still to be read
+    from pyggml.backends.numba_cpu.fusion import _row_aligned
+    ctx = gg.init(mem_size=1 << 20)
+    big = gg.new_tensor_2d(ctx, gg.GGMLType.F32, 64, 6)
+    lo = gg.view_2d(ctx, big, 64, 4, big.nb[1], 0)
+    hi = gg.view_2d(ctx, big, 64, 4, big.nb[1], big.nb[1])
+    same = gg.view_2d(ctx, big, 64, 4, big.nb[1], 0)
+    other = gg.new_tensor_2d(ctx, gg.GGMLType.F32, 64, 4)
+    assert not _row_aligned([lo], [hi])
+    assert _row_aligned([lo], [same]) and _row_aligned([lo], [other])
+    assert not _row_aligned([lo, hi], [other])

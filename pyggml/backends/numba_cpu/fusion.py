@@ -21,11 +21,14 @@ import numba
 import numpy as np
 
 from ...tensor import MAX_SRC
+from ...tensor import nbytes
 from ...types import GGMLType
 from .desc import DST
 from .desc import SRC0
 from .desc import SRC1
 from .desc import SRC2
+from .desc import SRC3
+from .desc import SRC4
 from .desc import param_f32
 from .desc import row_coords
 from .desc import row_range
@@ -77,35 +80,76 @@ RMS_NORM_MUL.name = "rms_norm_mul_f32"
 add_kernel(FUSED, RMS_NORM_MUL)
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")     # no fastmath: ADD's a + b
+def _add(a, b, s, n):
+    for i in range(n):
+        s[i] = a[i] + b[i]
+
+
+def add_rms_norm_mul_f32(desc, ith, nth):
+    """s = a + b, dst = rms_norm(s) * w per row (the norm's result in SRC0, w in SRC1, s in
+    SRC2, a and b in SRC3 and SRC4, all of s's shape): the sum is stored, then read back as
+    rms_norm_mul_f32 reads its x."""
+    n = t_ne(desc, SRC2, 0)
+    eps = param_f32(desc, _W_EPS)
+    ne1, ne2 = t_ne(desc, DST, 1), t_ne(desc, DST, 2)
+    ir0, ir1 = row_range(ne1 * ne2 * t_ne(desc, DST, 3), ith, nth)
+    for r in range(ir0, ir1):
+        i1, i2, i3 = row_coords(r, ne1, ne2)
+        x = f32_array(t_row(desc, SRC2, i1, i2, i3), n)
+        _add(f32_array(t_row(desc, SRC3, i1, i2, i3), n),
+             f32_array(t_row(desc, SRC4, i1, i2, i3), n), x, n)
+        mean = _F(sum_sq(x, n) / n)
+        f = fdiv(1.0, math.sqrt(mean + eps))
+        w = f32_array(t_addr(desc, SRC1) + (i1 % t_ne(desc, SRC1, 1)) * t_nb(desc, SRC1, 1)
+                      + (i2 % t_ne(desc, SRC1, 2)) * t_nb(desc, SRC1, 2)
+                      + (i3 % t_ne(desc, SRC1, 3)) * t_nb(desc, SRC1, 3), n)
+        _scale_mul(x, f, w, f32_array(t_row(desc, SRC0, i1, i2, i3), n),
+                   f32_array(t_row(desc, DST, i1, i2, i3), n), n)
+
+
+ADD_RMS_NORM_MUL = make_kernel("MUL", add_rms_norm_mul_f32, n_tasks=rows_n_tasks)
+ADD_RMS_NORM_MUL.name = "add_rms_norm_mul_f32"
+add_kernel(FUSED, ADD_RMS_NORM_MUL)
+
+
 def fused_kernels(nodes) -> list:
     """The fused kernels lowering may pick for these nodes (warm-up compiles them with the
-    graph's own): RMS_NORM_MUL where an F32 RMS_NORM is."""
+    graph's own): RMS_NORM_MUL where an F32 RMS_NORM is, ADD_RMS_NORM_MUL where one reads
+    an ADD."""
+    out = []
     for node in nodes:
         if node.op is not None and node.op.name == "RMS_NORM" and node.type == GGMLType.F32:
-            return [RMS_NORM_MUL]
-    return []
+            if not out:
+                out.append(RMS_NORM_MUL)
+            x = node.src[0]
+            if x is not None and x.op is not None and x.op.name == "ADD":
+                return [RMS_NORM_MUL, ADD_RMS_NORM_MUL]
+    return out
 
 
-class _WritesN:
-    """The op a FusedNode shows plan.schedule: its src[0] (the norm's result) is written."""
-    writes = (0,)
+class _Writes:
+    """The op a FusedNode shows plan.schedule: the sources its row writes besides dst (the
+    norm's result; the ADD's sum when the ADD is fused too)."""
 
-    def __init__(self, op):
+    def __init__(self, op, writes):
         self._op = op
+        self.writes = writes
 
     def __getattr__(self, k):
         return getattr(self._op, k)
 
 
 class FusedNode:
-    """The MUL node as the fused row's descriptor and plan.schedule see it: sources (n, w, x),
-    the norm's op_params; everything else is the MUL's."""
+    """The MUL node as the fused row's descriptor and plan.schedule see it: sources (n, w, x)
+    or with the ADD fused (n, w, s, a, b), the norm's op_params; everything else is the MUL's."""
 
-    def __init__(self, mul, norm, w):
+    def __init__(self, mul, norm, w, add=None):
         self.mul = mul
-        self.src = (norm, w, norm.src[0]) + (None,) * (MAX_SRC - 3)
+        src = (norm, w, norm.src[0]) + ((add.src[0], add.src[1]) if add is not None else ())
+        self.src = src + (None,) * (MAX_SRC - len(src))
         self.op_params = norm.op_params
-        self.op = _WritesN(mul.op)
+        self.op = _Writes(mul.op, (0,) if add is None else (0, 2))
 
     def __getattr__(self, k):
         return getattr(self.mul, k)
@@ -131,6 +175,35 @@ def _pair(norm, mul):
     return w
 
 
+def _sum(add, norm) -> bool:
+    """add is a plain same-shape F32 ADD whose sum the norm reads (no broadcast, not a view
+    of a or b: the fused row writes s row by row as the ADD kernel does)."""
+    if add.op is None or add.op.name != "ADD" or norm.src[0] is not add:
+        return False
+    a, b = add.src[0], add.src[1]
+    if a is None or b is None or add.view_src is not None:
+        return False
+    return all(_packed_f32(t) and tuple(t.ne) == tuple(add.ne) for t in (a, b))
+
+
+def _row_aligned(outs, ins) -> bool:
+    """The fused row may write outs row by row while it reads ins: no two of them overlap
+    unless they are the same rows (same address, shape and strides; the graph allocator
+    hands a dead source's slot to a result). A skewed overlap would let one row's store
+    clobber a row another thread, or a later iteration, still reads."""
+    spans = []
+    for t in outs + ins:
+        a = t.data_ptr
+        spans.append((a, a + nbytes(t), tuple(t.ne), tuple(t.nb)))
+    for i in range(len(outs)):
+        a0, a1, ne, nb = spans[i]
+        for j in range(len(spans)):
+            b0, b1, ne2, nb2 = spans[j]
+            if j != i and a0 < b1 and b0 < a1 and (a0, ne, nb) != (b0, ne2, nb2):
+                return False
+    return True
+
+
 def _uses(nodes) -> dict:
     """id(tensor) -> how many nodes read it (as a source or as the tensor they view)."""
     uses: dict = {}
@@ -145,10 +218,12 @@ def _uses(nodes) -> dict:
 
 def fuse(nodes, rows: list, kernels: list):
     """Fuse the (RMS_NORM, MUL) pairs among the rows (graph indices into nodes, kernels the
-    selected variant per row), the MUL the norm's only reader and the row right after it.
-    Returns (rows, kernels, row_nodes, moved): the norm rows gone, their MUL rows running
-    RMS_NORM_MUL, row_nodes what to pack and schedule per row (a FusedNode for a fused row),
-    moved {norm graph index: MUL graph index}."""
+    selected variant per row), the MUL the norm's only reader and the row right after it;
+    and the ADD whose sum such a norm reads when it is the row right before (its other
+    readers come later: the fused row still writes the sum). Returns (rows, kernels,
+    row_nodes, moved): the norm (and ADD) rows gone, their MUL rows running RMS_NORM_MUL or
+    ADD_RMS_NORM_MUL, row_nodes what to pack and schedule per row (a FusedNode for a fused
+    row), moved {norm or ADD graph index: MUL graph index}."""
     row_nodes = [nodes[i] for i in rows]
     norms = [p for p, node in enumerate(row_nodes) if node.op.name == "RMS_NORM"]
     if not norms:
@@ -170,12 +245,22 @@ def fuse(nodes, rows: list, kernels: list):
             continue
         mul = row_nodes[q]
         w = _pair(norm, mul)
-        if w is None:
+        if w is None or not _row_aligned([norm, mul], [norm.src[0], w]):
             continue
         drop.add(p)
         moved[rows[p]] = rows[q]
-        row_nodes[q] = FusedNode(mul, norm, w)
-        kernels[q] = RMS_NORM_MUL
+        # the ADD right before: nothing runs between it and the norm (the executor runs
+        # the ADD's other readers, later rows, after the fused row that writes the sum)
+        add = row_nodes[p - 1] if p > 0 and p - 1 not in drop else None
+        if (add is not None and _sum(add, norm) and w is not add
+                and _row_aligned([norm, mul, add], [add.src[0], add.src[1], w])):
+            drop.add(p - 1)
+            moved[rows[p - 1]] = rows[q]
+            row_nodes[q] = FusedNode(mul, norm, w, add)
+            kernels[q] = ADD_RMS_NORM_MUL
+        else:
+            row_nodes[q] = FusedNode(mul, norm, w)
+            kernels[q] = RMS_NORM_MUL
     keep = [p for p in range(len(rows)) if p not in drop]
     return ([rows[p] for p in keep], [kernels[p] for p in keep], [row_nodes[p] for p in keep],
             moved)
