@@ -178,3 +178,55 @@ def test_row_aligned_refuses_skewed_overlap():
     assert not _row_aligned([lo], [hi])
     assert _row_aligned([lo], [same]) and _row_aligned([lo], [other])
     assert not _row_aligned([lo, hi], [other])
+
+
+def _ffn(ctx, rng, wtype, ncols=1, m=300, k=576, reader=False):
+    """h = swiglu_split(Wg x, Wu x) (decode's FFN before the down projection)."""
+    def weight():
+        v = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+        if wtype == gg.GGMLType.F32:
+            return gg.from_numpy(ctx, v)
+        t = gg.new_tensor_2d(ctx, wtype, k, m)
+        gg.tensor_set(t, gg.quantize(wtype, v))
+        return t
+    wg, wu = weight(), weight()
+    x = gg.from_numpy(ctx, (4 * rng.standard_normal((ncols, k))).astype(np.float32))
+    gate, up = gg.mul_mat(ctx, wg, x), gg.mul_mat(ctx, wu, x)
+    h = gg.swiglu_split(ctx, gate, up)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, h)
+    if reader:                         # the gate read again, later
+        gg.build_forward_expand(gf, gg.add(ctx, h, gate))
+    return gf, (gate, up, h)
+
+
+@pytest.mark.parametrize("wtype", [gg.GGMLType.Q4_1, gg.GGMLType.F32])
+def test_mul_mat_swiglu_fuses_bitwise(wtype):
+    be = NumbaBackend(2)
+    outs = []
+    for fusion in (True, False):
+        be.fusion = fusion
+        ctx = gg.init(mem_size=16 << 20)
+        gf, ts = _ffn(ctx, np.random.default_rng(4), wtype, reader=True)
+        for _ in range(2):             # the row's chunk counter is reset for the next compute
+            be.graph_compute(gf)
+        names = _kernel_names(be, gf)
+        assert names.count("mul_mat_swiglu") == (1 if fusion else 0)
+        assert be.table(gf).n == (2 if fusion else 4)
+        outs.append([gg.to_numpy(t).copy() for t in ts])
+    for a, b in zip(*outs):               # gate, up (still written) and the GLU
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    be.free()
+
+
+def test_mul_mat_swiglu_not_fused_for_batches():
+    # two columns: the mat-muls keep their own rows (only decode's one column is fused)
+    be = NumbaBackend(2)
+    ctx = gg.init(mem_size=16 << 20)
+    gf, (gate, up, h) = _ffn(ctx, np.random.default_rng(2), gg.GGMLType.F32, ncols=2, m=64)
+    be.graph_compute(gf)
+    assert "mul_mat_swiglu" not in _kernel_names(be, gf) and be.table(gf).n == 3
+    g = gg.to_numpy(gate).astype(np.float64)
+    want = g / (1 + np.exp(-g)) * gg.to_numpy(up)
+    np.testing.assert_allclose(gg.to_numpy(h), want, rtol=1e-5, atol=1e-5)
+    be.free()

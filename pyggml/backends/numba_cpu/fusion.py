@@ -22,26 +22,42 @@ import numpy as np
 
 from ...tensor import MAX_SRC
 from ...tensor import nbytes
+from ...types import TRAITS
 from ...types import GGMLType
 from .desc import DST
+from .desc import ERR_SCRATCH
+from .desc import ERR_WORK_SIZE
 from .desc import SRC0
 from .desc import SRC1
 from .desc import SRC2
 from .desc import SRC3
 from .desc import SRC4
+from .desc import has_scratch
 from .desc import param_f32
 from .desc import row_coords
 from .desc import row_range
+from .desc import scratch_addr
+from .desc import set_error
 from .desc import t_addr
 from .desc import t_nb
 from .desc import t_ne
 from .desc import t_row
+from .desc import t_type
+from .desc import wdata
+from .desc import wsize
+from .intrinsics import atomic_add
+from .intrinsics import atomic_load
+from .intrinsics import atomic_store
 from .intrinsics import f32_array
 from .kernels import FUSED
 from .kernels import add_kernel
 from .kernels import make_kernel
+from .kernels import matmul as mm
 from .kernels import param_words
 from .kernels import rows_n_tasks
+from .kernels.elementwise import _in_exp_range
+from .kernels.elementwise import _silu
+from .kernels.elementwise import _silu_small
 from .kernels.norm import fdiv
 from .kernels.norm import sum_sq
 
@@ -113,19 +129,84 @@ ADD_RMS_NORM_MUL.name = "add_rms_norm_mul_f32"
 add_kernel(FUSED, ADD_RMS_NORM_MUL)
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")     # SWIGLU's k_swiglu row, exactly
+def _swiglu(x, g, y, n):
+    if _in_exp_range(x, n):             # the cheap exp is exact there: per chunk as per row
+        for i in range(n):
+            y[i] = _silu_small(x[i]) * g[i]
+    else:
+        for i in range(n):
+            y[i] = _silu(x[i]) * g[i]
+
+
+def mul_mat_swiglu(desc, ith, nth):
+    """gate = Wg x, up = Wu x, dst = silu(gate) * up for one column x (decode's FFN): gate
+    and up in SRC0 and SRC1 (written), Wg, Wu, x in SRC2..SRC4. mul_mat's decode path (each
+    thread prepares x, then takes chunks of rows from the row's counter) with both weights
+    per chunk and the chunk's SWIGLU right after: no barrier before the GLU, x prepared once
+    for both products, and the GLU shared by the threads."""
+    nth = mm.eff_nth(desc, nth)
+    if not has_scratch(desc):
+        set_error(desc, ERR_SCRATCH)
+        return
+    wt, bt = t_type(desc, SRC2), t_type(desc, SRC4)
+    k, m = t_ne(desc, SRC2, 0), t_ne(desc, SRC2, 1)
+    per = mm.mul_mat_thread_bytes(wt, bt, m, 1, k, 1)
+    base = (wdata(desc) + 63) // 64 * 64
+    if per > 0 and base + nth * per > wdata(desc) + wsize(desc):
+        set_error(desc, ERR_WORK_SIZE)
+        return
+    region = base + ith * per
+    prep = mm.needs_prep(wt, bt)
+    arb = mm.act_row_bytes(wt, k)
+    chunk = mm.row_chunk(m, nth)
+    nchunks = (m + chunk - 1) // chunk
+    nxt = scratch_addr(desc, mm.DYN_NEXT)
+    if atomic_load(nxt) < nchunks:
+        if prep:
+            mm.prep_tile(desc, SRC4, wt, bt, k, 0, 1, arb, region, region + arb)
+        while True:
+            u = atomic_add(nxt, 1)
+            if u >= nchunks:
+                break
+            r0, r1 = u * chunk, min(m, (u + 1) * chunk)
+            mm.dot_tile(desc, SRC2, SRC4, SRC0, wt, k, r0, r1, 0, 1, prep, arb, region)
+            mm.dot_tile(desc, SRC3, SRC4, SRC1, wt, k, r0, r1, 0, 1, prep, arb, region)
+            _swiglu(f32_array(t_addr(desc, SRC0) + 4 * r0, r1 - r0),
+                    f32_array(t_addr(desc, SRC1) + 4 * r0, r1 - r0),
+                    f32_array(t_addr(desc, DST) + 4 * r0, r1 - r0), r1 - r0)
+    if atomic_add(scratch_addr(desc, mm.DYN_DONE), 1) == nth - 1:
+        atomic_store(nxt, 0)
+        atomic_store(scratch_addr(desc, mm.DYN_DONE), 0)
+
+
+def _swiglu_region(node, n_threads) -> int:
+    """Thread ith prepares x in, and reads from, region ith only (as mul_mat)."""
+    a, b = node.src[2], node.src[4]
+    return mm.mul_mat_thread_bytes(int(a.type), int(b.type), a.ne[1], 1, a.ne[0], 1)
+
+
+MUL_MAT_SWIGLU = make_kernel("SWIGLU", mul_mat_swiglu, private_work=_swiglu_region)
+MUL_MAT_SWIGLU.name = "mul_mat_swiglu"
+add_kernel(FUSED, MUL_MAT_SWIGLU)
+
+
 def fused_kernels(nodes) -> list:
     """The fused kernels lowering may pick for these nodes (warm-up compiles them with the
     graph's own): RMS_NORM_MUL where an F32 RMS_NORM is, ADD_RMS_NORM_MUL where one reads
-    an ADD."""
-    out = []
+    an ADD, MUL_MAT_SWIGLU where a SWIGLU reads two fusable mat-vecs."""
+    out = {}
     for node in nodes:
-        if node.op is not None and node.op.name == "RMS_NORM" and node.type == GGMLType.F32:
-            if not out:
-                out.append(RMS_NORM_MUL)
+        if node.op is None:
+            continue
+        if node.op.name == "RMS_NORM" and node.type == GGMLType.F32:
+            out[RMS_NORM_MUL.key] = RMS_NORM_MUL
             x = node.src[0]
             if x is not None and x.op is not None and x.op.name == "ADD":
-                return [RMS_NORM_MUL, ADD_RMS_NORM_MUL]
-    return out
+                out[ADD_RMS_NORM_MUL.key] = ADD_RMS_NORM_MUL
+        elif node.op.name == "SWIGLU" and _swiglu_of(node) is not None:
+            out[MUL_MAT_SWIGLU.key] = MUL_MAT_SWIGLU
+    return list(out.values())
 
 
 class _Writes:
@@ -141,18 +222,25 @@ class _Writes:
 
 
 class FusedNode:
-    """The MUL node as the fused row's descriptor and plan.schedule see it: sources (n, w, x)
-    or with the ADD fused (n, w, s, a, b), the norm's op_params; everything else is the MUL's."""
+    """A fused row's last node as its descriptor and plan.schedule see it: other sources
+    (`src`), op_params and written sources (`writes`); everything else is the node's."""
 
-    def __init__(self, mul, norm, w, add=None):
-        self.mul = mul
-        src = (norm, w, norm.src[0]) + ((add.src[0], add.src[1]) if add is not None else ())
-        self.src = src + (None,) * (MAX_SRC - len(src))
-        self.op_params = norm.op_params
-        self.op = _Writes(mul.op, (0,) if add is None else (0, 2))
+    def __init__(self, node, src, op_params, writes):
+        self.node = node
+        self.src = tuple(src) + (None,) * (MAX_SRC - len(src))
+        self.op_params = op_params
+        self.op = _Writes(node.op, writes)
 
     def __getattr__(self, k):
-        return getattr(self.mul, k)
+        return getattr(self.node, k)
+
+
+def _norm_row(mul, norm, w, add=None) -> FusedNode:
+    """The MUL's row: sources (n, w, x), or with the ADD fused (n, w, s, a, b); the norm's
+    op_params (eps)."""
+    if add is None:
+        return FusedNode(mul, (norm, w, norm.src[0]), norm.op_params, (0,))
+    return FusedNode(mul, (norm, w, add, add.src[0], add.src[1]), norm.op_params, (0, 2))
 
 
 def _packed_f32(t) -> bool:
@@ -216,17 +304,53 @@ def _uses(nodes) -> dict:
     return uses
 
 
+def _swiglu_of(glu):
+    """(gate, up) when the SWIGLU glu = silu(gate) * up takes two one-column F32 mat-vecs of
+    the same x by weights of one type and shape (mul_mat's decode path), else None."""
+    gate, up = glu.src[0], glu.src[1]
+    if gate is None or up is None or gate is up:
+        return None
+    if any(t.op is None or t.op.name != "MUL_MAT" for t in (gate, up)):
+        return None
+    wg, wu, x = gate.src[0], up.src[0], gate.src[1]
+    if up.src[1] is not x or wg.type != wu.type or tuple(wg.ne) != tuple(wu.ne):
+        return None
+    m = wg.ne[1]
+    if not (_packed_f32(x) and tuple(x.ne) == (wg.ne[0], 1, 1, 1) and wg.ne[2] == wg.ne[3] == 1):
+        return None
+    if not all(_packed_f32(t) and tuple(t.ne) == (m, 1, 1, 1) for t in (gate, up, glu)):
+        return None
+    ts = TRAITS[wg.type].type_size
+    if wg.nb[0] != ts or wu.nb[0] != ts or wg.ne[0] % TRAITS[wg.type].blck_size:
+        return None
+    return gate, up
+
+
+def _disjoint(outs, ins) -> bool:
+    """No byte of outs is a byte of ins (every thread reads all of x while others store)."""
+    for o in outs:
+        a0 = o.data_ptr
+        a1 = a0 + nbytes(o)
+        for t in ins:
+            b0 = t.data_ptr
+            if a0 < b0 + nbytes(t) and b0 < a1:
+                return False
+    return True
+
+
 def fuse(nodes, rows: list, kernels: list):
-    """Fuse the (RMS_NORM, MUL) pairs among the rows (graph indices into nodes, kernels the
-    selected variant per row), the MUL the norm's only reader and the row right after it;
-    and the ADD whose sum such a norm reads when it is the row right before (its other
-    readers come later: the fused row still writes the sum). Returns (rows, kernels,
-    row_nodes, moved): the norm (and ADD) rows gone, their MUL rows running RMS_NORM_MUL or
-    ADD_RMS_NORM_MUL, row_nodes what to pack and schedule per row (a FusedNode for a fused
-    row), moved {norm or ADD graph index: MUL graph index}."""
+    """Fuse rows (graph indices into nodes, kernels the selected variant per row):
+    - (RMS_NORM, MUL) pairs, the MUL the norm's only reader and the row right after it;
+      and the ADD whose sum such a norm reads when it is the row right before (its other
+      readers come later: the fused row still writes the sum);
+    - the two mat-vecs right before a SWIGLU that reads them (_swiglu_of; the fused row
+      still writes both products).
+    Returns (rows, kernels, row_nodes, moved): the dropped rows gone, the last row of each
+    group running the fused kernel, row_nodes what to pack and schedule per row (a FusedNode
+    for a fused row), moved {dropped graph index: its fused row's graph index}."""
     row_nodes = [nodes[i] for i in rows]
-    norms = [p for p, node in enumerate(row_nodes) if node.op.name == "RMS_NORM"]
-    if not norms:
+    names = [node.op.name for node in row_nodes]
+    if "RMS_NORM" not in names and "SWIGLU" not in names:
         return rows, kernels, row_nodes, {}
     uses = _uses(nodes)
     consumer: dict = {}                   # id(norm) -> the row of its only consumer
@@ -237,7 +361,12 @@ def fuse(nodes, rows: list, kernels: list):
     drop = set()
     moved = {}
     kernels = list(kernels)
-    for p in norms:
+    for p, name in enumerate(names):
+        if name == "SWIGLU":
+            _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved)
+            continue
+        if name != "RMS_NORM":
+            continue
         norm = row_nodes[p]
         q = consumer.get(id(norm))
         # the MUL must be the next row: no row between may write x or w (in place) under it
@@ -256,11 +385,31 @@ def fuse(nodes, rows: list, kernels: list):
                 and _row_aligned([norm, mul, add], [add.src[0], add.src[1], w])):
             drop.add(p - 1)
             moved[rows[p - 1]] = rows[q]
-            row_nodes[q] = FusedNode(mul, norm, w, add)
+            row_nodes[q] = _norm_row(mul, norm, w, add)
             kernels[q] = ADD_RMS_NORM_MUL
         else:
-            row_nodes[q] = FusedNode(mul, norm, w)
+            row_nodes[q] = _norm_row(mul, norm, w)
             kernels[q] = RMS_NORM_MUL
     keep = [p for p in range(len(rows)) if p not in drop]
     return ([rows[p] for p in keep], [kernels[p] for p in keep], [row_nodes[p] for p in keep],
             moved)
+
+
+def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved) -> None:
+    """Row p (a SWIGLU) runs MUL_MAT_SWIGLU when rows p-2 and p-1 are its two mat-vecs."""
+    glu = row_nodes[p]
+    pair = _swiglu_of(glu)
+    if pair is None or p < 2 or {id(row_nodes[p - 2]), id(row_nodes[p - 1])} != set(map(id, pair)):
+        return
+    if kernels[p - 2].name != "mul_mat" or kernels[p - 1].name != "mul_mat":
+        return
+    gate, up = pair
+    ins = [gate.src[0], up.src[0], gate.src[1]]
+    if not (_disjoint([gate, up, glu], ins) and _disjoint([gate], [up])
+            and _row_aligned([glu], [gate, up])):
+        return
+    for r in (p - 2, p - 1):
+        drop.add(r)
+        moved[rows[r]] = rows[p]
+    row_nodes[p] = FusedNode(glu, (gate, up) + tuple(ins), glu.op_params, (0, 1))
+    kernels[p] = MUL_MAT_SWIGLU
