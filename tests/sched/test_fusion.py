@@ -200,9 +200,11 @@ def _ffn(ctx, rng, wtype, ncols=1, m=300, k=576, reader=False):
     return gf, (gate, up, h)
 
 
-@pytest.mark.parametrize("wtype", [gg.GGMLType.Q4_1, gg.GGMLType.F32])
-def test_mul_mat_swiglu_fuses_bitwise(wtype):
-    be = NumbaBackend(2)
+@pytest.mark.parametrize("wtype,threads", [(gg.GGMLType.Q4_1, 2), (gg.GGMLType.F32, 2),
+                                           (gg.GGMLType.Q4_1, 1)])
+def test_mul_mat_swiglu_fuses_bitwise(wtype, threads):
+    # one thread: the unfused mat-vecs take mul_mat's static split, the fused row its chunks
+    be = NumbaBackend(threads)
     outs = []
     for fusion in (True, False):
         be.fusion = fusion
@@ -214,6 +216,10 @@ def test_mul_mat_swiglu_fuses_bitwise(wtype):
         assert names.count("mul_mat_swiglu") == (1 if fusion else 0)
         assert be.table(gf).n == (2 if fusion else 4)
         outs.append([gg.to_numpy(t).copy() for t in ts])
+        if fusion:
+            from pyggml.backends.numba_cpu.fusion import MUL_MAT_SWIGLU
+            from pyggml.backends.numba_cpu.warmup import graph_kernels
+            assert MUL_MAT_SWIGLU.key in {k.key for k in graph_kernels([gf])}
     for a, b in zip(*outs):               # gate, up (still written) and the GLU
         assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
     be.free()
