@@ -6,10 +6,15 @@
    the whole step, of the executor run (WorkerPool.run) and what is left (Python: cache
    inputs, graph key, logits copy), the caller thread's CPU time, and graphs built.
 2. The step's node table run on one thread, no barriers (run_nodes): the kernels' CPU time.
+   Then per row each thread's share run alone on this thread (ith 0, then 1, of nth): the
+   row's work per kernel and its imbalance, max share - mean share (what a thread waits at
+   the row's barrier, load aside), summed per token. Rows that hand out chunks from a
+   counter (the decode mat-vecs) give every chunk to the first caller here: they are
+   listed as dynamic, their wait is at most a chunk.
 3. Alternating rounds in one process, so machine load hits every side alike: the same model
    with ggml's rule (a barrier after every row) vs the planner's (plan.schedule), with
    the old spin limit (1 << 18 PAUSEs before yielding) vs the current one, and lowered
-   without the backend's fusion (fusion.py: RMS_NORM + MUL rows). Wall and
+   without the backend's fusion (fusion.py: ADD + RMS_NORM + MUL, mat-vecs + SWIGLU). Wall and
    process CPU time per token (CPU time counts both threads, spinning included).
 """
 from __future__ import annotations
@@ -75,6 +80,54 @@ def split(model, threads, n) -> None:
     print(f"  graphs built while timed  {llm._decoder.n_builds - builds}")
     print(f"  kernels, 1 thread, CPU    {med(one) * 1e3:8.3f}   ({tab.n} rows, "
           f"{int(tab.sync.sum())} barriers at {threads} threads)")
+    balance(llm, threads)
+
+
+_DYNAMIC = ("mul_mat", "mul_mat_swiglu")    # decode rows taken in chunks from a counter
+
+
+def _shares():
+    import numba
+
+    from pyggml.backends.numba_cpu.intrinsics import call_kernel
+
+    @numba.njit
+    def shares(kaddr, desc, ith, nth, reps):
+        for _ in range(reps):
+            call_kernel(kaddr, desc, ith, nth)
+    return shares
+
+
+def balance(llm, threads, reps=20) -> None:
+    """Per row, each thread's share timed alone (thread CPU time, reps calls); summed per
+    kernel: the work, and the imbalance max - mean over the threads' shares."""
+    from pyggml.backends.numba_cpu.desc import DESC_LEN
+    tab = _table(llm)
+    shares = _shares()
+    base = tab.descs.ctypes.data
+    work, wait, count = {}, {}, {}
+    shares(int(tab.kaddrs[0]), base, 0, 1, 1)          # compiles the caller, not timed
+    for i in range(tab.n):
+        k = tab.kernels[i]
+        nth = int(min(threads, tab.n_tasks[i]))
+        t = []
+        for ith in range(nth):
+            c = time.thread_time()
+            shares(int(tab.kaddrs[i]), base + i * DESC_LEN * 8, ith, nth, reps)
+            t.append((time.thread_time() - c) / reps)
+        name = k.name
+        work[name] = work.get(name, 0.0) + sum(t)
+        count[name] = count.get(name, 0) + 1
+        if name not in _DYNAMIC:
+            wait[name] = wait.get(name, 0.0) + max(t) - sum(t) / threads
+    print(f"per row, each thread's share alone ({reps} calls, thread CPU, load "
+          f"{os.getloadavg()[0]:.1f}; us per token):")
+    print(f"  {'kernel':26s} {'rows':>5s} {'work':>9s} {'wait':>8s}")
+    for name in sorted(work, key=work.get, reverse=True):
+        w = f"{wait[name] * 1e6:8.1f}" if name in wait else "dynamic"
+        print(f"  {name:26s} {count[name]:5d} {work[name] * 1e6:9.1f} {w:>8s}")
+    print(f"  {'total':26s} {tab.n:5d} {sum(work.values()) * 1e6:9.1f} "
+          f"{sum(wait.values()) * 1e6:8.1f}")
 
 
 def ab(model, threads, n, rounds) -> None:

@@ -107,3 +107,132 @@ def test_warm_up_knows_the_fused_kernel():
     plain = gg.new_graph(ctx)
     gg.build_forward_expand(plain, gg.add(ctx, *[gg.new_tensor_1d(ctx, gg.GGMLType.F32, 4)] * 2))
     assert RMS_NORM_MUL.key not in {k.key for k in graph_kernels([plain])}
+
+
+def _add_norm_mul(ctx, rng, b_rows=5, between=False):
+    """s = a + b; y = rms_norm(s) * w; r = y + s (the residual reads s again, later)."""
+    a = gg.from_numpy(ctx, rng.standard_normal((3, 5, 576)).astype(np.float32))
+    b = gg.from_numpy(ctx, rng.standard_normal((3, b_rows, 576)).astype(np.float32))
+    w = gg.from_numpy(ctx, rng.standard_normal(576).astype(np.float32))
+    s = gg.add(ctx, a, b)
+    if between:                        # a row between the ADD and the norm
+        s = gg.scale(ctx, s, 1.0)
+    n = gg.rms_norm(ctx, s, 1e-5)
+    y = gg.mul(ctx, n, w)
+    r = gg.add(ctx, y, s)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, r)
+    return gf, (s, n, y, r)
+
+
+def _kernel_names(be, gf):
+    return [k.name for k in be.table(gf).kernels]
+
+
+def test_add_rms_norm_mul_fuses_bitwise():
+    be = NumbaBackend(2)
+    ctx = gg.init(mem_size=8 << 20)
+    gf, outs = _add_norm_mul(ctx, np.random.default_rng(8))
+    be.graph_compute(gf)
+    assert _kernel_names(be, gf).count("add_rms_norm_mul_f32") == 1 and be.table(gf).n == 2
+    from pyggml.backends.numba_cpu.fusion import ADD_RMS_NORM_MUL
+    from pyggml.backends.numba_cpu.kernels import find
+    from pyggml.backends.numba_cpu.warmup import graph_kernels
+    assert ADD_RMS_NORM_MUL.key in {k.key for k in graph_kernels([gf])}
+    assert find(ADD_RMS_NORM_MUL.key) is ADD_RMS_NORM_MUL
+    got = [gg.to_numpy(t).copy() for t in outs]
+    be.fusion = False
+    ctx2 = gg.init(mem_size=8 << 20)
+    gf2, outs2 = _add_norm_mul(ctx2, np.random.default_rng(8))
+    be.graph_compute(gf2)
+    assert be.table(gf2).n == 4
+    for g, t in zip(got, outs2):          # the sum, the norm, the product, the residual
+        assert np.array_equal(g.view(np.uint32), gg.to_numpy(t).view(np.uint32))
+    be.free()
+
+
+@pytest.mark.parametrize("b_rows,between", [(1, False), (5, True)])
+def test_add_not_fused_when_broadcast_or_not_next(b_rows, between):
+    # a broadcast ADD, or a row between the ADD and the norm: only the norm and MUL fuse
+    be = NumbaBackend(2)
+    ctx = gg.init(mem_size=8 << 20)
+    gf, (s, n, y, r) = _add_norm_mul(ctx, np.random.default_rng(9), b_rows, between)
+    be.graph_compute(gf)
+    names = _kernel_names(be, gf)
+    assert "add_rms_norm_mul_f32" not in names and names.count("rms_norm_mul_f32") == 1
+    sv = gg.to_numpy(s).astype(np.float64)
+    want = sv / np.sqrt((sv * sv).mean(-1, keepdims=True) + 1e-5) * gg.to_numpy(y.src[1])
+    np.testing.assert_allclose(gg.to_numpy(y), want, rtol=1e-5, atol=1e-6)
+    be.free()
+
+
+def test_row_aligned_refuses_skewed_overlap():
+    # a result placed over a source one row off would clobber rows still to be read
+    from pyggml.backends.numba_cpu.fusion import _row_aligned
+    ctx = gg.init(mem_size=1 << 20)
+    big = gg.new_tensor_2d(ctx, gg.GGMLType.F32, 64, 6)
+    lo = gg.view_2d(ctx, big, 64, 4, big.nb[1], 0)
+    hi = gg.view_2d(ctx, big, 64, 4, big.nb[1], big.nb[1])
+    same = gg.view_2d(ctx, big, 64, 4, big.nb[1], 0)
+    other = gg.new_tensor_2d(ctx, gg.GGMLType.F32, 64, 4)
+    assert not _row_aligned([lo], [hi])
+    assert _row_aligned([lo], [same]) and _row_aligned([lo], [other])
+    assert not _row_aligned([lo, hi], [other])
+
+
+def _ffn(ctx, rng, wtype, ncols=1, m=300, k=576, reader=False):
+    """h = swiglu_split(Wg x, Wu x) (decode's FFN before the down projection)."""
+    def weight():
+        v = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+        if wtype == gg.GGMLType.F32:
+            return gg.from_numpy(ctx, v)
+        t = gg.new_tensor_2d(ctx, wtype, k, m)
+        gg.tensor_set(t, gg.quantize(wtype, v))
+        return t
+    wg, wu = weight(), weight()
+    x = gg.from_numpy(ctx, (4 * rng.standard_normal((ncols, k))).astype(np.float32))
+    gate, up = gg.mul_mat(ctx, wg, x), gg.mul_mat(ctx, wu, x)
+    h = gg.swiglu_split(ctx, gate, up)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, h)
+    if reader:                         # the gate read again, later
+        gg.build_forward_expand(gf, gg.add(ctx, h, gate))
+    return gf, (gate, up, h)
+
+
+@pytest.mark.parametrize("wtype,threads", [(gg.GGMLType.Q4_1, 2), (gg.GGMLType.F32, 2),
+                                           (gg.GGMLType.Q4_1, 1)])
+def test_mul_mat_swiglu_fuses_bitwise(wtype, threads):
+    # one thread: the unfused mat-vecs take mul_mat's static split, the fused row its chunks
+    be = NumbaBackend(threads)
+    outs = []
+    for fusion in (True, False):
+        be.fusion = fusion
+        ctx = gg.init(mem_size=16 << 20)
+        gf, ts = _ffn(ctx, np.random.default_rng(4), wtype, reader=True)
+        for _ in range(2):             # the row's chunk counter is reset for the next compute
+            be.graph_compute(gf)
+        names = _kernel_names(be, gf)
+        assert names.count("mul_mat_swiglu") == (1 if fusion else 0)
+        assert be.table(gf).n == (2 if fusion else 4)
+        outs.append([gg.to_numpy(t).copy() for t in ts])
+        if fusion:
+            from pyggml.backends.numba_cpu.fusion import MUL_MAT_SWIGLU
+            from pyggml.backends.numba_cpu.warmup import graph_kernels
+            assert MUL_MAT_SWIGLU.key in {k.key for k in graph_kernels([gf])}
+    for a, b in zip(*outs):               # gate, up (still written) and the GLU
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    be.free()
+
+
+def test_mul_mat_swiglu_not_fused_for_batches():
+    # two columns: the mat-muls keep their own rows (only decode's one column is fused)
+    be = NumbaBackend(2)
+    ctx = gg.init(mem_size=16 << 20)
+    gf, (gate, up, h) = _ffn(ctx, np.random.default_rng(2), gg.GGMLType.F32, ncols=2, m=64)
+    be.graph_compute(gf)
+    assert "mul_mat_swiglu" not in _kernel_names(be, gf) and be.table(gf).n == 3
+    g = gg.to_numpy(gate).astype(np.float64)
+    want = g / (1 + np.exp(-g)) * gg.to_numpy(up)
+    np.testing.assert_allclose(gg.to_numpy(h), want, rtol=1e-5, atol=1e-5)
+    be.free()

@@ -1,17 +1,25 @@
-"""Backend fusion of node pairs when a graph is lowered (as ggml's GPU backends fuse
-RMS_NORM + MUL): one kernel row where the graph has two, so one pass over the data and one
-barrier fewer (SmolLM2's decode token: 61 of them, two norms per layer and the final one).
+"""Backend fusion of node groups when a graph is lowered (as ggml's GPU backends fuse
+RMS_NORM + MUL, ADD + RMS_NORM + MUL and the FFN's GLU): one kernel row where the graph
+has two or three, so one pass over the data and barriers fewer (SmolLM2's decode token:
+513 -> 393 rows, 363 -> 273 barriers).
 
 RMS_NORM -> MUL by a weight: the norm's result n = x / sqrt(mean(x^2) + eps) feeds only a
 MUL with a row-broadcast weight w. The fused row computes n and n * w row by row with the
 two kernels' own arithmetic (norm.sum_sq, the same float32 products in the same order), so
 its results are bitwise the pair's. It still writes n (a row of stores: keeps an eval
 callback on the norm, or a reader outside the graph, seeing its value) but nothing in the
-graph waits for it.
+graph waits for it. The fused row's descriptor is the MUL's with the norm's input x in
+slot SRC2 and the norm's op_params (eps).
 
-The fused row's descriptor is the MUL's with the norm's input x in slot SRC2 and the norm's
-op_params (eps); plan.schedule sees it reading x, w and n's bytes and writing n and the
-product (FusedNode).
+ADD -> RMS_NORM -> MUL: the residual sum s = a + b right before such a norm is computed in
+the same row (a and b in SRC3, SRC4) and stored, then read back as x; its later readers
+(the next residual ADD) see it written.
+
+MUL_MAT, MUL_MAT -> SWIGLU (decode's FFN, one column x): the GLU's row runs both mat-vecs
+in mul_mat's chunked decode path, each chunk's GLU right after its rows (gate and up in
+SRC0, SRC1, still written; Wg, Wu, x in SRC2..SRC4).
+
+plan.schedule sees a fused row as a FusedNode: its sources, and the ones it writes.
 """
 from __future__ import annotations
 
@@ -21,24 +29,43 @@ import numba
 import numpy as np
 
 from ...tensor import MAX_SRC
+from ...tensor import nbytes
+from ...types import TRAITS
 from ...types import GGMLType
 from .desc import DST
+from .desc import ERR_SCRATCH
+from .desc import ERR_WORK_SIZE
 from .desc import SRC0
 from .desc import SRC1
 from .desc import SRC2
+from .desc import SRC3
+from .desc import SRC4
+from .desc import has_scratch
 from .desc import param_f32
 from .desc import row_coords
 from .desc import row_range
+from .desc import scratch_addr
+from .desc import set_error
 from .desc import t_addr
 from .desc import t_nb
 from .desc import t_ne
 from .desc import t_row
+from .desc import t_type
+from .desc import wdata
+from .desc import wsize
+from .intrinsics import atomic_add
+from .intrinsics import atomic_load
+from .intrinsics import atomic_store
 from .intrinsics import f32_array
 from .kernels import FUSED
 from .kernels import add_kernel
 from .kernels import make_kernel
+from .kernels import matmul as mm
 from .kernels import param_words
 from .kernels import rows_n_tasks
+from .kernels.elementwise import _in_exp_range
+from .kernels.elementwise import _silu
+from .kernels.elementwise import _silu_small
 from .kernels.norm import fdiv
 from .kernels.norm import sum_sq
 
@@ -77,38 +104,151 @@ RMS_NORM_MUL.name = "rms_norm_mul_f32"
 add_kernel(FUSED, RMS_NORM_MUL)
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")     # no fastmath: ADD's a + b
+def _add(a, b, s, n):
+    for i in range(n):
+        s[i] = a[i] + b[i]
+
+
+def add_rms_norm_mul_f32(desc, ith, nth):
+    """s = a + b, dst = rms_norm(s) * w per row (the norm's result in SRC0, w in SRC1, s in
+    SRC2, a and b in SRC3 and SRC4, all of s's shape): the sum is stored, then read back as
+    rms_norm_mul_f32 reads its x."""
+    n = t_ne(desc, SRC2, 0)
+    eps = param_f32(desc, _W_EPS)
+    ne1, ne2 = t_ne(desc, DST, 1), t_ne(desc, DST, 2)
+    ir0, ir1 = row_range(ne1 * ne2 * t_ne(desc, DST, 3), ith, nth)
+    for r in range(ir0, ir1):
+        i1, i2, i3 = row_coords(r, ne1, ne2)
+        x = f32_array(t_row(desc, SRC2, i1, i2, i3), n)
+        _add(f32_array(t_row(desc, SRC3, i1, i2, i3), n),
+             f32_array(t_row(desc, SRC4, i1, i2, i3), n), x, n)
+        mean = _F(sum_sq(x, n) / n)
+        f = fdiv(1.0, math.sqrt(mean + eps))
+        w = f32_array(t_addr(desc, SRC1) + (i1 % t_ne(desc, SRC1, 1)) * t_nb(desc, SRC1, 1)
+                      + (i2 % t_ne(desc, SRC1, 2)) * t_nb(desc, SRC1, 2)
+                      + (i3 % t_ne(desc, SRC1, 3)) * t_nb(desc, SRC1, 3), n)
+        _scale_mul(x, f, w, f32_array(t_row(desc, SRC0, i1, i2, i3), n),
+                   f32_array(t_row(desc, DST, i1, i2, i3), n), n)
+
+
+ADD_RMS_NORM_MUL = make_kernel("MUL", add_rms_norm_mul_f32, n_tasks=rows_n_tasks)
+ADD_RMS_NORM_MUL.name = "add_rms_norm_mul_f32"
+add_kernel(FUSED, ADD_RMS_NORM_MUL)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")     # SWIGLU's k_swiglu row, exactly
+def _swiglu(x, g, y, n):
+    if _in_exp_range(x, n):             # the cheap exp is exact there: per chunk as per row
+        for i in range(n):
+            y[i] = _silu_small(x[i]) * g[i]
+    else:
+        for i in range(n):
+            y[i] = _silu(x[i]) * g[i]
+
+
+def mul_mat_swiglu(desc, ith, nth):
+    """gate = Wg x, up = Wu x, dst = silu(gate) * up for one column x (decode's FFN): gate
+    and up in SRC0 and SRC1 (written), Wg, Wu, x in SRC2..SRC4. mul_mat's decode path (each
+    thread prepares x, then takes chunks of rows from the row's counter) with both weights
+    per chunk and the chunk's SWIGLU right after: no barrier before the GLU, x prepared once
+    for both products, and the GLU shared by the threads."""
+    nth = mm.eff_nth(desc, nth)
+    if not has_scratch(desc):
+        set_error(desc, ERR_SCRATCH)
+        return
+    wt, bt = t_type(desc, SRC2), t_type(desc, SRC4)
+    k, m = t_ne(desc, SRC2, 0), t_ne(desc, SRC2, 1)
+    per = mm.mul_mat_thread_bytes(wt, bt, m, 1, k, 1)
+    base = (wdata(desc) + 63) // 64 * 64
+    if per > 0 and base + nth * per > wdata(desc) + wsize(desc):
+        set_error(desc, ERR_WORK_SIZE)
+        return
+    region = base + ith * per
+    prep = mm.needs_prep(wt, bt)
+    arb = mm.act_row_bytes(wt, k)
+    chunk = mm.row_chunk(m, nth)
+    nchunks = (m + chunk - 1) // chunk
+    nxt = scratch_addr(desc, mm.DYN_NEXT)
+    if atomic_load(nxt) < nchunks:
+        if prep:
+            mm.prep_tile(desc, SRC4, wt, bt, k, 0, 1, arb, region, region + arb)
+        while True:
+            u = atomic_add(nxt, 1)
+            if u >= nchunks:
+                break
+            r0, r1 = u * chunk, min(m, (u + 1) * chunk)
+            mm.dot_tile(desc, SRC2, SRC4, SRC0, wt, k, r0, r1, 0, 1, prep, arb, region)
+            mm.dot_tile(desc, SRC3, SRC4, SRC1, wt, k, r0, r1, 0, 1, prep, arb, region)
+            _swiglu(f32_array(t_addr(desc, SRC0) + 4 * r0, r1 - r0),
+                    f32_array(t_addr(desc, SRC1) + 4 * r0, r1 - r0),
+                    f32_array(t_addr(desc, DST) + 4 * r0, r1 - r0), r1 - r0)
+    if atomic_add(scratch_addr(desc, mm.DYN_DONE), 1) == nth - 1:
+        atomic_store(nxt, 0)
+        atomic_store(scratch_addr(desc, mm.DYN_DONE), 0)
+
+
+def _swiglu_region(node, n_threads) -> int:
+    """Thread ith prepares x in, and reads from, region ith only (as mul_mat)."""
+    a, b = node.src[2], node.src[4]
+    return mm.mul_mat_thread_bytes(int(a.type), int(b.type), a.ne[1], 1, a.ne[0], 1)
+
+
+MUL_MAT_SWIGLU = make_kernel("SWIGLU", mul_mat_swiglu, private_work=_swiglu_region)
+MUL_MAT_SWIGLU.name = "mul_mat_swiglu"
+add_kernel(FUSED, MUL_MAT_SWIGLU)
+
+
 def fused_kernels(nodes) -> list:
     """The fused kernels lowering may pick for these nodes (warm-up compiles them with the
-    graph's own): RMS_NORM_MUL where an F32 RMS_NORM is."""
+    graph's own): RMS_NORM_MUL where an F32 RMS_NORM is, ADD_RMS_NORM_MUL where one reads
+    an ADD, MUL_MAT_SWIGLU where a SWIGLU reads two fusable mat-vecs."""
+    out = {}
     for node in nodes:
-        if node.op is not None and node.op.name == "RMS_NORM" and node.type == GGMLType.F32:
-            return [RMS_NORM_MUL]
-    return []
+        if node.op is None:
+            continue
+        if node.op.name == "RMS_NORM" and node.type == GGMLType.F32:
+            out[RMS_NORM_MUL.key] = RMS_NORM_MUL
+            x = node.src[0]
+            if x is not None and x.op is not None and x.op.name == "ADD":
+                out[ADD_RMS_NORM_MUL.key] = ADD_RMS_NORM_MUL
+        elif node.op.name == "SWIGLU" and _swiglu_of(node) is not None:
+            out[MUL_MAT_SWIGLU.key] = MUL_MAT_SWIGLU
+    return list(out.values())
 
 
-class _WritesN:
-    """The op a FusedNode shows plan.schedule: its src[0] (the norm's result) is written."""
-    writes = (0,)
+class _Writes:
+    """The op a FusedNode shows plan.schedule: the sources its row writes besides dst (the
+    norm's result; the ADD's sum when the ADD is fused too)."""
 
-    def __init__(self, op):
+    def __init__(self, op, writes):
         self._op = op
+        self.writes = writes
 
     def __getattr__(self, k):
         return getattr(self._op, k)
 
 
 class FusedNode:
-    """The MUL node as the fused row's descriptor and plan.schedule see it: sources (n, w, x),
-    the norm's op_params; everything else is the MUL's."""
+    """A fused row's last node as its descriptor and plan.schedule see it: other sources
+    (`src`), op_params and written sources (`writes`); everything else is the node's."""
 
-    def __init__(self, mul, norm, w):
-        self.mul = mul
-        self.src = (norm, w, norm.src[0]) + (None,) * (MAX_SRC - 3)
-        self.op_params = norm.op_params
-        self.op = _WritesN(mul.op)
+    def __init__(self, node, src, op_params, writes):
+        self.node = node
+        self.src = tuple(src) + (None,) * (MAX_SRC - len(src))
+        self.op_params = op_params
+        self.op = _Writes(node.op, writes)
 
     def __getattr__(self, k):
-        return getattr(self.mul, k)
+        return getattr(self.node, k)
+
+
+def _norm_row(mul, norm, w, add=None) -> FusedNode:
+    """The MUL's row: sources (n, w, x), or with the ADD fused (n, w, s, a, b); the norm's
+    op_params (eps)."""
+    if add is None:
+        return FusedNode(mul, (norm, w, norm.src[0]), norm.op_params, (0,))
+    return FusedNode(mul, (norm, w, add, add.src[0], add.src[1]), norm.op_params, (0, 2))
 
 
 def _packed_f32(t) -> bool:
@@ -131,6 +271,35 @@ def _pair(norm, mul):
     return w
 
 
+def _sum(add, norm) -> bool:
+    """add is a plain same-shape F32 ADD whose sum the norm reads (no broadcast, not a view
+    of a or b: the fused row writes s row by row as the ADD kernel does)."""
+    if add.op is None or add.op.name != "ADD" or norm.src[0] is not add:
+        return False
+    a, b = add.src[0], add.src[1]
+    if a is None or b is None or add.view_src is not None:
+        return False
+    return all(_packed_f32(t) and tuple(t.ne) == tuple(add.ne) for t in (a, b))
+
+
+def _row_aligned(outs, ins) -> bool:
+    """The fused row may write outs row by row while it reads ins: no two of them overlap
+    unless they are the same rows (same address, shape and strides; the graph allocator
+    hands a dead source's slot to a result). A skewed overlap would let one row's store
+    clobber a row another thread, or a later iteration, still reads."""
+    spans = []
+    for t in outs + ins:
+        a = t.data_ptr
+        spans.append((a, a + nbytes(t), tuple(t.ne), tuple(t.nb)))
+    for i in range(len(outs)):
+        a0, a1, ne, nb = spans[i]
+        for j in range(len(spans)):
+            b0, b1, ne2, nb2 = spans[j]
+            if j != i and a0 < b1 and b0 < a1 and (a0, ne, nb) != (b0, ne2, nb2):
+                return False
+    return True
+
+
 def _uses(nodes) -> dict:
     """id(tensor) -> how many nodes read it (as a source or as the tensor they view)."""
     uses: dict = {}
@@ -143,15 +312,53 @@ def _uses(nodes) -> dict:
     return uses
 
 
+def _swiglu_of(glu):
+    """(gate, up) when the SWIGLU glu = silu(gate) * up takes two one-column F32 mat-vecs of
+    the same x by weights of one type and shape (mul_mat's decode path), else None."""
+    gate, up = glu.src[0], glu.src[1]
+    if gate is None or up is None or gate is up:
+        return None
+    if any(t.op is None or t.op.name != "MUL_MAT" for t in (gate, up)):
+        return None
+    wg, wu, x = gate.src[0], up.src[0], gate.src[1]
+    if up.src[1] is not x or wg.type != wu.type or tuple(wg.ne) != tuple(wu.ne):
+        return None
+    m = wg.ne[1]
+    if not (_packed_f32(x) and tuple(x.ne) == (wg.ne[0], 1, 1, 1) and wg.ne[2] == wg.ne[3] == 1):
+        return None
+    if not all(_packed_f32(t) and tuple(t.ne) == (m, 1, 1, 1) for t in (gate, up, glu)):
+        return None
+    ts = TRAITS[wg.type].type_size
+    if wg.nb[0] != ts or wu.nb[0] != ts or wg.ne[0] % TRAITS[wg.type].blck_size:
+        return None
+    return gate, up
+
+
+def _disjoint(outs, ins) -> bool:
+    """No byte of outs is a byte of ins (every thread reads all of x while others store)."""
+    for o in outs:
+        a0 = o.data_ptr
+        a1 = a0 + nbytes(o)
+        for t in ins:
+            b0 = t.data_ptr
+            if a0 < b0 + nbytes(t) and b0 < a1:
+                return False
+    return True
+
+
 def fuse(nodes, rows: list, kernels: list):
-    """Fuse the (RMS_NORM, MUL) pairs among the rows (graph indices into nodes, kernels the
-    selected variant per row), the MUL the norm's only reader and the row right after it.
-    Returns (rows, kernels, row_nodes, moved): the norm rows gone, their MUL rows running
-    RMS_NORM_MUL, row_nodes what to pack and schedule per row (a FusedNode for a fused row),
-    moved {norm graph index: MUL graph index}."""
+    """Fuse rows (graph indices into nodes, kernels the selected variant per row):
+    - (RMS_NORM, MUL) pairs, the MUL the norm's only reader and the row right after it;
+      and the ADD whose sum such a norm reads when it is the row right before (its other
+      readers come later: the fused row still writes the sum);
+    - the two mat-vecs right before a SWIGLU that reads them (_swiglu_of; the fused row
+      still writes both products).
+    Returns (rows, kernels, row_nodes, moved): the dropped rows gone, the last row of each
+    group running the fused kernel, row_nodes what to pack and schedule per row (a FusedNode
+    for a fused row), moved {dropped graph index: its fused row's graph index}."""
     row_nodes = [nodes[i] for i in rows]
-    norms = [p for p, node in enumerate(row_nodes) if node.op.name == "RMS_NORM"]
-    if not norms:
+    names = [node.op.name for node in row_nodes]
+    if "RMS_NORM" not in names and "SWIGLU" not in names:
         return rows, kernels, row_nodes, {}
     uses = _uses(nodes)
     consumer: dict = {}                   # id(norm) -> the row of its only consumer
@@ -162,7 +369,12 @@ def fuse(nodes, rows: list, kernels: list):
     drop = set()
     moved = {}
     kernels = list(kernels)
-    for p in norms:
+    for p, name in enumerate(names):
+        if name == "SWIGLU":
+            _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved)
+            continue
+        if name != "RMS_NORM":
+            continue
         norm = row_nodes[p]
         q = consumer.get(id(norm))
         # the MUL must be the next row: no row between may write x or w (in place) under it
@@ -170,12 +382,42 @@ def fuse(nodes, rows: list, kernels: list):
             continue
         mul = row_nodes[q]
         w = _pair(norm, mul)
-        if w is None:
+        if w is None or not _row_aligned([norm, mul], [norm.src[0], w]):
             continue
         drop.add(p)
         moved[rows[p]] = rows[q]
-        row_nodes[q] = FusedNode(mul, norm, w)
-        kernels[q] = RMS_NORM_MUL
+        # the ADD right before: nothing runs between it and the norm (the executor runs
+        # the ADD's other readers, later rows, after the fused row that writes the sum)
+        add = row_nodes[p - 1] if p > 0 and p - 1 not in drop else None
+        if (add is not None and _sum(add, norm) and w is not add
+                and _row_aligned([norm, mul, add], [add.src[0], add.src[1], w])):
+            drop.add(p - 1)
+            moved[rows[p - 1]] = rows[q]
+            row_nodes[q] = _norm_row(mul, norm, w, add)
+            kernels[q] = ADD_RMS_NORM_MUL
+        else:
+            row_nodes[q] = _norm_row(mul, norm, w)
+            kernels[q] = RMS_NORM_MUL
     keep = [p for p in range(len(rows)) if p not in drop]
     return ([rows[p] for p in keep], [kernels[p] for p in keep], [row_nodes[p] for p in keep],
             moved)
+
+
+def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved) -> None:
+    """Row p (a SWIGLU) runs MUL_MAT_SWIGLU when rows p-2 and p-1 are its two mat-vecs."""
+    glu = row_nodes[p]
+    pair = _swiglu_of(glu)
+    if pair is None or p < 2 or {id(row_nodes[p - 2]), id(row_nodes[p - 1])} != set(map(id, pair)):
+        return
+    if kernels[p - 2].name != "mul_mat" or kernels[p - 1].name != "mul_mat":
+        return
+    gate, up = pair
+    ins = [gate.src[0], up.src[0], gate.src[1]]
+    if not (_disjoint([gate, up, glu], ins) and _disjoint([gate], [up])
+            and _row_aligned([glu], [gate, up])):
+        return
+    for r in (p - 2, p - 1):
+        drop.add(r)
+        moved[rows[r]] = rows[p]
+    row_nodes[p] = FusedNode(glu, (gate, up) + tuple(ins), glu.op_params, (0, 1))
+    kernels[p] = MUL_MAT_SWIGLU

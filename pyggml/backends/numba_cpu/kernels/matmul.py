@@ -327,14 +327,15 @@ def row_chunk(m, nth):
 
 
 @_jit
-def _dot_tile(desc, wt, k, r0, r1, c0, c1, prep, arb, region):
-    """Rows [r0, r1) of a against the columns [c0, c1) of b (prepared at region when prep)."""
-    ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
-    nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
-    ne11, ne12, ne13 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
-    nb11, nb12, nb13 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
-    nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
-    a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
+def dot_tile(desc, sa, sb, sd, wt, k, r0, r1, c0, c1, prep, arb, region):
+    """Rows [r0, r1) of a against the columns [c0, c1) of b (prepared at region when prep),
+    a, b and the product in slots sa, sb, sd (fusion.py's fused rows use other slots)."""
+    ne02, ne03 = t_ne(desc, sa, 2), t_ne(desc, sa, 3)
+    nb01, nb02, nb03 = t_nb(desc, sa, 1), t_nb(desc, sa, 2), t_nb(desc, sa, 3)
+    ne11, ne12, ne13 = t_ne(desc, sb, 1), t_ne(desc, sb, 2), t_ne(desc, sb, 3)
+    nb11, nb12, nb13 = t_nb(desc, sb, 1), t_nb(desc, sb, 2), t_nb(desc, sb, 3)
+    nb1, nb2, nb3 = t_nb(desc, sd, 1), t_nb(desc, sd, 2), t_nb(desc, sd, 3)
+    a, b, d = t_addr(desc, sa), t_addr(desc, sb), t_addr(desc, sd)
     r2, r3 = ne12 // ne02, ne13 // ne03
     for rb0 in range(r0, r1, RB):
         rb1 = min(rb0 + RB, r1)
@@ -349,16 +350,27 @@ def _dot_tile(desc, wt, k, r0, r1, c0, c1, prep, arb, region):
 
 
 @_jit
-def _prep_tile(desc, wt, bt, k, c0, c1, arb, region, tmp):
-    ne11, ne12 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2)
-    nb11, nb12, nb13 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
-    b = t_addr(desc, SRC1)
+def _dot_tile(desc, wt, k, r0, r1, c0, c1, prep, arb, region):
+    dot_tile(desc, SRC0, SRC1, DST, wt, k, r0, r1, c0, c1, prep, arb, region)
+
+
+@_jit
+def prep_tile(desc, sb, wt, bt, k, c0, c1, arb, region, tmp):
+    """Columns [c0, c1) of b (slot sb) prepared for weight type wt at region."""
+    ne11, ne12 = t_ne(desc, sb, 1), t_ne(desc, sb, 2)
+    nb11, nb12, nb13 = t_nb(desc, sb, 1), t_nb(desc, sb, 2), t_nb(desc, sb, 3)
+    b = t_addr(desc, sb)
     for c in range(c0, c1):
         i11 = c % ne11
         i12 = (c // ne11) % ne12
         i13 = c // (ne11 * ne12)
         prep_act(wt, bt, k, b + i11 * nb11 + i12 * nb12 + i13 * nb13,
                  region + (c - c0) * arb, tmp)
+
+
+@_jit
+def _prep_tile(desc, wt, bt, k, c0, c1, arb, region, tmp):
+    prep_tile(desc, SRC1, wt, bt, k, c0, c1, arb, region, tmp)
 
 
 @_jit
