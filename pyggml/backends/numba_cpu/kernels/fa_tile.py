@@ -13,12 +13,14 @@ from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
 from ..intrinsics import u16_array
 from . import simd
+from .fa_dots import _i32_as_f32
 from .fa_dots import axpy
 from .fa_dots import axpy4
 from .fa_dots import dot_1x4
 from .fa_dots import dot_2x4
 from .fa_dots import dot_q8_1x4
 from .fa_dots import dot_u8_1x4
+from .fa_dots import exp_block
 from .fa_dots import pv1
 from .fa_dots import pv1x4
 from .fa_dots import pv4
@@ -67,28 +69,37 @@ def _raw_group(scp, o, gn, x0, x1, x2, x3):
 
 
 @_jit_inline
-def _score_row(scp, mvp, o, b, nk, scale, softcap):
+def _score_row(scp, scip, mvp, o, b, nk, scale, softcap):
     """A row's nk dots -> scaled (soft-capped) scores plus mask values, -inf where masked
-    (whatever the dot: junk K rows under the mask may give NaN); returns their max. One
-    pass over the block (vectorized) instead of a scalar step per dot."""
-    bm = NEG_INF
+    (whatever the dot: junk K rows under the mask may give NaN); returns their max. Two
+    branch-free passes over the block, both vectorized: the scores, then their max
+    (_block_max; a float max in the first pass kept it scalar: ~12% of a decode)."""
     if softcap != _F0:
         for u in range(nk):
             m = mvp[b + u]
             x = softcap * np.float32(math.tanh(scp[o + u] * scale)) + m
-            x = x if m != NEG_INF else NEG_INF
-            scp[o + u] = x
-            if x > bm:
-                bm = x
+            scp[o + u] = x if m != NEG_INF else NEG_INF
     else:
         for u in range(nk):
             m = mvp[b + u]
             x = scp[o + u] * scale + m
-            x = x if m != NEG_INF else NEG_INF
-            scp[o + u] = x
-            if x > bm:
-                bm = x
-    return bm
+            scp[o + u] = x if m != NEG_INF else NEG_INF
+    return _block_max(scip, o, nk)
+
+
+@_jit_inline
+def _block_max(scip, o, nk):
+    """The max of the nk float32 at scip[o:] (read as int32 bits), in integers: with a
+    negative float's magnitude bits flipped, integer order is float order (-inf lowest).
+    LLVM vectorizes an integer max; a float one (select on >) only with nnan, which the
+    -inf masks rule out. A NaN score (a visible junk K row) makes the max NaN: the row's
+    output is NaN either way."""
+    km = np.int64(-2147483648)
+    for u in range(nk):
+        i = np.int64(scip[o + u])
+        k = i ^ ((i >> 31) & 0x7FFFFFFF)
+        km = k if k > km else km
+    return _i32_as_f32(np.int32(km ^ ((km >> 31) & 0x7FFFFFFF)))
 
 
 # --- one tile over a key range of one segment ----------------------------------------------------
@@ -129,6 +140,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     small_k = kt != Q8_0
     # raw pointers for the per-key bookkeeping (no negative-index wraparound code)
     scp = ptr_of(sc.ctypes.data, np.float32)
+    scip = ptr_of(sc.ctypes.data, np.int32)
     mvp = ptr_of(mv.ctypes.data, np.float32)
     kc_addr = kc.ctypes.data
     qs_addr = qs.ctypes.data
@@ -274,12 +286,16 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                 else:
                     s4 = dot_1x4(qf, r * dk, kf, dk)
                 _raw_group(scp, r * KB + g0, gn, s4[0], s4[1], s4[2], s4[3])
-        # per row: scores (scaled, soft-capped, masked) and their max, rescale, probabilities
+        # per row: scores (scaled, soft-capped, masked) and their max, rescale, probabilities;
+        # n_zero counts the block's zero probabilities (masked or underflowed): with none,
+        # every 4-key group of every row is full (no per-group checks below)
+        n_zero = 0
         for r in range(R):
-            bm = _score_row(scp, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
+            bm = _score_row(scp, scip, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
             if bm == NEG_INF:
                 for jj in range(nk):
                     scp[r * KB + jj] = _F0
+                n_zero += nk
                 continue
             mo = Mr[r]
             if bm > mo:
@@ -294,18 +310,26 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                     Sr[r] *= f
                 Mr[r] = bm
             mr = Mr[r]
+            if nk % VL == 0:        # whole vectors (every block but a last short one)
+                exp_block(sc_addr + r * KB * 4, nk, mr, s16_addr)
+                Sr[r] += s16[0]
+                n_zero += np.int64(s16[1])
+                continue
             ssum = _F0
+            nz = 0
             for jj in range(nk):
                 p = vexp(scp[r * KB + jj] - mr)
                 scp[r * KB + jj] = p
                 ssum += p
+                nz += 1 if p == _F0 else 0
             Sr[r] += ssum
+            n_zero += nz
         # V accumulation, KG keys at a time; a key no row of the tile sees is never read, and
         # a row only touches the V rows of its visible keys (p != 0: masked cache slots may
         # hold junk, and 0 * junk could be NaN)
         for g0 in range(0, nk, KG):
             gn = min(KG, nk - g0)
-            if not _any_visible(cv, g0, gn):
+            if n_zero != 0 and not _any_visible(cv, g0, gn):
                 continue
             if v_direct:
                 v0, v1, v2, v3 = _group_rows(vbase, j0 + g0, gn, vnb1)
@@ -320,8 +344,8 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
             for r0 in range(0, R, 4):
                 nr = min(4, R - r0)
                 if v_simd and (nr == 4 or pad and nr == 3) and gn == KG:
-                    full = True
-                    for rr in range(nr):
+                    full = n_zero == 0
+                    for rr in range(0 if full else nr):
                         o = (r0 + rr) * KB + g0
                         if scp[o] == _F0 or scp[o + 1] == _F0 or scp[o + 2] == _F0 or \
                                 scp[o + 3] == _F0:
