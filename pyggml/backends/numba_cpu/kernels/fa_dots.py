@@ -1,6 +1,7 @@
 """Flash attention's arithmetic (kernels/attention.py): q·K dots, p·V accumulation, exp.
 
-  vexp          the exp of the scores, a polynomial LLVM can vectorize
+  vexp          the exp of the scores, a polynomial LLVM can vectorize; exp_block, its
+                steps as VL-lane IR over a row's block (with the sum and the zero count)
   integer dots  one q row quantized to 8-bit blocks against 4 quantized K rows (decoded to
                 8-bit codes by fa_rows.row_to_i8): ggml's AVX2 sequence (pmaddubsw,
                 pmaddwd) as LLVM intrinsics, with portable twins for CPUs without AVX2
