@@ -109,10 +109,10 @@ def test_exp_block_is_vexp_and_block_max_is_max(rng):
     gives vexp's values (its steps as VL-lane IR: the same zeros, at most an ulp apart where
     the loop's fastmath reorders a step), their sum and the count of zeros (masked -inf,
     underflow); the integer max of floats is the float max, -inf and negatives included."""
+    from pyggml.backends.numba_cpu.intrinsics import ptr_of
     from pyggml.backends.numba_cpu.kernels.fa_dots import exp_block
     from pyggml.backends.numba_cpu.kernels.fa_dots import vexp
     from pyggml.backends.numba_cpu.kernels.fa_tile import _block_max
-    from pyggml.backends.numba_cpu.intrinsics import ptr_of
 
     @numba.njit
     def run(x, mr, out):
