@@ -102,3 +102,41 @@ def test_q4_0_integer_dots(rng, n, impl):
     dots = qx @ kx.T.astype(np.float64)
     np.testing.assert_allclose(out[:16], dots.ravel(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(out[16:], dots[3], rtol=0, atol=1e-5)
+
+
+def test_exp_block_is_vexp_and_block_max_is_max(rng):
+    """The softmax block helpers (kernels/fa_dots.exp_block, fa_tile._block_max): exp_block
+    gives vexp's values (its steps as VL-lane IR: the same zeros, at most an ulp apart where
+    the loop's fastmath reorders a step), their sum and the count of zeros (masked -inf,
+    underflow); the integer max of floats is the float max, -inf and negatives included."""
+    from pyggml.backends.numba_cpu.intrinsics import ptr_of
+    from pyggml.backends.numba_cpu.kernels.fa_dots import exp_block
+    from pyggml.backends.numba_cpu.kernels.fa_dots import vexp
+    from pyggml.backends.numba_cpu.kernels.fa_tile import _block_max
+
+    @numba.njit
+    def run(x, mr, out):
+        want = np.empty_like(x)
+        for i in range(x.size):
+            want[i] = vexp(x[i] - mr)
+        exp_block(x.ctypes.data, x.size, mr, out.ctypes.data)
+        return want
+
+    @numba.njit
+    def bmax(x, o, n):
+        return _block_max(ptr_of(x.ctypes.data, np.int32), o, n)
+
+    x = rng.uniform(-120, 10, 64).astype(np.float32)
+    x[[3, 10, 40]] = -np.inf
+    out = np.zeros(2, np.float32)
+    y = x.copy()
+    want = run(y, np.float32(4.5), out)
+    assert np.array_equal(want == 0, y == 0)
+    np.testing.assert_allclose(y, want, rtol=2.4e-7, atol=0)
+    assert (want == 0).sum() >= 3 and out[1] == (want == 0).sum()
+    assert abs(out[0] - want.sum(dtype=np.float64)) <= 1e-6 * want.sum()
+    for v in (x, -np.abs(x), np.full(8, -np.inf, np.float32),
+              np.array([-0.0, -1e-30, -np.inf, -3.0], np.float32)):
+        v = np.ascontiguousarray(v, np.float32)
+        assert bmax(v, 1, v.size - 1) == v[1:].max()
+        assert bmax(v, 0, v.size) == v.max()

@@ -1,6 +1,7 @@
 """Flash attention's arithmetic (kernels/attention.py): q·K dots, p·V accumulation, exp.
 
-  vexp          the exp of the scores, a polynomial LLVM can vectorize
+  vexp          the exp of the scores, a polynomial LLVM can vectorize; exp_block, its
+                steps as VL-lane IR over a row's block (with the sum and the zero count)
   integer dots  one q row quantized to 8-bit blocks against 4 quantized K rows (decoded to
                 8-bit codes by fa_rows.row_to_i8): ggml's AVX2 sequence (pmaddubsw,
                 pmaddwd) as LLVM intrinsics, with portable twins for CPUs without AVX2
@@ -72,6 +73,77 @@ def vexp(x):
     p = p * r * r + r + _F1
     y = p * _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
     return y if x >= _XMIN else _F0
+
+
+def _exp_block_ir(b, addr, n, mr, out):
+    """vexp's polynomial as explicit VL-lane vector code (LLVM's loop vectorizer stops at
+    256 bits here), the same steps as vexp, fused: p = vexp(x - mr) in place over n floats
+    (a multiple of VL); out[0] = Σp (VL lane sums, then a tree), out[1] = how many p are 0."""
+    f32 = ir.FloatType()
+    i32 = ir.IntType(32)
+    fv = ir.VectorType(f32, VL)
+    iv = ir.VectorType(i32, VL)
+
+    def c(x):
+        return ir.Constant(fv, [float(x)] * VL)
+
+    mrv = _splat(b, mr, VL)
+    sacc = cgutils.alloca_once_value(b, ir.Constant(fv, [0.0] * VL))
+    zacc = cgutils.alloca_once_value(b, ir.Constant(iv, [0] * VL))
+    with cgutils.for_range(b, b.udiv(n, ir.Constant(n.type, VL))) as loop:
+        a = b.add(addr, b.mul(loop.index, ir.Constant(n.type, VL * 4)))
+        ptr = b.inttoptr(a, fv.as_pointer())
+        x = b.fsub(b.load(ptr, align=4), mrv)
+        lo = b.fcmp_ordered(">", x, c(_XMIN))
+        xc = b.select(lo, x, c(_XMIN))
+        xc = b.select(b.fcmp_ordered("<", xc, c(_XMAX)), xc, c(_XMAX))
+        nf = simd._intr(b, f"llvm.floor.v{VL}f32", fv, [simd._fma(b, xc, c(_LOG2E), c(0.5))])
+        r = simd._fma(b, nf, c(-_LN2HI), xc)
+        r = simd._fma(b, nf, c(-_LN2LO), r)
+        p = c(np.float32(1.9875691500E-4))
+        for k in (1.3981999507E-3, 8.3334519073E-3, 4.1665795894E-2, 1.6666665459E-1,
+                  5.0000001201E-1):
+            p = simd._fma(b, p, r, c(np.float32(k)))
+        p = b.fadd(simd._fma(b, b.fmul(p, r), r, r), c(1.0))
+        e = b.shl(b.add(b.fptosi(nf, iv), ir.Constant(iv, [127] * VL)), ir.Constant(iv, [23] * VL))
+        y = b.fmul(p, b.bitcast(e, fv))
+        y = b.select(b.fcmp_ordered(">=", x, c(_XMIN)), y, c(0.0))
+        b.store(y, ptr, align=4)
+        b.store(b.fadd(b.load(sacc), y), sacc)
+        b.store(b.add(b.load(zacc), b.zext(b.fcmp_ordered("==", y, c(0.0)), iv)), zacc)
+    o = b.inttoptr(out, f32.as_pointer())
+    b.store(simd._hsum(b, b.load(sacc)), o)
+    z = b.load(zacc)
+    zs = b.extract_element(z, ir.Constant(i32, 0))
+    for i in range(1, VL):
+        zs = b.add(zs, b.extract_element(z, ir.Constant(i32, i)))
+    b.store(b.sitofp(zs, f32), b.gep(o, [ir.Constant(i32, 1)]))
+
+
+@intrinsic
+def exp_block(typingctx, addr, n, mr, out):
+    """exp_block(addr, n, mr, out): p = vexp(x - mr) for the n float32 at addr (n a multiple
+    of VL), out[0] = their sum, out[1] = how many are 0 (float32 at out)."""
+    if not (isinstance(addr, types.Integer) and isinstance(n, types.Integer)
+            and isinstance(out, types.Integer) and mr == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        a, k, m, o = args
+        fnty = ir.FunctionType(ir.VoidType(), [i64, i64, ir.FloatType(), i64])
+        fn = builder.module.globals.get("pyggml_fa_exp_block")
+        if fn is None:
+            fn = ir.Function(builder.module, fnty, name="pyggml_fa_exp_block")
+            fn.linkage = "internal"
+            fb = ir.IRBuilder(fn.append_basic_block("entry"))
+            _exp_block_ir(fb, *fn.args)
+            fb.ret_void()
+        builder.call(fn, [context.cast(builder, a, sig.args[0], types.int64),
+                          context.cast(builder, k, sig.args[1], types.int64), m,
+                          context.cast(builder, o, sig.args[3], types.int64)])
+        return context.get_dummy_value()
+    return types.none(addr, n, mr, out), codegen
 
 
 # --- integer dots of 8-bit q blocks with quantized K rows -----------------------------------------

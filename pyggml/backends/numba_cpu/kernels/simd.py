@@ -478,6 +478,9 @@ gemm_tile = _intrinsic_n(f"pyggml_gemm_{GEMM_MR}x{GEMM_NR}", 6, _gemm_body)
 # of two vectors at a time), ~3 instructions per dot instead of a horizontal sum each.
 
 HAVE_VNNI = HAVE_AVX512 and "avx512vnni" in _FEATURES
+# the 8-bit Q4_0 dots decode their 4 K rows a pair at a time: 4 rows' codes and scales live
+# beside 16 accumulators spilled ~20 vector registers per step (8 after), same float ops
+KPAIR = 2
 
 
 def _pair(b, x, y):
@@ -655,8 +658,13 @@ def _qk_q4_0_i8_body(nr):
 
         def step(b, j, two):
             """Blocks j and j + 1 (two) or block j alone (the upper half zero)."""
+            for u0 in range(0, nk, KPAIR):
+                keys(b, j, two, u0)
+
+        def keys(b, j, two, u0):
+            """The step for keys u0 .. u0 + KPAIR - 1."""
             kc, kd = [], []
-            for k in ks:
+            for k in ks[u0:u0 + KPAIR]:
                 b0 = b.add(k, b.mul(j, _c(_I64, 18)))
                 _prefetch(b, b.add(b0, pf))
                 b1 = b.add(b0, _c(_I64, 18))
@@ -679,11 +687,11 @@ def _qk_q4_0_i8_body(nr):
                     z8 = ir.Constant(f32x8, [0.0] * 8)
                     qd, qs = widen(b, _load(b, qda, f32x8), z8), widen(b, _load(b, qsa, f32x8), z8)
                 qv = b.bitcast(qv, i32x16)
-                for u in range(nk):
-                    dots = _intr(b, "llvm.x86.avx512.vpdpbusd.512", i32x16, [izero, kc[u], qv])
+                for i, u in enumerate(range(u0, u0 + len(kc))):
+                    dots = _intr(b, "llvm.x86.avx512.vpdpbusd.512", i32x16, [izero, kc[i], qv])
                     t = _fma(b, qd, b.sitofp(dots, f32x16), qs)
                     a = accs[r * nk + u]
-                    b.store(_fma(b, kd[u], t, b.load(a)), a)
+                    b.store(_fma(b, kd[i], t, b.load(a)), a)
         _for(b, b.udiv(nb, _c(_I64, 2)), lambda b, i: step(b, b.mul(i, _c(_I64, 2)), True))
         odd = b.icmp_unsigned("!=", b.and_(nb, _c(_I64, 1)), _c(_I64, 0))
         with b.if_then(odd):
@@ -707,8 +715,12 @@ def _qk_q4_0_pairs_body(nr):
         accs = [_acc(b, zero) for _ in range(nr * nk)]
 
         def step(b, j):
+            for u0 in range(0, nk, KPAIR):
+                keys(b, j, u0)
+
+        def keys(b, j, u0):
             kc, kd = [], []
-            for k in ks:
+            for k in ks[u0:u0 + KPAIR]:
                 blk = b.add(k, b.mul(j, _c(_I64, 18)))
                 _prefetch(b, b.add(blk, pf))
                 kc.append(_nibbles(b, b.add(blk, _c(_I64, 2))))
@@ -719,10 +731,10 @@ def _qk_q4_0_pairs_body(nr):
                 qda = b.add(rowx, b.mul(j, _c(_I64, 32)))
                 qd = _load(b, qda, f32x8)
                 qs = _load(b, b.add(qda, b.mul(nb, _c(_I64, 32))), f32x8)
-                for u in range(nk):
-                    t = _fma(b, qd, b.sitofp(_maddubs_pairs(b, kc[u], qv), f32x8), qs)
+                for i, u in enumerate(range(u0, u0 + len(kc))):
+                    t = _fma(b, qd, b.sitofp(_maddubs_pairs(b, kc[i], qv), f32x8), qs)
                     a = accs[r * nk + u]
-                    b.store(_fma(b, kd[u], t, b.load(a)), a)
+                    b.store(_fma(b, kd[i], t, b.load(a)), a)
         _for(b, nb, step)
         _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
         b.ret_void()
