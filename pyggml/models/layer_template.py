@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 from typing import Callable
-from typing import Optional
 
 from ..context import tensor_overhead
 from ..graph import CGraph
