@@ -44,7 +44,8 @@ class LayerTemplate:
                  expands: list):
         self.ctx, self.gf, self.cache, self.il0 = ctx, gf, cache, il0
         self.inp0, self.out0 = inp0, out0
-        self.rows = rows            # (tensor of the first layer, name parts or None: a leaf)
+        # per tensor of the first layer: (tensor, name parts or None for a leaf, its record)
+        self.rows = rows
         self.expands = expands      # the first layer's build_forward_expand calls, in order
 
     def stamp(self, il: int, inp, layer_map: dict):
@@ -60,17 +61,16 @@ class LayerTemplate:
         tag = str(il)
         n = 0
         # Context.new_node inline (its room for every stamp was checked by record)
-        for t0, parts in self.rows:
+        for t0, parts, shape, vs, offs, params, op, src, flags in self.rows:
             if parts is None:                   # a leaf the layer made: the cache's input?
                 t = layer_input(ctx, t0, il)
                 if t is not None:
                     m[t0] = t
                 continue                        # else one all layers share
-            vs = t0.view_src
-            t = _record(ctx, kept_shape(t0), None if vs is None else get(vs, vs),
-                        t0.view_offs, t0.op_params, t0.op, [get(s, s) for s in t0.src])
+            t = _record(ctx, shape, None if vs is None else get(vs, vs), offs, params, op,
+                        list(map(get, src, src)))
             t.name = tag.join(parts)
-            t.flags = t0.flags
+            t.flags = flags
             add(t)
             m[t0] = t
             n += 1
@@ -110,12 +110,13 @@ def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
     rows = []
     for t in made:
         if t.op is None:
-            rows.append((t, None))
+            rows.append((t, None) + (None,) * 7)
             continue
         name = "" if _AUTO_NAME.fullmatch(t.name) else t.name
         # a name near the length limit could be cut differently for a longer index; a
         # graph-given name inside another (a view of node_3) depends on the node's place
         if len(name) > MAX_NAME - 8 or "node_" in name or "leaf_" in name:
             return out, None
-        rows.append((t, split.split(name)))
+        rows.append((t, split.split(name), kept_shape(t), t.view_src, t.view_offs,
+                     t.op_params, t.op, t.src, t.flags))
     return out, LayerTemplate(ctx, gf, cache, il0, inp, out, rows, expands)
