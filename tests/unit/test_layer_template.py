@@ -9,6 +9,7 @@ import pyggml as gg
 from pyggml.attention.kv_cache import F16KVCache
 from pyggml.attention.kv_cache import MixedKVCache
 from pyggml.models import layer_template
+from pyggml.models import llama as llama_mod
 from pyggml.models.llama import Decoder
 from pyggml.models.llama import LlamaConfig
 from pyggml.models.llama import LlamaModel
@@ -140,14 +141,23 @@ def test_no_template_without_the_cache_api_or_room(model, monkeypatch):
     model.build(ctx, gf, plain, 1)
     plain.c.step = None
     assert n[0] == 0
-    # a context with room for the first layer but not for the stamps: the ops build the
-    # rest and raise the context's own error when it is full
+    # a context with room for the first layer but not for the stamps: record declines, the
+    # ops build the rest and raise the context's own error when it is full
+    made = []
+    plain_record = llama_mod.record
+
+    def noted(*a):
+        out = plain_record(*a)
+        made.append(out[1])
+        return out
+
+    monkeypatch.setattr(llama_mod, "record", noted, raising=True)
     small = gg.init(mem_size=60 * gg.tensor_overhead(), no_alloc=True)
     cache = _cache("f16", 3)
     cache.begin(1)
     with pytest.raises(gg.GGMLError, match="context out of memory"):
-        model.build(small, gg.new_graph_custom(small, 4096), cache, 1)
-    assert n[0] == 0
+        model.build(small, gg.new_graph_custom(None, 4096), cache, 1)
+    assert made == [None] and n[0] == 0
 
 
 def test_decoder_logits_bitwise(model):
