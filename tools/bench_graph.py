@@ -3,14 +3,15 @@
 The SmolLM2-135M shape (30 layers, 576 wide, Q4_1 weights: ~844 nodes for a decode step)
 with random weights, through a KV cache, as models.llama.Decoder builds a step's graph.
 Phases, per graph (process_time: single-threaded Python work, robust to other load):
-  build  ctx + graph + cache.begin + model.build (op building, inference, DFS)
+  build  ctx + graph + cache.begin + model.build (op building, inference, DFS; layers after
+         the first stamped from its template unless --ops-layers)
   alloc  sched.alloc.alloc_graph (the graph allocator)
   plan   NumbaBackend.select + graph_plan (kernel variant per node, n_tasks, work sizes)
   lower  NumbaBackend.lower (the node table: kernel addresses + descriptors)
 The target (DESIGN.md §9) is <= 10 ms for the whole, <= 12 µs per node.
 
     python tools/bench_graph.py [--cache f16|mixed] [--tokens N] [--past N] [-r REPEATS]
-                                [--sched] [--no-gc] [--profile] [--marks DIR]
+                                [--sched] [--no-gc] [--ops-layers] [--profile] [--marks DIR]
 
 Instruction counts (robust when the machine is shared): tools/callgrind_graph.sh runs this
 under callgrind with instrumentation on only around the repeats (--marks).
@@ -108,6 +109,9 @@ def main(argv=None) -> int:
                          "assignment + allocation + splits; lower = select + plan + lower)")
     ap.add_argument("--no-gc", action="store_true",
                     help="Python's cycle collector paused, as Decoder and the backend do")
+    ap.add_argument("--ops-layers", action="store_true",
+                    help="build every layer through the ops (LlamaModel.stamp_layers off: "
+                         "the build before layer templates)")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the repeats (top 30 functions by own time)")
     ap.add_argument("--marks", metavar="DIR",
@@ -116,6 +120,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     model = LlamaModel.random(SMOLLM2)
+    if args.ops_layers:
+        model.stamp_layers = False
     cache = make_cache(args.cache, SMOLLM2, args.ctx, args.past)
     backend = NumbaBackend(args.threads)
     sched = gg.sched_new([backend, gg.backend_reference_init()]) if args.sched else None
@@ -138,7 +144,8 @@ def main(argv=None) -> int:
     backend.free()
     print(f"SmolLM2-135M shape, {args.cache} cache, {args.tokens} token(s), {args.past} past: "
           f"{n} nodes, {args.repeats} graphs (process_time{', sched' if args.sched else ''}"
-          f"{', gc paused' if args.no_gc else ''})")
+          f"{', gc paused' if args.no_gc else ''}"
+          f"{', every layer through the ops' if args.ops_layers else ''})")
     print(f"{'phase':>6} {'ms median':>10} {'min':>7} {'max':>7} {'µs/node':>8}")
     for ph in ("build", "alloc", "plan", "lower", "total"):
         xs = [r[ph] * 1e3 for r in runs]

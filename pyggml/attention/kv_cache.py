@@ -92,6 +92,7 @@ class _CacheBase:
         self.step: Optional[CacheStep] = None
         self._ids: Optional[Tensor] = None
         self._inputs: list = []        # (tensor, values) set after the graph is allocated
+        self._layer_inputs: dict = {}  # input made for one layer -> how to make another's
 
     def _new_ctx(self, tensors: list[tuple]) -> Context:
         size = sum(TRAITS[t].row_size(ne0) * ne1 + 1024 for t, ne0, ne1 in tensors)
@@ -115,13 +116,32 @@ class _CacheBase:
         tr = TRAITS[t.type]
         return view_3d(ctx, t, d, n, self.n_head_kv, t.nb[1], tr.row_size(d), first * t.nb[1])
 
-    def _input(self, ctx, type, ne0: int, ne1: int, values, name: str) -> Tensor:
-        """A graph input whose values `values(t)` computes from the current step."""
+    def _input(self, ctx, type, ne0: int, ne1: int, values, name: str,
+               layer: Optional[int] = None) -> Tensor:
+        """A graph input whose values `values(t)` computes from the current step; `layer`:
+        the input is that layer's own (named f"{name}-{layer}"; see layer_input)."""
         t = new_tensor_2d(ctx, type, ne0, ne1) if ne1 else new_tensor_1d(ctx, type, ne0)
-        set_name(t, name)
+        set_name(t, name if layer is None else f"{name}-{layer}")
         set_input(t)
         self._inputs.append((t, values))
+        if layer is not None:
+            self._layer_inputs[t] = (type, ne0, ne1, values, name)
         return t
+
+    # --- layer templates (models/layer_template.py) -------------------------------------------
+    # A model may build its first layer through store/attention and stamp the others from
+    # it. That holds while a layer's graph differs from another's only in the tensors
+    # layer_tensors names and in the inputs made per layer (layer_input); anything else
+    # store/attention make is shared by every layer of the step (made once, kept on self).
+
+    def layer_input(self, ctx, t: Tensor, il: int) -> Optional[Tensor]:
+        """The input of layer il like t, an input made for another layer of this step
+        (registered as _input registers it); None when t is not a per-layer input."""
+        spec = self._layer_inputs.get(t)
+        if spec is None:
+            return None
+        type, ne0, ne1, values, name = spec
+        return self._input(ctx, type, ne0, ne1, values, name, il)
 
     def _slot_ids(self, ctx) -> Tensor:
         """The step's row ids (I64) for set_rows, one input shared by every layer; padding
@@ -172,6 +192,10 @@ class _CacheBase:
         ok = visible[None, :] & (key_pos[None, :] <= q[:, None])
         m[:len(q)][ok] = 0.0
         return m
+
+
+def _fresh_state(t: Tensor) -> np.ndarray:
+    return fresh_values(t.ne)
 
 
 class MixedKVCache(_CacheBase):
@@ -241,7 +265,7 @@ class MixedKVCache(_CacheBase):
             raise GGMLError("MixedKVCache: hot ring overflow (internal sizing error)")
         pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
         self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed, n_pad)
-        self._inputs, self._ids = [], None
+        self._inputs, self._ids, self._layer_inputs = [], None, {}
         self._masks = self._moves_in = None
         return self.step
 
@@ -345,14 +369,18 @@ class MixedKVCache(_CacheBase):
             kq = self._view3(self.cold_k[il], ctx, self._cold_view(), self.head_dim)
             vq = self._view3(self.cold_v[il], ctx, self._cold_view(), self.head_dim_v)
         # a fresh softmax state per step: all of this step's keys are in this one call
-        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
-                            lambda t: fresh_values(t.ne), f"attn_state-{il}")
+        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
+                            "attn_state", il)
         o = flash_attn_ext_with_state(ctx, q, k, v, hot_mask, kq, vq, cold_mask, state,
                                       scale, 0.0, 0.0)
         if prec:
             flash_attn_ext_set_prec(o, prec)
         set_name(o, f"attn_out-{il}")
         return o
+
+    def layer_tensors(self, il: int) -> tuple:
+        """Layer il's own stores (a layer template's map: see _CacheBase.layer_input)."""
+        return self.hot_k[il], self.hot_v[il], self.cold_k[il], self.cold_v[il]
 
     def commit(self) -> None:
         """The step's graph was computed: advance the ring and the cold store."""
@@ -416,7 +444,7 @@ class F16KVCache(_CacheBase):
         n_pad = self._pad_to(n_tokens, n_pad)
         pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
         self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0, n_pad)
-        self._inputs, self._ids, self._mask = [], None, None
+        self._inputs, self._ids, self._mask, self._layer_inputs = [], None, None, {}
         return self.step
 
     def _n_kv(self) -> int:
@@ -455,6 +483,10 @@ class F16KVCache(_CacheBase):
             flash_attn_ext_set_prec(o, prec)
         set_name(o, f"attn_out-{il}")
         return o
+
+    def layer_tensors(self, il: int) -> tuple:
+        """Layer il's own stores (a layer template's map: see _CacheBase.layer_input)."""
+        return self.k[il], self.v[il]
 
     def commit(self) -> None:
         self.n_past += self._need_step().n_tokens

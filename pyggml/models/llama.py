@@ -26,6 +26,7 @@ from ..tensor import set_name
 from ..tensor import set_output
 from ..types import GGMLType
 from ..types import as_type
+from .layer_template import record
 
 
 @dataclass
@@ -57,6 +58,8 @@ class LlamaConfig:
 
 
 class LlamaModel:
+    stamp_layers = True     # build layers after the first from its template (layer_template.py)
+
     def __init__(self, cfg: LlamaConfig, weights: dict[str, Tensor], ctx: Context):
         self.cfg, self.w, self.ctx = cfg, weights, ctx
 
@@ -105,7 +108,8 @@ class LlamaModel:
             set_name(out_ids, "inp_out_ids")
             set_input(out_ids)
         layer_ids = list(range(c.n_layer) if layers is None else layers)
-        for il in layer_ids:
+
+        def build_layer(il, inpL):
             p = f"blk.{il}."
             cur = gg.mul(ctx, gg.rms_norm(ctx, inpL, c.eps), w[p + "attn_norm.weight"])
             set_name(cur, f"attn_norm-{il}")
@@ -137,6 +141,21 @@ class LlamaModel:
             set_name(cur, f"ffn_out-{il}")
             inpL = gg.add(ctx, cur, ffn_inp)
             set_name(inpL, f"l_out-{il}")
+            return inpL
+
+        # the first layer through the ops, the others stamped from it (layer_template.py);
+        # a last layer that keeps only the output rows differs, and is built
+        last = layer_ids[-1] if out_ids is not None else None
+        n_stamps = sum(il != last for il in layer_ids[1:])
+        tmpl = groups = None
+        for j, il in enumerate(layer_ids):
+            if j == 0 and n_stamps and self.stamp_layers:
+                inpL, tmpl = record(ctx, gf, cache, il, inpL, build_layer, n_stamps)
+                groups = self._layer_weights() if tmpl is not None else None
+                continue
+            lmap = self._layer_map(groups, cache, layer_ids[0], il) \
+                if tmpl is not None and il != last else None
+            inpL = tmpl.stamp(il, inpL, lmap) if lmap is not None else build_layer(il, inpL)
         cur = gg.mul(ctx, gg.rms_norm(ctx, inpL, c.eps), w["output_norm.weight"])
         set_name(cur, "result_norm")
         logits = gg.mul_mat(ctx, w["output.weight"], cur)
@@ -144,6 +163,31 @@ class LlamaModel:
         set_output(logits)
         gg.build_forward_expand(gf, logits)
         return StepGraph(logits, tokens, pos, out_ids)
+
+
+    def _layer_weights(self) -> dict:
+        """{layer index as text: {name after "blk.N.": weight}}, in one pass."""
+        groups: dict = {}
+        for name, t in self.w.items():
+            if name.startswith("blk."):
+                i, _, rest = name[4:].partition(".")
+                groups.setdefault(i, {})[rest] = t
+        return groups
+
+    @staticmethod
+    def _layer_map(groups: dict, cache, il0: int, il: int) -> Optional[dict]:
+        """{layer il0's weight or cache store: layer il's}, or None when layer il differs
+        from il0 in more than which tensors it reads (another weight type or shape, a
+        weight il0 lacks or has alone): then it is built through the ops."""
+        g0, g = groups.get(str(il0), {}), groups.get(str(il), {})
+        if len(g) != len(g0):
+            return None
+        pairs = [(a, g.get(name)) for name, a in g0.items()]
+        pairs += zip(cache.layer_tensors(il0), cache.layer_tensors(il))
+        for a, b in pairs:
+            if b is None or a.type is not b.type or a.ne != b.ne or a.nb != b.nb:
+                return None
+        return dict(pairs)
 
 
 class StepGraph(NamedTuple):

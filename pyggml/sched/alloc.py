@@ -29,14 +29,15 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     # tensor sits in the order, and the last position that reads each root
     # (dicts keyed by the tensors themselves: they hash by identity)
     todo: dict = {}
-    pos: dict = {}
-    last: dict = {}
+    pos: dict = {}                      # (only roots' places are asked)
+    last: dict = {}                     # (only for roots that lack data)
     for i, t in enumerate(order):
-        pos[t] = i
         r = t.view_src
         if r is None:
-            r = t
-        if r._buffer is None:
+            pos[t] = i
+            if t._buffer is None:
+                todo[t] = None
+        elif r._buffer is None:
             todo[r] = None
         for s in filter(None, t.src):          # the sources that are set (tensors are truthy)
             r = s.view_src
@@ -44,7 +45,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
                 r = s
             if r._buffer is None:
                 todo[r] = None
-            last[r] = i
+                last[r] = i
     if not todo:
         return 0
     keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
@@ -84,3 +85,4 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
     set_buffers(buf, offsets)
     return top
+

@@ -1,0 +1,122 @@
+"""Stamping a decoder's layers from its first one (issue #14: a new graph's Python cost).
+
+The layers of a llama-style step graph are the same subgraph over different weights and KV
+cache stores: the same ops, shapes, strides and op_params, in the same order. So the first
+layer is built through the ops (checked, inferred, named) while `record` notes every tensor
+it made and every build_forward_expand it asked for; `LayerTemplate.stamp` then makes each
+later layer by copying those records with the layer's own weights and cache tensors in
+place of the first layer's: one Context.new_node per tensor, no op building. The copies are
+the tensors the ops would have made (shape records shared, op_params frozen and shared, as
+the build memo already shares them) and the expands are replayed in the same places, so
+the graph (node order, names, everything the allocator, planner and lowering read) is the
+one the ops would build; tests/unit/test_layer_template.py holds it to that.
+
+What a layer reads that is its own comes from a map {first layer's tensor: this layer's}
+(the model's weights by name, the cache's stores by `layer_tensors`); inputs the cache makes
+per layer (the mixed cache's softmax states) are made again by `cache.layer_input`; every
+other tensor made before the layer (positions, masks, row ids, shared leaves) is shared.
+Names are the first layer's with its index replaced (`-0` -> `-il`); names the graph gives
+(node_N, leaf_N) are left for the graph to give. `record` declines (returns None; the
+caller builds every layer through the ops) whenever that rule could give a different name.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from ..context import tensor_overhead
+from ..graph import CGraph
+from ..tensor import MAX_NAME
+from ..tensor import Tensor
+from ..tensor import kept_shape
+
+_AUTO_NAME = re.compile(r"(node|leaf)_\d+")
+_OVERHEAD = tensor_overhead()
+_record = Tensor._record
+
+
+class LayerTemplate:
+    """The records of one built layer; `stamp` makes another layer from them."""
+
+    __slots__ = ("ctx", "gf", "il0", "inp0", "out0", "rows", "expands", "cache")
+
+    def __init__(self, ctx, gf: CGraph, cache, il0: int, inp0, out0, rows: list,
+                 expands: list):
+        self.ctx, self.gf, self.cache, self.il0 = ctx, gf, cache, il0
+        self.inp0, self.out0 = inp0, out0
+        # per tensor of the first layer: (tensor, name parts or None for a leaf, its record)
+        self.rows = rows
+        self.expands = expands      # the first layer's build_forward_expand calls, in order
+
+    def stamp(self, il: int, inp, layer_map: dict):
+        """Layer il over input inp (the previous layer's output): returns its output.
+        layer_map: {first layer's tensor: layer il's} for what the layer reads that is its
+        own (weights, cache stores)."""
+        m = dict(layer_map)
+        m[self.inp0] = inp
+        get = m.get
+        ctx = self.ctx
+        add = ctx.tensors.append
+        layer_input = self.cache.layer_input
+        tag = str(il)
+        n = 0
+        # Context.new_node inline (its room for every stamp was checked by record)
+        for t0, parts, shape, vs, offs, params, op, src, flags in self.rows:
+            if parts is None:                   # a leaf the layer made: the cache's input?
+                t = layer_input(ctx, t0, il)
+                if t is not None:
+                    m[t0] = t
+                continue                        # else one all layers share
+            t = _record(ctx, shape, None if vs is None else get(vs, vs), offs, params, op,
+                        list(map(get, src, src)))
+            t.name = tag.join(parts)
+            t.flags = flags
+            add(t)
+            m[t0] = t
+            n += 1
+        ctx.used += n * _OVERHEAD
+        expand = self.gf.expand
+        for e in self.expands:
+            expand(get(e, e))
+        return m[self.out0]
+
+
+def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
+           n_stamps: int) -> tuple:
+    """Build layer il0 over inp with build_layer(il0, inp) -> its output, noting what it
+    made: (output, LayerTemplate or None when the layers cannot be stamped from it).
+    n_stamps: how many layers will be stamped (the context must have room for them all,
+    checked here, so stamping cannot fail half way)."""
+    n0 = len(ctx.tensors)
+    expands = []
+    plain = gf.expand
+
+    def expand_noted(t):
+        expands.append(t)
+        plain(t)
+
+    gf.expand = expand_noted          # the graph's own method, noted (store's expands)
+    try:
+        out = build_layer(il0, inp)
+    finally:
+        del gf.expand
+    made = ctx.tensors[n0:]
+    if not made or not ctx.no_alloc or not hasattr(cache, "layer_input") or \
+            not hasattr(cache, "layer_tensors"):
+        return out, None
+    if ctx.used + tensor_overhead() * len(made) * n_stamps > ctx.mem_size:
+        return out, None
+    split = re.compile(rf"(?<=-){il0}(?![0-9])")
+    rows = []
+    for t in made:
+        if t.op is None:
+            rows.append((t, None) + (None,) * 7)
+            continue
+        name = "" if _AUTO_NAME.fullmatch(t.name) else t.name
+        # a name near the length limit could be cut differently for a longer index; a
+        # graph-given name inside another (a view of node_3) depends on the node's place
+        if len(name) > MAX_NAME - 8 or "node_" in name or "leaf_" in name:
+            return out, None
+        rows.append((t, split.split(name), kept_shape(t), t.view_src, t.view_offs,
+                     t.op_params, t.op, t.src, t.flags))
+    return out, LayerTemplate(ctx, gf, cache, il0, inp, out, rows, expands)
