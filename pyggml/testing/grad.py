@@ -74,6 +74,22 @@ def settings(case: Case) -> dict:
     return s
 
 
+def grad_params(case: Case) -> list | None:
+    """The parameters grad mode moves for this case, or None when run_grad would not get that
+    far: the case does not build, marks no parameter or a non-F32 one, or has more than nmax
+    gradients. The one filter tools and tests use to pick runnable cases; run_grad itself
+    checks the same things in ggml's order, to give each its reason."""
+    ctx = init(mem_size=64 << 20, no_alloc=True)
+    try:
+        case.build(ctx)
+    except Exception:
+        return None
+    ps = [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
+    if not ps or any(t.type != GGMLType.F32 for t in ps):
+        return None
+    return ps if sum(nelements(t) for t in ps) <= settings(case)["nmax"] else None
+
+
 def mean_abs_asymm(a: np.ndarray, b: np.ndarray, expect) -> float:
     """ggml's mean_abs_asymm: mean |(a - b) / (a + b)| over the elements whose a is within
     1e-3 of an expected value (all when none are given). Computed in float32 terms as

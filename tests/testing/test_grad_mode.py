@@ -8,10 +8,9 @@ import sys
 
 import pytest
 
-from pyggml.context import init
 from pyggml.ops.registry import OPS
-from pyggml.tensor import TENSOR_FLAG_PARAM
 from pyggml.tensor import nelements
+from pyggml.testing.grad import grad_params
 from pyggml.testing.grad import run_grad
 from pyggml.testing.grad import settings
 from pyggml.testing.harness import op_cases
@@ -29,13 +28,8 @@ def _grad_cases():
         for c in op_cases(op):
             if "slow" in c.tags:
                 continue
-            ctx = init(mem_size=64 << 20, no_alloc=True)
-            try:
-                c.build(ctx)
-            except Exception:
-                continue
-            ps = [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
-            if not ps or any(t.type != GGMLType.F32 for t in ps):
+            ps = grad_params(c)
+            if ps is None:
                 continue
             n = sum(nelements(t) for t in ps) * (2 if settings(c)["precise"] else 1)
             if n <= settings(c)["nmax"] and (best is None or n < best[0]):
@@ -205,7 +199,7 @@ def test_finite_differences_run_on_one_thread_only_when_the_loss_is_the_same():
                 data.write(last, data.read(last) + 1.0)
 
     case = next(c for c in CASES if c.op == "SQR")
-    n = 2 * nelements(next(t for t in _params(case)))
+    n = 2 * nelements(next(t for t in grad_params(case)))
     same, differs = Threaded(False), Threaded(True)
     for be in (same, differs):
         assert run_grad(case, be, seed=0).status == "OK"
@@ -214,7 +208,3 @@ def test_finite_differences_run_on_one_thread_only_when_the_loss_is_the_same():
     assert differs.computes[1] == 1 and differs.computes[2] >= n
 
 
-def _params(case):
-    ctx = init(mem_size=64 << 20, no_alloc=True)
-    case.build(ctx)
-    return [t for t in ctx.tensors if t.flags & TENSOR_FLAG_PARAM]
