@@ -61,6 +61,7 @@ def test_mode_is_part_of_the_cache_key(monkeypatch):
 
 @pytest.mark.skipif(not simd.HAVE_AVX512,
                     reason="no AVX-512 here: the default kernels already are the AVX2 ones")
+@pytest.mark.twin("_twin_mismatches", "avx2")
 def test_avx2_twin_matches_reference(simd_twin):
     simd_twin("_twin_mismatches", "avx2")
 
@@ -75,6 +76,8 @@ def _raises_on_purpose():
 
 
 @pytest.mark.skipif(not simd.HAVE_AVX2, reason="no AVX2 here: the avx2 mode cannot run")
+@pytest.mark.twin("_differs_on_purpose", "avx2")
+@pytest.mark.twin("_raises_on_purpose", "avx2")
 def test_a_twin_check_that_differs_or_raises_fails_its_test(simd_twin):
     """The twin fixture fails its test on a mismatch and on an error in the child (both run in
     the session's shared avx2 child, as the real twins do)."""
@@ -82,3 +85,34 @@ def test_a_twin_check_that_differs_or_raises_fails_its_test(simd_twin):
         simd_twin("_differs_on_purpose", "avx2")
     with pytest.raises(AssertionError, match="ZeroDivisionError"):
         simd_twin("_raises_on_purpose", "avx2")
+
+
+def test_a_twin_call_needs_its_marker(simd_twin, simd_twins):
+    """An undeclared check fails its test at once, starting no child of its own."""
+    n = len(simd_twins.runs)
+    with pytest.raises(pytest.fail.Exception, match=r"mark the test @pytest.mark.twin"):
+        simd_twin("_differs_on_purpose", "avx2")
+    assert len(simd_twins.runs) == n
+
+
+class _Item:
+    nodeid, fixturenames = "t.py::test", ("simd_twin",)
+
+    def __init__(self, *marks):
+        self.marks = [m.mark for m in marks]
+
+    def iter_markers(self, name):
+        return [m for m in self.marks if m.name == name]
+
+
+def test_a_malformed_twin_marker_is_a_usage_error():
+    from conftest import _twin_marks
+    assert _twin_marks(_Item(pytest.mark.twin("f", "avx2"), pytest.mark.twin("g", "generic"))) \
+        == [("avx2", "f"), ("generic", "g")]
+    for bad in (pytest.mark.twin("f"), pytest.mark.twin("f", 2), pytest.mark.twin("f", mode="avx2")):
+        with pytest.raises(pytest.UsageError, match=r"t.py::test: write @pytest.mark.twin"):
+            _twin_marks(_Item(bad))
+    item = _Item(pytest.mark.twin("f", "avx2"))
+    item.fixturenames = ()
+    with pytest.raises(pytest.UsageError, match="simd_twin fixture"):
+        _twin_marks(item)
