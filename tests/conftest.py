@@ -15,23 +15,33 @@ import pytest
 
 WARMUP_MIN_TESTS = 1000       # a big run (the suite, tests/ops) needs most kernels
 WARMUP_MIN_SECONDS = 20.0     # estimated cold compile worth starting worker processes for
-# template children beyond the common ones (warmup.all_kernels()) that tests reach anyway:
-# tests/ops/test_rows_shape.py samples every row type of GET_ROWS and SET_ROWS; compiled one
-# by one there, they cost it ~50 s on one core, in the warm-up's workers half that
-EXTRA_CHILDREN = {"GET_ROWS": ("mxfp4", "q2_K", "q3_K", "q5_K", "iq4_nl", "iq4_xs"),
-                  "SET_ROWS": ("mxfp4", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs")}
 
 
 def suite_kernels() -> list:
-    """The kernels the session warm-up compiles: all_kernels() and EXTRA_CHILDREN."""
+    """The kernels the session warm-up compiles: warmup.all_kernels() (every kernel and fused
+    kernel, a template's common children) and the template children the ops' own non-slow
+    cases reach beyond those (tests/ops/test_rows_shape.py runs every case of GET_ROWS and
+    SET_ROWS, the fuzz profile draws from them): compiled one by one in those tests they
+    cost ~4 s CPU each on one core, in the warm-up's workers half the wall time."""
     from pyggml.backends.numba_cpu import warmup
     from pyggml.backends.numba_cpu.kernels import KERNELS
-    from pyggml.types import as_type
+    from pyggml.backends.numba_cpu.kernels import lookup
+    from pyggml.errors import GGMLError
+    from pyggml.ops.registry import OPS
+    from pyggml.testing.harness import build_graph
+    from pyggml.testing.harness import op_cases
     out = warmup.all_kernels()
-    for op, types in EXTRA_CHILDREN.items():
-        for v in KERNELS[op].variants:
-            if v.is_template:
-                out += [v.child((int(as_type(t)),)) for t in types]
+    for op, entry in KERNELS.items():
+        if not any(v.is_template for v in entry.variants):
+            continue
+        for case in op_cases(OPS[op]):
+            if "slow" in case.tags:
+                continue
+            try:
+                _, _, gf = build_graph(case)
+            except GGMLError:             # a case that does not build reaches no kernel
+                continue
+            out += [k for k in map(lookup, gf.nodes) if k is not None]
     return list({k.key: k for k in out}.values())
 
 
