@@ -27,7 +27,8 @@ def twin_cases() -> list:
     has no explicit SIMD, FLASH_ATTN_EXT_WITH_STATE shares FLASH_ATTN_EXT's compiled fa_body:
     their kernels would only compile again. So one MUL_MAT case of each (weight type,
     activation type) on the row-dot path and of GEMM_TYPES on the GEMM path, and one
-    FLASH_ATTN_EXT case of each (K type, V type): the smallest of those long enough for the
+    FLASH_ATTN_EXT case of each (K type, V type, precision: the default one takes the integer
+    dots of quantized K): the smallest of those long enough for the
     vector loops' main bodies (rows of >= 256 values; >= 64 keys, >= 4 queries), else the
     smallest."""
     from pyggml.backends.numba_cpu.kernels.matmul import GEMM_MIN_N
@@ -40,7 +41,7 @@ def twin_cases() -> list:
 
     def fa(v):
         size = (v["hsk"] + v["hsv"]) * v["kv"] * v["nb"] * v["nh"] * int(np.prod(v["nr23"]))
-        return (v["type_K"], v["type_V"]), (v["kv"] < 64, v["nb"] < 4, size)
+        return (v["type_K"], v["type_V"], v["prec"]), (v["kv"] < 64, v["nb"] < 4, size)
 
     def is_gemm(v):
         return v["n"] >= GEMM_MIN_N and v["m"] >= 16 and v["k"] >= 16
@@ -82,13 +83,15 @@ def test_twin_cases_cover_every_type_and_path():
     from pyggml.testing.harness import op_cases
     cases = twin_cases()
     mm = [c.vars for c in cases if c.op == "MUL_MAT"]
-    fa = {(c.vars["type_K"], c.vars["type_V"]) for c in cases if c.op == "FLASH_ATTN_EXT"}
+    fa = {(c.vars["type_K"], c.vars["type_V"], c.vars["prec"]) for c in cases
+          if c.op == "FLASH_ATTN_EXT"}
     want_mm = {(c.vars["type_a"], c.vars["type_b"]) for c in op_cases(OPS["MUL_MAT"])
                if "slow" not in c.tags}
     assert {(v["type_a"], v["type_b"]) for v in mm if v["n"] < GEMM_MIN_N} == want_mm
     assert {v["type_a"] for v in mm if v["n"] >= GEMM_MIN_N} == set(GEMM_TYPES)
-    assert {gg.TYPE_Q4_0, gg.TYPE_Q8_0, gg.TYPE_F16, gg.TYPE_BF16, gg.TYPE_F32} <= \
-        {t for kv in fa for t in kv}
+    want_fa = {(c.vars["type_K"], c.vars["type_V"], c.vars["prec"])
+               for c in op_cases(OPS["FLASH_ATTN_EXT"]) if "slow" not in c.tags}
+    assert fa == want_fa and (gg.TYPE_Q4_0, gg.TYPE_Q4_0, "def") in fa
     assert len({str(c) for c in cases}) == len(cases) == len(mm) + len(fa)
 
 
