@@ -1,7 +1,7 @@
 """Shared fixtures: `ggml` (real ggml through ctypes, skips when libggml-python is absent), `rng`,
-`simd_twin` (a test module's check run again under another PYGGML_SIMD); a session warm-up of
-the Numba kernels when the disk cache is cold, after which the avx2 twin checks start in one
-background child."""
+`simd_twin` (a test module's check run again under another PYGGML_SIMD, declared with
+`@pytest.mark.twin`); a session warm-up of the Numba kernels when the disk cache is cold, after
+which the avx2 twin checks start in one background child."""
 from __future__ import annotations
 
 import json
@@ -15,23 +15,33 @@ import pytest
 
 WARMUP_MIN_TESTS = 1000       # a big run (the suite, tests/ops) needs most kernels
 WARMUP_MIN_SECONDS = 20.0     # estimated cold compile worth starting worker processes for
-# template children beyond the common ones (warmup.all_kernels()) that tests reach anyway:
-# tests/ops/test_rows_shape.py samples every row type of GET_ROWS and SET_ROWS; compiled one
-# by one there, they cost it ~50 s on one core, in the warm-up's workers half that
-EXTRA_CHILDREN = {"GET_ROWS": ("mxfp4", "q2_K", "q3_K", "q5_K", "iq4_nl", "iq4_xs"),
-                  "SET_ROWS": ("mxfp4", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs")}
 
 
 def suite_kernels() -> list:
-    """The kernels the session warm-up compiles: all_kernels() and EXTRA_CHILDREN."""
+    """The kernels the session warm-up compiles: warmup.all_kernels() (every kernel and fused
+    kernel, a template's common children) and the template children the ops' own non-slow
+    cases reach beyond those (tests/ops/test_rows_shape.py runs every case of GET_ROWS and
+    SET_ROWS, the fuzz profile draws from them): compiled one by one in those tests they
+    cost ~4 s CPU each on one core, in the warm-up's workers half the wall time."""
     from pyggml.backends.numba_cpu import warmup
     from pyggml.backends.numba_cpu.kernels import KERNELS
-    from pyggml.types import as_type
+    from pyggml.backends.numba_cpu.kernels import lookup
+    from pyggml.errors import GGMLError
+    from pyggml.ops.registry import OPS
+    from pyggml.testing.harness import build_graph
+    from pyggml.testing.harness import op_cases
     out = warmup.all_kernels()
-    for op, types in EXTRA_CHILDREN.items():
-        for v in KERNELS[op].variants:
-            if v.is_template:
-                out += [v.child((int(as_type(t)),)) for t in types]
+    for op, entry in KERNELS.items():
+        if not any(v.is_template for v in entry.variants):
+            continue
+        for case in op_cases(OPS[op]):
+            if "slow" in case.tags:
+                continue
+            try:
+                _, _, gf = build_graph(case)
+            except GGMLError:             # a case that does not build reaches no kernel
+                continue
+            out += [k for k in map(lookup, gf.nodes) if k is not None]
     return list({k.key: k for k in out}.values())
 
 
@@ -139,22 +149,22 @@ def _text(f) -> str:
     return os.pread(f.fileno(), os.fstat(f.fileno()).st_size, 0).decode(errors="replace")
 
 
-def _twin_calls(item) -> list:
-    """(mode, fn) of the literal `simd_twin("fn", "mode")` calls in a test's body (no cache
-    directory argument): the checks a session can start early in a shared child."""
-    import ast
-    import inspect
-    import textwrap
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(item.function)))
-    except (OSError, TypeError, SyntaxError):
-        return []
+TWIN_MARK = "twin"     # @pytest.mark.twin("fn", "mode"): the twin checks a test calls
+
+
+def _twin_marks(item) -> list:
+    """(mode, fn) of a test's `@pytest.mark.twin("fn", "mode")` markers: the only checks its
+    `simd_twin` fixture runs (a call not declared so fails its test: it cannot silently end up
+    in a child of its own). A marker of another form is a usage error at collection."""
     out = []
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id == "simd_twin" and len(node.args) == 2 and not node.keywords
-                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)):
-            out.append((node.args[1].value, node.args[0].value))
+    for m in item.iter_markers(TWIN_MARK):
+        if (len(m.args) != 2 or m.kwargs or not all(isinstance(a, str) for a in m.args)
+                or "simd_twin" not in getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid}: write @pytest.mark.{TWIN_MARK}(\"fn\", "
+                                    f"\"mode\") (two strings) on a test that takes the simd_twin "
+                                    f"fixture, not {m.args!r} {m.kwargs!r}")
+        if (m.args[1], m.args[0]) not in out:
+            out.append((m.args[1], m.args[0]))
     return out
 
 
@@ -168,14 +178,16 @@ def _skipped(item) -> bool:
 
 def _early_twins(item) -> list:
     """The (mode, fn) checks of a test that SimdTwins.start runs early: avx2 ones."""
-    if "simd_twin" not in getattr(item, "fixturenames", ()) or _skipped(item):
+    if _skipped(item):
         return []
-    return [(mode, fn) for mode, fn in _twin_calls(item) if mode == "avx2"]
+    return [(mode, fn) for mode, fn in _twin_marks(item) if mode == "avx2"]
 
 
 def pytest_collection_modifyitems(session, config, items):
     """The tests that read an early twin child's results run last: the child then has the
     whole session to finish in the background, and nobody waits for it."""
+    for it in items:
+        _twin_marks(it)                           # a malformed marker stops the session here
     late = [it for it in items if _early_twins(it)]
     if late:
         items[:] = [it for it in items if it not in late] + late
@@ -227,10 +239,15 @@ def simd_twin(request, simd_twins):
     arguments; it returns the list of mismatches) in an interpreter with PYGGML_SIMD=mode (the
     SIMD width is fixed when the kernels compile, so each mode needs its own process) and
     asserts it found none. Its Numba cache: cache_dir, else pyggml's own (keyed by the mode).
-    The session starts the avx2 checks early, all in one child (SimdTwins.start)."""
+    The test declares each (fn_name, mode) it calls with @pytest.mark.twin(fn_name, mode): the
+    session starts the declared avx2 checks early, all in one child (SimdTwins.start)."""
     check = (str(request.path.parent), request.path.stem)
+    declared = _twin_marks(request.node)
 
     def twin(fn_name: str, mode: str, cache_dir=None) -> None:
+        if (mode, fn_name) not in declared:
+            pytest.fail(f"simd_twin({fn_name!r}, {mode!r}) is not declared: mark the test "
+                        f"@pytest.mark.{TWIN_MARK}({fn_name!r}, {mode!r})", pytrace=False)
         rec = simd_twins.result(mode, check + (fn_name,), cache_dir)
         assert "error" not in rec, rec["error"]
         assert not rec["bad"], f"PYGGML_SIMD={mode}: {fn_name} differs: {rec['bad']}"

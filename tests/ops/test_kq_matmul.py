@@ -193,10 +193,12 @@ def _twin_mismatches():
 
 
 @pytest.mark.skipif(not simd.HAVE_AVX512, reason="no AVX-512: the default kernels are the AVX2 ones")
+@pytest.mark.twin("_twin_mismatches", "avx2")
 def test_avx2_twin_is_ggmls_bit_for_bit(ggml, simd_twin):
     simd_twin("_twin_mismatches", "avx2")
 
 
 @pytest.mark.skipif(not SLOW, reason="compiles the kernels again (minutes): set PYGGML_SLOW=1")
+@pytest.mark.twin("_twin_mismatches", "generic")
 def test_portable_path_is_ggmls_bit_for_bit(ggml, simd_twin, tmp_path):
     simd_twin("_twin_mismatches", "generic", tmp_path)
