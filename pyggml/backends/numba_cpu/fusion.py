@@ -81,6 +81,19 @@ def _scale_mul(x, f, w, nrm, y, n):
         y[i] = v * w[i]
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _norm_mul_row(desc, x, i1, i2, i3, n, eps):
+    """Row (i1, i2, i3) of both norm rows: norm.py's RMS_NORM of x, exactly (SRC0), times
+    the weight's broadcast row (SRC1) into dst."""
+    mean = _F(sum_sq(x, n) / n)
+    f = fdiv(1.0, math.sqrt(mean + eps))
+    w = f32_array(t_addr(desc, SRC1) + (i1 % t_ne(desc, SRC1, 1)) * t_nb(desc, SRC1, 1)
+                  + (i2 % t_ne(desc, SRC1, 2)) * t_nb(desc, SRC1, 2)
+                  + (i3 % t_ne(desc, SRC1, 3)) * t_nb(desc, SRC1, 3), n)
+    _scale_mul(x, f, w, f32_array(t_row(desc, SRC0, i1, i2, i3), n),
+               f32_array(t_row(desc, DST, i1, i2, i3), n), n)
+
+
 def rms_norm_mul_f32(desc, ith, nth):
     """dst = rms_norm(x) * w per row (x in SRC2, the norm's result in SRC0, w in SRC1)."""
     n = t_ne(desc, SRC2, 0)
@@ -89,14 +102,7 @@ def rms_norm_mul_f32(desc, ith, nth):
     ir0, ir1 = row_range(ne1 * ne2 * t_ne(desc, DST, 3), ith, nth)
     for r in range(ir0, ir1):
         i1, i2, i3 = row_coords(r, ne1, ne2)
-        x = f32_array(t_row(desc, SRC2, i1, i2, i3), n)
-        mean = _F(sum_sq(x, n) / n)                      # norm.py's RMS_NORM row, exactly
-        f = fdiv(1.0, math.sqrt(mean + eps))
-        w = f32_array(t_addr(desc, SRC1) + (i1 % t_ne(desc, SRC1, 1)) * t_nb(desc, SRC1, 1)
-                      + (i2 % t_ne(desc, SRC1, 2)) * t_nb(desc, SRC1, 2)
-                      + (i3 % t_ne(desc, SRC1, 3)) * t_nb(desc, SRC1, 3), n)
-        _scale_mul(x, f, w, f32_array(t_row(desc, SRC0, i1, i2, i3), n),
-                   f32_array(t_row(desc, DST, i1, i2, i3), n), n)
+        _norm_mul_row(desc, f32_array(t_row(desc, SRC2, i1, i2, i3), n), i1, i2, i3, n, eps)
 
 
 RMS_NORM_MUL = make_kernel("MUL", rms_norm_mul_f32, n_tasks=rows_n_tasks)
@@ -123,13 +129,7 @@ def add_rms_norm_mul_f32(desc, ith, nth):
         x = f32_array(t_row(desc, SRC2, i1, i2, i3), n)
         _add(f32_array(t_row(desc, SRC3, i1, i2, i3), n),
              f32_array(t_row(desc, SRC4, i1, i2, i3), n), x, n)
-        mean = _F(sum_sq(x, n) / n)
-        f = fdiv(1.0, math.sqrt(mean + eps))
-        w = f32_array(t_addr(desc, SRC1) + (i1 % t_ne(desc, SRC1, 1)) * t_nb(desc, SRC1, 1)
-                      + (i2 % t_ne(desc, SRC1, 2)) * t_nb(desc, SRC1, 2)
-                      + (i3 % t_ne(desc, SRC1, 3)) * t_nb(desc, SRC1, 3), n)
-        _scale_mul(x, f, w, f32_array(t_row(desc, SRC0, i1, i2, i3), n),
-                   f32_array(t_row(desc, DST, i1, i2, i3), n), n)
+        _norm_mul_row(desc, x, i1, i2, i3, n, eps)
 
 
 ADD_RMS_NORM_MUL = make_kernel("MUL", add_rms_norm_mul_f32, n_tasks=rows_n_tasks)

@@ -1,0 +1,66 @@
+"""kernels/simd.py's AVX-512 two-block row dots (Q4_1; Q8_0 with VNNI) against the 256-bit
+dots they replace there, on raw rows: even and odd block counts (the odd last block runs with
+its partner zeroed), odd row counts, and activations whose padding holds garbage (NaN bytes)
+that must not reach a result. The MUL_MAT cases in test_matmul.py check them against the
+reference through whole graphs."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from pyggml.backends.numba_cpu.kernels import simd
+
+pytestmark = pytest.mark.skipif(not simd.HAVE_AVX512, reason="AVX-512 host only")
+
+_BLOCK = {"q4_1": 20, "q8_0": 34}
+
+
+def _pad(n):
+    return (n + 63) // 64 * 64
+
+
+def _runner(fn):
+    @numba.njit
+    def run(m, nb, x, xs, yq, yd, ys, out):
+        fn(m, nb, x, xs, yq, yd, ys, out)
+    return run
+
+
+def _case(rng, fmt, m, nb):
+    """m rows of nb raw blocks, and a Q8 split activation row with 0xFF in its padding."""
+    w = rng.integers(0, 256, size=(m, nb, _BLOCK[fmt]), dtype=np.uint8)
+    nh = 2 if fmt == "q4_1" else 1                       # (d, m) or d halves per block
+    h = (rng.standard_normal((m, nb, nh)) * 0.01).astype(np.float16)
+    w[..., :2 * nh] = h.view(np.uint8).reshape(m, nb, 2 * nh)
+    k = 32 * nb
+    act = np.full(_pad(k) + 2 * _pad(4 * nb), 0xFF, np.uint8)
+    q = rng.integers(-127, 128, size=k, dtype=np.int8)
+    d = (rng.random(nb) * 0.01).astype(np.float32)
+    s = (d * q.reshape(nb, 32).sum(1)).astype(np.float32)
+    act[:k] = q.view(np.uint8)
+    act[_pad(k):_pad(k) + 4 * nb] = d.view(np.uint8)
+    act[_pad(k) + _pad(4 * nb):_pad(k) + _pad(4 * nb) + 4 * nb] = s.view(np.uint8)
+    return np.ascontiguousarray(w), act
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+def test_x2_dot_matches_256_bit(fmt):
+    if fmt == "q8_0" and not simd.HAVE_VNNI:
+        pytest.skip("the two-block Q8_0 dot needs VNNI")
+    new = _runner(getattr(simd, f"dot_{fmt}"))
+    old = _runner(simd._intrinsic_n(f"test_dot_{fmt}_256", 8, simd._q_dot_body(fmt)))
+    rng = np.random.default_rng(0)
+    for nb in (1, 2, 3, 18, 19):
+        for m in (1, 2, 5):
+            w, act = _case(rng, fmt, m, nb)
+            a = act.ctypes.data
+            k = 32 * nb
+            args = (m, nb, w.ctypes.data, nb * _BLOCK[fmt], a, a + _pad(k),
+                    a + _pad(k) + _pad(4 * nb))
+            want, got = np.zeros(m, np.float32), np.zeros(m, np.float32)
+            old(*args, want.ctypes.data)
+            new(*args, got.ctypes.data)
+            assert np.isfinite(got).all(), (fmt, nb, m, got)
+            err = np.abs(got - want).max() / np.abs(want).max()
+            assert err < 1e-5, (fmt, nb, m, err)
