@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 from ..intrinsics import f32_array
@@ -39,20 +38,15 @@ from .fa_rows import f16_to_f32
 from .fa_rows import quant_q_row
 from .fa_rows import row_to_f32
 from .fa_rows import row_to_i8
+from .fa_tiling import _F0
 from .fa_tiling import FOLD
 from .fa_tiling import KB
 from .fa_tiling import KG
+from .fa_tiling import NEG_INF
 from .fa_tiling import PF_GROUPS
+from .fa_tiling import _jit
+from .fa_tiling import _jit_inline
 from .simd import VL
-
-NEG_INF = np.float32(-np.inf)
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
-
-_FM = {"contract", "reassoc", "afn", "arcp"}      # as attention.py (no nnan/ninf: -inf masks)
-_jit = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy")
-_jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy",
-                         inline="always")
 
 
 @_jit_inline
