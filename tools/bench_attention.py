@@ -9,6 +9,9 @@ Cases (D=128, 32 query heads over 8 KV heads, as a Llama-style GQA layer):
   with_state_16k    flash_attn_ext_with_state, hot 512 F16 + cold Q4_0 (16k in all)
                                                                   goal <= 0.3x ggml's F16 16k
   prompt_f16_512    512 queries over 512 F16 keys, causal mask    goal <= 1.0x ggml
+--micro: instead, the CPU time per call of the micro-kernels a decode runs per 4-key group
+(kernels/simd.py: qk and pv, 4 query rows x 4 keys, D=128, over 4096 keys), F16 rows vs
+Q4_0 rows, in this process's PYGGML_SIMD mode: where a Q4_0 cache's time goes against F16's.
 Times are medians of --runs computes, in alternating blocks of pyggml and ggml runs, each
 side's threads quiet while the other runs (Numba compile time, cached on disk, is reported
 separately); beside the wall times, the CPU time of the process (all threads) per compute,
@@ -142,13 +145,88 @@ def ggml_runner(out, n_threads):
     return run
 
 
+def micro(runs, reps=100, n_keys=4096):
+    """Median CPU ns per call of the F16 and Q4_0 qk/pv micro-kernels (one decode group)."""
+    import numba
+
+    from pyggml import quants
+    from pyggml.backends.numba_cpu.kernels import simd
+    nb = D // 32
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (n_keys, D)).astype(np.float32)
+    rows = {"f16": (x.astype(np.float16).view(np.uint8).copy(), 2 * D),
+            "q4_0": (np.frombuffer(quants.quantize(T.Q4_0, x), np.uint8).copy(), 18 * nb)}
+    qf = rng.uniform(-1, 1, 4 * D).astype(np.float32)
+    qi8 = rng.integers(-127, 128, 4 * D).astype(np.int8)
+    qdx = rng.uniform(0.001, 0.01, 4 * nb * 16).astype(np.float32)
+    p = rng.uniform(0, 1, 1024).astype(np.float32)      # p rows 128 bytes apart, 16 offsets
+    acc = np.zeros(4 * D, np.float32)
+    out = np.zeros(16, np.float32)
+
+    qk16, qkq, pv16, pvq = (simd.qk_4x4_f16, simd.qk_4x4_q4_0_i8, simd.pv_4x4_f16,
+                            simd.pv_4x4_q4_0)
+
+    @numba.njit
+    def run_qk16(kb, s, q, qx, a, pp, o, reps):
+        for _ in range(reps):
+            for j in range(0, n_keys, 4):
+                k = kb + j * s
+                qk16(D, q, D * 4, k, k + s, k + 2 * s, k + 3 * s, o, 0)
+
+    @numba.njit
+    def run_qkq(kb, s, q, qx, a, pp, o, reps):
+        for _ in range(reps):
+            for j in range(0, n_keys, 4):
+                k = kb + j * s
+                qkq(nb, q, D, qx, k, k + s, k + 2 * s, k + 3 * s, o, 0)
+
+    @numba.njit
+    def run_pv16(kb, s, q, qx, a, pp, o, reps):
+        for _ in range(reps):
+            for j in range(0, n_keys, 4):
+                k = kb + j * s
+                pv16(D, a, D * 4, pp + (j % 32) * 16, 128, 0, k, k + s, k + 2 * s, k + 3 * s)
+
+    @numba.njit
+    def run_pvq(kb, s, q, qx, a, pp, o, reps):
+        for _ in range(reps):
+            for j in range(0, n_keys, 4):
+                k = kb + j * s
+                pvq(D, a, D * 4, pp + (j % 32) * 16, 128, 0, k, k + s, k + 2 * s, k + 3 * s)
+
+    cases = [("qk f16", "f16", run_qk16, qf), ("qk q4_0 (8-bit q)", "q4_0", run_qkq, qi8),
+             ("pv f16", "f16", run_pv16, qf), ("pv q4_0", "q4_0", run_pvq, qf)]
+
+    def call(run, kind, q, n):
+        buf, stride = rows[kind]
+        run(buf.ctypes.data, stride, q.ctypes.data, qdx.ctypes.data, acc.ctypes.data, p.ctypes.data,
+            out.ctypes.data, n)
+    for _, kind, run, q in cases:
+        call(run, kind, q, 1)                   # compile, warm
+    ts = {name: [] for name, *_ in cases}
+    for _ in range(runs):                       # alternating, so background load hits all alike
+        for name, kind, run, q in cases:
+            c0 = time.process_time()
+            call(run, kind, q, reps)
+            ts[name].append((time.process_time() - c0) / (reps * n_keys / 4) * 1e9)
+    print(f"micro-kernels, {simd.VL} float lanes (PYGGML_SIMD={simd._MODE}): CPU ns per call "
+          f"(4 rows x 4 keys, D={D})")
+    for name in ts:
+        print(f"  {name:20s} {statistics.median(ts[name]):8.1f}")
+    return {name: statistics.median(v) for name, v in ts.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--only", default="")
     ap.add_argument("--prec", default="default", choices=("default", "f32"))
+    ap.add_argument("--micro", action="store_true",
+                    help="CPU time per call of the F16 / Q4_0 qk and pv micro-kernels instead")
     args = ap.parse_args(argv)
+    if args.micro:
+        return micro(args.runs)
     prec = gg.PREC_F32 if args.prec == "f32" else gg.PREC_DEFAULT
     only = {s for s in args.only.split(",") if s}
     from pyggml.testing import ggml_lib as gl

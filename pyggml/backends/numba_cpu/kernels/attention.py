@@ -67,7 +67,6 @@ to simd.py's micro-kernels) and vexp.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from ....types import FA_KV_TYPES
@@ -119,12 +118,15 @@ from .fa_rows import F32
 from .fa_rows import QK
 from .fa_tile import _prep_q
 from .fa_tile import _tile_keys
+from .fa_tiling import _F0
 from .fa_tiling import FOLD
 from .fa_tiling import KB
 from .fa_tiling import KG
 from .fa_tiling import L_TOTAL
+from .fa_tiling import NEG_INF
 from .fa_tiling import RMAX
 from .fa_tiling import UPC
+from .fa_tiling import _jit
 from .fa_tiling import _segment_slots
 from .fa_tiling import layout
 from .fa_tiling import n_split_chunks
@@ -152,11 +154,6 @@ C_READY = 1        # (run + 1) * 2 + (1 if the state check failed)
 C_NEXT = 2         # next work unit of the current run
 C_DONE = 3         # threads done with their chunks (split mode: then all fold rows)
 
-NEG_INF = np.float32(-np.inf)
-_F0 = np.float32(0.0)
-
-_FM = {"contract", "reassoc", "afn", "arcp"}      # no nnan/ninf: -inf masks must work
-_jit = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy")
 
 
 @_jit

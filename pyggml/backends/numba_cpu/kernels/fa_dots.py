@@ -113,10 +113,8 @@ def _exp_block_ir(b, addr, n, mr, out):
         b.store(b.add(b.load(zacc), b.zext(b.fcmp_ordered("==", y, c(0.0)), iv)), zacc)
     o = b.inttoptr(out, f32.as_pointer())
     b.store(simd._hsum(b, b.load(sacc)), o)
-    z = b.load(zacc)
-    zs = b.extract_element(z, ir.Constant(i32, 0))
-    for i in range(1, VL):
-        zs = b.add(zs, b.extract_element(z, ir.Constant(i32, i)))
+    # one reduction (a shuffle tree), not VL extract-and-adds
+    zs = simd._intr(b, f"llvm.vector.reduce.add.v{VL}i32", i32, [b.load(zacc)])
     b.store(b.sitofp(zs, f32), b.gep(o, [ir.Constant(i32, 1)]))
 
 

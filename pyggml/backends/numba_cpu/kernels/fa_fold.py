@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
-
-NEG_INF = np.float32(-np.inf)
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
-
-_FM = {"contract", "reassoc", "afn", "arcp"}      # as attention.py (no nnan/ninf: -inf masks)
-_jit = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy")
-_jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy",
-                         inline="always")
+from .fa_tiling import _F0
+from .fa_tiling import _F1
+from .fa_tiling import NEG_INF
+from .fa_tiling import _jit
 
 
 @_jit

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 from ..intrinsics import f32_array
@@ -39,33 +38,34 @@ from .fa_rows import f16_to_f32
 from .fa_rows import quant_q_row
 from .fa_rows import row_to_f32
 from .fa_rows import row_to_i8
+from .fa_tiling import _F0
 from .fa_tiling import FOLD
 from .fa_tiling import KB
 from .fa_tiling import KG
+from .fa_tiling import NEG_INF
 from .fa_tiling import PF_GROUPS
+from .fa_tiling import _jit
+from .fa_tiling import _jit_inline
 from .simd import VL
-
-NEG_INF = np.float32(-np.inf)
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
-
-_FM = {"contract", "reassoc", "afn", "arcp"}      # as attention.py (no nnan/ninf: -inf masks)
-_jit = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy")
-_jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy",
-                         inline="always")
 
 
 @_jit_inline
-def _raw_group(scp, o, gn, x0, x1, x2, x3):
-    """The group's gn (<= 4) q·k dots into the row's score slots (constant indices: no
-    spilled tuples); _score_row turns the block's slots into scores."""
+def _raw_group(scp, o, x0, x1, x2, x3):
+    """The group's q·k dots into the row's 4 score slots (constant indices: no spilled
+    tuples); _score_row turns the block's slots into scores. A short last group (gn < 4)
+    writes its padding dots too, into slots past the block's nk keys that nothing reads:
+    4 unconditional stores (one vector move) instead of a branch per slot."""
     scp[o] = x0
-    if gn > 1:
-        scp[o + 1] = x1
-    if gn > 2:
-        scp[o + 2] = x2
-    if gn > 3:
-        scp[o + 3] = x3
+    scp[o + 1] = x1
+    scp[o + 2] = x2
+    scp[o + 3] = x3
+
+
+@_jit_inline
+def _raw_group_from(scp, o, s4p, so):
+    """_raw_group from 4 dots s4p[so:so + 4] (a qk micro-kernel's output)."""
+    for u in range(4):
+        scp[o + u] = s4p[so + u]
 
 
 @_jit_inline
@@ -150,6 +150,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     sc_addr = np.int64(sc.ctypes.data)
     acc_addr = np.int64(acc.ctypes.data)
     s16_addr = np.int64(s16.ctypes.data)
+    s16p = ptr_of(s16_addr, np.float32)
     # SIMD products when the head sizes fit whole vectors, rows read in place when simd
     # reads their type; Q4_0 K with integer dots through VNNI
     k_i8 = int_dots and kt == Q4_0
@@ -265,8 +266,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                             qk1(kq, dk, qf_addr + (r0 + rr) * dk * 4, k0, k1, k2, k3,
                                  s16_addr + rr * 16, kpf)
                     for rr in range(nr):
-                        _raw_group(scp, (r0 + rr) * KB + g0, gn, s16[rr * 4], s16[rr * 4 + 1],
-                                   s16[rr * 4 + 2], s16[rr * 4 + 3])
+                        _raw_group_from(scp, (r0 + rr) * KB + g0, s16p, rr * 4)
                 continue
             for r in range(R):
                 if int_dots:
@@ -285,7 +285,7 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                     s4 = s4b
                 else:
                     s4 = dot_1x4(qf, r * dk, kf, dk)
-                _raw_group(scp, r * KB + g0, gn, s4[0], s4[1], s4[2], s4[3])
+                _raw_group(scp, r * KB + g0, s4[0], s4[1], s4[2], s4[3])
         # per row: scores (scaled, soft-capped, masked) and their max, rescale, probabilities;
         # n_zero counts the block's zero probabilities (masked or underflowed): with none,
         # every 4-key group of every row is full (no per-group checks below)
