@@ -48,6 +48,22 @@ def source_key(pkg: Path = PKG) -> str:
     return h.hexdigest()[:16]
 
 
+AVX2_CPU = "haswell"     # PYGGML_SIMD=avx2 compiles for it (see backends/numba_cpu/kernels/simd.py)
+
+
+def _simd_target() -> None:
+    """PYGGML_SIMD=avx2: compile for an AVX2 CPU (unless NUMBA_CPU_NAME names one), so that
+    LLVM's own code is an AVX2-only machine's too. Set in the environment, before Numba reads
+    it, so worker processes and Numba's config reloads agree."""
+    if os.environ.get("PYGGML_SIMD", "").lower() != "avx2" or os.environ.get("NUMBA_CPU_NAME"):
+        return
+    os.environ["NUMBA_CPU_NAME"] = AVX2_CPU
+    os.environ["NUMBA_CPU_FEATURES"] = ""           # that CPU's own features, not this host's
+    cfg = sys.modules.get("numba.core.config")
+    if cfg is not None:                              # numba imported before pyggml
+        cfg.CPU_NAME, cfg.CPU_FEATURES = AVX2_CPU, ""
+
+
 def default_base() -> str:
     if os.environ.get("PYGGML_CACHE_DIR"):
         return os.environ["PYGGML_CACHE_DIR"]
@@ -58,6 +74,7 @@ def default_base() -> str:
 def configure() -> Optional[str]:
     """Point Numba's cache at the source-keyed directory (unless NUMBA_CACHE_DIR is set);
     returns the directory in use, or None when Numba's default (__pycache__) stays."""
+    _simd_target()
     if os.environ.get("NUMBA_CACHE_DIR"):
         return os.environ["NUMBA_CACHE_DIR"]
     base = default_base()

@@ -1,7 +1,8 @@
 """PYGGML_SIMD: every fast path has a narrower twin, and the twin is tested here too.
 
 On an AVX-512 machine `PYGGML_SIMD=avx2` makes the kernels compile the code an AVX2-only
-machine runs (AVX2/FMA/F16C intrinsics, 8 float lanes); those kernels are checked against
+machine runs (AVX2/FMA/F16C intrinsics, 8 float lanes, and everything else compiled for an
+AVX2 CPU: test_avx2_mode_targets_an_avx2_cpu); those kernels are checked against
 the reference backend on a sample of every SIMD-using op's cases, in a child process (the
 switch is read at import; the session runs it with the other avx2 twins in one background
 child: tests/conftest.py). The sample: twin_cases(). The portable path (generic) is
@@ -17,6 +18,38 @@ import pytest
 
 import pyggml as gg
 from pyggml.backends.numba_cpu.kernels import simd
+
+_TARGET = """
+import numba
+import numpy as np
+import pyggml
+from numba.core.registry import cpu_target
+from pyggml.backends.numba_cpu.kernels import simd
+
+@numba.njit
+def scale_sum(a):
+    s = 0.0
+    for i in range(a.size):
+        s += a[i] * 2.0
+    return s
+
+cg = cpu_target.target_context.codegen()
+scale_sum(np.ones(64, np.float32))
+asm = scale_sum.inspect_asm(scale_sum.signatures[0])
+print(simd.HAVE_AVX2, simd.HAVE_AVX512, simd.VL, cg._get_host_cpu_name(),
+      "avx512" in cg._tm_features, "zmm" in asm, "ymm" in asm)
+"""
+
+
+def test_avx2_mode_targets_an_avx2_cpu(tmp_path):
+    """PYGGML_SIMD=avx2 compiles for an AVX2 CPU: LLVM's own vector code (here a plain
+    vectorizable loop) uses ymm registers and never zmm, on any host."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(PYGGML_SIMD="avx2", PYGGML_CACHE_DIR=str(tmp_path))
+    p = subprocess.run([sys.executable, "-c", _TARGET], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["True", "False", "8", "haswell", "False", "False", "True"]
 
 
 def twin_cases() -> list:

@@ -42,6 +42,7 @@ from numba.core import cgutils
 from numba.core import types
 from numba.extending import intrinsic
 
+from ...._numba_cache import AVX2_CPU
 from ....quants.iq4_values import KVALUES_IQ4NL
 
 # PYGGML_SIMD chooses the widest instruction set the kernels may use, so every fast path's
@@ -54,8 +55,24 @@ if _MODE not in SIMD_MODES:
     raise ImportError(f"PYGGML_SIMD={_MODE!r}: expected one of {', '.join(SIMD_MODES)}")
 
 
+# avx2 mode compiles for an AVX2 CPU (_numba_cache.AVX2_CPU), not only with AVX2 intrinsics:
+# what LLVM generates itself (its vectorizer, the width of our vector IR) follows the target,
+# and on an AVX-512 host it would otherwise be zmm code an AVX2-only machine never runs.
+AVX2_CPU_FEATURES = {"avx", "avx2", "fma", "f16c", "bmi", "bmi2", "popcnt", "sse4.1", "sse4.2"}
+
+
+def _check_avx2_target() -> None:
+    from numba.core.registry import cpu_target
+    if "avx512" in cpu_target.target_context.codegen()._tm_features:
+        raise ImportError("PYGGML_SIMD=avx2: Numba's target was fixed before pyggml was imported "
+                          f"(it has AVX-512); set NUMBA_CPU_NAME={AVX2_CPU} NUMBA_CPU_FEATURES= too")
+
+
 def _host_features() -> set:
     import numba
+    if _MODE == "avx2" and numba.config.CPU_NAME == AVX2_CPU:
+        _check_avx2_target()
+        return set(AVX2_CPU_FEATURES)
     if numba.config.CPU_NAME is not None:   # code compiled for another CPU: portable only
         return set()
     try:
