@@ -1,4 +1,4 @@
-"""kernels/simd.py's AVX-512 two-block row dots (Q4_1; Q8_0 with VNNI) against the 256-bit
+"""kernels/simd.py's AVX-512 two-block row dots (Q4_1, Q4_0; Q8_0 with VNNI) against the 256-bit
 dots they replace there, on raw rows: even and odd block counts (the odd last block runs with
 its partner zeroed), odd row counts, and activations whose padding holds garbage (NaN bytes)
 that must not reach a result. The MUL_MAT cases in test_matmul.py check them against the
@@ -13,7 +13,7 @@ from pyggml.backends.numba_cpu.kernels import simd
 
 pytestmark = pytest.mark.skipif(not simd.HAVE_AVX512, reason="AVX-512 host only")
 
-_BLOCK = {"q4_1": 20, "q8_0": 34}
+_BLOCK = {"q4_1": 20, "q8_0": 34, "q4_0": 18}
 
 
 def _pad(n):
@@ -44,7 +44,7 @@ def _case(rng, fmt, m, nb):
     return np.ascontiguousarray(w), act
 
 
-@pytest.mark.parametrize("fmt", ["q4_1", "q8_0"])
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0", "q4_0"])
 def test_x2_dot_matches_256_bit(fmt):
     if fmt == "q8_0" and not simd.HAVE_VNNI:
         pytest.skip("the two-block Q8_0 dot needs VNNI")

@@ -327,8 +327,12 @@ _QROWS = 2             # weight rows per pass: the activation block is loaded on
 # output projection of SmolLM2 ran 1.3-1.4x faster in repeated dots on one thread (both
 # SIMD modes; alternating in-process runs, the weight in L3); a whole mul_mat node against
 # ggml and the model's kernel time moved within their noise at load ~20. No change on
-# small (L2-resident) rows, so the 4-bit dots do not prefetch.
+# small (L2-resident) rows. The 4-bit/5-bit rows of a decode step stream from memory too, so
+# every format prefetches: 576x1536 rows streamed from a 100 MB set, one thread, alternating
+# in one process (load ~4.5), PYGGML_SIMD=avx2: Q4_1 5.3 -> 6.8 GB/s, Q4_0 5.2 -> 6.8, Q5_0
+# 5.6 -> 7.7; the same 256-bit Q4_0 body on AVX-512 5.4 -> 6.5.
 Q_PREFETCH = 4096
+_PREFETCH_FMTS = tuple(_QFMT)          # read at build time: an A/B script can drop one
 
 
 def _q_dot_body(fmt):
@@ -338,7 +342,7 @@ def _q_dot_body(fmt):
         """Block i of each row in xs against one activation block (qy, dy, sy)."""
         for x, acc, accm in zip(xs, accs, accms):
             xb = b.add(x, b.mul(i, _c(_I64, bsize)))
-            if Q_PREFETCH and fmt == "q8_0":
+            if Q_PREFETCH and fmt in _PREFETCH_FMTS:
                 _prefetch(b, b.add(xb, _c(_I64, Q_PREFETCH)))
             dx = _f16(b, xb)
             if fmt in ("q8_0", "iq4_nl"):
@@ -429,7 +433,7 @@ def _q_dot_body(fmt):
     return build
 
 
-# --- AVX-512: two blocks per 512-bit step (Q4_1; Q8_0 with VNNI) ---------------------------------
+# --- AVX-512: two blocks per 512-bit step (Q4_1, Q4_0; Q8_0 with VNNI) ---------------------------
 # The 256-bit dot above spends most of a block on scalar work: two half->float conversions,
 # a scale product and its broadcast per block and row. Here a step takes blocks i and i+1:
 # their 64 quant bytes in one register against 64 activation bytes (one vpdpbusd with VNNI,
@@ -441,6 +445,8 @@ def _q_dot_body(fmt):
 # process, load ~10): 5.0-6.1 -> 8.6-9.1 GB/s (without the prefetch ~6.5: no gain), where a
 # plain read of the same buffer runs ~10.5 GB/s.
 # An odd last block runs the same step with block i+1 zeroed (no byte past the row is read).
+# Q4_0 is Q4_1's step with [d_i, d_i+1] for (d, m): its "- 8 d_x d_y sum(q_y)" is summed per
+# lane as Q4_1's min is and subtracted once at the end, as the 256-bit dot does.
 
 def _dpbusd(b, acc, xu, yi):
     """<16 x i32> acc + sums of 4 adjacent u8 x i8 products of <64 x i8> xu, yi."""
@@ -465,7 +471,7 @@ def _x2_body(fmt):
     def quants(b, xb0, xb1, one):
         """Blocks i, i+1 of a row as <64 x i8> in the activations' order (block i+1 zero
         when one)."""
-        if fmt == "q4_1":
+        if fmt in ("q4_1", "q4_0"):
             q0 = _load(b, b.add(xb0, _c(_I64, qs_off)), _v(_I8, 16))
             q1 = (ir.Constant(_v(_I8, 16), [0] * 16) if one
                   else _load(b, b.add(xb1, _c(_I64, qs_off)), _v(_I8, 16)))
@@ -481,8 +487,8 @@ def _x2_body(fmt):
         return b.xor(_cat(b, q0, q1), ir.Constant(_v(_I8, 64), [-128] * 64))   # q + 128
 
     def halves(b, xb0, xb1, one):
-        """Q4_1: [d_i, m_i, d_i+1, m_i+1]; Q8_0: [d_i, d_i+1] (as floats, 0 for a zeroed
-        block)."""
+        """Q4_1: [d_i, m_i, d_i+1, m_i+1]; Q8_0, Q4_0: [d_i, d_i+1] (as floats, 0 for a
+        zeroed block)."""
         t = _I32 if fmt == "q4_1" else _I16
         v = b.insert_element(ir.Constant(_v(t, 2), [0, 0]), _load(b, xb0, t), _c(_I32, 0))
         if not one:
@@ -495,7 +501,8 @@ def _x2_body(fmt):
 
         def rows(b, xs):
             accs = [_acc(b, ir.Constant(_v(_F32, 16), [0.0] * 16)) for _ in xs]
-            accm = [_acc(b, ir.Constant(_v(_F32, 4), [0.0] * 4)) for _ in xs]
+            nm = 4 if fmt == "q4_1" else 2
+            accm = [_acc(b, ir.Constant(_v(_F32, nm), [0.0] * nm)) for _ in xs]
 
             def step(b, i, one):
                 ya = b.add(yq, b.mul(i, _c(_I64, 32)))
@@ -514,6 +521,9 @@ def _x2_body(fmt):
                     ysm = b.shuffle_vector(z2, sy, ir.Constant(_v(_I32, 4), [0, 2, 1, 3]))
                     sel = [0] * 8 + [2] * 8
                     init = z16i
+                elif fmt == "q4_0":     # nibbles . y, then - 8 * d_x * d_y * sum(q_y) at the end
+                    sel = [0] * 8 + [1] * 8
+                    init = z16i
                 else:                   # (q + 128) . y - 128 * (sums of 4 y)
                     init = b.sub(z16i, _dpbusd(b, z16i, ir.Constant(_v(_I8, 64), [-128] * 64), y))
                     sel = [0] * 8 + [1] * 8
@@ -529,6 +539,8 @@ def _x2_body(fmt):
                     b.store(_fma(b, f, sc16, b.load(acc)), acc)
                     if fmt == "q4_1":   # lanes 1, 3: + m * d_y * sum(q_y)
                         b.store(_fma(b, dm, ysm, b.load(am)), am)
+                    elif fmt == "q4_0":  # d_x * d_y * sum(q_y) per block
+                        b.store(_fma(b, dm, sy, b.load(am)), am)
 
             npair = b.udiv(nb, _c(_I64, 2))
             _for(b, npair, lambda b, p: step(b, b.mul(p, _c(_I64, 2)), False))
@@ -541,6 +553,10 @@ def _x2_body(fmt):
                     m = b.load(am)
                     s_ = b.fadd(s_, b.fadd(b.extract_element(m, _c(_I32, 1)),
                                            b.extract_element(m, _c(_I32, 3))))
+                elif fmt == "q4_0":
+                    m = b.load(am)
+                    s_ = b.fsub(s_, b.fmul(_c(_F32, 8.0), b.fadd(b.extract_element(m, _c(_I32, 0)),
+                                                                 b.extract_element(m, _c(_I32, 1)))))
                 res.append(s_)
             return res
 
@@ -565,7 +581,7 @@ def _x2_body(fmt):
 def _q_dot_intrinsic(fmt):
     """dot(nrows, nb, x, xstride, yq, yd, ys, out): weight rows of format fmt x activations
     in the Q8 split layout."""
-    if HAVE_AVX512 and (fmt == "q4_1" or (fmt == "q8_0" and HAVE_VNNI)):
+    if HAVE_AVX512 and (fmt in ("q4_1", "q4_0") or (fmt == "q8_0" and HAVE_VNNI)):
         tag = "avx512vnni" if HAVE_VNNI else "avx512"
         return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_x2_r{_QROWS}", 8, _x2_body(fmt))
     tag = "avx2" if HAVE_AVX2 else "generic"
