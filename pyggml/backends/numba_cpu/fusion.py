@@ -24,8 +24,6 @@ plan.schedule sees a fused row as a FusedNode: its sources, and the ones it writ
 from __future__ import annotations
 
 import math
-from collections import Counter
-from itertools import chain
 
 import numba
 import numpy as np
@@ -310,11 +308,16 @@ def _row_aligned(outs, ins, memo=None) -> bool:
     return True
 
 
-def _uses(nodes) -> Counter:
-    """id(tensor) -> how many nodes read it (as a source or as the tensor they view);
-    counted in C (the ids of None count too: no tensor has that id)."""
-    srcs = chain.from_iterable([node.src for node in nodes])
-    return Counter(map(id, chain(srcs, [node.view_src for node in nodes])))
+def _uses(nodes) -> dict:
+    """id(tensor) -> how many nodes read it (as a source or as the tensor they view)."""
+    uses: dict = {}
+    for node in nodes:
+        for t in node.src:
+            if t is not None:
+                uses[id(t)] = uses.get(id(t), 0) + 1
+        if node.view_src is not None:
+            uses[id(node.view_src)] = uses.get(id(node.view_src), 0) + 1
+    return uses
 
 
 def _swiglu_of(glu):
@@ -380,7 +383,7 @@ def fuse(nodes, rows: list, kernels: list):
         norm = row_nodes[p]
         # the MUL, the norm's only reader, must be the next row: no row between may write x
         # or w (in place) under it (_pair: the next row is a MUL that reads the norm)
-        if uses[id(norm)] != 1:
+        if uses.get(id(norm)) != 1:
             continue
         q = p + 1
         mul = row_nodes[q]
