@@ -207,11 +207,9 @@ class NumbaBackend(Backend):
                            (words, slots[order]))
         tab = LoweredGraph(row_nodes, rows, kernels, descs, n_tasks, status, wbuf, sync)
         tab.scratch = scratch          # the descriptors point into it: keep it alive
-        roots = {}                       # tensors hash by identity; insertion-ordered
-        for t in tensors:                # every tensor the rows read or write, once
-            r = t.view_src
-            roots[t if r is None else r] = None
-        tab.roots = list(roots)
+        # every root the rows read or write, once (tensors hash by identity; first-seen order)
+        tab.roots = list(dict.fromkeys([t if t.view_src is None else t.view_src
+                                        for t in tensors]))
         tab.epoch = _tensor_mod.ALLOC_EPOCH
         tab.params_epoch = _tensor_mod.PARAMS_EPOCH
         tab.snapshot = tab.locations()

@@ -351,16 +351,18 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
     intp[len(nodes), N_SLOTS] (row i's tensors as rows of words; 0 = absent) and tensors the
     distinct tensors in first-seen order (dict keys; tensors hash by identity). The
     descriptors' tensor part is words[slots]; the planner reads byte spans from the same words."""
-    # every slot of every row numbered in one pass in C: a tensor seen first takes the next
-    # number (_Numbering.__missing__), None (an absent source) is 0
-    slot_of = _Numbering()
-    slot_of[None] = 0
-    rows = [(node, *node.src) for node in nodes]
-    flat = list(map(slot_of.__getitem__, chain.from_iterable(rows)))
+    # every slot of every row numbered in C: the distinct tensors in first-seen order
+    # (dict.fromkeys) take 1, 2, ...; None (an absent source) is 0
+    flat = list(chain.from_iterable([(node, *node.src) for node in nodes]))
     if len(flat) != len(nodes) * N_SLOTS:
         bad = next(node for node in nodes if len(node.src) != N_SLOTS - 1)
         raise ValueError(f"pack_table: {bad!r} has {len(bad.src)} source slots, not "
                          f"{N_SLOTS - 1}")
+    seen = dict.fromkeys(flat)
+    seen.pop(None, None)
+    slot_of = dict(zip(seen, range(1, len(seen) + 1)))
+    slot_of[None] = 0
+    flat = list(map(slot_of.__getitem__, flat))
     del slot_of[None]
     addrs = [0]
     shapes = [_NO_SHAPE]
@@ -382,15 +384,6 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 _NO_SHAPE = bytes(8 * (SLOT - 1))
-
-
-class _Numbering(dict):
-    """tensor -> its row in table_slots' words: a key seen first gets the next number."""
-    __slots__ = ()
-
-    def __missing__(self, t):
-        n = self[t] = len(self)
-        return n
 
 
 def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,

@@ -282,15 +282,23 @@ def _sum(add, norm) -> bool:
     return all(_packed_f32(t) and tuple(t.ne) == tuple(add.ne) for t in (a, b))
 
 
-def _row_aligned(outs, ins) -> bool:
+def _span(t, memo: dict) -> tuple:
+    """(first byte, one past the last, ne, nb) of t, made once per fuse() (memo: id -> span;
+    a pair's tensors are checked several times)."""
+    s = memo.get(id(t))
+    if s is None:
+        a = t.data_ptr
+        s = memo[id(t)] = (a, a + nbytes(t), tuple(t.ne), tuple(t.nb))
+    return s
+
+
+def _row_aligned(outs, ins, memo=None) -> bool:
     """The fused row may write outs row by row while it reads ins: no two of them overlap
     unless they are the same rows (same address, shape and strides; the graph allocator
     hands a dead source's slot to a result). A skewed overlap would let one row's store
     clobber a row another thread, or a later iteration, still reads."""
-    spans = []
-    for t in outs + ins:
-        a = t.data_ptr
-        spans.append((a, a + nbytes(t), tuple(t.ne), tuple(t.nb)))
+    memo = {} if memo is None else memo
+    spans = [_span(t, memo) for t in outs + ins]
     for i in range(len(outs)):
         a0, a1, ne, nb = spans[i]
         for j in range(len(spans)):
@@ -334,14 +342,14 @@ def _swiglu_of(glu):
     return gate, up
 
 
-def _disjoint(outs, ins) -> bool:
+def _disjoint(outs, ins, memo=None) -> bool:
     """No byte of outs is a byte of ins (every thread reads all of x while others store)."""
+    memo = {} if memo is None else memo
+    spans = [_span(t, memo) for t in ins]
     for o in outs:
-        a0 = o.data_ptr
-        a1 = a0 + nbytes(o)
-        for t in ins:
-            b0 = t.data_ptr
-            if a0 < b0 + nbytes(t) and b0 < a1:
+        a0, a1 = _span(o, memo)[:2]
+        for b0, b1, _, _ in spans:
+            if a0 < b1 and b0 < a1:
                 return False
     return True
 
@@ -361,28 +369,26 @@ def fuse(nodes, rows: list, kernels: list):
     if "RMS_NORM" not in names and "SWIGLU" not in names:
         return rows, kernels, row_nodes, {}
     uses = _uses(nodes)
-    consumer: dict = {}                   # id(norm) -> the row of its only consumer
-    for p, node in enumerate(row_nodes):
-        for t in node.src:
-            if t is not None and t.op is not None and t.op.name == "RMS_NORM":
-                consumer[id(t)] = p
+    memo: dict = {}                       # id(tensor) -> _span, for this lowering
     drop = set()
     moved = {}
     kernels = list(kernels)
+    last = len(names) - 1
     for p, name in enumerate(names):
         if name == "SWIGLU":
-            _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved)
+            _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved, memo)
             continue
-        if name != "RMS_NORM":
+        if name != "RMS_NORM" or p == last:
             continue
         norm = row_nodes[p]
-        q = consumer.get(id(norm))
-        # the MUL must be the next row: no row between may write x or w (in place) under it
-        if q != p + 1 or uses.get(id(norm)) != 1:
+        # the MUL, the norm's only reader, must be the next row: no row between may write x
+        # or w (in place) under it (_pair: the next row is a MUL that reads the norm)
+        if uses.get(id(norm)) != 1:
             continue
+        q = p + 1
         mul = row_nodes[q]
         w = _pair(norm, mul)
-        if w is None or not _row_aligned([norm, mul], [norm.src[0], w]):
+        if w is None or not _row_aligned([norm, mul], [norm.src[0], w], memo):
             continue
         drop.add(p)
         moved[rows[p]] = rows[q]
@@ -390,7 +396,7 @@ def fuse(nodes, rows: list, kernels: list):
         # the ADD's other readers, later rows, after the fused row that writes the sum)
         add = row_nodes[p - 1] if p > 0 and p - 1 not in drop else None
         if (add is not None and _sum(add, norm) and w is not add
-                and _row_aligned([norm, mul, add], [add.src[0], add.src[1], w])):
+                and _row_aligned([norm, mul, add], [add.src[0], add.src[1], w], memo)):
             drop.add(p - 1)
             moved[rows[p - 1]] = rows[q]
             row_nodes[q] = _norm_row(mul, norm, w, add)
@@ -403,7 +409,7 @@ def fuse(nodes, rows: list, kernels: list):
             moved)
 
 
-def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved) -> None:
+def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved, memo) -> None:
     """Row p (a SWIGLU) runs MUL_MAT_SWIGLU when rows p-2 and p-1 are its two mat-vecs."""
     glu = row_nodes[p]
     pair = _swiglu_of(glu)
@@ -413,8 +419,8 @@ def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved) -> None:
         return
     gate, up = pair
     ins = [gate.src[0], up.src[0], gate.src[1]]
-    if not (_disjoint([gate, up, glu], ins) and _disjoint([gate], [up])
-            and _row_aligned([glu], [gate, up])):
+    if not (_disjoint([gate, up, glu], ins, memo) and _disjoint([gate], [up], memo)
+            and _row_aligned([glu], [gate, up], memo)):
         return
     for r in (p - 2, p - 1):
         drop.add(r)
