@@ -10,7 +10,7 @@ Cases (D=128, 32 query heads over 8 KV heads, as a Llama-style GQA layer):
                                                                   goal <= 0.3x ggml's F16 16k
   prompt_f16_512    512 queries over 512 F16 keys, causal mask    goal <= 1.0x ggml
 --micro: instead, the CPU time per call of the micro-kernels a decode runs per 4-key group
-(kernels/simd.py: qk and pv, 4 query rows x 4 keys, D=128, over 4096 keys), F16 rows vs
+(kernels/fa_simd.py: qk and pv, 4 query rows x 4 keys, D=128, over 4096 keys), F16 rows vs
 Q4_0 rows, in this process's PYGGML_SIMD mode: where a Q4_0 cache's time goes against F16's.
 Times are medians of --runs computes, in alternating blocks of pyggml and ggml runs, each
 side's threads quiet while the other runs (Numba compile time, cached on disk, is reported
@@ -150,6 +150,7 @@ def micro(runs, reps=100, n_keys=4096):
     import numba
 
     from pyggml import quants
+    from pyggml.backends.numba_cpu.kernels import fa_simd
     from pyggml.backends.numba_cpu.kernels import simd
     nb = D // 32
     rng = np.random.default_rng(0)
@@ -163,8 +164,8 @@ def micro(runs, reps=100, n_keys=4096):
     acc = np.zeros(4 * D, np.float32)
     out = np.zeros(16, np.float32)
 
-    qk16, qkq, pv16, pvq = (simd.qk_4x4_f16, simd.qk_4x4_q4_0_i8, simd.pv_4x4_f16,
-                            simd.pv_4x4_q4_0)
+    qk16, qkq, pv16, pvq = (fa_simd.qk_4x4_f16, fa_simd.qk_4x4_q4_0_i8, fa_simd.pv_4x4_f16,
+                            fa_simd.pv_4x4_q4_0)
 
     @numba.njit
     def run_qk16(kb, s, q, qx, a, pp, o, reps):

@@ -1,4 +1,4 @@
-"""The flash-attention SIMD micro-kernels (backends/numba_cpu/kernels/simd.py) against NumPy:
+"""The flash-attention SIMD micro-kernels (backends/numba_cpu/kernels/fa_simd.py) against NumPy:
 qk (q rows · K rows) and pv (accumulators += p · V rows) for every row type they read in
 place, every row/key count, rows at arbitrary strides, and the VNNI integer Q4_0 dot."""
 from __future__ import annotations
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pyggml import quants
+from pyggml.backends.numba_cpu.kernels import fa_simd
 from pyggml.backends.numba_cpu.kernels import simd
 from pyggml.types import GGMLType as T
 
@@ -30,7 +31,7 @@ def _rows(rng, kind, n_rows, gap=40, n=N):
 
 
 def _fns(kind):
-    g = lambda name: getattr(simd, f"{name}_{kind}")          # noqa: E731
+    g = lambda name: getattr(fa_simd, f"{name}_{kind}")          # noqa: E731
     return g("qk_4x4"), g("qk_1x4"), g("pv_4x4"), g("pv_1x4"), g("pv_1x1")
 
 
@@ -67,8 +68,8 @@ def test_qk_pv_match_numpy(rng, kind):
     np.testing.assert_allclose(acc, want, rtol=0, atol=2e-5)
 
 
-_I8_DOTS = {"vnni": (simd.qk_4x4_q4_0_i8, simd.qk_1x4_q4_0_i8),
-            "pairs": (simd.qk_4x4_q4_0_pairs, simd.qk_1x4_q4_0_pairs)}
+_I8_DOTS = {"vnni": (fa_simd.qk_4x4_q4_0_i8, fa_simd.qk_1x4_q4_0_i8),
+            "pairs": (fa_simd.qk_4x4_q4_0_pairs, fa_simd.qk_1x4_q4_0_pairs)}
 
 
 @pytest.mark.parametrize("impl", list(_I8_DOTS))

@@ -55,7 +55,7 @@ def test_avx2_mode_targets_an_avx2_cpu(tmp_path):
 def twin_cases() -> list:
     """The cases the avx2 twin runs: the kernels whose code differs under PYGGML_SIMD=avx2 are
     MUL_MAT (simd.py's float and quantized row dots for every weight type, kq_dots.py's K-quant
-    and mxfp4_dot.py's dots, the GEMM micro-kernel) and FLASH_ATTN_EXT (fa_dots.py, simd.py's
+    and mxfp4_dot.py's dots, the GEMM micro-kernel) and FLASH_ATTN_EXT (fa_dots.py, fa_simd.py's
     attention micro-kernels). MUL_MAT_ID runs the same compiled row dots as MUL_MAT, OUT_PROD
     has no explicit SIMD, FLASH_ATTN_EXT_WITH_STATE shares FLASH_ATTN_EXT's compiled fa_body:
     their kernels would only compile again. So one MUL_MAT case of each (weight type,

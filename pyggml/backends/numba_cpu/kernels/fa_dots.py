@@ -8,7 +8,7 @@
                 (HAVE_AVX2 picks dot_q8_1x4 / dot_u8_1x4 at import)
   float loops   dots and V accumulation over F32 rows, for head sizes that are not whole
                 vectors (LLVM vectorizes them)
-  SIMD dispatch qk4/qk1/pv4/pv1x4/pv1 call kernels/simd.py's micro-kernel for a row type
+  SIMD dispatch qk4/qk1/pv4/pv1x4/pv1 call kernels/fa_simd.py's micro-kernel for a row type
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from ..intrinsics import f32_array
 from ..intrinsics import i8_array
 from ..intrinsics import ptr_of
 from ..intrinsics import u8_array
+from . import fa_simd
 from . import simd
 from .fa_rows import BF16
 from .fa_rows import F16
@@ -407,7 +408,7 @@ def scale_acc(acc_addr, ao, f, n):
         acc[ao + i] *= f
 
 
-# --- SIMD products (kernels/simd.py) over a group of 4 keys --------------------------------------
+# --- SIMD products (kernels/fa_simd.py) over a group of 4 keys --------------------------------------
 # qk: 4 (or 1) q rows against 4 K rows; pv: 4 (or 1) accumulator rows += p · 4 V rows. Rows
 # of the types simd reads (F32/F16/BF16/Q8_0/Q4_0) are read where they lie, others from
 # their F32 conversion (kf/vf). The type argument picks the variant.
@@ -423,68 +424,68 @@ def reads_in_place(t, n):
 @_jit_inline
 def qk4(t, n, q, qstride, k0, k1, k2, k3, out, pf):
     if t == F16:
-        simd.qk_4x4_f16(n, q, qstride, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_4x4_f16(n, q, qstride, k0, k1, k2, k3, out, pf)
     elif t == Q4_0:
-        simd.qk_4x4_q4_0(n, q, qstride, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_4x4_q4_0(n, q, qstride, k0, k1, k2, k3, out, pf)
     elif t == Q8_0:
-        simd.qk_4x4_q8_0(n, q, qstride, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_4x4_q8_0(n, q, qstride, k0, k1, k2, k3, out, pf)
     elif t == BF16:
-        simd.qk_4x4_bf16(n, q, qstride, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_4x4_bf16(n, q, qstride, k0, k1, k2, k3, out, pf)
     else:
-        simd.qk_4x4_f32(n, q, qstride, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_4x4_f32(n, q, qstride, k0, k1, k2, k3, out, pf)
 
 
 @_jit_inline
 def qk1(t, n, q, k0, k1, k2, k3, out, pf):
     if t == F16:
-        simd.qk_1x4_f16(n, q, 0, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_1x4_f16(n, q, 0, k0, k1, k2, k3, out, pf)
     elif t == Q4_0:
-        simd.qk_1x4_q4_0(n, q, 0, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_1x4_q4_0(n, q, 0, k0, k1, k2, k3, out, pf)
     elif t == Q8_0:
-        simd.qk_1x4_q8_0(n, q, 0, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_1x4_q8_0(n, q, 0, k0, k1, k2, k3, out, pf)
     elif t == BF16:
-        simd.qk_1x4_bf16(n, q, 0, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_1x4_bf16(n, q, 0, k0, k1, k2, k3, out, pf)
     else:
-        simd.qk_1x4_f32(n, q, 0, k0, k1, k2, k3, out, pf)
+        fa_simd.qk_1x4_f32(n, q, 0, k0, k1, k2, k3, out, pf)
 
 
 @_jit_inline
 def pv4(t, n, acc, astride, p, pstride, v0, v1, v2, v3, pf):
     if t == F16:
-        simd.pv_4x4_f16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+        fa_simd.pv_4x4_f16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
     elif t == Q4_0:
-        simd.pv_4x4_q4_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+        fa_simd.pv_4x4_q4_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
     elif t == Q8_0:
-        simd.pv_4x4_q8_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+        fa_simd.pv_4x4_q8_0(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
     elif t == BF16:
-        simd.pv_4x4_bf16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+        fa_simd.pv_4x4_bf16(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
     else:
-        simd.pv_4x4_f32(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
+        fa_simd.pv_4x4_f32(n, acc, astride, p, pstride, pf, v0, v1, v2, v3)
 
 
 @_jit_inline
 def pv1x4(t, n, acc, p, v0, v1, v2, v3, pf):
     if t == F16:
-        simd.pv_1x4_f16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+        fa_simd.pv_1x4_f16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
     elif t == Q4_0:
-        simd.pv_1x4_q4_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+        fa_simd.pv_1x4_q4_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
     elif t == Q8_0:
-        simd.pv_1x4_q8_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+        fa_simd.pv_1x4_q8_0(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
     elif t == BF16:
-        simd.pv_1x4_bf16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+        fa_simd.pv_1x4_bf16(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
     else:
-        simd.pv_1x4_f32(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
+        fa_simd.pv_1x4_f32(n, acc, 0, p, 0, pf, v0, v1, v2, v3)
 
 
 @_jit_inline
 def pv1(t, n, acc, p, v0, pf):
     if t == F16:
-        simd.pv_1x1_f16(n, acc, 0, p, 0, pf, v0)
+        fa_simd.pv_1x1_f16(n, acc, 0, p, 0, pf, v0)
     elif t == Q4_0:
-        simd.pv_1x1_q4_0(n, acc, 0, p, 0, pf, v0)
+        fa_simd.pv_1x1_q4_0(n, acc, 0, p, 0, pf, v0)
     elif t == Q8_0:
-        simd.pv_1x1_q8_0(n, acc, 0, p, 0, pf, v0)
+        fa_simd.pv_1x1_q8_0(n, acc, 0, p, 0, pf, v0)
     elif t == BF16:
-        simd.pv_1x1_bf16(n, acc, 0, p, 0, pf, v0)
+        fa_simd.pv_1x1_bf16(n, acc, 0, p, 0, pf, v0)
     else:
-        simd.pv_1x1_f32(n, acc, 0, p, 0, pf, v0)
+        fa_simd.pv_1x1_f32(n, acc, 0, p, 0, pf, v0)

@@ -11,7 +11,7 @@ import numpy as np
 from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
 from ..intrinsics import u16_array
-from . import simd
+from . import fa_simd
 from .fa_dots import _i32_as_f32
 from .fa_dots import axpy
 from .fa_dots import axpy4
@@ -252,11 +252,11 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                     nr = min(4, R - r0)
                     if k_i8:
                         if nr == 4 or pad and nr == 3:
-                            simd.qk_4x4_q4_0_i8(nbk, qi8_addr + r0 * dk, dk, qx_addr + r0 * nbk * 64,
+                            fa_simd.qk_4x4_q4_0_i8(nbk, qi8_addr + r0 * dk, dk, qx_addr + r0 * nbk * 64,
                                                 k0, k1, k2, k3, s16_addr, kpf)
                         else:
                             for rr in range(nr):
-                                simd.qk_1x4_q4_0_i8(nbk, qi8_addr + (r0 + rr) * dk, 0,
+                                fa_simd.qk_1x4_q4_0_i8(nbk, qi8_addr + (r0 + rr) * dk, 0,
                                                     qx_addr + (r0 + rr) * nbk * 64,
                                                     k0, k1, k2, k3, s16_addr + rr * 16, kpf)
                     elif nr == 4 or pad and nr == 3:
@@ -406,7 +406,7 @@ def _unit_end(R, rows_pos, rows_h, iq3, dv, acc, Mr, Sr, k, split, part_base, n_
 def _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, qf, qi8, qd, qs, qx):
     """Load the tile's q rows (F32), and quantize them when the segment uses integer dots
     (qx: each row's block scales qd, then -qd·Σq, spread over 8 lanes per block, the layout
-    of simd.qk_*_q4_0_i8)."""
+    of fa_simd.qk_*_q4_0_i8)."""
     nbk = dk // QK
     for r in range(R):
         x = f32_array(qa + rows_pos[r] * qnb1 + rows_h[r] * qnb2 + iq3 * qnb3, dk)

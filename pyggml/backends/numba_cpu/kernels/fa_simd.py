@@ -1,0 +1,333 @@
+"""Flash attention's SIMD micro-kernels (LLVM vector IR, built with simd.py's helpers).
+
+Split from simd.py, which keeps the mat-mul dots and the GEMM micro-kernel; the instruction-set
+choice (PYGGML_SIMD, VL, HAVE_VNNI) is simd.py's and read from there.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .simd import _F32
+from .simd import _I8
+from .simd import _I32
+from .simd import _I64
+from .simd import HAVE_VNNI
+from .simd import VL
+from .simd import _acc
+from .simd import _c
+from .simd import _f16
+from .simd import _fma
+from .simd import _for
+from .simd import _intr
+from .simd import _intrinsic_n
+from .simd import _ld_bf16
+from .simd import _ld_f16
+from .simd import _ld_f32
+from .simd import _load
+from .simd import _maddubs_pairs
+from .simd import _nibbles
+from .simd import _prefetch
+from .simd import _splat
+from .simd import _store
+from .simd import _v
+
+# --- attention micro-kernels ----------------------------------------------------------------------
+# Flash attention's two products over a group of nk keys for nr query rows, K/V rows read where
+# they lie (cache rows of any stride), converted to F32 in registers: F32/F16/BF16, Q8_0 and
+# Q4_0 (the cold cache's type), or rows converted to F32 beforehand. n (the head size) must be
+# a multiple of VL (F32/F16/BF16) or of 32 (quantized).
+#
+#   qk_<nr>x<nk>_<x>(n, q, qstride, k0.., out)      out[r*nk + u] = sum_i q[r][i] * k_u[i]
+#   pv_<nr>x<nk>_<x>(n, acc, astride, p, pstride, v0..)
+#                                                   acc[r][i] += sum_u p[r][u] * v_u[i]
+#   qk_<nr>x4_q4_0_i8(nb, q8, qstride, qdx, k0..k3, out, pf)
+#                                                   as qk, K Q4_0 against q quantized to 8
+#                                                   bits (VNNI integer dots, see below)
+# q/acc rows are float32, qstride/astride bytes apart; p[r][u] at p + r*pstride + 4u.
+# The nr*nk dots' vector partials are summed together by a transposing tree (even/odd lanes
+# of two vectors at a time), ~3 instructions per dot instead of a horizontal sum each.
+
+# the 8-bit Q4_0 dots decode their 4 K rows a pair at a time: 4 rows' codes and scales live
+# beside 16 accumulators spilled ~20 vector registers per step (8 after), same float ops
+KPAIR = 2
+
+
+def _pair(b, x, y):
+    n = x.type.count
+    ev = b.shuffle_vector(x, y, ir.Constant(_v(_I32, n), list(range(0, 2 * n, 2))))
+    od = b.shuffle_vector(x, y, ir.Constant(_v(_I32, n), list(range(1, 2 * n, 2))))
+    return b.fadd(ev, od)
+
+
+def _dot_totals(b, vecs):
+    """Vectors of partial sums (one dot each) -> vectors holding the totals in order, one
+    per lane (as many dots per vector as lanes; fewer dots: the first len(vecs) lanes of
+    one vector)."""
+    lanes = vecs[0].type.count
+    while len(vecs) > 1 and lanes > 1:
+        vecs = [_pair(b, vecs[i], vecs[i + 1]) for i in range(0, len(vecs), 2)]
+        lanes //= 2
+    while lanes > 1:
+        vecs = [_pair(b, vecs[0], vecs[0])]
+        lanes //= 2
+    return vecs
+
+
+def _store_totals(b, out, vecs, nd):
+    lanes = vecs[0].type.count
+    tot = _dot_totals(b, vecs)
+    if nd < lanes:
+        _store(b, out, b.shuffle_vector(tot[0], tot[0], ir.Constant(_v(_I32, nd), list(range(nd)))))
+    else:
+        for j, v in enumerate(tot):
+            _store(b, b.add(out, _c(_I64, 4 * lanes * j)), v)
+
+
+# row readers: (values per step, step(b, row, i) -> the step's VL-float vectors in order,
+# bytes per step)
+def _float_steps(load, esize):
+    return VL, lambda b, row, i: [load(b, b.add(row, b.mul(i, _c(_I64, VL * esize))), VL)], \
+        VL * esize
+
+
+def _split(b, v, n):
+    """<32 x float> -> 32/n vectors of n lanes."""
+    return [b.shuffle_vector(v, v, ir.Constant(_v(_I32, n), list(range(j, j + n))))
+            for j in range(0, 32, n)]
+
+
+def _q4_0_step(b, row, i):
+    """The block's 16 bytes widened to 32-bit lanes once, the low and high nibbles masked
+    and shifted there (no byte shuffles), and (code - 8)·d as fma(code, d, -8d): 8d is
+    exact, so each value is the one rounding of (code - 8)·d, as before."""
+    blk = b.add(row, b.mul(i, _c(_I64, 18)))
+    w = b.zext(_load(b, b.add(blk, _c(_I64, 2)), _v(_I8, 16)), _v(_I32, 16))
+    lo = b.and_(w, ir.Constant(_v(_I32, 16), [0x0F] * 16))
+    hi = b.lshr(w, ir.Constant(_v(_I32, 16), [4] * 16))
+    d = _f16(b, blk)
+    dv, m8 = _splat(b, d, 16), _splat(b, b.fmul(d, _c(_F32, -8.0)), 16)
+    out = []
+    for c in (lo, hi):
+        out += _split16(b, _fma(b, b.sitofp(c, _v(_F32, 16)), dv, m8), VL)
+    return out
+
+
+def _split16(b, v, n):
+    """<16 x float> -> 16/n vectors of n lanes."""
+    if n == 16:
+        return [v]
+    return [b.shuffle_vector(v, v, ir.Constant(_v(_I32, n), list(range(j, j + n))))
+            for j in range(0, 16, n)]
+
+
+def _q8_0_step(b, row, i):
+    blk = b.add(row, b.mul(i, _c(_I64, 34)))
+    x = b.sitofp(_load(b, b.add(blk, _c(_I64, 2)), _v(_I8, 32)), _v(_F32, 32))
+    return _split(b, b.fmul(x, _splat(b, _f16(b, blk), 32)), VL)
+
+
+_ROW_STEPS = {"f32": _float_steps(_ld_f32, 4), "f16": _float_steps(_ld_f16, 2),
+              "bf16": _float_steps(_ld_bf16, 2), "q4_0": (32, _q4_0_step, 18),
+              "q8_0": (32, _q8_0_step, 34)}
+
+
+def _step_rows(b, rows, i, step, sbytes, pf):
+    """step(b, row, i) of each row, after prefetching pf bytes ahead of step i (sbytes a
+    step) in each."""
+    for r in rows:
+        _prefetch(b, b.add(b.add(r, pf), b.mul(i, _c(_I64, sbytes))))
+    return [step(b, r, i) for r in rows]
+
+
+def _row_at(b, base, r, stride, off):
+    """base + r * stride + off (row r of a strided block, then a byte offset)."""
+    return b.add(b.add(base, b.mul(_c(_I64, r), stride)), off)
+
+
+def _chunk_offset(b, i, per, c):
+    """Byte offset of chunk c (VL floats) of step i (per floats a step)."""
+    return b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
+
+
+def _qk_body(nr, nk, x):
+    per, step, sbytes = _ROW_STEPS[x]
+
+    def build(b, n, q, qstride, *rest):
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+        zero = ir.Constant(_v(_F32, VL), [0.0] * VL)
+        accs = [_acc(b, zero) for _ in range(nr * nk)]
+
+        def body(b, i):
+            kv = _step_rows(b, ks, i, step, sbytes, pf)
+            for c in range(per // VL):
+                off = _chunk_offset(b, i, per, c)
+                for r in range(nr):
+                    qv = _load(b, _row_at(b, q, r, qstride, off), _v(_F32, VL))
+                    for u in range(nk):
+                        a = accs[r * nk + u]
+                        b.store(_fma(b, qv, kv[u][c], b.load(a)), a)
+        _for(b, b.udiv(n, _c(_I64, per)), body)
+        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+        b.ret_void()
+    return build
+
+
+def _pv_body(nr, nk, x):
+    per, step, sbytes = _ROW_STEPS[x]
+
+    def build(b, n, acc, astride, p, pstride, pf, *vs):
+        ps = [[_splat(b, _load(b, _row_at(b, p, r, pstride, _c(_I64, 4 * u)), _F32), VL)
+               for u in range(nk)] for r in range(nr)]
+
+        def body(b, i):
+            vv = _step_rows(b, vs, i, step, sbytes, pf)
+            for c in range(per // VL):
+                off = _chunk_offset(b, i, per, c)
+                for r in range(nr):
+                    addr = _row_at(b, acc, r, astride, off)
+                    a = _load(b, addr, _v(_F32, VL))
+                    for u in range(nk):
+                        a = _fma(b, ps[r][u], vv[u][c], a)
+                    _store(b, addr, a)
+        _for(b, b.udiv(n, _c(_I64, per)), body)
+        b.ret_void()
+    return build
+
+
+# Q4_0 K against 8-bit q (PREC_DEFAULT, as ggml's vec_dot_q4_0_q8_0): two blocks per 512-bit
+# step (an odd last block with the upper half zero). vpdpbusd sums 4 products of K codes
+# (0..15, unsigned) and q (signed) per 32-bit lane,
+# 8 lanes per block; each lane is converted to float and becomes d·(qd·lane - qs), d the K
+# block's scale, qd the q block's and qs = qd·Σq (qdx holds both per row, spread over the
+# block's 8 lanes): over the 8 lanes that is d·qd·(Σcode·q - 8·Σq), the dot of the
+# dequantized K block, (code - 8)·d, with qd·q. Used only with AVX512-VNNI.
+def _qk_q4_0_i8_body(nr):
+    nk = 4
+    i8x64 = _v(_I8, 64)
+    i32x16 = _v(_I32, 16)
+    f32x16 = _v(_F32, 16)
+
+    def build(b, nb, q8, qstride, qdx, *rest):
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+        zero = ir.Constant(f32x16, [0.0] * 16)
+        accs = [_acc(b, zero) for _ in range(nr * nk)]
+        izero = ir.Constant(i32x16, [0] * 16)
+
+        i8x32 = _v(_I8, 32)
+        f32x8 = _v(_F32, 8)
+
+        def widen(b, lo, hi):
+            n = lo.type.count
+            return b.shuffle_vector(lo, hi, ir.Constant(_v(_I32, 2 * n), list(range(2 * n))))
+
+        def step(b, j, two):
+            """Blocks j and j + 1 (two) or block j alone (the upper half zero)."""
+            for u0 in range(0, nk, KPAIR):
+                keys(b, j, two, u0)
+
+        def keys(b, j, two, u0):
+            """The step for keys u0 .. u0 + KPAIR - 1."""
+            kc, kd = [], []
+            for k in ks[u0:u0 + KPAIR]:
+                b0 = b.add(k, b.mul(j, _c(_I64, 18)))
+                _prefetch(b, b.add(b0, pf))
+                b1 = b.add(b0, _c(_I64, 18))
+                c0 = _nibbles(b, b.add(b0, _c(_I64, 2)))
+                c1 = _nibbles(b, b.add(b1, _c(_I64, 2))) if two else ir.Constant(i8x32, [0] * 32)
+                kc.append(b.bitcast(widen(b, c0, c1), i32x16))
+                d1 = _splat(b, _f16(b, b1), 8) if two else ir.Constant(f32x8, [0.0] * 8)
+                kd.append(widen(b, _splat(b, _f16(b, b0), 8), d1))
+            for r in range(nr):
+                qa = _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32)))
+                # qdx: per row, nb*8 floats of qd then nb*8 of -qs (row stride nb*64 bytes)
+                rowx = b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64))))
+                qda = b.add(rowx, b.mul(j, _c(_I64, 32)))
+                qsa = b.add(qda, b.mul(nb, _c(_I64, 32)))
+                if two:
+                    qv = _load(b, qa, i8x64)
+                    qd, qs = _load(b, qda, f32x16), _load(b, qsa, f32x16)
+                else:
+                    qv = widen(b, _load(b, qa, i8x32), ir.Constant(i8x32, [0] * 32))
+                    z8 = ir.Constant(f32x8, [0.0] * 8)
+                    qd, qs = widen(b, _load(b, qda, f32x8), z8), widen(b, _load(b, qsa, f32x8), z8)
+                qv = b.bitcast(qv, i32x16)
+                for i, u in enumerate(range(u0, u0 + len(kc))):
+                    dots = _intr(b, "llvm.x86.avx512.vpdpbusd.512", i32x16, [izero, kc[i], qv])
+                    t = _fma(b, qd, b.sitofp(dots, f32x16), qs)
+                    a = accs[r * nk + u]
+                    b.store(_fma(b, kd[i], t, b.load(a)), a)
+        _for(b, b.udiv(nb, _c(_I64, 2)), lambda b, i: step(b, b.mul(i, _c(_I64, 2)), True))
+        odd = b.icmp_unsigned("!=", b.and_(nb, _c(_I64, 1)), _c(_I64, 0))
+        with b.if_then(odd):
+            step(b, b.sub(nb, _c(_I64, 1)), False)
+        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+        b.ret_void()
+    return build
+
+
+# The same dot without VNNI (AVX2: ggml's pmaddubsw + pmaddwd; portable LLVM otherwise, see
+# _maddubs_pairs): one block per 256-bit step, its 8 lanes each the sum of 4 code·q products
+# (the integers vpdpbusd gives), then the same float steps on 8 lanes. Codes (<= 15) times q
+# (|q| <= 127) summed in pairs cannot saturate pmaddubsw's 16 bits.
+def _qk_q4_0_pairs_body(nr):
+    nk = 4
+    f32x8 = _v(_F32, 8)
+
+    def build(b, nb, q8, qstride, qdx, *rest):
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+        zero = ir.Constant(f32x8, [0.0] * 8)
+        accs = [_acc(b, zero) for _ in range(nr * nk)]
+
+        def step(b, j):
+            for u0 in range(0, nk, KPAIR):
+                keys(b, j, u0)
+
+        def keys(b, j, u0):
+            kc, kd = [], []
+            for k in ks[u0:u0 + KPAIR]:
+                blk = b.add(k, b.mul(j, _c(_I64, 18)))
+                _prefetch(b, b.add(blk, pf))
+                kc.append(_nibbles(b, b.add(blk, _c(_I64, 2))))
+                kd.append(_splat(b, _f16(b, blk), 8))
+            for r in range(nr):
+                qv = _load(b, _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32))), _v(_I8, 32))
+                rowx = b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64))))
+                qda = b.add(rowx, b.mul(j, _c(_I64, 32)))
+                qd = _load(b, qda, f32x8)
+                qs = _load(b, b.add(qda, b.mul(nb, _c(_I64, 32))), f32x8)
+                for i, u in enumerate(range(u0, u0 + len(kc))):
+                    t = _fma(b, qd, b.sitofp(_maddubs_pairs(b, kc[i], qv), f32x8), qs)
+                    a = accs[r * nk + u]
+                    b.store(_fma(b, kd[i], t, b.load(a)), a)
+        _for(b, nb, step)
+        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+        b.ret_void()
+    return build
+
+
+def _qk(nr, nk, x):
+    return _intrinsic_n(f"pyggml_fa_qk_{nr}x{nk}_{x}_v{VL}", 5 + nk, _qk_body(nr, nk, x))
+
+
+def _pv(nr, nk, x):
+    return _intrinsic_n(f"pyggml_fa_pv_{nr}x{nk}_{x}_v{VL}", 6 + nk, _pv_body(nr, nk, x))
+
+
+qk_4x4_f32, qk_4x4_f16, qk_4x4_bf16, qk_4x4_q8_0, qk_4x4_q4_0 = (
+    _qk(4, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+qk_1x4_f32, qk_1x4_f16, qk_1x4_bf16, qk_1x4_q8_0, qk_1x4_q4_0 = (
+    _qk(1, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_4x4_f32, pv_4x4_f16, pv_4x4_bf16, pv_4x4_q8_0, pv_4x4_q4_0 = (
+    _pv(4, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_1x4_f32, pv_1x4_f16, pv_1x4_bf16, pv_1x4_q8_0, pv_1x4_q4_0 = (
+    _pv(1, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
+    _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+# the 8-bit Q4_0 dots: VNNI where the CPU has it, else the pairs twin (tested on every CPU)
+qk_4x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_pairs", 10, _qk_q4_0_pairs_body(4))
+qk_1x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_pairs", 10, _qk_q4_0_pairs_body(1))
+if HAVE_VNNI:
+    qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 10, _qk_q4_0_i8_body(4))
+    qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 10, _qk_q4_0_i8_body(1))
+else:
+    qk_4x4_q4_0_i8, qk_1x4_q4_0_i8 = qk_4x4_q4_0_pairs, qk_1x4_q4_0_pairs
