@@ -215,17 +215,14 @@ class Llama:
             raise GGMLError(f"Llama.eval: token id {bad} out of range [0, {self._n_vocab})")
         if self._cache.n_past != self.n_tokens:
             self._rewind()
-        step, ub = self._decoder.step, self._ubatch
+        step, ub, every = self._decoder.step, self._ubatch, self._logits_all
         for i in range(0, n, ub):
             batch = ids[i:i + ub]
-            logits = step(batch, all_logits=self._logits_all)
-            k = self.n_tokens
-            self.input_ids[k:k + len(batch)] = batch
-            if self._logits_all:
-                self.scores[k:k + len(batch)] = logits
-            else:
-                self.scores[0] = logits[-1]
-            self.n_tokens = k + len(batch)
+            k, m = self.n_tokens, len(batch)
+            # the logits go straight into scores (one copy, as llama.cpp's into its logits)
+            step(batch, all_logits=every, out=self.scores[k:k + m] if every else self.scores[:1])
+            self.input_ids[k:k + m] = batch
+            self.n_tokens = k + m
 
     def logits(self) -> np.ndarray:
         """The last evaluated position's logits (a view into scores)."""
