@@ -27,7 +27,6 @@ set_inputs(), compute, commit (models.llama.Decoder does).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -64,17 +63,30 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-@dataclass
-class CacheStep:
-    n_tokens: int
-    positions: np.ndarray          # positions of the new tokens
-    slots: np.ndarray              # hot ring slots they go to
-    moves: list                    # [(hot_slot_start, cold_start)] whole blocks, oldest first
-    cold_after: int                # cold tokens visible to this step's attention
-    n_pad: int = 0                 # tokens of the step's graph (>= n_tokens; 0: n_tokens)
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
-    def __post_init__(self):
-        self.n_pad = max(self.n_pad, self.n_tokens)
+
+class CacheStep:
+    """One step's plan (a plain class with slots: one is made per decoded token)."""
+
+    __slots__ = ("n_tokens", "positions", "slots", "moves", "cold_after", "n_pad")
+
+    def __init__(self, n_tokens: int, positions: np.ndarray, slots: np.ndarray, moves: list,
+                 cold_after: int, n_pad: int = 0):
+        self.n_tokens = n_tokens
+        self.positions = positions     # positions of the new tokens
+        self.slots = slots             # hot ring slots they go to
+        self.moves = moves             # [(hot_slot_start, cold_start)] whole blocks, oldest first
+        self.cold_after = cold_after   # cold tokens visible to this step's attention
+        # tokens of the step's graph (>= n_tokens; 0: n_tokens)
+        self.n_pad = n_pad if n_pad > n_tokens else n_tokens
+
+    def __repr__(self) -> str:
+        return (f"CacheStep(n_tokens={self.n_tokens}, positions={self.positions!r}, "
+                f"slots={self.slots!r}, moves={self.moves!r}, cold_after={self.cold_after}, "
+                f"n_pad={self.n_pad})")
 
 
 class _Input:
@@ -111,6 +123,8 @@ class _CacheBase:
         self.n_layer, self.n_head_kv, self.n_ctx = n_layer, n_head_kv, n_ctx
         self.head_dim, self.head_dim_v = head_dim, head_dim_v or head_dim
         self.name = name
+        # a step's positions (and slots) are read-only views of these, not new arrays
+        self._positions = _read_only(np.arange(n_ctx + 1, dtype=np.int64))
         self.n_past = 0
         self.step: Optional[CacheStep] = None
         self._ids: Optional[Tensor] = None
@@ -279,6 +293,8 @@ class MixedKVCache(_CacheBase):
         self.hot_count = 0
         self.cold_count = 0
         self.cold_pos = np.full(self.cold_cap, -1, dtype=np.int64)
+        # ring slots from any tail, wrapping: a step's slots are a view (n <= hot_cap)
+        self._ring_ids = _read_only(np.arange(2 * self.hot_cap, dtype=np.int64) % self.hot_cap)
 
     # --- planning ------------------------------------------------------------------------------
     def plan_moves(self, n_tokens: int) -> list:
@@ -301,10 +317,10 @@ class MixedKVCache(_CacheBase):
         moves = self.plan_moves(n_tokens)
         freed = len(moves) * BLOCK
         tail = (self.head + self.hot_count) % self.hot_cap
-        slots = (tail + np.arange(n_tokens)) % self.hot_cap
+        slots = self._ring_ids[tail:tail + n_tokens]
         if self.hot_count - freed + n_tokens > self.hot_cap:   # cannot happen with hot_cap's sizing
             raise GGMLError("MixedKVCache: hot ring overflow (internal sizing error)")
-        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
+        pos = self._positions[self.n_past:self.n_past + n_tokens]
         self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed, n_pad)
         self._inputs, self._ids, self._layer_inputs = [], None, {}
         self._masks = self._moves_in = None
@@ -490,8 +506,8 @@ class F16KVCache(_CacheBase):
         _pad_to)."""
         self._check_room(n_tokens)
         n_pad = self._pad_to(n_tokens, n_pad)
-        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
-        self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0, n_pad)
+        pos = self._positions[self.n_past:self.n_past + n_tokens]
+        self.step = CacheStep(n_tokens, pos, pos, [], 0, n_pad)
         self._inputs, self._ids, self._mask, self._layer_inputs = [], None, None, {}
         return self.step
 
