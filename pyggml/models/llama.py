@@ -267,17 +267,19 @@ class Decoder:
         self.model, self.cache, self.backend = model, cache, backend
         self.reuse_graphs = reuse_graphs
         self.last_graph = None
+        self.running = None           # the graph being computed (step)
         self.n_builds = 0             # graphs built (the rest of the steps reused one)
         self._kept: dict = {}         # (cache key, n_outputs) -> (gf, StepGraph, cache inputs)
 
     def step(self, token_ids, n_pad: int = None, all_logits: bool = True,
-             out: Optional[np.ndarray] = None) -> np.ndarray:
+             out: Optional[np.ndarray] = None, copy: bool = True) -> np.ndarray:
         """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32), or with
         all_logits=False only the last token's [1, n_vocab] (llama.cpp's default: the graph
         computes the last layer's FFN and the output for that row only). `n_pad`: run the
         step on a graph of n_pad >= n_tokens tokens (padding masked, see the class).
         `out`: an array of that shape the logits are copied into (and returned), instead
-        of a new one."""
+        of a new one; copy=False: a view of the graph's output (valid until the graph runs
+        again: `running` is the graph being computed, None once it is done)."""
         ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
         n = len(ids)
         cache = self.cache
@@ -305,14 +307,16 @@ class Decoder:
                 self._kept.pop(next(iter(self._kept)))
         views.set_inputs(ids, st.positions)
         cache.set_inputs()
+        self.running = gf
         self.backend.graph_compute(gf)
+        self.running = None
         cache.commit()
         self.last_graph = gf
         rows = views.logits                              # F32 [n_out, n_vocab], no copy
         if all_logits and n != n_out:
             rows = rows[:n]
         if out is None:
-            return rows.copy()
+            return rows.copy() if copy else rows
         out[...] = rows
         return out
 
