@@ -196,6 +196,9 @@ class _CacheBase:
     def _fill_slots(self, view: np.ndarray) -> None:
         st = self.step
         ids = view[0]
+        if st.n_tokens == 1 == len(ids):                 # a decode step: one element
+            ids[0] = st.slots[0]
+            return
         ids[:st.n_tokens] = st.slots
         ids[st.n_tokens:] = self._sink
 
@@ -212,7 +215,8 @@ class _CacheBase:
 
     def set_inputs(self) -> None:
         """Write the step's masks, row ids and states (after the graph has been allocated)."""
-        self._need_step()
+        if self.step is None:
+            self._need_step()                            # raises
         for inp in self._inputs:
             inp.write()
 
@@ -518,7 +522,9 @@ class F16KVCache(_CacheBase):
 
     def graph_key(self) -> tuple:
         """What this step's graph depends on (see the module doc: graph reuse)."""
-        return (self._need_step().n_pad, self._n_kv())
+        st = self.step or self._need_step()
+        n = self.n_past + st.n_tokens                    # _n_kv, inline (once per token)
+        return (st.n_pad, min(self.cap, _round_up(n, KV_PAD)) if n > 0 else 0)
 
     def _kq_mask(self, t=None) -> np.ndarray:
         st = self._need_step()
@@ -564,7 +570,8 @@ class F16KVCache(_CacheBase):
         return self.k[il], self.v[il]
 
     def commit(self) -> None:
-        self.n_past += self._need_step().n_tokens
+        st = self.step or self._need_step()
+        self.n_past += st.n_tokens
         self.step = None
 
     def nbytes(self) -> dict:

@@ -233,7 +233,10 @@ class Llama:
             except BaseException:
                 self._drop_pending()
                 raise
-            self.input_ids[k:k + m] = batch
+            if m == 1:
+                self.input_ids[k] = batch[0]
+            else:
+                self.input_ids[k:k + m] = batch
             self.n_tokens = k + m
 
     # llama-cpp-python leaves the logits of a decode in the context (llama_get_logits, valid

@@ -280,8 +280,11 @@ class Decoder:
         `out`: an array of that shape the logits are copied into (and returned), instead
         of a new one; copy=False: a view of the graph's output (valid until the graph runs
         again: `running` is the graph being computed, None once it is done)."""
-        ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
-        n = len(ids)
+        if type(token_ids) is list and len(token_ids) == 1:
+            ids, n = token_ids, 1                        # a decode step: no array made
+        else:
+            ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
+            n = len(ids)
         cache = self.cache
         st = cache.begin(n, n_pad) if n_pad is not None else cache.begin(n)
         n_graph = getattr(st, "n_pad", n)
@@ -367,6 +370,12 @@ class _StepViews:
             self._views()
         n = len(ids)
         tok, pos = self.tok, self.pos
+        if n == 1 == len(tok):                           # a decode step: one element each
+            tok[0] = ids[0]
+            pos[0] = positions[0]
+            if self.out_ids is not None:
+                self.out_ids[0] = 0
+            return
         tok[:n] = ids
         pos[:n] = positions
         if n < len(tok):
