@@ -44,12 +44,13 @@ def split(model, threads, n) -> None:
     from pyggml.backends.numba_cpu.executor import run_nodes
     llm = _llm(model, threads, n + 16)
     be = llm._backend.backends[0]
-    runs = []
+    runs, run_cpus = [], []
     orig = be.pool.run
 
     def timed(tab, i0=0, i1=None):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         r = orig(tab, i0, i1)
+        run_cpus.append(time.thread_time() - c)
         runs.append(time.perf_counter() - t)
         return r
     be.pool.run = timed
@@ -64,6 +65,7 @@ def split(model, threads, n) -> None:
         cpus.append(time.thread_time() - c)
     be.pool.run = orig
     rest = [s - r for s, r in zip(steps, runs)]
+    rest_cpu = [s - r for s, r in zip(cpus, run_cpus)]
     tab = _table(llm)
     kaddrs, descs, ntasks, status, sync = tab.addrs
     state = np.zeros(4096, dtype=np.int64)
@@ -76,7 +78,8 @@ def split(model, threads, n) -> None:
     print(f"per decode token, {threads} threads, load {os.getloadavg()[0]:.1f} (medians, ms):")
     print(f"  step (Llama.eval)         {med(steps) * 1e3:8.3f}   caller CPU {med(cpus) * 1e3:.3f}")
     print(f"  executor (pool.run)       {med(runs) * 1e3:8.3f}")
-    print(f"  Python around it          {med(rest) * 1e3:8.3f}   (cache inputs, key, logits copy)")
+    print(f"  Python around it          {med(rest) * 1e3:8.3f}   caller CPU {med(rest_cpu) * 1e3:.3f}"
+          f"   (cache inputs, key, logits)")
     print(f"  graphs built while timed  {llm._decoder.n_builds - builds}")
     print(f"  kernels, 1 thread, CPU    {med(one) * 1e3:8.3f}   ({tab.n} rows, "
           f"{int(tab.sync.sum())} barriers at {threads} threads)")

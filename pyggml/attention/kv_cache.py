@@ -27,7 +27,6 @@ set_inputs(), compute, commit (models.llama.Decoder does).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -64,17 +63,53 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-@dataclass
-class CacheStep:
-    n_tokens: int
-    positions: np.ndarray          # positions of the new tokens
-    slots: np.ndarray              # hot ring slots they go to
-    moves: list                    # [(hot_slot_start, cold_start)] whole blocks, oldest first
-    cold_after: int                # cold tokens visible to this step's attention
-    n_pad: int = 0                 # tokens of the step's graph (>= n_tokens; 0: n_tokens)
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
-    def __post_init__(self):
-        self.n_pad = max(self.n_pad, self.n_tokens)
+
+class CacheStep:
+    """One step's plan (a plain class with slots: one is made per decoded token)."""
+
+    __slots__ = ("n_tokens", "positions", "slots", "moves", "cold_after", "n_pad")
+
+    def __init__(self, n_tokens: int, positions: np.ndarray, slots: np.ndarray, moves: list,
+                 cold_after: int, n_pad: int = 0):
+        self.n_tokens = n_tokens
+        self.positions = positions     # positions of the new tokens
+        self.slots = slots             # hot ring slots they go to
+        self.moves = moves             # [(hot_slot_start, cold_start)] whole blocks, oldest first
+        self.cold_after = cold_after   # cold tokens visible to this step's attention
+        # tokens of the step's graph (>= n_tokens; 0: n_tokens)
+        self.n_pad = n_pad if n_pad > n_tokens else n_tokens
+
+    def __repr__(self) -> str:
+        return (f"CacheStep(n_tokens={self.n_tokens}, positions={self.positions!r}, "
+                f"slots={self.slots!r}, moves={self.moves!r}, cold_after={self.cold_after}, "
+                f"n_pad={self.n_pad})")
+
+
+class _Input:
+    """A graph input of the cache and how its values are made: `fill(view)` writes them in
+    place into a NumPy view (ne1, ne0) of its storage (the caches' own inputs: no arrays
+    made per step, the view made once), else `values(t)` returns them for data.write."""
+
+    __slots__ = ("t", "values", "fill", "view", "buf", "offs")
+
+    def __init__(self, t: Tensor, values, fill=None):
+        self.t, self.values, self.fill = t, values, fill
+        self.view = self.buf = self.offs = None
+
+    def write(self) -> None:
+        t = self.t
+        if self.fill is None:
+            data.write(t, self.values(t))
+            return
+        # a kept graph's inputs keep their buffers; the view is checked, not remade
+        if t._buffer is not self.buf or t._offs != self.offs or self.view is None:
+            self.view = data.strided(t)[0, 0]
+            self.buf, self.offs = t._buffer, t._offs
+        self.fill(self.view)
 
 
 class _CacheBase:
@@ -88,10 +123,12 @@ class _CacheBase:
         self.n_layer, self.n_head_kv, self.n_ctx = n_layer, n_head_kv, n_ctx
         self.head_dim, self.head_dim_v = head_dim, head_dim_v or head_dim
         self.name = name
+        # a step's positions (and slots) are read-only views of these, not new arrays
+        self._positions = _read_only(np.arange(n_ctx + 1, dtype=np.int64))
         self.n_past = 0
         self.step: Optional[CacheStep] = None
         self._ids: Optional[Tensor] = None
-        self._inputs: list = []        # (tensor, values) set after the graph is allocated
+        self._inputs: list = []        # _Input per graph input, written after allocation
         self._layer_inputs: dict = {}  # input made for one layer -> how to make another's
 
     def _new_ctx(self, tensors: list[tuple]) -> Context:
@@ -117,15 +154,16 @@ class _CacheBase:
         return view_3d(ctx, t, d, n, self.n_head_kv, t.nb[1], tr.row_size(d), first * t.nb[1])
 
     def _input(self, ctx, type, ne0: int, ne1: int, values, name: str,
-               layer: Optional[int] = None) -> Tensor:
-        """A graph input whose values `values(t)` computes from the current step; `layer`:
-        the input is that layer's own (named f"{name}-{layer}"; see layer_input)."""
+               layer: Optional[int] = None, fill=None) -> Tensor:
+        """A graph input whose values `values(t)` computes from the current step (or that
+        `fill(view)` writes in place: _Input); `layer`: the input is that layer's own
+        (named f"{name}-{layer}"; see layer_input)."""
         t = new_tensor_2d(ctx, type, ne0, ne1) if ne1 else new_tensor_1d(ctx, type, ne0)
         set_name(t, name if layer is None else f"{name}-{layer}")
         set_input(t)
-        self._inputs.append((t, values))
+        self._inputs.append(_Input(t, values, fill))
         if layer is not None:
-            self._layer_inputs[t] = (type, ne0, ne1, values, name)
+            self._layer_inputs[t] = (type, ne0, ne1, values, name, fill)
         return t
 
     # --- layer templates (models/layer_template.py) -------------------------------------------
@@ -140,20 +178,29 @@ class _CacheBase:
         spec = self._layer_inputs.get(t)
         if spec is None:
             return None
-        type, ne0, ne1, values, name = spec
-        return self._input(ctx, type, ne0, ne1, values, name, il)
+        type, ne0, ne1, values, name, fill = spec
+        return self._input(ctx, type, ne0, ne1, values, name, il, fill)
 
     def _slot_ids(self, ctx) -> Tensor:
         """The step's row ids (I64) for set_rows, one input shared by every layer; padding
         tokens write the sink row (past the rows any view reads)."""
         if self._ids is None:
             self._ids = self._input(ctx, GGMLType.I64, self.step.n_pad, 0, self._padded_slots,
-                                    "kv_slots")
+                                    "kv_slots", fill=self._fill_slots)
         return self._ids
 
     def _padded_slots(self, t=None) -> np.ndarray:
         st = self._need_step()
         return np.concatenate([st.slots, np.full(st.n_pad - st.n_tokens, self._sink)])
+
+    def _fill_slots(self, view: np.ndarray) -> None:
+        st = self.step
+        ids = view[0]
+        if st.n_tokens == 1 == len(ids):                 # a decode step: one element
+            ids[0] = st.slots[0]
+            return
+        ids[:st.n_tokens] = st.slots
+        ids[st.n_tokens:] = self._sink
 
     def _pad_to(self, n_tokens: int, n_pad: Optional[int]) -> int:
         """Tokens of a step's graph: n_tokens, or n_pad when the caller pads the step (a
@@ -168,9 +215,10 @@ class _CacheBase:
 
     def set_inputs(self) -> None:
         """Write the step's masks, row ids and states (after the graph has been allocated)."""
-        self._need_step()
-        for t, values in self._inputs:
-            data.write(t, values(t))
+        if self.step is None:
+            self._need_step()                            # raises
+        for inp in self._inputs:
+            inp.write()
 
     def step_inputs(self) -> list:
         """The inputs of the graph built for this step (to reuse the graph: use_inputs)."""
@@ -185,10 +233,14 @@ class _CacheBase:
         """Keys an attention view spans for n used rows: n padded to KV_PAD, within cap."""
         return min(cap, _round_up(n, KV_PAD)) if n > 0 else 0
 
-    def _mask_values(self, key_pos: np.ndarray, visible: np.ndarray, n_pad: int) -> np.ndarray:
-        """[n_pad, n_keys]: 0 where key visible and key_pos <= query pos, -inf elsewhere."""
+    def _mask_values(self, key_pos: np.ndarray, visible: np.ndarray, n_pad: int,
+                     out: Optional[np.ndarray] = None) -> np.ndarray:
+        """[n_pad, n_keys]: 0 where key visible and key_pos <= query pos, -inf elsewhere;
+        into `out` (a mask input's view) when given."""
         q = self.step.positions
-        m = np.full((n_pad, len(key_pos)), -np.inf, dtype=np.float32)
+        m = np.full((n_pad, len(key_pos)), -np.inf, dtype=np.float32) if out is None else out
+        if out is not None:
+            m.fill(-np.inf)
         ok = visible[None, :] & (key_pos[None, :] <= q[:, None])
         m[:len(q)][ok] = 0.0
         return m
@@ -196,6 +248,13 @@ class _CacheBase:
 
 def _fresh_state(t: Tensor) -> np.ndarray:
     return fresh_values(t.ne)
+
+
+_FRESH_ROW = fresh_values([2, 1, 1, 1])[0, 0, 0]      # [M, S] = [-inf, 0]
+
+
+def _fill_fresh_state(view: np.ndarray) -> None:
+    view[...] = _FRESH_ROW
 
 
 class MixedKVCache(_CacheBase):
@@ -238,6 +297,8 @@ class MixedKVCache(_CacheBase):
         self.hot_count = 0
         self.cold_count = 0
         self.cold_pos = np.full(self.cold_cap, -1, dtype=np.int64)
+        # ring slots from any tail, wrapping: a step's slots are a view (n <= hot_cap)
+        self._ring_ids = _read_only(np.arange(2 * self.hot_cap, dtype=np.int64) % self.hot_cap)
 
     # --- planning ------------------------------------------------------------------------------
     def plan_moves(self, n_tokens: int) -> list:
@@ -260,10 +321,10 @@ class MixedKVCache(_CacheBase):
         moves = self.plan_moves(n_tokens)
         freed = len(moves) * BLOCK
         tail = (self.head + self.hot_count) % self.hot_cap
-        slots = (tail + np.arange(n_tokens)) % self.hot_cap
+        slots = self._ring_ids[tail:tail + n_tokens]
         if self.hot_count - freed + n_tokens > self.hot_cap:   # cannot happen with hot_cap's sizing
             raise GGMLError("MixedKVCache: hot ring overflow (internal sizing error)")
-        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
+        pos = self._positions[self.n_past:self.n_past + n_tokens]
         self.step = CacheStep(n_tokens, pos, slots, moves, self.cold_count + freed, n_pad)
         self._inputs, self._ids, self._layer_inputs = [], None, {}
         self._masks = self._moves_in = None
@@ -320,9 +381,9 @@ class MixedKVCache(_CacheBase):
             set_name(w, f"kv_store.{nm}-{il}")
             build_forward_expand(gf, w)
 
-    def _hot_mask(self, t=None) -> np.ndarray:
+    def _hot_mask(self, t=None, out: Optional[np.ndarray] = None) -> np.ndarray:
         """The step's mask over the hot ring, positions as they will be after the step's
-        moves and writes."""
+        moves and writes (into `out` when given)."""
         st = self._need_step()
         hot_pos = self.slot_pos.copy()
         moved = np.zeros(self.hot_cap, dtype=bool)
@@ -331,16 +392,23 @@ class MixedKVCache(_CacheBase):
         hot_pos[st.slots] = st.positions
         visible = (hot_pos >= 0) & ~moved
         visible[st.slots] = True
-        return self._mask_values(hot_pos, visible, st.n_pad)
+        return self._mask_values(hot_pos, visible, st.n_pad, out)
 
-    def _cold_mask(self, t=None) -> np.ndarray:
-        """The step's mask over the cold rows its views span (unused rows masked)."""
+    def _fill_hot_mask(self, view: np.ndarray) -> None:
+        self._hot_mask(out=view)
+
+    def _cold_mask(self, t=None, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The step's mask over the cold rows its views span (unused rows masked; into
+        `out` when given)."""
         st = self._need_step()
         cpos = self.cold_pos[:self._cold_view()].copy()
         cpos[st.cold_after:] = -1
         for slot, cstart in st.moves:
             cpos[cstart:cstart + BLOCK] = self.slot_pos[slot:slot + BLOCK]
-        return self._mask_values(cpos, cpos >= 0, st.n_pad)
+        return self._mask_values(cpos, cpos >= 0, st.n_pad, out)
+
+    def _fill_cold_mask(self, view: np.ndarray) -> None:
+        self._cold_mask(out=view)
 
     def _step_masks(self, ctx):
         """Hot and cold masks of this step (shared by every layer)."""
@@ -348,11 +416,11 @@ class MixedKVCache(_CacheBase):
             return self._masks
         st = self._need_step()
         hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, st.n_pad, self._hot_mask,
-                               "kq_mask_hot")
+                               "kq_mask_hot", fill=self._fill_hot_mask)
         cold_mask = None
         if st.cold_after > 0:
             cold_mask = self._input(ctx, GGMLType.F16, self._cold_view(), st.n_pad,
-                                    self._cold_mask, "kq_mask_cold")
+                                    self._cold_mask, "kq_mask_cold", fill=self._fill_cold_mask)
         self._masks = (hot_mask, cold_mask)
         return self._masks
 
@@ -370,7 +438,7 @@ class MixedKVCache(_CacheBase):
             vq = self._view3(self.cold_v[il], ctx, self._cold_view(), self.head_dim_v)
         # a fresh softmax state per step: all of this step's keys are in this one call
         state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
-                            "attn_state", il)
+                            "attn_state", il, _fill_fresh_state)
         o = flash_attn_ext_with_state(ctx, q, k, v, hot_mask, kq, vq, cold_mask, state,
                                       scale, 0.0, 0.0)
         if prec:
@@ -442,8 +510,8 @@ class F16KVCache(_CacheBase):
         _pad_to)."""
         self._check_room(n_tokens)
         n_pad = self._pad_to(n_tokens, n_pad)
-        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
-        self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0, n_pad)
+        pos = self._positions[self.n_past:self.n_past + n_tokens]
+        self.step = CacheStep(n_tokens, pos, pos, [], 0, n_pad)
         self._inputs, self._ids, self._mask, self._layer_inputs = [], None, None, {}
         return self.step
 
@@ -454,13 +522,26 @@ class F16KVCache(_CacheBase):
 
     def graph_key(self) -> tuple:
         """What this step's graph depends on (see the module doc: graph reuse)."""
-        return (self._need_step().n_pad, self._n_kv())
+        st = self.step or self._need_step()
+        n = self.n_past + st.n_tokens                    # _n_kv, inline (once per token)
+        return (st.n_pad, min(self.cap, _round_up(n, KV_PAD)) if n > 0 else 0)
 
     def _kq_mask(self, t=None) -> np.ndarray:
         st = self._need_step()
         n_kv = self._n_kv()
         kpos = np.arange(n_kv, dtype=np.int64)
         return self._mask_values(kpos, kpos < self.n_past + st.n_tokens, st.n_pad)
+
+    def _fill_kq_mask(self, m: np.ndarray) -> None:
+        """_kq_mask into the mask input's view [n_pad, n_kv]: key k is position k, so row i
+        sees keys 0..pos[i] (all stored by then); padding rows see none."""
+        q = self.step.positions
+        m.fill(-np.inf)
+        if len(q) > 16:
+            m[:len(q)][np.arange(m.shape[1])[None, :] <= q[:, None]] = 0.0
+            return
+        for i, p in enumerate(q.tolist()):          # a decode step: a slice per row
+            m[i, :p + 1] = 0.0
 
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         st = self._need_step()
@@ -475,7 +556,7 @@ class F16KVCache(_CacheBase):
         n_kv = self._n_kv()
         if self._mask is None:
             self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_pad, self._kq_mask,
-                                     "kq_mask")
+                                     "kq_mask", fill=self._fill_kq_mask)
         k = self._view3(self.k[il], ctx, n_kv, self.head_dim)
         v = self._view3(self.v[il], ctx, n_kv, self.head_dim_v)
         o = flash_attn_ext(ctx, q, k, v, self._mask, scale, 0.0, 0.0)
@@ -489,7 +570,8 @@ class F16KVCache(_CacheBase):
         return self.k[il], self.v[il]
 
     def commit(self) -> None:
-        self.n_past += self._need_step().n_tokens
+        st = self.step or self._need_step()
+        self.n_past += st.n_tokens
         self.step = None
 
     def nbytes(self) -> dict:

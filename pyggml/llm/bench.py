@@ -139,25 +139,30 @@ def run_test(llm, t: BenchTest, reps: int, warmup: bool, n_vocab: int, bos, seed
             llm.eval(toks[i:i + t.n_batch])
 
     def gen(n):
-        tok = bos if bos is not None else int(rng.integers(0, n_vocab))
-        for _ in range(n):
+        # llama-bench draws each next token with std::rand() (nanoseconds) in its timed
+        # loop; a NumPy draw costs microseconds, so the tokens are drawn before the clock
+        toks = [bos if bos is not None else int(rng.integers(0, n_vocab))]
+        toks += rng.integers(0, n_vocab, n - 1).tolist()
+        return toks
+
+    def run_gen(toks):
+        for tok in toks:
             llm.eval([tok])
-            tok = int(rng.integers(0, n_vocab))
 
     if warmup:
         llm.reset()
         if t.n_prompt:
             prompt(t.n_prompt)
         if t.n_gen:
-            gen(1)
+            run_gen(gen(1))
     t.test_time = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     for _ in range(reps):
         llm.reset()
+        toks = gen(t.n_gen) if t.n_gen else []
         t0 = time.perf_counter_ns()
         if t.n_prompt:
             prompt(t.n_prompt)
-        if t.n_gen:
-            gen(t.n_gen)
+        run_gen(toks)
         t.samples_ns.append(time.perf_counter_ns() - t0)
 
 

@@ -81,6 +81,7 @@ class Llama:
                          if not isinstance(v, (list, np.ndarray))}
         self._seed = seed
         self._logits_all = logits_all
+        self._pending = None            # (logits view, its graph): see the scores property
         self.vocab_only = vocab_only
         self._tokenizer = None
         self._model = self._decoder = self._cache = self._workers = None
@@ -198,40 +199,79 @@ class Llama:
         if self._decoder is None:
             raise GGMLError("Llama.eval: this model was loaded with vocab_only=True (no weights)"
                             if self.vocab_only else "Llama.eval: the model is closed")
-        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        n = ids.size
-        if n == 0:
-            raise ShapeError("Llama.eval: empty token list")
+        if type(tokens) is list and len(tokens) == 1 and type(tokens[0]) is int:
+            ids, n = tokens, 1           # a decode step: no array made here
+            lo = hi = tokens[0]
+        else:
+            ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+            n = ids.size
+            if n == 0:
+                raise ShapeError("Llama.eval: empty token list")
+            if n <= 64:              # Python's min/max beat two NumPy reductions
+                vals = ids.tolist()
+                lo, hi = min(vals), max(vals)
+            else:
+                lo, hi = int(ids.min()), int(ids.max())
         if self.n_tokens + n > self._n_ctx:
             raise ShapeError(f"Llama.eval: {n} tokens after {self.n_tokens} exceed n_ctx "
                              f"{self._n_ctx} (requested {self.n_tokens + n} > {self._n_ctx})")
-        if n <= 64:                  # a decode step: Python's min/max beat two NumPy reductions
-            vals = ids.tolist()
-            lo, hi = min(vals), max(vals)
-        else:
-            lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self._n_vocab:
             bad = lo if lo < 0 else hi
             raise GGMLError(f"Llama.eval: token id {bad} out of range [0, {self._n_vocab})")
         if self._cache.n_past != self.n_tokens:
             self._rewind()
-        step, ub = self._decoder.step, self._ubatch
+        step, ub, every = self._decoder.step, self._ubatch, self._logits_all
         for i in range(0, n, ub):
             batch = ids[i:i + ub]
-            logits = step(batch, all_logits=self._logits_all)
-            k = self.n_tokens
-            self.input_ids[k:k + len(batch)] = batch
-            if self._logits_all:
-                self.scores[k:k + len(batch)] = logits
+            k, m = self.n_tokens, len(batch)
+            try:
+                if every:        # straight into scores (one copy, as llama.cpp's)
+                    step(batch, out=self._score_rows[k:k + m])
+                else:            # kept as a view of the graph's output (no copy: scores)
+                    self._pending = (step(batch, all_logits=False, copy=False)[0],
+                                     self._decoder.last_graph)
+            except BaseException:
+                self._drop_pending()
+                raise
+            if m == 1:
+                self.input_ids[k] = batch[0]
             else:
-                self.scores[0] = logits[-1]
-            self.n_tokens = k + len(batch)
+                self.input_ids[k:k + m] = batch
+            self.n_tokens = k + m
+
+    # llama-cpp-python leaves the logits of a decode in the context (llama_get_logits, valid
+    # until the next decode) unless logits_all; here the last row stays a view of the step
+    # graph's output until scores is read (or a step of that graph fails: then it is lost)
+    @property
+    def scores(self) -> np.ndarray:
+        """Logits rows: every evaluated position's with logits_all, else [1, n_vocab]: the
+        last evaluated position's."""
+        if self._pending is not None:
+            self._score_rows[0] = self._pending[0]
+            self._pending = None
+        return self._score_rows
+
+    @scores.setter
+    def scores(self, value: np.ndarray) -> None:
+        self._score_rows, self._pending = value, None
+
+    def _drop_pending(self) -> None:
+        """A step failed: keep the pending logits unless the failed step ran their graph
+        (it may have overwritten them: NaN then, until the next eval)."""
+        if self._pending is not None:
+            view, gf = self._pending
+            self._pending = None
+            self._score_rows[0] = np.nan if self._decoder.running is gf else view
 
     def logits(self) -> np.ndarray:
-        """The last evaluated position's logits (a view into scores)."""
+        """The last evaluated position's logits: a view, into scores or (without logits_all)
+        into the step graph's output; its values change with the next eval."""
         if self.n_tokens == 0:
             raise GGMLError("Llama.logits: nothing evaluated yet")
-        return self.scores[self.n_tokens - 1] if self._logits_all else self.scores[0]
+        if self._logits_all:
+            return self._score_rows[self.n_tokens - 1]
+        p = self._pending
+        return p[0] if p is not None else self._score_rows[0]
 
     @property
     def _input_ids(self) -> np.ndarray:

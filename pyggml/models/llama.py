@@ -16,6 +16,7 @@ import numpy as np
 
 import pyggml as gg
 
+from .. import tensor as _tensor_mod
 from ..context import Context
 from ..data import strided
 from ..errors import GGMLError
@@ -266,44 +267,61 @@ class Decoder:
         self.model, self.cache, self.backend = model, cache, backend
         self.reuse_graphs = reuse_graphs
         self.last_graph = None
+        self.running = None           # the graph being computed (step)
         self.n_builds = 0             # graphs built (the rest of the steps reused one)
         self._kept: dict = {}         # (cache key, n_outputs) -> (gf, StepGraph, cache inputs)
 
-    def step(self, token_ids, n_pad: int = None, all_logits: bool = True) -> np.ndarray:
+    def step(self, token_ids, n_pad: int = None, all_logits: bool = True,
+             out: Optional[np.ndarray] = None, copy: bool = True) -> np.ndarray:
         """Feed tokens (ints); returns logits [n_tokens, n_vocab] (float32), or with
         all_logits=False only the last token's [1, n_vocab] (llama.cpp's default: the graph
         computes the last layer's FFN and the output for that row only). `n_pad`: run the
-        step on a graph of n_pad >= n_tokens tokens (padding masked, see the class)."""
-        ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
-        n = len(ids)
-        st = self.cache.begin(n, n_pad) if n_pad is not None else self.cache.begin(n)
+        step on a graph of n_pad >= n_tokens tokens (padding masked, see the class).
+        `out`: an array of that shape the logits are copied into (and returned), instead
+        of a new one; copy=False: a view of the graph's output (valid until the graph runs
+        again: `running` is the graph being computed, None once it is done)."""
+        if type(token_ids) is list and len(token_ids) == 1:
+            ids, n = token_ids, 1                        # a decode step: no array made
+        else:
+            ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
+            n = len(ids)
+        cache = self.cache
+        st = cache.begin(n, n_pad) if n_pad is not None else cache.begin(n)
         n_graph = getattr(st, "n_pad", n)
         n_out = n_graph if all_logits else 1
-        key = self.cache.graph_key() if hasattr(self.cache, "graph_key") else None
+        key = cache.graph_key() if hasattr(cache, "graph_key") else None
         key = None if key is None else (key, n_out)
         kept = self._kept.pop(key, None) if self.reuse_graphs and key is not None else None
         if kept is not None:
-            gf, g, inputs = kept
-            self.cache.use_inputs(inputs)
+            gf, views, inputs = kept
+            cache.use_inputs(inputs)
         else:
             with gc_paused():
                 ctx = gg.init(mem_size=64 << 20, no_alloc=True)
                 gf = gg.new_graph_custom(ctx, 8192)
-                g = self.model.build(ctx, gf, self.cache, n_graph, n_outputs=n_out)
+                g = self.model.build(ctx, gf, cache, n_graph, n_outputs=n_out)
                 self.backend.alloc_graph(gf)
             self.n_builds += 1
-            kept = (gf, g, self.cache.step_inputs())
+            views = _StepViews(g)
+            kept = (gf, views, cache.step_inputs())
         if self.reuse_graphs and key is not None:
             self._kept[key] = kept                       # most recent last
-            while len(self._kept) > self.KEEP_GRAPHS:
+            if len(self._kept) > self.KEEP_GRAPHS:
                 self._kept.pop(next(iter(self._kept)))
-        _set_inputs(g, ids, st.positions, n_graph)
-        self.cache.set_inputs()
+        views.set_inputs(ids, st.positions)
+        cache.set_inputs()
+        self.running = gf
         self.backend.graph_compute(gf)
-        self.cache.commit()
+        self.running = None
+        cache.commit()
         self.last_graph = gf
-        rows = strided(g.logits)[0, 0]                   # F32 [n_out, n_vocab], no copy
-        return (rows[:n] if all_logits else rows).copy()
+        rows = views.logits                              # F32 [n_out, n_vocab], no copy
+        if all_logits and n != n_out:
+            rows = rows[:n]
+        if out is None:
+            return rows.copy() if copy else rows
+        out[...] = rows
+        return out
 
     def prefill(self, token_ids, batch: int = 32, pad: bool = True,
                 all_logits: bool = True) -> np.ndarray:
@@ -318,17 +336,53 @@ class Decoder:
         return out
 
 
-def _set_inputs(g: StepGraph, ids: np.ndarray, positions: np.ndarray, n_graph: int) -> None:
-    """Token ids, positions and output rows of a step; padding tokens (n_graph > n) repeat
-    the last token at its position, and the output row is the last real token's."""
-    n = len(ids)
-    tok, pos = strided(g.tokens).reshape(-1), strided(g.positions).reshape(-1)
-    tok[:n] = ids
-    tok[n:] = ids[-1]
-    pos[:n] = positions
-    pos[n:] = positions[-1]
-    if g.out_ids is not None:
-        strided(g.out_ids).reshape(-1)[:] = n - 1
+class _StepViews:
+    """A kept step graph (StepGraph) with NumPy views of its token, position, output-row and
+    logits tensors, made once: a view costs microseconds, and a kept graph's tensors keep
+    their data (remade if any tensor got data since: tensor.ALLOC_EPOCH)."""
+
+    __slots__ = ("g", "epoch", "tok", "pos", "out_ids", "_logits")
+
+    def __init__(self, g: StepGraph):
+        self.g = g
+        self.epoch = None
+
+    def _views(self) -> None:
+        g = self.g
+        self.tok = strided(g.tokens).reshape(-1)
+        self.pos = strided(g.positions).reshape(-1)
+        self.out_ids = None if g.out_ids is None else strided(g.out_ids).reshape(-1)
+        self._logits = strided(g.logits)[0, 0]
+        self.epoch = _tensor_mod.ALLOC_EPOCH
+
+    @property
+    def logits(self) -> np.ndarray:
+        """F32 [n_outputs, n_vocab] view of the logits."""
+        if self.epoch != _tensor_mod.ALLOC_EPOCH:
+            self._views()
+        return self._logits
+
+    def set_inputs(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        """Token ids, positions and output rows of a step; padding tokens (graph rows past
+        len(ids)) repeat the last token at its position, and the output row is the last
+        real token's."""
+        if self.epoch != _tensor_mod.ALLOC_EPOCH:
+            self._views()
+        n = len(ids)
+        tok, pos = self.tok, self.pos
+        if n == 1 == len(tok):                           # a decode step: one element each
+            tok[0] = ids[0]
+            pos[0] = positions[0]
+            if self.out_ids is not None:
+                self.out_ids[0] = 0
+            return
+        tok[:n] = ids
+        pos[:n] = positions
+        if n < len(tok):
+            tok[n:] = ids[-1]
+            pos[n:] = positions[-1]
+        if self.out_ids is not None:
+            self.out_ids[:] = n - 1
 
 
 def pad_tokens(n: int, batch: int) -> int:

@@ -50,6 +50,40 @@ def test_logits_all_and_batches(tiny_path):
         np.testing.assert_array_equal(c._scores[-1], c.logits())
 
 
+def test_decode_logits_and_failed_steps(tiny_path, monkeypatch):
+    """Without logits_all the last row is the graph's output until scores is read (no copy
+    per token); a step that fails keeps it unless the failing step ran that graph (NaN)."""
+    ids = [5, 17, 3, 88, 41, 2, 9]
+    with Llama(tiny_path, n_ctx=32, logits_all=True, verbose=False) as a:
+        a.eval(ids)
+        want = a.scores[:7].copy()
+    with Llama(tiny_path, n_ctx=32, verbose=False) as c:
+        c.eval(ids[:5])
+        c.eval([ids[5]])
+        np.testing.assert_allclose(c.logits(), want[5], rtol=1e-5, atol=1e-5)
+        before = c.logits().copy()
+
+        def fail(gf, eval_cb=None):
+            raise GGMLError("compute failed")
+        monkeypatch.setattr(c._decoder.backend, "graph_compute", fail)
+        with pytest.raises(GGMLError, match="compute failed"):
+            c.eval([1, 2])                     # another graph: the logits are kept
+        assert c.n_tokens == 6
+        np.testing.assert_array_equal(c.logits(), before)
+        np.testing.assert_array_equal(c.scores[0], before)
+        c.n_tokens = 5                         # the decode graph again, failing this time
+        monkeypatch.undo()
+        c.eval([ids[5]])
+        monkeypatch.setattr(c._decoder.backend, "graph_compute", fail)
+        with pytest.raises(GGMLError, match="compute failed"):
+            c.eval([ids[6]])
+        assert c.n_tokens == 6 and np.isnan(c.logits()).all()
+        monkeypatch.undo()
+        c.eval([ids[6]])
+        np.testing.assert_allclose(c.logits(), want[6], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(c._scores[-1], c.logits())
+
+
 def test_reset_and_rewind(tiny_path):
     ids = [5, 17, 3, 88, 41, 2]
     for kind in ("f16", "mixed"):
