@@ -52,7 +52,7 @@ def test_x2_dot_matches_256_bit(fmt):
     old = _runner(simd._intrinsic_n(f"test_dot_{fmt}_256", 8, simd._q_dot_body(fmt)))
     rng = np.random.default_rng(0)
     for nb in (1, 2, 3, 18, 19):
-        for m in (1, 2, 5):
+        for m in (1, 2, 5, 7, 8):
             w, act = _case(rng, fmt, m, nb)
             a = act.ctypes.data
             k = 32 * nb
