@@ -327,16 +327,23 @@ def row_chunk(m, nth):
 
 
 @_jit
+def _operand_strides(desc, sa, sb, sd):
+    """What both MUL_MAT paths read of a, b and the product (slots sa, sb, sd): the row and
+    batch strides of each (nb01, nb02, nb03, nb11, nb12, nb13, nb1, nb2, nb3) and the batch
+    broadcast ratios of a (r2 = ne12 / ne02, r3 = ne13 / ne03)."""
+    return (t_nb(desc, sa, 1), t_nb(desc, sa, 2), t_nb(desc, sa, 3),
+            t_nb(desc, sb, 1), t_nb(desc, sb, 2), t_nb(desc, sb, 3),
+            t_nb(desc, sd, 1), t_nb(desc, sd, 2), t_nb(desc, sd, 3),
+            t_ne(desc, sb, 2) // t_ne(desc, sa, 2), t_ne(desc, sb, 3) // t_ne(desc, sa, 3))
+
+
+@_jit
 def dot_tile(desc, sa, sb, sd, wt, k, r0, r1, c0, c1, prep, arb, region):
     """Rows [r0, r1) of a against the columns [c0, c1) of b (prepared at region when prep),
     a, b and the product in slots sa, sb, sd (fusion.py's fused rows use other slots)."""
-    ne02, ne03 = t_ne(desc, sa, 2), t_ne(desc, sa, 3)
-    nb01, nb02, nb03 = t_nb(desc, sa, 1), t_nb(desc, sa, 2), t_nb(desc, sa, 3)
-    ne11, ne12, ne13 = t_ne(desc, sb, 1), t_ne(desc, sb, 2), t_ne(desc, sb, 3)
-    nb11, nb12, nb13 = t_nb(desc, sb, 1), t_nb(desc, sb, 2), t_nb(desc, sb, 3)
-    nb1, nb2, nb3 = t_nb(desc, sd, 1), t_nb(desc, sd, 2), t_nb(desc, sd, 3)
+    nb01, nb02, nb03, nb11, nb12, nb13, nb1, nb2, nb3, r2, r3 = _operand_strides(desc, sa, sb, sd)
+    ne11, ne12 = t_ne(desc, sb, 1), t_ne(desc, sb, 2)
     a, b, d = t_addr(desc, sa), t_addr(desc, sb), t_addr(desc, sd)
-    r2, r3 = ne12 // ne02, ne13 // ne03
     for rb0 in range(r0, r1, RB):
         rb1 = min(rb0 + RB, r1)
         for c in range(c0, c1):
@@ -559,13 +566,10 @@ def mul_mat_gemm(desc, ith, nth, region):
     wt = t_type(desc, SRC0)
     bt = t_type(desc, SRC1)
     k, m = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1)
-    ne02, ne03 = t_ne(desc, SRC0, 2), t_ne(desc, SRC0, 3)
-    nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
     n, ne12, ne13 = t_ne(desc, SRC1, 1), t_ne(desc, SRC1, 2), t_ne(desc, SRC1, 3)
-    nb11, nb12, nb13 = t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2), t_nb(desc, SRC1, 3)
-    nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
+    nb01, nb02, nb03, nb11, nb12, nb13, nb1, nb2, nb3, r2, r3 = _operand_strides(desc, SRC0, SRC1,
+                                                                                DST)
     a, b, d = t_addr(desc, SRC0), t_addr(desc, SRC1), t_addr(desc, DST)
-    r2, r3 = ne12 // ne02, ne13 // ne03
     nbatch = ne12 * ne13
     nc = gemm_block_rows(m, nbatch, nth)
     nblk = (m + nc - 1) // nc
