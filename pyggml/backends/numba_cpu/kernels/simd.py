@@ -453,17 +453,20 @@ def _q_dot_body(fmt):
 # lane as Q4_1's min is and subtracted once at the end, as the 256-bit dot does.
 # Fewer instructions per byte (session 11; the decode mat-vecs are compute-bound on one
 # thread: the same rows ran about as fast L1-hot as streamed): the 4-bit quants are two
-# broadcast loads, one insert and one AND (no shift, no cross-lane permute: the high nibbles
-# stay 16 x their value, their lanes scaled by 1/16 once per row, exactly), and a pass takes
-# four rows, whose halves are one conversion, one multiply and one min fma per step. The
-# results are bit for bit those of the two-row step. One thread, thread CPU time, alternating
-# in one process (load 8-9), 576-wide rows, hot (64 rows) / streamed (48 MB): Q4_1 9.7 -> 13.1
-# / 9.0 -> 9.9 GB/s; Q4_0 8.9 -> 11.1 / 8.7 -> 9.4; Q8_0 19.2 -> 24.1 / 10.2 -> 10.0.
+# broadcast loads, one insert and one AND (no cross-lane permute; with VNNI no shift either:
+# the high nibbles stay 16 x their value, their lanes scaled by 1/16 once per row, exactly;
+# pmaddubsw's 16-bit sums would saturate, so without VNNI they are shifted down), and a pass
+# takes four rows, whose halves are one conversion, one multiply and one min fma per step.
+# The results are bit for bit those of the two-row step. One thread, thread CPU time,
+# alternating in one process (load 8-9), 576-wide rows, hot (64 rows) / streamed (48 MB):
+# Q4_1 9.7 -> 13.1 / 9.0 -> 9.9 GB/s; Q4_0 8.9 -> 11.1 / 8.7 -> 9.4; Q8_0 19.2 -> 24.1 /
+# 10.2 -> 10.0 (Q8_0 streams at the read limit either way).
 _X2_ROWS = 4
 
-def _dpbusd(b, acc, xu, yi):
-    """<16 x i32> acc + sums of 4 adjacent u8 x i8 products of <64 x i8> xu, yi."""
-    if HAVE_VNNI:
+def _dpbusd(b, acc, xu, yi, vnni):
+    """<16 x i32> acc + sums of 4 adjacent u8 x i8 products of <64 x i8> xu, yi (without VNNI
+    through pmaddubsw, whose 16-bit pair sums saturate past 32767)."""
+    if vnni:
         return _intr(b, "llvm.x86.avx512.vpdpbusd.512", _v(_I32, 16),
                      [acc, b.bitcast(xu, _v(_I32, 16)), b.bitcast(yi, _v(_I32, 16))])
     p16 = _intr(b, "llvm.x86.avx512.pmaddubs.w.512", _v(_I16, 32), [xu, yi])
@@ -477,10 +480,12 @@ def _cat(b, x, y):
     return b.shuffle_vector(x, y, ir.Constant(_v(_I32, 2 * n), list(range(2 * n))))
 
 
-def _x2_body(fmt, nrows_pass=_X2_ROWS):
+def _x2_body(fmt, nrows_pass=_X2_ROWS, vnni=None):
     bsize, qs_off = _QFMT[fmt][0], _QFMT[fmt][1]
     z16i = ir.Constant(_v(_I32, 16), [0] * 16)
+    vnni = HAVE_VNNI if vnni is None else vnni
     nib = fmt in ("q4_1", "q4_0")
+    x16 = nib and vnni          # high nibbles left in place: fine for vpdpbusd, not pmaddubsw
     nm = 4 if fmt == "q4_1" else 2          # halves per row and step: (d, m) or d, two blocks
     ht = _I32 if fmt == "q4_1" else _I16    # one block's halves as one integer
 
@@ -495,6 +500,10 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS):
                   else _load(b, b.add(xb1, _c(_I64, qs_off)), _v(_I8, 16)))
             q = b.shuffle_vector(q0, q1, ir.Constant(_v(_I32, 64), 2 * list(range(16))
                                                      + 2 * list(range(16, 32))))
+            if not x16:             # pmaddubsw: 240 x 127 x 2 would saturate; shift them down
+                hi = ir.Constant(_v(_I1, 64), ([False] * 16 + [True] * 16) * 2)
+                q = b.select(hi, b.lshr(q, ir.Constant(_v(_I8, 64), [4] * 64)), q)
+                return b.and_(q, ir.Constant(_v(_I8, 64), [0x0F] * 64))
             return b.and_(q, ir.Constant(_v(_I8, 64), ([0x0F] * 16 + [0xF0] * 16) * 2))
         q0 = _load(b, b.add(xb0, _c(_I64, qs_off)), _v(_I8, 32))
         q1 = (ir.Constant(_v(_I8, 32), [0] * 32) if one
@@ -536,7 +545,8 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS):
                     init = z16i
                 else:                   # (q + 128) . y - 128 * (sums of 4 y)
                     ysc = dy
-                    init = b.sub(z16i, _dpbusd(b, z16i, ir.Constant(_v(_I8, 64), [-128] * 64), y))
+                    init = b.sub(z16i, _dpbusd(b, z16i, ir.Constant(_v(_I8, 64), [-128] * 64), y,
+                                               vnni))
                     sel = [0] * 8 + [1] * 8
                 xb0s = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
                 # every row's halves of both blocks in one vector: one conversion, one multiply
@@ -552,7 +562,7 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS):
                     if Q_PREFETCH:
                         _prefetch(b, b.add(xb0, _c(_I64, Q_PREFETCH)))
                     q = quants(b, xb0, b.add(xb0, _c(_I64, bsize)), one)
-                    f = b.sitofp(_dpbusd(b, init, q, y), _v(_F32, 16))
+                    f = b.sitofp(_dpbusd(b, init, q, y, vnni), _v(_F32, 16))
                     sc16 = b.shuffle_vector(sc, sc, ir.Constant(_v(_I32, 16),
                                                                 [nm * r + e for e in sel]))
                     b.store(_fma(b, f, sc16, b.load(acc)), acc)
@@ -567,7 +577,7 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS):
             m = b.load(accm)
             for r, acc in enumerate(accs):
                 v = b.load(acc)
-                if nib:                 # the high-nibble lanes hold 16 x their sums, exactly
+                if x16:                 # the high-nibble lanes hold 16 x their sums, exactly
                     v = b.fmul(v, ir.Constant(_v(_F32, 16), ([1.0] * 4 + [0.0625] * 4) * 2))
                 s_ = _hsum(b, v)
                 o = nm * r
