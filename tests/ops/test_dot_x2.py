@@ -52,7 +52,7 @@ def test_x2_dot_matches_256_bit(fmt):
     old = _runner(simd._intrinsic_n(f"test_dot_{fmt}_256", 8, simd._q_dot_body(fmt)))
     rng = np.random.default_rng(0)
     for nb in (1, 2, 3, 18, 19):
-        for m in (1, 2, 5):
+        for m in (1, 2, 5, 7, 8):
             w, act = _case(rng, fmt, m, nb)
             a = act.ctypes.data
             k = 32 * nb
@@ -64,3 +64,24 @@ def test_x2_dot_matches_256_bit(fmt):
             assert np.isfinite(got).all(), (fmt, nb, m, got)
             err = np.abs(got - want).max() / np.abs(want).max()
             assert err < 1e-5, (fmt, nb, m, err)
+
+
+@pytest.mark.parametrize("fmt", ["q4_1", "q4_0"])
+def test_x2_4bit_dot_without_vnni(fmt):
+    """The AVX-512 machines without VNNI (pmaddubsw + pmaddwd): the high nibbles are shifted
+    down there (left in place, 16 x their value, pmaddubsw's pair sums would saturate)."""
+    want_fn = _runner(simd._intrinsic_n(f"test_dot_{fmt}_256b", 8, simd._q_dot_body(fmt)))
+    got_fn = _runner(simd._intrinsic_n(f"test_dot_{fmt}_x2_novnni", 8,
+                                       simd._x2_body(fmt, vnni=False)))
+    rng = np.random.default_rng(1)
+    for nb, m in ((1, 1), (18, 7), (19, 8)):
+        w, act = _case(rng, fmt, m, nb)
+        w[..., (4 if fmt == "q4_1" else 2):] = 0xFF     # every nibble 15: the largest sums
+        a = act.ctypes.data
+        k = 32 * nb
+        args = (m, nb, w.ctypes.data, nb * _BLOCK[fmt], a, a + _pad(k), a + _pad(k) + _pad(4 * nb))
+        want, got = np.zeros(m, np.float32), np.zeros(m, np.float32)
+        want_fn(*args, want.ctypes.data)
+        got_fn(*args, got.ctypes.data)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err < 1e-5, (fmt, nb, m, err)

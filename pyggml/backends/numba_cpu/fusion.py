@@ -44,7 +44,6 @@ from .desc import has_scratch
 from .desc import param_f32
 from .desc import row_coords
 from .desc import row_range
-from .desc import scratch_addr
 from .desc import set_error
 from .desc import t_addr
 from .desc import t_nb
@@ -53,9 +52,6 @@ from .desc import t_row
 from .desc import t_type
 from .desc import wdata
 from .desc import wsize
-from .intrinsics import atomic_add
-from .intrinsics import atomic_load
-from .intrinsics import atomic_store
 from .intrinsics import f32_array
 from .kernels import FUSED
 from .kernels import add_kernel
@@ -150,9 +146,9 @@ def _swiglu(x, g, y, n):
 def mul_mat_swiglu(desc, ith, nth):
     """gate = Wg x, up = Wu x, dst = silu(gate) * up for one column x (decode's FFN): gate
     and up in SRC0 and SRC1 (written), Wg, Wu, x in SRC2..SRC4. mul_mat's decode path (each
-    thread prepares x, then takes chunks of rows from the row's counter) with both weights
-    per chunk and the chunk's SWIGLU right after: no barrier before the GLU, x prepared once
-    for both products, and the GLU shared by the threads."""
+    thread prepares x, then takes chunks of rows from the row's segment counters) with both
+    weights per chunk and the chunk's SWIGLU right after: no barrier before the GLU, x
+    prepared once for both products, and the GLU shared by the threads."""
     nth = mm.eff_nth(desc, nth)
     if not has_scratch(desc):
         set_error(desc, ERR_SCRATCH)
@@ -169,23 +165,23 @@ def mul_mat_swiglu(desc, ith, nth):
     arb = mm.act_row_bytes(wt, k)
     chunk = mm.row_chunk(m, nth)
     nchunks = (m + chunk - 1) // chunk
-    nxt = scratch_addr(desc, mm.DYN_NEXT)
-    if atomic_load(nxt) < nchunks:
+    nseg = mm.dyn_segments(nth)
+    if mm.dyn_left(desc, nchunks, nseg):
         if prep:
             mm.prep_tile(desc, SRC4, wt, bt, k, 0, 1, arb, region, region + arb)
-        while True:
-            u = atomic_add(nxt, 1)
-            if u >= nchunks:
-                break
-            r0, r1 = u * chunk, min(m, (u + 1) * chunk)
-            mm.dot_tile(desc, SRC2, SRC4, SRC0, wt, k, r0, r1, 0, 1, prep, arb, region)
-            mm.dot_tile(desc, SRC3, SRC4, SRC1, wt, k, r0, r1, 0, 1, prep, arb, region)
-            _swiglu(f32_array(t_addr(desc, SRC0) + 4 * r0, r1 - r0),
-                    f32_array(t_addr(desc, SRC1) + 4 * r0, r1 - r0),
-                    f32_array(t_addr(desc, DST) + 4 * r0, r1 - r0), r1 - r0)
-    if atomic_add(scratch_addr(desc, mm.DYN_DONE), 1) == nth - 1:
-        atomic_store(nxt, 0)
-        atomic_store(scratch_addr(desc, mm.DYN_DONE), 0)
+        for j in range(nseg):
+            s = (ith + j) % nseg
+            while True:
+                u = mm.dyn_take(desc, nchunks, nseg, s)
+                if u < 0:
+                    break
+                r0, r1 = u * chunk, min(m, (u + 1) * chunk)
+                mm.dot_tile(desc, SRC2, SRC4, SRC0, wt, k, r0, r1, 0, 1, prep, arb, region)
+                mm.dot_tile(desc, SRC3, SRC4, SRC1, wt, k, r0, r1, 0, 1, prep, arb, region)
+                _swiglu(f32_array(t_addr(desc, SRC0) + 4 * r0, r1 - r0),
+                        f32_array(t_addr(desc, SRC1) + 4 * r0, r1 - r0),
+                        f32_array(t_addr(desc, DST) + 4 * r0, r1 - r0), r1 - r0)
+    mm.dyn_out(desc, nth, nseg)
 
 
 def _swiglu_region(node, n_threads) -> int:
