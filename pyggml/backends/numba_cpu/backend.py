@@ -204,15 +204,19 @@ class NumbaBackend(Backend):
         else:
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
-        # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
-        if self.fusion:
-            rows, kernels, packed, moved = fuse(nodes, rows, kernels)
-        else:
-            packed, moved = [nodes[i] for i in rows], {}
-        n = len(rows)
-        # rows in the planner's order (independent rows grouped between barriers); the
-        # planner reads byte spans from the same slot words the descriptors are made of
+        # each distinct tensor's slot words (address, type, ne, nb) once: fusion's overlap
+        # checks, the planner's byte spans and the descriptors are all made of them
+        packed = [nodes[i] for i in rows]
         words, slots, tensors = table_slots(packed)
+        # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
+        # (its tensors are its group's: the words stay, the rows' slot indices change)
+        if self.fusion:
+            rows, kernels, packed, moved, slots = fuse(nodes, rows, kernels,
+                                                       (words, slots, tensors))
+        else:
+            moved = {}
+        n = len(rows)
+        # rows in the planner's order (independent rows grouped between barriers)
         order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots))
         order = order.tolist()
         rows = [rows[p] for p in order]

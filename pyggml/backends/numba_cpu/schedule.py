@@ -8,12 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .desc import BLCK_SIZE
-from .desc import T_ADDR
-from .desc import T_NB
-from .desc import T_NE
-from .desc import T_TYPE
-from .desc import TYPE_SIZE
+from .desc import byte_spans
 from .desc import table_slots
 
 LOOKAHEAD = 6              # rows a barrier group looks at past its first (schedule)
@@ -42,7 +37,7 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
     if n_threads <= 1 or n < 2:
         return np.arange(n, dtype=np.intp), np.ones(n, dtype=np.int64)
     words, idx = (table_slots(nodes) if slots is None else slots)[:2]
-    lo, hi = _spans(words)
+    lo, hi = byte_spans(words)
     present = idx != 0
     written = np.zeros(idx.shape, dtype=np.bool_)
     written[:, 0] = True
@@ -64,19 +59,6 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
     sync = np.ones(n, dtype=np.int64)
     _group_rows(lo[idx], hi[idx], present, written, work, LOOKAHEAD, order, sync)
     return order, sync
-
-
-def _spans(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Byte span [lo, hi) of each tensor of table_slots' words: its address and ggml_nbytes
-    (strides aware; 0 bytes when any ne <= 0), as tensor.nbytes computes it."""
-    addr, typ = words[:, T_ADDR], words[:, T_TYPE]
-    ne, nb = words[:, T_NE:T_NE + 4], words[:, T_NB:T_NB + 4]
-    bs = BLCK_SIZE[typ]
-    first = np.where(bs == 1, TYPE_SIZE[typ] + (ne[:, 0] - 1) * nb[:, 0],
-                     ne[:, 0] * nb[:, 0] // bs)
-    size = first + ((ne[:, 1:] - 1) * nb[:, 1:]).sum(axis=1)
-    size[(ne <= 0).any(axis=1)] = 0
-    return addr, addr + size
 
 
 @numba.njit(nogil=True, cache=True)
