@@ -216,8 +216,14 @@ class NumbaBackend(Backend):
         else:
             moved = {}
         n = len(rows)
-        # rows in the planner's order (independent rows grouped between barriers)
-        order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots))
+        # rows in the planner's order (independent rows grouped between barriers); a row's
+        # work regions from select's memo unless the row is fused (its kernel is another)
+        facts = getattr(selected, "facts", None)
+        regions = None
+        if facts is not None and selected.n_threads == self.n_threads:
+            regions = [facts[r][3] if node is nodes[r] else None
+                       for r, node in zip(rows, packed)]
+        order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots), regions)
         order = order.tolist()
         rows = [rows[p] for p in order]
         kernels = [kernels[p] for p in order]

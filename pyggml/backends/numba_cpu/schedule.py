@@ -15,7 +15,7 @@ LOOKAHEAD = 6              # rows a barrier group looks at past its first (sched
 
 
 def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
-             slots: tuple = None) -> tuple[np.ndarray, np.ndarray]:
+             slots: tuple = None, regions: list = None) -> tuple[np.ndarray, np.ndarray]:
     """The order of a node table's rows and which end with a barrier: (order, sync), order a
     permutation of range(len(nodes)) (intp), sync int64 1/0 per position of order.
 
@@ -32,7 +32,9 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
 
     The byte spans come from the descriptors' slot words (`slots`: desc.table_slots(nodes)
     when the caller has them) in a few array operations; the grouping walk is a small njit
-    loop (it ran in Python tuples at ~5 ms per SmolLM2 decode graph)."""
+    loop (it ran in Python tuples at ~5 ms per SmolLM2 decode graph). `regions`: per row
+    its kernel's private_work(node, n_threads) when the caller has it (the backend's memo
+    of verdicts), None where it is to be asked here."""
     n = len(nodes)
     if n_threads <= 1 or n < 2:
         return np.arange(n, dtype=np.intp), np.ones(n, dtype=np.int64)
@@ -41,19 +43,28 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
     present = idx != 0
     written = np.zeros(idx.shape, dtype=np.bool_)
     written[:, 0] = True
-    work = np.zeros(n, dtype=np.int64)
+    work = [0] * n
+    wrote = []                              # (row, slot) of the sources rows write in place
     private = work_addr % 64 == 0
+    if regions is None:
+        regions = [None] * n
     for i, k in enumerate(kernels):
-        w = nodes[i].op.writes
+        node = nodes[i]
+        w = node.op.writes
         if w:                               # sources it writes in place, when set
-            for s in w:
-                written[i, 1 + s] = present[i, 1 + s]
+            wrote += [(i, 1 + s) for s in w]
         if k.private_work is not None:      # its regions' size, 0 when it uses none
-            r = int(k.private_work(nodes[i], n_threads))
+            r = regions[i]
+            if r is None:
+                r = int(k.private_work(node, n_threads))
             if r > 0:
                 work[i] = r if private else -1
         elif k.work_size is not None:       # may use a shared one (not asked: FA's costs)
             work[i] = -1
+    if wrote:
+        rr, ss = zip(*wrote)
+        written[rr, ss] = present[rr, ss]
+    work = np.array(work, dtype=np.int64)
     present[:, 0] = False                   # slot 0 is the row's result: written, not read
     order = np.empty(n, dtype=np.intp)
     sync = np.ones(n, dtype=np.int64)
