@@ -12,6 +12,7 @@ The target (DESIGN.md §9) is <= 10 ms for the whole, <= 12 µs per node.
 
     python tools/bench_graph.py [--cache f16|mixed] [--tokens N] [--past N] [-r REPEATS]
                                 [--sched] [--no-gc] [--ops-layers] [--profile] [--marks DIR]
+                                [--stub-kernels]
 
 Instruction counts (robust when the machine is shared): tools/callgrind_graph.sh runs this
 under callgrind with instrumentation on only around the repeats (--marks).
@@ -37,6 +38,28 @@ from pyggml.sched.alloc import alloc_graph
 
 SMOLLM2 = LlamaConfig(n_vocab=49152, n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536,
                       rope_base=100000, wtype="q4_1", etype="q8_0")
+
+
+class _StubCFunc:
+    address = 0x1000            # never called: a stub-kernels run computes nothing
+
+
+class _StubPool:
+    def __init__(self, n_threads):
+        self.n_threads = n_threads
+
+    def close(self):
+        pass
+
+
+def stub_kernels() -> None:
+    """Lower with stand-in kernel addresses and no worker pool: the phases' Python work
+    exactly, without compiling any kernel (A/B of two trees whose kernel caches are cold:
+    every edit under backends/numba_cpu starts a fresh one). Nothing can be computed after."""
+    from pyggml.backends.numba_cpu import backend as backend_mod
+    from pyggml.backends.numba_cpu import kernels as kernels_mod
+    kernels_mod.Kernel.cfunc = property(lambda self: _StubCFunc)
+    backend_mod.WorkerPool = _StubPool
 
 
 def make_cache(kind: str, cfg: LlamaConfig, n_ctx: int, past: int):
@@ -117,8 +140,13 @@ def main(argv=None) -> int:
     ap.add_argument("--marks", metavar="DIR",
                     help="print READY and wait for DIR/go before the repeats, print DONE and "
                          "wait for DIR/end after them (tools/callgrind_graph.sh)")
+    ap.add_argument("--stub-kernels", action="store_true",
+                    help="stand-in kernel addresses, no worker pool: nothing compiles (A/B "
+                         "of trees with cold kernel caches; the Python work is the same)")
     args = ap.parse_args(argv)
 
+    if args.stub_kernels:
+        stub_kernels()
     model = LlamaModel.random(SMOLLM2)
     if args.ops_layers:
         model.stamp_layers = False
@@ -145,7 +173,8 @@ def main(argv=None) -> int:
     print(f"SmolLM2-135M shape, {args.cache} cache, {args.tokens} token(s), {args.past} past: "
           f"{n} nodes, {args.repeats} graphs (process_time{', sched' if args.sched else ''}"
           f"{', gc paused' if args.no_gc else ''}"
-          f"{', every layer through the ops' if args.ops_layers else ''})")
+          f"{', every layer through the ops' if args.ops_layers else ''}"
+          f"{', stub kernels' if args.stub_kernels else ''})")
     print(f"{'phase':>6} {'ms median':>10} {'min':>7} {'max':>7} {'µs/node':>8}")
     for ph in ("build", "alloc", "plan", "lower", "total"):
         xs = [r[ph] * 1e3 for r in runs]

@@ -6,7 +6,7 @@ rows, kernels, n_tasks, barriers and descriptors (lower), addresses as (buffer, 
 Run it on two trees (PYTHONPATH=tree) and compare the digests: a change that should only
 make graph building cheaper must leave them all equal.
 
-    python tools/graph_fingerprint.py [--dump DIR]
+    python tools/graph_fingerprint.py [--dump DIR] [--stub-kernels]
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import os
 import numpy as np
 from bench_graph import SMOLLM2
 from bench_graph import make_cache
+from bench_graph import stub_kernels
 
 import pyggml as gg
 from pyggml.backends.numba_cpu import desc as D
@@ -89,7 +90,12 @@ def fingerprint(model, backend, kind, n_tokens, past, n_out) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dump", metavar="DIR", help="write each graph's fingerprint as JSON")
+    ap.add_argument("--stub-kernels", action="store_true",
+                    help="no kernel compiled (bench_graph.stub_kernels; the table's kernel "
+                         "names are still hashed, its addresses never were)")
     args = ap.parse_args(argv)
+    if args.stub_kernels:
+        stub_kernels()
     model = LlamaModel.random(SMOLLM2)
     backend = NumbaBackend(2)
     for g in GRAPHS:

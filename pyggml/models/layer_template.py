@@ -27,6 +27,7 @@ from typing import Callable
 from ..context import tensor_overhead
 from ..graph import CGraph
 from ..tensor import MAX_NAME
+from ..tensor import TENSOR_FLAG_PARAM
 from ..tensor import Tensor
 from ..tensor import kept_shape
 
@@ -38,15 +39,17 @@ _record = Tensor._record
 class LayerTemplate:
     """The records of one built layer; `stamp` makes another layer from them."""
 
-    __slots__ = ("ctx", "gf", "il0", "inp0", "out0", "rows", "expands", "cache")
+    __slots__ = ("ctx", "gf", "il0", "inp0", "out0", "rows", "expands", "cache", "added")
 
     def __init__(self, ctx, gf: CGraph, cache, il0: int, inp0, out0, rows: list,
-                 expands: list):
+                 expands: list, added: tuple = None):
         self.ctx, self.gf, self.cache, self.il0 = ctx, gf, cache, il0
         self.inp0, self.out0 = inp0, out0
         # per tensor of the first layer: (tensor, name parts or None for a leaf, its record)
         self.rows = rows
         self.expands = expands      # the first layer's build_forward_expand calls, in order
+        # what those expands appended to the graph, in order: (is_node, tensor) pairs
+        self.added = added
 
     def stamp(self, il: int, inp, layer_map: dict):
         """Layer il over input inp (the previous layer's output): returns its output.
@@ -75,10 +78,79 @@ class LayerTemplate:
             m[t0] = t
             n += 1
         ctx.used += n * _OVERHEAD
-        expand = self.gf.expand
-        for e in self.expands:
-            expand(get(e, e))
+        if not self._replay(m, layer_map):
+            expand = self.gf.expand
+            for e in self.expands:
+                expand(get(e, e))
         return m[self.out0]
+
+    def _replay(self, m: dict, layer_map: dict) -> bool:
+        """The first layer's expands, replayed without walking the layer: what they appended
+        to the graph (`added`, nodes and leafs in one sequence), each as this layer's
+        tensor, skipping those the graph holds already (tensors all layers share). The walk
+        over an isomorphic layer appends those in that order: the layer's tensors are copies
+        with mapped sources and what it reads of its own is a plain leaf; the layer's input
+        (the previous layer's output, not yet in the graph) is expanded where the first
+        layer's was appended, as the walk would reach it. False (nothing done) when a
+        mapped tensor is not a plain leaf or the graph could fill up."""
+        if self.added is None:
+            return False
+        gf = self.gf
+        for t in layer_map.values():
+            if t.op is not None or t.flags & TENSOR_FLAG_PARAM or any(t.src):
+                return False
+        if len(gf.nodes) + len(self.added) > gf.size or len(gf.leafs) + len(self.added) > gf.size:
+            return False
+        visited = gf._visited
+        nodes, leafs = gf.nodes, gf.leafs
+        get = m.get
+        inp = get(self.inp0)
+        nn, nl = len(nodes), len(leafs)
+        for is_node, t0 in self.added:
+            t = get(t0, t0)
+            if t in visited:
+                continue
+            if t is inp:                    # the previous layer's rest, then the input
+                gf.expand(t)
+                continue
+            # what expand would do here: a node after its sources, a leaf with none
+            leaf = t.op is None and not t.flags & TENSOR_FLAG_PARAM
+            if leaf == is_node or any([s is not None and s not in visited for s in t.src]):
+                _undo(visited, nodes, nn, "node_")          # the layer is walked instead
+                _undo(visited, leafs, nl, "leaf_")
+                return False
+            visited.add(t)
+            if is_node:
+                if not t.name:
+                    t.name = f"node_{len(nodes)}"
+                nodes.append(t)
+            else:
+                if not t.name:
+                    t.name = f"leaf_{len(leafs)}"
+                leafs.append(t)
+        if len(nodes) + len(leafs) != nn + nl:
+            gf.version += 1
+        return True
+
+
+def _undo(visited: set, to: list, n: int, auto: str) -> None:
+    """Take back what was appended to a graph list past n, and the names the graph gave."""
+    for k, t in enumerate(to[n:], n):
+        visited.discard(t)
+        if t.name == f"{auto}{k}":
+            t.name = ""
+    del to[n:]
+
+
+class _Noted(list):
+    """A graph's node or leaf list while record builds the first layer: appends are noted
+    in one sequence ((is_node, tensor), in order) for LayerTemplate._replay."""
+
+    __slots__ = ("seq", "is_node")
+
+    def append(self, t):
+        self.seq.append((self.is_node, t))
+        list.append(self, t)
 
 
 def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
@@ -89,6 +161,11 @@ def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
     checked here, so stamping cannot fail half way)."""
     n0 = len(ctx.tensors)
     expands = []
+    added = []
+    lists = gf.nodes, gf.leafs
+    gf.nodes, gf.leafs = _Noted(gf.nodes), _Noted(gf.leafs)
+    gf.nodes.seq = gf.leafs.seq = added
+    gf.nodes.is_node, gf.leafs.is_node = True, False
     plain = gf.expand
 
     def expand_noted(t):
@@ -100,6 +177,8 @@ def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
         out = build_layer(il0, inp)
     finally:
         del gf.expand
+        lists[0][:], lists[1][:] = gf.nodes, gf.leafs     # the graph's own lists again
+        gf.nodes, gf.leafs = lists
     made = ctx.tensors[n0:]
     if not made or not ctx.no_alloc or not hasattr(cache, "layer_input") or \
             not hasattr(cache, "layer_tensors"):
@@ -119,4 +198,4 @@ def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
             return out, None
         rows.append((t, split.split(name), kept_shape(t), t.view_src, t.view_offs,
                      t.op_params, t.op, t.src, t.flags))
-    return out, LayerTemplate(ctx, gf, cache, il0, inp, out, rows, expands)
+    return out, LayerTemplate(ctx, gf, cache, il0, inp, out, rows, expands, tuple(added))

@@ -182,3 +182,36 @@ def test_decoder_logits_bitwise(model):
             LlamaModel.stamp_layers = True
     for kind in ("f16", "mixed"):
         assert outs[True, kind].tobytes() == outs[False, kind].tobytes()
+
+
+def test_stamped_layers_replay_the_first_layers_appends(model, monkeypatch):
+    """A stamped layer's expands are replayed from the first layer's noted appends (no walk
+    over the layer); a replay that would append a node before its sources takes back what
+    it appended and the layer is walked: the graph is the ops' graph either way."""
+    built = _graph(model, "mixed", 1, 40, None, False, monkeypatch=monkeypatch)
+    replays = []
+    plain = layer_template.LayerTemplate._replay
+
+    def noted(self, m, lmap):
+        replays.append(plain(self, m, lmap))
+        return replays[-1]
+
+    monkeypatch.setattr(layer_template.LayerTemplate, "_replay", noted)
+    assert _graph(model, "mixed", 1, 40, None, True, monkeypatch=monkeypatch) == built
+    assert replays == [True] * (CFG.n_layer - 1)
+
+    def scrambled(self, m, lmap):             # the last node noted before its first source
+        added = list(self.added)
+        k, j = max((i, min(added.index((True, s)) for s in t.src if (True, s) in added))
+                   for i, (is_node, t) in enumerate(added)
+                   if is_node and any((True, s) in added[:i] for s in t.src))
+        assert j > 0                          # appends before it are taken back
+        self.added = tuple(added[:j] + [added[k]] + added[j:k] + added[k + 1:])
+        replays.append(plain(self, m, lmap))
+        self.added = tuple(added)
+        return replays[-1]
+
+    replays.clear()
+    monkeypatch.setattr(layer_template.LayerTemplate, "_replay", scrambled)
+    assert _graph(model, "mixed", 1, 40, None, True, monkeypatch=monkeypatch) == built
+    assert replays == [False] * (CFG.n_layer - 1)

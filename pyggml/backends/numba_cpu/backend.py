@@ -41,6 +41,8 @@ from .plan import CPlan
 from .plan import check_plan
 from .plan import graph_plan
 from .schedule import schedule
+from .verdicts import Verdicts
+from .verdicts import verdicts_for
 
 _loc = attrgetter("_buffer", "_offs")
 
@@ -106,6 +108,13 @@ class LoweredGraph(NodeTable):
         return cplan.work_data is None or cplan.work_data is self.wbuf
 
 
+class Selection(list):
+    """select()'s kernel per node, with `facts`: per node the memo's (kernel, n_tasks,
+    work_size, private_work) for `n_threads` (None where the node computes nothing)."""
+
+    __slots__ = ("facts", "n_threads")
+
+
 class NumbaBackend(Backend):
     name = "numba"
     fusion = True                 # fuse node pairs when lowering (fusion.py); read per lowering
@@ -119,13 +128,21 @@ class NumbaBackend(Backend):
         self.kernels = KERNELS if kernels is None else kernels
         self.pool = WorkerPool(n_threads)
         self.n_lowerings = 0          # how many times a graph was lowered (tests, stats)
+        self._memo: Optional[Verdicts] = None
+
+    def verdicts(self) -> Verdicts:
+        """The memo of the kernel table's verdicts by node signature (verdicts.py) for this
+        backend's table and thread count."""
+        v = self._memo
+        if v is None or v.table is not self.kernels or v.n_threads != self.n_threads:
+            v = self._memo = verdicts_for(self.kernels, self.n_threads, v)
+        return v
 
     # --- support -------------------------------------------------------------------------
     def supports_op(self, node: Tensor) -> bool:
         if not is_computed(node):
             return True
-        entry = self.kernels.get(node.op.name)
-        return entry is not None and entry.supports(node)
+        return self.verdicts().get(node)[0] is not None
 
     def set_n_threads(self, n_threads: int) -> None:
         n_threads = int(n_threads)
@@ -146,19 +163,24 @@ class NumbaBackend(Backend):
 
     def select(self, gf: CGraph) -> list:
         """The kernel variant of each node of gf (None for leafs and views); raises
-        UnsupportedError naming the first node no kernel supports (check_supported)."""
-        out = []
-        get = self.kernels.get
+        UnsupportedError naming the first node no kernel supports (check_supported).
+        The result's `facts` carry the plan's per-node verdicts (Selection)."""
+        out = Selection()
+        facts = []
+        get = self.verdicts().get
         for i, node in enumerate(gf.nodes):
             op = node.op
             if op is None or op.view or 0 in node.ne:     # empty results run no kernel
                 out.append(None)
+                facts.append(None)
                 continue
-            entry = get(op.name)
-            k = entry.select(node) if entry is not None else None
-            if k is None:
+            v = get(node)
+            if v[0] is None:
                 raise self.unsupported_node(i, node)
-            out.append(k)
+            out.append(v[0])
+            facts.append(v)
+        out.facts = facts
+        out.n_threads = self.n_threads
         return out
 
     def lower(self, gf: CGraph, cplan: CPlan, selected: Optional[list] = None) -> LoweredGraph:
@@ -182,16 +204,26 @@ class NumbaBackend(Backend):
         else:
             wbuf = Buffer(cplan.work_size, name="work").data if cplan.work_size > 0 else None
         waddr = wbuf.ctypes.data if wbuf is not None else 0
-        # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
-        if self.fusion:
-            rows, kernels, packed, moved = fuse(nodes, rows, kernels)
-        else:
-            packed, moved = [nodes[i] for i in rows], {}
-        n = len(rows)
-        # rows in the planner's order (independent rows grouped between barriers); the
-        # planner reads byte spans from the same slot words the descriptors are made of
+        # each distinct tensor's slot words (address, type, ne, nb) once: fusion's overlap
+        # checks, the planner's byte spans and the descriptors are all made of them
+        packed = [nodes[i] for i in rows]
         words, slots, tensors = table_slots(packed)
-        order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots))
+        # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
+        # (its tensors are its group's: the words stay, the rows' slot indices change)
+        if self.fusion:
+            rows, kernels, packed, moved, slots = fuse(nodes, rows, kernels,
+                                                       (words, slots, tensors))
+        else:
+            moved = {}
+        n = len(rows)
+        # rows in the planner's order (independent rows grouped between barriers); a row's
+        # work regions from select's memo unless the row is fused (its kernel is another)
+        facts = getattr(selected, "facts", None)
+        regions = None
+        if facts is not None and selected.n_threads == self.n_threads:
+            regions = [facts[r][3] if node is nodes[r] else None
+                       for r, node in zip(rows, packed)]
+        order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots), regions)
         order = order.tolist()
         rows = [rows[p] for p in order]
         kernels = [kernels[p] for p in order]

@@ -386,6 +386,19 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
 _NO_SHAPE = bytes(8 * (SLOT - 1))
 
 
+def byte_spans(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Byte span [lo, hi) of each tensor of table_slots' words: its address and ggml_nbytes
+    (strides aware; 0 bytes when any ne <= 0), as tensor.nbytes computes it."""
+    addr, typ = words[:, T_ADDR], words[:, T_TYPE]
+    ne, nb = words[:, T_NE:T_NE + 4], words[:, T_NB:T_NB + 4]
+    bs = BLCK_SIZE[typ]
+    first = np.where(bs == 1, TYPE_SIZE[typ] + (ne[:, 0] - 1) * nb[:, 0],
+                     ne[:, 0] * nb[:, 0] // bs)
+    size = first + ((ne[:, 1:] - 1) * nb[:, 1:]).sum(axis=1)
+    size[(ne <= 0).any(axis=1)] = 0
+    return addr, addr + size
+
+
 def pack_table(nodes: list, index: list, n_tasks: np.ndarray, wdata_addr: int, wsize: int,
                status_addr: int, scratch_base: int, out: np.ndarray,
                slots: tuple = None) -> np.ndarray:

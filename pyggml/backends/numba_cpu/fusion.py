@@ -40,6 +40,7 @@ from .desc import SRC1
 from .desc import SRC2
 from .desc import SRC3
 from .desc import SRC4
+from .desc import byte_spans
 from .desc import has_scratch
 from .desc import param_f32
 from .desc import row_coords
@@ -50,6 +51,7 @@ from .desc import t_nb
 from .desc import t_ne
 from .desc import t_row
 from .desc import t_type
+from .desc import table_slots
 from .desc import wdata
 from .desc import wsize
 from .intrinsics import f32_array
@@ -278,41 +280,44 @@ def _sum(add, norm) -> bool:
     return all(_packed_f32(t) and tuple(t.ne) == tuple(add.ne) for t in (a, b))
 
 
-def _span(t, memo: dict) -> tuple:
-    """(first byte, one past the last, ne, nb) of t, made once per fuse() (memo: id -> span;
-    a pair's tensors are checked several times)."""
-    s = memo.get(id(t))
-    if s is None:
-        a = t.data_ptr
-        s = memo[id(t)] = (a, a + nbytes(t), tuple(t.ne), tuple(t.nb))
-    return s
+def _span(t) -> tuple:
+    """(first byte, one past the last) of t."""
+    a = t.data_ptr
+    return a, a + nbytes(t)
 
 
-def _row_aligned(outs, ins, memo=None) -> bool:
+def _row_aligned(outs, ins, span=_span) -> bool:
     """The fused row may write outs row by row while it reads ins: no two of them overlap
     unless they are the same rows (same address, shape and strides; the graph allocator
     hands a dead source's slot to a result). A skewed overlap would let one row's store
-    clobber a row another thread, or a later iteration, still reads."""
-    memo = {} if memo is None else memo
-    spans = [_span(t, memo) for t in outs + ins]
+    clobber a row another thread, or a later iteration, still reads. span(t): t's bytes."""
+    ts = outs + ins
+    spans = [span(t) for t in ts]
     for i in range(len(outs)):
-        a0, a1, ne, nb = spans[i]
+        a0, a1 = spans[i]
         for j in range(len(spans)):
-            b0, b1, ne2, nb2 = spans[j]
-            if j != i and a0 < b1 and b0 < a1 and (a0, ne, nb) != (b0, ne2, nb2):
+            b0, b1 = spans[j]
+            if j != i and a0 < b1 and b0 < a1 and not (
+                    a0 == b0 and ts[i].ne == ts[j].ne and ts[i].nb == ts[j].nb):
                 return False
     return True
 
 
-def _uses(nodes) -> dict:
-    """id(tensor) -> how many nodes read it (as a source or as the tensor they view)."""
-    uses: dict = {}
-    for node in nodes:
-        for t in node.src:
-            if t is not None:
-                uses[id(t)] = uses.get(id(t), 0) + 1
-        if node.view_src is not None:
-            uses[id(node.view_src)] = uses.get(id(node.view_src), 0) + 1
+def _uses(nodes, is_row, idx, slot_of, of) -> dict:
+    """{t: how many nodes read t (as a source or as the tensor they view)} for the tensors
+    `of`: the rows' source slots counted at once from their slot indices (idx, slot_of:
+    desc.table_slots of the rows, is_row[i] for node i), the other nodes' sources (views,
+    empty results) and every node's view_src one by one."""
+    counts = np.bincount(idx[:, 1:].ravel(), minlength=len(slot_of) + 1).tolist()
+    uses = {t: counts[slot_of[t]] for t in of}
+    for i, node in enumerate(nodes):
+        if not is_row[i]:
+            for t in node.src:
+                if t in uses:
+                    uses[t] += 1
+        v = node.view_src
+        if v is not None and v in uses:
+            uses[v] += 1
     return uses
 
 
@@ -338,61 +343,78 @@ def _swiglu_of(glu):
     return gate, up
 
 
-def _disjoint(outs, ins, memo=None) -> bool:
+def _disjoint(outs, ins, span=_span) -> bool:
     """No byte of outs is a byte of ins (every thread reads all of x while others store)."""
-    memo = {} if memo is None else memo
-    spans = [_span(t, memo) for t in ins]
+    spans = [span(t) for t in ins]
     for o in outs:
-        a0, a1 = _span(o, memo)[:2]
-        for b0, b1, _, _ in spans:
+        a0, a1 = span(o)
+        for b0, b1 in spans:
             if a0 < b1 and b0 < a1:
                 return False
     return True
 
 
-def fuse(nodes, rows: list, kernels: list):
+def fuse(nodes, rows: list, kernels: list, slots: tuple = None):
     """Fuse rows (graph indices into nodes, kernels the selected variant per row):
     - (RMS_NORM, MUL) pairs, the MUL the norm's only reader and the row right after it;
       and the ADD whose sum such a norm reads when it is the row right before (its other
       readers come later: the fused row still writes the sum);
     - the two mat-vecs right before a SWIGLU that reads them (_swiglu_of; the fused row
       still writes both products).
-    Returns (rows, kernels, row_nodes, moved): the dropped rows gone, the last row of each
-    group running the fused kernel, row_nodes what to pack and schedule per row (a FusedNode
-    for a fused row), moved {dropped graph index: its fused row's graph index}."""
+    `slots`: desc.table_slots of the rows' nodes (words, idx, slot_of) when the caller has
+    them (else made here): byte spans come from their words.
+    Returns (rows, kernels, row_nodes, moved, idx): the dropped rows gone, the last row of
+    each group running the fused kernel, row_nodes what to pack and schedule per row (a
+    FusedNode for a fused row), moved {dropped graph index: its fused row's graph index},
+    idx the slot indices of row_nodes into the same words (a fused row's from its
+    FusedNode; None when no slots were given and nothing fused)."""
     row_nodes = [nodes[i] for i in rows]
     names = [node.op.name for node in row_nodes]
     if "RMS_NORM" not in names and "SWIGLU" not in names:
-        return rows, kernels, row_nodes, {}
-    uses = _uses(nodes)
-    memo: dict = {}                       # id(tensor) -> _span, for this lowering
+        return rows, kernels, row_nodes, {}, (None if slots is None else slots[1])
+    words, idx, slot_of = table_slots(row_nodes) if slots is None else slots
+    lo, hi = byte_spans(words)
+    lo, hi = lo.tolist(), hi.tolist()
+
+    def span(t):
+        s = slot_of[t]
+        return lo[s], hi[s]
+
+    is_row = bytearray(len(nodes))
+    for i in rows:
+        is_row[i] = 1
+    uses = _uses(nodes, is_row, idx, slot_of,
+                 [n for n, name in zip(row_nodes, names) if name == "RMS_NORM"])
     drop = set()
     moved = {}
+    fused = []
     kernels = list(kernels)
     last = len(names) - 1
     for p, name in enumerate(names):
         if name == "SWIGLU":
-            _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved, memo)
+            if _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved, span):
+                fused.append(p)
             continue
         if name != "RMS_NORM" or p == last:
             continue
         norm = row_nodes[p]
         # the MUL, the norm's only reader, must be the next row: no row between may write x
         # or w (in place) under it (_pair: the next row is a MUL that reads the norm)
-        if uses.get(id(norm)) != 1:
+        if uses[norm] != 1:
             continue
         q = p + 1
         mul = row_nodes[q]
         w = _pair(norm, mul)
-        if w is None or not _row_aligned([norm, mul], [norm.src[0], w], memo):
+        if w is None or not _row_aligned([norm, mul], [norm.src[0], w], span):
             continue
         drop.add(p)
         moved[rows[p]] = rows[q]
+        fused.append(q)
         # the ADD right before: nothing runs between it and the norm (the executor runs
         # the ADD's other readers, later rows, after the fused row that writes the sum)
         add = row_nodes[p - 1] if p > 0 and p - 1 not in drop else None
         if (add is not None and _sum(add, norm) and w is not add
-                and _row_aligned([norm, mul, add], [add.src[0], add.src[1], w], memo)):
+                and _row_aligned([norm, mul, add], [add.src[0], add.src[1], w], span)):
             drop.add(p - 1)
             moved[rows[p - 1]] = rows[q]
             row_nodes[q] = _norm_row(mul, norm, w, add)
@@ -401,25 +423,30 @@ def fuse(nodes, rows: list, kernels: list):
             row_nodes[q] = _norm_row(mul, norm, w)
             kernels[q] = RMS_NORM_MUL
     keep = [p for p in range(len(rows)) if p not in drop]
+    kidx = idx[keep]
+    for q, r in zip(fused, np.searchsorted(keep, fused).tolist()):
+        f = row_nodes[q]                # a fused row's tensors are its group's rows' tensors
+        kidx[r] = [slot_of[f.node]] + [0 if t is None else slot_of[t] for t in f.src]
     return ([rows[p] for p in keep], [kernels[p] for p in keep], [row_nodes[p] for p in keep],
-            moved)
+            moved, kidx)
 
 
-def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved, memo) -> None:
+def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved, span) -> bool:
     """Row p (a SWIGLU) runs MUL_MAT_SWIGLU when rows p-2 and p-1 are its two mat-vecs."""
     glu = row_nodes[p]
     pair = _swiglu_of(glu)
     if pair is None or p < 2 or {id(row_nodes[p - 2]), id(row_nodes[p - 1])} != set(map(id, pair)):
-        return
+        return False
     if kernels[p - 2].name != "mul_mat" or kernels[p - 1].name != "mul_mat":
-        return
+        return False
     gate, up = pair
     ins = [gate.src[0], up.src[0], gate.src[1]]
-    if not (_disjoint([gate, up, glu], ins, memo) and _disjoint([gate], [up], memo)
-            and _row_aligned([glu], [gate, up], memo)):
-        return
+    if not (_disjoint([gate, up, glu], ins, span) and _disjoint([gate], [up], span)
+            and _row_aligned([glu], [gate, up], span)):
+        return False
     for r in (p - 2, p - 1):
         drop.add(r)
         moved[rows[r]] = rows[p]
     row_nodes[p] = FusedNode(glu, (gate, up) + tuple(ins), glu.op_params, (0, 1))
     kernels[p] = MUL_MAT_SWIGLU
+    return True

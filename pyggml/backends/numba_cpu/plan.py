@@ -24,6 +24,8 @@ from ...errors import GraphError
 from ...graph import CGraph
 from ..base import default_n_threads
 from ..base import is_computed
+from .verdicts import node_sig
+from .verdicts import plan_facts
 
 CACHE_LINE = 64
 
@@ -54,44 +56,42 @@ def node_plan(node, n_threads: int, kernels=None, kernel=None) -> tuple[int, int
     no scratch without one). `kernel`: the variant already selected for node from `kernels`
     (saves selecting again)."""
     k = kernel
+    sig = node_sig(node)            # what the kernel's rules may read (kernels/__init__.py)
     if k is None and kernels is not None:
         entry = kernels.get(node.op.name)
-        k = entry.select(node) if entry is not None else None
-    nt_fn = k.n_tasks if k is not None else None
-    ws_fn = k.work_size if k is not None else None
-    n_tasks = int(nt_fn(node, n_threads)) if nt_fn is not None else n_threads
-    n_tasks = max(1, min(n_threads, n_tasks))
-    ws = int(ws_fn(node, n_threads)) if ws_fn is not None else 0
-    return n_tasks, max(0, ws)
+        k = entry.select(sig) if entry is not None else None
+    if k is None:
+        return n_threads, 0
+    return plan_facts(k, sig, n_threads)
 
 
 def graph_plan(gf: CGraph, n_threads: Optional[int] = None, backend=None,
                selected: Optional[list] = None) -> CPlan:
     """ggml_graph_plan: per-node n_tasks and the work buffer size for n_threads.
-    `selected`: the backend's kernel variant per node of gf, when the caller has them."""
+    `selected`: the backend's kernel variant per node of gf, when the caller has them (the
+    Numba backend's select() also carries each node's (n_tasks, work_size) for its thread
+    count, from its memo of verdicts by node signature: then nothing is asked again)."""
     if n_threads is None:
         n_threads = default_n_threads()
     n_threads = check_threads("graph_plan", n_threads)
-    kernels = _kernel_table(backend)
-    n_tasks = []
-    work = 0
-    for i, node in enumerate(gf.nodes):
-        k = selected[i] if selected else None
-        # select() gives a kernel exactly for the nodes that compute
-        if (k is None) if selected else not is_computed(node):
-            n_tasks.append(0)
-            continue
-        if k is None:
-            nt, ws = node_plan(node, n_threads, kernels)
-        else:                       # node_plan's rules, inlined (a call per node costs)
-            fn = k.n_tasks
-            nt = int(fn(node, n_threads)) if fn is not None else n_threads
-            nt = 1 if nt < 1 else n_threads if nt > n_threads else nt
-            fn = k.work_size
-            ws = int(fn(node, n_threads)) if fn is not None else 0
-        n_tasks.append(nt)
-        if ws > work:
-            work = ws
+    facts = getattr(selected, "facts", None)
+    if facts is not None and getattr(selected, "n_threads", None) == n_threads:
+        n_tasks = [0 if f is None else f[1] for f in facts]
+        work = max([f[2] for f in facts if f is not None], default=0)
+    else:
+        kernels = _kernel_table(backend)
+        n_tasks = []
+        work = 0
+        for i, node in enumerate(gf.nodes):
+            k = selected[i] if selected else None
+            # select() gives a kernel exactly for the nodes that compute
+            if (k is None) if selected else not is_computed(node):
+                n_tasks.append(0)
+                continue
+            nt, ws = node_plan(node, n_threads, kernels, k)
+            n_tasks.append(nt)
+            if ws > work:
+                work = ws
     if work > 0:
         work += CACHE_LINE * n_threads
     return CPlan(n_threads, n_tasks, work)

@@ -8,19 +8,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .desc import BLCK_SIZE
-from .desc import T_ADDR
-from .desc import T_NB
-from .desc import T_NE
-from .desc import T_TYPE
-from .desc import TYPE_SIZE
+from .desc import byte_spans
 from .desc import table_slots
 
 LOOKAHEAD = 6              # rows a barrier group looks at past its first (schedule)
 
 
 def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
-             slots: tuple = None) -> tuple[np.ndarray, np.ndarray]:
+             slots: tuple = None, regions: list = None) -> tuple[np.ndarray, np.ndarray]:
     """The order of a node table's rows and which end with a barrier: (order, sync), order a
     permutation of range(len(nodes)) (intp), sync int64 1/0 per position of order.
 
@@ -37,46 +32,44 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
 
     The byte spans come from the descriptors' slot words (`slots`: desc.table_slots(nodes)
     when the caller has them) in a few array operations; the grouping walk is a small njit
-    loop (it ran in Python tuples at ~5 ms per SmolLM2 decode graph)."""
+    loop (it ran in Python tuples at ~5 ms per SmolLM2 decode graph). `regions`: per row
+    its kernel's private_work(node, n_threads) when the caller has it (the backend's memo
+    of verdicts), None where it is to be asked here."""
     n = len(nodes)
     if n_threads <= 1 or n < 2:
         return np.arange(n, dtype=np.intp), np.ones(n, dtype=np.int64)
     words, idx = (table_slots(nodes) if slots is None else slots)[:2]
-    lo, hi = _spans(words)
+    lo, hi = byte_spans(words)
     present = idx != 0
     written = np.zeros(idx.shape, dtype=np.bool_)
     written[:, 0] = True
-    work = np.zeros(n, dtype=np.int64)
+    work = [0] * n
+    wrote = []                              # (row, slot) of the sources rows write in place
     private = work_addr % 64 == 0
+    if regions is None:
+        regions = [None] * n
     for i, k in enumerate(kernels):
-        w = nodes[i].op.writes
+        node = nodes[i]
+        w = node.op.writes
         if w:                               # sources it writes in place, when set
-            for s in w:
-                written[i, 1 + s] = present[i, 1 + s]
+            wrote += [(i, 1 + s) for s in w]
         if k.private_work is not None:      # its regions' size, 0 when it uses none
-            r = int(k.private_work(nodes[i], n_threads))
+            r = regions[i]
+            if r is None:
+                r = int(k.private_work(node, n_threads))
             if r > 0:
                 work[i] = r if private else -1
         elif k.work_size is not None:       # may use a shared one (not asked: FA's costs)
             work[i] = -1
+    if wrote:
+        rr, ss = zip(*wrote)
+        written[rr, ss] = present[rr, ss]
+    work = np.array(work, dtype=np.int64)
     present[:, 0] = False                   # slot 0 is the row's result: written, not read
     order = np.empty(n, dtype=np.intp)
     sync = np.ones(n, dtype=np.int64)
     _group_rows(lo[idx], hi[idx], present, written, work, LOOKAHEAD, order, sync)
     return order, sync
-
-
-def _spans(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Byte span [lo, hi) of each tensor of table_slots' words: its address and ggml_nbytes
-    (strides aware; 0 bytes when any ne <= 0), as tensor.nbytes computes it."""
-    addr, typ = words[:, T_ADDR], words[:, T_TYPE]
-    ne, nb = words[:, T_NE:T_NE + 4], words[:, T_NB:T_NB + 4]
-    bs = BLCK_SIZE[typ]
-    first = np.where(bs == 1, TYPE_SIZE[typ] + (ne[:, 0] - 1) * nb[:, 0],
-                     ne[:, 0] * nb[:, 0] // bs)
-    size = first + ((ne[:, 1:] - 1) * nb[:, 1:]).sum(axis=1)
-    size[(ne <= 0).any(axis=1)] = 0
-    return addr, addr + size
 
 
 @numba.njit(nogil=True, cache=True)

@@ -37,6 +37,17 @@ op): `n_tasks(node, n_threads)` (threads sharing the node; all of them when omit
 `rows_n_tasks` and `one_task` are the common ones) and `work_size(node, n_threads)` (bytes
 of the shared work buffer; none when omitted; the plan takes the max over the nodes).
 
+The verdict contract: a variant's `supports`, `spec`, `n_tasks`, `work_size` and
+`private_work` are pure functions of the node's signature — op, type, ne, nb, op_params,
+and each source's type, ne and nb (None when absent) — and the thread count; never data,
+names, buffers, addresses, views, flags, or a source's op or sources, and no mutable state
+outside the kernel table. They are handed a `verdicts.NodeSig`, which holds only those
+fields (anything else is an AttributeError), so the backend may keep them per signature
+(`verdicts.Verdicts`: one answer for a decoder's 30 layers). Every change to a table
+(add_kernel, unsupported, an entry's variants edited, a variant's verdict set) bumps
+`verdicts.EPOCH`, which empties those memos. tests/sched/test_verdicts.py holds every
+registered verdict to it.
+
 A cold compile is slow (seconds per kernel, about a minute for a model's set), so
 `Kernel.in_disk_cache()` tells without compiling whether the cfunc would load from Numba's
 disk cache, and `..warmup` compiles cold kernels in parallel processes (`pyggml warmup`).
@@ -61,6 +72,8 @@ from numba import types
 from ....errors import ComputeError
 from ..desc import ERR_EXCEPTION
 from ..desc import set_error
+from ..verdicts import node_sig
+from ..verdicts import table_changed
 
 KERNEL_SIG = types.void(types.CPointer(types.int64), types.int64, types.int64)
 
@@ -123,6 +136,26 @@ def _guarded(pyfunc: Callable) -> Callable:
     return fn, cache
 
 
+_VERDICT_FIELDS = frozenset(("supports", "n_tasks", "work_size", "spec", "private_work"))
+
+
+class _Variants(list):
+    """A KernelEntry's variants: editing the list in place (tests insert a variant) bumps
+    verdicts.EPOCH like add_kernel does."""
+
+    def _edited(name):
+        def edit(self, *args, **kwargs):
+            table_changed()
+            return getattr(list, name)(self, *args, **kwargs)
+        edit.__name__ = name
+        return edit
+
+    for _m in ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse",
+               "__setitem__", "__delitem__", "__iadd__", "__imul__"):
+        locals()[_m] = _edited(_m)
+    del _m, _edited
+
+
 @dataclass(eq=False)
 class Kernel:
     """One compiled-on-demand kernel function."""
@@ -146,6 +179,11 @@ class Kernel:
 
     def __post_init__(self):
         self.name = self.name or getattr(self.pyfunc, "__name__", self.op.lower())
+
+    def __setattr__(self, k, v):
+        if k in _VERDICT_FIELDS and k in self.__dict__:     # memos made with the old one
+            table_changed()                                # are stale
+        object.__setattr__(self, k, v)
 
     @property
     def is_template(self) -> bool:
@@ -286,15 +324,23 @@ def _make_child(tmpl: Kernel, key: tuple) -> Kernel:
 @dataclass(eq=False)
 class KernelEntry:
     op: str
-    variants: list = field(default_factory=list)
+    variants: list = field(default_factory=_Variants)
     reason: str = ""                        # why there is no kernel (explicit unsupported)
+
+    def __setattr__(self, k, v):
+        if k == "variants":             # a new entry too: a memo may hold "no entry"
+            v = v if type(v) is _Variants else _Variants(v)
+            table_changed()
+        object.__setattr__(self, k, v)
 
     def select(self, node) -> Optional[Kernel]:
         """The first variant whose supports(node) is true. A predicate that raises is a bug
-        in it and propagates: it must not quietly send the node to a slower backend."""
+        in it and propagates: it must not quietly send the node to a slower backend.
+        The verdicts see node as a NodeSig (the contract in the module doc)."""
+        sig = node_sig(node)
         for k in self.variants:
-            if k.supports(node):
-                return k.specialize(node) if k.spec is not None else k
+            if k.supports(sig):
+                return k.specialize(sig) if k.spec is not None else k
         return None
 
     def supports(self, node) -> bool:
@@ -308,12 +354,14 @@ class KernelEntry:
         return self.variants[0].children()[0].address
 
     def n_tasks(self, node, n_threads: int) -> Optional[int]:
-        k = self.select(node)
-        return k.n_tasks(node, n_threads) if k is not None and k.n_tasks else None
+        sig = node_sig(node)
+        k = self.select(sig)
+        return k.n_tasks(sig, n_threads) if k is not None and k.n_tasks else None
 
     def work_size(self, node, n_threads: int) -> Optional[int]:
-        k = self.select(node)
-        return k.work_size(node, n_threads) if k is not None and k.work_size else None
+        sig = node_sig(node)
+        k = self.select(sig)
+        return k.work_size(sig, n_threads) if k is not None and k.work_size else None
 
 
 KERNELS: dict[str, KernelEntry] = {}
@@ -334,7 +382,7 @@ def make_kernel(op: str, pyfunc: Callable, supports: Callable = None, n_tasks: C
 def add_kernel(table: dict, k: Kernel, op: str = None) -> Kernel:
     op = (op or k.op).upper()
     entry = table.setdefault(op, KernelEntry(op))
-    entry.variants.append(k)
+    entry.variants.append(k)                # bumps verdicts.EPOCH
     entry.reason = ""
     return k
 
@@ -381,6 +429,7 @@ def unsupported(op: str, reason: str, table: dict = None) -> KernelEntry:
     entry = t.setdefault(op.upper(), KernelEntry(op.upper()))
     if not entry.variants:
         entry.reason = reason
+    table_changed()
     return entry
 
 
