@@ -43,8 +43,9 @@ from ....types import GGMLType
 from ..desc import ERR_EXCEPTION
 from ..desc import ERR_UNSUPPORTED
 from ..desc import set_error
-from ..intrinsics import f32_array  # noqa: F401  (the generated row functions use these)
-from ..intrinsics import u8_array  # noqa: F401
+from ..intrinsics import f32_array
+from ..intrinsics import i32_array
+from ..intrinsics import u8_array
 from . import KERNELS
 from . import Kernel
 from . import _const_name
@@ -86,6 +87,14 @@ _quantize_blocks_inline = numba.njit(nogil=True, error_model="numpy",
                                      inline="always")(kq.quantize_blocks.py_func)
 
 
+@numba.njit(nogil=True, cache=True)
+def _copy_f32(src, dst, n):
+    d = i32_array(dst, n)                 # as bits: NaN payloads kept
+    s = i32_array(src, n)
+    for i in range(n):
+        d[i] = s[i]
+
+
 def has_row_fn(kind: int, t) -> bool:
     return int(t) in (_DEQ if kind == DEQ else _Q_ROW.keys() | _Q_BLOCKS.keys())
 
@@ -94,7 +103,10 @@ def _source(kind: int, t: int) -> tuple:
     """(name, source, globals) of type t's row function."""
     tt = GGMLType(t)
     nbytes = f"n // {TRAITS[tt].blck_size} * {TRAITS[tt].type_size}"
-    if kind == DEQ:
+    if tt == GGMLType.F32:           # a byte copy (quants.nb's array-slice copy: ~5 s compile)
+        name, fn = f"{'de' if kind == DEQ else ''}quantize_row_f32", _copy_f32
+        call = "_fn(src, dst, n)"
+    elif kind == DEQ:
         name, fn = f"dequantize_row_{tt.name.lower()}", _DEQ[tt]
         call = f"_fn(u8_array(src, {nbytes}), f32_array(dst, n), n)"
     elif tt in _Q_ROW:
