@@ -21,8 +21,9 @@ def suite_kernels() -> list:
     """The kernels the session warm-up compiles: warmup.all_kernels() (every kernel and fused
     kernel, a template's common children) and the template children the ops' own non-slow
     cases reach beyond those (tests/ops/test_rows_shape.py runs every case of GET_ROWS and
-    SET_ROWS, the fuzz profile draws from them): compiled one by one in those tests they
-    cost ~4 s CPU each on one core, in the warm-up's workers half the wall time."""
+    SET_ROWS, the fuzz profile draws from them, CPY's cases convert between many types): a
+    child costs its types' row functions (kernels/row_fns.py, ~1 s CPU each, a K-quant
+    quantizer 4-11 s), better spent in the warm-up's workers than in the tests."""
     from pyggml.backends.numba_cpu import warmup
     from pyggml.backends.numba_cpu.kernels import KERNELS
     from pyggml.backends.numba_cpu.kernels import lookup

@@ -298,6 +298,31 @@ def test_set_rows_bad_id_is_an_error_not_a_crash(numba_backends):
             _run(be, build, dict(a=np.zeros((3, 32)), b=np.ones((2, 32)), c=np.array([0, -1])))
 
 
+def test_a_row_function_missing_from_the_table_is_an_error_not_a_crash(numba_backends):
+    """GET_ROWS calls the type's row function through kernels/row_fns.TABLE: an empty slot
+    (a function the node's kernel child did not make ready) stops the node, it is not called."""
+    from pyggml.backends.numba_cpu.kernels import row_fns
+
+    def build(ctx):
+        a = gg.new_tensor_2d(ctx, gg.TYPE_Q8_0, 32, 3)
+        gg.set_name(a, "a")
+        b = gg.new_tensor_1d(ctx, gg.TYPE_I32, 2)
+        gg.set_name(b, "b")
+        return gg.get_rows(ctx, a, b)
+    fill = dict(a=np.arange(96.0).reshape(3, 32), b=np.array([2, 0]))
+    want = data.to_numpy(_run(_ref_backend(), build, fill))
+    be = numba_backends[1]
+    assert np.array_equal(data.to_numpy(_run(be, build, fill)), want)
+    slot = row_fns.DEQ * row_fns.N_TYPES + int(gg.TYPE_Q8_0)
+    saved, row_fns.TABLE[slot] = row_fns.TABLE[slot], 0
+    try:
+        with pytest.raises(ComputeError, match="GET_ROWS"):
+            _run(be, build, fill)
+    finally:
+        row_fns.TABLE[slot] = saved
+    assert np.array_equal(data.to_numpy(_run(be, build, fill)), want)
+
+
 # --- (b) misuse ----------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -240,13 +240,13 @@ def test_templates_make_one_kernel_per_type_found_by_key():
     assert entry.variants[0].is_template and k in entry.variants[0].children()
 
 
-def test_typed_row_codecs_cover_every_settable_type():
-    """GET_ROWS/SET_ROWS templates compile one type's row codec from kernels/typed.py's
-    tables: a type the generic codecs (quants.nb) know but the tables miss would make the
-    template child refuse it (MXFP4 did, after the two branches met)."""
-    from pyggml.backends.numba_cpu.kernels import typed
+def test_row_functions_cover_every_settable_type():
+    """GET_ROWS/SET_ROWS/CPY convert rows through kernels/row_fns.py's per-type row
+    functions: a type the codecs (quants.nb) know but the tables miss would make those
+    kernels refuse it (MXFP4 did, after two branches met)."""
+    from pyggml.backends.numba_cpu.kernels import row_fns
     from pyggml.types import QUANT_TYPES
     from pyggml.types import GGMLType
     for t in set(QUANT_TYPES) | {GGMLType.F32, GGMLType.F16, GGMLType.BF16}:
-        assert int(t) in typed._DEQ, t
-        assert int(t) in typed._Q_ROW or int(t) in typed._Q_BLOCKS, t
+        assert row_fns.has_row_fn(row_fns.DEQ, t), t
+        assert row_fns.has_row_fn(row_fns.QUANT, t), t

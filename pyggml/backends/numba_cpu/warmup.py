@@ -58,13 +58,21 @@ COSTS = {
     # FLASH_ATTN_EXT and _WITH_STATE share fa_body: together ~75 s, the second ~5 s
     "FLASH_ATTN_EXT:flash_attn_ext_kernel": 65.0,
     "FLASH_ATTN_EXT_WITH_STATE:flash_attn_ext_with_state_kernel": 65.0,
-    "CONT:copy_elements": 1.8, "CONT:copy_blocks": 7.8,
+    "CONT:copy_elements": 1.8,
     "MUL_MAT:mul_mat": 70.0, "MUL_MAT_ID:mul_mat_id": 1.5, "OUT_PROD:out_prod": 1.4,
     "ADD:k_add_quant": 2.8, "ADD:k_add": 4.5, "GEGLU:k_geglu": 2.0, "SWIGLU:k_swiglu": 5.0,
     "MUL:k_mul": 4.3, "REGLU:k_reglu": 1.2, "SIGMOID:k_sigmoid": 1.2, "SILU:k_silu": 1.2,
     "SWIGLU_OAI:k_swiglu_oai": 1.2, "GEGLU_ERF:k_geglu_erf": 1.0,
     "ROPE:rope_fwd": 8.0, "ROPE_BACK:rope_back": 0.5,
-    "GET_ROWS:get_rows": 3.0, "SET_ROWS:set_rows": 3.5, "GET_ROWS_BACK:get_rows_back": 0.4,
+    "GET_ROWS_BACK:get_rows_back": 0.4,
+    # GET_ROWS, SET_ROWS, CPY's quantized copies: one body each (~4 s, paid by the first child
+    # a process compiles) and a row function per type (kernels/row_fns.py), ~1 s but the
+    # K-quant and IQ4 quantizers (SET_ROWS' children; CPY's share them)
+    "GET_ROWS:get_rows": 1.3, "SET_ROWS:set_rows": 1.3, "CONT:copy_blocks": 1.3,
+    "SET_ROWS:set_rows[q2_k]": 9.7, "SET_ROWS:set_rows[q3_k]": 7.4,
+    "SET_ROWS:set_rows[q4_k]": 11.3, "SET_ROWS:set_rows[q5_k]": 7.0,
+    "SET_ROWS:set_rows[q6_k]": 3.8, "SET_ROWS:set_rows[iq4_nl]": 4.2,
+    "SET_ROWS:set_rows[iq4_xs]": 3.7,
     "RMS_NORM:rms_norm_f32": 4.6, "SOFT_MAX:soft_max_f32": 2.0, "ARGSORT:argsort": 1.6,
     "SSM_SCAN:ssm_scan": 1.2, "UPSCALE:upscale": 1.0,
 }
@@ -178,10 +186,14 @@ def plan_units(keys_by_module: dict, jobs: int) -> list:
 
 
 def by_module(kernels: list) -> dict:
-    """Kernels' keys grouped by the module that defines them (the unit plan_units hands out)."""
+    """Kernels' keys grouped by the module that defines them (the unit plan_units hands out);
+    kernels calling row_fns' row functions (GET_ROWS, SET_ROWS, CPY's) form one group: they
+    share those, which two workers at once would both compile."""
+    from .kernels.row_fns import RowFnChild
     out = {}
     for k in kernels:
-        out.setdefault(getattr(k.pyfunc, "__module__", "?"), []).append(k.key)
+        mod = "row_fns" if isinstance(k, RowFnChild) else getattr(k.pyfunc, "__module__", "?")
+        out.setdefault(mod, []).append(k.key)
     return out
 
 

@@ -24,13 +24,13 @@ A kernel whose cold compile is dominated by code for types the graph does not us
 template: `@kernel("OP", ..., spec=fn)` on `def k(desc, ith, nth, t0, t1...)`, where
 `spec(node)` gives the node's constants (type ids, -1 for none). `select(node)` returns the
 child kernel for those constants, generated on first use as `def k__8(desc, ith, nth):
-_k(desc, ith, nth, 8)`: the body is inlined with the constants as literal arguments, so the
-per-type dispatch it calls (kernels/typed.py) compiles only the code of those types (SET_ROWS
-over every type pulled in every K-quant quantizer: the cold compile of a model's graph
-paid for all of them). Templating pays only where per-type code dominates: each child
-compiles the shared body again (flash attention, tried, was not one). A child's key is
-'OP:k[q8_0]'; `find(key)` makes it from the key (warm-up workers); `common` lists the
-constants `pyggml warmup --all` compiles.
+_k(desc, ith, nth, 8)`: the body is inlined with the constants as literal arguments, so
+per-type branches compile only the code of those types. Each child compiles the shared body
+again (flash attention, tried, did not pay). GET_ROWS, SET_ROWS and CPY's quantized copies
+are templates of another kind (row_fns.RowFnTemplate): one body for every type, whose
+children share it and make their types' separately compiled row functions ready. A
+child's key is 'OP:k[q8_0]'; `find(key)` makes it from the key (warm-up workers); `common`
+lists the constants `pyggml warmup --all` compiles.
 
 A variant carries its planning rules (backend facts, as ggml-cpu.c keeps them, never the
 op): `n_tasks(node, n_threads)` (threads sharing the node; all of them when omitted;

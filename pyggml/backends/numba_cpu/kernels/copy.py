@@ -15,8 +15,11 @@ Two variants share the three ops:
   copy_elements  element types, any strides and shapes: F32/F16/BF16/I32 converted through
                  f32 (as ggml does), any same-type element copy as raw bits.
   copy_blocks    anything with a quantized side: same-type contiguous byte copies, and row
-                 conversions through pyggml.quants.nb (quantize_row/dequantize_row), which
-                 need packed rows of the same length (ggml has the same limits).
+                 conversions through the types' row functions (row_fns.py: pyggml.quants'
+                 codecs compiled once each, shared with GET_ROWS/SET_ROWS), which need
+                 packed rows of the same length (ggml has the same limits). One body for
+                 every pair of types; its children 'CONT:copy_blocks[q8_0,f32]' make the
+                 pair's row functions ready.
 Same-type copies are exact (bit copies), as in ggml.
 """
 from __future__ import annotations
@@ -31,7 +34,6 @@ from ....types import TRAITS
 from ....types import GGMLType
 from ..desc import DST
 from ..desc import ERR_SHAPE
-from ..desc import ERR_UNSUPPORTED
 from ..desc import ERR_WORK_SIZE
 from ..desc import SRC0
 from ..desc import row_coords
@@ -53,15 +55,20 @@ from ..intrinsics import ptr_of
 from ..intrinsics import u8_array
 from ..intrinsics import u16_array
 from . import kernel
+from .row_fns import DEQ
+from .row_fns import QUANT
+from .row_fns import dequantize_row_at
+from .row_fns import quantize_row_at
+from .row_fns import row_error
+from .row_fns import row_kernel_template
 
 F32, F16, BF16, I32 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16), int(GGMLType.I32)
 _CONVERTIBLE = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.I32}
-# types with a Numba row codec in pyggml.quants.nb (quantize_row / dequantize_row)
+# types with both row functions in row_fns.py
 _ROW_CODEC = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
               GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q8_1, GGMLType.Q2_K,
               GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL,
               GGMLType.IQ4_XS, GGMLType.MXFP4}
-_HAVE_ROWS = hasattr(qnb, "quantize_row") and hasattr(qnb, "dequantize_row")
 
 _jit = numba.njit(nogil=True, cache=True)
 
@@ -239,7 +246,7 @@ def _supports_blocks(node) -> bool:
         return False
     if st == dt:
         return True
-    return _HAVE_ROWS and st in _ROW_CODEC and dt in _ROW_CODEC and all(
+    return st in _ROW_CODEC and dt in _ROW_CODEC and all(
         s.ne[0] % TRAITS[t].blck_size == 0 for t in (st, dt))
 
 
@@ -255,7 +262,24 @@ def _work_blocks(node, n_threads) -> int:
     return _row_scratch(node) * n_threads
 
 
-@kernel(("CONT", "DUP", "CPY"), supports=_supports_blocks, work_size=_work_blocks)
+def _blocks_spec(node) -> tuple:
+    return (int(node.src[0].type), int(node.type))
+
+
+def _blocks_needs(consts) -> tuple:
+    st, dt = consts
+    if st == dt:
+        return ()
+    return tuple(r for r in ((DEQ, st), (QUANT, dt)) if r[1] != F32)
+
+
+# `warmup --all`: quantizing and dequantizing F32 rows of the common cache types
+_BLOCKS_COMMON = [(F32, int(t)) for t in (GGMLType.Q4_0, GGMLType.Q8_0)] + \
+    [(int(t), F32) for t in (GGMLType.Q4_0, GGMLType.Q8_0)]
+
+
+@row_kernel_template(("CONT", "DUP", "CPY"), _blocks_needs, _blocks_spec,
+                     supports=_supports_blocks, work_size=_work_blocks, common=_BLOCKS_COMMON)
 def copy_blocks(desc, ith, nth):
     if copied_flat(desc, ith, nth):
         return
@@ -267,9 +291,8 @@ def copy_blocks(desc, ith, nth):
     ne01, ne02 = t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
     ne1, ne2 = t_ne(desc, DST, 1), t_ne(desc, DST, 2)
     srs = t_row_size(desc, SRC0)
-    drs = t_row_size(desc, DST)
     scratch = 4 * ne0 + 64
-    tmp_addr = wdata(desc) + ith * scratch
+    tmp = wdata(desc) + ith * scratch
     if st != dt and st != F32 and dt != F32 and wsize(desc) < (ith + 1) * scratch:
         set_error(desc, ERR_WORK_SIZE)
         return
@@ -283,14 +306,13 @@ def copy_blocks(desc, ith, nth):
         if st == dt:
             copy_bytes(d, s, srs)
         elif st == F32:
-            rc = qnb.quantize_row(dt, f32_array(s, ne0), u8_array(d, drs), ne0)
+            rc = quantize_row_at(dt, s, d, ne0)
         elif dt == F32:
-            rc = qnb.dequantize_row(st, u8_array(s, srs), f32_array(d, ne0), ne0)
+            rc = dequantize_row_at(st, s, d, ne0)
         else:
-            tmp = f32_array(tmp_addr, ne0)
-            rc = qnb.dequantize_row(st, u8_array(s, srs), tmp, ne0)
+            rc = dequantize_row_at(st, s, tmp, ne0)
             if rc == 0:
-                rc = qnb.quantize_row(dt, tmp, u8_array(d, drs), ne0)
+                rc = quantize_row_at(dt, tmp, d, ne0)
         if rc != 0:
-            set_error(desc, ERR_UNSUPPORTED)
+            row_error(desc, rc)
             return

@@ -10,6 +10,11 @@ set_rows    F32/F16 rows converted/quantized into the destination's type with qu
 get_rows_back  zero the result, then add the gradient rows at their ids. Threads split the
             destination rows; each scans all ids in order, so the sums are the sequential ones.
 An id outside the source's rows stops the graph with ERR_ROW_ID (ggml asserts).
+
+GET_ROWS and SET_ROWS compile once for every type: they convert a row through the type's
+row function, compiled on its own and called through row_fns.TABLE (see row_fns.py). Their
+per-type template children ('GET_ROWS:get_rows[q4_k]') share that body and make the
+type's row functions ready.
 """
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ from ....tensor import is_contiguous_rows
 from ....types import TRAITS
 from ....types import GGMLType
 from ..desc import DST
-from ..desc import ERR_UNSUPPORTED
 from ..desc import ERR_WORK_SIZE
 from ..desc import SRC0
 from ..desc import SRC1
@@ -30,21 +34,23 @@ from ..desc import set_error
 from ..desc import t_addr
 from ..desc import t_nb
 from ..desc import t_ne
-from ..desc import t_row_size
 from ..desc import t_type
 from ..desc import type_size
 from ..desc import wdata
 from ..desc import wsize
 from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
-from ..intrinsics import u8_array
 from . import kernel
 from .copy import _ROW_CODEC as _COPY_ROW_CODEC
 from .copy import copy_bits
 from .copy import copy_bytes
 from .copy import load_f32
-from .typed import dequantize_row_t
-from .typed import quantize_row_t
+from .row_fns import DEQ
+from .row_fns import QUANT
+from .row_fns import dequantize_row_at
+from .row_fns import quantize_row_at
+from .row_fns import row_error
+from .row_fns import row_kernel_template
 
 ERR_ROW_ID = register_error(170, "a row id is out of range (get_rows / set_rows / get_rows_back)")
 
@@ -80,15 +86,21 @@ def _get_rows_spec(node) -> tuple:
     return (int(node.src[0].type),)
 
 
-# a template per source type (only its row decoder compiles); `warmup --all` compiles the
-# types models keep embeddings and caches in (others compile on first use)
+# a child per source type (its row decoder is made ready); `warmup --all` compiles the types
+# models keep embeddings and caches in (others compile on first use)
 _COMMON_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1,
                  GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K)
 _GET_ROWS_COMMON = [(int(t),) for t in _COMMON_TYPES + (GGMLType.I32,)]
 
 
-@kernel("GET_ROWS", supports=_supports_get_rows, spec=_get_rows_spec, common=_GET_ROWS_COMMON)
-def get_rows(desc, ith, nth, at):
+def _get_rows_needs(consts) -> tuple:
+    return () if consts[0] in (F32, I32) else ((DEQ, consts[0]),)     # F32, I32: copied
+
+
+@row_kernel_template("GET_ROWS", _get_rows_needs, _get_rows_spec, supports=_supports_get_rows,
+                     common=_GET_ROWS_COMMON)
+def get_rows(desc, ith, nth):
+    at = t_type(desc, SRC0)
     nc = t_ne(desc, SRC0, 0)
     ne01 = t_ne(desc, SRC0, 1)
     ne10, ne11 = t_ne(desc, SRC1, 0), t_ne(desc, SRC1, 1)
@@ -97,7 +109,6 @@ def get_rows(desc, ith, nth, at):
     nb00 = t_nb(desc, SRC0, 0)
     es = type_size(at)
     packed = nb00 == es or nc <= 1
-    rs = t_row_size(desc, SRC0)
     ir0, ir1 = row_range(nr, ith, nth)
     for i in range(ir0, ir1):
         i12 = i // (ne11 * ne10)
@@ -117,8 +128,9 @@ def get_rows(desc, ith, nth, at):
                 for j in range(nc):
                     copy_bits(d + 4 * j, s + j * nb00, 4)
         elif packed:
-            if dequantize_row_t(at, u8_array(s, rs), f32_array(d, nc), nc) != 0:
-                set_error(desc, ERR_UNSUPPORTED)
+            rc = dequantize_row_at(at, s, d, nc)
+            if rc != 0:
+                row_error(desc, rc)
                 return
         else:
             y = f32_array(d, nc)
@@ -146,8 +158,12 @@ def _work_set_rows(node, n_threads) -> int:
 
 def _set_rows_spec(node) -> tuple:
     # the destination type only: an F16 source reuses the F32 path through a row decoded
-    # to F32 (one template child per cache type, not two)
+    # to F32 (one child per cache type, not two)
     return (int(node.type),)
+
+
+def _set_rows_needs(consts) -> tuple:
+    return ((QUANT, consts[0]), (DEQ, F16))
 
 
 _SET_ROWS_COMMON = [(int(d),) for d in _COMMON_TYPES[:8]]   # KV caches
@@ -157,9 +173,11 @@ def _region_set_rows(node, n_threads) -> int:
     return _set_rows_scratch(node)         # set_rows: thread ith's map and row only
 
 
-@kernel("SET_ROWS", supports=_supports_set_rows, work_size=_work_set_rows, spec=_set_rows_spec,
-        common=_SET_ROWS_COMMON, private_work=_region_set_rows)
-def set_rows(desc, ith, nth, dt):
+@row_kernel_template("SET_ROWS", _set_rows_needs, _set_rows_spec, supports=_supports_set_rows,
+                     work_size=_work_set_rows, common=_SET_ROWS_COMMON,
+                     private_work=_region_set_rows)
+def set_rows(desc, ith, nth):
+    dt = t_type(desc, DST)
     bt = t_type(desc, SRC0)
     it = t_type(desc, SRC1)
     nc = t_ne(desc, SRC0, 0)
@@ -171,7 +189,6 @@ def set_rows(desc, ith, nth, dt):
     nb01, nb02, nb03 = t_nb(desc, SRC0, 1), t_nb(desc, SRC0, 2), t_nb(desc, SRC0, 3)
     nb10, nb11, nb12 = t_nb(desc, SRC1, 0), t_nb(desc, SRC1, 1), t_nb(desc, SRC1, 2)
     nb1, nb2, nb3 = t_nb(desc, DST, 1), t_nb(desc, DST, 2), t_nb(desc, DST, 3)
-    drs = t_row_size(desc, DST)
     ir0, ir1 = row_range(nr, ith, nth)
     if ir0 >= ir1:
         return
@@ -182,7 +199,7 @@ def set_rows(desc, ith, nth, dt):
         return
     base = wdata(desc) + ith * scratch
     last = numba.carray(ptr_of(base, np.int64), ne1)
-    tmp = f32_array(base + map_bytes, nc)
+    tmp = base + map_bytes
     for i03 in range(ne03):
         for i02 in range(ne02):
             i12 = i03 % ne12
@@ -205,15 +222,15 @@ def set_rows(desc, ith, nth, dt):
                 d = d_addr + i1 * nb1 + i02 * nb2 + i03 * nb3
                 rc = 0
                 if bt == F32:
-                    rc = quantize_row_t(dt, f32_array(s, nc), u8_array(d, drs), nc)
+                    rc = quantize_row_at(dt, s, d, nc)
                 elif dt == F16:
                     copy_bytes(d, s, 2 * nc)
                 else:
-                    rc = dequantize_row_t(F16, u8_array(s, 2 * nc), tmp, nc)
+                    rc = dequantize_row_at(F16, s, tmp, nc)
                     if rc == 0:
-                        rc = quantize_row_t(dt, tmp, u8_array(d, drs), nc)
+                        rc = quantize_row_at(dt, tmp, d, nc)
                 if rc != 0:
-                    set_error(desc, ERR_UNSUPPORTED)
+                    row_error(desc, rc)
                     return
 
 
