@@ -164,39 +164,32 @@ def micro(runs, reps=100, n_keys=4096):
     acc = np.zeros(4 * D, np.float32)
     out = np.zeros(16, np.float32)
 
-    qk16, qkq, pv16, pvq = (fa_simd.qk_4x4_f16, fa_simd.qk_4x4_q4_0_i8, fa_simd.pv_4x4_f16,
-                            fa_simd.pv_4x4_q4_0)
+    def loop(kern, kind):
+        """An njit loop over the keys in groups of 4, calling kern as a decode does."""
+        if kind == "qk":
+            @numba.njit(inline="always")
+            def one(k, s, q, qx, a, pp, o):
+                kern(D, q, D * 4, k, k + s, k + 2 * s, k + 3 * s, o, 0)
+        elif kind == "qk8":
+            @numba.njit(inline="always")
+            def one(k, s, q, qx, a, pp, o):
+                kern(nb, q, D, qx, k, k + s, k + 2 * s, k + 3 * s, o, 0)
+        else:
+            @numba.njit(inline="always")
+            def one(k, s, q, qx, a, pp, o):
+                kern(D, a, D * 4, pp, 128, 0, k, k + s, k + 2 * s, k + 3 * s)
 
-    @numba.njit
-    def run_qk16(kb, s, q, qx, a, pp, o, reps):
-        for _ in range(reps):
-            for j in range(0, n_keys, 4):
-                k = kb + j * s
-                qk16(D, q, D * 4, k, k + s, k + 2 * s, k + 3 * s, o, 0)
+        @numba.njit
+        def run(kb, s, q, qx, a, pp, o, reps):
+            for _ in range(reps):
+                for j in range(0, n_keys, 4):
+                    one(kb + j * s, s, q, qx, a, pp + (j % 32) * 16, o)
+        return run
 
-    @numba.njit
-    def run_qkq(kb, s, q, qx, a, pp, o, reps):
-        for _ in range(reps):
-            for j in range(0, n_keys, 4):
-                k = kb + j * s
-                qkq(nb, q, D, qx, k, k + s, k + 2 * s, k + 3 * s, o, 0)
-
-    @numba.njit
-    def run_pv16(kb, s, q, qx, a, pp, o, reps):
-        for _ in range(reps):
-            for j in range(0, n_keys, 4):
-                k = kb + j * s
-                pv16(D, a, D * 4, pp + (j % 32) * 16, 128, 0, k, k + s, k + 2 * s, k + 3 * s)
-
-    @numba.njit
-    def run_pvq(kb, s, q, qx, a, pp, o, reps):
-        for _ in range(reps):
-            for j in range(0, n_keys, 4):
-                k = kb + j * s
-                pvq(D, a, D * 4, pp + (j % 32) * 16, 128, 0, k, k + s, k + 2 * s, k + 3 * s)
-
-    cases = [("qk f16", "f16", run_qk16, qf), ("qk q4_0 (8-bit q)", "q4_0", run_qkq, qi8),
-             ("pv f16", "f16", run_pv16, qf), ("pv q4_0", "q4_0", run_pvq, qf)]
+    cases = [("qk f16", "f16", loop(fa_simd.qk_4x4_f16, "qk"), qf),
+             ("qk q4_0 (8-bit q)", "q4_0", loop(fa_simd.qk_4x4_q4_0_i8, "qk8"), qi8),
+             ("pv f16", "f16", loop(fa_simd.pv_4x4_f16, "pv"), qf),
+             ("pv q4_0", "q4_0", loop(fa_simd.pv_4x4_q4_0, "pv"), qf)]
 
     def call(run, kind, q, n):
         buf, stride = rows[kind]

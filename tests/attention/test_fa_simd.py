@@ -105,6 +105,48 @@ def test_q4_0_integer_dots(rng, n, impl):
     np.testing.assert_allclose(out[16:], dots[3], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["f16", "pairs"])
+def test_qk_key_passes_are_bitwise_one_pass(rng, kind):
+    """A 4x4 qk in passes of fewer keys (AVX2: 16 accumulators do not fit its registers)
+    gives every dot bitwise as one pass over all 4 keys: each dot's products and their
+    order are the same (float rows and the 8-bit Q4_0 dots). Both layouts are built here
+    whatever this CPU's default is."""
+    nk = 4
+
+    def build(per_pass):
+        name = f"pyggml_test_qk_{kind}_passes{per_pass}"
+        if kind == "pairs":
+            return fa_simd._intrinsic_n(name, 10, fa_simd._qk_q4_0_pairs_body(4, per_pass))
+        return fa_simd._intrinsic_n(name, 5 + nk, fa_simd._qk_body(4, nk, kind, per_pass))
+
+    outs = []
+    kbuf, ks, _ = _rows(rng, "q4_0" if kind == "pairs" else kind, 4)
+    nb = N // 32
+    q = rng.uniform(-1, 1, (4, N)).astype(np.float32)
+    qi8 = rng.integers(-127, 128, (4, N)).astype(np.int8)
+    qdx = rng.uniform(-0.01, 0.01, (4, 16 * nb)).astype(np.float32)
+    for per_pass in (2, 4):
+        qk = build(per_pass)
+        out = np.zeros(16, np.float32)
+        if kind == "pairs":
+            @numba.njit
+            def run(q, qx, kbuf, ks, out):
+                a = kbuf.ctypes.data
+                qk(nb, q.ctypes.data, N, qx.ctypes.data, a, a + ks, a + 2 * ks, a + 3 * ks,
+                   out.ctypes.data, 0)
+            run(qi8, qdx, kbuf, ks, out)
+        else:
+            @numba.njit
+            def run(q, qx, kbuf, ks, out):
+                a = kbuf.ctypes.data
+                qk(N, q.ctypes.data, N * 4, a, a + ks, a + 2 * ks, a + 3 * ks, out.ctypes.data, 0)
+            run(q, qdx, kbuf, ks, out)
+        outs.append(out)
+    assert np.abs(outs[0]).max() > 0
+    for o in outs[1:]:
+        assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32))
+
+
 def test_exp_block_is_vexp_and_block_max_is_max(rng):
     """The softmax block helpers (kernels/fa_dots.exp_block, fa_tile._block_max): exp_block
     gives vexp's values (its steps as VL-lane IR: the same zeros, at most an ulp apart where

@@ -108,6 +108,9 @@ from ..intrinsics import f32_array
 from ..intrinsics import i8_array
 from . import kernel
 from . import param_words
+from .fa_consts import _F0
+from .fa_consts import NEG_INF
+from .fa_consts import _jit
 from .fa_fold import _finish_row
 from .fa_fold import _fold_row
 from .fa_fold import _init_row
@@ -118,15 +121,12 @@ from .fa_rows import F32
 from .fa_rows import QK
 from .fa_tile import _prep_q
 from .fa_tile import _tile_keys
-from .fa_tiling import _F0
 from .fa_tiling import FOLD
 from .fa_tiling import KB
 from .fa_tiling import KG
 from .fa_tiling import L_TOTAL
-from .fa_tiling import NEG_INF
 from .fa_tiling import RMAX
 from .fa_tiling import UPC
-from .fa_tiling import _jit
 from .fa_tiling import _segment_slots
 from .fa_tiling import layout
 from .fa_tiling import n_split_chunks

@@ -28,6 +28,10 @@ from ..intrinsics import ptr_of
 from ..intrinsics import u8_array
 from . import fa_simd
 from . import simd
+from .fa_consts import _F0
+from .fa_consts import _F1
+from .fa_consts import _FM
+from .fa_consts import _jit_inline
 from .fa_rows import BF16
 from .fa_rows import F16
 from .fa_rows import F32
@@ -36,14 +40,6 @@ from .fa_rows import Q8_0
 from .fa_rows import QK
 from .fa_rows import _splat
 from .simd import VL
-
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
-
-_FM = {"contract", "reassoc", "afn", "arcp"}      # as attention.py (no nnan/ninf)
-_jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy",
-                         inline="always")
-
 
 # --- vexp -----------------------------------------------------------------------------------------
 

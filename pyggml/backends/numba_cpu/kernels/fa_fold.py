@@ -11,10 +11,10 @@ import numpy as np
 
 from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
-from .fa_tiling import _F0
-from .fa_tiling import _F1
-from .fa_tiling import NEG_INF
-from .fa_tiling import _jit
+from .fa_consts import _F0
+from .fa_consts import _F1
+from .fa_consts import NEG_INF
+from .fa_consts import _jit
 
 
 @_jit

@@ -7,7 +7,6 @@ and the IR runs ~10x faster. The IR is generic (no target intrinsics): any CPU.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types
@@ -20,19 +19,16 @@ from ..intrinsics import f32_array
 from ..intrinsics import i8_array
 from ..intrinsics import u8_array
 from ..intrinsics import u16_array
+from .fa_consts import _F0
+from .fa_consts import _F1
+from .fa_consts import _jit
+from .fa_consts import _jit_inline
 
 F32, F16, BF16 = int(GGMLType.F32), int(GGMLType.F16), int(GGMLType.BF16)
 Q4_0, Q4_1, Q5_0 = int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0)
 Q5_1, Q8_0 = int(GGMLType.Q5_1), int(GGMLType.Q8_0)
 QK = 32            # quant block
 
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
-
-_FM = {"contract", "reassoc", "afn", "arcp"}      # as attention.py (no nnan/ninf)
-_jit = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy")
-_jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy",
-                         inline="always")
 
 
 # --- block decoders (vector IR) -----------------------------------------------------------------

@@ -83,60 +83,64 @@ def _store_totals(b, out, vecs, nd):
             _store(b, b.add(out, _c(_I64, 4 * lanes * j)), v)
 
 
-# row readers: (values per step, step(b, row, i) -> the step's VL-float vectors in order,
-# bytes per step)
-def _float_steps(load, esize):
-    return VL, lambda b, row, i: [load(b, b.add(row, b.mul(i, _c(_I64, VL * esize))), VL)], \
-        VL * esize
+# Accumulator vectors one pass of a micro-kernel keeps live: an nr x nk product needs nr*nk
+# (plus the row chunks and q). AVX-512's 32 registers hold 16; AVX2's 16 spill them (LLVM
+# shuffled 16 accumulators through the stack every step), so there the keys go in passes of
+# ACC_REGS // nr keys, each over all of n: every key row is still read once, the q rows once
+# per pass (hot in L1), and each dot sums the same products in the same order (bitwise as one
+# pass).
+ACC_REGS = 16 if VL == 16 else 8
 
 
-def _split(b, v, n):
-    """<32 x float> -> 32/n vectors of n lanes."""
-    return [b.shuffle_vector(v, v, ir.Constant(_v(_I32, n), list(range(j, j + n))))
-            for j in range(0, 32, n)]
+def _key_passes(nr, nk, per_pass=None):
+    kp = max(1, min(nk, ACC_REGS // nr)) if per_pass is None else per_pass
+    return [list(range(u0, min(nk, u0 + kp))) for u0 in range(0, nk, kp)]
 
 
-def _q4_0_step(b, row, i):
-    """The block's 16 bytes widened to 32-bit lanes once, the low and high nibbles masked
-    and shifted there (no byte shuffles), and (code - 8)·d as fma(code, d, -8d): 8d is
-    exact, so each value is the one rounding of (code - 8)·d, as before."""
+# row readers: (values per step, prep(b, row, i) -> the step's state, chunk(b, state, c) -> the
+# step's chunk c as a VL-float vector, bytes per step). Chunks are made when used, so a step's
+# decoded values are not all live at once (AVX2: a Q4_0 block is 4 vectors per key).
+def _float_reader(load, esize):
+    return (VL, lambda b, row, i: b.add(row, b.mul(i, _c(_I64, VL * esize))),
+            lambda b, st, c: load(b, st, VL), VL * esize)
+
+
+def _q4_0_prep(b, row, i):
     blk = b.add(row, b.mul(i, _c(_I64, 18)))
-    w = b.zext(_load(b, b.add(blk, _c(_I64, 2)), _v(_I8, 16)), _v(_I32, 16))
-    lo = b.and_(w, ir.Constant(_v(_I32, 16), [0x0F] * 16))
-    hi = b.lshr(w, ir.Constant(_v(_I32, 16), [4] * 16))
-    d = _f16(b, blk)
-    dv, m8 = _splat(b, d, 16), _splat(b, b.fmul(d, _c(_F32, -8.0)), 16)
-    out = []
-    for c in (lo, hi):
-        out += _split16(b, _fma(b, b.sitofp(c, _v(_F32, 16)), dv, m8), VL)
-    return out
+    return blk, _splat(b, _f16(b, blk), VL)
 
 
-def _split16(b, v, n):
-    """<16 x float> -> 16/n vectors of n lanes."""
-    if n == 16:
-        return [v]
-    return [b.shuffle_vector(v, v, ir.Constant(_v(_I32, n), list(range(j, j + n))))
-            for j in range(0, 16, n)]
+def _q4_0_chunk(b, st, c):
+    """(code - 8)·d of the block's chunk c, one rounding as ggml's dequantization. One
+    scale vector per row is live across the block's chunks: fma(code, d, -8d), the same
+    value, needs two, and the whole block decoded at once needs 4 vectors a row (AVX2
+    spilled both ways)."""
+    blk, dv = st
+    return b.fmul(_q4_0_codes(b, blk, c), dv)
 
 
-def _q8_0_step(b, row, i):
+def _q8_0_prep(b, row, i):
     blk = b.add(row, b.mul(i, _c(_I64, 34)))
-    x = b.sitofp(_load(b, b.add(blk, _c(_I64, 2)), _v(_I8, 32)), _v(_F32, 32))
-    return _split(b, b.fmul(x, _splat(b, _f16(b, blk), 32)), VL)
+    return blk, _splat(b, _f16(b, blk), VL)
 
 
-_ROW_STEPS = {"f32": _float_steps(_ld_f32, 4), "f16": _float_steps(_ld_f16, 2),
-              "bf16": _float_steps(_ld_bf16, 2), "q4_0": (32, _q4_0_step, 18),
-              "q8_0": (32, _q8_0_step, 34)}
+def _q8_0_chunk(b, st, c):
+    blk, dv = st
+    x = b.sitofp(_load(b, b.add(blk, _c(_I64, 2 + c * VL)), _v(_I8, VL)), _v(_F32, VL))
+    return b.fmul(x, dv)
 
 
-def _step_rows(b, rows, i, step, sbytes, pf):
-    """step(b, row, i) of each row, after prefetching pf bytes ahead of step i (sbytes a
+_ROW_READERS = {"f32": _float_reader(_ld_f32, 4), "f16": _float_reader(_ld_f16, 2),
+                "bf16": _float_reader(_ld_bf16, 2), "q4_0": (32, _q4_0_prep, _q4_0_chunk, 18),
+                "q8_0": (32, _q8_0_prep, _q8_0_chunk, 34)}
+
+
+def _prep_rows(b, rows, i, prep, sbytes, pf):
+    """prep(b, row, i) of each row, after prefetching pf bytes ahead of step i (sbytes a
     step) in each."""
     for r in rows:
         _prefetch(b, b.add(b.add(r, pf), b.mul(i, _c(_I64, sbytes))))
-    return [step(b, r, i) for r in rows]
+    return [prep(b, r, i) for r in rows]
 
 
 def _row_at(b, base, r, stride, off):
@@ -149,49 +153,61 @@ def _chunk_offset(b, i, per, c):
     return b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
 
 
-def _qk_body(nr, nk, x):
-    per, step, sbytes = _ROW_STEPS[x]
+def _qk_body(nr, nk, x, per_pass=None):
+    per, prep, chunk, sbytes = _ROW_READERS[x]
 
     def build(b, n, q, qstride, *rest):
         ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
         zero = ir.Constant(_v(_F32, VL), [0.0] * VL)
         accs = [_acc(b, zero) for _ in range(nr * nk)]
 
-        def body(b, i):
-            kv = _step_rows(b, ks, i, step, sbytes, pf)
+        def body(b, i, us):
+            sts = _prep_rows(b, [ks[u] for u in us], i, prep, sbytes, pf)
             for c in range(per // VL):
                 off = _chunk_offset(b, i, per, c)
+                kv = [chunk(b, st, c) for st in sts]
                 for r in range(nr):
                     qv = _load(b, _row_at(b, q, r, qstride, off), _v(_F32, VL))
-                    for u in range(nk):
+                    for j, u in enumerate(us):
                         a = accs[r * nk + u]
-                        b.store(_fma(b, qv, kv[u][c], b.load(a)), a)
-        _for(b, b.udiv(n, _c(_I64, per)), body)
+                        b.store(_fma(b, qv, kv[j], b.load(a)), a)
+        for us in _key_passes(nr, nk, per_pass):
+            _for(b, b.udiv(n, _c(_I64, per)), lambda b, i, us=us: body(b, i, us))
         _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
         b.ret_void()
     return build
 
 
 def _pv_body(nr, nk, x):
-    per, step, sbytes = _ROW_STEPS[x]
+    per, prep, chunk, sbytes = _ROW_READERS[x]
 
     def build(b, n, acc, astride, p, pstride, pf, *vs):
         ps = [[_splat(b, _load(b, _row_at(b, p, r, pstride, _c(_I64, 4 * u)), _F32), VL)
                for u in range(nk)] for r in range(nr)]
 
         def body(b, i):
-            vv = _step_rows(b, vs, i, step, sbytes, pf)
+            sts = _prep_rows(b, vs, i, prep, sbytes, pf)
             for c in range(per // VL):
                 off = _chunk_offset(b, i, per, c)
+                vv = [chunk(b, st, c) for st in sts]
                 for r in range(nr):
                     addr = _row_at(b, acc, r, astride, off)
                     a = _load(b, addr, _v(_F32, VL))
                     for u in range(nk):
-                        a = _fma(b, ps[r][u], vv[u][c], a)
+                        a = _fma(b, ps[r][u], vv[u], a)
                     _store(b, addr, a)
         _for(b, b.udiv(n, _c(_I64, per)), body)
         b.ret_void()
     return build
+
+
+def _q4_0_codes(b, blk, c):
+    """Chunk c of a Q4_0 block as floats code - 8 (exact), the scale not applied."""
+    per_half = 16 // VL
+    w = b.zext(_load(b, b.add(blk, _c(_I64, 2 + (c % per_half) * VL)), _v(_I8, VL)), _v(_I32, VL))
+    x = (b.and_(w, ir.Constant(_v(_I32, VL), [0x0F] * VL)) if c < per_half
+         else b.lshr(w, ir.Constant(_v(_I32, VL), [4] * VL)))
+    return b.sitofp(b.sub(x, ir.Constant(_v(_I32, VL), [8] * VL)), _v(_F32, VL))
 
 
 # Q4_0 K against 8-bit q (PREC_DEFAULT, as ggml's vec_dot_q4_0_q8_0): two blocks per 512-bit
@@ -269,7 +285,7 @@ def _qk_q4_0_i8_body(nr):
 # _maddubs_pairs): one block per 256-bit step, its 8 lanes each the sum of 4 code·q products
 # (the integers vpdpbusd gives), then the same float steps on 8 lanes. Codes (<= 15) times q
 # (|q| <= 127) summed in pairs cannot saturate pmaddubsw's 16 bits.
-def _qk_q4_0_pairs_body(nr):
+def _qk_q4_0_pairs_body(nr, per_pass=None):
     nk = 4
     f32x8 = _v(_F32, 8)
 
@@ -278,13 +294,9 @@ def _qk_q4_0_pairs_body(nr):
         zero = ir.Constant(f32x8, [0.0] * 8)
         accs = [_acc(b, zero) for _ in range(nr * nk)]
 
-        def step(b, j):
-            for u0 in range(0, nk, KPAIR):
-                keys(b, j, u0)
-
-        def keys(b, j, u0):
+        def keys(b, j, u0, end):
             kc, kd = [], []
-            for k in ks[u0:u0 + KPAIR]:
+            for k in ks[u0:min(u0 + KPAIR, end)]:
                 blk = b.add(k, b.mul(j, _c(_I64, 18)))
                 _prefetch(b, b.add(blk, pf))
                 kc.append(_nibbles(b, b.add(blk, _c(_I64, 2))))
@@ -299,7 +311,8 @@ def _qk_q4_0_pairs_body(nr):
                     t = _fma(b, qd, b.sitofp(_maddubs_pairs(b, kc[i], qv), f32x8), qs)
                     a = accs[r * nk + u]
                     b.store(_fma(b, kd[i], t, b.load(a)), a)
-        _for(b, nb, step)
+        for us in _key_passes(nr, nk, per_pass):
+            _for(b, nb, lambda b, j, us=us: [keys(b, j, u0, us[-1] + 1) for u0 in us[::KPAIR]])
         _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
         b.ret_void()
     return build

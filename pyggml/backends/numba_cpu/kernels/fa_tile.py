@@ -12,6 +12,10 @@ from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
 from ..intrinsics import u16_array
 from . import fa_simd
+from .fa_consts import _F0
+from .fa_consts import NEG_INF
+from .fa_consts import _jit
+from .fa_consts import _jit_inline
 from .fa_dots import _i32_as_f32
 from .fa_dots import axpy
 from .fa_dots import axpy4
@@ -38,14 +42,10 @@ from .fa_rows import f16_to_f32
 from .fa_rows import quant_q_row
 from .fa_rows import row_to_f32
 from .fa_rows import row_to_i8
-from .fa_tiling import _F0
 from .fa_tiling import FOLD
 from .fa_tiling import KB
 from .fa_tiling import KG
-from .fa_tiling import NEG_INF
 from .fa_tiling import PF_GROUPS
-from .fa_tiling import _jit
-from .fa_tiling import _jit_inline
 from .simd import VL
 
 

@@ -4,9 +4,9 @@ and the work buffer a node needs.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from .fa_consts import _jit
 from .fa_rows import QK
 
 RMAX = 32          # query rows per tile
@@ -22,16 +22,6 @@ PF_GROUPS = 8       # K/V rows read in place are prefetched this many key groups
 
 L_TOTAL = 17       # scratch arrays per thread (see layout)
 
-NEG_INF = np.float32(-np.inf)
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
-
-# The attention kernels' (attention.py, fa_fold.py, fa_tile.py) compile flags, kept once:
-# no nnan/ninf in the fastmath set, because -inf masks must work.
-_FM = {"contract", "reassoc", "afn", "arcp"}
-_jit = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy")
-_jit_inline = numba.njit(nogil=True, cache=True, fastmath=_FM, error_model="numpy",
-                         inline="always")
 
 
 # --- scratch layout (bytes), per thread, then the split partials -----------------------------
