@@ -327,6 +327,10 @@ _UNROLL_Q = 2
 
 
 _QROWS = 2             # weight rows per pass: the activation block is loaded once for them
+# 256-bit dots whose passes share the per-block scale work (_q_dot_body(shared=True)), and
+# their rows per pass
+_SHARED_FMTS = ("q4_1", "q4_0", "q8_0")
+_SHARED_ROWS = 4
 # bytes ahead of the block being read that the Q8_0 dot prefetches: the 30 MB 49152x576
 # output projection of SmolLM2 ran 1.3-1.4x faster in repeated dots on one thread (both
 # SIMD modes; alternating in-process runs, the weight in L3); a whole mul_mat node against
@@ -339,8 +343,40 @@ Q_PREFETCH = 4096
 _PREFETCH_FMTS = tuple(_QFMT)          # read at build time: an A/B script can drop one
 
 
-def _q_dot_body(fmt):
+def _q_isum(b, fmt, xb, qy):
+    """<8 x i32> integer partial dots of the weight block at xb with the activation quants qy
+    (the block's 32 products summed in groups of 4)."""
+    qs_off, qh_off = _QFMT[fmt][1], _QFMT[fmt][2]
+    if fmt in ("q8_0", "iq4_nl"):
+        if fmt == "q8_0":
+            qx = _load(b, b.add(xb, _c(_I64, qs_off)), _v(_I8, 32))
+        else:
+            qx = lookup16(b, KVALUES_IQ4NL, _nibbles(b, b.add(xb, _c(_I64, qs_off))))
+        if HAVE_AVX2:           # |x| * sign(y, x): unsigned x signed, as ggml
+            ax = _intr(b, "llvm.abs.v32i8", _v(_I8, 32), [qx, _c(_I1, 0)])
+            sy_ = _intr(b, "llvm.x86.avx2.psign.b", _v(_I8, 32), [qy, qx])
+            isum = _maddubs_pairs(b, ax, sy_)
+        else:
+            p = b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32)))
+            isum = None
+            for g in range(4):
+                part = b.shuffle_vector(
+                    p, p, ir.Constant(_v(_I32, 8), [4 * j + g for j in range(8)]))
+                isum = part if isum is None else b.add(isum, part)
+    else:
+        qx = _nibbles(b, b.add(xb, _c(_I64, qs_off)))
+        if qh_off is not None:
+            qx = b.or_(qx, _high_bits(b, b.add(xb, _c(_I64, qh_off))))
+        isum = _maddubs_pairs(b, qx, qy)
+    return isum
+
+
+def _q_dot_body(fmt, nrows_pass=_QROWS, shared=False):
+    """Body of dot_<fmt>: passes of nrows_pass rows (a power of 2), then of 2 and 1 row(s) for
+    the rest. shared: a pass's half->float conversions and scale products are one vector op
+    for all its rows (the results are bit for bit those of the per-row scalar work)."""
     bsize, qs_off, qh_off, has_min, offset = _QFMT[fmt]
+    nh = 2 if has_min else 1            # halves per row and block: (d, m) or d
 
     def block(b, xs, qy, dy, sy, i, accs, accms):
         """Block i of each row in xs against one activation block (qy, dy, sy)."""
@@ -349,27 +385,7 @@ def _q_dot_body(fmt):
             if Q_PREFETCH and fmt in _PREFETCH_FMTS:
                 _prefetch(b, b.add(xb, _c(_I64, Q_PREFETCH)))
             dx = _f16(b, xb)
-            if fmt in ("q8_0", "iq4_nl"):
-                if fmt == "q8_0":
-                    qx = _load(b, b.add(xb, _c(_I64, qs_off)), _v(_I8, 32))
-                else:
-                    qx = lookup16(b, KVALUES_IQ4NL, _nibbles(b, b.add(xb, _c(_I64, qs_off))))
-                if HAVE_AVX2:           # |x| * sign(y, x): unsigned x signed, as ggml
-                    ax = _intr(b, "llvm.abs.v32i8", _v(_I8, 32), [qx, _c(_I1, 0)])
-                    sy_ = _intr(b, "llvm.x86.avx2.psign.b", _v(_I8, 32), [qy, qx])
-                    isum = _maddubs_pairs(b, ax, sy_)
-                else:
-                    p = b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32)))
-                    isum = None
-                    for g in range(4):
-                        part = b.shuffle_vector(
-                            p, p, ir.Constant(_v(_I32, 8), [4 * j + g for j in range(8)]))
-                        isum = part if isum is None else b.add(isum, part)
-            else:
-                qx = _nibbles(b, b.add(xb, _c(_I64, qs_off)))
-                if qh_off is not None:
-                    qx = b.or_(qx, _high_bits(b, b.add(xb, _c(_I64, qh_off))))
-                isum = _maddubs_pairs(b, qx, qy)
+            isum = _q_isum(b, fmt, xb, qy)
             pf = b.sitofp(isum, _v(_F32, 8))
             b.store(_fma(b, pf, _splat(b, b.fmul(dx, dy), 8), b.load(acc)), acc)
             if has_min:                 # + m * d_y * sum(q_y)
@@ -378,12 +394,43 @@ def _q_dot_body(fmt):
             elif offset:                # - offset * d_x * d_y * sum(q_y)
                 b.store(_intr(b, "llvm.fma.f32", _F32, [dx, sy, b.load(accm)]), accm)
 
+    def block_shared(b, xs, qy, dy, sy, i, accs, accm):
+        """block() for n > 1 rows: their halves gathered into one vector, one conversion, one
+        multiply by d_y, one fma of the min/offset term; per row only a broadcast of its scale.
+        accm: <nh * n x float>, row r's term in lane nh * r + nh - 1."""
+        n = len(xs)
+        ht = _I32 if has_min else _I16
+        xbs = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
+        hv = ir.Constant(_v(ht, n), [0] * n)
+        for r, xb in enumerate(xbs):
+            hv = b.insert_element(hv, _load(b, xb, ht), _c(_I32, r))
+        dm = b.fpext(b.bitcast(hv, _v(_HALF, nh * n)), _v(_F32, nh * n))
+        sc = b.fmul(dm, _splat(b, dy, nh * n))
+        if has_min:                     # lanes (d, m): + m * d_y * sum(q_y) in the m lanes
+            zs = b.insert_element(ir.Constant(_v(_F32, 2), [0.0, 0.0]), sy, _c(_I32, 1))
+            zs = b.shuffle_vector(zs, zs, ir.Constant(_v(_I32, nh * n), [0, 1] * n))
+            b.store(_fma(b, dm, zs, b.load(accm)), accm)
+        elif offset:
+            b.store(_fma(b, dm, _splat(b, sy, n), b.load(accm)), accm)
+        for r, (xb, acc) in enumerate(zip(xbs, accs)):
+            if Q_PREFETCH and fmt in _PREFETCH_FMTS:
+                _prefetch(b, b.add(xb, _c(_I64, Q_PREFETCH)))
+            pf = b.sitofp(_q_isum(b, fmt, xb, qy), _v(_F32, 8))
+            sc8 = b.shuffle_vector(sc, sc, ir.Constant(_v(_I32, 8), [nh * r] * 8))
+            b.store(_fma(b, pf, sc8, b.load(acc)), acc)
+
     def rows(b, nb, xs, yq, yd, ys):
-        """Dots of the rows xs (1.._QROWS of them) with the activation row: a float per row."""
+        """Dots of the rows xs (1..nrows_pass of them) with the activation row: a float per row."""
         zero8 = ir.Constant(_v(_F32, 8), [0.0] * 8)
         nacc = _UNROLL_Q if len(xs) == 1 else 1          # independent chains: rows or unroll
+        vec = shared and len(xs) > 1
         accs = [[_acc(b, zero8) for _ in xs] for _ in range(nacc)]
-        accms = [[_acc(b, _c(_F32, 0.0)) for _ in xs] for _ in range(nacc)]
+        if vec:
+            nv = nh * len(xs)
+            accms = [_acc(b, ir.Constant(_v(_F32, nv), [0.0] * nv))]
+        else:
+            accms = [[_acc(b, _c(_F32, 0.0)) for _ in xs] for _ in range(nacc)]
+        blk = block_shared if vec else block
         nit = b.udiv(nb, _c(_I64, nacc))
 
         def act(b, i):
@@ -395,18 +442,21 @@ def _q_dot_body(fmt):
         def body(b, it):
             for u in range(nacc):
                 i = b.add(b.mul(it, _c(_I64, nacc)), _c(_I64, u))
-                block(b, xs, *act(b, i), i, accs[u], accms[u])
+                blk(b, xs, *act(b, i), i, accs[u], accms[u])
         _for(b, nit, body)
         rest = b.sub(nb, b.mul(nit, _c(_I64, nacc)))
 
         def tail(b, j):
             i = b.add(b.mul(nit, _c(_I64, nacc)), j)
-            block(b, xs, *act(b, i), i, accs[0], accms[0])
+            blk(b, xs, *act(b, i), i, accs[0], accms[0])
         _for(b, rest, tail)
         out = []
         for r in range(len(xs)):
             v = b.load(accs[0][r])
-            m = b.load(accms[0][r])
+            if vec:
+                m = b.extract_element(b.load(accms[0]), _c(_I32, nh * r + nh - 1))
+            else:
+                m = b.load(accms[0][r])
             for u in range(1, nacc):
                 v = b.fadd(v, b.load(accs[u][r]))
                 m = b.fadd(m, b.load(accms[u][r]))
@@ -419,20 +469,23 @@ def _q_dot_body(fmt):
         return out
 
     def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
-        ngrp = b.udiv(nrows, _c(_I64, _QROWS))
-
-        def group(b, g):
-            r0 = b.mul(g, _c(_I64, _QROWS))
-            xs = [b.add(x, b.mul(b.add(r0, _c(_I64, j)), xstride)) for j in range(_QROWS)]
+        def run(b, r0, n):
+            xs = [b.add(x, b.mul(b.add(r0, _c(_I64, j)), xstride)) for j in range(n)]
             for j, v in enumerate(rows(b, nb, xs, yq, yd, ys)):
                 _store(b, b.add(out, b.mul(b.add(r0, _c(_I64, j)), _c(_I64, 4))), v, align=4)
-        _for(b, ngrp, group)
 
-        def single(b, j):
-            r = b.add(b.mul(ngrp, _c(_I64, _QROWS)), j)
-            v, = rows(b, nb, [b.add(x, b.mul(r, xstride))], yq, yd, ys)
-            _store(b, b.add(out, b.mul(r, _c(_I64, 4))), v, align=4)
-        _for(b, b.sub(nrows, b.mul(ngrp, _c(_I64, _QROWS))), single)
+        ngrp = b.udiv(nrows, _c(_I64, nrows_pass))
+        _for(b, ngrp, lambda b, g: run(b, b.mul(g, _c(_I64, nrows_pass)), nrows_pass))
+        # the rest: one pass of each power of 2 below nrows_pass in it (the last row alone)
+        r0 = b.mul(ngrp, _c(_I64, nrows_pass))
+        rest = b.sub(nrows, r0)
+        n = nrows_pass // 2
+        while n >= 1:
+            bit = b.and_(rest, _c(_I64, n))
+            with b.if_then(b.icmp_unsigned("!=", bit, _c(_I64, 0))):
+                run(b, r0, n)
+            r0 = b.add(r0, bit)
+            n //= 2
         b.ret_void()
     return build
 
@@ -614,6 +667,9 @@ def _q_dot_intrinsic(fmt):
     if HAVE_AVX512 and (fmt in ("q4_1", "q4_0") or (fmt == "q8_0" and HAVE_VNNI)):
         tag = "avx512vnni" if HAVE_VNNI else "avx512"
         return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_x2_r{_X2_ROWS}", 8, _x2_body(fmt))
+    if HAVE_AVX2 and fmt in _SHARED_FMTS:
+        return _intrinsic_n(f"pyggml_dot_{fmt}_avx2_r{_SHARED_ROWS}s", 8,
+                            _q_dot_body(fmt, _SHARED_ROWS, shared=True))
     tag = "avx2" if HAVE_AVX2 else "generic"
     return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_r{_QROWS}", 8, _q_dot_body(fmt))
 
