@@ -327,10 +327,6 @@ _UNROLL_Q = 2
 
 
 _QROWS = 2             # weight rows per pass: the activation block is loaded once for them
-# 256-bit dots whose passes share the per-block scale work (_q_dot_body(shared=True)), and
-# their rows per pass
-_SHARED_FMTS = ("q4_1", "q4_0", "q8_0")
-_SHARED_ROWS = 4
 # bytes ahead of the block being read that the Q8_0 dot prefetches: the 30 MB 49152x576
 # output projection of SmolLM2 ran 1.3-1.4x faster in repeated dots on one thread (both
 # SIMD modes; alternating in-process runs, the weight in L3); a whole mul_mat node against
@@ -469,25 +465,153 @@ def _q_dot_body(fmt, nrows_pass=_QROWS, shared=False):
         return out
 
     def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
-        def run(b, r0, n):
-            xs = [b.add(x, b.mul(b.add(r0, _c(_I64, j)), xstride)) for j in range(n)]
-            for j, v in enumerate(rows(b, nb, xs, yq, yd, ys)):
-                _store(b, b.add(out, b.mul(b.add(r0, _c(_I64, j)), _c(_I64, 4))), v, align=4)
-
-        ngrp = b.udiv(nrows, _c(_I64, nrows_pass))
-        _for(b, ngrp, lambda b, g: run(b, b.mul(g, _c(_I64, nrows_pass)), nrows_pass))
-        # the rest: one pass of each power of 2 below nrows_pass in it (the last row alone)
-        r0 = b.mul(ngrp, _c(_I64, nrows_pass))
-        rest = b.sub(nrows, r0)
-        n = nrows_pass // 2
-        while n >= 1:
-            bit = b.and_(rest, _c(_I64, n))
-            with b.if_then(b.icmp_unsigned("!=", bit, _c(_I64, 0))):
-                run(b, r0, n)
-            r0 = b.add(r0, bit)
-            n //= 2
+        _row_passes(b, nrows, nrows_pass, x, xstride, out,
+                    lambda b, xs: rows(b, nb, xs, yq, yd, ys))
         b.ret_void()
     return build
+
+
+def _row_passes(b, nrows, nrows_pass, x, xstride, out, rows):
+    """out[r] = rows(b, row addresses)[..] in passes of nrows_pass rows (a power of 2), then
+    one pass of each smaller power of 2 the rest holds (the last row alone, if any)."""
+    def run(b, r0, n):
+        xs = [b.add(x, b.mul(b.add(r0, _c(_I64, j)), xstride)) for j in range(n)]
+        for j, v in enumerate(rows(b, xs)):
+            _store(b, b.add(out, b.mul(b.add(r0, _c(_I64, j)), _c(_I64, 4))), v, align=4)
+
+    ngrp = b.udiv(nrows, _c(_I64, nrows_pass))
+    _for(b, ngrp, lambda b, g: run(b, b.mul(g, _c(_I64, nrows_pass)), nrows_pass))
+    r0 = b.mul(ngrp, _c(_I64, nrows_pass))
+    rest = b.sub(nrows, r0)
+    n = nrows_pass // 2
+    while n >= 1:
+        bit = b.and_(rest, _c(_I64, n))
+        with b.if_then(b.icmp_unsigned("!=", bit, _c(_I64, 0))):
+            run(b, r0, n)
+        r0 = b.add(r0, bit)
+        n //= 2
+
+
+def _nib2_body(fmt, nrows_pass):
+    """256-bit Q4_1 / Q4_0 dot, two blocks per step: blocks i and i+1 of a row as one register
+    of packed bytes ([qs_i | qs_i+1]); its low nibbles against [y_i[0:16] | y_i+1[0:16]], its
+    high ones against [y_i[16:32] | y_i+1[16:32]] (those two activation registers made once per
+    step for all rows), the two pmaddubsw results added in 16 bits (|sum| <= 4 x 15 x 127),
+    one pmaddwd: 4 int32 per block, times [d_i dy_i] x 4 ++ [d_i+1 dy_i+1] x 4 in one fma.
+    The halves of both blocks of every row: one conversion, one multiply (as _q_dot_body's
+    shared passes). An odd last block runs the step with block i+1 zeroed."""
+    bsize, qs_off = _QFMT[fmt][0], _QFMT[fmt][1]
+    q41 = fmt == "q4_1"
+    nm = 4 if q41 else 2                    # halves per row and step: (d, m) x 2 or d x 2
+    ht = _I32 if q41 else _I16              # one block's halves as one integer
+    ones = ir.Constant(_v(_I16, 16), [1] * 16)
+    m0f = ir.Constant(_v(_I8, 32), [0x0F] * 32)
+    z16 = ir.Constant(_v(_I8, 16), [0] * 16)
+    z2 = ir.Constant(_v(_F32, 2), [0.0, 0.0])
+
+    def rows(b, nb, xs, yq, yd, ys):
+        nr = len(xs)
+        accs = [_acc(b, ir.Constant(_v(_F32, 8), [0.0] * 8)) for _ in xs]
+        # Q4_1: m * d_y * sum(q_y) in lanes 4r+1, 4r+3; Q4_0: d_x * d_y * sum(q_y) in 2r, 2r+1
+        accm = _acc(b, ir.Constant(_v(_F32, nm * nr), [0.0] * (nm * nr)))
+
+        def tile(b, v, idx):
+            return b.shuffle_vector(v, v, ir.Constant(_v(_I32, nm * nr), idx * nr))
+
+        def step(b, i, one):
+            ya = _load(b, b.add(yq, b.mul(i, _c(_I64, 32))), _v(_I8, 32))
+            if one:
+                yb = ir.Constant(_v(_I8, 32), [0] * 32)
+                dy = b.insert_element(z2, _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _F32),
+                                      _c(_I32, 0))
+                sy = b.insert_element(z2, _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _F32),
+                                      _c(_I32, 0))
+            else:
+                yb = _load(b, b.add(yq, b.mul(b.add(i, _c(_I64, 1)), _c(_I64, 32))), _v(_I8, 32))
+                dy = _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
+                sy = _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
+            ylo = b.shuffle_vector(ya, yb, ir.Constant(_v(_I32, 32),
+                                                       list(range(16)) + list(range(32, 48))))
+            yhi = b.shuffle_vector(ya, yb, ir.Constant(_v(_I32, 32),
+                                                       list(range(16, 32)) + list(range(48, 64))))
+            xb0s = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
+            hv = ir.Constant(_v(ht, 2 * nr), [0] * (2 * nr))
+            for r, xb0 in enumerate(xb0s):
+                hv = b.insert_element(hv, _load(b, xb0, ht), _c(_I32, 2 * r))
+                if not one:
+                    hv = b.insert_element(hv, _load(b, b.add(xb0, _c(_I64, bsize)), ht),
+                                          _c(_I32, 2 * r + 1))
+            dm = b.fpext(b.bitcast(hv, _v(_HALF, nm * nr)), _v(_F32, nm * nr))
+            if q41:
+                sc = b.fmul(dm, tile(b, dy, [0, 0, 1, 1]))
+                zs = b.shuffle_vector(z2, sy, ir.Constant(_v(_I32, 4), [0, 2, 1, 3]))
+                b.store(_fma(b, dm, tile(b, zs, [0, 1, 2, 3]), b.load(accm)), accm)
+            else:
+                sc = b.fmul(dm, tile(b, dy, [0, 1]))
+                b.store(_fma(b, dm, tile(b, sy, [0, 1]), b.load(accm)), accm)
+            for r, (xb0, acc) in enumerate(zip(xb0s, accs)):
+                if Q_PREFETCH:
+                    _prefetch(b, b.add(xb0, _c(_I64, Q_PREFETCH)))
+                q0 = _load(b, b.add(xb0, _c(_I64, qs_off)), _v(_I8, 16))
+                q1 = z16 if one else _load(b, b.add(xb0, _c(_I64, bsize + qs_off)), _v(_I8, 16))
+                q = b.shuffle_vector(q0, q1, ir.Constant(_v(_I32, 32), list(range(32))))
+                lo = b.and_(q, m0f)
+                hi = b.and_(b.lshr(q, ir.Constant(_v(_I8, 32), [4] * 32)), m0f)
+                p16 = b.add(_intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [lo, ylo]),
+                            _intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [hi, yhi]))
+                f = b.sitofp(_intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8), [p16, ones]),
+                             _v(_F32, 8))
+                sc8 = b.shuffle_vector(sc, sc, ir.Constant(
+                    _v(_I32, 8), [nm * r] * 4 + [nm * r + nm // 2] * 4))
+                b.store(_fma(b, f, sc8, b.load(acc)), acc)
+
+        npair = b.udiv(nb, _c(_I64, 2))
+        _for(b, npair, lambda b, p: step(b, b.mul(p, _c(_I64, 2)), False))
+        _for(b, b.sub(nb, b.mul(npair, _c(_I64, 2))),
+             lambda b, j: step(b, b.mul(npair, _c(_I64, 2)), True))
+        res = []
+        m = b.load(accm)
+        for r, acc in enumerate(accs):
+            s_ = _hsum(b, b.load(acc))
+            o = nm * r
+            if q41:
+                s_ = b.fadd(s_, b.fadd(b.extract_element(m, _c(_I32, o + 1)),
+                                       b.extract_element(m, _c(_I32, o + 3))))
+            else:
+                s_ = b.fsub(s_, b.fmul(_c(_F32, 8.0), b.fadd(b.extract_element(m, _c(_I32, o)),
+                                                             b.extract_element(m, _c(_I32, o + 1)))))
+            res.append(s_)
+        return res
+
+    def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
+        _row_passes(b, nrows, nrows_pass, x, xstride, out,
+                    lambda b, xs: rows(b, nb, xs, yq, yd, ys))
+        b.ret_void()
+    return build
+
+
+# The AVX2 row dots' passes (session 11; decode mat-vecs, one thread, compute-bound: L1-hot rows
+# ran about as fast as streamed ones). Per block and row the dot above spends ~20 instructions
+# (Q4_1), half on scalar scale work: two half->float conversions, a product, a broadcast, a
+# scalar min fma. Passes of 4 rows share it: the rows' halves are gathered into one vector,
+# converted, multiplied and (min/offset) fma'd once; per row only a broadcast is left. Q4_1 /
+# Q4_0 then take two blocks per step (_nib2_body: one and, shift, and, two pmaddubsw, an add and
+# one pmaddwd per row and block pair). Inner loop instructions per row and block, Q4_1 / Q4_0 /
+# Q8_0: 20.5 / 18.5 / 15.5 -> shared 14.5 / 14.3 / 12.5 -> two-block 10.8 / 10.4 (Q4_*).
+# One thread CPU time, alternating in one process, 576-wide rows, hot (64 rows) / streamed
+# (48 MB), PYGGML_SIMD=avx2, load 9-11 (medians of 10 rounds swing 1.5x run to run; the order
+# held in every run): see tools/bench_decode_rows.py --ab for the numbers.
+# Q8_0 keeps the shared one-block pass (bit for bit the old results; it streams at the read
+# limit either way); the two-block Q4_* dots sum a block's 32 products in 4 int32 lanes, not 8,
+# so their float results differ from the old ones by rounding (~2e-7 relative here).
+_AVX2_ROWS = {"q4_1": 4, "q4_0": 4, "q8_0": 4}
+
+
+def avx2_q_body(fmt):
+    """The AVX2 dot body dot_<fmt> uses (fmt in _AVX2_ROWS)."""
+    if fmt in ("q4_1", "q4_0"):
+        return _nib2_body(fmt, _AVX2_ROWS[fmt])
+    return _q_dot_body(fmt, _AVX2_ROWS[fmt], shared=True)
 
 
 # --- AVX-512: two blocks per 512-bit step (Q4_1, Q4_0; Q8_0 with VNNI) ---------------------------
@@ -667,9 +791,10 @@ def _q_dot_intrinsic(fmt):
     if HAVE_AVX512 and (fmt in ("q4_1", "q4_0") or (fmt == "q8_0" and HAVE_VNNI)):
         tag = "avx512vnni" if HAVE_VNNI else "avx512"
         return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_x2_r{_X2_ROWS}", 8, _x2_body(fmt))
-    if HAVE_AVX2 and fmt in _SHARED_FMTS:
-        return _intrinsic_n(f"pyggml_dot_{fmt}_avx2_r{_SHARED_ROWS}s", 8,
-                            _q_dot_body(fmt, _SHARED_ROWS, shared=True))
+    if HAVE_AVX2 and fmt in _AVX2_ROWS:
+        kind = "nib2" if fmt in ("q4_1", "q4_0") else "s"
+        return _intrinsic_n(f"pyggml_dot_{fmt}_avx2_{kind}_r{_AVX2_ROWS[fmt]}", 8,
+                            avx2_q_body(fmt))
     tag = "avx2" if HAVE_AVX2 else "generic"
     return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_r{_QROWS}", 8, _q_dot_body(fmt))
 
