@@ -16,8 +16,9 @@ several rows inside that function (a call per row costs ~60% more on this CPU: m
                                 "Q8 split" layout (int8 q contiguous; per block float d and
                                 float s = d * sum(q)): u8 x i8 products with pmaddubsw, pairs
                                 summed with pmaddwd, scaled per block in float (ggml's own
-                                instruction sequence on AVX2); two weight rows per pass share
-                                each activation block
+                                instruction sequence on AVX2); several weight rows per pass
+                                share each activation block (AVX2 Q4_1/Q4_0/Q8_0: 4 rows and
+                                their scale work; AVX-512 Q4_*/Q8_0: see _x2_body)
   (flash attention's micro-kernels qk_/pv_ are built from these helpers in fa_simd.py)
   gemm_tile(kc, ap, bp, c, ldc, acc)
                                 the register-blocked GEMM micro-kernel: C[MR, NR] (+)= Bp^T Ap
@@ -598,9 +599,13 @@ def _nib2_body(fmt, nrows_pass):
 # Q4_0 then take two blocks per step (_nib2_body: one and, shift, and, two pmaddubsw, an add and
 # one pmaddwd per row and block pair). Inner loop instructions per row and block, Q4_1 / Q4_0 /
 # Q8_0: 20.5 / 18.5 / 15.5 -> shared 14.5 / 14.3 / 12.5 -> two-block 10.8 / 10.4 (Q4_*).
-# One thread CPU time, alternating in one process, 576-wide rows, hot (64 rows) / streamed
-# (48 MB), PYGGML_SIMD=avx2, load 9-11 (medians of 10 rounds swing 1.5x run to run; the order
-# held in every run): see tools/bench_decode_rows.py --ab for the numbers.
+# One thread CPU time, alternating in one process, 576-wide rows, PYGGML_SIMD=avx2, load 9-12
+# (medians swing up to 1.5x run to run; the order held in every run), medians of 10 rounds,
+# hot (64 rows) / streamed (48 MB), GB/s: Q4_1 old 7.2 / 6.6, shared 9.8 / 9.0, two-block
+# 10.8 / 9.6; Q4_0 old 6.3 / 5.9, shared 7.8 / 7.1, two-block 9.2 / 8.4 (one run); Q8_0 old
+# 10.6 / 9.2, shared 13.0 / 9.5. tools/bench_decode_rows.py --ab (SmolLM2's rows: Q4_1 + the
+# Q8_0 output, in order): 6.5 -> 8.6 GB/s, hot 5.3 -> 9.5,
+# where a plain read of the same bytes runs 9.6.
 # Q8_0 keeps the shared one-block pass (bit for bit the old results; it streams at the read
 # limit either way); the two-block Q4_* dots sum a block's 32 products in 4 int32 lanes, not 8,
 # so their float results differ from the old ones by rounding (~2e-7 relative here).
