@@ -12,8 +12,10 @@ Printed, in GB/s of the bytes this thread read (alternating rounds in one proces
                 two threads in turn (the dots' 4 KB prefetch then overshoots every chunk)
   read          a plain vectorized read of the same bytes (the memory side's limit)
   hot           the first 64 rows of k=576 again and again (L1/L2: the compute side's limit)
+  old ...       with --ab: in order and hot through the per-row 256-bit dots
 
-    python tools/bench_decode_rows.py [--rounds 4]
+    python tools/bench_decode_rows.py [--rounds 4] [--ab]
+    PYGGML_SIMD=avx2 python tools/bench_decode_rows.py --ab     (the AVX2 twin's A/B)
 """
 from __future__ import annotations
 
@@ -55,40 +57,49 @@ def _acts(rng, k):
     return q, d, (d * q[:k].reshape(nb, 32).sum(1)).astype(np.float32)
 
 
-@numba.njit(nogil=True)
-def _rows(addr, k, bs, r0, r1, y, out):
-    nb = k // 32
-    rs = nb * bs
-    yi = 0 if k == 576 else 1
-    for rb in range(r0, r1, 16):
-        n = min(16, r1 - rb)
-        if bs == 20:
-            simd.dot_q4_1(n, nb, addr + rb * rs, rs, y[yi, 0], y[yi, 1], y[yi, 2], out)
-        else:
-            simd.dot_q8_0(n, nb, addr + rb * rs, rs, y[yi, 0], y[yi, 1], y[yi, 2], out)
+def _kernels(dot_q4_1, dot_q8_0):
+    """_pass(mats, step, y, out, reps) over these two row dots (simd intrinsics)."""
+    @numba.njit(nogil=True)
+    def _rows(addr, k, bs, r0, r1, y, out):
+        nb = k // 32
+        rs = nb * bs
+        yi = 0 if k == 576 else 1
+        for rb in range(r0, r1, 16):
+            n = min(16, r1 - rb)
+            if bs == 20:
+                dot_q4_1(n, nb, addr + rb * rs, rs, y[yi, 0], y[yi, 1], y[yi, 2], out)
+            else:
+                dot_q8_0(n, nb, addr + rb * rs, rs, y[yi, 0], y[yi, 1], y[yi, 2], out)
 
-
-@numba.njit(nogil=True)
-def _pass(mats, step, y, out, reps):
-    """Chunks 0, step, 2 step, ... of every matrix (matmul.row_chunk for 2 threads), reps
-    times; bytes read."""
-    nbytes = 0
-    for i in range(mats.shape[0] * reps):
-        i %= mats.shape[0]
-        addr, m, k, bs = mats[i, 0], mats[i, 1], mats[i, 2], mats[i, 3]
-        c = (m + 31) // 32
-        chunk = max(16, (c + 15) // 16 * 16)
-        for u in range(0, (m + chunk - 1) // chunk, step):
-            r0, r1 = u * chunk, min(m, (u + 1) * chunk)
-            _rows(addr, k, bs, r0, r1, y, out)
-            nbytes += (r1 - r0) * (k // 32) * bs
-    return nbytes
+    @numba.njit(nogil=True)
+    def _pass(mats, step, y, out, reps):
+        """Chunks 0, step, 2 step, ... of every matrix (matmul.row_chunk for 2 threads), reps
+        times; bytes read."""
+        nbytes = 0
+        for i in range(mats.shape[0] * reps):
+            i %= mats.shape[0]
+            addr, m, k, bs = mats[i, 0], mats[i, 1], mats[i, 2], mats[i, 3]
+            c = (m + 31) // 32
+            chunk = max(16, (c + 15) // 16 * 16)
+            for u in range(0, (m + chunk - 1) // chunk, step):
+                r0, r1 = u * chunk, min(m, (u + 1) * chunk)
+                _rows(addr, k, bs, r0, r1, y, out)
+                nbytes += (r1 - r0) * (k // 32) * bs
+        return nbytes
+    return _pass
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--ab", action="store_true",
+                    help="also the per-row 256-bit dots (simd._q_dot_body: the AVX2 twin "
+                         "before session 11's multi-row passes), in order and hot")
     args = ap.parse_args(argv)
+    passes = {"": _kernels(simd.dot_q4_1, simd.dot_q8_0)}
+    if args.ab:
+        passes["old "] = _kernels(simd._intrinsic_n("bench_q4_1_256", 8, simd._q_dot_body("q4_1")),
+                                  simd._intrinsic_n("bench_q8_0_256", 8, simd._q_dot_body("q8_0")))
     rng = np.random.default_rng(0)
     mats, keep = _weights(rng)
     acts = [_acts(rng, 576), _acts(rng, 1536)]
@@ -98,8 +109,8 @@ def main(argv=None) -> int:
     hot = mats[:1].copy()
     hot[0, 1] = 64
 
-    def dots(step):
-        return lambda: _pass(mats, step, y, out.ctypes.data, 1)
+    def dots(p, step):
+        return lambda: p(mats, step, y, out.ctypes.data, 1)
 
     def read():
         nbytes = 0
@@ -108,10 +119,15 @@ def main(argv=None) -> int:
             nbytes += a.size * 8
         return nbytes
 
-    def hot_dots():
-        return _pass(hot, 1, y, out.ctypes.data, 20000)
+    def hot_dots(p):
+        return lambda: p(hot, 1, y, out.ctypes.data, 20000)
 
-    sides = {"in order": dots(1), "alternate": dots(2), "read": read, "hot": hot_dots}
+    sides = {"in order": dots(passes[""], 1), "alternate": dots(passes[""], 2), "read": read,
+             "hot": hot_dots(passes[""])}
+    for tag, p in passes.items():
+        if tag:
+            sides[tag + "in order"] = dots(p, 1)
+            sides[tag + "hot"] = hot_dots(p)
     for fn in sides.values():
         fn()
     res = {k: [] for k in sides}
@@ -124,7 +140,7 @@ def main(argv=None) -> int:
           f"per pass; load {os.getloadavg()[0]:.1f}")
     for name, v in res.items():
         v = sorted(v)
-        print(f"  {name:10s} GB/s median {v[len(v) // 2]:6.2f}  max {v[-1]:6.2f}")
+        print(f"  {name:14s} GB/s median {v[len(v) // 2]:6.2f}  max {v[-1]:6.2f}")
     return 0
 
 

@@ -16,8 +16,9 @@ several rows inside that function (a call per row costs ~60% more on this CPU: m
                                 "Q8 split" layout (int8 q contiguous; per block float d and
                                 float s = d * sum(q)): u8 x i8 products with pmaddubsw, pairs
                                 summed with pmaddwd, scaled per block in float (ggml's own
-                                instruction sequence on AVX2); two weight rows per pass share
-                                each activation block
+                                instruction sequence on AVX2); several weight rows per pass
+                                share each activation block (AVX2 Q4_1/Q4_0/Q8_0: 4 rows and
+                                their scale work; AVX-512 Q4_*/Q8_0: see _x2_body)
   (flash attention's micro-kernels qk_/pv_ are built from these helpers in fa_simd.py)
   gemm_tile(kc, ap, bp, c, ldc, acc)
                                 the register-blocked GEMM micro-kernel: C[MR, NR] (+)= Bp^T Ap
@@ -339,8 +340,40 @@ Q_PREFETCH = 4096
 _PREFETCH_FMTS = tuple(_QFMT)          # read at build time: an A/B script can drop one
 
 
-def _q_dot_body(fmt):
+def _q_isum(b, fmt, xb, qy):
+    """<8 x i32> integer partial dots of the weight block at xb with the activation quants qy
+    (the block's 32 products summed in groups of 4)."""
+    qs_off, qh_off = _QFMT[fmt][1], _QFMT[fmt][2]
+    if fmt in ("q8_0", "iq4_nl"):
+        if fmt == "q8_0":
+            qx = _load(b, b.add(xb, _c(_I64, qs_off)), _v(_I8, 32))
+        else:
+            qx = lookup16(b, KVALUES_IQ4NL, _nibbles(b, b.add(xb, _c(_I64, qs_off))))
+        if HAVE_AVX2:           # |x| * sign(y, x): unsigned x signed, as ggml
+            ax = _intr(b, "llvm.abs.v32i8", _v(_I8, 32), [qx, _c(_I1, 0)])
+            sy_ = _intr(b, "llvm.x86.avx2.psign.b", _v(_I8, 32), [qy, qx])
+            isum = _maddubs_pairs(b, ax, sy_)
+        else:
+            p = b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32)))
+            isum = None
+            for g in range(4):
+                part = b.shuffle_vector(
+                    p, p, ir.Constant(_v(_I32, 8), [4 * j + g for j in range(8)]))
+                isum = part if isum is None else b.add(isum, part)
+    else:
+        qx = _nibbles(b, b.add(xb, _c(_I64, qs_off)))
+        if qh_off is not None:
+            qx = b.or_(qx, _high_bits(b, b.add(xb, _c(_I64, qh_off))))
+        isum = _maddubs_pairs(b, qx, qy)
+    return isum
+
+
+def _q_dot_body(fmt, nrows_pass=_QROWS, shared=False):
+    """Body of dot_<fmt>: passes of nrows_pass rows (a power of 2), then of 2 and 1 row(s) for
+    the rest. shared: a pass's half->float conversions and scale products are one vector op
+    for all its rows (the results are bit for bit those of the per-row scalar work)."""
     bsize, qs_off, qh_off, has_min, offset = _QFMT[fmt]
+    nh = 2 if has_min else 1            # halves per row and block: (d, m) or d
 
     def block(b, xs, qy, dy, sy, i, accs, accms):
         """Block i of each row in xs against one activation block (qy, dy, sy)."""
@@ -349,27 +382,7 @@ def _q_dot_body(fmt):
             if Q_PREFETCH and fmt in _PREFETCH_FMTS:
                 _prefetch(b, b.add(xb, _c(_I64, Q_PREFETCH)))
             dx = _f16(b, xb)
-            if fmt in ("q8_0", "iq4_nl"):
-                if fmt == "q8_0":
-                    qx = _load(b, b.add(xb, _c(_I64, qs_off)), _v(_I8, 32))
-                else:
-                    qx = lookup16(b, KVALUES_IQ4NL, _nibbles(b, b.add(xb, _c(_I64, qs_off))))
-                if HAVE_AVX2:           # |x| * sign(y, x): unsigned x signed, as ggml
-                    ax = _intr(b, "llvm.abs.v32i8", _v(_I8, 32), [qx, _c(_I1, 0)])
-                    sy_ = _intr(b, "llvm.x86.avx2.psign.b", _v(_I8, 32), [qy, qx])
-                    isum = _maddubs_pairs(b, ax, sy_)
-                else:
-                    p = b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32)))
-                    isum = None
-                    for g in range(4):
-                        part = b.shuffle_vector(
-                            p, p, ir.Constant(_v(_I32, 8), [4 * j + g for j in range(8)]))
-                        isum = part if isum is None else b.add(isum, part)
-            else:
-                qx = _nibbles(b, b.add(xb, _c(_I64, qs_off)))
-                if qh_off is not None:
-                    qx = b.or_(qx, _high_bits(b, b.add(xb, _c(_I64, qh_off))))
-                isum = _maddubs_pairs(b, qx, qy)
+            isum = _q_isum(b, fmt, xb, qy)
             pf = b.sitofp(isum, _v(_F32, 8))
             b.store(_fma(b, pf, _splat(b, b.fmul(dx, dy), 8), b.load(acc)), acc)
             if has_min:                 # + m * d_y * sum(q_y)
@@ -378,12 +391,43 @@ def _q_dot_body(fmt):
             elif offset:                # - offset * d_x * d_y * sum(q_y)
                 b.store(_intr(b, "llvm.fma.f32", _F32, [dx, sy, b.load(accm)]), accm)
 
+    def block_shared(b, xs, qy, dy, sy, i, accs, accm):
+        """block() for n > 1 rows: their halves gathered into one vector, one conversion, one
+        multiply by d_y, one fma of the min/offset term; per row only a broadcast of its scale.
+        accm: <nh * n x float>, row r's term in lane nh * r + nh - 1."""
+        n = len(xs)
+        ht = _I32 if has_min else _I16
+        xbs = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
+        hv = ir.Constant(_v(ht, n), [0] * n)
+        for r, xb in enumerate(xbs):
+            hv = b.insert_element(hv, _load(b, xb, ht), _c(_I32, r))
+        dm = b.fpext(b.bitcast(hv, _v(_HALF, nh * n)), _v(_F32, nh * n))
+        sc = b.fmul(dm, _splat(b, dy, nh * n))
+        if has_min:                     # lanes (d, m): + m * d_y * sum(q_y) in the m lanes
+            zs = b.insert_element(ir.Constant(_v(_F32, 2), [0.0, 0.0]), sy, _c(_I32, 1))
+            zs = b.shuffle_vector(zs, zs, ir.Constant(_v(_I32, nh * n), [0, 1] * n))
+            b.store(_fma(b, dm, zs, b.load(accm)), accm)
+        elif offset:
+            b.store(_fma(b, dm, _splat(b, sy, n), b.load(accm)), accm)
+        for r, (xb, acc) in enumerate(zip(xbs, accs)):
+            if Q_PREFETCH and fmt in _PREFETCH_FMTS:
+                _prefetch(b, b.add(xb, _c(_I64, Q_PREFETCH)))
+            pf = b.sitofp(_q_isum(b, fmt, xb, qy), _v(_F32, 8))
+            sc8 = b.shuffle_vector(sc, sc, ir.Constant(_v(_I32, 8), [nh * r] * 8))
+            b.store(_fma(b, pf, sc8, b.load(acc)), acc)
+
     def rows(b, nb, xs, yq, yd, ys):
-        """Dots of the rows xs (1.._QROWS of them) with the activation row: a float per row."""
+        """Dots of the rows xs (1..nrows_pass of them) with the activation row: a float per row."""
         zero8 = ir.Constant(_v(_F32, 8), [0.0] * 8)
         nacc = _UNROLL_Q if len(xs) == 1 else 1          # independent chains: rows or unroll
+        vec = shared and len(xs) > 1
         accs = [[_acc(b, zero8) for _ in xs] for _ in range(nacc)]
-        accms = [[_acc(b, _c(_F32, 0.0)) for _ in xs] for _ in range(nacc)]
+        if vec:
+            nv = nh * len(xs)
+            accms = [_acc(b, ir.Constant(_v(_F32, nv), [0.0] * nv))]
+        else:
+            accms = [[_acc(b, _c(_F32, 0.0)) for _ in xs] for _ in range(nacc)]
+        blk = block_shared if vec else block
         nit = b.udiv(nb, _c(_I64, nacc))
 
         def act(b, i):
@@ -395,18 +439,21 @@ def _q_dot_body(fmt):
         def body(b, it):
             for u in range(nacc):
                 i = b.add(b.mul(it, _c(_I64, nacc)), _c(_I64, u))
-                block(b, xs, *act(b, i), i, accs[u], accms[u])
+                blk(b, xs, *act(b, i), i, accs[u], accms[u])
         _for(b, nit, body)
         rest = b.sub(nb, b.mul(nit, _c(_I64, nacc)))
 
         def tail(b, j):
             i = b.add(b.mul(nit, _c(_I64, nacc)), j)
-            block(b, xs, *act(b, i), i, accs[0], accms[0])
+            blk(b, xs, *act(b, i), i, accs[0], accms[0])
         _for(b, rest, tail)
         out = []
         for r in range(len(xs)):
             v = b.load(accs[0][r])
-            m = b.load(accms[0][r])
+            if vec:
+                m = b.extract_element(b.load(accms[0]), _c(_I32, nh * r + nh - 1))
+            else:
+                m = b.load(accms[0][r])
             for u in range(1, nacc):
                 v = b.fadd(v, b.load(accs[u][r]))
                 m = b.fadd(m, b.load(accms[u][r]))
@@ -419,22 +466,157 @@ def _q_dot_body(fmt):
         return out
 
     def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
-        ngrp = b.udiv(nrows, _c(_I64, _QROWS))
-
-        def group(b, g):
-            r0 = b.mul(g, _c(_I64, _QROWS))
-            xs = [b.add(x, b.mul(b.add(r0, _c(_I64, j)), xstride)) for j in range(_QROWS)]
-            for j, v in enumerate(rows(b, nb, xs, yq, yd, ys)):
-                _store(b, b.add(out, b.mul(b.add(r0, _c(_I64, j)), _c(_I64, 4))), v, align=4)
-        _for(b, ngrp, group)
-
-        def single(b, j):
-            r = b.add(b.mul(ngrp, _c(_I64, _QROWS)), j)
-            v, = rows(b, nb, [b.add(x, b.mul(r, xstride))], yq, yd, ys)
-            _store(b, b.add(out, b.mul(r, _c(_I64, 4))), v, align=4)
-        _for(b, b.sub(nrows, b.mul(ngrp, _c(_I64, _QROWS))), single)
+        _row_passes(b, nrows, nrows_pass, x, xstride, out,
+                    lambda b, xs: rows(b, nb, xs, yq, yd, ys))
         b.ret_void()
     return build
+
+
+def _row_passes(b, nrows, nrows_pass, x, xstride, out, rows):
+    """out[r] = rows(b, row addresses)[..] in passes of nrows_pass rows (a power of 2), then
+    one pass of each smaller power of 2 the rest holds (the last row alone, if any)."""
+    def run(b, r0, n):
+        xs = [b.add(x, b.mul(b.add(r0, _c(_I64, j)), xstride)) for j in range(n)]
+        for j, v in enumerate(rows(b, xs)):
+            _store(b, b.add(out, b.mul(b.add(r0, _c(_I64, j)), _c(_I64, 4))), v, align=4)
+
+    ngrp = b.udiv(nrows, _c(_I64, nrows_pass))
+    _for(b, ngrp, lambda b, g: run(b, b.mul(g, _c(_I64, nrows_pass)), nrows_pass))
+    r0 = b.mul(ngrp, _c(_I64, nrows_pass))
+    rest = b.sub(nrows, r0)
+    n = nrows_pass // 2
+    while n >= 1:
+        bit = b.and_(rest, _c(_I64, n))
+        with b.if_then(b.icmp_unsigned("!=", bit, _c(_I64, 0))):
+            run(b, r0, n)
+        r0 = b.add(r0, bit)
+        n //= 2
+
+
+def _nib2_body(fmt, nrows_pass):
+    """256-bit Q4_1 / Q4_0 dot, two blocks per step: blocks i and i+1 of a row as one register
+    of packed bytes ([qs_i | qs_i+1]); its low nibbles against [y_i[0:16] | y_i+1[0:16]], its
+    high ones against [y_i[16:32] | y_i+1[16:32]] (those two activation registers made once per
+    step for all rows), the two pmaddubsw results added in 16 bits (|sum| <= 4 x 15 x 127),
+    one pmaddwd: 4 int32 per block, times [d_i dy_i] x 4 ++ [d_i+1 dy_i+1] x 4 in one fma.
+    The halves of both blocks of every row: one conversion, one multiply (as _q_dot_body's
+    shared passes). An odd last block runs the step with block i+1 zeroed."""
+    bsize, qs_off = _QFMT[fmt][0], _QFMT[fmt][1]
+    q41 = fmt == "q4_1"
+    nm = 4 if q41 else 2                    # halves per row and step: (d, m) x 2 or d x 2
+    ht = _I32 if q41 else _I16              # one block's halves as one integer
+    ones = ir.Constant(_v(_I16, 16), [1] * 16)
+    m0f = ir.Constant(_v(_I8, 32), [0x0F] * 32)
+    z16 = ir.Constant(_v(_I8, 16), [0] * 16)
+    z2 = ir.Constant(_v(_F32, 2), [0.0, 0.0])
+
+    def rows(b, nb, xs, yq, yd, ys):
+        nr = len(xs)
+        accs = [_acc(b, ir.Constant(_v(_F32, 8), [0.0] * 8)) for _ in xs]
+        # Q4_1: m * d_y * sum(q_y) in lanes 4r+1, 4r+3; Q4_0: d_x * d_y * sum(q_y) in 2r, 2r+1
+        accm = _acc(b, ir.Constant(_v(_F32, nm * nr), [0.0] * (nm * nr)))
+
+        def tile(b, v, idx):
+            return b.shuffle_vector(v, v, ir.Constant(_v(_I32, nm * nr), idx * nr))
+
+        def step(b, i, one):
+            ya = _load(b, b.add(yq, b.mul(i, _c(_I64, 32))), _v(_I8, 32))
+            if one:
+                yb = ir.Constant(_v(_I8, 32), [0] * 32)
+                dy = b.insert_element(z2, _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _F32),
+                                      _c(_I32, 0))
+                sy = b.insert_element(z2, _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _F32),
+                                      _c(_I32, 0))
+            else:
+                yb = _load(b, b.add(yq, b.mul(b.add(i, _c(_I64, 1)), _c(_I64, 32))), _v(_I8, 32))
+                dy = _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
+                sy = _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
+            ylo = b.shuffle_vector(ya, yb, ir.Constant(_v(_I32, 32),
+                                                       list(range(16)) + list(range(32, 48))))
+            yhi = b.shuffle_vector(ya, yb, ir.Constant(_v(_I32, 32),
+                                                       list(range(16, 32)) + list(range(48, 64))))
+            xb0s = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
+            hv = ir.Constant(_v(ht, 2 * nr), [0] * (2 * nr))
+            for r, xb0 in enumerate(xb0s):
+                hv = b.insert_element(hv, _load(b, xb0, ht), _c(_I32, 2 * r))
+                if not one:
+                    hv = b.insert_element(hv, _load(b, b.add(xb0, _c(_I64, bsize)), ht),
+                                          _c(_I32, 2 * r + 1))
+            dm = b.fpext(b.bitcast(hv, _v(_HALF, nm * nr)), _v(_F32, nm * nr))
+            if q41:
+                sc = b.fmul(dm, tile(b, dy, [0, 0, 1, 1]))
+                zs = b.shuffle_vector(z2, sy, ir.Constant(_v(_I32, 4), [0, 2, 1, 3]))
+                b.store(_fma(b, dm, tile(b, zs, [0, 1, 2, 3]), b.load(accm)), accm)
+            else:
+                sc = b.fmul(dm, tile(b, dy, [0, 1]))
+                b.store(_fma(b, dm, tile(b, sy, [0, 1]), b.load(accm)), accm)
+            for r, (xb0, acc) in enumerate(zip(xb0s, accs)):
+                if Q_PREFETCH:
+                    _prefetch(b, b.add(xb0, _c(_I64, Q_PREFETCH)))
+                q0 = _load(b, b.add(xb0, _c(_I64, qs_off)), _v(_I8, 16))
+                q1 = z16 if one else _load(b, b.add(xb0, _c(_I64, bsize + qs_off)), _v(_I8, 16))
+                q = b.shuffle_vector(q0, q1, ir.Constant(_v(_I32, 32), list(range(32))))
+                lo = b.and_(q, m0f)
+                hi = b.and_(b.lshr(q, ir.Constant(_v(_I8, 32), [4] * 32)), m0f)
+                p16 = b.add(_intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [lo, ylo]),
+                            _intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [hi, yhi]))
+                f = b.sitofp(_intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8), [p16, ones]),
+                             _v(_F32, 8))
+                sc8 = b.shuffle_vector(sc, sc, ir.Constant(
+                    _v(_I32, 8), [nm * r] * 4 + [nm * r + nm // 2] * 4))
+                b.store(_fma(b, f, sc8, b.load(acc)), acc)
+
+        npair = b.udiv(nb, _c(_I64, 2))
+        _for(b, npair, lambda b, p: step(b, b.mul(p, _c(_I64, 2)), False))
+        _for(b, b.sub(nb, b.mul(npair, _c(_I64, 2))),
+             lambda b, j: step(b, b.mul(npair, _c(_I64, 2)), True))
+        res = []
+        m = b.load(accm)
+        for r, acc in enumerate(accs):
+            s_ = _hsum(b, b.load(acc))
+            o = nm * r
+            if q41:
+                s_ = b.fadd(s_, b.fadd(b.extract_element(m, _c(_I32, o + 1)),
+                                       b.extract_element(m, _c(_I32, o + 3))))
+            else:
+                s_ = b.fsub(s_, b.fmul(_c(_F32, 8.0), b.fadd(b.extract_element(m, _c(_I32, o)),
+                                                             b.extract_element(m, _c(_I32, o + 1)))))
+            res.append(s_)
+        return res
+
+    def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
+        _row_passes(b, nrows, nrows_pass, x, xstride, out,
+                    lambda b, xs: rows(b, nb, xs, yq, yd, ys))
+        b.ret_void()
+    return build
+
+
+# The AVX2 row dots' passes (session 11; decode mat-vecs, one thread, compute-bound: L1-hot rows
+# ran about as fast as streamed ones). Per block and row the dot above spends ~20 instructions
+# (Q4_1), half on scalar scale work: two half->float conversions, a product, a broadcast, a
+# scalar min fma. Passes of 4 rows share it: the rows' halves are gathered into one vector,
+# converted, multiplied and (min/offset) fma'd once; per row only a broadcast is left. Q4_1 /
+# Q4_0 then take two blocks per step (_nib2_body: one and, shift, and, two pmaddubsw, an add and
+# one pmaddwd per row and block pair). Inner loop instructions per row and block, Q4_1 / Q4_0 /
+# Q8_0: 20.5 / 18.5 / 15.5 -> shared 14.5 / 14.3 / 12.5 -> two-block 10.8 / 10.4 (Q4_*).
+# One thread CPU time, alternating in one process, 576-wide rows, PYGGML_SIMD=avx2, load 9-12
+# (medians swing up to 1.5x run to run; the order held in every run), medians of 10 rounds,
+# hot (64 rows) / streamed (48 MB), GB/s: Q4_1 old 7.2 / 6.6, shared 9.8 / 9.0, two-block
+# 10.8 / 9.6; Q4_0 old 6.3 / 5.9, shared 7.8 / 7.1, two-block 9.2 / 8.4 (one run); Q8_0 old
+# 10.6 / 9.2, shared 13.0 / 9.5. tools/bench_decode_rows.py --ab (SmolLM2's rows: Q4_1 + the
+# Q8_0 output, in order): 6.5 -> 8.6 GB/s, hot 5.3 -> 9.5,
+# where a plain read of the same bytes runs 9.6.
+# Q8_0 keeps the shared one-block pass (bit for bit the old results; it streams at the read
+# limit either way); the two-block Q4_* dots sum a block's 32 products in 4 int32 lanes, not 8,
+# so their float results differ from the old ones by rounding (~2e-7 relative here).
+_AVX2_ROWS = {"q4_1": 4, "q4_0": 4, "q8_0": 4}
+
+
+def avx2_q_body(fmt):
+    """The AVX2 dot body dot_<fmt> uses (fmt in _AVX2_ROWS)."""
+    if fmt in ("q4_1", "q4_0"):
+        return _nib2_body(fmt, _AVX2_ROWS[fmt])
+    return _q_dot_body(fmt, _AVX2_ROWS[fmt], shared=True)
 
 
 # --- AVX-512: two blocks per 512-bit step (Q4_1, Q4_0; Q8_0 with VNNI) ---------------------------
@@ -614,6 +796,10 @@ def _q_dot_intrinsic(fmt):
     if HAVE_AVX512 and (fmt in ("q4_1", "q4_0") or (fmt == "q8_0" and HAVE_VNNI)):
         tag = "avx512vnni" if HAVE_VNNI else "avx512"
         return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_x2_r{_X2_ROWS}", 8, _x2_body(fmt))
+    if HAVE_AVX2 and fmt in _AVX2_ROWS:
+        kind = "nib2" if fmt in ("q4_1", "q4_0") else "s"
+        return _intrinsic_n(f"pyggml_dot_{fmt}_avx2_{kind}_r{_AVX2_ROWS[fmt]}", 8,
+                            avx2_q_body(fmt))
     tag = "avx2" if HAVE_AVX2 else "generic"
     return _intrinsic_n(f"pyggml_dot_{fmt}_{tag}_r{_QROWS}", 8, _q_dot_body(fmt))
 
