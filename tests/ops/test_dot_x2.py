@@ -45,6 +45,17 @@ def _case(rng, fmt, m, nb):
     return np.ascontiguousarray(w), act
 
 
+def _both(old, new, fmt, m, nb, w, act):
+    """(old's dots, new's dots) of the m rows w with the activation row act."""
+    a = act.ctypes.data
+    k = 32 * nb
+    args = (m, nb, w.ctypes.data, nb * _BLOCK[fmt], a, a + _pad(k), a + _pad(k) + _pad(4 * nb))
+    want, got = np.zeros(m, np.float32), np.zeros(m, np.float32)
+    old(*args, want.ctypes.data)
+    new(*args, got.ctypes.data)
+    return want, got
+
+
 @needs_avx512
 @pytest.mark.parametrize("fmt", ["q4_1", "q8_0", "q4_0"])
 def test_x2_dot_matches_256_bit(fmt):
@@ -56,13 +67,7 @@ def test_x2_dot_matches_256_bit(fmt):
     for nb in (1, 2, 3, 18, 19):
         for m in (1, 2, 5, 7, 8):
             w, act = _case(rng, fmt, m, nb)
-            a = act.ctypes.data
-            k = 32 * nb
-            args = (m, nb, w.ctypes.data, nb * _BLOCK[fmt], a, a + _pad(k),
-                    a + _pad(k) + _pad(4 * nb))
-            want, got = np.zeros(m, np.float32), np.zeros(m, np.float32)
-            old(*args, want.ctypes.data)
-            new(*args, got.ctypes.data)
+            want, got = _both(old, new, fmt, m, nb, w, act)
             assert np.isfinite(got).all(), (fmt, nb, m, got)
             err = np.abs(got - want).max() / np.abs(want).max()
             assert err < 1e-5, (fmt, nb, m, err)
@@ -80,12 +85,7 @@ def test_x2_4bit_dot_without_vnni(fmt):
     for nb, m in ((1, 1), (18, 7), (19, 8)):
         w, act = _case(rng, fmt, m, nb)
         w[..., (4 if fmt == "q4_1" else 2):] = 0xFF     # every nibble 15: the largest sums
-        a = act.ctypes.data
-        k = 32 * nb
-        args = (m, nb, w.ctypes.data, nb * _BLOCK[fmt], a, a + _pad(k), a + _pad(k) + _pad(4 * nb))
-        want, got = np.zeros(m, np.float32), np.zeros(m, np.float32)
-        want_fn(*args, want.ctypes.data)
-        got_fn(*args, got.ctypes.data)
+        want, got = _both(want_fn, got_fn, fmt, m, nb, w, act)
         err = np.abs(got - want).max() / np.abs(want).max()
         assert err < 1e-5, (fmt, nb, m, err)
 
@@ -104,13 +104,7 @@ def test_avx2_multirow_dot_matches_per_row(fmt):
             w, act = _case(rng, fmt, m, nb)
             if m == 8:                  # the largest nibbles / quants: no 16-bit sum saturates
                 w[..., (4 if fmt == "q4_1" else 2):] = 0xFF if fmt != "q8_0" else 0x81
-            a = act.ctypes.data
-            k = 32 * nb
-            args = (m, nb, w.ctypes.data, nb * _BLOCK[fmt], a, a + _pad(k),
-                    a + _pad(k) + _pad(4 * nb))
-            want, got = np.zeros(m, np.float32), np.zeros(m, np.float32)
-            old(*args, want.ctypes.data)
-            new(*args, got.ctypes.data)
+            want, got = _both(old, new, fmt, m, nb, w, act)
             assert np.isfinite(got).all(), (fmt, nb, m, got)
             if fmt == "q8_0":
                 assert (got.view(np.uint32) == want.view(np.uint32)).all(), (nb, m, got, want)

@@ -263,17 +263,23 @@ class Kernel:
         fn, cache = self.guarded()
         if not cache:
             return False
-        try:                                   # numba.cfunc's own steps, minus compile()
-            from numba.core import sigutils
-            from numba.core.ccallback import CFunc
-            cf = CFunc(fn, sigutils.normalize_signature(KERNEL_SIG), locals={}, options={})
-            cf.enable_caching()
-            files = cf._cache._cache_file
-            key = cf._cache._index_key(cf._sig, cf._targetdescr.target_context.codegen())
-            name = files._load_index().get(key)
-            return name is not None and os.path.isfile(files._data_path(name))
-        except Exception:                      # private API: degrade to "unknown"
-            return None
+        return cfunc_in_disk_cache(fn, KERNEL_SIG, {})
+
+
+def cfunc_in_disk_cache(fn, sig, options: dict) -> Optional[bool]:
+    """Would numba.cfunc(sig, cache=True, **options)(fn) load from the disk cache? numba.cfunc's
+    own steps minus compile(); None when Numba's cache internals changed (private API)."""
+    try:
+        from numba.core import sigutils
+        from numba.core.ccallback import CFunc
+        cf = CFunc(fn, sigutils.normalize_signature(sig), locals={}, options=options)
+        cf.enable_caching()
+        files = cf._cache._cache_file
+        key = cf._cache._index_key(cf._sig, cf._targetdescr.target_context.codegen())
+        name = files._load_index().get(key)
+        return name is not None and os.path.isfile(files._data_path(name))
+    except Exception:                          # private API: degrade to "unknown"
+        return None
 
 
 def _const_name(c: int) -> str:

@@ -21,7 +21,6 @@ and differ in the row functions their `address` makes ready first.
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from . import KERNELS
 from . import Kernel
 from . import _const_name
 from . import add_kernel
+from . import cfunc_in_disk_cache
 
 DEQ, QUANT = 0, 1
 ERR_RAISED = 2                              # a row function raised (an allocation failed)
@@ -165,18 +165,7 @@ def ready(rows) -> bool:
 
 def row_in_disk_cache(kind: int, t: int) -> Optional[bool]:
     """Would type t's row function load from the disk cache (Kernel.in_disk_cache's check)?"""
-    try:
-        from numba.core import sigutils
-        from numba.core.ccallback import CFunc
-        cf = CFunc(_pyfunc(kind, t), sigutils.normalize_signature(ROW_SIG), locals={},
-                   options={"nogil": True, "error_model": "numpy"})
-        cf.enable_caching()
-        files = cf._cache._cache_file
-        key = cf._cache._index_key(cf._sig, cf._targetdescr.target_context.codegen())
-        name = files._load_index().get(key)
-        return name is not None and os.path.isfile(files._data_path(name))
-    except Exception:                          # private API: degrade to "unknown"
-        return None
+    return cfunc_in_disk_cache(_pyfunc(kind, t), ROW_SIG, {"nogil": True, "error_model": "numpy"})
 
 
 # --- the kernels' side -------------------------------------------------------------------------

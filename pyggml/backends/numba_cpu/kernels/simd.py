@@ -397,11 +397,7 @@ def _q_dot_body(fmt, nrows_pass=_QROWS, shared=False):
         accm: <nh * n x float>, row r's term in lane nh * r + nh - 1."""
         n = len(xs)
         ht = _I32 if has_min else _I16
-        xbs = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
-        hv = ir.Constant(_v(ht, n), [0] * n)
-        for r, xb in enumerate(xbs):
-            hv = b.insert_element(hv, _load(b, xb, ht), _c(_I32, r))
-        dm = b.fpext(b.bitcast(hv, _v(_HALF, nh * n)), _v(_F32, nh * n))
+        xbs, dm = _row_headers(b, xs, i, bsize, ht, 1, False)
         sc = b.fmul(dm, _splat(b, dy, nh * n))
         if has_min:                     # lanes (d, m): + m * d_y * sum(q_y) in the m lanes
             zs = b.insert_element(ir.Constant(_v(_F32, 2), [0.0, 0.0]), sy, _c(_I32, 1))
@@ -472,6 +468,23 @@ def _q_dot_body(fmt, nrows_pass=_QROWS, shared=False):
     return build
 
 
+def _row_headers(b, xs, i, bsize, ht, per_row, second):
+    """The rows' block headers (d, or d and m, as one integer of type ht) at block i in lane
+    per_row * r of one vector, and at block i + 1 in lane per_row * r + 1 when `second`,
+    widened to float with one conversion for all rows. Returns (the rows' block addresses,
+    <halves x float>); unused lanes are zero."""
+    xbs = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
+    n = per_row * len(xs)
+    hv = ir.Constant(_v(ht, n), [0] * n)
+    for r, xb in enumerate(xbs):
+        hv = b.insert_element(hv, _load(b, xb, ht), _c(_I32, per_row * r))
+        if second:
+            hv = b.insert_element(hv, _load(b, b.add(xb, _c(_I64, bsize)), ht),
+                                  _c(_I32, per_row * r + 1))
+    h = ht.width // 16 * n
+    return xbs, b.fpext(b.bitcast(hv, _v(_HALF, h)), _v(_F32, h))
+
+
 def _row_passes(b, nrows, nrows_pass, x, xstride, out, rows):
     """out[r] = rows(b, row addresses)[..] in passes of nrows_pass rows (a power of 2), then
     one pass of each smaller power of 2 the rest holds (the last row alone, if any)."""
@@ -535,14 +548,7 @@ def _nib2_body(fmt, nrows_pass):
                                                        list(range(16)) + list(range(32, 48))))
             yhi = b.shuffle_vector(ya, yb, ir.Constant(_v(_I32, 32),
                                                        list(range(16, 32)) + list(range(48, 64))))
-            xb0s = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
-            hv = ir.Constant(_v(ht, 2 * nr), [0] * (2 * nr))
-            for r, xb0 in enumerate(xb0s):
-                hv = b.insert_element(hv, _load(b, xb0, ht), _c(_I32, 2 * r))
-                if not one:
-                    hv = b.insert_element(hv, _load(b, b.add(xb0, _c(_I64, bsize)), ht),
-                                          _c(_I32, 2 * r + 1))
-            dm = b.fpext(b.bitcast(hv, _v(_HALF, nm * nr)), _v(_F32, nm * nr))
+            xb0s, dm = _row_headers(b, xs, i, bsize, ht, 2, not one)
             if q41:
                 sc = b.fmul(dm, tile(b, dy, [0, 0, 1, 1]))
                 zs = b.shuffle_vector(z2, sy, ir.Constant(_v(_I32, 4), [0, 2, 1, 3]))
@@ -730,15 +736,8 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS, vnni=None):
                     init = b.sub(z16i, _dpbusd(b, z16i, ir.Constant(_v(_I8, 64), [-128] * 64), y,
                                                vnni))
                     sel = [0] * 8 + [1] * 8
-                xb0s = [b.add(x, b.mul(i, _c(_I64, bsize))) for x in xs]
                 # every row's halves of both blocks in one vector: one conversion, one multiply
-                hv = ir.Constant(_v(ht, 2 * nr), [0] * (2 * nr))
-                for r, xb0 in enumerate(xb0s):
-                    hv = b.insert_element(hv, _load(b, xb0, ht), _c(_I32, 2 * r))
-                    if not one:
-                        hv = b.insert_element(hv, _load(b, b.add(xb0, _c(_I64, bsize)), ht),
-                                              _c(_I32, 2 * r + 1))
-                dm = b.fpext(b.bitcast(hv, _v(_HALF, nm * nr)), _v(_F32, nm * nr))
+                xb0s, dm = _row_headers(b, xs, i, bsize, ht, 2, not one)
                 sc = b.fmul(dm, tile(b, ysc))
                 for r, (xb0, acc) in enumerate(zip(xb0s, accs)):
                     if Q_PREFETCH:
