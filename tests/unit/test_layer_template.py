@@ -59,7 +59,7 @@ def _graph(model, kind, n_tokens, past, n_out=None, stamp=True, layers=None, cac
                 (root._buffer.name, t.offs) if root._buffer is not None else None)
 
     out = dict(graph=[rec(t) for t in gf.leafs + gf.nodes],
-               inputs=[(t.name, list(t.ne)) for t, _ in cache.step_inputs()],
+               inputs=[(i.t.name, list(i.t.ne)) for i in cache.step_inputs()],
                ctx=(len(ctx.tensors), ctx.used),
                order=[t.name for t in ctx.tensors])
     cache.step = None
