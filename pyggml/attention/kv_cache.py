@@ -523,8 +523,7 @@ class F16KVCache(_CacheBase):
     def graph_key(self) -> tuple:
         """What this step's graph depends on (see the module doc: graph reuse)."""
         st = self.step or self._need_step()
-        n = self.n_past + st.n_tokens                    # _n_kv, inline (once per token)
-        return (st.n_pad, min(self.cap, _round_up(n, KV_PAD)) if n > 0 else 0)
+        return (st.n_pad, self._kv_view(self.n_past + st.n_tokens, self.cap))   # _n_kv's
 
     def _kq_mask(self, t=None) -> np.ndarray:
         st = self._need_step()
