@@ -86,8 +86,10 @@ def read(t: Tensor, dtype=np.float64) -> np.ndarray:
     return vals.reshape(t.ne[::-1]).astype(dtype)
 
 
-def encode(type: GGMLType, values: np.ndarray) -> np.ndarray:
-    """Values (..., ne0) converted to the storage of `type`: element dtype or packed blocks."""
+def encode(type: GGMLType, values: np.ndarray, cpu: bool = False) -> np.ndarray:
+    """Values (..., ne0) converted to the storage of `type`: element dtype or packed blocks.
+    cpu: quantize as ggml-cpu's ops store results (TypeTraits.from_float_cpu), not as
+    ggml_quantize_chunk does; the two differ for Q8_0/Q8_1 only."""
     tr = TRAITS[type]
     if tr.blck_size == 1:
         if type == GGMLType.BF16:
@@ -101,12 +103,16 @@ def encode(type: GGMLType, values: np.ndarray) -> np.ndarray:
         return np.asarray(values).astype(tr.np_dtype)
     v = np.ascontiguousarray(values, dtype=np.float32)
     ne0 = v.shape[-1]
-    raw = _codec(type, "from_float")(v.reshape(-1))
+    quantize = _codec(type, "from_float")
+    if cpu and tr.from_float_cpu is not None:
+        quantize = tr.from_float_cpu
+    raw = quantize(v.reshape(-1))
     return raw.reshape(v.shape[:-1] + (tr.row_size(ne0),))
 
 
-def write(t: Tensor, values) -> None:
-    """Write values (broadcast to t's shape) into t, converting/quantizing to t's type."""
+def write(t: Tensor, values, cpu: bool = False) -> None:
+    """Write values (broadcast to t's shape) into t, converting/quantizing to t's type
+    (cpu: as an op's result, see encode)."""
     _check_data(t, "write")
     shape = tuple(t.ne[::-1])
     v = np.asarray(values)
@@ -119,7 +125,7 @@ def write(t: Tensor, values) -> None:
     if tr.blck_size == 1:
         strided(t)[...] = encode(t.type, v)
     else:
-        row_bytes(t)[...] = encode(t.type, v)
+        row_bytes(t)[...] = encode(t.type, v, cpu)
 
 
 def check_fits(type: GGMLType, values, what: str) -> None:

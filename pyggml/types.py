@@ -71,6 +71,10 @@ class TypeTraits:
     #   from_float_imatrix(x: float32 [nrows, n_per_row], imatrix: float32 [n_per_row])
     #   -> uint8 ndarray (ggml_quantize_chunk with quant_weights; None: no imatrix variant)
     from_float_imatrix: Optional[Callable] = field(default=None, repr=False)
+    #   from_float_cpu(x) -> uint8 ndarray: ggml-cpu's own from_float where it is not the
+    #   reference quantizer (x86 SIMD Q8_0/Q8_1: 127/amax, ties to even). It is what the CPU
+    #   backend's ops store (cpy, set_rows, requantized results); None: from_float is it.
+    from_float_cpu: Optional[Callable] = field(default=None, repr=False)
 
     def row_size(self, ne0: int) -> int:
         """ggml_row_size: bytes of ne0 elements (ne0 must be a multiple of blck_size)."""
@@ -181,8 +185,10 @@ def row_size(t, ne0: int) -> int:
 
 
 def register_codec(t: GGMLType, to_float: Callable, from_float: Callable,
-                   from_float_imatrix: Optional[Callable] = None) -> None:
+                   from_float_imatrix: Optional[Callable] = None,
+                   from_float_cpu: Optional[Callable] = None) -> None:
     """Attach a format's codecs to its type (called by each pyggml.quants module)."""
     TRAITS[t].to_float = to_float
     TRAITS[t].from_float = from_float
     TRAITS[t].from_float_imatrix = from_float_imatrix
+    TRAITS[t].from_float_cpu = from_float_cpu

@@ -245,7 +245,7 @@ def _ref_set_rows(node, ins, p):
     b3, b2, r = b.shape[0], b.shape[1], b.shape[2]
     # row id for (i03, i02, i): c[i03 % c.ne2, i02 % c.ne1, i]
     ids = c[np.arange(b3)[:, None] % c.shape[0], np.arange(b2)[None, :] % c.shape[1]]
-    enc = np.ascontiguousarray(data.encode(a.type, b.astype(np.float32)))
+    enc = np.ascontiguousarray(data.encode(a.type, b.astype(np.float32), cpu=True))
     enc = enc.view(np.uint8).reshape(b3, b2, r, -1)
     dst = data.row_bytes(node)                     # a's rows, written in place
     for i3 in range(b3):

@@ -439,8 +439,9 @@ def _row_dispatch(verb: str, doc: str):
     compiled under this file (so Numba caches it here, as if written out)."""
     lines = [f"def {verb}_row(t, src, dst, n):"]
     for i, name in enumerate(_ROW_TYPES):
+        cpu = "_cpu" if verb == "quantize" and name in ("q8_0", "q8_1") else ""
         lines += [f"    {'elif' if i else 'if'} t == {int(GGMLType[name.upper()])}:",
-                  f"        {verb}_row_{name}(src, dst, n)"]
+                  f"        {verb}_row_{name}{cpu}(src, dst, n)"]
     lines += ["    else:", f"        return _kq.{verb}_row(t, src, dst, n)", "    return 0"]
     ns = {}
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), globals(), ns)
@@ -452,4 +453,5 @@ def _row_dispatch(verb: str, doc: str):
 dequantize_row = _row_dispatch(
     "dequantize", "Row of n values of type t (raw bytes in src) -> float32 dst. 0, or ERR_UNSUPPORTED.")
 quantize_row = _row_dispatch(
-    "quantize", "float32 row of n values -> raw bytes of type t in dst. 0, or ERR_UNSUPPORTED.")
+    "quantize", "float32 row of n values -> raw bytes of type t in dst, as ggml-cpu's from_float "
+    "(Q8_0/Q8_1: its SIMD quantizers). 0, or ERR_UNSUPPORTED.")

@@ -145,7 +145,7 @@ def test_numba_matches_reference(name, numba_backends):
 
 @pytest.mark.parametrize("type", ["q4_0", "q8_0", "q5_1", "f16", "bf16", "q4_K", "q6_K"])
 def test_numba_set_rows_bytes_identical_to_reference(type, numba_backends):
-    """Quantizing set_rows is byte-exact with the reference (ggml's reference quantizers);
+    """Quantizing set_rows is byte-exact with the reference (ggml-cpu's from_float);
     the K-quants' rows are one 256-wide super-block."""
     rng = np.random.default_rng(7)
     w = 256 if type.endswith("_K") else 64
@@ -173,6 +173,36 @@ def test_numba_set_rows_bytes_identical_to_reference(type, numba_backends):
     raw, raw0 = data.tensor_get(out), data.tensor_get(a0)
     for r in (1, 3, 4, 6, 7, 8, 10, 11):
         assert raw[r * rs:(r + 1) * rs] == raw0[r * rs:(r + 1) * rs]
+
+
+@pytest.mark.parametrize("op", ["CPY", "SET_ROWS"])
+def test_q8_0_stores_quantize_as_ggml_cpu(op, numba_backends):
+    """cpy and set_rows into Q8_0 store what ggml-cpu's from_float stores (x86: 127/amax, ties
+    to even; TypeTraits.from_float_cpu, checked against real ggml in test_quants), not the
+    reference quantizer's round-half-away: the inputs are halves with amax 127 in every
+    block, so every .5 is a tie the two round apart."""
+    rng = np.random.default_rng(11)
+    w, n = 64, 6
+    vals = rng.integers(-254, 255, (n, w)).astype(np.float32) / 2
+    vals[:, ::32] = 127.0
+    q8 = gg.as_type("q8_0")
+
+    def build(ctx):
+        b = gg.new_tensor_2d(ctx, gg.TYPE_BF16 if op == "CPY" else gg.TYPE_F32, w, n)
+        gg.set_name(b, "b")
+        a = gg.new_tensor_2d(ctx, q8, w, n)
+        if op == "CPY":
+            return gg.cpy(ctx, b, a)
+        c = gg.new_tensor_1d(ctx, gg.TYPE_I64, n)
+        gg.set_name(c, "c")
+        return gg.set_rows(ctx, a, b, c)
+    fill = dict(b=vals, c=np.arange(n)[None])
+    from pyggml.types import TRAITS
+    want = TRAITS[q8].from_float_cpu(vals.reshape(-1)).tobytes()
+    assert want != TRAITS[q8].from_float(vals.reshape(-1)).tobytes()    # the ties matter
+    assert data.tensor_get(_run(_ref_backend(), build, fill)) == want
+    for be in numba_backends.values():
+        assert data.tensor_get(_run(be, build, fill)) == want
 
 
 def test_set_rows_writes_its_destination_in_place():

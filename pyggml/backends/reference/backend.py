@@ -2,8 +2,8 @@
 
 Sources are read as float64 (quantized and half types dequantized, views and strides
 honoured), the reference computes in float64 where that makes a better oracle, and the
-result is converted to the node's type exactly like ggml stores it (f32 -> f16 rounding,
-quantization by ggml's reference quantizer).
+result is converted to the node's type exactly like ggml's CPU backend stores it (f32 -> f16
+rounding, quantization by the CPU's from_float: the reference quantizer except Q8_0/Q8_1).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def compute_node_reference(node: Tensor) -> None:
     if not isinstance(result, dict):
         result = {"dst": result}
     for k, v in result.items():
-        data.write(node if k == "dst" else node.src[k], v)
+        data.write(node if k == "dst" else node.src[k], v, cpu=True)
 
 
 class ReferenceBackend(Backend):
@@ -47,7 +47,7 @@ class ReferenceBackend(Backend):
         if self.memo is not None and node.op.name == "MUL_MAT":
             out = self.memo.mul_mat(node)
             if out is not None:
-                data.write(node, out)
+                data.write(node, out, cpu=True)
                 return
         compute_node_reference(node)
 

@@ -70,12 +70,12 @@ _DEQ = {GGMLType.F32: qnb.dequantize_row_f32, GGMLType.F16: qnb.dequantize_row_f
         GGMLType.Q5_K: kq.dequantize_row_q5_K, GGMLType.Q6_K: kq.dequantize_row_q6_K,
         GGMLType.Q8_K: kq.dequantize_row_q8_K, GGMLType.IQ4_NL: kq.dequantize_row_iq4_nl,
         GGMLType.IQ4_XS: kq.dequantize_row_iq4_xs, GGMLType.MXFP4: qnb.dequantize_row_mxfp4}
-# quants.nb.quantize_row's rows (ggml-cpu's from_float)
+# quants.nb.quantize_row's rows (ggml-cpu's from_float: Q8_0/Q8_1 its SIMD quantizers)
 _Q_ROW = {GGMLType.F32: qnb.quantize_row_f32, GGMLType.F16: qnb.quantize_row_f16,
           GGMLType.BF16: qnb.quantize_row_bf16, GGMLType.Q4_0: qnb.quantize_row_q4_0,
           GGMLType.Q4_1: qnb.quantize_row_q4_1, GGMLType.Q5_0: qnb.quantize_row_q5_0,
-          GGMLType.Q5_1: qnb.quantize_row_q5_1, GGMLType.Q8_0: qnb.quantize_row_q8_0,
-          GGMLType.Q8_1: qnb.quantize_row_q8_1, GGMLType.MXFP4: qnb.quantize_row_mxfp4}
+          GGMLType.Q5_1: qnb.quantize_row_q5_1, GGMLType.Q8_0: qnb.quantize_row_q8_0_cpu,
+          GGMLType.Q8_1: qnb.quantize_row_q8_1_cpu, GGMLType.MXFP4: qnb.quantize_row_mxfp4}
 # ... and the K-quants and IQ4 as kq_nb.quantize_row does them: quantize_blocks(t, src, dst,
 # 1, n, no weights, ntry), IQ4_NL without the scale search (ggml's quantize_row_iq4_nl_ref)
 _Q_BLOCKS = {GGMLType.Q2_K: 7, GGMLType.Q3_K: 7, GGMLType.Q4_K: 7, GGMLType.Q5_K: 7,
