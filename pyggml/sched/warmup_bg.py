@@ -32,6 +32,20 @@ from ..backends.numba_cpu.warmup import worker_env
 NICE = 10                         # workers' niceness: the process computing keeps its core
 
 
+def disk_cache_empty(path: Optional[str] = None) -> bool:
+    """True when Numba's cache directory (NUMBA_CACHE_DIR, which pyggml's import sets) holds
+    no index file (*.nbi) at all: nothing can load from it, found without importing Numba.
+    Numba's default per-source __pycache__ directories (no NUMBA_CACHE_DIR) are not looked
+    at: False, as for any cache that may hold something."""
+    path = path or os.environ.get("NUMBA_CACHE_DIR")
+    if not path:
+        return False
+    for _, _, files in os.walk(path):
+        if any(f.endswith(".nbi") for f in files):
+            return False
+    return True
+
+
 class BackgroundWarmup:
     def __init__(self, jobs: Optional[int] = None, log: Optional[Callable] = None,
                  nice: int = NICE):

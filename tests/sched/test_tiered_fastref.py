@@ -1,0 +1,59 @@
+"""The fast reference's shortcuts are the reference's values: weights decoded in float32
+(dequant_f32) against the codecs, SET_ROWS without reading its destination."""
+import numpy as np
+import pytest
+
+import pyggml as gg
+from pyggml import data
+from pyggml.backends.reference.fast import FAST
+from pyggml.backends.reference.fast import FastReferenceBackend
+from pyggml.backends.reference.fast import dequant_f32
+
+
+@pytest.mark.parametrize("t", [gg.TYPE_Q4_0, gg.TYPE_Q4_1, gg.TYPE_Q8_0, gg.TYPE_Q5_1,
+                               gg.TYPE_F16])
+def test_dequant_f32_is_the_codec_bit_for_bit(rng, t):
+    ctx = gg.init(mem_size=1 << 20)
+    vals = rng.standard_normal((6, 64)).astype(np.float32) * 3
+    vals[0, :32] = 0.0                                     # an all-zero block
+    vals[1, 5] = 1e4                                       # a large scale
+    w = gg.new_tensor_2d(ctx, t, 64, 6)
+    if gg.is_quantized(t):
+        gg.tensor_set(w, gg.quantize(t, vals))
+    else:
+        gg.tensor_set(w, vals.astype(np.float16).tobytes())
+    got = dequant_f32(w)
+    want = data.read(w, np.float32).reshape(6, 64)
+    assert got.dtype == np.float32 and got.shape == (6, 64)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("dst", [gg.TYPE_F16, gg.TYPE_Q4_0])
+def test_fast_set_rows_is_the_reference(rng, dst):
+    ctx = gg.init(mem_size=1 << 20)
+    a = gg.new_tensor_2d(ctx, dst, 64, 8)
+    base = gg.quantize(dst, rng.standard_normal((8, 64)).astype(np.float32)) \
+        if gg.is_quantized(dst) else rng.standard_normal((8, 64)).astype(np.float16).tobytes()
+    b = gg.from_numpy(ctx, rng.standard_normal((3, 64)).astype(np.float32), name="b")
+    ids = gg.from_numpy(ctx, np.array([6, 1, 6], dtype=np.int64), name="ids")  # repeated id
+    y = gg.set_rows(ctx, a, b, ids)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    assert FAST["SET_ROWS"][0](y)
+    outs = []
+    for be in (FastReferenceBackend(), gg.backend_reference_init()):
+        gg.tensor_set(a, base)
+        be.graph_compute(gf)
+        outs.append(gg.tensor_get(a))
+    assert outs[0] == outs[1] and outs[0] != base
+
+
+def test_fast_set_rows_bad_id_names_the_op():
+    ctx = gg.init(mem_size=1 << 20)
+    a = gg.new_tensor_2d(ctx, gg.TYPE_F16, 32, 4)
+    b = gg.from_numpy(ctx, np.ones((1, 32), np.float32), name="b")
+    ids = gg.from_numpy(ctx, np.array([9], dtype=np.int64), name="ids")
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, gg.set_rows(ctx, a, b, ids))
+    with pytest.raises(gg.GGMLError, match="SET_ROWS"):
+        FastReferenceBackend().graph_compute(gf)

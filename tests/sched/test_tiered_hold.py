@@ -1,0 +1,100 @@
+"""Tiered execution's hold: with an empty kernel cache the first graphs run on the fast
+reference without Numba being imported; start_compiling() hands the next graph's kernels to
+the background compiler; a cache that holds anything starts at once."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import pyggml as gg
+from pyggml.sched.tiered import TieredSched
+from pyggml.sched.warmup_bg import disk_cache_empty
+
+
+class FakeWarmup:
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, kernels):
+        self.submitted += [k.key for k in kernels]
+        return []
+
+    def landed(self):
+        return []
+
+    pending = 0
+
+    def close(self):
+        pass
+
+
+def _graph():
+    ctx = gg.init(mem_size=1 << 20)
+    x = gg.from_numpy(ctx, np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32), name="x")
+    y = gg.rms_norm(ctx, gg.add(ctx, x, x), 1e-5)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    return gf, y
+
+
+def test_disk_cache_empty(tmp_path, monkeypatch):
+    assert disk_cache_empty(str(tmp_path / "missing"))
+    (tmp_path / "numba_cpu_x").mkdir()
+    (tmp_path / "numba_cpu_x" / "k.py311.1.nbc").write_bytes(b"")   # data without an index
+    assert disk_cache_empty(str(tmp_path))
+    (tmp_path / "numba_cpu_x" / "k.py311.nbi").write_bytes(b"")
+    assert not disk_cache_empty(str(tmp_path))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert not disk_cache_empty()             # Numba's own locations: not known to be empty
+
+
+def test_hold_until_start_compiling(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    fake = FakeWarmup()
+    made = []
+    ts = TieredSched(lambda: made.append(1), warmup=fake, hold=True)
+    assert ts.held
+    gf, y = _graph()
+    ts.graph_compute(gf)
+    assert fake.submitted == [] and made == []
+    assert {ts.tensor_backend(nd).name for nd in gf.nodes} == {"fastref"}
+    held = gg.to_numpy(y).copy()
+    ts.start_compiling()
+    ts.graph_compute(gf)                      # the same graph: now its kernels are submitted
+    assert fake.submitted and not ts.held
+    np.testing.assert_array_equal(gg.to_numpy(y), held)
+    ts.close()
+
+
+def test_no_hold_with_a_cache_that_holds_anything(tmp_path, monkeypatch):
+    (tmp_path / "k.nbi").write_bytes(b"")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    ts = TieredSched(lambda: None, warmup=FakeWarmup(), hold=True)
+    assert not ts.held
+    ts.close()
+
+
+def test_held_demo_backend_does_not_import_numba(tmp_path):
+    """The demo's tiered backend, a graph computed while held: Numba is not imported."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import pyggml as gg
+        from pyggml.models.demo import make_backend
+        be = make_backend("numba", 1, tiered=True, jobs=1)
+        assert be.held, "not held"
+        ctx = gg.init(mem_size=1 << 20)
+        x = gg.from_numpy(ctx, np.ones((2, 32), np.float32), name="x")
+        gf = gg.new_graph(ctx)
+        gg.build_forward_expand(gf, gg.rms_norm(ctx, gg.add(ctx, x, x), 1e-5))
+        be.graph_compute(gf)
+        be.close()
+        print(sorted(m for m in sys.modules if m == "numba" or m.startswith("llvmlite")))
+    """)
+    env = dict(os.environ, PYGGML_CACHE_DIR=str(tmp_path), NUMBA_CACHE_DIR=str(tmp_path / "nb"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
