@@ -134,12 +134,11 @@ class Setup:
         from ..llm.loader import load_model
         self.model = load_model(path)
         try:
-            from ..llm.gguf_file import open_gguf
             from ..llm.tokenizer import Tokenizer
         except ImportError as e:
             raise gg.GGMLError(f"a real model needs pyggml's llm extra ({e}): "
                                "pip install -e '.[llm]'") from None
-        self.tokenizer = Tokenizer.from_gguf(open_gguf(path))
+        self.tokenizer = Tokenizer.from_gguf(self.model.gguf)     # the file parsed once
         self.label = os.path.basename(path)
         self.prompt = self.tokenizer.tokenize(args.text.encode("utf-8"))
 
