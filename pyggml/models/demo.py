@@ -355,7 +355,7 @@ def _report(r: dict, args) -> list:
     ]
     cpu, cpu_workers = r["first_token_cpu"]
     if r["tiered"]:
-        bg = ("the kernels' background compile started after it (empty cache)"
+        bg = ("empty cache: its graphs' kernels went to the background compile after it"
               if r.get("held_first") else
               f"{r['pending_first']} kernels still compiling in the background")
         lines.append(f"{'first token':22}{r['first_token_s']:>10.1f} s after start (tiered: both "

@@ -11,9 +11,11 @@ everything landed, the plan is the plain [Numba, reference] one.
 
 With hold=True and an empty disk cache (warmup_bg.disk_cache_empty: nothing can load, so the
 first graphs run on the fast reference whatever happens), the Numba side waits for
-`start_compiling()`: Numba, the kernel registry and the compile workers are not even imported
-until then (~1.1 s of the first token's CPU on the 2-core box), and the commands call it once
-their first token is out. A warm or partly warm cache starts at once, as without hold.
+`start_compiling()`: Numba and the kernel registry are not even imported here until then
+(~1.1 s of the first token's CPU on the 2-core box), and the commands call it once their
+first token is out. The niced workers start at once all the same (their own Numba import and
+the executor loop, which is surely cold, run on the other core). A warm or partly warm cache
+starts at once, as without hold.
 
 PYGGML_TIERED=0 (or the commands' --no-tiered) turns it off: `tiered_enabled()`.
 """
@@ -110,6 +112,8 @@ class TieredSched(Sched):
             from .warmup_bg import BackgroundWarmup
             warmup = BackgroundWarmup(jobs, log)
         self.warmup = warmup
+        if self.held and hasattr(warmup, "prestart"):
+            warmup.prestart()                  # workers start up and compile the executor
         self.log = log or (lambda line: None)
         self.n_switches = 0                    # re-plans because kernels landed
         self.ready: set = set()                # kernel keys (and EXECUTOR) usable here

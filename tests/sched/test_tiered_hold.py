@@ -9,13 +9,19 @@ import textwrap
 import numpy as np
 
 import pyggml as gg
+from pyggml.backends.numba_cpu.warmup import EXECUTOR
+from pyggml.sched import warmup_bg
 from pyggml.sched.tiered import TieredSched
+from pyggml.sched.warmup_bg import BackgroundWarmup
 from pyggml.sched.warmup_bg import disk_cache_empty
 
 
 class FakeWarmup:
     def __init__(self):
-        self.submitted = []
+        self.submitted, self.prestarted = [], False
+
+    def prestart(self):
+        self.prestarted = True
 
     def submit(self, kernels):
         self.submitted += [k.key for k in kernels]
@@ -50,12 +56,13 @@ def test_disk_cache_empty(tmp_path, monkeypatch):
     assert not disk_cache_empty()             # Numba's own locations: not known to be empty
 
 
-def test_hold_until_start_compiling(tmp_path, monkeypatch):
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+def test_hold_until_start_compiling(monkeypatch):
+    # (not NUMBA_CACHE_DIR: Numba, imported below, would keep that directory for the session)
+    monkeypatch.setattr(warmup_bg, "disk_cache_empty", lambda: True)
     fake = FakeWarmup()
     made = []
     ts = TieredSched(lambda: made.append(1), warmup=fake, hold=True)
-    assert ts.held
+    assert ts.held and fake.prestarted
     gf, y = _graph()
     ts.graph_compute(gf)
     assert fake.submitted == [] and made == []
@@ -68,11 +75,11 @@ def test_hold_until_start_compiling(tmp_path, monkeypatch):
     ts.close()
 
 
-def test_no_hold_with_a_cache_that_holds_anything(tmp_path, monkeypatch):
-    (tmp_path / "k.nbi").write_bytes(b"")
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
-    ts = TieredSched(lambda: None, warmup=FakeWarmup(), hold=True)
-    assert not ts.held
+def test_no_hold_with_a_cache_that_holds_anything(monkeypatch):
+    monkeypatch.setattr(warmup_bg, "disk_cache_empty", lambda: False)
+    fake = FakeWarmup()
+    ts = TieredSched(lambda: None, warmup=fake, hold=True)
+    assert not ts.held and not fake.prestarted
     ts.close()
 
 
@@ -98,3 +105,29 @@ def test_held_demo_backend_does_not_import_numba(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_prestart_queues_the_executor_first_and_starts_every_worker(monkeypatch):
+    bw = BackgroundWarmup(jobs=2)
+    started = []
+    monkeypatch.setattr(bw, "_start", lambda n=None: started.append(n))
+    bw.prestart()
+    bw.prestart()                             # once only
+    assert bw.queue == [[EXECUTOR]] and bw.queued == {EXECUTOR} and started == [2]
+    assert bw.pending == 1
+    bw.close()
+
+
+def test_worker_env_without_numba_is_worker_envs():
+    import sys as _sys
+
+    from pyggml.backends.numba_cpu.warmup import worker_env
+    from pyggml.sched import warmup_bg
+    want = worker_env()                       # imports Numba (the suite has it anyway)
+    numba = _sys.modules.pop("numba")
+    try:
+        got = warmup_bg._worker_env()
+    finally:
+        _sys.modules["numba"] = numba
+    assert got["PYTHONPATH"] == want["PYTHONPATH"]
+    assert got.get("NUMBA_CACHE_DIR") == want.get("NUMBA_CACHE_DIR")
