@@ -57,3 +57,29 @@ def test_fast_set_rows_bad_id_names_the_op():
     gg.build_forward_expand(gf, gg.set_rows(ctx, a, b, ids))
     with pytest.raises(gg.GGMLError, match="SET_ROWS"):
         FastReferenceBackend().graph_compute(gf)
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+@pytest.mark.parametrize("b_ne", [[64, 3, 2, 1], [64, 1, 1, 1], [1, 3, 1, 1]])
+def test_fast_binary_is_the_reference_bit_for_bit(rng, op, b_ne):
+    ctx = gg.init(mem_size=1 << 20)
+    a = gg.from_numpy(ctx, rng.standard_normal((1, 2, 3, 64)).astype(np.float32), name="a")
+    b = gg.from_numpy(ctx, rng.standard_normal(b_ne[::-1]).astype(np.float32), name="b")
+    y = getattr(gg, op)(ctx, a, b)
+    z = getattr(gg, f"{op}_inplace")(ctx, y, a)            # writes into y's memory
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, z)
+    assert FAST[op.upper()][0](y) and FAST[op.upper()][0](z)
+    FastReferenceBackend().graph_compute(gf)
+    fast = gg.to_numpy(z).copy()
+    gg.backend_reference_init().graph_compute(gf)
+    np.testing.assert_array_equal(fast, gg.to_numpy(z))
+
+
+def test_fast_binary_leaves_tiling_and_other_types_to_the_reference(rng):
+    ctx = gg.init(mem_size=1 << 20)
+    a = gg.from_numpy(ctx, rng.standard_normal((4, 64)).astype(np.float32), name="a")
+    b2 = gg.from_numpy(ctx, rng.standard_normal((2, 64)).astype(np.float32), name="b2")
+    h = gg.new_tensor_2d(ctx, gg.TYPE_F16, 64, 4)
+    assert not FAST["ADD"][0](gg.add(ctx, a, b2))          # ggml repeats b 2x: not NumPy's
+    assert not FAST["ADD"][0](gg.add(ctx, h, a))

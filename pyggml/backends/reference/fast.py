@@ -13,6 +13,8 @@ float64 oracle, so a graph that moves from this backend to Numba mid-run keeps i
   d = amax/127, q = rint(x * 127/amax)) on its dot path for quantized weights; the integer
   dots then differ from this float dot of the same dequantized values by float32 rounding.
 - SET_ROWS: the OpDef reference without reading its destination (a whole KV cache layer) first.
+- ADD / MUL of F32 tensors (b broadcast as NumPy does): one float32 ufunc into the result, the
+  reference's float64 result rounded once (double rounding is harmless for + and *).
 - FLASH_ATTN_EXT(_WITH_STATE) without ALiBi, softcap or sinks: each segment's softmax in
   float32 with BLAS products, q rounded to 8-bit blocks for quantized K under PREC_DEFAULT
   (the kernel's quant_q_row), segments and the incoming state merged by ops/fa_state's rule.
@@ -195,6 +197,19 @@ def fast_set_rows(be, node: Tensor) -> bool:
     return True
 
 
+def _binary_ok(node: Tensor) -> bool:
+    a, b = node.src[0], node.src[1]
+    return node.type == a.type == b.type == GGMLType.F32 and \
+        all(nb in (1, na) for na, nb in zip(a.ne, b.ne))
+
+
+def _binary(ufunc):
+    def fast(be, node: Tensor) -> bool:
+        ufunc(data.strided(node.src[0]), data.strided(node.src[1]), out=data.strided(node))
+        return True
+    return fast
+
+
 # --- flash attention ---------------------------------------------------------------------------
 
 FA_Q8 = Q8_SPLIT | {GGMLType.Q4_1}       # K types whose dots read q as 8-bit blocks (PREC_DEFAULT)
@@ -320,6 +335,8 @@ def fast_rope(be, node: Tensor) -> bool:
 FAST = {"MUL_MAT": (_fast_mul_mat_ok, fast_mul_mat),
         "GET_ROWS": (_fast_get_rows_ok, fast_get_rows),
         "SET_ROWS": (_set_rows_ok, fast_set_rows),
+        "ADD": (_binary_ok, _binary(np.add)),
+        "MUL": (_binary_ok, _binary(np.multiply)),
         "FLASH_ATTN_EXT": (_fa_ok, fast_fa),
         "ROPE": (_rope_ok, fast_rope),
         "FLASH_ATTN_EXT_WITH_STATE": (_ws_ok, fast_ws)}
