@@ -23,9 +23,13 @@ def test_dequant_f32_is_the_codec_bit_for_bit(rng, t):
     else:
         gg.tensor_set(w, vals.astype(np.float16).tobytes())
     got = dequant_f32(w)
-    want = data.read(w, np.float32).reshape(6, 64)
-    assert got.dtype == np.float32 and got.shape == (6, 64)
+    want = data.read(w, np.float32)
+    assert got.dtype == np.float32 and got.shape == (1, 1, 6, 64)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # a strided 3-D view of whole rows (a KV cache's cold part): rows 1, 3, 5
+    v = gg.view_3d(ctx, w, 64, 1, 3, w.nb[1], 2 * w.nb[1], w.nb[1])
+    np.testing.assert_array_equal(dequant_f32(v).view(np.uint32),
+                                  data.read(v, np.float32).view(np.uint32))
 
 
 @pytest.mark.parametrize("dst", [gg.TYPE_F16, gg.TYPE_Q4_0])

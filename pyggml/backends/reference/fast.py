@@ -72,12 +72,12 @@ _DEQUANT = {GGMLType.Q4_0: (18, 2, None, 8), GGMLType.Q4_1: (20, 4, 2, 0),
 
 
 def dequant_f32(w: Tensor) -> np.ndarray:
-    """A 2-D weight's values as a float32 (ne1, ne0) array: the codec's (data.read), with the
-    common block types decoded in place in float32 (the codec path widens and copies each
-    value several times: 17 against 5.6 ms for a 1536x576 Q4_1 matrix)."""
+    """A tensor's values as a float32 (ne3, ne2, ne1, ne0) array: the codec's (data.read),
+    with the common block types decoded in place in float32 (the codec path widens and copies
+    each value several times: 17 against 5.6 ms for a 1536x576 Q4_1 matrix)."""
     spec = _DEQUANT.get(w.type)
     if spec is None:
-        return data.read(w, np.float32).reshape(w.ne[1], w.ne[0])
+        return data.read(w, np.float32)
     size, q0, m_at, off = spec
     b = np.ascontiguousarray(data.row_bytes(w)).reshape(-1, size)
     d = f16_at(b, 0)[:, None]
@@ -92,7 +92,7 @@ def dequant_f32(w: Tensor) -> np.ndarray:
     out *= d
     if m_at is not None:
         out += f16_at(b, m_at)[:, None]
-    return out.reshape(w.ne[1], w.ne[0])
+    return out.reshape(w.ne[::-1])
 
 
 class WeightCache:
@@ -109,7 +109,7 @@ class WeightCache:
         if hit is not None and hit[0] == fp:
             self.entries[key] = hit                  # most recently used last
             return hit[1]
-        f = dequant_f32(w)
+        f = dequant_f32(w).reshape(w.ne[1], w.ne[0])
         self.entries[key] = (fp, f)
         used = sum(e[1].nbytes for e in self.entries.values())
         while used > self.max_bytes and len(self.entries) > 1:
@@ -225,8 +225,8 @@ def _fa_params_ok(node: Tensor) -> bool:
 def _segment(q, k: Tensor, v: Tensor, mask: Tensor, scale: float, prec: int):
     """One segment's (M, S, O) in float32 as the kernel computes it: q (H, N, D)."""
     H, N, _ = q.shape
-    kk = data.read(k, np.float32)[0]                 # (Hk, n_kv, D)
-    vv = data.read(v, np.float32)[0]
+    kk = dequant_f32(k)[0]                           # (Hk, n_kv, D)
+    vv = dequant_f32(v)[0]
     if not np.isfinite(vv).all() or not np.isfinite(kk).all():
         return None                                  # the reference's per-key NaN rules
     if prec == 0 and k.type in FA_Q8:
