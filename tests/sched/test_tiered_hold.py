@@ -131,3 +131,25 @@ def test_worker_env_without_numba_is_worker_envs():
         _sys.modules["numba"] = numba
     assert got["PYTHONPATH"] == want["PYTHONPATH"]
     assert got.get("NUMBA_CACHE_DIR") == want.get("NUMBA_CACHE_DIR")
+
+
+def test_demo_first_token_line_says_held_and_bench_cold_reads_it():
+    import re
+    from types import SimpleNamespace
+
+    from pyggml.models import demo
+    cfg = SimpleNamespace(n_layer=2, n_embd=64, n_vocab=100)
+    r = dict(mem={"hot": 1 << 20, "cold": 1 << 19, "total": 3 << 19}, cfg=cfg, label="x",
+             n_prompt=40, tokens=[1, 2], parted=None, tok_s_f16=2.0, tok_s_mixed=1.5,
+             tiered=True, n_fastref=2, mem_f16=4 << 20, hot=32, cold=10,
+             max_abs_dlogits=0.1, logit_scale=10.0, first_token_cpu=(5.5, 0.0),
+             first_token_s=6.25, prefill_s=5.0, pending_first=1, held_first=True,
+             switches=0, pending_end=3)
+    args = demo._parser().parse_args(["--quiet", "--graph", ""])
+    line = next(x for x in demo._report(r, args) if x.startswith("first token"))
+    assert "went to the background compile after it" in line
+    m = re.search(r"first token\s+([0-9.]+) s after start.*?CPU ([0-9.]+) s", line)  # bench_cold
+    assert m and float(m.group(1)) == 6.2 and float(m.group(2)) == 5.5
+    r["held_first"] = False
+    line = next(x for x in demo._report(r, args) if x.startswith("first token"))
+    assert "1 kernels still compiling" in line
