@@ -110,3 +110,22 @@ def test_weight_prefetch_is_the_same_and_sees_new_bytes(rng, monkeypatch):
     cache.clear()
     cache.prefetch(ws)
     np.testing.assert_array_equal(cache.get(ws[2]), dequant_f32(ws[2])[0, 0])
+
+
+def test_fast_rms_norm_is_the_reference_bit_for_bit(rng):
+    ctx = gg.init(mem_size=1 << 20)
+    v = rng.standard_normal((2, 3, 5, 96)).astype(np.float32) * 10
+    v[0, 0, 0] = 0.0                                       # a zero row: x * rsqrt(eps)
+    v[0, 0, 1, 3] = 3e38                                   # a square overflows: the row is 0/NaN
+    v[1, 2, 4] *= 1e-30                                    # tiny values
+    x = gg.from_numpy(ctx, v, name="x")
+    y = gg.rms_norm(ctx, x, 1e-6)
+    gf = gg.new_graph(ctx)
+    gg.build_forward_expand(gf, y)
+    assert FAST["RMS_NORM"][0](y)
+    FastReferenceBackend().graph_compute(gf)
+    fast = gg.to_numpy(y).copy()
+    gg.backend_reference_init().graph_compute(gf)
+    np.testing.assert_array_equal(fast.view(np.uint32), gg.to_numpy(y).view(np.uint32))
+    t = gg.rms_norm(ctx, gg.permute(ctx, x, 0, 2, 1, 3), 1e-6)
+    assert not FAST["RMS_NORM"][0](t)                      # not contiguous: the reference

@@ -13,6 +13,9 @@ float64 oracle, so a graph that moves from this backend to Numba mid-run keeps i
   d = amax/127, q = rint(x * 127/amax)) on its dot path for quantized weights; the integer
   dots then differ from this float dot of the same dequantized values by float32 rounding.
 - SET_ROWS: the OpDef reference without reading its destination (a whole KV cache layer) first.
+- RMS_NORM of a contiguous F32 tensor: the reference's steps with the elementwise ones in
+  float32 (a square or product of float32 values is exact in float64, so rounding it once
+  to float32 is the float32 result); the row sums stay float64 as the reference's.
 - ADD / MUL of F32 tensors (b broadcast as NumPy does): one float32 ufunc into the result, the
   reference's float64 result rounded once (double rounding is harmless for + and *).
 - FLASH_ATTN_EXT(_WITH_STATE) without ALiBi, softcap or sinks: each segment's softmax in
@@ -258,6 +261,24 @@ def _binary(ufunc):
     return fast
 
 
+def _rms_norm_ok(node: Tensor) -> bool:
+    x = node.src[0]
+    return node.type == x.type == GGMLType.F32 and is_contiguous(x) and is_contiguous(node) \
+        and x.ne[0] > 0
+
+
+def fast_rms_norm(be, node: Tensor) -> bool:
+    from ...ops.norm import _eps
+    from ...ops.norm import _f32
+    from ...ops.norm import _rsqrt
+    x = data.strided(node.src[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = np.square(x).astype(np.float64).sum(axis=-1, keepdims=True)
+        r = _rsqrt(_f32(_f32(sums / x.shape[-1]) + _eps(node.op.p(node))))
+        np.multiply(x, r.astype(np.float32), out=data.strided(node))
+    return True
+
+
 # --- flash attention ---------------------------------------------------------------------------
 
 FA_Q8 = Q8_SPLIT | {GGMLType.Q4_1}       # K types whose dots read q as 8-bit blocks (PREC_DEFAULT)
@@ -383,6 +404,7 @@ def fast_rope(be, node: Tensor) -> bool:
 FAST = {"MUL_MAT": (_fast_mul_mat_ok, fast_mul_mat),
         "GET_ROWS": (_fast_get_rows_ok, fast_get_rows),
         "SET_ROWS": (_set_rows_ok, fast_set_rows),
+        "RMS_NORM": (_rms_norm_ok, fast_rms_norm),
         "ADD": (_binary_ok, _binary(np.add)),
         "MUL": (_binary_ok, _binary(np.multiply)),
         "FLASH_ATTN_EXT": (_fa_ok, fast_fa),
