@@ -26,8 +26,6 @@ inconsistent state, non-finite K/V) run their OpDef reference, as in ReferenceBa
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ... import data
@@ -100,67 +98,22 @@ def dequant_f32(w: Tensor) -> np.ndarray:
     return out.reshape(w.ne[::-1])
 
 
-def _key(w: Tensor) -> tuple:
-    return (w.data_ptr, int(w.type), tuple(w.ne), tuple(w.nb))
-
-
-def _decode(w: Tensor) -> tuple:
-    return _fingerprint(w), dequant_f32(w).reshape(w.ne[1], w.ne[0])
-
-
 class WeightCache:
-    """float32 (m, k) copies of weight matrices, keyed by where and what they are.
-
-    `prefetch(weights)` decodes the ones not cached in a background thread, in the order
-    given (a graph's): the first graph of a model decodes every weight, and NumPy's loops
-    release the GIL, so on a free core the decoding runs beside the graph's compute instead of
-    before each mul_mat. get() waits for a weight being prefetched, and uses it only if the
-    bytes it was decoded from are still the weight's (same fingerprint)."""
+    """float32 (m, k) copies of weight matrices, keyed by where and what they are."""
 
     def __init__(self, max_bytes: int = CACHE_BYTES):
         self.max_bytes = max_bytes
         self.entries: dict = {}          # key -> (fingerprint, float32 array)
-        self.pending: dict = {}          # key -> [event, (fingerprint, array) or None]
-
-    def prefetch(self, weights) -> None:
-        todo = []
-        for w in weights:
-            key = _key(w)
-            if key not in self.entries and key not in self.pending:
-                slot = self.pending[key] = [threading.Event(), None]
-                todo.append((w, slot))
-        if not todo:
-            return
-
-        def run():
-            for w, slot in todo:
-                try:
-                    slot[1] = _decode(w)
-                except Exception:        # noqa: BLE001  get() decodes it itself (and raises)
-                    pass
-                finally:
-                    slot[0].set()
-        threading.Thread(target=run, name="fastref-decode", daemon=True).start()
 
     def get(self, w: Tensor) -> np.ndarray:
-        key = _key(w)
+        key = (w.data_ptr, int(w.type), tuple(w.ne), tuple(w.nb))
         fp = _fingerprint(w)
-        slot = self.pending.pop(key, None)
-        if slot is not None:
-            slot[0].wait()
-            if slot[1] is not None and slot[1][0] == fp:
-                self.entries.pop(key, None)
-                self.entries[key] = slot[1]
-                return self._trim(slot[1][1])
         hit = self.entries.pop(key, None)
         if hit is not None and hit[0] == fp:
             self.entries[key] = hit                  # most recently used last
             return hit[1]
         f = dequant_f32(w).reshape(w.ne[1], w.ne[0])
         self.entries[key] = (fp, f)
-        return self._trim(f)
-
-    def _trim(self, f: np.ndarray) -> np.ndarray:
         used = sum(e[1].nbytes for e in self.entries.values())
         while used > self.max_bytes and len(self.entries) > 1:
             _, (_, old) = next(iter(self.entries.items()))
@@ -170,7 +123,6 @@ class WeightCache:
 
     def clear(self) -> None:
         self.entries.clear()
-        self.pending.clear()
 
 
 def quantize_act_q8_split(x: np.ndarray, fa: bool = False) -> np.ndarray:
@@ -427,9 +379,6 @@ class FastReferenceBackend(ReferenceBackend):
         from threadpoolctl import ThreadpoolController
         if self._blas is None:
             self._blas = ThreadpoolController()
-        self.weights.prefetch(nd.src[0] for nd in gf.nodes
-                              if nd.op is not None and nd.op.name == "MUL_MAT"
-                              and _fast_mul_mat_ok(nd))
         with self._blas.limit(limits=1, user_api="blas"):
             super().graph_compute(gf, eval_cb)
 
