@@ -56,6 +56,7 @@ class ReadyKernels(Backend):
         self.ready = ready
         self.kernels = getattr(self.inner, "kernels", None)
         self.graph_ready = None      # whole-graph policy: the graph being planned is all ready
+        self._lookup = None
 
     def backend(self) -> Backend:
         if self.inner is None:
@@ -67,8 +68,10 @@ class ReadyKernels(Backend):
             return True
         if EXECUTOR not in self.ready or self.graph_ready is False:
             return False
-        from ..backends.numba_cpu.kernels import lookup  # imports Numba: only once ready
-        k = lookup(node, self.kernels)
+        if self._lookup is None:               # the registry imports Numba: only once ready
+            from ..backends.numba_cpu.kernels import lookup
+            self._lookup = lookup
+        k = self._lookup(node, self.kernels)
         return k is not None and k.key in self.ready
 
     def graph_compute(self, gf, eval_cb=None) -> None:
