@@ -10,11 +10,17 @@ decoded token (building, lowering, computing).
     python tools/bench_cold.py demo [-j N]                          # pyggml demo's model
     python tools/bench_cold.py measure [--cache ...]                # per-kernel compile seconds
     python tools/bench_cold.py pyggml-demo [-r N] [--no-tiered]      # the real `pyggml demo`
+    python tools/bench_cold.py phases [--pythonpath TREE]            # where its CPU goes
 
 By default the model runs tiered (sched/tiered.py: nodes start on the NumPy fast reference
 while the kernels compile in niced background workers); --no-tiered compiles them first
 (warmup.warm). `pyggml-demo` runs the real command with an empty cache and reads its "first
 token" line (wall and CPU seconds of the demo process up to it).
+
+With an empty cache the demo holds Numba back until its first token (sched/tiered.py: hold),
+so the prompt runs on the fast reference without importing it. `phases` runs the demo's
+setup and both prefills in one process with an empty cache and prints CPU seconds of the
+main thread per phase and per op (no profiler: its overhead distorts NumPy-heavy code).
 
 `measure` compiles the SmolLM2 graph's kernels one after the other in one fresh process
 (warmup --measure's method) and prints each kernel's cold compile time.
@@ -92,6 +98,64 @@ print(json.dumps(rec))
 """
 
 
+PHASES = r"""
+import collections, json, os, sys, time
+cpu = time.thread_time                       # this thread: the prefetch thread's work is not it
+c0 = cpu()
+from pyggml.models import demo
+import pyggml.models.llama as L
+from pyggml.backends.reference import fast as F
+acc, cnt = collections.Counter(), collections.Counter()
+acc["import"] = cpu() - c0
+def timed(obj, name, label=None, count=False):
+    orig = getattr(obj, name)
+    def f(*a, **k):
+        t = cpu()
+        try:
+            return orig(*a, **k)
+        finally:
+            key = label or a[1].op.name
+            acc[key] += cpu() - t
+            cnt[key] += count
+    setattr(obj, name, f)
+timed(F.FastReferenceBackend, "compute_node", count=True)
+timed(F.WeightCache, "get", "  of which weights.get")
+timed(demo.Setup, "__init__", "setup (model, tokenizer)")
+timed(demo, "make_backend", "make_backend")
+class FirstToken(Exception):
+    pass
+step = L.Decoder.step
+def first_decode_stops(self, ids, n_pad=None, all_logits=True, **kw):
+    if n_pad is None and len(ids) == 1:       # the first decode step: the first token is out
+        raise FirstToken
+    t = cpu()
+    try:
+        return step(self, ids, n_pad, all_logits, **kw)
+    finally:
+        acc["steps (graphs)"] += cpu() - t
+L.Decoder.step = first_decode_stops
+args = demo._parser().parse_args(["--quiet", "--graph", "", "--tokens", "1"])
+try:
+    demo.run(args, finish=False)
+except FirstToken:
+    pass
+acc["total (main thread)"] = cpu()
+tm = os.times()
+acc["total (process, all threads)"] = tm.user + tm.system
+print(json.dumps({"cpu": acc, "n": cnt, "numba_imported": "numba" in sys.modules}))
+os._exit(0)
+"""
+
+
+def run_phases(pythonpath: str = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="pyggml-cold-") as d:
+        out = subprocess.run([sys.executable, "-c", PHASES], env=_env(d, pythonpath),
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _env(d: str, pythonpath: str = None) -> dict:
     env = dict(os.environ, PYGGML_CACHE_DIR=d, NUMBA_CACHE_DIR=os.path.join(d, "numba"))
     if pythonpath:
@@ -141,7 +205,7 @@ def run_demo(jobs: int, tokens: int, pythonpath: str = None, tiered: bool = True
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("smollm2", "demo", "measure", "pyggml-demo"))
+    ap.add_argument("what", choices=("smollm2", "demo", "measure", "pyggml-demo", "phases"))
     ap.add_argument("--no-tiered", dest="tiered", action="store_false")
     ap.add_argument("--tokens", type=int, default=16, help="pyggml-demo: tokens to decode")
     ap.add_argument("-j", "--jobs", type=int, default=2)
@@ -151,6 +215,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pythonpath", default=None, help="PYTHONPATH of the child (another tree)")
     args = ap.parse_args(argv)
     for _ in range(args.repeats):
+        if args.what == "phases":
+            r = run_phases(args.pythonpath)
+            print(f"load {os.getloadavg()[0]:.1f}; CPU seconds to the first token (numba "
+                  f"imported by then: {r['numba_imported']})")
+            for k, v in sorted(r["cpu"].items(), key=lambda kv: -kv[1]):
+                print(f"  {k:<32} {v:6.2f}" + (f"  {r['n'][k]} nodes" if r["n"].get(k) else ""))
+            continue
         if args.what == "pyggml-demo":
             r = run_demo(args.jobs, args.tokens, args.pythonpath, args.tiered)
             print(f"ttft={r['ttft']:.1f} cpu_first={r['cpu_first']:.1f} "

@@ -9,6 +9,14 @@ scheduler loads the kernels that landed since the last one; when any did, every 
 re-planned, and the nodes they run move to Numba (between graphs, never inside one). Once
 everything landed, the plan is the plain [Numba, reference] one.
 
+With hold=True and an empty disk cache (warmup_bg.disk_cache_empty: nothing can load, so the
+first graphs run on the fast reference whatever happens), the Numba side waits for
+`start_compiling()`: Numba and the kernel registry are not even imported here until then
+(~1.1 s of the first token's CPU on the 2-core box), and the commands call it once their
+first token is out. The niced workers start at once all the same (their own Numba import and
+the executor loop, which is surely cold, run on the other core). A warm or partly warm cache
+starts at once, as without hold.
+
 PYGGML_TIERED=0 (or the commands' --no-tiered) turns it off: `tiered_enabled()`.
 """
 from __future__ import annotations
@@ -19,7 +27,6 @@ from typing import Optional
 
 from ..backends.base import Backend
 from ..backends.base import is_computed
-from ..backends.numba_cpu.kernels import lookup
 from ..backends.numba_cpu.warmup import EXECUTOR
 from ..backends.numba_cpu.warmup import graph_kernels
 from ..backends.reference.fast import FastReferenceBackend
@@ -49,6 +56,7 @@ class ReadyKernels(Backend):
         self.ready = ready
         self.kernels = getattr(self.inner, "kernels", None)
         self.graph_ready = None      # whole-graph policy: the graph being planned is all ready
+        self._lookup = None
 
     def backend(self) -> Backend:
         if self.inner is None:
@@ -60,7 +68,10 @@ class ReadyKernels(Backend):
             return True
         if EXECUTOR not in self.ready or self.graph_ready is False:
             return False
-        k = lookup(node, self.kernels)
+        if self._lookup is None:               # the registry imports Numba: only once ready
+            from ..backends.numba_cpu.kernels import lookup
+            self._lookup = lookup
+        k = self._lookup(node, self.kernels)
         return k is not None and k.key in self.ready
 
     def graph_compute(self, gf, eval_cb=None) -> None:
@@ -89,16 +100,23 @@ class TieredSched(Sched):
     NumPy, 362 with MUL_MAT) and each costs copies and an executor hand-off, so SmolLM2's
     decode step took 661 (no ROPE) and 1687 (no MUL_MAT) ms of CPU against 165 all on the
     fast reference and 114 all on Numba (same process, load ~15). per_node=True hands over
-    each node as its kernel lands."""
+    each node as its kernel lands.
+
+    `hold=True`: when the disk cache is empty, nothing Numba starts (not even its import)
+    until `start_compiling()`; every graph runs on the fast reference until then."""
 
     def __init__(self, numba, fallback: Optional[Backend] = None, warmup=None,
                  jobs: Optional[int] = None, log: Optional[Callable] = None,
-                 eval_cb=None, per_node: bool = False):
+                 eval_cb=None, per_node: bool = False, hold: bool = False):
+        from .warmup_bg import disk_cache_empty
         self.per_node = per_node
+        self.held = hold and disk_cache_empty()
         if warmup is None:
             from .warmup_bg import BackgroundWarmup
             warmup = BackgroundWarmup(jobs, log)
         self.warmup = warmup
+        if self.held and hasattr(warmup, "prestart"):
+            warmup.prestart()                  # workers start up and compile the executor
         self.log = log or (lambda line: None)
         self.n_switches = 0                    # re-plans because kernels landed
         self.ready: set = set()                # kernel keys (and EXECUTOR) usable here
@@ -121,7 +139,16 @@ class TieredSched(Sched):
                 continue
             self.ready.add(key)
 
+    def start_compiling(self) -> None:
+        """End a hold: the next graph's kernels go to the background compiler."""
+        self.held = False
+
     def alloc_graph(self, gf) -> None:
+        gate = self.backends[0]
+        if self.held:                          # all on the fast reference, Numba untouched
+            gate.graph_ready = False
+            super().alloc_graph(gf)
+            return
         n = len(self.ready)
         keys = gf.cache.get(self._keys_slot)
         if keys is None:                       # a new graph: its kernels start compiling
@@ -132,7 +159,6 @@ class TieredSched(Sched):
         if len(self.ready) != n:
             self.n_switches += 1
             self.reset()                       # every graph re-plans on its next compute
-        gate = self.backends[0]
         gate.graph_ready = None if self.per_node else keys <= self.ready
         super().alloc_graph(gf)
 

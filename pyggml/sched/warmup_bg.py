@@ -32,6 +32,32 @@ from ..backends.numba_cpu.warmup import worker_env
 NICE = 10                         # workers' niceness: the process computing keeps its core
 
 
+def _worker_env() -> dict:
+    """warmup.worker_env(), without importing Numba while it is not: its cache directory is
+    then the environment's NUMBA_CACHE_DIR (pyggml's import sets it), as Numba's config reads."""
+    if "numba" in sys.modules:
+        return worker_env()
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["pyggml"].__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    return env
+
+
+def disk_cache_empty(path: Optional[str] = None) -> bool:
+    """True when Numba's cache directory (NUMBA_CACHE_DIR, which pyggml's import sets) holds
+    no index file (*.nbi) at all: nothing can load from it, found without importing Numba.
+    Numba's default per-source __pycache__ directories (no NUMBA_CACHE_DIR) are not looked
+    at: False, as for any cache that may hold something."""
+    path = path or os.environ.get("NUMBA_CACHE_DIR")
+    if not path:
+        return False
+    for _, _, files in os.walk(path):
+        if any(f.endswith(".nbi") for f in files):
+            return False
+    return True
+
+
 class BackgroundWarmup:
     def __init__(self, jobs: Optional[int] = None, log: Optional[Callable] = None,
                  nice: int = NICE):
@@ -90,6 +116,21 @@ class BackgroundWarmup:
                  f"{sum(cost(k) for u in units for k in u):.0f} s of compile on one core)")
         return ready
 
+    def prestart(self) -> None:
+        """Start the workers now with the executor loop queued, before any kernel is asked
+        for: the caller knows the cache is empty (so the executor is cold) and keeps Numba out
+        of its own process for now (tiered hold), while the workers' start-up (each imports
+        Numba) and the executor's compile use the other core."""
+        if not parallel_ok():
+            return
+        with self.cond:
+            if EXECUTOR in self.queued:
+                return
+            self.queued.add(EXECUTOR)
+            self.queue.insert(0, [EXECUTOR])
+            self.cond.notify_all()
+        self._start(self.jobs)
+
     def landed(self) -> list:
         with self.cond:
             out, self._landed = self._landed, []
@@ -131,12 +172,13 @@ class BackgroundWarmup:
             self.lock_path = None
 
     # --- workers -----------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, n: Optional[int] = None) -> None:
+        """Start feeders (one worker each): n, else one per queued unit, up to jobs."""
         if self.threads or self.closed:
             return
         fd, self.lock_path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
         os.close(fd)
-        n = min(self.jobs, len(self.queue))
+        n = min(self.jobs, len(self.queue) if n is None else n)
         for i in range(max(1, n)):
             t = threading.Thread(target=self._feed, args=(i + 1,), name=f"tiered-warmup-{i + 1}",
                                  daemon=True)
@@ -148,7 +190,7 @@ class BackgroundWarmup:
         argv = [sys.executable, "-c", f"import os; os.nice({int(self.nice)}); from "
                 "pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
                 self.lock_path]
-        p = subprocess.Popen(argv, env=worker_env(), stdin=subprocess.PIPE,
+        p = subprocess.Popen(argv, env=_worker_env(), stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True, bufsize=1)
         with self.cond:
