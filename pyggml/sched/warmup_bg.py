@@ -32,18 +32,6 @@ from ..backends.numba_cpu.warmup import worker_env
 NICE = 10                         # workers' niceness: the process computing keeps its core
 
 
-def _worker_env() -> dict:
-    """warmup.worker_env(), without importing Numba while it is not: its cache directory is
-    then the environment's NUMBA_CACHE_DIR (pyggml's import sets it), as Numba's config reads."""
-    if "numba" in sys.modules:
-        return worker_env()
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["pyggml"].__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    return env
-
-
 def disk_cache_empty(path: Optional[str] = None) -> bool:
     """True when Numba's cache directory (NUMBA_CACHE_DIR, which pyggml's import sets) holds
     no index file (*.nbi) at all: nothing can load from it, found without importing Numba.
@@ -190,7 +178,7 @@ class BackgroundWarmup:
         argv = [sys.executable, "-c", f"import os; os.nice({int(self.nice)}); from "
                 "pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
                 self.lock_path]
-        p = subprocess.Popen(argv, env=_worker_env(), stdin=subprocess.PIPE,
+        p = subprocess.Popen(argv, env=worker_env(), stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True, bufsize=1)
         with self.cond:

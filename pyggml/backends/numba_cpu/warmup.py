@@ -225,13 +225,16 @@ def _worker_argv(lock_path: str) -> list:
 
 
 def worker_env() -> dict:
-    """The environment of a compile worker: this pyggml first on its path, this Numba cache."""
-    import numba
+    """The environment of a compile worker: this pyggml first on its path, this Numba cache.
+    Numba is not imported for it: while it is not loaded (the tiered hold), its cache
+    directory is the environment's NUMBA_CACHE_DIR (pyggml's import sets it), as Numba's
+    config will read it."""
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["pyggml"].__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
         os.pathsep) if p])
-    if numba.config.CACHE_DIR:                        # also when set in-process, not by env
+    numba = sys.modules.get("numba")
+    if numba is not None and numba.config.CACHE_DIR:  # also when set in-process, not by env
         env["NUMBA_CACHE_DIR"] = numba.config.CACHE_DIR
     return env
 
