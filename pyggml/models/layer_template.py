@@ -45,7 +45,8 @@ class LayerTemplate:
                  expands: list, added: tuple = None):
         self.ctx, self.gf, self.cache, self.il0 = ctx, gf, cache, il0
         self.inp0, self.out0 = inp0, out0
-        # per tensor of the first layer: (tensor, name parts or None for a leaf, its record)
+        # per tensor of the first layer: (tensor, name parts or None for a leaf, its record;
+        # its sources as those up to the last set one and the Nones after)
         self.rows = rows
         self.expands = expands      # the first layer's build_forward_expand calls, in order
         # what those expands appended to the graph, in order: (is_node, tensor) pairs
@@ -64,14 +65,14 @@ class LayerTemplate:
         tag = str(il)
         n = 0
         # Context.new_node inline (its room for every stamp was checked by record)
-        for t0, parts, shape, vs, offs, params, op, src, flags in self.rows:
+        for t0, parts, shape, vs, offs, params, op, src, pad, flags in self.rows:
             if parts is None:                   # a leaf the layer made: the cache's input?
                 t = layer_input(ctx, t0, il)
                 if t is not None:
                     m[t0] = t
                 continue                        # else one all layers share
             t = _record(ctx, shape, None if vs is None else get(vs, vs), offs, params, op,
-                        list(map(get, src, src)))
+                        [*map(get, src, src), *pad])
             t.name = tag.join(parts)
             t.flags = flags
             add(t)
@@ -115,7 +116,7 @@ class LayerTemplate:
                 continue
             # what expand would do here: a node after its sources, a leaf with none
             leaf = t.op is None and not t.flags & TENSOR_FLAG_PARAM
-            if leaf == is_node or any([s is not None and s not in visited for s in t.src]):
+            if leaf == is_node or not visited.issuperset(filter(None, t.src)):
                 _undo(visited, nodes, nn, "node_")          # the layer is walked instead
                 _undo(visited, leafs, nl, "leaf_")
                 return False
@@ -189,13 +190,15 @@ def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
     rows = []
     for t in made:
         if t.op is None:
-            rows.append((t, None) + (None,) * 7)
+            rows.append((t, None) + (None,) * 8)
             continue
         name = "" if _AUTO_NAME.fullmatch(t.name) else t.name
         # a name near the length limit could be cut differently for a longer index; a
         # graph-given name inside another (a view of node_3) depends on the node's place
         if len(name) > MAX_NAME - 8 or "node_" in name or "leaf_" in name:
             return out, None
+        # the sources up to the last that is set, and the Nones after it (mapped: 2-3)
+        n = len(t.srcs)
         rows.append((t, split.split(name), kept_shape(t), t.view_src, t.view_offs,
-                     t.op_params, t.op, t.src, t.flags))
+                     t.op_params, t.op, tuple(t.src[:n]), (None,) * (len(t.src) - n), t.flags))
     return out, LayerTemplate(ctx, gf, cache, il0, inp, out, rows, expands, tuple(added))
