@@ -111,7 +111,7 @@ def test_a_layer_of_other_weight_types_is_built(monkeypatch):
     assert n[0] == CFG.n_layer - 2
     assert a == _graph(m2, "f16", 1, 5, stamp=False, monkeypatch=monkeypatch)
     assert a["graph"] != _graph(m, "f16", 1, 5, monkeypatch=monkeypatch)["graph"]
-    # nothing is kept between builds: a weight replaced in place after a stamped build
+    # a weight replaced in place after a stamped build (the weight pairs kept are dropped)
     before = _graph(m, "f16", 1, 5, monkeypatch=monkeypatch)
     plain_v = m.w["blk.2.attn_v.weight"]
     m.w["blk.2.attn_v.weight"] = w["blk.2.attn_v.weight"]
