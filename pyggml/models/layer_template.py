@@ -39,17 +39,23 @@ _record = Tensor._record
 class LayerTemplate:
     """The records of one built layer; `stamp` makes another layer from them."""
 
-    __slots__ = ("ctx", "gf", "il0", "inp0", "out0", "rows", "expands", "cache", "added")
+    __slots__ = ("ctx", "gf", "il0", "inp0", "out0", "rows", "expands", "cache", "added",
+                 "tail", "prev")
 
     def __init__(self, ctx, gf: CGraph, cache, il0: int, inp0, out0, rows: list,
                  expands: list, added: tuple = None):
         self.ctx, self.gf, self.cache, self.il0 = ctx, gf, cache, il0
         self.inp0, self.out0 = inp0, out0
-        # per tensor of the first layer: (tensor, name parts or None for a leaf, its record)
+        # per tensor of the first layer: (tensor, name parts or None for a leaf, its record;
+        # its sources as those up to the last set one and the Nones after)
         self.rows = rows
         self.expands = expands      # the first layer's build_forward_expand calls, in order
         # what those expands appended to the graph, in order: (is_node, tensor) pairs
         self.added = added
+        # what the walk from the first layer's output appended (the rest of that layer, as
+        # the second layer's expands reach it): its leafs and its nodes, in order; and the
+        # map of the last layer stamped ({first layer's tensor: that layer's})
+        self.tail = self.prev = None
 
     def stamp(self, il: int, inp, layer_map: dict):
         """Layer il over input inp (the previous layer's output): returns its output.
@@ -64,14 +70,14 @@ class LayerTemplate:
         tag = str(il)
         n = 0
         # Context.new_node inline (its room for every stamp was checked by record)
-        for t0, parts, shape, vs, offs, params, op, src, flags in self.rows:
+        for t0, parts, shape, vs, offs, params, op, src, pad, flags in self.rows:
             if parts is None:                   # a leaf the layer made: the cache's input?
                 t = layer_input(ctx, t0, il)
                 if t is not None:
                     m[t0] = t
                 continue                        # else one all layers share
             t = _record(ctx, shape, None if vs is None else get(vs, vs), offs, params, op,
-                        list(map(get, src, src)))
+                        [*map(get, src, src), *pad])
             t.name = tag.join(parts)
             t.flags = flags
             add(t)
@@ -82,6 +88,7 @@ class LayerTemplate:
             expand = self.gf.expand
             for e in self.expands:
                 expand(get(e, e))
+        self.prev = m
         return m[self.out0]
 
     def _replay(self, m: dict, layer_map: dict) -> bool:
@@ -111,11 +118,11 @@ class LayerTemplate:
             if t in visited:
                 continue
             if t is inp:                    # the previous layer's rest, then the input
-                gf.expand(t)
+                self._expand_input(inp)
                 continue
             # what expand would do here: a node after its sources, a leaf with none
             leaf = t.op is None and not t.flags & TENSOR_FLAG_PARAM
-            if leaf == is_node or any([s is not None and s not in visited for s in t.src]):
+            if leaf == is_node or not visited.issuperset(filter(None, t.src)):
                 _undo(visited, nodes, nn, "node_")          # the layer is walked instead
                 _undo(visited, leafs, nl, "leaf_")
                 return False
@@ -131,6 +138,51 @@ class LayerTemplate:
         if len(nodes) + len(leafs) != nn + nl:
             gf.version += 1
         return True
+
+
+    def _expand_input(self, inp) -> None:
+        """gf.expand(inp), inp a layer's output: the rest of that layer is appended. When
+        that layer was stamped from this template, the walk from the first layer's output
+        (noted as `tail` the first time) is replayed with its tensors, checked as _replay
+        checks (each node after its sources, each leaf a plain one); else (or when a check
+        fails: what was appended is taken back) the layer is walked."""
+        gf = self.gf
+        nodes, leafs, visited = gf.nodes, gf.leafs, gf._visited
+        nn, nl = len(nodes), len(leafs)
+        prev = self.prev
+        if self.tail is not None and prev is not None and prev.get(self.out0) is inp:
+            get = prev.get
+            tail_leafs, tail_nodes = self.tail
+            for t0 in tail_leafs:
+                t = get(t0, t0)
+                if t in visited:
+                    continue
+                if t.op is not None or t.flags & TENSOR_FLAG_PARAM or any(t.src):
+                    break
+                visited.add(t)
+                if not t.name:
+                    t.name = f"leaf_{len(leafs)}"
+                leafs.append(t)
+            else:
+                for t0 in tail_nodes:
+                    t = get(t0, t0)
+                    if t in visited:
+                        continue
+                    if t.op is None and not t.flags & TENSOR_FLAG_PARAM or \
+                            not visited.issuperset(filter(None, t.src)):
+                        break
+                    visited.add(t)
+                    if not t.name:
+                        t.name = f"node_{len(nodes)}"
+                    nodes.append(t)
+                else:
+                    if inp in visited:
+                        return
+            _undo(visited, nodes, nn, "node_")          # the layer is walked instead
+            _undo(visited, leafs, nl, "leaf_")
+        gf.expand(inp)
+        if inp is self.out0 and self.tail is None:
+            self.tail = (tuple(leafs[nl:]), tuple(nodes[nn:]))
 
 
 def _undo(visited: set, to: list, n: int, auto: str) -> None:
@@ -189,13 +241,15 @@ def record(ctx, gf: CGraph, cache, il0: int, inp, build_layer: Callable,
     rows = []
     for t in made:
         if t.op is None:
-            rows.append((t, None) + (None,) * 7)
+            rows.append((t, None) + (None,) * 8)
             continue
         name = "" if _AUTO_NAME.fullmatch(t.name) else t.name
         # a name near the length limit could be cut differently for a longer index; a
         # graph-given name inside another (a view of node_3) depends on the node's place
         if len(name) > MAX_NAME - 8 or "node_" in name or "leaf_" in name:
             return out, None
+        # the sources up to the last that is set, and the Nones after it (mapped: 2-3)
+        n = len(t.srcs)
         rows.append((t, split.split(name), kept_shape(t), t.view_src, t.view_offs,
-                     t.op_params, t.op, t.src, t.flags))
+                     t.op_params, t.op, tuple(t.src[:n]), (None,) * (len(t.src) - n), t.flags))
     return out, LayerTemplate(ctx, gf, cache, il0, inp, out, rows, expands, tuple(added))

@@ -167,12 +167,19 @@ class LlamaModel:
 
 
     def _layer_weights(self) -> dict:
-        """{layer index as text: {name after "blk.N.": weight}}, in one pass."""
-        groups: dict = {}
+        """{layer index as text: {name after "blk.N.": weight}}, in one pass; kept with the
+        layer maps' checked weight pairs (_layer_map) while the model holds the same tensors
+        under the same names (a tensor's type, ne and nb do not change)."""
+        key = (tuple(self.w), tuple(self.w.values()))        # compared by identity first
+        kept = self.__dict__.get("_kept_weights")
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        groups: dict = {"pairs": {}}                  # (il0, il) -> weight pairs or None
         for name, t in self.w.items():
             if name.startswith("blk."):
                 i, _, rest = name[4:].partition(".")
                 groups.setdefault(i, {})[rest] = t
+        self._kept_weights = (key, groups)
         return groups
 
     @staticmethod
@@ -180,15 +187,32 @@ class LlamaModel:
         """{layer il0's weight or cache store: layer il's}, or None when layer il differs
         from il0 in more than which tensors it reads (another weight type or shape, a
         weight il0 lacks or has alone): then it is built through the ops."""
-        g0, g = groups.get(str(il0), {}), groups.get(str(il), {})
-        if len(g) != len(g0):
+        kept = groups["pairs"]
+        wpairs = kept.get((il0, il), False)
+        if wpairs is False:
+            g0, g = groups.get(str(il0), {}), groups.get(str(il), {})
+            wpairs = None
+            if len(g) == len(g0):
+                wpairs = [(a, g.get(name)) for name, a in g0.items()]
+                if not _same_layouts(wpairs):
+                    wpairs = None
+            kept[il0, il] = wpairs
+        if wpairs is None:
             return None
-        pairs = [(a, g.get(name)) for name, a in g0.items()]
-        pairs += zip(cache.layer_tensors(il0), cache.layer_tensors(il))
-        for a, b in pairs:
-            if b is None or a.type is not b.type or a.ne != b.ne or a.nb != b.nb:
-                return None
-        return dict(pairs)
+        pairs = list(zip(cache.layer_tensors(il0), cache.layer_tensors(il)))
+        if not _same_layouts(pairs):
+            return None
+        m = dict(wpairs)
+        m.update(pairs)
+        return m
+
+
+def _same_layouts(pairs) -> bool:
+    """Every (a, b) pair has b, of a's type, ne and nb."""
+    for a, b in pairs:
+        if b is None or a.type is not b.type or a.ne != b.ne or a.nb != b.nb:
+            return False
+    return True
 
 
 class StepGraph(NamedTuple):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from heapq import heappop
 from heapq import heappush
+from itertools import chain
 from itertools import compress
 from itertools import count
 
@@ -25,18 +26,20 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     """Allocate every tensor of gf that lacks data; returns the bytes allocated."""
     order = gf.leafs + gf.nodes
     n_leafs = len(gf.leafs)
-    # roots (tensors owning memory) that lack data, in first-seen order; where each
-    # tensor sits in the order, and the last position that reads each root
+    # roots (tensors owning memory) that lack data, in first-seen order; the place of
+    # those the order holds, and the last position that reads each
     # (dicts keyed by the tensors themselves: they hash by identity)
     todo: dict = {}
-    pos: dict = {}                      # (only roots' places are asked)
-    last: dict = {}                     # (only for roots that lack data)
+    at: dict = {}                       # root of the order -> its (last) position
+    n_at = 0                            # (more than len(at): a tensor is in the order twice)
+    last: dict = {}
     for i, t in enumerate(order):
         r = t.view_src
         if r is None:
-            pos[t] = i
             if t._buffer is None:
                 todo[t] = None
+                at[t] = i
+                n_at += 1
         elif r._buffer is None:
             todo[r] = None
         for s in filter(None, t.src):          # the sources that are set (tensors are truthy)
@@ -51,6 +54,15 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
     out = gf.nodes[-1] if gf.nodes else None
     out_root = (out.view_src if out.view_src is not None else out) if out is not None else None
+    # in execution order: roots outside the order first (by first sight), then the order's
+    # by position (at holds them in that order unless a tensor is in the order twice)
+    if n_at == len(at):
+        ranked = at.items()
+        if len(at) != len(todo):
+            ranked = chain([(t, -1) for t in todo if t not in at], ranked)
+    else:
+        ranked = [(t, i) for i, _, t in
+                  sorted((at.get(t, -1), j, t) for j, t in enumerate(todo))]  # (i, j) unique
     # greedy first-fit over a free list, in execution order; a slot is released once the
     # last node reading it has run (graph inputs, outputs and leafs keep theirs)
     foff: list[int] = []                # the free list: offsets and sizes, in release order
@@ -58,14 +70,12 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     top = 0
     offsets: dict = {}
     live: list[tuple] = []              # heap of (last use, seq, offset, size)
-    # in execution order (roots outside the order first, by first sight)
-    ranked = sorted((pos.get(t, -1), j, t) for j, t in enumerate(todo))   # (i, j) unique
-    for seq, (i, _, t) in enumerate(ranked):
+    for seq, (t, i) in enumerate(ranked):
         while live and live[0][0] < i:
             _, _, o, s = heappop(live)
             foff.append(o)
             fsize.append(s)
-        size = (max(kept_shape(t)[4], 1) + ALIGN - 1) // ALIGN * ALIGN    # nbytes(t)
+        size = ((kept_shape(t)[4] or 1) + ALIGN - 1) & -ALIGN      # nbytes(t), aligned
         # the first free block that is large enough (the scan runs in C: the list holds
         # tens of blocks and a graph has hundreds of tensors)
         j = next(compress(count(), map(size.__le__, fsize)), -1) if fsize else -1
@@ -85,4 +95,3 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
     set_buffers(buf, offsets)
     return top
-

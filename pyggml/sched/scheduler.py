@@ -62,6 +62,7 @@ class Sched(Backend):
         self.eval_cb = eval_cb
         self.assignment: dict[int, object] = {}      # id(node) -> backend
         self.pinned: dict[int, object] = {}
+        self._pins = 0                             # bumped by every sched_set_tensor_backend
         self.splits: list[Split] = []
         self._graph: Optional[CGraph] = None
         self._key = None
@@ -169,8 +170,7 @@ class Sched(Backend):
 
     # --- public ----------------------------------------------------------------------------
     def alloc_graph(self, gf: CGraph) -> None:
-        key = (gf.version, _tensor_mod.PARAMS_EPOCH, self._generation,
-               tuple(sorted((k, id(v)) for k, v in self.pinned.items())))
+        key = (gf.version, _tensor_mod.PARAMS_EPOCH, self._generation, self._pins)
         if gf is self._graph and key == self._key:
             return
         kept = gf.cache.get(self._slot)
@@ -291,6 +291,7 @@ def sched_get_tensor_backend(sched: Sched, node: Tensor):
 
 def sched_set_tensor_backend(sched: Sched, node: Tensor, backend) -> None:
     sched.pinned[id(node)] = backend
+    sched._pins += 1
     sched._key = None
 
 

@@ -111,7 +111,7 @@ def test_a_layer_of_other_weight_types_is_built(monkeypatch):
     assert n[0] == CFG.n_layer - 2
     assert a == _graph(m2, "f16", 1, 5, stamp=False, monkeypatch=monkeypatch)
     assert a["graph"] != _graph(m, "f16", 1, 5, monkeypatch=monkeypatch)["graph"]
-    # nothing is kept between builds: a weight replaced in place after a stamped build
+    # a weight replaced in place after a stamped build (the weight pairs kept are dropped)
     before = _graph(m, "f16", 1, 5, monkeypatch=monkeypatch)
     plain_v = m.w["blk.2.attn_v.weight"]
     m.w["blk.2.attn_v.weight"] = w["blk.2.attn_v.weight"]
@@ -215,3 +215,35 @@ def test_stamped_layers_replay_the_first_layers_appends(model, monkeypatch):
     monkeypatch.setattr(layer_template.LayerTemplate, "_replay", scrambled)
     assert _graph(model, "mixed", 1, 40, None, True, monkeypatch=monkeypatch) == built
     assert replays == [False] * (CFG.n_layer - 1)
+
+
+def test_stamped_layers_replay_the_previous_layers_rest(model, monkeypatch):
+    """The rest of a stamped layer (what the walk from its output appends) is replayed from
+    the first layer's walk; a replay that would append a node before its sources takes back
+    what it appended and the layer is walked: the graph is the ops' graph either way."""
+    built = _graph(model, "mixed", 1, 40, None, False, monkeypatch=monkeypatch)
+    walked = []
+    plain = gg.CGraph.expand
+
+    def noted(self, t):
+        if t.name.startswith("l_out-"):
+            walked.append(t.name)
+        return plain(self, t)
+
+    monkeypatch.setattr(gg.CGraph, "expand", noted)
+    assert _graph(model, "mixed", 1, 40, None, True, monkeypatch=monkeypatch) == built
+    assert walked == ["l_out-0"]            # noted once, then replayed
+    plain_input = layer_template.LayerTemplate._expand_input
+
+    def scrambled(self, inp):               # the rest's nodes in reverse: each before its sources
+        tail = self.tail
+        if tail is not None:
+            self.tail = (tail[0], tail[1][::-1])
+        plain_input(self, inp)
+        if tail is not None:
+            self.tail = tail
+
+    walked.clear()
+    monkeypatch.setattr(layer_template.LayerTemplate, "_expand_input", scrambled)
+    assert _graph(model, "mixed", 1, 40, None, True, monkeypatch=monkeypatch) == built
+    assert walked == [f"l_out-{il}" for il in range(CFG.n_layer - 1)]
