@@ -11,7 +11,8 @@ Cases (D=128, 32 query heads over 8 KV heads, as a Llama-style GQA layer):
   prompt_f16_512    512 queries over 512 F16 keys, causal mask    goal <= 1.0x ggml
 --micro: instead, the CPU time per call of the micro-kernels a decode runs per 4-key group
 (kernels/fa_simd.py: qk and pv, 4 query rows x 4 keys, D=128, over 4096 keys), F16 rows vs
-Q4_0 rows, in this process's PYGGML_SIMD mode: where a Q4_0 cache's time goes against F16's.
+Q4_0 rows, in this process's PYGGML_SIMD mode: where a Q4_0 cache's time goes against F16's
+(the 8-bit Q4_0 qk is the VNNI dot with AVX512-VNNI, else its hadd twin).
 Times are medians of --runs computes, in alternating blocks of pyggml and ggml runs, each
 side's threads quiet while the other runs (Numba compile time, cached on disk, is reported
 separately); beside the wall times, the CPU time of the process (all threads) per compute,

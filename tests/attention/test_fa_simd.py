@@ -69,23 +69,13 @@ def test_qk_pv_match_numpy(rng, kind):
 
 
 _I8_DOTS = {"vnni": (fa_simd.qk_4x4_q4_0_i8, fa_simd.qk_1x4_q4_0_i8),
-            "pairs": (fa_simd.qk_4x4_q4_0_pairs, fa_simd.qk_1x4_q4_0_pairs)}
+            "hadd": (fa_simd.qk_4x4_q4_0_hadd, fa_simd.qk_1x4_q4_0_hadd)}
 
 
-@pytest.mark.parametrize("impl", list(_I8_DOTS))
-@pytest.mark.parametrize("n", [32, 96, 128])
-def test_q4_0_integer_dots(rng, n, impl):
-    """Q4_0 K rows against 8-bit q blocks: the dot of the dequantized K with the
-    dequantized q (the kernel's PREC_DEFAULT path), exact up to float rounding; VNNI and
-    its twin without it (pmaddubsw on AVX2, portable LLVM otherwise)."""
-    if impl == "vnni" and not simd.HAVE_VNNI:
-        pytest.skip("needs AVX512-VNNI (qk_*_q4_0_i8 is the pairs twin here)")
-    qk4, qk1 = _I8_DOTS[impl]
-    kbuf, ks, kx = _rows(rng, "q4_0", 4, gap=0, n=n)
-    N = n
-    nb = N // 32
-    qi8 = rng.integers(-127, 128, (4, N)).astype(np.int8)
-    qd = rng.uniform(0.001, 0.01, (4, nb)).astype(np.float32)
+def _q8_dots(qk4, qk1, kbuf, ks, qi8, qd, nb):
+    """A 4x4 (rows 0..3) and a 1x4 (row 3) 8-bit Q4_0 dot of q rows qi8 (block scales qd)
+    with the 4 K rows at kbuf, ks bytes apart: their 16 + 4 outputs."""
+    n = nb * 32
     qs = (qd * qi8.reshape(4, nb, 32).astype(np.int32).sum(-1)).astype(np.float32)
     qdx = np.concatenate([np.repeat(qd, 8, axis=1), -np.repeat(qs, 8, axis=1)], axis=1)
     qdx = np.ascontiguousarray(qdx, dtype=np.float32)
@@ -94,53 +84,83 @@ def test_q4_0_integer_dots(rng, n, impl):
     @numba.njit
     def run(qi8, qdx, kbuf, ks, out):
         a = kbuf.ctypes.data
-        qk4(nb, qi8.ctypes.data, N, qdx.ctypes.data, a, a + ks, a + 2 * ks, a + 3 * ks,
-            out.ctypes.data, 4 * ks)
-        qk1(nb, qi8.ctypes.data + 3 * N, 0, qdx.ctypes.data + 3 * nb * 64, a, a + ks, a + 2 * ks,
-            a + 3 * ks, out.ctypes.data + 64, 4 * ks)
+        qk4(nb, qi8.ctypes.data, n, qdx.ctypes.data, a, a + ks, a + 2 * ks, a + 3 * ks,
+            out.ctypes.data, 0)
+        qk1(nb, qi8.ctypes.data + 3 * n, 0, qdx.ctypes.data + 3 * nb * 64, a, a + ks,
+            a + 2 * ks, a + 3 * ks, out.ctypes.data + 64, 0)
     run(qi8, qdx, kbuf, ks, out)
-    qx = (qi8.reshape(4, nb, 32) * qd[:, :, None]).reshape(4, N).astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("impl", list(_I8_DOTS))
+@pytest.mark.parametrize("n", [32, 96, 128])
+def test_q4_0_integer_dots(rng, n, impl):
+    """Q4_0 K rows against 8-bit q blocks: the dot of the dequantized K with the
+    dequantized q (the kernel's PREC_DEFAULT path), exact up to float rounding; VNNI and
+    its twin without it (pmaddubsw and phaddw on AVX2, portable LLVM otherwise)."""
+    if impl == "vnni" and not simd.HAVE_VNNI:
+        pytest.skip("needs AVX512-VNNI (qk_*_q4_0_i8 is the hadd twin here)")
+    kbuf, ks, kx = _rows(rng, "q4_0", 4, gap=0, n=n)
+    nb = n // 32
+    qi8 = rng.integers(-127, 128, (4, n)).astype(np.int8)
+    qd = rng.uniform(0.001, 0.01, (4, nb)).astype(np.float32)
+    out = _q8_dots(*_I8_DOTS[impl], kbuf, ks, qi8, qd, nb)
+    qx = (qi8.reshape(4, nb, 32) * qd[:, :, None]).reshape(4, n).astype(np.float64)
     dots = qx @ kx.T.astype(np.float64)
     np.testing.assert_allclose(out[:16], dots.ravel(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(out[16:], dots[3], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["f16", "pairs"])
-def test_qk_key_passes_are_bitwise_one_pass(rng, kind):
+@pytest.mark.parametrize("impl", list(_I8_DOTS))
+def test_q4_0_integer_dots_extremes_do_not_overflow(impl):
+    """The largest sums the integer lanes can hold: every K code 15 (and 0) against q all
+    127 or all -128, the blocks' 32 products summed in int16 / int32 lanes (see the bound in
+    fa_simd); a wrapped or saturated lane would be off by thousands of units."""
+    if impl == "vnni" and not simd.HAVE_VNNI:
+        pytest.skip("needs AVX512-VNNI (qk_*_q4_0_i8 is the hadd twin here)")
+    nb = 4
+    blk = np.zeros((4, nb, 18), np.uint8)
+    blk[:, :, :2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    blk[0, :, 2:] = 0xFF                                 # codes 15: +7 after the offset
+    blk[1, :, 2:] = 0x00                                 # codes 0: -8
+    blk[2, :, 2:] = 0x0F                                 # low nibbles 15, high 0
+    blk[3, :, 2:] = 0xF0
+    kx = np.stack([quants.dequantize(T.Q4_0, r.tobytes(), nb * 32) for r in blk]).astype(np.float64)
+    qi8 = np.empty((4, nb * 32), np.int8)
+    qi8[0], qi8[1] = 127, -128
+    qi8[2, ::2], qi8[2, 1::2] = 127, -128
+    qi8[3] = np.where(np.arange(nb * 32) % 32 < 16, -128, 127)
+    qd = np.ones((4, nb), np.float32)
+    out = _q8_dots(*_I8_DOTS[impl], blk.ravel(), 18 * nb, qi8, qd, nb)
+    dots = qi8.astype(np.float64) @ kx.T
+    assert np.abs(dots).max() >= 128 * 8 * 32 * nb
+    np.testing.assert_array_equal(out[:16], dots.ravel())
+    np.testing.assert_array_equal(out[16:], dots[3])
+
+
+def test_qk_key_passes_are_bitwise_one_pass(rng):
     """A 4x4 qk in passes of fewer keys (AVX2: 16 accumulators do not fit its registers)
     gives every dot bitwise as one pass over all 4 keys: each dot's products and their
-    order are the same (float rows and the 8-bit Q4_0 dots). Both layouts are built here
-    whatever this CPU's default is."""
+    order are the same. Both layouts are built here whatever this CPU's default is."""
     nk = 4
+    kind = "f16"
 
     def build(per_pass):
         name = f"pyggml_test_qk_{kind}_passes{per_pass}"
-        if kind == "pairs":
-            return fa_simd._intrinsic_n(name, 10, fa_simd._qk_q4_0_pairs_body(4, per_pass))
         return fa_simd._intrinsic_n(name, 5 + nk, fa_simd._qk_body(4, nk, kind, per_pass))
 
     outs = []
-    kbuf, ks, _ = _rows(rng, "q4_0" if kind == "pairs" else kind, 4)
-    nb = N // 32
+    kbuf, ks, _ = _rows(rng, kind, 4)
     q = rng.uniform(-1, 1, (4, N)).astype(np.float32)
-    qi8 = rng.integers(-127, 128, (4, N)).astype(np.int8)
-    qdx = rng.uniform(-0.01, 0.01, (4, 16 * nb)).astype(np.float32)
     for per_pass in (2, 4):
         qk = build(per_pass)
         out = np.zeros(16, np.float32)
-        if kind == "pairs":
-            @numba.njit
-            def run(q, qx, kbuf, ks, out):
-                a = kbuf.ctypes.data
-                qk(nb, q.ctypes.data, N, qx.ctypes.data, a, a + ks, a + 2 * ks, a + 3 * ks,
-                   out.ctypes.data, 0)
-            run(qi8, qdx, kbuf, ks, out)
-        else:
-            @numba.njit
-            def run(q, qx, kbuf, ks, out):
-                a = kbuf.ctypes.data
-                qk(N, q.ctypes.data, N * 4, a, a + ks, a + 2 * ks, a + 3 * ks, out.ctypes.data, 0)
-            run(q, qdx, kbuf, ks, out)
+
+        @numba.njit
+        def run(q, kbuf, ks, out):
+            a = kbuf.ctypes.data
+            qk(N, q.ctypes.data, N * 4, a, a + ks, a + 2 * ks, a + 3 * ks, out.ctypes.data, 0)
+        run(q, kbuf, ks, out)
         outs.append(out)
     assert np.abs(outs[0]).max() > 0
     for o in outs[1:]:

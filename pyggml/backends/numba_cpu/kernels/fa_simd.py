@@ -8,9 +8,12 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .simd import _F32
+from .simd import _HALF
 from .simd import _I8
+from .simd import _I16
 from .simd import _I32
 from .simd import _I64
+from .simd import HAVE_AVX2
 from .simd import HAVE_VNNI
 from .simd import VL
 from .simd import _acc
@@ -24,7 +27,6 @@ from .simd import _ld_bf16
 from .simd import _ld_f16
 from .simd import _ld_f32
 from .simd import _load
-from .simd import _maddubs_pairs
 from .simd import _nibbles
 from .simd import _prefetch
 from .simd import _splat
@@ -47,8 +49,8 @@ from .simd import _v
 # The nr*nk dots' vector partials are summed together by a transposing tree (even/odd lanes
 # of two vectors at a time), ~3 instructions per dot instead of a horizontal sum each.
 
-# the 8-bit Q4_0 dots decode their 4 K rows a pair at a time: 4 rows' codes and scales live
-# beside 16 accumulators spilled ~20 vector registers per step (8 after), same float ops
+# the VNNI 8-bit Q4_0 dots decode their 4 K rows a pair at a time: 4 rows' codes and scales
+# live beside 16 accumulators spilled ~20 vector registers per step (8 after), same float ops
 KPAIR = 2
 
 
@@ -110,13 +112,14 @@ def _q4_0_prep(b, row, i):
     return blk, _splat(b, _f16(b, blk), VL)
 
 
-def _q4_0_chunk(b, st, c):
+def _q4_0_chunk(b, st, c, memo=None):
     """(code - 8)·d of the block's chunk c, one rounding as ggml's dequantization. One
     scale vector per row is live across the block's chunks: fma(code, d, -8d), the same
     value, needs two, and the whole block decoded at once needs 4 vectors a row (AVX2
-    spilled both ways)."""
+    spilled both ways). memo (pv): the widened bytes kept for the chunk of their other
+    nibbles."""
     blk, dv = st
-    return b.fmul(_q4_0_codes(b, blk, c), dv)
+    return b.fmul(_q4_0_codes(b, blk, c, memo), dv)
 
 
 def _q8_0_prep(b, row, i):
@@ -180,6 +183,11 @@ def _qk_body(nr, nk, x, per_pass=None):
 
 def _pv_body(nr, nk, x):
     per, prep, chunk, sbytes = _ROW_READERS[x]
+    # Q4_0: a chunk of low nibbles, then the chunk of the same bytes' high nibbles (one
+    # load and widening for both; the chunks' order does not change any sum)
+    q4 = x == "q4_0"
+    ph = 16 // VL
+    order = [c for h in range(ph) for c in (h, h + ph)] if q4 else list(range(per // VL))
 
     def build(b, n, acc, astride, p, pstride, pf, *vs):
         ps = [[_splat(b, _load(b, _row_at(b, p, r, pstride, _c(_I64, 4 * u)), _F32), VL)
@@ -187,9 +195,10 @@ def _pv_body(nr, nk, x):
 
         def body(b, i):
             sts = _prep_rows(b, vs, i, prep, sbytes, pf)
-            for c in range(per // VL):
+            memos = [{} for _ in sts]
+            for c in order:
                 off = _chunk_offset(b, i, per, c)
-                vv = [chunk(b, st, c) for st in sts]
+                vv = [chunk(b, st, c, m) if q4 else chunk(b, st, c) for st, m in zip(sts, memos)]
                 for r in range(nr):
                     addr = _row_at(b, acc, r, astride, off)
                     a = _load(b, addr, _v(_F32, VL))
@@ -201,10 +210,15 @@ def _pv_body(nr, nk, x):
     return build
 
 
-def _q4_0_codes(b, blk, c):
+def _q4_0_codes(b, blk, c, memo=None):
     """Chunk c of a Q4_0 block as floats code - 8 (exact), the scale not applied."""
     per_half = 16 // VL
-    w = b.zext(_load(b, b.add(blk, _c(_I64, 2 + (c % per_half) * VL)), _v(_I8, VL)), _v(_I32, VL))
+    h = c % per_half
+    w = None if memo is None else memo.pop(h, None)
+    if w is None:
+        w = b.zext(_load(b, b.add(blk, _c(_I64, 2 + h * VL)), _v(_I8, VL)), _v(_I32, VL))
+        if memo is not None:
+            memo[h] = w
     x = (b.and_(w, ir.Constant(_v(_I32, VL), [0x0F] * VL)) if c < per_half
          else b.lshr(w, ir.Constant(_v(_I32, VL), [4] * VL)))
     return b.sitofp(b.sub(x, ir.Constant(_v(_I32, VL), [8] * VL)), _v(_F32, VL))
@@ -281,39 +295,110 @@ def _qk_q4_0_i8_body(nr):
     return build
 
 
-# The same dot without VNNI (AVX2: ggml's pmaddubsw + pmaddwd; portable LLVM otherwise, see
-# _maddubs_pairs): one block per 256-bit step, its 8 lanes each the sum of 4 code·q products
-# (the integers vpdpbusd gives), then the same float steps on 8 lanes. Codes (<= 15) times q
-# (|q| <= 127) summed in pairs cannot saturate pmaddubsw's 16 bits.
-def _qk_q4_0_pairs_body(nr, per_pass=None):
+# --- the 8-bit Q4_0 dots without VNNI, lanes reduced in integers -------------------------------
+# ggml's AVX2 sequence (pmaddubsw; portable LLVM twins without AVX2). Per row and block, the 4
+# keys' 32 code·q products are summed in integers down to one vector of 8 int32 lanes
+# ([k0 k1 k2 k3] over the block's values 0..15, the same over 16..31) before the one convert
+# and the two float steps, which then serve 4 keys at once (converting 8 lanes a key and
+# block, as the VNNI dot does, was 4x the float work, and AVX2 has two ports for it).
+# Exact, no int16 overflow: codes are 0..15 and |q| <= 128, so a pmaddubsw lane (2 products)
+# is at most 2·15·128 = 3840 in size (no saturation), a phaddw lane after two steps sums 8
+# products, <= 15360 < 2^15, and pmaddwd's int32 lane 16. (One block at a time: the blocks'
+# scales differ, so block sums never meet in integers.)
+
+def _i16_pairs(b, xu, yi):
+    """pmaddubsw: <32 x u8> x <32 x i8> -> <16 x i16>, adjacent products summed."""
+    if HAVE_AVX2:
+        return _intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [xu, yi])
+    return _adj_sum(b, b.mul(b.zext(xu, _v(_I16, 32)), b.sext(yi, _v(_I16, 32))))
+
+
+def _adj_sum(b, x):
+    """<2n x iW> -> <n x iW>: x[2i] + x[2i+1]."""
+    n = x.type.count // 2
+    ev = b.shuffle_vector(x, x, ir.Constant(_v(_I32, n), list(range(0, 2 * n, 2))))
+    od = b.shuffle_vector(x, x, ir.Constant(_v(_I32, n), list(range(1, 2 * n, 2))))
+    return b.add(ev, od)
+
+
+def _hadd16(b, x, y):
+    """phaddw of two <16 x i16>: per 128-bit half, that half's adjacent pairs of x summed,
+    then y's."""
+    if HAVE_AVX2:
+        return _intr(b, "llvm.x86.avx2.phadd.w", _v(_I16, 16), [x, y])
+    idx = [(0 if w < 4 else 16) + 2 * (h * 4 + w % 4) for h in range(2) for w in range(8)]
+    e = b.shuffle_vector(x, y, ir.Constant(_v(_I32, 16), idx))
+    o = b.shuffle_vector(x, y, ir.Constant(_v(_I32, 16), [i + 1 for i in idx]))
+    return b.add(e, o)
+
+
+def _wsum32(b, x):
+    """pmaddwd with ones: <16 x i16> -> <8 x i32>, adjacent pairs summed."""
+    if HAVE_AVX2:
+        return _intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8),
+                     [x, ir.Constant(_v(_I16, 16), [1] * 16)])
+    return _adj_sum(b, b.sext(x, _v(_I32, 16)))
+
+
+def _keys_i32(b, m):
+    """4 keys' pmaddubsw vectors -> <8 x i32> [k0 k1 k2 k3 | k0 k1 k2 k3] (per 128-bit half
+    of the codes: the block's values 0..15, then 16..31)."""
+    a, c = _hadd16(b, m[0], m[1]), _hadd16(b, m[2], m[3])      # [k0 x4 k1 x4] per half
+    return _wsum32(b, _hadd16(b, a, c))                         # [k0 k0 k1 k1 k2 k2 k3 k3]
+
+
+def _codes32(b, addr):
+    """A Q4_0 block's 16 nibble bytes -> <32 x i8> codes (0..15 low nibbles, then high):
+    the bytes loaded into both halves, shifted per half, masked (no cross-lane shuffle)."""
+    q = _load(b, addr, _v(_I8, 16))
+    d = b.bitcast(b.shuffle_vector(q, q, ir.Constant(_v(_I32, 32), list(range(16)) * 2)),
+                  _v(_I32, 8))
+    d = b.lshr(d, ir.Constant(_v(_I32, 8), [0] * 4 + [4] * 4))
+    return b.bitcast(b.and_(d, ir.Constant(_v(_I32, 8), [0x0F0F0F0F] * 8)), _v(_I8, 32))
+
+
+def _qk_q4_0_hadd_body(nr):
     nk = 4
     f32x8 = _v(_F32, 8)
 
     def build(b, nb, q8, qstride, qdx, *rest):
         ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
         zero = ir.Constant(f32x8, [0.0] * 8)
-        accs = [_acc(b, zero) for _ in range(nr * nk)]
+        accs = [_acc(b, zero) for _ in range(nr)]
+        four = ir.Constant(f32x8, [4.0] * 8)
 
-        def keys(b, j, u0, end):
-            kc, kd = [], []
-            for k in ks[u0:min(u0 + KPAIR, end)]:
+        def step(b, j):
+            codes, ds = [], []
+            for k in ks:
                 blk = b.add(k, b.mul(j, _c(_I64, 18)))
                 _prefetch(b, b.add(blk, pf))
-                kc.append(_nibbles(b, b.add(blk, _c(_I64, 2))))
-                kd.append(_splat(b, _f16(b, blk), 8))
+                codes.append(_codes32(b, b.add(blk, _c(_I64, 2))))
+                ds.append(_load(b, blk, _I16))
+            hv = ir.Constant(_v(_I16, 4), ir.Undefined)
+            for i in range(4):
+                hv = b.insert_element(hv, ds[i], _c(_I32, i))
+            hv = b.shuffle_vector(hv, hv, ir.Constant(_v(_I32, 8), [0, 1, 2, 3] * 2))
+            kdv = b.fpext(b.bitcast(hv, _v(_HALF, 8)), f32x8)       # [d0..d3 | d0..d3]
             for r in range(nr):
                 qv = _load(b, _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32))), _v(_I8, 32))
-                rowx = b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64))))
-                qda = b.add(rowx, b.mul(j, _c(_I64, 32)))
-                qd = _load(b, qda, f32x8)
-                qs = _load(b, b.add(qda, b.mul(nb, _c(_I64, 32))), f32x8)
-                for i, u in enumerate(range(u0, u0 + len(kc))):
-                    t = _fma(b, qd, b.sitofp(_maddubs_pairs(b, kc[i], qv), f32x8), qs)
-                    a = accs[r * nk + u]
-                    b.store(_fma(b, kd[i], t, b.load(a)), a)
-        for us in _key_passes(nr, nk, per_pass):
-            _for(b, nb, lambda b, j, us=us: [keys(b, j, u0, us[-1] + 1) for u0 in us[::KPAIR]])
-        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+                s = _keys_i32(b, [_i16_pairs(b, c, qv) for c in codes])
+                # qdx (the 8-lane layout of the VNNI dot): qd, then -qd·Σq summed 8 times
+                # there, 2 lanes a key here: 4·(-qd·Σq) a lane
+                qda = b.add(b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64)))),
+                            b.mul(j, _c(_I64, 32)))
+                qd = _splat(b, _load(b, qda, _F32), 8)
+                qs = _splat(b, _load(b, b.add(qda, b.mul(nb, _c(_I64, 32))), _F32), 8)
+                t = _fma(b, qd, b.sitofp(s, f32x8), b.fmul(qs, four))
+                b.store(_fma(b, kdv, t, b.load(accs[r])), accs[r])
+        _for(b, nb, step)
+        tot = []
+        for r in range(nr):
+            a = b.load(accs[r])
+            lo = b.shuffle_vector(a, a, ir.Constant(_v(_I32, 4), [0, 1, 2, 3]))
+            hi = b.shuffle_vector(a, a, ir.Constant(_v(_I32, 4), [4, 5, 6, 7]))
+            tot.append(b.fadd(lo, hi))
+        for r in range(nr):
+            _store(b, b.add(out, _c(_I64, 16 * r)), tot[r])
         b.ret_void()
     return build
 
@@ -336,11 +421,11 @@ pv_1x4_f32, pv_1x4_f16, pv_1x4_bf16, pv_1x4_q8_0, pv_1x4_q4_0 = (
     _pv(1, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
 pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
     _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
-# the 8-bit Q4_0 dots: VNNI where the CPU has it, else the pairs twin (tested on every CPU)
-qk_4x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_pairs", 10, _qk_q4_0_pairs_body(4))
-qk_1x4_q4_0_pairs = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_pairs", 10, _qk_q4_0_pairs_body(1))
+# the 8-bit Q4_0 dots: VNNI where the CPU has it, else the hadd twin (tested on every CPU)
+qk_4x4_q4_0_hadd = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_hadd", 10, _qk_q4_0_hadd_body(4))
+qk_1x4_q4_0_hadd = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_hadd", 10, _qk_q4_0_hadd_body(1))
 if HAVE_VNNI:
     qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 10, _qk_q4_0_i8_body(4))
     qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 10, _qk_q4_0_i8_body(1))
 else:
-    qk_4x4_q4_0_i8, qk_1x4_q4_0_i8 = qk_4x4_q4_0_pairs, qk_1x4_q4_0_pairs
+    qk_4x4_q4_0_i8, qk_1x4_q4_0_i8 = qk_4x4_q4_0_hadd, qk_1x4_q4_0_hadd
