@@ -8,7 +8,8 @@ Phases, per graph (process_time: single-threaded Python work, robust to other lo
   alloc  sched.alloc.alloc_graph (the graph allocator)
   plan   NumbaBackend.select + graph_plan (kernel variant per node, n_tasks, work sizes)
   lower  NumbaBackend.lower (the node table: kernel addresses + descriptors)
-The target (DESIGN.md §9) is <= 10 ms for the whole, <= 12 µs per node.
+The target (DESIGN.md §9) is <= 10 ms for the whole, <= 12 µs per node. Every run also
+prints a host reference (host_speed: µs of a fixed pure-Python loop) to compare hosts by.
 
     python tools/bench_graph.py [--cache f16|mixed] [--tokens N] [--past N] [-r REPEATS]
                                 [--sched] [--no-gc] [--ops-layers] [--profile] [--marks DIR]
@@ -113,6 +114,26 @@ def phases(model, cache, backend, n_tokens: int, sched=None):
     return t, gf.n_nodes
 
 
+def host_speed(reps: int = 7) -> float:
+    """µs of process_time for a fixed pure-Python loop (attribute stores, dict stores, int
+    arithmetic: what graph building and lowering spend their time on), the minimum of
+    `reps` runs: a host reference printed with every run, so that figures from different
+    hosts (or loads) can be compared."""
+    class _Obj:
+        __slots__ = ("a", "b")
+
+    o, d = _Obj(), {}
+    best = float("inf")
+    for _ in range(reps):
+        c = time.process_time()
+        for i in range(20000):
+            o.a = i
+            o.b = o.a + 1
+            d[i & 255] = o.b
+        best = min(best, time.process_time() - c)
+    return best * 1e6
+
+
 def _wait_for(marks: str, say: str, name: str) -> None:
     print(say, flush=True)
     while not os.path.exists(os.path.join(marks, name)):
@@ -175,6 +196,8 @@ def main(argv=None) -> int:
           f"{', gc paused' if args.no_gc else ''}"
           f"{', every layer through the ops' if args.ops_layers else ''}"
           f"{', stub kernels' if args.stub_kernels else ''})")
+    print(f"host reference: {host_speed():.0f} µs (fixed pure-Python loop, process_time, min of "
+          f"7; lower is faster)")
     print(f"{'phase':>6} {'ms median':>10} {'min':>7} {'max':>7} {'µs/node':>8}")
     for ph in ("build", "alloc", "plan", "lower", "total"):
         xs = [r[ph] * 1e3 for r in runs]
