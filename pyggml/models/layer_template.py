@@ -53,7 +53,8 @@ class LayerTemplate:
         # what those expands appended to the graph, in order: (is_node, tensor) pairs
         self.added = added
         # what the walk from the first layer's output appended (the rest of that layer, as
-        # the second layer's expands reach it): its leafs and its nodes, in order; and the
+        # the second layer's expands reach it): its leafs, then its nodes, as (is_node,
+        # tensor) pairs in order; and the
         # map of the last layer stamped ({first layer's tensor: that layer's})
         self.tail = self.prev = None
 
@@ -108,22 +109,52 @@ class LayerTemplate:
                 return False
         if len(gf.nodes) + len(self.added) > gf.size or len(gf.leafs) + len(self.added) > gf.size:
             return False
-        visited = gf._visited
         nodes, leafs = gf.nodes, gf.leafs
-        get = m.get
-        inp = get(self.inp0)
         nn, nl = len(nodes), len(leafs)
-        for is_node, t0 in self.added:
+        if not self._append_mapped(self.added, m.get, m.get(self.inp0)):
+            return False
+        if len(nodes) + len(leafs) != nn + nl:
+            gf.version += 1
+        return True
+
+
+    def _expand_input(self, inp) -> None:
+        """gf.expand(inp), inp a layer's output: the rest of that layer is appended. When
+        that layer was stamped from this template, the walk from the first layer's output
+        (noted as `tail` the first time) is replayed with its tensors, checked as _replay
+        checks; else (or when a check fails: what was appended is taken back) the layer is
+        walked."""
+        gf = self.gf
+        nodes, leafs = gf.nodes, gf.leafs
+        nn, nl = len(nodes), len(leafs)
+        prev = self.prev
+        if self.tail is not None and prev is not None and prev.get(self.out0) is inp:
+            if self._append_mapped(self.tail, prev.get) and inp in gf._visited:
+                return
+            _undo(gf._visited, nodes, nn, "node_")      # the layer is walked instead
+            _undo(gf._visited, leafs, nl, "leaf_")
+        gf.expand(inp)
+        if inp is self.out0 and self.tail is None:
+            self.tail = tuple([(False, t) for t in leafs[nl:]] + [(True, t) for t in nodes[nn:]])
+
+    def _append_mapped(self, pairs, get, inp=None) -> bool:
+        """Append to the graph each (is_node, tensor) of pairs as the tensor get maps it to,
+        as expand would append it: a node after its sources, a leaf a plain one; those the
+        graph holds are skipped, inp (the previous layer's output) is expanded where it
+        comes. False, with what was appended taken back, when a check fails."""
+        gf = self.gf
+        visited, nodes, leafs = gf._visited, gf.nodes, gf.leafs
+        nn, nl = len(nodes), len(leafs)
+        for is_node, t0 in pairs:
             t = get(t0, t0)
             if t in visited:
                 continue
             if t is inp:                    # the previous layer's rest, then the input
                 self._expand_input(inp)
                 continue
-            # what expand would do here: a node after its sources, a leaf with none
             leaf = t.op is None and not t.flags & TENSOR_FLAG_PARAM
             if leaf == is_node or not visited.issuperset(filter(None, t.src)):
-                _undo(visited, nodes, nn, "node_")          # the layer is walked instead
+                _undo(visited, nodes, nn, "node_")
                 _undo(visited, leafs, nl, "leaf_")
                 return False
             visited.add(t)
@@ -135,54 +166,7 @@ class LayerTemplate:
                 if not t.name:
                     t.name = f"leaf_{len(leafs)}"
                 leafs.append(t)
-        if len(nodes) + len(leafs) != nn + nl:
-            gf.version += 1
         return True
-
-
-    def _expand_input(self, inp) -> None:
-        """gf.expand(inp), inp a layer's output: the rest of that layer is appended. When
-        that layer was stamped from this template, the walk from the first layer's output
-        (noted as `tail` the first time) is replayed with its tensors, checked as _replay
-        checks (each node after its sources, each leaf a plain one); else (or when a check
-        fails: what was appended is taken back) the layer is walked."""
-        gf = self.gf
-        nodes, leafs, visited = gf.nodes, gf.leafs, gf._visited
-        nn, nl = len(nodes), len(leafs)
-        prev = self.prev
-        if self.tail is not None and prev is not None and prev.get(self.out0) is inp:
-            get = prev.get
-            tail_leafs, tail_nodes = self.tail
-            for t0 in tail_leafs:
-                t = get(t0, t0)
-                if t in visited:
-                    continue
-                if t.op is not None or t.flags & TENSOR_FLAG_PARAM or any(t.src):
-                    break
-                visited.add(t)
-                if not t.name:
-                    t.name = f"leaf_{len(leafs)}"
-                leafs.append(t)
-            else:
-                for t0 in tail_nodes:
-                    t = get(t0, t0)
-                    if t in visited:
-                        continue
-                    if t.op is None and not t.flags & TENSOR_FLAG_PARAM or \
-                            not visited.issuperset(filter(None, t.src)):
-                        break
-                    visited.add(t)
-                    if not t.name:
-                        t.name = f"node_{len(nodes)}"
-                    nodes.append(t)
-                else:
-                    if inp in visited:
-                        return
-            _undo(visited, nodes, nn, "node_")          # the layer is walked instead
-            _undo(visited, leafs, nl, "leaf_")
-        gf.expand(inp)
-        if inp is self.out0 and self.tail is None:
-            self.tail = (tuple(leafs[nl:]), tuple(nodes[nn:]))
 
 
 def _undo(visited: set, to: list, n: int, auto: str) -> None:

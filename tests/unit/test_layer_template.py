@@ -238,7 +238,7 @@ def test_stamped_layers_replay_the_previous_layers_rest(model, monkeypatch):
     def scrambled(self, inp):               # the rest's nodes in reverse: each before its sources
         tail = self.tail
         if tail is not None:
-            self.tail = (tail[0], tail[1][::-1])
+            self.tail = tail[::-1]          # nodes before their sources
         plain_input(self, inp)
         if tail is not None:
             self.tail = tail
