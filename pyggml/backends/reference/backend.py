@@ -20,9 +20,12 @@ from ..base import node_failed
 from .memo import MatMulMemo
 
 
-def compute_node_reference(node: Tensor) -> None:
+def compute_node_reference(node: Tensor, unread: int = -1) -> None:
+    """node's OpDef.reference over its sources read as float64 (src[unread], one the
+    reference does not read, passed as None) and its results stored as ggml's CPU stores."""
     op = node.op
-    ins = [data.read(s) if s is not None and s is not node else None for s in node.src]
+    ins = [data.read(s) if s is not None and s is not node and i != unread else None
+           for i, s in enumerate(node.src)]
     result = op.reference(node, ins, op.p(node))
     if result is None:           # the reference wrote its outputs itself (byte copies)
         return
