@@ -203,3 +203,100 @@ def test_exp_block_is_vexp_and_block_max_is_max(rng):
         v = np.ascontiguousarray(v, np.float32)
         assert bmax(v, 1, v.size - 1) == v[1:].max()
         assert bmax(v, 0, v.size) == v.max()
+
+
+def _pv_u8(nr, p, vbuf, vs, n=N, acc=None):
+    """fa_simd's 8-bit-p Q4_0 p·V (pv_4x16 for nr 4, pv_1x16 for 1) of p (nr x 16) with the 16
+    V rows at vbuf, vs bytes apart, added to acc (zeros by default)."""
+    kern = fa_simd.pv_4x16_q4_0_u8 if nr == 4 else fa_simd.pv_1x16_q4_0_u8
+    acc = np.zeros((nr, n), np.float32) if acc is None else acc
+    p = np.ascontiguousarray(p, dtype=np.float32)
+
+    @numba.njit
+    def run(acc, p, vbuf, s):
+        a = vbuf.ctypes.data
+        kern(n, acc.ctypes.data, n * 4, p.ctypes.data, 64, 0, a, a + s, a + 2 * s, a + 3 * s,
+             a + 4 * s, a + 5 * s, a + 6 * s, a + 7 * s, a + 8 * s, a + 9 * s, a + 10 * s,
+             a + 11 * s, a + 12 * s, a + 13 * s, a + 14 * s, a + 15 * s)
+    run(acc, p, vbuf, vs)
+    return acc
+
+
+@pytest.mark.parametrize("nr", [4, 1])
+def test_pv_q4_0_u8_within_its_rounding_bound(rng, nr):
+    """The 8-bit-p p·V against the float product with the dequantized V: per row and V
+    block, each key's weight p·|d| is off by at most half the group's step g = max(p·|d|)/255,
+    so an output is off by at most 16 · g/2 · 8 (plus float rounding). Zero p (masked keys)
+    add nothing even over a V row of junk (a NaN scale), and d's sign is kept (Q4_0 scales
+    are negative for about half the blocks)."""
+    vbuf, vs, vx = _rows(rng, "q4_0", 16)
+    nb = N // 32
+    p = rng.uniform(0, 1, (nr, 16)).astype(np.float32)
+    p[0, 5] = 0.0
+    p[:, 9] = 0.0                                            # key 9 masked for every row
+    vbuf[9 * vs:9 * vs + 2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
+    vx[9] = 0.0
+    d = np.array([[np.frombuffer(vbuf[u * vs + b * 18:u * vs + b * 18 + 2].tobytes(), np.float16)[0]
+                   for b in range(nb)] for u in range(16)], np.float64)
+    assert (d[np.arange(16) != 9] < 0).any() and (d > 0).any()
+    acc = _pv_u8(nr, p, vbuf, vs)
+    want = p.astype(np.float64) @ vx.astype(np.float64)
+    assert np.isfinite(acc).all()
+    g = (p[:, :, None] * np.nan_to_num(np.abs(d))[None]).max(axis=1) / 255      # (nr, nb)
+    bound = np.repeat(16 * g / 2 * 8, 32, axis=1) + 1e-6
+    assert (np.abs(acc - want) <= bound).all()
+    nmse = ((acc - want) ** 2).sum() / (want ** 2).sum()
+    assert nmse < 2e-5
+    p[-1, 9] = 0.5                                           # the NaN row visible: NaN out
+    acc = _pv_u8(nr, p, vbuf, vs)
+    assert np.isnan(acc[-1, :32]).all() and np.isfinite(acc[-1, 32:]).all()
+    assert np.isfinite(acc[:-1]).all()
+
+
+@pytest.mark.parametrize("nr", [4, 1])
+def test_pv_q4_0_u8_extremes_do_not_overflow(nr):
+    """The largest sums the integer lanes hold: 16 keys all at p = 1 (every 8-bit p 255)
+    with the extreme codes (0 with d > 0: -8; 0 with d < 0: +8; 15: +7), so each int16 lane
+    sums 16 products of 255·8 = 32640 (the bound in fa_simd); a saturated or wrapped lane
+    would be off by thousands of units."""
+    nb = N // 32
+    blk = np.zeros((16, nb, 18), np.uint8)
+    blk[:, :, :2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    blk[:, 1, :2] = np.frombuffer(np.float16(-1.0).tobytes(), np.uint8)    # block 1: x = +8
+    blk[:, 2, 2:] = 0xFF                                                     # block 2: +7
+    blk[:, 3, 2:] = 0x0F                                                     # block 3: +7 / -8
+    vx = np.stack([quants.dequantize(T.Q4_0, r.tobytes(), N) for r in blk]).astype(np.float64)
+    p = np.ones((nr, 16), np.float32)
+    acc = _pv_u8(nr, p, blk.ravel(), 18 * nb)
+    want = p.astype(np.float64) @ vx
+    assert np.abs(want).max() == 16 * 8
+    np.testing.assert_allclose(acc, want, rtol=1e-6, atol=0)
+
+
+def test_q_rows_quantized_as_ggml_cpu(rng):
+    """Flash attention's q rows for integer dots (fa_rows.quant_q_row) are ggml-cpu's from_float
+    of K's vec_dot_type (quants.nb's AVX2 twins): Q8_0's codes and F16 scale (ties to even:
+    values at exactly .5 steps included), and for Q8_1 its stored s."""
+    from pyggml.backends.numba_cpu.kernels.fa_rows import quant_q_row
+    from pyggml.quants import nb as qnb
+    n, nb = 128, 4
+    x = rng.uniform(-1, 1, n).astype(np.float32)
+    # amax 127 (id = 1): 62.5 rounds to 62 (ties to even), not 63 (roundf's away from zero)
+    x[32:64] = np.array([-127, -62.5, 0, 62.5, 127], np.float32)[np.arange(32) % 5]
+    for q8_1, bs, co, quant in ((False, 34, 2, qnb.quantize_row_q8_0_cpu),
+                                (True, 36, 4, qnb.quantize_row_q8_1_cpu)):
+        qv = np.zeros(n, np.int8)
+        qd = np.zeros(nb, np.float32)
+        qs = np.zeros(nb, np.float32)
+        quant_q_row(x, 0, qv, 0, qd, qs, 0, n, q8_1)
+        blk = np.zeros(bs * nb, np.uint8)
+        quant(x, blk, n)
+        blk = blk.reshape(nb, bs)
+        want_q = blk[:, co:].view(np.int8).ravel()
+        want_d = blk[:, :2].copy().view(np.float16).ravel().astype(np.float32)
+        assert np.array_equal(qv, want_q) and qv[32 + 3] == 62 and qv[32 + 1] == -62
+        assert np.array_equal(qd, want_d)
+        if q8_1:
+            assert np.array_equal(qs, blk[:, 2:4].copy().view(np.float16).ravel().astype(np.float32))
+        else:
+            assert np.array_equal(qs, want_d * qv.reshape(nb, 32).astype(np.int32).sum(1))

@@ -118,6 +118,8 @@ from .fa_fold import _state_check
 from .fa_rows import BF16
 from .fa_rows import F16
 from .fa_rows import F32
+from .fa_rows import Q4_1
+from .fa_rows import Q5_1
 from .fa_rows import QK
 from .fa_tile import _prep_q
 from .fa_tile import _tile_keys
@@ -278,7 +280,7 @@ def fa_body(desc, ith, nth, ws):
 
     n_work = n_tiles * n_chunks
     q_tile = -1                # the tile whose q rows the scratch holds, and how
-    q_int = False
+    q_int = -1                 # 0: F32 q rows, 1/2: also as Q8_0/Q8_1 blocks
     while True:
         # units are handed out dynamically (a thread that starts late takes fewer)
         u = atomic_add(scratch_addr(desc, C_NEXT), 1)
@@ -333,13 +335,15 @@ def fa_body(desc, ith, nth, ws):
             b = min((u1 - u_base) * FOLD, t_ne(desc, ks, 1))
             kt = t_type(desc, ks)
             int_dots = prec != PREC_F32 and kt != F32 and kt != F16 and kt != BF16
-            if t != q_tile or int_dots != q_int:
+            q8_1 = kt == Q4_1 or kt == Q5_1        # ggml's vec_dot_type for K: Q8_1, else Q8_0
+            q_fmt = (2 if q8_1 else 1) if int_dots else 0
+            if t != q_tile or q_fmt != q_int:
                 # the tile's q rows (quantized for integer dots); kept for the next unit
                 # when it is a chunk of the same tile (decode splits), as is usual
-                _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots,
+                _prep_q(R, rows_pos, rows_h, iq3, qa, qnb1, qnb2, qnb3, dk, int_dots, q8_1,
                         qf, qi8, qd, qs, qx)
                 q_tile = t
-                q_int = int_dots
+                q_int = q_fmt
             h_first = rows_h[0]
             ik2 = h_first // (H // t_ne(desc, ks, 2))
             ik3 = iq3 // (ne3 // t_ne(desc, ks, 3))

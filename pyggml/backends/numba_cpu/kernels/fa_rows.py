@@ -20,7 +20,6 @@ from ..intrinsics import i8_array
 from ..intrinsics import u8_array
 from ..intrinsics import u16_array
 from .fa_consts import _F0
-from .fa_consts import _F1
 from .fa_consts import _jit
 from .fa_consts import _jit_inline
 
@@ -248,22 +247,30 @@ def row_to_i8(t, addr, qv, kd, kc, n):
 
 
 @_jit
-def quant_q_row(x, xo, qv, qo, qd, qs, bo, n):
-    """q row x[xo:xo+n] -> 8-bit blocks (ggml's Q8_0/Q8_1 activation format, scales in F32):
-    qv[qo:] (int8), scale qd[bo+b], and qs[bo+b] = scale * sum of the block's values."""
-    for ib in range(n // QK):
-        amax = _F0
-        for j in range(QK):
-            a = abs(x[xo + ib * QK + j])
-            if a > amax:
-                amax = a
-        d = amax / np.float32(127.0)
-        idd = _F1 / d if d != _F0 else _F0
+def quant_q_row(x, xo, qv, qo, qd, qs, bo, n, q8_1):
+    """q row x[xo:xo+n] -> 8-bit blocks as ggml-cpu's FA converts Q: the from_float of K's
+    vec_dot_type (Q8_1 for Q4_1/Q5_1 K, else Q8_0), i.e. quants.nb's twins of its AVX2
+    quantizers (id = 127/amax, ties to even, d stored as F16): qv[qo:] (int8), scale
+    qd[bo+b] (the F16 d), qs[bo+b] = d·Σq in F32 (Q8_0) or Q8_1's stored s (F16)."""
+    nbk = n // QK
+    bs = 36 if q8_1 else 34
+    co = 4 if q8_1 else 2
+    blk = np.empty(bs * nbk, np.uint8)
+    if q8_1:
+        qnb.quantize_row_q8_1_cpu(x[xo:xo + n], blk, n)
+    else:
+        qnb.quantize_row_q8_0_cpu(x[xo:xo + n], blk, n)
+    bi = blk.view(np.int8)
+    for ib in range(nbk):
+        o = ib * bs
+        d = f16_to_f32(np.uint16(blk[o]) | (np.uint16(blk[o + 1]) << 8))
         s = 0
         for j in range(QK):
-            y = x[xo + ib * QK + j] * idd          # roundf: half away from zero
-            v = np.int32(y + np.float32(0.5)) if y >= _F0 else -np.int32(np.float32(0.5) - y)
-            qv[qo + ib * QK + j] = np.int8(v)
-            s += v
+            v = bi[o + co + j]
+            qv[qo + ib * QK + j] = v
+            s += np.int32(v)
         qd[bo + ib] = d
-        qs[bo + ib] = d * np.float32(s)
+        if q8_1:
+            qs[bo + ib] = f16_to_f32(np.uint16(blk[o + 2]) | (np.uint16(blk[o + 3]) << 8))
+        else:
+            qs[bo + ib] = d * np.float32(s)
