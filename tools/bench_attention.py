@@ -153,7 +153,6 @@ def micro(runs, reps=100, n_keys=4096):
     from pyggml import quants
     from pyggml.backends.numba_cpu.kernels import fa_simd
     from pyggml.backends.numba_cpu.kernels import simd
-    from pyggml.backends.numba_cpu.kernels.fa_dots import pv_u8_16
     nb = D // 32
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (n_keys, D)).astype(np.float32)
@@ -181,14 +180,6 @@ def micro(runs, reps=100, n_keys=4096):
             def one(k, s, q, qx, a, pp, o):
                 kern(D, a, D * 4, pp, 128, 0, k, k + s, k + 2 * s, k + 3 * s)
 
-        if kind == "pv16":      # 16 keys a call (fa_dots.pv_u8_16), timed per 4 keys
-            @numba.njit
-            def run(kb, s, q, qx, a, pp, o, reps):
-                for _ in range(reps):
-                    for j in range(0, n_keys, 16):
-                        kern(True, D, a, D * 4, pp + (j % 32) * 16, 64, kb + j * s, s, 0)
-            return run
-
         @numba.njit
         def run(kb, s, q, qx, a, pp, o, reps):
             for _ in range(reps):
@@ -199,8 +190,7 @@ def micro(runs, reps=100, n_keys=4096):
     cases = [("qk f16", "f16", loop(fa_simd.qk_4x4_f16, "qk"), qf),
              ("qk q4_0 (8-bit q)", "q4_0", loop(fa_simd.qk_4x4_q4_0_i8, "qk8"), qi8),
              ("pv f16", "f16", loop(fa_simd.pv_4x4_f16, "pv"), qf),
-             ("pv q4_0", "q4_0", loop(fa_simd.pv_4x4_q4_0, "pv"), qf),
-             ("pv q4_0 (8-bit p)", "q4_0", loop(pv_u8_16, "pv16"), qf)]
+             ("pv q4_0", "q4_0", loop(fa_simd.pv_4x4_q4_0, "pv"), qf)]
 
     def call(run, kind, q, n):
         buf, stride = rows[kind]
@@ -215,7 +205,7 @@ def micro(runs, reps=100, n_keys=4096):
             call(run, kind, q, reps)
             ts[name].append((time.process_time() - c0) / (reps * n_keys / 4) * 1e9)
     print(f"micro-kernels, {simd.VL} float lanes (PYGGML_SIMD={simd._MODE}): CPU ns per call "
-          f"(4 rows x 4 keys, D={D}; the 8-bit p one takes 16 keys a call: per 4 keys)")
+          f"(4 rows x 4 keys, D={D})")
     for name in ts:
         print(f"  {name:20s} {statistics.median(ts[name]):8.1f}")
     return {name: statistics.median(v) for name, v in ts.items()}

@@ -1,6 +1,7 @@
 """The flash-attention SIMD micro-kernels (backends/numba_cpu/kernels/fa_simd.py) against NumPy:
 qk (q rows · K rows) and pv (accumulators += p · V rows) for every row type they read in
-place, every row/key count, rows at arbitrary strides, and the VNNI integer Q4_0 dot."""
+place, every row/key count, rows at arbitrary strides, the VNNI integer Q4_0 dot and its
+twin; and the q rows those integer dots take (ggml-cpu's quantization)."""
 from __future__ import annotations
 
 import numba
@@ -10,7 +11,6 @@ import pytest
 from pyggml import quants
 from pyggml.backends.numba_cpu.kernels import fa_simd
 from pyggml.backends.numba_cpu.kernels import simd
-from pyggml.backends.numba_cpu.kernels.fa_dots import pv_u8_16
 from pyggml.types import GGMLType as T
 
 N = 128
@@ -204,72 +204,6 @@ def test_exp_block_is_vexp_and_block_max_is_max(rng):
         v = np.ascontiguousarray(v, np.float32)
         assert bmax(v, 1, v.size - 1) == v[1:].max()
         assert bmax(v, 0, v.size) == v.max()
-
-
-@numba.njit
-def _pv_u8_run(acc4, p4, acc1, p1, vbuf, s):
-    a = vbuf.ctypes.data
-    for four, acc, p in ((True, acc4, p4), (False, acc1, p1)):
-        pv_u8_16(four, N, acc.ctypes.data, N * 4, p.ctypes.data, 64, a, s, 0)
-
-
-def _pv_u8(p, vbuf, vs):
-    """fa_dots.pv_u8_16 (fa_simd's 8-bit-p Q4_0 p·V: pv_4x16 on p's first 4 rows, pv_1x16 on
-    its last) of p (5 x 16) with the 16 V rows at vbuf, vs bytes apart: (5, N) sums."""
-    p = np.ascontiguousarray(p, dtype=np.float32)
-    acc4, acc1 = np.zeros((4, N), np.float32), np.zeros((1, N), np.float32)
-    _pv_u8_run(acc4, p[:4].copy(), acc1, p[4:].copy(), vbuf, vs)
-    return np.concatenate([acc4, acc1])
-
-
-def test_pv_q4_0_u8_within_its_rounding_bound(rng):
-    """The 8-bit-p p·V against the float product with the dequantized V: per row and V
-    block, each key's weight p·|d| is off by at most half the group's step g = max(p·|d|)/255,
-    so an output is off by at most 16 · g/2 · 8 (plus float rounding). Zero p (masked keys)
-    add nothing even over a V row of junk (a NaN scale), and d's sign is kept (Q4_0 scales
-    are negative for about half the blocks)."""
-    vbuf, vs, vx = _rows(rng, "q4_0", 16)
-    nb = N // 32
-    nr = 5                                                   # 4 rows, then 1
-    p = rng.uniform(0, 1, (nr, 16)).astype(np.float32)
-    p[0, 5] = 0.0
-    p[:, 9] = 0.0                                            # key 9 masked for every row
-    vbuf[9 * vs:9 * vs + 2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
-    vx[9] = 0.0
-    d = np.array([[np.frombuffer(vbuf[u * vs + b * 18:u * vs + b * 18 + 2].tobytes(), np.float16)[0]
-                   for b in range(nb)] for u in range(16)], np.float64)
-    assert (d[np.arange(16) != 9] < 0).any() and (d > 0).any()
-    acc = _pv_u8(p, vbuf, vs)
-    want = p.astype(np.float64) @ vx.astype(np.float64)
-    assert np.isfinite(acc).all()
-    g = (p[:, :, None] * np.nan_to_num(np.abs(d))[None]).max(axis=1) / 255      # (nr, nb)
-    bound = np.repeat(16 * g / 2 * 8, 32, axis=1) + 1e-6
-    assert (np.abs(acc - want) <= bound).all()
-    nmse = ((acc - want) ** 2).sum() / (want ** 2).sum()
-    assert nmse < 2e-5
-    p[[1, 4], 9] = 0.5                                       # the NaN row visible: NaN out
-    acc = _pv_u8(p, vbuf, vs)
-    assert np.isnan(acc[[1, 4], :32]).all() and np.isfinite(acc[[1, 4], 32:]).all()
-    assert np.isfinite(acc[[0, 2, 3]]).all()
-
-
-def test_pv_q4_0_u8_extremes_do_not_overflow():
-    """The largest sums the integer lanes hold: 16 keys all at p = 1 (every 8-bit p 255)
-    with the extreme codes (0 with d > 0: -8; 0 with d < 0: +8; 15: +7), so each int16 lane
-    sums 16 products of 255·8 = 32640 (the bound in fa_simd); a saturated or wrapped lane
-    would be off by thousands of units."""
-    nb = N // 32
-    blk = np.zeros((16, nb, 18), np.uint8)
-    blk[:, :, :2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
-    blk[:, 1, :2] = np.frombuffer(np.float16(-1.0).tobytes(), np.uint8)    # block 1: x = +8
-    blk[:, 2, 2:] = 0xFF                                                     # block 2: +7
-    blk[:, 3, 2:] = 0x0F                                                     # block 3: +7 / -8
-    vx = np.stack([quants.dequantize(T.Q4_0, r.tobytes(), N) for r in blk]).astype(np.float64)
-    p = np.ones((5, 16), np.float32)
-    acc = _pv_u8(p, blk.ravel(), 18 * nb)
-    want = p.astype(np.float64) @ vx
-    assert np.abs(want).max() == 16 * 8
-    np.testing.assert_allclose(acc, want, rtol=1e-6, atol=0)
 
 
 def test_q_rows_quantized_as_ggml_cpu(rng):

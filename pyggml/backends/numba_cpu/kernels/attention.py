@@ -22,8 +22,9 @@ reorganized for memory traffic:
             the cache from DRAM: without it 2 threads reach ~60% of the bandwidth);
             other types are converted to F32 rows once per tile. Quantized K with
             PREC_DEFAULT quantizes the q rows to 8-bit blocks (ggml's vec_dot_type
-            Q8_0/Q8_1) and uses integer dots per 32-block times the two scales (plus
-            min·sum for Q4_0 straight from the cache (AVX512-VNNI, else ggml's AVX2
+            Q8_0/Q8_1, by ggml-cpu's own quantizer: the same bytes) and uses integer
+            dots per 32-block times the two scales (plus min·sum for Q4_0 straight
+            from the cache (AVX512-VNNI, else ggml's AVX2
             pmaddubsw sequence, else portable LLVM: the same integers), the others with
             ggml's AVX2 sequence on decoded rows (a portable loop without AVX2);
             PREC_F32 reads the dequantized K. Head sizes that are not

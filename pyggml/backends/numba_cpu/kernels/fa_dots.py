@@ -485,20 +485,3 @@ def pv1(t, n, acc, p, v0, pf):
         fa_simd.pv_1x1_bf16(n, acc, 0, p, 0, pf, v0)
     else:
         fa_simd.pv_1x1_f32(n, acc, 0, p, 0, pf, v0)
-
-
-@_jit_inline
-def pv_u8_16(four, n, acc, astride, p, pstride, v, vnb1, pf):
-    """fa_simd's 8-bit-p Q4_0 p·V over the 16 V rows at v, vnb1 bytes apart: 4 accumulator
-    rows (astride bytes apart, p rows pstride) when four, else one."""
-    s = vnb1
-    if four:
-        fa_simd.pv_4x16_q4_0_u8(n, acc, astride, p, pstride, pf, v, v + s, v + 2 * s, v + 3 * s,
-                                v + 4 * s, v + 5 * s, v + 6 * s, v + 7 * s, v + 8 * s, v + 9 * s,
-                                v + 10 * s, v + 11 * s, v + 12 * s, v + 13 * s, v + 14 * s,
-                                v + 15 * s)
-    else:
-        fa_simd.pv_1x16_q4_0_u8(n, acc, 0, p, 0, pf, v, v + s, v + 2 * s, v + 3 * s,
-                                v + 4 * s, v + 5 * s, v + 6 * s, v + 7 * s, v + 8 * s, v + 9 * s,
-                                v + 10 * s, v + 11 * s, v + 12 * s, v + 13 * s, v + 14 * s,
-                                v + 15 * s)

@@ -9,7 +9,6 @@ from llvmlite import ir
 
 from .simd import _F32
 from .simd import _HALF
-from .simd import _I1
 from .simd import _I8
 from .simd import _I16
 from .simd import _I32
@@ -404,126 +403,6 @@ def _qk_q4_0_hadd_body(nr):
     return build
 
 
-# --- p·V over Q4_0 V with 8-bit p (pmaddubsw; portable LLVM twins without AVX2) --------------------
-# nk keys (a multiple of 4) at once. Per row and V block, the keys' weights w_u = p_u·|d_u|
-# (d_u the key's block scale, p in [0, 1]) are quantized to unsigned 8 bits against their
-# max: g = max w / 255, pq_u = round(w_u / g) in 0..255, each off by at most g/2 (1/510 of
-# the group's largest weight: ~1e-6 NMSE of a group's product, less over many groups). d's
-# sign goes into the codes: x_u = ±(code - 8) in -8..8. Four keys' codes are interleaved
-# byte by byte (a 4-byte lane per output value), so pmaddubsw (u8 pq x i8 x) sums key pairs
-# into int16 lanes, the nk/4 quads' vectors are added in int16 and pmaddwd with ones sums the
-# two pairs of each output into int32: one conversion and one FMA (times g) per 8 outputs
-# and row for all nk keys (the float path: nk FMAs, plus the V decode).
-# No overflow: a pmaddubsw lane is pq_a·x_a + pq_b·x_b, |.| <= 2·255·8 = 4080 (its
-# saturation is 2^15 - 1); the quads' sum <= (nk/2)·4080, 32640 < 2^15 for nk = 16 (the
-# largest built: 20 keys would saturate); pmaddwd's int32 lane <= nk·2040. Exact integers.
-# Keys with p = 0 get w = 0 whatever their d (junk slots under a mask); a visible NaN
-# scale gives the row NaN (as ggml). The softmax sum S
-# keeps summing the float p (exp_block): the state (M, S) is exactly the segment's; only the
-# V products carry the 8-bit p. Blocks' scales differ: block sums never meet in integers.
-PV_U8_KEYS = 16
-
-
-def _unpack_idx(w, hi):
-    """punpck{l,h}{bw,wd} of two <32/w x iW>: per 128-bit half, the low (or high) half of x's
-    and y's elements alternating."""
-    n = 16 // w                         # elements per 128-bit half
-    k0 = n // 2 if hi else 0
-    return [i for h in range(2) for k in range(k0, k0 + n // 2) for i in (n * h + k, 2 * n + n * h + k)]
-
-
-def _codes_quad(b, blk):
-    """A Q4_0 block's codes (0..15) in the order the 4-key interleave needs: 128-bit half 0
-    holds values 0-3, 8-11, 16-19, 24-27 and half 1 values 4-7, 12-15, 20-23, 28-31, so
-    that the interleave's 4 vectors hold values 0-7, 8-15, 16-23, 24-31 (in order)."""
-    q = _load(b, b.add(blk, _c(_I64, 2)), _v(_I32, 4))          # raw bytes j: value j, j + 16
-    d = b.shuffle_vector(q, q, ir.Constant(_v(_I32, 8), [0, 2, 0, 2, 1, 3, 1, 3]))
-    d = b.lshr(d, ir.Constant(_v(_I32, 8), [0, 0, 4, 4] * 2))
-    return b.bitcast(b.and_(d, ir.Constant(_v(_I32, 8), [0x0F0F0F0F] * 8)), _v(_I8, 32))
-
-
-def _pv_q4_0_u8_body(nr, nk):
-    assert nk % 4 == 0 and nk <= 16
-    f32x8 = _v(_F32, 8)
-    i8x32, i16x16 = _v(_I8, 32), _v(_I16, 16)
-    ub, uw = [[ir.Constant(_v(_I32, 32 // w), _unpack_idx(w, hi)) for hi in (False, True)]
-              for w in (1, 2)]
-    nq = nk // 4
-
-    def build(b, n, acc, astride, p, pstride, pf, *vs):
-        zero = ir.Constant(f32x8, [0.0] * 8)
-        pz = []                          # per row: its p in 8-lane chunks, and p > 0
-        for r in range(nr):
-            row = [_load(b, _row_at(b, p, r, pstride, _c(_I64, 32 * k)), f32x8) for k in range(nk // 8)]
-            if nk % 8:
-                h4 = _load(b, _row_at(b, p, r, pstride, _c(_I64, 32 * (nk // 8))), _v(_F32, 4))
-                row.append(b.shuffle_vector(h4, ir.Constant(_v(_F32, 4), [0.0] * 4),
-                                            ir.Constant(_v(_I32, 8), list(range(8)))))
-            pz.append([(x, b.fcmp_ordered(">", x, zero)) for x in row])
-        eight = ir.Constant(i8x32, [8] * 32)
-        half = ir.Constant(f32x8, [0.5] * 8)
-
-        def body(b, i):
-            xs, dabs = [], []
-            for v in vs:
-                blk = b.add(v, b.mul(i, _c(_I64, 18)))
-                _prefetch(b, b.add(blk, pf))
-                x = b.sub(_codes_quad(b, blk), eight)
-                h = _load(b, blk, _I16)
-                neg = _splat(b, b.trunc(b.ashr(h, _c(_I16, 15)), _I8), 32)      # 0 or -1
-                xs.append(b.sub(b.xor(x, neg), neg))                          # sign(d)·(code - 8)
-                dabs.append(b.and_(h, _c(_I16, 0x7FFF)))
-            dv = []                      # |d| in 8-lane chunks (a last 4 padded with 0)
-            for k in range(0, nk, 8):
-                hv = ir.Constant(_v(_I16, 8), [0] * 8)
-                for u in range(k, min(nk, k + 8)):
-                    hv = b.insert_element(hv, dabs[u], _c(_I32, u - k))
-                dv.append(b.fpext(b.bitcast(hv, _v(_HALF, 8)), f32x8))
-            quads = []                   # per quad: 4 vectors, values 0-7, 8-15, 16-23, 24-31
-            for q in range(nq):
-                x0, x1, x2, x3 = xs[4 * q:4 * q + 4]
-                ab = [b.bitcast(b.shuffle_vector(x0, x1, ub[hi]), i16x16) for hi in (0, 1)]
-                cd = [b.bitcast(b.shuffle_vector(x2, x3, ub[hi]), i16x16) for hi in (0, 1)]
-                quads.append([b.bitcast(b.shuffle_vector(ab[h], cd[h], uw[hw]), i8x32)
-                              for h in (0, 1) for hw in (0, 1)])
-            for r in range(nr):
-                ws = [b.select(pos, b.fmul(x, d), zero) for (x, pos), d in zip(pz[r], dv)]
-                m = ws[0]
-                for w in ws[1:]:
-                    m = b.select(b.fcmp_ordered(">", w, m), w, m)
-                for sh in ([4, 5, 6, 7, 0, 1, 2, 3], [2, 3, 0, 1, 6, 7, 4, 5], [1, 0, 3, 2, 5, 4, 7, 6]):
-                    o = b.shuffle_vector(m, m, ir.Constant(_v(_I32, 8), sh))
-                    m = b.select(b.fcmp_ordered(">", o, m), o, m)             # max in every lane
-                inv = b.select(b.fcmp_ordered(">", m, zero),
-                               b.fdiv(ir.Constant(f32x8, [255.0] * 8), m), zero)
-                pats = []
-                for w in ws:             # pq as bytes; a quad's 4 repeated over the vector
-                    qi = b.fptosi(b.fadd(b.fmul(w, inv), half), _v(_I32, 8))     # 0..255
-                    q4 = b.bitcast(b.trunc(qi, _v(_I8, 8)), _v(_I32, 2))
-                    pats += [b.bitcast(_splat(b, b.extract_element(q4, _c(_I32, k)), 8), i8x32)
-                             for k in range(2)]
-                g = b.fmul(m, ir.Constant(f32x8, [1.0 / 255.0] * 8))
-                # a visible key with a NaN scale makes the row NaN, as the float path does
-                # (the max and the byte conversion would drop it; an inf scale gives inf·0)
-                nan = b.fcmp_unordered("uno", ws[0], ws[0])
-                for w in ws[1:]:
-                    nan = b.or_(nan, b.fcmp_unordered("uno", w, w))
-                anynan = _intr(b, "llvm.vector.reduce.or.v8i1", _I1, [nan])
-                g = b.select(anynan, ir.Constant(f32x8, [float("nan")] * 8), g)
-                for c in range(4):
-                    t = None
-                    for q in range(nq):
-                        y = _i16_pairs(b, pats[q], quads[q][c])
-                        t = y if t is None else b.add(t, y)
-                    xf = b.sitofp(_wsum32(b, t), f32x8)
-                    addr = _row_at(b, acc, r, astride,
-                                   b.mul(b.add(b.mul(i, _c(_I64, 32)), _c(_I64, 8 * c)), _c(_I64, 4)))
-                    _store(b, addr, _fma(b, g, xf, _load(b, addr, f32x8)))
-        _for(b, b.udiv(n, _c(_I64, 32)), body)
-        b.ret_void()
-    return build
-
-
 def _qk(nr, nk, x):
     return _intrinsic_n(f"pyggml_fa_qk_{nr}x{nk}_{x}_v{VL}", 5 + nk, _qk_body(nr, nk, x))
 
@@ -550,9 +429,3 @@ if HAVE_VNNI:
     qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 10, _qk_q4_0_i8_body(1))
 else:
     qk_4x4_q4_0_i8, qk_1x4_q4_0_i8 = qk_4x4_q4_0_hadd, qk_1x4_q4_0_hadd
-# Q4_0 p·V with 8-bit p over PV_U8_KEYS keys (fa_tile, with the 8-bit q·K under PREC_DEFAULT,
-# where PV_U8: the AVX2 build, 0.74x the float path's instructions; with AVX-512's float
-# products the float path was faster: 32 vs 45 CPU ns per 4 keys x 4 rows)
-PV_U8 = VL == 8
-pv_4x16_q4_0_u8 = _intrinsic_n("pyggml_fa_pv_4x16_q4_0_u8", 6 + 16, _pv_q4_0_u8_body(4, 16))
-pv_1x16_q4_0_u8 = _intrinsic_n("pyggml_fa_pv_1x16_q4_0_u8", 6 + 16, _pv_q4_0_u8_body(1, 16))

@@ -27,7 +27,6 @@ from .fa_dots import exp_block
 from .fa_dots import pv1
 from .fa_dots import pv1x4
 from .fa_dots import pv4
-from .fa_dots import pv_u8_16
 from .fa_dots import qk1
 from .fa_dots import qk4
 from .fa_dots import reads_in_place
@@ -161,9 +160,6 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     v_simd = dv % VL == 0
     v_direct = v_simd and reads_in_place(vt, dv)
     vq = vt if v_direct else F32
-    # Q4_0 V with 8-bit p (fa_simd.PV_U8: the AVX2 build) where q·K is 8-bit too (PREC_DEFAULT)
-    v_u8 = fa_simd.PV_U8 and int_dots and v_direct and vt == Q4_0
-    u8k = fa_simd.PV_U8_KEYS
     qx_addr = np.int64(qx.ctypes.data)
     # software prefetch distance for rows read in place: PF_GROUPS groups of keys ahead
     kpf = PF_GROUPS * KG * knb1 if k_direct else 0
@@ -328,23 +324,6 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                 nz += 1 if p == _F0 else 0
             Sr[r] += ssum
             n_zero += nz
-        if v_u8 and nk == KB:
-            # a whole block, u8k keys a time with 8-bit p: every V row of the block is read
-            # (all lie in the segment); a p = 0 key adds exactly 0 whatever its row holds,
-            # and a row without visible keys yet keeps its acc (zeroed at its first keys)
-            for g0 in range(0, KB, u8k):
-                vb = vbase + (j0 + g0) * vnb1
-                for r0 in range(0, R, 4):
-                    nr = min(4, R - r0)
-                    if nr == 4 or pad and nr == 3:
-                        pv_u8_16(True, dv, acc_addr + r0 * dv * 4, dv * 4,
-                                 sc_addr + (r0 * KB + g0) * 4, KB * 4, vb, vnb1, vpf)
-                    else:
-                        for r in range(r0, r0 + nr):
-                            pv_u8_16(False, dv, acc_addr + r * dv * 4, 0,
-                                     sc_addr + (r * KB + g0) * 4, 0, vb, vnb1, vpf)
-            j0 += nk
-            continue
         # V accumulation, KG keys at a time; a key no row of the tile sees is never read, and
         # a row only touches the V rows of its visible keys (p != 0: masked cache slots may
         # hold junk, and 0 * junk could be NaN)
