@@ -137,6 +137,20 @@ def test_q8_split_emulation():
     assert np.allclose(q[1] / d, np.rint(q[1] / d)) and abs(q[1]).max() == pytest.approx(1.0)
 
 
+def test_fast_fa_q_is_ggml_cpu_q8_0():
+    """Flash attention over a quantized K reads q as ggml-cpu converts it (Q8_0's x86
+    from_float: 127/amax, ties to even, F16 d): the fast reference's emulation holds the
+    values those bytes decode to, bit for bit (halves make every .5 a tie)."""
+    from pyggml.quants import q8_0
+    rng = np.random.default_rng(7)
+    ties = np.arange(-31.5, 32.5, dtype=np.float32)     # amax 127 per block: 1/d = 1
+    ties[[31, 63]] = 127
+    x = np.concatenate([rng.standard_normal((3, 64)).astype(np.float32) * 3, ties[None],
+                        np.zeros((1, 64), np.float32)])
+    want = gg.dequantize(gg.TYPE_Q8_0, q8_0.from_float_cpu(x.reshape(-1)), x.size)
+    np.testing.assert_array_equal(quantize_act_q8_split(x, fa=True).reshape(-1), want)
+
+
 def test_tiered_switch(monkeypatch):
     monkeypatch.delenv("PYGGML_TIERED", raising=False)
     assert tiered_enabled() and not tiered_enabled(False)

@@ -127,21 +127,19 @@ class WeightCache:
 
 def quantize_act_q8_split(x: np.ndarray, fa: bool = False) -> np.ndarray:
     """float32 rows (..., k), k % 32 == 0 -> the values the Numba kernels leave them as
-    (q * d per 32-block, float32): mul_mat's quantize_act (q = rint(x * (127/amax))), or with
-    fa=True flash attention's quant_q_row (q = roundf(x * (1/d)), half away from zero)."""
+    (q * d per 32-block, float32): q = rint(x * (127/amax)) (ties to even); mul_mat's
+    quantize_act keeps d = amax/127 in F32, flash attention's quant_q_row (fa=True) converts
+    q as ggml-cpu does, with the x86 from_float of K's vec_dot_type, which stores d as F16."""
     x = np.asarray(x, dtype=np.float32)
     blocks = x.reshape(x.shape[:-1] + (x.shape[-1] // QK, QK))
     amax = np.abs(blocks).max(axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d = (amax / np.float32(127.0)).astype(np.float32)
         if fa:
-            idd = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
-            y = blocks * idd
-            q = np.sign(y) * np.floor(np.abs(y) + np.float32(0.5))
-        else:
-            idd = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
-            q = np.rint(blocks * idd)
-            d = np.where(np.isfinite(amax), d, np.float32(np.nan)).astype(np.float32)
+            d = d.astype(np.float16).astype(np.float32)
+        idd = np.where(amax > 0, np.float32(127.0) / amax, np.float32(0.0)).astype(np.float32)
+        q = np.rint(blocks * idd)
+        d = np.where(np.isfinite(amax), d, np.float32(np.nan)).astype(np.float32)
     return (q * d).astype(np.float32).reshape(x.shape)
 
 
