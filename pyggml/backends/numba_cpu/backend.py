@@ -197,7 +197,9 @@ class NumbaBackend(Backend):
         gf.cache[slot] = (key, facts, supported)
         return facts, supported
 
-    def supports_graph(self, gf: CGraph) -> list:
+    def supports_graph(self, gf: CGraph) -> Optional[list]:
+        if type(self).supports_op is not NumbaBackend.supports_op:
+            return None               # a subclass with its own rule: asked node by node
         return self._node_facts(gf)[1]
 
     def select(self, gf: CGraph) -> list:
