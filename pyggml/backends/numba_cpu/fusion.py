@@ -441,9 +441,10 @@ def fuse(nodes, rows: list, kernels: list, slots: tuple = None):
             kernels[q] = RMS_NORM_MUL
     keep = [p for p in range(len(rows)) if p not in drop]
     kidx = idx[keep]
-    for q, r in zip(fused, np.searchsorted(keep, fused).tolist()):
-        f = row_nodes[q]                # a fused row's tensors are its group's rows' tensors
-        kidx[r] = [slot_of[f.node]] + [0 if t is None else slot_of[t] for t in f.src]
+    if fused:                           # a fused row's tensors are its group's rows' tensors
+        kidx[np.searchsorted(keep, fused)] = [
+            [slot_of[f.node]] + [0 if t is None else slot_of[t] for t in f.src]
+            for f in map(row_nodes.__getitem__, fused)]
     return ([rows[p] for p in keep], [kernels[p] for p in keep], [row_nodes[p] for p in keep],
             moved, kidx)
 
