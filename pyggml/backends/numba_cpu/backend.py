@@ -185,14 +185,13 @@ class NumbaBackend(Backend):
             wk = whole.cache.get(slot)
             if wk is not None and wk[0] == (whole.version, len(whole.nodes)) + key[2:]:
                 known = dict(zip(whole.nodes, wk[1]))
-        get = memo.get
-        facts = []
-        for node in gf.nodes:
-            f = known.get(node, _MISSING) if known is not None else _MISSING
-            if f is _MISSING:
-                op = node.op
-                f = None if op is None or op.view or 0 in node.ne else get(node)
-            facts.append(f)
+        if known is None:
+            facts = memo.get_all(gf.nodes)
+        else:
+            facts = [known.get(node, _MISSING) for node in gf.nodes]
+            if _MISSING in facts:           # nodes of its own (a split's shadow nodes)
+                new = iter(memo.get_all([n for n, f in zip(gf.nodes, facts) if f is _MISSING]))
+                facts = [next(new) if f is _MISSING else f for f in facts]
         supported = [f is None or f[0] is not None for f in facts]
         gf.cache[slot] = (key, facts, supported)
         return facts, supported
