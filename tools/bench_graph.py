@@ -87,9 +87,10 @@ def phases(model, cache, backend, n_tokens: int, sched=None):
     if sched is not None:                            # the Decoder's path through a scheduler
         sched.alloc_graph(gf)                        # assign backends, allocate, split
         c2 = c3 = time.process_time()
-        sp = sched.splits[0]
-        g = gg.CGraph(len(sp.nodes))
-        g.nodes = sp.nodes
+        g = sched.splits[0].graph                    # the split's graph, as compute runs it
+        if g is None:                                # older pyggml: made at compute
+            g = gg.CGraph(len(sched.splits[0].nodes))
+            g.nodes = sched.splits[0].nodes
         backend.table(g)                             # select, plan, lower
         c4 = time.process_time()
         cache.step = None

@@ -6,7 +6,7 @@ rows, kernels, n_tasks, barriers and descriptors (lower), addresses as (buffer, 
 Run it on two trees (PYTHONPATH=tree) and compare the digests: a change that should only
 make graph building cheaper must leave them all equal.
 
-    python tools/graph_fingerprint.py [--dump DIR] [--stub-kernels]
+    python tools/graph_fingerprint.py [--dump DIR] [--stub-kernels] [--sched]
 """
 from __future__ import annotations
 
@@ -33,16 +33,32 @@ GRAPHS = (("f16", 1, 100, None), ("mixed", 1, 100, None), ("f16", 32, 0, None),
           ("f16", 16, 40, 1))
 
 
-def fingerprint(model, backend, kind, n_tokens, past, n_out) -> dict:
+def fingerprint(model, backend, kind, n_tokens, past, n_out, sched=None) -> dict:
+    """One graph's phases hashed; `sched`: through Sched([numba, reference]) as the Decoder
+    runs it (assignment, splits, allocation, each Numba split's table as compute makes it)."""
     cache = make_cache(kind, SMOLLM2, 1024, past)
     ctx = gg.init(mem_size=64 << 20, no_alloc=True)
     gf = gg.new_graph_custom(ctx, 8192)
     cache.begin(n_tokens)
     model.build(ctx, gf, cache, n_tokens, n_outputs=n_out)
-    alloc_graph(gf)
-    selected = backend.select(gf)
-    cplan = graph_plan(gf, backend.n_threads, backend, selected)
-    tab = backend.lower(gf, cplan, selected)
+    tabs = []
+    if sched is None:
+        alloc_graph(gf)
+        selected = backend.select(gf)
+        cplan = graph_plan(gf, backend.n_threads, backend, selected)
+        tabs.append(backend.lower(gf, cplan, selected))
+        plan = dict(n_tasks=list(cplan.n_tasks), work=cplan.work_size)
+    else:
+        sched.alloc_graph(gf)
+        for sp in sched.splits:
+            if sp.backend is backend:
+                g = sp.graph
+                if g is None:                   # older pyggml: made at compute
+                    g = gg.CGraph(len(sp.nodes))
+                    g.nodes = sp.nodes
+                    g.version = gf.version
+                tabs.append(backend.table(g))
+        plan = [[n, list(t), w] for n, t, w in (tab.plan_copy for tab in tabs)]
     ref = {}
     for i, t in enumerate(gf.leafs):
         ref[t] = f"L{i}"
@@ -67,9 +83,25 @@ def fingerprint(model, backend, kind, n_tokens, past, n_out) -> dict:
                     at=where(t))
 
     out = dict(leafs=[rec(t) for t in gf.leafs], nodes=[rec(t) for t in gf.nodes])
+    if sched is not None:
+        out["splits"] = [dict(backend=sp.backend.name, nodes=[ref[n] for n in sp.nodes],
+                              inputs=[ref.get(s, "?" + s.name) for s in sp.inputs])
+                         for sp in sched.splits]
+        for sp in sched.splits:                 # the copies' buffers, in split order
+            for s in sp.inputs:
+                where(sp.copies[id(s)])
     out["graph_buffer"] = [b.size for _, b in bufs.values() if b.name == "graph"]
-    out["plan"] = dict(n_tasks=list(cplan.n_tasks), work=cplan.work_size)
+    out["plan"] = plan
     spans = sorted((b.address, b.address + b.size, tag) for tag, b in bufs.values())
+    out["table"] = [_table(tab, spans) for tab in tabs]
+    if sched is None:
+        out["table"] = out["table"][0]
+    cache.step = None
+    return out
+
+
+def _table(tab, spans) -> dict:
+    """A lowered table with addresses as (buffer tag, offset)."""
     descs = tab.descs.copy()
     for w in (D.H_WDATA, D.H_STATUS, D.H_SCRATCH):
         descs[:, w] = 0
@@ -80,11 +112,9 @@ def fingerprint(model, backend, kind, n_tokens, past, n_out) -> dict:
             if a:
                 tag = next(tag for lo, hi, tag in spans if lo <= a <= hi)
                 descs[r, col] = tag << 40 | (a - dict((t, lo) for lo, _, t in spans)[tag])
-    out["table"] = dict(rows=list(tab.graph_index), kernels=[k.name for k in tab.kernels],
-                        n_tasks=tab.n_tasks.tolist(), sync=tab.sync.tolist(),
-                        descs=descs.tolist(), row_end=np.asarray(tab.row_end).tolist())
-    cache.step = None
-    return out
+    return dict(rows=list(tab.graph_index), kernels=[k.name for k in tab.kernels],
+                n_tasks=tab.n_tasks.tolist(), sync=tab.sync.tolist(),
+                descs=descs.tolist(), row_end=np.asarray(tab.row_end).tolist())
 
 
 def main(argv=None) -> int:
@@ -93,13 +123,16 @@ def main(argv=None) -> int:
     ap.add_argument("--stub-kernels", action="store_true",
                     help="no kernel compiled (bench_graph.stub_kernels; the table's kernel "
                          "names are still hashed, its addresses never were)")
+    ap.add_argument("--sched", action="store_true",
+                    help="through Sched([numba, reference]) as the Decoder runs (models.llama)")
     args = ap.parse_args(argv)
     if args.stub_kernels:
         stub_kernels()
     model = LlamaModel.random(SMOLLM2)
     backend = NumbaBackend(2)
     for g in GRAPHS:
-        fp = fingerprint(model, backend, *g)
+        sched = gg.sched_new([backend, gg.backend_reference_init()]) if args.sched else None
+        fp = fingerprint(model, backend, *g, sched=sched)
         text = json.dumps(fp, sort_keys=True)
         label = "{}-{}tok-{}past-{}out".format(*g)
         print(f"{label:28} {len(fp['nodes']):5} nodes  "

@@ -18,6 +18,10 @@ from ..tensor import Tensor
 # called again with ask=False, and returning False stops the graph there.
 EvalCallback = Callable[[Tensor, bool], bool]
 
+# gf.cache key of a graph made of a slice of another graph's nodes (a scheduler's split):
+# a weakref to that graph, whose per-node facts a backend may reuse (they are the same nodes)
+PART_OF = "part of"
+
 
 def default_n_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
@@ -34,6 +38,12 @@ class Backend:
 
     def supports_op(self, node: Tensor) -> bool:
         raise NotImplementedError
+
+    def supports_graph(self, gf: CGraph) -> Optional[list]:
+        """supports_op of every node of gf at once (a list in gf.nodes order), for a
+        backend that answers a whole graph cheaper than node by node (a scheduler asks it
+        once per graph it plans); None: ask supports_op per node."""
+        return None
 
     def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
         raise NotImplementedError

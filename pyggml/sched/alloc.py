@@ -12,6 +12,7 @@ from itertools import chain
 from itertools import compress
 from itertools import count
 
+from .. import tensor as _tensor_mod
 from ..graph import CGraph
 from ..tensor import TENSOR_FLAG_INPUT
 from ..tensor import TENSOR_FLAG_OUTPUT
@@ -21,9 +22,26 @@ from ..tensor import set_buffers
 
 ALIGN = 64
 
+# gf.cache entry: the graph as it was when every tensor it holds had data. Tensors never
+# lose data and every grant bumps tensor.ALLOC_EPOCH, so while the graph's lists and the
+# epoch are unchanged the walk would find nothing to do (a scheduler allocates, then its
+# backend asks again for the same graph or a split's graph of the same nodes).
+ALLOCATED = "allocated"
+
+
+def allocated_mark(gf: CGraph) -> tuple:
+    return gf.version, len(gf.nodes), len(gf.leafs), _tensor_mod.ALLOC_EPOCH
+
+
+def mark_allocated(gf: CGraph) -> None:
+    """Note that every tensor of gf has data now (alloc_graph then returns at once)."""
+    gf.cache[ALLOCATED] = allocated_mark(gf)
+
 
 def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     """Allocate every tensor of gf that lacks data; returns the bytes allocated."""
+    if gf.cache.get(ALLOCATED) == allocated_mark(gf):
+        return 0
     order = gf.leafs + gf.nodes
     n_leafs = len(gf.leafs)
     # roots (tensors owning memory) that lack data, in first-seen order; the place of
@@ -50,6 +68,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
                 todo[r] = None
                 last[r] = i
     if not todo:
+        mark_allocated(gf)
         return 0
     keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
     out = gf.nodes[-1] if gf.nodes else None
@@ -94,4 +113,5 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
             heappush(live, (last.get(t, i), seq, o, size))
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
     set_buffers(buf, offsets)
+    mark_allocated(gf)
     return top

@@ -14,12 +14,14 @@ caller holding "a backend" never needs to know whether it holds a scheduler.
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Optional
 
 from .. import data
 from .. import tensor as _tensor_mod
+from ..backends.base import PART_OF
 from ..backends.base import Backend
 from ..errors import GraphError
 from ..errors import UnsupportedError
@@ -30,6 +32,7 @@ from ..tensor import Tensor
 from ..tensor import nbytes
 from ..types import TRAITS
 from .alloc import alloc_graph
+from .alloc import mark_allocated
 
 
 @dataclass
@@ -46,6 +49,7 @@ def _fmt_size(n: int) -> str:
 
 
 _TOKENS = itertools.count(1)
+_ASK = object()                 # Sched._support: a backend not asked yet
 
 
 class Sched(Backend):
@@ -70,41 +74,73 @@ class Sched(Backend):
         self._generation = 0                       # bumped by reset: older entries are stale
 
     # --- assignment ------------------------------------------------------------------------
+    def _buffer_owners(self) -> dict:
+        """Backend name -> the first backend of that name (a buffer's `backend` tag names its
+        owner): resolved once per plan, not per source."""
+        owners = {}
+        for b in reversed(self.backends):
+            owners[b.name] = b
+        self._owners = owners
+        return owners
+
     def _backend_of_buffer(self, t: Tensor):
-        buf = t.buffer
+        r = t.view_src if t.view_src is not None else t
+        buf = r._buffer
         if buf is None or buf.backend is None:
             return None
-        for b in self.backends:
-            if b.name == buf.backend:
-                return b
-        return None
+        owners = self.__dict__.get("_owners")
+        if owners is None:
+            owners = self._buffer_owners()
+        return owners.get(buf.backend)
+
+    def _support(self, gf: CGraph):
+        """supported(b, i, node): does backend b run gf.nodes[i]? A backend with a whole-graph
+        answer (Backend.supports_graph) is asked once for the graph, the first time one of
+        its answers is needed; the others per node (supports_op), as before."""
+        tables = {}
+
+        def supported(b, i, node):
+            tab = tables.get(b, _ASK)
+            if tab is _ASK:
+                tab = tables[b] = b.supports_graph(gf)
+            return tab[i] if tab is not None else b.supports_op(node)
+        return supported
 
     def _assign(self, gf: CGraph) -> None:
-        self.assignment = {}
+        self.assignment = a = {}
+        owners = self._buffer_owners()
+        pinned = self.pinned
+        backends = self.backends
+        supported = self._support(gf)
         unsupported = []
         prev = None
         for i, node in enumerate(gf.nodes):
-            if id(node) in self.pinned:
-                be = self.pinned[id(node)]
+            nid = id(node)
+            if nid in pinned:
+                be = pinned[nid]
             elif node.op is not None and node.op.view:
                 src = node.src[0]
-                be = self.assignment.get(id(src)) or self._backend_of_buffer(src) or prev \
-                    or self.backends[0]
+                be = a.get(id(src)) or self._backend_of_buffer(src) or prev or backends[0]
             else:
                 be = None
                 # weights first: a source that lives in a backend's buffer pulls the node there
-                for s in node.src:
-                    if s is not None:
-                        wb = self._backend_of_buffer(s)
-                        if wb is not None and wb.supports_op(node):
+                for s in filter(None, node.src):
+                    r = s.view_src if s.view_src is not None else s
+                    buf = r._buffer
+                    if buf is not None and buf.backend is not None:
+                        wb = owners.get(buf.backend)
+                        if wb is not None and supported(wb, i, node):
                             be = wb
                             break
                 if be is None:
-                    be = next((b for b in self.backends if b.supports_op(node)), None)
-                if be is None:
-                    unsupported.append((i, node))
-                    continue
-            self.assignment[id(node)] = be
+                    for b in backends:
+                        if supported(b, i, node):
+                            be = b
+                            break
+                    else:
+                        unsupported.append((i, node))
+                        continue
+            a[nid] = be
             prev = be
         if unsupported:
             lines = [f"  node {i} {n.op_name} {describe(n)} srcs "
@@ -114,25 +150,39 @@ class Sched(Backend):
                 f"{len(unsupported)} node(s):\n" + "\n".join(lines))
 
     def _split(self, gf: CGraph) -> None:
-        self.splits = []
-        producer = {}
+        self.splits = splits = []
+        owners = self.__dict__.get("_owners") or self._buffer_owners()
+        assignment = self.assignment
+        producer = {}                   # id(node) -> its backend
+        sp = None
         for node in gf.nodes:
-            be = self.assignment[id(node)]
-            if not self.splits or self.splits[-1].backend is not be:
-                self.splits.append(Split(be))
-            sp = self.splits[-1]
-            for s in node.src:
-                if s is None or s is node or id(s) in sp.copies:
+            nid = id(node)
+            be = assignment[nid]
+            if sp is None or sp.backend is not be:
+                sp = Split(be)
+                splits.append(sp)
+                copies = sp.copies
+            for s in filter(None, node.src):
+                if s is node:
                     continue
-                src_be = producer.get(id(s)) or self._backend_of_buffer(s)
-                if src_be is not None and src_be is not be and id(s) not in sp.copies:
+                src_be = producer.get(id(s))
+                if src_be is None:      # not made here: where its memory lives, if anywhere
+                    r = s.view_src if s.view_src is not None else s
+                    buf = r._buffer
+                    if buf is None or buf.backend is None:
+                        continue
+                    src_be = owners.get(buf.backend)
+                if src_be is not None and src_be is not be and id(s) not in copies:
                     sp.inputs.append(s)
-                    sp.copies[id(s)] = None
+                    copies[id(s)] = None
             sp.nodes.append(node)
-            producer[id(node)] = be
+            producer[nid] = be
 
-    def _build_shadow_graphs(self) -> None:
-        """Copies of each split's inputs, and shadow nodes that read them."""
+    def _build_shadow_graphs(self, gf: CGraph) -> None:
+        """Each split's graph: its own nodes when it copies nothing in (a graph made of gf's
+        nodes: PART_OF tells its backend, which may reuse what it kept for gf), else copies
+        of its inputs and shadow nodes that read them. Every tensor of them has data (gf
+        was allocated, copies get their own buffers): marked, so no backend walks them."""
         for sp in self.splits:
             shadow_of: dict[int, Tensor] = {}
             for s in sp.inputs:
@@ -142,10 +192,13 @@ class Sched(Backend):
                                     backend=sp.backend.name), 0)
                 sp.copies[id(s)] = c
                 shadow_of[id(s)] = c
-            if not sp.inputs:
-                sp.graph = None
-                continue
             g = CGraph(max(1, len(sp.nodes)))
+            if not sp.inputs:
+                g.nodes = sp.nodes
+                g.version = gf.version
+                g.cache[PART_OF] = weakref.ref(gf)    # no cycle: gf.cache holds g
+                sp.graph = g
+                continue
             for node in sp.nodes:
                 sh = Tensor(None, node.type, node.ne, nb=node.nb,
                             view_src=node.view_src if node.view_src is not None else node,
@@ -158,6 +211,8 @@ class Sched(Backend):
                 g.nodes.append(sh)
             g.version = 1
             sp.graph = g
+        for sp in self.splits:           # after the copies' buffers (each bumps ALLOC_EPOCH)
+            mark_allocated(sp.graph)
 
     def _copy_inputs(self, sp: Split) -> None:
         """Byte-exact copy of each input (same type; the copy is contiguous)."""
@@ -180,7 +235,7 @@ class Sched(Backend):
             self._assign(gf)      # raises before any compute when a node is unsupported
             alloc_graph(gf)
             self._split(gf)
-            self._build_shadow_graphs()
+            self._build_shadow_graphs(gf)
             gf.cache[self._slot] = (key, self.assignment, self.splits)
         self._key = key
         self._graph = gf
@@ -205,13 +260,7 @@ class Sched(Backend):
         eval_cb = eval_cb if eval_cb is not None else self.eval_cb
         self.alloc_graph(gf)
         for sp in self.splits:
-            if sp.graph is None:
-                g = CGraph(max(1, len(sp.nodes)))
-                g.nodes = sp.nodes
-                g.version = gf.version
-                sp.graph = g
-            else:
-                self._copy_inputs(sp)
+            self._copy_inputs(sp)
             stopped = []
             cb = None
             if eval_cb is not None:

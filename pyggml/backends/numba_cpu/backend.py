@@ -23,9 +23,11 @@ from ...graph import CGraph
 from ...graph import gc_paused
 from ...tensor import Buffer
 from ...tensor import Tensor
+from ..base import PART_OF
 from ..base import Backend
 from ..base import EvalCallback
 from ..base import is_computed
+from . import verdicts as _verdicts_mod
 from .desc import DESC_LEN
 from .desc import SCRATCH_LEN
 from .desc import STATUS_LEN
@@ -45,6 +47,7 @@ from .verdicts import Verdicts
 from .verdicts import verdicts_for
 
 _loc = attrgetter("_buffer", "_offs")
+_MISSING = object()             # _node_facts: a node the whole graph's answers do not hold
 
 
 def _aligned_zeros(shape, align: int = 64) -> np.ndarray:
@@ -161,24 +164,52 @@ class NumbaBackend(Backend):
     def _key(self, gf: CGraph) -> tuple:
         return ("numba", id(self), gf.version, self.n_threads)
 
+    def _node_facts(self, gf: CGraph) -> tuple:
+        """(facts, supported) of gf's nodes: per node the memo's verdicts (kernel, n_tasks,
+        work_size, private_work), None for a node that computes nothing, and whether it is
+        supported. Kept in gf.cache for the scheduler's assignment, select, plan and lower
+        to share; keyed by all they depend on (the graph's version and node count, op_params
+        edits, the verdict memo: kernel table, thread count, verdicts.EPOCH), so a kept
+        answer is never stale. A graph made of another's nodes (PART_OF: a scheduler's
+        split) takes the kept answers of its nodes from that graph."""
+        memo = self.verdicts()
+        key = (gf.version, len(gf.nodes), _tensor_mod.PARAMS_EPOCH, _verdicts_mod.EPOCH, memo)
+        slot = ("numba facts", id(self))
+        kept = gf.cache.get(slot)
+        if kept is not None and kept[0] == key:
+            return kept[1], kept[2]
+        known = None
+        ref = gf.cache.get(PART_OF)
+        whole = ref() if ref is not None else None
+        if whole is not None:
+            wk = whole.cache.get(slot)
+            if wk is not None and wk[0] == (whole.version, len(whole.nodes)) + key[2:]:
+                known = dict(zip(whole.nodes, wk[1]))
+        if known is None:
+            facts = memo.get_all(gf.nodes)
+        else:
+            facts = [known.get(node, _MISSING) for node in gf.nodes]
+            if _MISSING in facts:           # nodes of its own (a split's shadow nodes)
+                new = iter(memo.get_all([n for n, f in zip(gf.nodes, facts) if f is _MISSING]))
+                facts = [next(new) if f is _MISSING else f for f in facts]
+        supported = [f is None or f[0] is not None for f in facts]
+        gf.cache[slot] = (key, facts, supported)
+        return facts, supported
+
+    def supports_graph(self, gf: CGraph) -> Optional[list]:
+        if type(self).supports_op is not NumbaBackend.supports_op:
+            return None               # a subclass with its own rule: asked node by node
+        return self._node_facts(gf)[1]
+
     def select(self, gf: CGraph) -> list:
         """The kernel variant of each node of gf (None for leafs and views); raises
         UnsupportedError naming the first node no kernel supports (check_supported).
         The result's `facts` carry the plan's per-node verdicts (Selection)."""
-        out = Selection()
-        facts = []
-        get = self.verdicts().get
-        for i, node in enumerate(gf.nodes):
-            op = node.op
-            if op is None or op.view or 0 in node.ne:     # empty results run no kernel
-                out.append(None)
-                facts.append(None)
-                continue
-            v = get(node)
-            if v[0] is None:
-                raise self.unsupported_node(i, node)
-            out.append(v[0])
-            facts.append(v)
+        facts, supported = self._node_facts(gf)
+        if False in supported:
+            i = supported.index(False)
+            raise self.unsupported_node(i, gf.nodes[i])
+        out = Selection([None if f is None else f[0] for f in facts])
         out.facts = facts
         out.n_threads = self.n_threads
         return out

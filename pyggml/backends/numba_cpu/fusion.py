@@ -24,6 +24,10 @@ plan.schedule sees a fused row as a FusedNode: its sources, and the ones it writ
 from __future__ import annotations
 
 import math
+from itertools import chain
+from itertools import compress
+from operator import attrgetter
+from operator import not_
 
 import numba
 import numpy as np
@@ -249,8 +253,11 @@ def _norm_row(mul, norm, w, add=None) -> FusedNode:
     return FusedNode(mul, (norm, w, add, add.src[0], add.src[1]), norm.op_params, (0, 2))
 
 
+_F32 = GGMLType.F32             # (an enum member looked up on its class costs ~0.3 µs)
+
+
 def _packed_f32(t) -> bool:
-    return t.type == GGMLType.F32 and t.nb[0] == 4
+    return t.type == _F32 and t.nb[0] == 4
 
 
 def _pair(norm, mul):
@@ -260,11 +267,13 @@ def _pair(norm, mul):
     a, b = mul.src[0], mul.src[1]
     w = b if a is norm else a if b is norm else None
     x = norm.src[0]
-    if w is None or w is norm or x is None or tuple(mul.ne) != tuple(norm.ne):
+    ne = norm.ne                        # (shape lists compare as lists: no tuples made)
+    if w is None or w is norm or x is None or mul.ne != ne:
         return None
-    if not all(_packed_f32(t) for t in (x, norm, w, mul)):
+    if not (_packed_f32(x) and _packed_f32(norm) and _packed_f32(w) and _packed_f32(mul)):
         return None
-    if w.ne[0] != norm.ne[0] or any(norm.ne[d] % w.ne[d] for d in (1, 2, 3)):
+    wne = w.ne
+    if wne[0] != ne[0] or ne[1] % wne[1] or ne[2] % wne[2] or ne[3] % wne[3]:
         return None
     return w
 
@@ -277,7 +286,8 @@ def _sum(add, norm) -> bool:
     a, b = add.src[0], add.src[1]
     if a is None or b is None or add.view_src is not None:
         return False
-    return all(_packed_f32(t) and tuple(t.ne) == tuple(add.ne) for t in (a, b))
+    ne = add.ne
+    return _packed_f32(a) and a.ne == ne and _packed_f32(b) and b.ne == ne
 
 
 def _span(t) -> tuple:
@@ -292,15 +302,19 @@ def _row_aligned(outs, ins, span=_span) -> bool:
     hands a dead source's slot to a result). A skewed overlap would let one row's store
     clobber a row another thread, or a later iteration, still reads. span(t): t's bytes."""
     ts = outs + ins
-    spans = [span(t) for t in ts]
+    spans = list(map(span, ts))
     for i in range(len(outs)):
         a0, a1 = spans[i]
-        for j in range(len(spans)):
-            b0, b1 = spans[j]
-            if j != i and a0 < b1 and b0 < a1 and not (
+        j = -1
+        for b0, b1 in spans:
+            j += 1
+            if a0 < b1 and b0 < a1 and j != i and not (
                     a0 == b0 and ts[i].ne == ts[j].ne and ts[i].nb == ts[j].nb):
                 return False
     return True
+
+
+_view_src = attrgetter("view_src")
 
 
 def _uses(nodes, is_row, idx, slot_of, of) -> dict:
@@ -310,14 +324,14 @@ def _uses(nodes, is_row, idx, slot_of, of) -> dict:
     empty results) and every node's view_src one by one."""
     counts = np.bincount(idx[:, 1:].ravel(), minlength=len(slot_of) + 1).tolist()
     uses = {t: counts[slot_of[t]] for t in of}
-    for i, node in enumerate(nodes):
-        if not is_row[i]:
-            for t in node.src:
-                if t in uses:
-                    uses[t] += 1
-        v = node.view_src
-        if v is not None and v in uses:
-            uses[v] += 1
+    # the other nodes' sources and every node's view_src, filtered in C down to the few
+    # tensors asked about, then counted
+    srcs = list(chain.from_iterable([node.src for node in compress(nodes, map(not_, is_row))]))
+    seen = list(compress(srcs, map(uses.__contains__, srcs)))
+    views = list(map(_view_src, nodes))
+    seen += compress(views, map(uses.__contains__, views))
+    for t in seen:
+        uses[t] += 1
     return uses
 
 
@@ -327,18 +341,21 @@ def _swiglu_of(glu):
     gate, up = glu.src[0], glu.src[1]
     if gate is None or up is None or gate is up:
         return None
-    if any(t.op is None or t.op.name != "MUL_MAT" for t in (gate, up)):
+    if gate.op is None or gate.op.name != "MUL_MAT" or up.op is None or \
+            up.op.name != "MUL_MAT":
         return None
     wg, wu, x = gate.src[0], up.src[0], gate.src[1]
-    if up.src[1] is not x or wg.type != wu.type or tuple(wg.ne) != tuple(wu.ne):
+    if up.src[1] is not x or wg.type != wu.type or wg.ne != wu.ne:
         return None
-    m = wg.ne[1]
-    if not (_packed_f32(x) and tuple(x.ne) == (wg.ne[0], 1, 1, 1) and wg.ne[2] == wg.ne[3] == 1):
+    col = [wg.ne[1], 1, 1, 1]
+    if not (_packed_f32(x) and x.ne == [wg.ne[0], 1, 1, 1] and wg.ne[2] == wg.ne[3] == 1):
         return None
-    if not all(_packed_f32(t) and tuple(t.ne) == (m, 1, 1, 1) for t in (gate, up, glu)):
+    if not (_packed_f32(gate) and gate.ne == col and _packed_f32(up) and up.ne == col
+            and _packed_f32(glu) and glu.ne == col):
         return None
-    ts = TRAITS[wg.type].type_size
-    if wg.nb[0] != ts or wu.nb[0] != ts or wg.ne[0] % TRAITS[wg.type].blck_size:
+    tr = TRAITS[wg.type]
+    ts = tr.type_size
+    if wg.nb[0] != ts or wu.nb[0] != ts or wg.ne[0] % tr.blck_size:
         return None
     return gate, up
 
@@ -424,9 +441,10 @@ def fuse(nodes, rows: list, kernels: list, slots: tuple = None):
             kernels[q] = RMS_NORM_MUL
     keep = [p for p in range(len(rows)) if p not in drop]
     kidx = idx[keep]
-    for q, r in zip(fused, np.searchsorted(keep, fused).tolist()):
-        f = row_nodes[q]                # a fused row's tensors are its group's rows' tensors
-        kidx[r] = [slot_of[f.node]] + [0 if t is None else slot_of[t] for t in f.src]
+    if fused:                           # a fused row's tensors are its group's rows' tensors
+        kidx[np.searchsorted(keep, fused)] = [
+            [slot_of[f.node]] + [0 if t is None else slot_of[t] for t in f.src]
+            for f in map(row_nodes.__getitem__, fused)]
     return ([rows[p] for p in keep], [kernels[p] for p in keep], [row_nodes[p] for p in keep],
             moved, kidx)
 

@@ -68,19 +68,31 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
     present[:, 0] = False                   # slot 0 is the row's result: written, not read
     order = np.empty(n, dtype=np.intp)
     sync = np.ones(n, dtype=np.int64)
-    _group_rows(lo[idx], hi[idx], present, written, work, LOOKAHEAD, order, sync)
+    # each row's read and written spans packed (row-major: slot order kept), rows apart by
+    # offsets: the walk visits a row's two or three slots, not all N_SLOTS
+    slo, shi = lo[idx], hi[idx]
+    r_at = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(present.sum(axis=1), out=r_at[1:])
+    w_at = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(written.sum(axis=1), out=w_at[1:])
+    _group_rows(slo[present], shi[present], r_at, slo[written], shi[written], w_at, work,
+                LOOKAHEAD, order, sync)
     return order, sync
 
 
 @numba.njit(nogil=True, cache=True)
-def _group_rows(lo, hi, reads, writes, work, lookahead, order, sync):
-    """schedule's walk over rows with byte spans lo/hi[n, N_SLOTS] (reads/writes: which
-    slots a row reads and writes) and work per row; fills order and sync (sync preset to 1).
-    The first row not yet placed opens a group; each of the next `lookahead` unplaced rows
-    joins it when independent of the group and of the rows it passes (spans overlap when
-    lo < hi2 and lo2 < hi, an empty span inside another included), then counts as passed."""
-    n, ns = lo.shape
-    cap = (lookahead + 1) * ns
+def _group_rows(rlo, rhi, r_at, wlo_, whi_, w_at, work, lookahead, order, sync):
+    """schedule's walk over rows whose read spans are rlo/rhi[r_at[j]:r_at[j + 1]] and
+    written spans wlo_/whi_[w_at[j]:w_at[j + 1]], and work per row; fills order and sync
+    (sync preset to 1). The first row not yet placed opens a group; each of the next
+    `lookahead` unplaced rows joins it when independent of the group and of the rows it
+    passes (spans overlap when lo < hi2 and lo2 < hi, an empty span inside another
+    included), then counts as passed."""
+    n = len(work)
+    cap = 1
+    for j in range(n):
+        cap = max(cap, r_at[j + 1] - r_at[j], w_at[j + 1] - w_at[j])
+    cap *= lookahead + 1
     slo = np.empty(cap, dtype=np.int64)     # spans the group and the passed rows read
     shi = np.empty(cap, dtype=np.int64)
     wlo = np.empty(cap, dtype=np.int64)     # ... and write
@@ -97,15 +109,14 @@ def _group_rows(lo, hi, reads, writes, work, lookahead, order, sync):
         pos += 1
         nr = 0
         nw = 0
-        for s in range(ns):
-            if reads[j, s]:
-                slo[nr] = lo[j, s]
-                shi[nr] = hi[j, s]
-                nr += 1
-            if writes[j, s]:
-                wlo[nw] = lo[j, s]
-                whi[nw] = hi[j, s]
-                nw += 1
+        for k in range(r_at[j], r_at[j + 1]):
+            slo[nr] = rlo[k]
+            shi[nr] = rhi[k]
+            nr += 1
+        for k in range(w_at[j], w_at[j + 1]):
+            wlo[nw] = wlo_[k]
+            whi[nw] = whi_[k]
+            nw += 1
         g_work = work[j]
         r = head
         for _ in range(min(lookahead, n - pos)):
@@ -114,20 +125,27 @@ def _group_rows(lo, hi, reads, writes, work, lookahead, order, sync):
             w = work[r]
             ok = w == 0 or g_work == 0 or (w == g_work and w > 0)
             if ok:
-                for s in range(ns):
-                    if reads[r, s]:             # reads what they write
-                        a, b = lo[r, s], hi[r, s]
-                        for q in range(nw):
-                            if a < whi[q] and wlo[q] < b:
-                                ok = False
-                    if writes[r, s]:            # writes what they write or read
-                        a, b = lo[r, s], hi[r, s]
-                        for q in range(nw):
-                            if a < whi[q] and wlo[q] < b:
-                                ok = False
-                        for q in range(nr):
-                            if a < shi[q] and slo[q] < b:
-                                ok = False
+                for k in range(r_at[r], r_at[r + 1]):       # reads what they write
+                    a, b = rlo[k], rhi[k]
+                    for q in range(nw):
+                        if a < whi[q] and wlo[q] < b:
+                            ok = False
+                            break
+                    if not ok:
+                        break
+            if ok:
+                for k in range(w_at[r], w_at[r + 1]):       # writes what they write or read
+                    a, b = wlo_[k], whi_[k]
+                    for q in range(nw):
+                        if a < whi[q] and wlo[q] < b:
+                            ok = False
+                            break
+                    for q in range(nr):
+                        if a < shi[q] and slo[q] < b:
+                            ok = False
+                            break
+                    if not ok:
+                        break
             if ok:
                 sync[pos - 1] = 0
                 order[pos] = r
@@ -135,21 +153,20 @@ def _group_rows(lo, hi, reads, writes, work, lookahead, order, sync):
                 taken[r] = True
                 if g_work == 0:
                     g_work = w
-            for s in range(ns):
-                if reads[r, s]:
-                    slo[nr] = lo[r, s]
-                    shi[nr] = hi[r, s]
-                    nr += 1
-                if writes[r, s]:
-                    wlo[nw] = lo[r, s]
-                    whi[nw] = hi[r, s]
-                    nw += 1
+            for k in range(r_at[r], r_at[r + 1]):
+                slo[nr] = rlo[k]
+                shi[nr] = rhi[k]
+                nr += 1
+            for k in range(w_at[r], w_at[r + 1]):
+                wlo[nw] = wlo_[k]
+                whi[nw] = whi_[k]
+                nw += 1
             r += 1
 
 
 def warm_up() -> None:
     """Compile (or load from the disk cache) the grouping walk (warm-up workers call it)."""
-    z = np.zeros((1, 1), dtype=np.int64)
-    f = np.zeros((1, 1), dtype=np.bool_)
-    _group_rows(z, z, f, f, np.zeros(1, dtype=np.int64), LOOKAHEAD,
+    z = np.zeros(0, dtype=np.int64)
+    at = np.zeros(2, dtype=np.int64)
+    _group_rows(z, z, at, z, z, at, np.zeros(1, dtype=np.int64), LOOKAHEAD,
                 np.empty(1, dtype=np.intp), np.ones(1, dtype=np.int64))

@@ -107,6 +107,24 @@ class Verdicts:
             self.memo[key] = v
         return v
 
+    def get_all(self, nodes) -> list:
+        """get(node) for each node that computes (an op, not a view, a non-empty result),
+        None for the others: a graph's nodes in one call (per node, the calls cost about as
+        much as the lookups)."""
+        if self.epoch != EPOCH:
+            self.memo.clear()
+            self.epoch = EPOCH
+        memo = self.memo
+        out = []
+        for node in nodes:
+            op = node.op
+            if op is None or op.view or 0 in node.ne:
+                out.append(None)
+                continue
+            v = memo.get(sig_key(node))
+            out.append(v if v is not None else self.get(node))
+        return out
+
     def _verdicts(self, sig: NodeSig) -> tuple:
         entry = self.table.get(sig.op.name)
         k = entry.select(sig) if entry is not None else None
