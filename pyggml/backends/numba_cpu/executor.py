@@ -341,8 +341,10 @@ class NodeTable:
         self.nodes = nodes                      # Tensor per row
         self.graph_index = list(graph_index)    # row -> index in gf.nodes (= desc[H_INDEX])
         self.kernels = kernels                  # Kernel per row (names for messages)
+        addr = {}                               # one address lookup per distinct kernel
         self.kaddrs = np.ascontiguousarray(
-            [k.address for k in kernels] if kernels else np.zeros(0), dtype=np.int64)
+            [addr[k] if k in addr else addr.setdefault(k, k.address) for k in kernels]
+            if kernels else np.zeros(0), dtype=np.int64)
         self.descs = descs                      # int64[n, DESC_LEN]
         self.n_tasks = np.ascontiguousarray(n_tasks, dtype=np.int64)
         # 1: a barrier after the row (all rows unless the planner proved a row independent
