@@ -104,6 +104,24 @@ def _absmax_c(src, b):
 
 
 @_jit
+def _scale_signed(src, b, dst, o, div):
+    """Q4_0 / Q5_0: d = (the value of largest |x|) / div, stored at o; returns 1/d (0 if d is 0)."""
+    d = _absmax_signed(src, b) / div
+    _store_f16(dst, o, d)
+    return _inverse(d)
+
+
+@_jit
+def _scale_min(src, b, dst, o, levels):
+    """Q4_1 / Q5_1: d = (max - min) / levels and min, stored at o and o + 2; returns (min, 1/d)."""
+    mn, mx = _min_max(src, b)
+    d = (mx - mn) / levels
+    _store_f16(dst, o, d)
+    _store_f16(dst, o + 2, mn)
+    return mn, _inverse(d)
+
+
+@_jit
 def _min_max(src, b):
     """min/max from FLT_MAX / -FLT_MAX with strict compares (NaN skipped, first of equals)."""
     mn = _FLT_MAX
@@ -125,9 +143,7 @@ def quantize_row_q4_0(src, dst, n):
     c = np.float32(8.5)
     for i in range(n // QK):
         b, o = i * QK, i * 18
-        d = _absmax_signed(src, b) / np.float32(-8.0)
-        idd = _inverse(d)
-        _store_f16(dst, o, d)
+        idd = _scale_signed(src, b, dst, o, np.float32(-8.0))
         for j in range(16):
             q0 = min(15, _c_int8(src[b + j] * idd + c))
             q1 = min(15, _c_int8(src[b + j + 16] * idd + c))
@@ -150,11 +166,7 @@ def dequantize_row_q4_0(src, dst, n):
 def quantize_row_q4_1(src, dst, n):
     for i in range(n // QK):
         b, o = i * QK, i * 20
-        mn, mx = _min_max(src, b)
-        d = (mx - mn) / np.float32(15.0)
-        idd = _inverse(d)
-        _store_f16(dst, o, d)
-        _store_f16(dst, o + 2, mn)
+        mn, idd = _scale_min(src, b, dst, o, np.float32(15.0))
         for j in range(16):
             q0 = min(15, _c_int8((src[b + j] - mn) * idd + _HALF))
             q1 = min(15, _c_int8((src[b + j + 16] - mn) * idd + _HALF))
@@ -200,9 +212,7 @@ def quantize_row_q5_0(src, dst, n):
     c = np.float32(16.5)
     for i in range(n // QK):
         b, o = i * QK, i * 22
-        d = _absmax_signed(src, b) / np.float32(-16.0)
-        idd = _inverse(d)
-        _store_f16(dst, o, d)
+        idd = _scale_signed(src, b, dst, o, np.float32(-16.0))
         qh = np.int64(0)
         for j in range(16):
             q0 = min(31, _c_int8(src[b + j] * idd + c)) & 0xFF
@@ -230,11 +240,7 @@ def dequantize_row_q5_0(src, dst, n):
 def quantize_row_q5_1(src, dst, n):
     for i in range(n // QK):
         b, o = i * QK, i * 24
-        mn, mx = _min_max(src, b)
-        d = (mx - mn) / np.float32(31.0)
-        idd = _inverse(d)
-        _store_f16(dst, o, d)
-        _store_f16(dst, o + 2, mn)
+        mn, idd = _scale_min(src, b, dst, o, np.float32(31.0))
         qh = np.int64(0)
         for j in range(16):
             q0 = _c_int8((src[b + j] - mn) * idd + _HALF) & 0xFF
@@ -263,49 +269,50 @@ def dequantize_row_q5_1(src, dst, n):
 # Q8_0 / Q8_1
 
 @_jit
-def quantize_row_q8_0(src, dst, n):
+def _quantize_q8(src, dst, n, qs_off, block_size):
+    """Q8_0 (qs at 2, 34-byte blocks) or Q8_1 (qs at 4, 36 bytes, s = d * sum(q) at 2)."""
     for i in range(n // QK):
-        b, o = i * QK, i * 34
-        d = _absmax_c(src, b) / np.float32(127.0)
-        idd = _inverse(d)
-        _store_f16(dst, o, d)
-        for j in range(QK):
-            dst[o + 2 + j] = np.uint8(_c_int8(_roundf(src[b + j] * idd)) & 0xFF)
-
-
-@_jit
-def dequantize_row_q8_0(src, dst, n):
-    qk = _runtime(QK, n)
-    for i in range(n // QK):
-        b, o = i * QK, i * 34 + 2
-        d = _load_f16(src, o - 2)
-        for j in range(qk):
-            dst[b + j] = np.float32(np.int8(src[o + j])) * d
-
-
-@_jit
-def quantize_row_q8_1(src, dst, n):
-    for i in range(n // QK):
-        b, o = i * QK, i * 36
+        b, o = i * QK, i * block_size
         d = _absmax_c(src, b) / np.float32(127.0)
         idd = _inverse(d)
         _store_f16(dst, o, d)
         s = 0
         for j in range(QK):
             q = _c_int8(_roundf(src[b + j] * idd))
-            dst[o + 4 + j] = np.uint8(q & 0xFF)
+            dst[o + qs_off + j] = np.uint8(q & 0xFF)
             s += q
-        _store_f16(dst, o + 2, np.float32(s) * d)
+        if qs_off == 4:
+            _store_f16(dst, o + 2, np.float32(s) * d)
+
+
+@_jit
+def _dequantize_q8(src, dst, n, qs_off, block_size):
+    qk = _runtime(QK, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * block_size + qs_off
+        d = _load_f16(src, o - qs_off)
+        for j in range(qk):
+            dst[b + j] = np.float32(np.int8(src[o + j])) * d
+
+
+@_jit
+def quantize_row_q8_0(src, dst, n):
+    _quantize_q8(src, dst, n, 2, 34)
+
+
+@_jit
+def dequantize_row_q8_0(src, dst, n):
+    _dequantize_q8(src, dst, n, 2, 34)
+
+
+@_jit
+def quantize_row_q8_1(src, dst, n):
+    _quantize_q8(src, dst, n, 4, 36)
 
 
 @_jit
 def dequantize_row_q8_1(src, dst, n):
-    qk = _runtime(QK, n)
-    for i in range(n // QK):
-        b, o = i * QK, i * 36 + 4
-        d = _load_f16(src, o - 4)
-        for j in range(qk):
-            dst[b + j] = np.float32(np.int8(src[o + j])) * d
+    _dequantize_q8(src, dst, n, 4, 36)
 
 
 # ---------------------------------------------------------------------------
