@@ -64,13 +64,18 @@ class RealGgml:
         return dst.tobytes()
 
 
-@pytest.fixture(scope="module")
-def ggml_ref() -> RealGgml:
+def real_ggml(cls=RealGgml):
+    """cls(ggml_lib) (RealGgml or a subclass); skips the test without real ggml."""
     pytest.importorskip("libggml")
     from pyggml.testing import ggml_lib
     if not ggml_lib.available():
         pytest.skip("real ggml (libggml-python) is not available")
-    return RealGgml(ggml_lib)
+    return cls(ggml_lib)
+
+
+@pytest.fixture(scope="module")
+def ggml_ref() -> RealGgml:
+    return real_ggml()
 
 
 # ---------------------------------------------------------------------------
