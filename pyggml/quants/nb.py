@@ -35,6 +35,10 @@ from .nb_scalar import f32_to_f16  # noqa: F401
 
 # error_model="numpy": float division by zero gives inf instead of a Python check.
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+# The body rows of several types share, inlined into each in Numba's IR (the caller's
+# constants fold in: the machine code is that of a body written out per type). Only for a
+# body called once per row: array arguments cost an NRT incref/decref per call.
+_inline = numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
 
 ERR_UNSUPPORTED = 1
 
@@ -104,24 +108,6 @@ def _absmax_c(src, b):
 
 
 @_jit
-def _scale_signed(src, b, dst, o, div):
-    """Q4_0 / Q5_0: d = (the value of largest |x|) / div, stored at o; returns 1/d (0 if d is 0)."""
-    d = _absmax_signed(src, b) / div
-    _store_f16(dst, o, d)
-    return _inverse(d)
-
-
-@_jit
-def _scale_min(src, b, dst, o, levels):
-    """Q4_1 / Q5_1: d = (max - min) / levels and min, stored at o and o + 2; returns (min, 1/d)."""
-    mn, mx = _min_max(src, b)
-    d = (mx - mn) / levels
-    _store_f16(dst, o, d)
-    _store_f16(dst, o + 2, mn)
-    return mn, _inverse(d)
-
-
-@_jit
 def _min_max(src, b):
     """min/max from FLT_MAX / -FLT_MAX with strict compares (NaN skipped, first of equals)."""
     mn = _FLT_MAX
@@ -143,7 +129,9 @@ def quantize_row_q4_0(src, dst, n):
     c = np.float32(8.5)
     for i in range(n // QK):
         b, o = i * QK, i * 18
-        idd = _scale_signed(src, b, dst, o, np.float32(-8.0))
+        d = _absmax_signed(src, b) / np.float32(-8.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
         for j in range(16):
             q0 = min(15, _c_int8(src[b + j] * idd + c))
             q1 = min(15, _c_int8(src[b + j + 16] * idd + c))
@@ -166,7 +154,11 @@ def dequantize_row_q4_0(src, dst, n):
 def quantize_row_q4_1(src, dst, n):
     for i in range(n // QK):
         b, o = i * QK, i * 20
-        mn, idd = _scale_min(src, b, dst, o, np.float32(15.0))
+        mn, mx = _min_max(src, b)
+        d = (mx - mn) / np.float32(15.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        _store_f16(dst, o + 2, mn)
         for j in range(16):
             q0 = min(15, _c_int8((src[b + j] - mn) * idd + _HALF))
             q1 = min(15, _c_int8((src[b + j + 16] - mn) * idd + _HALF))
@@ -212,7 +204,9 @@ def quantize_row_q5_0(src, dst, n):
     c = np.float32(16.5)
     for i in range(n // QK):
         b, o = i * QK, i * 22
-        idd = _scale_signed(src, b, dst, o, np.float32(-16.0))
+        d = _absmax_signed(src, b) / np.float32(-16.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
         qh = np.int64(0)
         for j in range(16):
             q0 = min(31, _c_int8(src[b + j] * idd + c)) & 0xFF
@@ -240,7 +234,11 @@ def dequantize_row_q5_0(src, dst, n):
 def quantize_row_q5_1(src, dst, n):
     for i in range(n // QK):
         b, o = i * QK, i * 24
-        mn, idd = _scale_min(src, b, dst, o, np.float32(31.0))
+        mn, mx = _min_max(src, b)
+        d = (mx - mn) / np.float32(31.0)
+        idd = _inverse(d)
+        _store_f16(dst, o, d)
+        _store_f16(dst, o + 2, mn)
         qh = np.int64(0)
         for j in range(16):
             q0 = _c_int8((src[b + j] - mn) * idd + _HALF) & 0xFF
@@ -268,7 +266,7 @@ def dequantize_row_q5_1(src, dst, n):
 # ---------------------------------------------------------------------------
 # Q8_0 / Q8_1
 
-@_jit
+@_inline
 def _quantize_q8(src, dst, n, qs_off, block_size):
     """Q8_0 (qs at 2, 34-byte blocks) or Q8_1 (qs at 4, 36 bytes, s = d * sum(q) at 2)."""
     for i in range(n // QK):
@@ -285,7 +283,7 @@ def _quantize_q8(src, dst, n, qs_off, block_size):
             _store_f16(dst, o + 2, np.float32(s) * d)
 
 
-@_jit
+@_inline
 def _dequantize_q8(src, dst, n, qs_off, block_size):
     qk = _runtime(QK, n)
     for i in range(n // QK):

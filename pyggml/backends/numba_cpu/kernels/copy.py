@@ -54,6 +54,7 @@ from ..desc import wsize
 from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
 from ..intrinsics import u8_array
+from ..intrinsics import u16_array
 from . import kernel
 from .row_fns import DEQ
 from .row_fns import QUANT
@@ -121,7 +122,7 @@ def copy_bytes(d, s, n):
         dst[i] = src[i]
 
 
-@_jit
+@numba.njit(nogil=True, cache=True, inline="always")    # inlined: constant types fold
 def convert_row_at(st, dt, s, d, n, tmp):
     """A packed row of n values of type st at address s -> type dt at d: copied, quantized
     from F32, dequantized to F32, or else dequantized to F32 at tmp (4 * n bytes) and
@@ -154,13 +155,25 @@ def convert_row(d, dt, s, st, n):
     if st == dt:
         copy_bytes(d, s, n * type_size(st))
     elif st == F32 and dt == F16:
-        qnb.quantize_row_f16(f32_array(s, n), u8_array(d, 2 * n), n)
+        x = f32_array(s, n)
+        y = u16_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f32_to_f16(x[i])
     elif st == F16 and dt == F32:
-        qnb.dequantize_row_f16(u8_array(s, 2 * n), f32_array(d, n), n)
+        x = u16_array(s, n)
+        y = f32_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f16_to_f32(x[i])
     elif st == F32 and dt == BF16:
-        qnb.quantize_row_bf16(f32_array(s, n), u8_array(d, 2 * n), n)
+        x = f32_array(s, n)
+        y = u16_array(d, n)
+        for i in range(n):
+            y[i] = qnb.f32_to_bf16(x[i])
     elif st == BF16 and dt == F32:
-        qnb.dequantize_row_bf16(u8_array(s, 2 * n), f32_array(d, n), n)
+        x = u16_array(s, n)
+        y = f32_array(d, n)
+        for i in range(n):
+            y[i] = qnb.bf16_to_f32(x[i])
     else:
         es, ed = type_size(st), type_size(dt)
         for i in range(n):

@@ -363,7 +363,7 @@ def dyn_take(desc, nchunks, nseg, s):
     return u if u < (s + 1) * nchunks // nseg else -1
 
 
-@_jit
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")   # the loop as written out
 def dyn_next(desc, nchunks, nseg, ith, j):
     """Thread ith's next chunk in the decode walk: its own segment's chunks in order, then
     the others' (segment (ith + j) % nseg, j = 0..nseg-1). j: where the thread's walk is (0
