@@ -44,7 +44,7 @@ def _store(flat, off, st):
             flat[off + i * n + j] = st[i, j]
 
 
-@_jit
+@numba.njit(nogil=True, cache=True, inline="always")     # as if written out in each
 def _wkv_frame(desc, state, ith, nth):
     """What RWKV_WKV6, GATED_LINEAR_ATTN and RWKV_WKV7 share: S, H, T (SRC0's ne), the
     sequences (the states in slot `state`), C = S * H channels, L tokens a sequence, the
