@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from test_quants import INPUTS
 from test_quants import RealGgml
+from test_quants import assert_random_bytes_dequantize_as_ggml
 from test_quants import assert_same_bits
 from test_quants import assert_same_bytes
 from test_quants import make_input
@@ -84,12 +85,7 @@ def test_quantize_with_imatrix_matches_ggml(gg, t, name):
 
 @pytest.mark.parametrize("t", ALL, ids=str)
 def test_dequantize_random_bytes_matches_ggml(gg, t):
-    n = 256 * 512
-    raw = np.random.default_rng(int(t)).integers(0, 256, TRAITS[t].row_size(n),
-                                                  dtype=np.uint8).tobytes()
-    want = gg.dequantize(t, raw, n)
-    assert_same_bits(Q.dequantize(t, raw, n, use_numba=False), want, f"numpy {t}")
-    assert_same_bits(Q.dequantize(t, raw, n, use_numba=True), want, f"numba {t}")
+    assert_random_bytes_dequantize_as_ggml(gg, t, 256 * 512)
 
 
 @pytest.mark.parametrize("t", K_TYPES + LEGACY, ids=str)
