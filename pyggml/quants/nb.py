@@ -35,6 +35,10 @@ from .nb_scalar import f32_to_f16  # noqa: F401
 
 # error_model="numpy": float division by zero gives inf instead of a Python check.
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+# The body rows of several types share, inlined into each in Numba's IR (the caller's
+# constants fold in: the machine code is that of a body written out per type). Only for a
+# body called once per row: array arguments cost an NRT incref/decref per call.
+_inline = numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
 
 ERR_UNSUPPORTED = 1
 
@@ -262,50 +266,51 @@ def dequantize_row_q5_1(src, dst, n):
 # ---------------------------------------------------------------------------
 # Q8_0 / Q8_1
 
-@_jit
-def quantize_row_q8_0(src, dst, n):
+@_inline
+def _quantize_q8(src, dst, n, qs_off, block_size):
+    """Q8_0 (qs at 2, 34-byte blocks) or Q8_1 (qs at 4, 36 bytes, s = d * sum(q) at 2)."""
     for i in range(n // QK):
-        b, o = i * QK, i * 34
-        d = _absmax_c(src, b) / np.float32(127.0)
-        idd = _inverse(d)
-        _store_f16(dst, o, d)
-        for j in range(QK):
-            dst[o + 2 + j] = np.uint8(_c_int8(_roundf(src[b + j] * idd)) & 0xFF)
-
-
-@_jit
-def dequantize_row_q8_0(src, dst, n):
-    qk = _runtime(QK, n)
-    for i in range(n // QK):
-        b, o = i * QK, i * 34 + 2
-        d = _load_f16(src, o - 2)
-        for j in range(qk):
-            dst[b + j] = np.float32(np.int8(src[o + j])) * d
-
-
-@_jit
-def quantize_row_q8_1(src, dst, n):
-    for i in range(n // QK):
-        b, o = i * QK, i * 36
+        b, o = i * QK, i * block_size
         d = _absmax_c(src, b) / np.float32(127.0)
         idd = _inverse(d)
         _store_f16(dst, o, d)
         s = 0
         for j in range(QK):
             q = _c_int8(_roundf(src[b + j] * idd))
-            dst[o + 4 + j] = np.uint8(q & 0xFF)
+            dst[o + qs_off + j] = np.uint8(q & 0xFF)
             s += q
-        _store_f16(dst, o + 2, np.float32(s) * d)
+        if qs_off == 4:
+            _store_f16(dst, o + 2, np.float32(s) * d)
+
+
+@_inline
+def _dequantize_q8(src, dst, n, qs_off, block_size):
+    qk = _runtime(QK, n)
+    for i in range(n // QK):
+        b, o = i * QK, i * block_size + qs_off
+        d = _load_f16(src, o - qs_off)
+        for j in range(qk):
+            dst[b + j] = np.float32(np.int8(src[o + j])) * d
+
+
+@_jit
+def quantize_row_q8_0(src, dst, n):
+    _quantize_q8(src, dst, n, 2, 34)
+
+
+@_jit
+def dequantize_row_q8_0(src, dst, n):
+    _dequantize_q8(src, dst, n, 2, 34)
+
+
+@_jit
+def quantize_row_q8_1(src, dst, n):
+    _quantize_q8(src, dst, n, 4, 36)
 
 
 @_jit
 def dequantize_row_q8_1(src, dst, n):
-    qk = _runtime(QK, n)
-    for i in range(n // QK):
-        b, o = i * QK, i * 36 + 4
-        d = _load_f16(src, o - 4)
-        for j in range(qk):
-            dst[b + j] = np.float32(np.int8(src[o + j])) * d
+    _dequantize_q8(src, dst, n, 4, 36)
 
 
 # ---------------------------------------------------------------------------

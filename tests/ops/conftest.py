@@ -1,8 +1,16 @@
 """Fixtures of the op tests: `numba_backends`, Numba backends at 1, 2 and 3 threads (ggml's
-ith/nth split at an odd count too), one set per test module."""
+ith/nth split at an odd count too), one set per test module; `ctx`, a no-alloc context for
+the misuse tests. Shared helpers: _cases.py."""
 from __future__ import annotations
 
 import pytest
+
+
+@pytest.fixture
+def ctx():
+    """A context for the misuse tests: tensors without data."""
+    import pyggml as gg
+    return gg.init(mem_size=4 << 20, no_alloc=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _cases import NO_GGML
+from _cases import assert_isolated_vs_ggml
+from _cases import assert_numba_matches
+from _cases import op_cases
+from _cases import ref_backend
+from _cases import run_graph
+from _cases import sample
 
 import pyggml as gg
-from pyggml import data
 from pyggml.errors import ComputeError
 from pyggml.errors import ParamError
 from pyggml.errors import ShapeError
@@ -25,65 +31,17 @@ from pyggml.testing.asserts import named_tensor
 
 CONV_OPS = ["IM2COL", "CONV_2D", "CONV_TRANSPOSE_1D", "POOL_1D", "POOL_2D", "SSM_CONV",
             "SSM_SCAN"]
-NO_GGML = "no_ggml"
 
 
 def _cases(name, ggml=False):
-    return [c for c in gg.get_op(name).cases()
-            if "slow" not in c.tags and not (ggml and NO_GGML in c.tags)]
-
-
-def _compare_with_ggml(cases, seed=0):
-    """In the child: reference backend vs ggml's CPU for each case; [(case, ok, message)]."""
-    from pyggml.backends.reference.backend import ReferenceBackend
-    from pyggml.testing import ggml_lib
-    ref = ReferenceBackend()
-    out = []
-    for case in cases:
-        try:
-            ctx, node_out, gf = H.build_graph(case)
-            H.alloc_guarded(gf)
-            H.fill_leafs(gf, case, seed)
-            with ggml_lib.Mirror(gf) as m:
-                ref.graph_compute(gf)
-                m.compute(1)
-                max_err, exact = H._threshold(case)
-                ok, msg = True, ""
-                for node in gf.nodes:
-                    if node.op is None or node.op.view:
-                        continue
-                    ok, err, msg = H.compare_values(data.read(node), m.value(node), max_err,
-                                                    exact, node.op.name)
-                    if not ok:
-                        break
-            out.append((str(case), ok, msg))
-        except Exception as e:                     # noqa: BLE001 (reported per case)
-            out.append((str(case), False, f"{type(e).__name__}: {e}"))
-    return out
-
-
-def _sample(cases, k):
-    if len(cases) <= k:
-        return cases
-    step = len(cases) / k
-    return [cases[int(i * step)] for i in range(k)]
-
-
-def _ref_backend():
-    from pyggml.backends.reference.backend import ReferenceBackend
-    return ReferenceBackend()
+    return op_cases([name], skip=(NO_GGML,) if ggml else ())
 
 
 # --- (a) against real ggml ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", CONV_OPS)
 def test_reference_matches_ggml(name, ggml):
-    from pyggml.testing import ggml_lib
-    cases = _cases(name, ggml=True)
-    assert cases
-    res = ggml_lib.run_isolated(_compare_with_ggml, cases, timeout=900)
-    bad = [f"{s}: {m}" for s, ok, m in res if not ok]
-    assert not bad, f"{len(bad)}/{len(res)} {name} cases differ from ggml:\n" + "\n".join(bad[:10])
+    assert_isolated_vs_ggml(name, _cases(name, ggml=True))
 
 
 # --- (c) Numba kernels ---------------------------------------------------------------------------
@@ -94,28 +52,13 @@ def test_numba_matches_reference(name, numba_backends):
     entry = KERNELS.get(name)
     if entry is None or not entry.variants:
         pytest.skip(f"no Numba kernel for {name}")
-    ref = _ref_backend()
-    fails = []
-    for case in _sample(_cases(name), 24):
-        for n, be in numba_backends.items():
-            r = H.run_test(case, be, ref, seed=5)
-            if r.status != "OK":
-                fails.append(f"{n} threads {case}: {r.status} {r.message}")
-    assert not fails, "\n".join(fails[:10])
+    assert_numba_matches(sample(_cases(name), 24), numba_backends, seed=5)
 
 
 # --- composites: ggml_conv_1d / ggml_conv_2d (im2col in F16 + mul_mat) -----------------------------
 
 def _run(build, fill):
-    ctx = gg.init(mem_size=32 << 20)
-    out = build(ctx)
-    gf = gg.new_graph(ctx)
-    gg.build_forward_expand(gf, out)
-    for leaf in gf.leafs:
-        if leaf.name in fill:
-            data.write(leaf, fill[leaf.name])
-    _ref_backend().graph_compute(gf)
-    return gg.to_numpy(out)
+    return gg.to_numpy(run_graph(ref_backend(), build, fill))
 
 
 def _need(*names):
@@ -261,11 +204,6 @@ def test_ssm_scan_bad_sequence_id_is_an_error():
 
 
 # --- (b) misuse ----------------------------------------------------------------------------------
-
-@pytest.fixture
-def ctx():
-    return gg.init(mem_size=4 << 20, no_alloc=True)
-
 
 _t = named_tensor
 _raises = assert_op_error

@@ -11,10 +11,13 @@ Cases tagged "slow" run only with PYGGML_SLOW=1.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+from _cases import SLOW
+from _cases import assert_slow_vs_ggml
+from _cases import assert_vs_ggml
+from _cases import op_cases
+from _cases import ref_compute
 
 import pyggml as gg
 from pyggml import data
@@ -26,27 +29,19 @@ from pyggml.errors import TypeError_
 from pyggml.errors import UnsupportedError
 from pyggml.testing import harness
 from pyggml.testing.asserts import assert_ggml_error
-from pyggml.testing.conformance import reference_vs_ggml
 
 FAMILY = ("pyggml.ops.binary", "pyggml.ops.unary", "pyggml.ops.glu")
 OPS = tuple(sorted(n for n, op in gg.OPS.items() if op.infer.__module__ in FAMILY))
-SLOW = os.environ.get("PYGGML_SLOW") == "1"
 # cases real ggml's CPU backend cannot compute (pyggml supports more types there)
 PYGGML_ONLY = {"SCALE(type=f16,ne=[33,7,3,1],scale=0.125000,bias=-0.500000,inplace=0)",
                "SCALE(type=bf16,ne=[33,7,3,1],scale=3.000000,bias=0.250000,inplace=1)"}
 
 
 def _cases(slow: bool):
-    return [c for name in OPS for c in gg.get_op(name).cases() if ("slow" in c.tags) == slow]
+    return op_cases(OPS, slow)
 
 
 FAST = _cases(False)
-
-
-def vs_ggml(case, seed=0, n_threads=2):
-    """(ok, nmse, message) of the reference against real ggml on the same inputs, every node
-    (in-place chains, fused chains)."""
-    return reference_vs_ggml(case, seed, n_threads)
 
 
 # --- (a) reference == real ggml -------------------------------------------------------------------
@@ -55,20 +50,14 @@ def vs_ggml(case, seed=0, n_threads=2):
 def test_reference_matches_ggml(ggml, case):
     if str(case) in PYGGML_ONLY:
         with pytest.raises(UnsupportedError):
-            vs_ggml(case)
+            assert_vs_ggml(case, n_threads=2)
         return
-    ok, err, msg = vs_ggml(case)
-    assert ok, f"{case}: {msg}"
+    assert_vs_ggml(case, n_threads=2)
 
 
 @pytest.mark.skipif(not SLOW, reason="big cases: set PYGGML_SLOW=1")
 def test_reference_matches_ggml_slow_cases(ggml):
-    bad = []
-    for case in _cases(True):
-        ok, err, msg = vs_ggml(case)
-        if not ok:
-            bad.append(f"{case}: {msg}")
-    assert not bad, "\n".join(bad)
+    assert_slow_vs_ggml(_cases(True), n_threads=2)
 
 
 def test_case_grids_follow_test_backend_ops():
@@ -136,18 +125,9 @@ def test_gelu_tables_match_ggml(ggml):
 # --- reference semantics that are easy to get wrong ------------------------------------------------
 
 def _ref(out_fn, *specs):
-    from pyggml.backends.reference import ReferenceBackend
-    ctx = gg.init(mem_size=4 << 20)
-    leafs = []
-    for type, values in specs:
-        v = np.asarray(values, dtype=np.float64)
-        t = gg.new_tensor(ctx, type, v.ndim, list(v.shape[::-1]))
-        data.write(t, v)
-        leafs.append(t)
-    out = out_fn(ctx, *leafs)
-    gf = gg.new_graph(ctx)
-    gg.build_forward_expand(gf, out)
-    ReferenceBackend().graph_compute(gf)
+    """out_fn of leafs (type, values) (ne from the values' shape) on the reference: an array."""
+    vals = [np.asarray(v, dtype=np.float64) for _, v in specs]
+    out, _ = ref_compute(out_fn, *[(t, list(v.shape[::-1]), v) for (t, _), v in zip(specs, vals)])
     return gg.to_numpy(out)
 
 

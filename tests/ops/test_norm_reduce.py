@@ -10,13 +10,15 @@ Cases tagged "slow" run only with PYGGML_SLOW=1.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+from _cases import SLOW
+from _cases import assert_slow_vs_ggml
+from _cases import assert_vs_ggml
+from _cases import op_cases
+from _cases import ref_compute as _ref
 
 import pyggml as gg
-from pyggml import data
 from pyggml.errors import GGMLError
 from pyggml.errors import ParamError
 from pyggml.errors import ShapeError
@@ -24,50 +26,29 @@ from pyggml.errors import TypeError_
 from pyggml.ops.reduce import GGML_WRONG
 from pyggml.testing import harness
 from pyggml.testing.asserts import assert_ggml_error
-from pyggml.testing.conformance import reference_vs_ggml
 
 OPS = ("SUM", "SUM_ROWS", "MEAN", "ARGMAX", "COUNT_EQUAL", "CUMSUM",
        "NORM", "RMS_NORM", "RMS_NORM_BACK", "GROUP_NORM", "L2_NORM")
-SLOW = os.environ.get("PYGGML_SLOW") == "1"
 
 
 def _cases(slow: bool, ggml_ok: bool = True):
-    out = []
-    for name in OPS:
-        for c in gg.get_op(name).cases():
-            if ("slow" in c.tags) != slow:
-                continue
-            if ggml_ok and GGML_WRONG in c.tags:
-                continue
-            out.append(c)
-    return out
+    return op_cases(OPS, slow, (GGML_WRONG,) if ggml_ok else ())
 
 
 FAST = _cases(False)
 FAST_ALL = _cases(False, ggml_ok=False)
 
 
-def vs_ggml(case, seed=0, n_threads=1):
-    """Reference vs real ggml on the same inputs, every node: (ok, nmse, message)."""
-    return reference_vs_ggml(case, seed, n_threads)
-
-
 # --- (a) reference == real ggml -------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", FAST, ids=str)
 def test_reference_matches_ggml(ggml, case):
-    ok, err, msg = vs_ggml(case)
-    assert ok, f"{case}: {msg}"
+    assert_vs_ggml(case)
 
 
 @pytest.mark.skipif(not SLOW, reason="big cases: set PYGGML_SLOW=1")
 def test_reference_matches_ggml_slow_cases(ggml):
-    bad = []
-    for case in _cases(True):
-        ok, err, msg = vs_ggml(case)
-        if not ok:
-            bad.append(f"{case}: {msg}")
-    assert not bad, "\n".join(bad)
+    assert_slow_vs_ggml(_cases(True))
 
 
 def test_case_strings_follow_test_backend_ops():
@@ -77,22 +58,6 @@ def test_case_strings_follow_test_backend_ops():
     assert "SUM_ROWS(type=f32,ne=[11,5,6,3],permute=1,slice=1)" in names
     names = {str(c) for c in gg.get_op("GROUP_NORM").cases()}
     assert "GROUP_NORM(type=f32,ne=[64,64,320,1],num_groups=32,eps=0.000001)" in names
-
-
-def _ref(out_fn, *leaf_specs, seed=0):
-    """Build leafs from (type, ne, values) specs, apply out_fn, compute on the reference."""
-    from pyggml.backends.reference import ReferenceBackend
-    ctx = gg.init(mem_size=16 << 20)
-    leafs = []
-    for type, ne, values in leaf_specs:
-        t = gg.new_tensor(ctx, type, len(ne), ne)
-        data.write(t, values)
-        leafs.append(t)
-    out = out_fn(ctx, *leafs)
-    gf = gg.new_graph(ctx)
-    gg.build_forward_expand(gf, out)
-    ReferenceBackend().graph_compute(gf)
-    return out, leafs
 
 
 def test_ggml_wrong_cases_give_the_mathematical_result(rng):

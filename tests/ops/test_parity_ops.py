@@ -8,21 +8,14 @@
 from __future__ import annotations
 
 import pytest
-
-from pyggml.testing import harness as H
+from _cases import assert_isolated_vs_ggml
+from _cases import assert_numba_matches
+from _cases import sample
 
 PARITY_OPS = ["FILL", "TRI", "DIAG", "SOLVE_TRI", "ROLL", "PAD_REFLECT_1D", "CONV_2D_DW",
               "CONV_TRANSPOSE_2D", "IM2COL_3D", "CONV_3D", "COL2IM_1D", "RWKV_WKV6", "GATED_LINEAR_ATTN", "RWKV_WKV7",
               "GATED_DELTA_NET", "MUL_MAT_HADAMARD", "LIGHTNING_INDEXER", "DSV4_HC_COMB",
               "DSV4_HC_PRE", "DSV4_HC_POST"]
-
-
-def _sample(cases, k):
-    """At most k cases spread evenly over the list (IM2COL_3D alone has 2,051)."""
-    if len(cases) <= k:
-        return cases
-    step = len(cases) / k
-    return [cases[int(i * step)] for i in range(k)]
 
 
 def _op_cases(name):
@@ -33,7 +26,7 @@ def _op_cases(name):
 
 
 def _cases(name, k=160):
-    return _sample([c for c in _op_cases(name) if "slow" not in c.tags and "no_ggml" not in c.tags],
+    return sample([c for c in _op_cases(name) if "slow" not in c.tags and "no_ggml" not in c.tags],
                    k)
 
 
@@ -51,22 +44,11 @@ def _reference_vs_ggml(cases):
 
 @pytest.mark.parametrize("name", PARITY_OPS)
 def test_reference_matches_ggml(name, ggml):
-    from pyggml.testing import ggml_lib
-    cases = _cases(name)
-    assert cases
-    res = ggml_lib.run_isolated(_reference_vs_ggml, cases, timeout=900)
-    bad = [f"{s}: {m}" for s, ok, m in res if not ok]
-    assert not bad, f"{len(bad)}/{len(res)} {name} cases differ from ggml:\n" + "\n".join(bad[:10])
+    assert_isolated_vs_ggml(name, _cases(name), _reference_vs_ggml)
 
 
 @pytest.mark.parametrize("name", PARITY_OPS)
 def test_numba_matches_reference(name, numba_backends):
-    from pyggml.backends.reference.backend import ReferenceBackend
-    ref = ReferenceBackend()
-    fails = []
-    for case in _sample([c for c in _op_cases(name) if "slow" not in c.tags], 40):
-        for n, be in numba_backends.items():
-            r = H.run_test(case, be, ref, seed=5)
-            if r.status != "OK":
-                fails.append(f"{n} threads {case}: {r.status} {r.message}")
-    assert not fails, "\n".join(fails[:10])
+    # at most 40 cases an op (IM2COL_3D alone has 2,051)
+    assert_numba_matches(sample([c for c in _op_cases(name) if "slow" not in c.tags], 40),
+                         numba_backends, seed=5)

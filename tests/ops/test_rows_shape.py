@@ -11,6 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _cases import NO_GGML
+from _cases import assert_isolated_vs_ggml
+from _cases import assert_numba_matches
+from _cases import op_cases
+from _cases import ref_backend
+from _cases import run_graph
+from _cases import sample
 
 import pyggml as gg
 from pyggml import data
@@ -22,101 +29,25 @@ from pyggml.errors import TypeError_
 from pyggml.ops.upscale import SCALE_FLAG_ANTIALIAS
 from pyggml.ops.upscale import SCALE_MODE_BICUBIC
 from pyggml.ops.upscale import SCALE_MODE_BILINEAR
-from pyggml.testing import harness as H
 from pyggml.testing.asserts import assert_op_error
 from pyggml.testing.asserts import named_tensor
 
 ROW_OPS = ["GET_ROWS", "GET_ROWS_BACK", "SET_ROWS"]
 SHAPE_OPS = ["CONCAT", "REPEAT", "REPEAT_BACK", "PAD", "SET", "ACC", "ARANGE",
              "TIMESTEP_EMBEDDING", "ARGSORT", "TOP_K", "UPSCALE"]
-NO_GGML = "no_ggml"          # cases beyond ggml's CPU kernels (pyggml-only extensions)
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 def _cases(name, ggml=False):
-    out = []
-    for c in gg.get_op(name).cases():
-        if "slow" in c.tags or (ggml and NO_GGML in c.tags):
-            continue
-        out.append(c)
-    return out
-
-
-def _compare_with_ggml(cases, seed=0):
-    """In the child: reference backend vs ggml's CPU for each case; [(case, ok, message)]."""
-    from pyggml.backends.reference.backend import ReferenceBackend
-    from pyggml.testing import ggml_lib
-    ref = ReferenceBackend()
-    out = []
-    for case in cases:
-        try:
-            ctx, node_out, gf = H.build_graph(case)
-            H.alloc_guarded(gf)
-            H.fill_leafs(gf, case, seed)
-            with ggml_lib.Mirror(gf) as m:        # copies the leafs before anything runs
-                ref.graph_compute(gf)
-                m.compute(1)
-                max_err, exact = H._threshold(case)
-                ok, msg = True, ""
-                for node in gf.nodes:
-                    if node.op is None or node.op.view:
-                        continue
-                    want, got = data.read(node), m.value(node)
-                    if "ties" in case.tags:       # ggml's rule: any of the tied indices
-                        err = case.err(want, got, node)
-                        ok, msg = err == 0.0, f"[{node.op.name}] error {err} (ties)"
-                    else:                         # ggml's order itself, swap included
-                        ok, err, msg = H.compare_values(want, got, max_err, exact, node.op.name)
-                    if not ok:
-                        break
-            out.append((str(case), ok, msg))
-        except Exception as e:                     # noqa: BLE001 (reported per case)
-            out.append((str(case), False, f"{type(e).__name__}: {e}"))
-    return out
-
-
-def _run_against_ggml(name):
-    from pyggml.testing import ggml_lib
-    cases = _cases(name, ggml=True)
-    assert cases, name
-    res = ggml_lib.run_isolated(_compare_with_ggml, cases, timeout=900)
-    bad = [f"{s}: {m}" for s, ok, m in res if not ok]
-    assert not bad, f"{len(bad)}/{len(res)} {name} cases differ from ggml:\n" + "\n".join(bad[:10])
-    return len(res)
-
-
-def _sample(cases, k):
-    """At most k cases, spread evenly over the grid (keeps the pytest run short)."""
-    if len(cases) <= k:
-        return cases
-    step = len(cases) / k
-    return [cases[int(i * step)] for i in range(k)]
-
-
-def _run(backend, build, fill, n_threads=None):
-    """Build a small graph, fill its leafs (dict name -> values), compute, return the output."""
-    ctx = gg.init(mem_size=32 << 20)
-    out = build(ctx)
-    gf = gg.new_graph(ctx)
-    gg.build_forward_expand(gf, out)
-    for leaf in gf.leafs:
-        if leaf.name in fill:
-            data.write(leaf, fill[leaf.name])
-    backend.graph_compute(gf)
-    return out
-
-
-def _ref_backend():
-    from pyggml.backends.reference.backend import ReferenceBackend
-    return ReferenceBackend()
+    return op_cases([name], skip=(NO_GGML,) if ggml else ())
 
 
 # --- (a) the reference against real ggml -----------------------------------------------------------
 
 @pytest.mark.parametrize("name", ROW_OPS + SHAPE_OPS)
 def test_reference_matches_ggml(name, ggml):
-    _run_against_ggml(name)
+    assert_isolated_vs_ggml(name, _cases(name, ggml=True))
 
 
 # --- (c) Numba kernels against the reference -------------------------------------------------------
@@ -133,14 +64,7 @@ def test_numba_matches_reference(name, numba_backends):
     entry = KERNELS.get(name)
     if entry is None or not entry.variants:
         pytest.skip(f"no Numba kernel for {name}")
-    ref = _ref_backend()
-    fails = []
-    for case in _sample(_cases(name), _PER_OP.get(name, 30)):
-        for n, be in numba_backends.items():
-            r = H.run_test(case, be, ref, seed=3)
-            if r.status not in ("OK",):
-                fails.append(f"{n} threads {case}: {r.status} {r.message}")
-    assert not fails, "\n".join(fails[:10])
+    assert_numba_matches(sample(_cases(name), _PER_OP.get(name, 30)), numba_backends, seed=3)
 
 
 @pytest.mark.parametrize("type", ["q4_0", "q8_0", "q5_1", "f16", "bf16", "q4_K", "q6_K"])
@@ -160,12 +84,12 @@ def test_numba_set_rows_bytes_identical_to_reference(type, numba_backends):
         gg.set_name(c, "c")
         return gg.set_rows(ctx, a, b, c)
     fill = dict(a=rng.uniform(-1, 1, (12, w)), b=rng.uniform(-1, 1, (5, w)), c=ids)
-    want = data.tensor_get(_run(_ref_backend(), build, fill))
+    want = data.tensor_get(run_graph(ref_backend(), build, fill))
     for be in numba_backends.values():
-        got = data.tensor_get(_run(be, build, fill))
+        got = data.tensor_get(run_graph(be, build, fill))
         assert got == want
     # rows that were not addressed keep their exact bytes
-    out = _run(_ref_backend(), build, fill)
+    out = run_graph(ref_backend(), build, fill)
     ctx = gg.init(mem_size=1 << 20)
     a0 = gg.new_tensor_2d(ctx, gg.as_type(type), w, 12)
     data.write(a0, fill["a"])
@@ -200,9 +124,9 @@ def test_q8_0_stores_quantize_as_ggml_cpu(op, numba_backends):
     from pyggml.types import TRAITS
     want = TRAITS[q8].from_float_cpu(vals.reshape(-1)).tobytes()
     assert want != TRAITS[q8].from_float(vals.reshape(-1)).tobytes()    # the ties matter
-    assert data.tensor_get(_run(_ref_backend(), build, fill)) == want
+    assert data.tensor_get(run_graph(ref_backend(), build, fill)) == want
     for be in numba_backends.values():
-        assert data.tensor_get(_run(be, build, fill)) == want
+        assert data.tensor_get(run_graph(be, build, fill)) == want
 
 
 def test_set_rows_writes_its_destination_in_place():
@@ -217,7 +141,7 @@ def test_set_rows_writes_its_destination_in_place():
     assert r.src[0] is b and r.src[1] is c and 2 in r.op.writes
     gf = gg.new_graph(ctx)
     gg.build_forward_expand(gf, r)
-    _ref_backend().graph_compute(gf)
+    ref_backend().graph_compute(gf)
     got = gg.to_numpy(a)
     assert np.array_equal(got[4], [0, 1, 2, 3]) and np.array_equal(got[1], [4, 5, 6, 7])
     assert not got[[0, 2, 3, 5]].any()
@@ -255,10 +179,10 @@ def test_argsort_and_top_k_orders(numba_backends):
 
     asc = [4, 7, 1, 5, 0, 2, 6, 3]
     desc = [6, 0, 2, 1, 5, 7, 4, 3]
-    for be in [_ref_backend()] + list(numba_backends.values()):
-        assert gg.to_numpy(_run(be, argsort_graph(0), fill())).tolist() == asc
-        assert gg.to_numpy(_run(be, argsort_graph(1), fill())).tolist() == desc
-        assert gg.to_numpy(_run(be, top_k_graph, fill())).tolist() == [0, 6, 2, 1]
+    for be in [ref_backend()] + list(numba_backends.values()):
+        assert gg.to_numpy(run_graph(be, argsort_graph(0), fill())).tolist() == asc
+        assert gg.to_numpy(run_graph(be, argsort_graph(1), fill())).tolist() == desc
+        assert gg.to_numpy(run_graph(be, top_k_graph, fill())).tolist() == [0, 6, 2, 1]
 
 
 def test_top_k_of_a_long_row_with_ties_and_nan(numba_backends):
@@ -272,11 +196,11 @@ def test_top_k_of_a_long_row_with_ties_and_nan(numba_backends):
         t = gg.new_tensor_2d(ctx, gg.TYPE_F32, 200, 3)
         gg.set_name(t, "x")
         return gg.top_k(ctx, t, 7)
-    want = gg.to_numpy(_run(_ref_backend(), build, dict(x=x)))
+    want = gg.to_numpy(run_graph(ref_backend(), build, dict(x=x)))
     assert want[1].tolist() == [1, 0, 2, 3, 4, 5, 6]
     assert not np.isin(want[0], [5, 17]).any()
     for be in numba_backends.values():
-        assert np.array_equal(gg.to_numpy(_run(be, build, dict(x=x))), want)
+        assert np.array_equal(gg.to_numpy(run_graph(be, build, dict(x=x))), want)
 
 
 def test_concat_of_permuted_and_quantized_sources(numba_backends):
@@ -290,8 +214,8 @@ def test_concat_of_permuted_and_quantized_sources(numba_backends):
         b = gg.new_tensor_2d(ctx, gg.TYPE_Q4_0, 32, 3)
         gg.set_name(b, "b")
         return gg.concat(ctx, a, b, 0)
-    for be in [_ref_backend()] + list(numba_backends.values()):
-        out = _run(be, build, dict(a=va, b=vb))
+    for be in [ref_backend()] + list(numba_backends.values()):
+        out = run_graph(be, build, dict(a=va, b=vb))
         ctx = gg.init(mem_size=1 << 20)
         qa, qb = gg.new_tensor_2d(ctx, gg.TYPE_Q4_0, 64, 3), gg.new_tensor_2d(ctx, gg.TYPE_Q4_0, 32, 3)
         data.write(qa, va)
@@ -309,9 +233,9 @@ def test_get_rows_bad_id_is_an_error_not_a_crash(numba_backends):
         b = gg.new_tensor_1d(ctx, gg.TYPE_I32, 2)
         gg.set_name(b, "b")
         return gg.get_rows(ctx, a, b)
-    for be in [_ref_backend()] + list(numba_backends.values()):
+    for be in [ref_backend()] + list(numba_backends.values()):
         with pytest.raises(ComputeError, match="GET_ROWS"):
-            _run(be, build, dict(a=np.zeros((3, 4)), b=np.array([1, 3])))
+            run_graph(be, build, dict(a=np.zeros((3, 4)), b=np.array([1, 3])))
 
 
 def test_set_rows_bad_id_is_an_error_not_a_crash(numba_backends):
@@ -323,9 +247,9 @@ def test_set_rows_bad_id_is_an_error_not_a_crash(numba_backends):
         c = gg.new_tensor_1d(ctx, gg.TYPE_I64, 2)
         gg.set_name(c, "c")
         return gg.set_rows(ctx, a, b, c)
-    for be in [_ref_backend()] + list(numba_backends.values()):
+    for be in [ref_backend()] + list(numba_backends.values()):
         with pytest.raises(ComputeError, match="SET_ROWS"):
-            _run(be, build, dict(a=np.zeros((3, 32)), b=np.ones((2, 32)), c=np.array([0, -1])))
+            run_graph(be, build, dict(a=np.zeros((3, 32)), b=np.ones((2, 32)), c=np.array([0, -1])))
 
 
 def test_a_row_function_missing_from_the_table_is_an_error_not_a_crash(numba_backends):
@@ -340,25 +264,20 @@ def test_a_row_function_missing_from_the_table_is_an_error_not_a_crash(numba_bac
         gg.set_name(b, "b")
         return gg.get_rows(ctx, a, b)
     fill = dict(a=np.arange(96.0).reshape(3, 32), b=np.array([2, 0]))
-    want = data.to_numpy(_run(_ref_backend(), build, fill))
+    want = data.to_numpy(run_graph(ref_backend(), build, fill))
     be = numba_backends[1]
-    assert np.array_equal(data.to_numpy(_run(be, build, fill)), want)
+    assert np.array_equal(data.to_numpy(run_graph(be, build, fill)), want)
     slot = row_fns.DEQ * row_fns.N_TYPES + int(gg.TYPE_Q8_0)
     saved, row_fns.TABLE[slot] = row_fns.TABLE[slot], 0
     try:
         with pytest.raises(ComputeError, match="GET_ROWS"):
-            _run(be, build, fill)
+            run_graph(be, build, fill)
     finally:
         row_fns.TABLE[slot] = saved
-    assert np.array_equal(data.to_numpy(_run(be, build, fill)), want)
+    assert np.array_equal(data.to_numpy(run_graph(be, build, fill)), want)
 
 
 # --- (b) misuse ----------------------------------------------------------------------------------
-
-@pytest.fixture
-def ctx():
-    return gg.init(mem_size=4 << 20, no_alloc=True)
-
 
 _t = named_tensor
 _raises = assert_op_error

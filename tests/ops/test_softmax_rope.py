@@ -9,10 +9,13 @@ Cases tagged "slow" run only with PYGGML_SLOW=1.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
+from _cases import SLOW
+from _cases import assert_slow_vs_ggml
+from _cases import assert_vs_ggml
+from _cases import op_cases
 
 import pyggml as gg
 from pyggml import data
@@ -22,41 +25,27 @@ from pyggml.errors import ShapeError
 from pyggml.errors import TypeError_
 from pyggml.testing import harness
 from pyggml.testing.asserts import assert_ggml_error
-from pyggml.testing.conformance import reference_vs_ggml
 
 OPS = ("SOFT_MAX", "SOFT_MAX_BACK", "DIAG_MASK_INF", "DIAG_MASK_ZERO", "ROPE", "ROPE_BACK")
-SLOW = os.environ.get("PYGGML_SLOW") == "1"
 
 
 def _cases(slow: bool):
-    return [c for name in OPS for c in gg.get_op(name).cases()
-            if ("slow" in c.tags) == slow and "ggml_wrong" not in c.tags]
+    return op_cases(OPS, slow, ("ggml_wrong",))
 
 
 FAST = _cases(False)
-
-
-def vs_ggml(case, seed=0, n_threads=1):
-    """Reference vs real ggml on the same inputs, every node: (ok, nmse, message)."""
-    return reference_vs_ggml(case, seed, n_threads)
 
 
 # --- (a) reference == real ggml -------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", FAST, ids=str)
 def test_reference_matches_ggml(ggml, case):
-    ok, err, msg = vs_ggml(case)
-    assert ok, f"{case}: {msg}"
+    assert_vs_ggml(case)
 
 
 @pytest.mark.skipif(not SLOW, reason="big cases: set PYGGML_SLOW=1")
 def test_reference_matches_ggml_slow_cases(ggml):
-    bad = []
-    for case in _cases(True):
-        ok, err, msg = vs_ggml(case)
-        if not ok:
-            bad.append(f"{case}: {msg}")
-    assert not bad, "\n".join(bad)
+    assert_slow_vs_ggml(_cases(True))
 
 
 def test_case_strings_follow_test_backend_ops():

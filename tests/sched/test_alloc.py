@@ -4,10 +4,9 @@ greedy first-fit in execution order, as written plainly here: the allocator's sh
 import heapq
 
 import pytest
+from _models import small_cache
 
 import pyggml as gg
-from pyggml.attention.kv_cache import F16KVCache
-from pyggml.attention.kv_cache import MixedKVCache
 from pyggml.models.llama import LlamaConfig
 from pyggml.models.llama import LlamaModel
 from pyggml.sched.alloc import ALIGN
@@ -75,14 +74,7 @@ def _check(gf):
     ("f16", 1, 20, None), ("mixed", 1, 40, None), ("mixed", 7, 30, 1), ("f16", 16, 0, None)])
 def test_model_graphs_get_the_plain_first_fit_plan(kind, n_tokens, past, n_out):
     model = LlamaModel.random(CFG, seed=2)
-    if kind == "mixed":
-        cache = MixedKVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 256, hot_tokens=32,
-                             max_batch=32)
-    else:
-        cache = F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 256)
-    while cache.n_past < past:
-        cache.begin(min(16, past - cache.n_past))
-        cache.commit()
+    cache = small_cache(CFG, kind, past)
     ctx = gg.init(mem_size=16 << 20, no_alloc=True)
     gf = gg.new_graph_custom(ctx, 4096)
     cache.begin(n_tokens)

@@ -12,9 +12,12 @@ import ctypes
 import numpy as np
 import pytest
 from test_quants import INPUTS
+from test_quants import RealGgml
+from test_quants import assert_random_bytes_dequantize_as_ggml
 from test_quants import assert_same_bits
 from test_quants import assert_same_bytes
 from test_quants import make_input
+from test_quants import real_ggml
 
 from pyggml import quants as Q
 from pyggml.errors import ShapeError
@@ -29,38 +32,29 @@ N = 256 * 9
 _ROW = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
 
-class Ggml:
-    def __init__(self, ggml_lib):
-        self.lib = ggml_lib
-        self.g = ggml_lib.lib()
+class Ggml(RealGgml):
+    """test_quants' driver plus the K-quants' calls (Q8_K's row functions by name)."""
 
-    def _fn(self, name):
-        return _ROW(ctypes.cast(self.g._find(name), ctypes.c_void_p).value)
+    def _addr(self, name):
+        return ctypes.cast(self.g._find(name), ctypes.c_void_p).value
 
     def quantize(self, t, x, imatrix=None) -> bytes:
         if t == T.Q8_K:
-            x = np.ascontiguousarray(x, np.float32).reshape(-1)
-            dst = np.zeros(TRAITS[t].row_size(x.size), np.uint8)
-            self._fn("quantize_row_q8_K_ref")(x.ctypes.data, dst.ctypes.data, x.size)
-            return dst.tobytes()
+            return self._row(self._addr("quantize_row_q8_K_ref"), t, np.reshape(x, -1))
         return self.lib.quantize_chunk(t, x, imatrix)
 
     def dequantize(self, t, raw: bytes, n: int) -> np.ndarray:
         if t == T.Q8_K:  # no to_float in the traits; the function exists
             src = np.frombuffer(raw, np.uint8).copy()
             out = np.zeros(n, np.float32)
-            self._fn("dequantize_row_q8_K")(src.ctypes.data, out.ctypes.data, n)
+            _ROW(self._addr("dequantize_row_q8_K"))(src.ctypes.data, out.ctypes.data, n)
             return out
         return self.lib.dequantize(t, raw, n)
 
 
 @pytest.fixture(scope="module")
 def gg() -> Ggml:
-    pytest.importorskip("libggml")
-    from pyggml.testing import ggml_lib
-    if not ggml_lib.available():
-        pytest.skip("real ggml (libggml-python) is not available")
-    return Ggml(ggml_lib)
+    return real_ggml(Ggml)
 
 
 def _imatrix(n: int) -> np.ndarray:
@@ -91,12 +85,7 @@ def test_quantize_with_imatrix_matches_ggml(gg, t, name):
 
 @pytest.mark.parametrize("t", ALL, ids=str)
 def test_dequantize_random_bytes_matches_ggml(gg, t):
-    n = 256 * 512
-    raw = np.random.default_rng(int(t)).integers(0, 256, TRAITS[t].row_size(n),
-                                                  dtype=np.uint8).tobytes()
-    want = gg.dequantize(t, raw, n)
-    assert_same_bits(Q.dequantize(t, raw, n, use_numba=False), want, f"numpy {t}")
-    assert_same_bits(Q.dequantize(t, raw, n, use_numba=True), want, f"numba {t}")
+    assert_random_bytes_dequantize_as_ggml(gg, t, 256 * 512)
 
 
 @pytest.mark.parametrize("t", K_TYPES + LEGACY, ids=str)

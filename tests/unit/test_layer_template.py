@@ -4,10 +4,9 @@ leaf order; the allocator's offsets; the cache's inputs and the context's accoun
 fall back to the ops where a layer differs or stamping could not give the same graph."""
 import numpy as np
 import pytest
+from _models import small_cache
 
 import pyggml as gg
-from pyggml.attention.kv_cache import F16KVCache
-from pyggml.attention.kv_cache import MixedKVCache
 from pyggml.models import layer_template
 from pyggml.models import llama as llama_mod
 from pyggml.models.llama import Decoder
@@ -25,15 +24,7 @@ def model():
 
 
 def _cache(kind, past=0):
-    if kind == "mixed":
-        c = MixedKVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 256, hot_tokens=32,
-                         max_batch=32)
-    else:
-        c = F16KVCache(CFG.n_layer, CFG.n_head_kv, CFG.head_dim, 256)
-    while c.n_past < past:
-        c.begin(min(16, past - c.n_past))
-        c.commit()
-    return c
+    return small_cache(CFG, kind, past)
 
 
 def _graph(model, kind, n_tokens, past, n_out=None, stamp=True, layers=None, cache=None,

@@ -64,13 +64,18 @@ class RealGgml:
         return dst.tobytes()
 
 
-@pytest.fixture(scope="module")
-def ggml_ref() -> RealGgml:
+def real_ggml(cls=RealGgml):
+    """cls(ggml_lib) (RealGgml or a subclass); skips the test without real ggml."""
     pytest.importorskip("libggml")
     from pyggml.testing import ggml_lib
     if not ggml_lib.available():
         pytest.skip("real ggml (libggml-python) is not available")
-    return RealGgml(ggml_lib)
+    return cls(ggml_lib)
+
+
+@pytest.fixture(scope="module")
+def ggml_ref() -> RealGgml:
+    return real_ggml()
 
 
 # ---------------------------------------------------------------------------
@@ -200,11 +205,15 @@ def test_dequantize_matches_ggml(ggml_ref, t, name):
 
 @pytest.mark.parametrize("t", [t for t in ALL_TYPES if t != T.Q8_1], ids=str)
 def test_dequantize_random_bytes_matches_ggml(ggml_ref, t):
-    """Arbitrary block contents: every fp16 scale (NaN, inf, denormal), every q."""
-    n = 32 * 4096
+    assert_random_bytes_dequantize_as_ggml(ggml_ref, t, 32 * 4096)
+
+
+def assert_random_bytes_dequantize_as_ggml(driver, t, n):
+    """Arbitrary block contents (every fp16 scale: NaN, inf, denormal; every q): the NumPy
+    and Numba dequantizers give ggml's bits (driver: RealGgml or a subclass)."""
     raw = np.random.default_rng(int(t)).integers(0, 256, TRAITS[t].row_size(n),
                                                   dtype=np.uint8).tobytes()
-    ref = ggml_ref.dequantize(t, raw, n)
+    ref = driver.dequantize(t, raw, n)
     assert_same_bits(Q.dequantize(t, raw, n, use_numba=False), ref, f"numpy {t}")
     assert_same_bits(Q.dequantize(t, raw, n, use_numba=True), ref, f"numba {t}")
 

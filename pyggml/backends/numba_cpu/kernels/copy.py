@@ -36,6 +36,7 @@ from ..desc import DST
 from ..desc import ERR_SHAPE
 from ..desc import ERR_WORK_SIZE
 from ..desc import SRC0
+from ..desc import blck_size
 from ..desc import row_coords
 from ..desc import row_range
 from ..desc import set_error
@@ -119,6 +120,22 @@ def copy_bytes(d, s, n):
     src = u8_array(s, n)
     for i in range(n):
         dst[i] = src[i]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")    # inlined: constant types fold
+def convert_row_at(st, dt, s, d, n, tmp):
+    """A packed row of n values of type st at address s -> type dt at d: copied, quantized
+    from F32, dequantized to F32, or else dequantized to F32 at tmp (4 * n bytes) and
+    quantized from there. 0, or a row function's error code (row_error)."""
+    if st == dt:
+        copy_bytes(d, s, type_size(st) * (n // blck_size(st)))
+        return 0
+    if st == F32:
+        return quantize_row_at(dt, s, d, n)
+    if dt == F32:
+        return dequantize_row_at(st, s, d, n)
+    rc = dequantize_row_at(st, s, tmp, n)
+    return quantize_row_at(dt, tmp, d, n) if rc == 0 else rc
 
 
 @_jit
@@ -290,7 +307,6 @@ def copy_blocks(desc, ith, nth):
         return
     ne01, ne02 = t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
     ne1, ne2 = t_ne(desc, DST, 1), t_ne(desc, DST, 2)
-    srs = t_row_size(desc, SRC0)
     scratch = 4 * ne0 + 64
     tmp = wdata(desc) + ith * scratch
     if st != dt and st != F32 and dt != F32 and wsize(desc) < (ith + 1) * scratch:
@@ -302,17 +318,7 @@ def copy_blocks(desc, ith, nth):
              + ((r // ne01) % ne02) * t_nb(desc, SRC0, 2) + (r // (ne01 * ne02)) * t_nb(desc, SRC0, 3))
         d = (t_addr(desc, DST) + (r % ne1) * t_nb(desc, DST, 1)
              + ((r // ne1) % ne2) * t_nb(desc, DST, 2) + (r // (ne1 * ne2)) * t_nb(desc, DST, 3))
-        rc = 0
-        if st == dt:
-            copy_bytes(d, s, srs)
-        elif st == F32:
-            rc = quantize_row_at(dt, s, d, ne0)
-        elif dt == F32:
-            rc = dequantize_row_at(st, s, d, ne0)
-        else:
-            rc = dequantize_row_at(st, s, tmp, ne0)
-            if rc == 0:
-                rc = quantize_row_at(dt, tmp, d, ne0)
+        rc = convert_row_at(st, dt, s, d, ne0, tmp)
         if rc != 0:
             row_error(desc, rc)
             return

@@ -363,6 +363,26 @@ def dyn_take(desc, nchunks, nseg, s):
     return u if u < (s + 1) * nchunks // nseg else -1
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")   # the loop as written out
+def dyn_next(desc, nchunks, nseg, ith, j):
+    """Thread ith's next chunk in the decode walk: its own segment's chunks in order, then
+    the others' (segment (ith + j) % nseg, j = 0..nseg-1). j: where the thread's walk is (0
+    at the start). Returns (chunk, j), chunk -1 when none is left.
+
+        j = 0
+        while True:
+            u, j = dyn_next(desc, nchunks, nseg, ith, j)
+            if u < 0:
+                break
+            ...rows [u * chunk, min(m, (u + 1) * chunk))..."""
+    while j < nseg:
+        u = dyn_take(desc, nchunks, nseg, (ith + j) % nseg)
+        if u >= 0:
+            return u, j
+        j += 1
+    return -1, j
+
+
 @_jit
 def dyn_out(desc, nth, nseg):
     """A thread leaves the node: the last one out resets the counters for the next compute
@@ -440,14 +460,13 @@ def mul_mat_dot(desc, ith, nth, region):
         if dyn_left(desc, nchunks, nseg):
             if prep:
                 _prep_tile(desc, wt, bt, k, 0, ncols, arb, region, tmp)
-            for j in range(nseg):
-                s = (ith + j) % nseg
-                while True:
-                    u = dyn_take(desc, nchunks, nseg, s)
-                    if u < 0:
-                        break
-                    _dot_tile(desc, wt, k, u * chunk, min(m, (u + 1) * chunk), 0, ncols,
-                              prep, arb, region)
+            j = 0
+            while True:
+                u, j = dyn_next(desc, nchunks, nseg, ith, j)
+                if u < 0:
+                    break
+                _dot_tile(desc, wt, k, u * chunk, min(m, (u + 1) * chunk), 0, ncols,
+                          prep, arb, region)
         dyn_out(desc, nth, nseg)
         return
     if ncols > m:                       # more columns than rows: split the columns

@@ -42,13 +42,13 @@ from ..intrinsics import f32_array
 from ..intrinsics import ptr_of
 from . import kernel
 from .copy import _ROW_CODEC as _COPY_ROW_CODEC
+from .copy import convert_row_at
 from .copy import copy_bits
 from .copy import copy_bytes
 from .copy import load_f32
 from .row_fns import DEQ
 from .row_fns import QUANT
 from .row_fns import dequantize_row_at
-from .row_fns import quantize_row_at
 from .row_fns import row_error
 from .row_fns import row_kernel_template
 
@@ -220,15 +220,7 @@ def set_rows(desc, ith, nth):
                     continue
                 s = b_addr + i * nb01 + i02 * nb02 + i03 * nb03
                 d = d_addr + i1 * nb1 + i02 * nb2 + i03 * nb3
-                rc = 0
-                if bt == F32:
-                    rc = quantize_row_at(dt, s, d, nc)
-                elif dt == F16:
-                    copy_bytes(d, s, 2 * nc)
-                else:
-                    rc = dequantize_row_at(F16, s, tmp, nc)
-                    if rc == 0:
-                        rc = quantize_row_at(dt, tmp, d, nc)
+                rc = convert_row_at(bt, dt, s, d, nc, tmp)      # bt: F32 or F16
                 if rc != 0:
                     row_error(desc, rc)
                     return

@@ -44,18 +44,27 @@ def _store(flat, off, st):
             flat[off + i * n + j] = st[i, j]
 
 
+@numba.njit(nogil=True, cache=True, inline="always")     # as if written out in each
+def _wkv_frame(desc, state, ith, nth):
+    """What RWKV_WKV6, GATED_LINEAR_ATTN and RWKV_WKV7 share: S, H, T (SRC0's ne), the
+    sequences (the states in slot `state`), C = S * H channels, L tokens a sequence, the
+    states in, dst (C * T outputs, then the last states), a float64 state matrix and this
+    thread's heads [h0, h1)."""
+    S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
+    n_seqs = t_ne(desc, state, 1)
+    C = S * H
+    s_in = f32_array(t_addr(desc, state), C * S * n_seqs)
+    dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
+    h0, h1 = row_range(H, ith, nth)
+    return S, H, T, n_seqs, C, T // n_seqs, s_in, dst, np.empty((S, S), dtype=np.float64), h0, h1
+
+
 @kernel("RWKV_WKV6")
 def rwkv_wkv6(desc, ith, nth):
-    S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
-    n_seqs = t_ne(desc, SRC5, 1)
-    C, L = S * H, T // n_seqs
+    S, H, T, n_seqs, C, L, s_in, dst, st, h0, h1 = _wkv_frame(desc, SRC5, ith, nth)
     k, v, r = (f32_array(t_addr(desc, SRC0), C * T), f32_array(t_addr(desc, SRC1), C * T),
                f32_array(t_addr(desc, SRC2), C * T))
     tf, td = f32_array(t_addr(desc, SRC3), C), f32_array(t_addr(desc, SRC4), C * T)
-    s_in = f32_array(t_addr(desc, SRC5), C * S * n_seqs)
-    dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
-    st = np.empty((S, S), dtype=np.float64)
-    h0, h1 = row_range(H, ith, nth)
     for h in range(h0, h1):
         for sq in range(n_seqs):
             base = sq * C * S + h * S * S
@@ -74,16 +83,10 @@ def rwkv_wkv6(desc, ith, nth):
 
 @kernel("GATED_LINEAR_ATTN")
 def gated_linear_attn(desc, ith, nth):
-    S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
-    n_seqs = t_ne(desc, SRC4, 1)
-    C, L = S * H, T // n_seqs
+    S, H, T, n_seqs, C, L, s_in, dst, st, h0, h1 = _wkv_frame(desc, SRC4, ith, nth)
     scale = np.float64(param_f32(desc, 0))
     k, v = f32_array(t_addr(desc, SRC0), C * T), f32_array(t_addr(desc, SRC1), C * T)
     q, g = f32_array(t_addr(desc, SRC2), C * T), f32_array(t_addr(desc, SRC3), C * T)
-    s_in = f32_array(t_addr(desc, SRC4), C * S * n_seqs)
-    dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
-    st = np.empty((S, S), dtype=np.float64)
-    h0, h1 = row_range(H, ith, nth)
     for h in range(h0, h1):
         for sq in range(n_seqs):
             base = sq * C * S + h * S * S
@@ -101,16 +104,10 @@ def gated_linear_attn(desc, ith, nth):
 
 @kernel("RWKV_WKV7")
 def rwkv_wkv7(desc, ith, nth):
-    S, H, T = t_ne(desc, SRC0, 0), t_ne(desc, SRC0, 1), t_ne(desc, SRC0, 2)
-    n_seqs = t_ne(desc, SRC6, 1)
-    C, L = S * H, T // n_seqs
+    S, H, T, n_seqs, C, L, s_in, dst, st, h0, h1 = _wkv_frame(desc, SRC6, ith, nth)
     r, w = f32_array(t_addr(desc, SRC0), C * T), f32_array(t_addr(desc, SRC1), C * T)
     k, v = f32_array(t_addr(desc, SRC2), C * T), f32_array(t_addr(desc, SRC3), C * T)
     a, b = f32_array(t_addr(desc, SRC4), C * T), f32_array(t_addr(desc, SRC5), C * T)
-    s_in = f32_array(t_addr(desc, SRC6), C * S * n_seqs)
-    dst = f32_array(t_addr(desc, DST), C * (T + S * n_seqs))
-    st = np.empty((S, S), dtype=np.float64)
-    h0, h1 = row_range(H, ith, nth)
     for h in range(h0, h1):
         for sq in range(n_seqs):
             base = sq * C * S + h * S * S

@@ -267,12 +267,34 @@ dot_bf16 = _float_dot_intrinsic("dot_bf16", _ld_bf16, 2)
 # Activations ("Q8 split" layout, written by the kernels): yq int8[32 * nb], yd float[nb] (scale),
 # ys float[nb] (= d * sum of the block's q). Weights are raw ggml blocks.
 
+def maddubs_i16(b, xu, yi):
+    """pmaddubsw: <32 x u8> x <32 x i8> -> <16 x i16>, adjacent products summed (AVX2
+    saturates those sums; the portable form wraps: the same while they fit in int16)."""
+    if HAVE_AVX2:
+        return _intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [xu, yi])
+    return adj_sum(b, b.mul(b.zext(xu, _v(_I16, 32)), b.sext(yi, _v(_I16, 32))))
+
+
+def madd_ones_i32(b, x):
+    """pmaddwd with ones: <16 x i16> -> <8 x i32>, adjacent pairs summed."""
+    if HAVE_AVX2:
+        return _intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8),
+                     [x, ir.Constant(_v(_I16, 16), [1] * 16)])
+    return adj_sum(b, b.sext(x, _v(_I32, 16)))
+
+
+def adj_sum(b, x):
+    """<2n x iW> -> <n x iW>: x[2i] + x[2i+1] (the portable form of the pair sums above)."""
+    n = x.type.count // 2
+    ev = b.shuffle_vector(x, x, ir.Constant(_v(_I32, n), list(range(0, 2 * n, 2))))
+    od = b.shuffle_vector(x, x, ir.Constant(_v(_I32, n), list(range(1, 2 * n, 2))))
+    return b.add(ev, od)
+
+
 def _maddubs_pairs(b, xu, yi):
     """<32 x u8> x <32 x i8> -> <8 x i32> sums of 4 adjacent products (pmaddubsw + pmaddwd)."""
     if HAVE_AVX2:
-        p16 = _intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [xu, yi])
-        ones = ir.Constant(_v(_I16, 16), [1] * 16)
-        return _intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8), [p16, ones])
+        return madd_ones_i32(b, maddubs_i16(b, xu, yi))
     # portable: exact 32-bit products, summed in groups of 4 (no saturation can occur for
     # the operands used here, so the results equal the AVX2 sequence)
     return sum_quads(b, b.mul(b.zext(xu, _v(_I32, 32)), b.sext(yi, _v(_I32, 32))))
@@ -354,12 +376,7 @@ def _q_isum(b, fmt, xb, qy):
             sy_ = _intr(b, "llvm.x86.avx2.psign.b", _v(_I8, 32), [qy, qx])
             isum = _maddubs_pairs(b, ax, sy_)
         else:
-            p = b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32)))
-            isum = None
-            for g in range(4):
-                part = b.shuffle_vector(
-                    p, p, ir.Constant(_v(_I32, 8), [4 * j + g for j in range(8)]))
-                isum = part if isum is None else b.add(isum, part)
+            isum = sum_quads(b, b.mul(b.sext(qx, _v(_I32, 32)), b.sext(qy, _v(_I32, 32))))
     else:
         qx = _nibbles(b, b.add(xb, _c(_I64, qs_off)))
         if qh_off is not None:
@@ -461,11 +478,7 @@ def _q_dot_body(fmt, nrows_pass=_QROWS, shared=False):
             out.append(s_)
         return out
 
-    def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
-        _row_passes(b, nrows, nrows_pass, x, xstride, out,
-                    lambda b, xs: rows(b, nb, xs, yq, yd, ys))
-        b.ret_void()
-    return build
+    return _passes_body(nrows_pass, rows)
 
 
 def _row_headers(b, xs, i, bsize, ht, per_row, second):
@@ -506,6 +519,49 @@ def _row_passes(b, nrows, nrows_pass, x, xstride, out, rows):
         n //= 2
 
 
+def _passes_body(nrows_pass, rows):
+    """A dot body: rows(b, nb, xs, yq, yd, ys) over the rows in _row_passes' passes."""
+    def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
+        _row_passes(b, nrows, nrows_pass, x, xstride, out,
+                    lambda b, xs: rows(b, nb, xs, yq, yd, ys))
+        b.ret_void()
+    return build
+
+
+# The two-block steps (_nib2_body, and _x2_body on AVX-512): blocks i, i + 1 a step, an odd
+# last block as a step with block i + 1 zeroed; Q4_1 / Q4_0's min / offset terms summed per
+# row in two lanes and added once at the end.
+
+def _pair_steps(b, nb, step):
+    """step(b, i, one) for i = 0, 2, 4, ..: one is False for a pair of blocks, True for the odd
+    last block alone."""
+    npair = b.udiv(nb, _c(_I64, 2))
+    _for(b, npair, lambda b, p: step(b, b.mul(p, _c(_I64, 2)), False))
+    _for(b, b.sub(nb, b.mul(npair, _c(_I64, 2))),
+         lambda b, j: step(b, b.mul(npair, _c(_I64, 2)), True))
+
+
+def _pair_scales(b, yd, ys, i, one):
+    """The activation blocks' (d_y, d_y * sum(q_y)) at i, i + 1 as two <2 x float> (the second
+    lanes 0 when one)."""
+    if one:
+        z2 = ir.Constant(_v(_F32, 2), [0.0, 0.0])
+        return (b.insert_element(z2, _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _F32), _c(_I32, 0)),
+                b.insert_element(z2, _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _F32), _c(_I32, 0)))
+    return (_load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _v(_F32, 2)),
+            _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _v(_F32, 2)))
+
+
+def _pair_min(b, s_, m, o, q41):
+    """A row's dot s_ with its min (Q4_1: + lanes o + 1, o + 3 of m) or offset term (Q4_0:
+    - 8 x (lanes o, o + 1)) added."""
+    if q41:
+        return b.fadd(s_, b.fadd(b.extract_element(m, _c(_I32, o + 1)),
+                                 b.extract_element(m, _c(_I32, o + 3))))
+    return b.fsub(s_, b.fmul(_c(_F32, 8.0), b.fadd(b.extract_element(m, _c(_I32, o)),
+                                                   b.extract_element(m, _c(_I32, o + 1)))))
+
+
 def _nib2_body(fmt, nrows_pass):
     """256-bit Q4_1 / Q4_0 dot, two blocks per step: blocks i and i+1 of a row as one register
     of packed bytes ([qs_i | qs_i+1]); its low nibbles against [y_i[0:16] | y_i+1[0:16]], its
@@ -518,7 +574,6 @@ def _nib2_body(fmt, nrows_pass):
     q41 = fmt == "q4_1"
     nm = 4 if q41 else 2                    # halves per row and step: (d, m) x 2 or d x 2
     ht = _I32 if q41 else _I16              # one block's halves as one integer
-    ones = ir.Constant(_v(_I16, 16), [1] * 16)
     m0f = ir.Constant(_v(_I8, 32), [0x0F] * 32)
     z16 = ir.Constant(_v(_I8, 16), [0] * 16)
     z2 = ir.Constant(_v(_F32, 2), [0.0, 0.0])
@@ -534,16 +589,9 @@ def _nib2_body(fmt, nrows_pass):
 
         def step(b, i, one):
             ya = _load(b, b.add(yq, b.mul(i, _c(_I64, 32))), _v(_I8, 32))
-            if one:
-                yb = ir.Constant(_v(_I8, 32), [0] * 32)
-                dy = b.insert_element(z2, _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _F32),
-                                      _c(_I32, 0))
-                sy = b.insert_element(z2, _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _F32),
-                                      _c(_I32, 0))
-            else:
-                yb = _load(b, b.add(yq, b.mul(b.add(i, _c(_I64, 1)), _c(_I64, 32))), _v(_I8, 32))
-                dy = _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
-                sy = _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
+            yb = (ir.Constant(_v(_I8, 32), [0] * 32) if one else
+                  _load(b, b.add(yq, b.mul(b.add(i, _c(_I64, 1)), _c(_I64, 32))), _v(_I8, 32)))
+            dy, sy = _pair_scales(b, yd, ys, i, one)
             ylo = b.shuffle_vector(ya, yb, ir.Constant(_v(_I32, 32),
                                                        list(range(16)) + list(range(32, 48))))
             yhi = b.shuffle_vector(ya, yb, ir.Constant(_v(_I32, 32),
@@ -564,37 +612,17 @@ def _nib2_body(fmt, nrows_pass):
                 q = b.shuffle_vector(q0, q1, ir.Constant(_v(_I32, 32), list(range(32))))
                 lo = b.and_(q, m0f)
                 hi = b.and_(b.lshr(q, ir.Constant(_v(_I8, 32), [4] * 32)), m0f)
-                p16 = b.add(_intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [lo, ylo]),
-                            _intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [hi, yhi]))
-                f = b.sitofp(_intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8), [p16, ones]),
-                             _v(_F32, 8))
+                p16 = b.add(maddubs_i16(b, lo, ylo), maddubs_i16(b, hi, yhi))
+                f = b.sitofp(madd_ones_i32(b, p16), _v(_F32, 8))
                 sc8 = b.shuffle_vector(sc, sc, ir.Constant(
                     _v(_I32, 8), [nm * r] * 4 + [nm * r + nm // 2] * 4))
                 b.store(_fma(b, f, sc8, b.load(acc)), acc)
 
-        npair = b.udiv(nb, _c(_I64, 2))
-        _for(b, npair, lambda b, p: step(b, b.mul(p, _c(_I64, 2)), False))
-        _for(b, b.sub(nb, b.mul(npair, _c(_I64, 2))),
-             lambda b, j: step(b, b.mul(npair, _c(_I64, 2)), True))
-        res = []
+        _pair_steps(b, nb, step)
         m = b.load(accm)
-        for r, acc in enumerate(accs):
-            s_ = _hsum(b, b.load(acc))
-            o = nm * r
-            if q41:
-                s_ = b.fadd(s_, b.fadd(b.extract_element(m, _c(_I32, o + 1)),
-                                       b.extract_element(m, _c(_I32, o + 3))))
-            else:
-                s_ = b.fsub(s_, b.fmul(_c(_F32, 8.0), b.fadd(b.extract_element(m, _c(_I32, o)),
-                                                             b.extract_element(m, _c(_I32, o + 1)))))
-            res.append(s_)
-        return res
+        return [_pair_min(b, _hsum(b, b.load(acc)), m, nm * r, q41) for r, acc in enumerate(accs)]
 
-    def build(b, nrows, nb, x, xstride, yq, yd, ys, out):
-        _row_passes(b, nrows, nrows_pass, x, xstride, out,
-                    lambda b, xs: rows(b, nb, xs, yq, yd, ys))
-        b.ret_void()
-    return build
+    return _passes_body(nrows_pass, rows)
 
 
 # The AVX2 row dots' passes (session 11; decode mat-vecs, one thread, compute-bound: L1-hot rows
@@ -712,16 +740,9 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS, vnni=None):
 
             def step(b, i, one):
                 ya = b.add(yq, b.mul(i, _c(_I64, 32)))
-                if one:
-                    y = _cat(b, _load(b, ya, _v(_I8, 32)), ir.Constant(_v(_I8, 32), [0] * 32))
-                    dy = b.insert_element(z2, _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _F32),
-                                          _c(_I32, 0))
-                    sy = b.insert_element(z2, _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _F32),
-                                          _c(_I32, 0))
-                else:
-                    y = _load(b, ya, _v(_I8, 64))
-                    dy = _load(b, b.add(yd, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
-                    sy = _load(b, b.add(ys, b.mul(i, _c(_I64, 4))), _v(_F32, 2))
+                y = (_cat(b, _load(b, ya, _v(_I8, 32)), ir.Constant(_v(_I8, 32), [0] * 32)) if one
+                     else _load(b, ya, _v(_I8, 64)))
+                dy, sy = _pair_scales(b, yd, ys, i, one)
                 if fmt == "q4_1":
                     ysc = b.shuffle_vector(dy, sy, ir.Constant(_v(_I32, 4), [0, 2, 1, 3]))
                     ysm = b.shuffle_vector(z2, sy, ir.Constant(_v(_I32, 4), [0, 2, 1, 3]))
@@ -750,10 +771,7 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS, vnni=None):
                 if fmt != "q8_0":
                     b.store(_fma(b, dm, tile(b, ysm), b.load(accm)), accm)
 
-            npair = b.udiv(nb, _c(_I64, 2))
-            _for(b, npair, lambda b, p: step(b, b.mul(p, _c(_I64, 2)), False))
-            _for(b, b.sub(nb, b.mul(npair, _c(_I64, 2))),
-                 lambda b, j: step(b, b.mul(npair, _c(_I64, 2)), True))
+            _pair_steps(b, nb, step)
             res = []
             m = b.load(accm)
             for r, acc in enumerate(accs):
@@ -761,14 +779,7 @@ def _x2_body(fmt, nrows_pass=_X2_ROWS, vnni=None):
                 if x16:                 # the high-nibble lanes hold 16 x their sums, exactly
                     v = b.fmul(v, ir.Constant(_v(_F32, 16), ([1.0] * 4 + [0.0625] * 4) * 2))
                 s_ = _hsum(b, v)
-                o = nm * r
-                if fmt == "q4_1":
-                    s_ = b.fadd(s_, b.fadd(b.extract_element(m, _c(_I32, o + 1)),
-                                           b.extract_element(m, _c(_I32, o + 3))))
-                elif fmt == "q4_0":
-                    s_ = b.fsub(s_, b.fmul(_c(_F32, 8.0), b.fadd(b.extract_element(m, _c(_I32, o)),
-                                                                 b.extract_element(m, _c(_I32, o + 1)))))
-                res.append(s_)
+                res.append(s_ if fmt == "q8_0" else _pair_min(b, s_, m, nm * r, fmt == "q4_1"))
             return res
 
         ngrp = b.udiv(nrows, _c(_I64, nrows_pass))
