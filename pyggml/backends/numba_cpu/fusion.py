@@ -175,18 +175,17 @@ def mul_mat_swiglu(desc, ith, nth):
     if mm.dyn_left(desc, nchunks, nseg):
         if prep:
             mm.prep_tile(desc, SRC4, wt, bt, k, 0, 1, arb, region, region + arb)
-        for j in range(nseg):
-            s = (ith + j) % nseg
-            while True:
-                u = mm.dyn_take(desc, nchunks, nseg, s)
-                if u < 0:
-                    break
-                r0, r1 = u * chunk, min(m, (u + 1) * chunk)
-                mm.dot_tile(desc, SRC2, SRC4, SRC0, wt, k, r0, r1, 0, 1, prep, arb, region)
-                mm.dot_tile(desc, SRC3, SRC4, SRC1, wt, k, r0, r1, 0, 1, prep, arb, region)
-                _swiglu(f32_array(t_addr(desc, SRC0) + 4 * r0, r1 - r0),
-                        f32_array(t_addr(desc, SRC1) + 4 * r0, r1 - r0),
-                        f32_array(t_addr(desc, DST) + 4 * r0, r1 - r0), r1 - r0)
+        j = 0
+        while True:
+            u, j = mm.dyn_next(desc, nchunks, nseg, ith, j)
+            if u < 0:
+                break
+            r0, r1 = u * chunk, min(m, (u + 1) * chunk)
+            mm.dot_tile(desc, SRC2, SRC4, SRC0, wt, k, r0, r1, 0, 1, prep, arb, region)
+            mm.dot_tile(desc, SRC3, SRC4, SRC1, wt, k, r0, r1, 0, 1, prep, arb, region)
+            _swiglu(f32_array(t_addr(desc, SRC0) + 4 * r0, r1 - r0),
+                    f32_array(t_addr(desc, SRC1) + 4 * r0, r1 - r0),
+                    f32_array(t_addr(desc, DST) + 4 * r0, r1 - r0), r1 - r0)
     mm.dyn_out(desc, nth, nseg)
 
 

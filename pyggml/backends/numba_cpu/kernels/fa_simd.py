@@ -32,6 +32,8 @@ from .simd import _prefetch
 from .simd import _splat
 from .simd import _store
 from .simd import _v
+from .simd import madd_ones_i32
+from .simd import maddubs_i16
 
 # --- attention micro-kernels ----------------------------------------------------------------------
 # Flash attention's two products over a group of nk keys for nr query rows, K/V rows read where
@@ -306,21 +308,6 @@ def _qk_q4_0_i8_body(nr):
 # products, <= 15360 < 2^15, and pmaddwd's int32 lane 16. (One block at a time: the blocks'
 # scales differ, so block sums never meet in integers.)
 
-def _i16_pairs(b, xu, yi):
-    """pmaddubsw: <32 x u8> x <32 x i8> -> <16 x i16>, adjacent products summed."""
-    if HAVE_AVX2:
-        return _intr(b, "llvm.x86.avx2.pmadd.ub.sw", _v(_I16, 16), [xu, yi])
-    return _adj_sum(b, b.mul(b.zext(xu, _v(_I16, 32)), b.sext(yi, _v(_I16, 32))))
-
-
-def _adj_sum(b, x):
-    """<2n x iW> -> <n x iW>: x[2i] + x[2i+1]."""
-    n = x.type.count // 2
-    ev = b.shuffle_vector(x, x, ir.Constant(_v(_I32, n), list(range(0, 2 * n, 2))))
-    od = b.shuffle_vector(x, x, ir.Constant(_v(_I32, n), list(range(1, 2 * n, 2))))
-    return b.add(ev, od)
-
-
 def _hadd16(b, x, y):
     """phaddw of two <16 x i16>: per 128-bit half, that half's adjacent pairs of x summed,
     then y's."""
@@ -332,19 +319,11 @@ def _hadd16(b, x, y):
     return b.add(e, o)
 
 
-def _wsum32(b, x):
-    """pmaddwd with ones: <16 x i16> -> <8 x i32>, adjacent pairs summed."""
-    if HAVE_AVX2:
-        return _intr(b, "llvm.x86.avx2.pmadd.wd", _v(_I32, 8),
-                     [x, ir.Constant(_v(_I16, 16), [1] * 16)])
-    return _adj_sum(b, b.sext(x, _v(_I32, 16)))
-
-
 def _keys_i32(b, m):
     """4 keys' pmaddubsw vectors -> <8 x i32> [k0 k1 k2 k3 | k0 k1 k2 k3] (per 128-bit half
     of the codes: the block's values 0..15, then 16..31)."""
     a, c = _hadd16(b, m[0], m[1]), _hadd16(b, m[2], m[3])      # [k0 x4 k1 x4] per half
-    return _wsum32(b, _hadd16(b, a, c))                         # [k0 k0 k1 k1 k2 k2 k3 k3]
+    return madd_ones_i32(b, _hadd16(b, a, c))                 # [k0 k0 k1 k1 k2 k2 k3 k3]
 
 
 def _codes32(b, addr):
@@ -381,7 +360,7 @@ def _qk_q4_0_hadd_body(nr):
             kdv = b.fpext(b.bitcast(hv, _v(_HALF, 8)), f32x8)       # [d0..d3 | d0..d3]
             for r in range(nr):
                 qv = _load(b, _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32))), _v(_I8, 32))
-                s = _keys_i32(b, [_i16_pairs(b, c, qv) for c in codes])
+                s = _keys_i32(b, [maddubs_i16(b, c, qv) for c in codes])
                 # qdx (the 8-lane layout of the VNNI dot): qd, then -qd·Σq summed 8 times
                 # there, 2 lanes a key here: 4·(-qd·Σq) a lane
                 qda = b.add(b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64)))),
