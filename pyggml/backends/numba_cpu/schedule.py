@@ -80,6 +80,16 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
     return order, sync
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _push(lo, hi, n, src_lo, src_hi, k0, k1):
+    """Append the spans src_lo/src_hi[k0:k1] to lo/hi[n:]; returns the new count."""
+    for k in range(k0, k1):
+        lo[n] = src_lo[k]
+        hi[n] = src_hi[k]
+        n += 1
+    return n
+
+
 @numba.njit(nogil=True, cache=True)
 def _group_rows(rlo, rhi, r_at, wlo_, whi_, w_at, work, lookahead, order, sync):
     """schedule's walk over rows whose read spans are rlo/rhi[r_at[j]:r_at[j + 1]] and
@@ -107,16 +117,8 @@ def _group_rows(rlo, rhi, r_at, wlo_, whi_, w_at, work, lookahead, order, sync):
         taken[j] = True
         order[pos] = j
         pos += 1
-        nr = 0
-        nw = 0
-        for k in range(r_at[j], r_at[j + 1]):
-            slo[nr] = rlo[k]
-            shi[nr] = rhi[k]
-            nr += 1
-        for k in range(w_at[j], w_at[j + 1]):
-            wlo[nw] = wlo_[k]
-            whi[nw] = whi_[k]
-            nw += 1
+        nr = _push(slo, shi, 0, rlo, rhi, r_at[j], r_at[j + 1])
+        nw = _push(wlo, whi, 0, wlo_, whi_, w_at[j], w_at[j + 1])
         g_work = work[j]
         r = head
         for _ in range(min(lookahead, n - pos)):
@@ -153,14 +155,8 @@ def _group_rows(rlo, rhi, r_at, wlo_, whi_, w_at, work, lookahead, order, sync):
                 taken[r] = True
                 if g_work == 0:
                     g_work = w
-            for k in range(r_at[r], r_at[r + 1]):
-                slo[nr] = rlo[k]
-                shi[nr] = rhi[k]
-                nr += 1
-            for k in range(w_at[r], w_at[r + 1]):
-                wlo[nw] = wlo_[k]
-                whi[nw] = whi_[k]
-                nw += 1
+            nr = _push(slo, shi, nr, rlo, rhi, r_at[r], r_at[r + 1])
+            nw = _push(wlo, whi, nw, wlo_, whi_, w_at[r], w_at[r + 1])
             r += 1
 
 
