@@ -90,6 +90,16 @@ def _push(lo, hi, n, src_lo, src_hi, k0, k1):
     return n
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _hits(a, b, lo, hi, n):
+    """Does the span [a, b) overlap any of lo/hi[:n] (lo < hi2 and lo2 < hi: an empty
+    span inside another included)?"""
+    for q in range(n):
+        if a < hi[q] and lo[q] < b:
+            return True
+    return False
+
+
 @numba.njit(nogil=True, cache=True)
 def _group_rows(rlo, rhi, r_at, wlo_, whi_, w_at, work, lookahead, order, sync):
     """schedule's walk over rows whose read spans are rlo/rhi[r_at[j]:r_at[j + 1]] and
@@ -128,25 +138,14 @@ def _group_rows(rlo, rhi, r_at, wlo_, whi_, w_at, work, lookahead, order, sync):
             ok = w == 0 or g_work == 0 or (w == g_work and w > 0)
             if ok:
                 for k in range(r_at[r], r_at[r + 1]):       # reads what they write
-                    a, b = rlo[k], rhi[k]
-                    for q in range(nw):
-                        if a < whi[q] and wlo[q] < b:
-                            ok = False
-                            break
-                    if not ok:
+                    if _hits(rlo[k], rhi[k], wlo, whi, nw):
+                        ok = False
                         break
             if ok:
                 for k in range(w_at[r], w_at[r + 1]):       # writes what they write or read
-                    a, b = wlo_[k], whi_[k]
-                    for q in range(nw):
-                        if a < whi[q] and wlo[q] < b:
-                            ok = False
-                            break
-                    for q in range(nr):
-                        if a < shi[q] and slo[q] < b:
-                            ok = False
-                            break
-                    if not ok:
+                    if _hits(wlo_[k], whi_[k], wlo, whi, nw) or \
+                            _hits(wlo_[k], whi_[k], slo, shi, nr):
+                        ok = False
                         break
             if ok:
                 sync[pos - 1] = 0
