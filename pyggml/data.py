@@ -83,7 +83,7 @@ def read(t: Tensor, dtype=np.float64) -> np.ndarray:
         return a.astype(dtype)
     rb = np.ascontiguousarray(row_bytes(t))
     vals = _codec(t.type, "to_float")(rb.reshape(-1), nelements(t))
-    return vals.reshape(t.ne[::-1]).astype(dtype)
+    return vals.reshape(t.ne[::-1]).astype(dtype, copy=False)    # (vals is new: no copy)
 
 
 def encode(type: GGMLType, values: np.ndarray, cpu: bool = False) -> np.ndarray:

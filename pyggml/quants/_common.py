@@ -214,10 +214,13 @@ def affine_q(xb: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return d, mn, c_int8((xb - mn[:, None]) * inverse(d)[:, None] + F32(0.5))
 
 
-def scaled(q: np.ndarray, d: np.ndarray, m: np.ndarray = None) -> np.ndarray:
-    """Flat float32 q * d (+ m) with one scale (and min) per block, two roundings, no FMA."""
-    x = q.astype(np.float32) * d[:, None]
-    return (x if m is None else x + m[:, None]).reshape(-1)
+def scaled(x: np.ndarray, d: np.ndarray, m: np.ndarray = None) -> np.ndarray:
+    """Flat float32 q * d (+ m) with one scale (and min) per block, two roundings, no FMA;
+    x: the codes q as a new float32 [nb, qk] array (exact), scaled in place."""
+    x *= d[:, None]
+    if m is not None:
+        x += m[:, None]
+    return x.reshape(-1)
 
 
 def _pack_bits(q: np.ndarray, bits: int) -> tuple:
@@ -228,11 +231,19 @@ def _pack_bits(q: np.ndarray, bits: int) -> tuple:
     return high_bits(q), nibbles(q & 0x0F)
 
 
-def _unpack_bits(qb: np.ndarray, bits: int) -> np.ndarray:
-    """_pack_bits' inverse on the bytes after a block's scales: [nb, 32] uint8."""
-    if bits == 4:
-        return unpack_nibbles(qb)
-    return unpack_nibbles(qb[:, 4:]) | unpack_high_bits(qb[:, :4])
+def _codes_f32(qb: np.ndarray, bits: int, off: int) -> np.ndarray:
+    """_pack_bits' inverse on the bytes after a block's scales, minus off: the codes as a new
+    float32 [nb, 32] array (small integers, exact), written in place (no widened copies)."""
+    if bits == 5:
+        qh, qb = qb[:, :4], qb[:, 4:]
+    x = np.empty((len(qb), 32), np.float32)
+    np.bitwise_and(qb, 0x0F, out=x[:, :16], casting="unsafe")
+    np.right_shift(qb, 4, out=x[:, 16:], casting="unsafe")
+    if bits == 5:
+        x += unpack_high_bits(qh)
+    if off:
+        x -= np.float32(off)
+    return x
 
 
 def q4_q5_codec(bits: int, type_size: int, affine: bool):
@@ -255,6 +266,6 @@ def q4_q5_codec(bits: int, type_size: int, affine: bool):
     def to_float(raw, n: int) -> np.ndarray:
         b = raw_blocks(raw, n, 32, type_size)
         if not affine:
-            return scaled(_unpack_bits(b[:, 2:], bits).astype(np.int8) - np.int8(half), f16_at(b, 0))
-        return scaled(_unpack_bits(b[:, 4:], bits), f16_at(b, 0), f16_at(b, 2))
+            return scaled(_codes_f32(b[:, 2:], bits, half), f16_at(b, 0))
+        return scaled(_codes_f32(b[:, 4:], bits, 0), f16_at(b, 0), f16_at(b, 2))
     return from_float, to_float

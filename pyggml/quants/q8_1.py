@@ -46,7 +46,7 @@ def from_float_cpu(x) -> np.ndarray:
 @quiet
 def to_float(raw, n: int) -> np.ndarray:
     b = raw_blocks(raw, n, QK, TYPE_SIZE)
-    return scaled(b[:, 4:].view(np.int8), f16_at(b, 0))
+    return scaled(b[:, 4:].view(np.int8).astype(np.float32), f16_at(b, 0))
 
 
 register_codec(GGMLType.Q8_1, to_float, from_float, from_float_cpu=from_float_cpu)

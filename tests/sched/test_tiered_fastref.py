@@ -1,5 +1,5 @@
 """The fast reference's shortcuts are the reference's values: weights decoded in float32
-(dequant_f32) against the codecs, SET_ROWS without reading its destination."""
+(the codecs, against ggml's dequantization), SET_ROWS without reading its destination."""
 import numpy as np
 import pytest
 
@@ -7,29 +7,53 @@ import pyggml as gg
 from pyggml import data
 from pyggml.backends.reference.fast import FAST
 from pyggml.backends.reference.fast import FastReferenceBackend
-from pyggml.backends.reference.fast import dequant_f32
+
+# (block bytes, offset of the codes, offset of the min or None, code offset, code bits)
+_LEGACY = {gg.TYPE_Q4_0: (18, 2, None, 8, 4), gg.TYPE_Q4_1: (20, 4, 2, 0, 4),
+           gg.TYPE_Q5_0: (22, 6, None, 16, 5), gg.TYPE_Q5_1: (24, 8, 2, 0, 5),
+           gg.TYPE_Q8_0: (34, 2, None, 0, 8)}
 
 
-@pytest.mark.parametrize("t", [gg.TYPE_Q4_0, gg.TYPE_Q4_1, gg.TYPE_Q8_0, gg.TYPE_Q5_1,
-                               gg.TYPE_F16])
-def test_dequant_f32_is_the_codec_bit_for_bit(rng, t):
+def _decode_f64(raw, t):
+    """The legacy blocks decoded from their bytes in float64, each step rounded to float32
+    as ggml's dequantize_row computes: ((q - off) * d) then + m."""
+    size, q0, m_at, off, bits = _LEGACY[t]
+    b = raw.reshape(-1, size)
+    d = b[:, 0:2].copy().view(np.float16).astype(np.float64)
+    if bits == 8:
+        q = b[:, q0:].view(np.int8).astype(np.float64)
+    else:
+        lo = b[:, q0:q0 + 16]
+        q = np.concatenate([lo & 15, lo >> 4], axis=1).astype(np.float64)
+        if bits == 5:
+            qh = np.unpackbits(b[:, q0 - 4:q0], axis=1, bitorder="little").astype(np.float64)
+            q += 16 * qh
+    x = ((q - off) * d).astype(np.float32)
+    if m_at is not None:
+        m = b[:, m_at:m_at + 2].copy().view(np.float16).astype(np.float32)
+        x = (x.astype(np.float64) + m).astype(np.float32)
+    return x.reshape(-1)
+
+
+@pytest.mark.parametrize("t", sorted(_LEGACY))
+def test_legacy_codecs_decode_in_float32(rng, t):
+    """data.read(w, float32), which the fast MUL_MAT and attention decode weights and caches
+    with, is ggml's float32 dequantization bit for bit, a strided view of rows too."""
     ctx = gg.init(mem_size=1 << 20)
     vals = rng.standard_normal((6, 64)).astype(np.float32) * 3
     vals[0, :32] = 0.0                                     # an all-zero block
     vals[1, 5] = 1e4                                       # a large scale
     w = gg.new_tensor_2d(ctx, t, 64, 6)
-    if gg.is_quantized(t):
-        gg.tensor_set(w, gg.quantize(t, vals))
-    else:
-        gg.tensor_set(w, vals.astype(np.float16).tobytes())
-    got = dequant_f32(w)
-    want = data.read(w, np.float32)
+    raw = gg.quantize(t, vals)
+    gg.tensor_set(w, raw)
+    got = data.read(w, np.float32)
     assert got.dtype == np.float32 and got.shape == (1, 1, 6, 64)
-    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    want = _decode_f64(np.frombuffer(raw, np.uint8), t).reshape(6, 64)
+    np.testing.assert_array_equal(got[0, 0].view(np.uint32), want.view(np.uint32))
     # a strided 3-D view of whole rows (a KV cache's cold part): rows 1, 3, 5
     v = gg.view_3d(ctx, w, 64, 1, 3, w.nb[1], 2 * w.nb[1], w.nb[1])
-    np.testing.assert_array_equal(dequant_f32(v).view(np.uint32),
-                                  data.read(v, np.float32).view(np.uint32))
+    np.testing.assert_array_equal(data.read(v, np.float32).reshape(3, 64).view(np.uint32),
+                                  want[1::2].view(np.uint32))
 
 
 @pytest.mark.parametrize("dst", [gg.TYPE_F16, gg.TYPE_Q4_0])

@@ -6,12 +6,12 @@ Each fast path computes what the Numba kernel computes, in its precision, rather
 float64 oracle, so a graph that moves from this backend to Numba mid-run keeps its numbers:
 
 - MUL_MAT of 2-D weights (F32/F16/BF16 and the 32-block quants) x F32 activations: the
-  weights are dequantized to float32 once (kept while their bytes are unchanged; Q4_0, Q4_1
-  and Q8_0 by `dequant_f32`, in float32 and ~3x faster than the codecs, bit for bit) and the
-  product is one float32 BLAS call. Like numba_cpu/kernels/matmul.py, activations stay
-  float32 on its GEMM path (n >= GEMM_MIN_N) and are quantized per 32-block ("Q8 split":
-  d = amax/127, q = rint(x * 127/amax)) on its dot path for quantized weights; the integer
-  dots then differ from this float dot of the same dequantized values by float32 rounding.
+  weights are dequantized to float32 once (data.read(w, np.float32), kept while their bytes
+  are unchanged) and the product is one float32 BLAS call. Like numba_cpu/kernels/matmul.py,
+  activations stay float32 on its GEMM path (n >= GEMM_MIN_N) and are quantized per 32-block
+  ("Q8 split": d = amax/127, q = rint(x * 127/amax)) on its dot path for quantized weights;
+  the integer dots then differ from this float dot of the same dequantized values by float32
+  rounding.
 - SET_ROWS: the OpDef reference without reading its destination (a whole KV cache layer) first.
 - RMS_NORM of a contiguous F32 tensor: the reference's steps with the elementwise ones in
   float32 (a square or product of float32 values is exact in float64, so rounding it once
@@ -39,7 +39,6 @@ from ...ops.attention import WS_Q
 from ...ops.attention import WS_STATE
 from ...ops.attention import WS_V
 from ...ops.attention import WS_VQ
-from ...quants._common import f16_at
 from ...tensor import Tensor
 from ...tensor import is_contiguous
 from ...tensor import nbytes
@@ -68,36 +67,6 @@ def _fingerprint(t: Tensor) -> tuple:
     return int(np.bitwise_xor.reduce(w)), int(w.sum(dtype=np.uint64)), bytes(b[n8 * 8:])
 
 
-# type -> (block bytes, offset of q, offset of the min or None, q's offset from its nibble
-# value); x = (q - off) * d (+ m): the codecs' two float32 roundings, so the values are theirs
-_DEQUANT = {GGMLType.Q4_0: (18, 2, None, 8), GGMLType.Q4_1: (20, 4, 2, 0),
-            GGMLType.Q8_0: (34, 2, None, None)}
-
-
-def dequant_f32(w: Tensor) -> np.ndarray:
-    """A tensor's values as a float32 (ne3, ne2, ne1, ne0) array: the codec's (data.read),
-    with the common block types decoded in place in float32 (the codec path widens and copies
-    each value several times: 17 against 5.6 ms for a 1536x576 Q4_1 matrix)."""
-    spec = _DEQUANT.get(w.type)
-    if spec is None:
-        return data.read(w, np.float32)
-    size, q0, m_at, off = spec
-    b = np.ascontiguousarray(data.row_bytes(w)).reshape(-1, size)
-    d = f16_at(b, 0)[:, None]
-    if off is None:                                      # Q8_0: int8 values
-        out = b[:, q0:].view(np.int8).astype(np.float32)
-    else:                                                # nibbles: low halves first
-        out = np.empty((b.shape[0], 32), np.float32)
-        np.bitwise_and(b[:, q0:], 15, out=out[:, :16], casting="unsafe")
-        np.right_shift(b[:, q0:], 4, out=out[:, 16:], casting="unsafe")
-        if off:
-            out -= np.float32(off)
-    out *= d
-    if m_at is not None:
-        out += f16_at(b, m_at)[:, None]
-    return out.reshape(w.ne[::-1])
-
-
 class WeightCache:
     """float32 (m, k) copies of weight matrices, keyed by where and what they are."""
 
@@ -112,7 +81,7 @@ class WeightCache:
         if hit is not None and hit[0] == fp:
             self.entries[key] = hit                  # most recently used last
             return hit[1]
-        f = dequant_f32(w).reshape(w.ne[1], w.ne[0])
+        f = data.read(w, np.float32).reshape(w.ne[1], w.ne[0])
         self.entries[key] = (fp, f)
         used = sum(e[1].nbytes for e in self.entries.values())
         while used > self.max_bytes and len(self.entries) > 1:
@@ -241,8 +210,8 @@ def _fa_params_ok(node: Tensor) -> bool:
 def _segment(q, k: Tensor, v: Tensor, mask: Tensor, scale: float, prec: int):
     """One segment's (M, S, O) in float32 as the kernel computes it: q (H, N, D)."""
     H, N, _ = q.shape
-    kk = dequant_f32(k)[0]                           # (Hk, n_kv, D)
-    vv = dequant_f32(v)[0]
+    kk = data.read(k, np.float32)[0]                 # (Hk, n_kv, D)
+    vv = data.read(v, np.float32)[0]
     if not np.isfinite(vv).all() or not np.isfinite(kk).all():
         return None                                  # the reference's per-key NaN rules
     if prec == 0 and k.type in FA_Q8:
