@@ -29,6 +29,12 @@ ALIGN = 64
 ALLOCATED = "allocated"
 
 
+# gf.cache entry: (allocated_mark, the buffers named for a backend (Buffer.backend) that the
+# roots of gf's sources live in), noted by the walk below, valid while the mark is: a
+# scheduler with one backend for every node needs no copy when none names another backend.
+HELD = "held buffers"
+
+
 def allocated_mark(gf: CGraph) -> tuple:
     return gf.version, len(gf.nodes), len(gf.leafs), _tensor_mod.ALLOC_EPOCH
 
@@ -51,6 +57,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     at: dict = {}                       # root of the order -> its (last) position
     n_at = 0                            # (more than len(at): a tensor is in the order twice)
     last: dict = {}
+    held = set()                        # buffers named for a backend, of the sources' roots
     for i, t in enumerate(order):
         r = t.view_src
         if r is None:
@@ -64,11 +71,15 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
             r = s.view_src
             if r is None:
                 r = s
-            if r._buffer is None:
+            buf = r._buffer
+            if buf is None:
                 todo[r] = None
                 last[r] = i
+            elif buf.backend is not None:
+                held.add(buf)
     if not todo:
         mark_allocated(gf)
+        gf.cache[HELD] = (gf.cache[ALLOCATED], held)
         return 0
     keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
     out = gf.nodes[-1] if gf.nodes else None
@@ -114,4 +125,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
     set_buffers(buf, offsets)
     mark_allocated(gf)
+    if buf.backend is not None:         # the roots without data now live in it
+        held.add(buf)
+    gf.cache[HELD] = (gf.cache[ALLOCATED], held)
     return top
