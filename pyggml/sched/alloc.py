@@ -29,9 +29,10 @@ ALIGN = 64
 ALLOCATED = "allocated"
 
 
-# gf.cache entry: (allocated_mark, the buffers named for a backend (Buffer.backend) that the
-# roots of gf's sources live in), noted by the walk below, valid while the mark is: a
-# scheduler with one backend for every node needs no copy when none names another backend.
+# gf.cache entry: (allocated_mark, the buffers the roots of gf's sources live in), noted by
+# the walk below, valid while the mark is (a root moves only through set_buffer, which bumps
+# ALLOC_EPOCH): a scheduler with one backend for every node needs no copy when none of them
+# names (Buffer.backend, read then: it may be set in place) another backend.
 HELD = "held buffers"
 
 
@@ -57,7 +58,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     at: dict = {}                       # root of the order -> its (last) position
     n_at = 0                            # (more than len(at): a tensor is in the order twice)
     last: dict = {}
-    held = set()                        # buffers named for a backend, of the sources' roots
+    held = set()                        # the buffers of the sources' roots
     for i, t in enumerate(order):
         r = t.view_src
         if r is None:
@@ -75,7 +76,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
             if buf is None:
                 todo[r] = None
                 last[r] = i
-            elif buf.backend is not None:
+            else:
                 held.add(buf)
     if not todo:
         mark_allocated(gf)
@@ -125,7 +126,6 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
     set_buffers(buf, offsets)
     mark_allocated(gf)
-    if buf.backend is not None:         # the roots without data now live in it
-        held.add(buf)
+    held.add(buf)                       # the roots without data live in it now
     gf.cache[HELD] = (gf.cache[ALLOCATED], held)
     return top

@@ -161,8 +161,9 @@ class Sched(Backend):
 
     def _one_split(self, gf: CGraph, owners: dict) -> Optional[Split]:
         """The split _split's walk would make when every node runs on one backend and no
-        source lives in a buffer of another (the allocator noted those buffers, HELD): all
-        the nodes, no inputs. None when that does not hold or is not known."""
+        source lives in a buffer named for another (the allocator noted the sources'
+        buffers, HELD): all the nodes, no inputs. None when that does not hold or is not
+        known (the walk then)."""
         nodes = gf.nodes
         held = gf.cache.get(HELD)
         if not nodes or held is None or held[0] != allocated_mark(gf):
@@ -171,8 +172,10 @@ class Sched(Backend):
         be = a[id(nodes[0])]
         if any(map(is_not, map(a.__getitem__, map(id, nodes)), repeat(be))):
             return None
-        if any(owners.get(b.backend) not in (None, be) for b in held[1]):
-            return None
+        for b in held[1]:
+            o = owners.get(b.backend) if b.backend is not None else None
+            if o is not None and o is not be:
+                return None
         return Split(be, list(nodes))
 
     def _split(self, gf: CGraph) -> None:
