@@ -106,7 +106,10 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
             _, _, o, s = heappop(live)
             foff.append(o)
             fsize.append(s)
-        size = ((kept_shape(t)[4] or 1) + ALIGN - 1) & -ALIGN      # nbytes(t), aligned
+        c = t.slot_shape                # kept_shape(t), inline while it is valid
+        if c is None or c[0] is not t.ne or c[1] is not t.nb or c[2] is not t.type:
+            c = kept_shape(t)
+        size = ((c[4] or 1) + ALIGN - 1) & -ALIGN       # nbytes(t), aligned
         # the first free block that is large enough (the scan runs in C: the list holds
         # tens of blocks and a graph has hundreds of tensors)
         j = next(compress(count(), map(size.__le__, fsize)), -1) if fsize else -1
