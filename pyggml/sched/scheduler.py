@@ -113,6 +113,7 @@ class Sched(Backend):
             if tab is _ASK:
                 tab = tables[b] = b.supports_graph(gf)
             return tab[i] if tab is not None else b.supports_op(node)
+        supported.tables = tables       # (_assign inlines it in its per-node loop)
         return supported
 
     def _assign(self, gf: CGraph) -> None:
@@ -121,15 +122,17 @@ class Sched(Backend):
         pinned = self.pinned
         backends = self.backends
         supported = self._support(gf)
+        tables = supported.tables
         unsupported = []
         prev = None
         for i, node in enumerate(gf.nodes):
             nid = id(node)
+            op = node.op
             if nid in pinned:
                 be = pinned[nid]
-            elif node.op is not None and node.op.view:
+            elif op is not None and op.view:
                 src = node.src[0]
-                be = a.get(id(src)) or self._backend_of_buffer(src) or prev or backends[0]
+                be = a.get(id(src)) or buffer_owner(src, owners) or prev or backends[0]
             else:
                 be = None
                 # weights first: a source that lives in a backend's buffer pulls the node there
@@ -144,7 +147,10 @@ class Sched(Backend):
                             break
                 if be is None:
                     for b in backends:
-                        if supported(b, i, node):
+                        tab = tables.get(b, _ASK)
+                        if tab is _ASK:
+                            tab = tables[b] = b.supports_graph(gf)
+                        if tab[i] if tab is not None else b.supports_op(node):
                             be = b
                             break
                     else:
