@@ -29,6 +29,13 @@ ALIGN = 64
 ALLOCATED = "allocated"
 
 
+# gf.cache entry: (allocated_mark, the buffers the roots of gf's sources live in), noted by
+# the walk below, valid while the mark is (a root moves only through set_buffer, which bumps
+# ALLOC_EPOCH): a scheduler with one backend for every node needs no copy when none of them
+# names (Buffer.backend, read then: it may be set in place) another backend.
+HELD = "held buffers"
+
+
 def allocated_mark(gf: CGraph) -> tuple:
     return gf.version, len(gf.nodes), len(gf.leafs), _tensor_mod.ALLOC_EPOCH
 
@@ -51,6 +58,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     at: dict = {}                       # root of the order -> its (last) position
     n_at = 0                            # (more than len(at): a tensor is in the order twice)
     last: dict = {}
+    held = set()                        # the buffers of the sources' roots
     for i, t in enumerate(order):
         r = t.view_src
         if r is None:
@@ -64,11 +72,15 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
             r = s.view_src
             if r is None:
                 r = s
-            if r._buffer is None:
+            buf = r._buffer
+            if buf is None:
                 todo[r] = None
                 last[r] = i
+            else:
+                held.add(buf)
     if not todo:
         mark_allocated(gf)
+        gf.cache[HELD] = (gf.cache[ALLOCATED], held)
         return 0
     keep_mask = TENSOR_FLAG_OUTPUT | TENSOR_FLAG_INPUT
     out = gf.nodes[-1] if gf.nodes else None
@@ -94,7 +106,10 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
             _, _, o, s = heappop(live)
             foff.append(o)
             fsize.append(s)
-        size = ((kept_shape(t)[4] or 1) + ALIGN - 1) & -ALIGN      # nbytes(t), aligned
+        c = t.slot_shape                # kept_shape(t), inline while it is valid
+        if c is None or c[0] is not t.ne or c[1] is not t.nb or c[2] is not t.type:
+            c = kept_shape(t)
+        size = ((c[4] or 1) + ALIGN - 1) & -ALIGN       # nbytes(t), aligned
         # the first free block that is large enough (the scan runs in C: the list holds
         # tens of blocks and a graph has hundreds of tensors)
         j = next(compress(count(), map(size.__le__, fsize)), -1) if fsize else -1
@@ -114,4 +129,6 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     buf = make_buffer(top) if make_buffer is not None else Buffer(top, name="graph")
     set_buffers(buf, offsets)
     mark_allocated(gf)
+    held.add(buf)                       # the roots without data live in it now
+    gf.cache[HELD] = (gf.cache[ALLOCATED], held)
     return top

@@ -17,6 +17,8 @@ import itertools
 import weakref
 from dataclasses import dataclass
 from dataclasses import field
+from itertools import repeat
+from operator import is_not
 from typing import Optional
 
 from .. import data
@@ -31,7 +33,9 @@ from ..tensor import Buffer
 from ..tensor import Tensor
 from ..tensor import nbytes
 from ..types import TRAITS
+from .alloc import HELD
 from .alloc import alloc_graph
+from .alloc import allocated_mark
 from .alloc import mark_allocated
 
 
@@ -50,6 +54,17 @@ def _fmt_size(n: int) -> str:
 
 _TOKENS = itertools.count(1)
 _ASK = object()                 # Sched._support: a backend not asked yet
+
+
+def buffer_owner(t: Tensor, owners: dict):
+    """The backend (of owners: Sched._buffer_owners) whose buffer holds t's data (its
+    root's: a view's source's), or None: no data yet, or a buffer that names no backend
+    here. (Sched._assign inlines it in its per-source loop.)"""
+    r = t.view_src if t.view_src is not None else t
+    buf = r._buffer
+    if buf is None or buf.backend is None:
+        return None
+    return owners.get(buf.backend)
 
 
 class Sched(Backend):
@@ -84,14 +99,8 @@ class Sched(Backend):
         return owners
 
     def _backend_of_buffer(self, t: Tensor):
-        r = t.view_src if t.view_src is not None else t
-        buf = r._buffer
-        if buf is None or buf.backend is None:
-            return None
         owners = self.__dict__.get("_owners")
-        if owners is None:
-            owners = self._buffer_owners()
-        return owners.get(buf.backend)
+        return buffer_owner(t, owners if owners is not None else self._buffer_owners())
 
     def _support(self, gf: CGraph):
         """supported(b, i, node): does backend b run gf.nodes[i]? A backend with a whole-graph
@@ -104,6 +113,7 @@ class Sched(Backend):
             if tab is _ASK:
                 tab = tables[b] = b.supports_graph(gf)
             return tab[i] if tab is not None else b.supports_op(node)
+        supported.tables = tables       # (_assign inlines it in its per-node loop)
         return supported
 
     def _assign(self, gf: CGraph) -> None:
@@ -112,18 +122,21 @@ class Sched(Backend):
         pinned = self.pinned
         backends = self.backends
         supported = self._support(gf)
+        tables = supported.tables
         unsupported = []
         prev = None
         for i, node in enumerate(gf.nodes):
             nid = id(node)
+            op = node.op
             if nid in pinned:
                 be = pinned[nid]
-            elif node.op is not None and node.op.view:
+            elif op is not None and op.view:
                 src = node.src[0]
-                be = a.get(id(src)) or self._backend_of_buffer(src) or prev or backends[0]
+                be = a.get(id(src)) or buffer_owner(src, owners) or prev or backends[0]
             else:
                 be = None
                 # weights first: a source that lives in a backend's buffer pulls the node there
+                # (buffer_owner, inline: the loop runs per source of every node)
                 for s in filter(None, node.src):
                     r = s.view_src if s.view_src is not None else s
                     buf = r._buffer
@@ -134,7 +147,10 @@ class Sched(Backend):
                             break
                 if be is None:
                     for b in backends:
-                        if supported(b, i, node):
+                        tab = tables.get(b, _ASK)
+                        if tab is _ASK:
+                            tab = tables[b] = b.supports_graph(gf)
+                        if tab[i] if tab is not None else b.supports_op(node):
                             be = b
                             break
                     else:
@@ -149,9 +165,32 @@ class Sched(Backend):
                 f"no backend among [{', '.join(b.name for b in self.backends)}] supports "
                 f"{len(unsupported)} node(s):\n" + "\n".join(lines))
 
+    def _one_split(self, gf: CGraph, owners: dict) -> Optional[Split]:
+        """The split _split's walk would make when every node runs on one backend and no
+        source lives in a buffer named for another (the allocator noted the sources'
+        buffers, HELD): all the nodes, no inputs. None when that does not hold or is not
+        known (the walk then)."""
+        nodes = gf.nodes
+        held = gf.cache.get(HELD)
+        if not nodes or held is None or held[0] != allocated_mark(gf):
+            return None
+        a = self.assignment
+        be = a[id(nodes[0])]
+        if any(map(is_not, map(a.__getitem__, map(id, nodes)), repeat(be))):
+            return None
+        for b in held[1]:
+            o = owners.get(b.backend) if b.backend is not None else None
+            if o is not None and o is not be:
+                return None
+        return Split(be, list(nodes))
+
     def _split(self, gf: CGraph) -> None:
-        self.splits = splits = []
         owners = self.__dict__.get("_owners") or self._buffer_owners()
+        one = self._one_split(gf, owners)
+        if one is not None:
+            self.splits = [one]
+            return
+        self.splits = splits = []
         assignment = self.assignment
         producer = {}                   # id(node) -> its backend
         sp = None
@@ -167,11 +206,7 @@ class Sched(Backend):
                     continue
                 src_be = producer.get(id(s))
                 if src_be is None:      # not made here: where its memory lives, if anywhere
-                    r = s.view_src if s.view_src is not None else s
-                    buf = r._buffer
-                    if buf is None or buf.backend is None:
-                        continue
-                    src_be = owners.get(buf.backend)
+                    src_be = buffer_owner(s, owners)
                 if src_be is not None and src_be is not be and id(s) not in copies:
                     sp.inputs.append(s)
                     copies[id(s)] = None

@@ -31,6 +31,7 @@ from . import verdicts as _verdicts_mod
 from .desc import DESC_LEN
 from .desc import SCRATCH_LEN
 from .desc import STATUS_LEN
+from .desc import byte_spans
 from .desc import pack_table
 from .desc import table_slots
 from .executor import MAX_THREADS
@@ -184,9 +185,13 @@ class NumbaBackend(Backend):
         if whole is not None:
             wk = whole.cache.get(slot)
             if wk is not None and wk[0] == (whole.version, len(whole.nodes)) + key[2:]:
-                known = dict(zip(whole.nodes, wk[1]))
+                known = gf.nodes == whole.nodes or dict(zip(whole.nodes, wk[1]))
         if known is None:
             facts = memo.get_all(gf.nodes)
+        elif known is True:             # the same nodes in the same order: the same answers
+            facts, supported = wk[1], wk[2]
+            gf.cache[slot] = (key, facts, supported)
+            return facts, supported
         else:
             facts = [known.get(node, _MISSING) for node in gf.nodes]
             if _MISSING in facts:           # nodes of its own (a split's shadow nodes)
@@ -239,11 +244,12 @@ class NumbaBackend(Backend):
         # checks, the planner's byte spans and the descriptors are all made of them
         packed = [nodes[i] for i in rows]
         words, slots, tensors = table_slots(packed)
+        spans = byte_spans(words)       # each tensor's bytes: fusion's and the planner's
         # RMS_NORM + MUL pairs as one row (fusion.py); packed nodes: a fused row's FusedNode
         # (its tensors are its group's: the words stay, the rows' slot indices change)
         if self.fusion:
             rows, kernels, packed, moved, slots = fuse(nodes, rows, kernels,
-                                                       (words, slots, tensors))
+                                                       (words, slots, tensors), spans)
         else:
             moved = {}
         n = len(rows)
@@ -254,7 +260,8 @@ class NumbaBackend(Backend):
         if facts is not None and selected.n_threads == self.n_threads:
             regions = [facts[r][3] if node is nodes[r] else None
                        for r, node in zip(rows, packed)]
-        order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots), regions)
+        order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots), regions,
+                               spans)
         order = order.tolist()
         rows = [rows[p] for p in order]
         kernels = [kernels[p] for p in order]

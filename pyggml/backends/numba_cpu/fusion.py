@@ -370,7 +370,7 @@ def _disjoint(outs, ins, span=_span) -> bool:
     return True
 
 
-def fuse(nodes, rows: list, kernels: list, slots: tuple = None):
+def fuse(nodes, rows: list, kernels: list, slots: tuple = None, spans: tuple = None):
     """Fuse rows (graph indices into nodes, kernels the selected variant per row):
     - (RMS_NORM, MUL) pairs, the MUL the norm's only reader and the row right after it;
       and the ADD whose sum such a norm reads when it is the row right before (its other
@@ -378,7 +378,8 @@ def fuse(nodes, rows: list, kernels: list, slots: tuple = None):
     - the two mat-vecs right before a SWIGLU that reads them (_swiglu_of; the fused row
       still writes both products).
     `slots`: desc.table_slots of the rows' nodes (words, idx, slot_of) when the caller has
-    them (else made here): byte spans come from their words.
+    them (else made here): byte spans come from their words (`spans`: desc.byte_spans of
+    those words, when the caller has them).
     Returns (rows, kernels, row_nodes, moved, idx): the dropped rows gone, the last row of
     each group running the fused kernel, row_nodes what to pack and schedule per row (a
     FusedNode for a fused row), moved {dropped graph index: its fused row's graph index},
@@ -389,7 +390,7 @@ def fuse(nodes, rows: list, kernels: list, slots: tuple = None):
     if "RMS_NORM" not in names and "SWIGLU" not in names:
         return rows, kernels, row_nodes, {}, (None if slots is None else slots[1])
     words, idx, slot_of = table_slots(row_nodes) if slots is None else slots
-    lo, hi = byte_spans(words)
+    lo, hi = byte_spans(words) if spans is None else spans
     lo, hi = lo.tolist(), hi.tolist()
 
     def span(t):

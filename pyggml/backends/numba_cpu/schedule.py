@@ -15,7 +15,8 @@ LOOKAHEAD = 6              # rows a barrier group looks at past its first (sched
 
 
 def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
-             slots: tuple = None, regions: list = None) -> tuple[np.ndarray, np.ndarray]:
+             slots: tuple = None, regions: list = None,
+             spans: tuple = None) -> tuple[np.ndarray, np.ndarray]:
     """The order of a node table's rows and which end with a barrier: (order, sync), order a
     permutation of range(len(nodes)) (intp), sync int64 1/0 per position of order.
 
@@ -34,12 +35,13 @@ def schedule(nodes, kernels, n_threads: int, work_addr: int = 0,
     when the caller has them) in a few array operations; the grouping walk is a small njit
     loop (it ran in Python tuples at ~5 ms per SmolLM2 decode graph). `regions`: per row
     its kernel's private_work(node, n_threads) when the caller has it (the backend's memo
-    of verdicts), None where it is to be asked here."""
+    of verdicts), None where it is to be asked here. `spans`: desc.byte_spans of the slot
+    words, when the caller has them."""
     n = len(nodes)
     if n_threads <= 1 or n < 2:
         return np.arange(n, dtype=np.intp), np.ones(n, dtype=np.int64)
     words, idx = (table_slots(nodes) if slots is None else slots)[:2]
-    lo, hi = byte_spans(words)
+    lo, hi = byte_spans(words) if spans is None else spans
     present = idx != 0
     written = np.zeros(idx.shape, dtype=np.bool_)
     written[:, 0] = True

@@ -75,9 +75,15 @@ def node_sig(node) -> NodeSig:
 def sig_key(node) -> tuple:
     """Everything a NodeSig exposes, as a hashable value: the op (by identity), the
     op_params bytes, and the 9 slot words (type, ne, nb; tensor.shape_of) of the node and of
-    each source (None where absent). Equal keys, equal NodeSigs."""
-    return (node.op, node.op_params.tobytes(), kept_shape(node)[3],
-            *[None if s is None else kept_shape(s)[3] for s in node.src])
+    each source (None where absent). Equal keys, equal NodeSigs. (kept_shape inline while a
+    kept shape is valid: a call per source was a third of the key's cost.)"""
+    c = node.slot_shape
+    if c is None or c[0] is not node.ne or c[1] is not node.nb or c[2] is not node.type:
+        c = kept_shape(node)
+    return (node.op, node.op_params.tobytes(), c[3],
+            *[None if s is None else
+              c[3] if (c := s.slot_shape) is not None and c[0] is s.ne and c[1] is s.nb
+              and c[2] is s.type else kept_shape(s)[3] for s in node.src])
 
 
 class Verdicts:
