@@ -9,6 +9,13 @@ the disk cache at once and queues the cold ones (biggest units first, as warm() 
 workers. Workers run at a lower priority (`nice`), so the computing process keeps its core.
 The worker, its protocol, the save lock and the fallback are warmup.py's: a key a worker fails on is
 reported in `errors` and compiles here at its first use, as without warm-up.
+
+The save lock is one file in the kernel cache directory (SAVE_LOCK), not one per process: a
+detached compiler (`detach()`, compile_detached.py) may still be saving when the next pyggml
+process starts its own workers. Workers run in their own session: a Ctrl-C at the terminal
+reaches the caller, which stops them (close), and a worker left compiling at exit (detach)
+is not cut short by the terminal. `detach()` hands what is still queued or compiling to a
+detached compiler and returns at once: the caller can exit.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from typing import Callable
 from typing import Optional
 
@@ -30,6 +38,47 @@ from ..backends.numba_cpu.warmup import plan_units
 from ..backends.numba_cpu.warmup import worker_env
 
 NICE = 10                         # workers' niceness: the process computing keeps its core
+SAVE_LOCK = ".pyggml-save.lock"   # in the cache directory: every process's workers share it
+DETACHED_LOG = "compile-detached.log"   # the detached compiler's log, in the cache directory
+DETACHED: list = []               # detached compilers started here (Popen), newest last
+
+
+def cache_dir() -> Optional[str]:
+    """The kernel cache directory workers compile into (warmup.worker_env's NUMBA_CACHE_DIR:
+    Numba's when it is loaded, else the environment's, which pyggml's import sets)."""
+    return worker_env().get("NUMBA_CACHE_DIR") or None
+
+
+def save_lock_path(cache: Optional[str]) -> str:
+    """The save lock of this cache directory (made if missing). Never unlinked: a process
+    that opened the old file and one that made a new one would not exclude each other. Falls
+    back to a private temp file when the directory cannot hold it (the workers' saves then
+    fail the same way, and report it)."""
+    if cache:
+        path = os.path.join(cache, SAVE_LOCK)
+        try:
+            os.makedirs(cache, exist_ok=True)
+            with open(path, "a"):
+                pass
+            return path
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
+    os.close(fd)
+    return path
+
+
+@dataclass
+class Detached:
+    """A detached compiler: `n` kernels handed over, its process id and its log file."""
+    pid: int
+    log: str
+    n: int
+    proc: subprocess.Popen
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Its exit status (for tests and scripts: the CLIs never wait)."""
+        return self.proc.wait(timeout)
 
 
 def disk_cache_empty(path: Optional[str] = None) -> bool:
@@ -48,10 +97,11 @@ def disk_cache_empty(path: Optional[str] = None) -> bool:
 
 class BackgroundWarmup:
     def __init__(self, jobs: Optional[int] = None, log: Optional[Callable] = None,
-                 nice: int = NICE):
+                 nice: int = NICE, cache: Optional[str] = None):
         self.jobs = default_jobs() if jobs is None else max(1, int(jobs))
         self.log = log or (lambda line: None)
         self.nice = nice
+        self.cache = cache                    # kernel cache directory (None: cache_dir())
         self.queue: list = []                 # units (lists of keys), biggest first
         self.cond = threading.Condition()
         self.queued: set = set()              # keys ever queued
@@ -61,6 +111,7 @@ class BackgroundWarmup:
         self.cpu: dict = {}                   # key -> worker CPU seconds
         self.procs: list = []
         self.threads: list = []
+        self.busy: dict = {}                  # worker number -> (pid, key it is compiling)
         self.closed = False
         self.lock_path = None
 
@@ -91,7 +142,33 @@ class BackgroundWarmup:
             mods = {EXECUTOR: [EXECUTOR], **mods}
         elif ex._warm:
             ready.append(EXECUTOR)
-        units = plan_units(mods, self.jobs)
+        units = self._enqueue(mods)
+        self.log(f"tiered: compiling {len(cold_keys)} kernels in the background (about "
+                 f"{sum(cost(k) for u in units for k in u):.0f} s of compile on one core)")
+        return ready
+
+    def queue_keys(self, keys) -> list:
+        """Queue kernels by key ('OP:name', EXECUTOR) without loading anything here (the
+        detached compiler): the ones the disk cache already holds are skipped, an unknown key
+        goes to `errors`. Returns the keys queued."""
+        from ..backends.numba_cpu import fusion  # noqa: F401  registers the fused kernels
+        from ..backends.numba_cpu.kernels import find
+        keys = [k for k in dict.fromkeys(keys) if k not in self.queued]
+        ks = []
+        for key in keys:
+            if key != EXECUTOR:
+                k = find(key)
+                if k is None:
+                    self.errors.append(f"{key}: no such kernel")
+                else:
+                    ks.append(k)
+        mods = by_module(cold(ks))
+        if EXECUTOR in keys:                  # a worker loads it if the cache has it
+            mods = {EXECUTOR: [EXECUTOR], **mods}
+        return [k for u in self._enqueue(mods) for k in u]
+
+    def _enqueue(self, mods: dict) -> list:
+        units = plan_units(mods, self.jobs) if mods else []
         with self.cond:
             for u in units:
                 self.queued.update(u)
@@ -99,10 +176,9 @@ class BackgroundWarmup:
             self.queue.extend(units)
             self.queue.sort(key=lambda u: (EXECUTOR not in u, -sum(cost(k) for k in u)))
             self.cond.notify_all()
-        self._start()
-        self.log(f"tiered: compiling {len(cold_keys)} kernels in the background (about "
-                 f"{sum(cost(k) for u in units for k in u):.0f} s of compile on one core)")
-        return ready
+        if units:
+            self._start()
+        return units
 
     def prestart(self) -> None:
         """Start the workers now with the executor loop queued, before any kernel is asked
@@ -152,20 +228,49 @@ class BackgroundWarmup:
             except subprocess.TimeoutExpired:
                 pass
         self.procs, self.threads = [], []
-        if self.lock_path is not None:
+        self._drop_private_lock()
+
+    def _drop_private_lock(self) -> None:
+        if self.lock_path is not None and os.path.basename(self.lock_path) != SAVE_LOCK:
             try:
                 os.unlink(self.lock_path)
             except OSError:
                 pass
-            self.lock_path = None
+        self.lock_path = None
+
+    def detach(self, jobs: Optional[int] = None) -> Optional[Detached]:
+        """Stop here and hand every key still queued or compiling to a detached compiler
+        (compile_detached.py: its own session, niced, stdio on its log in the cache
+        directory), which fills the disk cache and exits by itself; returns at once (None
+        when nothing was left: then this is close()). Workers busy with a key finish it
+        (their save completes under the lock) and exit; the compiler takes those keys after
+        their worker is gone, unless the cache has them by then."""
+        with self.cond:
+            self.closed = True
+            busy = {key: pid for pid, key in self.busy.values() if key not in self.done}
+            rest = sorted(self.queued - self.done - set(busy))
+            self.queue.clear()
+            self.cond.notify_all()              # idle feeders stop, busy ones after their key
+        self.procs, self.threads = [], []       # left to finish: not killed
+        self._drop_private_lock()
+        if not rest and not busy:
+            return None
+        from .compile_detached import start
+        try:
+            d = start(rest, busy, self.cache or cache_dir(), self.jobs if jobs is None else jobs,
+                      self.nice)
+        except OSError as e:
+            self.errors.append(f"detached compiler did not start: {e}")
+            return None
+        DETACHED.append(d)
+        return d
 
     # --- workers -----------------------------------------------------------------------------
     def _start(self, n: Optional[int] = None) -> None:
         """Start feeders (one worker each): n, else one per queued unit, up to jobs."""
         if self.threads or self.closed:
             return
-        fd, self.lock_path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
-        os.close(fd)
+        self.lock_path = save_lock_path(self.cache or cache_dir())
         n = min(self.jobs, len(self.queue) if n is None else n)
         for i in range(max(1, n)):
             t = threading.Thread(target=self._feed, args=(i + 1,), name=f"tiered-warmup-{i + 1}",
@@ -178,9 +283,12 @@ class BackgroundWarmup:
         argv = [sys.executable, "-c", f"import os; os.nice({int(self.nice)}); from "
                 "pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
                 self.lock_path]
-        p = subprocess.Popen(argv, env=worker_env(), stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, bufsize=1)
+        env = worker_env()
+        if self.cache:
+            env["NUMBA_CACHE_DIR"] = self.cache
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                             start_new_session=True)
         with self.cond:
             self.procs.append(p)
         return p
@@ -212,10 +320,15 @@ class BackgroundWarmup:
                         break
                     unit = self.queue.pop(0)
                 for i, key in enumerate(unit):
+                    with self.cond:                 # closed or detached: no next key
+                        if self.closed:
+                            return
+                        self.busy[num] = (p.pid, key)
                     p.stdin.write(key + "\n")
                     p.stdin.flush()
                     r = self._answer(p)
                     with self.cond:
+                        self.busy.pop(num, None)
                         if "error" in r:
                             self.errors.append(f"worker {num}: {key}: {r['error']}")
                         else:
