@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 
@@ -42,14 +43,27 @@ def demo(env: dict, tokens: int, extra=()) -> dict:
     c0 = os.times()
     p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    out, err = p.communicate()              # both pipes to EOF
+    last = [t0]
+    chunks = {"out": [], "err": []}
+
+    def read(f, name):                      # each pipe to EOF, the time of its last line
+        for line in f:
+            chunks[name].append(line)
+            last[0] = max(last[0], time.perf_counter())
+    ts = [threading.Thread(target=read, args=(p.stdout, "out")),
+          threading.Thread(target=read, args=(p.stderr, "err"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
     t_eof = time.perf_counter() - t0
     p.wait()
     t_exit = time.perf_counter() - t0
     c1 = os.times()
+    out, err = "".join(chunks["out"]), "".join(chunks["err"])
     m = re.search(r"first token\s+([0-9.]+) s after start.*?CPU ([0-9.]+) s", out)
     tot = re.search(r"^total ([0-9.]+) s", out, re.M)
-    return {"rc": p.returncode, "exit": t_exit, "eof": t_eof,
+    return {"rc": p.returncode, "exit": t_exit, "eof": t_eof, "last_line": last[0] - t0,
             "total_line": float(tot.group(1)) if tot else None,
             "ttft": float(m.group(1)) if m else None, "cpu_first": float(m.group(2)) if m else None,
             "child_cpu": c1.children_user + c1.children_system - c0.children_user -
@@ -62,13 +76,16 @@ def main(argv=None) -> int:
     ap.add_argument("--pythonpath", default=None)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--wait-compile", action="store_true", help="pass --wait-compile")
+    ap.add_argument("--warm-again", action="store_true",
+                    help="a third demo: a warm start to compare the second with")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pyggml-exit-") as d:
         env = _env(d, args.pythonpath)
         print(f"load {os.getloadavg()[0]:.1f}", flush=True)
         r = demo(env, args.tokens, ["--wait-compile"] if args.wait_compile else [])
-        print(f"cold demo: rc {r['rc']}, total line {r['total_line']} s, exit {r['exit']:.1f} s, "
-              f"first token {r['ttft']} s (CPU {r['cpu_first']} s)", flush=True)
+        print(f"cold demo: rc {r['rc']}, last line {r['last_line']:.1f} s, pipes closed "
+              f"{r['eof']:.1f} s, exit {r['exit']:.1f} s after start; first token {r['ttft']} s "
+              f"(CPU {r['cpu_first']} s); demo+workers CPU {r['child_cpu']:.1f} s", flush=True)
         for line in r["stderr"]:
             print("   ", line)
         m = next((re.search(r"pid (\d+), log ([^)]+)\)", x) for x in r["stderr"]
@@ -86,6 +103,10 @@ def main(argv=None) -> int:
         r2 = demo(env, args.tokens)
         print(f"second demo: rc {r2['rc']}, exit {r2['exit']:.1f} s, first token {r2['ttft']} s "
               f"(CPU {r2['cpu_first']} s)", flush=True)
+        if args.warm_again:
+            r3 = demo(env, args.tokens)
+            print(f"third demo (warm): rc {r3['rc']}, exit {r3['exit']:.1f} s, first token "
+                  f"{r3['ttft']} s (CPU {r3['cpu_first']} s)", flush=True)
         for line in r2["stderr"]:
             print("   ", line)
     return 0

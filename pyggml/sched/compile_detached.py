@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     for item in args.after:
         pid, _, key = item.partition(":")
         after[key] = int(pid)
+    n_after = len(after)
     _say(f"compiling {len(args.keys) + len(after)} kernels into {cache or '?'} "
          f"({len(after)} after the worker compiling them exits)")
     if not cache or not _writable(cache):
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
         while True:
             if after and not any(_alive(p) for p in after.values()):
                 later = bw.queue_keys(list(after))
-                _say(f"workers gone: {len(later)} of their {len(after)} kernels still to compile")
+                _say(f"the command's workers are gone: {len(later)} of their {len(after)} "
+                     "kernels still to compile")
                 after = {}
             with bw.cond:
                 bw.cond.wait(0.5)
@@ -155,11 +157,14 @@ def main(argv=None) -> int:
                 return 5
             if not after and (not left or not running):
                 break
+        bw.close()                               # (its feeders' last lines come first)
+        n = len(args.keys) + n_after
         if bw.errors:
-            _say(f"done with errors: {len(bw.done)} kernels tried, {len(bw.errors)} errors, "
+            _say(f"done with {len(bw.errors)} errors (above), {n} kernels, "
                  f"{time.perf_counter() - t0:.1f} s")
             return 1
-        _say(f"done: {len(bw.done)} kernels compiled in {time.perf_counter() - t0:.1f} s")
+        _say(f"done: {n} kernels in the cache ({len(bw.done)} compiled or loaded here) after "
+             f"{time.perf_counter() - t0:.1f} s")
         return 0
     finally:
         bw.close()
