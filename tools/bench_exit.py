@@ -101,12 +101,14 @@ def main(argv=None) -> int:
                     print("   ", line)
         print(f"load {os.getloadavg()[0]:.1f}", flush=True)
         r2 = demo(env, args.tokens)
-        print(f"second demo: rc {r2['rc']}, exit {r2['exit']:.1f} s, first token {r2['ttft']} s "
-              f"(CPU {r2['cpu_first']} s)", flush=True)
+        print(f"second demo: rc {r2['rc']}, last line {r2['last_line']:.1f} s, exit "
+              f"{r2['exit']:.1f} s, first token {r2['ttft']} s (CPU {r2['cpu_first']} s)",
+              flush=True)
         if args.warm_again:
             r3 = demo(env, args.tokens)
-            print(f"third demo (warm): rc {r3['rc']}, exit {r3['exit']:.1f} s, first token "
-                  f"{r3['ttft']} s (CPU {r3['cpu_first']} s)", flush=True)
+            print(f"third demo (warm): rc {r3['rc']}, last line {r3['last_line']:.1f} s, exit "
+                  f"{r3['exit']:.1f} s, first token {r3['ttft']} s (CPU {r3['cpu_first']} s)",
+                  flush=True)
         for line in r2["stderr"]:
             print("   ", line)
     return 0

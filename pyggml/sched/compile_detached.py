@@ -2,8 +2,8 @@
 (BackgroundWarmup.detach) compiles into the disk cache in a process of its own, so the command
 exits when its output is done and the next start still finds the kernels in the cache.
 
-`start()` launches it in its own session (no terminal, no signal from it), niced as the
-workers are, stdin from /dev/null and stdout/stderr on DETACHED_LOG in the cache directory
+warmup_bg.start_detached() launches it in its own session (no terminal, no signal from it),
+niced as the workers are, stdin from /dev/null and stdout/stderr on DETACHED_LOG in the cache directory
 (never the command's pipes: a `pyggml demo | tee` ends with the demo). `main()` is the
 process: a BackgroundWarmup (its own niced workers, the cache directory's save lock) over the
 keys still queued, then, once the command's busy workers have exited (they finish the key they
@@ -16,51 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from typing import Optional
 
 from ..backends.numba_cpu.warmup import JOB_TIMEOUT
-from ..backends.numba_cpu.warmup import worker_env
-from .warmup_bg import DETACHED_LOG
 from .warmup_bg import BackgroundWarmup
-from .warmup_bg import Detached
-
-CODE = ("import os, sys; os.nice(int(sys.argv[1])); "
-        "from pyggml.sched.compile_detached import main; sys.exit(main(sys.argv[2:]))")
-
-
-def start(keys: list, busy: dict, cache: Optional[str], jobs: int, nice: int) -> Detached:
-    """Launch the detached compiler for `keys` and `busy` ({key: pid of the worker compiling
-    it}) into `cache`; its log goes to the cache directory (a temp file when that cannot be
-    written: the compiler then says why and exits)."""
-    env = worker_env()
-    if cache:
-        env["NUMBA_CACHE_DIR"] = cache
-    log = _open_log(cache)
-    argv = [sys.executable, "-c", CODE, str(int(nice)), "--jobs", str(int(jobs))]
-    for key, pid in sorted(busy.items()):
-        argv += ["--after", f"{pid}:{key}"]
-    try:
-        p = subprocess.Popen(argv + ["--"] + list(keys), env=env, stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                             close_fds=True)
-    finally:
-        log.close()
-    return Detached(pid=p.pid, log=log.name, n=len(keys) + len(busy), proc=p)
-
-
-def _open_log(cache: Optional[str]):
-    if cache:
-        try:
-            os.makedirs(cache, exist_ok=True)
-            return open(os.path.join(cache, DETACHED_LOG), "a")
-        except OSError:
-            pass
-    return tempfile.NamedTemporaryFile("a", prefix="pyggml-compile-detached-", suffix=".log",
-                                       delete=False)
 
 
 def _say(line: str) -> None:

@@ -40,7 +40,7 @@ from ..backends.numba_cpu.warmup import worker_env
 NICE = 10                         # workers' niceness: the process computing keeps its core
 SAVE_LOCK = ".pyggml-save.lock"   # in the cache directory: every process's workers share it
 DETACHED_LOG = "compile-detached.log"   # the detached compiler's log, in the cache directory
-DETACHED: list = []               # detached compilers started here (Popen), newest last
+DETACHED: list = []               # detached compilers started here (Detached), newest last
 
 
 def cache_dir() -> Optional[str]:
@@ -68,6 +68,30 @@ def save_lock_path(cache: Optional[str]) -> str:
     return path
 
 
+def lock_saves_here(path: str) -> None:
+    """This process's own Numba cache saves (a kernel it compiles itself: a worker failed on
+    it, or cold() could not tell its state) take the workers' save lock too (warmup.py's
+    _lock_cache_saves, which the workers use, plus: a lock file gone with its directory
+    leaves the save to Numba, which makes the directory again). Once per process."""
+    import fcntl
+
+    from numba.core import caching
+    save = caching.IndexDataCacheFile.save
+    if getattr(save, "pyggml_lock", None):
+        return
+
+    def locked_save(self, key, data):
+        try:
+            f = open(path, "a")
+        except OSError:
+            return save(self, key, data)
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
+            return save(self, key, data)
+    locked_save.pyggml_lock = path
+    caching.IndexDataCacheFile.save = locked_save
+
+
 @dataclass
 class Detached:
     """A detached compiler: `n` kernels handed over, its process id and its log file."""
@@ -79,6 +103,42 @@ class Detached:
     def wait(self, timeout: Optional[float] = None) -> int:
         """Its exit status (for tests and scripts: the CLIs never wait)."""
         return self.proc.wait(timeout)
+
+
+DETACHED_CODE = ("import os, sys; os.nice(int(sys.argv[1])); "
+                 "from pyggml.sched.compile_detached import main; sys.exit(main(sys.argv[2:]))")
+
+
+def start_detached(keys: list, busy: dict, cache: Optional[str], jobs: int,
+                   nice: int) -> Detached:
+    """Launch the detached compiler (compile_detached.py) for `keys` and `busy` ({key: pid of
+    the worker compiling it}) into `cache`; its log goes to the cache directory (a temp file
+    when that cannot be written: the compiler then says why and exits)."""
+    env = worker_env()
+    if cache:
+        env["NUMBA_CACHE_DIR"] = cache
+    log = _open_log(cache)
+    argv = [sys.executable, "-c", DETACHED_CODE, str(int(nice)), "--jobs", str(int(jobs))]
+    for key, pid in sorted(busy.items()):
+        argv += ["--after", f"{pid}:{key}"]
+    try:
+        p = subprocess.Popen(argv + ["--"] + list(keys), env=env, stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             close_fds=True)
+    finally:
+        log.close()
+    return Detached(pid=p.pid, log=log.name, n=len(keys) + len(busy), proc=p)
+
+
+def _open_log(cache: Optional[str]):
+    if cache:
+        try:
+            os.makedirs(cache, exist_ok=True)
+            return open(os.path.join(cache, DETACHED_LOG), "a")
+        except OSError:
+            pass
+    return tempfile.NamedTemporaryFile("a", prefix="pyggml-compile-detached-", suffix=".log",
+                                       delete=False)
 
 
 def disk_cache_empty(path: Optional[str] = None) -> bool:
@@ -122,6 +182,9 @@ class BackgroundWarmup:
         executor goes to a worker first when anything is cold (nothing runs without it)."""
         from ..backends.numba_cpu import executor as ex
         from ..backends.numba_cpu.kernels import find
+        if self.lock_path is None and parallel_ok():    # before this process compiles
+            self.lock_path = save_lock_path(self.cache or cache_dir())
+            lock_saves_here(self.lock_path)
         ks = [k for k in kernels if k.key not in self.queued]
         todo = [k for k in ks if not k.compiled]
         cold_ks = [k for k in cold(todo) if find(k.key) is k] if parallel_ok() else []
@@ -255,10 +318,9 @@ class BackgroundWarmup:
         self._drop_private_lock()
         if not rest and not busy:
             return None
-        from .compile_detached import start
         try:
-            d = start(rest, busy, self.cache or cache_dir(), self.jobs if jobs is None else jobs,
-                      self.nice)
+            d = start_detached(rest, busy, self.cache or cache_dir(),
+                               self.jobs if jobs is None else jobs, self.nice)
         except OSError as e:
             self.errors.append(f"detached compiler did not start: {e}")
             return None
@@ -270,7 +332,8 @@ class BackgroundWarmup:
         """Start feeders (one worker each): n, else one per queued unit, up to jobs."""
         if self.threads or self.closed:
             return
-        self.lock_path = save_lock_path(self.cache or cache_dir())
+        if self.lock_path is None:
+            self.lock_path = save_lock_path(self.cache or cache_dir())
         n = min(self.jobs, len(self.queue) if n is None else n)
         for i in range(max(1, n)):
             t = threading.Thread(target=self._feed, args=(i + 1,), name=f"tiered-warmup-{i + 1}",

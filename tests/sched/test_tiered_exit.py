@@ -46,7 +46,7 @@ def test_detach_hands_over_queued_and_busy_keys(monkeypatch):
     def start(keys, busy, cache, jobs, nice):
         got.append((keys, busy, jobs))
         return Detached(pid=99, log="log", n=len(keys) + len(busy), proc=None)
-    monkeypatch.setattr(compile_detached, "start", start)
+    monkeypatch.setattr(warmup_bg, "start_detached", start)
     d = bw.detach()
     warmup_bg.DETACHED.remove(d)
     assert got == [(["c", "d"], {"b": 4242}, 2)] and d.n == 3
@@ -157,7 +157,7 @@ def test_detached_compiler_unwritable_cache_exits_3(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(bad))
     assert compile_detached.main(["ABS:k_abs"]) == 3
     assert "cannot be written" in capsys.readouterr().out
-    d = compile_detached.start(["ABS:k_abs"], {}, str(bad), 1, 0)   # the real process
+    d = warmup_bg.start_detached(["ABS:k_abs"], {}, str(bad), 1, 0)   # the real process
     try:
         assert d.wait(60) == 3
     finally:
@@ -227,3 +227,31 @@ def test_second_start_while_a_detached_compiler_works(tmp_path, monkeypatch):
     assert "done: " in log and not first.errors and not second.errors, log
     assert all(find(k).in_disk_cache() is True for k in keys)
     assert _check_index_files(cache) >= len(keys)
+
+
+def test_own_saves_take_the_cache_directory_lock(tmp_path, monkeypatch):
+    import fcntl
+
+    from numba.core import caching
+    lock = warmup_bg.save_lock_path(str(tmp_path / "nb"))
+    assert lock == str(tmp_path / "nb" / ".pyggml-save.lock")
+    held = []
+
+    def save(self, key, data):                   # Numba's save, seen from another process
+        if not os.path.exists(lock):
+            held.append(None)
+            return
+        with open(lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+    monkeypatch.setattr(caching.IndexDataCacheFile, "save", save)
+    warmup_bg.lock_saves_here(lock)
+    warmup_bg.lock_saves_here(lock)              # once per process
+    caching.IndexDataCacheFile.save(None, "k", b"")
+    assert held == [True]
+    shutil.rmtree(tmp_path / "nb")               # the lock went with its directory: Numba saves
+    caching.IndexDataCacheFile.save(None, "k", b"")
+    assert held == [True, None]
