@@ -180,8 +180,8 @@ def finish_tiered(be, wait_compile: bool = False):
     """End a TieredSched's background compile at a command's exit, with one line on stderr:
     by default it is handed to a detached compiler and this returns at once (its Detached);
     with --wait-compile / PYGGML_DETACH_COMPILE=0 this waits for it, and a Ctrl-C or SIGTERM
-    stops the workers and raises KeyboardInterrupt (Terminated), a second one changing
-    nothing."""
+    stops the workers and raises KeyboardInterrupt (Terminated), both signals ignored from
+    then on (the command is exiting: a second one must not cut that short)."""
     from ..sched.tiered import detach_enabled
     if detach_enabled(wait_compile):
         d = be.close(detach=True)
@@ -197,8 +197,8 @@ def finish_tiered(be, wait_compile: bool = False):
         with _sigterm_interrupts():
             be.close(wait=True)
     except KeyboardInterrupt:
-        with _signals_held():                  # the workers are stopped whatever comes next
-            be.close()
+        _ignore_interrupts()                   # on the way out: the workers are stopped and
+        be.close()                             # a second Ctrl-C/SIGTERM changes nothing
         raise
     return None
 
@@ -221,19 +221,13 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, old)
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM ignored meanwhile (a short clean-up that must not be cut)."""
-    try:
-        old = [(s, signal.signal(s, signal.SIG_IGN)) for s in (signal.SIGINT, signal.SIGTERM)]
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in old:
-            signal.signal(s, h)
+def _ignore_interrupts() -> None:
+    """Ctrl-C and SIGTERM ignored from now on (the command is exiting)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except ValueError:                     # not the main thread
+            pass
 
 
 def warm_up(llama) -> None:

@@ -11,6 +11,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from pyggml.backends.numba_cpu import fusion  # noqa: F401  (Numba and the registry loaded
 from pyggml.backends.numba_cpu.kernels import find  # with the session's cache directory)
 from pyggml.backends.numba_cpu.warmup import EXECUTOR
@@ -126,12 +128,22 @@ def _run_exit(be) -> int:
                       check=lambda args: None)
 
 
-def test_ctrl_c_or_sigterm_during_the_wait_exits_cleanly(capsys):
+@pytest.fixture
+def restore_signals():
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield old
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def test_ctrl_c_or_sigterm_during_the_wait_exits_cleanly(capsys, restore_signals):
     def interrupt():
         raise KeyboardInterrupt
     be = FakeBackend(on_wait=interrupt)
     assert _run_exit(be) == 130 and be.calls == [(True, False), (False, False)]
-    before = signal.getsignal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN    # exiting: later ones ignored
+    signal.signal(signal.SIGINT, restore_signals[signal.SIGINT])
+    signal.signal(signal.SIGTERM, restore_signals[signal.SIGTERM])
 
     def term():
         os.kill(os.getpid(), signal.SIGTERM)
@@ -145,8 +157,6 @@ def test_ctrl_c_or_sigterm_during_the_wait_exits_cleanly(capsys):
     t0 = time.perf_counter()
     assert _run_exit(be) == 143 and time.perf_counter() - t0 < 5
     assert be.calls == [(True, False), (False, False)]
-    assert signal.getsignal(signal.SIGTERM) is before
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # --- the detached compiler ---------------------------------------------------------------------
