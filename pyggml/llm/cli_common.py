@@ -190,10 +190,10 @@ def finish_tiered(be, wait_compile: bool = False):
                   f"{d.log}); the next start finds them in the cache", file=sys.stderr,
                   flush=True)
         return d
-    if be.pending:
-        print(f"tiered: waiting for {be.pending} kernels still compiling (the next start finds "
-              "them in the cache; Ctrl-C stops waiting)", file=sys.stderr, flush=True)
     try:
+        if be.pending:
+            print(f"tiered: waiting for {be.pending} kernels still compiling (the next start "
+                  "finds them in the cache; Ctrl-C stops waiting)", file=sys.stderr, flush=True)
         with _sigterm_interrupts():
             be.close(wait=True)
     except KeyboardInterrupt:
