@@ -3,9 +3,10 @@
 exits when its output is done and the next start still finds the kernels in the cache.
 
 warmup_bg.start_detached() launches it in its own session (no terminal, no signal from it),
-niced as the workers are, stdin from /dev/null and stdout/stderr on DETACHED_LOG in the cache directory
-(never the command's pipes: a `pyggml demo | tee` ends with the demo). `main()` is the
-process: a BackgroundWarmup (its own niced workers, the cache directory's save lock) over the
+niced as the workers are (its autogroup too: autogroup_nice), stdin from /dev/null and
+stdout/stderr on DETACHED_LOG in the cache directory (never the command's pipes: a
+`pyggml demo | tee` ends with the demo). `main()` is the process: a BackgroundWarmup (its own
+workers, in its session, and the cache directory's save lock) over the
 keys still queued, then, once the command's busy workers have exited (they finish the key they
 were compiling, saving it under the same lock), over those of their keys the cache does not
 hold by then. It exits by itself: 0 when every key is in the cache, 1 when some failed,
@@ -21,6 +22,17 @@ import time
 
 from ..backends.numba_cpu.warmup import JOB_TIMEOUT
 from .warmup_bg import BackgroundWarmup
+
+
+def autogroup_nice(nice: int) -> None:
+    """Lower this session's autogroup weight (Linux with sched_autogroup: a new session is
+    a scheduling group as heavy as the user's, whatever its processes' nice). Nothing where
+    there is none."""
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(int(nice)))
+    except OSError:
+        pass
 
 
 def _say(line: str) -> None:

@@ -12,10 +12,11 @@ reported in `errors` and compiles here at its first use, as without warm-up.
 
 The save lock is one file in the kernel cache directory (SAVE_LOCK), not one per process: a
 detached compiler (`detach()`, compile_detached.py) may still be saving when the next pyggml
-process starts its own workers. Workers run in their own session: a Ctrl-C at the terminal
-reaches the caller, which stops them (close), and a worker left compiling at exit (detach)
-is not cut short by the terminal. `detach()` hands what is still queued or compiling to a
-detached compiler and returns at once: the caller can exit.
+process starts its own workers. `detach()` hands what is still queued or compiling to a
+detached compiler and returns at once: the caller can exit. The detached compiler has a
+session of its own (no terminal), so Linux's autogroup scheduling gives it a group of its
+own too: it lowers that group's weight (/proc/self/autogroup) as well as its nice, or it
+would take half the CPU from the user's next command.
 """
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ class Detached:
 
 
 DETACHED_CODE = ("import os, sys; os.nice(int(sys.argv[1])); "
-                 "from pyggml.sched.compile_detached import main; sys.exit(main(sys.argv[2:]))")
+                 "from pyggml.sched.compile_detached import autogroup_nice, main; "
+                 "autogroup_nice(int(sys.argv[1])); sys.exit(main(sys.argv[2:]))")
 
 
 def start_detached(keys: list, busy: dict, cache: Optional[str], jobs: int,
@@ -349,9 +351,10 @@ class BackgroundWarmup:
         env = worker_env()
         if self.cache:
             env["NUMBA_CACHE_DIR"] = self.cache
+        # (the caller's session: with autogroup scheduling a session of its own would weigh
+        # as much as the caller's, whatever the workers' nice)
         p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, bufsize=1,
-                             start_new_session=True)
+                             stderr=subprocess.DEVNULL, text=True, bufsize=1)
         with self.cond:
             self.procs.append(p)
         return p
