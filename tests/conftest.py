@@ -13,6 +13,11 @@ import time
 import numpy as np
 import pytest
 
+# The commands' exit waits for their background compile in tests (the old behaviour): a
+# detached compiler (sched/compile_detached.py) must never outlive the suite; the tests that
+# detach do it through the API and wait for it.
+os.environ["PYGGML_DETACH_COMPILE"] = "0"
+
 WARMUP_MIN_TESTS = 1000       # a big run (the suite, tests/ops) needs most kernels
 WARMUP_MIN_SECONDS = 20.0     # estimated cold compile worth starting worker processes for
 

@@ -66,6 +66,7 @@ def _chat(args) -> int:
         converse(llama, args, iter(sys.stdin.readline, ""), sys.stdout, timings)
     finally:
         C.print_perf(args, llama, t_load, timings, t0)
+    C.finish_compiling(llama, args)
     return 0
 
 

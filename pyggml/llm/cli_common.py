@@ -4,6 +4,8 @@ that every bad input is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 
@@ -46,7 +48,15 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tiered", dest="tiered", action="store_false", default=None,
                    help="compile cold Numba kernels before running instead of starting on the "
                         "NumPy fast reference while they compile (also PYGGML_TIERED=0)")
+    add_wait_compile_flag(p)
     add_worker_flags(p)
+
+
+def add_wait_compile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait-compile", action="store_true",
+                   help="tiered: at exit, wait for the kernels still compiling instead of "
+                        "leaving them to a detached background compiler (also "
+                        "PYGGML_DETACH_COMPILE=0)")
 
 
 def add_worker_flags(p: argparse.ArgumentParser) -> None:
@@ -154,15 +164,70 @@ def _tiered(args) -> bool:
         tiered_enabled(getattr(args, "tiered", None))
 
 
-def finish_compiling(llama) -> None:
-    """Tiered: let the background compile finish, so the next start finds a warm cache."""
+def finish_compiling(llama, args=None) -> None:
+    """Tiered: the background compile goes on after exit (or, --wait-compile, finishes
+    first), so the next start finds a warm cache."""
     be = getattr(llama, "_backend", None)
-    if not hasattr(be, "warmup"):
+    if hasattr(be, "warmup"):
+        finish_tiered(be, getattr(args, "wait_compile", False))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a command waits for its background compile (exit 143)."""
+
+
+def finish_tiered(be, wait_compile: bool = False):
+    """End a TieredSched's background compile at a command's exit, with one line on stderr:
+    by default it is handed to a detached compiler and this returns at once (its Detached);
+    with --wait-compile / PYGGML_DETACH_COMPILE=0 this waits for it, and a Ctrl-C or SIGTERM
+    stops the workers and raises KeyboardInterrupt (Terminated), both signals ignored from
+    then on (the command is exiting: a second one must not cut that short)."""
+    from ..sched.tiered import detach_enabled
+    if detach_enabled(wait_compile):
+        d = be.close(detach=True)
+        if d is not None:
+            print(f"tiered: {d.n} kernels keep compiling in the background (pid {d.pid}, log "
+                  f"{d.log}); the next start finds them in the cache", file=sys.stderr,
+                  flush=True)
+        return d
+    try:
+        if be.pending:
+            print(f"tiered: waiting for {be.pending} kernels still compiling (the next start "
+                  "finds them in the cache; Ctrl-C stops waiting)", file=sys.stderr, flush=True)
+        with _sigterm_interrupts():
+            be.close(wait=True)
+    except KeyboardInterrupt:
+        _ignore_interrupts()                   # on the way out: the workers are stopped and
+        be.close()                             # a second Ctrl-C/SIGTERM changes nothing
+        raise
+    return None
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread meanwhile."""
+    try:
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:                         # not the main thread: signals stay as they are
+        yield
         return
-    if be.pending:
-        print(f"tiered: waiting for {be.pending} Numba kernels still compiling (the next start "
-              "finds them in the cache)", file=sys.stderr, flush=True)
-    be.close(wait=True)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _ignore_interrupts() -> None:
+    """Ctrl-C and SIGTERM ignored from now on (the command is exiting)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except ValueError:                     # not the main thread
+            pass
 
 
 def warm_up(llama) -> None:
@@ -227,6 +292,6 @@ def run_main(prog: str, parser: Parser, body, argv, check=check_flags) -> int:
         print(f"{prog}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130

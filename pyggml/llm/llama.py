@@ -346,11 +346,13 @@ class Llama:
         return create_chat_completion(self, messages, *args, **kwargs)
 
     # --- lifetime ---------------------------------------------------------------------------
-    def close(self, wait: bool = False) -> None:
+    def close(self, wait: bool = False, detach: bool = False):
         """Release the cache, the weights and the file map (tiered: stop the background
-        compile; wait=True lets it finish first)."""
+        compile; wait=True lets it finish first, detach=True leaves it to a detached compiler
+        that finishes after this process exits: returns its Detached, or None)."""
+        detached = None
         if hasattr(getattr(self, "_backend", None), "warmup"):
-            self._backend.close(wait=wait)
+            detached = self._backend.close(wait=wait, detach=detach)
         self._decoder = self._cache = self._model = None
         if self._workers is not None:
             self._workers.shutdown()
@@ -358,6 +360,7 @@ class Llama:
         self.scores = np.zeros((0, self._n_vocab), dtype=np.single)
         if self._gguf is not None:
             self._gguf.close()
+        return detached
 
     def __enter__(self) -> "Llama":
         return self

@@ -81,7 +81,7 @@ def _run(args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         C.print_perf(args, llama, t_load, timings, t0)
-        C.finish_compiling(llama)
+        C.finish_compiling(llama, args)
     finally:
         llama.close()                        # Ray workers (--workers) stop here
     return 0

@@ -17,6 +17,8 @@ from ..attention.kv_cache import F16KVCache
 from ..attention.kv_cache import MixedKVCache
 from ..llm.cli_common import Parser
 from ..llm.cli_common import UsageError
+from ..llm.cli_common import add_wait_compile_flag
+from ..llm.cli_common import finish_tiered
 from ..llm.cli_common import run_main
 from .llama import Decoder
 from .llama import LlamaConfig
@@ -64,6 +66,7 @@ def _parser() -> Parser:
     p.add_argument("--no-tiered", dest="tiered", action="store_false", default=None,
                    help="compile every cold kernel before the run instead of starting on the "
                         "NumPy fast reference while they compile (also PYGGML_TIERED=0)")
+    add_wait_compile_flag(p)
     return p
 
 
@@ -193,7 +196,7 @@ def run(args, t_start: float = None, finish: bool = True) -> dict:
     """The demo's numbers; first_token_s counts from t_start (perf_counter; default: now) to
     the first greedy token, the model's loading and the kernels' warm-up included. Tiered, the
     background compile is finished before returning; finish=False leaves that to the caller
-    (`finish_compiling(result)`), which can print first."""
+    (`finish_compiling(result, args)`: main detaches it), which can print first."""
     t_start = time.perf_counter() if t_start is None else t_start
     setup = Setup(args)
     model, prompt = setup.model, setup.prompt
@@ -212,20 +215,17 @@ def run(args, t_start: float = None, finish: bool = True) -> dict:
             backend.close()
         raise
     out["backend"] = backend
-    if finish:
-        finish_compiling(out, args)
+    if finish and tiered:
+        backend.close(wait=True)       # nothing left compiling (main() detaches instead)
     return out
 
 
 def finish_compiling(r: dict, args) -> None:
-    """Tiered: let the background compile finish (the next start then finds a warm cache)."""
+    """Tiered: the background compile goes on in a detached compiler after exit (or, with
+    --wait-compile, finishes first), so the next start finds a warm cache."""
     be = r.get("backend")
-    if not r.get("tiered") or be is None:
-        return
-    if be.pending and not args.quiet:
-        print(f"tiered: waiting for {be.pending} kernels still compiling (the next start finds "
-              "them in the cache)", file=sys.stderr, flush=True)
-    be.close(wait=True)
+    if r.get("tiered") and be is not None:
+        finish_tiered(be, getattr(args, "wait_compile", False))
 
 
 def _run(args, setup, backend, t_start: float, t_warm: float) -> dict:

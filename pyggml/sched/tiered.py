@@ -17,7 +17,9 @@ first token is out. The niced workers start at once all the same (their own Numb
 the executor loop, which is surely cold, run on the other core). A warm or partly warm cache
 starts at once, as without hold.
 
-PYGGML_TIERED=0 (or the commands' --no-tiered) turns it off: `tiered_enabled()`.
+PYGGML_TIERED=0 (or the commands' --no-tiered) turns it off: `tiered_enabled()`. At exit the
+commands leave the kernels still compiling to a detached compiler (`close(detach=True)`) and
+exit at once; --wait-compile or PYGGML_DETACH_COMPILE=0 waits for them: `detach_enabled()`.
 """
 from __future__ import annotations
 
@@ -38,6 +40,15 @@ def tiered_enabled(flag: Optional[bool] = None) -> bool:
     if flag is not None:
         return flag
     return os.environ.get("PYGGML_TIERED", "1").strip().lower() not in ("0", "no", "off", "false")
+
+
+def detach_enabled(wait_compile: bool = False) -> bool:
+    """Whether a command exits leaving its background compile to a detached compiler: not
+    with --wait-compile (wait_compile True), else PYGGML_DETACH_COMPILE (default on)."""
+    if wait_compile:
+        return False
+    return os.environ.get("PYGGML_DETACH_COMPILE", "1").strip().lower() not in (
+        "0", "no", "off", "false")
 
 
 class ReadyKernels(Backend):
@@ -167,12 +178,17 @@ class TieredSched(Sched):
         """Kernels still compiling in the background."""
         return self.warmup.pending
 
-    def close(self, wait: bool = False) -> None:
+    def close(self, wait: bool = False, detach: bool = False):
         """Stop the background compiler; wait=True lets it finish the queue first (so the
-        next start finds a warm cache)."""
+        next start finds a warm cache); detach=True hands what is left to a detached compiler
+        that finishes it after this process exits (warmup_bg.BackgroundWarmup.detach) and
+        returns its Detached (None when nothing was left), without waiting."""
         if wait:
             self.warmup.drain()
+        if detach and hasattr(self.warmup, "detach"):
+            return self.warmup.detach()
         self.warmup.close()
+        return None
 
     def free(self) -> None:
         self.close()

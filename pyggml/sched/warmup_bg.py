@@ -9,6 +9,14 @@ the disk cache at once and queues the cold ones (biggest units first, as warm() 
 workers. Workers run at a lower priority (`nice`), so the computing process keeps its core.
 The worker, its protocol, the save lock and the fallback are warmup.py's: a key a worker fails on is
 reported in `errors` and compiles here at its first use, as without warm-up.
+
+The save lock is one file in the kernel cache directory (SAVE_LOCK), not one per process: a
+detached compiler (`detach()`, compile_detached.py) may still be saving when the next pyggml
+process starts its own workers. `detach()` hands what is still queued or compiling to a
+detached compiler and returns at once: the caller can exit. The detached compiler has a
+session of its own (no terminal), so Linux's autogroup scheduling gives it a group of its
+own too: it lowers that group's weight (/proc/self/autogroup) as well as its nice, or it
+would take half the CPU from the user's next command.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from typing import Callable
 from typing import Optional
 
@@ -30,6 +39,108 @@ from ..backends.numba_cpu.warmup import plan_units
 from ..backends.numba_cpu.warmup import worker_env
 
 NICE = 10                         # workers' niceness: the process computing keeps its core
+SAVE_LOCK = ".pyggml-save.lock"   # in the cache directory: every process's workers share it
+DETACHED_LOG = "compile-detached.log"   # the detached compiler's log, in the cache directory
+DETACHED: list = []               # detached compilers started here (Detached), newest last
+
+
+def cache_dir() -> Optional[str]:
+    """The kernel cache directory workers compile into (warmup.worker_env's NUMBA_CACHE_DIR:
+    Numba's when it is loaded, else the environment's, which pyggml's import sets)."""
+    return worker_env().get("NUMBA_CACHE_DIR") or None
+
+
+def save_lock_path(cache: Optional[str]) -> str:
+    """The save lock of this cache directory (made if missing). Never unlinked: a process
+    that opened the old file and one that made a new one would not exclude each other. Falls
+    back to a private temp file when the directory cannot hold it (the workers' saves then
+    fail the same way, and report it)."""
+    if cache:
+        path = os.path.join(cache, SAVE_LOCK)
+        try:
+            os.makedirs(cache, exist_ok=True)
+            with open(path, "a"):
+                pass
+            return path
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
+    os.close(fd)
+    return path
+
+
+def lock_saves_here(path: str) -> None:
+    """This process's own Numba cache saves (a kernel it compiles itself: a worker failed on
+    it, or cold() could not tell its state) take the workers' save lock too (warmup.py's
+    _lock_cache_saves, which the workers use, plus: a lock file gone with its directory
+    leaves the save to Numba, which makes the directory again). Once per process."""
+    import fcntl
+
+    from numba.core import caching
+    save = caching.IndexDataCacheFile.save
+    if getattr(save, "pyggml_lock", None):
+        return
+
+    def locked_save(self, key, data):
+        try:
+            f = open(path, "a")
+        except OSError:
+            return save(self, key, data)
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
+            return save(self, key, data)
+    locked_save.pyggml_lock = path
+    caching.IndexDataCacheFile.save = locked_save
+
+
+@dataclass
+class Detached:
+    """A detached compiler: `n` kernels handed over, its process id and its log file."""
+    pid: int
+    log: str
+    n: int
+    proc: subprocess.Popen
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Its exit status (for tests and scripts: the CLIs never wait)."""
+        return self.proc.wait(timeout)
+
+
+DETACHED_CODE = ("import os, sys; os.nice(int(sys.argv[1])); "
+                 "from pyggml.sched.compile_detached import autogroup_nice, main; "
+                 "autogroup_nice(int(sys.argv[1])); sys.exit(main(sys.argv[2:]))")
+
+
+def start_detached(keys: list, busy: dict, cache: Optional[str], jobs: int,
+                   nice: int) -> Detached:
+    """Launch the detached compiler (compile_detached.py) for `keys` and `busy` ({key: pid of
+    the worker compiling it}) into `cache`; its log goes to the cache directory (a temp file
+    when that cannot be written: the compiler then says why and exits)."""
+    env = worker_env()
+    if cache:
+        env["NUMBA_CACHE_DIR"] = cache
+    log = _open_log(cache)
+    argv = [sys.executable, "-c", DETACHED_CODE, str(int(nice)), "--jobs", str(int(jobs))]
+    for key, pid in sorted(busy.items()):
+        argv += ["--after", f"{pid}:{key}"]
+    try:
+        p = subprocess.Popen(argv + ["--"] + list(keys), env=env, stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             close_fds=True)
+    finally:
+        log.close()
+    return Detached(pid=p.pid, log=log.name, n=len(keys) + len(busy), proc=p)
+
+
+def _open_log(cache: Optional[str]):
+    if cache:
+        try:
+            os.makedirs(cache, exist_ok=True)
+            return open(os.path.join(cache, DETACHED_LOG), "a")
+        except OSError:
+            pass
+    return tempfile.NamedTemporaryFile("a", prefix="pyggml-compile-detached-", suffix=".log",
+                                       delete=False)
 
 
 def disk_cache_empty(path: Optional[str] = None) -> bool:
@@ -48,10 +159,11 @@ def disk_cache_empty(path: Optional[str] = None) -> bool:
 
 class BackgroundWarmup:
     def __init__(self, jobs: Optional[int] = None, log: Optional[Callable] = None,
-                 nice: int = NICE):
+                 nice: int = NICE, cache: Optional[str] = None):
         self.jobs = default_jobs() if jobs is None else max(1, int(jobs))
         self.log = log or (lambda line: None)
         self.nice = nice
+        self.cache = cache                    # kernel cache directory (None: cache_dir())
         self.queue: list = []                 # units (lists of keys), biggest first
         self.cond = threading.Condition()
         self.queued: set = set()              # keys ever queued
@@ -61,6 +173,7 @@ class BackgroundWarmup:
         self.cpu: dict = {}                   # key -> worker CPU seconds
         self.procs: list = []
         self.threads: list = []
+        self.busy: dict = {}                  # worker number -> (pid, key it is compiling)
         self.closed = False
         self.lock_path = None
 
@@ -71,6 +184,9 @@ class BackgroundWarmup:
         executor goes to a worker first when anything is cold (nothing runs without it)."""
         from ..backends.numba_cpu import executor as ex
         from ..backends.numba_cpu.kernels import find
+        if self.lock_path is None and parallel_ok():    # before this process compiles
+            self.lock_path = save_lock_path(self.cache or cache_dir())
+            lock_saves_here(self.lock_path)
         ks = [k for k in kernels if k.key not in self.queued]
         todo = [k for k in ks if not k.compiled]
         cold_ks = [k for k in cold(todo) if find(k.key) is k] if parallel_ok() else []
@@ -91,7 +207,33 @@ class BackgroundWarmup:
             mods = {EXECUTOR: [EXECUTOR], **mods}
         elif ex._warm:
             ready.append(EXECUTOR)
-        units = plan_units(mods, self.jobs)
+        units = self._enqueue(mods)
+        self.log(f"tiered: compiling {len(cold_keys)} kernels in the background (about "
+                 f"{sum(cost(k) for u in units for k in u):.0f} s of compile on one core)")
+        return ready
+
+    def queue_keys(self, keys) -> list:
+        """Queue kernels by key ('OP:name', EXECUTOR) without loading anything here (the
+        detached compiler): the ones the disk cache already holds are skipped, an unknown key
+        goes to `errors`. Returns the keys queued."""
+        from ..backends.numba_cpu import fusion  # noqa: F401  registers the fused kernels
+        from ..backends.numba_cpu.kernels import find
+        keys = [k for k in dict.fromkeys(keys) if k not in self.queued]
+        ks = []
+        for key in keys:
+            if key != EXECUTOR:
+                k = find(key)
+                if k is None:
+                    self.errors.append(f"{key}: no such kernel")
+                else:
+                    ks.append(k)
+        mods = by_module(cold(ks))
+        if EXECUTOR in keys:                  # a worker loads it if the cache has it
+            mods = {EXECUTOR: [EXECUTOR], **mods}
+        return [k for u in self._enqueue(mods) for k in u]
+
+    def _enqueue(self, mods: dict) -> list:
+        units = plan_units(mods, self.jobs) if mods else []
         with self.cond:
             for u in units:
                 self.queued.update(u)
@@ -99,10 +241,9 @@ class BackgroundWarmup:
             self.queue.extend(units)
             self.queue.sort(key=lambda u: (EXECUTOR not in u, -sum(cost(k) for k in u)))
             self.cond.notify_all()
-        self._start()
-        self.log(f"tiered: compiling {len(cold_keys)} kernels in the background (about "
-                 f"{sum(cost(k) for u in units for k in u):.0f} s of compile on one core)")
-        return ready
+        if units:
+            self._start()
+        return units
 
     def prestart(self) -> None:
         """Start the workers now with the executor loop queued, before any kernel is asked
@@ -152,20 +293,49 @@ class BackgroundWarmup:
             except subprocess.TimeoutExpired:
                 pass
         self.procs, self.threads = [], []
-        if self.lock_path is not None:
+        self._drop_private_lock()
+
+    def _drop_private_lock(self) -> None:
+        if self.lock_path is not None and os.path.basename(self.lock_path) != SAVE_LOCK:
             try:
                 os.unlink(self.lock_path)
             except OSError:
                 pass
-            self.lock_path = None
+        self.lock_path = None
+
+    def detach(self, jobs: Optional[int] = None) -> Optional[Detached]:
+        """Stop here and hand every key still queued or compiling to a detached compiler
+        (compile_detached.py: its own session, niced, stdio on its log in the cache
+        directory), which fills the disk cache and exits by itself; returns at once (None
+        when nothing was left: then this is close()). Workers busy with a key finish it
+        (their save completes under the lock) and exit; the compiler takes those keys after
+        their worker is gone, unless the cache has them by then."""
+        with self.cond:
+            self.closed = True
+            busy = {key: pid for pid, key in self.busy.values() if key not in self.done}
+            rest = sorted(self.queued - self.done - set(busy))
+            self.queue.clear()
+            self.cond.notify_all()              # idle feeders stop, busy ones after their key
+        self.procs, self.threads = [], []       # left to finish: not killed
+        self._drop_private_lock()
+        if not rest and not busy:
+            return None
+        try:
+            d = start_detached(rest, busy, self.cache or cache_dir(),
+                               self.jobs if jobs is None else jobs, self.nice)
+        except OSError as e:
+            self.errors.append(f"detached compiler did not start: {e}")
+            return None
+        DETACHED.append(d)
+        return d
 
     # --- workers -----------------------------------------------------------------------------
     def _start(self, n: Optional[int] = None) -> None:
         """Start feeders (one worker each): n, else one per queued unit, up to jobs."""
         if self.threads or self.closed:
             return
-        fd, self.lock_path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
-        os.close(fd)
+        if self.lock_path is None:
+            self.lock_path = save_lock_path(self.cache or cache_dir())
         n = min(self.jobs, len(self.queue) if n is None else n)
         for i in range(max(1, n)):
             t = threading.Thread(target=self._feed, args=(i + 1,), name=f"tiered-warmup-{i + 1}",
@@ -178,9 +348,13 @@ class BackgroundWarmup:
         argv = [sys.executable, "-c", f"import os; os.nice({int(self.nice)}); from "
                 "pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
                 self.lock_path]
-        p = subprocess.Popen(argv, env=worker_env(), stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, bufsize=1)
+        env = worker_env()
+        if self.cache:
+            env["NUMBA_CACHE_DIR"] = self.cache
+        # (the caller's session: with autogroup scheduling a session of its own would weigh
+        # as much as the caller's, whatever the workers' nice)
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, bufsize=1)
         with self.cond:
             self.procs.append(p)
         return p
@@ -212,10 +386,15 @@ class BackgroundWarmup:
                         break
                     unit = self.queue.pop(0)
                 for i, key in enumerate(unit):
+                    with self.cond:                 # closed or detached: no next key
+                        if self.closed:
+                            return
+                        self.busy[num] = (p.pid, key)
                     p.stdin.write(key + "\n")
                     p.stdin.flush()
                     r = self._answer(p)
                     with self.cond:
+                        self.busy.pop(num, None)
                         if "error" in r:
                             self.errors.append(f"worker {num}: {key}: {r['error']}")
                         else:
