@@ -208,7 +208,6 @@ def micro(runs, reps=100, n_keys=4096):
              ("pv q4_0", "q4_0", loop(fa_simd.pv_4x4_q4_0, "pv"), qf),
              ("qk_blk f16", "f16", loop(fa_simd.qk_blk_f16, "qk_blk"), qf),
              ("qk_blk q4_0 (8-bit)", "q4_0", loop(fa_simd.qk_blk_q4_0_i8, "qk8_blk"), qi8),
-             ("pv_blk f16", "f16", loop(fa_simd.pv_blk_f16, "pv_blk"), qf),
              ("pv_blk q4_0", "q4_0", loop(fa_simd.pv_blk_q4_0, "pv_blk"), qf)]
 
     def call(run, kind, q, n):

@@ -237,7 +237,7 @@ def test_q_rows_quantized_as_ggml_cpu(rng):
 
 @pytest.mark.parametrize("kind", list(KINDS) + ["q4_0_i8"])
 def test_block_kernels_are_bitwise_the_4x4_kernels(rng, kind):
-    """qk_blk / pv_blk (a block of key groups in one call: scores straight into the score
+    """qk_blk / pv_blk_q4_0 (a block of key groups in one call: scores straight into the score
     rows, p.V with the accumulators in registers over the keys) give bitwise what the 4x4
     kernels give group after group: each dot and accumulator element takes the same
     products in the same order. 12 keys (3 groups), rows at a stride with junk between."""
@@ -278,9 +278,9 @@ def test_block_kernels_are_bitwise_the_4x4_kernels(rng, kind):
     want = out_g.transpose(1, 0, 2).reshape(4, nk)
     assert np.abs(want).max() > 0
     assert np.array_equal(out_b[:, :nk].view(np.uint32), want.view(np.uint32))
-    if kind == "q4_0_i8":
+    if kind != "q4_0":
         return
-    pv4, pvb = getattr(fa_simd, f"pv_4x4_{kind}"), getattr(fa_simd, f"pv_blk_{kind}")
+    pv4, pvb = fa_simd.pv_4x4_q4_0, fa_simd.pv_blk_q4_0
 
     @numba.njit
     def pvs(kbuf, p, acc_g, acc_b):

@@ -580,17 +580,3 @@ def qk_blk(t, n, q, qstride, kbase, knb1, ng, out, ostride, pf):
         fa_simd.qk_blk_bf16(n, q, qstride, kbase, knb1, ng, out, ostride, pf)
     else:
         fa_simd.qk_blk_f32(n, q, qstride, kbase, knb1, ng, out, ostride, pf)
-
-
-@_jit_inline
-def pv_blk(t, n, acc, astride, p, pstride, pf, vbase, vnb1, nk):
-    if t == F16:
-        fa_simd.pv_blk_f16(n, acc, astride, p, pstride, pf, vbase, vnb1, nk)
-    elif t == Q4_0:
-        fa_simd.pv_blk_q4_0(n, acc, astride, p, pstride, pf, vbase, vnb1, nk)
-    elif t == Q8_0:
-        fa_simd.pv_blk_q8_0(n, acc, astride, p, pstride, pf, vbase, vnb1, nk)
-    elif t == BF16:
-        fa_simd.pv_blk_bf16(n, acc, astride, p, pstride, pf, vbase, vnb1, nk)
-    else:
-        fa_simd.pv_blk_f32(n, acc, astride, p, pstride, pf, vbase, vnb1, nk)

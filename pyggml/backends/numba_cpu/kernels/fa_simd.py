@@ -193,9 +193,9 @@ def _qk_body(nr, nk, x, per_pass=None):
 
 # --- whole key blocks ------------------------------------------------------------------------------
 # A block of ng groups of 4 consecutive cache rows (knb1 / vnb1 bytes apart) in one call: the
-# scores go straight into the score rows (out + r*ostride + 4u), and p.V keeps the 4 rows'
-# accumulator chunks in registers over all the keys (no accumulator load/store per group of
-# 4 keys, p read per key). Each dot and each accumulator element takes the same products in
+# scores go straight into the score rows (out + r*ostride + 4u), and p.V (Q4_0 V) keeps the
+# 4 rows' accumulator chunks in registers over all the keys (no accumulator load/store per
+# group of 4 keys, p read per key). Each dot and each accumulator element takes the same products in
 # the same order as the 4x4 kernels group after group: bitwise the same results.
 
 def _group_keys(b, kbase, knb1, g):
@@ -224,40 +224,10 @@ def _qk_blk_body(x):
     return build
 
 
-def _pv_blk_reader(x):
-    """(passes per 32 values, decode(b, row, j) -> the pass's 2 chunks of one row as float
-    vectors, the chunks' float offsets (o0, o1) of pass j, bytes per row per 32 values)."""
-    if x in ("f32", "f16", "bf16"):
-        load, esize = {"f32": (_ld_f32, 4), "f16": (_ld_f16, 2), "bf16": (_ld_bf16, 2)}[x]
-
-        def offs(b, j):
-            o0 = b.mul(j, _c(_I64, 2 * VL))
-            return o0, b.add(o0, _c(_I64, VL))
-
-        def dec(b, row, j):
-            o0, o1 = offs(b, j)
-            return (load(b, b.add(row, b.mul(o0, _c(_I64, esize))), VL),
-                    load(b, b.add(row, b.mul(o1, _c(_I64, esize))), VL))
-        return offs, dec, 32 * esize
-    if x == "q8_0":
-        ppb = 32 // (2 * VL)            # passes per block
-
-        def offs(b, j):
-            blk, c = b.udiv(j, _c(_I64, ppb)), b.urem(j, _c(_I64, ppb))
-            o0 = b.add(b.mul(blk, _c(_I64, 32)), b.mul(c, _c(_I64, 2 * VL)))
-            return o0, b.add(o0, _c(_I64, VL))
-
-        def dec(b, row, j):
-            blk, c = b.udiv(j, _c(_I64, ppb)), b.urem(j, _c(_I64, ppb))
-            ba = b.add(row, b.mul(blk, _c(_I64, 34)))
-            dv = _splat(b, _f16(b, ba), VL)
-            out = []
-            for k in range(2):
-                a = b.add(b.add(ba, _c(_I64, 2 + k * VL)), b.mul(c, _c(_I64, 2 * VL)))
-                out.append(b.fmul(b.sitofp(_load(b, a, _v(_I8, VL)), _v(_F32, VL)), dv))
-            return tuple(out)
-        return offs, dec, 34
-    # q4_0: pass (blk, h) = the chunk of low nibbles of bytes h*VL.. and of their high ones
+def _pv_blk_q4_0():
+    """(the float offsets (o0, o1) of pass j's 2 chunks, decode(b, row, j) -> those chunks of
+    one Q4_0 row as floats): pass (blk, h) = the low nibbles of bytes h*VL.. and their high
+    ones, decoded as _q4_0_chunk does (one rounding, (code - 8)·d)."""
     ph = 16 // VL
 
     def offs(b, j):
@@ -278,21 +248,19 @@ def _pv_blk_reader(x):
     return offs, dec, 18
 
 
-def _pv_blk_body(x):
-    offs, dec, bytes32 = _pv_blk_reader(x)
+def _pv_blk_body():
+    """p.V over a block for Q4_0 V rows. Float rows are not worth it: streaming from memory
+    (a decode), F16 pv_blk took 1.5x the 4x4 kernel's time (its 8 accumulators' FMA chains
+    over the keys wait on latency); Q4_0's decode work per key hides that (parity to -8%)."""
+    offs, dec, bytes32 = _pv_blk_q4_0()
     nr = 4
 
     def build(b, n, acc, astride, p, pstride, pf, vbase, vnb1, nk):
-        # the block's rows pf bytes ahead (the next block), every line of each
+        # each key's row pf bytes ahead, a line of it per pass (passes cycle over its lines)
         rowb = b.mul(b.udiv(n, _c(_I64, 32)), _c(_I64, bytes32))
-        lines = b.udiv(b.add(rowb, _c(_I64, 63)), _c(_I64, 64))
-
-        def pref(b, u):
-            row = b.add(b.add(vbase, b.mul(u, vnb1)), pf)
-            _for(b, lines, lambda b, li: _prefetch(b, b.add(row, b.mul(li, _c(_I64, 64)))))
-        _for(b, nk, pref)
 
         def chunk_pass(b, j):
+            pline = b.add(pf, b.urem(b.mul(j, _c(_I64, 64)), rowb))
             o0, o1 = offs(b, j)
             addrs = [[_row_at(b, acc, r, astride, b.mul(o, _c(_I64, 4))) for o in (o0, o1)]
                      for r in range(nr)]
@@ -300,7 +268,9 @@ def _pv_blk_body(x):
                     for r in range(nr)]
 
             def key(b, u):
-                vv = dec(b, b.add(vbase, b.mul(u, vnb1)), j)
+                row = b.add(vbase, b.mul(u, vnb1))
+                _prefetch(b, b.add(row, pline))
+                vv = dec(b, row, j)
                 for r in range(nr):
                     pr = _splat(b, _load(b, _row_at(b, p, r, pstride, b.mul(u, _c(_I64, 4))),
                                          _F32), VL)
@@ -562,14 +532,12 @@ pv_1x4_f32, pv_1x4_f16, pv_1x4_bf16, pv_1x4_q8_0, pv_1x4_q4_0 = (
 pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
     _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
 # whole blocks: qk_blk_<x>(n, q, qstride, kbase, knb1, ng, out, ostride, pf),
-# pv_blk_<x>(n, acc, astride, p, pstride, pf, vbase, vnb1, nk) (4 rows; nk keys, a multiple of
-# 4 for qk's groups; n a multiple of 2*VL)
+# pv_blk_q4_0(n, acc, astride, p, pstride, pf, vbase, vnb1, nk) (4 rows; ng groups of 4 keys,
+# nk keys; n a multiple of 2*VL)
 qk_blk_f32, qk_blk_f16, qk_blk_bf16, qk_blk_q8_0, qk_blk_q4_0 = (
     _intrinsic_n(f"pyggml_fa_qk_blk_{x}_v{VL}", 9, _qk_blk_body(x))
     for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
-pv_blk_f32, pv_blk_f16, pv_blk_bf16, pv_blk_q8_0, pv_blk_q4_0 = (
-    _intrinsic_n(f"pyggml_fa_pv_blk_{x}_v{VL}", 9, _pv_blk_body(x))
-    for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_blk_q4_0 = _intrinsic_n(f"pyggml_fa_pv_blk_q4_0_v{VL}", 9, _pv_blk_body())
 # the 8-bit Q4_0 dots: VNNI where the CPU has it, else the hadd twin (tested on every CPU)
 qk_4x4_q4_0_hadd = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_hadd", 10, _qk_q4_0_hadd_body(4))
 qk_blk_q4_0_hadd = _intrinsic_n("pyggml_fa_qk_blk_q4_0_hadd", 10,

@@ -29,7 +29,6 @@ from .fa_dots import max_rows
 from .fa_dots import pv1
 from .fa_dots import pv1x4
 from .fa_dots import pv4
-from .fa_dots import pv_blk
 from .fa_dots import qk1
 from .fa_dots import qk4
 from .fa_dots import qk_blk
@@ -172,11 +171,11 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     # with a padding row: each K/V row decoded once instead of once per row; the padding
     # row's q is a copy (_prep_q), its p and acc zero, its results never read
     pad = R % 4 == 3
-    # whole blocks (every key visible to some row, nk a multiple of 4): one qk_blk / pv_blk
-    # call per 4 rows instead of a 4x4 product per key group (rows padded as below)
+    # whole blocks (every key visible to some row, nk a multiple of 4): one qk_blk (pv_blk for
+    # Q4_0 V) call per 4 rows instead of a 4x4 product per key group (rows padded as below)
     quads = R % 4 == 0 or pad
     k_blk = quads and k_direct and (k_simd or k_i8)
-    v_blk = quads and v_direct and dv % (2 * VL) == 0
+    v_blk = quads and v_direct and vt == Q4_0 and dv % (2 * VL) == 0    # (fa_simd: why Q4_0)
     bmx = np.empty(RMAX, dtype=np.float32)          # the block's row maxes
     exs = np.empty(2 * RMAX, dtype=np.float32)      # exp_rows: (sum, zeros) per row
     bmx_addr = bmx.ctypes.data
@@ -381,8 +380,8 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
         pv_whole = v_blk and n_zero == 0 and nk % KG == 0
         if pv_whole:
             for r0 in range(0, R, 4):
-                pv_blk(vq, dv, acc_addr + r0 * dv * 4, dv * 4, sc_addr + r0 * KB * 4, KB * 4,
-                       vpf, vbase + j0 * vnb1, vnb1, nk)
+                fa_simd.pv_blk_q4_0(dv, acc_addr + r0 * dv * 4, dv * 4, sc_addr + r0 * KB * 4,
+                                    KB * 4, vpf, vbase + j0 * vnb1, vnb1, nk)
         for g0 in range(0, 0 if pv_whole else nk, KG):
             gn = min(KG, nk - g0)
             if n_zero != 0 and not _any_visible(cv, g0, gn):
