@@ -10,8 +10,9 @@ Cases (D=128, 32 query heads over 8 KV heads, as a Llama-style GQA layer):
                                                                   goal <= 0.3x ggml's F16 16k
   prompt_f16_512    512 queries over 512 F16 keys, causal mask    goal <= 1.0x ggml
 --micro: instead, the CPU time per call of the micro-kernels a decode runs per 4-key group
-(kernels/fa_simd.py: qk and pv, 4 query rows x 4 keys, D=128, over 4096 keys), F16 rows vs
-Q4_0 rows, in this process's PYGGML_SIMD mode: where a Q4_0 cache's time goes against F16's
+(kernels/fa_simd.py: qk and pv, 4 query rows x 4 keys, D=128, over 4096 keys; the _blk
+kernels, a 32-key block per call, per 4 keys of it), F16 rows vs Q4_0 rows, in this
+process's PYGGML_SIMD mode: where a Q4_0 cache's time goes against F16's
 (the 8-bit Q4_0 qk is the VNNI dot with AVX512-VNNI, else its hadd twin).
 Times are medians of --runs computes, in alternating blocks of pyggml and ggml runs, each
 side's threads quiet while the other runs (Numba compile time, cached on disk, is reported
@@ -163,10 +164,11 @@ def micro(runs, reps=100, n_keys=4096):
     qdx = rng.uniform(0.001, 0.01, 4 * nb * 16).astype(np.float32)
     p = rng.uniform(0, 1, 1024).astype(np.float32)      # p rows 128 bytes apart, 16 offsets
     acc = np.zeros(4 * D, np.float32)
-    out = np.zeros(16, np.float32)
+    out = np.zeros(4 * 32, np.float32)          # a block's scores: 4 rows of 32
 
     def loop(kern, kind):
-        """An njit loop over the keys in groups of 4, calling kern as a decode does."""
+        """An njit loop over the keys in groups of 4 (blk: blocks of 32 keys, one call each),
+        calling kern as a decode does."""
         if kind == "qk":
             @numba.njit(inline="always")
             def one(k, s, q, qx, a, pp, o):
@@ -175,22 +177,38 @@ def micro(runs, reps=100, n_keys=4096):
             @numba.njit(inline="always")
             def one(k, s, q, qx, a, pp, o):
                 kern(nb, q, D, qx, k, k + s, k + 2 * s, k + 3 * s, o, 0)
+        elif kind == "qk_blk":
+            @numba.njit(inline="always")
+            def one(k, s, q, qx, a, pp, o):
+                kern(D, q, D * 4, k, s, 8, o, 128, 0)
+        elif kind == "qk8_blk":
+            @numba.njit(inline="always")
+            def one(k, s, q, qx, a, pp, o):
+                kern(nb, q, D, qx, k, s, 8, o, 128, 0)
+        elif kind == "pv_blk":
+            @numba.njit(inline="always")
+            def one(k, s, q, qx, a, pp, o):
+                kern(D, a, D * 4, pp, 128, 0, k, s, 32)
         else:
             @numba.njit(inline="always")
             def one(k, s, q, qx, a, pp, o):
                 kern(D, a, D * 4, pp, 128, 0, k, k + s, k + 2 * s, k + 3 * s)
+        step = 32 if kind.endswith("blk") else 4
 
         @numba.njit
         def run(kb, s, q, qx, a, pp, o, reps):
             for _ in range(reps):
-                for j in range(0, n_keys, 4):
-                    one(kb + j * s, s, q, qx, a, pp + (j % 32) * 16, o)
+                for j in range(0, n_keys, step):
+                    one(kb + j * s, s, q, qx, a, pp + (j % 32) * 16 if step == 4 else pp, o)
         return run
 
     cases = [("qk f16", "f16", loop(fa_simd.qk_4x4_f16, "qk"), qf),
              ("qk q4_0 (8-bit q)", "q4_0", loop(fa_simd.qk_4x4_q4_0_i8, "qk8"), qi8),
              ("pv f16", "f16", loop(fa_simd.pv_4x4_f16, "pv"), qf),
-             ("pv q4_0", "q4_0", loop(fa_simd.pv_4x4_q4_0, "pv"), qf)]
+             ("pv q4_0", "q4_0", loop(fa_simd.pv_4x4_q4_0, "pv"), qf),
+             ("qk_blk f16", "f16", loop(fa_simd.qk_blk_f16, "qk_blk"), qf),
+             ("qk_blk q4_0 (8-bit)", "q4_0", loop(fa_simd.qk_blk_q4_0_i8, "qk8_blk"), qi8),
+             ("pv_blk q4_0", "q4_0", loop(fa_simd.pv_blk_q4_0, "pv_blk"), qf)]
 
     def call(run, kind, q, n):
         buf, stride = rows[kind]
@@ -205,7 +223,7 @@ def micro(runs, reps=100, n_keys=4096):
             call(run, kind, q, reps)
             ts[name].append((time.process_time() - c0) / (reps * n_keys / 4) * 1e9)
     print(f"micro-kernels, {simd.VL} float lanes (PYGGML_SIMD={simd._MODE}): CPU ns per call "
-          f"(4 rows x 4 keys, D={D})")
+          f"(4 rows x 4 keys, D={D}; _blk: per 4 keys of a 32-key call)")
     for name in ts:
         print(f"  {name:20s} {statistics.median(ts[name]):8.1f}")
     return {name: statistics.median(v) for name, v in ts.items()}

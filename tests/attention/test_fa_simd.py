@@ -233,3 +233,99 @@ def test_q_rows_quantized_as_ggml_cpu(rng):
             assert np.array_equal(qs, blk[:, 2:4].copy().view(np.float16).ravel().astype(np.float32))
         else:
             assert np.array_equal(qs, want_d * qv.reshape(nb, 32).astype(np.int32).sum(1))
+
+
+@pytest.mark.parametrize("kind", list(KINDS) + ["q4_0_i8"])
+def test_block_kernels_are_bitwise_the_4x4_kernels(rng, kind):
+    """qk_blk / pv_blk_q4_0 (a block of key groups in one call: scores straight into the score
+    rows, p.V with the accumulators in registers over the keys) give bitwise what the 4x4
+    kernels give group after group: each dot and accumulator element takes the same
+    products in the same order. 12 keys (3 groups), rows at a stride with junk between."""
+    nk, nb = 12, N // 32
+    base = "q4_0" if kind == "q4_0_i8" else kind
+    kbuf, ks, _ = _rows(rng, base, nk)
+    q = rng.uniform(-1, 1, (4, N)).astype(np.float32)
+    qi8 = rng.integers(-127, 128, (4, N)).astype(np.int8)
+    qdx = rng.uniform(-0.01, 0.01, (4, nb * 16)).astype(np.float32)
+    p = rng.uniform(0.01, 1, (4, 16)).astype(np.float32)           # p rows 64 bytes apart
+    acc0 = rng.uniform(-1, 1, (4, N)).astype(np.float32)
+    if kind == "q4_0_i8":
+        qk4, qkb = fa_simd.qk_4x4_q4_0_i8, fa_simd.qk_blk_q4_0_i8
+
+        @numba.njit
+        def qks(q, qi8, qdx, kbuf, out_g, out_b):
+            a = kbuf.ctypes.data
+            for g in range(nk // 4):
+                k = a + 4 * g * ks
+                qk4(nb, qi8.ctypes.data, N, qdx.ctypes.data, k, k + ks, k + 2 * ks, k + 3 * ks,
+                    out_g.ctypes.data + 64 * g, 0)
+            qkb(nb, qi8.ctypes.data, N, qdx.ctypes.data, a, ks, nk // 4, out_b.ctypes.data,
+                16 * 4, 0)
+    else:
+        qk4, qkb = getattr(fa_simd, f"qk_4x4_{kind}"), getattr(fa_simd, f"qk_blk_{kind}")
+
+        @numba.njit
+        def qks(q, qi8, qdx, kbuf, out_g, out_b):
+            a = kbuf.ctypes.data
+            for g in range(nk // 4):
+                k = a + 4 * g * ks
+                qk4(N, q.ctypes.data, N * 4, k, k + ks, k + 2 * ks, k + 3 * ks,
+                    out_g.ctypes.data + 64 * g, 0)
+            qkb(N, q.ctypes.data, N * 4, a, ks, nk // 4, out_b.ctypes.data, 16 * 4, 0)
+    out_g = np.zeros((nk // 4, 4, 4), np.float32)       # [group][row][key]
+    out_b = np.zeros((4, 16), np.float32)               # [row][key], 16-key row stride
+    qks(q, qi8, qdx, kbuf, out_g, out_b)
+    want = out_g.transpose(1, 0, 2).reshape(4, nk)
+    assert np.abs(want).max() > 0
+    assert np.array_equal(out_b[:, :nk].view(np.uint32), want.view(np.uint32))
+    if kind != "q4_0":
+        return
+    pv4, pvb = fa_simd.pv_4x4_q4_0, fa_simd.pv_blk_q4_0
+
+    @numba.njit
+    def pvs(kbuf, p, acc_g, acc_b):
+        a, pp = kbuf.ctypes.data, p.ctypes.data
+        for g in range(nk // 4):
+            k = a + 4 * g * ks
+            pv4(N, acc_g.ctypes.data, N * 4, pp + 16 * g, 64, 0, k, k + ks, k + 2 * ks, k + 3 * ks)
+        pvb(N, acc_b.ctypes.data, N * 4, pp, 64, 4 * ks, a, ks, nk)
+    acc_g, acc_b = acc0.copy(), acc0.copy()
+    pvs(kbuf, p, acc_g, acc_b)
+    assert not np.array_equal(acc_g, acc0)
+    assert np.array_equal(acc_b.view(np.uint32), acc_g.view(np.uint32))
+
+
+def test_exp_rows_and_max_rows_are_the_per_row_helpers(rng):
+    """exp_rows (a tile's rows in one call) is exp_block row by row, bitwise, with each row's
+    sum and zero count; max_rows is _block_max row by row (-inf, negatives, a NaN row)."""
+    from pyggml.backends.numba_cpu.intrinsics import ptr_of
+    from pyggml.backends.numba_cpu.kernels.fa_dots import exp_block
+    from pyggml.backends.numba_cpu.kernels.fa_dots import exp_rows
+    from pyggml.backends.numba_cpu.kernels.fa_dots import max_rows
+    from pyggml.backends.numba_cpu.kernels.fa_tile import _block_max
+    nr, n, w = 5, 32, 40                    # 5 rows of 32 scores, 40 floats apart
+
+    @numba.njit
+    def run(x, y, mrs, out1, out2, bm1, bm2):
+        for r in range(nr):
+            bm1[r] = _block_max(ptr_of(x.ctypes.data, np.int32), r * w, n)
+            exp_block(x.ctypes.data + r * w * 4, n, mrs[r], out1.ctypes.data + r * 8)
+        max_rows(y.ctypes.data, n, nr, w * 4, bm2.ctypes.data)
+        exp_rows(y.ctypes.data, n, nr, w * 4, mrs.ctypes.data, out2.ctypes.data)
+
+    x = rng.uniform(-120, 10, (nr, w)).astype(np.float32)
+    x[0, [3, 10, 31]] = -np.inf
+    x[1, :] = -rng.uniform(1, 2, w).astype(np.float32)
+    x[2, 7] = np.nan
+    x[3, :n] = -np.inf
+    y = x.copy()
+    mrs = np.array([4.5, -1.0, 3.0, 0.0, 9.5], np.float32)
+    out1, out2 = np.zeros(2 * nr, np.float32), np.zeros(2 * nr, np.float32)
+    bm1, bm2 = np.zeros(nr, np.float32), np.zeros(nr, np.float32)
+    y_max = y.copy()
+    run(x, y, mrs, out1, out2, bm1, bm2)
+    assert np.array_equal(bm1.view(np.uint32), bm2.view(np.uint32))
+    assert bm2[3] == -np.inf and np.isnan(bm2[2]) and bm2[1] == y_max[1, :n].max()
+    assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
+    assert np.array_equal(out1.view(np.uint32), out2.view(np.uint32))
+    assert out2[7] == n                     # the all -inf row: every p zero

@@ -141,6 +141,87 @@ def exp_block(typingctx, addr, n, mr, out):
     return types.none(addr, n, mr, out), codegen
 
 
+def _rows_fn(builder, name, argtys, build):
+    fnty = ir.FunctionType(ir.VoidType(), argtys)
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, fnty, name=name)
+        fn.linkage = "internal"
+        fb = ir.IRBuilder(fn.append_basic_block("entry"))
+        build(fb, *fn.args)
+        fb.ret_void()
+    return fn
+
+
+def _exp_rows_ir(b, addr, n, nr, rstride, mrs, out):
+    """_exp_block_ir over nr rows (rstride bytes apart), row r's max at mrs[r], its sum and
+    zero count at out[2r], out[2r + 1]: one call for a tile's rows (their steps overlap)."""
+    f32p = ir.FloatType().as_pointer()
+    with cgutils.for_range(b, nr) as loop:
+        r = loop.index
+        mr = b.load(b.gep(b.inttoptr(mrs, f32p), [r]))
+        _exp_block_ir(b, b.add(addr, b.mul(r, rstride)), n, mr,
+                      b.add(out, b.mul(r, ir.Constant(r.type, 8))))
+
+
+@intrinsic
+def exp_rows(typingctx, addr, n, nr, rstride, mrs, out):
+    """exp_rows(addr, n, nr, rstride, mrs, out): exp_block of nr rows of n float32 (n a
+    multiple of VL) rstride bytes apart, row r against mrs[r]; out[2r] = row r's sum,
+    out[2r + 1] = its zero count (float32 arrays at mrs and out)."""
+    args_t = (addr, n, nr, rstride, mrs, out)
+    if not all(isinstance(a, types.Integer) for a in args_t):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fn = _rows_fn(builder, "pyggml_fa_exp_rows", [i64] * 6, _exp_rows_ir)
+        builder.call(fn, [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)])
+        return context.get_dummy_value()
+    return types.none(*args_t), codegen
+
+
+def _max_rows_ir(b, addr, n, nr, rstride, out):
+    """fa_tile._block_max of nr rows in VL-lane int32 vectors (the same integer order of the
+    floats, so the same max, NaN included): out[r] = row r's max."""
+    i32 = ir.IntType(32)
+    iv = ir.VectorType(i32, VL)
+    f32p = ir.FloatType().as_pointer()
+    m31 = ir.Constant(iv, [0x7FFFFFFF] * VL)
+    s31 = ir.Constant(iv, [31] * VL)
+
+    def key(x):
+        return b.xor(x, b.and_(b.ashr(x, s31), m31))
+    with cgutils.for_range(b, nr) as rl:
+        row = b.add(addr, b.mul(rl.index, rstride))
+        km = cgutils.alloca_once_value(b, ir.Constant(iv, [-2147483648] * VL))
+        with cgutils.for_range(b, b.udiv(n, ir.Constant(n.type, VL))) as loop:
+            a = b.add(row, b.mul(loop.index, ir.Constant(n.type, VL * 4)))
+            k = key(b.load(b.inttoptr(a, iv.as_pointer()), align=4))
+            m = b.load(km)
+            b.store(b.select(b.icmp_signed(">", k, m), k, m), km)
+        mx = simd._intr(b, f"llvm.vector.reduce.smax.v{VL}i32", i32, [b.load(km)])
+        mx = b.xor(mx, b.and_(b.ashr(mx, ir.Constant(i32, 31)), ir.Constant(i32, 0x7FFFFFFF)))
+        b.store(b.bitcast(mx, ir.FloatType()), b.gep(b.inttoptr(out, f32p), [rl.index]))
+
+
+@intrinsic
+def max_rows(typingctx, addr, n, nr, rstride, out):
+    """max_rows(addr, n, nr, rstride, out): out[r] = the max of row r's n float32 (n a
+    multiple of VL; rows rstride bytes apart), as fa_tile._block_max (-inf lowest, NaN
+    propagates)."""
+    args_t = (addr, n, nr, rstride, out)
+    if not all(isinstance(a, types.Integer) for a in args_t):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fn = _rows_fn(builder, "pyggml_fa_max_rows", [i64] * 5, _max_rows_ir)
+        builder.call(fn, [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)])
+        return context.get_dummy_value()
+    return types.none(*args_t), codegen
+
+
 # --- integer dots of 8-bit q blocks with quantized K rows -----------------------------------------
 
 HAVE_AVX2 = simd.HAVE_AVX2
@@ -485,3 +566,17 @@ def pv1(t, n, acc, p, v0, pf):
         fa_simd.pv_1x1_bf16(n, acc, 0, p, 0, pf, v0)
     else:
         fa_simd.pv_1x1_f32(n, acc, 0, p, 0, pf, v0)
+
+
+@_jit_inline
+def qk_blk(t, n, q, qstride, kbase, knb1, ng, out, ostride, pf):
+    if t == F16:
+        fa_simd.qk_blk_f16(n, q, qstride, kbase, knb1, ng, out, ostride, pf)
+    elif t == Q4_0:
+        fa_simd.qk_blk_q4_0(n, q, qstride, kbase, knb1, ng, out, ostride, pf)
+    elif t == Q8_0:
+        fa_simd.qk_blk_q8_0(n, q, qstride, kbase, knb1, ng, out, ostride, pf)
+    elif t == BF16:
+        fa_simd.qk_blk_bf16(n, q, qstride, kbase, knb1, ng, out, ostride, pf)
+    else:
+        fa_simd.qk_blk_f32(n, q, qstride, kbase, knb1, ng, out, ostride, pf)

@@ -78,8 +78,12 @@ def _dot_totals(b, vecs):
 
 
 def _store_totals(b, out, vecs, nd):
-    lanes = vecs[0].type.count
-    tot = _dot_totals(b, vecs)
+    _store_totals_of(b, out, _dot_totals(b, vecs), nd)
+
+
+def _store_totals_of(b, out, tot, nd):
+    """Summed totals vectors (_dot_totals) -> out[0:nd]."""
+    lanes = tot[0].type.count
     if nd < lanes:
         _store(b, out, b.shuffle_vector(tot[0], tot[0], ir.Constant(_v(_I32, nd), list(range(nd)))))
     else:
@@ -158,27 +162,126 @@ def _chunk_offset(b, i, per, c):
     return b.mul(b.add(b.mul(i, _c(_I64, per)), _c(_I64, c * VL)), _c(_I64, 4))
 
 
-def _qk_body(nr, nk, x, per_pass=None):
+def _qk_dots(b, nr, nk, x, n, q, qstride, ks, pf, per_pass=None):
+    """The nr x nk dots' accumulator vectors (order r*nk + u), not yet summed."""
     per, prep, chunk, sbytes = _ROW_READERS[x]
+    zero = ir.Constant(_v(_F32, VL), [0.0] * VL)
+    accs = [_acc(b, zero) for _ in range(nr * nk)]
 
+    def body(b, i, us):
+        sts = _prep_rows(b, [ks[u] for u in us], i, prep, sbytes, pf)
+        for c in range(per // VL):
+            off = _chunk_offset(b, i, per, c)
+            kv = [chunk(b, st, c) for st in sts]
+            for r in range(nr):
+                qv = _load(b, _row_at(b, q, r, qstride, off), _v(_F32, VL))
+                for j, u in enumerate(us):
+                    a = accs[r * nk + u]
+                    b.store(_fma(b, qv, kv[j], b.load(a)), a)
+    for us in _key_passes(nr, nk, per_pass):
+        _for(b, b.udiv(n, _c(_I64, per)), lambda b, i, us=us: body(b, i, us))
+    return [b.load(a) for a in accs]
+
+
+def _qk_body(nr, nk, x, per_pass=None):
     def build(b, n, q, qstride, *rest):
         ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
-        zero = ir.Constant(_v(_F32, VL), [0.0] * VL)
-        accs = [_acc(b, zero) for _ in range(nr * nk)]
+        _store_totals(b, out, _qk_dots(b, nr, nk, x, n, q, qstride, ks, pf, per_pass), nr * nk)
+        b.ret_void()
+    return build
 
-        def body(b, i, us):
-            sts = _prep_rows(b, [ks[u] for u in us], i, prep, sbytes, pf)
-            for c in range(per // VL):
-                off = _chunk_offset(b, i, per, c)
-                kv = [chunk(b, st, c) for st in sts]
+
+# --- whole key blocks ------------------------------------------------------------------------------
+# A block of ng groups of 4 consecutive cache rows (knb1 / vnb1 bytes apart) in one call: the
+# scores go straight into the score rows (out + r*ostride + 4u), and p.V (Q4_0 V) keeps the
+# 4 rows' accumulator chunks in registers over all the keys (no accumulator load/store per
+# group of 4 keys, p read per key). Each dot and each accumulator element takes the same products in
+# the same order as the 4x4 kernels group after group: bitwise the same results.
+
+def _group_keys(b, kbase, knb1, g):
+    return [b.add(kbase, b.mul(b.add(b.mul(g, _c(_I64, 4)), _c(_I64, u)), knb1)) for u in range(4)]
+
+
+def _store_row_totals(b, tot, nr, nk, out, ostride, goff):
+    """Totals vectors (dots in order r*nk + u) -> row r's nk dots at out + r*ostride + goff."""
+    lanes = tot[0].type.count
+    for r in range(nr):
+        d0 = r * nk
+        v = tot[d0 // lanes]
+        st = d0 % lanes
+        row = b.shuffle_vector(v, v, ir.Constant(_v(_I32, nk), list(range(st, st + nk))))
+        _store(b, _row_at(b, out, r, ostride, goff), row)
+
+
+def _qk_blk_body(x):
+    def build(b, n, q, qstride, kbase, knb1, ng, out, ostride, pf):
+        def group(b, g):
+            ks = _group_keys(b, kbase, knb1, g)
+            tot = _dot_totals(b, _qk_dots(b, 4, 4, x, n, q, qstride, ks, pf))
+            _store_row_totals(b, tot, 4, 4, out, ostride, b.mul(g, _c(_I64, 16)))
+        _for(b, ng, group)
+        b.ret_void()
+    return build
+
+
+def _pv_blk_q4_0():
+    """(the float offsets (o0, o1) of pass j's 2 chunks, decode(b, row, j) -> those chunks of
+    one Q4_0 row as floats): pass (blk, h) = the low nibbles of bytes h*VL.. and their high
+    ones, decoded as _q4_0_chunk does (one rounding, (code - 8)·d)."""
+    ph = 16 // VL
+
+    def offs(b, j):
+        blk, h = b.udiv(j, _c(_I64, ph)), b.urem(j, _c(_I64, ph))
+        o0 = b.add(b.mul(blk, _c(_I64, 32)), b.mul(h, _c(_I64, VL)))
+        return o0, b.add(o0, _c(_I64, 16))
+
+    def dec(b, row, j):
+        blk, h = b.udiv(j, _c(_I64, ph)), b.urem(j, _c(_I64, ph))
+        ba = b.add(row, b.mul(blk, _c(_I64, 18)))
+        dv = _splat(b, _f16(b, ba), VL)
+        w = b.zext(_load(b, b.add(b.add(ba, _c(_I64, 2)), b.mul(h, _c(_I64, VL))), _v(_I8, VL)),
+                   _v(_I32, VL))
+        eight = ir.Constant(_v(_I32, VL), [8] * VL)
+        lo = b.and_(w, ir.Constant(_v(_I32, VL), [0x0F] * VL))
+        hi = b.lshr(w, ir.Constant(_v(_I32, VL), [4] * VL))
+        return tuple(b.fmul(b.sitofp(b.sub(c, eight), _v(_F32, VL)), dv) for c in (lo, hi))
+    return offs, dec, 18
+
+
+def _pv_blk_body():
+    """p.V over a block for Q4_0 V rows. Float rows are not worth it: streaming from memory
+    (a decode), F16 pv_blk took 1.5x the 4x4 kernel's time (its 8 accumulators' FMA chains
+    over the keys wait on latency); Q4_0's decode work per key hides that (parity to -8%)."""
+    offs, dec, bytes32 = _pv_blk_q4_0()
+    nr = 4
+
+    def build(b, n, acc, astride, p, pstride, pf, vbase, vnb1, nk):
+        # each key's row pf bytes ahead, a line of it per pass (passes cycle over its lines)
+        rowb = b.mul(b.udiv(n, _c(_I64, 32)), _c(_I64, bytes32))
+
+        def chunk_pass(b, j):
+            pline = b.add(pf, b.urem(b.mul(j, _c(_I64, 64)), rowb))
+            o0, o1 = offs(b, j)
+            addrs = [[_row_at(b, acc, r, astride, b.mul(o, _c(_I64, 4))) for o in (o0, o1)]
+                     for r in range(nr)]
+            accs = [[_acc(b, _load(b, addrs[r][k], _v(_F32, VL))) for k in range(2)]
+                    for r in range(nr)]
+
+            def key(b, u):
+                row = b.add(vbase, b.mul(u, vnb1))
+                _prefetch(b, b.add(row, pline))
+                vv = dec(b, row, j)
                 for r in range(nr):
-                    qv = _load(b, _row_at(b, q, r, qstride, off), _v(_F32, VL))
-                    for j, u in enumerate(us):
-                        a = accs[r * nk + u]
-                        b.store(_fma(b, qv, kv[j], b.load(a)), a)
-        for us in _key_passes(nr, nk, per_pass):
-            _for(b, b.udiv(n, _c(_I64, per)), lambda b, i, us=us: body(b, i, us))
-        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+                    pr = _splat(b, _load(b, _row_at(b, p, r, pstride, b.mul(u, _c(_I64, 4))),
+                                         _F32), VL)
+                    for k in range(2):
+                        a = accs[r][k]
+                        b.store(_fma(b, pr, vv[k], b.load(a)), a)
+            _for(b, nk, key)
+            for r in range(nr):
+                for k in range(2):
+                    _store(b, addrs[r][k], b.load(accs[r][k]))
+        _for(b, b.udiv(n, _c(_I64, 2 * VL)), chunk_pass)
         b.ret_void()
     return build
 
@@ -239,8 +342,8 @@ def _qk_q4_0_i8_body(nr):
     i32x16 = _v(_I32, 16)
     f32x16 = _v(_F32, 16)
 
-    def build(b, nb, q8, qstride, qdx, *rest):
-        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+    def dots(b, nb, q8, qstride, qdx, ks, pf):
+        """The nr x 4 dots' totals vectors (order r*4 + u)."""
         zero = ir.Constant(f32x16, [0.0] * 16)
         accs = [_acc(b, zero) for _ in range(nr * nk)]
         izero = ir.Constant(i32x16, [0] * 16)
@@ -292,8 +395,13 @@ def _qk_q4_0_i8_body(nr):
         odd = b.icmp_unsigned("!=", b.and_(nb, _c(_I64, 1)), _c(_I64, 0))
         with b.if_then(odd):
             step(b, b.sub(nb, _c(_I64, 1)), False)
-        _store_totals(b, out, [b.load(a) for a in accs], nr * nk)
+        return _dot_totals(b, [b.load(a) for a in accs])
+
+    def build(b, nb, q8, qstride, qdx, *rest):
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+        _store_totals_of(b, out, dots(b, nb, q8, qstride, qdx, ks, pf), nr * nk)
         b.ret_void()
+    build.dots = dots
     return build
 
 
@@ -340,8 +448,8 @@ def _qk_q4_0_hadd_body(nr):
     nk = 4
     f32x8 = _v(_F32, 8)
 
-    def build(b, nb, q8, qstride, qdx, *rest):
-        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+    def dots(b, nb, q8, qstride, qdx, ks, pf):
+        """Row r's 4 dots as a <4 x float> each."""
         zero = ir.Constant(f32x8, [0.0] * 8)
         accs = [_acc(b, zero) for _ in range(nr)]
         four = ir.Constant(f32x8, [4.0] * 8)
@@ -376,8 +484,31 @@ def _qk_q4_0_hadd_body(nr):
             lo = b.shuffle_vector(a, a, ir.Constant(_v(_I32, 4), [0, 1, 2, 3]))
             hi = b.shuffle_vector(a, a, ir.Constant(_v(_I32, 4), [4, 5, 6, 7]))
             tot.append(b.fadd(lo, hi))
+        return tot
+
+    def build(b, nb, q8, qstride, qdx, *rest):
+        ks, out, pf = rest[:nk], rest[nk], rest[nk + 1]
+        tot = dots(b, nb, q8, qstride, qdx, ks, pf)
         for r in range(nr):
             _store(b, b.add(out, _c(_I64, 16 * r)), tot[r])
+        b.ret_void()
+    build.dots = dots
+    return build
+
+
+def _qk_i8_blk_body(one):
+    """Block version of an 8-bit Q4_0 4x4 body (hadd or VNNI): totals per row stored."""
+    def build(b, nb, q8, qstride, qdx, kbase, knb1, ng, out, ostride, pf):
+        def group(b, g):
+            ks = _group_keys(b, kbase, knb1, g)
+            tot = one.dots(b, nb, q8, qstride, qdx, ks, pf)
+            goff = b.mul(g, _c(_I64, 16))
+            if len(tot) == 4 and tot[0].type.count == 4:       # hadd: one vector a row
+                for r in range(4):
+                    _store(b, _row_at(b, out, r, ostride, goff), tot[r])
+            else:
+                _store_row_totals(b, tot, 4, 4, out, ostride, goff)
+        _for(b, ng, group)
         b.ret_void()
     return build
 
@@ -400,11 +531,23 @@ pv_1x4_f32, pv_1x4_f16, pv_1x4_bf16, pv_1x4_q8_0, pv_1x4_q4_0 = (
     _pv(1, 4, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
 pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
     _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+# whole blocks: qk_blk_<x>(n, q, qstride, kbase, knb1, ng, out, ostride, pf),
+# pv_blk_q4_0(n, acc, astride, p, pstride, pf, vbase, vnb1, nk) (4 rows; ng groups of 4 keys,
+# nk keys; n a multiple of 2*VL)
+qk_blk_f32, qk_blk_f16, qk_blk_bf16, qk_blk_q8_0, qk_blk_q4_0 = (
+    _intrinsic_n(f"pyggml_fa_qk_blk_{x}_v{VL}", 9, _qk_blk_body(x))
+    for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
+pv_blk_q4_0 = _intrinsic_n(f"pyggml_fa_pv_blk_q4_0_v{VL}", 9, _pv_blk_body())
 # the 8-bit Q4_0 dots: VNNI where the CPU has it, else the hadd twin (tested on every CPU)
 qk_4x4_q4_0_hadd = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_hadd", 10, _qk_q4_0_hadd_body(4))
+qk_blk_q4_0_hadd = _intrinsic_n("pyggml_fa_qk_blk_q4_0_hadd", 10,
+                                _qk_i8_blk_body(_qk_q4_0_hadd_body(4)))
 qk_1x4_q4_0_hadd = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_hadd", 10, _qk_q4_0_hadd_body(1))
 if HAVE_VNNI:
     qk_4x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_4x4_q4_0_i8", 10, _qk_q4_0_i8_body(4))
     qk_1x4_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_1x4_q4_0_i8", 10, _qk_q4_0_i8_body(1))
+    qk_blk_q4_0_i8 = _intrinsic_n("pyggml_fa_qk_blk_q4_0_i8", 10,
+                                  _qk_i8_blk_body(_qk_q4_0_i8_body(4)))
 else:
     qk_4x4_q4_0_i8, qk_1x4_q4_0_i8 = qk_4x4_q4_0_hadd, qk_1x4_q4_0_hadd
+    qk_blk_q4_0_i8 = qk_blk_q4_0_hadd

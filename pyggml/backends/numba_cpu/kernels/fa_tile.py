@@ -24,11 +24,14 @@ from .fa_dots import dot_2x4
 from .fa_dots import dot_q8_1x4
 from .fa_dots import dot_u8_1x4
 from .fa_dots import exp_block
+from .fa_dots import exp_rows
+from .fa_dots import max_rows
 from .fa_dots import pv1
 from .fa_dots import pv1x4
 from .fa_dots import pv4
 from .fa_dots import qk1
 from .fa_dots import qk4
+from .fa_dots import qk_blk
 from .fa_dots import reads_in_place
 from .fa_dots import scale_acc
 from .fa_dots import vexp
@@ -46,6 +49,7 @@ from .fa_tiling import FOLD
 from .fa_tiling import KB
 from .fa_tiling import KG
 from .fa_tiling import PF_GROUPS
+from .fa_tiling import RMAX
 from .simd import VL
 
 
@@ -69,11 +73,11 @@ def _raw_group_from(scp, o, s4p, so):
 
 
 @_jit_inline
-def _score_row(scp, scip, mvp, o, b, nk, scale, softcap):
+def _score_row(scp, mvp, o, b, nk, scale, softcap):
     """A row's nk dots -> scaled (soft-capped) scores plus mask values, -inf where masked
-    (whatever the dot: junk K rows under the mask may give NaN); returns their max. Two
-    branch-free passes over the block, both vectorized: the scores, then their max
-    (_block_max; a float max in the first pass kept it scalar: ~12% of a decode)."""
+    (whatever the dot: junk K rows under the mask may give NaN). Branch-free and vectorized;
+    their max is a second pass (max_rows / _block_max: a float max in this pass kept it
+    scalar, ~12% of a decode)."""
     if softcap != _F0:
         for u in range(nk):
             m = mvp[b + u]
@@ -84,7 +88,6 @@ def _score_row(scp, scip, mvp, o, b, nk, scale, softcap):
             m = mvp[b + u]
             x = scp[o + u] * scale + m
             scp[o + u] = x if m != NEG_INF else NEG_INF
-    return _block_max(scip, o, nk)
 
 
 @_jit_inline
@@ -168,6 +171,16 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     # with a padding row: each K/V row decoded once instead of once per row; the padding
     # row's q is a copy (_prep_q), its p and acc zero, its results never read
     pad = R % 4 == 3
+    # whole blocks (every key visible to some row, nk a multiple of 4): one qk_blk (pv_blk for
+    # Q4_0 V) call per 4 rows instead of a 4x4 product per key group (rows padded as below)
+    quads = R % 4 == 0 or pad
+    k_blk = quads and k_direct and (k_simd or k_i8)
+    v_blk = quads and v_direct and vt == Q4_0 and dv % (2 * VL) == 0    # (fa_simd: why Q4_0)
+    bmx = np.empty(RMAX, dtype=np.float32)          # the block's row maxes
+    exs = np.empty(2 * RMAX, dtype=np.float32)      # exp_rows: (sum, zeros) per row
+    bmx_addr = bmx.ctypes.data
+    exs_addr = exs.ctypes.data
+    Mr_addr = Mr.ctypes.data
     if pad:
         accz = ptr_of(acc_addr, np.float32)
         for i in range(dv):
@@ -222,8 +235,26 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
         if n_vis_blk == 0:
             j0 += nk
             continue
+        all_vis = True
+        if ma != 0:
+            for jj in range(nk):
+                if cv[jj] == 0:
+                    all_vis = False
+        k_whole = k_blk and all_vis and nk % KG == 0
+        if k_whole:
+            for r0 in range(0, R, 4):
+                if k_i8:
+                    fa_simd.qk_blk_q4_0_i8(nbk, qi8_addr + r0 * dk, dk, qx_addr + r0 * nbk * 64,
+                                           kbase + j0 * knb1, knb1, nk // KG,
+                                           sc_addr + r0 * KB * 4, KB * 4, kpf)
+                else:
+                    qk_blk(kq, dk, qf_addr + r0 * dk * 4, dk * 4, kbase + j0 * knb1, knb1,
+                           nk // KG, sc_addr + r0 * KB * 4, KB * 4, kpf)
+            if pad:                 # the padding row's dots: back to p = 0
+                for jj in range(nk):
+                    scp[R * KB + jj] = _F0
         # scores, KG keys at a time (each K row converted at most once for the whole tile)
-        for g0 in range(0, nk, KG):
+        for g0 in range(0, 0 if k_whole else nk, KG):
             gn = min(KG, nk - g0)
             if not _any_visible(cv, g0, gn):
                 for r in range(R):
@@ -291,11 +322,21 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
         # every 4-key group of every row is full (no per-group checks below)
         n_zero = 0
         for r in range(R):
-            bm = _score_row(scp, scip, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
+            _score_row(scp, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
+        vec = nk % VL == 0          # whole vectors (every block but a last short one)
+        if vec:
+            max_rows(sc_addr, nk, R, KB * 4, bmx_addr)
+        else:
+            for r in range(R):
+                bmx[r] = _block_max(scip, r * KB, nk)
+        all_rows = vec
+        for r in range(R):
+            bm = bmx[r]
             if bm == NEG_INF:
                 for jj in range(nk):
                     scp[r * KB + jj] = _F0
                 n_zero += nk
+                all_rows = False
                 continue
             mo = Mr[r]
             if bm > mo:
@@ -309,25 +350,39 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
                     scale_acc(acc_addr, r * dv, f, dv)
                     Sr[r] *= f
                 Mr[r] = bm
-            mr = Mr[r]
-            if nk % VL == 0:        # whole vectors (every block but a last short one)
-                exp_block(sc_addr + r * KB * 4, nk, mr, s16_addr)
-                Sr[r] += s16[0]
-                n_zero += np.int64(s16[1])
-                continue
-            ssum = _F0
-            nz = 0
-            for jj in range(nk):
-                p = vexp(scp[r * KB + jj] - mr)
-                scp[r * KB + jj] = p
-                ssum += p
-                nz += 1 if p == _F0 else 0
-            Sr[r] += ssum
-            n_zero += nz
+        if all_rows:                # every row sees some key: one exp pass for all
+            exp_rows(sc_addr, nk, R, KB * 4, Mr_addr, exs_addr)
+            for r in range(R):
+                Sr[r] += exs[2 * r]
+                n_zero += np.int64(exs[2 * r + 1])
+        else:
+            for r in range(R):
+                if bmx[r] == NEG_INF:
+                    continue
+                mr = Mr[r]
+                if vec:
+                    exp_block(sc_addr + r * KB * 4, nk, mr, s16_addr)
+                    Sr[r] += s16[0]
+                    n_zero += np.int64(s16[1])
+                    continue
+                ssum = _F0
+                nz = 0
+                for jj in range(nk):
+                    p = vexp(scp[r * KB + jj] - mr)
+                    scp[r * KB + jj] = p
+                    ssum += p
+                    nz += 1 if p == _F0 else 0
+                Sr[r] += ssum
+                n_zero += nz
         # V accumulation, KG keys at a time; a key no row of the tile sees is never read, and
         # a row only touches the V rows of its visible keys (p != 0: masked cache slots may
-        # hold junk, and 0 * junk could be NaN)
-        for g0 in range(0, nk, KG):
+        # hold junk, and 0 * junk could be NaN). No zero p at all: whole blocks.
+        pv_whole = v_blk and n_zero == 0 and nk % KG == 0
+        if pv_whole:
+            for r0 in range(0, R, 4):
+                fa_simd.pv_blk_q4_0(dv, acc_addr + r0 * dv * 4, dv * 4, sc_addr + r0 * KB * 4,
+                                    KB * 4, vpf, vbase + j0 * vnb1, vnb1, nk)
+        for g0 in range(0, 0 if pv_whole else nk, KG):
             gn = min(KG, nk - g0)
             if n_zero != 0 and not _any_visible(cv, g0, gn):
                 continue
