@@ -246,8 +246,8 @@ def test_padded_views_mask_the_padding():
     c = F16KVCache(1, 1, 32, 600)
     c.begin(5)
     assert c.graph_key() == (5, KV_PAD)
-    m = np.zeros((5, KV_PAD), np.float32)       # the mask input's view [n_pad, n_kv]
-    c._fill_kq_mask(m)
+    m = c._kq_mask()
+    assert m.shape == (5, KV_PAD)
     assert np.all(m[:, 5:] == -np.inf) and np.all(np.isfinite(np.diag(m[:, :5])))
     c.commit()
     c.n_past = 590
