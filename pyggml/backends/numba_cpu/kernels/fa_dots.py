@@ -141,18 +141,6 @@ def exp_block(typingctx, addr, n, mr, out):
     return types.none(addr, n, mr, out), codegen
 
 
-def _rows_fn(builder, name, argtys, build):
-    fnty = ir.FunctionType(ir.VoidType(), argtys)
-    fn = builder.module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(builder.module, fnty, name=name)
-        fn.linkage = "internal"
-        fb = ir.IRBuilder(fn.append_basic_block("entry"))
-        build(fb, *fn.args)
-        fb.ret_void()
-    return fn
-
-
 def _exp_rows_ir(b, addr, n, nr, rstride, mrs, out):
     """_exp_block_ir over nr rows (rstride bytes apart), row r's max at mrs[r], its sum and
     zero count at out[2r], out[2r + 1]: one call for a tile's rows (their steps overlap)."""
@@ -164,21 +152,18 @@ def _exp_rows_ir(b, addr, n, nr, rstride, mrs, out):
                       b.add(out, b.mul(r, ir.Constant(r.type, 8))))
 
 
-@intrinsic
-def exp_rows(typingctx, addr, n, nr, rstride, mrs, out):
-    """exp_rows(addr, n, nr, rstride, mrs, out): exp_block of nr rows of n float32 (n a
-    multiple of VL) rstride bytes apart, row r against mrs[r]; out[2r] = row r's sum,
-    out[2r + 1] = its zero count (float32 arrays at mrs and out)."""
-    args_t = (addr, n, nr, rstride, mrs, out)
-    if not all(isinstance(a, types.Integer) for a in args_t):
-        return None
+def _void(ir_body):
+    """An LLVM function body that returns nothing after ir_body (simd._intrinsic_n's)."""
+    def body(b, *args):
+        ir_body(b, *args)
+        b.ret_void()
+    return body
 
-    def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        fn = _rows_fn(builder, "pyggml_fa_exp_rows", [i64] * 6, _exp_rows_ir)
-        builder.call(fn, [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)])
-        return context.get_dummy_value()
-    return types.none(*args_t), codegen
+
+# exp_rows(addr, n, nr, rstride, mrs, out): exp_block of nr rows of n float32 (n a multiple
+# of VL) rstride bytes apart, row r against mrs[r]; out[2r] = row r's sum, out[2r + 1] = its
+# zero count (float32 arrays at mrs and out). Inlinable: one call per block of a tile.
+exp_rows = simd._intrinsic_n("pyggml_fa_exp_rows", 6, _void(_exp_rows_ir), noinline=False)
 
 
 def _max_rows_ir(b, addr, n, nr, rstride, out):
@@ -205,21 +190,9 @@ def _max_rows_ir(b, addr, n, nr, rstride, out):
         b.store(b.bitcast(mx, ir.FloatType()), b.gep(b.inttoptr(out, f32p), [rl.index]))
 
 
-@intrinsic
-def max_rows(typingctx, addr, n, nr, rstride, out):
-    """max_rows(addr, n, nr, rstride, out): out[r] = the max of row r's n float32 (n a
-    multiple of VL; rows rstride bytes apart), as fa_tile._block_max (-inf lowest, NaN
-    propagates)."""
-    args_t = (addr, n, nr, rstride, out)
-    if not all(isinstance(a, types.Integer) for a in args_t):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        fn = _rows_fn(builder, "pyggml_fa_max_rows", [i64] * 5, _max_rows_ir)
-        builder.call(fn, [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)])
-        return context.get_dummy_value()
-    return types.none(*args_t), codegen
+# max_rows(addr, n, nr, rstride, out): out[r] = the max of row r's n float32 (n a multiple of
+# VL; rows rstride bytes apart), as fa_tile._block_max (-inf lowest, NaN propagates).
+max_rows = simd._intrinsic_n("pyggml_fa_max_rows", 5, _void(_max_rows_ir), noinline=False)
 
 
 # --- integer dots of 8-bit q blocks with quantized K rows -----------------------------------------

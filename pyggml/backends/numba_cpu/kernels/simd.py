@@ -110,21 +110,23 @@ def _c(t, v):
 
 # --- IR helpers ---------------------------------------------------------------------------------
 
-def _fn(module, name, fnty, build):
+def _fn(module, name, fnty, build, noinline=True):
     """The module's function `name`, building its body on first request."""
     fn = module.globals.get(name)
     if fn is None:
         fn = ir.Function(module, fnty, name=name)
         fn.linkage = "internal"
-        fn.attributes.add("noinline")
+        if noinline:
+            fn.attributes.add("noinline")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         build(b, *fn.args)
     return fn
 
 
-def _intrinsic_n(name, n_args, body):
+def _intrinsic_n(name, n_args, body, noinline=True):
     """A Numba intrinsic `name(a0, .., a{n_args-1})` (int64 addresses/sizes) calling the LLVM
-    function built by body (emitted once per module)."""
+    function built by body (emitted once per module; noinline=False leaves LLVM free to
+    inline it into its caller)."""
     fnty = ir.FunctionType(ir.VoidType(), [_I64] * n_args)
 
     def typer(typingctx, *args_t):
@@ -133,7 +135,7 @@ def _intrinsic_n(name, n_args, body):
 
         def codegen(context, builder, sig, args):
             a = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
-            builder.call(_fn(builder.module, name, fnty, body), a)
+            builder.call(_fn(builder.module, name, fnty, body, noinline), a)
             return context.get_dummy_value()
         return types.none(*args_t), codegen
     # Numba's intrinsics need explicit parameters (no *args): a typer of n_args names
