@@ -35,20 +35,22 @@ from ..backends.reference.fast import FastReferenceBackend
 from .scheduler import Sched
 
 
+def _switch_on(name: str) -> bool:
+    """An on/off environment switch, on unless set to 0 / no / off / false."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "no", "off", "false")
+
+
 def tiered_enabled(flag: Optional[bool] = None) -> bool:
     """A command's --no-tiered (flag False) wins; else PYGGML_TIERED (default on)."""
     if flag is not None:
         return flag
-    return os.environ.get("PYGGML_TIERED", "1").strip().lower() not in ("0", "no", "off", "false")
+    return _switch_on("PYGGML_TIERED")
 
 
 def detach_enabled(wait_compile: bool = False) -> bool:
     """Whether a command exits leaving its background compile to a detached compiler: not
     with --wait-compile (wait_compile True), else PYGGML_DETACH_COMPILE (default on)."""
-    if wait_compile:
-        return False
-    return os.environ.get("PYGGML_DETACH_COMPILE", "1").strip().lower() not in (
-        "0", "no", "off", "false")
+    return not wait_compile and _switch_on("PYGGML_DETACH_COMPILE")
 
 
 class ReadyKernels(Backend):
