@@ -176,12 +176,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM while a command waits for its background compile (exit 143)."""
 
 
-def finish_tiered(be, wait_compile: bool = False):
+def finish_tiered(be, wait_compile: bool = False, quiet: bool = False):
     """End a TieredSched's background compile at a command's exit, with one line on stderr:
     by default it is handed to a detached compiler and this returns at once (its Detached);
     with --wait-compile / PYGGML_DETACH_COMPILE=0 this waits for it, and a Ctrl-C or SIGTERM
     stops the workers and raises KeyboardInterrupt (Terminated), both signals ignored from
-    then on (the command is exiting: a second one must not cut that short)."""
+    then on (the command is exiting: a second one must not cut that short). quiet: no
+    waiting line (the detached compiler's line stays: it names a process left running)."""
     from ..sched.tiered import detach_enabled
     if detach_enabled(wait_compile):
         d = be.close(detach=True)
@@ -191,7 +192,7 @@ def finish_tiered(be, wait_compile: bool = False):
                   flush=True)
         return d
     try:
-        if be.pending:
+        if be.pending and not quiet:
             print(f"tiered: waiting for {be.pending} kernels still compiling (the next start "
                   "finds them in the cache; Ctrl-C stops waiting)", file=sys.stderr, flush=True)
         with _sigterm_interrupts():

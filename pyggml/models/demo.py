@@ -225,7 +225,7 @@ def finish_compiling(r: dict, args) -> None:
     --wait-compile, finishes first), so the next start finds a warm cache."""
     be = r.get("backend")
     if r.get("tiered") and be is not None:
-        finish_tiered(be, getattr(args, "wait_compile", False))
+        finish_tiered(be, getattr(args, "wait_compile", False), args.quiet)
 
 
 def _run(args, setup, backend, t_start: float, t_warm: float) -> dict:
