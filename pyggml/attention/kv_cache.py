@@ -90,21 +90,18 @@ class CacheStep:
 
 
 class _Input:
-    """A graph input of the cache and how its values are made: `fill(view)` writes them in
-    place into a NumPy view (ne1, ne0) of its storage (the caches' own inputs: no arrays
-    made per step, the view made once), else `values(t)` returns them for data.write."""
+    """A graph input of a cache and how its values are made: `fill(view)` writes them from
+    the current step in place into a NumPy view (ne1, ne0) of its storage (no arrays made
+    per step, the view made once per kept graph)."""
 
-    __slots__ = ("t", "values", "fill", "view", "buf", "offs")
+    __slots__ = ("t", "fill", "view", "buf", "offs")
 
-    def __init__(self, t: Tensor, values, fill=None):
-        self.t, self.values, self.fill = t, values, fill
+    def __init__(self, t: Tensor, fill):
+        self.t, self.fill = t, fill
         self.view = self.buf = self.offs = None
 
     def write(self) -> None:
         t = self.t
-        if self.fill is None:
-            data.write(t, self.values(t))
-            return
         # a kept graph's inputs keep their buffers; the view is checked, not remade
         if t._buffer is not self.buf or t._offs != self.offs or self.view is None:
             self.view = data.strided(t)[0, 0]
@@ -153,17 +150,17 @@ class _CacheBase:
         tr = TRAITS[t.type]
         return view_3d(ctx, t, d, n, self.n_head_kv, t.nb[1], tr.row_size(d), first * t.nb[1])
 
-    def _input(self, ctx, type, ne0: int, ne1: int, values, name: str,
-               layer: Optional[int] = None, fill=None) -> Tensor:
-        """A graph input whose values `values(t)` computes from the current step (or that
-        `fill(view)` writes in place: _Input); `layer`: the input is that layer's own
-        (named f"{name}-{layer}"; see layer_input)."""
+    def _input(self, ctx, type, ne0: int, ne1: int, fill, name: str,
+               layer: Optional[int] = None) -> Tensor:
+        """A graph input whose values `fill(view)` writes from the current step (_Input; a
+        1-D input's view is (1, ne0)); `layer`: the input is that layer's own (named
+        f"{name}-{layer}"; see layer_input)."""
         t = new_tensor_2d(ctx, type, ne0, ne1) if ne1 else new_tensor_1d(ctx, type, ne0)
         set_name(t, name if layer is None else f"{name}-{layer}")
         set_input(t)
-        self._inputs.append(_Input(t, values, fill))
+        self._inputs.append(_Input(t, fill))
         if layer is not None:
-            self._layer_inputs[t] = (type, ne0, ne1, values, name, fill)
+            self._layer_inputs[t] = (type, ne0, ne1, fill, name)
         return t
 
     # --- layer templates (models/layer_template.py) -------------------------------------------
@@ -178,20 +175,16 @@ class _CacheBase:
         spec = self._layer_inputs.get(t)
         if spec is None:
             return None
-        type, ne0, ne1, values, name, fill = spec
-        return self._input(ctx, type, ne0, ne1, values, name, il, fill)
+        type, ne0, ne1, fill, name = spec
+        return self._input(ctx, type, ne0, ne1, fill, name, il)
 
     def _slot_ids(self, ctx) -> Tensor:
         """The step's row ids (I64) for set_rows, one input shared by every layer; padding
         tokens write the sink row (past the rows any view reads)."""
         if self._ids is None:
-            self._ids = self._input(ctx, GGMLType.I64, self.step.n_pad, 0, self._padded_slots,
-                                    "kv_slots", fill=self._fill_slots)
+            self._ids = self._input(ctx, GGMLType.I64, self.step.n_pad, 0, self._fill_slots,
+                                    "kv_slots")
         return self._ids
-
-    def _padded_slots(self, t=None) -> np.ndarray:
-        st = self._need_step()
-        return np.concatenate([st.slots, np.full(st.n_pad - st.n_tokens, self._sink)])
 
     def _fill_slots(self, view: np.ndarray) -> None:
         st = self.step
@@ -233,21 +226,28 @@ class _CacheBase:
         """Keys an attention view spans for n used rows: n padded to KV_PAD, within cap."""
         return min(cap, _round_up(n, KV_PAD)) if n > 0 else 0
 
-    def _mask_values(self, key_pos: np.ndarray, visible: np.ndarray, n_pad: int,
-                     out: Optional[np.ndarray] = None) -> np.ndarray:
-        """[n_pad, n_keys]: 0 where key visible and key_pos <= query pos, -inf elsewhere;
-        into `out` (a mask input's view) when given."""
+    def _fill_mask(self, m: np.ndarray, key_pos: np.ndarray, visible: np.ndarray) -> None:
+        """A mask input's view [n_pad, n_keys]: 0 where the key is visible and key_pos <= the
+        query's position, -inf elsewhere (padding rows: everywhere)."""
         q = self.step.positions
-        m = np.full((n_pad, len(key_pos)), -np.inf, dtype=np.float32) if out is None else out
-        if out is not None:
-            m.fill(-np.inf)
+        m.fill(-np.inf)
         ok = visible[None, :] & (key_pos[None, :] <= q[:, None])
         m[:len(q)][ok] = 0.0
-        return m
 
-
-def _fresh_state(t: Tensor) -> np.ndarray:
-    return fresh_values(t.ne)
+    def _fill_prefix_mask(self, m: np.ndarray, first: int, end: int) -> None:
+        """A mask input's view [n_pad, n_keys] over keys in position order from `first`, all
+        stored by then: row i sees the keys at positions < min(end, pos[i] + 1); padding
+        rows see none (_fill_mask's values, without its per-step arrays)."""
+        q = self.step.positions
+        m.fill(-np.inf)
+        if len(q) > 16:
+            lim = np.minimum(q + 1, end) - first
+            m[:len(q)][np.arange(m.shape[1])[None, :] < lim[:, None]] = 0.0
+            return
+        for i, p in enumerate(q.tolist()):          # a decode step: a slice per row
+            n = min(p + 1, end) - first
+            if n > 0:
+                m[i, :n] = 0.0
 
 
 _FRESH_ROW = fresh_values([2, 1, 1, 1])[0, 0, 0]      # [M, S] = [-inf, 0]
@@ -345,14 +345,20 @@ class MixedKVCache(_CacheBase):
         dst = np.concatenate([c + np.arange(BLOCK) for _, c in st.moves])
         return src, dst
 
+    def _fill_move_src(self, view: np.ndarray) -> None:
+        view[0] = self._move_rows()[0]
+
+    def _fill_move_dst(self, view: np.ndarray) -> None:
+        view[0] = self._move_rows()[1]
+
     def _move_ids(self, ctx):
         """Row-id inputs of the moves (shared by every layer): I32 for get_rows, I64 for
         set_rows."""
         if self._moves_in is None:
             n = len(self._need_step().moves) * BLOCK
             self._moves_in = (
-                self._input(ctx, GGMLType.I32, n, 0, lambda t: self._move_rows()[0], "kv_move_src"),
-                self._input(ctx, GGMLType.I64, n, 0, lambda t: self._move_rows()[1], "kv_move_dst"))
+                self._input(ctx, GGMLType.I32, n, 0, self._fill_move_src, "kv_move_src"),
+                self._input(ctx, GGMLType.I64, n, 0, self._fill_move_dst, "kv_move_dst"))
         return self._moves_in
 
     # --- graph building ----------------------------------------------------------------------
@@ -381,9 +387,9 @@ class MixedKVCache(_CacheBase):
             set_name(w, f"kv_store.{nm}-{il}")
             build_forward_expand(gf, w)
 
-    def _hot_mask(self, t=None, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def _fill_hot_mask(self, view: np.ndarray) -> None:
         """The step's mask over the hot ring, positions as they will be after the step's
-        moves and writes (into `out` when given)."""
+        moves and writes."""
         st = self._need_step()
         hot_pos = self.slot_pos.copy()
         moved = np.zeros(self.hot_cap, dtype=bool)
@@ -392,35 +398,28 @@ class MixedKVCache(_CacheBase):
         hot_pos[st.slots] = st.positions
         visible = (hot_pos >= 0) & ~moved
         visible[st.slots] = True
-        return self._mask_values(hot_pos, visible, st.n_pad, out)
+        self._fill_mask(view, hot_pos, visible)
 
-    def _fill_hot_mask(self, view: np.ndarray) -> None:
-        self._hot_mask(out=view)
-
-    def _cold_mask(self, t=None, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """The step's mask over the cold rows its views span (unused rows masked; into
-        `out` when given)."""
+    def _fill_cold_mask(self, view: np.ndarray) -> None:
+        """The step's mask over the cold rows its views span (unused rows masked)."""
         st = self._need_step()
         cpos = self.cold_pos[:self._cold_view()].copy()
         cpos[st.cold_after:] = -1
         for slot, cstart in st.moves:
             cpos[cstart:cstart + BLOCK] = self.slot_pos[slot:slot + BLOCK]
-        return self._mask_values(cpos, cpos >= 0, st.n_pad, out)
-
-    def _fill_cold_mask(self, view: np.ndarray) -> None:
-        self._cold_mask(out=view)
+        self._fill_mask(view, cpos, cpos >= 0)
 
     def _step_masks(self, ctx):
         """Hot and cold masks of this step (shared by every layer)."""
         if self._masks is not None:
             return self._masks
         st = self._need_step()
-        hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, st.n_pad, self._hot_mask,
-                               "kq_mask_hot", fill=self._fill_hot_mask)
+        hot_mask = self._input(ctx, GGMLType.F16, self.hot_cap, st.n_pad, self._fill_hot_mask,
+                               "kq_mask_hot")
         cold_mask = None
         if st.cold_after > 0:
             cold_mask = self._input(ctx, GGMLType.F16, self._cold_view(), st.n_pad,
-                                    self._cold_mask, "kq_mask_cold", fill=self._fill_cold_mask)
+                                    self._fill_cold_mask, "kq_mask_cold")
         self._masks = (hot_mask, cold_mask)
         return self._masks
 
@@ -437,8 +436,8 @@ class MixedKVCache(_CacheBase):
             kq = self._view3(self.cold_k[il], ctx, self._cold_view(), self.head_dim)
             vq = self._view3(self.cold_v[il], ctx, self._cold_view(), self.head_dim_v)
         # a fresh softmax state per step: all of this step's keys are in this one call
-        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fresh_state,
-                            "attn_state", il, _fill_fresh_state)
+        state = self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1], _fill_fresh_state,
+                            "attn_state", il)
         o = flash_attn_ext_with_state(ctx, q, k, v, hot_mask, kq, vq, cold_mask, state,
                                       scale, 0.0, 0.0)
         if prec:
@@ -525,22 +524,10 @@ class F16KVCache(_CacheBase):
         st = self.step or self._need_step()
         return (st.n_pad, self._kv_view(self.n_past + st.n_tokens, self.cap))   # _n_kv's
 
-    def _kq_mask(self, t=None) -> np.ndarray:
-        st = self._need_step()
-        n_kv = self._n_kv()
-        kpos = np.arange(n_kv, dtype=np.int64)
-        return self._mask_values(kpos, kpos < self.n_past + st.n_tokens, st.n_pad)
-
     def _fill_kq_mask(self, m: np.ndarray) -> None:
-        """_kq_mask into the mask input's view [n_pad, n_kv]: key k is position k, so row i
-        sees keys 0..pos[i] (all stored by then); padding rows see none."""
-        q = self.step.positions
-        m.fill(-np.inf)
-        if len(q) > 16:
-            m[:len(q)][np.arange(m.shape[1])[None, :] <= q[:, None]] = 0.0
-            return
-        for i, p in enumerate(q.tolist()):          # a decode step: a slice per row
-            m[i, :p + 1] = 0.0
+        """The mask input's view [n_pad, n_kv]: key k is position k, so row i sees keys
+        0..pos[i] (all stored by then)."""
+        self._fill_prefix_mask(m, 0, self.n_past + self.step.n_tokens)
 
     def store(self, ctx, gf: CGraph, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         st = self._need_step()
@@ -554,8 +541,8 @@ class F16KVCache(_CacheBase):
         st = self._need_step()
         n_kv = self._n_kv()
         if self._mask is None:
-            self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_pad, self._kq_mask,
-                                     "kq_mask", fill=self._fill_kq_mask)
+            self._mask = self._input(ctx, GGMLType.F16, n_kv, st.n_pad, self._fill_kq_mask,
+                                     "kq_mask")
         k = self._view3(self.k[il], ctx, n_kv, self.head_dim)
         v = self._view3(self.v[il], ctx, n_kv, self.head_dim_v)
         o = flash_attn_ext(ctx, q, k, v, self._mask, scale, 0.0, 0.0)

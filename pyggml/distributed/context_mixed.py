@@ -38,6 +38,7 @@ import numpy as np
 
 from ..attention.kv_cache import BLOCK
 from ..attention.kv_cache import CacheStep
+from ..attention.kv_cache import _read_only
 from ..attention.kv_cache import _round_up
 from ..errors import ShapeError
 from ..tensor import nbytes
@@ -71,6 +72,8 @@ class MixedShardedKVCache(ShardedKVCache):
         self.ring = min(_round_up(self.n_ctx, BLOCK),
                         _round_up(max(self.hot_tokens, self.max_batch) + BLOCK - 1, BLOCK))
         self._sink = self.ring           # one row past the ring: padding tokens write it
+        # ring slots from any tail, wrapping: a step's slots are a view (n <= ring)
+        self._ring_ids = _read_only(np.arange(2 * self.ring, dtype=np.int64) % self.ring)
         dk, dv = self.head_dim * self.n_head_kv, self.head_dim_v * self.n_head_kv
         L, C, R = self.n_layer, self.shard_cap, self.ring + 1
         self.ctx = self._new_ctx([(self.hot_type, d, R) for _ in range(L) for d in (dk, dv)]
@@ -103,9 +106,11 @@ class MixedShardedKVCache(ShardedKVCache):
         excess = hot + n_tokens - self.hot_tokens
         k = 0 if excess < BLOCK else min(excess // BLOCK, hot // BLOCK)
         cold_after = self.cold_count + k * BLOCK
-        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
+        pos = self._positions[self.n_past:self.n_past + n_tokens]
+        tail = self.n_past % self.ring                  # slot = position modulo the ring
         moves = [(b % self.ring, b) for b in range(self.cold_count, cold_after, BLOCK)]
-        self.step = CacheStep(n_tokens, pos, pos % self.ring, moves, cold_after, n_pad)
+        self.step = CacheStep(n_tokens, pos, self._ring_ids[tail:tail + n_tokens], moves,
+                              cold_after, n_pad)
         self._inputs, self._shard_ids, self._masks, self._move_in = [], {}, {}, {}
         self._moved_rows_of = {}
         return self.step
@@ -133,22 +138,24 @@ class MixedShardedKVCache(ShardedKVCache):
         return (self._need_step().n_pad, tuple(shard(w) for w in range(self.n_shards)))
 
     def _slots(self, w: int):
-        return self._padded_slots
+        return self._fill_slots
 
     # --- graph building ----------------------------------------------------------------------
     def _move_ids(self, ctx, w: int) -> tuple:
         """(ring rows I32, cold rows I64) of shard w's block moves: inputs, values from the
         current step (graph reuse)."""
         if w not in self._move_in:
-            def src(t=None):
+            first = self.starts[w]
+
+            def src(view: np.ndarray) -> None:
                 a, b = self._moved(w)
-                return (self.starts[w] + np.arange(a, b, dtype=np.int64)) % self.ring
-            self._move_in[w] = (
-                self._input(ctx, GGMLType.I32, self._moved(w)[1] - self._moved(w)[0], 0, src,
-                            f"kv_move_src.s{w}"),
-                self._input(ctx, GGMLType.I64, self._moved(w)[1] - self._moved(w)[0], 0,
-                            lambda t: np.arange(*self._moved(w), dtype=np.int64),
-                            f"kv_move_dst.s{w}"))
+                view[0] = np.arange(first + a, first + b) % self.ring
+
+            def dst(view: np.ndarray) -> None:
+                view[0] = np.arange(*self._moved(w))
+            n = self._moved(w)[1] - self._moved(w)[0]
+            self._move_in[w] = (self._input(ctx, GGMLType.I32, n, 0, src, f"kv_move_src.s{w}"),
+                                self._input(ctx, GGMLType.I64, n, 0, dst, f"kv_move_dst.s{w}"))
         return self._move_in[w]
 
     def _shard_writes(self, ctx, gf, il: int, w: int) -> None:
@@ -187,7 +194,7 @@ class MixedShardedKVCache(ShardedKVCache):
             n_pad = self._need_step().n_pad
             hot_mask = cold_mask = None
             if w == HOT:
-                hot_mask = self._input(ctx, GGMLType.F16, self.ring, n_pad, self._hot_mask,
+                hot_mask = self._input(ctx, GGMLType.F16, self.ring, n_pad, self._fill_hot_mask,
                                        "kq_mask_hot")
             if n_cold:
                 cold_mask = self._input(ctx, GGMLType.F16, n_cold, n_pad, self._cold_mask(w),
@@ -205,20 +212,23 @@ class MixedShardedKVCache(ShardedKVCache):
                         cold_mask)
         return tuple(seg)
 
-    def _hot_mask(self, t=None) -> np.ndarray:
+    def _fill_hot_mask(self, m: np.ndarray) -> None:
         """The ring's mask once the step's blocks have left it and its rows are in: the
         hot positions [cold_after, n_past + n_tokens) at their slots."""
-        st = self._need_step()
+        st = self.step
         kpos = np.full(self.ring, -1, dtype=np.int64)
         hot = np.arange(st.cold_after, self.n_past + st.n_tokens, dtype=np.int64)
         kpos[hot % self.ring] = hot
-        return self._mask_values(kpos, kpos >= 0, st.n_pad)
+        self._fill_mask(m, kpos, kpos >= 0)
 
     def _cold_mask(self, w: int):
-        def values(t=None) -> np.ndarray:
-            kpos = self.starts[w] + np.arange(self._cold_view(w), dtype=np.int64)
-            return self._mask_values(kpos, kpos < self.step.cold_after, self.step.n_pad)
-        return values
+        """fill(view) of shard w's cold mask: its key k is position starts[w] + k, cold
+        below cold_after (older than every query)."""
+        first = self.starts[w]
+
+        def fill(m: np.ndarray) -> None:
+            self._fill_prefix_mask(m, first, self.step.cold_after)
+        return fill
 
     def commit(self) -> None:
         st = self._need_step()

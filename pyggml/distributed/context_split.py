@@ -33,10 +33,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..attention import fresh_values
 from ..attention.kv_cache import CacheStep
 from ..attention.kv_cache import F16KVCache
 from ..attention.kv_cache import _CacheBase
+from ..attention.kv_cache import _fill_fresh_state
 from ..attention.kv_cache import _round_up
 from ..backends.numba_cpu.kernels.attention import FOLD
 from ..errors import ShapeError
@@ -91,8 +91,8 @@ class ShardedKVCache(_CacheBase):
     def begin(self, n_tokens: int, n_pad: Optional[int] = None) -> CacheStep:
         self._check_room(n_tokens)
         n_pad = self._pad_to(n_tokens, n_pad)
-        pos = self.n_past + np.arange(n_tokens, dtype=np.int64)
-        self.step = CacheStep(n_tokens, pos, pos.copy(), [], 0, n_pad)
+        pos = self._positions[self.n_past:self.n_past + n_tokens]
+        self.step = CacheStep(n_tokens, pos, pos, [], 0, n_pad)
         self._inputs, self._shard_ids, self._masks = [], {}, {}
         return self.step
 
@@ -114,25 +114,30 @@ class ShardedKVCache(_CacheBase):
                 tuple((self._n_kv(w), self._writes(w)) for w in range(self.n_shards)))
 
     def _slots(self, w: int):
-        def values(t=None) -> np.ndarray:
-            st = self._need_step()
-            local = st.positions - self.starts[w]
-            mine = (local >= 0) & (local < self.shard_cap)
-            ids = np.where(mine, self._row(local), self._sink)
-            return np.concatenate([ids, np.full(st.n_pad - st.n_tokens, self._sink)])
-        return values
+        """fill(view) of shard w's row ids: a token's shard-local position when the shard
+        holds it, else (and for padding tokens) the sink row."""
+        first, sink = self.starts[w], self._sink
 
-    def _row(self, local: np.ndarray) -> np.ndarray:
-        """The store row of a shard-local position (the mixed shards' hot ring wraps)."""
-        return local
+        def fill(view: np.ndarray) -> None:
+            st = self.step
+            ids = view[0]
+            if st.n_tokens == 1 == len(ids):              # a decode step: one element
+                row = int(st.positions[0]) - first
+                ids[0] = row if 0 <= row < self.shard_cap else sink
+                return
+            rows = ids[:st.n_tokens]
+            np.subtract(st.positions, first, out=rows)
+            rows[(rows < 0) | (rows >= self.shard_cap)] = sink
+            ids[st.n_tokens:] = sink
+        return fill
 
     def _mask(self, w: int):
-        def values(t=None) -> np.ndarray:
-            n_kv = self._n_kv(w)
-            kpos = self.starts[w] + np.arange(n_kv, dtype=np.int64)
-            return self._mask_values(kpos, kpos < self.n_past + self.step.n_tokens,
-                                     self.step.n_pad)
-        return values
+        """fill(view) of shard w's mask: its key k is position starts[w] + k."""
+        first = self.starts[w]
+
+        def fill(m: np.ndarray) -> None:
+            self._fill_prefix_mask(m, first, self.n_past + self.step.n_tokens)
+        return fill
 
     def store(self, ctx, gf, il: int, k_cur: Tensor, v_cur: Tensor) -> None:
         """Keep this step's K/V rows of layer il; attention() writes them to the shards their
@@ -195,8 +200,7 @@ class ShardedKVCache(_CacheBase):
                 continue
             if not (self.chain and states):     # chained: one state, carried along
                 states.append(self._input(ctx, GGMLType.F32, 2, q.ne[2] * q.ne[1],
-                                          lambda t: fresh_values(t.ne),
-                                          f"attn_state-{il}.s{w}"))
+                                          _fill_fresh_state, f"attn_state-{il}.s{w}"))
             o_prev = outs[-1] if self.chain and outs else None
             k, v, mask, kq, vq, mask_q = seg
             o = flash_attn_ext_with_state(ctx, q, k, v, mask, kq, vq, mask_q, states[-1], scale,

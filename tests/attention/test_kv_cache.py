@@ -246,13 +246,32 @@ def test_padded_views_mask_the_padding():
     c = F16KVCache(1, 1, 32, 600)
     c.begin(5)
     assert c.graph_key() == (5, KV_PAD)
-    m = c._kq_mask()
-    assert m.shape == (5, KV_PAD)
+    m = np.zeros((5, KV_PAD), np.float32)       # the mask input's view [n_pad, n_kv]
+    c._fill_kq_mask(m)
     assert np.all(m[:, 5:] == -np.inf) and np.all(np.isfinite(np.diag(m[:, :5])))
     c.commit()
     c.n_past = 590
     c.begin(1)
     assert c.graph_key() == (1, c.cap)          # padding stops at the store's capacity
+
+
+@pytest.mark.parametrize("n_past, n_tokens, n_pad, first, end", [
+    (0, 5, 8, 0, None), (40, 1, 1, 0, None), (40, 1, 1, 64, None), (100, 1, 1, 64, None),
+    (100, 3, 4, 64, 96), (70, 20, 32, 64, None), (70, 20, 32, 0, 32), (130, 20, 20, 64, 128)])
+def test_prefix_mask_is_the_general_mask(n_past, n_tokens, n_pad, first, end):
+    """_fill_prefix_mask (keys in position order from `first`, the F16 cache's and the
+    shards' masks, per-row slices for a decode) writes what _fill_mask writes for those key
+    positions, visible below `end` (None: every key stored by the step)."""
+    c = F16KVCache(1, 1, 32, 1024)
+    c.n_past = n_past
+    c.begin(n_tokens, n_pad)
+    end = n_past + n_tokens if end is None else end
+    kpos = first + np.arange(KV_PAD)
+    want, got = (np.full((n_pad, KV_PAD), 7.0, np.float16) for _ in range(2))
+    c._fill_mask(want, kpos, kpos < end)
+    c._fill_prefix_mask(got, first, end)
+    assert np.array_equal(got, want)
+    assert (want == 0).any() or first >= n_past + n_tokens or end <= first
 
 
 def test_moved_blocks_are_ggmls_quantization_of_the_hot_rows():
