@@ -10,13 +10,14 @@ workers. Workers run at a lower priority (`nice`), so the computing process keep
 The worker, its protocol, the save lock and the fallback are warmup.py's: a key a worker fails on is
 reported in `errors` and compiles here at its first use, as without warm-up.
 
-The save lock is one file in the kernel cache directory (SAVE_LOCK), not one per process: a
-detached compiler (`detach()`, compile_detached.py) may still be saving when the next pyggml
-process starts its own workers. `detach()` hands what is still queued or compiling to a
-detached compiler and returns at once: the caller can exit. The detached compiler has a
-session of its own (no terminal), so Linux's autogroup scheduling gives it a group of its
-own too: it lowers that group's weight (/proc/self/autogroup) as well as its nice, or it
-would take half the CPU from the user's next command.
+The save lock is warmup.py's one file in the kernel cache directory (SAVE_LOCK), not one per
+process: a detached compiler (`detach()`, compile_detached.py) may still be saving when the
+next pyggml process starts its own workers, or a `pyggml warmup`. `detach()` hands what is
+still queued or compiling to a detached compiler and returns at once: the caller can exit.
+The detached compiler has a session of its own (no terminal), so Linux's autogroup
+scheduling gives it a group of its own too: it lowers that group's weight
+(/proc/self/autogroup) as well as its nice, or it would take half the CPU from the user's
+next command.
 """
 from __future__ import annotations
 
@@ -31,66 +32,21 @@ from typing import Optional
 
 from ..backends.numba_cpu.warmup import EXECUTOR
 from ..backends.numba_cpu.warmup import by_module
+from ..backends.numba_cpu.warmup import cache_dir
 from ..backends.numba_cpu.warmup import cold
 from ..backends.numba_cpu.warmup import cost
 from ..backends.numba_cpu.warmup import default_jobs
+from ..backends.numba_cpu.warmup import drop_lock
+from ..backends.numba_cpu.warmup import lock_saves
 from ..backends.numba_cpu.warmup import parallel_ok
 from ..backends.numba_cpu.warmup import plan_units
+from ..backends.numba_cpu.warmup import save_lock_path
+from ..backends.numba_cpu.warmup import worker_argv
 from ..backends.numba_cpu.warmup import worker_env
 
 NICE = 10                         # workers' niceness: the process computing keeps its core
-SAVE_LOCK = ".pyggml-save.lock"   # in the cache directory: every process's workers share it
 DETACHED_LOG = "compile-detached.log"   # the detached compiler's log, in the cache directory
 DETACHED: list = []               # detached compilers started here (Detached), newest last
-
-
-def cache_dir() -> Optional[str]:
-    """The kernel cache directory workers compile into (warmup.worker_env's NUMBA_CACHE_DIR:
-    Numba's when it is loaded, else the environment's, which pyggml's import sets)."""
-    return worker_env().get("NUMBA_CACHE_DIR") or None
-
-
-def save_lock_path(cache: Optional[str]) -> str:
-    """The save lock of this cache directory (made if missing). Never unlinked: a process
-    that opened the old file and one that made a new one would not exclude each other. Falls
-    back to a private temp file when the directory cannot hold it (the workers' saves then
-    fail the same way, and report it)."""
-    if cache:
-        path = os.path.join(cache, SAVE_LOCK)
-        try:
-            os.makedirs(cache, exist_ok=True)
-            with open(path, "a"):
-                pass
-            return path
-        except OSError:
-            pass
-    fd, path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
-    os.close(fd)
-    return path
-
-
-def lock_saves_here(path: str) -> None:
-    """This process's own Numba cache saves (a kernel it compiles itself: a worker failed on
-    it, or cold() could not tell its state) take the workers' save lock too (warmup.py's
-    _lock_cache_saves, which the workers use, plus: a lock file gone with its directory
-    leaves the save to Numba, which makes the directory again). Once per process."""
-    import fcntl
-
-    from numba.core import caching
-    save = caching.IndexDataCacheFile.save
-    if getattr(save, "pyggml_lock", None):
-        return
-
-    def locked_save(self, key, data):
-        try:
-            f = open(path, "a")
-        except OSError:
-            return save(self, key, data)
-        with f:
-            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
-            return save(self, key, data)
-    locked_save.pyggml_lock = path
-    caching.IndexDataCacheFile.save = locked_save
 
 
 @dataclass
@@ -186,7 +142,7 @@ class BackgroundWarmup:
         from ..backends.numba_cpu.kernels import find
         if self.lock_path is None and parallel_ok():    # before this process compiles
             self.lock_path = save_lock_path(self.cache or cache_dir())
-            lock_saves_here(self.lock_path)
+            lock_saves(self.lock_path)
         ks = [k for k in kernels if k.key not in self.queued]
         todo = [k for k in ks if not k.compiled]
         cold_ks = [k for k in cold(todo) if find(k.key) is k] if parallel_ok() else []
@@ -296,11 +252,7 @@ class BackgroundWarmup:
         self._drop_private_lock()
 
     def _drop_private_lock(self) -> None:
-        if self.lock_path is not None and os.path.basename(self.lock_path) != SAVE_LOCK:
-            try:
-                os.unlink(self.lock_path)
-            except OSError:
-                pass
+        drop_lock(self.lock_path)
         self.lock_path = None
 
     def detach(self, jobs: Optional[int] = None) -> Optional[Detached]:
@@ -345,9 +297,7 @@ class BackgroundWarmup:
 
     def _spawn(self, num: int):
         # warmup.py's worker, started below the computing process's priority
-        argv = [sys.executable, "-c", f"import os; os.nice({int(self.nice)}); from "
-                "pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
-                self.lock_path]
+        argv = worker_argv(self.lock_path, self.nice)
         env = worker_env()
         if self.cache:
             env["NUMBA_CACHE_DIR"] = self.cache

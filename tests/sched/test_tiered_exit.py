@@ -16,6 +16,8 @@ import pytest
 from pyggml.backends.numba_cpu import fusion  # noqa: F401  (Numba and the registry loaded
 from pyggml.backends.numba_cpu.kernels import find  # with the session's cache directory)
 from pyggml.backends.numba_cpu.warmup import EXECUTOR
+from pyggml.backends.numba_cpu.warmup import lock_saves
+from pyggml.backends.numba_cpu.warmup import save_lock_path
 from pyggml.llm import cli_common as C
 from pyggml.sched import compile_detached
 from pyggml.sched import warmup_bg
@@ -247,7 +249,7 @@ def test_own_saves_take_the_cache_directory_lock(tmp_path, monkeypatch):
     import fcntl
 
     from numba.core import caching
-    lock = warmup_bg.save_lock_path(str(tmp_path / "nb"))
+    lock = save_lock_path(str(tmp_path / "nb"))
     assert lock == str(tmp_path / "nb" / ".pyggml-save.lock")
     held = []
 
@@ -262,8 +264,8 @@ def test_own_saves_take_the_cache_directory_lock(tmp_path, monkeypatch):
             except BlockingIOError:
                 held.append(True)
     monkeypatch.setattr(caching.IndexDataCacheFile, "save", save)
-    warmup_bg.lock_saves_here(lock)
-    warmup_bg.lock_saves_here(lock)              # once per process
+    lock_saves(lock)
+    lock_saves(lock)                           # wrapped once per process
     caching.IndexDataCacheFile.save(None, "k", b"")
     assert held == [True]
     shutil.rmtree(tmp_path / "nb")               # the lock went with its directory: Numba saves

@@ -34,11 +34,13 @@ def _json_tail(r: subprocess.CompletedProcess) -> dict:
 
 WARM = """
     import json
+    from numba.core import caching
     from pyggml.backends.numba_cpu.warmup import warm
     r = warm({keys!r}, jobs=2, min_seconds=0, executor=False)
     print(json.dumps({{"cold": r.cold, "compiled": sorted(r.compiled), "jobs": r.jobs,
                       "workers": sorted(set(r.worker_of.values())), "here": sorted(r.here),
-                      "loaded": sorted(r.loaded), "errors": r.errors}}))
+                      "loaded": sorted(r.loaded), "errors": r.errors,
+                      "lock": getattr(caching.IndexDataCacheFile.save, "pyggml_lock", None)}}))
 """
 
 
@@ -49,6 +51,7 @@ def test_warm_compiles_in_workers_then_finds_the_cache_warm(tmp_path):
     assert first["jobs"] == 2 and first["workers"] == [1, 2]
     assert first["compiled"] == sorted(SMALL)            # by the workers ...
     assert first["here"] == [] and first["loaded"] == sorted(SMALL)   # ... loaded here
+    assert first["lock"] == str(tmp_path / "nbc" / W.SAVE_LOCK)       # own saves: its lock
     second = _json_tail(_run(WARM.format(keys=SMALL), tmp_path / "nbc"))
     assert second["cold"] == [] and second["jobs"] == 0   # warm: no worker started
     assert second["loaded"] == sorted(SMALL) and second["compiled"] == []
@@ -64,7 +67,7 @@ FAILING = """
              "import sys; print('{\\"ready\\": 0}', flush=True); sys.stdin.readline(); "
              "sys.exit(4)", 60),
             ("hangs", "ABS:k_abs", "import time; time.sleep(60)", 1.0)]:
-        W._worker_argv = lambda lock, code=code: [sys.executable, "-c", code]
+        W.worker_argv = lambda lock, code=code: [sys.executable, "-c", code]
         r = W.warm([key], jobs=2, min_seconds=0, executor=False, timeout=timeout)
         k = W.resolve([key])[0]
         out[name] = {"cold": r.cold, "compiled": r.compiled, "here": sorted(r.here),
@@ -97,8 +100,8 @@ SAVE = """
         slow(self, overloads)
     caching.IndexDataCacheFile._save_index = save_index
     if {locked!r}:
-        from pyggml.backends.numba_cpu.warmup import _lock_cache_saves
-        _lock_cache_saves({lock!r})
+        from pyggml.backends.numba_cpu.warmup import lock_saves
+        lock_saves({lock!r})
     import helper_mod
     helper_mod.g(1)                            # Numba's first-compile set-up, before the race
     open({moddir!r} + "/ready-{arg}", "w").close()
@@ -115,6 +118,34 @@ INDEX = """
     c = FunctionCache(helper_mod.h.py_func)._cache_file
     print(json.dumps(sorted(c._load_index().values())))
 """
+
+
+def test_every_compiler_of_a_cache_dir_takes_its_one_save_lock(tmp_path, monkeypatch):
+    """warm()'s workers (`pyggml warmup`, the demo's --no-tiered warm-up, the tests'), the
+    tiered workers and the detached compiler's (a BackgroundWarmup over its NUMBA_CACHE_DIR)
+    of one cache directory all save under the directory's one lock file."""
+    import numba
+
+    from pyggml.sched.warmup_bg import BackgroundWarmup
+    cache = str(tmp_path / "nb")
+    monkeypatch.setattr(numba.config, "CACHE_DIR", cache)     # this process's cache
+    started = []
+
+    def popen(argv, **kw):                      # a worker's command: its lock is the last word
+        started.append((argv[-1], kw["env"]["NUMBA_CACHE_DIR"]))
+        raise OSError("not started in this test")
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    report = W.WarmReport()
+    W.compile_in_workers({"m": ["NEG:k_neg"]}, 1, report, lambda line: None)
+    assert "did not start" in report.errors[0]
+    for bw in (BackgroundWarmup(1), BackgroundWarmup(1, nice=0, cache=cache)):
+        bw.prestart()
+        for t in bw.threads:
+            t.join(30)
+        assert "did not start" in bw.errors[0]
+        bw.close()
+    lock = os.path.join(cache, W.SAVE_LOCK)
+    assert started == [(lock, cache)] * 3 and os.path.isfile(lock)
 
 
 @pytest.mark.parametrize("locked", [True, False])

@@ -18,9 +18,11 @@ Safety: Numba saves a function's cache as index file + data file, each written t
 file then os.replace()d (readers never see a torn file), but saving is read-index, add
 entry, write-index: two processes saving different signatures of one shared helper at the
 same time lose one index entry, or both write entry number 1 (the index of one then names
-the other's code). Workers therefore hold an exclusive lock on a lock file around each
-save. Anything that fails (a worker dies, hangs, reports an error, no fcntl) leaves those
-kernels cold, and they are compiled here as before: warm-up can only save time.
+the other's code). Every compiler of a cache directory therefore holds an exclusive lock
+on one lock file in it around each save (SAVE_LOCK: warm()'s workers and this process,
+the tiered workers, the detached compiler: save_lock_path, lock_saves). Anything that
+fails (a worker dies, hangs, reports an error, no fcntl) leaves those kernels cold, and
+they are compiled here as before: warm-up can only save time.
 
 Worker protocol (one line each way): the parent writes 'OP:name' keys on stdin; the worker
 answers one JSON line per key on its original stdout (stray output goes to stderr).
@@ -218,8 +220,10 @@ class WarmReport:
         return sum(self.compiled.values())
 
 
-def _worker_argv(lock_path: str) -> list:
-    return [sys.executable, "-c",
+def worker_argv(lock_path: str, nice: int = 0) -> list:
+    """The command of a compile worker (worker_main) saving under lock_path, at niceness
+    nice."""
+    return [sys.executable, "-c", f"import os; os.nice({int(nice)}); "
             "from pyggml.backends.numba_cpu.warmup import worker_main; worker_main()",
             lock_path]
 
@@ -239,6 +243,80 @@ def worker_env() -> dict:
     return env
 
 
+# --- the save lock ---------------------------------------------------------------------------
+
+SAVE_LOCK = ".pyggml-save.lock"   # in the cache directory: every compiler of it takes it
+
+
+def cache_dir() -> Optional[str]:
+    """The kernel cache directory workers compile into (worker_env's NUMBA_CACHE_DIR:
+    Numba's when it is loaded, else the environment's, which pyggml's import sets)."""
+    return worker_env().get("NUMBA_CACHE_DIR") or None
+
+
+def save_lock_path(cache: Optional[str]) -> str:
+    """The save lock of this cache directory (made if missing): one file, whichever process
+    compiles into the directory. Never unlinked: a process that opened the old file and one
+    that made a new one would not exclude each other. Falls back to a private temp file
+    (drop_lock removes it) when there is no directory or it cannot hold the file (saves
+    into it then fail the same way, and workers report it)."""
+    if cache:
+        path = os.path.join(cache, SAVE_LOCK)
+        try:
+            os.makedirs(cache, exist_ok=True)
+            with open(path, "a"):
+                pass
+            return path
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
+    os.close(fd)
+    return path
+
+
+def drop_lock(path: Optional[str]) -> None:
+    """Done with a lock of save_lock_path: a private one is removed (and this process's
+    saves stop taking it); a cache directory's stays."""
+    if path is None or os.path.basename(path) == SAVE_LOCK:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    caching = sys.modules.get("numba.core.caching")
+    save = getattr(getattr(caching, "IndexDataCacheFile", None), "save", None)
+    if getattr(save, "pyggml_lock", None) == path:
+        save.pyggml_lock = None
+
+
+def lock_saves(path: str) -> None:
+    """This process's Numba cache saves hold an exclusive lock on path (the module doc:
+    Numba's read-index, add entry, write-index is then atomic between processes). Numba's
+    save is wrapped once per process (a second wrapper would wait on its own lock); a later
+    call points it at another path. A lock file that cannot be opened (gone with its
+    directory) leaves the save to Numba, which makes the directory again."""
+    import fcntl
+
+    from numba.core import caching
+    save = caching.IndexDataCacheFile.save
+    if hasattr(save, "pyggml_lock"):
+        save.pyggml_lock = path
+        return
+
+    def locked_save(self, key, data):
+        try:
+            f = open(locked_save.pyggml_lock, "a") if locked_save.pyggml_lock else None
+        except OSError:
+            f = None
+        if f is None:
+            return save(self, key, data)
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
+            return save(self, key, data)
+    locked_save.pyggml_lock = path
+    caching.IndexDataCacheFile.save = locked_save
+
+
 class _Worker:
     """One worker process and the parent thread that feeds it units from the shared queue."""
 
@@ -248,7 +326,7 @@ class _Worker:
         self.report, self.log, self.timeout = report, log, timeout
         self.errfile = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen(_worker_argv(lock_path), stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen(worker_argv(lock_path), stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self.errfile,
                                          env=worker_env(), text=True, bufsize=1)
         except BaseException:
@@ -358,14 +436,16 @@ def parallel_ok() -> bool:
 
 
 def compile_in_workers(keys_by_module: dict, jobs: int, report: WarmReport, log: Callable,
-                       timeout: float = JOB_TIMEOUT) -> None:
+                       timeout: float = JOB_TIMEOUT, lock_path: Optional[str] = None) -> None:
     """Compile the keys into the disk cache in `jobs` worker processes (failures are recorded
-    in report.errors and simply leave those kernels cold)."""
+    in report.errors and simply leave those kernels cold); their saves take lock_path
+    (default: the cache directory's, save_lock_path)."""
     units = plan_units(keys_by_module, jobs)
     jobs = max(1, min(jobs, len(units)))
     queue, qlock = list(units), threading.Lock()
-    fd, lock_path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
-    os.close(fd)
+    own_lock = lock_path is None
+    if own_lock:
+        lock_path = save_lock_path(cache_dir())
     workers = []
     try:
         for i in range(jobs):
@@ -386,7 +466,8 @@ def compile_in_workers(keys_by_module: dict, jobs: int, report: WarmReport, log:
             if w.proc.poll() is None and w.thread.is_alive():
                 w.kill()
             w.close()
-        os.unlink(lock_path)
+        if own_lock:
+            drop_lock(lock_path)
 
 
 def warm(kernels: Optional[Iterable] = None, jobs: Optional[int] = None,
@@ -414,47 +495,40 @@ def warm(kernels: Optional[Iterable] = None, jobs: Optional[int] = None,
     from .kernels import find
     executor = executor and not ex._warm
     mine = [k for k in todo if k.key in cold_keys and find(k.key) is k]   # workers find these
-    if mine and jobs > 1 and est >= min_seconds and parallel_ok():
-        mods = by_module(mine)
+    # this process's saves and its workers' take the cache directory's lock (a detached
+    # compiler of another process may be saving into it)
+    lock = save_lock_path(cache_dir()) if (todo or executor) and parallel_ok() else None
+    try:
+        if lock is not None:
+            lock_saves(lock)
+        if mine and jobs > 1 and est >= min_seconds and lock is not None:
+            mods = by_module(mine)
+            if executor:
+                mods[EXECUTOR] = [EXECUTOR]
+            log(f"compiling {len(report.cold)} cold kernels in up to {jobs} processes "
+                f"(about {est:.0f} s of compile on one core)")
+            compile_in_workers(mods, jobs, report, log, timeout, lock)
+        for k in todo:                             # load; what no worker compiled compiles here
+            try:
+                k.address
+            except Exception as e:                 # noqa: BLE001  raised again at first use
+                report.failed[k.key] = f"{type(e).__name__}: {e}"
+                log(f"  {k.key:<62} failed: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            if k.key in cold_keys and not k.from_cache:
+                report.here[k.key] = k.compile_seconds
+                log(f"  {k.key:<62} {k.compile_seconds:6.1f} s  (here)")
+            else:
+                report.loaded[k.key] = k.compile_seconds
         if executor:
-            mods[EXECUTOR] = [EXECUTOR]
-        log(f"compiling {len(report.cold)} cold kernels in up to {jobs} processes "
-            f"(about {est:.0f} s of compile on one core)")
-        compile_in_workers(mods, jobs, report, log, timeout)
-    for k in todo:                                 # load; what no worker compiled compiles here
-        try:
-            k.address
-        except Exception as e:                     # noqa: BLE001  raised again at first use
-            report.failed[k.key] = f"{type(e).__name__}: {e}"
-            log(f"  {k.key:<62} failed: {type(e).__name__}: {str(e)[:200]}")
-            continue
-        if k.key in cold_keys and not k.from_cache:
-            report.here[k.key] = k.compile_seconds
-            log(f"  {k.key:<62} {k.compile_seconds:6.1f} s  (here)")
-        else:
-            report.loaded[k.key] = k.compile_seconds
-    if executor:
-        ex.warm_up()
+            ex.warm_up()
+    finally:
+        drop_lock(lock)
     report.seconds = time.perf_counter() - t0
     return report
 
 
 # --- the worker side -------------------------------------------------------------------------
-
-def _lock_cache_saves(lock_path: str) -> None:
-    """Make Numba's read-modify-write of a cache index atomic between warm-up workers."""
-    import fcntl
-
-    from numba.core import caching
-    save = caching.IndexDataCacheFile.save
-
-    def locked_save(self, key, data):
-        with open(lock_path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
-            return save(self, key, data)
-
-    caching.IndexDataCacheFile.save = locked_save
-
 
 def worker_main(argv=None) -> None:
     """Entry point of a worker process (see the module doc for the protocol)."""
@@ -462,7 +536,7 @@ def worker_main(argv=None) -> None:
     t0 = time.perf_counter()
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                                  # stray prints must not reach the protocol
-    _lock_cache_saves(argv[0])
+    lock_saves(argv[0])
     from . import fusion  # noqa: F401  registers the fused kernels find() names
     from .kernels import find
 
