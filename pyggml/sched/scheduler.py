@@ -116,9 +116,35 @@ class Sched(Backend):
         supported.tables = tables       # (_assign inlines it in its per-node loop)
         return supported
 
+    def _sole_backend(self, gf: CGraph, owners: dict):
+        """The backend _assign's walk would give every node, found without walking, or None
+        (walk): the first backend, when it supports the whole graph (one supports_graph
+        answer), no pin names another and no source lives in a buffer named for another.
+        The sources' buffers are the allocator's note (HELD), so gf is allocated here first
+        (nothing is unsupported then: allocating before the walk changes nothing)."""
+        be = self.backends[0]
+        if not gf.nodes or any(b is not be for b in self.pinned.values()):
+            return None
+        tab = be.supports_graph(gf)
+        if tab is None or False in tab:
+            return None
+        alloc_graph(gf)
+        held = gf.cache.get(HELD)
+        if held is None or held[0] != allocated_mark(gf):
+            return None
+        for b in held[1]:
+            o = owners.get(b.backend) if b.backend is not None else None
+            if o is not None and o is not be:
+                return None
+        return be
+
     def _assign(self, gf: CGraph) -> None:
-        self.assignment = a = {}
         owners = self._buffer_owners()
+        be = self._sole_backend(gf, owners)
+        if be is not None:
+            self.assignment = dict.fromkeys(map(id, gf.nodes), be)
+            return
+        self.assignment = a = {}
         pinned = self.pinned
         backends = self.backends
         supported = self._support(gf)
