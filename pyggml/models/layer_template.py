@@ -67,24 +67,34 @@ class LayerTemplate:
         get = m.get
         ctx = self.ctx
         add = ctx.tensors.append
+        n0 = len(ctx.tensors)
         layer_input = self.cache.layer_input
         tag = str(il)
         n = 0
+        # each tensor's twin is its first-layer tensor (its signature when every source the
+        # layer reads of its own has the first layer's layout: the weights and cache stores
+        # are checked by the caller, the input and the cache's inputs here)
+        twins = _same_layout(inp, self.inp0)
         # Context.new_node inline (its room for every stamp was checked by record)
         for t0, parts, shape, vs, offs, params, op, src, pad, flags in self.rows:
             if parts is None:                   # a leaf the layer made: the cache's input?
                 t = layer_input(ctx, t0, il)
                 if t is not None:
                     m[t0] = t
+                    twins = twins and _same_layout(t, t0)
                 continue                        # else one all layers share
             t = _record(ctx, shape, None if vs is None else get(vs, vs), offs, params, op,
                         [*map(get, src, src), *pad])
             t.name = tag.join(parts)
             t.flags = flags
+            t.twin = t0
             add(t)
             m[t0] = t
             n += 1
         ctx.used += n * _OVERHEAD
+        if not twins:
+            for t in ctx.tensors[n0:]:
+                t.twin = None
         if not self._replay(m, layer_map):
             expand = self.gf.expand
             for e in self.expands:
@@ -167,6 +177,10 @@ class LayerTemplate:
                     t.name = f"leaf_{len(leafs)}"
                 leafs.append(t)
         return True
+
+
+def _same_layout(a, b) -> bool:
+    return a.type is b.type and a.ne == b.ne and a.nb == b.nb
 
 
 def _undo(visited: set, to: list, n: int, auto: str) -> None:

@@ -122,13 +122,25 @@ class Verdicts:
             self.epoch = EPOCH
         memo = self.memo
         out = []
+        seen = {}                       # node -> its verdicts, for the nodes stamped from it
         for node in nodes:
             op = node.op
             if op is None or op.view or 0 in node.ne:
                 out.append(None)
                 continue
+            tw = node.twin
+            if tw is not None and tw.op is op and tw.op_params is node.op_params:
+                v = seen.get(tw)
+                c = node.slot_shape
+                if v is not None and c is tw.slot_shape and c[0] is node.ne and \
+                        c[1] is node.nb and c[2] is node.type:
+                    out.append(v)
+                    continue
             v = memo.get(sig_key(node))
-            out.append(v if v is not None else self.get(node))
+            if v is None:
+                v = self.get(node)
+            seen[node] = v
+            out.append(v)
         return out
 
     def _verdicts(self, sig: NodeSig) -> tuple:
