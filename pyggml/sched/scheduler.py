@@ -23,6 +23,7 @@ from typing import Optional
 
 from .. import data
 from .. import tensor as _tensor_mod
+from ..backends.numba_cpu import verdicts as _verdicts
 from ..backends.base import PART_OF
 from ..backends.base import Backend
 from ..errors import GraphError
@@ -286,7 +287,10 @@ class Sched(Backend):
 
     # --- public ----------------------------------------------------------------------------
     def alloc_graph(self, gf: CGraph) -> None:
-        key = (gf.version, _tensor_mod.PARAMS_EPOCH, self._generation, self._pins)
+        # (verdicts.EPOCH: a kernel table or verdict edit may change the Numba backend's
+        # support answers, the only ones that change at run time)
+        key = (gf.version, _tensor_mod.PARAMS_EPOCH, _verdicts.EPOCH, self._generation,
+               self._pins)
         if gf is self._graph and key == self._key:
             return
         kept = gf.cache.get(self._slot)

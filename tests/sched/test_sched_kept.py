@@ -119,6 +119,29 @@ def test_a_kernel_verdict_change_is_followed(sched):
     np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
 
 
+def test_a_kernel_verdict_change_is_followed_without_a_reset(sched):
+    """The scheduler's kept plan names verdicts.EPOCH: a node whose kernel stops supporting
+    it moves to the fallback at the next compute (a stale plan would hand it to a backend
+    that refuses it)."""
+    ctx = gg.init(mem_size=1 << 20)
+    gf, x, y, z = _graph(ctx)
+    be, ref = sched.backends
+    sched.graph_compute(gf)
+    assert gg.sched_get_tensor_backend(sched, y) is be
+    k = lookup(y, be.kernels)
+    saved = k.supports
+    k.supports = lambda node: False             # bumps verdicts.EPOCH
+    try:
+        sched.graph_compute(gf)
+        assert gg.sched_get_tensor_backend(sched, y) is ref
+        assert gg.sched_get_n_splits(sched) == 2
+    finally:
+        k.supports = saved
+    np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
+    sched.graph_compute(gf)                     # restored: back on one backend
+    assert gg.sched_get_tensor_backend(sched, y) is be and gg.sched_get_n_splits(sched) == 1
+
+
 def test_a_subclass_with_its_own_support_rule_is_asked_per_node():
     class NoScale(NumbaBackend):
         name = "numba-noscale"
