@@ -243,8 +243,9 @@ class Sched(Backend):
     def _build_shadow_graphs(self, gf: CGraph) -> None:
         """Each split's graph: its own nodes when it copies nothing in (a graph made of gf's
         nodes: PART_OF tells its backend, which may reuse what it kept for gf), else copies
-        of its inputs and shadow nodes that read them. Every tensor of them has data (gf
-        was allocated, copies get their own buffers): marked, so no backend walks them."""
+        of its inputs and shadow nodes that read them (PART_OF too: a shadow node of its
+        node's signature names it as its twin). Every tensor of them has data (gf was
+        allocated, copies get their own buffers): marked, so no backend walks them."""
         for sp in self.splits:
             shadow_of: dict[int, Tensor] = {}
             for s in sp.inputs:
@@ -269,9 +270,15 @@ class Sched(Backend):
                 sh.src = [shadow_of.get(id(s), s) if s is not None else None for s in node.src]
                 if node.src and node.src[1] is node:     # ggml_cast writes into itself
                     sh.src[1] = sh
+                # the node's signature when every copy it reads has its original's strides
+                # (a copy is contiguous): its backend may take the node's kept verdicts
+                if all(c is s or c is sh or c.nb == s.nb for c, s in zip(sh.src, node.src)
+                       if s is not None):
+                    sh.twin = node
                 shadow_of[id(node)] = sh
                 g.nodes.append(sh)
             g.version = 1
+            g.cache[PART_OF] = weakref.ref(gf)
             sp.graph = g
         for sp in self.splits:           # after the copies' buffers (each bumps ALLOC_EPOCH)
             mark_allocated(sp.graph)

@@ -173,7 +173,8 @@ class NumbaBackend(Backend):
         to share; keyed by all they depend on (the graph's version and node count, op_params
         edits, the verdict memo: kernel table, thread count, verdicts.EPOCH), so a kept
         answer is never stale. A graph made of another's nodes (PART_OF: a scheduler's
-        split) takes the kept answers of its nodes from that graph."""
+        split) takes the kept answers of its nodes from that graph, and of its shadow nodes
+        their twins' (Tensor.twin: the node each stands for, when of its signature)."""
         memo = self.verdicts()
         key = (gf.version, len(gf.nodes), _tensor_mod.PARAMS_EPOCH, _verdicts_mod.EPOCH, memo)
         slot = ("numba facts", id(self))
@@ -195,7 +196,11 @@ class NumbaBackend(Backend):
             return facts, supported
         else:
             facts = [known.get(node, _MISSING) for node in gf.nodes]
-            if _MISSING in facts:           # nodes of its own (a split's shadow nodes)
+            if _MISSING in facts:           # a split's shadow nodes: their twins' answers
+                facts = [known.get(n.twin, f) if f is _MISSING and n.twin is not None and
+                         n.op_params is n.twin.op_params else f
+                         for n, f in zip(gf.nodes, facts)]
+            if _MISSING in facts:           # nodes of its own
                 new = iter(memo.get_all([n for n, f in zip(gf.nodes, facts) if f is _MISSING]))
                 facts = [next(new) if f is _MISSING else f for f in facts]
         supported = [f is None or f[0] is not None for f in facts]
