@@ -15,6 +15,9 @@ What a layer reads that is its own comes from a map {first layer's tensor: this 
 (the model's weights by name, the cache's stores by `layer_tensors`); inputs the cache makes
 per layer (the mixed cache's softmax states) are made again by `cache.layer_input`; every
 other tensor made before the layer (positions, masks, row ids, shared leaves) is shared.
+Each stamped tensor names its first-layer tensor as `twin` (its signature: the Numba
+backend takes that node's kernel verdicts) unless the layer's input or a cache input has
+another layout than the first layer's.
 Names are the first layer's with its index replaced (`-0` -> `-il`); names the graph gives
 (node_N, leaf_N) are left for the graph to give. `record` declines (returns None; the
 caller builds every layer through the ops) whenever that rule could give a different name.

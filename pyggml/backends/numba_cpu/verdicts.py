@@ -14,6 +14,11 @@ backend's memo) safe: nodes of equal `sig_key` get equal verdicts, so a SmolLM2 
 asks its kernels about its 14 distinct signatures once instead of about its 574
 computed nodes every graph.
 
+A node stamped from a layer template (models/layer_template.py) has its template node's
+signature by construction: `Tensor.twin` names that node, and `get_all` hands it the
+twin's verdicts (checked: same op, op_params and shape record), so a SmolLM2 decode graph
+computes 23 keys, not 574.
+
 The memo is stale only if the kernel table or a verdict function changed: every change
 through the registry (add_kernel, unsupported, a KernelEntry's variants list edited in
 place, a Kernel's verdict attribute set) bumps `EPOCH`, which empties every memo.
