@@ -23,9 +23,9 @@ from typing import Optional
 
 from .. import data
 from .. import tensor as _tensor_mod
-from ..backends.numba_cpu import verdicts as _verdicts
 from ..backends.base import PART_OF
 from ..backends.base import Backend
+from ..backends.numba_cpu import verdicts as _verdicts
 from ..errors import GraphError
 from ..errors import UnsupportedError
 from ..errors import describe
