@@ -119,7 +119,7 @@ class Tensor:
 
     __slots__ = ("type", "ne", "nb", "op", "src", "op_params", "flags", "name",
                  "view_src", "view_offs", "ctx", "_buffer", "_offs", "extra", "slot_shape",
-                 "__weakref__")
+                 "twin", "__weakref__")
 
     def __init__(self, ctx, type: GGMLType, ne, nb=None, view_src: "Tensor" = None, view_offs: int = 0,
                  op_params: Optional[np.ndarray] = None):
@@ -157,6 +157,7 @@ class Tensor:
         t._buffer = None
         t._offs = 0
         t.extra = None
+        t.twin = None
         return t
 
     def _fill(self, ctx, type, ne, nb, view_src, view_offs, op_params) -> None:
@@ -180,6 +181,9 @@ class Tensor:
         self._offs = 0
         self.extra = None                   # backend-private data (repacked weights...)
         self.slot_shape = None              # shape_of(self) once asked (kept_shape)
+        # the node this one was stamped from (models/layer_template.py: same op, op_params,
+        # type, ne, nb, and sources of the same type, ne and nb), else None
+        self.twin = None
 
     # --- data location -------------------------------------------------------------
     @property

@@ -15,6 +15,9 @@ What a layer reads that is its own comes from a map {first layer's tensor: this 
 (the model's weights by name, the cache's stores by `layer_tensors`); inputs the cache makes
 per layer (the mixed cache's softmax states) are made again by `cache.layer_input`; every
 other tensor made before the layer (positions, masks, row ids, shared leaves) is shared.
+Each stamped tensor names its first-layer tensor as `twin` (its signature: the Numba
+backend takes that node's kernel verdicts) unless the layer's input or a cache input has
+another layout than the first layer's.
 Names are the first layer's with its index replaced (`-0` -> `-il`); names the graph gives
 (node_N, leaf_N) are left for the graph to give. `record` declines (returns None; the
 caller builds every layer through the ops) whenever that rule could give a different name.
@@ -39,8 +42,8 @@ _record = Tensor._record
 class LayerTemplate:
     """The records of one built layer; `stamp` makes another layer from them."""
 
-    __slots__ = ("ctx", "gf", "il0", "inp0", "out0", "rows", "expands", "cache", "added",
-                 "tail", "prev")
+    __slots__ = ("ctx", "gf", "il0", "inp0", "out0", "rows", "expands", "cache", "_added",
+                 "_tail", "_added_checked", "_tail_checked", "prev")
 
     def __init__(self, ctx, gf: CGraph, cache, il0: int, inp0, out0, rows: list,
                  expands: list, added: tuple = None):
@@ -58,6 +61,26 @@ class LayerTemplate:
         # map of the last layer stamped ({first layer's tensor: that layer's})
         self.tail = self.prev = None
 
+    # added and tail are replayed with the sources each tensor may lack (_checked), made
+    # whenever they are set
+    @property
+    def added(self):
+        return self._added
+
+    @added.setter
+    def added(self, pairs) -> None:
+        self._added = pairs
+        self._added_checked = None if pairs is None else _checked(pairs)
+
+    @property
+    def tail(self):
+        return self._tail
+
+    @tail.setter
+    def tail(self, pairs) -> None:
+        self._tail = pairs
+        self._tail_checked = None if pairs is None else _checked(pairs)
+
     def stamp(self, il: int, inp, layer_map: dict):
         """Layer il over input inp (the previous layer's output): returns its output.
         layer_map: {first layer's tensor: layer il's} for what the layer reads that is its
@@ -67,24 +90,34 @@ class LayerTemplate:
         get = m.get
         ctx = self.ctx
         add = ctx.tensors.append
+        n0 = len(ctx.tensors)
         layer_input = self.cache.layer_input
         tag = str(il)
         n = 0
+        # each tensor's twin is its first-layer tensor (its signature when every source the
+        # layer reads of its own has the first layer's layout: the weights and cache stores
+        # are checked by the caller, the input and the cache's inputs here)
+        twins = _same_layout(inp, self.inp0)
         # Context.new_node inline (its room for every stamp was checked by record)
         for t0, parts, shape, vs, offs, params, op, src, pad, flags in self.rows:
             if parts is None:                   # a leaf the layer made: the cache's input?
                 t = layer_input(ctx, t0, il)
                 if t is not None:
                     m[t0] = t
+                    twins = twins and _same_layout(t, t0)
                 continue                        # else one all layers share
             t = _record(ctx, shape, None if vs is None else get(vs, vs), offs, params, op,
                         [*map(get, src, src), *pad])
             t.name = tag.join(parts)
             t.flags = flags
+            t.twin = t0
             add(t)
             m[t0] = t
             n += 1
         ctx.used += n * _OVERHEAD
+        if not twins:
+            for t in ctx.tensors[n0:]:
+                t.twin = None
         if not self._replay(m, layer_map):
             expand = self.gf.expand
             for e in self.expands:
@@ -111,7 +144,7 @@ class LayerTemplate:
             return False
         nodes, leafs = gf.nodes, gf.leafs
         nn, nl = len(nodes), len(leafs)
-        if not self._append_mapped(self.added, m.get, m.get(self.inp0)):
+        if not self._append_mapped(self._added_checked, m.get, m.get(self.inp0)):
             return False
         if len(nodes) + len(leafs) != nn + nl:
             gf.version += 1
@@ -129,7 +162,7 @@ class LayerTemplate:
         nn, nl = len(nodes), len(leafs)
         prev = self.prev
         if self.tail is not None and prev is not None and prev.get(self.out0) is inp:
-            if self._append_mapped(self.tail, prev.get) and inp in gf._visited:
+            if self._append_mapped(self._tail_checked, prev.get) and inp in gf._visited:
                 return
             _undo(gf._visited, nodes, nn, "node_")      # the layer is walked instead
             _undo(gf._visited, leafs, nl, "leaf_")
@@ -137,15 +170,17 @@ class LayerTemplate:
         if inp is self.out0 and self.tail is None:
             self.tail = tuple([(False, t) for t in leafs[nl:]] + [(True, t) for t in nodes[nn:]])
 
-    def _append_mapped(self, pairs, get, inp=None) -> bool:
-        """Append to the graph each (is_node, tensor) of pairs as the tensor get maps it to,
-        as expand would append it: a node after its sources, a leaf a plain one; those the
-        graph holds are skipped, inp (the previous layer's output) is expanded where it
-        comes. False, with what was appended taken back, when a check fails."""
+    def _append_mapped(self, triples, get, inp=None) -> bool:
+        """Append to the graph each (is_node, tensor, sources to check) of triples as the
+        tensor get maps it to, as expand would append it: a node after its sources, a leaf
+        a plain one; those the graph holds are skipped, inp (the previous layer's output)
+        is expanded where it comes. False, with what was appended taken back, when a check
+        fails. (A tensor get maps to another is a stamped copy, whose sources are its
+        template's mapped by get, or a plain leaf; one it leaves is in the graph already.)"""
         gf = self.gf
         visited, nodes, leafs = gf._visited, gf.nodes, gf.leafs
         nn, nl = len(nodes), len(leafs)
-        for is_node, t0 in pairs:
+        for is_node, t0, check in triples:
             t = get(t0, t0)
             if t in visited:
                 continue
@@ -153,7 +188,7 @@ class LayerTemplate:
                 self._expand_input(inp)
                 continue
             leaf = t.op is None and not t.flags & TENSOR_FLAG_PARAM
-            if leaf == is_node or not visited.issuperset(filter(None, t.src)):
+            if leaf == is_node or (check and not visited.issuperset([get(s, s) for s in check])):
                 _undo(visited, nodes, nn, "node_")
                 _undo(visited, leafs, nl, "leaf_")
                 return False
@@ -167,6 +202,22 @@ class LayerTemplate:
                     t.name = f"leaf_{len(leafs)}"
                 leafs.append(t)
         return True
+
+
+def _checked(pairs) -> tuple:
+    """(is_node, tensor) pairs as (is_node, tensor, its sources no earlier pair holds):
+    appending a layer's copies in this order, only those can be missing from the graph (an
+    earlier pair's copy was appended, or found there, just before)."""
+    seen = set()
+    out = []
+    for is_node, t in pairs:
+        out.append((is_node, t, tuple(s for s in t.src if s is not None and s not in seen)))
+        seen.add(t)
+    return tuple(out)
+
+
+def _same_layout(a, b) -> bool:
+    return a.type is b.type and a.ne == b.ne and a.nb == b.nb
 
 
 def _undo(visited: set, to: list, n: int, auto: str) -> None:

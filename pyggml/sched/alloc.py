@@ -45,6 +45,19 @@ def mark_allocated(gf: CGraph) -> None:
     gf.cache[ALLOCATED] = allocated_mark(gf)
 
 
+def first_fit(sizes: list, size: int) -> int:
+    """The index of the first of sizes that is >= size, or -1. Mostly one of exactly that
+    size with none larger before it (a graph's sizes repeat); the scans run in C (the free
+    list holds tens of blocks and a graph has hundreds of tensors)."""
+    try:
+        j = sizes.index(size)
+    except ValueError:
+        return next(compress(count(), map(size.__le__, sizes)), -1)
+    if j and max(sizes[:j]) > size:
+        return next(compress(count(), map(size.__lt__, sizes)))
+    return j
+
+
 def alloc_graph(gf: CGraph, make_buffer=None) -> int:
     """Allocate every tensor of gf that lacks data; returns the bytes allocated."""
     if gf.cache.get(ALLOCATED) == allocated_mark(gf):
@@ -110,9 +123,7 @@ def alloc_graph(gf: CGraph, make_buffer=None) -> int:
         if c is None or c[0] is not t.ne or c[1] is not t.nb or c[2] is not t.type:
             c = kept_shape(t)
         size = ((c[4] or 1) + ALIGN - 1) & -ALIGN       # nbytes(t), aligned
-        # the first free block that is large enough (the scan runs in C: the list holds
-        # tens of blocks and a graph has hundreds of tensors)
-        j = next(compress(count(), map(size.__le__, fsize)), -1) if fsize else -1
+        j = first_fit(fsize, size)
         if j >= 0:
             o = foff[j]
             if fsize[j] == size:

@@ -25,6 +25,7 @@ from .. import data
 from .. import tensor as _tensor_mod
 from ..backends.base import PART_OF
 from ..backends.base import Backend
+from ..backends.numba_cpu import verdicts as _verdicts
 from ..errors import GraphError
 from ..errors import UnsupportedError
 from ..errors import describe
@@ -116,9 +117,35 @@ class Sched(Backend):
         supported.tables = tables       # (_assign inlines it in its per-node loop)
         return supported
 
+    def _sole_backend(self, gf: CGraph, owners: dict):
+        """The backend _assign's walk would give every node, found without walking, or None
+        (walk): the first backend, when it supports the whole graph (one supports_graph
+        answer), no pin names another and no source lives in a buffer named for another.
+        The sources' buffers are the allocator's note (HELD), so gf is allocated here first
+        (nothing is unsupported then: allocating before the walk changes nothing)."""
+        be = self.backends[0]
+        if not gf.nodes or any(b is not be for b in self.pinned.values()):
+            return None
+        tab = be.supports_graph(gf)
+        if tab is None or False in tab:
+            return None
+        alloc_graph(gf)
+        held = gf.cache.get(HELD)
+        if held is None or held[0] != allocated_mark(gf):
+            return None
+        for b in held[1]:
+            o = owners.get(b.backend) if b.backend is not None else None
+            if o is not None and o is not be:
+                return None
+        return be
+
     def _assign(self, gf: CGraph) -> None:
-        self.assignment = a = {}
         owners = self._buffer_owners()
+        be = self._sole_backend(gf, owners)
+        if be is not None:
+            self.assignment = dict.fromkeys(map(id, gf.nodes), be)
+            return
+        self.assignment = a = {}
         pinned = self.pinned
         backends = self.backends
         supported = self._support(gf)
@@ -216,8 +243,9 @@ class Sched(Backend):
     def _build_shadow_graphs(self, gf: CGraph) -> None:
         """Each split's graph: its own nodes when it copies nothing in (a graph made of gf's
         nodes: PART_OF tells its backend, which may reuse what it kept for gf), else copies
-        of its inputs and shadow nodes that read them. Every tensor of them has data (gf
-        was allocated, copies get their own buffers): marked, so no backend walks them."""
+        of its inputs and shadow nodes that read them (PART_OF too: a shadow node of its
+        node's signature names it as its twin). Every tensor of them has data (gf was
+        allocated, copies get their own buffers): marked, so no backend walks them."""
         for sp in self.splits:
             shadow_of: dict[int, Tensor] = {}
             for s in sp.inputs:
@@ -242,9 +270,15 @@ class Sched(Backend):
                 sh.src = [shadow_of.get(id(s), s) if s is not None else None for s in node.src]
                 if node.src and node.src[1] is node:     # ggml_cast writes into itself
                     sh.src[1] = sh
+                # the node's signature when every copy it reads has its original's strides
+                # (a copy is contiguous): its backend may take the node's kept verdicts
+                if all(c is s or c is sh or c.nb == s.nb for c, s in zip(sh.src, node.src)
+                       if s is not None):
+                    sh.twin = node
                 shadow_of[id(node)] = sh
                 g.nodes.append(sh)
             g.version = 1
+            g.cache[PART_OF] = weakref.ref(gf)
             sp.graph = g
         for sp in self.splits:           # after the copies' buffers (each bumps ALLOC_EPOCH)
             mark_allocated(sp.graph)
@@ -260,7 +294,10 @@ class Sched(Backend):
 
     # --- public ----------------------------------------------------------------------------
     def alloc_graph(self, gf: CGraph) -> None:
-        key = (gf.version, _tensor_mod.PARAMS_EPOCH, self._generation, self._pins)
+        # (verdicts.EPOCH: a kernel table or verdict edit may change the Numba backend's
+        # support answers, the only ones that change at run time)
+        key = (gf.version, _tensor_mod.PARAMS_EPOCH, _verdicts.EPOCH, self._generation,
+               self._pins)
         if gf is self._graph and key == self._key:
             return
         kept = gf.cache.get(self._slot)

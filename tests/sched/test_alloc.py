@@ -3,6 +3,7 @@ greedy first-fit in execution order, as written plainly here: the allocator's sh
 (no sort, the size inlined) must not change it."""
 import heapq
 
+import numpy as np
 import pytest
 from _models import small_cache
 
@@ -109,3 +110,14 @@ def test_odd_graphs_get_the_plain_first_fit_plan(view_from):
     """Sizes that split blocks and fit blocks whole, inputs and outputs kept, a node added
     twice, roots outside the order (a graph view's)."""
     _check(_odd_graph(view_from))
+
+
+def test_first_fit_is_the_first_block_large_enough():
+    """The allocator's free-list search (exact sizes first) against its definition."""
+    from pyggml.sched.alloc import first_fit
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        sizes = [int(x) * 64 for x in rng.integers(1, 6, rng.integers(0, 12))]
+        size = int(rng.integers(1, 7)) * 64
+        want = next((j for j, s in enumerate(sizes) if s >= size), -1)
+        assert first_fit(sizes, size) == want, (sizes, size)

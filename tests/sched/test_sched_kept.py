@@ -75,6 +75,21 @@ def test_a_pin_moves_the_node_and_the_split_graphs_follow(sched):
     np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
 
 
+def test_a_copying_splits_shadow_nodes_are_not_asked_again(sched):
+    """A split that copies an input in runs shadow nodes; one of its node's signature (the
+    copy has the original's strides) takes the node's kept verdicts (Tensor.twin)."""
+    ctx = gg.init(mem_size=1 << 20)
+    gf, x, y, z = _graph(ctx)
+    gg.sched_set_tensor_backend(sched, y, sched.backends[1])
+    _Counting.asked = 0
+    sched.graph_compute(gf)
+    assert gg.sched_get_n_splits(sched) == 2 and gg.sched_get_n_copies(sched) == 1
+    shadow = sched.splits[1].graph.nodes[0]
+    assert shadow is not z and shadow.twin is z
+    assert _Counting.asked == 2                 # y and z, for the whole graph only
+    np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
+
+
 def test_an_op_param_change_is_followed(sched):
     ctx = gg.init(mem_size=1 << 20)
     gf, x, y, z = _graph(ctx)
@@ -117,6 +132,29 @@ def test_a_kernel_verdict_change_is_followed(sched):
     finally:
         k.supports = saved
     np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
+
+
+def test_a_kernel_verdict_change_is_followed_without_a_reset(sched):
+    """The scheduler's kept plan names verdicts.EPOCH: a node whose kernel stops supporting
+    it moves to the fallback at the next compute (a stale plan would hand it to a backend
+    that refuses it)."""
+    ctx = gg.init(mem_size=1 << 20)
+    gf, x, y, z = _graph(ctx)
+    be, ref = sched.backends
+    sched.graph_compute(gf)
+    assert gg.sched_get_tensor_backend(sched, y) is be
+    k = lookup(y, be.kernels)
+    saved = k.supports
+    k.supports = lambda node: False             # bumps verdicts.EPOCH
+    try:
+        sched.graph_compute(gf)
+        assert gg.sched_get_tensor_backend(sched, y) is ref
+        assert gg.sched_get_n_splits(sched) == 2
+    finally:
+        k.supports = saved
+    np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
+    sched.graph_compute(gf)                     # restored: back on one backend
+    assert gg.sched_get_tensor_backend(sched, y) is be and gg.sched_get_n_splits(sched) == 1
 
 
 def test_a_subclass_with_its_own_support_rule_is_asked_per_node():

@@ -101,3 +101,42 @@ def test_a_pinned_node_takes_the_walk_unless_pinned_where_it_goes():
     assert not taken and fast == walk and len(fast) == 3
     fast, taken = _plan([nb, ref], gf, pins=[(scale, nb)])
     assert taken and fast == _plan([nb, ref], gf, pins=[(scale, nb)], shortcut=False)[0]
+
+
+def _assignment(backends, gf, pins=(), shortcut=True):
+    """(assignment as {node index: backend}, whether _sole_backend answered)."""
+    sched = gg.sched_new(backends)
+    for node, be in pins:
+        gg.sched_set_tensor_backend(sched, node, be)
+    answers = []
+    sole = sched._sole_backend
+    sched._sole_backend = (lambda g, o: answers.append(sole(g, o)) or answers[-1]) \
+        if shortcut else (lambda g, o: None)
+    gg.sched_alloc_graph(sched, gf)
+    return ({i: sched.tensor_backend(n) for i, n in enumerate(gf.nodes)},
+            bool(answers) and answers[-1] is not None)
+
+
+@pytest.mark.parametrize("case", ["plain", "weight_in_numba", "weight_elsewhere", "pinned_same",
+                                  "pinned_other", "unsupported"])
+def test_the_sole_backend_shortcut_assigns_as_the_walk(case):
+    """_sole_backend answers only where the per-node walk would put every node on the first
+    backend, and then its assignment is the walk's."""
+    ctx = gg.init(mem_size=4 << 20)
+    gf, w = _graph(ctx)
+    nb = NumbaBackend(1)
+    other = NoMulMat() if case == "weight_elsewhere" else gg.backend_reference_init()
+    first = NumbaBackend(1, kernels={}) if case == "unsupported" else nb   # runs nothing
+    backends = [first, other]
+    if case == "weight_in_numba":
+        _move(w, nb)
+    elif case == "weight_elsewhere":
+        _move(w, other)                       # w copied in, every node still on numba
+    scale = next(n for n in gf.nodes if n.op_name == "SCALE")
+    pins = {"pinned_same": [(scale, first)], "pinned_other": [(scale, backends[1])]}.get(case, ())
+    fast, answered = _assignment(backends, gf, pins)
+    walk, _ = _assignment(backends, gf, pins, shortcut=False)
+    assert fast == walk
+    assert answered == (case in ("plain", "weight_in_numba", "pinned_same"))
+    if answered:
+        assert set(fast.values()) == {first}

@@ -32,6 +32,7 @@ from .desc import DESC_LEN
 from .desc import SCRATCH_LEN
 from .desc import STATUS_LEN
 from .desc import byte_spans
+from .desc import int64s
 from .desc import pack_table
 from .desc import table_slots
 from .executor import MAX_THREADS
@@ -172,7 +173,8 @@ class NumbaBackend(Backend):
         to share; keyed by all they depend on (the graph's version and node count, op_params
         edits, the verdict memo: kernel table, thread count, verdicts.EPOCH), so a kept
         answer is never stale. A graph made of another's nodes (PART_OF: a scheduler's
-        split) takes the kept answers of its nodes from that graph."""
+        split) takes the kept answers of its nodes from that graph, and of its shadow nodes
+        their twins' (Tensor.twin: the node each stands for, when of its signature)."""
         memo = self.verdicts()
         key = (gf.version, len(gf.nodes), _tensor_mod.PARAMS_EPOCH, _verdicts_mod.EPOCH, memo)
         slot = ("numba facts", id(self))
@@ -194,7 +196,11 @@ class NumbaBackend(Backend):
             return facts, supported
         else:
             facts = [known.get(node, _MISSING) for node in gf.nodes]
-            if _MISSING in facts:           # nodes of its own (a split's shadow nodes)
+            if _MISSING in facts:           # a split's shadow nodes: their twins' answers
+                facts = [known.get(n.twin, f) if f is _MISSING and n.twin is not None and
+                         n.op_params is n.twin.op_params else f
+                         for n, f in zip(gf.nodes, facts)]
+            if _MISSING in facts:           # nodes of its own
                 new = iter(memo.get_all([n for n, f in zip(gf.nodes, facts) if f is _MISSING]))
                 facts = [next(new) if f is _MISSING else f for f in facts]
         supported = [f is None or f[0] is not None for f in facts]
@@ -262,16 +268,17 @@ class NumbaBackend(Backend):
                        for r, node in zip(rows, packed)]
         order, sync = schedule(packed, kernels, self.n_threads, waddr, (words, slots), regions,
                                spans)
-        order = order.tolist()
-        rows = [rows[p] for p in order]
-        kernels = [kernels[p] for p in order]
-        packed = [packed[p] for p in order]
-        row_nodes = [nodes[i] for i in rows]
+        at = order.tolist()
+        rows = list(map(rows.__getitem__, at))
+        kernels = list(map(kernels.__getitem__, at))
+        packed = list(map(packed.__getitem__, at))
+        row_nodes = list(map(nodes.__getitem__, rows))
+        rows_a = int64s(rows)           # (list -> array conversions cost per item)
         wsize = cplan.work_size if wbuf is not None else 0
         scratch = _aligned_zeros((n, SCRATCH_LEN))  # a zeroed 64-byte line per node
-        n_tasks = np.clip(np.array([cplan.n_tasks[i] for i in rows], dtype=np.int64),
-                          1, self.n_threads)
-        descs = pack_table(packed, rows, n_tasks, waddr, wsize,
+        n_tasks = np.clip(int64s(list(map(cplan.n_tasks.__getitem__, rows))), 1,
+                          self.n_threads)
+        descs = pack_table(packed, rows_a, n_tasks, waddr, wsize,
                            status.ctypes.data, scratch.ctypes.data,
                            _aligned_zeros((n, DESC_LEN)),   # 64-byte rows on 64-byte bounds
                            (words, slots[order]))
@@ -287,7 +294,7 @@ class NumbaBackend(Backend):
         # rows to run to include each graph node and all before it (eval-callback mode;
         # rows may be out of graph order, see schedule)
         pos = np.full(len(nodes), -1, dtype=np.int64)
-        pos[rows] = np.arange(n)
+        pos[rows_a] = np.arange(n)
         for i, j in moved.items():      # a fused norm is computed in its MUL's row
             pos[i] = pos[j]
         tab.row_end = np.maximum.accumulate(pos) + 1 if len(nodes) else pos

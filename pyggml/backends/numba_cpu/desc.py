@@ -50,7 +50,7 @@ error of a graph is kept. An exception inside a kernel becomes ERR_EXCEPTION.
 """
 from __future__ import annotations
 
-from array import array
+import struct
 from itertools import chain
 
 import numba
@@ -345,6 +345,12 @@ def pack_into(out: np.ndarray, node, wdata_addr: int, wsize: int, status_addr: i
     return out
 
 
+def int64s(values: list) -> np.ndarray:
+    """A list of Python ints as a read-only int64[len]: one struct call (a NumPy or array
+    conversion costs two to three times more per item)."""
+    return np.frombuffer(struct.pack(f"{len(values)}q", *values), dtype=np.int64)
+
+
 def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
     """The slot words of a node table, each distinct tensor's made once: (words, slots,
     tensors) with words int64[T + 1, SLOT] (row 0 is an absent source: all zero), slots
@@ -352,18 +358,18 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
     distinct tensors in first-seen order (dict keys; tensors hash by identity). The
     descriptors' tensor part is words[slots]; the planner reads byte spans from the same words."""
     # every slot of every row numbered in C: the distinct tensors in first-seen order
-    # (dict.fromkeys) take 1, 2, ...; None (an absent source) is 0
+    # (dict.fromkeys) take 1, 2, ...; None (an absent source, most slots) is 0, so only
+    # the set slots are numbered, then scattered into the rows
     flat = list(chain.from_iterable([(node, *node.src) for node in nodes]))
     if len(flat) != len(nodes) * N_SLOTS:
         bad = next(node for node in nodes if len(node.src) != N_SLOTS - 1)
         raise ValueError(f"pack_table: {bad!r} has {len(bad.src)} source slots, not "
                          f"{N_SLOTS - 1}")
-    seen = dict.fromkeys(flat)
-    seen.pop(None, None)
-    slot_of = dict(zip(seen, range(1, len(seen) + 1)))
-    slot_of[None] = 0
-    flat = list(map(slot_of.__getitem__, flat))
-    del slot_of[None]
+    set_ = np.frombuffer(struct.pack(f"{len(flat)}?", *flat), dtype=np.bool_)
+    flat = list(filter(None, flat))             # (tensors are truthy)
+    slot_of = dict(zip(dict.fromkeys(flat), range(1, len(flat) + 1)))
+    idx = np.zeros(len(set_), dtype=np.intp)
+    idx[set_] = int64s(list(map(slot_of.__getitem__, flat)))
     addrs = [0]
     shapes = [_NO_SHAPE]
     for t in slot_of:
@@ -377,10 +383,9 @@ def table_slots(nodes: list) -> tuple[np.ndarray, np.ndarray, dict]:
             c = kept_shape(t)
         shapes.append(c[3])
     words = np.empty((len(addrs), SLOT), dtype=np.int64)
-    words[:, T_ADDR] = np.frombuffer(array("q", addrs), dtype=np.int64)
+    words[:, T_ADDR] = int64s(addrs)
     words[:, T_TYPE:] = np.frombuffer(b"".join(shapes), dtype=np.int64).reshape(-1, SLOT - 1)
-    return words, np.frombuffer(array("q", flat), dtype=np.int64).astype(np.intp).reshape(
-        len(nodes), N_SLOTS), slot_of
+    return words, idx.reshape(len(nodes), N_SLOTS), slot_of
 
 
 _NO_SHAPE = bytes(8 * (SLOT - 1))

@@ -321,13 +321,14 @@ def _uses(nodes, is_row, idx, slot_of, of) -> dict:
     `of`: the rows' source slots counted at once from their slot indices (idx, slot_of:
     desc.table_slots of the rows, is_row[i] for node i), the other nodes' sources (views,
     empty results) and every node's view_src one by one."""
-    counts = np.bincount(idx[:, 1:].ravel(), minlength=len(slot_of) + 1).tolist()
-    uses = {t: counts[slot_of[t]] for t in of}
-    # the other nodes' sources and every node's view_src, filtered in C down to the few
-    # tensors asked about, then counted
-    srcs = list(chain.from_iterable([node.src for node in compress(nodes, map(not_, is_row))]))
+    counts = np.bincount(idx[:, 1:].ravel(), minlength=len(slot_of) + 1)
+    uses = dict(zip(of, counts[[slot_of[t] for t in of]].tolist()))
+    # the other nodes' sources and every node's view_src, filtered in C down to the set
+    # ones, then to the few tensors asked about, then counted
+    srcs = list(filter(None, chain.from_iterable(
+        [node.src for node in compress(nodes, map(not_, is_row))])))
     seen = list(compress(srcs, map(uses.__contains__, srcs)))
-    views = list(map(_view_src, nodes))
+    views = list(filter(None, map(_view_src, nodes)))
     seen += compress(views, map(uses.__contains__, views))
     for t in seen:
         uses[t] += 1
@@ -439,14 +440,17 @@ def fuse(nodes, rows: list, kernels: list, slots: tuple = None, spans: tuple = N
         else:
             row_nodes[q] = _norm_row(mul, norm, w)
             kernels[q] = RMS_NORM_MUL
-    keep = [p for p in range(len(rows)) if p not in drop]
-    kidx = idx[keep]
+    kept = bytearray(b"\x01") * len(rows)          # the rows that stay, as a mask
+    for p in drop:
+        kept[p] = 0
+    kidx = idx[np.frombuffer(kept, dtype=np.bool_)]
     if fused:                           # a fused row's tensors are its group's rows' tensors
-        kidx[np.searchsorted(keep, fused)] = [
-            [slot_of[f.node]] + [0 if t is None else slot_of[t] for t in f.src]
-            for f in map(row_nodes.__getitem__, fused)]
-    return ([rows[p] for p in keep], [kernels[p] for p in keep], [row_nodes[p] for p in keep],
-            moved, kidx)
+        at = np.cumsum(np.frombuffer(kept, dtype=np.bool_))[fused] - 1
+        kidx[at] = np.array([slot_of[f.node] if t is f else 0 if t is None else slot_of[t]
+                             for f in map(row_nodes.__getitem__, fused)
+                             for t in (f, *f.src)], dtype=np.intp).reshape(len(fused), -1)
+    return (list(compress(rows, kept)), list(compress(kernels, kept)),
+            list(compress(row_nodes, kept)), moved, kidx)
 
 
 def _fuse_swiglu(p, rows, row_nodes, kernels, drop, moved, span) -> bool:

@@ -14,6 +14,11 @@ backend's memo) safe: nodes of equal `sig_key` get equal verdicts, so a SmolLM2 
 asks its kernels about its 14 distinct signatures once instead of about its 574
 computed nodes every graph.
 
+A node stamped from a layer template (models/layer_template.py) has its template node's
+signature by construction: `Tensor.twin` names that node, and `get_all` hands it the
+twin's verdicts (checked: same op, op_params and shape record), so a SmolLM2 decode graph
+computes 23 keys, not 574.
+
 The memo is stale only if the kernel table or a verdict function changed: every change
 through the registry (add_kernel, unsupported, a KernelEntry's variants list edited in
 place, a Kernel's verdict attribute set) bumps `EPOCH`, which empties every memo.
@@ -122,13 +127,25 @@ class Verdicts:
             self.epoch = EPOCH
         memo = self.memo
         out = []
+        seen = {}                       # node -> its verdicts, for the nodes stamped from it
         for node in nodes:
             op = node.op
             if op is None or op.view or 0 in node.ne:
                 out.append(None)
                 continue
+            tw = node.twin
+            if tw is not None and tw.op is op and tw.op_params is node.op_params:
+                v = seen.get(tw)
+                c = node.slot_shape
+                if v is not None and c is tw.slot_shape and c[0] is node.ne and \
+                        c[1] is node.nb and c[2] is node.type:
+                    out.append(v)
+                    continue
             v = memo.get(sig_key(node))
-            out.append(v if v is not None else self.get(node))
+            if v is None:
+                v = self.get(node)
+            seen[node] = v
+            out.append(v)
         return out
 
     def _verdicts(self, sig: NodeSig) -> tuple:
