@@ -233,11 +233,12 @@ def _qk_blk_body(x):
 PV_FOLD_D = VL == 8
 
 
-def _q4_0_pv_codes(b, w):
+def _q4_0_nibble_codes(b, w):
     """A Q4_0 chunk's widened bytes w (<VL x i32>) -> (low nibbles - 8, high nibbles - 8) as
     exact floats: 2^23 + code is the code or'ed into 2^23's mantissa, and (2^23 + code) -
     (2^23 + 8) is exact; one integer op and one float add a chunk instead of a subtract and
-    a convert (the convert competes with the FMAs for their ports)."""
+    a convert (the convert competes with the FMAs for their ports). (_q4_0_codes, K's
+    chunks, is the same decode.)"""
     iv = _v(_I32, VL)
     magic = ir.Constant(iv, [0x4B000000] * VL)
     bias = ir.Constant(_v(_F32, VL), [8388616.0] * VL)          # 2^23 + 8
@@ -251,7 +252,7 @@ def _q4_0_pv_chunks(b, blk, h, dv):
     as exact codes - 8 (PV_FOLD_D: d is in p) or times the scale vector dv."""
     w = b.zext(_load(b, b.add(blk, b.add(_c(_I64, 2), b.mul(h, _c(_I64, VL)))), _v(_I8, VL)),
                _v(_I32, VL))
-    cs = _q4_0_pv_codes(b, w)
+    cs = _q4_0_nibble_codes(b, w)
     return cs if PV_FOLD_D else tuple(b.fmul(c, dv) for c in cs)
 
 
@@ -291,7 +292,8 @@ def _pv_blk_body():
                     d = b.fpext(b.bitcast(hv, _v(_HALF, 4)), f4)
                     for r in range(nr):
                         pr = _load(b, _row_at(b, p, r, pstride, pg), f4)
-                        o = b.mul(b.add(b.mul(k, _c(_I64, nr)), _c(_I64, r)), b.mul(nk, _c(_I64, 4)))
+                        o = b.mul(b.add(b.mul(k, _c(_I64, nr)), _c(_I64, r)),
+                                  b.mul(nk, _c(_I64, 4)))
                         _store(b, b.add(b.add(pd, o), pg), b.fmul(pr, d))
                 _for(b, nbv, blk)
             _for(b, b.udiv(nk, _c(_I64, 4)), fold)
@@ -309,7 +311,8 @@ def _pv_blk_body():
                     for r in range(nr)]
             boff = b.mul(blk, _c(_I64, 18))
             if PV_FOLD_D:       # row r of pd[blk]
-                pb, ps = b.add(pd, b.mul(b.mul(blk, nk), _c(_I64, 4 * nr))), b.mul(nk, _c(_I64, 4))
+                pb = b.add(pd, b.mul(b.mul(blk, nk), _c(_I64, 4 * nr)))
+                ps = b.mul(nk, _c(_I64, 4))
             else:
                 pb, ps = p, pstride
 
@@ -374,13 +377,11 @@ def _pv_body(nr, nk, x):
 
 
 def _q4_0_codes(b, blk, c):
-    """Chunk c of a Q4_0 block as floats code - 8 (exact), the scale not applied."""
+    """Chunk c of a Q4_0 block as floats code - 8 (exact), the scale not applied (the low
+    nibbles' chunks, then the high ones'; LLVM drops the half not taken)."""
     per_half = 16 // VL
-    h = c % per_half
-    w = b.zext(_load(b, b.add(blk, _c(_I64, 2 + h * VL)), _v(_I8, VL)), _v(_I32, VL))
-    x = (b.and_(w, ir.Constant(_v(_I32, VL), [0x0F] * VL)) if c < per_half
-         else b.lshr(w, ir.Constant(_v(_I32, VL), [4] * VL)))
-    return b.sitofp(b.sub(x, ir.Constant(_v(_I32, VL), [8] * VL)), _v(_F32, VL))
+    w = b.zext(_load(b, b.add(blk, _c(_I64, 2 + (c % per_half) * VL)), _v(_I8, VL)), _v(_I32, VL))
+    return _q4_0_nibble_codes(b, w)[0 if c < per_half else 1]
 
 
 # Q4_0 K against 8-bit q (PREC_DEFAULT, as ggml's vec_dot_q4_0_q8_0): two blocks per 512-bit
@@ -587,7 +588,7 @@ pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
     _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
 # whole blocks: qk_blk_<x>(n, q, qstride, kbase, knb1, ng, out, ostride, pf),
 # pv_blk_q4_0(n, acc, astride, p, pstride, pf, vbase, vnb1, nk) (4 rows; ng groups of 4 keys,
-# nk keys; n a multiple of 2*VL)
+# nk keys, a multiple of 4; n a multiple of 2*VL)
 qk_blk_f32, qk_blk_f16, qk_blk_bf16, qk_blk_q8_0, qk_blk_q4_0 = (
     _intrinsic_n(f"pyggml_fa_qk_blk_{x}_v{VL}", 9, _qk_blk_body(x))
     for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
