@@ -503,11 +503,29 @@ def _qk_q4_0_hadd_body(nr):
     nk = 4
     f32x8 = _v(_F32, 8)
 
-    def dots(b, nb, q8, qstride, qdx, ks, pf):
-        """Row r's 4 dots as a <4 x float> each."""
+    four = ir.Constant(f32x8, [4.0] * 8)
+
+    def qs4(b, nb, qdx, r, j):
+        """4·(-qd·Σq) of row r's block j as 8 lanes (qdx, the 8-lane layout of the VNNI
+        dot: qd, then -qd·Σq, summed 8 times there; 2 lanes a key here)."""
+        qsa = b.add(b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64)))),
+                    b.mul(b.add(nb, j), _c(_I64, 32)))
+        return b.fmul(_splat(b, _load(b, qsa, _F32), 8), four)
+
+    def prep(b, nb, qdx):
+        """A block call's table of qs4 per row and block (on the stack, row r's block j at
+        (r·nb + j)·32 bytes): made once instead of once per group of 4 keys."""
+        tab = b.ptrtoint(b.alloca(f32x8, size=b.mul(nb, _c(_I64, nr))), _I64)
+        for r in range(nr):
+            _for(b, nb, lambda b, j, r=r: _store(
+                b, b.add(tab, b.mul(b.add(b.mul(_c(_I64, r), nb), j), _c(_I64, 32))),
+                qs4(b, nb, qdx, r, j)))
+        return tab
+
+    def dots(b, nb, q8, qstride, qdx, ks, pf, tab=None):
+        """Row r's 4 dots as a <4 x float> each (tab: prep's table, else qs4 made here)."""
         zero = ir.Constant(f32x8, [0.0] * 8)
         accs = [_acc(b, zero) for _ in range(nr)]
-        four = ir.Constant(f32x8, [4.0] * 8)
 
         def step(b, j):
             codes, ds = [], []
@@ -524,13 +542,12 @@ def _qk_q4_0_hadd_body(nr):
             for r in range(nr):
                 qv = _load(b, _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32))), _v(_I8, 32))
                 s = _keys_i32(b, [maddubs_i16(b, c, qv) for c in codes])
-                # qdx (the 8-lane layout of the VNNI dot): qd, then -qd·Σq summed 8 times
-                # there, 2 lanes a key here: 4·(-qd·Σq) a lane
                 qda = b.add(b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64)))),
                             b.mul(j, _c(_I64, 32)))
                 qd = _splat(b, _load(b, qda, _F32), 8)
-                qs = _splat(b, _load(b, b.add(qda, b.mul(nb, _c(_I64, 32))), _F32), 8)
-                t = _fma(b, qd, b.sitofp(s, f32x8), b.fmul(qs, four))
+                qs = qs4(b, nb, qdx, r, j) if tab is None else _load(
+                    b, b.add(tab, b.mul(b.add(b.mul(_c(_I64, r), nb), j), _c(_I64, 32))), f32x8)
+                t = _fma(b, qd, b.sitofp(s, f32x8), qs)
                 b.store(_fma(b, kdv, t, b.load(accs[r])), accs[r])
         _for(b, nb, step)
         tot = []
@@ -548,15 +565,20 @@ def _qk_q4_0_hadd_body(nr):
             _store(b, b.add(out, _c(_I64, 16 * r)), tot[r])
         b.ret_void()
     build.dots = dots
+    build.prep = prep
     return build
 
 
 def _qk_i8_blk_body(one):
-    """Block version of an 8-bit Q4_0 4x4 body (hadd or VNNI): totals per row stored."""
+    """Block version of an 8-bit Q4_0 4x4 body (hadd or VNNI): totals per row stored (the
+    hadd body's per-row constants made once for the call: its prep)."""
     def build(b, nb, q8, qstride, qdx, kbase, knb1, ng, out, ostride, pf):
+        pre = one.prep(b, nb, qdx) if hasattr(one, "prep") else None
+
         def group(b, g):
             ks = _group_keys(b, kbase, knb1, g)
-            tot = one.dots(b, nb, q8, qstride, qdx, ks, pf)
+            tot = one.dots(b, nb, q8, qstride, qdx, ks, pf) if pre is None else \
+                one.dots(b, nb, q8, qstride, qdx, ks, pf, pre)
             goff = b.mul(g, _c(_I64, 16))
             if len(tot) == 4 and tot[0].type.count == 4:       # hadd: one vector a row
                 for r in range(4):
