@@ -209,6 +209,53 @@ def _max_rows_ir(b, addr, n, nr, rstride, out):
 max_rows = simd._intrinsic_n("pyggml_fa_max_rows", 5, _void(_max_rows_ir), noinline=False)
 
 
+def _score_rows_ir(b, sc, mv, n, nr, rstride, mrix, mstride, scale):
+    """fa_tile._score_row without soft-capping for nr rows in VL-lane vectors, the same
+    arithmetic (one fma, as LLVM contracts the scalar code): row r's n dots at sc + r·rstride
+    become dot·scale + m, or -inf where m (its mask row, mrix[r]·mstride bytes into mv) is
+    -inf. Each row's call of the scalar loop cost as much as its vector work."""
+    f32 = ir.FloatType()
+    fv = ir.VectorType(f32, VL)
+    i64 = ir.IntType(64)
+    sv = _splat(b, scale, VL)
+    ninf = ir.Constant(fv, [float("-inf")] * VL)
+    with cgutils.for_range(b, nr) as rl:
+        row = b.add(sc, b.mul(rl.index, rstride))
+        mi = b.load(b.gep(b.inttoptr(mrix, i64.as_pointer()), [rl.index]))
+        mrow = b.add(mv, b.mul(mi, mstride))
+        with cgutils.for_range(b, b.udiv(n, ir.Constant(n.type, VL))) as loop:
+            off = b.mul(loop.index, ir.Constant(n.type, VL * 4))
+            sp = b.inttoptr(b.add(row, off), fv.as_pointer())
+            m = b.load(b.inttoptr(b.add(mrow, off), fv.as_pointer()), align=4)
+            x = simd._fma(b, b.load(sp, align=4), sv, m)
+            b.store(b.select(b.fcmp_unordered("!=", m, ninf), x, ninf), sp, align=4)
+
+
+@intrinsic
+def score_rows(typingctx, sc, mv, n, nr, rstride, mrix, mstride, scale):
+    """score_rows(sc, mv, n, nr, rstride, mrix, mstride, scale): fa_tile._score_row (no
+    soft-cap) of nr rows of n float32 (n a multiple of VL) in place: rows rstride bytes
+    apart at sc, row r's mask values at mv + mrix[r]·mstride (mrix int64 at its address)."""
+    ints = (sc, mv, n, nr, rstride, mrix, mstride)
+    if not (all(isinstance(a, types.Integer) for a in ints) and scale == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64] * 7 + [ir.FloatType()])
+        fn = builder.module.globals.get("pyggml_fa_score_rows")
+        if fn is None:
+            fn = ir.Function(builder.module, fnty, name="pyggml_fa_score_rows")
+            fn.linkage = "internal"
+            fb = ir.IRBuilder(fn.append_basic_block("entry"))
+            _score_rows_ir(fb, *fn.args)
+            fb.ret_void()
+        a = [context.cast(builder, v, t, types.int64) for v, t in zip(args[:7], sig.args[:7])]
+        builder.call(fn, a + [args[7]])
+        return context.get_dummy_value()
+    return types.none(*ints, scale), codegen
+
+
 # --- integer dots of 8-bit q blocks with quantized K rows -----------------------------------------
 
 HAVE_AVX2 = simd.HAVE_AVX2
