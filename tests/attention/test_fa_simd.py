@@ -329,3 +329,37 @@ def test_exp_rows_and_max_rows_are_the_per_row_helpers(rng):
     assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
     assert np.array_equal(out1.view(np.uint32), out2.view(np.uint32))
     assert out2[7] == n                     # the all -inf row: every p zero
+
+
+def test_score_rows_is_score_row(rng):
+    """score_rows (a tile's rows in one call) is fa_tile._score_row without soft-cap, row by
+    row, bitwise: dot·scale + mask in one rounding, -inf where the mask is -inf (whatever
+    the dot, NaN included), rows sharing a mask row through mrix. _score_row compiled as
+    in the kernels (their fastmath flags: LLVM contracts its multiply-add to an fma)."""
+    from pyggml.backends.numba_cpu.intrinsics import ptr_of
+    from pyggml.backends.numba_cpu.kernels.fa_consts import _FM
+    from pyggml.backends.numba_cpu.kernels.fa_dots import score_rows
+    from pyggml.backends.numba_cpu.kernels.fa_tile import _score_row
+    nr, n, w = 5, 32, 40                    # 5 rows of 32 dots, 40 floats apart
+
+    @numba.njit(fastmath=_FM)
+    def run(x, y, mv, mrix, scale):
+        xp = ptr_of(x.ctypes.data, np.float32)
+        mp = ptr_of(mv.ctypes.data, np.float32)
+        for r in range(nr):
+            _score_row(xp, mp, r * w, mrix[r] * w, n, scale, np.float32(0.0))
+        score_rows(y.ctypes.data, mv.ctypes.data, n, nr, w * 4, mrix.ctypes.data, w * 4, scale)
+
+    x = rng.uniform(-30, 30, (nr, w)).astype(np.float32)
+    x[1, 5] = np.nan
+    x[2, 9] = np.nan
+    mv = rng.uniform(-3, 0, (nr, w)).astype(np.float32)
+    mv[0, [1, 2, 30]] = -np.inf
+    mv[2, 9] = -np.inf                      # a NaN dot under the mask: -inf
+    mv[3, :] = -np.inf
+    mrix = np.array([0, 2, 2, 3, 0], np.int64)
+    y = x.copy()
+    run(x, y, mv, mrix, np.float32(0.0883883))
+    assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
+    assert y[3, 0] == -np.inf and y[1, 9] == -np.inf and np.isnan(y[1, 5])
+    assert np.array_equal(y[:, n:].view(np.uint32), x[:, n:].view(np.uint32))

@@ -25,8 +25,8 @@ reorganized for memory traffic:
             call for the block instead of one per group: fa_simd's qk_blk (scores straight
             into the score rows) and, for Q4_0 V without zero p, pv_blk (the 4 rows'
             accumulator chunks in registers over the keys), bitwise the 4x4 kernels; the
-            tile's row maxes and exps are one call each (max_rows, exp_rows: bitwise the
-            per-row helpers). Quantized K with
+            tile's scores, row maxes and exps are one call each (score_rows, max_rows,
+            exp_rows: bitwise the per-row helpers). Quantized K with
             PREC_DEFAULT quantizes the q rows to 8-bit blocks (ggml's vec_dot_type
             Q8_0/Q8_1, by ggml-cpu's own quantizer: the same bytes) and uses integer
             dots per 32-block times the two scales (plus min·sum for Q4_0 straight

@@ -72,10 +72,13 @@ def vexp(x):
     return y if x >= _XMIN else _F0
 
 
-def _exp_block_ir(b, addr, n, mr, out):
+def _exp_block_ir(b, addrs, n, mrs, outs):
     """vexp's polynomial as explicit VL-lane vector code (LLVM's loop vectorizer stops at
     256 bits here), the same steps as vexp, fused: p = vexp(x - mr) in place over n floats
-    (a multiple of VL); out[0] = Σp (VL lane sums, then a tree), out[1] = how many p are 0."""
+    (a multiple of VL) of each row (addrs[i], mrs[i]); outs[i][0] = the row's Σp (VL lane
+    sums, then a tree), outs[i][1] = how many of its p are 0. Rows given together share a
+    loop: their steps interleave (one row's chain of dependent steps left the FP pipes
+    half idle), each row's arithmetic its own."""
     f32 = ir.FloatType()
     i32 = ir.IntType(32)
     fv = ir.VectorType(f32, VL)
@@ -84,35 +87,38 @@ def _exp_block_ir(b, addr, n, mr, out):
     def c(x):
         return ir.Constant(fv, [float(x)] * VL)
 
-    mrv = _splat(b, mr, VL)
-    sacc = cgutils.alloca_once_value(b, ir.Constant(fv, [0.0] * VL))
-    zacc = cgutils.alloca_once_value(b, ir.Constant(iv, [0] * VL))
+    mrvs = [_splat(b, mr, VL) for mr in mrs]
+    saccs = [cgutils.alloca_once_value(b, ir.Constant(fv, [0.0] * VL)) for _ in addrs]
+    zaccs = [cgutils.alloca_once_value(b, ir.Constant(iv, [0] * VL)) for _ in addrs]
     with cgutils.for_range(b, b.udiv(n, ir.Constant(n.type, VL))) as loop:
-        a = b.add(addr, b.mul(loop.index, ir.Constant(n.type, VL * 4)))
-        ptr = b.inttoptr(a, fv.as_pointer())
-        x = b.fsub(b.load(ptr, align=4), mrv)
-        lo = b.fcmp_ordered(">", x, c(_XMIN))
-        xc = b.select(lo, x, c(_XMIN))
-        xc = b.select(b.fcmp_ordered("<", xc, c(_XMAX)), xc, c(_XMAX))
-        nf = simd._intr(b, f"llvm.floor.v{VL}f32", fv, [simd._fma(b, xc, c(_LOG2E), c(0.5))])
-        r = simd._fma(b, nf, c(-_LN2HI), xc)
-        r = simd._fma(b, nf, c(-_LN2LO), r)
-        p = c(np.float32(1.9875691500E-4))
-        for k in (1.3981999507E-3, 8.3334519073E-3, 4.1665795894E-2, 1.6666665459E-1,
-                  5.0000001201E-1):
-            p = simd._fma(b, p, r, c(np.float32(k)))
-        p = b.fadd(simd._fma(b, b.fmul(p, r), r, r), c(1.0))
-        e = b.shl(b.add(b.fptosi(nf, iv), ir.Constant(iv, [127] * VL)), ir.Constant(iv, [23] * VL))
-        y = b.fmul(p, b.bitcast(e, fv))
-        y = b.select(b.fcmp_ordered(">=", x, c(_XMIN)), y, c(0.0))
-        b.store(y, ptr, align=4)
-        b.store(b.fadd(b.load(sacc), y), sacc)
-        b.store(b.add(b.load(zacc), b.zext(b.fcmp_ordered("==", y, c(0.0)), iv)), zacc)
-    o = b.inttoptr(out, f32.as_pointer())
-    b.store(simd._hsum(b, b.load(sacc)), o)
-    # one reduction (a shuffle tree), not VL extract-and-adds
-    zs = simd._intr(b, f"llvm.vector.reduce.add.v{VL}i32", i32, [b.load(zacc)])
-    b.store(b.sitofp(zs, f32), b.gep(o, [ir.Constant(i32, 1)]))
+        for addr, mrv, sacc, zacc in zip(addrs, mrvs, saccs, zaccs):
+            a = b.add(addr, b.mul(loop.index, ir.Constant(n.type, VL * 4)))
+            ptr = b.inttoptr(a, fv.as_pointer())
+            x = b.fsub(b.load(ptr, align=4), mrv)
+            lo = b.fcmp_ordered(">", x, c(_XMIN))
+            xc = b.select(lo, x, c(_XMIN))
+            xc = b.select(b.fcmp_ordered("<", xc, c(_XMAX)), xc, c(_XMAX))
+            nf = simd._intr(b, f"llvm.floor.v{VL}f32", fv, [simd._fma(b, xc, c(_LOG2E), c(0.5))])
+            r = simd._fma(b, nf, c(-_LN2HI), xc)
+            r = simd._fma(b, nf, c(-_LN2LO), r)
+            p = c(np.float32(1.9875691500E-4))
+            for k in (1.3981999507E-3, 8.3334519073E-3, 4.1665795894E-2, 1.6666665459E-1,
+                      5.0000001201E-1):
+                p = simd._fma(b, p, r, c(np.float32(k)))
+            p = b.fadd(simd._fma(b, b.fmul(p, r), r, r), c(1.0))
+            e = b.shl(b.add(b.fptosi(nf, iv), ir.Constant(iv, [127] * VL)),
+                      ir.Constant(iv, [23] * VL))
+            y = b.fmul(p, b.bitcast(e, fv))
+            y = b.select(b.fcmp_ordered(">=", x, c(_XMIN)), y, c(0.0))
+            b.store(y, ptr, align=4)
+            b.store(b.fadd(b.load(sacc), y), sacc)
+            b.store(b.add(b.load(zacc), b.zext(b.fcmp_ordered("==", y, c(0.0)), iv)), zacc)
+    for out, sacc, zacc in zip(outs, saccs, zaccs):
+        o = b.inttoptr(out, f32.as_pointer())
+        b.store(simd._hsum(b, b.load(sacc)), o)
+        # one reduction (a shuffle tree), not VL extract-and-adds
+        zs = simd._intr(b, f"llvm.vector.reduce.add.v{VL}i32", i32, [b.load(zacc)])
+        b.store(b.sitofp(zs, f32), b.gep(o, [ir.Constant(i32, 1)]))
 
 
 @intrinsic
@@ -132,7 +138,8 @@ def exp_block(typingctx, addr, n, mr, out):
             fn = ir.Function(builder.module, fnty, name="pyggml_fa_exp_block")
             fn.linkage = "internal"
             fb = ir.IRBuilder(fn.append_basic_block("entry"))
-            _exp_block_ir(fb, *fn.args)
+            fa, fk, fm, fo = fn.args
+            _exp_block_ir(fb, [fa], fk, [fm], [fo])
             fb.ret_void()
         builder.call(fn, [context.cast(builder, a, sig.args[0], types.int64),
                           context.cast(builder, k, sig.args[1], types.int64), m,
@@ -143,13 +150,20 @@ def exp_block(typingctx, addr, n, mr, out):
 
 def _exp_rows_ir(b, addr, n, nr, rstride, mrs, out):
     """_exp_block_ir over nr rows (rstride bytes apart), row r's max at mrs[r], its sum and
-    zero count at out[2r], out[2r + 1]: one call for a tile's rows (their steps overlap)."""
+    zero count at out[2r], out[2r + 1]: one call for a tile's rows, two rows a loop (their
+    steps interleave), then an odd last row."""
     f32p = ir.FloatType().as_pointer()
-    with cgutils.for_range(b, nr) as loop:
-        r = loop.index
-        mr = b.load(b.gep(b.inttoptr(mrs, f32p), [r]))
-        _exp_block_ir(b, b.add(addr, b.mul(r, rstride)), n, mr,
-                      b.add(out, b.mul(r, ir.Constant(r.type, 8))))
+
+    def rows(r0, k):
+        rs = [b.add(r0, ir.Constant(r0.type, i)) for i in range(k)]
+        _exp_block_ir(b, [b.add(addr, b.mul(r, rstride)) for r in rs], n,
+                      [b.load(b.gep(b.inttoptr(mrs, f32p), [r])) for r in rs],
+                      [b.add(out, b.mul(r, ir.Constant(r.type, 8))) for r in rs])
+    two = ir.Constant(nr.type, 2)
+    with cgutils.for_range(b, b.udiv(nr, two)) as loop:
+        rows(b.mul(loop.index, two), 2)
+    with b.if_then(b.icmp_unsigned("!=", b.urem(nr, two), ir.Constant(nr.type, 0))):
+        rows(b.sub(nr, ir.Constant(nr.type, 1)), 1)
 
 
 def _void(ir_body):
@@ -193,6 +207,53 @@ def _max_rows_ir(b, addr, n, nr, rstride, out):
 # max_rows(addr, n, nr, rstride, out): out[r] = the max of row r's n float32 (n a multiple of
 # VL; rows rstride bytes apart), as fa_tile._block_max (-inf lowest, NaN propagates).
 max_rows = simd._intrinsic_n("pyggml_fa_max_rows", 5, _void(_max_rows_ir), noinline=False)
+
+
+def _score_rows_ir(b, sc, mv, n, nr, rstride, mrix, mstride, scale):
+    """fa_tile._score_row without soft-capping for nr rows in VL-lane vectors, the same
+    arithmetic (one fma, as LLVM contracts the scalar code): row r's n dots at sc + r·rstride
+    become dot·scale + m, or -inf where m (its mask row, mrix[r]·mstride bytes into mv) is
+    -inf. Each row's call of the scalar loop cost as much as its vector work."""
+    f32 = ir.FloatType()
+    fv = ir.VectorType(f32, VL)
+    i64 = ir.IntType(64)
+    sv = _splat(b, scale, VL)
+    ninf = ir.Constant(fv, [float("-inf")] * VL)
+    with cgutils.for_range(b, nr) as rl:
+        row = b.add(sc, b.mul(rl.index, rstride))
+        mi = b.load(b.gep(b.inttoptr(mrix, i64.as_pointer()), [rl.index]))
+        mrow = b.add(mv, b.mul(mi, mstride))
+        with cgutils.for_range(b, b.udiv(n, ir.Constant(n.type, VL))) as loop:
+            off = b.mul(loop.index, ir.Constant(n.type, VL * 4))
+            sp = b.inttoptr(b.add(row, off), fv.as_pointer())
+            m = b.load(b.inttoptr(b.add(mrow, off), fv.as_pointer()), align=4)
+            x = simd._fma(b, b.load(sp, align=4), sv, m)
+            b.store(b.select(b.fcmp_unordered("!=", m, ninf), x, ninf), sp, align=4)
+
+
+@intrinsic
+def score_rows(typingctx, sc, mv, n, nr, rstride, mrix, mstride, scale):
+    """score_rows(sc, mv, n, nr, rstride, mrix, mstride, scale): fa_tile._score_row (no
+    soft-cap) of nr rows of n float32 (n a multiple of VL) in place: rows rstride bytes
+    apart at sc, row r's mask values at mv + mrix[r]·mstride (mrix int64 at its address)."""
+    ints = (sc, mv, n, nr, rstride, mrix, mstride)
+    if not (all(isinstance(a, types.Integer) for a in ints) and scale == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64] * 7 + [ir.FloatType()])
+        fn = builder.module.globals.get("pyggml_fa_score_rows")
+        if fn is None:
+            fn = ir.Function(builder.module, fnty, name="pyggml_fa_score_rows")
+            fn.linkage = "internal"
+            fb = ir.IRBuilder(fn.append_basic_block("entry"))
+            _score_rows_ir(fb, *fn.args)
+            fb.ret_void()
+        a = [context.cast(builder, v, t, types.int64) for v, t in zip(args[:7], sig.args[:7])]
+        builder.call(fn, a + [args[7]])
+        return context.get_dummy_value()
+    return types.none(*ints, scale), codegen
 
 
 # --- integer dots of 8-bit q blocks with quantized K rows -----------------------------------------

@@ -118,14 +118,13 @@ def _q4_0_prep(b, row, i):
     return blk, _splat(b, _f16(b, blk), VL)
 
 
-def _q4_0_chunk(b, st, c, memo=None):
+def _q4_0_chunk(b, st, c):
     """(code - 8)·d of the block's chunk c, one rounding as ggml's dequantization. One
     scale vector per row is live across the block's chunks: fma(code, d, -8d), the same
     value, needs two, and the whole block decoded at once needs 4 vectors a row (AVX2
-    spilled both ways). memo (pv): the widened bytes kept for the chunk of their other
-    nibbles."""
+    spilled both ways). (p.V folds d into p instead: _pv_body, _pv_blk_body.)"""
     blk, dv = st
-    return b.fmul(_q4_0_codes(b, blk, c, memo), dv)
+    return b.fmul(_q4_0_codes(b, blk, c), dv)
 
 
 def _q8_0_prep(b, row, i):
@@ -224,60 +223,114 @@ def _qk_blk_body(x):
     return build
 
 
-def _pv_blk_q4_0():
-    """(the float offsets (o0, o1) of pass j's 2 chunks, decode(b, row, j) -> those chunks of
-    one Q4_0 row as floats): pass (blk, h) = the low nibbles of bytes h*VL.. and their high
-    ones, decoded as _q4_0_chunk does (one rounding, (code - 8)·d)."""
-    ph = 16 // VL
+# p.V over Q4_0 rows with AVX2 folds each key's block scale d into its p (p·d per row and
+# key: acc += (p·d)·(code - 8), the codes exact) instead of scaling the decoded chunks
+# ((code - 8)·d, then p times it: ggml's order): a block is 2 passes of 16 values there, and
+# per key and pass this saves the scale's load, convert and broadcast and 2 multiplies for
+# one multiply per row and key and block (pv_blk: a table made before the passes). AVX-512
+# takes a block in one pass and the table did not pay (measured); either way each product
+# is rounded once before the FMA. pv_blk and the 4x4 kernels agree bitwise in both modes.
+PV_FOLD_D = VL == 8
 
-    def offs(b, j):
-        blk, h = b.udiv(j, _c(_I64, ph)), b.urem(j, _c(_I64, ph))
-        o0 = b.add(b.mul(blk, _c(_I64, 32)), b.mul(h, _c(_I64, VL)))
-        return o0, b.add(o0, _c(_I64, 16))
 
-    def dec(b, row, j):
-        blk, h = b.udiv(j, _c(_I64, ph)), b.urem(j, _c(_I64, ph))
-        ba = b.add(row, b.mul(blk, _c(_I64, 18)))
-        dv = _splat(b, _f16(b, ba), VL)
-        w = b.zext(_load(b, b.add(b.add(ba, _c(_I64, 2)), b.mul(h, _c(_I64, VL))), _v(_I8, VL)),
-                   _v(_I32, VL))
-        eight = ir.Constant(_v(_I32, VL), [8] * VL)
-        lo = b.and_(w, ir.Constant(_v(_I32, VL), [0x0F] * VL))
-        hi = b.lshr(w, ir.Constant(_v(_I32, VL), [4] * VL))
-        return tuple(b.fmul(b.sitofp(b.sub(c, eight), _v(_F32, VL)), dv) for c in (lo, hi))
-    return offs, dec, 18
+def _q4_0_nibble_codes(b, w):
+    """A Q4_0 chunk's widened bytes w (<VL x i32>) -> (low nibbles - 8, high nibbles - 8) as
+    exact floats: 2^23 + code is the code or'ed into 2^23's mantissa, and (2^23 + code) -
+    (2^23 + 8) is exact; one integer op and one float add a chunk instead of a subtract and
+    a convert (the convert competes with the FMAs for their ports). (_q4_0_codes, K's
+    chunks, is the same decode.)"""
+    iv = _v(_I32, VL)
+    magic = ir.Constant(iv, [0x4B000000] * VL)
+    bias = ir.Constant(_v(_F32, VL), [8388616.0] * VL)          # 2^23 + 8
+    lo = b.or_(b.and_(w, ir.Constant(iv, [0x0F] * VL)), magic)
+    hi = b.or_(b.lshr(w, ir.Constant(iv, [4] * VL)), magic)
+    return tuple(b.fsub(b.bitcast(c, _v(_F32, VL)), bias) for c in (lo, hi))
+
+
+def _q4_0_pv_chunks(b, blk, h, dv):
+    """Pass h of a Q4_0 block at blk for p.V: (low, high) nibble chunks of bytes h*VL..,
+    as exact codes - 8 (PV_FOLD_D: d is in p) or times the scale vector dv."""
+    w = b.zext(_load(b, b.add(blk, b.add(_c(_I64, 2), b.mul(h, _c(_I64, VL)))), _v(_I8, VL)),
+               _v(_I32, VL))
+    cs = _q4_0_nibble_codes(b, w)
+    return cs if PV_FOLD_D else tuple(b.fmul(c, dv) for c in cs)
 
 
 def _pv_blk_body():
     """p.V over a block for Q4_0 V rows. Float rows are not worth it: streaming from memory
     (a decode), F16 pv_blk took 1.5x the 4x4 kernel's time (its 8 accumulators' FMA chains
-    over the keys wait on latency); Q4_0's decode work per key hides that (parity to -8%)."""
-    offs, dec, bytes32 = _pv_blk_q4_0()
+    over the keys wait on latency); Q4_0's decode work per key hides that (parity to -8%).
+    With PV_FOLD_D the p·d table pd[blk][row][key] is made first (on the stack; nk a
+    multiple of 4). The rows pf bytes ahead are prefetched a line per key and pass, spread
+    over the passes (all of them at the start of the call measured ~5% slower: a burst
+    of prefetches)."""
     nr = 4
+    ph = 16 // VL
+    f4 = _v(_F32, 4)
 
     def build(b, n, acc, astride, p, pstride, pf, vbase, vnb1, nk):
-        # each key's row pf bytes ahead, a line of it per pass (passes cycle over its lines)
-        rowb = b.mul(b.udiv(n, _c(_I64, 32)), _c(_I64, bytes32))
+        nbv = b.udiv(n, _c(_I64, 32))
+        rowb = b.mul(nbv, _c(_I64, 18))
+
+        # each key's row pf bytes ahead, a line of it per pass (passes cycle over its lines:
+        # 0, 64, .. while inside the row, then 0 again; a compare, not a division, a pass)
+        poff = _acc(b, _c(_I64, 0))
+        if PV_FOLD_D:
+            pd = b.ptrtoint(b.alloca(_F32, size=b.mul(b.mul(nbv, nk), _c(_I64, nr))), _I64)
+
+            def fold(b, g):
+                """pd[blk][r][u] = p[r][u]·d[u][blk] for the 4 keys u of group g: a block's
+                4 scales gathered and converted at once, then a multiply per row."""
+                rows = _group_keys(b, vbase, vnb1, g)
+                pg = b.mul(g, _c(_I64, 16))
+
+                def blk(b, k):
+                    hv = ir.Constant(_v(_I16, 4), ir.Undefined)
+                    for u in range(4):
+                        x = _load(b, b.add(rows[u], b.mul(k, _c(_I64, 18))), _I16)
+                        hv = b.insert_element(hv, x, _c(_I32, u))
+                    d = b.fpext(b.bitcast(hv, _v(_HALF, 4)), f4)
+                    for r in range(nr):
+                        pr = _load(b, _row_at(b, p, r, pstride, pg), f4)
+                        o = b.mul(b.add(b.mul(k, _c(_I64, nr)), _c(_I64, r)),
+                                  b.mul(nk, _c(_I64, 4)))
+                        _store(b, b.add(b.add(pd, o), pg), b.fmul(pr, d))
+                _for(b, nbv, blk)
+            _for(b, b.udiv(nk, _c(_I64, 4)), fold)
 
         def chunk_pass(b, j):
-            pline = b.add(pf, b.urem(b.mul(j, _c(_I64, 64)), rowb))
-            o0, o1 = offs(b, j)
-            addrs = [[_row_at(b, acc, r, astride, b.mul(o, _c(_I64, 4))) for o in (o0, o1)]
-                     for r in range(nr)]
+            po = b.load(poff)
+            pline = b.add(pf, po)
+            nxt = b.add(po, _c(_I64, 64))
+            b.store(b.select(b.icmp_unsigned(">=", nxt, rowb), _c(_I64, 0), nxt), poff)
+            blk, h = b.udiv(j, _c(_I64, ph)), b.urem(j, _c(_I64, ph))
+            o0 = b.add(b.mul(blk, _c(_I64, 32)), b.mul(h, _c(_I64, VL)))
+            addrs = [[_row_at(b, acc, r, astride, b.mul(o, _c(_I64, 4)))
+                      for o in (o0, b.add(o0, _c(_I64, 16)))] for r in range(nr)]
             accs = [[_acc(b, _load(b, addrs[r][k], _v(_F32, VL))) for k in range(2)]
                     for r in range(nr)]
+            boff = b.mul(blk, _c(_I64, 18))
+            if PV_FOLD_D:       # row r of pd[blk]
+                pb = b.add(pd, b.mul(b.mul(blk, nk), _c(_I64, 4 * nr)))
+                ps = b.mul(nk, _c(_I64, 4))
+            else:
+                pb, ps = p, pstride
 
-            def key(b, u):
-                row = b.add(vbase, b.mul(u, vnb1))
-                _prefetch(b, b.add(row, pline))
-                vv = dec(b, row, j)
-                for r in range(nr):
-                    pr = _splat(b, _load(b, _row_at(b, p, r, pstride, b.mul(u, _c(_I64, 4))),
-                                         _F32), VL)
-                    for k in range(2):
-                        a = accs[r][k]
-                        b.store(_fma(b, pr, vv[k], b.load(a)), a)
-            _for(b, nk, key)
+            def group(b, g):            # 4 keys a step (less loop overhead per key)
+                for u4 in range(4):
+                    u = b.add(b.mul(g, _c(_I64, 4)), _c(_I64, u4))
+                    row = b.add(vbase, b.mul(u, vnb1))
+                    _prefetch(b, b.add(row, pline))
+                    ba = b.add(row, boff)
+                    dv = None if PV_FOLD_D else _splat(b, _f16(b, ba), VL)
+                    vv = _q4_0_pv_chunks(b, ba, h, dv)
+                    for r in range(nr):
+                        pr = _splat(b, _load(b, _row_at(b, pb, r, ps, b.mul(u, _c(_I64, 4))),
+                                             _F32), VL)
+                        for k in range(2):
+                            a = accs[r][k]
+                            b.store(_fma(b, pr, vv[k], b.load(a)), a)
+            _for(b, b.udiv(nk, _c(_I64, 4)), group)
             for r in range(nr):
                 for k in range(2):
                     _store(b, addrs[r][k], b.load(accs[r][k]))
@@ -288,45 +341,47 @@ def _pv_blk_body():
 
 def _pv_body(nr, nk, x):
     per, prep, chunk, sbytes = _ROW_READERS[x]
-    # Q4_0: a chunk of low nibbles, then the chunk of the same bytes' high nibbles (one
-    # load and widening for both; the chunks' order does not change any sum)
     q4 = x == "q4_0"
     ph = 16 // VL
-    order = [c for h in range(ph) for c in (h, h + ph)] if q4 else list(range(per // VL))
 
     def build(b, n, acc, astride, p, pstride, pf, *vs):
         ps = [[_splat(b, _load(b, _row_at(b, p, r, pstride, _c(_I64, 4 * u)), _F32), VL)
                for u in range(nk)] for r in range(nr)]
 
+        def fmas(b, i, c, pr, vv):
+            off = _chunk_offset(b, i, per, c)
+            for r in range(nr):
+                addr = _row_at(b, acc, r, astride, off)
+                a = _load(b, addr, _v(_F32, VL))
+                for u in range(nk):
+                    a = _fma(b, pr[r][u], vv[u], a)
+                _store(b, addr, a)
+
         def body(b, i):
             sts = _prep_rows(b, vs, i, prep, sbytes, pf)
-            memos = [{} for _ in sts]
-            for c in order:
-                off = _chunk_offset(b, i, per, c)
-                vv = [chunk(b, st, c, m) if q4 else chunk(b, st, c) for st, m in zip(sts, memos)]
-                for r in range(nr):
-                    addr = _row_at(b, acc, r, astride, off)
-                    a = _load(b, addr, _v(_F32, VL))
-                    for u in range(nk):
-                        a = _fma(b, ps[r][u], vv[u], a)
-                    _store(b, addr, a)
+            if not q4:
+                for c in range(per // VL):
+                    fmas(b, i, c, ps, [chunk(b, st, c) for st in sts])
+                return
+            # Q4_0 as pv_blk (PV_FOLD_D or not); a chunk of low nibbles, then the one of the
+            # same bytes' high nibbles (one load and widening for both)
+            pr = [[b.fmul(ps[r][u], sts[u][1]) for u in range(nk)] for r in range(nr)] \
+                if PV_FOLD_D else ps
+            for h in range(ph):
+                cs = [_q4_0_pv_chunks(b, blk, _c(_I64, h), dv) for blk, dv in sts]
+                for half, c in enumerate((h, h + ph)):
+                    fmas(b, i, c, pr, [x[half] for x in cs])
         _for(b, b.udiv(n, _c(_I64, per)), body)
         b.ret_void()
     return build
 
 
-def _q4_0_codes(b, blk, c, memo=None):
-    """Chunk c of a Q4_0 block as floats code - 8 (exact), the scale not applied."""
+def _q4_0_codes(b, blk, c):
+    """Chunk c of a Q4_0 block as floats code - 8 (exact), the scale not applied (the low
+    nibbles' chunks, then the high ones'; LLVM drops the half not taken)."""
     per_half = 16 // VL
-    h = c % per_half
-    w = None if memo is None else memo.pop(h, None)
-    if w is None:
-        w = b.zext(_load(b, b.add(blk, _c(_I64, 2 + h * VL)), _v(_I8, VL)), _v(_I32, VL))
-        if memo is not None:
-            memo[h] = w
-    x = (b.and_(w, ir.Constant(_v(_I32, VL), [0x0F] * VL)) if c < per_half
-         else b.lshr(w, ir.Constant(_v(_I32, VL), [4] * VL)))
-    return b.sitofp(b.sub(x, ir.Constant(_v(_I32, VL), [8] * VL)), _v(_F32, VL))
+    w = b.zext(_load(b, b.add(blk, _c(_I64, 2 + (c % per_half) * VL)), _v(_I8, VL)), _v(_I32, VL))
+    return _q4_0_nibble_codes(b, w)[0 if c < per_half else 1]
 
 
 # Q4_0 K against 8-bit q (PREC_DEFAULT, as ggml's vec_dot_q4_0_q8_0): two blocks per 512-bit
@@ -448,11 +503,29 @@ def _qk_q4_0_hadd_body(nr):
     nk = 4
     f32x8 = _v(_F32, 8)
 
-    def dots(b, nb, q8, qstride, qdx, ks, pf):
-        """Row r's 4 dots as a <4 x float> each."""
+    four = ir.Constant(f32x8, [4.0] * 8)
+
+    def qs4(b, nb, qdx, r, j):
+        """4·(-qd·Σq) of row r's block j as 8 lanes (qdx, the 8-lane layout of the VNNI
+        dot: qd, then -qd·Σq, summed 8 times there; 2 lanes a key here)."""
+        qsa = b.add(b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64)))),
+                    b.mul(b.add(nb, j), _c(_I64, 32)))
+        return b.fmul(_splat(b, _load(b, qsa, _F32), 8), four)
+
+    def prep(b, nb, qdx):
+        """A block call's table of qs4 per row and block (on the stack, row r's block j at
+        (r·nb + j)·32 bytes): made once instead of once per group of 4 keys."""
+        tab = b.ptrtoint(b.alloca(f32x8, size=b.mul(nb, _c(_I64, nr))), _I64)
+        for r in range(nr):
+            _for(b, nb, lambda b, j, r=r: _store(
+                b, b.add(tab, b.mul(b.add(b.mul(_c(_I64, r), nb), j), _c(_I64, 32))),
+                qs4(b, nb, qdx, r, j)))
+        return tab
+
+    def dots(b, nb, q8, qstride, qdx, ks, pf, tab=None):
+        """Row r's 4 dots as a <4 x float> each (tab: prep's table, else qs4 made here)."""
         zero = ir.Constant(f32x8, [0.0] * 8)
         accs = [_acc(b, zero) for _ in range(nr)]
-        four = ir.Constant(f32x8, [4.0] * 8)
 
         def step(b, j):
             codes, ds = [], []
@@ -469,13 +542,12 @@ def _qk_q4_0_hadd_body(nr):
             for r in range(nr):
                 qv = _load(b, _row_at(b, q8, r, qstride, b.mul(j, _c(_I64, 32))), _v(_I8, 32))
                 s = _keys_i32(b, [maddubs_i16(b, c, qv) for c in codes])
-                # qdx (the 8-lane layout of the VNNI dot): qd, then -qd·Σq summed 8 times
-                # there, 2 lanes a key here: 4·(-qd·Σq) a lane
                 qda = b.add(b.add(qdx, b.mul(_c(_I64, r), b.mul(nb, _c(_I64, 64)))),
                             b.mul(j, _c(_I64, 32)))
                 qd = _splat(b, _load(b, qda, _F32), 8)
-                qs = _splat(b, _load(b, b.add(qda, b.mul(nb, _c(_I64, 32))), _F32), 8)
-                t = _fma(b, qd, b.sitofp(s, f32x8), b.fmul(qs, four))
+                qs = qs4(b, nb, qdx, r, j) if tab is None else _load(
+                    b, b.add(tab, b.mul(b.add(b.mul(_c(_I64, r), nb), j), _c(_I64, 32))), f32x8)
+                t = _fma(b, qd, b.sitofp(s, f32x8), qs)
                 b.store(_fma(b, kdv, t, b.load(accs[r])), accs[r])
         _for(b, nb, step)
         tot = []
@@ -493,15 +565,20 @@ def _qk_q4_0_hadd_body(nr):
             _store(b, b.add(out, _c(_I64, 16 * r)), tot[r])
         b.ret_void()
     build.dots = dots
+    build.prep = prep
     return build
 
 
 def _qk_i8_blk_body(one):
-    """Block version of an 8-bit Q4_0 4x4 body (hadd or VNNI): totals per row stored."""
+    """Block version of an 8-bit Q4_0 4x4 body (hadd or VNNI): totals per row stored (the
+    hadd body's per-row constants made once for the call: its prep)."""
     def build(b, nb, q8, qstride, qdx, kbase, knb1, ng, out, ostride, pf):
+        pre = one.prep(b, nb, qdx) if hasattr(one, "prep") else None
+
         def group(b, g):
             ks = _group_keys(b, kbase, knb1, g)
-            tot = one.dots(b, nb, q8, qstride, qdx, ks, pf)
+            tot = one.dots(b, nb, q8, qstride, qdx, ks, pf) if pre is None else \
+                one.dots(b, nb, q8, qstride, qdx, ks, pf, pre)
             goff = b.mul(g, _c(_I64, 16))
             if len(tot) == 4 and tot[0].type.count == 4:       # hadd: one vector a row
                 for r in range(4):
@@ -533,7 +610,7 @@ pv_1x1_f32, pv_1x1_f16, pv_1x1_bf16, pv_1x1_q8_0, pv_1x1_q4_0 = (
     _pv(1, 1, x) for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))
 # whole blocks: qk_blk_<x>(n, q, qstride, kbase, knb1, ng, out, ostride, pf),
 # pv_blk_q4_0(n, acc, astride, p, pstride, pf, vbase, vnb1, nk) (4 rows; ng groups of 4 keys,
-# nk keys; n a multiple of 2*VL)
+# nk keys, a multiple of 4; n a multiple of 2*VL)
 qk_blk_f32, qk_blk_f16, qk_blk_bf16, qk_blk_q8_0, qk_blk_q4_0 = (
     _intrinsic_n(f"pyggml_fa_qk_blk_{x}_v{VL}", 9, _qk_blk_body(x))
     for x in ("f32", "f16", "bf16", "q8_0", "q4_0"))

@@ -34,6 +34,7 @@ from .fa_dots import qk4
 from .fa_dots import qk_blk
 from .fa_dots import reads_in_place
 from .fa_dots import scale_acc
+from .fa_dots import score_rows
 from .fa_dots import vexp
 from .fa_fold import _fold_row
 from .fa_rows import F16
@@ -77,7 +78,8 @@ def _score_row(scp, mvp, o, b, nk, scale, softcap):
     """A row's nk dots -> scaled (soft-capped) scores plus mask values, -inf where masked
     (whatever the dot: junk K rows under the mask may give NaN). Branch-free and vectorized;
     their max is a second pass (max_rows / _block_max: a float max in this pass kept it
-    scalar, ~12% of a decode)."""
+    scalar, ~12% of a decode). Whole vectors without soft-cap: fa_dots.score_rows, the
+    tile's rows in one call, bitwise this."""
     if softcap != _F0:
         for u in range(nk):
             m = mvp[b + u]
@@ -181,6 +183,8 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
     bmx_addr = bmx.ctypes.data
     exs_addr = exs.ctypes.data
     Mr_addr = Mr.ctypes.data
+    mv_addr = np.int64(mv.ctypes.data)
+    mrix_addr = np.int64(mrix.ctypes.data)
     if pad:
         accz = ptr_of(acc_addr, np.float32)
         for i in range(dv):
@@ -321,9 +325,12 @@ def _tile_keys(R, rows_pos, rows_h, iq3, dk, dv, kt, ka, knb1, knb2, knb3, vt, v
         # n_zero counts the block's zero probabilities (masked or underflowed): with none,
         # every 4-key group of every row is full (no per-group checks below)
         n_zero = 0
-        for r in range(R):
-            _score_row(scp, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
         vec = nk % VL == 0          # whole vectors (every block but a last short one)
+        if vec and softcap == _F0:
+            score_rows(sc_addr, mv_addr, nk, R, KB * 4, mrix_addr, KB * 4, scale)
+        else:
+            for r in range(R):
+                _score_row(scp, mvp, r * KB, mrix[r] * KB, nk, scale, softcap)
         if vec:
             max_rows(sc_addr, nk, R, KB * 4, bmx_addr)
         else:
