@@ -113,7 +113,11 @@ def test_the_thread_count_is_followed(sched):
     np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
 
 
-def test_a_kernel_verdict_change_is_followed(sched):
+@pytest.mark.parametrize("reset", [True, False], ids=["sched_reset", "no_reset"])
+def test_a_kernel_verdict_change_is_followed(sched, reset):
+    """A node whose kernel stops supporting it moves to the fallback at the next compute,
+    after sched_reset or without one (the kept plan names verdicts.EPOCH: a stale plan
+    would hand the node to a backend that refuses it); restored, it comes back."""
     ctx = gg.init(mem_size=1 << 20)
     gf, x, y, z = _graph(ctx)
     be, ref = sched.backends
@@ -123,33 +127,14 @@ def test_a_kernel_verdict_change_is_followed(sched):
     saved = k.supports
     k.supports = lambda node: False             # bumps verdicts.EPOCH
     try:
-        gg.sched_reset(sched)
-        sched.graph_compute(gf)
-        assert gg.sched_get_tensor_backend(sched, y) is ref
-        assert not be.supports_graph(gf)[gf.nodes.index(y)]
-        with pytest.raises(gg.UnsupportedError, match="SCALE"):
-            be.select(gf)
-    finally:
-        k.supports = saved
-    np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))
-
-
-def test_a_kernel_verdict_change_is_followed_without_a_reset(sched):
-    """The scheduler's kept plan names verdicts.EPOCH: a node whose kernel stops supporting
-    it moves to the fallback at the next compute (a stale plan would hand it to a backend
-    that refuses it)."""
-    ctx = gg.init(mem_size=1 << 20)
-    gf, x, y, z = _graph(ctx)
-    be, ref = sched.backends
-    sched.graph_compute(gf)
-    assert gg.sched_get_tensor_backend(sched, y) is be
-    k = lookup(y, be.kernels)
-    saved = k.supports
-    k.supports = lambda node: False             # bumps verdicts.EPOCH
-    try:
+        if reset:
+            gg.sched_reset(sched)
         sched.graph_compute(gf)
         assert gg.sched_get_tensor_backend(sched, y) is ref
         assert gg.sched_get_n_splits(sched) == 2
+        assert not be.supports_graph(gf)[gf.nodes.index(y)]
+        with pytest.raises(gg.UnsupportedError, match="SCALE"):
+            be.select(gf)
     finally:
         k.supports = saved
     np.testing.assert_array_equal(gg.to_numpy(z), _expect(x, 2))

@@ -37,19 +37,26 @@ def _move(w, backend=None):
     gg.tensor_set(w, raw)
 
 
-def _plan(backends, gf, pins=(), shortcut=True):
-    """(splits as (backend, node ids, input ids), whether the shortcut answered)."""
+def _allocated(backends, gf, pins, shortcut: str, take: bool):
+    """A scheduler that allocated gf with `pins`, its method `shortcut` spied on (or made to
+    decline when not take), and whether the shortcut answered."""
     sched = gg.sched_new(backends)
     for node, be in pins:
         gg.sched_set_tensor_backend(sched, node, be)
-    taken = []
-    one = sched._one_split
-    sched._one_split = (lambda g, o: taken.append(one(g, o)) or taken[-1]) if shortcut \
-        else (lambda g, o: None)
+    answers = []
+    real = getattr(sched, shortcut)
+    setattr(sched, shortcut, (lambda g, o: answers.append(real(g, o)) or answers[-1]) if take
+            else (lambda g, o: None))
     gg.sched_alloc_graph(sched, gf)
+    return sched, bool(answers) and answers[-1] is not None
+
+
+def _plan(backends, gf, pins=(), shortcut=True):
+    """(splits as (backend, node ids, input ids), whether _one_split answered)."""
+    sched, taken = _allocated(backends, gf, pins, "_one_split", shortcut)
     splits = [(sp.backend, [id(n) for n in sp.nodes], [id(s) for s in sp.inputs])
               for sp in sched.splits]
-    return splits, bool(taken) and taken[-1] is not None
+    return splits, taken
 
 
 @pytest.mark.parametrize("weight_in", [None, "numba"])
@@ -105,16 +112,8 @@ def test_a_pinned_node_takes_the_walk_unless_pinned_where_it_goes():
 
 def _assignment(backends, gf, pins=(), shortcut=True):
     """(assignment as {node index: backend}, whether _sole_backend answered)."""
-    sched = gg.sched_new(backends)
-    for node, be in pins:
-        gg.sched_set_tensor_backend(sched, node, be)
-    answers = []
-    sole = sched._sole_backend
-    sched._sole_backend = (lambda g, o: answers.append(sole(g, o)) or answers[-1]) \
-        if shortcut else (lambda g, o: None)
-    gg.sched_alloc_graph(sched, gf)
-    return ({i: sched.tensor_backend(n) for i, n in enumerate(gf.nodes)},
-            bool(answers) and answers[-1] is not None)
+    sched, answered = _allocated(backends, gf, pins, "_sole_backend", shortcut)
+    return {i: sched.tensor_backend(n) for i, n in enumerate(gf.nodes)}, answered
 
 
 @pytest.mark.parametrize("case", ["plain", "weight_in_numba", "weight_elsewhere", "pinned_same",
