@@ -11,13 +11,24 @@ any change to them starts a fresh cache, while an edit to the CLI, llm/, viz/, t
 models/ or attention/ (Python only) keeps it. The directory is exported as NUMBA_CACHE_DIR, so the
 warm-up's worker processes (backends/numba_cpu/warmup.py) and Numba's own config reloads
 agree on it. Old directories unused for a week are removed.
+
+The save lock: Numba saves a function's cache entry as read-index, add entry, write-index;
+two processes saving into one directory at once can lose an entry or number two entries
+alike (the index of one then names the other's code). Every pyggml process therefore takes
+an exclusive lock on one file in the directory (SAVE_LOCK) around each save: installed when
+Numba's caching module loads (configure must not import Numba: the tiered start-up runs
+without it), so lazy compiles are covered as well as the warm-up's workers, the tiered
+workers and the detached compiler (backends/numba_cpu/warmup.py, sched/).
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
+import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -76,6 +87,7 @@ def configure() -> Optional[str]:
     returns the directory in use, or None when Numba's default (__pycache__) stays."""
     _simd_target()
     if os.environ.get("NUMBA_CACHE_DIR"):
+        _lock_saves_when_loaded(os.environ["NUMBA_CACHE_DIR"])
         return os.environ["NUMBA_CACHE_DIR"]
     base = default_base()
     path = os.path.join(base, source_key())
@@ -89,6 +101,7 @@ def configure() -> Optional[str]:
     if cfg is not None:                      # numba imported before pyggml
         cfg.CACHE_DIR = path
     _prune(base, keep=path)
+    _lock_saves_when_loaded(path)
     return path
 
 
@@ -106,3 +119,125 @@ def _prune(base: str, keep: str) -> None:
                 shutil.rmtree(e.path, ignore_errors=True)
         except OSError:
             pass
+
+
+# --- the save lock (module doc) -------------------------------------------------------------
+
+SAVE_LOCK = ".pyggml-save.lock"   # in the cache directory: every compiler of it takes it
+_dir_lock: Optional[str] = None  # this process's directory lock (saves return to it)
+
+
+def dir_lock(cache: Optional[str]) -> Optional[str]:
+    """The save lock file of this cache directory (made if missing), or None when there is
+    no directory or it cannot hold the file. Never unlinked: a process that opened the old
+    file and one that made a new one would not exclude each other."""
+    if not cache:
+        return None
+    path = os.path.join(cache, SAVE_LOCK)
+    try:
+        os.makedirs(cache, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError:
+        return None
+    return path
+
+
+def save_lock_path(cache: Optional[str]) -> str:
+    """The lock a compiler of `cache` takes: the directory's (dir_lock), else a private temp
+    file (drop_lock removes it; saves into such a directory fail the same way, and the
+    warm-up's workers report it)."""
+    path = dir_lock(cache)
+    if path is None:
+        fd, path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
+        os.close(fd)
+    return path
+
+
+def drop_lock(path: Optional[str]) -> None:
+    """Done with a lock of save_lock_path: a private one is removed (and this process's
+    saves go back to the directory's lock); a cache directory's stays."""
+    if path is None or os.path.basename(path) == SAVE_LOCK:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    caching = sys.modules.get("numba.core.caching")
+    save = getattr(getattr(caching, "IndexDataCacheFile", None), "save", None)
+    if getattr(save, "pyggml_lock", None) == path:
+        save.pyggml_lock = _dir_lock
+
+
+def lock_saves(path: Optional[str]) -> None:
+    """This process's Numba cache saves hold an exclusive lock on path (None: no lock).
+    Numba's save is wrapped once per process (a second wrapper would wait on its own lock);
+    a later call points it at another path. A lock file that cannot be opened (gone with
+    its directory) leaves the save to Numba, which makes the directory again."""
+    import fcntl
+
+    from numba.core import caching
+    save = caching.IndexDataCacheFile.save
+    if hasattr(save, "pyggml_lock"):
+        save.pyggml_lock = path
+        return
+
+    def locked_save(self, key, data):
+        try:
+            f = open(locked_save.pyggml_lock, "a") if locked_save.pyggml_lock else None
+        except OSError:
+            f = None
+        if f is None:
+            return save(self, key, data)
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
+            return save(self, key, data)
+    locked_save.pyggml_lock = path
+    caching.IndexDataCacheFile.save = locked_save
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs then() right after the module `name` is executed, the first time it is imported
+    (a post-import hook: it takes itself off sys.meta_path at once)."""
+
+    def __init__(self, name: str, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run, then = loader.exec_module, self.then
+
+        def exec_module(module):
+            run(module)
+            then()
+        loader.exec_module = exec_module           # this spec's own loader object
+        return spec
+
+
+def _lock_saves_when_loaded(cache: str) -> None:
+    """This process's saves into `cache` take its directory lock from the moment Numba's
+    caching module loads (at once if it already has); nothing without fcntl or a lock file."""
+    global _dir_lock
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:                      # no flock (Windows): saves as Numba makes them
+        return
+    _dir_lock = dir_lock(cache)
+    if _dir_lock is None:
+        return
+
+    def install() -> None:
+        try:
+            lock_saves(_dir_lock)
+        except (ImportError, AttributeError):  # Numba's cache internals changed: unlocked
+            pass
+    if "numba.core.caching" in sys.modules:
+        install()
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport("numba.core.caching", install))

@@ -10,7 +10,7 @@ workers. Workers run at a lower priority (`nice`), so the computing process keep
 The worker, its protocol, the save lock and the fallback are warmup.py's: a key a worker fails on is
 reported in `errors` and compiles here at its first use, as without warm-up.
 
-The save lock is warmup.py's one file in the kernel cache directory (SAVE_LOCK), not one per
+The save lock is _numba_cache.py's one file in the kernel cache directory (SAVE_LOCK), not one per
 process: a detached compiler (`detach()`, compile_detached.py) may still be saving when the
 next pyggml process starts its own workers, or a `pyggml warmup`. `detach()` hands what is
 still queued or compiling to a detached compiler and returns at once: the caller can exit.
@@ -30,17 +30,17 @@ from dataclasses import dataclass
 from typing import Callable
 from typing import Optional
 
+from .._numba_cache import drop_lock
+from .._numba_cache import lock_saves
+from .._numba_cache import save_lock_path
 from ..backends.numba_cpu.warmup import EXECUTOR
 from ..backends.numba_cpu.warmup import by_module
 from ..backends.numba_cpu.warmup import cache_dir
 from ..backends.numba_cpu.warmup import cold
 from ..backends.numba_cpu.warmup import cost
 from ..backends.numba_cpu.warmup import default_jobs
-from ..backends.numba_cpu.warmup import drop_lock
-from ..backends.numba_cpu.warmup import lock_saves
 from ..backends.numba_cpu.warmup import parallel_ok
 from ..backends.numba_cpu.warmup import plan_units
-from ..backends.numba_cpu.warmup import save_lock_path
 from ..backends.numba_cpu.warmup import worker_argv
 from ..backends.numba_cpu.warmup import worker_env
 

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
+from pyggml._numba_cache import lock_saves
+from pyggml._numba_cache import save_lock_path
 from pyggml.backends.numba_cpu import fusion  # noqa: F401  (Numba and the registry loaded
 from pyggml.backends.numba_cpu.kernels import find  # with the session's cache directory)
 from pyggml.backends.numba_cpu.warmup import EXECUTOR
-from pyggml.backends.numba_cpu.warmup import lock_saves
-from pyggml.backends.numba_cpu.warmup import save_lock_path
 from pyggml.llm import cli_common as C
 from pyggml.sched import compile_detached
 from pyggml.sched import warmup_bg

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 import pyggml as gg
+from pyggml._numba_cache import SAVE_LOCK
 from pyggml.backends.numba_cpu import warmup as W
 from pyggml.backends.numba_cpu.kernels import KERNELS
 from pyggml.backends.numba_cpu.kernels import make_kernel
@@ -51,7 +52,7 @@ def test_warm_compiles_in_workers_then_finds_the_cache_warm(tmp_path):
     assert first["jobs"] == 2 and first["workers"] == [1, 2]
     assert first["compiled"] == sorted(SMALL)            # by the workers ...
     assert first["here"] == [] and first["loaded"] == sorted(SMALL)   # ... loaded here
-    assert first["lock"] == str(tmp_path / "nbc" / W.SAVE_LOCK)       # own saves: its lock
+    assert first["lock"] == str(tmp_path / "nbc" / SAVE_LOCK)       # own saves: its lock
     second = _json_tail(_run(WARM.format(keys=SMALL), tmp_path / "nbc"))
     assert second["cold"] == [] and second["jobs"] == 0   # warm: no worker started
     assert second["loaded"] == sorted(SMALL) and second["compiled"] == []
@@ -100,7 +101,7 @@ SAVE = """
         slow(self, overloads)
     caching.IndexDataCacheFile._save_index = save_index
     if {locked!r}:
-        from pyggml.backends.numba_cpu.warmup import lock_saves
+        from pyggml._numba_cache import lock_saves
         lock_saves({lock!r})
     import helper_mod
     helper_mod.g(1)                            # Numba's first-compile set-up, before the race
@@ -144,7 +145,7 @@ def test_every_compiler_of_a_cache_dir_takes_its_one_save_lock(tmp_path, monkeyp
             t.join(30)
         assert "did not start" in bw.errors[0]
         bw.close()
-    lock = os.path.join(cache, W.SAVE_LOCK)
+    lock = os.path.join(cache, SAVE_LOCK)
     assert started == [(lock, cache)] * 3 and os.path.isfile(lock)
 
 

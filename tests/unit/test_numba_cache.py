@@ -3,10 +3,13 @@ an edit to any file that uses Numba - even one whose functions are only inlined 
 kernels of other files - must not let Numba load stale machine code."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+
+import pytest
 
 from pyggml import _numba_cache as nc
 
@@ -60,3 +63,70 @@ def test_old_directories_are_pruned(tmp_path):
     os.utime(other, (past, past))
     nc._prune(str(tmp_path), keep=str(tmp_path / "x"))
     assert not old.exists() and recent.exists() and other.exists()
+
+
+def _env(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["PYGGML_CACHE_DIR"] = str(tmp_path / "c")
+    return env
+
+
+def test_every_process_saves_under_the_directory_lock_once_numba_loads(tmp_path):
+    """Importing pyggml does not load Numba; when Numba's caching module loads (for any
+    compile: a lazy one too, not only the warm-up's), its saves take the directory's lock."""
+    code = ("import json, os, sys, pyggml; before = 'numba' in sys.modules; "
+            "from numba.core import caching; "
+            "print(json.dumps([before, os.environ['NUMBA_CACHE_DIR'], "
+            "caching.IndexDataCacheFile.save.pyggml_lock]))")
+    before, cache, lock = json.loads(subprocess.run(
+        [sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True,
+        check=True).stdout)
+    assert before is False
+    assert lock == os.path.join(cache, nc.SAVE_LOCK) and os.path.exists(lock)
+    # Numba loaded before pyggml: installed at once, on the user's directory
+    env = _env(tmp_path)
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
+    code = ("import json, numba, pyggml; from numba.core import caching; "
+            "print(json.dumps(caching.IndexDataCacheFile.save.pyggml_lock))")
+    lock = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                     text=True, check=True).stdout)
+    assert lock == str(tmp_path / "mine" / nc.SAVE_LOCK)
+
+
+def _blocked_flock(pid: int) -> bool:
+    """Whether process pid waits for a flock (/proc/locks: blocked requests are '->' lines)."""
+    with open("/proc/locks") as f:
+        return any(w[1:3] == ["->", "FLOCK"] and w[5] == str(pid) for w in map(str.split, f))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks") or os.name != "posix",
+                    reason="needs flock and /proc/locks")
+def test_a_lazy_compile_waits_for_the_directory_lock(tmp_path):
+    """A plain process (no warm-up, no tiered workers) compiling a cache=True function
+    saves only once the lock another compiler of the directory holds is released."""
+    import fcntl
+    (tmp_path / "lazy_mod.py").write_text(
+        "import numba\n\n@numba.njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    code = ("import sys, pyggml; sys.path.insert(0, sys.argv[1]); import lazy_mod; "
+            "print('ready', flush=True); print(lazy_mod.f(1), flush=True)")
+    env = _env(tmp_path)
+    probe = "import os, pyggml; print(os.environ['NUMBA_CACHE_DIR'])"
+    cache = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    with open(os.path.join(cache, nc.SAVE_LOCK), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "ready"
+            deadline = time.time() + 120
+            while not _blocked_flock(p.pid):
+                assert p.poll() is None, f"saved without the lock: {p.communicate()}"
+                assert time.time() < deadline, "the child never asked for the lock"
+                time.sleep(0.05)
+            assert not any(n.endswith(".nbi") for _, _, fs in os.walk(cache) for n in fs)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and out.strip() == "2", err
+    assert any(n.endswith(".nbi") for _, _, fs in os.walk(cache) for n in fs)

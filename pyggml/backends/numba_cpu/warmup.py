@@ -18,9 +18,9 @@ Safety: Numba saves a function's cache as index file + data file, each written t
 file then os.replace()d (readers never see a torn file), but saving is read-index, add
 entry, write-index: two processes saving different signatures of one shared helper at the
 same time lose one index entry, or both write entry number 1 (the index of one then names
-the other's code). Every compiler of a cache directory therefore holds an exclusive lock
-on one lock file in it around each save (SAVE_LOCK: warm()'s workers and this process,
-the tiered workers, the detached compiler: save_lock_path, lock_saves). Anything that
+the other's code). Every process compiling into a cache directory therefore holds an
+exclusive lock on one file in it around each save (_numba_cache.py's SAVE_LOCK, taken from
+the moment Numba loads; workers are pointed at it explicitly: save_lock_path). Anything that
 fails (a worker dies, hangs, reports an error, no fcntl) leaves those kernels cold, and
 they are compiled here as before: warm-up can only save time.
 
@@ -43,6 +43,9 @@ from typing import Callable
 from typing import Iterable
 from typing import Optional
 
+from ..._numba_cache import drop_lock
+from ..._numba_cache import lock_saves
+from ..._numba_cache import save_lock_path
 from ...errors import GGMLError
 
 EXECUTOR = "executor"          # pseudo-key: the executor's njit loop (executor.warm_up)
@@ -243,78 +246,12 @@ def worker_env() -> dict:
     return env
 
 
-# --- the save lock ---------------------------------------------------------------------------
-
-SAVE_LOCK = ".pyggml-save.lock"   # in the cache directory: every compiler of it takes it
-
+# --- the save lock (_numba_cache.py: one file per cache directory) --------------------------
 
 def cache_dir() -> Optional[str]:
     """The kernel cache directory workers compile into (worker_env's NUMBA_CACHE_DIR:
     Numba's when it is loaded, else the environment's, which pyggml's import sets)."""
     return worker_env().get("NUMBA_CACHE_DIR") or None
-
-
-def save_lock_path(cache: Optional[str]) -> str:
-    """The save lock of this cache directory (made if missing): one file, whichever process
-    compiles into the directory. Never unlinked: a process that opened the old file and one
-    that made a new one would not exclude each other. Falls back to a private temp file
-    (drop_lock removes it) when there is no directory or it cannot hold the file (saves
-    into it then fail the same way, and workers report it)."""
-    if cache:
-        path = os.path.join(cache, SAVE_LOCK)
-        try:
-            os.makedirs(cache, exist_ok=True)
-            with open(path, "a"):
-                pass
-            return path
-        except OSError:
-            pass
-    fd, path = tempfile.mkstemp(prefix="pyggml-warmup-", suffix=".lock")
-    os.close(fd)
-    return path
-
-
-def drop_lock(path: Optional[str]) -> None:
-    """Done with a lock of save_lock_path: a private one is removed (and this process's
-    saves stop taking it); a cache directory's stays."""
-    if path is None or os.path.basename(path) == SAVE_LOCK:
-        return
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    caching = sys.modules.get("numba.core.caching")
-    save = getattr(getattr(caching, "IndexDataCacheFile", None), "save", None)
-    if getattr(save, "pyggml_lock", None) == path:
-        save.pyggml_lock = None
-
-
-def lock_saves(path: str) -> None:
-    """This process's Numba cache saves hold an exclusive lock on path (the module doc:
-    Numba's read-index, add entry, write-index is then atomic between processes). Numba's
-    save is wrapped once per process (a second wrapper would wait on its own lock); a later
-    call points it at another path. A lock file that cannot be opened (gone with its
-    directory) leaves the save to Numba, which makes the directory again."""
-    import fcntl
-
-    from numba.core import caching
-    save = caching.IndexDataCacheFile.save
-    if hasattr(save, "pyggml_lock"):
-        save.pyggml_lock = path
-        return
-
-    def locked_save(self, key, data):
-        try:
-            f = open(locked_save.pyggml_lock, "a") if locked_save.pyggml_lock else None
-        except OSError:
-            f = None
-        if f is None:
-            return save(self, key, data)
-        with f:
-            fcntl.flock(f, fcntl.LOCK_EX)          # released when f closes
-            return save(self, key, data)
-    locked_save.pyggml_lock = path
-    caching.IndexDataCacheFile.save = locked_save
 
 
 class _Worker:
