@@ -3,6 +3,7 @@ KeyboardInterrupt (Ctrl-C) propagates out of graph_compute, the pool's abort wor
 threads are between barriers makes them all leave with a ComputeError, and in both cases the
 next compute on the same backend runs the whole graph correctly."""
 import _thread
+import signal
 import threading
 import time
 
@@ -60,7 +61,17 @@ def _once_running(be, act, done):
     return threading.Thread(target=watch, daemon=True)
 
 
-def test_keyboard_interrupt_leaves_the_pool_usable(chain):
+@pytest.fixture
+def default_sigint():
+    """Ctrl-C raises KeyboardInterrupt (Python's default handler) whatever the runner was
+    started with: a shell starts background jobs with SIGINT ignored, Python then keeps it
+    ignored, and interrupt_main does nothing."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_keyboard_interrupt_leaves_the_pool_usable(chain, default_sigint):
     gf, x, be = chain
     _run_correctly(gf, x, be)                        # compiled, threads started
     where = None
