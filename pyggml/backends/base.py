@@ -45,6 +45,11 @@ class Backend:
         once per graph it plans); None: ask supports_op per node."""
         return None
 
+    def support_epoch(self) -> int:
+        """A number that changes whenever this backend's support answers may have changed
+        (a scheduler's kept plan is keyed by it); 0: they never change at run time."""
+        return 0
+
     def graph_compute(self, gf: CGraph, eval_cb: Optional[EvalCallback] = None) -> None:
         raise NotImplementedError
 

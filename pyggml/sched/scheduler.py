@@ -25,7 +25,6 @@ from .. import data
 from .. import tensor as _tensor_mod
 from ..backends.base import PART_OF
 from ..backends.base import Backend
-from ..backends.numba_cpu import verdicts as _verdicts
 from ..errors import GraphError
 from ..errors import UnsupportedError
 from ..errors import describe
@@ -294,10 +293,10 @@ class Sched(Backend):
 
     # --- public ----------------------------------------------------------------------------
     def alloc_graph(self, gf: CGraph) -> None:
-        # (verdicts.EPOCH: a kernel table or verdict edit may change the Numba backend's
-        # support answers, the only ones that change at run time)
-        key = (gf.version, _tensor_mod.PARAMS_EPOCH, _verdicts.EPOCH, self._generation,
-               self._pins)
+        # (support_epoch: a backend's support answers may change at run time, e.g. the Numba
+        # backend's after a kernel table or verdict edit)
+        key = (gf.version, _tensor_mod.PARAMS_EPOCH,
+               tuple([b.support_epoch() for b in self.backends]), self._generation, self._pins)
         if gf is self._graph and key == self._key:
             return
         kept = gf.cache.get(self._slot)

@@ -212,6 +212,10 @@ class NumbaBackend(Backend):
             return None               # a subclass with its own rule: asked node by node
         return self._node_facts(gf)[1]
 
+    def support_epoch(self) -> int:
+        """verdicts.EPOCH: every kernel table or verdict edit bumps it."""
+        return _verdicts_mod.EPOCH
+
     def select(self, gf: CGraph) -> list:
         """The kernel variant of each node of gf (None for leafs and views); raises
         UnsupportedError naming the first node no kernel supports (check_supported).
