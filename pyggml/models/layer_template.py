@@ -97,14 +97,14 @@ class LayerTemplate:
         # each tensor's twin is its first-layer tensor (its signature when every source the
         # layer reads of its own has the first layer's layout: the weights and cache stores
         # are checked by the caller, the input and the cache's inputs here)
-        twins = _same_layout(inp, self.inp0)
+        twins = same_layout(inp, self.inp0)
         # Context.new_node inline (its room for every stamp was checked by record)
         for t0, parts, shape, vs, offs, params, op, src, pad, flags in self.rows:
             if parts is None:                   # a leaf the layer made: the cache's input?
                 t = layer_input(ctx, t0, il)
                 if t is not None:
                     m[t0] = t
-                    twins = twins and _same_layout(t, t0)
+                    twins = twins and same_layout(t, t0)
                 continue                        # else one all layers share
             t = _record(ctx, shape, None if vs is None else get(vs, vs), offs, params, op,
                         [*map(get, src, src), *pad])
@@ -216,7 +216,8 @@ def _checked(pairs) -> tuple:
     return tuple(out)
 
 
-def _same_layout(a, b) -> bool:
+def same_layout(a, b) -> bool:
+    """b has a's type, ne and nb (models/llama.py checks a layer's weights with it)."""
     return a.type is b.type and a.ne == b.ne and a.nb == b.nb
 
 

@@ -28,6 +28,7 @@ from ..tensor import set_output
 from ..types import GGMLType
 from ..types import as_type
 from .layer_template import record
+from .layer_template import same_layout
 
 
 @dataclass
@@ -209,10 +210,7 @@ class LlamaModel:
 
 def _same_layouts(pairs) -> bool:
     """Every (a, b) pair has b, of a's type, ne and nb."""
-    for a, b in pairs:
-        if b is None or a.type is not b.type or a.ne != b.ne or a.nb != b.nb:
-            return False
-    return True
+    return all(b is not None and same_layout(a, b) for a, b in pairs)
 
 
 class StepGraph(NamedTuple):
